@@ -1,0 +1,60 @@
+# livetrace — see README.md.
+#
+# Everything a fresh machine needs (clang-16 for the fixtures, uftrace and
+# bpftrace for the benchmarks) is installed here with apt-get when missing.
+
+GO      ?= go
+CLANG   ?= clang-16
+BIN     := bin/livetrace
+export LIVETRACE_CLANG := $(CLANG)
+
+.PHONY: all build test vet demo bench soak fuzz generate deps-test deps-bench clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/livetrace
+
+# apt_install PROGRAM PACKAGES: install PACKAGES with apt-get when PROGRAM is
+# not on PATH.
+define apt_install
+	@command -v $(1) >/dev/null 2>&1 || { \
+	  echo "make: $(1) is missing; installing $(2) with apt-get"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "make: need root to apt-get install $(2)" >&2; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) >/dev/null; \
+	  command -v $(1) >/dev/null 2>&1 || { echo "make: installing $(2) did not provide $(1)" >&2; exit 1; }; }
+endef
+
+deps-test:
+	$(call apt_install,$(CLANG),clang-16)
+
+deps-bench: deps-test
+	$(call apt_install,uftrace,uftrace)
+	$(call apt_install,bpftrace,bpftrace)
+	$(call apt_install,hyperfine,hyperfine)
+
+vet:
+	$(GO) vet ./...
+
+# The suite must never skip silently: LIVETRACE_REQUIRE_ALL makes a test
+# fail instead of skipping when a tool or privilege it needs is missing.
+test: deps-test vet
+	LIVETRACE_REQUIRE_ALL=1 $(GO) test -count=1 -timeout 20m ./...
+
+demo: deps-test build
+	@./demo/run.sh $(BIN)
+
+bench: deps-bench build
+	@./bench/run.sh $(BIN)
+
+soak: deps-test
+	LIVETRACE_SOAK=1 $(GO) test -count=1 -timeout 60m -run Soak -v ./internal/textpoke/
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 60s ./internal/elfsite/
+
+generate:
+	$(GO) generate ./...
+
+clean:
+	rm -rf bin
