@@ -1,0 +1,173 @@
+package testtarget
+
+import (
+	"embed"
+	"fmt"
+	"sort"
+	"strings"
+)
+
+//go:embed c/*.c c/*.cc c/*.h
+var sources embed.FS
+
+// Fixture names accepted by [Build]. The stdin/stdout protocol of each is
+// described at the top of its source in c/.
+const (
+	// Simple is c/simple.c: about twenty named functions (global and
+	// static, one recursive). It prints "ready", calls each once and exits
+	// 0; with the argument "loop" it calls them forever, sleeping 10 ms
+	// per round.
+	Simple = "simple"
+	// CXX is c/cxx.cc, the C++ counterpart of [Simple]: namespaces, a class,
+	// a template instantiated twice, an operator, and a throw and catch.
+	CXX = "cxx"
+	// Workload is c/workload.c, linked with libltshared.so (c/ltshared.c):
+	// threads ("-t N", default 4) run a fixed pattern of calls on "run N"
+	// and print ground-truth call counts, see [WorkloadCounts].
+	Workload = "workload"
+	// UseLib is the [Workload] program under the name "uselib": it is the
+	// fixture for tracing functions of a shared library. The library sits
+	// next to the executable, see [LibPath].
+	UseLib = "uselib"
+	// Stress is generated C: functions fn_00000.. (see [Funcs]) hammered by
+	// threads, and lt_counter_stub, a routine a patched site can CALL that
+	// counts calls per function. See c/stress.c.
+	Stress = "stress"
+	// Sleeper is c/sleeper.c: threads blocked in nanosleep, futex,
+	// epoll_wait and read, for testing remote syscalls.
+	Sleeper = "sleeper"
+)
+
+// Fixtures returns the names of every fixture, sorted.
+func Fixtures() []string {
+	names := make([]string, 0, len(fixtures))
+	for n := range fixtures {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// fixture knows how to plan the build of one fixture.
+type fixture struct {
+	cxx  bool // built with the C++ compiler
+	plan func(form Form, cfg *config, cc, ccC string) (*buildPlan, error)
+}
+
+var fixtures = map[string]fixture{
+	Simple:   {plan: singleFile(Simple, "simple.c")},
+	Sleeper:  {plan: singleFile(Sleeper, "sleeper.c")},
+	CXX:      {cxx: true, plan: singleFile(CXX, "cxx.cc")},
+	Workload: {plan: withLib(Workload)},
+	UseLib:   {plan: withLib(UseLib)},
+	Stress:   {plan: planStress},
+}
+
+func readSource(name string) ([]byte, error) {
+	b, err := sources.ReadFile("c/" + name)
+	if err != nil {
+		return nil, fmt.Errorf("read embedded source %s: %w", name, err)
+	}
+	return b, nil
+}
+
+// compileArgs returns the arguments that compile src into obj for an
+// executable of form (sites says whether with site flags).
+func compileArgs(form Form, cfg *config, sites bool, src, obj string, extra ...string) []string {
+	args := baseFlags(cfg)
+	pic, _ := picFlags(form)
+	args = append(args, pic...)
+	if sites && !cfg.noSites {
+		args = append(args, siteFlags(form, false)...)
+	}
+	args = append(args, extra...)
+	return append(args, "-pthread", "-c", src, "-o", obj)
+}
+
+// linkArgs returns the arguments that link objs into the executable exe.
+func linkArgs(form Form, exe string, objs []string, extra ...string) []string {
+	_, ld := picFlags(form)
+	args := append([]string{}, ld...)
+	args = append(args, "-g", "-o", exe)
+	args = append(args, objs...)
+	args = append(args, extra...)
+	return append(args, "-pthread")
+}
+
+func objName(src string) string {
+	if i := strings.LastIndexByte(src, '.'); i >= 0 {
+		src = src[:i]
+	}
+	return src + ".o"
+}
+
+// singleFile plans a fixture made of one source file.
+func singleFile(exe, src string) func(Form, *config, string, string) (*buildPlan, error) {
+	return func(form Form, cfg *config, cc, _ string) (*buildPlan, error) {
+		b, err := readSource(src)
+		if err != nil {
+			return nil, err
+		}
+		hdr, err := readSource("ltfixture.h")
+		if err != nil {
+			return nil, err
+		}
+		obj := objName(src)
+		return &buildPlan{
+			exeName: exe,
+			files:   map[string][]byte{src: b, "ltfixture.h": hdr},
+			phases: [][]step{
+				{{cc, compileArgs(form, cfg, true, src, obj)}},
+				{{cc, linkArgs(form, exe, []string{obj})}},
+			},
+		}, nil
+	}
+}
+
+// withLib plans the workload program linked with libltshared.so.
+func withLib(exe string) func(Form, *config, string, string) (*buildPlan, error) {
+	return func(form Form, cfg *config, cc, _ string) (*buildPlan, error) {
+		files := map[string][]byte{}
+		for _, n := range []string{"workload.c", "ltshared.c", "ltshared.h", "ltfixture.h"} {
+			b, err := readSource(n)
+			if err != nil {
+				return nil, err
+			}
+			files[n] = b
+		}
+		libArgs := baseFlags(cfg)
+		libArgs = append(libArgs, "-fPIC")
+		if !cfg.noSites {
+			libArgs = append(libArgs, siteFlags(form, true)...)
+		}
+		libArgs = append(libArgs, "-pthread", "-c", "ltshared.c", "-o", "ltshared.o")
+		return &buildPlan{
+			exeName: exe,
+			files:   files,
+			phases: [][]step{
+				{
+					{cc, libArgs},
+					{cc, compileArgs(form, cfg, true, "workload.c", "workload.o")},
+				},
+				{{cc, []string{"-shared", "-g", "-Wl,-soname," + LibName, "-o", LibName, "ltshared.o", "-pthread"}}},
+				{{cc, linkArgs(form, exe, []string{"workload.o"}, "-L.", "-lltshared", "-Wl,-rpath,"+finalDirToken)}},
+			},
+		}, nil
+	}
+}
+
+// WorkloadCounts returns the call counts that the [Workload] (and [UseLib])
+// fixture prints after "run iterations" with threads threads: the keys are
+// work_leaf, work_nested, work_recurse and lib_add. One iteration of one
+// thread calls work_leaf 3 times (once directly and twice from
+// work_nested), work_nested once, work_recurse 6 times (depth 5 down to 0)
+// and lib_add once.
+func WorkloadCounts(iterations, threads int) map[string]uint64 {
+	n := uint64(iterations) * uint64(threads)
+	return map[string]uint64{
+		"work_leaf":    3 * n,
+		"work_nested":  1 * n,
+		"work_recurse": 6 * n,
+		"lib_add":      1 * n,
+	}
+}

@@ -1,0 +1,203 @@
+package testtarget
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Process is a running fixture started by [Start]. Its methods are safe for
+// concurrent use, but lines are consumed by whichever of ReadLine and
+// Expect reads them first.
+type Process struct {
+	tb    testing.TB
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	lines chan string // stdout lines; closed at EOF
+
+	stderr lockedBuffer
+
+	killOnce sync.Once
+	killed   chan struct{} // closed by Kill: nobody reads lines any more
+
+	waitOnce sync.Once
+	waitErr  error
+	waitDone chan struct{}
+
+	mu   sync.Mutex
+	seen []string // the last lines read, for error messages
+}
+
+// lockedBuffer is a bytes.Buffer safe for concurrent use.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// ErrExited is returned by [Process.ReadLine] and [Process.Expect] when the
+// process closed its stdout (usually because it exited).
+var ErrExited = errors.New("process closed stdout")
+
+// ErrTimeout is returned by [Process.ReadLine] and [Process.Expect] when no
+// matching line came in time.
+var ErrTimeout = errors.New("timed out waiting for output")
+
+// Start runs the executable path with args, with pipes for stdin and
+// stdout, and returns the running [Process]. It registers a tb.Cleanup
+// that kills the process and, when the test failed, logs its stderr. Start
+// does not wait for "ready": call p.Expect("ready", timeout) for that.
+func Start(tb testing.TB, path string, args ...string) *Process {
+	tb.Helper()
+	p := &Process{tb: tb, lines: make(chan string, 1024), waitDone: make(chan struct{}), killed: make(chan struct{})}
+	p.cmd = exec.Command(path, args...)
+	p.cmd.Stderr = &p.stderr
+	stdin, err := p.cmd.StdinPipe()
+	if err != nil {
+		tb.Fatalf("start %s: %v", path, err)
+	}
+	// An os.Pipe rather than StdoutPipe, so that Wait does not close the
+	// read end while lines are still buffered in it.
+	stdout, w, err := os.Pipe()
+	if err != nil {
+		tb.Fatalf("start %s: %v", path, err)
+	}
+	p.cmd.Stdout = w
+	p.stdin = stdin
+	err = p.cmd.Start()
+	w.Close()
+	if err != nil {
+		stdout.Close()
+		tb.Fatalf("start %s: %v", path, err)
+	}
+	go func() {
+		defer close(p.lines)
+		defer stdout.Close()
+		sc := bufio.NewScanner(stdout)
+		sc.Buffer(make([]byte, 64*1024), 64*1024*1024)
+		for sc.Scan() {
+			select {
+			case p.lines <- sc.Text():
+			case <-p.killed:
+				return
+			}
+		}
+	}()
+	tb.Cleanup(func() {
+		p.Kill()
+		if tb.Failed() {
+			if s := p.stderr.String(); s != "" {
+				tb.Logf("stderr of %s (pid %d):\n%s", path, p.Pid(), s)
+			}
+		}
+	})
+	return p
+}
+
+// Pid returns the process id.
+func (p *Process) Pid() int { return p.cmd.Process.Pid }
+
+// Stderr returns what the process wrote to stderr so far.
+func (p *Process) Stderr() string { return p.stderr.String() }
+
+// Send writes line and a newline to the process's stdin.
+func (p *Process) Send(line string) error {
+	if _, err := io.WriteString(p.stdin, line+"\n"); err != nil {
+		return fmt.Errorf("send %q to pid %d: %w", line, p.Pid(), err)
+	}
+	return nil
+}
+
+// CloseStdin closes the process's stdin; the fixtures then exit 0.
+func (p *Process) CloseStdin() error { return p.stdin.Close() }
+
+// ReadLine returns the next line of stdout without its newline. It returns
+// an error wrapping [ErrTimeout] when none comes within timeout, and
+// [ErrExited] at the end of stdout.
+func (p *Process) ReadLine(timeout time.Duration) (string, error) {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case l, ok := <-p.lines:
+		if !ok {
+			return "", fmt.Errorf("read line from pid %d: %w (stderr: %q)", p.Pid(), ErrExited, p.stderr.String())
+		}
+		p.mu.Lock()
+		p.seen = append(p.seen, l)
+		if len(p.seen) > 20 {
+			p.seen = p.seen[len(p.seen)-20:]
+		}
+		p.mu.Unlock()
+		return l, nil
+	case <-t.C:
+		return "", fmt.Errorf("read line from pid %d after %v: %w", p.Pid(), timeout, ErrTimeout)
+	}
+}
+
+// Expect reads lines until one starts with prefix and returns that line.
+// Lines that do not match are skipped (and quoted in the error if none
+// matches). The timeout covers the whole wait.
+func (p *Process) Expect(prefix string, timeout time.Duration) (string, error) {
+	deadline := time.Now().Add(timeout)
+	var skipped []string
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			left = 0
+		}
+		l, err := p.ReadLine(left + time.Nanosecond)
+		if err != nil {
+			return "", fmt.Errorf("expect %q (skipped %q): %w", prefix, skipped, err)
+		}
+		if strings.HasPrefix(l, prefix) {
+			return l, nil
+		}
+		skipped = append(skipped, l)
+		if len(skipped) > 20 {
+			skipped = skipped[1:]
+		}
+	}
+}
+
+// Wait waits for the process to exit and returns its exit error (nil for
+// status 0). It may be called more than once.
+func (p *Process) Wait() error {
+	p.waitOnce.Do(func() {
+		p.waitErr = p.cmd.Wait()
+		close(p.waitDone)
+	})
+	<-p.waitDone
+	return p.waitErr
+}
+
+// Kill kills the process with SIGKILL and reaps it. It is a no-op when the
+// process has already exited.
+func (p *Process) Kill() {
+	p.killOnce.Do(func() { close(p.killed) })
+	select {
+	case <-p.waitDone:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Kill()
+	_ = p.Wait()
+}
