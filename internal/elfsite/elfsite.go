@@ -1,0 +1,505 @@
+// Package elfsite finds the patchable function-entry sites of x86-64 ELF
+// files, and names them with the file's function symbols.
+//
+// A [Spec] is what one ELF file says, read from the file alone: it is pure
+// data, never touches a process, and is safe for concurrent read-only use.
+// [Module] (live.go) ties a Spec to one process's mappings of that file.
+//
+// The three site forms livetrace understands (DESIGN.md §1):
+//
+//	clang -fpatchable-function-entry=5              0f 1f 44 00 08   __patchable_function_entries
+//	gcc -pg -mfentry -mnop-mcount -mrecord-mcount   0f 1f 44 00 00   __mcount_loc
+//	gcc -fpatchable-function-entry=5                90 90 90 90 90   __patchable_function_entries
+//
+// Site addresses are link-time virtual addresses. With -fcf-protection a
+// function starts with ENDBR64 (f3 0f 1e fa) and its site follows it;
+// compilers record the address after the ENDBR64, and when a table records the
+// ENDBR64 itself, Parse moves the site past it.
+//
+// Stripped files (no .symtab) are not refused: their sites are named from
+// .dynsym where it covers them, otherwise by address ("0x1234", see
+// [SiteName]), and [Spec.Stripped] lets callers warn.
+package elfsite
+
+import (
+	"bytes"
+	"debug/elf"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+)
+
+// Limits on lengths read from untrusted files. Real binaries stay far below
+// them; a hostile file cannot make Parse allocate more than a few of these.
+const (
+	maxTableSize  = 64 << 20  // bytes of one site table (8M sites)
+	maxRelaSize   = 256 << 20 // bytes of one SHT_RELA section
+	maxSymtabSize = 512 << 20 // bytes of .symtab or .dynsym
+	maxNoteSize   = 1 << 20   // bytes of a build-id note section
+	maxLoads      = 4096      // PT_LOAD segments
+	maxSections   = 1 << 16   // section headers
+)
+
+// Sentinel errors. Parse and Open wrap them with the file's path and a hint
+// of what to do; test with errors.Is.
+var (
+	// ErrNotELF means the file is not an ELF file at all.
+	ErrNotELF = errors.New("not an ELF file")
+	// ErrUnsupported means an ELF file for another class, machine or type
+	// than 64-bit x86-64 executables and shared libraries.
+	ErrUnsupported = errors.New("only x86-64 ELF files are supported")
+	// ErrMalformed means a truncated or inconsistent ELF file.
+	ErrMalformed = errors.New("malformed ELF file")
+	// ErrNoSites means a file without any patchable site; see [Spec.CheckSites].
+	ErrNoSites = errors.New("no patchable sites")
+)
+
+// Form is the shape of the five bytes at a site, as found in the file.
+type Form uint8
+
+// The site forms.
+const (
+	// FormUnknown is anything else (for example an e8 CALL left by gcc -pg
+	// without -mnop-mcount). Such a site is reported, never patched.
+	FormUnknown Form = iota
+	// FormNop5 is one 5-byte NOP, 0f 1f 44 00 xx.
+	FormNop5
+	// FormSled is five 1-byte NOPs, 90 90 90 90 90.
+	FormSled
+)
+
+// String returns "nop5", "sled" or "unknown".
+func (f Form) String() string {
+	switch f {
+	case FormNop5:
+		return "nop5"
+	case FormSled:
+		return "sled"
+	}
+	return "unknown"
+}
+
+// Patchable reports whether sites of this form can be patched.
+func (f Form) Patchable() bool { return f == FormNop5 || f == FormSled }
+
+// Classify returns the form of the five bytes b.
+func Classify(b [5]byte) Form {
+	switch {
+	case b[0] == 0x0f && b[1] == 0x1f && b[2] == 0x44 && b[3] == 0x00:
+		return FormNop5
+	case b == [5]byte{0x90, 0x90, 0x90, 0x90, 0x90}:
+		return FormSled
+	}
+	return FormUnknown
+}
+
+// Table names the ELF section a site was recorded in.
+type Table string
+
+// The site tables.
+const (
+	TablePatchable Table = "__patchable_function_entries"
+	TableMcount    Table = "__mcount_loc"
+)
+
+// endbr64 is the encoding of ENDBR64.
+var endbr64 = [4]byte{0xf3, 0x0f, 0x1e, 0xfa}
+
+// Site is one patchable function entry.
+type Site struct {
+	// Addr is the link-time virtual address of the five patchable bytes
+	// (after the ENDBR64 when the function has one).
+	Addr uint64
+	// Form is the form of Bytes.
+	Form Form
+	// Bytes are the five bytes at Addr in the file.
+	Bytes [5]byte
+	// Endbr reports that the function starts with ENDBR64 right before Addr.
+	Endbr bool
+	// Func is the index in [Spec.Funcs] of the function containing Addr, or
+	// -1 when no symbol covers it.
+	Func int
+	// Table is the section that recorded the site.
+	Table Table
+}
+
+// Func is one function symbol.
+type Func struct {
+	// Name is the demangled name without parameters, in the style of
+	// uftrace: "ns::Class::method", "std::vector<int>::push_back". For C
+	// and other unmangled symbols it equals Raw.
+	Name string
+	// Raw is the symbol name as written in the file (mangled).
+	Raw string
+	// Addr is the link-time address, Size the symbol size (may be 0).
+	Addr, Size uint64
+	// Global reports a global or weak (not local) symbol.
+	Global bool
+}
+
+// Load is one PT_LOAD program header.
+type Load struct {
+	Vaddr, Offset, Filesz, Memsz uint64
+	Flags                        elf.ProgFlag
+}
+
+// Spec is what one ELF file says about its sites and functions. It is
+// immutable after Parse and safe for concurrent read-only use.
+type Spec struct {
+	// Path is the path the file was opened with.
+	Path string
+	// Type is elf.ET_EXEC or elf.ET_DYN (PIE executable or shared library).
+	Type elf.Type
+	// BuildID is the GNU build ID in hex, or "".
+	BuildID string
+	// Sites are sorted by Addr, without duplicates. They include sites of
+	// FormUnknown; see [Spec.Patchable].
+	Sites []Site
+	// Funcs are all function symbols, from .symtab, or from .dynsym when
+	// the file has no .symtab. They are sorted by Addr; among aliases at one
+	// address the preferred name (global before weak before local) comes
+	// first.
+	Funcs []Func
+	// Loads are the PT_LOAD segments in file order.
+	Loads []Load
+	// Stripped reports that the file has no .symtab.
+	Stripped bool
+	// Skipped counts table entries that were dropped because they point
+	// outside any executable PT_LOAD, or hold an unresolvable relocation.
+	// Entries of 0 (functions removed by the linker) are not counted.
+	Skipped int
+}
+
+// Open reads the ELF file at path. See [Parse].
+func Open(path string) (*Spec, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("read %s: %w: it is not a regular file", path, ErrNotELF)
+	}
+	return Parse(f, path)
+}
+
+// Parse reads an ELF file from r; path is only used for Spec.Path and error
+// messages. A file without sites is not an error here: check with
+// [Spec.CheckSites]. Panics in debug/elf on malformed input become errors
+// wrapping [ErrMalformed].
+func Parse(r io.ReaderAt, path string) (spec *Spec, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			spec, err = nil, fmt.Errorf("read %s: %w: %v", path, ErrMalformed, p)
+		}
+	}()
+	var ident [elf.EI_NIDENT]byte
+	if n, _ := r.ReadAt(ident[:], 0); n < len(ident) || !bytes.Equal(ident[:4], []byte(elf.ELFMAG)) {
+		return nil, fmt.Errorf("read %s: %w: livetrace needs an x86-64 executable or shared library", path, ErrNotELF)
+	}
+	if c := elf.Class(ident[elf.EI_CLASS]); c != elf.ELFCLASS64 {
+		return nil, fmt.Errorf("read %s: %w, this one is %s", path, ErrUnsupported, c)
+	}
+	f, err := elf.NewFile(r)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w: %v", path, ErrMalformed, err)
+	}
+	if f.Machine != elf.EM_X86_64 || f.ByteOrder != binary.LittleEndian {
+		return nil, fmt.Errorf("read %s: %w, this one is for %s", path, ErrUnsupported, f.Machine)
+	}
+	if f.Type != elf.ET_EXEC && f.Type != elf.ET_DYN {
+		return nil, fmt.Errorf("read %s: %w, and only executables and shared libraries, this one is %s", path, ErrUnsupported, f.Type)
+	}
+	if len(f.Progs) > maxLoads || len(f.Sections) > maxSections {
+		return nil, fmt.Errorf("read %s: %w: too many program or section headers", path, ErrMalformed)
+	}
+	p := &parser{f: f, r: r, spec: &Spec{Path: path, Type: f.Type}}
+	for _, ph := range f.Progs {
+		if ph.Type == elf.PT_LOAD {
+			p.spec.Loads = append(p.spec.Loads, Load{Vaddr: ph.Vaddr, Offset: ph.Off, Filesz: ph.Filesz, Memsz: ph.Memsz, Flags: ph.Flags})
+		}
+	}
+	p.spec.BuildID = buildID(f)
+	if err := p.symbols(); err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	if err := p.sites(); err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	return p.spec, nil
+}
+
+// CheckSites returns nil when the file has at least one patchable site, and
+// otherwise an error wrapping [ErrNoSites] that says how to build the file.
+func (s *Spec) CheckSites() error {
+	unknown := 0
+	for i := range s.Sites {
+		if s.Sites[i].Form.Patchable() {
+			return nil
+		}
+		unknown++
+	}
+	if unknown > 0 {
+		return fmt.Errorf("%w in %s: its %d recorded sites hold neither NOPs nor a NOP sled (gcc -pg without -mnop-mcount leaves CALLs there): "+
+			"build it with clang -fpatchable-function-entry=5 or gcc -pg -mfentry -mnop-mcount -mrecord-mcount (see docs/BUILDING.md)", ErrNoSites, s.Path, unknown)
+	}
+	return fmt.Errorf("%w in %s: build it with clang -fpatchable-function-entry=5 (see docs/BUILDING.md)", ErrNoSites, s.Path)
+}
+
+// Patchable returns the sites whose form can be patched (not FormUnknown).
+func (s *Spec) Patchable() []Site {
+	out := make([]Site, 0, len(s.Sites))
+	for _, st := range s.Sites {
+		if st.Form.Patchable() {
+			out = append(out, st)
+		}
+	}
+	return out
+}
+
+// exec returns the executable PT_LOAD holding the n file bytes at addr.
+func (s *Spec) exec(addr, n uint64) (Load, bool) {
+	for _, l := range s.Loads {
+		if l.Flags&elf.PF_X != 0 && addr >= l.Vaddr && addr-l.Vaddr <= l.Filesz && l.Filesz-(addr-l.Vaddr) >= n {
+			return l, true
+		}
+	}
+	return Load{}, false
+}
+
+type parser struct {
+	f    *elf.File
+	r    io.ReaderAt
+	spec *Spec
+
+	// chunk caches file bytes for reading site bytes in address order.
+	chunk    []byte
+	chunkOff uint64
+}
+
+// sectionData returns a section's contents, refusing sizes above limit.
+func sectionData(s *elf.Section, limit uint64) ([]byte, error) {
+	if s.Type == elf.SHT_NOBITS {
+		return nil, nil
+	}
+	if s.Size > limit {
+		return nil, fmt.Errorf("%w: section %s is %d bytes, more than the %d livetrace accepts", ErrMalformed, s.Name, s.Size, limit)
+	}
+	b, err := s.Data()
+	if err != nil {
+		return nil, fmt.Errorf("%w: section %s: %v", ErrMalformed, s.Name, err)
+	}
+	return b, nil
+}
+
+// sites reads every site table and fills spec.Sites.
+func (p *parser) sites() error {
+	var addrs []uint64
+	var tables []Table
+	for _, sec := range p.f.Sections {
+		t := Table(sec.Name)
+		if t != TablePatchable && t != TableMcount {
+			continue
+		}
+		data, err := sectionData(sec, maxTableSize)
+		if err != nil {
+			return err
+		}
+		n := len(data) / 8
+		vals := make([]uint64, n)
+		for i := range vals {
+			vals[i] = binary.LittleEndian.Uint64(data[8*i:])
+		}
+		if err := p.relocate(sec, vals); err != nil {
+			return err
+		}
+		for _, v := range vals {
+			if v == 0 {
+				continue
+			}
+			addrs = append(addrs, v)
+			tables = append(tables, t)
+		}
+	}
+	sites := make([]Site, 0, len(addrs))
+	for i, a := range addrs {
+		st, ok := p.site(a, tables[i])
+		if !ok {
+			p.spec.Skipped++
+			continue
+		}
+		sites = append(sites, st)
+	}
+	sort.SliceStable(sites, func(i, j int) bool { return sites[i].Addr < sites[j].Addr })
+	out := sites[:0]
+	for _, st := range sites {
+		if len(out) > 0 && out[len(out)-1].Addr == st.Addr {
+			continue
+		}
+		out = append(out, st)
+	}
+	p.spec.Sites = out
+	return nil
+}
+
+// site reads the bytes of the site recorded at addr.
+func (p *parser) site(addr uint64, t Table) (Site, bool) {
+	st := Site{Addr: addr, Table: t, Func: -1}
+	if !p.read(addr, st.Bytes[:]) {
+		return st, false
+	}
+	if [4]byte(st.Bytes[:4]) == endbr64 {
+		st.Addr += 4
+		st.Endbr = true
+		if !p.read(st.Addr, st.Bytes[:]) {
+			return st, false
+		}
+	}
+	st.Form = Classify(st.Bytes)
+	if i, ok := p.spec.funcIndex(st.Addr); ok {
+		st.Func = i
+		fn := p.spec.Funcs[i]
+		if !st.Endbr && fn.Addr+4 == st.Addr {
+			var b [4]byte
+			st.Endbr = p.read(fn.Addr, b[:]) && b == endbr64
+		}
+	}
+	return st, true
+}
+
+// read fills b with the file bytes at link-time address addr, which must lie
+// in an executable PT_LOAD.
+func (p *parser) read(addr uint64, b []byte) bool {
+	l, ok := p.spec.exec(addr, uint64(len(b)))
+	if !ok {
+		return false
+	}
+	off := addr - l.Vaddr + l.Offset
+	if off < p.chunkOff || off-p.chunkOff+uint64(len(b)) > uint64(len(p.chunk)) {
+		// Read ahead to serve the next sites, which are usually close by.
+		const chunkSize = 64 << 10
+		n := min(uint64(chunkSize), l.Offset+l.Filesz-off)
+		if cap(p.chunk) < int(n) {
+			p.chunk = make([]byte, chunkSize)
+		}
+		got, err := p.r.ReadAt(p.chunk[:n], int64(off))
+		if got < len(b) && err != nil {
+			return false
+		}
+		p.chunk, p.chunkOff = p.chunk[:got], off
+	}
+	copy(b, p.chunk[off-p.chunkOff:])
+	return true
+}
+
+// relocate applies the RELA relocations that target table sec to vals, its
+// 8-byte entries. A PIE or shared library may hold zeros in the file and
+// get its addresses only from R_X86_64_RELATIVE (value = addend) or
+// R_X86_64_64 (symbol + addend). REL and RELR relocations use the value in
+// the file as the addend, which is already the link-time address we want.
+func (p *parser) relocate(sec *elf.Section, vals []uint64) error {
+	if len(vals) == 0 {
+		return nil
+	}
+	// In ET_EXEC/ET_DYN files relocation offsets are virtual addresses.
+	lo, hi := sec.Addr, sec.Addr+8*uint64(len(vals))
+	for _, rs := range p.f.Sections {
+		if rs.Type != elf.SHT_RELA {
+			continue
+		}
+		data, err := sectionData(rs, maxRelaSize)
+		if err != nil {
+			return err
+		}
+		var syms []elf.Symbol
+		symsLoaded := false
+		for i := 0; i+24 <= len(data); i += 24 {
+			off := binary.LittleEndian.Uint64(data[i:])
+			if off < lo || off >= hi || (off-lo)%8 != 0 {
+				continue
+			}
+			info := binary.LittleEndian.Uint64(data[i+8:])
+			addend := binary.LittleEndian.Uint64(data[i+16:])
+			k := (off - lo) / 8
+			switch elf.R_X86_64(info & 0xffffffff) {
+			case elf.R_X86_64_RELATIVE:
+				vals[k] = addend
+			case elf.R_X86_64_64:
+				if !symsLoaded {
+					syms, symsLoaded = p.relocSymbols(rs), true
+				}
+				si := info >> 32
+				switch {
+				case si == 0:
+					vals[k] = addend
+				case si-1 < uint64(len(syms)) && syms[si-1].Section != elf.SHN_UNDEF:
+					vals[k] = syms[si-1].Value + addend
+				default:
+					vals[k] = 0
+					p.spec.Skipped++
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// relocSymbols returns the symbols of the symbol table linked from the
+// relocation section rs (without the null symbol 0), or nil.
+func (p *parser) relocSymbols(rs *elf.Section) []elf.Symbol {
+	if int(rs.Link) >= len(p.f.Sections) {
+		return nil
+	}
+	ls := p.f.Sections[rs.Link]
+	if ls.Size > maxSymtabSize {
+		return nil
+	}
+	var syms []elf.Symbol
+	switch ls.Type {
+	case elf.SHT_DYNSYM:
+		syms, _ = p.f.DynamicSymbols()
+	case elf.SHT_SYMTAB:
+		syms, _ = p.f.Symbols()
+	}
+	return syms
+}
+
+// buildID returns the GNU build ID of f in hex, or "".
+func buildID(f *elf.File) string {
+	for _, s := range f.Sections {
+		if s.Type != elf.SHT_NOTE {
+			continue
+		}
+		data, err := sectionData(s, maxNoteSize)
+		if err != nil {
+			continue
+		}
+		for len(data) >= 12 {
+			namesz := uint64(binary.LittleEndian.Uint32(data))
+			descsz := uint64(binary.LittleEndian.Uint32(data[4:]))
+			typ := binary.LittleEndian.Uint32(data[8:])
+			data = data[12:]
+			nameEnd := (namesz + 3) &^ 3
+			descEnd := nameEnd + (descsz+3)&^3
+			if nameEnd > uint64(len(data)) || nameEnd+descsz > uint64(len(data)) {
+				break
+			}
+			if typ == 3 /* NT_GNU_BUILD_ID */ && namesz == 4 && string(data[:4]) == "GNU\x00" {
+				return hex.EncodeToString(data[nameEnd : nameEnd+descsz])
+			}
+			if descEnd > uint64(len(data)) {
+				break
+			}
+			data = data[descEnd:]
+		}
+	}
+	return ""
+}

@@ -1,0 +1,206 @@
+package elfsite
+
+import (
+	"debug/elf"
+	"fmt"
+	"path"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/ianlancetaylor/demangle"
+)
+
+// maxNameLen caps the length of a symbol name kept from the file.
+const maxNameLen = 4096
+
+// symbols fills spec.Funcs from .symtab, or from .dynsym without one.
+func (p *parser) symbols() error {
+	var syms []elf.Symbol
+	symtab := p.f.Section(".symtab")
+	if symtab == nil {
+		for _, s := range p.f.Sections {
+			if s.Type == elf.SHT_SYMTAB {
+				symtab = s
+				break
+			}
+		}
+	}
+	p.spec.Stripped = symtab == nil
+	src := symtab
+	if src == nil {
+		src = p.f.Section(".dynsym")
+	}
+	if src == nil || src.Type == elf.SHT_NOBITS {
+		return nil
+	}
+	if src.Size > maxSymtabSize {
+		return fmt.Errorf("%w: section %s is %d bytes, more than the %d livetrace accepts", ErrMalformed, src.Name, src.Size, maxSymtabSize)
+	}
+	var err error
+	if src.Type == elf.SHT_DYNSYM {
+		syms, err = p.f.DynamicSymbols()
+	} else {
+		syms, err = p.f.Symbols()
+	}
+	if err != nil && err != elf.ErrNoSymbols {
+		return fmt.Errorf("%w: read symbols: %v", ErrMalformed, err)
+	}
+	funcs := make([]Func, 0, len(syms)/2)
+	for _, s := range syms {
+		t := elf.ST_TYPE(s.Info)
+		if t != elf.STT_FUNC && t != elf.STT_GNU_IFUNC || s.Section == elf.SHN_UNDEF || s.Value == 0 || s.Name == "" {
+			continue
+		}
+		raw := s.Name
+		if len(raw) > maxNameLen {
+			raw = raw[:maxNameLen]
+		}
+		funcs = append(funcs, Func{
+			Name:   Demangle(raw),
+			Raw:    raw,
+			Addr:   s.Value,
+			Size:   s.Size,
+			Global: elf.ST_BIND(s.Info) != elf.STB_LOCAL,
+		})
+	}
+	sort.SliceStable(funcs, func(i, j int) bool {
+		a, b := &funcs[i], &funcs[j]
+		if a.Addr != b.Addr {
+			return a.Addr < b.Addr
+		}
+		return rank(a) < rank(b)
+	})
+	p.spec.Funcs = funcs
+	return nil
+}
+
+// rank orders aliases at one address: the lowest rank names the function.
+// Global names win over local ones, then names without leading underscores
+// ("malloc" over "__libc_malloc"), then shorter, then lexical order.
+func rank(f *Func) string {
+	g := "1"
+	if f.Global {
+		g = "0"
+	}
+	u := len(f.Raw) - len(strings.TrimLeft(f.Raw, "_"))
+	return fmt.Sprintf("%s%04d%08d%s", g, u, len(f.Raw), f.Raw)
+}
+
+// Demangle returns the uftrace-style name of a mangled C++ or Rust symbol:
+// the qualified name with template arguments but without the parameter list
+// ("ns::Class::method"), keeping a clone suffix ("ns::f.constprop.0").
+// Other names, and names that do not demangle, are returned unchanged.
+func Demangle(raw string) (name string) {
+	if !strings.HasPrefix(raw, "_Z") && !strings.HasPrefix(raw, "_R") {
+		return raw
+	}
+	defer func() {
+		if recover() != nil {
+			name = raw
+		}
+	}()
+	out, err := demangle.ToString(raw, demangle.NoParams, demangle.NoEnclosingParams)
+	if err != nil || out == "" {
+		return raw
+	}
+	// Keep the suffix of a compiler clone (".constprop.0", ".isra.0",
+	// ".cold"), which NoParams drops: a clone is a function of its own.
+	if i := strings.IndexByte(raw, '.'); i > 0 && !strings.HasSuffix(out, raw[i:]) {
+		out += raw[i:]
+	}
+	return out
+}
+
+// funcIndex returns the index of the preferred function symbol containing
+// addr. A symbol of size 0 is taken to contain its first few bytes only
+// (enough for an ENDBR64 and a site).
+func (s *Spec) funcIndex(addr uint64) (int, bool) {
+	i := sort.Search(len(s.Funcs), func(i int) bool { return s.Funcs[i].Addr > addr })
+	// Walk back over the candidates that start at or before addr; a later
+	// symbol can be nested in an earlier, larger one.
+	for j := i - 1; j >= 0 && i-j <= 64; j-- {
+		f := &s.Funcs[j]
+		if addr-f.Addr < f.Size || (f.Size == 0 && addr-f.Addr <= 4) {
+			// Return the first (preferred) alias at that address.
+			for j > 0 && s.Funcs[j-1].Addr == f.Addr {
+				j--
+			}
+			return j, true
+		}
+	}
+	return -1, false
+}
+
+// FuncAt returns the function symbol containing the link-time address addr.
+func (s *Spec) FuncAt(addr uint64) (Func, bool) {
+	i, ok := s.funcIndex(addr)
+	if !ok {
+		return Func{}, false
+	}
+	return s.Funcs[i], true
+}
+
+// SiteName returns the name of the function holding st: its demangled name,
+// or "0x<addr>" (the link-time site address) when no symbol covers it.
+func (s *Spec) SiteName(st Site) string {
+	if st.Func >= 0 && st.Func < len(s.Funcs) {
+		return s.Funcs[st.Func].Name
+	}
+	return "0x" + strconv.FormatUint(st.Addr, 16)
+}
+
+// Aliases returns every function symbol at the address of Funcs[i],
+// the preferred one first.
+func (s *Spec) Aliases(i int) []Func {
+	if i < 0 || i >= len(s.Funcs) {
+		return nil
+	}
+	j := i + 1
+	for j < len(s.Funcs) && s.Funcs[j].Addr == s.Funcs[i].Addr {
+		j++
+	}
+	return s.Funcs[i:j]
+}
+
+// MatchSite reports whether any of the shell globs (path.Match syntax)
+// matches the site's name: the demangled or raw name of any alias of its
+// function, or "0x<addr>". Malformed globs match nothing; check them with
+// [ValidGlob].
+func (s *Spec) MatchSite(st Site, globs ...string) bool {
+	names := []string{s.SiteName(st)}
+	for _, f := range s.Aliases(st.Func) {
+		names = append(names, f.Name, f.Raw)
+	}
+	for _, g := range globs {
+		for _, n := range names {
+			if ok, _ := path.Match(g, n); ok {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// Match returns the sites (FormUnknown ones included) that any of globs
+// matches; see [Spec.MatchSite]. With no globs it returns every site.
+func (s *Spec) Match(globs ...string) []Site {
+	if len(globs) == 0 {
+		return append([]Site(nil), s.Sites...)
+	}
+	var out []Site
+	for _, st := range s.Sites {
+		if s.MatchSite(st, globs...) {
+			out = append(out, st)
+		}
+	}
+	return out
+}
+
+// ValidGlob returns an error when g is not a well-formed path.Match pattern.
+func ValidGlob(g string) error {
+	if _, err := path.Match(g, ""); err != nil {
+		return fmt.Errorf("parse pattern %q: %w: use shell glob syntax (*, ?, [a-z], \\ to quote)", g, err)
+	}
+	return nil
+}
