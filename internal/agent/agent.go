@@ -1,0 +1,224 @@
+package agent
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// Errors returned by this package.
+var (
+	// ErrOutOfReach means a stub cannot reach its target with a rel32 jump:
+	// use a [Springboard] near the stub.
+	ErrOutOfReach = errors.New("target out of rel32 reach")
+	// ErrBadConfig means a [Config] cannot be laid out.
+	ErrBadConfig = errors.New("invalid agent config")
+	// ErrBadShared means the shared memory does not hold a valid header.
+	ErrBadShared = errors.New("invalid shared memory")
+)
+
+const (
+	// StubSize is the size of one per-site stub slot and of a springboard.
+	StubSize = 16
+	// PageSize is the page size the layout assumes (x86-64).
+	PageSize = 4096
+	// CallerUnknown is the low meta word of an entry record whose caller
+	// did not fit in an int32 delta.
+	CallerUnknown = 0x80000000
+	// DefaultChunks is the chunk pool size used when Config.Chunks is 0.
+	DefaultChunks = 64
+	// DefaultChunkRecords is the chunk size used when Config.ChunkRecords is 0.
+	DefaultChunkRecords = 4096
+
+	maxChunks       = 1 << 20
+	maxChunkRecords = 1 << 20
+	maxSharedSize   = 1 << 40
+)
+
+// StubCode returns the 16-byte stub for site index idx placed at stubAddr:
+// `mov $idx, %r11d; jmp target; int3...`. target is lt_entry (base +
+// [EntryOff]) or a [Springboard] within reach. It fails with
+// [ErrOutOfReach] when target is beyond a rel32 jump, and when idx does
+// not fit in the 22 bits of a record.
+func StubCode(idx uint32, stubAddr, target uint64) ([StubSize]byte, error) {
+	var b [StubSize]byte
+	if idx >= MaxSites {
+		return b, fmt.Errorf("encode stub for site %d: %w: at most %d sites per session", idx, ErrBadConfig, MaxSites)
+	}
+	rel := int64(target - (stubAddr + 11))
+	if rel != int64(int32(rel)) {
+		return b, fmt.Errorf("encode stub at %#x for %#x: %w", stubAddr, target, ErrOutOfReach)
+	}
+	for i := range b {
+		b[i] = 0xcc
+	}
+	b[0], b[1] = 0x41, 0xbb
+	binary.LittleEndian.PutUint32(b[2:], idx)
+	b[6] = 0xe9
+	binary.LittleEndian.PutUint32(b[7:], uint32(int32(rel)))
+	return b, nil
+}
+
+// Springboard returns 16 bytes that jump to the absolute address target
+// (`jmp *0(%rip); .quad target`), for stubs too far from the agent.
+func Springboard(target uint64) [StubSize]byte {
+	var b [StubSize]byte
+	b[0], b[1] = 0xff, 0x25
+	binary.LittleEndian.PutUint64(b[6:], target)
+	b[14], b[15] = 0xcc, 0xcc
+	return b
+}
+
+// Site is one entry of the site table the SIGTRAP backstop searches.
+type Site struct {
+	Addr   uint64 // runtime address of the patched site (its first byte)
+	Target uint64 // the CALL target written there (the site's stub)
+}
+
+// Config describes the shared memory the tracer formats. The zero value
+// of Chunks and ChunkRecords selects the defaults.
+type Config struct {
+	Chunks       int    // chunks in the pool
+	ChunkRecords int    // records per chunk
+	Sites        []Site // sorted by Addr, strictly increasing
+	TSCHz        uint64 // informational, stored in the header
+}
+
+type sharedLayout struct {
+	siteOff, chunkOff, chunkSize, chunks, records, total uint64
+}
+
+func roundUp(x, a uint64) uint64 { return (x + a - 1) / a * a }
+
+func (cfg Config) layout() (sharedLayout, error) {
+	var l sharedLayout
+	chunks, recs := cfg.Chunks, cfg.ChunkRecords
+	if chunks == 0 {
+		chunks = DefaultChunks
+	}
+	if recs == 0 {
+		recs = DefaultChunkRecords
+	}
+	if chunks < 1 || chunks > maxChunks {
+		return l, fmt.Errorf("%w: Chunks %d not in [1, %d]", ErrBadConfig, chunks, maxChunks)
+	}
+	if recs < 1 || recs > maxChunkRecords {
+		return l, fmt.Errorf("%w: ChunkRecords %d not in [1, %d]", ErrBadConfig, recs, maxChunkRecords)
+	}
+	if len(cfg.Sites) > MaxSites {
+		return l, fmt.Errorf("%w: %d sites, at most %d", ErrBadConfig, len(cfg.Sites), MaxSites)
+	}
+	for i := 1; i < len(cfg.Sites); i++ {
+		if cfg.Sites[i].Addr <= cfg.Sites[i-1].Addr {
+			return l, fmt.Errorf("%w: sites not sorted by address at index %d", ErrBadConfig, i)
+		}
+	}
+	l.siteOff = SharedHdrPage
+	l.chunkOff = roundUp(l.siteOff+uint64(len(cfg.Sites))*SizeofSite, PageSize)
+	l.chunkSize = roundUp(SizeofChunkHdr+uint64(recs)*SizeofRecord, 64)
+	l.chunks, l.records = uint64(chunks), uint64(recs)
+	l.total = roundUp(l.chunkOff+l.chunks*l.chunkSize, PageSize)
+	if l.total > maxSharedSize {
+		return l, fmt.Errorf("%w: shared memory of %d bytes is too large", ErrBadConfig, l.total)
+	}
+	return l, nil
+}
+
+// SharedSize returns the size in bytes (a multiple of the page size) of the
+// shared memfd for cfg, or 0 when cfg is invalid ([InitShared] says why).
+func SharedSize(cfg Config) int {
+	l, err := cfg.layout()
+	if err != nil {
+		return 0
+	}
+	return int(l.total)
+}
+
+// RegionSize returns the size of the agent's whole region when its shared
+// memfd is sharedSize bytes: code, control page, private region, shared.
+func RegionSize(sharedSize int) uint64 {
+	return SharedOff + uint64(sharedSize)
+}
+
+// InitShared formats mem, the tracer's mapping of the shared memfd, for
+// cfg: header, site table and a pool of FREE chunks. Call it before the
+// agent can run; mem must be at least [SharedSize](cfg) bytes and 8-byte
+// aligned.
+func InitShared(mem []byte, cfg Config) error {
+	l, err := cfg.layout()
+	if err != nil {
+		return fmt.Errorf("format shared memory: %w", err)
+	}
+	if uint64(len(mem)) < l.total {
+		return fmt.Errorf("format shared memory: %w: %d bytes, need %d", ErrBadConfig, len(mem), l.total)
+	}
+	clear(mem[:l.chunkOff])
+	for i := uint64(0); i < l.chunks; i++ {
+		clear(mem[l.chunkOff+i*l.chunkSize:][:SizeofChunkHdr])
+	}
+	le := binary.LittleEndian
+	for i, s := range cfg.Sites {
+		o := l.siteOff + uint64(i)*SizeofSite
+		le.PutUint64(mem[o+SiteAddrOff:], s.Addr)
+		le.PutUint64(mem[o+SiteTargetOff:], s.Target)
+	}
+	le.PutUint32(mem[SharedHdrVersionOff:], Version)
+	le.PutUint32(mem[SharedHdrHdrSizeOff:], SharedHdrPage)
+	le.PutUint32(mem[SharedHdrChunkRecordsOff:], uint32(l.records))
+	le.PutUint64(mem[SharedHdrTotalSizeOff:], l.total)
+	le.PutUint64(mem[SharedHdrSiteOffOff:], l.siteOff)
+	le.PutUint64(mem[SharedHdrNsitesOff:], uint64(len(cfg.Sites)))
+	le.PutUint64(mem[SharedHdrChunkOffOff:], l.chunkOff)
+	le.PutUint64(mem[SharedHdrNchunksOff:], l.chunks)
+	le.PutUint64(mem[SharedHdrChunkSizeOff:], l.chunkSize)
+	le.PutUint64(mem[SharedHdrTscHzOff:], cfg.TSCHz)
+	le.PutUint32(mem[SharedHdrMagicOff:], Magic)
+	return nil
+}
+
+// Record is one decoded event.
+type Record struct {
+	TSC         uint64 // rdtsc at the event
+	Kind        uint8  // KindEntry or KindExit
+	Depth       uint8  // shadow stack depth mod 256 (0 in entry-only mode)
+	Site        uint32 // site index
+	CallerDelta int32  // entry: caller's return address minus the site address
+	CallerKnown bool   // entry: CallerDelta is valid
+}
+
+// DecodeRecord decodes the 16-byte record at the start of b. A shorter b
+// gives the zero Record (Kind 0, which is no valid kind).
+func DecodeRecord(b []byte) Record {
+	if len(b) < SizeofRecord {
+		return Record{}
+	}
+	le := binary.LittleEndian
+	meta := le.Uint64(b[RecordMetaOff:])
+	low := uint32(meta)
+	r := Record{
+		TSC:   le.Uint64(b[RecordTscOff:]),
+		Kind:  uint8(meta >> 62),
+		Depth: uint8(meta >> 54),
+		Site:  uint32(meta>>32) & (MaxSites - 1),
+	}
+	if r.Kind == KindEntry && low != CallerUnknown {
+		r.CallerDelta, r.CallerKnown = int32(low), true
+	}
+	return r
+}
+
+// EncodeRecord is the inverse of [DecodeRecord], for tests and tools.
+func EncodeRecord(r Record) [SizeofRecord]byte {
+	var b [SizeofRecord]byte
+	low := uint32(0)
+	if r.Kind == KindEntry {
+		low = CallerUnknown
+		if r.CallerKnown {
+			low = uint32(r.CallerDelta)
+		}
+	}
+	meta := uint64(r.Kind&3)<<62 | uint64(r.Depth)<<54 | uint64(r.Site&(MaxSites-1))<<32 | uint64(low)
+	binary.LittleEndian.PutUint64(b[RecordTscOff:], r.TSC)
+	binary.LittleEndian.PutUint64(b[RecordMetaOff:], meta)
+	return b
+}

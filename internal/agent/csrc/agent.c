@@ -1,0 +1,395 @@
+/*
+ * agent.c: the livetrace agent, a freestanding blob that runs inside the
+ * traced process. No libc, no relocations: every reference is RIP-relative
+ * to a hidden symbol placed by agent.ld. See doc.go for the contract with
+ * the tracer.
+ */
+#include "agent.h"
+
+#define HIDDEN __attribute__((visibility("hidden")))
+#define barrier() __asm__ __volatile__("" ::: "memory")
+
+/* The three data regions; agent.ld places them after the code. */
+HIDDEN struct lt_ctl lt_ctl __attribute__((section(".bss.lt_ctl"), aligned(4096)));
+HIDDEN struct lt_priv lt_priv __attribute__((section(".bss.lt_priv"), aligned(4096)));
+HIDDEN struct lt_shared_hdr lt_shared __attribute__((section(".bss.lt_shared"), aligned(4096)));
+
+HIDDEN extern char lt_return[];
+HIDDEN extern char lt_restorer[];
+
+
+void lt_on_entry(u32 idx, u64 *sp) HIDDEN;
+u64 lt_on_exit(u64 sp) HIDDEN;
+void lt_sigtrap(int sig, void *si, void *uc) HIDDEN;
+
+#define SYS_rt_sigaction 13
+#define SYS_rt_sigprocmask 14
+#define SYS_getpid 39
+#define SYS_gettid 186
+#define SYS_tgkill 234
+#define SIGTRAP 5
+#define SIG_BLOCK 0
+#define SIG_SETMASK 2
+#define SA_SIGINFO 4
+
+static inline long sys2(long n, long a, long b)
+{
+	long r;
+	__asm__ __volatile__("syscall" : "=a"(r) : "a"(n), "D"(a), "S"(b) : "rcx", "r11", "memory");
+	return r;
+}
+
+static inline long sys4(long n, long a, long b, long c, long d)
+{
+	long r;
+	register long r10 __asm__("r10") = d;
+	__asm__ __volatile__("syscall"
+			     : "=a"(r)
+			     : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10)
+			     : "rcx", "r11", "memory");
+	return r;
+}
+
+static inline u64 rdtsc(void)
+{
+	u32 lo, hi;
+	__asm__ __volatile__("rdtsc" : "=a"(lo), "=d"(hi));
+	return ((u64)hi << 32) | lo;
+}
+
+static inline u64 thread_pointer(void)
+{
+	u64 tp;
+	__asm__("mov %%fs:0, %0" : "=r"(tp));
+	return tp;
+}
+
+static inline u32 thread_hash(u64 tp)
+{
+	return (u32)((tp * 0x9e3779b97f4a7c15ull) >> 52) & (LT_MAX_THREADS - 1);
+}
+
+/* lt_lookup finds the slot of thread pointer tp, or returns 0. */
+static struct lt_thread *lt_lookup(u64 tp)
+{
+	u32 h = thread_hash(tp);
+	for (u32 n = 0; n < LT_MAX_PROBES; n++) {
+		struct lt_thread *t = &lt_priv.threads[(h + n) & (LT_MAX_THREADS - 1)];
+		u64 k = __atomic_load_n(&t->key, __ATOMIC_ACQUIRE);
+		if (k == tp)
+			return t;
+		if (k == LT_KEY_EMPTY)
+			return 0;
+	}
+	return 0;
+}
+
+/*
+ * lt_claim registers the calling thread. It runs once per thread, with all
+ * signals blocked so that a handler cannot see a half-initialized slot.
+ */
+static struct lt_thread *lt_claim(u64 tp)
+{
+	u64 all = ~0ull, old = 0;
+	struct lt_thread *t = 0;
+	sys4(SYS_rt_sigprocmask, SIG_BLOCK, (long)&all, (long)&old, 8);
+	for (int tries = 0; tries < 8; tries++) {
+		/* A handler may have registered us before signals were blocked. */
+		t = lt_lookup(tp);
+		if (t)
+			break;
+		struct lt_thread *c = 0;
+		u64 k = 0;
+		u32 h = thread_hash(tp);
+		for (u32 n = 0; n < LT_MAX_PROBES && !c; n++) {
+			struct lt_thread *x = &lt_priv.threads[(h + n) & (LT_MAX_THREADS - 1)];
+			k = __atomic_load_n(&x->key, __ATOMIC_ACQUIRE);
+			if (k == LT_KEY_EMPTY || k == LT_KEY_RETIRED)
+				c = x;
+		}
+		if (!c)
+			break; /* table full along our probe sequence */
+		if (!__atomic_compare_exchange_n(&c->key, &k, tp, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+			continue; /* lost a race: rescan */
+		c->tid = (u32)sys2(SYS_gettid, 0, 0);
+		c->depth = 0;
+		c->chunk = 0;
+		c->pos = 0;
+		c->lost = 0;
+		c->busy = 0;
+		__atomic_fetch_add(&lt_shared.threads, 1, __ATOMIC_RELAXED);
+		t = c;
+		break;
+	}
+	sys4(SYS_rt_sigprocmask, SIG_SETMASK, (long)&old, 0, 8);
+	return t;
+}
+
+static inline struct lt_chunk_hdr *chunk_at(u64 off)
+{
+	return (struct lt_chunk_hdr *)((char *)&lt_shared + off);
+}
+
+/* lt_take takes a FREE chunk for t, probing a bounded number of chunks. */
+static u64 lt_take(struct lt_thread *t)
+{
+	u64 n = lt_shared.nchunks;
+	if (n == 0)
+		return 0;
+	u64 h = __atomic_load_n(&lt_shared.hint, __ATOMIC_RELAXED);
+	for (u32 i = 0; i < LT_CHUNK_PROBES && i < n; i++) {
+		u64 idx = (h + i) % n;
+		u64 off = lt_shared.chunk_off + idx * lt_shared.chunk_size;
+		struct lt_chunk_hdr *c = chunk_at(off);
+		u32 st = __atomic_load_n(&c->state, __ATOMIC_RELAXED);
+		if (st != LT_CHUNK_FREE)
+			continue;
+		if (!__atomic_compare_exchange_n(&c->state, &st, LT_CHUNK_OWNED, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+			continue;
+		__atomic_store_n(&lt_shared.hint, idx + 1, __ATOMIC_RELAXED);
+		c->tid = t->tid;
+		c->seq = 0;
+		c->lost = t->lost;
+		c->slot = (u32)(t - lt_priv.threads);
+		__atomic_store_n(&c->count, 0, __ATOMIC_RELEASE);
+		t->lost = 0;
+		t->pos = 0;
+		return off;
+	}
+	__atomic_store_n(&lt_shared.hint, h + LT_CHUNK_PROBES, __ATOMIC_RELAXED);
+	return 0;
+}
+
+static void lt_drop(struct lt_thread *t)
+{
+	if (t->lost != ~0u)
+		t->lost++;
+	__atomic_fetch_add(&lt_shared.lost, 1, __ATOMIC_RELAXED);
+}
+
+/* lt_emit appends one record to t's chunk, publishing it when full. */
+static void lt_emit(struct lt_thread *t, u64 tsc, u64 meta)
+{
+	u64 off = t->chunk;
+	if (!off) {
+		off = lt_take(t);
+		if (!off) {
+			lt_drop(t);
+			return;
+		}
+		t->chunk = off;
+	}
+	struct lt_chunk_hdr *c = chunk_at(off);
+	struct lt_record *r = (struct lt_record *)((char *)c + LT_CHUNK_HDR_SIZE) + t->pos;
+	r->tsc = tsc;
+	r->meta = meta;
+	u32 pos = ++t->pos;
+	/* x86 TSO: a release store is a plain store after the record's. */
+	__atomic_store_n(&c->count, pos, __ATOMIC_RELEASE);
+	if (pos >= lt_shared.chunk_records) {
+		c->seq = __atomic_add_fetch(&lt_shared.seq, 1, __ATOMIC_RELAXED);
+		__atomic_store_n(&c->state, LT_CHUNK_FULL, __ATOMIC_RELEASE);
+		t->chunk = 0;
+		t->pos = 0;
+	}
+}
+
+static inline u64 meta(u64 kind, u32 depth, u32 idx, u32 low)
+{
+	return kind << 62 | (u64)(depth & 0xff) << 54 | (u64)(idx & (LT_MAX_SITES - 1)) << 32 | low;
+}
+
+static inline u32 caller_delta(u64 ret, u64 site)
+{
+	s64 d = (s64)(ret - site);
+	if (d <= -0x80000000ll || d > 0x7fffffffll)
+		return LT_CALLER_UNKNOWN;
+	return (u32)d;
+}
+
+/* busy_live reports whether t's agent frame at busy is still running below sp. */
+static inline int busy_live(u64 busy, u64 sp)
+{
+	if (!busy)
+		return 0;
+	/* Stale when the stack has unwound above it (siglongjmp out of a
+	 * handler that interrupted the agent). Live when we are deeper on the
+	 * same stack, or far away (a sigaltstack). */
+	return !(sp >= busy && sp - busy < LT_STACK_WINDOW);
+}
+
+/*
+ * lt_on_entry is called by lt_entry with the site index and a pointer to
+ * {site+5, caller's return address}. Only when tracing is enabled.
+ */
+void lt_on_entry(u32 idx, u64 *sp)
+{
+	u64 tp = thread_pointer();
+	struct lt_thread *t = lt_lookup(tp);
+	if (!t) {
+		t = lt_claim(tp);
+		if (!t) {
+			__atomic_fetch_add(&lt_shared.table_full, 1, __ATOMIC_RELAXED);
+			return;
+		}
+	}
+	if (busy_live(t->busy, (u64)sp)) {
+		if (t->lost != ~0u)
+			t->lost++;
+		__atomic_fetch_add(&lt_shared.reentered, 1, __ATOMIC_RELAXED);
+		return;
+	}
+	t->busy = (u64)sp;
+	barrier();
+
+	u64 tsc = rdtsc();
+	u64 site = sp[0] - 5;
+	u64 ret = sp[1];
+	u64 slot = (u64)&sp[1];
+	struct lt_shadow *ss = lt_priv.shadow[t - lt_priv.threads];
+	u32 d = t->depth;
+	if (d > LT_SHADOW_DEPTH)
+		d = LT_SHADOW_DEPTH;
+
+	if (ret == (u64)lt_return) {
+		/* A tail call from a hijacked frame: the frame at this slot is
+		 * the caller's. Drop stale frames strictly below the slot. */
+		while (d > 0 && ss[d - 1].slot < slot && slot - ss[d - 1].slot < LT_STACK_WINDOW)
+			d--;
+		t->depth = d;
+		if (d > 0 && ss[d - 1].slot == slot) {
+			struct lt_shadow *e = &ss[d - 1];
+			ret = e->orig;
+			if (lt_ctl.graph) {
+				/* The caller's frame ends here; the callee takes it over. */
+				lt_emit(t, tsc, meta(LT_KIND_EXIT, d - 1, e->site, 0));
+				e->site = idx;
+				lt_emit(t, tsc, meta(LT_KIND_ENTRY, d - 1, idx, caller_delta(ret, site)));
+				goto out;
+			}
+		} else {
+			ret = site + 0x100000000ull; /* cannot happen: caller unknown */
+		}
+		lt_emit(t, tsc, meta(LT_KIND_ENTRY, 0, idx, caller_delta(ret, site)));
+		goto out;
+	}
+
+	if (!lt_ctl.graph) {
+		lt_emit(t, tsc, meta(LT_KIND_ENTRY, 0, idx, caller_delta(ret, site)));
+		goto out;
+	}
+
+	/* Drop stale frames (longjmp, pthread_exit, reused thread pointer):
+	 * at or below the new slot, but only on the same stack. */
+	while (d > 0 && ss[d - 1].slot <= slot && slot - ss[d - 1].slot < LT_STACK_WINDOW)
+		d--;
+	if (d >= LT_SHADOW_DEPTH) {
+		t->depth = d;
+		__atomic_fetch_add(&lt_shared.overflow, 1, __ATOMIC_RELAXED);
+		goto out;
+	}
+	ss[d].orig = ret;
+	ss[d].slot = slot;
+	ss[d].site = idx;
+	barrier();
+	t->depth = d + 1;
+	barrier();
+	sp[1] = (u64)lt_return;
+	lt_emit(t, tsc, meta(LT_KIND_ENTRY, d, idx, caller_delta(ret, site)));
+out:
+	barrier();
+	t->busy = 0;
+}
+
+/*
+ * lt_on_exit is called by lt_return with sp = the stack pointer after the
+ * traced function's ret (its return slot + 8). It returns the original
+ * return address, or 0 when there is none (lt_return then executes ud2).
+ */
+u64 lt_on_exit(u64 sp)
+{
+	u64 tsc = rdtsc();
+	u64 slot = sp - 8;
+	struct lt_thread *t = lt_lookup(thread_pointer());
+	if (!t)
+		return 0;
+	struct lt_shadow *ss = lt_priv.shadow[t - lt_priv.threads];
+	u32 d = t->depth;
+	if (d > LT_SHADOW_DEPTH)
+		d = LT_SHADOW_DEPTH;
+	int live = busy_live(t->busy, sp);
+	while (d > 0 && ss[d - 1].slot != slot)
+		d--;
+	if (d == 0)
+		return 0;
+	struct lt_shadow *e = &ss[d - 1];
+	u64 orig = e->orig;
+	if (live) {
+		/* Re-entered from a signal handler that interrupted the agent:
+		 * leave the shadow stack alone; a later entry drops the frame. */
+		__atomic_fetch_add(&lt_shared.reentered, 1, __ATOMIC_RELAXED);
+		return orig;
+	}
+	t->busy = sp;
+	barrier();
+	t->depth = d - 1;
+	if (lt_ctl.enabled)
+		lt_emit(t, tsc, meta(LT_KIND_EXIT, d - 1, e->site, 0));
+	barrier();
+	t->busy = 0;
+	return orig;
+}
+
+/* ucontext_t on x86-64: uc_mcontext.gregs starts at byte 40. */
+#define UC_GREGS 5
+#define REG_RSP 15
+#define REG_RIP 16
+
+typedef void (*handler1)(int);
+typedef void (*handler3)(int, void *, void *);
+
+/*
+ * lt_sigtrap is the SIGTRAP backstop: it emulates the CALL of a site whose
+ * INT3 the tracer left behind, and chains any other SIGTRAP.
+ */
+void lt_sigtrap(int sig, void *si, void *uc)
+{
+	u64 *g = (u64 *)uc + UC_GREGS;
+	u64 site = g[REG_RIP] - 1;
+	const struct lt_site *s = (const struct lt_site *)((char *)&lt_shared + lt_shared.site_off);
+	u64 lo = 0, hi = lt_shared.nsites;
+	if (lt_shared.magic == LT_MAGIC) {
+		while (lo < hi) {
+			u64 mid = lo + (hi - lo) / 2;
+			if (s[mid].addr < site)
+				lo = mid + 1;
+			else
+				hi = mid;
+		}
+		if (lo < lt_shared.nsites && s[lo].addr == site) {
+			u64 rsp = g[REG_RSP] - 8;
+			*(u64 *)rsp = site + 5;
+			g[REG_RSP] = rsp;
+			g[REG_RIP] = s[lo].target;
+			__atomic_fetch_add(&lt_shared.traps, 1, __ATOMIC_RELAXED);
+			return;
+		}
+	}
+	struct lt_ksigaction old = lt_priv.old_sigtrap;
+	if (old.handler == 1) /* SIG_IGN */
+		return;
+	if (old.handler == 0) {
+		/* SIG_DFL: restore the default action and re-raise; the signal
+		 * stays blocked until this handler returns, then kills. */
+		struct lt_ksigaction dfl = {0, 0, 0, 0};
+		sys4(SYS_rt_sigaction, SIGTRAP, (long)&dfl, 0, 8);
+		long pid = sys2(SYS_getpid, 0, 0);
+		long tid = sys2(SYS_gettid, 0, 0);
+		sys4(SYS_tgkill, pid, tid, SIGTRAP, 0);
+		return;
+	}
+	if (old.flags & SA_SIGINFO)
+		((handler3)old.handler)(sig, si, uc);
+	else
+		((handler1)old.handler)(sig);
+}

@@ -1,0 +1,154 @@
+/*
+ * agent.h: data structures shared between the livetrace agent (which runs
+ * inside the traced process) and the tracer.
+ *
+ * The Go side never parses this file: `go generate` compiles the agent with
+ * -g and reads every struct layout and enumerator below from DWARF, so the
+ * generated layout_generated.go cannot drift from the C code. Keep every
+ * field a fixed-width integer and every padding explicit.
+ */
+#ifndef LIVETRACE_AGENT_H
+#define LIVETRACE_AGENT_H
+
+typedef unsigned char u8;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+typedef long long s64;
+
+/* Constants exported to Go (each LT_FOO becomes agent.Foo). */
+enum lt_const {
+	LT_MAGIC = 0x4c544147,          /* "GATL" little endian: shared header magic */
+	LT_VERSION = 1,                 /* shared memory format version */
+	LT_MAX_THREADS = 4096,          /* thread table slots (power of two) */
+	LT_SHADOW_DEPTH = 512,          /* shadow stack entries per thread */
+	LT_MAX_PROBES = 64,             /* thread table probes per lookup */
+	LT_CHUNK_PROBES = 16,           /* chunk pool probes per allocation */
+	LT_MAX_SITES = 1 << 22,         /* site indexes are 22 bits */
+	LT_STACK_WINDOW = 1 << 20,      /* stale-frame window on one stack (1 MiB) */
+	LT_SHARED_HDR_PAGE = 4096,      /* bytes reserved for the shared header */
+	LT_CHUNK_FREE = 0,              /* chunk state: in the pool */
+	LT_CHUNK_OWNED = 1,             /* chunk state: a thread is writing it */
+	LT_CHUNK_FULL = 2,              /* chunk state: published, for the tracer */
+	LT_KEY_EMPTY = 0,               /* thread slot key: never used */
+	LT_KEY_RETIRED = 1,             /* thread slot key: retired by the tracer */
+	LT_KIND_ENTRY = 1,              /* record kind: function entry */
+	LT_KIND_EXIT = 2,               /* record kind: function exit */
+};
+
+#define LT_CHUNK_HDR_SIZE 64
+
+/* LT_CALLER_UNKNOWN is the caller delta of an entry whose caller did not fit. */
+#define LT_CALLER_UNKNOWN 0x80000000u
+
+/*
+ * struct lt_ctl is the control page (MADV_WIPEONFORK: reads as zero in a
+ * forked child). The tracer writes it through /proc/PID/mem.
+ */
+struct lt_ctl {
+	u32 enabled; /* nonzero: record events */
+	u32 graph;   /* nonzero: hijack returns and record exits */
+};
+
+/* struct lt_ksigaction is the kernel's struct sigaction on x86-64. */
+struct lt_ksigaction {
+	u64 handler;
+	u64 flags;
+	u64 restorer;
+	u64 mask;
+};
+
+/*
+ * struct lt_thread is one slot of the open-addressing thread table in
+ * private memory. Only its owner thread writes it, except key (CAS by a
+ * claiming thread; LT_KEY_RETIRED written by the tracer at thread exit).
+ */
+struct lt_thread {
+	u64 key;   /* thread pointer (%fs:0), LT_KEY_EMPTY or LT_KEY_RETIRED */
+	u32 tid;   /* gettid() of the owner */
+	u32 depth; /* shadow stack entries in use */
+	u64 chunk; /* offset of the current chunk from the shared base, 0: none */
+	u32 pos;   /* records written in the current chunk */
+	u32 lost;  /* events dropped since the current chunk was taken */
+	u64 busy;  /* nonzero while the agent runs for this thread: its sp */
+	u64 pad[3];
+};
+
+/* struct lt_shadow is one shadow stack entry (a hijacked return). */
+struct lt_shadow {
+	u64 orig; /* original return address */
+	u64 slot; /* address of the return address slot on the stack */
+	u32 site; /* site index */
+	u32 pad;
+};
+
+/*
+ * struct lt_priv is the private anonymous region (copied, not wiped, on
+ * fork). The thread table and the shadow stacks; only touched pages cost.
+ */
+struct lt_priv {
+	struct lt_ksigaction old_sigtrap; /* previous SIGTRAP action (tracer writes) */
+	u8 pad[4096 - sizeof(struct lt_ksigaction)];
+	struct lt_thread threads[LT_MAX_THREADS];
+	struct lt_shadow shadow[LT_MAX_THREADS][LT_SHADOW_DEPTH];
+};
+
+/* struct lt_site is one entry of the site table: sorted by addr. */
+struct lt_site {
+	u64 addr;   /* runtime address of the patched site */
+	u64 target; /* its CALL target (the site's stub) */
+};
+
+/*
+ * struct lt_shared_hdr is the first page of the shared memfd. The tracer
+ * formats it before the agent runs; the agent trusts it.
+ */
+struct lt_shared_hdr {
+	u32 magic;
+	u32 version;
+	u32 hdr_size;      /* LT_SHARED_HDR_SIZE */
+	u32 chunk_records; /* records per chunk */
+	u64 total_size;    /* bytes of the whole shared region */
+	u64 site_off;      /* offset of the site table */
+	u64 nsites;
+	u64 chunk_off;     /* offset of chunk 0 */
+	u64 nchunks;
+	u64 chunk_size;    /* bytes per chunk, header included */
+	u64 tsc_hz;        /* informational, written by the tracer */
+	u64 pad0[7];
+	/* Counters, each on its own cache line pair, written by the agent. */
+	u64 seq;           /* last published chunk sequence number */
+	u64 pad1[7];
+	u64 hint;          /* where the next chunk search starts */
+	u64 pad2[7];
+	u64 lost;          /* events dropped: no free chunk */
+	u64 overflow;      /* frames not traced: shadow stack full */
+	u64 table_full;    /* events dropped: thread table full */
+	u64 reentered;     /* events dropped: agent re-entered by a signal */
+	u64 threads;       /* thread slots claimed */
+	u64 traps;         /* SIGTRAPs emulated by the backstop */
+};
+
+/* struct lt_chunk_hdr heads every chunk. */
+struct lt_chunk_hdr {
+	u32 state; /* LT_CHUNK_* */
+	u32 tid;   /* owner's tid */
+	u64 seq;   /* publication order, valid when FULL */
+	u32 count; /* records written (release-stored after each record) */
+	u32 lost;  /* events the owner dropped before taking this chunk */
+	u32 slot;  /* owner's thread slot index */
+	u32 pad[9];
+};
+
+_Static_assert(sizeof(struct lt_chunk_hdr) == 64, "chunk header is 64 bytes");
+_Static_assert(sizeof(struct lt_thread) == 64, "thread slot is 64 bytes");
+_Static_assert(sizeof(struct lt_shared_hdr) <= LT_SHARED_HDR_PAGE, "shared header fits");
+
+/* struct lt_record is one event. */
+struct lt_record {
+	u64 tsc;
+	u64 meta; /* kind:2 depth:8 site:22 caller_delta:32 */
+};
+
+_Static_assert(sizeof(struct lt_record) == 16, "record is 16 bytes");
+
+#endif

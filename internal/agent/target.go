@@ -1,0 +1,199 @@
+package agent
+
+import (
+	"encoding/binary"
+	"fmt"
+)
+
+// Addrs are the addresses of the agent's parts in a target where its
+// region starts at Base (page aligned).
+type Addrs struct {
+	Base       uint64
+	Entry      uint64 // lt_entry: stub target
+	Return     uint64 // lt_return: hijacked return address
+	Sigtrap    uint64 // lt_sigtrap: SIGTRAP handler (SA_SIGINFO)
+	Restorer   uint64 // lt_restorer: SA_RESTORER
+	Ctl        uint64 // control page (map private anonymous, MADV_WIPEONFORK)
+	Enabled    uint64 // u32 in the control page
+	Graph      uint64 // u32 in the control page
+	Priv       uint64 // private region (map private anonymous)
+	OldSigtrap uint64 // struct sigaction slot for the previous SIGTRAP action
+	Shared     uint64 // shared memfd (map MAP_SHARED)
+}
+
+// AddrsAt returns the addresses of the agent's parts for base.
+func AddrsAt(base uint64) Addrs {
+	return Addrs{
+		Base:       base,
+		Entry:      base + EntryOff,
+		Return:     base + ReturnOff,
+		Sigtrap:    base + SigtrapOff,
+		Restorer:   base + RestorerOff,
+		Ctl:        base + CtlOff,
+		Enabled:    base + CtlOff + CtlEnabledOff,
+		Graph:      base + CtlOff + CtlGraphOff,
+		Priv:       base + PrivOff,
+		OldSigtrap: base + PrivOff + PrivOldSigtrapOff,
+		Shared:     base + SharedOff,
+	}
+}
+
+// ThreadSlotAddr returns the address of thread slot i (0 <= i < MaxThreads).
+func (a Addrs) ThreadSlotAddr(i int) uint64 {
+	return a.Priv + PrivThreadsOff + uint64(i)*SizeofThread
+}
+
+// ShadowEntryAddr returns the address of entry j (0 <= j < ShadowDepth)
+// of the shadow stack of thread slot i.
+func (a Addrs) ShadowEntryAddr(i, j int) uint64 {
+	return a.Priv + PrivShadowOff + (uint64(i)*ShadowDepth+uint64(j))*SizeofShadow
+}
+
+// ShadowStackAddr returns the address of the shadow stack of thread slot i
+// (ShadowDepth entries of SizeofShadow bytes).
+func (a Addrs) ShadowStackAddr(i int) uint64 { return a.ShadowEntryAddr(i, 0) }
+
+// ThreadSlot is a decoded thread table slot (struct lt_thread).
+type ThreadSlot struct {
+	Key   uint64 // thread pointer, KeyEmpty or KeyRetired
+	Tid   uint32
+	Depth uint32 // shadow entries in use (clamp with [ThreadSlot.Frames])
+	Chunk uint64 // offset of the thread's OWNED chunk in shared memory, 0: none
+	Pos   uint32 // records written in Chunk
+	Lost  uint32 // events dropped since Chunk was taken
+	Busy  uint64 // nonzero while the thread runs in the agent
+}
+
+// InUse reports whether the slot belongs to a thread.
+func (s ThreadSlot) InUse() bool { return s.Key != KeyEmpty && s.Key != KeyRetired }
+
+// Frames returns the number of valid shadow entries, Depth clamped to
+// ShadowDepth (the target's memory is untrusted).
+func (s ThreadSlot) Frames() int { return int(min(s.Depth, ShadowDepth)) }
+
+// DecodeThreadSlot decodes a slot from the SizeofThread bytes read at
+// [Addrs.ThreadSlotAddr].
+func DecodeThreadSlot(b []byte) (ThreadSlot, error) {
+	if len(b) < SizeofThread {
+		return ThreadSlot{}, fmt.Errorf("decode thread slot: %d bytes, need %d", len(b), SizeofThread)
+	}
+	le := binary.LittleEndian
+	return ThreadSlot{
+		Key:   le.Uint64(b[ThreadKeyOff:]),
+		Tid:   le.Uint32(b[ThreadTidOff:]),
+		Depth: le.Uint32(b[ThreadDepthOff:]),
+		Chunk: le.Uint64(b[ThreadChunkOff:]),
+		Pos:   le.Uint32(b[ThreadPosOff:]),
+		Lost:  le.Uint32(b[ThreadLostOff:]),
+		Busy:  le.Uint64(b[ThreadBusyOff:]),
+	}, nil
+}
+
+// RetiredKey returns the 8 bytes to write at ThreadSlotAddr(i)+ThreadKeyOff
+// to retire the slot of an exited thread (see the package documentation).
+func RetiredKey() []byte {
+	return binary.LittleEndian.AppendUint64(nil, KeyRetired)
+}
+
+// ShadowEntry is a decoded shadow stack entry (struct lt_shadow): one
+// hijacked return.
+type ShadowEntry struct {
+	Orig uint64 // the original return address
+	Slot uint64 // stack address that held it and now holds lt_return
+	Site uint32 // site index of the hijacked frame
+}
+
+// DecodeShadowEntry decodes one entry from SizeofShadow bytes.
+func DecodeShadowEntry(b []byte) (ShadowEntry, error) {
+	if len(b) < SizeofShadow {
+		return ShadowEntry{}, fmt.Errorf("decode shadow entry: %d bytes, need %d", len(b), SizeofShadow)
+	}
+	le := binary.LittleEndian
+	return ShadowEntry{
+		Orig: le.Uint64(b[ShadowOrigOff:]),
+		Slot: le.Uint64(b[ShadowSlotOff:]),
+		Site: le.Uint32(b[ShadowSiteOff:]),
+	}, nil
+}
+
+// DecodeShadowStack decodes the first n entries of a shadow stack read
+// from [Addrs.ShadowStackAddr], oldest first. n is clamped to what b holds.
+func DecodeShadowStack(b []byte, n int) []ShadowEntry {
+	n = max(0, min(n, len(b)/SizeofShadow, ShadowDepth))
+	out := make([]ShadowEntry, n)
+	for i := range out {
+		out[i], _ = DecodeShadowEntry(b[i*SizeofShadow:])
+	}
+	return out
+}
+
+// Sigaction is the kernel's struct sigaction on x86-64 (rt_sigaction).
+type Sigaction struct {
+	Handler, Flags, Restorer, Mask uint64
+}
+
+const (
+	saSiginfo  = 0x4
+	saOnstack  = 0x08000000
+	saRestart  = 0x10000000
+	saRestorer = 0x04000000
+)
+
+// SigtrapAction returns the action the tracer installs for SIGTRAP (with
+// the previous one saved at [Addrs.OldSigtrap] by the same rt_sigaction):
+// lt_sigtrap with SA_SIGINFO|SA_RESTORER|SA_ONSTACK|SA_RESTART and
+// lt_restorer, blocking nothing extra.
+func (a Addrs) SigtrapAction() Sigaction {
+	return Sigaction{Handler: a.Sigtrap, Flags: saSiginfo | saRestorer | saOnstack | saRestart, Restorer: a.Restorer}
+}
+
+// Encode returns the SizeofSigaction bytes of s.
+func (s Sigaction) Encode() []byte {
+	b := make([]byte, SizeofSigaction)
+	le := binary.LittleEndian
+	le.PutUint64(b[SigactionHandlerOff:], s.Handler)
+	le.PutUint64(b[SigactionFlagsOff:], s.Flags)
+	le.PutUint64(b[SigactionRestorerOff:], s.Restorer)
+	le.PutUint64(b[SigactionMaskOff:], s.Mask)
+	return b
+}
+
+// DecodeSigaction decodes SizeofSigaction bytes.
+func DecodeSigaction(b []byte) (Sigaction, error) {
+	if len(b) < SizeofSigaction {
+		return Sigaction{}, fmt.Errorf("decode sigaction: %d bytes, need %d", len(b), SizeofSigaction)
+	}
+	le := binary.LittleEndian
+	return Sigaction{
+		Handler:  le.Uint64(b[SigactionHandlerOff:]),
+		Flags:    le.Uint64(b[SigactionFlagsOff:]),
+		Restorer: le.Uint64(b[SigactionRestorerOff:]),
+		Mask:     le.Uint64(b[SigactionMaskOff:]),
+	}, nil
+}
+
+// Ctl is the decoded control page.
+type Ctl struct {
+	Enabled, Graph bool
+}
+
+// Encode returns the SizeofCtl bytes to write at [Addrs.Ctl].
+func (c Ctl) Encode() []byte {
+	b := make([]byte, SizeofCtl)
+	if c.Enabled {
+		binary.LittleEndian.PutUint32(b[CtlEnabledOff:], 1)
+	}
+	if c.Graph {
+		binary.LittleEndian.PutUint32(b[CtlGraphOff:], 1)
+	}
+	return b
+}
+
+// DecodeCtl decodes SizeofCtl bytes read at [Addrs.Ctl].
+func DecodeCtl(b []byte) (Ctl, error) {
+	if len(b) < SizeofCtl {
+		return Ctl{}, fmt.Errorf("decode control page: %d bytes, need %d", len(b), SizeofCtl)
+	}
+	le := binary.LittleEndian
+	return Ctl{Enabled: le.Uint32(b[CtlEnabledOff:]) != 0, Graph: le.Uint32(b[CtlGraphOff:]) != 0}, nil
+}

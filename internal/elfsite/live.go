@@ -1,0 +1,282 @@
+package elfsite
+
+import (
+	"debug/elf"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+
+	"github.com/livetrace/livetrace/internal/proc"
+)
+
+// Module is one ELF file mapped into a live process: a [Spec] plus where
+// the process mapped it. It is immutable once returned and safe for
+// concurrent read-only use, but it describes the process only at the time
+// [LiveModules] read its maps.
+type Module struct {
+	// Path is the path as /proc/PID/maps shows it (it may end in
+	// " (deleted)").
+	Path string
+	// Bias is added to a link-time address to get the runtime address.
+	// It is 0 for ET_EXEC files.
+	Bias uint64
+	// Spec is the parsed file.
+	Spec *Spec
+	// Mappings are the process's mappings of the file, in address order.
+	Mappings []proc.Mapping
+}
+
+// Runtime returns the runtime address of the link-time address addr.
+func (m *Module) Runtime(addr uint64) uint64 { return addr + m.Bias }
+
+// Name returns the base name of the module's file, without " (deleted)".
+func (m *Module) Name() string {
+	p := strings.TrimSuffix(m.Path, " (deleted)")
+	if i := strings.LastIndexByte(p, '/'); i >= 0 {
+		return p[i+1:]
+	}
+	return p
+}
+
+// LiveModules returns every file-backed ELF module of process pid that has
+// an executable mapping, in address order. Modules without sites are
+// included (their Spec.Sites is empty); the vDSO and mapped files that are
+// not ELF are skipped. Errors from [proc.ReadMaps] (no such process,
+// permission, kernel thread) are returned as they are.
+//
+// Each file is opened through /proc/PID/map_files/START-END, which reaches
+// the very file the process mapped even when it has been deleted or
+// replaced on disk (this needs CAP_SYS_ADMIN), and otherwise through
+// /proc/PID/root/PATH.
+func LiveModules(pid int) ([]*Module, error) {
+	maps, err := proc.ReadMaps(pid)
+	if err != nil {
+		return nil, err
+	}
+	var mods []*Module
+	for _, g := range groupMappings(maps) {
+		if !hasExec(g) {
+			continue
+		}
+		spec, err := openMapped(pid, g)
+		if errors.Is(err, ErrNotELF) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		bias, err := computeBias(spec, g)
+		if err != nil {
+			return nil, fmt.Errorf("map module %s of pid %d: %w", g[0].Path, pid, err)
+		}
+		mods = append(mods, &Module{Path: g[0].Path, Bias: bias, Spec: spec, Mappings: g})
+	}
+	return mods, nil
+}
+
+// groupMappings splits the file-backed mappings into one group per mapped
+// instance of a file, in address order. A file mapped twice (a second
+// mapping at file offset 0 after the first instance) starts a new group.
+func groupMappings(maps []proc.Mapping) [][]proc.Mapping {
+	type key struct {
+		dev   string
+		inode uint64
+		path  string
+	}
+	var groups [][]proc.Mapping
+	cur := map[key]int{}
+	for _, m := range maps {
+		if !m.FileBacked() {
+			continue
+		}
+		k := key{m.Dev, m.Inode, m.Path}
+		i, ok := cur[k]
+		if ok && m.Offset == 0 && m.Start >= groups[i][len(groups[i])-1].End {
+			ok = false
+		}
+		if !ok {
+			groups = append(groups, nil)
+			i = len(groups) - 1
+			cur[k] = i
+		}
+		groups[i] = append(groups[i], m)
+	}
+	return groups
+}
+
+func hasExec(g []proc.Mapping) bool {
+	for _, m := range g {
+		if m.Exec() {
+			return true
+		}
+	}
+	return false
+}
+
+// openMapped parses the file behind the mappings g of process pid.
+func openMapped(pid int, g []proc.Mapping) (*Spec, error) {
+	m := g[0]
+	f, err := os.Open(fmt.Sprintf("/proc/%d/map_files/%x-%x", pid, m.Start, m.End))
+	if err != nil {
+		f, err = os.Open(fmt.Sprintf("/proc/%d/root%s", pid, strings.TrimSuffix(m.Path, " (deleted)")))
+	}
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			if _, serr := os.Stat(fmt.Sprintf("/proc/%d", pid)); serr != nil {
+				return nil, proc.ProcError(pid, serr)
+			}
+			return nil, fmt.Errorf("open module %s of pid %d: %w: it was deleted, and only root can open deleted files through /proc/%d/map_files", m.Path, pid, err, pid)
+		}
+		return nil, proc.ProcError(pid, err)
+	}
+	defer f.Close()
+	spec, err := Parse(f, m.Path)
+	if err != nil {
+		return nil, fmt.Errorf("read module of pid %d: %w", pid, err)
+	}
+	return spec, nil
+}
+
+// computeBias returns runtime address minus link-time address for the
+// module mapped by g. It takes the mapping with the lowest file offset
+// (normally 0) and the PT_LOAD that contains that offset: the loader maps
+// that segment's page at vaddr+bias, and ELF requires p_vaddr ≡ p_offset
+// modulo the page size, so bias = start - offset - (p_vaddr - p_offset).
+func computeBias(spec *Spec, g []proc.Mapping) (uint64, error) {
+	if spec.Type == elf.ET_EXEC {
+		return 0, nil
+	}
+	low := g[0]
+	for _, m := range g[1:] {
+		if m.Offset < low.Offset {
+			low = m
+		}
+	}
+	for _, l := range spec.Loads {
+		// The loader maps from the page that holds p_offset, so a mapping's
+		// offset can be up to a page below the segment's.
+		if l.Offset&^(pageSize-1) <= low.Offset && low.Offset < l.Offset+l.Filesz {
+			return low.Start - low.Offset - (l.Vaddr - l.Offset), nil
+		}
+	}
+	return 0, fmt.Errorf("no PT_LOAD segment holds file offset %#x: the file on disk does not match the mapping", low.Offset)
+}
+
+// pageSize is the x86-64 page size the loader aligns mappings to.
+const pageSize = 4096
+
+// State is the live state of a site's five bytes in a process.
+type State uint8
+
+// The live states of a site.
+const (
+	StateUnknown State = iota // anything else
+	StateNop                  // a NOP5 or a sled: not patched
+	StateCall                 // e8 rel32: patched
+	StateInt3                 // cc first: in the middle of a patch batch
+)
+
+// String returns "nop", "call", "int3" or "unknown".
+func (s State) String() string {
+	switch s {
+	case StateNop:
+		return "nop"
+	case StateCall:
+		return "call"
+	case StateInt3:
+		return "int3"
+	}
+	return "unknown"
+}
+
+// ClassifyLive returns the state of the live bytes b of a site.
+func ClassifyLive(b [5]byte) State {
+	switch {
+	case Classify(b).Patchable():
+		return StateNop
+	case b[0] == 0xe8:
+		return StateCall
+	case b[0] == 0xcc:
+		return StateInt3
+	}
+	return StateUnknown
+}
+
+// maxCoalesce caps one read of /proc/PID/mem; readGap is the largest gap
+// between sites that is still read rather than skipped.
+const (
+	maxCoalesce = 1 << 20
+	readGap     = 4096
+)
+
+// ReadSiteBytes returns the five bytes at each runtime address in addrs of
+// process pid, read (read-only) from /proc/PID/mem. Nearby addresses share
+// one read. Reading a process's memory needs the same privilege as ptrace.
+func ReadSiteBytes(pid int, addrs []uint64) ([][5]byte, error) {
+	out := make([][5]byte, len(addrs))
+	if len(addrs) == 0 {
+		return out, nil
+	}
+	f, err := os.Open(fmt.Sprintf("/proc/%d/mem", pid))
+	if err != nil {
+		return nil, proc.ProcError(pid, err)
+	}
+	defer f.Close()
+	order := make([]int, len(addrs))
+	for i := range order {
+		order[i] = i
+	}
+	sort.Slice(order, func(i, j int) bool { return addrs[order[i]] < addrs[order[j]] })
+	var buf []byte
+	for i := 0; i < len(order); {
+		start := addrs[order[i]]
+		end := start + 5
+		j := i + 1
+		for ; j < len(order); j++ {
+			a := addrs[order[j]]
+			if a > end+readGap || a+5-start > maxCoalesce {
+				break
+			}
+			end = max(end, a+5)
+		}
+		n := int(end - start)
+		if cap(buf) < n {
+			buf = make([]byte, n)
+		}
+		buf = buf[:n]
+		if err := readMem(f, pid, buf, start); err != nil {
+			// The range may span an unmapped page between two sites: fall
+			// back to one read per site to find the culprit.
+			for _, k := range order[i:j] {
+				if err := readMem(f, pid, out[k][:], addrs[k]); err != nil {
+					return nil, err
+				}
+			}
+		} else {
+			for _, k := range order[i:j] {
+				copy(out[k][:], buf[addrs[k]-start:])
+			}
+		}
+		i = j
+	}
+	return out, nil
+}
+
+func readMem(f *os.File, pid int, b []byte, addr uint64) error {
+	if addr > 1<<63 {
+		return fmt.Errorf("read memory of pid %d at %#x: address out of range", pid, addr)
+	}
+	n, err := f.ReadAt(b, int64(addr))
+	if n == len(b) {
+		return nil
+	}
+	if err == nil {
+		err = errors.New("short read")
+	}
+	if errors.Is(err, os.ErrPermission) {
+		return proc.ProcError(pid, err)
+	}
+	return fmt.Errorf("read memory of pid %d at %#x: %w", pid, addr, err)
+}

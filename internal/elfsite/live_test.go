@@ -1,0 +1,231 @@
+package elfsite
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/livetrace/livetrace/internal/proc"
+	"github.com/livetrace/livetrace/internal/testtarget"
+)
+
+// needRoot skips (or fails with LIVETRACE_REQUIRE_ALL=1) a test that reads
+// another process's memory.
+func needRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("LIVETRACE_REQUIRE_ALL") == "1" {
+			t.Fatal("test needs root (LIVETRACE_REQUIRE_ALL=1)")
+		}
+		t.Skip("test needs root")
+	}
+}
+
+// startReady starts a fixture executable and waits until it is running.
+func startReady(t *testing.T, exe string, args ...string) *testtarget.Process {
+	t.Helper()
+	p := testtarget.Start(t, exe, args...)
+	if _, err := p.Expect("ready", 10*time.Second); err != nil {
+		t.Fatalf("start %s: %v", exe, err)
+	}
+	return p
+}
+
+func TestLiveModules(t *testing.T) {
+	needRoot(t)
+	for _, form := range testtarget.Forms {
+		for _, name := range []string{testtarget.Simple, testtarget.UseLib} {
+			t.Run(string(form)+"/"+name, func(t *testing.T) {
+				exe := testtarget.Build(t, name, form)
+				var args []string
+				if name == testtarget.Simple {
+					args = []string{"loop"}
+				}
+				p := startReady(t, exe, args...)
+				defer p.Kill()
+				files := []string{exe}
+				if name == testtarget.UseLib {
+					files = append(files, testtarget.LibPath(exe))
+				}
+				mods, err := LiveModules(p.Pid())
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, f := range files {
+					checkModule(t, p.Pid(), findModule(mods, f), f)
+				}
+				for _, m := range mods {
+					if strings.Contains(m.Path, "[vdso]") {
+						t.Errorf("the vDSO is listed: %+v", m)
+					}
+				}
+			})
+		}
+	}
+}
+
+func findModule(mods []*Module, path string) *Module {
+	want, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		return nil
+	}
+	for _, m := range mods {
+		if m.Path == want || m.Path == path {
+			return m
+		}
+	}
+	return nil
+}
+
+// checkModule checks that the module of file path in process pid has the
+// file's sites, and that each live site holds the file's bytes at its
+// link-time address plus the module's bias.
+func checkModule(t *testing.T, pid int, m *Module, path string) {
+	t.Helper()
+	if m == nil {
+		t.Fatalf("no module for %s in pid %d", path, pid)
+	}
+	file, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Spec.Sites) == 0 || len(m.Spec.Sites) != len(file.Sites) {
+		t.Fatalf("%s: %d live sites, %d in the file", path, len(m.Spec.Sites), len(file.Sites))
+	}
+	if m.Spec.Type != file.Type || (file.Type == elfTypeExec && m.Bias != 0) || m.Bias%4096 != 0 {
+		t.Errorf("%s: type %v bias %#x", path, m.Spec.Type, m.Bias)
+	}
+	addrs := make([]uint64, len(m.Spec.Sites))
+	for i, st := range m.Spec.Sites {
+		if st.Addr != file.Sites[i].Addr {
+			t.Errorf("%s: site %d at %#x, %#x in the file", path, i, st.Addr, file.Sites[i].Addr)
+		}
+		addrs[i] = m.Runtime(st.Addr)
+		if !inExecMapping(m, addrs[i]) {
+			t.Errorf("%s: site %#x at runtime %#x is outside the module's executable mappings", path, st.Addr, addrs[i])
+		}
+	}
+	live, err := ReadSiteBytes(pid, addrs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, b := range live {
+		if b != file.Sites[i].Bytes || ClassifyLive(b) != StateNop {
+			t.Errorf("%s: site %#x (runtime %#x): live % x (%v), file % x", path, file.Sites[i].Addr, addrs[i], b, ClassifyLive(b), file.Sites[i].Bytes)
+		}
+	}
+}
+
+const elfTypeExec = 2 // elf.ET_EXEC
+
+func inExecMapping(m *Module, addr uint64) bool {
+	for _, mp := range m.Mappings {
+		if mp.Exec() && addr >= mp.Start && addr+5 <= mp.End {
+			return true
+		}
+	}
+	return false
+}
+
+// TestLiveDeleted checks that a module whose file was deleted after it was
+// mapped is still read, through /proc/PID/map_files.
+func TestLiveDeleted(t *testing.T) {
+	needRoot(t)
+	exe := testtarget.Build(t, testtarget.Simple, testtarget.ClangNop5)
+	data, err := os.ReadFile(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp := filepath.Join(t.TempDir(), "deleted-simple")
+	if err := os.WriteFile(cp, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p := startReady(t, cp, "loop")
+	defer p.Kill()
+	if err := os.Remove(cp); err != nil {
+		t.Fatal(err)
+	}
+	mods, err := LiveModules(p.Pid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := findModule(mods, cp)
+	if m == nil {
+		for _, mm := range mods {
+			if strings.HasPrefix(mm.Path, cp) {
+				m = mm
+			}
+		}
+	}
+	if m == nil || !strings.HasSuffix(m.Path, " (deleted)") || m.Name() != "deleted-simple" {
+		t.Fatalf("deleted module not found: %v", mods)
+	}
+	addrs := []uint64{m.Runtime(m.Spec.Sites[0].Addr)}
+	live, err := ReadSiteBytes(p.Pid(), addrs)
+	if err != nil || live[0] != m.Spec.Sites[0].Bytes {
+		t.Errorf("ReadSiteBytes = % x, %v; want % x", live, err, m.Spec.Sites[0].Bytes)
+	}
+}
+
+func TestLiveErrors(t *testing.T) {
+	if _, err := LiveModules(1 << 30); !errors.Is(err, proc.ErrNoProcess) || err.Error() != "no process with pid 1073741824" {
+		t.Errorf("LiveModules(missing) = %v", err)
+	}
+	if _, err := ReadSiteBytes(1<<30, []uint64{0x1000}); !errors.Is(err, proc.ErrNoProcess) {
+		t.Errorf("ReadSiteBytes(missing) = %v", err)
+	}
+	if _, err := LiveModules(2); !errors.Is(err, proc.ErrKernelThread) {
+		t.Errorf("LiveModules(2) = %v, want a kernel thread error", err)
+	}
+	needRoot(t)
+	// An unmapped address is an error, not zeros.
+	if _, err := ReadSiteBytes(os.Getpid(), []uint64{0x1000}); err == nil {
+		t.Error("ReadSiteBytes(unmapped) = nil error")
+	}
+}
+
+// TestReadSiteBytesSelf checks coalescing and ordering against our own
+// memory, which we know.
+func TestReadSiteBytesSelf(t *testing.T) {
+	needRoot(t)
+	buf := make([]byte, 3*4096)
+	for i := range buf {
+		buf[i] = byte(i * 7)
+	}
+	base := uint64(uintptr(unsafe.Pointer(&buf[0])))
+	offs := []uint64{9000, 0, 4, 4093, 12000, 100, 8192}
+	addrs := make([]uint64, len(offs))
+	for i, o := range offs {
+		addrs[i] = base + o
+	}
+	got, err := ReadSiteBytes(os.Getpid(), addrs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, o := range offs {
+		if want := [5]byte(buf[o : o+5]); got[i] != want {
+			t.Errorf("offset %d: % x, want % x", o, got[i], want)
+		}
+	}
+	runtime.KeepAlive(buf)
+}
+
+func TestClassifyLive(t *testing.T) {
+	for b, want := range map[[5]byte]State{
+		{0x0f, 0x1f, 0x44, 0x00, 0x08}: StateNop,
+		{0x90, 0x90, 0x90, 0x90, 0x90}: StateNop,
+		{0xe8, 0x12, 0x34, 0x56, 0x78}: StateCall,
+		{0xcc, 0x1f, 0x44, 0x00, 0x08}: StateInt3,
+		{0xcc, 0x12, 0x34, 0x56, 0x78}: StateInt3,
+		{0x55, 0x48, 0x89, 0xe5, 0x90}: StateUnknown,
+	} {
+		if got := ClassifyLive(b); got != want {
+			t.Errorf("ClassifyLive(% x) = %v, want %v", b, got, want)
+		}
+	}
+}
