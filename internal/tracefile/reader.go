@@ -1,0 +1,310 @@
+package tracefile
+
+import (
+	"cmp"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"slices"
+)
+
+// Read reads the whole recording at path. See [ReadFrom].
+func Read(path string) (*Recording, error) {
+	return readFile(path, false)
+}
+
+// Recover reads the recording at path like [Read], and if the writer did
+// not finish it (or the file is damaged past some point) it returns what it
+// can: the complete, intact blocks from the start of the file, described by
+// the last metadata checkpoint ([Writer.Checkpoint]). The result then has
+// Recording.Recovered set. It fails with [ErrTruncated] when the file holds
+// no checkpoint before the damage.
+func Recover(path string) (*Recording, error) {
+	return readFile(path, true)
+}
+
+func readFile(path string, recover bool) (*Recording, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("read %s: not a regular file", path)
+	}
+	return read(f, st.Size(), recover)
+}
+
+// ReadFrom reads a whole recording of size bytes from r.
+//
+// It treats the input as hostile: it checks every length, count, checksum
+// and index before using it, and never allocates much more than a
+// legitimate recording of that size would need. Errors wrap
+// [ErrNotRecording], [ErrTruncated] or [ErrCorrupt], or are a
+// [*VersionError], or come from r.
+func ReadFrom(r io.ReaderAt, size int64) (*Recording, error) {
+	return read(r, size, false)
+}
+
+// RecoverFrom is [Recover] for an io.ReaderAt.
+func RecoverFrom(r io.ReaderAt, size int64) (*Recording, error) {
+	return read(r, size, true)
+}
+
+func read(r io.ReaderAt, size int64, recover bool) (*Recording, error) {
+	if size < 0 {
+		return nil, fmt.Errorf("read recording: negative size %d", size)
+	}
+	var hdr [headerSize]byte
+	n := int(min(size, headerSize))
+	if err := readAt(r, hdr[:n], 0); err != nil {
+		return nil, err
+	}
+	if m := min(n, len(magic)); string(hdr[:m]) != magic[:m] {
+		return nil, ErrNotRecording
+	}
+	if n < headerSize {
+		return nil, fmt.Errorf("%w: %d bytes, shorter than the file header", ErrTruncated, size)
+	}
+	if v := binary.LittleEndian.Uint16(hdr[8:]); v == 0 {
+		return nil, corruptf("version 0")
+	} else if v > Version {
+		return nil, &VersionError{Version: int(v)}
+	}
+	if hs := binary.LittleEndian.Uint16(hdr[10:]); hs != headerSize {
+		return nil, corruptf("header size %d, want %d", hs, headerSize)
+	}
+	if fl := binary.LittleEndian.Uint32(hdr[12:]); fl != 0 {
+		return nil, corruptf("unknown header flags %#x", fl)
+	}
+	rec, err := readFinished(r, size)
+	if err == nil || !recover || !(errors.Is(err, ErrTruncated) || errors.Is(err, ErrCorrupt)) {
+		return rec, err
+	}
+	return recoverBlocks(r, size, err)
+}
+
+// readFinished reads a file that has a trailer.
+func readFinished(r io.ReaderAt, size int64) (*Recording, error) {
+	if size < headerSize+trailerSize {
+		return nil, fmt.Errorf("%w: %d bytes and no trailer (the writer did not finish)", ErrTruncated, size)
+	}
+	var tb [trailerSize]byte
+	if err := readAt(r, tb[:], size-trailerSize); err != nil {
+		return nil, err
+	}
+	if string(tb[32:]) != endMagic {
+		return nil, fmt.Errorf("%w: no trailer (the writer did not finish)", ErrTruncated)
+	}
+	if crc32.Checksum(tb[:28], castagnoli) != binary.LittleEndian.Uint32(tb[28:]) {
+		return nil, corruptf("trailer checksum mismatch")
+	}
+	t := trailer{
+		metaOff:    binary.LittleEndian.Uint64(tb[0:]),
+		metaSize:   binary.LittleEndian.Uint64(tb[8:]),
+		events:     binary.LittleEndian.Uint64(tb[16:]),
+		eventBlock: binary.LittleEndian.Uint32(tb[24:]),
+	}
+	end := uint64(size - trailerSize)
+	if t.metaOff < headerSize || t.metaOff > end || t.metaSize != end-t.metaOff {
+		return nil, corruptf("trailer points at metadata [%d, +%d) outside the file", t.metaOff, t.metaSize)
+	}
+	mh, raw, next, err := readBlock(r, int64(t.metaOff), int64(end))
+	if err != nil {
+		return nil, err
+	}
+	if mh.typ != blockMeta || uint64(next) != end {
+		return nil, corruptf("trailer does not point at the metadata block")
+	}
+	meta, err := decodeMeta(raw, t.metaOff)
+	if err != nil {
+		return nil, err
+	}
+	var evs []Event
+	var blocks uint32
+	for off := int64(headerSize); off < int64(t.metaOff); {
+		h, raw, next, err := readBlock(r, off, int64(t.metaOff))
+		if err != nil {
+			return nil, err
+		}
+		if h.typ == blockEvents {
+			var msg string
+			if evs, msg = decodeEvents(evs, raw, int(h.count)); msg != "" {
+				return nil, corruptf("event block at offset %d: %s", off, msg)
+			}
+			blocks++
+		}
+		off = next
+	}
+	if blocks != t.eventBlock || uint64(len(evs)) != t.events {
+		return nil, corruptf("%d events in %d blocks, the trailer says %d in %d", len(evs), blocks, t.events, t.eventBlock)
+	}
+	for i := range evs {
+		if int64(evs[i].Func) >= int64(len(meta.Funcs)) {
+			return nil, corruptf("event %d refers to function %d of %d", i, evs[i].Func, len(meta.Funcs))
+		}
+	}
+	sortEvents(evs)
+	return &Recording{Meta: *meta, Events: evs}, nil
+}
+
+// recoverBlocks reads the intact blocks from the start of the file up to the
+// first damaged or incomplete one. why is the error of the strict read.
+func recoverBlocks(r io.ReaderAt, size int64, why error) (*Recording, error) {
+	var (
+		meta *Meta
+		evs  []Event
+	)
+	for off := int64(headerSize); ; {
+		h, raw, next, err := readBlock(r, off, size)
+		if err != nil {
+			break
+		}
+		if h.typ == blockMeta {
+			m, err := decodeMeta(raw, uint64(off))
+			if err != nil {
+				break
+			}
+			meta = m
+		} else {
+			n := len(evs)
+			var msg string
+			if evs, msg = decodeEvents(evs, raw, int(h.count)); msg != "" {
+				evs = evs[:n]
+				break
+			}
+		}
+		off = next
+	}
+	if meta == nil {
+		return nil, fmt.Errorf("%w: no intact metadata checkpoint to recover from (%v)", ErrTruncated, why)
+	}
+	rec := &Recording{Meta: *meta, Recovered: true}
+	out := evs[:0]
+	for _, ev := range evs {
+		if int64(ev.Func) >= int64(len(meta.Funcs)) {
+			rec.Dropped++
+			continue
+		}
+		out = append(out, ev)
+	}
+	sortEvents(out)
+	rec.Events = out
+	return rec, nil
+}
+
+// readBlock reads, checks and decompresses the block at off, which must end
+// by end. It returns the offset after the block.
+func readBlock(r io.ReaderAt, off, end int64) (blockHeader, []byte, int64, error) {
+	var hb [blockHeaderSize]byte
+	if off < 0 || end-off < blockHeaderSize {
+		return blockHeader{}, nil, 0, corruptf("block at offset %d: cut short", off)
+	}
+	if err := readAt(r, hb[:], off); err != nil {
+		return blockHeader{}, nil, 0, err
+	}
+	h := parseBlockHeader(hb[:])
+	switch h.typ {
+	case blockEvents:
+		if h.count == 0 || h.count > maxBlockEventCount || h.raw > maxEventBlockRaw ||
+			uint64(h.raw) < uint64(h.count)*minEventSize || uint64(h.raw) > uint64(h.count)*maxEventSize {
+			return h, nil, 0, corruptf("event block at offset %d: %d events in %d bytes", off, h.count, h.raw)
+		}
+	case blockMeta:
+		if h.count != 0 || h.raw == 0 || h.raw > maxMetaRaw {
+			return h, nil, 0, corruptf("metadata block at offset %d: %d bytes", off, h.raw)
+		}
+	default:
+		return h, nil, 0, corruptf("block at offset %d: unknown type %q", off, h.typ)
+	}
+	if hb[5] != 0 || hb[6] != 0 || hb[7] != 0 {
+		return h, nil, 0, corruptf("block at offset %d: reserved bytes set", off)
+	}
+	switch h.codec {
+	case codecNone:
+		if h.stored != h.raw {
+			return h, nil, 0, corruptf("block at offset %d: stored %d bytes of %d", off, h.stored, h.raw)
+		}
+	case codecZstd:
+		if h.stored == 0 || h.stored >= h.raw || uint64(h.raw) > maxRatio*uint64(h.stored) {
+			return h, nil, 0, corruptf("block at offset %d: %d bytes compressed to %d", off, h.raw, h.stored)
+		}
+	default:
+		return h, nil, 0, corruptf("block at offset %d: unknown codec %d", off, h.codec)
+	}
+	next := off + blockHeaderSize + int64(h.stored)
+	if next > end {
+		return h, nil, 0, corruptf("block at offset %d: %d bytes past the end", off, next-end)
+	}
+	payload := make([]byte, h.stored)
+	if err := readAt(r, payload, off+blockHeaderSize); err != nil {
+		return h, nil, 0, err
+	}
+	if blockCRC(hb[:], payload) != h.crc {
+		return h, nil, 0, corruptf("block at offset %d: checksum mismatch", off)
+	}
+	if h.codec == codecNone {
+		return h, payload, next, nil
+	}
+	dec, err := zstdDecoder()
+	if err != nil {
+		return h, nil, 0, err
+	}
+	raw, err := dec.DecodeAll(payload, make([]byte, 0, h.raw))
+	if err != nil {
+		return h, nil, 0, corruptf("block at offset %d: decompress: %v", off, err)
+	}
+	if len(raw) != int(h.raw) {
+		return h, nil, 0, corruptf("block at offset %d: decompressed to %d bytes, want %d", off, len(raw), h.raw)
+	}
+	return h, raw, next, nil
+}
+
+func decodeMeta(raw []byte, off uint64) (*Meta, error) {
+	var m Meta
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return nil, corruptf("metadata at offset %d: %v", off, err)
+	}
+	if err := checkMeta(&m); err != nil {
+		return nil, corruptf("metadata at offset %d: %v", off, err)
+	}
+	m.Version = Version
+	return &m, nil
+}
+
+// CompareEvents orders events by TSC, then by TID. Sorting with it stably
+// keeps the order of the events of one thread that share a TSC, and makes
+// the order of a recording independent of how the writer got its events.
+func CompareEvents(a, b Event) int {
+	if c := cmp.Compare(a.TSC, b.TSC); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.TID, b.TID)
+}
+
+func sortEvents(evs []Event) {
+	if !slices.IsSortedFunc(evs, CompareEvents) {
+		slices.SortStableFunc(evs, CompareEvents)
+	}
+}
+
+// readAt reads len(b) bytes at off; running out of input means the size
+// the caller gave was wrong, which reads as truncation.
+func readAt(r io.ReaderAt, b []byte, off int64) error {
+	n, err := r.ReadAt(b, off)
+	if n == len(b) {
+		return nil
+	}
+	if err == nil || err == io.EOF {
+		return fmt.Errorf("%w: input ends at offset %d", ErrTruncated, off+int64(n))
+	}
+	return fmt.Errorf("read recording: %w", err)
+}

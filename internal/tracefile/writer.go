@@ -1,0 +1,300 @@
+package tracefile
+
+import (
+	"bufio"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+)
+
+// ErrClosed is returned by a [Writer] used after Close or after it failed.
+var ErrClosed = errors.New("recording writer is closed")
+
+// Writer streams a recording. Events go out in compressed blocks of
+// [BlockEvents] events as they arrive, so memory stays bounded however long
+// the recording runs; the metadata goes last, with [Writer.Close].
+//
+// A Writer is safe for concurrent use. After any write error it returns
+// that error from every later call: the recording then lacks its trailer
+// and reads as truncated, and ReadOptions.Recover can still read its
+// complete blocks and the last [Writer.Checkpoint].
+type Writer struct {
+	mu     sync.Mutex
+	w      io.Writer
+	bw     *bufio.Writer // non-nil when the Writer owns a file (Create)
+	file   *os.File
+	off    uint64
+	buf    []byte // encoded events of the current block
+	n      int    // events in buf
+	prev   Event
+	blocks uint32
+	events uint64
+	// maxFunc is 1 + the largest Event.Func written, to check the metadata.
+	maxFunc uint64
+	scratch []byte
+	err     error
+}
+
+// NewWriter starts a recording on w and writes the file header at once.
+// Close does not close w.
+func NewWriter(w io.Writer) (*Writer, error) {
+	wr := &Writer{w: w}
+	var hdr [headerSize]byte
+	copy(hdr[:], magic)
+	binary.LittleEndian.PutUint16(hdr[8:], Version)
+	binary.LittleEndian.PutUint16(hdr[10:], headerSize)
+	if err := wr.write(hdr[:]); err != nil {
+		return nil, fmt.Errorf("write recording header: %w", err)
+	}
+	return wr, nil
+}
+
+// Create creates (or truncates) the file at path and starts a recording in
+// it. Close closes the file.
+func Create(path string) (*Writer, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("create recording: %w", err)
+	}
+	bw := bufio.NewWriterSize(f, 1<<20)
+	w, err := NewWriter(bw)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	w.bw, w.file = bw, f
+	return w, nil
+}
+
+func (w *Writer) write(b []byte) error {
+	if w.err != nil {
+		return w.err
+	}
+	n, err := w.w.Write(b)
+	w.off += uint64(n)
+	if err == nil && n != len(b) {
+		err = io.ErrShortWrite
+	}
+	if err != nil {
+		w.err = err
+	}
+	return err
+}
+
+// WriteEvents adds events to the recording. Each call must hold the events
+// of one stretch of time in the order they happened for each thread (calls
+// may interleave threads arbitrarily; the reader sorts by TSC, keeping the
+// order of equal timestamps). Kind must be KindEntry or KindExit.
+func (w *Writer) WriteEvents(evs []Event) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.err != nil {
+		return w.err
+	}
+	for i := range evs {
+		ev := &evs[i]
+		if ev.Kind != KindEntry && ev.Kind != KindExit {
+			return fmt.Errorf("write events: event %d has unknown kind %d", i, ev.Kind)
+		}
+		w.buf = appendEvent(w.buf, &w.prev, ev, w.n == 0)
+		w.prev = *ev
+		w.n++
+		if uint64(ev.Func) >= w.maxFunc {
+			w.maxFunc = uint64(ev.Func) + 1
+		}
+		if w.n == BlockEvents {
+			if err := w.flushBlock(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// flushBlock writes the pending events as one block.
+func (w *Writer) flushBlock() error {
+	if w.n == 0 {
+		return nil
+	}
+	if err := w.writeBlock(blockEvents, uint32(w.n), w.buf); err != nil {
+		return fmt.Errorf("write event block: %w", err)
+	}
+	w.blocks++
+	w.events += uint64(w.n)
+	w.buf, w.n, w.prev = w.buf[:0], 0, Event{}
+	return nil
+}
+
+// writeBlock compresses raw and writes it with its block header.
+func (w *Writer) writeBlock(typ string, count uint32, raw []byte) error {
+	if w.err != nil {
+		return w.err
+	}
+	enc, err := zstdEncoder()
+	if err != nil {
+		return err
+	}
+	h := blockHeader{typ: typ, codec: codecZstd, count: count, raw: uint32(len(raw))}
+	w.scratch = enc.EncodeAll(raw, w.scratch[:0])
+	payload := w.scratch
+	// Store the block as is when compression does not help, or when it
+	// helps more than a reader accepts (see maxRatio).
+	if len(payload) >= len(raw) || uint64(len(raw)) > maxRatio*uint64(len(payload)) {
+		h.codec, payload = codecNone, raw
+	}
+	h.stored = uint32(len(payload))
+	var hb [blockHeaderSize]byte
+	h.put(hb[:])
+	h.crc = blockCRC(hb[:], payload)
+	h.put(hb[:])
+	if err := w.write(hb[:]); err != nil {
+		return err
+	}
+	return w.write(payload)
+}
+
+// metaJSON encodes and checks the metadata.
+func (w *Writer) metaJSON(meta *Meta) ([]byte, error) {
+	meta.Version = Version
+	if meta.Mode != ModeEntry && meta.Mode != ModeGraph {
+		return nil, fmt.Errorf("unknown mode %d", meta.Mode)
+	}
+	if w.maxFunc > uint64(len(meta.Funcs)) {
+		return nil, fmt.Errorf("events refer to function %d but the metadata has %d functions", w.maxFunc-1, len(meta.Funcs))
+	}
+	if err := checkMeta(meta); err != nil {
+		return nil, err
+	}
+	b, err := json.Marshal(meta)
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxMetaRaw {
+		return nil, fmt.Errorf("metadata is %d bytes, more than the format's limit of %d", len(b), maxMetaRaw)
+	}
+	return b, nil
+}
+
+// Checkpoint flushes the pending events and writes meta as a checkpoint. A
+// finished recording ignores checkpoints; an unfinished one read with
+// ReadOptions.Recover uses the last one. Call it once the traced functions
+// are known (before the first events), and whenever they change.
+func (w *Writer) Checkpoint(meta Meta) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.err != nil {
+		return w.err
+	}
+	if err := w.flushBlock(); err != nil {
+		return err
+	}
+	b, err := w.metaJSON(&meta)
+	if err != nil {
+		return fmt.Errorf("write checkpoint: %w", err)
+	}
+	if err := w.writeBlock(blockMeta, 0, b); err != nil {
+		return fmt.Errorf("write checkpoint: %w", err)
+	}
+	return w.flushLocked()
+}
+
+// Flush writes the pending events as a (short) block and flushes the file,
+// so that they survive if the tracer dies.
+func (w *Writer) Flush() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err := w.flushBlock(); err != nil {
+		return err
+	}
+	return w.flushLocked()
+}
+
+func (w *Writer) flushLocked() error {
+	if w.err != nil {
+		return w.err
+	}
+	if w.bw != nil {
+		if err := w.bw.Flush(); err != nil {
+			w.err = err
+			return fmt.Errorf("flush recording: %w", err)
+		}
+	}
+	return nil
+}
+
+// Close writes the pending events, the metadata and the trailer, and closes
+// the file if the Writer was made by [Create]. Close sets meta.Version. It
+// fails if meta does not describe the events (an Event.Func without a
+// Func, a Func or Symbol in an unknown module).
+func (w *Writer) Close(meta Meta) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	err := w.finish(&meta)
+	if w.file != nil {
+		if cerr := w.file.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("close recording: %w", cerr)
+		}
+		w.file = nil
+	}
+	if w.err == nil {
+		w.err = ErrClosed
+	}
+	return err
+}
+
+func (w *Writer) finish(meta *Meta) error {
+	if w.err != nil {
+		return w.err
+	}
+	if err := w.flushBlock(); err != nil {
+		return err
+	}
+	b, err := w.metaJSON(meta)
+	if err != nil {
+		return fmt.Errorf("close recording: %w", err)
+	}
+	t := trailer{metaOff: w.off, events: w.events, eventBlock: w.blocks}
+	if err := w.writeBlock(blockMeta, 0, b); err != nil {
+		return fmt.Errorf("write metadata: %w", err)
+	}
+	t.metaSize = w.off - t.metaOff
+	var tb [trailerSize]byte
+	t.put(tb[:])
+	if err := w.write(tb[:]); err != nil {
+		return fmt.Errorf("write trailer: %w", err)
+	}
+	return w.flushLocked()
+}
+
+// checkMeta checks the indices and counts of meta. The reader and the
+// writer share it.
+func checkMeta(m *Meta) error {
+	if m.Mode != ModeEntry && m.Mode != ModeGraph {
+		return fmt.Errorf("unknown mode %d", m.Mode)
+	}
+	switch {
+	case len(m.Modules) > maxModules:
+		return fmt.Errorf("%d modules, more than the limit of %d", len(m.Modules), maxModules)
+	case len(m.Funcs) > maxFuncs:
+		return fmt.Errorf("%d functions, more than the limit of %d", len(m.Funcs), maxFuncs)
+	case len(m.Symbols) > maxSymbols:
+		return fmt.Errorf("%d symbols, more than the limit of %d", len(m.Symbols), maxSymbols)
+	case len(m.Threads) > maxThreads:
+		return fmt.Errorf("%d threads, more than the limit of %d", len(m.Threads), maxThreads)
+	}
+	for i, f := range m.Funcs {
+		if f.Module < -1 || f.Module >= len(m.Modules) {
+			return fmt.Errorf("function %d (%.64q) refers to module %d of %d", i, f.Name, f.Module, len(m.Modules))
+		}
+	}
+	for i, s := range m.Symbols {
+		if s.Module < -1 || s.Module >= len(m.Modules) {
+			return fmt.Errorf("symbol %d (%.64q) refers to module %d of %d", i, s.Name, s.Module, len(m.Modules))
+		}
+	}
+	return nil
+}
