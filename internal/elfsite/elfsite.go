@@ -206,7 +206,7 @@ func Parse(r io.ReaderAt, path string) (spec *Spec, err error) {
 		return nil, fmt.Errorf("read %s: %w: livetrace needs an x86-64 executable or shared library", path, ErrNotELF)
 	}
 	if c := elf.Class(ident[elf.EI_CLASS]); c != elf.ELFCLASS64 {
-		return nil, fmt.Errorf("read %s: %w, this one is %s", path, ErrUnsupported, c)
+		return nil, fmt.Errorf("read %s: %w, this one is 32-bit (%s)", path, ErrUnsupported, c)
 	}
 	f, err := elf.NewFile(r)
 	if err != nil {

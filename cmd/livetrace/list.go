@@ -1,0 +1,409 @@
+package main
+
+import (
+	"bufio"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/livetrace/livetrace/internal/elfsite"
+)
+
+// listOptions holds the flags and arguments of `livetrace list`.
+type listOptions struct {
+	pid    int
+	json   bool
+	file   string
+	globs  []string
+	stdout io.Writer
+	stderr io.Writer
+}
+
+func newListCmd(stdout, stderr io.Writer) *cobra.Command {
+	o := &listOptions{stdout: stdout, stderr: stderr}
+	cmd := &cobra.Command{
+		Use:   "list [--json] (-p PID | FILE) [GLOB...]",
+		Short: "List the patchable function sites of a program or a running process",
+		Long: `List the functions that livetrace can trace: every patchable site of an
+ELF file, or of every module (executable and shared libraries) of a running
+process with -p, with its address and form. With -p, STATE shows what the
+site holds now: nop (not traced), call (traced), int3 (being patched).
+
+GLOBs (shell syntax: *, ?, [a-z]) keep only the functions whose name, plain
+or mangled, matches one of them. Functions of a stripped file that no
+dynamic symbol covers are named by address (0x1234).
+
+With --json the output is one JSON array of objects with the fields
+function, symbol (mangled name), module (path), address ("0x..."; runtime
+address with -p, link-time address otherwise), symbol_address, size, form
+(nop5, sled or unknown), endbr, bytes (hex) and, with -p, state. Sites of
+form unknown hold bytes livetrace does not recognize and will not patch;
+they are listed, in JSON too, and a warning goes to stderr.
+
+The summary line ("12 sites in 2 modules") and warnings go to stderr.`,
+		Example: `  livetrace list ./myprog
+  livetrace list -p 1234 'parse_*'
+  livetrace list --json -p 1234`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if cmd.Flags().Changed("pid") {
+				if o.pid <= 0 {
+					return fmt.Errorf("parse -p %d: a pid is a positive number", o.pid)
+				}
+				if len(args) > 0 {
+					if fi, err := os.Stat(args[0]); err == nil && !fi.IsDir() {
+						return fmt.Errorf("list: give either -p PID or FILE, not both (usage: %s)", cmd.UseLine())
+					}
+				}
+				o.globs = args
+			} else {
+				if len(args) == 0 {
+					return fmt.Errorf("list: give a FILE or -p PID (usage: %s)", cmd.UseLine())
+				}
+				o.file, o.globs = args[0], args[1:]
+			}
+			return o.run()
+		},
+	}
+	cmd.Flags().IntVarP(&o.pid, "pid", "p", 0, "list the sites of the running process `PID`")
+	cmd.Flags().BoolVar(&o.json, "json", false, "print one JSON array instead of a table")
+	return cmd
+}
+
+// listRow is one site in the output of `livetrace list`.
+type listRow struct {
+	Function      string `json:"function"`
+	Symbol        string `json:"symbol,omitempty"`
+	Module        string `json:"module"`
+	Address       hexU64 `json:"address"`
+	SymbolAddress hexU64 `json:"symbol_address,omitempty"`
+	Size          uint64 `json:"size,omitempty"`
+	Form          string `json:"form"`
+	Endbr         bool   `json:"endbr"`
+	Bytes         string `json:"bytes"`
+	State         string `json:"state,omitempty"`
+
+	raw []string // every name, plain and mangled, of every alias, for globs
+}
+
+// hexU64 is a number written in JSON as a "0x..." string.
+type hexU64 uint64
+
+func (h hexU64) MarshalJSON() ([]byte, error) {
+	return []byte(`"0x` + strconv.FormatUint(uint64(h), 16) + `"`), nil
+}
+
+func (o *listOptions) run() error {
+	for _, g := range o.globs {
+		if err := elfsite.ValidGlob(g); err != nil {
+			return err
+		}
+	}
+	var rows []listRow
+	var modules int
+	var err error
+	if o.file != "" {
+		rows, err = o.fileRows()
+		modules = 1
+	} else {
+		rows, modules, err = o.pidRows()
+	}
+	if err != nil {
+		return err
+	}
+	rows, err = filterRows(rows, o.globs)
+	if err != nil {
+		return err
+	}
+	sort.SliceStable(rows, func(i, j int) bool {
+		if rows[i].Module != rows[j].Module {
+			return rows[i].Module < rows[j].Module
+		}
+		return rows[i].Address < rows[j].Address
+	})
+	if o.json {
+		err = writeJSON(o.stdout, rows)
+	} else {
+		err = o.writeTable(rows)
+	}
+	if err != nil {
+		return err
+	}
+	unknown, mods := 0, map[string]bool{}
+	for _, r := range rows {
+		mods[r.Module] = true
+		if r.Form == elfsite.FormUnknown.String() {
+			unknown++
+		}
+	}
+	if unknown > 0 {
+		fmt.Fprintf(o.stderr, "warning: %s of form unknown hold bytes livetrace does not recognize: they will not be patched\n", plural(unknown, "site"))
+	}
+	fmt.Fprintf(o.stderr, "%s in %s", plural(len(rows), "site"), plural(len(mods), "module"))
+	if o.pid != 0 && modules != len(mods) {
+		fmt.Fprintf(o.stderr, " (%d modules mapped)", modules)
+	}
+	fmt.Fprintln(o.stderr)
+	return nil
+}
+
+func plural(n int, word string) string {
+	if n == 1 {
+		return "1 " + word
+	}
+	return strconv.Itoa(n) + " " + word + "s"
+}
+
+// fileRows lists the sites of o.file at their link-time addresses.
+func (o *listOptions) fileRows() ([]listRow, error) {
+	spec, err := elfsite.Open(o.file)
+	if err != nil {
+		return nil, err
+	}
+	if err := spec.CheckSites(); err != nil {
+		return nil, err
+	}
+	o.warnStripped(spec)
+	return specRows(spec, o.file, 0), nil
+}
+
+// pidRows lists the sites of every module of process o.pid at their runtime
+// addresses, with their live state, and returns how many modules it read.
+func (o *listOptions) pidRows() ([]listRow, int, error) {
+	mods, err := elfsite.LiveModules(o.pid)
+	if err != nil {
+		return nil, 0, err
+	}
+	var rows []listRow
+	var patchable bool
+	for _, m := range mods {
+		if len(m.Spec.Sites) == 0 {
+			continue
+		}
+		if m.Spec.CheckSites() == nil {
+			patchable = true
+		}
+		o.warnStripped(m.Spec)
+		rows = append(rows, specRows(m.Spec, m.Path, m.Bias)...)
+	}
+	if !patchable {
+		return nil, 0, fmt.Errorf("%w in pid %d (%d modules checked): build the program or its libraries with clang -fpatchable-function-entry=5 (see docs/BUILDING.md)",
+			elfsite.ErrNoSites, o.pid, len(mods))
+	}
+	addrs := make([]uint64, len(rows))
+	for i, r := range rows {
+		addrs[i] = uint64(r.Address)
+	}
+	live, err := elfsite.ReadSiteBytes(o.pid, addrs)
+	if err != nil {
+		return nil, 0, err
+	}
+	for i := range rows {
+		rows[i].State = elfsite.ClassifyLive(live[i]).String()
+	}
+	return rows, len(mods), nil
+}
+
+func (o *listOptions) warnStripped(spec *elfsite.Spec) {
+	if !spec.Stripped {
+		return
+	}
+	unnamed := 0
+	for _, st := range spec.Sites {
+		if st.Func < 0 {
+			unnamed++
+		}
+	}
+	if unnamed > 0 {
+		fmt.Fprintf(o.stderr, "warning: %s is stripped: %s without a dynamic symbol are named by address\n", spec.Path, plural(unnamed, "site"))
+	}
+}
+
+// specRows turns the sites of spec into rows; bias moves link-time
+// addresses to runtime ones.
+func specRows(spec *elfsite.Spec, module string, bias uint64) []listRow {
+	rows := make([]listRow, 0, len(spec.Sites))
+	for _, st := range spec.Sites {
+		r := listRow{
+			Function: spec.SiteName(st),
+			Module:   module,
+			Address:  hexU64(st.Addr + bias),
+			Form:     st.Form.String(),
+			Endbr:    st.Endbr,
+			Bytes:    hex.EncodeToString(st.Bytes[:]),
+		}
+		r.raw = append(r.raw, r.Function)
+		for i, f := range spec.Aliases(st.Func) {
+			if i == 0 {
+				r.Symbol = f.Raw
+				r.SymbolAddress = hexU64(f.Addr + bias)
+				r.Size = f.Size
+			}
+			r.raw = append(r.raw, f.Name, f.Raw)
+		}
+		rows = append(rows, r)
+	}
+	return rows
+}
+
+// filterRows keeps the rows that any glob matches. A glob that matches no
+// row is an error that suggests the closest function names.
+func filterRows(rows []listRow, globs []string) ([]listRow, error) {
+	if len(globs) == 0 {
+		return rows, nil
+	}
+	hits := make([]bool, len(globs))
+	var out []listRow
+	for _, r := range rows {
+		keep := false
+		for gi, g := range globs {
+			for _, n := range r.raw {
+				if ok, _ := path.Match(g, n); ok {
+					hits[gi], keep = true, true
+					break
+				}
+			}
+		}
+		if keep {
+			out = append(out, r)
+		}
+	}
+	for gi, g := range globs {
+		if hits[gi] {
+			continue
+		}
+		names := make([]string, 0, len(rows))
+		for _, r := range rows {
+			names = append(names, r.Function)
+		}
+		if near := closest(g, names, 5); len(near) > 0 {
+			return nil, fmt.Errorf("match %q: no function of the %s matches it; closest names: %s", g, plural(len(rows), "site"), strings.Join(near, ", "))
+		}
+		return nil, fmt.Errorf("match %q: no function of the %s matches it", g, plural(len(rows), "site"))
+	}
+	return out, nil
+}
+
+// closest returns up to n distinct names nearest to the glob g: names that
+// contain g's literal text first, then by edit distance.
+func closest(g string, names []string, n int) []string {
+	lit := strings.ToLower(strings.Map(func(r rune) rune {
+		if strings.ContainsRune(`*?[]\`, r) {
+			return -1
+		}
+		return r
+	}, g))
+	if lit == "" {
+		return nil
+	}
+	type cand struct {
+		name string
+		d    int
+	}
+	seen := map[string]bool{}
+	var cs []cand
+	for _, name := range names {
+		if seen[name] {
+			continue
+		}
+		seen[name] = true
+		low := strings.ToLower(name)
+		d := 0
+		if !strings.Contains(low, lit) {
+			d = 1 + editDistance(lit, low)
+		}
+		cs = append(cs, cand{name, d})
+	}
+	sort.Slice(cs, func(i, j int) bool {
+		if cs[i].d != cs[j].d {
+			return cs[i].d < cs[j].d
+		}
+		return cs[i].name < cs[j].name
+	})
+	var out []string
+	for _, c := range cs {
+		// Past the substring hits, suggest only names a typo away.
+		if len(out) == n || c.d > 1+max(2, len(lit)/2) {
+			break
+		}
+		out = append(out, c.name)
+	}
+	return out
+}
+
+// editDistance is the Levenshtein distance between a and b, in bytes.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
+
+func (o *listOptions) writeTable(rows []listRow) error {
+	w := tabwriter.NewWriter(o.stdout, 0, 8, 2, ' ', 0)
+	header := "FUNCTION\tMODULE\tADDRESS\tFORM"
+	if o.pid != 0 {
+		header += "\tSTATE"
+	}
+	fmt.Fprintln(w, header)
+	for _, r := range rows {
+		fmt.Fprintf(w, "%s\t%s\t0x%x\t%s", r.Function, baseName(r.Module), uint64(r.Address), r.Form)
+		if o.pid != 0 {
+			fmt.Fprintf(w, "\t%s", r.State)
+		}
+		fmt.Fprintln(w)
+	}
+	if err := w.Flush(); err != nil {
+		return fmt.Errorf("write table: %w", err)
+	}
+	return nil
+}
+
+func baseName(p string) string { return filepath.Base(strings.TrimSuffix(p, " (deleted)")) }
+
+// writeJSON writes rows as one JSON array, one object per line.
+func writeJSON(w io.Writer, rows []listRow) error {
+	bw := bufio.NewWriter(w)
+	bw.WriteString("[")
+	for i, r := range rows {
+		b, err := json.Marshal(r)
+		if err != nil {
+			return fmt.Errorf("encode site: %w", err)
+		}
+		if i > 0 {
+			bw.WriteString(",")
+		}
+		bw.WriteString("\n")
+		bw.Write(b)
+	}
+	if len(rows) > 0 {
+		bw.WriteString("\n")
+	}
+	bw.WriteString("]\n")
+	if err := bw.Flush(); err != nil {
+		return fmt.Errorf("write JSON: %w", err)
+	}
+	return nil
+}
