@@ -1,0 +1,150 @@
+package agent
+
+import (
+	"testing"
+	"time"
+)
+
+func sum(m map[uint32]map[string]uint64, name string) uint64 {
+	var n uint64
+	for _, f := range m {
+		n += f[name]
+	}
+	return n
+}
+
+func checkResults(t *testing.T, r *run, key string, want int64) {
+	t.Helper()
+	got := r.result(key)
+	if len(got) == 0 {
+		t.Errorf("no result %s", key)
+	}
+	for _, v := range got {
+		if v != want {
+			t.Errorf("result %s = %d, want %d", key, v, want)
+		}
+	}
+}
+
+// basicResults are the program outputs of the basic test with 20000 iterations.
+func checkBasicResults(t *testing.T, r *run) {
+	t.Helper()
+	checkResults(t, r, "fib", 200*55)
+	checkResults(t, r, "args", 200*(1+4+9+16+25+36+5+25))
+	var tail int64
+	for i := int64(0); i < 20000; i += 100 {
+		tail += 2*i + 1
+	}
+	checkResults(t, r, "tail", tail)
+}
+
+func TestHarnessEntryMode(t *testing.T) {
+	r := runHarness(t, runOpts{test: "basic", iters: 20000, ctl: Ctl{Enabled: true}, chunks: 512, chunkRecords: 1024, pollEvery: time.Millisecond})
+	checkBasicResults(t, r)
+	if len(r.counts) != 4 {
+		t.Errorf("ground truth from %d threads, want 4", len(r.counts))
+	}
+	r.noLoss()
+	r.checkExactCounts()
+	r.checkTimestamps()
+	for _, recs := range r.recs {
+		for _, rec := range recs {
+			if rec.Kind != KindEntry || rec.Depth != 0 {
+				t.Fatalf("entry mode record %+v", rec)
+			}
+			if !rec.CallerKnown {
+				t.Fatalf("entry record without caller: %+v", rec)
+			}
+		}
+	}
+	if r.ctrs.Threads != 4 {
+		t.Errorf("threads counter %d, want 4", r.ctrs.Threads)
+	}
+}
+
+func TestHarnessGraphMode(t *testing.T) {
+	r := runHarness(t, runOpts{test: "basic", iters: 20000, ctl: Ctl{Enabled: true, Graph: true}, chunks: 512, chunkRecords: 1024, pollEvery: time.Millisecond})
+	checkBasicResults(t, r)
+	r.noLoss()
+	r.checkExactCounts()
+	r.checkTimestamps()
+	if stale := r.checkGraph(false); stale != 0 {
+		t.Errorf("%d stale frames", stale)
+	}
+	if r.ctrs.Overflow != 0 {
+		t.Errorf("overflow %d", r.ctrs.Overflow)
+	}
+}
+
+func TestHarnessDisabled(t *testing.T) {
+	r := runHarness(t, runOpts{test: "basic", iters: 20000, ctl: Ctl{Graph: true}, pollEvery: time.Millisecond})
+	checkBasicResults(t, r)
+	if len(r.recs) != 0 || r.ctrs.Threads != 0 {
+		t.Errorf("disabled agent recorded %d threads", len(r.recs))
+	}
+}
+
+func TestHarnessDeepRecursion(t *testing.T) {
+	const iters, depth = 20, 1500
+	r := runHarness(t, runOpts{test: "deep", iters: iters, ctl: Ctl{Enabled: true, Graph: true}, chunks: 64, chunkRecords: 4096, pollEvery: time.Millisecond})
+	checkResults(t, r, "deep", iters*depth+55)
+	r.noLoss()
+	r.checkGraph(false)
+	calls := sum(r.counts, "w_deep")
+	got := sum(r.entryCounts(), "w_deep")
+	if got != iters*ShadowDepth || got+r.ctrs.Overflow != calls {
+		t.Errorf("w_deep: %d entries + %d overflows, %d calls; want %d entries", got, r.ctrs.Overflow, calls, iters*ShadowDepth)
+	}
+}
+
+func TestHarnessLongjmp(t *testing.T) {
+	r := runHarness(t, runOpts{test: "jump", iters: 5000, ctl: Ctl{Enabled: true, Graph: true}, chunks: 64, chunkRecords: 4096, pollEvery: time.Millisecond})
+	checkResults(t, r, "jumps", 5000)
+	checkResults(t, r, "fib", 5000*5)
+	r.noLoss()
+	r.checkExactCounts()
+	r.checkTimestamps()
+	stale := r.checkGraph(true)
+	// Each longjmp abandons the i%7+1 frames of w_jump.
+	want := 0
+	for i := 0; i < 5000; i++ {
+		want += i%7 + 1
+	}
+	if stale != want {
+		t.Errorf("%d abandoned frames, want %d", stale, want)
+	}
+}
+
+func TestHarnessFork(t *testing.T) {
+	r := runHarness(t, runOpts{test: "fork", iters: 1, ctl: Ctl{Enabled: true, Graph: true}, pollEvery: time.Millisecond})
+	checkResults(t, r, "child", 42)
+	checkResults(t, r, "fib", 55)
+	if len(r.child) != 1 {
+		t.Fatalf("child tids %v", r.child)
+	}
+	if _, ok := r.recs[r.child[0]]; ok {
+		t.Errorf("forked child %d recorded events", r.child[0])
+	}
+	// The child's calls are not in the ground truth (it reports none).
+	r.noLoss()
+	r.checkExactCounts()
+	r.checkGraph(false)
+}
+
+func TestHarnessTightLoop(t *testing.T) {
+	const calls = 2000000
+	r := runHarness(t, runOpts{test: "tight", iters: calls, ctl: Ctl{Enabled: true}, chunks: 8, chunkRecords: 256, pollEvery: 50 * time.Microsecond})
+	got := sum(r.entryCounts(), "w_leaf")
+	var lost uint64
+	for _, l := range r.lost {
+		lost += l
+	}
+	t.Logf("%d calls: %d records, %d lost (chunk headers), %d lost (counter)", calls, got, lost, r.ctrs.Lost)
+	if got+r.ctrs.Lost != calls {
+		t.Errorf("records %d + lost %d != calls %d", got, r.ctrs.Lost, calls)
+	}
+	if lost > r.ctrs.Lost {
+		t.Errorf("chunk headers report %d lost, counter %d", lost, r.ctrs.Lost)
+	}
+	r.checkTimestamps()
+}

@@ -1,0 +1,433 @@
+package agent
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// requireOrSkip skips t, or fails it when LIVETRACE_REQUIRE_ALL=1.
+func requireOrSkip(t testing.TB, format string, args ...any) {
+	t.Helper()
+	if os.Getenv("LIVETRACE_REQUIRE_ALL") == "1" {
+		t.Fatalf(format+" (LIVETRACE_REQUIRE_ALL=1)", args...)
+	}
+	t.Skipf(format, args...)
+}
+
+func clangPath() string {
+	if c := os.Getenv("LIVETRACE_CLANG"); c != "" {
+		return c
+	}
+	return "clang-16"
+}
+
+var (
+	harnessOnce sync.Once
+	harnessBin  string
+	harnessErr  error
+	harnessDir  string
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if harnessDir != "" {
+		os.RemoveAll(harnessDir)
+	}
+	os.Exit(code)
+}
+
+// buildHarness compiles testdata/harness.c and testdata/workload.c once.
+func buildHarness(t testing.TB) string {
+	t.Helper()
+	clang, err := exec.LookPath(clangPath())
+	if err != nil {
+		requireOrSkip(t, "%s not found: install clang-16 (make deps-test) to run the agent harness", clangPath())
+	}
+	harnessOnce.Do(func() {
+		harnessDir, harnessErr = os.MkdirTemp("", "livetrace-agent-harness-")
+		if harnessErr != nil {
+			return
+		}
+		layout := fmt.Sprintf("#define L_CODE_SIZE %d\n#define L_CTL_OFF %d\n#define L_CTL_SIZE %d\n#define L_PRIV_OFF %d\n#define L_PRIV_SIZE %d\n#define L_SHARED_OFF %d\n",
+			CodeSize, CtlOff, CtlSize, PrivOff, PrivSize, SharedOff)
+		if harnessErr = os.WriteFile(filepath.Join(harnessDir, "layout.h"), []byte(layout), 0o644); harnessErr != nil {
+			return
+		}
+		if harnessErr = os.WriteFile(filepath.Join(harnessDir, "agent.bin"), Blob, 0o644); harnessErr != nil {
+			return
+		}
+		td, _ := filepath.Abs("testdata")
+		steps := [][]string{
+			{"-O2", "-g", "-pthread", "-fpatchable-function-entry=5", "-c", filepath.Join(td, "workload.c"), "-o", "workload.o"},
+			{"-O2", "-g", "-pthread", "-I.", "-c", filepath.Join(td, "harness.c"), "-o", "harness.o"},
+			{"-pthread", "-o", "harness", "harness.o", "workload.o"},
+		}
+		for _, s := range steps {
+			cmd := exec.Command(clang, s...)
+			cmd.Dir = harnessDir
+			if out, err := cmd.CombinedOutput(); err != nil {
+				harnessErr = fmt.Errorf("%s %s: %v\n%s", clang, strings.Join(s, " "), err, out)
+				return
+			}
+		}
+		harnessBin = filepath.Join(harnessDir, "harness")
+	})
+	if harnessErr != nil {
+		t.Fatalf("build harness: %v", harnessErr)
+	}
+	return harnessBin
+}
+
+type harnessSite struct {
+	addr uint64
+	name string
+}
+
+// run is one harness process traced by the test, which plays the tracer.
+type run struct {
+	t       testing.TB
+	sites   []harnessSite
+	counts  map[uint32]map[string]uint64 // ground truth: tid -> function -> calls
+	results map[string][]int64
+	child   []uint32
+	recs    map[uint32][]Record // tid -> records in delivery order
+	lost    map[uint32]uint64
+	ctrs    Counters
+	delay   time.Duration
+}
+
+func (r *run) siteName(idx uint32) string {
+	if int(idx) < len(r.sites) {
+		return r.sites[idx].name
+	}
+	return fmt.Sprintf("site%d", idx)
+}
+
+type runOpts struct {
+	test         string
+	iters        int
+	ctl          Ctl
+	chunks       int
+	chunkRecords int
+	pollEvery    time.Duration
+}
+
+func runHarness(t testing.TB, o runOpts) *run {
+	t.Helper()
+	bin := buildHarness(t)
+	cmd := exec.Command(bin, filepath.Join(harnessDir, "agent.bin"), o.test, strconv.Itoa(o.iters))
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	killed := false
+	defer func() {
+		if !killed {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	}()
+	sc := bufio.NewScanner(stdout)
+	next := func() []string {
+		if !sc.Scan() {
+			t.Fatalf("harness output ended early: %v", sc.Err())
+		}
+		return strings.Fields(sc.Text())
+	}
+	hex := func(s string) uint64 {
+		v, err := strconv.ParseUint(strings.TrimPrefix(s, "0x"), 16, 64)
+		if err != nil {
+			t.Fatalf("parse %q: %v", s, err)
+		}
+		return v
+	}
+	f := next()
+	if len(f) != 3 || f[0] != "READY" {
+		t.Fatalf("harness said %q, want READY", f)
+	}
+	base, stubs := hex(f[1]), hex(f[2])
+	r := &run{t: t, counts: map[uint32]map[string]uint64{}, results: map[string][]int64{},
+		recs: map[uint32][]Record{}, lost: map[uint32]uint64{}}
+	for {
+		f = next()
+		if f[0] == "END" {
+			break
+		}
+		r.sites = append(r.sites, harnessSite{hex(f[1]), f[2]})
+	}
+	sort.Slice(r.sites, func(i, j int) bool { return r.sites[i].addr < r.sites[j].addr })
+	addrs := AddrsAt(base)
+
+	// Stubs: one per site, then a springboard to lt_entry.
+	n := len(r.sites)
+	board := stubs + uint64(n)*StubSize
+	code := make([]byte, 0, (n+1)*StubSize)
+	cfg := Config{Chunks: o.chunks, ChunkRecords: o.chunkRecords}
+	for i, s := range r.sites {
+		sa := stubs + uint64(i)*StubSize
+		b, err := StubCode(uint32(i), sa, addrs.Entry)
+		if errors.Is(err, ErrOutOfReach) {
+			b, err = StubCode(uint32(i), sa, board)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		code = append(code, b[:]...)
+		cfg.Sites = append(cfg.Sites, Site{Addr: s.addr, Target: sa})
+	}
+	sb := Springboard(addrs.Entry)
+	code = append(code, sb[:]...)
+
+	size := SharedSize(cfg)
+	if size == 0 {
+		t.Fatalf("bad config %+v", cfg)
+	}
+	fmt.Fprintf(stdin, "SHARED %d\n", size)
+	f = next()
+	if len(f) != 2 || f[0] != "MEMFD" {
+		t.Fatalf("harness said %q, want MEMFD", f)
+	}
+	fdf, err := os.OpenFile(fmt.Sprintf("/proc/%d/fd/%s", cmd.Process.Pid, f[1]), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem, err := unix.Mmap(int(fdf.Fd()), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	fdf.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(mem)
+	if err := InitShared(mem, cfg); err != nil {
+		t.Fatal(err)
+	}
+	cons, err := NewConsumer(mem)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	pm, err := os.OpenFile(fmt.Sprintf("/proc/%d/mem", cmd.Process.Pid), os.O_RDWR, 0)
+	if err != nil {
+		requireOrSkip(t, "open /proc/PID/mem of the harness: %v", err)
+	}
+	defer pm.Close()
+	if _, err := pm.WriteAt(code, int64(stubs)); err != nil {
+		t.Fatalf("write stubs: %v", err)
+	}
+	for i, s := range r.sites {
+		old := make([]byte, 5)
+		if _, err := pm.ReadAt(old, int64(s.addr)); err != nil {
+			t.Fatal(err)
+		}
+		if string(old) != "\x0f\x1f\x44\x00\x08" {
+			t.Fatalf("site %s at %#x holds % x, want a NOP5", s.name, s.addr, old)
+		}
+		call := []byte{0xe8, 0, 0, 0, 0}
+		rel := int64(cfg.Sites[i].Target - (s.addr + 5))
+		if rel != int64(int32(rel)) {
+			t.Fatalf("stub out of reach of site %#x", s.addr)
+		}
+		putU32(call[1:], uint32(int32(rel)))
+		if _, err := pm.WriteAt(call, int64(s.addr)); err != nil {
+			t.Fatalf("patch site: %v", err)
+		}
+	}
+	if _, err := pm.WriteAt(o.ctl.Encode(), int64(addrs.Ctl)); err != nil {
+		t.Fatalf("write ctl: %v", err)
+	}
+
+	// Consume concurrently, as the tracer does.
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	collect := func(tid, lost uint32, recs []Record) {
+		r.recs[tid] = append(r.recs[tid], recs...)
+		r.lost[tid] += uint64(lost)
+	}
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := cons.Poll(collect); err != nil {
+				t.Error(err)
+				return
+			}
+			time.Sleep(o.pollEvery)
+		}
+	}()
+	fmt.Fprintf(stdin, "RUN\n")
+	for {
+		f = next()
+		if f[0] == "DONE" {
+			break
+		}
+		switch f[0] {
+		case "COUNT":
+			tid, _ := strconv.ParseUint(f[1], 10, 32)
+			v, _ := strconv.ParseUint(f[3], 10, 64)
+			if r.counts[uint32(tid)] == nil {
+				r.counts[uint32(tid)] = map[string]uint64{}
+			}
+			r.counts[uint32(tid)][f[2]] = v
+		case "RESULT":
+			v, _ := strconv.ParseInt(f[2], 10, 64)
+			r.results[f[1]] = append(r.results[f[1]], v)
+		case "CHILDTID":
+			v, _ := strconv.ParseUint(f[1], 10, 32)
+			r.child = append(r.child, uint32(v))
+		default:
+			t.Fatalf("harness said %q", f)
+		}
+	}
+	stdin.Close()
+	io.Copy(io.Discard, stdout)
+	killed = true
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("harness: %v", err)
+	}
+	close(stop)
+	<-done
+	if _, err := cons.Drain(collect); err != nil {
+		t.Fatal(err)
+	}
+	r.ctrs = cons.Counters()
+	return r
+}
+
+func putU32(b []byte, v uint32) {
+	b[0], b[1], b[2], b[3] = byte(v), byte(v>>8), byte(v>>16), byte(v>>24)
+}
+
+// entryCounts counts entry records per tid and function.
+func (r *run) entryCounts() map[uint32]map[string]uint64 {
+	m := map[uint32]map[string]uint64{}
+	for tid, recs := range r.recs {
+		for _, rec := range recs {
+			if rec.Kind != KindEntry {
+				continue
+			}
+			if m[tid] == nil {
+				m[tid] = map[string]uint64{}
+			}
+			m[tid][r.siteName(rec.Site)]++
+		}
+	}
+	return m
+}
+
+func (r *run) checkExactCounts() {
+	r.t.Helper()
+	got := r.entryCounts()
+	for tid, want := range r.counts {
+		for name, n := range want {
+			if got[tid][name] != n {
+				r.t.Errorf("tid %d %s: %d entry records, %d calls", tid, name, got[tid][name], n)
+			}
+		}
+		for name, n := range got[tid] {
+			if want[name] == 0 {
+				r.t.Errorf("tid %d %s: %d entry records, no calls", tid, name, n)
+			}
+		}
+	}
+	for tid := range got {
+		if r.counts[tid] == nil {
+			r.t.Errorf("records from tid %d, which made no traced calls", tid)
+		}
+	}
+}
+
+func (r *run) checkTimestamps() {
+	r.t.Helper()
+	for tid, recs := range r.recs {
+		for i := 1; i < len(recs); i++ {
+			if recs[i].TSC < recs[i-1].TSC {
+				r.t.Errorf("tid %d: record %d tsc %d < previous %d", tid, i, recs[i].TSC, recs[i-1].TSC)
+				break
+			}
+		}
+	}
+}
+
+// checkGraph replays each thread's records against a stack. With
+// allowStale, frames abandoned by longjmp (entries never exited) are
+// dropped when a shallower record shows up; it returns how many.
+func (r *run) checkGraph(allowStale bool) (stale int) {
+	r.t.Helper()
+	for tid, recs := range r.recs {
+		var stack []uint32
+		for i, rec := range recs {
+			d := int(rec.Depth)
+			switch rec.Kind {
+			case KindEntry:
+				if len(stack)%256 != d {
+					if !allowStale || len(stack) < d {
+						r.t.Errorf("tid %d rec %d: entry %s at depth %d, stack holds %d", tid, i, r.siteName(rec.Site), d, len(stack))
+						return
+					}
+					stale += len(stack) - d
+					stack = stack[:d]
+				}
+				stack = append(stack, rec.Site)
+			case KindExit:
+				if len(stack) == 0 {
+					r.t.Errorf("tid %d rec %d: exit %s with empty stack", tid, i, r.siteName(rec.Site))
+					return
+				}
+				if (len(stack)-1)%256 != d {
+					if !allowStale || len(stack)-1 < d {
+						r.t.Errorf("tid %d rec %d: exit %s at depth %d, stack holds %d", tid, i, r.siteName(rec.Site), d, len(stack))
+						return
+					}
+					stale += len(stack) - 1 - d
+					stack = stack[:d+1]
+				}
+				if top := stack[len(stack)-1]; top != rec.Site {
+					r.t.Errorf("tid %d rec %d: exit %s, innermost frame is %s", tid, i, r.siteName(rec.Site), r.siteName(top))
+					return
+				}
+				stack = stack[:len(stack)-1]
+			default:
+				r.t.Errorf("tid %d rec %d: kind %d", tid, i, rec.Kind)
+				return
+			}
+		}
+		if len(stack) != 0 {
+			r.t.Errorf("tid %d: %d frames never exited", tid, len(stack))
+		}
+	}
+	return stale
+}
+
+func (r *run) result(key string) []int64 { return r.results[key] }
+
+func (r *run) noLoss() {
+	r.t.Helper()
+	c := r.ctrs
+	if c.Lost != 0 || c.TableFull != 0 || c.Reentered != 0 || c.Corrupt != 0 {
+		r.t.Errorf("unexpected drops: %+v", c)
+	}
+}

@@ -1,0 +1,298 @@
+/*
+ * harness.c: loads the agent blob into its own address space the way the
+ * tracer does, lets the Go test (the "tracer") format the shared memory,
+ * write the stubs and patch the sites through /proc/PID/mem, then runs a
+ * workload and prints its ground truth. Not traced itself.
+ *
+ * Protocol on stdin/stdout, one line each:
+ *   -> READY <base> <stubs>      then SITE <addr> <name> lines, then END
+ *   <- SHARED <size>
+ *   -> MEMFD <fd>
+ *   <- RUN
+ *   -> COUNT <tid> <name> <n> / RESULT <key> <value> lines, then DONE
+ * layout.h (written by the Go test from the generated constants) defines
+ * L_CODE_SIZE, L_CTL_OFF, L_CTL_SIZE, L_PRIV_OFF, L_PRIV_SIZE, L_SHARED_OFF.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include "layout.h"
+#include "workload.h"
+
+__thread unsigned long counts[NFUNCS];
+
+extern char __start___patchable_function_entries[];
+extern char __stop___patchable_function_entries[];
+
+static void die(const char *what)
+{
+	fprintf(stderr, "harness: %s: %s\n", what, strerror(errno));
+	exit(2);
+}
+
+static char line[256];
+
+static void expect(const char *word)
+{
+	if (!fgets(line, sizeof line, stdin) || strncmp(line, word, strlen(word)) != 0) {
+		fprintf(stderr, "harness: expected %s, got %s\n", word, line);
+		exit(2);
+	}
+}
+
+static pthread_mutex_t out_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static void report_counts(void)
+{
+	pid_t tid = (pid_t)syscall(SYS_gettid);
+	pthread_mutex_lock(&out_mu);
+	for (int i = 0; wfuncs[i].name; i++)
+		if (counts[i])
+			printf("COUNT %d %s %lu\n", tid, wfuncs[i].name, counts[i]);
+	fflush(stdout);
+	pthread_mutex_unlock(&out_mu);
+}
+
+static void result(const char *key, long v)
+{
+	pthread_mutex_lock(&out_mu);
+	printf("RESULT %s %ld\n", key, v);
+	fflush(stdout);
+	pthread_mutex_unlock(&out_mu);
+}
+
+static long iters = 20000;
+
+static void *basic_thread(void *arg)
+{
+	(void)arg;
+	long fib = 0, args = 0, tail = 0;
+	for (long i = 0; i < iters; i++) {
+		w_leaf();
+		if (i % 100 == 0) {
+			fib += w_fib(10);
+			args += w_args(1, 2, 3, 4, 5, 6, 0.5, 0.25);
+			tail += w_tailer((int)i);
+		}
+	}
+	result("fib", fib);
+	result("args", args);
+	result("tail", tail);
+	report_counts();
+	return 0;
+}
+
+static void run_threads(void *(*fn)(void *), int n)
+{
+	pthread_t th[16];
+	for (int i = 0; i < n; i++)
+		if (pthread_create(&th[i], 0, fn, 0))
+			die("pthread_create");
+	for (int i = 0; i < n; i++)
+		pthread_join(th[i], 0);
+}
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+__attribute__((noinline)) static void h_empty(void)
+{
+	__asm__ __volatile__("" ::: "memory");
+}
+
+static inline uint64_t rdtsc(void)
+{
+	uint32_t lo, hi;
+	__asm__ __volatile__("rdtsc" : "=a"(lo), "=d"(hi));
+	return ((uint64_t)hi << 32) | lo;
+}
+
+static void bench(void)
+{
+	long n = iters;
+	uint64_t t0 = now_ns();
+	for (long i = 0; i < n; i++)
+		h_empty();
+	uint64_t t1 = now_ns();
+	for (long i = 0; i < n; i++)
+		w_empty();
+	uint64_t t2 = now_ns();
+	uint64_t acc = 0;
+	for (long i = 0; i < n; i++)
+		acc += rdtsc();
+	uint64_t t3 = now_ns();
+	for (long i = 0; i < n; i++)
+		__asm__ __volatile__("pushfq; popfq" ::: "memory", "cc");
+	uint64_t t4 = now_ns();
+	(void)acc;
+	result("untraced_ps", (long)((t1 - t0) * 1000 / n));
+	result("traced_ps", (long)((t2 - t1) * 1000 / n));
+	result("rdtsc_ps", (long)((t3 - t2) * 1000 / n));
+	result("pushfq_popfq_ps", (long)((t4 - t3) * 1000 / n));
+}
+
+static void *jump_thread(void *arg)
+{
+	(void)arg;
+	jmp_buf jb;
+	long jumps = 0, fib = 0;
+	for (long i = 0; i < iters; i++) {
+		if (!setjmp(jb))
+			w_jump(&jb, (int)(i % 7));
+		else
+			jumps++;
+		fib += w_fib(5);
+	}
+	result("jumps", jumps);
+	result("fib", fib);
+	report_counts();
+	return 0;
+}
+
+static void *deep_thread(void *arg)
+{
+	(void)arg;
+	long sum = 0;
+	for (long i = 0; i < iters; i++)
+		sum += w_deep(1500);
+	sum += w_fib(10);
+	result("deep", sum);
+	report_counts();
+	return 0;
+}
+
+static void *fork_thread(void *arg)
+{
+	(void)arg;
+	int pid = w_forker();
+	if (pid < 0)
+		die("fork");
+	if (pid == 0) {
+		/* Child: the frame of w_forker was hijacked in the parent;
+		 * it returned here through the agent's copy of the shadow stack. */
+		int r = w_fib(15) + w_tailer(1);
+		printf("CHILDTID %ld\n", (long)syscall(SYS_gettid));
+		fflush(stdout);
+		_exit(r == 610 + 3 ? 42 : 1);
+	}
+	int st = 0;
+	if (waitpid(pid, &st, 0) < 0)
+		die("waitpid");
+	result("child", WIFEXITED(st) ? WEXITSTATUS(st) : -WTERMSIG(st));
+	result("fib", w_fib(10));
+	report_counts();
+	return 0;
+}
+
+static void *tight_thread(void *arg)
+{
+	(void)arg;
+	for (long i = 0; i < iters; i++)
+		w_leaf();
+	report_counts();
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 4) {
+		fprintf(stderr, "usage: harness BLOB TEST ITERS\n");
+		return 2;
+	}
+	setvbuf(stdout, 0, _IOLBF, 0);
+	iters = atol(argv[3]);
+
+	FILE *bf = fopen(argv[1], "rb");
+	if (!bf)
+		die("open blob");
+	static unsigned char blob[L_CODE_SIZE];
+	size_t bn = fread(blob, 1, sizeof blob, bf);
+	fclose(bf);
+
+	size_t reserve = L_SHARED_OFF + (256u << 20);
+	char *base = mmap(0, reserve, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (base == MAP_FAILED)
+		die("reserve");
+	if (mmap(base, L_CODE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED)
+		die("map code");
+	memcpy(base, blob, bn);
+	if (mprotect(base, L_CODE_SIZE, PROT_READ | PROT_EXEC))
+		die("mprotect code");
+	if (mmap(base + L_CTL_OFF, L_CTL_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED)
+		die("map ctl");
+	if (madvise(base + L_CTL_OFF, L_CTL_SIZE, MADV_WIPEONFORK))
+		die("madvise");
+	if (mmap(base + L_PRIV_OFF, L_PRIV_SIZE, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0) == MAP_FAILED)
+		die("map priv");
+
+	/* A stub page within rel32 reach of the workload's text. */
+	uintptr_t text = (uintptr_t)w_leaf & ~(uintptr_t)0xfff;
+	char *stubs = MAP_FAILED;
+	for (uintptr_t d = 1 << 20; d < (1u << 30) && stubs == MAP_FAILED; d += 1 << 20) {
+		stubs = mmap((void *)(text - d), 4096, PROT_READ | PROT_EXEC,
+			     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+	}
+	if (stubs == MAP_FAILED)
+		die("map stubs");
+
+	printf("READY %p %p\n", (void *)base, (void *)stubs);
+	for (uintptr_t *p = (uintptr_t *)__start___patchable_function_entries;
+	     p < (uintptr_t *)__stop___patchable_function_entries; p++) {
+		const char *name = "?";
+		for (int i = 0; wfuncs[i].name; i++)
+			if ((uintptr_t)wfuncs[i].addr == *p)
+				name = wfuncs[i].name;
+		printf("SITE %#lx %s\n", (unsigned long)*p, name);
+	}
+	printf("END\n");
+	fflush(stdout);
+
+	expect("SHARED ");
+	size_t shared = strtoul(line + 7, 0, 0);
+	int fd = (int)syscall(SYS_memfd_create, "livetrace-test", 0);
+	if (fd < 0)
+		die("memfd_create");
+	if (ftruncate(fd, (off_t)shared))
+		die("ftruncate");
+	if (mmap(base + L_SHARED_OFF, shared, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0) == MAP_FAILED)
+		die("map shared");
+	printf("MEMFD %d\n", fd);
+	fflush(stdout);
+	expect("RUN");
+
+	const char *test = argv[2];
+	if (!strcmp(test, "basic"))
+		run_threads(basic_thread, 4);
+	else if (!strcmp(test, "jump"))
+		run_threads(jump_thread, 1);
+	else if (!strcmp(test, "deep"))
+		run_threads(deep_thread, 1);
+	else if (!strcmp(test, "fork"))
+		run_threads(fork_thread, 1);
+	else if (!strcmp(test, "tight"))
+		run_threads(tight_thread, 1);
+	else if (!strcmp(test, "bench"))
+		bench();
+	else {
+		fprintf(stderr, "harness: unknown test %s\n", test);
+		return 2;
+	}
+	printf("DONE\n");
+	fflush(stdout);
+	return 0;
+}

@@ -1,0 +1,22 @@
+/* workload.h: the traced functions of the agent test harness. */
+#include <setjmp.h>
+
+enum { F_LEAF, F_FIB, F_DEEP, F_JUMP, F_FORKER, F_TAILER, F_TAILEE, F_EMPTY, F_ARGS, NFUNCS };
+
+extern __thread unsigned long counts[NFUNCS];
+
+void w_leaf(void);
+int w_fib(int n);
+long w_deep(int n);
+void w_jump(jmp_buf *jb, int n);
+int w_forker(void);
+int w_tailer(int x);
+int w_tailee(int x);
+void w_empty(void);
+long w_args(long a, long b, long c, long d, long e, long f, double x, double y);
+
+struct wfunc {
+	const char *name;
+	void *addr;
+};
+extern const struct wfunc wfuncs[];
