@@ -1,0 +1,376 @@
+package proc
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Remote is one thread of the target, held in a ptrace-stop, on which the
+// tracer runs system calls as if the target had made them (mmap, memfd_create,
+// membarrier, ...). Get one with HoldRemote and give it back with Release.
+//
+// The thread's registers are saved when it is held and restored at Release,
+// with the kernel's syscall-restart rule applied by hand (see Release), so a
+// thread that was blocked in nanosleep, read or futex carries on as if
+// nothing had happened.
+//
+// A Remote is safe for concurrent use, but its calls run one at a time.
+type Remote struct {
+	p      *Process
+	t      *thread
+	saved  unix.PtraceRegs
+	ran    bool // at least one syscall ran: the thread sits at a syscall-exit stop
+	closed bool
+}
+
+// Syscall numbers the tracer runs in targets (x86-64).
+const (
+	SysMmap         = unix.SYS_MMAP
+	SysMprotect     = unix.SYS_MPROTECT
+	SysMunmap       = unix.SYS_MUNMAP
+	SysClose        = unix.SYS_CLOSE
+	SysMadvise      = unix.SYS_MADVISE
+	SysMemfdCreate  = unix.SYS_MEMFD_CREATE
+	SysMembarrier   = unix.SYS_MEMBARRIER
+	SysRtSigaction  = unix.SYS_RT_SIGACTION
+	SysGetpid       = unix.SYS_GETPID
+	SysFtruncate    = unix.SYS_FTRUNCATE
+	SysRestartSys   = unix.SYS_RESTART_SYSCALL
+	sysInsnLen      = 2 // `syscall` is 0f 05
+	errRestartSys   = 512
+	errRestartNoInt = 513
+	errRestartNoHnd = 514
+	errRestartBlock = 516
+)
+
+// HoldRemote picks a thread, stops it, and holds it for remote system
+// calls. It prefers a thread that is running in user space, then one blocked
+// in a system call that the kernel restarts transparently; it never uses a
+// thread stopped by job control.
+func (p *Process) HoldRemote() (*Remote, error) { return p.holdRemote(0) }
+
+// holdRemote is HoldRemote; a non-zero tid forces the choice of thread
+// (for tests).
+func (p *Process) holdRemote(tid int) (*Remote, error) {
+	r := &Remote{p: p}
+	err := p.doErr(func() error {
+		if p.sysInsn == 0 {
+			addr, err := findSyscallInsn(p.pid, p.mem)
+			if err != nil {
+				return err
+			}
+			p.sysInsn = addr
+		}
+		cands := p.remoteCandidates()
+		if tid != 0 {
+			cands = nil
+			if t := p.threads[tid]; t != nil {
+				cands = []*thread{t}
+			}
+		}
+		for _, t := range cands {
+			wasStopped := t.state == stopped
+			p.interrupt(t)
+			err := p.waitFor(func() bool { return t.state == stopped || p.threads[t.tid] == nil }, 5*time.Second)
+			if err != nil {
+				return err
+			}
+			if p.threads[t.tid] == nil {
+				continue
+			}
+			if t.kind == stopGroup {
+				if !wasStopped && !p.holdAll {
+					t.want = false
+					p.listen(t)
+				}
+				continue
+			}
+			if err := unix.PtraceGetRegs(t.tid, &r.saved); err != nil {
+				if errors.Is(err, unix.ESRCH) {
+					continue
+				}
+				return fmt.Errorf("read registers of thread %d: %w", t.tid, err)
+			}
+			t.remote = true
+			r.t = t
+			return nil
+		}
+		return fmt.Errorf("no thread of pid %d can run a system call (all stopped by job control?)", p.pid)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// remoteCandidates orders the threads by how harmless it is to borrow them.
+func (p *Process) remoteCandidates() []*thread {
+	type cand struct {
+		t     *thread
+		score int
+	}
+	var cs []cand
+	for _, t := range p.threads {
+		if t.remote || t.state == listening || (t.state == stopped && t.kind == stopGroup) {
+			continue
+		}
+		cs = append(cs, cand{t, p.remoteScore(t)})
+	}
+	// Lowest score first, then lowest tid, for determinism.
+	for i := 1; i < len(cs); i++ {
+		for j := i; j > 0 && (cs[j].score < cs[j-1].score || cs[j].score == cs[j-1].score && cs[j].t.tid < cs[j-1].t.tid); j-- {
+			cs[j], cs[j-1] = cs[j-1], cs[j]
+		}
+	}
+	out := make([]*thread, len(cs))
+	for i, c := range cs {
+		out[i] = c.t
+	}
+	return out
+}
+
+// remoteScore: 0 already stopped by us, 1 running in user space, 2 blocked
+// in a syscall that restarts transparently, 3 anything else, 4 blocked in a
+// syscall that returns EINTR when interrupted even without a signal handler
+// (epoll_wait and friends; man 2 ptrace, BUGS).
+func (p *Process) remoteScore(t *thread) int {
+	if t.state == stopped {
+		return 0
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/syscall", p.pid, t.tid))
+	if err != nil {
+		return 3
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 || f[0] == "running" || f[0] == "-1" {
+		return 1
+	}
+	nr, err := strconv.Atoi(f[0])
+	if err != nil {
+		return 3
+	}
+	switch nr {
+	case unix.SYS_EPOLL_WAIT, unix.SYS_EPOLL_PWAIT, unix.SYS_EPOLL_PWAIT2, unix.SYS_INOTIFY_INIT:
+		return 4
+	case unix.SYS_NANOSLEEP, unix.SYS_CLOCK_NANOSLEEP, unix.SYS_FUTEX, unix.SYS_READ, unix.SYS_WRITE,
+		unix.SYS_POLL, unix.SYS_PPOLL, unix.SYS_WAIT4, unix.SYS_ACCEPT, unix.SYS_ACCEPT4,
+		unix.SYS_RECVFROM, unix.SYS_RECVMSG, unix.SYS_PAUSE, unix.SYS_RT_SIGSUSPEND:
+		return 2
+	}
+	return 3
+}
+
+// Tid returns the ID of the held thread.
+func (r *Remote) Tid() int { return r.t.tid }
+
+// Syscall runs system call nr with up to six arguments in the target and
+// returns its raw result (a negative errno on failure, as the kernel
+// returns it).
+func (r *Remote) Syscall(nr uint64, args ...uint64) (uint64, error) {
+	if len(args) > 6 {
+		return 0, fmt.Errorf("syscall %d: %d arguments, at most 6", nr, len(args))
+	}
+	var ret uint64
+	err := r.p.doErr(func() error {
+		if r.closed {
+			return errors.New("remote thread already released")
+		}
+		p, t := r.p, r.t
+		if p.threads[t.tid] == nil {
+			return fmt.Errorf("remote syscall in pid %d: thread %d is gone: %w", p.pid, t.tid, ErrExited)
+		}
+		regs := r.saved
+		regs.Rip = p.sysInsn
+		regs.Rax = nr
+		// orig_rax = -1: the kernel must not apply its restart logic to
+		// the thread's own interrupted syscall while we borrow it.
+		regs.Orig_rax = ^uint64(0)
+		var a [6]uint64
+		copy(a[:], args)
+		regs.Rdi, regs.Rsi, regs.Rdx, regs.R10, regs.R8, regs.R9 = a[0], a[1], a[2], a[3], a[4], a[5]
+		if err := unix.PtraceSetRegs(t.tid, &regs); err != nil {
+			return fmt.Errorf("remote syscall in pid %d: write registers: %w", p.pid, err)
+		}
+		r.ran = true
+		// Two stops: syscall-enter, then syscall-exit.
+		for i := 0; i < 2; i++ {
+			if err := unix.PtraceSyscall(t.tid, 0); err != nil {
+				return fmt.Errorf("remote syscall in pid %d: resume thread %d: %w", p.pid, t.tid, err)
+			}
+			t.state = running
+			err := p.waitFor(func() bool {
+				return p.threads[t.tid] == nil || t.state == stopped && t.kind == stopSyscall
+			}, 10*time.Second)
+			if err != nil {
+				return fmt.Errorf("remote syscall %d in pid %d: %w", nr, p.pid, err)
+			}
+			if p.threads[t.tid] == nil {
+				return fmt.Errorf("remote syscall in pid %d: thread %d is gone: %w", p.pid, t.tid, ErrExited)
+			}
+		}
+		var out unix.PtraceRegs
+		if err := unix.PtraceGetRegs(t.tid, &out); err != nil {
+			return fmt.Errorf("remote syscall in pid %d: read registers: %w", p.pid, err)
+		}
+		ret = out.Rax
+		return nil
+	})
+	return ret, err
+}
+
+// SyscallOK runs Syscall and turns a negative errno into an error.
+func (r *Remote) SyscallOK(name string, nr uint64, args ...uint64) (uint64, error) {
+	ret, err := r.Syscall(nr, args...)
+	if err != nil {
+		return 0, err
+	}
+	if e := int64(ret); e < 0 && e >= -4095 {
+		return 0, fmt.Errorf("%s in pid %d: %w", name, r.p.pid, unix.Errno(-e))
+	}
+	return ret, nil
+}
+
+// Release puts the thread's registers back and lets it run (unless StopAll
+// holds every thread).
+//
+// If a remote syscall ran, the thread now sits at a syscall-exit stop, where
+// the kernel runs no restart logic on resume: restoring the registers of a
+// thread that was interrupted in nanosleep would hand it -ERESTART_RESTARTBLOCK
+// (errno 516) as a return value. So the rule of arch/x86/kernel/signal.c
+// (arch_do_signal_or_restart, "Did we come from a system call?") is applied
+// here, as CRIU's compel does: for -ERESTARTSYS, -ERESTARTNOINTR and
+// -ERESTARTNOHAND, rax = orig_rax and rip -= 2; for -ERESTART_RESTARTBLOCK,
+// rax = __NR_restart_syscall and rip -= 2. The thread then re-enters its
+// syscall as soon as it runs; restart_syscall continues a nanosleep or a
+// futex wait with its original deadline.
+func (r *Remote) Release() error {
+	return r.p.doErr(func() error {
+		if r.closed {
+			return nil
+		}
+		r.closed = true
+		p, t := r.p, r.t
+		t.remote = false
+		if p.threads[t.tid] == nil {
+			return nil
+		}
+		regs := r.saved
+		p.undoEINTR(t.tid, &regs)
+		if r.ran && int64(regs.Orig_rax) >= 0 {
+			switch int64(regs.Rax) {
+			case -errRestartSys, -errRestartNoInt, -errRestartNoHnd:
+				regs.Rax = regs.Orig_rax
+				regs.Rip -= sysInsnLen
+			case -errRestartBlock:
+				regs.Rax = SysRestartSys
+				regs.Rip -= sysInsnLen
+			}
+		}
+		if err := unix.PtraceSetRegs(t.tid, &regs); err != nil && !errors.Is(err, unix.ESRCH) {
+			return fmt.Errorf("restore registers of thread %d: %w", t.tid, err)
+		}
+		if !p.holdAll {
+			t.want = false
+			p.resume(t, 0)
+		}
+		return nil
+	})
+}
+
+// findSyscallInsn finds a `syscall` instruction (0f 05) in the target's
+// vDSO, falling back to any executable file mapping. The tracer never points
+// a thread at bytes it wrote into live text.
+func findSyscallInsn(pid int, mem *Mem) (uint64, error) {
+	maps, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", pid))
+	if err != nil {
+		return 0, fmt.Errorf("read maps of pid %d: %w", pid, err)
+	}
+	type region struct{ lo, hi uint64 }
+	var vdso, other []region
+	sc := bufio.NewScanner(bytes.NewReader(maps))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 5 || len(f[1]) < 3 || f[1][2] != 'x' {
+			continue
+		}
+		lo, hi, ok := strings.Cut(f[0], "-")
+		if !ok {
+			continue
+		}
+		l, err1 := strconv.ParseUint(lo, 16, 64)
+		h, err2 := strconv.ParseUint(hi, 16, 64)
+		if err1 != nil || err2 != nil || h <= l || h-l > 64<<20 {
+			continue
+		}
+		switch {
+		case len(f) >= 6 && f[5] == "[vdso]":
+			vdso = append(vdso, region{l, h})
+		case len(f) >= 6 && strings.HasPrefix(f[5], "/"):
+			other = append(other, region{l, h})
+		}
+	}
+	for _, rg := range append(vdso, other...) {
+		buf := make([]byte, rg.hi-rg.lo)
+		if mem.Read(rg.lo, buf) != nil {
+			continue
+		}
+		if i := bytes.Index(buf, []byte{0x0f, 0x05}); i >= 0 {
+			return rg.lo + uint64(i), nil
+		}
+	}
+	return 0, fmt.Errorf("no syscall instruction found in pid %d", pid)
+}
+
+// undoEINTR makes a thread that our interrupt knocked out of epoll_wait
+// re-enter it instead of seeing EINTR.
+//
+// Most blocking syscalls return -ERESTART* when a ptrace interrupt wakes
+// them, and the kernel restarts them transparently. epoll_wait and
+// epoll_pwait return -EINTR even when no signal handler runs (man 2 ptrace,
+// BUGS), so a tracer that merely stops the thread makes the application see
+// a spurious EINTR. When the thread has no signal pending that could have
+// caused the EINTR, we rewind it to the syscall instruction with rax =
+// orig_rax, which re-enters the call. Its relative timeout then starts over:
+// the call may return later than it would have, never earlier.
+func (p *Process) undoEINTR(tid int, regs *unix.PtraceRegs) {
+	switch int64(regs.Orig_rax) {
+	case unix.SYS_EPOLL_WAIT, unix.SYS_EPOLL_PWAIT, unix.SYS_EPOLL_PWAIT2:
+	default:
+		return
+	}
+	if int64(regs.Rax) != -int64(unix.EINTR) || anySignalPending(p.pid, tid) {
+		return
+	}
+	regs.Rax = regs.Orig_rax
+	regs.Rip -= sysInsnLen
+}
+
+// anySignalPending reports whether any signal that the thread does not
+// block is pending for it or for its process.
+func anySignalPending(pid, tid int) bool {
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/status", pid, tid))
+	if err != nil {
+		return true
+	}
+	var pend uint64
+	for _, f := range []string{"SigPnd", "ShdPnd"} {
+		v, err := strconv.ParseUint(statusField(status, f), 16, 64)
+		if err != nil {
+			return true
+		}
+		pend |= v
+	}
+	blk, err := strconv.ParseUint(statusField(status, "SigBlk"), 16, 64)
+	if err != nil {
+		return true
+	}
+	return pend&^blk != 0
+}
