@@ -1,0 +1,696 @@
+// Package textpoke rewrites instructions in the text of a running,
+// multi-threaded process: the kernel's breakpoint protocol for
+// cross-modifying code (arch/x86/kernel/alternative.c,
+// smp_text_poke_batch_finish), done from outside the process through ptrace
+// and /proc/PID/mem.
+//
+// A write through /proc/PID/mem is not atomic: a thread executing a 5-byte
+// site while it is rewritten may fetch a mix of old and new bytes. The live
+// protocol makes every intermediate state decodable:
+//
+//  1. verify the old bytes of every site of the batch;
+//  2. write INT3 into byte 0 of every site, then sync every core: from now
+//     on a thread reaching a site traps instead of decoding its tail;
+//  3. write bytes 1..4 (the new tail), then sync: no core can still hold
+//     the old tail in its pipeline;
+//  4. write the new byte 0, then sync: the new instruction is whole
+//     everywhere.
+//
+// "Sync" is membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE) run inside
+// the target: it makes every running thread of the target execute a
+// core-serializing instruction (Intel SDM vol. 3, 8.1.3 "Handling
+// Self- and Cross-Modifying Code"). A batch of any size costs three syncs.
+//
+// A thread that hits one of our INT3s stops with SIGTRAP; the engine
+// emulates the site's NEW instruction for it (a CALL pushes the return
+// address and jumps; a NOP skips) and suppresses the signal, as the kernel's
+// smp_text_poke_int3_handler does, so that no call is missed while tracing
+// is turned on.
+//
+// Stop mode is the fallback: stop every thread, write the final bytes, sync,
+// resume. It is used for sleds (five 1-byte NOPs, in which a thread can
+// stop between instructions), when a thread blocks or ignores SIGTRAP, when
+// membarrier is unavailable, or on request.
+package textpoke
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/livetrace/livetrace/internal/proc"
+	"golang.org/x/sys/unix"
+)
+
+// Mode selects the protocol.
+type Mode int
+
+const (
+	// ModeAuto uses live mode when it is safe, else stop mode.
+	ModeAuto Mode = iota
+	// ModeLive is the batch INT3 protocol; threads keep running.
+	ModeLive
+	// ModeStop stops every thread while the text is written.
+	ModeStop
+)
+
+func (m Mode) String() string {
+	switch m {
+	case ModeLive:
+		return "live"
+	case ModeStop:
+		return "stop"
+	}
+	return "auto"
+}
+
+// membarrier(2) commands, include/uapi/linux/membarrier.h.
+const (
+	membarrierQuery        = 0
+	membarrierSyncCore     = 1 << 5 // MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE
+	membarrierRegisterSync = 1 << 6 // MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE
+)
+
+// Options configure an Engine.
+type Options struct {
+	// Mode is the protocol to use; ModeAuto picks one (see New).
+	Mode Mode
+	// Arch is the instruction set; nil means AMD64.
+	Arch Arch
+}
+
+// Patch is one site to rewrite: the bytes expected there now, and the bytes
+// to write.
+type Patch struct {
+	Addr uint64
+	Old  []byte
+	New  []byte
+}
+
+// Stats describe one batch, or the sum of several.
+type Stats struct {
+	Mode     Mode
+	Sites    int           // sites written
+	Syncs    int           // membarrier calls in the target
+	Writes   int           // writes through /proc/PID/mem
+	Traps    int           // INT3 hits emulated during the batch
+	Duration time.Duration // wall time of the batch
+	Paused   time.Duration // stop mode: how long every thread was stopped
+}
+
+// ErrVerify means a site did not hold the bytes the batch expected; nothing
+// of the batch was written.
+var ErrVerify = errors.New("unexpected bytes at site")
+
+// Engine rewrites sites in one process. It remembers the original bytes of
+// every site it ever touched, so RestoreAll can put the text back byte for
+// byte. An Engine is safe for concurrent use; batches run one at a time.
+type Engine struct {
+	p          *proc.Process
+	arch       Arch
+	mode       Mode   // resolved: ModeLive or ModeStop
+	why        string // why stop mode was chosen
+	membarrier bool
+
+	mu    sync.Mutex       // serializes batches; guards sites
+	sites map[uint64]*site // every site ever touched
+
+	// table is what the trap handler consults: every site we may have put
+	// an INT3 on, with the instruction it stands for. It is replaced,
+	// never modified, so the handler reads it without locks.
+	table atomic.Pointer[trapTable]
+	traps atomic.Int64
+}
+
+type site struct {
+	orig []byte // bytes before we first touched the site
+	cur  []byte // bytes we last wrote (the intended instruction)
+}
+
+type trapTable struct {
+	addrs []uint64 // sorted
+	insns [][]byte
+}
+
+func (t *trapTable) lookup(addr uint64) []byte {
+	if t == nil {
+		return nil
+	}
+	i := sort.Search(len(t.addrs), func(i int) bool { return t.addrs[i] >= addr })
+	if i < len(t.addrs) && t.addrs[i] == addr {
+		return t.insns[i]
+	}
+	return nil
+}
+
+// New prepares an engine for process p: it asks the target's kernel for
+// membarrier support (MEMBARRIER_CMD_QUERY) and registers the target for
+// SYNC_CORE, then picks the mode. ModeAuto means live mode unless
+// membarrier is unavailable or some thread blocks or ignores SIGTRAP (a
+// forced trap would then reset the process-wide handler to SIG_DFL and kill
+// the process: kernel/signal.c, force_sig_info_to_task), in which case stop
+// mode is used; Reason says why.
+func New(p *proc.Process, opts Options) (*Engine, error) {
+	e := &Engine{p: p, arch: opts.Arch, sites: map[uint64]*site{}}
+	if e.arch == nil {
+		e.arch = AMD64{}
+	}
+	if err := e.registerMembarrier(); err != nil {
+		return nil, err
+	}
+	e.mode = opts.Mode
+	if e.mode != ModeStop {
+		var reasons []string
+		if !e.membarrier {
+			reasons = append(reasons, "membarrier SYNC_CORE is unavailable")
+		}
+		blocked, ignored, err := proc.SignalMasks(p.Pid(), unix.SIGTRAP)
+		if err != nil {
+			return nil, err
+		}
+		if blocked {
+			reasons = append(reasons, "a thread blocks SIGTRAP")
+		}
+		if ignored {
+			reasons = append(reasons, "the process ignores SIGTRAP")
+		}
+		if len(reasons) > 0 {
+			if e.mode == ModeLive {
+				return nil, fmt.Errorf("live mode is unsafe for pid %d: %s: use stop mode", p.Pid(), strings.Join(reasons, ", "))
+			}
+			e.mode = ModeStop
+			e.why = strings.Join(reasons, ", ")
+		} else {
+			e.mode = ModeLive
+		}
+	} else {
+		e.why = "requested"
+	}
+	p.SetTrapHandler(e.handleTrap)
+	return e, nil
+}
+
+func (e *Engine) registerMembarrier() error {
+	r, err := e.p.HoldRemote()
+	if err != nil {
+		return fmt.Errorf("prepare pid %d for patching: %w", e.p.Pid(), err)
+	}
+	defer r.Release()
+	mask, err := r.Syscall(proc.SysMembarrier, membarrierQuery, 0, 0)
+	if err != nil {
+		return fmt.Errorf("query membarrier in pid %d: %w", e.p.Pid(), err)
+	}
+	if int64(mask) < 0 || mask&membarrierSyncCore == 0 || mask&membarrierRegisterSync == 0 {
+		return nil
+	}
+	if _, err := r.SyscallOK("membarrier register", proc.SysMembarrier, membarrierRegisterSync, 0, 0); err != nil {
+		return nil //nolint:nilerr // no SYNC_CORE: stop mode
+	}
+	e.membarrier = true
+	return nil
+}
+
+// Mode returns the protocol the engine uses: ModeLive or ModeStop.
+func (e *Engine) Mode() Mode { return e.mode }
+
+// Reason says why the engine uses stop mode ("" in live mode).
+func (e *Engine) Reason() string { return e.why }
+
+// Membarrier reports whether the target can sync its cores with membarrier.
+func (e *Engine) Membarrier() bool { return e.membarrier }
+
+// Current returns the bytes the engine last wrote at addr, and whether it
+// ever touched addr.
+func (e *Engine) Current(addr uint64) ([]byte, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	s := e.sites[addr]
+	if s == nil {
+		return nil, false
+	}
+	return bytes.Clone(s.cur), true
+}
+
+// handleTrap runs on the ptrace thread for every INT3 SIGTRAP.
+func (e *Engine) handleTrap(tid int, regs *unix.PtraceRegs) bool {
+	addr := e.arch.TrapSite(e.arch.PC(regs))
+	insn := e.table.Load().lookup(addr)
+	if insn == nil {
+		return false // not one of our sites: the application's SIGTRAP
+	}
+	err := e.arch.Emulate(regs, addr, insn, func(sp, val uint64) error {
+		var b [8]byte
+		for i := range b {
+			b[i] = byte(val >> (8 * i))
+		}
+		return e.p.WriteMem(sp, b[:])
+	})
+	if err != nil {
+		return false
+	}
+	e.traps.Add(1)
+	return true
+}
+
+// Apply rewrites every site of the batch, all or nothing: it first checks
+// that each site holds Old, and writes nothing if one does not (the error
+// wraps ErrVerify and names the site and the bytes found).
+func (e *Engine) Apply(patches []Patch) (Stats, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.apply(patches, e.mode)
+}
+
+// ApplyStop is Apply in stop mode, whatever the engine's mode.
+func (e *Engine) ApplyStop(patches []Patch) (Stats, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.apply(patches, ModeStop)
+}
+
+func (e *Engine) apply(patches []Patch, mode Mode) (Stats, error) {
+	start := time.Now()
+	st := Stats{Mode: mode}
+	ps, err := e.prepare(patches)
+	if err != nil || len(ps) == 0 {
+		return st, err
+	}
+	for _, pt := range ps {
+		if e.arch.Sled(pt.Old) && !bytes.Equal(pt.Old, pt.New) && mode != ModeStop {
+			return st, fmt.Errorf("site %#x is a NOP sled: convert sleds with ConvertSleds (stop mode) first", pt.Addr)
+		}
+	}
+	runs, err := e.verify(ps)
+	if err != nil {
+		return st, err
+	}
+	for _, pt := range ps {
+		if e.sites[pt.Addr] == nil {
+			e.sites[pt.Addr] = &site{orig: bytes.Clone(pt.Old), cur: bytes.Clone(pt.Old)}
+		}
+	}
+	writes0 := e.p.Mem().Writes()
+	traps0 := e.traps.Load()
+	if mode == ModeStop {
+		err = e.applyStop(ps, runs, &st)
+	} else {
+		err = e.applyLive(ps, runs, &st)
+	}
+	st.Sites = len(ps)
+	st.Writes = int(e.p.Mem().Writes() - writes0)
+	st.Traps = int(e.traps.Load() - traps0)
+	st.Duration = time.Since(start)
+	return st, err
+}
+
+// prepare sorts the batch and rejects malformed or overlapping patches.
+func (e *Engine) prepare(patches []Patch) ([]Patch, error) {
+	n := e.arch.SiteLen()
+	ps := make([]Patch, 0, len(patches))
+	for _, pt := range patches {
+		if len(pt.Old) != n || len(pt.New) != n {
+			return nil, fmt.Errorf("site %#x: patch must be %d bytes old and new", pt.Addr, n)
+		}
+		if err := e.arch.Check(pt.Addr, pt.New); err != nil {
+			return nil, err
+		}
+		if bytes.Equal(pt.Old, pt.New) {
+			continue
+		}
+		ps = append(ps, pt)
+	}
+	sort.Slice(ps, func(i, j int) bool { return ps[i].Addr < ps[j].Addr })
+	for i := 1; i < len(ps); i++ {
+		if ps[i].Addr < ps[i-1].Addr+uint64(n) {
+			return nil, fmt.Errorf("sites %#x and %#x overlap", ps[i-1].Addr, ps[i].Addr)
+		}
+	}
+	return ps, nil
+}
+
+// run is a stretch of text covering several nearby sites, written with one
+// call. buf holds the bytes as they are now, and is updated as the protocol
+// advances; rewriting unchanged bytes with their own values is harmless.
+type run struct {
+	addr  uint64
+	buf   []byte
+	sites []int // indices into the batch
+}
+
+// maxRunGap and maxRunLen bound coalescing: one /proc/PID/mem write costs
+// about 1 µs plus a page-table walk per page, so merging sites that are a few
+// KiB apart pays.
+const (
+	maxRunGap = 4096
+	maxRunLen = 256 << 10
+)
+
+// verify reads the text around every site, coalesced into runs, and checks
+// that each site holds its Old bytes.
+func (e *Engine) verify(ps []Patch) ([]*run, error) {
+	n := uint64(e.arch.SiteLen())
+	var runs []*run
+	var cur *run
+	for i, pt := range ps {
+		if cur != nil && pt.Addr+n-cur.addr <= maxRunLen && pt.Addr <= cur.addr+uint64(len(cur.buf))+maxRunGap {
+			cur.buf = append(cur.buf, make([]byte, pt.Addr+n-cur.addr-uint64(len(cur.buf)))...)
+			cur.sites = append(cur.sites, i)
+			continue
+		}
+		cur = &run{addr: pt.Addr, buf: make([]byte, n), sites: []int{i}}
+		runs = append(runs, cur)
+	}
+	var bad []string
+	for _, r := range runs {
+		if err := e.p.ReadMem(r.addr, r.buf); err != nil {
+			return nil, fmt.Errorf("verify sites: %w", err)
+		}
+		for _, i := range r.sites {
+			off := ps[i].Addr - r.addr
+			got := r.buf[off : off+n]
+			if !bytes.Equal(got, ps[i].Old) {
+				bad = append(bad, fmt.Sprintf("site %#x holds % x, expected % x", ps[i].Addr, got, ps[i].Old))
+			}
+		}
+	}
+	if len(bad) > 0 {
+		more := ""
+		if len(bad) > 3 {
+			more = fmt.Sprintf(" (and %d more)", len(bad)-3)
+			bad = bad[:3]
+		}
+		return nil, fmt.Errorf("%w: %s%s; nothing was written", ErrVerify, strings.Join(bad, "; "), more)
+	}
+	return runs, nil
+}
+
+// writeRuns writes every run; set changes each run's buffer first.
+func (e *Engine) writeRuns(runs []*run, ps []Patch, set func(buf []byte, pt Patch)) error {
+	for _, r := range runs {
+		for _, i := range r.sites {
+			off := ps[i].Addr - r.addr
+			set(r.buf[off:off+uint64(e.arch.SiteLen())], ps[i])
+		}
+		if err := e.p.WriteMem(r.addr, r.buf); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// publish makes the trap handler emulate the batch's new instructions.
+func (e *Engine) publish(ps []Patch) {
+	old := e.table.Load()
+	m := map[uint64][]byte{}
+	if old != nil {
+		for i, a := range old.addrs {
+			m[a] = old.insns[i]
+		}
+	}
+	for _, pt := range ps {
+		m[pt.Addr] = bytes.Clone(pt.New)
+	}
+	t := &trapTable{addrs: make([]uint64, 0, len(m))}
+	for a := range m {
+		t.addrs = append(t.addrs, a)
+	}
+	sort.Slice(t.addrs, func(i, j int) bool { return t.addrs[i] < t.addrs[j] })
+	t.insns = make([][]byte, len(t.addrs))
+	for i, a := range t.addrs {
+		t.insns[i] = m[a]
+	}
+	e.table.Store(t)
+}
+
+func (e *Engine) applyLive(ps []Patch, runs []*run, st *Stats) (err error) {
+	r, err := e.p.HoldRemote()
+	if err != nil {
+		return fmt.Errorf("patch pid %d: %w", e.p.Pid(), err)
+	}
+	defer func() {
+		if rerr := r.Release(); err == nil && rerr != nil {
+			err = rerr
+		}
+	}()
+	sync := func() error {
+		st.Syncs++
+		_, err := r.SyscallOK("membarrier", proc.SysMembarrier, membarrierSyncCore, 0, 0)
+		return err
+	}
+	// The handler must know the new instructions before the first INT3
+	// lands.
+	e.publish(ps)
+	bp := e.arch.Breakpoint()
+	steps := []func(buf []byte, pt Patch){
+		func(buf []byte, pt Patch) { buf[0] = bp },
+		func(buf []byte, pt Patch) { copy(buf[1:], pt.New[1:]) },
+		func(buf []byte, pt Patch) { buf[0] = pt.New[0] },
+	}
+	for i, step := range steps {
+		if err := e.writeRuns(runs, ps, step); err != nil {
+			e.recover(ps, runs, i)
+			return fmt.Errorf("patch pid %d (step %d of 3): %w", e.p.Pid(), i+1, err)
+		}
+		if err := sync(); err != nil {
+			e.recover(ps, runs, i+1)
+			return fmt.Errorf("patch pid %d (sync %d of 3): %w", e.p.Pid(), i+1, err)
+		}
+	}
+	for _, pt := range ps {
+		e.sites[pt.Addr].cur = bytes.Clone(pt.New)
+	}
+	return nil
+}
+
+// recover is called when a live batch fails midway (the target exited, or
+// a write failed). It records, per site, what may now be in the text, so
+// that RestoreAll can still find every site: a site may hold INT3 + old
+// tail, INT3 + new tail, or the new bytes.
+func (e *Engine) recover(ps []Patch, runs []*run, done int) {
+	for _, r := range runs {
+		for _, i := range r.sites {
+			off := ps[i].Addr - r.addr
+			e.sites[ps[i].Addr].cur = bytes.Clone(r.buf[off : off+uint64(e.arch.SiteLen())])
+		}
+	}
+	_ = done
+}
+
+func (e *Engine) applyStop(ps []Patch, runs []*run, st *Stats) error {
+	e.publish(ps)
+	t0 := time.Now()
+	if err := e.p.StopAll(); err != nil {
+		_ = e.p.ResumeAll()
+		return fmt.Errorf("stop pid %d: %w", e.p.Pid(), err)
+	}
+	defer func() {
+		st.Paused = time.Since(t0)
+	}()
+	err := e.stopped(ps, runs, st)
+	if rerr := e.p.ResumeAll(); err == nil && rerr != nil {
+		err = rerr
+	}
+	return err
+}
+
+// stopped writes a batch while every thread is stopped.
+func (e *Engine) stopped(ps []Patch, runs []*run, st *Stats) error {
+	// Threads stopped inside a sled we are about to rewrite have only
+	// NOPs left in front of them: move them to the end of the site.
+	var sleds []Patch
+	for _, pt := range ps {
+		if e.arch.Sled(pt.Old) {
+			sleds = append(sleds, pt)
+		}
+	}
+	if len(sleds) > 0 {
+		if err := e.fixSledPCs(sleds); err != nil {
+			return err
+		}
+	}
+	if err := e.writeRuns(runs, ps, func(buf []byte, pt Patch) { copy(buf, pt.New) }); err != nil {
+		return fmt.Errorf("patch pid %d: %w", e.p.Pid(), err)
+	}
+	for _, pt := range ps {
+		e.sites[pt.Addr].cur = bytes.Clone(pt.New)
+	}
+	if e.membarrier {
+		r, err := e.p.HoldRemote()
+		if err != nil {
+			return fmt.Errorf("sync pid %d: %w", e.p.Pid(), err)
+		}
+		st.Syncs++
+		_, err = r.SyscallOK("membarrier", proc.SysMembarrier, membarrierSyncCore, 0, 0)
+		if rerr := r.Release(); err == nil {
+			err = rerr
+		}
+		if err != nil {
+			return fmt.Errorf("sync pid %d: %w", e.p.Pid(), err)
+		}
+	}
+	return nil
+}
+
+// fixSledPCs moves every thread whose program counter is inside a sled to
+// the end of the sled, and checks the program counters saved in signal
+// frames on every thread's stack (a thread running a signal handler resumes
+// at the saved one through rt_sigreturn).
+func (e *Engine) fixSledPCs(sleds []Patch) error {
+	n := uint64(e.arch.SiteLen())
+	inside := func(pc uint64) (uint64, bool) {
+		i := sort.Search(len(sleds), func(i int) bool { return sleds[i].Addr+n > pc })
+		if i < len(sleds) && pc > sleds[i].Addr && pc < sleds[i].Addr+n {
+			return sleds[i].Addr, true
+		}
+		return 0, false
+	}
+	var sps []uint64
+	err := e.p.EditRegs(func(tid int, regs *unix.PtraceRegs) bool {
+		sps = append(sps, e.arch.SP(regs))
+		if site, ok := inside(e.arch.PC(regs)); ok {
+			e.arch.SetPC(regs, site+n)
+			return true
+		}
+		return false
+	})
+	if err != nil {
+		return err
+	}
+	return e.fixSignalFrames(sps, inside)
+}
+
+// Offsets in struct rt_sigframe (arch/x86/include/asm/sigframe.h): the
+// return address of the handler (pretcode), then struct ucontext, whose
+// uc_mcontext (struct sigcontext_64) starts 40 bytes in and holds r8..r15,
+// rdi, rsi, rbp, rbx, rdx, rax, rcx, rsp, rip in that order.
+const (
+	sigframeRipOff = 8 + 40 + 16*8
+	maxStackScan   = 8 << 20
+)
+
+// restorerCode is `mov $15, %rax; syscall` (rt_sigreturn), the body of
+// glibc's __restore_rt and musl's __restore_rt, which every handler
+// installed with SA_RESTORER returns through.
+var restorerCode = []byte{0x48, 0xc7, 0xc0, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05}
+
+// fixSignalFrames scans the live part of every stopped thread's stack for a
+// saved program counter inside a sled. One that belongs to a signal frame
+// (its pretcode points at an rt_sigreturn restorer) is moved to the end of
+// the sled; any other is a word we cannot account for, and the conversion
+// is refused rather than risk resuming a thread mid-instruction.
+func (e *Engine) fixSignalFrames(sps []uint64, inside func(uint64) (uint64, bool)) error {
+	maps, err := proc.ReadMaps(e.p.Pid())
+	if err != nil {
+		return err
+	}
+	n := uint64(e.arch.SiteLen())
+	for _, sp := range sps {
+		var end uint64
+		for _, m := range maps {
+			if sp >= m.Start && sp < m.End {
+				end = m.End
+			}
+		}
+		if end == 0 {
+			continue
+		}
+		sp &^= 7
+		if end-sp > maxStackScan {
+			end = sp + maxStackScan
+		}
+		buf := make([]byte, end-sp)
+		if err := e.p.ReadMem(sp, buf); err != nil {
+			return fmt.Errorf("scan stack at %#x: %w", sp, err)
+		}
+		for off := 0; off+8 <= len(buf); off += 8 {
+			v := le64(buf[off:])
+			site, ok := inside(v)
+			if !ok {
+				continue
+			}
+			slot := sp + uint64(off)
+			if !e.isSigframeRip(slot) {
+				return fmt.Errorf("cannot convert the sled at %#x: the stack word at %#x holds %#x, inside the sled, and is not a signal frame; "+
+					"retry, or build with clang -fpatchable-function-entry=5 (a single NOP5)", site, slot, v)
+			}
+			var b [8]byte
+			put64(b[:], site+n)
+			if err := e.p.WriteMem(slot, b[:]); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (e *Engine) isSigframeRip(slot uint64) bool {
+	if slot < sigframeRipOff {
+		return false
+	}
+	var b [8]byte
+	if e.p.ReadMem(slot-sigframeRipOff, b[:]) != nil {
+		return false
+	}
+	code := make([]byte, len(restorerCode))
+	if e.p.ReadMem(le64(b[:]), code) != nil {
+		return false
+	}
+	return bytes.Equal(code, restorerCode)
+}
+
+func le64(b []byte) uint64 {
+	return uint64(b[0]) | uint64(b[1])<<8 | uint64(b[2])<<16 | uint64(b[3])<<24 |
+		uint64(b[4])<<32 | uint64(b[5])<<40 | uint64(b[6])<<48 | uint64(b[7])<<56
+}
+
+func put64(b []byte, v uint64) {
+	for i := 0; i < 8; i++ {
+		b[i] = byte(v >> (8 * i))
+	}
+}
+
+// ConvertSleds turns each five-NOP sled at addrs into one NOP5, in stop
+// mode (DESIGN.md §3.4). Afterwards the sites take the live protocol; the
+// sled is what RestoreAll puts back.
+func (e *Engine) ConvertSleds(addrs []uint64) (Stats, error) {
+	sled := bytes.Repeat([]byte{opNop1}, 5)
+	ps := make([]Patch, len(addrs))
+	for i, a := range addrs {
+		ps[i] = Patch{Addr: a, Old: sled, New: NOP5}
+	}
+	return e.ApplyStop(ps)
+}
+
+// RestoreAll puts back the original bytes of every site the engine ever
+// touched, in one batch, whatever state a site is in now (even an INT3 left
+// by a batch that failed midway).
+func (e *Engine) RestoreAll() (Stats, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	n := e.arch.SiteLen()
+	var ps []Patch
+	for addr, s := range e.sites {
+		now := make([]byte, n)
+		if err := e.p.ReadMem(addr, now); err != nil {
+			return Stats{}, fmt.Errorf("restore site %#x: %w", addr, err)
+		}
+		if !bytes.Equal(now, s.orig) {
+			ps = append(ps, Patch{Addr: addr, Old: now, New: s.orig})
+		}
+	}
+	// An INT3-headed site cannot be checked by Arch.Check as an old
+	// value, and needs none: the live protocol starts by writing INT3.
+	return e.apply(ps, e.mode)
+}
+
+// Touched returns how many sites the engine has ever written.
+func (e *Engine) Touched() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.sites)
+}
