@@ -69,9 +69,9 @@ func (a AMD64) Emulate(regs *unix.PtraceRegs, site uint64, insn []byte, push fun
 	return fmt.Errorf("site %#x: cannot emulate % x", site, insn)
 }
 
-func (AMD64) PC(regs *unix.PtraceRegs) uint64         { return regs.Rip }
+func (AMD64) PC(regs *unix.PtraceRegs) uint64        { return regs.Rip }
 func (AMD64) SetPC(regs *unix.PtraceRegs, pc uint64) { regs.Rip = pc }
-func (AMD64) SP(regs *unix.PtraceRegs) uint64         { return regs.Rsp }
+func (AMD64) SP(regs *unix.PtraceRegs) uint64        { return regs.Rsp }
 
 // Call returns the 5-byte CALL rel32 at site to target, or an error when
 // target is out of reach (±2 GiB).

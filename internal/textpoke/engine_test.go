@@ -1,0 +1,329 @@
+package textpoke
+
+import (
+	"bytes"
+	"fmt"
+	"math/rand"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/livetrace/livetrace/internal/elfsite"
+	"github.com/livetrace/livetrace/internal/proc"
+	"github.com/livetrace/livetrace/internal/testtarget"
+)
+
+func requireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("LIVETRACE_REQUIRE_ALL") != "" {
+			t.Fatal("this test needs root (ptrace); run it as root")
+		}
+		t.Skip("needs root (ptrace)")
+	}
+}
+
+// stressTarget is a running stress fixture with its sites resolved.
+type stressTarget struct {
+	tp    *testtarget.Process
+	sites []uint64 // runtime site address of fn_i, in function order
+	orig  [][]byte // file bytes of each site
+	stub  uint64   // runtime address of lt_counter_stub
+	nfn   int
+}
+
+func startStress(t testing.TB, form testtarget.Form, nfn int, args ...string) *stressTarget {
+	t.Helper()
+	bin := testtarget.Build(t, "stress", form, testtarget.Funcs(nfn))
+	tp := testtarget.Start(t, bin, args...)
+	if _, err := tp.Expect("ready", 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	mods, err := elfsite.LiveModules(tp.Pid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := &stressTarget{tp: tp, nfn: nfn, sites: make([]uint64, nfn), orig: make([][]byte, nfn)}
+	found := 0
+	for _, m := range mods {
+		if m.Spec.Path == "" || !strings.HasSuffix(strings.TrimSuffix(m.Path, " (deleted)"), bin[strings.LastIndexByte(bin, '/'):]) {
+			continue
+		}
+		for _, f := range m.Spec.Funcs {
+			if f.Name == "lt_counter_stub" {
+				st.stub = m.Runtime(f.Addr)
+			}
+		}
+		for _, s := range m.Spec.Sites {
+			if s.Func < 0 {
+				continue
+			}
+			name := m.Spec.Funcs[s.Func].Name
+			if !strings.HasPrefix(name, "fn_") {
+				continue
+			}
+			i, err := strconv.Atoi(strings.TrimLeft(name[3:], "0") + "0")
+			if err != nil {
+				continue
+			}
+			i /= 10
+			if i >= nfn {
+				continue
+			}
+			st.sites[i] = m.Runtime(s.Addr)
+			st.orig[i] = bytes.Clone(s.Bytes[:])
+			found++
+		}
+	}
+	if found != nfn || st.stub == 0 {
+		t.Fatalf("found %d of %d sites, stub %#x", found, nfn, st.stub)
+	}
+	return st
+}
+
+// run asks every worker for n passes and returns the checksum and counts.
+func (st *stressTarget) run(t testing.TB, n int) (string, []uint64) {
+	t.Helper()
+	if err := st.tp.Send(fmt.Sprintf("run %d", n)); err != nil {
+		t.Fatal(err)
+	}
+	done, err := st.tp.Expect("done", 60*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line, err := st.tp.Expect("counts", 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(line)[1:]
+	counts := make([]uint64, len(f))
+	for i, s := range f {
+		counts[i], _ = strconv.ParseUint(s, 10, 64)
+	}
+	return strings.Fields(done)[1], counts
+}
+
+func (st *stressTarget) callTo(t testing.TB, i int) []byte {
+	b, err := Call(st.sites[i], st.stub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestStress flips random subsets of 1000 sites between NOP and CALL at
+// least 500 times while 4 threads call every function in a loop, in every
+// site form. The fixture's results must equal an untraced run, and at
+// checkpoints (threads parked, then a counted run) every call to an enabled
+// function must have been counted, and none to a disabled one. At the end
+// the text must be byte-identical to the file.
+func TestStress(t *testing.T) {
+	requireRoot(t)
+	toggles := 500
+	if testing.Short() {
+		toggles = 100
+	}
+	if os.Getenv("LIVETRACE_SOAK") != "" {
+		toggles = 20000
+	}
+	for _, form := range testtarget.Forms {
+		t.Run(string(form), func(t *testing.T) {
+			stressForm(t, form, 1000, toggles)
+		})
+	}
+}
+
+func stressForm(t *testing.T, form testtarget.Form, nfn, toggles int) {
+	st := startStress(t, form, nfn, "-t", "4")
+	baseRun1, zero := st.run(t, 1)
+	base2, _ := st.run(t, 2)
+	for i, c := range zero {
+		if c != 0 {
+			t.Fatalf("untraced count[%d] = %d", i, c)
+		}
+	}
+
+	p, err := proc.Attach(st.tp.Pid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Detach()
+	e, err := New(p, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.Mode() != ModeLive {
+		t.Fatalf("mode %v (%s), want live", e.Mode(), e.Reason())
+	}
+	// cur[i] is what site i holds now.
+	cur := make([][]byte, nfn)
+	copy(cur, st.orig)
+	nop := st.orig[0]
+	if form == testtarget.GccSled {
+		stats, err := e.ConvertSleds(st.sites)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("sled conversion: %d sites, paused %v", stats.Sites, stats.Paused)
+		for i := range cur {
+			cur[i] = NOP5
+		}
+		nop = NOP5
+	}
+	enabled := make([]bool, nfn)
+	rng := rand.New(rand.NewSource(int64(len(form))))
+	var total Stats
+
+	hammer := func() {
+		if err := st.tp.Send("hammer"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.tp.Expect("hammering", 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stop := func() {
+		if err := st.tp.Send("stop"); err != nil {
+			t.Fatal(err)
+		}
+		line, err := st.tp.Expect("stopped", 30*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sum := strings.Fields(line)[2]; sum != baseRun1 {
+			t.Fatalf("hammer checksum %s, untraced %s", sum, baseRun1)
+		}
+	}
+	check := func() {
+		st.run(t, 0) // reset the counters the hammer phase left
+		sum, counts := st.run(t, 2)
+		if sum != base2 {
+			t.Fatalf("checksum %s differs from the untraced run", sum)
+		}
+		for i, c := range counts {
+			want := uint64(0)
+			if enabled[i] {
+				want = 2 * 4
+			}
+			if c != want {
+				t.Fatalf("fn %d (enabled %v): counted %d calls, want %d", i, enabled[i], c, want)
+			}
+		}
+	}
+
+	hammer()
+	for n := 0; n < toggles; n++ {
+		// Flip a random subset, from one site to all of them.
+		k := 1 + rng.Intn(nfn)
+		if n%50 == 0 {
+			k = nfn
+		}
+		var ps []Patch
+		for _, i := range rng.Perm(nfn)[:k] {
+			var nw []byte
+			if enabled[i] {
+				nw = nop
+			} else {
+				nw = st.callTo(t, i)
+			}
+			ps = append(ps, Patch{Addr: st.sites[i], Old: cur[i], New: nw})
+			cur[i] = nw
+			enabled[i] = !enabled[i]
+		}
+		stats, err := e.Apply(ps)
+		if err != nil {
+			t.Fatalf("batch %d: %v", n, err)
+		}
+		if stats.Syncs != 3 {
+			t.Fatalf("batch %d: %d syncs, want 3", n, stats.Syncs)
+		}
+		total.Sites += stats.Sites
+		total.Writes += stats.Writes
+		total.Traps += stats.Traps
+		total.Duration += stats.Duration
+		if n%100 == 99 {
+			stop()
+			check()
+			hammer()
+		}
+	}
+	stop()
+	check()
+	t.Logf("%d batches, %d site writes, %d mem writes, %d traps emulated, %v in batches",
+		toggles, total.Sites, total.Writes, total.Traps, total.Duration)
+
+	if _, err := e.RestoreAll(); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Detach(); err != nil {
+		t.Fatal(err)
+	}
+	for i, a := range st.sites {
+		got := make([]byte, 5)
+		m, err := proc.OpenMem(st.tp.Pid())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Read(a, got); err != nil {
+			t.Fatal(err)
+		}
+		m.Close()
+		if !bytes.Equal(got, st.orig[i]) {
+			t.Fatalf("site %d at %#x holds % x after restore, file has % x", i, a, got, st.orig[i])
+		}
+		if i > 20 {
+			break // the full-text comparison below covers the rest
+		}
+	}
+	st.checkText(t)
+	sum, counts := st.run(t, 2)
+	if sum != base2 {
+		t.Fatal("checksum changed after detach")
+	}
+	for i, c := range counts {
+		if c != 0 {
+			t.Fatalf("fn %d counted %d calls after detach", i, c)
+		}
+	}
+}
+
+// checkText compares every executable mapping of the fixture with its file.
+func (st *stressTarget) checkText(t testing.TB) {
+	t.Helper()
+	mods, err := elfsite.LiveModules(st.tp.Pid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := proc.OpenMem(st.tp.Pid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	for _, mod := range mods {
+		f, err := os.Open(strings.TrimSuffix(mod.Path, " (deleted)"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mp := range mod.Mappings {
+			if !mp.Exec() {
+				continue
+			}
+			live := make([]byte, mp.End-mp.Start)
+			if err := m.Read(mp.Start, live); err != nil {
+				t.Fatal(err)
+			}
+			file := make([]byte, len(live))
+			n, _ := f.ReadAt(file, int64(mp.Offset))
+			if !bytes.Equal(live[:n], file[:n]) {
+				for i := 0; i < n; i++ {
+					if live[i] != file[i] {
+						t.Fatalf("%s: text differs from the file at %#x: % x vs % x", mod.Path, mp.Start+uint64(i), live[i:i+5], file[i:i+5])
+					}
+				}
+			}
+		}
+		f.Close()
+	}
+}
