@@ -1,0 +1,90 @@
+package report
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+
+	"github.com/livetrace/livetrace/internal/tracefile"
+)
+
+// chromeEvent is one event of the Trace Event Format.
+type chromeEvent struct {
+	Name string         `json:"name"`
+	Cat  string         `json:"cat,omitempty"`
+	Ph   string         `json:"ph"`
+	TS   float64        `json:"ts"`
+	Dur  *float64       `json:"dur,omitempty"`
+	PID  int            `json:"pid"`
+	TID  uint32         `json:"tid"`
+	S    string         `json:"s,omitempty"`
+	Args map[string]any `json:"args,omitempty"`
+}
+
+// ExportChrome writes rec in the Trace Event Format that chrome://tracing
+// and the Perfetto UI open: {"traceEvents": [...], "displayTimeUnit": "ns"}.
+// Timestamps are in microseconds since the first event. Each thread is one
+// track, named by a "thread_name" metadata event. Graph mode gives a
+// complete ("X") event per shown call; a call without an exit ends where
+// the package documentation says, with args.unfinished or args.exit_lost
+// set. Entry mode gives thread-scoped instant ("i") events with the caller
+// in args.
+func ExportChrome(w io.Writer, rec *tracefile.Recording, f Filter) error {
+	t, err := newTimeline(rec, f)
+	if err != nil {
+		return err
+	}
+	bw := bufio.NewWriter(w)
+	first := true
+	emit := func(ev *chromeEvent) {
+		b, err := json.Marshal(ev)
+		if err != nil {
+			// Only non-finite floats fail, and times are integers.
+			return
+		}
+		if !first {
+			bw.WriteString(",\n")
+		}
+		first = false
+		bw.Write(b)
+	}
+	bw.WriteString(`{"displayTimeUnit":"ns","traceEvents":[` + "\n")
+	emit(&chromeEvent{Name: "process_name", Ph: "M", PID: rec.PID, TID: 0, Args: map[string]any{"name": fmt.Sprintf("%s (pid %d)", rec.Comm, rec.PID)}})
+	names := threadNames(rec)
+	for _, tid := range tids(rec, f) {
+		emit(&chromeEvent{Name: "thread_name", Ph: "M", PID: rec.PID, TID: tid, Args: map[string]any{"name": threadName(names, rec, tid)}})
+	}
+	us := func(ns int64) float64 { return float64(ns) / 1e3 }
+	if rec.Mode == tracefile.ModeGraph {
+		for i := range t.calls {
+			c := &t.calls[i]
+			if !c.visible {
+				continue
+			}
+			d := us(c.dur())
+			ev := &chromeEvent{Name: funcName(rec, c.fn), Cat: "function", Ph: "X", TS: us(c.start), Dur: &d, PID: rec.PID, TID: c.tid}
+			switch c.status {
+			case unfinished:
+				ev.Args = map[string]any{"unfinished": true}
+			case exitLost:
+				ev.Args = map[string]any{"exit_lost": true}
+			}
+			emit(ev)
+		}
+	} else {
+		syms := newSymbolizer(rec)
+		for i, e := range rec.Events {
+			if e.Kind != tracefile.KindEntry || !f.keepTID(e.TID) {
+				continue
+			}
+			emit(&chromeEvent{Name: funcName(rec, e.Func), Cat: "function", Ph: "i", S: "t", TS: us(t.ns(i)),
+				PID: rec.PID, TID: e.TID, Args: map[string]any{"caller": syms.name(e.Caller)}})
+		}
+	}
+	bw.WriteString("\n]}\n")
+	if err := bw.Flush(); err != nil {
+		return fmt.Errorf("write chrome trace: %w", err)
+	}
+	return nil
+}

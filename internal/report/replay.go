@@ -1,0 +1,198 @@
+package report
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+
+	"github.com/livetrace/livetrace/internal/tracefile"
+)
+
+// Replay writes rec as text, one line per event: in the style of ftrace's
+// function tracer for entry mode, of ftrace's function_graph tracer (and
+// uftrace replay) for graph mode.
+//
+// Entry mode lines read
+//
+//	demo-100     [---]      0.000025: parse <- run+0x11
+//
+// with the thread's name and id, no CPU (the agent does not record it), the
+// time in seconds since the first event of the recording (not the absolute
+// CLOCK_MONOTONIC time ftrace prints, so that replays of one program
+// compare), the function and its caller as symbol+offset ("?" when no
+// symbol covers the return address).
+//
+// Graph mode interleaves threads in time order, with a TID column. A call
+// opens with "name() {" and closes with "} /* name */" and its duration; a
+// call whose next shown event on its thread is its own exit prints as one
+// line "name();". A call without an exit prints "name() {" marked
+// "/* exit lost */" or "/* unfinished */". See the package documentation
+// for how calls are matched and filtered.
+func Replay(w io.Writer, rec *tracefile.Recording, f Filter) error {
+	t, err := newTimeline(rec, f)
+	if err != nil {
+		return err
+	}
+	bw := bufio.NewWriter(w)
+	if rec.Mode == tracefile.ModeGraph {
+		replayGraph(bw, t)
+	} else {
+		replayEntries(bw, t, f)
+	}
+	if err := bw.Flush(); err != nil {
+		return fmt.Errorf("write replay: %w", err)
+	}
+	return nil
+}
+
+func writeLostHeader(w *bufio.Writer, rec *tracefile.Recording) {
+	if rec.Recovered {
+		fmt.Fprintf(w, "# recovered from an unfinished recording (%d events left out)\n", rec.Dropped)
+	}
+	if rec.Lost == 0 && rec.ShadowOverflow == 0 {
+		return
+	}
+	var per []string
+	for _, th := range rec.Threads {
+		if th.Lost > 0 {
+			per = append(per, fmt.Sprintf("%d in thread %d", th.Lost, th.TID))
+		}
+	}
+	fmt.Fprintf(w, "# lost %d events", rec.Lost)
+	if len(per) > 0 {
+		fmt.Fprintf(w, " (%s)", strings.Join(per, ", "))
+	}
+	if rec.ShadowOverflow > 0 {
+		fmt.Fprintf(w, "; %d exits not traced (shadow stack full)", rec.ShadowOverflow)
+	}
+	fmt.Fprintln(w)
+}
+
+func replayEntries(w *bufio.Writer, t *timeline, f Filter) {
+	rec := t.rec
+	names := threadNames(rec)
+	syms := newSymbolizer(rec)
+	fmt.Fprintf(w, "# tracer: function (livetrace entry mode), pid %d (%s)\n", rec.PID, rec.Comm)
+	writeLostHeader(w, rec)
+	fmt.Fprintf(w, "#\n#           TASK-TID     CPU      TIMESTAMP  FUNCTION\n#              | |        |          |         |\n")
+	for i, ev := range rec.Events {
+		if ev.Kind != tracefile.KindEntry || !f.keepTID(ev.TID) {
+			continue
+		}
+		ns := t.ns(i)
+		task := threadName(names, rec, ev.TID)
+		if len(task) > 16 {
+			task = task[:16]
+		}
+		fmt.Fprintf(w, "%16s-%-7d [---] %7d.%06d: %s <- %s\n", task, ev.TID,
+			ns/1e9, ns%1e9/1e3, funcName(rec, ev.Func), syms.name(ev.Caller))
+	}
+}
+
+func replayGraph(w *bufio.Writer, t *timeline) {
+	rec := t.rec
+	fmt.Fprintf(w, "# tracer: function_graph (livetrace graph mode), pid %d (%s)\n", rec.PID, rec.Comm)
+	writeLostHeader(w, rec)
+	fmt.Fprintf(w, "#\n# DURATION       TID     FUNCTION\n")
+	// next[i] is the next shown event of the same thread after event i.
+	next := make([]int, len(t.evCall))
+	last := map[uint32]int{}
+	for i, ci := range t.evCall {
+		next[i] = -1
+		if ci < 0 {
+			continue
+		}
+		tid := rec.Events[i].TID
+		if j, ok := last[tid]; ok {
+			next[j] = i
+		}
+		last[tid] = i
+	}
+	folded := map[int32]bool{}
+	for i, ci := range t.evCall {
+		if ci < 0 {
+			continue
+		}
+		c := &t.calls[ci]
+		indent := strings.Repeat("  ", int(c.depth))
+		name := funcName(rec, c.fn)
+		if i == c.entry {
+			if c.exit >= 0 && next[i] == c.exit {
+				folded[ci] = true
+				fmt.Fprintf(w, "%s [%7d] | %s%s();\n", fmtDur(c.dur()), c.tid, indent, name)
+				continue
+			}
+			mark := ""
+			switch c.status {
+			case exitLost:
+				mark = " /* exit lost */"
+			case unfinished:
+				mark = " /* unfinished */"
+			}
+			fmt.Fprintf(w, "%10s [%7d] | %s%s() {%s\n", "", c.tid, indent, name, mark)
+			continue
+		}
+		if folded[ci] {
+			delete(folded, ci)
+			continue
+		}
+		fmt.Fprintf(w, "%s [%7d] | %s} /* %s */\n", fmtDur(c.dur()), c.tid, indent, name)
+	}
+}
+
+// fmtDur formats a duration in ns the way uftrace does, 10 characters wide.
+func fmtDur(ns int64) string {
+	switch {
+	case ns < 1e6:
+		return fmt.Sprintf("%7.3f us", float64(ns)/1e3)
+	case ns < 1e9:
+		return fmt.Sprintf("%7.3f ms", float64(ns)/1e6)
+	default:
+		return fmt.Sprintf("%7.3f  s", float64(ns)/1e9)
+	}
+}
+
+// symbolizer names code addresses from the symbols (and traced functions)
+// of a recording.
+type symbolizer struct {
+	syms []tracefile.Symbol // sorted by Addr
+}
+
+func newSymbolizer(rec *tracefile.Recording) *symbolizer {
+	s := &symbolizer{syms: make([]tracefile.Symbol, 0, len(rec.Symbols)+len(rec.Funcs))}
+	s.syms = append(s.syms, rec.Symbols...)
+	for _, f := range rec.Funcs {
+		s.syms = append(s.syms, tracefile.Symbol{Name: f.Name, Module: f.Module, Addr: f.Addr, Size: f.Size})
+	}
+	sort.SliceStable(s.syms, func(i, j int) bool { return s.syms[i].Addr < s.syms[j].Addr })
+	return s
+}
+
+// name returns "symbol+0xoff" for pc, or "?" when no symbol covers it. A
+// symbol without a size covers addresses up to the next symbol.
+func (s *symbolizer) name(pc uint64) string {
+	if pc == 0 {
+		return "?"
+	}
+	i := sort.Search(len(s.syms), func(i int) bool { return s.syms[i].Addr > pc }) - 1
+	if i < 0 {
+		return "?"
+	}
+	// Prefer a symbol with a size among those at the same address.
+	for j := i; j >= 0 && s.syms[j].Addr == s.syms[i].Addr; j-- {
+		if s.syms[j].Size > 0 {
+			i = j
+			break
+		}
+	}
+	sym := s.syms[i]
+	if sym.Size > 0 && pc-sym.Addr >= sym.Size || sym.Name == "" {
+		return "?"
+	}
+	if pc == sym.Addr {
+		return sym.Name
+	}
+	return fmt.Sprintf("%s+0x%x", sym.Name, pc-sym.Addr)
+}

@@ -1,0 +1,215 @@
+package report
+
+import (
+	"bufio"
+	"cmp"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"slices"
+
+	"github.com/livetrace/livetrace/internal/tracefile"
+)
+
+// FuncStats is the report line of one traced function. Times are in ns and
+// count only calls that completed (see the package documentation).
+type FuncStats struct {
+	Function string `json:"function"`
+	Module   string `json:"module"`
+	// Calls counts the shown calls (entries), completed or not.
+	Calls uint64 `json:"calls"`
+	// Total is the time the function was on the stack: the durations of its
+	// outermost frames, so that recursion counts once.
+	Total int64 `json:"total_ns"`
+	// Self is the time spent in the function itself: its durations minus
+	// those of its shown children, summed over all frames.
+	Self int64 `json:"self_ns"`
+	// Avg, Min and Max are over the durations of every completed call,
+	// recursive ones included.
+	Avg int64 `json:"avg_ns"`
+	Min int64 `json:"min_ns"`
+	Max int64 `json:"max_ns"`
+
+	completed uint64
+	sum       int64
+}
+
+// SortColumns are the columns [Stats] can sort by.
+var SortColumns = []string{"calls", "name", "total", "self", "avg", "min", "max"}
+
+// ReportOptions configures [Report].
+type ReportOptions struct {
+	Filter
+	// Sort is one of SortColumns; "" sorts by calls in entry mode and by
+	// total in graph mode.
+	Sort string
+	// JSON writes a JSON array instead of a table.
+	JSON bool
+}
+
+// Stats computes the per-function statistics of rec, sorted by column sort
+// (numbers descending, names ascending; ties by name).
+func Stats(rec *tracefile.Recording, f Filter, sort string) ([]FuncStats, error) {
+	graph := rec.Mode == tracefile.ModeGraph
+	if sort == "" {
+		sort = "calls"
+		if graph {
+			sort = "total"
+		}
+	}
+	if !slices.Contains(SortColumns, sort) {
+		return nil, fmt.Errorf("sort report: unknown column %q: use one of calls, name, total, self, avg, min, max", sort)
+	}
+	if !graph && sort != "calls" && sort != "name" {
+		return nil, fmt.Errorf("sort report: column %q needs a graph-mode recording: sort by calls or name", sort)
+	}
+	t, err := newTimeline(rec, f)
+	if err != nil {
+		return nil, err
+	}
+	byFn := map[uint32]*FuncStats{}
+	get := func(fn uint32) *FuncStats {
+		s := byFn[fn]
+		if s == nil {
+			s = &FuncStats{Function: funcName(rec, fn), Module: moduleName(rec, fn), Min: math.MaxInt64}
+			byFn[fn] = s
+		}
+		return s
+	}
+	if graph {
+		// Children's time, to compute self times.
+		childTime := make([]int64, len(t.calls))
+		for i := range t.calls {
+			c := &t.calls[i]
+			if c.visible && c.parent >= 0 {
+				childTime[c.parent] += c.dur()
+			}
+		}
+		for i := range t.calls {
+			c := &t.calls[i]
+			if !c.visible {
+				continue
+			}
+			s := get(c.fn)
+			s.Calls++
+			if c.status != complete {
+				continue
+			}
+			d := c.dur()
+			s.completed++
+			s.sum += d
+			s.Self += d - childTime[i]
+			if c.outermost {
+				s.Total += d
+			}
+			s.Min = min(s.Min, d)
+			s.Max = max(s.Max, d)
+		}
+	} else {
+		for _, ev := range rec.Events {
+			if ev.Kind == tracefile.KindEntry && f.keepTID(ev.TID) {
+				get(ev.Func).Calls++
+			}
+		}
+	}
+	out := make([]FuncStats, 0, len(byFn))
+	for _, s := range byFn {
+		if s.completed > 0 {
+			s.Avg = s.sum / int64(s.completed)
+		} else {
+			s.Min = 0
+		}
+		out = append(out, *s)
+	}
+	key := map[string]func(*FuncStats) int64{
+		"calls": func(s *FuncStats) int64 { return int64(s.Calls) },
+		"total": func(s *FuncStats) int64 { return s.Total },
+		"self":  func(s *FuncStats) int64 { return s.Self },
+		"avg":   func(s *FuncStats) int64 { return s.Avg },
+		"min":   func(s *FuncStats) int64 { return s.Min },
+		"max":   func(s *FuncStats) int64 { return s.Max },
+	}[sort]
+	slices.SortFunc(out, func(a, b FuncStats) int {
+		if key != nil {
+			if c := cmp.Compare(key(&b), key(&a)); c != 0 {
+				return c
+			}
+		}
+		if c := cmp.Compare(a.Function, b.Function); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.Module, b.Module)
+	})
+	return out, nil
+}
+
+// Report writes the per-function statistics of rec as a table or as JSON:
+// an array of objects with "function", "module", "calls", and in graph mode
+// "total_ns", "self_ns", "avg_ns", "min_ns", "max_ns".
+func Report(w io.Writer, rec *tracefile.Recording, o ReportOptions) error {
+	stats, err := Stats(rec, o.Filter, o.Sort)
+	if err != nil {
+		return err
+	}
+	graph := rec.Mode == tracefile.ModeGraph
+	bw := bufio.NewWriter(w)
+	if o.JSON {
+		var v any
+		if graph {
+			v = stats
+		} else {
+			type entryStats struct {
+				Function string `json:"function"`
+				Module   string `json:"module"`
+				Calls    uint64 `json:"calls"`
+			}
+			es := make([]entryStats, len(stats))
+			for i, s := range stats {
+				es[i] = entryStats{s.Function, s.Module, s.Calls}
+			}
+			v = es
+		}
+		enc := json.NewEncoder(bw)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(v); err != nil {
+			return fmt.Errorf("write report: %w", err)
+		}
+	} else if graph {
+		writeLostHeader(bw, rec)
+		fmt.Fprintf(bw, "%12s  %12s  %10s  %12s  %12s  %12s  %s\n", "Total time", "Self time", "Calls", "Avg", "Min", "Max", "Function")
+		fmt.Fprintf(bw, "%12s  %12s  %10s  %12s  %12s  %12s  %s\n", "==========", "==========", "==========", "==========", "==========", "==========", "========")
+		for _, s := range stats {
+			fmt.Fprintf(bw, "%12s  %12s  %10d  %12s  %12s  %12s  %s\n",
+				human(s.Total), human(s.Self), s.Calls, human(s.Avg), human(s.Min), human(s.Max), s.Function)
+		}
+	} else {
+		writeLostHeader(bw, rec)
+		fmt.Fprintf(bw, "%10s  %s\n%10s  %s\n", "Calls", "Function", "==========", "========")
+		for _, s := range stats {
+			fmt.Fprintf(bw, "%10d  %s\n", s.Calls, s.Function)
+		}
+	}
+	if err := bw.Flush(); err != nil {
+		return fmt.Errorf("write report: %w", err)
+	}
+	return nil
+}
+
+// human formats ns as "123 ns", "1.234 us", "1.234 ms" or "1.234 s".
+func human(ns int64) string {
+	a := ns
+	if a < 0 {
+		a = -a
+	}
+	switch {
+	case a < 1e3:
+		return fmt.Sprintf("%d ns", ns)
+	case a < 1e6:
+		return fmt.Sprintf("%.3f us", float64(ns)/1e3)
+	case a < 1e9:
+		return fmt.Sprintf("%.3f ms", float64(ns)/1e6)
+	default:
+		return fmt.Sprintf("%.3f s", float64(ns)/1e9)
+	}
+}
