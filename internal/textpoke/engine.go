@@ -280,14 +280,14 @@ func (e *Engine) apply(patches []Patch, mode Mode) (Stats, error) {
 	if err != nil || len(ps) == 0 {
 		return st, err
 	}
-	for _, pt := range ps {
-		if e.arch.Sled(pt.Old) && !bytes.Equal(pt.Old, pt.New) && mode != ModeStop {
-			return st, fmt.Errorf("site %#x is a NOP sled: convert sleds with ConvertSleds (stop mode) first", pt.Addr)
-		}
-	}
 	runs, err := e.verify(ps)
 	if err != nil {
 		return st, err
+	}
+	for _, pt := range ps {
+		if e.arch.Sled(pt.Old) && mode != ModeStop {
+			return st, fmt.Errorf("site %#x is a NOP sled: convert sleds with ConvertSleds (stop mode) first", pt.Addr)
+		}
 	}
 	for _, pt := range ps {
 		if e.sites[pt.Addr] == nil {

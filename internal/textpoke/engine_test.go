@@ -327,3 +327,132 @@ func (st *stressTarget) checkText(t testing.TB) {
 		f.Close()
 	}
 }
+
+// TestStopModeChosen checks that a process that blocks or ignores SIGTRAP
+// is patched in stop mode, with exact counts, and restored.
+func TestStopModeChosen(t *testing.T) {
+	requireRoot(t)
+	for _, arg := range []string{"-block-sigtrap", "-ignore-sigtrap"} {
+		t.Run(arg, func(t *testing.T) {
+			st := startStress(t, testtarget.ClangNop5, 200, "-t", "2", arg)
+			base, _ := st.run(t, 2)
+			p, err := proc.Attach(st.tp.Pid())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer p.Detach()
+			e, err := New(p, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if e.Mode() != ModeStop || e.Reason() == "" {
+				t.Fatalf("mode %v (%q), want stop with a reason", e.Mode(), e.Reason())
+			}
+			if _, err := New(p, Options{Mode: ModeLive}); err == nil {
+				t.Fatal("live mode accepted although SIGTRAP is blocked or ignored")
+			}
+			var ps []Patch
+			for i := 0; i < 200; i += 2 {
+				ps = append(ps, Patch{Addr: st.sites[i], Old: st.orig[i], New: st.callTo(t, i)})
+			}
+			stats, err := e.Apply(ps)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if stats.Paused <= 0 || stats.Mode != ModeStop {
+				t.Fatalf("stats %+v: want a measured pause in stop mode", stats)
+			}
+			sum, counts := st.run(t, 2)
+			if sum != base {
+				t.Fatal("checksum differs")
+			}
+			for i, c := range counts {
+				want := uint64(0)
+				if i%2 == 0 {
+					want = 4
+				}
+				if c != want {
+					t.Fatalf("fn %d: %d calls counted, want %d", i, c, want)
+				}
+			}
+			if _, err := e.RestoreAll(); err != nil {
+				t.Fatal(err)
+			}
+			if err := p.Detach(); err != nil {
+				t.Fatal(err)
+			}
+			st.checkText(t)
+		})
+	}
+}
+
+// TestVerifyRefuses checks that a batch with one wrong byte writes nothing
+// and names the site.
+func TestVerifyRefuses(t *testing.T) {
+	requireRoot(t)
+	st := startStress(t, testtarget.ClangNop5, 50, "-t", "1")
+	p, err := proc.Attach(st.tp.Pid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Detach()
+	e, err := New(p, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ps []Patch
+	for i := 0; i < 50; i++ {
+		ps = append(ps, Patch{Addr: st.sites[i], Old: st.orig[i], New: st.callTo(t, i)})
+	}
+	ps[17].Old = []byte{0x90, 0x90, 0x90, 0x90, 0x90}
+	_, err = e.Apply(ps)
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("%#x", st.sites[17])) || !strings.Contains(err.Error(), "0f 1f 44 00") {
+		t.Fatalf("err = %v, want a verify error naming site 17 and its bytes", err)
+	}
+	if err := p.Detach(); err != nil {
+		t.Fatal(err)
+	}
+	st.checkText(t)
+}
+
+// TestForeignSIGTRAP checks that a SIGTRAP raised by the application's own
+// int3 reaches its handler while we are attached and patching.
+func TestForeignSIGTRAP(t *testing.T) {
+	requireRoot(t)
+	st := startStress(t, testtarget.ClangNop5, 100, "-t", "2", "-own-sigtrap")
+	p, err := proc.Attach(st.tp.Pid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Detach()
+	e, err := New(p, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ps []Patch
+	for i := 0; i < 100; i++ {
+		ps = append(ps, Patch{Addr: st.sites[i], Old: st.orig[i], New: st.callTo(t, i)})
+	}
+	if _, err := e.Apply(ps); err != nil {
+		t.Fatal(err)
+	}
+	for n := 1; n <= 3; n++ {
+		if err := st.tp.Send("trap"); err != nil {
+			t.Fatal(err)
+		}
+		line, err := st.tp.Expect("trapped", 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if line != fmt.Sprintf("trapped %d", n) {
+			t.Fatalf("got %q, want trapped %d", line, n)
+		}
+	}
+	if _, err := e.RestoreAll(); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Detach(); err != nil {
+		t.Fatal(err)
+	}
+	st.checkText(t)
+}
