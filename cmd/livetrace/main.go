@@ -46,6 +46,10 @@ func run(args []string, stdout, stderr io.Writer) error {
 	root.SetErr(stderr)
 	root.AddCommand(
 		newListCmd(stdout, stderr),
+		newReplayCmd(stdout, stderr),
+		newReportCmd(stdout, stderr),
+		newInfoCmd(stdout, stderr),
+		newExportCmd(stdout, stderr),
 	)
 	return root.Execute()
 }

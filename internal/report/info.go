@@ -73,7 +73,7 @@ func Info(w io.Writer, rec *tracefile.Recording) error {
 	}
 	fmt.Fprintf(bw, "\nmodules:\n")
 	for _, m := range rec.Modules {
-		fmt.Fprintf(bw, "  %#014x  %s", m.Base, m.Path)
+		fmt.Fprintf(bw, "  0x%012x  %s", m.Base, m.Path)
 		if m.BuildID != "" {
 			fmt.Fprintf(bw, " (build id %s)", m.BuildID)
 		}

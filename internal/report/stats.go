@@ -180,8 +180,12 @@ func Report(w io.Writer, rec *tracefile.Recording, o ReportOptions) error {
 		fmt.Fprintf(bw, "%12s  %12s  %10s  %12s  %12s  %12s  %s\n", "Total time", "Self time", "Calls", "Avg", "Min", "Max", "Function")
 		fmt.Fprintf(bw, "%12s  %12s  %10s  %12s  %12s  %12s  %s\n", "==========", "==========", "==========", "==========", "==========", "==========", "========")
 		for _, s := range stats {
-			fmt.Fprintf(bw, "%12s  %12s  %10d  %12s  %12s  %12s  %s\n",
-				human(s.Total), human(s.Self), s.Calls, human(s.Avg), human(s.Min), human(s.Max), s.Function)
+			// A function none of whose calls completed has no times.
+			tot, self, avg, lo, hi := "-", "-", "-", "-", "-"
+			if s.completed > 0 {
+				tot, self, avg, lo, hi = human(s.Total), human(s.Self), human(s.Avg), human(s.Min), human(s.Max)
+			}
+			fmt.Fprintf(bw, "%12s  %12s  %10d  %12s  %12s  %12s  %s\n", tot, self, s.Calls, avg, lo, hi, s.Function)
 		}
 	} else {
 		writeLostHeader(bw, rec)

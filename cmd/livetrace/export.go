@@ -1,0 +1,104 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/livetrace/livetrace/internal/report"
+)
+
+// exportOptions holds the flags of `livetrace export`.
+type exportOptions struct {
+	in     inputOptions
+	filter filterOptions
+	format string
+	out    string
+	stdout io.Writer
+	stderr io.Writer
+}
+
+func newExportCmd(stdout, stderr io.Writer) *cobra.Command {
+	o := &exportOptions{stdout: stdout, stderr: stderr}
+	cmd := &cobra.Command{
+		Use:   "export --format chrome|folded|pprof|flamegraph [-i FILE] [-o OUT] [-D N] [-t DURATION] [--tid TID]...",
+		Short: "Convert a recording to Chrome/Perfetto trace, folded stacks, pprof or a flame graph",
+		Long: `Convert a recording for other tools:
+
+  chrome      Trace Event Format JSON for the Perfetto UI or chrome://tracing
+              (default OUT livetrace.json): one track per thread, a complete
+              event per call (graph mode) or an instant event per entry.
+  folded      folded stacks "a;b;c value" for flamegraph.pl and speedscope
+              (livetrace.folded): self time in ns (graph mode) or calls.
+  pprof       a gzipped pprof profile for go tool pprof (livetrace.pb.gz),
+              with sample types calls/count and time/nanoseconds.
+  flamegraph  a self-contained HTML flame graph (livetrace.html).
+
+-o - writes to standard output.`,
+		Example: `  livetrace export --format chrome
+  livetrace export --format pprof -o prof.pb.gz && go tool pprof -top prof.pb.gz
+  livetrace export --format folded -o - | flamegraph.pl > flame.svg`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error { return o.run() },
+	}
+	o.in.addFlags(cmd.Flags())
+	o.filter.addFlags(cmd.Flags())
+	cmd.Flags().StringVarP(&o.format, "format", "f", "", "write `FORMAT`: chrome, folded, pprof or flamegraph")
+	cmd.Flags().StringVarP(&o.out, "output", "o", "", "write to `OUT` (default livetrace.json, .folded, .pb.gz or .html; - for stdout)")
+	return cmd
+}
+
+func (o *exportOptions) run() error {
+	out := ""
+	for _, f := range report.ExportFormats {
+		if f.Name == o.format {
+			out = f.DefaultFile
+		}
+	}
+	if out == "" {
+		if o.format == "" {
+			return fmt.Errorf("export: give --format chrome, folded, pprof or flamegraph")
+		}
+		return fmt.Errorf("export: unknown format %q: use chrome, folded, pprof or flamegraph", o.format)
+	}
+	if o.out != "" {
+		out = o.out
+	}
+	f, err := o.filter.filter()
+	if err != nil {
+		return err
+	}
+	rec, err := o.in.read()
+	if err != nil {
+		return err
+	}
+	if out == "-" {
+		return report.Export(o.stdout, rec, o.format, f)
+	}
+	// Write next to OUT and rename, so that a failed export leaves no
+	// half-written file behind.
+	tmp, err := os.CreateTemp(filepath.Dir(out), "."+filepath.Base(out)+".*")
+	if err != nil {
+		return fmt.Errorf("create %s: %w", out, err)
+	}
+	defer os.Remove(tmp.Name())
+	if err := report.Export(tmp, rec, o.format, f); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", out, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", out, err)
+	}
+	if err := os.Rename(tmp.Name(), out); err != nil {
+		return fmt.Errorf("write %s: %w", out, err)
+	}
+	fmt.Fprintf(o.stderr, "wrote %s\n", out)
+	return nil
+}

@@ -1,0 +1,37 @@
+package main
+
+import (
+	"io"
+
+	"github.com/spf13/cobra"
+
+	"github.com/livetrace/livetrace/internal/report"
+)
+
+// infoOptions holds the flags of `livetrace info`.
+type infoOptions struct {
+	in     inputOptions
+	stdout io.Writer
+}
+
+func newInfoCmd(stdout, stderr io.Writer) *cobra.Command {
+	o := &infoOptions{stdout: stdout}
+	cmd := &cobra.Command{
+		Use:   "info [-i FILE]",
+		Short: "Describe a recording: target, mode, time, modules, threads, lost events",
+		Long: `Describe a recording: the target process (pid, command, command line), the
+mode, the start, end and duration, the modules, the threads (with their
+events and lost events), the number of events, of lost events and of
+shadow-stack overflows.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			rec, err := o.in.read()
+			if err != nil {
+				return err
+			}
+			return report.Info(o.stdout, rec)
+		},
+	}
+	o.in.addFlags(cmd.Flags())
+	return cmd
+}

@@ -1,0 +1,191 @@
+package main
+
+import (
+	"bytes"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/livetrace/livetrace/internal/tracefile"
+	"github.com/livetrace/livetrace/internal/tracefile/tracefiletest"
+)
+
+// updateGoldens rewrites the golden files of the readers' tests:
+// go test ./cmd/livetrace -run 'Golden' -update
+var updateGoldens = flag.Bool("update", false, "rewrite the golden files in testdata/")
+
+// scenarioFile writes the shared test scenario of mode to a file and
+// returns its path.
+func scenarioFile(t *testing.T, mode tracefile.Mode) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), mode.String()+".data")
+	if err := tracefiletest.Scenario(mode).WriteFile(path); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// runCLI runs livetrace with args and returns stdout, stderr and the error.
+func runCLI(t *testing.T, args ...string) (string, string, error) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	err := run(args, &out, &errb)
+	return out.String(), errb.String(), err
+}
+
+// checkGolden compares got with testdata/name, or rewrites it with -update.
+func checkGolden(t *testing.T, name, got string) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *updateGoldens {
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("read golden: %v (run go test ./cmd/livetrace -update to create it)", err)
+	}
+	if diff := cmp.Diff(string(want), got); diff != "" {
+		t.Errorf("%s differs (-want +got); if the change is right, run go test ./cmd/livetrace -update:\n%s", path, diff)
+	}
+}
+
+func TestReadersGolden(t *testing.T) {
+	graph := scenarioFile(t, tracefile.ModeGraph)
+	entry := scenarioFile(t, tracefile.ModeEntry)
+	for _, tc := range []struct {
+		golden string
+		args   []string
+	}{
+		{"replay-graph.golden", []string{"replay", "-i", graph}},
+		{"replay-graph-filtered.golden", []string{"replay", "-i", graph, "-D", "2", "-t", "20us", "--tid", "100,102"}},
+		{"replay-entry.golden", []string{"replay", "-i", entry}},
+		{"replay-entry-tid.golden", []string{"replay", "-i", entry, "--tid", "101"}},
+		{"report-graph.golden", []string{"report", "-i", graph}},
+		{"report-graph-self.golden", []string{"report", "-i", graph, "--sort", "self", "-D", "2"}},
+		{"report-entry.golden", []string{"report", "-i", entry}},
+		{"folded-graph.golden", []string{"export", "-i", graph, "--format", "folded", "-o", "-"}},
+		{"folded-entry.golden", []string{"export", "-i", entry, "--format", "folded", "-o", "-"}},
+		{"info-graph.golden", []string{"info", "-i", graph}},
+	} {
+		t.Run(strings.TrimSuffix(tc.golden, ".golden"), func(t *testing.T) {
+			out, stderr, err := runCLI(t, tc.args...)
+			if err != nil {
+				t.Fatalf("livetrace %s: %v\n%s", strings.Join(tc.args, " "), err, stderr)
+			}
+			checkGolden(t, tc.golden, out)
+		})
+	}
+}
+
+func TestReplayErrors(t *testing.T) {
+	entry := scenarioFile(t, tracefile.ModeEntry)
+	dir := t.TempDir()
+	garbage := filepath.Join(dir, "garbage.data")
+	os.WriteFile(garbage, []byte("this is not a recording\n"), 0o644)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"replay", "-i", filepath.Join(dir, "livetrace.data")}, "open " + filepath.Join(dir, "livetrace.data") + ": no such file: record one with `livetrace record -p PID`"},
+		{[]string{"replay", "-i", garbage}, "read " + garbage + ": not a livetrace recording"},
+		{[]string{"replay", "-i", entry, "-t", "1us"}, "need a graph-mode recording"},
+		{[]string{"replay", "-i", entry, "-D", "-1"}, "parse -D -1: give a depth of 1 or more"},
+		{[]string{"replay", "-i", entry, "--tid", "0"}, "parse --tid 0"},
+		{[]string{"replay", "-i", entry, "-t", "soon"}, "invalid argument"},
+		{[]string{"replay", "extra"}, "unknown command"},
+	} {
+		_, _, err := runCLI(t, tc.args...)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("livetrace %s: err = %v, want %q", strings.Join(tc.args, " "), err, tc.want)
+		}
+	}
+}
+
+// TestDefaultInput checks that the readers read livetrace.data in the
+// current directory by default.
+func TestDefaultInput(t *testing.T) {
+	graph := scenarioFile(t, tracefile.ModeGraph)
+	data, err := os.ReadFile(graph)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	t.Chdir(dir)
+	if _, _, err := runCLI(t, "info"); err == nil || err.Error() != "open livetrace.data: no such file: record one with `livetrace record -p PID`" {
+		t.Errorf("info without livetrace.data: %v", err)
+	}
+	if err := os.WriteFile("livetrace.data", data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, _, err := runCLI(t, "info")
+	if err != nil || !strings.Contains(out, "pid 4242 (demo)") {
+		t.Errorf("info: %v\n%s", err, out)
+	}
+}
+
+// TestDamagedFiles checks that every reader gives a one-line error for
+// truncated and corrupt recordings, and that --recover reads what it can.
+func TestDamagedFiles(t *testing.T) {
+	graph := scenarioFile(t, tracefile.ModeGraph)
+	data, err := os.ReadFile(graph)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	truncated := filepath.Join(dir, "truncated.data")
+	os.WriteFile(truncated, data[:len(data)/2], 0o644)
+	corrupt := filepath.Join(dir, "corrupt.data")
+	bad := bytes.Clone(data)
+	bad[len(bad)/2] ^= 0x40
+	os.WriteFile(corrupt, bad, 0o644)
+	for _, cmd := range [][]string{{"replay"}, {"report"}, {"info"}, {"export", "--format", "chrome", "-o", "-"}} {
+		for _, tc := range []struct{ file, want string }{
+			{truncated, "truncated recording"},
+			{corrupt, "corrupt recording"},
+		} {
+			args := append(append([]string{}, cmd...), "-i", tc.file)
+			out, _, err := runCLI(t, args...)
+			if err == nil {
+				t.Errorf("livetrace %s: no error", strings.Join(args, " "))
+				continue
+			}
+			if msg := err.Error(); !strings.Contains(msg, tc.want) || strings.Contains(msg, "\n") {
+				t.Errorf("livetrace %s: err = %q, want one line with %q", strings.Join(args, " "), msg, tc.want)
+			}
+			if out != "" {
+				t.Errorf("livetrace %s: printed %q before failing", strings.Join(args, " "), out)
+			}
+		}
+	}
+	_, _, err = runCLI(t, "info", "-i", truncated)
+	if err == nil || !strings.Contains(err.Error(), "rerun with --recover") {
+		t.Errorf("truncated: %v, want a hint about --recover", err)
+	}
+	// The scenario has no checkpoint, and half the file holds no metadata:
+	// nothing to recover.
+	if _, _, err := runCLI(t, "info", "--recover", "-i", truncated); err == nil || !strings.Contains(err.Error(), "no intact metadata checkpoint") {
+		t.Errorf("recover without checkpoint: %v", err)
+	}
+	// With a checkpoint, --recover reads the complete blocks.
+	b := tracefiletest.Scenario(tracefile.ModeGraph)
+	rec := b.Recording()
+	var buf bytes.Buffer
+	w, _ := tracefile.NewWriter(&buf)
+	w.Checkpoint(rec.Meta)
+	w.WriteEvents(rec.Events[:20])
+	w.Flush()
+	w.WriteEvents(rec.Events[20:])
+	cut := filepath.Join(dir, "cut.data")
+	os.WriteFile(cut, buf.Bytes(), 0o644) // Close never ran
+	out, _, err := runCLI(t, "info", "--recover", "-i", cut)
+	if err != nil || !strings.Contains(out, "recovered:") || !strings.Contains(out, "events:                  20\n") {
+		t.Errorf("info --recover: %v\n%s", err, out)
+	}
+}

@@ -1,0 +1,61 @@
+package main
+
+import (
+	"io"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/livetrace/livetrace/internal/report"
+)
+
+// reportOptions holds the flags of `livetrace report`.
+type reportOptions struct {
+	in     inputOptions
+	filter filterOptions
+	json   bool
+	sort   string
+	stdout io.Writer
+}
+
+func newReportCmd(stdout, stderr io.Writer) *cobra.Command {
+	o := &reportOptions{stdout: stdout}
+	cmd := &cobra.Command{
+		Use:   "report [-i FILE] [--json] [--sort COL] [-D N] [-t DURATION] [--tid TID]...",
+		Short: "Print per-function statistics of a recording",
+		Long: `Print one line per traced function: its calls, and for graph-mode
+recordings its total, self, average, minimum and maximum time.
+
+Total is the time the function was on the stack: for recursive functions
+only the outermost frame counts. Self is the time spent in the function
+itself, minus its children (children hidden by -D or -t count as self
+time). Average, minimum and maximum are over every completed call. Calls
+whose exit is missing (lost, or still running at the end) count as calls
+but in no time column.
+
+--sort takes calls, name, total, self, avg, min or max (default: calls for
+entry mode, total for graph mode). --json prints an array of objects with
+function, module, calls and, in graph mode, total_ns, self_ns, avg_ns,
+min_ns and max_ns.`,
+		Example: `  livetrace report
+  livetrace report --sort self -t 1us
+  livetrace report --json --tid 1234`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			f, err := o.filter.filter()
+			if err != nil {
+				return err
+			}
+			rec, err := o.in.read()
+			if err != nil {
+				return err
+			}
+			return report.Report(o.stdout, rec, report.ReportOptions{Filter: f, Sort: o.sort, JSON: o.json})
+		},
+	}
+	o.in.addFlags(cmd.Flags())
+	o.filter.addFlags(cmd.Flags())
+	cmd.Flags().BoolVar(&o.json, "json", false, "print a JSON array instead of a table")
+	cmd.Flags().StringVarP(&o.sort, "sort", "s", "", "sort by `COL`: "+strings.Join(report.SortColumns, ", "))
+	return cmd
+}
