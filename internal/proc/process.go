@@ -351,6 +351,35 @@ func (p *Process) waitFor(cond func() bool, timeout time.Duration) error {
 	}
 }
 
+// waitBlocking is waitFor for a condition that a tracee stop is certain
+// to satisfy soon (the syscall-exit stop of a remote membarrier, say): it
+// blocks in wait4 instead of waiting for SIGCHLD, which cuts the latency of
+// every stop handled meanwhile, such as INT3 hits during a batch, from tens
+// of microseconds to a few. A wait4 that blocks longer than timeout is
+// not interrupted; the caller's condition must be one that a stop brings.
+func (p *Process) waitBlocking(cond func() bool, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if p.exited || p.execed {
+			return p.waitFor(cond, 0)
+		}
+		if time.Now().After(deadline) {
+			return ErrTimeout
+		}
+		var ws unix.WaitStatus
+		tid, err := unix.Wait4(-1, &ws, unix.WALL|unix.WNOTHREAD, nil)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return p.waitFor(cond, timeout)
+		}
+		p.handle(tid, ws)
+		p.reap()
+	}
+	return nil
+}
+
 // handle acts on one wait status.
 func (p *Process) handle(tid int, ws unix.WaitStatus) {
 	if debugStops {

@@ -79,7 +79,7 @@ func (p *Process) holdRemote(tid int) (*Remote, error) {
 		for _, t := range cands {
 			wasStopped := t.state == stopped
 			p.interrupt(t)
-			err := p.waitFor(func() bool { return t.state == stopped || p.threads[t.tid] == nil }, 5*time.Second)
+			err := p.waitBlocking(func() bool { return t.state == stopped || p.threads[t.tid] == nil }, 5*time.Second)
 			if err != nil {
 				return err
 			}
@@ -137,10 +137,12 @@ func (p *Process) remoteCandidates() []*thread {
 	return out
 }
 
-// remoteScore: 0 already stopped by us, 1 running in user space, 2 blocked
-// in a syscall that restarts transparently, 3 anything else, 4 blocked in a
-// syscall that returns EINTR when interrupted even without a signal handler
-// (epoll_wait and friends; man 2 ptrace, BUGS).
+// remoteScore: 0 already stopped by us; 1 blocked in a syscall that the
+// kernel restarts transparently (the thread is idle: borrowing it delays
+// nothing); 2 running in user space (it stalls while we hold it); 3 anything
+// else; 4 blocked in a syscall that returns EINTR when interrupted even
+// without a signal handler (epoll_wait and friends; man 2 ptrace, BUGS; see
+// undoEINTR).
 func (p *Process) remoteScore(t *thread) int {
 	if t.state == stopped {
 		return 0
@@ -151,7 +153,7 @@ func (p *Process) remoteScore(t *thread) int {
 	}
 	f := strings.Fields(string(b))
 	if len(f) == 0 || f[0] == "running" || f[0] == "-1" {
-		return 1
+		return 2
 	}
 	nr, err := strconv.Atoi(f[0])
 	if err != nil {
@@ -163,7 +165,7 @@ func (p *Process) remoteScore(t *thread) int {
 	case unix.SYS_NANOSLEEP, unix.SYS_CLOCK_NANOSLEEP, unix.SYS_FUTEX, unix.SYS_READ, unix.SYS_WRITE,
 		unix.SYS_POLL, unix.SYS_PPOLL, unix.SYS_WAIT4, unix.SYS_ACCEPT, unix.SYS_ACCEPT4,
 		unix.SYS_RECVFROM, unix.SYS_RECVMSG, unix.SYS_PAUSE, unix.SYS_RT_SIGSUSPEND:
-		return 2
+		return 1
 	}
 	return 3
 }
@@ -206,7 +208,7 @@ func (r *Remote) Syscall(nr uint64, args ...uint64) (uint64, error) {
 				return fmt.Errorf("remote syscall in pid %d: resume thread %d: %w", p.pid, t.tid, err)
 			}
 			t.state = running
-			err := p.waitFor(func() bool {
+			err := p.waitBlocking(func() bool {
 				return p.threads[t.tid] == nil || t.state == stopped && t.kind == stopSyscall
 			}, 10*time.Second)
 			if err != nil {

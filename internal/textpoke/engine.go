@@ -35,8 +35,11 @@ package textpoke
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
+	"os"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -280,6 +283,7 @@ func (e *Engine) apply(patches []Patch, mode Mode) (Stats, error) {
 	if err != nil || len(ps) == 0 {
 		return st, err
 	}
+	tPrep := time.Now()
 	runs, err := e.verify(ps)
 	if err != nil {
 		return st, err
@@ -293,6 +297,9 @@ func (e *Engine) apply(patches []Patch, mode Mode) (Stats, error) {
 		if e.sites[pt.Addr] == nil {
 			e.sites[pt.Addr] = &site{orig: bytes.Clone(pt.Old), cur: bytes.Clone(pt.Old)}
 		}
+	}
+	if debugTiming {
+		fmt.Fprintf(os.Stderr, "textpoke: prepare %v verify %v\n", tPrep.Sub(start), time.Since(tPrep))
 	}
 	writes0 := e.p.Mem().Writes()
 	traps0 := e.traps.Load()
@@ -324,7 +331,7 @@ func (e *Engine) prepare(patches []Patch) ([]Patch, error) {
 		}
 		ps = append(ps, pt)
 	}
-	sort.Slice(ps, func(i, j int) bool { return ps[i].Addr < ps[j].Addr })
+	slices.SortFunc(ps, func(a, b Patch) int { return cmp.Compare(a.Addr, b.Addr) })
 	for i := 1; i < len(ps); i++ {
 		if ps[i].Addr < ps[i-1].Addr+uint64(n) {
 			return nil, fmt.Errorf("sites %#x and %#x overlap", ps[i-1].Addr, ps[i].Addr)
@@ -356,14 +363,22 @@ func (e *Engine) verify(ps []Patch) ([]*run, error) {
 	n := uint64(e.arch.SiteLen())
 	var runs []*run
 	var cur *run
+	var end uint64 // end of cur
 	for i, pt := range ps {
-		if cur != nil && pt.Addr+n-cur.addr <= maxRunLen && pt.Addr <= cur.addr+uint64(len(cur.buf))+maxRunGap {
-			cur.buf = append(cur.buf, make([]byte, pt.Addr+n-cur.addr-uint64(len(cur.buf)))...)
+		if cur != nil && pt.Addr+n-cur.addr <= maxRunLen && pt.Addr <= end+maxRunGap {
+			end = pt.Addr + n
 			cur.sites = append(cur.sites, i)
 			continue
 		}
-		cur = &run{addr: pt.Addr, buf: make([]byte, n), sites: []int{i}}
+		if cur != nil {
+			cur.buf = make([]byte, end-cur.addr)
+		}
+		cur = &run{addr: pt.Addr, sites: []int{i}}
+		end = pt.Addr + n
 		runs = append(runs, cur)
+	}
+	if cur != nil {
+		cur.buf = make([]byte, end-cur.addr)
 	}
 	var bad []string
 	for _, r := range runs {
@@ -403,32 +418,44 @@ func (e *Engine) writeRuns(runs []*run, ps []Patch, set func(buf []byte, pt Patc
 	return nil
 }
 
-// publish makes the trap handler emulate the batch's new instructions.
+// publish makes the trap handler emulate the batch's new instructions. ps
+// is sorted; the table is rebuilt by merging, never modified in place.
 func (e *Engine) publish(ps []Patch) {
 	old := e.table.Load()
-	m := map[uint64][]byte{}
-	if old != nil {
-		for i, a := range old.addrs {
-			m[a] = old.insns[i]
+	if old == nil {
+		old = &trapTable{}
+	}
+	t := &trapTable{
+		addrs: make([]uint64, 0, len(old.addrs)+len(ps)),
+		insns: make([][]byte, 0, len(old.addrs)+len(ps)),
+	}
+	i, j := 0, 0
+	for i < len(old.addrs) || j < len(ps) {
+		switch {
+		case j == len(ps) || i < len(old.addrs) && old.addrs[i] < ps[j].Addr:
+			t.addrs = append(t.addrs, old.addrs[i])
+			t.insns = append(t.insns, old.insns[i])
+			i++
+		default:
+			if i < len(old.addrs) && old.addrs[i] == ps[j].Addr {
+				i++
+			}
+			t.addrs = append(t.addrs, ps[j].Addr)
+			t.insns = append(t.insns, ps[j].New)
+			j++
 		}
-	}
-	for _, pt := range ps {
-		m[pt.Addr] = bytes.Clone(pt.New)
-	}
-	t := &trapTable{addrs: make([]uint64, 0, len(m))}
-	for a := range m {
-		t.addrs = append(t.addrs, a)
-	}
-	sort.Slice(t.addrs, func(i, j int) bool { return t.addrs[i] < t.addrs[j] })
-	t.insns = make([][]byte, len(t.addrs))
-	for i, a := range t.addrs {
-		t.insns[i] = m[a]
 	}
 	e.table.Store(t)
 }
 
+var debugTiming = os.Getenv("LIVETRACE_DEBUG_TIMING") != ""
+
 func (e *Engine) applyLive(ps []Patch, runs []*run, st *Stats) (err error) {
+	t0 := time.Now()
 	r, err := e.p.HoldRemote()
+	if debugTiming {
+		fmt.Fprintf(os.Stderr, "textpoke: hold %v\n", time.Since(t0))
+	}
 	if err != nil {
 		return fmt.Errorf("patch pid %d: %w", e.p.Pid(), err)
 	}
@@ -452,13 +479,18 @@ func (e *Engine) applyLive(ps []Patch, runs []*run, st *Stats) (err error) {
 		func(buf []byte, pt Patch) { buf[0] = pt.New[0] },
 	}
 	for i, step := range steps {
+		t0 := time.Now()
 		if err := e.writeRuns(runs, ps, step); err != nil {
 			e.recover(ps, runs, i)
 			return fmt.Errorf("patch pid %d (step %d of 3): %w", e.p.Pid(), i+1, err)
 		}
+		t1 := time.Now()
 		if err := sync(); err != nil {
 			e.recover(ps, runs, i+1)
 			return fmt.Errorf("patch pid %d (sync %d of 3): %w", e.p.Pid(), i+1, err)
+		}
+		if debugTiming {
+			fmt.Fprintf(os.Stderr, "textpoke: step %d write %v sync %v\n", i+1, t1.Sub(t0), time.Since(t1))
 		}
 	}
 	for _, pt := range ps {
