@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"syscall"
 	"testing"
 	"time"
 )
@@ -147,4 +148,22 @@ func TestHarnessTightLoop(t *testing.T) {
 		t.Errorf("chunk headers report %d lost, counter %d", lost, r.ctrs.Lost)
 	}
 	r.checkTimestamps()
+}
+
+func TestHarnessSigtrapBackstop(t *testing.T) {
+	const calls = 1000
+	r := runHarness(t, runOpts{test: "trap", iters: calls, ctl: Ctl{Enabled: true, Graph: true}, pollEvery: time.Millisecond,
+		trapSites: map[string]bool{"w_leaf": true, "w_fib": true}})
+	checkResults(t, r, "fib", 55)
+	checkResults(t, r, "apptraps", 20) // raise() and int3 outside sites reach the app's handler
+	r.noLoss()
+	r.checkExactCounts()
+	r.checkGraph(false)
+	if want := uint64(calls + 177); r.ctrs.Traps != want {
+		t.Errorf("%d traps emulated, want %d", r.ctrs.Traps, want)
+	}
+}
+
+func TestHarnessSigtrapDefault(t *testing.T) {
+	runHarness(t, runOpts{test: "trapdfl", iters: 1, pollEvery: time.Millisecond, wantSignal: syscall.SIGTRAP})
 }

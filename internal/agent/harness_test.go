@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -61,8 +62,9 @@ func buildHarness(t testing.TB) string {
 		if harnessErr != nil {
 			return
 		}
-		layout := fmt.Sprintf("#define L_CODE_SIZE %d\n#define L_CTL_OFF %d\n#define L_CTL_SIZE %d\n#define L_PRIV_OFF %d\n#define L_PRIV_SIZE %d\n#define L_SHARED_OFF %d\n",
-			CodeSize, CtlOff, CtlSize, PrivOff, PrivSize, SharedOff)
+		layout := fmt.Sprintf("#define L_CODE_SIZE %d\n#define L_CTL_OFF %d\n#define L_CTL_SIZE %d\n#define L_PRIV_OFF %d\n#define L_PRIV_SIZE %d\n#define L_SHARED_OFF %d\n"+
+			"#define L_SIGTRAP_OFF %d\n#define L_RESTORER_OFF %d\n#define L_OLD_SIGTRAP_OFF %d\n",
+			CodeSize, CtlOff, CtlSize, PrivOff, PrivSize, SharedOff, SigtrapOff, RestorerOff, PrivOff+PrivOldSigtrapOff)
 		if harnessErr = os.WriteFile(filepath.Join(harnessDir, "layout.h"), []byte(layout), 0o644); harnessErr != nil {
 			return
 		}
@@ -123,6 +125,8 @@ type runOpts struct {
 	chunks       int
 	chunkRecords int
 	pollEvery    time.Duration
+	trapSites    map[string]bool // sites left as INT3 + new tail, as mid-batch
+	wantSignal   syscall.Signal  // the harness must die of this signal
 }
 
 func runHarness(t testing.TB, o runOpts) *run {
@@ -248,6 +252,9 @@ func runHarness(t testing.TB, o runOpts) *run {
 			t.Fatalf("stub out of reach of site %#x", s.addr)
 		}
 		putU32(call[1:], uint32(int32(rel)))
+		if o.trapSites[s.name] {
+			call[0] = 0xcc
+		}
 		if _, err := pm.WriteAt(call, int64(s.addr)); err != nil {
 			t.Fatalf("patch site: %v", err)
 		}
@@ -305,7 +312,13 @@ func runHarness(t testing.TB, o runOpts) *run {
 	stdin.Close()
 	io.Copy(io.Discard, stdout)
 	killed = true
-	if err := cmd.Wait(); err != nil {
+	err = cmd.Wait()
+	if o.wantSignal != 0 {
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != o.wantSignal {
+			t.Fatalf("harness ended with %v, want death by %v", err, o.wantSignal)
+		}
+	} else if err != nil {
 		t.Fatalf("harness: %v", err)
 	}
 	close(stop)

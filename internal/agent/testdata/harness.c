@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -198,6 +199,51 @@ static void *fork_thread(void *arg)
 	return 0;
 }
 
+static volatile long app_traps;
+
+static void app_sigtrap(int sig, siginfo_t *si, void *uc)
+{
+	(void)sig;
+	(void)si;
+	(void)uc;
+	app_traps++;
+}
+
+/* install_backstop installs lt_sigtrap the way the tracer does: one
+ * rt_sigaction whose old action lands in the agent's private region. */
+static void install_backstop(char *base, int app_handler)
+{
+	if (app_handler) {
+		struct sigaction sa;
+		memset(&sa, 0, sizeof sa);
+		sa.sa_sigaction = app_sigtrap;
+		sa.sa_flags = SA_SIGINFO;
+		if (sigaction(SIGTRAP, &sa, 0))
+			die("sigaction");
+	}
+	struct {
+		uint64_t handler, flags, restorer, mask;
+	} act = {(uint64_t)(base + L_SIGTRAP_OFF), 0x4 | 0x04000000 | 0x08000000 | 0x10000000,
+		 (uint64_t)(base + L_RESTORER_OFF), 0};
+	if (syscall(SYS_rt_sigaction, SIGTRAP, &act, base + L_OLD_SIGTRAP_OFF, 8))
+		die("rt_sigaction");
+}
+
+static void *trap_thread(void *arg)
+{
+	(void)arg;
+	for (long i = 0; i < iters; i++)
+		w_leaf();
+	for (long i = 0; i < 10; i++)
+		raise(SIGTRAP);
+	for (long i = 0; i < 10; i++)
+		__asm__ __volatile__("int3");
+	result("fib", w_fib(10));
+	result("apptraps", app_traps);
+	report_counts();
+	return 0;
+}
+
 static void *tight_thread(void *arg)
 {
 	(void)arg;
@@ -239,6 +285,9 @@ int main(int argc, char **argv)
 	if (mmap(base + L_PRIV_OFF, L_PRIV_SIZE, PROT_READ | PROT_WRITE,
 		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0) == MAP_FAILED)
 		die("map priv");
+
+	if (!strcmp(argv[2], "trap") || !strcmp(argv[2], "trapdfl"))
+		install_backstop(base, !strcmp(argv[2], "trap"));
 
 	/* A stub page within rel32 reach of the workload's text. */
 	uintptr_t text = (uintptr_t)w_leaf & ~(uintptr_t)0xfff;
@@ -286,7 +335,14 @@ int main(int argc, char **argv)
 		run_threads(fork_thread, 1);
 	else if (!strcmp(test, "tight"))
 		run_threads(tight_thread, 1);
-	else if (!strcmp(test, "bench"))
+	else if (!strcmp(test, "trap"))
+		run_threads(trap_thread, 1);
+	else if (!strcmp(test, "trapdfl")) {
+		printf("DONE\n");
+		fflush(stdout);
+		raise(SIGTRAP); /* chained to SIG_DFL: must kill us */
+		return 3;
+	} else if (!strcmp(test, "bench"))
 		bench();
 	else {
 		fprintf(stderr, "harness: unknown test %s\n", test);
