@@ -195,7 +195,9 @@ func TestConsumerProtocol(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := &producer{mem: mem, c: c}
-	e := func(tsc uint64) Record { return Record{TSC: tsc, Kind: KindEntry, Site: 1, CallerKnown: true, CallerDelta: 9} }
+	e := func(tsc uint64) Record {
+		return Record{TSC: tsc, Kind: KindEntry, Site: 1, CallerKnown: true, CallerDelta: 9}
+	}
 
 	type got struct {
 		tid, lost uint32
