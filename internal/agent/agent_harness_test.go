@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"encoding/binary"
+	"os"
 	"syscall"
 	"testing"
 	"time"
@@ -166,4 +168,65 @@ func TestHarnessSigtrapBackstop(t *testing.T) {
 
 func TestHarnessSigtrapDefault(t *testing.T) {
 	runHarness(t, runOpts{test: "trapdfl", iters: 1, pollEvery: time.Millisecond, wantSignal: syscall.SIGTRAP})
+}
+
+// TestHarnessDetach restores hijacked return addresses the way the tracer
+// does before it unmaps the agent, then wipes the shadow stacks: any return
+// still routed through lt_return would then hit ud2 and kill the harness.
+func TestHarnessDetach(t *testing.T) {
+	restored := 0
+	r := runHarness(t, runOpts{test: "detach", iters: 1, ctl: Ctl{Enabled: true, Graph: true}, pollEvery: time.Millisecond,
+		held: func(pm *os.File, a Addrs) {
+			if _, err := pm.WriteAt(Ctl{}.Encode(), int64(a.Ctl)); err != nil {
+				t.Fatal(err)
+			}
+			table := make([]byte, MaxThreads*SizeofThread)
+			if _, err := pm.ReadAt(table, int64(a.ThreadSlotAddr(0))); err != nil {
+				t.Fatal(err)
+			}
+			for i := 0; i < MaxThreads; i++ {
+				s, _ := DecodeThreadSlot(table[i*SizeofThread:])
+				if !s.InUse() {
+					continue
+				}
+				if d := (i - ThreadHash(s.Key) + MaxThreads) % MaxThreads; d >= MaxProbes {
+					t.Errorf("slot %d is %d probes from its hash", i, d)
+				}
+				buf := make([]byte, s.Frames()*SizeofShadow)
+				if _, err := pm.ReadAt(buf, int64(a.ShadowStackAddr(i))); err != nil {
+					t.Fatal(err)
+				}
+				stack := DecodeShadowStack(buf, s.Frames())
+				for j := len(stack) - 1; j >= 0; j-- {
+					e := stack[j]
+					cur := make([]byte, 8)
+					if _, err := pm.ReadAt(cur, int64(e.Slot)); err != nil {
+						t.Fatal(err)
+					}
+					if binary.LittleEndian.Uint64(cur) != a.Return {
+						continue
+					}
+					if _, err := pm.WriteAt(binary.LittleEndian.AppendUint64(nil, e.Orig), int64(e.Slot)); err != nil {
+						t.Fatal(err)
+					}
+					restored++
+				}
+				// Forget the frames: lt_return can no longer find them.
+				if _, err := pm.WriteAt(make([]byte, 4), int64(a.ThreadSlotAddr(i)+ThreadDepthOff)); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}})
+	checkResults(t, r, "hold", 10)
+	if restored != 11 {
+		t.Errorf("restored %d return addresses, want 11", restored)
+	}
+	// Entries only: the exits happened after tracing was disabled.
+	for _, recs := range r.recs {
+		for _, rec := range recs {
+			if rec.Kind != KindEntry {
+				t.Errorf("record %+v after detach", rec)
+			}
+		}
+	}
 }

@@ -1,6 +1,156 @@
 // Package agent holds the livetrace agent: a freestanding blob of C and
-// assembly that the tracer maps into the target process, its generated
-// memory layout, and the Go side of the shared-memory protocol.
+// assembly (csrc/) that the tracer maps into the target process, its
+// generated memory layout (layout_generated.go, agent.bin), and the Go side
+// of the protocol: stub encoding, shared-memory formatting, the record
+// [Consumer], and decoders for the agent's private state.
+//
+// # Memory layout
+//
+// The tracer reserves one contiguous region at a page-aligned base B
+// ([RegionSize] bytes) and maps, at fixed offsets from B ([AddrsAt]):
+//
+//   - [0, CodeSize): the code. Map it RW, copy [Blob] to B (the rest of the
+//     region stays zero), then mprotect it R+X.
+//   - [CtlOff, +CtlSize): the control page, private anonymous, then
+//     madvise(MADV_WIPEONFORK). It holds enabled and graph ([Ctl]); both
+//     read as zero in a forked child, which therefore records nothing.
+//   - [PrivOff, +PrivSize): private anonymous (MAP_NORESERVE advised),
+//     NOT wipe-on-fork: the saved SIGTRAP action, the thread table
+//     (MaxThreads slots) and the shadow stacks (ShadowDepth entries each).
+//     A forked child keeps a copy, so hijacked frames it inherits still
+//     return. Only touched pages cost memory.
+//   - [SharedOff, +SharedSize(cfg)): a memfd created in the target, mapped
+//     MAP_SHARED both there and in the tracer; close the target's fd once
+//     mapped. The tracer formats it with [InitShared] BEFORE the agent can
+//     run (before any site is patched and before enabled is set).
+//
+// The code reaches the three data regions RIP-relatively, so they must be
+// at exactly these offsets. The generator refuses any relocation.
+//
+// Deviation from the brief: the saved SIGTRAP action lives in the private
+// region, not in the control page, because a forked child keeps
+// lt_sigtrap installed and must chain to the application's handler too;
+// a wiped copy would turn its SIGTRAPs into SIG_DFL.
+//
+// # Entry path
+//
+// Each site gets a 16-byte stub ([StubCode]): `mov $idx,%r11d; jmp
+// lt_entry`, or `jmp springboard` when lt_entry is out of rel32 reach, the
+// springboard ([Springboard]) being an absolute jmp placed near the stubs.
+// The site's NOP5 becomes `call stub`. Site index idx is the index of the
+// site in the sorted site table, below [MaxSites].
+//
+// lt_entry returns at once when enabled is 0 (about 3 ns). Otherwise it
+// saves rax (varargs vector count), rdi, rsi, rdx, rcx, r8, r9 and r10
+// (static chain) and calls the C path. The agent is built with
+// -mgeneral-regs-only: no xmm or x87 state is touched. Status flags are
+// NOT preserved: the SysV ABI gives them no role at a function entry (DF
+// must be clear, and the agent never changes it), so no compiled function
+// reads them before setting them. pushfq/popfq measured 5-6 ns per pair
+// here, 20-25% of the whole traced call, for no correct program's benefit.
+//
+// Records are 16 bytes ([Record], [DecodeRecord]): u64 rdtsc, u64 meta
+// with kind in bits 63..62, depth mod 256 in 61..54, site index in 53..32
+// and, for entries, int32(caller return address - site address) in 31..0,
+// or [CallerUnknown]. Each thread appends to its own chunk with no atomics;
+// a full chunk is published (release store of FULL after a seq from a
+// global counter) and the next event takes a FREE chunk by CAS, probing at
+// most ChunkProbes chunks from a shared hint. No free chunk: the event is
+// dropped and counted in the thread's next chunk header (lost) and in the
+// shared Lost counter ([Counters]); exits keep working.
+//
+// Threads are identified by their thread pointer (%fs:0; the target must
+// have one, as every libc program does). A new thread claims a slot in the
+// open-addressing table by CAS (at most MaxProbes probes) with all signals
+// blocked, and calls gettid once. A full table drops the event (TableFull).
+// A signal handler that interrupts the agent and calls a traced function
+// is not traced (Reentered) -- the only way to keep the per-thread state
+// consistent without atomics.
+//
+// # Graph mode
+//
+// With graph set, an entry pushes {original return address, its stack
+// slot, site} on the thread's shadow stack and overwrites the slot with
+// lt_return. Stale frames (longjmp, pthread_exit, a reused thread pointer)
+// are dropped first: entries whose slot is at or below the new slot and
+// within [StackWindow] of it; a frame on another stack (sigaltstack) is
+// never dropped, since a dropped live frame would crash. Consequently:
+//
+//   - A frame that finds the shadow stack full is not hijacked and has
+//     neither an entry nor an exit record (Overflow counts it).
+//   - Frames abandoned by longjmp have an entry and no exit; the consumer
+//     sees the next record of that thread at a smaller depth.
+//   - A sibling (tail) call from a hijacked frame finds lt_return as its
+//     return address: the agent records the exit of the caller and the
+//     entry of the callee at the same depth, and the callee inherits the
+//     shadow entry.
+//   - Known limitation: user-space stack switching (makecontext, coroutines)
+//     with stacks less than StackWindow apart can drop live frames.
+//   - C++ exceptions unwinding through a hijacked frame are not handled yet:
+//     the unwinder would see lt_return.
+//
+// lt_return (reached by the traced function's ret) saves rax and rdx, finds
+// the entry whose slot is sp-8 searching from the top (dropping the stale
+// entries above it), records the exit when enabled, and jumps to the
+// original address. It works with enabled 0 and in a forked child. If no
+// entry matches it executes ud2: this cannot happen unless the agent's
+// memory was corrupted or the tracer removed a frame still in use.
+//
+// # Detaching in graph mode
+//
+// The tracer must, in this order:
+//
+//  1. Clear enabled and graph (write [Ctl]{} at [Addrs.Ctl]).
+//  2. Stop every thread. For any thread whose rip is inside the agent
+//     ([Addrs.Base], +CodeSize) or in the stubs, single-step it until it
+//     is out (lt_entry and lt_return both leave within a bounded number of
+//     instructions, syscalls excepted in the claim path).
+//  3. For every slot i whose key is in use ([DecodeThreadSlot] on the
+//     SizeofThread bytes at [Addrs.ThreadSlotAddr]), read Frames() entries
+//     at [Addrs.ShadowStackAddr] ([DecodeShadowStack]) and walk them newest
+//     to oldest: if the 8 bytes at entry.Slot still hold [Addrs.Return],
+//     write entry.Orig there; otherwise skip it (already returned, or
+//     stale). A thread stopped inside lt_return after its ret (step 2
+//     prevents this) would lose its frame.
+//  4. Only then unpatch, remove the handler, and unmap the agent.
+//
+// Forked children that inherited hijacked frames keep the agent mapped
+// (the tracer does not unmap it in them) so they stay correct.
+//
+// # Threads that exit
+//
+// At PTRACE_EVENT_EXIT of a thread, find its slot (key = its thread
+// pointer, i.e. the fs_base register, probed from the hash used by the
+// agent or simply by scanning the table), hand its OWNED chunk to
+// [Consumer.RetireChunk] (its ThreadSlot.Chunk), then write [RetiredKey]
+// at ThreadSlotAddr(i)+ThreadKeyOff through /proc/PID/mem. A retired slot
+// is reused by a later thread, which reinitializes it; it never breaks
+// another thread's probe chain (unlike an empty key). A slot left
+// unretired is harmless until MaxThreads threads have run; its chunk stays
+// OWNED until [Consumer.Drain].
+//
+// # SIGTRAP backstop
+//
+// Install lt_sigtrap with one rt_sigaction(SIGTRAP, act, oldact) where
+// act is [Addrs.SigtrapAction] and oldact points at [Addrs.OldSigtrap]. On
+// a SIGTRAP whose rip-1 is a site of the shared site table it emulates the
+// site's CALL (push site+5, rip = target). Any other SIGTRAP goes to the
+// saved action: SIG_IGN ignores it, a handler is called (with siginfo and
+// ucontext if it had SA_SIGINFO; its sa_mask and SA_RESETHAND are not
+// emulated), and SIG_DFL restores the default action and re-raises the
+// signal with tgkill, so it kills the process once the handler returns,
+// as it would have without the agent. (An int3 leaves rip after itself, so
+// returning alone would not re-execute it.) Keep the stubs and the site
+// table intact until no INT3 can be left in the text. Counters().Traps
+// counts the emulations.
+//
+// # Building
+//
+// agent.bin and layout_generated.go are committed; `go build` needs no C
+// compiler. `go generate ./internal/agent` rebuilds them with clang-16
+// ($LIVETRACE_CLANG) and ld ($LIVETRACE_LD) and pinned flags, reading all
+// struct offsets and constants from the agent's DWARF; TestBlobUpToDate
+// fails when they are stale.
 package agent
 
 //go:generate go run ./gen -src csrc -out .

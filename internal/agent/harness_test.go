@@ -127,6 +127,9 @@ type runOpts struct {
 	pollEvery    time.Duration
 	trapSites    map[string]bool // sites left as INT3 + new tail, as mid-batch
 	wantSignal   syscall.Signal  // the harness must die of this signal
+	// held runs when the harness says HELD (a thread is about to block in
+	// traced frames); the harness continues when it returns.
+	held func(pm *os.File, a Addrs)
 }
 
 func runHarness(t testing.TB, o runOpts) *run {
@@ -302,6 +305,12 @@ func runHarness(t testing.TB, o runOpts) *run {
 		case "RESULT":
 			v, _ := strconv.ParseInt(f[2], 10, 64)
 			r.results[f[1]] = append(r.results[f[1]], v)
+		case "HELD":
+			time.Sleep(50 * time.Millisecond) // let the thread reach the bottom
+			if o.held != nil {
+				o.held(pm, addrs)
+			}
+			fmt.Fprintf(stdin, "RELEASE\n")
 		case "CHILDTID":
 			v, _ := strconv.ParseUint(f[1], 10, 32)
 			r.child = append(r.child, uint32(v))

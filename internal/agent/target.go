@@ -3,6 +3,7 @@ package agent
 import (
 	"encoding/binary"
 	"fmt"
+	"math/bits"
 )
 
 // Addrs are the addresses of the agent's parts in a target where its
@@ -52,6 +53,13 @@ func (a Addrs) ShadowEntryAddr(i, j int) uint64 {
 // ShadowStackAddr returns the address of the shadow stack of thread slot i
 // (ShadowDepth entries of SizeofShadow bytes).
 func (a Addrs) ShadowStackAddr(i int) uint64 { return a.ShadowEntryAddr(i, 0) }
+
+// ThreadHash returns the thread table slot where the agent starts probing
+// for thread pointer tp (the thread's fs_base); it probes up to MaxProbes
+// consecutive slots, wrapping around.
+func ThreadHash(tp uint64) int {
+	return int((tp * 0x9e3779b97f4a7c15) >> (64 - bits.TrailingZeros(MaxThreads)))
+}
 
 // ThreadSlot is a decoded thread table slot (struct lt_thread).
 type ThreadSlot struct {

@@ -66,7 +66,7 @@ static inline u64 thread_pointer(void)
 
 static inline u32 thread_hash(u64 tp)
 {
-	return (u32)((tp * 0x9e3779b97f4a7c15ull) >> 52) & (LT_MAX_THREADS - 1);
+	return (u32)((tp * 0x9e3779b97f4a7c15ull) >> (64 - __builtin_ctz(LT_MAX_THREADS)));
 }
 
 /* lt_lookup finds the slot of thread pointer tp, or returns 0. */

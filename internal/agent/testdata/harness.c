@@ -244,6 +244,20 @@ static void *trap_thread(void *arg)
 	return 0;
 }
 
+static volatile int release_flag;
+
+static void *hold_thread(void *arg)
+{
+	(void)arg;
+	pthread_mutex_lock(&out_mu);
+	printf("HELD\n");
+	fflush(stdout);
+	pthread_mutex_unlock(&out_mu);
+	result("hold", w_hold(&release_flag, 10));
+	report_counts();
+	return 0;
+}
+
 static void *tight_thread(void *arg)
 {
 	(void)arg;
@@ -335,7 +349,14 @@ int main(int argc, char **argv)
 		run_threads(fork_thread, 1);
 	else if (!strcmp(test, "tight"))
 		run_threads(tight_thread, 1);
-	else if (!strcmp(test, "trap"))
+	else if (!strcmp(test, "detach")) {
+		pthread_t th;
+		if (pthread_create(&th, 0, hold_thread, 0))
+			die("pthread_create");
+		expect("RELEASE");
+		release_flag = 1;
+		pthread_join(th, 0);
+	} else if (!strcmp(test, "trap"))
 		run_threads(trap_thread, 1);
 	else if (!strcmp(test, "trapdfl")) {
 		printf("DONE\n");

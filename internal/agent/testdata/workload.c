@@ -78,6 +78,20 @@ NI long w_args(long a, long b, long c, long d, long e, long f, double x, double 
 	return a + 2 * b + 3 * c + 4 * d + 5 * e + 6 * f + (long)(x * 10) + (long)(y * 100);
 }
 
+/* Recurses n deep, then spins until *release is set. */
+NI long w_hold(volatile int *release, int n)
+{
+	counts[F_HOLD]++;
+	if (n == 0) {
+		while (!*release)
+			;
+		return 0;
+	}
+	long r = w_hold(release, n - 1);
+	OPAQUE(r);
+	return r + 1;
+}
+
 const struct wfunc wfuncs[] = {
 	{"w_leaf", (void *)w_leaf},
 	{"w_fib", (void *)w_fib},
@@ -88,5 +102,6 @@ const struct wfunc wfuncs[] = {
 	{"w_tailee", (void *)w_tailee},
 	{"w_empty", (void *)w_empty},
 	{"w_args", (void *)w_args},
+	{"w_hold", (void *)w_hold},
 	{0, 0},
 };

@@ -1,7 +1,7 @@
 /* workload.h: the traced functions of the agent test harness. */
 #include <setjmp.h>
 
-enum { F_LEAF, F_FIB, F_DEEP, F_JUMP, F_FORKER, F_TAILER, F_TAILEE, F_EMPTY, F_ARGS, NFUNCS };
+enum { F_LEAF, F_FIB, F_DEEP, F_JUMP, F_FORKER, F_TAILER, F_TAILEE, F_EMPTY, F_ARGS, F_HOLD, NFUNCS };
 
 extern __thread unsigned long counts[NFUNCS];
 
@@ -14,6 +14,7 @@ int w_tailer(int x);
 int w_tailee(int x);
 void w_empty(void);
 long w_args(long a, long b, long c, long d, long e, long f, double x, double y);
+long w_hold(volatile int *release, int n);
 
 struct wfunc {
 	const char *name;
