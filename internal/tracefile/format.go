@@ -112,6 +112,7 @@ func (t *trailer) put(b []byte) {
 // appendEvent encodes ev after prev (the previous event of the same block,
 // or the zero Event for the first one).
 func appendEvent(b []byte, prev, ev *Event, first bool) []byte {
+	var e [maxEventSize]byte
 	h := byte(ev.Kind) & evKindMask
 	if first || ev.TID != prev.TID {
 		h |= evHasTID
@@ -119,17 +120,18 @@ func appendEvent(b []byte, prev, ev *Event, first bool) []byte {
 	if ev.Caller != 0 {
 		h |= evHasCaller
 	}
-	b = append(b, h)
-	b = binary.AppendVarint(b, int64(ev.TSC-prev.TSC))
+	e[0] = h
+	n := 1
+	n += binary.PutVarint(e[n:], int64(ev.TSC-prev.TSC))
 	if h&evHasTID != 0 {
-		b = binary.AppendUvarint(b, uint64(ev.TID))
+		n += binary.PutUvarint(e[n:], uint64(ev.TID))
 	}
-	b = binary.AppendUvarint(b, uint64(ev.Func))
-	b = binary.AppendUvarint(b, uint64(ev.Depth))
+	n += binary.PutUvarint(e[n:], uint64(ev.Func))
+	n += binary.PutUvarint(e[n:], uint64(ev.Depth))
 	if h&evHasCaller != 0 {
-		b = binary.AppendUvarint(b, ev.Caller)
+		n += binary.PutUvarint(e[n:], ev.Caller)
 	}
-	return b
+	return append(b, e[:n]...)
 }
 
 // decodeEvents decodes exactly count events from b and appends them to evs.
