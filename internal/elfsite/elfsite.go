@@ -44,6 +44,10 @@ const (
 	maxSections   = 1 << 16   // section headers
 )
 
+// recoverPanics is turned off by the fuzz test, so that a panic in our own
+// code or in debug/elf shows up as a crash rather than as an error.
+var recoverPanics = true
+
 // Sentinel errors. Parse and Open wrap them with the file's path and a hint
 // of what to do; test with errors.Is.
 var (
@@ -197,6 +201,9 @@ func Open(path string) (*Spec, error) {
 // wrapping [ErrMalformed].
 func Parse(r io.ReaderAt, path string) (spec *Spec, err error) {
 	defer func() {
+		if !recoverPanics {
+			return
+		}
 		if p := recover(); p != nil {
 			spec, err = nil, fmt.Errorf("read %s: %w: %v", path, ErrMalformed, p)
 		}
@@ -221,13 +228,13 @@ func Parse(r io.ReaderAt, path string) (spec *Spec, err error) {
 	if len(f.Progs) > maxLoads || len(f.Sections) > maxSections {
 		return nil, fmt.Errorf("read %s: %w: too many program or section headers", path, ErrMalformed)
 	}
-	p := &parser{f: f, r: r, spec: &Spec{Path: path, Type: f.Type}}
+	p := &parser{f: f, r: r, size: readerSize(r), spec: &Spec{Path: path, Type: f.Type}}
 	for _, ph := range f.Progs {
 		if ph.Type == elf.PT_LOAD {
 			p.spec.Loads = append(p.spec.Loads, Load{Vaddr: ph.Vaddr, Offset: ph.Off, Filesz: ph.Filesz, Memsz: ph.Memsz, Flags: ph.Flags})
 		}
 	}
-	p.spec.BuildID = buildID(f)
+	p.spec.BuildID = p.buildID()
 	if err := p.symbols(); err != nil {
 		return nil, fmt.Errorf("read %s: %w", path, err)
 	}
@@ -278,20 +285,24 @@ func (s *Spec) exec(addr, n uint64) (Load, bool) {
 type parser struct {
 	f    *elf.File
 	r    io.ReaderAt
+	size int64 // of the file, or -1 when unknown
 	spec *Spec
+
+	relocSyms map[uint32][]elf.Symbol // by symbol table section index
 
 	// chunk caches file bytes for reading site bytes in address order.
 	chunk    []byte
 	chunkOff uint64
 }
 
-// sectionData returns a section's contents, refusing sizes above limit.
-func sectionData(s *elf.Section, limit uint64) ([]byte, error) {
+// sectionData returns a section's contents, refusing sizes above limit or
+// above the file's size (unless the section is compressed).
+func (p *parser) sectionData(s *elf.Section, limit uint64) ([]byte, error) {
 	if s.Type == elf.SHT_NOBITS {
 		return nil, nil
 	}
-	if s.Size > limit {
-		return nil, fmt.Errorf("%w: section %s is %d bytes, more than the %d livetrace accepts", ErrMalformed, s.Name, s.Size, limit)
+	if err := p.checkSize(s, limit); err != nil {
+		return nil, err
 	}
 	b, err := s.Data()
 	if err != nil {
@@ -300,43 +311,77 @@ func sectionData(s *elf.Section, limit uint64) ([]byte, error) {
 	return b, nil
 }
 
+// checkSize returns an error when section s claims more than limit bytes, or
+// more than the whole file holds.
+func (p *parser) checkSize(s *elf.Section, limit uint64) error {
+	if p.size >= 0 && s.Flags&elf.SHF_COMPRESSED == 0 {
+		limit = min(limit, uint64(p.size))
+	}
+	if s.Size > limit {
+		return fmt.Errorf("%w: section %s claims %d bytes, more than the %d it can hold", ErrMalformed, s.Name, s.Size, limit)
+	}
+	return nil
+}
+
+// readerSize returns the size of r when r can tell it, or -1.
+func readerSize(r io.ReaderAt) int64 {
+	switch r := r.(type) {
+	case interface{ Size() int64 }:
+		return r.Size()
+	case interface{ Stat() (os.FileInfo, error) }:
+		if fi, err := r.Stat(); err == nil && fi.Mode().IsRegular() {
+			return fi.Size()
+		}
+	}
+	return -1
+}
+
+// table is one site table section and its 8-byte entries.
+type table struct {
+	kind Table
+	lo   uint64 // link-time address of the section
+	vals []uint64
+}
+
 // sites reads every site table and fills spec.Sites.
 func (p *parser) sites() error {
-	var addrs []uint64
-	var tables []Table
+	var tables []*table
 	for _, sec := range p.f.Sections {
 		t := Table(sec.Name)
 		if t != TablePatchable && t != TableMcount {
 			continue
 		}
-		data, err := sectionData(sec, maxTableSize)
+		data, err := p.sectionData(sec, maxTableSize)
 		if err != nil {
 			return err
 		}
-		n := len(data) / 8
-		vals := make([]uint64, n)
+		vals := make([]uint64, len(data)/8)
 		for i := range vals {
 			vals[i] = binary.LittleEndian.Uint64(data[8*i:])
 		}
-		if err := p.relocate(sec, vals); err != nil {
-			return err
-		}
-		for _, v := range vals {
-			if v == 0 {
-				continue
-			}
-			addrs = append(addrs, v)
-			tables = append(tables, t)
+		if len(vals) > 0 {
+			tables = append(tables, &table{kind: t, lo: sec.Addr, vals: vals})
 		}
 	}
-	sites := make([]Site, 0, len(addrs))
-	for i, a := range addrs {
-		st, ok := p.site(a, tables[i])
-		if !ok {
-			p.spec.Skipped++
-			continue
+	if len(tables) == 0 {
+		return nil
+	}
+	if err := p.relocate(tables); err != nil {
+		return err
+	}
+	var sites []Site
+	for _, t := range tables {
+		for _, v := range t.vals {
+			if v == 0 {
+				continue // a function the linker removed
+			}
+			st, ok := p.site(v, t.kind)
+			if !ok {
+				p.spec.Skipped++
+				continue
+			}
+			sites = append(sites, st)
 		}
-		sites = append(sites, st)
 	}
 	sort.SliceStable(sites, func(i, j int) bool { return sites[i].Addr < sites[j].Addr })
 	out := sites[:0]
@@ -400,50 +445,56 @@ func (p *parser) read(addr uint64, b []byte) bool {
 	return true
 }
 
-// relocate applies the RELA relocations that target table sec to vals, its
-// 8-byte entries. A PIE or shared library may hold zeros in the file and
-// get its addresses only from R_X86_64_RELATIVE (value = addend) or
+// relocate applies the RELA relocations that target the site tables to
+// their entries. A PIE or shared library may hold zeros in the file and get
+// its addresses only from R_X86_64_RELATIVE (value = addend) or
 // R_X86_64_64 (symbol + addend). REL and RELR relocations use the value in
 // the file as the addend, which is already the link-time address we want.
-func (p *parser) relocate(sec *elf.Section, vals []uint64) error {
-	if len(vals) == 0 {
-		return nil
+// Each RELA section is read once, whatever the number of tables.
+func (p *parser) relocate(tables []*table) error {
+	sorted := append([]*table(nil), tables...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].lo < sorted[j].lo })
+	// find returns the table and entry index that the relocation at off
+	// (a virtual address in ET_EXEC/ET_DYN files) patches.
+	find := func(off uint64) (*table, uint64, bool) {
+		i := sort.Search(len(sorted), func(i int) bool { return sorted[i].lo > off }) - 1
+		if i < 0 {
+			return nil, 0, false
+		}
+		t := sorted[i]
+		k := (off - t.lo) / 8
+		if (off-t.lo)%8 != 0 || k >= uint64(len(t.vals)) {
+			return nil, 0, false
+		}
+		return t, k, true
 	}
-	// In ET_EXEC/ET_DYN files relocation offsets are virtual addresses.
-	lo, hi := sec.Addr, sec.Addr+8*uint64(len(vals))
 	for _, rs := range p.f.Sections {
 		if rs.Type != elf.SHT_RELA {
 			continue
 		}
-		data, err := sectionData(rs, maxRelaSize)
+		data, err := p.sectionData(rs, maxRelaSize)
 		if err != nil {
 			return err
 		}
-		var syms []elf.Symbol
-		symsLoaded := false
 		for i := 0; i+24 <= len(data); i += 24 {
-			off := binary.LittleEndian.Uint64(data[i:])
-			if off < lo || off >= hi || (off-lo)%8 != 0 {
+			t, k, ok := find(binary.LittleEndian.Uint64(data[i:]))
+			if !ok {
 				continue
 			}
 			info := binary.LittleEndian.Uint64(data[i+8:])
 			addend := binary.LittleEndian.Uint64(data[i+16:])
-			k := (off - lo) / 8
 			switch elf.R_X86_64(info & 0xffffffff) {
 			case elf.R_X86_64_RELATIVE:
-				vals[k] = addend
+				t.vals[k] = addend
 			case elf.R_X86_64_64:
-				if !symsLoaded {
-					syms, symsLoaded = p.relocSymbols(rs), true
-				}
-				si := info >> 32
-				switch {
+				syms := p.relocSymbols(rs.Link)
+				switch si := info >> 32; {
 				case si == 0:
-					vals[k] = addend
+					t.vals[k] = addend
 				case si-1 < uint64(len(syms)) && syms[si-1].Section != elf.SHN_UNDEF:
-					vals[k] = syms[si-1].Value + addend
+					t.vals[k] = syms[si-1].Value + addend
 				default:
-					vals[k] = 0
+					t.vals[k] = 0
 					p.spec.Skipped++
 				}
 			}
@@ -452,33 +503,38 @@ func (p *parser) relocate(sec *elf.Section, vals []uint64) error {
 	return nil
 }
 
-// relocSymbols returns the symbols of the symbol table linked from the
-// relocation section rs (without the null symbol 0), or nil.
-func (p *parser) relocSymbols(rs *elf.Section) []elf.Symbol {
-	if int(rs.Link) >= len(p.f.Sections) {
-		return nil
-	}
-	ls := p.f.Sections[rs.Link]
-	if ls.Size > maxSymtabSize {
-		return nil
+// relocSymbols returns the symbols (without the null symbol 0) of the
+// symbol table at section index link, or nil. Results are cached.
+func (p *parser) relocSymbols(link uint32) []elf.Symbol {
+	if syms, ok := p.relocSyms[link]; ok {
+		return syms
 	}
 	var syms []elf.Symbol
-	switch ls.Type {
-	case elf.SHT_DYNSYM:
-		syms, _ = p.f.DynamicSymbols()
-	case elf.SHT_SYMTAB:
-		syms, _ = p.f.Symbols()
+	if int(link) < len(p.f.Sections) {
+		ls := p.f.Sections[link]
+		if p.checkSize(ls, maxSymtabSize) == nil {
+			switch ls.Type {
+			case elf.SHT_DYNSYM:
+				syms, _ = p.f.DynamicSymbols()
+			case elf.SHT_SYMTAB:
+				syms, _ = p.f.Symbols()
+			}
+		}
 	}
+	if p.relocSyms == nil {
+		p.relocSyms = map[uint32][]elf.Symbol{}
+	}
+	p.relocSyms[link] = syms
 	return syms
 }
 
-// buildID returns the GNU build ID of f in hex, or "".
-func buildID(f *elf.File) string {
-	for _, s := range f.Sections {
+// buildID returns the GNU build ID of the file in hex, or "".
+func (p *parser) buildID() string {
+	for _, s := range p.f.Sections {
 		if s.Type != elf.SHT_NOTE {
 			continue
 		}
-		data, err := sectionData(s, maxNoteSize)
+		data, err := p.sectionData(s, maxNoteSize)
 		if err != nil {
 			continue
 		}

@@ -388,6 +388,27 @@ func TestZeroedTable(t *testing.T) {
 			if diff := cmp.Diff(want.Sites, got.Sites); diff != "" {
 				t.Errorf("sites differ after zeroing the table (-file +zeroed):\n%s", diff)
 			}
+			// The same with R_X86_64_64 against symbol 0 instead of
+			// R_X86_64_RELATIVE: the value is the addend too.
+			rela := f.Section(".rela.dyn")
+			changed := 0
+			for off := rela.Offset; off+24 <= rela.Offset+rela.Size; off += 24 {
+				r := binary.LittleEndian.Uint64(data[off:])
+				if r >= sec.Addr && r < sec.Addr+sec.Size && binary.LittleEndian.Uint64(data[off+8:]) == uint64(elf.R_X86_64_RELATIVE) {
+					binary.LittleEndian.PutUint64(data[off+8:], uint64(elf.R_X86_64_64))
+					changed++
+				}
+			}
+			if changed != len(want.Sites) {
+				t.Fatalf("%d RELATIVE relocations for the table, %d sites", changed, len(want.Sites))
+			}
+			got, err = Parse(bytes.NewReader(data), exe)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(want.Sites, got.Sites); diff != "" {
+				t.Errorf("sites differ with R_X86_64_64 relocations (-file +zeroed):\n%s", diff)
+			}
 		})
 	}
 }

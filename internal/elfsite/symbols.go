@@ -34,8 +34,8 @@ func (p *parser) symbols() error {
 	if src == nil || src.Type == elf.SHT_NOBITS {
 		return nil
 	}
-	if src.Size > maxSymtabSize {
-		return fmt.Errorf("%w: section %s is %d bytes, more than the %d livetrace accepts", ErrMalformed, src.Name, src.Size, maxSymtabSize)
+	if err := p.checkSize(src, maxSymtabSize); err != nil {
+		return err
 	}
 	var err error
 	if src.Type == elf.SHT_DYNSYM {

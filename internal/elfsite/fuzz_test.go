@@ -1,0 +1,56 @@
+package elfsite
+
+import (
+	"bytes"
+	"os"
+	"sort"
+	"testing"
+
+	"github.com/livetrace/livetrace/internal/testtarget"
+)
+
+// FuzzParse feeds Parse arbitrary bytes. Panics are not recovered here, so
+// that a crash in debug/elf or in our code fails the fuzz run. The corpus in
+// testdata/fuzz/FuzzParse holds small fixture binaries; more seeds are the
+// fixtures built at run time.
+func FuzzParse(f *testing.F) {
+	recoverPanics = false
+	f.Cleanup(func() { recoverPanics = true })
+	for _, form := range testtarget.Forms {
+		for _, path := range []string{
+			testtarget.Build(f, testtarget.Simple, form),
+			testtarget.LibPath(testtarget.Build(f, testtarget.UseLib, form)),
+		} {
+			data, err := os.ReadFile(path)
+			if err != nil {
+				f.Fatal(err)
+			}
+			f.Add(data)
+		}
+	}
+	f.Add(elf32Header())
+	f.Fuzz(func(t *testing.T, data []byte) {
+		spec, err := Parse(bytes.NewReader(data), "fuzz")
+		if err != nil {
+			return
+		}
+		if !sort.SliceIsSorted(spec.Sites, func(i, j int) bool { return spec.Sites[i].Addr < spec.Sites[j].Addr }) {
+			t.Error("sites not sorted")
+		}
+		for i, st := range spec.Sites {
+			if i > 0 && spec.Sites[i-1].Addr == st.Addr {
+				t.Errorf("duplicate site %#x", st.Addr)
+			}
+			if st.Func < -1 || st.Func >= len(spec.Funcs) {
+				t.Fatalf("site %#x: Func %d out of range", st.Addr, st.Func)
+			}
+			if st.Form != Classify(st.Bytes) {
+				t.Errorf("site %#x: form %v for % x", st.Addr, st.Form, st.Bytes)
+			}
+			spec.SiteName(st)
+			spec.FuncAt(st.Addr)
+		}
+		spec.Match("*", "[")
+		spec.CheckSites()
+	})
+}
