@@ -230,3 +230,38 @@ func TestHarnessDetach(t *testing.T) {
 		}
 	}
 }
+
+// TestHarnessSignals interrupts a traced thread every 20us with
+// a handler that calls traced functions: handler calls that land inside
+// the agent are dropped and counted, everything else is recorded exactly,
+// and the graph stays consistent.
+func TestHarnessSignals(t *testing.T) {
+	const iters = 2000
+	r := runHarness(t, runOpts{test: "signal", iters: iters, ctl: Ctl{Enabled: true, Graph: true}, chunks: 512, chunkRecords: 4096, pollEvery: time.Millisecond})
+	checkResults(t, r, "fib", iters*55)
+	checkResults(t, r, "args", iters*121)
+	h := r.result("handler")
+	if len(h) != 1 || h[0] == 0 {
+		t.Fatalf("handler ran %v times", h)
+	}
+	if r.ctrs.Lost != 0 || r.ctrs.TableFull != 0 {
+		t.Errorf("drops: %+v", r.ctrs)
+	}
+	var calls, entries uint64
+	for _, f := range r.counts {
+		for _, n := range f {
+			calls += n
+		}
+	}
+	for _, f := range r.entryCounts() {
+		for _, n := range f {
+			entries += n
+		}
+	}
+	t.Logf("%d handler runs, %d calls, %d entries, %d re-entries dropped", h[0], calls, entries, r.ctrs.Reentered)
+	if entries+r.ctrs.Reentered != calls {
+		t.Errorf("entries %d + reentered %d != calls %d", entries, r.ctrs.Reentered, calls)
+	}
+	r.checkGraph(false)
+	r.checkTimestamps()
+}

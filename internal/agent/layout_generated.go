@@ -19,7 +19,7 @@ const (
 	// ReturnOff is the offset from the agent's base of lt_return, the hijacked return address in graph mode.
 	ReturnOff = 0x30
 	// SigtrapOff is the offset from the agent's base of lt_sigtrap, the SIGTRAP backstop handler (SA_SIGINFO).
-	SigtrapOff = 0x8f0
+	SigtrapOff = 0x8e0
 	// RestorerOff is the offset from the agent's base of lt_restorer, the SA_RESTORER for lt_sigtrap.
 	RestorerOff = 0x50
 	// CtlOff is the offset from the agent's base of the control page (MADV_WIPEONFORK).

@@ -308,7 +308,6 @@ out:
  */
 u64 lt_on_exit(u64 sp)
 {
-	u64 tsc = rdtsc();
 	u64 slot = sp - 8;
 	struct lt_thread *t = lt_lookup(thread_pointer());
 	if (!t)
@@ -332,6 +331,9 @@ u64 lt_on_exit(u64 sp)
 	}
 	t->busy = sp;
 	barrier();
+	/* Read the clock only now: a handler running before busy was set
+	 * records later events, and this one must not go back in time. */
+	u64 tsc = rdtsc();
 	t->depth = d - 1;
 	if (lt_ctl.enabled)
 		lt_emit(t, tsc, meta(LT_KIND_EXIT, d - 1, e->site, 0));

@@ -244,6 +244,52 @@ static void *trap_thread(void *arg)
 	return 0;
 }
 
+static volatile long handler_calls;
+
+static void on_prof(int sig)
+{
+	(void)sig;
+	int saved = errno;
+	w_leaf();
+	handler_calls += w_tailer(1) == 3;
+	errno = saved;
+}
+
+/* signal_thread is interrupted every 20us by a handler that
+ * calls traced functions, also while it runs inside the agent. */
+static void *signal_thread(void *arg)
+{
+	(void)arg;
+	struct sigaction sa;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = on_prof;
+	sa.sa_flags = SA_RESTART;
+	if (sigaction(SIGPROF, &sa, 0))
+		die("sigaction");
+	struct sigevent sev;
+	memset(&sev, 0, sizeof sev);
+	sev.sigev_notify = SIGEV_THREAD_ID;
+	sev.sigev_signo = SIGPROF;
+	sev._sigev_un._tid = (pid_t)syscall(SYS_gettid); /* sigev_notify_thread_id */
+	timer_t tm;
+	if (timer_create(CLOCK_MONOTONIC, &sev, &tm))
+		die("timer_create");
+	struct itimerspec its = {{0, 20000}, {0, 20000}};
+	if (timer_settime(tm, 0, &its, 0))
+		die("timer_settime");
+	long fib = 0, args = 0;
+	for (long i = 0; i < iters; i++) {
+		fib += w_fib(10);
+		args += w_args(1, 2, 3, 4, 5, 6, 0.5, 0.25);
+	}
+	timer_delete(tm);
+	result("fib", fib);
+	result("args", args);
+	result("handler", handler_calls);
+	report_counts();
+	return 0;
+}
+
 static volatile int release_flag;
 
 static void *hold_thread(void *arg)
@@ -356,7 +402,9 @@ int main(int argc, char **argv)
 		expect("RELEASE");
 		release_flag = 1;
 		pthread_join(th, 0);
-	} else if (!strcmp(test, "trap"))
+	} else if (!strcmp(test, "signal"))
+		run_threads(signal_thread, 1);
+	else if (!strcmp(test, "trap"))
 		run_threads(trap_thread, 1);
 	else if (!strcmp(test, "trapdfl")) {
 		printf("DONE\n");
