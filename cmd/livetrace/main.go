@@ -46,6 +46,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	root.SetErr(stderr)
 	root.AddCommand(
 		newListCmd(stdout, stderr),
+		newRecordCmd(stdout, stderr),
 		newReplayCmd(stdout, stderr),
 		newReportCmd(stdout, stderr),
 		newInfoCmd(stdout, stderr),

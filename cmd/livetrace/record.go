@@ -1,0 +1,201 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/livetrace/livetrace/internal/session"
+	"github.com/livetrace/livetrace/internal/textpoke"
+)
+
+// recordOptions holds the flags of `livetrace record`.
+type recordOptions struct {
+	pid      int
+	funcs    []string
+	exclude  []string
+	duration time.Duration
+	output   string
+	graph    bool
+	stopMode bool
+	chunks   int
+	stdout   io.Writer
+	stderr   io.Writer
+}
+
+func newRecordCmd(stdout, stderr io.Writer) *cobra.Command {
+	o := &recordOptions{stdout: stdout, stderr: stderr}
+	cmd := &cobra.Command{
+		Use:   "record -p PID [-F GLOB]... [-N GLOB]... [-d DURATION] [-o FILE]",
+		Short: "Trace functions of a running process into a recording file",
+		Long: `Attach to the running process PID, patch the entry of every selected
+function into a call to an injected agent, and record every call until
+-d elapses, until Ctrl-C (SIGINT) or SIGTERM, or until the process exits.
+Then put back every byte of the process's text, remove the agent, detach,
+and print a summary. The process keeps running throughout.
+
+-F selects functions by shell glob (default: all), -N excludes them; both
+may be repeated. The recording goes to FILE (default livetrace.data); read
+it with livetrace replay, report, info and export.`,
+		Example: `  livetrace record -p 1234 -d 2s
+  livetrace record -p 1234 -F 'parse_*' -N parse_debug -o parse.data`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if !cmd.Flags().Changed("pid") {
+				return fmt.Errorf("record: give the process to trace with -p PID (usage: %s)", cmd.UseLine())
+			}
+			if o.pid <= 0 {
+				return fmt.Errorf("parse -p %d: a pid is a positive number", o.pid)
+			}
+			if o.duration < 0 {
+				return fmt.Errorf("parse -d %v: the duration must be positive", o.duration)
+			}
+			return o.run()
+		},
+	}
+	f := cmd.Flags()
+	f.IntVarP(&o.pid, "pid", "p", 0, "trace the running process `PID`")
+	f.StringArrayVarP(&o.funcs, "function", "F", nil, "trace functions matching `GLOB` (repeatable; default all)")
+	f.StringArrayVarP(&o.exclude, "notrace", "N", nil, "do not trace functions matching `GLOB` (repeatable)")
+	f.DurationVarP(&o.duration, "duration", "d", 0, "stop after `DURATION` (default: until Ctrl-C or exit)")
+	f.StringVarP(&o.output, "output", "o", "livetrace.data", "write the recording to `FILE`")
+	f.BoolVar(&o.graph, "graph", false, "record function exits too (function_graph)")
+	f.BoolVar(&o.stopMode, "stop", false, "patch with every thread stopped (stop mode) instead of live")
+	f.IntVar(&o.chunks, "buffer-chunks", 0, "shared buffer size in 64 KiB chunks (default 64)")
+	return cmd
+}
+
+func (o *recordOptions) run() error {
+	// Signals first: a Ctrl-C during attach or patching must not kill us
+	// with the target half patched; it ends the recording cleanly.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+
+	opts := session.Options{
+		Funcs: o.funcs, Exclude: o.exclude, Graph: o.graph,
+		Output: o.output, Chunks: o.chunks,
+	}
+	if o.stopMode {
+		opts.Mode = textpoke.ModeStop
+	}
+	s, err := session.Start(o.pid, opts)
+	if err != nil {
+		var nm *session.NoMatchError
+		if errors.As(err, &nm) {
+			return noMatchError(nm)
+		}
+		return err
+	}
+	mode, why := s.Mode()
+	ps := s.PatchStats()
+	fmt.Fprintf(o.stderr, "livetrace: tracing %d functions in PID %d\n", s.Functions(), s.Pid())
+	if mode == textpoke.ModeStop {
+		fmt.Fprintf(o.stderr, "livetrace: stop mode (%s): the process was stopped for %v\n", why, ps.Paused.Round(time.Microsecond))
+	}
+
+	var deadline <-chan time.Time
+	if o.duration > 0 {
+		t := time.NewTimer(o.duration)
+		defer t.Stop()
+		deadline = t.C
+	}
+	status := newStatusLine(o.stderr)
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	why = ""
+	var pollErr error
+loop:
+	for {
+		select {
+		case sig := <-sigs:
+			why = "received " + sig.String()
+			break loop
+		case <-deadline:
+			break loop
+		case <-s.Exited():
+			why = fmt.Sprintf("process %d exited", s.Pid())
+			break loop
+		case <-tick.C:
+			if _, err := s.Poll(); err != nil {
+				pollErr = err
+				break loop
+			}
+			status.update(s.Summary())
+		}
+	}
+	status.clear()
+	cerr := s.Close()
+	sum := s.Summary()
+	if why != "" {
+		fmt.Fprintf(o.stderr, "livetrace: %s\n", why)
+	}
+	fmt.Fprintf(o.stderr, "livetrace: %d events, %d lost, %d threads in %v; wrote %s\n",
+		sum.Events, sum.Lost, sum.Threads, sum.Duration.Round(time.Millisecond), sum.Output)
+	if sum.Corrupt > 0 {
+		fmt.Fprintf(o.stderr, "livetrace: warning: %d malformed records from the target were dropped\n", sum.Corrupt)
+	}
+	return errors.Join(pollErr, cerr)
+}
+
+// noMatchError turns a selection that matched nothing into an error that
+// shows the closest names.
+func noMatchError(nm *session.NoMatchError) error {
+	seen := map[string]bool{}
+	var names []string
+	for _, n := range nm.Names {
+		if !seen[n] {
+			seen[n] = true
+			names = append(names, n)
+		}
+	}
+	var near []string
+	for _, g := range nm.Globs {
+		near = append(near, closest(g, names, 5)...)
+	}
+	msg := fmt.Sprintf("no function matches %s", strings.Join(nm.Globs, " "))
+	if len(near) > 0 {
+		msg += "; closest names: " + strings.Join(near, ", ")
+	}
+	return errors.New(msg + " (see livetrace list -p PID)")
+}
+
+// statusLine shows a live status line when stderr is a terminal.
+type statusLine struct {
+	w     io.Writer
+	tty   bool
+	last  time.Time
+	shown bool
+}
+
+func newStatusLine(w io.Writer) *statusLine {
+	s := &statusLine{w: w}
+	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		s.tty = true
+	}
+	return s
+}
+
+func (s *statusLine) update(sum session.Summary) {
+	if !s.tty || time.Since(s.last) < 200*time.Millisecond {
+		return
+	}
+	s.last = time.Now()
+	s.shown = true
+	fmt.Fprintf(s.w, "\r\033[Klivetrace: %v  %d events  %d lost  %d threads  (Ctrl-C to stop)",
+		sum.Duration.Round(100*time.Millisecond), sum.Events, sum.Lost, sum.Threads)
+}
+
+func (s *statusLine) clear() {
+	if s.shown {
+		fmt.Fprint(s.w, "\r\033[K")
+	}
+}

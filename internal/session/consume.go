@@ -1,0 +1,119 @@
+package session
+
+import (
+	"bytes"
+
+	"github.com/livetrace/livetrace/internal/agent"
+	"github.com/livetrace/livetrace/internal/proc"
+	"github.com/livetrace/livetrace/internal/tracefile"
+)
+
+// Poll moves the events the agent has published so far into the recording.
+// Call it regularly while the target runs (every millisecond or so keeps
+// the default buffer from overflowing at tens of millions of events per
+// second). It returns the number of events moved.
+func (s *Session) Poll() (int, error) { return s.consume(false) }
+
+// consume moves published chunks (all chunks, with final) to the writer.
+func (s *Session) consume(final bool) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cons == nil || s.w == nil {
+		return 0, nil
+	}
+	var werr error
+	fn := func(tid uint32, lostBefore uint32, recs []agent.Record) {
+		if werr == nil {
+			werr = s.deliver(tid, lostBefore, recs)
+		}
+	}
+	var n int
+	var err error
+	if final {
+		n, err = s.cons.Drain(fn)
+	} else {
+		n, err = s.cons.Poll(fn)
+	}
+	if werr != nil {
+		return n, werr
+	}
+	return n, err
+}
+
+// deliver converts one chunk's records. Records come from the target's
+// memory: a site index out of range is counted as corrupt and dropped.
+func (s *Session) deliver(tid uint32, lostBefore uint32, recs []agent.Record) error {
+	if _, ok := s.threads[tid]; !ok {
+		s.threads[tid] = threadName(s.pid, int(tid))
+	}
+	s.lost[tid] += uint64(lostBefore)
+	evs := s.evbuf[:0]
+	for _, r := range recs {
+		if int(r.Site) >= len(s.sel) || (r.Kind != agent.KindEntry && r.Kind != agent.KindExit) {
+			s.corrupt++
+			continue
+		}
+		ev := tracefile.Event{TSC: r.TSC, TID: tid, Func: r.Site, Depth: uint16(r.Depth), Kind: tracefile.KindEntry}
+		if r.Kind == agent.KindExit {
+			ev.Kind = tracefile.KindExit
+		}
+		if r.CallerKnown {
+			ev.Caller = uint64(int64(s.sel[r.Site].addr) + int64(r.CallerDelta))
+		}
+		evs = append(evs, ev)
+	}
+	s.evbuf = evs
+	s.events += uint64(len(evs))
+	return s.w.WriteEvents(evs)
+}
+
+// threadExit runs on the ptrace thread when a thread of the target exits
+// (it is stopped for good). Its agent slot is retired, so a new thread that
+// reuses its thread pointer gets a slot of its own, and its partly filled
+// chunk is handed to the consumer.
+func (s *Session) threadExit(tid int) {
+	if s.inj == nil || s.cons == nil {
+		return
+	}
+	a := s.inj.addrs
+	buf := make([]byte, agent.MaxThreads*agent.SizeofThread)
+	if err := s.p.ReadMem(a.ThreadSlotAddr(0), buf); err != nil {
+		return
+	}
+	for i := 0; i < agent.MaxThreads; i++ {
+		slot, err := agent.DecodeThreadSlot(buf[i*agent.SizeofThread:])
+		if err != nil || !slot.InUse() || slot.Tid != uint32(tid) {
+			continue
+		}
+		_ = s.p.WriteMem(a.ThreadSlotAddr(i)+agent.ThreadKeyOff, agent.RetiredKey())
+		if slot.Chunk != 0 {
+			s.mu.Lock()
+			var werr error
+			_, _ = s.cons.RetireChunk(slot.Chunk, func(tid uint32, lostBefore uint32, recs []agent.Record) {
+				if werr == nil {
+					werr = s.deliver(tid, lostBefore, recs)
+				}
+			})
+			s.mu.Unlock()
+		}
+	}
+}
+
+// forked runs on the ptrace thread when the target forks: the child gets
+// the original text back, so it never runs into our stubs or INT3s. (Its
+// copy of the agent stays mapped: frames hijacked in graph mode still
+// return through it, and its control page reads 0, so it records nothing.)
+func (s *Session) forked(child int, mem *proc.Mem) {
+	if s.eng == nil {
+		return
+	}
+	for _, x := range s.sel {
+		cur := make([]byte, 5)
+		if mem.Read(x.addr, cur) != nil {
+			continue
+		}
+		if !bytes.Equal(cur, x.orig) {
+			_ = mem.Write(x.addr, x.orig)
+		}
+	}
+}

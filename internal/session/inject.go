@@ -1,0 +1,354 @@
+package session
+
+import (
+	"fmt"
+	"os"
+	"sort"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/livetrace/livetrace/internal/agent"
+	"github.com/livetrace/livetrace/internal/proc"
+)
+
+// injection is everything the session put into the target: the agent's
+// region (code, control page, private region, shared memfd) and one stub
+// region per traced module.
+type injection struct {
+	addrs   agent.Addrs
+	size    uint64 // of the whole agent region
+	shared  []byte // the tracer's own mapping of the memfd
+	regions []remoteRegion
+	stubs   []remoteRegion // code the target may execute: stubs
+	keep    bool           // a thread may still be inside the agent: leave it mapped
+}
+
+type remoteRegion struct {
+	addr, size uint64
+	what       string
+}
+
+const (
+	mapFixedNoreplace = 0x100000 // MAP_FIXED_NOREPLACE, Linux 4.17
+	madvWipeOnFork    = 18       // MADV_WIPEONFORK, Linux 4.14
+	mfdCloexec        = 1
+	reach             = 1<<31 - 1<<20 // rel32 reach, less a safety margin
+	pageSize          = 4096
+)
+
+// inject maps the agent into the target, next to the traced code, and one
+// stub region next to each traced module; it formats the shared memory and
+// enables recording. Nothing in the target points at any of it until the
+// sites are patched.
+func (s *Session) inject() (err error) {
+	inj := &injection{}
+	s.inj = inj
+	r, err := s.p.HoldRemote()
+	if err != nil {
+		return fmt.Errorf("inject agent: %w", err)
+	}
+	defer func() {
+		if rerr := r.Release(); err == nil && rerr != nil {
+			err = rerr
+		}
+	}()
+	maps, err := proc.ReadMaps(s.p.Pid())
+	if err != nil {
+		return err
+	}
+	cfg := agent.Config{Chunks: s.opts.Chunks, ChunkRecords: s.opts.ChunkRecords}
+	// The site table is filled in below, once the stubs have addresses;
+	// its size is known now.
+	cfg.Sites = make([]agent.Site, len(s.sel))
+	for i := range cfg.Sites {
+		cfg.Sites[i].Addr = uint64(i + 1)
+	}
+	sharedSize := agent.SharedSize(cfg)
+	if sharedSize == 0 {
+		return fmt.Errorf("inject agent: %w", agent.InitShared(nil, cfg))
+	}
+	inj.size = agent.RegionSize(sharedSize)
+
+	// Group the selected sites by module.
+	byMod := map[int][]int{}
+	for i, x := range s.sel {
+		byMod[x.mod] = append(byMod[x.mod], i)
+	}
+	mods := make([]int, 0, len(byMod))
+	for m := range byMod {
+		mods = append(mods, m)
+	}
+	sort.Slice(mods, func(i, j int) bool { return len(byMod[mods[i]]) > len(byMod[mods[j]]) })
+
+	// The agent goes next to the module with the most traced sites.
+	first := byMod[mods[0]]
+	base, ok := findGap(maps, inj.size, s.sel[first[0]].addr, s.sel[first[len(first)-1]].addr+5)
+	if !ok {
+		return fmt.Errorf("inject agent: no free address range of %d MiB within reach of %s", inj.size>>20, s.mods[mods[0]].Path)
+	}
+	inj.addrs = agent.AddrsAt(base)
+	a := inj.addrs
+	mmap := func(addr, size uint64, prot, flags int, fd int64, what string) error {
+		ret, err := r.SyscallOK("mmap "+what, proc.SysMmap, addr, size, uint64(prot), uint64(flags|mapFixedNoreplace), uint64(fd), 0)
+		if err != nil {
+			return fmt.Errorf("inject agent: %w", err)
+		}
+		if ret != addr {
+			// A kernel without MAP_FIXED_NOREPLACE treats it as a hint.
+			_, _ = r.Syscall(proc.SysMunmap, ret, size)
+			return fmt.Errorf("inject agent: mmap %s at %#x returned %#x", what, addr, ret)
+		}
+		inj.regions = append(inj.regions, remoteRegion{addr, size, what})
+		return nil
+	}
+	anon := unix.MAP_PRIVATE | unix.MAP_ANONYMOUS
+	if err := mmap(a.Base, agent.CodeSize, unix.PROT_READ|unix.PROT_WRITE, anon, -1, "agent code"); err != nil {
+		return err
+	}
+	if err := mmap(a.Ctl, agent.CtlSize, unix.PROT_READ|unix.PROT_WRITE, anon, -1, "agent control page"); err != nil {
+		return err
+	}
+	// A forked child must see the control page as zeros: enabled = 0,
+	// so it never records into the parent's buffers (DESIGN.md §4).
+	if _, err := r.SyscallOK("madvise", proc.SysMadvise, a.Ctl, agent.CtlSize, madvWipeOnFork); err != nil {
+		return fmt.Errorf("inject agent: %w", err)
+	}
+	if err := mmap(a.Priv, agent.PrivSize, unix.PROT_READ|unix.PROT_WRITE, anon|unix.MAP_NORESERVE, -1, "agent private region"); err != nil {
+		return err
+	}
+
+	// The shared memory: a memfd made inside the target, mapped by both.
+	name := append([]byte("livetrace"), 0)
+	if err := s.p.WriteMem(a.Ctl, name); err != nil {
+		return err
+	}
+	fd, err := r.SyscallOK("memfd_create", proc.SysMemfdCreate, a.Ctl, mfdCloexec)
+	if err != nil {
+		return fmt.Errorf("inject agent: %w", err)
+	}
+	if err := s.p.WriteMem(a.Ctl, make([]byte, len(name))); err != nil {
+		return err
+	}
+	closeFd := func() {
+		_, _ = r.Syscall(proc.SysClose, fd)
+	}
+	if _, err := r.SyscallOK("ftruncate", proc.SysFtruncate, fd, uint64(sharedSize)); err != nil {
+		closeFd()
+		return fmt.Errorf("inject agent: %w", err)
+	}
+	if err := mmap(a.Shared, uint64(sharedSize), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED, int64(fd), "shared memory"); err != nil {
+		closeFd()
+		return err
+	}
+	f, err := os.OpenFile(fmt.Sprintf("/proc/%d/fd/%d", s.p.Pid(), fd), os.O_RDWR, 0)
+	if err != nil {
+		closeFd()
+		return fmt.Errorf("inject agent: open the shared memory: %w", err)
+	}
+	inj.shared, err = unix.Mmap(int(f.Fd()), 0, sharedSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	f.Close()
+	// The target's fd is not needed once the memory is mapped.
+	closeFd()
+	if err != nil {
+		return fmt.Errorf("inject agent: map the shared memory: %w", err)
+	}
+
+	// Stubs: one 16-byte slot per site, next to its module, jumping to
+	// lt_entry directly or through a springboard at the region's start.
+	for _, m := range mods {
+		idx := byMod[m]
+		size := roundUp(uint64(agent.StubSize*(len(idx)+1)), pageSize)
+		lo, hi := s.sel[idx[0]].addr, s.sel[idx[len(idx)-1]].addr+5
+		var sbase uint64
+		maps, err = proc.ReadMaps(s.p.Pid())
+		if err != nil {
+			return err
+		}
+		sbase, ok = findGap(maps, size, lo, hi)
+		if !ok {
+			return fmt.Errorf("inject agent: no free address range within reach of %s for its stubs", s.mods[m].Path)
+		}
+		if err := mmap(sbase, size, unix.PROT_READ|unix.PROT_WRITE, anon, -1, "stubs"); err != nil {
+			return err
+		}
+		code := make([]byte, size)
+		spring := agent.Springboard(a.Entry)
+		copy(code, spring[:])
+		for k, i := range idx {
+			at := sbase + uint64(agent.StubSize*(k+1))
+			stub, err := agent.StubCode(uint32(i), at, a.Entry)
+			if err != nil {
+				stub, err = agent.StubCode(uint32(i), at, sbase)
+			}
+			if err != nil {
+				return fmt.Errorf("inject agent: %w", err)
+			}
+			copy(code[agent.StubSize*(k+1):], stub[:])
+			s.sel[i].stub = at
+		}
+		if err := s.p.WriteMem(sbase, code); err != nil {
+			return err
+		}
+		if _, err := r.SyscallOK("mprotect stubs", proc.SysMprotect, sbase, size, unix.PROT_READ|unix.PROT_EXEC); err != nil {
+			return fmt.Errorf("inject agent: %w", err)
+		}
+		inj.stubs = append(inj.stubs, remoteRegion{sbase, size, "stubs"})
+	}
+
+	for i, x := range s.sel {
+		cfg.Sites[i] = agent.Site{Addr: x.addr, Target: x.stub}
+	}
+	if err := agent.InitShared(inj.shared, cfg); err != nil {
+		return fmt.Errorf("inject agent: %w", err)
+	}
+	cons, err := agent.NewConsumer(inj.shared)
+	if err != nil {
+		return fmt.Errorf("inject agent: %w", err)
+	}
+	s.cons = cons
+
+	// The code, W^X: written while RW, then R+X.
+	if err := s.p.WriteMem(a.Base, agent.Blob); err != nil {
+		return err
+	}
+	if _, err := r.SyscallOK("mprotect agent", proc.SysMprotect, a.Base, agent.CodeSize, unix.PROT_READ|unix.PROT_EXEC); err != nil {
+		return fmt.Errorf("inject agent: %w", err)
+	}
+	return s.inj.setCtl(s.p, agent.Ctl{Enabled: true, Graph: s.opts.Graph})
+}
+
+func (inj *injection) setCtl(p *proc.Process, c agent.Ctl) error {
+	return p.WriteMem(inj.addrs.Ctl, c.Encode())
+}
+
+// setEnabled flips the agent's global enable flag.
+func (inj *injection) setEnabled(p *proc.Process, on bool) error {
+	var b [4]byte
+	if on {
+		b[0] = 1
+	}
+	return p.WriteMem(inj.addrs.Enabled, b[:])
+}
+
+// contains reports whether pc is in the agent's code or in a stub region,
+// and returns that range.
+func (inj *injection) contains(pc uint64) (lo, hi uint64, ok bool) {
+	if pc >= inj.addrs.Base && pc < inj.addrs.Base+agent.CodeSize {
+		return inj.addrs.Base, inj.addrs.Base + agent.CodeSize, true
+	}
+	for _, r := range inj.stubs {
+		if pc >= r.addr && pc < r.addr+r.size {
+			return r.addr, r.addr + r.size, true
+		}
+	}
+	return 0, 0, false
+}
+
+// busy reports whether some thread slot says its thread is inside the
+// agent (interrupted there by a signal handler, since every thread's own
+// program counter is outside by now).
+func (inj *injection) busy(p *proc.Process) bool {
+	buf := make([]byte, agent.MaxThreads*agent.SizeofThread)
+	if err := p.ReadMem(inj.addrs.ThreadSlotAddr(0), buf); err != nil {
+		return false
+	}
+	for i := 0; i < agent.MaxThreads; i++ {
+		slot, err := agent.DecodeThreadSlot(buf[i*agent.SizeofThread:])
+		if err == nil && slot.InUse() && slot.Busy != 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// remove unmaps everything inject mapped (unless a thread may still be
+// inside the agent: then the code and control page stay, and are
+// reported).
+func (inj *injection) remove(p *proc.Process) error {
+	r, err := p.HoldRemote()
+	if err != nil {
+		return fmt.Errorf("remove agent: %w", err)
+	}
+	defer r.Release()
+	var firstErr error
+	for i := len(inj.regions) - 1; i >= 0; i-- {
+		rg := inj.regions[i]
+		if inj.keep && (rg.what == "agent code" || rg.what == "agent control page" || rg.what == "agent private region" || rg.what == "stubs") {
+			continue
+		}
+		if _, err := r.SyscallOK("munmap "+rg.what, proc.SysMunmap, rg.addr, rg.size); err != nil && firstErr == nil {
+			firstErr = fmt.Errorf("remove agent: %w", err)
+		}
+	}
+	if inj.keep && firstErr == nil {
+		firstErr = fmt.Errorf("remove agent: a thread was interrupted inside the agent by a signal handler; its code stays mapped at %#x", inj.addrs.Base)
+	}
+	return firstErr
+}
+
+// unmapLocal drops the tracer's mapping of the shared memory.
+func (inj *injection) unmapLocal() {
+	if inj.shared != nil {
+		_ = unix.Munmap(inj.shared)
+		inj.shared = nil
+	}
+}
+
+func roundUp(x, a uint64) uint64 { return (x + a - 1) / a * a }
+
+// withinReach reports whether every byte of [rlo, rhi) is within rel32
+// reach of every site in [lo, hi).
+func withinReach(rlo, rhi, lo, hi uint64) bool {
+	return rhi <= lo+reach && rlo+reach >= hi
+}
+
+// findGap finds a page-aligned free range of size bytes, as close as
+// possible to [lo, hi), and within rel32 reach of all of it. maps are the
+// target's mappings; the range keeps a page of distance from them.
+func findGap(maps []proc.Mapping, size, lo, hi uint64) (uint64, bool) {
+	const minAddr = 1 << 16
+	const maxAddr = 0x7ffffffff000
+	type gap struct{ start, end uint64 }
+	var gaps []gap
+	prev := uint64(minAddr)
+	for _, m := range maps {
+		if m.Start > prev {
+			gaps = append(gaps, gap{prev, m.Start})
+		}
+		if m.End > prev {
+			prev = m.End
+		}
+	}
+	if prev < maxAddr {
+		gaps = append(gaps, gap{prev, maxAddr})
+	}
+	best, bestDist := uint64(0), uint64(1<<63)
+	for _, g := range gaps {
+		start := roundUp(g.start+pageSize, pageSize)
+		if g.end < pageSize || start+size > g.end-pageSize {
+			continue
+		}
+		last := (g.end - pageSize - size) &^ (pageSize - 1)
+		// The candidate closest to [lo, hi) in this gap.
+		cand := start
+		if start < lo {
+			cand = min(last, (lo-size)&^(pageSize-1))
+			if cand < start {
+				cand = start
+			}
+		}
+		if !withinReach(cand, cand+size, lo, hi) {
+			continue
+		}
+		var dist uint64
+		if cand >= hi {
+			dist = cand - hi
+		} else {
+			dist = lo - min(lo, cand+size)
+		}
+		if dist < bestDist {
+			best, bestDist = cand, dist
+		}
+	}
+	return best, best != 0
+}

@@ -1,0 +1,504 @@
+// Package session is the lifecycle of one live recording (DESIGN.md §5):
+//
+//	attach → discover sites → inject agent → patch (batch) → consume →
+//	unpatch → remove agent → detach
+//
+// A Session owns every resource it creates in the target and in the tracer
+// (ptrace attachment, remote mappings, the shared memory, the recording
+// file) and undoes all of it in Close, on every path out: normal end,
+// Ctrl-C, target exit, target exec, or an error midway through Start.
+package session
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/livetrace/livetrace/internal/agent"
+	"github.com/livetrace/livetrace/internal/elfsite"
+	"github.com/livetrace/livetrace/internal/proc"
+	"github.com/livetrace/livetrace/internal/textpoke"
+	"github.com/livetrace/livetrace/internal/tracefile"
+	"github.com/livetrace/livetrace/internal/tsc"
+)
+
+// Options configure a recording.
+type Options struct {
+	// Funcs are shell globs selecting the functions to trace (all when
+	// empty); Exclude removes functions from the selection.
+	Funcs, Exclude []string
+	// Graph records exits too (return-address hijack).
+	Graph bool
+	// Mode is the patching protocol; ModeAuto picks one.
+	Mode textpoke.Mode
+	// Chunks and ChunkRecords size the shared event buffer (0: defaults).
+	Chunks, ChunkRecords int
+	// Output is the recording file to write.
+	Output string
+	// Filters are stored in the recording for the readers.
+	Filters tracefile.RecordFilters
+}
+
+// ErrNoMatch means no patchable function matches the selection.
+var ErrNoMatch = errors.New("no function matches")
+
+// NoMatchError says which globs matched nothing and lists names that exist.
+type NoMatchError struct {
+	Globs []string
+	Names []string // every patchable function name, for suggestions
+}
+
+func (e *NoMatchError) Error() string {
+	return fmt.Sprintf("no patchable function matches %s", strings.Join(e.Globs, " "))
+}
+
+func (e *NoMatchError) Unwrap() error { return ErrNoMatch }
+
+// selected is one traced site.
+type selected struct {
+	mod  int // index in s.mods
+	site elfsite.Site
+	name string
+	addr uint64 // runtime site address
+	stub uint64
+	orig []byte
+}
+
+// Session is one live recording. Its methods are safe for concurrent use.
+type Session struct {
+	pid  int
+	opts Options
+	p    *proc.Process
+	eng  *textpoke.Engine
+	mods []*elfsite.Module
+	sel  []selected // sorted by addr; index = site index in records
+
+	inj *injection
+
+	mu       sync.Mutex // guards the consumer, the writer and the counters
+	cons     *agent.Consumer
+	w        *tracefile.Writer
+	meta     tracefile.Meta
+	events   uint64
+	corrupt  uint64
+	lost     map[uint32]uint64
+	threads  map[uint32]string // tid -> name, as first seen
+	evbuf    []tracefile.Event
+	clock0   tsc.Pair
+	started  time.Time
+	patched  bool
+	stats    textpoke.Stats
+	counters agent.Counters // the agent's counters, kept once its memory is gone
+	closed   bool
+	closeErr error
+}
+
+// Start attaches to process pid, selects the functions to trace, injects
+// the agent, patches the sites and starts recording. On error, everything
+// done so far is undone.
+func Start(pid int, opts Options) (s *Session, err error) {
+	s = &Session{pid: pid, opts: opts, lost: map[uint32]uint64{}, threads: map[uint32]string{}}
+	mods, err := elfsite.LiveModules(pid)
+	if err != nil {
+		return nil, err
+	}
+	s.mods = mods
+	if err := s.selectSites(); err != nil {
+		return nil, err
+	}
+	s.p, err = proc.Attach(pid)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			s.abort()
+			s = nil
+		}
+	}()
+	if err := s.checkSites(); err != nil {
+		return nil, err
+	}
+	s.meta.Cmdline = readCmdline(pid)
+	s.meta.Exe, _ = os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	s.eng, err = textpoke.New(s.p, textpoke.Options{Mode: opts.Mode})
+	if err != nil {
+		return nil, err
+	}
+	if err := s.openOutput(); err != nil {
+		return nil, err
+	}
+	if err := s.inject(); err != nil {
+		return nil, err
+	}
+	s.p.SetThreadExitHandler(s.threadExit)
+	s.p.SetForkHandler(s.forked)
+	if err := s.patch(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// selectSites picks the patchable sites whose function matches the globs.
+func (s *Session) selectSites() error {
+	include := s.opts.Funcs
+	if len(include) == 0 {
+		include = []string{"*"}
+	}
+	for _, g := range append(append([]string(nil), include...), s.opts.Exclude...) {
+		if _, err := path.Match(g, ""); err != nil {
+			return fmt.Errorf("bad pattern %q: %w", g, err)
+		}
+	}
+	var all []string
+	for mi, m := range s.mods {
+		for _, st := range m.Spec.Sites {
+			if !st.Form.Patchable() {
+				continue
+			}
+			name := m.Spec.SiteName(st)
+			all = append(all, name)
+			if !m.Spec.MatchSite(st, include...) || len(s.opts.Exclude) > 0 && m.Spec.MatchSite(st, s.opts.Exclude...) {
+				continue
+			}
+			s.sel = append(s.sel, selected{
+				mod: mi, site: st, name: name,
+				addr: m.Runtime(st.Addr),
+				orig: append([]byte(nil), st.Bytes[:]...),
+			})
+		}
+	}
+	if len(all) == 0 {
+		return fmt.Errorf("no patchable sites in process %d (%s): build it with clang -fpatchable-function-entry=5 (see docs/BUILDING.md)", s.pid, s.mods[0].Path)
+	}
+	if len(s.sel) == 0 {
+		return &NoMatchError{Globs: include, Names: all}
+	}
+	if len(s.sel) > agent.MaxSites {
+		return fmt.Errorf("%d functions selected, at most %d per session: narrow the selection with -F", len(s.sel), agent.MaxSites)
+	}
+	sort.Slice(s.sel, func(i, j int) bool { return s.sel[i].addr < s.sel[j].addr })
+	return nil
+}
+
+// checkSites reads every selected site from the live text: the file's bytes
+// must be there (a site that already holds a CALL or an INT3 belongs to
+// another tool, or to a livetrace that died).
+func (s *Session) checkSites() error {
+	addrs := make([]uint64, len(s.sel))
+	for i, x := range s.sel {
+		addrs[i] = x.addr
+	}
+	live, err := elfsite.ReadSiteBytes(s.p.Pid(), addrs)
+	if err != nil {
+		return err
+	}
+	var bad []string
+	for i, b := range live {
+		if string(b[:]) != string(s.sel[i].orig) {
+			bad = append(bad, fmt.Sprintf("%s at %#x holds % x, the file has % x", s.sel[i].name, s.sel[i].addr, b[:], s.sel[i].orig))
+		}
+	}
+	if len(bad) > 0 {
+		more := ""
+		if len(bad) > 3 {
+			more = fmt.Sprintf(" (and %d more)", len(bad)-3)
+			bad = bad[:3]
+		}
+		return fmt.Errorf("refusing to patch: %s%s; is another tracer (or a crashed livetrace) patching this process?", strings.Join(bad, "; "), more)
+	}
+	return nil
+}
+
+// patch converts sleds (stop mode) and turns every selected NOP into a CALL
+// to its stub, in one batch.
+func (s *Session) patch() error {
+	var sleds []uint64
+	for _, x := range s.sel {
+		if x.site.Form == elfsite.FormSled {
+			sleds = append(sleds, x.addr)
+		}
+	}
+	if len(sleds) > 0 {
+		st, err := s.eng.ConvertSleds(sleds)
+		if err != nil {
+			return err
+		}
+		s.addStats(st)
+	}
+	ps := make([]textpoke.Patch, len(s.sel))
+	for i, x := range s.sel {
+		old := x.orig
+		if x.site.Form == elfsite.FormSled {
+			old = textpoke.NOP5
+		}
+		call, err := textpoke.Call(x.addr, x.stub)
+		if err != nil {
+			return err
+		}
+		ps[i] = textpoke.Patch{Addr: x.addr, Old: old, New: call}
+	}
+	s.clock0 = tsc.Sample()
+	s.started = time.Now()
+	st, err := s.eng.Apply(ps)
+	s.addStats(st)
+	if err != nil {
+		return err
+	}
+	s.patched = true
+	return nil
+}
+
+func (s *Session) addStats(st textpoke.Stats) {
+	s.stats.Sites += st.Sites
+	s.stats.Syncs += st.Syncs
+	s.stats.Writes += st.Writes
+	s.stats.Traps += st.Traps
+	s.stats.Duration += st.Duration
+	s.stats.Paused += st.Paused
+	s.stats.Mode = st.Mode
+}
+
+// Functions returns how many functions are traced.
+func (s *Session) Functions() int { return len(s.sel) }
+
+// Pid returns the target's process ID.
+func (s *Session) Pid() int { return s.p.Pid() }
+
+// Mode returns the patching protocol in use and why, for stop mode.
+func (s *Session) Mode() (textpoke.Mode, string) { return s.eng.Mode(), s.eng.Reason() }
+
+// PatchStats returns the statistics of the patch batches so far.
+func (s *Session) PatchStats() textpoke.Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stats
+}
+
+// Exited is closed when the target exits or calls exec.
+func (s *Session) Exited() <-chan struct{} { return s.p.Exited() }
+
+// Summary is what a recording holds so far.
+type Summary struct {
+	Events, Lost, Corrupt uint64
+	Threads               int
+	Duration              time.Duration
+	Output                string
+}
+
+// Summary returns the counts so far.
+func (s *Session) Summary() Summary {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var lost uint64
+	for _, n := range s.lost {
+		lost += n
+	}
+	c := s.counters
+	if s.cons != nil {
+		c = s.cons.Counters()
+	}
+	lost = max(lost, c.Lost+c.TableFull+c.Reentered)
+	d := time.Since(s.started)
+	if !s.meta.End.IsZero() {
+		d = s.meta.End.Sub(s.meta.Start)
+	}
+	return Summary{Events: s.events, Lost: lost, Corrupt: s.corrupt, Threads: len(s.threads), Duration: d, Output: s.opts.Output}
+}
+
+func (s *Session) openOutput() error {
+	if s.opts.Output == "" {
+		s.opts.Output = "livetrace.data"
+	}
+	w, err := tracefile.Create(s.opts.Output)
+	if err != nil {
+		return fmt.Errorf("create recording: %w", err)
+	}
+	s.w = w
+	return nil
+}
+
+// abort undoes a Start that failed midway.
+func (s *Session) abort() {
+	_ = s.Close()
+	if s.w == nil && s.opts.Output != "" {
+		return
+	}
+}
+
+// Close stops tracing and undoes everything: it disables the agent, puts
+// back every original byte, drains the remaining events, removes the agent
+// from the target, detaches, and finishes the recording file. It is
+// idempotent.
+func (s *Session) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return s.closeErr
+	}
+	s.closed = true
+	s.mu.Unlock()
+
+	var errs []error
+	note := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	gone := func() bool {
+		select {
+		case <-s.p.Exited():
+			return true
+		default:
+			return false
+		}
+	}
+	clock1 := tsc.Sample()
+	if s.p != nil && !gone() {
+		if s.inj != nil {
+			note(s.inj.setEnabled(s.p, false))
+		}
+		if s.eng != nil {
+			st, err := s.eng.RestoreAll()
+			s.addStats(st)
+			note(err)
+		}
+		if s.inj != nil && !gone() {
+			note(s.quiesce())
+		}
+	}
+	s.consume(true)
+	if s.p != nil && s.inj != nil && !gone() {
+		note(s.inj.remove(s.p))
+	}
+	if s.p != nil {
+		if err := s.p.Detach(); err != nil && !errors.Is(err, proc.ErrExited) && !gone() {
+			note(err)
+		}
+	}
+	s.mu.Lock()
+	if s.cons != nil {
+		s.counters = s.cons.Counters()
+		s.cons = nil // its memory goes away now
+	}
+	s.mu.Unlock()
+	if s.inj != nil {
+		s.inj.unmapLocal()
+	}
+	if s.w != nil {
+		note(s.finish(clock1))
+	}
+	s.closeErr = errors.Join(errs...)
+	return s.closeErr
+}
+
+// quiesce stops every thread and makes sure none of them is inside the
+// agent or a stub, so that the agent can be unmapped. A thread whose
+// program counter is inside is single-stepped out (the trampolines are
+// straight-line code). A thread interrupted inside the agent by a signal
+// handler shows as busy in its thread slot; then the agent is left mapped.
+func (s *Session) quiesce() error {
+	if err := s.p.StopAll(); err != nil {
+		return err
+	}
+	defer s.p.ResumeAll()
+	ips, err := s.p.StoppedIPs()
+	if err != nil {
+		return err
+	}
+	for tid, ip := range ips {
+		if lo, hi, in := s.inj.contains(ip); in {
+			if err := s.p.SingleStepOut(tid, lo, hi, 10000); err != nil {
+				return err
+			}
+		}
+	}
+	if s.inj.busy(s.p) {
+		s.inj.keep = true
+	}
+	return nil
+}
+
+// finish writes the metadata and closes the recording.
+func (s *Session) finish(clock1 tsc.Pair) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m := &s.meta
+	m.Mode = tracefile.ModeEntry
+	if s.opts.Graph {
+		m.Mode = tracefile.ModeGraph
+	}
+	m.PID = s.pid
+	if s.p != nil {
+		m.Comm = s.p.Comm()
+	}
+	m.Host, _ = os.Hostname()
+	m.Start = s.started
+	if m.Start.IsZero() {
+		m.Start = time.Now()
+	}
+	m.End = time.Now()
+	m.Clock = tracefile.Clock{TSC0: s.clock0.TSC, Mono0: s.clock0.Mono, TSC1: clock1.TSC, Mono1: clock1.Mono, TSCHz: tsc.Hz(s.clock0, clock1)}
+	for _, mod := range s.mods {
+		tm := tracefile.Module{Path: strings.TrimSuffix(mod.Path, " (deleted)"), Bias: mod.Bias, BuildID: mod.Spec.BuildID}
+		if len(mod.Mappings) > 0 {
+			tm.Base = mod.Mappings[0].Start
+			tm.Limit = mod.Mappings[len(mod.Mappings)-1].End
+		}
+		m.Modules = append(m.Modules, tm)
+		for _, f := range mod.Spec.Funcs {
+			m.Symbols = append(m.Symbols, tracefile.Symbol{Name: f.Name, Module: len(m.Modules) - 1, Addr: mod.Runtime(f.Addr), Size: f.Size})
+		}
+	}
+	for _, x := range s.sel {
+		f := tracefile.Func{Name: x.name, Module: x.mod, Site: x.addr}
+		mod := s.mods[x.mod]
+		if x.site.Func >= 0 && x.site.Func < len(mod.Spec.Funcs) {
+			fn := mod.Spec.Funcs[x.site.Func]
+			f.Addr, f.Size = mod.Runtime(fn.Addr), fn.Size
+		} else {
+			f.Addr = x.addr
+		}
+		m.Funcs = append(m.Funcs, f)
+	}
+	var tids []uint32
+	for tid := range s.threads {
+		tids = append(tids, tid)
+	}
+	sort.Slice(tids, func(i, j int) bool { return tids[i] < tids[j] })
+	for _, tid := range tids {
+		m.Threads = append(m.Threads, tracefile.Thread{TID: tid, Name: s.threads[tid], Lost: s.lost[tid]})
+		m.Lost += s.lost[tid]
+	}
+	c := s.counters
+	m.Lost = max(m.Lost, c.Lost) + c.TableFull + c.Reentered
+	m.ShadowOverflow = c.Overflow
+	m.Filters = s.opts.Filters
+	if len(m.Filters.Patterns) == 0 {
+		m.Filters.Patterns = s.opts.Funcs
+	}
+	err := s.w.Close(*m)
+	s.w = nil
+	return err
+}
+
+func readCmdline(pid int) []string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil || len(b) == 0 {
+		return nil
+	}
+	return strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00")
+}
+
+func threadName(pid, tid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/comm", pid, tid))
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
