@@ -42,8 +42,10 @@ func (m *Module) Name() string {
 
 // LiveModules returns every file-backed ELF module of process pid that has
 // an executable mapping, in address order. Modules without sites are
-// included (their Spec.Sites is empty); the vDSO and mapped files that are
-// not ELF are skipped. Errors from [proc.ReadMaps] (no such process,
+// included (their Spec.Sites is empty); the vDSO is skipped, and so are
+// mapped files that are not ELF, malformed, not x86-64, or do not match
+// their mappings, unless no module
+// is left, in which case the first such error is returned. Errors from [proc.ReadMaps] (no such process,
 // permission, kernel thread) are returned as they are.
 //
 // Each file is opened through /proc/PID/map_files/START-END, which reaches
@@ -56,12 +58,18 @@ func LiveModules(pid int) ([]*Module, error) {
 		return nil, err
 	}
 	var mods []*Module
+	var badFile error
 	for _, g := range groupMappings(maps) {
 		if !hasExec(g) {
 			continue
 		}
 		spec, err := openMapped(pid, g)
-		if errors.Is(err, ErrNotELF) {
+		if errors.Is(err, ErrNotELF) || errors.Is(err, ErrMalformed) || errors.Is(err, ErrUnsupported) {
+			// One odd file the process mapped must not keep us from
+			// tracing the rest of it.
+			if badFile == nil {
+				badFile = err
+			}
 			continue
 		}
 		if err != nil {
@@ -69,9 +77,16 @@ func LiveModules(pid int) ([]*Module, error) {
 		}
 		bias, err := computeBias(spec, g)
 		if err != nil {
-			return nil, fmt.Errorf("map module %s of pid %d: %w", g[0].Path, pid, err)
+			if badFile == nil {
+				badFile = fmt.Errorf("map module %s of pid %d: %w", g[0].Path, pid, err)
+			}
+			continue
 		}
 		mods = append(mods, &Module{Path: g[0].Path, Bias: bias, Spec: spec, Mappings: g})
+	}
+	if len(mods) == 0 && badFile != nil {
+		// Nothing usable at all, as in a 32-bit process: say why.
+		return nil, badFile
 	}
 	return mods, nil
 }

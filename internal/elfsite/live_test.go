@@ -1,6 +1,7 @@
 package elfsite
 
 import (
+	"debug/elf"
 	"errors"
 	"os"
 	"path/filepath"
@@ -97,7 +98,7 @@ func checkModule(t *testing.T, pid int, m *Module, path string) {
 	if len(m.Spec.Sites) == 0 || len(m.Spec.Sites) != len(file.Sites) {
 		t.Fatalf("%s: %d live sites, %d in the file", path, len(m.Spec.Sites), len(file.Sites))
 	}
-	if m.Spec.Type != file.Type || (file.Type == elfTypeExec && m.Bias != 0) || m.Bias%4096 != 0 {
+	if m.Spec.Type != file.Type || (file.Type == elf.ET_EXEC && m.Bias != 0) || m.Bias%4096 != 0 {
 		t.Errorf("%s: type %v bias %#x", path, m.Spec.Type, m.Bias)
 	}
 	addrs := make([]uint64, len(m.Spec.Sites))
@@ -120,8 +121,6 @@ func checkModule(t *testing.T, pid int, m *Module, path string) {
 		}
 	}
 }
-
-const elfTypeExec = 2 // elf.ET_EXEC
 
 func inExecMapping(m *Module, addr uint64) bool {
 	for _, mp := range m.Mappings {
@@ -226,6 +225,53 @@ func TestClassifyLive(t *testing.T) {
 	} {
 		if got := ClassifyLive(b); got != want {
 			t.Errorf("ClassifyLive(% x) = %v, want %v", b, got, want)
+		}
+	}
+}
+
+func TestGroupMappings(t *testing.T) {
+	maps, err := proc.ParseMaps([]byte(`1000-2000 r--p 00000000 fd:01 7 /a
+2000-3000 r-xp 00001000 fd:01 7 /a
+3000-4000 rw-p 00000000 00:00 0
+4000-5000 r-xp 00000000 00:00 0 [vdso]
+5000-6000 r--p 00000000 fd:01 7 /a
+6000-7000 r-xp 00001000 fd:01 7 /a
+7000-8000 r--p 00000000 fd:01 9 /data
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := groupMappings(maps)
+	if len(g) != 3 || len(g[0]) != 2 || len(g[1]) != 2 || g[1][0].Start != 0x5000 || g[2][0].Path != "/data" {
+		t.Errorf("groups %+v", g)
+	}
+	if !hasExec(g[0]) || hasExec(g[2]) {
+		t.Error("hasExec")
+	}
+}
+
+func TestComputeBias(t *testing.T) {
+	dyn := &Spec{Type: elf.ET_DYN, Loads: []Load{
+		{Vaddr: 0, Offset: 0, Filesz: 0x800},
+		{Vaddr: 0x1000, Offset: 0x1000, Filesz: 0x2000, Flags: elf.PF_X},
+	}}
+	for _, c := range []struct {
+		spec *Spec
+		maps []proc.Mapping
+		want uint64
+		ok   bool
+	}{
+		{dyn, []proc.Mapping{{Start: 0x7f0000001000, Offset: 0x1000}, {Start: 0x7f0000000000, Offset: 0}}, 0x7f0000000000, true},
+		// Only the text segment mapped.
+		{dyn, []proc.Mapping{{Start: 0x7f0000005000, Offset: 0x1000}}, 0x7f0000004000, true},
+		// Link-time base 0x200000, like a prelinked library.
+		{&Spec{Type: elf.ET_DYN, Loads: []Load{{Vaddr: 0x200000, Offset: 0, Filesz: 0x1000}}}, []proc.Mapping{{Start: 0x7f0000000000}}, 0x7f0000000000 - 0x200000, true},
+		{dyn, []proc.Mapping{{Start: 0x7f0000000000, Offset: 0x9000}}, 0, false},
+		{&Spec{Type: elf.ET_EXEC}, []proc.Mapping{{Start: 0x400000}}, 0, true},
+	} {
+		got, err := computeBias(c.spec, c.maps)
+		if (err == nil) != c.ok || got != c.want {
+			t.Errorf("computeBias(%+v, %+v) = %#x, %v; want %#x, ok=%v", c.spec.Loads, c.maps, got, err, c.want, c.ok)
 		}
 	}
 }
