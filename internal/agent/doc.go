@@ -55,7 +55,7 @@
 // or [CallerUnknown]. Each thread appends to its own chunk with no atomics;
 // a full chunk is published (release store of FULL after a seq from a
 // global counter) and the next event takes a FREE chunk by CAS, probing at
-// most ChunkProbes chunks from a shared hint. No free chunk: the event is
+// most ChunkRounds times ChunkProbes chunks from a shared hint. No free chunk: the event is
 // dropped and counted in the thread's next chunk header (lost) and in the
 // shared Lost counter ([Counters]); exits keep working.
 //

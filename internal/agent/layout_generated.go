@@ -19,7 +19,7 @@ const (
 	// ReturnOff is the offset from the agent's base of lt_return, the hijacked return address in graph mode.
 	ReturnOff = 0x30
 	// SigtrapOff is the offset from the agent's base of lt_sigtrap, the SIGTRAP backstop handler (SA_SIGINFO).
-	SigtrapOff = 0x8e0
+	SigtrapOff = 0x9f0
 	// RestorerOff is the offset from the agent's base of lt_restorer, the SA_RESTORER for lt_sigtrap.
 	RestorerOff = 0x50
 	// CtlOff is the offset from the agent's base of the control page (MADV_WIPEONFORK).
@@ -44,6 +44,8 @@ const (
 	MaxProbes = 0x40
 	// ChunkProbes is LT_CHUNK_PROBES from agent.h.
 	ChunkProbes = 0x10
+	// ChunkRounds is LT_CHUNK_ROUNDS from agent.h.
+	ChunkRounds = 0x3
 	// MaxSites is LT_MAX_SITES from agent.h.
 	MaxSites = 0x400000
 	// StackWindow is LT_STACK_WINDOW from agent.h.

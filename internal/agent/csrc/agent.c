@@ -130,33 +130,42 @@ static inline struct lt_chunk_hdr *chunk_at(u64 off)
 	return (struct lt_chunk_hdr *)((char *)&lt_shared + off);
 }
 
-/* lt_take takes a FREE chunk for t, probing a bounded number of chunks. */
+/*
+ * lt_take takes a FREE chunk for t. It probes LT_CHUNK_PROBES chunks from
+ * the shared hint, up to LT_CHUNK_ROUNDS times: a thread preempted after
+ * reading the hint may find the chunks after it all taken, and must look
+ * again from where the others are now. A full pool costs a bounded
+ * LT_CHUNK_PROBES * LT_CHUNK_ROUNDS probes per event.
+ */
 static u64 lt_take(struct lt_thread *t)
 {
 	u64 n = lt_shared.nchunks;
 	if (n == 0)
 		return 0;
-	u64 h = __atomic_load_n(&lt_shared.hint, __ATOMIC_RELAXED);
-	for (u32 i = 0; i < LT_CHUNK_PROBES && i < n; i++) {
-		u64 idx = (h + i) % n;
-		u64 off = lt_shared.chunk_off + idx * lt_shared.chunk_size;
-		struct lt_chunk_hdr *c = chunk_at(off);
-		u32 st = __atomic_load_n(&c->state, __ATOMIC_RELAXED);
-		if (st != LT_CHUNK_FREE)
-			continue;
-		if (!__atomic_compare_exchange_n(&c->state, &st, LT_CHUNK_OWNED, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
-			continue;
-		__atomic_store_n(&lt_shared.hint, idx + 1, __ATOMIC_RELAXED);
-		c->tid = t->tid;
-		c->seq = 0;
-		c->lost = t->lost;
-		c->slot = (u32)(t - lt_priv.threads);
-		__atomic_store_n(&c->count, 0, __ATOMIC_RELEASE);
-		t->lost = 0;
-		t->pos = 0;
-		return off;
+	for (u32 round = 0; round < LT_CHUNK_ROUNDS; round++) {
+		u64 h = __atomic_load_n(&lt_shared.hint, __ATOMIC_RELAXED);
+		for (u32 i = 0; i < LT_CHUNK_PROBES && i < n; i++) {
+			u64 idx = (h + i) % n;
+			u64 off = lt_shared.chunk_off + idx * lt_shared.chunk_size;
+			struct lt_chunk_hdr *c = chunk_at(off);
+			u32 st = __atomic_load_n(&c->state, __ATOMIC_RELAXED);
+			if (st != LT_CHUNK_FREE)
+				continue;
+			if (!__atomic_compare_exchange_n(&c->state, &st, LT_CHUNK_OWNED, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+				continue;
+			__atomic_store_n(&lt_shared.hint, idx + 1, __ATOMIC_RELAXED);
+			c->tid = t->tid;
+			c->seq = 0;
+			c->lost = t->lost;
+			c->slot = (u32)(t - lt_priv.threads);
+			__atomic_store_n(&c->count, 0, __ATOMIC_RELEASE);
+			t->lost = 0;
+			t->pos = 0;
+			return off;
+		}
+		/* Move the hint past the busy chunks, unless someone moved it. */
+		__atomic_compare_exchange_n(&lt_shared.hint, &h, h + LT_CHUNK_PROBES, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
 	}
-	__atomic_store_n(&lt_shared.hint, h + LT_CHUNK_PROBES, __ATOMIC_RELAXED);
 	return 0;
 }
 

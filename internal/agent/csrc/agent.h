@@ -22,7 +22,8 @@ enum lt_const {
 	LT_MAX_THREADS = 4096,          /* thread table slots (power of two) */
 	LT_SHADOW_DEPTH = 512,          /* shadow stack entries per thread */
 	LT_MAX_PROBES = 64,             /* thread table probes per lookup */
-	LT_CHUNK_PROBES = 16,           /* chunk pool probes per allocation */
+	LT_CHUNK_PROBES = 16,           /* chunk pool probes per round */
+	LT_CHUNK_ROUNDS = 3,            /* rounds per chunk allocation */
 	LT_MAX_SITES = 1 << 22,         /* site indexes are 22 bits */
 	LT_STACK_WINDOW = 1 << 20,      /* stale-frame window on one stack (1 MiB) */
 	LT_SHARED_HDR_PAGE = 4096,      /* bytes reserved for the shared header */
