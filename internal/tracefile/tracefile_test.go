@@ -380,3 +380,52 @@ func TestModeText(t *testing.T) {
 		t.Error("mode 9 marshals")
 	}
 }
+
+// TestConcurrentWriters writes from several goroutines at once, as a
+// consumer with one goroutine per CPU might.
+func TestConcurrentWriters(t *testing.T) {
+	var buf bytes.Buffer
+	w, err := tracefile.NewWriter(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n, per = 4, 20000
+	done := make(chan error, n)
+	for g := 0; g < n; g++ {
+		go func(tid uint32) {
+			evs := make([]tracefile.Event, 100)
+			for i := 0; i < per; i += len(evs) {
+				for j := range evs {
+					evs[j] = tracefile.Event{TSC: uint64(i + j), TID: tid, Kind: tracefile.KindEntry}
+				}
+				if err := w.WriteEvents(evs); err != nil {
+					done <- err
+					return
+				}
+			}
+			done <- nil
+		}(uint32(g + 1))
+	}
+	for g := 0; g < n; g++ {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(tracefile.Meta{Mode: tracefile.ModeEntry, Funcs: []tracefile.Func{{Name: "f", Module: -1}}}); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := readBytes(buf.Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := map[uint32]uint64{}
+	for _, ev := range rec.Events {
+		if ev.TSC != next[ev.TID] {
+			t.Fatalf("thread %d: event at %d, want %d", ev.TID, ev.TSC, next[ev.TID])
+		}
+		next[ev.TID]++
+	}
+	if len(rec.Events) != n*per {
+		t.Errorf("%d events, want %d", len(rec.Events), n*per)
+	}
+}
