@@ -176,7 +176,7 @@ func TestHarnessSigtrapDefault(t *testing.T) {
 func TestHarnessDetach(t *testing.T) {
 	restored := 0
 	r := runHarness(t, runOpts{test: "detach", iters: 1, ctl: Ctl{Enabled: true, Graph: true}, pollEvery: time.Millisecond,
-		held: func(pm *os.File, a Addrs) {
+		held: func(pm *os.File, a Addrs, _ func(func(*Consumer, collectFunc))) {
 			if _, err := pm.WriteAt(Ctl{}.Encode(), int64(a.Ctl)); err != nil {
 				t.Fatal(err)
 			}
@@ -264,4 +264,49 @@ func TestHarnessSignals(t *testing.T) {
 	}
 	r.checkGraph(false)
 	r.checkTimestamps()
+}
+
+// TestHarnessRetire retires the slot of an exited thread the way the
+// tracer does at PTRACE_EVENT_EXIT. The next thread usually gets the same
+// thread pointer (glibc caches stacks); without the retirement it would
+// record under the dead thread's tid.
+func TestHarnessRetire(t *testing.T) {
+	const iters = 1000
+	retired := 0
+	r := runHarness(t, runOpts{test: "retire", iters: iters, ctl: Ctl{Enabled: true, Graph: true}, pollEvery: time.Millisecond,
+		held: func(pm *os.File, a Addrs, withConsumer func(func(*Consumer, collectFunc))) {
+			table := make([]byte, MaxThreads*SizeofThread)
+			if _, err := pm.ReadAt(table, int64(a.ThreadSlotAddr(0))); err != nil {
+				t.Fatal(err)
+			}
+			for i := 0; i < MaxThreads; i++ {
+				s, _ := DecodeThreadSlot(table[i*SizeofThread:])
+				if !s.InUse() {
+					continue
+				}
+				if s.Chunk != 0 {
+					withConsumer(func(c *Consumer, collect collectFunc) {
+						if _, err := c.RetireChunk(s.Chunk, collect); err != nil {
+							t.Error(err)
+						}
+					})
+				}
+				if _, err := pm.WriteAt(RetiredKey(), int64(a.ThreadSlotAddr(i)+ThreadKeyOff)); err != nil {
+					t.Fatal(err)
+				}
+				retired++
+			}
+		}})
+	if retired != 1 {
+		t.Errorf("retired %d slots, want 1", retired)
+	}
+	if len(r.counts) != 2 {
+		t.Fatalf("ground truth from %d threads, want 2", len(r.counts))
+	}
+	r.noLoss()
+	r.checkExactCounts()
+	r.checkGraph(false)
+	if r.ctrs.Threads != 2 {
+		t.Errorf("%d slots claimed, want 2", r.ctrs.Threads)
+	}
 }

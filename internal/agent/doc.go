@@ -125,9 +125,11 @@
 // [Consumer.RetireChunk] (its ThreadSlot.Chunk), then write [RetiredKey]
 // at ThreadSlotAddr(i)+ThreadKeyOff through /proc/PID/mem. A retired slot
 // is reused by a later thread, which reinitializes it; it never breaks
-// another thread's probe chain (unlike an empty key). A slot left
-// unretired is harmless until MaxThreads threads have run; its chunk stays
-// OWNED until [Consumer.Drain].
+// another thread's probe chain (unlike an empty key). Retiring is
+// required, not an optimization: glibc reuses cached thread stacks, so the
+// next thread commonly gets the same thread pointer and would inherit an
+// unretired slot, recording under the dead thread's tid (TestHarnessRetire
+// shows it).
 //
 // # SIGTRAP backstop
 //

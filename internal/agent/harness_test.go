@@ -118,6 +118,8 @@ func (r *run) siteName(idx uint32) string {
 	return fmt.Sprintf("site%d", idx)
 }
 
+type collectFunc = func(tid, lost uint32, recs []Record)
+
 type runOpts struct {
 	test         string
 	iters        int
@@ -129,7 +131,7 @@ type runOpts struct {
 	wantSignal   syscall.Signal  // the harness must die of this signal
 	// held runs when the harness says HELD (a thread is about to block in
 	// traced frames); the harness continues when it returns.
-	held func(pm *os.File, a Addrs)
+	held func(pm *os.File, a Addrs, withConsumer func(func(c *Consumer, collect collectFunc)))
 }
 
 func runHarness(t testing.TB, o runOpts) *run {
@@ -269,6 +271,7 @@ func runHarness(t testing.TB, o runOpts) *run {
 	// Consume concurrently, as the tracer does.
 	stop := make(chan struct{})
 	done := make(chan struct{})
+	reqs := make(chan func(*Consumer))
 	collect := func(tid, lost uint32, recs []Record) {
 		r.recs[tid] = append(r.recs[tid], recs...)
 		r.lost[tid] += uint64(lost)
@@ -279,6 +282,8 @@ func runHarness(t testing.TB, o runOpts) *run {
 			select {
 			case <-stop:
 				return
+			case f := <-reqs:
+				f(cons)
 			default:
 			}
 			if _, err := cons.Poll(collect); err != nil {
@@ -308,7 +313,11 @@ func runHarness(t testing.TB, o runOpts) *run {
 		case "HELD":
 			time.Sleep(50 * time.Millisecond) // let the thread reach the bottom
 			if o.held != nil {
-				o.held(pm, addrs)
+				o.held(pm, addrs, func(f func(*Consumer, collectFunc)) {
+					done := make(chan struct{})
+					reqs <- func(c *Consumer) { f(c, collect); close(done) }
+					<-done
+				})
 			}
 			fmt.Fprintf(stdin, "RELEASE\n")
 		case "CHILDTID":

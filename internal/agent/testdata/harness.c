@@ -402,6 +402,12 @@ int main(int argc, char **argv)
 		expect("RELEASE");
 		release_flag = 1;
 		pthread_join(th, 0);
+	} else if (!strcmp(test, "retire")) {
+		run_threads(tight_thread, 1);
+		printf("HELD\n");
+		fflush(stdout);
+		expect("RELEASE");
+		run_threads(tight_thread, 1);
 	} else if (!strcmp(test, "signal"))
 		run_threads(signal_thread, 1);
 	else if (!strcmp(test, "trap"))
