@@ -119,9 +119,10 @@
 //
 // # Threads that exit
 //
-// At PTRACE_EVENT_EXIT of a thread, find its slot (key = its thread
-// pointer, i.e. the fs_base register, probed from the hash used by the
-// agent or simply by scanning the table), hand its OWNED chunk to
+// At PTRACE_EVENT_EXIT of a thread, find its slot: the key is its thread
+// pointer, which glibc and musl keep at %fs:0, i.e. the fs_base register;
+// probe MaxProbes slots from [ThreadHash](fs_base), or scan the table for
+// the key or the tid. Hand its OWNED chunk to
 // [Consumer.RetireChunk] (its ThreadSlot.Chunk), then write [RetiredKey]
 // at ThreadSlotAddr(i)+ThreadKeyOff through /proc/PID/mem. A retired slot
 // is reused by a later thread, which reinitializes it; it never breaks
