@@ -223,7 +223,14 @@ func Parse(r io.ReaderAt, path string) (spec *Spec, err error) {
 		return nil, fmt.Errorf("read %s: %w, this one is for %s", path, ErrUnsupported, f.Machine)
 	}
 	if f.Type != elf.ET_EXEC && f.Type != elf.ET_DYN {
-		return nil, fmt.Errorf("read %s: %w, and only executables and shared libraries, this one is %s", path, ErrUnsupported, f.Type)
+		what := f.Type.String()
+		switch f.Type {
+		case elf.ET_REL:
+			what = "an object file (ET_REL): link it into a program or shared library first"
+		case elf.ET_CORE:
+			what = "a core dump (ET_CORE)"
+		}
+		return nil, &typeError{msg: fmt.Sprintf("read %s: livetrace needs an executable or a shared library, this is %s", path, what)}
 	}
 	if len(f.Progs) > maxLoads || len(f.Sections) > maxSections {
 		return nil, fmt.Errorf("read %s: %w: too many program or section headers", path, ErrMalformed)
@@ -243,6 +250,13 @@ func Parse(r io.ReaderAt, path string) (spec *Spec, err error) {
 	}
 	return p.spec, nil
 }
+
+// typeError is an ELF file of an unsupported type; it wraps ErrUnsupported
+// with a message of its own.
+type typeError struct{ msg string }
+
+func (e *typeError) Error() string { return e.msg }
+func (e *typeError) Unwrap() error { return ErrUnsupported }
 
 // CheckSites returns nil when the file has at least one patchable site, and
 // otherwise an error wrapping [ErrNoSites] that says how to build the file.

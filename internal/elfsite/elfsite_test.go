@@ -470,6 +470,14 @@ func TestBadInputs(t *testing.T) {
 	if _, err := Open(write("trunc", []byte("\x7fELF\x02\x01\x01"))); !errors.Is(err, ErrNotELF) {
 		t.Errorf("truncated header: %v", err)
 	}
+	// An object file.
+	obj := filepath.Join(dir, "t.o")
+	if b, err := exec.Command(needTool(t, "gcc"), "-c", "-x", "c", "-o", obj, "/dev/null").CombinedOutput(); err != nil {
+		t.Fatalf("gcc -c: %v\n%s", err, b)
+	}
+	if _, err := Open(obj); !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "this is an object file (ET_REL): link it") {
+		t.Errorf("object file: %v", err)
+	}
 	// A 64-bit header for another machine.
 	exe := testtarget.Build(t, testtarget.Simple, testtarget.ClangNop5)
 	data, err := os.ReadFile(exe)
