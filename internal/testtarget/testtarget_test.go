@@ -487,3 +487,21 @@ func TestStressOnlyGeneratedSites(t *testing.T) {
 		f.Close()
 	}
 }
+
+// TestStressHuge builds the stress fixture with 100,000 functions (about
+// 30 s of CPU the first time; the build is cached in os.TempDir()).
+func TestStressHuge(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds 100,000 functions; skipped with -short")
+	}
+	const n = 100000
+	start := time.Now()
+	exe := Build(t, Stress, ClangNop5, Funcs(n))
+	t.Logf("built %d functions in %v", n, time.Since(start))
+	checkSites(t, exe, ClangNop5, false, StressFuncName(0, n), StressFuncName(n-1, n))
+	p := Start(t, exe, "-t", "2")
+	expect(t, p, "ready")
+	if _, counts := stressRun(t, p, 1); len(counts) != n {
+		t.Errorf("got %d counts, want %d", len(counts), n)
+	}
+}
