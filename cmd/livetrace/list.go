@@ -124,6 +124,11 @@ func (o *listOptions) run() error {
 	if err != nil {
 		return err
 	}
+	if o.file == "" {
+		if err := o.readStates(rows); err != nil {
+			return err
+		}
+	}
 	sort.SliceStable(rows, func(i, j int) bool {
 		if rows[i].Module != rows[j].Module {
 			return rows[i].Module < rows[j].Module
@@ -177,7 +182,7 @@ func (o *listOptions) fileRows() ([]listRow, error) {
 }
 
 // pidRows lists the sites of every module of process o.pid at their runtime
-// addresses, with their live state, and returns how many modules it read.
+// addresses, and returns how many modules it read.
 func (o *listOptions) pidRows() ([]listRow, int, error) {
 	mods, err := elfsite.LiveModules(o.pid)
 	if err != nil {
@@ -199,18 +204,23 @@ func (o *listOptions) pidRows() ([]listRow, int, error) {
 		return nil, 0, fmt.Errorf("%w in pid %d (%d modules checked): build the program or its libraries with clang -fpatchable-function-entry=5 (see docs/BUILDING.md)",
 			elfsite.ErrNoSites, o.pid, len(mods))
 	}
+	return rows, len(mods), nil
+}
+
+// readStates fills in the live state of each row's site in process o.pid.
+func (o *listOptions) readStates(rows []listRow) error {
 	addrs := make([]uint64, len(rows))
 	for i, r := range rows {
 		addrs[i] = uint64(r.Address)
 	}
 	live, err := elfsite.ReadSiteBytes(o.pid, addrs)
 	if err != nil {
-		return nil, 0, err
+		return err
 	}
 	for i := range rows {
 		rows[i].State = elfsite.ClassifyLive(live[i]).String()
 	}
-	return rows, len(mods), nil
+	return nil
 }
 
 func (o *listOptions) warnStripped(spec *elfsite.Spec) {
