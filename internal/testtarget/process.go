@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -31,9 +32,6 @@ type Process struct {
 	waitOnce sync.Once
 	waitErr  error
 	waitDone chan struct{}
-
-	mu   sync.Mutex
-	seen []string // the last lines read, for error messages
 }
 
 // lockedBuffer is a bytes.Buffer safe for concurrent use.
@@ -64,13 +62,19 @@ var ErrTimeout = errors.New("timed out waiting for output")
 
 // Start runs the executable path with args, with pipes for stdin and
 // stdout, and returns the running [Process]. It registers a tb.Cleanup
-// that kills the process and, when the test failed, logs its stderr. Start
-// does not wait for "ready": call p.Expect("ready", timeout) for that.
+// that kills the process and, when the test failed, logs its stderr. The
+// process also gets SIGKILL if the test binary dies. Start does not wait
+// for "ready": call p.Expect("ready", timeout) for that.
 func Start(tb testing.TB, path string, args ...string) *Process {
 	tb.Helper()
 	p := &Process{tb: tb, lines: make(chan string, 1024), waitDone: make(chan struct{}), killed: make(chan struct{})}
 	p.cmd = exec.Command(path, args...)
 	p.cmd.Stderr = &p.stderr
+	// Kill the fixture if the test binary dies (a panic or a -timeout)
+	// without running its cleanups. Pdeathsig fires when the forking OS
+	// thread exits, so never call Start on a goroutine that ends while
+	// locked to its thread (runtime.LockOSThread).
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stdin, err := p.cmd.StdinPipe()
 	if err != nil {
 		tb.Fatalf("start %s: %v", path, err)
@@ -134,23 +138,25 @@ func (p *Process) CloseStdin() error { return p.stdin.Close() }
 // an error wrapping [ErrTimeout] when none comes within timeout, and
 // [ErrExited] at the end of stdout.
 func (p *Process) ReadLine(timeout time.Duration) (string, error) {
-	t := time.NewTimer(timeout)
-	defer t.Stop()
+	var (
+		l  string
+		ok bool
+	)
 	select {
-	case l, ok := <-p.lines:
-		if !ok {
-			return "", fmt.Errorf("read line from pid %d: %w (stderr: %q)", p.Pid(), ErrExited, p.stderr.String())
+	case l, ok = <-p.lines: // a line already waiting wins over a zero timeout
+	default:
+		t := time.NewTimer(timeout)
+		defer t.Stop()
+		select {
+		case l, ok = <-p.lines:
+		case <-t.C:
+			return "", fmt.Errorf("read line from pid %d after %v: %w", p.Pid(), timeout, ErrTimeout)
 		}
-		p.mu.Lock()
-		p.seen = append(p.seen, l)
-		if len(p.seen) > 20 {
-			p.seen = p.seen[len(p.seen)-20:]
-		}
-		p.mu.Unlock()
-		return l, nil
-	case <-t.C:
-		return "", fmt.Errorf("read line from pid %d after %v: %w", p.Pid(), timeout, ErrTimeout)
 	}
+	if !ok {
+		return "", fmt.Errorf("read line from pid %d: %w (stderr: %q)", p.Pid(), ErrExited, p.stderr.String())
+	}
+	return l, nil
 }
 
 // Expect reads lines until one starts with prefix and returns that line.

@@ -30,6 +30,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // Form is a way of compiling a program so that its functions start with a
@@ -346,6 +347,7 @@ func build(tb testing.TB, name string, form Form, opts ...Option) (string, error
 	if err := os.MkdirAll(root, 0o755); err != nil {
 		return "", fmt.Errorf("create cache directory: %w", err)
 	}
+	pruneOnce.Do(func() { pruneStale(root) })
 	tmp, err := os.MkdirTemp(root, key+".tmp*")
 	if err != nil {
 		return "", fmt.Errorf("create build directory: %w", err)
@@ -362,6 +364,25 @@ func build(tb testing.TB, name string, form Form, opts ...Option) (string, error
 		return "", fmt.Errorf("move build into cache: %w", err)
 	}
 	return exe, nil
+}
+
+var pruneOnce sync.Once
+
+// pruneStale removes build directories under root that a killed build left
+// behind more than an hour ago.
+func pruneStale(root string) {
+	ents, err := os.ReadDir(root)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if !strings.Contains(e.Name(), ".tmp") {
+			continue
+		}
+		if fi, err := e.Info(); err == nil && time.Since(fi.ModTime()) > time.Hour {
+			os.RemoveAll(filepath.Join(root, e.Name()))
+		}
+	}
 }
 
 // step is one compiler invocation of a build plan.

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"debug/elf"
 	"encoding/binary"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -158,13 +157,19 @@ func TestWorkload(t *testing.T) {
 				p := Start(t, Build(t, name, form), "-t", "4")
 				expect(t, p, "ready")
 				for range 2 { // counters reset between runs
-					send(t, p, "run 3")
-					if got, want := parseCounts(t, expect(t, p, "done "), "done "), WorkloadCounts(3, 4); !cmp.Equal(got, want) {
+					got, err := RunWorkload(p, 3, timeout)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if want := WorkloadCounts(3, 4); !cmp.Equal(got, want) {
 						t.Errorf("run 3: counts differ (-got +want):\n%s", cmp.Diff(got, want))
 					}
 				}
-				send(t, p, "spawn 5")
-				if got, want := parseCounts(t, expect(t, p, "spawned "), "spawned "), WorkloadCounts(1, 5); !cmp.Equal(got, want) {
+				got, err := SpawnWorkload(p, 5, timeout)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if want := WorkloadCounts(1, 5); !cmp.Equal(got, want) {
 					t.Errorf("spawn 5: counts differ (-got +want):\n%s", cmp.Diff(got, want))
 				}
 				send(t, p, "quit")
@@ -187,28 +192,12 @@ func TestWorkloadEOF(t *testing.T) {
 	}
 }
 
-func parseCounts(t *testing.T, line, prefix string) map[string]uint64 {
+// stressRun runs RunStress and fails t on error.
+func stressRun(t *testing.T, p *Process, n int) (uint64, []uint64) {
 	t.Helper()
-	var m map[string]uint64
-	if err := json.Unmarshal([]byte(strings.TrimPrefix(line, prefix)), &m); err != nil {
-		t.Fatalf("parse %q: %v", line, err)
-	}
-	return m
-}
-
-// stressRun sends "run n" and returns the checksum and the counts.
-func stressRun(t *testing.T, p *Process, n int) (string, []uint64) {
-	t.Helper()
-	send(t, p, fmt.Sprintf("run %d", n))
-	sum := strings.TrimPrefix(expect(t, p, "done "), "done ")
-	fields := strings.Fields(expect(t, p, "counts"))[1:]
-	counts := make([]uint64, len(fields))
-	for i, f := range fields {
-		c, err := strconv.ParseUint(f, 10, 64)
-		if err != nil {
-			t.Fatalf("parse count %q: %v", f, err)
-		}
-		counts[i] = c
+	sum, counts, err := RunStress(p, n, timeout)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return sum, counts
 }
@@ -230,21 +219,21 @@ func TestStress(t *testing.T) {
 			}
 			sum2, _ := stressRun(t, p, 2)
 			if again, _ := stressRun(t, p, 2); again != sum2 {
-				t.Errorf("run 2 checksum changed: %s then %s", sum2, again)
+				t.Errorf("run 2 checksum changed: %d then %d", sum2, again)
 			}
-			send(t, p, "hammer")
-			expect(t, p, "hammering")
+			if err := HammerStress(p, timeout); err != nil {
+				t.Fatal(err)
+			}
 			time.Sleep(20 * time.Millisecond)
-			send(t, p, "stop")
-			f := strings.Fields(expect(t, p, "stopped "))
-			if len(f) != 3 {
-				t.Fatalf("bad stopped line %q", f)
+			stall, sum, err := StopStress(p, timeout)
+			if err != nil {
+				t.Fatal(err)
 			}
-			if stall, err := strconv.ParseUint(f[1], 10, 64); err != nil || stall == 0 {
-				t.Errorf("stall %q: want a positive number", f[1])
+			if stall <= 0 || stall > time.Minute {
+				t.Errorf("stall %v: want a positive duration", stall)
 			}
-			if f[2] != sum1 {
-				t.Errorf("hammer checksum %s, want the run 1 checksum %s", f[2], sum1)
+			if sum != sum1 {
+				t.Errorf("hammer checksum %d, want the run 1 checksum %d", sum, sum1)
 			}
 			send(t, p, "trap")
 			expect(t, p, "error trap needs -own-sigtrap")
@@ -375,7 +364,7 @@ func TestStressCounterStub(t *testing.T) {
 				for range 2 {
 					sum, counts := stressRun(t, p, 3)
 					if sum != want {
-						t.Errorf("checksum %s with patched sites, want %s", sum, want)
+						t.Errorf("checksum %d with patched sites, want %d", sum, want)
 					}
 					for i, c := range counts {
 						w := uint64(0)
