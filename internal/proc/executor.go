@@ -38,9 +38,11 @@ func newExecutor(idle func()) *executor {
 	subscribeSIGCHLD(e.wake)
 	go func() {
 		runtime.LockOSThread()
-		// The thread is never unlocked: when this goroutine returns, the
-		// runtime terminates the OS thread, and the kernel detaches any
-		// tracee still attached to it (kernel/ptrace.c, exit_ptrace).
+		// The thread goes back to the scheduler when the executor stops
+		// (by then every tracee is detached). Letting it die instead
+		// would fire PR_SET_PDEATHSIG in any child that some goroutine
+		// happened to fork from this very thread earlier.
+		defer runtime.UnlockOSThread()
 		defer unsubscribeSIGCHLD(e.wake)
 		for {
 			select {

@@ -336,6 +336,12 @@ func (p *Process) waitFor(cond func() bool, timeout time.Duration) error {
 			return ErrExited
 		}
 		if time.Now().After(deadline) {
+			if debugStops {
+				for _, t := range p.threads {
+					st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/stat", p.pid, t.tid))
+					fmt.Fprintf(os.Stderr, "proc: timeout: tid %d state %d kind %d want %v remote %v stepping %v: %s\n", t.tid, t.state, t.kind, t.want, t.remote, t.stepping, st)
+				}
+			}
 			return ErrTimeout
 		}
 		// SIGCHLD wakes us for every tracee stop; the timer is only a
@@ -443,7 +449,10 @@ func (p *Process) handle(tid int, ws unix.WaitStatus) {
 		if err == nil {
 			child := int(msg)
 			if event == unix.PTRACE_EVENT_CLONE {
-				if p.threads[child] == nil {
+				// The child's own stops, even its exit, may have been
+				// reaped before this event: add it only if it still
+				// exists (a zombie counts; its exit status follows).
+				if p.threads[child] == nil && taskExists(p.pid, child) {
 					p.threads[child] = &thread{tid: child, want: p.holdAll}
 				}
 			} else if _, seen := p.children[child]; !seen {
@@ -608,16 +617,28 @@ func (p *Process) stopAll() error {
 		p.interrupt(t)
 	}
 	return p.waitFor(func() bool {
-		for _, t := range p.threads {
+		for tid, t := range p.threads {
 			if !t.want {
 				p.interrupt(t)
 			}
 			if t.state != stopped {
+				if !taskExists(p.pid, tid) {
+					// Gone without a wait status we could see.
+					delete(p.threads, tid)
+					continue
+				}
 				return false
 			}
 		}
 		return true
 	}, 10*time.Second)
+}
+
+// taskExists reports whether thread tid of process pid still exists (as a
+// zombie, too).
+func taskExists(pid, tid int) bool {
+	_, err := os.Stat(fmt.Sprintf("/proc/%d/task/%d", pid, tid))
+	return err == nil
 }
 
 // ResumeAll resumes every thread that StopAll held.

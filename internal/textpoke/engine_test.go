@@ -277,7 +277,7 @@ func stressForm(t *testing.T, form testtarget.Form, nfn, toggles int) {
 			break // the full-text comparison below covers the rest
 		}
 	}
-	st.checkText(t)
+	testtarget.CheckText(t, st.tp.Pid())
 	sum, counts := st.run(t, 2)
 	if sum != base2 {
 		t.Fatal("checksum changed after detach")
@@ -286,45 +286,6 @@ func stressForm(t *testing.T, form testtarget.Form, nfn, toggles int) {
 		if c != 0 {
 			t.Fatalf("fn %d counted %d calls after detach", i, c)
 		}
-	}
-}
-
-// checkText compares every executable mapping of the fixture with its file.
-func (st *stressTarget) checkText(t testing.TB) {
-	t.Helper()
-	mods, err := elfsite.LiveModules(st.tp.Pid())
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := proc.OpenMem(st.tp.Pid())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	for _, mod := range mods {
-		f, err := os.Open(strings.TrimSuffix(mod.Path, " (deleted)"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, mp := range mod.Mappings {
-			if !mp.Exec() {
-				continue
-			}
-			live := make([]byte, mp.End-mp.Start)
-			if err := m.Read(mp.Start, live); err != nil {
-				t.Fatal(err)
-			}
-			file := make([]byte, len(live))
-			n, _ := f.ReadAt(file, int64(mp.Offset))
-			if !bytes.Equal(live[:n], file[:n]) {
-				for i := 0; i < n; i++ {
-					if live[i] != file[i] {
-						t.Fatalf("%s: text differs from the file at %#x: % x vs % x", mod.Path, mp.Start+uint64(i), live[i:i+5], file[i:i+5])
-					}
-				}
-			}
-		}
-		f.Close()
 	}
 }
 
@@ -381,7 +342,7 @@ func TestStopModeChosen(t *testing.T) {
 			if err := p.Detach(); err != nil {
 				t.Fatal(err)
 			}
-			st.checkText(t)
+			testtarget.CheckText(t, st.tp.Pid())
 		})
 	}
 }
@@ -412,7 +373,7 @@ func TestVerifyRefuses(t *testing.T) {
 	if err := p.Detach(); err != nil {
 		t.Fatal(err)
 	}
-	st.checkText(t)
+	testtarget.CheckText(t, st.tp.Pid())
 }
 
 // TestForeignSIGTRAP checks that a SIGTRAP raised by the application's own
@@ -454,5 +415,5 @@ func TestForeignSIGTRAP(t *testing.T) {
 	if err := p.Detach(); err != nil {
 		t.Fatal(err)
 	}
-	st.checkText(t)
+	testtarget.CheckText(t, st.tp.Pid())
 }

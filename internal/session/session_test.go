@@ -1,0 +1,296 @@
+package session
+
+import (
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/livetrace/livetrace/internal/proc"
+	"github.com/livetrace/livetrace/internal/testtarget"
+	"github.com/livetrace/livetrace/internal/tracefile"
+)
+
+func requireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("LIVETRACE_REQUIRE_ALL") != "" {
+			t.Fatal("this test needs root (ptrace); run it as root")
+		}
+		t.Skip("needs root (ptrace)")
+	}
+}
+
+func startWorkload(t *testing.T, form testtarget.Form, opts ...testtarget.Option) *testtarget.Process {
+	t.Helper()
+	bin := testtarget.Build(t, "workload", form, opts...)
+	tp := testtarget.Start(t, bin, "-t", "4")
+	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	return tp
+}
+
+// workloadRun sends cmd and returns the counts of the "done" line that
+// follows "run N".
+func workloadRun(t *testing.T, tp *testtarget.Process, n int) map[string]uint64 {
+	t.Helper()
+	if err := tp.Send("run " + itoa(n)); err != nil {
+		t.Fatal(err)
+	}
+	line, err := tp.Expect("done ", 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var counts map[string]uint64
+	if err := json.Unmarshal([]byte(strings.TrimPrefix(line, "done ")), &counts); err != nil {
+		t.Fatalf("parse %q: %v", line, err)
+	}
+	return counts
+}
+
+// spawn makes the workload start n new threads that run the pattern once,
+// and returns their counts.
+func spawn(t *testing.T, tp *testtarget.Process, n int) map[string]uint64 {
+	t.Helper()
+	if err := tp.Send("spawn " + itoa(n)); err != nil {
+		t.Fatal(err)
+	}
+	line, err := tp.Expect("spawned ", 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var counts map[string]uint64
+	if err := json.Unmarshal([]byte(strings.TrimPrefix(line, "spawned ")), &counts); err != nil {
+		t.Fatalf("parse %q: %v", line, err)
+	}
+	return counts
+}
+
+// alive fails the test if the target died.
+func alive(t *testing.T, tp *testtarget.Process) {
+	t.Helper()
+	if err := tp.Send("run 0"); err == nil {
+		if _, err := tp.Expect("done", 5*time.Second); err == nil {
+			return
+		}
+	}
+	t.Fatalf("the target died: %v; stderr: %s", tp.Wait(), tp.Stderr())
+}
+
+func itoa(n int) string {
+	b, _ := json.Marshal(n)
+	return string(b)
+}
+
+func countEntries(rec *tracefile.Recording) map[string]uint64 {
+	got := map[string]uint64{}
+	for _, ev := range rec.Events {
+		if ev.Kind == tracefile.KindEntry {
+			got[rec.Funcs[ev.Func].Name]++
+		}
+	}
+	return got
+}
+
+// TestExactCounts attaches to a running multi-threaded program, lets it
+// run a known workload (including a function in a shared library and
+// threads created after the attach), and compares the recorded calls with
+// the program's own counts, in every site form, with and without ENDBR64.
+// After Close the text, the mappings and the fds are as before.
+func TestExactCounts(t *testing.T) {
+	requireRoot(t)
+	for _, form := range testtarget.Forms {
+		for _, cet := range []bool{false, true} {
+			name := string(form)
+			var opts []testtarget.Option
+			if cet {
+				name += "-cet"
+				opts = append(opts, testtarget.CFProtection())
+			}
+			t.Run(name, func(t *testing.T) {
+				tp := startWorkload(t, form, opts...)
+				// Warm up: resolve PLT entries, and let glibc cache the
+				// stacks of the threads spawned below.
+				workloadRun(t, tp, 1)
+				spawn(t, tp, 3)
+				before := testtarget.TakeSnapshot(t, tp.Pid())
+				out := filepath.Join(t.TempDir(), "rec.data")
+				s, err := Start(tp.Pid(), Options{Funcs: []string{"work_*", "lib_*"}, Output: out})
+				if err != nil {
+					t.Fatal(err)
+				}
+				want := spawn(t, tp, 3)
+				for fn, n := range workloadRun(t, tp, 50) {
+					want[fn] += n
+				}
+				if err := s.Close(); err != nil {
+					t.Fatal(err)
+				}
+				alive(t, tp)
+				rec, err := tracefile.Read(out)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got := countEntries(rec)
+				for fn, n := range want {
+					if got[fn] != n {
+						t.Errorf("%s: recorded %d calls, the program counted %d", fn, got[fn], n)
+					}
+				}
+				if rec.Lost != 0 {
+					t.Errorf("%d events lost", rec.Lost)
+				}
+				if len(rec.Threads) < 7 {
+					t.Errorf("%d threads recorded, want the 4 workers and 3 spawned", len(rec.Threads))
+				}
+				testtarget.CheckText(t, tp.Pid())
+				before.CheckSame(t, tp.Pid())
+				// The program still works, and counts nothing extra.
+				if again := workloadRun(t, tp, 2); again["work_leaf"] != 2*4*3 {
+					t.Errorf("after detach: %v", again)
+				}
+			})
+		}
+	}
+}
+
+// TestTargetExits checks that a target that exits while being recorded
+// leaves a complete, valid recording.
+func TestTargetExits(t *testing.T) {
+	requireRoot(t)
+	tp := startWorkload(t, testtarget.ClangNop5)
+	out := filepath.Join(t.TempDir(), "rec.data")
+	s, err := Start(tp.Pid(), Options{Output: out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := workloadRun(t, tp, 20)
+	if err := tp.Send("quit"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-s.Exited():
+	case <-time.After(10 * time.Second):
+		t.Fatal("exit not noticed")
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("close after exit: %v", err)
+	}
+	rec, err := tracefile.Read(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := countEntries(rec)
+	for fn, n := range want {
+		if got[fn] != n {
+			t.Errorf("%s: recorded %d calls, the program counted %d", fn, got[fn], n)
+		}
+	}
+}
+
+// TestRepeatedCycles attaches, records and detaches again and again while
+// 4 threads hammer 400 functions, in every form: the program must never
+// crash, its results must not change, and its text must stay pristine.
+func TestRepeatedCycles(t *testing.T) {
+	requireRoot(t)
+	cycles := 6
+	if testing.Short() {
+		cycles = 2
+	}
+	for _, form := range testtarget.Forms {
+		t.Run(string(form), func(t *testing.T) {
+			bin := testtarget.Build(t, "stress", form, testtarget.Funcs(400))
+			tp := testtarget.Start(t, bin, "-t", "4")
+			if _, err := tp.Expect("ready", 30*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			if err := tp.Send("run 1"); err != nil {
+				t.Fatal(err)
+			}
+			done, err := tp.Expect("done", 30*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tp.Expect("counts", 10*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			want := strings.Fields(done)[1]
+			if err := tp.Send("hammer"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tp.Expect("hammering", 10*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			before := testtarget.TakeSnapshot(t, tp.Pid())
+			for i := 0; i < cycles; i++ {
+				out := filepath.Join(t.TempDir(), "rec.data")
+				s, err := Start(tp.Pid(), Options{Funcs: []string{"fn_*"}, Output: out})
+				if err != nil {
+					t.Fatalf("cycle %d: %v", i, err)
+				}
+				time.Sleep(100 * time.Millisecond)
+				if _, err := s.Poll(); err != nil {
+					t.Fatal(err)
+				}
+				if err := s.Close(); err != nil {
+					t.Fatalf("cycle %d: %v", i, err)
+				}
+				if sum := s.Summary(); sum.Events == 0 {
+					t.Fatalf("cycle %d: no events", i)
+				}
+				testtarget.CheckText(t, tp.Pid())
+			}
+			before.CheckSame(t, tp.Pid())
+			if err := tp.Send("stop"); err != nil {
+				t.Fatal(err)
+			}
+			line, err := tp.Expect("stopped", 30*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := strings.Fields(line)[2]; got != want {
+				t.Fatalf("checksum %s after tracing, %s before", got, want)
+			}
+		})
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	requireRoot(t)
+	tp := startWorkload(t, testtarget.ClangNop5)
+	out := filepath.Join(t.TempDir(), "rec.data")
+
+	_, err := Start(tp.Pid(), Options{Funcs: []string{"no_such_function*"}, Output: out})
+	var nm *NoMatchError
+	if !errors.As(err, &nm) || len(nm.Names) == 0 {
+		t.Errorf("no match: %v", err)
+	}
+
+	// Another tracer holds the process.
+	p, err := proc.Attach(tp.Pid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Start(tp.Pid(), Options{Output: out})
+	p.Detach()
+	if !errors.Is(err, proc.ErrAlreadyTraced) {
+		t.Errorf("already traced: %v", err)
+	}
+
+	// A program without sites.
+	plain := testtarget.Start(t, testtarget.Build(t, "simple", testtarget.ClangNop5, testtarget.NoSites()), "loop")
+	if _, err := plain.Expect("ready", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Start(plain.Pid(), Options{Output: out}); err == nil || !strings.Contains(err.Error(), "-fpatchable-function-entry") {
+		t.Errorf("no sites: %v", err)
+	}
+	// The workload is unharmed.
+	if got := workloadRun(t, tp, 1); got["work_leaf"] == 0 {
+		t.Errorf("workload after bad inputs: %v", got)
+	}
+}
