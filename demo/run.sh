@@ -83,11 +83,32 @@ step_list() {
 	"$BIN" list -p "$demo_pid"
 }
 
+step_record() {
+	DATA=$work/livetrace.data
+	say "$BIN record -p $demo_pid -d 2s -o $DATA   (live: the demo keeps running)"
+	"$BIN" record -p "$demo_pid" -d 2s -o "$DATA"
+	if ! kill -0 "$demo_pid" 2>/dev/null; then
+		echo "demo: the demo died while traced" >&2
+		exit 1
+	fi
+}
+
+step_report() {
+	say "$BIN report -i $DATA"
+	"$BIN" report -i "$DATA"
+	say "$BIN replay -i $DATA | head -20"
+	"$BIN" replay -i "$DATA" | head -20 || true
+	say "$BIN info -i $DATA"
+	"$BIN" info -i "$DATA" | head -16
+}
+
 main() {
 	check_tools
 	build_demo
 	start_demo
 	step_list
+	step_record
+	step_report
 }
 
 main
