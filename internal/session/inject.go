@@ -1,6 +1,7 @@
 package session
 
 import (
+	"encoding/binary"
 	"fmt"
 	"os"
 	"sort"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/livetrace/livetrace/internal/agent"
 	"github.com/livetrace/livetrace/internal/proc"
+	"github.com/livetrace/livetrace/internal/textpoke"
 )
 
 // injection is everything the session put into the target: the agent's
@@ -21,6 +23,8 @@ type injection struct {
 	regions []remoteRegion
 	stubs   []remoteRegion // code the target may execute: stubs
 	keep    bool           // a thread may still be inside the agent: leave it mapped
+	// backstop says our SIGTRAP handler is installed.
+	backstop bool
 }
 
 type remoteRegion struct {
@@ -214,20 +218,18 @@ func (s *Session) inject() (err error) {
 	if _, err := r.SyscallOK("mprotect agent", proc.SysMprotect, a.Base, agent.CodeSize, unix.PROT_READ|unix.PROT_EXEC); err != nil {
 		return fmt.Errorf("inject agent: %w", err)
 	}
+	if s.eng.Mode() == textpoke.ModeLive {
+		// Stop mode never leaves an INT3 in the text, and a process that
+		// ignores or blocks SIGTRAP gets stop mode: no handler then.
+		if err := inj.installBackstop(s.p, r); err != nil {
+			return err
+		}
+	}
 	return s.inj.setCtl(s.p, agent.Ctl{Enabled: true, Graph: s.opts.Graph})
 }
 
 func (inj *injection) setCtl(p *proc.Process, c agent.Ctl) error {
 	return p.WriteMem(inj.addrs.Ctl, c.Encode())
-}
-
-// setEnabled flips the agent's global enable flag.
-func (inj *injection) setEnabled(p *proc.Process, on bool) error {
-	var b [4]byte
-	if on {
-		b[0] = 1
-	}
-	return p.WriteMem(inj.addrs.Enabled, b[:])
 }
 
 // contains reports whether pc is in the agent's code or in a stub region,
@@ -271,6 +273,9 @@ func (inj *injection) remove(p *proc.Process) error {
 	}
 	defer r.Release()
 	var firstErr error
+	if err := inj.uninstallBackstop(p, r); err != nil {
+		firstErr = err
+	}
 	for i := len(inj.regions) - 1; i >= 0; i-- {
 		rg := inj.regions[i]
 		if inj.keep && (rg.what == "agent code" || rg.what == "agent control page" || rg.what == "agent private region" || rg.what == "stubs") {
@@ -351,4 +356,92 @@ func findGap(maps []proc.Mapping, size, lo, hi uint64) (uint64, bool) {
 		}
 	}
 	return best, best != 0
+}
+
+// readThreads reads the agent's whole thread table.
+func (inj *injection) readThreads(p *proc.Process) ([]agent.ThreadSlot, error) {
+	buf := make([]byte, agent.MaxThreads*agent.SizeofThread)
+	if err := p.ReadMem(inj.addrs.ThreadSlotAddr(0), buf); err != nil {
+		return nil, err
+	}
+	slots := make([]agent.ThreadSlot, agent.MaxThreads)
+	for i := range slots {
+		slots[i], _ = agent.DecodeThreadSlot(buf[i*agent.SizeofThread:])
+	}
+	return slots, nil
+}
+
+// restoreReturns puts back every return address the agent hijacked in
+// graph mode (DESIGN.md §4, "Detach in graph mode"). Every thread must be
+// stopped, and none inside the agent. Each thread's shadow stack is walked
+// newest to oldest; a stack slot that still holds lt_return gets its
+// original return address back. A slot that holds something else belongs
+// to a frame that already returned (or was abandoned by longjmp): it is
+// left alone. It returns how many return addresses it restored.
+func (inj *injection) restoreReturns(p *proc.Process) (int, error) {
+	slots, err := inj.readThreads(p)
+	if err != nil {
+		return 0, err
+	}
+	restored := 0
+	buf := make([]byte, agent.ShadowDepth*agent.SizeofShadow)
+	var word [8]byte
+	for i, slot := range slots {
+		n := slot.Frames()
+		if !slot.InUse() || n == 0 {
+			continue
+		}
+		if err := p.ReadMem(inj.addrs.ShadowStackAddr(i), buf[:n*agent.SizeofShadow]); err != nil {
+			return restored, err
+		}
+		entries := agent.DecodeShadowStack(buf, n)
+		for j := len(entries) - 1; j >= 0; j-- {
+			e := entries[j]
+			if p.ReadMem(e.Slot, word[:]) != nil {
+				continue // the stack is gone (a stale frame)
+			}
+			if binary.LittleEndian.Uint64(word[:]) != inj.addrs.Return {
+				continue
+			}
+			binary.LittleEndian.PutUint64(word[:], e.Orig)
+			if err := p.WriteMem(e.Slot, word[:]); err != nil {
+				return restored, err
+			}
+			restored++
+		}
+	}
+	return restored, nil
+}
+
+// installBackstop installs the agent's SIGTRAP handler, which emulates our
+// sites if the tracer dies with an INT3 still in the text, and saves the
+// previous action in the agent's private region for chaining and for
+// uninstallBackstop.
+func (inj *injection) installBackstop(p *proc.Process, r *proc.Remote) error {
+	act := inj.addrs.SigtrapAction().Encode()
+	// The new action is staged in the control page's spare bytes.
+	stage := inj.addrs.Ctl + agent.CtlSize - uint64(len(act))
+	if err := p.WriteMem(stage, act); err != nil {
+		return err
+	}
+	_, err := r.SyscallOK("rt_sigaction SIGTRAP", proc.SysRtSigaction, uint64(unix.SIGTRAP), stage, inj.addrs.OldSigtrap, 8)
+	_ = p.WriteMem(stage, make([]byte, len(act)))
+	if err != nil {
+		return fmt.Errorf("install SIGTRAP backstop: %w", err)
+	}
+	inj.backstop = true
+	return nil
+}
+
+// uninstallBackstop puts the application's SIGTRAP action back.
+func (inj *injection) uninstallBackstop(p *proc.Process, r *proc.Remote) error {
+	if !inj.backstop {
+		return nil
+	}
+	_, err := r.SyscallOK("rt_sigaction SIGTRAP", proc.SysRtSigaction, uint64(unix.SIGTRAP), inj.addrs.OldSigtrap, 0, 8)
+	if err != nil {
+		return fmt.Errorf("restore the SIGTRAP action: %w", err)
+	}
+	inj.backstop = false
+	return nil
 }

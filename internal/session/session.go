@@ -94,6 +94,8 @@ type Session struct {
 	patched  bool
 	stats    textpoke.Stats
 	counters agent.Counters // the agent's counters, kept once its memory is gone
+	// restoredReturns counts the return addresses put back at detach.
+	restoredReturns int
 	closed   bool
 	closeErr error
 }
@@ -361,7 +363,8 @@ func (s *Session) Close() error {
 	clock1 := tsc.Sample()
 	if s.p != nil && !gone() {
 		if s.inj != nil {
-			note(s.inj.setEnabled(s.p, false))
+			// Enabled and graph off: no new records, no new hijacks.
+			note(s.inj.setCtl(s.p, agent.Ctl{}))
 		}
 		if s.eng != nil {
 			st, err := s.eng.RestoreAll()
@@ -420,6 +423,13 @@ func (s *Session) quiesce() error {
 	}
 	if s.inj.busy(s.p) {
 		s.inj.keep = true
+	}
+	if s.opts.Graph {
+		n, err := s.inj.restoreReturns(s.p)
+		s.restoredReturns = n
+		if err != nil {
+			return fmt.Errorf("restore hijacked return addresses: %w", err)
+		}
 	}
 	return nil
 }

@@ -294,3 +294,119 @@ func TestBadInput(t *testing.T) {
 		t.Errorf("workload after bad inputs: %v", got)
 	}
 }
+
+// TestGraphMode records entries and exits: every call's exit is recorded
+// at the depth of its entry, counts are exact, and detaching while threads
+// are inside traced functions (hijacked returns outstanding) leaves the
+// program correct.
+func TestGraphMode(t *testing.T) {
+	requireRoot(t)
+	for _, form := range testtarget.Forms {
+		t.Run(string(form), func(t *testing.T) {
+			tp := startWorkload(t, form)
+			workloadRun(t, tp, 1)
+			out := filepath.Join(t.TempDir(), "rec.data")
+			s, err := Start(tp.Pid(), Options{Funcs: []string{"work_*", "lib_*"}, Output: out, Graph: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := workloadRun(t, tp, 30)
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			alive(t, tp)
+			rec, err := tracefile.Read(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := countEntries(rec)
+			for fn, n := range want {
+				if got[fn] != n {
+					t.Errorf("%s: recorded %d calls, the program counted %d", fn, got[fn], n)
+				}
+			}
+			// Per thread, exits pair with entries like parentheses.
+			stacks := map[uint32][]uint32{}
+			for _, ev := range rec.Events {
+				st := stacks[ev.TID]
+				switch ev.Kind {
+				case tracefile.KindEntry:
+					if int(ev.Depth) != len(st)%256 {
+						t.Fatalf("tid %d: entry of %s at depth %d, stack %d", ev.TID, rec.Funcs[ev.Func].Name, ev.Depth, len(st))
+					}
+					stacks[ev.TID] = append(st, ev.Func)
+				case tracefile.KindExit:
+					if len(st) == 0 || st[len(st)-1] != ev.Func {
+						t.Fatalf("tid %d: exit of %s does not match the open calls", ev.TID, rec.Funcs[ev.Func].Name)
+					}
+					stacks[ev.TID] = st[:len(st)-1]
+				}
+			}
+			for tid, st := range stacks {
+				if len(st) != 0 {
+					t.Errorf("tid %d: %d calls never returned", tid, len(st))
+				}
+			}
+			testtarget.CheckText(t, tp.Pid())
+		})
+	}
+}
+
+// TestGraphDetachUnderLoad detaches in graph mode while 4 threads are deep
+// inside traced functions: every hijacked return address must be put back,
+// and the program's results must not change.
+func TestGraphDetachUnderLoad(t *testing.T) {
+	requireRoot(t)
+	for _, form := range testtarget.Forms {
+		t.Run(string(form), func(t *testing.T) {
+			bin := testtarget.Build(t, "stress", form, testtarget.Funcs(400))
+			tp := testtarget.Start(t, bin, "-t", "4")
+			if _, err := tp.Expect("ready", 30*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			if err := tp.Send("run 1"); err != nil {
+				t.Fatal(err)
+			}
+			done, err := tp.Expect("done", 30*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tp.Expect("counts", 10*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			if err := tp.Send("hammer"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tp.Expect("hammering", 10*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			before := testtarget.TakeSnapshot(t, tp.Pid())
+			restored := 0
+			for i := 0; i < 4; i++ {
+				s, err := Start(tp.Pid(), Options{Funcs: []string{"fn_*"}, Output: filepath.Join(t.TempDir(), "rec.data"), Graph: true, Chunks: 16})
+				if err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(50 * time.Millisecond)
+				s.Poll()
+				if err := s.Close(); err != nil {
+					t.Fatal(err)
+				}
+				restored += s.restoredReturns
+				testtarget.CheckText(t, tp.Pid())
+			}
+			before.CheckSame(t, tp.Pid())
+			if err := tp.Send("stop"); err != nil {
+				t.Fatal(err)
+			}
+			line, err := tp.Expect("stopped", 30*time.Second)
+			if err != nil {
+				t.Fatalf("%v (the target died? stderr %q)", err, tp.Stderr())
+			}
+			if got, want := strings.Fields(line)[2], strings.Fields(done)[1]; got != want {
+				t.Fatalf("checksum %s after tracing, %s before", got, want)
+			}
+			t.Logf("%d hijacked return addresses restored at detach", restored)
+		})
+	}
+}
