@@ -96,8 +96,8 @@ type Session struct {
 	counters agent.Counters // the agent's counters, kept once its memory is gone
 	// restoredReturns counts the return addresses put back at detach.
 	restoredReturns int
-	closed   bool
-	closeErr error
+	closed          bool
+	closeErr        error
 }
 
 // Start attaches to process pid, selects the functions to trace, injects
