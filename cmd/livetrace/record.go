@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"github.com/livetrace/livetrace/internal/proc"
 	"github.com/livetrace/livetrace/internal/session"
 	"github.com/livetrace/livetrace/internal/textpoke"
 )
@@ -27,6 +28,7 @@ type recordOptions struct {
 	graph    bool
 	stopMode bool
 	chunks   int
+	command  []string // -- CMD [ARGS...]
 	stdout   io.Writer
 	stderr   io.Writer
 }
@@ -34,7 +36,7 @@ type recordOptions struct {
 func newRecordCmd(stdout, stderr io.Writer) *cobra.Command {
 	o := &recordOptions{stdout: stdout, stderr: stderr}
 	cmd := &cobra.Command{
-		Use:   "record -p PID [-F GLOB]... [-N GLOB]... [-d DURATION] [-o FILE]",
+		Use:   "record (-p PID | -- CMD [ARGS...]) [-F GLOB]... [-N GLOB]... [-d DURATION] [-o FILE]",
 		Short: "Trace functions of a running process into a recording file",
 		Long: `Attach to the running process PID, patch the entry of every selected
 function into a call to an injected agent, and record every call until
@@ -42,19 +44,34 @@ function into a call to an injected agent, and record every call until
 Then put back every byte of the process's text, remove the agent, detach,
 and print a summary. The process keeps running throughout.
 
+With -- CMD [ARGS...] instead of -p, livetrace starts CMD itself, lets the
+dynamic loader map its libraries, patches every module before CMD's own
+code runs (at its ELF entry point), and traces until CMD exits. CMD keeps
+livetrace's standard input, output and error, and livetrace exits with
+CMD's exit status. A first Ctrl-C goes to CMD as usual; a second one stops
+tracing and leaves CMD running.
+
 -F selects functions by shell glob (default: all), -N excludes them; both
 may be repeated. The recording goes to FILE (default livetrace.data); read
 it with livetrace replay, report, info and export.`,
 		Example: `  livetrace record -p 1234 -d 2s
-  livetrace record -p 1234 -F 'parse_*' -N parse_debug -o parse.data`,
-		Args: cobra.NoArgs,
+  livetrace record -p 1234 -F 'parse_*' -N parse_debug -o parse.data
+  livetrace record --graph -- ./myprog --some-flag`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if !cmd.Flags().Changed("pid") {
-				return fmt.Errorf("record: give the process to trace with -p PID (usage: %s)", cmd.UseLine())
-			}
-			if o.pid <= 0 {
+			dash := cmd.ArgsLenAtDash()
+			switch {
+			case dash < 0 && len(args) > 0:
+				return fmt.Errorf("record: unexpected argument %q: put the command to run after -- (usage: %s)", args[0], cmd.UseLine())
+			case dash > 0:
+				return fmt.Errorf("record: unexpected argument %q before -- (usage: %s)", args[0], cmd.UseLine())
+			case cmd.Flags().Changed("pid") && len(args) > 0:
+				return fmt.Errorf("record: give either -p PID or -- CMD, not both")
+			case !cmd.Flags().Changed("pid") && len(args) == 0:
+				return fmt.Errorf("record: give the process to trace with -p PID, or a command after -- (usage: %s)", cmd.UseLine())
+			case cmd.Flags().Changed("pid") && o.pid <= 0:
 				return fmt.Errorf("parse -p %d: a pid is a positive number", o.pid)
 			}
+			o.command = args
 			if o.duration < 0 {
 				return fmt.Errorf("parse -d %v: the duration must be positive", o.duration)
 			}
@@ -87,7 +104,25 @@ func (o *recordOptions) run() error {
 	if o.stopMode {
 		opts.Mode = textpoke.ModeStop
 	}
-	s, err := session.Start(o.pid, opts)
+	var s *session.Session
+	var err error
+	var launched *proc.Process
+	if len(o.command) > 0 {
+		launched, err = proc.Launch(o.command)
+		if err != nil {
+			return err
+		}
+		s, err = session.StartProcess(launched, opts)
+		if err != nil {
+			// The command never ran its own code: do not let it run
+			// untraced behind the user's back.
+			_ = syscall.Kill(launched.Pid(), syscall.SIGKILL)
+		} else if err = launched.Release(); err != nil {
+			_ = s.Close()
+		}
+	} else {
+		s, err = session.Start(o.pid, opts)
+	}
 	if err != nil {
 		var nm *session.NoMatchError
 		if errors.As(err, &nm) {
@@ -113,10 +148,17 @@ func (o *recordOptions) run() error {
 	defer tick.Stop()
 	why = ""
 	var pollErr error
+	interrupted := false
 loop:
 	for {
 		select {
 		case sig := <-sigs:
+			if launched != nil && !interrupted {
+				// The terminal sent it to CMD too; wait for CMD to
+				// exit. A second one stops tracing.
+				interrupted = true
+				continue
+			}
 			why = "received " + sig.String()
 			break loop
 		case <-deadline:
@@ -143,7 +185,18 @@ loop:
 	if sum.Corrupt > 0 {
 		fmt.Fprintf(o.stderr, "livetrace: warning: %d malformed records from the target were dropped\n", sum.Corrupt)
 	}
-	return errors.Join(pollErr, cerr)
+	if err := errors.Join(pollErr, cerr); err != nil {
+		return err
+	}
+	if launched != nil {
+		// Pass on CMD's exit status.
+		if ws, _ := launched.ExitStatus(); ws.Exited() && ws.ExitStatus() != 0 {
+			return exitError{ws.ExitStatus()}
+		} else if ws.Signaled() {
+			return exitError{128 + int(ws.Signal())}
+		}
+	}
+	return nil
 }
 
 // noMatchError turns a selection that matched nothing into an error that

@@ -105,8 +105,16 @@ type Process struct {
 
 	sysInsn uint64 // address of a `syscall` instruction in the target
 
-	mu       sync.Mutex // guards exitedCh
-	exitedCh chan struct{}
+	// A process started by Launch is parked at its entry point, which
+	// holds `jmp .` instead of entryOrig until Release.
+	entry     uint64
+	entryOrig [2]byte
+	parked    bool
+
+	mu          sync.Mutex // guards exitedCh, finalStatus and finalExec
+	exitedCh    chan struct{}
+	finalStatus unix.WaitStatus
+	finalExec   bool
 }
 
 // Attach seizes every thread of process pid with PTRACE_SEIZE, without
@@ -235,8 +243,9 @@ func (p *Process) Exited() <-chan struct{} { return p.exitedCh }
 
 // ExitStatus returns the target's wait status once Exited is closed.
 func (p *Process) ExitStatus() (status unix.WaitStatus, execed bool) {
-	p.do(func() { status, execed = p.exitStatus, p.execed })
-	return
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.finalStatus, p.finalExec
 }
 
 // SetTrapHandler installs h (nil removes it).
@@ -559,6 +568,7 @@ func (p *Process) handleChild(pid int, ws unix.WaitStatus, kind int) {
 func (p *Process) markExited() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.finalStatus, p.finalExec = p.exitStatus, p.execed
 	select {
 	case <-p.exitedCh:
 	default:
@@ -755,6 +765,13 @@ func (p *Process) Detach() error {
 			err = p.stopAll()
 			if err == nil {
 				err = p.drainTraps()
+			}
+			if p.parked {
+				// Never leave `jmp .` behind.
+				if werr := p.mem.Write(p.entry, p.entryOrig[:]); err == nil {
+					err = werr
+				}
+				p.parked = false
 			}
 		}
 		p.detachAll()

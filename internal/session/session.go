@@ -89,7 +89,8 @@ type Session struct {
 	lost     map[uint32]uint64
 	threads  map[uint32]string // tid -> name, as first seen
 	evbuf    []tracefile.Event
-	clock0   tsc.Pair
+	clock0   tsc.Pair // at the patch batch
+	calib    tsc.Pair // taken earlier, to know the TSC rate before the end
 	started  time.Time
 	patched  bool
 	stats    textpoke.Stats
@@ -103,24 +104,45 @@ type Session struct {
 // Start attaches to process pid, selects the functions to trace, injects
 // the agent, patches the sites and starts recording. On error, everything
 // done so far is undone.
-func Start(pid int, opts Options) (s *Session, err error) {
-	s = &Session{pid: pid, opts: opts, lost: map[uint32]uint64{}, threads: map[uint32]string{}}
-	mods, err := elfsite.LiveModules(pid)
+func Start(pid int, opts Options) (*Session, error) {
+	s := &Session{pid: pid, opts: opts, lost: map[uint32]uint64{}, threads: map[uint32]string{}}
+	if err := s.discover(); err != nil {
+		return nil, err
+	}
+	p, err := proc.Attach(pid)
 	if err != nil {
 		return nil, err
+	}
+	return s.start(p)
+}
+
+// StartProcess is Start for a process that is already seized, such as one
+// started by [proc.Launch]. On error the process is detached.
+func StartProcess(p *proc.Process, opts Options) (*Session, error) {
+	s := &Session{pid: p.Pid(), opts: opts, lost: map[uint32]uint64{}, threads: map[uint32]string{}}
+	if err := s.discover(); err != nil {
+		p.Detach()
+		return nil, err
+	}
+	return s.start(p)
+}
+
+func (s *Session) discover() error {
+	mods, err := elfsite.LiveModules(s.pid)
+	if err != nil {
+		return err
 	}
 	s.mods = mods
-	if err := s.selectSites(); err != nil {
-		return nil, err
-	}
-	s.p, err = proc.Attach(pid)
-	if err != nil {
-		return nil, err
-	}
+	return s.selectSites()
+}
+
+func (s *Session) start(p *proc.Process) (_ *Session, err error) {
+	s.p = p
+	s.calib = tsc.Sample()
+	pid := p.Pid()
 	defer func() {
 		if err != nil {
 			s.abort()
-			s = nil
 		}
 	}()
 	if err := s.checkSites(); err != nil {
@@ -128,7 +150,7 @@ func Start(pid int, opts Options) (s *Session, err error) {
 	}
 	s.meta.Cmdline = readCmdline(pid)
 	s.meta.Exe, _ = os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
-	s.eng, err = textpoke.New(s.p, textpoke.Options{Mode: opts.Mode})
+	s.eng, err = textpoke.New(s.p, textpoke.Options{Mode: s.opts.Mode})
 	if err != nil {
 		return nil, err
 	}
@@ -143,6 +165,7 @@ func Start(pid int, opts Options) (s *Session, err error) {
 	if err := s.patch(); err != nil {
 		return nil, err
 	}
+	s.checkpoint()
 	return s, nil
 }
 
@@ -438,7 +461,28 @@ func (s *Session) quiesce() error {
 func (s *Session) finish(clock1 tsc.Pair) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	m := &s.meta
+	m := s.buildMeta(&clock1)
+	err := s.w.Close(m)
+	s.w = nil
+	return err
+}
+
+// checkpoint writes the metadata known at the start into the recording, so
+// that a recording cut short (the tracer killed) can still be read with
+// --recover.
+func (s *Session) checkpoint() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.w != nil {
+		_ = s.w.Checkpoint(s.buildMeta(nil))
+	}
+}
+
+// buildMeta assembles the recording's metadata; clock1 is the end pair
+// (nil for a checkpoint). s.mu must be held.
+func (s *Session) buildMeta(clock1 *tsc.Pair) tracefile.Meta {
+	m := s.meta
+	m.Modules, m.Funcs, m.Symbols, m.Threads = nil, nil, nil, nil
 	m.Mode = tracefile.ModeEntry
 	if s.opts.Graph {
 		m.Mode = tracefile.ModeGraph
@@ -452,8 +496,14 @@ func (s *Session) finish(clock1 tsc.Pair) error {
 	if m.Start.IsZero() {
 		m.Start = time.Now()
 	}
-	m.End = time.Now()
-	m.Clock = tracefile.Clock{TSC0: s.clock0.TSC, Mono0: s.clock0.Mono, TSC1: clock1.TSC, Mono1: clock1.Mono, TSCHz: tsc.Hz(s.clock0, clock1)}
+	m.Clock = tracefile.Clock{TSC0: s.clock0.TSC, Mono0: s.clock0.Mono, TSCHz: tsc.Hz(s.calib, s.clock0)}
+	if clock1 != nil {
+		m.End = time.Now()
+		m.Clock.TSC1, m.Clock.Mono1 = clock1.TSC, clock1.Mono
+		if hz := tsc.Hz(s.clock0, *clock1); hz != 0 {
+			m.Clock.TSCHz = hz
+		}
+	}
 	for _, mod := range s.mods {
 		tm := tracefile.Module{Path: strings.TrimSuffix(mod.Path, " (deleted)"), Bias: mod.Bias, BuildID: mod.Spec.BuildID}
 		if len(mod.Mappings) > 0 {
@@ -481,20 +531,22 @@ func (s *Session) finish(clock1 tsc.Pair) error {
 		tids = append(tids, tid)
 	}
 	sort.Slice(tids, func(i, j int) bool { return tids[i] < tids[j] })
+	m.Lost = 0
 	for _, tid := range tids {
 		m.Threads = append(m.Threads, tracefile.Thread{TID: tid, Name: s.threads[tid], Lost: s.lost[tid]})
 		m.Lost += s.lost[tid]
 	}
 	c := s.counters
+	if s.cons != nil {
+		c = s.cons.Counters()
+	}
 	m.Lost = max(m.Lost, c.Lost) + c.TableFull + c.Reentered
 	m.ShadowOverflow = c.Overflow
 	m.Filters = s.opts.Filters
 	if len(m.Filters.Patterns) == 0 {
 		m.Filters.Patterns = s.opts.Funcs
 	}
-	err := s.w.Close(*m)
-	s.w = nil
-	return err
+	return m
 }
 
 func readCmdline(pid int) []string {

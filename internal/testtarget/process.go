@@ -68,29 +68,43 @@ var ErrTimeout = errors.New("timed out waiting for output")
 func Start(tb testing.TB, path string, args ...string) *Process {
 	tb.Helper()
 	p := &Process{tb: tb, lines: make(chan string, 1024), waitDone: make(chan struct{}), killed: make(chan struct{})}
-	p.cmd = exec.Command(path, args...)
-	p.cmd.Stderr = &p.stderr
-	// Kill the fixture if the test binary dies (a panic or a -timeout)
-	// without running its cleanups. Pdeathsig fires when the forking OS
-	// thread exits, so never call Start on a goroutine that ends while
-	// locked to its thread (runtime.LockOSThread).
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	stdin, err := p.cmd.StdinPipe()
-	if err != nil {
-		tb.Fatalf("start %s: %v", path, err)
-	}
-	// An os.Pipe rather than StdoutPipe, so that Wait does not close the
-	// read end while lines are still buffered in it.
-	stdout, w, err := os.Pipe()
-	if err != nil {
-		tb.Fatalf("start %s: %v", path, err)
-	}
-	p.cmd.Stdout = w
-	p.stdin = stdin
-	err = p.cmd.Start()
-	w.Close()
-	if err != nil {
-		stdout.Close()
+	var stdout *os.File
+	for attempt := 0; ; attempt++ {
+		p.cmd = exec.Command(path, args...)
+		p.cmd.Stderr = &p.stderr
+		// Kill the fixture if the test binary dies (a panic or a
+		// -timeout) without running its cleanups. Pdeathsig fires when
+		// the forking OS thread exits, so never call Start on a
+		// goroutine that ends while locked to its thread
+		// (runtime.LockOSThread).
+		p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		stdin, err := p.cmd.StdinPipe()
+		if err != nil {
+			tb.Fatalf("start %s: %v", path, err)
+		}
+		// An os.Pipe rather than StdoutPipe, so that Wait does not close
+		// the read end while lines are still buffered in it.
+		r, w, err := os.Pipe()
+		if err != nil {
+			tb.Fatalf("start %s: %v", path, err)
+		}
+		p.cmd.Stdout = w
+		p.stdin = stdin
+		err = p.cmd.Start()
+		w.Close()
+		if err == nil {
+			stdout = r
+			break
+		}
+		r.Close()
+		stdin.Close()
+		// ETXTBSY: a file just written (a patched copy, a fresh build)
+		// can still be open for writing in a child that another test
+		// forked meanwhile; that child closes it at its exec.
+		if errors.Is(err, syscall.ETXTBSY) && attempt < 50 {
+			time.Sleep(20 * time.Millisecond)
+			continue
+		}
 		tb.Fatalf("start %s: %v", path, err)
 	}
 	go func() {
