@@ -85,8 +85,8 @@ step_list() {
 
 step_record() {
 	DATA=$work/livetrace.data
-	say "$BIN record -p $demo_pid -d 2s -o $DATA   (live: the demo keeps running)"
-	"$BIN" record -p "$demo_pid" -d 2s -o "$DATA"
+	say "$BIN record --graph -p $demo_pid -d 2s -o $DATA   (live: the demo keeps running)"
+	"$BIN" record --graph -p "$demo_pid" -d 2s -o "$DATA"
 	if ! kill -0 "$demo_pid" 2>/dev/null; then
 		echo "demo: the demo died while traced" >&2
 		exit 1
@@ -96,10 +96,20 @@ step_record() {
 step_report() {
 	say "$BIN report -i $DATA"
 	"$BIN" report -i "$DATA"
-	say "$BIN replay -i $DATA | head -20"
-	"$BIN" replay -i "$DATA" | head -20 || true
+	say "$BIN replay -i $DATA | head -30"
+	"$BIN" replay -i "$DATA" | head -30 || true
 	say "$BIN info -i $DATA"
 	"$BIN" info -i "$DATA" | head -16
+}
+
+step_export() {
+	OUT=${DEMO_OUT:-$PWD}
+	say "$BIN export --format chrome -o $OUT/demo.json; $BIN export --format flamegraph -o $OUT/demo.html"
+	"$BIN" export -i "$DATA" --format chrome -o "$OUT/demo.json"
+	"$BIN" export -i "$DATA" --format flamegraph -o "$OUT/demo.html"
+	printf '\nOpen the trace and the flame graph:\n'
+	printf '  %s   load it at https://ui.perfetto.dev (Open trace file) or in chrome://tracing\n' "$OUT/demo.json"
+	printf '  %s   open it in any browser (self-contained)\n' "$OUT/demo.html"
 }
 
 main() {
@@ -109,6 +119,7 @@ main() {
 	step_list
 	step_record
 	step_report
+	step_export
 }
 
 main

@@ -67,11 +67,14 @@ func (o *exportOptions) run() error {
 	if o.out != "" {
 		out = o.out
 	}
-	f, err := o.filter.filter()
-	if err != nil {
+	if _, err := o.filter.filter(); err != nil {
 		return err
 	}
 	rec, err := o.in.read()
+	if err != nil {
+		return err
+	}
+	f, err := o.filter.filterFor(rec)
 	if err != nil {
 		return err
 	}

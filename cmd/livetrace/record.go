@@ -16,6 +16,7 @@ import (
 	"github.com/livetrace/livetrace/internal/proc"
 	"github.com/livetrace/livetrace/internal/session"
 	"github.com/livetrace/livetrace/internal/textpoke"
+	"github.com/livetrace/livetrace/internal/tracefile"
 )
 
 // recordOptions holds the flags of `livetrace record`.
@@ -28,6 +29,7 @@ type recordOptions struct {
 	graph    bool
 	stopMode bool
 	chunks   int
+	filter   filterOptions
 	command  []string // -- CMD [ARGS...]
 	stdout   io.Writer
 	stderr   io.Writer
@@ -87,6 +89,9 @@ it with livetrace replay, report, info and export.`,
 	f.BoolVar(&o.graph, "graph", false, "record function exits too (function_graph)")
 	f.BoolVar(&o.stopMode, "stop", false, "patch with every thread stopped (stop mode) instead of live")
 	f.IntVar(&o.chunks, "buffer-chunks", 0, "shared buffer size in 64 KiB chunks (default 64)")
+	f.IntVarP(&o.filter.depth, "depth", "D", 0, "record calls at depth < `N` only (graph mode, N < 256; 0 = all)")
+	f.DurationVarP(&o.filter.minDur, "time-filter", "t", 0, "show only calls that took at least `DURATION` (graph mode; applied when the recording is read)")
+	f.UintSliceVar(&o.filter.tids, "tid", nil, "record thread `TID` only (repeat or separate with commas)")
 	return cmd
 }
 
@@ -97,15 +102,25 @@ func (o *recordOptions) run() error {
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
 
+	flt, err := o.filter.filter()
+	if err != nil {
+		return err
+	}
+	if !o.graph && (flt.MaxDepth != 0 || flt.MinDuration != 0) {
+		return fmt.Errorf("record: -D and -t need --graph (entry-only recordings have no depth or duration)")
+	}
+	if flt.MaxDepth > 255 {
+		return fmt.Errorf("parse -D %d: at most 255", flt.MaxDepth)
+	}
 	opts := session.Options{
 		Funcs: o.funcs, Exclude: o.exclude, Graph: o.graph,
 		Output: o.output, Chunks: o.chunks,
+		Filters: tracefile.RecordFilters{MaxDepth: flt.MaxDepth, MinDuration: flt.MinDuration, TIDs: flt.TIDs},
 	}
 	if o.stopMode {
 		opts.Mode = textpoke.ModeStop
 	}
 	var s *session.Session
-	var err error
 	var launched *proc.Process
 	if len(o.command) > 0 {
 		launched, err = proc.Launch(o.command)

@@ -68,6 +68,22 @@ func (o *filterOptions) addFlags(fs *pflag.FlagSet) {
 	fs.UintSliceVar(&o.tids, "tid", nil, "show thread `TID` only (repeat or separate with commas)")
 }
 
+// filterFor is filter() with the filters given at record time (stored in
+// the recording) as defaults for those not given on the command line.
+func (o *filterOptions) filterFor(rec *tracefile.Recording) (report.Filter, error) {
+	f, err := o.filter()
+	if err != nil || rec.Mode != tracefile.ModeGraph {
+		return f, err
+	}
+	if f.MinDuration == 0 {
+		f.MinDuration = rec.Filters.MinDuration
+	}
+	if f.MaxDepth == 0 {
+		f.MaxDepth = rec.Filters.MaxDepth
+	}
+	return f, nil
+}
+
 func (o *filterOptions) filter() (report.Filter, error) {
 	f := report.Filter{MaxDepth: o.depth, MinDuration: o.minDur}
 	if o.depth < 0 {
@@ -114,11 +130,14 @@ skipped.`,
   livetrace replay -i run1.data -D 3 -t 10us --tid 1234`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			f, err := o.filter.filter()
-			if err != nil {
+			if _, err := o.filter.filter(); err != nil {
 				return err
 			}
 			rec, err := o.in.read()
+			if err != nil {
+				return err
+			}
+			f, err := o.filter.filterFor(rec)
 			if err != nil {
 				return err
 			}

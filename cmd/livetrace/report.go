@@ -42,11 +42,14 @@ min_ns and max_ns.`,
   livetrace report --json --tid 1234`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			f, err := o.filter.filter()
-			if err != nil {
+			if _, err := o.filter.filter(); err != nil {
 				return err
 			}
 			rec, err := o.in.read()
+			if err != nil {
+				return err
+			}
+			f, err := o.filter.filterFor(rec)
 			if err != nil {
 				return err
 			}

@@ -47,8 +47,15 @@ func (s *Session) deliver(tid uint32, lostBefore uint32, recs []agent.Record) er
 		s.threads[tid] = threadName(s.pid, int(tid))
 	}
 	s.lost[tid] += uint64(lostBefore)
+	if !s.wantTID(tid) {
+		return nil
+	}
 	evs := s.evbuf[:0]
+	maxDepth := s.opts.Filters.MaxDepth
 	for _, r := range recs {
+		if maxDepth > 0 && int(r.Depth) >= maxDepth {
+			continue
+		}
 		if int(r.Site) >= len(s.sel) || (r.Kind != agent.KindEntry && r.Kind != agent.KindExit) {
 			s.corrupt++
 			continue
@@ -116,4 +123,17 @@ func (s *Session) forked(child int, mem *proc.Mem) {
 			_ = mem.Write(x.addr, x.orig)
 		}
 	}
+}
+
+// wantTID applies the --tid filter.
+func (s *Session) wantTID(tid uint32) bool {
+	if len(s.opts.Filters.TIDs) == 0 {
+		return true
+	}
+	for _, t := range s.opts.Filters.TIDs {
+		if t == tid {
+			return true
+		}
+	}
+	return false
 }
