@@ -29,6 +29,16 @@ type Remote struct {
 	saved  unix.PtraceRegs
 	ran    bool // at least one syscall ran: the thread sits at a syscall-exit stop
 	closed bool
+	inline bool // obtained in a Batch: methods run on the ptrace thread directly
+}
+
+// run runs fn on the ptrace thread: directly for a Remote of a Batch,
+// which is already there.
+func (r *Remote) run(fn func() error) error {
+	if r.inline {
+		return fn()
+	}
+	return r.p.doErr(fn)
 }
 
 // Syscall numbers the tracer runs in targets (x86-64).
@@ -60,8 +70,22 @@ func (p *Process) HoldRemote() (*Remote, error) { return p.holdRemote(0) }
 // holdRemote is HoldRemote; a non-zero tid forces the choice of thread
 // (for tests).
 func (p *Process) holdRemote(tid int) (*Remote, error) {
-	r := &Remote{p: p}
+	var r *Remote
 	err := p.doErr(func() error {
+		var err error
+		r, err = p.holdRemoteLocked(tid)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// holdRemoteLocked is holdRemote on the ptrace thread.
+func (p *Process) holdRemoteLocked(tid int) (*Remote, error) {
+	r := &Remote{p: p}
+	err := func() error {
 		if p.sysInsn == 0 {
 			addr, err := findSyscallInsn(p.pid, p.mem)
 			if err != nil {
@@ -104,7 +128,7 @@ func (p *Process) holdRemote(tid int) (*Remote, error) {
 			return nil
 		}
 		return fmt.Errorf("no thread of pid %d can run a system call (all stopped by job control?)", p.pid)
-	})
+	}()
 	if err != nil {
 		return nil, err
 	}
@@ -181,7 +205,7 @@ func (r *Remote) Syscall(nr uint64, args ...uint64) (uint64, error) {
 		return 0, fmt.Errorf("syscall %d: %d arguments, at most 6", nr, len(args))
 	}
 	var ret uint64
-	err := r.p.doErr(func() error {
+	err := r.run(func() error {
 		if r.closed {
 			return errors.New("remote thread already released")
 		}
@@ -254,7 +278,7 @@ func (r *Remote) SyscallOK(name string, nr uint64, args ...uint64) (uint64, erro
 // syscall as soon as it runs; restart_syscall continues a nanosleep or a
 // futex wait with its original deadline.
 func (r *Remote) Release() error {
-	return r.p.doErr(func() error {
+	return r.run(func() error {
 		if r.closed {
 			return nil
 		}

@@ -131,9 +131,25 @@ type Engine struct {
 }
 
 type site struct {
-	orig []byte // bytes before we first touched the site
-	cur  []byte // bytes we last wrote (the intended instruction)
+	orig, cur siteBytes // before we first touched the site; what we last wrote
 }
+
+// maxSiteLen bounds Arch.SiteLen; site bytes live in fixed arrays so that a
+// batch of 100,000 sites allocates nothing per site.
+const maxSiteLen = 8
+
+type siteBytes struct {
+	n uint8
+	b [maxSiteLen]byte
+}
+
+func mkSiteBytes(b []byte) siteBytes {
+	var s siteBytes
+	s.n = uint8(copy(s.b[:], b))
+	return s
+}
+
+func (s *siteBytes) bytes() []byte { return s.b[:s.n] }
 
 type trapTable struct {
 	addrs []uint64 // sorted
@@ -162,6 +178,9 @@ func New(p *proc.Process, opts Options) (*Engine, error) {
 	e := &Engine{p: p, arch: opts.Arch, sites: map[uint64]*site{}}
 	if e.arch == nil {
 		e.arch = AMD64{}
+	}
+	if e.arch.SiteLen() > maxSiteLen {
+		return nil, fmt.Errorf("sites of %d bytes: at most %d", e.arch.SiteLen(), maxSiteLen)
 	}
 	if err := e.registerMembarrier(); err != nil {
 		return nil, err
@@ -236,7 +255,7 @@ func (e *Engine) Current(addr uint64) ([]byte, bool) {
 	if s == nil {
 		return nil, false
 	}
-	return bytes.Clone(s.cur), true
+	return bytes.Clone(s.cur.bytes()), true
 }
 
 // handleTrap runs on the ptrace thread for every INT3 SIGTRAP.
@@ -295,7 +314,7 @@ func (e *Engine) apply(patches []Patch, mode Mode) (Stats, error) {
 	}
 	for _, pt := range ps {
 		if e.sites[pt.Addr] == nil {
-			e.sites[pt.Addr] = &site{orig: bytes.Clone(pt.Old), cur: bytes.Clone(pt.Old)}
+			e.sites[pt.Addr] = &site{orig: mkSiteBytes(pt.Old), cur: mkSiteBytes(pt.Old)}
 		}
 	}
 	if debugTiming {
@@ -307,6 +326,9 @@ func (e *Engine) apply(patches []Patch, mode Mode) (Stats, error) {
 		err = e.applyStop(ps, runs, &st)
 	} else {
 		err = e.applyLive(ps, runs, &st)
+	}
+	if debugTiming {
+		fmt.Fprintf(os.Stderr, "textpoke: batch total %v\n", time.Since(start))
 	}
 	st.Sites = len(ps)
 	st.Writes = int(e.p.Mem().Writes() - writes0)
@@ -331,7 +353,9 @@ func (e *Engine) prepare(patches []Patch) ([]Patch, error) {
 		}
 		ps = append(ps, pt)
 	}
-	slices.SortFunc(ps, func(a, b Patch) int { return cmp.Compare(a.Addr, b.Addr) })
+	if !slices.IsSortedFunc(ps, func(a, b Patch) int { return cmp.Compare(a.Addr, b.Addr) }) {
+		slices.SortFunc(ps, func(a, b Patch) int { return cmp.Compare(a.Addr, b.Addr) })
+	}
 	for i := 1; i < len(ps); i++ {
 		if ps[i].Addr < ps[i-1].Addr+uint64(n) {
 			return nil, fmt.Errorf("sites %#x and %#x overlap", ps[i-1].Addr, ps[i].Addr)
@@ -381,7 +405,10 @@ func (e *Engine) verify(ps []Patch) ([]*run, error) {
 		cur.buf = make([]byte, end-cur.addr)
 	}
 	var bad []string
+	tRead := time.Now()
+	var readBytes int
 	for _, r := range runs {
+		readBytes += len(r.buf)
 		if err := e.p.ReadMem(r.addr, r.buf); err != nil {
 			return nil, fmt.Errorf("verify sites: %w", err)
 		}
@@ -392,6 +419,9 @@ func (e *Engine) verify(ps []Patch) ([]*run, error) {
 				bad = append(bad, fmt.Sprintf("site %#x holds % x, expected % x", ps[i].Addr, got, ps[i].Old))
 			}
 		}
+	}
+	if debugTiming {
+		fmt.Fprintf(os.Stderr, "textpoke: verify read %d runs, %d KiB in %v\n", len(runs), readBytes>>10, time.Since(tRead))
 	}
 	if len(bad) > 0 {
 		more := ""
@@ -404,14 +434,15 @@ func (e *Engine) verify(ps []Patch) ([]*run, error) {
 	return runs, nil
 }
 
-// writeRuns writes every run; set changes each run's buffer first.
-func (e *Engine) writeRuns(runs []*run, ps []Patch, set func(buf []byte, pt Patch)) error {
+// writeRuns writes every run with write; set changes each run's buffer
+// first.
+func (e *Engine) writeRuns(runs []*run, ps []Patch, write func(addr uint64, b []byte) error, set func(buf []byte, pt Patch)) error {
 	for _, r := range runs {
 		for _, i := range r.sites {
 			off := ps[i].Addr - r.addr
 			set(r.buf[off:off+uint64(e.arch.SiteLen())], ps[i])
 		}
-		if err := e.p.WriteMem(r.addr, r.buf); err != nil {
+		if err := write(r.addr, r.buf); err != nil {
 			return err
 		}
 	}
@@ -450,67 +481,71 @@ func (e *Engine) publish(ps []Patch) {
 
 var debugTiming = os.Getenv("LIVETRACE_DEBUG_TIMING") != ""
 
-func (e *Engine) applyLive(ps []Patch, runs []*run, st *Stats) (err error) {
-	t0 := time.Now()
-	r, err := e.p.HoldRemote()
-	if debugTiming {
-		fmt.Fprintf(os.Stderr, "textpoke: hold %v\n", time.Since(t0))
-	}
-	if err != nil {
-		return fmt.Errorf("patch pid %d: %w", e.p.Pid(), err)
-	}
-	defer func() {
-		if rerr := r.Release(); err == nil && rerr != nil {
-			err = rerr
-		}
-	}()
-	sync := func() error {
-		st.Syncs++
-		_, err := r.SyscallOK("membarrier", proc.SysMembarrier, membarrierSyncCore, 0, 0)
-		return err
-	}
-	// The handler must know the new instructions before the first INT3
-	// lands.
-	e.publish(ps)
-	bp := e.arch.Breakpoint()
-	steps := []func(buf []byte, pt Patch){
-		func(buf []byte, pt Patch) { buf[0] = bp },
-		func(buf []byte, pt Patch) { copy(buf[1:], pt.New[1:]) },
-		func(buf []byte, pt Patch) { buf[0] = pt.New[0] },
-	}
-	for i, step := range steps {
+func (e *Engine) applyLive(ps []Patch, runs []*run, st *Stats) error {
+	// The whole protocol runs on the ptrace thread, so that INT3 hits are
+	// emulated between the pieces of each write and during each sync,
+	// instead of waiting for a goroutine hand-off.
+	return e.p.Batch(func(b *proc.Batch) (err error) {
 		t0 := time.Now()
-		if err := e.writeRuns(runs, ps, step); err != nil {
-			e.recover(ps, runs, i)
-			return fmt.Errorf("patch pid %d (step %d of 3): %w", e.p.Pid(), i+1, err)
-		}
-		t1 := time.Now()
-		if err := sync(); err != nil {
-			e.recover(ps, runs, i+1)
-			return fmt.Errorf("patch pid %d (sync %d of 3): %w", e.p.Pid(), i+1, err)
+		r, err := b.HoldRemote()
+		if err != nil {
+			return fmt.Errorf("patch pid %d: %w", e.p.Pid(), err)
 		}
 		if debugTiming {
-			fmt.Fprintf(os.Stderr, "textpoke: step %d write %v sync %v\n", i+1, t1.Sub(t0), time.Since(t1))
+			fmt.Fprintf(os.Stderr, "textpoke: hold %v\n", time.Since(t0))
 		}
-	}
-	for _, pt := range ps {
-		e.sites[pt.Addr].cur = bytes.Clone(pt.New)
-	}
-	return nil
+		defer func() {
+			if rerr := r.Release(); err == nil && rerr != nil {
+				err = rerr
+			}
+		}()
+		sync := func() error {
+			st.Syncs++
+			_, err := r.SyscallOK("membarrier", proc.SysMembarrier, membarrierSyncCore, 0, 0)
+			return err
+		}
+		// The handler must know the new instructions before the first
+		// INT3 lands.
+		e.publish(ps)
+		bp := e.arch.Breakpoint()
+		steps := []func(buf []byte, pt Patch){
+			func(buf []byte, pt Patch) { buf[0] = bp },
+			func(buf []byte, pt Patch) { copy(buf[1:], pt.New[1:]) },
+			func(buf []byte, pt Patch) { buf[0] = pt.New[0] },
+		}
+		for i, step := range steps {
+			t0 := time.Now()
+			if err := e.writeRuns(runs, ps, b.Write, step); err != nil {
+				e.recover(ps, runs)
+				return fmt.Errorf("patch pid %d (step %d of 3): %w", e.p.Pid(), i+1, err)
+			}
+			t1 := time.Now()
+			if err := sync(); err != nil {
+				e.recover(ps, runs)
+				return fmt.Errorf("patch pid %d (sync %d of 3): %w", e.p.Pid(), i+1, err)
+			}
+			if debugTiming {
+				fmt.Fprintf(os.Stderr, "textpoke: step %d write %v sync %v\n", i+1, t1.Sub(t0), time.Since(t1))
+			}
+		}
+		for _, pt := range ps {
+			e.sites[pt.Addr].cur = mkSiteBytes(pt.New)
+		}
+		return nil
+	})
 }
 
 // recover is called when a live batch fails midway (the target exited, or
 // a write failed). It records, per site, what may now be in the text, so
 // that RestoreAll can still find every site: a site may hold INT3 + old
 // tail, INT3 + new tail, or the new bytes.
-func (e *Engine) recover(ps []Patch, runs []*run, done int) {
+func (e *Engine) recover(ps []Patch, runs []*run) {
 	for _, r := range runs {
 		for _, i := range r.sites {
 			off := ps[i].Addr - r.addr
-			e.sites[ps[i].Addr].cur = bytes.Clone(r.buf[off : off+uint64(e.arch.SiteLen())])
+			e.sites[ps[i].Addr].cur = mkSiteBytes(r.buf[off : off+uint64(e.arch.SiteLen())])
 		}
 	}
-	_ = done
 }
 
 func (e *Engine) applyStop(ps []Patch, runs []*run, st *Stats) error {
@@ -545,11 +580,11 @@ func (e *Engine) stopped(ps []Patch, runs []*run, st *Stats) error {
 			return err
 		}
 	}
-	if err := e.writeRuns(runs, ps, func(buf []byte, pt Patch) { copy(buf, pt.New) }); err != nil {
+	if err := e.writeRuns(runs, ps, e.p.WriteMem, func(buf []byte, pt Patch) { copy(buf, pt.New) }); err != nil {
 		return fmt.Errorf("patch pid %d: %w", e.p.Pid(), err)
 	}
 	for _, pt := range ps {
-		e.sites[pt.Addr].cur = bytes.Clone(pt.New)
+		e.sites[pt.Addr].cur = mkSiteBytes(pt.New)
 	}
 	if e.membarrier {
 		r, err := e.p.HoldRemote()
@@ -711,8 +746,8 @@ func (e *Engine) RestoreAll() (Stats, error) {
 		if err := e.p.ReadMem(addr, now); err != nil {
 			return Stats{}, fmt.Errorf("restore site %#x: %w", addr, err)
 		}
-		if !bytes.Equal(now, s.orig) {
-			ps = append(ps, Patch{Addr: addr, Old: now, New: s.orig})
+		if orig := s.orig.bytes(); !bytes.Equal(now, orig) {
+			ps = append(ps, Patch{Addr: addr, Old: now, New: orig})
 		}
 	}
 	// An INT3-headed site cannot be checked by Arch.Check as an old
