@@ -15,7 +15,9 @@ import (
 	"github.com/livetrace/livetrace/internal/tracefile"
 )
 
-func requireRoot(t *testing.T) {
+func requireRoot(t *testing.T) { requireRootB(t) }
+
+func requireRootB(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		if os.Getenv("LIVETRACE_REQUIRE_ALL") != "" {
@@ -32,7 +34,9 @@ var (
 )
 
 // livetraceBinary builds the livetrace command once per test run.
-func livetraceBinary(t *testing.T) string {
+func livetraceBinary(t *testing.T) string { return livetraceBinaryB(t) }
+
+func livetraceBinaryB(t testing.TB) string {
 	t.Helper()
 	binOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "livetrace-bin")

@@ -23,6 +23,7 @@ package elfsite
 
 import (
 	"bytes"
+	"cmp"
 	"debug/elf"
 	"encoding/binary"
 	"encoding/hex"
@@ -30,6 +31,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sort"
 )
 
@@ -397,7 +399,7 @@ func (p *parser) sites() error {
 			sites = append(sites, st)
 		}
 	}
-	sort.SliceStable(sites, func(i, j int) bool { return sites[i].Addr < sites[j].Addr })
+	slices.SortStableFunc(sites, func(a, b Site) int { return cmp.Compare(a.Addr, b.Addr) })
 	out := sites[:0]
 	for _, st := range sites {
 		if len(out) > 0 && out[len(out)-1].Addr == st.Addr {

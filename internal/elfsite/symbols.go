@@ -1,9 +1,11 @@
 package elfsite
 
 import (
+	"cmp"
 	"debug/elf"
 	"fmt"
 	"path"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -64,27 +66,49 @@ func (p *parser) symbols() error {
 			Global: elf.ST_BIND(s.Info) != elf.STB_LOCAL,
 		})
 	}
-	sort.SliceStable(funcs, func(i, j int) bool {
-		a, b := &funcs[i], &funcs[j]
-		if a.Addr != b.Addr {
-			return a.Addr < b.Addr
+	// Sort indices, not the structs; the order is total, so an unstable
+	// sort with the index as the last key is stable.
+	idx := make([]int32, len(funcs))
+	for i := range idx {
+		idx[i] = int32(i)
+	}
+	slices.SortFunc(idx, func(a, b int32) int {
+		if c := cmp.Compare(funcs[a].Addr, funcs[b].Addr); c != 0 {
+			return c
 		}
-		return rank(a) < rank(b)
+		if c := compareRank(&funcs[a], &funcs[b]); c != 0 {
+			return c
+		}
+		return cmp.Compare(a, b)
 	})
+	sorted := make([]Func, len(funcs))
+	for i, j := range idx {
+		sorted[i] = funcs[j]
+	}
+	funcs = sorted
 	p.spec.Funcs = funcs
 	return nil
 }
 
-// rank orders aliases at one address: the lowest rank names the function.
+// compareRank orders aliases at one address: the first names the function.
 // Global names win over local ones, then names without leading underscores
 // ("malloc" over "__libc_malloc"), then shorter, then lexical order.
-func rank(f *Func) string {
-	g := "1"
-	if f.Global {
-		g = "0"
+func compareRank(a, b *Func) int {
+	if a.Global != b.Global {
+		if a.Global {
+			return -1
+		}
+		return 1
 	}
-	u := len(f.Raw) - len(strings.TrimLeft(f.Raw, "_"))
-	return fmt.Sprintf("%s%04d%08d%s", g, u, len(f.Raw), f.Raw)
+	ua := len(a.Raw) - len(strings.TrimLeft(a.Raw, "_"))
+	ub := len(b.Raw) - len(strings.TrimLeft(b.Raw, "_"))
+	if c := cmp.Compare(ua, ub); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(len(a.Raw), len(b.Raw)); c != 0 {
+		return c
+	}
+	return strings.Compare(a.Raw, b.Raw)
 }
 
 // Demangle returns the uftrace-style name of a mangled C++ or Rust symbol:

@@ -73,6 +73,7 @@ type selected struct {
 type Session struct {
 	pid  int
 	opts Options
+	lapT time.Time
 	p    *proc.Process
 	eng  *textpoke.Engine
 	mods []*elfsite.Module
@@ -105,11 +106,14 @@ type Session struct {
 // the agent, patches the sites and starts recording. On error, everything
 // done so far is undone.
 func Start(pid int, opts Options) (*Session, error) {
+	defer boostNice(-10)()
 	s := &Session{pid: pid, opts: opts, lost: map[uint32]uint64{}, threads: map[uint32]string{}}
 	if err := s.discover(); err != nil {
 		return nil, err
 	}
+	s.lap("discover")
 	p, err := proc.Attach(pid)
+	s.lap("attach")
 	if err != nil {
 		return nil, err
 	}
@@ -119,6 +123,7 @@ func Start(pid int, opts Options) (*Session, error) {
 // StartProcess is Start for a process that is already seized, such as one
 // started by [proc.Launch]. On error the process is detached.
 func StartProcess(p *proc.Process, opts Options) (*Session, error) {
+	defer boostNice(-10)()
 	s := &Session{pid: p.Pid(), opts: opts, lost: map[uint32]uint64{}, threads: map[uint32]string{}}
 	if err := s.discover(); err != nil {
 		p.Detach()
@@ -128,6 +133,7 @@ func StartProcess(p *proc.Process, opts Options) (*Session, error) {
 }
 
 func (s *Session) discover() error {
+	s.lap("")
 	mods, err := elfsite.LiveModules(s.pid)
 	if err != nil {
 		return err
@@ -154,19 +160,38 @@ func (s *Session) start(p *proc.Process) (_ *Session, err error) {
 	if err != nil {
 		return nil, err
 	}
+	s.lap("engine")
 	if err := s.openOutput(); err != nil {
 		return nil, err
 	}
 	if err := s.inject(); err != nil {
 		return nil, err
 	}
+	s.lap("inject")
 	s.p.SetThreadExitHandler(s.threadExit)
 	s.p.SetForkHandler(s.forked)
 	if err := s.patch(); err != nil {
 		return nil, err
 	}
+	s.lap("patch")
 	s.checkpoint()
+	s.lap("checkpoint")
 	return s, nil
+}
+
+var debugTiming = os.Getenv("LIVETRACE_DEBUG_TIMING") != ""
+
+// lap prints how long the last step of Start took, with
+// LIVETRACE_DEBUG_TIMING set.
+func (s *Session) lap(step string) {
+	if !debugTiming {
+		return
+	}
+	now := time.Now()
+	if !s.lapT.IsZero() {
+		fmt.Fprintf(os.Stderr, "session: %s %v\n", step, now.Sub(s.lapT))
+	}
+	s.lapT = now
 }
 
 // selectSites picks the patchable sites whose function matches the globs.

@@ -1,0 +1,629 @@
+// Command ltbench measures livetrace against uftrace and bpftrace on this
+// machine, side by side in one run, and prints one table (and writes it as
+// JSON). `make bench` runs it; see bench/README.md.
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/livetrace/livetrace/internal/tracefile"
+)
+
+// Result is one measured figure.
+type Result struct {
+	Section string  `json:"section"`
+	Name    string  `json:"name"`
+	Value   float64 `json:"value"`
+	Unit    string  `json:"unit"`
+	Note    string  `json:"note,omitempty"`
+}
+
+// Goal is one target of issue 6, checked against the results.
+type Goal struct {
+	Goal   string `json:"goal"`
+	Actual string `json:"actual"`
+	Met    bool   `json:"met"`
+}
+
+type bench struct {
+	livetrace string
+	work      string
+	quick     bool
+	results   []Result
+	goals     []Goal
+	bins      map[string]string
+	log       io.Writer
+}
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintf(os.Stderr, "ltbench: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	b := &bench{bins: map[string]string{}, log: os.Stderr}
+	out := flag.String("o", "bench/results.json", "write the results as JSON to `FILE`")
+	flag.StringVar(&b.livetrace, "livetrace", "bin/livetrace", "the livetrace `BINARY`")
+	flag.BoolVar(&b.quick, "quick", false, "fewer iterations (for a smoke test)")
+	flag.Parse()
+	if os.Geteuid() != 0 {
+		return errors.New("run as root: livetrace, uftrace and bpftrace need it")
+	}
+	abs, err := filepath.Abs(b.livetrace)
+	if err != nil {
+		return err
+	}
+	b.livetrace = abs
+	b.work, err = os.MkdirTemp("", "ltbench")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(b.work)
+	if err := b.build(); err != nil {
+		return err
+	}
+	b.callOverhead()
+	b.throughput()
+	b.goTestBench("Patch batch (100k sites, 2 calling threads)", "./internal/textpoke", "BenchmarkBatch100k", "3x")
+	b.goTestBench("Attach latency (10k sites, 4 busy threads)", "./cmd/livetrace", "BenchmarkAttachLatency", "5x")
+	b.checkGoals()
+	b.print(os.Stdout)
+	return b.write(*out)
+}
+
+func (b *bench) add(section, name string, v float64, unit, note string) {
+	b.results = append(b.results, Result{section, name, v, unit, note})
+	fmt.Fprintf(b.log, "ltbench: %s / %s = %.3f %s %s\n", section, name, v, unit, note)
+}
+
+func (b *bench) get(name string) (float64, bool) {
+	for _, r := range b.results {
+		if r.Name == name {
+			return r.Value, true
+		}
+	}
+	return 0, false
+}
+
+// build compiles hotleaf.c in every variant the comparisons need.
+func (b *bench) build() error {
+	src := filepath.Join("bench", "c", "hotleaf.c")
+	clang := os.Getenv("LIVETRACE_CLANG")
+	if clang == "" {
+		clang = "clang-16"
+	}
+	variants := map[string][]string{
+		"sites":   {clang, "-O2", "-g", "-fpatchable-function-entry=5", "-fPIE", "-pie"},
+		"nosites": {clang, "-O2", "-g", "-fPIE", "-pie"},
+		"pg":      {"gcc", "-O2", "-g", "-pg", "-fPIE", "-pie"},
+	}
+	for name, cc := range variants {
+		out := filepath.Join(b.work, "hotleaf-"+name)
+		args := append(append([]string{}, cc[1:]...), "-pthread", "-o", out, src)
+		if o, err := exec.Command(cc[0], args...).CombinedOutput(); err != nil {
+			return fmt.Errorf("build hotleaf (%s): %v\n%s", name, err, o)
+		}
+		b.bins[name] = out
+	}
+	return nil
+}
+
+// target is a running hotleaf.
+type target struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	out   *bufio.Scanner
+}
+
+func startTarget(argv []string, wrap ...string) (*target, error) {
+	all := append(append([]string{}, wrap...), argv...)
+	cmd := exec.Command(all[0], all[1:]...)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	t := &target{cmd: cmd, stdin: stdin, out: bufio.NewScanner(stdout)}
+	if _, err := t.expect("ready"); err != nil {
+		t.kill()
+		return nil, err
+	}
+	return t, nil
+}
+
+func (t *target) expect(prefix string) (string, error) {
+	for t.out.Scan() {
+		if l := t.out.Text(); strings.HasPrefix(l, prefix) {
+			return l, nil
+		}
+	}
+	return "", fmt.Errorf("%s: no %q line", t.cmd.Path, prefix)
+}
+
+// go_ starts the timed run and returns the value of the result line.
+func (t *target) run(prefix string) (float64, error) {
+	if _, err := io.WriteString(t.stdin, "go\n"); err != nil {
+		return 0, err
+	}
+	l, err := t.expect(prefix)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseFloat(strings.Fields(l)[1], 64)
+}
+
+func (t *target) kill() {
+	t.stdin.Close()
+	done := make(chan struct{})
+	go func() { t.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.cmd.Process.Kill()
+		<-done
+	}
+}
+
+// tracer is a running livetrace record or bpftrace.
+type tracer struct {
+	cmd    *exec.Cmd
+	stderr *lockedBuf
+	peakKB int
+}
+
+type lockedBuf struct {
+	ch  chan string
+	all strings.Builder
+}
+
+// startTracer starts argv and waits until its stderr (or stdout) shows
+// ready.
+func startTracer(ready string, argv ...string) (*tracer, error) {
+	cmd := exec.Command(argv[0], argv[1:]...)
+	pr, pw := io.Pipe()
+	cmd.Stderr = pw
+	cmd.Stdout = pw
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	tr := &tracer{cmd: cmd, stderr: &lockedBuf{ch: make(chan string, 1000)}}
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			select {
+			case tr.stderr.ch <- sc.Text():
+			default:
+			}
+		}
+	}()
+	deadline := time.After(60 * time.Second)
+	for {
+		select {
+		case l := <-tr.stderr.ch:
+			tr.stderr.all.WriteString(l + "\n")
+			if strings.Contains(l, ready) {
+				return tr, nil
+			}
+		case <-deadline:
+			cmd.Process.Kill()
+			return nil, fmt.Errorf("%s did not say %q:\n%s", argv[0], ready, tr.stderr.all.String())
+		}
+	}
+}
+
+// stop sends SIGINT and waits; it records the tracer's peak RSS.
+func (tr *tracer) stop() string {
+	tr.peakKB = vmHWM(tr.cmd.Process.Pid)
+	tr.cmd.Process.Signal(syscall.SIGINT)
+	done := make(chan struct{})
+	go func() { tr.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		tr.cmd.Process.Kill()
+		<-done
+	}
+	time.Sleep(50 * time.Millisecond)
+	for {
+		select {
+		case l := <-tr.stderr.ch:
+			tr.stderr.all.WriteString(l + "\n")
+		default:
+			return tr.stderr.all.String()
+		}
+	}
+}
+
+func vmHWM(pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	m := regexp.MustCompile(`VmHWM:\s+(\d+) kB`).FindSubmatch(b)
+	if m == nil {
+		return 0
+	}
+	n, _ := strconv.Atoi(string(m[1]))
+	return n
+}
+
+// measure runs hotleaf `calls n` (or rdtsc) under the given tracer setup.
+func (b *bench) measure(bin, mode string, n int, setup func(pid int) (*tracer, error), wrap ...string) (float64, *tracer, error) {
+	t, err := startTarget([]string{bin, mode, strconv.Itoa(n)}, wrap...)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer t.kill()
+	var tr *tracer
+	if setup != nil {
+		if tr, err = setup(t.cmd.Process.Pid); err != nil {
+			return 0, nil, err
+		}
+	}
+	prefix := "ns_per_call"
+	if mode == "rdtsc" {
+		prefix = "rdtsc_ns"
+	}
+	v, err := t.run(prefix)
+	if tr != nil {
+		tr.stop()
+	}
+	return v, tr, err
+}
+
+// best returns the lowest of k measurements (the least disturbed one on a
+// shared machine).
+func (b *bench) best(k int, f func() (float64, error)) (float64, error) {
+	best := 0.0
+	for i := 0; i < k; i++ {
+		v, err := f()
+		if err != nil {
+			return 0, err
+		}
+		if i == 0 || v < best {
+			best = v
+		}
+	}
+	return best, nil
+}
+
+func (b *bench) callOverhead() {
+	const sec = "Cost per call of a hot leaf function"
+	n := 200_000_000
+	nt := 20_000_000
+	nbpf := 300_000
+	if b.quick {
+		n, nt, nbpf = 20_000_000, 2_000_000, 50_000
+	}
+	k := 3
+	try := func(name, note string, f func() (float64, error)) (float64, bool) {
+		v, err := b.best(k, f)
+		if err != nil {
+			b.add(sec, name, -1, "ns", "failed: "+err.Error())
+			return 0, false
+		}
+		b.add(sec, name, v, "ns", note)
+		return v, true
+	}
+	rd, _ := try("rdtsc (floor of one timestamp)", "", func() (float64, error) {
+		v, _, err := b.measure(b.bins["sites"], "rdtsc", n, nil)
+		return v, err
+	})
+	base, _ := try("call, build without sites", "clang-16 -O2", func() (float64, error) {
+		v, _, err := b.measure(b.bins["nosites"], "calls", n, nil)
+		return v, err
+	})
+	nop, _ := try("call, NOP5 site (not traced)", "clang-16 -O2 -fpatchable-function-entry=5", func() (float64, error) {
+		v, _, err := b.measure(b.bins["sites"], "calls", n, nil)
+		return v, err
+	})
+	b.add(sec, "disabled site cost", nop-base, "ns", "NOP5 build minus no-site build")
+	lt := func(extra ...string) func() (float64, error) {
+		return func() (float64, error) {
+			v, _, err := b.measure(b.bins["sites"], "calls", nt, func(pid int) (*tracer, error) {
+				args := append([]string{b.livetrace, "record", "-p", strconv.Itoa(pid), "-F", "leaf", "-o", filepath.Join(b.work, "lt.data"), "--buffer-chunks", "256"}, extra...)
+				return startTracer("livetrace: tracing", args...)
+			})
+			return v, err
+		}
+	}
+	if v, ok := try("livetrace entry", "record -F leaf", lt()); ok {
+		b.add(sec, "livetrace entry overhead", v-nop, "ns", "minus the untraced NOP5 call")
+	}
+	if v, ok := try("livetrace graph", "record --graph -F leaf", lt("--graph")); ok {
+		b.add(sec, "livetrace graph overhead", v-nop, "ns", "minus the untraced NOP5 call")
+	}
+	if _, err := exec.LookPath("uftrace"); err == nil {
+		if v, ok := try("uftrace record (-pg build)", "uftrace record (entry+exit)", func() (float64, error) {
+			v, _, err := b.measure(b.bins["pg"], "calls", nt, nil, "uftrace", "record", "-d", filepath.Join(b.work, "uftrace.data"))
+			return v, err
+		}); ok {
+			b.add(sec, "uftrace overhead", v-base, "ns", "minus the no-site call")
+		}
+	} else {
+		b.add(sec, "uftrace record (-pg build)", -1, "ns", "uftrace not installed")
+	}
+	if _, err := exec.LookPath("bpftrace"); err == nil {
+		ensureTracefs()
+		bpf := func(prog string) func() (float64, error) {
+			return func() (float64, error) {
+				v, _, err := b.measure(b.bins["nosites"], "calls", nbpf, func(pid int) (*tracer, error) {
+					return startTracer("Attaching", "bpftrace", "-e", strings.ReplaceAll(prog, "BIN", b.bins["nosites"]))
+				})
+				return v, err
+			}
+		}
+		if v, ok := try("bpftrace uprobe", "uprobe:leaf { @n = count() }", bpf(`uprobe:BIN:leaf { @n = count(); }`)); ok {
+			b.add(sec, "bpftrace uprobe overhead", v-base, "ns", "minus the no-site call")
+		}
+		if v, ok := try("bpftrace uprobe+uretprobe", "entry and exit probes", bpf(`uprobe:BIN:leaf { @n = count(); } uretprobe:BIN:leaf { @m = count(); }`)); ok {
+			b.add(sec, "bpftrace uprobe+uretprobe overhead", v-base, "ns", "minus the no-site call")
+		}
+	} else {
+		b.add(sec, "bpftrace uprobe", -1, "ns", "bpftrace not installed")
+	}
+	_ = rd
+}
+
+// ensureTracefs mounts tracefs for bpftrace when it is missing.
+func ensureTracefs() {
+	if _, err := os.Stat("/sys/kernel/tracing/uprobe_events"); err == nil {
+		return
+	}
+	_ = exec.Command("mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing").Run()
+}
+
+func (b *bench) throughput() {
+	const sec = "Consumer throughput and memory"
+	secs := "5"
+	if b.quick {
+		secs = "1"
+	}
+	for _, threads := range []string{"1", "2"} {
+		for _, chunks := range []string{"", "4"} {
+			name := "events/s, " + threads + " thread(s) at full speed"
+			extra := []string{}
+			if chunks != "" {
+				name = "overwhelmed: " + threads + " thread(s), 4-chunk buffer"
+				extra = []string{"--buffer-chunks", chunks}
+			}
+			data := filepath.Join(b.work, "tp.data")
+			t, err := startTarget([]string{b.bins["sites"], "spin", secs, threads})
+			if err != nil {
+				b.add(sec, name, -1, "events/s", err.Error())
+				continue
+			}
+			args := append([]string{b.livetrace, "record", "-p", strconv.Itoa(t.cmd.Process.Pid), "-F", "leaf", "-o", data}, extra...)
+			tr, err := startTracer("livetrace: tracing", args...)
+			if err != nil {
+				t.kill()
+				b.add(sec, name, -1, "events/s", err.Error())
+				continue
+			}
+			shm := sharedKB(t.cmd.Process.Pid)
+			calls, err := t.run("calls")
+			summary := tr.stop()
+			t.kill()
+			if err != nil {
+				b.add(sec, name, -1, "events/s", err.Error())
+				continue
+			}
+			rec, err := tracefile.Read(data)
+			if err != nil {
+				b.add(sec, name, -1, "events/s", err.Error()+"\n"+summary)
+				continue
+			}
+			events := float64(len(rec.Events))
+			d, _ := strconv.ParseFloat(secs, 64)
+			b.add(sec, name, events/d, "events/s", fmt.Sprintf("%.0f calls, %d recorded, %d lost", calls, len(rec.Events), rec.Lost))
+			if chunks == "" {
+				b.add(sec, "lost, "+threads+" thread(s) at full speed", float64(rec.Lost), "events", "")
+				if threads == "1" {
+					b.add(sec, "tracer peak RSS", float64(tr.peakKB)/1024, "MiB", "VmHWM of livetrace record")
+					b.add(sec, "shared memory in the target", float64(shm)/1024, "MiB", "the agent's memfd mapping")
+				}
+			} else {
+				accounted := float64(len(rec.Events)) + float64(rec.Lost)
+				b.add(sec, "overwhelmed: recorded+lost vs calls, "+threads+" thread(s)", accounted/calls, "ratio", "1.0 = every call accounted for")
+			}
+		}
+	}
+}
+
+// sharedKB is the size of the livetrace memfd mapping in pid.
+func sharedKB(pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", pid))
+	if err != nil {
+		return 0
+	}
+	kb := 0
+	for _, l := range strings.Split(string(b), "\n") {
+		if !strings.Contains(l, "memfd:livetrace") {
+			continue
+		}
+		lo, hi, _ := strings.Cut(strings.Fields(l)[0], "-")
+		a, _ := strconv.ParseUint(lo, 16, 64)
+		z, _ := strconv.ParseUint(hi, 16, 64)
+		kb += int((z - a) / 1024)
+	}
+	return kb
+}
+
+var benchLine = regexp.MustCompile(`^(Benchmark\S+)\s+\d+\s+(.*)$`)
+
+// goTestBench runs one Go benchmark and records its custom metrics.
+func (b *bench) goTestBench(section, pkg, name, benchtime string) {
+	if b.quick {
+		benchtime = "1x"
+	}
+	cmd := exec.Command("go", "test", "-run", "^$", "-bench", "^"+name+"$", "-benchtime", benchtime, "-timeout", "30m", pkg)
+	cmd.Env = append(os.Environ(), "LIVETRACE_REQUIRE_ALL=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		b.add(section, name, -1, "", fmt.Sprintf("failed: %v: %s", err, lastLines(string(out), 5)))
+		return
+	}
+	for _, l := range strings.Split(string(out), "\n") {
+		m := benchLine.FindStringSubmatch(l)
+		if m == nil {
+			continue
+		}
+		sub := strings.TrimPrefix(m[1], name)
+		sub = strings.TrimSuffix(strings.TrimPrefix(sub, "/"), fmt.Sprintf("-%d", runtime.GOMAXPROCS(0)))
+		f := strings.Fields(m[2])
+		for i := 0; i+1 < len(f); i += 2 {
+			v, err := strconv.ParseFloat(f[i], 64)
+			if err != nil || f[i+1] == "ns/op" {
+				continue
+			}
+			label := f[i+1]
+			if sub != "" {
+				label = sub + ": " + label
+			}
+			b.add(section, label, v, "", "")
+		}
+	}
+}
+
+func lastLines(s string, n int) string {
+	l := strings.Split(strings.TrimSpace(s), "\n")
+	if len(l) > n {
+		l = l[len(l)-n:]
+	}
+	return strings.Join(l, " | ")
+}
+
+func (b *bench) checkGoals() {
+	g := func(goal string, met bool, actual string) {
+		b.goals = append(b.goals, Goal{goal, actual, met})
+	}
+	rd, _ := b.get("rdtsc (floor of one timestamp)")
+	if v, ok := b.get("livetrace graph overhead"); ok {
+		g("graph-mode overhead <= 2 x (two rdtsc)", v <= 4*rd, fmt.Sprintf("%.1f ns vs %.1f ns", v, 4*rd))
+	}
+	if v, ok := b.get("livetrace entry overhead"); ok {
+		g("entry-only overhead <= 2 x (one rdtsc)", v <= 2*rd, fmt.Sprintf("%.1f ns vs %.1f ns", v, 2*rd))
+	}
+	lg, ok1 := b.get("livetrace graph overhead")
+	if uf, ok := b.get("uftrace overhead"); ok && ok1 && lg > 0 {
+		g("uftrace >= 3x slower than livetrace graph mode", uf >= 3*lg, fmt.Sprintf("%.1fx", uf/lg))
+	}
+	le, ok2 := b.get("livetrace entry overhead")
+	if bp, ok := b.get("bpftrace uprobe overhead"); ok && ok2 && le > 0 {
+		g("bpftrace uprobe >= 50x slower than livetrace entry", bp >= 50*le, fmt.Sprintf("%.0fx", bp/le))
+	}
+	if bp, ok := b.get("bpftrace uprobe+uretprobe overhead"); ok && ok1 && lg > 0 {
+		g("bpftrace uprobe+uretprobe >= 50x slower than livetrace graph", bp >= 50*lg, fmt.Sprintf("%.0fx", bp/lg))
+	}
+	if v, ok := b.get("disabled site cost"); ok {
+		g("disabled site within 0.5 ns of no site", v <= 0.5, fmt.Sprintf("%.2f ns", v))
+	}
+	for _, r := range b.results {
+		if strings.HasSuffix(r.Name, "attach-ms") {
+			g("attach latency <= 100 ms", r.Value <= 100, fmt.Sprintf("%.1f ms", r.Value))
+		}
+	}
+	if v, ok := b.get("lost, 1 thread(s) at full speed"); ok {
+		g("zero loss with one thread at full speed", v == 0, fmt.Sprintf("%.0f lost", v))
+	}
+	for _, r := range b.results {
+		if r.Name == "live: ms/batch" {
+			g("100k sites enabled in <= 50 ms (live)", r.Value <= 50, fmt.Sprintf("%.1f ms", r.Value))
+		}
+		if r.Name == "live: max-stall-µs" {
+			g("no calling thread stalled > 1 ms (live)", r.Value <= 1000, fmt.Sprintf("%.0f µs", r.Value))
+		}
+		if r.Name == "live: syncs/batch" {
+			g("3 syncs per batch (live)", r.Value == 3, fmt.Sprintf("%.0f", r.Value))
+		}
+	}
+}
+
+func (b *bench) print(w io.Writer) {
+	host, _ := os.Hostname()
+	cpu := "?"
+	if c, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		if m := regexp.MustCompile(`model name\s*:\s*(.*)`).FindSubmatch(c); m != nil {
+			cpu = string(m[1])
+		}
+	}
+	fmt.Fprintf(w, "livetrace benchmarks — %s, %d CPUs (%s), %s\n\n", host, runtime.NumCPU(), cpu, time.Now().Format(time.RFC3339))
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	section := ""
+	for _, r := range b.results {
+		if r.Section != section {
+			section = r.Section
+			fmt.Fprintf(tw, "\n%s\t\t\t\n", section)
+		}
+		v := fmt.Sprintf("%.3f", r.Value)
+		if r.Value < 0 {
+			v = "n/a"
+		} else if r.Value >= 1000 {
+			v = fmt.Sprintf("%.0f", r.Value)
+		}
+		fmt.Fprintf(tw, "  %s\t%s %s\t%s\n", r.Name, v, r.Unit, r.Note)
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "\nGoals\n")
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	for _, g := range b.goals {
+		mark := "MISSED"
+		if g.Met {
+			mark = "met"
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\n", g.Goal, g.Actual, mark)
+	}
+	tw.Flush()
+}
+
+func (b *bench) write(path string) error {
+	data, err := json.MarshalIndent(map[string]any{
+		"machine": map[string]any{"cpus": runtime.NumCPU(), "kernel": kernel()},
+		"time":    time.Now().Format(time.RFC3339),
+		"results": b.results,
+		"goals":   b.goals,
+	}, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(data, '\n'), 0o644)
+}
+
+func kernel() string {
+	var u syscall.Utsname
+	if syscall.Uname(&u) != nil {
+		return "?"
+	}
+	var s []byte
+	for _, c := range u.Release {
+		if c == 0 {
+			break
+		}
+		s = append(s, byte(c))
+	}
+	return string(s)
+}

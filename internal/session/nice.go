@@ -1,0 +1,58 @@
+package session
+
+import (
+	"os"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+)
+
+// boostNice sets the nice value of every thread of the tracer to n and
+// returns a function that puts the old values back.
+//
+// While it attaches and patches, the tracer competes for the CPUs with the
+// target's own threads, and every moment it waits for a CPU stretches the
+// window in which trapped threads wait for it. On Linux, setpriority acts
+// on one thread (a task), so every thread is set.
+func boostNice(n int) (restore func()) {
+	ents, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return func() {}
+	}
+	old := map[int]int{}
+	for _, e := range ents {
+		tid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		prio, err := unix.Getpriority(unix.PRIO_PROCESS, tid)
+		if err != nil {
+			continue
+		}
+		// The raw syscall returns 20 - nice.
+		if unix.Setpriority(unix.PRIO_PROCESS, tid, n) == nil {
+			old[tid] = 20 - prio
+		}
+	}
+	return func() {
+		// Threads created meanwhile inherited n: give them the value the
+		// process had.
+		base := 0
+		for _, nice := range old {
+			base = nice
+			break
+		}
+		ents, _ := os.ReadDir("/proc/self/task")
+		for _, e := range ents {
+			tid, err := strconv.Atoi(e.Name())
+			if err != nil {
+				continue
+			}
+			nice, ok := old[tid]
+			if !ok {
+				nice = base
+			}
+			_ = unix.Setpriority(unix.PRIO_PROCESS, tid, nice)
+		}
+	}
+}
