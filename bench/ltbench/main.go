@@ -345,7 +345,7 @@ func (b *bench) callOverhead() {
 	lt := func(extra ...string) func() (float64, error) {
 		return func() (float64, error) {
 			v, _, err := b.measure(b.bins["sites"], "calls", nt, func(pid int) (*tracer, error) {
-				args := append([]string{b.livetrace, "record", "-p", strconv.Itoa(pid), "-F", "leaf", "-o", filepath.Join(b.work, "lt.data"), "--buffer-chunks", "256"}, extra...)
+				args := append([]string{b.livetrace, "record", "-p", strconv.Itoa(pid), "-F", "leaf", "-o", filepath.Join(b.work, "lt.data")}, extra...)
 				return startTracer("livetrace: tracing", args...)
 			})
 			return v, err

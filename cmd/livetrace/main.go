@@ -11,12 +11,33 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
+	"runtime/pprof"
+	"syscall"
 
 	"github.com/spf13/cobra"
 )
 
 func main() {
+	// LIVETRACE_CPUPROFILE=FILE profiles livetrace itself (for its
+	// developers: go tool pprof FILE).
+	if path := os.Getenv("LIVETRACE_CPUPROFILE"); path != "" {
+		if f, err := os.Create(path); err == nil {
+			if pprof.StartCPUProfile(f) == nil {
+				defer pprof.StopCPUProfile()
+			}
+		}
+	}
+	if len(os.Args) > 1 && os.Args[1] == "record" {
+		// Catch Ctrl-C and SIGTERM from the very start: record must
+		// never die with a target half patched. record's own handler
+		// takes over from here.
+		signal.Ignore(syscall.SIGINT, syscall.SIGTERM)
+		earlySignals = make(chan os.Signal, 2)
+		signal.Notify(earlySignals, syscall.SIGINT, syscall.SIGTERM)
+	}
 	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		pprof.StopCPUProfile()
 		var ee exitError
 		if errors.As(err, &ee) {
 			os.Exit(ee.code)
@@ -25,6 +46,10 @@ func main() {
 		os.Exit(1)
 	}
 }
+
+// earlySignals receives SIGINT and SIGTERM from the start of a `record`
+// process (see main), nil otherwise.
+var earlySignals chan os.Signal
 
 // exitError asks main to exit with a given status without printing anything,
 // for example to pass on the exit status of a traced command.

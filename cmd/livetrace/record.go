@@ -88,7 +88,7 @@ it with livetrace replay, report, info and export.`,
 	f.StringVarP(&o.output, "output", "o", "livetrace.data", "write the recording to `FILE`")
 	f.BoolVar(&o.graph, "graph", false, "record function exits too (function_graph)")
 	f.BoolVar(&o.stopMode, "stop", false, "patch with every thread stopped (stop mode) instead of live")
-	f.IntVar(&o.chunks, "buffer-chunks", 0, "shared buffer size in 64 KiB chunks (default 64)")
+	f.IntVar(&o.chunks, "buffer-chunks", 0, "shared buffer size in 64 KiB chunks (default 256)")
 	f.IntVarP(&o.filter.depth, "depth", "D", 0, "record calls at depth < `N` only (graph mode, N < 256; 0 = all)")
 	f.DurationVarP(&o.filter.minDur, "time-filter", "t", 0, "show only calls that took at least `DURATION` (graph mode; applied when the recording is read)")
 	f.UintSliceVar(&o.filter.tids, "tid", nil, "record thread `TID` only (repeat or separate with commas)")
@@ -98,7 +98,10 @@ it with livetrace replay, report, info and export.`,
 func (o *recordOptions) run() error {
 	// Signals first: a Ctrl-C during attach or patching must not kill us
 	// with the target half patched; it ends the recording cleanly.
-	sigs := make(chan os.Signal, 2)
+	sigs := earlySignals
+	if sigs == nil {
+		sigs = make(chan os.Signal, 2)
+	}
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
 

@@ -26,6 +26,7 @@ type Consumer struct {
 	corrupt   uint64
 	order     []chunkRef
 	seenOwned []uint64
+	rawFn     func(tid uint32, lostBefore uint32, raw []byte) // set during PollRaw/DrainRaw
 }
 
 type chunkRef struct {
@@ -167,15 +168,37 @@ func (c *Consumer) deliver(idx uint64, fn func(uint32, uint32, []Record)) int {
 		return 0
 	}
 	tid := atomic.LoadUint32(c.u32(h + ChunkHdrTidOff))
-	c.recs = c.recs[:0]
 	base := h + SizeofChunkHdr
-	for i := from; i < count; i++ {
-		c.recs = append(c.recs, DecodeRecord(c.mem[base+i*SizeofRecord:]))
-	}
+	raw := c.mem[base+from*SizeofRecord : base+count*SizeofRecord]
 	c.consumed[idx] = uint32(count)
 	c.started[idx] = true
-	fn(tid, lost, c.recs)
+	if c.rawFn != nil {
+		c.rawFn(tid, lost, raw)
+	} else {
+		c.recs = c.recs[:0]
+		for i := 0; i+SizeofRecord <= len(raw); i += SizeofRecord {
+			c.recs = append(c.recs, DecodeRecord(raw[i:]))
+		}
+		fn(tid, lost, c.recs)
+	}
 	return int(count - from)
+}
+
+// PollRaw is [Consumer.Poll] that hands fn the records undecoded: raw is
+// a multiple of SizeofRecord bytes, straight from the shared memory (decode
+// each with [DecodeRecord]), and only valid during the call. It saves a
+// copy on the tracer's hottest path.
+func (c *Consumer) PollRaw(fn func(tid uint32, lostBefore uint32, raw []byte)) (int, error) {
+	c.rawFn = fn
+	defer func() { c.rawFn = nil }()
+	return c.poll(nil, false)
+}
+
+// DrainRaw is [Consumer.Drain] with raw records (see [Consumer.PollRaw]).
+func (c *Consumer) DrainRaw(fn func(tid uint32, lostBefore uint32, raw []byte)) (int, error) {
+	c.rawFn = fn
+	defer func() { c.rawFn = nil }()
+	return c.poll(nil, true)
 }
 
 func (c *Consumer) free(idx uint64) {

@@ -22,17 +22,17 @@ func (s *Session) consume(final bool) (int, error) {
 		return 0, nil
 	}
 	var werr error
-	fn := func(tid uint32, lostBefore uint32, recs []agent.Record) {
+	fn := func(tid uint32, lostBefore uint32, raw []byte) {
 		if werr == nil {
-			werr = s.deliver(tid, lostBefore, recs)
+			werr = s.deliverRaw(tid, lostBefore, raw)
 		}
 	}
 	var n int
 	var err error
 	if final {
-		n, err = s.cons.Drain(fn)
+		n, err = s.cons.DrainRaw(fn)
 	} else {
-		n, err = s.cons.Poll(fn)
+		n, err = s.cons.PollRaw(fn)
 	}
 	if werr != nil {
 		return n, werr
@@ -40,9 +40,20 @@ func (s *Session) consume(final bool) (int, error) {
 	return n, err
 }
 
-// deliver converts one chunk's records. Records come from the target's
-// memory: a site index out of range is counted as corrupt and dropped.
+// deliver converts one chunk's decoded records (see deliverRaw).
 func (s *Session) deliver(tid uint32, lostBefore uint32, recs []agent.Record) error {
+	raw := make([]byte, 0, len(recs)*agent.SizeofRecord)
+	for _, r := range recs {
+		b := agent.EncodeRecord(r)
+		raw = append(raw, b[:]...)
+	}
+	return s.deliverRaw(tid, lostBefore, raw)
+}
+
+// deliverRaw converts one chunk's records, straight from the shared
+// memory, and writes them. Records come from the target's memory: a site
+// index out of range is counted as corrupt and dropped.
+func (s *Session) deliverRaw(tid uint32, lostBefore uint32, raw []byte) error {
 	if _, ok := s.threads[tid]; !ok {
 		s.threads[tid] = threadName(s.pid, int(tid))
 	}
@@ -50,27 +61,36 @@ func (s *Session) deliver(tid uint32, lostBefore uint32, recs []agent.Record) er
 	if !s.wantTID(tid) {
 		return nil
 	}
-	evs := s.evbuf[:0]
+	nrec := len(raw) / agent.SizeofRecord
+	if cap(s.evbuf) < nrec {
+		s.evbuf = make([]tracefile.Event, nrec)
+	}
+	evs := s.evbuf[:nrec]
 	maxDepth := s.opts.Filters.MaxDepth
-	for _, r := range recs {
-		if maxDepth > 0 && int(r.Depth) >= maxDepth {
-			continue
-		}
-		if int(r.Site) >= len(s.sel) || (r.Kind != agent.KindEntry && r.Kind != agent.KindExit) {
+	nsel := uint32(len(s.sel))
+	n := 0
+	for i := 0; i < nrec; i++ {
+		r := agent.DecodeRecord(raw[i*agent.SizeofRecord:])
+		if r.Site >= nsel || (r.Kind != agent.KindEntry && r.Kind != agent.KindExit) {
 			s.corrupt++
 			continue
 		}
-		ev := tracefile.Event{TSC: r.TSC, TID: tid, Func: r.Site, Depth: uint16(r.Depth), Kind: tracefile.KindEntry}
+		if maxDepth > 0 && int(r.Depth) >= maxDepth {
+			continue
+		}
+		ev := &evs[n]
+		n++
+		ev.TSC, ev.TID, ev.Func, ev.Depth = r.TSC, tid, r.Site, uint16(r.Depth)
+		ev.Kind, ev.Caller = tracefile.KindEntry, 0
 		if r.Kind == agent.KindExit {
 			ev.Kind = tracefile.KindExit
 		}
 		if r.CallerKnown {
 			ev.Caller = uint64(int64(s.sel[r.Site].addr) + int64(r.CallerDelta))
 		}
-		evs = append(evs, ev)
 	}
-	s.evbuf = evs
-	s.events += uint64(len(evs))
+	evs = evs[:n]
+	s.events += uint64(n)
 	return s.w.WriteEvents(evs)
 }
 

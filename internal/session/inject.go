@@ -32,6 +32,12 @@ type remoteRegion struct {
 	what       string
 }
 
+// DefaultChunks is the default size of the shared event buffer, in chunks
+// of 4096 records (64 KiB): 16 MiB, about 10 ms of one thread calling a
+// traced function at full speed, enough to ride out the consumer's
+// scheduling hiccups.
+const DefaultChunks = 256
+
 const (
 	mapFixedNoreplace = 0x100000 // MAP_FIXED_NOREPLACE, Linux 4.17
 	madvWipeOnFork    = 18       // MADV_WIPEONFORK, Linux 4.14
@@ -60,7 +66,11 @@ func (s *Session) inject() (err error) {
 	if err != nil {
 		return err
 	}
-	cfg := agent.Config{Chunks: s.opts.Chunks, ChunkRecords: s.opts.ChunkRecords}
+	chunks := s.opts.Chunks
+	if chunks == 0 {
+		chunks = DefaultChunks
+	}
+	cfg := agent.Config{Chunks: chunks, ChunkRecords: s.opts.ChunkRecords}
 	// The site table is filled in below, once the stubs have addresses;
 	// its size is known now.
 	cfg.Sites = make([]agent.Site, len(s.sel))

@@ -22,6 +22,11 @@ const (
 
 	codecNone = 0
 	codecZstd = 1
+	// codecS2 is S2 (a Snappy extension, github.com/klauspost/compress/s2)
+	// block format: several times cheaper than zstd's fastest level, which
+	// matters for event blocks written while a target produces tens of
+	// millions of events per second. The metadata stays zstd.
+	codecS2 = 2
 
 	// BlockEvents is the number of events the writer puts in one block.
 	BlockEvents = 1 << 16
@@ -112,7 +117,6 @@ func (t *trailer) put(b []byte) {
 // appendEvent encodes ev after prev (the previous event of the same block,
 // or the zero Event for the first one).
 func appendEvent(b []byte, prev, ev *Event, first bool) []byte {
-	var e [maxEventSize]byte
 	h := byte(ev.Kind) & evKindMask
 	if first || ev.TID != prev.TID {
 		h |= evHasTID
@@ -120,18 +124,17 @@ func appendEvent(b []byte, prev, ev *Event, first bool) []byte {
 	if ev.Caller != 0 {
 		h |= evHasCaller
 	}
-	e[0] = h
-	n := 1
-	n += binary.PutVarint(e[n:], int64(ev.TSC-prev.TSC))
+	b = append(b, h)
+	b = binary.AppendVarint(b, int64(ev.TSC-prev.TSC))
 	if h&evHasTID != 0 {
-		n += binary.PutUvarint(e[n:], uint64(ev.TID))
+		b = binary.AppendUvarint(b, uint64(ev.TID))
 	}
-	n += binary.PutUvarint(e[n:], uint64(ev.Func))
-	n += binary.PutUvarint(e[n:], uint64(ev.Depth))
+	b = binary.AppendUvarint(b, uint64(ev.Func))
+	b = binary.AppendUvarint(b, uint64(ev.Depth))
 	if h&evHasCaller != 0 {
-		n += binary.PutUvarint(e[n:], ev.Caller)
+		b = binary.AppendUvarint(b, ev.Caller)
 	}
-	return append(b, e[:n]...)
+	return b
 }
 
 // decodeEvents decodes exactly count events from b and appends them to evs.
@@ -212,7 +215,7 @@ func zstdEncoder() (*zstd.Encoder, error) {
 		encoder, encErr = zstd.NewWriter(nil,
 			zstd.WithEncoderConcurrency(1),
 			zstd.WithEncoderCRC(false), // the block CRC covers the payload
-			zstd.WithEncoderLevel(zstd.SpeedDefault))
+			zstd.WithEncoderLevel(zstd.SpeedFastest))
 	})
 	return encoder, encErr
 }

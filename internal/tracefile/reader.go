@@ -10,6 +10,8 @@ import (
 	"io"
 	"os"
 	"slices"
+
+	"github.com/klauspost/compress/s2"
 )
 
 // Read reads the whole recording at path. See [ReadFrom].
@@ -233,7 +235,7 @@ func readBlock(r io.ReaderAt, off, end int64) (blockHeader, []byte, int64, error
 		if h.stored != h.raw {
 			return h, nil, 0, corruptf("block at offset %d: stored %d bytes of %d", off, h.stored, h.raw)
 		}
-	case codecZstd:
+	case codecZstd, codecS2:
 		if h.stored == 0 || h.stored >= h.raw || uint64(h.raw) > maxRatio*uint64(h.stored) {
 			return h, nil, 0, corruptf("block at offset %d: %d bytes compressed to %d", off, h.raw, h.stored)
 		}
@@ -253,6 +255,17 @@ func readBlock(r io.ReaderAt, off, end int64) (blockHeader, []byte, int64, error
 	}
 	if h.codec == codecNone {
 		return h, payload, next, nil
+	}
+	if h.codec == codecS2 {
+		n, err := s2.DecodedLen(payload)
+		if err != nil || n != int(h.raw) {
+			return h, nil, 0, corruptf("block at offset %d: S2 payload of %d bytes, want %d (%v)", off, n, h.raw, err)
+		}
+		raw, err := s2.Decode(make([]byte, h.raw), payload)
+		if err != nil {
+			return h, nil, 0, corruptf("block at offset %d: decompress: %v", off, err)
+		}
+		return h, raw, next, nil
 	}
 	dec, err := zstdDecoder()
 	if err != nil {

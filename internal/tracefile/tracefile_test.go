@@ -123,8 +123,9 @@ func TestManyBlocks(t *testing.T) {
 			t.Fatalf("event %d = %+v, want %+v", i, ev, want)
 		}
 	}
-	// Bounded memory: compressed far below 27 bytes an event.
-	if n := buf.Len(); n > 3*perThread*4 {
+	// Compressed well below the 27 bytes of an event in memory (S2 trades
+	// some ratio for speed: about 8 bytes here).
+	if n := buf.Len(); n > 3*perThread*10 {
 		t.Errorf("file is %d bytes for %d events", n, 3*perThread)
 	}
 }

@@ -9,6 +9,8 @@ import (
 	"io"
 	"os"
 	"sync"
+
+	"github.com/klauspost/compress/s2"
 )
 
 // ErrClosed is returned by a [Writer] used after Close or after it failed.
@@ -134,12 +136,20 @@ func (w *Writer) writeBlock(typ string, count uint32, raw []byte) error {
 	if w.err != nil {
 		return w.err
 	}
-	enc, err := zstdEncoder()
-	if err != nil {
-		return err
-	}
 	h := blockHeader{typ: typ, codec: codecZstd, count: count, raw: uint32(len(raw))}
-	w.scratch = enc.EncodeAll(raw, w.scratch[:0])
+	if typ == blockEvents {
+		h.codec = codecS2
+		if n := s2.MaxEncodedLen(len(raw)); cap(w.scratch) < n {
+			w.scratch = make([]byte, n)
+		}
+		w.scratch = s2.Encode(w.scratch[:cap(w.scratch)], raw)
+	} else {
+		enc, err := zstdEncoder()
+		if err != nil {
+			return err
+		}
+		w.scratch = enc.EncodeAll(raw, w.scratch[:0])
+	}
 	payload := w.scratch
 	// Store the block as is when compression does not help, or when it
 	// helps more than a reader accepts (see maxRatio).
