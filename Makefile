@@ -48,10 +48,14 @@ bench: deps-bench build
 	@./bench/run.sh $(BIN)
 
 soak: deps-test
-	LIVETRACE_SOAK=1 $(GO) test -count=1 -timeout 60m -run Soak -v ./internal/textpoke/
+	LIVETRACE_SOAK=1 $(GO) test -count=1 -timeout 60m -run 'TestStress|TestRepeatedCycles|TestGraphDetachUnderLoad' -v ./internal/textpoke/ ./internal/session/
 
+# Each fuzz target for a minute (go test -fuzz takes one target at a time).
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 60s ./internal/elfsite/
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 60s -fuzzminimizetime 2s ./internal/elfsite/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseMaps$$' -fuzztime 60s ./internal/proc/
+	$(GO) test -run '^$$' -fuzz '^FuzzRead$$' -fuzztime 60s ./internal/tracefile/
+	$(GO) test -run '^$$' -fuzz '^FuzzConsumer$$' -fuzztime 60s ./internal/agent/
 
 generate:
 	$(GO) generate ./...

@@ -372,7 +372,11 @@ func (b *bench) callOverhead() {
 		bpf := func(prog string) func() (float64, error) {
 			return func() (float64, error) {
 				v, _, err := b.measure(b.bins["nosites"], "calls", nbpf, func(pid int) (*tracer, error) {
-					return startTracer("Attaching", "bpftrace", "-e", strings.ReplaceAll(prog, "BIN", b.bins["nosites"]))
+					tr, err := startTracer("Attaching", "bpftrace", "-e", strings.ReplaceAll(prog, "BIN", b.bins["nosites"]))
+					// bpftrace says "Attaching N probes..." before it
+					// attaches them.
+					time.Sleep(2 * time.Second)
+					return tr, err
 				})
 				return v, err
 			}
@@ -543,7 +547,7 @@ func (b *bench) checkGoals() {
 		g("disabled site within 0.5 ns of no site", v <= 0.5, fmt.Sprintf("%.2f ns", v))
 	}
 	for _, r := range b.results {
-		if strings.HasSuffix(r.Name, "attach-ms") {
+		if r.Name == "attach-ms" {
 			g("attach latency <= 100 ms", r.Value <= 100, fmt.Sprintf("%.1f ms", r.Value))
 		}
 	}

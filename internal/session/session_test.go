@@ -201,6 +201,9 @@ func TestRepeatedCycles(t *testing.T) {
 	if testing.Short() {
 		cycles = 2
 	}
+	if os.Getenv("LIVETRACE_SOAK") != "" {
+		cycles = 200
+	}
 	for _, form := range testtarget.Forms {
 		t.Run(string(form), func(t *testing.T) {
 			bin := testtarget.Build(t, "stress", form, testtarget.Funcs(400))
