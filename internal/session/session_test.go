@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/livetrace/livetrace/internal/proc"
+	"github.com/livetrace/livetrace/internal/report"
 	"github.com/livetrace/livetrace/internal/testtarget"
 	"github.com/livetrace/livetrace/internal/tracefile"
 )
@@ -411,5 +412,61 @@ func TestGraphDetachUnderLoad(t *testing.T) {
 			}
 			t.Logf("%d hijacked return addresses restored at detach", restored)
 		})
+	}
+}
+
+// TestGraphDurations records a traced function that sleeps a known time,
+// nested in a traced caller, and checks the times the report computes.
+func TestGraphDurations(t *testing.T) {
+	requireRoot(t)
+	tp := testtarget.Start(t, testtarget.Build(t, testtarget.Sleeper, testtarget.ClangNop5))
+	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "rec.data")
+	s, err := Start(tp.Pid(), Options{Funcs: []string{"sleeper_*", "run_job"}, Output: out, Graph: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		if err := tp.Send("sleep 10"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tp.Expect("slept", 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := tracefile.Read(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stats, err := report.Stats(rec, report.Filter{}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	byName := map[string]report.FuncStats{}
+	for _, st := range stats {
+		byName[st.Function] = st
+	}
+	sl, job := byName["sleeper_nanosleep"], byName["run_job"]
+	if sl.Calls != 3 {
+		t.Fatalf("sleeper_nanosleep: %d calls, want 3 (stats %+v)", sl.Calls, stats)
+	}
+	ms := time.Millisecond.Nanoseconds()
+	if sl.Min < 10*ms || sl.Max > 60*ms || sl.Total < 30*ms {
+		t.Errorf("sleeper_nanosleep: min %v max %v total %v; each call sleeps 10 ms",
+			time.Duration(sl.Min), time.Duration(sl.Max), time.Duration(sl.Total))
+	}
+	if sl.Self != sl.Total {
+		t.Errorf("sleeper_nanosleep calls nothing traced: self %d != total %d", sl.Self, sl.Total)
+	}
+	// run_job calls sleeper_nanosleep: its total covers the sleep, its
+	// self time does not.
+	if job.Calls != 3 || job.Total < sl.Total || job.Self > job.Total-sl.Total+ms {
+		t.Errorf("run_job: calls %d total %v self %v; child total %v", job.Calls,
+			time.Duration(job.Total), time.Duration(job.Self), time.Duration(sl.Total))
 	}
 }
