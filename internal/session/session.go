@@ -106,7 +106,7 @@ type Session struct {
 // the agent, patches the sites and starts recording. On error, everything
 // done so far is undone.
 func Start(pid int, opts Options) (*Session, error) {
-	defer boostNice(-10)()
+	defer proc.BoostNice(-10)()
 	s := &Session{pid: pid, opts: opts, lost: map[uint32]uint64{}, threads: map[uint32]string{}}
 	if err := s.discover(); err != nil {
 		return nil, err
@@ -123,7 +123,7 @@ func Start(pid int, opts Options) (*Session, error) {
 // StartProcess is Start for a process that is already seized, such as one
 // started by [proc.Launch]. On error the process is detached.
 func StartProcess(p *proc.Process, opts Options) (*Session, error) {
-	defer boostNice(-10)()
+	defer proc.BoostNice(-10)()
 	s := &Session{pid: p.Pid(), opts: opts, lost: map[uint32]uint64{}, threads: map[uint32]string{}}
 	if err := s.discover(); err != nil {
 		p.Detach()

@@ -1,4 +1,4 @@
-package session
+package proc
 
 import (
 	"os"
@@ -7,14 +7,15 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// boostNice sets the nice value of every thread of the tracer to n and
-// returns a function that puts the old values back.
+// BoostNice sets the nice value of every thread of the tracer to n and
+// returns a function that puts the old values back. It needs root (or
+// CAP_SYS_NICE) for a negative n; without it, it does nothing.
 //
 // While it attaches and patches, the tracer competes for the CPUs with the
 // target's own threads, and every moment it waits for a CPU stretches the
 // window in which trapped threads wait for it. On Linux, setpriority acts
 // on one thread (a task), so every thread is set.
-func boostNice(n int) (restore func()) {
+func BoostNice(n int) (restore func()) {
 	ents, err := os.ReadDir("/proc/self/task")
 	if err != nil {
 		return func() {}
