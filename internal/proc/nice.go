@@ -3,13 +3,15 @@ package proc
 import (
 	"os"
 	"strconv"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
 
 // BoostNice sets the nice value of every thread of the tracer to n and
-// returns a function that puts the old values back. It needs root (or
-// CAP_SYS_NICE) for a negative n; without it, it does nothing.
+// returns a function that puts the old values back (it may be called more
+// than once). It needs root (or CAP_SYS_NICE) for a negative n; without it,
+// it does nothing.
 //
 // While it attaches and patches, the tracer competes for the CPUs with the
 // target's own threads, and every moment it waits for a CPU stretches the
@@ -35,25 +37,49 @@ func BoostNice(n int) (restore func()) {
 			old[tid] = 20 - prio
 		}
 	}
-	return func() {
-		// Threads created meanwhile inherited n: give them the value the
-		// process had.
-		base := 0
-		for _, nice := range old {
-			base = nice
-			break
-		}
-		ents, _ := os.ReadDir("/proc/self/task")
-		for _, e := range ents {
-			tid, err := strconv.Atoi(e.Name())
-			if err != nil {
-				continue
-			}
-			nice, ok := old[tid]
-			if !ok {
-				nice = base
-			}
-			_ = unix.Setpriority(unix.PRIO_PROCESS, tid, nice)
-		}
+	var once sync.Once
+	return func() { once.Do(func() { restoreNice(old) }) }
+}
+
+// restoreNice gives every thread its old nice value; threads created
+// meanwhile inherited the boosted one and get the value the process had.
+func restoreNice(old map[int]int) {
+	base := 0
+	for _, nice := range old {
+		base = nice
+		break
 	}
+	ents, _ := os.ReadDir("/proc/self/task")
+	for _, e := range ents {
+		tid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		nice, ok := old[tid]
+		if !ok {
+			nice = base
+		}
+		_ = unix.Setpriority(unix.PRIO_PROCESS, tid, nice)
+	}
+}
+
+// BoostThread sets the nice value of the ptrace thread alone to n and
+// returns a function that puts the old value back. During a live batch
+// that thread serves every INT3 hit: it must get a CPU at once, but the
+// rest of the tracer must not crowd the target's threads off the CPUs.
+func (p *Process) BoostThread(n int) (restore func()) {
+	old, tid := 0, 0
+	ok := p.do(func() {
+		tid = unix.Gettid()
+		prio, err := unix.Getpriority(unix.PRIO_PROCESS, tid)
+		if err != nil || unix.Setpriority(unix.PRIO_PROCESS, tid, n) != nil {
+			tid = 0
+			return
+		}
+		old = 20 - prio
+	})
+	if !ok || tid == 0 {
+		return func() {}
+	}
+	return func() { _ = unix.Setpriority(unix.PRIO_PROCESS, tid, old) }
 }

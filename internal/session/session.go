@@ -71,13 +71,14 @@ type selected struct {
 
 // Session is one live recording. Its methods are safe for concurrent use.
 type Session struct {
-	pid  int
-	opts Options
-	lapT time.Time
-	p    *proc.Process
-	eng  *textpoke.Engine
-	mods []*elfsite.Module
-	sel  []selected // sorted by addr; index = site index in records
+	pid     int
+	opts    Options
+	lapT    time.Time
+	unboost func() // undoes proc.BoostNice; idempotent
+	p       *proc.Process
+	eng     *textpoke.Engine
+	mods    []*elfsite.Module
+	sel     []selected // sorted by addr; index = site index in records
 
 	inj *injection
 
@@ -106,9 +107,12 @@ type Session struct {
 // the agent, patches the sites and starts recording. On error, everything
 // done so far is undone.
 func Start(pid int, opts Options) (*Session, error) {
-	defer proc.BoostNice(-10)()
 	s := &Session{pid: pid, opts: opts, lost: map[uint32]uint64{}, threads: map[uint32]string{}}
+	// Until the patch batch, the tracer only parses and prepares: let it
+	// run ahead of the target's threads, for a short attach latency.
+	s.unboost = proc.BoostNice(-10)
 	if err := s.discover(); err != nil {
+		s.unboost()
 		return nil, err
 	}
 	s.lap("discover")
@@ -123,9 +127,10 @@ func Start(pid int, opts Options) (*Session, error) {
 // StartProcess is Start for a process that is already seized, such as one
 // started by [proc.Launch]. On error the process is detached.
 func StartProcess(p *proc.Process, opts Options) (*Session, error) {
-	defer proc.BoostNice(-10)()
 	s := &Session{pid: p.Pid(), opts: opts, lost: map[uint32]uint64{}, threads: map[uint32]string{}}
+	s.unboost = proc.BoostNice(-10)
 	if err := s.discover(); err != nil {
+		s.unboost()
 		p.Detach()
 		return nil, err
 	}
@@ -143,6 +148,7 @@ func (s *Session) discover() error {
 }
 
 func (s *Session) start(p *proc.Process) (_ *Session, err error) {
+	defer s.unboost()
 	s.p = p
 	s.calib = tsc.Sample()
 	pid := p.Pid()
@@ -170,6 +176,9 @@ func (s *Session) start(p *proc.Process) (_ *Session, err error) {
 	s.lap("inject")
 	s.p.SetThreadExitHandler(s.threadExit)
 	s.p.SetForkHandler(s.forked)
+	// During the batch only the ptrace thread is boosted (textpoke): the
+	// rest of the tracer must not crowd the target's threads.
+	s.unboost()
 	if err := s.patch(); err != nil {
 		return nil, err
 	}

@@ -47,12 +47,32 @@ func benchBatch(b *testing.B, n int, mode Mode) {
 		on[i] = Patch{Addr: st.sites[i], Old: st.orig[i], New: call}
 		off[i] = Patch{Addr: st.sites[i], Old: call, New: st.orig[i]}
 	}
-	if err := st.tp.Send("hammer"); err != nil {
-		b.Fatal(err)
+	hammer := func() {
+		if err := st.tp.Send("hammer"); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := st.tp.Expect("hammering", 30*time.Second); err != nil {
+			b.Fatal(err)
+		}
 	}
-	if _, err := st.tp.Expect("hammering", 30*time.Second); err != nil {
-		b.Fatal(err)
+	stop := func() float64 {
+		if err := st.tp.Send("stop"); err != nil {
+			b.Fatal(err)
+		}
+		line, err := st.tp.Expect("stopped", 60*time.Second)
+		if err != nil {
+			b.Fatal(err)
+		}
+		ns, _ := strconv.ParseFloat(strings.Fields(line)[1], 64)
+		return ns
 	}
+	// The baseline: the longest gap the same threads see on this machine
+	// when nothing patches them, over a comparable time. On a shared 2-CPU
+	// machine the scheduler alone makes gaps of milliseconds.
+	hammer()
+	time.Sleep(time.Duration(b.N) * 150 * time.Millisecond)
+	baseline := stop()
+	hammer()
 	var total Stats
 	var maxBatch time.Duration
 	b.ResetTimer()
@@ -71,14 +91,7 @@ func benchBatch(b *testing.B, n int, mode Mode) {
 		}
 	}
 	b.StopTimer()
-	if err := st.tp.Send("stop"); err != nil {
-		b.Fatal(err)
-	}
-	line, err := st.tp.Expect("stopped", 60*time.Second)
-	if err != nil {
-		b.Fatal(err)
-	}
-	stall, _ := strconv.ParseFloat(strings.Fields(line)[1], 64)
+	stall := stop()
 	batches := float64(2 * b.N)
 	b.ReportMetric(float64(total.Duration.Milliseconds())/batches, "ms/batch")
 	b.ReportMetric(float64(maxBatch.Milliseconds()), "max-ms/batch")
@@ -87,6 +100,7 @@ func benchBatch(b *testing.B, n int, mode Mode) {
 	b.ReportMetric(float64(total.Traps)/batches, "traps/batch")
 	b.ReportMetric(float64(total.Paused.Microseconds())/batches, "paused-µs/batch")
 	b.ReportMetric(stall/1e3, "max-stall-µs")
+	b.ReportMetric(baseline/1e3, "baseline-stall-µs")
 	b.ReportMetric(0, "ns/op")
 	if _, err := e.RestoreAll(); err != nil {
 		b.Fatal(err)

@@ -297,9 +297,9 @@ func (e *Engine) ApplyStop(patches []Patch) (Stats, error) {
 
 func (e *Engine) apply(patches []Patch, mode Mode) (Stats, error) {
 	// While INT3s are in the text, threads of the target wait on the
-	// tracer; on a machine whose cores they keep busy, the tracer must not
+	// ptrace thread; on a machine whose cores they keep busy, it must not
 	// wait for a CPU behind them.
-	defer proc.BoostNice(-10)()
+	defer e.p.BoostThread(-10)()
 	start := time.Now()
 	st := Stats{Mode: mode}
 	ps, err := e.prepare(patches)

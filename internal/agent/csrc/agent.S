@@ -14,6 +14,42 @@
  * first instruction sets them. pushfq/popfq would add about 20 cycles to
  * every traced call for no correct program's benefit.
  */
+#include "agent.h"
+
+/* THREAD_SLOT tp, t, idx: t = &lt_priv.threads[thread_hash(tp)] (the first
+ * probe of lt_lookup), idx = its index << LT_A_THREAD_SHIFT. */
+.macro THREAD_SLOT tp, t, idx
+	movabs $LT_A_HASH_MUL, \idx
+	imul \tp, \idx
+	shr $LT_A_HASH_SHIFT, \idx
+	shl $LT_A_THREAD_SHIFT, \idx
+	lea lt_priv+LT_A_THREADS(%rip), \t
+	add \idx, \t
+.endm
+
+/* CHUNK_ROOM t, c, pos1, fail: c = t->chunk, pos1 = t->pos + 1; jump to
+ * fail unless the thread has a chunk with room for a record that does not
+ * fill it (the record that fills a chunk publishes it: slow path). */
+.macro CHUNK_ROOM t, c, pos1, fail
+	mov LT_A_T_CHUNK(\t), \c
+	test \c, \c
+	jz \fail
+	mov LT_A_T_POS(\t), \pos1
+	inc \pos1
+	cmp lt_shared+LT_A_CHUNK_RECORDS(%rip), \pos1
+	jae \fail
+.endm
+
+/* CALLER_LOW delta, tmp: delta = caller's return - site (64 bits) becomes
+ * the low meta word: int32(delta), or LT_CALLER_UNKNOWN if it does not fit
+ * (zero-extended; the same values as caller_delta in agent.c). */
+.macro CALLER_LOW delta, delta32, tmp, tmp32
+	movslq \delta32, \tmp
+	cmp \delta, \tmp
+	mov $0x80000000, \tmp32
+	cmovne \tmp32, \delta32
+.endm
+
 	.text
 	.section .text.lt_entry,"ax",@progbits
 
@@ -26,14 +62,65 @@ lt_entry:
 	jne 1f
 	ret
 1:
-	/* The registers a function may receive arguments in (rax: varargs
-	 * vector count, r10: static chain); everything else lt_on_entry
-	 * clobbers is scratch at a function entry. */
+	cmpl $0, lt_ctl+LT_A_CTL_GRAPH(%rip)
+	jne .Lgraph_entry
+
+	/*
+	 * Entry-only fast path. It saves only what it clobbers; rax is the
+	 * varargs vector count and rdi..r9 may hold arguments. Anything
+	 * unusual (another probe, busy set, no chunk, the record that fills
+	 * its chunk) goes to lt_on_entry, before any state is changed.
+	 */
 	push %rax
-	push %rdi
-	push %rsi
 	push %rdx
 	push %rcx
+	push %rsi
+	push %rdi
+	/* 40(%rsp): site+5, 48(%rsp): the caller's return address */
+	mov %fs:0, %rax
+	THREAD_SLOT %rax, %rsi, %rcx
+	cmp %rax, LT_A_T_KEY(%rsi)
+	jne .Le_slow
+	cmpq $0, LT_A_T_BUSY(%rsi)
+	jne .Le_slow
+	/* busy = sp as lt_on_entry sees it. From here on a signal handler
+	 * that calls a traced function finds us busy and leaves our state
+	 * alone; one that ran before this store has finished and left busy
+	 * 0 again, so everything below is read after it. */
+	lea 40(%rsp), %rax
+	mov %rax, LT_A_T_BUSY(%rsi)
+	CHUNK_ROOM %rsi, %rdi, %ecx, .Le_unbusy
+	mov 48(%rsp), %rax
+	sub 40(%rsp), %rax
+	add $5, %rax			/* caller's return - site */
+	CALLER_LOW %rax, %eax, %rdx, %edx
+	and $LT_A_SITE_MASK, %r11d
+	or $0x40000000, %r11d		/* kind ENTRY << 30, depth 0 */
+	shl $32, %r11
+	or %rax, %r11			/* meta */
+	lea lt_shared(%rip), %rax
+	add %rax, %rdi			/* the chunk header */
+	rdtsc
+	shl $32, %rdx
+	or %rdx, %rax
+	mov %ecx, %edx
+	shl $4, %rdx
+	add %rdi, %rdx			/* record pos is at rdx + 48 */
+	mov %rax, LT_A_CHUNK_HDR-16(%rdx)
+	mov %r11, LT_A_CHUNK_HDR-8(%rdx)
+	mov %ecx, LT_A_T_POS(%rsi)
+	mov %ecx, LT_A_C_COUNT(%rdi)	/* after the record (x86 TSO) */
+	movq $0, LT_A_T_BUSY(%rsi)
+.Le_pop5:
+	pop %rdi
+	pop %rsi
+	pop %rcx
+	pop %rdx
+	pop %rax
+	ret
+.Le_unbusy:
+	movq $0, LT_A_T_BUSY(%rsi)
+.Le_slow:
 	push %r8
 	push %r9
 	push %r10
@@ -43,12 +130,99 @@ lt_entry:
 	pop %r10
 	pop %r9
 	pop %r8
-	pop %rcx
-	pop %rdx
-	pop %rsi
-	pop %rdi
-	pop %rax
-	ret
+	jmp .Le_pop5
+
+.Lgraph_entry:
+	/*
+	 * Graph-mode fast path: the common case of a new frame above the
+	 * shadow stack's top (no stale frame to drop, no tail call from a
+	 * hijacked frame, room on the shadow stack and in the chunk).
+	 */
+	push %rax
+	push %rdx
+	push %rcx
+	push %rsi
+	push %rdi
+	push %r8
+	push %r9
+	/* 56(%rsp): site+5, 64(%rsp): the return slot */
+	mov %fs:0, %rax
+	THREAD_SLOT %rax, %rsi, %rcx
+	cmp %rax, LT_A_T_KEY(%rsi)
+	jne .Lg_slow
+	cmpq $0, LT_A_T_BUSY(%rsi)
+	jne .Lg_slow
+	lea 56(%rsp), %rax
+	mov %rax, LT_A_T_BUSY(%rsi)
+	CHUNK_ROOM %rsi, %rdi, %ecx, .Lg_unbusy
+	mov LT_A_T_DEPTH(%rsi), %r8d
+	cmp $LT_A_SHADOW_DEPTH-1, %r8d
+	ja .Lg_unbusy			/* full (or corrupt): drop stale or count overflow */
+	mov 64(%rsp), %r9		/* the original return address */
+	lea lt_return(%rip), %rax
+	cmp %rax, %r9
+	je .Lg_unbusy			/* a tail call from a hijacked frame */
+	/* rdx = &lt_priv.shadow[thread index][depth] */
+	lea lt_priv+LT_A_THREADS(%rip), %rax
+	mov %rsi, %rdx
+	sub %rax, %rdx
+	imul $(LT_A_SHADOW_STACK >> LT_A_THREAD_SHIFT), %rdx, %rdx
+	lea (%r8,%r8,2), %rax
+	lea (%rdx,%rax,8), %rdx
+	lea lt_priv+LT_A_SHADOW(%rip), %rax
+	add %rax, %rdx
+	lea 64(%rsp), %rax		/* the slot */
+	test %r8d, %r8d
+	jz 2f
+	sub LT_A_SH_SLOT-24(%rdx), %rax
+	cmp $LT_A_STACK_WINDOW, %rax
+	jb .Lg_unbusy			/* the top frame is stale: drop it in C */
+	lea 64(%rsp), %rax
+2:
+	mov %r9, LT_A_SH_ORIG(%rdx)
+	mov %rax, LT_A_SH_SLOT(%rdx)
+	mov %r11d, LT_A_SH_SITE(%rdx)
+	lea 1(%r8), %edx
+	mov %edx, LT_A_T_DEPTH(%rsi)
+	lea lt_return(%rip), %rax
+	mov %rax, 64(%rsp)
+	sub 56(%rsp), %r9
+	add $5, %r9			/* caller's return - site */
+	CALLER_LOW %r9, %r9d, %rax, %eax
+	and $LT_A_SITE_MASK, %r11d
+	movzbl %r8b, %r8d
+	shl $22, %r8d
+	or %r8d, %r11d
+	or $0x40000000, %r11d		/* kind ENTRY << 30 | depth << 22 | site */
+	shl $32, %r11
+	or %r9, %r11			/* meta */
+	lea lt_shared(%rip), %rax
+	add %rax, %rdi
+	rdtsc
+	shl $32, %rdx
+	or %rdx, %rax
+	mov %ecx, %edx
+	shl $4, %rdx
+	add %rdi, %rdx
+	mov %rax, LT_A_CHUNK_HDR-16(%rdx)
+	mov %r11, LT_A_CHUNK_HDR-8(%rdx)
+	mov %ecx, LT_A_T_POS(%rsi)
+	mov %ecx, LT_A_C_COUNT(%rdi)
+	movq $0, LT_A_T_BUSY(%rsi)
+	pop %r9
+	pop %r8
+	jmp .Le_pop5
+.Lg_unbusy:
+	movq $0, LT_A_T_BUSY(%rsi)
+.Lg_slow:
+	push %r10
+	mov %r11d, %edi
+	lea 64(%rsp), %rsi
+	call lt_on_entry
+	pop %r10
+	pop %r9
+	pop %r8
+	jmp .Le_pop5
 	.size lt_entry, .-lt_entry
 
 	.globl lt_return
@@ -56,8 +230,68 @@ lt_entry:
 	.type lt_return,@function
 	.p2align 4
 lt_return:
-	/* rax:rdx may hold the return value (xmm0/xmm1 and st0 are never
-	 * touched: the agent is built with -mgeneral-regs-only). */
+	/*
+	 * rax:rdx may hold the return value (xmm0/xmm1 and st0 are never
+	 * touched: the agent is built with -mgeneral-regs-only); every other
+	 * caller-saved register is dead here. Fast path: the top shadow
+	 * entry is this frame's. Otherwise lt_on_exit searches and drops.
+	 */
+	mov %fs:0, %rcx
+	THREAD_SLOT %rcx, %rdi, %rsi
+	cmp %rcx, LT_A_T_KEY(%rdi)
+	jne .Lr_slow
+	cmpq $0, LT_A_T_BUSY(%rdi)
+	jne .Lr_slow
+	mov %rsp, LT_A_T_BUSY(%rdi)
+	mov LT_A_T_DEPTH(%rdi), %r9d
+	dec %r9d
+	cmp $LT_A_SHADOW_DEPTH-1, %r9d
+	ja .Lr_unbusy			/* empty (or corrupt) */
+	imul $(LT_A_SHADOW_STACK >> LT_A_THREAD_SHIFT), %rsi, %rsi
+	lea (%r9,%r9,2), %r10
+	lea (%rsi,%r10,8), %rsi
+	lea lt_priv+LT_A_SHADOW(%rip), %r10
+	add %r10, %rsi			/* e = &shadow[thread index][depth-1] */
+	lea -8(%rsp), %r10
+	cmp %r10, LT_A_SH_SLOT(%rsi)
+	jne .Lr_unbusy			/* stale entries above ours */
+	mov LT_A_SH_ORIG(%rsi), %r10
+	cmpl $0, lt_ctl(%rip)		/* enabled */
+	je .Lr_noemit
+	CHUNK_ROOM %rdi, %rcx, %r8d, .Lr_unbusy
+	mov LT_A_SH_SITE(%rsi), %r11d
+	mov %r9d, LT_A_T_DEPTH(%rdi)	/* pop */
+	and $LT_A_SITE_MASK, %r11d
+	movzbl %r9b, %esi
+	shl $22, %esi
+	or %esi, %r11d
+	or $0x80000000, %r11d		/* kind EXIT << 30 | depth << 22 | site */
+	shl $32, %r11			/* meta */
+	lea lt_shared(%rip), %rsi
+	add %rsi, %rcx			/* the chunk header */
+	mov %rax, %rsi
+	mov %rdx, %r9
+	rdtsc
+	shl $32, %rdx
+	or %rdx, %rax
+	mov %r8d, %edx
+	shl $4, %rdx
+	add %rcx, %rdx
+	mov %rax, LT_A_CHUNK_HDR-16(%rdx)
+	mov %r11, LT_A_CHUNK_HDR-8(%rdx)
+	mov %r8d, LT_A_T_POS(%rdi)
+	mov %r8d, LT_A_C_COUNT(%rcx)
+	mov %rsi, %rax
+	mov %r9, %rdx
+	movq $0, LT_A_T_BUSY(%rdi)
+	jmp *%r10
+.Lr_noemit:
+	mov %r9d, LT_A_T_DEPTH(%rdi)
+	movq $0, LT_A_T_BUSY(%rdi)
+	jmp *%r10
+.Lr_unbusy:
+	movq $0, LT_A_T_BUSY(%rdi)
+.Lr_slow:
 	push %rax
 	push %rdx
 	lea 16(%rsp), %rdi

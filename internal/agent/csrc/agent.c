@@ -14,6 +14,29 @@ HIDDEN struct lt_ctl lt_ctl __attribute__((section(".bss.lt_ctl"), aligned(4096)
 HIDDEN struct lt_priv lt_priv __attribute__((section(".bss.lt_priv"), aligned(4096)));
 HIDDEN struct lt_shared_hdr lt_shared __attribute__((section(".bss.lt_shared"), aligned(4096)));
 
+#define OFF(t, f) __builtin_offsetof(struct t, f)
+_Static_assert(OFF(lt_priv, threads) == LT_A_THREADS, "LT_A_THREADS");
+_Static_assert(OFF(lt_priv, shadow) == LT_A_SHADOW, "LT_A_SHADOW");
+_Static_assert(sizeof(struct lt_thread) == 1 << LT_A_THREAD_SHIFT, "LT_A_THREAD_SHIFT");
+_Static_assert(1ull << (64 - LT_A_HASH_SHIFT) == LT_MAX_THREADS, "LT_A_HASH_SHIFT");
+_Static_assert(OFF(lt_thread, key) == LT_A_T_KEY, "LT_A_T_KEY");
+_Static_assert(OFF(lt_thread, depth) == LT_A_T_DEPTH, "LT_A_T_DEPTH");
+_Static_assert(OFF(lt_thread, chunk) == LT_A_T_CHUNK, "LT_A_T_CHUNK");
+_Static_assert(OFF(lt_thread, pos) == LT_A_T_POS, "LT_A_T_POS");
+_Static_assert(OFF(lt_thread, busy) == LT_A_T_BUSY, "LT_A_T_BUSY");
+_Static_assert(LT_SHADOW_DEPTH * sizeof(struct lt_shadow) == LT_A_SHADOW_STACK, "LT_A_SHADOW_STACK");
+_Static_assert(OFF(lt_shadow, orig) == LT_A_SH_ORIG, "LT_A_SH_ORIG");
+_Static_assert(OFF(lt_shadow, slot) == LT_A_SH_SLOT, "LT_A_SH_SLOT");
+_Static_assert(OFF(lt_shadow, site) == LT_A_SH_SITE, "LT_A_SH_SITE");
+_Static_assert(sizeof(struct lt_shadow) == 24, "shadow entry is 24 bytes (agent.S scales by 3*8)");
+_Static_assert(LT_SHADOW_DEPTH == LT_A_SHADOW_DEPTH, "LT_A_SHADOW_DEPTH");
+_Static_assert(LT_STACK_WINDOW == LT_A_STACK_WINDOW, "LT_A_STACK_WINDOW");
+_Static_assert(LT_MAX_SITES - 1 == LT_A_SITE_MASK, "LT_A_SITE_MASK");
+_Static_assert(OFF(lt_shared_hdr, chunk_records) == LT_A_CHUNK_RECORDS, "LT_A_CHUNK_RECORDS");
+_Static_assert(OFF(lt_chunk_hdr, count) == LT_A_C_COUNT, "LT_A_C_COUNT");
+_Static_assert(LT_CHUNK_HDR_SIZE == LT_A_CHUNK_HDR, "LT_A_CHUNK_HDR");
+_Static_assert(OFF(lt_ctl, graph) == LT_A_CTL_GRAPH, "LT_A_CTL_GRAPH");
+
 HIDDEN extern char lt_return[];
 HIDDEN extern char lt_restorer[];
 
@@ -66,7 +89,7 @@ static inline u64 thread_pointer(void)
 
 static inline u32 thread_hash(u64 tp)
 {
-	return (u32)((tp * 0x9e3779b97f4a7c15ull) >> (64 - __builtin_ctz(LT_MAX_THREADS)));
+	return (u32)((tp * (u64)LT_A_HASH_MUL) >> LT_A_HASH_SHIFT);
 }
 
 /* lt_lookup finds the slot of thread pointer tp, or returns 0. */

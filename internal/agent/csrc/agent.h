@@ -10,6 +10,34 @@
 #ifndef LIVETRACE_AGENT_H
 #define LIVETRACE_AGENT_H
 
+/*
+ * Offsets and constants the assembly fast paths (agent.S) need. agent.c
+ * checks every one against the C layout below with _Static_assert.
+ */
+#define LT_A_THREADS 4096          /* offsetof(struct lt_priv, threads) */
+#define LT_A_SHADOW 266240         /* offsetof(struct lt_priv, shadow) */
+#define LT_A_THREAD_SHIFT 6        /* sizeof(struct lt_thread) == 1 << 6 */
+#define LT_A_HASH_SHIFT 52         /* 64 - log2(LT_MAX_THREADS) */
+#define LT_A_HASH_MUL 0x9e3779b97f4a7c15
+#define LT_A_T_KEY 0
+#define LT_A_T_DEPTH 12
+#define LT_A_T_CHUNK 16
+#define LT_A_T_POS 24
+#define LT_A_T_BUSY 32
+#define LT_A_SHADOW_STACK 12288    /* LT_SHADOW_DEPTH * sizeof(struct lt_shadow) */
+#define LT_A_SH_ORIG 0
+#define LT_A_SH_SLOT 8
+#define LT_A_SH_SITE 16
+#define LT_A_SHADOW_DEPTH 512
+#define LT_A_STACK_WINDOW 0x100000
+#define LT_A_SITE_MASK 0x3fffff    /* LT_MAX_SITES - 1 */
+#define LT_A_CHUNK_RECORDS 12      /* offsetof(struct lt_shared_hdr, chunk_records) */
+#define LT_A_C_COUNT 16            /* offsetof(struct lt_chunk_hdr, count) */
+#define LT_A_CHUNK_HDR 64          /* LT_CHUNK_HDR_SIZE */
+#define LT_A_CTL_GRAPH 4           /* offsetof(struct lt_ctl, graph) */
+
+#ifndef __ASSEMBLER__
+
 typedef unsigned char u8;
 typedef unsigned int u32;
 typedef unsigned long long u64;
@@ -152,4 +180,5 @@ struct lt_record {
 
 _Static_assert(sizeof(struct lt_record) == 16, "record is 16 bytes");
 
+#endif /* __ASSEMBLER__ */
 #endif
