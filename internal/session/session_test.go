@@ -436,6 +436,8 @@ func TestGraphDurations(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// run_job prints before it returns: give the last one time to.
+	time.Sleep(200 * time.Millisecond)
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
