@@ -21,18 +21,19 @@ import (
 
 // recordOptions holds the flags of `livetrace record`.
 type recordOptions struct {
-	pid      int
-	funcs    []string
-	exclude  []string
-	duration time.Duration
-	output   string
-	graph    bool
-	stopMode bool
-	chunks   int
-	filter   filterOptions
-	command  []string // -- CMD [ARGS...]
-	stdout   io.Writer
-	stderr   io.Writer
+	pid          int
+	funcs        []string
+	exclude      []string
+	duration     time.Duration
+	output       string
+	graph        bool
+	stopMode     bool
+	unwindUnsafe bool
+	chunks       int
+	filter       filterOptions
+	command      []string // -- CMD [ARGS...]
+	stdout       io.Writer
+	stderr       io.Writer
 }
 
 func newRecordCmd(stdout, stderr io.Writer) *cobra.Command {
@@ -88,6 +89,7 @@ it with livetrace replay, report, info and export.`,
 	f.StringVarP(&o.output, "output", "o", "livetrace.data", "write the recording to `FILE`")
 	f.BoolVar(&o.graph, "graph", false, "record function exits too (function_graph)")
 	f.BoolVar(&o.stopMode, "stop", false, "patch with every thread stopped (stop mode) instead of live")
+	f.BoolVar(&o.unwindUnsafe, "graph-unwind-unsafe", false, "allow --graph on a C++ program (an exception thrown through a traced function would kill it)")
 	f.IntVar(&o.chunks, "buffer-chunks", 0, "shared buffer size in 64 KiB chunks (default 256)")
 	f.IntVarP(&o.filter.depth, "depth", "D", 0, "record calls at depth < `N` only (graph mode, N < 256; 0 = all)")
 	f.DurationVarP(&o.filter.minDur, "time-filter", "t", 0, "show only calls that took at least `DURATION` (graph mode; applied when the recording is read)")
@@ -117,7 +119,7 @@ func (o *recordOptions) run() error {
 	}
 	opts := session.Options{
 		Funcs: o.funcs, Exclude: o.exclude, Graph: o.graph,
-		Output: o.output, Chunks: o.chunks,
+		Output: o.output, Chunks: o.chunks, AllowUnwind: o.unwindUnsafe,
 		Filters: tracefile.RecordFilters{MaxDepth: flt.MaxDepth, MinDuration: flt.MinDuration, TIDs: flt.TIDs},
 	}
 	if o.stopMode {

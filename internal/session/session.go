@@ -42,6 +42,9 @@ type Options struct {
 	Output string
 	// Filters are stored in the recording for the readers.
 	Filters tracefile.RecordFilters
+	// AllowUnwind lets graph mode trace a C++ program, at the risk that an
+	// exception thrown through a traced frame kills it.
+	AllowUnwind bool
 }
 
 // ErrNoMatch means no patchable function matches the selection.
@@ -137,6 +140,11 @@ func StartProcess(p *proc.Process, opts Options) (*Session, error) {
 	return s.start(p)
 }
 
+// ErrUnwindUnsafe means graph mode was refused because the target can
+// unwind its stack through traced frames (C++ exceptions), which the agent
+// does not support yet.
+var ErrUnwindUnsafe = errors.New("graph mode is not supported for this process")
+
 func (s *Session) discover() error {
 	s.lap("")
 	mods, err := elfsite.LiveModules(s.pid)
@@ -144,6 +152,19 @@ func (s *Session) discover() error {
 		return err
 	}
 	s.mods = mods
+	if s.opts.Graph && !s.opts.AllowUnwind {
+		// A C++ exception (or a forced unwind) that crosses a frame whose
+		// return address the agent hijacked finds no unwind information
+		// for the agent's return trampoline, and the program dies in
+		// std::terminate. Until the agent hooks the unwinder (DESIGN.md
+		// §4), graph mode refuses C++ programs rather than risk them.
+		for _, m := range mods {
+			if strings.Contains(m.Name(), "libstdc++") || strings.Contains(m.Name(), "libc++") {
+				return fmt.Errorf("%w: it loads %s, and a C++ exception thrown through a traced frame would crash it in graph mode: "+
+					"trace it without --graph, or pass --graph-unwind-unsafe if it never throws through traced functions", ErrUnwindUnsafe, m.Name())
+			}
+		}
+	}
 	return s.selectSites()
 }
 

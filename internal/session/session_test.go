@@ -472,3 +472,27 @@ func TestGraphDurations(t *testing.T) {
 			time.Duration(job.Total), time.Duration(job.Self), time.Duration(sl.Total))
 	}
 }
+
+// TestGraphRefusesCXX checks that graph mode refuses a C++ program (an
+// exception through a hijacked frame would kill it) and leaves it unharmed.
+func TestGraphRefusesCXX(t *testing.T) {
+	requireRoot(t)
+	tp := testtarget.Start(t, testtarget.Build(t, testtarget.CXX, testtarget.ClangNop5), "loop")
+	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Start(tp.Pid(), Options{Output: filepath.Join(t.TempDir(), "rec.data"), Graph: true})
+	if !errors.Is(err, ErrUnwindUnsafe) {
+		t.Fatalf("graph mode on a C++ program: %v", err)
+	}
+	// Entry mode is fine.
+	s, err := Start(tp.Pid(), Options{Output: filepath.Join(t.TempDir(), "rec.data")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	testtarget.CheckText(t, tp.Pid())
+}
