@@ -18,7 +18,7 @@ import (
 // `livetrace record -p PID` to the first recorded event (attach-ms), using
 // CLOCK_MONOTONIC on both sides.
 func BenchmarkAttachLatency(b *testing.B) {
-	requireRootB(b)
+	testtarget.RequireRoot(b)
 	bin := livetraceBinaryB(b)
 	stress := testtarget.Build(b, testtarget.Stress, testtarget.ClangNop5, testtarget.Funcs(10000))
 	tp := testtarget.Start(b, stress, "-t", "4")

@@ -67,14 +67,7 @@ func (o *exportOptions) run() error {
 	if o.out != "" {
 		out = o.out
 	}
-	if _, err := o.filter.filter(); err != nil {
-		return err
-	}
-	rec, err := o.in.read()
-	if err != nil {
-		return err
-	}
-	f, err := o.filter.filterFor(rec)
+	rec, f, err := load(&o.in, &o.filter)
 	if err != nil {
 		return err
 	}

@@ -16,18 +16,6 @@ import (
 	"github.com/livetrace/livetrace/internal/tracefile"
 )
 
-func requireRoot(t *testing.T) { requireRootB(t) }
-
-func requireRootB(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("LIVETRACE_REQUIRE_ALL") != "" {
-			t.Fatal("this test needs root (ptrace); run it as root")
-		}
-		t.Skip("needs root (ptrace)")
-	}
-}
-
 var (
 	binOnce sync.Once
 	binPath string
@@ -59,7 +47,7 @@ func livetraceBinaryB(t testing.TB) string {
 }
 
 func TestRecordLive(t *testing.T) {
-	requireRoot(t)
+	testtarget.RequireRoot(t)
 	tp := testtarget.Start(t, testtarget.Build(t, testtarget.Workload, testtarget.ClangNop5), "-t", "2")
 	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
 		t.Fatal(err)
@@ -114,7 +102,7 @@ func TestRecordLive(t *testing.T) {
 }
 
 func TestRecordCommand(t *testing.T) {
-	requireRoot(t)
+	testtarget.RequireRoot(t)
 	bin := livetraceBinary(t)
 	work := testtarget.Build(t, testtarget.Workload, testtarget.GccMcount)
 	out := filepath.Join(t.TempDir(), "rec.data")
@@ -154,7 +142,7 @@ func TestRecordCommand(t *testing.T) {
 }
 
 func TestRecordCommandExitStatus(t *testing.T) {
-	requireRoot(t)
+	testtarget.RequireRoot(t)
 	bin := livetraceBinary(t)
 	work := testtarget.Build(t, testtarget.Workload, testtarget.ClangNop5)
 	cmd := exec.Command(bin, "record", "-o", filepath.Join(t.TempDir(), "rec.data"), "--", work, "-t", "0")
@@ -181,7 +169,7 @@ func TestRecordCommandExitStatus(t *testing.T) {
 // patch phase, on a program with 20,000 functions: the program must live
 // on with its text byte-identical, and record must exit cleanly.
 func TestRecordSIGINT(t *testing.T) {
-	requireRoot(t)
+	testtarget.RequireRoot(t)
 	bin := livetraceBinary(t)
 	stress := testtarget.Build(t, testtarget.Stress, testtarget.ClangNop5, testtarget.Funcs(20000))
 	tp := testtarget.Start(t, stress, "-t", "2")
@@ -223,7 +211,7 @@ func TestRecordSIGINT(t *testing.T) {
 }
 
 func TestRecordErrors(t *testing.T) {
-	requireRoot(t)
+	testtarget.RequireRoot(t)
 	for _, tc := range []struct {
 		args []string
 		want string

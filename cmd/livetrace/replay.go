@@ -68,6 +68,20 @@ func (o *filterOptions) addFlags(fs *pflag.FlagSet) {
 	fs.UintSliceVar(&o.tids, "tid", nil, "show thread `TID` only (repeat or separate with commas)")
 }
 
+// load checks the filter flags, reads the recording, and returns it with
+// the filter to apply (see filterFor).
+func load(in *inputOptions, fo *filterOptions) (*tracefile.Recording, report.Filter, error) {
+	if _, err := fo.filter(); err != nil {
+		return nil, report.Filter{}, err
+	}
+	rec, err := in.read()
+	if err != nil {
+		return nil, report.Filter{}, err
+	}
+	f, err := fo.filterFor(rec)
+	return rec, f, err
+}
+
 // filterFor is filter() with the filters given at record time (stored in
 // the recording) as defaults for those not given on the command line.
 func (o *filterOptions) filterFor(rec *tracefile.Recording) (report.Filter, error) {
@@ -130,14 +144,7 @@ skipped.`,
   livetrace replay -i run1.data -D 3 -t 10us --tid 1234`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if _, err := o.filter.filter(); err != nil {
-				return err
-			}
-			rec, err := o.in.read()
-			if err != nil {
-				return err
-			}
-			f, err := o.filter.filterFor(rec)
+			rec, f, err := load(&o.in, &o.filter)
 			if err != nil {
 				return err
 			}

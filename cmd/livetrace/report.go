@@ -42,14 +42,7 @@ min_ns and max_ns.`,
   livetrace report --json --tid 1234`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if _, err := o.filter.filter(); err != nil {
-				return err
-			}
-			rec, err := o.in.read()
-			if err != nil {
-				return err
-			}
-			f, err := o.filter.filterFor(rec)
+			rec, f, err := load(&o.in, &o.filter)
 			if err != nil {
 				return err
 			}

@@ -674,21 +674,9 @@ func (p *Process) resumeAll() {
 // between StopAll and ResumeAll.
 func (p *Process) StoppedIPs() (map[int]uint64, error) {
 	ips := map[int]uint64{}
-	err := p.doErr(func() error {
-		for tid, t := range p.threads {
-			if t.state != stopped {
-				return fmt.Errorf("thread %d is not stopped", tid)
-			}
-			var regs unix.PtraceRegs
-			if err := unix.PtraceGetRegs(tid, &regs); err != nil {
-				if errors.Is(err, unix.ESRCH) {
-					continue
-				}
-				return fmt.Errorf("read registers of thread %d: %w", tid, err)
-			}
-			ips[tid] = regs.Rip
-		}
-		return nil
+	err := p.EditRegs(func(tid int, regs *unix.PtraceRegs) bool {
+		ips[tid] = regs.Rip
+		return false
 	})
 	return ips, err
 }

@@ -16,7 +16,7 @@ import (
 // on it, and checks that the application sees nothing: the sleep lasts as
 // long, the read returns the data, and no EINTR appears.
 func TestRemoteSyscallInBlockedThreads(t *testing.T) {
-	requireRoot(t)
+	testtarget.RequireRoot(t)
 	bin := testtarget.Build(t, "sleeper", testtarget.ClangNop5)
 	for _, tc := range []struct {
 		cmd, reply string
@@ -101,7 +101,7 @@ func TestRemoteSyscallInBlockedThreads(t *testing.T) {
 }
 
 func TestAttachErrors(t *testing.T) {
-	requireRoot(t)
+	testtarget.RequireRoot(t)
 	if _, err := Attach(1 << 30); err == nil || !strings.Contains(err.Error(), "no process") {
 		t.Errorf("missing pid: %v", err)
 	}
@@ -113,7 +113,7 @@ func TestAttachErrors(t *testing.T) {
 // TestJobControl checks that SIGSTOP and SIGCONT behave as without a
 // tracer while we are attached.
 func TestJobControl(t *testing.T) {
-	requireRoot(t)
+	testtarget.RequireRoot(t)
 	bin := testtarget.Build(t, "sleeper", testtarget.ClangNop5)
 	tp := testtarget.Start(t, bin)
 	if _, err := tp.Expect("ready", 5*time.Second); err != nil {

@@ -1,7 +1,6 @@
 package session
 
 import (
-	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -15,16 +14,6 @@ import (
 	"github.com/livetrace/livetrace/internal/tracefile"
 )
 
-func requireRoot(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("LIVETRACE_REQUIRE_ALL") != "" {
-			t.Fatal("this test needs root (ptrace); run it as root")
-		}
-		t.Skip("needs root (ptrace)")
-	}
-}
-
 func startWorkload(t *testing.T, form testtarget.Form, opts ...testtarget.Option) *testtarget.Process {
 	t.Helper()
 	bin := testtarget.Build(t, "workload", form, opts...)
@@ -35,20 +24,12 @@ func startWorkload(t *testing.T, form testtarget.Form, opts ...testtarget.Option
 	return tp
 }
 
-// workloadRun sends cmd and returns the counts of the "done" line that
-// follows "run N".
+// workloadRun makes the workload run n iterations and returns its counts.
 func workloadRun(t *testing.T, tp *testtarget.Process, n int) map[string]uint64 {
 	t.Helper()
-	if err := tp.Send("run " + itoa(n)); err != nil {
-		t.Fatal(err)
-	}
-	line, err := tp.Expect("done ", 30*time.Second)
+	counts, err := testtarget.RunWorkload(tp, n, 30*time.Second)
 	if err != nil {
 		t.Fatal(err)
-	}
-	var counts map[string]uint64
-	if err := json.Unmarshal([]byte(strings.TrimPrefix(line, "done ")), &counts); err != nil {
-		t.Fatalf("parse %q: %v", line, err)
 	}
 	return counts
 }
@@ -57,16 +38,9 @@ func workloadRun(t *testing.T, tp *testtarget.Process, n int) map[string]uint64 
 // and returns their counts.
 func spawn(t *testing.T, tp *testtarget.Process, n int) map[string]uint64 {
 	t.Helper()
-	if err := tp.Send("spawn " + itoa(n)); err != nil {
-		t.Fatal(err)
-	}
-	line, err := tp.Expect("spawned ", 30*time.Second)
+	counts, err := testtarget.SpawnWorkload(tp, n, 30*time.Second)
 	if err != nil {
 		t.Fatal(err)
-	}
-	var counts map[string]uint64
-	if err := json.Unmarshal([]byte(strings.TrimPrefix(line, "spawned ")), &counts); err != nil {
-		t.Fatalf("parse %q: %v", line, err)
 	}
 	return counts
 }
@@ -80,11 +54,6 @@ func alive(t *testing.T, tp *testtarget.Process) {
 		}
 	}
 	t.Fatalf("the target died: %v; stderr: %s", tp.Wait(), tp.Stderr())
-}
-
-func itoa(n int) string {
-	b, _ := json.Marshal(n)
-	return string(b)
 }
 
 func countEntries(rec *tracefile.Recording) map[string]uint64 {
@@ -103,7 +72,7 @@ func countEntries(rec *tracefile.Recording) map[string]uint64 {
 // the program's own counts, in every site form, with and without ENDBR64.
 // After Close the text, the mappings and the fds are as before.
 func TestExactCounts(t *testing.T) {
-	requireRoot(t)
+	testtarget.RequireRoot(t)
 	for _, form := range testtarget.Forms {
 		for _, cet := range []bool{false, true} {
 			name := string(form)
@@ -162,7 +131,7 @@ func TestExactCounts(t *testing.T) {
 // TestTargetExits checks that a target that exits while being recorded
 // leaves a complete, valid recording.
 func TestTargetExits(t *testing.T) {
-	requireRoot(t)
+	testtarget.RequireRoot(t)
 	tp := startWorkload(t, testtarget.ClangNop5)
 	out := filepath.Join(t.TempDir(), "rec.data")
 	s, err := Start(tp.Pid(), Options{Output: out})
@@ -197,7 +166,7 @@ func TestTargetExits(t *testing.T) {
 // 4 threads hammer 400 functions, in every form: the program must never
 // crash, its results must not change, and its text must stay pristine.
 func TestRepeatedCycles(t *testing.T) {
-	requireRoot(t)
+	testtarget.RequireRoot(t)
 	cycles := 6
 	if testing.Short() {
 		cycles = 2
@@ -264,7 +233,7 @@ func TestRepeatedCycles(t *testing.T) {
 }
 
 func TestBadInput(t *testing.T) {
-	requireRoot(t)
+	testtarget.RequireRoot(t)
 	tp := startWorkload(t, testtarget.ClangNop5)
 	out := filepath.Join(t.TempDir(), "rec.data")
 
@@ -304,7 +273,7 @@ func TestBadInput(t *testing.T) {
 // are inside traced functions (hijacked returns outstanding) leaves the
 // program correct.
 func TestGraphMode(t *testing.T) {
-	requireRoot(t)
+	testtarget.RequireRoot(t)
 	for _, form := range testtarget.Forms {
 		t.Run(string(form), func(t *testing.T) {
 			tp := startWorkload(t, form)
@@ -360,7 +329,7 @@ func TestGraphMode(t *testing.T) {
 // inside traced functions: every hijacked return address must be put back,
 // and the program's results must not change.
 func TestGraphDetachUnderLoad(t *testing.T) {
-	requireRoot(t)
+	testtarget.RequireRoot(t)
 	for _, form := range testtarget.Forms {
 		t.Run(string(form), func(t *testing.T) {
 			bin := testtarget.Build(t, "stress", form, testtarget.Funcs(400))
@@ -418,7 +387,7 @@ func TestGraphDetachUnderLoad(t *testing.T) {
 // TestGraphDurations records a traced function that sleeps a known time,
 // nested in a traced caller, and checks the times the report computes.
 func TestGraphDurations(t *testing.T) {
-	requireRoot(t)
+	testtarget.RequireRoot(t)
 	tp := testtarget.Start(t, testtarget.Build(t, testtarget.Sleeper, testtarget.ClangNop5))
 	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
 		t.Fatal(err)
@@ -476,7 +445,7 @@ func TestGraphDurations(t *testing.T) {
 // TestGraphRefusesCXX checks that graph mode refuses a C++ program (an
 // exception through a hijacked frame would kill it) and leaves it unharmed.
 func TestGraphRefusesCXX(t *testing.T) {
-	requireRoot(t)
+	testtarget.RequireRoot(t)
 	tp := testtarget.Start(t, testtarget.Build(t, testtarget.CXX, testtarget.ClangNop5), "loop")
 	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
 		t.Fatal(err)

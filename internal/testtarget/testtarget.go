@@ -459,3 +459,12 @@ func (p *buildPlan) run(dir, final string) error {
 	}
 	return nil
 }
+
+// RequireRoot skips tb unless it runs as root (ptrace needs it here), or
+// fails it when LIVETRACE_REQUIRE_ALL=1 (as `make test` and CI set it).
+func RequireRoot(tb testing.TB) {
+	tb.Helper()
+	if os.Geteuid() != 0 {
+		skipOrFatal(tb, "this test needs root (ptrace): run it as root")
+	}
+}

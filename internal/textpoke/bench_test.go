@@ -19,7 +19,7 @@ import (
 //
 //	go test -run '^$' -bench Batch100k -benchtime 5x ./internal/textpoke
 func BenchmarkBatch100k(b *testing.B) {
-	requireRoot(b)
+	testtarget.RequireRoot(b)
 	n := 100000
 	if s := os.Getenv("LIVETRACE_BENCH_SITES"); s != "" {
 		n, _ = strconv.Atoi(s)

@@ -15,16 +15,6 @@ import (
 	"github.com/livetrace/livetrace/internal/testtarget"
 )
 
-func requireRoot(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("LIVETRACE_REQUIRE_ALL") != "" {
-			t.Fatal("this test needs root (ptrace); run it as root")
-		}
-		t.Skip("needs root (ptrace)")
-	}
-}
-
 // stressTarget is a running stress fixture with its sites resolved.
 type stressTarget struct {
 	tp    *testtarget.Process
@@ -120,7 +110,7 @@ func (st *stressTarget) callTo(t testing.TB, i int) []byte {
 // function must have been counted, and none to a disabled one. At the end
 // the text must be byte-identical to the file.
 func TestStress(t *testing.T) {
-	requireRoot(t)
+	testtarget.RequireRoot(t)
 	toggles := 500
 	if testing.Short() {
 		toggles = 100
@@ -292,7 +282,7 @@ func stressForm(t *testing.T, form testtarget.Form, nfn, toggles int) {
 // TestStopModeChosen checks that a process that blocks or ignores SIGTRAP
 // is patched in stop mode, with exact counts, and restored.
 func TestStopModeChosen(t *testing.T) {
-	requireRoot(t)
+	testtarget.RequireRoot(t)
 	for _, arg := range []string{"-block-sigtrap", "-ignore-sigtrap"} {
 		t.Run(arg, func(t *testing.T) {
 			st := startStress(t, testtarget.ClangNop5, 200, "-t", "2", arg)
@@ -350,7 +340,7 @@ func TestStopModeChosen(t *testing.T) {
 // TestVerifyRefuses checks that a batch with one wrong byte writes nothing
 // and names the site.
 func TestVerifyRefuses(t *testing.T) {
-	requireRoot(t)
+	testtarget.RequireRoot(t)
 	st := startStress(t, testtarget.ClangNop5, 50, "-t", "1")
 	p, err := proc.Attach(st.tp.Pid())
 	if err != nil {
@@ -379,7 +369,7 @@ func TestVerifyRefuses(t *testing.T) {
 // TestForeignSIGTRAP checks that a SIGTRAP raised by the application's own
 // int3 reaches its handler while we are attached and patching.
 func TestForeignSIGTRAP(t *testing.T) {
-	requireRoot(t)
+	testtarget.RequireRoot(t)
 	st := startStress(t, testtarget.ClangNop5, 100, "-t", "2", "-own-sigtrap")
 	p, err := proc.Attach(st.tp.Pid())
 	if err != nil {
