@@ -143,7 +143,9 @@ func RegionSize(sharedSize int) uint64 {
 // InitShared formats mem, the tracer's mapping of the shared memfd, for
 // cfg: header, site table and a pool of FREE chunks. Call it before the
 // agent can run; mem must be at least [SharedSize](cfg) bytes and 8-byte
-// aligned.
+// aligned. It zeroes all of it, which also allocates every page of the
+// memfd now, in the tracer, rather than one page fault at a time on the
+// target's traced calls.
 func InitShared(mem []byte, cfg Config) error {
 	l, err := cfg.layout()
 	if err != nil {
@@ -152,10 +154,7 @@ func InitShared(mem []byte, cfg Config) error {
 	if uint64(len(mem)) < l.total {
 		return fmt.Errorf("format shared memory: %w: %d bytes, need %d", ErrBadConfig, len(mem), l.total)
 	}
-	clear(mem[:l.chunkOff])
-	for i := uint64(0); i < l.chunks; i++ {
-		clear(mem[l.chunkOff+i*l.chunkSize:][:SizeofChunkHdr])
-	}
+	clear(mem[:l.total])
 	le := binary.LittleEndian
 	for i, s := range cfg.Sites {
 		o := l.siteOff + uint64(i)*SizeofSite

@@ -40,10 +40,20 @@
 // The site's NOP5 becomes `call stub`. Site index idx is the index of the
 // site in the sorted site table, below [MaxSites].
 //
-// lt_entry returns at once when enabled is 0 (about 3 ns). Otherwise it
-// saves rax (varargs vector count), rdi, rsi, rdx, rcx, r8, r9 and r10
-// (static chain) and calls the C path. The agent is built with
-// -mgeneral-regs-only: no xmm or x87 state is touched. Status flags are
+// lt_entry returns at once when enabled is 0 (about 3 ns). Otherwise an
+// assembly fast path (agent.S) handles the common case: the thread's slot
+// is at its first probe, busy is 0, its chunk has room for a record that
+// does not fill it, and in graph mode the return address is not lt_return,
+// the shadow stack has room and its top frame is not stale. It saves only
+// the registers it clobbers (rax, rdx, rcx, rsi, rdi; r8 and r9 too in
+// graph mode; r11 is free at a function entry), sets busy, reads the
+// clock and appends the record with plain stores, as agent.c would. Any
+// other case (a new thread, a full chunk, a tail call, stale frames,
+// overflow, re-entry) goes to the C path lt_on_entry before the fast path
+// has changed any state, after also saving r8, r9 and r10 (static chain);
+// rax is the varargs vector count. lt_return has the same split: its fast
+// path handles a return whose frame is the top shadow entry. The agent is
+// built with -mgeneral-regs-only: no xmm or x87 state is touched. Status flags are
 // NOT preserved: the SysV ABI gives them no role at a function entry (DF
 // must be clear, and the agent never changes it), so no compiled function
 // reads them before setting them. pushfq/popfq measured 5-6 ns per pair
@@ -65,7 +75,21 @@
 // blocked, and calls gettid once. A full table drops the event (TableFull).
 // A signal handler that interrupts the agent and calls a traced function
 // is not traced (Reentered) -- the only way to keep the per-thread state
-// consistent without atomics.
+// consistent without atomics. The fast paths keep this protocol: they
+// store busy (two plain stores to a line they write anyway) before they
+// read any per-thread state, and a handler that ran before that store has
+// finished and left busy 0. Busy also tells the tracer that a thread was
+// interrupted inside the agent (detach keeps the code mapped then), so it
+// is set on every path, not only the slow one.
+//
+// Page faults: a first-touched page of the shared memfd costs a fault per
+// 4 KiB (256 records), measured at 1-2.5 us here, more than the whole
+// traced call. [InitShared] therefore allocates every page (it zeroes the
+// whole region), and the agent reads one byte of every page of a chunk
+// when it takes it: the first read fault maps the pages around it that
+// are present (fault-around, 64 KiB) writable, as shmem needs no write
+// notification. No syscall is involved. A tracer that maps the memfd with
+// MAP_POPULATE in the target avoids even those faults.
 //
 // # Graph mode
 //

@@ -13,25 +13,25 @@ var Blob []byte
 // Layout of the agent, from agent.ld, agent.h and the linked agent.
 const (
 	// CodeSize is the size of the code region at the agent's base, a multiple of the page size.
-	CodeSize = 0x1000
+	CodeSize = 0x2000
 	// EntryOff is the offset from the agent's base of lt_entry, the target of every site stub.
 	EntryOff = 0x0
 	// ReturnOff is the offset from the agent's base of lt_return, the hijacked return address in graph mode.
-	ReturnOff = 0x290
+	ReturnOff = 0x2a0
 	// SigtrapOff is the offset from the agent's base of lt_sigtrap, the SIGTRAP backstop handler (SA_SIGINFO).
-	SigtrapOff = 0xd80
+	SigtrapOff = 0xee0
 	// RestorerOff is the offset from the agent's base of lt_restorer, the SA_RESTORER for lt_sigtrap.
-	RestorerOff = 0x3e0
+	RestorerOff = 0x3f0
 	// CtlOff is the offset from the agent's base of the control page (MADV_WIPEONFORK).
-	CtlOff = 0x1000
+	CtlOff = 0x2000
 	// CtlSize is the size of the control page (MADV_WIPEONFORK).
 	CtlSize = 0x1000
 	// PrivOff is the offset from the agent's base of the private region (thread table, shadow stacks).
-	PrivOff = 0x2000
+	PrivOff = 0x3000
 	// PrivSize is the size of the private region (thread table, shadow stacks).
 	PrivSize = 0x3041000
 	// SharedOff is the offset from the agent's base of the shared memfd.
-	SharedOff = 0x3043000
+	SharedOff = 0x3044000
 	// Magic is LT_MAGIC from agent.h.
 	Magic = 0x4c544147
 	// Version is LT_VERSION from agent.h.

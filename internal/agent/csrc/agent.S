@@ -91,6 +91,9 @@ lt_entry:
 	mov %rax, LT_A_T_BUSY(%rsi)
 	CHUNK_ROOM %rsi, %rdi, %ecx, .Le_unbusy
 	mov 48(%rsp), %rax
+	lea lt_return(%rip), %rdx
+	cmp %rdx, %rax
+	je .Le_unbusy			/* hijacked while graph was set: the caller is in the shadow stack */
 	sub 40(%rsp), %rax
 	add $5, %rax			/* caller's return - site */
 	CALLER_LOW %rax, %eax, %rdx, %edx

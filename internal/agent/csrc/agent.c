@@ -154,6 +154,23 @@ static inline struct lt_chunk_hdr *chunk_at(u64 off)
 }
 
 /*
+ * lt_prefault reads one byte of every page of the chunk at c. A page not
+ * yet mapped in this process then takes a read fault, and the kernel maps
+ * the pages around it that the memfd already holds (fault-around, 64 KiB
+ * by default) in the same fault, writable since shmem needs no write
+ * notification: about 16 times fewer faults than the record stores would
+ * take one page at a time. InitShared allocates every page up front. It
+ * costs a few loads once the pages are mapped.
+ */
+static void lt_prefault(struct lt_chunk_hdr *c, u64 size)
+{
+	const volatile u8 *p = (const volatile u8 *)c;
+	for (u64 off = 0; off < size; off += 4096)
+		(void)p[off];
+	(void)p[size - 1];
+}
+
+/*
  * lt_take takes a FREE chunk for t. It probes LT_CHUNK_PROBES chunks from
  * the shared hint, up to LT_CHUNK_ROUNDS times: a thread preempted after
  * reading the hint may find the chunks after it all taken, and must look
@@ -177,6 +194,7 @@ static u64 lt_take(struct lt_thread *t)
 			if (!__atomic_compare_exchange_n(&c->state, &st, LT_CHUNK_OWNED, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
 				continue;
 			__atomic_store_n(&lt_shared.hint, idx + 1, __ATOMIC_RELAXED);
+			lt_prefault(c, lt_shared.chunk_size);
 			c->tid = t->tid;
 			c->seq = 0;
 			c->lost = t->lost;
