@@ -465,3 +465,54 @@ func TestGraphRefusesCXX(t *testing.T) {
 	}
 	testtarget.CheckText(t, tp.Pid())
 }
+
+// TestForkAndThreadExit forks inside a traced frame and calls pthread_exit
+// two traced frames deep, in entry and graph mode: the child must run
+// correctly on original text and record nothing, and the exiting thread
+// must exit as without tracing.
+func TestForkAndThreadExit(t *testing.T) {
+	testtarget.RequireRoot(t)
+	for _, graph := range []bool{false, true} {
+		t.Run(map[bool]string{false: "entry", true: "graph"}[graph], func(t *testing.T) {
+			tp := startWorkload(t, testtarget.ClangNop5)
+			out := filepath.Join(t.TempDir(), "rec.data")
+			s, err := Start(tp.Pid(), Options{Funcs: []string{"work_*"}, Output: out, Graph: graph})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Close() })
+			for _, c := range []struct{ cmd, want string }{
+				{"fork", "forked 0"}, {"exit", "exited 42"}, {"fork", "forked 0"}, {"exit", "exited 42"},
+			} {
+				if err := tp.Send(c.cmd); err != nil {
+					t.Fatal(err)
+				}
+				line, err := tp.Expect(strings.Fields(c.want)[0], 10*time.Second)
+				if err != nil {
+					t.Fatalf("%s: %v (stderr %q)", c.cmd, err, tp.Stderr())
+				}
+				if line != c.want {
+					t.Fatalf("%s: %q, want %q", c.cmd, line, c.want)
+				}
+			}
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			alive(t, tp)
+			rec, err := tracefile.Read(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := countEntries(rec)
+			// Two forks in the parent; the children's 2 x 10 patterns
+			// must not show up (a child's work_pattern calls would).
+			if got["work_fork"] != 2 || got["work_exit_thread"] != 2 || got["work_exit_inner"] != 2 {
+				t.Errorf("counts %v", got)
+			}
+			if got["work_pattern"] != 0 {
+				t.Errorf("the forked children recorded %d work_pattern calls into the parent's buffer", got["work_pattern"])
+			}
+			testtarget.CheckText(t, tp.Pid())
+		})
+	}
+}

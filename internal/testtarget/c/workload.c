@@ -13,6 +13,15 @@
  *   "spawn N": creates N new threads that each run the pattern once and
  *              exit; after joining them: spawned {...same JSON object...},
  *              and the counters are reset.
+ *   "fork":    work_fork() forks inside a traced frame; the child runs the
+ *              pattern 10 times in its own process and exits with status 0
+ *              if its counts are right (1 otherwise); the parent waits:
+ *              forked <child exit status>, then the counters are reset
+ *              (the child's calls happen in the child).
+ *   "exit":    a new thread enters work_exit_thread(), which calls
+ *              pthread_exit from inside a traced frame (two traced frames
+ *              deep); after joining it: exited <value>, 42 when the thread
+ *              exited through pthread_exit; the counters are reset.
  *   "quit", or EOF on stdin: exit 0.
  *   anything else: "error unknown command".
  *
@@ -25,6 +34,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "ltfixture.h"
 #include "ltshared.h"
@@ -96,6 +107,42 @@ static void *worker(void *arg)
 	return NULL;
 }
 
+LT_KEEP long work_fork(long n)
+{
+	pid_t pid = fork();
+	if (pid == 0) {
+		/* The child: its own copy of the counters, from zero. */
+		__atomic_store_n(&calls_leaf, 0, __ATOMIC_SEQ_CST);
+		for (long i = 0; i < n; i++)
+			work_sink = work_pattern(i);
+		_exit(__atomic_load_n(&calls_leaf, __ATOMIC_SEQ_CST) == (unsigned long)(3 * n) ? 0 : 1);
+	}
+	int status = -1;
+	if (pid > 0)
+		waitpid(pid, &status, 0);
+	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+LT_KEEP long work_exit_inner(long x)
+{
+	work_sink = work_leaf(x);
+	pthread_exit((void *)42);
+	return x;
+}
+
+LT_KEEP long work_exit_thread(long x)
+{
+	long r = work_exit_inner(x);
+	LT_OPAQUE(r);
+	return r + 1;
+}
+
+static void *exiting_thread(void *arg)
+{
+	work_sink = work_exit_thread((long)(size_t)arg);
+	return (void *)7;
+}
+
 static void *spawned_thread(void *arg)
 {
 	work_sink = work_pattern((long)(size_t)arg);
@@ -164,6 +211,19 @@ int main(int argc, char **argv)
 				pthread_join(ts[i], NULL);
 			free(ts);
 			report("spawned");
+		} else if (strncmp(line, "fork", 4) == 0) {
+			long st = work_fork(10);
+			report("counts");
+			printf("forked %ld\n", st);
+			fflush(stdout);
+		} else if (strncmp(line, "exit", 4) == 0) {
+			pthread_t t;
+			void *ret = NULL;
+			if (pthread_create(&t, NULL, exiting_thread, NULL) == 0)
+				pthread_join(t, &ret);
+			report("counts");
+			printf("exited %ld\n", (long)(size_t)ret);
+			fflush(stdout);
 		} else if (strncmp(line, "quit", 4) == 0) {
 			break;
 		} else {
