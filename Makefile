@@ -31,7 +31,6 @@ deps-test:
 deps-bench: deps-test
 	$(call apt_install,uftrace,uftrace)
 	$(call apt_install,bpftrace,bpftrace)
-	$(call apt_install,hyperfine,hyperfine)
 
 vet:
 	$(GO) vet ./...

@@ -94,6 +94,7 @@ type Session struct {
 	lost     map[uint32]uint64
 	threads  map[uint32]string // tid -> name, as first seen
 	evbuf    []tracefile.Event
+	rawbuf   []byte
 	clock0   tsc.Pair // at the patch batch
 	calib    tsc.Pair // taken earlier, to know the TSC rate before the end
 	started  time.Time
