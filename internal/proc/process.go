@@ -103,7 +103,8 @@ type Process struct {
 	fork       ForkHandler
 	traps      int // SIGTRAPs handled by trap
 
-	sysInsn uint64 // address of a `syscall` instruction in the target
+	sysInsn uint64  // address of a `syscall` instruction in the target
+	gadget  *Gadget // see SetSyscallGadget
 
 	// A process started by Launch is parked at its entry point, which
 	// holds `jmp .` instead of entryOrig until Release.

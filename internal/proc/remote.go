@@ -215,6 +215,13 @@ func (r *Remote) Syscall(nr uint64, args ...uint64) (uint64, error) {
 		}
 		regs := r.saved
 		regs.Rip = p.sysInsn
+		if g := p.gadget; g != nil {
+			back := p.restoreRegs(t.tid, r.saved, true)
+			if err := g.Save(t.tid, &back); err != nil {
+				return fmt.Errorf("remote syscall in pid %d: %w", p.pid, err)
+			}
+			regs.Rip = g.Insn
+		}
 		regs.Rax = nr
 		// orig_rax = -1: the kernel must not apply its restart logic to
 		// the thread's own interrupted syscall while we borrow it.
@@ -288,17 +295,9 @@ func (r *Remote) Release() error {
 		if p.threads[t.tid] == nil {
 			return nil
 		}
-		regs := r.saved
-		p.undoEINTR(t.tid, &regs)
-		if r.ran && int64(regs.Orig_rax) >= 0 {
-			switch int64(regs.Rax) {
-			case -errRestartSys, -errRestartNoInt, -errRestartNoHnd:
-				regs.Rax = regs.Orig_rax
-				regs.Rip -= sysInsnLen
-			case -errRestartBlock:
-				regs.Rax = SysRestartSys
-				regs.Rip -= sysInsnLen
-			}
+		regs := p.restoreRegs(t.tid, r.saved, r.ran)
+		if g := p.gadget; g != nil && r.ran && g.Clear != nil {
+			_ = g.Clear(t.tid)
 		}
 		if err := unix.PtraceSetRegs(t.tid, &regs); err != nil && !errors.Is(err, unix.ESRCH) {
 			return fmt.Errorf("restore registers of thread %d: %w", t.tid, err)
@@ -310,6 +309,44 @@ func (r *Remote) Release() error {
 		return nil
 	})
 }
+
+// restoreRegs returns the registers a borrowed thread must get back:
+// saved, with our EINTR undone and, if a remote syscall ran (the thread
+// then sits at a syscall-exit stop), the kernel's restart rule applied.
+func (p *Process) restoreRegs(tid int, saved unix.PtraceRegs, ran bool) unix.PtraceRegs {
+	regs := saved
+	p.undoEINTR(tid, &regs)
+	if ran && int64(regs.Orig_rax) >= 0 {
+		switch int64(regs.Rax) {
+		case -errRestartSys, -errRestartNoInt, -errRestartNoHnd:
+			regs.Rax = regs.Orig_rax
+			regs.Rip -= sysInsnLen
+		case -errRestartBlock:
+			regs.Rax = SysRestartSys
+			regs.Rip -= sysInsnLen
+		}
+	}
+	return regs
+}
+
+// Gadget makes remote syscalls survive the tracer's death. Insn is the
+// address of `syscall; int3` in code the tracer put in the target, whose
+// SIGTRAP handler knows it: before each remote syscall, Save writes where
+// that handler can find them the registers the borrowed thread must get
+// back. If the tracer dies (SIGKILL, OOM) while the thread runs the
+// syscall, the kernel detaches the thread, it executes the int3, and the
+// handler puts its registers back: the thread carries on as if never
+// borrowed. Clear is called when the thread is given back normally.
+type Gadget struct {
+	Insn  uint64
+	Save  func(tid int, regs *unix.PtraceRegs) error
+	Clear func(tid int) error
+}
+
+// SetSyscallGadget makes remote syscalls go through g (nil: through a
+// `syscall` of the vDSO, which leaves a borrowed thread stranded if the
+// tracer dies mid-call).
+func (p *Process) SetSyscallGadget(g *Gadget) { p.do(func() { p.gadget = g }) }
 
 // findSyscallInsn finds a `syscall` instruction (0f 05) in the target's
 // vDSO, falling back to any executable file mapping. The tracer never points
