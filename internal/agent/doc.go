@@ -113,10 +113,11 @@
 //   - C++ exceptions unwinding through a hijacked frame are not handled yet:
 //     the unwinder would see lt_return.
 //
-// lt_return (reached by the traced function's ret) saves rax and rdx, finds
+// lt_return (reached by the traced function's ret) keeps rax and rdx, finds
 // the entry whose slot is sp-8 searching from the top (dropping the stale
-// entries above it), records the exit when enabled, and jumps to the
-// original address. It works with enabled 0 and in a forked child. If no
+// entries above it; the fast path only looks at the top entry and leaves
+// anything else to lt_on_exit), records the exit when enabled, and jumps
+// to the original address. It works with enabled 0 and in a forked child. If no
 // entry matches it executes ud2: this cannot happen unless the agent's
 // memory was corrupted or the tracer removed a frame still in use.
 //

@@ -8,6 +8,14 @@
  *             was hijacked in graph mode: rsp = return slot + 8.
  * lt_restorer SA_RESTORER for lt_sigtrap.
  *
+ * lt_entry and lt_return each have a fast path here for the common case
+ * (see doc.go, "Entry path") and fall back to lt_on_entry / lt_on_exit in
+ * agent.c, the reference implementation, for everything else. A fast path
+ * decides before it changes any state, so the C path always starts from
+ * scratch. Both set busy before reading any per-thread state, exactly as
+ * the C path does (signal handlers; the tracer's detach reads it too).
+ * They must write exactly the records and shadow entries the C path would.
+ *
  * Status flags are NOT preserved by lt_entry: the SysV ABI gives them no
  * role at a function entry (only DF, which must be clear and which the
  * agent never changes), so no compiled function can read them before its
