@@ -1,8 +1,10 @@
 package main
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -71,7 +73,7 @@ func TestRecordLive(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("record: %v\n%s", err, stderr)
 	}
-	if !strings.Contains(stderr, "livetrace: tracing 4 functions in PID "+itoa(tp.Pid())) {
+	if !strings.Contains(stderr, "livetrace: tracing 7 functions in PID "+itoa(tp.Pid())) {
 		t.Errorf("stderr lacks the tracing line:\n%s", stderr)
 	}
 	var want map[string]uint64
@@ -241,4 +243,49 @@ func TestRecordErrors(t *testing.T) {
 func itoa(n int) string {
 	b, _ := json.Marshal(n)
 	return string(b)
+}
+
+// TestRecordKilled kills record with SIGKILL while it injects and patches,
+// at moments after the agent is in (the few syscalls before that are a
+// known window, see docs/DESIGN-NOTES.md): nothing can clean up then, but
+// the target must survive. The agent's SIGTRAP handler emulates any INT3
+// left in the text, and gives a thread borrowed for a remote syscall its
+// registers back.
+func TestRecordKilled(t *testing.T) {
+	testtarget.RequireRoot(t)
+	bin := livetraceBinary(t)
+	stress := testtarget.Build(t, testtarget.Stress, testtarget.ClangNop5, testtarget.Funcs(20000))
+	for _, delay := range []time.Duration{0, 2 * time.Millisecond, 5 * time.Millisecond, 10 * time.Millisecond, 20 * time.Millisecond, 40 * time.Millisecond} {
+		tp := testtarget.Start(t, stress, "-t", "2")
+		if _, err := tp.Expect("ready", 30*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if err := testtarget.HammerStress(tp, 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(bin, "record", "-p", itoa(tp.Pid()), "-o", filepath.Join(t.TempDir(), "rec.data"))
+		cmd.Env = append(os.Environ(), "LIVETRACE_DEBUG_TIMING=1")
+		stderr, err := cmd.StderrPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			if strings.Contains(sc.Text(), "agent and backstop in") {
+				break
+			}
+		}
+		time.Sleep(delay)
+		_ = cmd.Process.Kill()
+		go io.Copy(io.Discard, stderr)
+		_ = cmd.Wait()
+		time.Sleep(100 * time.Millisecond)
+		if _, _, err := testtarget.StopStress(tp, 30*time.Second); err != nil {
+			t.Fatalf("killed %v after the agent went in: the target did not survive: %v (exit: %v)", delay, err, tp.Wait())
+		}
+		tp.Kill()
+	}
 }

@@ -19,9 +19,11 @@ const (
 	// ReturnOff is the offset from the agent's base of lt_return, the hijacked return address in graph mode.
 	ReturnOff = 0x2a0
 	// SigtrapOff is the offset from the agent's base of lt_sigtrap, the SIGTRAP backstop handler (SA_SIGINFO).
-	SigtrapOff = 0xee0
+	SigtrapOff = 0xef0
 	// RestorerOff is the offset from the agent's base of lt_restorer, the SA_RESTORER for lt_sigtrap.
 	RestorerOff = 0x3f0
+	// RemoteOff is the offset from the agent's base of lt_remote, `syscall; int3`: where the tracer runs remote system calls once the agent is in.
+	RemoteOff = 0x400
 	// CtlOff is the offset from the agent's base of the control page (MADV_WIPEONFORK).
 	CtlOff = 0x2000
 	// CtlSize is the size of the control page (MADV_WIPEONFORK).
@@ -100,6 +102,8 @@ const (
 	SizeofPriv = 0x3041000
 	// PrivOldSigtrapOff is the offset of old_sigtrap in struct lt_priv.
 	PrivOldSigtrapOff = 0x0
+	// PrivRemoteOff is the offset of remote in struct lt_priv.
+	PrivRemoteOff = 0x20
 	// PrivThreadsOff is the offset of threads in struct lt_priv.
 	PrivThreadsOff = 0x1000
 	// PrivShadowOff is the offset of shadow in struct lt_priv.
@@ -110,6 +114,12 @@ const (
 	RecordTscOff = 0x0
 	// RecordMetaOff is the offset of meta in struct lt_record.
 	RecordMetaOff = 0x8
+	// SizeofRemoteSave is sizeof(struct lt_remote_save).
+	SizeofRemoteSave = 0xe0
+	// RemoteSaveTidOff is the offset of tid in struct lt_remote_save.
+	RemoteSaveTidOff = 0x0
+	// RemoteSaveRegsOff is the offset of regs in struct lt_remote_save.
+	RemoteSaveRegsOff = 0x8
 	// SizeofShadow is sizeof(struct lt_shadow).
 	SizeofShadow = 0x18
 	// ShadowOrigOff is the offset of orig in struct lt_shadow.

@@ -19,6 +19,8 @@ type Addrs struct {
 	Graph      uint64 // u32 in the control page
 	Priv       uint64 // private region (map private anonymous)
 	OldSigtrap uint64 // struct sigaction slot for the previous SIGTRAP action
+	Remote     uint64 // lt_remote: `syscall; int3` for the tracer's remote syscalls
+	RemoteSave uint64 // struct lt_remote_save: registers to give a stranded thread back
 	Shared     uint64 // shared memfd (map MAP_SHARED)
 }
 
@@ -35,6 +37,8 @@ func AddrsAt(base uint64) Addrs {
 		Graph:      base + CtlOff + CtlGraphOff,
 		Priv:       base + PrivOff,
 		OldSigtrap: base + PrivOff + PrivOldSigtrapOff,
+		Remote:     base + RemoteOff,
+		RemoteSave: base + PrivOff + PrivRemoteOff,
 		Shared:     base + SharedOff,
 	}
 }

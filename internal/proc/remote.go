@@ -254,6 +254,14 @@ func (r *Remote) Syscall(nr uint64, args ...uint64) (uint64, error) {
 			return fmt.Errorf("remote syscall in pid %d: read registers: %w", p.pid, err)
 		}
 		ret = out.Rax
+		// Give the thread its own registers back at once, not only at
+		// Release: if the tracer dies while it holds the thread between
+		// two syscalls, the kernel lets the thread go from here, and it
+		// must find itself intact.
+		back := p.restoreRegs(t.tid, r.saved, true)
+		if err := unix.PtraceSetRegs(t.tid, &back); err != nil && !errors.Is(err, unix.ESRCH) {
+			return fmt.Errorf("remote syscall in pid %d: restore registers: %w", p.pid, err)
+		}
 		return nil
 	})
 	return ret, err

@@ -102,6 +102,7 @@ func (s *Session) inject() (err error) {
 	}
 	inj.addrs = agent.AddrsAt(base)
 	a := inj.addrs
+	s.lap("inject: planned")
 	mmap := func(addr, size uint64, prot, flags int, fd int64, what string) error {
 		ret, err := r.SyscallOK("mmap "+what, proc.SysMmap, addr, size, uint64(prot), uint64(flags|mapFixedNoreplace), uint64(fd), 0)
 		if err != nil {
@@ -167,6 +168,32 @@ func (s *Session) inject() (err error) {
 		return fmt.Errorf("inject agent: map the shared memory: %w", err)
 	}
 
+	// The code, W^X: written while RW, then R+X. Then the SIGTRAP
+	// backstop, and from then on remote syscalls run at lt_remote: if the
+	// tracer dies while a thread is borrowed, the handler gives the thread
+	// its registers back. This comes as early as it can: the syscalls
+	// before it (a dozen, a few milliseconds) are the only ones a tracer
+	// killed by SIGKILL can leave a thread stranded in.
+	if err := s.p.WriteMem(a.Base, agent.Blob); err != nil {
+		return err
+	}
+	if _, err := r.SyscallOK("mprotect agent", proc.SysMprotect, a.Base, agent.CodeSize, unix.PROT_READ|unix.PROT_EXEC); err != nil {
+		return fmt.Errorf("inject agent: %w", err)
+	}
+	if s.backstop() {
+		if err := inj.installBackstop(s.p, r); err != nil {
+			return err
+		}
+		s.p.SetSyscallGadget(inj.gadget(s.p))
+	}
+	s.lap("inject: agent and backstop in")
+	// Fill the target's page tables for the buffer now, rather than let
+	// each first touch fault while tracing: a write through
+	// /proc/PID/mem faults the pages in for the target (and zeroes them).
+	if err := s.p.WriteMem(a.Shared, make([]byte, sharedSize)); err != nil {
+		return err
+	}
+
 	// Stubs: one 16-byte slot per site, next to its module, jumping to
 	// lt_entry directly or through a springboard at the region's start.
 	for _, m := range mods {
@@ -221,21 +248,18 @@ func (s *Session) inject() (err error) {
 	}
 	s.cons = cons
 
-	// The code, W^X: written while RW, then R+X.
-	if err := s.p.WriteMem(a.Base, agent.Blob); err != nil {
-		return err
-	}
-	if _, err := r.SyscallOK("mprotect agent", proc.SysMprotect, a.Base, agent.CodeSize, unix.PROT_READ|unix.PROT_EXEC); err != nil {
-		return fmt.Errorf("inject agent: %w", err)
-	}
-	if s.eng.Mode() == textpoke.ModeLive {
-		// Stop mode never leaves an INT3 in the text, and a process that
-		// ignores or blocks SIGTRAP gets stop mode: no handler then.
-		if err := inj.installBackstop(s.p, r); err != nil {
-			return err
-		}
-	}
 	return s.inj.setCtl(s.p, agent.Ctl{Enabled: true, Graph: s.opts.Graph})
+}
+
+// backstop reports whether to install the agent's SIGTRAP handler: in live
+// mode only. Stop mode never leaves an INT3 in the text, and it is what a
+// process that blocks or ignores SIGTRAP gets (see textpoke.New).
+func (s *Session) backstop() bool {
+	if s.opts.Mode == textpoke.ModeStop {
+		return false
+	}
+	blocked, ignored, err := proc.SignalMasks(s.pid, unix.SIGTRAP)
+	return err == nil && !blocked && !ignored
 }
 
 func (inj *injection) setCtl(p *proc.Process, c agent.Ctl) error {
@@ -282,6 +306,8 @@ func (inj *injection) remove(p *proc.Process) error {
 		return fmt.Errorf("remove agent: %w", err)
 	}
 	defer r.Release()
+	// Tear down through the vDSO again: the gadget and its handler go away.
+	p.SetSyscallGadget(nil)
 	var firstErr error
 	if err := inj.uninstallBackstop(p, r); err != nil {
 		firstErr = err
@@ -454,4 +480,34 @@ func (inj *injection) uninstallBackstop(p *proc.Process, r *proc.Remote) error {
 	}
 	inj.backstop = false
 	return nil
+}
+
+// gadget returns the proc.Gadget that runs remote syscalls at lt_remote and
+// keeps the borrowed thread's registers where lt_sigtrap finds them.
+func (inj *injection) gadget(p *proc.Process) *proc.Gadget {
+	save := inj.addrs.RemoteSave
+	return &proc.Gadget{
+		Insn: inj.addrs.Remote,
+		Save: func(tid int, regs *unix.PtraceRegs) error {
+			// The registers first, then the tid that validates them.
+			b := make([]byte, agent.SizeofRemoteSave-agent.RemoteSaveRegsOff)
+			for i, v := range userRegs(regs) {
+				binary.LittleEndian.PutUint64(b[8*i:], v)
+			}
+			if err := p.WriteMem(save+agent.RemoteSaveRegsOff, b); err != nil {
+				return err
+			}
+			return p.WriteMem(save+agent.RemoteSaveTidOff, binary.LittleEndian.AppendUint64(nil, uint64(tid)))
+		},
+		Clear: func(int) error {
+			return p.WriteMem(save+agent.RemoteSaveTidOff, make([]byte, 8))
+		},
+	}
+}
+
+// userRegs lists regs in the order of the kernel's user_regs_struct.
+func userRegs(r *unix.PtraceRegs) [27]uint64 {
+	return [27]uint64{r.R15, r.R14, r.R13, r.R12, r.Rbp, r.Rbx, r.R11, r.R10, r.R9, r.R8,
+		r.Rax, r.Rcx, r.Rdx, r.Rsi, r.Rdi, r.Orig_rax, r.Rip, r.Cs, r.Eflags, r.Rsp,
+		r.Ss, r.Fs_base, r.Gs_base, r.Ds, r.Es, r.Fs, r.Gs}
 }

@@ -184,18 +184,20 @@ func (s *Session) start(p *proc.Process) (_ *Session, err error) {
 	}
 	s.meta.Cmdline = readCmdline(pid)
 	s.meta.Exe, _ = os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	if err := s.openOutput(); err != nil {
+		return nil, err
+	}
+	// The agent goes in first, so that the engine's remote syscalls
+	// (membarrier) already run where a dying tracer cannot strand a thread.
+	if err := s.inject(); err != nil {
+		return nil, err
+	}
+	s.lap("inject")
 	s.eng, err = textpoke.New(s.p, textpoke.Options{Mode: s.opts.Mode})
 	if err != nil {
 		return nil, err
 	}
 	s.lap("engine")
-	if err := s.openOutput(); err != nil {
-		return nil, err
-	}
-	if err := s.inject(); err != nil {
-		return nil, err
-	}
-	s.lap("inject")
 	s.p.SetThreadExitHandler(s.threadExit)
 	s.p.SetForkHandler(s.forked)
 	// During the batch only the ptrace thread is boosted (textpoke): the

@@ -7,6 +7,10 @@
  * lt_return   reached by the ret of a traced function whose return address
  *             was hijacked in graph mode: rsp = return slot + 8.
  * lt_restorer SA_RESTORER for lt_sigtrap.
+ * lt_remote   `syscall; int3`: where the tracer runs system calls in the
+ *             target once the agent is in. If the tracer dies while a
+ *             borrowed thread is in one, the thread reaches the int3 and
+ *             lt_sigtrap gives it back its own registers (lt_priv.remote).
  *
  * lt_entry and lt_return each have a fast path here for the common case
  * (see doc.go, "Entry path") and fall back to lt_on_entry / lt_on_exit in
@@ -328,5 +332,14 @@ lt_restorer:
 	syscall
 	ud2
 	.size lt_restorer, .-lt_restorer
+
+	.globl lt_remote
+	.hidden lt_remote
+	.type lt_remote,@function
+	.p2align 4
+lt_remote:
+	syscall
+	int3
+	.size lt_remote, .-lt_remote
 
 	.section .note.GNU-stack,"",@progbits

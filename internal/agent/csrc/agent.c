@@ -393,9 +393,26 @@ u64 lt_on_exit(u64 sp)
 }
 
 /* ucontext_t on x86-64: uc_mcontext.gregs starts at byte 40. */
-#define UC_GREGS 5
+#define UC_GREGS 5 /* ucontext_t: uc_flags, uc_link, uc_stack (3 words), then gregs */
+/* The gregs indices of glibc's <sys/ucontext.h> (x86-64). */
+#define REG_R8 0
+#define REG_R9 1
+#define REG_R10 2
+#define REG_R11 3
+#define REG_R12 4
+#define REG_R13 5
+#define REG_R14 6
+#define REG_R15 7
+#define REG_RDI 8
+#define REG_RSI 9
+#define REG_RBP 10
+#define REG_RBX 11
+#define REG_RDX 12
+#define REG_RAX 13
+#define REG_RCX 14
 #define REG_RSP 15
 #define REG_RIP 16
+#define REG_EFL 17
 
 typedef void (*handler1)(int);
 typedef void (*handler3)(int, void *, void *);
@@ -404,9 +421,43 @@ typedef void (*handler3)(int, void *, void *);
  * lt_sigtrap is the SIGTRAP backstop: it emulates the CALL of a site whose
  * INT3 the tracer left behind, and chains any other SIGTRAP.
  */
+extern char lt_remote[] HIDDEN;
+
+/*
+ * lt_remote_rescue gives a thread that the tracer borrowed for a system
+ * call, and then abandoned (it died), its own registers back: the thread ran
+ * the call at lt_remote and trapped on the int3 after it. It reports whether
+ * it did.
+ */
+static int lt_remote_rescue(u64 *g)
+{
+	/* user_regs_struct order -> ucontext gregs order */
+	static const signed char to_greg[27] = {
+		/* r15 */ REG_R15, /* r14 */ REG_R14, /* r13 */ REG_R13, /* r12 */ REG_R12,
+		/* rbp */ REG_RBP, /* rbx */ REG_RBX, /* r11 */ REG_R11, /* r10 */ REG_R10,
+		/* r9 */ REG_R9, /* r8 */ REG_R8, /* rax */ REG_RAX, /* rcx */ REG_RCX,
+		/* rdx */ REG_RDX, /* rsi */ REG_RSI, /* rdi */ REG_RDI, /* orig_rax */ -1,
+		/* rip */ REG_RIP, /* cs */ -1, /* eflags */ REG_EFL, /* rsp */ REG_RSP,
+		/* ss */ -1, /* fs_base */ -1, /* gs_base */ -1, /* ds */ -1, /* es */ -1,
+		/* fs */ -1, /* gs */ -1,
+	};
+	struct lt_remote_save *rs = &lt_priv.remote;
+	if (g[REG_RIP] != (u64)lt_remote + 3) /* just past `syscall; int3` */
+		return 0;
+	if (rs->tid == 0 || rs->tid != (u64)sys2(SYS_gettid, 0, 0))
+		return 0;
+	for (int i = 0; i < 27; i++)
+		if (to_greg[i] >= 0)
+			g[to_greg[i]] = rs->regs[i];
+	rs->tid = 0;
+	return 1;
+}
+
 void lt_sigtrap(int sig, void *si, void *uc)
 {
 	u64 *g = (u64 *)uc + UC_GREGS;
+	if (lt_remote_rescue(g))
+		return;
 	u64 site = g[REG_RIP] - 1;
 	const struct lt_site *s = (const struct lt_site *)((char *)&lt_shared + lt_shared.site_off);
 	u64 lo = 0, hi = lt_shared.nsites;

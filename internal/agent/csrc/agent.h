@@ -114,9 +114,21 @@ struct lt_shadow {
  * struct lt_priv is the private anonymous region (copied, not wiped, on
  * fork). The thread table and the shadow stacks; only touched pages cost.
  */
+/*
+ * struct lt_remote_save holds, while the tracer runs a system call on a
+ * borrowed thread through lt_remote, the registers that thread must get
+ * back, in the order of the kernel's struct user_regs_struct (the ptrace
+ * GETREGS layout). tid is the borrowed thread, 0 when none.
+ */
+struct lt_remote_save {
+	u64 tid;
+	u64 regs[27];
+};
+
 struct lt_priv {
 	struct lt_ksigaction old_sigtrap; /* previous SIGTRAP action (tracer writes) */
-	u8 pad[4096 - sizeof(struct lt_ksigaction)];
+	struct lt_remote_save remote;     /* see lt_remote (tracer writes) */
+	u8 pad[4096 - sizeof(struct lt_ksigaction) - sizeof(struct lt_remote_save)];
 	struct lt_thread threads[LT_MAX_THREADS];
 	struct lt_shadow shadow[LT_MAX_THREADS][LT_SHADOW_DEPTH];
 };

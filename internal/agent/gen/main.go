@@ -122,6 +122,7 @@ var symbols = []struct{ sym, name, doc string }{
 	{"lt_return", "ReturnOff", "lt_return, the hijacked return address in graph mode"},
 	{"lt_sigtrap", "SigtrapOff", "lt_sigtrap, the SIGTRAP backstop handler (SA_SIGINFO)"},
 	{"lt_restorer", "RestorerOff", "lt_restorer, the SA_RESTORER for lt_sigtrap"},
+	{"lt_remote", "RemoteOff", "lt_remote, `syscall; int3`: where the tracer runs remote system calls once the agent is in"},
 }
 
 // structs lists the agent.h structs whose layout Go needs.
@@ -131,6 +132,7 @@ var structs = []struct{ c, goName string }{
 	{"lt_thread", "Thread"},
 	{"lt_shadow", "Shadow"},
 	{"lt_priv", "Priv"},
+	{"lt_remote_save", "RemoteSave"},
 	{"lt_site", "Site"},
 	{"lt_shared_hdr", "SharedHdr"},
 	{"lt_chunk_hdr", "ChunkHdr"},
