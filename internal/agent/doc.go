@@ -172,6 +172,18 @@
 // table intact until no INT3 can be left in the text. Counters().Traps
 // counts the emulations.
 //
+// # Remote syscalls that survive the tracer
+//
+// lt_remote ([Addrs.Remote]) is `syscall; int3`. Once the backstop is
+// installed, the tracer runs its remote syscalls there, and before each one
+// writes into struct lt_remote_save ([Addrs.RemoteSave]) the registers the
+// borrowed thread must get back, then its tid. If the tracer dies while the
+// thread is in the call, the kernel lets the thread go, it executes the
+// int3, and lt_sigtrap, seeing rip just past lt_remote's int3 and its own
+// tid in the save area, copies the registers into the signal frame: the
+// thread returns from the handler exactly where the tracer found it. The
+// tracer clears the tid when it gives the thread back normally.
+//
 // # Building
 //
 // agent.bin and layout_generated.go are committed; `go build` needs no C
