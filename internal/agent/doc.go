@@ -110,8 +110,8 @@
 //     shadow entry.
 //   - Known limitation: user-space stack switching (makecontext, coroutines)
 //     with stacks less than StackWindow apart can drop live frames.
-//   - C++ exceptions unwinding through a hijacked frame are not handled yet:
-//     the unwinder would see lt_return.
+//   - C++ exceptions: see "Unwinder hooks" below. Frames whose return
+//     address the hooks give back have an entry and no exit.
 //
 // lt_return (reached by the traced function's ret) keeps rax and rdx, finds
 // the entry whose slot is sp-8 searching from the top (dropping the stale
@@ -120,6 +120,34 @@
 // to the original address. It works with enabled 0 and in a forked child. If no
 // entry matches it executes ud2: this cannot happen unless the agent's
 // memory was corrupted or the tracer removed a frame still in use.
+//
+// # Unwinder hooks
+//
+// The unwinder finds no unwind information for lt_return, so an exception
+// unwinding through a hijacked frame would end in std::terminate. In graph
+// mode the tracer therefore points the GOT slots through which the C++
+// runtime calls _Unwind_RaiseException (__cxa_throw,
+// std::rethrow_exception) and _Unwind_Resume_or_Rethrow (__cxa_rethrow) at
+// lt_hook_raise ([Addrs.HookRaise]) and lt_hook_resume_or_rethrow
+// ([Addrs.HookResumeOrRethrow]), after writing the real functions'
+// addresses at [Addrs.UnwindRaise] and [Addrs.UnwindResumeOrRethrow] (the
+// private region: a forked child keeps the hooked GOT and must reach them;
+// a hook whose real address is 0 executes ud2). A hook keeps every
+// argument register and the stack as it found them, and for the calling
+// thread walks its shadow stack newest to oldest: every entry whose slot
+// still holds lt_return gets its original return address back, except
+// slots less than StackWindow below the hook's own stack pointer (frames
+// that are gone). Then the shadow stack is emptied (depth 0) and the
+// frames given back are counted ([SharedHdrUnwoundOff]); they have an
+// entry record and no exit. It then jumps to the real function. The hooks
+// work with enabled 0 and in a forked child. A thread that a signal
+// handler interrupted inside the agent and that throws from the handler
+// gets its return addresses back but keeps its entries (stale from then
+// on), since the interrupted agent code still owns them. _Unwind_Resume
+// needs no hook: by the time a landing pad calls it, the unwind's first
+// phase has given back every hijacked frame it can reach, and no older
+// frame is hijacked later. At detach the tracer puts the GOT slots back
+// while every thread is stopped, before the agent is unmapped.
 //
 // # Detaching in graph mode
 //

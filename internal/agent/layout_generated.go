@@ -19,11 +19,15 @@ const (
 	// ReturnOff is the offset from the agent's base of lt_return, the hijacked return address in graph mode.
 	ReturnOff = 0x2a0
 	// SigtrapOff is the offset from the agent's base of lt_sigtrap, the SIGTRAP backstop handler (SA_SIGINFO).
-	SigtrapOff = 0xef0
+	SigtrapOff = 0x1050
 	// RestorerOff is the offset from the agent's base of lt_restorer, the SA_RESTORER for lt_sigtrap.
 	RestorerOff = 0x3f0
 	// RemoteOff is the offset from the agent's base of lt_remote, `syscall; int3`: where the tracer runs remote system calls once the agent is in.
 	RemoteOff = 0x400
+	// HookRaiseOff is the offset from the agent's base of lt_hook_raise, which runs in place of _Unwind_RaiseException in graph mode.
+	HookRaiseOff = 0x1270
+	// HookResumeOrRethrowOff is the offset from the agent's base of lt_hook_resume_or_rethrow, which runs in place of _Unwind_Resume_or_Rethrow in graph mode.
+	HookResumeOrRethrowOff = 0x12a0
 	// CtlOff is the offset from the agent's base of the control page (MADV_WIPEONFORK).
 	CtlOff = 0x2000
 	// CtlSize is the size of the control page (MADV_WIPEONFORK).
@@ -104,6 +108,8 @@ const (
 	PrivOldSigtrapOff = 0x0
 	// PrivRemoteOff is the offset of remote in struct lt_priv.
 	PrivRemoteOff = 0x20
+	// PrivUnwindOff is the offset of unwind in struct lt_priv.
+	PrivUnwindOff = 0x100
 	// PrivThreadsOff is the offset of threads in struct lt_priv.
 	PrivThreadsOff = 0x1000
 	// PrivShadowOff is the offset of shadow in struct lt_priv.
@@ -129,7 +135,7 @@ const (
 	// ShadowSiteOff is the offset of site in struct lt_shadow.
 	ShadowSiteOff = 0x10
 	// SizeofSharedHdr is sizeof(struct lt_shared_hdr).
-	SizeofSharedHdr = 0x130
+	SizeofSharedHdr = 0x138
 	// SharedHdrMagicOff is the offset of magic in struct lt_shared_hdr.
 	SharedHdrMagicOff = 0x0
 	// SharedHdrVersionOff is the offset of version in struct lt_shared_hdr.
@@ -168,6 +174,8 @@ const (
 	SharedHdrThreadsOff = 0x120
 	// SharedHdrTrapsOff is the offset of traps in struct lt_shared_hdr.
 	SharedHdrTrapsOff = 0x128
+	// SharedHdrUnwoundOff is the offset of unwound in struct lt_shared_hdr.
+	SharedHdrUnwoundOff = 0x130
 	// SizeofSite is sizeof(struct lt_site).
 	SizeofSite = 0x10
 	// SiteAddrOff is the offset of addr in struct lt_site.
@@ -190,4 +198,10 @@ const (
 	ThreadLostOff = 0x1c
 	// ThreadBusyOff is the offset of busy in struct lt_thread.
 	ThreadBusyOff = 0x20
+	// SizeofUnwindReal is sizeof(struct lt_unwind_real).
+	SizeofUnwindReal = 0x10
+	// UnwindRealRaiseOff is the offset of raise in struct lt_unwind_real.
+	UnwindRealRaiseOff = 0x0
+	// UnwindRealResumeOrRethrowOff is the offset of resume_or_rethrow in struct lt_unwind_real.
+	UnwindRealResumeOrRethrowOff = 0x8
 )

@@ -22,6 +22,15 @@ type Addrs struct {
 	Remote     uint64 // lt_remote: `syscall; int3` for the tracer's remote syscalls
 	RemoteSave uint64 // struct lt_remote_save: registers to give a stranded thread back
 	Shared     uint64 // shared memfd (map MAP_SHARED)
+	// HookRaise and HookResumeOrRethrow run in place of libgcc's
+	// _Unwind_RaiseException and _Unwind_Resume_or_Rethrow (graph mode):
+	// point the callers' GOT slots at them, after writing the real
+	// functions' addresses at UnwindRaise and UnwindResumeOrRethrow (u64s
+	// in the private region).
+	HookRaise             uint64
+	HookResumeOrRethrow   uint64
+	UnwindRaise           uint64
+	UnwindResumeOrRethrow uint64
 }
 
 // AddrsAt returns the addresses of the agent's parts for base.
@@ -40,6 +49,11 @@ func AddrsAt(base uint64) Addrs {
 		Remote:     base + RemoteOff,
 		RemoteSave: base + PrivOff + PrivRemoteOff,
 		Shared:     base + SharedOff,
+
+		HookRaise:             base + HookRaiseOff,
+		HookResumeOrRethrow:   base + HookResumeOrRethrowOff,
+		UnwindRaise:           base + PrivOff + PrivUnwindOff + UnwindRealRaiseOff,
+		UnwindResumeOrRethrow: base + PrivOff + PrivUnwindOff + UnwindRealResumeOrRethrowOff,
 	}
 }
 

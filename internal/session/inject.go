@@ -25,6 +25,9 @@ type injection struct {
 	keep    bool           // a thread may still be inside the agent: leave it mapped
 	// backstop says our SIGTRAP handler is installed.
 	backstop bool
+	// hooks are the GOT slots pointed at the agent's unwinder hooks
+	// (graph mode, see unwind.go); they go back before the agent goes.
+	hooks []gotHook
 }
 
 type remoteRegion struct {

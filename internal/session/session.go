@@ -83,7 +83,8 @@ type Session struct {
 	mods    []*elfsite.Module
 	sel     []selected // sorted by addr; index = site index in records
 
-	inj *injection
+	inj    *injection
+	unwind *unwindPlan // graph mode: the unwinder's GOT slots to hook
 
 	mu       sync.Mutex // guards the consumer, the writer and the counters
 	cons     *agent.Consumer
@@ -142,8 +143,8 @@ func StartProcess(p *proc.Process, opts Options) (*Session, error) {
 }
 
 // ErrUnwindUnsafe means graph mode was refused because the target can
-// unwind its stack through traced frames (C++ exceptions), which the agent
-// does not support yet.
+// unwind its stack through traced frames (C++ exceptions) and the agent
+// cannot hook its unwinder (see unwind.go); the error says why.
 var ErrUnwindUnsafe = errors.New("graph mode is not supported for this process")
 
 func (s *Session) discover() error {
@@ -153,18 +154,19 @@ func (s *Session) discover() error {
 		return err
 	}
 	s.mods = mods
-	if s.opts.Graph && !s.opts.AllowUnwind {
+	if s.opts.Graph {
 		// A C++ exception (or a forced unwind) that crosses a frame whose
 		// return address the agent hijacked finds no unwind information
-		// for the agent's return trampoline, and the program dies in
-		// std::terminate. Until the agent hooks the unwinder (DESIGN.md
-		// §4), graph mode refuses C++ programs rather than risk them.
-		for _, m := range mods {
-			if strings.Contains(m.Name(), "libstdc++") || strings.Contains(m.Name(), "libc++") {
-				return fmt.Errorf("%w: it loads %s, and a C++ exception thrown through a traced frame would crash it in graph mode: "+
-					"trace it without --graph, or pass --graph-unwind-unsafe if it never throws through traced functions", ErrUnwindUnsafe, m.Name())
-			}
+		// for the agent's return trampoline, and the program would die in
+		// std::terminate. The agent hooks the unwinder's entry points
+		// (unwind.go); graph mode refuses a C++ program only when it
+		// cannot, unless told to take the risk.
+		plan, err := planUnwind(s.pid, mods)
+		if err != nil && !s.opts.AllowUnwind {
+			return fmt.Errorf("%w: %v; a C++ exception thrown through a traced frame would crash it in graph mode: "+
+				"trace it without --graph, or pass --graph-unwind-unsafe if it never throws through traced functions", ErrUnwindUnsafe, err)
 		}
+		s.unwind = plan
 	}
 	return s.selectSites()
 }
@@ -193,6 +195,13 @@ func (s *Session) start(p *proc.Process) (_ *Session, err error) {
 		return nil, err
 	}
 	s.lap("inject")
+	if s.opts.Graph {
+		// Before any site is patched: no frame is hijacked yet.
+		if err := s.hookUnwind(); err != nil {
+			return nil, err
+		}
+		s.lap("hook unwinder")
+	}
 	s.eng, err = textpoke.New(s.p, textpoke.Options{Mode: s.opts.Mode})
 	if err != nil {
 		return nil, err
@@ -457,6 +466,11 @@ func (s *Session) Close() error {
 		}
 	}
 	s.consume(true)
+	if s.p != nil && s.inj != nil && len(s.inj.hooks) > 0 && !gone() {
+		// quiesce did not get to it: the GOT must not point into an
+		// unmapped agent (if this fails too, the agent stays mapped).
+		note(s.inj.unhookUnwind(s.p))
+	}
 	if s.p != nil && s.inj != nil && !gone() {
 		note(s.inj.remove(s.p))
 	}
@@ -491,6 +505,13 @@ func (s *Session) quiesce() error {
 		return err
 	}
 	defer s.p.ResumeAll()
+	// The unwinder's GOT slots first, while every thread is stopped: one
+	// that was about to jump through a slot now goes to the real
+	// function, one already in a hook is stepped out below.
+	unhookErr := s.inj.unhookUnwind(s.p)
+	if unhookErr != nil {
+		unhookErr = fmt.Errorf("restore the unwinder's GOT slots: %w", unhookErr)
+	}
 	ips, err := s.p.StoppedIPs()
 	if err != nil {
 		return err
@@ -509,10 +530,10 @@ func (s *Session) quiesce() error {
 		n, err := s.inj.restoreReturns(s.p)
 		s.restoredReturns = n
 		if err != nil {
-			return fmt.Errorf("restore hijacked return addresses: %w", err)
+			return errors.Join(unhookErr, fmt.Errorf("restore hijacked return addresses: %w", err))
 		}
 	}
-	return nil
+	return unhookErr
 }
 
 // finish writes the metadata and closes the recording.

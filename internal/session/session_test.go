@@ -442,30 +442,6 @@ func TestGraphDurations(t *testing.T) {
 	}
 }
 
-// TestGraphRefusesCXX checks that graph mode refuses a C++ program (an
-// exception through a hijacked frame would kill it) and leaves it unharmed.
-func TestGraphRefusesCXX(t *testing.T) {
-	testtarget.RequireRoot(t)
-	tp := testtarget.Start(t, testtarget.Build(t, testtarget.CXX, testtarget.ClangNop5), "loop")
-	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	_, err := Start(tp.Pid(), Options{Output: filepath.Join(t.TempDir(), "rec.data"), Graph: true})
-	if !errors.Is(err, ErrUnwindUnsafe) {
-		t.Fatalf("graph mode on a C++ program: %v", err)
-	}
-	// Entry mode is fine.
-	s, err := Start(tp.Pid(), Options{Output: filepath.Join(t.TempDir(), "rec.data")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(50 * time.Millisecond)
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	testtarget.CheckText(t, tp.Pid())
-}
-
 // TestForkAndThreadExit forks inside a traced frame and calls pthread_exit
 // two traced frames deep, in entry and graph mode: the child must run
 // correctly on original text and record nothing, and the exiting thread

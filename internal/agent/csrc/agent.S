@@ -12,6 +12,13 @@
  *             borrowed thread is in one, the thread reaches the int3 and
  *             lt_sigtrap gives it back its own registers (lt_priv.remote).
  *
+ * lt_hook_raise, lt_hook_resume_or_rethrow
+ *             run in place of libgcc's _Unwind_RaiseException and
+ *             _Unwind_Resume_or_Rethrow (the tracer points the callers'
+ *             GOT slots here in graph mode): they give the calling
+ *             thread's hijacked return addresses back (lt_unwind_prep)
+ *             and tail-jump to the real function (lt_priv.unwind).
+ *
  * lt_entry and lt_return each have a fast path here for the common case
  * (see doc.go, "Entry path") and fall back to lt_on_entry / lt_on_exit in
  * agent.c, the reference implementation, for everything else. A fast path
@@ -341,5 +348,42 @@ lt_remote:
 	syscall
 	int3
 	.size lt_remote, .-lt_remote
+
+/* UNWIND_HOOK name, off: the body of an unwinder hook. At entry rsp is
+ * 8 mod 16 and [rsp] is the caller's return address; the real function
+ * must see exactly that, and every argument register. */
+.macro UNWIND_HOOK name, off
+	.globl \name
+	.hidden \name
+	.type \name,@function
+	.p2align 4
+\name:
+	push %rax
+	push %rdi
+	push %rsi
+	push %rdx
+	push %rcx
+	push %r8
+	push %r9			/* 7 pushes: rsp is 16-byte aligned */
+	lea 56(%rsp), %rdi		/* the hook's return address slot */
+	call lt_unwind_prep
+	pop %r9
+	pop %r8
+	pop %rcx
+	pop %rdx
+	pop %rsi
+	pop %rdi
+	pop %rax
+	cmpq $0, lt_priv+\off(%rip)
+	je 1f
+	jmp *lt_priv+\off(%rip)
+1:
+	ud2				/* the tracer did not say where the real function is */
+	.size \name, .-\name
+.endm
+
+	.text
+	UNWIND_HOOK lt_hook_raise, LT_A_UNWIND_RAISE
+	UNWIND_HOOK lt_hook_resume_or_rethrow, LT_A_UNWIND_RESUME_OR_RETHROW
 
 	.section .note.GNU-stack,"",@progbits

@@ -36,6 +36,8 @@ _Static_assert(OFF(lt_shared_hdr, chunk_records) == LT_A_CHUNK_RECORDS, "LT_A_CH
 _Static_assert(OFF(lt_chunk_hdr, count) == LT_A_C_COUNT, "LT_A_C_COUNT");
 _Static_assert(LT_CHUNK_HDR_SIZE == LT_A_CHUNK_HDR, "LT_A_CHUNK_HDR");
 _Static_assert(OFF(lt_ctl, graph) == LT_A_CTL_GRAPH, "LT_A_CTL_GRAPH");
+_Static_assert(OFF(lt_priv, unwind.raise) == LT_A_UNWIND_RAISE, "LT_A_UNWIND_RAISE");
+_Static_assert(OFF(lt_priv, unwind.resume_or_rethrow) == LT_A_UNWIND_RESUME_OR_RETHROW, "LT_A_UNWIND_RESUME_OR_RETHROW");
 
 HIDDEN extern char lt_return[];
 HIDDEN extern char lt_restorer[];
@@ -43,6 +45,7 @@ HIDDEN extern char lt_restorer[];
 
 void lt_on_entry(u32 idx, u64 *sp) HIDDEN;
 u64 lt_on_exit(u64 sp) HIDDEN;
+void lt_unwind_prep(u64 sp) HIDDEN;
 void lt_sigtrap(int sig, void *si, void *uc) HIDDEN;
 
 #define SYS_rt_sigaction 13
@@ -390,6 +393,58 @@ u64 lt_on_exit(u64 sp)
 	barrier();
 	t->busy = 0;
 	return orig;
+}
+
+/*
+ * lt_unwind_prep is called by lt_hook_raise and lt_hook_resume_or_rethrow
+ * (agent.S), which run in place of the unwinder's entry points, with sp =
+ * the hook's stack pointer at entry (its return address slot). Before the
+ * unwinder walks the stack, every hijacked return address of the calling
+ * thread goes back into its slot: the unwinder has no unwind information
+ * for lt_return. Walked newest to oldest, so that of two entries for one
+ * slot (the older one stale) the newer one decides. A slot just below sp
+ * (within LT_STACK_WINDOW) belongs to a frame that is gone, and may now be
+ * part of the hook's own frame: it is not touched. Then the shadow stack is
+ * emptied: those frames return straight to their callers, without exit
+ * records. It works whatever enabled and graph say (a forked child, a
+ * detaching tracer).
+ */
+void lt_unwind_prep(u64 sp)
+{
+	struct lt_thread *t = lt_lookup(thread_pointer());
+	if (!t)
+		return;
+	struct lt_shadow *ss = lt_priv.shadow[t - lt_priv.threads];
+	u32 d = t->depth;
+	if (d > LT_SHADOW_DEPTH)
+		d = LT_SHADOW_DEPTH;
+	/* Interrupted inside the agent by a signal handler that throws (and
+	 * catches): the interrupted code still owns the shadow stack. Give
+	 * the return addresses back but leave the entries; they are stale
+	 * from now on and later entries and exits drop them. */
+	int live = busy_live(t->busy, sp);
+	if (!live) {
+		t->busy = sp;
+		barrier();
+	}
+	u64 n = 0;
+	for (u32 i = d; i > 0; i--) {
+		struct lt_shadow *e = &ss[i - 1];
+		if (e->slot < sp && sp - e->slot < LT_STACK_WINDOW)
+			continue;
+		volatile u64 *slot = (volatile u64 *)e->slot;
+		if (*slot == (u64)lt_return) {
+			*slot = e->orig;
+			n++;
+		}
+	}
+	if (n)
+		__atomic_fetch_add(&lt_shared.unwound, n, __ATOMIC_RELAXED);
+	if (!live) {
+		t->depth = 0;
+		barrier();
+		t->busy = 0;
+	}
 }
 
 /* ucontext_t on x86-64: uc_mcontext.gregs starts at byte 40. */

@@ -35,6 +35,8 @@
 #define LT_A_C_COUNT 16            /* offsetof(struct lt_chunk_hdr, count) */
 #define LT_A_CHUNK_HDR 64          /* LT_CHUNK_HDR_SIZE */
 #define LT_A_CTL_GRAPH 4           /* offsetof(struct lt_ctl, graph) */
+#define LT_A_UNWIND_RAISE 256      /* offsetof(struct lt_priv, unwind.raise) */
+#define LT_A_UNWIND_RESUME_OR_RETHROW 264 /* offsetof(struct lt_priv, unwind.resume_or_rethrow) */
 
 #ifndef __ASSEMBLER__
 
@@ -125,10 +127,23 @@ struct lt_remote_save {
 	u64 regs[27];
 };
 
+/*
+ * struct lt_unwind_real holds the real unwinder entry points that the hooks
+ * lt_hook_raise and lt_hook_resume_or_rethrow jump to (the tracer writes
+ * them before it points any GOT slot at a hook). It lives in the private
+ * region, not in the wipe-on-fork control page: a forked child keeps the
+ * hooked GOT slots and must still reach the real functions.
+ */
+struct lt_unwind_real {
+	u64 raise;             /* _Unwind_RaiseException */
+	u64 resume_or_rethrow; /* _Unwind_Resume_or_Rethrow */
+};
+
 struct lt_priv {
 	struct lt_ksigaction old_sigtrap; /* previous SIGTRAP action (tracer writes) */
 	struct lt_remote_save remote;     /* see lt_remote (tracer writes) */
-	u8 pad[4096 - sizeof(struct lt_ksigaction) - sizeof(struct lt_remote_save)];
+	struct lt_unwind_real unwind;     /* see lt_hook_raise (tracer writes) */
+	u8 pad[4096 - sizeof(struct lt_ksigaction) - sizeof(struct lt_remote_save) - sizeof(struct lt_unwind_real)];
 	struct lt_thread threads[LT_MAX_THREADS];
 	struct lt_shadow shadow[LT_MAX_THREADS][LT_SHADOW_DEPTH];
 };
@@ -167,6 +182,7 @@ struct lt_shared_hdr {
 	u64 reentered;     /* events dropped: agent re-entered by a signal */
 	u64 threads;       /* thread slots claimed */
 	u64 traps;         /* SIGTRAPs emulated by the backstop */
+	u64 unwound;       /* hijacked frames given back before a C++ exception unwound */
 };
 
 /* struct lt_chunk_hdr heads every chunk. */

@@ -123,6 +123,8 @@ var symbols = []struct{ sym, name, doc string }{
 	{"lt_sigtrap", "SigtrapOff", "lt_sigtrap, the SIGTRAP backstop handler (SA_SIGINFO)"},
 	{"lt_restorer", "RestorerOff", "lt_restorer, the SA_RESTORER for lt_sigtrap"},
 	{"lt_remote", "RemoteOff", "lt_remote, `syscall; int3`: where the tracer runs remote system calls once the agent is in"},
+	{"lt_hook_raise", "HookRaiseOff", "lt_hook_raise, which runs in place of _Unwind_RaiseException in graph mode"},
+	{"lt_hook_resume_or_rethrow", "HookResumeOrRethrowOff", "lt_hook_resume_or_rethrow, which runs in place of _Unwind_Resume_or_Rethrow in graph mode"},
 }
 
 // structs lists the agent.h structs whose layout Go needs.
@@ -133,6 +135,7 @@ var structs = []struct{ c, goName string }{
 	{"lt_shadow", "Shadow"},
 	{"lt_priv", "Priv"},
 	{"lt_remote_save", "RemoteSave"},
+	{"lt_unwind_real", "UnwindReal"},
 	{"lt_site", "Site"},
 	{"lt_shared_hdr", "SharedHdr"},
 	{"lt_chunk_hdr", "ChunkHdr"},

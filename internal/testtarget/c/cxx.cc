@@ -6,12 +6,26 @@
  * shapes::scale<double>), an operator (shapes::operator+ on Vec), a function
  * that throws (shapes::fail_if) and one that catches (shapes::guarded).
  *
- * Protocol: like simple.c. stdin is not read. On start it prints "ready"
- * (flushed); without arguments it runs one round of calls and exits 0; with
- * "loop" it runs a round, sleeps 10 ms, and repeats forever.
+ * Protocol: like simple.c. On start it prints "ready" (flushed); without
+ * arguments it runs one round of calls and exits 0 (stdin is not read);
+ * with "loop" it runs a round, sleeps 10 ms, and repeats forever.
+ *
+ * With "serve" it throws nothing before its first command, and reads
+ * commands from stdin, one a line, until EOF:
+ *   throw N   runs exc::top(0..N-1): exceptions thrown through several
+ *             traced frames (exc::deep recursing 0..5 deep, with a
+ *             destructor to run in each frame), caught at various depths
+ *             (exc::mid catches the even ones, exc::top the others after
+ *             a `throw;` rethrow), and every fifth one caught, kept in a
+ *             std::exception_ptr and rethrown with std::rethrow_exception
+ *             from 0..3 traced frames deep (exc::rethrow_at). It prints
+ *             "done sum=S cleanups=C deep=D mid=M top=T rethrow_at=R": a
+ *             checksum, the destructors run, and how many times each
+ *             traced exc:: function was entered by this command.
  */
 #include <cstdio>
 #include <cstring>
+#include <exception>
 #include <stdexcept>
 #include <time.h>
 
@@ -112,11 +126,108 @@ LT_KEEP long round(long seed)
 
 } // namespace shapes
 
+namespace exc {
+
+struct Err {
+	long v;
+};
+
+unsigned long n_deep, n_mid, n_top, n_rethrow_at;
+long cleanups;
+
+struct Cleanup {
+	long *n;
+	~Cleanup() { ++*n; }
+};
+
+LT_KEEP long deep(long n, long d)
+{
+	n_deep++;
+	Cleanup c{&cleanups};
+	LT_OPAQUE(d);
+	if (d == 0) {
+		if (n % 3 != 2)
+			throw Err{n};
+		return n;
+	}
+	return deep(n, d - 1) + 1;
+}
+
+LT_KEEP long mid(long n)
+{
+	n_mid++;
+	try {
+		return deep(n, n % 6);
+	} catch (Err &e) {
+		if (n % 2)
+			throw;
+		return e.v * 2;
+	}
+}
+
+LT_KEEP long rethrow_at(std::exception_ptr p, long d)
+{
+	n_rethrow_at++;
+	LT_OPAQUE(d);
+	if (d == 0)
+		std::rethrow_exception(p);
+	return rethrow_at(p, d - 1) + 1;
+}
+
+LT_KEEP long top(long n)
+{
+	n_top++;
+	try {
+		if (n % 5 == 0) {
+			std::exception_ptr p;
+			try {
+				return mid(n);
+			} catch (...) {
+				p = std::current_exception();
+			}
+			try {
+				return rethrow_at(p, n % 4);
+			} catch (Err &e) {
+				return e.v + 7;
+			}
+		}
+		return mid(n);
+	} catch (Err &e) {
+		return -e.v;
+	}
+}
+
+} // namespace exc
+
+static int serve()
+{
+	char line[128];
+	while (std::fgets(line, sizeof line, stdin)) {
+		long n = 0;
+		if (std::sscanf(line, "throw %ld", &n) != 1) {
+			std::printf("error unknown command\n");
+			std::fflush(stdout);
+			continue;
+		}
+		exc::n_deep = exc::n_mid = exc::n_top = exc::n_rethrow_at = 0;
+		exc::cleanups = 0;
+		unsigned long sum = 0;
+		for (long i = 0; i < n; i++)
+			sum = sum * 31 + (unsigned long)exc::top(i);
+		std::printf("done sum=%lu cleanups=%ld deep=%lu mid=%lu top=%lu rethrow_at=%lu\n", sum, exc::cleanups,
+			    exc::n_deep, exc::n_mid, exc::n_top, exc::n_rethrow_at);
+		std::fflush(stdout);
+	}
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	bool loop = argc > 1 && std::strcmp(argv[1], "loop") == 0;
 	std::printf("ready\n");
 	std::fflush(stdout);
+	if (argc > 1 && std::strcmp(argv[1], "serve") == 0)
+		return serve();
 	long x = argc;
 	do {
 		x = shapes::round(x) & 0xffff;

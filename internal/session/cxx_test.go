@@ -1,0 +1,204 @@
+package session
+
+import (
+	"encoding/binary"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/livetrace/livetrace/internal/elfsite"
+	"github.com/livetrace/livetrace/internal/testtarget"
+	"github.com/livetrace/livetrace/internal/tracefile"
+)
+
+// readGOT returns the value of every GOT slot bound to the unwinder's
+// entry points in process pid, by slot address.
+func readGOT(t *testing.T, pid int) map[uint64]uint64 {
+	t.Helper()
+	mods, err := elfsite.LiveModules(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan, err := planUnwind(pid, mods)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(fmt.Sprintf("/proc/%d/mem", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	got := map[uint64]uint64{}
+	var word [8]byte
+	for _, sl := range plan.slots {
+		if _, err := f.ReadAt(word[:], int64(sl.addr)); err != nil {
+			t.Fatalf("read GOT slot %#x: %v", sl.addr, err)
+		}
+		got[sl.addr] = binary.LittleEndian.Uint64(word[:])
+	}
+	return got
+}
+
+// throwRound makes the cxx fixture (in "serve" mode) run "throw n" and
+// returns its reply: checksum, cleanups and entry counts.
+func throwRound(t *testing.T, tp *testtarget.Process, n int) (string, map[string]uint64) {
+	t.Helper()
+	if err := tp.Send(fmt.Sprintf("throw %d", n)); err != nil {
+		t.Fatal(err)
+	}
+	line, err := tp.Expect("done ", 30*time.Second)
+	if err != nil {
+		t.Fatalf("%v; stderr: %s", err, tp.Stderr())
+	}
+	counts := map[string]uint64{}
+	for _, f := range strings.Fields(line)[1:] {
+		k, v, ok := strings.Cut(f, "=")
+		if !ok {
+			t.Fatalf("bad reply %q", line)
+		}
+		if k == "sum" || k == "cleanups" {
+			continue
+		}
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			t.Fatalf("bad reply %q", line)
+		}
+		counts["exc::"+k] += n
+	}
+	return line, counts
+}
+
+// TestGraphCXXExceptions records the C++ fixture in graph mode while it
+// throws through traced frames (caught at several depths, rethrown with
+// `throw;` and with std::rethrow_exception, destructors run on the way),
+// in every site form, attaching both before the program's first throw
+// (the unwinder's GOT slots still lazily bound) and after it. The program
+// must compute what it computes untraced, every entry of the exc::
+// functions must be recorded, and detaching must restore the text, the
+// GOT slots, the mappings and the fds.
+func TestGraphCXXExceptions(t *testing.T) {
+	testtarget.RequireRoot(t)
+	const n = 300
+	for _, form := range testtarget.Forms {
+		for _, lazy := range []bool{true, false} {
+			name := string(form) + "/bound"
+			if lazy {
+				name = string(form) + "/lazy"
+			}
+			t.Run(name, func(t *testing.T) {
+				tp := testtarget.Start(t, testtarget.Build(t, testtarget.CXX, form), "serve")
+				if _, err := tp.Expect("ready", 10*time.Second); err != nil {
+					t.Fatal(err)
+				}
+				var base string
+				if !lazy {
+					base, _ = throwRound(t, tp, n)
+				}
+				gotBefore := readGOT(t, tp.Pid())
+				if len(gotBefore) == 0 {
+					t.Fatal("no GOT slot of the unwinder found")
+				}
+				snap := testtarget.TakeSnapshot(t, tp.Pid())
+				out := filepath.Join(t.TempDir(), "rec.data")
+				s, err := Start(tp.Pid(), Options{Output: out, Graph: true})
+				if err != nil {
+					t.Fatal(err)
+				}
+				hooks := s.hookedSlots()
+				if len(hooks) != len(gotBefore) {
+					t.Errorf("%d GOT slots hooked, want %d", len(hooks), len(gotBefore))
+				}
+				during := readGOT(t, tp.Pid())
+				for _, h := range hooks {
+					if during[h.addr] != h.hook {
+						t.Errorf("GOT slot %#x (%s) holds %#x while tracing, want the hook %#x", h.addr, h.what, during[h.addr], h.hook)
+					}
+				}
+				line1, want1 := throwRound(t, tp, n)
+				line2, want2 := throwRound(t, tp, n)
+				if err := s.Close(); err != nil {
+					t.Fatal(err)
+				}
+				after, _ := throwRound(t, tp, n)
+				if base == "" {
+					base = after
+				}
+				for _, l := range []string{line1, line2, after} {
+					if l != base {
+						t.Errorf("the program computed %q, untraced %q", l, base)
+					}
+				}
+				gotAfter := readGOT(t, tp.Pid())
+				for addr, v := range gotBefore {
+					// A lazily bound slot may have been bound meanwhile by
+					// the untraced round after the detach.
+					if gotAfter[addr] != v && !lazy {
+						t.Errorf("GOT slot %#x holds %#x after detach, %#x before", addr, gotAfter[addr], v)
+					}
+				}
+				testtarget.CheckText(t, tp.Pid())
+				snap.CheckSame(t, tp.Pid())
+
+				rec, err := tracefile.Read(out)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got := map[string]uint64{}
+				for fn, c := range countEntries(rec) {
+					for k := range want1 {
+						if fn == k || strings.HasPrefix(fn, k+"(") {
+							got[k] += c
+						}
+					}
+				}
+				for k := range want1 {
+					if w := want1[k] + want2[k]; got[k] != w {
+						t.Errorf("%s: recorded %d entries, the program counted %d", k, got[k], w)
+					}
+				}
+			})
+		}
+	}
+}
+
+// TestGraphCXXLoop records the C++ fixture's "loop" mode (it throws and
+// catches every 10 ms) in graph mode, with and without
+// --graph-unwind-unsafe: it used to be refused, and must survive now.
+func TestGraphCXXLoop(t *testing.T) {
+	testtarget.RequireRoot(t)
+	for _, allow := range []bool{false, true} {
+		t.Run(fmt.Sprintf("allow=%v", allow), func(t *testing.T) {
+			tp := testtarget.Start(t, testtarget.Build(t, testtarget.CXX, testtarget.ClangNop5), "loop")
+			if _, err := tp.Expect("ready", 10*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			out := filepath.Join(t.TempDir(), "rec.data")
+			s, err := Start(tp.Pid(), Options{Output: out, Graph: true, AllowUnwind: allow})
+			if err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(200 * time.Millisecond)
+			select {
+			case <-s.Exited():
+				t.Fatalf("the target died while traced: %s", tp.Stderr())
+			default:
+			}
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(50 * time.Millisecond)
+			testtarget.CheckText(t, tp.Pid())
+			rec, err := tracefile.Read(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if countEntries(rec)["shapes::fail_if"] == 0 {
+				t.Errorf("no entry of shapes::fail_if recorded: %v", countEntries(rec))
+			}
+		})
+	}
+}
