@@ -202,3 +202,52 @@ func TestGraphCXXLoop(t *testing.T) {
 		})
 	}
 }
+
+// TestGraphCXXFork forks inside a traced frame while recording in graph
+// mode; the child, which keeps the hooked GOT and its copy of the agent
+// (tracing disabled there), throws through the inherited hijacked frame
+// and through new frames, and must compute what the program computes
+// untraced. The parent goes on throwing while traced.
+func TestGraphCXXFork(t *testing.T) {
+	testtarget.RequireRoot(t)
+	const n = 200
+	for _, form := range testtarget.Forms {
+		t.Run(string(form), func(t *testing.T) {
+			tp := testtarget.Start(t, testtarget.Build(t, testtarget.CXX, form), "serve")
+			if _, err := tp.Expect("ready", 10*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			base, _ := throwRound(t, tp, n)
+			wantSum := strings.Fields(base)[1] // sum=S
+			s, err := Start(tp.Pid(), Options{Output: filepath.Join(t.TempDir(), "rec.data"), Graph: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := 0; i < 3; i++ {
+				if err := tp.Send(fmt.Sprintf("fork %d", n)); err != nil {
+					t.Fatal(err)
+				}
+				line, err := tp.Expect("child ", 30*time.Second)
+				if err != nil {
+					t.Fatalf("%v; stderr: %s", err, tp.Stderr())
+				}
+				if got := strings.TrimPrefix(line, "child "); got != wantSum {
+					t.Errorf("the forked child computed %s, untraced %s", got, wantSum)
+				}
+				if line, err = tp.Expect("forked ", 30*time.Second); err != nil || line != "forked ok=1" {
+					t.Fatalf("%q %v; stderr: %s", line, err, tp.Stderr())
+				}
+				if line, _ := throwRound(t, tp, n); line != base {
+					t.Errorf("the program computed %q, untraced %q", line, base)
+				}
+			}
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if line, _ := throwRound(t, tp, n); line != base {
+				t.Errorf("after detach the program computed %q, untraced %q", line, base)
+			}
+			testtarget.CheckText(t, tp.Pid())
+		})
+	}
+}

@@ -22,12 +22,19 @@
  *             "done sum=S cleanups=C deep=D mid=M top=T rethrow_at=R": a
  *             checksum, the destructors run, and how many times each
  *             traced exc:: function was entered by this command.
+ *   fork N    exc::forked forks; the child runs what "throw N" runs,
+ *             throws the checksum out through exc::forked (a frame it
+ *             inherited), prints "child sum=S" with the same checksum and
+ *             exits; the parent waits for it and prints "forked ok=1"
+ *             (ok=0 if the child failed).
  */
 #include <cstdio>
 #include <cstring>
 #include <exception>
 #include <stdexcept>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "ltfixture.h"
 
@@ -169,8 +176,11 @@ LT_KEEP long rethrow_at(std::exception_ptr p, long d)
 {
 	n_rethrow_at++;
 	LT_OPAQUE(d);
-	if (d == 0)
-		std::rethrow_exception(p);
+	if (d <= 0) {
+		if (p)
+			std::rethrow_exception(p);
+		return 0;
+	}
 	return rethrow_at(p, d - 1) + 1;
 }
 
@@ -197,6 +207,30 @@ LT_KEEP long top(long n)
 	}
 }
 
+unsigned long run(long n)
+{
+	unsigned long sum = 0;
+	for (long i = 0; i < n; i++)
+		sum = sum * 31 + (unsigned long)top(i);
+	return sum;
+}
+
+LT_KEEP unsigned long forked(long n, bool *child)
+{
+	pid_t pid = fork();
+	if (pid < 0)
+		return 0;
+	if (pid == 0) {
+		/* Out through this frame, which the child inherited. */
+		*child = true;
+		throw Err{(long)run(n)};
+	}
+	int st = 0;
+	if (waitpid(pid, &st, 0) != pid)
+		return 0;
+	return WIFEXITED(st) && WEXITSTATUS(st) == 0;
+}
+
 } // namespace exc
 
 static int serve()
@@ -204,6 +238,23 @@ static int serve()
 	char line[128];
 	while (std::fgets(line, sizeof line, stdin)) {
 		long n = 0;
+		if (std::sscanf(line, "fork %ld", &n) == 1) {
+			bool child = false;
+			unsigned long r;
+			try {
+				r = exc::forked(n, &child);
+			} catch (exc::Err &e) {
+				r = (unsigned long)e.v;
+			}
+			if (child) {
+				std::printf("child sum=%lu\n", r);
+				std::fflush(stdout);
+				_exit(0);
+			}
+			std::printf("forked ok=%lu\n", r);
+			std::fflush(stdout);
+			continue;
+		}
 		if (std::sscanf(line, "throw %ld", &n) != 1) {
 			std::printf("error unknown command\n");
 			std::fflush(stdout);
@@ -211,9 +262,7 @@ static int serve()
 		}
 		exc::n_deep = exc::n_mid = exc::n_top = exc::n_rethrow_at = 0;
 		exc::cleanups = 0;
-		unsigned long sum = 0;
-		for (long i = 0; i < n; i++)
-			sum = sum * 31 + (unsigned long)exc::top(i);
+		unsigned long sum = exc::run(n);
 		std::printf("done sum=%lu cleanups=%ld deep=%lu mid=%lu top=%lu rethrow_at=%lu\n", sum, exc::cleanups,
 			    exc::n_deep, exc::n_mid, exc::n_top, exc::n_rethrow_at);
 		std::fflush(stdout);
