@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 
@@ -33,6 +34,10 @@ import (
 // Detach puts every slot that still holds our hook back to its original
 // value while every thread is stopped, before the agent is unmapped; if
 // that fails the agent stays mapped (its hooks work with tracing disabled).
+//
+// A thread inside the dynamic linker, about to bind a lazy slot when the
+// hooks go in, can still overwrite the hook with the real function (a
+// first throw racing with the attach); that slot then stays unhooked.
 //
 // Not covered: a C++ runtime loaded by dlopen after the attach, a program
 // that links libgcc's unwinder statically (no GOT), and forced unwinds
@@ -86,7 +91,10 @@ func planUnwind(pid int, mods []*elfsite.Module) (*unwindPlan, error) {
 			continue // a module we cannot read has no C++ runtime calls we know of
 		}
 		for _, r := range relocs {
-			plan.slots = append(plan.slots, unwindSlot{mod: m, sym: r.sym, addr: m.Runtime(r.off)})
+			// The file is untrusted: a slot must lie in the module.
+			if addr := m.Runtime(r.off); inModule(m, addr) && inModule(m, addr+7) {
+				plan.slots = append(plan.slots, unwindSlot{mod: m, sym: r.sym, addr: addr})
+			}
 		}
 		if strings.HasPrefix(m.Name(), "libgcc_s") {
 			for i, v := range defs {
@@ -113,16 +121,8 @@ type unwindReloc struct {
 	off uint64 // link-time address of the GOT slot
 }
 
-// moduleUnwindRelocs reads m's file (untrusted) and returns its
-// R_X86_64_JUMP_SLOT and R_X86_64_GLOB_DAT relocations naming one of
-// unwindSyms, and the link-time addresses at which it defines them (0:
-// not defined).
+// moduleUnwindRelocs reads m's file and returns its unwindRelocs.
 func moduleUnwindRelocs(pid int, m *elfsite.Module) (relocs []unwindReloc, defs [len(unwindSyms)]uint64, err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			relocs, err = nil, fmt.Errorf("read relocations of %s: malformed ELF: %v", m.Path, p)
-		}
-	}()
 	var f *os.File
 	if len(m.Mappings) > 0 {
 		g := m.Mappings[0]
@@ -135,16 +135,29 @@ func moduleUnwindRelocs(pid int, m *elfsite.Module) (relocs []unwindReloc, defs 
 		return nil, defs, fmt.Errorf("read relocations of %s: %w", m.Path, err)
 	}
 	defer f.Close()
-	ef, err := elf.NewFile(f)
+	return unwindRelocs(f, m.Path)
+}
+
+// unwindRelocs reads an ELF file (untrusted: a panic in debug/elf becomes
+// an error) and returns its R_X86_64_JUMP_SLOT and R_X86_64_GLOB_DAT
+// relocations naming one of unwindSyms, and the link-time addresses at
+// which it defines them (0: not defined).
+func unwindRelocs(r io.ReaderAt, path string) (relocs []unwindReloc, defs [len(unwindSyms)]uint64, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			relocs, err = nil, fmt.Errorf("read relocations of %s: malformed ELF: %v", path, p)
+		}
+	}()
+	ef, err := elf.NewFile(r)
 	if err != nil {
-		return nil, defs, fmt.Errorf("read relocations of %s: %w", m.Path, err)
+		return nil, defs, fmt.Errorf("read relocations of %s: %w", path, err)
 	}
 	syms, err := ef.DynamicSymbols()
 	if err != nil {
 		if errors.Is(err, elf.ErrNoSymbols) {
 			return nil, defs, nil
 		}
-		return nil, defs, fmt.Errorf("read dynamic symbols of %s: %w", m.Path, err)
+		return nil, defs, fmt.Errorf("read dynamic symbols of %s: %w", path, err)
 	}
 	// want maps a dynamic symbol index (1-based, as in r_info) to a hook.
 	want := map[uint32]int{}
@@ -172,7 +185,7 @@ func moduleUnwindRelocs(pid int, m *elfsite.Module) (relocs []unwindReloc, defs 
 		}
 		data, err := sec.Data()
 		if err != nil {
-			return nil, defs, fmt.Errorf("read %s of %s: %w", sec.Name, m.Path, err)
+			return nil, defs, fmt.Errorf("read %s of %s: %w", sec.Name, path, err)
 		}
 		for i := 0; i+24 <= len(data); i += 24 {
 			off := binary.LittleEndian.Uint64(data[i:])
