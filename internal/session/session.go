@@ -198,7 +198,18 @@ func (s *Session) start(p *proc.Process) (_ *Session, err error) {
 	if s.opts.Graph {
 		// Before any site is patched: no frame is hijacked yet.
 		if err := s.hookUnwind(); err != nil {
-			return nil, err
+			if !s.opts.AllowUnwind {
+				return nil, err
+			}
+			// --graph-unwind-unsafe: go on without the hooks.
+			if err := s.p.StopAll(); err != nil {
+				return nil, err
+			}
+			uerr := s.inj.unhookUnwind(s.p)
+			s.p.ResumeAll()
+			if uerr != nil {
+				return nil, uerr
+			}
 		}
 		s.lap("hook unwinder")
 	}
