@@ -89,7 +89,7 @@ it with livetrace replay, report, info and export.`,
 	f.StringVarP(&o.output, "output", "o", "livetrace.data", "write the recording to `FILE`")
 	f.BoolVar(&o.graph, "graph", false, "record function exits too (function_graph)")
 	f.BoolVar(&o.stopMode, "stop", false, "patch with every thread stopped (stop mode) instead of live")
-	f.BoolVar(&o.unwindUnsafe, "graph-unwind-unsafe", false, "allow --graph on a C++ program (an exception thrown through a traced function would kill it)")
+	f.BoolVar(&o.unwindUnsafe, "graph-unwind-unsafe", false, "record --graph even if the C++ unwinder cannot be hooked (an exception thrown through a traced function would then kill the program)")
 	f.IntVar(&o.chunks, "buffer-chunks", 0, "shared buffer size in 64 KiB chunks (default 256)")
 	f.IntVarP(&o.filter.depth, "depth", "D", 0, "record calls at depth < `N` only (graph mode, N < 256; 0 = all)")
 	f.DurationVarP(&o.filter.minDur, "time-filter", "t", 0, "show only calls that took at least `DURATION` (graph mode; applied when the recording is read)")
