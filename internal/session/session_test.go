@@ -162,6 +162,38 @@ func TestTargetExits(t *testing.T) {
 	}
 }
 
+// startHammering starts the stress fixture with 400 functions and 4
+// threads, notes the checksum of an untraced pass, and makes the threads
+// call every function in a loop.
+func startHammering(t *testing.T, form testtarget.Form) (*testtarget.Process, uint64) {
+	t.Helper()
+	tp := testtarget.Start(t, testtarget.Build(t, testtarget.Stress, form, testtarget.Funcs(400)), "-t", "4")
+	if _, err := tp.Expect("ready", 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	want, _, err := testtarget.RunStress(tp, 1, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := testtarget.HammerStress(tp, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	return tp, want
+}
+
+// stopHammering stops the threads and checks that their results are those
+// of the untraced pass.
+func stopHammering(t *testing.T, tp *testtarget.Process, want uint64) {
+	t.Helper()
+	_, got, err := testtarget.StopStress(tp, 30*time.Second)
+	if err != nil {
+		t.Fatalf("%v (the target died? stderr %q)", err, tp.Stderr())
+	}
+	if got != want {
+		t.Fatalf("checksum %d after tracing, %d before", got, want)
+	}
+}
+
 // TestRepeatedCycles attaches, records and detaches again and again while
 // 4 threads hammer 400 functions, in every form: the program must never
 // crash, its results must not change, and its text must stay pristine.
@@ -176,28 +208,7 @@ func TestRepeatedCycles(t *testing.T) {
 	}
 	for _, form := range testtarget.Forms {
 		t.Run(string(form), func(t *testing.T) {
-			bin := testtarget.Build(t, "stress", form, testtarget.Funcs(400))
-			tp := testtarget.Start(t, bin, "-t", "4")
-			if _, err := tp.Expect("ready", 30*time.Second); err != nil {
-				t.Fatal(err)
-			}
-			if err := tp.Send("run 1"); err != nil {
-				t.Fatal(err)
-			}
-			done, err := tp.Expect("done", 30*time.Second)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := tp.Expect("counts", 10*time.Second); err != nil {
-				t.Fatal(err)
-			}
-			want := strings.Fields(done)[1]
-			if err := tp.Send("hammer"); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := tp.Expect("hammering", 10*time.Second); err != nil {
-				t.Fatal(err)
-			}
+			tp, want := startHammering(t, form)
 			before := testtarget.TakeSnapshot(t, tp.Pid())
 			for i := 0; i < cycles; i++ {
 				out := filepath.Join(t.TempDir(), "rec.data")
@@ -218,16 +229,7 @@ func TestRepeatedCycles(t *testing.T) {
 				testtarget.CheckText(t, tp.Pid())
 			}
 			before.CheckSame(t, tp.Pid())
-			if err := tp.Send("stop"); err != nil {
-				t.Fatal(err)
-			}
-			line, err := tp.Expect("stopped", 30*time.Second)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got := strings.Fields(line)[2]; got != want {
-				t.Fatalf("checksum %s after tracing, %s before", got, want)
-			}
+			stopHammering(t, tp, want)
 		})
 	}
 }
@@ -332,27 +334,7 @@ func TestGraphDetachUnderLoad(t *testing.T) {
 	testtarget.RequireRoot(t)
 	for _, form := range testtarget.Forms {
 		t.Run(string(form), func(t *testing.T) {
-			bin := testtarget.Build(t, "stress", form, testtarget.Funcs(400))
-			tp := testtarget.Start(t, bin, "-t", "4")
-			if _, err := tp.Expect("ready", 30*time.Second); err != nil {
-				t.Fatal(err)
-			}
-			if err := tp.Send("run 1"); err != nil {
-				t.Fatal(err)
-			}
-			done, err := tp.Expect("done", 30*time.Second)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := tp.Expect("counts", 10*time.Second); err != nil {
-				t.Fatal(err)
-			}
-			if err := tp.Send("hammer"); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := tp.Expect("hammering", 10*time.Second); err != nil {
-				t.Fatal(err)
-			}
+			tp, want := startHammering(t, form)
 			before := testtarget.TakeSnapshot(t, tp.Pid())
 			restored := 0
 			for i := 0; i < 4; i++ {
@@ -369,16 +351,7 @@ func TestGraphDetachUnderLoad(t *testing.T) {
 				testtarget.CheckText(t, tp.Pid())
 			}
 			before.CheckSame(t, tp.Pid())
-			if err := tp.Send("stop"); err != nil {
-				t.Fatal(err)
-			}
-			line, err := tp.Expect("stopped", 30*time.Second)
-			if err != nil {
-				t.Fatalf("%v (the target died? stderr %q)", err, tp.Stderr())
-			}
-			if got, want := strings.Fields(line)[2], strings.Fields(done)[1]; got != want {
-				t.Fatalf("checksum %s after tracing, %s before", got, want)
-			}
+			stopHammering(t, tp, want)
 			t.Logf("%d hijacked return addresses restored at detach", restored)
 		})
 	}
