@@ -96,6 +96,40 @@ func read(r io.ReaderAt, size int64, recover bool) (*Recording, error) {
 
 // readFinished reads a file that has a trailer.
 func readFinished(r io.ReaderAt, size int64) (*Recording, error) {
+	return readTrailerMeta(r, size, false)
+}
+
+// errMetaOnly carries the event count out of readTrailerMeta in metaOnly
+// mode.
+type errMetaOnly struct{ events uint64 }
+
+func (errMetaOnly) Error() string { return "metadata only" }
+
+// ReadMeta reads only the metadata of a finished recording and the number
+// of events the trailer counts: it costs the same for any recording size
+// (Read holds every event in memory, about 40 bytes each).
+func ReadMeta(path string) (*Meta, uint64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, 0, err
+	}
+	rec, err := readTrailerMeta(f, fi.Size(), true)
+	var mo errMetaOnly
+	if errors.As(err, &mo) {
+		return &rec.Meta, mo.events, nil
+	}
+	if err == nil {
+		err = errors.New("read metadata: unexpected full read")
+	}
+	return nil, 0, err
+}
+
+func readTrailerMeta(r io.ReaderAt, size int64, metaOnly bool) (*Recording, error) {
 	if size < headerSize+trailerSize {
 		return nil, fmt.Errorf("%w: %d bytes and no trailer (the writer did not finish)", ErrTruncated, size)
 	}
@@ -129,6 +163,9 @@ func readFinished(r io.ReaderAt, size int64) (*Recording, error) {
 	meta, err := decodeMeta(raw, t.metaOff)
 	if err != nil {
 		return nil, err
+	}
+	if metaOnly {
+		return &Recording{Meta: *meta}, errMetaOnly{t.events}
 	}
 	var evs []Event
 	var blocks uint32

@@ -74,6 +74,32 @@ func TestRoundTripFile(t *testing.T) {
 	}
 }
 
+// TestReadMeta reads only the metadata and the event count.
+func TestReadMeta(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "livetrace.data")
+	b := tracefiletest.Scenario(tracefile.ModeGraph)
+	if err := b.WriteFile(path); err != nil {
+		t.Fatal(err)
+	}
+	meta, n, err := tracefile.ReadMeta(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := b.Recording()
+	if n != uint64(len(want.Events)) {
+		t.Errorf("ReadMeta counts %d events, want %d", n, len(want.Events))
+	}
+	if diff := cmp.Diff(want.Meta, *meta, cmpopts.EquateEmpty()); diff != "" {
+		t.Errorf("metadata (-want +got):\n%s", diff)
+	}
+	if err := os.WriteFile(path, []byte("not a recording at all, but long enough to have a trailer...."), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := tracefile.ReadMeta(path); err == nil {
+		t.Error("ReadMeta accepted a file that is not a recording")
+	}
+}
+
 // TestManyBlocks streams more events than fit in one block, from several
 // threads in interleaved batches, and checks the order the reader returns.
 func TestManyBlocks(t *testing.T) {
