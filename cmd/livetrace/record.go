@@ -184,7 +184,7 @@ loop:
 		case <-deadline:
 			break loop
 		case <-s.Exited():
-			why = fmt.Sprintf("process %d exited", s.Pid())
+			why = s.EndReason()
 			break loop
 		case <-tick.C:
 			if _, err := s.Poll(); err != nil {

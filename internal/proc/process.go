@@ -474,11 +474,15 @@ func (p *Process) handle(tid int, ws unix.WaitStatus) {
 		}
 	case event == unix.PTRACE_EVENT_EXEC:
 		// The image we patched is gone. Writes through our
-		// /proc/PID/mem fail from now on, by design.
+		// /proc/PID/mem fail from now on, by design. The thread stays
+		// stopped here, in the new image's first instant, until Detach
+		// lets it go: a running tracee could not be detached (every
+		// other thread is gone, and the stop is reported under the
+		// thread group's leader ID).
 		t.kind = stopEvent
+		t.want = true
 		p.execed = true
 		p.markExited()
-		p.resume(t, 0)
 	case event == unix.PTRACE_EVENT_EXIT:
 		t.kind = stopEvent
 		if p.threadExit != nil {

@@ -386,6 +386,19 @@ func (s *Session) PatchStats() textpoke.Stats {
 // Exited is closed when the target exits or calls exec.
 func (s *Session) Exited() <-chan struct{} { return s.p.Exited() }
 
+// EndReason says how the target ended, once Exited is closed.
+func (s *Session) EndReason() string {
+	ws, execed := s.p.ExitStatus()
+	switch {
+	case execed:
+		return fmt.Sprintf("process %d called exec: the new program is not traced", s.pid)
+	case ws.Signaled():
+		return fmt.Sprintf("process %d was killed by %v", s.pid, ws.Signal())
+	default:
+		return fmt.Sprintf("process %d exited with status %d", s.pid, ws.ExitStatus())
+	}
+}
+
 // Summary is what a recording holds so far.
 type Summary struct {
 	Events, Lost, Corrupt uint64

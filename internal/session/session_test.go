@@ -2,6 +2,7 @@ package session
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -464,4 +465,59 @@ func TestForkAndThreadExit(t *testing.T) {
 			testtarget.CheckText(t, tp.Pid())
 		})
 	}
+}
+
+// TestTargetExecs checks that a target calling execve while it is recorded
+// ends the recording cleanly: the new image was never patched, and the
+// recording holds the calls made before.
+func TestTargetExecs(t *testing.T) {
+	testtarget.RequireRoot(t)
+	for _, graph := range []bool{false, true} {
+		tp := startWorkload(t, testtarget.ClangNop5)
+		out := filepath.Join(t.TempDir(), "rec.data")
+		s, err := Start(tp.Pid(), Options{Funcs: []string{"work_*"}, Output: out, Graph: graph})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := workloadRun(t, tp, 10)
+		if err := tp.Send("exec"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tp.Expect("execing", 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-s.Exited():
+		case <-time.After(10 * time.Second):
+			t.Fatal("exec not noticed")
+		}
+		if err := s.Close(); err != nil {
+			t.Fatalf("close after exec: %v", err)
+		}
+		rec, err := tracefile.Read(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := countEntries(rec); got["work_leaf"] != want["work_leaf"] {
+			t.Errorf("graph %v: recorded %d work_leaf calls, the program counted %d", graph, got["work_leaf"], want["work_leaf"])
+		}
+		// The new image runs on, untraced and unharmed.
+		comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", tp.Pid()))
+		if err != nil || strings.TrimSpace(string(comm)) != "sleep" {
+			t.Errorf("after exec: comm %q, %v", comm, err)
+		}
+		if tr := tracerPid(tp.Pid()); tr != "0" {
+			t.Errorf("after exec: TracerPid %s, want 0", tr)
+		}
+	}
+}
+
+func tracerPid(pid int) string {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "TracerPid:"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "?"
 }

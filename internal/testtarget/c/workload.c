@@ -22,6 +22,8 @@
  *              pthread_exit from inside a traced frame (two traced frames
  *              deep); after joining it: exited <value>, 42 when the thread
  *              exited through pthread_exit; the counters are reset.
+ *   "exec":    prints "execing" and replaces itself with /bin/sleep 5 (the
+ *              tracer must notice the exec and let go).
  *   "quit", or EOF on stdin: exit 0.
  *   anything else: "error unknown command".
  *
@@ -223,6 +225,12 @@ int main(int argc, char **argv)
 				pthread_join(t, &ret);
 			report("counts");
 			printf("exited %ld\n", (long)(size_t)ret);
+			fflush(stdout);
+		} else if (strncmp(line, "exec", 4) == 0) {
+			printf("execing\n");
+			fflush(stdout);
+			execl("/bin/sleep", "sleep", "5", (char *)NULL);
+			printf("error exec failed\n");
 			fflush(stdout);
 		} else if (strncmp(line, "quit", 4) == 0) {
 			break;
