@@ -29,14 +29,6 @@ func runList(t *testing.T, args ...string) (string, string, error) {
 	return out.String(), errb.String(), err
 }
 
-func skipOrFail(t *testing.T, format string, args ...any) {
-	t.Helper()
-	if os.Getenv("LIVETRACE_REQUIRE_ALL") == "1" {
-		t.Fatalf(format+" (LIVETRACE_REQUIRE_ALL=1)", args...)
-	}
-	t.Skipf(format, args...)
-}
-
 func TestListFileTable(t *testing.T) {
 	exe := testtarget.Build(t, testtarget.Simple, testtarget.ClangNop5)
 	spec, err := elfsite.Open(exe)
@@ -225,7 +217,7 @@ func TestListKernelThread(t *testing.T) {
 func TestListStripped(t *testing.T) {
 	strip, err := exec.LookPath("strip")
 	if err != nil {
-		skipOrFail(t, "strip is not installed")
+		testtarget.SkipOrFatal(t, "strip is not installed")
 	}
 	exe := testtarget.Build(t, testtarget.Simple, testtarget.GccMcount)
 	cp := filepath.Join(t.TempDir(), "stripped")
@@ -253,9 +245,7 @@ func TestListStripped(t *testing.T) {
 
 func startFixture(t *testing.T, name string, form testtarget.Form, args ...string) (*testtarget.Process, string) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		skipOrFail(t, "test needs root")
-	}
+	testtarget.RequireRoot(t)
 	exe := testtarget.Build(t, name, form)
 	p := testtarget.Start(t, exe, args...)
 	t.Cleanup(p.Kill)
@@ -318,9 +308,7 @@ func TestListPid(t *testing.T) {
 }
 
 func TestListPidNoSites(t *testing.T) {
-	if os.Geteuid() != 0 {
-		skipOrFail(t, "test needs root")
-	}
+	testtarget.RequireRoot(t)
 	exe := testtarget.Build(t, testtarget.Simple, testtarget.ClangNop5, testtarget.NoSites())
 	p := testtarget.Start(t, exe, "loop")
 	t.Cleanup(p.Kill)

@@ -10,15 +10,16 @@ import (
 	"testing"
 	"unsafe"
 
+	"github.com/livetrace/livetrace/internal/testtarget"
 	"golang.org/x/arch/x86/x86asm"
 )
 
 func TestBlobUpToDate(t *testing.T) {
 	if _, err := exec.LookPath(clangPath()); err != nil {
-		requireOrSkip(t, "%s not found: install clang-16 (make deps-test) to check the agent blob", clangPath())
+		testtarget.SkipOrFatal(t, "%s not found: install clang-16 (make deps-test) to check the agent blob", clangPath())
 	}
 	if _, err := exec.LookPath("ld"); err != nil {
-		requireOrSkip(t, "ld not found: install binutils to check the agent blob")
+		testtarget.SkipOrFatal(t, "ld not found: install binutils to check the agent blob")
 	}
 	out := t.TempDir()
 	cmd := exec.Command("go", "run", "./gen", "-src", "csrc", "-out", out)

@@ -16,17 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/livetrace/livetrace/internal/testtarget"
 	"golang.org/x/sys/unix"
 )
-
-// requireOrSkip skips t, or fails it when LIVETRACE_REQUIRE_ALL=1.
-func requireOrSkip(t testing.TB, format string, args ...any) {
-	t.Helper()
-	if os.Getenv("LIVETRACE_REQUIRE_ALL") == "1" {
-		t.Fatalf(format+" (LIVETRACE_REQUIRE_ALL=1)", args...)
-	}
-	t.Skipf(format, args...)
-}
 
 func clangPath() string {
 	if c := os.Getenv("LIVETRACE_CLANG"); c != "" {
@@ -55,7 +47,7 @@ func buildHarness(t testing.TB) string {
 	t.Helper()
 	clang, err := exec.LookPath(clangPath())
 	if err != nil {
-		requireOrSkip(t, "%s not found: install clang-16 (make deps-test) to run the agent harness", clangPath())
+		testtarget.SkipOrFatal(t, "%s not found: install clang-16 (make deps-test) to run the agent harness", clangPath())
 	}
 	harnessOnce.Do(func() {
 		harnessDir, harnessErr = os.MkdirTemp("", "livetrace-agent-harness-")
@@ -237,7 +229,7 @@ func runHarness(t testing.TB, o runOpts) *run {
 
 	pm, err := os.OpenFile(fmt.Sprintf("/proc/%d/mem", cmd.Process.Pid), os.O_RDWR, 0)
 	if err != nil {
-		requireOrSkip(t, "open /proc/PID/mem of the harness: %v", err)
+		testtarget.SkipOrFatal(t, "open /proc/PID/mem of the harness: %v", err)
 	}
 	defer pm.Close()
 	if _, err := pm.WriteAt(code, int64(stubs)); err != nil {

@@ -28,10 +28,7 @@ func needTool(t testing.TB, name string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
 	if err != nil {
-		if os.Getenv("LIVETRACE_REQUIRE_ALL") == "1" {
-			t.Fatalf("%s is not installed (LIVETRACE_REQUIRE_ALL=1)", name)
-		}
-		t.Skipf("%s is not installed", name)
+		testtarget.SkipOrFatal(t, "%s is not installed", name)
 	}
 	return p
 }

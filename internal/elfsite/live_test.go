@@ -15,18 +15,6 @@ import (
 	"github.com/livetrace/livetrace/internal/testtarget"
 )
 
-// needRoot skips (or fails with LIVETRACE_REQUIRE_ALL=1) a test that reads
-// another process's memory.
-func needRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("LIVETRACE_REQUIRE_ALL") == "1" {
-			t.Fatal("test needs root (LIVETRACE_REQUIRE_ALL=1)")
-		}
-		t.Skip("test needs root")
-	}
-}
-
 // startReady starts a fixture executable and waits until it is running.
 func startReady(t *testing.T, exe string, args ...string) *testtarget.Process {
 	t.Helper()
@@ -38,7 +26,7 @@ func startReady(t *testing.T, exe string, args ...string) *testtarget.Process {
 }
 
 func TestLiveModules(t *testing.T) {
-	needRoot(t)
+	testtarget.RequireRoot(t)
 	for _, form := range testtarget.Forms {
 		for _, name := range []string{testtarget.Simple, testtarget.UseLib} {
 			t.Run(string(form)+"/"+name, func(t *testing.T) {
@@ -134,7 +122,7 @@ func inExecMapping(m *Module, addr uint64) bool {
 // TestLiveDeleted checks that a module whose file was deleted after it was
 // mapped is still read, through /proc/PID/map_files.
 func TestLiveDeleted(t *testing.T) {
-	needRoot(t)
+	testtarget.RequireRoot(t)
 	exe := testtarget.Build(t, testtarget.Simple, testtarget.ClangNop5)
 	data, err := os.ReadFile(exe)
 	if err != nil {
@@ -186,7 +174,7 @@ func TestLiveErrors(t *testing.T) {
 	} else {
 		t.Log("pid 2 is not kthreadd here (pid namespace?): kernel thread case not checked")
 	}
-	needRoot(t)
+	testtarget.RequireRoot(t)
 	// An unmapped address is an error, not zeros.
 	if _, err := ReadSiteBytes(os.Getpid(), []uint64{0x1000}); err == nil {
 		t.Error("ReadSiteBytes(unmapped) = nil error")
@@ -196,7 +184,7 @@ func TestLiveErrors(t *testing.T) {
 // TestReadSiteBytesSelf checks coalescing and ordering against our own
 // memory, which we know.
 func TestReadSiteBytesSelf(t *testing.T) {
-	needRoot(t)
+	testtarget.RequireRoot(t)
 	buf := make([]byte, 3*4096)
 	for i := range buf {
 		buf[i] = byte(i * 7)

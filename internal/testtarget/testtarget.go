@@ -133,8 +133,9 @@ func Funcs(n int) Option { return func(c *config) { c.funcs = n } }
 // skipping them.
 func requireAll() bool { return os.Getenv("LIVETRACE_REQUIRE_ALL") == "1" }
 
-// skipOrFatal skips tb, or fails it when LIVETRACE_REQUIRE_ALL=1.
-func skipOrFatal(tb testing.TB, format string, args ...any) {
+// SkipOrFatal skips tb, or fails it when LIVETRACE_REQUIRE_ALL=1 (as `make
+// test` and CI set it): a test that cannot run there must not pass silently.
+func SkipOrFatal(tb testing.TB, format string, args ...any) {
 	tb.Helper()
 	msg := fmt.Sprintf(format, args...)
 	if requireAll() {
@@ -307,14 +308,14 @@ func build(tb testing.TB, name string, form Form, opts ...Option) (string, error
 	}
 	cc, err := exec.LookPath(ccName)
 	if err != nil {
-		skipOrFatal(tb, "%s is not installed: run `make test`, which installs clang-16 (or apt-get install clang-16 gcc g++)", ccName)
+		SkipOrFatal(tb, "%s is not installed: run `make test`, which installs clang-16 (or apt-get install clang-16 gcc g++)", ccName)
 		return "", errMissingCompiler
 	}
 	// The C runtime of the stress fixture and the library are always C.
 	cName := Compiler(form)
 	ccC, err := exec.LookPath(cName)
 	if err != nil {
-		skipOrFatal(tb, "%s is not installed: run `make test`, which installs clang-16 (or apt-get install clang-16 gcc)", cName)
+		SkipOrFatal(tb, "%s is not installed: run `make test`, which installs clang-16 (or apt-get install clang-16 gcc)", cName)
 		return "", errMissingCompiler
 	}
 
@@ -465,6 +466,6 @@ func (p *buildPlan) run(dir, final string) error {
 func RequireRoot(tb testing.TB) {
 	tb.Helper()
 	if os.Geteuid() != 0 {
-		skipOrFatal(tb, "this test needs root (ptrace): run it as root")
+		SkipOrFatal(tb, "this test needs root (ptrace): run it as root")
 	}
 }
