@@ -613,9 +613,8 @@ func (p *Process) interrupt(t *thread) {
 	if t.state == stopped {
 		return
 	}
-	if err := unix.PtraceInterrupt(t.tid); err != nil && errors.Is(err, unix.ESRCH) {
-		return
-	}
+	// ESRCH: the thread is gone; its exit status follows.
+	_ = unix.PtraceInterrupt(t.tid)
 }
 
 // StopAll interrupts every thread and waits until all of them are stopped.
@@ -846,18 +845,8 @@ func (p *Process) drainTraps() error {
 // sigPending reports whether sig is pending for thread tid, either for the
 // thread (SigPnd) or for the whole process (ShdPnd).
 func sigPending(pid, tid int, sig unix.Signal) bool {
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/status", pid, tid))
-	if err != nil {
-		return false
-	}
-	bit := uint64(1) << (uint(sig) - 1)
-	for _, f := range []string{"SigPnd", "ShdPnd"} {
-		v, err := strconv.ParseUint(statusField(status, f), 16, 64)
-		if err == nil && v&bit != 0 {
-			return true
-		}
-	}
-	return false
+	m, err := threadMasks(pid, tid)
+	return err == nil && m.pending()&sigBit(sig) != 0
 }
 
 // SignalMasks reports, for every thread, whether it blocks sig (SigBlk)
@@ -867,20 +856,42 @@ func SignalMasks(pid int, sig unix.Signal) (blocked, ignored bool, err error) {
 	if err != nil {
 		return false, false, fmt.Errorf("list threads of pid %d: %w", pid, err)
 	}
-	bit := uint64(1) << (uint(sig) - 1)
+	bit := sigBit(sig)
 	for _, tid := range tids {
-		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/status", pid, tid))
+		m, err := threadMasks(pid, tid)
 		if err != nil {
-			continue
+			continue // the thread is gone
 		}
-		if v, err := strconv.ParseUint(statusField(status, "SigBlk"), 16, 64); err == nil && v&bit != 0 {
-			blocked = true
-		}
-		if v, err := strconv.ParseUint(statusField(status, "SigIgn"), 16, 64); err == nil && v&bit != 0 {
-			ignored = true
-		}
+		blocked = blocked || m.blk&bit != 0
+		ignored = ignored || m.ign&bit != 0
 	}
 	return blocked, ignored, nil
+}
+
+// masks are the signal sets of one thread from /proc/PID/task/TID/status.
+type masks struct{ pnd, shdPnd, blk, ign uint64 }
+
+// pending is the set of signals pending for the thread or its process.
+func (m masks) pending() uint64 { return m.pnd | m.shdPnd }
+
+func sigBit(sig unix.Signal) uint64 { return 1 << (uint(sig) - 1) }
+
+// threadMasks reads the signal sets of thread tid of process pid.
+func threadMasks(pid, tid int) (masks, error) {
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/status", pid, tid))
+	if err != nil {
+		return masks{}, err
+	}
+	var m masks
+	for _, f := range []struct {
+		name string
+		v    *uint64
+	}{{"SigPnd", &m.pnd}, {"ShdPnd", &m.shdPnd}, {"SigBlk", &m.blk}, {"SigIgn", &m.ign}} {
+		if *f.v, err = strconv.ParseUint(statusField(status, f.name), 16, 64); err != nil {
+			return masks{}, fmt.Errorf("parse %s of thread %d: %w", f.name, tid, err)
+		}
+	}
+	return m, nil
 }
 
 var debugStops = os.Getenv("LIVETRACE_DEBUG_PTRACE") != ""

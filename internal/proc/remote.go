@@ -1,7 +1,6 @@
 package proc
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -360,41 +359,29 @@ func (p *Process) SetSyscallGadget(g *Gadget) { p.do(func() { p.gadget = g }) }
 // vDSO, falling back to any executable file mapping. The tracer never points
 // a thread at bytes it wrote into live text.
 func findSyscallInsn(pid int, mem *Mem) (uint64, error) {
-	maps, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", pid))
+	maps, err := ReadMaps(pid)
 	if err != nil {
-		return 0, fmt.Errorf("read maps of pid %d: %w", pid, err)
+		return 0, err
 	}
-	type region struct{ lo, hi uint64 }
-	var vdso, other []region
-	sc := bufio.NewScanner(bytes.NewReader(maps))
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) < 5 || len(f[1]) < 3 || f[1][2] != 'x' {
-			continue
-		}
-		lo, hi, ok := strings.Cut(f[0], "-")
-		if !ok {
-			continue
-		}
-		l, err1 := strconv.ParseUint(lo, 16, 64)
-		h, err2 := strconv.ParseUint(hi, 16, 64)
-		if err1 != nil || err2 != nil || h <= l || h-l > 64<<20 {
+	var vdso, other []Mapping
+	for _, m := range maps {
+		if !m.Exec() || m.End-m.Start > 64<<20 {
 			continue
 		}
 		switch {
-		case len(f) >= 6 && f[5] == "[vdso]":
-			vdso = append(vdso, region{l, h})
-		case len(f) >= 6 && strings.HasPrefix(f[5], "/"):
-			other = append(other, region{l, h})
+		case m.Path == "[vdso]":
+			vdso = append(vdso, m)
+		case m.FileBacked():
+			other = append(other, m)
 		}
 	}
-	for _, rg := range append(vdso, other...) {
-		buf := make([]byte, rg.hi-rg.lo)
-		if mem.Read(rg.lo, buf) != nil {
+	for _, m := range append(vdso, other...) {
+		buf := make([]byte, m.End-m.Start)
+		if mem.Read(m.Start, buf) != nil {
 			continue
 		}
 		if i := bytes.Index(buf, []byte{0x0f, 0x05}); i >= 0 {
-			return rg.lo + uint64(i), nil
+			return m.Start + uint64(i), nil
 		}
 	}
 	return 0, fmt.Errorf("no syscall instruction found in pid %d", pid)
@@ -427,21 +414,6 @@ func (p *Process) undoEINTR(tid int, regs *unix.PtraceRegs) {
 // anySignalPending reports whether any signal that the thread does not
 // block is pending for it or for its process.
 func anySignalPending(pid, tid int) bool {
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/status", pid, tid))
-	if err != nil {
-		return true
-	}
-	var pend uint64
-	for _, f := range []string{"SigPnd", "ShdPnd"} {
-		v, err := strconv.ParseUint(statusField(status, f), 16, 64)
-		if err != nil {
-			return true
-		}
-		pend |= v
-	}
-	blk, err := strconv.ParseUint(statusField(status, "SigBlk"), 16, 64)
-	if err != nil {
-		return true
-	}
-	return pend&^blk != 0
+	m, err := threadMasks(pid, tid)
+	return err != nil || m.pending()&^m.blk != 0
 }
