@@ -225,6 +225,14 @@ func (c *Consumer) RetireChunk(off uint64, fn func(tid uint32, lostBefore uint32
 	return n, nil
 }
 
+// RetireChunkRaw is [Consumer.RetireChunk] with raw records (see
+// [Consumer.PollRaw]).
+func (c *Consumer) RetireChunkRaw(off uint64, fn func(tid uint32, lostBefore uint32, raw []byte)) (int, error) {
+	c.rawFn = fn
+	defer func() { c.rawFn = nil }()
+	return c.RetireChunk(off, nil)
+}
+
 // Counters returns the agent's shared counters and the consumer's own.
 func (c *Consumer) Counters() Counters {
 	ld := func(off uint64) uint64 { return atomic.LoadUint64(c.u64(off)) }

@@ -41,16 +41,6 @@ func (s *Session) consume(final bool) (int, error) {
 	return n, err
 }
 
-// deliver converts one chunk's decoded records (see deliverRaw).
-func (s *Session) deliver(tid uint32, lostBefore uint32, recs []agent.Record) error {
-	raw := make([]byte, 0, len(recs)*agent.SizeofRecord)
-	for _, r := range recs {
-		b := agent.EncodeRecord(r)
-		raw = append(raw, b[:]...)
-	}
-	return s.deliverRaw(tid, lostBefore, raw)
-}
-
 // deliverRaw converts one chunk's records, straight from the shared
 // memory, and writes them. Records come from the target's memory: a site
 // index out of range is counted as corrupt and dropped.
@@ -62,11 +52,6 @@ func (s *Session) deliverRaw(tid uint32, lostBefore uint32, raw []byte) error {
 	if !s.wantTID(tid) {
 		return nil
 	}
-	// One bulk copy out of the shared memory first: the lines were just
-	// written by another core, and memmove's wide, independent loads fetch
-	// them far faster than a decode loop touching them one by one.
-	s.rawbuf = append(s.rawbuf[:0], raw...)
-	raw = s.rawbuf
 	nrec := len(raw) / agent.SizeofRecord
 	if cap(s.evbuf) < nrec {
 		s.evbuf = make([]tracefile.Event, nrec)
@@ -115,23 +100,21 @@ func (s *Session) threadExit(tid int) {
 	if s.inj == nil || s.cons == nil {
 		return
 	}
-	a := s.inj.addrs
-	buf := make([]byte, agent.MaxThreads*agent.SizeofThread)
-	if err := s.p.ReadMem(a.ThreadSlotAddr(0), buf); err != nil {
+	slots, err := s.inj.readThreads(s.p)
+	if err != nil {
 		return
 	}
-	for i := 0; i < agent.MaxThreads; i++ {
-		slot, err := agent.DecodeThreadSlot(buf[i*agent.SizeofThread:])
-		if err != nil || !slot.InUse() || slot.Tid != uint32(tid) {
+	for i, slot := range slots {
+		if !slot.InUse() || slot.Tid != uint32(tid) {
 			continue
 		}
-		_ = s.p.WriteMem(a.ThreadSlotAddr(i)+agent.ThreadKeyOff, agent.RetiredKey())
+		_ = s.p.WriteMem(s.inj.addrs.ThreadSlotAddr(i)+agent.ThreadKeyOff, agent.RetiredKey())
 		if slot.Chunk != 0 {
 			s.mu.Lock()
 			var werr error
-			_, _ = s.cons.RetireChunk(slot.Chunk, func(tid uint32, lostBefore uint32, recs []agent.Record) {
+			_, _ = s.cons.RetireChunkRaw(slot.Chunk, func(tid uint32, lostBefore uint32, raw []byte) {
 				if werr == nil {
-					werr = s.deliver(tid, lostBefore, recs)
+					werr = s.deliverRaw(tid, lostBefore, raw)
 				}
 			})
 			s.mu.Unlock()

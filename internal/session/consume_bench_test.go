@@ -8,31 +8,9 @@ import (
 	"github.com/livetrace/livetrace/internal/tracefile"
 )
 
-// BenchmarkDeliver measures the tracer's cost per event from decoded agent
-// records to compressed file blocks (the consumer's hot path after Poll).
-func BenchmarkDeliver(b *testing.B) {
-	w, err := tracefile.NewWriter(io.Discard)
-	if err != nil {
-		b.Fatal(err)
-	}
-	s := &Session{w: w, lost: map[uint32]uint64{}, threads: map[uint32]string{1: "x"}, sel: make([]selected, 10)}
-	recs := make([]agent.Record, 4096)
-	tsc := uint64(1 << 40)
-	for i := range recs {
-		tsc += 60
-		recs[i] = agent.Record{TSC: tsc, Kind: agent.KindEntry, Site: uint32(i % 3), CallerDelta: -200, CallerKnown: true}
-	}
-	b.SetBytes(int64(len(recs)) * 16)
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		if err := s.deliver(1, 0, recs); err != nil {
-			b.Fatal(err)
-		}
-	}
-	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(recs)), "ns/event")
-}
-
-// BenchmarkDeliverRaw is BenchmarkDeliver from raw shared-memory records.
+// BenchmarkDeliverRaw measures the tracer's cost per event from raw
+// shared-memory records to compressed file blocks (the consumer's hot path
+// after PollRaw).
 func BenchmarkDeliverRaw(b *testing.B) {
 	w, err := tracefile.NewWriter(io.Discard)
 	if err != nil {

@@ -287,13 +287,12 @@ func (inj *injection) contains(pc uint64) (lo, hi uint64, ok bool) {
 // agent (interrupted there by a signal handler, since every thread's own
 // program counter is outside by now).
 func (inj *injection) busy(p *proc.Process) bool {
-	buf := make([]byte, agent.MaxThreads*agent.SizeofThread)
-	if err := p.ReadMem(inj.addrs.ThreadSlotAddr(0), buf); err != nil {
+	slots, err := inj.readThreads(p)
+	if err != nil {
 		return false
 	}
-	for i := 0; i < agent.MaxThreads; i++ {
-		slot, err := agent.DecodeThreadSlot(buf[i*agent.SizeofThread:])
-		if err == nil && slot.InUse() && slot.Busy != 0 {
+	for _, slot := range slots {
+		if slot.InUse() && slot.Busy != 0 {
 			return true
 		}
 	}

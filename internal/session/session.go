@@ -95,7 +95,6 @@ type Session struct {
 	lost     map[uint32]uint64
 	threads  map[uint32]string // tid -> name, as first seen
 	evbuf    []tracefile.Event
-	rawbuf   []byte
 	clock0   tsc.Pair // at the patch batch
 	calib    tsc.Pair // taken earlier, to know the TSC rate before the end
 	started  time.Time
@@ -178,7 +177,7 @@ func (s *Session) start(p *proc.Process) (_ *Session, err error) {
 	pid := p.Pid()
 	defer func() {
 		if err != nil {
-			s.abort()
+			_ = s.Close()
 		}
 	}()
 	if err := s.checkSites(); err != nil {
@@ -437,14 +436,6 @@ func (s *Session) openOutput() error {
 	}
 	s.w = w
 	return nil
-}
-
-// abort undoes a Start that failed midway.
-func (s *Session) abort() {
-	_ = s.Close()
-	if s.w == nil && s.opts.Output != "" {
-		return
-	}
 }
 
 // Close stops tracing and undoes everything: it disables the agent, puts
