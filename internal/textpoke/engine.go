@@ -36,6 +36,7 @@ package textpoke
 import (
 	"bytes"
 	"cmp"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -267,9 +268,7 @@ func (e *Engine) handleTrap(tid int, regs *unix.PtraceRegs) bool {
 	}
 	err := e.arch.Emulate(regs, addr, insn, func(sp, val uint64) error {
 		var b [8]byte
-		for i := range b {
-			b[i] = byte(val >> (8 * i))
-		}
+		binary.LittleEndian.PutUint64(b[:], val)
 		return e.p.WriteMem(sp, b[:])
 	})
 	if err != nil {
@@ -409,10 +408,7 @@ func (e *Engine) verify(ps []Patch) ([]*run, error) {
 		cur.buf = make([]byte, end-cur.addr)
 	}
 	var bad []string
-	tRead := time.Now()
-	var readBytes int
 	for _, r := range runs {
-		readBytes += len(r.buf)
 		if err := e.p.ReadMem(r.addr, r.buf); err != nil {
 			return nil, fmt.Errorf("verify sites: %w", err)
 		}
@@ -423,9 +419,6 @@ func (e *Engine) verify(ps []Patch) ([]*run, error) {
 				bad = append(bad, fmt.Sprintf("site %#x holds % x, expected % x", ps[i].Addr, got, ps[i].Old))
 			}
 		}
-	}
-	if debugTiming {
-		fmt.Fprintf(os.Stderr, "textpoke: verify read %d runs, %d KiB in %v\n", len(runs), readBytes>>10, time.Since(tRead))
 	}
 	if len(bad) > 0 {
 		more := ""
@@ -679,7 +672,7 @@ func (e *Engine) fixSignalFrames(sps []uint64, inside func(uint64) (uint64, bool
 			return fmt.Errorf("scan stack at %#x: %w", sp, err)
 		}
 		for off := 0; off+8 <= len(buf); off += 8 {
-			v := le64(buf[off:])
+			v := binary.LittleEndian.Uint64(buf[off:])
 			site, ok := inside(v)
 			if !ok {
 				continue
@@ -690,7 +683,7 @@ func (e *Engine) fixSignalFrames(sps []uint64, inside func(uint64) (uint64, bool
 					"retry, or build with clang -fpatchable-function-entry=5 (a single NOP5)", site, slot, v)
 			}
 			var b [8]byte
-			put64(b[:], site+n)
+			binary.LittleEndian.PutUint64(b[:], site+n)
 			if err := e.p.WriteMem(slot, b[:]); err != nil {
 				return err
 			}
@@ -708,21 +701,10 @@ func (e *Engine) isSigframeRip(slot uint64) bool {
 		return false
 	}
 	code := make([]byte, len(restorerCode))
-	if e.p.ReadMem(le64(b[:]), code) != nil {
+	if e.p.ReadMem(binary.LittleEndian.Uint64(b[:]), code) != nil {
 		return false
 	}
 	return bytes.Equal(code, restorerCode)
-}
-
-func le64(b []byte) uint64 {
-	return uint64(b[0]) | uint64(b[1])<<8 | uint64(b[2])<<16 | uint64(b[3])<<24 |
-		uint64(b[4])<<32 | uint64(b[5])<<40 | uint64(b[6])<<48 | uint64(b[7])<<56
-}
-
-func put64(b []byte, v uint64) {
-	for i := 0; i < 8; i++ {
-		b[i] = byte(v >> (8 * i))
-	}
 }
 
 // ConvertSleds turns each five-NOP sled at addrs into one NOP5, in stop
