@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -58,7 +59,7 @@ func TestRecordLive(t *testing.T) {
 	done := make(chan error, 1)
 	var stderr string
 	go func() {
-		_, e, err := runCLI(t, "record", "-p", itoa(tp.Pid()), "-F", "work_*", "-d", "1500ms", "-o", out)
+		_, e, err := runCLI(t, "record", "-p", strconv.Itoa(tp.Pid()), "-F", "work_*", "-d", "1500ms", "-o", out)
 		stderr = e
 		done <- err
 	}()
@@ -73,7 +74,7 @@ func TestRecordLive(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("record: %v\n%s", err, stderr)
 	}
-	if !strings.Contains(stderr, "livetrace: tracing 7 functions in PID "+itoa(tp.Pid())) {
+	if !strings.Contains(stderr, "livetrace: tracing 7 functions in PID "+strconv.Itoa(tp.Pid())) {
 		t.Errorf("stderr lacks the tracing line:\n%s", stderr)
 	}
 	var want map[string]uint64
@@ -185,7 +186,7 @@ func TestRecordSIGINT(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, delay := range []time.Duration{5 * time.Millisecond, 20 * time.Millisecond, 40 * time.Millisecond, 60 * time.Millisecond, 90 * time.Millisecond, 150 * time.Millisecond} {
-		cmd := exec.Command(bin, "record", "-p", itoa(tp.Pid()), "-o", filepath.Join(t.TempDir(), "rec.data"))
+		cmd := exec.Command(bin, "record", "-p", strconv.Itoa(tp.Pid()), "-o", filepath.Join(t.TempDir(), "rec.data"))
 		var errb strings.Builder
 		cmd.Stderr = &errb
 		if err := cmd.Start(); err != nil {
@@ -234,15 +235,10 @@ func TestRecordErrors(t *testing.T) {
 	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	_, _, err := runCLI(t, "record", "-p", itoa(tp.Pid()), "-F", "work_leef", "-o", filepath.Join(t.TempDir(), "x"))
+	_, _, err := runCLI(t, "record", "-p", strconv.Itoa(tp.Pid()), "-F", "work_leef", "-o", filepath.Join(t.TempDir(), "x"))
 	if err == nil || !strings.Contains(err.Error(), "work_leaf") {
 		t.Errorf("misspelled function: %v, want the closest name work_leaf", err)
 	}
-}
-
-func itoa(n int) string {
-	b, _ := json.Marshal(n)
-	return string(b)
 }
 
 // TestRecordKilled kills record with SIGKILL while it injects and patches,
@@ -263,7 +259,7 @@ func TestRecordKilled(t *testing.T) {
 		if err := testtarget.HammerStress(tp, 10*time.Second); err != nil {
 			t.Fatal(err)
 		}
-		cmd := exec.Command(bin, "record", "-p", itoa(tp.Pid()), "-o", filepath.Join(t.TempDir(), "rec.data"))
+		cmd := exec.Command(bin, "record", "-p", strconv.Itoa(tp.Pid()), "-o", filepath.Join(t.TempDir(), "rec.data"))
 		cmd.Env = append(os.Environ(), "LIVETRACE_DEBUG_TIMING=1")
 		stderr, err := cmd.StderrPipe()
 		if err != nil {

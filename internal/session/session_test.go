@@ -29,9 +29,7 @@ func startWorkload(t *testing.T, form testtarget.Form, opts ...testtarget.Option
 func workloadRun(t *testing.T, tp *testtarget.Process, n int) map[string]uint64 {
 	t.Helper()
 	counts, err := testtarget.RunWorkload(tp, n, 30*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	check(t, err)
 	return counts
 }
 
@@ -40,10 +38,15 @@ func workloadRun(t *testing.T, tp *testtarget.Process, n int) map[string]uint64 
 func spawn(t *testing.T, tp *testtarget.Process, n int) map[string]uint64 {
 	t.Helper()
 	counts, err := testtarget.SpawnWorkload(tp, n, 30*time.Second)
+	check(t, err)
+	return counts
+}
+
+func check(t *testing.T, err error) {
+	t.Helper()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return counts
 }
 
 // alive fails the test if the target died.

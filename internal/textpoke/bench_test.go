@@ -3,11 +3,9 @@ package textpoke
 import (
 	"os"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/livetrace/livetrace/internal/proc"
 	"github.com/livetrace/livetrace/internal/testtarget"
 )
 
@@ -31,15 +29,7 @@ func BenchmarkBatch100k(b *testing.B) {
 
 func benchBatch(b *testing.B, n int, mode Mode) {
 	st := startStress(b, testtarget.ClangNop5, n, "-t", "2")
-	p, err := proc.Attach(st.tp.Pid())
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer p.Detach()
-	e, err := New(p, Options{Mode: mode})
-	if err != nil {
-		b.Fatal(err)
-	}
+	_, e := st.attach(b, Options{Mode: mode})
 	on := make([]Patch, n)
 	off := make([]Patch, n)
 	for i := range on {
@@ -48,23 +38,16 @@ func benchBatch(b *testing.B, n int, mode Mode) {
 		off[i] = Patch{Addr: st.sites[i], Old: call, New: st.orig[i]}
 	}
 	hammer := func() {
-		if err := st.tp.Send("hammer"); err != nil {
-			b.Fatal(err)
-		}
-		if _, err := st.tp.Expect("hammering", 30*time.Second); err != nil {
+		if err := testtarget.HammerStress(st.tp, 30*time.Second); err != nil {
 			b.Fatal(err)
 		}
 	}
 	stop := func() float64 {
-		if err := st.tp.Send("stop"); err != nil {
-			b.Fatal(err)
-		}
-		line, err := st.tp.Expect("stopped", 60*time.Second)
+		stall, _, err := testtarget.StopStress(st.tp, 60*time.Second)
 		if err != nil {
 			b.Fatal(err)
 		}
-		ns, _ := strconv.ParseFloat(strings.Fields(line)[1], 64)
-		return ns
+		return float64(stall.Nanoseconds())
 	}
 	// The baseline: the longest gap the same threads see on this machine
 	// when nothing patches them, over a comparable time. On a shared 2-CPU

@@ -95,6 +95,41 @@ func (st *stressTarget) run(t testing.TB, n int) (string, []uint64) {
 	return strings.Fields(done)[1], counts
 }
 
+// attach seizes the target and makes an engine for it; the process is
+// detached at cleanup (Detach is idempotent).
+func (st *stressTarget) attach(t testing.TB, opts Options) (*proc.Process, *Engine) {
+	t.Helper()
+	p, err := proc.Attach(st.tp.Pid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Detach() })
+	e, err := New(p, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, e
+}
+
+// enable returns the patches that turn the NOP of fn_i into a CALL to the
+// counting stub, for every i in idx.
+func (st *stressTarget) enable(t testing.TB, idx ...int) []Patch {
+	ps := make([]Patch, len(idx))
+	for k, i := range idx {
+		ps[k] = Patch{Addr: st.sites[i], Old: st.orig[i], New: st.callTo(t, i)}
+	}
+	return ps
+}
+
+// upTo returns 0, step, 2*step, ... below n.
+func upTo(n, step int) []int {
+	var idx []int
+	for i := 0; i < n; i += step {
+		idx = append(idx, i)
+	}
+	return idx
+}
+
 func (st *stressTarget) callTo(t testing.TB, i int) []byte {
 	b, err := Call(st.sites[i], st.stub)
 	if err != nil {
@@ -135,15 +170,7 @@ func stressForm(t *testing.T, form testtarget.Form, nfn, toggles int) {
 		}
 	}
 
-	p, err := proc.Attach(st.tp.Pid())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Detach()
-	e, err := New(p, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	p, e := st.attach(t, Options{})
 	if e.Mode() != ModeLive {
 		t.Fatalf("mode %v (%s), want live", e.Mode(), e.Reason())
 	}
@@ -167,23 +194,17 @@ func stressForm(t *testing.T, form testtarget.Form, nfn, toggles int) {
 	var total Stats
 
 	hammer := func() {
-		if err := st.tp.Send("hammer"); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := st.tp.Expect("hammering", 10*time.Second); err != nil {
+		if err := testtarget.HammerStress(st.tp, 10*time.Second); err != nil {
 			t.Fatal(err)
 		}
 	}
 	stop := func() {
-		if err := st.tp.Send("stop"); err != nil {
-			t.Fatal(err)
-		}
-		line, err := st.tp.Expect("stopped", 30*time.Second)
+		_, sum, err := testtarget.StopStress(st.tp, 30*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if sum := strings.Fields(line)[2]; sum != baseRun1 {
-			t.Fatalf("hammer checksum %s, untraced %s", sum, baseRun1)
+		if fmt.Sprint(sum) != baseRun1 {
+			t.Fatalf("hammer checksum %d, untraced %s", sum, baseRun1)
 		}
 	}
 	check := func() {
@@ -287,26 +308,14 @@ func TestStopModeChosen(t *testing.T) {
 		t.Run(arg, func(t *testing.T) {
 			st := startStress(t, testtarget.ClangNop5, 200, "-t", "2", arg)
 			base, _ := st.run(t, 2)
-			p, err := proc.Attach(st.tp.Pid())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer p.Detach()
-			e, err := New(p, Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
+			p, e := st.attach(t, Options{})
 			if e.Mode() != ModeStop || e.Reason() == "" {
 				t.Fatalf("mode %v (%q), want stop with a reason", e.Mode(), e.Reason())
 			}
 			if _, err := New(p, Options{Mode: ModeLive}); err == nil {
 				t.Fatal("live mode accepted although SIGTRAP is blocked or ignored")
 			}
-			var ps []Patch
-			for i := 0; i < 200; i += 2 {
-				ps = append(ps, Patch{Addr: st.sites[i], Old: st.orig[i], New: st.callTo(t, i)})
-			}
-			stats, err := e.Apply(ps)
+			stats, err := e.Apply(st.enable(t, upTo(200, 2)...))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -342,21 +351,10 @@ func TestStopModeChosen(t *testing.T) {
 func TestVerifyRefuses(t *testing.T) {
 	testtarget.RequireRoot(t)
 	st := startStress(t, testtarget.ClangNop5, 50, "-t", "1")
-	p, err := proc.Attach(st.tp.Pid())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Detach()
-	e, err := New(p, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ps []Patch
-	for i := 0; i < 50; i++ {
-		ps = append(ps, Patch{Addr: st.sites[i], Old: st.orig[i], New: st.callTo(t, i)})
-	}
+	p, e := st.attach(t, Options{})
+	ps := st.enable(t, upTo(50, 1)...)
 	ps[17].Old = []byte{0x90, 0x90, 0x90, 0x90, 0x90}
-	_, err = e.Apply(ps)
+	_, err := e.Apply(ps)
 	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("%#x", st.sites[17])) || !strings.Contains(err.Error(), "0f 1f 44 00") {
 		t.Fatalf("err = %v, want a verify error naming site 17 and its bytes", err)
 	}
@@ -371,20 +369,8 @@ func TestVerifyRefuses(t *testing.T) {
 func TestForeignSIGTRAP(t *testing.T) {
 	testtarget.RequireRoot(t)
 	st := startStress(t, testtarget.ClangNop5, 100, "-t", "2", "-own-sigtrap")
-	p, err := proc.Attach(st.tp.Pid())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Detach()
-	e, err := New(p, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ps []Patch
-	for i := 0; i < 100; i++ {
-		ps = append(ps, Patch{Addr: st.sites[i], Old: st.orig[i], New: st.callTo(t, i)})
-	}
-	if _, err := e.Apply(ps); err != nil {
+	p, e := st.attach(t, Options{})
+	if _, err := e.Apply(st.enable(t, upTo(100, 1)...)); err != nil {
 		t.Fatal(err)
 	}
 	for n := 1; n <= 3; n++ {
