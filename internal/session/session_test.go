@@ -49,6 +49,23 @@ func check(t *testing.T, err error) {
 	}
 }
 
+// closeAtEnd waits until the target is gone (exit or exec), closes the
+// session and reads its recording.
+func closeAtEnd(t *testing.T, s *Session, out string) *tracefile.Recording {
+	t.Helper()
+	select {
+	case <-s.Exited():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the end of the target was not noticed")
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("close after the target ended: %v", err)
+	}
+	rec, err := tracefile.Read(out)
+	check(t, err)
+	return rec
+}
+
 // alive fails the test if the target died.
 func alive(t *testing.T, tp *testtarget.Process) {
 	t.Helper()
@@ -146,18 +163,7 @@ func TestTargetExits(t *testing.T) {
 	if err := tp.Send("quit"); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-s.Exited():
-	case <-time.After(10 * time.Second):
-		t.Fatal("exit not noticed")
-	}
-	if err := s.Close(); err != nil {
-		t.Fatalf("close after exit: %v", err)
-	}
-	rec, err := tracefile.Read(out)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rec := closeAtEnd(t, s, out)
 	got := countEntries(rec)
 	for fn, n := range want {
 		if got[fn] != n {
@@ -489,18 +495,7 @@ func TestTargetExecs(t *testing.T) {
 		if _, err := tp.Expect("execing", 10*time.Second); err != nil {
 			t.Fatal(err)
 		}
-		select {
-		case <-s.Exited():
-		case <-time.After(10 * time.Second):
-			t.Fatal("exec not noticed")
-		}
-		if err := s.Close(); err != nil {
-			t.Fatalf("close after exec: %v", err)
-		}
-		rec, err := tracefile.Read(out)
-		if err != nil {
-			t.Fatal(err)
-		}
+		rec := closeAtEnd(t, s, out)
 		if got := countEntries(rec); got["work_leaf"] != want["work_leaf"] {
 			t.Errorf("graph %v: recorded %d work_leaf calls, the program counted %d", graph, got["work_leaf"], want["work_leaf"])
 		}
