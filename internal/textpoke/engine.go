@@ -121,18 +121,16 @@ type Engine struct {
 	why        string // why stop mode was chosen
 	membarrier bool
 
-	mu    sync.Mutex       // serializes batches; guards sites
-	sites map[uint64]*site // every site ever touched
+	mu sync.Mutex // serializes batches; guards orig
+	// orig holds the bytes of every site the engine ever touched, as they
+	// were before; what a site holds now is read from the text itself.
+	orig map[uint64]siteBytes
 
 	// table is what the trap handler consults: every site we may have put
 	// an INT3 on, with the instruction it stands for. It is replaced,
 	// never modified, so the handler reads it without locks.
 	table atomic.Pointer[trapTable]
 	traps atomic.Int64
-}
-
-type site struct {
-	orig, cur siteBytes // before we first touched the site; what we last wrote
 }
 
 // maxSiteLen bounds Arch.SiteLen; site bytes live in fixed arrays so that a
@@ -176,7 +174,7 @@ func (t *trapTable) lookup(addr uint64) []byte {
 // the process: kernel/signal.c, force_sig_info_to_task), in which case stop
 // mode is used; Reason says why.
 func New(p *proc.Process, opts Options) (*Engine, error) {
-	e := &Engine{p: p, arch: opts.Arch, sites: map[uint64]*site{}}
+	e := &Engine{p: p, arch: opts.Arch, orig: map[uint64]siteBytes{}}
 	if e.arch == nil {
 		e.arch = AMD64{}
 	}
@@ -247,18 +245,6 @@ func (e *Engine) Reason() string { return e.why }
 // Membarrier reports whether the target can sync its cores with membarrier.
 func (e *Engine) Membarrier() bool { return e.membarrier }
 
-// Current returns the bytes the engine last wrote at addr, and whether it
-// ever touched addr.
-func (e *Engine) Current(addr uint64) ([]byte, bool) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	s := e.sites[addr]
-	if s == nil {
-		return nil, false
-	}
-	return bytes.Clone(s.cur.bytes()), true
-}
-
 // handleTrap runs on the ptrace thread for every INT3 SIGTRAP.
 func (e *Engine) handleTrap(tid int, regs *unix.PtraceRegs) bool {
 	addr := e.arch.TrapSite(e.arch.PC(regs))
@@ -316,8 +302,8 @@ func (e *Engine) apply(patches []Patch, mode Mode) (Stats, error) {
 		}
 	}
 	for _, pt := range ps {
-		if e.sites[pt.Addr] == nil {
-			e.sites[pt.Addr] = &site{orig: mkSiteBytes(pt.Old), cur: mkSiteBytes(pt.Old)}
+		if _, ok := e.orig[pt.Addr]; !ok {
+			e.orig[pt.Addr] = mkSiteBytes(pt.Old)
 		}
 	}
 	if debugTiming {
@@ -384,9 +370,9 @@ const (
 	maxRunLen = 256 << 10
 )
 
-// verify reads the text around every site, coalesced into runs, and checks
-// that each site holds its Old bytes.
-func (e *Engine) verify(ps []Patch) ([]*run, error) {
+// readRuns groups the sites of ps (sorted by address) into runs and reads
+// the text of each run.
+func (e *Engine) readRuns(ps []Patch) ([]*run, error) {
 	n := uint64(e.arch.SiteLen())
 	var runs []*run
 	var cur *run
@@ -407,11 +393,24 @@ func (e *Engine) verify(ps []Patch) ([]*run, error) {
 	if cur != nil {
 		cur.buf = make([]byte, end-cur.addr)
 	}
-	var bad []string
 	for _, r := range runs {
 		if err := e.p.ReadMem(r.addr, r.buf); err != nil {
-			return nil, fmt.Errorf("verify sites: %w", err)
+			return nil, err
 		}
+	}
+	return runs, nil
+}
+
+// verify reads the text around every site, coalesced into runs, and checks
+// that each site holds its Old bytes.
+func (e *Engine) verify(ps []Patch) ([]*run, error) {
+	n := uint64(e.arch.SiteLen())
+	runs, err := e.readRuns(ps)
+	if err != nil {
+		return nil, fmt.Errorf("verify sites: %w", err)
+	}
+	var bad []string
+	for _, r := range runs {
 		for _, i := range r.sites {
 			off := ps[i].Addr - r.addr
 			got := r.buf[off : off+n]
@@ -513,36 +512,18 @@ func (e *Engine) applyLive(ps []Patch, runs []*run, st *Stats) error {
 		for i, step := range steps {
 			t0 := time.Now()
 			if err := e.writeRuns(runs, ps, b.Write, step); err != nil {
-				e.recover(ps, runs)
 				return fmt.Errorf("patch pid %d (step %d of 3): %w", e.p.Pid(), i+1, err)
 			}
 			t1 := time.Now()
 			if err := sync(); err != nil {
-				e.recover(ps, runs)
 				return fmt.Errorf("patch pid %d (sync %d of 3): %w", e.p.Pid(), i+1, err)
 			}
 			if debugTiming {
 				fmt.Fprintf(os.Stderr, "textpoke: step %d write %v sync %v\n", i+1, t1.Sub(t0), time.Since(t1))
 			}
 		}
-		for _, pt := range ps {
-			e.sites[pt.Addr].cur = mkSiteBytes(pt.New)
-		}
 		return nil
 	})
-}
-
-// recover is called when a live batch fails midway (the target exited, or
-// a write failed). It records, per site, what may now be in the text, so
-// that RestoreAll can still find every site: a site may hold INT3 + old
-// tail, INT3 + new tail, or the new bytes.
-func (e *Engine) recover(ps []Patch, runs []*run) {
-	for _, r := range runs {
-		for _, i := range r.sites {
-			off := ps[i].Addr - r.addr
-			e.sites[ps[i].Addr].cur = mkSiteBytes(r.buf[off : off+uint64(e.arch.SiteLen())])
-		}
-	}
 }
 
 func (e *Engine) applyStop(ps []Patch, runs []*run, st *Stats) error {
@@ -579,9 +560,6 @@ func (e *Engine) stopped(ps []Patch, runs []*run, st *Stats) error {
 	}
 	if err := e.writeRuns(runs, ps, e.p.WriteMem, func(buf []byte, pt Patch) { copy(buf, pt.New) }); err != nil {
 		return fmt.Errorf("patch pid %d: %w", e.p.Pid(), err)
-	}
-	for _, pt := range ps {
-		e.sites[pt.Addr].cur = mkSiteBytes(pt.New)
 	}
 	if e.membarrier {
 		r, err := e.p.HoldRemote()
@@ -725,25 +703,27 @@ func (e *Engine) ConvertSleds(addrs []uint64) (Stats, error) {
 func (e *Engine) RestoreAll() (Stats, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	n := e.arch.SiteLen()
+	n := uint64(e.arch.SiteLen())
+	all := make([]Patch, 0, len(e.orig))
+	for addr, o := range e.orig {
+		all = append(all, Patch{Addr: addr, New: o.bytes()})
+	}
+	slices.SortFunc(all, func(a, b Patch) int { return cmp.Compare(a.Addr, b.Addr) })
+	runs, err := e.readRuns(all)
+	if err != nil {
+		return Stats{}, fmt.Errorf("restore sites: %w", err)
+	}
 	var ps []Patch
-	for addr, s := range e.sites {
-		now := make([]byte, n)
-		if err := e.p.ReadMem(addr, now); err != nil {
-			return Stats{}, fmt.Errorf("restore site %#x: %w", addr, err)
-		}
-		if orig := s.orig.bytes(); !bytes.Equal(now, orig) {
-			ps = append(ps, Patch{Addr: addr, Old: now, New: orig})
+	for _, r := range runs {
+		for _, i := range r.sites {
+			off := all[i].Addr - r.addr
+			if now := r.buf[off : off+n]; !bytes.Equal(now, all[i].New) {
+				all[i].Old = now
+				ps = append(ps, all[i])
+			}
 		}
 	}
 	// An INT3-headed site cannot be checked by Arch.Check as an old
 	// value, and needs none: the live protocol starts by writing INT3.
 	return e.apply(ps, e.mode)
-}
-
-// Touched returns how many sites the engine has ever written.
-func (e *Engine) Touched() int {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return len(e.sites)
 }
