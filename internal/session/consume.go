@@ -1,7 +1,6 @@
 package session
 
 import (
-	"bytes"
 	"encoding/binary"
 
 	"github.com/livetrace/livetrace/internal/agent"
@@ -130,15 +129,7 @@ func (s *Session) forked(child int, mem *proc.Mem) {
 	if s.eng == nil {
 		return
 	}
-	for _, x := range s.sel {
-		cur := make([]byte, 5)
-		if mem.Read(x.addr, cur) != nil {
-			continue
-		}
-		if !bytes.Equal(cur, x.orig) {
-			_ = mem.Write(x.addr, x.orig)
-		}
-	}
+	_ = s.eng.RestoreInto(mem)
 }
 
 // wantTID applies the --tid filter.

@@ -121,14 +121,14 @@ type Engine struct {
 	why        string // why stop mode was chosen
 	membarrier bool
 
-	mu sync.Mutex // serializes batches; guards orig
-	// orig holds the bytes of every site the engine ever touched, as they
-	// were before; what a site holds now is read from the text itself.
-	orig map[uint64]siteBytes
+	mu sync.Mutex // serializes batches
 
-	// table is what the trap handler consults: every site we may have put
-	// an INT3 on, with the instruction it stands for. It is replaced,
-	// never modified, so the handler reads it without locks.
+	// table lists every site the engine ever touched, sorted, with the
+	// instruction it stands for (what the trap handler emulates) and its
+	// original bytes (what RestoreAll and RestoreInto put back); what a
+	// site holds now is read from the text itself. It is replaced, never
+	// modified, so it is read without locks (the trap handler, a fork in
+	// the middle of a batch).
 	table atomic.Pointer[trapTable]
 	traps atomic.Int64
 }
@@ -153,6 +153,7 @@ func (s *siteBytes) bytes() []byte { return s.b[:s.n] }
 type trapTable struct {
 	addrs []uint64 // sorted
 	insns [][]byte
+	origs []siteBytes // the bytes each site held before the engine first touched it
 }
 
 func (t *trapTable) lookup(addr uint64) []byte {
@@ -174,7 +175,7 @@ func (t *trapTable) lookup(addr uint64) []byte {
 // the process: kernel/signal.c, force_sig_info_to_task), in which case stop
 // mode is used; Reason says why.
 func New(p *proc.Process, opts Options) (*Engine, error) {
-	e := &Engine{p: p, arch: opts.Arch, orig: map[uint64]siteBytes{}}
+	e := &Engine{p: p, arch: opts.Arch}
 	if e.arch == nil {
 		e.arch = AMD64{}
 	}
@@ -301,11 +302,6 @@ func (e *Engine) apply(patches []Patch, mode Mode) (Stats, error) {
 			return st, fmt.Errorf("site %#x is a NOP sled: convert sleds with ConvertSleds (stop mode) first", pt.Addr)
 		}
 	}
-	for _, pt := range ps {
-		if _, ok := e.orig[pt.Addr]; !ok {
-			e.orig[pt.Addr] = mkSiteBytes(pt.Old)
-		}
-	}
 	if debugTiming {
 		fmt.Fprintf(os.Stderr, "textpoke: prepare %v verify %v\n", tPrep.Sub(start), time.Since(tPrep))
 	}
@@ -373,6 +369,11 @@ const (
 // readRuns groups the sites of ps (sorted by address) into runs and reads
 // the text of each run.
 func (e *Engine) readRuns(ps []Patch) ([]*run, error) {
+	return e.readRunsFrom(e.p.Mem(), ps)
+}
+
+// readRunsFrom is readRuns from the memory m (another process's, say).
+func (e *Engine) readRunsFrom(m *proc.Mem, ps []Patch) ([]*run, error) {
 	n := uint64(e.arch.SiteLen())
 	var runs []*run
 	var cur *run
@@ -394,7 +395,7 @@ func (e *Engine) readRuns(ps []Patch) ([]*run, error) {
 		cur.buf = make([]byte, end-cur.addr)
 	}
 	for _, r := range runs {
-		if err := e.p.ReadMem(r.addr, r.buf); err != nil {
+		if err := m.Read(r.addr, r.buf); err != nil {
 			return nil, err
 		}
 	}
@@ -452,23 +453,27 @@ func (e *Engine) publish(ps []Patch) {
 	if old == nil {
 		old = &trapTable{}
 	}
-	t := &trapTable{
-		addrs: make([]uint64, 0, len(old.addrs)+len(ps)),
-		insns: make([][]byte, 0, len(old.addrs)+len(ps)),
-	}
+	n := len(old.addrs) + len(ps)
+	t := &trapTable{addrs: make([]uint64, 0, n), insns: make([][]byte, 0, n), origs: make([]siteBytes, 0, n)}
 	i, j := 0, 0
 	for i < len(old.addrs) || j < len(ps) {
 		switch {
 		case j == len(ps) || i < len(old.addrs) && old.addrs[i] < ps[j].Addr:
 			t.addrs = append(t.addrs, old.addrs[i])
 			t.insns = append(t.insns, old.insns[i])
+			t.origs = append(t.origs, old.origs[i])
 			i++
 		default:
+			// A site seen for the first time: its verified Old bytes are
+			// its original ones.
+			orig := mkSiteBytes(ps[j].Old)
 			if i < len(old.addrs) && old.addrs[i] == ps[j].Addr {
+				orig = old.origs[i]
 				i++
 			}
 			t.addrs = append(t.addrs, ps[j].Addr)
 			t.insns = append(t.insns, ps[j].New)
+			t.origs = append(t.origs, orig)
 			j++
 		}
 	}
@@ -697,6 +702,38 @@ func (e *Engine) ConvertSleds(addrs []uint64) (Stats, error) {
 	return e.ApplyStop(ps)
 }
 
+// origPatches returns, sorted by address, a patch with New = the original
+// bytes for every site the engine touched.
+func (e *Engine) origPatches() []Patch {
+	t := e.table.Load()
+	if t == nil {
+		return nil
+	}
+	all := make([]Patch, len(t.addrs))
+	for i, a := range t.addrs {
+		all[i] = Patch{Addr: a, New: t.origs[i].bytes()}
+	}
+	return all
+}
+
+// RestoreInto writes the original bytes of every touched site into m, the
+// memory of a forked child of the target, which is stopped: a child must
+// not run into our CALLs or INT3s. Each stretch of text is read and written
+// back whole.
+//
+// It takes no lock: a fork can be reported in the middle of a batch.
+func (e *Engine) RestoreInto(m *proc.Mem) error {
+	all := e.origPatches()
+	runs, err := e.readRunsFrom(m, all)
+	if err != nil {
+		return err
+	}
+	if err := e.writeRuns(runs, all, m.Write, func(buf []byte, pt Patch) { copy(buf, pt.New) }); err != nil {
+		return fmt.Errorf("restore the text of a forked child: %w", err)
+	}
+	return nil
+}
+
 // RestoreAll puts back the original bytes of every site the engine ever
 // touched, in one batch, whatever state a site is in now (even an INT3 left
 // by a batch that failed midway).
@@ -704,11 +741,7 @@ func (e *Engine) RestoreAll() (Stats, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	n := uint64(e.arch.SiteLen())
-	all := make([]Patch, 0, len(e.orig))
-	for addr, o := range e.orig {
-		all = append(all, Patch{Addr: addr, New: o.bytes()})
-	}
-	slices.SortFunc(all, func(a, b Patch) int { return cmp.Compare(a.Addr, b.Addr) })
+	all := e.origPatches()
 	runs, err := e.readRuns(all)
 	if err != nil {
 		return Stats{}, fmt.Errorf("restore sites: %w", err)
