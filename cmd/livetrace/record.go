@@ -191,7 +191,9 @@ loop:
 				pollErr = err
 				break loop
 			}
-			status.update(s.Summary())
+			if status.due() {
+				status.update(s.Summary())
+			}
 		}
 	}
 	status.clear()
@@ -257,10 +259,11 @@ func newStatusLine(w io.Writer) *statusLine {
 	return s
 }
 
+// due reports whether the line should be redrawn now (on a terminal, five
+// times a second).
+func (s *statusLine) due() bool { return s.tty && time.Since(s.last) >= 200*time.Millisecond }
+
 func (s *statusLine) update(sum session.Summary) {
-	if !s.tty || time.Since(s.last) < 200*time.Millisecond {
-		return
-	}
 	s.last = time.Now()
 	s.shown = true
 	fmt.Fprintf(s.w, "\r\033[Klivetrace: %v  %d events  %d lost  %d threads  (Ctrl-C to stop)",
