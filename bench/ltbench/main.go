@@ -164,7 +164,7 @@ func (t *target) expect(prefix string) (string, error) {
 	return "", fmt.Errorf("%s: no %q line", t.cmd.Path, prefix)
 }
 
-// go_ starts the timed run and returns the value of the result line.
+// run starts the timed run and returns the value of the result line.
 func (t *target) run(prefix string) (float64, error) {
 	if _, err := io.WriteString(t.stdin, "go\n"); err != nil {
 		return 0, err
@@ -191,11 +191,13 @@ func (t *target) kill() {
 // tracer is a running livetrace record or bpftrace.
 type tracer struct {
 	cmd    *exec.Cmd
-	stderr *lockedBuf
+	stderr *lineBuf
 	peakKB int
 }
 
-type lockedBuf struct {
+// lineBuf collects a tracer's output lines (ch, filled by one reader
+// goroutine) and everything read so far (all, only touched by the owner).
+type lineBuf struct {
 	ch  chan string
 	all strings.Builder
 }
@@ -210,7 +212,7 @@ func startTracer(ready string, argv ...string) (*tracer, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	tr := &tracer{cmd: cmd, stderr: &lockedBuf{ch: make(chan string, 1000)}}
+	tr := &tracer{cmd: cmd, stderr: &lineBuf{ch: make(chan string, 1000)}}
 	go func() {
 		sc := bufio.NewScanner(pr)
 		for sc.Scan() {
@@ -329,7 +331,7 @@ func (b *bench) callOverhead() {
 		b.add(sec, name, v, "ns", note)
 		return v, true
 	}
-	rd, _ := try("rdtsc (floor of one timestamp)", "", func() (float64, error) {
+	try("rdtsc (floor of one timestamp)", "", func() (float64, error) {
 		v, _, err := b.measure(b.bins["sites"], "rdtsc", n, nil)
 		return v, err
 	})
@@ -390,7 +392,6 @@ func (b *bench) callOverhead() {
 	} else {
 		b.add(sec, "bpftrace uprobe", -1, "ns", "bpftrace not installed")
 	}
-	_ = rd
 }
 
 // ensureTracefs mounts tracefs for bpftrace when it is missing.
