@@ -7,8 +7,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/pprof/profile"
 
 	"github.com/livetrace/livetrace/internal/tracefile"
 	"github.com/livetrace/livetrace/internal/tracefile/tracefiletest"
@@ -187,5 +189,104 @@ func TestDamagedFiles(t *testing.T) {
 	out, _, err := runCLI(t, "info", "--recover", "-i", cut)
 	if err != nil || !strings.Contains(out, "recovered:") || !strings.Contains(out, "events:                  20\n") {
 		t.Errorf("info --recover: %v\n%s", err, out)
+	}
+}
+
+// hostile is a name a traced process could give a thread or a symbol: it
+// clears the screen, returns the cursor, rings the bell, and reverses the
+// text that follows (U+202E) so that "exe.txt" shows as "txt.exe".
+const hostile = "evil\x1b[2J\r\a\u202eexe.txt\x7f\u0085\\"
+
+// hostileFile writes a recording whose names are all hostile.
+func hostileFile(t *testing.T, mode tracefile.Mode) string {
+	t.Helper()
+	b := tracefiletest.New(mode)
+	m := b.Meta()
+	m.Comm = hostile
+	m.Cmdline = []string{"/bin/" + hostile, "-x" + hostile}
+	m.Exe = "/bin/" + hostile
+	m.Filters.Patterns = []string{hostile + "*"}
+	m.Modules[1].Path = "/lib/" + hostile
+	m.Modules[1].BuildID = hostile
+	th := b.Thread(100, "th-"+hostile, 0)
+	th.Enter("libfn-" + hostile).Advance(100).Exit()
+	th.Enter("fn-"+hostile).Advance(2000).Call("leaf\x1b]0;pwned\a", 1000).Advance(500).Exit()
+	// A Cyrillic name of 29 bytes: replay cuts it to 16 bytes, at a
+	// character boundary.
+	b.Thread(101, "поток-обработки", 100).Call("work", 100)
+	path := filepath.Join(t.TempDir(), mode.String()+".data")
+	if err := b.WriteFile(path); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// TestHostileNamesGolden checks that names from the recording reach the
+// terminal escaped, in every text output, and that the JSON and HTML
+// outputs carry no raw control or bidi character either.
+func TestHostileNamesGolden(t *testing.T) {
+	graph := hostileFile(t, tracefile.ModeGraph)
+	entry := hostileFile(t, tracefile.ModeEntry)
+	for _, tc := range []struct {
+		golden string
+		args   []string
+	}{
+		{"hostile-info.golden", []string{"info", "-i", graph}},
+		{"hostile-replay-graph.golden", []string{"replay", "-i", graph}},
+		{"hostile-replay-entry.golden", []string{"replay", "-i", entry}},
+		{"hostile-report.golden", []string{"report", "-i", graph}},
+		{"hostile-folded.golden", []string{"export", "-i", graph, "--format", "folded", "-o", "-"}},
+		{"", []string{"report", "--json", "-i", graph}},
+		{"", []string{"export", "-i", graph, "--format", "chrome", "-o", "-"}},
+		{"", []string{"export", "-i", entry, "--format", "chrome", "-o", "-"}},
+		{"", []string{"export", "-i", graph, "--format", "flamegraph", "-o", "-"}},
+	} {
+		out, stderr, err := runCLI(t, tc.args...)
+		if err != nil {
+			t.Fatalf("livetrace %s: %v\n%s", strings.Join(tc.args, " "), err, stderr)
+		}
+		for i, r := range out {
+			if r < 0x20 && r != '\n' && r != '\t' || r == 0x7f || r >= 0x80 && r < 0xa0 || r == '\u202e' || r == '\ufffd' {
+				t.Errorf("livetrace %s: raw %U at byte %d: %q", strings.Join(tc.args, " "), r, i, out[max(0, i-20):min(len(out), i+20)])
+				break
+			}
+		}
+		// JSON doubles the backslashes of the escapes.
+		if !strings.Contains(out, `\x1b[2J\r\x07\u202eexe.txt\x7f\u0085`) && !strings.Contains(out, `\\x1b[2J\\r\\x07\\u202eexe.txt\\x7f\\u0085`) {
+			t.Errorf("livetrace %s: the escaped name is missing:\n%s", strings.Join(tc.args, " "), out)
+		}
+		if !utf8.ValidString(out) {
+			t.Errorf("livetrace %s: output is not valid UTF-8", strings.Join(tc.args, " "))
+		}
+		if tc.golden != "" {
+			checkGolden(t, tc.golden, out)
+		}
+	}
+	// pprof is binary, but go tool pprof prints its names.
+	prof := filepath.Join(t.TempDir(), "prof.pb.gz")
+	if _, _, err := runCLI(t, "export", "-i", graph, "--format", "pprof", "-o", prof); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(prof)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	p, err := profile.Parse(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, fn := range p.Function {
+		names = append(names, fn.Name, fn.SystemName, fn.Filename)
+	}
+	for _, m := range p.Mapping {
+		names = append(names, m.File, m.BuildID)
+	}
+	names = append(names, p.Comments...)
+	for _, n := range names {
+		if strings.ContainsAny(n, "\x1b\r\a\u202e") {
+			t.Errorf("pprof holds the raw name %q", n)
+		}
 	}
 }
