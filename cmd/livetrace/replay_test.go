@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"unicode/utf8"
 
@@ -91,6 +92,13 @@ func TestReplayErrors(t *testing.T) {
 	dir := t.TempDir()
 	garbage := filepath.Join(dir, "garbage.data")
 	os.WriteFile(garbage, []byte("this is not a recording\n"), 0o644)
+	empty := filepath.Join(dir, "empty.data")
+	os.WriteFile(empty, nil, 0o644)
+	// Opening a FIFO for reading waits for a writer, unless O_NONBLOCK.
+	fifo := filepath.Join(dir, "fifo.data")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		args []string
 		want string
@@ -102,6 +110,10 @@ func TestReplayErrors(t *testing.T) {
 		{[]string{"replay", "-i", entry, "--tid", "0"}, "parse --tid 0"},
 		{[]string{"replay", "-i", entry, "-t", "soon"}, "invalid argument"},
 		{[]string{"replay", "extra"}, "unknown command"},
+		{[]string{"replay", "-i", dir}, "open " + dir + ": not a regular file: give the path of a recording"},
+		{[]string{"info", "-i", fifo}, "open " + fifo + ": not a regular file"},
+		{[]string{"report", "-i", "/dev/zero"}, "open /dev/zero: not a regular file"},
+		{[]string{"info", "-i", empty}, "0 bytes, shorter than the file header; it holds no intact metadata"},
 	} {
 		_, _, err := runCLI(t, tc.args...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -167,8 +179,8 @@ func TestDamagedFiles(t *testing.T) {
 		}
 	}
 	_, _, err = runCLI(t, "info", "-i", truncated)
-	if err == nil || !strings.Contains(err.Error(), "rerun with --recover") {
-		t.Errorf("truncated: %v, want a hint about --recover", err)
+	if err == nil || !strings.Contains(err.Error(), "--recover cannot read it either") {
+		t.Errorf("truncated: %v, want to hear that --recover cannot help", err)
 	}
 	// The scenario has no checkpoint, and half the file holds no metadata:
 	// nothing to recover.
@@ -186,6 +198,9 @@ func TestDamagedFiles(t *testing.T) {
 	w.WriteEvents(rec.Events[20:])
 	cut := filepath.Join(dir, "cut.data")
 	os.WriteFile(cut, buf.Bytes(), 0o644) // Close never ran
+	if _, _, err := runCLI(t, "info", "-i", cut); err == nil || !strings.Contains(err.Error(), "rerun with --recover to read its complete blocks (20 events)") {
+		t.Errorf("truncated with a checkpoint: %v, want a hint about --recover", err)
+	}
 	out, _, err := runCLI(t, "info", "--recover", "-i", cut)
 	if err != nil || !strings.Contains(out, "recovered:") || !strings.Contains(out, "events:                  20\n") {
 		t.Errorf("info --recover: %v\n%s", err, out)

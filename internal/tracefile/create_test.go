@@ -138,3 +138,23 @@ func TestCreateWriteError(t *testing.T) {
 		t.Fatalf("Recover: %v", err)
 	}
 }
+
+// TestReadNotRegular checks that the readers refuse a directory, a device
+// and a FIFO at once: opening a FIFO must not wait for a writer.
+func TestReadNotRegular(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{dir, fifo, "/dev/zero"} {
+		_, err1 := tracefile.Read(path)
+		_, err2 := tracefile.Recover(path)
+		_, _, err3 := tracefile.ReadMeta(path)
+		for _, err := range []error{err1, err2, err3} {
+			if !errors.Is(err, tracefile.ErrNotRegular) || err.Error() != "open "+path+": "+tracefile.ErrNotRegular.Error() {
+				t.Errorf("read %s: err = %v, want ErrNotRegular", path, err)
+			}
+		}
+	}
+}
