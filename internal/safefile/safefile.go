@@ -20,6 +20,12 @@
 // replace the device node. An existing regular file is replaced, as perf
 // and ftrace users expect of -o; the new file is ours with mode 0600, and
 // other hard links to the old one keep the old contents.
+//
+// In a directory that others can write to, every write goes through the
+// descriptor that O_EXCL created, never through a name. With the sticky
+// bit (/tmp) nobody else can rename or remove our temporary file. Without
+// it, others can move names around but still not make livetrace write
+// through a link or into a file of theirs, nor read the 0600 file.
 package safefile
 
 import (

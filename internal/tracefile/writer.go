@@ -69,7 +69,7 @@ func NewWriter(w io.Writer) (*Writer, error) {
 func Create(path string) (*Writer, error) {
 	f, err := safefile.Create(path)
 	if err != nil {
-		return nil, fmt.Errorf("create recording: %w", err)
+		return nil, err // "create PATH: ..."
 	}
 	bw := bufio.NewWriterSize(f, 1<<20)
 	w, err := NewWriter(bw)
