@@ -158,3 +158,30 @@ func TestReadNotRegular(t *testing.T) {
 		}
 	}
 }
+
+// TestCreateKilled leaves a recording unclosed, as a killed tracer does:
+// what was flushed is in the temporary file, and Recover reads it.
+func TestCreateKilled(t *testing.T) {
+	dir := t.TempDir()
+	w, err := tracefile.Create(filepath.Join(dir, "livetrace.data"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := tracefiletest.Scenario(tracefile.ModeGraph).Recording()
+	if err := w.Checkpoint(rec.Meta); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.WriteEvents(rec.Events[:10]); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if got := dirNames(t, dir); got != filepath.Base(w.TempName()) {
+		t.Errorf("directory holds %s, want only %s", got, filepath.Base(w.TempName()))
+	}
+	got, err := tracefile.Recover(w.TempName())
+	if err != nil || len(got.Events) != 10 {
+		t.Fatalf("Recover(%s): %v", w.TempName(), err)
+	}
+}
