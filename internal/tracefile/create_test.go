@@ -168,6 +168,7 @@ func TestCreateKilled(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec := tracefiletest.Scenario(tracefile.ModeGraph).Recording()
+	defer w.Close(rec.Meta) // the descriptor, once the test has looked
 	if err := w.Checkpoint(rec.Meta); err != nil {
 		t.Fatal(err)
 	}
