@@ -22,7 +22,7 @@ func FuzzOutputs(f *testing.F) {
 		rec := &tracefile.Recording{Meta: tracefile.Meta{
 			Mode: tracefile.ModeEntry, PID: 1, Comm: "fuzz",
 			Start: time.Unix(1, 0), End: time.Unix(2, 0),
-			Clock: tracefile.Clock{TSC0: 1000, Mono0: 1, TSC1: 1000 + uint64(minDur), Mono1: 2, TSCHz: 1e9},
+			Clock:   tracefile.Clock{TSC0: 1000, Mono0: 1, TSC1: 1000 + uint64(minDur), Mono1: 2, TSCHz: 1e9},
 			Modules: []tracefile.Module{{Path: "/a", Base: 0x1000}},
 			Funcs: []tracefile.Func{{Name: "f", Module: 0, Addr: 0x1000, Size: 16}, {Name: "g", Module: -1, Addr: 0x2000},
 				{Name: "", Module: 0, Addr: 0x1010}, {Name: "h;x\n", Module: 0, Addr: 0x1010, Size: 1}},
