@@ -3,12 +3,11 @@ package main
 import (
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 
 	"github.com/spf13/cobra"
 
 	"github.com/livetrace/livetrace/internal/report"
+	"github.com/livetrace/livetrace/internal/safefile"
 )
 
 // exportOptions holds the flags of `livetrace export`.
@@ -74,26 +73,19 @@ func (o *exportOptions) run() error {
 	if out == "-" {
 		return report.Export(o.stdout, rec, o.format, f)
 	}
-	// Write next to OUT and rename, so that a failed export leaves no
-	// half-written file behind.
-	tmp, err := os.CreateTemp(filepath.Dir(out), "."+filepath.Base(out)+".*")
+	// Write under a new name next to OUT and rename (see package
+	// safefile): a failed export leaves no half-written file behind, and
+	// a link planted at OUT is refused, never written through.
+	file, err := safefile.Create(out)
 	if err != nil {
-		return fmt.Errorf("create %s: %w", out, err)
+		return fmt.Errorf("export: %w", err)
 	}
-	defer os.Remove(tmp.Name())
-	if err := report.Export(tmp, rec, o.format, f); err != nil {
-		tmp.Close()
+	defer file.Abort()
+	if err := report.Export(file, rec, o.format, f); err != nil {
 		return err
 	}
-	if err := tmp.Chmod(0o644); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", out, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", out, err)
-	}
-	if err := os.Rename(tmp.Name(), out); err != nil {
-		return fmt.Errorf("write %s: %w", out, err)
+	if err := file.Commit(); err != nil {
+		return fmt.Errorf("export: %w", err)
 	}
 	fmt.Fprintf(o.stderr, "wrote %s\n", out)
 	return nil

@@ -2,9 +2,11 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/google/pprof/profile"
@@ -167,5 +169,78 @@ func TestReportJSONCLI(t *testing.T) {
 	}
 	if *rows[0].Function != "run" || *rows[0].Total != 2560007 {
 		t.Errorf("first row %s total %d, want run 2560007", *rows[0].Function, *rows[0].Total)
+	}
+}
+
+// TestExportOutputSafety plants each default output name as a link to a
+// root-only file, then checks the mode of what export writes and that a
+// failed write leaves neither a temporary file nor a changed output.
+func TestExportOutputSafety(t *testing.T) {
+	graph := scenarioFile(t, tracefile.ModeGraph)
+	victim := filepath.Join(t.TempDir(), "shadow")
+	if err := os.WriteFile(victim, []byte("secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Umask(syscall.Umask(0))
+	dir := t.TempDir()
+	t.Chdir(dir)
+	for _, tc := range []struct{ format, file string }{
+		{"chrome", "livetrace.json"},
+		{"folded", "livetrace.folded"},
+		{"pprof", "livetrace.pb.gz"},
+		{"flamegraph", "livetrace.html"},
+	} {
+		if err := os.Symlink(victim, tc.file); err != nil {
+			t.Fatal(err)
+		}
+		_, _, err := runCLI(t, "export", "-i", graph, "--format", tc.format)
+		if err == nil || !strings.Contains(err.Error(), tc.file+": is a symbolic link") {
+			t.Errorf("export %s to a symlink: err = %v, want a refusal", tc.format, err)
+		}
+		if b, _ := os.ReadFile(victim); string(b) != "secret\n" {
+			t.Fatalf("export %s wrote through the link: the target holds %.40q", tc.format, b)
+		}
+		if err := os.Remove(tc.file); err != nil {
+			t.Fatal(err)
+		}
+
+		if _, _, err := runCLI(t, "export", "-i", graph, "--format", tc.format); err != nil {
+			t.Fatal(err)
+		}
+		fi, err := os.Stat(tc.file)
+		if err != nil || fi.Mode() != 0o600 {
+			t.Errorf("export %s: mode %v (%v), want -rw-------", tc.format, fi.Mode(), err)
+		}
+		before, _ := os.ReadFile(tc.file)
+
+		// The Go runtime ignores SIGXFSZ: writes past the limit fail
+		// with EFBIG.
+		var lim syscall.Rlimit
+		if err := syscall.Getrlimit(syscall.RLIMIT_FSIZE, &lim); err != nil {
+			t.Fatal(err)
+		}
+		small := lim
+		small.Cur = 16
+		if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &small); err != nil {
+			t.Fatal(err)
+		}
+		_, _, err = runCLI(t, "export", "-i", graph, "--format", tc.format)
+		if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &lim); err != nil {
+			t.Fatal(err)
+		}
+		if !errors.Is(err, syscall.EFBIG) {
+			t.Errorf("export %s past the size limit: err = %v, want EFBIG", tc.format, err)
+		}
+		if after, _ := os.ReadFile(tc.file); string(after) != string(before) {
+			t.Errorf("export %s: a failed export changed %s", tc.format, tc.file)
+		}
+	}
+	ents, _ := os.ReadDir(".")
+	if len(ents) != 4 {
+		var names []string
+		for _, e := range ents {
+			names = append(names, e.Name())
+		}
+		t.Errorf("directory holds %v, want the 4 exports only", names)
 	}
 }

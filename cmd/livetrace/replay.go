@@ -43,7 +43,11 @@ func (o *inputOptions) read() (*tracefile.Recording, error) {
 	case errors.Is(err, fs.ErrNotExist):
 		return nil, fmt.Errorf("open %s: no such file: record one with `livetrace record -p PID`", o.file)
 	case errors.Is(err, tracefile.ErrTruncated) && !o.recover:
-		return nil, fmt.Errorf("read %s: %w: rerun with --recover to read its complete blocks", o.file, err)
+		// Suggest --recover only when it reads something.
+		if r, rerr := tracefile.Recover(o.file); rerr == nil {
+			return nil, fmt.Errorf("read %s: %w: rerun with --recover to read its complete blocks (%d events)", o.file, err, len(r.Events))
+		}
+		return nil, fmt.Errorf("read %s: %w; it holds no intact metadata, so --recover cannot read it either", o.file, err)
 	case errors.Is(err, tracefile.ErrNotRecording), errors.Is(err, tracefile.ErrCorrupt),
 		errors.Is(err, tracefile.ErrTruncated), errors.Is(err, tracefile.ErrUnsupportedVersion):
 		return nil, fmt.Errorf("read %s: %w", o.file, err)

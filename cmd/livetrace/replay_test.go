@@ -6,9 +6,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/pprof/profile"
 
 	"github.com/livetrace/livetrace/internal/tracefile"
 	"github.com/livetrace/livetrace/internal/tracefile/tracefiletest"
@@ -89,6 +92,13 @@ func TestReplayErrors(t *testing.T) {
 	dir := t.TempDir()
 	garbage := filepath.Join(dir, "garbage.data")
 	os.WriteFile(garbage, []byte("this is not a recording\n"), 0o644)
+	empty := filepath.Join(dir, "empty.data")
+	os.WriteFile(empty, nil, 0o644)
+	// Opening a FIFO for reading waits for a writer, unless O_NONBLOCK.
+	fifo := filepath.Join(dir, "fifo.data")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		args []string
 		want string
@@ -100,6 +110,10 @@ func TestReplayErrors(t *testing.T) {
 		{[]string{"replay", "-i", entry, "--tid", "0"}, "parse --tid 0"},
 		{[]string{"replay", "-i", entry, "-t", "soon"}, "invalid argument"},
 		{[]string{"replay", "extra"}, "unknown command"},
+		{[]string{"replay", "-i", dir}, "open " + dir + ": not a regular file: give the path of a recording"},
+		{[]string{"info", "-i", fifo}, "open " + fifo + ": not a regular file"},
+		{[]string{"report", "-i", "/dev/zero"}, "open /dev/zero: not a regular file"},
+		{[]string{"info", "-i", empty}, "0 bytes, shorter than the file header; it holds no intact metadata"},
 	} {
 		_, _, err := runCLI(t, tc.args...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -165,8 +179,8 @@ func TestDamagedFiles(t *testing.T) {
 		}
 	}
 	_, _, err = runCLI(t, "info", "-i", truncated)
-	if err == nil || !strings.Contains(err.Error(), "rerun with --recover") {
-		t.Errorf("truncated: %v, want a hint about --recover", err)
+	if err == nil || !strings.Contains(err.Error(), "--recover cannot read it either") {
+		t.Errorf("truncated: %v, want to hear that --recover cannot help", err)
 	}
 	// The scenario has no checkpoint, and half the file holds no metadata:
 	// nothing to recover.
@@ -184,8 +198,110 @@ func TestDamagedFiles(t *testing.T) {
 	w.WriteEvents(rec.Events[20:])
 	cut := filepath.Join(dir, "cut.data")
 	os.WriteFile(cut, buf.Bytes(), 0o644) // Close never ran
+	if _, _, err := runCLI(t, "info", "-i", cut); err == nil || !strings.Contains(err.Error(), "rerun with --recover to read its complete blocks (20 events)") {
+		t.Errorf("truncated with a checkpoint: %v, want a hint about --recover", err)
+	}
 	out, _, err := runCLI(t, "info", "--recover", "-i", cut)
 	if err != nil || !strings.Contains(out, "recovered:") || !strings.Contains(out, "events:                  20\n") {
 		t.Errorf("info --recover: %v\n%s", err, out)
+	}
+}
+
+// hostile is a name a traced process could give a thread or a symbol: it
+// clears the screen, returns the cursor, rings the bell, and reverses the
+// text that follows (U+202E) so that "exe.txt" shows as "txt.exe".
+const hostile = "evil\x1b[2J\r\a\u202eexe.txt\x7f\u0085\\"
+
+// hostileFile writes a recording whose names are all hostile.
+func hostileFile(t *testing.T, mode tracefile.Mode) string {
+	t.Helper()
+	b := tracefiletest.New(mode)
+	m := b.Meta()
+	m.Comm = hostile
+	m.Cmdline = []string{"/bin/" + hostile, "-x" + hostile}
+	m.Exe = "/bin/" + hostile
+	m.Filters.Patterns = []string{hostile + "*"}
+	m.Modules[1].Path = "/lib/" + hostile
+	m.Modules[1].BuildID = hostile
+	th := b.Thread(100, "th-"+hostile, 0)
+	th.Enter("libfn-" + hostile).Advance(100).Exit()
+	th.Enter("fn-"+hostile).Advance(2000).Call("leaf\x1b]0;pwned\a", 1000).Advance(500).Exit()
+	// A Cyrillic name of 29 bytes: replay cuts it to 16 bytes, at a
+	// character boundary.
+	b.Thread(101, "поток-обработки", 100).Call("work", 100)
+	path := filepath.Join(t.TempDir(), mode.String()+".data")
+	if err := b.WriteFile(path); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// TestHostileNamesGolden checks that names from the recording reach the
+// terminal escaped, in every text output, and that the JSON and HTML
+// outputs carry no raw control or bidi character either.
+func TestHostileNamesGolden(t *testing.T) {
+	graph := hostileFile(t, tracefile.ModeGraph)
+	entry := hostileFile(t, tracefile.ModeEntry)
+	for _, tc := range []struct {
+		golden string
+		args   []string
+	}{
+		{"hostile-info.golden", []string{"info", "-i", graph}},
+		{"hostile-replay-graph.golden", []string{"replay", "-i", graph}},
+		{"hostile-replay-entry.golden", []string{"replay", "-i", entry}},
+		{"hostile-report.golden", []string{"report", "-i", graph}},
+		{"hostile-folded.golden", []string{"export", "-i", graph, "--format", "folded", "-o", "-"}},
+		{"", []string{"report", "--json", "-i", graph}},
+		{"", []string{"export", "-i", graph, "--format", "chrome", "-o", "-"}},
+		{"", []string{"export", "-i", entry, "--format", "chrome", "-o", "-"}},
+		{"", []string{"export", "-i", graph, "--format", "flamegraph", "-o", "-"}},
+	} {
+		out, stderr, err := runCLI(t, tc.args...)
+		if err != nil {
+			t.Fatalf("livetrace %s: %v\n%s", strings.Join(tc.args, " "), err, stderr)
+		}
+		for i, r := range out {
+			if r < 0x20 && r != '\n' && r != '\t' || r == 0x7f || r >= 0x80 && r < 0xa0 || r == '\u202e' || r == '\ufffd' {
+				t.Errorf("livetrace %s: raw %U at byte %d: %q", strings.Join(tc.args, " "), r, i, out[max(0, i-20):min(len(out), i+20)])
+				break
+			}
+		}
+		// JSON doubles the backslashes of the escapes.
+		if !strings.Contains(out, `\x1b[2J\r\x07\u202eexe.txt\x7f\u0085`) && !strings.Contains(out, `\\x1b[2J\\r\\x07\\u202eexe.txt\\x7f\\u0085`) {
+			t.Errorf("livetrace %s: the escaped name is missing:\n%s", strings.Join(tc.args, " "), out)
+		}
+		if !utf8.ValidString(out) {
+			t.Errorf("livetrace %s: output is not valid UTF-8", strings.Join(tc.args, " "))
+		}
+		if tc.golden != "" {
+			checkGolden(t, tc.golden, out)
+		}
+	}
+	// pprof is binary, but go tool pprof prints its names.
+	prof := filepath.Join(t.TempDir(), "prof.pb.gz")
+	if _, _, err := runCLI(t, "export", "-i", graph, "--format", "pprof", "-o", prof); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(prof)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	p, err := profile.Parse(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, fn := range p.Function {
+		names = append(names, fn.Name, fn.SystemName, fn.Filename)
+	}
+	for _, m := range p.Mapping {
+		names = append(names, m.File, m.BuildID)
+	}
+	names = append(names, p.Comments...)
+	for _, n := range names {
+		if strings.ContainsAny(n, "\x1b\r\a\u202e") {
+			t.Errorf("pprof holds the raw name %q", n)
+		}
 	}
 }

@@ -50,7 +50,7 @@ func ExportChrome(w io.Writer, rec *tracefile.Recording, f Filter) error {
 		bw.Write(b)
 	}
 	bw.WriteString(`{"displayTimeUnit":"ns","traceEvents":[` + "\n")
-	emit(&chromeEvent{Name: "process_name", Ph: "M", PID: rec.PID, TID: 0, Args: map[string]any{"name": fmt.Sprintf("%s (pid %d)", rec.Comm, rec.PID)}})
+	emit(&chromeEvent{Name: "process_name", Ph: "M", PID: rec.PID, TID: 0, Args: map[string]any{"name": fmt.Sprintf("%s (pid %d)", Printable(rec.Comm), rec.PID)}})
 	names := threadNames(rec)
 	for _, tid := range tids(rec, f) {
 		emit(&chromeEvent{Name: "thread_name", Ph: "M", PID: rec.PID, TID: tid, Args: map[string]any{"name": threadName(names, rec, tid)}})

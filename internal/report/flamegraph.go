@@ -72,7 +72,7 @@ func ExportFlameGraph(w io.Writer, rec *tracefile.Recording, f Filter) error {
 			x += float64(st.nodes[r].total) / float64(all)
 		}
 	}
-	title := fmt.Sprintf("livetrace: %s (pid %d), %s mode", rec.Comm, rec.PID, rec.Mode)
+	title := fmt.Sprintf("livetrace: %s (pid %d), %s mode", Printable(rec.Comm), rec.PID, rec.Mode)
 	height := (maxDepth+1)*flameRow + 40
 
 	bw := bufio.NewWriter(w)

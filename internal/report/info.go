@@ -22,16 +22,20 @@ func Info(w io.Writer, rec *tracefile.Recording) error {
 	kv := func(k, format string, args ...any) {
 		fmt.Fprintf(bw, "%-24s %s\n", k+":", fmt.Sprintf(format, args...))
 	}
-	target := fmt.Sprintf("pid %d (%s)", rec.PID, rec.Comm)
+	target := fmt.Sprintf("pid %d (%s)", rec.PID, Printable(rec.Comm))
 	if len(rec.Cmdline) > 0 {
-		target += ": " + strings.Join(rec.Cmdline, " ")
+		args := make([]string, len(rec.Cmdline))
+		for i, a := range rec.Cmdline {
+			args[i] = Printable(a)
+		}
+		target += ": " + strings.Join(args, " ")
 	}
 	kv("target", "%s", target)
 	if rec.Exe != "" {
-		kv("executable", "%s", rec.Exe)
+		kv("executable", "%s", Printable(rec.Exe))
 	}
 	if rec.Host != "" {
-		kv("host", "%s", rec.Host)
+		kv("host", "%s", Printable(rec.Host))
 	}
 	kv("mode", "%s", rec.Mode)
 	kv("format version", "%d", rec.Version)
@@ -57,7 +61,7 @@ func Info(w io.Writer, rec *tracefile.Recording) error {
 	fl := rec.Filters
 	var filters []string
 	if len(fl.Patterns) > 0 {
-		filters = append(filters, "functions "+strings.Join(fl.Patterns, ","))
+		filters = append(filters, "functions "+Printable(strings.Join(fl.Patterns, ",")))
 	}
 	if fl.MaxDepth > 0 {
 		filters = append(filters, fmt.Sprintf("depth < %d", fl.MaxDepth))
@@ -73,9 +77,9 @@ func Info(w io.Writer, rec *tracefile.Recording) error {
 	}
 	fmt.Fprintf(bw, "\nmodules:\n")
 	for _, m := range rec.Modules {
-		fmt.Fprintf(bw, "  0x%012x  %s", m.Base, m.Path)
+		fmt.Fprintf(bw, "  0x%012x  %s", m.Base, Printable(m.Path))
 		if m.BuildID != "" {
-			fmt.Fprintf(bw, " (build id %s)", m.BuildID)
+			fmt.Fprintf(bw, " (build id %s)", Printable(m.BuildID))
 		}
 		fmt.Fprintln(bw)
 	}
@@ -83,7 +87,7 @@ func Info(w io.Writer, rec *tracefile.Recording) error {
 	seen := map[uint32]bool{}
 	for _, th := range rec.Threads {
 		seen[th.TID] = true
-		fmt.Fprintf(bw, "  %8d  %-16s  %10d  %10d\n", th.TID, th.Name, perThread[th.TID], th.Lost)
+		fmt.Fprintf(bw, "  %8d  %-16s  %10d  %10d\n", th.TID, Printable(th.Name), perThread[th.TID], th.Lost)
 	}
 	for _, tid := range tids(rec, Filter{}) {
 		if !seen[tid] {

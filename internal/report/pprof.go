@@ -29,7 +29,7 @@ func Profile(rec *tracefile.Recording, f Filter) (*profile.Profile, error) {
 		PeriodType:        &profile.ValueType{Type: "calls", Unit: "count"},
 		Period:            1,
 		TimeNanos:         rec.Start.UnixNano(),
-		Comments:          []string{fmt.Sprintf("livetrace %s-mode recording of pid %d (%s)", rec.Mode, rec.PID, rec.Comm)},
+		Comments:          []string{fmt.Sprintf("livetrace %s-mode recording of pid %d (%s)", rec.Mode, rec.PID, Printable(rec.Comm))},
 	}
 	if !rec.End.IsZero() && rec.End.After(rec.Start) {
 		p.DurationNanos = rec.End.Sub(rec.Start).Nanoseconds()
@@ -40,7 +40,7 @@ func Profile(rec *tracefile.Recording, f Filter) (*profile.Profile, error) {
 	// Mappings: one per module, sized to hold its functions.
 	maps := make([]*profile.Mapping, len(rec.Modules))
 	for i, m := range rec.Modules {
-		maps[i] = &profile.Mapping{ID: uint64(i + 1), Start: m.Base, Limit: m.Limit, File: m.Path, BuildID: m.BuildID, HasFunctions: true}
+		maps[i] = &profile.Mapping{ID: uint64(i + 1), Start: m.Base, Limit: m.Limit, File: Printable(m.Path), BuildID: Printable(m.BuildID), HasFunctions: true}
 	}
 	for _, fn := range rec.Funcs {
 		if fn.Module >= 0 && fn.Module < len(maps) {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"sort"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/livetrace/livetrace/internal/tracefile"
 )
@@ -74,7 +75,7 @@ func replayEntries(w *bufio.Writer, t *timeline, f Filter) {
 	rec := t.rec
 	names := threadNames(rec)
 	syms := newSymbolizer(rec)
-	fmt.Fprintf(w, "# tracer: function (livetrace entry mode), pid %d (%s)\n", rec.PID, rec.Comm)
+	fmt.Fprintf(w, "# tracer: function (livetrace entry mode), pid %d (%s)\n", rec.PID, Printable(rec.Comm))
 	writeLostHeader(w, rec)
 	fmt.Fprintf(w, "#\n#           TASK-TID     CPU      TIMESTAMP  FUNCTION\n#              | |        |          |         |\n")
 	for i, ev := range rec.Events {
@@ -84,7 +85,13 @@ func replayEntries(w *bufio.Writer, t *timeline, f Filter) {
 		ns := t.ns(i)
 		task := threadName(names, rec, ev.TID)
 		if len(task) > 16 {
-			task = task[:16]
+			// At a character boundary: half a character is invalid
+			// UTF-8 on the terminal.
+			n := 16
+			for n > 0 && !utf8.RuneStart(task[n]) {
+				n--
+			}
+			task = task[:n]
 		}
 		fmt.Fprintf(w, "%16s-%-7d [---] %7d.%06d: %s <- %s\n", task, ev.TID,
 			ns/1e9, ns%1e9/1e3, funcName(rec, ev.Func), syms.name(ev.Caller))
@@ -93,7 +100,7 @@ func replayEntries(w *bufio.Writer, t *timeline, f Filter) {
 
 func replayGraph(w *bufio.Writer, t *timeline) {
 	rec := t.rec
-	fmt.Fprintf(w, "# tracer: function_graph (livetrace graph mode), pid %d (%s)\n", rec.PID, rec.Comm)
+	fmt.Fprintf(w, "# tracer: function_graph (livetrace graph mode), pid %d (%s)\n", rec.PID, Printable(rec.Comm))
 	writeLostHeader(w, rec)
 	fmt.Fprintf(w, "#\n# DURATION       TID     FUNCTION\n")
 	// next[i] is the next shown event of the same thread after event i.
@@ -192,7 +199,7 @@ func (s *symbolizer) name(pc uint64) string {
 		return "?"
 	}
 	if pc == sym.Addr {
-		return sym.Name
+		return Printable(sym.Name)
 	}
-	return fmt.Sprintf("%s+0x%x", sym.Name, pc-sym.Addr)
+	return fmt.Sprintf("%s+0x%x", Printable(sym.Name), pc-sym.Addr)
 }

@@ -452,3 +452,25 @@ func TestRandomRecordings(t *testing.T) {
 		}
 	}
 }
+
+func TestPrintable(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"", ""},
+		{"std::vector<int>::push_back(int const&)", "std::vector<int>::push_back(int const&)"},
+		{"worker-1", "worker-1"},
+		{"\x1b[2Jclear", `\x1b[2Jclear`},
+		{"a\r\n\tb\a\x00", `a\r\n\tb\x07\x00`},
+		{"del\x7f", `del\x7f`},
+		{"back\\slash", `back\\slash`},
+		{"c1\u0085\u009b", `c1\u0085\u009b`},
+		{"\u202eexe.txt", `\u202eexe.txt`},
+		{"\u2066iso\u2069\u200f\u200b\u2028\ufeff", `\u2066iso\u2069\u200f\u200b\u2028\ufeff`},
+		{"bad\xff\xc3", `bad\xff\xc3`},
+		{"\U000e0001tag\U0010fffd", `\U000e0001tag\U0010fffd`},
+		{"поток-1 名前 café\u00a0x", "поток-1 名前 café\u00a0x"},
+	} {
+		if got := report.Printable(tc.in); got != tc.want {
+			t.Errorf("Printable(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}

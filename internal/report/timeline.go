@@ -223,10 +223,11 @@ func newTimeline(rec *tracefile.Recording, f Filter) (*timeline, error) {
 	return t, nil
 }
 
-// funcName returns the name of traced function fn.
+// funcName returns the name of traced function fn, escaped for display
+// (see [Printable]), as every name this package writes.
 func funcName(rec *tracefile.Recording, fn uint32) string {
 	if int(fn) < len(rec.Funcs) && rec.Funcs[fn].Name != "" {
-		return rec.Funcs[fn].Name
+		return Printable(rec.Funcs[fn].Name)
 	}
 	if int(fn) < len(rec.Funcs) {
 		return fmt.Sprintf("0x%x", rec.Funcs[fn].Addr)
@@ -238,7 +239,7 @@ func funcName(rec *tracefile.Recording, fn uint32) string {
 func moduleName(rec *tracefile.Recording, fn uint32) string {
 	if int(fn) < len(rec.Funcs) {
 		if m := rec.Funcs[fn].Module; m >= 0 && m < len(rec.Modules) {
-			return rec.Modules[m].Path
+			return Printable(rec.Modules[m].Path)
 		}
 	}
 	return ""
@@ -250,7 +251,7 @@ func threadNames(rec *tracefile.Recording) map[uint32]string {
 	names := map[uint32]string{}
 	for _, th := range rec.Threads {
 		if th.Name != "" {
-			names[th.TID] = th.Name
+			names[th.TID] = Printable(th.Name)
 		}
 	}
 	return names
@@ -261,7 +262,7 @@ func threadName(names map[uint32]string, rec *tracefile.Recording, tid uint32) s
 		return n
 	}
 	if rec.Comm != "" {
-		return rec.Comm
+		return Printable(rec.Comm)
 	}
 	return "?"
 }

@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"io/fs"
 	"os"
 	"slices"
+	"syscall"
 
 	"github.com/klauspost/compress/s2"
 )
@@ -30,19 +32,36 @@ func Recover(path string) (*Recording, error) {
 }
 
 func readFile(path string, recover bool) (*Recording, error) {
-	f, err := os.Open(path)
+	f, size, err := openRegular(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
+	return read(f, size, recover)
+}
+
+// ErrNotRegular is returned (in an *fs.PathError) by [Read], [Recover]
+// and [ReadMeta] for a path that is not a regular file.
+var ErrNotRegular = errors.New("not a regular file: give the path of a recording")
+
+// openRegular opens path for reading if it is a regular file, and returns
+// its size. O_NONBLOCK keeps the open of a FIFO from waiting for a writer
+// (it changes nothing for a regular file).
+func openRegular(path string) (*os.File, int64, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, 0, err
+	}
 	st, err := f.Stat()
 	if err != nil {
-		return nil, err
+		f.Close()
+		return nil, 0, err
 	}
 	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("read %s: not a regular file", path)
+		f.Close()
+		return nil, 0, &fs.PathError{Op: "open", Path: path, Err: ErrNotRegular}
 	}
-	return read(f, st.Size(), recover)
+	return f, st.Size(), nil
 }
 
 // ReadFrom reads a whole recording of size bytes from r.
@@ -109,16 +128,12 @@ func (errMetaOnly) Error() string { return "metadata only" }
 // of events the trailer counts: it costs the same for any recording size
 // (Read holds every event in memory, about 40 bytes each).
 func ReadMeta(path string) (*Meta, uint64, error) {
-	f, err := os.Open(path)
+	f, size, err := openRegular(path)
 	if err != nil {
 		return nil, 0, err
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, 0, err
-	}
-	rec, err := readTrailerMeta(f, fi.Size(), true)
+	rec, err := readTrailerMeta(f, size, true)
 	var mo errMetaOnly
 	if errors.As(err, &mo) {
 		return &rec.Meta, mo.events, nil

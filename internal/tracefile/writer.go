@@ -7,10 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"sync"
 
 	"github.com/klauspost/compress/s2"
+
+	"github.com/livetrace/livetrace/internal/safefile"
 )
 
 // ErrClosed is returned by a [Writer] used after Close or after it failed.
@@ -28,7 +29,7 @@ type Writer struct {
 	mu     sync.Mutex
 	w      io.Writer
 	bw     *bufio.Writer // non-nil when the Writer owns a file (Create)
-	file   *os.File
+	file   *safefile.File
 	off    uint64
 	buf    []byte // encoded events of the current block
 	n      int    // events in buf
@@ -55,21 +56,40 @@ func NewWriter(w io.Writer) (*Writer, error) {
 	return wr, nil
 }
 
-// Create creates (or truncates) the file at path and starts a recording in
-// it. Close closes the file.
+// Create starts a recording that Close puts at path, replacing a regular
+// file there. It fails if path is a symbolic link or another kind of
+// file. The recording is written to a new file of mode 0600 next to path
+// and renamed to path by Close (see package safefile for why), so a file
+// already at path stays as it was until then.
+//
+// Close renames the file even when it fails, so that what was recorded
+// lands at path and ReadOptions.Recover can read it. If the tracer is
+// killed before Close, the recording so far is in the temporary file,
+// named path + ".tmp-" + 16 hex digits (see [Writer.TempName]).
 func Create(path string) (*Writer, error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	f, err := safefile.Create(path)
 	if err != nil {
-		return nil, fmt.Errorf("create recording: %w", err)
+		return nil, err // "create PATH: ..."
 	}
 	bw := bufio.NewWriterSize(f, 1<<20)
 	w, err := NewWriter(bw)
 	if err != nil {
-		f.Close()
+		f.Abort()
 		return nil, err
 	}
 	w.bw, w.file = bw, f
 	return w, nil
+}
+
+// TempName returns the name the recording has until Close renames it, or
+// "" for a Writer not made by [Create].
+func (w *Writer) TempName() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.file == nil {
+		return ""
+	}
+	return w.file.Name()
 }
 
 func (w *Writer) write(b []byte) error {
@@ -236,17 +256,23 @@ func (w *Writer) flushLocked() error {
 	return nil
 }
 
-// Close writes the pending events, the metadata and the trailer, and closes
-// the file if the Writer was made by [Create]. Close sets meta.Version. It
-// fails if meta does not describe the events (an Event.Func without a
-// Func, a Func or Symbol in an unknown module).
+// Close writes the pending events, the metadata and the trailer, and
+// closes the file and renames it to its path if the Writer was made by
+// [Create]. Close sets meta.Version. It fails if meta does not describe
+// the events (an Event.Func without a Func, a Func or Symbol in an unknown
+// module).
+//
+// A file made by Create is renamed even if the recording could not be
+// finished (a write error, bad metadata): it then reads as truncated, and
+// ReadOptions.Recover reads its complete blocks. If the rename itself
+// fails, the error names the temporary file, which is left in place.
 func (w *Writer) Close(meta Meta) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	err := w.finish(&meta)
 	if w.file != nil {
-		if cerr := w.file.Close(); cerr != nil && err == nil {
-			err = fmt.Errorf("close recording: %w", cerr)
+		if cerr := w.file.Commit(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("close recording: %w (what was recorded is in %s: read it with --recover)", cerr, w.file.Name()))
 		}
 		w.file = nil
 	}
