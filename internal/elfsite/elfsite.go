@@ -37,14 +37,28 @@ import (
 
 // Limits on lengths read from untrusted files. Real binaries stay far below
 // them; a hostile file cannot make Parse allocate more than a few of these.
+//
+// No section is read beyond the file's size, and compressed sections are
+// never read (a few KiB of zlib can claim a GiB). Symbol names are not
+// copied: every name is a substring of the string table, read once
+// (symbols.go), so that thousands of symbols naming one long string cost
+// nothing more than the table itself.
 const (
-	maxTableSize  = 64 << 20  // bytes of one site table (8M sites)
-	maxRelaSize   = 256 << 20 // bytes of one SHT_RELA section
-	maxSymtabSize = 512 << 20 // bytes of .symtab or .dynsym
-	maxNoteSize   = 1 << 20   // bytes of a build-id note section
-	maxLoads      = 4096      // PT_LOAD segments
-	maxSections   = 1 << 16   // section headers
+	maxTableSize     = 64 << 20  // bytes of one site table (8M sites)
+	maxRelaSize      = 256 << 20 // bytes of one SHT_RELA section
+	maxSymtabSize    = 512 << 20 // bytes of .symtab or .dynsym
+	maxStrtabSize    = 512 << 20 // bytes of .strtab or .dynstr
+	maxNoteSize      = 1 << 20   // bytes of a build-id note section
+	maxLoads         = 4096      // PT_LOAD segments
+	maxSections      = 1 << 16   // section headers
+	maxShstrtabSize  = 1 << 20   // bytes of the section-name table
+	maxSectionNames  = 16 << 20  // bytes of all section names together
+	maxSectionHeader = 1 << 10   // e_shentsize
 )
+
+// maxSymbols caps the entries of the symbol table read (a variable for
+// tests). A big C++ program has a few million.
+var maxSymbols = 1 << 23
 
 // recoverPanics is turned off by the fuzz test, so that a panic in our own
 // code or in debug/elf shows up as a crash rather than as an error.
@@ -217,6 +231,10 @@ func Parse(r io.ReaderAt, path string) (spec *Spec, err error) {
 	if c := elf.Class(ident[elf.EI_CLASS]); c != elf.ELFCLASS64 {
 		return nil, fmt.Errorf("read %s: %w, this one is 32-bit (%s)", path, ErrUnsupported, c)
 	}
+	size := readerSize(r)
+	if err := preflight(r, size); err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
 	f, err := elf.NewFile(r)
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w: %v", path, ErrMalformed, err)
@@ -237,7 +255,7 @@ func Parse(r io.ReaderAt, path string) (spec *Spec, err error) {
 	if len(f.Progs) > maxLoads || len(f.Sections) > maxSections {
 		return nil, fmt.Errorf("read %s: %w: too many program or section headers", path, ErrMalformed)
 	}
-	p := &parser{f: f, r: r, size: readerSize(r), spec: &Spec{Path: path, Type: f.Type}}
+	p := &parser{f: f, r: r, size: size, spec: &Spec{Path: path, Type: f.Type}}
 	for _, ph := range f.Progs {
 		if ph.Type == elf.PT_LOAD {
 			p.spec.Loads = append(p.spec.Loads, Load{Vaddr: ph.Vaddr, Offset: ph.Off, Filesz: ph.Filesz, Memsz: ph.Memsz, Flags: ph.Flags})
@@ -304,7 +322,7 @@ type parser struct {
 	size int64 // of the file, or -1 when unknown
 	spec *Spec
 
-	relocSyms map[uint32][]elf.Symbol // by symbol table section index
+	relocSyms map[uint32][]byte // raw Elf64_Sym entries, by symbol table section index
 
 	// chunk caches file bytes for reading site bytes in address order.
 	chunk    []byte
@@ -312,10 +330,13 @@ type parser struct {
 }
 
 // sectionData returns a section's contents, refusing sizes above limit or
-// above the file's size (unless the section is compressed).
+// above the file's size, and compressed sections.
 func (p *parser) sectionData(s *elf.Section, limit uint64) ([]byte, error) {
 	if s.Type == elf.SHT_NOBITS {
 		return nil, nil
+	}
+	if s.Flags&elf.SHF_COMPRESSED != 0 {
+		return nil, fmt.Errorf("%w: section %s is compressed: livetrace reads only uncompressed symbol and site tables (only debug sections are compressed by the usual tools)", ErrMalformed, s.Name)
 	}
 	if err := p.checkSize(s, limit); err != nil {
 		return nil, err
@@ -330,7 +351,7 @@ func (p *parser) sectionData(s *elf.Section, limit uint64) ([]byte, error) {
 // checkSize returns an error when section s claims more than limit bytes, or
 // more than the whole file holds.
 func (p *parser) checkSize(s *elf.Section, limit uint64) error {
-	if p.size >= 0 && s.Flags&elf.SHF_COMPRESSED == 0 {
+	if p.size >= 0 {
 		limit = min(limit, uint64(p.size))
 	}
 	if s.Size > limit {
@@ -507,8 +528,8 @@ func (p *parser) relocate(tables []*table) error {
 				switch si := info >> 32; {
 				case si == 0:
 					t.vals[k] = addend
-				case si-1 < uint64(len(syms)) && syms[si-1].Section != elf.SHN_UNDEF:
-					t.vals[k] = syms[si-1].Value + addend
+				case si < uint64(len(syms)/symSize) && symSection(syms, si) != elf.SHN_UNDEF:
+					t.vals[k] = symValue(syms, si) + addend
 				default:
 					t.vals[k] = 0
 					p.spec.Skipped++
@@ -519,26 +540,22 @@ func (p *parser) relocate(tables []*table) error {
 	return nil
 }
 
-// relocSymbols returns the symbols (without the null symbol 0) of the
-// symbol table at section index link, or nil. Results are cached.
-func (p *parser) relocSymbols(link uint32) []elf.Symbol {
+// relocSymbols returns the raw Elf64_Sym entries (the null symbol 0
+// included) of the symbol table at section index link, or nil. Names are
+// not read. Results are cached.
+func (p *parser) relocSymbols(link uint32) []byte {
 	if syms, ok := p.relocSyms[link]; ok {
 		return syms
 	}
-	var syms []elf.Symbol
+	var syms []byte
 	if int(link) < len(p.f.Sections) {
 		ls := p.f.Sections[link]
-		if p.checkSize(ls, maxSymtabSize) == nil {
-			switch ls.Type {
-			case elf.SHT_DYNSYM:
-				syms, _ = p.f.DynamicSymbols()
-			case elf.SHT_SYMTAB:
-				syms, _ = p.f.Symbols()
-			}
+		if ls.Type == elf.SHT_DYNSYM || ls.Type == elf.SHT_SYMTAB {
+			syms, _ = p.sectionData(ls, maxSymtabSize)
 		}
 	}
 	if p.relocSyms == nil {
-		p.relocSyms = map[uint32][]elf.Symbol{}
+		p.relocSyms = map[uint32][]byte{}
 	}
 	p.relocSyms[link] = syms
 	return syms
@@ -574,4 +591,107 @@ func (p *parser) buildID() string {
 		}
 	}
 	return ""
+}
+
+// preflight reads the ELF and section headers of r itself and refuses what
+// would make debug/elf allocate far more than the file holds while it opens
+// the file: debug/elf copies every section name in full, so a few thousand
+// section headers that name one long string cost gigabytes, and it
+// decompresses a compressed section-name table whatever size it claims.
+// size is the file's size, or -1. Anything else odd is left to
+// elf.NewFile, which reports it.
+func preflight(r io.ReaderAt, size int64) error {
+	var eh [64]byte
+	if n, _ := r.ReadAt(eh[:], 0); n < len(eh) {
+		return fmt.Errorf("%w: the ELF header is truncated", ErrMalformed)
+	}
+	le := binary.LittleEndian
+	shoff := le.Uint64(eh[0x28:])
+	shentsize := uint64(le.Uint16(eh[0x3a:]))
+	shnum := uint64(le.Uint16(eh[0x3c:]))
+	shstrndx := uint64(le.Uint16(eh[0x3e:]))
+	if shoff == 0 || shentsize < 64 {
+		return nil
+	}
+	if shentsize > maxSectionHeader {
+		return fmt.Errorf("%w: section headers of %d bytes", ErrMalformed, shentsize)
+	}
+	limit := uint64(1<<63 - 1)
+	if size >= 0 {
+		limit = uint64(size)
+	}
+	header := func(i uint64) ([]byte, error) {
+		b := make([]byte, 64)
+		off := shoff + i*shentsize
+		if off < shoff || off > limit || limit-off < 64 {
+			return nil, fmt.Errorf("%w: section header %d lies beyond the end of the file", ErrMalformed, i)
+		}
+		if n, _ := r.ReadAt(b, int64(off)); n < len(b) {
+			return nil, fmt.Errorf("%w: section header %d is truncated", ErrMalformed, i)
+		}
+		return b, nil
+	}
+	if shnum == 0 || shstrndx == uint64(elf.SHN_XINDEX) {
+		// Extended numbering: the real counts are in section header 0.
+		h0, err := header(0)
+		if err != nil {
+			return err
+		}
+		if shnum == 0 {
+			shnum = le.Uint64(h0[0x20:])
+		}
+		if shstrndx == uint64(elf.SHN_XINDEX) {
+			shstrndx = uint64(le.Uint32(h0[0x28:]))
+		}
+	}
+	if shnum > maxSections {
+		return fmt.Errorf("%w: %d section headers, more than the %d livetrace reads", ErrMalformed, shnum, maxSections)
+	}
+	if shnum == 0 || shstrndx == 0 || shstrndx >= shnum {
+		return nil
+	}
+	if shnum*shentsize > limit || shoff > limit-shnum*shentsize {
+		return fmt.Errorf("%w: the section headers lie beyond the end of the file", ErrMalformed)
+	}
+	sh := make([]byte, shnum*shentsize)
+	if n, _ := r.ReadAt(sh, int64(shoff)); n < len(sh) {
+		return fmt.Errorf("%w: the section headers are truncated", ErrMalformed)
+	}
+	str := sh[shstrndx*shentsize:]
+	if elf.SectionType(le.Uint32(str[4:])) == elf.SHT_NOBITS {
+		return nil
+	}
+	if elf.SectionFlag(le.Uint64(str[8:]))&elf.SHF_COMPRESSED != 0 {
+		return fmt.Errorf("%w: the section-name table is compressed", ErrMalformed)
+	}
+	off, n := le.Uint64(str[0x18:]), le.Uint64(str[0x20:])
+	if n > maxShstrtabSize || n > limit || off > limit-n {
+		return fmt.Errorf("%w: the section-name table claims %d bytes at offset %d, beyond the file or above %d", ErrMalformed, n, off, maxShstrtabSize)
+	}
+	tab := make([]byte, n)
+	if got, _ := r.ReadAt(tab, int64(off)); uint64(got) < n {
+		return fmt.Errorf("%w: the section-name table is truncated", ErrMalformed)
+	}
+	// nul[i] is the index of the first NUL at or after i (n: none); a name
+	// without one is read as "" by debug/elf, which costs nothing.
+	nul := make([]uint32, n+1)
+	nul[n] = uint32(n)
+	for i := int(n) - 1; i >= 0; i-- {
+		if tab[i] == 0 {
+			nul[i] = uint32(i)
+		} else {
+			nul[i] = nul[i+1]
+		}
+	}
+	var total uint64
+	for i := range shnum {
+		name := uint64(le.Uint32(sh[i*shentsize:]))
+		if name < n && nul[name] < uint32(n) {
+			total += uint64(nul[name]) - name
+		}
+	}
+	if total > maxSectionNames {
+		return fmt.Errorf("%w: the section names add up to %d bytes (%d sections), more than the %d livetrace reads", ErrMalformed, total, shnum, maxSectionNames)
+	}
+	return nil
 }
