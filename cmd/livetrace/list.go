@@ -184,9 +184,12 @@ func (o *listOptions) fileRows() ([]listRow, error) {
 // pidRows lists the sites of every module of process o.pid at their runtime
 // addresses, and returns how many modules it read.
 func (o *listOptions) pidRows() ([]listRow, int, error) {
-	mods, err := elfsite.LiveModules(o.pid)
+	mods, skipped, err := elfsite.LiveModulesSkipped(o.pid)
 	if err != nil {
 		return nil, 0, err
+	}
+	for _, e := range skipped {
+		fmt.Fprintf(o.stderr, "warning: module skipped: %v\n", e)
 	}
 	var rows []listRow
 	var patchable bool

@@ -1,14 +1,22 @@
 package elfsite
 
 import (
+	"bufio"
 	"bytes"
 	"debug/elf"
 	"encoding/binary"
 	"errors"
+	"io"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
+
+	"github.com/livetrace/livetrace/internal/testtarget"
 )
 
 // craftSection is one section of a crafted ELF file.
@@ -240,4 +248,229 @@ func TestTooManySymbols(t *testing.T) {
 	if _, err := Parse(bytes.NewReader(craftSymbols(100, 10, 1, "")), "crafted"); err != nil {
 		t.Errorf("Parse with 100 symbols: %v", err)
 	}
+}
+
+// hostileModuleSrc maps FILE executable, deletes it, and puts in its place
+// a FIFO, a symlink to TARGET, or a copy of TARGET; then it says "ready"
+// and waits for stdin to close.
+const hostileModuleSrc = `
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+int main(int argc, char **argv) {
+	if (argc < 3) return 2;
+	int fd = open(argv[1], O_RDONLY);
+	struct stat st;
+	if (fd < 0 || fstat(fd, &st) < 0) { perror("open"); return 1; }
+	if (mmap(0, st.st_size, PROT_READ | PROT_EXEC, MAP_PRIVATE, fd, 0) == MAP_FAILED) { perror("mmap"); return 1; }
+	close(fd);
+	if (unlink(argv[1]) < 0) { perror("unlink"); return 1; }
+	if (!strcmp(argv[2], "fifo")) {
+		if (mkfifo(argv[1], 0666) < 0) { perror("mkfifo"); return 1; }
+	} else if (!strcmp(argv[2], "symlink")) {
+		if (symlink(argv[3], argv[1]) < 0) { perror("symlink"); return 1; }
+	} else if (!strcmp(argv[2], "file")) {
+		int in = open(argv[3], O_RDONLY), out = open(argv[1], O_WRONLY | O_CREAT | O_EXCL, 0644);
+		char buf[65536];
+		ssize_t n;
+		if (in < 0 || out < 0) { perror("copy"); return 1; }
+		while ((n = read(in, buf, sizeof buf)) > 0)
+			if (write(out, buf, n) != n) { perror("write"); return 1; }
+		close(in);
+		close(out);
+	}
+	printf("ready\n");
+	fflush(stdout);
+	char b[64];
+	while (read(0, b, sizeof b) > 0) {}
+	return 0;
+}
+`
+
+// TestHostileModulePath: a target running as nobody maps a library,
+// deletes it and puts something else at its path. Without CAP_SYS_ADMIN
+// (map_files off) the tracer reads the path inside the target's root, and
+// must neither block on a FIFO, nor follow a symlink to a root-only file,
+// nor parse another file as the one mapped: the module is skipped with an
+// error wrapping ErrModuleChanged, and the rest of the process is read.
+// With map_files (root), the mapped file itself is read.
+func TestHostileModulePath(t *testing.T) {
+	testtarget.RequireRoot(t)
+	cc := needTool(t, "cc")
+	dir, err := os.MkdirTemp("", "livetrace-hostile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	src := filepath.Join(dir, "hostile.c")
+	exe := filepath.Join(dir, "hostile")
+	if err := os.WriteFile(src, []byte(hostileModuleSrc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(cc, "-O1", "-o", exe, src).CombinedOutput(); err != nil {
+		t.Fatalf("cc: %v\n%s", err, out)
+	}
+	lib := testtarget.LibPath(testtarget.Build(t, testtarget.UseLib, testtarget.ClangNop5))
+	// Another ELF file with sites, readable by nobody.
+	other := filepath.Join(dir, "other")
+	if err := copyTo(testtarget.Build(t, testtarget.Simple, testtarget.ClangNop5), other, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// A root-only copy of the library, and a directory nobody may write.
+	secret := filepath.Join(dir, "secret.so")
+	if err := copyTo(lib, secret, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		mode, arg string
+	}{
+		{"fifo", ""},
+		{"symlink", secret},
+		{"file", other},
+	} {
+		t.Run(tc.mode, func(t *testing.T) {
+			sub := filepath.Join(dir, tc.mode)
+			if err := os.Mkdir(sub, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			victim := filepath.Join(sub, "libvictim.so")
+			if err := copyTo(lib, victim, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range []string{sub, victim} {
+				if err := os.Chown(p, 65534, 65534); err != nil {
+					t.Fatal(err)
+				}
+			}
+			pid := startNobody(t, exe, victim, tc.mode, tc.arg)
+
+			type result struct {
+				mods    []*Module
+				skipped []error
+				err     error
+			}
+			read := func() result {
+				done := make(chan result, 1)
+				go func() {
+					mods, skipped, err := LiveModulesSkipped(pid)
+					done <- result{mods, skipped, err}
+				}()
+				select {
+				case r := <-done:
+					return r
+				case <-time.After(10 * time.Second):
+					t.Fatalf("LiveModules of pid %d blocked for 10 s on the %s at %s", pid, tc.mode, victim)
+				}
+				return result{}
+			}
+
+			useMapFiles = false
+			r := read()
+			useMapFiles = true
+			if r.err != nil {
+				t.Fatalf("LiveModules without map_files: %v", r.err)
+			}
+			if findModule(r.mods, exe) == nil {
+				t.Errorf("the target's own executable is missing: %v", moduleNames(r.mods))
+			}
+			for _, m := range r.mods {
+				if strings.Contains(m.Path, "libvictim") {
+					t.Errorf("module %s was read from the %s at its path", m.Path, tc.mode)
+				}
+			}
+			var why error
+			for _, e := range r.skipped {
+				if strings.Contains(e.Error(), "libvictim") {
+					why = e
+				}
+			}
+			if !errors.Is(why, ErrModuleChanged) {
+				t.Errorf("skipped = %v, want an error about libvictim.so wrapping ErrModuleChanged", r.skipped)
+			} else {
+				t.Logf("skipped: %v", why)
+			}
+
+			// As root, map_files reaches the mapped (deleted) file itself.
+			r = read()
+			if r.err != nil {
+				t.Fatalf("LiveModules: %v", r.err)
+			}
+			var m *Module
+			for _, mm := range r.mods {
+				if strings.Contains(mm.Path, "libvictim") {
+					m = mm
+				}
+			}
+			if m == nil || len(m.Spec.Sites) == 0 {
+				t.Fatalf("with map_files the deleted library was not read: %v (skipped %v)", moduleNames(r.mods), r.skipped)
+			}
+		})
+	}
+}
+
+func moduleNames(mods []*Module) []string {
+	var out []string
+	for _, m := range mods {
+		out = append(out, m.Path)
+	}
+	return out
+}
+
+func copyTo(src, dst string, mode os.FileMode) error {
+	data, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(dst, data, mode)
+}
+
+// startNobody runs exe with args as user nobody and waits for its
+// "ready" line; the process is killed at the end of the test.
+func startNobody(t *testing.T, exe string, args ...string) int {
+	t.Helper()
+	cmd := exec.Command(exe, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Credential: &syscall.Credential{Uid: 65534, Gid: 65534},
+		Pdeathsig:  syscall.SIGKILL,
+	}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		stdin.Close()
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	line := make(chan string, 1)
+	go func() {
+		s, _ := bufio.NewReader(stdout).ReadString('\n')
+		line <- s
+		io.Copy(io.Discard, stdout)
+	}()
+	select {
+	case s := <-line:
+		if s != "ready\n" {
+			t.Fatalf("%s %v: %q, stderr %q", exe, args, s, stderr.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s %v: not ready after 10 s", exe, args)
+	}
+	return cmd.Process.Pid
 }
