@@ -33,6 +33,9 @@ import (
 	"os"
 	"slices"
 	"sort"
+	"strings"
+
+	"golang.org/x/arch/x86/x86asm"
 )
 
 // Limits on lengths read from untrusted files. Real binaries stay far below
@@ -145,6 +148,13 @@ type Site struct {
 	Func int
 	// Table is the section that recorded the site.
 	Table Table
+	// GraphUnsafe, when not "", says why the return address is not at
+	// [rsp] when a thread reaches the site, so that graph mode, which
+	// replaces [rsp] with its return trampoline, must not patch it. gcc
+	// emits "push %r10; nop5; pop %r10" at the entry of a nested function
+	// (-pg -mfentry): [rsp] at the site is then the saved static chain.
+	// Entry-only tracing of such a site is safe.
+	GraphUnsafe string
 }
 
 // Func is one function symbol.
@@ -454,7 +464,72 @@ func (p *parser) site(addr uint64, t Table) (Site, bool) {
 			st.Endbr = p.read(fn.Addr, b[:]) && b == endbr64
 		}
 	}
+	st.GraphUnsafe = p.prologue(&st)
 	return st, true
+}
+
+// maxPrologue is the largest distance between a function's symbol and its
+// site that is decoded.
+const maxPrologue = 32
+
+// prologue returns why the return address is not at [rsp] at site st, or
+// "": it decodes what runs between the function's symbol and the site,
+// where only ENDBR64 (or nothing) may be. Without a symbol it recognizes
+// gcc's nested-function entry by its bytes: push %r10 before the site
+// (and an optional ENDBR64), pop %r10 right after it.
+func (p *parser) prologue(st *Site) string {
+	const why = "return address not at [rsp]: "
+	if st.Func < 0 {
+		var after [2]byte
+		var before [6]byte
+		if st.Addr < 6 || !p.read(st.Addr+5, after[:]) || after != [2]byte{0x41, 0x5a} || !p.read(st.Addr-6, before[:]) {
+			return ""
+		}
+		if [2]byte(before[4:]) == [2]byte{0x41, 0x52} || before == [6]byte{0x41, 0x52, 0xf3, 0x0f, 0x1e, 0xfa} {
+			return why + "push %r10 runs before the site (a gcc nested function)"
+		}
+		return ""
+	}
+	fn := p.spec.Funcs[st.Func]
+	n := st.Addr - fn.Addr
+	if n == 0 {
+		return ""
+	}
+	if n > maxPrologue {
+		return fmt.Sprintf(why+"the site is %d bytes into %s", n, fn.Name)
+	}
+	code := make([]byte, n)
+	if !p.read(fn.Addr, code) {
+		return fmt.Sprintf(why+"the %d bytes before the site cannot be read", n)
+	}
+	var insns []string
+	nested := false
+	for i := 0; i < len(code); {
+		// x86asm decodes ENDBR64 as an unknown instruction (Op 0).
+		if len(code)-i >= 4 && [4]byte(code[i:i+4]) == endbr64 {
+			i += 4
+			continue
+		}
+		in, err := x86asm.Decode(code[i:], 64)
+		if err != nil || in.Len == 0 {
+			insns = append(insns, fmt.Sprintf("undecodable bytes % x", code[i:]))
+			break
+		}
+		text := x86asm.GNUSyntax(in, fn.Addr+uint64(i), nil)
+		if in.Op == x86asm.PUSH && in.Args[0] == x86asm.R10 {
+			nested = true
+		}
+		insns = append(insns, text)
+		i += in.Len
+	}
+	if len(insns) == 0 {
+		return ""
+	}
+	r := why + strings.Join(insns, "; ") + " runs before the site"
+	if nested {
+		r += " (a gcc nested function)"
+	}
+	return r
 }
 
 // read fills b with the file bytes at link-time address addr, which must lie
