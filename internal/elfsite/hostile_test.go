@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -473,4 +474,90 @@ func startNobody(t *testing.T, exe string, args ...string) int {
 		t.Fatalf("%s %v: not ready after 10 s", exe, args)
 	}
 	return cmd.Process.Pid
+}
+
+// TestChrootWithoutMapFiles: a program chrooted, in its own mount and pid
+// namespaces, onto a tmpfs that only its mount namespace has. Without
+// map_files (a tracer with CAP_SYS_PTRACE only), its modules are found
+// inside its root (/proc/PID/root), although /proc/PID/maps shows their
+// paths with the chroot directory in front, and are the files mapped.
+func TestChrootWithoutMapFiles(t *testing.T) {
+	testtarget.RequireRoot(t)
+	var tools []string
+	for _, name := range []string{"unshare", "chroot", "ldd", "sh"} {
+		tools = append(tools, needTool(t, name))
+	}
+	const inside = "/ltchroot/simple"
+	exe := testtarget.Build(t, testtarget.Simple, testtarget.ClangNop5)
+	stage, root := t.TempDir(), t.TempDir()
+	files := []string{exe}
+	out, err := exec.Command(tools[2], exe).Output()
+	if err != nil {
+		t.Fatalf("ldd %s: %v", exe, err)
+	}
+	for _, l := range strings.Split(string(out), "\n") {
+		f := strings.Fields(l)
+		for i, w := range f {
+			if strings.HasPrefix(w, "/") && (i == 0 || f[i-1] == "=>") {
+				files = append(files, w)
+			}
+		}
+	}
+	for i, src := range files {
+		dst := src
+		if i == 0 {
+			dst = inside
+		}
+		p := filepath.Join(stage, dst)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := copyTo(src, p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := testtarget.Start(t, tools[0], "--mount", "--pid", "--fork", "--kill-child", tools[3], "-c",
+		`mount -t tmpfs -o mode=0755 livetrace-test "$1" && cp -a "$2"/. "$1"/ && exec "$3" "$1" "$4" loop`,
+		"sh", root, stage, tools[1], inside)
+	if _, err := p.Expect("ready", 10*time.Second); err != nil {
+		t.Fatalf("start the chroot: %v; stderr: %s", err, p.Stderr())
+	}
+	var pid int
+	for deadline := time.Now().Add(10 * time.Second); pid == 0; time.Sleep(10 * time.Millisecond) {
+		b, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(p.Pid()), "task", strconv.Itoa(p.Pid()), "children"))
+		if f := strings.Fields(string(b)); len(f) == 1 {
+			if l, _ := os.Readlink("/proc/" + f[0] + "/exe"); strings.HasSuffix(l, inside) {
+				pid, _ = strconv.Atoi(f[0])
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the chrooted program did not start")
+		}
+	}
+	useMapFiles = false
+	defer func() { useMapFiles = true }()
+	mods, skipped, err := LiveModulesSkipped(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range skipped {
+		t.Errorf("skipped: %v", e)
+	}
+	var m *Module
+	for _, mm := range mods {
+		t.Logf("module %s: %d sites", mm.Path, len(mm.Spec.Sites))
+		if strings.HasSuffix(mm.Path, inside) {
+			m = mm
+		}
+	}
+	if m == nil || len(m.Spec.Sites) == 0 {
+		t.Fatalf("the chrooted program's sites were not read: %v", moduleNames(mods))
+	}
+	if _, err := os.Stat(m.Path); err == nil {
+		t.Errorf("the host has a file at %s: the test cannot tell how it was read", m.Path)
+	}
+	live, err := ReadSiteBytes(pid, []uint64{m.Runtime(m.Spec.Sites[0].Addr)})
+	if err != nil || live[0] != m.Spec.Sites[0].Bytes {
+		t.Errorf("live bytes % x (%v), the file has % x", live, err, m.Spec.Sites[0].Bytes)
+	}
 }

@@ -175,45 +175,79 @@ var useMapFiles = true
 // it reopened for reading through /proc/self/fd.
 func OpenMappedFile(pid int, m proc.Mapping) (*os.File, error) {
 	what := fmt.Sprintf("open module %s of pid %d", m.Path, pid)
-	fd := -1
-	var err error
 	if useMapFiles {
-		fd, err = unix.Open(fmt.Sprintf("/proc/%d/map_files/%x-%x", pid, m.Start, m.End), unix.O_PATH|unix.O_CLOEXEC, 0)
-	}
-	if fd < 0 {
-		fd, err = openInRoot(pid, strings.TrimSuffix(m.Path, " (deleted)"))
-	}
-	if err != nil {
-		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ELOOP) || errors.Is(err, unix.EXDEV) || errors.Is(err, unix.ENOTDIR) {
-			if _, serr := os.Stat(fmt.Sprintf("/proc/%d", pid)); serr != nil {
-				return nil, proc.ProcError(pid, serr)
-			}
-			if m.Deleted() {
-				return nil, fmt.Errorf("%s: %w: it was deleted, and only root (CAP_SYS_ADMIN) can open deleted files through /proc/%d/map_files", what, ErrModuleChanged, pid)
-			}
-			return nil, fmt.Errorf("%s: %w: %v (run livetrace as root to read it through /proc/%d/map_files)", what, ErrModuleChanged, err, pid)
+		fd, err := unix.Open(fmt.Sprintf("/proc/%d/map_files/%x-%x", pid, m.Start, m.End), unix.O_PATH|unix.O_CLOEXEC, 0)
+		if err == nil {
+			return verifyAndOpen(pid, m, fd, what)
 		}
-		return nil, proc.ProcError(pid, err)
 	}
+	var err error
+	for _, path := range rootPaths(pid, strings.TrimSuffix(m.Path, " (deleted)")) {
+		var fd int
+		fd, err = openInRoot(pid, path)
+		if err != nil {
+			err = openError(pid, m, err, what)
+		} else {
+			var f *os.File
+			if f, err = verifyAndOpen(pid, m, fd, what); err == nil {
+				return f, nil
+			}
+		}
+		if !errors.Is(err, ErrModuleChanged) {
+			break
+		}
+	}
+	return nil, err
+}
+
+// rootPaths returns the paths under which to look for the mapped file path
+// in process pid's root. The kernel shows the path of a mapping relative to
+// the root of the reader of /proc/PID/maps when it can, so the mappings of
+// a process chrooted into /srv/ct read "/srv/ct/lib/libc.so.6", and that
+// file is "/lib/libc.so.6" in its root: both are tried (the file opened is
+// checked against the mapping whatever the path).
+func rootPaths(pid int, path string) []string {
+	paths := []string{path}
+	if root, err := os.Readlink(fmt.Sprintf("/proc/%d/root", pid)); err == nil && root != "/" && strings.HasPrefix(path, root+"/") {
+		paths = append(paths, path[len(root):])
+	}
+	return paths
+}
+
+// openError turns a failure to open the mapped file of m into an error
+// that says what to do.
+func openError(pid int, m proc.Mapping, err error, what string) error {
+	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ELOOP) || errors.Is(err, unix.EXDEV) || errors.Is(err, unix.ENOTDIR) {
+		if _, serr := os.Stat(fmt.Sprintf("/proc/%d", pid)); serr != nil {
+			return proc.ProcError(pid, serr)
+		}
+		if m.Deleted() {
+			return fmt.Errorf("%s: %w: it was deleted, and only root (CAP_SYS_ADMIN) can open deleted files through /proc/%d/map_files", what, ErrModuleChanged, pid)
+		}
+		return fmt.Errorf("%s: %w: %v (run livetrace as root to read it through /proc/%d/map_files)", what, ErrModuleChanged, err, pid)
+	}
+	return proc.ProcError(pid, err)
+}
+
+// verifyAndOpen checks that the O_PATH descriptor fd (which it closes) is
+// the regular file mapped by m, and opens it for reading.
+func verifyAndOpen(pid int, m proc.Mapping, fd int, what string) (*os.File, error) {
+	defer unix.Close(fd)
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
-		unix.Close(fd)
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		unix.Close(fd)
 		return nil, fmt.Errorf("%s: %w: it is now %s, not a regular file", what, ErrModuleChanged, fileType(st.Mode))
 	}
 	if !sameFile(m, &st) {
-		unix.Close(fd)
 		return nil, fmt.Errorf("%s: %w: it is device %02x:%02x inode %d, the mapping is of %s inode %d "+
 			"(the file was replaced, or lives on a file system such as overlayfs that shows other numbers: run livetrace as root to read it through /proc/%d/map_files)",
 			what, ErrModuleChanged, unix.Major(st.Dev), unix.Minor(st.Dev), st.Ino, m.Dev, m.Inode, pid)
 	}
-	// Reopen for reading: the fd is a verified regular file, so this can
+	// Reopen for reading: fd is a verified regular file, so this can
 	// neither block nor reach another file.
 	rfd, err := unix.Open(fmt.Sprintf("/proc/self/fd/%d", fd), unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
-	unix.Close(fd)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
