@@ -46,7 +46,9 @@ dynamic symbol covers are named by address (0x1234).
 With --json the output is one JSON array of objects with the fields
 function, symbol (mangled name), module (path), address ("0x..."; runtime
 address with -p, link-time address otherwise), symbol_address, size, form
-(nop5, sled or unknown), endbr, bytes (hex) and, with -p, state. Sites of
+(nop5, sled or unknown), endbr, bytes (hex), with -p state, and
+graph_unsafe when --graph will not trace the function (why; entry mode
+does), which the table shows as a NOTE. Sites of
 form unknown hold bytes livetrace does not recognize and will not patch;
 they are listed, in JSON too, and a warning goes to stderr.
 
@@ -91,6 +93,9 @@ type listRow struct {
 	Endbr         bool   `json:"endbr"`
 	Bytes         string `json:"bytes"`
 	State         string `json:"state,omitempty"`
+	// GraphUnsafe says why --graph does not trace the function (entry
+	// mode does).
+	GraphUnsafe string `json:"graph_unsafe,omitempty"`
 
 	raw []string // every name, plain and mangled, of every alias, for globs
 }
@@ -184,9 +189,12 @@ func (o *listOptions) fileRows() ([]listRow, error) {
 // pidRows lists the sites of every module of process o.pid at their runtime
 // addresses, and returns how many modules it read.
 func (o *listOptions) pidRows() ([]listRow, int, error) {
-	mods, err := elfsite.LiveModules(o.pid)
+	mods, skipped, err := elfsite.LiveModulesSkipped(o.pid)
 	if err != nil {
 		return nil, 0, err
+	}
+	for _, e := range skipped {
+		fmt.Fprintf(o.stderr, "warning: module skipped: %v\n", e)
 	}
 	var rows []listRow
 	var patchable bool
@@ -250,6 +258,8 @@ func specRows(spec *elfsite.Spec, module string, bias uint64) []listRow {
 			Form:     st.Form.String(),
 			Endbr:    st.Endbr,
 			Bytes:    hex.EncodeToString(st.Bytes[:]),
+
+			GraphUnsafe: st.GraphUnsafe,
 		}
 		r.raw = append(r.raw, r.Function)
 		for i, f := range spec.Aliases(st.Func) {
@@ -377,11 +387,21 @@ func (o *listOptions) writeTable(rows []listRow) error {
 	if o.pid != 0 {
 		header += "\tSTATE"
 	}
+	notes := false
+	for _, r := range rows {
+		notes = notes || r.GraphUnsafe != ""
+	}
+	if notes {
+		header += "\tNOTE"
+	}
 	fmt.Fprintln(w, header)
 	for _, r := range rows {
 		fmt.Fprintf(w, "%s\t%s\t0x%x\t%s", r.Function, baseName(r.Module), uint64(r.Address), r.Form)
 		if o.pid != 0 {
 			fmt.Fprintf(w, "\t%s", r.State)
+		}
+		if r.GraphUnsafe != "" {
+			fmt.Fprintf(w, "\tnot traced with --graph: %s", r.GraphUnsafe)
 		}
 		fmt.Fprintln(w)
 	}

@@ -153,6 +153,9 @@ func (o *recordOptions) run() error {
 	mode, why := s.Mode()
 	ps := s.PatchStats()
 	fmt.Fprintf(o.stderr, "livetrace: tracing %d functions in PID %d\n", s.Functions(), s.Pid())
+	if r := s.Refused(); len(r) > 0 {
+		fmt.Fprintf(o.stderr, "livetrace: %s not traced in graph mode (entry mode traces them), e.g. %s: %s\n", plural(len(r), "function"), r[0].Name, r[0].Reason)
+	}
 	if mode == textpoke.ModeStop {
 		fmt.Fprintf(o.stderr, "livetrace: stop mode (%s): the process was stopped for %v\n", why, ps.Paused.Round(time.Microsecond))
 	}

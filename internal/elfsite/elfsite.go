@@ -33,18 +33,35 @@ import (
 	"os"
 	"slices"
 	"sort"
+	"strings"
+
+	"golang.org/x/arch/x86/x86asm"
 )
 
 // Limits on lengths read from untrusted files. Real binaries stay far below
 // them; a hostile file cannot make Parse allocate more than a few of these.
+//
+// No section is read beyond the file's size, and compressed sections are
+// never read (a few KiB of zlib can claim a GiB). Symbol names are not
+// copied: every name is a substring of the string table, read once
+// (symbols.go), so that thousands of symbols naming one long string cost
+// nothing more than the table itself.
 const (
-	maxTableSize  = 64 << 20  // bytes of one site table (8M sites)
-	maxRelaSize   = 256 << 20 // bytes of one SHT_RELA section
-	maxSymtabSize = 512 << 20 // bytes of .symtab or .dynsym
-	maxNoteSize   = 1 << 20   // bytes of a build-id note section
-	maxLoads      = 4096      // PT_LOAD segments
-	maxSections   = 1 << 16   // section headers
+	maxTableSize     = 64 << 20  // bytes of one site table (8M sites)
+	maxRelaSize      = 256 << 20 // bytes of one SHT_RELA section
+	maxSymtabSize    = 512 << 20 // bytes of .symtab or .dynsym
+	maxStrtabSize    = 512 << 20 // bytes of .strtab or .dynstr
+	maxNoteSize      = 1 << 20   // bytes of a build-id note section
+	maxLoads         = 4096      // PT_LOAD segments
+	maxSections      = 1 << 16   // section headers
+	maxShstrtabSize  = 1 << 20   // bytes of the section-name table
+	maxSectionNames  = 16 << 20  // bytes of all section names together
+	maxSectionHeader = 1 << 10   // e_shentsize
 )
+
+// maxSymbols caps the entries of the symbol table read (a variable for
+// tests). A big C++ program has a few million.
+var maxSymbols = 1 << 23
 
 // recoverPanics is turned off by the fuzz test, so that a panic in our own
 // code or in debug/elf shows up as a crash rather than as an error.
@@ -131,6 +148,13 @@ type Site struct {
 	Func int
 	// Table is the section that recorded the site.
 	Table Table
+	// GraphUnsafe, when not "", says why the return address is not at
+	// [rsp] when a thread reaches the site, so that graph mode, which
+	// replaces [rsp] with its return trampoline, must not patch it. gcc
+	// emits "push %r10; nop5; pop %r10" at the entry of a nested function
+	// (-pg -mfentry): [rsp] at the site is then the saved static chain.
+	// Entry-only tracing of such a site is safe.
+	GraphUnsafe string
 }
 
 // Func is one function symbol.
@@ -217,6 +241,10 @@ func Parse(r io.ReaderAt, path string) (spec *Spec, err error) {
 	if c := elf.Class(ident[elf.EI_CLASS]); c != elf.ELFCLASS64 {
 		return nil, fmt.Errorf("read %s: %w, this one is 32-bit (%s)", path, ErrUnsupported, c)
 	}
+	size := readerSize(r)
+	if err := preflight(r, size); err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
 	f, err := elf.NewFile(r)
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w: %v", path, ErrMalformed, err)
@@ -237,7 +265,7 @@ func Parse(r io.ReaderAt, path string) (spec *Spec, err error) {
 	if len(f.Progs) > maxLoads || len(f.Sections) > maxSections {
 		return nil, fmt.Errorf("read %s: %w: too many program or section headers", path, ErrMalformed)
 	}
-	p := &parser{f: f, r: r, size: readerSize(r), spec: &Spec{Path: path, Type: f.Type}}
+	p := &parser{f: f, r: r, size: size, spec: &Spec{Path: path, Type: f.Type}}
 	for _, ph := range f.Progs {
 		if ph.Type == elf.PT_LOAD {
 			p.spec.Loads = append(p.spec.Loads, Load{Vaddr: ph.Vaddr, Offset: ph.Off, Filesz: ph.Filesz, Memsz: ph.Memsz, Flags: ph.Flags})
@@ -304,7 +332,7 @@ type parser struct {
 	size int64 // of the file, or -1 when unknown
 	spec *Spec
 
-	relocSyms map[uint32][]elf.Symbol // by symbol table section index
+	relocSyms map[uint32][]byte // raw Elf64_Sym entries, by symbol table section index
 
 	// chunk caches file bytes for reading site bytes in address order.
 	chunk    []byte
@@ -312,10 +340,13 @@ type parser struct {
 }
 
 // sectionData returns a section's contents, refusing sizes above limit or
-// above the file's size (unless the section is compressed).
+// above the file's size, and compressed sections.
 func (p *parser) sectionData(s *elf.Section, limit uint64) ([]byte, error) {
 	if s.Type == elf.SHT_NOBITS {
 		return nil, nil
+	}
+	if s.Flags&elf.SHF_COMPRESSED != 0 {
+		return nil, fmt.Errorf("%w: section %s is compressed: livetrace reads only uncompressed symbol and site tables (only debug sections are compressed by the usual tools)", ErrMalformed, s.Name)
 	}
 	if err := p.checkSize(s, limit); err != nil {
 		return nil, err
@@ -330,7 +361,7 @@ func (p *parser) sectionData(s *elf.Section, limit uint64) ([]byte, error) {
 // checkSize returns an error when section s claims more than limit bytes, or
 // more than the whole file holds.
 func (p *parser) checkSize(s *elf.Section, limit uint64) error {
-	if p.size >= 0 && s.Flags&elf.SHF_COMPRESSED == 0 {
+	if p.size >= 0 {
 		limit = min(limit, uint64(p.size))
 	}
 	if s.Size > limit {
@@ -433,7 +464,72 @@ func (p *parser) site(addr uint64, t Table) (Site, bool) {
 			st.Endbr = p.read(fn.Addr, b[:]) && b == endbr64
 		}
 	}
+	st.GraphUnsafe = p.prologue(&st)
 	return st, true
+}
+
+// maxPrologue is the largest distance between a function's symbol and its
+// site that is decoded.
+const maxPrologue = 32
+
+// prologue returns why the return address is not at [rsp] at site st, or
+// "": it decodes what runs between the function's symbol and the site,
+// where only ENDBR64 (or nothing) may be. Without a symbol it recognizes
+// gcc's nested-function entry by its bytes: push %r10 before the site
+// (and an optional ENDBR64), pop %r10 right after it.
+func (p *parser) prologue(st *Site) string {
+	const why = "return address not at [rsp]: "
+	if st.Func < 0 {
+		var after [2]byte
+		var before [6]byte
+		if st.Addr < 6 || !p.read(st.Addr+5, after[:]) || after != [2]byte{0x41, 0x5a} || !p.read(st.Addr-6, before[:]) {
+			return ""
+		}
+		if [2]byte(before[4:]) == [2]byte{0x41, 0x52} || before == [6]byte{0x41, 0x52, 0xf3, 0x0f, 0x1e, 0xfa} {
+			return why + "push %r10 runs before the site (a gcc nested function)"
+		}
+		return ""
+	}
+	fn := p.spec.Funcs[st.Func]
+	n := st.Addr - fn.Addr
+	if n == 0 {
+		return ""
+	}
+	if n > maxPrologue {
+		return fmt.Sprintf(why+"the site is %d bytes into %s", n, fn.Name)
+	}
+	code := make([]byte, n)
+	if !p.read(fn.Addr, code) {
+		return fmt.Sprintf(why+"the %d bytes before the site cannot be read", n)
+	}
+	var insns []string
+	nested := false
+	for i := 0; i < len(code); {
+		// x86asm decodes ENDBR64 as an unknown instruction (Op 0).
+		if len(code)-i >= 4 && [4]byte(code[i:i+4]) == endbr64 {
+			i += 4
+			continue
+		}
+		in, err := x86asm.Decode(code[i:], 64)
+		if err != nil || in.Len == 0 {
+			insns = append(insns, fmt.Sprintf("undecodable bytes % x", code[i:]))
+			break
+		}
+		text := x86asm.GNUSyntax(in, fn.Addr+uint64(i), nil)
+		if in.Op == x86asm.PUSH && in.Args[0] == x86asm.R10 {
+			nested = true
+		}
+		insns = append(insns, text)
+		i += in.Len
+	}
+	if len(insns) == 0 {
+		return ""
+	}
+	r := why + strings.Join(insns, "; ") + " runs before the site"
+	if nested {
+		r += " (a gcc nested function)"
+	}
+	return r
 }
 
 // read fills b with the file bytes at link-time address addr, which must lie
@@ -507,8 +603,8 @@ func (p *parser) relocate(tables []*table) error {
 				switch si := info >> 32; {
 				case si == 0:
 					t.vals[k] = addend
-				case si-1 < uint64(len(syms)) && syms[si-1].Section != elf.SHN_UNDEF:
-					t.vals[k] = syms[si-1].Value + addend
+				case si < uint64(len(syms)/symSize) && symSection(syms, si) != elf.SHN_UNDEF:
+					t.vals[k] = symValue(syms, si) + addend
 				default:
 					t.vals[k] = 0
 					p.spec.Skipped++
@@ -519,26 +615,22 @@ func (p *parser) relocate(tables []*table) error {
 	return nil
 }
 
-// relocSymbols returns the symbols (without the null symbol 0) of the
-// symbol table at section index link, or nil. Results are cached.
-func (p *parser) relocSymbols(link uint32) []elf.Symbol {
+// relocSymbols returns the raw Elf64_Sym entries (the null symbol 0
+// included) of the symbol table at section index link, or nil. Names are
+// not read. Results are cached.
+func (p *parser) relocSymbols(link uint32) []byte {
 	if syms, ok := p.relocSyms[link]; ok {
 		return syms
 	}
-	var syms []elf.Symbol
+	var syms []byte
 	if int(link) < len(p.f.Sections) {
 		ls := p.f.Sections[link]
-		if p.checkSize(ls, maxSymtabSize) == nil {
-			switch ls.Type {
-			case elf.SHT_DYNSYM:
-				syms, _ = p.f.DynamicSymbols()
-			case elf.SHT_SYMTAB:
-				syms, _ = p.f.Symbols()
-			}
+		if ls.Type == elf.SHT_DYNSYM || ls.Type == elf.SHT_SYMTAB {
+			syms, _ = p.sectionData(ls, maxSymtabSize)
 		}
 	}
 	if p.relocSyms == nil {
-		p.relocSyms = map[uint32][]elf.Symbol{}
+		p.relocSyms = map[uint32][]byte{}
 	}
 	p.relocSyms[link] = syms
 	return syms
@@ -574,4 +666,107 @@ func (p *parser) buildID() string {
 		}
 	}
 	return ""
+}
+
+// preflight reads the ELF and section headers of r itself and refuses what
+// would make debug/elf allocate far more than the file holds while it opens
+// the file: debug/elf copies every section name in full, so a few thousand
+// section headers that name one long string cost gigabytes, and it
+// decompresses a compressed section-name table whatever size it claims.
+// size is the file's size, or -1. Anything else odd is left to
+// elf.NewFile, which reports it.
+func preflight(r io.ReaderAt, size int64) error {
+	var eh [64]byte
+	if n, _ := r.ReadAt(eh[:], 0); n < len(eh) {
+		return fmt.Errorf("%w: the ELF header is truncated", ErrMalformed)
+	}
+	le := binary.LittleEndian
+	shoff := le.Uint64(eh[0x28:])
+	shentsize := uint64(le.Uint16(eh[0x3a:]))
+	shnum := uint64(le.Uint16(eh[0x3c:]))
+	shstrndx := uint64(le.Uint16(eh[0x3e:]))
+	if shoff == 0 || shentsize < 64 {
+		return nil
+	}
+	if shentsize > maxSectionHeader {
+		return fmt.Errorf("%w: section headers of %d bytes", ErrMalformed, shentsize)
+	}
+	limit := uint64(1<<63 - 1)
+	if size >= 0 {
+		limit = uint64(size)
+	}
+	header := func(i uint64) ([]byte, error) {
+		b := make([]byte, 64)
+		off := shoff + i*shentsize
+		if off < shoff || off > limit || limit-off < 64 {
+			return nil, fmt.Errorf("%w: section header %d lies beyond the end of the file", ErrMalformed, i)
+		}
+		if n, _ := r.ReadAt(b, int64(off)); n < len(b) {
+			return nil, fmt.Errorf("%w: section header %d is truncated", ErrMalformed, i)
+		}
+		return b, nil
+	}
+	if shnum == 0 || shstrndx == uint64(elf.SHN_XINDEX) {
+		// Extended numbering: the real counts are in section header 0.
+		h0, err := header(0)
+		if err != nil {
+			return err
+		}
+		if shnum == 0 {
+			shnum = le.Uint64(h0[0x20:])
+		}
+		if shstrndx == uint64(elf.SHN_XINDEX) {
+			shstrndx = uint64(le.Uint32(h0[0x28:]))
+		}
+	}
+	if shnum > maxSections {
+		return fmt.Errorf("%w: %d section headers, more than the %d livetrace reads", ErrMalformed, shnum, maxSections)
+	}
+	if shnum == 0 || shstrndx == 0 || shstrndx >= shnum {
+		return nil
+	}
+	if shnum*shentsize > limit || shoff > limit-shnum*shentsize {
+		return fmt.Errorf("%w: the section headers lie beyond the end of the file", ErrMalformed)
+	}
+	sh := make([]byte, shnum*shentsize)
+	if n, _ := r.ReadAt(sh, int64(shoff)); n < len(sh) {
+		return fmt.Errorf("%w: the section headers are truncated", ErrMalformed)
+	}
+	str := sh[shstrndx*shentsize:]
+	if elf.SectionType(le.Uint32(str[4:])) == elf.SHT_NOBITS {
+		return nil
+	}
+	if elf.SectionFlag(le.Uint64(str[8:]))&elf.SHF_COMPRESSED != 0 {
+		return fmt.Errorf("%w: the section-name table is compressed", ErrMalformed)
+	}
+	off, n := le.Uint64(str[0x18:]), le.Uint64(str[0x20:])
+	if n > maxShstrtabSize || n > limit || off > limit-n {
+		return fmt.Errorf("%w: the section-name table claims %d bytes at offset %d, beyond the file or above %d", ErrMalformed, n, off, maxShstrtabSize)
+	}
+	tab := make([]byte, n)
+	if got, _ := r.ReadAt(tab, int64(off)); uint64(got) < n {
+		return fmt.Errorf("%w: the section-name table is truncated", ErrMalformed)
+	}
+	// nul[i] is the index of the first NUL at or after i (n: none); a name
+	// without one is read as "" by debug/elf, which costs nothing.
+	nul := make([]uint32, n+1)
+	nul[n] = uint32(n)
+	for i := int(n) - 1; i >= 0; i-- {
+		if tab[i] == 0 {
+			nul[i] = uint32(i)
+		} else {
+			nul[i] = nul[i+1]
+		}
+	}
+	var total uint64
+	for i := range shnum {
+		name := uint64(le.Uint32(sh[i*shentsize:]))
+		if name < n && nul[name] < uint32(n) {
+			total += uint64(nul[name]) - name
+		}
+	}
+	if total > maxSectionNames {
+		return fmt.Errorf("%w: the section names add up to %d bytes (%d sections), more than the %d livetrace reads", ErrMalformed, total, shnum, maxSectionNames)
+	}
+	return nil
 }

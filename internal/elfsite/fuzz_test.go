@@ -9,6 +9,14 @@ import (
 	"github.com/livetrace/livetrace/internal/testtarget"
 )
 
+// The memory budget of one Parse in FuzzParse: a base plus a multiple of
+// the input's size (a Func costs about 60 bytes per 24-byte symbol, a Site
+// about 50 per 8-byte table entry, plus the demangled names).
+const (
+	fuzzAllocBase    = 48 << 20
+	fuzzAllocPerByte = 16
+)
+
 // FuzzParse feeds Parse arbitrary bytes. Panics are not recovered here, so
 // that a crash in debug/elf or in our code fails the fuzz run. The corpus in
 // testdata/fuzz/FuzzParse holds small fixture binaries; more seeds are the
@@ -30,7 +38,14 @@ func FuzzParse(f *testing.F) {
 	}
 	f.Add(elf32Header())
 	f.Fuzz(func(t *testing.T, data []byte) {
-		spec, err := Parse(bytes.NewReader(data), "fuzz")
+		// Memory budget: a hostile file must not make Parse allocate much
+		// more than its own size (see the limits in elfsite.go).
+		var spec *Spec
+		var err error
+		alloc := allocDuring(func() { spec, err = Parse(bytes.NewReader(data), "fuzz") })
+		if budget := uint64(fuzzAllocBase + fuzzAllocPerByte*len(data)); alloc > budget {
+			t.Fatalf("Parse allocated %d bytes for a %d-byte input, budget %d", alloc, len(data), budget)
+		}
 		if err != nil {
 			return
 		}

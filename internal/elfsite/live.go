@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/livetrace/livetrace/internal/proc"
 )
@@ -43,52 +46,52 @@ func (m *Module) Name() string {
 // LiveModules returns every file-backed ELF module of process pid that has
 // an executable mapping, in address order. Modules without sites are
 // included (their Spec.Sites is empty); the vDSO is skipped, and so are
-// mapped files that are not ELF, malformed, not x86-64, or do not match
-// their mappings, unless no module
-// is left, in which case the first such error is returned. Errors from [proc.ReadMaps] (no such process,
-// permission, kernel thread) are returned as they are.
+// mapped files that are not ELF, malformed, not x86-64, do not match their
+// mappings, or cannot be shown to be the file mapped ([ErrModuleChanged]),
+// unless no module is left, in which case the first such error is
+// returned. Errors from [proc.ReadMaps] (no such process, permission,
+// kernel thread) are returned as they are. [LiveModulesSkipped] also says
+// which modules were skipped and why.
 //
-// Each file is opened through /proc/PID/map_files/START-END, which reaches
-// the very file the process mapped even when it has been deleted or
-// replaced on disk (this needs CAP_SYS_ADMIN), and otherwise through
-// /proc/PID/root/PATH.
+// Each file is opened with [OpenMappedFile].
 func LiveModules(pid int) ([]*Module, error) {
+	mods, _, err := LiveModulesSkipped(pid)
+	return mods, err
+}
+
+// LiveModulesSkipped is [LiveModules], and also returns one error per
+// mapped file that was skipped, saying why.
+func LiveModulesSkipped(pid int) (mods []*Module, skipped []error, err error) {
 	maps, err := proc.ReadMaps(pid)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	var mods []*Module
-	var badFile error
 	for _, g := range groupMappings(maps) {
 		if !hasExec(g) {
 			continue
 		}
 		spec, err := openMapped(pid, g)
-		if errors.Is(err, ErrNotELF) || errors.Is(err, ErrMalformed) || errors.Is(err, ErrUnsupported) {
+		if errors.Is(err, ErrNotELF) || errors.Is(err, ErrMalformed) || errors.Is(err, ErrUnsupported) || errors.Is(err, ErrModuleChanged) {
 			// One odd file the process mapped must not keep us from
 			// tracing the rest of it.
-			if badFile == nil {
-				badFile = err
-			}
+			skipped = append(skipped, err)
 			continue
 		}
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		bias, err := computeBias(spec, g)
 		if err != nil {
-			if badFile == nil {
-				badFile = fmt.Errorf("map module %s of pid %d: %w", g[0].Path, pid, err)
-			}
+			skipped = append(skipped, fmt.Errorf("map module %s of pid %d: %w", g[0].Path, pid, err))
 			continue
 		}
 		mods = append(mods, &Module{Path: g[0].Path, Bias: bias, Spec: spec, Mappings: g})
 	}
-	if len(mods) == 0 && badFile != nil {
+	if len(mods) == 0 && len(skipped) > 0 {
 		// Nothing usable at all, as in a 32-bit process: say why.
-		return nil, badFile
+		return nil, skipped, skipped[0]
 	}
-	return mods, nil
+	return mods, skipped, nil
 }
 
 // groupMappings splits the file-backed mappings into one group per mapped
@@ -133,18 +136,9 @@ func hasExec(g []proc.Mapping) bool {
 // openMapped parses the file behind the mappings g of process pid.
 func openMapped(pid int, g []proc.Mapping) (*Spec, error) {
 	m := g[0]
-	f, err := os.Open(fmt.Sprintf("/proc/%d/map_files/%x-%x", pid, m.Start, m.End))
+	f, err := OpenMappedFile(pid, m)
 	if err != nil {
-		f, err = os.Open(fmt.Sprintf("/proc/%d/root%s", pid, strings.TrimSuffix(m.Path, " (deleted)")))
-	}
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			if _, serr := os.Stat(fmt.Sprintf("/proc/%d", pid)); serr != nil {
-				return nil, proc.ProcError(pid, serr)
-			}
-			return nil, fmt.Errorf("open module %s of pid %d: %w: it was deleted, and only root can open deleted files through /proc/%d/map_files", m.Path, pid, err, pid)
-		}
-		return nil, proc.ProcError(pid, err)
+		return nil, err
 	}
 	defer f.Close()
 	spec, err := Parse(f, m.Path)
@@ -152,6 +146,172 @@ func openMapped(pid int, g []proc.Mapping) (*Spec, error) {
 		return nil, fmt.Errorf("read module of pid %d: %w", pid, err)
 	}
 	return spec, nil
+}
+
+// ErrModuleChanged means the file found at a mapped path is not the file
+// the process mapped (another file, a FIFO, a symlink, a device...): the
+// module is skipped.
+var ErrModuleChanged = errors.New("the file at the mapped path is not the file the process mapped")
+
+// useMapFiles is turned off by tests to take the path of a tracer that has
+// CAP_SYS_PTRACE but not CAP_SYS_ADMIN.
+var useMapFiles = true
+
+// OpenMappedFile opens, read-only, the very file that process pid mapped
+// at m, and returns ErrModuleChanged (wrapped) when it cannot be sure it
+// did.
+//
+// The path in /proc/PID/maps is the target's to control: it can delete the
+// file and put a FIFO there (an open would block forever), a symlink to a
+// file only root may read, a device, or another ELF file. So the file is
+// never opened by that path in the tracer's own namespace. It is reached
+// through /proc/PID/map_files/START-END, which is the mapped file itself
+// even when deleted (the kernel requires CAP_SYS_ADMIN for it), and
+// otherwise by resolving the path inside the target's root
+// (/proc/PID/root) with openat2 RESOLVE_IN_ROOT|RESOLVE_NO_MAGICLINKS and
+// O_NOFOLLOW. Either way it is first opened with O_PATH, which neither
+// blocks nor has side effects on any file type; it must then be a regular
+// file whose device and inode are those of the maps row, and only then is
+// it reopened for reading through /proc/self/fd.
+func OpenMappedFile(pid int, m proc.Mapping) (*os.File, error) {
+	what := fmt.Sprintf("open module %s of pid %d", m.Path, pid)
+	if useMapFiles {
+		fd, err := unix.Open(fmt.Sprintf("/proc/%d/map_files/%x-%x", pid, m.Start, m.End), unix.O_PATH|unix.O_CLOEXEC, 0)
+		if err == nil {
+			return verifyAndOpen(pid, m, fd, what)
+		}
+	}
+	var err error
+	for _, path := range rootPaths(pid, strings.TrimSuffix(m.Path, " (deleted)")) {
+		var fd int
+		fd, err = openInRoot(pid, path)
+		if err != nil {
+			err = openError(pid, m, err, what)
+		} else {
+			var f *os.File
+			if f, err = verifyAndOpen(pid, m, fd, what); err == nil {
+				return f, nil
+			}
+		}
+		if !errors.Is(err, ErrModuleChanged) {
+			break
+		}
+	}
+	return nil, err
+}
+
+// rootPaths returns the paths under which to look for the mapped file path
+// in process pid's root. The kernel shows the path of a mapping relative to
+// the root of the reader of /proc/PID/maps when it can, so the mappings of
+// a process chrooted into /srv/ct read "/srv/ct/lib/libc.so.6", and that
+// file is "/lib/libc.so.6" in its root: both are tried (the file opened is
+// checked against the mapping whatever the path).
+func rootPaths(pid int, path string) []string {
+	paths := []string{path}
+	if root, err := os.Readlink(fmt.Sprintf("/proc/%d/root", pid)); err == nil && root != "/" && strings.HasPrefix(path, root+"/") {
+		paths = append(paths, path[len(root):])
+	}
+	return paths
+}
+
+// openError turns a failure to open the mapped file of m into an error
+// that says what to do.
+func openError(pid int, m proc.Mapping, err error, what string) error {
+	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ELOOP) || errors.Is(err, unix.EXDEV) || errors.Is(err, unix.ENOTDIR) {
+		if _, serr := os.Stat(fmt.Sprintf("/proc/%d", pid)); serr != nil {
+			return proc.ProcError(pid, serr)
+		}
+		if m.Deleted() {
+			return fmt.Errorf("%s: %w: it was deleted, and only root (CAP_SYS_ADMIN) can open deleted files through /proc/%d/map_files", what, ErrModuleChanged, pid)
+		}
+		return fmt.Errorf("%s: %w: %v (run livetrace as root to read it through /proc/%d/map_files)", what, ErrModuleChanged, err, pid)
+	}
+	return proc.ProcError(pid, err)
+}
+
+// verifyAndOpen checks that the O_PATH descriptor fd (which it closes) is
+// the regular file mapped by m, and opens it for reading.
+func verifyAndOpen(pid int, m proc.Mapping, fd int, what string) (*os.File, error) {
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return nil, fmt.Errorf("%s: %w: it is now %s, not a regular file", what, ErrModuleChanged, fileType(st.Mode))
+	}
+	if !sameFile(m, &st) {
+		return nil, fmt.Errorf("%s: %w: it is device %02x:%02x inode %d, the mapping is of %s inode %d "+
+			"(the file was replaced, or lives on a file system such as overlayfs that shows other numbers: run livetrace as root to read it through /proc/%d/map_files)",
+			what, ErrModuleChanged, unix.Major(st.Dev), unix.Minor(st.Dev), st.Ino, m.Dev, m.Inode, pid)
+	}
+	// Reopen for reading: fd is a verified regular file, so this can
+	// neither block nor reach another file.
+	rfd, err := unix.Open(fmt.Sprintf("/proc/self/fd/%d", fd), unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	return os.NewFile(uintptr(rfd), m.Path), nil
+}
+
+// openInRoot opens path, with O_PATH and without following a symlink, as
+// process pid sees it: resolved inside its root directory, so that an
+// absolute symlink on the way stays in the target's (container's) root,
+// and magic links (/proc/self/...) are refused.
+func openInRoot(pid int, path string) (int, error) {
+	root, err := unix.Open(fmt.Sprintf("/proc/%d/root", pid), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	defer unix.Close(root)
+	rel := strings.TrimLeft(path, "/")
+	if rel == "" {
+		return -1, unix.ENOENT
+	}
+	fd, err := unix.Openat2(root, rel, &unix.OpenHow{
+		Flags:   unix.O_PATH | unix.O_NOFOLLOW | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS,
+	})
+	if errors.Is(err, unix.ENOSYS) {
+		// Before Linux 5.6: a symlink on the way may then lead outside
+		// the target's root, but the device and inode check that follows
+		// refuses any file other than the mapped one.
+		fd, err = unix.Openat(root, rel, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	}
+	if err != nil {
+		return -1, err
+	}
+	return fd, nil
+}
+
+// sameFile reports whether st is the file of mapping m: its device (maps
+// shows "major:minor" in hex) and its inode.
+func sameFile(m proc.Mapping, st *unix.Stat_t) bool {
+	maj, min, ok := strings.Cut(m.Dev, ":")
+	if !ok {
+		return false
+	}
+	ma, err1 := strconv.ParseUint(maj, 16, 32)
+	mi, err2 := strconv.ParseUint(min, 16, 32)
+	return err1 == nil && err2 == nil && st.Ino == m.Inode &&
+		uint64(unix.Major(st.Dev)) == ma && uint64(unix.Minor(st.Dev)) == mi
+}
+
+// fileType names the type of a file mode, for errors.
+func fileType(mode uint32) string {
+	switch mode & unix.S_IFMT {
+	case unix.S_IFIFO:
+		return "a FIFO"
+	case unix.S_IFLNK:
+		return "a symlink"
+	case unix.S_IFDIR:
+		return "a directory"
+	case unix.S_IFCHR, unix.S_IFBLK:
+		return "a device"
+	case unix.S_IFSOCK:
+		return "a socket"
+	}
+	return "a special file"
 }
 
 // computeBias returns runtime address minus link-time address for the

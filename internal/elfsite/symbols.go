@@ -3,6 +3,7 @@ package elfsite
 import (
 	"cmp"
 	"debug/elf"
+	"encoding/binary"
 	"fmt"
 	"path"
 	"slices"
@@ -16,11 +17,50 @@ import (
 // maxNameLen caps the length of a symbol name kept from the file.
 const maxNameLen = 4096
 
+// symName returns the name at offset off of the string table strs, a
+// substring of it (no copy), cut to maxNameLen bytes. A name that runs to
+// the end of the table without a NUL is malformed and read as "".
+func symName(strs string, off uint32) string {
+	if uint64(off) >= uint64(len(strs)) {
+		return ""
+	}
+	s := strs[off:]
+	if len(s) > maxNameLen {
+		if i := strings.IndexByte(s[:maxNameLen], 0); i >= 0 {
+			return s[:i]
+		}
+		return s[:maxNameLen]
+	}
+	if i := strings.IndexByte(s, 0); i >= 0 {
+		return s[:i]
+	}
+	return ""
+}
+
+// symSize is the size of one Elf64_Sym.
+const symSize = 24
+
+// symValue and symSection return st_value and st_shndx of entry i of the
+// raw symbol table syms.
+func symValue(syms []byte, i uint64) uint64 {
+	return binary.LittleEndian.Uint64(syms[i*symSize+8:])
+}
+
+func symSection(syms []byte, i uint64) elf.SectionIndex {
+	return elf.SectionIndex(binary.LittleEndian.Uint16(syms[i*symSize+6:]))
+}
+
 // symbols fills spec.Funcs from .symtab, or from .dynsym without one.
+//
+// The entries are read here rather than with debug/elf, which copies every
+// symbol's name in full: a file of a few hundred KiB whose symbols all name
+// one long string would cost gigabytes. Here the string table is read once
+// and each name is a substring of it, cut at maxNameLen; no NUL is searched
+// for beyond that.
 func (p *parser) symbols() error {
-	var syms []elf.Symbol
 	symtab := p.f.Section(".symtab")
-	if symtab == nil {
+	if symtab == nil || symtab.Type != elf.SHT_SYMTAB {
+		symtab = nil
 		for _, s := range p.f.Sections {
 			if s.Type == elf.SHT_SYMTAB {
 				symtab = s
@@ -36,34 +76,59 @@ func (p *parser) symbols() error {
 	if src == nil || src.Type == elf.SHT_NOBITS {
 		return nil
 	}
-	if err := p.checkSize(src, maxSymtabSize); err != nil {
+	data, err := p.sectionData(src, maxSymtabSize)
+	if err != nil {
 		return err
 	}
-	var err error
-	if src.Type == elf.SHT_DYNSYM {
-		syms, err = p.f.DynamicSymbols()
-	} else {
-		syms, err = p.f.Symbols()
+	if len(data)%symSize != 0 {
+		return fmt.Errorf("%w: symbol table %s holds %d bytes, not a multiple of %d", ErrMalformed, src.Name, len(data), symSize)
 	}
-	if err != nil && err != elf.ErrNoSymbols {
-		return fmt.Errorf("%w: read symbols: %v", ErrMalformed, err)
+	if n := len(data)/symSize - 1; n > maxSymbols {
+		return fmt.Errorf("%w: symbol table %s holds %d symbols, more than the %d livetrace reads", ErrMalformed, src.Name, n, maxSymbols)
 	}
-	funcs := make([]Func, 0, len(syms)/2)
-	for _, s := range syms {
-		t := elf.ST_TYPE(s.Info)
-		if t != elf.STT_FUNC && t != elf.STT_GNU_IFUNC || s.Section == elf.SHN_UNDEF || s.Value == 0 || s.Name == "" {
+	if len(data) <= symSize {
+		return nil
+	}
+	if int(src.Link) >= len(p.f.Sections) || p.f.Sections[src.Link].Type != elf.SHT_STRTAB {
+		return fmt.Errorf("%w: symbol table %s links to section %d, which is no string table", ErrMalformed, src.Name, src.Link)
+	}
+	strData, err := p.sectionData(p.f.Sections[src.Link], maxStrtabSize)
+	if err != nil {
+		return err
+	}
+	strs := string(strData)
+	strData = nil
+	le := binary.LittleEndian
+	var funcs []Func
+	// Demangled names are new strings: bound their total, past which names
+	// stay mangled. Real programs stay far below it.
+	demangleBudget := 32<<20 + 4*len(strs)
+	for i := symSize; i+symSize <= len(data); i += symSize {
+		e := data[i : i+symSize]
+		info := e[4]
+		t := elf.ST_TYPE(info)
+		section := elf.SectionIndex(le.Uint16(e[6:]))
+		value := le.Uint64(e[8:])
+		if t != elf.STT_FUNC && t != elf.STT_GNU_IFUNC || section == elf.SHN_UNDEF || value == 0 {
 			continue
 		}
-		raw := s.Name
-		if len(raw) > maxNameLen {
-			raw = raw[:maxNameLen]
+		raw := symName(strs, le.Uint32(e[0:]))
+		if raw == "" {
+			continue
+		}
+		name := raw
+		if demangleBudget > 0 {
+			name = Demangle(raw)
+			if name != raw {
+				demangleBudget -= len(raw) + len(name)
+			}
 		}
 		funcs = append(funcs, Func{
-			Name:   Demangle(raw),
+			Name:   name,
 			Raw:    raw,
-			Addr:   s.Value,
-			Size:   s.Size,
-			Global: elf.ST_BIND(s.Info) != elf.STB_LOCAL,
+			Addr:   value,
+			Size:   le.Uint64(e[16:]),
+			Global: elf.ST_BIND(info) != elf.STB_LOCAL,
 		})
 	}
 	// Sort indices, not the structs; the order is total, so an unstable
@@ -111,6 +176,10 @@ func compareRank(a, b *Func) int {
 	return strings.Compare(a.Raw, b.Raw)
 }
 
+// maxDemangledLog is log2 of the longest demangled name (16 KiB); longer
+// ones are cut.
+const maxDemangledLog = 14
+
 // Demangle returns the uftrace-style name of a mangled C++ or Rust symbol:
 // the qualified name with template arguments but without the parameter list
 // ("ns::Class::method"), keeping a clone suffix ("ns::f.constprop.0").
@@ -124,7 +193,9 @@ func Demangle(raw string) (name string) {
 			name = raw
 		}
 	}()
-	out, err := demangle.ToString(raw, demangle.NoParams, demangle.NoEnclosingParams)
+	// MaxLength bounds the output (and the work): substitutions can make
+	// a short mangled name demangle to an exponentially long one.
+	out, err := demangle.ToString(raw, demangle.NoParams, demangle.NoEnclosingParams, demangle.MaxLength(maxDemangledLog))
 	if err != nil || out == "" {
 		return raw
 	}

@@ -44,6 +44,7 @@ func (s *Session) consume(final bool) (int, error) {
 // memory, and writes them. Records come from the target's memory: a site
 // index out of range is counted as corrupt and dropped.
 func (s *Session) deliverRaw(tid uint32, lostBefore uint32, raw []byte) error {
+	tid = s.tids.host(s.pid, tid) // the agent records namespace tids (nstid.go)
 	if _, ok := s.threads[tid]; !ok {
 		s.threads[tid] = threadName(s.pid, int(tid))
 	}
@@ -104,7 +105,7 @@ func (s *Session) threadExit(tid int) {
 		return
 	}
 	for i, slot := range slots {
-		if !slot.InUse() || slot.Tid != uint32(tid) {
+		if !slot.InUse() || slot.Tid != s.tids.ns(s.pid, uint32(tid)) {
 			continue
 		}
 		_ = s.p.WriteMem(s.inj.addrs.ThreadSlotAddr(i)+agent.ThreadKeyOff, agent.RetiredKey())

@@ -82,6 +82,7 @@ type Session struct {
 	eng     *textpoke.Engine
 	mods    []*elfsite.Module
 	sel     []selected // sorted by addr; index = site index in records
+	refused []RefusedSite
 
 	inj    *injection
 	unwind *unwindPlan // graph mode: the unwinder's GOT slots to hook
@@ -94,6 +95,7 @@ type Session struct {
 	corrupt  uint64
 	lost     map[uint32]uint64
 	threads  map[uint32]string // tid -> name, as first seen
+	tids     tidMap            // the agent's tids (pid namespace) -> host tids
 	evbuf    []tracefile.Event
 	clock0   tsc.Pair // at the patch batch
 	calib    tsc.Pair // taken earlier, to know the TSC rate before the end
@@ -246,6 +248,20 @@ func (s *Session) lap(step string) {
 	s.lapT = now
 }
 
+// RefusedSite is a selected function that graph mode does not trace.
+type RefusedSite struct {
+	Name   string
+	Reason string
+}
+
+// ErrGraphUnsafe means graph mode was refused for every selected function.
+var ErrGraphUnsafe = errors.New("graph mode cannot trace the selected functions")
+
+// Refused returns the selected functions that graph mode left untraced,
+// and why: those whose return address is not at [rsp] at the site (see
+// elfsite.Site.GraphUnsafe). Entry mode traces them.
+func (s *Session) Refused() []RefusedSite { return s.refused }
+
 // selectSites picks the patchable sites whose function matches the globs.
 func (s *Session) selectSites() error {
 	include := s.opts.Funcs
@@ -268,6 +284,12 @@ func (s *Session) selectSites() error {
 			if !m.Spec.MatchSite(st, include...) || len(s.opts.Exclude) > 0 && m.Spec.MatchSite(st, s.opts.Exclude...) {
 				continue
 			}
+			if s.opts.Graph && st.GraphUnsafe != "" {
+				// Graph mode would overwrite [rsp], which is not the
+				// return address here (elfsite.Site.GraphUnsafe).
+				s.refused = append(s.refused, RefusedSite{Name: name, Reason: st.GraphUnsafe})
+				continue
+			}
 			s.sel = append(s.sel, selected{
 				mod: mi, site: st, name: name,
 				addr: m.Runtime(st.Addr),
@@ -277,6 +299,9 @@ func (s *Session) selectSites() error {
 	}
 	if len(all) == 0 {
 		return fmt.Errorf("no patchable sites in process %d (%s): build it with clang -fpatchable-function-entry=5 (see docs/BUILDING.md)", s.pid, s.mods[0].Path)
+	}
+	if len(s.sel) == 0 && len(s.refused) > 0 {
+		return fmt.Errorf("%w: every selected function is unsafe in graph mode (%s: %s): trace it without --graph", ErrGraphUnsafe, s.refused[0].Name, s.refused[0].Reason)
 	}
 	if len(s.sel) == 0 {
 		return &NoMatchError{Globs: include, Names: all}

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 
 	"github.com/livetrace/livetrace/internal/elfsite"
@@ -123,14 +122,12 @@ type unwindReloc struct {
 
 // moduleUnwindRelocs reads m's file and returns its unwindRelocs.
 func moduleUnwindRelocs(pid int, m *elfsite.Module) (relocs []unwindReloc, defs [len(unwindSyms)]uint64, err error) {
-	var f *os.File
-	if len(m.Mappings) > 0 {
-		g := m.Mappings[0]
-		f, err = os.Open(fmt.Sprintf("/proc/%d/map_files/%x-%x", pid, g.Start, g.End))
+	if len(m.Mappings) == 0 {
+		return nil, defs, fmt.Errorf("read relocations of %s: no mapping", m.Path)
 	}
-	if f == nil {
-		f, err = os.Open(fmt.Sprintf("/proc/%d/root%s", pid, strings.TrimSuffix(m.Path, " (deleted)")))
-	}
+	// Never by the path from maps, which the target controls (a FIFO there
+	// would block us): see elfsite.OpenMappedFile.
+	f, err := elfsite.OpenMappedFile(pid, m.Mappings[0])
 	if err != nil {
 		return nil, defs, fmt.Errorf("read relocations of %s: %w", m.Path, err)
 	}

@@ -36,6 +36,9 @@ const (
 	// Sleeper is c/sleeper.c: threads blocked in nanosleep, futex,
 	// epoll_wait and read, for testing remote syscalls.
 	Sleeper = "sleeper"
+	// Nested is c/nested.c: a gcc nested function called through a
+	// trampoline; gcc forms only.
+	Nested = "nested"
 )
 
 // Fixtures returns the names of every fixture, sorted.
@@ -57,6 +60,7 @@ type fixture struct {
 var fixtures = map[string]fixture{
 	Simple:   {plan: singleFile(Simple, "simple.c")},
 	Sleeper:  {plan: singleFile(Sleeper, "sleeper.c")},
+	Nested:   {plan: singleFile(Nested, "nested.c")},
 	CXX:      {cxx: true, plan: singleFile(CXX, "cxx.cc")},
 	Workload: {plan: withLib(Workload)},
 	UseLib:   {plan: withLib(UseLib)},
