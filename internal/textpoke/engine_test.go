@@ -26,7 +26,13 @@ type stressTarget struct {
 
 func startStress(t testing.TB, form testtarget.Form, nfn int, args ...string) *stressTarget {
 	t.Helper()
-	bin := testtarget.Build(t, "stress", form, testtarget.Funcs(nfn))
+	return startStressBin(t, testtarget.Build(t, "stress", form, testtarget.Funcs(nfn)), nfn, args...)
+}
+
+// startStressBin is startStress for the stress executable bin, built with
+// nfn functions.
+func startStressBin(t testing.TB, bin string, nfn int, args ...string) *stressTarget {
+	t.Helper()
 	tp := testtarget.Start(t, bin, args...)
 	if _, err := tp.Expect("ready", 30*time.Second); err != nil {
 		t.Fatal(err)
