@@ -153,6 +153,10 @@ func (o *recordOptions) run() error {
 	mode, why := s.Mode()
 	ps := s.PatchStats()
 	fmt.Fprintf(o.stderr, "livetrace: tracing %d functions in PID %d\n", s.Functions(), s.Pid())
+	held := s.Held()
+	for _, l := range session.DescribeHeld("skipped", held) {
+		fmt.Fprintf(o.stderr, "livetrace: %s\n", l)
+	}
 	if mode == textpoke.ModeStop {
 		fmt.Fprintf(o.stderr, "livetrace: stop mode (%s): the process was stopped for %v\n", why, ps.Paused.Round(time.Microsecond))
 	}
@@ -199,6 +203,20 @@ loop:
 	status.clear()
 	cerr := s.Close()
 	sum := s.Summary()
+	// Sites another tool took while we traced them: not restored.
+	seen := map[uint64]bool{}
+	for _, h := range held {
+		seen[h.Addr] = true
+	}
+	var late []session.HeldSite
+	for _, h := range s.Held() {
+		if !seen[h.Addr] {
+			late = append(late, h)
+		}
+	}
+	for _, l := range session.DescribeHeld("left", late) {
+		fmt.Fprintf(o.stderr, "livetrace: %s, as the other tool made them\n", l)
+	}
 	if why != "" {
 		fmt.Fprintf(o.stderr, "livetrace: %s\n", why)
 	}
