@@ -73,10 +73,25 @@ func TestSiteChangedMidBatch(t *testing.T) {
 	foreign := bytes.Clone(st.orig[0])
 	foreign[4] ^= 0x01
 	victims := map[int]int{1: 10, 2: 77, 3: 150} // pass -> function
+	// And a byte of the padding after fn_100, between two of our sites
+	// in the same run (never executed): the rest of the batch must not
+	// write it back.
+	pad := st.ends[100]
+	if pad >= st.sites[101] {
+		t.Fatalf("no padding between fn_100 (ends %#x) and fn_101 (%#x)", pad, st.sites[101])
+	}
+	padWas := make([]byte, 1)
+	if err := other.Read(pad, padWas); err != nil {
+		t.Fatal(err)
+	}
+	padNew := []byte{padWas[0] ^ 0xff}
 	var hookErr error
 	testHookPass = func(pass int, sync func() error) {
 		a := st.sites[victims[pass]]
 		var err error
+		if pass == 2 {
+			hookErr = errors.Join(hookErr, other.Write(pad, padNew))
+		}
 		if pass == 1 {
 			// A NOP5 whose displacement byte changes stays a NOP5 in
 			// every state: one byte, no protocol needed.
@@ -119,6 +134,17 @@ func TestSiteChangedMidBatch(t *testing.T) {
 		}
 	}
 	wantHeld("after apply")
+	checkPad := func(when string) {
+		t.Helper()
+		got := make([]byte, 1)
+		if err := other.Read(pad, got); err != nil {
+			t.Fatal(err)
+		}
+		if got[0] != padNew[0] {
+			t.Errorf("%s: the padding byte the other tool wrote at %#x is %#x again, not %#x", when, pad, got[0], padNew[0])
+		}
+	}
+	checkPad("after apply")
 	st.run(t, 0)
 	sum2, counts := st.run(t, 2)
 	if sum2 != base2 {
@@ -138,6 +164,7 @@ func TestSiteChangedMidBatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantHeld("after restore")
+	checkPad("after restore")
 	if err := p.Detach(); err != nil {
 		t.Fatal(err)
 	}
@@ -163,6 +190,9 @@ func TestSiteChangedMidBatch(t *testing.T) {
 		if err := other.Write(st.sites[i]+4, st.orig[i][4:]); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if err := other.Write(pad, padWas); err != nil {
+		t.Fatal(err)
 	}
 	testtarget.CheckText(t, st.tp.Pid())
 }
