@@ -201,13 +201,22 @@ func TestSiteChangedMidBatch(t *testing.T) {
 // uprobe on one of the patched functions while no thread calls it, so the
 // uprobe stays an INT3 over our CALL. Restoring must keep the INT3 (the
 // uprobe keeps counting after we detach), put the original tail under it,
-// and the text must be the original once bpftrace exits.
+// and the text must be the original once bpftrace exits. Both protocols.
 func TestUprobeOverOurCall(t *testing.T) {
 	testtarget.RequireRoot(t)
+	for _, mode := range []Mode{ModeLive, ModeStop} {
+		t.Run(mode.String(), func(t *testing.T) { uprobeOverOurCall(t, mode) })
+	}
+}
+
+func uprobeOverOurCall(t *testing.T, mode Mode) {
 	const nfn, victim = 20, 5
 	st := startStressBin(t, stressCopy(t, nfn), nfn, "-t", "2")
 	base, _ := st.run(t, 1)
-	p, e := st.attach(t, Options{})
+	p, e := st.attach(t, Options{Mode: mode})
+	if e.Mode() != mode {
+		t.Fatalf("mode %v (%s), want %v", e.Mode(), e.Reason(), mode)
+	}
 	if _, err := e.Apply(st.enable(t, upTo(nfn, 1)...)); err != nil {
 		t.Fatal(err)
 	}
@@ -245,15 +254,25 @@ func TestUprobeOverOurCall(t *testing.T) {
 
 // TestUprobeBeforeUs: bpftrace's uprobe is on a function before livetrace
 // patches: the batch must skip that site (not refuse the batch), patch the
-// others, and leave the uprobe working through patching and restore.
+// others, and leave the uprobe working through patching and restore. Both
+// protocols.
 func TestUprobeBeforeUs(t *testing.T) {
 	testtarget.RequireRoot(t)
+	for _, mode := range []Mode{ModeLive, ModeStop} {
+		t.Run(mode.String(), func(t *testing.T) { uprobeBeforeUs(t, mode) })
+	}
+}
+
+func uprobeBeforeUs(t *testing.T, mode Mode) {
 	const nfn, victim = 20, 7
 	st := startStressBin(t, stressCopy(t, nfn), nfn, "-t", "2")
 	base, _ := st.run(t, 1)
 	a := st.sites[victim]
 	bt := startBpftrace(t, st.bin(), testtarget.StressFuncName(victim, nfn), st.tp.Pid(), a, st.orig[victim])
-	p, e := st.attach(t, Options{})
+	p, e := st.attach(t, Options{Mode: mode})
+	if e.Mode() != mode {
+		t.Fatalf("mode %v (%s), want %v", e.Mode(), e.Reason(), mode)
+	}
 	stats, err := e.Apply(st.enable(t, upTo(nfn, 1)...))
 	if err != nil {
 		t.Fatalf("apply with a uprobe on fn %d: %v", victim, err)
