@@ -39,6 +39,20 @@ import (
 // text. A foreign INT3 at one of our sites while we are attached can only
 // be a uprobe or another writer of /proc/PID/mem: a debugger cannot ptrace
 // the process while livetrace does.
+//
+// What the comparison cannot see: a uprobe registered on a site that holds
+// one of our own INT3s (mid-batch) finds a breakpoint already there and
+// writes nothing, so the last step of the batch removes it unnoticed; and a
+// tool that writes in the microseconds between a read and the write that
+// follows it. Both need a tool to act within one batch.
+//
+// Known hazard, sleds: a uprobe runs the instruction it read from the file.
+// On a sled (five 1-byte NOPs) that is one NOP, after which the thread
+// resumes at site+1; if livetrace has converted the sled (to a NOP5 or our
+// CALL), site+1 is the middle of a 5-byte instruction and the thread dies
+// (SIGILL or SIGSEGV, seen with bpftrace on gcc -fpatchable-function-entry
+// builds). NOP5 sites have no such problem: the uprobe's copy is the same
+// 5-byte NOP and the thread resumes at site+5.
 
 // Area is a range [Start, End) of the target's address space.
 type Area struct{ Start, End uint64 }
