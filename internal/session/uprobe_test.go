@@ -29,7 +29,7 @@ const uprobeVictim = "simple_beta"
 // uprobe keeps counting, and once bpftrace exits the text is the original.
 func TestUprobeAfterUs(t *testing.T) {
 	testtarget.RequireRoot(t)
-	bin := simpleCopy(t)
+	bin := simpleCopy(t, testtarget.ClangNop5)
 	tp := startLoop(t, bin)
 	out := filepath.Join(t.TempDir(), "rec.data")
 	s, err := Start(tp.Pid(), Options{Funcs: []string{"simple_*"}, Output: out})
@@ -73,14 +73,22 @@ func TestUprobeAfterUs(t *testing.T) {
 
 // TestUprobeBeforeUs: bpftrace's uprobe is on a function before livetrace
 // attaches. The recording must go ahead without that function, say so,
-// record the others, and leave the uprobe counting.
+// record the others, and leave the uprobe counting. With NOP5 sites (the
+// kernel turns its INT3 into a CALL at the first hit) and with sleds (it
+// keeps the INT3; the other sleds are converted in stop mode).
 func TestUprobeBeforeUs(t *testing.T) {
 	testtarget.RequireRoot(t)
-	bin := simpleCopy(t)
+	for _, form := range []testtarget.Form{testtarget.ClangNop5, testtarget.GccSled} {
+		t.Run(string(form), func(t *testing.T) { uprobeBeforeUs(t, form) })
+	}
+}
+
+func uprobeBeforeUs(t *testing.T, form testtarget.Form) {
+	bin := simpleCopy(t, form)
 	tp := startLoop(t, bin)
 	addr, orig := fileSite(t, tp.Pid(), uprobeVictim)
 	bt := startBpftrace(t, bin, uprobeVictim, tp.Pid(), addr, orig)
-	bt.waitCount(t, 1) // one hit: the kernel turns its INT3 into a CALL
+	bt.waitCount(t, 1) // one hit: on a NOP5 the kernel turns its INT3 into a CALL
 	out := filepath.Join(t.TempDir(), "rec.data")
 	s, err := Start(tp.Pid(), Options{Funcs: []string{"simple_*"}, Output: out})
 	if err != nil {
@@ -129,9 +137,9 @@ func pollFor(t *testing.T, s *Session, d time.Duration) {
 // simpleCopy builds the simple fixture and copies it into a directory of
 // the test: a uprobe is set on a file, and other tests run the cached
 // build at the same time.
-func simpleCopy(t *testing.T) string {
+func simpleCopy(t *testing.T, form testtarget.Form) string {
 	t.Helper()
-	src := testtarget.Build(t, testtarget.Simple, testtarget.ClangNop5)
+	src := testtarget.Build(t, testtarget.Simple, form)
 	b, err := os.ReadFile(src)
 	check(t, err)
 	dst := filepath.Join(t.TempDir(), "simple")
