@@ -16,6 +16,11 @@
 //  4. write the new byte 0, then sync: the new instruction is whole
 //     everywhere.
 //
+// Each write is preceded by a read of the same text: a site whose bytes are
+// no longer what the engine last wrote (or verified) there was changed by
+// another tool, most often a kernel uprobe, and is left alone from then on,
+// never overwritten (uprobe.go).
+//
 // "Sync" is membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE) run inside
 // the target: it makes every running thread of the target execute a
 // core-serializing instruction (Intel SDM vol. 3, 8.1.3 "Handling
@@ -499,6 +504,12 @@ func (e *Engine) verify(ps []Patch, lenient bool) (*batch, error) {
 			ours := false
 			if k := t.index(addr); k >= 0 {
 				ours = bytes.Equal(got, t.written[k].bytes())
+			}
+			if ours && lenient {
+				// Back to what we wrote (RestoreAll read it a moment ago):
+				// still ours to restore.
+				ps[i].Old = bytes.Clone(got)
+				continue
 			}
 			_, held := e.held[addr]
 			if !ours && (held || lenient || e.arch.UprobeHeld(addr, got, ps[i].Old, areas())) {
