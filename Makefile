@@ -1,7 +1,8 @@
 # livetrace — see README.md.
 #
-# Everything a fresh machine needs (clang-16 for the fixtures, uftrace and
-# bpftrace for the benchmarks) is installed here with apt-get when missing.
+# Everything a fresh machine needs is installed here with apt-get when
+# missing: deps-test installs every tool a test runs (see its comment),
+# deps-bench adds what only the benchmarks use.
 
 GO      ?= go
 CLANG   ?= clang-16
@@ -25,12 +26,24 @@ define apt_install
 	  command -v $(1) >/dev/null 2>&1 || { echo "make: installing $(2) did not provide $(1)" >&2; exit 1; }; }
 endef
 
+# Every program a test runs (exec.Command / exec.LookPath in *_test.go and
+# internal/testtarget): the fixtures' compilers (clang-16, clang++-16, gcc,
+# g++), lld-16 for the linker matrix of internal/elfsite, binutils (ld for
+# the agent blob check, objdump, readelf, strip), bpftrace for the tests
+# that share sites with uprobes, and unshare (util-linux) for the container
+# tests. A fresh machine of this kind has gcc, g++, binutils and util-linux
+# but not clang-16, lld-16 or bpftrace; checking the others costs nothing.
 deps-test:
 	$(call apt_install,$(CLANG),clang-16)
+	$(call apt_install,ld.lld-16,lld-16)
+	$(call apt_install,gcc,gcc)
+	$(call apt_install,g++,g++)
+	$(call apt_install,objdump,binutils)
+	$(call apt_install,bpftrace,bpftrace)
+	$(call apt_install,unshare,util-linux)
 
 deps-bench: deps-test
 	$(call apt_install,uftrace,uftrace)
-	$(call apt_install,bpftrace,bpftrace)
 
 vet:
 	$(GO) vet ./...

@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/livetrace/livetrace/internal/elfsite"
+	"github.com/livetrace/livetrace/internal/textpoke"
 )
 
 // listOptions holds the flags and arguments of `livetrace list`.
@@ -37,7 +38,9 @@ func newListCmd(stdout, stderr io.Writer) *cobra.Command {
 		Long: `List the functions that livetrace can trace: every patchable site of an
 ELF file, or of every module (executable and shared libraries) of a running
 process with -p, with its address and form. With -p, STATE shows what the
-site holds now: nop (not traced), call (traced), int3 (being patched).
+site holds now: nop (not traced), call (traced), int3 (being patched),
+uprobe (a kernel uprobe holds it: bpftrace, perf probe; livetrace leaves
+it alone).
 
 GLOBs (shell syntax: *, ?, [a-z]) keep only the functions whose name, plain
 or mangled, matches one of them. Functions of a stripped file that no
@@ -225,8 +228,23 @@ func (o *listOptions) readStates(rows []listRow) error {
 	if err != nil {
 		return err
 	}
+	var areas []textpoke.Area
 	for i := range rows {
 		rows[i].State = elfsite.ClassifyLive(live[i]).String()
+		if rows[i].State == elfsite.StateNop.String() {
+			continue
+		}
+		// A uprobe's INT3 or its CALL into the kernel's trampoline is
+		// not livetrace's: say so (textpoke/uprobe.go).
+		if areas == nil {
+			if areas, err = textpoke.UprobeAreas(o.pid); err != nil {
+				return err
+			}
+		}
+		orig, _ := hex.DecodeString(rows[i].Bytes)
+		if textpoke.HeldByUprobe(uint64(rows[i].Address), live[i][:], orig, areas) {
+			rows[i].State = "uprobe"
+		}
 	}
 	return nil
 }

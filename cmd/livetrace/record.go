@@ -156,6 +156,10 @@ func (o *recordOptions) run() error {
 	if r := s.Refused(); len(r) > 0 {
 		fmt.Fprintf(o.stderr, "livetrace: %s not traced in graph mode (entry mode traces them), e.g. %s: %s\n", plural(len(r), "function"), r[0].Name, r[0].Reason)
 	}
+	held := s.Held()
+	for _, l := range session.DescribeHeld("skipped", held) {
+		fmt.Fprintf(o.stderr, "livetrace: %s\n", l)
+	}
 	if mode == textpoke.ModeStop {
 		fmt.Fprintf(o.stderr, "livetrace: stop mode (%s): the process was stopped for %v\n", why, ps.Paused.Round(time.Microsecond))
 	}
@@ -202,6 +206,20 @@ loop:
 	status.clear()
 	cerr := s.Close()
 	sum := s.Summary()
+	// Sites another tool took while we traced them: not restored.
+	seen := map[uint64]bool{}
+	for _, h := range held {
+		seen[h.Addr] = true
+	}
+	var late []session.HeldSite
+	for _, h := range s.Held() {
+		if !seen[h.Addr] {
+			late = append(late, h)
+		}
+	}
+	for _, l := range session.DescribeHeld("left", late) {
+		fmt.Fprintf(o.stderr, "livetrace: %s, as the other tool made them\n", l)
+	}
 	if why != "" {
 		fmt.Fprintf(o.stderr, "livetrace: %s\n", why)
 	}

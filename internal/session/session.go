@@ -105,8 +105,11 @@ type Session struct {
 	counters agent.Counters // the agent's counters, kept once its memory is gone
 	// restoredReturns counts the return addresses put back at detach.
 	restoredReturns int
-	closed          bool
-	closeErr        error
+	// skipped lists the selected sites that another tool (a uprobe)
+	// held at the start; they are not traced.
+	skipped  []HeldSite
+	closed   bool
+	closeErr error
 }
 
 // Start attaches to process pid, selects the functions to trace, injects
@@ -313,9 +316,18 @@ func (s *Session) selectSites() error {
 	return nil
 }
 
+// HeldSite is a site of a selected function that another tool holds:
+// livetrace does not trace it, and never writes over its bytes.
+type HeldSite struct {
+	Name   string
+	Addr   uint64
+	Uprobe bool // a kernel uprobe (bpftrace, perf probe) holds it
+}
+
 // checkSites reads every selected site from the live text: the file's bytes
-// must be there (a site that already holds a CALL or an INT3 belongs to
-// another tool, or to a livetrace that died).
+// must be there. A site that a uprobe holds (textpoke/uprobe.go) is dropped
+// from the selection and reported by Held; any other CALL or INT3 belongs to
+// another tool, or to a livetrace that died, and the recording is refused.
 func (s *Session) checkSites() error {
 	addrs := make([]uint64, len(s.sel))
 	for i, x := range s.sel {
@@ -325,11 +337,29 @@ func (s *Session) checkSites() error {
 	if err != nil {
 		return err
 	}
+	var areas []textpoke.Area
 	var bad []string
+	keep := s.sel[:0]
 	for i, b := range live {
-		if string(b[:]) != string(s.sel[i].orig) {
-			bad = append(bad, fmt.Sprintf("%s at %#x holds % x, the file has % x", s.sel[i].name, s.sel[i].addr, b[:], s.sel[i].orig))
+		x := s.sel[i]
+		if string(b[:]) == string(x.orig) {
+			keep = append(keep, x)
+			continue
 		}
+		if areas == nil {
+			if areas, err = textpoke.UprobeAreas(s.p.Pid()); err != nil {
+				return err
+			}
+		}
+		if textpoke.HeldByUprobe(x.addr, b[:], x.orig, areas) {
+			s.skipped = append(s.skipped, HeldSite{Name: x.name, Addr: x.addr, Uprobe: true})
+			continue
+		}
+		bad = append(bad, fmt.Sprintf("%s at %#x holds % x, the file has % x", x.name, x.addr, b[:], x.orig))
+	}
+	s.sel = keep
+	if len(bad) == 0 && len(s.sel) == 0 {
+		return fmt.Errorf("every selected function is held by a uprobe (%s): stop the other tracer (bpftrace, perf probe) or select other functions", heldNames(s.skipped))
 	}
 	if len(bad) > 0 {
 		more := ""
@@ -389,6 +419,68 @@ func (s *Session) addStats(st textpoke.Stats) {
 	s.stats.Duration += st.Duration
 	s.stats.Paused += st.Paused
 	s.stats.Mode = st.Mode
+}
+
+// Held returns the sites of selected functions that another tool holds,
+// sorted by address: those a uprobe held at the start (not traced), and
+// those whose bytes another tool changed while livetrace patched or
+// restored them (left as that tool made them, see textpoke.Engine.Held).
+// After Close, the latter are the sites not restored because of that tool.
+func (s *Session) Held() []HeldSite {
+	out := append([]HeldSite(nil), s.skipped...)
+	if s.eng != nil {
+		for _, h := range s.eng.Held() {
+			i := sort.Search(len(s.sel), func(i int) bool { return s.sel[i].addr >= h.Addr })
+			name := fmt.Sprintf("%#x", h.Addr)
+			if i < len(s.sel) && s.sel[i].addr == h.Addr {
+				name = s.sel[i].name
+			}
+			out = append(out, HeldSite{Name: name, Addr: h.Addr, Uprobe: h.Uprobe})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Addr < out[j].Addr })
+	return out
+}
+
+// DescribeHeld tells the user about hs, as "VERB 2 sites held by uprobes:
+// f, g" (and "VERB 1 site that another tool changed: h" for sites no uprobe
+// is known to hold), one line per kind.
+func DescribeHeld(verb string, hs []HeldSite) []string {
+	var up, other []HeldSite
+	for _, h := range hs {
+		if h.Uprobe {
+			up = append(up, h)
+		} else {
+			other = append(other, h)
+		}
+	}
+	var out []string
+	count := func(n int) string {
+		if n == 1 {
+			return "1 site"
+		}
+		return fmt.Sprintf("%d sites", n)
+	}
+	if len(up) > 0 {
+		out = append(out, fmt.Sprintf("%s %s held by uprobes: %s", verb, count(len(up)), heldNames(up)))
+	}
+	if len(other) > 0 {
+		out = append(out, fmt.Sprintf("%s %s that another tool changed: %s", verb, count(len(other)), heldNames(other)))
+	}
+	return out
+}
+
+// heldNames lists up to ten names of hs.
+func heldNames(hs []HeldSite) string {
+	var names []string
+	for i, h := range hs {
+		if i == 10 {
+			names = append(names, fmt.Sprintf("and %d more", len(hs)-10))
+			break
+		}
+		names = append(names, h.Name)
+	}
+	return strings.Join(names, ", ")
 }
 
 // Functions returns how many functions are traced.

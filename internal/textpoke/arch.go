@@ -29,4 +29,9 @@ type Arch interface {
 	SetPC(regs *unix.PtraceRegs, pc uint64)
 	// SP returns the stack pointer in regs.
 	SP(regs *unix.PtraceRegs) uint64
+	// UprobeHeld reports whether now, found at site where expected was
+	// due, is what a kernel uprobe leaves there: its breakpoint over the
+	// expected instruction, or a branch into areas, the kernel's uprobe
+	// mappings (see uprobe.go).
+	UprobeHeld(site uint64, now, expected []byte, areas []Area) bool
 }

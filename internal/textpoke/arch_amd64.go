@@ -1,6 +1,7 @@
 package textpoke
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 
@@ -15,6 +16,7 @@ type AMD64 struct{}
 const (
 	opInt3 = 0xcc
 	opCall = 0xe8
+	opJmp  = 0xe9
 	opNop1 = 0x90
 )
 
@@ -67,6 +69,21 @@ func (a AMD64) Emulate(regs *unix.PtraceRegs, site uint64, insn []byte, push fun
 		return nil
 	}
 	return fmt.Errorf("site %#x: cannot emulate % x", site, insn)
+}
+
+func (AMD64) UprobeHeld(site uint64, now, expected []byte, areas []Area) bool {
+	if len(now) != 5 || len(expected) != 5 {
+		return false
+	}
+	switch now[0] {
+	case opInt3:
+		// uprobe_write_opcode writes byte 0 only.
+		return bytes.Equal(now[1:], expected[1:])
+	case opCall, opJmp:
+		rel := int32(binary.LittleEndian.Uint32(now[1:]))
+		return inAreas(uint64(int64(site+5)+int64(rel)), areas)
+	}
+	return false
 }
 
 func (AMD64) PC(regs *unix.PtraceRegs) uint64        { return regs.Rip }

@@ -16,6 +16,11 @@
 //  4. write the new byte 0, then sync: the new instruction is whole
 //     everywhere.
 //
+// Each write is preceded by a read of the same text: a site whose bytes are
+// no longer what the engine last wrote (or verified) there was changed by
+// another tool, most often a kernel uprobe, and is left alone from then on,
+// never overwritten (uprobe.go).
+//
 // "Sync" is membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE) run inside
 // the target: it makes every running thread of the target execute a
 // core-serializing instruction (Intel SDM vol. 3, 8.1.3 "Handling
@@ -94,6 +99,18 @@ type Patch struct {
 	Addr uint64
 	Old  []byte
 	New  []byte
+
+	// emul, when set, is the instruction the trap handler emulates
+	// instead of New: New keeps a foreign INT3 in byte 0 (RestoreAll).
+	emul []byte
+}
+
+// insn is the instruction a thread that traps on the site runs.
+func (pt *Patch) insn() []byte {
+	if pt.emul != nil {
+		return pt.emul
+	}
+	return pt.New
 }
 
 // Stats describe one batch, or the sum of several.
@@ -103,6 +120,7 @@ type Stats struct {
 	Syncs    int           // membarrier calls in the target
 	Writes   int           // writes through /proc/PID/mem
 	Traps    int           // INT3 hits emulated during the batch
+	Held     int           // sites left alone: another tool changed them (see Engine.Held)
 	Duration time.Duration // wall time of the batch
 	Paused   time.Duration // stop mode: how long every thread was stopped
 }
@@ -110,6 +128,15 @@ type Stats struct {
 // ErrVerify means a site did not hold the bytes the batch expected; nothing
 // of the batch was written.
 var ErrVerify = errors.New("unexpected bytes at site")
+
+// Held is a site the engine left alone because it held bytes the engine had
+// not written there: another tool, most often a kernel uprobe, holds it
+// (see uprobe.go).
+type Held struct {
+	Addr   uint64
+	Found  []byte // what the site held when the engine last looked
+	Uprobe bool   // recognised as a uprobe's INT3 or its branch into [uprobes…]
+}
 
 // Engine rewrites sites in one process. It remembers the original bytes of
 // every site it ever touched, so RestoreAll can put the text back byte for
@@ -131,6 +158,12 @@ type Engine struct {
 	// the middle of a batch).
 	table atomic.Pointer[trapTable]
 	traps atomic.Int64
+
+	// held lists the sites left alone because their bytes changed under
+	// the engine; guarded by mu.
+	held map[uint64]Held
+	// areas caches the target's uprobe mappings as last read.
+	areas atomic.Pointer[[]Area]
 }
 
 // maxSiteLen bounds Arch.SiteLen; site bytes live in fixed arrays so that a
@@ -154,6 +187,23 @@ type trapTable struct {
 	addrs []uint64 // sorted
 	insns [][]byte
 	origs []siteBytes // the bytes each site held before the engine first touched it
+
+	// written is what the engine last wrote to each site (or verified
+	// there): a site that holds anything else was changed by another
+	// tool. Unlike the rest of the table it changes after every batch;
+	// it is guarded by Engine.mu.
+	written []siteBytes
+}
+
+func (t *trapTable) index(addr uint64) int {
+	if t == nil {
+		return -1
+	}
+	i := sort.Search(len(t.addrs), func(i int) bool { return t.addrs[i] >= addr })
+	if i < len(t.addrs) && t.addrs[i] == addr {
+		return i
+	}
+	return -1
 }
 
 func (t *trapTable) lookup(addr uint64) []byte {
@@ -175,7 +225,7 @@ func (t *trapTable) lookup(addr uint64) []byte {
 // the process: kernel/signal.c, force_sig_info_to_task), in which case stop
 // mode is used; Reason says why.
 func New(p *proc.Process, opts Options) (*Engine, error) {
-	e := &Engine{p: p, arch: opts.Arch}
+	e := &Engine{p: p, arch: opts.Arch, held: map[uint64]Held{}}
 	if e.arch == nil {
 		e.arch = AMD64{}
 	}
@@ -267,38 +317,56 @@ func (e *Engine) handleTrap(tid int, regs *unix.PtraceRegs) bool {
 
 // Apply rewrites every site of the batch, all or nothing: it first checks
 // that each site holds Old, and writes nothing if one does not (the error
-// wraps ErrVerify and names the site and the bytes found).
+// wraps ErrVerify and names the site and the bytes found). There is one
+// exception: a site that a uprobe holds (see uprobe.go), or that the engine
+// already left alone, is skipped, counted in Stats.Held and listed by
+// Held. Before each of its writes the batch reads the text again and gives
+// up any site whose bytes are no longer what the engine last wrote there:
+// another tool changed it under us, and its bytes are never overwritten.
 func (e *Engine) Apply(patches []Patch) (Stats, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.apply(patches, e.mode)
+	return e.apply(patches, e.mode, false)
 }
 
 // ApplyStop is Apply in stop mode, whatever the engine's mode.
 func (e *Engine) ApplyStop(patches []Patch) (Stats, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.apply(patches, ModeStop)
+	return e.apply(patches, ModeStop, false)
 }
 
-func (e *Engine) apply(patches []Patch, mode Mode) (Stats, error) {
+// batch is one batch in progress: its sites, sorted, the runs of text that
+// cover them, and the sites it left alone.
+type batch struct {
+	ps   []Patch
+	runs []*run
+	drop []bool      // per site: left alone (another tool's bytes are there)
+	last []siteBytes // per site dropped midway: what the engine last wrote
+	idx  []int       // per site: its index in the published trap table
+	gone []Held      // the sites dropped, in the order found
+}
+
+// apply runs one batch in mode. A lenient batch (RestoreAll) leaves any
+// site that does not hold Old alone instead of refusing the batch.
+func (e *Engine) apply(patches []Patch, mode Mode, lenient bool) (st Stats, err error) {
 	// While INT3s are in the text, threads of the target wait on the
 	// ptrace thread; on a machine whose cores they keep busy, it must not
 	// wait for a CPU behind them.
 	defer e.p.BoostThread(-10)()
 	start := time.Now()
-	st := Stats{Mode: mode}
+	st.Mode = mode
 	ps, err := e.prepare(patches)
 	if err != nil || len(ps) == 0 {
 		return st, err
 	}
 	tPrep := time.Now()
-	runs, err := e.verify(ps)
+	bt, err := e.verify(ps, lenient)
 	if err != nil {
 		return st, err
 	}
-	for _, pt := range ps {
-		if e.arch.Sled(pt.Old) && mode != ModeStop {
+	for i, pt := range ps {
+		if !bt.drop[i] && e.arch.Sled(pt.Old) && mode != ModeStop {
 			return st, fmt.Errorf("site %#x is a NOP sled: convert sleds with ConvertSleds (stop mode) first", pt.Addr)
 		}
 	}
@@ -307,15 +375,18 @@ func (e *Engine) apply(patches []Patch, mode Mode) (Stats, error) {
 	}
 	writes0 := e.p.Mem().Writes()
 	traps0 := e.traps.Load()
-	if mode == ModeStop {
-		err = e.applyStop(ps, runs, &st)
-	} else {
-		err = e.applyLive(ps, runs, &st)
+	if len(bt.gone) < len(ps) {
+		if mode == ModeStop {
+			err = e.applyStop(bt, &st)
+		} else {
+			err = e.applyLive(bt, &st)
+		}
 	}
+	st.Held = e.settle(bt)
 	if debugTiming {
 		fmt.Fprintf(os.Stderr, "textpoke: batch total %v\n", time.Since(start))
 	}
-	st.Sites = len(ps)
+	st.Sites = len(ps) - len(bt.gone)
 	st.Writes = int(e.p.Mem().Writes() - writes0)
 	st.Traps = int(e.traps.Load() - traps0)
 	st.Duration = time.Since(start)
@@ -330,7 +401,7 @@ func (e *Engine) prepare(patches []Patch) ([]Patch, error) {
 		if len(pt.Old) != n || len(pt.New) != n {
 			return nil, fmt.Errorf("site %#x: patch must be %d bytes old and new", pt.Addr, n)
 		}
-		if err := e.arch.Check(pt.Addr, pt.New); err != nil {
+		if err := e.arch.Check(pt.Addr, pt.insn()); err != nil {
 			return nil, err
 		}
 		if bytes.Equal(pt.Old, pt.New) {
@@ -350,12 +421,18 @@ func (e *Engine) prepare(patches []Patch) ([]Patch, error) {
 }
 
 // run is a stretch of text covering several nearby sites, written with one
-// call. buf holds the bytes as they are now, and is updated as the protocol
-// advances; rewriting unchanged bytes with their own values is harmless.
+// call. buf holds the bytes as the engine last wrote or verified them, and
+// is updated as the protocol advances; rewriting unchanged bytes with their
+// own values is harmless. now receives the text as read again just before
+// each write.
 type run struct {
 	addr  uint64
 	buf   []byte
+	now   []byte
 	sites []int // indices into the batch
+	// split: bytes of the run outside our sites changed under us (another
+	// tool patches between our sites), so only our sites are written.
+	split bool
 }
 
 // maxRunGap and maxRunLen bound coalescing: one /proc/PID/mem write costs
@@ -403,21 +480,44 @@ func (e *Engine) readRunsFrom(m *proc.Mem, ps []Patch) ([]*run, error) {
 }
 
 // verify reads the text around every site, coalesced into runs, and checks
-// that each site holds its Old bytes.
-func (e *Engine) verify(ps []Patch) ([]*run, error) {
+// that each site holds its Old bytes. A site that does not is left alone
+// when a uprobe holds it, when the engine already gave it up, or when the
+// batch is lenient; otherwise the batch is refused.
+func (e *Engine) verify(ps []Patch, lenient bool) (*batch, error) {
 	n := uint64(e.arch.SiteLen())
 	runs, err := e.readRuns(ps)
 	if err != nil {
 		return nil, fmt.Errorf("verify sites: %w", err)
 	}
+	bt := &batch{ps: ps, runs: runs, drop: make([]bool, len(ps))}
+	t := e.table.Load()
+	areas := e.lazyAreas()
 	var bad []string
 	for _, r := range runs {
 		for _, i := range r.sites {
 			off := ps[i].Addr - r.addr
 			got := r.buf[off : off+n]
-			if !bytes.Equal(got, ps[i].Old) {
-				bad = append(bad, fmt.Sprintf("site %#x holds % x, expected % x", ps[i].Addr, got, ps[i].Old))
+			if bytes.Equal(got, ps[i].Old) {
+				continue
 			}
+			addr := ps[i].Addr
+			ours := false
+			if k := t.index(addr); k >= 0 {
+				ours = bytes.Equal(got, t.written[k].bytes())
+			}
+			if ours && lenient {
+				// Back to what we wrote (RestoreAll read it a moment ago):
+				// still ours to restore.
+				ps[i].Old = bytes.Clone(got)
+				continue
+			}
+			_, held := e.held[addr]
+			if !ours && (held || lenient || e.arch.UprobeHeld(addr, got, ps[i].Old, areas())) {
+				bt.drop[i] = true
+				bt.gone = append(bt.gone, Held{Addr: addr, Found: bytes.Clone(got)})
+				continue
+			}
+			bad = append(bad, fmt.Sprintf("site %#x holds % x, expected % x", addr, got, ps[i].Old))
 		}
 	}
 	if len(bad) > 0 {
@@ -428,52 +528,206 @@ func (e *Engine) verify(ps []Patch) ([]*run, error) {
 		}
 		return nil, fmt.Errorf("%w: %s%s; nothing was written", ErrVerify, strings.Join(bad, "; "), more)
 	}
-	return runs, nil
+	return bt, nil
 }
 
-// writeRuns writes every run with write; set changes each run's buffer
-// first.
-func (e *Engine) writeRuns(runs []*run, ps []Patch, write func(addr uint64, b []byte) error, set func(buf []byte, pt Patch)) error {
-	for _, r := range runs {
-		for _, i := range r.sites {
-			off := ps[i].Addr - r.addr
-			set(r.buf[off:off+uint64(e.arch.SiteLen())], ps[i])
+// lazyAreas returns a function that reads the target's uprobe mappings on
+// its first call and returns the same ones after: only a site that holds
+// unexpected bytes needs them.
+func (e *Engine) lazyAreas() func() []Area {
+	var areas []Area
+	read := false
+	return func() []Area {
+		if !read {
+			read = true
+			if maps, err := proc.ReadMaps(e.p.Pid()); err == nil {
+				areas = uprobeAreas(maps)
+				e.areas.Store(&areas)
+			}
 		}
-		if err := write(r.addr, r.buf); err != nil {
+		return areas
+	}
+}
+
+// recheck reads run r again just before a write and gives up every site of
+// it whose bytes are no longer what the engine last wrote (or verified):
+// another tool wrote there meanwhile. When bytes between our sites changed
+// too, the run is written site by site from then on.
+func (e *Engine) recheck(bt *batch, r *run, read func(addr uint64, b []byte) error) error {
+	if r.now == nil {
+		r.now = make([]byte, len(r.buf))
+	}
+	if err := read(r.addr, r.now); err != nil {
+		return err
+	}
+	if bytes.Equal(r.now, r.buf) {
+		return nil
+	}
+	n := uint64(e.arch.SiteLen())
+	for _, i := range r.sites {
+		off := bt.ps[i].Addr - r.addr
+		was, now := r.buf[off:off+n], r.now[off:off+n]
+		if bt.drop[i] || bytes.Equal(was, now) {
+			continue
+		}
+		bt.drop[i] = true
+		if bt.last == nil {
+			bt.last = make([]siteBytes, len(bt.ps))
+		}
+		bt.last[i] = mkSiteBytes(was)
+		bt.gone = append(bt.gone, Held{Addr: bt.ps[i].Addr, Found: bytes.Clone(now)})
+		copy(was, now)
+	}
+	if !bytes.Equal(r.now, r.buf) {
+		r.split = true
+		copy(r.buf, r.now)
+	}
+	return nil
+}
+
+// writeRun writes run r with write: whole when nothing in it changed under
+// us, else in pieces that leave every dropped site (and, once the run is
+// split, every byte between our sites) untouched.
+func (e *Engine) writeRun(bt *batch, r *run, write func(addr uint64, b []byte) error) error {
+	whole := !r.split
+	for _, i := range r.sites {
+		if bt.drop[i] {
+			whole = false
+			break
+		}
+	}
+	if whole {
+		return write(r.addr, r.buf)
+	}
+	n := uint64(e.arch.SiteLen())
+	var lo, hi uint64
+	open := false
+	flush := func() error {
+		if !open {
+			return nil
+		}
+		open = false
+		return write(r.addr+lo, r.buf[lo:hi])
+	}
+	for _, i := range r.sites {
+		off := bt.ps[i].Addr - r.addr
+		if bt.drop[i] || r.split {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+		if bt.drop[i] {
+			continue
+		}
+		if !open {
+			lo, open = off, true
+		}
+		hi = off + n
+	}
+	return flush()
+}
+
+// pass is one write of the protocol: for each run, read it again (recheck),
+// apply step to every site still ours, and write it.
+func (e *Engine) pass(bt *batch, write func(addr uint64, b []byte) error, step func(buf []byte, pt *Patch)) error {
+	n := uint64(e.arch.SiteLen())
+	for _, r := range bt.runs {
+		if err := e.recheck(bt, r, e.p.Mem().Read); err != nil {
+			return err
+		}
+		for _, i := range r.sites {
+			if !bt.drop[i] {
+				off := bt.ps[i].Addr - r.addr
+				step(r.buf[off:off+n], &bt.ps[i])
+			}
+		}
+		if err := e.writeRun(bt, r, write); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// publish makes the trap handler emulate the batch's new instructions. ps
-// is sorted; the table is rebuilt by merging, never modified in place.
-func (e *Engine) publish(ps []Patch) {
+// settle records what the batch wrote to each site it kept, and the sites
+// it left alone; it returns how many those are. e.mu is held.
+func (e *Engine) settle(bt *batch) int {
+	t := e.table.Load()
+	n := uint64(e.arch.SiteLen())
+	if bt.idx != nil {
+		for _, r := range bt.runs {
+			for _, i := range r.sites {
+				switch {
+				case bt.idx[i] < 0:
+				case !bt.drop[i]:
+					off := bt.ps[i].Addr - r.addr
+					t.written[bt.idx[i]] = mkSiteBytes(r.buf[off : off+n])
+				case bt.last != nil && bt.last[i].n > 0:
+					t.written[bt.idx[i]] = bt.last[i]
+				}
+			}
+		}
+	}
+	if len(bt.gone) == 0 {
+		return 0
+	}
+	areas := e.lazyAreas()
+	exp := make(map[uint64][]byte, len(bt.gone))
+	for _, pt := range bt.ps {
+		exp[pt.Addr] = pt.Old
+	}
+	for _, h := range bt.gone {
+		if old, ok := e.held[h.Addr]; ok && old.Uprobe && !h.Uprobe {
+			h.Uprobe = bytes.Equal(old.Found, h.Found) || e.arch.UprobeHeld(h.Addr, h.Found, exp[h.Addr], areas())
+		} else if !h.Uprobe {
+			h.Uprobe = e.arch.UprobeHeld(h.Addr, h.Found, exp[h.Addr], areas())
+		}
+		if k := t.index(h.Addr); !h.Uprobe && k >= 0 {
+			// A uprobe's INT3 over what the engine wrote last.
+			h.Uprobe = e.arch.UprobeHeld(h.Addr, h.Found, t.written[k].bytes(), areas())
+		}
+		e.held[h.Addr] = h
+	}
+	return len(bt.gone)
+}
+
+// publish makes the trap handler emulate the batch's new instructions, for
+// every site the batch kept. The table is rebuilt by merging, never
+// modified in place (except written, which only batches use).
+func (e *Engine) publish(bt *batch) {
 	old := e.table.Load()
 	if old == nil {
 		old = &trapTable{}
 	}
+	ps := bt.ps
 	n := len(old.addrs) + len(ps)
-	t := &trapTable{addrs: make([]uint64, 0, n), insns: make([][]byte, 0, n), origs: make([]siteBytes, 0, n)}
+	t := &trapTable{addrs: make([]uint64, 0, n), insns: make([][]byte, 0, n), origs: make([]siteBytes, 0, n), written: make([]siteBytes, 0, n)}
+	bt.idx = make([]int, len(ps))
 	i, j := 0, 0
 	for i < len(old.addrs) || j < len(ps) {
 		switch {
+		case j < len(ps) && bt.drop[j]:
+			bt.idx[j] = -1
+			j++
 		case j == len(ps) || i < len(old.addrs) && old.addrs[i] < ps[j].Addr:
 			t.addrs = append(t.addrs, old.addrs[i])
 			t.insns = append(t.insns, old.insns[i])
 			t.origs = append(t.origs, old.origs[i])
+			t.written = append(t.written, old.written[i])
 			i++
 		default:
 			// A site seen for the first time: its verified Old bytes are
 			// its original ones.
 			orig := mkSiteBytes(ps[j].Old)
+			written := orig
 			if i < len(old.addrs) && old.addrs[i] == ps[j].Addr {
-				orig = old.origs[i]
+				orig, written = old.origs[i], old.written[i]
 				i++
 			}
+			bt.idx[j] = len(t.addrs)
 			t.addrs = append(t.addrs, ps[j].Addr)
-			t.insns = append(t.insns, ps[j].New)
+			t.insns = append(t.insns, ps[j].insn())
 			t.origs = append(t.origs, orig)
+			t.written = append(t.written, written)
 			j++
 		}
 	}
@@ -482,7 +736,12 @@ func (e *Engine) publish(ps []Patch) {
 
 var debugTiming = os.Getenv("LIVETRACE_DEBUG_TIMING") != ""
 
-func (e *Engine) applyLive(ps []Patch, runs []*run, st *Stats) error {
+// testHookPass, when set by a test, runs on the ptrace thread before each
+// of the three writes of a live batch, with the batch's sync: a test plays
+// another tool writing into the text midway.
+var testHookPass func(pass int, sync func() error)
+
+func (e *Engine) applyLive(bt *batch, st *Stats) error {
 	// The whole protocol runs on the ptrace thread, so that INT3 hits are
 	// emulated between the pieces of each write and during each sync,
 	// instead of waiting for a goroutine hand-off.
@@ -507,16 +766,28 @@ func (e *Engine) applyLive(ps []Patch, runs []*run, st *Stats) error {
 		}
 		// The handler must know the new instructions before the first
 		// INT3 lands.
-		e.publish(ps)
+		e.publish(bt)
 		bp := e.arch.Breakpoint()
-		steps := []func(buf []byte, pt Patch){
-			func(buf []byte, pt Patch) { buf[0] = bp },
-			func(buf []byte, pt Patch) { copy(buf[1:], pt.New[1:]) },
-			func(buf []byte, pt Patch) { buf[0] = pt.New[0] },
+		steps := []func(buf []byte, pt *Patch){
+			// 1. INT3 into byte 0: from the sync on, a thread that
+			//    reaches the site traps instead of decoding its tail.
+			func(buf []byte, pt *Patch) { buf[0] = bp },
+			// 2. The new tail: after the sync no core can still hold
+			//    the old tail in its pipeline.
+			func(buf []byte, pt *Patch) { copy(buf[1:], pt.New[1:]) },
+			// 3. The new byte 0: after the sync the new instruction is
+			//    whole on every core.
+			func(buf []byte, pt *Patch) { buf[0] = pt.New[0] },
 		}
 		for i, step := range steps {
+			if testHookPass != nil {
+				testHookPass(i+1, sync)
+			}
 			t0 := time.Now()
-			if err := e.writeRuns(runs, ps, b.Write, step); err != nil {
+			// Each write is preceded by a read of the same run: a site
+			// that another tool (a uprobe) changed since our last write
+			// is left alone, never overwritten.
+			if err := e.pass(bt, b.Write, step); err != nil {
 				return fmt.Errorf("patch pid %d (step %d of 3): %w", e.p.Pid(), i+1, err)
 			}
 			t1 := time.Now()
@@ -531,8 +802,8 @@ func (e *Engine) applyLive(ps []Patch, runs []*run, st *Stats) error {
 	})
 }
 
-func (e *Engine) applyStop(ps []Patch, runs []*run, st *Stats) error {
-	e.publish(ps)
+func (e *Engine) applyStop(bt *batch, st *Stats) error {
+	e.publish(bt)
 	t0 := time.Now()
 	if err := e.p.StopAll(); err != nil {
 		_ = e.p.ResumeAll()
@@ -541,7 +812,7 @@ func (e *Engine) applyStop(ps []Patch, runs []*run, st *Stats) error {
 	defer func() {
 		st.Paused = time.Since(t0)
 	}()
-	err := e.stopped(ps, runs, st)
+	err := e.stopped(bt, st)
 	if rerr := e.p.ResumeAll(); err == nil && rerr != nil {
 		err = rerr
 	}
@@ -549,12 +820,12 @@ func (e *Engine) applyStop(ps []Patch, runs []*run, st *Stats) error {
 }
 
 // stopped writes a batch while every thread is stopped.
-func (e *Engine) stopped(ps []Patch, runs []*run, st *Stats) error {
+func (e *Engine) stopped(bt *batch, st *Stats) error {
 	// Threads stopped inside a sled we are about to rewrite have only
 	// NOPs left in front of them: move them to the end of the site.
 	var sleds []Patch
-	for _, pt := range ps {
-		if e.arch.Sled(pt.Old) {
+	for i, pt := range bt.ps {
+		if !bt.drop[i] && e.arch.Sled(pt.Old) {
 			sleds = append(sleds, pt)
 		}
 	}
@@ -563,7 +834,7 @@ func (e *Engine) stopped(ps []Patch, runs []*run, st *Stats) error {
 			return err
 		}
 	}
-	if err := e.writeRuns(runs, ps, e.p.WriteMem, func(buf []byte, pt Patch) { copy(buf, pt.New) }); err != nil {
+	if err := e.pass(bt, e.p.WriteMem, func(buf []byte, pt *Patch) { copy(buf, pt.New) }); err != nil {
 		return fmt.Errorf("patch pid %d: %w", e.p.Pid(), err)
 	}
 	if e.membarrier {
@@ -719,7 +990,8 @@ func (e *Engine) origPatches() []Patch {
 // RestoreInto writes the original bytes of every touched site into m, the
 // memory of a forked child of the target, which is stopped: a child must
 // not run into our CALLs or INT3s. Each stretch of text is read and written
-// back whole.
+// back whole, except for sites that hold a uprobe's branch into its
+// trampoline (copied from the parent, see uprobe.go), which are left alone.
 //
 // It takes no lock: a fork can be reported in the middle of a batch.
 func (e *Engine) RestoreInto(m *proc.Mem) error {
@@ -728,35 +1000,103 @@ func (e *Engine) RestoreInto(m *proc.Mem) error {
 	if err != nil {
 		return err
 	}
-	if err := e.writeRuns(runs, all, m.Write, func(buf []byte, pt Patch) { copy(buf, pt.New) }); err != nil {
-		return fmt.Errorf("restore the text of a forked child: %w", err)
+	var areas []Area
+	if a := e.areas.Load(); a != nil {
+		areas = *a
+	}
+	bt := &batch{ps: all, runs: runs, drop: make([]bool, len(all))}
+	n := uint64(e.arch.SiteLen())
+	for _, r := range runs {
+		for _, i := range r.sites {
+			off := all[i].Addr - r.addr
+			now := r.buf[off : off+n]
+			// An INT3 is restored whatever put it there: ours, the child
+			// would die of it.
+			if now[0] != e.arch.Breakpoint() && e.arch.UprobeHeld(all[i].Addr, now, all[i].New, areas) {
+				bt.drop[i] = true
+				continue
+			}
+			copy(now, all[i].New)
+		}
+		if err := e.writeRun(bt, r, m.Write); err != nil {
+			return fmt.Errorf("restore the text of a forked child: %w", err)
+		}
 	}
 	return nil
 }
 
 // RestoreAll puts back the original bytes of every site the engine ever
-// touched, in one batch, whatever state a site is in now (even an INT3 left
-// by a batch that failed midway).
+// touched, in one batch, whatever state the engine left a site in (even an
+// INT3 left by a batch that failed midway). A site whose bytes another tool
+// changed is left alone (see uprobe.go), with one repair: under a uprobe's
+// INT3 over our CALL, the CALL's tail is replaced by the original one and
+// the INT3 kept. Held lists the sites left alone afterwards.
 func (e *Engine) RestoreAll() (Stats, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	t := e.table.Load()
+	if t == nil {
+		return Stats{}, nil
+	}
 	n := uint64(e.arch.SiteLen())
+	bp := e.arch.Breakpoint()
 	all := e.origPatches()
 	runs, err := e.readRuns(all)
 	if err != nil {
 		return Stats{}, fmt.Errorf("restore sites: %w", err)
 	}
 	var ps []Patch
+	var gone []Held
 	for _, r := range runs {
 		for _, i := range r.sites {
-			off := all[i].Addr - r.addr
-			if now := r.buf[off : off+n]; !bytes.Equal(now, all[i].New) {
-				all[i].Old = now
+			addr, orig := all[i].Addr, all[i].New
+			off := addr - r.addr
+			now := r.buf[off : off+n]
+			w := t.written[i].bytes() // all lists the table's sites in order
+			switch {
+			case bytes.Equal(now, orig):
+				// Nothing to do (a tool that held the site is gone).
+				delete(e.held, addr)
+			case bytes.Equal(now, w) || bytes.Equal(now, t.insns[i]):
+				all[i].Old = bytes.Clone(now)
 				ps = append(ps, all[i])
+			case now[0] == bp && w[0] != bp && bytes.Equal(now[1:], w[1:]):
+				// A uprobe's INT3 over what we wrote: the tail is ours.
+				gone = append(gone, Held{Addr: addr, Found: bytes.Clone(now), Uprobe: true})
+				if !bytes.Equal(now[1:], orig[1:]) {
+					nw := append([]byte{bp}, orig[1:]...)
+					ps = append(ps, Patch{Addr: addr, Old: bytes.Clone(now), New: nw, emul: orig})
+				}
+			default:
+				gone = append(gone, Held{Addr: addr, Found: bytes.Clone(now)})
 			}
 		}
 	}
 	// An INT3-headed site cannot be checked by Arch.Check as an old
 	// value, and needs none: the live protocol starts by writing INT3.
-	return e.apply(ps, e.mode)
+	st, err := e.apply(ps, e.mode, true)
+	areas := e.lazyAreas()
+	for _, h := range gone {
+		if !h.Uprobe {
+			h.Uprobe = e.arch.UprobeHeld(h.Addr, h.Found, t.origs[t.index(h.Addr)].bytes(), areas())
+		}
+		e.held[h.Addr] = h
+	}
+	st.Held += len(gone)
+	return st, err
+}
+
+// Held returns the sites the engine left alone, sorted by address: another
+// tool changed their bytes (see uprobe.go). After RestoreAll these are the
+// sites that do not hold their original bytes because of that tool. It is
+// safe for concurrent use.
+func (e *Engine) Held() []Held {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make([]Held, 0, len(e.held))
+	for _, h := range e.held {
+		out = append(out, h)
+	}
+	slices.SortFunc(out, func(a, b Held) int { return cmp.Compare(a.Addr, b.Addr) })
+	return out
 }

@@ -20,13 +20,20 @@ type stressTarget struct {
 	tp    *testtarget.Process
 	sites []uint64 // runtime site address of fn_i, in function order
 	orig  [][]byte // file bytes of each site
+	ends  []uint64 // runtime address of the end of fn_i (its symbol's size)
 	stub  uint64   // runtime address of lt_counter_stub
 	nfn   int
 }
 
 func startStress(t testing.TB, form testtarget.Form, nfn int, args ...string) *stressTarget {
 	t.Helper()
-	bin := testtarget.Build(t, "stress", form, testtarget.Funcs(nfn))
+	return startStressBin(t, testtarget.Build(t, "stress", form, testtarget.Funcs(nfn)), nfn, args...)
+}
+
+// startStressBin is startStress for the stress executable bin, built with
+// nfn functions.
+func startStressBin(t testing.TB, bin string, nfn int, args ...string) *stressTarget {
+	t.Helper()
 	tp := testtarget.Start(t, bin, args...)
 	if _, err := tp.Expect("ready", 30*time.Second); err != nil {
 		t.Fatal(err)
@@ -35,7 +42,7 @@ func startStress(t testing.TB, form testtarget.Form, nfn int, args ...string) *s
 	if err != nil {
 		t.Fatal(err)
 	}
-	st := &stressTarget{tp: tp, nfn: nfn, sites: make([]uint64, nfn), orig: make([][]byte, nfn)}
+	st := &stressTarget{tp: tp, nfn: nfn, sites: make([]uint64, nfn), orig: make([][]byte, nfn), ends: make([]uint64, nfn)}
 	found := 0
 	for _, m := range mods {
 		if m.Spec.Path == "" || !strings.HasSuffix(strings.TrimSuffix(m.Path, " (deleted)"), bin[strings.LastIndexByte(bin, '/'):]) {
@@ -63,6 +70,7 @@ func startStress(t testing.TB, form testtarget.Form, nfn int, args ...string) *s
 				continue
 			}
 			st.sites[i] = m.Runtime(s.Addr)
+			st.ends[i] = m.Runtime(m.Spec.Funcs[s.Func].Addr + m.Spec.Funcs[s.Func].Size)
 			st.orig[i] = bytes.Clone(s.Bytes[:])
 			found++
 		}
