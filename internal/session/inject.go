@@ -2,9 +2,11 @@ package session
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"sort"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -42,9 +44,10 @@ type remoteRegion struct {
 const DefaultChunks = 256
 
 const (
-	mapFixedNoreplace = 0x100000 // MAP_FIXED_NOREPLACE, Linux 4.17
-	madvWipeOnFork    = 18       // MADV_WIPEONFORK, Linux 4.14
-	mfdCloexec        = 1
+	mapFixedNoreplace = 0x100000      // MAP_FIXED_NOREPLACE, Linux 4.17
+	madvWipeOnFork    = 18            // MADV_WIPEONFORK, Linux 4.14
+	mfdCloexec        = 1             // MFD_CLOEXEC
+	mfdAllowSealing   = 2             // MFD_ALLOW_SEALING
 	reach             = 1<<31 - 1<<20 // rel32 reach, less a safety margin
 	pageSize          = 4096
 )
@@ -140,7 +143,9 @@ func (s *Session) inject() (err error) {
 	if err := s.p.WriteMem(a.Ctl, name); err != nil {
 		return err
 	}
-	fd, err := r.SyscallOK("memfd_create", proc.SysMemfdCreate, a.Ctl, mfdCloexec)
+	// Sealable, so that the tracer can seal it against shrinking (a target
+	// that truncated it would make the tracer fault on its own mapping).
+	fd, err := r.SyscallOK("memfd_create", proc.SysMemfdCreate, a.Ctl, mfdCloexec|mfdAllowSealing)
 	if err != nil {
 		return fmt.Errorf("inject agent: %w", err)
 	}
@@ -154,19 +159,26 @@ func (s *Session) inject() (err error) {
 		closeFd()
 		return fmt.Errorf("inject agent: %w", err)
 	}
+	// The tracer's copy of the fd is taken, checked and sealed before the
+	// target maps it (docs/DESIGN-NOTES.md, "The shared memory").
+	f, err := takeShared(s.p.Pid(), int(fd), int64(sharedSize))
+	if err != nil {
+		closeFd()
+		return fmt.Errorf("inject agent: %w", err)
+	}
+	defer f.Close()
 	if err := mmap(a.Shared, uint64(sharedSize), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED, int64(fd), "shared memory"); err != nil {
 		closeFd()
 		return err
 	}
-	f, err := os.OpenFile(fmt.Sprintf("/proc/%d/fd/%d", s.p.Pid(), fd), os.O_RDWR, 0)
-	if err != nil {
-		closeFd()
-		return fmt.Errorf("inject agent: open the shared memory: %w", err)
-	}
-	inj.shared, err = unix.Mmap(int(f.Fd()), 0, sharedSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	f.Close()
 	// The target's fd is not needed once the memory is mapped.
 	closeFd()
+	// The target may have put another file at that fd number between
+	// pidfd_getfd and its mmap: what it mapped must be our memfd.
+	if err := sameFile(s.p.Pid(), a.Shared, f); err != nil {
+		return fmt.Errorf("inject agent: %w", err)
+	}
+	inj.shared, err = unix.Mmap(int(f.Fd()), 0, sharedSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
 		return fmt.Errorf("inject agent: map the shared memory: %w", err)
 	}
@@ -337,6 +349,86 @@ func (inj *injection) unmapLocal() {
 	}
 }
 
+// ErrSharedTampered means the file the target handed over as the shared
+// memory is not the sealed memfd of the agent's size that livetrace made:
+// the target swapped its fd, resized it or sealed it first.
+var ErrSharedTampered = errors.New("the target tampered with the shared memory")
+
+// sharedSeals are the seals the shared memfd carries: its size is fixed
+// for good, so neither side can make the other fault by truncating it.
+const sharedSeals = unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_SEAL
+
+// takeShared takes the shared memfd from fd number fd of the target with
+// pidfd_getfd, never by path: opening /proc/PID/fd/N would reopen, as
+// root and read-write, whatever the target had put at that number (an
+// O_PATH fd of a file it may not even read). The file must be a memfd of
+// exactly size bytes, open read-write; it is sealed against shrinking and
+// growing before anything maps it.
+func takeShared(pid, fd int, size int64) (_ *os.File, err error) {
+	f, err := proc.TakeFd(pid, fd)
+	if err != nil {
+		return nil, fmt.Errorf("take the shared memory: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+		}
+	}()
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("take the shared memory: %w: %s; is something else in the process playing with livetrace's memfd?", ErrSharedTampered, fmt.Sprintf(format, args...))
+	}
+	nfd := int(f.Fd())
+	if link, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", nfd)); err != nil || !strings.HasPrefix(link, "/memfd:") {
+		return nil, bad("fd %d is %q, not a memfd", fd, link)
+	}
+	if fl, err := unix.FcntlInt(uintptr(nfd), unix.F_GETFL, 0); err != nil || fl&unix.O_ACCMODE != unix.O_RDWR || fl&unix.O_PATH != 0 {
+		return nil, bad("fd %d is not open read-write", fd)
+	}
+	// Only memfds (shmem and hugetlbfs files) know F_GET_SEALS.
+	if _, err := unix.FcntlInt(uintptr(nfd), unix.F_GET_SEALS, 0); err != nil {
+		return nil, bad("fd %d cannot be sealed: %v", fd, err)
+	}
+	if _, err := unix.FcntlInt(uintptr(nfd), unix.F_ADD_SEALS, sharedSeals); err != nil {
+		return nil, bad("seal fd %d: %v", fd, err)
+	}
+	seals, err := unix.FcntlInt(uintptr(nfd), unix.F_GET_SEALS, 0)
+	if err != nil || seals&sharedSeals != sharedSeals || seals&(unix.F_SEAL_WRITE|unix.F_SEAL_FUTURE_WRITE) != 0 {
+		return nil, bad("fd %d has seals %#x", fd, seals)
+	}
+	// Sealed: the size checked now is the size for good.
+	var st unix.Stat_t
+	if err := unix.Fstat(nfd, &st); err != nil {
+		return nil, fmt.Errorf("take the shared memory: %w", err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size != size {
+		return nil, bad("fd %d has mode %#o and size %d, want a regular file of %d bytes", fd, st.Mode, st.Size, size)
+	}
+	return f, nil
+}
+
+// sameFile checks that the mapping of pid at addr is of file f (device
+// and inode, as /proc/PID/maps shows them).
+func sameFile(pid int, addr uint64, f *os.File) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return fmt.Errorf("check the shared memory: %w", err)
+	}
+	maps, err := proc.ReadMaps(pid)
+	if err != nil {
+		return err
+	}
+	for _, m := range maps {
+		if m.Start != addr {
+			continue
+		}
+		if m.Inode != st.Ino || m.Dev != fmt.Sprintf("%02x:%02x", unix.Major(st.Dev), unix.Minor(st.Dev)) {
+			return fmt.Errorf("check the shared memory: %w: the target mapped %s (inode %d) at %#x, not livetrace's memfd (inode %d)", ErrSharedTampered, m.Path, m.Inode, addr, st.Ino)
+		}
+		return nil
+	}
+	return fmt.Errorf("check the shared memory: %w: nothing is mapped at %#x", ErrSharedTampered, addr)
+}
+
 func roundUp(x, a uint64) uint64 { return (x + a - 1) / a * a }
 
 // withinReach reports whether every byte of [rlo, rhi) is within rel32
@@ -471,16 +563,49 @@ func (inj *injection) installBackstop(p *proc.Process, r *proc.Remote) error {
 	return nil
 }
 
-// uninstallBackstop puts the application's SIGTRAP action back.
+// uninstallBackstop puts the application's SIGTRAP action back, unless the
+// application installed an action of its own meanwhile: then its action
+// stays. (The agent's saved action at OldSigtrap goes away with the agent;
+// nothing reads it once lt_sigtrap is no longer the handler. An
+// application handler that chains to the action it replaced, lt_sigtrap,
+// would jump into the unmapped agent: livetrace cannot know it does.)
 func (inj *injection) uninstallBackstop(p *proc.Process, r *proc.Remote) error {
 	if !inj.backstop {
 		return nil
 	}
-	_, err := r.SyscallOK("rt_sigaction SIGTRAP", proc.SysRtSigaction, uint64(unix.SIGTRAP), inj.addrs.OldSigtrap, 0, 8)
+	// rt_sigaction's oldact comes back in the control page's spare bytes.
+	stage := inj.addrs.Ctl + agent.CtlSize - agent.SizeofSigaction
+	current := func() (agent.Sigaction, error) {
+		b := make([]byte, agent.SizeofSigaction)
+		if err := p.ReadMem(stage, b); err != nil {
+			return agent.Sigaction{}, err
+		}
+		return agent.DecodeSigaction(b)
+	}
+	defer p.WriteMem(stage, make([]byte, agent.SizeofSigaction))
+	if _, err := r.SyscallOK("rt_sigaction SIGTRAP", proc.SysRtSigaction, uint64(unix.SIGTRAP), 0, stage, 8); err != nil {
+		return fmt.Errorf("read the SIGTRAP action: %w", err)
+	}
+	cur, err := current()
 	if err != nil {
+		return fmt.Errorf("read the SIGTRAP action: %w", err)
+	}
+	if cur.Handler != inj.addrs.Sigtrap {
+		// The application replaced lt_sigtrap: its action stays.
+		inj.backstop = false
+		return nil
+	}
+	if _, err := r.SyscallOK("rt_sigaction SIGTRAP", proc.SysRtSigaction, uint64(unix.SIGTRAP), inj.addrs.OldSigtrap, stage, 8); err != nil {
 		return fmt.Errorf("restore the SIGTRAP action: %w", err)
 	}
 	inj.backstop = false
+	// Another thread may have installed its action between the two
+	// calls: then the action just replaced is that one, and it goes back.
+	if cur, err := current(); err == nil && cur.Handler != inj.addrs.Sigtrap {
+		if _, err := r.SyscallOK("rt_sigaction SIGTRAP", proc.SysRtSigaction, uint64(unix.SIGTRAP), stage, 0, 8); err != nil {
+			return fmt.Errorf("restore the application's SIGTRAP action: %w", err)
+		}
+	}
 	return nil
 }
 

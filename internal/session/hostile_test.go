@@ -1,0 +1,264 @@
+package session
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/livetrace/livetrace/internal/testtarget"
+	"github.com/livetrace/livetrace/internal/tracefile"
+)
+
+// The tests in this file run internal/testtarget/c/hostile.c as user
+// nobody against a root tracer: the attacks of docs/SECURITY.md.
+
+// nobody is the unprivileged user the hostile target runs as.
+const nobody = "65534"
+
+// buildHostile compiles the hostile fixture into a directory that nobody
+// can read, and returns the executable.
+func buildHostile(t *testing.T) string {
+	t.Helper()
+	testtarget.RequireRoot(t)
+	cc, err := exec.LookPath("gcc")
+	if err != nil {
+		testtarget.SkipOrFatal(t, "gcc is not installed: run `make test`, which installs it")
+	}
+	dir := publicDir(t)
+	exe := filepath.Join(dir, "hostile")
+	out, err := exec.Command(cc, "-O2", "-g", "-Wall", "-pthread", "-fcf-protection=none",
+		"-fpatchable-function-entry=5", "-fPIE", "-pie",
+		"-o", exe, filepath.Join("..", "testtarget", "c", "hostile.c")).CombinedOutput()
+	if err != nil {
+		t.Fatalf("build the hostile fixture: %v\n%s", err, out)
+	}
+	return exe
+}
+
+// publicDir returns a new directory that every user can search.
+func publicDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "livetrace-hostile-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// startHostile runs the hostile fixture as nobody and waits for "ready".
+func startHostile(t *testing.T, exe string, args ...string) *testtarget.Process {
+	t.Helper()
+	argv := append([]string{"--reuid=" + nobody, "--regid=" + nobody, "--clear-groups", "--", exe}, args...)
+	tp := testtarget.Start(t, "/usr/bin/setpriv", argv...)
+	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
+		t.Fatalf("start the hostile fixture: %v; stderr: %s", err, tp.Stderr())
+	}
+	return tp
+}
+
+// ask sends cmd and returns the reply line that starts with prefix.
+func ask(t *testing.T, tp *testtarget.Process, cmd, prefix string) string {
+	t.Helper()
+	if err := tp.Send(cmd); err != nil {
+		t.Fatal(err)
+	}
+	l, err := tp.Expect(prefix, 10*time.Second)
+	if err != nil {
+		t.Fatalf("%s: %v (the target died? %v; stderr: %s)", cmd, err, tp.Wait(), tp.Stderr())
+	}
+	return l
+}
+
+// hostileAlive fails the test unless the fixture still answers.
+func hostileAlive(t *testing.T, tp *testtarget.Process) {
+	t.Helper()
+	ask(t, tp, "run 10", "done")
+}
+
+// TestMemfdSwapped: the target dup2s an O_PATH fd of a root-only file over
+// livetrace's memfd as soon as the memfd is mapped. A tracer that reopened
+// the memfd by path (/proc/PID/fd/N) opened that file read-write as root,
+// wrote the buffer's header into it and died of SIGBUS past its end. The
+// root file must stay as it was, and each recording either works (on the
+// real memfd) or fails with a clear error.
+func TestMemfdSwapped(t *testing.T) {
+	exe := buildHostile(t)
+	dir := publicDir(t)
+	secret := filepath.Join(dir, "secret")
+	// Larger than the buffer: a tracer fooled into mapping it does not
+	// fault, it just writes into it.
+	want := bytes.Repeat([]byte("root-only secret\n"), 64<<10)
+	if err := os.WriteFile(secret, want, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tp := startHostile(t, exe, "swap="+secret)
+	hostileAlive(t, tp)
+	// At least 6 attempts, and more (up to 20) until the target has
+	// swapped the fd 3 times: on a loaded machine its watcher threads
+	// can miss the moment.
+	attempts, worked, swaps := 0, 0, 0
+	for i := 0; i < 20 && (i < 6 || swaps < 3); i++ {
+		attempts++
+		// Late: once the target has mapped the memfd, the moment the
+		// tracer used to open it by path. Early: before its ftruncate.
+		when := "late"
+		if i%3 == 2 {
+			when = "early"
+		}
+		ask(t, tp, when, "ok")
+		out := filepath.Join(t.TempDir(), "rec.data")
+		s, err := Start(tp.Pid(), Options{Funcs: []string{"hot_*"}, Output: out, Chunks: 4})
+		if err == nil {
+			hostileAlive(t, tp)
+			if _, err := s.Poll(); err != nil {
+				t.Errorf("poll: %v", err)
+			}
+			if err := s.Close(); err != nil {
+				t.Errorf("close: %v", err)
+			}
+			rec, err := tracefile.Read(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(rec.Events) == 0 {
+				t.Errorf("attempt %d: recording worked but holds no event: it was not our memfd", i)
+			}
+			worked++
+		} else if !errors.Is(err, ErrSharedTampered) {
+			// The swap can also land between memfd_create and the
+			// target's ftruncate or mmap, which then fail (EBADF on an
+			// O_PATH fd): a clear error too.
+			if !strings.Contains(err.Error(), "bad file descriptor") {
+				t.Errorf("attempt %d (%s): unexpected error: %v", i, when, err)
+			} else {
+				t.Logf("attempt %d (%s): failed: %v", i, when, err)
+			}
+		} else {
+			t.Logf("attempt %d (%s): refused: %v", i, when, err)
+		}
+		got, err := os.ReadFile(secret)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("attempt %d: the root-only file was written through the swapped fd (first bytes % x)", i, got[:16])
+		}
+		hostileAlive(t, tp)
+		testtarget.CheckText(t, tp.Pid())
+		swaps, _ = strconv.Atoi(strings.TrimPrefix(ask(t, tp, "swapped", "swapped"), "swapped "))
+	}
+	t.Logf("%d of %d recordings worked; the target swapped the fd %d times", worked, attempts, swaps)
+	if swaps == 0 {
+		t.Errorf("the target never managed to swap the fd: the test tests nothing")
+	}
+}
+
+// TestMemfdTruncated: the target takes a copy of livetrace's memfd (dup'd
+// in the moment it sits in its fd table) and truncates it while recorded.
+// The memfd is sealed, so the truncation fails; the tracer keeps reading
+// its mapping, and detaches cleanly with the text restored.
+func TestMemfdTruncated(t *testing.T) {
+	exe := buildHostile(t)
+	tp := startHostile(t, exe, "grab")
+	before := testtarget.TakeSnapshot(t, tp.Pid())
+	var s *Session
+	var grabbed string
+	for i := 0; i < 5 && grabbed == ""; i++ {
+		var err error
+		s, err = Start(tp.Pid(), Options{Funcs: []string{"hot_*"}, Output: filepath.Join(t.TempDir(), "rec.data")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l := ask(t, tp, "grabbed", "grabbed"); l != "grabbed -1" {
+			grabbed = l
+			break
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if grabbed == "" {
+		t.Fatal("the target never got hold of the memfd: the test tests nothing")
+	}
+	reply := ask(t, tp, "truncate", "truncate")
+	eperm := fmt.Sprintf("%d", int(1)) // EPERM
+	if f := strings.Fields(reply); len(f) != 5 || f[1] != "-1" || f[2] != eperm || f[3] != "-1" || f[4] != eperm {
+		t.Errorf("the target resized the memfd: %q, want both ftruncates to fail with EPERM", reply)
+	}
+	hostileAlive(t, tp)
+	// Poll on this goroutine: a fault on a shrunk mapping becomes a panic
+	// that the test reports instead of a crash of the test binary.
+	func() {
+		defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+		defer func() {
+			if r := recover(); r != nil {
+				t.Fatalf("the tracer faulted on the shared memory: %v", r)
+			}
+		}()
+		for i := 0; i < 20; i++ {
+			if _, err := s.Poll(); err != nil {
+				t.Errorf("poll: %v", err)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		if err := s.Close(); err != nil {
+			t.Errorf("close: %v", err)
+		}
+	}()
+	hostileAlive(t, tp)
+	testtarget.CheckText(t, tp.Pid())
+	// The grabbed copy is the target's own fd; the rest is as before.
+	now := testtarget.TakeSnapshot(t, tp.Pid())
+	if strings.Join(before.Maps, "\n") != strings.Join(now.Maps, "\n") {
+		t.Errorf("mappings changed:\nbefore:\n%s\nafter:\n%s", strings.Join(before.Maps, "\n"), strings.Join(now.Maps, "\n"))
+	}
+}
+
+// TestSigtrapHandlerKept: the target installs its own SIGTRAP handler
+// while recorded. Detach must not put back the action from before the
+// attach over it: after detach, raise(SIGTRAP) runs the target's handler
+// (the default action would kill it).
+func TestSigtrapHandlerKept(t *testing.T) {
+	exe := buildHostile(t)
+	tp := startHostile(t, exe)
+	s, err := Start(tp.Pid(), Options{Funcs: []string{"hot_*"}, Output: filepath.Join(t.TempDir(), "rec.data")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, _ := s.Mode(); m.String() != "live" {
+		t.Fatalf("mode %v: the SIGTRAP backstop is only installed in live mode", m)
+	}
+	ask(t, tp, "trap", "trap installed")
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if l := ask(t, tp, "raise", "raised"); l != "raised 1" {
+		t.Errorf("after detach: %q, want the target's handler to have run once", l)
+	}
+	testtarget.CheckText(t, tp.Pid())
+
+	// Without a handler of its own, the target gets its previous action
+	// (its handler, from the first round) back.
+	s, err = Start(tp.Pid(), Options{Funcs: []string{"hot_*"}, Output: filepath.Join(t.TempDir(), "rec.data")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if l := ask(t, tp, "raise", "raised"); l != "raised 2" {
+		t.Errorf("second detach: %q, want the target's handler to have run again", l)
+	}
+}
