@@ -2,17 +2,22 @@ package session
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/livetrace/livetrace/internal/agent"
 	"github.com/livetrace/livetrace/internal/testtarget"
 	"github.com/livetrace/livetrace/internal/tracefile"
 )
@@ -261,4 +266,109 @@ func TestSigtrapHandlerKept(t *testing.T) {
 	if l := ask(t, tp, "raise", "raised"); l != "raised 2" {
 		t.Errorf("second detach: %q, want the target's handler to have run again", l)
 	}
+}
+
+// TestForgedTIDs: the target writes 155,000 made-up thread ids into its
+// chunk headers. Each used to cost the tracer a map entry (and a /proc
+// read): RSS grew by tens of MB. Only the target's real threads count;
+// the records of the others are dropped and reported as malformed.
+func TestForgedTIDs(t *testing.T) {
+	const forged = 155000
+	run := func(t *testing.T, filter bool) (threads int, corrupt uint64, rss int64, rescans int) {
+		cfg := agent.Config{Chunks: 64, ChunkRecords: 4, Sites: []agent.Site{{Addr: 0x1000, Target: 0x2000}}}
+		mem, err := unix.Mmap(-1, 0, agent.SharedSize(cfg), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_ANONYMOUS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Munmap(mem)
+		if err := agent.InitShared(mem, cfg); err != nil {
+			t.Fatal(err)
+		}
+		cons, err := agent.NewConsumer(mem)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w, err := tracefile.Create(filepath.Join(t.TempDir(), "rec.data"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pid, me := os.Getpid(), unix.Gettid()
+		s := &Session{pid: pid, lost: map[uint32]uint64{}, threads: map[uint32]string{}, w: w, cons: cons,
+			sel: []selected{{addr: 0x1000}}, inj: &injection{}}
+		if filter {
+			s.inj.tids = newTIDSet(pid, []int{me})
+			cons.SetTIDFilter(s.inj.tids.accept)
+		}
+		le := binary.LittleEndian
+		chunkOff := le.Uint64(mem[agent.SharedHdrChunkOffOff:])
+		chunkSize := le.Uint64(mem[agent.SharedHdrChunkSizeOff:])
+		rec := agent.EncodeRecord(agent.Record{TSC: 1, Kind: agent.KindEntry})
+		runtime.GC()
+		rss0 := vmRSS(t)
+		seq, tid := uint64(0), uint32(1<<22)
+		for n := 0; n < forged; {
+			for i := uint64(0); i < uint64(cfg.Chunks) && n < forged; i++ {
+				h := chunkOff + i*chunkSize
+				copy(mem[h+agent.SizeofChunkHdr:], rec[:])
+				owner := tid
+				if i == 0 {
+					owner = uint32(me) // a real thread: its records go through
+				} else {
+					tid++
+					n++
+				}
+				seq++
+				le.PutUint32(mem[h+agent.ChunkHdrTidOff:], owner)
+				le.PutUint32(mem[h+agent.ChunkHdrLostOff:], 1)
+				le.PutUint32(mem[h+agent.ChunkHdrCountOff:], 1)
+				le.PutUint64(mem[h+agent.ChunkHdrSeqOff:], seq)
+				le.PutUint32(mem[h+agent.ChunkHdrStateOff:], agent.ChunkFull)
+			}
+			if _, err := s.Poll(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		runtime.GC()
+		rss = vmRSS(t) - rss0
+		if s.inj.tids != nil {
+			rescans = s.inj.tids.rescans
+		}
+		s.w.Close(tracefile.Meta{})
+		return len(s.threads), s.corrupt, rss, rescans
+	}
+	threads, corrupt, rss, rescans := run(t, true)
+	t.Logf("with the filter: %d threads kept, %d records dropped, %d rereads of /proc/PID/task, RSS grew by %d KiB", threads, corrupt, rescans, rss>>10)
+	if threads != 1 {
+		t.Errorf("%d threads kept for %d forged tids, want 1 (the real one)", threads, forged)
+	}
+	if corrupt != forged {
+		t.Errorf("%d records counted as malformed, want %d", corrupt, forged)
+	}
+	if rss > 8<<20 {
+		t.Errorf("RSS grew by %d KiB", rss>>10)
+	}
+	// What the forged tids cost without the filter (seconds of /proc
+	// reads), for comparison: `make soak` only.
+	if os.Getenv("LIVETRACE_SOAK") != "1" {
+		return
+	}
+	threads, _, rss, _ = run(t, false)
+	t.Logf("without the filter: %d threads kept, RSS grew by %d KiB", threads, rss>>10)
+}
+
+// vmRSS returns the resident set size of the test process, in bytes.
+func vmRSS(t *testing.T) int64 {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			return kb << 10
+		}
+	}
+	t.Fatal("no VmRSS in /proc/self/status")
+	return 0
 }

@@ -27,6 +27,11 @@ type injection struct {
 	keep    bool           // a thread may still be inside the agent: leave it mapped
 	// backstop says our SIGTRAP handler is installed.
 	backstop bool
+	// tids are the target's threads, which chunk headers must name
+	// (consume.go); foreign is the consumer's count of records dropped
+	// for naming another, already added to the session's corrupt count.
+	tids    *tidSet
+	foreign uint64
 	// hooks are the GOT slots pointed at the agent's unwinder hooks
 	// (graph mode, see unwind.go); they go back before the agent goes.
 	hooks []gotHook
@@ -261,6 +266,8 @@ func (s *Session) inject() (err error) {
 	if err != nil {
 		return fmt.Errorf("inject agent: %w", err)
 	}
+	inj.tids = newTIDSet(s.p.Pid(), s.p.Threads())
+	cons.SetTIDFilter(inj.tids.accept)
 	s.cons = cons
 
 	return s.inj.setCtl(s.p, agent.Ctl{Enabled: true, Graph: s.opts.Graph})
