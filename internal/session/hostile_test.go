@@ -372,3 +372,67 @@ func vmRSS(t *testing.T) int64 {
 	t.Fatal("no VmRSS in /proc/self/status")
 	return 0
 }
+
+// TestSeccomp: targets whose seccomp filter refuses a system call that
+// livetrace makes inside them (remote syscalls and the agent's own) or
+// one it does not (process_vm_*: the tracer calls them in its own
+// process). Each is traced correctly (stop mode when membarrier is
+// refused) or refused up front with ErrSeccomp, and left intact and
+// alive: a filter that kills on memfd_create used to kill the target.
+func TestSeccomp(t *testing.T) {
+	exe := buildHostile(t)
+	for _, tc := range []struct {
+		filter string
+		mode   string // "" = refused with ErrSeccomp
+	}{
+		{"membarrier", "stop"},
+		{"process_vm_readv,process_vm_writev", "live"},
+		{"process_vm_readv:kill,process_vm_writev:kill", "live"},
+		{"memfd_create", ""},
+		{"memfd_create:kill", ""},
+		{"membarrier:kill", ""},
+		{"gettid:kill", ""}, // the agent's first call in each thread
+		{"ftruncate:kill", ""},
+		{"rt_sigaction", ""},
+		{"madvise:kill", ""},
+	} {
+		t.Run(strings.ReplaceAll(tc.filter, ",", "+"), func(t *testing.T) {
+			tp := startHostile(t, exe, "seccomp="+tc.filter)
+			hostileAlive(t, tp)
+			before := testtarget.TakeSnapshot(t, tp.Pid())
+			out := filepath.Join(t.TempDir(), "rec.data")
+			s, err := Start(tp.Pid(), Options{Funcs: []string{"hot_*"}, Output: out})
+			if tc.mode == "" {
+				if err == nil {
+					s.Close()
+					t.Fatal("recording started; want a refusal")
+				}
+				if !errors.Is(err, ErrSeccomp) {
+					t.Errorf("error %v, want ErrSeccomp", err)
+				}
+				t.Logf("refused: %v", err)
+			} else {
+				if err != nil {
+					t.Fatalf("start: %v", err)
+				}
+				if m, why := s.Mode(); m.String() != tc.mode {
+					t.Errorf("mode %v (%s), want %s", m, why, tc.mode)
+				}
+				hostileAlive(t, tp)
+				if err := s.Close(); err != nil {
+					t.Fatalf("close: %v", err)
+				}
+				rec, err := tracefile.Read(out)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(rec.Events) == 0 {
+					t.Error("no events recorded")
+				}
+			}
+			hostileAlive(t, tp)
+			testtarget.CheckText(t, tp.Pid())
+			before.CheckSame(t, tp.Pid())
+		})
+	}
+}

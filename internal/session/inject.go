@@ -64,6 +64,10 @@ const (
 func (s *Session) inject() (err error) {
 	inj := &injection{}
 	s.inj = inj
+	// Before the first system call livetrace makes in the target.
+	if err := s.checkSeccomp(); err != nil {
+		return err
+	}
 	r, err := s.p.HoldRemote()
 	if err != nil {
 		return fmt.Errorf("inject agent: %w", err)
@@ -644,4 +648,157 @@ func userRegs(r *unix.PtraceRegs) [27]uint64 {
 	return [27]uint64{r.R15, r.R14, r.R13, r.R12, r.Rbp, r.Rbx, r.R11, r.R10, r.R9, r.R8,
 		r.Rax, r.Rcx, r.Rdx, r.Rsi, r.Rdi, r.Orig_rax, r.Rip, r.Cs, r.Eflags, r.Rsp,
 		r.Ss, r.Fs_base, r.Gs_base, r.Ds, r.Es, r.Fs, r.Gs}
+}
+
+// ErrSeccomp means the target's seccomp filter forbids a system call that
+// livetrace or its agent must make inside the target.
+var ErrSeccomp = errors.New("refused by the process's seccomp filter")
+
+// sysUse is one system call livetrace or its agent makes inside the
+// target, with the arguments a filter might look at (addresses and fds
+// are stand-ins: they are not known before the call).
+type sysUse struct {
+	name string
+	nr   uint64
+	args [6]uint64
+}
+
+// remoteSyscalls are the system calls made inside the target: the
+// tracer's remote syscalls (inject, remove), and the agent's own calls
+// (agent.c: lt_claim, lt_remote, lt_sigtrap). Whoever adds a remote
+// syscall adds it here, or a seccomp filter can kill the target.
+var remoteSyscalls = []sysUse{
+	{"mmap", unix.SYS_MMAP, [6]uint64{0, 1 << 20, unix.PROT_READ | unix.PROT_WRITE, unix.MAP_PRIVATE | unix.MAP_ANONYMOUS | mapFixedNoreplace, ^uint64(0), 0}},
+	{"mmap", unix.SYS_MMAP, [6]uint64{0, 1 << 20, unix.PROT_READ | unix.PROT_WRITE, unix.MAP_PRIVATE | unix.MAP_ANONYMOUS | unix.MAP_NORESERVE | mapFixedNoreplace, ^uint64(0), 0}},
+	{"mmap", unix.SYS_MMAP, [6]uint64{0, 1 << 20, unix.PROT_READ | unix.PROT_WRITE, unix.MAP_SHARED | mapFixedNoreplace, 3, 0}},
+	{"madvise", unix.SYS_MADVISE, [6]uint64{0, pageSize, madvWipeOnFork}},
+	{"memfd_create", unix.SYS_MEMFD_CREATE, [6]uint64{0, mfdCloexec | mfdAllowSealing}},
+	{"ftruncate", unix.SYS_FTRUNCATE, [6]uint64{3, 1 << 20}},
+	{"close", unix.SYS_CLOSE, [6]uint64{3}},
+	{"mprotect", unix.SYS_MPROTECT, [6]uint64{0, pageSize, unix.PROT_READ | unix.PROT_EXEC}},
+	{"munmap", unix.SYS_MUNMAP, [6]uint64{0, pageSize}},
+	{"rt_sigaction", unix.SYS_RT_SIGACTION, [6]uint64{uint64(unix.SIGTRAP), 1, 1, 8}},
+	{"rt_sigaction", unix.SYS_RT_SIGACTION, [6]uint64{uint64(unix.SIGTRAP), 0, 1, 8}},
+	{"rt_sigaction", unix.SYS_RT_SIGACTION, [6]uint64{uint64(unix.SIGTRAP), 1, 0, 8}},
+	{"rt_sigprocmask", unix.SYS_RT_SIGPROCMASK, [6]uint64{0, 1, 1, 8}}, // SIG_BLOCK
+	{"rt_sigprocmask", unix.SYS_RT_SIGPROCMASK, [6]uint64{2, 1, 0, 8}}, // SIG_SETMASK
+	{"rt_sigreturn", unix.SYS_RT_SIGRETURN, [6]uint64{}},
+	{"gettid", unix.SYS_GETTID, [6]uint64{}},
+	{"getpid", unix.SYS_GETPID, [6]uint64{}},
+	{"tgkill", unix.SYS_TGKILL, [6]uint64{1, 1, uint64(unix.SIGTRAP)}},
+}
+
+// membarrier commands the engine uses (textpoke.New and its syncs), in
+// order: QUERY, REGISTER_PRIVATE_EXPEDITED_SYNC_CORE,
+// PRIVATE_EXPEDITED_SYNC_CORE.
+var membarrierUses = []sysUse{
+	{"membarrier(QUERY)", unix.SYS_MEMBARRIER, [6]uint64{0}},
+	{"membarrier(REGISTER_PRIVATE_EXPEDITED_SYNC_CORE)", unix.SYS_MEMBARRIER, [6]uint64{1 << 6}},
+	{"membarrier(PRIVATE_EXPEDITED_SYNC_CORE)", unix.SYS_MEMBARRIER, [6]uint64{1 << 5}},
+}
+
+// checkSeccomp refuses a target whose seccomp filter would refuse a system
+// call livetrace makes inside it. The remote syscalls run in the target,
+// under its filter: one it refuses with an errno leaves livetrace with an
+// error halfway through an injection, and one it answers with
+// SECCOMP_RET_KILL kills the target. Probing is no option (the probe
+// itself could kill it), so the filter is read (PTRACE_SECCOMP_GET_FILTER,
+// with every thread stopped) and run here on each call livetrace will
+// make, before it makes any.
+//
+//   - Seccomp strict mode: refused.
+//   - A filter that refuses any of remoteSyscalls: refused, naming the
+//     call.
+//   - membarrier refused with an errno, from the first command on (the
+//     query) or from the registration on: the engine finds SYNC_CORE
+//     unavailable and uses stop mode. Any other refusal of membarrier,
+//     or a filter that lets the engine register but not sync: refused.
+//   - A filter that cannot be read (no CAP_SYS_ADMIN, a kernel without
+//     CONFIG_CHECKPOINT_RESTORE): refused, since what it does is unknown.
+//
+// A filter that looks at the instruction pointer is run with 0; a thread
+// that installs a new filter while traced is not seen.
+func (s *Session) checkSeccomp() error {
+	pid := s.p.Pid()
+	strict, filtered := seccompModes(pid)
+	if strict {
+		return fmt.Errorf("trace pid %d: %w: a thread is in seccomp strict mode, where any system call livetrace made in it would kill it", pid, ErrSeccomp)
+	}
+	if !filtered {
+		return nil
+	}
+	if err := s.p.StopAll(); err != nil {
+		return err
+	}
+	var sets [][][]unix.SockFilter
+	var rerr error
+	for _, tid := range s.p.Threads() {
+		f, err := s.p.SeccompFilters(tid)
+		if err != nil {
+			rerr = err
+			break
+		}
+		sets = append(sets, f)
+	}
+	s.p.ResumeAll()
+	if rerr != nil {
+		return fmt.Errorf("trace pid %d: %w: livetrace cannot check which system calls it allows (%v), and one it refuses could kill the process; "+
+			"run livetrace with CAP_SYS_ADMIN on a kernel with CONFIG_CHECKPOINT_RESTORE to let it read the filter", pid, ErrSeccomp, rerr)
+	}
+	refused := func(u sysUse) (uint32, bool) {
+		for _, f := range sets {
+			if a := proc.SeccompAction(f, u.nr, u.args, 0); !proc.SeccompAllows(a) {
+				return a, true
+			}
+		}
+		return 0, false
+	}
+	for _, u := range remoteSyscalls {
+		if u.nr == unix.SYS_RT_SIGACTION && !s.backstop() {
+			continue
+		}
+		if a, no := refused(u); no {
+			return fmt.Errorf("trace pid %d: %w: it would %s on %s, which livetrace must make inside the process; allow it in the process's seccomp policy to trace it", pid, ErrSeccomp, proc.SeccompActionName(a), u.name)
+		}
+	}
+	for i, u := range membarrierUses {
+		a, no := refused(u)
+		if !no {
+			continue
+		}
+		if i < 2 && a&0xffff0000 == proc.SeccompRetErrno {
+			return nil // textpoke.New finds no SYNC_CORE: stop mode
+		}
+		return fmt.Errorf("trace pid %d: %w: it would %s on %s, which livetrace must make inside the process (refusing membarrier with an errno from the query or the registration on is fine: livetrace then uses stop mode); change the process's seccomp policy to trace it", pid, ErrSeccomp, proc.SeccompActionName(a), u.name)
+	}
+	return nil
+}
+
+// seccompModes reads the Seccomp field of every thread of pid: whether
+// one is in strict mode (1), and whether one has a filter (2).
+func seccompModes(pid int) (strict, filtered bool) {
+	d, err := os.Open(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return false, false
+	}
+	names, _ := d.Readdirnames(-1)
+	d.Close()
+	for _, n := range names {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, n))
+		if err != nil {
+			continue
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "Seccomp:"); ok {
+				switch strings.TrimSpace(v) {
+				case "1":
+					strict = true
+				case "2":
+					filtered = true
+				}
+				break
+			}
+		}
+	}
+	return strict, filtered
 }

@@ -178,6 +178,7 @@ static const struct {
     {"ftruncate", SYS_ftruncate},
     {"rt_sigaction", SYS_rt_sigaction},
     {"madvise", SYS_madvise},
+    {"gettid", SYS_gettid},
 };
 
 // install_seccomp refuses each syscall of list with EPERM (or kills the
@@ -236,6 +237,9 @@ int main(int argc, char **argv) {
 			return 2;
 		}
 	}
+	// Before the threads, which inherit it.
+	if (filter)
+		install_seccomp(filter);
 	pthread_t t;
 	if (pthread_create(&t, NULL, worker, NULL) != 0)
 		return 2;
@@ -250,8 +254,6 @@ int main(int argc, char **argv) {
 			if (pthread_create(&t, NULL, watcher, NULL) != 0)
 				return 2;
 	}
-	if (filter)
-		install_seccomp(filter);
 	printf("ready %d %d\n", watch[0], watch[NWATCH - 1]);
 
 	char line[256];
