@@ -125,13 +125,14 @@ static int in_mmap(int fd) {
 static void wait_mapped(int fd) {
 	int k;
 	for (k = 0; k < 20000 && !in_mmap(fd); k++)
-		;
+		if ((k & 15) == 0 && !is_memfd(fd))
+			return; // gone: the tracer is done with it
 	if (k < 20000) {
 		while (in_mmap(fd))
 			;
 		return;
 	}
-	for (k = 0; k < 2000 && !memfd_mapped(); k++)
+	for (k = 0; k < 2000 && is_memfd(fd) && !memfd_mapped(); k++)
 		;
 }
 
@@ -151,7 +152,9 @@ static void *watcher(void *arg) {
 				continue;
 			if (!early)
 				wait_mapped(fd);
-			if (dup2(opath, fd) == fd)
+			// Only over the memfd: a dup2 onto a closed number would
+			// take it, and the next memfd would land elsewhere.
+			if (is_memfd(fd) && dup2(opath, fd) == fd)
 				__sync_fetch_and_add(&swapped, 1);
 		}
 	}
