@@ -169,7 +169,7 @@ func (s *Session) inject() (err error) {
 		return fmt.Errorf("inject agent: %w", err)
 	}
 	// The tracer's copy of the fd is taken, checked and sealed before the
-	// target maps it (docs/DESIGN-NOTES.md, "The shared memory").
+	// target maps it (see takeShared).
 	f, err := takeShared(s.p.Pid(), int(fd), int64(sharedSize))
 	if err != nil {
 		closeFd()
