@@ -385,6 +385,11 @@ func TestSeccomp(t *testing.T) {
 		filter string
 		mode   string // "" = refused with ErrSeccomp
 	}{
+		// Registration allowed, SYNC_CORE refused: the engine would go
+		// live and fail in its first sync.
+		{"membarrier@32", ""},
+		// The query allowed, the registration refused: stop mode.
+		{"membarrier@64", "stop"},
 		{"membarrier", "stop"},
 		{"process_vm_readv,process_vm_writev", "live"},
 		{"process_vm_readv:kill,process_vm_writev:kill", "live"},
@@ -395,9 +400,16 @@ func TestSeccomp(t *testing.T) {
 		{"ftruncate:kill", ""},
 		{"rt_sigaction", ""},
 		{"madvise:kill", ""},
+		// A thread in strict mode, blocked in read: the thread a remote
+		// syscall would most like to borrow.
+		{"strict", ""},
 	} {
 		t.Run(strings.ReplaceAll(tc.filter, ",", "+"), func(t *testing.T) {
-			tp := startHostile(t, exe, "seccomp="+tc.filter)
+			args := []string{"seccomp=" + tc.filter}
+			if tc.filter == "strict" {
+				args = []string{"strict"}
+			}
+			tp := startHostile(t, exe, args...)
 			hostileAlive(t, tp)
 			before := testtarget.TakeSnapshot(t, tp.Pid())
 			out := filepath.Join(t.TempDir(), "rec.data")

@@ -15,7 +15,11 @@
 //   seccomp=LIST  before "ready", install a seccomp filter that refuses the
 //                 syscalls in LIST (comma-separated names from the table
 //                 below) with EPERM; a name with the suffix ":kill" kills
-//                 the process instead.
+//                 the process instead, and "name@N" refuses the call only
+//                 when its first argument is N.
+//   strict        start a thread that enters seccomp strict mode and
+//                 blocks in read (strict mode allows only read, write,
+//                 exit and sigreturn: any other call kills the process).
 //
 // Then it prints "ready" (with the fd numbers it watches) and a worker
 // thread calls the traced functions (hot_*) in a loop. Commands on stdin,
@@ -161,6 +165,17 @@ static void *watcher(void *arg) {
 	return NULL;
 }
 
+static int strict_pipe[2];
+static void *strict_thread(void *arg) {
+	(void)arg;
+	char c;
+	if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT, 0, 0, 0) != 0)
+		_exit(3);
+	for (;;)
+		if (read(strict_pipe[0], &c, 1) <= 0)
+			syscall(SYS_exit, 0);
+}
+
 static volatile int traps;
 static void on_trap(int sig) {
 	(void)sig;
@@ -201,6 +216,12 @@ static void install_seccomp(char *list) {
 			if (strcmp(colon + 1, "kill") == 0)
 				ret = SECCOMP_RET_KILL_PROCESS;
 		}
+		long arg = -1;
+		char *at = strchr(tok, '@');
+		if (at) {
+			*at = 0;
+			arg = strtol(at + 1, NULL, 0);
+		}
 		int nr = -1;
 		for (size_t i = 0; i < sizeof sysnames / sizeof sysnames[0]; i++)
 			if (strcmp(sysnames[i].name, tok) == 0)
@@ -209,8 +230,17 @@ static void install_seccomp(char *list) {
 			fprintf(stderr, "hostile: unknown syscall %s\n", tok);
 			exit(2);
 		}
-		prog[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, nr, 0, 1);
+		if (arg < 0) {
+			prog[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, nr, 0, 1);
+			prog[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, ret);
+			continue;
+		}
+		// nr and the low word of args[0]; A is reloaded with nr after.
+		prog[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, nr, 0, 4);
+		prog[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0]));
+		prog[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)arg, 0, 1);
 		prog[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, ret);
+		prog[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr));
 	}
 	prog[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
 	struct sock_fprog fprog = {.len = (unsigned short)n, .filter = prog};
@@ -224,6 +254,7 @@ static void install_seccomp(char *list) {
 int main(int argc, char **argv) {
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	char *filter = NULL;
+	int strict = 0;
 	for (int i = 1; i < argc; i++) {
 		if (strncmp(argv[i], "swap=", 5) == 0) {
 			opath = open(argv[i] + 5, O_PATH | O_CLOEXEC);
@@ -231,6 +262,8 @@ int main(int argc, char **argv) {
 				perror("hostile: open O_PATH");
 				return 2;
 			}
+		} else if (strcmp(argv[i], "strict") == 0) {
+			strict = 1;
 		} else if (strcmp(argv[i], "grab") == 0) {
 			do_grab = 1;
 		} else if (strncmp(argv[i], "seccomp=", 8) == 0) {
@@ -245,6 +278,8 @@ int main(int argc, char **argv) {
 		install_seccomp(filter);
 	pthread_t t;
 	if (pthread_create(&t, NULL, worker, NULL) != 0)
+		return 2;
+	if (strict && (pipe(strict_pipe) != 0 || pthread_create(&t, NULL, strict_thread, NULL) != 0))
 		return 2;
 	if (opath >= 0 || do_grab) {
 		// The lowest free fd numbers, after the threads are made.
