@@ -222,8 +222,14 @@ func (ts *tidSet) add(tid int) {
 	ts.known[inner] = tid
 }
 
-// exiting records a thread that is about to exit (it still shows in /proc).
-func (ts *tidSet) exiting(tid int) { ts.add(tid) }
+// exiting records a thread that is about to exit (it still shows in
+// /proc): its records may still be in the buffer. Its tid may then be
+// reused by a thread that, in another pid namespace, has another inner
+// tid: that one is looked up afresh.
+func (ts *tidSet) exiting(tid int) {
+	ts.add(tid)
+	delete(ts.outer, tid)
+}
 
 // newPoll starts a poll: the next unknown tid rereads /proc/PID/task.
 func (ts *tidSet) newPoll() { ts.rescanned = false }
