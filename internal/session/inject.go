@@ -731,6 +731,7 @@ func (s *Session) checkSeccomp() error {
 		return err
 	}
 	var sets [][][]unix.SockFilter
+	seen := map[string]bool{} // threads mostly share one chain of filters
 	var rerr error
 	for _, tid := range s.p.Threads() {
 		f, err := s.p.SeccompFilters(tid)
@@ -738,7 +739,10 @@ func (s *Session) checkSeccomp() error {
 			rerr = err
 			break
 		}
-		sets = append(sets, f)
+		if key := fmt.Sprint(f); !seen[key] {
+			seen[key] = true
+			sets = append(sets, f)
+		}
 	}
 	s.p.ResumeAll()
 	if rerr != nil {
