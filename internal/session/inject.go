@@ -168,6 +168,7 @@ func (s *Session) inject() (err error) {
 		closeFd()
 		return fmt.Errorf("inject agent: %w", err)
 	}
+	testHookShared("sized", int(fd))
 	// The tracer's copy of the fd is taken, checked and sealed before the
 	// target maps it (see takeShared).
 	f, err := takeShared(s.p.Pid(), int(fd), int64(sharedSize))
@@ -176,10 +177,12 @@ func (s *Session) inject() (err error) {
 		return fmt.Errorf("inject agent: %w", err)
 	}
 	defer f.Close()
+	testHookShared("taken", int(fd))
 	if err := mmap(a.Shared, uint64(sharedSize), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED, int64(fd), "shared memory"); err != nil {
 		closeFd()
 		return err
 	}
+	testHookShared("mapped", int(fd))
 	// The target's fd is not needed once the memory is mapped.
 	closeFd()
 	// The target may have put another file at that fd number between
@@ -359,6 +362,12 @@ func (inj *injection) unmapLocal() {
 		inj.shared = nil
 	}
 }
+
+// testHookShared lets tests act at each step of setting up the shared
+// memory (the target's fd number of the memfd is fd): "sized" after its
+// ftruncate, "taken" once the tracer holds its copy, "mapped" once the
+// target has mapped it.
+var testHookShared = func(stage string, fd int) {}
 
 // ErrSharedTampered means the file the target handed over as the shared
 // memory is not the sealed memfd of the agent's size that livetrace made:

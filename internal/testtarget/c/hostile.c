@@ -17,6 +17,15 @@
 //                 below) with EPERM; a name with the suffix ":kill" kills
 //                 the process instead, and "name@N" refuses the call only
 //                 when its first argument is N.
+//   ctl=FIFO      no watcher threads: a control thread reads commands from
+//                 FIFO instead and acts on them at once, for a test that
+//                 runs them at a chosen moment of the tracer's work (the
+//                 main thread may be borrowed by the tracer then):
+//                   swap N  dup2 the O_PATH fd of swap=PATH over fd N;
+//                   fake N  put a memfd of its own, named livetrace and
+//                           of the size of fd N, at fd N;
+//                 each answers "ctl N R" on stdout, R the result (0 or
+//                 an errno).
 //   strict        start a thread that enters seccomp strict mode and
 //                 blocks in read (strict mode allows only read, write,
 //                 exit and sigreturn: any other call kills the process).
@@ -48,7 +57,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -176,6 +187,31 @@ static void *strict_thread(void *arg) {
 			syscall(SYS_exit, 0);
 }
 
+static FILE *ctl;
+static void *ctl_thread(void *arg) {
+	(void)arg;
+	char line[128];
+	int fd;
+	while (fgets(line, sizeof line, ctl)) {
+		int r = 0;
+		if (sscanf(line, "swap %d", &fd) == 1) {
+			if (dup2(opath, fd) != fd)
+				r = errno;
+		} else if (sscanf(line, "fake %d", &fd) == 1) {
+			struct stat st;
+			int m = syscall(SYS_memfd_create, "livetrace", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+			if (fstat(fd, &st) != 0 || m < 0 || ftruncate(m, st.st_size) != 0 || dup2(m, fd) != fd)
+				r = errno;
+			if (m >= 0)
+				close(m);
+		} else {
+			r = -1;
+		}
+		printf("ctl %d %d\n", fd, r);
+	}
+	return NULL;
+}
+
 static volatile int traps;
 static void on_trap(int sig) {
 	(void)sig;
@@ -262,6 +298,13 @@ int main(int argc, char **argv) {
 				perror("hostile: open O_PATH");
 				return 2;
 			}
+		} else if (strncmp(argv[i], "ctl=", 4) == 0) {
+			ctl = fopen(argv[i] + 4, "r+");
+			if (!ctl) {
+				perror("hostile: open ctl");
+				return 2;
+			}
+			setvbuf(ctl, NULL, _IOLBF, 0);
 		} else if (strcmp(argv[i], "strict") == 0) {
 			strict = 1;
 		} else if (strcmp(argv[i], "grab") == 0) {
@@ -281,7 +324,9 @@ int main(int argc, char **argv) {
 		return 2;
 	if (strict && (pipe(strict_pipe) != 0 || pthread_create(&t, NULL, strict_thread, NULL) != 0))
 		return 2;
-	if (opath >= 0 || do_grab) {
+	if (ctl && pthread_create(&t, NULL, ctl_thread, NULL) != 0)
+		return 2;
+	if ((opath >= 0 || do_grab) && !ctl) {
 		// The lowest free fd numbers, after the threads are made.
 		int held[NWATCH];
 		for (int i = 0; i < NWATCH; i++)
