@@ -24,6 +24,7 @@
 //                   swap N  dup2 the O_PATH fd of swap=PATH over fd N;
 //                   fake N  put a memfd of its own, named livetrace and
 //                           of the size of fd N, at fd N;
+//                   grab N  keep a copy of fd N, as "grab" does;
 //                 each answers "ctl N R" on stdout, R the result (0 or
 //                 an errno).
 //   strict        start a thread that enters seccomp strict mode and
@@ -197,6 +198,12 @@ static void *ctl_thread(void *arg) {
 		if (sscanf(line, "swap %d", &fd) == 1) {
 			if (dup2(opath, fd) != fd)
 				r = errno;
+		} else if (sscanf(line, "grab %d", &fd) == 1) {
+			int g = fcntl(fd, F_DUPFD_CLOEXEC, 100);
+			if (g < 0)
+				r = errno;
+			else
+				grabbed = g;
 		} else if (sscanf(line, "fake %d", &fd) == 1) {
 			struct stat st;
 			int m = syscall(SYS_memfd_create, "livetrace", MFD_CLOEXEC | MFD_ALLOW_SEALING);
@@ -304,7 +311,10 @@ int main(int argc, char **argv) {
 				perror("hostile: open ctl");
 				return 2;
 			}
-			setvbuf(ctl, NULL, _IOLBF, 0);
+			// A static buffer: the control thread must not malloc (a
+			// new arena would change the mappings tests compare).
+			static char ctlbuf[4096];
+			setvbuf(ctl, ctlbuf, _IOLBF, sizeof ctlbuf);
 		} else if (strcmp(argv[i], "strict") == 0) {
 			strict = 1;
 		} else if (strcmp(argv[i], "grab") == 0) {
