@@ -27,6 +27,8 @@ type Consumer struct {
 	order     []chunkRef
 	seenOwned []uint64
 	rawFn     func(tid uint32, lostBefore uint32, raw []byte) // set during PollRaw/DrainRaw
+	accept    func(tid uint32) bool                           // see SetTIDFilter
+	foreign   uint64
 }
 
 type chunkRef struct {
@@ -45,6 +47,7 @@ type Counters struct {
 	Threads   uint64 // thread slots claimed
 	Traps     uint64 // SIGTRAPs emulated by the backstop handler
 	Corrupt   uint64 // chunks with an impossible header (consumer side)
+	Foreign   uint64 // records dropped: their chunk names a thread the target does not have (consumer side)
 }
 
 // NewConsumer validates the header of mem, the tracer's mapping of a shared
@@ -168,6 +171,12 @@ func (c *Consumer) deliver(idx uint64, fn func(uint32, uint32, []Record)) int {
 		return 0
 	}
 	tid := atomic.LoadUint32(c.u32(h + ChunkHdrTidOff))
+	if c.accept != nil && !c.accept(tid) {
+		c.consumed[idx] = uint32(count)
+		c.started[idx] = true
+		c.foreign += count - from
+		return 0
+	}
 	base := h + SizeofChunkHdr
 	raw := c.mem[base+from*SizeofRecord : base+count*SizeofRecord]
 	c.consumed[idx] = uint32(count)
@@ -233,6 +242,15 @@ func (c *Consumer) RetireChunkRaw(off uint64, fn func(tid uint32, lostBefore uin
 	return c.RetireChunk(off, nil)
 }
 
+// SetTIDFilter makes the consumer deliver only the chunks whose owner
+// accept returns true for. The owner's tid comes from the target's memory:
+// a target can write any tid there, and a tracer that keeps a record per
+// thread would grow without bound. The records of a chunk accept refuses
+// (and its lost count) are dropped and counted in [Counters.Foreign].
+// accept is called during Poll, Drain and RetireChunk, at most once per
+// chunk and call. nil accepts every tid.
+func (c *Consumer) SetTIDFilter(accept func(tid uint32) bool) { c.accept = accept }
+
 // Counters returns the agent's shared counters and the consumer's own.
 func (c *Consumer) Counters() Counters {
 	ld := func(off uint64) uint64 { return atomic.LoadUint64(c.u64(off)) }
@@ -245,5 +263,6 @@ func (c *Consumer) Counters() Counters {
 		Threads:   ld(SharedHdrThreadsOff),
 		Traps:     ld(SharedHdrTrapsOff),
 		Corrupt:   c.corrupt,
+		Foreign:   c.foreign,
 	}
 }

@@ -1,7 +1,11 @@
 package session
 
 import (
+	"bytes"
 	"encoding/binary"
+	"fmt"
+	"os"
+	"strconv"
 
 	"github.com/livetrace/livetrace/internal/agent"
 	"github.com/livetrace/livetrace/internal/proc"
@@ -20,6 +24,10 @@ func (s *Session) consume(final bool) (int, error) {
 	defer s.mu.Unlock()
 	if s.cons == nil || s.w == nil {
 		return 0, nil
+	}
+	defer s.countForeign()
+	if s.inj != nil && s.inj.tids != nil {
+		s.inj.tids.newPoll()
 	}
 	var werr error
 	fn := func(tid uint32, lostBefore uint32, raw []byte) {
@@ -46,7 +54,14 @@ func (s *Session) consume(final bool) (int, error) {
 func (s *Session) deliverRaw(tid uint32, lostBefore uint32, raw []byte) error {
 	tid = s.tids.host(s.pid, tid) // the agent records namespace tids (nstid.go)
 	if _, ok := s.threads[tid]; !ok {
-		s.threads[tid] = threadName(s.pid, int(tid))
+		// Only a tid the consumer accepted (tidSet.accept) gets here.
+		outer := int(tid)
+		if s.inj != nil && s.inj.tids != nil {
+			if o, ok := s.inj.tids.known[tid]; ok {
+				outer = o
+			}
+		}
+		s.threads[tid] = threadName(s.pid, outer)
 	}
 	s.lost[tid] += uint64(lostBefore)
 	if !s.wantTID(tid) {
@@ -100,6 +115,12 @@ func (s *Session) threadExit(tid int) {
 	if s.inj == nil || s.cons == nil {
 		return
 	}
+	if s.inj.tids != nil {
+		// Its records may still be in the buffer when it is gone.
+		s.mu.Lock()
+		s.inj.tids.exiting(tid)
+		s.mu.Unlock()
+	}
 	slots, err := s.inj.readThreads(s.p)
 	if err != nil {
 		return
@@ -144,4 +165,137 @@ func (s *Session) wantTID(tid uint32) bool {
 		}
 	}
 	return false
+}
+
+// countForeign adds the records the consumer dropped for an unknown thread
+// to the corrupt count (the recording's "malformed records" warning).
+// s.mu must be held.
+func (s *Session) countForeign() {
+	if s.cons == nil || s.inj == nil {
+		return
+	}
+	f := s.cons.Counters().Foreign
+	s.corrupt += f - s.inj.foreign
+	s.inj.foreign = f
+}
+
+// tidSet is the set of the target's real thread ids, which the consumer
+// checks the owner of every chunk against (agent.Consumer.SetTIDFilter):
+// a chunk header is the target's memory, and a tid there costs the tracer
+// a map entry and a /proc read per thread. Only threads of the process
+// the tracer has seized count: those in /proc/PID/task, every one of them
+// traced (PTRACE_O_TRACECLONE), and those that exited while traced
+// (PTRACE_EVENT_EXIT, see exiting). So the tracer's per-thread state is
+// bounded by the threads the target really ran.
+//
+// The agent knows a thread by gettid() in the target's pid namespace, the
+// tracer by its tid in its own: the NSpid line of /proc/PID/task/TID/status
+// maps one to the other.
+//
+// A tidSet is guarded by Session.mu.
+type tidSet struct {
+	pid   int
+	known map[uint32]int // tid as the agent sees it -> tid in the tracer's pid namespace
+	outer map[int]bool   // tracer-side tids already looked up
+	// rescanned says /proc/PID/task was read during this poll.
+	rescanned bool
+	rescans   int // for tests
+}
+
+func newTIDSet(pid int, tids []int) *tidSet {
+	ts := &tidSet{pid: pid, known: map[uint32]int{}, outer: map[int]bool{}}
+	for _, t := range tids {
+		ts.add(t)
+	}
+	return ts
+}
+
+// add looks up thread tid (tracer side) and marks it known.
+func (ts *tidSet) add(tid int) {
+	if ts.outer[tid] {
+		return
+	}
+	inner, ok := innerTID(ts.pid, tid)
+	if !ok {
+		return // gone before it could be looked up: no records of its own
+	}
+	ts.outer[tid] = true
+	ts.known[inner] = tid
+}
+
+// exiting records a thread that is about to exit (it still shows in
+// /proc): its records may still be in the buffer. Its tid may then be
+// reused by a thread that, in another pid namespace, has another inner
+// tid: that one is looked up afresh.
+func (ts *tidSet) exiting(tid int) {
+	ts.add(tid)
+	delete(ts.outer, tid)
+}
+
+// newPoll starts a poll: the next unknown tid rereads /proc/PID/task.
+func (ts *tidSet) newPoll() { ts.rescanned = false }
+
+// accept reports whether tid (as the agent sees it) is a thread of the
+// target. An unknown tid makes it reread /proc/PID/task, once per poll:
+// that is enough, because every chunk a poll delivers was published
+// before the poll began, by a thread that existed then. Such a thread is
+// still in /proc/PID/task when the poll rereads it, or it was added by
+// exiting first (an exiting thread waits in PTRACE_EVENT_EXIT for
+// Session.mu, which the poll holds, and is not reaped before). So a
+// forged tid costs at most one directory read per poll, and no memory.
+func (ts *tidSet) accept(tid uint32) bool {
+	if _, ok := ts.known[tid]; ok {
+		return true
+	}
+	if ts.rescanned {
+		return false
+	}
+	ts.rescanned = true
+	ts.rescan()
+	_, ok := ts.known[tid]
+	return ok
+}
+
+// rescan adds the threads in /proc/PID/task that are not known yet. A
+// thread's chunk is published while it runs, and a running thread of a
+// seized process is in its task directory; one that exited went through
+// exiting first.
+func (ts *tidSet) rescan() {
+	ts.rescans++
+	d, err := os.Open(fmt.Sprintf("/proc/%d/task", ts.pid))
+	if err != nil {
+		return
+	}
+	defer d.Close()
+	names, _ := d.Readdirnames(-1)
+	for _, n := range names {
+		if tid, err := strconv.Atoi(n); err == nil && !ts.outer[tid] {
+			ts.add(tid)
+		}
+	}
+}
+
+// innerTID returns the tid of thread tid of process pid in the thread's own
+// pid namespace (the last field of NSpid), which is what gettid() returns
+// inside it.
+func innerTID(pid, tid int) (uint32, bool) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/status", pid, tid))
+	if err != nil {
+		return 0, false
+	}
+	for _, line := range bytes.Split(b, []byte("\n")) {
+		if rest, ok := bytes.CutPrefix(line, []byte("NSpid:")); ok {
+			f := bytes.Fields(rest)
+			if len(f) == 0 {
+				break
+			}
+			n, err := strconv.ParseUint(string(f[len(f)-1]), 10, 32)
+			if err != nil {
+				break
+			}
+			return uint32(n), true
+		}
+	}
+	// No NSpid (Linux before 4.1): one pid namespace.
+	return uint32(tid), true
 }

@@ -2,9 +2,11 @@ package session
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"sort"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -25,6 +27,11 @@ type injection struct {
 	keep    bool           // a thread may still be inside the agent: leave it mapped
 	// backstop says our SIGTRAP handler is installed.
 	backstop bool
+	// tids are the target's threads, which chunk headers must name
+	// (consume.go); foreign is the consumer's count of records dropped
+	// for naming another, already added to the session's corrupt count.
+	tids    *tidSet
+	foreign uint64
 	// hooks are the GOT slots pointed at the agent's unwinder hooks
 	// (graph mode, see unwind.go); they go back before the agent goes.
 	hooks []gotHook
@@ -42,9 +49,10 @@ type remoteRegion struct {
 const DefaultChunks = 256
 
 const (
-	mapFixedNoreplace = 0x100000 // MAP_FIXED_NOREPLACE, Linux 4.17
-	madvWipeOnFork    = 18       // MADV_WIPEONFORK, Linux 4.14
-	mfdCloexec        = 1
+	mapFixedNoreplace = 0x100000      // MAP_FIXED_NOREPLACE, Linux 4.17
+	madvWipeOnFork    = 18            // MADV_WIPEONFORK, Linux 4.14
+	mfdCloexec        = 1             // MFD_CLOEXEC
+	mfdAllowSealing   = 2             // MFD_ALLOW_SEALING
 	reach             = 1<<31 - 1<<20 // rel32 reach, less a safety margin
 	pageSize          = 4096
 )
@@ -56,6 +64,10 @@ const (
 func (s *Session) inject() (err error) {
 	inj := &injection{}
 	s.inj = inj
+	// Before the first system call livetrace makes in the target.
+	if err := s.checkSeccomp(); err != nil {
+		return err
+	}
 	r, err := s.p.HoldRemote()
 	if err != nil {
 		return fmt.Errorf("inject agent: %w", err)
@@ -140,7 +152,9 @@ func (s *Session) inject() (err error) {
 	if err := s.p.WriteMem(a.Ctl, name); err != nil {
 		return err
 	}
-	fd, err := r.SyscallOK("memfd_create", proc.SysMemfdCreate, a.Ctl, mfdCloexec)
+	// Sealable, so that the tracer can seal it against shrinking (a target
+	// that truncated it would make the tracer fault on its own mapping).
+	fd, err := r.SyscallOK("memfd_create", proc.SysMemfdCreate, a.Ctl, mfdCloexec|mfdAllowSealing)
 	if err != nil {
 		return fmt.Errorf("inject agent: %w", err)
 	}
@@ -154,19 +168,29 @@ func (s *Session) inject() (err error) {
 		closeFd()
 		return fmt.Errorf("inject agent: %w", err)
 	}
+	testHookShared("sized", int(fd))
+	// The tracer's copy of the fd is taken, checked and sealed before the
+	// target maps it (see takeShared).
+	f, err := takeShared(s.p.Pid(), int(fd), int64(sharedSize))
+	if err != nil {
+		closeFd()
+		return fmt.Errorf("inject agent: %w", err)
+	}
+	defer f.Close()
+	testHookShared("taken", int(fd))
 	if err := mmap(a.Shared, uint64(sharedSize), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED, int64(fd), "shared memory"); err != nil {
 		closeFd()
 		return err
 	}
-	f, err := os.OpenFile(fmt.Sprintf("/proc/%d/fd/%d", s.p.Pid(), fd), os.O_RDWR, 0)
-	if err != nil {
-		closeFd()
-		return fmt.Errorf("inject agent: open the shared memory: %w", err)
-	}
-	inj.shared, err = unix.Mmap(int(f.Fd()), 0, sharedSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	f.Close()
+	testHookShared("mapped", int(fd))
 	// The target's fd is not needed once the memory is mapped.
 	closeFd()
+	// The target may have put another file at that fd number between
+	// pidfd_getfd and its mmap: what it mapped must be our memfd.
+	if err := sameFile(s.p.Pid(), a.Shared, f); err != nil {
+		return fmt.Errorf("inject agent: %w", err)
+	}
+	inj.shared, err = unix.Mmap(int(f.Fd()), 0, sharedSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
 		return fmt.Errorf("inject agent: map the shared memory: %w", err)
 	}
@@ -249,6 +273,8 @@ func (s *Session) inject() (err error) {
 	if err != nil {
 		return fmt.Errorf("inject agent: %w", err)
 	}
+	inj.tids = newTIDSet(s.p.Pid(), s.p.Threads())
+	cons.SetTIDFilter(inj.tids.accept)
 	s.cons = cons
 
 	return s.inj.setCtl(s.p, agent.Ctl{Enabled: true, Graph: s.opts.Graph})
@@ -335,6 +361,92 @@ func (inj *injection) unmapLocal() {
 		_ = unix.Munmap(inj.shared)
 		inj.shared = nil
 	}
+}
+
+// testHookShared lets tests act at each step of setting up the shared
+// memory (the target's fd number of the memfd is fd): "sized" after its
+// ftruncate, "taken" once the tracer holds its copy, "mapped" once the
+// target has mapped it.
+var testHookShared = func(stage string, fd int) {}
+
+// ErrSharedTampered means the file the target handed over as the shared
+// memory is not the sealed memfd of the agent's size that livetrace made:
+// the target swapped its fd, resized it or sealed it first.
+var ErrSharedTampered = errors.New("the target tampered with the shared memory")
+
+// sharedSeals are the seals the shared memfd carries: its size is fixed
+// for good, so neither side can make the other fault by truncating it.
+const sharedSeals = unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_SEAL
+
+// takeShared takes the shared memfd from fd number fd of the target with
+// pidfd_getfd, never by path: opening /proc/PID/fd/N would reopen, as
+// root and read-write, whatever the target had put at that number (an
+// O_PATH fd of a file it may not even read). The file must be a memfd of
+// exactly size bytes, open read-write; it is sealed against shrinking and
+// growing before anything maps it.
+func takeShared(pid, fd int, size int64) (_ *os.File, err error) {
+	f, err := proc.TakeFd(pid, fd)
+	if err != nil {
+		return nil, fmt.Errorf("take the shared memory: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+		}
+	}()
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("take the shared memory: %w: %s; is something else in the process playing with livetrace's memfd?", ErrSharedTampered, fmt.Sprintf(format, args...))
+	}
+	nfd := int(f.Fd())
+	if link, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", nfd)); err != nil || !strings.HasPrefix(link, "/memfd:") {
+		return nil, bad("fd %d is %q, not a memfd", fd, link)
+	}
+	if fl, err := unix.FcntlInt(uintptr(nfd), unix.F_GETFL, 0); err != nil || fl&unix.O_ACCMODE != unix.O_RDWR || fl&unix.O_PATH != 0 {
+		return nil, bad("fd %d is not open read-write", fd)
+	}
+	// Only memfds (shmem and hugetlbfs files) know F_GET_SEALS.
+	if _, err := unix.FcntlInt(uintptr(nfd), unix.F_GET_SEALS, 0); err != nil {
+		return nil, bad("fd %d cannot be sealed: %v", fd, err)
+	}
+	if _, err := unix.FcntlInt(uintptr(nfd), unix.F_ADD_SEALS, sharedSeals); err != nil {
+		return nil, bad("seal fd %d: %v", fd, err)
+	}
+	seals, err := unix.FcntlInt(uintptr(nfd), unix.F_GET_SEALS, 0)
+	if err != nil || seals&sharedSeals != sharedSeals || seals&(unix.F_SEAL_WRITE|unix.F_SEAL_FUTURE_WRITE) != 0 {
+		return nil, bad("fd %d has seals %#x", fd, seals)
+	}
+	// Sealed: the size checked now is the size for good.
+	var st unix.Stat_t
+	if err := unix.Fstat(nfd, &st); err != nil {
+		return nil, fmt.Errorf("take the shared memory: %w", err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size != size {
+		return nil, bad("fd %d has mode %#o and size %d, want a regular file of %d bytes", fd, st.Mode, st.Size, size)
+	}
+	return f, nil
+}
+
+// sameFile checks that the mapping of pid at addr is of file f (device
+// and inode, as /proc/PID/maps shows them).
+func sameFile(pid int, addr uint64, f *os.File) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return fmt.Errorf("check the shared memory: %w", err)
+	}
+	maps, err := proc.ReadMaps(pid)
+	if err != nil {
+		return err
+	}
+	for _, m := range maps {
+		if m.Start != addr {
+			continue
+		}
+		if m.Inode != st.Ino || m.Dev != fmt.Sprintf("%02x:%02x", unix.Major(st.Dev), unix.Minor(st.Dev)) {
+			return fmt.Errorf("check the shared memory: %w: the target mapped %s (inode %d) at %#x, not livetrace's memfd (inode %d)", ErrSharedTampered, m.Path, m.Inode, addr, st.Ino)
+		}
+		return nil
+	}
+	return fmt.Errorf("check the shared memory: %w: nothing is mapped at %#x", ErrSharedTampered, addr)
 }
 
 func roundUp(x, a uint64) uint64 { return (x + a - 1) / a * a }
@@ -471,16 +583,49 @@ func (inj *injection) installBackstop(p *proc.Process, r *proc.Remote) error {
 	return nil
 }
 
-// uninstallBackstop puts the application's SIGTRAP action back.
+// uninstallBackstop puts the application's SIGTRAP action back, unless the
+// application installed an action of its own meanwhile: then its action
+// stays. (The agent's saved action at OldSigtrap goes away with the agent;
+// nothing reads it once lt_sigtrap is no longer the handler. An
+// application handler that chains to the action it replaced, lt_sigtrap,
+// would jump into the unmapped agent: livetrace cannot know it does.)
 func (inj *injection) uninstallBackstop(p *proc.Process, r *proc.Remote) error {
 	if !inj.backstop {
 		return nil
 	}
-	_, err := r.SyscallOK("rt_sigaction SIGTRAP", proc.SysRtSigaction, uint64(unix.SIGTRAP), inj.addrs.OldSigtrap, 0, 8)
+	// rt_sigaction's oldact comes back in the control page's spare bytes.
+	stage := inj.addrs.Ctl + agent.CtlSize - agent.SizeofSigaction
+	current := func() (agent.Sigaction, error) {
+		b := make([]byte, agent.SizeofSigaction)
+		if err := p.ReadMem(stage, b); err != nil {
+			return agent.Sigaction{}, err
+		}
+		return agent.DecodeSigaction(b)
+	}
+	defer p.WriteMem(stage, make([]byte, agent.SizeofSigaction))
+	if _, err := r.SyscallOK("rt_sigaction SIGTRAP", proc.SysRtSigaction, uint64(unix.SIGTRAP), 0, stage, 8); err != nil {
+		return fmt.Errorf("read the SIGTRAP action: %w", err)
+	}
+	cur, err := current()
 	if err != nil {
+		return fmt.Errorf("read the SIGTRAP action: %w", err)
+	}
+	if cur.Handler != inj.addrs.Sigtrap {
+		// The application replaced lt_sigtrap: its action stays.
+		inj.backstop = false
+		return nil
+	}
+	if _, err := r.SyscallOK("rt_sigaction SIGTRAP", proc.SysRtSigaction, uint64(unix.SIGTRAP), inj.addrs.OldSigtrap, stage, 8); err != nil {
 		return fmt.Errorf("restore the SIGTRAP action: %w", err)
 	}
 	inj.backstop = false
+	// Another thread may have installed its action between the two
+	// calls: then the action just replaced is that one, and it goes back.
+	if cur, err := current(); err == nil && cur.Handler != inj.addrs.Sigtrap {
+		if _, err := r.SyscallOK("rt_sigaction SIGTRAP", proc.SysRtSigaction, uint64(unix.SIGTRAP), stage, 0, 8); err != nil {
+			return fmt.Errorf("restore the application's SIGTRAP action: %w", err)
+		}
+	}
 	return nil
 }
 
@@ -512,4 +657,161 @@ func userRegs(r *unix.PtraceRegs) [27]uint64 {
 	return [27]uint64{r.R15, r.R14, r.R13, r.R12, r.Rbp, r.Rbx, r.R11, r.R10, r.R9, r.R8,
 		r.Rax, r.Rcx, r.Rdx, r.Rsi, r.Rdi, r.Orig_rax, r.Rip, r.Cs, r.Eflags, r.Rsp,
 		r.Ss, r.Fs_base, r.Gs_base, r.Ds, r.Es, r.Fs, r.Gs}
+}
+
+// ErrSeccomp means the target's seccomp filter forbids a system call that
+// livetrace or its agent must make inside the target.
+var ErrSeccomp = errors.New("refused by the process's seccomp filter")
+
+// sysUse is one system call livetrace or its agent makes inside the
+// target, with the arguments a filter might look at (addresses and fds
+// are stand-ins: they are not known before the call).
+type sysUse struct {
+	name string
+	nr   uint64
+	args [6]uint64
+}
+
+// remoteSyscalls are the system calls made inside the target: the
+// tracer's remote syscalls (inject, remove), and the agent's own calls
+// (agent.c: lt_claim, lt_remote, lt_sigtrap). Whoever adds a remote
+// syscall adds it here, or a seccomp filter can kill the target.
+var remoteSyscalls = []sysUse{
+	{"mmap", unix.SYS_MMAP, [6]uint64{0, 1 << 20, unix.PROT_READ | unix.PROT_WRITE, unix.MAP_PRIVATE | unix.MAP_ANONYMOUS | mapFixedNoreplace, ^uint64(0), 0}},
+	{"mmap", unix.SYS_MMAP, [6]uint64{0, 1 << 20, unix.PROT_READ | unix.PROT_WRITE, unix.MAP_PRIVATE | unix.MAP_ANONYMOUS | unix.MAP_NORESERVE | mapFixedNoreplace, ^uint64(0), 0}},
+	{"mmap", unix.SYS_MMAP, [6]uint64{0, 1 << 20, unix.PROT_READ | unix.PROT_WRITE, unix.MAP_SHARED | mapFixedNoreplace, 3, 0}},
+	{"madvise", unix.SYS_MADVISE, [6]uint64{0, pageSize, madvWipeOnFork}},
+	{"memfd_create", unix.SYS_MEMFD_CREATE, [6]uint64{0, mfdCloexec | mfdAllowSealing}},
+	{"ftruncate", unix.SYS_FTRUNCATE, [6]uint64{3, 1 << 20}},
+	{"close", unix.SYS_CLOSE, [6]uint64{3}},
+	{"mprotect", unix.SYS_MPROTECT, [6]uint64{0, pageSize, unix.PROT_READ | unix.PROT_EXEC}},
+	{"munmap", unix.SYS_MUNMAP, [6]uint64{0, pageSize}},
+	{"rt_sigaction", unix.SYS_RT_SIGACTION, [6]uint64{uint64(unix.SIGTRAP), 1, 1, 8}},
+	{"rt_sigaction", unix.SYS_RT_SIGACTION, [6]uint64{uint64(unix.SIGTRAP), 0, 1, 8}},
+	{"rt_sigaction", unix.SYS_RT_SIGACTION, [6]uint64{uint64(unix.SIGTRAP), 1, 0, 8}},
+	{"rt_sigprocmask", unix.SYS_RT_SIGPROCMASK, [6]uint64{0, 1, 1, 8}}, // SIG_BLOCK
+	{"rt_sigprocmask", unix.SYS_RT_SIGPROCMASK, [6]uint64{2, 1, 0, 8}}, // SIG_SETMASK
+	{"rt_sigreturn", unix.SYS_RT_SIGRETURN, [6]uint64{}},
+	{"gettid", unix.SYS_GETTID, [6]uint64{}},
+	{"getpid", unix.SYS_GETPID, [6]uint64{}},
+	{"tgkill", unix.SYS_TGKILL, [6]uint64{1, 1, uint64(unix.SIGTRAP)}},
+}
+
+// membarrier commands the engine uses (textpoke.New and its syncs), in
+// order: QUERY, REGISTER_PRIVATE_EXPEDITED_SYNC_CORE,
+// PRIVATE_EXPEDITED_SYNC_CORE.
+var membarrierUses = []sysUse{
+	{"membarrier(QUERY)", unix.SYS_MEMBARRIER, [6]uint64{0}},
+	{"membarrier(REGISTER_PRIVATE_EXPEDITED_SYNC_CORE)", unix.SYS_MEMBARRIER, [6]uint64{1 << 6}},
+	{"membarrier(PRIVATE_EXPEDITED_SYNC_CORE)", unix.SYS_MEMBARRIER, [6]uint64{1 << 5}},
+}
+
+// checkSeccomp refuses a target whose seccomp filter would refuse a system
+// call livetrace makes inside it. The remote syscalls run in the target,
+// under its filter: one it refuses with an errno leaves livetrace with an
+// error halfway through an injection, and one it answers with
+// SECCOMP_RET_KILL kills the target. Probing is no option (the probe
+// itself could kill it), so the filter is read (PTRACE_SECCOMP_GET_FILTER,
+// with every thread stopped) and run here on each call livetrace will
+// make, before it makes any.
+//
+//   - Seccomp strict mode: refused.
+//   - A filter that refuses any of remoteSyscalls: refused, naming the
+//     call.
+//   - membarrier refused with an errno, from the first command on (the
+//     query) or from the registration on: the engine finds SYNC_CORE
+//     unavailable and uses stop mode. Any other refusal of membarrier,
+//     or a filter that lets the engine register but not sync: refused.
+//   - A filter that cannot be read (no CAP_SYS_ADMIN, a kernel without
+//     CONFIG_CHECKPOINT_RESTORE): refused, since what it does is unknown.
+//
+// A filter that looks at the instruction pointer is run with 0; a thread
+// that installs a new filter while traced is not seen.
+func (s *Session) checkSeccomp() error {
+	pid := s.p.Pid()
+	strict, filtered := seccompModes(pid)
+	if strict {
+		return fmt.Errorf("trace pid %d: %w: a thread is in seccomp strict mode, where any system call livetrace made in it would kill it", pid, ErrSeccomp)
+	}
+	if !filtered {
+		return nil
+	}
+	if err := s.p.StopAll(); err != nil {
+		return err
+	}
+	var sets [][][]unix.SockFilter
+	seen := map[string]bool{} // threads mostly share one chain of filters
+	var rerr error
+	for _, tid := range s.p.Threads() {
+		f, err := s.p.SeccompFilters(tid)
+		if err != nil {
+			rerr = err
+			break
+		}
+		if key := fmt.Sprint(f); !seen[key] {
+			seen[key] = true
+			sets = append(sets, f)
+		}
+	}
+	s.p.ResumeAll()
+	if rerr != nil {
+		return fmt.Errorf("trace pid %d: %w: livetrace cannot check which system calls it allows (%v), and one it refuses could kill the process; "+
+			"run livetrace with CAP_SYS_ADMIN on a kernel with CONFIG_CHECKPOINT_RESTORE to let it read the filter", pid, ErrSeccomp, rerr)
+	}
+	refused := func(u sysUse) (uint32, bool) {
+		for _, f := range sets {
+			if a := proc.SeccompAction(f, u.nr, u.args, 0); !proc.SeccompAllows(a) {
+				return a, true
+			}
+		}
+		return 0, false
+	}
+	for _, u := range remoteSyscalls {
+		if u.nr == unix.SYS_RT_SIGACTION && !s.backstop() {
+			continue
+		}
+		if a, no := refused(u); no {
+			return fmt.Errorf("trace pid %d: %w: it would %s on %s, which livetrace must make inside the process; allow it in the process's seccomp policy to trace it", pid, ErrSeccomp, proc.SeccompActionName(a), u.name)
+		}
+	}
+	for i, u := range membarrierUses {
+		a, no := refused(u)
+		if !no {
+			continue
+		}
+		if i < 2 && a&0xffff0000 == proc.SeccompRetErrno {
+			return nil // textpoke.New finds no SYNC_CORE: stop mode
+		}
+		return fmt.Errorf("trace pid %d: %w: it would %s on %s, which livetrace must make inside the process (refusing membarrier with an errno from the query or the registration on is fine: livetrace then uses stop mode); change the process's seccomp policy to trace it", pid, ErrSeccomp, proc.SeccompActionName(a), u.name)
+	}
+	return nil
+}
+
+// seccompModes reads the Seccomp field of every thread of pid: whether
+// one is in strict mode (1), and whether one has a filter (2).
+func seccompModes(pid int) (strict, filtered bool) {
+	d, err := os.Open(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return false, false
+	}
+	names, _ := d.Readdirnames(-1)
+	d.Close()
+	for _, n := range names {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, n))
+		if err != nil {
+			continue
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "Seccomp:"); ok {
+				switch strings.TrimSpace(v) {
+				case "1":
+					strict = true
+				case "2":
+					filtered = true
+				}
+				break
+			}
+		}
+	}
+	return strict, filtered
 }
