@@ -52,16 +52,16 @@ func (s *Session) consume(final bool) (int, error) {
 // memory, and writes them. Records come from the target's memory: a site
 // index out of range is counted as corrupt and dropped.
 func (s *Session) deliverRaw(tid uint32, lostBefore uint32, raw []byte) error {
-	tid = s.tids.host(s.pid, tid) // the agent records namespace tids (nstid.go)
-	if _, ok := s.threads[tid]; !ok {
-		// Only a tid the consumer accepted (tidSet.accept) gets here.
-		outer := int(tid)
-		if s.inj != nil && s.inj.tids != nil {
-			if o, ok := s.inj.tids.known[tid]; ok {
-				outer = o
-			}
+	// Only a tid the consumer accepted (tidSet.accept) gets here. The
+	// agent records tids of the target's pid namespace; the recording
+	// holds the tracer's.
+	if s.inj != nil && s.inj.tids != nil {
+		if o, ok := s.inj.tids.known[tid]; ok {
+			tid = uint32(o)
 		}
-		s.threads[tid] = threadName(s.pid, outer)
+	}
+	if _, ok := s.threads[tid]; !ok {
+		s.threads[tid] = threadName(s.pid, int(tid))
 	}
 	s.lost[tid] += uint64(lostBefore)
 	if !s.wantTID(tid) {
@@ -115,10 +115,11 @@ func (s *Session) threadExit(tid int) {
 	if s.inj == nil || s.cons == nil {
 		return
 	}
+	inner := uint32(tid)
 	if s.inj.tids != nil {
 		// Its records may still be in the buffer when it is gone.
 		s.mu.Lock()
-		s.inj.tids.exiting(tid)
+		inner = s.inj.tids.exiting(tid)
 		s.mu.Unlock()
 	}
 	slots, err := s.inj.readThreads(s.p)
@@ -126,7 +127,7 @@ func (s *Session) threadExit(tid int) {
 		return
 	}
 	for i, slot := range slots {
-		if !slot.InUse() || slot.Tid != s.tids.ns(s.pid, uint32(tid)) {
+		if !slot.InUse() || slot.Tid != inner {
 			continue
 		}
 		_ = s.p.WriteMem(s.inj.addrs.ThreadSlotAddr(i)+agent.ThreadKeyOff, agent.RetiredKey())
@@ -196,40 +197,44 @@ func (s *Session) countForeign() {
 type tidSet struct {
 	pid   int
 	known map[uint32]int // tid as the agent sees it -> tid in the tracer's pid namespace
-	outer map[int]bool   // tracer-side tids already looked up
+	outer map[int]uint32 // tracer-side tids already looked up -> tid as the agent sees it
 	// rescanned says /proc/PID/task was read during this poll.
 	rescanned bool
 	rescans   int // for tests
 }
 
 func newTIDSet(pid int, tids []int) *tidSet {
-	ts := &tidSet{pid: pid, known: map[uint32]int{}, outer: map[int]bool{}}
+	ts := &tidSet{pid: pid, known: map[uint32]int{}, outer: map[int]uint32{}}
 	for _, t := range tids {
 		ts.add(t)
 	}
 	return ts
 }
 
-// add looks up thread tid (tracer side) and marks it known.
-func (ts *tidSet) add(tid int) {
-	if ts.outer[tid] {
-		return
+// add looks up thread tid (tracer side), marks it known and returns its
+// tid as the agent sees it (tid itself if it is gone).
+func (ts *tidSet) add(tid int) uint32 {
+	if inner, ok := ts.outer[tid]; ok {
+		return inner
 	}
 	inner, ok := innerTID(ts.pid, tid)
 	if !ok {
-		return // gone before it could be looked up: no records of its own
+		return uint32(tid) // gone before it could be looked up: no records of its own
 	}
-	ts.outer[tid] = true
+	ts.outer[tid] = inner
 	ts.known[inner] = tid
+	return inner
 }
 
 // exiting records a thread that is about to exit (it still shows in
 // /proc): its records may still be in the buffer. Its tid may then be
 // reused by a thread that, in another pid namespace, has another inner
-// tid: that one is looked up afresh.
-func (ts *tidSet) exiting(tid int) {
-	ts.add(tid)
+// tid: that one is looked up afresh. It returns the thread's tid as the
+// agent sees it.
+func (ts *tidSet) exiting(tid int) uint32 {
+	inner := ts.add(tid)
 	delete(ts.outer, tid)
+	return inner
 }
 
 // newPoll starts a poll: the next unknown tid rereads /proc/PID/task.
@@ -269,11 +274,13 @@ func (ts *tidSet) rescan() {
 	defer d.Close()
 	names, _ := d.Readdirnames(-1)
 	for _, n := range names {
-		if tid, err := strconv.Atoi(n); err == nil && !ts.outer[tid] {
+		if tid, err := strconv.Atoi(n); err == nil && !ts.hasOuter(tid) {
 			ts.add(tid)
 		}
 	}
 }
+
+func (ts *tidSet) hasOuter(tid int) bool { _, ok := ts.outer[tid]; return ok }
 
 // innerTID returns the tid of thread tid of process pid in the thread's own
 // pid namespace (the last field of NSpid), which is what gettid() returns

@@ -95,7 +95,6 @@ type Session struct {
 	corrupt  uint64
 	lost     map[uint32]uint64
 	threads  map[uint32]string // tid -> name, as first seen
-	tids     tidMap            // the agent's tids (pid namespace) -> host tids
 	evbuf    []tracefile.Event
 	clock0   tsc.Pair // at the patch batch
 	calib    tsc.Pair // taken earlier, to know the TSC rate before the end
