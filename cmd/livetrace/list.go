@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/livetrace/livetrace/internal/elfsite"
+	"github.com/livetrace/livetrace/internal/session"
 )
 
 // listOptions holds the flags and arguments of `livetrace list`.
@@ -158,6 +159,18 @@ func (o *listOptions) run() error {
 		fmt.Fprintf(o.stderr, " (%d modules mapped)", modules)
 	}
 	fmt.Fprintln(o.stderr)
+	return o.checkOrphan()
+}
+
+// checkOrphan fails, saying what to do, when the process carries an agent
+// whose livetrace died (sites listed as call are then still patched).
+func (o *listOptions) checkOrphan() error {
+	if o.pid == 0 {
+		return nil
+	}
+	if orphan, err := session.FindOrphan(o.pid); err == nil && orphan != nil {
+		return orphan.Err()
+	}
 	return nil
 }
 

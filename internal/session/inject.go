@@ -117,7 +117,9 @@ func (s *Session) inject() (err error) {
 			return fmt.Errorf("inject agent: mmap %s at %#x returned %#x", what, addr, ret)
 		}
 		inj.regions = append(inj.regions, remoteRegion{addr, size, what})
-		return nil
+		// Every mapping is listed in the owner record at once, so that
+		// `livetrace restore` can remove it if this tracer dies.
+		return s.publishOwner()
 	}
 	anon := unix.MAP_PRIVATE | unix.MAP_ANONYMOUS
 	if err := mmap(a.Base, agent.CodeSize, unix.PROT_READ|unix.PROT_WRITE, anon, -1, "agent code"); err != nil {
@@ -241,6 +243,7 @@ func (s *Session) inject() (err error) {
 
 	for i, x := range s.sel {
 		cfg.Sites[i] = agent.Site{Addr: x.addr, Target: x.stub}
+		copy(cfg.Sites[i].Orig[:], x.orig)
 	}
 	if err := agent.InitShared(inj.shared, cfg); err != nil {
 		return fmt.Errorf("inject agent: %w", err)

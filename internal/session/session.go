@@ -103,6 +103,7 @@ type Session struct {
 	counters agent.Counters // the agent's counters, kept once its memory is gone
 	// restoredReturns counts the return addresses put back at detach.
 	restoredReturns int
+	leasing         bool // renewLease runs (orphan.go)
 	closed          bool
 	closeErr        error
 }

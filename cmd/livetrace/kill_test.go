@@ -1,0 +1,150 @@
+package main
+
+import (
+	"errors"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/livetrace/livetrace/internal/session"
+	"github.com/livetrace/livetrace/internal/testtarget"
+)
+
+// TestTracerDeath kills record at random moments of its attach, patch and
+// recording, with SIGKILL, SIGHUP, SIGQUIT and SIGTERM, in entry and graph
+// mode, while the target calls its traced functions at full speed. Every
+// time, the target must live on and compute the right results; record must
+// end cleanly on the signals it can catch; after SIGKILL, `livetrace
+// restore` must find the agent (unless record died before injecting it)
+// and undo it; and then the target's text and mappings must be exactly as
+// before the first attach. 12 kills, 100 with LIVETRACE_SOAK=1.
+func TestTracerDeath(t *testing.T) {
+	testtarget.RequireRoot(t)
+	bin := livetraceBinary(t)
+	kills := 12
+	if os.Getenv("LIVETRACE_SOAK") == "1" {
+		kills = 100
+	}
+	stress := testtarget.Build(t, testtarget.Stress, testtarget.ClangNop5, testtarget.Funcs(2000))
+	tp := testtarget.Start(t, stress, "-t", "2")
+	if _, err := tp.Expect("ready", 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	pid := strconv.Itoa(tp.Pid())
+	want, _, err := testtarget.RunStress(tp, 1, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap := testtarget.TakeSnapshot(t, tp.Pid())
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(seed, 1))
+	sigs := []syscall.Signal{syscall.SIGKILL, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGTERM}
+	restored, caught := 0, 0
+	for i := range kills {
+		sig := sigs[i%len(sigs)]
+		graph := i/len(sigs)%2 == 1
+		// Half the kills land in the attach and patch phase (tens of
+		// milliseconds here), half while recording.
+		delay := time.Duration(rng.IntN(60)) * time.Millisecond
+		if rng.IntN(2) == 1 {
+			delay = time.Duration(60+rng.IntN(340)) * time.Millisecond
+		}
+		what := func() string {
+			return sig.String() + " after " + delay.String() + map[bool]string{false: " (entry)", true: " (graph)"}[graph]
+		}
+		if err := testtarget.HammerStress(tp, 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		args := []string{"record", "-p", pid, "-o", filepath.Join(t.TempDir(), "rec.data")}
+		if graph {
+			args = append(args, "--graph")
+		}
+		cmd := exec.Command(bin, args...)
+		var errb strings.Builder
+		cmd.Stderr = &errb
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(delay)
+		_ = cmd.Process.Signal(sig)
+		werr := waitTimeout(cmd, 60*time.Second)
+		var ee *exec.ExitError
+		diedOfIt := errors.As(werr, &ee) && ee.ProcessState.Sys().(syscall.WaitStatus).Signal() == sig
+		// Before main runs, the Go runtime answers SIGQUIT with a
+		// goroutine dump and exit status 2; livetrace has done nothing.
+		diedOfIt = diedOfIt || sig == syscall.SIGQUIT && errors.As(werr, &ee) && ee.ExitCode() == 2 &&
+			strings.HasPrefix(errb.String(), "SIGQUIT: quit") && !strings.Contains(errb.String(), "livetrace:")
+		switch {
+		case sig == syscall.SIGKILL || diedOfIt:
+			// A signal that arrives before the Go runtime installed its
+			// handlers kills record like SIGKILL does.
+			if sig != syscall.SIGKILL && strings.Contains(errb.String(), "livetrace:") {
+				t.Fatalf("%s: record died of it after it started: %v\n%s", what(), werr, errb.String())
+			}
+		case werr != nil:
+			t.Fatalf("%s: record: %v\n%s", what(), werr, errb.String())
+		default:
+			caught++
+		}
+		o, err := session.FindOrphan(tp.Pid())
+		if err != nil {
+			t.Fatalf("%s: %v", what(), err)
+		}
+		if o != nil {
+			if sig != syscall.SIGKILL && !diedOfIt {
+				t.Fatalf("%s: record ended (%v) but left its agent at %#x\n%s", what(), werr, o.Base, errb.String())
+			}
+			out, stderr, err := runCLIBin(bin, "restore", "-p", pid)
+			if err != nil || !strings.Contains(out, "restored ") {
+				t.Fatalf("%s: restore: %v\n%s%s", what(), err, out, stderr)
+			}
+			restored++
+			if i < 4 {
+				t.Logf("%s: %s", what(), strings.TrimSpace(out))
+			}
+		}
+		_, sum, err := testtarget.StopStress(tp, 30*time.Second)
+		if err != nil {
+			t.Fatalf("%s: the target did not survive: %v (exit: %v)", what(), err, tp.Wait())
+		}
+		if sum != want {
+			t.Fatalf("%s: the target computed %d, want %d", what(), sum, want)
+		}
+		testtarget.CheckText(t, tp.Pid())
+		snap.CheckSame(t, tp.Pid())
+		if t.Failed() {
+			t.Fatalf("%s: the target is not as it was", what())
+		}
+	}
+	t.Logf("%d kills survived: %d restored after SIGKILL, %d caught by record", kills, restored, caught)
+}
+
+// waitTimeout waits for cmd, killing it after d.
+func waitTimeout(cmd *exec.Cmd, d time.Duration) error {
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(d):
+		_ = cmd.Process.Kill()
+		<-done
+		return errors.New("timed out: record did not end")
+	}
+}
+
+// runCLIBin runs the livetrace binary with args.
+func runCLIBin(bin string, args ...string) (stdout, stderr string, err error) {
+	cmd := exec.Command(bin, args...)
+	var o, e strings.Builder
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err = cmd.Run()
+	return o.String(), e.String(), err
+}
