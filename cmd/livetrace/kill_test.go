@@ -148,3 +148,132 @@ func runCLIBin(bin string, args ...string) (stdout, stderr string, err error) {
 	err = cmd.Run()
 	return o.String(), e.String(), err
 }
+
+// TestOrphanTurnsOff kills record with SIGKILL and measures the target's
+// throughput (time for a fixed number of passes over 2000 traced
+// functions): untraced; orphaned, within the first second (the buffer is
+// full and every call looks for a free chunk); and orphaned after the
+// lease expired (a second), when the agent must have turned itself off.
+// Then restore puts the process back.
+func TestOrphanTurnsOff(t *testing.T) {
+	testtarget.RequireRoot(t)
+	bin := livetraceBinary(t)
+	stress := testtarget.Build(t, testtarget.Stress, testtarget.ClangNop5, testtarget.Funcs(2000))
+	tp := testtarget.Start(t, stress, "-t", "2")
+	if _, err := tp.Expect("ready", 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	pid := strconv.Itoa(tp.Pid())
+	want, _, err := testtarget.RunStress(tp, 1, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	timed := func(passes int) time.Duration {
+		t.Helper()
+		start := time.Now()
+		sum, _, err := testtarget.RunStress(tp, passes, 60*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if passes == 1 && sum != want {
+			t.Fatalf("the target computed %d, want %d", sum, want)
+		}
+		return time.Since(start)
+	}
+	best := func(passes, n int) time.Duration {
+		d := timed(passes)
+		for range n - 1 {
+			d = min(d, timed(passes))
+		}
+		return d
+	}
+	// A run has a fixed cost (the reply lists 2000 counters): time per
+	// pass is measured beyond it.
+	fixed := best(1, 5)
+	perPass := func(passes, n int) time.Duration {
+		return max(best(passes, n)-fixed, time.Microsecond) / time.Duration(passes)
+	}
+	// About 20 ms of calls untraced.
+	passes := 64
+	for d := best(passes, 3); d-fixed < 20*time.Millisecond && passes < 1<<20; d = best(passes, 3) {
+		passes *= 2
+	}
+	base := perPass(passes, 5)
+
+	cmd := exec.Command(bin, "record", "-p", pid, "-o", filepath.Join(t.TempDir(), "rec.data"))
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	var got strings.Builder
+	for !strings.Contains(got.String(), "tracing ") {
+		n, err := stderr.Read(buf)
+		if err != nil {
+			t.Fatalf("record: %v\n%s", err, got.String())
+		}
+		got.Write(buf[:n])
+	}
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	killed := time.Now()
+	// Fill the buffer (a million events), then time a few passes, within
+	// the lease.
+	timed(1 + (1<<20)/(2*2000))
+	orphan := perPass(max(passes/16, 2), 1)
+	if since := time.Since(killed); since > 900*time.Millisecond {
+		t.Logf("the orphaned run ended %v after the kill: it may have seen the agent turn off", since)
+	}
+	time.Sleep(time.Until(killed.Add(1500 * time.Millisecond)))
+	after := perPass(passes, 5)
+	t.Logf("throughput relative to untraced (%v per pass of 2x2000 calls): orphaned %.3f in the first second, %.3f after it",
+		base, float64(base)/float64(orphan), float64(base)/float64(after))
+
+	o, err := session.FindOrphan(tp.Pid())
+	if err != nil || o == nil {
+		t.Fatalf("no orphaned agent found after SIGKILL: %v", err)
+	}
+	if o.Alive {
+		t.Fatalf("the dead record (pid %d) is taken for alive", o.Owner.Pid)
+	}
+	mem, err := os.Open("/proc/" + pid + "/mem")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var flags [4]byte
+	_, err = mem.ReadAt(flags[:], int64(o.Base+0x2000))
+	mem.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if flags != [4]byte{} {
+		t.Errorf("the orphaned agent is still enabled 1.5 s after its tracer died")
+	}
+	if after > orphan/2 {
+		t.Errorf("orphaned after the lease: %v per pass, within it: %v: the agent did not fall to its cheap path", after, orphan)
+	}
+	_, _, err = runCLI(t, "list", "-p", pid)
+	if err == nil || !strings.Contains(err.Error(), "livetrace restore -p "+pid) {
+		t.Errorf("list -p on an orphaned agent: %v, want advice to run livetrace restore", err)
+	}
+	_, _, err = runCLI(t, "record", "-p", pid, "-d", "100ms", "-o", filepath.Join(t.TempDir(), "x.data"))
+	if err == nil || !strings.Contains(err.Error(), "livetrace restore -p "+pid) {
+		t.Errorf("record on an orphaned agent: %v, want advice to run livetrace restore", err)
+	}
+	out, _, err := runCLIBin(bin, "restore", "-p", pid)
+	if err != nil || !strings.Contains(out, "restored 2000 sites in pid "+pid) {
+		t.Fatalf("restore: %v\n%s", err, out)
+	}
+	t.Log(strings.TrimSpace(out))
+	testtarget.CheckText(t, tp.Pid())
+	if d := timed(1); d <= 0 {
+		t.Fatal("unreachable")
+	}
+	_, _, err = runCLI(t, "restore", "-p", pid)
+	if err == nil || !strings.Contains(err.Error(), "no livetrace agent") {
+		t.Errorf("restore of a clean process: %v, want no livetrace agent", err)
+	}
+}
