@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"math/rand/v2"
 	"os"
@@ -12,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/livetrace/livetrace/internal/agent"
+	"github.com/livetrace/livetrace/internal/proc"
 	"github.com/livetrace/livetrace/internal/session"
 	"github.com/livetrace/livetrace/internal/testtarget"
 )
@@ -276,4 +280,143 @@ func TestOrphanTurnsOff(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "no livetrace agent") {
 		t.Errorf("restore of a clean process: %v, want no livetrace agent", err)
 	}
+}
+
+// TestRestoreHostile kills record with SIGKILL, then plays a target that
+// lies in what the agent left: each lie in the owner record or the site
+// table must make restore refuse, name the problem and change nothing. A
+// restore while record is alive is refused too, naming its pid. Once the
+// lies are undone, restore puts everything back.
+func TestRestoreHostile(t *testing.T) {
+	testtarget.RequireRoot(t)
+	bin := livetraceBinary(t)
+	stress := testtarget.Build(t, testtarget.Stress, testtarget.ClangNop5, testtarget.Funcs(2000))
+	tp := testtarget.Start(t, stress, "-t", "2")
+	if _, err := tp.Expect("ready", 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	pid := strconv.Itoa(tp.Pid())
+	snap := testtarget.TakeSnapshot(t, tp.Pid())
+	if err := testtarget.HammerStress(tp, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "record", "--graph", "-p", pid, "-o", filepath.Join(t.TempDir(), "rec.data"))
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	var got strings.Builder
+	for !strings.Contains(got.String(), "tracing ") {
+		n, err := stderr.Read(buf)
+		if err != nil {
+			t.Fatalf("record: %v\n%s", err, got.String())
+		}
+		got.Write(buf[:n])
+	}
+	// While record runs, restore must leave its agent alone.
+	if _, e, err := runCLIBin(bin, "restore", "-p", pid); err == nil || !strings.Contains(e, "livetrace pid "+strconv.Itoa(cmd.Process.Pid)) || !strings.Contains(e, "still running") {
+		t.Errorf("restore while record runs: %v %s, want a refusal naming pid %d", err, e, cmd.Process.Pid)
+	}
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+
+	o, err := session.FindOrphan(tp.Pid())
+	if err != nil || o == nil || o.Alive {
+		t.Fatalf("orphan after SIGKILL: %+v, %v", o, err)
+	}
+	a := agent.AddrsAt(o.Base)
+	mem, err := os.OpenFile("/proc/"+pid+"/mem", os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mem.Close()
+	read := func(addr uint64, n int) []byte {
+		b := make([]byte, n)
+		if _, err := mem.ReadAt(b, int64(addr)); err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	write := func(addr uint64, b []byte) {
+		if _, err := mem.WriteAt(b, int64(addr)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	le := binary.LittleEndian
+	hdr := read(a.Shared, agent.SharedHdrPage)
+	site0 := a.Shared + le.Uint64(hdr[agent.SharedHdrSiteOffOff:])
+	siteAddr := le.Uint64(read(site0+agent.SiteAddrOff, 8))
+	text := func() []byte { return read(siteAddr, 5) }
+	patched := text()
+	if patched[0] != 0xe8 {
+		t.Fatalf("site %#x holds % x, want a CALL", siteAddr, patched)
+	}
+	u64 := func(v uint64) []byte { return le.AppendUint64(nil, v) }
+	maps, err := proc.ReadMaps(tp.Pid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	exe, _ := os.Readlink("/proc/" + pid + "/exe")
+	var exeHeader uint64 // the ELF header of the program: no code
+	for _, m := range maps {
+		if m.Path == exe && m.Offset == 0 && !m.Exec() {
+			exeHeader = m.Start
+			break
+		}
+	}
+	if exeHeader == 0 || exeHeader >= siteAddr {
+		t.Fatalf("no mapping of %s's headers below its first site %#x", exe, siteAddr)
+	}
+	for _, lie := range []struct {
+		name string
+		addr uint64
+		b    []byte
+		want string
+	}{
+		{"a site in the program's headers", site0 + agent.SiteAddrOff, u64(exeHeader), "not in a module's code"},
+		{"original bytes that are no site form", site0 + agent.SiteOrigOff, []byte{0xcc, 0xcc, 0xcc, 0xcc, 0xcc}, "no site form"},
+		{"a stub outside the stubs", site0 + agent.SiteTargetOff, u64(a.Entry), "not in the agent's stubs"},
+		{"a huge site count", a.Shared + agent.SharedHdrNsitesOff, u64(1 << 40), "invalid shared memory"},
+		{"too many hooks", a.Owner + agent.OwnerNhooksOff, []byte{0xff, 0xff, 0, 0}, "hooks"},
+		{"a GOT hook in the text", a.Owner + agent.OwnerNhooksOff, []byte{1, 0, 0, 0}, "GOT hook"},
+		{"a stub region over the agent", a.Owner + agent.OwnerStubsOff, u64(a.Base), "bad stub region"},
+		{"a wrong version", a.Owner + agent.OwnerVersionOff, []byte{9, 0, 0, 0}, "version 9"},
+	} {
+		old := read(lie.addr, len(lie.b))
+		var oldHook []byte
+		if lie.name == "a GOT hook in the text" {
+			hook := a.Owner + agent.OwnerHooksOff
+			oldHook = read(hook, agent.SizeofHook)
+			write(hook, append(append(u64(siteAddr), u64(siteAddr)...), u64(a.HookRaise)...))
+		}
+		write(lie.addr, lie.b)
+		_, e, err := runCLIBin(bin, "restore", "-p", pid)
+		write(lie.addr, old)
+		if oldHook != nil {
+			write(a.Owner+agent.OwnerHooksOff, oldHook)
+		}
+		t.Logf("%s: %s", lie.name, strings.TrimSpace(e))
+		if err == nil || !strings.Contains(e, lie.want) {
+			t.Errorf("%s: restore said %v %q, want a refusal that says %q", lie.name, err, e, lie.want)
+		}
+		if now := text(); !bytes.Equal(now, patched) {
+			t.Fatalf("%s: restore changed site %#x to % x", lie.name, siteAddr, now)
+		}
+		if syscall.Kill(tp.Pid(), 0) != nil {
+			t.Fatalf("%s: the target died", lie.name)
+		}
+	}
+	out, e, err := runCLIBin(bin, "restore", "-p", pid)
+	if err != nil || !strings.Contains(out, "restored 2000 sites") {
+		t.Fatalf("restore: %v\n%s%s", err, out, e)
+	}
+	if _, _, err := testtarget.StopStress(tp, 30*time.Second); err != nil {
+		t.Fatalf("the target did not survive: %v", err)
+	}
+	testtarget.CheckText(t, tp.Pid())
+	snap.CheckSame(t, tp.Pid())
 }

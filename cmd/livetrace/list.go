@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -168,7 +169,11 @@ func (o *listOptions) checkOrphan() error {
 	if o.pid == 0 {
 		return nil
 	}
-	if orphan, err := session.FindOrphan(o.pid); err == nil && orphan != nil {
+	orphan, err := session.FindOrphan(o.pid)
+	if errors.Is(err, session.ErrBadAgent) {
+		return err
+	}
+	if err == nil && orphan != nil {
 		return orphan.Err()
 	}
 	return nil

@@ -145,7 +145,11 @@ func (o *recordOptions) run() error {
 	} else {
 		// An agent left by a livetrace that died: say how to undo it
 		// rather than trace on top of it.
-		if orphan, ferr := session.FindOrphan(o.pid); ferr == nil && orphan != nil {
+		orphan, ferr := session.FindOrphan(o.pid)
+		if errors.Is(ferr, session.ErrBadAgent) {
+			return ferr
+		}
+		if ferr == nil && orphan != nil {
 			return orphan.Err()
 		}
 		s, err = session.Start(o.pid, opts)

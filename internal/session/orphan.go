@@ -194,6 +194,10 @@ type Orphan struct {
 // says to run `livetrace restore`.
 var ErrOrphan = errors.New("orphaned livetrace agent")
 
+// ErrBadAgent means a process carries an agent whose owner record this
+// livetrace cannot read (another version, or damaged).
+var ErrBadAgent = errors.New("unreadable livetrace agent")
+
 // ErrOwned means a process carries an agent whose tracer is still running.
 var ErrOwned = errors.New("process is traced by a running livetrace")
 
@@ -249,7 +253,8 @@ func FindOrphan(pid int) (*Orphan, error) {
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("agent in pid %d at %#x: %w", pid, m.Start, err)
+			return nil, fmt.Errorf("%w in pid %d at %#x: %w: this livetrace cannot undo it; run the restore of the livetrace that injected it, or restart the process",
+				ErrBadAgent, pid, m.Start, err)
 		}
 		if o.Base != m.Start {
 			continue
