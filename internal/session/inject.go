@@ -23,6 +23,9 @@ type injection struct {
 	regions []remoteRegion
 	stubs   []remoteRegion // code the target may execute: stubs
 	keep    bool           // a thread may still be inside the agent: leave it mapped
+	// sharedSize is the size of the shared memory mapping, set just
+	// before it is made (for the owner record).
+	sharedSize uint64
 	// backstop says our SIGTRAP handler is installed.
 	backstop bool
 	// hooks are the GOT slots pointed at the agent's unwinder hooks
@@ -107,6 +110,14 @@ func (s *Session) inject() (err error) {
 	a := inj.addrs
 	s.lap("inject: planned")
 	mmap := func(addr, size uint64, prot, flags int, fd int64, what string) error {
+		if what == "shared memory" {
+			// Listed before it exists: restore recognises the
+			// mapping by its name (orphan.go).
+			inj.sharedSize = size
+			if err := s.publishOwner(); err != nil {
+				return err
+			}
+		}
 		ret, err := r.SyscallOK("mmap "+what, proc.SysMmap, addr, size, uint64(prot), uint64(flags|mapFixedNoreplace), uint64(fd), 0)
 		if err != nil {
 			return fmt.Errorf("inject agent: %w", err)
@@ -122,9 +133,8 @@ func (s *Session) inject() (err error) {
 		return s.publishOwner()
 	}
 	anon := unix.MAP_PRIVATE | unix.MAP_ANONYMOUS
-	if err := mmap(a.Base, agent.CodeSize, unix.PROT_READ|unix.PROT_WRITE, anon, -1, "agent code"); err != nil {
-		return err
-	}
+	// The control page first: from then on the owner record in it lists
+	// every mapping that follows (orphan.go).
 	if err := mmap(a.Ctl, agent.CtlSize, unix.PROT_READ|unix.PROT_WRITE, anon, -1, "agent control page"); err != nil {
 		return err
 	}
@@ -132,6 +142,9 @@ func (s *Session) inject() (err error) {
 	// so it never records into the parent's buffers (DESIGN.md §4).
 	if _, err := r.SyscallOK("madvise", proc.SysMadvise, a.Ctl, agent.CtlSize, madvWipeOnFork); err != nil {
 		return fmt.Errorf("inject agent: %w", err)
+	}
+	if err := mmap(a.Base, agent.CodeSize, unix.PROT_READ|unix.PROT_WRITE, anon, -1, "agent code"); err != nil {
+		return err
 	}
 	if err := mmap(a.Priv, agent.PrivSize, unix.PROT_READ|unix.PROT_WRITE, anon|unix.MAP_NORESERVE, -1, "agent private region"); err != nil {
 		return err

@@ -111,12 +111,9 @@ func (s *Session) tscHz() uint64 {
 
 // owner builds the owner record from what inject has mapped so far.
 func (inj *injection) owner(lease uint64) agent.Owner {
-	o := agent.Owner{Lease: lease, Pid: uint64(os.Getpid()), Start: selfStart, Base: inj.addrs.Base}
+	o := agent.Owner{Lease: lease, Pid: uint64(os.Getpid()), Start: selfStart, Base: inj.addrs.Base, SharedSize: inj.sharedSize}
 	for _, r := range inj.regions {
-		switch r.what {
-		case "shared memory":
-			o.SharedSize = r.size
-		case "stubs":
+		if r.what == "stubs" {
 			o.Stubs = append(o.Stubs, agent.Range{Addr: r.addr, Size: r.size})
 		}
 	}
@@ -212,10 +209,9 @@ func (o *Orphan) Err() error {
 		ErrOrphan, o.Pid, o.Base, o.Owner.Pid, o.Pid)
 }
 
-// FindOrphan looks for an agent in process pid: an anonymous executable
-// mapping of the agent's code size followed by a control page whose owner
-// record has the magic, the version and that base (the code of an agent
-// whose tracer died while injecting may still be writable). It needs no ptrace
+// FindOrphan looks for an agent in process pid: an anonymous mapping that
+// holds a control page whose owner record has the magic, the version and
+// the base that puts the control page there. It needs no ptrace
 // attachment, only the right to read /proc/PID/mem. It returns nil when
 // there is none. Nothing it returns has been checked beyond that: see
 // [Restore].
@@ -231,35 +227,39 @@ func FindOrphan(pid int) (*Orphan, error) {
 		}
 	}()
 	buf := make([]byte, agent.SizeofOwner)
-	for i, m := range maps {
-		// The code is r-x, or still rw- if its tracer died while injecting.
-		if m.Path != "" || (m.Perms != "r-xp" && m.Perms != "rw-p") || m.End-m.Start != agent.CodeSize || i+1 >= len(maps) {
+	anon := func(m proc.Mapping) bool { return m.Path == "" }
+	seen := map[uint64]bool{}
+	for _, m := range maps {
+		if m.Path != "" {
 			continue
 		}
-		if n := maps[i+1]; n.Start != m.End || n.Path != "" || n.End-n.Start < agent.CtlSize {
-			continue
-		}
-		if mem == nil {
-			if mem, err = proc.OpenMem(pid); err != nil {
-				return nil, err
+		// The control page is mapped first, on its own or merged with
+		// the code before it (both anonymous and writable while the
+		// agent goes in): try this mapping as either.
+		for _, base := range []uint64{m.Start - agent.CtlOff, m.Start} {
+			a := agent.AddrsAt(base)
+			if base > m.Start || seen[base] || !covered(maps, a.Owner, a.Owner+agent.SizeofOwner, anon) {
+				continue
 			}
+			seen[base] = true
+			if mem == nil {
+				if mem, err = proc.OpenMem(pid); err != nil {
+					return nil, err
+				}
+			}
+			if mem.Read(a.Owner, buf[:4]) != nil || le.Uint32(buf) != agent.OwnerMagic || mem.Read(a.Owner, buf) != nil {
+				continue
+			}
+			o, err := agent.DecodeOwner(buf)
+			if err != nil {
+				return nil, fmt.Errorf("%w in pid %d at %#x: %w: this livetrace cannot undo it; run the restore of the livetrace that injected it, or restart the process",
+					ErrBadAgent, pid, base, err)
+			}
+			if o.Base != base {
+				continue
+			}
+			return &Orphan{Pid: pid, Base: base, Owner: o, Alive: ownerAlive(o)}, nil
 		}
-		a := agent.AddrsAt(m.Start)
-		if mem.Read(a.Owner, buf) != nil {
-			continue
-		}
-		o, err := agent.DecodeOwner(buf)
-		if errors.Is(err, agent.ErrNoOwner) {
-			continue
-		}
-		if err != nil {
-			return nil, fmt.Errorf("%w in pid %d at %#x: %w: this livetrace cannot undo it; run the restore of the livetrace that injected it, or restart the process",
-				ErrBadAgent, pid, m.Start, err)
-		}
-		if o.Base != m.Start {
-			continue
-		}
-		return &Orphan{Pid: pid, Base: m.Start, Owner: o, Alive: ownerAlive(o)}, nil
 	}
 	return nil, nil
 }

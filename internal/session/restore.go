@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -134,6 +135,9 @@ func adopt(p *proc.Process, base uint64) (*RestoreResult, error) {
 		}
 	}
 	res.Sigtrap = inj.backstop
+	if err := closeMemfds(p); err != nil {
+		return nil, fmt.Errorf("restore pid %d: %w", pid, err)
+	}
 	// The sites, with the protocol of a recording's patch and detach.
 	eng, err := textpoke.New(p, textpoke.Options{})
 	if err != nil {
@@ -190,12 +194,13 @@ func validateOrphan(p *proc.Process, base uint64) (*adoption, error) {
 	}
 	// The agent's own regions, in the order inject maps them (remove
 	// unmaps them in reverse).
-	if !region(a.Base, agent.CodeSize, "agent code", anon) {
-		return nil, fmt.Errorf("no agent code mapped at %#x", a.Base)
-	}
-	ad.code = covered(maps, a.Base, a.Base+agent.CodeSize, func(m proc.Mapping) bool { return m.Perms == "r-xp" })
 	if !region(a.Ctl, agent.CtlSize, "agent control page", anon) {
 		return nil, fmt.Errorf("no agent control page mapped at %#x", a.Ctl)
+	}
+	// The code is missing, or still writable, if its tracer died while
+	// injecting: nothing can have run it then.
+	if region(a.Base, agent.CodeSize, "agent code", anon) {
+		ad.code = covered(maps, a.Base, a.Base+agent.CodeSize, func(m proc.Mapping) bool { return m.Perms == "r-xp" })
 	}
 	ad.priv = region(a.Priv, agent.PrivSize, "agent private region", anon)
 	var shared bool
@@ -324,6 +329,37 @@ func (inj *injection) sitePatch(maps []proc.Mapping, st agent.Site, now [5]byte)
 		}
 	}
 	return nil, fmt.Errorf("site %#x holds % x, which livetrace did not write (original % x, call % x): another tool patches it", st.Addr, now[:], orig[:], call)
+}
+
+// closeMemfds closes, in the target, any fd of the agent's shared memory:
+// a tracer that dies between memfd_create and its close leaves one open.
+func closeMemfds(p *proc.Process) error {
+	dir := fmt.Sprintf("/proc/%d/fd", p.Pid())
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return proc.ProcError(p.Pid(), err)
+	}
+	var fds []uint64
+	for _, e := range ents {
+		link, _ := os.Readlink(dir + "/" + e.Name())
+		if fd, err := strconv.ParseUint(e.Name(), 10, 31); err == nil && strings.HasPrefix(link, "/memfd:livetrace ") {
+			fds = append(fds, fd)
+		}
+	}
+	if len(fds) == 0 {
+		return nil
+	}
+	r, err := p.HoldRemote()
+	if err != nil {
+		return err
+	}
+	defer r.Release()
+	for _, fd := range fds {
+		if _, err := r.SyscallOK("close", proc.SysClose, fd); err != nil {
+			return fmt.Errorf("close the agent's memfd: %w", err)
+		}
+	}
+	return nil
 }
 
 // isStub reports whether addr is a stub slot (not the springboard) in one
