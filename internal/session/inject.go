@@ -26,6 +26,8 @@ type injection struct {
 	// sharedSize is the size of the shared memory mapping, set just
 	// before it is made (for the owner record).
 	sharedSize uint64
+	// planned is a stub region about to be mapped (for the owner record).
+	planned *remoteRegion
 	// backstop says our SIGTRAP handler is installed.
 	backstop bool
 	// hooks are the GOT slots pointed at the agent's unwinder hooks
@@ -110,15 +112,23 @@ func (s *Session) inject() (err error) {
 	a := inj.addrs
 	s.lap("inject: planned")
 	mmap := func(addr, size uint64, prot, flags int, fd int64, what string) error {
-		if what == "shared memory" {
-			// Listed before it exists: restore recognises the
-			// mapping by its name (orphan.go).
-			inj.sharedSize = size
+		switch what {
+		case "shared memory", "stubs":
+			// Listed before they exist (the others are at fixed
+			// offsets from the control page): restore checks that
+			// each mapping is the agent's before it removes it
+			// (orphan.go).
+			if what == "shared memory" {
+				inj.sharedSize = size
+			} else {
+				inj.planned = &remoteRegion{addr, size, what}
+			}
 			if err := s.publishOwner(); err != nil {
 				return err
 			}
 		}
 		ret, err := r.SyscallOK("mmap "+what, proc.SysMmap, addr, size, uint64(prot), uint64(flags|mapFixedNoreplace), uint64(fd), 0)
+		inj.planned = nil
 		if err != nil {
 			return fmt.Errorf("inject agent: %w", err)
 		}

@@ -117,6 +117,9 @@ func (inj *injection) owner(lease uint64) agent.Owner {
 			o.Stubs = append(o.Stubs, agent.Range{Addr: r.addr, Size: r.size})
 		}
 	}
+	if r := inj.planned; r != nil {
+		o.Stubs = append(o.Stubs, agent.Range{Addr: r.addr, Size: r.size})
+	}
 	for _, h := range inj.hooks {
 		o.Hooks = append(o.Hooks, agent.Hook{Slot: h.addr, Orig: h.orig, Hook: h.hook})
 	}

@@ -218,6 +218,23 @@ func validateOrphan(p *proc.Process, base uint64) (*adoption, error) {
 			r.Addr < agentEnd && r.End() > a.Base {
 			return nil, fmt.Errorf("the owner record lists a bad stub region %#x+%#x", r.Addr, r.Size)
 		}
+		// Listed just before it was mapped: only a mapping of exactly
+		// that range, still writable (the stubs not written yet) or
+		// executable and starting with the springboard to this agent,
+		// is the agent's.
+		m, ok := mappingAt(maps, r.Addr, r.Size)
+		if !ok || m.Start != r.Addr || m.End != r.End() || m.Path != "" {
+			continue
+		}
+		if m.Perms == "r-xp" {
+			head := make([]byte, agent.StubSize)
+			spring := agent.Springboard(a.Entry)
+			if p.ReadMem(r.Addr, head) != nil || !bytes.Equal(head, spring[:]) {
+				continue
+			}
+		} else if m.Perms != "rw-p" {
+			continue
+		}
 		if region(r.Addr, r.Size, "stubs", anon) {
 			inj.stubs = append(inj.stubs, remoteRegion{r.Addr, r.Size, "stubs"})
 		}
