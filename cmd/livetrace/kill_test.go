@@ -486,3 +486,47 @@ func TestRestoreHostile(t *testing.T) {
 	testtarget.CheckText(t, tp.Pid())
 	snap.CheckSame(t, tp.Pid())
 }
+
+// TestRecordClosedStderr runs record with its stderr a pipe that nobody
+// reads any more (a terminal gone, `| head` done): each write fails, and
+// record must neither die of SIGPIPE (which would leave the target patched
+// right after its "tracing" line) nor stop tracing early.
+func TestRecordClosedStderr(t *testing.T) {
+	testtarget.RequireRoot(t)
+	bin := livetraceBinary(t)
+	stress := testtarget.Build(t, testtarget.Stress, testtarget.ClangNop5, testtarget.Funcs(2000))
+	tp := testtarget.Start(t, stress, "-t", "2")
+	if _, err := tp.Expect("ready", 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	want, _, err := testtarget.RunStress(tp, 1, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := testtarget.HammerStress(tp, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "rec.data")
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	cmd := exec.Command(bin, "record", "-p", strconv.Itoa(tp.Pid()), "-d", "500ms", "-o", out)
+	cmd.Stdout, cmd.Stderr = w, w
+	err = cmd.Run()
+	w.Close()
+	if err != nil {
+		t.Errorf("record with a closed stderr: %v", err)
+	}
+	if o, err := session.FindOrphan(tp.Pid()); err != nil || o != nil {
+		t.Fatalf("record left its agent: %+v, %v", o, err)
+	}
+	if _, sum, err := testtarget.StopStress(tp, 30*time.Second); err != nil || sum != want {
+		t.Fatalf("the target: checksum %d (want %d), %v", sum, want, err)
+	}
+	testtarget.CheckText(t, tp.Pid())
+	if _, _, err := runCLI(t, "info", "-i", out); err != nil {
+		t.Errorf("the recording: %v", err)
+	}
+}
