@@ -32,7 +32,9 @@ agent's memory, detaches, and says what it did.
 restore refuses when the livetrace that owns the agent is still running,
 and changes nothing when anything it reads from the process does not make
 sense. An orphaned agent costs the process almost nothing meanwhile: it
-turns itself off within a second of its tracer's death.`,
+turns itself off within a second of its tracer's death.
+
+Signals other than SIGKILL do not interrupt restore: it runs to the end.`,
 		Example: `  livetrace restore -p 1234`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
