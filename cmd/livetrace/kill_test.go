@@ -145,7 +145,7 @@ func TestTracerDeath(t *testing.T) {
 			}
 			restored++
 			restoredBy = strings.TrimSpace(out)
-			if i < 4 {
+			if i < 4 || testing.Verbose() && os.Getenv("LIVETRACE_SOAK") == "1" {
 				t.Logf("%s", what())
 			}
 		}
@@ -529,4 +529,129 @@ func TestRecordClosedStderr(t *testing.T) {
 	if _, _, err := runCLI(t, "info", "-i", out); err != nil {
 		t.Errorf("the recording: %v", err)
 	}
+}
+
+// TestRestoreCXXGraph kills record --graph with SIGKILL while a C++
+// program throws through traced frames, in every site form (sleds
+// included): the unwinder's GOT slots point at the agent's hooks, and
+// frames are hijacked. restore must put back the sites, the GOT slots and
+// the return addresses, and the program must throw and compute as before.
+func TestRestoreCXXGraph(t *testing.T) {
+	testtarget.RequireRoot(t)
+	bin := livetraceBinary(t)
+	for _, form := range testtarget.Forms {
+		t.Run(string(form), func(t *testing.T) {
+			tp := testtarget.Start(t, testtarget.Build(t, testtarget.CXX, form), "serve")
+			if _, err := tp.Expect("ready", 10*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			pid := strconv.Itoa(tp.Pid())
+			throw := func() string {
+				t.Helper()
+				if err := tp.Send("throw 300"); err != nil {
+					t.Fatal(err)
+				}
+				l, err := tp.Expect("done ", 30*time.Second)
+				if err != nil {
+					t.Fatalf("%v; stderr: %s", err, tp.Stderr())
+				}
+				return l
+			}
+			base := throw()
+			snap := testtarget.TakeSnapshot(t, tp.Pid())
+			cmd := exec.Command(bin, "record", "--graph", "-p", pid, "-o", filepath.Join(t.TempDir(), "rec.data"))
+			stderr, err := cmd.StderrPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			buf := make([]byte, 4096)
+			var got strings.Builder
+			for !strings.Contains(got.String(), "tracing ") {
+				n, err := stderr.Read(buf)
+				if err != nil {
+					t.Fatalf("record: %v\n%s", err, got.String())
+				}
+				got.Write(buf[:n])
+			}
+			if l := throw(); l != base {
+				t.Errorf("recorded, the program computed %q, untraced %q", l, base)
+			}
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			if l := throw(); l != base {
+				t.Errorf("orphaned, the program computed %q, untraced %q", l, base)
+			}
+			out, e, err := runCLIBin(bin, "restore", "-p", pid)
+			if err != nil || !strings.Contains(out, "GOT slots") {
+				t.Fatalf("restore: %v\n%s%s", err, out, e)
+			}
+			t.Log(strings.TrimSpace(out))
+			if l := throw(); l != base {
+				t.Errorf("restored, the program computed %q, untraced %q", l, base)
+			}
+			testtarget.CheckText(t, tp.Pid())
+			snap.CheckSame(t, tp.Pid())
+		})
+	}
+}
+
+// TestRestoreHijackedReturn kills record --graph with SIGKILL while a
+// thread sleeps inside a traced function, whose return address then points
+// at the agent: restore must put it back before it unmaps the agent, and
+// the thread must return normally.
+func TestRestoreHijackedReturn(t *testing.T) {
+	testtarget.RequireRoot(t)
+	bin := livetraceBinary(t)
+	tp := testtarget.Start(t, testtarget.Build(t, testtarget.Sleeper, testtarget.ClangNop5))
+	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	pid := strconv.Itoa(tp.Pid())
+	// A first job, so that the worker's stack and arena exist (glibc
+	// keeps them for the next thread) before the snapshot.
+	if err := tp.Send("sleep 1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tp.Expect("slept ", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	snap := testtarget.TakeSnapshot(t, tp.Pid())
+	cmd := exec.Command(bin, "record", "--graph", "-F", "sleeper_*", "-p", pid, "-o", filepath.Join(t.TempDir(), "rec.data"))
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	var got strings.Builder
+	for !strings.Contains(got.String(), "tracing ") {
+		n, err := stderr.Read(buf)
+		if err != nil {
+			t.Fatalf("record: %v\n%s", err, got.String())
+		}
+		got.Write(buf[:n])
+	}
+	if err := tp.Send("sleep 1500"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	out, e, err := runCLIBin(bin, "restore", "-p", pid)
+	if err != nil || !strings.Contains(out, "1 hijacked return address,") {
+		t.Fatalf("restore: %v\n%s%s", err, out, e)
+	}
+	t.Log(strings.TrimSpace(out))
+	if l, err := tp.Expect("slept ", 10*time.Second); err != nil {
+		t.Fatalf("the sleeping thread did not come back: %v (exit: %v)", err, tp.Wait())
+	} else {
+		t.Log(l)
+	}
+	testtarget.CheckText(t, tp.Pid())
+	snap.CheckSame(t, tp.Pid())
 }

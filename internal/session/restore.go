@@ -33,21 +33,31 @@ type RestoreResult struct {
 // String says what was done, in one line.
 func (r *RestoreResult) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "restored %d sites in pid %d", r.Restored, r.Pid)
+	fmt.Fprintf(&b, "restored %s in pid %d", plural(r.Restored, "site"), r.Pid)
 	if r.Restored != r.Sites {
 		fmt.Fprintf(&b, " (%d of %d held their original bytes already)", r.Sites-r.Restored, r.Sites)
 	}
 	if r.Returns > 0 {
-		fmt.Fprintf(&b, ", %d hijacked return addresses", r.Returns)
+		fmt.Fprintf(&b, ", %s", plural(r.Returns, "hijacked return address"))
 	}
 	if r.Hooks > 0 {
-		fmt.Fprintf(&b, ", %d GOT slots", r.Hooks)
+		fmt.Fprintf(&b, ", %s", plural(r.Hooks, "GOT slot"))
 	}
 	if r.Sigtrap {
 		b.WriteString(", the SIGTRAP action")
 	}
-	fmt.Fprintf(&b, "; removed agent at %#x (%d mappings) left by livetrace pid %d", r.Base, r.Regions, r.Owner)
+	fmt.Fprintf(&b, "; removed agent at %#x (%s) left by livetrace pid %d", r.Base, plural(r.Regions, "mapping"), r.Owner)
 	return b.String()
+}
+
+func plural(n int, what string) string {
+	switch {
+	case n == 1:
+		return "1 " + what
+	case strings.HasSuffix(what, "s"):
+		return fmt.Sprint(n, " ", what, "es")
+	}
+	return fmt.Sprint(n, " ", what, "s")
 }
 
 // ErrNoAgent means Restore found no agent in the process.
