@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -17,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/livetrace/livetrace/internal/elfsite"
+	"github.com/livetrace/livetrace/internal/session"
 	"github.com/livetrace/livetrace/internal/textpoke"
 )
 
@@ -166,6 +168,22 @@ func (o *listOptions) run() error {
 		fmt.Fprintf(o.stderr, " (%d modules mapped)", modules)
 	}
 	fmt.Fprintln(o.stderr)
+	return o.checkOrphan()
+}
+
+// checkOrphan fails, saying what to do, when the process carries an agent
+// whose livetrace died (sites listed as call are then still patched).
+func (o *listOptions) checkOrphan() error {
+	if o.pid == 0 {
+		return nil
+	}
+	orphan, err := session.FindOrphan(o.pid)
+	if errors.Is(err, session.ErrBadAgent) {
+		return err
+	}
+	if err == nil && orphan != nil {
+		return orphan.Err()
+	}
 	return nil
 }
 

@@ -18,6 +18,16 @@ import (
 	"github.com/spf13/cobra"
 )
 
+func init() {
+	if len(os.Args) > 1 && (os.Args[1] == "record" || os.Args[1] == "restore") {
+		// Catch every terminating signal as early as we can: record and
+		// restore must never die with a target half patched. record's
+		// own handler takes over from here. (Before this runs, the Go
+		// runtime is in charge, and livetrace has not touched anything.)
+		catchSignals()
+	}
+}
+
 func main() {
 	// LIVETRACE_CPUPROFILE=FILE profiles livetrace itself (for its
 	// developers: go tool pprof FILE).
@@ -27,14 +37,6 @@ func main() {
 				defer pprof.StopCPUProfile()
 			}
 		}
-	}
-	if len(os.Args) > 1 && os.Args[1] == "record" {
-		// Catch Ctrl-C and SIGTERM from the very start: record must
-		// never die with a target half patched. record's own handler
-		// takes over from here.
-		signal.Ignore(syscall.SIGINT, syscall.SIGTERM)
-		earlySignals = make(chan os.Signal, 2)
-		signal.Notify(earlySignals, syscall.SIGINT, syscall.SIGTERM)
 	}
 	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		pprof.StopCPUProfile()
@@ -47,9 +49,39 @@ func main() {
 	}
 }
 
-// earlySignals receives SIGINT and SIGTERM from the start of a `record`
-// process (see main), nil otherwise.
+// earlySignals receives every signal of terminatingSignals from the start
+// of a `record` or `restore` process (see main), nil otherwise.
 var earlySignals chan os.Signal
+
+// terminatingSignals are the signals whose default action ends a process
+// and that can be caught (DESIGN.md §5, "Cleanup"). SIGQUIT would also make
+// the Go runtime dump every goroutine and exit: caught, it ends the
+// recording cleanly like the others. SIGPIPE is not here: it is ignored
+// (see catchSignals).
+func terminatingSignals() []os.Signal {
+	sigs := []os.Signal{
+		syscall.SIGHUP, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGTERM,
+		syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGALRM, syscall.SIGVTALRM,
+		syscall.SIGPROF, syscall.SIGXCPU, syscall.SIGXFSZ, syscall.SIGIO,
+		syscall.SIGPWR, syscall.SIGSTKFLT,
+	}
+	// The real-time signals glibc leaves to applications (SIGRTMIN is 34
+	// there; 32 and 33 belong to the threading library).
+	for s := 34; s <= 64; s++ {
+		sigs = append(sigs, syscall.Signal(s))
+	}
+	return sigs
+}
+
+// catchSignals turns every terminating signal into a message on
+// earlySignals, and ignores SIGPIPE: after a SIGHUP the terminal (or the
+// pipe) behind stdout and stderr may be gone, and writing the status line
+// there must fail with EPIPE or EIO, which record ignores, not kill us.
+func catchSignals() {
+	signal.Ignore(syscall.SIGPIPE)
+	earlySignals = make(chan os.Signal, 16)
+	signal.Notify(earlySignals, terminatingSignals()...)
+}
 
 // exitError asks main to exit with a given status without printing anything,
 // for example to pass on the exit status of a traced command.
@@ -76,6 +108,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		newReportCmd(stdout, stderr),
 		newInfoCmd(stdout, stderr),
 		newExportCmd(stdout, stderr),
+		newRestoreCmd(stdout, stderr),
 	)
 	return root.Execute()
 }

@@ -43,9 +43,11 @@ func newRecordCmd(stdout, stderr io.Writer) *cobra.Command {
 		Short: "Trace functions of a running process into a recording file",
 		Long: `Attach to the running process PID, patch the entry of every selected
 function into a call to an injected agent, and record every call until
--d elapses, until Ctrl-C (SIGINT) or SIGTERM, or until the process exits.
-Then put back every byte of the process's text, remove the agent, detach,
-and print a summary. The process keeps running throughout.
+-d elapses, until Ctrl-C (SIGINT), SIGTERM, SIGHUP or any other signal
+that can be caught, or until the process exits. Then put back every byte
+of the process's text, remove the agent, detach, and print a summary. The
+process keeps running throughout. If livetrace itself is killed (SIGKILL),
+run livetrace restore -p PID.
 
 With -- CMD [ARGS...] instead of -p, livetrace starts CMD itself, lets the
 dynamic loader map its libraries, patches every module before CMD's own
@@ -102,9 +104,9 @@ func (o *recordOptions) run() error {
 	// with the target half patched; it ends the recording cleanly.
 	sigs := earlySignals
 	if sigs == nil {
-		sigs = make(chan os.Signal, 2)
+		sigs = make(chan os.Signal, 16)
 	}
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	signal.Notify(sigs, terminatingSignals()...)
 	defer signal.Stop(sigs)
 
 	flt, err := o.filter.filter()
@@ -141,6 +143,15 @@ func (o *recordOptions) run() error {
 			_ = s.Close()
 		}
 	} else {
+		// An agent left by a livetrace that died: say how to undo it
+		// rather than trace on top of it.
+		orphan, ferr := session.FindOrphan(o.pid)
+		if errors.Is(ferr, session.ErrBadAgent) {
+			return ferr
+		}
+		if ferr == nil && orphan != nil {
+			return orphan.Err()
+		}
 		s, err = session.Start(o.pid, opts)
 	}
 	if err != nil {
@@ -180,7 +191,7 @@ loop:
 	for {
 		select {
 		case sig := <-sigs:
-			if launched != nil && !interrupted {
+			if launched != nil && !interrupted && fromTerminal(sig) {
 				// The terminal sent it to CMD too; wait for CMD to
 				// exit. A second one stops tracing.
 				interrupted = true
@@ -240,6 +251,17 @@ loop:
 		}
 	}
 	return nil
+}
+
+// fromTerminal reports whether sig is one a terminal sends to its whole
+// foreground process group (and SIGTERM, which a shell's kill of the job
+// sends to the group too): with -- CMD, CMD gets it as well.
+func fromTerminal(sig os.Signal) bool {
+	switch sig {
+	case syscall.SIGINT, syscall.SIGQUIT, syscall.SIGHUP, syscall.SIGTERM:
+		return true
+	}
+	return false
 }
 
 // noMatchError turns a selection that matched nothing into an error that

@@ -71,8 +71,9 @@ func Springboard(target uint64) [StubSize]byte {
 
 // Site is one entry of the site table the SIGTRAP backstop searches.
 type Site struct {
-	Addr   uint64 // runtime address of the patched site (its first byte)
-	Target uint64 // the CALL target written there (the site's stub)
+	Addr   uint64         // runtime address of the patched site (its first byte)
+	Target uint64         // the CALL target written there (the site's stub)
+	Orig   [SiteOrig]byte // the bytes the site held before (its first 5 on x86-64)
 }
 
 // Config describes the shared memory the tracer formats. The zero value
@@ -160,6 +161,7 @@ func InitShared(mem []byte, cfg Config) error {
 		o := l.siteOff + uint64(i)*SizeofSite
 		le.PutUint64(mem[o+SiteAddrOff:], s.Addr)
 		le.PutUint64(mem[o+SiteTargetOff:], s.Target)
+		copy(mem[o+SiteOrigOff:o+SiteOrigOff+SiteOrig], s.Orig[:])
 	}
 	le.PutUint32(mem[SharedHdrVersionOff:], Version)
 	le.PutUint32(mem[SharedHdrHdrSizeOff:], SharedHdrPage)

@@ -186,7 +186,7 @@ func (p *producer) chunk(idx int, state, tid, lost uint32, recs ...Record) {
 }
 
 func TestConsumerProtocol(t *testing.T) {
-	cfg := Config{Chunks: 4, ChunkRecords: 4, Sites: []Site{{1, 2}, {3, 4}}}
+	cfg := Config{Chunks: 4, ChunkRecords: 4, Sites: []Site{{Addr: 1, Target: 2}, {Addr: 3, Target: 4}}}
 	mem := alignedBuf(SharedSize(cfg))
 	if err := InitShared(mem, cfg); err != nil {
 		t.Fatal(err)

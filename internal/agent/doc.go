@@ -14,6 +14,13 @@
 //   - [CtlOff, +CtlSize): the control page, private anonymous, then
 //     madvise(MADV_WIPEONFORK). It holds enabled and graph ([Ctl]); both
 //     read as zero in a forked child, which therefore records nothing.
+//     After them, at [Addrs.Owner], the owner record ([Owner]): the
+//     tracer's pid and start time, the regions it mapped and the GOT slots
+//     it hooked, so that a later tracer can undo an agent whose tracer
+//     died, and a lease (a TSC deadline the tracer renews). When an event
+//     finds no free chunk and the lease has expired, the agent clears
+//     enabled itself: an orphaned agent costs a traced call about what a
+//     disabled one does, within a second of its tracer's death.
 //   - [PrivOff, +PrivSize): private anonymous (MAP_NORESERVE advised),
 //     NOT wipe-on-fork: the saved SIGTRAP action, the thread table
 //     (MaxThreads slots) and the shadow stacks (ShadowDepth entries each).

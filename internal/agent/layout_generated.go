@@ -19,15 +19,15 @@ const (
 	// ReturnOff is the offset from the agent's base of lt_return, the hijacked return address in graph mode.
 	ReturnOff = 0x2a0
 	// SigtrapOff is the offset from the agent's base of lt_sigtrap, the SIGTRAP backstop handler (SA_SIGINFO).
-	SigtrapOff = 0x1050
+	SigtrapOff = 0x1080
 	// RestorerOff is the offset from the agent's base of lt_restorer, the SA_RESTORER for lt_sigtrap.
 	RestorerOff = 0x3f0
 	// RemoteOff is the offset from the agent's base of lt_remote, `syscall; int3`: where the tracer runs remote system calls once the agent is in.
 	RemoteOff = 0x400
 	// HookRaiseOff is the offset from the agent's base of lt_hook_raise, which runs in place of _Unwind_RaiseException in graph mode.
-	HookRaiseOff = 0x1270
+	HookRaiseOff = 0x12a0
 	// HookResumeOrRethrowOff is the offset from the agent's base of lt_hook_resume_or_rethrow, which runs in place of _Unwind_Resume_or_Rethrow in graph mode.
-	HookResumeOrRethrowOff = 0x12a0
+	HookResumeOrRethrowOff = 0x12d0
 	// CtlOff is the offset from the agent's base of the control page (MADV_WIPEONFORK).
 	CtlOff = 0x2000
 	// CtlSize is the size of the control page (MADV_WIPEONFORK).
@@ -72,6 +72,16 @@ const (
 	KindEntry = 0x1
 	// KindExit is LT_KIND_EXIT from agent.h.
 	KindExit = 0x2
+	// OwnerMagic is LT_OWNER_MAGIC from agent.h.
+	OwnerMagic = 0x574f544c
+	// OwnerVersion is LT_OWNER_VERSION from agent.h.
+	OwnerVersion = 0x1
+	// MaxStubRegions is LT_MAX_STUB_REGIONS from agent.h.
+	MaxStubRegions = 0x40
+	// MaxHooks is LT_MAX_HOOKS from agent.h.
+	MaxHooks = 0x10
+	// SiteOrig is LT_SITE_ORIG from agent.h.
+	SiteOrig = 0x8
 	// SizeofChunkHdr is sizeof(struct lt_chunk_hdr).
 	SizeofChunkHdr = 0x40
 	// ChunkHdrStateOff is the offset of state in struct lt_chunk_hdr.
@@ -87,11 +97,21 @@ const (
 	// ChunkHdrSlotOff is the offset of slot in struct lt_chunk_hdr.
 	ChunkHdrSlotOff = 0x18
 	// SizeofCtl is sizeof(struct lt_ctl).
-	SizeofCtl = 0x8
+	SizeofCtl = 0x5f8
 	// CtlEnabledOff is the offset of enabled in struct lt_ctl.
 	CtlEnabledOff = 0x0
 	// CtlGraphOff is the offset of graph in struct lt_ctl.
 	CtlGraphOff = 0x4
+	// CtlOwnerOff is the offset of owner in struct lt_ctl.
+	CtlOwnerOff = 0x40
+	// SizeofHook is sizeof(struct lt_hook).
+	SizeofHook = 0x18
+	// HookSlotOff is the offset of slot in struct lt_hook.
+	HookSlotOff = 0x0
+	// HookOrigOff is the offset of orig in struct lt_hook.
+	HookOrigOff = 0x8
+	// HookHookOff is the offset of hook in struct lt_hook.
+	HookHookOff = 0x10
 	// SizeofSigaction is sizeof(struct lt_ksigaction).
 	SizeofSigaction = 0x20
 	// SigactionHandlerOff is the offset of handler in struct lt_ksigaction.
@@ -102,6 +122,30 @@ const (
 	SigactionRestorerOff = 0x10
 	// SigactionMaskOff is the offset of mask in struct lt_ksigaction.
 	SigactionMaskOff = 0x18
+	// SizeofOwner is sizeof(struct lt_owner).
+	SizeofOwner = 0x5b8
+	// OwnerMagicOff is the offset of magic in struct lt_owner.
+	OwnerMagicOff = 0x0
+	// OwnerVersionOff is the offset of version in struct lt_owner.
+	OwnerVersionOff = 0x4
+	// OwnerLeaseOff is the offset of lease in struct lt_owner.
+	OwnerLeaseOff = 0x8
+	// OwnerPidOff is the offset of pid in struct lt_owner.
+	OwnerPidOff = 0x10
+	// OwnerStartOff is the offset of start in struct lt_owner.
+	OwnerStartOff = 0x18
+	// OwnerBaseOff is the offset of base in struct lt_owner.
+	OwnerBaseOff = 0x20
+	// OwnerSharedSizeOff is the offset of shared_size in struct lt_owner.
+	OwnerSharedSizeOff = 0x28
+	// OwnerNstubsOff is the offset of nstubs in struct lt_owner.
+	OwnerNstubsOff = 0x30
+	// OwnerNhooksOff is the offset of nhooks in struct lt_owner.
+	OwnerNhooksOff = 0x34
+	// OwnerStubsOff is the offset of stubs in struct lt_owner.
+	OwnerStubsOff = 0x38
+	// OwnerHooksOff is the offset of hooks in struct lt_owner.
+	OwnerHooksOff = 0x438
 	// SizeofPriv is sizeof(struct lt_priv).
 	SizeofPriv = 0x3041000
 	// PrivOldSigtrapOff is the offset of old_sigtrap in struct lt_priv.
@@ -114,6 +158,12 @@ const (
 	PrivThreadsOff = 0x1000
 	// PrivShadowOff is the offset of shadow in struct lt_priv.
 	PrivShadowOff = 0x41000
+	// SizeofRange is sizeof(struct lt_range).
+	SizeofRange = 0x10
+	// RangeAddrOff is the offset of addr in struct lt_range.
+	RangeAddrOff = 0x0
+	// RangeSizeOff is the offset of size in struct lt_range.
+	RangeSizeOff = 0x8
 	// SizeofRecord is sizeof(struct lt_record).
 	SizeofRecord = 0x10
 	// RecordTscOff is the offset of tsc in struct lt_record.
@@ -177,11 +227,13 @@ const (
 	// SharedHdrUnwoundOff is the offset of unwound in struct lt_shared_hdr.
 	SharedHdrUnwoundOff = 0x130
 	// SizeofSite is sizeof(struct lt_site).
-	SizeofSite = 0x10
+	SizeofSite = 0x18
 	// SiteAddrOff is the offset of addr in struct lt_site.
 	SiteAddrOff = 0x0
 	// SiteTargetOff is the offset of target in struct lt_site.
 	SiteTargetOff = 0x8
+	// SiteOrigOff is the offset of orig in struct lt_site.
+	SiteOrigOff = 0x10
 	// SizeofThread is sizeof(struct lt_thread).
 	SizeofThread = 0x40
 	// ThreadKeyOff is the offset of key in struct lt_thread.

@@ -17,6 +17,7 @@ type Addrs struct {
 	Ctl        uint64 // control page (map private anonymous, MADV_WIPEONFORK)
 	Enabled    uint64 // u32 in the control page
 	Graph      uint64 // u32 in the control page
+	Owner      uint64 // struct lt_owner in the control page (see [Owner])
 	Priv       uint64 // private region (map private anonymous)
 	OldSigtrap uint64 // struct sigaction slot for the previous SIGTRAP action
 	Remote     uint64 // lt_remote: `syscall; int3` for the tracer's remote syscalls
@@ -44,6 +45,7 @@ func AddrsAt(base uint64) Addrs {
 		Ctl:        base + CtlOff,
 		Enabled:    base + CtlOff + CtlEnabledOff,
 		Graph:      base + CtlOff + CtlGraphOff,
+		Owner:      base + CtlOff + CtlOwnerOff,
 		Priv:       base + PrivOff,
 		OldSigtrap: base + PrivOff + PrivOldSigtrapOff,
 		Remote:     base + RemoteOff,
@@ -203,9 +205,14 @@ type Ctl struct {
 	Enabled, Graph bool
 }
 
-// Encode returns the SizeofCtl bytes to write at [Addrs.Ctl].
+// ctlFlagsSize is the size of the flags at the start of the control page
+// (enabled and graph); the owner record follows them.
+const ctlFlagsSize = CtlGraphOff + 4
+
+// Encode returns the bytes to write at [Addrs.Ctl]: the flags only, never
+// the owner record after them.
 func (c Ctl) Encode() []byte {
-	b := make([]byte, SizeofCtl)
+	b := make([]byte, ctlFlagsSize)
 	if c.Enabled {
 		binary.LittleEndian.PutUint32(b[CtlEnabledOff:], 1)
 	}
@@ -215,10 +222,10 @@ func (c Ctl) Encode() []byte {
 	return b
 }
 
-// DecodeCtl decodes SizeofCtl bytes read at [Addrs.Ctl].
+// DecodeCtl decodes the flags read at [Addrs.Ctl].
 func DecodeCtl(b []byte) (Ctl, error) {
-	if len(b) < SizeofCtl {
-		return Ctl{}, fmt.Errorf("decode control page: %d bytes, need %d", len(b), SizeofCtl)
+	if len(b) < ctlFlagsSize {
+		return Ctl{}, fmt.Errorf("decode control page: %d bytes, need %d", len(b), ctlFlagsSize)
 	}
 	le := binary.LittleEndian
 	return Ctl{Enabled: le.Uint32(b[CtlEnabledOff:]) != 0, Graph: le.Uint32(b[CtlGraphOff:]) != 0}, nil

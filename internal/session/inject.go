@@ -25,6 +25,11 @@ type injection struct {
 	regions []remoteRegion
 	stubs   []remoteRegion // code the target may execute: stubs
 	keep    bool           // a thread may still be inside the agent: leave it mapped
+	// sharedSize is the size of the shared memory mapping, set just
+	// before it is made (for the owner record).
+	sharedSize uint64
+	// planned is a stub region about to be mapped (for the owner record).
+	planned *remoteRegion
 	// backstop says our SIGTRAP handler is installed.
 	backstop bool
 	// tids are the target's threads, which chunk headers must name
@@ -119,7 +124,23 @@ func (s *Session) inject() (err error) {
 	a := inj.addrs
 	s.lap("inject: planned")
 	mmap := func(addr, size uint64, prot, flags int, fd int64, what string) error {
+		switch what {
+		case "shared memory", "stubs":
+			// Listed before they exist (the others are at fixed
+			// offsets from the control page): restore checks that
+			// each mapping is the agent's before it removes it
+			// (orphan.go).
+			if what == "shared memory" {
+				inj.sharedSize = size
+			} else {
+				inj.planned = &remoteRegion{addr, size, what}
+			}
+			if err := s.publishOwner(); err != nil {
+				return err
+			}
+		}
 		ret, err := r.SyscallOK("mmap "+what, proc.SysMmap, addr, size, uint64(prot), uint64(flags|mapFixedNoreplace), uint64(fd), 0)
+		inj.planned = nil
 		if err != nil {
 			return fmt.Errorf("inject agent: %w", err)
 		}
@@ -129,12 +150,13 @@ func (s *Session) inject() (err error) {
 			return fmt.Errorf("inject agent: mmap %s at %#x returned %#x", what, addr, ret)
 		}
 		inj.regions = append(inj.regions, remoteRegion{addr, size, what})
-		return nil
+		// Every mapping is listed in the owner record at once, so that
+		// `livetrace restore` can remove it if this tracer dies.
+		return s.publishOwner()
 	}
 	anon := unix.MAP_PRIVATE | unix.MAP_ANONYMOUS
-	if err := mmap(a.Base, agent.CodeSize, unix.PROT_READ|unix.PROT_WRITE, anon, -1, "agent code"); err != nil {
-		return err
-	}
+	// The control page first: from then on the owner record in it lists
+	// every mapping that follows (orphan.go).
 	if err := mmap(a.Ctl, agent.CtlSize, unix.PROT_READ|unix.PROT_WRITE, anon, -1, "agent control page"); err != nil {
 		return err
 	}
@@ -142,6 +164,9 @@ func (s *Session) inject() (err error) {
 	// so it never records into the parent's buffers (DESIGN.md §4).
 	if _, err := r.SyscallOK("madvise", proc.SysMadvise, a.Ctl, agent.CtlSize, madvWipeOnFork); err != nil {
 		return fmt.Errorf("inject agent: %w", err)
+	}
+	if err := mmap(a.Base, agent.CodeSize, unix.PROT_READ|unix.PROT_WRITE, anon, -1, "agent code"); err != nil {
+		return err
 	}
 	if err := mmap(a.Priv, agent.PrivSize, unix.PROT_READ|unix.PROT_WRITE, anon|unix.MAP_NORESERVE, -1, "agent private region"); err != nil {
 		return err
@@ -265,6 +290,7 @@ func (s *Session) inject() (err error) {
 
 	for i, x := range s.sel {
 		cfg.Sites[i] = agent.Site{Addr: x.addr, Target: x.stub}
+		copy(cfg.Sites[i].Orig[:], x.orig)
 	}
 	if err := agent.InitShared(inj.shared, cfg); err != nil {
 		return fmt.Errorf("inject agent: %w", err)

@@ -107,6 +107,7 @@ type Session struct {
 	// skipped lists the selected sites that another tool (a uprobe)
 	// held at the start; they are not traced.
 	skipped  []HeldSite
+	leasing  bool // renewLease runs (orphan.go)
 	closed   bool
 	closeErr error
 }

@@ -265,6 +265,9 @@ func (s *Session) hookUnwind() error {
 	for i, sl := range plan.slots {
 		h := gotHook{addr: sl.addr, orig: origs[i], hook: hooks[sl.sym], what: unwindSyms[sl.sym] + " in " + sl.mod.Name()}
 		s.inj.hooks = append(s.inj.hooks, h)
+		if err := s.publishOwner(); err != nil { // before the slot changes (orphan.go)
+			return err
+		}
 		if err := s.p.WriteMem(sl.addr, binary.LittleEndian.AppendUint64(nil, h.hook)); err != nil {
 			return fmt.Errorf("hook the unwinder: write the GOT slot of %s: %w", h.what, err)
 		}

@@ -213,11 +213,29 @@ static u64 lt_take(struct lt_thread *t)
 	return 0;
 }
 
+/*
+ * lt_lease_check runs when an event finds no free chunk. The tracer renews
+ * lt_ctl.owner.lease (a TSC deadline about a second ahead) while it
+ * consumes; a tracer that died (SIGKILL, OOM) renews nothing, and without
+ * this every traced call would go on scanning a full pool for nothing.
+ * Once the lease has expired the agent turns itself off: every traced call
+ * then returns at the first instruction of lt_entry, until a tracer adopts
+ * the agent (livetrace restore, see internal/session/orphan.go). Only the
+ * slow path pays for the clock read.
+ */
+static void lt_lease_check(void)
+{
+	u64 lease = __atomic_load_n(&lt_ctl.owner.lease, __ATOMIC_RELAXED);
+	if (lease != 0 && (s64)(rdtsc() - lease) > 0)
+		__atomic_store_n(&lt_ctl.enabled, 0, __ATOMIC_RELAXED);
+}
+
 static void lt_drop(struct lt_thread *t)
 {
 	if (t->lost != ~0u)
 		t->lost++;
 	__atomic_fetch_add(&lt_shared.lost, 1, __ATOMIC_RELAXED);
+	lt_lease_check();
 }
 
 /* lt_emit appends one record to t's chunk, publishing it when full. */

@@ -64,6 +64,11 @@ enum lt_const {
 	LT_KEY_RETIRED = 1,             /* thread slot key: retired by the tracer */
 	LT_KIND_ENTRY = 1,              /* record kind: function entry */
 	LT_KIND_EXIT = 2,               /* record kind: function exit */
+	LT_OWNER_MAGIC = 0x574f544c,    /* "LTOW" little endian: control page owner record */
+	LT_OWNER_VERSION = 1,           /* owner record format version */
+	LT_MAX_STUB_REGIONS = 64,       /* stub regions an owner record lists */
+	LT_MAX_HOOKS = 16,              /* GOT hooks an owner record lists */
+	LT_SITE_ORIG = 8,               /* bytes of struct lt_site.orig */
 };
 
 #define LT_CHUNK_HDR_SIZE 64
@@ -71,13 +76,52 @@ enum lt_const {
 /* LT_CALLER_UNKNOWN is the caller delta of an entry whose caller did not fit. */
 #define LT_CALLER_UNKNOWN 0x80000000u
 
+/* struct lt_range is a mapping the tracer made in the target. */
+struct lt_range {
+	u64 addr;
+	u64 size;
+};
+
+/* struct lt_hook is a GOT slot the tracer pointed at an agent hook. */
+struct lt_hook {
+	u64 slot; /* address of the GOT slot */
+	u64 orig; /* the value it held before */
+	u64 hook; /* the value the tracer wrote (an agent hook) */
+};
+
+/*
+ * struct lt_owner is what a later tracer needs to undo the agent if the
+ * one that injected it dies (internal/session/orphan.go): who owns the
+ * agent, until when it promises to consume, and every mapping and GOT slot
+ * it made. The site table with each site's original bytes is in the
+ * shared memory (struct lt_site). The tracer writes it through
+ * /proc/PID/mem before it changes what each part describes; magic last.
+ * The agent itself reads only lease.
+ */
+struct lt_owner {
+	u32 magic;       /* LT_OWNER_MAGIC once the record is valid */
+	u32 version;     /* LT_OWNER_VERSION */
+	u64 lease;       /* rdtsc value after which nobody consumes; 0: no lease */
+	u64 pid;         /* the tracer's pid */
+	u64 start;       /* its start time (field 22 of /proc/PID/stat) */
+	u64 base;        /* the agent region's base */
+	u64 shared_size; /* bytes of the shared memfd mapping (0: not mapped yet) */
+	u32 nstubs;
+	u32 nhooks;
+	struct lt_range stubs[LT_MAX_STUB_REGIONS];
+	struct lt_hook hooks[LT_MAX_HOOKS];
+};
+
 /*
  * struct lt_ctl is the control page (MADV_WIPEONFORK: reads as zero in a
- * forked child). The tracer writes it through /proc/PID/mem.
+ * forked child). The tracer writes it through /proc/PID/mem. The agent
+ * clears enabled itself when the owner's lease has expired (lt_drop).
  */
 struct lt_ctl {
 	u32 enabled; /* nonzero: record events */
 	u32 graph;   /* nonzero: hijack returns and record exits */
+	u64 pad[7];  /* the tracer stages short strings here */
+	struct lt_owner owner;
 };
 
 /* struct lt_ksigaction is the kernel's struct sigaction on x86-64. */
@@ -150,8 +194,9 @@ struct lt_priv {
 
 /* struct lt_site is one entry of the site table: sorted by addr. */
 struct lt_site {
-	u64 addr;   /* runtime address of the patched site */
-	u64 target; /* its CALL target (the site's stub) */
+	u64 addr;                /* runtime address of the patched site */
+	u64 target;              /* its CALL target (the site's stub) */
+	u8 orig[LT_SITE_ORIG];   /* the bytes it held before (5 on x86-64) */
 };
 
 /*
@@ -199,6 +244,8 @@ struct lt_chunk_hdr {
 _Static_assert(sizeof(struct lt_chunk_hdr) == 64, "chunk header is 64 bytes");
 _Static_assert(sizeof(struct lt_thread) == 64, "thread slot is 64 bytes");
 _Static_assert(sizeof(struct lt_shared_hdr) <= LT_SHARED_HDR_PAGE, "shared header fits");
+/* The tracer stages a struct sigaction in the control page's last bytes. */
+_Static_assert(sizeof(struct lt_ctl) <= 4096 - 64, "control page has room for the staging area");
 
 /* struct lt_record is one event. */
 struct lt_record {

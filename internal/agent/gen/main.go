@@ -130,6 +130,9 @@ var symbols = []struct{ sym, name, doc string }{
 // structs lists the agent.h structs whose layout Go needs.
 var structs = []struct{ c, goName string }{
 	{"lt_ctl", "Ctl"},
+	{"lt_owner", "Owner"},
+	{"lt_range", "Range"},
+	{"lt_hook", "Hook"},
 	{"lt_ksigaction", "Sigaction"},
 	{"lt_thread", "Thread"},
 	{"lt_shadow", "Shadow"},

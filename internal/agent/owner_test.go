@@ -1,0 +1,68 @@
+package agent
+
+import (
+	"encoding/binary"
+	"errors"
+	"reflect"
+	"testing"
+)
+
+func TestOwnerRoundTrip(t *testing.T) {
+	o := Owner{Lease: 7, Pid: 1234, Start: 99, Base: 0x7f0000000000, SharedSize: 1 << 20,
+		Stubs: []Range{{0x1000, 0x2000}}, Hooks: []Hook{{Slot: 8, Orig: 16, Hook: 24}}}
+	b, err := o.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := DecodeOwner(b)
+	if err != nil || !reflect.DeepEqual(got, o) {
+		t.Fatalf("DecodeOwner(Encode(%+v)) = %+v, %v", o, got, err)
+	}
+	if _, err := (Owner{Stubs: make([]Range, MaxStubRegions+1)}).Encode(); err == nil {
+		t.Error("Encode took too many stub regions")
+	}
+	if _, err := DecodeOwner(make([]byte, SizeofOwner)); !errors.Is(err, ErrNoOwner) {
+		t.Errorf("a zero page: %v, want ErrNoOwner", err)
+	}
+	bad := append([]byte(nil), b...)
+	binary.LittleEndian.PutUint32(bad[OwnerNstubsOff:], MaxStubRegions+1)
+	if _, err := DecodeOwner(bad); err == nil {
+		t.Error("DecodeOwner took a stub count beyond the cap")
+	}
+	if _, err := DecodeOwner(b[:10]); err == nil {
+		t.Error("DecodeOwner took a short buffer")
+	}
+	// The flags written to the control page never reach the owner record.
+	if n := len((Ctl{Enabled: true, Graph: true}).Encode()); n > CtlOwnerOff {
+		t.Errorf("Ctl.Encode writes %d bytes, over the owner record at %d", n, CtlOwnerOff)
+	}
+}
+
+// TestSharedSites checks the site table read back from a target: a
+// formatted table comes back whole, and a header that lies is an error.
+func TestSharedSites(t *testing.T) {
+	sites := []Site{{Addr: 0x1000, Target: 0x9010, Orig: [SiteOrig]byte{0x0f, 0x1f, 0x44, 0, 8}}, {Addr: 0x2000, Target: 0x9020}}
+	cfg := Config{Chunks: 1, ChunkRecords: 4, Sites: sites}
+	mem := make([]byte, SharedSize(cfg))
+	if err := InitShared(mem, cfg); err != nil {
+		t.Fatal(err)
+	}
+	end := SiteTableEnd(mem, uint64(len(mem)))
+	got, err := SharedSites(mem[:end], uint64(len(mem)))
+	if err != nil || !reflect.DeepEqual(got, sites) {
+		t.Fatalf("SharedSites = %+v, %v; want %+v", got, err, sites)
+	}
+	le := binary.LittleEndian
+	for name, lie := range map[string]func(b []byte){
+		"count":    func(b []byte) { le.PutUint64(b[SharedHdrNsitesOff:], 1<<40) },
+		"offset":   func(b []byte) { le.PutUint64(b[SharedHdrSiteOffOff:], ^uint64(0)-8) },
+		"magic":    func(b []byte) { le.PutUint32(b[SharedHdrMagicOff:], 0) },
+		"unsorted": func(b []byte) { le.PutUint64(b[SharedHdrPage+SizeofSite+SiteAddrOff:], 0x10) },
+	} {
+		b := append([]byte(nil), mem...)
+		lie(b)
+		if _, err := SharedSites(b[:SiteTableEnd(b, uint64(len(b)))], uint64(len(b))); err == nil {
+			t.Errorf("a lying %s: no error", name)
+		}
+	}
+}
