@@ -317,3 +317,24 @@ func TestHarnessRetire(t *testing.T) {
 		t.Errorf("%d slots claimed, want 2", r.ctrs.Threads)
 	}
 }
+
+// TestHarnessUcontext runs coroutines on ucontexts in graph mode, two
+// threads at once: the context's stack is an array in a traced frame (it
+// lies within StackWindow of the frames it interrupts, which the agent
+// once took for frames left by longjmp and dropped: the program died of
+// ud2) or a malloc'd block, and traced frames on both stacks are suspended
+// in turn. The program must compute what it computes untraced, and every
+// frame must get its exit record.
+func TestHarnessUcontext(t *testing.T) {
+	const iters = 300
+	r := runHarness(t, runOpts{test: "ucontext", iters: iters, ctl: Ctl{Enabled: true, Graph: true}, chunks: 256, chunkRecords: 4096, pollEvery: time.Millisecond})
+	checkResults(t, r, "onframe", iters*20)
+	checkResults(t, r, "heap", iters*20)
+	r.noLoss()
+	r.checkExactCounts()
+	r.checkTimestamps()
+	r.checkMatched()
+	if r.ctrs.Overflow != 0 {
+		t.Errorf("overflow %d: holes in the shadow stack are not given back", r.ctrs.Overflow)
+	}
+}

@@ -5,7 +5,9 @@
  * workload and prints its ground truth. Not traced itself.
  *
  * Protocol on stdin/stdout, one line each:
- *   -> READY <base> <stubs>      then SITE <addr> <name> lines, then END
+ *   -> READY <base> <stubs>      then SITE <addr> <name> and GOT <sym> <addr>
+ *                                lines (a function pointer the workload
+ *                                calls <sym> through), then END
  *   <- SHARED <size>
  *   -> MEMFD <fd>
  *   <- RUN
@@ -290,6 +292,20 @@ static void *signal_thread(void *arg)
 	return 0;
 }
 
+static void *ucontext_thread(void *arg)
+{
+	(void)arg;
+	long on_frame = 0, heap = 0;
+	for (long i = 0; i < iters; i++) {
+		on_frame += w_co_run(5, 1);
+		heap += w_co_run(5, 0);
+	}
+	result("onframe", on_frame);
+	result("heap", heap);
+	report_counts();
+	return 0;
+}
+
 static volatile int release_flag;
 
 static void *hold_thread(void *arg)
@@ -368,6 +384,7 @@ int main(int argc, char **argv)
 				name = wfuncs[i].name;
 		printf("SITE %#lx %s\n", (unsigned long)*p, name);
 	}
+	printf("GOT longjmp %p\n", (void *)&w_longjmp);
 	printf("END\n");
 	fflush(stdout);
 
@@ -393,6 +410,8 @@ int main(int argc, char **argv)
 		run_threads(deep_thread, 1);
 	else if (!strcmp(test, "fork"))
 		run_threads(fork_thread, 1);
+	else if (!strcmp(test, "ucontext"))
+		run_threads(ucontext_thread, 2);
 	else if (!strcmp(test, "tight"))
 		run_threads(tight_thread, 1);
 	else if (!strcmp(test, "detach")) {
