@@ -36,6 +36,10 @@ const (
 	// Sleeper is c/sleeper.c: threads blocked in nanosleep, futex,
 	// epoll_wait and read, for testing remote syscalls.
 	Sleeper = "sleeper"
+	// Ucontext is c/ucontext.c: coroutines on ucontexts (one stack an
+	// array in a traced frame, one malloc'd), a longjmp and a handler on
+	// a sigaltstack, all under traced frames, on "run N".
+	Ucontext = "ucontext"
 )
 
 // Fixtures returns the names of every fixture, sorted.
@@ -61,6 +65,7 @@ var fixtures = map[string]fixture{
 	Workload: {plan: withLib(Workload)},
 	UseLib:   {plan: withLib(UseLib)},
 	Stress:   {plan: planStress},
+	Ucontext: {plan: singleFile(Ucontext, "ucontext.c")},
 }
 
 func readSource(name string) ([]byte, error) {
