@@ -338,3 +338,28 @@ func TestHarnessUcontext(t *testing.T) {
 		t.Errorf("overflow %d: holes in the shadow stack are not given back", r.ctrs.Overflow)
 	}
 }
+
+// TestHarnessLongjmpUnhooked is TestHarnessLongjmp with longjmp called
+// directly, as a program that links libc statically does: the agent cannot
+// tell the frames a jump left from live frames of another stack until
+// their slots are overwritten, so it keeps them that long. The program
+// must still compute the right results, every call must be recorded and
+// the shadow stack must not fill up.
+func TestHarnessLongjmpUnhooked(t *testing.T) {
+	r := runHarness(t, runOpts{test: "jump", iters: 5000, ctl: Ctl{Enabled: true, Graph: true}, chunks: 64, chunkRecords: 4096, pollEvery: time.Millisecond, noHooks: true})
+	checkResults(t, r, "jumps", 5000)
+	checkResults(t, r, "fib", 5000*5)
+	r.noLoss()
+	r.checkExactCounts()
+	r.checkTimestamps()
+	if r.ctrs.Overflow != 0 {
+		t.Errorf("overflow %d: stale frames were never ended", r.ctrs.Overflow)
+	}
+	maxDepth := uint8(0)
+	for _, recs := range r.recs {
+		for _, rec := range recs {
+			maxDepth = max(maxDepth, rec.Depth)
+		}
+	}
+	t.Logf("deepest record at depth %d (7 without stale frames)", maxDepth)
+}

@@ -127,6 +127,7 @@ type runOpts struct {
 	chunkRecords int
 	pollEvery    time.Duration
 	trapSites    map[string]bool // sites left as INT3 + new tail, as mid-batch
+	noHooks      bool            // leave the workload's GOT slots alone
 	wantSignal   syscall.Signal  // the harness must die of this signal
 	// held runs when the harness says HELD (a thread is about to block in
 	// traced frames); the harness continues when it returns.
@@ -271,6 +272,9 @@ func runHarness(t testing.TB, o runOpts) *run {
 	// Hook the workload's GOT slots as the tracer hooks real ones: the
 	// real function's address into the agent first, then the hook.
 	for _, g := range gots {
+		if o.noHooks {
+			break
+		}
 		var h *Hook
 		for _, x := range addrs.Hooks() {
 			if x.Sym == g.sym {
