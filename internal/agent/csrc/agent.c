@@ -599,9 +599,9 @@ void lt_unwind_prep(u64 sp, u64 arg)
  * lt_catch_prep is called by lt_hook_begin_catch, which runs in place of
  * __cxa_begin_catch: a handler has caught an exception, and sp + 8 is its
  * frame's stack pointer. The frames between the throw and the handler are
- * gone: the entries whose slots lie from unwind_lo (the lowest throw) up to
- * that stack pointer get their exit records, with the time of the catch,
- * and are ended. Every other entry is a live frame. When no other
+ * gone: the entries the throws gave back whose slots lie from unwind_lo
+ * (the lowest throw) up to that stack pointer get their exit records, with
+ * the time of the catch, and are ended. Every other entry is a live frame. When no other
  * exception is in flight on the thread (one thrown by a destructor during
  * an unwind and caught inside it leaves the outer one in flight, whose
  * unwinder must still not see lt_return), the frames the throw gave back
@@ -625,7 +625,9 @@ void lt_catch_prep(u64 sp, u64 arg)
 		d = LT_SHADOW_DEPTH;
 	for (u32 j = d; j > 0; j--) {
 		struct lt_shadow *e = &ss[j - 1];
-		if (e->slot == 0 || e->slot >= c || e->slot < lo)
+		/* Only entries a throw gave back: a hijacked one may be a live
+		 * frame of another stack if a catch was missed (lo too low). */
+		if (e->slot == 0 || e->slot >= c || e->slot < lo || !(e->flags & LT_SHADOW_RESTORED))
 			continue;
 		if (lt_ctl.enabled)
 			lt_emit(t, tsc, meta(LT_KIND_EXIT, j - 1, e->site, 0));
