@@ -19,25 +19,25 @@ const (
 	// ReturnOff is the offset from the agent's base of lt_return, the hijacked return address in graph mode.
 	ReturnOff = 0x2b0
 	// SigtrapOff is the offset from the agent's base of lt_sigtrap, the SIGTRAP backstop handler (SA_SIGINFO).
-	SigtrapOff = 0x1a40
+	SigtrapOff = 0x1b50
 	// RestorerOff is the offset from the agent's base of lt_restorer, the SA_RESTORER for lt_sigtrap.
 	RestorerOff = 0x400
 	// RemoteOff is the offset from the agent's base of lt_remote, `syscall; int3`: where the tracer runs remote system calls once the agent is in.
 	RemoteOff = 0x410
 	// HookRaiseOff is the offset from the agent's base of lt_hook_raise, which runs in place of _Unwind_RaiseException in graph mode.
-	HookRaiseOff = 0x1c60
+	HookRaiseOff = 0x1d70
 	// HookResumeOrRethrowOff is the offset from the agent's base of lt_hook_resume_or_rethrow, which runs in place of _Unwind_Resume_or_Rethrow in graph mode.
-	HookResumeOrRethrowOff = 0x1ca0
+	HookResumeOrRethrowOff = 0x1db0
 	// HookBeginCatchOff is the offset from the agent's base of lt_hook_begin_catch, which runs in place of __cxa_begin_catch in graph mode.
-	HookBeginCatchOff = 0x1ce0
+	HookBeginCatchOff = 0x1df0
 	// HookLongjmpOff is the offset from the agent's base of lt_hook_longjmp, which runs in place of longjmp in graph mode.
-	HookLongjmpOff = 0x1d20
+	HookLongjmpOff = 0x1e30
 	// HookLongjmpUOff is the offset from the agent's base of lt_hook__longjmp, which runs in place of _longjmp in graph mode.
-	HookLongjmpUOff = 0x1d60
+	HookLongjmpUOff = 0x1e70
 	// HookSiglongjmpOff is the offset from the agent's base of lt_hook_siglongjmp, which runs in place of siglongjmp in graph mode.
-	HookSiglongjmpOff = 0x1da0
+	HookSiglongjmpOff = 0x1eb0
 	// HookLongjmpChkOff is the offset from the agent's base of lt_hook_longjmp_chk, which runs in place of __longjmp_chk in graph mode.
-	HookLongjmpChkOff = 0x1de0
+	HookLongjmpChkOff = 0x1ef0
 	// CtlOff is the offset from the agent's base of the control page (MADV_WIPEONFORK).
 	CtlOff = 0x2000
 	// CtlSize is the size of the control page (MADV_WIPEONFORK).

@@ -293,7 +293,8 @@ struct lt_timespec {
 
 /*
  * lt_holds reports whether the 8 bytes at addr hold val: 1 yes, 0 no (or
- * addr is not readable), -1 unknown. addr may lie on a stack that was
+ * addr is not readable), -1 unknown. Every read of a shadow entry's slot
+ * goes through it. addr may lie on a stack that was
  * unmapped since its frame was hijacked (a coroutine freed while
  * suspended), where a load would fault: futex(FUTEX_WAIT) tells first,
  * failing with EFAULT instead. It is given the complement of val's low
@@ -311,6 +312,17 @@ static int lt_holds(u64 addr, u64 val)
 	if (r != -EAGAIN && r != -ETIMEDOUT)
 		return -1; /* woken, interrupted, or futex refused (seccomp) */
 	return *(const volatile u64 *)addr == val;
+}
+
+/* lt_holds_or_read is lt_holds, but loads the slot when futex cannot tell:
+ * for the paths that must not leave lt_return where it would be found
+ * (the unwinder would end in std::terminate). */
+static int lt_holds_or_read(u64 addr, u64 val)
+{
+	int h = lt_holds(addr, val);
+	if (h < 0)
+		h = *(const volatile u64 *)addr == val;
+	return h;
 }
 
 static inline void make_hole(struct lt_shadow *e)
@@ -576,9 +588,8 @@ void lt_unwind_prep(u64 sp, u64 arg)
 		struct lt_shadow *e = &ss[i - 1];
 		if (e->slot == 0 || (e->slot < sp && sp - e->slot < LT_STACK_WINDOW))
 			continue;
-		volatile u64 *slot = (volatile u64 *)e->slot;
-		if (*slot == (u64)lt_return) {
-			*slot = e->orig;
+		if (lt_holds_or_read(e->slot, (u64)lt_return)) {
+			*(volatile u64 *)e->slot = e->orig;
 			if (!live)
 				e->flags |= LT_SHADOW_RESTORED;
 			n++;
@@ -640,9 +651,8 @@ void lt_catch_prep(u64 sp, u64 arg)
 			struct lt_shadow *e = &ss[j - 1];
 			if (e->slot == 0 || !(e->flags & LT_SHADOW_RESTORED) || !graph)
 				continue;
-			volatile u64 *slot = (volatile u64 *)e->slot;
-			if (*slot == e->orig) {
-				*slot = (u64)lt_return;
+			if (lt_holds(e->slot, e->orig) == 1) {
+				*(volatile u64 *)e->slot = (u64)lt_return;
 				e->flags &= ~(u32)LT_SHADOW_RESTORED;
 			}
 		}
@@ -696,9 +706,8 @@ void lt_longjmp_prep(u64 sp, u64 env)
 		struct lt_shadow *e = &ss[j - 1];
 		if (e->slot < sp || e->slot >= to)
 			continue;
-		volatile u64 *slot = (volatile u64 *)e->slot;
-		if (*slot == (u64)lt_return)
-			*slot = e->orig;
+		if (lt_holds_or_read(e->slot, (u64)lt_return))
+			*(volatile u64 *)e->slot = e->orig;
 		make_hole(e);
 	}
 	barrier();
