@@ -294,14 +294,12 @@ struct lt_timespec {
 /*
  * lt_holds reports whether the 8 bytes at addr hold val: 1 yes, 0 no (or
  * addr is not readable), -1 unknown. Every read of a shadow entry's slot
- * goes through it. addr may lie on a stack that was
- * unmapped since its frame was hijacked (a coroutine freed while
- * suspended), where a load would fault: futex(FUTEX_WAIT) tells first,
- * failing with EFAULT instead. It is given the complement of val's low
- * word, so that it returns EAGAIN at once when the word is readable
- * (waiting, when the word happens to hold that complement, ends at the
- * zero timeout: FUTEX_WAIT on an equal word sleeps for the timer slack,
- * 30-200 us measured here, hence never the value itself).
+ * goes through it: addr may lie on a stack that was unmapped since its
+ * frame was hijacked (a coroutine freed while suspended), where a load
+ * would fault. futex(FUTEX_WAIT) tells first, failing with EFAULT instead.
+ * It is given the complement of val's low word, so that it returns EAGAIN
+ * at once when the word is readable: FUTEX_WAIT on an equal word sleeps
+ * for the timer slack even with a zero timeout (30-200 us measured here).
  */
 static int lt_holds(u64 addr, u64 val)
 {
@@ -357,9 +355,10 @@ static inline u32 trim(const struct lt_shadow *ss, u32 d)
  * the thread switched away from (swapcontext, a coroutine, a signal
  * handler on an alternate stack), which will return through lt_return
  * later; dropping it would leave that return with no entry. A frame that
- * longjmp abandoned is ended by the longjmp hook (lt_longjmp_prep), not
- * here. Ended entries in the middle become holes, so that the depth of the
- * others, recorded at their entry, stays the same.
+ * longjmp abandoned is ended by the longjmp hook (lt_longjmp_prep); here
+ * only once its slot is overwritten when the hook could not run. Ended
+ * entries in the middle become holes, so that the depth of the others,
+ * recorded at their entry, stays the same.
  */
 static u32 lt_prune(struct lt_thread *t, struct lt_shadow *ss, u32 d, u64 n, int tail, u64 own, u64 tsc)
 {
