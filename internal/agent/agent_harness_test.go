@@ -363,3 +363,19 @@ func TestHarnessLongjmpUnhooked(t *testing.T) {
 	}
 	t.Logf("deepest record at depth %d (7 without stale frames)", maxDepth)
 }
+
+// TestHarnessFreedStack abandons a coroutine suspended inside traced frames,
+// unmaps its stack, and runs a new coroutine on the stack right above: the
+// agent, which must read the abandoned frames' slots to tell them from live
+// frames, must not fault on the unmapped stack, and must end them (else
+// they fill the shadow stack).
+func TestHarnessFreedStack(t *testing.T) {
+	const iters = 2000
+	r := runHarness(t, runOpts{test: "freed", iters: iters, ctl: Ctl{Enabled: true, Graph: true}, chunks: 64, chunkRecords: 4096, pollEvery: time.Millisecond})
+	checkResults(t, r, "freed", iters)
+	r.noLoss()
+	r.checkExactCounts()
+	if r.ctrs.Overflow != 0 {
+		t.Errorf("overflow %d: the abandoned frames were never ended", r.ctrs.Overflow)
+	}
+}

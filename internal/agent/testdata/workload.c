@@ -103,7 +103,7 @@ NI long w_hold(volatile int *release, int n)
  * and then returns (to uc_link: the last w_co_resume returns). Frames of
  * both stacks are suspended in turn while the other runs.
  */
-static __thread ucontext_t co_main, co_ctx;
+__thread ucontext_t co_main, co_ctx;
 static __thread long co_sum;
 
 NI void w_co_yield(int i)

@@ -32,6 +32,11 @@ void w_empty(void);
 long w_args(long a, long b, long c, long d, long e, long f, double x, double y);
 long w_hold(volatile int *release, int n);
 long w_co_run(int n, int on_frame);
+void w_co_body(int n);
+
+/* The contexts w_co_body and w_co_yield switch between. */
+#include <ucontext.h>
+extern __thread ucontext_t co_main, co_ctx;
 
 /* w_longjmp is how w_jump calls longjmp: a GOT slot of our own, which the
  * test points at the agent's longjmp hook as the tracer does a real one. */
