@@ -114,10 +114,8 @@
 //   - At an entry at slot n, the entries on top whose slot is at or below n
 //     and within [StackWindow] are examined, newest first: an entry is
 //     ended when its slot is n itself, lies in the agent's own frame, no
-//     longer holds lt_return (read with futex(FUTEX_WAIT) and a zero
-//     timeout, which fails with EFAULT instead of faulting on a stack that
-//     was unmapped since), or was given back to an exception (it gets its
-//     exit record then). An entry whose slot still holds lt_return is
+//     longer holds lt_return (read through the futex probe below), or was
+//     given back to an exception (it gets its exit record then). An entry whose slot still holds lt_return is
 //     kept: on an address basis alone, a frame left by a longjmp that was
 //     not hooked cannot be told from a live frame of a stack the thread
 //     switched away from, such as the caller of swapcontext when the new
@@ -183,14 +181,17 @@
 // (counted in [SharedHdrUnwoundOff]). The entries stay. The thread notes
 // the lowest stack pointer of a throw and one more exception in flight.
 // At the catch, the stack pointer of the handler's frame is known: the
-// entries whose slots lie between the lowest throw and it are the frames
-// the exception left; they get their exit records, stamped with the time
-// of the catch, and are ended. When no other exception is in flight on the
+// restored entries whose slots lie between the lowest throw and it are the
+// frames the exception left; they get their exit records, stamped with the
+// time of the catch, and are ended. When no other exception is in flight on the
 // thread (a destructor may throw and catch during an unwind, while the
 // outer exception's unwinder still has frames to walk), the restored
 // frames that still hold their original return address are hijacked
 // again, in graph mode only: the frames from the handler up to main keep
-// their exits, and later calls their depth. A catch that the hook does not
+// their exits, and later calls their depth. (A frame that returns while
+// another exception is in flight, such as one that threw and caught inside
+// a destructor, returns directly: its exit is recorded late, when a later
+// event ends its entry.) A catch that the hook does not
 // see (a module whose GOT was not hooked) leaves the frames restored: they
 // lose their exits, nothing else. _Unwind_Resume needs no hook: no frame
 // is hijacked again while an exception is in flight, and hijacking happens
