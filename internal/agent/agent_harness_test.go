@@ -317,3 +317,65 @@ func TestHarnessRetire(t *testing.T) {
 		t.Errorf("%d slots claimed, want 2", r.ctrs.Threads)
 	}
 }
+
+// TestHarnessUcontext runs coroutines on ucontexts in graph mode, two
+// threads at once: the context's stack is an array in a traced frame (it
+// lies within StackWindow of the frames it interrupts, which the agent
+// once took for frames left by longjmp and dropped: the program died of
+// ud2) or a malloc'd block, and traced frames on both stacks are suspended
+// in turn. The program must compute what it computes untraced, and every
+// frame must get its exit record.
+func TestHarnessUcontext(t *testing.T) {
+	const iters = 300
+	r := runHarness(t, runOpts{test: "ucontext", iters: iters, ctl: Ctl{Enabled: true, Graph: true}, chunks: 256, chunkRecords: 4096, pollEvery: time.Millisecond})
+	checkResults(t, r, "onframe", iters*20)
+	checkResults(t, r, "heap", iters*20)
+	r.noLoss()
+	r.checkExactCounts()
+	r.checkTimestamps()
+	r.checkMatched()
+	if r.ctrs.Overflow != 0 {
+		t.Errorf("overflow %d: holes in the shadow stack are not given back", r.ctrs.Overflow)
+	}
+}
+
+// TestHarnessLongjmpUnhooked is TestHarnessLongjmp with longjmp called
+// directly, as a program that links libc statically does: the agent cannot
+// tell the frames a jump left from live frames of another stack until
+// their slots are overwritten, so it keeps them that long. The program
+// must still compute the right results, every call must be recorded and
+// the shadow stack must not fill up.
+func TestHarnessLongjmpUnhooked(t *testing.T) {
+	r := runHarness(t, runOpts{test: "jump", iters: 5000, ctl: Ctl{Enabled: true, Graph: true}, chunks: 64, chunkRecords: 4096, pollEvery: time.Millisecond, noHooks: true})
+	checkResults(t, r, "jumps", 5000)
+	checkResults(t, r, "fib", 5000*5)
+	r.noLoss()
+	r.checkExactCounts()
+	r.checkTimestamps()
+	if r.ctrs.Overflow != 0 {
+		t.Errorf("overflow %d: stale frames were never ended", r.ctrs.Overflow)
+	}
+	maxDepth := uint8(0)
+	for _, recs := range r.recs {
+		for _, rec := range recs {
+			maxDepth = max(maxDepth, rec.Depth)
+		}
+	}
+	t.Logf("deepest record at depth %d (7 without stale frames)", maxDepth)
+}
+
+// TestHarnessFreedStack abandons a coroutine suspended inside traced frames,
+// unmaps its stack, and runs a new coroutine on the stack right above: the
+// agent, which must read the abandoned frames' slots to tell them from live
+// frames, must not fault on the unmapped stack, and must end them (else
+// they fill the shadow stack).
+func TestHarnessFreedStack(t *testing.T) {
+	const iters = 2000
+	r := runHarness(t, runOpts{test: "freed", iters: iters, ctl: Ctl{Enabled: true, Graph: true}, chunks: 64, chunkRecords: 4096, pollEvery: time.Millisecond})
+	checkResults(t, r, "freed", iters)
+	r.noLoss()
+	r.checkExactCounts()
+	if r.ctrs.Overflow != 0 {
+		t.Errorf("overflow %d: the abandoned frames were never ended", r.ctrs.Overflow)
+	}
+}

@@ -102,31 +102,69 @@
 //
 // With graph set, an entry pushes {original return address, its stack
 // slot, site} on the thread's shadow stack and overwrites the slot with
-// lt_return. Stale frames (longjmp, pthread_exit, a reused thread pointer)
-// are dropped first: entries whose slot is at or below the new slot and
-// within [StackWindow] of it; a frame on another stack (sigaltstack) is
-// never dropped, since a dropped live frame would crash. Consequently:
+// lt_return. The depth recorded for a frame is the index of its entry, and
+// its exit record carries the same depth.
+//
+// One shadow stack per thread holds the frames of every stack the thread
+// runs on (its own, a sigaltstack, ucontext and coroutine stacks), in the
+// order they were entered. A frame that ends without returning through
+// lt_return leaves a stale entry; dropping a live entry instead would send
+// its return to lt_return with no entry (ud2), so the agent ends an entry
+// only when it can tell the frame is gone:
+//
+//   - longjmp, _longjmp, siglongjmp and __longjmp_chk are hooked ([Hook],
+//     like the unwinder below): the hook ends every entry whose slot lies
+//     between its own stack pointer and the one saved in the jmp_buf (glibc
+//     layout, pointer-guard mangled), without exit records; a slot that
+//     still holds lt_return gets its original address back first, so a
+//     misread jmp_buf costs exit records, never a crash.
+//   - At an entry at slot n, the entries on top whose slot is at or below n
+//     and within [StackWindow] are examined, newest first: an entry is
+//     ended when its slot is n itself, lies in the agent's own frame, no
+//     longer holds lt_return (read through the futex probe below), or was
+//     given back to an exception (it gets its exit record then). An entry whose slot still holds lt_return is
+//     kept: on an address basis alone, a frame left by a longjmp that was
+//     not hooked cannot be told from a live frame of a stack the thread
+//     switched away from, such as the caller of swapcontext when the new
+//     context's stack is an array in a frame above it.
+//   - At a return (lt_return), the frame's entry is the newest one whose
+//     slot is the returning frame's (sp-8); the entries above it whose slots
+//     lie below that slot are examined the same way, and those above it are
+//     kept (frames of another stack).
+//   - An entry ended below others becomes a hole (slot 0) and the others
+//     keep their index; holes on top are trimmed. The entry fast path
+//     leaves a hole on top to the C path.
+//   - Every read of an entry's slot goes through the futex probe (about
+//     0.6 us; the fast paths never need one), so that a stale entry on a
+//     stack unmapped since (a coroutine freed while suspended) cannot
+//     fault. The throw and longjmp paths load the slot when futex cannot
+//     tell (refused by seccomp); the others then keep the entry.
+//
+// Consequently:
 //
 //   - A frame that finds the shadow stack full is not hijacked and has
 //     neither an entry nor an exit record (Overflow counts it).
 //   - Frames abandoned by longjmp have an entry and no exit; the consumer
-//     sees the next record of that thread at a smaller depth.
+//     sees the next record of that thread at a smaller depth. Without the
+//     hook (a static libc, __builtin_longjmp, a jump down to another stack)
+//     such frames stay on the shadow stack, and the depth of later calls
+//     includes them, until their slots are overwritten.
+//   - With several stacks (ucontext, coroutines, handlers on a
+//     sigaltstack) every frame gets its exit record, at the depth of its
+//     entry, but the calls of the stacks interleave: they do not nest.
 //   - A sibling (tail) call from a hijacked frame finds lt_return as its
 //     return address: the agent records the exit of the caller and the
 //     entry of the callee at the same depth, and the callee inherits the
 //     shadow entry.
-//   - Known limitation: user-space stack switching (makecontext, coroutines)
-//     with stacks less than StackWindow apart can drop live frames.
-//   - C++ exceptions: see "Unwinder hooks" below. Frames whose return
-//     address the hooks give back have an entry and no exit.
+//   - C++ exceptions: see "Unwinder hooks" below.
 //
 // lt_return (reached by the traced function's ret) keeps rax and rdx, finds
-// the entry whose slot is sp-8 searching from the top (dropping the stale
-// entries above it; the fast path only looks at the top entry and leaves
-// anything else to lt_on_exit), records the exit when enabled, and jumps
-// to the original address. It works with enabled 0 and in a forked child. If no
-// entry matches it executes ud2: this cannot happen unless the agent's
-// memory was corrupted or the tracer removed a frame still in use.
+// the frame's entry as above (the fast path only looks at the top entry
+// and leaves anything else to lt_on_exit), records the exit when enabled,
+// and jumps to the original address. It works with enabled 0 and in a
+// forked child. If no entry matches it executes ud2: this cannot happen
+// unless the agent's memory was corrupted or the tracer removed a frame
+// still in use.
 //
 // # Unwinder hooks
 //
@@ -136,25 +174,40 @@
 // runtime calls _Unwind_RaiseException (__cxa_throw,
 // std::rethrow_exception) and _Unwind_Resume_or_Rethrow (__cxa_rethrow) at
 // lt_hook_raise ([Addrs.HookRaise]) and lt_hook_resume_or_rethrow
-// ([Addrs.HookResumeOrRethrow]), after writing the real functions'
-// addresses at [Addrs.UnwindRaise] and [Addrs.UnwindResumeOrRethrow] (the
-// private region: a forked child keeps the hooked GOT and must reach them;
-// a hook whose real address is 0 executes ud2). A hook keeps every
-// argument register and the stack as it found them, and for the calling
-// thread walks its shadow stack newest to oldest: every entry whose slot
-// still holds lt_return gets its original return address back, except
-// slots less than StackWindow below the hook's own stack pointer (frames
-// that are gone). Then the shadow stack is emptied (depth 0) and the
-// frames given back are counted ([SharedHdrUnwoundOff]); they have an
-// entry record and no exit. It then jumps to the real function. The hooks
-// work with enabled 0 and in a forked child. A thread that a signal
-// handler interrupted inside the agent and that throws from the handler
-// gets its return addresses back but keeps its entries (stale from then
-// on), since the interrupted agent code still owns them. _Unwind_Resume
-// needs no hook: by the time a landing pad calls it, the unwind's first
-// phase has given back every hijacked frame it can reach, and no older
-// frame is hijacked later. At detach the tracer puts the GOT slots back
-// while every thread is stopped, before the agent is unmapped.
+// ([Addrs.HookResumeOrRethrow]), and those of __cxa_begin_catch (every
+// catch calls it) at lt_hook_begin_catch, after writing the real
+// functions' addresses into the private region ([Addrs.Hooks]: a forked
+// child keeps the hooked GOT and must reach them; a hook whose real
+// address is 0 executes ud2). A hook keeps every argument register and
+// the stack as it found them.
+//
+// At a throw, the hook walks the calling thread's shadow stack: every
+// entry whose slot still holds lt_return gets its original return address
+// back, except slots less than StackWindow below the hook's own stack
+// pointer (frames the unwinder does not walk), and is marked restored
+// (counted in [SharedHdrUnwoundOff]). The entries stay. The thread notes
+// the lowest stack pointer of a throw and one more exception in flight.
+// At the catch, the stack pointer of the handler's frame is known: the
+// restored entries whose slots lie between the lowest throw and it are the
+// frames the exception left; they get their exit records, stamped with the
+// time of the catch, and are ended. When no other exception is in flight on the
+// thread (a destructor may throw and catch during an unwind, while the
+// outer exception's unwinder still has frames to walk), the restored
+// frames that still hold their original return address are hijacked
+// again, in graph mode only: the frames from the handler up to main keep
+// their exits, and later calls their depth. (A frame that returns while
+// another exception is in flight, such as one that threw and caught inside
+// a destructor, returns directly: its exit is recorded late, when a later
+// event ends its entry.) A catch that the hook does not
+// see (a module whose GOT was not hooked) leaves the frames restored: they
+// lose their exits, nothing else. _Unwind_Resume needs no hook: no frame
+// is hijacked again while an exception is in flight, and hijacking happens
+// at entry, below the landing pad. The hooks work with enabled 0 and in a
+// forked child. A thread that a signal handler interrupted inside the
+// agent and that throws from the handler gets its return addresses back
+// but keeps its entries unmarked; later events end them. At detach the
+// tracer puts the GOT slots back while every thread is stopped, before
+// the agent is unmapped.
 //
 // # Detaching in graph mode
 //

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bufio"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -90,6 +91,12 @@ type harnessSite struct {
 	name string
 }
 
+// harnessGOT is a function pointer through which the workload calls sym.
+type harnessGOT struct {
+	sym  string
+	addr uint64
+}
+
 // run is one harness process traced by the test, which plays the tracer.
 type run struct {
 	t       testing.TB
@@ -120,6 +127,7 @@ type runOpts struct {
 	chunkRecords int
 	pollEvery    time.Duration
 	trapSites    map[string]bool // sites left as INT3 + new tail, as mid-batch
+	noHooks      bool            // leave the workload's GOT slots alone
 	wantSignal   syscall.Signal  // the harness must die of this signal
 	// held runs when the harness says HELD (a thread is about to block in
 	// traced frames); the harness continues when it returns.
@@ -168,12 +176,17 @@ func runHarness(t testing.TB, o runOpts) *run {
 		t.Fatalf("harness said %q, want READY", f)
 	}
 	base, stubs := hex(f[1]), hex(f[2])
+	var gots []harnessGOT
 	r := &run{t: t, counts: map[uint32]map[string]uint64{}, results: map[string][]int64{},
 		recs: map[uint32][]Record{}, lost: map[uint32]uint64{}}
 	for {
 		f = next()
 		if f[0] == "END" {
 			break
+		}
+		if f[0] == "GOT" {
+			gots = append(gots, harnessGOT{f[1], hex(f[2])})
+			continue
 		}
 		r.sites = append(r.sites, harnessSite{hex(f[1]), f[2]})
 	}
@@ -256,6 +269,32 @@ func runHarness(t testing.TB, o runOpts) *run {
 			t.Fatalf("patch site: %v", err)
 		}
 	}
+	// Hook the workload's GOT slots as the tracer hooks real ones: the
+	// real function's address into the agent first, then the hook.
+	for _, g := range gots {
+		if o.noHooks {
+			break
+		}
+		var h *RuntimeHook
+		for _, x := range addrs.RuntimeHooks() {
+			if x.Sym == g.sym {
+				h = &x
+			}
+		}
+		if h == nil {
+			t.Fatalf("the agent has no hook for %s", g.sym)
+		}
+		word := make([]byte, 8)
+		if _, err := pm.ReadAt(word, int64(g.addr)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := pm.WriteAt(word, int64(h.Real)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := pm.WriteAt(binary.LittleEndian.AppendUint64(nil, h.Hook), int64(g.addr)); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if _, err := pm.WriteAt(o.ctl.Encode(), int64(addrs.Ctl)); err != nil {
 		t.Fatalf("write ctl: %v", err)
 	}
@@ -285,6 +324,11 @@ func runHarness(t testing.TB, o runOpts) *run {
 			time.Sleep(o.pollEvery)
 		}
 	}()
+	// Stop the poller before the shared memory is unmapped, also when the
+	// test fails early.
+	var stopOnce sync.Once
+	stopPoll := func() { stopOnce.Do(func() { close(stop); <-done }) }
+	defer stopPoll()
 	fmt.Fprintf(stdin, "RUN\n")
 	for {
 		f = next()
@@ -331,8 +375,7 @@ func runHarness(t testing.TB, o runOpts) *run {
 	} else if err != nil {
 		t.Fatalf("harness: %v", err)
 	}
-	close(stop)
-	<-done
+	stopPoll()
 	if _, err := cons.Drain(collect); err != nil {
 		t.Fatal(err)
 	}
@@ -443,6 +486,39 @@ func (r *run) checkGraph(allowStale bool) (stale int) {
 		}
 	}
 	return stale
+}
+
+// checkMatched checks that every entry record has exactly one exit record
+// of the same function at the same depth, later in its thread, and no
+// exit is without its entry. Unlike checkGraph it does not require the
+// calls to nest: frames of several stacks (ucontext) interleave.
+func (r *run) checkMatched() {
+	r.t.Helper()
+	for tid, recs := range r.recs {
+		open := map[uint8][]uint32{}
+		for i, rec := range recs {
+			switch rec.Kind {
+			case KindEntry:
+				if len(open[rec.Depth]) != 0 {
+					r.t.Errorf("tid %d rec %d: entry %s at depth %d while %s is open there", tid, i, r.siteName(rec.Site), rec.Depth, r.siteName(open[rec.Depth][0]))
+					return
+				}
+				open[rec.Depth] = append(open[rec.Depth], rec.Site)
+			case KindExit:
+				o := open[rec.Depth]
+				if len(o) == 0 || o[len(o)-1] != rec.Site {
+					r.t.Errorf("tid %d rec %d: exit %s at depth %d, open there: %v", tid, i, r.siteName(rec.Site), rec.Depth, o)
+					return
+				}
+				open[rec.Depth] = o[:len(o)-1]
+			}
+		}
+		for d, o := range open {
+			if len(o) != 0 {
+				r.t.Errorf("tid %d: %s at depth %d never exited", tid, r.siteName(o[0]), d)
+			}
+		}
+	}
 }
 
 func (r *run) result(key string) []int64 { return r.results[key] }

@@ -17,17 +17,27 @@ const (
 	// EntryOff is the offset from the agent's base of lt_entry, the target of every site stub.
 	EntryOff = 0x0
 	// ReturnOff is the offset from the agent's base of lt_return, the hijacked return address in graph mode.
-	ReturnOff = 0x2a0
+	ReturnOff = 0x2b0
 	// SigtrapOff is the offset from the agent's base of lt_sigtrap, the SIGTRAP backstop handler (SA_SIGINFO).
-	SigtrapOff = 0x1080
+	SigtrapOff = 0x1b80
 	// RestorerOff is the offset from the agent's base of lt_restorer, the SA_RESTORER for lt_sigtrap.
-	RestorerOff = 0x3f0
+	RestorerOff = 0x400
 	// RemoteOff is the offset from the agent's base of lt_remote, `syscall; int3`: where the tracer runs remote system calls once the agent is in.
-	RemoteOff = 0x400
+	RemoteOff = 0x410
 	// HookRaiseOff is the offset from the agent's base of lt_hook_raise, which runs in place of _Unwind_RaiseException in graph mode.
-	HookRaiseOff = 0x12a0
+	HookRaiseOff = 0x1da0
 	// HookResumeOrRethrowOff is the offset from the agent's base of lt_hook_resume_or_rethrow, which runs in place of _Unwind_Resume_or_Rethrow in graph mode.
-	HookResumeOrRethrowOff = 0x12d0
+	HookResumeOrRethrowOff = 0x1de0
+	// HookBeginCatchOff is the offset from the agent's base of lt_hook_begin_catch, which runs in place of __cxa_begin_catch in graph mode.
+	HookBeginCatchOff = 0x1e20
+	// HookLongjmpOff is the offset from the agent's base of lt_hook_longjmp, which runs in place of longjmp in graph mode.
+	HookLongjmpOff = 0x1e60
+	// HookLongjmpUOff is the offset from the agent's base of lt_hook__longjmp, which runs in place of _longjmp in graph mode.
+	HookLongjmpUOff = 0x1ea0
+	// HookSiglongjmpOff is the offset from the agent's base of lt_hook_siglongjmp, which runs in place of siglongjmp in graph mode.
+	HookSiglongjmpOff = 0x1ee0
+	// HookLongjmpChkOff is the offset from the agent's base of lt_hook_longjmp_chk, which runs in place of __longjmp_chk in graph mode.
+	HookLongjmpChkOff = 0x1f20
 	// CtlOff is the offset from the agent's base of the control page (MADV_WIPEONFORK).
 	CtlOff = 0x2000
 	// CtlSize is the size of the control page (MADV_WIPEONFORK).
@@ -79,9 +89,11 @@ const (
 	// MaxStubRegions is LT_MAX_STUB_REGIONS from agent.h.
 	MaxStubRegions = 0x40
 	// MaxHooks is LT_MAX_HOOKS from agent.h.
-	MaxHooks = 0x10
+	MaxHooks = 0x40
 	// SiteOrig is LT_SITE_ORIG from agent.h.
 	SiteOrig = 0x8
+	// ShadowRestored is LT_SHADOW_RESTORED from agent.h.
+	ShadowRestored = 0x1
 	// SizeofChunkHdr is sizeof(struct lt_chunk_hdr).
 	SizeofChunkHdr = 0x40
 	// ChunkHdrStateOff is the offset of state in struct lt_chunk_hdr.
@@ -97,7 +109,7 @@ const (
 	// ChunkHdrSlotOff is the offset of slot in struct lt_chunk_hdr.
 	ChunkHdrSlotOff = 0x18
 	// SizeofCtl is sizeof(struct lt_ctl).
-	SizeofCtl = 0x5f8
+	SizeofCtl = 0xa78
 	// CtlEnabledOff is the offset of enabled in struct lt_ctl.
 	CtlEnabledOff = 0x0
 	// CtlGraphOff is the offset of graph in struct lt_ctl.
@@ -123,7 +135,7 @@ const (
 	// SigactionMaskOff is the offset of mask in struct lt_ksigaction.
 	SigactionMaskOff = 0x18
 	// SizeofOwner is sizeof(struct lt_owner).
-	SizeofOwner = 0x5b8
+	SizeofOwner = 0xa38
 	// OwnerMagicOff is the offset of magic in struct lt_owner.
 	OwnerMagicOff = 0x0
 	// OwnerVersionOff is the offset of version in struct lt_owner.
@@ -184,6 +196,8 @@ const (
 	ShadowSlotOff = 0x8
 	// ShadowSiteOff is the offset of site in struct lt_shadow.
 	ShadowSiteOff = 0x10
+	// ShadowFlagsOff is the offset of flags in struct lt_shadow.
+	ShadowFlagsOff = 0x14
 	// SizeofSharedHdr is sizeof(struct lt_shared_hdr).
 	SizeofSharedHdr = 0x138
 	// SharedHdrMagicOff is the offset of magic in struct lt_shared_hdr.
@@ -250,10 +264,24 @@ const (
 	ThreadLostOff = 0x1c
 	// ThreadBusyOff is the offset of busy in struct lt_thread.
 	ThreadBusyOff = 0x20
+	// ThreadUnwindLoOff is the offset of unwind_lo in struct lt_thread.
+	ThreadUnwindLoOff = 0x28
+	// ThreadInflightOff is the offset of inflight in struct lt_thread.
+	ThreadInflightOff = 0x30
 	// SizeofUnwindReal is sizeof(struct lt_unwind_real).
-	SizeofUnwindReal = 0x10
+	SizeofUnwindReal = 0x38
 	// UnwindRealRaiseOff is the offset of raise in struct lt_unwind_real.
 	UnwindRealRaiseOff = 0x0
 	// UnwindRealResumeOrRethrowOff is the offset of resume_or_rethrow in struct lt_unwind_real.
 	UnwindRealResumeOrRethrowOff = 0x8
+	// UnwindRealBeginCatchOff is the offset of begin_catch in struct lt_unwind_real.
+	UnwindRealBeginCatchOff = 0x10
+	// UnwindRealLongjmpOff is the offset of longjmp in struct lt_unwind_real.
+	UnwindRealLongjmpOff = 0x18
+	// UnwindRealLongjmpUOff is the offset of longjmp_u in struct lt_unwind_real.
+	UnwindRealLongjmpUOff = 0x20
+	// UnwindRealSiglongjmpOff is the offset of siglongjmp in struct lt_unwind_real.
+	UnwindRealSiglongjmpOff = 0x28
+	// UnwindRealLongjmpChkOff is the offset of longjmp_chk in struct lt_unwind_real.
+	UnwindRealLongjmpChkOff = 0x30
 )

@@ -34,6 +34,30 @@ type Addrs struct {
 	UnwindResumeOrRethrow uint64
 }
 
+// RuntimeHook is an agent function that runs in place of a function of the C or
+// C++ runtime in graph mode (doc.go, "Unwinder hooks"): the tracer writes
+// the real function's address at Real, then points the callers' GOT slots
+// of Sym at Hook.
+type RuntimeHook struct {
+	Sym  string // the function it replaces
+	Hook uint64 // the hook's address
+	Real uint64 // u64 in the private region: the real function's address
+}
+
+// RuntimeHooks returns every hook of the agent, _Unwind_RaiseException first.
+func (a Addrs) RuntimeHooks() []RuntimeHook {
+	real := a.Priv + PrivUnwindOff
+	return []RuntimeHook{
+		{"_Unwind_RaiseException", a.HookRaise, a.UnwindRaise},
+		{"_Unwind_Resume_or_Rethrow", a.HookResumeOrRethrow, a.UnwindResumeOrRethrow},
+		{"__cxa_begin_catch", a.Base + HookBeginCatchOff, real + UnwindRealBeginCatchOff},
+		{"longjmp", a.Base + HookLongjmpOff, real + UnwindRealLongjmpOff},
+		{"_longjmp", a.Base + HookLongjmpUOff, real + UnwindRealLongjmpUOff},
+		{"siglongjmp", a.Base + HookSiglongjmpOff, real + UnwindRealSiglongjmpOff},
+		{"__longjmp_chk", a.Base + HookLongjmpChkOff, real + UnwindRealLongjmpChkOff},
+	}
+}
+
 // AddrsAt returns the addresses of the agent's parts for base.
 func AddrsAt(base uint64) Addrs {
 	return Addrs{

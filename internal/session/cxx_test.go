@@ -159,8 +159,84 @@ func TestGraphCXXExceptions(t *testing.T) {
 						t.Errorf("%s: recorded %d entries, the program counted %d", k, got[k], w)
 					}
 				}
+				checkCXXGraph(t, rec)
 			})
 		}
+	}
+}
+
+// checkCXXGraph checks the graph of the cxx fixture's "throw" rounds: every
+// entry has its exit, at the same depth (the frames an exception left get
+// theirs at the catch), and the depth of a call does not depend on the
+// exceptions thrown before it: exc::top is always at the same depth and
+// exc::mid, which it calls, one deeper. The
+// agent once emptied the whole shadow stack at every throw: the frames
+// still open (exc::top after exc::mid caught) lost their exits and the
+// calls after the catch were recorded at depth 0.
+func checkCXXGraph(t *testing.T, rec *tracefile.Recording) {
+	t.Helper()
+	name := func(f uint32) string {
+		n := rec.Funcs[f].Name
+		if i := strings.IndexByte(n, '('); i >= 0 {
+			n = n[:i]
+		}
+		return n
+	}
+	// Depths relative to exc::top's first (exc::run may be a traced frame).
+	want := map[string]uint16{"exc::top": 0, "exc::mid": 1}
+	var top uint16
+	haveTop := false
+	type open struct {
+		fn uint32
+		i  int
+	}
+	exits := 0
+	threads := map[uint32]map[uint16][]open{}
+	for i, ev := range rec.Events {
+		if !strings.HasPrefix(name(ev.Func), "exc::") {
+			continue
+		}
+		th := threads[ev.TID]
+		if th == nil {
+			th = map[uint16][]open{}
+			threads[ev.TID] = th
+		}
+		switch ev.Kind {
+		case tracefile.KindEntry:
+			fn := name(ev.Func)
+			if _, ok := want[fn]; ok {
+				if !haveTop && fn == "exc::top" {
+					top, haveTop = ev.Depth, true
+				}
+				if d := top + want[fn]; haveTop && ev.Depth != d {
+					t.Errorf("event %d: %s entered at depth %d, want %d", i, fn, ev.Depth, d)
+					return
+				}
+			}
+			if len(th[ev.Depth]) != 0 {
+				t.Errorf("event %d: %s entered at depth %d while %s (event %d) is open there", i, name(ev.Func), ev.Depth, name(th[ev.Depth][0].fn), th[ev.Depth][0].i)
+				return
+			}
+			th[ev.Depth] = append(th[ev.Depth], open{ev.Func, i})
+		case tracefile.KindExit:
+			o := th[ev.Depth]
+			if len(o) == 0 || o[0].fn != ev.Func {
+				t.Errorf("event %d: exit of %s at depth %d, open there: %v", i, name(ev.Func), ev.Depth, o)
+				return
+			}
+			th[ev.Depth] = nil
+			exits++
+		}
+	}
+	for _, th := range threads {
+		for d, o := range th {
+			if len(o) != 0 {
+				t.Errorf("%s (event %d) at depth %d never exited", name(o[0].fn), o[0].i, d)
+			}
+		}
+	}
+	if exits == 0 {
+		t.Error("no exit of an exc:: function recorded")
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"io"
 	"strings"
 
+	"github.com/livetrace/livetrace/internal/agent"
 	"github.com/livetrace/livetrace/internal/elfsite"
 	"github.com/livetrace/livetrace/internal/proc"
 )
@@ -22,10 +23,15 @@ import (
 // in every module that has them, at the agent's hooks, which give the
 // thread's hijacked return addresses back and tail-jump to the real
 // function (whose address the tracer writes into the agent's private
-// region first). _Unwind_Resume (the landing pads' continuation) needs no
-// hook: the phase that started the unwind has already given every hijacked
-// return address back, and no frame older than a landing pad can be
-// hijacked later (hijacking happens at entry).
+// region first). The GOT slots of __cxa_begin_catch get a hook too: at
+// the catch the agent ends the frames the exception left (with exit
+// records) and hijacks the live ones again, so that they keep their exits.
+// So do those of the longjmp family, whose hook ends the frames a jump
+// leaves (internal/agent/doc.go, "Graph mode"). _Unwind_Resume (the
+// landing pads' continuation) needs no hook: the phase that started the
+// unwind has already given every hijacked return address back, no frame is
+// hijacked again while an exception is in flight, and a frame entered
+// later lies below the landing pad.
 //
 // A slot not yet bound (lazy binding: it points back into its own module's
 // PLT) gets the address that libgcc_s's dynamic symbol table defines; the
@@ -43,8 +49,19 @@ import (
 // (pthread_cancel, pthread_exit), which glibc starts through a pointer it
 // looked up with dlsym.
 
-// unwindSyms are the unwinder entry points that get hooked.
-var unwindSyms = [...]string{"_Unwind_RaiseException", "_Unwind_Resume_or_Rethrow"}
+// unwindSyms are the functions whose GOT slots get the agent's hooks, in
+// the order of agent.Addrs.Hooks: the unwinder's entry points, then
+// __cxa_begin_catch (the agent ends the frames an exception left and
+// hijacks the others again) and the longjmp family (the agent ends the
+// frames a jump leaves; docs in internal/agent/doc.go, "Graph mode").
+// Only the first is required (requiredSyms): without the others, frames
+// lose exit records, and the program is safe all the same.
+var unwindSyms = [...]string{"_Unwind_RaiseException", "_Unwind_Resume_or_Rethrow",
+	"__cxa_begin_catch", "longjmp", "_longjmp", "siglongjmp", "__longjmp_chk"}
+
+// requiredSyms is how many of unwindSyms must be hooked when they are
+// called at all: the unwinder's entry points.
+const requiredSyms = 2
 
 // unwindSlot is a GOT slot bound to unwindSyms[sym].
 type unwindSlot struct {
@@ -95,18 +112,19 @@ func planUnwind(pid int, mods []*elfsite.Module) (*unwindPlan, error) {
 				plan.slots = append(plan.slots, unwindSlot{mod: m, sym: r.sym, addr: addr})
 			}
 		}
-		if strings.HasPrefix(m.Name(), "libgcc_s") {
-			for i, v := range defs {
-				if v != 0 && plan.defs[i] == 0 {
-					plan.defs[i] = m.Runtime(v)
-				}
+		// Where a lazily bound slot will go: the first module that
+		// defines the symbol, but libgcc_s for the unwinder's.
+		gcc := strings.HasPrefix(m.Name(), "libgcc_s")
+		for i, v := range defs {
+			if v != 0 && (plan.defs[i] == 0 || gcc && i < requiredSyms) {
+				plan.defs[i] = m.Runtime(v)
 			}
 		}
 	}
 	if cxx != "" {
 		found := false
 		for _, sl := range plan.slots {
-			found = found || sl.sym == 0
+			found = found || sl.sym == 0 // _Unwind_RaiseException
 		}
 		if !found {
 			return nil, fmt.Errorf("%s is loaded but no module calls %s through its GOT, so livetrace cannot hook the unwinder", cxx, unwindSyms[0])
@@ -223,12 +241,21 @@ func (s *Session) hookUnwind() error {
 		return fmt.Errorf("hook the unwinder: %w", err)
 	}
 	defer s.p.ResumeAll()
-	a := s.inj.addrs
-	hooks := [len(unwindSyms)]uint64{a.HookRaise, a.HookResumeOrRethrow}
-	table := [len(unwindSyms)]uint64{a.UnwindRaise, a.UnwindResumeOrRethrow}
+	agentHooks := s.inj.addrs.RuntimeHooks()
+	if len(agentHooks) != len(unwindSyms) {
+		return fmt.Errorf("hook the unwinder: the agent has %d hooks, livetrace knows %d", len(agentHooks), len(unwindSyms))
+	}
+	var hooks, table [len(unwindSyms)]uint64
+	for k, h := range agentHooks {
+		if h.Sym != unwindSyms[k] {
+			return fmt.Errorf("hook the unwinder: agent hook %d is for %s, not %s", k, h.Sym, unwindSyms[k])
+		}
+		hooks[k], table[k] = h.Hook, h.Real
+	}
 	var real [len(unwindSyms)]uint64
 	var from [len(unwindSyms)]string
 	origs := make([]uint64, len(plan.slots))
+	skip := make([]bool, len(plan.slots))
 	var word [8]byte
 	for i, sl := range plan.slots {
 		if err := s.p.ReadMem(sl.addr, word[:]); err != nil {
@@ -239,11 +266,18 @@ func (s *Session) hookUnwind() error {
 		target, how := v, "its GOT slot in "+sl.mod.Name()
 		if inModule(sl.mod, v) {
 			// Lazy binding: not resolved yet, it points at its own PLT.
-			target, how = plan.defs[sl.sym], "libgcc_s (for the lazily bound slot in "+sl.mod.Name()+")"
-			if target == 0 {
+			target, how = plan.defs[sl.sym], "the module defining it (for the lazily bound slot in "+sl.mod.Name()+")"
+			if target == 0 && sl.sym < requiredSyms {
 				return fmt.Errorf("%w: the GOT slot of %s in %s is not bound yet (lazy binding) and no libgcc_s defining it is loaded; run the program with LD_BIND_NOW=1, or trace it without --graph",
 					ErrUnwindUnsafe, unwindSyms[sl.sym], sl.mod.Name())
 			}
+		}
+		bad := target == 0 || target == hooks[sl.sym] || real[sl.sym] != 0 && real[sl.sym] != target
+		if bad && sl.sym >= requiredSyms {
+			// Not needed for safety: leave this slot alone (its frames
+			// lose exit records; see unwindSyms).
+			skip[i] = true
+			continue
 		}
 		if target == 0 || target == hooks[sl.sym] {
 			return fmt.Errorf("%w: the GOT slot of %s in %s holds %#x", ErrUnwindUnsafe, unwindSyms[sl.sym], sl.mod.Name(), v)
@@ -263,6 +297,17 @@ func (s *Session) hookUnwind() error {
 		}
 	}
 	for i, sl := range plan.slots {
+		if skip[i] || real[sl.sym] == 0 {
+			continue
+		}
+		if len(s.inj.hooks) >= agent.MaxHooks {
+			// The owner record (what restore needs after a tracer
+			// death) has room for MaxHooks slots.
+			if sl.sym >= requiredSyms {
+				continue // optional: its frames lose exit records
+			}
+			return fmt.Errorf("%w: more than %d GOT slots to hook; trace it without --graph", ErrUnwindUnsafe, agent.MaxHooks)
+		}
 		h := gotHook{addr: sl.addr, orig: origs[i], hook: hooks[sl.sym], what: unwindSyms[sl.sym] + " in " + sl.mod.Name()}
 		s.inj.hooks = append(s.inj.hooks, h)
 		if err := s.publishOwner(); err != nil { // before the slot changes (orphan.go)

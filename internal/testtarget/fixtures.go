@@ -39,6 +39,10 @@ const (
 	// Nested is c/nested.c: a gcc nested function called through a
 	// trampoline; gcc forms only.
 	Nested = "nested"
+	// Ucontext is c/ucontext.c: coroutines on ucontexts (one stack an
+	// array in a traced frame, one malloc'd), a longjmp and a handler on
+	// a sigaltstack, all under traced frames, on "run N".
+	Ucontext = "ucontext"
 )
 
 // Fixtures returns the names of every fixture, sorted.
@@ -65,6 +69,7 @@ var fixtures = map[string]fixture{
 	Workload: {plan: withLib(Workload)},
 	UseLib:   {plan: withLib(UseLib)},
 	Stress:   {plan: planStress},
+	Ucontext: {plan: singleFile(Ucontext, "ucontext.c")},
 }
 
 func readSource(name string) ([]byte, error) {

@@ -85,6 +85,7 @@ var siteSyms = map[string][]string{
 	UseLib:   {"work_leaf"},
 	Stress:   {"fn_00000", "fn_00999"},
 	Sleeper:  {"sleeper_nanosleep", "sleeper_futex", "sleeper_epoll"},
+	Ucontext: {"uc_run", "uc_resume", "uc_body", "uc_yield", "uc_jump", "uc_alt_deep"},
 }
 
 func TestBuildAll(t *testing.T) {

@@ -18,6 +18,14 @@
  *             GOT slots here in graph mode): they give the calling
  *             thread's hijacked return addresses back (lt_unwind_prep)
  *             and tail-jump to the real function (lt_priv.unwind).
+ * lt_hook_begin_catch
+ *             runs in place of __cxa_begin_catch: ends the frames an
+ *             exception left, hijacks the others again (lt_catch_prep).
+ * lt_hook_longjmp, lt_hook__longjmp, lt_hook_siglongjmp,
+ * lt_hook_longjmp_chk
+ *             run in place of longjmp, _longjmp, siglongjmp and
+ *             __longjmp_chk: end the frames the jump leaves
+ *             (lt_longjmp_prep).
  *
  * lt_entry and lt_return each have a fast path here for the common case
  * (see doc.go, "Entry path") and fall back to lt_on_entry / lt_on_exit in
@@ -196,6 +204,8 @@ lt_entry:
 	lea 64(%rsp), %rax		/* the slot */
 	test %r8d, %r8d
 	jz 2f
+	cmpq $0, LT_A_SH_SLOT-24(%rdx)
+	je .Lg_unbusy			/* a hole on top: trim it in C */
 	sub LT_A_SH_SLOT-24(%rdx), %rax
 	cmp $LT_A_STACK_WINDOW, %rax
 	jb .Lg_unbusy			/* the top frame is stale: drop it in C */
@@ -203,7 +213,7 @@ lt_entry:
 2:
 	mov %r9, LT_A_SH_ORIG(%rdx)
 	mov %rax, LT_A_SH_SLOT(%rdx)
-	mov %r11d, LT_A_SH_SITE(%rdx)
+	mov %r11, LT_A_SH_SITE(%rdx)	/* site, and flags 0 (the stub zero-extended r11d) */
 	lea 1(%r8), %edx
 	mov %edx, LT_A_T_DEPTH(%rsi)
 	lea lt_return(%rip), %rax
@@ -349,10 +359,12 @@ lt_remote:
 	int3
 	.size lt_remote, .-lt_remote
 
-/* UNWIND_HOOK name, off: the body of an unwinder hook. At entry rsp is
- * 8 mod 16 and [rsp] is the caller's return address; the real function
- * must see exactly that, and every argument register. */
-.macro UNWIND_HOOK name, off
+/* HOOK name, off, fn: a hook that runs in place of a libc, libgcc or C++
+ * runtime function. At entry rsp is 8 mod 16 and [rsp] is the caller's
+ * return address; it calls fn(its return address slot, the first argument)
+ * and then the real function, which must see exactly that stack and every
+ * argument register. */
+.macro HOOK name, off, fn
 	.globl \name
 	.hidden \name
 	.type \name,@function
@@ -366,7 +378,8 @@ lt_remote:
 	push %r8
 	push %r9			/* 7 pushes: rsp is 16-byte aligned */
 	lea 56(%rsp), %rdi		/* the hook's return address slot */
-	call lt_unwind_prep
+	mov 40(%rsp), %rsi		/* the first argument */
+	call \fn
 	pop %r9
 	pop %r8
 	pop %rcx
@@ -383,7 +396,12 @@ lt_remote:
 .endm
 
 	.text
-	UNWIND_HOOK lt_hook_raise, LT_A_UNWIND_RAISE
-	UNWIND_HOOK lt_hook_resume_or_rethrow, LT_A_UNWIND_RESUME_OR_RETHROW
+	HOOK lt_hook_raise, LT_A_UNWIND_RAISE, lt_unwind_prep
+	HOOK lt_hook_resume_or_rethrow, LT_A_UNWIND_RESUME_OR_RETHROW, lt_unwind_prep
+	HOOK lt_hook_begin_catch, LT_A_UNWIND_BEGIN_CATCH, lt_catch_prep
+	HOOK lt_hook_longjmp, LT_A_UNWIND_LONGJMP, lt_longjmp_prep
+	HOOK lt_hook__longjmp, LT_A_UNWIND_LONGJMP_, lt_longjmp_prep
+	HOOK lt_hook_siglongjmp, LT_A_UNWIND_SIGLONGJMP, lt_longjmp_prep
+	HOOK lt_hook_longjmp_chk, LT_A_UNWIND_LONGJMP_CHK, lt_longjmp_prep
 
 	.section .note.GNU-stack,"",@progbits

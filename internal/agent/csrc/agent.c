@@ -38,6 +38,12 @@ _Static_assert(LT_CHUNK_HDR_SIZE == LT_A_CHUNK_HDR, "LT_A_CHUNK_HDR");
 _Static_assert(OFF(lt_ctl, graph) == LT_A_CTL_GRAPH, "LT_A_CTL_GRAPH");
 _Static_assert(OFF(lt_priv, unwind.raise) == LT_A_UNWIND_RAISE, "LT_A_UNWIND_RAISE");
 _Static_assert(OFF(lt_priv, unwind.resume_or_rethrow) == LT_A_UNWIND_RESUME_OR_RETHROW, "LT_A_UNWIND_RESUME_OR_RETHROW");
+_Static_assert(OFF(lt_priv, unwind.begin_catch) == LT_A_UNWIND_BEGIN_CATCH, "LT_A_UNWIND_BEGIN_CATCH");
+_Static_assert(OFF(lt_priv, unwind.longjmp) == LT_A_UNWIND_LONGJMP, "LT_A_UNWIND_LONGJMP");
+_Static_assert(OFF(lt_priv, unwind.longjmp_u) == LT_A_UNWIND_LONGJMP_, "LT_A_UNWIND_LONGJMP_");
+_Static_assert(OFF(lt_priv, unwind.siglongjmp) == LT_A_UNWIND_SIGLONGJMP, "LT_A_UNWIND_SIGLONGJMP");
+_Static_assert(OFF(lt_priv, unwind.longjmp_chk) == LT_A_UNWIND_LONGJMP_CHK, "LT_A_UNWIND_LONGJMP_CHK");
+_Static_assert(OFF(lt_shadow, flags) == LT_A_SH_SITE + 4, "agent.S writes site and flags as one u64");
 
 HIDDEN extern char lt_return[];
 HIDDEN extern char lt_restorer[];
@@ -45,7 +51,9 @@ HIDDEN extern char lt_restorer[];
 
 void lt_on_entry(u32 idx, u64 *sp) HIDDEN;
 u64 lt_on_exit(u64 sp) HIDDEN;
-void lt_unwind_prep(u64 sp) HIDDEN;
+void lt_unwind_prep(u64 sp, u64 arg) HIDDEN;
+void lt_catch_prep(u64 sp, u64 arg) HIDDEN;
+void lt_longjmp_prep(u64 sp, u64 env) HIDDEN;
 void lt_sigtrap(int sig, void *si, void *uc) HIDDEN;
 
 #define SYS_rt_sigaction 13
@@ -53,6 +61,11 @@ void lt_sigtrap(int sig, void *si, void *uc) HIDDEN;
 #define SYS_getpid 39
 #define SYS_gettid 186
 #define SYS_tgkill 234
+#define SYS_futex 202
+#define FUTEX_WAIT_PRIVATE 128
+#define EAGAIN 11
+#define EFAULT 14
+#define ETIMEDOUT 110
 #define SIGTRAP 5
 #define SIG_BLOCK 0
 #define SIG_SETMASK 2
@@ -289,6 +302,113 @@ static inline int busy_live(u64 busy, u64 sp)
 	return !(sp >= busy && sp - busy < LT_STACK_WINDOW);
 }
 
+/* LT_PROBES bounds the lt_holds calls of one event (each is a syscall). */
+#define LT_PROBES 8
+
+struct lt_timespec {
+	s64 sec, nsec;
+};
+
+/*
+ * lt_holds reports whether the 8 bytes at addr hold val: 1 yes, 0 no (or
+ * addr is not readable), -1 unknown. Every read of a shadow entry's slot
+ * goes through it: addr may lie on a stack that was unmapped since its
+ * frame was hijacked (a coroutine freed while suspended), where a load
+ * would fault. futex(FUTEX_WAIT) tells first, failing with EFAULT instead.
+ * It is given the complement of val's low word, so that it returns EAGAIN
+ * at once when the word is readable: FUTEX_WAIT on an equal word sleeps
+ * for the timer slack even with a zero timeout (30-200 us measured here).
+ */
+static int lt_holds(u64 addr, u64 val)
+{
+	struct lt_timespec zero = {0, 0};
+	long r = sys4(SYS_futex, (long)addr, FUTEX_WAIT_PRIVATE, (long)(u32)~val, (long)&zero);
+	if (r == -EFAULT)
+		return 0;
+	if (r != -EAGAIN && r != -ETIMEDOUT)
+		return -1; /* woken, interrupted, or futex refused (seccomp) */
+	return *(const volatile u64 *)addr == val;
+}
+
+/* lt_holds_or_read is lt_holds, but loads the slot when futex cannot tell:
+ * for the paths that must not leave lt_return where it would be found
+ * (the unwinder would end in std::terminate). */
+static int lt_holds_or_read(u64 addr, u64 val)
+{
+	int h = lt_holds(addr, val);
+	if (h < 0)
+		h = *(const volatile u64 *)addr == val;
+	return h;
+}
+
+static inline void make_hole(struct lt_shadow *e)
+{
+	e->slot = 0;
+	e->orig = 0;
+	e->flags = 0;
+}
+
+/* trim returns depth d less the holes on top of the shadow stack. */
+static inline u32 trim(const struct lt_shadow *ss, u32 d)
+{
+	while (d > 0 && ss[d - 1].slot == 0)
+		d--;
+	return d;
+}
+
+/*
+ * lt_prune ends the frames of the shadow stack ss[0..d) that are gone
+ * without returning through lt_return, before a frame at slot n is pushed
+ * (or, with tail set, before the frame at n hands its entry to a tail
+ * callee), and returns the new depth. own is the address of the agent's
+ * own frame: everything from there up to n was written by this call.
+ *
+ * The rule (doc.go, "Graph mode"): only the entries on top of ss whose
+ * slot is at or below n and within LT_STACK_WINDOW of it can be stale. Of
+ * those, an entry is ended when its slot is n itself (this call's return
+ * address is there now), lies in the agent's own frame, no longer holds
+ * lt_return (lt_holds), or was given back to an exception that has left
+ * its frame (LT_SHADOW_RESTORED: it gets its exit record now). An entry
+ * whose slot still holds lt_return is kept: it is a live frame on a stack
+ * the thread switched away from (swapcontext, a coroutine, a signal
+ * handler on an alternate stack), which will return through lt_return
+ * later; dropping it would leave that return with no entry. A frame that
+ * longjmp abandoned is ended by the longjmp hook (lt_longjmp_prep); here
+ * only once its slot is overwritten when the hook could not run. Ended
+ * entries in the middle become holes, so that the depth of the others,
+ * recorded at their entry, stays the same.
+ */
+static u32 lt_prune(struct lt_thread *t, struct lt_shadow *ss, u32 d, u64 n, int tail, u64 own, u64 tsc)
+{
+	int probes = LT_PROBES;
+	for (u32 j = d; j > 0; j--) {
+		struct lt_shadow *e = &ss[j - 1];
+		if (e->slot == 0)
+			continue;
+		if (e->slot > n || n - e->slot >= LT_STACK_WINDOW)
+			break;
+		if (e->flags & LT_SHADOW_RESTORED) {
+			lt_emit(t, tsc, meta(LT_KIND_EXIT, j - 1, e->site, 0));
+			make_hole(e);
+			continue;
+		}
+		if (e->slot == n) {
+			if (tail)
+				break; /* the caller whose entry the tail callee takes */
+			make_hole(e);
+			continue;
+		}
+		int dead = e->slot >= own;
+		if (!dead && probes > 0) {
+			probes--;
+			dead = lt_holds(e->slot, (u64)lt_return) == 0;
+		}
+		if (dead)
+			make_hole(e);
+	}
+	return trim(ss, d);
+}
+
 /*
  * lt_on_entry is called by lt_entry with the site index and a pointer to
  * {site+5, caller's return address}. Only when tracing is enabled.
@@ -322,20 +442,23 @@ void lt_on_entry(u32 idx, u64 *sp)
 	if (d > LT_SHADOW_DEPTH)
 		d = LT_SHADOW_DEPTH;
 
+	u64 own = (u64)__builtin_frame_address(0);
 	if (ret == (u64)lt_return) {
 		/* A tail call from a hijacked frame: the frame at this slot is
-		 * the caller's. Drop stale frames strictly below the slot. */
-		while (d > 0 && ss[d - 1].slot < slot && slot - ss[d - 1].slot < LT_STACK_WINDOW)
-			d--;
+		 * the caller's, whose entry the callee takes over. */
+		d = lt_prune(t, ss, d, slot, 1, own, tsc);
 		t->depth = d;
-		if (d > 0 && ss[d - 1].slot == slot) {
-			struct lt_shadow *e = &ss[d - 1];
+		u32 i = d;
+		while (i > 0 && ss[i - 1].slot != slot)
+			i--;
+		if (i > 0) {
+			struct lt_shadow *e = &ss[i - 1];
 			ret = e->orig;
 			if (lt_ctl.graph) {
 				/* The caller's frame ends here; the callee takes it over. */
-				lt_emit(t, tsc, meta(LT_KIND_EXIT, d - 1, e->site, 0));
+				lt_emit(t, tsc, meta(LT_KIND_EXIT, i - 1, e->site, 0));
 				e->site = idx;
-				lt_emit(t, tsc, meta(LT_KIND_ENTRY, d - 1, idx, caller_delta(ret, site)));
+				lt_emit(t, tsc, meta(LT_KIND_ENTRY, i - 1, idx, caller_delta(ret, site)));
 				goto out;
 			}
 		} else {
@@ -350,10 +473,7 @@ void lt_on_entry(u32 idx, u64 *sp)
 		goto out;
 	}
 
-	/* Drop stale frames (longjmp, pthread_exit, reused thread pointer):
-	 * at or below the new slot, but only on the same stack. */
-	while (d > 0 && ss[d - 1].slot <= slot && slot - ss[d - 1].slot < LT_STACK_WINDOW)
-		d--;
+	d = lt_prune(t, ss, d, slot, 0, own, tsc);
 	if (d >= LT_SHADOW_DEPTH) {
 		t->depth = d;
 		__atomic_fetch_add(&lt_shared.overflow, 1, __ATOMIC_RELAXED);
@@ -362,6 +482,7 @@ void lt_on_entry(u32 idx, u64 *sp)
 	ss[d].orig = ret;
 	ss[d].slot = slot;
 	ss[d].site = idx;
+	ss[d].flags = 0;
 	barrier();
 	t->depth = d + 1;
 	barrier();
@@ -376,6 +497,14 @@ out:
  * lt_on_exit is called by lt_return with sp = the stack pointer after the
  * traced function's ret (its return slot + 8). It returns the original
  * return address, or 0 when there is none (lt_return then executes ud2).
+ *
+ * The frame's entry is the newest one whose slot is sp-8 (a newer frame at
+ * the same address can only exist once the older one is gone). The entries
+ * pushed after it whose slots lie below that slot and within
+ * LT_STACK_WINDOW are the frames it called: those that no longer hold
+ * lt_return are gone (longjmp without the hook, a frame left by a signal
+ * handler) and are ended. The others are kept: frames of another stack
+ * that a context switch left suspended (doc.go, "Graph mode").
  */
 u64 lt_on_exit(u64 sp)
 {
@@ -388,11 +517,12 @@ u64 lt_on_exit(u64 sp)
 	if (d > LT_SHADOW_DEPTH)
 		d = LT_SHADOW_DEPTH;
 	int live = busy_live(t->busy, sp);
-	while (d > 0 && ss[d - 1].slot != slot)
-		d--;
-	if (d == 0)
+	u32 i = d;
+	while (i > 0 && ss[i - 1].slot != slot)
+		i--;
+	if (i == 0)
 		return 0;
-	struct lt_shadow *e = &ss[d - 1];
+	struct lt_shadow *e = &ss[i - 1];
 	u64 orig = e->orig;
 	if (live) {
 		/* Re-entered from a signal handler that interrupted the agent:
@@ -405,9 +535,32 @@ u64 lt_on_exit(u64 sp)
 	/* Read the clock only now: a handler running before busy was set
 	 * records later events, and this one must not go back in time. */
 	u64 tsc = rdtsc();
-	t->depth = d - 1;
+	u32 site = e->site;
+	make_hole(e);
+	u64 own = (u64)__builtin_frame_address(0);
+	int probes = LT_PROBES;
+	for (u32 j = d; j > i; j--) {
+		struct lt_shadow *a = &ss[j - 1];
+		if (a->slot == 0 || a->slot > slot || slot - a->slot >= LT_STACK_WINDOW)
+			continue;
+		if (a->flags & LT_SHADOW_RESTORED) {
+			if (lt_ctl.enabled)
+				lt_emit(t, tsc, meta(LT_KIND_EXIT, j - 1, a->site, 0));
+			make_hole(a);
+			continue;
+		}
+		int dead = a->slot >= own;
+		if (!dead && probes > 0) {
+			probes--;
+			dead = lt_holds(a->slot, (u64)lt_return) == 0;
+		}
+		if (dead)
+			make_hole(a);
+	}
+	barrier();
+	t->depth = trim(ss, d);
 	if (lt_ctl.enabled)
-		lt_emit(t, tsc, meta(LT_KIND_EXIT, d - 1, e->site, 0));
+		lt_emit(t, tsc, meta(LT_KIND_EXIT, i - 1, site, 0));
 	barrier();
 	t->busy = 0;
 	return orig;
@@ -419,16 +572,18 @@ u64 lt_on_exit(u64 sp)
  * the hook's stack pointer at entry (its return address slot). Before the
  * unwinder walks the stack, every hijacked return address of the calling
  * thread goes back into its slot: the unwinder has no unwind information
- * for lt_return. Walked newest to oldest, so that of two entries for one
- * slot (the older one stale) the newer one decides. A slot just below sp
- * (within LT_STACK_WINDOW) belongs to a frame that is gone, and may now be
- * part of the hook's own frame: it is not touched. Then the shadow stack is
- * emptied: those frames return straight to their callers, without exit
- * records. It works whatever enabled and graph say (a forked child, a
- * detaching tracer).
+ * for lt_return. A slot just below sp (within LT_STACK_WINDOW) belongs to
+ * a frame the unwinder will not walk (gone, or on a stack the thread
+ * switched away from) and may now be part of the hook's own frame: it is
+ * not touched. The entries stay, marked LT_SHADOW_RESTORED, and the
+ * thread notes the lowest sp of a throw (unwind_lo) and one more exception
+ * in flight; lt_catch_prep ends the frames the exception left and hijacks
+ * the others again. It works whatever enabled and graph say (a forked
+ * child, a detaching tracer).
  */
-void lt_unwind_prep(u64 sp)
+void lt_unwind_prep(u64 sp, u64 arg)
 {
+	(void)arg;
 	struct lt_thread *t = lt_lookup(thread_pointer());
 	if (!t)
 		return;
@@ -438,8 +593,8 @@ void lt_unwind_prep(u64 sp)
 		d = LT_SHADOW_DEPTH;
 	/* Interrupted inside the agent by a signal handler that throws (and
 	 * catches): the interrupted code still owns the shadow stack. Give
-	 * the return addresses back but leave the entries; they are stale
-	 * from now on and later entries and exits drop them. */
+	 * the return addresses back but leave the entries as they are; they
+	 * no longer hold lt_return, so later events end them. */
 	int live = busy_live(t->busy, sp);
 	if (!live) {
 		t->busy = sp;
@@ -448,21 +603,134 @@ void lt_unwind_prep(u64 sp)
 	u64 n = 0;
 	for (u32 i = d; i > 0; i--) {
 		struct lt_shadow *e = &ss[i - 1];
-		if (e->slot < sp && sp - e->slot < LT_STACK_WINDOW)
+		if (e->slot == 0 || (e->slot < sp && sp - e->slot < LT_STACK_WINDOW))
 			continue;
-		volatile u64 *slot = (volatile u64 *)e->slot;
-		if (*slot == (u64)lt_return) {
-			*slot = e->orig;
+		if (lt_holds_or_read(e->slot, (u64)lt_return)) {
+			*(volatile u64 *)e->slot = e->orig;
+			if (!live)
+				e->flags |= LT_SHADOW_RESTORED;
 			n++;
 		}
 	}
 	if (n)
 		__atomic_fetch_add(&lt_shared.unwound, n, __ATOMIC_RELAXED);
 	if (!live) {
-		t->depth = 0;
+		if (t->unwind_lo == 0 || sp < t->unwind_lo)
+			t->unwind_lo = sp;
+		t->inflight++;
 		barrier();
 		t->busy = 0;
 	}
+}
+
+/*
+ * lt_catch_prep is called by lt_hook_begin_catch, which runs in place of
+ * __cxa_begin_catch: a handler has caught an exception, and sp + 8 is its
+ * frame's stack pointer. The frames between the throw and the handler are
+ * gone: the entries the throws gave back whose slots lie from unwind_lo
+ * (the lowest throw) up to that stack pointer get their exit records, with
+ * the time of the catch, and are ended. Every other entry is a live frame. When no other
+ * exception is in flight on the thread (one thrown by a destructor during
+ * an unwind and caught inside it leaves the outer one in flight, whose
+ * unwinder must still not see lt_return), the frames the throw gave back
+ * are hijacked again, so that their exits are recorded; only in graph mode
+ * (never while the tracer detaches or in a forked child).
+ */
+void lt_catch_prep(u64 sp, u64 arg)
+{
+	(void)arg;
+	struct lt_thread *t = lt_lookup(thread_pointer());
+	if (!t || t->inflight == 0 || busy_live(t->busy, sp))
+		return;
+	t->busy = sp;
+	barrier();
+	u64 tsc = rdtsc();
+	u64 c = sp + 8;
+	u64 lo = t->unwind_lo;
+	struct lt_shadow *ss = lt_priv.shadow[t - lt_priv.threads];
+	u32 d = t->depth;
+	if (d > LT_SHADOW_DEPTH)
+		d = LT_SHADOW_DEPTH;
+	for (u32 j = d; j > 0; j--) {
+		struct lt_shadow *e = &ss[j - 1];
+		/* Only entries a throw gave back: a hijacked one may be a live
+		 * frame of another stack if a catch was missed (lo too low). */
+		if (e->slot == 0 || e->slot >= c || e->slot < lo || !(e->flags & LT_SHADOW_RESTORED))
+			continue;
+		if (lt_ctl.enabled)
+			lt_emit(t, tsc, meta(LT_KIND_EXIT, j - 1, e->site, 0));
+		make_hole(e);
+	}
+	if (--t->inflight == 0) {
+		t->unwind_lo = 0;
+		int graph = lt_ctl.graph != 0;
+		for (u32 j = d; j > 0; j--) {
+			struct lt_shadow *e = &ss[j - 1];
+			if (e->slot == 0 || !(e->flags & LT_SHADOW_RESTORED) || !graph)
+				continue;
+			if (lt_holds(e->slot, e->orig) == 1) {
+				*(volatile u64 *)e->slot = (u64)lt_return;
+				e->flags &= ~(u32)LT_SHADOW_RESTORED;
+			}
+		}
+	}
+	barrier();
+	t->depth = trim(ss, d);
+	barrier();
+	t->busy = 0;
+}
+
+/*
+ * lt_jmp_sp returns the stack pointer that a glibc x86-64 jmp_buf at env
+ * jumps to: word 6, mangled with the thread's pointer guard (%fs:0x30) as
+ * rol(sp ^ guard, 0x11).
+ */
+static u64 lt_jmp_sp(u64 env)
+{
+	u64 guard, v = ((const volatile u64 *)env)[6];
+	__asm__("mov %%fs:0x30, %0" : "=r"(guard));
+	v = (v >> 0x11) | (v << (64 - 0x11));
+	return v ^ guard;
+}
+
+/*
+ * lt_longjmp_prep is called by the longjmp hooks (lt_hook_longjmp and
+ * friends, in place of longjmp, _longjmp, siglongjmp, __longjmp_chk) with
+ * sp = the hook's stack pointer and env = the jmp_buf. The jump leaves
+ * every frame between sp and the stack pointer saved in env: their entries
+ * are ended, without exit records, and any of their slots that still holds
+ * lt_return gets its original return address back, so that a wrong target
+ * (a jmp_buf not laid out as glibc's) can only cost exit records, never a
+ * return with no entry. A jump down, or to another stack below, changes
+ * nothing here: lt_prune and lt_on_exit end those frames once their slots
+ * are overwritten.
+ */
+void lt_longjmp_prep(u64 sp, u64 env)
+{
+	struct lt_thread *t = lt_lookup(thread_pointer());
+	if (!t || busy_live(t->busy, sp))
+		return;
+	u64 to = lt_jmp_sp(env);
+	if (to <= sp || to - sp >= (1ull << 32))
+		return;
+	t->busy = sp;
+	barrier();
+	struct lt_shadow *ss = lt_priv.shadow[t - lt_priv.threads];
+	u32 d = t->depth;
+	if (d > LT_SHADOW_DEPTH)
+		d = LT_SHADOW_DEPTH;
+	for (u32 j = d; j > 0; j--) {
+		struct lt_shadow *e = &ss[j - 1];
+		if (e->slot < sp || e->slot >= to)
+			continue;
+		if (lt_holds_or_read(e->slot, (u64)lt_return))
+			*(volatile u64 *)e->slot = e->orig;
+		make_hole(e);
+	}
+	barrier();
+	t->depth = trim(ss, d);
+	barrier();
+	t->busy = 0;
 }
 
 /* ucontext_t on x86-64: uc_mcontext.gregs starts at byte 40. */

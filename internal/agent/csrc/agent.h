@@ -37,6 +37,11 @@
 #define LT_A_CTL_GRAPH 4           /* offsetof(struct lt_ctl, graph) */
 #define LT_A_UNWIND_RAISE 256      /* offsetof(struct lt_priv, unwind.raise) */
 #define LT_A_UNWIND_RESUME_OR_RETHROW 264 /* offsetof(struct lt_priv, unwind.resume_or_rethrow) */
+#define LT_A_UNWIND_BEGIN_CATCH 272 /* offsetof(struct lt_priv, unwind.begin_catch) */
+#define LT_A_UNWIND_LONGJMP 280    /* offsetof(struct lt_priv, unwind.longjmp) */
+#define LT_A_UNWIND_LONGJMP_ 288   /* offsetof(struct lt_priv, unwind.longjmp_u) */
+#define LT_A_UNWIND_SIGLONGJMP 296 /* offsetof(struct lt_priv, unwind.siglongjmp) */
+#define LT_A_UNWIND_LONGJMP_CHK 304 /* offsetof(struct lt_priv, unwind.longjmp_chk) */
 
 #ifndef __ASSEMBLER__
 
@@ -67,8 +72,9 @@ enum lt_const {
 	LT_OWNER_MAGIC = 0x574f544c,    /* "LTOW" little endian: control page owner record */
 	LT_OWNER_VERSION = 1,           /* owner record format version */
 	LT_MAX_STUB_REGIONS = 64,       /* stub regions an owner record lists */
-	LT_MAX_HOOKS = 16,              /* GOT hooks an owner record lists */
+	LT_MAX_HOOKS = 64,              /* GOT hooks an owner record lists */
 	LT_SITE_ORIG = 8,               /* bytes of struct lt_site.orig */
+	LT_SHADOW_RESTORED = 1,         /* shadow entry flag: its slot holds orig again */
 };
 
 #define LT_CHUNK_HDR_SIZE 64
@@ -145,15 +151,22 @@ struct lt_thread {
 	u32 pos;   /* records written in the current chunk */
 	u32 lost;  /* events dropped since the current chunk was taken */
 	u64 busy;  /* nonzero while the agent runs for this thread: its sp */
-	u64 pad[3];
+	u64 unwind_lo; /* lowest sp of a throw since the last outermost catch, 0: none */
+	u32 inflight;  /* exceptions thrown and not caught yet (see lt_unwind_prep) */
+	u32 pad0;
+	u64 pad[1];
 };
 
-/* struct lt_shadow is one shadow stack entry (a hijacked return). */
+/*
+ * struct lt_shadow is one shadow stack entry (a hijacked return). An entry
+ * whose slot is 0 is a hole: a frame that ended while entries above it were
+ * still in use (doc.go, "Graph mode"); holes keep the depth of the others.
+ */
 struct lt_shadow {
-	u64 orig; /* original return address */
-	u64 slot; /* address of the return address slot on the stack */
-	u32 site; /* site index */
-	u32 pad;
+	u64 orig;  /* original return address */
+	u64 slot;  /* address of the return address slot on the stack, 0: hole */
+	u32 site;  /* site index */
+	u32 flags; /* LT_SHADOW_* */
 };
 
 /*
@@ -172,15 +185,21 @@ struct lt_remote_save {
 };
 
 /*
- * struct lt_unwind_real holds the real unwinder entry points that the hooks
- * lt_hook_raise and lt_hook_resume_or_rethrow jump to (the tracer writes
- * them before it points any GOT slot at a hook). It lives in the private
+ * struct lt_unwind_real holds the real functions that the hooks (lt_hook_*
+ * in agent.S: the unwinder's entry points, __cxa_begin_catch and the
+ * longjmp family) jump to (the tracer writes them before it points any GOT
+ * slot at a hook). It lives in the private
  * region, not in the wipe-on-fork control page: a forked child keeps the
  * hooked GOT slots and must still reach the real functions.
  */
 struct lt_unwind_real {
 	u64 raise;             /* _Unwind_RaiseException */
 	u64 resume_or_rethrow; /* _Unwind_Resume_or_Rethrow */
+	u64 begin_catch;       /* __cxa_begin_catch */
+	u64 longjmp;           /* longjmp */
+	u64 longjmp_u;         /* _longjmp */
+	u64 siglongjmp;        /* siglongjmp */
+	u64 longjmp_chk;       /* __longjmp_chk */
 };
 
 struct lt_priv {

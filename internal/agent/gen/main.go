@@ -125,6 +125,11 @@ var symbols = []struct{ sym, name, doc string }{
 	{"lt_remote", "RemoteOff", "lt_remote, `syscall; int3`: where the tracer runs remote system calls once the agent is in"},
 	{"lt_hook_raise", "HookRaiseOff", "lt_hook_raise, which runs in place of _Unwind_RaiseException in graph mode"},
 	{"lt_hook_resume_or_rethrow", "HookResumeOrRethrowOff", "lt_hook_resume_or_rethrow, which runs in place of _Unwind_Resume_or_Rethrow in graph mode"},
+	{"lt_hook_begin_catch", "HookBeginCatchOff", "lt_hook_begin_catch, which runs in place of __cxa_begin_catch in graph mode"},
+	{"lt_hook_longjmp", "HookLongjmpOff", "lt_hook_longjmp, which runs in place of longjmp in graph mode"},
+	{"lt_hook__longjmp", "HookLongjmpUOff", "lt_hook__longjmp, which runs in place of _longjmp in graph mode"},
+	{"lt_hook_siglongjmp", "HookSiglongjmpOff", "lt_hook_siglongjmp, which runs in place of siglongjmp in graph mode"},
+	{"lt_hook_longjmp_chk", "HookLongjmpChkOff", "lt_hook_longjmp_chk, which runs in place of __longjmp_chk in graph mode"},
 }
 
 // structs lists the agent.h structs whose layout Go needs.

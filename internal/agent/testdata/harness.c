@@ -5,7 +5,9 @@
  * workload and prints its ground truth. Not traced itself.
  *
  * Protocol on stdin/stdout, one line each:
- *   -> READY <base> <stubs>      then SITE <addr> <name> lines, then END
+ *   -> READY <base> <stubs>      then SITE <addr> <name> and GOT <sym> <addr>
+ *                                lines (a function pointer the workload
+ *                                calls <sym> through), then END
  *   <- SHARED <size>
  *   -> MEMFD <fd>
  *   <- RUN
@@ -290,6 +292,57 @@ static void *signal_thread(void *arg)
 	return 0;
 }
 
+static void *ucontext_thread(void *arg)
+{
+	(void)arg;
+	long on_frame = 0, heap = 0;
+	for (long i = 0; i < iters; i++) {
+		on_frame += w_co_run(5, 1);
+		heap += w_co_run(5, 0);
+	}
+	result("onframe", on_frame);
+	result("heap", heap);
+	report_counts();
+	return 0;
+}
+
+/* co_start runs w_co_body(n) on a new context on stack until its first
+ * yield (untraced: nothing of ours on top of the shadow stack). */
+static void co_start(char *stack, size_t size, int n)
+{
+	if (getcontext(&co_ctx))
+		die("getcontext");
+	co_ctx.uc_stack.ss_sp = stack;
+	co_ctx.uc_stack.ss_size = size;
+	co_ctx.uc_link = &co_main;
+	makecontext(&co_ctx, (void (*)(void))w_co_body, 1, n);
+	swapcontext(&co_main, &co_ctx);
+}
+
+/* freed_thread abandons a coroutine suspended in traced frames, unmaps its
+ * stack, and runs another on the stack right above it: the agent examines
+ * the abandoned frames (within StackWindow below) and must not fault. */
+static void *freed_thread(void *arg)
+{
+	(void)arg;
+	const size_t size = 64 * 1024;
+	for (long i = 0; i < iters; i++) {
+		char *mem = mmap(0, 2 * size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (mem == MAP_FAILED)
+			die("mmap");
+		co_start(mem, size, 3); /* suspended in w_co_yield, never resumed */
+		if (munmap(mem, size))
+			die("munmap");
+		co_start(mem + size, size, 1);
+		swapcontext(&co_main, &co_ctx); /* to its end */
+		if (munmap(mem + size, size))
+			die("munmap");
+	}
+	result("freed", iters);
+	report_counts();
+	return 0;
+}
+
 static volatile int release_flag;
 
 static void *hold_thread(void *arg)
@@ -368,6 +421,7 @@ int main(int argc, char **argv)
 				name = wfuncs[i].name;
 		printf("SITE %#lx %s\n", (unsigned long)*p, name);
 	}
+	printf("GOT longjmp %p\n", (void *)&w_longjmp);
 	printf("END\n");
 	fflush(stdout);
 
@@ -393,6 +447,10 @@ int main(int argc, char **argv)
 		run_threads(deep_thread, 1);
 	else if (!strcmp(test, "fork"))
 		run_threads(fork_thread, 1);
+	else if (!strcmp(test, "freed"))
+		run_threads(freed_thread, 1);
+	else if (!strcmp(test, "ucontext"))
+		run_threads(ucontext_thread, 2);
 	else if (!strcmp(test, "tight"))
 		run_threads(tight_thread, 1);
 	else if (!strcmp(test, "detach")) {

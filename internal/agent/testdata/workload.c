@@ -2,6 +2,7 @@
  * here is a site. Each counts its own entries in counts[]. */
 #include <unistd.h>
 #include <stdlib.h>
+#include <ucontext.h>
 #include "workload.h"
 
 #define NI __attribute__((noinline))
@@ -35,11 +36,13 @@ NI long w_deep(int n)
 	return r + 1;
 }
 
+void (*w_longjmp)(struct __jmp_buf_tag *, int) = longjmp;
+
 NI void w_jump(jmp_buf *jb, int n)
 {
 	counts[F_JUMP]++;
 	if (n == 0)
-		longjmp(*jb, 1);
+		w_longjmp(*jb, 1);
 	w_jump(jb, n - 1);
 	__asm__ __volatile__("" ::: "memory");
 }
@@ -92,6 +95,63 @@ NI long w_hold(volatile int *release, int n)
 	return r + 1;
 }
 
+/*
+ * A coroutine on a ucontext: w_co_run makes a context whose stack is an
+ * array in its own frame (on_frame) or a malloc'd block, and resumes it
+ * n+1 times through the traced w_co_resume; the context runs the traced
+ * w_co_body, which yields back from inside the traced w_co_yield n times
+ * and then returns (to uc_link: the last w_co_resume returns). Frames of
+ * both stacks are suspended in turn while the other runs.
+ */
+__thread ucontext_t co_main, co_ctx;
+static __thread long co_sum;
+
+NI void w_co_yield(int i)
+{
+	counts[F_CO_YIELD]++;
+	co_sum += i;
+	swapcontext(&co_ctx, &co_main);
+}
+
+NI void w_co_body(int n)
+{
+	counts[F_CO_BODY]++;
+	for (int i = 0; i < n; i++) {
+		co_sum += w_fib(3);
+		w_co_yield(i);
+	}
+}
+
+NI void w_co_resume(void)
+{
+	counts[F_CO_RESUME]++;
+	swapcontext(&co_main, &co_ctx);
+}
+
+NI long w_co_run(int n, int on_frame)
+{
+	counts[F_CO_RUN]++;
+	char frame_stack[64 * 1024];
+	char *stack = on_frame ? frame_stack : malloc(sizeof frame_stack);
+	if (!stack)
+		abort();
+	co_sum = 0;
+	getcontext(&co_ctx);
+	co_ctx.uc_stack.ss_sp = stack;
+	co_ctx.uc_stack.ss_size = sizeof frame_stack;
+	co_ctx.uc_link = &co_main;
+	makecontext(&co_ctx, (void (*)(void))w_co_body, 1, n);
+	for (int i = 0; i <= n; i++) {
+		w_leaf();
+		w_co_resume();
+	}
+	if (!on_frame)
+		free(stack);
+	long r = co_sum;
+	OPAQUE(r);
+	return r;
+}
+
 const struct wfunc wfuncs[] = {
 	{"w_leaf", (void *)w_leaf},
 	{"w_fib", (void *)w_fib},
@@ -103,5 +163,9 @@ const struct wfunc wfuncs[] = {
 	{"w_empty", (void *)w_empty},
 	{"w_args", (void *)w_args},
 	{"w_hold", (void *)w_hold},
+	{"w_co_run", (void *)w_co_run},
+	{"w_co_resume", (void *)w_co_resume},
+	{"w_co_body", (void *)w_co_body},
+	{"w_co_yield", (void *)w_co_yield},
 	{0, 0},
 };

@@ -18,10 +18,14 @@
  *             (exc::mid catches the even ones, exc::top the others after
  *             a `throw;` rethrow), and every fifth one caught, kept in a
  *             std::exception_ptr and rethrown with std::rethrow_exception
- *             from 0..3 traced frames deep (exc::rethrow_at). It prints
- *             "done sum=S cleanups=C deep=D mid=M top=T rethrow_at=R": a
- *             checksum, the destructors run, and how many times each
- *             traced exc:: function was entered by this command.
+ *             from 0..3 traced frames deep (exc::rethrow_at). A second
+ *             destructor in each exc::deep frame calls exc::inner, which
+ *             throws and catches an exception of its own every other
+ *             call, also while another exception unwinds that frame. It
+ *             prints "done sum=S cleanups=C deep=D mid=M top=T
+ *             rethrow_at=R inner=I": a checksum, the destructors run, and
+ *             how many times each traced exc:: function was entered by
+ *             this command.
  *   fork N    exc::forked forks; the child runs what "throw N" runs,
  *             throws the checksum out through exc::forked (a frame it
  *             inherited), prints "child sum=S" with the same checksum and
@@ -139,7 +143,7 @@ struct Err {
 	long v;
 };
 
-unsigned long n_deep, n_mid, n_top, n_rethrow_at;
+unsigned long n_deep, n_mid, n_top, n_rethrow_at, n_inner;
 long cleanups;
 
 struct Cleanup {
@@ -147,10 +151,30 @@ struct Cleanup {
 	~Cleanup() { ++*n; }
 };
 
+/* inner throws and catches its own exception every other call: from a
+ * destructor, while another exception unwinds the frames above. */
+LT_KEEP long inner(long n)
+{
+	n_inner++;
+	try {
+		if (n % 2)
+			throw Err{n};
+		return n;
+	} catch (Err &e) {
+		return e.v + 1;
+	}
+}
+
+struct Nested {
+	long n;
+	~Nested() { cleanups += inner(n); }
+};
+
 LT_KEEP long deep(long n, long d)
 {
 	n_deep++;
 	Cleanup c{&cleanups};
+	Nested z{d};
 	LT_OPAQUE(d);
 	if (d == 0) {
 		if (n % 3 != 2)
@@ -260,11 +284,11 @@ static int serve()
 			std::fflush(stdout);
 			continue;
 		}
-		exc::n_deep = exc::n_mid = exc::n_top = exc::n_rethrow_at = 0;
+		exc::n_deep = exc::n_mid = exc::n_top = exc::n_rethrow_at = exc::n_inner = 0;
 		exc::cleanups = 0;
 		unsigned long sum = exc::run(n);
-		std::printf("done sum=%lu cleanups=%ld deep=%lu mid=%lu top=%lu rethrow_at=%lu\n", sum, exc::cleanups,
-			    exc::n_deep, exc::n_mid, exc::n_top, exc::n_rethrow_at);
+		std::printf("done sum=%lu cleanups=%ld deep=%lu mid=%lu top=%lu rethrow_at=%lu inner=%lu\n", sum,
+			    exc::cleanups, exc::n_deep, exc::n_mid, exc::n_top, exc::n_rethrow_at, exc::n_inner);
 		std::fflush(stdout);
 	}
 	return 0;
