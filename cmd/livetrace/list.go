@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/livetrace/livetrace/internal/elfsite"
+	"github.com/livetrace/livetrace/internal/report"
 	"github.com/livetrace/livetrace/internal/session"
 	"github.com/livetrace/livetrace/internal/textpoke"
 )
@@ -432,7 +433,8 @@ func (o *listOptions) writeTable(rows []listRow) error {
 	}
 	fmt.Fprintln(w, header)
 	for _, r := range rows {
-		fmt.Fprintf(w, "%s\t%s\t0x%x\t%s", r.Function, baseName(r.Module), uint64(r.Address), r.Form)
+		// Names come from files the target controls: never raw on a terminal.
+		fmt.Fprintf(w, "%s\t%s\t0x%x\t%s", report.Printable(r.Function), report.Printable(baseName(r.Module)), uint64(r.Address), r.Form)
 		if o.pid != 0 {
 			fmt.Fprintf(w, "\t%s", r.State)
 		}

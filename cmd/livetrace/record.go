@@ -14,6 +14,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/livetrace/livetrace/internal/proc"
+	"github.com/livetrace/livetrace/internal/report"
 	"github.com/livetrace/livetrace/internal/session"
 	"github.com/livetrace/livetrace/internal/textpoke"
 	"github.com/livetrace/livetrace/internal/tracefile"
@@ -165,11 +166,11 @@ func (o *recordOptions) run() error {
 	ps := s.PatchStats()
 	fmt.Fprintf(o.stderr, "livetrace: tracing %d functions in PID %d\n", s.Functions(), s.Pid())
 	if r := s.Refused(); len(r) > 0 {
-		fmt.Fprintf(o.stderr, "livetrace: %s not traced in graph mode (entry mode traces them), e.g. %s: %s\n", plural(len(r), "function"), r[0].Name, r[0].Reason)
+		fmt.Fprintf(o.stderr, "livetrace: %s not traced in graph mode (entry mode traces them), e.g. %s: %s\n", plural(len(r), "function"), report.Printable(r[0].Name), r[0].Reason)
 	}
 	held := s.Held()
 	for _, l := range session.DescribeHeld("skipped", held) {
-		fmt.Fprintf(o.stderr, "livetrace: %s\n", l)
+		fmt.Fprintf(o.stderr, "livetrace: %s\n", report.Printable(l)) // function names from the target
 	}
 	if mode == textpoke.ModeStop {
 		fmt.Fprintf(o.stderr, "livetrace: stop mode (%s): the process was stopped for %v\n", why, ps.Paused.Round(time.Microsecond))
@@ -277,7 +278,9 @@ func noMatchError(nm *session.NoMatchError) error {
 	}
 	var near []string
 	for _, g := range nm.Globs {
-		near = append(near, closest(g, names, 5)...)
+		for _, n := range closest(g, names, 5) {
+			near = append(near, report.Printable(n)) // names from the target's files
+		}
 	}
 	msg := fmt.Sprintf("no function matches %s", strings.Join(nm.Globs, " "))
 	if len(near) > 0 {
