@@ -265,7 +265,7 @@ func validateOrphan(p *proc.Process, base uint64) (*adoption, error) {
 		if !ok || h.Slot%8 != 0 || !m.FileBacked() || m.Exec() {
 			return nil, fmt.Errorf("GOT hook at %#x: not in a module's data", h.Slot)
 		}
-		if h.Hook != a.HookRaise && h.Hook != a.HookResumeOrRethrow {
+		if !isRuntimeHook(a, h.Hook) {
 			return nil, fmt.Errorf("GOT hook at %#x: %#x is not one of the agent's hooks", h.Slot, h.Hook)
 		}
 		if m, ok := mappingAt(maps, h.Orig, 1); !ok || !m.Exec() || !m.FileBacked() {
@@ -469,4 +469,15 @@ func covered(maps []proc.Mapping, lo, hi uint64, ok func(proc.Mapping) bool) boo
 		at = maps[i].End
 	}
 	return true
+}
+
+// isRuntimeHook reports whether addr is one of the agent's runtime hooks
+// (agent.Addrs.RuntimeHooks).
+func isRuntimeHook(a agent.Addrs, addr uint64) bool {
+	for _, h := range a.RuntimeHooks() {
+		if h.Hook == addr {
+			return true
+		}
+	}
+	return false
 }
