@@ -52,6 +52,7 @@
 package reloc
 
 import (
+	"errors"
 	"fmt"
 	"sort"
 
@@ -221,15 +222,29 @@ func decode(code []byte, off int) (x86asm.Inst, bool, error) {
 	if len(rest) >= 4 && (string(rest[:4]) == string(endbr64) || string(rest[:4]) == string(endbr32)) {
 		return x86asm.Inst{Len: 4}, true, nil
 	}
-	in, err := x86asm.Decode(rest, 64)
+	// x86asm reports a truncated instruction as a lone prefix: decode
+	// with zeros after the end, and see whether the instruction fits.
+	buf := rest
+	if len(buf) < maxInstLen {
+		buf = append(append(make([]byte, 0, maxInstLen+len(buf)), rest...), make([]byte, maxInstLen)...)
+	}
+	in, err := x86asm.Decode(buf, 64)
 	if err != nil {
 		return in, false, err
 	}
-	if in.Op == 0 || in.Len <= 0 || in.Len > len(rest) {
-		return in, false, fmt.Errorf("unknown instruction")
+	if in.Op == 0 || in.Len <= 0 {
+		return in, false, errUnknown
+	}
+	if in.Len > len(rest) {
+		return in, false, x86asm.ErrTruncated
 	}
 	return in, false, nil
 }
+
+// maxInstLen is the longest x86 instruction.
+const maxInstLen = 15
+
+var errUnknown = errors.New("unknown instruction")
 
 // isJcc reports a conditional branch with a rel8 or rel32 form.
 func isJcc(op x86asm.Op) bool {
@@ -435,7 +450,7 @@ func Analyze(fn []byte, fnAddr uint64, opts Options) (*Plan, error) {
 	for off-start < minLen {
 		in, isEndbr, err := decode(fn, off)
 		if err != nil {
-			if in.Len > len(fn)-off {
+			if errors.Is(err, x86asm.ErrTruncated) {
 				return nil, &Refusal{Reason: TooShort, Off: len(fn) - start}
 			}
 			return nil, &Refusal{Reason: Undecodable, Off: off}
