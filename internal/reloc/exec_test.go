@@ -96,7 +96,10 @@ func getHarness(tb testing.TB) *harness {
 
 type prefixWriter struct{}
 
-func (prefixWriter) Write(b []byte) (int, error) { fmt.Printf("harness stderr: %s", b); return len(b), nil }
+func (prefixWriter) Write(b []byte) (int, error) {
+	fmt.Printf("harness stderr: %s", b)
+	return len(b), nil
+}
 
 func (h *harness) load(tb testing.TB, addr uint64, code []byte) {
 	tb.Helper()
