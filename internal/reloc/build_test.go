@@ -51,3 +51,6 @@ func buildCached(tb testing.TB, cc string, flags []string, src, outName string) 
 	}
 	return out
 }
+
+// soak reports LIVETRACE_SOAK=1 (`make soak`): run the long versions.
+func soak() bool { return os.Getenv("LIVETRACE_SOAK") == "1" }
