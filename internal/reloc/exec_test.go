@@ -146,9 +146,9 @@ func (h *harness) run(tb testing.TB, addr uint64, regs regState, data *[dataLen]
 // relocated at farAddr (absolute jumps) directly. It fails tb unless all
 // three end with the same registers, flags and data. It returns false
 // when Analyze refuses fn.
-func execCompare(tb testing.TB, h *harness, fn []byte, regs regState, data *[dataLen]byte) bool {
+func execCompare(tb testing.TB, h *harness, fn []byte, opts Options, regs regState, data *[dataLen]byte) bool {
 	tb.Helper()
-	p, err := Analyze(fn, codeAddr, Options{})
+	p, err := Analyze(fn, codeAddr, opts)
 	if err != nil {
 		return false
 	}
@@ -192,7 +192,7 @@ func execCompare(tb testing.TB, h *harness, fn []byte, regs regState, data *[dat
 
 func (p *Plan) hasRIP() bool {
 	for _, in := range p.Insts {
-		if in.kind == kRIPRel || in.kind == kJmpRIP {
+		if in.kind == kRIPRel || in.kind == kJmpRIP || in.kind == kCallInd && in.inst.PCRel != 0 {
 			return true
 		}
 	}
@@ -216,6 +216,13 @@ func ripTo(op []byte, off, n, slot int, tail ...byte) []byte {
 	return append(binary.LittleEndian.AppendUint32(append([]byte(nil), op...), uint32(disp)), tail...)
 }
 
+// callee returns a function at offset off of codeAddr that adds 5 to rax
+// and stores its rsp and return address in the data page.
+func callee(off int) []byte {
+	return cat([]byte{0x48, 0x83, 0xc0, 0x05}, ripTo([]byte{0x48, 0x89, 0x25}, off+4, 7, 56),
+		[]byte{0x48, 0x8b, 0x0c, 0x24}, ripTo([]byte{0x48, 0x89, 0x0d}, off+15, 7, 64), ret)
+}
+
 // TestExecute runs hand-written sequences, original and relocated, in the
 // harness and compares the register state and data they leave.
 func TestExecute(t *testing.T) {
@@ -224,6 +231,7 @@ func TestExecute(t *testing.T) {
 	tests := []struct {
 		name string
 		fn   []byte
+		opts Options
 		set  func(*regState)
 	}{
 		{name: "prologue", fn: cat(pushRBP, movRBPRSP, subRSP16, []byte{0x48, 0x83, 0xc4, 0x10, 0x5d}, ret)},
@@ -241,16 +249,26 @@ func TestExecute(t *testing.T) {
 		{name: "jmp rel8 ends region", fn: cat(xorEAX, testEDI, []byte{0xeb, 0x04}, []byte{0x48, 0x83, 0xc0, 0x01}, ret)},
 		{name: "ret ends region", fn: cat(pushRBP, xorEAX, []byte{0x5d}, ret)},
 		// add rax,1; cmp rax,10; jb entry; ret: loops through the stub.
+		// sub rax,1; jne entry: the jcc to Entry is displaced.
+		{name: "displaced loop to entry", fn: cat([]byte{0x48, 0x83, 0xe8, 0x01, 0x75, 0xfa}, ret), set: func(r *regState) { r[0] = 3 }},
+		// push rbx; call callee; pop rbx; ret; callee: add rax,5; mov [rip->data+40],rsp; ret
+		{name: "emulated call", opts: Options{EmulateCalls: true}, fn: cat([]byte{0x53, 0xe8}, le(2), []byte{0x5b}, ret, callee(8))},
+		// mov rax,rbx; call r11; ret; callee
+		{name: "emulated call r11", opts: Options{EmulateCalls: true}, fn: cat([]byte{0x48, 0x89, 0xd8, 0x41, 0xff, 0xd3}, ret, callee(7)),
+			set: func(r *regState) { r[11] = codeAddr + 7 }},
+		// call [rip->data+48]; ret; callee (its address in the data page)
+		{name: "emulated call [rip]", opts: Options{EmulateCalls: true}, fn: cat(ripTo([]byte{0xff, 0x15}, 0, 6, 48), ret, callee(7)), set: func(r *regState) { r[0] = 1 }},
 		{name: "loop to entry", fn: cat([]byte{0x48, 0x83, 0xc0, 0x01, 0x48, 0x83, 0xf8, 0x0a, 0x72, 0xf6}, ret), set: func(r *regState) { r[0] = 2 }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			regs, data := randState(rng)
+			binary.LittleEndian.PutUint64(data[48:], codeAddr+7)
 			if tt.set != nil {
 				tt.set(&regs)
 			}
-			if !execCompare(t, h, tt.fn, regs, &data) {
-				_, err := Analyze(tt.fn, codeAddr, Options{})
+			if !execCompare(t, h, tt.fn, tt.opts, regs, &data) {
+				_, err := Analyze(tt.fn, codeAddr, tt.opts)
 				t.Fatalf("Analyze refused % x: %v", tt.fn, err)
 			}
 		})

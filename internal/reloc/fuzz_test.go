@@ -14,6 +14,7 @@ type genInst struct {
 	jcc  int                     // condition of a jcc, or -1 for jmp
 	long bool                    // rel32 form
 	push int                     // +1 push, -1 pop
+	call bool                    // call rel32 to the callee after the ret
 }
 
 // byteSource hands out the bytes of a fuzz input, then zeros.
@@ -81,7 +82,7 @@ func ripInst(pre []byte, reg, slot int, tail ...byte) genInst {
 // menu of encodable templates (mov/add/sub/xor/and/or/adc/sbb/cmp/test/
 // imul/lea/cmov/setcc/shift/unary with register, immediate and
 // RIP-relative operands into the data page; push/pop; jcc and jmp
-// forward), pops to balance the stack, then ret. Jumps are taken only
+// forward; call to a callee placed after the ret), pops to balance the stack, then ret. Jumps are taken only
 // where nothing is pushed and land where nothing is pushed.
 func genSeq(input []byte) []byte {
 	s := &byteSource{b: input}
@@ -95,7 +96,7 @@ func genSeq(input []byte) []byte {
 	depths := []int{} // stack depth before each instruction
 	for len(insts) < count {
 		depths = append(depths, depth)
-		op := s.next() % 24
+		op := s.next() % 26
 		r1, r2 := s.reg(), s.reg()
 		slot := (s.next() % (dataLen / 8)) * 8
 		var in genInst
@@ -167,6 +168,8 @@ func genSeq(input []byte) []byte {
 			in = fixed(rex(false, 0, 0, r1), 0x0f, 0x90+byte(s.next()%16), modrm(3, 0, r1))
 		case 20: // nops
 			in = fixed([][]byte{{0x90}, {0x66, 0x90}, {0x0f, 0x1f, 0x00}, {0x0f, 0x1f, 0x44, 0x00, 0x00}}[s.next()%4]...)
+		case 24, 25: // call rel32 to the callee (add rax,5; ret)
+			in = genInst{call: true, jump: -2, long: true, n: 5}
 		case 21: // xchg r64, r64
 			in = fixed(rex(true, r2, 0, r1), 0x87, modrm(3, r2, r1))
 		}
@@ -178,14 +181,19 @@ func genSeq(input []byte) []byte {
 	}
 	depths = append(depths, 0)
 	insts = append(insts, fixed(0xc3))
+	calleeIdx := len(insts)
+	insts = append(insts, fixed(0x48, 0x83, 0xc0, 0x05), fixed(0xc3))
 
 	// Jump targets: a later instruction where nothing is pushed.
 	for i := range insts {
-		if insts[i].jump < 0 {
+		if insts[i].call {
+			insts[i].jump = calleeIdx
+		}
+		if insts[i].jump < 0 || insts[i].call {
 			continue
 		}
 		var cands []int
-		for j := i + 1; j < len(insts); j++ {
+		for j := i + 1; j < calleeIdx; j++ {
 			if depths[j] == 0 {
 				cands = append(cands, j)
 			}
@@ -200,6 +208,8 @@ func genSeq(input []byte) []byte {
 			in := &insts[i]
 			if in.enc == nil || in.jump >= 0 {
 				switch {
+				case in.call:
+					in.n = 5
 				case in.long && in.jcc >= 0:
 					in.n = 6
 				case in.long:
@@ -228,6 +238,8 @@ func genSeq(input []byte) []byte {
 		if in.jump >= 0 {
 			rel := int32(offs[in.jump] - (offs[i] + in.n))
 			switch {
+			case in.call:
+				code = binary.LittleEndian.AppendUint32(append(code, 0xe8), uint32(rel))
 			case in.long && in.jcc >= 0:
 				code = binary.LittleEndian.AppendUint32(append(code, 0x0f, 0x80+byte(in.jcc)), uint32(rel))
 			case in.long:
@@ -259,7 +271,7 @@ func FuzzRelocate(f *testing.F) {
 	f.Fuzz(func(t *testing.T, input []byte, seed uint64) {
 		fn := genSeq(input)
 		regs, data := randState(rand.New(rand.NewSource(int64(seed))))
-		execCompare(t, h, fn, regs, &data)
+		execCompare(t, h, fn, Options{EmulateCalls: true}, regs, &data)
 	})
 }
 
@@ -281,19 +293,19 @@ func TestRelocateRandom(t *testing.T) {
 		rng.Read(b)
 		fn := genSeq(b)
 		regs, data := randState(rng)
-		if execCompare(t, h, fn, regs, &data) {
+		if execCompare(t, h, fn, Options{EmulateCalls: true}, regs, &data) {
 			accepted++
-			p, _ := Analyze(fn, codeAddr, Options{})
+			p, _ := Analyze(fn, codeAddr, Options{EmulateCalls: true})
 			for _, in := range p.Insts {
 				kinds[in.kind]++
 			}
 		} else {
-			_, err := Analyze(fn, codeAddr, Options{})
+			_, err := Analyze(fn, codeAddr, Options{EmulateCalls: true})
 			reasons[err.(*Refusal).Reason.String()]++
 		}
 	}
-	t.Logf("%d random sequences, %d accepted and executed three ways; displaced: %d plain, %d rip-relative, %d jcc, %d jmp, %d ret; refused: %v",
-		n, accepted, kinds[kPlain], kinds[kRIPRel], kinds[kJcc], kinds[kJmp], kinds[kExit], reasons)
+	t.Logf("%d random sequences, %d accepted and executed three ways; displaced: %d plain, %d rip-relative, %d jcc, %d jmp, %d ret, %d call; refused: %v",
+		n, accepted, kinds[kPlain], kinds[kRIPRel], kinds[kJcc], kinds[kJmp], kinds[kExit], kinds[kCall], reasons)
 	if accepted < n/4 {
 		t.Errorf("only %d of %d sequences accepted: the generator makes too many refusals to test relocation", accepted, n)
 	}

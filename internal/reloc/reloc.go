@@ -40,7 +40,9 @@
 //
 // The displaced instructions themselves must be relocatable exactly: no
 // call (its return address would point into the stub, and a thread could
-// later return into a stub that was removed), no syscall or int (the kernel
+// later return into a stub that was removed; with [Options.EmulateCalls] a
+// call that is the last displaced instruction becomes push Entry+Len; jmp
+// callee), no syscall or int (the kernel
 // may report or restart at an address in the stub), no loop/jrcxz (rel8
 // only), no xbegin, and no RIP-relative VEX/EVEX instruction (x86asm
 // decodes their [rip+disp] as an absolute address, so they are detected by
@@ -152,6 +154,15 @@ type Options struct {
 	// MinLen is the least number of bytes to displace (default and
 	// minimum [JmpLen]).
 	MinLen int
+	// EmulateCalls lets a call be the last displaced instruction: the
+	// stub pushes the original return address, Entry+Len (outside the
+	// region), and jumps to the callee, which returns into the original
+	// code. Do not set it for a process with a CET shadow stack (Linux
+	// /proc/PID/status "x86_Thread_features: shstk"): the callee's ret
+	// would not match the shadow stack and the process would get SIGSEGV.
+	// A call before the last instruction is always refused: its return
+	// address would be inside the region.
+	EmulateCalls bool
 	// ExtraTargets are branch targets from outside the function's bytes
 	// (its cold part, other functions), sorted in increasing order, as
 	// [BranchTargets] returns them. A target strictly inside the region
@@ -177,6 +188,8 @@ const (
 	kJmp         // unconditional rel8/rel32 jmp (ends the stub)
 	kExit        // ret or indirect jmp (ends the stub), copied as is
 	kJmpRIP      // jmp [rip+disp32] (ends the stub), disp rewritten
+	kCall        // call rel32, last: push Resume; jmp target
+	kCallInd     // call reg/[mem], last: push Resume; jmp reg/[mem]
 )
 
 // Plan is the verdict of [Analyze] on a function it accepts: the region to
@@ -197,8 +210,9 @@ type Plan struct {
 	// EntryBranches are the addresses of the direct branches of the
 	// function that target Entry: each one runs the stub again.
 	EntryBranches []uint64
-	// Exits reports that the last displaced instruction is a return or a
-	// jmp: the stub needs no jump back.
+	// Exits reports that the last displaced instruction is a return, a
+	// jmp or an emulated call ([Options.EmulateCalls]): the stub needs no
+	// jump back.
 	Exits bool
 }
 
@@ -292,6 +306,16 @@ func legacyPrefixes(b []byte) int {
 	return n
 }
 
+// hasPrefix reports whether the legacy prefixes of b include p.
+func hasPrefix(b []byte, p byte) bool {
+	for _, c := range b[:legacyPrefixes(b)] {
+		if c == p {
+			return true
+		}
+	}
+	return false
+}
+
 // vexModRM returns the position of the ModRM byte of a VEX, EVEX or XOP
 // encoded instruction b (after its legacy prefixes), or -1 when b is not
 // one or has no ModRM.
@@ -324,7 +348,7 @@ func isRIPModRM(m byte) bool { return m&0xc7 == 0x05 }
 // classify checks that in, at offset off of the function, can run
 // elsewhere, and says how it is rewritten. last reports that it is the
 // last displaced instruction.
-func classify(in x86asm.Inst, b []byte, off int, last bool) (kind, *Refusal) {
+func classify(in x86asm.Inst, b []byte, off int, last, emulateCalls bool) (kind, *Refusal) {
 	text := in.String()
 	refuse := func(r Reason) (kind, *Refusal) { return 0, &Refusal{Reason: r, Off: off, Inst: text} }
 
@@ -337,8 +361,39 @@ func classify(in x86asm.Inst, b []byte, off int, last bool) (kind, *Refusal) {
 		return kPlain, nil
 	}
 
+	if hasPrefix(b, 0x66) && in.PCRel != 0 && in.Op != x86asm.NOP {
+		// A relative branch with an operand-size prefix is rel16 on AMD
+		// and rel32 on Intel: its meaning depends on the CPU.
+		if _, ok := in.Args[0].(x86asm.Rel); ok {
+			return refuse(Unrelocatable)
+		}
+	}
 	switch in.Op {
-	case x86asm.CALL, x86asm.LCALL:
+	case x86asm.LCALL:
+		return refuse(DisplacedCall)
+	case x86asm.CALL:
+		if !emulateCalls || !last {
+			return refuse(DisplacedCall)
+		}
+		switch a := in.Args[0].(type) {
+		case x86asm.Rel:
+			return kCall, nil
+		case x86asm.Reg:
+			if a == x86asm.RSP || a == x86asm.ESP || b[n] != 0xff {
+				return refuse(DisplacedCall)
+			}
+			return kCallInd, nil
+		case x86asm.Mem:
+			// The pushed return address moves rsp: refuse operands
+			// that use it.
+			if a.Base == x86asm.RSP || a.Base == x86asm.ESP || b[n] != 0xff {
+				return refuse(DisplacedCall)
+			}
+			if a.Base == x86asm.RIP && (in.PCRel != 4 || in.PCRelOff != n+2 || !isRIPModRM(b[n+1])) {
+				return refuse(Unrelocatable)
+			}
+			return kCallInd, nil
+		}
 		return refuse(DisplacedCall)
 	case x86asm.SYSCALL, x86asm.SYSENTER, x86asm.SYSRET, x86asm.SYSEXIT,
 		x86asm.INT, x86asm.INTO, x86asm.IRET, x86asm.IRETD, x86asm.IRETQ,
@@ -462,14 +517,14 @@ func Analyze(fn []byte, fnAddr uint64, opts Options) (*Plan, error) {
 			text = in.String()
 			last := off+in.Len-start >= minLen
 			var r *Refusal
-			k, r = classify(in, b, off, last)
+			k, r = classify(in, b, off, last, opts.EmulateCalls)
 			if r != nil {
 				if r.Reason == EarlyExit && off+in.Len == len(fn) {
 					r = &Refusal{Reason: TooShort, Off: len(fn) - start, Inst: r.Inst}
 				}
 				return nil, r
 			}
-			if k == kJmp || k == kExit || k == kJmpRIP {
+			if k == kJmp || k == kExit || k == kJmpRIP || k == kCall || k == kCallInd {
 				p.Exits = true
 			}
 		}
@@ -495,10 +550,14 @@ func Analyze(fn []byte, fnAddr uint64, opts Options) (*Plan, error) {
 		pc := fnAddr + uint64(off)
 		if !isEndbr {
 			if t, ok := directTarget(in, pc); ok {
+				if hasPrefix(fn[off:off+in.Len], 0x66) {
+					// rel16 on AMD, rel32 on Intel: the target is unknown.
+					return nil, &Refusal{Reason: Undecodable, Off: off}
+				}
 				if inside(t) {
 					return nil, &Refusal{Reason: BranchTarget, Off: int(t - fnAddr), Inst: fmt.Sprintf("%s at +%d", in, off)}
 				}
-				if t == lo && in.Op != x86asm.CALL {
+				if (t == lo || p.Endbr && t == fnAddr) && in.Op != x86asm.CALL {
 					p.EntryBranches = append(p.EntryBranches, pc)
 				}
 			}

@@ -63,7 +63,15 @@ func TestAnalyze(t *testing.T) {
 		{name: "vex without rip is fine", fn: cat([]byte{0xc5, 0xfe, 0x6f, 0x07}, nop, ret), entry: fnAddr, len: 5},
 		// push rbp; mov rbp,rsp; dec edi; jne entry: a loop to Entry is allowed.
 		{name: "loop to entry", fn: cat(pushRBP, movRBPRSP, nop, []byte{0xff, 0xcf, 0x75, 0xf7}, ret), entry: fnAddr, len: 5, entryBr: []uint64{fnAddr + 7}},
-		{name: "loop to endbr", fn: cat(endbr, pushRBP, movRBPRSP, nop, []byte{0xff, 0xcf, 0x75, 0xf3}, ret), entry: fnAddr + 4, len: 5},
+		{name: "loop to endbr", fn: cat(endbr, pushRBP, movRBPRSP, nop, []byte{0xff, 0xcf, 0x75, 0xf3}, ret), entry: fnAddr + 4, len: 5, entryBr: []uint64{fnAddr + 11}},
+		{name: "emulated direct call", fn: cat(pushRBP, []byte{0xe8}, le(0x100), []byte{0x5d}, ret), opts: Options{EmulateCalls: true}, entry: fnAddr, len: 6, exits: true},
+		{name: "emulated call r11", fn: cat(movRBPRSP, []byte{0x41, 0xff, 0xd3}, ret), opts: Options{EmulateCalls: true}, entry: fnAddr, len: 6, exits: true},
+		{name: "emulated call [rip]", fn: cat([]byte{0xff, 0x15}, le(0x100), ret), opts: Options{EmulateCalls: true}, entry: fnAddr, len: 6, exits: true},
+		{name: "emulated call [rax+8]", fn: cat(pushRBP, []byte{0xff, 0x50, 0x08}, nop, ret), opts: Options{EmulateCalls: true}, entry: fnAddr, len: 4 + 1, reason: DisplacedCall, off: 1},
+		{name: "emulated call [rax+8] last", fn: cat(movRBPRSP, []byte{0xff, 0x50, 0x08}, ret), opts: Options{EmulateCalls: true}, entry: fnAddr, len: 6, exits: true},
+		{name: "emulated call [rsp+8]", fn: cat(movRBPRSP, []byte{0xff, 0x54, 0x24, 0x08}, ret), opts: Options{EmulateCalls: true}, reason: DisplacedCall, off: 3},
+		{name: "emulated call rsp", fn: cat(movRBPRSP, []byte{0xff, 0xd4}, ret), opts: Options{EmulateCalls: true}, reason: DisplacedCall, off: 3},
+		{name: "jcc with operand-size prefix", fn: cat(testEDI, []byte{0x66, 0x0f, 0x84, 0x01, 0x00}, nop, ret), reason: Unrelocatable, off: 2},
 
 		{name: "tiny", fn: cat(xorEAX, ret), reason: TooShort, off: 3},
 		{name: "tiny after endbr", fn: cat(endbr, xorEAX, ret), reason: TooShort, off: 3},
@@ -167,7 +175,7 @@ func checkRelocated(t *testing.T, p *Plan, stub uint64) {
 	code, err := p.Relocate(stub)
 	hasRIP := false
 	for _, in := range p.Insts {
-		if in.kind == kRIPRel || in.kind == kJmpRIP {
+		if in.kind == kRIPRel || in.kind == kJmpRIP || in.kind == kCallInd && in.inst.PCRel != 0 {
 			hasRIP = true
 		}
 	}
@@ -200,6 +208,29 @@ func checkRelocated(t *testing.T, p *Plan, stub uint64) {
 		}
 		pc := stub + uint64(off)
 		want, ref := absRef(oi.inst, orig)
+		if oi.kind == kCall || oi.kind == kCallInd {
+			push := appendPush(nil, p.Resume())
+			if !bytes.Equal(code[off:off+len(push)], push) {
+				t.Fatalf("stub at %#x: % x; want a push of %#x", stub, code[off:], p.Resume())
+			}
+			off += len(push)
+			if got, ok := absJmp(off); ok && far && oi.kind == kCall {
+				if got != want {
+					t.Fatalf("stub at %#x: jmp abs %#x; want %#x", stub, got, want)
+				}
+				off += JmpAbsLen
+				continue
+			}
+			pc = stub + uint64(off)
+			if in, err = x86asm.Decode(code[off:], 64); err != nil || in.Op != x86asm.JMP || in.Args[0] != oi.inst.Args[0] && !ref {
+				t.Fatalf("stub at %#x: %v (%v); want a jmp for %s", stub, in, err, oi.Text)
+			}
+			if got, ok := absRef(in, pc); ok != ref || got != want {
+				t.Fatalf("stub at %#x +%d: %v refers to %#x; want %#x (%v)", stub, off, in, got, want, oi.Text)
+			}
+			off += in.Len
+			continue
+		}
 		switch oi.kind {
 		case kJcc:
 			if in.Op != oi.inst.Op {

@@ -19,7 +19,24 @@ const (
 	// JccAbsLen is `j!cc +14; jmp *0(%rip); .quad target`: a jcc whose
 	// target is beyond ±2 GiB.
 	JccAbsLen = 2 + JmpAbsLen
+	// PushImmLen is `push imm32`: the return address of an emulated call
+	// when it is below 2 GiB ([Options.EmulateCalls]).
+	PushImmLen = 5
+	// PushAbsLen is `lea -8(%rsp),%rsp; movl lo,(%rsp); movl hi,4(%rsp)`:
+	// the return address of an emulated call above 2 GiB, pushed without
+	// touching the flags.
+	PushAbsLen = 5 + 7 + 8
 )
+
+// appendPush pushes the 64-bit value v without changing the flags.
+func appendPush(b []byte, v uint64) []byte {
+	if v < 1<<31 {
+		return binary.LittleEndian.AppendUint32(append(b, 0x68), uint32(v))
+	}
+	b = append(b, 0x48, 0x8d, 0x64, 0x24, 0xf8) // lea -8(%rsp),%rsp
+	b = binary.LittleEndian.AppendUint32(append(b, 0xc7, 0x04, 0x24), uint32(v))
+	return binary.LittleEndian.AppendUint32(append(b, 0xc7, 0x44, 0x24, 0x04), uint32(v>>32))
+}
 
 // ErrOutOfReach is returned (wrapped) by [Plan.Relocate] when a
 // RIP-relative operand of a displaced instruction cannot address its
@@ -40,6 +57,10 @@ func (p *Plan) MaxStubLen() int {
 			n += JccAbsLen
 		case kJmp:
 			n += JmpAbsLen
+		case kCall:
+			n += PushAbsLen + JmpAbsLen
+		case kCallInd:
+			n += PushAbsLen + len(in.Bytes)
 		default:
 			n += len(in.Bytes)
 		}
@@ -78,6 +99,8 @@ func appendJmp(b []byte, at, target uint64) []byte {
 //     target, or [JccAbsLen] bytes when beyond ±2 GiB; branch hint and
 //     BND prefixes are dropped;
 //   - jmp rel8/rel32 become `jmp rel32`, or [JmpAbsLen] bytes;
+//   - a call (last, with [Options.EmulateCalls]) becomes a push of
+//     Resume ([PushImmLen] or [PushAbsLen] bytes) and a jmp to the callee;
 //   - every other instruction is copied as is.
 //
 // A branch of the region to Entry stays a branch to Entry, whose jmp leads
@@ -120,6 +143,27 @@ func (p *Plan) Relocate(stubAddr uint64) ([]byte, error) {
 		case kJmp:
 			target, _ := directTarget(in.inst, orig)
 			out = appendJmp(out, at, target)
+		case kCall:
+			target, _ := directTarget(in.inst, orig)
+			out = appendPush(out, p.Resume())
+			out = appendJmp(out, stubAddr+uint64(len(out)), target)
+		case kCallInd:
+			// call r/m (ff /2) becomes jmp r/m (ff /4) after the push.
+			out = appendPush(out, p.Resume())
+			at = stubAddr + uint64(len(out))
+			b := append([]byte(nil), in.Bytes...)
+			n := legacyPrefixes(b)
+			b[n+1] = b[n+1]&^0x38 | 4<<3
+			if o := in.inst.PCRelOff; in.inst.PCRel == 4 {
+				disp := int32(binary.LittleEndian.Uint32(b[o:]))
+				target := orig + uint64(len(b)) + uint64(int64(disp))
+				d, ok := rel32(target, at+uint64(len(b)))
+				if !ok {
+					return nil, fmt.Errorf("relocate %s from %#x to %#x: operand %#x: %w", in.Text, orig, at, target, ErrOutOfReach)
+				}
+				binary.LittleEndian.PutUint32(b[o:], uint32(d))
+			}
+			out = append(out, b...)
 		default:
 			return nil, fmt.Errorf("relocate %s: unknown kind %d", in.Text, in.kind)
 		}
