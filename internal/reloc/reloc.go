@@ -182,14 +182,14 @@ type Inst struct {
 type kind int
 
 const (
-	kPlain  kind = iota
-	kRIPRel      // memory operand [rip+disp32] at inst.PCRelOff
-	kJcc         // conditional rel8/rel32 branch
-	kJmp         // unconditional rel8/rel32 jmp (ends the stub)
-	kExit        // ret or indirect jmp (ends the stub), copied as is
-	kJmpRIP      // jmp [rip+disp32] (ends the stub), disp rewritten
-	kCall        // call rel32, last: push Resume; jmp target
-	kCallInd     // call reg/[mem], last: push Resume; jmp reg/[mem]
+	kPlain   kind = iota
+	kRIPRel       // memory operand [rip+disp32] at inst.PCRelOff
+	kJcc          // conditional rel8/rel32 branch
+	kJmp          // unconditional rel8/rel32 jmp (ends the stub)
+	kExit         // ret or indirect jmp (ends the stub), copied as is
+	kJmpRIP       // jmp [rip+disp32] (ends the stub), disp rewritten
+	kCall         // call rel32, last: push Resume; jmp target
+	kCallInd      // call reg/[mem], last: push Resume; jmp reg/[mem]
 )
 
 // Plan is the verdict of [Analyze] on a function it accepts: the region to
