@@ -56,7 +56,7 @@ func pct(a, b int) float64 {
 // the ELF file at path (.symtab, or .dynsym when stripped), once per
 // address. With section-wide targets, direct branches from anywhere in
 // the symbol's section count as well (Options.ExtraTargets).
-func analyzeELF(tb testing.TB, name, path string, sectionWide bool) *tally {
+func analyzeELF(tb testing.TB, name, path string, sectionWide, emulateCalls bool) *tally {
 	tb.Helper()
 	f, err := elf.Open(path)
 	if err != nil {
@@ -108,7 +108,7 @@ func analyzeELF(tb testing.TB, name, path string, sectionWide bool) *tally {
 		}
 		t.funcs++
 		addr := sec.Addr + lo
-		_, err := Analyze(b[lo:lo+s.Size], addr, Options{ExtraTargets: targets[s.Section]})
+		_, err := Analyze(b[lo:lo+s.Size], addr, Options{ExtraTargets: targets[s.Section], EmulateCalls: emulateCalls})
 		var r *Refusal
 		switch {
 		case err == nil:
@@ -157,48 +157,99 @@ func figureBinaries(tb testing.TB) [][2]string {
 }
 
 // TestAcceptance measures the fraction of functions Analyze accepts in
-// real binaries, and prints it with the top refusal reasons (go test -v).
-// It fails if Analyze returns anything but a Plan or a Refusal, or if the
-// acceptance of libc's eligible functions drops below a floor.
+// real binaries, and prints it with the top refusal reasons (go test -v,
+// or LIVETRACE_RELOC_FIGURES=1 to print on stdout). Each binary is
+// measured three ways: the function's own bytes only; with the direct
+// branch targets of its whole section (+xfn, Options.ExtraTargets); and
+// with that and Options.EmulateCalls (+calls). It fails if Analyze returns
+// anything but a Plan or a Refusal, or if the acceptance of eligible
+// functions (those with 5 bytes before their first branch target) in
+// libc drops below 95%.
 func TestAcceptance(t *testing.T) {
-	var objs [6]*tally // per compiler×opt, summed over the fixture sources
-	names := []string{"gcc -O0", "gcc -O2", "gcc -O3", "clang -O0", "clang -O2", "clang -O3"}
-	for i := range objs {
-		objs[i] = &tally{name: names[i] + " fixtures", reasons: map[Reason]int{}, examples: map[Reason]string{}}
+	type variant struct {
+		suffix      string
+		wide, calls bool
 	}
+	variants := []variant{{"", false, false}, {" +xfn", true, false}, {" +xfn+calls", true, true}}
+	names := []string{"gcc -O0", "gcc -O2", "gcc -O3", "clang -O0", "clang -O2", "clang -O3"}
+	objs := map[string]*tally{}
+	var order []string
 	var all []*tally
 	for _, b := range figureBinaries(t) {
-		for _, wide := range []bool{false, true} {
-			tl := analyzeELF(t, b[0], b[1], wide)
-			if strings.HasSuffix(b[1], ".o") {
-				if wide {
-					continue
+		for _, v := range variants {
+			obj := strings.HasSuffix(b[1], ".o")
+			if obj && v.wide && !v.calls {
+				continue // the sections of an object file hold one file's code
+			}
+			tl := analyzeELF(t, b[0], b[1], v.wide && !obj, v.calls)
+			if obj {
+				name := ""
+				for _, n := range names {
+					cc, o, _ := strings.Cut(n, " ")
+					if strings.HasPrefix(b[0], cc) && strings.Contains(b[0], o) {
+						name = n + " fixtures"
+					}
 				}
-				i := 0
-				if !strings.HasPrefix(b[0], "gcc") {
-					i = 3
+				if v.calls {
+					name += " +calls"
 				}
-				switch {
-				case strings.Contains(b[0], "-O2"):
-					i++
-				case strings.Contains(b[0], "-O3"):
-					i += 2
+				if objs[name] == nil {
+					objs[name] = &tally{name: name, reasons: map[Reason]int{}, examples: map[Reason]string{}}
+					order = append(order, name)
 				}
-				objs[i].add(tl)
+				objs[name].add(tl)
 				continue
 			}
-			if wide {
-				tl.name += " +xfn"
-			}
+			tl.name += v.suffix
 			all = append(all, tl)
+			if strings.HasPrefix(tl.name, "libc.so") && !v.wide && pct(tl.accepted, tl.eligible()) < 95 {
+				t.Errorf("libc: %.1f%% of eligible functions accepted; want at least 95%%", pct(tl.accepted, tl.eligible()))
+			}
 		}
 	}
-	for _, tl := range append(objs[:], all...) {
+	sort.Strings(order)
+	for _, n := range order {
+		all = append([]*tally{objs[n]}, all...)
+	}
+	sort.SliceStable(all[:len(order)], func(i, j int) bool { return all[i].name < all[j].name })
+	for _, tl := range all {
 		t.Log(tl)
 		if os.Getenv("LIVETRACE_RELOC_FIGURES") != "" {
 			fmt.Println(tl)
 		}
 	}
+}
+
+// BenchmarkAnalyze measures Analyze over every function of libc.
+func BenchmarkAnalyze(b *testing.B) {
+	f, err := elf.Open("/lib/x86_64-linux-gnu/libc.so.6")
+	if err != nil {
+		testtarget.SkipOrFatal(b, "open libc: %v", err)
+	}
+	defer f.Close()
+	syms, err := f.DynamicSymbols()
+	if err != nil {
+		b.Fatal(err)
+	}
+	text := f.Section(".text")
+	code, err := text.Data()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var fns [][2]uint64
+	for _, s := range syms {
+		if elf.ST_TYPE(s.Info) == elf.STT_FUNC && s.Value >= text.Addr && s.Value+s.Size <= text.Addr+uint64(len(code)) && s.Size >= JmpLen {
+			fns = append(fns, [2]uint64{s.Value, s.Size})
+		}
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for _, fn := range fns {
+			lo := fn[0] - text.Addr
+			Analyze(code[lo:lo+fn[1]], fn[0], Options{})
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(fns)), "ns/func")
 }
 
 func (t *tally) add(o *tally) {

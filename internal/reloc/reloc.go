@@ -51,6 +51,21 @@
 // A return or jmp may end the region only as its last instruction: then
 // the stub ends with it and needs no jump back. One that ends before 5
 // bytes are covered is refused: the bytes after it belong to another block.
+//
+// # What the caller must still do
+//
+//   - Check that no thread is inside the region, or returns into it, when
+//     the jmp goes in or out (docs/DESIGN-NOTES.md): the proof here covers
+//     only threads that enter the function afterwards.
+//   - Place the stub within ±2 GiB of the function: [Plan.Patch] needs it,
+//     and so do RIP-relative operands ([ErrOutOfReach]); branches fall back
+//     to absolute jumps.
+//   - Know that a fault in a displaced instruction (a push on a full stack,
+//     a load from a bad pointer) is reported at the stub's address: a
+//     signal handler that looks up the faulting pc (the Go runtime, a JIT)
+//     or an unwinder without CFI for the stub sees an unknown address. An
+//     emulated call returns to the original code, where the function's own
+//     CFI describes the frame.
 package reloc
 
 import (
@@ -332,7 +347,7 @@ func vexModRM(b []byte, n int) int {
 	case 0x62: // EVEX: 62 P0 P1 P2 opcode modrm (62 is not BOUND in 64-bit mode)
 		pos = n + 5
 	case 0x8f: // XOP when ModRM.reg of the would-be POP is not 0
-		if n+1 >= len(b) || b[n+1]&0x18 == 0 {
+		if n+1 >= len(b) || b[n+1]&0x38 == 0 {
 			return -1
 		}
 		pos = n + 4

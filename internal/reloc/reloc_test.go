@@ -73,6 +73,9 @@ func TestAnalyze(t *testing.T) {
 		{name: "emulated call rsp", fn: cat(movRBPRSP, []byte{0xff, 0xd4}, ret), opts: Options{EmulateCalls: true}, reason: DisplacedCall, off: 3},
 		{name: "jcc with operand-size prefix", fn: cat(testEDI, []byte{0x66, 0x0f, 0x84, 0x01, 0x00}, nop, ret), reason: Unrelocatable, off: 2},
 
+		{name: "min len 9", fn: cat(pushRBP, movRBPRSP, subRSP16, xorEAX, ret), opts: Options{MinLen: 9}, entry: fnAddr, len: 10},
+		{name: "pop r/m is not xop", fn: cat([]byte{0x8f, 0x05}, le(0x100), ret), entry: fnAddr, len: 6},
+		{name: "xop", fn: cat([]byte{0x8f, 0xe9, 0x78, 0xe1, 0xc8}, ret), reason: Undecodable, off: 0},
 		{name: "tiny", fn: cat(xorEAX, ret), reason: TooShort, off: 3},
 		{name: "tiny after endbr", fn: cat(endbr, xorEAX, ret), reason: TooShort, off: 3},
 		{name: "ret before 5 bytes", fn: cat(xorEAX, ret, nop, nop, nop), reason: EarlyExit, off: 2},
@@ -328,5 +331,26 @@ func TestRefusalMessages(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("Analyze(% x) = %v; want %q", tc.fn, err, tc.want)
 		}
+	}
+}
+
+func TestBranchTargets(t *testing.T) {
+	// je +2; 06 (undecodable, skipped); call +0; jmp to 0, twice
+	code := cat([]byte{0x74, 0x02, 0x06, 0xe8}, le(0), []byte{0xeb, 0xf6, 0xeb, 0xf4})
+	got := BranchTargets(code, 0x1000)
+	want := []uint64{0x1000, 0x1004, 0x1008}
+	if !equalU64(got, want) {
+		t.Errorf("BranchTargets = %#x; want %#x", got, want)
+	}
+}
+
+func TestAnalyzeBadArguments(t *testing.T) {
+	_, err := Analyze(cat(pushRBP, movRBPRSP, subRSP16), ^uint64(0)-3, Options{})
+	var r *Refusal
+	if err == nil || errors.As(err, &r) {
+		t.Errorf("Analyze at the top of the address space = %v; want a plain error", err)
+	}
+	if _, err := Analyze(nil, fnAddr, Options{}); !errors.As(err, &r) || r.Reason != TooShort {
+		t.Errorf("Analyze(nil) = %v; want too short", err)
 	}
 }
