@@ -14,9 +14,9 @@ import (
 )
 
 // buildCached runs `cc flags... src -o out` once per (compiler version,
-// flags, source), caching the output file under os.TempDir() the way
+// flags, source and the files it includes, deps), caching the output file under os.TempDir() the way
 // internal/testtarget caches its fixtures, and returns the output path.
-func buildCached(tb testing.TB, cc string, flags []string, src, outName string) string {
+func buildCached(tb testing.TB, cc string, flags []string, src, outName string, deps ...string) string {
 	tb.Helper()
 	path, err := exec.LookPath(cc)
 	if err != nil {
@@ -33,6 +33,14 @@ func buildCached(tb testing.TB, cc string, flags []string, src, outName string) 
 	h := sha256.New()
 	fmt.Fprintf(h, "reloc v1\x00%s\x00%s\x00%q\x00%s\x00", path, ver, flags, src)
 	h.Write(body)
+	for _, d := range deps {
+		db, err := os.ReadFile(d)
+		if err != nil {
+			tb.Fatalf("read %s: %v", d, err)
+		}
+		fmt.Fprintf(h, "\x00%s\x00", d)
+		h.Write(db)
+	}
 	dir := filepath.Join(os.TempDir(), "livetrace-reloc-"+strconv.Itoa(os.Getuid()), hex.EncodeToString(h.Sum(nil))[:20])
 	out := filepath.Join(dir, outName)
 	if _, err := os.Stat(out); err == nil {

@@ -55,9 +55,11 @@ func (r *result) diff(o *result) string {
 // process (and by every input of a fuzz worker). It is safe for
 // concurrent use.
 type harness struct {
-	mu  sync.Mutex
-	in  *bufio.Writer
-	out *bufio.Reader
+	cmd   *exec.Cmd
+	stdin io.Closer
+	mu    sync.Mutex
+	in    *bufio.Writer
+	out   *bufio.Reader
 }
 
 var (
@@ -66,32 +68,77 @@ var (
 	harnessErr  error
 )
 
-// getHarness builds (cached) and starts the harness once per process.
+// getHarness builds (cached) and starts the shared harness once per
+// process.
 func getHarness(tb testing.TB) *harness {
 	tb.Helper()
-	exe := buildCached(tb, "gcc", []string{"-O2", "-Wall"}, "testdata/harness.c", "harness")
+	exe := buildCached(tb, "gcc", []string{"-O2", "-Wall"}, "testdata/harness.c", "harness", "testdata/realfn.c")
 	harnessOnce.Do(func() {
-		cmd := exec.Command(exe)
-		var stdin io.WriteCloser
-		var stdout io.ReadCloser
-		if stdin, harnessErr = cmd.StdinPipe(); harnessErr != nil {
-			return
-		}
-		if stdout, harnessErr = cmd.StdoutPipe(); harnessErr != nil {
-			return
-		}
-		cmd.Stderr = &prefixWriter{}
-		if harnessErr = cmd.Start(); harnessErr != nil {
-			return
-		}
 		// The process lives as long as the test binary: its stdin closes
 		// when the binary exits, and the harness exits on EOF.
-		harnessP = &harness{in: bufio.NewWriter(stdin), out: bufio.NewReader(stdout)}
+		harnessP, harnessErr = startHarness(exe)
 	})
 	if harnessErr != nil {
 		tb.Fatalf("start harness %s: %v", exe, harnessErr)
 	}
 	return harnessP
+}
+
+// startHarness starts the harness executable exe. Closing h.stdin ends it.
+func startHarness(exe string) (*harness, error) {
+	cmd := exec.Command(exe)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stderr = &prefixWriter{}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	return &harness{cmd: cmd, stdin: stdin, in: bufio.NewWriter(stdin), out: bufio.NewReader(stdout)}, nil
+}
+
+// close ends the harness and waits for it.
+func (h *harness) close() {
+	h.stdin.Close()
+	h.cmd.Wait()
+}
+
+// call sends a request with an 8-byte reply.
+func (h *harness) call(tb testing.TB, op byte) uint64 {
+	tb.Helper()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.in.Write(binary.LittleEndian.AppendUint64([]byte{op}, 0))
+	var b [8]byte
+	if err := h.in.Flush(); err != nil {
+		tb.Fatalf("harness: %v", err)
+	}
+	if _, err := io.ReadFull(h.out, b[:]); err != nil {
+		tb.Fatalf("harness: request %c: %v", op, err)
+	}
+	return binary.LittleEndian.Uint64(b[:])
+}
+
+// write patches the harness's own memory at addr.
+func (h *harness) write(tb testing.TB, addr uint64, b []byte) {
+	tb.Helper()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	req := binary.LittleEndian.AppendUint64([]byte{'W'}, addr)
+	req = binary.LittleEndian.AppendUint32(req, uint32(len(b)))
+	h.in.Write(append(req, b...))
+	if err := h.in.Flush(); err != nil {
+		tb.Fatalf("harness: %v", err)
+	}
+	st, err := h.out.ReadByte()
+	if err != nil || st != 0 {
+		tb.Fatalf("harness: write %d bytes at %#x: status %d, %v", len(b), addr, st, err)
+	}
 }
 
 type prefixWriter struct{}

@@ -17,6 +17,13 @@
  *       and, when the code returns, capture the state. Reply: 1 byte, 0 or
  *       the signal that stopped the code (SIGSEGV, SIGILL, SIGTRAP, SIGALRM
  *       after one second...), the 17 u64 captured, the 256 bytes of DATA.
+ *   'B' u64 ignored: reply u64, the address of run_code (to find where the
+ *       harness is loaded).
+ *   'S' u64 ignored: reply u64, the address of a fresh RWX page within
+ *       rel32 reach of the harness's own code, for the stubs of its rf_*
+ *       functions (realfn.c), or 0.
+ *   'W' u64 addr, u32 n, n bytes: make the pages RWX and write the bytes at
+ *       addr (patch a function of the harness). Reply: 1 byte, 0 (or errno).
  * The code must leave rsp as it found it and end with ret.
  */
 #define _GNU_SOURCE
@@ -28,6 +35,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
+#include <errno.h>
 
 #define CODE 0x200000000UL
 #define DATA 0x200010000UL
@@ -50,18 +58,19 @@ __asm__(".text\n"
 	".type run_code,@function\n"
 	"run_code:\n"
 	"	push %rbx\n	push %rbp\n	push %r12\n	push %r13\n	push %r14\n	push %r15\n"
-	"	push %rsi\n" /* out: 8(%rsp) */
-	"	push %rdx\n" /* code: 0(%rsp) */
+	"	push %rsi\n" /* out: 16(%rsp) */
+	"	push %rdx\n" /* code: 8(%rsp) */
+	"	sub $8,%rsp\n" /* the callee's rsp+8 is 16-byte aligned, as the ABI wants */
 	"	pushq 128(%rdi)\n	popfq\n"
 	"	mov 0(%rdi),%rax\n	mov 8(%rdi),%rcx\n	mov 16(%rdi),%rdx\n	mov 24(%rdi),%rbx\n"
 	"	mov 40(%rdi),%rbp\n	mov 48(%rdi),%rsi\n"
 	"	mov 64(%rdi),%r8\n	mov 72(%rdi),%r9\n	mov 80(%rdi),%r10\n	mov 88(%rdi),%r11\n"
 	"	mov 96(%rdi),%r12\n	mov 104(%rdi),%r13\n	mov 112(%rdi),%r14\n	mov 120(%rdi),%r15\n"
 	"	mov 56(%rdi),%rdi\n"
-	"	call *(%rsp)\n"
-	"	pushfq\n" /* flags 8, code 16, out 24 after the next push */
+	"	call *8(%rsp)\n"
+	"	pushfq\n" /* flags 8, pad 16, code 24, out 32 after the next push */
 	"	push %rax\n"
-	"	mov 24(%rsp),%rax\n"
+	"	mov 32(%rsp),%rax\n"
 	"	mov %rcx,8(%rax)\n	mov %rdx,16(%rax)\n	mov %rbx,24(%rax)\n"
 	"	lea 16(%rsp),%rcx\n	mov %rcx,32(%rax)\n"
 	"	mov %rbp,40(%rax)\n	mov %rsi,48(%rax)\n	mov %rdi,56(%rax)\n"
@@ -69,7 +78,7 @@ __asm__(".text\n"
 	"	mov %r12,96(%rax)\n	mov %r13,104(%rax)\n	mov %r14,112(%rax)\n	mov %r15,120(%rax)\n"
 	"	pop %rcx\n	mov %rcx,0(%rax)\n"
 	"	pop %rcx\n	mov %rcx,128(%rax)\n"
-	"	add $16,%rsp\n"
+	"	add $24,%rsp\n"
 	"	pop %r15\n	pop %r14\n	pop %r13\n	pop %r12\n	pop %rbp\n	pop %rbx\n"
 	"	cld\n"
 	"	ret\n"
@@ -172,6 +181,34 @@ int main(void)
 			writen(&st, 1);
 			writen(&out, sizeof out);
 			writen((void *)DATA, DATALEN);
+		} else if (op == 'B') {
+			uint64_t a = (uint64_t)(uintptr_t)run_code;
+			writen(&a, 8);
+		} else if (op == 'S') {
+			uint64_t a = 0;
+			uint64_t self = (uint64_t)(uintptr_t)run_code & ~(PAGE - 1);
+			for (uint64_t d = 16UL << 20; d < 1UL << 30 && a == 0; d += 16UL << 20) {
+				void *p = mmap((void *)(self - d), PAGE, rwx, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+				if (p != MAP_FAILED)
+					a = (uint64_t)(uintptr_t)p;
+			}
+			writen(&a, 8);
+		} else if (op == 'W') {
+			uint32_t n;
+			readn(&n, 4);
+			uint8_t buf[PAGE];
+			if (n > PAGE) {
+				fprintf(stderr, "harness: %u bytes\n", n);
+				return 2;
+			}
+			readn(buf, n);
+			uint64_t lo = addr & ~(PAGE - 1), hi = (addr + n + PAGE - 1) & ~(PAGE - 1);
+			uint8_t st = 0;
+			if (mprotect((void *)lo, hi - lo, rwx) != 0)
+				st = (uint8_t)errno;
+			else
+				memcpy((void *)addr, buf, n);
+			writen(&st, 1);
 		} else {
 			fprintf(stderr, "harness: bad request %d\n", op);
 			return 2;
@@ -179,3 +216,6 @@ int main(void)
 		fflush(stdout);
 	}
 }
+
+/* The compiled functions the tests relocate: see realfn.c. */
+#include "realfn.c"
