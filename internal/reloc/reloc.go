@@ -55,7 +55,8 @@
 // # What the caller must still do
 //
 //   - Check that no thread is inside the region, or returns into it, when
-//     the jmp goes in or out (docs/DESIGN-NOTES.md): the proof here covers
+//     the jmp goes in or out, as the sled conversion does
+//     (docs/DESIGN-NOTES.md): the proof here covers
 //     only threads that enter the function afterwards.
 //   - Place the stub within ±2 GiB of the function: [Plan.Patch] needs it,
 //     and so do RIP-relative operands ([ErrOutOfReach]); branches fall back

@@ -183,11 +183,23 @@ func checkRelocated(t *testing.T, p *Plan, stub uint64) {
 		}
 	}
 	far := stub-p.Entry+(1<<31) >= 1<<32
-	if far && hasRIP {
-		if !errors.Is(err, ErrOutOfReach) {
+	// A RIP-relative operand can reach its target from the stub only if
+	// the target is within ±2 GiB of the stub (with some slack).
+	reach := true
+	for _, in := range p.Insts {
+		if ref, ok := absRef(in.inst, p.Entry+uint64(in.Off)); ok && hasRIP && in.kind != kJcc && in.kind != kJmp && in.kind != kCall {
+			if ref-stub+(1<<31)-64 >= 1<<32-128 {
+				reach = false
+			}
+		}
+	}
+	if (far && hasRIP) || !reach {
+		if !errors.Is(err, ErrOutOfReach) && (far || err != nil) {
 			t.Errorf("Relocate(%#x) = %v; want ErrOutOfReach", stub, err)
 		}
-		return
+		if err != nil {
+			return
+		}
 	}
 	if err != nil {
 		t.Fatalf("Relocate(%#x): %v", stub, err)
@@ -203,6 +215,13 @@ func checkRelocated(t *testing.T, p *Plan, stub uint64) {
 		return 0, false
 	}
 	off := 0
+	// absOK reports whether an absolute jump to target at off is
+	// expected: the stub is far, or target is beyond rel32 reach.
+	absOK := func(target uint64) bool {
+		_, near := rel32(target, stub+uint64(off)+JccRel32Len)
+		_, near2 := rel32(target, stub+uint64(off)+JmpRel32Len)
+		return far || !near || !near2
+	}
 	for _, oi := range p.Insts {
 		orig := p.Entry + uint64(oi.Off)
 		in, err := x86asm.Decode(code[off:], 64)
@@ -217,7 +236,7 @@ func checkRelocated(t *testing.T, p *Plan, stub uint64) {
 				t.Fatalf("stub at %#x: % x; want a push of %#x", stub, code[off:], p.Resume())
 			}
 			off += len(push)
-			if got, ok := absJmp(off); ok && far && oi.kind == kCall {
+			if got, ok := absJmp(off); ok && absOK(want) && oi.kind == kCall {
 				if got != want {
 					t.Fatalf("stub at %#x: jmp abs %#x; want %#x", stub, got, want)
 				}
@@ -239,14 +258,14 @@ func checkRelocated(t *testing.T, p *Plan, stub uint64) {
 			if in.Op != oi.inst.Op {
 				// Out of reach: j!cc over an absolute jmp.
 				got, ok := absJmp(off + 2)
-				if !far || !ok || code[off+1] != JmpAbsLen || got != want {
+				if !absOK(want) || !ok || code[off+1] != JmpAbsLen || got != want {
 					t.Fatalf("stub at %#x: %v for %v", stub, in, oi.Text)
 				}
 				off += JccAbsLen
 				continue
 			}
 		case kJmp:
-			if got, ok := absJmp(off); ok && far {
+			if got, ok := absJmp(off); ok && absOK(want) {
 				if got != want {
 					t.Fatalf("stub at %#x: jmp abs %#x; want %#x", stub, got, want)
 				}
@@ -269,7 +288,7 @@ func checkRelocated(t *testing.T, p *Plan, stub uint64) {
 	}
 	if !p.Exits {
 		if got, ok := absJmp(off); ok {
-			if !far || got != p.Resume() {
+			if !absOK(p.Resume()) || got != p.Resume() {
 				t.Fatalf("stub at %#x: jump back to %#x; want %#x", stub, got, p.Resume())
 			}
 			off += JmpAbsLen
@@ -353,4 +372,30 @@ func TestAnalyzeBadArguments(t *testing.T) {
 	if _, err := Analyze(nil, fnAddr, Options{}); !errors.As(err, &r) || r.Reason != TooShort {
 		t.Errorf("Analyze(nil) = %v; want too short", err)
 	}
+}
+
+// FuzzAnalyze feeds arbitrary bytes to Analyze, as an untrusted binary
+// would: it must never panic, and a plan it accepts must relocate to a
+// near stub that decodes back to the same references (checkRelocated).
+func FuzzAnalyze(f *testing.F) {
+	f.Add(cat(endbr, pushRBP, movRBPRSP, subRSP16, ret), false)
+	f.Add(cat(testEDI, []byte{0x74, 0x03}, pushRBP, nop, nop, ret, xorEAX, ret), true)
+	f.Add(cat(movRIPImm, []byte{0xff, 0x25}, le(0x2000)), false)
+	f.Add(cat(pushRBP, []byte{0xe8}, le(0x100), []byte{0x5d}, ret), true)
+	f.Fuzz(func(t *testing.T, fn []byte, calls bool) {
+		p, err := Analyze(fn, fnAddr, Options{EmulateCalls: calls})
+		if err != nil {
+			var r *Refusal
+			if !errors.As(err, &r) || r.Error() == "" {
+				t.Fatalf("Analyze(% x) = %v; want a Refusal", fn, err)
+			}
+			return
+		}
+		if p.Len < JmpLen || int(p.Entry-fnAddr)+p.Len > len(fn) {
+			t.Fatalf("plan %+v out of % x", p, fn)
+		}
+		for _, stub := range []uint64{nearStub, farStub} {
+			checkRelocated(t, p, stub)
+		}
+	})
 }
