@@ -526,7 +526,7 @@ func Analyze(fn []byte, fnAddr uint64, opts Options) (*Plan, error) {
 			}
 			return nil, &Refusal{Reason: Undecodable, Off: off}
 		}
-		b := fn[off : off+in.Len]
+		b := append([]byte(nil), fn[off:off+in.Len]...) // the Plan owns its bytes
 		text := "ENDBR64"
 		k := kPlain
 		if !isEndbr {
