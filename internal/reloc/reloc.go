@@ -1,0 +1,642 @@
+// Package reloc decides whether the first instructions of an x86-64
+// function can be moved out of the way of a 5-byte jmp, and moves them: the
+// user-space form of the kernel's optprobe, which lets livetrace trace a
+// function that was compiled without a patchable NOP (docs/DESIGN-NOTES.md).
+//
+// It is pure: bytes in, a [Plan] or a [Refusal] out, and relocated bytes
+// from [Plan.Relocate]. Nothing here touches a process.
+//
+// # What is displaced
+//
+// [Analyze] takes the bytes of one function (symbol start to symbol end, or
+// an .eh_frame FDE range) and its address. A leading ENDBR64 is kept in
+// place, so that indirect branches into the function still land on it; the
+// region starts after it. The region is the shortest run of whole
+// instructions that covers at least 5 bytes (the size of `jmp rel32`):
+// [Plan.Entry, Plan.Entry+Plan.Len).
+//
+// # The proof
+//
+// Writing `jmp stub` over the region is safe for every thread that enters
+// the function afterwards only if no control transfer lands strictly inside
+// the region, (Entry, Entry+Len): such a thread would execute the tail of
+// the jmp. Analyze decodes the whole function linearly and refuses
+//   - any direct jmp, jcc, call, loop or xbegin whose target lies inside;
+//   - any function whose indirect jumps might go through a jump table (see
+//     [Analyze]): the table is data the bytes do not show;
+//   - any function it cannot decode to the end (data in text, or an
+//     instruction golang.org/x/arch/x86/x86asm does not know): a linear
+//     sweep that lost its way proves nothing.
+//
+// Branches from outside the function are not seen here. Compilers do jump
+// into a function from its split-off cold part (gcc's foo.cold) or from a
+// shared tail; pass their targets in [Options.ExtraTargets], collected with
+// [BranchTargets] over those ranges (or over the whole executable section).
+//
+// A branch to Entry itself is harmless: Entry holds the jmp to the stub,
+// which runs the displaced instructions again, as the original would have
+// done. Such branches are listed in [Plan.EntryBranches], because a tracer
+// that records an event in the stub sees one event per taken branch.
+//
+// The displaced instructions themselves must be relocatable exactly: no
+// call (its return address would point into the stub, and a thread could
+// later return into a stub that was removed; with [Options.EmulateCalls] a
+// call that is the last displaced instruction becomes push Entry+Len; jmp
+// callee), no syscall or int (the kernel
+// may report or restart at an address in the stub), no loop/jrcxz (rel8
+// only), no xbegin, and no RIP-relative VEX/EVEX instruction (x86asm
+// decodes their [rip+disp] as an absolute address, so they are detected by
+// hand and refused).
+//
+// A return or jmp may end the region only as its last instruction: then
+// the stub ends with it and needs no jump back. One that ends before 5
+// bytes are covered is refused: the bytes after it belong to another block.
+//
+// # What the caller must still do
+//
+//   - Check that no thread is inside the region, or returns into it, when
+//     the jmp goes in or out, as the sled conversion does
+//     (docs/DESIGN-NOTES.md): the proof here covers
+//     only threads that enter the function afterwards.
+//   - Place the stub within ±2 GiB of the function: [Plan.Patch] needs it,
+//     and so do RIP-relative operands ([ErrOutOfReach]); branches fall back
+//     to absolute jumps.
+//   - Know that a fault in a displaced instruction (a push on a full stack,
+//     a load from a bad pointer) is reported at the stub's address: a
+//     signal handler that looks up the faulting pc (the Go runtime, a JIT)
+//     or an unwinder without CFI for the stub sees an unknown address. An
+//     emulated call returns to the original code, where the function's own
+//     CFI describes the frame.
+package reloc
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+
+	"golang.org/x/arch/x86/x86asm"
+)
+
+// JmpLen is the length of `jmp rel32`, the instruction written at
+// [Plan.Entry]: the least number of bytes a region covers.
+const JmpLen = 5
+
+// endbr64 and endbr32 are decoded by hand: x86asm decodes them as a REP
+// prefix followed by Op(0).
+var (
+	endbr64 = []byte{0xf3, 0x0f, 0x1e, 0xfa}
+	endbr32 = []byte{0xf3, 0x0f, 0x1e, 0xfb}
+)
+
+// Reason is why [Analyze] refuses a function. Its String is a short, fixed
+// phrase, suitable for counting refusals; [Refusal] adds where.
+type Reason int
+
+const (
+	// TooShort: the function has fewer than 5 bytes after its ENDBR64.
+	TooShort Reason = iota + 1
+	// BranchTarget: a direct branch (or an address in
+	// [Options.ExtraTargets]) lands strictly inside the region.
+	BranchTarget
+	// DisplacedCall: a call is among the displaced instructions.
+	DisplacedCall
+	// EarlyExit: a return or jump ends the region before 5 bytes.
+	EarlyExit
+	// Unrelocatable: a displaced instruction cannot run at another
+	// address with the same effect (syscall, int3, loop, jrcxz, xbegin...).
+	Unrelocatable
+	// VEXRIPRelative: a displaced VEX/EVEX/XOP instruction has a
+	// RIP-relative operand, which x86asm does not report.
+	VEXRIPRelative
+	// Undecodable: the linear sweep of the function met bytes that do not
+	// decode, or decode to an instruction that crosses the function end.
+	Undecodable
+	// JumpTable: the function has an indirect jmp that may go through a
+	// jump table, whose targets cannot be checked.
+	JumpTable
+)
+
+var reasonNames = map[Reason]string{
+	TooShort:       "function shorter than 5 bytes",
+	BranchTarget:   "branch target in region",
+	DisplacedCall:  "displaced call",
+	EarlyExit:      "ends in a return/jump before 5 bytes",
+	Unrelocatable:  "unrelocatable instruction",
+	VEXRIPRelative: "RIP-relative VEX/EVEX instruction",
+	Undecodable:    "undecodable instruction",
+	JumpTable:      "indirect jump through a possible jump table",
+}
+
+func (r Reason) String() string {
+	if s, ok := reasonNames[r]; ok {
+		return s
+	}
+	return fmt.Sprintf("Reason(%d)", int(r))
+}
+
+// Refusal is the error [Analyze] returns for a function it will not
+// relocate: the [Reason], where (Off, from the function's address), and
+// the instruction concerned. Use errors.As to get it.
+type Refusal struct {
+	Reason Reason
+	Off    int    // offset from the function address of the culprit
+	Inst   string // the culprit instruction in Intel syntax, if any
+}
+
+// Error returns, for example, "branch target at +3", "displaced call at +4
+// (CALL .+16)" or "unrelocatable instruction SYSCALL at +1".
+func (r *Refusal) Error() string {
+	switch r.Reason {
+	case TooShort:
+		return fmt.Sprintf("function shorter than %d bytes (%d after ENDBR64)", JmpLen, r.Off)
+	case BranchTarget:
+		if r.Inst != "" {
+			return fmt.Sprintf("branch target at +%d (from %s)", r.Off, r.Inst)
+		}
+		return fmt.Sprintf("branch target at +%d", r.Off)
+	case Unrelocatable:
+		return fmt.Sprintf("unrelocatable instruction %s at +%d", r.Inst, r.Off)
+	case Undecodable:
+		return fmt.Sprintf("undecodable at +%d", r.Off)
+	}
+	if r.Inst != "" {
+		return fmt.Sprintf("%s at +%d (%s)", r.Reason, r.Off, r.Inst)
+	}
+	return fmt.Sprintf("%s at +%d", r.Reason, r.Off)
+}
+
+// Options tunes [Analyze]. The zero value is the default.
+type Options struct {
+	// MinLen is the least number of bytes to displace (default and
+	// minimum [JmpLen]).
+	MinLen int
+	// EmulateCalls lets a call be the last displaced instruction: the
+	// stub pushes the original return address, Entry+Len (outside the
+	// region), and jumps to the callee, which returns into the original
+	// code. Do not set it for a process with a CET shadow stack (Linux
+	// /proc/PID/status "x86_Thread_features: shstk"): the callee's ret
+	// would not match the shadow stack and the process would get SIGSEGV.
+	// A call before the last instruction is always refused: its return
+	// address would be inside the region.
+	EmulateCalls bool
+	// ExtraTargets are branch targets from outside the function's bytes
+	// (its cold part, other functions), sorted in increasing order, as
+	// [BranchTargets] returns them. A target strictly inside the region
+	// refuses the function.
+	ExtraTargets []uint64
+}
+
+// Inst is one displaced instruction.
+type Inst struct {
+	Off   int    // offset from Plan.Entry
+	Bytes []byte // the original encoding
+	Text  string // Intel syntax, for messages
+	inst  x86asm.Inst
+	kind  kind
+}
+
+type kind int
+
+const (
+	kPlain   kind = iota
+	kRIPRel       // memory operand [rip+disp32] at inst.PCRelOff
+	kJcc          // conditional rel8/rel32 branch
+	kJmp          // unconditional rel8/rel32 jmp (ends the stub)
+	kExit         // ret or indirect jmp (ends the stub), copied as is
+	kJmpRIP       // jmp [rip+disp32] (ends the stub), disp rewritten
+	kCall         // call rel32, last: push Resume; jmp target
+	kCallInd      // call reg/[mem], last: push Resume; jmp reg/[mem]
+)
+
+// Plan is the verdict of [Analyze] on a function it accepts: the region to
+// displace and how. A Plan is immutable and safe for concurrent use.
+type Plan struct {
+	// Addr is the function address given to Analyze.
+	Addr uint64
+	// Entry is the address of the first displaced instruction: Addr, or
+	// Addr+4 after an ENDBR64.
+	Entry uint64
+	// Len is the number of displaced bytes, at least 5: the region is
+	// [Entry, Entry+Len).
+	Len int
+	// Endbr reports a leading ENDBR64 that stays in place.
+	Endbr bool
+	// Insts are the displaced instructions, in order.
+	Insts []Inst
+	// EntryBranches are the addresses of the direct branches of the
+	// function that target Entry: each one runs the stub again.
+	EntryBranches []uint64
+	// Exits reports that the last displaced instruction is a return, a
+	// jmp or an emulated call ([Options.EmulateCalls]): the stub needs no
+	// jump back.
+	Exits bool
+}
+
+// Orig returns the original bytes of the region.
+func (p *Plan) Orig() []byte {
+	var b []byte
+	for _, in := range p.Insts {
+		b = append(b, in.Bytes...)
+	}
+	return b
+}
+
+// Resume is the address the stub jumps back to: Entry+Len.
+func (p *Plan) Resume() uint64 { return p.Entry + uint64(p.Len) }
+
+// decode decodes one instruction of code at off, handling ENDBR64/32 by
+// hand. It fails when x86asm fails, reports Op(0), or the instruction
+// runs past the end of code.
+func decode(code []byte, off int) (x86asm.Inst, bool, error) {
+	rest := code[off:]
+	if len(rest) >= 4 && (string(rest[:4]) == string(endbr64) || string(rest[:4]) == string(endbr32)) {
+		return x86asm.Inst{Len: 4}, true, nil
+	}
+	// x86asm reports a truncated instruction as a lone prefix: decode
+	// with zeros after the end, and see whether the instruction fits.
+	buf := rest
+	if len(buf) < maxInstLen {
+		buf = append(append(make([]byte, 0, maxInstLen+len(buf)), rest...), make([]byte, maxInstLen)...)
+	}
+	in, err := x86asm.Decode(buf, 64)
+	if err != nil {
+		return in, false, err
+	}
+	if in.Op == 0 || in.Len <= 0 {
+		return in, false, errUnknown
+	}
+	if in.Len > len(rest) {
+		return in, false, x86asm.ErrTruncated
+	}
+	return in, false, nil
+}
+
+// maxInstLen is the longest x86 instruction.
+const maxInstLen = 15
+
+var errUnknown = errors.New("unknown instruction")
+
+// isJcc reports a conditional branch with a rel8 or rel32 form.
+func isJcc(op x86asm.Op) bool {
+	switch op {
+	case x86asm.JA, x86asm.JAE, x86asm.JB, x86asm.JBE, x86asm.JE, x86asm.JG,
+		x86asm.JGE, x86asm.JL, x86asm.JLE, x86asm.JNE, x86asm.JNO, x86asm.JNP,
+		x86asm.JNS, x86asm.JO, x86asm.JP, x86asm.JS:
+		return true
+	}
+	return false
+}
+
+// directTarget returns the target of a direct (relative) control transfer:
+// jmp, jcc, call, loop*, j*cxz, xbegin.
+func directTarget(in x86asm.Inst, pc uint64) (uint64, bool) {
+	rel, ok := in.Args[0].(x86asm.Rel)
+	if !ok {
+		return 0, false
+	}
+	switch {
+	case isJcc(in.Op), in.Op == x86asm.JMP, in.Op == x86asm.CALL,
+		in.Op == x86asm.LOOP, in.Op == x86asm.LOOPE, in.Op == x86asm.LOOPNE,
+		in.Op == x86asm.JCXZ, in.Op == x86asm.JECXZ, in.Op == x86asm.JRCXZ,
+		in.Op == x86asm.XBEGIN:
+		return pc + uint64(in.Len) + uint64(int64(rel)), true
+	}
+	return 0, false
+}
+
+// legacyPrefixes returns the number of legacy prefix bytes and of a REX
+// byte that start b.
+func legacyPrefixes(b []byte) int {
+	n := 0
+	for n < len(b) {
+		switch b[n] {
+		case 0x66, 0x67, 0xf0, 0xf2, 0xf3, 0x2e, 0x36, 0x3e, 0x26, 0x64, 0x65:
+			n++
+			continue
+		}
+		break
+	}
+	if n < len(b) && b[n]&0xf0 == 0x40 {
+		n++
+	}
+	return n
+}
+
+// hasPrefix reports whether the legacy prefixes of b include p.
+func hasPrefix(b []byte, p byte) bool {
+	for _, c := range b[:legacyPrefixes(b)] {
+		if c == p {
+			return true
+		}
+	}
+	return false
+}
+
+// vexModRM returns the position of the ModRM byte of a VEX, EVEX or XOP
+// encoded instruction b (after its legacy prefixes), or -1 when b is not
+// one or has no ModRM.
+func vexModRM(b []byte, n int) int {
+	if n >= len(b) {
+		return -1
+	}
+	var pos int
+	switch b[n] {
+	case 0xc5: // 2-byte VEX: c5 P0 opcode modrm
+		pos = n + 3
+	case 0xc4: // 3-byte VEX: c4 P0 P1 opcode modrm
+		pos = n + 4
+	case 0x62: // EVEX: 62 P0 P1 P2 opcode modrm (62 is not BOUND in 64-bit mode)
+		pos = n + 5
+	case 0x8f: // XOP when ModRM.reg of the would-be POP is not 0
+		if n+1 >= len(b) || b[n+1]&0x38 == 0 {
+			return -1
+		}
+		pos = n + 4
+	default:
+		return -1
+	}
+	return pos
+}
+
+// isRIPModRM reports ModRM mod=00 rm=101: [rip+disp32] in 64-bit mode.
+func isRIPModRM(m byte) bool { return m&0xc7 == 0x05 }
+
+// classify checks that in, at offset off of the function, can run
+// elsewhere, and says how it is rewritten. last reports that it is the
+// last displaced instruction.
+func classify(in x86asm.Inst, b []byte, off int, last, emulateCalls bool) (kind, *Refusal) {
+	text := in.String()
+	refuse := func(r Reason) (kind, *Refusal) { return 0, &Refusal{Reason: r, Off: off, Inst: text} }
+
+	// VEX/EVEX/XOP: x86asm shows [rip+disp] as [disp] and no PCRel.
+	n := legacyPrefixes(b)
+	if pos := vexModRM(b, n); pos >= 0 {
+		if pos < in.Len && isRIPModRM(b[pos]) {
+			return refuse(VEXRIPRelative)
+		}
+		return kPlain, nil
+	}
+
+	if hasPrefix(b, 0x66) && in.PCRel != 0 && in.Op != x86asm.NOP {
+		// A relative branch with an operand-size prefix is rel16 on AMD
+		// and rel32 on Intel: its meaning depends on the CPU.
+		if _, ok := in.Args[0].(x86asm.Rel); ok {
+			return refuse(Unrelocatable)
+		}
+	}
+	switch in.Op {
+	case x86asm.LCALL:
+		return refuse(DisplacedCall)
+	case x86asm.CALL:
+		if !emulateCalls || !last {
+			return refuse(DisplacedCall)
+		}
+		switch a := in.Args[0].(type) {
+		case x86asm.Rel:
+			return kCall, nil
+		case x86asm.Reg:
+			if a == x86asm.RSP || a == x86asm.ESP || b[n] != 0xff {
+				return refuse(DisplacedCall)
+			}
+			return kCallInd, nil
+		case x86asm.Mem:
+			// The pushed return address moves rsp: refuse operands
+			// that use it.
+			if a.Base == x86asm.RSP || a.Base == x86asm.ESP || b[n] != 0xff {
+				return refuse(DisplacedCall)
+			}
+			if a.Base == x86asm.RIP && (in.PCRel != 4 || in.PCRelOff != n+2 || !isRIPModRM(b[n+1])) {
+				return refuse(Unrelocatable)
+			}
+			return kCallInd, nil
+		}
+		return refuse(DisplacedCall)
+	case x86asm.SYSCALL, x86asm.SYSENTER, x86asm.SYSRET, x86asm.SYSEXIT,
+		x86asm.INT, x86asm.INTO, x86asm.IRET, x86asm.IRETD, x86asm.IRETQ,
+		x86asm.LOOP, x86asm.LOOPE, x86asm.LOOPNE,
+		x86asm.JCXZ, x86asm.JECXZ, x86asm.JRCXZ,
+		x86asm.XBEGIN, x86asm.XABORT, x86asm.XEND,
+		x86asm.LJMP, x86asm.LRET:
+		return refuse(Unrelocatable)
+	}
+	if b[n] == 0xcc || b[n] == 0xf1 { // int3, int1
+		return refuse(Unrelocatable)
+	}
+
+	exit := false
+	k := kPlain
+	switch {
+	case isJcc(in.Op):
+		if _, ok := in.Args[0].(x86asm.Rel); !ok {
+			return refuse(Unrelocatable)
+		}
+		k = kJcc
+	case in.Op == x86asm.JMP:
+		exit = true
+		switch a := in.Args[0].(type) {
+		case x86asm.Rel:
+			k = kJmp
+		case x86asm.Mem:
+			if a.Base == x86asm.RIP {
+				k = kJmpRIP
+			} else {
+				k = kExit
+			}
+		default:
+			k = kExit
+		}
+	case in.Op == x86asm.RET:
+		exit = true
+		k = kExit
+	}
+	if exit && !last {
+		return refuse(EarlyExit)
+	}
+
+	// RIP-relative memory operand: x86asm reports the disp32 as PCRel.
+	// Cross-check with the ModRM byte that precedes it, so that an
+	// encoding x86asm got wrong is refused, not silently miscopied.
+	rip := false
+	for _, a := range in.Args {
+		if m, ok := a.(x86asm.Mem); ok && m.Base == x86asm.RIP {
+			rip = true
+		}
+	}
+	if rip {
+		if in.PCRel != 4 || in.PCRelOff < 1 || in.PCRelOff+4 > in.Len || !isRIPModRM(b[in.PCRelOff-1]) {
+			return refuse(Unrelocatable)
+		}
+		if k == kPlain {
+			k = kRIPRel
+		}
+		return k, nil
+	}
+	if k == kPlain && in.PCRel != 0 {
+		// A relative operand this package does not know how to move.
+		return refuse(Unrelocatable)
+	}
+	return k, nil
+}
+
+// Analyze decides whether the function whose bytes are fn, at address
+// fnAddr, can be entered through a jmp written over its first
+// instructions, and returns the [Plan] to do so. It returns a *[Refusal]
+// when it cannot prove that safe (see the package documentation), and a
+// plain error for bad arguments.
+//
+// Indirect jumps may dispatch through a table of addresses inside the
+// function, which the bytes do not show. The rule ([JumpTable] refusals):
+//   - jmp [rip+disp] (no index) is a tail call through the GOT: allowed;
+//   - jmp [base+index*scale+disp] is a jump table: refused;
+//   - jmp reg and jmp [base+disp] are refused when the function also loads
+//     a register from an indexed memory operand (mov/movsxd reg,
+//     [base+index*scale]): gcc and clang dispatch PIC jump tables as
+//     `lea base(%rip); movslq (base,idx,4),r; add base,r; jmp *r`.
+//     Without such a load they are tail calls through a function pointer.
+//     A tail call through an array of function pointers is refused too:
+//     the rule is conservative.
+//
+// Analyze is safe for concurrent use.
+func Analyze(fn []byte, fnAddr uint64, opts Options) (*Plan, error) {
+	minLen := opts.MinLen
+	if minLen < JmpLen {
+		minLen = JmpLen
+	}
+	if fnAddr+uint64(len(fn)) < fnAddr {
+		return nil, fmt.Errorf("analyze function at %#x: %d bytes wrap around the address space", fnAddr, len(fn))
+	}
+	p := &Plan{Addr: fnAddr, Entry: fnAddr}
+	start := 0
+	if len(fn) >= 4 && string(fn[:4]) == string(endbr64) {
+		p.Endbr = true
+		p.Entry += 4
+		start = 4
+	}
+	if len(fn)-start < minLen {
+		return nil, &Refusal{Reason: TooShort, Off: len(fn) - start}
+	}
+
+	// The region: whole instructions covering at least minLen bytes.
+	off := start
+	for off-start < minLen {
+		in, isEndbr, err := decode(fn, off)
+		if err != nil {
+			if errors.Is(err, x86asm.ErrTruncated) {
+				return nil, &Refusal{Reason: TooShort, Off: len(fn) - start}
+			}
+			return nil, &Refusal{Reason: Undecodable, Off: off}
+		}
+		b := append([]byte(nil), fn[off:off+in.Len]...) // the Plan owns its bytes
+		text := "ENDBR64"
+		k := kPlain
+		if !isEndbr {
+			text = in.String()
+			last := off+in.Len-start >= minLen
+			var r *Refusal
+			k, r = classify(in, b, off, last, opts.EmulateCalls)
+			if r != nil {
+				if r.Reason == EarlyExit && off+in.Len == len(fn) {
+					r = &Refusal{Reason: TooShort, Off: len(fn) - start, Inst: r.Inst}
+				}
+				return nil, r
+			}
+			if k == kJmp || k == kExit || k == kJmpRIP || k == kCall || k == kCallInd {
+				p.Exits = true
+			}
+		}
+		p.Insts = append(p.Insts, Inst{Off: off - start, Bytes: b, Text: text, inst: in, kind: k})
+		off += in.Len
+	}
+	p.Len = off - start
+	lo, hi := p.Entry, p.Entry+uint64(p.Len)
+	inside := func(t uint64) bool { return t > lo && t < hi }
+
+	// The proof: sweep the whole function.
+	type ijmp struct {
+		off  int
+		text string
+	}
+	var indirect []ijmp
+	indexedLoad := false
+	for off = 0; off < len(fn); {
+		in, isEndbr, err := decode(fn, off)
+		if err != nil {
+			return nil, &Refusal{Reason: Undecodable, Off: off}
+		}
+		pc := fnAddr + uint64(off)
+		if !isEndbr {
+			if t, ok := directTarget(in, pc); ok {
+				if hasPrefix(fn[off:off+in.Len], 0x66) {
+					// rel16 on AMD, rel32 on Intel: the target is unknown.
+					return nil, &Refusal{Reason: Undecodable, Off: off}
+				}
+				if inside(t) {
+					return nil, &Refusal{Reason: BranchTarget, Off: int(t - fnAddr), Inst: fmt.Sprintf("%s at +%d", in, off)}
+				}
+				if (t == lo || p.Endbr && t == fnAddr) && in.Op != x86asm.CALL {
+					p.EntryBranches = append(p.EntryBranches, pc)
+				}
+			}
+			switch in.Op {
+			case x86asm.JMP:
+				switch a := in.Args[0].(type) {
+				case x86asm.Mem:
+					if a.Index != 0 {
+						return nil, &Refusal{Reason: JumpTable, Off: off, Inst: in.String()}
+					}
+					if a.Base != x86asm.RIP {
+						indirect = append(indirect, ijmp{off, in.String()})
+					}
+				case x86asm.Reg:
+					indirect = append(indirect, ijmp{off, in.String()})
+				}
+			case x86asm.MOV, x86asm.MOVSXD:
+				if _, ok := in.Args[0].(x86asm.Reg); ok {
+					if m, ok := in.Args[1].(x86asm.Mem); ok && m.Index != 0 {
+						indexedLoad = true
+					}
+				}
+			}
+		}
+		off += in.Len
+	}
+	if indexedLoad && len(indirect) > 0 {
+		return nil, &Refusal{Reason: JumpTable, Off: indirect[0].off, Inst: indirect[0].text}
+	}
+	ts := opts.ExtraTargets
+	if i := sort.Search(len(ts), func(i int) bool { return ts[i] > lo }); i < len(ts) && inside(ts[i]) {
+		return nil, &Refusal{Reason: BranchTarget, Off: int(ts[i] - fnAddr)}
+	}
+	return p, nil
+}
+
+// BranchTargets decodes code, at address addr, linearly and returns the
+// sorted, deduplicated targets of its direct jmp, jcc, call, loop, j*cxz and
+// xbegin instructions. Bytes that do not decode are skipped one at a time
+// (a sweep over a whole section meets padding and data). Use it on the
+// parts of a program that may branch into a function from outside its
+// bytes, and pass the result as [Options.ExtraTargets].
+func BranchTargets(code []byte, addr uint64) []uint64 {
+	var ts []uint64
+	for off := 0; off < len(code); {
+		in, isEndbr, err := decode(code, off)
+		if err != nil {
+			off++
+			continue
+		}
+		if !isEndbr {
+			if t, ok := directTarget(in, addr+uint64(off)); ok {
+				ts = append(ts, t)
+			}
+		}
+		off += in.Len
+	}
+	sort.Slice(ts, func(i, j int) bool { return ts[i] < ts[j] })
+	out := ts[:0]
+	for i, t := range ts {
+		if i == 0 || t != ts[i-1] {
+			out = append(out, t)
+		}
+	}
+	return out
+}
