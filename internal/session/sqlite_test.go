@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -22,7 +23,7 @@ func sqliteCycles() int {
 	if testing.Short() {
 		return 2
 	}
-	return 4
+	return 3
 }
 
 // mapsBut returns the lines of /proc/PID/maps of a snapshot without those of
@@ -109,30 +110,50 @@ func sqliteLive(t *testing.T, exe string, graph bool, cycles int) {
 	before := testtarget.TakeSnapshot(t, tp.Pid())
 
 	check(t, testtarget.HammerSQLite(tp, 30*time.Second))
-	var events, lost, funcs, restored uint64
-	var attach time.Duration
+	var events, lost, restored uint64
+	funcs := map[string]int{}
+	var attach, detach time.Duration
+	start := time.Now()
 	for i := 0; i < cycles; i++ {
 		out := filepath.Join(t.TempDir(), fmt.Sprintf("rec%d.data", i))
 		t0 := time.Now()
-		s, err := Start(tp.Pid(), Options{Funcs: []string{"sqlite3*"}, Output: out, Graph: graph})
+		// A small event buffer: the cycles are about patching and
+		// unpatching under load, and millions of events per cycle would
+		// only make the test slow to read them back.
+		// Every other cycle traces every function, SQLite's static ones
+		// (btree*, pager*, memsys5*, ...) and the driver's too.
+		glob := "sqlite3*"
+		if i%2 == 1 {
+			glob = "*"
+		}
+		s, err := Start(tp.Pid(), Options{Funcs: []string{glob}, Output: out, Graph: graph, Chunks: 16})
 		if err != nil {
 			t.Fatalf("cycle %d: %v (stderr of the target: %q)", i, err, tp.Stderr())
 		}
 		attach += time.Since(t0)
-		funcs = uint64(s.Functions())
-		time.Sleep(30 * time.Millisecond)
-		if _, err := s.Poll(); err != nil {
-			t.Fatal(err)
+		funcs[glob] = s.Functions()
+		for end := time.Now().Add(30 * time.Millisecond); time.Now().Before(end); {
+			time.Sleep(3 * time.Millisecond)
+			if _, err := s.Poll(); err != nil {
+				t.Fatal(err)
+			}
 		}
+		t1 := time.Now()
 		if err := s.Close(); err != nil {
 			t.Fatalf("cycle %d: %v (stderr of the target: %q)", i, err, tp.Stderr())
 		}
+		detach += time.Since(t1)
 		restored += uint64(s.restoredReturns)
+		sqliteAlive(t, tp, fmt.Sprintf("cycle %d (%s, graph %v): %+v, %+v", i, glob, graph, s.Summary(), s.PatchStats()))
 		testtarget.CheckText(t, tp.Pid())
 		rec, err := tracefile.Read(out)
 		check(t, err)
-		checkSQLiteRecording(t, i, rec, graph)
 		sum := s.Summary()
+		if os.Getenv("LT_DEBUG") != "" {
+			m, why := s.Mode()
+			t.Logf("cycle %d: summary %+v, file %d events %d lost, mode %v %s, stats %+v", i, sum, len(rec.Events), rec.Lost, m, why, s.PatchStats())
+		}
+		checkSQLiteRecording(t, i, rec, glob, graph)
 		events += sum.Events
 		lost += sum.Lost
 		os.Remove(out)
@@ -144,8 +165,9 @@ func sqliteLive(t *testing.T, exe string, graph bool, cycles int) {
 	if bad != 0 || sum != one.Checksum {
 		t.Fatalf("while traced %d of %d units read other rows than the untraced ones (checksum %d, untraced %d)", bad, units, sum, one.Checksum)
 	}
-	t.Logf("%d cycles of %d functions: %d units, %d events, %d lost, attach %v on average, %d return addresses restored",
-		cycles, funcs, units, events, lost, attach/time.Duration(max(cycles, 1)), restored)
+	n := time.Duration(max(cycles, 1))
+	t.Logf("%d cycles of %v functions in %v: %d units, %d events, %d lost, attach %v and detach %v on average, %d return addresses restored",
+		cycles, funcs, time.Since(start).Round(time.Millisecond), units, events, lost, (attach / n).Round(time.Millisecond), (detach / n).Round(time.Millisecond), restored)
 
 	// Exact counts: sqlite3_step traced during a run of known size.
 	out := filepath.Join(t.TempDir(), "exact.data")
@@ -181,17 +203,30 @@ func sqliteLive(t *testing.T, exe string, graph bool, cycles int) {
 	}
 }
 
+// sqliteAlive fails t when the target died: after what, how and what it
+// said.
+func sqliteAlive(t *testing.T, tp *testtarget.Process, after string) {
+	t.Helper()
+	if syscall.Kill(tp.Pid(), 0) == nil {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", tp.Pid()))
+		if err == nil && !strings.Contains(string(b), ") Z ") {
+			return
+		}
+	}
+	t.Fatalf("the target died after %s: %v; stderr: %q", after, tp.Wait(), tp.Stderr())
+}
+
 // checkSQLiteRecording checks that a recording of sqlite3* under load holds
-// plausible events: only functions of the selection, the API the driver
-// calls, and in graph mode no more exits than entries of any function.
-func checkSQLiteRecording(t *testing.T, cycle int, rec *tracefile.Recording, graph bool) {
+// plausible events: only functions of the selection, sqlite3_step among
+// many, and in graph mode no more exits than entries of any function.
+func checkSQLiteRecording(t *testing.T, cycle int, rec *tracefile.Recording, glob string, graph bool) {
 	t.Helper()
 	entries := map[string]uint64{}
 	exits := map[string]uint64{}
 	for _, ev := range rec.Events {
 		name := rec.Funcs[ev.Func].Name
-		if !strings.HasPrefix(name, "sqlite3") {
-			t.Fatalf("cycle %d: event for %s, which is not in the selection sqlite3*", cycle, name)
+		if ok, _ := filepath.Match(glob, name); !ok {
+			t.Fatalf("cycle %d: event for %s, which is not in the selection %s", cycle, name, glob)
 		}
 		switch ev.Kind {
 		case tracefile.KindEntry:
@@ -200,10 +235,11 @@ func checkSQLiteRecording(t *testing.T, cycle int, rec *tracefile.Recording, gra
 			exits[name]++
 		}
 	}
-	for _, fn := range []string{"sqlite3_step", "sqlite3_reset", "sqlite3_column_int64"} {
-		if entries[fn] == 0 {
-			t.Errorf("cycle %d: no call of %s recorded (%d events, %d functions, %d lost)", cycle, fn, len(rec.Events), len(entries), rec.Lost)
-		}
+	// The event buffer is small and overflows: what it holds depends on
+	// the moment, but a few tens of ms of four threads running SQL call
+	// sqlite3_step and dozens of other functions.
+	if entries["sqlite3_step"] == 0 || len(entries) < 20 {
+		t.Errorf("cycle %d: %d calls of sqlite3_step and %d functions recorded (%d events, %d lost)", cycle, entries["sqlite3_step"], len(entries), len(rec.Events), rec.Lost)
 	}
 	if rec.Lost == 0 && graph {
 		for fn, n := range exits {
