@@ -47,7 +47,7 @@ bench: deps-bench build
 	@./bench/run.sh $(BIN)
 
 soak: deps-test
-	LIVETRACE_SOAK=1 $(GO) test -count=1 -timeout 60m -run 'TestStress|TestRepeatedCycles|TestGraphDetachUnderLoad' -v ./internal/textpoke/ ./internal/session/
+	LIVETRACE_SOAK=1 $(GO) test -count=1 -timeout 60m -run 'TestStress|TestRepeatedCycles|TestGraphDetachUnderLoad|TestSQLiteLive' -v ./internal/textpoke/ ./internal/session/
 
 # Each fuzz target for a minute (go test -fuzz takes one target at a time).
 fuzz:

@@ -117,11 +117,11 @@ func sqliteLive(t *testing.T, exe string, graph bool, cycles int) {
 	for i := 0; i < cycles; i++ {
 		out := filepath.Join(t.TempDir(), fmt.Sprintf("rec%d.data", i))
 		t0 := time.Now()
-		// A small event buffer: the cycles are about patching and
-		// unpatching under load, and millions of events per cycle would
-		// only make the test slow to read them back.
 		// Every other cycle traces every function, SQLite's static ones
-		// (btree*, pager*, memsys5*, ...) and the driver's too.
+		// (btree*, pager*, memsys5*, ...) and the driver's too. The event
+		// buffer is small: the cycles are about patching and unpatching
+		// under load, and millions of events per cycle would only make
+		// the test slow to read them back.
 		glob := "sqlite3*"
 		if i%2 == 1 {
 			glob = "*"
@@ -131,11 +131,28 @@ func sqliteLive(t *testing.T, exe string, graph bool, cycles int) {
 			t.Fatalf("cycle %d: %v (stderr of the target: %q)", i, err, tp.Stderr())
 		}
 		attach += time.Since(t0)
+		p0, err := testtarget.SQLiteProgress(tp, 10*time.Second)
+		check(t, err)
 		funcs[glob] = s.Functions()
-		for end := time.Now().Add(30 * time.Millisecond); time.Now().Before(end); {
+		// Record at least 30 ms, and until some thread has run a whole
+		// unit (finished two) while traced, or 5 s on a machine so
+		// overloaded that the threads barely run.
+		whole := false
+		for begin := time.Now(); ; {
 			time.Sleep(3 * time.Millisecond)
 			if _, err := s.Poll(); err != nil {
 				t.Fatal(err)
+			}
+			if time.Since(begin) < 30*time.Millisecond {
+				continue
+			}
+			p1, err := testtarget.SQLiteProgress(tp, 10*time.Second)
+			check(t, err)
+			for k := range p0 {
+				whole = whole || (k < len(p1) && p1[k] >= p0[k]+2)
+			}
+			if whole || time.Since(begin) > 5*time.Second {
+				break
 			}
 		}
 		t1 := time.Now()
@@ -149,11 +166,7 @@ func sqliteLive(t *testing.T, exe string, graph bool, cycles int) {
 		rec, err := tracefile.Read(out)
 		check(t, err)
 		sum := s.Summary()
-		if os.Getenv("LT_DEBUG") != "" {
-			m, why := s.Mode()
-			t.Logf("cycle %d: summary %+v, file %d events %d lost, mode %v %s, stats %+v", i, sum, len(rec.Events), rec.Lost, m, why, s.PatchStats())
-		}
-		checkSQLiteRecording(t, i, rec, glob, graph)
+		checkSQLiteRecording(t, i, rec, glob, graph, whole)
 		events += sum.Events
 		lost += sum.Lost
 		os.Remove(out)
@@ -219,7 +232,7 @@ func sqliteAlive(t *testing.T, tp *testtarget.Process, after string) {
 // checkSQLiteRecording checks that a recording of sqlite3* under load holds
 // plausible events: only functions of the selection, sqlite3_step among
 // many, and in graph mode no more exits than entries of any function.
-func checkSQLiteRecording(t *testing.T, cycle int, rec *tracefile.Recording, glob string, graph bool) {
+func checkSQLiteRecording(t *testing.T, cycle int, rec *tracefile.Recording, glob string, graph, whole bool) {
 	t.Helper()
 	entries := map[string]uint64{}
 	exits := map[string]uint64{}
@@ -236,10 +249,16 @@ func checkSQLiteRecording(t *testing.T, cycle int, rec *tracefile.Recording, glo
 		}
 	}
 	// The event buffer is small and overflows: what it holds depends on
-	// the moment, but a few tens of ms of four threads running SQL call
-	// sqlite3_step and dozens of other functions.
-	if entries["sqlite3_step"] == 0 || len(entries) < 20 {
-		t.Errorf("cycle %d: %d calls of sqlite3_step and %d functions recorded (%d events, %d lost)", cycle, entries["sqlite3_step"], len(entries), len(rec.Events), rec.Lost)
+	// the moment, but a whole unit (whole: some thread ran one while the
+	// sites were patched) calls sqlite3_step and dozens of other functions.
+	// On an overloaded machine the threads may not have run at all.
+	switch {
+	case whole && len(rec.Events) == 0,
+		whole && rec.Lost == 0 && (entries["sqlite3_step"] == 0 || len(entries) < 20):
+		t.Errorf("cycle %d: a thread ran a whole unit while traced, but %d calls of sqlite3_step and %d functions were recorded (%d events, %d lost)",
+			cycle, entries["sqlite3_step"], len(entries), len(rec.Events), rec.Lost)
+	case len(rec.Events) == 0:
+		t.Logf("cycle %d: no thread ran a whole unit while traced, no events", cycle)
 	}
 	if rec.Lost == 0 && graph {
 		for fn, n := range exits {

@@ -39,6 +39,8 @@
  *              "stopped <units> <bad> <checksum>": the units run, the bad
  *              ones, and the checksum of the last unit of each thread,
  *              which equals the one of "run 1".
+ *   "progress": "progress <u0> <u1> ...": the units each thread (writers
+ *              first) has finished since the start; also while hammering.
  *   "quit", or EOF on stdin: exit 0.
  *   anything else (or a command at the wrong time): "error <reason>".
  * Any unexpected SQLite error is printed on stderr and aborts the program.
@@ -87,6 +89,7 @@ struct thread {
 	uint64_t ref;    /* the value of each of its units */
 	uint64_t result; /* units of the last run folded */
 	uint64_t last;   /* the value of its last unit */
+	uint64_t units;  /* units run since the start, atomic */
 };
 
 static struct thread threads[MAX_THREADS];
@@ -203,6 +206,7 @@ static void run_unit(struct thread *t)
 	__atomic_add_fetch(&units_run, 1, __ATOMIC_RELAXED);
 	t->result = mix(t->result, v);
 	t->last = v;
+	__atomic_add_fetch(&t->units, 1, __ATOMIC_RELEASE);
 }
 
 static void *worker(void *arg)
@@ -443,6 +447,12 @@ int main(int argc, char **argv)
 			wait_job();
 			printf("done %" PRIu64 " %" PRIu64 " %" PRIu64 "\n", checksum(), __atomic_load_n(&steps, __ATOMIC_SEQ_CST),
 			       __atomic_load_n(&bad, __ATOMIC_SEQ_CST));
+			fflush(stdout);
+		} else if (strncmp(line, "progress", 8) == 0) {
+			fputs("progress", stdout);
+			for (int i = 0; i < nthreads; i++)
+				printf(" %" PRIu64, __atomic_load_n(&threads[i].units, __ATOMIC_ACQUIRE));
+			fputc('\n', stdout);
 			fflush(stdout);
 		} else if (strncmp(line, "quit", 4) == 0) {
 			break;
