@@ -125,7 +125,7 @@ func planSQLite(form Form, cfg *config, cc string) (*buildPlan, error) {
 func BuildSQLite(tb testing.TB, form Form, opts ...Option) string {
 	tb.Helper()
 	if _, err := sqliteSource(); err != nil {
-		SkipOrFatal(tb, "cannot fetch SQLite's amalgamation: %v (the Go module proxy must be reachable once, or set GOPROXY/GOFLAGS=-mod=mod to a mirror)", err)
+		SkipOrFatal(tb, "cannot fetch SQLite's amalgamation: %v (the Go module proxy, or the mirror GOPROXY names, must be reachable once; the module cache keeps it)", err)
 		return ""
 	}
 	if SiteBytes(form) == nil {
