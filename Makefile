@@ -60,7 +60,7 @@ bench: deps-bench build
 	@./bench/run.sh $(BIN)
 
 soak: deps-test
-	LIVETRACE_SOAK=1 $(GO) test -count=1 -timeout 60m -run 'TestStress|TestRepeatedCycles|TestGraphDetachUnderLoad|TestTracerDeath' -v ./internal/textpoke/ ./internal/session/ ./cmd/livetrace/
+	LIVETRACE_SOAK=1 $(GO) test -count=1 -timeout 60m -run 'TestStress|TestRepeatedCycles|TestGraphDetachUnderLoad|TestTracerDeath|TestSQLiteLive|TestForgedTIDs|TestMemfdSwapRace' -v ./internal/textpoke/ ./internal/session/ ./cmd/livetrace/
 
 # Each fuzz target for a minute (go test -fuzz takes one target at a time).
 fuzz:

@@ -644,15 +644,29 @@ func (s *Session) quiesce() error {
 	if unhookErr != nil {
 		unhookErr = fmt.Errorf("restore the unwinder's GOT slots: %w", unhookErr)
 	}
-	ips, err := s.p.StoppedIPs()
-	if err != nil {
-		return err
-	}
-	for tid, ip := range ips {
-		if lo, hi, in := s.inj.contains(ip); in {
-			if err := s.p.SingleStepOut(tid, lo, hi, 10000); err != nil {
-				return err
+	// Step every thread out of the stubs and the agent. One stepped out
+	// of a stub lands in the agent (a stub jumps to lt_entry), one stepped
+	// out of lt_return lands in its caller: step until no thread is in
+	// any of our regions.
+	for round := 0; ; round++ {
+		ips, err := s.p.StoppedIPs()
+		if err != nil {
+			return err
+		}
+		inside := false
+		for tid, ip := range ips {
+			if lo, hi, in := s.inj.contains(ip); in {
+				inside = true
+				if err := s.p.SingleStepOut(tid, lo, hi, 10000); err != nil {
+					return err
+				}
 			}
+		}
+		if !inside {
+			break
+		}
+		if round == 8 {
+			return fmt.Errorf("a thread is still inside the agent after %d rounds of single-stepping", round+1)
 		}
 	}
 	if s.inj.busy(s.p) {
