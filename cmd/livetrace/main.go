@@ -54,7 +54,7 @@ func main() {
 var earlySignals chan os.Signal
 
 // terminatingSignals are the signals whose default action ends a process
-// and that can be caught (DESIGN.md §5, "Cleanup"). SIGQUIT would also make
+// and that can be caught (docs/DESIGN.md §5, "Cleanup"). SIGQUIT would also make
 // the Go runtime dump every goroutine and exit: caught, it ends the
 // recording cleanly like the others. SIGPIPE is not here: it is ignored
 // (see catchSignals).

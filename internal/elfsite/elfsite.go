@@ -5,7 +5,7 @@
 // data, never touches a process, and is safe for concurrent read-only use.
 // [Module] (live.go) ties a Spec to one process's mappings of that file.
 //
-// The three site forms livetrace understands (DESIGN.md §1):
+// The three site forms livetrace understands (docs/DESIGN.md §1):
 //
 //	clang -fpatchable-function-entry=5              0f 1f 44 00 08   __patchable_function_entries
 //	gcc -pg -mfentry -mnop-mcount -mrecord-mcount   0f 1f 44 00 00   __mcount_loc

@@ -161,7 +161,7 @@ func (s *Session) inject() (err error) {
 		return err
 	}
 	// A forked child must see the control page as zeros: enabled = 0,
-	// so it never records into the parent's buffers (DESIGN.md §4).
+	// so it never records into the parent's buffers (docs/DESIGN.md §4).
 	if _, err := r.SyscallOK("madvise", proc.SysMadvise, a.Ctl, agent.CtlSize, madvWipeOnFork); err != nil {
 		return fmt.Errorf("inject agent: %w", err)
 	}
@@ -548,7 +548,7 @@ func (inj *injection) readThreads(p *proc.Process) ([]agent.ThreadSlot, error) {
 }
 
 // restoreReturns puts back every return address the agent hijacked in
-// graph mode (DESIGN.md §4, "Detach in graph mode"). Every thread must be
+// graph mode (docs/DESIGN.md §4, "Detach in graph mode"). Every thread must be
 // stopped, and none inside the agent. Each thread's shadow stack is walked
 // newest to oldest; a stack slot that still holds lt_return gets its
 // original return address back. A slot that holds something else belongs

@@ -14,7 +14,7 @@ import (
 	"github.com/livetrace/livetrace/internal/tsc"
 )
 
-// Orphaned agents (DESIGN.md §4, "The agent can undo itself").
+// Orphaned agents (docs/DESIGN.md §4, "The agent can undo itself").
 //
 // A tracer that dies without cleaning up (SIGKILL, the OOM killer, a
 // panic) leaves the target patched, with the agent mapped. Everything

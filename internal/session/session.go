@@ -1,4 +1,4 @@
-// Package session is the lifecycle of one live recording (DESIGN.md §5):
+// Package session is the lifecycle of one live recording (docs/DESIGN.md §5):
 //
 //	attach → discover sites → inject agent → patch (batch) → consume →
 //	unpatch → remove agent → detach

@@ -13,7 +13,7 @@ import (
 	"github.com/livetrace/livetrace/internal/proc"
 )
 
-// C++ exceptions in graph mode (DESIGN.md §4, "Exit tracing").
+// C++ exceptions in graph mode (docs/DESIGN.md §4, "Exit tracing").
 //
 // The unwinder must never see lt_return: it has no unwind information and
 // the program would die in std::terminate. The C++ runtime starts every

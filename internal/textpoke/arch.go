@@ -5,7 +5,7 @@ import "golang.org/x/sys/unix"
 // Arch is the instruction-set half of the protocol: what a site looks like,
 // which byte traps, and how to emulate a site's instruction for a thread that
 // trapped on it. A second ISA (arm64: one aligned 4-byte NOP <-> BL store,
-// DESIGN.md §3.5) is a new implementation of this interface, not a rewrite of
+// docs/DESIGN.md §3.5) is a new implementation of this interface, not a rewrite of
 // the engine.
 type Arch interface {
 	// SiteLen is the length of a site in bytes.
@@ -19,7 +19,7 @@ type Arch interface {
 	// may write and emulate at site.
 	Check(site uint64, insn []byte) error
 	// Sled reports whether insn is a multi-instruction NOP sled, in which
-	// a thread can stop between instructions (DESIGN.md §3.4).
+	// a thread can stop between instructions (docs/DESIGN.md §3.4).
 	Sled(insn []byte) bool
 	// Emulate executes insn, placed at site, for a thread whose
 	// registers are regs: push writes a return address onto its stack.

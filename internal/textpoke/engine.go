@@ -962,7 +962,7 @@ func (e *Engine) isSigframeRip(slot uint64) bool {
 }
 
 // ConvertSleds turns each five-NOP sled at addrs into one NOP5, in stop
-// mode (DESIGN.md §3.4). Afterwards the sites take the live protocol; the
+// mode (docs/DESIGN.md §3.4). Afterwards the sites take the live protocol; the
 // sled is what RestoreAll puts back.
 func (e *Engine) ConvertSleds(addrs []uint64) (Stats, error) {
 	sled := bytes.Repeat([]byte{opNop1}, 5)
