@@ -19,6 +19,10 @@ const (
 
 	blockEvents = "EVNT"
 	blockMeta   = "META"
+	// blockIndex (version 2) follows the final metadata block: one
+	// indexEntrySize entry per event block, in file order.
+	blockIndex     = "INDX"
+	indexEntrySize = 32
 
 	codecNone = 0
 	codecZstd = 1
@@ -36,6 +40,7 @@ const (
 	maxBlockEventCount = 1 << 20
 	maxEventBlockRaw   = 16 << 20
 	maxMetaRaw         = 512 << 20
+	maxIndexRaw        = 512 << 20
 	// maxRatio caps raw/stored of a compressed block, so that a small file
 	// cannot make the reader allocate a lot. The writer stores a block
 	// uncompressed when zstd would exceed it.
@@ -232,4 +237,31 @@ func zstdDecoder() (*zstd.Decoder, error) {
 			zstd.WithDecoderMaxWindow(maxMetaRaw))
 	})
 	return decoder, decErr
+}
+
+// indexEntry describes one event block in the index (version 2).
+type indexEntry struct {
+	off    uint64 // offset of the block header
+	count  uint32 // events in the block
+	stored uint32 // payload bytes in the file (the block is 24 + stored bytes)
+	minTSC uint64 // smallest TSC of the block's events
+	maxTSC uint64 // largest TSC of the block's events
+}
+
+func (e *indexEntry) put(b []byte) {
+	binary.LittleEndian.PutUint64(b[0:], e.off)
+	binary.LittleEndian.PutUint32(b[8:], e.count)
+	binary.LittleEndian.PutUint32(b[12:], e.stored)
+	binary.LittleEndian.PutUint64(b[16:], e.minTSC)
+	binary.LittleEndian.PutUint64(b[24:], e.maxTSC)
+}
+
+func parseIndexEntry(b []byte) indexEntry {
+	return indexEntry{
+		off:    binary.LittleEndian.Uint64(b[0:]),
+		count:  binary.LittleEndian.Uint32(b[8:]),
+		stored: binary.LittleEndian.Uint32(b[12:]),
+		minTSC: binary.LittleEndian.Uint64(b[16:]),
+		maxTSC: binary.LittleEndian.Uint64(b[24:]),
+	}
 }

@@ -21,8 +21,10 @@ import (
 	"time"
 )
 
-// Version is the format version this package writes, and the newest it reads.
-const Version = 1
+// Version is the format version this package writes, and the newest it
+// reads. Version 2 added the block index (docs/FORMAT.md); version 1 files
+// read the same, with the index computed by a first pass.
+const Version = 2
 
 // Mode says which events a recording holds.
 type Mode uint8
