@@ -348,6 +348,27 @@ func recoverBlocks(r io.ReaderAt, size int64, why error) (*Recording, error) {
 // readBlock reads, checks and decompresses the block at off, which must end
 // by end. It returns the offset after the block.
 func readBlock(r io.ReaderAt, off, end int64) (blockHeader, []byte, int64, error) {
+	return readBlockBuf(r, off, end, nil)
+}
+
+// blockBufs are buffers a reader of many blocks reuses.
+type blockBufs struct {
+	payload, raw []byte
+}
+
+func grow(b []byte, n int) []byte {
+	if cap(b) < n {
+		return make([]byte, n)
+	}
+	return b[:n]
+}
+
+// readBlockBuf is readBlock into bufs (if not nil): the result is valid
+// until the next call with the same bufs.
+func readBlockBuf(r io.ReaderAt, off, end int64, bufs *blockBufs) (blockHeader, []byte, int64, error) {
+	if bufs == nil {
+		bufs = &blockBufs{}
+	}
 	var hb [blockHeaderSize]byte
 	if off < 0 || end-off < blockHeaderSize {
 		return blockHeader{}, nil, 0, corruptf("block at offset %d: cut short", off)
@@ -392,7 +413,8 @@ func readBlock(r io.ReaderAt, off, end int64) (blockHeader, []byte, int64, error
 	if next > end {
 		return h, nil, 0, corruptf("block at offset %d: %d bytes past the end", off, next-end)
 	}
-	payload := make([]byte, h.stored)
+	bufs.payload = grow(bufs.payload, int(h.stored))
+	payload := bufs.payload
 	if err := readAt(r, payload, off+blockHeaderSize); err != nil {
 		return h, nil, 0, err
 	}
@@ -407,7 +429,8 @@ func readBlock(r io.ReaderAt, off, end int64) (blockHeader, []byte, int64, error
 		if err != nil || n != int(h.raw) {
 			return h, nil, 0, corruptf("block at offset %d: S2 payload of %d bytes, want %d (%v)", off, n, h.raw, err)
 		}
-		raw, err := s2.Decode(make([]byte, h.raw), payload)
+		bufs.raw = grow(bufs.raw, int(h.raw))
+		raw, err := s2.Decode(bufs.raw, payload)
 		if err != nil {
 			return h, nil, 0, corruptf("block at offset %d: decompress: %v", off, err)
 		}
@@ -417,7 +440,8 @@ func readBlock(r io.ReaderAt, off, end int64) (blockHeader, []byte, int64, error
 	if err != nil {
 		return h, nil, 0, err
 	}
-	raw, err := dec.DecodeAll(payload, make([]byte, 0, h.raw))
+	bufs.raw = grow(bufs.raw, int(h.raw))
+	raw, err := dec.DecodeAll(payload, bufs.raw[:0])
 	if err != nil {
 		return h, nil, 0, corruptf("block at offset %d: decompress: %v", off, err)
 	}

@@ -1,0 +1,416 @@
+package tracefile
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+)
+
+// StreamOptions configures [OpenStream] and [NewStream].
+type StreamOptions struct {
+	// Recover reads what can be read of a recording the writer did not
+	// finish, like [Recover].
+	Recover bool
+	// MinTSC and MaxTSC keep only the events with MinTSC <= TSC <= MaxTSC
+	// (MaxTSC 0: no upper bound). Event blocks outside the range are not
+	// read at all.
+	MinTSC, MaxTSC uint64
+}
+
+// Stream reads the events of a recording in the order of
+// [Recording.Events] (by TSC, then TID, then file order) one at a time,
+// block by block. Its memory is bounded by the blocks that overlap in time
+// (about one per thread for a recording of the live tracer), not by the
+// number of events.
+//
+// It merges the event blocks by their first timestamps, which version 2
+// recordings keep in a block index (docs/FORMAT.md); for version 1
+// recordings and recovered ones a first pass over the file computes them.
+//
+// Blocks are checked when they are read: a damaged block that the first
+// pass did not read stops the stream with an error from [Stream.Err], after
+// the events before it.
+type Stream struct {
+	Meta
+	// Recovered and Dropped are as in [Recording].
+	Recovered bool
+	Dropped   uint64
+	// Total is the number of events in the recording (whatever the range).
+	Total uint64
+	// FirstTSC and LastTSC are the smallest and largest TSC of the
+	// recording's events (whatever the range); both 0 without events.
+	FirstTSC, LastTSC uint64
+
+	opts StreamOptions
+	file *os.File
+	r    io.ReaderAt
+	// verify: the blocks' min/max TSC come from the index and are checked
+	// against their events.
+	verify bool
+
+	// blocks to read, in the order of their first TSC (then file order).
+	blocks []streamBlock
+	next   int
+	heap   []*cursor
+	free   [][]Event
+	bufs   blockBufs
+	err    error
+
+	// mem is set for a stream over a Recording in memory.
+	mem    []Event
+	memPos int
+}
+
+type streamBlock struct {
+	indexEntry
+	seq int // position in the file among event blocks
+}
+
+// cursor is a decoded event block being merged.
+type cursor struct {
+	evs []Event
+	pos int
+	seq int
+}
+
+func (c *cursor) less(d *cursor) bool {
+	a, b := &c.evs[c.pos], &d.evs[d.pos]
+	if a.TSC != b.TSC {
+		return a.TSC < b.TSC
+	}
+	if a.TID != b.TID {
+		return a.TID < b.TID
+	}
+	return c.seq < d.seq
+}
+
+// OpenStream opens the recording at path for streaming. Close it when done.
+func OpenStream(path string, o StreamOptions) (*Stream, error) {
+	f, size, err := openRegular(path)
+	if err != nil {
+		return nil, err
+	}
+	s, err := NewStream(f, size, o)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	s.file = f
+	return s, nil
+}
+
+// Close closes the file of a stream made by [OpenStream].
+func (s *Stream) Close() error {
+	if s.file == nil {
+		return nil
+	}
+	err := s.file.Close()
+	s.file = nil
+	return err
+}
+
+// NewStream streams a recording of size bytes from r, which must stay
+// readable while the stream is used. It checks the input as [ReadFrom]
+// does, blocks as they are read.
+func NewStream(r io.ReaderAt, size int64, o StreamOptions) (*Stream, error) {
+	version, err := readHeader(r, size)
+	if err != nil {
+		return nil, err
+	}
+	s := &Stream{r: r, opts: o}
+	fin, err := readEnd(r, size, version)
+	switch {
+	case err == nil:
+		s.Meta, s.Total = *fin.meta, fin.trailer.events
+		if fin.index != nil {
+			s.verify = true
+			s.setBlocks(fin.index)
+		} else if err := s.scan(int64(fin.trailer.metaOff), &fin.trailer); err != nil {
+			return nil, err
+		}
+	case o.Recover && (errors.Is(err, ErrTruncated) || errors.Is(err, ErrCorrupt)):
+		if err := s.recoverScan(size, err); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, err
+	}
+	return s, nil
+}
+
+// setBlocks sets the blocks of the recording (in file order), computes the
+// first and last TSC and selects the blocks in the range.
+func (s *Stream) setBlocks(index []indexEntry) {
+	for i, e := range index {
+		if i == 0 {
+			s.FirstTSC, s.LastTSC = e.minTSC, e.maxTSC
+		}
+		s.FirstTSC, s.LastTSC = min(s.FirstTSC, e.minTSC), max(s.LastTSC, e.maxTSC)
+		if e.maxTSC < s.opts.MinTSC || (s.opts.MaxTSC != 0 && e.minTSC > s.opts.MaxTSC) {
+			continue
+		}
+		s.blocks = append(s.blocks, streamBlock{indexEntry: e, seq: i})
+	}
+	slices.SortStableFunc(s.blocks, func(a, b streamBlock) int {
+		switch {
+		case a.minTSC < b.minTSC:
+			return -1
+		case a.minTSC > b.minTSC:
+			return 1
+		}
+		return 0
+	})
+}
+
+// scan computes the index of a finished version 1 recording by decoding
+// every block once, and checks every event.
+func (s *Stream) scan(end int64, t *trailer) error {
+	var index []indexEntry
+	var evs []Event
+	var events uint64
+	for off := int64(headerSize); off < end; {
+		h, raw, next, err := readBlockBuf(s.r, off, end, &s.bufs)
+		if err != nil {
+			return err
+		}
+		if h.typ == blockIndex {
+			return corruptf("block index at offset %d in a version 1 recording", off)
+		}
+		if h.typ == blockEvents {
+			var msg string
+			if evs, msg = decodeEvents(evs[:0], raw, int(h.count)); msg != "" {
+				return corruptf("event block at offset %d: %s", off, msg)
+			}
+			for i := range evs {
+				if int64(evs[i].Func) >= int64(len(s.Funcs)) {
+					return corruptf("event %d refers to function %d of %d", events+uint64(i), evs[i].Func, len(s.Funcs))
+				}
+			}
+			events += uint64(len(evs))
+			lo, hi := tscRange(evs)
+			index = append(index, indexEntry{off: uint64(off), count: h.count, stored: h.stored, minTSC: lo, maxTSC: hi})
+		}
+		off = next
+	}
+	if uint32(len(index)) != t.eventBlock || events != t.events {
+		return corruptf("%d events in %d blocks, the trailer says %d in %d", events, len(index), t.events, t.eventBlock)
+	}
+	s.setBlocks(index)
+	return nil
+}
+
+// recoverScan finds the intact blocks of an unfinished recording, like
+// [Recover].
+func (s *Stream) recoverScan(size int64, why error) error {
+	var (
+		meta  *Meta
+		index []indexEntry
+		evs   []Event
+	)
+	for off := int64(headerSize); ; {
+		h, raw, next, err := readBlockBuf(s.r, off, size, &s.bufs)
+		if err != nil {
+			break
+		}
+		if h.typ == blockMeta {
+			m, err := decodeMeta(raw, uint64(off))
+			if err != nil {
+				break
+			}
+			meta = m
+		} else if h.typ == blockEvents {
+			var msg string
+			if evs, msg = decodeEvents(evs[:0], raw, int(h.count)); msg != "" {
+				break
+			}
+			lo, hi := tscRange(evs)
+			index = append(index, indexEntry{off: uint64(off), count: h.count, stored: h.stored, minTSC: lo, maxTSC: hi})
+		} else {
+			break
+		}
+		off = next
+	}
+	if meta == nil {
+		return fmt.Errorf("%w: no intact metadata checkpoint to recover from (%v)", ErrTruncated, why)
+	}
+	s.Meta, s.Recovered = *meta, true
+	// Second pass: the events the metadata knows, their count and range.
+	first := true
+	for _, e := range index {
+		_, raw, _, err := readBlockBuf(s.r, int64(e.off), size, &s.bufs)
+		if err != nil {
+			return err
+		}
+		evs, _ = decodeEvents(evs[:0], raw, int(e.count))
+		for i := range evs {
+			ev := &evs[i]
+			if int64(ev.Func) >= int64(len(meta.Funcs)) {
+				s.Dropped++
+				continue
+			}
+			s.Total++
+			if first {
+				s.FirstTSC, s.LastTSC, first = ev.TSC, ev.TSC, false
+			}
+			s.FirstTSC, s.LastTSC = min(s.FirstTSC, ev.TSC), max(s.LastTSC, ev.TSC)
+		}
+	}
+	lo, hi := s.FirstTSC, s.LastTSC
+	s.setBlocks(index)
+	s.FirstTSC, s.LastTSC = lo, hi
+	return nil
+}
+
+// Stream returns a stream over the events of r (which must stay unchanged
+// while the stream is used).
+func (r *Recording) Stream(o StreamOptions) *Stream {
+	s := &Stream{Meta: r.Meta, Recovered: r.Recovered, Dropped: r.Dropped, Total: uint64(len(r.Events)), mem: r.Events, opts: o}
+	if s.mem == nil {
+		s.mem = []Event{}
+	}
+	if n := len(r.Events); n > 0 {
+		s.FirstTSC, s.LastTSC = r.Events[0].TSC, r.Events[n-1].TSC
+	}
+	return s
+}
+
+// Rewind starts the stream over from its first event.
+func (s *Stream) Rewind() {
+	s.memPos, s.next, s.err = 0, 0, nil
+	for _, c := range s.heap {
+		s.free = append(s.free, c.evs)
+	}
+	s.heap = s.heap[:0]
+}
+
+// Err returns the error that ended the stream, if any.
+func (s *Stream) Err() error { return s.err }
+
+func (s *Stream) inRange(tsc uint64) bool {
+	return tsc >= s.opts.MinTSC && (s.opts.MaxTSC == 0 || tsc <= s.opts.MaxTSC)
+}
+
+// Next returns the next event, or false at the end of the stream or on an
+// error (see [Stream.Err]).
+func (s *Stream) Next() (Event, bool) {
+	if s.mem != nil {
+		for s.memPos < len(s.mem) {
+			ev := s.mem[s.memPos]
+			s.memPos++
+			if s.inRange(ev.TSC) {
+				return ev, true
+			}
+		}
+		return Event{}, false
+	}
+	for s.err == nil {
+		for s.next < len(s.blocks) && (len(s.heap) == 0 || s.blocks[s.next].minTSC <= s.heap[0].evs[s.heap[0].pos].TSC) {
+			if err := s.open(&s.blocks[s.next]); err != nil {
+				s.err = err
+				return Event{}, false
+			}
+			s.next++
+		}
+		if len(s.heap) == 0 {
+			return Event{}, false
+		}
+		c := s.heap[0]
+		ev := c.evs[c.pos]
+		c.pos++
+		if c.pos == len(c.evs) {
+			s.free = append(s.free, c.evs)
+			n := len(s.heap) - 1
+			s.heap[0] = s.heap[n]
+			s.heap = s.heap[:n]
+		}
+		if len(s.heap) > 1 {
+			s.down(0)
+		}
+		if s.opts.MaxTSC != 0 && ev.TSC > s.opts.MaxTSC {
+			// Every event left is later.
+			s.heap = s.heap[:0]
+			s.next = len(s.blocks)
+			return Event{}, false
+		}
+		if ev.TSC >= s.opts.MinTSC {
+			return ev, true
+		}
+	}
+	return Event{}, false
+}
+
+// open decodes block b and adds it to the merge.
+func (s *Stream) open(b *streamBlock) error {
+	h, raw, _, err := readBlockBuf(s.r, int64(b.off), int64(b.off)+blockHeaderSize+int64(b.stored), &s.bufs)
+	if err != nil {
+		return err
+	}
+	if h.typ != blockEvents || h.count != b.count {
+		return corruptf("block index entry %d does not match the block at offset %d", b.seq, b.off)
+	}
+	var evs []Event
+	if n := len(s.free); n > 0 {
+		evs, s.free = s.free[n-1][:0], s.free[:n-1]
+	}
+	evs, msg := decodeEvents(evs, raw, int(h.count))
+	if msg != "" {
+		return corruptf("event block at offset %d: %s", b.off, msg)
+	}
+	if s.verify {
+		if lo, hi := tscRange(evs); lo != b.minTSC || hi != b.maxTSC {
+			return corruptf("block index entry %d does not match the block at offset %d", b.seq, b.off)
+		}
+	}
+	out := evs[:0]
+	for _, ev := range evs {
+		if int64(ev.Func) >= int64(len(s.Funcs)) {
+			if s.Recovered {
+				continue
+			}
+			return corruptf("event block at offset %d: an event refers to function %d of %d", b.off, ev.Func, len(s.Funcs))
+		}
+		out = append(out, ev)
+	}
+	sortEvents(out)
+	if len(out) == 0 {
+		s.free = append(s.free, out)
+		return nil
+	}
+	s.heap = append(s.heap, &cursor{evs: out, seq: b.seq})
+	s.up(len(s.heap) - 1)
+	return nil
+}
+
+func (s *Stream) up(i int) {
+	h := s.heap
+	for i > 0 {
+		p := (i - 1) / 2
+		if !h[i].less(h[p]) {
+			break
+		}
+		h[i], h[p] = h[p], h[i]
+		i = p
+	}
+}
+
+func (s *Stream) down(i int) {
+	h := s.heap
+	n := len(h)
+	for {
+		l := 2*i + 1
+		if l >= n {
+			return
+		}
+		m := l
+		if r := l + 1; r < n && h[r].less(h[l]) {
+			m = r
+		}
+		if !h[m].less(h[i]) {
+			return
+		}
+		h[i], h[m] = h[m], h[i]
+		i = m
+	}
+}
