@@ -70,7 +70,6 @@ func (f Filter) keepTID(tid uint32) bool {
 	return len(f.TIDs) == 0 || slices.Contains(f.TIDs, tid)
 }
 
-
 // funcName returns the name of traced function fn, escaped for display
 // (see [Printable]), as every name this package writes.
 func funcName(rec *tracefile.Meta, fn uint32) string {
