@@ -126,7 +126,7 @@ func TestExportErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"export", "-i", graph}, "give --format chrome, folded, pprof or flamegraph"},
+		{[]string{"export", "-i", graph}, "give --format chrome, perfetto, folded, pprof or flamegraph"},
 		{[]string{"export", "-i", graph, "--format", "svg"}, `unknown format "svg"`},
 		{[]string{"export", "-i", graph, "--format", "chrome", "-o", "/nonexistent/dir/x.json"}, "create /nonexistent/dir/x.json"},
 		{[]string{"report", "-i", graph, "--sort", "speed"}, `unknown column "speed"`},

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"slices"
+	"time"
 )
 
 // StreamOptions configures [OpenStream] and [NewStream].
@@ -50,7 +51,9 @@ type Stream struct {
 	// against their events.
 	verify bool
 
-	// blocks to read, in the order of their first TSC (then file order).
+	// index is every event block in file order; blocks are those to read,
+	// in the order of their first TSC (then file order).
+	index  []indexEntry
 	blocks []streamBlock
 	next   int
 	heap   []*cursor
@@ -143,11 +146,20 @@ func NewStream(r io.ReaderAt, size int64, o StreamOptions) (*Stream, error) {
 // setBlocks sets the blocks of the recording (in file order), computes the
 // first and last TSC and selects the blocks in the range.
 func (s *Stream) setBlocks(index []indexEntry) {
+	s.index = index
 	for i, e := range index {
 		if i == 0 {
 			s.FirstTSC, s.LastTSC = e.minTSC, e.maxTSC
 		}
 		s.FirstTSC, s.LastTSC = min(s.FirstTSC, e.minTSC), max(s.LastTSC, e.maxTSC)
+	}
+	s.selectBlocks()
+}
+
+// selectBlocks picks the blocks that may hold events in the range.
+func (s *Stream) selectBlocks() {
+	s.blocks = s.blocks[:0]
+	for i, e := range s.index {
 		if e.maxTSC < s.opts.MinTSC || (s.opts.MaxTSC != 0 && e.minTSC > s.opts.MaxTSC) {
 			continue
 		}
@@ -274,6 +286,47 @@ func (r *Recording) Stream(o StreamOptions) *Stream {
 		s.FirstTSC, s.LastTSC = r.Events[0].TSC, r.Events[n-1].TSC
 	}
 	return s
+}
+
+// SetTimeRange keeps only the events from since to until (exclusive) after
+// the first event of the recording (until 0: to the end), and rewinds the
+// stream. Blocks outside the range are not read.
+func (s *Stream) SetTimeRange(since, until time.Duration) {
+	s.opts.MinTSC, s.opts.MaxTSC = 0, 0
+	if s.Total > 0 {
+		first := s.Clock.Nanos(s.FirstTSC)
+		// The smallest TSC at least ns after the first event (Nanos does
+		// not decrease with the TSC).
+		at := func(ns int64) uint64 {
+			lo, hi := s.FirstTSC, s.LastTSC+1
+			for lo < hi {
+				m := lo + (hi-lo)/2
+				if s.Clock.Nanos(m)-first >= ns {
+					hi = m
+				} else {
+					lo = m + 1
+				}
+			}
+			return lo
+		}
+		if since > 0 {
+			s.opts.MinTSC = at(int64(since))
+		}
+		if until > 0 {
+			s.opts.MaxTSC = at(int64(until)) - 1
+			if s.opts.MaxTSC < s.FirstTSC || s.opts.MaxTSC == 0 {
+				// Nothing: a range no event is in.
+				s.opts.MinTSC, s.opts.MaxTSC = 1, 1
+				if s.FirstTSC <= 1 {
+					s.opts.MinTSC, s.opts.MaxTSC = s.LastTSC+1, s.LastTSC+1
+				}
+			}
+		}
+	}
+	if s.mem == nil {
+		s.selectBlocks()
+	}
+	s.Rewind()
 }
 
 // Rewind starts the stream over from its first event.
