@@ -73,8 +73,23 @@ func (c *ocall) dur() int64 { return c.end - c.start }
 func (c *ocall) folded() bool { return c.status == complete && c.visKids == 0 }
 
 type ethread struct {
-	stack  []*ocall
+	stack []*ocall
+	// active counts the calls of each function in the frames from
+	// shallowFrames on; the frames below are scanned instead, which is
+	// cheaper for the usual shallow stacks.
 	active map[uint32]int
+}
+
+const shallowFrames = 32
+
+// running says whether a call of fn is on the thread's stack.
+func (th *ethread) running(fn uint32) bool {
+	for _, c := range th.stack[:min(len(th.stack), shallowFrames)] {
+		if c.fn == fn {
+			return true
+		}
+	}
+	return len(th.stack) > shallowFrames && th.active[fn] > 0
 }
 
 // engine builds the calls of a graph-mode event stream.
@@ -155,7 +170,7 @@ func (e *engine) event(ev *tracefile.Event) {
 		}
 		parent := th.top()
 		*c = ocall{ord: e.ord, entryIdx: e.idx, tid: ev.TID, fn: ev.Func, depth: ev.Depth,
-			outermost: th.active[ev.Func] == 0, start: now, parent: parent, node: -1, pnode: -1}
+			outermost: !th.running(ev.Func), start: now, parent: parent, node: -1, pnode: -1}
 		e.ord++
 		if parent != nil {
 			c.pnode = parent.node
@@ -163,7 +178,9 @@ func (e *engine) event(ev *tracefile.Event) {
 		if e.tree != nil && e.f.keepTID(c.tid) && (e.f.MaxDepth == 0 || int(c.depth) < e.f.MaxDepth) {
 			c.node = e.tree.node(c.pnode, c.fn)
 		}
-		th.active[ev.Func]++
+		if len(th.stack) >= shallowFrames {
+			th.active[ev.Func]++
+		}
 		th.stack = append(th.stack, c)
 		if e.onEntry != nil {
 			e.onEntry(c)
@@ -187,6 +204,31 @@ func (e *engine) event(ev *tracefile.Event) {
 	e.idx++
 }
 
+// run processes the events of s and finishes, calling after (if not nil)
+// after every batch of events and at the end.
+func (e *engine) run(s *tracefile.Stream, after func()) error {
+	for {
+		b, ok := s.NextBatch()
+		if !ok {
+			break
+		}
+		for i := range b {
+			e.event(&b[i])
+			if after != nil {
+				after()
+			}
+		}
+	}
+	if err := s.Err(); err != nil {
+		return err
+	}
+	e.finish()
+	if after != nil {
+		after()
+	}
+	return nil
+}
+
 // finish closes the calls still open as unfinished, thread by thread in
 // the order of their ids.
 func (e *engine) finish() {
@@ -208,8 +250,10 @@ func (e *engine) pop(th *ethread, status callStatus, end int64) {
 	th.stack[len(th.stack)-1] = nil
 	th.stack = th.stack[:len(th.stack)-1]
 	c.status, c.end = status, end
-	if th.active[c.fn]--; th.active[c.fn] == 0 {
-		delete(th.active, c.fn)
+	if len(th.stack) >= shallowFrames {
+		if th.active[c.fn]--; th.active[c.fn] == 0 {
+			delete(th.active, c.fn)
+		}
 	}
 	f := e.f
 	c.own = f.keepTID(c.tid) && (f.MaxDepth == 0 || int(c.depth) < f.MaxDepth) &&
@@ -289,17 +333,9 @@ func inOrder(s *tracefile.Stream, f Filter, emit func(it item)) error {
 			long[c.ord] = resolution{visible: c.visible, folded: c.folded(), status: c.status, end: c.end}
 		}
 	}
-	for {
-		ev, ok := s.Next()
-		if !ok {
-			break
-		}
-		e.event(&ev)
-	}
-	if err := s.Err(); err != nil {
+	if err := e.run(s, nil); err != nil {
 		return err
 	}
-	e.finish()
 	s.Rewind()
 
 	// Pass 2: output.
@@ -342,18 +378,5 @@ func inOrder(s *tracefile.Stream, f Filter, emit func(it item)) error {
 			q = append(q, item{itemLost, c})
 		}
 	}
-	for {
-		ev, ok := s.Next()
-		if !ok {
-			break
-		}
-		e.event(&ev)
-		flush()
-	}
-	if err := s.Err(); err != nil {
-		return err
-	}
-	e.finish()
-	flush()
-	return nil
+	return e.run(s, flush)
 }

@@ -69,14 +69,9 @@ func newStackTree(s *tracefile.Stream, f Filter) (*stackTree, error) {
 				st.nodes[c.pnode].self -= c.dur()
 			}
 		}
-		for {
-			ev, ok := s.Next()
-			if !ok {
-				break
-			}
-			e.event(&ev)
+		if err := e.run(s, nil); err != nil {
+			return nil, err
 		}
-		e.finish()
 	} else {
 		for {
 			ev, ok := s.Next()

@@ -105,25 +105,23 @@ func StatsStream(s *tracefile.Stream, f Filter, sort string) ([]FuncStats, error
 			s.Min = min(s.Min, d)
 			s.Max = max(s.Max, d)
 		}
-		for {
-			ev, ok := s.Next()
-			if !ok {
-				break
-			}
-			e.event(&ev)
+		if err := e.run(s, nil); err != nil {
+			return nil, err
 		}
-		e.finish()
 	} else {
 		// A slice indexed by function: no map lookup per event.
 		calls := make([]uint64, len(rec.Funcs))
 		all := len(f.TIDs) == 0
 		for {
-			ev, ok := s.Next()
+			b, ok := s.NextBatch()
 			if !ok {
 				break
 			}
-			if ev.Kind == tracefile.KindEntry && (all || f.keepTID(ev.TID)) && int(ev.Func) < len(calls) {
-				calls[ev.Func]++
+			for i := range b {
+				ev := &b[i]
+				if ev.Kind == tracefile.KindEntry && (all || f.keepTID(ev.TID)) && int(ev.Func) < len(calls) {
+					calls[ev.Func]++
+				}
 			}
 		}
 		for fn, n := range calls {

@@ -159,14 +159,21 @@ func decodeEvents(evs []Event, b []byte, count int) ([]Event, string) {
 		if ev.Kind != KindEntry && ev.Kind != KindExit {
 			return evs, "event of unknown kind"
 		}
-		d, n := binary.Varint(b)
-		if n <= 0 {
-			return evs, "bad timestamp varint"
+		var d int64
+		if len(b) > 0 && b[0] < 0x80 {
+			// A one-byte varint (the common case), zigzag decoded.
+			d = int64(b[0]>>1) ^ -int64(b[0]&1)
+			b = b[1:]
+		} else {
+			var n int
+			if d, n = binary.Varint(b); n <= 0 {
+				return evs, "bad timestamp varint"
+			}
+			b = b[n:]
 		}
-		b = b[n:]
 		ev.TSC = prev.TSC + uint64(d)
 		if h&evHasTID != 0 {
-			v, n := binary.Uvarint(b)
+			v, n := uvarint(b)
 			if n <= 0 || v > 0xffffffff {
 				return evs, "bad thread id"
 			}
@@ -175,20 +182,20 @@ func decodeEvents(evs []Event, b []byte, count int) ([]Event, string) {
 		} else if i == 0 {
 			return evs, "first event without thread id"
 		}
-		v, n := binary.Uvarint(b)
+		v, n := uvarint(b)
 		if n <= 0 || v > 0xffffffff {
 			return evs, "bad function index"
 		}
 		ev.Func = uint32(v)
 		b = b[n:]
-		v, n = binary.Uvarint(b)
+		v, n = uvarint(b)
 		if n <= 0 || v > 0xffff {
 			return evs, "bad depth"
 		}
 		ev.Depth = uint16(v)
 		b = b[n:]
 		if h&evHasCaller != 0 {
-			v, n := binary.Uvarint(b)
+			v, n := uvarint(b)
 			if n <= 0 || v == 0 {
 				return evs, "bad caller address"
 			}
@@ -202,6 +209,14 @@ func decodeEvents(evs []Event, b []byte, count int) ([]Event, string) {
 		return evs, "trailing bytes after its events"
 	}
 	return evs, ""
+}
+
+// uvarint is binary.Uvarint with a fast path for one byte.
+func uvarint(b []byte) (uint64, int) {
+	if len(b) > 0 && b[0] < 0x80 {
+		return uint64(b[0]), 1
+	}
+	return binary.Uvarint(b)
 }
 
 var (

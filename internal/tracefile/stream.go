@@ -64,6 +64,11 @@ type Stream struct {
 	// mem is set for a stream over a Recording in memory.
 	mem    []Event
 	memPos int
+	// batch is what Next gives out; done is a block's events given out
+	// last, to reuse at the next call.
+	batch []Event
+	bi    int
+	done  []Event
 }
 
 type streamBlock struct {
@@ -79,14 +84,7 @@ type cursor struct {
 }
 
 func (c *cursor) less(d *cursor) bool {
-	a, b := &c.evs[c.pos], &d.evs[d.pos]
-	if a.TSC != b.TSC {
-		return a.TSC < b.TSC
-	}
-	if a.TID != b.TID {
-		return a.TID < b.TID
-	}
-	return c.seq < d.seq
+	return before(&c.evs[c.pos], c.seq, &d.evs[d.pos], d.seq)
 }
 
 // OpenStream opens the recording at path for streaming. Close it when done.
@@ -332,6 +330,11 @@ func (s *Stream) SetTimeRange(since, until time.Duration) {
 // Rewind starts the stream over from its first event.
 func (s *Stream) Rewind() {
 	s.memPos, s.next, s.err = 0, 0, nil
+	s.batch, s.bi = nil, 0
+	if s.done != nil {
+		s.free = append(s.free, s.done)
+		s.done = nil
+	}
 	for _, c := range s.heap {
 		s.free = append(s.free, c.evs)
 	}
@@ -348,32 +351,70 @@ func (s *Stream) inRange(tsc uint64) bool {
 // Next returns the next event, or false at the end of the stream or on an
 // error (see [Stream.Err]).
 func (s *Stream) Next() (Event, bool) {
+	if s.bi == len(s.batch) {
+		b, ok := s.NextBatch()
+		if !ok {
+			return Event{}, false
+		}
+		s.batch, s.bi = b, 0
+	}
+	s.bi++
+	return s.batch[s.bi-1], true
+}
+
+// NextBatch returns the next events, at least one, or false at the end of
+// the stream or on an error (see [Stream.Err]). The slice is valid until
+// the next call of Next, NextBatch or Rewind. Do not mix NextBatch with
+// Next.
+func (s *Stream) NextBatch() ([]Event, bool) {
+	if s.done != nil {
+		s.free = append(s.free, s.done)
+		s.done = nil
+	}
 	if s.mem != nil {
 		for s.memPos < len(s.mem) {
-			ev := s.mem[s.memPos]
-			s.memPos++
-			if s.inRange(ev.TSC) {
-				return ev, true
+			b := s.mem[s.memPos:min(len(s.mem), s.memPos+4096)]
+			s.memPos += len(b)
+			if b = s.trim(b); len(b) > 0 {
+				return b, true
 			}
 		}
-		return Event{}, false
+		return nil, false
 	}
 	for s.err == nil {
 		for s.next < len(s.blocks) && (len(s.heap) == 0 || s.blocks[s.next].minTSC <= s.heap[0].evs[s.heap[0].pos].TSC) {
 			if err := s.open(&s.blocks[s.next]); err != nil {
 				s.err = err
-				return Event{}, false
+				return nil, false
 			}
 			s.next++
 		}
 		if len(s.heap) == 0 {
-			return Event{}, false
+			return nil, false
 		}
+		// The events of the first cursor that come before every other
+		// cursor's next event and before the next block to open.
 		c := s.heap[0]
-		ev := c.evs[c.pos]
-		c.pos++
+		end := len(c.evs)
+		if s.next < len(s.blocks) {
+			lim := s.blocks[s.next].minTSC
+			end = c.pos + 1
+			for end < len(c.evs) && c.evs[end].TSC < lim {
+				end++
+			}
+		}
+		for k := 1; k <= 2 && k < len(s.heap); k++ {
+			d := s.heap[k]
+			j := c.pos + 1
+			for j < end && before(&c.evs[j], c.seq, &d.evs[d.pos], d.seq) {
+				j++
+			}
+			end = j
+		}
+		b := c.evs[c.pos:end]
+		c.pos = end
 		if c.pos == len(c.evs) {
-			s.free = append(s.free, c.evs)
+			s.done = c.evs
 			n := len(s.heap) - 1
 			s.heap[0] = s.heap[n]
 			s.heap = s.heap[:n]
@@ -381,17 +422,42 @@ func (s *Stream) Next() (Event, bool) {
 		if len(s.heap) > 1 {
 			s.down(0)
 		}
-		if s.opts.MaxTSC != 0 && ev.TSC > s.opts.MaxTSC {
+		if s.opts.MaxTSC != 0 && b[0].TSC > s.opts.MaxTSC {
 			// Every event left is later.
 			s.heap = s.heap[:0]
 			s.next = len(s.blocks)
-			return Event{}, false
+			return nil, false
 		}
-		if ev.TSC >= s.opts.MinTSC {
-			return ev, true
+		if b = s.trim(b); len(b) > 0 {
+			return b, true
 		}
 	}
-	return Event{}, false
+	return nil, false
+}
+
+// trim drops the events of b (sorted) outside the range.
+func (s *Stream) trim(b []Event) []Event {
+	for len(b) > 0 && b[0].TSC < s.opts.MinTSC {
+		b = b[1:]
+	}
+	if s.opts.MaxTSC != 0 {
+		for len(b) > 0 && b[len(b)-1].TSC > s.opts.MaxTSC {
+			b = b[:len(b)-1]
+		}
+	}
+	return b
+}
+
+// before says whether event a of block aseq comes before event b of block
+// bseq in the stream's order.
+func before(a *Event, aseq int, b *Event, bseq int) bool {
+	if a.TSC != b.TSC {
+		return a.TSC < b.TSC
+	}
+	if a.TID != b.TID {
+		return a.TID < b.TID
+	}
+	return aseq < bseq
 }
 
 // open decodes block b and adds it to the merge.
@@ -426,7 +492,9 @@ func (s *Stream) open(b *streamBlock) error {
 		}
 		out = append(out, ev)
 	}
-	sortEvents(out)
+	if !sortedEvents(out) {
+		slices.SortStableFunc(out, CompareEvents)
+	}
 	if len(out) == 0 {
 		s.free = append(s.free, out)
 		return nil
@@ -466,4 +534,15 @@ func (s *Stream) down(i int) {
 		h[i], h[m] = h[m], h[i]
 		i = m
 	}
+}
+
+// sortedEvents says whether evs is in the order of CompareEvents.
+func sortedEvents(evs []Event) bool {
+	for i := 1; i < len(evs); i++ {
+		a, b := &evs[i-1], &evs[i]
+		if a.TSC > b.TSC || (a.TSC == b.TSC && a.TID > b.TID) {
+			return false
+		}
+	}
+	return true
 }
