@@ -338,7 +338,8 @@ func inOrder(s *tracefile.Stream, f Filter, emit func(it item)) error {
 	}
 	s.Rewind()
 
-	// Pass 2: output.
+	// Pass 2: output. Calls are reused once their last item is out.
+	e = newEngine(s, f)
 	var q []item
 	head := 0
 	flush := func() {
@@ -361,6 +362,11 @@ func inOrder(s *tracefile.Stream, f Filter, emit func(it item)) error {
 			q[head] = item{}
 			head++
 			emit(it)
+			if it.kind != itemEntry && !c.pinned {
+				// Closed, and its entry went out before: reuse it.
+				*c = ocall{}
+				e.free = append(e.free, c)
+			}
 		}
 		if head == len(q) {
 			q, head = q[:0], 0
@@ -369,7 +375,6 @@ func inOrder(s *tracefile.Stream, f Filter, emit func(it item)) error {
 			head = 0
 		}
 	}
-	e = newEngine(s, f)
 	e.onEntry = func(c *ocall) { q = append(q, item{itemEntry, c}) }
 	e.onClose = func(c *ocall) {
 		if c.status == complete {

@@ -69,6 +69,7 @@ type Stream struct {
 	batch []Event
 	bi    int
 	done  []Event
+	pf    *prefetch
 }
 
 type streamBlock struct {
@@ -104,6 +105,7 @@ func OpenStream(path string, o StreamOptions) (*Stream, error) {
 
 // Close closes the file of a stream made by [OpenStream].
 func (s *Stream) Close() error {
+	s.stopPrefetch()
 	if s.file == nil {
 		return nil
 	}
@@ -290,6 +292,7 @@ func (r *Recording) Stream(o StreamOptions) *Stream {
 // the first event of the recording (until 0: to the end), and rewinds the
 // stream. Blocks outside the range are not read.
 func (s *Stream) SetTimeRange(since, until time.Duration) {
+	s.stopPrefetch()
 	s.opts.MinTSC, s.opts.MaxTSC = 0, 0
 	if s.Total > 0 {
 		first := s.Clock.Nanos(s.FirstTSC)
@@ -329,6 +332,7 @@ func (s *Stream) SetTimeRange(since, until time.Duration) {
 
 // Rewind starts the stream over from its first event.
 func (s *Stream) Rewind() {
+	s.stopPrefetch()
 	s.memPos, s.next, s.err = 0, 0, nil
 	s.batch, s.bi = nil, 0
 	if s.done != nil {
@@ -368,7 +372,7 @@ func (s *Stream) Next() (Event, bool) {
 // Next.
 func (s *Stream) NextBatch() ([]Event, bool) {
 	if s.done != nil {
-		s.free = append(s.free, s.done)
+		s.recycle(s.done)
 		s.done = nil
 	}
 	if s.mem != nil {
@@ -424,6 +428,7 @@ func (s *Stream) NextBatch() ([]Event, bool) {
 		}
 		if s.opts.MaxTSC != 0 && b[0].TSC > s.opts.MaxTSC {
 			// Every event left is later.
+			s.stopPrefetch()
 			s.heap = s.heap[:0]
 			s.next = len(s.blocks)
 			return nil, false
@@ -460,26 +465,68 @@ func before(a *Event, aseq int, b *Event, bseq int) bool {
 	return aseq < bseq
 }
 
-// open decodes block b and adds it to the merge.
+// open adds block b, the next of s.blocks, to the merge. A goroutine
+// decodes the blocks ahead (a few at most), on another core when there is
+// one.
 func (s *Stream) open(b *streamBlock) error {
-	h, raw, _, err := readBlockBuf(s.r, int64(b.off), int64(b.off)+blockHeaderSize+int64(b.stored), &s.bufs)
+	if s.pf == nil && len(s.blocks)-s.next > 1 {
+		s.startPrefetch()
+	}
+	var (
+		evs []Event
+		err error
+	)
+	if s.pf != nil {
+		d := <-s.pf.out
+		evs, err = d.evs, d.err
+	} else {
+		if n := len(s.free); n > 0 {
+			evs, s.free = s.free[n-1][:0], s.free[:n-1]
+		}
+		evs, err = s.decodeBlock(b, evs, &s.bufs)
+	}
 	if err != nil {
 		return err
 	}
+	if len(evs) == 0 {
+		s.recycle(evs)
+		return nil
+	}
+	s.heap = append(s.heap, &cursor{evs: evs, seq: b.seq})
+	s.up(len(s.heap) - 1)
+	return nil
+}
+
+// recycle keeps evs for another block.
+func (s *Stream) recycle(evs []Event) {
+	if s.pf != nil {
+		select {
+		case s.pf.free <- evs:
+			return
+		default:
+		}
+	}
+	s.free = append(s.free, evs)
+}
+
+// decodeBlock reads, checks, decodes and sorts block b into evs. It only
+// reads the Stream's fields that do not change once it is made, so that
+// the prefetch goroutine can call it.
+func (s *Stream) decodeBlock(b *streamBlock, evs []Event, bufs *blockBufs) ([]Event, error) {
+	h, raw, _, err := readBlockBuf(s.r, int64(b.off), int64(b.off)+blockHeaderSize+int64(b.stored), bufs)
+	if err != nil {
+		return nil, err
+	}
 	if h.typ != blockEvents || h.count != b.count {
-		return corruptf("block index entry %d does not match the block at offset %d", b.seq, b.off)
+		return nil, corruptf("block index entry %d does not match the block at offset %d", b.seq, b.off)
 	}
-	var evs []Event
-	if n := len(s.free); n > 0 {
-		evs, s.free = s.free[n-1][:0], s.free[:n-1]
-	}
-	evs, msg := decodeEvents(evs, raw, int(h.count))
+	evs, msg := decodeEvents(evs[:0], raw, int(h.count))
 	if msg != "" {
-		return corruptf("event block at offset %d: %s", b.off, msg)
+		return nil, corruptf("event block at offset %d: %s", b.off, msg)
 	}
 	if s.verify {
 		if lo, hi := tscRange(evs); lo != b.minTSC || hi != b.maxTSC {
-			return corruptf("block index entry %d does not match the block at offset %d", b.seq, b.off)
+			return nil, corruptf("block index entry %d does not match the block at offset %d", b.seq, b.off)
 		}
 	}
 	out := evs[:0]
@@ -488,20 +535,63 @@ func (s *Stream) open(b *streamBlock) error {
 			if s.Recovered {
 				continue
 			}
-			return corruptf("event block at offset %d: an event refers to function %d of %d", b.off, ev.Func, len(s.Funcs))
+			return nil, corruptf("event block at offset %d: an event refers to function %d of %d", b.off, ev.Func, len(s.Funcs))
 		}
 		out = append(out, ev)
 	}
 	if !sortedEvents(out) {
 		slices.SortStableFunc(out, CompareEvents)
 	}
-	if len(out) == 0 {
-		s.free = append(s.free, out)
-		return nil
+	return out, nil
+}
+
+// prefetch is the goroutine that decodes the blocks ahead of the merge.
+type prefetch struct {
+	out  chan decodedBlock
+	free chan []Event
+	stop chan struct{}
+	done chan struct{}
+}
+
+type decodedBlock struct {
+	evs []Event
+	err error
+}
+
+// startPrefetch decodes s.blocks from s.next on, in order, in a goroutine.
+func (s *Stream) startPrefetch() {
+	p := &prefetch{out: make(chan decodedBlock, 2), free: make(chan []Event, 4), stop: make(chan struct{}), done: make(chan struct{})}
+	blocks := s.blocks[s.next:]
+	go func() {
+		defer close(p.done)
+		var bufs blockBufs
+		for i := range blocks {
+			var evs []Event
+			select {
+			case evs = <-p.free:
+			default:
+			}
+			evs, err := s.decodeBlock(&blocks[i], evs, &bufs)
+			select {
+			case p.out <- decodedBlock{evs, err}:
+			case <-p.stop:
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	s.pf = p
+}
+
+// stopPrefetch ends the prefetch goroutine, if any.
+func (s *Stream) stopPrefetch() {
+	if s.pf != nil {
+		close(s.pf.stop)
+		<-s.pf.done
+		s.pf = nil
 	}
-	s.heap = append(s.heap, &cursor{evs: out, seq: b.seq})
-	s.up(len(s.heap) - 1)
-	return nil
 }
 
 func (s *Stream) up(i int) {
