@@ -2,9 +2,12 @@
 // function and function_graph style), per-function reports, info, and
 // exports (Chrome trace JSON, folded stacks, pprof, flame graph HTML).
 //
-// Every function here is a pure function of a *tracefile.Recording that
-// writes to an io.Writer; none keeps state between calls, so they are safe
-// for concurrent use on recordings nobody modifies.
+// Every output reads a *tracefile.Stream (the functions named ...Stream)
+// or a whole *tracefile.Recording (the others, which stream it) and writes
+// to an io.Writer. They hold no events: memory is bounded by the threads,
+// the open calls and, for the stack exports, the distinct stacks (see
+// engine.go). None keeps state between calls; a Stream is read by one
+// call at a time, and recordings nobody modifies can be read concurrently.
 //
 // # Calls in graph mode
 //
