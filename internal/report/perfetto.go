@@ -68,6 +68,7 @@ type perfettoWriter struct {
 	meta   *tracefile.Meta
 	names  map[uint32]string
 	pkt    []byte // the packet being built
+	hdr    []byte // its field header
 	sub    []byte // a nested message being built
 	sub2   []byte
 	tracks map[uint32]bool
@@ -78,10 +79,9 @@ type perfettoWriter struct {
 }
 
 func (p *perfettoWriter) flushPacket() {
-	var hdr [20]byte
-	h := protowire.AppendTag(hdr[:0], pfTracePacket, protowire.BytesType)
-	h = protowire.AppendVarint(h, uint64(len(p.pkt)))
-	p.w.Write(h)
+	p.hdr = protowire.AppendTag(p.hdr[:0], pfTracePacket, protowire.BytesType)
+	p.hdr = protowire.AppendVarint(p.hdr, uint64(len(p.pkt)))
+	p.w.Write(p.hdr)
 	p.w.Write(p.pkt)
 	p.pkt = p.pkt[:0]
 }
