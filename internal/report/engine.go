@@ -164,7 +164,6 @@ func (e *engine) event(ev *tracefile.Event) {
 		var c *ocall
 		if n := len(e.free); n > 0 {
 			c, e.free = e.free[n-1], e.free[:n-1]
-			*c = ocall{}
 		} else {
 			c = &ocall{}
 		}

@@ -74,8 +74,13 @@ func StatsStream(s *tracefile.Stream, f Filter, sort string) ([]FuncStats, error
 	if err := f.check(rec); err != nil {
 		return nil, err
 	}
-	byFn := map[uint32]*FuncStats{}
+	// Indexed by function: no map lookup per call.
+	byFn := make([]*FuncStats, len(rec.Funcs))
 	get := func(fn uint32) *FuncStats {
+		if int(fn) >= len(byFn) {
+			// Only a Recording made by hand has such events.
+			byFn = append(byFn, make([]*FuncStats, int(fn)+1-len(byFn))...)
+		}
 		s := byFn[fn]
 		if s == nil {
 			s = &FuncStats{Function: funcName(rec, fn), Module: moduleName(rec, fn), Min: math.MaxInt64}
@@ -135,6 +140,9 @@ func StatsStream(s *tracefile.Stream, f Filter, sort string) ([]FuncStats, error
 	}
 	out := make([]FuncStats, 0, len(byFn))
 	for _, s := range byFn {
+		if s == nil {
+			continue
+		}
 		if s.completed > 0 {
 			s.Avg = s.sum / int64(s.completed)
 		} else {
