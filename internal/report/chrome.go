@@ -42,10 +42,6 @@ func ExportChromeStream(w io.Writer, s *tracefile.Stream, f Filter) error {
 	if err := f.check(rec); err != nil {
 		return err
 	}
-	threads, err := tids(s, f)
-	if err != nil {
-		return err
-	}
 	bw := bufio.NewWriter(w)
 	first := true
 	emit := func(ev *chromeEvent) {
@@ -61,14 +57,20 @@ func ExportChromeStream(w io.Writer, s *tracefile.Stream, f Filter) error {
 		bw.Write(b)
 	}
 	bw.WriteString(`{"displayTimeUnit":"ns","traceEvents":[` + "\n")
-	emit(&chromeEvent{Name: "process_name", Ph: "M", PID: rec.PID, TID: 0, Args: map[string]any{"name": fmt.Sprintf("%s (pid %d)", Printable(rec.Comm), rec.PID)}})
 	names := threadNames(rec)
-	for _, tid := range threads {
-		emit(&chromeEvent{Name: "thread_name", Ph: "M", PID: rec.PID, TID: tid, Args: map[string]any{"name": threadName(names, rec, tid)}})
+	header := func(threads []uint32) {
+		emit(&chromeEvent{Name: "process_name", Ph: "M", PID: rec.PID, TID: 0, Args: map[string]any{"name": fmt.Sprintf("%s (pid %d)", Printable(rec.Comm), rec.PID)}})
+		for _, tid := range threads {
+			if f.keepTID(tid) {
+				emit(&chromeEvent{Name: "thread_name", Ph: "M", PID: rec.PID, TID: tid, Args: map[string]any{"name": threadName(names, rec, tid)}})
+			}
+		}
 	}
 	us := func(ns int64) float64 { return float64(ns) / 1e3 }
+	var err error
 	if rec.Mode == tracefile.ModeGraph {
-		err = inOrder(s, f, func(it item) {
+		// The first pass finds the threads.
+		err = inOrder(s, f, header, func(it item) {
 			c := it.c
 			if it.kind != itemEntry || !c.visible {
 				return
@@ -84,6 +86,11 @@ func ExportChromeStream(w io.Writer, s *tracefile.Stream, f Filter) error {
 			emit(ev)
 		})
 	} else {
+		threads, terr := tids(s, f)
+		if terr != nil {
+			return terr
+		}
+		header(threads)
 		syms := newSymbolizer(rec)
 		e := newEngine(s, f)
 		for {

@@ -322,7 +322,10 @@ type item struct {
 // inOrder runs the two passes over s and calls emit with the items of the
 // calls in the order of their events (entries, exits, and the closes of
 // calls without an exit at the event that revealed it), each call resolved.
-func inOrder(s *tracefile.Stream, f Filter, emit func(it item)) error {
+//
+// If first is not nil, it is called between the passes with the sorted ids
+// of the threads that have events.
+func inOrder(s *tracefile.Stream, f Filter, first func(tids []uint32), emit func(it item)) error {
 	// Pass 1: the calls resolved late.
 	long := map[uint64]resolution{}
 	e := newEngine(s, f)
@@ -336,6 +339,14 @@ func inOrder(s *tracefile.Stream, f Filter, emit func(it item)) error {
 		return err
 	}
 	s.Rewind()
+	if first != nil {
+		tids := make([]uint32, 0, len(e.threads))
+		for tid := range e.threads {
+			tids = append(tids, tid)
+		}
+		slices.Sort(tids)
+		first(tids)
+	}
 
 	// Pass 2: output. Calls are reused once their last item is out.
 	e = newEngine(s, f)

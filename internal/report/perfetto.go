@@ -211,7 +211,7 @@ func ExportPerfettoStream(w io.Writer, s *tracefile.Stream, f Filter) error {
 		if s.Total > 0 {
 			first = s.Clock.Nanos(s.FirstTSC)
 		}
-		err = inOrder(s, f, func(it item) {
+		err = inOrder(s, f, nil, func(it item) {
 			c := it.c
 			if !c.visible {
 				return

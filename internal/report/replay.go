@@ -119,7 +119,7 @@ func replayGraph(w *bufio.Writer, s *tracefile.Stream, f Filter) error {
 	fmt.Fprintf(w, "# tracer: function_graph (livetrace graph mode), pid %d (%s)\n", rec.PID, Printable(rec.Comm))
 	writeLostHeader(w, rec, s.Recovered, s.Dropped)
 	fmt.Fprintf(w, "#\n# DURATION       TID     FUNCTION\n")
-	return inOrder(s, f, func(it item) {
+	return inOrder(s, f, nil, func(it item) {
 		c := it.c
 		if !c.visible || it.kind == itemLost {
 			return
