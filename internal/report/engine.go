@@ -95,7 +95,7 @@ func (th *ethread) running(fn uint32) bool {
 // engine builds the calls of a graph-mode event stream.
 type engine struct {
 	meta  *tracefile.Meta
-	clock tracefile.Clock
+	clock *tracefile.NanosConverter
 	f     Filter
 	first int64
 	// last is the time of the last event seen, in ns since first.
@@ -121,7 +121,7 @@ type engine struct {
 }
 
 func newEngine(s *tracefile.Stream, f Filter) *engine {
-	e := &engine{meta: &s.Meta, clock: s.Clock, f: f, threads: map[uint32]*ethread{}}
+	e := &engine{meta: &s.Meta, clock: s.Clock.Converter(), f: f, threads: map[uint32]*ethread{}}
 	if s.Total > 0 {
 		e.first = s.Clock.Nanos(s.FirstTSC)
 	}

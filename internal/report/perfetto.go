@@ -232,6 +232,7 @@ func ExportPerfettoStream(w io.Writer, s *tracefile.Stream, f Filter) error {
 		})
 	} else {
 		syms := newSymbolizer(rec)
+		conv := s.Clock.Converter()
 		for {
 			ev, ok := s.Next()
 			if !ok {
@@ -240,7 +241,7 @@ func ExportPerfettoStream(w io.Writer, s *tracefile.Stream, f Filter) error {
 			if ev.Kind != tracefile.KindEntry || !f.keepTID(ev.TID) {
 				continue
 			}
-			p.event(s.Clock.Nanos(ev.TSC), ev.TID, typeInstant, int64(ev.Func), "caller", syms.name(ev.Caller))
+			p.event(conv.Nanos(ev.TSC), ev.TID, typeInstant, int64(ev.Func), "caller", syms.name(ev.Caller))
 		}
 		err = s.Err()
 	}

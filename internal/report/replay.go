@@ -164,7 +164,11 @@ func fmtDur(ns int64) string {
 // of a recording.
 type symbolizer struct {
 	syms []tracefile.Symbol // sorted by Addr
+	// cache holds the names of up to maxSymCache addresses.
+	cache map[uint64]string
 }
+
+const maxSymCache = 1 << 16
 
 func newSymbolizer(rec *tracefile.Meta) *symbolizer {
 	s := &symbolizer{syms: make([]tracefile.Symbol, 0, len(rec.Symbols)+len(rec.Funcs))}
@@ -182,6 +186,20 @@ func (s *symbolizer) name(pc uint64) string {
 	if pc == 0 {
 		return "?"
 	}
+	if n, ok := s.cache[pc]; ok {
+		return n
+	}
+	n := s.lookup(pc)
+	if s.cache == nil {
+		s.cache = map[uint64]string{}
+	}
+	if len(s.cache) < maxSymCache {
+		s.cache[pc] = n
+	}
+	return n
+}
+
+func (s *symbolizer) lookup(pc uint64) string {
 	i := sort.Search(len(s.syms), func(i int) bool { return s.syms[i].Addr > pc }) - 1
 	if i < 0 {
 		return "?"

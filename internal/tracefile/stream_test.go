@@ -198,3 +198,35 @@ func TestStreamRecover(t *testing.T) {
 		t.Fatalf("recovered stream: %d events, Recover: %d", len(got), len(r2.Events))
 	}
 }
+
+// TestNanosConverter checks that the converter gives Clock.Nanos's results
+// for increasing, repeated, decreasing and huge timestamps, for each kind
+// of clock.
+func TestNanosConverter(t *testing.T) {
+	clocks := []Clock{
+		{TSC0: 1 << 40, Mono0: 1e9, TSC1: 1<<40 + 3e10, Mono1: 1e9 + 1e10},
+		{TSC0: 1000, Mono0: 5, TSC1: 1000 + 7, Mono1: 5 + 1e12},
+		{TSC0: 1000, Mono0: 1, TSCHz: 2_400_000_017},
+		{TSC0: 50, Mono0: 1 << 62},
+		{TSC0: 3, Mono0: 2, TSC1: 1 << 63, Mono1: 1 << 63},
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for ci, c := range clocks {
+		cv := c.Converter()
+		tsc := c.TSC0 - 100
+		for i := 0; i < 200000; i++ {
+			switch rng.IntN(50) {
+			case 0:
+				tsc -= uint64(rng.IntN(1000))
+			case 1:
+				tsc = rng.Uint64()
+			case 2:
+			default:
+				tsc += uint64(rng.IntN(200))
+			}
+			if got, want := cv.Nanos(tsc), c.Nanos(tsc); got != want {
+				t.Fatalf("clock %d, tsc %d: converter %d, Clock.Nanos %d", ci, tsc, got, want)
+			}
+		}
+	}
+}
