@@ -189,14 +189,16 @@ func (p *perfettoWriter) event(ns int64, tid uint32, typ uint64, fn int64, annot
 // ThreadDescriptor) below the process track; timestamps are
 // CLOCK_MONOTONIC ns (written as the default trace clock). Graph mode
 // gives a slice per shown call (TYPE_SLICE_BEGIN at its entry,
-// TYPE_SLICE_END at its end), a call without an exit carrying a debug
-// annotation "status" of "exit lost" or "unfinished"; entry mode gives an
+// TYPE_SLICE_END at its end), the end of a call without an exit carrying
+// a debug annotation "status" of "exit lost" or "unfinished" (which
+// trace_processor adds to the slice's args); entry mode gives an
 // instant event per entry, with the caller in a debug annotation
 // "caller". Function names are interned (InternedData.event_names), so
 // that an event costs a few bytes. The file is one packet sequence.
 //
-// Like the other exports it streams: graph mode reads s twice (see the
-// package documentation) and no more than the open calls stay in memory.
+// Like the other exports it streams, holding no more than the open calls:
+// graph mode reads s once, or twice with a duration filter (see the
+// package documentation).
 func ExportPerfettoStream(w io.Writer, s *tracefile.Stream, f Filter) error {
 	rec := &s.Meta
 	if err := f.check(rec); err != nil {
@@ -211,25 +213,45 @@ func ExportPerfettoStream(w io.Writer, s *tracefile.Stream, f Filter) error {
 		if s.Total > 0 {
 			first = s.Clock.Nanos(s.FirstTSC)
 		}
-		err = inOrder(s, f, nil, func(it item) {
-			c := it.c
-			if !c.visible {
-				return
+		status := func(c *ocall) (string, string) {
+			switch c.status {
+			case exitLost:
+				return "status", "exit lost"
+			case unfinished:
+				return "status", "unfinished"
 			}
-			switch it.kind {
-			case itemEntry:
-				annot, val := "", ""
-				switch c.status {
-				case exitLost:
-					annot, val = "status", "exit lost"
-				case unfinished:
-					annot, val = "status", "unfinished"
+			return "", ""
+		}
+		if f.MinDuration == 0 {
+			// Whether a call shows is known at its entry: one pass.
+			e := newEngine(s, f)
+			e.recycle = true
+			e.onEntry = func(c *ocall) {
+				if f.keepTID(c.tid) && (f.MaxDepth == 0 || int(c.depth) < f.MaxDepth) {
+					p.event(first+c.start, c.tid, typeSliceBegin, int64(c.fn), "", "")
 				}
-				p.event(first+c.start, c.tid, typeSliceBegin, int64(c.fn), annot, val)
-			default:
-				p.event(first+c.end, c.tid, typeSliceEnd, -1, "", "")
 			}
-		})
+			e.onClose = func(c *ocall) {
+				if c.own {
+					annot, val := status(c)
+					p.event(first+c.end, c.tid, typeSliceEnd, -1, annot, val)
+				}
+			}
+			err = e.run(s, nil)
+		} else {
+			err = inOrder(s, f, nil, func(it item) {
+				c := it.c
+				if !c.visible {
+					return
+				}
+				if it.kind == itemEntry {
+					p.event(first+c.start, c.tid, typeSliceBegin, int64(c.fn), "", "")
+					return
+				}
+				annot, val := status(c)
+				p.event(first+c.end, c.tid, typeSliceEnd, -1, annot, val)
+			})
+		}
 	} else {
 		syms := newSymbolizer(rec)
 		conv := s.Clock.Converter()

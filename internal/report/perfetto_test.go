@@ -7,6 +7,7 @@ import (
 	"math"
 	"slices"
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/encoding/protowire"
 
@@ -182,6 +183,10 @@ func decodePerfetto(t *testing.T, data []byte) []pfSlice {
 			}
 			s := &out[st[len(st)-1]]
 			s.DurNS = int64(ts) - s.StartNS
+			if annot != "" {
+				// trace_processor adds the end's args to the slice.
+				s.Annotation = annot
+			}
 			if s.DurNS < 0 {
 				t.Fatalf("packet %d: slice %s ends before it begins", i, s.Name)
 			}
@@ -208,7 +213,11 @@ func TestExportPerfetto(t *testing.T) {
 	for _, mode := range []tracefile.Mode{tracefile.ModeGraph, tracefile.ModeEntry} {
 		t.Run(mode.String(), func(t *testing.T) {
 			rec := tracefiletest.Scenario(mode).Recording()
-			for _, fl := range []report.Filter{{}, {TIDs: []uint32{101}}} {
+			filters := []report.Filter{{}, {TIDs: []uint32{101}}}
+			if mode == tracefile.ModeGraph {
+				filters = append(filters, report.Filter{MinDuration: 20 * time.Microsecond, MaxDepth: 2})
+			}
+			for _, fl := range filters {
 				var pb, js bytes.Buffer
 				if err := report.Export(&pb, rec, "perfetto", fl); err != nil {
 					t.Fatal(err)
