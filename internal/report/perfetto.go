@@ -76,6 +76,10 @@ type perfettoWriter struct {
 	iids    []uint64
 	nextIID uint64
 	annots  map[string]uint64
+	// The track of the last event.
+	lastTID  uint32
+	lastUUID uint64
+	haveLast bool
 }
 
 func (p *perfettoWriter) flushPacket() {
@@ -138,7 +142,39 @@ func (p *perfettoWriter) track(tid uint32) uint64 {
 // -1 for a slice end; annot, if not "", is a debug annotation name with
 // value val.
 func (p *perfettoWriter) event(ns int64, tid uint32, typ uint64, fn int64, annot, val string) {
-	uuid := p.track(tid)
+	var uuid uint64
+	if p.haveLast && tid == p.lastTID {
+		uuid = p.lastUUID
+	} else {
+		uuid = p.track(tid)
+		p.lastTID, p.lastUUID, p.haveLast = tid, uuid, true
+	}
+	if annot == "" && (fn < 0 || (fn < int64(len(p.iids)) && p.iids[fn] != 0)) {
+		// The usual event: nothing to intern, no annotation. The same
+		// bytes as below, written directly.
+		var iid uint64
+		if fn >= 0 {
+			iid = p.iids[fn]
+		}
+		te := append(p.sub2[:0], byte(pfEventType<<3), byte(typ), byte(pfEventTrackUUID<<3))
+		te = protowire.AppendVarint(te, uuid)
+		if fn >= 0 {
+			te = append(te, byte(pfEventNameIID<<3))
+			te = protowire.AppendVarint(te, iid)
+		}
+		n := 1 + protowire.SizeVarint(uint64(ns)) + 4 + 1 + protowire.SizeVarint(uint64(len(te))) + len(te)
+		b := append(p.pkt[:0], byte(pfTracePacket<<3|2))
+		b = protowire.AppendVarint(b, uint64(n))
+		b = append(b, byte(pfTimestamp<<3))
+		b = protowire.AppendVarint(b, uint64(ns))
+		b = append(b, byte(pfSequenceID<<3), perfettoSeq, byte(pfSequenceFlags<<3), seqNeedsIncState)
+		b = append(b, byte(pfTrackEvent<<3|2))
+		b = protowire.AppendVarint(b, uint64(len(te)))
+		b = append(b, te...)
+		p.w.Write(b)
+		p.pkt, p.sub2 = b[:0], te[:0]
+		return
+	}
 	p.pkt = appendVarint(p.pkt[:0], pfTimestamp, uint64(ns))
 	p.pkt = appendVarint(p.pkt, pfSequenceID, perfettoSeq)
 	p.pkt = appendVarint(p.pkt, pfSequenceFlags, seqNeedsIncState)
