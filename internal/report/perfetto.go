@@ -35,8 +35,9 @@ const (
 	typeSliceEnd       = 2  // TrackEvent.TYPE_SLICE_END
 	typeInstant        = 3  // TrackEvent.TYPE_INSTANT
 
-	pfAnnotNameIID = 1 // DebugAnnotation.name_iid
-	pfAnnotString  = 6 // DebugAnnotation.string_value
+	pfAnnotNameIID   = 1  // DebugAnnotation.name_iid
+	pfAnnotString    = 6  // DebugAnnotation.string_value
+	pfAnnotStringIID = 17 // DebugAnnotation.string_value_iid
 
 	pfTrackUUID    = 1 // TrackDescriptor.uuid
 	pfTrackProcess = 3 // TrackDescriptor.process
@@ -48,10 +49,16 @@ const (
 	pfThreadTID    = 2 // ThreadDescriptor.tid
 	pfThreadName   = 5 // ThreadDescriptor.thread_name
 
-	pfInternedEventNames = 2 // InternedData.event_names
-	pfInternedAnnotNames = 3 // InternedData.debug_annotation_names
-	pfInternedIID        = 1 // EventName.iid, DebugAnnotationName.iid
-	pfInternedName       = 2 // EventName.name, DebugAnnotationName.name
+	pfInternedEventNames  = 2  // InternedData.event_names
+	pfInternedAnnotNames  = 3  // InternedData.debug_annotation_names
+	pfInternedAnnotValues = 29 // InternedData.debug_annotation_string_values
+	pfInternedIID         = 1  // EventName.iid, DebugAnnotationName.iid, InternedString.iid
+	pfInternedName        = 2  // EventName.name, DebugAnnotationName.name
+	pfInternedStr         = 2  // InternedString.str
+
+	// maxInternedValues caps the annotation values interned (callers);
+	// further ones are written in full.
+	maxInternedValues = 1 << 16
 
 	// perfettoSeq is the trusted_packet_sequence_id of every packet: the
 	// file is one sequence.
@@ -76,6 +83,9 @@ type perfettoWriter struct {
 	iids    []uint64
 	nextIID uint64
 	annots  map[string]uint64
+	values  map[string]uint64
+	// Buffers.
+	interned, sub3 []byte
 	// The track of the last event.
 	lastTID  uint32
 	lastUUID uint64
@@ -140,7 +150,9 @@ func (p *perfettoWriter) track(tid uint32) uint64 {
 
 // event writes one TrackEvent packet. fn is the function (for a name), or
 // -1 for a slice end; annot, if not "", is a debug annotation name with
-// value val.
+// value val. Names, annotation names and (up to maxInternedValues)
+// annotation values are interned: written once, in the packet that first
+// uses them, and referred to by id.
 func (p *perfettoWriter) event(ns int64, tid uint32, typ uint64, fn int64, annot, val string) {
 	var uuid uint64
 	if p.haveLast && tid == p.lastTID {
@@ -149,74 +161,64 @@ func (p *perfettoWriter) event(ns int64, tid uint32, typ uint64, fn int64, annot
 		uuid = p.track(tid)
 		p.lastTID, p.lastUUID, p.haveLast = tid, uuid, true
 	}
-	if annot == "" && (fn < 0 || (fn < int64(len(p.iids)) && p.iids[fn] != 0)) {
-		// The usual event: nothing to intern, no annotation. The same
-		// bytes as below, written directly.
-		var iid uint64
-		if fn >= 0 {
-			iid = p.iids[fn]
-		}
-		te := append(p.sub2[:0], byte(pfEventType<<3), byte(typ), byte(pfEventTrackUUID<<3))
-		te = protowire.AppendVarint(te, uuid)
-		if fn >= 0 {
-			te = append(te, byte(pfEventNameIID<<3))
-			te = protowire.AppendVarint(te, iid)
-		}
-		n := 1 + protowire.SizeVarint(uint64(ns)) + 4 + 1 + protowire.SizeVarint(uint64(len(te))) + len(te)
-		b := append(p.pkt[:0], byte(pfTracePacket<<3|2))
-		b = protowire.AppendVarint(b, uint64(n))
-		b = append(b, byte(pfTimestamp<<3))
-		b = protowire.AppendVarint(b, uint64(ns))
-		b = append(b, byte(pfSequenceID<<3), perfettoSeq, byte(pfSequenceFlags<<3), seqNeedsIncState)
-		b = append(b, byte(pfTrackEvent<<3|2))
-		b = protowire.AppendVarint(b, uint64(len(te)))
-		b = append(b, te...)
-		p.w.Write(b)
-		p.pkt, p.sub2 = b[:0], te[:0]
-		return
-	}
-	p.pkt = appendVarint(p.pkt[:0], pfTimestamp, uint64(ns))
-	p.pkt = appendVarint(p.pkt, pfSequenceID, perfettoSeq)
-	p.pkt = appendVarint(p.pkt, pfSequenceFlags, seqNeedsIncState)
-	var interned []byte
-	var nameIID uint64
+	in := p.interned[:0]
+	te := append(p.sub2[:0], byte(pfEventType<<3), byte(typ), byte(pfEventTrackUUID<<3))
+	te = protowire.AppendVarint(te, uuid)
 	if fn >= 0 {
 		if fn >= int64(len(p.iids)) {
 			p.iids = append(p.iids, make([]uint64, fn+1-int64(len(p.iids)))...)
 		}
-		if nameIID = p.iids[fn]; nameIID == 0 {
+		iid := p.iids[fn]
+		if iid == 0 {
 			p.nextIID++
-			nameIID, p.iids[fn] = p.nextIID, p.nextIID
-			p.sub = appendVarint(p.sub[:0], pfInternedIID, nameIID)
+			iid, p.iids[fn] = p.nextIID, p.nextIID
+			p.sub = appendVarint(p.sub[:0], pfInternedIID, iid)
 			p.sub = appendString(p.sub, pfInternedName, funcName(p.meta, uint32(fn)))
-			interned = appendBytes(interned, pfInternedEventNames, p.sub)
+			in = appendBytes(in, pfInternedEventNames, p.sub)
 		}
+		te = appendVarint(te, pfEventNameIID, iid)
 	}
-	var annotIID uint64
 	if annot != "" {
-		if annotIID = p.annots[annot]; annotIID == 0 {
-			annotIID = uint64(len(p.annots) + 1)
-			p.annots[annot] = annotIID
-			p.sub = appendVarint(p.sub[:0], pfInternedIID, annotIID)
+		aiid := p.annots[annot]
+		if aiid == 0 {
+			aiid = uint64(len(p.annots) + 1)
+			p.annots[annot] = aiid
+			p.sub = appendVarint(p.sub[:0], pfInternedIID, aiid)
 			p.sub = appendString(p.sub, pfInternedName, annot)
-			interned = appendBytes(interned, pfInternedAnnotNames, p.sub)
+			in = appendBytes(in, pfInternedAnnotNames, p.sub)
 		}
+		p.sub = appendVarint(p.sub[:0], pfAnnotNameIID, aiid)
+		viid, ok := p.values[val]
+		if !ok && len(p.values) < maxInternedValues {
+			viid, ok = uint64(len(p.values)+1), true
+			p.values[val] = viid
+			p.sub3 = appendVarint(p.sub3[:0], pfInternedIID, viid)
+			p.sub3 = appendString(p.sub3, pfInternedStr, val)
+			in = appendBytes(in, pfInternedAnnotValues, p.sub3)
+		}
+		if ok {
+			p.sub = appendVarint(p.sub, pfAnnotStringIID, viid)
+		} else {
+			p.sub = appendString(p.sub, pfAnnotString, val)
+		}
+		te = appendBytes(te, pfEventAnnotations, p.sub)
 	}
-	if interned != nil {
-		p.pkt = appendBytes(p.pkt, pfInternedData, interned)
+	n := 1 + protowire.SizeVarint(uint64(ns)) + 4
+	if len(in) > 0 {
+		n += 1 + protowire.SizeVarint(uint64(len(in))) + len(in)
 	}
-	p.sub2 = appendVarint(p.sub2[:0], pfEventType, typ)
-	p.sub2 = appendVarint(p.sub2, pfEventTrackUUID, uuid)
-	if fn >= 0 {
-		p.sub2 = appendVarint(p.sub2, pfEventNameIID, nameIID)
+	n += 1 + protowire.SizeVarint(uint64(len(te))) + len(te)
+	b := append(p.pkt[:0], byte(pfTracePacket<<3|2))
+	b = protowire.AppendVarint(b, uint64(n))
+	b = append(b, byte(pfTimestamp<<3))
+	b = protowire.AppendVarint(b, uint64(ns))
+	b = append(b, byte(pfSequenceID<<3), perfettoSeq, byte(pfSequenceFlags<<3), seqNeedsIncState)
+	if len(in) > 0 {
+		b = appendBytes(b, pfInternedData, in)
 	}
-	if annot != "" {
-		p.sub = appendVarint(p.sub[:0], pfAnnotNameIID, annotIID)
-		p.sub = appendString(p.sub, pfAnnotString, val)
-		p.sub2 = appendBytes(p.sub2, pfEventAnnotations, p.sub)
-	}
-	p.pkt = appendBytes(p.pkt, pfTrackEvent, p.sub2)
-	p.flushPacket()
+	b = appendBytes(b, pfTrackEvent, te)
+	p.w.Write(b)
+	p.pkt, p.sub2, p.interned = b[:0], te[:0], in[:0]
 }
 
 // ExportPerfettoStream writes s as a Perfetto protobuf trace (a Trace
@@ -229,8 +231,10 @@ func (p *perfettoWriter) event(ns int64, tid uint32, typ uint64, fn int64, annot
 // a debug annotation "status" of "exit lost" or "unfinished" (which
 // trace_processor adds to the slice's args); entry mode gives an
 // instant event per entry, with the caller in a debug annotation
-// "caller". Function names are interned (InternedData.event_names), so
-// that an event costs a few bytes. The file is one packet sequence.
+// "caller". Function names, annotation names and callers are interned
+// (InternedData.event_names, debug_annotation_names,
+// debug_annotation_string_values), so that an event costs a few bytes.
+// The file is one packet sequence.
 //
 // Like the other exports it streams, holding no more than the open calls:
 // graph mode reads s once, or twice with a duration filter (see the
@@ -241,7 +245,7 @@ func ExportPerfettoStream(w io.Writer, s *tracefile.Stream, f Filter) error {
 		return err
 	}
 	p := &perfettoWriter{w: bufio.NewWriterSize(w, 1<<16), meta: rec, names: threadNames(rec),
-		tracks: map[uint32]bool{}, annots: map[string]uint64{}}
+		tracks: map[uint32]bool{}, annots: map[string]uint64{}, values: map[string]uint64{}}
 	p.start()
 	var err error
 	if rec.Mode == tracefile.ModeGraph {

@@ -68,6 +68,7 @@ func decodePerfetto(t *testing.T, data []byte) []pfSlice {
 	t.Helper()
 	names := map[uint64]string{}
 	annots := map[uint64]string{}
+	values := map[uint64]string{}
 	tracks := map[uint64]uint32{} // uuid -> tid
 	open := map[uint64][]int{}    // uuid -> stack of indexes into out
 	var out []pfSlice
@@ -104,6 +105,8 @@ func decodePerfetto(t *testing.T, data []byte) []pfSlice {
 						names[iid] = name
 					case 3:
 						annots[iid] = name
+					case 29:
+						values[iid] = name
 					}
 				}
 			case 60:
@@ -159,10 +162,16 @@ func decodePerfetto(t *testing.T, data []byte) []pfSlice {
 				var k uint64
 				var v string
 				for _, h := range pfFields(t, g.b) {
-					if h.num == 1 {
+					switch h.num {
+					case 1:
 						k = h.v
-					} else if h.num == 6 {
+					case 6:
 						v = string(h.b)
+					case 17:
+						var ok bool
+						if v, ok = values[h.v]; !ok {
+							t.Fatalf("packet %d: string_value_iid %d not interned before", i, h.v)
+						}
 					}
 				}
 				annot = annots[k] + "=" + v
