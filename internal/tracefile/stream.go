@@ -529,15 +529,22 @@ func (s *Stream) decodeBlock(b *streamBlock, evs []Event, bufs *blockBufs) ([]Ev
 			return nil, corruptf("block index entry %d does not match the block at offset %d", b.seq, b.off)
 		}
 	}
-	out := evs[:0]
-	for _, ev := range evs {
-		if int64(ev.Func) >= int64(len(s.Funcs)) {
-			if s.Recovered {
-				continue
+	out := evs
+	nf := int64(len(s.Funcs))
+	for i := range evs {
+		if int64(evs[i].Func) >= nf {
+			if !s.Recovered {
+				return nil, corruptf("event block at offset %d: an event refers to function %d of %d", b.off, evs[i].Func, len(s.Funcs))
 			}
-			return nil, corruptf("event block at offset %d: an event refers to function %d of %d", b.off, ev.Func, len(s.Funcs))
+			// Drop the events the recovered metadata does not know.
+			out = evs[:0]
+			for _, ev := range evs {
+				if int64(ev.Func) < nf {
+					out = append(out, ev)
+				}
+			}
+			break
 		}
-		out = append(out, ev)
 	}
 	if !sortedEvents(out) {
 		slices.SortStableFunc(out, CompareEvents)
