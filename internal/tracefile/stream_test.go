@@ -230,3 +230,46 @@ func TestNanosConverter(t *testing.T) {
 		}
 	}
 }
+
+// TestStreamRecoverDrops checks that a recovered stream leaves out the
+// events whose function the last checkpoint does not know, as Recover.
+func TestStreamRecoverDrops(t *testing.T) {
+	var buf bytes.Buffer
+	w, err := NewWriter(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	meta := Meta{Mode: ModeEntry, Funcs: []Func{{Name: "a", Module: -1}, {Name: "b", Module: -1}}}
+	if err := w.Checkpoint(meta); err != nil {
+		t.Fatal(err)
+	}
+	var evs []Event
+	for i := 0; i < 300; i++ {
+		evs = append(evs, Event{TSC: uint64(1000 + i), TID: 5, Kind: KindEntry, Func: uint32(i % 3)})
+	}
+	if err := w.WriteEvents(evs); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	// Cut after the events: the final metadata, which knows c, is lost.
+	n := buf.Len()
+	meta.Funcs = append(meta.Funcs, Func{Name: "c", Module: -1})
+	if err := w.Close(meta); err != nil {
+		t.Fatal(err)
+	}
+	cut := buf.Bytes()[:n+10]
+	want, err := RecoverFrom(bytes.NewReader(cut), int64(len(cut)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := NewStream(bytes.NewReader(cut), int64(len(cut)), StreamOptions{Recover: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := drain(t, s)
+	if !slices.Equal(got, want.Events) || s.Dropped != want.Dropped || s.Dropped != 100 || s.Total != 200 {
+		t.Fatalf("stream: %d events, %d dropped, total %d; Recover: %d events, %d dropped", len(got), s.Dropped, s.Total, len(want.Events), want.Dropped)
+	}
+}
