@@ -23,13 +23,16 @@ type exportOptions struct {
 func newExportCmd(stdout, stderr io.Writer) *cobra.Command {
 	o := &exportOptions{stdout: stdout, stderr: stderr}
 	cmd := &cobra.Command{
-		Use:   "export --format chrome|folded|pprof|flamegraph [-i FILE] [-o OUT] [-D N] [-t DURATION] [--tid TID]...",
-		Short: "Convert a recording to Chrome/Perfetto trace, folded stacks, pprof or a flame graph",
+		Use:   "export --format chrome|perfetto|folded|pprof|flamegraph [-i FILE] [-o OUT] [-D N] [-t DURATION] [--tid TID]... [--since D] [--until D]",
+		Short: "Convert a recording to Chrome JSON or Perfetto trace, folded stacks, pprof or a flame graph",
 		Long: `Convert a recording for other tools:
 
   chrome      Trace Event Format JSON for the Perfetto UI or chrome://tracing
               (default OUT livetrace.json): one track per thread, a complete
               event per call (graph mode) or an instant event per entry.
+  perfetto    Perfetto's protobuf trace for ui.perfetto.dev and trace_processor
+              (livetrace.perfetto-trace): the same tracks and slices, with
+              interned names, several times smaller than the JSON.
   folded      folded stacks "a;b;c value" for flamegraph.pl and speedscope
               (livetrace.folded): self time in ns (graph mode) or calls.
   pprof       a gzipped pprof profile for go tool pprof (livetrace.pb.gz),
@@ -45,8 +48,8 @@ func newExportCmd(stdout, stderr io.Writer) *cobra.Command {
 	}
 	o.in.addFlags(cmd.Flags())
 	o.filter.addFlags(cmd.Flags())
-	cmd.Flags().StringVarP(&o.format, "format", "f", "", "write `FORMAT`: chrome, folded, pprof or flamegraph")
-	cmd.Flags().StringVarP(&o.out, "output", "o", "", "write to `OUT` (default livetrace.json, .folded, .pb.gz or .html; - for stdout)")
+	cmd.Flags().StringVarP(&o.format, "format", "f", "", "write `FORMAT`: chrome, perfetto, folded, pprof or flamegraph")
+	cmd.Flags().StringVarP(&o.out, "output", "o", "", "write to `OUT` (default livetrace.json, .perfetto-trace, .folded, .pb.gz or .html; - for stdout)")
 	return cmd
 }
 
@@ -59,19 +62,20 @@ func (o *exportOptions) run() error {
 	}
 	if out == "" {
 		if o.format == "" {
-			return fmt.Errorf("export: give --format chrome, folded, pprof or flamegraph")
+			return fmt.Errorf("export: give --format chrome, perfetto, folded, pprof or flamegraph")
 		}
-		return fmt.Errorf("export: unknown format %q: use chrome, folded, pprof or flamegraph", o.format)
+		return fmt.Errorf("export: unknown format %q: use chrome, perfetto, folded, pprof or flamegraph", o.format)
 	}
 	if o.out != "" {
 		out = o.out
 	}
-	rec, f, err := load(&o.in, &o.filter)
+	s, f, err := load(&o.in, &o.filter)
 	if err != nil {
 		return err
 	}
+	defer s.Close()
 	if out == "-" {
-		return report.Export(o.stdout, rec, o.format, f)
+		return o.in.readErr(report.ExportStream(o.stdout, s, o.format, f))
 	}
 	// Write under a new name next to OUT and rename (see package
 	// safefile): a failed export leaves no half-written file behind, and
@@ -81,8 +85,8 @@ func (o *exportOptions) run() error {
 		return fmt.Errorf("export: %w", err)
 	}
 	defer file.Abort()
-	if err := report.Export(file, rec, o.format, f); err != nil {
-		return err
+	if err := report.ExportStream(file, s, o.format, f); err != nil {
+		return o.in.readErr(err)
 	}
 	if err := file.Commit(); err != nil {
 		return fmt.Errorf("export: %w", err)

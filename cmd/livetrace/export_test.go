@@ -22,6 +22,7 @@ func TestExportDefaultFiles(t *testing.T) {
 		{"folded", "livetrace.folded"},
 		{"pprof", "livetrace.pb.gz"},
 		{"flamegraph", "livetrace.html"},
+		{"perfetto", "livetrace.perfetto-trace"},
 	} {
 		_, stderr, err := runCLI(t, "export", "-i", graph, "--format", tc.format)
 		if err != nil {
@@ -36,8 +37,8 @@ func TestExportDefaultFiles(t *testing.T) {
 	}
 	// No temporary files left behind.
 	ents, _ := os.ReadDir(".")
-	if len(ents) != 4 {
-		t.Errorf("directory holds %d files, want 4", len(ents))
+	if len(ents) != 5 {
+		t.Errorf("directory holds %d files, want 5", len(ents))
 	}
 }
 
@@ -126,7 +127,7 @@ func TestExportErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"export", "-i", graph}, "give --format chrome, folded, pprof or flamegraph"},
+		{[]string{"export", "-i", graph}, "give --format chrome, perfetto, folded, pprof or flamegraph"},
 		{[]string{"export", "-i", graph, "--format", "svg"}, `unknown format "svg"`},
 		{[]string{"export", "-i", graph, "--format", "chrome", "-o", "/nonexistent/dir/x.json"}, "create /nonexistent/dir/x.json"},
 		{[]string{"report", "-i", graph, "--sort", "speed"}, `unknown column "speed"`},
@@ -189,6 +190,7 @@ func TestExportOutputSafety(t *testing.T) {
 		{"folded", "livetrace.folded"},
 		{"pprof", "livetrace.pb.gz"},
 		{"flamegraph", "livetrace.html"},
+		{"perfetto", "livetrace.perfetto-trace"},
 	} {
 		if err := os.Symlink(victim, tc.file); err != nil {
 			t.Fatal(err)
@@ -236,11 +238,40 @@ func TestExportOutputSafety(t *testing.T) {
 		}
 	}
 	ents, _ := os.ReadDir(".")
-	if len(ents) != 4 {
+	if len(ents) != 5 {
 		var names []string
 		for _, e := range ents {
 			names = append(names, e.Name())
 		}
-		t.Errorf("directory holds %v, want the 4 exports only", names)
+		t.Errorf("directory holds %v, want the 5 exports only", names)
+	}
+}
+
+// TestExportPerfettoCLI checks that export --format perfetto writes a
+// Trace message (a run of packets, field 1) and that --since/--until
+// narrow it.
+func TestExportPerfettoCLI(t *testing.T) {
+	graph := scenarioFile(t, tracefile.ModeGraph)
+	dir := t.TempDir()
+	full, part := filepath.Join(dir, "full.pftrace"), filepath.Join(dir, "part.pftrace")
+	if _, _, err := runCLI(t, "export", "-i", graph, "--format", "perfetto", "-o", full); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := runCLI(t, "export", "-i", graph, "--format", "perfetto", "-o", part, "--since", "1ms", "--until", "2ms"); err != nil {
+		t.Fatal(err)
+	}
+	a, err := os.ReadFile(full)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(part)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(a) == 0 || a[0] != 0x0a || len(b) == 0 || b[0] != 0x0a {
+		t.Fatalf("not a Trace message: % x / % x", a[:min(len(a), 8)], b[:min(len(b), 8)])
+	}
+	if len(b) >= len(a) {
+		t.Errorf("a 1 ms slice is %d bytes, the whole trace %d", len(b), len(a))
 	}
 }

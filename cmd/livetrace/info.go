@@ -25,11 +25,12 @@ events and lost events), the number of events, of lost events and of
 shadow-stack overflows.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			rec, err := o.in.read()
+			s, err := o.in.open()
 			if err != nil {
 				return err
 			}
-			return report.Info(o.stdout, rec)
+			defer s.Close()
+			return o.in.readErr(report.InfoStream(o.stdout, s))
 		},
 	}
 	o.in.addFlags(cmd.Flags())

@@ -30,22 +30,21 @@ func (o *inputOptions) addFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.recover, "recover", false, "read what can be read of a recording the tracer did not finish")
 }
 
-// read reads the recording, with errors that say what to do.
-func (o *inputOptions) read() (*tracefile.Recording, error) {
-	read := tracefile.Read
-	if o.recover {
-		read = tracefile.Recover
-	}
-	rec, err := read(o.file)
+// open opens the recording for streaming, with errors that say what to
+// do. The readers hold no events: their memory does not grow with the
+// recording (see package tracefile's Stream).
+func (o *inputOptions) open() (*tracefile.Stream, error) {
+	s, err := tracefile.OpenStream(o.file, tracefile.StreamOptions{Recover: o.recover})
 	switch {
 	case err == nil:
-		return rec, nil
+		return s, nil
 	case errors.Is(err, fs.ErrNotExist):
 		return nil, fmt.Errorf("open %s: no such file: record one with `livetrace record -p PID`", o.file)
 	case errors.Is(err, tracefile.ErrTruncated) && !o.recover:
 		// Suggest --recover only when it reads something.
-		if r, rerr := tracefile.Recover(o.file); rerr == nil {
-			return nil, fmt.Errorf("read %s: %w: rerun with --recover to read its complete blocks (%d events)", o.file, err, len(r.Events))
+		if r, rerr := tracefile.OpenStream(o.file, tracefile.StreamOptions{Recover: true}); rerr == nil {
+			r.Close()
+			return nil, fmt.Errorf("read %s: %w: rerun with --recover to read its complete blocks (%d events)", o.file, err, r.Total)
 		}
 		return nil, fmt.Errorf("read %s: %w; it holds no intact metadata, so --recover cannot read it either", o.file, err)
 	case errors.Is(err, tracefile.ErrNotRecording), errors.Is(err, tracefile.ErrCorrupt),
@@ -59,36 +58,59 @@ func (o *inputOptions) read() (*tracefile.Recording, error) {
 	return nil, fmt.Errorf("read %s: %w", o.file, err)
 }
 
+// readErr words an error met while reading the events.
+func (o *inputOptions) readErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, tracefile.ErrCorrupt) || errors.Is(err, tracefile.ErrTruncated) {
+		return fmt.Errorf("read %s: %w", o.file, err)
+	}
+	return err
+}
+
 // filterOptions are the flags that select calls (-D, -t, --tid).
 type filterOptions struct {
 	depth  int
 	minDur time.Duration
 	tids   []uint
+	since  time.Duration
+	until  time.Duration
 }
 
 func (o *filterOptions) addFlags(fs *pflag.FlagSet) {
 	fs.IntVarP(&o.depth, "depth", "D", 0, "show calls at depth < `N` only (graph mode; 0 = all)")
 	fs.DurationVarP(&o.minDur, "time-filter", "t", 0, "show calls that took at least `DURATION` (graph mode; e.g. 10us, 1.5ms)")
 	fs.UintSliceVar(&o.tids, "tid", nil, "show thread `TID` only (repeat or separate with commas)")
+	fs.DurationVar(&o.since, "since", 0, "read the events from `DURATION` after the first event on (e.g. 1.5s)")
+	fs.DurationVar(&o.until, "until", 0, "read the events up to `DURATION` after the first event (0 = to the end)")
 }
 
-// load checks the filter flags, reads the recording, and returns it with
-// the filter to apply (see filterFor).
-func load(in *inputOptions, fo *filterOptions) (*tracefile.Recording, report.Filter, error) {
+// load checks the filter flags, opens the recording (narrowed to
+// --since/--until), and returns it with the filter to apply (see
+// filterFor). The caller closes the stream.
+func load(in *inputOptions, fo *filterOptions) (*tracefile.Stream, report.Filter, error) {
 	if _, err := fo.filter(); err != nil {
 		return nil, report.Filter{}, err
 	}
-	rec, err := in.read()
+	s, err := in.open()
 	if err != nil {
 		return nil, report.Filter{}, err
 	}
-	f, err := fo.filterFor(rec)
-	return rec, f, err
+	if fo.since != 0 || fo.until != 0 {
+		s.SetTimeRange(fo.since, fo.until)
+	}
+	f, err := fo.filterFor(&s.Meta)
+	if err != nil {
+		s.Close()
+		return nil, report.Filter{}, err
+	}
+	return s, f, nil
 }
 
 // filterFor is filter() with the filters given at record time (stored in
 // the recording) as defaults for those not given on the command line.
-func (o *filterOptions) filterFor(rec *tracefile.Recording) (report.Filter, error) {
+func (o *filterOptions) filterFor(rec *tracefile.Meta) (report.Filter, error) {
 	f, err := o.filter()
 	if err != nil || rec.Mode != tracefile.ModeGraph {
 		return f, err
@@ -110,6 +132,12 @@ func (o *filterOptions) filter() (report.Filter, error) {
 	if o.minDur < 0 {
 		return f, fmt.Errorf("parse -t %v: give a duration of 0 or more", o.minDur)
 	}
+	if o.since < 0 || o.until < 0 {
+		return f, fmt.Errorf("parse --since %v --until %v: give durations of 0 or more after the first event", o.since, o.until)
+	}
+	if o.until != 0 && o.until <= o.since {
+		return f, fmt.Errorf("parse --since %v --until %v: --until must be after --since", o.since, o.until)
+	}
 	for _, tid := range o.tids {
 		if tid == 0 || tid > math.MaxUint32 {
 			return f, fmt.Errorf("parse --tid %d: give a thread id from the recording (see livetrace info)", tid)
@@ -129,7 +157,7 @@ type replayOptions struct {
 func newReplayCmd(stdout, stderr io.Writer) *cobra.Command {
 	o := &replayOptions{stdout: stdout}
 	cmd := &cobra.Command{
-		Use:   "replay [-i FILE] [-D N] [-t DURATION] [--tid TID]...",
+		Use:   "replay [-i FILE] [-D N] [-t DURATION] [--tid TID]... [--since D] [--until D]",
 		Short: "Print a recording event by event, like ftrace",
 		Long: `Print a recording one line per event.
 
@@ -143,16 +171,23 @@ by depth, the duration of each call on its closing line, and leaf calls
 folded into one line "name();". A call whose exit the agent lost is marked
 /* exit lost */, one still running at the end /* unfinished */; exits whose
 entry is missing (the function was running when tracing started) are
-skipped.`,
+skipped.
+
+--since and --until read a slice of the recording (times after its first
+event; replay times stay relative to the first event). Calls that cross
+the slice's start show from their first event inside it, and those still
+open at its end are /* unfinished */.`,
 		Example: `  livetrace replay
-  livetrace replay -i run1.data -D 3 -t 10us --tid 1234`,
+  livetrace replay -i run1.data -D 3 -t 10us --tid 1234
+  livetrace replay --since 2s --until 2.5s`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			rec, f, err := load(&o.in, &o.filter)
+			s, f, err := load(&o.in, &o.filter)
 			if err != nil {
 				return err
 			}
-			return report.Replay(o.stdout, rec, f)
+			defer s.Close()
+			return o.in.readErr(report.ReplayStream(o.stdout, s, f))
 		},
 	}
 	o.in.addFlags(cmd.Flags())

@@ -305,3 +305,48 @@ func TestHostileNamesGolden(t *testing.T) {
 		}
 	}
 }
+
+// TestSinceUntil checks that --since and --until print the lines of the
+// full replay in that time range (entry mode: one line per event), and
+// reject bad ranges.
+func TestSinceUntil(t *testing.T) {
+	entry := scenarioFile(t, tracefile.ModeEntry)
+	full, _, err := runCLI(t, "replay", "-i", entry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for _, l := range strings.Split(full, "\n") {
+		if strings.HasPrefix(l, "#") || l == "" {
+			continue
+		}
+		// "... [---]       0.000025: ..." : seconds since the first event.
+		f := strings.Fields(l[strings.Index(l, "]")+1:])
+		us := strings.TrimSuffix(strings.Replace(f[0], ".", "", 1), ":")
+		if us >= "0000100" && us < "0000900" {
+			want = append(want, l)
+		}
+	}
+	if len(want) == 0 {
+		t.Fatal("no event in the range: pick another")
+	}
+	got, _, err := runCLI(t, "replay", "-i", entry, "--since", "100us", "--until", "900us")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	for _, l := range strings.Split(got, "\n") {
+		if !strings.HasPrefix(l, "#") && l != "" {
+			lines = append(lines, l)
+		}
+	}
+	if diff := cmp.Diff(want, lines); diff != "" {
+		t.Errorf("--since 100us --until 900us (-want +got):\n%s", diff)
+	}
+	for _, args := range [][]string{{"--since", "2s", "--until", "1s"}, {"--since", "-1s"}} {
+		_, _, err := runCLI(t, append([]string{"report", "-i", entry}, args...)...)
+		if err == nil || !strings.Contains(err.Error(), "--since") {
+			t.Errorf("%v: err = %v", args, err)
+		}
+	}
+}

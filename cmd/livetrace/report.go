@@ -21,7 +21,7 @@ type reportOptions struct {
 func newReportCmd(stdout, stderr io.Writer) *cobra.Command {
 	o := &reportOptions{stdout: stdout}
 	cmd := &cobra.Command{
-		Use:   "report [-i FILE] [--json] [--sort COL] [-D N] [-t DURATION] [--tid TID]...",
+		Use:   "report [-i FILE] [--json] [--sort COL] [-D N] [-t DURATION] [--tid TID]... [--since D] [--until D]",
 		Short: "Print per-function statistics of a recording",
 		Long: `Print one line per traced function: its calls, and for graph-mode
 recordings its total, self, average, minimum and maximum time.
@@ -42,11 +42,12 @@ min_ns and max_ns.`,
   livetrace report --json --tid 1234`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			rec, f, err := load(&o.in, &o.filter)
+			s, f, err := load(&o.in, &o.filter)
 			if err != nil {
 				return err
 			}
-			return report.Report(o.stdout, rec, report.ReportOptions{Filter: f, Sort: o.sort, JSON: o.json})
+			defer s.Close()
+			return o.in.readErr(report.ReportStream(o.stdout, s, report.ReportOptions{Filter: f, Sort: o.sort, JSON: o.json}))
 		},
 	}
 	o.in.addFlags(cmd.Flags())

@@ -31,8 +31,15 @@ type chromeEvent struct {
 // set. Entry mode gives thread-scoped instant ("i") events with the caller
 // in args.
 func ExportChrome(w io.Writer, rec *tracefile.Recording, f Filter) error {
-	t, err := newTimeline(rec, f)
-	if err != nil {
+	return ExportChromeStream(w, rec.Stream(tracefile.StreamOptions{}), f)
+}
+
+// ExportChromeStream is [ExportChrome] of a stream. It reads the stream
+// twice (once for the threads, or in graph mode for the ends of long
+// calls) and holds no events.
+func ExportChromeStream(w io.Writer, s *tracefile.Stream, f Filter) error {
+	rec := &s.Meta
+	if err := f.check(rec); err != nil {
 		return err
 	}
 	bw := bufio.NewWriter(w)
@@ -50,17 +57,23 @@ func ExportChrome(w io.Writer, rec *tracefile.Recording, f Filter) error {
 		bw.Write(b)
 	}
 	bw.WriteString(`{"displayTimeUnit":"ns","traceEvents":[` + "\n")
-	emit(&chromeEvent{Name: "process_name", Ph: "M", PID: rec.PID, TID: 0, Args: map[string]any{"name": fmt.Sprintf("%s (pid %d)", Printable(rec.Comm), rec.PID)}})
 	names := threadNames(rec)
-	for _, tid := range tids(rec, f) {
-		emit(&chromeEvent{Name: "thread_name", Ph: "M", PID: rec.PID, TID: tid, Args: map[string]any{"name": threadName(names, rec, tid)}})
+	header := func(threads []uint32) {
+		emit(&chromeEvent{Name: "process_name", Ph: "M", PID: rec.PID, TID: 0, Args: map[string]any{"name": fmt.Sprintf("%s (pid %d)", Printable(rec.Comm), rec.PID)}})
+		for _, tid := range threads {
+			if f.keepTID(tid) {
+				emit(&chromeEvent{Name: "thread_name", Ph: "M", PID: rec.PID, TID: tid, Args: map[string]any{"name": threadName(names, rec, tid)}})
+			}
+		}
 	}
 	us := func(ns int64) float64 { return float64(ns) / 1e3 }
+	var err error
 	if rec.Mode == tracefile.ModeGraph {
-		for i := range t.calls {
-			c := &t.calls[i]
-			if !c.visible {
-				continue
+		// The first pass finds the threads.
+		err = inOrder(s, f, header, func(it item) {
+			c := it.c
+			if it.kind != itemEntry || !c.visible {
+				return
 			}
 			d := us(c.dur())
 			ev := &chromeEvent{Name: funcName(rec, c.fn), Cat: "function", Ph: "X", TS: us(c.start), Dur: &d, PID: rec.PID, TID: c.tid}
@@ -71,16 +84,30 @@ func ExportChrome(w io.Writer, rec *tracefile.Recording, f Filter) error {
 				ev.Args = map[string]any{"exit_lost": true}
 			}
 			emit(ev)
-		}
+		})
 	} else {
+		threads, terr := tids(s, f)
+		if terr != nil {
+			return terr
+		}
+		header(threads)
 		syms := newSymbolizer(rec)
-		for i, e := range rec.Events {
-			if e.Kind != tracefile.KindEntry || !f.keepTID(e.TID) {
+		e := newEngine(s, f)
+		for {
+			ev, ok := s.Next()
+			if !ok {
+				break
+			}
+			if ev.Kind != tracefile.KindEntry || !f.keepTID(ev.TID) {
 				continue
 			}
-			emit(&chromeEvent{Name: funcName(rec, e.Func), Cat: "function", Ph: "i", S: "t", TS: us(t.ns(i)),
-				PID: rec.PID, TID: e.TID, Args: map[string]any{"caller": syms.name(e.Caller)}})
+			emit(&chromeEvent{Name: funcName(rec, ev.Func), Cat: "function", Ph: "i", S: "t", TS: us(e.ns(ev.TSC)),
+				PID: rec.PID, TID: ev.TID, Args: map[string]any{"caller": syms.name(ev.Caller)}})
 		}
+		err = s.Err()
+	}
+	if err != nil {
+		return err
 	}
 	bw.WriteString("\n]}\n")
 	if err := bw.Flush(); err != nil {

@@ -24,7 +24,13 @@ const (
 // mode. Hovering a frame shows its name and value; clicking zooms into it,
 // clicking the bottom frame zooms out.
 func ExportFlameGraph(w io.Writer, rec *tracefile.Recording, f Filter) error {
-	st, err := newStackTree(rec, f)
+	return ExportFlameGraphStream(w, rec.Stream(tracefile.StreamOptions{}), f)
+}
+
+// ExportFlameGraphStream is [ExportFlameGraph] of a stream.
+func ExportFlameGraphStream(w io.Writer, s *tracefile.Stream, f Filter) error {
+	rec := &s.Meta
+	st, err := newStackTree(s, f)
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 
@@ -14,11 +15,46 @@ import (
 // duration, modules, threads (with their events and lost events), event
 // and lost counts, and shadow-stack overflows.
 func Info(w io.Writer, rec *tracefile.Recording) error {
-	bw := bufio.NewWriter(w)
-	perThread := map[uint32]uint64{}
-	for _, ev := range rec.Events {
-		perThread[ev.TID]++
+	return InfoStream(w, rec.Stream(tracefile.StreamOptions{}))
+}
+
+// InfoStream is [Info] of a stream, which it reads once to count the
+// events of each thread.
+func InfoStream(w io.Writer, s *tracefile.Stream) error {
+	rec := &s.Meta
+	counts := map[uint32]*uint64{}
+	var (
+		events  uint64
+		threads []uint32
+		cur     *uint64
+		lastTID uint32
+	)
+	for {
+		ev, ok := s.Next()
+		if !ok {
+			break
+		}
+		events++
+		if cur == nil || ev.TID != lastTID {
+			p := counts[ev.TID]
+			if p == nil {
+				p = new(uint64)
+				counts[ev.TID] = p
+				threads = append(threads, ev.TID)
+			}
+			cur, lastTID = p, ev.TID
+		}
+		*cur++
 	}
+	if err := s.Err(); err != nil {
+		return err
+	}
+	slices.Sort(threads)
+	perThread := make(map[uint32]uint64, len(counts))
+	for tid, n := range counts {
+		perThread[tid] = *n
+	}
+	bw := bufio.NewWriter(w)
 	kv := func(k, format string, args ...any) {
 		fmt.Fprintf(bw, "%-24s %s\n", k+":", fmt.Sprintf(format, args...))
 	}
@@ -39,19 +75,19 @@ func Info(w io.Writer, rec *tracefile.Recording) error {
 	}
 	kv("mode", "%s", rec.Mode)
 	kv("format version", "%d", rec.Version)
-	if rec.Recovered {
-		kv("recovered", "yes: the writer did not finish; %d events left out", rec.Dropped)
+	if s.Recovered {
+		kv("recovered", "yes: the writer did not finish; %d events left out", s.Dropped)
 	}
 	kv("start", "%s", fmtTime(rec.Start))
 	kv("end", "%s", fmtTime(rec.End))
 	if !rec.Start.IsZero() && !rec.End.IsZero() {
 		kv("duration", "%s", human(rec.End.Sub(rec.Start).Nanoseconds()))
 	}
-	if n := len(rec.Events); n > 0 {
-		span := rec.Clock.Nanos(rec.Events[n-1].TSC) - rec.Clock.Nanos(rec.Events[0].TSC)
+	if events > 0 {
+		span := rec.Clock.Nanos(s.LastTSC) - rec.Clock.Nanos(s.FirstTSC)
 		kv("events span", "%s", human(span))
 	}
-	kv("events", "%d", len(rec.Events))
+	kv("events", "%d", events)
 	kv("lost events", "%d", rec.Lost)
 	if rec.Mode == tracefile.ModeGraph {
 		kv("shadow stack overflows", "%d", rec.ShadowOverflow)
@@ -89,7 +125,7 @@ func Info(w io.Writer, rec *tracefile.Recording) error {
 		seen[th.TID] = true
 		fmt.Fprintf(bw, "  %8d  %-16s  %10d  %10d\n", th.TID, Printable(th.Name), perThread[th.TID], th.Lost)
 	}
-	for _, tid := range tids(rec, Filter{}) {
+	for _, tid := range threads {
 		if !seen[tid] {
 			fmt.Fprintf(bw, "  %8d  %-16s  %10d  %10s\n", tid, "?", perThread[tid], "-")
 		}

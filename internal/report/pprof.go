@@ -16,7 +16,13 @@ import (
 // mode, whose stacks are one function deep). Each traced function is one
 // location at its entry address, in the mapping of its module.
 func Profile(rec *tracefile.Recording, f Filter) (*profile.Profile, error) {
-	st, err := newStackTree(rec, f)
+	return ProfileStream(rec.Stream(tracefile.StreamOptions{}), f)
+}
+
+// ProfileStream is [Profile] of a stream.
+func ProfileStream(s *tracefile.Stream, f Filter) (*profile.Profile, error) {
+	rec := &s.Meta
+	st, err := newStackTree(s, f)
 	if err != nil {
 		return nil, err
 	}
@@ -90,7 +96,12 @@ func Profile(rec *tracefile.Recording, f Filter) (*profile.Profile, error) {
 
 // ExportPprof writes the [Profile] of rec as a gzipped protocol buffer.
 func ExportPprof(w io.Writer, rec *tracefile.Recording, f Filter) error {
-	p, err := Profile(rec, f)
+	return ExportPprofStream(w, rec.Stream(tracefile.StreamOptions{}), f)
+}
+
+// ExportPprofStream is [ExportPprof] of a stream.
+func ExportPprofStream(w io.Writer, s *tracefile.Stream, f Filter) error {
+	p, err := ProfileStream(s, f)
 	if err != nil {
 		return err
 	}

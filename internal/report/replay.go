@@ -32,15 +32,25 @@ import (
 // "/* exit lost */" or "/* unfinished */". See the package documentation
 // for how calls are matched and filtered.
 func Replay(w io.Writer, rec *tracefile.Recording, f Filter) error {
-	t, err := newTimeline(rec, f)
-	if err != nil {
+	return ReplayStream(w, rec.Stream(tracefile.StreamOptions{}), f)
+}
+
+// ReplayStream is [Replay] of a stream. It holds no events: graph mode
+// reads the stream twice (see the package documentation).
+func ReplayStream(w io.Writer, s *tracefile.Stream, f Filter) error {
+	if err := f.check(&s.Meta); err != nil {
 		return err
 	}
 	bw := bufio.NewWriter(w)
-	if rec.Mode == tracefile.ModeGraph {
-		replayGraph(bw, t)
+	var err error
+	if s.Mode == tracefile.ModeGraph {
+		err = replayGraph(bw, s, f)
 	} else {
-		replayEntries(bw, t, f)
+		err = replayEntries(bw, s, f)
+	}
+	if err != nil {
+		bw.Flush()
+		return err
 	}
 	if err := bw.Flush(); err != nil {
 		return fmt.Errorf("write replay: %w", err)
@@ -48,9 +58,9 @@ func Replay(w io.Writer, rec *tracefile.Recording, f Filter) error {
 	return nil
 }
 
-func writeLostHeader(w *bufio.Writer, rec *tracefile.Recording) {
-	if rec.Recovered {
-		fmt.Fprintf(w, "# recovered from an unfinished recording (%d events left out)\n", rec.Dropped)
+func writeLostHeader(w *bufio.Writer, rec *tracefile.Meta, recovered bool, dropped uint64) {
+	if recovered {
+		fmt.Fprintf(w, "# recovered from an unfinished recording (%d events left out)\n", dropped)
 	}
 	if rec.Lost == 0 && rec.ShadowOverflow == 0 {
 		return
@@ -71,18 +81,23 @@ func writeLostHeader(w *bufio.Writer, rec *tracefile.Recording) {
 	fmt.Fprintln(w)
 }
 
-func replayEntries(w *bufio.Writer, t *timeline, f Filter) {
-	rec := t.rec
+func replayEntries(w *bufio.Writer, s *tracefile.Stream, f Filter) error {
+	rec := &s.Meta
 	names := threadNames(rec)
 	syms := newSymbolizer(rec)
+	e := newEngine(s, f)
 	fmt.Fprintf(w, "# tracer: function (livetrace entry mode), pid %d (%s)\n", rec.PID, Printable(rec.Comm))
-	writeLostHeader(w, rec)
+	writeLostHeader(w, rec, s.Recovered, s.Dropped)
 	fmt.Fprintf(w, "#\n#           TASK-TID     CPU      TIMESTAMP  FUNCTION\n#              | |        |          |         |\n")
-	for i, ev := range rec.Events {
+	for {
+		ev, ok := s.Next()
+		if !ok {
+			break
+		}
 		if ev.Kind != tracefile.KindEntry || !f.keepTID(ev.TID) {
 			continue
 		}
-		ns := t.ns(i)
+		ns := e.ns(ev.TSC)
 		task := threadName(names, rec, ev.TID)
 		if len(task) > 16 {
 			// At a character boundary: half a character is invalid
@@ -96,40 +111,25 @@ func replayEntries(w *bufio.Writer, t *timeline, f Filter) {
 		fmt.Fprintf(w, "%16s-%-7d [---] %7d.%06d: %s <- %s\n", task, ev.TID,
 			ns/1e9, ns%1e9/1e3, funcName(rec, ev.Func), syms.name(ev.Caller))
 	}
+	return s.Err()
 }
 
-func replayGraph(w *bufio.Writer, t *timeline) {
-	rec := t.rec
+func replayGraph(w *bufio.Writer, s *tracefile.Stream, f Filter) error {
+	rec := &s.Meta
 	fmt.Fprintf(w, "# tracer: function_graph (livetrace graph mode), pid %d (%s)\n", rec.PID, Printable(rec.Comm))
-	writeLostHeader(w, rec)
+	writeLostHeader(w, rec, s.Recovered, s.Dropped)
 	fmt.Fprintf(w, "#\n# DURATION       TID     FUNCTION\n")
-	// next[i] is the next shown event of the same thread after event i.
-	next := make([]int, len(t.evCall))
-	last := map[uint32]int{}
-	for i, ci := range t.evCall {
-		next[i] = -1
-		if ci < 0 {
-			continue
+	return inOrder(s, f, nil, func(it item) {
+		c := it.c
+		if !c.visible || it.kind == itemLost {
+			return
 		}
-		tid := rec.Events[i].TID
-		if j, ok := last[tid]; ok {
-			next[j] = i
-		}
-		last[tid] = i
-	}
-	folded := map[int32]bool{}
-	for i, ci := range t.evCall {
-		if ci < 0 {
-			continue
-		}
-		c := &t.calls[ci]
 		indent := strings.Repeat("  ", int(c.depth))
 		name := funcName(rec, c.fn)
-		if i == c.entry {
-			if c.exit >= 0 && next[i] == c.exit {
-				folded[ci] = true
+		if it.kind == itemEntry {
+			if c.folded() {
 				fmt.Fprintf(w, "%s [%7d] | %s%s();\n", fmtDur(c.dur()), c.tid, indent, name)
-				continue
+				return
 			}
 			mark := ""
 			switch c.status {
@@ -139,14 +139,13 @@ func replayGraph(w *bufio.Writer, t *timeline) {
 				mark = " /* unfinished */"
 			}
 			fmt.Fprintf(w, "%10s [%7d] | %s%s() {%s\n", "", c.tid, indent, name, mark)
-			continue
+			return
 		}
-		if folded[ci] {
-			delete(folded, ci)
-			continue
+		if c.folded() {
+			return
 		}
 		fmt.Fprintf(w, "%s [%7d] | %s} /* %s */\n", fmtDur(c.dur()), c.tid, indent, name)
-	}
+	})
 }
 
 // fmtDur formats a duration in ns the way uftrace does, 10 characters wide.
@@ -165,9 +164,13 @@ func fmtDur(ns int64) string {
 // of a recording.
 type symbolizer struct {
 	syms []tracefile.Symbol // sorted by Addr
+	// cache holds the names of up to maxSymCache addresses.
+	cache map[uint64]string
 }
 
-func newSymbolizer(rec *tracefile.Recording) *symbolizer {
+const maxSymCache = 1 << 16
+
+func newSymbolizer(rec *tracefile.Meta) *symbolizer {
 	s := &symbolizer{syms: make([]tracefile.Symbol, 0, len(rec.Symbols)+len(rec.Funcs))}
 	s.syms = append(s.syms, rec.Symbols...)
 	for _, f := range rec.Funcs {
@@ -183,6 +186,20 @@ func (s *symbolizer) name(pc uint64) string {
 	if pc == 0 {
 		return "?"
 	}
+	if n, ok := s.cache[pc]; ok {
+		return n
+	}
+	n := s.lookup(pc)
+	if s.cache == nil {
+		s.cache = map[uint64]string{}
+	}
+	if len(s.cache) < maxSymCache {
+		s.cache[pc] = n
+	}
+	return n
+}
+
+func (s *symbolizer) lookup(pc uint64) string {
 	i := sort.Search(len(s.syms), func(i int) bool { return s.syms[i].Addr > pc }) - 1
 	if i < 0 {
 		return "?"

@@ -25,60 +25,67 @@ type stackNode struct {
 // package documentation says); in entry mode stacks are one function deep
 // and valued by their number of calls.
 type stackTree struct {
-	rec   *tracefile.Recording
+	rec   *tracefile.Meta
 	graph bool
 	nodes []stackNode
 	roots []int32
+	index map[[2]int64]int32 // (parent node, fn) -> node
 }
 
-func newStackTree(rec *tracefile.Recording, f Filter) (*stackTree, error) {
-	t, err := newTimeline(rec, f)
-	if err != nil {
-		return nil, err
-	}
-	st := &stackTree{rec: rec, graph: rec.Mode == tracefile.ModeGraph}
-	index := map[[2]int64]int32{} // (parent node, fn) -> node
-	node := func(parent int32, fn uint32) int32 {
-		k := [2]int64{int64(parent), int64(fn)}
-		if n, ok := index[k]; ok {
-			return n
-		}
-		n := int32(len(st.nodes))
-		st.nodes = append(st.nodes, stackNode{parent: parent, fn: fn})
-		index[k] = n
-		if parent < 0 {
-			st.roots = append(st.roots, n)
-		} else {
-			st.nodes[parent].kids = append(st.nodes[parent].kids, n)
-		}
+// node returns the node of fn below parent (-1 for a root), adding it.
+func (st *stackTree) node(parent int32, fn uint32) int32 {
+	k := [2]int64{int64(parent), int64(fn)}
+	if n, ok := st.index[k]; ok {
 		return n
 	}
+	n := int32(len(st.nodes))
+	st.nodes = append(st.nodes, stackNode{parent: parent, fn: fn})
+	st.index[k] = n
+	if parent < 0 {
+		st.roots = append(st.roots, n)
+	} else {
+		st.nodes[parent].kids = append(st.nodes[parent].kids, n)
+	}
+	return n
+}
+
+func newStackTree(s *tracefile.Stream, f Filter) (*stackTree, error) {
+	if err := f.check(&s.Meta); err != nil {
+		return nil, err
+	}
+	rec := &s.Meta
+	st := &stackTree{rec: rec, graph: rec.Mode == tracefile.ModeGraph, index: map[[2]int64]int32{}}
 	if st.graph {
-		callNode := make([]int32, len(t.calls))
-		for i := range t.calls {
-			c := &t.calls[i]
+		e := newEngine(s, f)
+		e.recycle, e.tree = true, st
+		e.onResolve = func(c *ocall) {
 			if !c.visible {
-				continue
+				return
 			}
-			parent := int32(-1)
-			if c.parent >= 0 {
-				parent = callNode[c.parent]
-			}
-			n := node(parent, c.fn)
-			callNode[i] = n
-			st.nodes[n].calls++
-			st.nodes[n].self += c.dur()
-			if parent >= 0 {
-				st.nodes[parent].self -= c.dur()
+			n := &st.nodes[c.node]
+			n.calls++
+			n.self += c.dur()
+			if c.pnode >= 0 {
+				st.nodes[c.pnode].self -= c.dur()
 			}
 		}
+		if err := e.run(s, nil); err != nil {
+			return nil, err
+		}
 	} else {
-		for _, ev := range rec.Events {
+		for {
+			ev, ok := s.Next()
+			if !ok {
+				break
+			}
 			if ev.Kind == tracefile.KindEntry && f.keepTID(ev.TID) {
-				n := node(-1, ev.Func)
+				n := st.node(-1, ev.Func)
 				st.nodes[n].calls++
 			}
 		}
+	}
+	if err := s.Err(); err != nil {
+		return nil, err
 	}
 	// Children come after their parents: sum totals backwards.
 	for i := len(st.nodes) - 1; i >= 0; i-- {
@@ -109,7 +116,7 @@ func (n *stackNode) value(graph bool) int64 {
 }
 
 // frameName returns a function name that is safe in folded stacks.
-func frameName(rec *tracefile.Recording, fn uint32) string {
+func frameName(rec *tracefile.Meta, fn uint32) string {
 	return strings.NewReplacer(";", ":", "\n", " ", "\r", " ").Replace(funcName(rec, fn))
 }
 
@@ -136,7 +143,12 @@ func (st *stackTree) walk(visit func(n int32, stack []string)) {
 // number of calls in entry mode (where stacks are a single function).
 // Threads are merged; stacks with value 0 are left out.
 func ExportFolded(w io.Writer, rec *tracefile.Recording, f Filter) error {
-	st, err := newStackTree(rec, f)
+	return ExportFoldedStream(w, rec.Stream(tracefile.StreamOptions{}), f)
+}
+
+// ExportFoldedStream is [ExportFolded] of a stream.
+func ExportFoldedStream(w io.Writer, s *tracefile.Stream, f Filter) error {
+	st, err := newStackTree(s, f)
 	if err != nil {
 		return err
 	}

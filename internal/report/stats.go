@@ -51,6 +51,13 @@ type ReportOptions struct {
 // Stats computes the per-function statistics of rec, sorted by column sort
 // (numbers descending, names ascending; ties by name).
 func Stats(rec *tracefile.Recording, f Filter, sort string) ([]FuncStats, error) {
+	return StatsStream(rec.Stream(tracefile.StreamOptions{}), f, sort)
+}
+
+// StatsStream is [Stats] of a stream: it aggregates as it reads, holding
+// the open calls only.
+func StatsStream(s *tracefile.Stream, f Filter, sort string) ([]FuncStats, error) {
+	rec := &s.Meta
 	graph := rec.Mode == tracefile.ModeGraph
 	if sort == "" {
 		sort = "calls"
@@ -64,12 +71,16 @@ func Stats(rec *tracefile.Recording, f Filter, sort string) ([]FuncStats, error)
 	if !graph && sort != "calls" && sort != "name" {
 		return nil, fmt.Errorf("sort report: column %q needs a graph-mode recording: sort by calls or name", sort)
 	}
-	t, err := newTimeline(rec, f)
-	if err != nil {
+	if err := f.check(rec); err != nil {
 		return nil, err
 	}
-	byFn := map[uint32]*FuncStats{}
+	// Indexed by function: no map lookup per call.
+	byFn := make([]*FuncStats, len(rec.Funcs))
 	get := func(fn uint32) *FuncStats {
+		if int(fn) >= len(byFn) {
+			// Only a Recording made by hand has such events.
+			byFn = append(byFn, make([]*FuncStats, int(fn)+1-len(byFn))...)
+		}
 		s := byFn[fn]
 		if s == nil {
 			s = &FuncStats{Function: funcName(rec, fn), Module: moduleName(rec, fn), Min: math.MaxInt64}
@@ -78,43 +89,60 @@ func Stats(rec *tracefile.Recording, f Filter, sort string) ([]FuncStats, error)
 		return s
 	}
 	if graph {
-		// Children's time, to compute self times.
-		childTime := make([]int64, len(t.calls))
-		for i := range t.calls {
-			c := &t.calls[i]
-			if c.visible && c.parent >= 0 {
-				childTime[c.parent] += c.dur()
-			}
-		}
-		for i := range t.calls {
-			c := &t.calls[i]
+		e := newEngine(s, f)
+		e.recycle = true
+		e.onResolve = func(c *ocall) {
 			if !c.visible {
-				continue
+				return
 			}
 			s := get(c.fn)
 			s.Calls++
 			if c.status != complete {
-				continue
+				return
 			}
 			d := c.dur()
 			s.completed++
 			s.sum += d
-			s.Self += d - childTime[i]
+			s.Self += d - c.childTime
 			if c.outermost {
 				s.Total += d
 			}
 			s.Min = min(s.Min, d)
 			s.Max = max(s.Max, d)
 		}
+		if err := e.run(s, nil); err != nil {
+			return nil, err
+		}
 	} else {
-		for _, ev := range rec.Events {
-			if ev.Kind == tracefile.KindEntry && f.keepTID(ev.TID) {
-				get(ev.Func).Calls++
+		// A slice indexed by function: no map lookup per event.
+		calls := make([]uint64, len(rec.Funcs))
+		all := len(f.TIDs) == 0
+		for {
+			b, ok := s.NextBatch()
+			if !ok {
+				break
+			}
+			for i := range b {
+				ev := &b[i]
+				if ev.Kind == tracefile.KindEntry && (all || f.keepTID(ev.TID)) && int(ev.Func) < len(calls) {
+					calls[ev.Func]++
+				}
+			}
+		}
+		for fn, n := range calls {
+			if n > 0 {
+				get(uint32(fn)).Calls = n
 			}
 		}
 	}
+	if err := s.Err(); err != nil {
+		return nil, err
+	}
 	out := make([]FuncStats, 0, len(byFn))
 	for _, s := range byFn {
+		if s == nil {
+			continue
+		}
 		if s.completed > 0 {
 			s.Avg = s.sum / int64(s.completed)
 		} else {
@@ -148,7 +176,13 @@ func Stats(rec *tracefile.Recording, f Filter, sort string) ([]FuncStats, error)
 // an array of objects with "function", "module", "calls", and in graph mode
 // "total_ns", "self_ns", "avg_ns", "min_ns", "max_ns".
 func Report(w io.Writer, rec *tracefile.Recording, o ReportOptions) error {
-	stats, err := Stats(rec, o.Filter, o.Sort)
+	return ReportStream(w, rec.Stream(tracefile.StreamOptions{}), o)
+}
+
+// ReportStream is [Report] of a stream.
+func ReportStream(w io.Writer, s *tracefile.Stream, o ReportOptions) error {
+	rec := &s.Meta
+	stats, err := StatsStream(s, o.Filter, o.Sort)
 	if err != nil {
 		return err
 	}
@@ -176,7 +210,7 @@ func Report(w io.Writer, rec *tracefile.Recording, o ReportOptions) error {
 			return fmt.Errorf("write report: %w", err)
 		}
 	} else if graph {
-		writeLostHeader(bw, rec)
+		writeLostHeader(bw, rec, s.Recovered, s.Dropped)
 		fmt.Fprintf(bw, "%12s  %12s  %10s  %12s  %12s  %12s  %s\n", "Total time", "Self time", "Calls", "Avg", "Min", "Max", "Function")
 		fmt.Fprintf(bw, "%12s  %12s  %10s  %12s  %12s  %12s  %s\n", "==========", "==========", "==========", "==========", "==========", "==========", "========")
 		for _, s := range stats {
@@ -188,7 +222,7 @@ func Report(w io.Writer, rec *tracefile.Recording, o ReportOptions) error {
 			fmt.Fprintf(bw, "%12s  %12s  %10d  %12s  %12s  %12s  %s\n", tot, self, s.Calls, avg, lo, hi, s.Function)
 		}
 	} else {
-		writeLostHeader(bw, rec)
+		writeLostHeader(bw, rec, s.Recovered, s.Dropped)
 		fmt.Fprintf(bw, "%10s  %s\n%10s  %s\n", "Calls", "Function", "==========", "========")
 		for _, s := range stats {
 			fmt.Fprintf(bw, "%10d  %s\n", s.Calls, s.Function)

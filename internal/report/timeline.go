@@ -2,9 +2,12 @@
 // function and function_graph style), per-function reports, info, and
 // exports (Chrome trace JSON, folded stacks, pprof, flame graph HTML).
 //
-// Every function here is a pure function of a *tracefile.Recording that
-// writes to an io.Writer; none keeps state between calls, so they are safe
-// for concurrent use on recordings nobody modifies.
+// Every output reads a *tracefile.Stream (the functions named ...Stream)
+// or a whole *tracefile.Recording (the others, which stream it) and writes
+// to an io.Writer. They hold no events: memory is bounded by the threads,
+// the open calls and, for the stack exports, the distinct stacks (see
+// engine.go). None keeps state between calls; a Stream is read by one
+// call at a time, and recordings nobody modifies can be read concurrently.
 //
 // # Calls in graph mode
 //
@@ -53,7 +56,7 @@ type Filter struct {
 }
 
 // check rejects filters a recording of rec's mode cannot apply.
-func (f Filter) check(rec *tracefile.Recording) error {
+func (f Filter) check(rec *tracefile.Meta) error {
 	if f.MaxDepth < 0 {
 		return fmt.Errorf("check depth filter: %d is negative: give a depth of 1 or more", f.MaxDepth)
 	}
@@ -70,162 +73,9 @@ func (f Filter) keepTID(tid uint32) bool {
 	return len(f.TIDs) == 0 || slices.Contains(f.TIDs, tid)
 }
 
-type callStatus uint8
-
-const (
-	complete   callStatus = iota
-	exitLost              // closed by resync: its exit was lost
-	unfinished            // still running at the end of the recording
-)
-
-// call is one function call of a graph-mode recording.
-type call struct {
-	tid    uint32
-	fn     uint32
-	depth  uint16
-	status callStatus
-	// outermost is set when no other call of fn was active below this one
-	// on the thread's stack (recursion is counted once in total times).
-	outermost bool
-	visible   bool
-	parent    int32 // index into timeline.calls, -1 at the top
-	entry     int   // event index of the entry
-	exit      int   // event index of the exit, -1 if none
-	start     int64 // ns since the first event
-	end       int64 // ns since the first event (estimated unless complete)
-}
-
-func (c *call) dur() int64 { return c.end - c.start }
-
-// timeline is the calls of a recording, in the order of their entries.
-type timeline struct {
-	rec   *tracefile.Recording
-	calls []call
-	// evCall maps an event index to the visible call it opens or closes,
-	// or -1.
-	evCall []int32
-	// orphans counts exits without an entry.
-	orphans int
-	// first is the time of the first event in CLOCK_MONOTONIC ns.
-	first int64
-	// last is the time of the last event in ns since first.
-	last int64
-}
-
-// ns returns the time of event i in ns since the first event.
-func (t *timeline) ns(i int) int64 {
-	return t.rec.Clock.Nanos(t.rec.Events[i].TSC) - t.first
-}
-
-// newTimeline builds the calls of rec and applies f. In entry mode it holds
-// no calls.
-func newTimeline(rec *tracefile.Recording, f Filter) (*timeline, error) {
-	if err := f.check(rec); err != nil {
-		return nil, err
-	}
-	t := &timeline{rec: rec}
-	if n := len(rec.Events); n > 0 {
-		t.first = rec.Clock.Nanos(rec.Events[0].TSC)
-		t.last = t.ns(n - 1)
-	}
-	if rec.Mode != tracefile.ModeGraph {
-		return t, nil
-	}
-	type thread struct {
-		stack  []int32
-		active map[uint32]int
-	}
-	threads := map[uint32]*thread{}
-	pop := func(th *thread, status callStatus, end int64) {
-		c := &t.calls[th.stack[len(th.stack)-1]]
-		th.stack = th.stack[:len(th.stack)-1]
-		c.status, c.end = status, end
-		if th.active[c.fn]--; th.active[c.fn] == 0 {
-			delete(th.active, c.fn)
-		}
-	}
-	for i := range rec.Events {
-		ev := &rec.Events[i]
-		th := threads[ev.TID]
-		if th == nil {
-			th = &thread{active: map[uint32]int{}}
-			threads[ev.TID] = th
-		}
-		now := t.ns(i)
-		top := func() *call {
-			if len(th.stack) == 0 {
-				return nil
-			}
-			return &t.calls[th.stack[len(th.stack)-1]]
-		}
-		switch ev.Kind {
-		case tracefile.KindEntry:
-			for c := top(); c != nil && c.depth >= ev.Depth; c = top() {
-				pop(th, exitLost, now)
-			}
-			parent := int32(-1)
-			if n := len(th.stack); n > 0 {
-				parent = th.stack[n-1]
-			}
-			t.calls = append(t.calls, call{
-				tid: ev.TID, fn: ev.Func, depth: ev.Depth, parent: parent,
-				outermost: th.active[ev.Func] == 0,
-				entry:     i, exit: -1, start: now,
-			})
-			th.active[ev.Func]++
-			th.stack = append(th.stack, int32(len(t.calls)-1))
-		case tracefile.KindExit:
-			for c := top(); c != nil && c.depth > ev.Depth; c = top() {
-				pop(th, exitLost, now)
-			}
-			c := top()
-			if c == nil || c.depth != ev.Depth {
-				t.orphans++
-				continue
-			}
-			if c.fn != ev.Func {
-				// Both the exit of c and the entry of this exit were lost.
-				pop(th, exitLost, now)
-				t.orphans++
-				continue
-			}
-			c.exit = i
-			pop(th, complete, now)
-		}
-	}
-	for _, th := range threads {
-		for len(th.stack) > 0 {
-			pop(th, unfinished, t.last)
-		}
-	}
-	// Visibility: calls come after their parents.
-	for i := range t.calls {
-		c := &t.calls[i]
-		c.visible = f.keepTID(c.tid) &&
-			(f.MaxDepth == 0 || int(c.depth) < f.MaxDepth) &&
-			(c.status != complete || c.dur() >= int64(f.MinDuration)) &&
-			(c.parent < 0 || t.calls[c.parent].visible)
-	}
-	t.evCall = make([]int32, len(rec.Events))
-	for i := range t.evCall {
-		t.evCall[i] = -1
-	}
-	for i := range t.calls {
-		c := &t.calls[i]
-		if !c.visible {
-			continue
-		}
-		t.evCall[c.entry] = int32(i)
-		if c.exit >= 0 {
-			t.evCall[c.exit] = int32(i)
-		}
-	}
-	return t, nil
-}
-
 // funcName returns the name of traced function fn, escaped for display
 // (see [Printable]), as every name this package writes.
-func funcName(rec *tracefile.Recording, fn uint32) string {
+func funcName(rec *tracefile.Meta, fn uint32) string {
 	if int(fn) < len(rec.Funcs) && rec.Funcs[fn].Name != "" {
 		return Printable(rec.Funcs[fn].Name)
 	}
@@ -236,7 +86,7 @@ func funcName(rec *tracefile.Recording, fn uint32) string {
 }
 
 // moduleName returns the path of the module of traced function fn.
-func moduleName(rec *tracefile.Recording, fn uint32) string {
+func moduleName(rec *tracefile.Meta, fn uint32) string {
 	if int(fn) < len(rec.Funcs) {
 		if m := rec.Funcs[fn].Module; m >= 0 && m < len(rec.Modules) {
 			return Printable(rec.Modules[m].Path)
@@ -247,7 +97,7 @@ func moduleName(rec *tracefile.Recording, fn uint32) string {
 
 // threadNames maps tids to thread names (the command name when the thread
 // has none).
-func threadNames(rec *tracefile.Recording) map[uint32]string {
+func threadNames(rec *tracefile.Meta) map[uint32]string {
 	names := map[uint32]string{}
 	for _, th := range rec.Threads {
 		if th.Name != "" {
@@ -257,7 +107,7 @@ func threadNames(rec *tracefile.Recording) map[uint32]string {
 	return names
 }
 
-func threadName(names map[uint32]string, rec *tracefile.Recording, tid uint32) string {
+func threadName(names map[uint32]string, rec *tracefile.Meta, tid uint32) string {
 	if n, ok := names[tid]; ok {
 		return n
 	}
@@ -267,16 +117,30 @@ func threadName(names map[uint32]string, rec *tracefile.Recording, tid uint32) s
 	return "?"
 }
 
-// tids returns the thread ids of rec's events that f keeps, sorted.
-func tids(rec *tracefile.Recording, f Filter) []uint32 {
+// tids returns the thread ids of the events of s that f keeps, sorted. It
+// reads the whole stream and rewinds it.
+func tids(s *tracefile.Stream, f Filter) ([]uint32, error) {
 	seen := map[uint32]bool{}
 	var out []uint32
-	for _, ev := range rec.Events {
+	last, have := uint32(0), false
+	for {
+		ev, ok := s.Next()
+		if !ok {
+			break
+		}
+		if have && ev.TID == last {
+			continue
+		}
+		last, have = ev.TID, true
 		if !seen[ev.TID] && f.keepTID(ev.TID) {
 			seen[ev.TID] = true
 			out = append(out, ev.TID)
 		}
 	}
+	if err := s.Err(); err != nil {
+		return nil, err
+	}
+	s.Rewind()
 	slices.Sort(out)
-	return out
+	return out, nil
 }

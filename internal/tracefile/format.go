@@ -19,6 +19,10 @@ const (
 
 	blockEvents = "EVNT"
 	blockMeta   = "META"
+	// blockIndex (version 2) follows the final metadata block: one
+	// indexEntrySize entry per event block, in file order.
+	blockIndex     = "INDX"
+	indexEntrySize = 32
 
 	codecNone = 0
 	codecZstd = 1
@@ -36,6 +40,7 @@ const (
 	maxBlockEventCount = 1 << 20
 	maxEventBlockRaw   = 16 << 20
 	maxMetaRaw         = 512 << 20
+	maxIndexRaw        = 512 << 20
 	// maxRatio caps raw/stored of a compressed block, so that a small file
 	// cannot make the reader allocate a lot. The writer stores a block
 	// uncompressed when zstd would exceed it.
@@ -154,14 +159,21 @@ func decodeEvents(evs []Event, b []byte, count int) ([]Event, string) {
 		if ev.Kind != KindEntry && ev.Kind != KindExit {
 			return evs, "event of unknown kind"
 		}
-		d, n := binary.Varint(b)
-		if n <= 0 {
-			return evs, "bad timestamp varint"
+		var d int64
+		if len(b) > 0 && b[0] < 0x80 {
+			// A one-byte varint (the common case), zigzag decoded.
+			d = int64(b[0]>>1) ^ -int64(b[0]&1)
+			b = b[1:]
+		} else {
+			var n int
+			if d, n = binary.Varint(b); n <= 0 {
+				return evs, "bad timestamp varint"
+			}
+			b = b[n:]
 		}
-		b = b[n:]
 		ev.TSC = prev.TSC + uint64(d)
 		if h&evHasTID != 0 {
-			v, n := binary.Uvarint(b)
+			v, n := uvarint(b)
 			if n <= 0 || v > 0xffffffff {
 				return evs, "bad thread id"
 			}
@@ -170,20 +182,20 @@ func decodeEvents(evs []Event, b []byte, count int) ([]Event, string) {
 		} else if i == 0 {
 			return evs, "first event without thread id"
 		}
-		v, n := binary.Uvarint(b)
+		v, n := uvarint(b)
 		if n <= 0 || v > 0xffffffff {
 			return evs, "bad function index"
 		}
 		ev.Func = uint32(v)
 		b = b[n:]
-		v, n = binary.Uvarint(b)
+		v, n = uvarint(b)
 		if n <= 0 || v > 0xffff {
 			return evs, "bad depth"
 		}
 		ev.Depth = uint16(v)
 		b = b[n:]
 		if h&evHasCaller != 0 {
-			v, n := binary.Uvarint(b)
+			v, n := uvarint(b)
 			if n <= 0 || v == 0 {
 				return evs, "bad caller address"
 			}
@@ -197,6 +209,14 @@ func decodeEvents(evs []Event, b []byte, count int) ([]Event, string) {
 		return evs, "trailing bytes after its events"
 	}
 	return evs, ""
+}
+
+// uvarint is binary.Uvarint with a fast path for one byte.
+func uvarint(b []byte) (uint64, int) {
+	if len(b) > 0 && b[0] < 0x80 {
+		return uint64(b[0]), 1
+	}
+	return binary.Uvarint(b)
 }
 
 var (
@@ -232,4 +252,31 @@ func zstdDecoder() (*zstd.Decoder, error) {
 			zstd.WithDecoderMaxWindow(maxMetaRaw))
 	})
 	return decoder, decErr
+}
+
+// indexEntry describes one event block in the index (version 2).
+type indexEntry struct {
+	off    uint64 // offset of the block header
+	count  uint32 // events in the block
+	stored uint32 // payload bytes in the file (the block is 24 + stored bytes)
+	minTSC uint64 // smallest TSC of the block's events
+	maxTSC uint64 // largest TSC of the block's events
+}
+
+func (e *indexEntry) put(b []byte) {
+	binary.LittleEndian.PutUint64(b[0:], e.off)
+	binary.LittleEndian.PutUint32(b[8:], e.count)
+	binary.LittleEndian.PutUint32(b[12:], e.stored)
+	binary.LittleEndian.PutUint64(b[16:], e.minTSC)
+	binary.LittleEndian.PutUint64(b[24:], e.maxTSC)
+}
+
+func parseIndexEntry(b []byte) indexEntry {
+	return indexEntry{
+		off:    binary.LittleEndian.Uint64(b[0:]),
+		count:  binary.LittleEndian.Uint32(b[8:]),
+		stored: binary.LittleEndian.Uint32(b[12:]),
+		minTSC: binary.LittleEndian.Uint64(b[16:]),
+		maxTSC: binary.LittleEndian.Uint64(b[24:]),
+	}
 }

@@ -81,41 +81,51 @@ func RecoverFrom(r io.ReaderAt, size int64) (*Recording, error) {
 }
 
 func read(r io.ReaderAt, size int64, recover bool) (*Recording, error) {
-	if size < 0 {
-		return nil, fmt.Errorf("read recording: negative size %d", size)
-	}
-	var hdr [headerSize]byte
-	n := int(min(size, headerSize))
-	if err := readAt(r, hdr[:n], 0); err != nil {
+	version, err := readHeader(r, size)
+	if err != nil {
 		return nil, err
 	}
-	if m := min(n, len(magic)); string(hdr[:m]) != magic[:m] {
-		return nil, ErrNotRecording
-	}
-	if n < headerSize {
-		return nil, fmt.Errorf("%w: %d bytes, shorter than the file header", ErrTruncated, size)
-	}
-	if v := binary.LittleEndian.Uint16(hdr[8:]); v == 0 {
-		return nil, corruptf("version 0")
-	} else if v > Version {
-		return nil, &VersionError{Version: int(v)}
-	}
-	if hs := binary.LittleEndian.Uint16(hdr[10:]); hs != headerSize {
-		return nil, corruptf("header size %d, want %d", hs, headerSize)
-	}
-	if fl := binary.LittleEndian.Uint32(hdr[12:]); fl != 0 {
-		return nil, corruptf("unknown header flags %#x", fl)
-	}
-	rec, err := readFinished(r, size)
+	rec, err := readFinished(r, size, version)
 	if err == nil || !recover || !(errors.Is(err, ErrTruncated) || errors.Is(err, ErrCorrupt)) {
 		return rec, err
 	}
 	return recoverBlocks(r, size, err)
 }
 
+// readHeader checks the file header and returns the format version.
+func readHeader(r io.ReaderAt, size int64) (uint16, error) {
+	if size < 0 {
+		return 0, fmt.Errorf("read recording: negative size %d", size)
+	}
+	var hdr [headerSize]byte
+	n := int(min(size, headerSize))
+	if err := readAt(r, hdr[:n], 0); err != nil {
+		return 0, err
+	}
+	if m := min(n, len(magic)); string(hdr[:m]) != magic[:m] {
+		return 0, ErrNotRecording
+	}
+	if n < headerSize {
+		return 0, fmt.Errorf("%w: %d bytes, shorter than the file header", ErrTruncated, size)
+	}
+	v := binary.LittleEndian.Uint16(hdr[8:])
+	if v == 0 {
+		return 0, corruptf("version 0")
+	} else if v > Version {
+		return 0, &VersionError{Version: int(v)}
+	}
+	if hs := binary.LittleEndian.Uint16(hdr[10:]); hs != headerSize {
+		return 0, corruptf("header size %d, want %d", hs, headerSize)
+	}
+	if fl := binary.LittleEndian.Uint32(hdr[12:]); fl != 0 {
+		return 0, corruptf("unknown header flags %#x", fl)
+	}
+	return v, nil
+}
+
 // readFinished reads a file that has a trailer.
-func readFinished(r io.ReaderAt, size int64) (*Recording, error) {
-	return readTrailerMeta(r, size, false)
+func readFinished(r io.ReaderAt, size int64, version uint16) (*Recording, error) {
+	return readTrailerMeta(r, size, version, false)
 }
 
 // errMetaOnly carries the event count out of readTrailerMeta in metaOnly
@@ -133,7 +143,11 @@ func ReadMeta(path string) (*Meta, uint64, error) {
 		return nil, 0, err
 	}
 	defer f.Close()
-	rec, err := readTrailerMeta(f, size, true)
+	version, err := readHeader(f, size)
+	if err != nil {
+		return nil, 0, err
+	}
+	rec, err := readTrailerMeta(f, size, version, true)
 	var mo errMetaOnly
 	if errors.As(err, &mo) {
 		return &rec.Meta, mo.events, nil
@@ -144,7 +158,80 @@ func ReadMeta(path string) (*Meta, uint64, error) {
 	return nil, 0, err
 }
 
-func readTrailerMeta(r io.ReaderAt, size int64, metaOnly bool) (*Recording, error) {
+func readTrailerMeta(r io.ReaderAt, size int64, version uint16, metaOnly bool) (*Recording, error) {
+	fin, err := readEnd(r, size, version)
+	if err != nil {
+		return nil, err
+	}
+	t, meta := fin.trailer, fin.meta
+	if metaOnly {
+		return &Recording{Meta: *meta}, errMetaOnly{t.events}
+	}
+	var evs []Event
+	var blocks uint32
+	for off := int64(headerSize); off < int64(t.metaOff); {
+		h, raw, next, err := readBlock(r, off, int64(t.metaOff))
+		if err != nil {
+			return nil, err
+		}
+		if h.typ == blockIndex {
+			return nil, corruptf("block index at offset %d before the metadata", off)
+		}
+		if h.typ == blockEvents {
+			n := len(evs)
+			var msg string
+			if evs, msg = decodeEvents(evs, raw, int(h.count)); msg != "" {
+				return nil, corruptf("event block at offset %d: %s", off, msg)
+			}
+			if fin.index != nil {
+				// The index must describe exactly the blocks walked.
+				if int(blocks) >= len(fin.index) {
+					return nil, corruptf("event block at offset %d is not in the block index", off)
+				}
+				lo, hi := tscRange(evs[n:])
+				e := fin.index[blocks]
+				if e.off != uint64(off) || e.count != h.count || e.stored != h.stored || e.minTSC != lo || e.maxTSC != hi {
+					return nil, corruptf("block index entry %d does not match the event block at offset %d", blocks, off)
+				}
+			}
+			blocks++
+		}
+		off = next
+	}
+	if blocks != t.eventBlock || uint64(len(evs)) != t.events {
+		return nil, corruptf("%d events in %d blocks, the trailer says %d in %d", len(evs), blocks, t.events, t.eventBlock)
+	}
+	for i := range evs {
+		if int64(evs[i].Func) >= int64(len(meta.Funcs)) {
+			return nil, corruptf("event %d refers to function %d of %d", i, evs[i].Func, len(meta.Funcs))
+		}
+	}
+	sortEvents(evs)
+	return &Recording{Meta: *meta, Events: evs}, nil
+}
+
+// tscRange returns the smallest and largest TSC of evs (not empty).
+func tscRange(evs []Event) (lo, hi uint64) {
+	lo, hi = evs[0].TSC, evs[0].TSC
+	for i := range evs[1:] {
+		lo, hi = min(lo, evs[i+1].TSC), max(hi, evs[i+1].TSC)
+	}
+	return lo, hi
+}
+
+// finished is what the end of a finished recording holds.
+type finished struct {
+	trailer trailer
+	meta    *Meta
+	// index describes every event block (version 2; nil in version 1).
+	index []indexEntry
+}
+
+// readEnd reads the trailer, the final metadata and (version 2) the block
+// index of a finished recording, and checks that the index is consistent:
+// its blocks follow one another from the file header to the metadata (with
+// metadata checkpoints in the gaps) and add up to the trailer's counts.
+func readEnd(r io.ReaderAt, size int64, version uint16) (*finished, error) {
 	if size < headerSize+trailerSize {
 		return nil, fmt.Errorf("%w: %d bytes and no trailer (the writer did not finish)", ErrTruncated, size)
 	}
@@ -165,49 +252,52 @@ func readTrailerMeta(r io.ReaderAt, size int64, metaOnly bool) (*Recording, erro
 		eventBlock: binary.LittleEndian.Uint32(tb[24:]),
 	}
 	end := uint64(size - trailerSize)
-	if t.metaOff < headerSize || t.metaOff > end || t.metaSize != end-t.metaOff {
+	if t.metaOff < headerSize || t.metaOff > end || t.metaSize > end-t.metaOff || (version < 2 && t.metaSize != end-t.metaOff) {
 		return nil, corruptf("trailer points at metadata [%d, +%d) outside the file", t.metaOff, t.metaSize)
 	}
-	mh, raw, next, err := readBlock(r, int64(t.metaOff), int64(end))
+	metaEnd := t.metaOff + t.metaSize
+	mh, raw, next, err := readBlock(r, int64(t.metaOff), int64(metaEnd))
 	if err != nil {
 		return nil, err
 	}
-	if mh.typ != blockMeta || uint64(next) != end {
+	if mh.typ != blockMeta || uint64(next) != metaEnd {
 		return nil, corruptf("trailer does not point at the metadata block")
 	}
 	meta, err := decodeMeta(raw, t.metaOff)
 	if err != nil {
 		return nil, err
 	}
-	if metaOnly {
-		return &Recording{Meta: *meta}, errMetaOnly{t.events}
+	fin := &finished{trailer: t, meta: meta}
+	if version < 2 {
+		return fin, nil
 	}
-	var evs []Event
-	var blocks uint32
-	for off := int64(headerSize); off < int64(t.metaOff); {
-		h, raw, next, err := readBlock(r, off, int64(t.metaOff))
-		if err != nil {
-			return nil, err
+	ih, raw, next, err := readBlock(r, int64(metaEnd), int64(end))
+	if err != nil {
+		return nil, err
+	}
+	if ih.typ != blockIndex || uint64(next) != end {
+		return nil, corruptf("no block index between the metadata and the trailer")
+	}
+	if ih.count != t.eventBlock {
+		return nil, corruptf("block index of %d blocks, the trailer says %d", ih.count, t.eventBlock)
+	}
+	fin.index = make([]indexEntry, ih.count)
+	var events uint64
+	prevEnd := uint64(headerSize)
+	for i := range fin.index {
+		e := parseIndexEntry(raw[i*indexEntrySize:])
+		blockEnd := e.off + blockHeaderSize + uint64(e.stored)
+		if e.off < prevEnd || e.off > t.metaOff || blockEnd > t.metaOff || e.count == 0 || e.count > maxBlockEventCount || e.minTSC > e.maxTSC {
+			return nil, corruptf("block index entry %d: bad block at offset %d", i, e.off)
 		}
-		if h.typ == blockEvents {
-			var msg string
-			if evs, msg = decodeEvents(evs, raw, int(h.count)); msg != "" {
-				return nil, corruptf("event block at offset %d: %s", off, msg)
-			}
-			blocks++
-		}
-		off = next
+		prevEnd = blockEnd
+		events += uint64(e.count)
+		fin.index[i] = e
 	}
-	if blocks != t.eventBlock || uint64(len(evs)) != t.events {
-		return nil, corruptf("%d events in %d blocks, the trailer says %d in %d", len(evs), blocks, t.events, t.eventBlock)
+	if events != t.events {
+		return nil, corruptf("block index counts %d events, the trailer says %d", events, t.events)
 	}
-	for i := range evs {
-		if int64(evs[i].Func) >= int64(len(meta.Funcs)) {
-			return nil, corruptf("event %d refers to function %d of %d", i, evs[i].Func, len(meta.Funcs))
-		}
-	}
-	sortEvents(evs)
-	return &Recording{Meta: *meta, Events: evs}, nil
+	return fin, nil
 }
 
 // recoverBlocks reads the intact blocks from the start of the file up to the
@@ -228,7 +318,7 @@ func recoverBlocks(r io.ReaderAt, size int64, why error) (*Recording, error) {
 				break
 			}
 			meta = m
-		} else {
+		} else if h.typ == blockEvents {
 			n := len(evs)
 			var msg string
 			if evs, msg = decodeEvents(evs, raw, int(h.count)); msg != "" {
@@ -258,6 +348,27 @@ func recoverBlocks(r io.ReaderAt, size int64, why error) (*Recording, error) {
 // readBlock reads, checks and decompresses the block at off, which must end
 // by end. It returns the offset after the block.
 func readBlock(r io.ReaderAt, off, end int64) (blockHeader, []byte, int64, error) {
+	return readBlockBuf(r, off, end, nil)
+}
+
+// blockBufs are buffers a reader of many blocks reuses.
+type blockBufs struct {
+	payload, raw []byte
+}
+
+func grow(b []byte, n int) []byte {
+	if cap(b) < n {
+		return make([]byte, n)
+	}
+	return b[:n]
+}
+
+// readBlockBuf is readBlock into bufs (if not nil): the result is valid
+// until the next call with the same bufs.
+func readBlockBuf(r io.ReaderAt, off, end int64, bufs *blockBufs) (blockHeader, []byte, int64, error) {
+	if bufs == nil {
+		bufs = &blockBufs{}
+	}
 	var hb [blockHeaderSize]byte
 	if off < 0 || end-off < blockHeaderSize {
 		return blockHeader{}, nil, 0, corruptf("block at offset %d: cut short", off)
@@ -275,6 +386,10 @@ func readBlock(r io.ReaderAt, off, end int64) (blockHeader, []byte, int64, error
 	case blockMeta:
 		if h.count != 0 || h.raw == 0 || h.raw > maxMetaRaw {
 			return h, nil, 0, corruptf("metadata block at offset %d: %d bytes", off, h.raw)
+		}
+	case blockIndex:
+		if h.raw > maxIndexRaw || uint64(h.raw) != uint64(h.count)*indexEntrySize {
+			return h, nil, 0, corruptf("block index at offset %d: %d entries in %d bytes", off, h.count, h.raw)
 		}
 	default:
 		return h, nil, 0, corruptf("block at offset %d: unknown type %q", off, h.typ)
@@ -298,7 +413,8 @@ func readBlock(r io.ReaderAt, off, end int64) (blockHeader, []byte, int64, error
 	if next > end {
 		return h, nil, 0, corruptf("block at offset %d: %d bytes past the end", off, next-end)
 	}
-	payload := make([]byte, h.stored)
+	bufs.payload = grow(bufs.payload, int(h.stored))
+	payload := bufs.payload
 	if err := readAt(r, payload, off+blockHeaderSize); err != nil {
 		return h, nil, 0, err
 	}
@@ -313,7 +429,8 @@ func readBlock(r io.ReaderAt, off, end int64) (blockHeader, []byte, int64, error
 		if err != nil || n != int(h.raw) {
 			return h, nil, 0, corruptf("block at offset %d: S2 payload of %d bytes, want %d (%v)", off, n, h.raw, err)
 		}
-		raw, err := s2.Decode(make([]byte, h.raw), payload)
+		bufs.raw = grow(bufs.raw, int(h.raw))
+		raw, err := s2.Decode(bufs.raw, payload)
 		if err != nil {
 			return h, nil, 0, corruptf("block at offset %d: decompress: %v", off, err)
 		}
@@ -323,7 +440,8 @@ func readBlock(r io.ReaderAt, off, end int64) (blockHeader, []byte, int64, error
 	if err != nil {
 		return h, nil, 0, err
 	}
-	raw, err := dec.DecodeAll(payload, make([]byte, 0, h.raw))
+	bufs.raw = grow(bufs.raw, int(h.raw))
+	raw, err := dec.DecodeAll(payload, bufs.raw[:0])
 	if err != nil {
 		return h, nil, 0, corruptf("block at offset %d: decompress: %v", off, err)
 	}

@@ -21,8 +21,10 @@ import (
 	"time"
 )
 
-// Version is the format version this package writes, and the newest it reads.
-const Version = 1
+// Version is the format version this package writes, and the newest it
+// reads. Version 2 added the block index (docs/FORMAT.md); version 1 files
+// read the same, with the index computed by a first pass.
+const Version = 2
 
 // Mode says which events a recording holds.
 type Mode uint8
@@ -298,4 +300,72 @@ func (e *VersionError) Is(target error) bool { return target == ErrUnsupportedVe
 
 func corruptf(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrCorrupt, fmt.Sprintf(format, args...))
+}
+
+// NanosConverter is [Clock.Nanos] for timestamps that mostly increase a
+// little from one call to the next, as those of a recording's events do:
+// it works from the last result, without a 128-bit division. Its results
+// equal Clock.Nanos's. The zero value is not usable; see
+// [Clock.Converter].
+type NanosConverter struct {
+	c        Clock
+	num, den uint64
+	inv      float64 // 1 / den
+	base     int64
+	// The last timestamp converted from the cache: d = tsc - TSC0, and
+	// d*num = q*den + r.
+	tsc  uint64
+	q, r uint64
+	ok   bool
+}
+
+// Converter returns a converter for c.
+func (c Clock) Converter() *NanosConverter {
+	num, den := uint64(1), uint64(1)
+	switch {
+	case c.TSC1 > c.TSC0 && c.Mono1 >= c.Mono0:
+		num, den = c.Mono1-c.Mono0, c.TSC1-c.TSC0
+	case c.TSCHz > 0:
+		num, den = 1e9, c.TSCHz
+	}
+	return &NanosConverter{c: c, num: num, den: den, inv: 1 / float64(den), base: satInt(c.Mono0)}
+}
+
+// Nanos converts tsc to CLOCK_MONOTONIC nanoseconds, as [Clock.Nanos].
+func (n *NanosConverter) Nanos(tsc uint64) int64 {
+	if n.ok && tsc >= n.tsc {
+		delta := tsc - n.tsc
+		if hi, x := bits.Mul64(delta, n.num); hi == 0 && x < 1<<52 {
+			x += n.r
+			if x < 1<<52 {
+				// x < 2^52: the float quotient is off by at most one.
+				q := uint64(float64(x) * n.inv)
+				rem := int64(x) - int64(q*n.den)
+				for rem < 0 {
+					q--
+					rem += int64(n.den)
+				}
+				for rem >= int64(n.den) {
+					q++
+					rem -= int64(n.den)
+				}
+				n.tsc, n.q, n.r = tsc, n.q+q, uint64(rem)
+				if n.q < 1<<62 {
+					return satAdd(n.base, int64(n.q))
+				}
+				n.ok = false
+			}
+		}
+	}
+	if tsc >= n.c.TSC0 {
+		d := tsc - n.c.TSC0
+		hi, lo := bits.Mul64(d, n.num)
+		if hi < n.den {
+			q, r := bits.Div64(hi, lo, n.den)
+			if q < 1<<62 {
+				n.tsc, n.q, n.r, n.ok = tsc, q, r, true
+			}
+		}
+	}
+	return n.c.Nanos(tsc)
 }

@@ -294,11 +294,11 @@ func TestErrors(t *testing.T) {
 		{"elf", []byte("\x7fELF\x02\x01\x01"), tracefile.ErrNotRecording, ""},
 		{"empty", nil, tracefile.ErrTruncated, "truncated recording"},
 		{"magic only", []byte("LVTRACE\x00"), tracefile.ErrTruncated, ""},
-		{"version 2", func() []byte {
+		{"version 3", func() []byte {
 			d := bytes.Clone(data)
-			binary.LittleEndian.PutUint16(d[8:], 2)
+			binary.LittleEndian.PutUint16(d[8:], 3)
 			return d
-		}(), tracefile.ErrUnsupportedVersion, "unsupported version 2: "},
+		}(), tracefile.ErrUnsupportedVersion, "unsupported version 3: "},
 		{"bad trailer crc", func() []byte {
 			d := bytes.Clone(data)
 			d[len(d)-40] ^= 1
@@ -314,7 +314,7 @@ func TestErrors(t *testing.T) {
 				t.Errorf("err = %q, want prefix %q", err, tc.msg)
 			}
 			var ve *tracefile.VersionError
-			if errors.As(err, &ve) && ve.Version != 2 {
+			if errors.As(err, &ve) && ve.Version != 3 {
 				t.Errorf("VersionError.Version = %d", ve.Version)
 			}
 		})

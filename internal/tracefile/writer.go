@@ -40,15 +40,25 @@ type Writer struct {
 	maxFunc uint64
 	scratch []byte
 	err     error
+	// index describes the event blocks written so far (version 2);
+	// minTSC and maxTSC are those of the pending block.
+	index          []indexEntry
+	minTSC, maxTSC uint64
+	// version is the format version written (Version; tests write 1).
+	version uint16
 }
 
 // NewWriter starts a recording on w and writes the file header at once.
 // Close does not close w.
 func NewWriter(w io.Writer) (*Writer, error) {
-	wr := &Writer{w: w}
+	return newWriter(w, Version)
+}
+
+func newWriter(w io.Writer, version uint16) (*Writer, error) {
+	wr := &Writer{w: w, version: version}
 	var hdr [headerSize]byte
 	copy(hdr[:], magic)
-	binary.LittleEndian.PutUint16(hdr[8:], Version)
+	binary.LittleEndian.PutUint16(hdr[8:], version)
 	binary.LittleEndian.PutUint16(hdr[10:], headerSize)
 	if err := wr.write(hdr[:]); err != nil {
 		return nil, fmt.Errorf("write recording header: %w", err)
@@ -122,6 +132,11 @@ func (w *Writer) WriteEvents(evs []Event) error {
 		if ev.Kind != KindEntry && ev.Kind != KindExit {
 			return fmt.Errorf("write events: event %d has unknown kind %d", i, ev.Kind)
 		}
+		if w.n == 0 {
+			w.minTSC, w.maxTSC = ev.TSC, ev.TSC
+		} else {
+			w.minTSC, w.maxTSC = min(w.minTSC, ev.TSC), max(w.maxTSC, ev.TSC)
+		}
 		w.buf = appendEvent(w.buf, &w.prev, ev, w.n == 0)
 		w.prev = *ev
 		w.n++
@@ -142,9 +157,11 @@ func (w *Writer) flushBlock() error {
 	if w.n == 0 {
 		return nil
 	}
+	off := w.off
 	if err := w.writeBlock(blockEvents, uint32(w.n), w.buf); err != nil {
 		return fmt.Errorf("write event block: %w", err)
 	}
+	w.index = append(w.index, indexEntry{off: off, count: uint32(w.n), stored: uint32(w.off - off - blockHeaderSize), minTSC: w.minTSC, maxTSC: w.maxTSC})
 	w.blocks++
 	w.events += uint64(w.n)
 	w.buf, w.n, w.prev = w.buf[:0], 0, Event{}
@@ -157,7 +174,9 @@ func (w *Writer) writeBlock(typ string, count uint32, raw []byte) error {
 		return w.err
 	}
 	h := blockHeader{typ: typ, codec: codecZstd, count: count, raw: uint32(len(raw))}
-	if typ == blockEvents {
+	if len(raw) == 0 {
+		h.codec = codecNone
+	} else if typ == blockEvents {
 		h.codec = codecS2
 		if n := s2.MaxEncodedLen(len(raw)); cap(w.scratch) < n {
 			w.scratch = make([]byte, n)
@@ -171,6 +190,9 @@ func (w *Writer) writeBlock(typ string, count uint32, raw []byte) error {
 		w.scratch = enc.EncodeAll(raw, w.scratch[:0])
 	}
 	payload := w.scratch
+	if len(raw) == 0 {
+		payload = raw
+	}
 	// Store the block as is when compression does not help, or when it
 	// helps more than a reader accepts (see maxRatio).
 	if len(payload) >= len(raw) || uint64(len(raw)) > maxRatio*uint64(len(payload)) {
@@ -189,7 +211,7 @@ func (w *Writer) writeBlock(typ string, count uint32, raw []byte) error {
 
 // metaJSON encodes and checks the metadata.
 func (w *Writer) metaJSON(meta *Meta) ([]byte, error) {
-	meta.Version = Version
+	meta.Version = int(w.version)
 	if meta.Mode != ModeEntry && meta.Mode != ModeGraph {
 		return nil, fmt.Errorf("unknown mode %d", meta.Mode)
 	}
@@ -298,6 +320,15 @@ func (w *Writer) finish(meta *Meta) error {
 		return fmt.Errorf("write metadata: %w", err)
 	}
 	t.metaSize = w.off - t.metaOff
+	if w.version >= 2 {
+		raw := make([]byte, len(w.index)*indexEntrySize)
+		for i := range w.index {
+			w.index[i].put(raw[i*indexEntrySize:])
+		}
+		if err := w.writeBlock(blockIndex, uint32(len(w.index)), raw); err != nil {
+			return fmt.Errorf("write block index: %w", err)
+		}
+	}
 	var tb [trailerSize]byte
 	t.put(tb[:])
 	if err := w.write(tb[:]); err != nil {

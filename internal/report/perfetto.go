@@ -1,0 +1,317 @@
+package report
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+
+	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/livetrace/livetrace/internal/tracefile"
+)
+
+// Field numbers of Perfetto's trace protos (protos/perfetto/trace/ in the
+// Perfetto sources: trace.proto, trace_packet.proto,
+// track_event/track_event.proto, track_event/track_descriptor.proto,
+// track_event/thread_descriptor.proto, track_event/process_descriptor.proto,
+// track_event/debug_annotation.proto, interned_data/interned_data.proto).
+const (
+	pfTracePacket = 1 // Trace.packet
+
+	pfTimestamp        = 8  // TracePacket.timestamp
+	pfSequenceID       = 10 // TracePacket.trusted_packet_sequence_id
+	pfTrackEvent       = 11 // TracePacket.track_event
+	pfInternedData     = 12 // TracePacket.interned_data
+	pfSequenceFlags    = 13 // TracePacket.sequence_flags
+	pfTrackDescriptor  = 60 // TracePacket.track_descriptor
+	seqIncrementalDone = 1  // SEQ_INCREMENTAL_STATE_CLEARED
+	seqNeedsIncState   = 2  // SEQ_NEEDS_INCREMENTAL_STATE
+
+	pfEventType        = 9  // TrackEvent.type
+	pfEventNameIID     = 10 // TrackEvent.name_iid
+	pfEventTrackUUID   = 11 // TrackEvent.track_uuid
+	pfEventAnnotations = 4  // TrackEvent.debug_annotations
+	typeSliceBegin     = 1  // TrackEvent.TYPE_SLICE_BEGIN
+	typeSliceEnd       = 2  // TrackEvent.TYPE_SLICE_END
+	typeInstant        = 3  // TrackEvent.TYPE_INSTANT
+
+	pfAnnotNameIID   = 1  // DebugAnnotation.name_iid
+	pfAnnotString    = 6  // DebugAnnotation.string_value
+	pfAnnotStringIID = 17 // DebugAnnotation.string_value_iid
+
+	pfTrackUUID    = 1 // TrackDescriptor.uuid
+	pfTrackProcess = 3 // TrackDescriptor.process
+	pfTrackThread  = 4 // TrackDescriptor.thread
+	pfTrackParent  = 5 // TrackDescriptor.parent_uuid
+	pfProcPID      = 1 // ProcessDescriptor.pid
+	pfProcName     = 6 // ProcessDescriptor.process_name
+	pfThreadPID    = 1 // ThreadDescriptor.pid
+	pfThreadTID    = 2 // ThreadDescriptor.tid
+	pfThreadName   = 5 // ThreadDescriptor.thread_name
+
+	pfInternedEventNames  = 2  // InternedData.event_names
+	pfInternedAnnotNames  = 3  // InternedData.debug_annotation_names
+	pfInternedAnnotValues = 29 // InternedData.debug_annotation_string_values
+	pfInternedIID         = 1  // EventName.iid, DebugAnnotationName.iid, InternedString.iid
+	pfInternedName        = 2  // EventName.name, DebugAnnotationName.name
+	pfInternedStr         = 2  // InternedString.str
+
+	// maxInternedValues caps the annotation values interned (callers);
+	// further ones are written in full.
+	maxInternedValues = 1 << 16
+
+	// perfettoSeq is the trusted_packet_sequence_id of every packet: the
+	// file is one sequence.
+	perfettoSeq = 1
+	// processUUID is the track of the process; thread tracks are
+	// threadUUIDBase + tid (small numbers make small varints).
+	processUUID    = 1
+	threadUUIDBase = 2
+)
+
+// perfettoWriter writes TracePackets one by one.
+type perfettoWriter struct {
+	w      *bufio.Writer
+	meta   *tracefile.Meta
+	names  map[uint32]string
+	pkt    []byte // the packet being built
+	hdr    []byte // its field header
+	sub    []byte // a nested message being built
+	sub2   []byte
+	tracks map[uint32]bool
+	// iids maps a function to its interned name id (0: not yet).
+	iids    []uint64
+	nextIID uint64
+	annots  map[string]uint64
+	values  map[string]uint64
+	// Buffers.
+	interned, sub3 []byte
+	// The track of the last event.
+	lastTID  uint32
+	lastUUID uint64
+	haveLast bool
+}
+
+func (p *perfettoWriter) flushPacket() {
+	p.hdr = protowire.AppendTag(p.hdr[:0], pfTracePacket, protowire.BytesType)
+	p.hdr = protowire.AppendVarint(p.hdr, uint64(len(p.pkt)))
+	p.w.Write(p.hdr)
+	p.w.Write(p.pkt)
+	p.pkt = p.pkt[:0]
+}
+
+// appendBytes appends field num holding b.
+func appendBytes(b []byte, num protowire.Number, v []byte) []byte {
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	return protowire.AppendBytes(b, v)
+}
+
+func appendString(b []byte, num protowire.Number, v string) []byte {
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	return protowire.AppendString(b, v)
+}
+
+func appendVarint(b []byte, num protowire.Number, v uint64) []byte {
+	b = protowire.AppendTag(b, num, protowire.VarintType)
+	return protowire.AppendVarint(b, v)
+}
+
+// start writes the first packet: it clears the incremental state and
+// describes the process track.
+func (p *perfettoWriter) start() {
+	p.sub = appendVarint(p.sub[:0], pfProcPID, uint64(int64(p.meta.PID)))
+	p.sub = appendString(p.sub, pfProcName, Printable(p.meta.Comm))
+	p.sub2 = appendVarint(p.sub2[:0], pfTrackUUID, processUUID)
+	p.sub2 = appendBytes(p.sub2, pfTrackProcess, p.sub)
+	p.pkt = appendVarint(p.pkt[:0], pfSequenceID, perfettoSeq)
+	p.pkt = appendVarint(p.pkt, pfSequenceFlags, seqIncrementalDone)
+	p.pkt = appendBytes(p.pkt, pfTrackDescriptor, p.sub2)
+	p.flushPacket()
+}
+
+// track returns the track of thread tid, describing it first if needed.
+func (p *perfettoWriter) track(tid uint32) uint64 {
+	uuid := threadUUIDBase + uint64(tid)
+	if p.tracks[tid] {
+		return uuid
+	}
+	p.tracks[tid] = true
+	p.sub = appendVarint(p.sub[:0], pfThreadPID, uint64(int64(p.meta.PID)))
+	p.sub = appendVarint(p.sub, pfThreadTID, uint64(tid))
+	p.sub = appendString(p.sub, pfThreadName, threadName(p.names, p.meta, tid))
+	p.sub2 = appendVarint(p.sub2[:0], pfTrackUUID, uuid)
+	p.sub2 = appendVarint(p.sub2, pfTrackParent, processUUID)
+	p.sub2 = appendBytes(p.sub2, pfTrackThread, p.sub)
+	p.pkt = appendVarint(p.pkt[:0], pfSequenceID, perfettoSeq)
+	p.pkt = appendBytes(p.pkt, pfTrackDescriptor, p.sub2)
+	p.flushPacket()
+	return uuid
+}
+
+// event writes one TrackEvent packet. fn is the function (for a name), or
+// -1 for a slice end; annot, if not "", is a debug annotation name with
+// value val. Names, annotation names and (up to maxInternedValues)
+// annotation values are interned: written once, in the packet that first
+// uses them, and referred to by id.
+func (p *perfettoWriter) event(ns int64, tid uint32, typ uint64, fn int64, annot, val string) {
+	var uuid uint64
+	if p.haveLast && tid == p.lastTID {
+		uuid = p.lastUUID
+	} else {
+		uuid = p.track(tid)
+		p.lastTID, p.lastUUID, p.haveLast = tid, uuid, true
+	}
+	in := p.interned[:0]
+	te := append(p.sub2[:0], byte(pfEventType<<3), byte(typ), byte(pfEventTrackUUID<<3))
+	te = protowire.AppendVarint(te, uuid)
+	if fn >= 0 {
+		if fn >= int64(len(p.iids)) {
+			p.iids = append(p.iids, make([]uint64, fn+1-int64(len(p.iids)))...)
+		}
+		iid := p.iids[fn]
+		if iid == 0 {
+			p.nextIID++
+			iid, p.iids[fn] = p.nextIID, p.nextIID
+			p.sub = appendVarint(p.sub[:0], pfInternedIID, iid)
+			p.sub = appendString(p.sub, pfInternedName, funcName(p.meta, uint32(fn)))
+			in = appendBytes(in, pfInternedEventNames, p.sub)
+		}
+		te = appendVarint(te, pfEventNameIID, iid)
+	}
+	if annot != "" {
+		aiid := p.annots[annot]
+		if aiid == 0 {
+			aiid = uint64(len(p.annots) + 1)
+			p.annots[annot] = aiid
+			p.sub = appendVarint(p.sub[:0], pfInternedIID, aiid)
+			p.sub = appendString(p.sub, pfInternedName, annot)
+			in = appendBytes(in, pfInternedAnnotNames, p.sub)
+		}
+		p.sub = appendVarint(p.sub[:0], pfAnnotNameIID, aiid)
+		viid, ok := p.values[val]
+		if !ok && len(p.values) < maxInternedValues {
+			viid, ok = uint64(len(p.values)+1), true
+			p.values[val] = viid
+			p.sub3 = appendVarint(p.sub3[:0], pfInternedIID, viid)
+			p.sub3 = appendString(p.sub3, pfInternedStr, val)
+			in = appendBytes(in, pfInternedAnnotValues, p.sub3)
+		}
+		if ok {
+			p.sub = appendVarint(p.sub, pfAnnotStringIID, viid)
+		} else {
+			p.sub = appendString(p.sub, pfAnnotString, val)
+		}
+		te = appendBytes(te, pfEventAnnotations, p.sub)
+	}
+	n := 1 + protowire.SizeVarint(uint64(ns)) + 4
+	if len(in) > 0 {
+		n += 1 + protowire.SizeVarint(uint64(len(in))) + len(in)
+	}
+	n += 1 + protowire.SizeVarint(uint64(len(te))) + len(te)
+	b := append(p.pkt[:0], byte(pfTracePacket<<3|2))
+	b = protowire.AppendVarint(b, uint64(n))
+	b = append(b, byte(pfTimestamp<<3))
+	b = protowire.AppendVarint(b, uint64(ns))
+	b = append(b, byte(pfSequenceID<<3), perfettoSeq, byte(pfSequenceFlags<<3), seqNeedsIncState)
+	if len(in) > 0 {
+		b = appendBytes(b, pfInternedData, in)
+	}
+	b = appendBytes(b, pfTrackEvent, te)
+	p.w.Write(b)
+	p.pkt, p.sub2, p.interned = b[:0], te[:0], in[:0]
+}
+
+// ExportPerfettoStream writes s as a Perfetto protobuf trace (a Trace
+// message: a sequence of TracePackets) that ui.perfetto.dev and
+// trace_processor open. Each thread is a track (a TrackDescriptor with a
+// ThreadDescriptor) below the process track; timestamps are
+// CLOCK_MONOTONIC ns (written as the default trace clock). Graph mode
+// gives a slice per shown call (TYPE_SLICE_BEGIN at its entry,
+// TYPE_SLICE_END at its end), the end of a call without an exit carrying
+// a debug annotation "status" of "exit lost" or "unfinished" (which
+// trace_processor adds to the slice's args); entry mode gives an
+// instant event per entry, with the caller in a debug annotation
+// "caller". Function names, annotation names and callers are interned
+// (InternedData.event_names, debug_annotation_names,
+// debug_annotation_string_values), so that an event costs a few bytes.
+// The file is one packet sequence.
+//
+// Like the other exports it streams, holding no more than the open calls:
+// graph mode reads s once, or twice with a duration filter (see the
+// package documentation).
+func ExportPerfettoStream(w io.Writer, s *tracefile.Stream, f Filter) error {
+	rec := &s.Meta
+	if err := f.check(rec); err != nil {
+		return err
+	}
+	p := &perfettoWriter{w: bufio.NewWriterSize(w, 1<<16), meta: rec, names: threadNames(rec),
+		tracks: map[uint32]bool{}, annots: map[string]uint64{}, values: map[string]uint64{}}
+	p.start()
+	var err error
+	if rec.Mode == tracefile.ModeGraph {
+		first := int64(0)
+		if s.Total > 0 {
+			first = s.Clock.Nanos(s.FirstTSC)
+		}
+		status := func(c *ocall) (string, string) {
+			switch c.status {
+			case exitLost:
+				return "status", "exit lost"
+			case unfinished:
+				return "status", "unfinished"
+			}
+			return "", ""
+		}
+		if f.MinDuration == 0 {
+			// Whether a call shows is known at its entry: one pass.
+			e := newEngine(s, f)
+			e.recycle = true
+			e.onEntry = func(c *ocall) {
+				if f.keepTID(c.tid) && (f.MaxDepth == 0 || int(c.depth) < f.MaxDepth) {
+					p.event(first+c.start, c.tid, typeSliceBegin, int64(c.fn), "", "")
+				}
+			}
+			e.onClose = func(c *ocall) {
+				if c.own {
+					annot, val := status(c)
+					p.event(first+c.end, c.tid, typeSliceEnd, -1, annot, val)
+				}
+			}
+			err = e.run(s, nil)
+		} else {
+			err = inOrder(s, f, nil, func(it item) {
+				c := it.c
+				if !c.visible {
+					return
+				}
+				if it.kind == itemEntry {
+					p.event(first+c.start, c.tid, typeSliceBegin, int64(c.fn), "", "")
+					return
+				}
+				annot, val := status(c)
+				p.event(first+c.end, c.tid, typeSliceEnd, -1, annot, val)
+			})
+		}
+	} else {
+		syms := newSymbolizer(rec)
+		conv := s.Clock.Converter()
+		for {
+			ev, ok := s.Next()
+			if !ok {
+				break
+			}
+			if ev.Kind != tracefile.KindEntry || !f.keepTID(ev.TID) {
+				continue
+			}
+			p.event(conv.Nanos(ev.TSC), ev.TID, typeInstant, int64(ev.Func), "caller", syms.name(ev.Caller))
+		}
+		err = s.Err()
+	}
+	if err != nil {
+		return err
+	}
+	if err := p.w.Flush(); err != nil {
+		return fmt.Errorf("write perfetto trace: %w", err)
+	}
+	return nil
+}

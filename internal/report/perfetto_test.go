@@ -1,0 +1,295 @@
+package report_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"math"
+	"slices"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/livetrace/livetrace/internal/report"
+	"github.com/livetrace/livetrace/internal/tracefile"
+	"github.com/livetrace/livetrace/internal/tracefile/tracefiletest"
+)
+
+// pfField is one decoded protobuf field: a varint or bytes.
+type pfField struct {
+	num protowire.Number
+	v   uint64
+	b   []byte
+}
+
+// pfFields decodes one protobuf message into its fields.
+func pfFields(t *testing.T, b []byte) []pfField {
+	t.Helper()
+	var out []pfField
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			t.Fatalf("bad tag: %v", protowire.ParseError(n))
+		}
+		b = b[n:]
+		f := pfField{num: num}
+		switch typ {
+		case protowire.VarintType:
+			f.v, n = protowire.ConsumeVarint(b)
+		case protowire.BytesType:
+			f.b, n = protowire.ConsumeBytes(b)
+		default:
+			t.Fatalf("field %d: unexpected wire type %d", num, typ)
+		}
+		if n < 0 {
+			t.Fatalf("field %d: %v", num, protowire.ParseError(n))
+		}
+		b = b[n:]
+		out = append(out, f)
+	}
+	return out
+}
+
+// pfSlice is a slice or instant rebuilt from a Perfetto trace.
+type pfSlice struct {
+	Name       string
+	TID        uint32
+	StartNS    int64
+	DurNS      int64 // -1 for an instant
+	Depth      int
+	Annotation string
+}
+
+// decodePerfetto walks a Perfetto trace as trace_processor would: it
+// checks the sequence flags and interning, and nests the slices of each
+// thread track.
+func decodePerfetto(t *testing.T, data []byte) []pfSlice {
+	t.Helper()
+	names := map[uint64]string{}
+	annots := map[uint64]string{}
+	values := map[uint64]string{}
+	tracks := map[uint64]uint32{} // uuid -> tid
+	open := map[uint64][]int{}    // uuid -> stack of indexes into out
+	var out []pfSlice
+	for i, pkt := range pfFields(t, data) {
+		if pkt.num != 1 {
+			t.Fatalf("Trace field %d, want only packets (1)", pkt.num)
+		}
+		var (
+			ts       uint64
+			seq, flg uint64
+			te       []byte
+		)
+		for _, f := range pfFields(t, pkt.b) {
+			switch f.num {
+			case 8:
+				ts = f.v
+			case 10:
+				seq = f.v
+			case 13:
+				flg = f.v
+			case 12:
+				for _, d := range pfFields(t, f.b) {
+					var iid uint64
+					var name string
+					for _, g := range pfFields(t, d.b) {
+						if g.num == 1 {
+							iid = g.v
+						} else if g.num == 2 {
+							name = string(g.b)
+						}
+					}
+					switch d.num {
+					case 2:
+						names[iid] = name
+					case 3:
+						annots[iid] = name
+					case 29:
+						values[iid] = name
+					}
+				}
+			case 60:
+				var uuid uint64
+				var tid uint32
+				thread := false
+				for _, g := range pfFields(t, f.b) {
+					switch g.num {
+					case 1:
+						uuid = g.v
+					case 4:
+						thread = true
+						for _, h := range pfFields(t, g.b) {
+							if h.num == 2 {
+								tid = uint32(h.v)
+							}
+						}
+					}
+				}
+				if thread {
+					tracks[uuid] = tid
+				}
+			case 11:
+				te = f.b
+			}
+		}
+		if seq == 0 {
+			t.Fatalf("packet %d without trusted_packet_sequence_id", i)
+		}
+		if i == 0 && flg != 1 {
+			t.Fatalf("first packet: sequence_flags %d, want SEQ_INCREMENTAL_STATE_CLEARED", flg)
+		}
+		if te == nil {
+			continue
+		}
+		if flg != 2 {
+			t.Fatalf("packet %d: sequence_flags %d, want SEQ_NEEDS_INCREMENTAL_STATE", i, flg)
+		}
+		var typ, track, nameIID uint64
+		var annot string
+		for _, g := range pfFields(t, te) {
+			switch g.num {
+			case 9:
+				typ = g.v
+			case 11:
+				track = g.v
+			case 10:
+				nameIID = g.v
+				if _, ok := names[nameIID]; !ok {
+					t.Fatalf("packet %d: name_iid %d not interned before", i, nameIID)
+				}
+			case 4:
+				var k uint64
+				var v string
+				for _, h := range pfFields(t, g.b) {
+					switch h.num {
+					case 1:
+						k = h.v
+					case 6:
+						v = string(h.b)
+					case 17:
+						var ok bool
+						if v, ok = values[h.v]; !ok {
+							t.Fatalf("packet %d: string_value_iid %d not interned before", i, h.v)
+						}
+					}
+				}
+				annot = annots[k] + "=" + v
+			}
+		}
+		tid, ok := tracks[track]
+		if !ok {
+			t.Fatalf("packet %d: track %d not described before", i, track)
+		}
+		switch typ {
+		case 1:
+			out = append(out, pfSlice{Name: names[nameIID], TID: tid, StartNS: int64(ts), Depth: len(open[track]), Annotation: annot})
+			open[track] = append(open[track], len(out)-1)
+		case 2:
+			st := open[track]
+			if len(st) == 0 {
+				t.Fatalf("packet %d: slice end without a begin", i)
+			}
+			s := &out[st[len(st)-1]]
+			s.DurNS = int64(ts) - s.StartNS
+			if annot != "" {
+				// trace_processor adds the end's args to the slice.
+				s.Annotation = annot
+			}
+			if s.DurNS < 0 {
+				t.Fatalf("packet %d: slice %s ends before it begins", i, s.Name)
+			}
+			open[track] = st[:len(st)-1]
+		case 3:
+			out = append(out, pfSlice{Name: names[nameIID], TID: tid, StartNS: int64(ts), DurNS: -1, Depth: len(open[track]), Annotation: annot})
+		default:
+			t.Fatalf("packet %d: event type %d", i, typ)
+		}
+	}
+	for uuid, st := range open {
+		if len(st) > 0 {
+			t.Errorf("track %d: %d slices never end", uuid, len(st))
+		}
+	}
+	return out
+}
+
+// TestExportPerfetto decodes the Perfetto export of the test scenario and
+// checks that it holds the calls of the Chrome export: same names,
+// threads, start times, durations and marks, nested by time; and that it
+// is much smaller.
+func TestExportPerfetto(t *testing.T) {
+	for _, mode := range []tracefile.Mode{tracefile.ModeGraph, tracefile.ModeEntry} {
+		t.Run(mode.String(), func(t *testing.T) {
+			rec := tracefiletest.Scenario(mode).Recording()
+			filters := []report.Filter{{}, {TIDs: []uint32{101}}}
+			if mode == tracefile.ModeGraph {
+				filters = append(filters, report.Filter{MinDuration: 20 * time.Microsecond, MaxDepth: 2})
+			}
+			for _, fl := range filters {
+				var pb, js bytes.Buffer
+				if err := report.Export(&pb, rec, "perfetto", fl); err != nil {
+					t.Fatal(err)
+				}
+				if err := report.ExportChrome(&js, rec, fl); err != nil {
+					t.Fatal(err)
+				}
+				got := decodePerfetto(t, pb.Bytes())
+				var chrome struct {
+					TraceEvents []struct {
+						Name string
+						Ph   string
+						TS   float64
+						Dur  float64
+						TID  uint32
+						Args map[string]any
+					}
+				}
+				if err := json.Unmarshal(js.Bytes(), &chrome); err != nil {
+					t.Fatal(err)
+				}
+				first := rec.Clock.Nanos(rec.Events[0].TSC)
+				var want []pfSlice
+				for _, e := range chrome.TraceEvents {
+					s := pfSlice{Name: e.Name, TID: e.TID, StartNS: first + int64(math.Round(e.TS*1e3)), DurNS: int64(math.Round(e.Dur * 1e3))}
+					switch e.Ph {
+					case "X":
+						if e.Args["exit_lost"] == true {
+							s.Annotation = "status=exit lost"
+						}
+						if e.Args["unfinished"] == true {
+							s.Annotation = "status=unfinished"
+						}
+					case "i":
+						s.DurNS = -1
+						s.Annotation = fmt.Sprint("caller=", e.Args["caller"])
+					default:
+						continue
+					}
+					want = append(want, s)
+				}
+				// Depth: the slices open on the thread at its start.
+				for i := range want {
+					for j := range want[:i] {
+						a, b := &want[j], &want[i]
+						if a.TID == b.TID && a.DurNS >= 0 && b.DurNS >= 0 && a.StartNS <= b.StartNS && b.StartNS+b.DurNS <= a.StartNS+a.DurNS {
+							b.Depth++
+						}
+					}
+				}
+				if len(want) == 0 {
+					t.Fatal("the chrome export has no events")
+				}
+				if !slices.Equal(got, want) {
+					t.Errorf("filter %+v: perfetto slices\n%+v\nwant (from the chrome export)\n%+v", fl, got, want)
+				}
+				t.Logf("%s %+v: perfetto %d bytes, chrome JSON %d bytes (%.1f%%)", mode, fl, pb.Len(), js.Len(), 100*float64(pb.Len())/float64(js.Len()))
+				// The small scenario has a large share of descriptors and
+				// names; a big recording's ratio is in the benchmark.
+				if pb.Len()*5 > js.Len()*3 {
+					t.Errorf("perfetto trace is %d bytes, more than 60%% of the JSON's %d", pb.Len(), js.Len())
+				}
+			}
+		})
+	}
+}
