@@ -2,14 +2,8 @@ package session
 
 import (
 	"bytes"
-	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -48,7 +42,7 @@ func TestUprobeAfterUs(t *testing.T) {
 		t.Fatalf("%s is not traced", uprobeVictim)
 	}
 	call := siteBytes(t, tp.Pid(), addr)
-	bt := startBpftrace(t, bin, uprobeVictim, tp.Pid(), addr, call)
+	bt := testtarget.StartBpftrace(t, bin, uprobeVictim, tp.Pid(), addr, call)
 	pollFor(t, s, 300*time.Millisecond)
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
@@ -58,11 +52,11 @@ func TestUprobeAfterUs(t *testing.T) {
 		t.Fatalf("Held() = %+v, want %s held by a uprobe", held, uprobeVictim)
 	}
 	checkTextUprobe(t, tp.Pid(), addr, orig)
-	n0 := bt.count(t)
-	if n := bt.waitCount(t, n0+10); n < n0+10 {
+	n0 := bt.Count(t)
+	if n := bt.WaitCount(t, n0+10); n < n0+10 {
 		t.Fatalf("the uprobe counted %d calls in 5 s after livetrace detached, want 10 or more (one every 10 ms)", n-n0)
 	}
-	bt.stop(t)
+	bt.Stop(t)
 	testtarget.CheckText(t, tp.Pid())
 	rec, err := tracefile.Read(out)
 	check(t, err)
@@ -87,8 +81,8 @@ func uprobeBeforeUs(t *testing.T, form testtarget.Form) {
 	bin := simpleCopy(t, form)
 	tp := startLoop(t, bin)
 	addr, orig := fileSite(t, tp.Pid(), uprobeVictim)
-	bt := startBpftrace(t, bin, uprobeVictim, tp.Pid(), addr, orig)
-	bt.waitCount(t, 1) // one hit: on a NOP5 the kernel turns its INT3 into a CALL
+	bt := testtarget.StartBpftrace(t, bin, uprobeVictim, tp.Pid(), addr, orig)
+	bt.WaitCount(t, 1) // one hit: on a NOP5 the kernel turns its INT3 into a CALL
 	out := filepath.Join(t.TempDir(), "rec.data")
 	s, err := Start(tp.Pid(), Options{Funcs: []string{"simple_*"}, Output: out})
 	if err != nil {
@@ -102,12 +96,12 @@ func uprobeBeforeUs(t *testing.T, form testtarget.Form) {
 	if got := DescribeHeld("skipped", held); len(got) != 1 || got[0] != "skipped 1 site held by uprobes: "+uprobeVictim {
 		t.Errorf("DescribeHeld = %q", got)
 	}
-	n0 := bt.count(t)
+	n0 := bt.Count(t)
 	pollFor(t, s, 300*time.Millisecond)
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if n := bt.count(t); n <= n0 {
+	if n := bt.Count(t); n <= n0 {
 		t.Errorf("the uprobe counted no call while livetrace traced")
 	}
 	rec, err := tracefile.Read(out)
@@ -117,11 +111,11 @@ func uprobeBeforeUs(t *testing.T, form testtarget.Form) {
 		t.Errorf("recorded %d calls of simple_alpha and %d of %s; want some and none", got["simple_alpha"], got[uprobeVictim], uprobeVictim)
 	}
 	checkTextUprobe(t, tp.Pid(), addr, orig)
-	n1 := bt.count(t)
-	if n := bt.waitCount(t, n1+10); n < n1+10 {
+	n1 := bt.Count(t)
+	if n := bt.WaitCount(t, n1+10); n < n1+10 {
 		t.Fatalf("the uprobe counted %d calls in 5 s after livetrace detached, want 10 or more", n-n1)
 	}
-	bt.stop(t)
+	bt.Stop(t)
 	testtarget.CheckText(t, tp.Pid())
 }
 
@@ -216,104 +210,5 @@ func checkTextUprobe(t *testing.T, pid int, addr uint64, orig []byte) {
 				}
 			}
 		}
-	}
-}
-
-// bpftrace is a running `bpftrace` that counts the calls of one function
-// with a uprobe and prints the count every 100 ms.
-type bpftrace struct {
-	cmd  *exec.Cmd
-	mu   sync.Mutex
-	out  bytes.Buffer
-	done chan struct{}
-}
-
-func (b *bpftrace) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.out.Write(p)
-}
-
-func (b *bpftrace) output() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.out.String()
-}
-
-// startBpftrace puts a uprobe on function fn of the executable bin and
-// waits until it is in the text of process pid (site addr no longer holds
-// before). bpftrace is stopped at cleanup.
-func startBpftrace(t *testing.T, bin, fn string, pid int, addr uint64, before []byte) *bpftrace {
-	t.Helper()
-	path, err := exec.LookPath("bpftrace")
-	if err != nil {
-		testtarget.SkipOrFatal(t, "bpftrace is not installed: run `make test`, which installs it (or apt-get install bpftrace)")
-	}
-	prog := fmt.Sprintf("uprobe:%s:%s { @c = count(); } interval:ms:100 { print(@c); }", bin, fn)
-	b := &bpftrace{done: make(chan struct{})}
-	b.cmd = exec.Command(path, "-e", prog)
-	b.cmd.Stdout, b.cmd.Stderr = b, b
-	check(t, b.cmd.Start())
-	go func() { b.cmd.Wait(); close(b.done) }()
-	t.Cleanup(func() { b.stop(t) })
-	deadline := time.Now().Add(15 * time.Second)
-	for !strings.Contains(b.output(), "Attaching") || bytes.Equal(siteBytes(t, pid, addr), before) {
-		select {
-		case <-b.done:
-			t.Fatalf("bpftrace exited: %s", b.output())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("bpftrace did not attach to %s within 15 s; output:\n%s", fn, b.output())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	time.Sleep(100 * time.Millisecond) // let it settle
-	return b
-}
-
-// count returns the last count bpftrace printed (0 before any).
-func (b *bpftrace) count(t *testing.T) uint64 {
-	t.Helper()
-	out := b.output()
-	i := strings.LastIndex(out, "@c: ")
-	if i < 0 {
-		return 0
-	}
-	line, _, _ := strings.Cut(out[i+4:], "\n")
-	n, err := strconv.ParseUint(strings.TrimSpace(line), 10, 64)
-	if err != nil {
-		t.Fatalf("bpftrace printed %q", out[i:])
-	}
-	return n
-}
-
-// waitCount waits up to 5 s for the count to reach want and returns it.
-func (b *bpftrace) waitCount(t *testing.T, want uint64) uint64 {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		n := b.count(t)
-		if n >= want || time.Now().After(deadline) {
-			return n
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// stop ends bpftrace, which removes its uprobe, and waits for it.
-func (b *bpftrace) stop(t *testing.T) {
-	select {
-	case <-b.done:
-		return
-	default:
-	}
-	b.cmd.Process.Signal(syscall.SIGINT)
-	select {
-	case <-b.done:
-	case <-time.After(10 * time.Second):
-		b.cmd.Process.Kill()
-		<-b.done
-		t.Errorf("bpftrace did not exit on SIGINT")
 	}
 }

@@ -5,12 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -222,8 +217,8 @@ func uprobeOverOurCall(t *testing.T, mode Mode) {
 	}
 	a := st.sites[victim]
 	call := st.callTo(t, victim)
-	bt := startBpftrace(t, st.bin(), testtarget.StressFuncName(victim, nfn), st.tp.Pid(), a, call)
-	if got := bt.site(t); got[0] != 0xcc || !bytes.Equal(got[1:], call[1:]) {
+	bt := testtarget.StartBpftrace(t, st.bin(), testtarget.StressFuncName(victim, nfn), st.tp.Pid(), a, call)
+	if got := bt.Site(t); got[0] != 0xcc || !bytes.Equal(got[1:], call[1:]) {
 		t.Fatalf("uprobe over our call: site holds % x, want cc + % x", got, call[1:])
 	}
 	stats, err := e.RestoreAll()
@@ -235,20 +230,20 @@ func uprobeOverOurCall(t *testing.T, mode Mode) {
 		t.Fatalf("restore: %d held, Held() = %+v; want site %#x held by a uprobe", stats.Held, held, a)
 	}
 	want := append([]byte{0xcc}, st.orig[victim][1:]...)
-	if got := bt.site(t); !bytes.Equal(got, want) {
+	if got := bt.Site(t); !bytes.Equal(got, want) {
 		t.Fatalf("after restore the site holds % x, want the uprobe's INT3 over the original: % x", got, want)
 	}
 	if err := p.Detach(); err != nil {
 		t.Fatal(err)
 	}
-	n0 := bt.count(t)
+	n0 := bt.Count(t)
 	if sum, counts := st.run(t, 1); sum != base || counts[victim] != 0 {
 		t.Fatalf("after detach: checksum %s (want %s), %d calls counted by our stub", sum, base, counts[victim])
 	}
-	if n := bt.waitCount(t, n0+2); n < n0+2 {
+	if n := bt.WaitCount(t, n0+2); n < n0+2 {
 		t.Fatalf("the uprobe counted %d hits after we detached, want %d (2 threads, 1 pass)", n-n0, 2)
 	}
-	bt.stop(t)
+	bt.Stop(t)
 	testtarget.CheckText(t, st.tp.Pid())
 }
 
@@ -268,7 +263,7 @@ func uprobeBeforeUs(t *testing.T, mode Mode) {
 	st := startStressBin(t, stressCopy(t, nfn), nfn, "-t", "2")
 	base, _ := st.run(t, 1)
 	a := st.sites[victim]
-	bt := startBpftrace(t, st.bin(), testtarget.StressFuncName(victim, nfn), st.tp.Pid(), a, st.orig[victim])
+	bt := testtarget.StartBpftrace(t, st.bin(), testtarget.StressFuncName(victim, nfn), st.tp.Pid(), a, st.orig[victim])
 	p, e := st.attach(t, Options{Mode: mode})
 	if e.Mode() != mode {
 		t.Fatalf("mode %v (%s), want %v", e.Mode(), e.Reason(), mode)
@@ -280,7 +275,7 @@ func uprobeBeforeUs(t *testing.T, mode Mode) {
 	if held := e.Held(); stats.Held != 1 || len(held) != 1 || held[0].Addr != a || !held[0].Uprobe {
 		t.Fatalf("apply: %d held, Held() = %+v; want site %#x held by a uprobe", stats.Held, held, a)
 	}
-	n0 := bt.count(t)
+	n0 := bt.Count(t)
 	sum, counts := st.run(t, 1)
 	if sum != base {
 		t.Fatalf("checksum %s, untraced %s", sum, base)
@@ -294,7 +289,7 @@ func uprobeBeforeUs(t *testing.T, mode Mode) {
 			t.Errorf("fn %d: %d calls counted, want %d", i, c, want)
 		}
 	}
-	if n := bt.waitCount(t, n0+2); n < n0+2 {
+	if n := bt.WaitCount(t, n0+2); n < n0+2 {
 		t.Fatalf("the uprobe counted %d hits while we traced, want 2", n-n0)
 	}
 	if _, err := e.RestoreAll(); err != nil {
@@ -303,15 +298,15 @@ func uprobeBeforeUs(t *testing.T, mode Mode) {
 	if err := p.Detach(); err != nil {
 		t.Fatal(err)
 	}
-	if got := bt.site(t); !HeldByUprobe(a, got, st.orig[victim], mustAreas(t, st.tp.Pid())) {
+	if got := bt.Site(t); !HeldByUprobe(a, got, st.orig[victim], mustAreas(t, st.tp.Pid())) {
 		t.Fatalf("after restore the site holds % x, not the uprobe", got)
 	}
-	n1 := bt.count(t)
+	n1 := bt.Count(t)
 	st.run(t, 1)
-	if n := bt.waitCount(t, n1+2); n < n1+2 {
+	if n := bt.WaitCount(t, n1+2); n < n1+2 {
 		t.Fatalf("the uprobe counted %d hits after we detached, want 2", n-n1)
 	}
-	bt.stop(t)
+	bt.Stop(t)
 	testtarget.CheckText(t, st.tp.Pid())
 }
 
@@ -345,125 +340,4 @@ func stressCopy(t *testing.T, nfn int) string {
 		t.Fatal(err)
 	}
 	return dst
-}
-
-// bpftrace is a running `bpftrace` that counts the calls of one function
-// with a uprobe and prints the count every 100 ms.
-type bpftrace struct {
-	cmd  *exec.Cmd
-	pid  int
-	addr uint64
-	mu   sync.Mutex
-	out  bytes.Buffer
-	done chan struct{}
-}
-
-func (b *bpftrace) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.out.Write(p)
-}
-
-func (b *bpftrace) output() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.out.String()
-}
-
-// startBpftrace puts a uprobe on function fn of the executable bin and
-// waits until it is in the text of process pid: site addr no longer holds
-// before. bpftrace is stopped at cleanup.
-func startBpftrace(t *testing.T, bin, fn string, pid int, addr uint64, before []byte) *bpftrace {
-	t.Helper()
-	path, err := exec.LookPath("bpftrace")
-	if err != nil {
-		testtarget.SkipOrFatal(t, "bpftrace is not installed: run `make test`, which installs it (or apt-get install bpftrace)")
-	}
-	prog := fmt.Sprintf("uprobe:%s:%s { @c = count(); } interval:ms:100 { print(@c); }", bin, fn)
-	b := &bpftrace{pid: pid, addr: addr, done: make(chan struct{})}
-	b.cmd = exec.Command(path, "-e", prog)
-	b.cmd.Stdout, b.cmd.Stderr = b, b
-	if err := b.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { b.cmd.Wait(); close(b.done) }()
-	t.Cleanup(func() { b.stop(t) })
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		if strings.Contains(b.output(), "Attaching") && !bytes.Equal(b.site(t), before) {
-			break
-		}
-		select {
-		case <-b.done:
-			t.Fatalf("bpftrace exited: %s", b.output())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("bpftrace did not attach to %s within 15 s; site holds % x; output:\n%s", fn, b.site(t), b.output())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	time.Sleep(100 * time.Millisecond) // let it settle
-	return b
-}
-
-// site returns the bytes at the probed site.
-func (b *bpftrace) site(t *testing.T) []byte {
-	t.Helper()
-	m, err := proc.OpenMem(b.pid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	got := make([]byte, 5)
-	if err := m.Read(b.addr, got); err != nil {
-		t.Fatal(err)
-	}
-	return got
-}
-
-// count returns the last count bpftrace printed (0 before any hit).
-func (b *bpftrace) count(t *testing.T) uint64 {
-	t.Helper()
-	out := b.output()
-	i := strings.LastIndex(out, "@c: ")
-	if i < 0 {
-		return 0
-	}
-	line, _, _ := strings.Cut(out[i+4:], "\n")
-	n, err := strconv.ParseUint(strings.TrimSpace(line), 10, 64)
-	if err != nil {
-		t.Fatalf("bpftrace printed %q", out[i:])
-	}
-	return n
-}
-
-// waitCount waits up to 5 s for the count to reach want and returns it.
-func (b *bpftrace) waitCount(t *testing.T, want uint64) uint64 {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		n := b.count(t)
-		if n >= want || time.Now().After(deadline) {
-			return n
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// stop ends bpftrace (which removes its uprobe) and waits for it.
-func (b *bpftrace) stop(t *testing.T) {
-	select {
-	case <-b.done:
-		return
-	default:
-	}
-	b.cmd.Process.Signal(syscall.SIGINT)
-	select {
-	case <-b.done:
-	case <-time.After(10 * time.Second):
-		b.cmd.Process.Kill()
-		<-b.done
-		t.Errorf("bpftrace did not exit on SIGINT")
-	}
 }
