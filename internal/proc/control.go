@@ -11,7 +11,7 @@ import (
 
 // resume restarts a stopped thread, injecting sig.
 func (p *Process) resume(t *thread, sig int) {
-	if t.state != stopped {
+	if t.state != stopped || !p.live(t) {
 		return
 	}
 	if t.kind == stopGroup && sig == 0 {
@@ -35,14 +35,69 @@ func (p *Process) listen(t *thread) {
 	t.state = listening
 }
 
-// interrupt asks a running thread to stop.
+// interrupt asks a thread to stop and marks it held (a held thread that
+// runs always has an interrupt pending).
 func (p *Process) interrupt(t *thread) {
-	t.want = true
+	if t.role == roleFree {
+		t.role = roleHeld
+	}
 	if t.state == stopped {
 		return
 	}
 	// ESRCH: the thread is gone; its exit status follows.
 	_ = unix.PtraceInterrupt(t.tid)
+}
+
+// setRegs writes regs into t, which must be a live thread in a
+// ptrace-stop. It is the only way registers are written.
+//
+// The leader's tid is special: when another thread calls exec, the kernel
+// kills the leader, even in a ptrace-stop we hold, and gives its tid to
+// the exec'ing thread, which then reports PTRACE_EVENT_EXEC under it. Until
+// we reap that stop, our thread object for the leader looks live. So for
+// the leader the stop is checked with PTRACE_GETSIGINFO right before the
+// write, and again right after: a thread in the exec stop stays there
+// until we resume it, so if it is not there after the write, the write did
+// not reach the new image. If it is, the write may have: the new image
+// must never run registers of the old one (they may point into a
+// privileged program, see docs/SECURITY.md), so the process is killed.
+func (p *Process) setRegs(t *thread, regs *unix.PtraceRegs) error {
+	if !p.live(t) {
+		return p.staleErr(t)
+	}
+	leader := t.tid == p.pid && t.role != roleExeced
+	if leader && inExecStop(t.tid) {
+		p.reapUntilExec()
+		return fmt.Errorf("write registers of thread %d: %w", t.tid, ErrExec)
+	}
+	err := unix.PtraceSetRegs(t.tid, regs)
+	if leader && inExecStop(t.tid) {
+		_ = unix.Kill(p.pid, unix.SIGKILL)
+		p.reapUntilExec()
+		return fmt.Errorf("pid %d called exec while the tracer wrote the registers of its leader: killed it, so that the new program cannot run the old one's registers: %w", p.pid, ErrExec)
+	}
+	if err != nil && !errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("write registers of thread %d: %w", t.tid, err)
+	}
+	return nil
+}
+
+// staleErr explains why t is not live.
+func (p *Process) staleErr(t *thread) error {
+	if p.execed || (t != nil && t.gen != p.gen) {
+		return fmt.Errorf("thread %d belongs to an image that exec replaced: %w", t.tid, ErrExec)
+	}
+	return fmt.Errorf("thread %d is gone: %w", t.tid, ErrExited)
+}
+
+// reapUntilExec handles pending stops until the PTRACE_EVENT_EXEC that the
+// leader is known to be in has been handled (bounded: the stop is there).
+func (p *Process) reapUntilExec() {
+	for i := 0; i < 10000 && !p.execed; i++ {
+		if !p.reapOne(p.pid) && !p.reapOne(-1) {
+			time.Sleep(10 * time.Microsecond)
+		}
+	}
 }
 
 // StopAll interrupts every thread and waits until all of them are stopped.
@@ -60,13 +115,13 @@ func (p *Process) stopAll() error {
 	}
 	return p.waitFor(func() bool {
 		for tid, t := range p.threads {
-			if !t.want {
+			if !t.want() {
 				p.interrupt(t)
 			}
 			if t.state != stopped {
 				if !taskExists(p.pid, tid) {
 					// Gone without a wait status we could see.
-					delete(p.threads, tid)
+					p.dropThread(t)
 					continue
 				}
 				return false
@@ -94,8 +149,11 @@ func (p *Process) ResumeAll() error {
 func (p *Process) resumeAll() {
 	p.holdAll = false
 	for _, t := range p.threads {
-		t.want = false
-		if t.state == stopped && !t.remote {
+		if t.role != roleHeld {
+			continue // free already, borrowed by a Remote, or execed
+		}
+		t.role = roleFree
+		if t.state == stopped {
 			p.fixInterrupted(t)
 			p.resume(t, 0)
 		}
@@ -118,6 +176,9 @@ func (p *Process) StoppedIPs() (map[int]uint64, error) {
 // ResumeAll.
 func (p *Process) EditRegs(fn func(tid int, regs *unix.PtraceRegs) bool) error {
 	return p.doErr(func() error {
+		if err := p.goneErr(); err != nil {
+			return err
+		}
 		for tid, t := range p.threads {
 			if t.state != stopped {
 				return fmt.Errorf("thread %d is not stopped", tid)
@@ -130,8 +191,8 @@ func (p *Process) EditRegs(fn func(tid int, regs *unix.PtraceRegs) bool) error {
 				return fmt.Errorf("read registers of thread %d: %w", tid, err)
 			}
 			if fn(tid, &regs) {
-				if err := unix.PtraceSetRegs(tid, &regs); err != nil && !errors.Is(err, unix.ESRCH) {
-					return fmt.Errorf("write registers of thread %d: %w", tid, err)
+				if err := p.setRegs(t, &regs); err != nil {
+					return err
 				}
 			}
 		}
@@ -140,14 +201,24 @@ func (p *Process) EditRegs(fn func(tid int, regs *unix.PtraceRegs) bool) error {
 }
 
 // SingleStepOut single-steps thread tid (stopped, between StopAll and
-// ResumeAll) until its rip leaves [lo, hi), at most max steps.
+// ResumeAll) until its rip leaves [lo, hi), at most max steps. Signals that
+// arrive meanwhile are held and queued again afterwards, so that no signal
+// frame returns into [lo, hi).
 func (p *Process) SingleStepOut(tid int, lo, hi uint64, max int) error {
 	return p.doErr(func() error {
 		t := p.threads[tid]
 		if t == nil {
 			return nil
 		}
+		if t.role != roleHeld || t.state != stopped {
+			return fmt.Errorf("single-step thread %d: it is not held stopped", tid)
+		}
+		t.role = roleStepping
+		defer p.giveBack(t)
 		for i := 0; i < max; i++ {
+			if !p.live(t) {
+				return nil
+			}
 			var regs unix.PtraceRegs
 			if err := unix.PtraceGetRegs(tid, &regs); err != nil {
 				return nil
@@ -155,14 +226,14 @@ func (p *Process) SingleStepOut(tid int, lo, hi uint64, max int) error {
 			if regs.Rip < lo || regs.Rip >= hi {
 				return nil
 			}
-			t.stepping = true // the step's SIGTRAP is ours
+			t.op = unix.PTRACE_SINGLESTEP // the step's SIGTRAP is ours
 			if err := unix.PtraceSingleStep(tid); err != nil {
-				t.stepping = false
+				t.op = 0
 				return nil
 			}
-			t.state = running
-			err := p.waitFor(func() bool { return t.state == stopped || p.threads[tid] == nil }, 5*time.Second)
-			t.stepping = false
+			t.state, t.kind = running, 0
+			err := p.waitFor(func() bool { return !p.live(t) || t.state == stopped && t.kind == stopStep }, 5*time.Second)
+			t.op = 0
 			if err != nil {
 				return err
 			}

@@ -1,6 +1,7 @@
 package proc
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
@@ -43,7 +44,7 @@ func (p *Process) Detach() error {
 // fixInterrupted undoes the EINTR our interrupt may have caused in a thread
 // that it stopped (see undoEINTR); call it before resuming or detaching.
 func (p *Process) fixInterrupted(t *thread) {
-	if t.state != stopped || t.kind != stopInterrupt {
+	if t.state != stopped || t.kind != stopInterrupt || !p.live(t) {
 		return
 	}
 	var regs unix.PtraceRegs
@@ -52,42 +53,57 @@ func (p *Process) fixInterrupted(t *thread) {
 	}
 	before := regs
 	if p.undoEINTR(t.tid, &regs); regs != before {
-		_ = unix.PtraceSetRegs(t.tid, &regs)
+		_ = p.setRegs(t, &regs)
 	}
 }
 
 func (p *Process) detachAll() {
 	for tid, t := range p.threads {
-		if t.state == stopped {
-			p.fixInterrupted(t)
-			_ = unix.PtraceDetach(tid)
-		} else {
+		if t.state != stopped {
 			// Not in a ptrace-stop: PTRACE_DETACH needs one.
+			p.interrupt(t)
+			_ = p.waitFor(func() bool { return !p.live(t) || t.state == stopped }, time.Second)
+			if !p.live(t) {
+				continue
+			}
+		}
+		p.fixInterrupted(t)
+		if err := unix.PtraceDetach(tid); errors.Is(err, unix.ESRCH) && taskExists(p.pid, tid) {
+			// It left the stop we thought it in (a resume raced with
+			// an exec, see setRegs): stop it again, then detach.
 			_ = unix.PtraceInterrupt(tid)
-			_ = p.waitFor(func() bool { return p.threads[tid] == nil || p.threads[tid].state == stopped }, time.Second)
-			p.fixInterrupted(t)
+			t.state = running
+			_ = p.waitFor(func() bool { return !p.live(t) || t.state == stopped }, time.Second)
 			_ = unix.PtraceDetach(tid)
 		}
 	}
-	p.threads = map[int]*thread{}
+	for _, t := range p.threads {
+		p.dropThread(t)
+	}
 	p.detached = true
 }
 
 // drainTraps makes sure no SIGTRAP raised by one of our INT3s is still
-// queued on a thread: once detached, it would kill the process. All threads
-// are stopped. A thread with SIGTRAP pending is resumed; it then reports the
-// signal-delivery stop (handled by the trap handler, or passed on if it is
-// the application's), and stops again for our pending interrupt.
+// queued on a thread: once detached, it would kill the process. It also
+// lets threads dequeue the signals that requeue queued again, so that they
+// get their original siginfo (restoreQueued) rather than our cookie. All
+// threads are stopped. Such a thread is interrupted and resumed; it then
+// reports the signal-delivery stop (handled by the trap handler, or passed
+// on if it is the application's), and stops again for our interrupt.
 func (p *Process) drainTraps() error {
 	for round := 0; round < 100; round++ {
 		pending := 0
 		for tid, t := range p.threads {
-			if sigPending(p.pid, tid, unix.SIGTRAP) {
-				pending++
-				t.want = true
-				p.interrupt(t)
-				p.resume(t, 0)
+			if t.role != roleHeld || t.state != stopped {
+				continue
 			}
+			trap := sigPending(p.pid, tid, unix.SIGTRAP)
+			if !trap && !p.queuedPending(t) {
+				continue
+			}
+			pending++
+			_ = unix.PtraceInterrupt(tid)
+			p.resume(t, 0)
 		}
 		if pending == 0 {
 			return nil
@@ -104,4 +120,28 @@ func (p *Process) drainTraps() error {
 		}
 	}
 	return fmt.Errorf("SIGTRAP stays pending in pid %d", p.pid)
+}
+
+// queuedPending reports whether a signal that requeue queued to t is still
+// pending and deliverable. Entries whose signal is no longer pending (the
+// kernel merged it with one already pending) are forgotten.
+func (p *Process) queuedPending(t *thread) bool {
+	if len(t.queued) == 0 {
+		return false
+	}
+	m, err := threadMasks(p.pid, t.tid)
+	if err != nil {
+		return false
+	}
+	deliverable := false
+	for c, info := range t.queued {
+		bit := sigBit(unix.Signal(info.head().signo))
+		switch {
+		case m.pnd&bit == 0:
+			delete(t.queued, c)
+		case m.blk&bit == 0:
+			deliverable = true
+		}
+	}
+	return deliverable
 }

@@ -41,10 +41,12 @@ type ThreadExitHandler func(tid int)
 // ForkHandler is called on the ptrace thread when the target forks. The
 // child is stopped and still attached; mem is a handle on the child's
 // memory, valid only during the call. After the call, the child is detached.
-// vfork children share the parent's memory and are detached without a
-// call.
+// vfork children, and clone(CLONE_VM) children that are not threads, share
+// the parent's memory (and so its patched text, which the agent serves) and
+// are detached without a call.
 type ForkHandler func(childPID int, mem *Mem)
 
+// threadState is what a thread is doing as far as the kernel told us.
 type threadState uint8
 
 const (
@@ -53,6 +55,7 @@ const (
 	listening                    // group-stopped, answered with PTRACE_LISTEN
 )
 
+// stopKind is the ptrace-stop a stopped thread is in.
 type stopKind uint8
 
 const (
@@ -60,21 +63,71 @@ const (
 	stopGroup                         // PTRACE_EVENT_STOP with a stop signal
 	stopSyscall                       // syscall-enter or syscall-exit stop
 	stopEvent                         // another PTRACE_EVENT_* stop
+	stopSignal                        // signal-delivery-stop
+	stopStep                          // the SIGTRAP that ends a single step
 )
+
+// role is what the tracer does with a thread. Together with the stop the
+// kernel reports, it decides what the tracer does next: see handle in
+// stops.go for the table. The roles form a small state machine:
+//
+//	free --interrupt--> held --holdRemote--> borrowed --Release--> held or free
+//	                    held --SingleStepOut--> stepping --done--> held
+//	                    held --ResumeAll--> free
+//	any  --PTRACE_EVENT_EXEC--> (dropped; the leader becomes a new thread, execed)
+type role uint8
+
+const (
+	// roleFree: the application's thread. Stops are answered at once and
+	// its signals are delivered unchanged.
+	roleFree role = iota
+	// roleHeld: we asked it to stop (a PTRACE_INTERRUPT is pending while it
+	// runs) and keep it stopped once it is. Its signals are delivered; the
+	// pending interrupt stops it again on the handler's first instruction.
+	roleHeld
+	// roleBorrowed: held, and a Remote runs system calls on it with the
+	// tracer's registers. Its signals are taken off and kept in held, to
+	// be queued again at Release: delivered now, they would run a handler
+	// on the tracer's registers.
+	roleBorrowed
+	// roleStepping: held, and single-stepped by SingleStepOut. Its signals
+	// are kept like a borrowed thread's: delivered now, they would leave a
+	// signal frame whose return address is inside the range stepped out of.
+	roleStepping
+	// roleExeced: the thread that reported PTRACE_EVENT_EXEC, the first
+	// instant of the new image. It stays in that stop until Detach, and
+	// nothing of the old image (registers, signals) is ever written to it.
+	roleExeced
+)
+
+// heldSignal is a signal taken off a borrowed or stepping thread: its
+// siginfo as the kernel reported it.
+type heldSignal [siginfoSize]byte
 
 // thread is one seized thread. Only touched on the ptrace thread.
 type thread struct {
 	tid   int
+	gen   uint64 // exec generation of the image this thread runs (Process.gen)
+	gone  bool   // exited, or dropped by an exec: never touch it again
 	state threadState
 	kind  stopKind
-	// want says we asked this thread to stop (PTRACE_INTERRUPT) and want
-	// to hold it when it does.
-	want bool
-	// remote says a remote syscall is under way on this thread.
-	remote bool
-	// stepping says we single-step this thread: its SIGTRAP is ours.
-	stepping bool
+	role  role
+	// op is the resume request in flight for a borrowed or stepping
+	// thread (unix.PTRACE_SYSCALL or unix.PTRACE_SINGLESTEP), 0 when none:
+	// a stop that does not end it is answered by issuing it again.
+	op int
+	// held are the signals taken off the thread while borrowed or
+	// stepping, in arrival order; queued maps the cookie of each one
+	// queued again (see requeue) to its original siginfo.
+	held   []heldSignal
+	queued map[uint64]heldSignal
+	// jobStop is the stop signal of a group-stop the thread took part in
+	// while borrowed or stepping (and so could not stay in).
+	jobStop unix.Signal
 }
+
+// want reports whether we hold the thread: it must not run free.
+func (t *thread) want() bool { return t.role != roleFree }
 
 // Process is a process whose threads are all seized with ptrace.
 type Process struct {
@@ -85,7 +138,12 @@ type Process struct {
 
 	// Everything below is only touched on the ptrace thread.
 	threads    map[int]*thread
-	holdAll    bool // hold every thread, including new ones, when it stops
+	gen        uint64      // exec generation: PTRACE_EVENT_EXECs seen
+	holdAll    bool        // hold every thread, including new ones, when it stops
+	jobStop    unix.Signal // stop signal of the group-stop in force, 0 if none
+	cookies    uint64      // last cookie of a requeued signal (see requeue)
+	lastRemote int         // tid of the thread borrowed last
+	sigs       SignalStats
 	exited     bool
 	exitStatus unix.WaitStatus
 	execed     bool
@@ -198,4 +256,56 @@ func (p *Process) markExited() {
 	default:
 		close(p.exitedCh)
 	}
+}
+
+// SignalStats counts what the tracer did with the target's signals.
+type SignalStats struct {
+	// Delivered counts signals passed on to the application at once.
+	Delivered int
+	// Held counts signals taken off a borrowed or single-stepped thread,
+	// which could not take them then.
+	Held int
+	// Requeued counts held signals queued again to their thread once it
+	// was given back, and Restored those of them whose original siginfo
+	// was put back when the thread dequeued them.
+	Requeued, Restored int
+	// Dropped counts held signals that could not be queued again (the
+	// thread was gone, or the process called exec).
+	Dropped int
+}
+
+// SignalStats returns what the tracer did with the target's signals so
+// far.
+func (p *Process) SignalStats() (s SignalStats) {
+	p.do(func() { s = p.sigs })
+	return s
+}
+
+// newThread adds a thread of the current image, held if holdAll says so.
+func (p *Process) newThread(tid int) *thread {
+	t := &thread{tid: tid, gen: p.gen}
+	if p.holdAll {
+		t.role = roleHeld
+	}
+	p.threads[tid] = t
+	return t
+}
+
+// dropThread forgets t for good.
+func (p *Process) dropThread(t *thread) {
+	t.gone = true
+	if p.threads[t.tid] == t {
+		delete(p.threads, t.tid)
+	}
+	if n := len(t.held) + len(t.queued); n > 0 {
+		p.sigs.Dropped += n
+		t.held, t.queued = nil, nil
+	}
+}
+
+// live reports whether t is a thread of the image the process runs now:
+// not exited, and not a thread of an image that an exec replaced. Nothing
+// is ever written to, or resumed in, a thread that is not live.
+func (p *Process) live(t *thread) bool {
+	return t != nil && !t.gone && t.gen == p.gen && p.threads[t.tid] == t
 }
