@@ -92,7 +92,7 @@ func (p *Process) detachAll() {
 // on if it is the application's), and stops again for our interrupt.
 func (p *Process) drainTraps() error {
 	for round := 0; round < 100; round++ {
-		pending := 0
+		var draining []*thread
 		for tid, t := range p.threads {
 			if t.role != roleHeld || t.state != stopped {
 				continue
@@ -101,25 +101,43 @@ func (p *Process) drainTraps() error {
 			if !trap && !p.queuedPending(t) {
 				continue
 			}
-			pending++
-			_ = unix.PtraceInterrupt(tid)
+			// No interrupt pending: one would stop the thread before
+			// it dequeues anything. handle gives it one (rearm) at its
+			// signal-delivery stop.
+			t.drain = true
 			p.resume(t, 0)
+			draining = append(draining, t)
 		}
-		if pending == 0 {
+		if len(draining) == 0 {
 			return nil
 		}
-		if err := p.waitFor(func() bool {
-			for _, t := range p.threads {
-				if t.state != stopped {
+		done := func() bool {
+			for _, t := range draining {
+				if p.live(t) && (t.drain || t.state != stopped) {
 					return false
 				}
 			}
 			return true
-		}, 5*time.Second); err != nil {
-			return err
+		}
+		if err := p.waitFor(done, 2*time.Second); err != nil {
+			if !errors.Is(err, ErrTimeout) {
+				return err
+			}
+			// The signal went elsewhere (a process-wide one that another
+			// thread took): stop the thread anyway.
+			for _, t := range draining {
+				if p.live(t) && t.drain {
+					t.drain = false
+					p.interrupt(t)
+					_ = unix.PtraceInterrupt(t.tid)
+				}
+			}
+			if err := p.waitFor(done, 5*time.Second); err != nil {
+				return err
+			}
 		}
 	}
-	return fmt.Errorf("SIGTRAP stays pending in pid %d", p.pid)
+	return fmt.Errorf("signals stay pending in pid %d", p.pid)
 }
 
 // queuedPending reports whether a signal that requeue queued to t is still

@@ -124,6 +124,9 @@ type thread struct {
 	// jobStop is the stop signal of a group-stop the thread took part in
 	// while borrowed or stepping (and so could not stay in).
 	jobStop unix.Signal
+	// drain says the thread, held, runs without a pending interrupt so
+	// that it dequeues a pending signal (see drainTraps).
+	drain bool
 }
 
 // want reports whether we hold the thread: it must not run free.

@@ -308,6 +308,7 @@ func (p *Process) handleSignal(t *thread, sig unix.Signal) {
 		if t.role == roleBorrowed || t.role == roleStepping {
 			p.reissue(t)
 		} else {
+			p.rearm(t)
 			p.resume(t, 0)
 		}
 		return
@@ -322,7 +323,18 @@ func (p *Process) handleSignal(t *thread, sig unix.Signal) {
 		// PTRACE_INTERRUPT pending, so it stops again right after the
 		// signal is delivered, on the handler's first instruction.
 		p.sigs.Delivered++
+		p.rearm(t)
 		p.resume(t, int(sig))
+	}
+}
+
+// rearm gives a draining thread (see drainTraps), which runs without a
+// pending interrupt so that it dequeues its signals, the interrupt that
+// stops it again once the signal at hand is delivered.
+func (p *Process) rearm(t *thread) {
+	if t.drain && t.role != roleFree {
+		_ = unix.PtraceInterrupt(t.tid)
+		t.drain = false
 	}
 }
 
