@@ -113,3 +113,46 @@ func waitExeced(t *testing.T, pid int) {
 	}
 	t.Fatalf("pid %d never ran the new image", pid)
 }
+
+// TestCloneVMChildIsNotAFork checks that a clone(CLONE_VM) child that is
+// not a thread is not handed to the fork handler, which would restore the
+// original text in the memory it shares with the parent and so silently
+// stop tracing the parent; a real fork child still is.
+func TestCloneVMChildIsNotAFork(t *testing.T) {
+	testtarget.RequireRoot(t)
+	bin := testtarget.Build(t, testtarget.SignalsExec, testtarget.ClangNop5)
+	tp := startAs(t, nobody, bin)
+	tp.expect(t, "ready", 10*time.Second)
+	p, err := Attach(tp.pid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Detach()
+	var forks []int
+	p.SetForkHandler(func(child int, m *Mem) { forks = append(forks, child) })
+
+	tp.send(t, "clonevm 10")
+	if l := tp.expect(t, "clonevm", 10*time.Second); l != "clonevm 0" {
+		t.Fatalf("clone(CLONE_VM) child: %q", l)
+	}
+	p.Pump()
+	var n int
+	p.do(func() { n = len(forks) })
+	if n != 0 {
+		t.Fatalf("the fork handler ran for a clone(CLONE_VM) child (pids %v): it would restore the parent's text", forks)
+	}
+	tp.send(t, "fork 10")
+	if l := tp.expect(t, "fork", 10*time.Second); l != "fork 0" {
+		t.Fatalf("fork child: %q", l)
+	}
+	p.Pump()
+	p.do(func() { n = len(forks) })
+	if n != 1 {
+		t.Fatalf("fork handler ran %d times for one fork, want 1", n)
+	}
+	if err := p.Detach(); err != nil {
+		t.Fatal(err)
+	}
+	tp.send(t, "call 1")
+	tp.expect(t, "called 1", 10*time.Second)
+}
