@@ -3,6 +3,7 @@ package proc
 import (
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -19,9 +20,14 @@ func (p *Process) Detach() error {
 			return
 		}
 		if !p.exited && !p.execed {
+			t0 := time.Now()
 			err = p.stopAll()
+			t1 := time.Now()
 			if err == nil {
 				err = p.drainTraps()
+			}
+			if debugTiming {
+				fmt.Fprintf(os.Stderr, "proc: detach: stop %v drain %v\n", t1.Sub(t0), time.Since(t1))
 			}
 			if p.parked {
 				// Never leave `jmp .` behind.
@@ -71,6 +77,9 @@ func (p *Process) detachAll() {
 		if err := unix.PtraceDetach(tid); errors.Is(err, unix.ESRCH) && taskExists(p.pid, tid) {
 			// It left the stop we thought it in (a resume raced with
 			// an exec, see setRegs): stop it again, then detach.
+			if debugTiming {
+				fmt.Fprintf(os.Stderr, "proc: detach %d: ESRCH, kind %d role %d op %d drain %v\n", tid, t.kind, t.role, t.op, t.drain)
+			}
 			_ = unix.PtraceInterrupt(tid)
 			t.state = running
 			_ = p.waitFor(func() bool { return !p.live(t) || t.state == stopped }, time.Second)

@@ -100,8 +100,18 @@ func (p *Process) holdRemoteLocked(tid int) (*Remote, error) {
 			cands = []*thread{t}
 		}
 	} else {
+		t0 := time.Now()
 		cands = p.remoteCandidates()
+		if debugTiming {
+			fmt.Fprintf(os.Stderr, "proc: hold: %d candidates in %v\n", len(cands), time.Since(t0))
+		}
 	}
+	t0 := time.Now()
+	defer func() {
+		if debugTiming {
+			fmt.Fprintf(os.Stderr, "proc: hold: stopped in %v\n", time.Since(t0))
+		}
+	}()
 	for _, t := range cands {
 		wasFree := t.role == roleFree
 		p.interrupt(t)

@@ -61,7 +61,10 @@ func threadMasks(pid, tid int) (masks, error) {
 	return m, nil
 }
 
-var debugStops = os.Getenv("LIVETRACE_DEBUG_PTRACE") != ""
+var (
+	debugStops  = os.Getenv("LIVETRACE_DEBUG_PTRACE") != ""
+	debugTiming = os.Getenv("LIVETRACE_DEBUG_TIMING") != ""
+)
 
 const (
 	siKernel    = 0x80 // SI_KERNEL: si_code of the SIGTRAP an INT3 raises

@@ -14,7 +14,7 @@ func (p *Process) idle() {
 	if p.detached {
 		return
 	}
-	if p.reap() {
+	if p.reapN(idleReap) {
 		// The pass hit its bound: more may be pending, and no SIGCHLD
 		// will come for statuses that are already queued.
 		select {
@@ -24,10 +24,16 @@ func (p *Process) idle() {
 	}
 }
 
-// reapLimit is the most wait statuses one reap pass handles: with
-// thousands of threads hitting INT3s, statuses arrive as fast as they are
-// handled, and a pass that ran until none is pending would never end.
-func (p *Process) reapLimit() int { return 64 + 2*len(p.threads) }
+// Bounds of one reap pass. With thousands of threads hitting INT3s,
+// statuses arrive as fast as they are handled (and each wait4(-1) walks the
+// list of every tracee), so a pass that ran until none is pending would
+// never end: a waiter would never check its condition or deadline again,
+// and a request queued for the ptrace thread would never run. An idle pass
+// (no request waiting) is shorter still, so that requests go first.
+const (
+	reapLimit = 256
+	idleReap  = 32
+)
 
 // reap handles pending wait statuses without blocking, at most reapLimit
 // of them. It reports whether it stopped at that bound (more may be
@@ -36,8 +42,10 @@ func (p *Process) reapLimit() int { return 64 + 2*len(p.threads) }
 // __WNOTHREAD restricts the wait to children and tracees of this very
 // thread, the ptrace thread: so it never steals the exit status of a child
 // that some other part of the program started with os/exec.
-func (p *Process) reap() bool {
-	for n := p.reapLimit(); n > 0; n-- {
+func (p *Process) reap() bool { return p.reapN(reapLimit) }
+
+func (p *Process) reapN(limit int) bool {
+	for n := limit; n > 0; n-- {
 		if !p.reapOne(-1) {
 			return false
 		}

@@ -18,6 +18,10 @@
  *              idle pipe, one in read(2) on a pipe a feeder thread writes a
  *              byte to every 2 ms. Each counts EINTRs and short waits (a
  *              sleep that returned before its time): both must stay 0.
+ *   tickers    with -many N: N more threads (64 KiB stacks), each calling
+ *              the traced function sig_tick every 1/H s (-manyhz H, default
+ *              50) with clock_nanosleep on an absolute deadline; "ready"
+ *              comes once all of them run.
  *   rt storm   with -rt: two threads that send each other SIGRTMIN+1 with
  *              pthread_sigqueue, each one every -rtus microseconds (default
  *              200), so that queued realtime signals pile up on threads the
@@ -118,6 +122,12 @@ LT_KEEP uint64_t sig_top(uint64_t x)
 	x = sig_mid(x);
 	LT_OPAQUE(x);
 	return x + 3;
+}
+
+LT_KEEP uint64_t sig_tick(uint64_t x)
+{
+	LT_OPAQUE(x);
+	return x + 1;
 }
 
 LT_KEEP uint64_t sig_handler_fn(uint64_t x)
@@ -301,6 +311,31 @@ static void *storm_thread(void *arg)
 	return NULL;
 }
 
+/* Tickers. */
+static int nmany;
+static long many_hz = 50;
+static volatile int many_started;
+
+static void *ticker(void *arg)
+{
+	uint64_t x = (uint64_t)(intptr_t)arg;
+	struct timespec next;
+	clock_gettime(CLOCK_MONOTONIC, &next);
+	long period = 1000000000L / many_hz;
+	__atomic_add_fetch(&many_started, 1, __ATOMIC_RELAXED);
+	for (;;) {
+		x = sig_tick(x);
+		next.tv_nsec += period;
+		while (next.tv_nsec >= 1000000000L) {
+			next.tv_nsec -= 1000000000L;
+			next.tv_sec++;
+		}
+		while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL) == EINTR)
+			;
+	}
+	return NULL;
+}
+
 /* Workers. */
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cond_work = PTHREAD_COND_INITIALIZER;
@@ -417,6 +452,10 @@ int main(int argc, char **argv)
 			alrm_us = atol(argv[++i]);
 		else if (!strcmp(argv[i], "-rtus") && i + 1 < argc)
 			rt_us = atol(argv[++i]);
+		else if (!strcmp(argv[i], "-many") && i + 1 < argc)
+			nmany = atoi(argv[++i]);
+		else if (!strcmp(argv[i], "-manyhz") && i + 1 < argc)
+			many_hz = atol(argv[++i]);
 		else if (!strcmp(argv[i], "-norestart"))
 			restart = 0;
 		else if (!strcmp(argv[i], "-altstack"))
@@ -426,7 +465,7 @@ int main(int argc, char **argv)
 		else if (!strcmp(argv[i], "-rt"))
 			rt_storm = 1;
 		else {
-			fprintf(stderr, "usage: signals [-t N] [-prof US] [-alrm US] [-norestart] [-altstack] [-blocked] [-rt] [-rtus US]\n");
+			fprintf(stderr, "usage: signals [-t N] [-prof US] [-alrm US] [-norestart] [-altstack] [-blocked] [-rt] [-rtus US] [-many N] [-manyhz H]\n");
 			return 2;
 		}
 	}
@@ -451,6 +490,24 @@ int main(int argc, char **argv)
 		for (int i = 0; i < 2; i++)
 			if (pthread_create(&storm[i], NULL, storm_thread, (void *)(intptr_t)i) != 0)
 				return 2;
+	}
+	if (nmany > 0) {
+		pthread_attr_t attr;
+		pthread_attr_init(&attr);
+		pthread_attr_setstacksize(&attr, 64 * 1024);
+		if (many_hz < 1)
+			many_hz = 1;
+		for (int i = 0; i < nmany; i++) {
+			pthread_t th;
+			if (pthread_create(&th, &attr, ticker, (void *)(intptr_t)i) != 0) {
+				perror("pthread_create");
+				return 2;
+			}
+		}
+		while (__atomic_load_n(&many_started, __ATOMIC_RELAXED) < nmany) {
+			struct timespec ts = {0, 1000000};
+			nanosleep(&ts, NULL);
+		}
 	}
 	if (prof_us > 0) {
 		struct itimerval it = {{prof_us / 1000000, prof_us % 1000000}, {prof_us / 1000000, prof_us % 1000000}};
