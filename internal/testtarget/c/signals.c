@@ -11,8 +11,9 @@
  *              which is legitimate).
  *   workers    -t N (default 4): call the traced functions sig_leaf,
  *              sig_mid and sig_top on "run N", or in a loop between "hammer"
- *              and "stop". With -blocked, worker 0 blocks every signal.
- *   checkers   with every signal blocked, so that nothing but a tracer could
+ *              and "stop". With -blocked, worker 0 blocks every signal
+ *              (SIGTRAP too: a patching engine must then use stop mode).
+ *   checkers   with every signal but SIGTRAP blocked, so that nothing but a tracer could
  *              ever interrupt them: one loops in nanosleep(5 ms), one in
  *              FUTEX_WAIT with a 5 ms timeout, one in epoll_wait(5 ms) on an
  *              idle pipe, one in read(2) on a pipe a feeder thread writes a
@@ -189,7 +190,17 @@ static void install(int sig, int with_restart)
 	}
 }
 
+/* block_all blocks every signal but SIGTRAP (which nobody sends, and which
+ * a tracer's INT3 must be able to raise); block_everything blocks that too. */
 static void block_all(void)
+{
+	sigset_t all;
+	sigfillset(&all);
+	sigdelset(&all, SIGTRAP);
+	pthread_sigmask(SIG_SETMASK, &all, NULL);
+}
+
+static void block_everything(void)
 {
 	sigset_t all;
 	sigfillset(&all);
@@ -350,7 +361,7 @@ static void *worker(void *arg)
 {
 	int t = (int)(intptr_t)arg;
 	if (t == 0 && blocked0)
-		block_all();
+		block_everything();
 	setup_altstack();
 	unsigned long seen = 0;
 	for (;;) {
