@@ -200,6 +200,20 @@ static void block_all(void)
 	pthread_sigmask(SIG_SETMASK, &all, NULL);
 }
 
+/* Threads start with the application signals blocked (main blocks them
+ * before creating any), and unblock them once their alternate stack is set
+ * up: a signal must never find a thread without one. */
+static volatile int threads_up; /* threads past their set-up */
+
+static void up(void) { __atomic_add_fetch(&threads_up, 1, __ATOMIC_RELEASE); }
+
+static void unblock_app(void)
+{
+	sigset_t none;
+	sigemptyset(&none);
+	pthread_sigmask(SIG_SETMASK, &none, NULL);
+}
+
 static void block_everything(void)
 {
 	sigset_t all;
@@ -224,6 +238,7 @@ static void *sleep_checker(void *arg)
 {
 	(void)arg;
 	block_all();
+	up();
 	for (;;) {
 		struct timespec ts = {0, WAIT_NS};
 		uint64_t t0 = now_ns();
@@ -239,6 +254,7 @@ static void *futex_checker(void *arg)
 {
 	(void)arg;
 	block_all();
+	up();
 	for (;;) {
 		struct timespec ts = {0, WAIT_NS};
 		uint64_t t0 = now_ns();
@@ -256,6 +272,7 @@ static void *epoll_checker(void *arg)
 {
 	(void)arg;
 	block_all();
+	up();
 	int fds[2];
 	if (pipe(fds) != 0)
 		exit(2);
@@ -277,6 +294,7 @@ static void *feeder(void *arg)
 {
 	(void)arg;
 	block_all();
+	up();
 	for (;;) {
 		struct timespec ts = {0, 2000000};
 		nanosleep(&ts, NULL);
@@ -290,6 +308,7 @@ static void *read_checker(void *arg)
 {
 	(void)arg;
 	block_all();
+	up();
 	for (;;) {
 		char c;
 		uint64_t t0 = now_ns();
@@ -310,6 +329,8 @@ static void *storm_thread(void *arg)
 {
 	int me = (int)(intptr_t)arg;
 	setup_altstack();
+	unblock_app();
+	up();
 	for (;;) {
 		struct timespec ts = {rt_us / 1000000, (rt_us % 1000000) * 1000};
 		nanosleep(&ts, NULL); /* EINTR is fine here: the storm's own */
@@ -360,9 +381,12 @@ static uint64_t *results;
 static void *worker(void *arg)
 {
 	int t = (int)(intptr_t)arg;
+	setup_altstack();
 	if (t == 0 && blocked0)
 		block_everything();
-	setup_altstack();
+	else
+		unblock_app();
+	up();
 	unsigned long seen = 0;
 	for (;;) {
 		pthread_mutex_lock(&mu);
@@ -484,6 +508,12 @@ int main(int argc, char **argv)
 		nworkers = 1;
 	results = calloc((size_t)nworkers, sizeof *results);
 	setup_altstack();
+	sigset_t app;
+	sigemptyset(&app);
+	sigaddset(&app, SIGPROF);
+	sigaddset(&app, SIGALRM);
+	sigaddset(&app, SIGSTORM);
+	pthread_sigmask(SIG_BLOCK, &app, NULL);
 	install(SIGPROF, 1);
 	install(SIGALRM, restart);
 	install(SIGSTORM, restart);
@@ -520,6 +550,14 @@ int main(int argc, char **argv)
 			nanosleep(&ts, NULL);
 		}
 	}
+	/* Every thread (and its malloc arena, its alternate stack) exists
+	 * before "ready", so that a snapshot taken then stays valid. */
+	int want_up = 5 + nworkers + (rt_storm ? 2 : 0);
+	while (__atomic_load_n(&threads_up, __ATOMIC_ACQUIRE) < want_up) {
+		struct timespec ts = {0, 1000000};
+		nanosleep(&ts, NULL);
+	}
+	unblock_app();
 	if (prof_us > 0) {
 		struct itimerval it = {{prof_us / 1000000, prof_us % 1000000}, {prof_us / 1000000, prof_us % 1000000}};
 		setitimer(ITIMER_PROF, &it, NULL);
