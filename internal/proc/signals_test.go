@@ -2,6 +2,7 @@ package proc
 
 import (
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -161,3 +162,86 @@ func checkSignalStats(t *testing.T, tp *target, args []string) {
 	}
 	t.Logf("target: %v", m)
 }
+
+// TestSingleStepUnderSignals single-steps a spinning thread, with every
+// other thread stopped, while timers fire: the process-wide signals can
+// only go to the stepping thread. A signal delivered then would run its
+// handler instead of the step (and leave a signal frame that returns into
+// the range being stepped out of); it must be held and delivered after,
+// so every step lands on the next instruction.
+func TestSingleStepUnderSignals(t *testing.T) {
+	testtarget.RequireRoot(t)
+	bin := testtarget.Build(t, testtarget.Signals, testtarget.ClangNop5)
+	tp := startAs(t, nil, bin, "-t", "2", "-alrm", "200", "-prof", "1000", "-altstack")
+	tp.expect(t, "ready", 10*time.Second)
+	tp.send(t, "run 1000")
+	want := tp.expect(t, "done", 30*time.Second)
+	tp.send(t, "hammer")
+	tp.expect(t, "hammering", 10*time.Second)
+	p, err := Attach(tp.pid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Detach()
+	base := loadBase(t, tp.pid(), bin)
+	onSignal := base + symbolOffset(t, bin, "on_signal")
+	handlerFn := base + symbolOffset(t, bin, "sig_handler_fn")
+	inHandler := func(pc uint64) bool {
+		return pc >= onSignal && pc < onSignal+0x100 || pc >= handlerFn && pc < handlerFn+0x20
+	}
+	steps, held := 0, 0
+	for round := 0; round < 30; round++ {
+		if err := p.StopAll(); err != nil {
+			t.Fatal(err)
+		}
+		ips, err := p.StoppedIPs()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The workers spin in user space ("-1": stopped outside any
+		// syscall): step each of them a few times.
+		for tid, ip := range ips {
+			b, _ := readFile("/proc/" + itoa(tp.pid()) + "/task/" + itoa(tid) + "/syscall")
+			if !strings.HasPrefix(string(b), "-1 ") {
+				continue
+			}
+			for k := 0; k < 5; k++ {
+				before := p.SignalStats().Held
+				if err := p.SingleStepOut(tid, ip, ip+1, 3); err != nil {
+					t.Fatalf("round %d: step thread %d at %#x: %v", round, tid, ip, err)
+				}
+				now, err := p.StoppedIPs()
+				if err != nil {
+					t.Fatal(err)
+				}
+				// One instruction on, never into a signal handler.
+				if now[tid] == ip || !inHandler(ip) && inHandler(now[tid]) {
+					t.Fatalf("round %d: thread %d stepped from %#x to %#x (handler at %#x)", round, tid, ip, now[tid], onSignal)
+				}
+				held += p.SignalStats().Held - before
+				ip = now[tid]
+				steps++
+			}
+		}
+		if err := p.ResumeAll(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond) // longer than the epoll checker's timeout, which each stop restarts
+	}
+	if err := p.Detach(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d single steps, %d signals held meanwhile", steps, held)
+	if steps == 0 {
+		t.Fatal("no thread was running in user space to step")
+	}
+	tp.send(t, "stop")
+	tp.expect(t, "stopped", 30*time.Second)
+	tp.send(t, "run 1000")
+	if got := tp.expect(t, "done", 30*time.Second); got != want {
+		t.Errorf("after tracing: %q, want %q", got, want)
+	}
+	checkSignalStats(t, tp, []string{"-alrm", "-prof"})
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
