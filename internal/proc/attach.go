@@ -59,7 +59,7 @@ func (p *Process) seizeAll() error {
 			err := seize(tid)
 			switch {
 			case err == nil:
-				p.threads[tid] = &thread{tid: tid}
+				p.newThread(tid)
 				added++
 			case errors.Is(err, unix.ESRCH):
 				// The thread exited between readdir and seize.

@@ -59,8 +59,9 @@ func (p *Process) interrupt(t *thread) {
 // write, and again right after: a thread in the exec stop stays there
 // until we resume it, so if it is not there after the write, the write did
 // not reach the new image. If it is, the write may have: the new image
-// must never run registers of the old one (they may point into a
-// privileged program, see docs/SECURITY.md), so the process is killed.
+// must never run registers of the old one (the attacker chose them, and the
+// new program may be setuid: docs/DESIGN-NOTES.md, "Signals and remote
+// syscalls"), so the process is killed.
 func (p *Process) setRegs(t *thread, regs *unix.PtraceRegs) error {
 	if !p.live(t) {
 		return p.staleErr(t)
