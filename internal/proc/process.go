@@ -275,6 +275,9 @@ type SignalStats struct {
 	// Dropped counts held signals that could not be queued again (the
 	// thread was gone, or the process called exec).
 	Dropped int
+	// Ours counts signals that our own remote syscalls raised (a SIGSYS
+	// of the target's seccomp filter), suppressed.
+	Ours int
 }
 
 // SignalStats returns what the tracer did with the target's signals so

@@ -254,6 +254,29 @@ func (r *Remote) Syscall(nr uint64, args ...uint64) (uint64, error) {
 		if r.closed {
 			return errors.New("remote thread already released")
 		}
+		var err error
+		ret, err = r.syscallLocked(nr, args)
+		if err != nil {
+			return err
+		}
+		// A seccomp filter that traps the call (SECCOMP_RET_TRAP)
+		// leaves a SIGSYS pending, which the thread would dequeue once
+		// given back: flush it now with a harmless call, during which
+		// handle drops it (it is ours).
+		for i := 0; i < 3 && sigPending(r.p.pid, r.t.tid, unix.SIGSYS); i++ {
+			if _, err := r.syscallLocked(SysGetpid, nil); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return ret, err
+}
+
+// syscallLocked runs one remote syscall, on the ptrace thread.
+func (r *Remote) syscallLocked(nr uint64, args []uint64) (uint64, error) {
+	var ret uint64
+	err := func() error {
 		p, t := r.p, r.t
 		if !p.live(t) {
 			return fmt.Errorf("remote syscall in pid %d: %w", p.pid, p.staleErr(t))
@@ -313,7 +336,7 @@ func (r *Remote) Syscall(nr uint64, args ...uint64) (uint64, error) {
 			return fmt.Errorf("remote syscall in pid %d: restore registers: %w", p.pid, err)
 		}
 		return nil
-	})
+	}()
 	return ret, err
 }
 

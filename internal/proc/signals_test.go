@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/livetrace/livetrace/internal/testtarget"
+	"golang.org/x/sys/unix"
 )
 
 // signalCases are the signal storms of the signals fixture that the tests
@@ -245,3 +246,44 @@ func TestSingleStepUnderSignals(t *testing.T) {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// TestRemoteSyscallSeccompTrap runs a remote syscall that the target's
+// seccomp filter traps (SECCOMP_RET_TRAP): the SIGSYS it raises is the
+// tracer's, not the application's: its
+// handler must never see a call the program did not make.
+func TestRemoteSyscallSeccompTrap(t *testing.T) {
+	testtarget.RequireRoot(t)
+	bin := testtarget.Build(t, testtarget.Signals, testtarget.ClangNop5)
+	tp := startAs(t, nobody, bin, "-t", "1", "-seccomp")
+	tp.expect(t, "ready", 10*time.Second)
+	p, err := Attach(tp.pid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Detach()
+	for i := 0; i < 5; i++ {
+		r, err := p.HoldRemote()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// What rax holds after a trapped call is up to the
+		// architecture; only the SIGSYS matters here.
+		if _, err := r.Syscall(unix.SYS_GETPPID); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Release(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st := p.SignalStats()
+	if err := p.Detach(); err != nil {
+		t.Fatal(err)
+	}
+	tp.send(t, "stats")
+	if m := stats(t, tp.expect(t, "stats", 10*time.Second)); m["sigsys"] != 0 {
+		t.Errorf("the application's SIGSYS handler ran %d times for the tracer's calls", m["sigsys"])
+	}
+	if st.Ours != 5 {
+		t.Errorf("%d SIGSYS of ours suppressed, want 5", st.Ours)
+	}
+}

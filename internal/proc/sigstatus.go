@@ -69,6 +69,7 @@ var (
 const (
 	siKernel    = 0x80 // SI_KERNEL: si_code of the SIGTRAP an INT3 raises
 	siQueue     = -1   // SI_QUEUE: si_code of sigqueue(3)
+	sysSeccomp  = 1    // SYS_SECCOMP: si_code of a SIGSYS from a seccomp filter
 	siginfoSize = 128
 	// execStopCode is the si_code of the PTRACE_EVENT_EXEC stop.
 	execStopCode = int32(unix.SIGTRAP) | unix.PTRACE_EVENT_EXEC<<8

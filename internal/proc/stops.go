@@ -301,7 +301,9 @@ func (p *Process) handleSignal(t *thread, sig unix.Signal) {
 	info, err := getSiginfoRaw(t.tid)
 	if err != nil {
 		// ESRCH: killed meanwhile; its exit status follows.
-		p.resume(t, int(sig))
+		if t.role == roleFree || t.role == roleHeld {
+			p.resume(t, int(sig))
+		}
 		return
 	}
 	p.restoreQueued(t, &info)
@@ -323,6 +325,15 @@ func (p *Process) handleSignal(t *thread, sig unix.Signal) {
 	}
 	switch t.role {
 	case roleBorrowed, roleStepping:
+		if t.role == roleBorrowed && sig == unix.SIGSYS && si.code == sysSeccomp {
+			// Our own remote syscall was refused by the target's
+			// seccomp filter (SECCOMP_RET_TRAP): the caller sees
+			// the error; the application's SIGSYS handler must not
+			// see a call it never made.
+			p.sigs.Ours++
+			p.reissue(t)
+			return
+		}
 		p.sigs.Held++
 		t.held = append(t.held, info)
 		p.reissue(t)

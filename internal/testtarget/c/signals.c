@@ -33,6 +33,9 @@
  *   -alrm US     ITIMER_REAL every US microseconds (SIGALRM)
  *   -norestart   SIGALRM and SIGRTMIN+1 without SA_RESTART (default: with)
  *   -altstack    every handler runs on a sigaltstack (SA_ONSTACK)
+ *   -seccomp     a seccomp filter traps getppid (SECCOMP_RET_TRAP: SIGSYS);
+ *                the SIGSYS handler counts in sigsys (the program itself
+ *                never calls getppid)
  *
  * Protocol (one command per line on stdin, replies on stdout, flushed):
  *   on start, once every thread runs: "ready"
@@ -45,7 +48,7 @@
  *   "stats":   "stats prof=N alrm=N rt=N handler_fn=N offstack=N
  *               main_eintr=N sleep=N sleep_eintr=N sleep_short=N futex=N
  *               futex_eintr=N futex_short=N epoll=N epoll_eintr=N
- *               epoll_short=N read=N read_eintr=N rt_sent=N"
+ *               epoll_short=N read=N read_eintr=N rt_sent=N sigsys=N"
  *              (offstack: handlers that ran off the alternate stack with
  *              -altstack; handler_fn: calls of sig_handler_fn)
  *   "quit", or EOF on stdin: exit 0.
@@ -60,7 +63,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
 #include <time.h>
@@ -70,7 +77,8 @@
 
 #define SIGSTORM (SIGRTMIN + 1)
 
-static volatile unsigned long n_prof, n_alrm, n_rt, n_handler_fn, n_offstack, n_main_eintr;
+static volatile unsigned long n_prof, n_alrm, n_rt, n_handler_fn, n_offstack, n_main_eintr, n_sigsys;
+static int use_seccomp;
 static int use_altstack, restart = 1, nworkers = 4, blocked0, rt_storm;
 static long rt_us = 200;
 static long prof_us, alrm_us;
@@ -173,6 +181,8 @@ static void on_signal(int sig, siginfo_t *si, void *uc)
 		__atomic_add_fetch(&n_alrm, 1, __ATOMIC_RELAXED);
 	else if (sig == SIGSTORM)
 		__atomic_add_fetch(&n_rt, 1, __ATOMIC_RELAXED);
+	else if (sig == SIGSYS)
+		__atomic_add_fetch(&n_sigsys, 1, __ATOMIC_RELAXED);
 	sig_handler_fn((uint64_t)sig);
 	errno = saved;
 }
@@ -323,6 +333,7 @@ static void *read_checker(void *arg)
 
 /* The realtime storm: two threads queue SIGSTORM to each other. */
 static pthread_t storm[2];
+static volatile int storm_go; /* both storm[] are set */
 static volatile unsigned long storm_sent;
 
 static void *storm_thread(void *arg)
@@ -331,6 +342,10 @@ static void *storm_thread(void *arg)
 	setup_altstack();
 	unblock_app();
 	up();
+	while (!__atomic_load_n(&storm_go, __ATOMIC_ACQUIRE)) {
+		struct timespec ts = {0, 100000};
+		nanosleep(&ts, NULL);
+	}
 	for (;;) {
 		struct timespec ts = {rt_us / 1000000, (rt_us % 1000000) * 1000};
 		nanosleep(&ts, NULL); /* EINTR is fine here: the storm's own */
@@ -493,6 +508,8 @@ int main(int argc, char **argv)
 			many_hz = atol(argv[++i]);
 		else if (!strcmp(argv[i], "-norestart"))
 			restart = 0;
+		else if (!strcmp(argv[i], "-seccomp"))
+			use_seccomp = 1;
 		else if (!strcmp(argv[i], "-altstack"))
 			use_altstack = 1;
 		else if (!strcmp(argv[i], "-blocked"))
@@ -500,7 +517,7 @@ int main(int argc, char **argv)
 		else if (!strcmp(argv[i], "-rt"))
 			rt_storm = 1;
 		else {
-			fprintf(stderr, "usage: signals [-t N] [-prof US] [-alrm US] [-norestart] [-altstack] [-blocked] [-rt] [-rtus US] [-many N] [-manyhz H]\n");
+			fprintf(stderr, "usage: signals [-t N] [-prof US] [-alrm US] [-norestart] [-altstack] [-blocked] [-rt] [-rtus US] [-many N] [-manyhz H] [-seccomp]\n");
 			return 2;
 		}
 	}
@@ -519,6 +536,20 @@ int main(int argc, char **argv)
 	install(SIGSTORM, restart);
 	if (pipe(feed) != 0)
 		return 2;
+	if (use_seccomp) {
+		install(SIGSYS, 1);
+		struct sock_filter f[] = {
+			BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+			BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_getppid, 0, 1),
+			BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_TRAP),
+			BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+		};
+		struct sock_fprog prog = {.len = sizeof f / sizeof f[0], .filter = f};
+		if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0) {
+			perror("seccomp");
+			return 2;
+		}
+	}
 
 	spawn(sleep_checker, NULL);
 	spawn(futex_checker, NULL);
@@ -531,6 +562,7 @@ int main(int argc, char **argv)
 		for (int i = 0; i < 2; i++)
 			if (pthread_create(&storm[i], NULL, storm_thread, (void *)(intptr_t)i) != 0)
 				return 2;
+		__atomic_store_n(&storm_go, 1, __ATOMIC_RELEASE);
 	}
 	if (nmany > 0) {
 		pthread_attr_t attr;
@@ -600,12 +632,12 @@ int main(int argc, char **argv)
 		} else if (!strcmp(line, "stats")) {
 			say("stats prof=%lu alrm=%lu rt=%lu handler_fn=%lu offstack=%lu main_eintr=%lu"
 			    " sleep=%lu sleep_eintr=%lu sleep_short=%lu futex=%lu futex_eintr=%lu futex_short=%lu"
-			    " epoll=%lu epoll_eintr=%lu epoll_short=%lu read=%lu read_eintr=%lu rt_sent=%lu\n",
+			    " epoll=%lu epoll_eintr=%lu epoll_short=%lu read=%lu read_eintr=%lu rt_sent=%lu sigsys=%lu\n",
 			    n_prof, n_alrm, n_rt, n_handler_fn, n_offstack, n_main_eintr,
 			    ck_sleep.iter, ck_sleep.eintr, ck_sleep.shortw,
 			    ck_futex.iter, ck_futex.eintr, ck_futex.shortw,
 			    ck_epoll.iter, ck_epoll.eintr, ck_epoll.shortw,
-			    ck_read.iter, ck_read.eintr, storm_sent);
+			    ck_read.iter, ck_read.eintr, storm_sent, n_sigsys);
 		} else if (!strcmp(line, "quit")) {
 			break;
 		} else {
