@@ -246,9 +246,16 @@ func (p *Process) doErr(fn func() error) error {
 	return err
 }
 
-// Pump handles every stop the kernel has reported so far. It is called
-// automatically whenever a SIGCHLD arrives; callers rarely need it.
-func (p *Process) Pump() { p.do(p.idle) }
+// Pump handles the stops the kernel has reported so far (at most a bounded
+// number: with thousands of threads trapping, more keep coming). Stops are
+// handled automatically whenever a SIGCHLD arrives; callers rarely need it.
+func (p *Process) Pump() {
+	p.do(func() {
+		if !p.detached {
+			p.reap()
+		}
+	})
+}
 
 func (p *Process) markExited() {
 	p.mu.Lock()
