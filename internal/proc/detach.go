@@ -100,13 +100,13 @@ func (p *Process) detachAll() {
 // reports the signal-delivery stop (handled by the trap handler, or passed
 // on if it is the application's), and stops again for our interrupt.
 func (p *Process) drainTraps() error {
-	for round := 0; round < 100; round++ {
+	for round := 0; round < 10; round++ {
 		var draining []*thread
 		for tid, t := range p.threads {
 			if t.role != roleHeld || t.state != stopped {
 				continue
 			}
-			trap := sigPending(p.pid, tid, unix.SIGTRAP)
+			trap := sigDeliverable(p.pid, tid, unix.SIGTRAP)
 			if !trap && !p.queuedPending(t) {
 				continue
 			}

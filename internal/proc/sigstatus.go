@@ -16,6 +16,13 @@ func sigPending(pid, tid int, sig unix.Signal) bool {
 	return err == nil && m.pending()&sigBit(sig) != 0
 }
 
+// sigDeliverable reports whether sig is pending for thread tid (or its
+// process) and not blocked by the thread: resumed, it would dequeue it.
+func sigDeliverable(pid, tid int, sig unix.Signal) bool {
+	m, err := threadMasks(pid, tid)
+	return err == nil && m.pending()&^m.blk&sigBit(sig) != 0
+}
+
 // SignalMasks reports, for every thread, whether it blocks sig (SigBlk)
 // and whether the process ignores it (SigIgn).
 func SignalMasks(pid int, sig unix.Signal) (blocked, ignored bool, err error) {

@@ -289,6 +289,10 @@ func (p *Process) afterStop(t *thread) {
 	switch t.role {
 	case roleFree:
 		p.resume(t, 0)
+	case roleHeld:
+		if t.drain {
+			p.resume(t, 0) // still to dequeue its signal (drainTraps)
+		}
 	case roleBorrowed, roleStepping:
 		if t.op != 0 {
 			p.reissue(t)
