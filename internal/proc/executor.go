@@ -49,6 +49,13 @@ func newExecutor(idle func()) *executor {
 			case fn := <-e.fns:
 				fn()
 			case <-e.wake:
+				// A request waiting goes first: idle work is
+				// bounded, and more of it can wait.
+				select {
+				case fn := <-e.fns:
+					fn()
+				default:
+				}
 				idle()
 			case <-e.done:
 				return

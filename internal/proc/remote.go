@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -83,81 +84,126 @@ func (p *Process) holdRemote(tid int) (*Remote, error) {
 
 // holdRemoteLocked is holdRemote on the ptrace thread.
 func (p *Process) holdRemoteLocked(tid int) (*Remote, error) {
-	r := &Remote{p: p}
-	err := func() error {
-		if p.sysInsn == 0 {
-			addr, err := findSyscallInsn(p.pid, p.mem)
-			if err != nil {
-				return err
-			}
-			p.sysInsn = addr
-		}
-		cands := p.remoteCandidates()
-		if tid != 0 {
-			cands = nil
-			if t := p.threads[tid]; t != nil {
-				cands = []*thread{t}
-			}
-		}
-		for _, t := range cands {
-			wasStopped := t.state == stopped
-			p.interrupt(t)
-			err := p.waitBlocking(func() bool { return t.state == stopped || p.threads[t.tid] == nil }, 5*time.Second)
-			if err != nil {
-				return err
-			}
-			if p.threads[t.tid] == nil {
-				continue
-			}
-			if t.kind == stopGroup {
-				if !wasStopped && !p.holdAll {
-					t.want = false
-					p.listen(t)
-				}
-				continue
-			}
-			if err := unix.PtraceGetRegs(t.tid, &r.saved); err != nil {
-				if errors.Is(err, unix.ESRCH) {
-					continue
-				}
-				return fmt.Errorf("read registers of thread %d: %w", t.tid, err)
-			}
-			t.remote = true
-			r.t = t
-			return nil
-		}
-		return fmt.Errorf("no thread of pid %d can run a system call (all stopped by job control?)", p.pid)
-	}()
-	if err != nil {
+	if err := p.goneErr(); err != nil {
 		return nil, err
 	}
-	return r, nil
+	if p.sysInsn == 0 {
+		addr, err := findSyscallInsn(p.pid, p.mem)
+		if err != nil {
+			return nil, err
+		}
+		p.sysInsn = addr
+	}
+	var cands []*thread
+	if tid != 0 {
+		if t := p.threads[tid]; t != nil && t.role != roleBorrowed && t.role != roleStepping && t.role != roleExeced {
+			cands = []*thread{t}
+		}
+	} else {
+		t0 := time.Now()
+		cands = p.remoteCandidates()
+		if debugTiming {
+			fmt.Fprintf(os.Stderr, "proc: hold: %d candidates in %v\n", len(cands), time.Since(t0))
+		}
+	}
+	t0 := time.Now()
+	defer func() {
+		if debugTiming {
+			fmt.Fprintf(os.Stderr, "proc: hold: stopped in %v\n", time.Since(t0))
+		}
+	}()
+	for _, t := range cands {
+		wasFree := t.role == roleFree
+		p.interrupt(t)
+		err := p.waitBlocking(t, func() bool { return !p.live(t) || t.state == stopped }, 5*time.Second)
+		if err != nil {
+			return nil, err
+		}
+		if !p.live(t) {
+			continue
+		}
+		if t.kind == stopGroup {
+			if wasFree && !p.holdAll {
+				t.role = roleFree
+				p.listen(t)
+			}
+			continue
+		}
+		r := &Remote{p: p, t: t}
+		if err := unix.PtraceGetRegs(t.tid, &r.saved); err != nil {
+			if errors.Is(err, unix.ESRCH) {
+				continue
+			}
+			return nil, fmt.Errorf("read registers of thread %d: %w", t.tid, err)
+		}
+		t.role = roleBorrowed
+		p.lastRemote = t.tid
+		return r, nil
+	}
+	return nil, fmt.Errorf("no thread of pid %d can run a system call (all stopped by job control?)", p.pid)
 }
 
-// remoteCandidates orders the threads by how harmless it is to borrow them.
+// remoteProbe is the most threads whose /proc syscall file remoteCandidates
+// reads on one hold: with thousands of threads, reading them all on every
+// hold is what a batch would spend its time on.
+const remoteProbe = 16
+
+// remoteCandidates orders threads by how harmless it is to borrow them,
+// cheaply: a thread we hold stopped already wins at once; otherwise the
+// thread borrowed last (if still a candidate) and a few others are scored
+// (see remoteScore), the first idle one ending the search. The leader
+// comes last among equals: its tid is the one an exec by another thread
+// takes over (see setRegs). The other threads follow, unscored, as
+// fallbacks.
 func (p *Process) remoteCandidates() []*thread {
+	ok := func(t *thread) bool {
+		return t != nil && (t.role == roleFree || t.role == roleHeld) && t.state != listening &&
+			!(t.state == stopped && t.kind == stopGroup)
+	}
+	var best *thread
+	for _, t := range p.threads {
+		if ok(t) && t.state == stopped && (best == nil || best.tid == p.pid) {
+			best = t
+		}
+	}
+	if best != nil {
+		return []*thread{best}
+	}
 	type cand struct {
 		t     *thread
 		score int
 	}
-	var cs []cand
+	var scored []cand
+	seen := map[int]bool{}
+	try := func(t *thread) bool {
+		if !ok(t) || seen[t.tid] {
+			return false
+		}
+		seen[t.tid] = true
+		s := 2 * p.remoteScore(t)
+		if t.tid == p.pid {
+			s++
+		}
+		scored = append(scored, cand{t, s})
+		return s == 2 // idle in a restartable syscall, not the leader
+	}
+	done := try(p.threads[p.lastRemote])
+	var rest []*thread
 	for _, t := range p.threads {
-		if t.remote || t.state == listening || (t.state == stopped && t.kind == stopGroup) {
+		if done || len(scored) >= remoteProbe {
+			if ok(t) && !seen[t.tid] {
+				rest = append(rest, t)
+			}
 			continue
 		}
-		cs = append(cs, cand{t, p.remoteScore(t)})
+		done = try(t)
 	}
-	// Lowest score first, then lowest tid, for determinism.
-	for i := 1; i < len(cs); i++ {
-		for j := i; j > 0 && (cs[j].score < cs[j-1].score || cs[j].score == cs[j-1].score && cs[j].t.tid < cs[j-1].t.tid); j-- {
-			cs[j], cs[j-1] = cs[j-1], cs[j]
-		}
+	sort.SliceStable(scored, func(i, j int) bool { return scored[i].score < scored[j].score })
+	out := make([]*thread, 0, len(scored)+len(rest))
+	for _, c := range scored {
+		out = append(out, c.t)
 	}
-	out := make([]*thread, len(cs))
-	for i, c := range cs {
-		out[i] = c.t
-	}
-	return out
+	return append(out, rest...)
 }
 
 // remoteScore: 0 already stopped by us; 1 blocked in a syscall that the
@@ -208,9 +254,32 @@ func (r *Remote) Syscall(nr uint64, args ...uint64) (uint64, error) {
 		if r.closed {
 			return errors.New("remote thread already released")
 		}
+		var err error
+		ret, err = r.syscallLocked(nr, args)
+		if err != nil {
+			return err
+		}
+		// A seccomp filter that traps the call (SECCOMP_RET_TRAP)
+		// leaves a SIGSYS pending, which the thread would dequeue once
+		// given back: flush it now with a harmless call, during which
+		// handle drops it (it is ours).
+		for i := 0; i < 3 && sigPending(r.p.pid, r.t.tid, unix.SIGSYS); i++ {
+			if _, err := r.syscallLocked(SysGetpid, nil); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return ret, err
+}
+
+// syscallLocked runs one remote syscall, on the ptrace thread.
+func (r *Remote) syscallLocked(nr uint64, args []uint64) (uint64, error) {
+	var ret uint64
+	err := func() error {
 		p, t := r.p, r.t
-		if p.threads[t.tid] == nil {
-			return fmt.Errorf("remote syscall in pid %d: thread %d is gone: %w", p.pid, t.tid, ErrExited)
+		if !p.live(t) {
+			return fmt.Errorf("remote syscall in pid %d: %w", p.pid, p.staleErr(t))
 		}
 		regs := r.saved
 		regs.Rip = p.sysInsn
@@ -228,24 +297,29 @@ func (r *Remote) Syscall(nr uint64, args ...uint64) (uint64, error) {
 		var a [6]uint64
 		copy(a[:], args)
 		regs.Rdi, regs.Rsi, regs.Rdx, regs.R10, regs.R8, regs.R9 = a[0], a[1], a[2], a[3], a[4], a[5]
-		if err := unix.PtraceSetRegs(t.tid, &regs); err != nil {
-			return fmt.Errorf("remote syscall in pid %d: write registers: %w", p.pid, err)
+		if err := p.setRegs(t, &regs); err != nil {
+			return fmt.Errorf("remote syscall in pid %d: %w", p.pid, err)
 		}
 		r.ran = true
-		// Two stops: syscall-enter, then syscall-exit.
+		// Two stops: syscall-enter, then syscall-exit. Stops in between
+		// (signals, which are held, group-stops, a stale interrupt) are
+		// answered by handle, which issues PTRACE_SYSCALL again.
 		for i := 0; i < 2; i++ {
+			t.op = unix.PTRACE_SYSCALL
 			if err := unix.PtraceSyscall(t.tid, 0); err != nil {
+				t.op = 0
 				return fmt.Errorf("remote syscall in pid %d: resume thread %d: %w", p.pid, t.tid, err)
 			}
-			t.state = running
-			err := p.waitBlocking(func() bool {
-				return p.threads[t.tid] == nil || t.state == stopped && t.kind == stopSyscall
+			t.state, t.kind = running, 0
+			err := p.waitBlocking(t, func() bool {
+				return !p.live(t) || t.state == stopped && t.kind == stopSyscall
 			}, 10*time.Second)
+			t.op = 0
 			if err != nil {
 				return fmt.Errorf("remote syscall %d in pid %d: %w", nr, p.pid, err)
 			}
-			if p.threads[t.tid] == nil {
-				return fmt.Errorf("remote syscall in pid %d: thread %d is gone: %w", p.pid, t.tid, ErrExited)
+			if !p.live(t) {
+				return fmt.Errorf("remote syscall in pid %d: %w", p.pid, p.staleErr(t))
 			}
 		}
 		var out unix.PtraceRegs
@@ -258,11 +332,11 @@ func (r *Remote) Syscall(nr uint64, args ...uint64) (uint64, error) {
 		// two syscalls, the kernel lets the thread go from here, and it
 		// must find itself intact.
 		back := p.restoreRegs(t.tid, r.saved, true)
-		if err := unix.PtraceSetRegs(t.tid, &back); err != nil && !errors.Is(err, unix.ESRCH) {
+		if err := p.setRegs(t, &back); err != nil {
 			return fmt.Errorf("remote syscall in pid %d: restore registers: %w", p.pid, err)
 		}
 		return nil
-	})
+	}()
 	return ret, err
 }
 
@@ -298,19 +372,25 @@ func (r *Remote) Release() error {
 		}
 		r.closed = true
 		p, t := r.p, r.t
-		t.remote = false
-		if p.threads[t.tid] == nil {
+		if !p.live(t) {
+			// Exited, or replaced by an exec: the registers saved from
+			// the old image must never reach the new one.
+			if t.gen != p.gen {
+				return fmt.Errorf("release thread %d of pid %d: %w; its saved registers were not written back", t.tid, p.pid, ErrExec)
+			}
 			return nil
 		}
 		regs := p.restoreRegs(t.tid, r.saved, r.ran)
 		if g := p.gadget; g != nil && r.ran && g.Clear != nil {
 			_ = g.Clear(t.tid)
 		}
-		if err := unix.PtraceSetRegs(t.tid, &regs); err != nil && !errors.Is(err, unix.ESRCH) {
+		if err := p.setRegs(t, &regs); err != nil {
+			p.giveBack(t)
 			return fmt.Errorf("restore registers of thread %d: %w", t.tid, err)
 		}
+		p.giveBack(t)
 		if !p.holdAll {
-			t.want = false
+			t.role = roleFree
 			p.resume(t, 0)
 		}
 		return nil
