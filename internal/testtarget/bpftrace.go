@@ -3,6 +3,7 @@ package testtarget
 import (
 	"bytes"
 	"fmt"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -10,8 +11,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/livetrace/livetrace/internal/proc"
 )
 
 // Bpftrace is a running `bpftrace` that counts the calls of one function
@@ -77,13 +76,13 @@ func StartBpftrace(t *testing.T, bin, fn string, pid int, addr uint64, before []
 // Site returns the 5 bytes at the probed site.
 func (b *Bpftrace) Site(t *testing.T) []byte {
 	t.Helper()
-	m, err := proc.OpenMem(b.pid)
+	m, err := os.Open(fmt.Sprintf("/proc/%d/mem", b.pid))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer m.Close()
 	got := make([]byte, 5)
-	if err := m.Read(b.addr, got); err != nil {
+	if _, err := m.ReadAt(got, int64(b.addr)); err != nil {
 		t.Fatal(err)
 	}
 	return got
