@@ -60,6 +60,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/select.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -193,7 +194,21 @@ static void *ctl_thread(void *arg) {
 	(void)arg;
 	char line[128];
 	int fd;
-	while (fgets(line, sizeof line, ctl)) {
+	for (;;) {
+		/* Wait in select(2), not in read(2): livetrace prefers to
+		 * borrow a thread idle in a restartable call like read for
+		 * its remote syscalls, and this one must stay free to answer
+		 * while the tracer injects. */
+		fd_set in;
+		FD_ZERO(&in);
+		FD_SET(fileno(ctl), &in);
+		if (select(fileno(ctl) + 1, &in, NULL, NULL, NULL) < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		if (!fgets(line, sizeof line, ctl))
+			break;
 		int r = 0;
 		if (sscanf(line, "swap %d", &fd) == 1) {
 			if (dup2(opath, fd) != fd)
