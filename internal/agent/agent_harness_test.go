@@ -42,7 +42,7 @@ func checkBasicResults(t *testing.T, r *run) {
 }
 
 func TestHarnessEntryMode(t *testing.T) {
-	r := runHarness(t, runOpts{test: "basic", iters: 20000, ctl: Ctl{Enabled: true}, chunks: 512, chunkRecords: 1024, pollEvery: time.Millisecond})
+	r := runHarness(t, runOpts{test: "basic", iters: 20000, ctl: Ctl{Enabled: true}, chunks: 2048, chunkRecords: 1024, pollEvery: time.Millisecond})
 	checkBasicResults(t, r)
 	if len(r.counts) != 4 {
 		t.Errorf("ground truth from %d threads, want 4", len(r.counts))
@@ -66,7 +66,7 @@ func TestHarnessEntryMode(t *testing.T) {
 }
 
 func TestHarnessGraphMode(t *testing.T) {
-	r := runHarness(t, runOpts{test: "basic", iters: 20000, ctl: Ctl{Enabled: true, Graph: true}, chunks: 512, chunkRecords: 1024, pollEvery: time.Millisecond})
+	r := runHarness(t, runOpts{test: "basic", iters: 20000, ctl: Ctl{Enabled: true, Graph: true}, chunks: 2048, chunkRecords: 1024, pollEvery: time.Millisecond})
 	checkBasicResults(t, r)
 	r.noLoss()
 	r.checkExactCounts()
