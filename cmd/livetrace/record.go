@@ -25,6 +25,8 @@ type recordOptions struct {
 	pid          int
 	funcs        []string
 	exclude      []string
+	modules      []string
+	onlyNop      bool
 	duration     time.Duration
 	output       string
 	graph        bool
@@ -58,11 +60,18 @@ CMD's exit status. A first Ctrl-C goes to CMD as usual; a second one stops
 tracing and leaves CMD running.
 
 -F selects functions by shell glob (default: all), -N excludes them; both
-may be repeated. The recording goes to FILE (default livetrace.data); read
-it with livetrace replay, report, info and export.`,
+may be repeated. Functions compiled without a patchable NOP (a stock
+libc.so.6, a distribution's binaries) are traced too when -F or -m names
+them: their first instructions move into a stub, and their entry becomes a
+jmp to it (written with every thread stopped); --only-nop keeps to
+compiler NOPs. A function that cannot be moved safely is named with the
+reason (livetrace list --all shows them all). -m keeps to the modules whose
+path or file name matches GLOB. The recording goes to FILE (default
+livetrace.data); read it with livetrace replay, report, info and export.`,
 		Example: `  livetrace record -p 1234 -d 2s
   livetrace record -p 1234 -F 'parse_*' -N parse_debug -o parse.data
-  livetrace record --graph -- ./myprog --some-flag`,
+  livetrace record --graph -- ./myprog --some-flag
+  livetrace record -p 1234 -m libc.so.6 -F malloc -F free -d 1s`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			dash := cmd.ArgsLenAtDash()
 			switch {

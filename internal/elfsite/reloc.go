@@ -46,12 +46,16 @@ func (p *parser) relocSites() {
 	if len(funcs) == 0 {
 		return
 	}
-	// Addresses covered by a NOP site: the function's entry (or entry+4).
+	// Functions with a NOP site (of any form), by address: its entry, the
+	// site, or the function that contains it.
 	nop := make(map[uint64]bool, len(p.spec.Sites))
 	for _, st := range p.spec.Sites {
 		nop[st.Addr] = true
 		if st.Endbr {
 			nop[st.Addr-4] = true
+		}
+		if st.Func >= 0 {
+			nop[p.spec.Funcs[st.Func].Addr] = true
 		}
 	}
 	var plts [][2]uint64
@@ -114,6 +118,11 @@ func (p *parser) relocSites() {
 			continue
 		}
 		st := Site{Addr: plan.Entry, Form: FormReloc, Endbr: plan.Endbr, Func: i, Table: TableSymbol, Plan: plan}
+		if len(plan.EntryBranches) > 0 {
+			// The function branches back to its entry, where [rsp] is
+			// whatever it pushed: graph mode would hijack the wrong slot.
+			st.GraphUnsafe = fmt.Sprintf("return address not at [rsp]: the function branches back to its entry from +%d", plan.EntryBranches[0]-f.Addr)
+		}
 		copy(st.Bytes[:], plan.Orig())
 		p.spec.Reloc = append(p.spec.Reloc, st)
 	}

@@ -2,7 +2,9 @@ package session
 
 import (
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/livetrace/livetrace/internal/elfsite"
 	"github.com/livetrace/livetrace/internal/testtarget"
@@ -82,5 +84,65 @@ func TestRelocExactCounts(t *testing.T) {
 				})
 			}
 		}
+	}
+}
+
+// TestRelocLibc traces strtol, qsort, malloc and free in the stock
+// libc.so.6 (built without tracing flags) of a running multi-threaded
+// program. strtol and qsort counts are exact; libc calls malloc and free
+// itself, so theirs are at least the program's and close to it. The text
+// is the file's afterwards.
+func TestRelocLibc(t *testing.T) {
+	testtarget.RequireRoot(t)
+	bin := testtarget.Build(t, testtarget.LibcCalls, testtarget.ClangNop5, testtarget.NoSites())
+	tp := testtarget.Start(t, bin, "-t", "4")
+	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	workloadRun(t, tp, 1) // bind the PLT entries
+	before := testtarget.TakeSnapshot(t, tp.Pid())
+	out := filepath.Join(t.TempDir(), "rec.data")
+	s, err := Start(tp.Pid(), Options{Modules: []string{"libc.so.6"}, Funcs: []string{"strtol", "qsort", "malloc", "free"}, Output: out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(s.sel) != 4 {
+		t.Fatalf("%d sites selected, want 4", len(s.sel))
+	}
+	for _, x := range s.sel {
+		if x.site.Form != elfsite.FormReloc || !strings.HasSuffix(s.mods[x.mod].Path, "libc.so.6") {
+			t.Errorf("%s: form %s in %s, want reloc in libc.so.6", x.name, x.site.Form, s.mods[x.mod].Path)
+		}
+	}
+	want := workloadRun(t, tp, 2000)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := tracefile.Read(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := countEntries(rec)
+	for _, fn := range []string{"strtol", "qsort"} {
+		if got[fn] != want[fn] {
+			t.Errorf("%s: recorded %d calls, the program counted %d", fn, got[fn], want[fn])
+		}
+	}
+	// glibc's qsort ends with free(tmp), tmp NULL when its buffer was
+	// on the stack: one call of free per qsort on top of the program's.
+	libcOwn := map[string]uint64{"malloc": 0, "free": want["qsort"]}
+	for fn, own := range libcOwn {
+		if got[fn] < want[fn]+own || got[fn] > want[fn]+own+want[fn]/100+50 {
+			t.Errorf("%s: recorded %d calls, the program counted %d and libc's qsort %d (libc's own calls come on top, a few)", fn, got[fn], want[fn], own)
+		}
+	}
+	t.Logf("recorded %v, the program counted %v", got, want)
+	if rec.Lost != 0 {
+		t.Errorf("%d events lost", rec.Lost)
+	}
+	testtarget.CheckText(t, tp.Pid())
+	before.CheckSame(t, tp.Pid())
+	if again := workloadRun(t, tp, 3); again["qsort"] != 3*4 {
+		t.Errorf("after detach: %v", again)
 	}
 }
