@@ -146,3 +146,44 @@ func TestRelocLibc(t *testing.T) {
 		t.Errorf("after detach: %v", again)
 	}
 }
+
+// TestRelocGraph records entries and exits of relocating sites: the stub
+// calls the agent with the function's return address at [rsp+8], as a NOP
+// site's CALL does, so graph mode hijacks the right slot.
+func TestRelocGraph(t *testing.T) {
+	testtarget.RequireRoot(t)
+	for _, form := range []testtarget.Form{testtarget.ClangNop5, testtarget.GccMcount} {
+		t.Run(string(form), func(t *testing.T) {
+			tp := startWorkload(t, form, testtarget.NoSites())
+			workloadRun(t, tp, 1)
+			out := filepath.Join(t.TempDir(), "rec.data")
+			s, err := Start(tp.Pid(), Options{Funcs: []string{"work_leaf", "work_nested", "work_recurse", "lib_add"}, Graph: true, Output: out})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range s.Refused() {
+				t.Logf("refused in graph mode: %s: %s", r.Name, r.Reason)
+			}
+			want := workloadRun(t, tp, 30)
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			alive(t, tp)
+			rec, err := tracefile.Read(out)
+			check(t, err)
+			got := countEntries(rec)
+			exits := map[string]uint64{}
+			for _, ev := range rec.Events {
+				if ev.Kind == tracefile.KindExit {
+					exits[rec.Funcs[ev.Func].Name]++
+				}
+			}
+			for fn, n := range want {
+				if got[fn] != n || exits[fn] != n {
+					t.Errorf("%s: %d entries and %d exits recorded, the program counted %d", fn, got[fn], exits[fn], n)
+				}
+			}
+			testtarget.CheckText(t, tp.Pid())
+		})
+	}
+}
