@@ -1,6 +1,9 @@
 package elfsite
 
 import (
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -40,4 +43,48 @@ func TestRelocLibc(t *testing.T) {
 		reasons[k]++
 	}
 	t.Logf("refusals: %v", reasons)
+}
+
+// TestRelocRefusals: a function shorter than 5 bytes and one that loops
+// back to entry+2 are no relocating sites, and each says why; an ordinary
+// function next to them is one.
+func TestRelocRefusals(t *testing.T) {
+	gcc := needTool(t, "gcc")
+	dir := t.TempDir()
+	src := filepath.Join(dir, "refuse.c")
+	out := filepath.Join(dir, "refuse")
+	code := `__asm__(
+	".text\n"
+	".globl tiny\n.type tiny,@function\ntiny:\n ret\n.size tiny, .-tiny\n"
+	".globl loopk\n.type loopk,@function\nloopk:\n xor %eax,%eax\n1: inc %eax\n cmp $10,%eax\n jne 1b\n ret\n.size loopk, .-loopk\n"
+	".globl plain\n.type plain,@function\nplain:\n push %rbx\n mov %rdi,%rbx\n lea 1(%rbx),%rax\n pop %rbx\n ret\n.size plain, .-plain\n");
+int main(void) { return 0; }
+`
+	if err := os.WriteFile(src, []byte(code), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := exec.Command(gcc, "-O2", "-o", out, src).CombinedOutput(); err != nil {
+		t.Fatalf("gcc: %v\n%s", err, b)
+	}
+	spec, err := Open(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	why := map[string]string{}
+	for _, r := range spec.RelocRefused {
+		why[spec.Funcs[r.Func].Name] = r.Reason
+	}
+	reloc := map[string]bool{}
+	for _, st := range spec.Reloc {
+		reloc[spec.SiteName(st)] = true
+	}
+	if !strings.HasPrefix(why["tiny"], "function shorter than 5 bytes") {
+		t.Errorf("tiny: refused %q, want too short", why["tiny"])
+	}
+	if !strings.HasPrefix(why["loopk"], "branch target at +2") {
+		t.Errorf("loopk: refused %q, want branch target at +2", why["loopk"])
+	}
+	if !reloc["plain"] {
+		t.Errorf("plain must be a relocating site: %v (refused: %v)", reloc, why)
+	}
 }
