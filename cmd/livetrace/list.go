@@ -211,7 +211,7 @@ func (o *listOptions) fileRows() ([]listRow, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := spec.CheckSites(); err != nil && (!o.all || len(spec.Reloc)+len(spec.RelocRefused) == 0) {
+	if err := spec.CheckSites(); err != nil && (!o.all || !hasReloc(spec)) {
 		return nil, err
 	}
 	o.warnStripped(spec)
@@ -231,11 +231,11 @@ func (o *listOptions) pidRows() ([]listRow, int, error) {
 	var rows []listRow
 	var patchable bool
 	for _, m := range mods {
-		extra := o.all && len(m.Spec.Reloc)+len(m.Spec.RelocRefused) > 0
+		extra := o.all && hasReloc(m.Spec)
 		if len(m.Spec.Sites) == 0 && !extra {
 			continue
 		}
-		if m.Spec.CheckSites() == nil || o.all && len(m.Spec.Reloc) > 0 {
+		if m.Spec.CheckSites() == nil || extra {
 			patchable = true
 		}
 		o.warnStripped(m.Spec)
@@ -302,6 +302,12 @@ func (o *listOptions) warnStripped(spec *elfsite.Spec) {
 	}
 }
 
+// hasReloc reports whether spec has functions without a NOP site.
+func hasReloc(spec *elfsite.Spec) bool {
+	sites, refused := spec.RelocSites()
+	return len(sites)+len(refused) > 0
+}
+
 // formNone is the form listed for a function that cannot be traced.
 const formNone = "none"
 
@@ -360,7 +366,8 @@ func specRows(spec *elfsite.Spec, module string, bias uint64, all bool) []listRo
 		rows = append(rows, r)
 	}
 	if all {
-		for _, rf := range spec.RelocRefused {
+		_, refused := spec.RelocSites()
+		for _, rf := range refused {
 			f := spec.Funcs[rf.Func]
 			r := listRow{Function: f.Name, Symbol: f.Raw, Module: module, Address: hexU64(rf.Addr + bias),
 				SymbolAddress: hexU64(f.Addr + bias), Size: f.Size, Form: formNone, Refused: rf.Reason}

@@ -210,16 +210,14 @@ type Spec struct {
 	Loads []Load
 	// Stripped reports that the file has no .symtab.
 	Stripped bool
-	// Reloc are the relocating sites ([FormReloc]), sorted by Addr: one
-	// per function symbol without a NOP site that the relocator accepts.
-	Reloc []Site
-	// RelocRefused are the functions without a NOP site that the
-	// relocator refuses, sorted by Addr, with the reason.
-	RelocRefused []RelocRefusal
 	// Skipped counts table entries that were dropped because they point
 	// outside any executable PT_LOAD, or hold an unresolvable relocation.
 	// Entries of 0 (functions removed by the linker) are not counted.
 	Skipped int
+
+	// reloc holds the bytes for the relocation analysis, done on demand
+	// (reloc.go).
+	reloc *relocState
 }
 
 // Open reads the ELF file at path. See [Parse].
@@ -296,7 +294,7 @@ func Parse(r io.ReaderAt, path string) (spec *Spec, err error) {
 	if err := p.sites(); err != nil {
 		return nil, fmt.Errorf("read %s: %w", path, err)
 	}
-	p.relocSites()
+	p.prepareReloc()
 	return p.spec, nil
 }
 

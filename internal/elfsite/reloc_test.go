@@ -18,9 +18,11 @@ func TestRelocLibc(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("%s: %d reloc sites, %d refused, %d funcs, parsed in %v", libc, len(spec.Reloc), len(spec.RelocRefused), len(spec.Funcs), time.Since(t0))
+	t1 := time.Now()
+	sites, refused := spec.RelocSites()
+	t.Logf("%s: %d reloc sites, %d refused, %d funcs, parsed in %v, analyzed in %v", libc, len(sites), len(refused), len(spec.Funcs), t1.Sub(t0), time.Since(t1))
 	found := map[string]bool{}
-	for _, st := range spec.Reloc {
+	for _, st := range sites {
 		if st.Form != FormReloc || st.Plan == nil || st.Plan.Entry != st.Addr || st.Plan.Len < 5 {
 			t.Fatalf("bad reloc site %+v", st)
 		}
@@ -32,7 +34,7 @@ func TestRelocLibc(t *testing.T) {
 		}
 	}
 	reasons := map[string]int{}
-	for _, r := range spec.RelocRefused {
+	for _, r := range refused {
 		if r.Reason == "" {
 			t.Fatalf("refusal of %s without a reason", spec.Funcs[r.Func].Name)
 		}
@@ -70,12 +72,13 @@ int main(void) { return 0; }
 	if err != nil {
 		t.Fatal(err)
 	}
+	sites, refused := spec.RelocSites()
 	why := map[string]string{}
-	for _, r := range spec.RelocRefused {
+	for _, r := range refused {
 		why[spec.Funcs[r.Func].Name] = r.Reason
 	}
 	reloc := map[string]bool{}
-	for _, st := range spec.Reloc {
+	for _, st := range sites {
 		reloc[spec.SiteName(st)] = true
 	}
 	if !strings.HasPrefix(why["tiny"], "function shorter than 5 bytes") {

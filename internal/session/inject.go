@@ -311,6 +311,10 @@ func (s *Session) inject() (err error) {
 	for i, x := range s.sel {
 		cfg.Sites[i] = agent.Site{Addr: x.addr, Target: x.stub}
 		copy(cfg.Sites[i].Orig[:], x.orig)
+		cfg.Sites[i].Len = uint32(len(x.orig))
+		if x.plan != nil {
+			cfg.Sites[i].Len = uint32(x.plan.Len)
+		}
 	}
 	if err := agent.InitShared(inj.shared, cfg); err != nil {
 		return fmt.Errorf("inject agent: %w", err)

@@ -65,6 +65,22 @@ func TestRelocExactCounts(t *testing.T) {
 						t.Fatal(err)
 					}
 					got := countEntries(rec)
+					// Callers are measured from the relocation stub:
+					// work_leaf's are in the program, next to it.
+					known := 0
+					for _, ev := range rec.Events {
+						f := rec.Funcs[ev.Func]
+						if ev.Kind != tracefile.KindEntry || f.Name != "work_leaf" || ev.Caller == 0 {
+							continue
+						}
+						known++
+						if m := rec.Modules[f.Module]; ev.Caller < m.Base || ev.Caller >= m.Limit {
+							t.Fatalf("work_leaf called from %#x, outside its module [%#x, %#x)", ev.Caller, m.Base, m.Limit)
+						}
+					}
+					if known == 0 {
+						t.Errorf("no caller of work_leaf known")
+					}
 					for fn, n := range want {
 						if !traced[fn] {
 							t.Errorf("%s is not traced", fn)

@@ -310,11 +310,25 @@ func (s *Session) selectSites() error {
 		nmods++
 		sites := m.Spec.Sites
 		if withReloc {
-			sites = m.Spec.Traceable(false)
-			for _, rf := range m.Spec.RelocRefused {
-				st := elfsite.Site{Addr: rf.Addr, Func: rf.Func}
-				if literalMatch(m.Spec, st, include) {
-					s.untraceable = append(s.untraceable, RefusedSite{Name: m.Spec.SiteName(st), Reason: rf.Reason})
+			// Only the functions the globs name are analyzed.
+			sites = m.Spec.Patchable()
+			for i := range m.Spec.Funcs {
+				if i > 0 && m.Spec.Funcs[i-1].Addr == m.Spec.Funcs[i].Addr {
+					continue // an alias: matched with the first one
+				}
+				fs := elfsite.Site{Addr: m.Spec.Funcs[i].Addr, Func: i}
+				if !m.Spec.MatchSite(fs, include...) {
+					continue
+				}
+				st, why, ok := m.Spec.RelocFunc(i)
+				switch {
+				case !ok:
+				case why != "":
+					if literalMatch(m.Spec, fs, include) {
+						s.untraceable = append(s.untraceable, RefusedSite{Name: m.Spec.SiteName(fs), Reason: why})
+					}
+				default:
+					sites = append(sites, st)
 				}
 			}
 		}

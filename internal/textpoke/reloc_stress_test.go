@@ -31,7 +31,7 @@ const relocStubSize = 64
 // and after RestoreAll the text is the file's.
 func TestStressReloc(t *testing.T) {
 	testtarget.RequireRoot(t)
-	toggles := 40
+	toggles := 100
 	if os.Getenv("LIVETRACE_SOAK") != "" {
 		toggles = 2000
 	}
@@ -75,7 +75,8 @@ func stressReloc(t *testing.T, form testtarget.Form, nfn, toggles int) {
 	}
 	var sites []site
 	refused := 0
-	for _, rs := range mod.Spec.Reloc {
+	relocSites, relocRefused := mod.Spec.RelocSites()
+	for _, rs := range relocSites {
 		f := mod.Spec.Funcs[rs.Func]
 		if !strings.HasPrefix(f.Name, "fn_") {
 			continue
@@ -95,7 +96,7 @@ func stressReloc(t *testing.T, form testtarget.Form, nfn, toggles int) {
 		}
 		sites = append(sites, site{fn: i / 10, plan: plan})
 	}
-	for _, r := range mod.Spec.RelocRefused {
+	for _, r := range relocRefused {
 		if strings.HasPrefix(mod.Spec.Funcs[r.Func].Name, "fn_") {
 			refused++
 		}
