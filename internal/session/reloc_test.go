@@ -203,3 +203,38 @@ func TestRelocGraph(t *testing.T) {
 		})
 	}
 }
+
+// TestRelocSelection: --only-nop keeps a program built without flags
+// untraceable, a module glob that matches nothing is an error naming it,
+// a named function that cannot be relocated is reported with its reason,
+// and -m keeps the selection to the modules it matches.
+func TestRelocSelection(t *testing.T) {
+	testtarget.RequireRoot(t)
+	tp := startWorkload(t, testtarget.ClangNop5, testtarget.NoSites())
+	out := filepath.Join(t.TempDir(), "rec.data")
+	_, err := Start(tp.Pid(), Options{Funcs: []string{"work_leaf"}, OnlyNop: true, Output: out})
+	if err == nil || !strings.Contains(err.Error(), "no patchable sites") {
+		t.Errorf("--only-nop on a build without NOPs: %v, want no patchable sites", err)
+	}
+	_, err = Start(tp.Pid(), Options{Funcs: []string{"work_leaf"}, Modules: []string{"nosuchlib.so*"}, Output: out})
+	if err == nil || !strings.Contains(err.Error(), "no module of process") || !strings.Contains(err.Error(), "nosuchlib.so*") {
+		t.Errorf("-m nosuchlib.so*: %v, want no module matches", err)
+	}
+	// lib_add lives in libltshared.so: -m keeps to it.
+	s, err := Start(tp.Pid(), Options{Funcs: []string{"work_leaf", "lib_add", "raise"}, Modules: []string{"libltshared.so", "libc.so.6"}, Output: out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var names []string
+	for _, x := range s.sel {
+		names = append(names, x.name)
+	}
+	if len(names) != 1 || names[0] != "lib_add" {
+		t.Errorf("selected %v, want lib_add only (work_leaf is in the program)", names)
+	}
+	u := s.Untraceable()
+	if len(u) != 1 || u[0].Name != "raise" || !strings.Contains(u[0].Reason, "displaced call") {
+		t.Errorf("Untraceable() = %+v, want raise: displaced call", u)
+	}
+}
