@@ -36,6 +36,14 @@
 // resume. It is used for sleds (five 1-byte NOPs, in which a thread can
 // stop between instructions), when a thread blocks or ignores SIGTRAP, when
 // membarrier is unavailable, or on request.
+//
+// A region (Patch.Region: the first instructions of a function without a
+// NOP, replaced by `jmp stub`, package reloc) is always written in stop
+// mode: the proof that no thread is inside the old instructions needs
+// every thread stopped anyway. A thread stopped strictly inside a region
+// is single-stepped out of it (the displaced instructions hold no call,
+// syscall or loop), and a signal frame that would resume inside one
+// refuses the batch. The same holds when the region is put back.
 package textpoke
 
 import (
