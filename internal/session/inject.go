@@ -421,7 +421,7 @@ func (inj *injection) remove(p *proc.Process) error {
 		}
 	}
 	if inj.keep && firstErr == nil {
-		firstErr = fmt.Errorf("remove agent: a thread was interrupted inside the agent by a signal handler; its code stays mapped at %#x", inj.addrs.Base)
+		firstErr = fmt.Errorf("remove agent: a thread was interrupted inside the agent or a stub by a signal handler; its code stays mapped at %#x", inj.addrs.Base)
 	}
 	return firstErr
 }

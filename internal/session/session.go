@@ -27,6 +27,7 @@ import (
 	"github.com/livetrace/livetrace/internal/textpoke"
 	"github.com/livetrace/livetrace/internal/tracefile"
 	"github.com/livetrace/livetrace/internal/tsc"
+	"golang.org/x/sys/unix"
 )
 
 // Options configure a recording.
@@ -377,6 +378,16 @@ func (s *Session) selectSites() error {
 	}
 	sort.Slice(s.sel, func(i, j int) bool { return s.sel[i].addr < s.sel[j].addr })
 	return nil
+}
+
+// hasReloc reports whether a relocating site is selected.
+func (s *Session) hasReloc() bool {
+	for _, x := range s.sel {
+		if x.plan != nil {
+			return true
+		}
+	}
+	return false
 }
 
 // Untraceable returns the functions named by a glob without wildcards that
@@ -789,6 +800,25 @@ func (s *Session) quiesce() error {
 	}
 	if s.inj.busy(s.p) {
 		s.inj.keep = true
+	}
+	if !s.inj.keep && s.eng != nil && s.hasReloc() {
+		// A signal handler that interrupted a thread in a relocation
+		// stub (running displaced instructions, outside the agent, so
+		// not busy) returns into the stub: keep it mapped.
+		var sps []uint64
+		if err := s.p.EditRegs(func(_ int, regs *unix.PtraceRegs) bool {
+			sps = append(sps, regs.Rsp)
+			return false
+		}); err != nil {
+			return err
+		}
+		in, err := s.eng.SignalFrameIn(sps, func(pc uint64) bool {
+			_, _, ok := s.inj.contains(pc)
+			return ok
+		})
+		if err != nil || in {
+			s.inj.keep = true
+		}
 	}
 	if s.opts.Graph {
 		n, err := s.inj.restoreReturns(s.p)

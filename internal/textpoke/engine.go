@@ -1199,3 +1199,18 @@ func (e *Engine) Held() []Held {
 	slices.SortFunc(out, func(a, b Held) int { return cmp.Compare(a.Addr, b.Addr) })
 	return out
 }
+
+// SignalFrameIn reports whether a signal frame on the stack of a stopped
+// thread (one stack pointer of sps each) would resume at a program counter
+// for which inside is true: that code must stay mapped until the handler
+// returns. Only valid between StopAll and ResumeAll.
+func (e *Engine) SignalFrameIn(sps []uint64, inside func(pc uint64) bool) (bool, error) {
+	found := false
+	err := e.scanSignalFrames(sps, func(slot, v uint64) error {
+		if !found && inside(v) && e.isSigframeRip(slot) {
+			found = true
+		}
+		return nil
+	})
+	return found, err
+}
