@@ -1,8 +1,10 @@
 package main
 
 import (
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/livetrace/livetrace/internal/testtarget"
 )
@@ -35,5 +37,34 @@ func TestListAllReloc(t *testing.T) {
 	}
 	if !strings.Contains(out, "none") {
 		t.Errorf("no function refused (crt stubs such as _start are):\n%s", out)
+	}
+}
+
+// TestListAllRelocLive lists a running program built without flags with
+// -p --all: its functions are form reloc, state orig (not traced).
+func TestListAllRelocLive(t *testing.T) {
+	testtarget.RequireRoot(t)
+	tp := testtarget.Start(t, testtarget.Build(t, testtarget.Workload, testtarget.ClangNop5, testtarget.NoSites()), "-t", "1")
+	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	out, _, err := runList(t, "--all", "-p", strconv.Itoa(tp.Pid()), "work_leaf", "raise")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var leaf, raise string
+	for _, l := range strings.Split(out, "\n") {
+		switch f := strings.Fields(l); {
+		case len(f) >= 5 && f[0] == "work_leaf":
+			leaf = f[3] + " " + f[4]
+		case len(f) >= 5 && f[0] == "raise":
+			raise = l
+		}
+	}
+	if leaf != "reloc orig" {
+		t.Errorf("work_leaf: %q, want form reloc, state orig\n%s", leaf, out)
+	}
+	if !strings.Contains(raise, "none") || !strings.Contains(raise, "not traceable: displaced call") {
+		t.Errorf("raise (libc): %q, want none with its reason\n%s", raise, out)
 	}
 }
