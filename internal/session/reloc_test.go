@@ -1,6 +1,8 @@
 package session
 
 import (
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -237,4 +239,57 @@ func TestRelocSelection(t *testing.T) {
 	if len(u) != 1 || u[0].Name != "raise" || !strings.Contains(u[0].Reason, "displaced call") {
 		t.Errorf("Untraceable() = %+v, want raise: displaced call", u)
 	}
+}
+
+// TestRelocStripped traces a shared library built without flags and
+// stripped (its functions named by .dynsym only), called from a stripped
+// program: exact counts, text restored.
+func TestRelocStripped(t *testing.T) {
+	testtarget.RequireRoot(t)
+	strip, err := exec.LookPath("strip")
+	if err != nil {
+		testtarget.SkipOrFatal(t, "strip is not installed (apt-get install binutils)")
+	}
+	exe := testtarget.Build(t, testtarget.Workload, testtarget.ClangNop5, testtarget.NoSites())
+	dir := t.TempDir()
+	for _, f := range []string{exe, testtarget.LibPath(exe)} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dst := filepath.Join(dir, filepath.Base(f))
+		if err := os.WriteFile(dst, b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command(strip, "--strip-all", dst).CombinedOutput(); err != nil {
+			t.Fatalf("strip: %v\n%s", err, out)
+		}
+	}
+	t.Setenv("LD_LIBRARY_PATH", dir) // before the RUNPATH to the unstripped one
+	tp := testtarget.Start(t, filepath.Join(dir, filepath.Base(exe)), "-t", "4")
+	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	workloadRun(t, tp, 1)
+	out := filepath.Join(t.TempDir(), "rec.data")
+	s, err := Start(tp.Pid(), Options{Funcs: []string{"lib_*"}, Modules: []string{testtarget.LibName}, Output: out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, x := range s.sel {
+		m := s.mods[x.mod]
+		if !m.Spec.Stripped || !strings.HasPrefix(m.Path, dir) || x.site.Form != elfsite.FormReloc {
+			t.Errorf("%s in %s (stripped %v), form %s: want a relocating site of the stripped copy", x.name, m.Path, m.Spec.Stripped, x.site.Form)
+		}
+	}
+	want := workloadRun(t, tp, 40)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := tracefile.Read(out)
+	check(t, err)
+	if got := countEntries(rec); got["lib_add"] != want["lib_add"] || want["lib_add"] == 0 {
+		t.Errorf("lib_add: recorded %d calls, the program counted %d", got["lib_add"], want["lib_add"])
+	}
+	testtarget.CheckText(t, tp.Pid())
 }
