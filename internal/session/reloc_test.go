@@ -293,3 +293,36 @@ func TestRelocStripped(t *testing.T) {
 	}
 	testtarget.CheckText(t, tp.Pid())
 }
+
+// TestRelocMixed traces NOP sites of a program and relocating sites of
+// libc in one session: the NOP sites go in live, the regions in their own
+// stop-mode batch; counts of the NOP sites stay exact and the text is
+// restored.
+func TestRelocMixed(t *testing.T) {
+	testtarget.RequireRoot(t)
+	tp := startWorkload(t, testtarget.ClangNop5)
+	workloadRun(t, tp, 1)
+	out := filepath.Join(t.TempDir(), "rec.data")
+	s, err := Start(tp.Pid(), Options{Funcs: []string{"work_leaf", "malloc", "free"}, Output: out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	forms := map[string]string{}
+	for _, x := range s.sel {
+		forms[x.name] = x.site.Form.String()
+	}
+	if forms["work_leaf"] != "nop5" || forms["malloc"] != "reloc" || forms["free"] != "reloc" {
+		t.Errorf("forms %v, want work_leaf nop5, malloc and free reloc", forms)
+	}
+	want := workloadRun(t, tp, 20)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := tracefile.Read(out)
+	check(t, err)
+	if got := countEntries(rec); got["work_leaf"] != want["work_leaf"] {
+		t.Errorf("work_leaf: recorded %d calls, the program counted %d", got["work_leaf"], want["work_leaf"])
+	}
+	testtarget.CheckText(t, tp.Pid())
+	alive(t, tp)
+}

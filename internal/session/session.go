@@ -543,12 +543,28 @@ func (s *Session) patch() error {
 		}
 		ps[i] = textpoke.Patch{Addr: x.addr, Old: old, New: call}
 	}
+	// NOP sites take the live protocol; regions (relocating sites) are
+	// written with every thread stopped (textpoke), in a batch of their
+	// own so that the NOP sites need not wait for it.
+	var nops, regions []textpoke.Patch
+	for _, pt := range ps {
+		if pt.Region {
+			regions = append(regions, pt)
+		} else {
+			nops = append(nops, pt)
+		}
+	}
 	s.clock0 = tsc.Sample()
 	s.started = time.Now()
-	st, err := s.eng.Apply(ps)
-	s.addStats(st)
-	if err != nil {
-		return err
+	for _, batch := range [][]textpoke.Patch{nops, regions} {
+		if len(batch) == 0 {
+			continue
+		}
+		st, err := s.eng.Apply(batch)
+		s.addStats(st)
+		if err != nil {
+			return err
+		}
 	}
 	s.patched = true
 	return nil
