@@ -1,6 +1,7 @@
 package session
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -325,4 +326,46 @@ func TestRelocMixed(t *testing.T) {
 	}
 	testtarget.CheckText(t, tp.Pid())
 	alive(t, tp)
+}
+
+// TestRelocLibcAll traces every function of the stock libc.so.6 that can
+// be relocated (about 2000), in entry and in graph mode, in a running
+// multi-threaded program: the program keeps computing right, qsort's count
+// is exact, and the text is restored.
+func TestRelocLibcAll(t *testing.T) {
+	testtarget.RequireRoot(t)
+	bin := testtarget.Build(t, testtarget.LibcCalls, testtarget.ClangNop5, testtarget.NoSites())
+	for _, graph := range []bool{false, true} {
+		t.Run(fmt.Sprintf("graph=%v", graph), func(t *testing.T) {
+			tp := testtarget.Start(t, bin, "-t", "4")
+			if _, err := tp.Expect("ready", 10*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			workloadRun(t, tp, 1)
+			out := filepath.Join(t.TempDir(), "rec.data")
+			t0 := time.Now()
+			s, err := Start(tp.Pid(), Options{Modules: []string{"libc.so.6"}, Funcs: []string{"*"}, Graph: graph, Output: out})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ps := s.PatchStats()
+			t.Logf("%d functions traced (%d refused in graph mode), started in %v, patched in %v", len(s.sel), len(s.Refused()), time.Since(t0), ps.Duration)
+			if len(s.sel) < 1500 {
+				t.Errorf("only %d functions of libc traced", len(s.sel))
+			}
+			want := workloadRun(t, tp, 300)
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			rec, err := tracefile.Read(out)
+			check(t, err)
+			if got := countEntries(rec); got["qsort"] != want["qsort"] || got["strtol"] != want["strtol"] {
+				t.Errorf("recorded qsort %d and strtol %d calls, the program counted %d and %d", got["qsort"], got["strtol"], want["qsort"], want["strtol"])
+			}
+			testtarget.CheckText(t, tp.Pid())
+			if again := workloadRun(t, tp, 2); again["qsort"] != 2*4 {
+				t.Errorf("after detach: %v", again)
+			}
+		})
+	}
 }
