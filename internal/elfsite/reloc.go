@@ -42,6 +42,7 @@ type relocState struct {
 	secs   [][2]uint64 // executable sections, not PLT
 	plts   [][2]uint64 // .plt* sections
 	nop    map[uint64]bool
+	entry  uint64 // e_entry of an executable, or 0
 	tooBig bool
 
 	extraOnce sync.Once
@@ -60,7 +61,7 @@ type textSeg struct {
 // prepareReloc reads what the relocation analysis needs, once, while the
 // file is open.
 func (p *parser) prepareReloc() {
-	rs := &relocState{nop: make(map[uint64]bool, len(p.spec.Sites))}
+	rs := &relocState{nop: make(map[uint64]bool, len(p.spec.Sites)), entry: p.f.Entry}
 	p.spec.reloc = rs
 	// Functions with a NOP site (of any form), by address: its entry, the
 	// site, or the function that contains it.
@@ -152,6 +153,10 @@ func (s *Spec) RelocFunc(i int) (st Site, why string, ok bool) {
 		}
 	}
 	switch {
+	case rs.entry != 0 && f.Addr == rs.entry:
+		// _start runs with argc at [rsp] and no return address, and the
+		// stack aligned as no function entry is.
+		return Site{}, "the program's entry point: nothing calls it", true
 	case f.Size == 0:
 		return Site{}, "symbol without a size", true
 	case f.Size > maxRelocFunc:

@@ -87,6 +87,9 @@ int main(void) { return 0; }
 	if !strings.HasPrefix(why["loopk"], "branch target at +2") {
 		t.Errorf("loopk: refused %q, want branch target at +2", why["loopk"])
 	}
+	if !strings.HasPrefix(why["_start"], "the program's entry point") {
+		t.Errorf("_start: refused %q, want the entry point", why["_start"])
+	}
 	if !reloc["plain"] {
 		t.Errorf("plain must be a relocating site: %v (refused: %v)", reloc, why)
 	}
