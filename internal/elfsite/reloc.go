@@ -176,7 +176,11 @@ func (s *Spec) RelocFunc(i int) (st Site, why string, ok bool) {
 	}
 	st = Site{Addr: plan.Entry, Form: FormReloc, Endbr: plan.Endbr, Func: i, Table: TableSymbol, Plan: plan}
 	copy(st.Bytes[:], plan.Orig())
-	if len(plan.EntryBranches) > 0 {
+	if strings.HasPrefix(f.Raw, "_dl_runtime_resolve") || strings.HasPrefix(f.Raw, "_dl_runtime_profile") {
+		// The dynamic linker's lazy binding entry: PLT0 jumps there with
+		// two words pushed over the return address.
+		st.GraphUnsafe = "return address not at [rsp]: the dynamic linker's PLT resolver is entered by a jmp with two words pushed"
+	} else if len(plan.EntryBranches) > 0 {
 		// The function branches back to its entry, where [rsp] is
 		// whatever it pushed: graph mode would hijack the wrong slot.
 		st.GraphUnsafe = fmt.Sprintf("return address not at [rsp]: the function branches back to its entry from +%d", plan.EntryBranches[0]-f.Addr)
