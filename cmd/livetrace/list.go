@@ -29,6 +29,7 @@ type listOptions struct {
 	json   bool
 	file   string
 	globs  []string
+	all    bool
 	stdout io.Writer
 	stderr io.Writer
 }
@@ -58,6 +59,11 @@ does), which the table shows as a NOTE. Sites of
 form unknown hold bytes livetrace does not recognize and will not patch;
 they are listed, in JSON too, and a warning goes to stderr.
 
+With --all, functions without a compiler NOP are listed too: form reloc
+when livetrace traces them by moving their first instructions into a stub
+(record traces them unless --only-nop), or form none with the reason they
+cannot be traced (JSON field refused, the table's NOTE).
+
 The summary line ("12 sites in 2 modules") and warnings go to stderr.`,
 		Example: `  livetrace list ./myprog
   livetrace list -p 1234 'parse_*'
@@ -84,6 +90,7 @@ The summary line ("12 sites in 2 modules") and warnings go to stderr.`,
 	}
 	cmd.Flags().IntVarP(&o.pid, "pid", "p", 0, "list the sites of the running process `PID`")
 	cmd.Flags().BoolVar(&o.json, "json", false, "print one JSON array instead of a table")
+	cmd.Flags().BoolVar(&o.all, "all", false, "also list functions without a compiler NOP: form reloc, or none with the reason they cannot be traced")
 	return cmd
 }
 
@@ -102,6 +109,9 @@ type listRow struct {
 	// GraphUnsafe says why --graph does not trace the function (entry
 	// mode does).
 	GraphUnsafe string `json:"graph_unsafe,omitempty"`
+	// Refused says why a function without a compiler NOP cannot be
+	// traced (form none, --all).
+	Refused string `json:"refused,omitempty"`
 
 	raw []string // every name, plain and mangled, of every alias, for globs
 }
@@ -201,11 +211,11 @@ func (o *listOptions) fileRows() ([]listRow, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := spec.CheckSites(); err != nil {
+	if err := spec.CheckSites(); err != nil && (!o.all || !hasReloc(spec)) {
 		return nil, err
 	}
 	o.warnStripped(spec)
-	return specRows(spec, o.file, 0), nil
+	return specRows(spec, o.file, 0, o.all), nil
 }
 
 // pidRows lists the sites of every module of process o.pid at their runtime
@@ -221,14 +231,15 @@ func (o *listOptions) pidRows() ([]listRow, int, error) {
 	var rows []listRow
 	var patchable bool
 	for _, m := range mods {
-		if len(m.Spec.Sites) == 0 {
+		extra := o.all && hasReloc(m.Spec)
+		if len(m.Spec.Sites) == 0 && !extra {
 			continue
 		}
-		if m.Spec.CheckSites() == nil {
+		if m.Spec.CheckSites() == nil || extra {
 			patchable = true
 		}
 		o.warnStripped(m.Spec)
-		rows = append(rows, specRows(m.Spec, m.Path, m.Bias)...)
+		rows = append(rows, specRows(m.Spec, m.Path, m.Bias, o.all)...)
 	}
 	if !patchable {
 		return nil, 0, fmt.Errorf("%w in pid %d (%d modules checked): build the program or its libraries with clang -fpatchable-function-entry=5 (see docs/BUILDING.md)",
@@ -249,6 +260,14 @@ func (o *listOptions) readStates(rows []listRow) error {
 	}
 	var areas []textpoke.Area
 	for i := range rows {
+		switch rows[i].Form {
+		case formNone:
+			rows[i].State = "-"
+			continue
+		case elfsite.FormReloc.String():
+			rows[i].State = relocState(live[i][:], rows[i].Bytes)
+			continue
+		}
 		rows[i].State = elfsite.ClassifyLive(live[i]).String()
 		if rows[i].State == elfsite.StateNop.String() {
 			continue
@@ -283,11 +302,45 @@ func (o *listOptions) warnStripped(spec *elfsite.Spec) {
 	}
 }
 
+// hasReloc reports whether spec has functions without a NOP site.
+func hasReloc(spec *elfsite.Spec) bool {
+	sites, refused := spec.RelocSites()
+	return len(sites)+len(refused) > 0
+}
+
+// formNone is the form listed for a function that cannot be traced.
+const formNone = "none"
+
+// relocState names what a relocating site holds now: orig (not traced),
+// jmp (traced), int3 (being patched) or other.
+func relocState(live []byte, origHex string) string {
+	orig, _ := hex.DecodeString(origHex)
+	switch {
+	case len(orig) >= len(live) && string(live) == string(orig[:len(live)]):
+		return "orig"
+	case live[0] == 0xe9:
+		return "jmp"
+	case live[0] == 0xcc:
+		return "int3"
+	}
+	return "other"
+}
+
 // specRows turns the sites of spec into rows; bias moves link-time
-// addresses to runtime ones.
-func specRows(spec *elfsite.Spec, module string, bias uint64) []listRow {
-	rows := make([]listRow, 0, len(spec.Sites))
-	for _, st := range spec.Sites {
+// addresses to runtime ones. With all, the relocating sites and the
+// functions that cannot be traced are rows too.
+func specRows(spec *elfsite.Spec, module string, bias uint64, all bool) []listRow {
+	sites := spec.Sites
+	if all {
+		sites = spec.Traceable(false)
+		for _, st := range spec.Sites {
+			if !st.Form.Patchable() {
+				sites = append(sites, st)
+			}
+		}
+	}
+	rows := make([]listRow, 0, len(sites))
+	for _, st := range sites {
 		r := listRow{
 			Function: spec.SiteName(st),
 			Module:   module,
@@ -297,6 +350,9 @@ func specRows(spec *elfsite.Spec, module string, bias uint64) []listRow {
 			Bytes:    hex.EncodeToString(st.Bytes[:]),
 
 			GraphUnsafe: st.GraphUnsafe,
+		}
+		if st.Form == elfsite.FormReloc {
+			r.Bytes = hex.EncodeToString(st.Plan.Orig())
 		}
 		r.raw = append(r.raw, r.Function)
 		for i, f := range spec.Aliases(st.Func) {
@@ -308,6 +364,18 @@ func specRows(spec *elfsite.Spec, module string, bias uint64) []listRow {
 			r.raw = append(r.raw, f.Name, f.Raw)
 		}
 		rows = append(rows, r)
+	}
+	if all {
+		_, refused := spec.RelocSites()
+		for _, rf := range refused {
+			f := spec.Funcs[rf.Func]
+			r := listRow{Function: f.Name, Symbol: f.Raw, Module: module, Address: hexU64(rf.Addr + bias),
+				SymbolAddress: hexU64(f.Addr + bias), Size: f.Size, Form: formNone, Refused: rf.Reason}
+			for _, a := range spec.Aliases(rf.Func) {
+				r.raw = append(r.raw, a.Name, a.Raw)
+			}
+			rows = append(rows, r)
+		}
 	}
 	return rows
 }
@@ -426,7 +494,7 @@ func (o *listOptions) writeTable(rows []listRow) error {
 	}
 	notes := false
 	for _, r := range rows {
-		notes = notes || r.GraphUnsafe != ""
+		notes = notes || r.GraphUnsafe != "" || r.Refused != ""
 	}
 	if notes {
 		header += "\tNOTE"
@@ -440,6 +508,9 @@ func (o *listOptions) writeTable(rows []listRow) error {
 		}
 		if r.GraphUnsafe != "" {
 			fmt.Fprintf(w, "\tnot traced with --graph: %s", r.GraphUnsafe)
+		}
+		if r.Refused != "" {
+			fmt.Fprintf(w, "\tnot traceable: %s", report.Printable(r.Refused))
 		}
 		fmt.Fprintln(w)
 	}

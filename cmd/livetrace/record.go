@@ -25,6 +25,8 @@ type recordOptions struct {
 	pid          int
 	funcs        []string
 	exclude      []string
+	modules      []string
+	onlyNop      bool
 	duration     time.Duration
 	output       string
 	graph        bool
@@ -40,7 +42,7 @@ type recordOptions struct {
 func newRecordCmd(stdout, stderr io.Writer) *cobra.Command {
 	o := &recordOptions{stdout: stdout, stderr: stderr}
 	cmd := &cobra.Command{
-		Use:   "record (-p PID | -- CMD [ARGS...]) [-F GLOB]... [-N GLOB]... [-d DURATION] [-o FILE]",
+		Use:   "record (-p PID | -- CMD [ARGS...]) [-m GLOB]... [-F GLOB]... [-N GLOB]... [-d DURATION] [-o FILE]",
 		Short: "Trace functions of a running process into a recording file",
 		Long: `Attach to the running process PID, patch the entry of every selected
 function into a call to an injected agent, and record every call until
@@ -58,11 +60,18 @@ CMD's exit status. A first Ctrl-C goes to CMD as usual; a second one stops
 tracing and leaves CMD running.
 
 -F selects functions by shell glob (default: all), -N excludes them; both
-may be repeated. The recording goes to FILE (default livetrace.data); read
-it with livetrace replay, report, info and export.`,
+may be repeated. Functions compiled without a patchable NOP (a stock
+libc.so.6, a distribution's binaries) are traced too when -F or -m names
+them: their first instructions move into a stub, and their entry becomes a
+jmp to it (written with every thread stopped); --only-nop keeps to
+compiler NOPs. A function that cannot be moved safely is named with the
+reason (livetrace list --all shows them all). -m keeps to the modules whose
+path or file name matches GLOB. The recording goes to FILE (default
+livetrace.data); read it with livetrace replay, report, info and export.`,
 		Example: `  livetrace record -p 1234 -d 2s
   livetrace record -p 1234 -F 'parse_*' -N parse_debug -o parse.data
-  livetrace record --graph -- ./myprog --some-flag`,
+  livetrace record --graph -- ./myprog --some-flag
+  livetrace record -p 1234 -m libc.so.6 -F malloc -F free -d 1s`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			dash := cmd.ArgsLenAtDash()
 			switch {
@@ -88,6 +97,8 @@ it with livetrace replay, report, info and export.`,
 	f.IntVarP(&o.pid, "pid", "p", 0, "trace the running process `PID`")
 	f.StringArrayVarP(&o.funcs, "function", "F", nil, "trace functions matching `GLOB` (repeatable; default all)")
 	f.StringArrayVarP(&o.exclude, "notrace", "N", nil, "do not trace functions matching `GLOB` (repeatable)")
+	f.StringArrayVarP(&o.modules, "module", "m", nil, "select functions only in modules whose path or file name matches `GLOB` (repeatable)")
+	f.BoolVar(&o.onlyNop, "only-nop", false, "trace only functions with a compiler NOP (no relocation of functions without one)")
 	f.DurationVarP(&o.duration, "duration", "d", 0, "stop after `DURATION` (default: until Ctrl-C or exit)")
 	f.StringVarP(&o.output, "output", "o", "livetrace.data", "write the recording to `FILE`")
 	f.BoolVar(&o.graph, "graph", false, "record function exits too (function_graph)")
@@ -122,6 +133,7 @@ func (o *recordOptions) run() error {
 	}
 	opts := session.Options{
 		Funcs: o.funcs, Exclude: o.exclude, Graph: o.graph,
+		Modules: o.modules, OnlyNop: o.onlyNop,
 		Output: o.output, Chunks: o.chunks, AllowUnwind: o.unwindUnsafe,
 		Filters: tracefile.RecordFilters{MaxDepth: flt.MaxDepth, MinDuration: flt.MinDuration, TIDs: flt.TIDs},
 	}
@@ -167,6 +179,13 @@ func (o *recordOptions) run() error {
 	fmt.Fprintf(o.stderr, "livetrace: tracing %d functions in PID %d\n", s.Functions(), s.Pid())
 	if r := s.Refused(); len(r) > 0 {
 		fmt.Fprintf(o.stderr, "livetrace: %s not traced in graph mode (entry mode traces them), e.g. %s: %s\n", plural(len(r), "function"), report.Printable(r[0].Name), r[0].Reason)
+	}
+	for i, r := range s.Untraceable() {
+		if i == 10 {
+			fmt.Fprintf(o.stderr, "livetrace: and %d more functions that cannot be traced (livetrace list --all -p %d shows why)\n", len(s.Untraceable())-10, s.Pid())
+			break
+		}
+		fmt.Fprintf(o.stderr, "livetrace: %s cannot be traced: %s\n", report.Printable(r.Name), report.Printable(r.Reason))
 	}
 	held := s.Held()
 	for _, l := range session.DescribeHeld("skipped", held) {

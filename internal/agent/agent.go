@@ -73,7 +73,11 @@ func Springboard(target uint64) [StubSize]byte {
 type Site struct {
 	Addr   uint64         // runtime address of the patched site (its first byte)
 	Target uint64         // the CALL target written there (the site's stub)
-	Orig   [SiteOrig]byte // the bytes the site held before (its first 5 on x86-64)
+	Orig   [SiteOrig]byte // the bytes the site held before (its first Len)
+	// Len is the number of bytes the site covers: 5 for a NOP site, whose
+	// Target is CALLed, more (up to SiteOrig) for a relocated region
+	// (package reloc), whose Target is jumped to. 0 means 5.
+	Len uint32
 }
 
 // Config describes the shared memory the tracer formats. The zero value
@@ -162,6 +166,11 @@ func InitShared(mem []byte, cfg Config) error {
 		le.PutUint64(mem[o+SiteAddrOff:], s.Addr)
 		le.PutUint64(mem[o+SiteTargetOff:], s.Target)
 		copy(mem[o+SiteOrigOff:o+SiteOrigOff+SiteOrig], s.Orig[:])
+		n := s.Len
+		if n == 0 {
+			n = 5
+		}
+		le.PutUint32(mem[o+SiteLenOff:], n)
 	}
 	le.PutUint32(mem[SharedHdrVersionOff:], Version)
 	le.PutUint32(mem[SharedHdrHdrSizeOff:], SharedHdrPage)

@@ -47,6 +47,14 @@
 // The site's NOP5 becomes `call stub`. Site index idx is the index of the
 // site in the sorted site table, below [MaxSites].
 //
+// A function without a NOP (a relocating site, package reloc) gets a
+// relocation stub too, placed by the tracer after the slots: `call slot;
+// the displaced first instructions, relocated; jmp back`, and its first
+// instructions become `jmp relocation stub`. lt_entry then sees the same
+// stack as from a NOP site: [rsp] the address to return to (in the
+// relocation stub), [rsp+8] the function's return address. The caller
+// delta in the records is measured from the relocation stub.
+//
 // lt_entry returns at once when enabled is 0 (about 3 ns). Otherwise an
 // assembly fast path (agent.S) handles the common case: the thread's slot
 // is at its first probe, busy is 0, its chunk has room for a record that
@@ -250,7 +258,10 @@
 // Install lt_sigtrap with one rt_sigaction(SIGTRAP, act, oldact) where
 // act is [Addrs.SigtrapAction] and oldact points at [Addrs.OldSigtrap]. On
 // a SIGTRAP whose rip-1 is a site of the shared site table it emulates the
-// site's CALL (push site+5, rip = target). Any other SIGTRAP goes to the
+// site's CALL (push site+5, rip = target), or for a relocated region
+// ([Site].Len > 5, a function without a NOP whose first instructions moved
+// into a stub) its jmp (rip = target: the stub runs the displaced
+// instructions). Any other SIGTRAP goes to the
 // saved action: SIG_IGN ignores it, a handler is called (with siginfo and
 // ucontext if it had SA_SIGINFO; its sa_mask and SA_RESETHAND are not
 // emulated), and SIG_DFL restores the default action and re-raises the

@@ -51,7 +51,7 @@ const (
 	// Magic is LT_MAGIC from agent.h.
 	Magic = 0x4c544147
 	// Version is LT_VERSION from agent.h.
-	Version = 0x1
+	Version = 0x2
 	// MaxThreads is LT_MAX_THREADS from agent.h.
 	MaxThreads = 0x1000
 	// ShadowDepth is LT_SHADOW_DEPTH from agent.h.
@@ -91,7 +91,7 @@ const (
 	// MaxHooks is LT_MAX_HOOKS from agent.h.
 	MaxHooks = 0x40
 	// SiteOrig is LT_SITE_ORIG from agent.h.
-	SiteOrig = 0x8
+	SiteOrig = 0x20
 	// ShadowRestored is LT_SHADOW_RESTORED from agent.h.
 	ShadowRestored = 0x1
 	// SizeofChunkHdr is sizeof(struct lt_chunk_hdr).
@@ -241,13 +241,15 @@ const (
 	// SharedHdrUnwoundOff is the offset of unwound in struct lt_shared_hdr.
 	SharedHdrUnwoundOff = 0x130
 	// SizeofSite is sizeof(struct lt_site).
-	SizeofSite = 0x18
+	SizeofSite = 0x38
 	// SiteAddrOff is the offset of addr in struct lt_site.
 	SiteAddrOff = 0x0
 	// SiteTargetOff is the offset of target in struct lt_site.
 	SiteTargetOff = 0x8
 	// SiteOrigOff is the offset of orig in struct lt_site.
 	SiteOrigOff = 0x10
+	// SiteLenOff is the offset of len in struct lt_site.
+	SiteLenOff = 0x30
 	// SizeofThread is sizeof(struct lt_thread).
 	SizeofThread = 0x40
 	// ThreadKeyOff is the offset of key in struct lt_thread.

@@ -135,6 +135,10 @@ func SharedSites(shared []byte, size uint64) ([]Site, error) {
 		sites[i].Addr = le.Uint64(shared[o+SiteAddrOff:])
 		sites[i].Target = le.Uint64(shared[o+SiteTargetOff:])
 		copy(sites[i].Orig[:], shared[o+SiteOrigOff:])
+		sites[i].Len = le.Uint32(shared[o+SiteLenOff:])
+		if sites[i].Len < 5 || sites[i].Len > SiteOrig {
+			return nil, fmt.Errorf("read site table: %w: site %d covers %d bytes", ErrBadShared, i, sites[i].Len)
+		}
 		if i > 0 && sites[i].Addr <= sites[i-1].Addr {
 			return nil, fmt.Errorf("read site table: %w: not sorted at index %d", ErrBadShared, i)
 		}

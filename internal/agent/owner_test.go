@@ -41,7 +41,7 @@ func TestOwnerRoundTrip(t *testing.T) {
 // TestSharedSites checks the site table read back from a target: a
 // formatted table comes back whole, and a header that lies is an error.
 func TestSharedSites(t *testing.T) {
-	sites := []Site{{Addr: 0x1000, Target: 0x9010, Orig: [SiteOrig]byte{0x0f, 0x1f, 0x44, 0, 8}}, {Addr: 0x2000, Target: 0x9020}}
+	sites := []Site{{Addr: 0x1000, Target: 0x9010, Orig: [SiteOrig]byte{0x0f, 0x1f, 0x44, 0, 8}, Len: 5}, {Addr: 0x2000, Target: 0x9020, Len: 7}}
 	cfg := Config{Chunks: 1, ChunkRecords: 4, Sites: sites}
 	mem := make([]byte, SharedSize(cfg))
 	if err := InitShared(mem, cfg); err != nil {

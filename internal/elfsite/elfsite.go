@@ -35,6 +35,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/livetrace/livetrace/internal/reloc"
 	"golang.org/x/arch/x86/x86asm"
 )
 
@@ -102,6 +103,8 @@ func (f Form) String() string {
 		return "nop5"
 	case FormSled:
 		return "sled"
+	case FormReloc:
+		return "reloc"
 	}
 	return "unknown"
 }
@@ -127,6 +130,9 @@ type Table string
 const (
 	TablePatchable Table = "__patchable_function_entries"
 	TableMcount    Table = "__mcount_loc"
+	// TableSymbol marks a relocating site ([FormReloc]): found from a
+	// function symbol, not from a table.
+	TableSymbol Table = "symbol"
 )
 
 // endbr64 is the encoding of ENDBR64.
@@ -155,6 +161,10 @@ type Site struct {
 	// (-pg -mfentry): [rsp] at the site is then the saved static chain.
 	// Entry-only tracing of such a site is safe.
 	GraphUnsafe string
+	// Plan, for a [FormReloc] site, is the relocator's verdict on the
+	// function at link-time addresses: Addr is Plan.Entry and Bytes the
+	// first five of the Plan.Len displaced bytes.
+	Plan *reloc.Plan
 }
 
 // Func is one function symbol.
@@ -169,6 +179,8 @@ type Func struct {
 	Addr, Size uint64
 	// Global reports a global or weak (not local) symbol.
 	Global bool
+	// IFunc reports an STT_GNU_IFUNC symbol: Addr is its resolver.
+	IFunc bool
 }
 
 // Load is one PT_LOAD program header.
@@ -202,6 +214,10 @@ type Spec struct {
 	// outside any executable PT_LOAD, or hold an unresolvable relocation.
 	// Entries of 0 (functions removed by the linker) are not counted.
 	Skipped int
+
+	// reloc holds the bytes for the relocation analysis, done on demand
+	// (reloc.go).
+	reloc *relocState
 }
 
 // Open reads the ELF file at path. See [Parse].
@@ -278,6 +294,7 @@ func Parse(r io.ReaderAt, path string) (spec *Spec, err error) {
 	if err := p.sites(); err != nil {
 		return nil, fmt.Errorf("read %s: %w", path, err)
 	}
+	p.prepareReloc()
 	return p.spec, nil
 }
 

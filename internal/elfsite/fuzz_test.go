@@ -67,5 +67,16 @@ func FuzzParse(f *testing.F) {
 		}
 		spec.Match("*", "[")
 		spec.CheckSites()
+		sites, refused := spec.RelocSites()
+		for _, st := range sites {
+			if st.Form != FormReloc || st.Plan == nil || st.Plan.Entry != st.Addr || st.Func < 0 || st.Func >= len(spec.Funcs) {
+				t.Fatalf("bad relocating site %+v", st)
+			}
+		}
+		for _, r := range refused {
+			if r.Reason == "" || r.Func < 0 || r.Func >= len(spec.Funcs) {
+				t.Fatalf("bad refusal %+v", r)
+			}
+		}
 	})
 }

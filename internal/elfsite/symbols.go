@@ -129,6 +129,7 @@ func (p *parser) symbols() error {
 			Addr:   value,
 			Size:   le.Uint64(e[16:]),
 			Global: elf.ST_BIND(info) != elf.STB_LOCAL,
+			IFunc:  t == elf.STT_GNU_IFUNC,
 		})
 	}
 	// Sort indices, not the structs; the order is total, so an unstable

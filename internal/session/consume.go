@@ -98,7 +98,13 @@ func (s *Session) deliverRaw(tid uint32, lostBefore uint32, raw []byte) error {
 		if kind == agent.KindEntry {
 			ev.Kind = tracefile.KindEntry
 			if low := uint32(meta); low != agent.CallerUnknown {
-				ev.Caller = uint64(int64(s.sel[site].addr) + int64(int32(low)))
+				// The agent measures the caller from the CALL it was
+				// reached by: the site's, or a relocation stub's.
+				base := s.sel[site].addr
+				if s.sel[site].plan != nil {
+					base = s.sel[site].stub
+				}
+				ev.Caller = uint64(int64(base) + int64(int32(low)))
 			}
 		}
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/livetrace/livetrace/internal/agent"
 	"github.com/livetrace/livetrace/internal/proc"
+	"github.com/livetrace/livetrace/internal/reloc"
 	"github.com/livetrace/livetrace/internal/textpoke"
 )
 
@@ -250,7 +251,16 @@ func (s *Session) inject() (err error) {
 	// lt_entry directly or through a springboard at the region's start.
 	for _, m := range mods {
 		idx := byMod[m]
-		size := roundUp(uint64(agent.StubSize*(len(idx)+1)), pageSize)
+		// A relocating site also gets its relocation stub after the
+		// slots: `call slot; displaced instructions; jmp back`.
+		relocAt := uint64(agent.StubSize * (len(idx) + 1))
+		size := relocAt
+		for _, i := range idx {
+			if p := s.sel[i].plan; p != nil {
+				size += roundUp(uint64(relocCallLen+p.MaxStubLen()), agent.StubSize)
+			}
+		}
+		size = roundUp(size, pageSize)
 		lo, hi := s.sel[idx[0]].addr, s.sel[idx[len(idx)-1]].addr+5
 		var sbase uint64
 		maps, err = proc.ReadMaps(s.p.Pid())
@@ -278,6 +288,16 @@ func (s *Session) inject() (err error) {
 			}
 			copy(code[agent.StubSize*(k+1):], stub[:])
 			s.sel[i].stub = at
+			if p := s.sel[i].plan; p != nil {
+				rs := sbase + relocAt
+				b, err := relocStub(p, rs, at)
+				if err != nil {
+					return fmt.Errorf("inject agent: stub for %s: %w", s.sel[i].name, err)
+				}
+				copy(code[relocAt:], b)
+				relocAt += roundUp(uint64(relocCallLen+p.MaxStubLen()), agent.StubSize)
+				s.sel[i].stub = rs
+			}
 		}
 		if err := s.p.WriteMem(sbase, code); err != nil {
 			return err
@@ -291,6 +311,10 @@ func (s *Session) inject() (err error) {
 	for i, x := range s.sel {
 		cfg.Sites[i] = agent.Site{Addr: x.addr, Target: x.stub}
 		copy(cfg.Sites[i].Orig[:], x.orig)
+		cfg.Sites[i].Len = uint32(len(x.orig))
+		if x.plan != nil {
+			cfg.Sites[i].Len = uint32(x.plan.Len)
+		}
 	}
 	if err := agent.InitShared(inj.shared, cfg); err != nil {
 		return fmt.Errorf("inject agent: %w", err)
@@ -304,6 +328,27 @@ func (s *Session) inject() (err error) {
 	s.cons = cons
 
 	return s.inj.setCtl(s.p, agent.Ctl{Enabled: true, Graph: s.opts.Graph})
+}
+
+// relocCallLen is the length of the `call rel32` that starts a relocation
+// stub.
+const relocCallLen = 5
+
+// relocStub returns the relocation stub of plan placed at at: `call slot`
+// (the site's slot, `mov $idx,%r11d; jmp lt_entry`, which sees the same
+// stack as from a NOP site's CALL: [rsp] a return address, [rsp+8] the
+// caller's return address), then the displaced instructions relocated, and
+// the jump back to the rest of the function.
+func relocStub(plan *reloc.Plan, at, slot uint64) ([]byte, error) {
+	call, err := textpoke.Call(at, slot)
+	if err != nil {
+		return nil, err
+	}
+	body, err := plan.Relocate(at + relocCallLen)
+	if err != nil {
+		return nil, err
+	}
+	return append(call, body...), nil
 }
 
 // backstop reports whether to install the agent's SIGTRAP handler: in live
@@ -376,7 +421,7 @@ func (inj *injection) remove(p *proc.Process) error {
 		}
 	}
 	if inj.keep && firstErr == nil {
-		firstErr = fmt.Errorf("remove agent: a thread was interrupted inside the agent by a signal handler; its code stays mapped at %#x", inj.addrs.Base)
+		firstErr = fmt.Errorf("remove agent: a thread was interrupted inside the agent or a stub by a signal handler; its code stays mapped at %#x", inj.addrs.Base)
 	}
 	return firstErr
 }

@@ -303,7 +303,13 @@ func validateOrphan(p *proc.Process, base uint64) (*adoption, error) {
 	}
 	var bad []string
 	for i, st := range ad.sites {
-		pt, err := inj.sitePatch(maps, st, live[i])
+		var pt *textpoke.Patch
+		var err error
+		if st.Len > 5 {
+			pt, err = inj.regionPatch(p, maps, st)
+		} else {
+			pt, err = inj.sitePatch(maps, st, live[i])
+		}
 		if err != nil {
 			bad = append(bad, err.Error())
 			continue
@@ -356,6 +362,38 @@ func (inj *injection) sitePatch(maps []proc.Mapping, st agent.Site, now [5]byte)
 		}
 	}
 	return nil, fmt.Errorf("site %#x holds % x, which livetrace did not write (original % x, call % x): another tool patches it", st.Addr, now[:], orig[:], call)
+}
+
+// regionPatch checks one relocated region (a function without a NOP,
+// whose first st.Len bytes became `jmp stub`) against the text, and returns
+// the patch that puts its original bytes back (nil: it holds them).
+func (inj *injection) regionPatch(p *proc.Process, maps []proc.Mapping, st agent.Site) (*textpoke.Patch, error) {
+	n := uint64(st.Len)
+	if m, ok := mappingAt(maps, st.Addr, n); !ok || !m.Exec() || !m.FileBacked() {
+		return nil, fmt.Errorf("region %#x is not in a module's code", st.Addr)
+	}
+	if !inj.isStub(st.Target) {
+		return nil, fmt.Errorf("region %#x: its stub %#x is not in the agent's stubs", st.Addr, st.Target)
+	}
+	orig := st.Orig[:n]
+	now := make([]byte, n)
+	if err := p.ReadMem(st.Addr, now); err != nil {
+		return nil, fmt.Errorf("read region %#x: %w", st.Addr, err)
+	}
+	jmp, err := textpoke.Jmp(st.Addr, st.Target)
+	if err != nil {
+		return nil, fmt.Errorf("region %#x: %w", st.Addr, err)
+	}
+	for len(jmp) < len(orig) {
+		jmp = append(jmp, 0xcc)
+	}
+	if bytes.Equal(now, orig) {
+		return nil, nil
+	}
+	if bytes.Equal(now, jmp) || now[0] == 0xcc && (bytes.Equal(now[1:], jmp[1:]) || bytes.Equal(now[1:], orig[1:])) {
+		return &textpoke.Patch{Addr: st.Addr, Old: now, New: bytes.Clone(orig), Region: true}, nil
+	}
+	return nil, fmt.Errorf("region %#x holds % x, which livetrace did not write (original % x, jmp % x): another tool patches it", st.Addr, now, orig, jmp)
 }
 
 // closeMemfds closes, in the target, any fd of the agent's shared memory:

@@ -10,6 +10,7 @@
 package session
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -22,9 +23,11 @@ import (
 	"github.com/livetrace/livetrace/internal/agent"
 	"github.com/livetrace/livetrace/internal/elfsite"
 	"github.com/livetrace/livetrace/internal/proc"
+	"github.com/livetrace/livetrace/internal/reloc"
 	"github.com/livetrace/livetrace/internal/textpoke"
 	"github.com/livetrace/livetrace/internal/tracefile"
 	"github.com/livetrace/livetrace/internal/tsc"
+	"golang.org/x/sys/unix"
 )
 
 // Options configure a recording.
@@ -45,6 +48,12 @@ type Options struct {
 	// AllowUnwind lets graph mode trace a C++ program, at the risk that an
 	// exception thrown through a traced frame kills it.
 	AllowUnwind bool
+	// OnlyNop keeps the selection to compiler NOP sites: functions
+	// without one (relocating sites, elfsite.FormReloc) are not traced.
+	OnlyNop bool
+	// Modules are shell globs restricting the selection to the modules
+	// whose path or base name matches one (all when empty).
+	Modules []string
 }
 
 // ErrNoMatch means no patchable function matches the selection.
@@ -70,6 +79,9 @@ type selected struct {
 	addr uint64 // runtime site address
 	stub uint64
 	orig []byte
+	// plan is the relocator's plan at runtime addresses, for a
+	// relocating site (site.Form == elfsite.FormReloc).
+	plan *reloc.Plan
 }
 
 // Session is one live recording. Its methods are safe for concurrent use.
@@ -83,6 +95,8 @@ type Session struct {
 	mods    []*elfsite.Module
 	sel     []selected // sorted by addr; index = site index in records
 	refused []RefusedSite
+	// untraceable are named functions the relocator refuses.
+	untraceable []RefusedSite
 
 	inj    *injection
 	unwind *unwindPlan // graph mode: the unwinder's GOT slots to hook
@@ -188,6 +202,9 @@ func (s *Session) start(p *proc.Process) (_ *Session, err error) {
 	if err := s.checkSites(); err != nil {
 		return nil, err
 	}
+	if err := s.planReloc(); err != nil {
+		return nil, err
+	}
 	s.meta.Cmdline = readCmdline(pid)
 	s.meta.Exe, _ = os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
 	if err := s.openOutput(); err != nil {
@@ -276,10 +293,48 @@ func (s *Session) selectSites() error {
 			return fmt.Errorf("bad pattern %q: %w", g, err)
 		}
 	}
+	for _, g := range s.opts.Modules {
+		if _, err := path.Match(g, ""); err != nil {
+			return fmt.Errorf("bad module pattern %q: %w", g, err)
+		}
+	}
+	// Functions without a NOP are traced when the user names functions
+	// or modules: "every function" of every module would take in all of
+	// libc.
+	withReloc := !s.opts.OnlyNop && (len(s.opts.Funcs) > 0 || len(s.opts.Modules) > 0)
 	var all []string
+	nmods := 0
 	for mi, m := range s.mods {
-		for _, st := range m.Spec.Sites {
-			if !st.Form.Patchable() {
+		if !matchModule(m.Path, s.opts.Modules) {
+			continue
+		}
+		nmods++
+		sites := m.Spec.Sites
+		if withReloc {
+			// Only the functions the globs name are analyzed.
+			sites = m.Spec.Patchable()
+			for i := range m.Spec.Funcs {
+				if i > 0 && m.Spec.Funcs[i-1].Addr == m.Spec.Funcs[i].Addr {
+					continue // an alias: matched with the first one
+				}
+				fs := elfsite.Site{Addr: m.Spec.Funcs[i].Addr, Func: i}
+				if !m.Spec.MatchSite(fs, include...) {
+					continue
+				}
+				st, why, ok := m.Spec.RelocFunc(i)
+				switch {
+				case !ok:
+				case why != "":
+					if literalMatch(m.Spec, fs, include) {
+						s.untraceable = append(s.untraceable, RefusedSite{Name: m.Spec.SiteName(fs), Reason: why})
+					}
+				default:
+					sites = append(sites, st)
+				}
+			}
+		}
+		for _, st := range sites {
+			if !st.Form.Patchable() && st.Form != elfsite.FormReloc {
 				continue
 			}
 			name := m.Spec.SiteName(st)
@@ -300,6 +355,15 @@ func (s *Session) selectSites() error {
 			})
 		}
 	}
+	if nmods == 0 {
+		return fmt.Errorf("no module of process %d matches -m %s: see livetrace list -p %d for its modules", s.pid, strings.Join(s.opts.Modules, " "), s.pid)
+	}
+	if len(all) == 0 && len(s.untraceable) > 0 {
+		return fmt.Errorf("no function of process %d can be traced: %s: %s", s.pid, s.untraceable[0].Name, s.untraceable[0].Reason)
+	}
+	if len(all) == 0 && !withReloc && !s.opts.OnlyNop {
+		return fmt.Errorf("no patchable sites in process %d (%s): name the functions to trace with -F (functions without a compiler NOP are then traced by relocation), or build it with clang -fpatchable-function-entry=5 (see docs/BUILDING.md)", s.pid, s.mods[0].Path)
+	}
 	if len(all) == 0 {
 		return fmt.Errorf("no patchable sites in process %d (%s): build it with clang -fpatchable-function-entry=5 (see docs/BUILDING.md)", s.pid, s.mods[0].Path)
 	}
@@ -313,6 +377,77 @@ func (s *Session) selectSites() error {
 		return fmt.Errorf("%d functions selected, at most %d per session: narrow the selection with -F", len(s.sel), agent.MaxSites)
 	}
 	sort.Slice(s.sel, func(i, j int) bool { return s.sel[i].addr < s.sel[j].addr })
+	return nil
+}
+
+// hasReloc reports whether a relocating site is selected.
+func (s *Session) hasReloc() bool {
+	for _, x := range s.sel {
+		if x.plan != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// Untraceable returns the functions named by a glob without wildcards that
+// have no compiler NOP and cannot be relocated, and why.
+func (s *Session) Untraceable() []RefusedSite { return s.untraceable }
+
+// matchModule reports whether the module at path matches one of globs,
+// by its path or its base name (all when globs is empty).
+func matchModule(p string, globs []string) bool {
+	if len(globs) == 0 {
+		return true
+	}
+	p = strings.TrimSuffix(p, " (deleted)")
+	for _, g := range globs {
+		if ok, _ := path.Match(g, p); ok {
+			return true
+		}
+		if ok, _ := path.Match(g, path.Base(p)); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// literalMatch reports whether a glob of globs without wildcards names the
+// function of st.
+func literalMatch(spec *elfsite.Spec, st elfsite.Site, globs []string) bool {
+	for _, g := range globs {
+		if !strings.ContainsAny(g, `*?[\`) && spec.MatchSite(st, g) {
+			return true
+		}
+	}
+	return false
+}
+
+// planReloc reads each selected relocating function from the live text
+// and analyzes it again at its runtime address: the stub's bytes depend
+// on it, and the live bytes must be the file's.
+func (s *Session) planReloc() error {
+	for i := range s.sel {
+		x := &s.sel[i]
+		if x.site.Form != elfsite.FormReloc {
+			continue
+		}
+		m := s.mods[x.mod]
+		fn := m.Spec.Funcs[x.site.Func]
+		code := make([]byte, fn.Size)
+		if err := s.p.ReadMem(m.Runtime(fn.Addr), code); err != nil {
+			return fmt.Errorf("read %s: %w", x.name, err)
+		}
+		plan, err := reloc.Analyze(code, m.Runtime(fn.Addr), reloc.Options{})
+		if err != nil {
+			return fmt.Errorf("refusing to patch %s: its live text is not the file's (%v); is another tool patching this process?", x.name, err)
+		}
+		if plan.Entry != x.addr || !bytes.Equal(plan.Orig(), x.site.Plan.Orig()) {
+			return fmt.Errorf("refusing to patch %s at %#x: its live text % x is not the file's % x; is another tool patching this process?", x.name, x.addr, plan.Orig(), x.site.Plan.Orig())
+		}
+		x.plan = plan
+		x.orig = plan.Orig()
+	}
 	return nil
 }
 
@@ -342,7 +477,7 @@ func (s *Session) checkSites() error {
 	keep := s.sel[:0]
 	for i, b := range live {
 		x := s.sel[i]
-		if string(b[:]) == string(x.orig) {
+		if string(b[:]) == string(x.orig[:len(b)]) {
 			keep = append(keep, x)
 			continue
 		}
@@ -390,6 +525,14 @@ func (s *Session) patch() error {
 	}
 	ps := make([]textpoke.Patch, len(s.sel))
 	for i, x := range s.sel {
+		if x.plan != nil {
+			jmp, err := x.plan.Patch(x.stub)
+			if err != nil {
+				return err
+			}
+			ps[i] = textpoke.Patch{Addr: x.addr, Old: x.orig, New: jmp, Region: true}
+			continue
+		}
 		old := x.orig
 		if x.site.Form == elfsite.FormSled {
 			old = textpoke.NOP5
@@ -400,12 +543,28 @@ func (s *Session) patch() error {
 		}
 		ps[i] = textpoke.Patch{Addr: x.addr, Old: old, New: call}
 	}
+	// NOP sites take the live protocol; regions (relocating sites) are
+	// written with every thread stopped (textpoke), in a batch of their
+	// own so that the NOP sites need not wait for it.
+	var nops, regions []textpoke.Patch
+	for _, pt := range ps {
+		if pt.Region {
+			regions = append(regions, pt)
+		} else {
+			nops = append(nops, pt)
+		}
+	}
 	s.clock0 = tsc.Sample()
 	s.started = time.Now()
-	st, err := s.eng.Apply(ps)
-	s.addStats(st)
-	if err != nil {
-		return err
+	for _, batch := range [][]textpoke.Patch{nops, regions} {
+		if len(batch) == 0 {
+			continue
+		}
+		st, err := s.eng.Apply(batch)
+		s.addStats(st)
+		if err != nil {
+			return err
+		}
 	}
 	s.patched = true
 	return nil
@@ -671,6 +830,25 @@ func (s *Session) quiesce() error {
 	}
 	if s.inj.busy(s.p) {
 		s.inj.keep = true
+	}
+	if !s.inj.keep && s.eng != nil && s.hasReloc() {
+		// A signal handler that interrupted a thread in a relocation
+		// stub (running displaced instructions, outside the agent, so
+		// not busy) returns into the stub: keep it mapped.
+		var sps []uint64
+		if err := s.p.EditRegs(func(_ int, regs *unix.PtraceRegs) bool {
+			sps = append(sps, regs.Rsp)
+			return false
+		}); err != nil {
+			return err
+		}
+		in, err := s.eng.SignalFrameIn(sps, func(pc uint64) bool {
+			_, _, ok := s.inj.contains(pc)
+			return ok
+		})
+		if err != nil || in {
+			s.inj.keep = true
+		}
 	}
 	if s.opts.Graph {
 		n, err := s.inj.restoreReturns(s.p)

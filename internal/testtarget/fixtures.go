@@ -43,6 +43,10 @@ const (
 	// array in a traced frame, one malloc'd), a longjmp and a handler on
 	// a sigaltstack, all under traced frames, on "run N".
 	Ucontext = "ucontext"
+	// LibcCalls is c/libccalls.c: threads calling strtol, qsort, malloc
+	// and free of libc.so.6 a counted number of times on "run N" (the
+	// [Workload] protocol's "done {...}" reply, see [RunWorkload]).
+	LibcCalls = "libccalls"
 )
 
 // Fixtures returns the names of every fixture, sorted.
@@ -62,14 +66,15 @@ type fixture struct {
 }
 
 var fixtures = map[string]fixture{
-	Simple:   {plan: singleFile(Simple, "simple.c")},
-	Sleeper:  {plan: singleFile(Sleeper, "sleeper.c")},
-	Nested:   {plan: singleFile(Nested, "nested.c")},
-	CXX:      {cxx: true, plan: singleFile(CXX, "cxx.cc")},
-	Workload: {plan: withLib(Workload)},
-	UseLib:   {plan: withLib(UseLib)},
-	Stress:   {plan: planStress},
-	Ucontext: {plan: singleFile(Ucontext, "ucontext.c")},
+	Simple:    {plan: singleFile(Simple, "simple.c")},
+	Sleeper:   {plan: singleFile(Sleeper, "sleeper.c")},
+	Nested:    {plan: singleFile(Nested, "nested.c")},
+	CXX:       {cxx: true, plan: singleFile(CXX, "cxx.cc")},
+	Workload:  {plan: withLib(Workload)},
+	UseLib:    {plan: withLib(UseLib)},
+	Stress:    {plan: planStress},
+	Ucontext:  {plan: singleFile(Ucontext, "ucontext.c")},
+	LibcCalls: {plan: singleFile(LibcCalls, "libccalls.c")},
 }
 
 func readSource(name string) ([]byte, error) {

@@ -101,6 +101,7 @@ type Option func(*config)
 type config struct {
 	cfProtection bool
 	noSites      bool
+	o0           bool
 	defines      map[string]string
 	funcs        int // stress only
 }
@@ -124,6 +125,9 @@ func Define(name, value string) Option {
 // compiler (with the form's PIE setting), used as a program that has no
 // sites at all and as the "tracing disabled" baseline of benchmarks.
 func NoSites() Option { return func(c *config) { c.noSites = true } }
+
+// O0 builds with -O0 instead of -O2.
+func O0() Option { return func(c *config) { c.o0 = true } }
 
 // Funcs sets the number of generated functions of the [Stress] fixture
 // (default 1000, at most 1,000,000). Other fixtures ignore it.
@@ -198,7 +202,11 @@ func picFlags(f Form) (cflags, ldflags []string) {
 
 // baseFlags returns the flags every compile of form f with cfg uses.
 func baseFlags(cfg *config) []string {
-	fl := []string{"-O2", "-g", "-Wall", "-fno-ident"}
+	opt := "-O2"
+	if cfg.o0 {
+		opt = "-O0"
+	}
+	fl := []string{opt, "-g", "-Wall", "-fno-ident"}
 	if cfg.cfProtection {
 		fl = append(fl, "-fcf-protection=full")
 	} else {

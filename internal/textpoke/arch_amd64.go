@@ -102,3 +102,14 @@ func Call(site, target uint64) ([]byte, error) {
 	binary.LittleEndian.PutUint32(b[1:], uint32(int32(rel)))
 	return b, nil
 }
+
+// Jmp returns `jmp rel32` from site to target: what a relocated region
+// (package reloc) starts with.
+func Jmp(site, target uint64) ([]byte, error) {
+	b, err := Call(site, target)
+	if err != nil {
+		return nil, err
+	}
+	b[0] = 0xe9
+	return b, nil
+}

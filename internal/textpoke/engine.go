@@ -36,6 +36,14 @@
 // resume. It is used for sleds (five 1-byte NOPs, in which a thread can
 // stop between instructions), when a thread blocks or ignores SIGTRAP, when
 // membarrier is unavailable, or on request.
+//
+// A region (Patch.Region: the first instructions of a function without a
+// NOP, replaced by `jmp stub`, package reloc) is always written in stop
+// mode: the proof that no thread is inside the old instructions needs
+// every thread stopped anyway. A thread stopped strictly inside a region
+// is single-stepped out of it (the displaced instructions hold no call,
+// syscall or loop), and a signal frame that would resume inside one
+// refuses the batch. The same holds when the region is put back.
 package textpoke
 
 import (
@@ -99,11 +107,29 @@ type Patch struct {
 	Addr uint64
 	Old  []byte
 	New  []byte
+	// Region marks the bytes of a relocating site (package reloc): any
+	// length from the site length to MaxRegionLen, written in stop mode
+	// with every thread inside the region stepped out first. New is not
+	// checked as an instruction the trap handler could emulate.
+	Region bool
 
 	// emul, when set, is the instruction the trap handler emulates
 	// instead of New: New keeps a foreign INT3 in byte 0 (RestoreAll).
 	emul []byte
 }
+
+// size is the number of bytes the patch covers: the site length, or more
+// for a region (a relocating site, see Region).
+func (pt *Patch) size() uint64 {
+	if pt.Old != nil {
+		return uint64(len(pt.Old))
+	}
+	return uint64(len(pt.New))
+}
+
+// MaxRegionLen is the longest region a patch may cover: a relocating
+// site's displaced instructions (package reloc).
+const MaxRegionLen = 32
 
 // insn is the instruction a thread that traps on the site runs.
 func (pt *Patch) insn() []byte {
@@ -168,7 +194,7 @@ type Engine struct {
 
 // maxSiteLen bounds Arch.SiteLen; site bytes live in fixed arrays so that a
 // batch of 100,000 sites allocates nothing per site.
-const maxSiteLen = 8
+const maxSiteLen = MaxRegionLen
 
 type siteBytes struct {
 	n uint8
@@ -184,9 +210,10 @@ func mkSiteBytes(b []byte) siteBytes {
 func (s *siteBytes) bytes() []byte { return s.b[:s.n] }
 
 type trapTable struct {
-	addrs []uint64 // sorted
-	insns [][]byte
-	origs []siteBytes // the bytes each site held before the engine first touched it
+	addrs  []uint64 // sorted
+	insns  [][]byte
+	origs  []siteBytes // the bytes each site held before the engine first touched it
+	region []bool      // the site is a region (Patch.Region)
 
 	// written is what the engine last wrote to each site (or verified
 	// there): a site that holds anything else was changed by another
@@ -369,6 +396,12 @@ func (e *Engine) apply(patches []Patch, mode Mode, lenient bool) (st Stats, err 
 		if !bt.drop[i] && e.arch.Sled(pt.Old) && mode != ModeStop {
 			return st, fmt.Errorf("site %#x is a NOP sled: convert sleds with ConvertSleds (stop mode) first", pt.Addr)
 		}
+		if !bt.drop[i] && pt.Region {
+			// A region (a relocating site) is written with every thread
+			// stopped, and threads inside it are stepped out first.
+			mode = ModeStop
+			st.Mode = mode
+		}
 	}
 	if debugTiming {
 		fmt.Fprintf(os.Stderr, "textpoke: prepare %v verify %v\n", tPrep.Sub(start), time.Since(tPrep))
@@ -398,11 +431,16 @@ func (e *Engine) prepare(patches []Patch) ([]Patch, error) {
 	n := e.arch.SiteLen()
 	ps := make([]Patch, 0, len(patches))
 	for _, pt := range patches {
-		if len(pt.Old) != n || len(pt.New) != n {
-			return nil, fmt.Errorf("site %#x: patch must be %d bytes old and new", pt.Addr, n)
+		if len(pt.Old) != len(pt.New) || len(pt.Old) < n || len(pt.Old) > MaxRegionLen {
+			return nil, fmt.Errorf("site %#x: patch must be %d bytes (a region: up to %d) old and new, the same length", pt.Addr, n, MaxRegionLen)
 		}
-		if err := e.arch.Check(pt.Addr, pt.insn()); err != nil {
-			return nil, err
+		if len(pt.Old) != n && !pt.Region {
+			return nil, fmt.Errorf("site %#x: a patch of %d bytes must be a region", pt.Addr, len(pt.Old))
+		}
+		if !pt.Region {
+			if err := e.arch.Check(pt.Addr, pt.insn()); err != nil {
+				return nil, err
+			}
 		}
 		if bytes.Equal(pt.Old, pt.New) {
 			continue
@@ -413,7 +451,7 @@ func (e *Engine) prepare(patches []Patch) ([]Patch, error) {
 		slices.SortFunc(ps, func(a, b Patch) int { return cmp.Compare(a.Addr, b.Addr) })
 	}
 	for i := 1; i < len(ps); i++ {
-		if ps[i].Addr < ps[i-1].Addr+uint64(n) {
+		if ps[i].Addr < ps[i-1].Addr+ps[i-1].size() {
 			return nil, fmt.Errorf("sites %#x and %#x overlap", ps[i-1].Addr, ps[i].Addr)
 		}
 	}
@@ -451,11 +489,11 @@ func (e *Engine) readRuns(ps []Patch) ([]*run, error) {
 
 // readRunsFrom is readRuns from the memory m (another process's, say).
 func (e *Engine) readRunsFrom(m *proc.Mem, ps []Patch) ([]*run, error) {
-	n := uint64(e.arch.SiteLen())
 	var runs []*run
 	var cur *run
 	var end uint64 // end of cur
 	for i, pt := range ps {
+		n := pt.size()
 		if cur != nil && pt.Addr+n-cur.addr <= maxRunLen && pt.Addr <= end+maxRunGap {
 			end = pt.Addr + n
 			cur.sites = append(cur.sites, i)
@@ -484,7 +522,6 @@ func (e *Engine) readRunsFrom(m *proc.Mem, ps []Patch) ([]*run, error) {
 // when a uprobe holds it, when the engine already gave it up, or when the
 // batch is lenient; otherwise the batch is refused.
 func (e *Engine) verify(ps []Patch, lenient bool) (*batch, error) {
-	n := uint64(e.arch.SiteLen())
 	runs, err := e.readRuns(ps)
 	if err != nil {
 		return nil, fmt.Errorf("verify sites: %w", err)
@@ -496,7 +533,7 @@ func (e *Engine) verify(ps []Patch, lenient bool) (*batch, error) {
 	for _, r := range runs {
 		for _, i := range r.sites {
 			off := ps[i].Addr - r.addr
-			got := r.buf[off : off+n]
+			got := r.buf[off : off+ps[i].size()]
 			if bytes.Equal(got, ps[i].Old) {
 				continue
 			}
@@ -563,9 +600,9 @@ func (e *Engine) recheck(bt *batch, r *run, read func(addr uint64, b []byte) err
 	if bytes.Equal(r.now, r.buf) {
 		return nil
 	}
-	n := uint64(e.arch.SiteLen())
 	for _, i := range r.sites {
 		off := bt.ps[i].Addr - r.addr
+		n := bt.ps[i].size()
 		was, now := r.buf[off:off+n], r.now[off:off+n]
 		if bt.drop[i] || bytes.Equal(was, now) {
 			continue
@@ -599,7 +636,6 @@ func (e *Engine) writeRun(bt *batch, r *run, write func(addr uint64, b []byte) e
 	if whole {
 		return write(r.addr, r.buf)
 	}
-	n := uint64(e.arch.SiteLen())
 	var lo, hi uint64
 	open := false
 	flush := func() error {
@@ -622,7 +658,7 @@ func (e *Engine) writeRun(bt *batch, r *run, write func(addr uint64, b []byte) e
 		if !open {
 			lo, open = off, true
 		}
-		hi = off + n
+		hi = off + bt.ps[i].size()
 	}
 	return flush()
 }
@@ -630,7 +666,6 @@ func (e *Engine) writeRun(bt *batch, r *run, write func(addr uint64, b []byte) e
 // pass is one write of the protocol: for each run, read it again (recheck),
 // apply step to every site still ours, and write it.
 func (e *Engine) pass(bt *batch, write func(addr uint64, b []byte) error, step func(buf []byte, pt *Patch)) error {
-	n := uint64(e.arch.SiteLen())
 	for _, r := range bt.runs {
 		if err := e.recheck(bt, r, e.p.Mem().Read); err != nil {
 			return err
@@ -638,7 +673,7 @@ func (e *Engine) pass(bt *batch, write func(addr uint64, b []byte) error, step f
 		for _, i := range r.sites {
 			if !bt.drop[i] {
 				off := bt.ps[i].Addr - r.addr
-				step(r.buf[off:off+n], &bt.ps[i])
+				step(r.buf[off:off+bt.ps[i].size()], &bt.ps[i])
 			}
 		}
 		if err := e.writeRun(bt, r, write); err != nil {
@@ -652,7 +687,6 @@ func (e *Engine) pass(bt *batch, write func(addr uint64, b []byte) error, step f
 // it left alone; it returns how many those are. e.mu is held.
 func (e *Engine) settle(bt *batch) int {
 	t := e.table.Load()
-	n := uint64(e.arch.SiteLen())
 	if bt.idx != nil {
 		for _, r := range bt.runs {
 			for _, i := range r.sites {
@@ -660,7 +694,7 @@ func (e *Engine) settle(bt *batch) int {
 				case bt.idx[i] < 0:
 				case !bt.drop[i]:
 					off := bt.ps[i].Addr - r.addr
-					t.written[bt.idx[i]] = mkSiteBytes(r.buf[off : off+n])
+					t.written[bt.idx[i]] = mkSiteBytes(r.buf[off : off+bt.ps[i].size()])
 				case bt.last != nil && bt.last[i].n > 0:
 					t.written[bt.idx[i]] = bt.last[i]
 				}
@@ -700,7 +734,7 @@ func (e *Engine) publish(bt *batch) {
 	}
 	ps := bt.ps
 	n := len(old.addrs) + len(ps)
-	t := &trapTable{addrs: make([]uint64, 0, n), insns: make([][]byte, 0, n), origs: make([]siteBytes, 0, n), written: make([]siteBytes, 0, n)}
+	t := &trapTable{addrs: make([]uint64, 0, n), insns: make([][]byte, 0, n), origs: make([]siteBytes, 0, n), written: make([]siteBytes, 0, n), region: make([]bool, 0, n)}
 	bt.idx = make([]int, len(ps))
 	i, j := 0, 0
 	for i < len(old.addrs) || j < len(ps) {
@@ -713,16 +747,20 @@ func (e *Engine) publish(bt *batch) {
 			t.insns = append(t.insns, old.insns[i])
 			t.origs = append(t.origs, old.origs[i])
 			t.written = append(t.written, old.written[i])
+			t.region = append(t.region, old.region[i])
 			i++
 		default:
 			// A site seen for the first time: its verified Old bytes are
 			// its original ones.
 			orig := mkSiteBytes(ps[j].Old)
 			written := orig
+			region := ps[j].Region
 			if i < len(old.addrs) && old.addrs[i] == ps[j].Addr {
 				orig, written = old.origs[i], old.written[i]
+				region = region || old.region[i]
 				i++
 			}
+			t.region = append(t.region, region)
 			bt.idx[j] = len(t.addrs)
 			t.addrs = append(t.addrs, ps[j].Addr)
 			t.insns = append(t.insns, ps[j].insn())
@@ -834,6 +872,17 @@ func (e *Engine) stopped(bt *batch, st *Stats) error {
 			return err
 		}
 	}
+	var regions []Patch
+	for i, pt := range bt.ps {
+		if !bt.drop[i] && pt.Region {
+			regions = append(regions, pt)
+		}
+	}
+	if len(regions) > 0 {
+		if err := e.fixRegionPCs(regions); err != nil {
+			return err
+		}
+	}
 	if err := e.pass(bt, e.p.WriteMem, func(buf []byte, pt *Patch) { copy(buf, pt.New) }); err != nil {
 		return fmt.Errorf("patch pid %d: %w", e.p.Pid(), err)
 	}
@@ -882,6 +931,52 @@ func (e *Engine) fixSledPCs(sleds []Patch) error {
 	return e.fixSignalFrames(sps, inside)
 }
 
+// maxRegionSteps bounds the single steps that take a thread out of a
+// region: its instructions hold no call, syscall or loop (package reloc),
+// so each step moves forward, or back to the region's first byte.
+const maxRegionSteps = 64
+
+// fixRegionPCs single-steps every thread whose program counter is strictly
+// inside a region (a relocating site: the first byte is an instruction
+// boundary in the old and the new bytes) until it is out, and refuses when
+// a signal frame saved a program counter strictly inside one: that thread
+// would resume in the middle of the new bytes.
+func (e *Engine) fixRegionPCs(regions []Patch) error {
+	inside := func(pc uint64) (uint64, bool) {
+		i := sort.Search(len(regions), func(i int) bool { return regions[i].Addr+regions[i].size() > pc })
+		if i < len(regions) && pc > regions[i].Addr && pc < regions[i].Addr+regions[i].size() {
+			return regions[i].Addr, true
+		}
+		return 0, false
+	}
+	var sps []uint64
+	var in []int
+	var ranges [][2]uint64
+	err := e.p.EditRegs(func(tid int, regs *unix.PtraceRegs) bool {
+		sps = append(sps, e.arch.SP(regs))
+		if site, ok := inside(e.arch.PC(regs)); ok {
+			in = append(in, tid)
+			i := sort.Search(len(regions), func(i int) bool { return regions[i].Addr >= site })
+			ranges = append(ranges, [2]uint64{site + 1, site + regions[i].size()})
+		}
+		return false
+	})
+	if err != nil {
+		return err
+	}
+	for k, tid := range in {
+		if err := e.p.SingleStepOut(tid, ranges[k][0], ranges[k][1], maxRegionSteps); err != nil {
+			return fmt.Errorf("step thread %d out of the region at %#x: %w", tid, ranges[k][0]-1, err)
+		}
+	}
+	return e.scanSignalFrames(sps, func(slot, v uint64) error {
+		if _, ok := inside(v); ok && e.isSigframeRip(slot) {
+			return fmt.Errorf("a signal frame at %#x resumes at %#x, inside a relocated region: retry when the signal handler has returned", slot, v)
+		}
+		return nil
+	})
+}
+
 // Offsets in struct rt_sigframe (arch/x86/include/asm/sigframe.h): the
 // return address of the handler (pretcode), then struct ucontext, whose
 // uc_mcontext (struct sigcontext_64) starts 40 bytes in and holds r8..r15,
@@ -902,11 +997,29 @@ var restorerCode = []byte{0x48, 0xc7, 0xc0, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05}
 // the sled; any other is a word we cannot account for, and the conversion
 // is refused rather than risk resuming a thread mid-instruction.
 func (e *Engine) fixSignalFrames(sps []uint64, inside func(uint64) (uint64, bool)) error {
+	n := uint64(e.arch.SiteLen())
+	return e.scanSignalFrames(sps, func(slot, v uint64) error {
+		site, ok := inside(v)
+		if !ok {
+			return nil
+		}
+		if !e.isSigframeRip(slot) {
+			return fmt.Errorf("cannot convert the sled at %#x: the stack word at %#x holds %#x, inside the sled, and is not a signal frame; "+
+				"retry, or build with clang -fpatchable-function-entry=5 (a single NOP5)", site, slot, v)
+		}
+		var b [8]byte
+		binary.LittleEndian.PutUint64(b[:], site+n)
+		return e.p.WriteMem(slot, b[:])
+	})
+}
+
+// scanSignalFrames calls fn with the address and value of every 8-byte
+// word of the live part of the stacks at sps.
+func (e *Engine) scanSignalFrames(sps []uint64, fn func(slot, v uint64) error) error {
 	maps, err := proc.ReadMaps(e.p.Pid())
 	if err != nil {
 		return err
 	}
-	n := uint64(e.arch.SiteLen())
 	for _, sp := range sps {
 		var end uint64
 		for _, m := range maps {
@@ -926,19 +1039,7 @@ func (e *Engine) fixSignalFrames(sps []uint64, inside func(uint64) (uint64, bool
 			return fmt.Errorf("scan stack at %#x: %w", sp, err)
 		}
 		for off := 0; off+8 <= len(buf); off += 8 {
-			v := binary.LittleEndian.Uint64(buf[off:])
-			site, ok := inside(v)
-			if !ok {
-				continue
-			}
-			slot := sp + uint64(off)
-			if !e.isSigframeRip(slot) {
-				return fmt.Errorf("cannot convert the sled at %#x: the stack word at %#x holds %#x, inside the sled, and is not a signal frame; "+
-					"retry, or build with clang -fpatchable-function-entry=5 (a single NOP5)", site, slot, v)
-			}
-			var b [8]byte
-			binary.LittleEndian.PutUint64(b[:], site+n)
-			if err := e.p.WriteMem(slot, b[:]); err != nil {
+			if err := fn(sp+uint64(off), binary.LittleEndian.Uint64(buf[off:])); err != nil {
 				return err
 			}
 		}
@@ -982,7 +1083,7 @@ func (e *Engine) origPatches() []Patch {
 	}
 	all := make([]Patch, len(t.addrs))
 	for i, a := range t.addrs {
-		all[i] = Patch{Addr: a, New: t.origs[i].bytes()}
+		all[i] = Patch{Addr: a, New: t.origs[i].bytes(), Region: t.region[i]}
 	}
 	return all
 }
@@ -1005,11 +1106,10 @@ func (e *Engine) RestoreInto(m *proc.Mem) error {
 		areas = *a
 	}
 	bt := &batch{ps: all, runs: runs, drop: make([]bool, len(all))}
-	n := uint64(e.arch.SiteLen())
 	for _, r := range runs {
 		for _, i := range r.sites {
 			off := all[i].Addr - r.addr
-			now := r.buf[off : off+n]
+			now := r.buf[off : off+all[i].size()]
 			// An INT3 is restored whatever put it there: ours, the child
 			// would die of it.
 			if now[0] != e.arch.Breakpoint() && e.arch.UprobeHeld(all[i].Addr, now, all[i].New, areas) {
@@ -1038,7 +1138,6 @@ func (e *Engine) RestoreAll() (Stats, error) {
 	if t == nil {
 		return Stats{}, nil
 	}
-	n := uint64(e.arch.SiteLen())
 	bp := e.arch.Breakpoint()
 	all := e.origPatches()
 	runs, err := e.readRuns(all)
@@ -1051,7 +1150,7 @@ func (e *Engine) RestoreAll() (Stats, error) {
 		for _, i := range r.sites {
 			addr, orig := all[i].Addr, all[i].New
 			off := addr - r.addr
-			now := r.buf[off : off+n]
+			now := r.buf[off : off+all[i].size()]
 			w := t.written[i].bytes() // all lists the table's sites in order
 			switch {
 			case bytes.Equal(now, orig):
@@ -1065,7 +1164,7 @@ func (e *Engine) RestoreAll() (Stats, error) {
 				gone = append(gone, Held{Addr: addr, Found: bytes.Clone(now), Uprobe: true})
 				if !bytes.Equal(now[1:], orig[1:]) {
 					nw := append([]byte{bp}, orig[1:]...)
-					ps = append(ps, Patch{Addr: addr, Old: bytes.Clone(now), New: nw, emul: orig})
+					ps = append(ps, Patch{Addr: addr, Old: bytes.Clone(now), New: nw, emul: orig, Region: all[i].Region})
 				}
 			default:
 				gone = append(gone, Held{Addr: addr, Found: bytes.Clone(now)})
@@ -1099,4 +1198,19 @@ func (e *Engine) Held() []Held {
 	}
 	slices.SortFunc(out, func(a, b Held) int { return cmp.Compare(a.Addr, b.Addr) })
 	return out
+}
+
+// SignalFrameIn reports whether a signal frame on the stack of a stopped
+// thread (one stack pointer of sps each) would resume at a program counter
+// for which inside is true: that code must stay mapped until the handler
+// returns. Only valid between StopAll and ResumeAll.
+func (e *Engine) SignalFrameIn(sps []uint64, inside func(pc uint64) bool) (bool, error) {
+	found := false
+	err := e.scanSignalFrames(sps, func(slot, v uint64) error {
+		if !found && inside(v) && e.isSigframeRip(slot) {
+			found = true
+		}
+		return nil
+	})
+	return found, err
 }

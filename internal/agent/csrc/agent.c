@@ -760,7 +760,8 @@ typedef void (*handler3)(int, void *, void *);
 
 /*
  * lt_sigtrap is the SIGTRAP backstop: it emulates the CALL of a site whose
- * INT3 the tracer left behind, and chains any other SIGTRAP.
+ * INT3 the tracer left behind (the jmp of a relocated region), and chains
+ * any other SIGTRAP.
  */
 extern char lt_remote[] HIDDEN;
 
@@ -811,9 +812,13 @@ void lt_sigtrap(int sig, void *si, void *uc)
 				hi = mid;
 		}
 		if (lo < lt_shared.nsites && s[lo].addr == site) {
-			u64 rsp = g[REG_RSP] - 8;
-			*(u64 *)rsp = site + 5;
-			g[REG_RSP] = rsp;
+			if (s[lo].len == 5) {
+				u64 rsp = g[REG_RSP] - 8;
+				*(u64 *)rsp = site + 5;
+				g[REG_RSP] = rsp;
+			}
+			/* A region's jmp: its stub runs the displaced
+			 * instructions, the same as the original bytes. */
 			g[REG_RIP] = s[lo].target;
 			__atomic_fetch_add(&lt_shared.traps, 1, __ATOMIC_RELAXED);
 			return;

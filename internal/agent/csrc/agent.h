@@ -53,7 +53,7 @@ typedef long long s64;
 /* Constants exported to Go (each LT_FOO becomes agent.Foo). */
 enum lt_const {
 	LT_MAGIC = 0x4c544147,          /* "GATL" little endian: shared header magic */
-	LT_VERSION = 1,                 /* shared memory format version */
+	LT_VERSION = 2,                 /* shared memory format version */
 	LT_MAX_THREADS = 4096,          /* thread table slots (power of two) */
 	LT_SHADOW_DEPTH = 512,          /* shadow stack entries per thread */
 	LT_MAX_PROBES = 64,             /* thread table probes per lookup */
@@ -73,7 +73,7 @@ enum lt_const {
 	LT_OWNER_VERSION = 1,           /* owner record format version */
 	LT_MAX_STUB_REGIONS = 64,       /* stub regions an owner record lists */
 	LT_MAX_HOOKS = 64,              /* GOT hooks an owner record lists */
-	LT_SITE_ORIG = 8,               /* bytes of struct lt_site.orig */
+	LT_SITE_ORIG = 32,              /* bytes of struct lt_site.orig: a relocated region at most */
 	LT_SHADOW_RESTORED = 1,         /* shadow entry flag: its slot holds orig again */
 };
 
@@ -215,7 +215,11 @@ struct lt_priv {
 struct lt_site {
 	u64 addr;                /* runtime address of the patched site */
 	u64 target;              /* its CALL target (the site's stub) */
-	u8 orig[LT_SITE_ORIG];   /* the bytes it held before (5 on x86-64) */
+	u8 orig[LT_SITE_ORIG];   /* the bytes it held before (the first len) */
+	u32 len;                 /* 5: a NOP site, its target CALLed; more: a
+	                          * relocated region, its target (the
+	                          * relocation stub) jumped to */
+	u32 pad;
 };
 
 /*

@@ -1,0 +1,83 @@
+package main
+
+import (
+	"encoding/json"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/livetrace/livetrace/internal/testtarget"
+)
+
+// TestRecordLibcMalloc runs `livetrace record -p PID -m libc.so.6 -F
+// malloc -F qsort` on a running program: the stock libc has no compiler
+// NOPs, so both are relocating sites. qsort's count is exact; malloc's is
+// at least the program's (libc mallocs too).
+func TestRecordLibcMalloc(t *testing.T) {
+	testtarget.RequireRoot(t)
+	bin := livetraceBinary(t)
+	tp := testtarget.Start(t, testtarget.Build(t, testtarget.LibcCalls, testtarget.ClangNop5, testtarget.NoSites()), "-t", "2")
+	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := testtarget.RunWorkload(tp, 1, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "rec.data")
+	cmd := exec.Command(bin, "record", "-p", strconv.Itoa(tp.Pid()), "-m", "libc.so.6", "-F", "malloc", "-F", "qsort", "-o", out)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	var got strings.Builder
+	for !strings.Contains(got.String(), "tracing ") {
+		n, err := stderr.Read(buf)
+		if err != nil {
+			t.Fatalf("record: %v\n%s", err, got.String())
+		}
+		got.Write(buf[:n])
+	}
+	if !strings.Contains(got.String(), "tracing 2 functions") {
+		t.Errorf("record says %q, want 2 functions", got.String())
+	}
+	want, err := testtarget.RunWorkload(tp, 500, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Process.Signal(syscall.SIGINT)
+	rest := make([]byte, 1<<16)
+	n, _ := stderr.Read(rest)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("record: %v\n%s%s", err, got.String(), rest[:n])
+	}
+	stdout, _, err := runCLI(t, "report", "--json", "-i", out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows []struct {
+		Function string `json:"function"`
+		Calls    uint64 `json:"calls"`
+	}
+	if err := json.Unmarshal([]byte(stdout), &rows); err != nil {
+		t.Fatal(err)
+	}
+	calls := map[string]uint64{}
+	for _, r := range rows {
+		calls[r.Function] = r.Calls
+	}
+	if calls["qsort"] != want["qsort"] {
+		t.Errorf("qsort: report says %d calls, the program counted %d", calls["qsort"], want["qsort"])
+	}
+	if calls["malloc"] < want["malloc"] || calls["malloc"] > want["malloc"]+100 {
+		t.Errorf("malloc: report says %d calls, the program counted %d", calls["malloc"], want["malloc"])
+	}
+	testtarget.CheckText(t, tp.Pid())
+}

@@ -1,0 +1,229 @@
+package elfsite
+
+import (
+	"debug/elf"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/livetrace/livetrace/internal/reloc"
+)
+
+// FormReloc is a function without a compiler NOP whose first instructions
+// can be displaced into a stub and replaced by `jmp stub` (package reloc,
+// docs/DESIGN-NOTES.md): a relocating site. Such sites come from
+// [Spec.RelocFunc] and [Spec.RelocSites], never from [Spec.Sites].
+const FormReloc Form = 100
+
+// RelocRefusal is a function without a compiler NOP that cannot be traced
+// by relocation, and why.
+type RelocRefusal struct {
+	// Func is the index in [Spec.Funcs] of the function.
+	Func int
+	// Addr is its link-time address.
+	Addr uint64
+	// Reason says why, for example "branch target at +3" (see
+	// reloc.Refusal).
+	Reason string
+}
+
+// Limits of the relocation analysis.
+const (
+	maxRelocFunc = 4 << 20   // bytes of one function analyzed
+	maxRelocText = 256 << 20 // bytes of executable segments kept for it
+)
+
+// relocState is what Parse keeps for the relocation analysis, done on
+// demand: the bytes of the executable segments, and the ranges of the
+// executable sections. Its lazy parts are guarded by sync.Once.
+type relocState struct {
+	segs   []textSeg
+	secs   [][2]uint64 // executable sections, not PLT
+	plts   [][2]uint64 // .plt* sections
+	nop    map[uint64]bool
+	entry  uint64 // e_entry of an executable, or 0
+	tooBig bool
+
+	extraOnce sync.Once
+	extra     []uint64
+
+	allOnce sync.Once
+	all     []Site
+	refused []RelocRefusal
+}
+
+type textSeg struct {
+	vaddr uint64
+	b     []byte
+}
+
+// prepareReloc reads what the relocation analysis needs, once, while the
+// file is open.
+func (p *parser) prepareReloc() {
+	rs := &relocState{nop: make(map[uint64]bool, len(p.spec.Sites)), entry: p.f.Entry}
+	p.spec.reloc = rs
+	// Functions with a NOP site (of any form), by address: its entry, the
+	// site, or the function that contains it.
+	for _, st := range p.spec.Sites {
+		rs.nop[st.Addr] = true
+		if st.Endbr {
+			rs.nop[st.Addr-4] = true
+		}
+		if st.Func >= 0 {
+			rs.nop[p.spec.Funcs[st.Func].Addr] = true
+		}
+	}
+	for _, sec := range p.f.Sections {
+		if sec.Flags&elf.SHF_EXECINSTR == 0 || sec.Type != elf.SHT_PROGBITS {
+			continue
+		}
+		r := [2]uint64{sec.Addr, sec.Addr + sec.Size}
+		if strings.HasPrefix(sec.Name, ".plt") {
+			rs.plts = append(rs.plts, r)
+		} else {
+			rs.secs = append(rs.secs, r)
+		}
+	}
+	total := uint64(0)
+	for _, l := range p.spec.Loads {
+		if l.Flags&elf.PF_X == 0 {
+			continue
+		}
+		total += l.Filesz
+		if total > maxRelocText || p.size >= 0 && total > 2*uint64(p.size) {
+			rs.tooBig, rs.segs = true, nil
+			return
+		}
+		b := make([]byte, l.Filesz)
+		if n, err := p.r.ReadAt(b, int64(l.Offset)); n < len(b) && err != nil {
+			b = b[:n]
+		}
+		rs.segs = append(rs.segs, textSeg{vaddr: l.Vaddr, b: b})
+	}
+}
+
+// text returns the n file bytes at link-time address addr in an executable
+// segment.
+func (rs *relocState) text(addr, n uint64) ([]byte, bool) {
+	for _, s := range rs.segs {
+		if addr >= s.vaddr && addr-s.vaddr <= uint64(len(s.b)) && uint64(len(s.b))-(addr-s.vaddr) >= n {
+			o := addr - s.vaddr
+			return s.b[o : o+n : o+n], true
+		}
+	}
+	return nil, false
+}
+
+// extraTargets returns the direct branch targets of every executable
+// section: branches into a function from outside its bytes (cold parts,
+// shared tails), computed once.
+func (rs *relocState) extraTargets() []uint64 {
+	rs.extraOnce.Do(func() {
+		var ts []uint64
+		for _, r := range rs.secs {
+			if b, ok := rs.text(r[0], r[1]-r[0]); ok {
+				ts = append(ts, reloc.BranchTargets(b, r[0])...)
+			}
+		}
+		sort.Slice(ts, func(i, j int) bool { return ts[i] < ts[j] })
+		rs.extra = ts
+	})
+	return rs.extra
+}
+
+// RelocFunc analyzes function Funcs[i] for relocation. ok is false when
+// the function is no candidate: it has a NOP site (see Sites), is a PLT
+// stub, or i is not the first alias at its address. Otherwise it returns
+// either the relocating site ([FormReloc], with its Plan at link-time
+// addresses) or why the function cannot be traced. Safe for concurrent
+// use.
+func (s *Spec) RelocFunc(i int) (st Site, why string, ok bool) {
+	rs := s.reloc
+	if rs == nil || i < 0 || i >= len(s.Funcs) || i > 0 && s.Funcs[i-1].Addr == s.Funcs[i].Addr {
+		return Site{}, "", false
+	}
+	f := s.Funcs[i]
+	if rs.nop[f.Addr] || rs.nop[f.Addr+4] {
+		return Site{}, "", false
+	}
+	for _, r := range rs.plts {
+		if f.Addr >= r[0] && f.Addr < r[1] {
+			return Site{}, "", false
+		}
+	}
+	switch {
+	case rs.entry != 0 && f.Addr == rs.entry:
+		// _start runs with argc at [rsp] and no return address, and the
+		// stack aligned as no function entry is.
+		return Site{}, "the program's entry point: nothing calls it", true
+	case f.Size == 0:
+		return Site{}, "symbol without a size", true
+	case f.Size > maxRelocFunc:
+		return Site{}, fmt.Sprintf("function of %d bytes, more than the %d analyzed", f.Size, maxRelocFunc), true
+	case f.IFunc:
+		return Site{}, "an IFUNC resolver (trace the implementation it picks)", true
+	case rs.tooBig:
+		return Site{}, fmt.Sprintf("executable segments of more than %d bytes", maxRelocText), true
+	}
+	code, found := rs.text(f.Addr, f.Size)
+	if !found {
+		return Site{}, "bytes outside the executable segments", true
+	}
+	plan, err := reloc.Analyze(code, f.Addr, reloc.Options{ExtraTargets: rs.extraTargets()})
+	if err != nil {
+		return Site{}, err.Error(), true
+	}
+	st = Site{Addr: plan.Entry, Form: FormReloc, Endbr: plan.Endbr, Func: i, Table: TableSymbol, Plan: plan}
+	copy(st.Bytes[:], plan.Orig())
+	if strings.HasPrefix(f.Raw, "_dl_runtime_resolve") || strings.HasPrefix(f.Raw, "_dl_runtime_profile") {
+		// The dynamic linker's lazy binding entry: PLT0 jumps there with
+		// two words pushed over the return address.
+		st.GraphUnsafe = "return address not at [rsp]: the dynamic linker's PLT resolver is entered by a jmp with two words pushed"
+	} else if len(plan.EntryBranches) > 0 {
+		// The function branches back to its entry, where [rsp] is
+		// whatever it pushed: graph mode would hijack the wrong slot.
+		st.GraphUnsafe = fmt.Sprintf("return address not at [rsp]: the function branches back to its entry from +%d", plan.EntryBranches[0]-f.Addr)
+	}
+	return st, "", true
+}
+
+// RelocSites analyzes every function without a NOP site (once; the result
+// is cached): the relocating sites, sorted by Addr, and the functions
+// refused, with their reasons. Safe for concurrent use.
+func (s *Spec) RelocSites() ([]Site, []RelocRefusal) {
+	rs := s.reloc
+	if rs == nil {
+		return nil, nil
+	}
+	rs.allOnce.Do(func() {
+		for i := range s.Funcs {
+			st, why, ok := s.RelocFunc(i)
+			switch {
+			case !ok:
+			case why != "":
+				rs.refused = append(rs.refused, RelocRefusal{Func: i, Addr: s.Funcs[i].Addr, Reason: why})
+			default:
+				rs.all = append(rs.all, st)
+			}
+		}
+	})
+	return rs.all, rs.refused
+}
+
+// Traceable returns the sites livetrace can patch: the NOP sites
+// ([Spec.Patchable]) and, unless onlyNop, the relocating ones, sorted by
+// address.
+func (s *Spec) Traceable(onlyNop bool) []Site {
+	out := s.Patchable()
+	if onlyNop {
+		return out
+	}
+	all, _ := s.RelocSites()
+	if len(all) == 0 {
+		return out
+	}
+	out = append(out, all...)
+	sort.Slice(out, func(i, j int) bool { return out[i].Addr < out[j].Addr })
+	return out
+}

@@ -1,0 +1,121 @@
+/*
+ * libccalls.c: threads that call functions of libc.so.6 a known number of
+ * times, for tracing a stock libc built without tracing flags.
+ *
+ * Arguments: "-t N" sets the number of worker threads (default 4).
+ *
+ * Protocol (one command per line on stdin, replies on stdout, flushed):
+ *   on start, after the worker threads exist and are parked: "ready"
+ *   "run N": every worker runs N iterations of: strtol once, qsort once
+ *            (8 ints, a comparator of ours), malloc once and free once;
+ *            when all are done:
+ *            done {"strtol":A,"qsort":B,"malloc":C,"free":D}
+ *            the calls the workers made since the previous report.
+ *   "quit", or EOF on stdin: exit 0.
+ *   anything else: "error unknown command".
+ *
+ * libc calls malloc and free itself (stdio, thread creation): a tracer of
+ * malloc sees at least the counts reported. Nothing in libc calls the
+ * exported strtol or qsort while the workers run.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static unsigned long n_strtol, n_qsort, n_malloc, n_free;
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+static long generation, iterations;
+static int running;
+volatile long sink;
+const char *volatile number = "12345"; /* not a constant: compilers fold strtol of one */
+void *volatile sinkp; /* keeps the compiler from eliding malloc and free */
+
+static int cmp_int(const void *a, const void *b)
+{
+	int x = *(const int *)a, y = *(const int *)b;
+	return (x > y) - (x < y);
+}
+
+static void pattern(void)
+{
+	char *end;
+	int v[8] = {5, 3, 7, 1, 8, 2, 6, 4};
+	sink += strtol(number, &end, 10);
+	__atomic_fetch_add(&n_strtol, 1, __ATOMIC_RELAXED);
+	qsort(v, 8, sizeof v[0], cmp_int);
+	__atomic_fetch_add(&n_qsort, 1, __ATOMIC_RELAXED);
+	char *p = malloc(32);
+	__atomic_fetch_add(&n_malloc, 1, __ATOMIC_RELAXED);
+	p[0] = 1;
+	sinkp = p;
+	sink += v[0];
+	free(p);
+	__atomic_fetch_add(&n_free, 1, __ATOMIC_RELAXED);
+}
+
+static void *worker(void *arg)
+{
+	long seen = 0;
+	(void)arg;
+	for (;;) {
+		pthread_mutex_lock(&mu);
+		while (generation == seen)
+			pthread_cond_wait(&cv, &mu);
+		seen = generation;
+		long n = iterations;
+		pthread_mutex_unlock(&mu);
+		for (long i = 0; i < n; i++)
+			pattern();
+		pthread_mutex_lock(&mu);
+		running--;
+		pthread_cond_broadcast(&cv);
+		pthread_mutex_unlock(&mu);
+	}
+	return NULL;
+}
+
+int main(int argc, char **argv)
+{
+	int nthreads = 4;
+	if (argc == 3 && strcmp(argv[1], "-t") == 0)
+		nthreads = atoi(argv[2]);
+	if (nthreads < 1 || nthreads > 1024) {
+		fprintf(stderr, "libccalls: bad thread count %d: use -t 1..1024\n", nthreads);
+		return 2;
+	}
+	for (int i = 0; i < nthreads; i++) {
+		pthread_t t;
+		if (pthread_create(&t, NULL, worker, NULL) != 0) {
+			fprintf(stderr, "libccalls: pthread_create failed\n");
+			return 1;
+		}
+	}
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	printf("ready\n");
+	char line[128];
+	while (fgets(line, sizeof line, stdin)) {
+		long n;
+		if (sscanf(line, "run %ld", &n) == 1) {
+			pthread_mutex_lock(&mu);
+			iterations = n;
+			running = nthreads;
+			generation++;
+			pthread_cond_broadcast(&cv);
+			while (running > 0)
+				pthread_cond_wait(&cv, &mu);
+			pthread_mutex_unlock(&mu);
+			unsigned long a = __atomic_exchange_n(&n_strtol, 0, __ATOMIC_RELAXED);
+			unsigned long b = __atomic_exchange_n(&n_qsort, 0, __ATOMIC_RELAXED);
+			unsigned long c = __atomic_exchange_n(&n_malloc, 0, __ATOMIC_RELAXED);
+			unsigned long d = __atomic_exchange_n(&n_free, 0, __ATOMIC_RELAXED);
+			printf("done {\"strtol\":%lu,\"qsort\":%lu,\"malloc\":%lu,\"free\":%lu}\n", a, b, c, d);
+		} else if (strcmp(line, "quit\n") == 0) {
+			return 0;
+		} else {
+			printf("error unknown command\n");
+		}
+	}
+	return 0;
+}

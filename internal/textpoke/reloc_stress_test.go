@@ -1,0 +1,272 @@
+package textpoke
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"math/rand"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/livetrace/livetrace/internal/elfsite"
+	"github.com/livetrace/livetrace/internal/proc"
+	"github.com/livetrace/livetrace/internal/reloc"
+	"github.com/livetrace/livetrace/internal/testtarget"
+	"golang.org/x/sys/unix"
+)
+
+// relocStubSize is the slot of one counting relocation stub:
+// `lock incq counter(%rip)`, the displaced instructions, the jump back.
+const relocStubSize = 64
+
+// TestStressReloc flips random subsets of the functions of a stress
+// program built without tracing flags between their original first
+// instructions and `jmp stub` (regions, written in stop mode) while 4
+// threads call every function in a loop. Each stub counts its calls. The
+// program's results must equal an untraced run, at checkpoints every call
+// to an enabled function must have been counted and none to a disabled one,
+// and after RestoreAll the text is the file's.
+func TestStressReloc(t *testing.T) {
+	testtarget.RequireRoot(t)
+	toggles := 100
+	if os.Getenv("LIVETRACE_SOAK") != "" {
+		toggles = 2000
+	}
+	for _, form := range []testtarget.Form{testtarget.ClangNop5, testtarget.GccMcount} {
+		t.Run(string(form), func(t *testing.T) {
+			stressReloc(t, form, 300, toggles)
+		})
+	}
+}
+
+func stressReloc(t *testing.T, form testtarget.Form, nfn, toggles int) {
+	bin := testtarget.Build(t, "stress", form, testtarget.Funcs(nfn), testtarget.NoSites())
+	tp := testtarget.Start(t, bin, "-t", "4")
+	if _, err := tp.Expect("ready", 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	st := &stressTarget{tp: tp, nfn: nfn}
+	base2, _ := st.run(t, 2)
+	baseRun1, _ := st.run(t, 1)
+	st.run(t, 0)
+
+	mods, err := elfsite.LiveModules(tp.Pid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mod *elfsite.Module
+	for _, m := range mods {
+		if strings.HasSuffix(strings.TrimSuffix(m.Path, " (deleted)"), bin[strings.LastIndexByte(bin, '/'):]) {
+			mod = m
+		}
+	}
+	if mod == nil {
+		t.Fatal("the stress program's module is not mapped")
+	}
+	p, e := st.attach(t, Options{})
+
+	// The relocating sites of fn_*, analyzed again at runtime addresses.
+	type site struct {
+		fn   int // index of fn_NNNNN
+		plan *reloc.Plan
+	}
+	var sites []site
+	refused := 0
+	relocSites, relocRefused := mod.Spec.RelocSites()
+	for _, rs := range relocSites {
+		f := mod.Spec.Funcs[rs.Func]
+		if !strings.HasPrefix(f.Name, "fn_") {
+			continue
+		}
+		i, err := strconv.Atoi(strings.TrimLeft(f.Name[3:], "0") + "0")
+		if err != nil || i/10 >= nfn {
+			continue
+		}
+		code := make([]byte, f.Size)
+		if err := p.ReadMem(mod.Runtime(f.Addr), code); err != nil {
+			t.Fatal(err)
+		}
+		plan, err := reloc.Analyze(code, mod.Runtime(f.Addr), reloc.Options{})
+		if err != nil || plan.Len != rs.Plan.Len || len(plan.EntryBranches) > 0 || 8+plan.MaxStubLen() > relocStubSize {
+			refused++
+			continue
+		}
+		sites = append(sites, site{fn: i / 10, plan: plan})
+	}
+	for _, r := range relocRefused {
+		if strings.HasPrefix(mod.Spec.Funcs[r.Func].Name, "fn_") {
+			refused++
+		}
+	}
+	t.Logf("%d functions relocatable, %d refused", len(sites), refused)
+	if len(sites) < nfn/2 {
+		t.Fatalf("only %d of %d functions relocatable", len(sites), nfn)
+	}
+
+	// Stubs and counters, within rel32 reach of the module.
+	stubsSize := uint64(len(sites) * relocStubSize)
+	stubsSize = (stubsSize + 4095) &^ 4095
+	ctrSize := uint64((len(sites)*8 + 4095) &^ 4095)
+	hint := (mod.Mappings[len(mod.Mappings)-1].End + 64<<20) &^ 4095
+	var base uint64
+	{
+		r, err := p.HoldRemote()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for try := 0; try < 16 && base == 0; try++ {
+			a := hint + uint64(try)<<24
+			got, err := r.Syscall(proc.SysMmap, a, stubsSize+ctrSize, unix.PROT_READ|unix.PROT_WRITE,
+				unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_FIXED_NOREPLACE, ^uint64(0), 0)
+			if err == nil && got == a {
+				base = a
+			}
+		}
+		if base == 0 {
+			r.Release()
+			t.Fatal("no room for the stubs near the module")
+		}
+		code := make([]byte, stubsSize)
+		for k, s := range sites {
+			at := base + uint64(k*relocStubSize)
+			ctr := base + stubsSize + uint64(8*k)
+			b := []byte{0xf0, 0x48, 0xff, 0x05}
+			b = binary.LittleEndian.AppendUint32(b, uint32(int32(int64(ctr-(at+8)))))
+			body, err := s.plan.Relocate(at + 8)
+			if err != nil {
+				r.Release()
+				t.Fatal(err)
+			}
+			copy(code[k*relocStubSize:], append(b, body...))
+		}
+		if err := p.WriteMem(base, code); err != nil {
+			r.Release()
+			t.Fatal(err)
+		}
+		if _, err := r.SyscallOK("mprotect", proc.SysMprotect, base, stubsSize, unix.PROT_READ|unix.PROT_EXEC); err != nil {
+			r.Release()
+			t.Fatal(err)
+		}
+		if err := r.Release(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	counters := func() []uint64 {
+		b := make([]byte, 8*len(sites))
+		if err := p.ReadMem(base+stubsSize, b); err != nil {
+			t.Fatal(err)
+		}
+		c := make([]uint64, len(sites))
+		for k := range c {
+			c[k] = binary.LittleEndian.Uint64(b[8*k:])
+		}
+		return c
+	}
+
+	jmps := make([][]byte, len(sites))
+	for k, s := range sites {
+		jmps[k], err = s.plan.Patch(base + uint64(k*relocStubSize))
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	cur := make([][]byte, len(sites))
+	for k, s := range sites {
+		cur[k] = s.plan.Orig()
+	}
+	enabled := make([]bool, len(sites))
+	rng := rand.New(rand.NewSource(int64(len(form))))
+	hammer := func() {
+		if err := testtarget.HammerStress(tp, 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stop := func() {
+		_, sum, err := testtarget.StopStress(tp, 30*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fmt.Sprint(sum) != baseRun1 {
+			t.Fatalf("hammer checksum %d, untraced %s", sum, baseRun1)
+		}
+	}
+	check := func() {
+		before := counters()
+		sum, _ := st.run(t, 2)
+		if sum != base2 {
+			t.Fatalf("checksum %s differs from the untraced run %s", sum, base2)
+		}
+		after := counters()
+		for k := range sites {
+			want := uint64(0)
+			if enabled[k] {
+				want = 2 * 4
+			}
+			if got := after[k] - before[k]; got != want {
+				t.Fatalf("fn_%05d (enabled %v): counted %d calls, want %d", sites[k].fn, enabled[k], got, want)
+			}
+		}
+	}
+
+	var total Stats
+	hammer()
+	for n := 0; n < toggles; n++ {
+		k := 1 + rng.Intn(len(sites))
+		if n%20 == 0 {
+			k = len(sites)
+		}
+		var ps []Patch
+		for _, i := range rng.Perm(len(sites))[:k] {
+			nw := jmps[i]
+			if enabled[i] {
+				nw = sites[i].plan.Orig()
+			}
+			ps = append(ps, Patch{Addr: sites[i].plan.Entry, Old: cur[i], New: nw, Region: true})
+			cur[i] = nw
+			enabled[i] = !enabled[i]
+		}
+		stats, err := e.Apply(ps)
+		if err != nil {
+			t.Fatalf("batch %d: %v", n, err)
+		}
+		if stats.Mode != ModeStop {
+			t.Fatalf("batch %d: mode %v, want stop for regions", n, stats.Mode)
+		}
+		total.Sites += stats.Sites
+		total.Paused += stats.Paused
+		if n%20 == 19 {
+			stop()
+			check()
+			hammer()
+		}
+	}
+	stop()
+	check()
+	t.Logf("%d batches, %d region writes, threads paused %v in all", toggles, total.Sites, total.Paused)
+
+	if _, err := e.RestoreAll(); err != nil {
+		t.Fatal(err)
+	}
+	for k, s := range sites {
+		got := make([]byte, s.plan.Len)
+		if err := p.ReadMem(s.plan.Entry, got); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, s.plan.Orig()) {
+			t.Fatalf("fn_%05d at %#x holds % x after restore, file has % x", s.fn, s.plan.Entry, got, s.plan.Orig())
+		}
+		if k > 20 {
+			break // CheckText covers the rest
+		}
+	}
+	if err := p.Detach(); err != nil {
+		t.Fatal(err)
+	}
+	testtarget.CheckText(t, tp.Pid())
+	if sum, _ := st.run(t, 2); sum != base2 {
+		t.Fatal("checksum changed after restore")
+	}
+}
