@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/binary"
 	"errors"
@@ -11,7 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -30,6 +28,16 @@ import (
 // restore` must find the agent (unless record died before injecting it)
 // and undo it; and then the target's text and mappings must be exactly as
 // before the first attach. 12 kills, 100 with LIVETRACE_SOAK=1.
+//
+// Half the SIGKILLs land uniformly over the whole attach (from exec to the
+// end of patching, measured first), the others during recording. The only
+// moments they avoid are the two remote syscalls that put the agent in
+// before its SIGTRAP backstop can rescue a borrowed thread (see
+// docs/DESIGN-NOTES.md, "A tracer killed with SIGKILL must not strand a
+// borrowed thread"): record is frozen with SIGSTOP at the chosen moment,
+// and if its stderr (a file, so complete once it is frozen) shows it
+// between "inject: unprotected syscalls start" and "inject: gadget in",
+// it runs on to the latter and is killed there.
 func TestTracerDeath(t *testing.T) {
 	testtarget.RequireRoot(t)
 	bin := livetraceBinary(t)
@@ -52,82 +60,111 @@ func TestTracerDeath(t *testing.T) {
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(seed, 1))
 	sigs := []syscall.Signal{syscall.SIGKILL, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGTERM}
-	restored, caught := 0, 0
-	for i := range kills {
-		sig := sigs[i%len(sigs)]
-		graph := i/len(sigs)%2 == 1
-		// Half the kills land in the attach and patch phase (tens of
-		// milliseconds here), half while recording.
-		delay := time.Duration(rng.IntN(60)) * time.Millisecond
-		if rng.IntN(2) == 1 {
-			delay = time.Duration(60+rng.IntN(340)) * time.Millisecond
-		}
-		var errb lockedLines
-		restoredBy := ""
-		what := func() string {
-			return sig.String() + " after " + delay.String() + map[bool]string{false: " (entry)", true: " (graph)"}[graph] +
-				" [record's last words: " + errb.last() + "] [" + restoredBy + "]"
-		}
-		if err := testtarget.HammerStress(tp, 10*time.Second); err != nil {
+	start := func(graph bool) (*exec.Cmd, string, time.Time) {
+		errPath := filepath.Join(t.TempDir(), "stderr")
+		ef, err := os.Create(errPath)
+		if err != nil {
 			t.Fatal(err)
 		}
+		defer ef.Close()
 		args := []string{"record", "-p", pid, "-o", filepath.Join(t.TempDir(), "rec.data")}
 		if graph {
 			args = append(args, "--graph")
 		}
 		cmd := exec.Command(bin, args...)
 		cmd.Env = append(os.Environ(), "LIVETRACE_DEBUG_TIMING=1")
-		stderr, err := cmd.StderrPipe()
-		if err != nil {
+		cmd.Stderr = ef
+		if err := testtarget.HammerStress(tp, 10*time.Second); err != nil {
 			t.Fatal(err)
 		}
+		t0 := time.Now()
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		agentIn := make(chan struct{})
-		readDone := make(chan struct{})
-		go func() {
-			defer close(readDone)
-			sc := bufio.NewScanner(stderr)
-			in := false
-			for sc.Scan() {
-				errb.add(sc.Text())
-				if !in && strings.Contains(sc.Text(), "agent and backstop in") {
-					in = true
-					close(agentIn)
-				}
+		return cmd, errPath, t0
+	}
+	said := func(path, what string) bool {
+		b, _ := os.ReadFile(path)
+		return strings.Contains(string(b), what)
+	}
+	// The attach time, from exec to the end of patching, under load.
+	var attach time.Duration
+	for graph := range 2 {
+		cmd, errPath, t0 := start(graph == 1)
+		for !said(errPath, "session: checkpoint") {
+			if time.Since(t0) > 30*time.Second {
+				_ = cmd.Process.Kill()
+				t.Fatalf("record did not attach in 30s")
 			}
-		}()
+			time.Sleep(200 * time.Microsecond)
+		}
+		attach = max(attach, time.Since(t0))
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		if err := waitTimeout(cmd, closedChan, 60*time.Second); err != nil {
+			b, _ := os.ReadFile(errPath)
+			t.Fatalf("record: %v\n%s", err, b)
+		}
+		if _, _, err := testtarget.StopStress(tp, 30*time.Second); err != nil {
+			t.Fatalf("the target did not survive a recording: %v", err)
+		}
+	}
+	t.Logf("attach takes %v", attach)
+	restored, caught, deferred, inAttach := 0, 0, 0, 0
+	for i := range kills {
+		sig := sigs[i%len(sigs)]
+		graph := i/len(sigs)%2 == 1
+		// Half the kills land in the attach and patch phase, half while
+		// recording.
+		var delay time.Duration
+		if rng.IntN(2) == 0 {
+			delay = time.Duration(rng.Int64N(int64(attach)))
+		} else {
+			delay = attach + time.Duration(rng.IntN(300))*time.Millisecond
+		}
+		restoredBy, note := "", ""
+		cmd, errPath, t0 := start(graph)
+		what := func() string {
+			b, _ := os.ReadFile(errPath)
+			lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+			return sig.String() + " after " + delay.String() + note + map[bool]string{false: " (entry)", true: " (graph)"}[graph] +
+				" [record's last words: " + lines[len(lines)-1] + "] [" + restoredBy + "]"
+		}
+		time.Sleep(time.Until(t0.Add(delay)))
 		if sig == syscall.SIGKILL {
-			// Nothing can clean up after SIGKILL, and the dozen remote
-			// syscalls that put the agent in run unprotected (see
-			// docs/DESIGN-NOTES.md, TestRecordKilled): SIGKILL comes at
-			// a random moment after them.
-			delay = time.Duration(rng.IntN(300)) * time.Millisecond
-			select {
-			case <-agentIn:
-			case <-readDone:
-				t.Fatalf("%s: record ended before the agent was in", what())
+			// Freeze record, and see where it is.
+			_ = cmd.Process.Signal(syscall.SIGSTOP)
+			waitStopped(t, cmd.Process.Pid)
+			if said(errPath, "inject: unprotected syscalls start") && !said(errPath, "inject: gadget in") {
+				_ = cmd.Process.Signal(syscall.SIGCONT)
+				for !said(errPath, "inject: gadget in") && !said(errPath, "Error") && time.Since(t0) < 30*time.Second {
+					time.Sleep(20 * time.Microsecond)
+				}
+				deferred++
+				note = " (deferred past the unprotected syscalls)"
+			}
+			if !said(errPath, "session: checkpoint") {
+				inAttach++
 			}
 		}
-		time.Sleep(delay)
 		_ = cmd.Process.Signal(sig)
-		werr := waitTimeout(cmd, readDone, 60*time.Second)
+		werr := waitTimeout(cmd, closedChan, 60*time.Second)
+		b, _ := os.ReadFile(errPath)
+		out := string(b)
 		var ee *exec.ExitError
 		diedOfIt := errors.As(werr, &ee) && ee.ProcessState.Sys().(syscall.WaitStatus).Signal() == sig
 		// Before main runs, the Go runtime answers SIGQUIT with a
 		// goroutine dump and exit status 2; livetrace has done nothing.
 		diedOfIt = diedOfIt || sig == syscall.SIGQUIT && errors.As(werr, &ee) && ee.ExitCode() == 2 &&
-			strings.HasPrefix(errb.all(), "SIGQUIT: quit") && !strings.Contains(errb.all(), "session: ")
+			strings.HasPrefix(out, "SIGQUIT: quit") && !strings.Contains(out, "session: ")
 		switch {
 		case sig == syscall.SIGKILL || diedOfIt:
 			// A signal that arrives before the Go runtime installed its
 			// handlers kills record like SIGKILL does.
-			if sig != syscall.SIGKILL && strings.Contains(errb.all(), "session: ") {
-				t.Fatalf("%s: record died of it after it started: %v\n%s", what(), werr, errb.all())
+			if sig != syscall.SIGKILL && strings.Contains(out, "session: ") {
+				t.Fatalf("%s: record died of it after it started: %v\n%s", what(), werr, out)
 			}
 		case werr != nil:
-			t.Fatalf("%s: record: %v\n%s", what(), werr, errb.all())
+			t.Fatalf("%s: record: %v\n%s", what(), werr, out)
 		default:
 			caught++
 		}
@@ -137,7 +174,7 @@ func TestTracerDeath(t *testing.T) {
 		}
 		if o != nil {
 			if sig != syscall.SIGKILL && !diedOfIt {
-				t.Fatalf("%s: record ended (%v) but left its agent at %#x\n%s", what(), werr, o.Base, errb.all())
+				t.Fatalf("%s: record ended (%v) but left its agent at %#x\n%s", what(), werr, o.Base, out)
 			}
 			out, stderr, err := runCLIBin(bin, "restore", "-p", pid)
 			if err != nil || !strings.Contains(out, "restored ") {
@@ -145,9 +182,9 @@ func TestTracerDeath(t *testing.T) {
 			}
 			restored++
 			restoredBy = strings.TrimSpace(out)
-			if i < 4 || testing.Verbose() && os.Getenv("LIVETRACE_SOAK") == "1" {
-				t.Logf("%s", what())
-			}
+		}
+		if i < 4 || testing.Verbose() && os.Getenv("LIVETRACE_SOAK") == "1" {
+			t.Logf("%s", what())
 		}
 		_, sum, err := testtarget.StopStress(tp, 30*time.Second)
 		if err != nil {
@@ -162,34 +199,48 @@ func TestTracerDeath(t *testing.T) {
 			t.Fatalf("%s: the target is not as it was", what())
 		}
 	}
-	t.Logf("%d kills survived: %d restored after SIGKILL, %d caught by record", kills, restored, caught)
+	t.Logf("%d kills survived: %d restored after SIGKILL, %d caught by record; %d SIGKILLs during the attach, %d deferred past the unprotected syscalls",
+		kills, restored, caught, inAttach, deferred)
 }
 
-// lockedLines collects the lines of a stream read by another goroutine.
-type lockedLines struct {
-	mu    sync.Mutex
-	lines []string
-}
+// closedChan is a closed channel, for waitTimeout on a command whose
+// output goes to a file.
+var closedChan = func() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}()
 
-func (l *lockedLines) add(s string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.lines = append(l.lines, s)
-}
-
-func (l *lockedLines) all() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Join(l.lines, "\n")
-}
-
-func (l *lockedLines) last() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if len(l.lines) == 0 {
-		return ""
+// waitStopped waits until every thread of pid is stopped (or pid is gone):
+// then every write(2) it made is complete.
+func waitStopped(t *testing.T, pid int) {
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		tasks, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/task")
+		if err != nil {
+			return
+		}
+		all := true
+		for _, task := range tasks {
+			b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/task/" + task.Name() + "/stat")
+			if err != nil {
+				continue
+			}
+			i := strings.LastIndexByte(string(b), ')')
+			if i < 0 || i+2 >= len(b) {
+				continue
+			}
+			if st := b[i+2]; st != 'T' && st != 't' && st != 'Z' && st != 'X' {
+				all = false
+				break
+			}
+		}
+		if all {
+			return
+		}
+		time.Sleep(50 * time.Microsecond)
 	}
-	return l.lines[len(l.lines)-1]
+	t.Fatalf("record (pid %d) did not stop within 10s of SIGSTOP", pid)
 }
 
 // waitTimeout waits for cmd, whose output pipe's reader closes readDone,

@@ -56,8 +56,8 @@ func buildHarness(t testing.TB) string {
 			return
 		}
 		layout := fmt.Sprintf("#define L_CODE_SIZE %d\n#define L_CTL_OFF %d\n#define L_CTL_SIZE %d\n#define L_PRIV_OFF %d\n#define L_PRIV_SIZE %d\n#define L_SHARED_OFF %d\n"+
-			"#define L_SIGTRAP_OFF %d\n#define L_RESTORER_OFF %d\n#define L_OLD_SIGTRAP_OFF %d\n",
-			CodeSize, CtlOff, CtlSize, PrivOff, PrivSize, SharedOff, SigtrapOff, RestorerOff, PrivOff+PrivOldSigtrapOff)
+			"#define L_SIGTRAP_OFF %d\n#define L_RESTORER_OFF %d\n#define L_OLD_SIGTRAP_OFF %d\n#define L_SHARED_READY_OFF %d\n",
+			CodeSize, CtlOff, CtlSize, PrivOff, PrivSize, SharedOff, SigtrapOff, RestorerOff, PrivOff+PrivOldSigtrapOff, PrivOff+PrivSharedReadyOff)
 		if harnessErr = os.WriteFile(filepath.Join(harnessDir, "layout.h"), []byte(layout), 0o644); harnessErr != nil {
 			return
 		}

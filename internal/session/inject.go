@@ -156,21 +156,54 @@ func (s *Session) inject() (err error) {
 		return s.publishOwner()
 	}
 	anon := unix.MAP_PRIVATE | unix.MAP_ANONYMOUS
-	// The control page first: from then on the owner record in it lists
-	// every mapping that follows (orphan.go).
-	if err := mmap(a.Ctl, agent.CtlSize, unix.PROT_READ|unix.PROT_WRITE, anon, -1, "agent control page"); err != nil {
+	// Until the SIGTRAP backstop is in, a remote syscall runs at a
+	// `syscall` of the vDSO, and a tracer killed by SIGKILL while a thread
+	// is borrowed leaves that thread running on with the tracer's
+	// registers. So the gadget comes first, after two such calls (see
+	// docs/DESIGN-NOTES.md, "A tracer killed with SIGKILL must not strand
+	// a borrowed thread"):
+	//  1. one mmap of the code, the control page and the private region
+	//     (contiguous in agent.ld), RW; the owner record is written into
+	//     the control page as soon as it returns;
+	//  2. the blob is written, and mprotect makes the code R+X (W^X);
+	// then rt_sigaction installs lt_sigtrap through the gadget itself
+	// (safe: a thread left there runs the call, which installs the very
+	// handler that rescues it at the int3), and everything else runs
+	// through the gadget. lt_sigtrap only chains until lt_priv.shared_ready
+	// says the shared memory is there.
+	s.lap("inject: unprotected syscalls start")
+	if err := mmap(a.Base, a.Priv+agent.PrivSize-a.Base, unix.PROT_READ|unix.PROT_WRITE, anon|unix.MAP_NORESERVE, -1, "agent"); err != nil {
 		return err
 	}
-	// A forked child must see the control page as zeros: enabled = 0,
-	// so it never records into the parent's buffers (docs/DESIGN.md §4).
-	if _, err := r.SyscallOK("madvise", proc.SysMadvise, a.Ctl, agent.CtlSize, madvWipeOnFork); err != nil {
+	// Listed as the three regions restore and remove know (they unmap
+	// each on its own, in reverse order).
+	inj.regions = append(inj.regions[:len(inj.regions)-1],
+		remoteRegion{a.Ctl, agent.CtlSize, "agent control page"},
+		remoteRegion{a.Base, agent.CodeSize, "agent code"},
+		remoteRegion{a.Priv, agent.PrivSize, "agent private region"})
+	if err := s.publishOwner(); err != nil {
+		return err
+	}
+	if err := s.p.WriteMem(a.Base, agent.Blob); err != nil {
+		return err
+	}
+	if _, err := r.SyscallOK("mprotect agent", proc.SysMprotect, a.Base, agent.CodeSize, unix.PROT_READ|unix.PROT_EXEC); err != nil {
 		return fmt.Errorf("inject agent: %w", err)
 	}
-	if err := mmap(a.Base, agent.CodeSize, unix.PROT_READ|unix.PROT_WRITE, anon, -1, "agent code"); err != nil {
-		return err
+	if s.backstop() {
+		s.p.SetSyscallGadget(inj.gadget(s.p))
+		s.lap("inject: gadget in")
+		if err := inj.installBackstop(s.p, r); err != nil {
+			s.p.SetSyscallGadget(nil)
+			return err
+		}
 	}
-	if err := mmap(a.Priv, agent.PrivSize, unix.PROT_READ|unix.PROT_WRITE, anon|unix.MAP_NORESERVE, -1, "agent private region"); err != nil {
-		return err
+	s.lap("inject: agent and backstop in")
+	// A forked child must see the control page as zeros: enabled = 0,
+	// so it never records into the parent's buffers (docs/DESIGN.md §4).
+	// Nothing is enabled before this call.
+	if _, err := r.SyscallOK("madvise", proc.SysMadvise, a.Ctl, agent.CtlSize, madvWipeOnFork); err != nil {
+		return fmt.Errorf("inject agent: %w", err)
 	}
 
 	// The shared memory: a memfd made inside the target, mapped by both.
@@ -221,25 +254,6 @@ func (s *Session) inject() (err error) {
 		return fmt.Errorf("inject agent: map the shared memory: %w", err)
 	}
 
-	// The code, W^X: written while RW, then R+X. Then the SIGTRAP
-	// backstop, and from then on remote syscalls run at lt_remote: if the
-	// tracer dies while a thread is borrowed, the handler gives the thread
-	// its registers back. This comes as early as it can: the syscalls
-	// before it (a dozen, a few milliseconds) are the only ones a tracer
-	// killed by SIGKILL can leave a thread stranded in.
-	if err := s.p.WriteMem(a.Base, agent.Blob); err != nil {
-		return err
-	}
-	if _, err := r.SyscallOK("mprotect agent", proc.SysMprotect, a.Base, agent.CodeSize, unix.PROT_READ|unix.PROT_EXEC); err != nil {
-		return fmt.Errorf("inject agent: %w", err)
-	}
-	if s.backstop() {
-		if err := inj.installBackstop(s.p, r); err != nil {
-			return err
-		}
-		s.p.SetSyscallGadget(inj.gadget(s.p))
-	}
-	s.lap("inject: agent and backstop in")
 	// Fill the target's page tables for the buffer now, rather than let
 	// each first touch fault while tracing: a write through
 	// /proc/PID/mem faults the pages in for the target (and zeroes them).
@@ -319,6 +333,10 @@ func (s *Session) inject() (err error) {
 	if err := agent.InitShared(inj.shared, cfg); err != nil {
 		return fmt.Errorf("inject agent: %w", err)
 	}
+	// From now on lt_sigtrap may look up sites in the shared memory.
+	if err := inj.setSharedReady(s.p, true); err != nil {
+		return fmt.Errorf("inject agent: %w", err)
+	}
 	cons, err := agent.NewConsumer(inj.shared)
 	if err != nil {
 		return fmt.Errorf("inject agent: %w", err)
@@ -360,6 +378,16 @@ func (s *Session) backstop() bool {
 	}
 	blocked, ignored, err := proc.SignalMasks(s.pid, unix.SIGTRAP)
 	return err == nil && !blocked && !ignored
+}
+
+// setSharedReady sets or clears lt_priv.shared_ready, which tells
+// lt_sigtrap whether the shared memory (its site table) is mapped.
+func (inj *injection) setSharedReady(p *proc.Process, ready bool) error {
+	var b [8]byte
+	if ready {
+		b[0] = 1
+	}
+	return p.WriteMem(inj.addrs.Priv+agent.PrivSharedReadyOff, b[:])
 }
 
 func (inj *injection) setCtl(p *proc.Process, c agent.Ctl) error {
@@ -410,6 +438,13 @@ func (inj *injection) remove(p *proc.Process) error {
 	var firstErr error
 	if err := inj.uninstallBackstop(p, r); err != nil {
 		firstErr = err
+	}
+	// A handler that stays (see uninstallBackstop) must not look at the
+	// shared memory once it is gone.
+	for _, rg := range inj.regions {
+		if rg.what == "agent private region" {
+			_ = inj.setSharedReady(p, false)
+		}
 	}
 	for i := len(inj.regions) - 1; i >= 0; i-- {
 		rg := inj.regions[i]

@@ -800,10 +800,16 @@ void lt_sigtrap(int sig, void *si, void *uc)
 	u64 *g = (u64 *)uc + UC_GREGS;
 	if (lt_remote_rescue(g))
 		return;
-	u64 site = g[REG_RIP] - 1;
-	const struct lt_site *s = (const struct lt_site *)((char *)&lt_shared + lt_shared.site_off);
-	u64 lo = 0, hi = lt_shared.nsites;
-	if (lt_shared.magic == LT_MAGIC) {
+	/*
+	 * The handler is in before the shared memory is mapped (the tracer
+	 * installs it right after the code, see internal/session/inject.go):
+	 * until the tracer says lt_shared is there, no site can be ours and
+	 * the signal only chains.
+	 */
+	if (__atomic_load_n(&lt_priv.shared_ready, __ATOMIC_ACQUIRE) == 1 && lt_shared.magic == LT_MAGIC) {
+		u64 site = g[REG_RIP] - 1;
+		const struct lt_site *s = (const struct lt_site *)((char *)&lt_shared + lt_shared.site_off);
+		u64 lo = 0, hi = lt_shared.nsites;
 		while (lo < hi) {
 			u64 mid = lo + (hi - lo) / 2;
 			if (s[mid].addr < site)

@@ -206,7 +206,8 @@ struct lt_priv {
 	struct lt_ksigaction old_sigtrap; /* previous SIGTRAP action (tracer writes) */
 	struct lt_remote_save remote;     /* see lt_remote (tracer writes) */
 	struct lt_unwind_real unwind;     /* see lt_hook_raise (tracer writes) */
-	u8 pad[4096 - sizeof(struct lt_ksigaction) - sizeof(struct lt_remote_save) - sizeof(struct lt_unwind_real)];
+	u64 shared_ready;                 /* lt_shared is mapped and formatted (tracer writes) */
+	u8 pad[4096 - sizeof(struct lt_ksigaction) - sizeof(struct lt_remote_save) - sizeof(struct lt_unwind_real) - sizeof(u64)];
 	struct lt_thread threads[LT_MAX_THREADS];
 	struct lt_shadow shadow[LT_MAX_THREADS][LT_SHADOW_DEPTH];
 };

@@ -229,6 +229,14 @@ static void install_backstop(char *base, int app_handler)
 		 (uint64_t)(base + L_RESTORER_OFF), 0};
 	if (syscall(SYS_rt_sigaction, SIGTRAP, &act, base + L_OLD_SIGTRAP_OFF, 8))
 		die("rt_sigaction");
+	/* The tracer installs the handler before the shared memory is
+	 * mapped (here it is PROT_NONE): a SIGTRAP then must only chain. */
+	if (app_handler) {
+		raise(SIGTRAP);
+		if (app_traps != 1)
+			die("SIGTRAP before the shared memory did not reach the app's handler");
+		app_traps = 0;
+	}
 }
 
 static void *trap_thread(void *arg)
@@ -437,6 +445,8 @@ int main(int argc, char **argv)
 	printf("MEMFD %d\n", fd);
 	fflush(stdout);
 	expect("RUN");
+	/* The shared memory is formatted: the backstop may look at it. */
+	__atomic_store_n((unsigned long *)(base + L_SHARED_READY_OFF), 1, __ATOMIC_RELEASE);
 
 	const char *test = argv[2];
 	if (!strcmp(test, "basic"))
