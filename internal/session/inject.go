@@ -433,11 +433,14 @@ func (inj *injection) remove(p *proc.Process) error {
 		return fmt.Errorf("remove agent: %w", err)
 	}
 	defer r.Release()
-	// Tear down through the vDSO again: the gadget and its handler go away.
-	p.SetSyscallGadget(nil)
 	var firstErr error
-	if err := inj.uninstallBackstop(p, r); err != nil {
-		firstErr = err
+	unmap := func(rg remoteRegion) {
+		if _, err := r.SyscallOK("munmap "+rg.what, proc.SysMunmap, rg.addr, rg.size); err != nil && firstErr == nil {
+			firstErr = fmt.Errorf("remove agent: %w", err)
+		}
+	}
+	agentOwn := func(rg remoteRegion) bool {
+		return rg.what == "agent code" || rg.what == "agent control page" || rg.what == "agent private region"
 	}
 	// A handler that stays (see uninstallBackstop) must not look at the
 	// shared memory once it is gone.
@@ -446,13 +449,26 @@ func (inj *injection) remove(p *proc.Process) error {
 			_ = inj.setSharedReady(p, false)
 		}
 	}
+	// The shared memory and the stubs first, still through the gadget: a
+	// tracer killed meanwhile leaves the borrowed thread to the agent's
+	// handler, which gives it its registers back.
 	for i := len(inj.regions) - 1; i >= 0; i-- {
 		rg := inj.regions[i]
-		if inj.keep && (rg.what == "agent code" || rg.what == "agent control page" || rg.what == "agent private region" || rg.what == "stubs") {
+		if agentOwn(rg) || inj.keep && rg.what == "stubs" {
 			continue
 		}
-		if _, err := r.SyscallOK("munmap "+rg.what, proc.SysMunmap, rg.addr, rg.size); err != nil && firstErr == nil {
-			firstErr = fmt.Errorf("remove agent: %w", err)
+		unmap(rg)
+	}
+	// Then through the vDSO: the handler and the gadget go away. These
+	// last calls (the SIGTRAP action, the agent's own pages) are the only
+	// ones of the teardown a SIGKILL can strand a thread in.
+	p.SetSyscallGadget(nil)
+	if err := inj.uninstallBackstop(p, r); err != nil && firstErr == nil {
+		firstErr = err
+	}
+	for i := len(inj.regions) - 1; i >= 0; i-- {
+		if rg := inj.regions[i]; agentOwn(rg) && !inj.keep {
+			unmap(rg)
 		}
 	}
 	if inj.keep && firstErr == nil {
