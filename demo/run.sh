@@ -99,7 +99,7 @@ step_report() {
 	say "$BIN replay -i $DATA | head -30"
 	"$BIN" replay -i "$DATA" | head -30 || true
 	say "$BIN info -i $DATA"
-	"$BIN" info -i "$DATA" | head -16
+	"$BIN" info -i "$DATA"
 }
 
 step_export() {
