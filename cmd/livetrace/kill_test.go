@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -270,6 +271,31 @@ func runCLIBin(bin string, args ...string) (stdout, stderr string, err error) {
 	return o.String(), e.String(), err
 }
 
+// startTracing starts `livetrace ARGS` (a record) and waits until it says
+// it is tracing. It returns the command, its stderr (still to be read on)
+// and what it printed so far.
+func startTracing(t *testing.T, bin string, args ...string) (*exec.Cmd, io.Reader, string) {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	var got strings.Builder
+	for !strings.Contains(got.String(), "tracing ") {
+		n, err := stderr.Read(buf)
+		if err != nil {
+			t.Fatalf("record: %v\n%s", err, got.String())
+		}
+		got.Write(buf[:n])
+	}
+	return cmd, stderr, got.String()
+}
+
 // TestOrphanTurnsOff kills record with SIGKILL and measures the target's
 // throughput (time for a fixed number of passes over 2000 traced
 // functions): untraced; orphaned, within the first second (the buffer is
@@ -321,23 +347,7 @@ func TestOrphanTurnsOff(t *testing.T) {
 	}
 	base := perPass(passes, 5)
 
-	cmd := exec.Command(bin, "record", "-p", pid, "-o", filepath.Join(t.TempDir(), "rec.data"))
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 4096)
-	var got strings.Builder
-	for !strings.Contains(got.String(), "tracing ") {
-		n, err := stderr.Read(buf)
-		if err != nil {
-			t.Fatalf("record: %v\n%s", err, got.String())
-		}
-		got.Write(buf[:n])
-	}
+	cmd, _, _ := startTracing(t, bin, "record", "-p", pid, "-o", filepath.Join(t.TempDir(), "rec.data"))
 	_ = cmd.Process.Kill()
 	_ = cmd.Wait()
 	killed := time.Now()
@@ -417,23 +427,7 @@ func TestRestoreHostile(t *testing.T) {
 	if err := testtarget.HammerStress(tp, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "record", "--graph", "-p", pid, "-o", filepath.Join(t.TempDir(), "rec.data"))
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 4096)
-	var got strings.Builder
-	for !strings.Contains(got.String(), "tracing ") {
-		n, err := stderr.Read(buf)
-		if err != nil {
-			t.Fatalf("record: %v\n%s", err, got.String())
-		}
-		got.Write(buf[:n])
-	}
+	cmd, _, _ := startTracing(t, bin, "record", "--graph", "-p", pid, "-o", filepath.Join(t.TempDir(), "rec.data"))
 	// While record runs, restore must leave its agent alone.
 	if _, e, err := runCLIBin(bin, "restore", "-p", pid); err == nil || !strings.Contains(e, "livetrace pid "+strconv.Itoa(cmd.Process.Pid)) || !strings.Contains(e, "still running") {
 		t.Errorf("restore while record runs: %v %s, want a refusal naming pid %d", err, e, cmd.Process.Pid)
@@ -610,23 +604,7 @@ func TestRestoreCXXGraph(t *testing.T) {
 			}
 			base := throw()
 			snap := testtarget.TakeSnapshot(t, tp.Pid())
-			cmd := exec.Command(bin, "record", "--graph", "-p", pid, "-o", filepath.Join(t.TempDir(), "rec.data"))
-			stderr, err := cmd.StderrPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			buf := make([]byte, 4096)
-			var got strings.Builder
-			for !strings.Contains(got.String(), "tracing ") {
-				n, err := stderr.Read(buf)
-				if err != nil {
-					t.Fatalf("record: %v\n%s", err, got.String())
-				}
-				got.Write(buf[:n])
-			}
+			cmd, _, _ := startTracing(t, bin, "record", "--graph", "-p", pid, "-o", filepath.Join(t.TempDir(), "rec.data"))
 			if l := throw(); l != base {
 				t.Errorf("recorded, the program computed %q, untraced %q", l, base)
 			}
@@ -670,23 +648,7 @@ func TestRestoreHijackedReturn(t *testing.T) {
 		t.Fatal(err)
 	}
 	snap := testtarget.TakeSnapshot(t, tp.Pid())
-	cmd := exec.Command(bin, "record", "--graph", "-F", "sleeper_*", "-p", pid, "-o", filepath.Join(t.TempDir(), "rec.data"))
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 4096)
-	var got strings.Builder
-	for !strings.Contains(got.String(), "tracing ") {
-		n, err := stderr.Read(buf)
-		if err != nil {
-			t.Fatalf("record: %v\n%s", err, got.String())
-		}
-		got.Write(buf[:n])
-	}
+	cmd, _, _ := startTracing(t, bin, "record", "--graph", "-F", "sleeper_*", "-p", pid, "-o", filepath.Join(t.TempDir(), "rec.data"))
 	if err := tp.Send("sleep 1500"); err != nil {
 		t.Fatal(err)
 	}

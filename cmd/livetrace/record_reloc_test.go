@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -28,25 +27,9 @@ func TestRecordLibcMalloc(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := filepath.Join(t.TempDir(), "rec.data")
-	cmd := exec.Command(bin, "record", "-p", strconv.Itoa(tp.Pid()), "-m", "libc.so.6", "-F", "malloc", "-F", "qsort", "-o", out)
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 4096)
-	var got strings.Builder
-	for !strings.Contains(got.String(), "tracing ") {
-		n, err := stderr.Read(buf)
-		if err != nil {
-			t.Fatalf("record: %v\n%s", err, got.String())
-		}
-		got.Write(buf[:n])
-	}
-	if !strings.Contains(got.String(), "tracing 2 functions") {
-		t.Errorf("record says %q, want 2 functions", got.String())
+	cmd, stderr, said := startTracing(t, bin, "record", "-p", strconv.Itoa(tp.Pid()), "-m", "libc.so.6", "-F", "malloc", "-F", "qsort", "-o", out)
+	if !strings.Contains(said, "tracing 2 functions") {
+		t.Errorf("record says %q, want 2 functions", said)
 	}
 	want, err := testtarget.RunWorkload(tp, 500, 30*time.Second)
 	if err != nil {
@@ -56,7 +39,7 @@ func TestRecordLibcMalloc(t *testing.T) {
 	rest := make([]byte, 1<<16)
 	n, _ := stderr.Read(rest)
 	if err := cmd.Wait(); err != nil {
-		t.Fatalf("record: %v\n%s%s", err, got.String(), rest[:n])
+		t.Fatalf("record: %v\n%s%s", err, said, rest[:n])
 	}
 	stdout, _, err := runCLI(t, "report", "--json", "-i", out)
 	if err != nil {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -27,23 +26,7 @@ func TestRestoreReloc(t *testing.T) {
 	if _, err := testtarget.RunWorkload(tp, 1, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "record", "-p", pid, "-F", "work_*", "-F", "lib_add", "-o", filepath.Join(t.TempDir(), "rec.data"))
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 4096)
-	var got strings.Builder
-	for !strings.Contains(got.String(), "tracing ") {
-		n, err := stderr.Read(buf)
-		if err != nil {
-			t.Fatalf("record: %v\n%s", err, got.String())
-		}
-		got.Write(buf[:n])
-	}
+	cmd, _, _ := startTracing(t, bin, "record", "-p", pid, "-F", "work_*", "-F", "lib_add", "-o", filepath.Join(t.TempDir(), "rec.data"))
 	_ = cmd.Process.Kill()
 	_ = cmd.Wait()
 	// The regions still jump to their stubs: the program runs through them.
