@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -48,7 +49,15 @@ func readGOT(t *testing.T, pid int) map[uint64]uint64 {
 // returns its reply: checksum, cleanups and entry counts.
 func throwRound(t *testing.T, tp *testtarget.Process, n int) (string, map[string]uint64) {
 	t.Helper()
-	if err := tp.Send(fmt.Sprintf("throw %d", n)); err != nil {
+	return fixtureRound(t, tp, fmt.Sprintf("throw %d", n), "exc::", "sum", "cleanups")
+}
+
+// fixtureRound sends cmd to a fixture that answers "done k=v ...", and
+// returns the reply and its counts by function (prefix+k), leaving out
+// the keys in skip.
+func fixtureRound(t *testing.T, tp *testtarget.Process, cmd, prefix string, skip ...string) (string, map[string]uint64) {
+	t.Helper()
+	if err := tp.Send(cmd); err != nil {
 		t.Fatal(err)
 	}
 	line, err := tp.Expect("done ", 30*time.Second)
@@ -61,14 +70,14 @@ func throwRound(t *testing.T, tp *testtarget.Process, n int) (string, map[string
 		if !ok {
 			t.Fatalf("bad reply %q", line)
 		}
-		if k == "sum" || k == "cleanups" {
+		if slices.Contains(skip, k) {
 			continue
 		}
 		n, err := strconv.ParseUint(v, 10, 64)
 		if err != nil {
 			t.Fatalf("bad reply %q", line)
 		}
-		counts["exc::"+k] += n
+		counts[prefix+k] += n
 	}
 	return line, counts
 }

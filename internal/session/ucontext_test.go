@@ -3,7 +3,6 @@ package session
 import (
 	"fmt"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -16,29 +15,7 @@ import (
 // its entry counts by function.
 func ucRound(t *testing.T, tp *testtarget.Process, n int) (string, map[string]uint64) {
 	t.Helper()
-	if err := tp.Send(fmt.Sprintf("run %d", n)); err != nil {
-		t.Fatal(err)
-	}
-	line, err := tp.Expect("done ", 30*time.Second)
-	if err != nil {
-		t.Fatalf("%v; stderr: %s", err, tp.Stderr())
-	}
-	counts := map[string]uint64{}
-	for _, f := range strings.Fields(line)[1:] {
-		k, v, ok := strings.Cut(f, "=")
-		if !ok {
-			t.Fatalf("bad reply %q", line)
-		}
-		if k == "sum" {
-			continue
-		}
-		c, err := strconv.ParseUint(v, 10, 64)
-		if err != nil {
-			t.Fatalf("bad reply %q", line)
-		}
-		counts["uc_"+k] = c
-	}
-	return line, counts
+	return fixtureRound(t, tp, fmt.Sprintf("run %d", n), "uc_", "sum")
 }
 
 // TestGraphUcontext records the ucontext fixture in graph mode, in every
