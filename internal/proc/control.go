@@ -214,31 +214,38 @@ func (p *Process) SingleStepOut(tid int, lo, hi uint64, max int) error {
 		if t.role != roleHeld || t.state != stopped {
 			return fmt.Errorf("single-step thread %d: it is not held stopped", tid)
 		}
-		t.role = roleStepping
-		defer p.giveBack(t)
-		for i := 0; i < max; i++ {
-			if !p.live(t) {
-				return nil
-			}
-			var regs unix.PtraceRegs
-			if err := unix.PtraceGetRegs(tid, &regs); err != nil {
-				return nil
-			}
-			if regs.Rip < lo || regs.Rip >= hi {
-				return nil
-			}
-			t.op = unix.PTRACE_SINGLESTEP // the step's SIGTRAP is ours
-			if err := unix.PtraceSingleStep(tid); err != nil {
-				t.op = 0
-				return nil
-			}
-			t.state, t.kind = running, 0
-			err := p.waitFor(func() bool { return !p.live(t) || t.state == stopped && t.kind == stopStep }, 5*time.Second)
-			t.op = 0
-			if err != nil {
-				return err
-			}
-		}
-		return fmt.Errorf("thread %d did not leave [%#x, %#x) in %d steps", tid, lo, hi, max)
+		return p.stepOut(t, lo, hi, max)
 	})
+}
+
+// stepOut single-steps t, held and stopped, until its program counter is
+// outside [lo, hi), at most max times; on the ptrace thread.
+func (p *Process) stepOut(t *thread, lo, hi uint64, max int) error {
+	tid := t.tid
+	t.role = roleStepping
+	defer p.giveBack(t)
+	for i := 0; i < max; i++ {
+		if !p.live(t) {
+			return nil
+		}
+		var regs unix.PtraceRegs
+		if err := unix.PtraceGetRegs(tid, &regs); err != nil {
+			return nil
+		}
+		if regs.Rip < lo || regs.Rip >= hi {
+			return nil
+		}
+		t.op = unix.PTRACE_SINGLESTEP // the step's SIGTRAP is ours
+		if err := unix.PtraceSingleStep(tid); err != nil {
+			t.op = 0
+			return nil
+		}
+		t.state, t.kind = running, 0
+		err := p.waitFor(func() bool { return !p.live(t) || t.state == stopped && t.kind == stopStep }, 5*time.Second)
+		t.op = 0
+		if err != nil {
+			return err
+		}
+	}
+	return fmt.Errorf("thread %d did not leave [%#x, %#x) in %d steps", tid, lo, hi, max)
 }

@@ -312,7 +312,10 @@ func (p *Process) handleSignal(t *thread, sig unix.Signal) {
 	}
 	p.restoreQueued(t, &info)
 	si := info.head()
-	if sig == unix.SIGTRAP && t.role == roleStepping && t.op == unix.PTRACE_SINGLESTEP {
+	// A step's SIGTRAP is TRAP_TRACE; an INT3's is SI_KERNEL. A thread
+	// stopped just after our INT3, with the SIGTRAP not yet dequeued,
+	// dequeues it at its first step: that one is the trap handler's.
+	if sig == unix.SIGTRAP && si.code != siKernel && t.role == roleStepping && t.op == unix.PTRACE_SINGLESTEP {
 		t.kind = stopStep
 		t.op = 0
 		return
