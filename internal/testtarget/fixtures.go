@@ -89,7 +89,7 @@ func readSource(name string) ([]byte, error) {
 // executable of form (sites says whether with site flags).
 func compileArgs(form Form, cfg *config, sites bool, src, obj string, extra ...string) []string {
 	args := baseFlags(cfg)
-	pic, _ := picFlags(form)
+	pic, _ := picFlags(form, cfg)
 	args = append(args, pic...)
 	if sites && !cfg.noSites {
 		args = append(args, siteFlags(form, false)...)
@@ -99,8 +99,8 @@ func compileArgs(form Form, cfg *config, sites bool, src, obj string, extra ...s
 }
 
 // linkArgs returns the arguments that link objs into the executable exe.
-func linkArgs(form Form, exe string, objs []string, extra ...string) []string {
-	_, ld := picFlags(form)
+func linkArgs(form Form, cfg *config, exe string, objs []string, extra ...string) []string {
+	_, ld := picFlags(form, cfg)
 	args := append([]string{}, ld...)
 	args = append(args, "-g", "-o", exe)
 	args = append(args, objs...)
@@ -132,7 +132,7 @@ func singleFile(exe, src string) func(Form, *config, string, string) (*buildPlan
 			files:   map[string][]byte{src: b, "ltfixture.h": hdr},
 			phases: [][]step{
 				{{cc, compileArgs(form, cfg, true, src, obj)}},
-				{{cc, linkArgs(form, exe, []string{obj})}},
+				{{cc, linkArgs(form, cfg, exe, []string{obj})}},
 			},
 		}, nil
 	}
@@ -164,7 +164,7 @@ func withLib(exe string) func(Form, *config, string, string) (*buildPlan, error)
 					{cc, compileArgs(form, cfg, true, "workload.c", "workload.o")},
 				},
 				{{cc, []string{"-shared", "-g", "-Wl,-soname," + LibName, "-o", LibName, "ltshared.o", "-pthread"}}},
-				{{cc, linkArgs(form, exe, []string{"workload.o"}, "-L.", "-lltshared", "-Wl,-rpath,"+finalDirToken)}},
+				{{cc, linkArgs(form, cfg, exe, []string{"workload.o"}, "-L.", "-lltshared", "-Wl,-rpath,"+finalDirToken)}},
 			},
 		}, nil
 	}

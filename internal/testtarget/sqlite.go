@@ -112,7 +112,7 @@ func planSQLite(form Form, cfg *config, cc string) (*buildPlan, error) {
 				{cc, compileArgs(form, cfg, true, "sqlite3-binding.c", "sqlite3.o", lib...)},
 				{cc, compileArgs(form, cfg, true, "sqlite_driver.c", "sqlite_driver.o")},
 			},
-			{{cc, linkArgs(form, SQLite, []string{"sqlite_driver.o", "sqlite3.o"}, "-lm")}},
+			{{cc, linkArgs(form, cfg, SQLite, []string{"sqlite_driver.o", "sqlite3.o"}, "-lm")}},
 		},
 	}, nil
 }

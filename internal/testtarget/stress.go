@@ -103,7 +103,7 @@ func planStress(form Form, cfg *config, cc, _ string) (*buildPlan, error) {
 		files:   files,
 		phases: [][]step{
 			compile,
-			{{cc, linkArgs(form, Stress, objs)}},
+			{{cc, linkArgs(form, cfg, Stress, objs)}},
 		},
 	}, nil
 }

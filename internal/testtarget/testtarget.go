@@ -101,7 +101,8 @@ type Option func(*config)
 type config struct {
 	cfProtection bool
 	noSites      bool
-	o0           bool
+	opt          string // "-O2" unless O0 or O3
+	pie          *bool  // PIE or not, instead of the form's choice
 	defines      map[string]string
 	funcs        int // stress only
 }
@@ -127,7 +128,17 @@ func Define(name, value string) Option {
 func NoSites() Option { return func(c *config) { c.noSites = true } }
 
 // O0 builds with -O0 instead of -O2.
-func O0() Option { return func(c *config) { c.o0 = true } }
+func O0() Option { return func(c *config) { c.opt = "-O0" } }
+
+// O2 builds with -O2, the default.
+func O2() Option { return func(c *config) { c.opt = "-O2" } }
+
+// O3 builds with -O3 instead of -O2.
+func O3() Option { return func(c *config) { c.opt = "-O3" } }
+
+// PIE builds a position-independent executable (on) or a fixed-address
+// one, whatever the form's own choice.
+func PIE(on bool) Option { return func(c *config) { c.pie = &on } }
 
 // Funcs sets the number of generated functions of the [Stress] fixture
 // (default 1000, at most 1,000,000). Other fixtures ignore it.
@@ -193,8 +204,8 @@ func siteFlags(f Form, pic bool) []string {
 
 // picFlags returns the code-model compile flags and the link flags of an
 // executable of form f.
-func picFlags(f Form) (cflags, ldflags []string) {
-	if f == GccMcount {
+func picFlags(f Form, cfg *config) (cflags, ldflags []string) {
+	if cfg.pie != nil && !*cfg.pie || cfg.pie == nil && f == GccMcount {
 		return []string{"-fno-pie"}, []string{"-no-pie"}
 	}
 	return []string{"-fPIE"}, []string{"-pie"}
@@ -203,8 +214,8 @@ func picFlags(f Form) (cflags, ldflags []string) {
 // baseFlags returns the flags every compile of form f with cfg uses.
 func baseFlags(cfg *config) []string {
 	opt := "-O2"
-	if cfg.o0 {
-		opt = "-O0"
+	if cfg.opt != "" {
+		opt = cfg.opt
 	}
 	fl := []string{opt, "-g", "-Wall", "-fno-ident"}
 	if cfg.cfProtection {
