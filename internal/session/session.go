@@ -507,8 +507,9 @@ func (s *Session) checkSites() error {
 	return nil
 }
 
-// patch converts sleds (stop mode) and turns every selected NOP into a CALL
-// to its stub, in one batch.
+// patch converts sleds (stop mode), then turns every selected NOP into a
+// CALL to its stub and every relocated region into a jmp to its stub, in
+// one batch.
 func (s *Session) patch() error {
 	var sleds []uint64
 	for _, x := range s.sel {
@@ -530,7 +531,7 @@ func (s *Session) patch() error {
 			if err != nil {
 				return err
 			}
-			ps[i] = textpoke.Patch{Addr: x.addr, Old: x.orig, New: jmp, Region: true}
+			ps[i] = textpoke.Patch{Addr: x.addr, Old: x.orig, New: jmp, Region: true, Detour: x.stub + relocCallLen}
 			continue
 		}
 		old := x.orig
@@ -543,28 +544,14 @@ func (s *Session) patch() error {
 		}
 		ps[i] = textpoke.Patch{Addr: x.addr, Old: old, New: call}
 	}
-	// NOP sites take the live protocol; regions (relocating sites) are
-	// written with every thread stopped (textpoke), in a batch of their
-	// own so that the NOP sites need not wait for it.
-	var nops, regions []textpoke.Patch
-	for _, pt := range ps {
-		if pt.Region {
-			regions = append(regions, pt)
-		} else {
-			nops = append(nops, pt)
-		}
-	}
+	// One batch: NOP sites and regions (relocating sites) alike take the
+	// live protocol (textpoke).
 	s.clock0 = tsc.Sample()
 	s.started = time.Now()
-	for _, batch := range [][]textpoke.Patch{nops, regions} {
-		if len(batch) == 0 {
-			continue
-		}
-		st, err := s.eng.Apply(batch)
-		s.addStats(st)
-		if err != nil {
-			return err
-		}
+	st, err := s.eng.Apply(ps)
+	s.addStats(st)
+	if err != nil {
+		return err
 	}
 	s.patched = true
 	return nil

@@ -53,6 +53,8 @@ func (a AMD64) Check(site uint64, insn []byte) error {
 	return fmt.Errorf("site %#x: % x is not a NOP5, a NOP sled or a CALL", site, insn)
 }
 
+// Emulate runs a site's instruction for a thread that trapped on it: the
+// instructions Check accepts, and the `jmp rel32` of a relocated region.
 func (a AMD64) Emulate(regs *unix.PtraceRegs, site uint64, insn []byte, push func(sp, val uint64) error) error {
 	switch {
 	case isNop5(insn), a.Sled(insn):
@@ -65,6 +67,12 @@ func (a AMD64) Emulate(regs *unix.PtraceRegs, site uint64, insn []byte, push fun
 			return err
 		}
 		regs.Rsp = sp
+		regs.Rip = uint64(int64(site+5) + int64(rel))
+		return nil
+	case len(insn) == 5 && insn[0] == opJmp:
+		// A relocated region's jmp to its stub, or to the relocated
+		// copy of its original bytes (Patch.Detour).
+		rel := int32(binary.LittleEndian.Uint32(insn[1:]))
 		regs.Rip = uint64(int64(site+5) + int64(rel))
 		return nil
 	}

@@ -38,12 +38,19 @@
 // membarrier is unavailable, or on request.
 //
 // A region (Patch.Region: the first instructions of a function without a
-// NOP, replaced by `jmp stub`, package reloc) is always written in stop
-// mode: the proof that no thread is inside the old instructions needs
-// every thread stopped anyway. A thread stopped strictly inside a region
-// is single-stepped out of it (the displaced instructions hold no call,
-// syscall or loop), and a signal frame that would resume inside one
-// refuses the batch. The same holds when the region is put back.
+// NOP, replaced by `jmp stub`, package reloc) takes the same three passes,
+// with one more step after the first sync (the kernel's optprobe, done
+// from outside): with INT3 on every region's first byte, no thread can
+// enter a region any more (package reloc proves that no branch lands
+// inside one), so a thread that is not inside it now never will be. Each
+// thread is then stopped in turn, alone, while the others run: one
+// stopped strictly inside a region is single-stepped out (the displaced
+// instructions hold no call, syscall or loop), and a signal frame on its
+// stack that would resume inside one refuses the batch, which takes its
+// INT3s out again. A thread that traps on a region's first byte meanwhile
+// continues in the stub (the jmp, emulated) or, when the original bytes
+// go back, in the relocated copy of them (Patch.Detour). In stop mode the
+// same check runs with every thread stopped.
 package textpoke
 
 import (
@@ -108,13 +115,21 @@ type Patch struct {
 	Old  []byte
 	New  []byte
 	// Region marks the bytes of a relocating site (package reloc): any
-	// length from the site length to MaxRegionLen, written in stop mode
-	// with every thread inside the region stepped out first. New is not
-	// checked as an instruction the trap handler could emulate.
+	// length from the site length to MaxRegionLen. Either New or Old
+	// starts with `jmp rel32` to the site's stub; the rest are the
+	// function's first instructions.
 	Region bool
+	// Detour, for a region, is the address of the relocated copy of the
+	// region's original instructions (which jumps back to the end of the
+	// region): a thread that reaches the region's first byte while a
+	// batch puts the original bytes back continues there. A region that
+	// gets its jmp needs none (the trap handler emulates the jmp); one
+	// without a jmp and without a Detour is written in stop mode.
+	Detour uint64
 
 	// emul, when set, is the instruction the trap handler emulates
-	// instead of New: New keeps a foreign INT3 in byte 0 (RestoreAll).
+	// instead of New: New keeps a foreign INT3 in byte 0 (RestoreAll),
+	// or New is a region's original bytes (the jmp to Detour).
 	emul []byte
 }
 
@@ -149,6 +164,11 @@ type Stats struct {
 	Held     int           // sites left alone: another tool changed them (see Engine.Held)
 	Duration time.Duration // wall time of the batch
 	Paused   time.Duration // stop mode: how long every thread was stopped
+	// Regions: threads found strictly inside a relocated region and
+	// single-stepped out of it, and how long the check of every thread
+	// took (live mode: each thread stopped alone).
+	SteppedOut  int
+	RegionCheck time.Duration
 }
 
 // ErrVerify means a site did not hold the bytes the batch expected; nothing
@@ -214,6 +234,7 @@ type trapTable struct {
 	insns  [][]byte
 	origs  []siteBytes // the bytes each site held before the engine first touched it
 	region []bool      // the site is a region (Patch.Region)
+	detour []uint64    // for a region: Patch.Detour, as last given
 
 	// written is what the engine last wrote to each site (or verified
 	// there): a site that holds anything else was changed by another
@@ -396,9 +417,9 @@ func (e *Engine) apply(patches []Patch, mode Mode, lenient bool) (st Stats, err 
 		if !bt.drop[i] && e.arch.Sled(pt.Old) && mode != ModeStop {
 			return st, fmt.Errorf("site %#x is a NOP sled: convert sleds with ConvertSleds (stop mode) first", pt.Addr)
 		}
-		if !bt.drop[i] && pt.Region {
-			// A region (a relocating site) is written with every thread
-			// stopped, and threads inside it are stepped out first.
+		if !bt.drop[i] && pt.Region && pt.emul == nil && mode != ModeStop {
+			// A thread reaching this region midway would have nowhere
+			// to go: write it with every thread stopped.
 			mode = ModeStop
 			st.Mode = mode
 		}
@@ -441,6 +462,8 @@ func (e *Engine) prepare(patches []Patch) ([]Patch, error) {
 			if err := e.arch.Check(pt.Addr, pt.insn()); err != nil {
 				return nil, err
 			}
+		} else {
+			pt.emul = regionTrap(pt)
 		}
 		if bytes.Equal(pt.Old, pt.New) {
 			continue
@@ -456,6 +479,39 @@ func (e *Engine) prepare(patches []Patch) ([]Patch, error) {
 		}
 	}
 	return ps, nil
+}
+
+// regionTrap returns what a thread that traps on region pt's first byte
+// runs: New's `jmp stub`, or a jmp to the relocated copy of the original
+// bytes that New puts back (Detour); nil when there is neither, and the
+// region must be written in stop mode.
+func regionTrap(pt Patch) []byte {
+	if pt.New[0] == opJmp {
+		return bytes.Clone(pt.New[:5])
+	}
+	if pt.Detour == 0 {
+		return nil
+	}
+	jmp, err := Jmp(pt.Addr, pt.Detour)
+	if err != nil {
+		return nil
+	}
+	return jmp
+}
+
+// onlyJmp reports whether the bytes of a region are a single instruction
+// and padding no thread executes (`jmp rel32` then INT3s): no thread can
+// be stopped strictly inside them.
+func onlyJmp(b []byte) bool {
+	if len(b) < 5 || b[0] != opJmp {
+		return false
+	}
+	for _, c := range b[5:] {
+		if c != opInt3 {
+			return false
+		}
+	}
+	return true
 }
 
 // run is a stretch of text covering several nearby sites, written with one
@@ -734,7 +790,7 @@ func (e *Engine) publish(bt *batch) {
 	}
 	ps := bt.ps
 	n := len(old.addrs) + len(ps)
-	t := &trapTable{addrs: make([]uint64, 0, n), insns: make([][]byte, 0, n), origs: make([]siteBytes, 0, n), written: make([]siteBytes, 0, n), region: make([]bool, 0, n)}
+	t := &trapTable{addrs: make([]uint64, 0, n), insns: make([][]byte, 0, n), origs: make([]siteBytes, 0, n), written: make([]siteBytes, 0, n), region: make([]bool, 0, n), detour: make([]uint64, 0, n)}
 	bt.idx = make([]int, len(ps))
 	i, j := 0, 0
 	for i < len(old.addrs) || j < len(ps) {
@@ -748,19 +804,24 @@ func (e *Engine) publish(bt *batch) {
 			t.origs = append(t.origs, old.origs[i])
 			t.written = append(t.written, old.written[i])
 			t.region = append(t.region, old.region[i])
+			t.detour = append(t.detour, old.detour[i])
 			i++
 		default:
 			// A site seen for the first time: its verified Old bytes are
 			// its original ones.
 			orig := mkSiteBytes(ps[j].Old)
 			written := orig
-			region := ps[j].Region
+			region, detour := ps[j].Region, ps[j].Detour
 			if i < len(old.addrs) && old.addrs[i] == ps[j].Addr {
 				orig, written = old.origs[i], old.written[i]
 				region = region || old.region[i]
+				if detour == 0 {
+					detour = old.detour[i]
+				}
 				i++
 			}
 			t.region = append(t.region, region)
+			t.detour = append(t.detour, detour)
 			bt.idx[j] = len(t.addrs)
 			t.addrs = append(t.addrs, ps[j].Addr)
 			t.insns = append(t.insns, ps[j].insn())
@@ -835,8 +896,90 @@ func (e *Engine) applyLive(bt *batch, st *Stats) error {
 			if debugTiming {
 				fmt.Fprintf(os.Stderr, "textpoke: step %d write %v sync %v\n", i+1, t1.Sub(t0), time.Since(t1))
 			}
+			if i > 0 {
+				continue
+			}
+			regions := bt.liveRegions()
+			if len(regions) == 0 {
+				continue
+			}
+			// No thread can enter a region any more: take every thread
+			// that is inside one out. The borrowed thread is visited
+			// too, so it is given back first.
+			t2 := time.Now()
+			if err := r.Release(); err != nil {
+				return fmt.Errorf("patch pid %d: %w", e.p.Pid(), err)
+			}
+			cerr := e.fixRegionsLive(b, regions, st)
+			st.RegionCheck = time.Since(t2)
+			if r, err = b.HoldRemote(); err != nil {
+				return fmt.Errorf("patch pid %d: %w", e.p.Pid(), err)
+			}
+			if debugTiming {
+				fmt.Fprintf(os.Stderr, "textpoke: region check %v\n", time.Since(t2))
+			}
+			if cerr != nil {
+				// Take the INT3s out again: the tails are still the
+				// old ones.
+				if err := e.pass(bt, b.Write, func(buf []byte, pt *Patch) { buf[0] = pt.Old[0] }); err != nil {
+					return fmt.Errorf("patch pid %d: %w (and undoing the INT3s: %v)", e.p.Pid(), cerr, err)
+				}
+				if err := sync(); err != nil {
+					return fmt.Errorf("patch pid %d: %w (and the sync after undoing the INT3s: %v)", e.p.Pid(), cerr, err)
+				}
+				return fmt.Errorf("patch pid %d: %w; nothing was changed", e.p.Pid(), cerr)
+			}
 		}
 		return nil
+	})
+}
+
+// liveRegions returns the regions of the batch a thread could be stopped
+// strictly inside of: those whose old bytes are not just a jmp.
+func (bt *batch) liveRegions() []Patch {
+	var regions []Patch
+	for i, pt := range bt.ps {
+		if !bt.drop[i] && pt.Region && !onlyJmp(pt.Old) {
+			regions = append(regions, pt)
+		}
+	}
+	return regions
+}
+
+// regionAt returns a function that finds the region of regions (sorted)
+// that pc is strictly inside of: past its first byte, before its end.
+func regionAt(regions []Patch) func(pc uint64) (Patch, bool) {
+	return func(pc uint64) (Patch, bool) {
+		i := sort.Search(len(regions), func(i int) bool { return regions[i].Addr+regions[i].size() > pc })
+		if i < len(regions) && pc > regions[i].Addr && pc < regions[i].Addr+regions[i].size() {
+			return regions[i], true
+		}
+		return Patch{}, false
+	}
+}
+
+// fixRegionsLive runs once INT3 is on the first byte of every region of
+// the batch and synced: from then on no thread can enter one. It stops the
+// threads one at a time, single-steps one that is strictly inside a region
+// out of it, and refuses when a signal frame on its stack would resume
+// inside one (that thread would return into the middle of the new bytes).
+func (e *Engine) fixRegionsLive(b *proc.Batch, regions []Patch, st *Stats) error {
+	inside := regionAt(regions)
+	maps, err := proc.ReadMaps(e.p.Pid())
+	if err != nil {
+		return err
+	}
+	return b.EachThread(maxRegionSteps, func(tid int, regs *unix.PtraceRegs) (uint64, uint64, error) {
+		if rg, ok := inside(e.arch.PC(regs)); ok {
+			st.SteppedOut++
+			return rg.Addr + 1, rg.Addr + rg.size(), nil
+		}
+		return 0, 0, e.scanStacks(maps, []uint64{e.arch.SP(regs)}, func(slot, v uint64) error {
+			if rg, ok := inside(v); ok && e.isSigframeRip(slot) {
+				return fmt.Errorf("a signal frame of thread %d at %#x resumes at %#x, inside the relocated region at %#x: retry when the signal handler has returned", tid, slot, v, rg.Addr)
+			}
+			return nil
+		})
 	})
 }
 
@@ -872,14 +1015,8 @@ func (e *Engine) stopped(bt *batch, st *Stats) error {
 			return err
 		}
 	}
-	var regions []Patch
-	for i, pt := range bt.ps {
-		if !bt.drop[i] && pt.Region {
-			regions = append(regions, pt)
-		}
-	}
-	if len(regions) > 0 {
-		if err := e.fixRegionPCs(regions); err != nil {
+	if regions := bt.liveRegions(); len(regions) > 0 {
+		if err := e.fixRegionPCs(regions, st); err != nil {
 			return err
 		}
 	}
@@ -941,23 +1078,16 @@ const maxRegionSteps = 64
 // boundary in the old and the new bytes) until it is out, and refuses when
 // a signal frame saved a program counter strictly inside one: that thread
 // would resume in the middle of the new bytes.
-func (e *Engine) fixRegionPCs(regions []Patch) error {
-	inside := func(pc uint64) (uint64, bool) {
-		i := sort.Search(len(regions), func(i int) bool { return regions[i].Addr+regions[i].size() > pc })
-		if i < len(regions) && pc > regions[i].Addr && pc < regions[i].Addr+regions[i].size() {
-			return regions[i].Addr, true
-		}
-		return 0, false
-	}
+func (e *Engine) fixRegionPCs(regions []Patch, st *Stats) error {
+	inside := regionAt(regions)
 	var sps []uint64
 	var in []int
 	var ranges [][2]uint64
 	err := e.p.EditRegs(func(tid int, regs *unix.PtraceRegs) bool {
 		sps = append(sps, e.arch.SP(regs))
-		if site, ok := inside(e.arch.PC(regs)); ok {
+		if rg, ok := inside(e.arch.PC(regs)); ok {
 			in = append(in, tid)
-			i := sort.Search(len(regions), func(i int) bool { return regions[i].Addr >= site })
-			ranges = append(ranges, [2]uint64{site + 1, site + regions[i].size()})
+			ranges = append(ranges, [2]uint64{rg.Addr + 1, rg.Addr + rg.size()})
 		}
 		return false
 	})
@@ -968,6 +1098,7 @@ func (e *Engine) fixRegionPCs(regions []Patch) error {
 		if err := e.p.SingleStepOut(tid, ranges[k][0], ranges[k][1], maxRegionSteps); err != nil {
 			return fmt.Errorf("step thread %d out of the region at %#x: %w", tid, ranges[k][0]-1, err)
 		}
+		st.SteppedOut++
 	}
 	return e.scanSignalFrames(sps, func(slot, v uint64) error {
 		if _, ok := inside(v); ok && e.isSigframeRip(slot) {
@@ -1020,6 +1151,11 @@ func (e *Engine) scanSignalFrames(sps []uint64, fn func(slot, v uint64) error) e
 	if err != nil {
 		return err
 	}
+	return e.scanStacks(maps, sps, fn)
+}
+
+// scanStacks is scanSignalFrames with the target's mappings given.
+func (e *Engine) scanStacks(maps []proc.Mapping, sps []uint64, fn func(slot, v uint64) error) error {
 	for _, sp := range sps {
 		var end uint64
 		for _, m := range maps {
@@ -1083,7 +1219,7 @@ func (e *Engine) origPatches() []Patch {
 	}
 	all := make([]Patch, len(t.addrs))
 	for i, a := range t.addrs {
-		all[i] = Patch{Addr: a, New: t.origs[i].bytes(), Region: t.region[i]}
+		all[i] = Patch{Addr: a, New: t.origs[i].bytes(), Region: t.region[i], Detour: t.detour[i]}
 	}
 	return all
 }
@@ -1164,7 +1300,7 @@ func (e *Engine) RestoreAll() (Stats, error) {
 				gone = append(gone, Held{Addr: addr, Found: bytes.Clone(now), Uprobe: true})
 				if !bytes.Equal(now[1:], orig[1:]) {
 					nw := append([]byte{bp}, orig[1:]...)
-					ps = append(ps, Patch{Addr: addr, Old: bytes.Clone(now), New: nw, emul: orig, Region: all[i].Region})
+					ps = append(ps, Patch{Addr: addr, Old: bytes.Clone(now), New: nw, emul: orig, Region: all[i].Region, Detour: all[i].Detour})
 				}
 			default:
 				gone = append(gone, Held{Addr: addr, Found: bytes.Clone(now)})

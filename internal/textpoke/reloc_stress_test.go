@@ -24,11 +24,12 @@ const relocStubSize = 64
 
 // TestStressReloc flips random subsets of the functions of a stress
 // program built without tracing flags between their original first
-// instructions and `jmp stub` (regions, written in stop mode) while 4
-// threads call every function in a loop. Each stub counts its calls. The
-// program's results must equal an untraced run, at checkpoints every call
-// to an enabled function must have been counted and none to a disabled one,
-// and after RestoreAll the text is the file's.
+// instructions and `jmp stub` (regions) while 4 threads call every
+// function in a loop, in live mode (the INT3 protocol, with each thread
+// taken out of the regions alone) and in stop mode. Each stub counts its
+// calls. The program's results must equal an untraced run, at checkpoints
+// every call to an enabled function must have been counted and none to a
+// disabled one, and after RestoreAll the text is the file's.
 func TestStressReloc(t *testing.T) {
 	testtarget.RequireRoot(t)
 	toggles := 100
@@ -36,14 +37,48 @@ func TestStressReloc(t *testing.T) {
 		toggles = 2000
 	}
 	for _, form := range []testtarget.Form{testtarget.ClangNop5, testtarget.GccMcount} {
-		t.Run(string(form), func(t *testing.T) {
-			stressReloc(t, form, 300, toggles)
-		})
+		for _, mode := range []Mode{ModeLive, ModeStop} {
+			t.Run(string(form)+"/"+mode.String(), func(t *testing.T) {
+				bin := testtarget.Build(t, "stress", form, testtarget.Funcs(300), testtarget.NoSites())
+				stressReloc(t, bin, mode, 300, toggles)
+			})
+		}
 	}
 }
 
-func stressReloc(t *testing.T, form testtarget.Form, nfn, toggles int) {
-	bin := testtarget.Build(t, "stress", form, testtarget.Funcs(nfn), testtarget.NoSites())
+// TestStressRelocBuilds runs the stress test in live mode on builds with no
+// tracing flags in every combination: gcc and clang, -O0, -O2 and -O3,
+// with and without -fcf-protection (ENDBR64 first), PIE and not.
+func TestStressRelocBuilds(t *testing.T) {
+	testtarget.RequireRoot(t)
+	toggles := 20
+	if os.Getenv("LIVETRACE_SOAK") != "" {
+		toggles = 300
+	}
+	opts := []struct {
+		name string
+		opt  testtarget.Option
+	}{{"O0", testtarget.O0()}, {"O2", testtarget.O2()}, {"O3", testtarget.O3()}}
+	for _, cc := range []testtarget.Form{testtarget.ClangNop5, testtarget.GccMcount} {
+		for _, o := range opts {
+			for _, cet := range []bool{false, true} {
+				for _, pie := range []bool{true, false} {
+					name := fmt.Sprintf("%s/%s/cet=%v/pie=%v", testtarget.Compiler(cc), o.name, cet, pie)
+					t.Run(name, func(t *testing.T) {
+						bo := []testtarget.Option{testtarget.Funcs(120), testtarget.NoSites(), testtarget.PIE(pie), o.opt}
+						if cet {
+							bo = append(bo, testtarget.CFProtection())
+						}
+						bin := testtarget.Build(t, "stress", cc, bo...)
+						stressReloc(t, bin, ModeLive, 120, toggles)
+					})
+				}
+			}
+		}
+	}
+}
+
+func stressReloc(t *testing.T, bin string, mode Mode, nfn, toggles int) {
 	tp := testtarget.Start(t, bin, "-t", "4")
 	if _, err := tp.Expect("ready", 30*time.Second); err != nil {
 		t.Fatal(err)
@@ -66,7 +101,7 @@ func stressReloc(t *testing.T, form testtarget.Form, nfn, toggles int) {
 	if mod == nil {
 		t.Fatal("the stress program's module is not mapped")
 	}
-	p, e := st.attach(t, Options{})
+	p, e := st.attach(t, Options{Mode: mode})
 
 	// The relocating sites of fn_*, analyzed again at runtime addresses.
 	type site struct {
@@ -178,7 +213,7 @@ func stressReloc(t *testing.T, form testtarget.Form, nfn, toggles int) {
 		cur[k] = s.plan.Orig()
 	}
 	enabled := make([]bool, len(sites))
-	rng := rand.New(rand.NewSource(int64(len(form))))
+	rng := rand.New(rand.NewSource(int64(len(bin))))
 	hammer := func() {
 		if err := testtarget.HammerStress(tp, 10*time.Second); err != nil {
 			t.Fatal(err)
@@ -224,7 +259,10 @@ func stressReloc(t *testing.T, form testtarget.Form, nfn, toggles int) {
 			if enabled[i] {
 				nw = sites[i].plan.Orig()
 			}
-			ps = append(ps, Patch{Addr: sites[i].plan.Entry, Old: cur[i], New: nw, Region: true})
+			// A thread that reaches the region while its original
+			// bytes go back runs them in the stub, uncounted.
+			at := base + uint64(i*relocStubSize)
+			ps = append(ps, Patch{Addr: sites[i].plan.Entry, Old: cur[i], New: nw, Region: true, Detour: at + 8})
 			cur[i] = nw
 			enabled[i] = !enabled[i]
 		}
@@ -232,9 +270,12 @@ func stressReloc(t *testing.T, form testtarget.Form, nfn, toggles int) {
 		if err != nil {
 			t.Fatalf("batch %d: %v", n, err)
 		}
-		if stats.Mode != ModeStop {
-			t.Fatalf("batch %d: mode %v, want stop for regions", n, stats.Mode)
+		if stats.Mode != mode {
+			t.Fatalf("batch %d: mode %v, want %v", n, stats.Mode, mode)
 		}
+		total.Traps += stats.Traps
+		total.SteppedOut += stats.SteppedOut
+		total.RegionCheck += stats.RegionCheck
 		total.Sites += stats.Sites
 		total.Paused += stats.Paused
 		if n%20 == 19 {
@@ -245,7 +286,8 @@ func stressReloc(t *testing.T, form testtarget.Form, nfn, toggles int) {
 	}
 	stop()
 	check()
-	t.Logf("%d batches, %d region writes, threads paused %v in all", toggles, total.Sites, total.Paused)
+	t.Logf("%s: %d batches, %d region writes, %d INT3 hits emulated, %d threads stepped out of regions, threads paused %v in all, region checks %v in all",
+		mode, toggles, total.Sites, total.Traps, total.SteppedOut, total.Paused, total.RegionCheck)
 
 	if _, err := e.RestoreAll(); err != nil {
 		t.Fatal(err)
