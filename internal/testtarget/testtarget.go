@@ -104,7 +104,8 @@ type config struct {
 	opt          string // "-O2" unless O0 or O3
 	pie          *bool  // PIE or not, instead of the form's choice
 	defines      map[string]string
-	funcs        int // stress only
+	funcs        int  // stress only
+	shapes       bool // stress only: see Shapes
 }
 
 // CFProtection builds with -fcf-protection=full, so that every function
@@ -139,6 +140,14 @@ func O3() Option { return func(c *config) { c.opt = "-O3" } }
 // PIE builds a position-independent executable (on) or a fixed-address
 // one, whatever the form's own choice.
 func PIE(on bool) Option { return func(c *config) { c.pie = &on } }
+
+// Shapes makes the generated functions of the [Stress] fixture differ in
+// the shape of their first instructions, for the relocator: besides the
+// plain arithmetic, a RIP-relative load first, a conditional branch in the
+// first bytes, a loop whose head is a few bytes past the entry (a branch
+// target inside the first 5 bytes: refused), and tiny functions shorter
+// than 5 bytes (refused). [StressShape] tells which is which.
+func Shapes() Option { return func(c *config) { c.shapes = true } }
 
 // Funcs sets the number of generated functions of the [Stress] fixture
 // (default 1000, at most 1,000,000). Other fixtures ignore it.

@@ -39,8 +39,8 @@ func TestStressReloc(t *testing.T) {
 	for _, form := range []testtarget.Form{testtarget.ClangNop5, testtarget.GccMcount} {
 		for _, mode := range []Mode{ModeLive, ModeStop} {
 			t.Run(string(form)+"/"+mode.String(), func(t *testing.T) {
-				bin := testtarget.Build(t, "stress", form, testtarget.Funcs(300), testtarget.NoSites())
-				stressReloc(t, bin, mode, 300, toggles)
+				bin := testtarget.Build(t, "stress", form, testtarget.Funcs(300), testtarget.NoSites(), testtarget.Shapes())
+				stressReloc(t, bin, false, mode, 300, toggles)
 			})
 		}
 	}
@@ -65,12 +65,12 @@ func TestStressRelocBuilds(t *testing.T) {
 				for _, pie := range []bool{true, false} {
 					name := fmt.Sprintf("%s/%s/cet=%v/pie=%v", testtarget.Compiler(cc), o.name, cet, pie)
 					t.Run(name, func(t *testing.T) {
-						bo := []testtarget.Option{testtarget.Funcs(120), testtarget.NoSites(), testtarget.PIE(pie), o.opt}
+						bo := []testtarget.Option{testtarget.Funcs(120), testtarget.NoSites(), testtarget.Shapes(), testtarget.PIE(pie), o.opt}
 						if cet {
 							bo = append(bo, testtarget.CFProtection())
 						}
 						bin := testtarget.Build(t, "stress", cc, bo...)
-						stressReloc(t, bin, ModeLive, 120, toggles)
+						stressReloc(t, bin, o.name == "O0", ModeLive, 120, toggles)
 					})
 				}
 			}
@@ -78,7 +78,7 @@ func TestStressRelocBuilds(t *testing.T) {
 	}
 }
 
-func stressReloc(t *testing.T, bin string, mode Mode, nfn, toggles int) {
+func stressReloc(t *testing.T, bin string, o0 bool, mode Mode, nfn, toggles int) {
 	tp := testtarget.Start(t, bin, "-t", "4")
 	if _, err := tp.Expect("ready", 30*time.Second); err != nil {
 		t.Fatal(err)
@@ -110,14 +110,30 @@ func stressReloc(t *testing.T, bin string, mode Mode, nfn, toggles int) {
 	}
 	var sites []site
 	refused := 0
+	fnIndex := func(name string) int {
+		i, err := strconv.Atoi(strings.TrimLeft(name[3:], "0") + "0")
+		if err != nil || i/10 >= nfn {
+			return -1
+		}
+		return i / 10
+	}
+	// Per shape of function (testtarget.Shapes): relocated, or why not.
+	shapes := map[string]map[string]int{}
+	note := func(fn int, what string) {
+		sh := testtarget.StressShape(fn)
+		if shapes[sh] == nil {
+			shapes[sh] = map[string]int{}
+		}
+		shapes[sh][what]++
+	}
 	relocSites, relocRefused := mod.Spec.RelocSites()
 	for _, rs := range relocSites {
 		f := mod.Spec.Funcs[rs.Func]
 		if !strings.HasPrefix(f.Name, "fn_") {
 			continue
 		}
-		i, err := strconv.Atoi(strings.TrimLeft(f.Name[3:], "0") + "0")
-		if err != nil || i/10 >= nfn {
+		i := fnIndex(f.Name) * 10
+		if i < 0 {
 			continue
 		}
 		code := make([]byte, f.Size)
@@ -125,18 +141,41 @@ func stressReloc(t *testing.T, bin string, mode Mode, nfn, toggles int) {
 			t.Fatal(err)
 		}
 		plan, err := reloc.Analyze(code, mod.Runtime(f.Addr), reloc.Options{})
-		if err != nil || plan.Len != rs.Plan.Len || len(plan.EntryBranches) > 0 || 8+plan.MaxStubLen() > relocStubSize {
+		if err != nil || plan.Len != rs.Plan.Len {
+			t.Fatalf("%s: the live text does not analyze as the file's: %v", f.Name, err)
+		}
+		if len(plan.EntryBranches) > 0 || 8+plan.MaxStubLen() > relocStubSize {
+			// Relocatable, but not with this test's counting stubs: a
+			// branch back to the entry would count loop iterations.
+			note(i/10, "skipped: loops to its entry")
 			refused++
 			continue
 		}
+		note(i/10, "relocated")
 		sites = append(sites, site{fn: i / 10, plan: plan})
 	}
 	for _, r := range relocRefused {
-		if strings.HasPrefix(mod.Spec.Funcs[r.Func].Name, "fn_") {
-			refused++
+		name := mod.Spec.Funcs[r.Func].Name
+		if !strings.HasPrefix(name, "fn_") || fnIndex(name) < 0 {
+			continue
 		}
+		if r.Reason == "" {
+			t.Errorf("%s is refused with no reason", name)
+		}
+		why := r.Reason
+		if i := strings.Index(why, " at +"); i >= 0 {
+			why = why[:i]
+		}
+		note(fnIndex(name), "refused: "+why)
+		refused++
 	}
-	t.Logf("%d functions relocatable, %d refused", len(sites), refused)
+	t.Logf("%d functions relocatable, %d refused; by shape: %v", len(sites), refused, shapes)
+	if loop := shapes[testtarget.ShapeLoop]; loop["refused: branch target"] != nfn/8 {
+		t.Errorf("functions that loop back to entry+3: %v, want all %d refused for the branch target", loop, nfn/8)
+	}
+	if tiny := shapes[testtarget.ShapeTiny]; !o0 && tiny["relocated"] > 0 {
+		t.Errorf("%d functions shorter than 5 bytes were relocated", tiny["relocated"])
+	}
 	if len(sites) < nfn/2 {
 		t.Fatalf("only %d of %d functions relocatable", len(sites), nfn)
 	}
