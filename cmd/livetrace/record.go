@@ -27,6 +27,7 @@ type recordOptions struct {
 	exclude      []string
 	modules      []string
 	onlyNop      bool
+	noSpool      bool
 	duration     time.Duration
 	output       string
 	graph        bool
@@ -105,6 +106,7 @@ livetrace.data); read it with livetrace replay, report, info and export.`,
 	f.BoolVar(&o.stopMode, "stop", false, "patch with every thread stopped (stop mode) instead of live")
 	f.BoolVar(&o.unwindUnsafe, "graph-unwind-unsafe", false, "record --graph even if the C++ unwinder cannot be hooked (an exception thrown through a traced function would then kill the program)")
 	f.IntVar(&o.chunks, "buffer-chunks", 0, "shared buffer size in 64 KiB chunks (default 256)")
+	f.BoolVar(&o.noSpool, "no-spool", false, "encode events while tracing instead of spooling them raw next to the recording (uses no extra disk, loses events sooner)")
 	f.IntVarP(&o.filter.depth, "depth", "D", 0, "record calls at depth < `N` only (graph mode, N < 256; 0 = all)")
 	f.DurationVarP(&o.filter.minDur, "time-filter", "t", 0, "show only calls that took at least `DURATION` (graph mode; applied when the recording is read)")
 	f.UintSliceVar(&o.filter.tids, "tid", nil, "record thread `TID` only (repeat or separate with commas)")
@@ -134,7 +136,7 @@ func (o *recordOptions) run() error {
 	opts := session.Options{
 		Funcs: o.funcs, Exclude: o.exclude, Graph: o.graph,
 		Modules: o.modules, OnlyNop: o.onlyNop,
-		Output: o.output, Chunks: o.chunks, AllowUnwind: o.unwindUnsafe,
+		Output: o.output, Chunks: o.chunks, AllowUnwind: o.unwindUnsafe, NoSpool: o.noSpool,
 		Filters: tracefile.RecordFilters{MaxDepth: flt.MaxDepth, MinDuration: flt.MinDuration, TIDs: flt.TIDs},
 	}
 	if o.stopMode {
@@ -202,11 +204,15 @@ func (o *recordOptions) run() error {
 		deadline = t.C
 	}
 	status := newStatusLine(o.stderr)
+	// The loop takes chunks out of the shared buffer, which fills in tens
+	// of milliseconds at full speed: keep it ahead of other work.
+	defer proc.BoostCaller(-5)()
 	tick := time.NewTicker(time.Millisecond)
 	defer tick.Stop()
 	why = ""
 	var pollErr error
-	interrupted := false
+	interrupted, warnedLoss := false, false
+	var lossChecked time.Time
 loop:
 	for {
 		select {
@@ -228,6 +234,17 @@ loop:
 			if _, err := s.Poll(); err != nil {
 				pollErr = err
 				break loop
+			}
+			if !warnedLoss && time.Since(lossChecked) >= 100*time.Millisecond {
+				lossChecked = time.Now()
+				if s.Summary().Lost > 0 {
+					// Once: the status line and the summary count on.
+					warnedLoss = true
+					status.clear()
+					fmt.Fprintf(o.stderr, "livetrace: events are being lost: the target fills the shared buffer faster than livetrace empties it; "+
+						"record with a larger buffer (--buffer-chunks %d), fewer functions (-F/-N) or fewer threads (--tid); `livetrace info` shows the loss per thread\n",
+						min(4*o.bufferChunks(), 1<<20))
+				}
 			}
 			if status.due() {
 				status.update(s.Summary())
@@ -339,4 +356,12 @@ func (s *statusLine) clear() {
 	if s.shown {
 		fmt.Fprint(s.w, "\r\033[K")
 	}
+}
+
+// bufferChunks is the shared buffer size in chunks the recording uses.
+func (o *recordOptions) bufferChunks() int {
+	if o.chunks > 0 {
+		return o.chunks
+	}
+	return session.DefaultChunks
 }

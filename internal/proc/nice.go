@@ -2,6 +2,7 @@ package proc
 
 import (
 	"os"
+	"runtime"
 	"strconv"
 	"sync"
 
@@ -82,4 +83,23 @@ func (p *Process) BoostThread(n int) (restore func()) {
 		return func() {}
 	}
 	return func() { _ = unix.Setpriority(unix.PRIO_PROCESS, tid, old) }
+}
+
+// BoostCaller locks the calling goroutine to its OS thread and sets that
+// thread's nice value to n, for a loop that must run promptly while other
+// threads keep the CPUs busy (the tracer's consumer: the shared buffer
+// fills in tens of milliseconds at full speed). The returned function puts
+// the old value back and unlocks the goroutine; call it on the same
+// goroutine. Without root (or CAP_SYS_NICE) a negative n has no effect.
+func BoostCaller(n int) (restore func()) {
+	runtime.LockOSThread()
+	tid := unix.Gettid()
+	prio, err := unix.Getpriority(unix.PRIO_PROCESS, tid)
+	if err != nil || unix.Setpriority(unix.PRIO_PROCESS, tid, n) != nil {
+		return runtime.UnlockOSThread
+	}
+	return func() {
+		_ = unix.Setpriority(unix.PRIO_PROCESS, tid, 20-prio)
+		runtime.UnlockOSThread()
+	}
 }

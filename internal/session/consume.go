@@ -48,9 +48,9 @@ func (s *Session) consume(final bool) (int, error) {
 	return n, err
 }
 
-// deliverRaw converts one chunk's records, straight from the shared
-// memory, and writes them. Records come from the target's memory: a site
-// index out of range is counted as corrupt and dropped.
+// deliverRaw takes one chunk's records, straight from the shared memory:
+// it accounts the chunk to its thread and puts the records in the spool,
+// or converts them at once when there is none (see spool.go). s.mu is held.
 func (s *Session) deliverRaw(tid uint32, lostBefore uint32, raw []byte) error {
 	// Only a tid the consumer accepted (tidSet.accept) gets here. The
 	// agent records tids of the target's pid namespace; the recording
@@ -67,6 +67,33 @@ func (s *Session) deliverRaw(tid uint32, lostBefore uint32, raw []byte) error {
 	if !s.wantTID(tid) {
 		return nil
 	}
+	if s.spool != nil {
+		err := s.spool.put(tid, raw)
+		if err == nil {
+			s.spooled += uint64(len(raw) / agent.SizeofRecord)
+			return nil
+		}
+		if s.spoolErr == nil {
+			s.spoolErr = err // reported at the end; convert directly from now on
+		}
+	}
+	s.conv.Lock()
+	defer s.conv.Unlock()
+	return s.convertLocked(tid, raw)
+}
+
+// convert is the spool's converter: it turns one spooled chunk into events.
+func (s *Session) convert(tid uint32, raw []byte) error {
+	s.conv.Lock()
+	defer s.conv.Unlock()
+	s.unspooled += uint64(len(raw) / agent.SizeofRecord)
+	return s.convertLocked(tid, raw)
+}
+
+// convertLocked decodes the records of one chunk of thread tid and writes
+// them. Records come from the target's memory: a site index out of range
+// is counted as corrupt and dropped. s.conv is held.
+func (s *Session) convertLocked(tid uint32, raw []byte) error {
 	nrec := len(raw) / agent.SizeofRecord
 	if cap(s.evbuf) < nrec {
 		s.evbuf = make([]tracefile.Event, nrec)
@@ -85,7 +112,7 @@ func (s *Session) deliverRaw(tid uint32, lostBefore uint32, raw []byte) error {
 		kind, depth := uint8(meta>>62), uint8(meta>>54)
 		site := uint32(meta>>32) & (agent.MaxSites - 1)
 		if site >= nsel || (kind != agent.KindEntry && kind != agent.KindExit) {
-			s.corrupt++
+			s.badRecords++
 			continue
 		}
 		if maxDepth > 0 && int(depth) >= maxDepth {

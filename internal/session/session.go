@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"os"
 	"path"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -54,6 +55,10 @@ type Options struct {
 	// Modules are shell globs restricting the selection to the modules
 	// whose path or base name matches one (all when empty).
 	Modules []string
+	// NoSpool converts each chunk taken from the shared buffer into the
+	// recording at once, instead of spooling it raw for a converter at
+	// low priority (spool.go): for comparisons, and for tests.
+	NoSpool bool
 }
 
 // ErrNoMatch means no patchable function matches the selection.
@@ -101,21 +106,30 @@ type Session struct {
 	inj    *injection
 	unwind *unwindPlan // graph mode: the unwinder's GOT slots to hook
 
-	mu       sync.Mutex // guards the consumer, the writer and the counters
+	mu       sync.Mutex // guards the consumer, the spool's input and the counters
 	cons     *agent.Consumer
-	w        *tracefile.Writer
+	w        *tracefile.Writer // written under conv (and closed under mu)
 	meta     tracefile.Meta
-	events   uint64
-	corrupt  uint64
+	corrupt  uint64 // chunks of unknown threads (countForeign)
 	lost     map[uint32]uint64
 	threads  map[uint32]string // tid -> name, as first seen
-	evbuf    []tracefile.Event
-	clock0   tsc.Pair // at the patch batch
-	calib    tsc.Pair // taken earlier, to know the TSC rate before the end
-	started  time.Time
-	patched  bool
-	stats    textpoke.Stats
-	counters agent.Counters // the agent's counters, kept once its memory is gone
+	spool    *spool            // raw chunks waiting to be converted (nil: convert at once)
+	spooled  uint64            // records put in the spool
+	spoolErr error             // the spool could not be written: converted at once since
+
+	// conv guards the conversion of records into events (convertLocked):
+	// the spool's converter goroutine, or deliverRaw without a spool.
+	conv       sync.Mutex
+	events     uint64 // events written
+	badRecords uint64 // malformed records dropped
+	unspooled  uint64 // records taken out of the spool
+	evbuf      []tracefile.Event
+	clock0     tsc.Pair // at the patch batch
+	calib      tsc.Pair // taken earlier, to know the TSC rate before the end
+	started    time.Time
+	patched    bool
+	stats      textpoke.Stats
+	counters   agent.Counters // the agent's counters, kept once its memory is gone
 	// restoredReturns counts the return addresses put back at detach.
 	restoredReturns int
 	// skipped lists the selected sites that another tool (a uprobe)
@@ -686,7 +700,12 @@ func (s *Session) Summary() Summary {
 	if !s.meta.End.IsZero() {
 		d = s.meta.End.Sub(s.meta.Start)
 	}
-	return Summary{Events: s.events, Lost: lost, Corrupt: s.corrupt, Threads: len(s.threads), Duration: d, Output: s.opts.Output}
+	s.conv.Lock()
+	// Records still in the spool count as events: they are safe, only
+	// not encoded yet. Once the spool is finished the count is exact.
+	events, corrupt := s.events+(s.spooled-s.unspooled), s.corrupt+s.badRecords
+	s.conv.Unlock()
+	return Summary{Events: events, Lost: lost, Corrupt: corrupt, Threads: len(s.threads), Duration: d, Output: s.opts.Output}
 }
 
 func (s *Session) openOutput() error {
@@ -698,6 +717,14 @@ func (s *Session) openOutput() error {
 		return fmt.Errorf("create recording: %w", err)
 	}
 	s.w = w
+	if s.opts.NoSpool {
+		return nil
+	}
+	sp, err := openSpool(filepath.Dir(s.opts.Output), s.convert)
+	if err != nil {
+		return err
+	}
+	s.spool = sp
 	return nil
 }
 
@@ -847,14 +874,24 @@ func (s *Session) quiesce() error {
 	return unhookErr
 }
 
-// finish writes the metadata and closes the recording.
+// finish converts what is left in the spool, writes the metadata and
+// closes the recording.
 func (s *Session) finish(clock1 tsc.Pair) error {
+	var serr error
+	if s.spool != nil {
+		serr = s.spool.finish()
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.spool = nil
 	m := s.buildMeta(&clock1)
+	s.conv.Lock()
+	defer s.conv.Unlock()
 	err := s.w.Close(m)
 	s.w = nil
-	return err
+	// A spool that could not be written (s.spoolErr: the disk is full)
+	// is no error: its chunks were converted at once instead.
+	return errors.Join(serr, err)
 }
 
 // checkpoint writes the metadata known at the start into the recording, so

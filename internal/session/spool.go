@@ -1,0 +1,247 @@
+package session
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// A spool keeps the chunks the consumer takes out of the shared buffer, raw,
+// in an unlinked file next to the recording, and a converter goroutine turns
+// them into recording blocks (decode, delta-encode, compress) at the lowest
+// CPU priority. Taking a chunk then costs one copy into the page cache, so
+// the buffer is drained at the rate the target fills it even when the
+// tracer has no more than a share of one core: encoding runs on whatever
+// CPU is idle, and what is left when tracing stops is encoded after the
+// target is detached. The part of the file already converted is given back
+// to the file system as the converter goes (FALLOC_FL_PUNCH_HOLE), so the
+// spool holds only the backlog. See docs/DESIGN-NOTES.md, "A consumer that
+// keeps up".
+//
+// A frame is a 12-byte header (tid, record bytes, reserved) and the records.
+type spool struct {
+	f *os.File
+
+	mu      sync.Mutex
+	cond    *sync.Cond
+	wOff    int64 // end of the frames written
+	closing bool  // no more frames: convert the rest at normal priority
+	err     error // the first write error
+
+	rOff    int64 // converter only: start of the frames not yet converted
+	rPub    int64 // rOff as last published, guarded by mu
+	punched int64 // converter only: bytes given back so far
+	done    chan struct{}
+	convErr error // set before done is closed
+	convert func(tid uint32, raw []byte) error
+	started bool // the converter runs (from the first frame on)
+}
+
+const (
+	spoolFrameHeader = 12
+	// spoolRead is the most the converter reads at once.
+	spoolRead = 4 << 20
+	// spoolPunch is how much converted data accumulates before it is
+	// given back.
+	spoolPunch = 16 << 20
+)
+
+// openSpool creates the spool file in dir (the recording's directory, or
+// the temporary directory) and starts the converter, which hands each
+// frame to convert.
+func openSpool(dir string, convert func(tid uint32, raw []byte) error) (*spool, error) {
+	f, err := tmpFile(dir)
+	if err != nil {
+		return nil, fmt.Errorf("create the spool for raw events in %s: %w (set TMPDIR, or write the recording elsewhere with -o)", dir, err)
+	}
+	sp := &spool{f: f, done: make(chan struct{}), convert: convert}
+	sp.cond = sync.NewCond(&sp.mu)
+	return sp, nil
+}
+
+// tmpFile returns a read-write file in dir that has no name.
+func tmpFile(dir string) (*os.File, error) {
+	fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o600)
+	if err == nil {
+		return os.NewFile(uintptr(fd), filepath.Join(dir, "(livetrace spool)")), nil
+	}
+	// A file system without O_TMPFILE: a named file, removed at once.
+	f, err := os.CreateTemp(dir, ".livetrace-spool-*")
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Remove(f.Name()); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// put appends one frame. It fails only when the file cannot be written
+// (the disk is full): the caller then converts the chunk itself.
+func (sp *spool) put(tid uint32, raw []byte) error {
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	if sp.err != nil {
+		return sp.err
+	}
+	if sp.convErr != nil {
+		// The converter stopped: the caller's own conversion reports
+		// the error (or succeeds, if it was the spool's file).
+		return sp.convErr
+	}
+	var h [spoolFrameHeader]byte
+	binary.LittleEndian.PutUint32(h[0:], tid)
+	binary.LittleEndian.PutUint32(h[4:], uint32(len(raw)))
+	off := sp.wOff
+	if err := pwritevAll(sp.f, [][]byte{h[:], raw}, off); err != nil {
+		sp.err = fmt.Errorf("spool raw events: %w", err)
+		return sp.err
+	}
+	sp.wOff = off + spoolFrameHeader + int64(len(raw))
+	if !sp.started {
+		// Started here, not in openSpool: the tracer raises the
+		// priority of all its threads while it attaches, and lowers
+		// them all again afterwards.
+		sp.started = true
+		go sp.run(sp.convert)
+	}
+	sp.cond.Signal()
+	return nil
+}
+
+// pwritevAll writes bufs at off, whole.
+func pwritevAll(f *os.File, bufs [][]byte, off int64) error {
+	for len(bufs) > 0 {
+		n, err := unix.Pwritev(int(f.Fd()), bufs, off)
+		if err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			return err
+		}
+		if n == 0 {
+			return errors.New("short write")
+		}
+		off += int64(n)
+		for n > 0 && len(bufs) > 0 {
+			if n >= len(bufs[0]) {
+				n -= len(bufs[0])
+				bufs = bufs[1:]
+			} else {
+				bufs[0] = bufs[0][n:]
+				n = 0
+			}
+		}
+	}
+	return nil
+}
+
+// backlog returns the bytes spooled and not yet converted.
+func (sp *spool) backlog() int64 {
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	return sp.wOff - sp.rPub
+}
+
+// finish tells the converter that no frame follows, waits until it has
+// converted every frame, and closes the file.
+func (sp *spool) finish() error {
+	sp.mu.Lock()
+	sp.closing = true
+	sp.cond.Signal()
+	started := sp.started
+	sp.mu.Unlock()
+	if started {
+		<-sp.done
+	}
+	cerr := sp.f.Close()
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	return errors.Join(sp.convErr, cerr) // a write error (sp.err) lost nothing: see put
+}
+
+// run is the converter.
+func (sp *spool) run(convert func(tid uint32, raw []byte) error) {
+	defer close(sp.done)
+	// Its own thread, at nice 19: the tracer's other work (taking chunks,
+	// ptrace stops) and the target come first.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	tid := unix.Gettid()
+	old, _ := unix.Getpriority(unix.PRIO_PROCESS, tid)
+	_ = unix.Setpriority(unix.PRIO_PROCESS, tid, 19)
+	lowered := true
+	buf := make([]byte, spoolRead)
+	for {
+		sp.mu.Lock()
+		for sp.wOff == sp.rOff && !sp.closing {
+			sp.cond.Wait()
+		}
+		end, closing := sp.wOff, sp.closing
+		sp.mu.Unlock()
+		if closing && lowered {
+			// What is left is all that stands between the user and
+			// the recording: convert it at normal priority. (The
+			// kernel reports 20 - nice.)
+			_ = unix.Setpriority(unix.PRIO_PROCESS, tid, 20-old)
+			lowered = false
+		}
+		if sp.rOff == end {
+			return // closing, and nothing left
+		}
+		if err := sp.convertUpTo(end, buf, convert); err != nil {
+			sp.mu.Lock()
+			sp.convErr = err
+			sp.mu.Unlock()
+			return
+		}
+	}
+}
+
+// convertUpTo converts the frames in [rOff, end).
+func (sp *spool) convertUpTo(end int64, buf []byte, convert func(tid uint32, raw []byte) error) error {
+	for sp.rOff < end {
+		n := min(int64(len(buf)), end-sp.rOff)
+		b := buf[:n]
+		if _, err := sp.f.ReadAt(b, sp.rOff); err != nil {
+			return fmt.Errorf("read the spool: %w", err)
+		}
+		used := 0
+		for len(b)-used >= spoolFrameHeader {
+			tid := binary.LittleEndian.Uint32(b[used:])
+			size := int(binary.LittleEndian.Uint32(b[used+4:]))
+			if spoolFrameHeader+size > len(buf) {
+				return fmt.Errorf("spool frame of %d bytes at %d: larger than the read buffer", size, sp.rOff+int64(used))
+			}
+			if len(b)-used < spoolFrameHeader+size {
+				break // the frame continues past this read
+			}
+			raw := b[used+spoolFrameHeader : used+spoolFrameHeader+size]
+			if err := convert(tid, raw); err != nil {
+				return err
+			}
+			used += spoolFrameHeader + size
+		}
+		if used == 0 {
+			return fmt.Errorf("truncated spool frame at %d", sp.rOff)
+		}
+		sp.rOff += int64(used)
+		sp.mu.Lock()
+		sp.rPub = sp.rOff
+		sp.mu.Unlock()
+		if sp.rOff-sp.punched >= spoolPunch {
+			// Give the converted part back; a file system without hole
+			// punching just keeps it until the file is closed.
+			_ = unix.Fallocate(int(sp.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, sp.punched, sp.rOff-sp.punched)
+			sp.punched = sp.rOff
+		}
+	}
+	return nil
+}

@@ -1,0 +1,113 @@
+package session
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"math/rand"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestSpoolOrder puts frames of many sizes (up to a whole chunk) from a
+// producer while the converter runs, and checks that the converter gets
+// each frame once, whole, in order, and that the converted part of the file
+// is given back (its blocks are freed) while the spool is open.
+func TestSpoolOrder(t *testing.T) {
+	var mu sync.Mutex
+	var got [][]byte
+	var tids []uint32
+	sp, err := openSpool(t.TempDir(), func(tid uint32, raw []byte) error {
+		mu.Lock()
+		defer mu.Unlock()
+		got = append(got, bytes.Clone(raw))
+		tids = append(tids, tid)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewSource(1))
+	var want [][]byte
+	total := 0
+	for i := 0; total < 3*spoolPunch; i++ {
+		n := 16 * (1 + rng.Intn(4096)) // up to one 64 KiB chunk
+		b := make([]byte, n)
+		binary.LittleEndian.PutUint64(b, uint64(i))
+		b[n-1] = byte(i)
+		want = append(want, b)
+		total += n
+		if err := sp.put(uint32(i%7), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The converter keeps up and punches holes while the spool is open.
+	deadline := time.Now().Add(20 * time.Second)
+	for sp.backlog() > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(sp.f.Fd()), &st); err != nil {
+		t.Fatal(err)
+	}
+	if used := st.Blocks * 512; used > 2*spoolPunch {
+		t.Errorf("the spool holds %d bytes on disk after converting %d: converted data is not given back", used, total)
+	}
+	if err := sp.finish(); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("converted %d frames, put %d", len(got), len(want))
+	}
+	for i := range want {
+		if !bytes.Equal(got[i], want[i]) || tids[i] != uint32(i%7) {
+			t.Fatalf("frame %d: got %d bytes of tid %d, want %d bytes of tid %d", i, len(got[i]), tids[i], len(want[i]), i%7)
+		}
+	}
+}
+
+// TestSpoolConvertError stops converting at the first error, and finish
+// reports it.
+func TestSpoolConvertError(t *testing.T) {
+	n := 0
+	sp, err := openSpool(t.TempDir(), func(uint32, []byte) error {
+		n++
+		if n == 3 {
+			return fmt.Errorf("disk on fire")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 10; i++ {
+		if err := sp.put(1, make([]byte, 16)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := sp.finish(); err == nil || n != 3 {
+		t.Fatalf("finish: %v after %d frames, want the converter's error after 3", err, n)
+	}
+}
+
+// TestSpoolUnused: a spool that got no frame finishes at once.
+func TestSpoolUnused(t *testing.T) {
+	sp, err := openSpool(t.TempDir(), func(uint32, []byte) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sp.finish(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSpoolNoDirectory names the directory and what to do.
+func TestSpoolNoDirectory(t *testing.T) {
+	_, err := openSpool("/nonexistent/dir", func(uint32, []byte) error { return nil })
+	if err == nil || !bytes.Contains([]byte(err.Error()), []byte("/nonexistent/dir")) {
+		t.Fatalf("got %v", err)
+	}
+}
