@@ -254,11 +254,17 @@ func (s *Session) inject() (err error) {
 		return fmt.Errorf("inject agent: map the shared memory: %w", err)
 	}
 
-	// Fill the target's page tables for the buffer now, rather than let
-	// each first touch fault while tracing: a write through
-	// /proc/PID/mem faults the pages in for the target (and zeroes them).
-	if err := s.p.WriteMem(a.Shared, make([]byte, sharedSize)); err != nil {
-		return err
+	s.lap("inject: shared memory mapped")
+	// Allocate the buffer's pages now, off the attach path: a goroutine
+	// does it while the stubs are written and the sites patched, so that
+	// the agent's first touch of a page is a minor fault, not an
+	// allocation and a zeroing. (Filling it through /proc/PID/mem, or
+	// MAP_POPULATE, cost 20–70 ms of attach: docs/DESIGN-NOTES.md, "Attach".)
+	if dup, err := unix.Dup(int(f.Fd())); err == nil {
+		go func() {
+			_ = unix.Fallocate(dup, 0, 0, int64(sharedSize))
+			unix.Close(dup)
+		}()
 	}
 
 	// Stubs: one 16-byte slot per site, next to its module, jumping to
@@ -322,6 +328,7 @@ func (s *Session) inject() (err error) {
 		inj.stubs = append(inj.stubs, remoteRegion{sbase, size, "stubs"})
 	}
 
+	s.lap("inject: stubs")
 	for i, x := range s.sel {
 		cfg.Sites[i] = agent.Site{Addr: x.addr, Target: x.stub}
 		copy(cfg.Sites[i].Orig[:], x.orig)
