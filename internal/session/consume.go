@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"time"
 
 	"github.com/livetrace/livetrace/internal/agent"
 	"github.com/livetrace/livetrace/internal/proc"
@@ -15,8 +16,15 @@ import (
 // Poll moves the events the agent has published so far into the recording.
 // Call it regularly while the target runs (every millisecond or so keeps
 // the default buffer from overflowing at tens of millions of events per
-// second). It returns the number of events moved.
+// second). Every drainEvery it also takes the records written so far to
+// chunks that are not full yet, so that an event reaches the tracer within
+// that time however slowly its thread fills its chunk (the agent's call
+// path does nothing more for it: a chunk's record count is always
+// published). It returns the number of events moved.
 func (s *Session) Poll() (int, error) { return s.consume(false) }
+
+// drainEvery bounds how long an event waits in a chunk that is not full.
+const drainEvery = 50 * time.Millisecond
 
 // consume moves published chunks (all chunks, with final) to the writer.
 func (s *Session) consume(final bool) (int, error) {
@@ -24,6 +32,12 @@ func (s *Session) consume(final bool) (int, error) {
 	defer s.mu.Unlock()
 	if s.cons == nil || s.w == nil {
 		return 0, nil
+	}
+	if !final && time.Since(s.drained) >= drainEvery {
+		final = true // the partly filled chunks too; nothing is freed
+	}
+	if final {
+		s.drained = time.Now()
 	}
 	defer s.countForeign()
 	if s.inj != nil && s.inj.tids != nil {

@@ -116,6 +116,7 @@ type Session struct {
 	spool    *spool            // raw chunks waiting to be converted (nil: convert at once)
 	spooled  uint64            // records put in the spool
 	spoolErr error             // the spool could not be written: converted at once since
+	drained  time.Time         // when the partly filled chunks were last taken (consume)
 
 	// conv guards the conversion of records into events (convertLocked):
 	// the spool's converter goroutine, or deliverRaw without a spool.
