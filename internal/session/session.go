@@ -117,6 +117,7 @@ type Session struct {
 	spooled  uint64            // records put in the spool
 	spoolErr error             // the spool could not be written: converted at once since
 	drained  time.Time         // when the partly filled chunks were last taken (consume)
+	ended    time.Time         // when Close stopped tracing
 
 	// conv guards the conversion of records into events (convertLocked):
 	// the spool's converter goroutine, or deliverRaw without a spool.
@@ -698,8 +699,8 @@ func (s *Session) Summary() Summary {
 	}
 	lost = max(lost, c.Lost+c.TableFull+c.Reentered)
 	d := time.Since(s.started)
-	if !s.meta.End.IsZero() {
-		d = s.meta.End.Sub(s.meta.Start)
+	if !s.ended.IsZero() {
+		d = s.ended.Sub(s.started)
 	}
 	s.conv.Lock()
 	// Records still in the spool count as events: they are safe, only
@@ -757,6 +758,9 @@ func (s *Session) Close() error {
 		}
 	}
 	clock1 := tsc.Sample()
+	s.mu.Lock()
+	s.ended = time.Now() // tracing ends here; converting the spool does not count
+	s.mu.Unlock()
 	if s.p != nil && !gone() {
 		if s.inj != nil {
 			// Enabled and graph off: no new records, no new hijacks.
@@ -926,7 +930,10 @@ func (s *Session) buildMeta(clock1 *tsc.Pair) tracefile.Meta {
 	}
 	m.Clock = tracefile.Clock{TSC0: s.clock0.TSC, Mono0: s.clock0.Mono, TSCHz: tsc.Hz(s.calib, s.clock0)}
 	if clock1 != nil {
-		m.End = time.Now()
+		m.End = s.ended
+		if m.End.IsZero() {
+			m.End = time.Now()
+		}
 		m.Clock.TSC1, m.Clock.Mono1 = clock1.TSC, clock1.Mono
 		if hz := tsc.Hz(s.clock0, *clock1); hz != 0 {
 			m.Clock.TSCHz = hz
