@@ -151,6 +151,9 @@ func (s *Session) convertLocked(tid uint32, raw []byte) error {
 	}
 	evs = evs[:n]
 	s.events += uint64(n)
+	if s.opts.OnEvents != nil && n > 0 {
+		s.opts.OnEvents(evs)
+	}
 	return s.w.WriteEvents(evs)
 }
 

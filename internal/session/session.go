@@ -13,6 +13,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path"
 	"path/filepath"
@@ -59,6 +60,13 @@ type Options struct {
 	// recording at once, instead of spooling it raw for a converter at
 	// low priority (spool.go): for comparisons, and for tests.
 	NoSpool bool
+	// OnEvents, when set, gets every batch of events as it is taken from
+	// the shared memory (at most drainEvery after the calls), before it is
+	// written; evs is only valid during the call, which must be quick. It
+	// implies NoSpool.
+	OnEvents func(evs []tracefile.Event)
+	// Discard writes no recording (Output is ignored): for OnEvents alone.
+	Discard bool
 }
 
 // ErrNoMatch means no patchable function matches the selection.
@@ -711,15 +719,23 @@ func (s *Session) Summary() Summary {
 }
 
 func (s *Session) openOutput() error {
-	if s.opts.Output == "" {
+	if s.opts.Output == "" && !s.opts.Discard {
 		s.opts.Output = "livetrace.data"
+	}
+	if s.opts.Discard {
+		w, err := tracefile.NewWriter(io.Discard)
+		if err != nil {
+			return err
+		}
+		s.w = w
+		return nil
 	}
 	w, err := tracefile.Create(s.opts.Output)
 	if err != nil {
 		return fmt.Errorf("create recording: %w", err)
 	}
 	s.w = w
-	if s.opts.NoSpool {
+	if s.opts.NoSpool || s.opts.OnEvents != nil {
 		return nil
 	}
 	sp, err := openSpool(filepath.Dir(s.opts.Output), s.convert)
@@ -897,6 +913,14 @@ func (s *Session) finish(clock1 tsc.Pair) error {
 	// A spool that could not be written (s.spoolErr: the disk is full)
 	// is no error: its chunks were converted at once instead.
 	return errors.Join(serr, err)
+}
+
+// Meta returns the recording's metadata as known now: modules, symbols,
+// the traced functions (an event's Func indexes Funcs) and the clock.
+func (s *Session) Meta() tracefile.Meta {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buildMeta(nil)
 }
 
 // checkpoint writes the metadata known at the start into the recording, so
