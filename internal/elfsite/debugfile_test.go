@@ -296,3 +296,25 @@ func TestDebugFileLibc(t *testing.T) {
 		t.Errorf("%d functions with the debug file, %d without", len(spec.Funcs), len(bare.Funcs))
 	}
 }
+
+// TestDebugFileLdso: with libc6-dbg, the dynamic linker's local functions
+// are named; its TLS descriptor functions, which callers enter expecting
+// every register but rax kept, are refused with the reason.
+func TestDebugFileLdso(t *testing.T) {
+	ldso := "/lib64/ld-linux-x86-64.so.2"
+	t.Setenv(DebugDirEnv, "")
+	spec, err := Open(ldso)
+	if err != nil {
+		testtarget.SkipOrFatal(t, "open %s: %v", ldso, err)
+	}
+	if spec.SymbolFile == "" {
+		testtarget.SkipOrFatal(t, "no debug file for %s: run `make deps-test`, which installs libc6-dbg (%v)", ldso, spec.SymbolFileErr)
+	}
+	i, ok := funcByName(spec, "_dl_tlsdesc_return")
+	if !ok {
+		t.Fatalf("_dl_tlsdesc_return is not among the functions of %s", spec.SymbolFile)
+	}
+	if _, why, ok := spec.RelocFunc(i); !ok || !strings.Contains(why, "TLS descriptor") {
+		t.Errorf("_dl_tlsdesc_return: RelocFunc = %v, %q: want it refused as a TLS descriptor function", ok, why)
+	}
+}

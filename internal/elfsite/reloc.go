@@ -163,6 +163,9 @@ func (s *Spec) RelocFunc(i int) (st Site, why string, ok bool) {
 		return Site{}, fmt.Sprintf("function of %d bytes, more than the %d analyzed", f.Size, maxRelocFunc), true
 	case f.IFunc:
 		return Site{}, "an IFUNC resolver (trace the implementation it picks)", true
+	case strings.HasPrefix(f.Raw, "_dl_tlsdesc_"):
+		// Named only by the dynamic linker's .symtab (its debug file).
+		return Site{}, "a TLS descriptor function: its callers expect every register but rax kept, and the stub uses r11", true
 	case rs.tooBig:
 		return Site{}, fmt.Sprintf("executable segments of more than %d bytes", maxRelocText), true
 	}
