@@ -153,10 +153,12 @@ func TestDebugFileListRecord(t *testing.T) {
 	testtarget.CheckText(t, tp.Pid())
 }
 
-// TestDebugFileListLibc: with Debian's libc6-dbg, list names libc's
-// internal functions (_int_malloc is static) from the debug file, in a
-// running process too.
-func TestDebugFileListLibc(t *testing.T) {
+// TestDebugFileLibc: with Debian's libc6-dbg, list names libc's internal
+// functions (_int_malloc is static) from the debug file, in a running
+// process too, and record traces one exactly: glibc 2.36 sorts with a
+// merge sort, whose static msort_with_tmp.part.0 runs 7 times for each
+// qsort of 8 elements (8, 4, 4, 2, 2, 2, 2; arrays of 1 are not sorted).
+func TestDebugFileLibc(t *testing.T) {
 	t.Setenv(elfsite.DebugDirEnv, "")
 	libc := "/lib/x86_64-linux-gnu/libc.so.6"
 	spec, err := elfsite.Open(libc)
@@ -178,11 +180,31 @@ func TestDebugFileListLibc(t *testing.T) {
 	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	stdout, _, err = runCLI(t, "list", "--all", "--json", "-p", strconv.Itoa(tp.Pid()), "_int_malloc", "_int_free")
+	if _, err := testtarget.RunWorkload(tp, 1, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	pid := strconv.Itoa(tp.Pid())
+	stdout, _, err = runCLI(t, "list", "--all", "--json", "-p", pid, "_int_malloc", "_int_free", "msort_with_tmp*")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rows := decodeJSON(t, stdout); len(rows) != 2 {
-		t.Errorf("list -p _int_malloc _int_free: %s", stdout)
+	if rows := decodeJSON(t, stdout); len(rows) != 3 {
+		t.Errorf("list -p _int_malloc _int_free msort_with_tmp*: %s", stdout)
 	}
+	out := filepath.Join(t.TempDir(), "msort.data")
+	cmd, stderrR, said := startTracing(t, livetraceBinary(t), "record", "-p", pid, "-m", "libc.so.6", "-F", "msort_with_tmp.part.0", "-F", "qsort", "-o", out)
+	if !strings.Contains(said, "tracing 2 functions") {
+		t.Errorf("record says %q, want 2 functions", said)
+	}
+	want, err := testtarget.RunWorkload(tp, 300, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopRecord(t, cmd, said, stderrR)
+	calls := reportCalls(t, out)
+	if calls["qsort"] != want["qsort"] || calls["msort_with_tmp.part.0"] != 7*want["qsort"] || want["qsort"] == 0 {
+		t.Errorf("recorded qsort %d, msort_with_tmp.part.0 %d calls; the program called qsort %d times (so %d)",
+			calls["qsort"], calls["msort_with_tmp.part.0"], want["qsort"], 7*want["qsort"])
+	}
+	testtarget.CheckText(t, tp.Pid())
 }
