@@ -26,6 +26,19 @@ define apt_install
 	  command -v $(1) >/dev/null 2>&1 || { echo "make: installing $(2) did not provide $(1)" >&2; exit 1; }; }
 endef
 
+# apt_install_file FILE PACKAGES: install PACKAGES with apt-get when FILE
+# (a library or a debug file, not a program) is missing.
+define apt_install_file
+	@test -e $(1) || { \
+	  echo "make: $(1) is missing; installing $(2) with apt-get"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "make: need root to apt-get install $(2)" >&2; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) >/dev/null; \
+	  test -e $(1) || { echo "make: installing $(2) did not provide $(1)" >&2; exit 1; }; }
+endef
+
+# The debug file of the installed libc.so.6 by its build ID, xx/yyyy.
+LIBC_BUILD_ID = $(shell readelf -n /lib/x86_64-linux-gnu/libc.so.6 2>/dev/null | sed -n 's/.*Build ID: \(..\)\(.*\)/\1\/\2/p')
+
 # Every program a test runs (exec.Command / exec.LookPath in *_test.go and
 # internal/testtarget): the fixtures' compilers (clang-16, clang++-16, gcc,
 # g++), lld-16 for the linker matrix of internal/elfsite, binutils (ld for
@@ -33,6 +46,10 @@ endef
 # that share sites with uprobes, and unshare (util-linux) for the container
 # tests. A fresh machine of this kind has gcc, g++, binutils and util-linux
 # but not clang-16, lld-16 or bpftrace; checking the others costs nothing.
+# Debian's own packages are traced too: the stock sqlite3 shell with its
+# libsqlite3-0, and libc.so.6 named from libc6-dbg's debug file: the file
+# checked is the one of the installed libc's build ID, so a libc6-dbg that
+# does not match libc6 is upgraded.
 deps-test:
 	$(call apt_install,$(CLANG),clang-16)
 	$(call apt_install,ld.lld-16,lld-16)
@@ -41,6 +58,8 @@ deps-test:
 	$(call apt_install,objdump,binutils)
 	$(call apt_install,bpftrace,bpftrace)
 	$(call apt_install,unshare,util-linux)
+	$(call apt_install,sqlite3,sqlite3)
+	$(call apt_install_file,/usr/lib/debug/.build-id/$(LIBC_BUILD_ID).debug,libc6-dbg)
 
 deps-bench: deps-test
 	$(call apt_install,uftrace,uftrace)

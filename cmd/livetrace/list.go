@@ -55,7 +55,8 @@ function, symbol (mangled name), module (path), address ("0x..."; runtime
 address with -p, link-time address otherwise), symbol_address, size, form
 (nop5, sled or unknown), endbr, bytes (hex), with -p state, and
 graph_unsafe when --graph will not trace the function (why; entry mode
-does), which the table shows as a NOTE. Sites of
+does), which the table shows as a NOTE, and symbol_file when the name
+comes from a separate debug file rather than the module itself. Sites of
 form unknown hold bytes livetrace does not recognize and will not patch;
 they are listed, in JSON too, and a warning goes to stderr.
 
@@ -63,6 +64,12 @@ With --all, functions without a compiler NOP are listed too: form reloc
 when livetrace traces them by moving their first instructions into a stub
 (record traces them unless --only-nop), or form none with the reason they
 cannot be traced (JSON field refused, the table's NOTE).
+
+A stripped module's functions are named from its separate debug file when
+the debug directory holds one for its build ID (<dir>/.build-id/xx/yyyy.debug;
+the directory is /usr/lib/debug, or the colon-separated list in
+LIVETRACE_DEBUG_DIR, "-" for none): its static functions are then listed
+too, and a note on stderr names the file.
 
 The summary line ("12 sites in 2 modules") and warnings go to stderr.`,
 		Example: `  livetrace list ./myprog
@@ -112,6 +119,9 @@ type listRow struct {
 	// Refused says why a function without a compiler NOP cannot be
 	// traced (form none, --all).
 	Refused string `json:"refused,omitempty"`
+	// SymbolFile is the separate debug file the function's symbol was
+	// read from (found by build ID), when it was not the module itself.
+	SymbolFile string `json:"symbol_file,omitempty"`
 
 	raw []string // every name, plain and mangled, of every alias, for globs
 }
@@ -215,6 +225,7 @@ func (o *listOptions) fileRows() ([]listRow, error) {
 		return nil, err
 	}
 	o.warnStripped(spec)
+	o.noteSymbolFile(spec)
 	return specRows(spec, o.file, 0, o.all), nil
 }
 
@@ -239,6 +250,7 @@ func (o *listOptions) pidRows() ([]listRow, int, error) {
 			patchable = true
 		}
 		o.warnStripped(m.Spec)
+		o.noteSymbolFile(m.Spec)
 		rows = append(rows, specRows(m.Spec, m.Path, m.Bias, o.all)...)
 	}
 	if !patchable {
@@ -302,6 +314,18 @@ func (o *listOptions) warnStripped(spec *elfsite.Spec) {
 	}
 }
 
+// noteSymbolFile says on stderr where the functions of spec were named
+// from when that is a separate debug file, and why a debug file found was
+// not used.
+func (o *listOptions) noteSymbolFile(spec *elfsite.Spec) {
+	if spec.SymbolFileErr != nil {
+		fmt.Fprintf(o.stderr, "warning: %s\n", report.Printable(spec.SymbolFileErr.Error()))
+	}
+	if spec.SymbolFile != "" {
+		fmt.Fprintf(o.stderr, "note: functions of %s are named from its debug file %s\n", report.Printable(spec.Path), report.Printable(spec.SymbolFile))
+	}
+}
+
 // hasReloc reports whether spec has functions without a NOP site.
 func hasReloc(spec *elfsite.Spec) bool {
 	sites, refused := spec.RelocSites()
@@ -351,6 +375,9 @@ func specRows(spec *elfsite.Spec, module string, bias uint64, all bool) []listRo
 
 			GraphUnsafe: st.GraphUnsafe,
 		}
+		if st.Func >= 0 {
+			r.SymbolFile = spec.SymbolFile
+		}
 		if st.Form == elfsite.FormReloc {
 			r.Bytes = hex.EncodeToString(st.Plan.Orig())
 		}
@@ -370,7 +397,7 @@ func specRows(spec *elfsite.Spec, module string, bias uint64, all bool) []listRo
 		for _, rf := range refused {
 			f := spec.Funcs[rf.Func]
 			r := listRow{Function: f.Name, Symbol: f.Raw, Module: module, Address: hexU64(rf.Addr + bias),
-				SymbolAddress: hexU64(f.Addr + bias), Size: f.Size, Form: formNone, Refused: rf.Reason}
+				SymbolAddress: hexU64(f.Addr + bias), Size: f.Size, Form: formNone, Refused: rf.Reason, SymbolFile: spec.SymbolFile}
 			for _, a := range spec.Aliases(rf.Func) {
 				r.raw = append(r.raw, a.Name, a.Raw)
 			}

@@ -16,8 +16,10 @@
 // compilers record the address after the ENDBR64, and when a table records the
 // ENDBR64 itself, Parse moves the site past it.
 //
-// Stripped files (no .symtab) are not refused: their sites are named from
-// .dynsym where it covers them, otherwise by address ("0x1234", see
+// Stripped files (no .symtab) are not refused: their functions are read
+// from their separate debug file when the debug directory has one for
+// their build ID (debug.go, [Spec.SymbolFile]), otherwise from .dynsym;
+// sites that no symbol covers are named by address ("0x1234", see
 // [SiteName]), and [Spec.Stripped] lets callers warn.
 package elfsite
 
@@ -208,8 +210,16 @@ type Spec struct {
 	Funcs []Func
 	// Loads are the PT_LOAD segments in file order.
 	Loads []Load
-	// Stripped reports that the file has no .symtab.
+	// Stripped reports that the file has no .symtab, and no separate
+	// debug file gave one (see [Spec.SymbolFile]).
 	Stripped bool
+	// SymbolFile is the path of the separate debug file that Funcs were
+	// read from (found by build ID under [DebugDirs], debug.go), or ""
+	// when they come from the file itself.
+	SymbolFile string
+	// SymbolFileErr, when not nil, says why a debug file found for the
+	// file was not used; Funcs then come from .dynsym.
+	SymbolFileErr error
 	// Skipped counts table entries that were dropped because they point
 	// outside any executable PT_LOAD, or hold an unresolvable relocation.
 	// Entries of 0 (functions removed by the linker) are not counted.
@@ -290,6 +300,9 @@ func Parse(r io.ReaderAt, path string) (spec *Spec, err error) {
 	p.spec.BuildID = p.buildID()
 	if err := p.symbols(); err != nil {
 		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	if p.spec.Stripped && p.spec.BuildID != "" {
+		p.debugSymbols()
 	}
 	if err := p.sites(); err != nil {
 		return nil, fmt.Errorf("read %s: %w", path, err)

@@ -2,6 +2,7 @@ package elfsite
 
 import (
 	"bytes"
+	"debug/elf"
 	"os"
 	"sort"
 	"testing"
@@ -24,6 +25,8 @@ const (
 func FuzzParse(f *testing.F) {
 	recoverPanics = false
 	f.Cleanup(func() { recoverPanics = true })
+	// A fuzzed file's build ID must not pick a debug file of this machine.
+	f.Setenv(DebugDirEnv, "-")
 	for _, form := range testtarget.Forms {
 		for _, path := range []string{
 			testtarget.Build(f, testtarget.Simple, form),
@@ -77,6 +80,36 @@ func FuzzParse(f *testing.F) {
 			if r.Reason == "" || r.Func < 0 || r.Func >= len(spec.Funcs) {
 				t.Fatalf("bad refusal %+v", r)
 			}
+		}
+	})
+}
+
+// FuzzDebugFile feeds the reader of separate debug files arbitrary bytes
+// (the seeds: a debug file objcopy made, and crafted files):
+// no panic, bounded memory, and symbols sorted by address.
+func FuzzDebugFile(f *testing.F) {
+	recoverPanics = false
+	f.Cleanup(func() { recoverPanics = true })
+	_, _, debug := buildDebugFixture(f)
+	data, err := os.ReadFile(debug)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(data)
+	f.Add(elf32Header())
+	f.Add(craftELF([]craftSection{
+		{name: ".note.gnu.build-id", typ: elf.SHT_NOTE, data: buildIDNote([]byte{1, 2, 3, 4})},
+		{name: ".symtab", typ: elf.SHT_SYMTAB, link: 3, data: make([]byte, 48)},
+		{name: ".strtab", typ: elf.SHT_STRTAB, data: []byte("\x00f\x00")},
+	}, nil))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var funcs []Func
+		alloc := allocDuring(func() { funcs, _ = parseDebugFile(bytes.NewReader(data), "fuzz", "", elf.ET_DYN) })
+		if budget := uint64(fuzzAllocBase + fuzzAllocPerByte*len(data)); alloc > budget {
+			t.Fatalf("parseDebugFile allocated %d bytes for a %d-byte input, budget %d", alloc, len(data), budget)
+		}
+		if !sort.SliceIsSorted(funcs, func(i, j int) bool { return funcs[i].Addr < funcs[j].Addr }) {
+			t.Error("functions not sorted")
 		}
 	})
 }

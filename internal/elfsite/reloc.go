@@ -163,6 +163,9 @@ func (s *Spec) RelocFunc(i int) (st Site, why string, ok bool) {
 		return Site{}, fmt.Sprintf("function of %d bytes, more than the %d analyzed", f.Size, maxRelocFunc), true
 	case f.IFunc:
 		return Site{}, "an IFUNC resolver (trace the implementation it picks)", true
+	case strings.HasPrefix(f.Raw, "_dl_tlsdesc_"):
+		// Named only by the dynamic linker's .symtab (its debug file).
+		return Site{}, "a TLS descriptor function: its callers expect every register but rax kept, and the stub uses r11", true
 	case rs.tooBig:
 		return Site{}, fmt.Sprintf("executable segments of more than %d bytes", maxRelocText), true
 	}
@@ -180,12 +183,23 @@ func (s *Spec) RelocFunc(i int) (st Site, why string, ok bool) {
 		// The dynamic linker's lazy binding entry: PLT0 jumps there with
 		// two words pushed over the return address.
 		st.GraphUnsafe = "return address not at [rsp]: the dynamic linker's PLT resolver is entered by a jmp with two words pushed"
+	} else if why, ok := returnedInto[f.Raw]; ok {
+		st.GraphUnsafe = "return address not at [rsp]: " + why
 	} else if len(plan.EntryBranches) > 0 {
 		// The function branches back to its entry, where [rsp] is
 		// whatever it pushed: graph mode would hijack the wrong slot.
 		st.GraphUnsafe = fmt.Sprintf("return address not at [rsp]: the function branches back to its entry from +%d", plan.EntryBranches[0]-f.Addr)
 	}
 	return st, "", true
+}
+
+// returnedInto names the local functions of libc that a thread enters by
+// a return or a jump, not by a call, so that [rsp] holds no return
+// address there. They are seen only with libc's .symtab (its debug file,
+// debug.go).
+var returnedInto = map[string]string{
+	"__restore_rt":    "the signal return trampoline, entered by the signal handler's ret with the signal frame at [rsp]",
+	"__start_context": "makecontext's trampoline, entered by the context function's ret",
 }
 
 // RelocSites analyzes every function without a NOP site (once; the result

@@ -116,12 +116,20 @@ func (p *parser) symbols() error {
 		if raw == "" {
 			continue
 		}
+		// The linker writes a versioned symbol into .symtab with its
+		// version ("memcpy@GLIBC_2.2.5", "memcpy@@GLIBC_2.14"); .dynsym
+		// keeps versions apart. The name is the one without it, as
+		// .dynsym gives it; Raw keeps it.
 		name := raw
+		if at := strings.IndexByte(raw, '@'); at > 0 {
+			name = raw[:at]
+		}
 		if demangleBudget > 0 {
-			name = Demangle(raw)
-			if name != raw {
-				demangleBudget -= len(raw) + len(name)
+			d := Demangle(name)
+			if d != name {
+				demangleBudget -= len(name) + len(d)
 			}
+			name = d
 		}
 		funcs = append(funcs, Func{
 			Name:   name,
