@@ -318,3 +318,25 @@ func TestDebugFileLdso(t *testing.T) {
 		t.Errorf("_dl_tlsdesc_return: RelocFunc = %v, %q: want it refused as a TLS descriptor function", ok, why)
 	}
 }
+
+// TestGraphUnsafeVfork: glibc's vfork returns twice on one stack (child,
+// then parent), so graph mode must not hijack its return address; entry
+// mode still traces it. It is an exported function: no debug file needed.
+func TestGraphUnsafeVfork(t *testing.T) {
+	libc := "/lib/x86_64-linux-gnu/libc.so.6"
+	spec, err := Open(libc)
+	if err != nil {
+		testtarget.SkipOrFatal(t, "open %s: %v", libc, err)
+	}
+	i, ok := funcByName(spec, "vfork")
+	if !ok {
+		t.Fatalf("vfork is not among the functions of %s", libc)
+	}
+	st, why, ok := spec.RelocFunc(i)
+	if !ok || why != "" {
+		t.Fatalf("vfork: RelocFunc = %v, %q: want it traceable in entry mode", ok, why)
+	}
+	if !strings.Contains(st.GraphUnsafe, "returns twice") {
+		t.Errorf("vfork: GraphUnsafe = %q, want it refused in graph mode", st.GraphUnsafe)
+	}
+}

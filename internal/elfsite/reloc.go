@@ -185,6 +185,12 @@ func (s *Spec) RelocFunc(i int) (st Site, why string, ok bool) {
 		st.GraphUnsafe = "return address not at [rsp]: the dynamic linker's PLT resolver is entered by a jmp with two words pushed"
 	} else if why, ok := returnedInto[f.Raw]; ok {
 		st.GraphUnsafe = "return address not at [rsp]: " + why
+	} else if f.Raw == "vfork" || f.Raw == "__vfork" {
+		// glibc's vfork pops its return address into a register around
+		// the system call and pushes it back: the child returns first,
+		// through the hijacked address, and takes the parent's shadow
+		// entry with it.
+		st.GraphUnsafe = "returns twice on one stack (the vfork child, then the parent)"
 	} else if len(plan.EntryBranches) > 0 {
 		// The function branches back to its entry, where [rsp] is
 		// whatever it pushed: graph mode would hijack the wrong slot.
