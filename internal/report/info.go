@@ -99,6 +99,12 @@ func InfoStream(w io.Writer, s *tracefile.Stream) error {
 	if len(fl.Patterns) > 0 {
 		filters = append(filters, "functions "+Printable(strings.Join(fl.Patterns, ",")))
 	}
+	if len(fl.Exclude) > 0 {
+		filters = append(filters, "excluding "+Printable(strings.Join(fl.Exclude, ",")))
+	}
+	if len(fl.Modules) > 0 {
+		filters = append(filters, "modules "+Printable(strings.Join(fl.Modules, ",")))
+	}
 	if fl.MaxDepth > 0 {
 		filters = append(filters, fmt.Sprintf("depth < %d", fl.MaxDepth))
 	}
