@@ -94,7 +94,7 @@ func replayEntries(w *bufio.Writer, s *tracefile.Stream, f Filter) error {
 		if !ok {
 			break
 		}
-		if ev.Kind != tracefile.KindEntry || !f.keepTID(ev.TID) {
+		if ev.Kind != tracefile.KindEntry || !f.keep(&ev) {
 			continue
 		}
 		ns := e.ns(ev.TSC)

@@ -78,7 +78,7 @@ func newStackTree(s *tracefile.Stream, f Filter) (*stackTree, error) {
 			if !ok {
 				break
 			}
-			if ev.Kind == tracefile.KindEntry && f.keepTID(ev.TID) {
+			if ev.Kind == tracefile.KindEntry && f.keep(&ev) {
 				n := st.node(-1, ev.Func)
 				st.nodes[n].calls++
 			}
