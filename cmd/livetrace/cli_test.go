@@ -266,3 +266,55 @@ func TestVersion(t *testing.T) {
 		t.Errorf("--version: %v %q", err, out)
 	}
 }
+
+// inTerminal runs the shell command line under a pseudo-terminal
+// (script(1)), with input fed to it after a second, and returns all that
+// the terminal showed.
+func inTerminal(t *testing.T, line, input string) string {
+	t.Helper()
+	script, err := exec.LookPath("script")
+	if err != nil {
+		testtarget.SkipOrFatal(t, "script(1) (util-linux) is needed to run livetrace in a terminal")
+	}
+	feed := exec.Command("sh", "-c", "sleep 1; printf '"+input+"'; sleep 2")
+	cmd := exec.Command(script, "-qec", line, "/dev/null")
+	pipe, err := feed.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdin = pipe
+	if err := feed.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer feed.Process.Kill()
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", line, err, out)
+	}
+	return string(out)
+}
+
+// TestRecordTerminal checks that record -- CMD draws no status line over
+// CMD's output on a terminal (nor its Ctrl-C hint, wrong there), while
+// record -p does draw one.
+func TestRecordTerminal(t *testing.T) {
+	testtarget.RequireRoot(t)
+	bin := livetraceBinary(t)
+	work := testtarget.Build(t, testtarget.Workload, testtarget.ClangNop5)
+	dir := t.TempDir()
+	out := inTerminal(t, bin+" record -F 'work_*' -o "+filepath.Join(dir, "cmd.data")+" -- "+work+" -t 1", `run 2\nquit\n`)
+	if !strings.Contains(out, "done {") || !strings.Contains(out, "livetrace: tracing 7 functions") {
+		t.Fatalf("record -- CMD in a terminal:\n%q", out)
+	}
+	if strings.Contains(out, "Ctrl-C") || strings.Contains(out, "\x1b[K") {
+		t.Errorf("record -- CMD drew a status line:\n%q", out)
+	}
+	tp := testtarget.Start(t, work, "-t", "1")
+	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	out = inTerminal(t, bin+" record -p "+strconv.Itoa(tp.Pid())+" -d 1500ms -o "+filepath.Join(dir, "p.data"), "")
+	if !strings.Contains(out, "(Ctrl-C to stop)") {
+		t.Errorf("record -p in a terminal drew no status line:\n%q", out)
+	}
+}
