@@ -63,7 +63,7 @@ func ExportFlameGraphStream(w io.Writer, s *tracefile.Stream, f Filter) error {
 		if wf < flameMinFrac {
 			return
 		}
-		name := funcName(rec, node.fn)
+		name := st.name(node.fn)
 		frames = append(frames, frame{name: name, x: x, w: wf, depth: depth, value: node.total})
 		maxDepth = max(maxDepth, depth)
 		for _, k := range node.kids {

@@ -200,9 +200,21 @@ func (s *symbolizer) name(pc uint64) string {
 }
 
 func (s *symbolizer) lookup(pc uint64) string {
+	sym, ok := s.symbol(pc)
+	if !ok {
+		return "?"
+	}
+	if pc == sym.Addr {
+		return Printable(sym.Name)
+	}
+	return fmt.Sprintf("%s+0x%x", Printable(sym.Name), pc-sym.Addr)
+}
+
+// symbol returns the named symbol that covers pc.
+func (s *symbolizer) symbol(pc uint64) (tracefile.Symbol, bool) {
 	i := sort.Search(len(s.syms), func(i int) bool { return s.syms[i].Addr > pc }) - 1
 	if i < 0 {
-		return "?"
+		return tracefile.Symbol{}, false
 	}
 	// Prefer a symbol with a size among those at the same address.
 	for j := i; j >= 0 && s.syms[j].Addr == s.syms[i].Addr; j-- {
@@ -213,10 +225,7 @@ func (s *symbolizer) lookup(pc uint64) string {
 	}
 	sym := s.syms[i]
 	if sym.Size > 0 && pc-sym.Addr >= sym.Size || sym.Name == "" {
-		return "?"
+		return tracefile.Symbol{}, false
 	}
-	if pc == sym.Addr {
-		return Printable(sym.Name)
-	}
-	return fmt.Sprintf("%s+0x%x", Printable(sym.Name), pc-sym.Addr)
+	return sym, true
 }
