@@ -41,6 +41,7 @@ deps-test:
 	$(call apt_install,objdump,binutils)
 	$(call apt_install,bpftrace,bpftrace)
 	$(call apt_install,unshare,util-linux)
+	$(call apt_install,node,nodejs)
 
 deps-bench: deps-test
 	$(call apt_install,uftrace,uftrace)
