@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -317,4 +318,69 @@ func TestRecordTerminal(t *testing.T) {
 	if !strings.Contains(out, "(Ctrl-C to stop)") {
 		t.Errorf("record -p in a terminal drew no status line:\n%q", out)
 	}
+}
+
+// complete runs the completion that the shell scripts call, and returns
+// the candidates (without descriptions).
+func complete(t *testing.T, args ...string) []string {
+	t.Helper()
+	out, _, err := runCLI(t, append([]string{"__complete"}, args...)...)
+	if err != nil {
+		t.Fatalf("__complete %v: %v", args, err)
+	}
+	var got []string
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		if strings.HasPrefix(l, ":") {
+			break // the directive
+		}
+		name, _, _ := strings.Cut(l, "\t")
+		got = append(got, name)
+	}
+	return got
+}
+
+// TestCompletion checks the shell completion scripts and the values they
+// complete: subcommands, flags, --format, --sort, PIDs, modules, thread
+// ids, and function names of the -p process or of list's FILE.
+func TestCompletion(t *testing.T) {
+	for _, sh := range []string{"bash", "zsh", "fish"} {
+		out, _, err := runCLI(t, "completion", sh)
+		if err != nil || !strings.Contains(out, "__complete") {
+			t.Errorf("completion %s: %v\n%.200s", sh, err, out)
+		}
+	}
+	eq := func(what string, got, want []string) {
+		t.Helper()
+		if strings.Join(got, " ") != strings.Join(want, " ") {
+			t.Errorf("%s: %q, want %q", what, got, want)
+		}
+	}
+	eq("subcommands re", complete(t, "re"), []string{"record", "replay", "report", "restore"})
+	eq("export --format", complete(t, "export", "--format", ""), []string{"chrome", "folded", "pprof", "flamegraph", "perfetto"})
+	eq("report --sort", complete(t, "report", "--sort", ""), []string{"calls", "name", "total", "self", "avg", "min", "max"})
+	if got := complete(t, "record", "--g"); !slices.Contains(got, "--graph") {
+		t.Errorf("record --g: %q", got)
+	}
+
+	testtarget.RequireRoot(t)
+	work := testtarget.Build(t, testtarget.Workload, testtarget.ClangNop5)
+	tp := testtarget.Start(t, work, "-t", "2")
+	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	pid := strconv.Itoa(tp.Pid())
+	if got := complete(t, "record", "-p", pid[:1]); !slices.Contains(got, pid) || slices.Contains(got, "2") {
+		t.Errorf("record -p %s: %d candidates, want the target %s and no kernel thread", pid[:1], len(got), pid)
+	}
+	eq("record -F work_", complete(t, "record", "-p", pid, "-F", "work_"), []string{"work_exit_inner", "work_exit_thread", "work_fork", "work_leaf", "work_nested", "work_pattern", "work_recurse"})
+	if got := complete(t, "record", "-p", pid, "-m", "libc.so.6", "-F", "mallo"); !slices.Contains(got, "malloc") || slices.Contains(got, "work_leaf") {
+		t.Errorf("record -m libc.so.6 -F mallo: %q", got)
+	}
+	if got := complete(t, "record", "-p", pid, "-m", ""); !slices.Contains(got, "libc.so.6") || !slices.Contains(got, "workload") {
+		t.Errorf("record -m: %q", got)
+	}
+	if got := complete(t, "record", "-p", pid, "--tid", ""); len(got) != 3 || !slices.Contains(got, pid) {
+		t.Errorf("record --tid: %q, want the 3 threads", got)
+	}
+	eq("list FILE work_n", complete(t, "list", work, "work_n"), []string{"work_nested"})
 }

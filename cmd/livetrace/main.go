@@ -152,5 +152,6 @@ func run(args []string, stdout, stderr io.Writer) error {
 		newExportCmd(stdout, stderr),
 		newRestoreCmd(stdout, stderr),
 	)
+	addCompletions(root)
 	return root.Execute()
 }
