@@ -46,10 +46,7 @@ func ExportFlameGraphStream(w io.Writer, s *tracefile.Stream, f Filter) error {
 		if st.graph {
 			return human(v)
 		}
-		if v == 1 {
-			return "1 call"
-		}
-		return fmt.Sprintf("%d calls", v)
+		return count(uint64(max(v, 0)), "call")
 	}
 	type frame struct {
 		name     string

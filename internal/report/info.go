@@ -76,7 +76,7 @@ func InfoStream(w io.Writer, s *tracefile.Stream) error {
 	kv("mode", "%s", rec.Mode)
 	kv("format version", "%d", rec.Version)
 	if s.Recovered {
-		kv("recovered", "yes: the writer did not finish; %d events left out", s.Dropped)
+		kv("recovered", "yes: the writer did not finish; %s left out", count(s.Dropped, "event"))
 	}
 	kv("start", "%s", fmtTime(rec.Start))
 	kv("end", "%s", fmtTime(rec.End))

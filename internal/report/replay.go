@@ -60,7 +60,7 @@ func ReplayStream(w io.Writer, s *tracefile.Stream, f Filter) error {
 
 func writeLostHeader(w *bufio.Writer, rec *tracefile.Meta, recovered bool, dropped uint64) {
 	if recovered {
-		fmt.Fprintf(w, "# recovered from an unfinished recording (%d events left out)\n", dropped)
+		fmt.Fprintf(w, "# recovered from an unfinished recording (%s left out)\n", count(dropped, "event"))
 	}
 	if rec.Lost == 0 && rec.ShadowOverflow == 0 {
 		return
@@ -71,12 +71,12 @@ func writeLostHeader(w *bufio.Writer, rec *tracefile.Meta, recovered bool, dropp
 			per = append(per, fmt.Sprintf("%d in thread %d", th.Lost, th.TID))
 		}
 	}
-	fmt.Fprintf(w, "# lost %d events", rec.Lost)
+	fmt.Fprintf(w, "# lost %s", count(rec.Lost, "event"))
 	if len(per) > 0 {
 		fmt.Fprintf(w, " (%s)", strings.Join(per, ", "))
 	}
 	if rec.ShadowOverflow > 0 {
-		fmt.Fprintf(w, "; %d exits not traced (shadow stack full)", rec.ShadowOverflow)
+		fmt.Fprintf(w, "; %s not traced (shadow stack full)", count(rec.ShadowOverflow, "exit"))
 	}
 	fmt.Fprintln(w)
 }

@@ -128,6 +128,14 @@ func ModuleFuncs(rec *tracefile.Meta, globs []string) ([]bool, error) {
 
 // funcName returns the name of traced function fn, escaped for display
 // (see [Printable]), as every name this package writes.
+// count returns "1 word" or "n words".
+func count(n uint64, word string) string {
+	if n == 1 {
+		return "1 " + word
+	}
+	return fmt.Sprintf("%d %ss", n, word)
+}
+
 func funcName(rec *tracefile.Meta, fn uint32) string {
 	if int(fn) < len(rec.Funcs) && rec.Funcs[fn].Name != "" {
 		return Printable(rec.Funcs[fn].Name)
