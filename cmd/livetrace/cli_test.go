@@ -159,7 +159,7 @@ func TestRecordCLIErrors(t *testing.T) {
 		{[]string{"record", "-p", pid, "--tid", "999999999", "-o", filepath.Join(dir, "a")}, "process " + pid + " has no thread 999999999"},
 		{[]string{"record", "-p", pid, "--tid", pid + ",999999998", "-o", filepath.Join(dir, "a")}, "has no thread 999999998"},
 		{[]string{"record", "--tid", "5", "-o", filepath.Join(dir, "a"), "--", "/bin/true"}, "--tid needs -p PID"},
-		{[]string{"record", "-p", pid, "-N", "*", "-o", filepath.Join(dir, "a")}, "nothing to trace: -N * excludes every function selected by -F *"},
+		{[]string{"record", "-p", pid, "-N", "*", "-o", filepath.Join(dir, "a")}, "nothing to trace: -N * excludes every function ("},
 		{[]string{"record", "-p", pid, "-F", "work_*", "-N", "work_*", "-o", filepath.Join(dir, "a")}, "excludes every function selected by -F work_* (7 functions)"},
 		{[]string{"record", "-p", pid, "-o", existing}, existing + " already exists: give -f to overwrite it"},
 		{[]string{"record", "-p", pid, "-o", "/nonexistent/dir/x.data"}, "directory /nonexistent/dir does not exist"},

@@ -191,7 +191,7 @@ func (o *recordOptions) run() error {
 	if err != nil {
 		var nm *session.NoMatchError
 		if errors.As(err, &nm) {
-			return noMatchError(nm, o.exclude)
+			return noMatchError(nm, o.funcs, o.exclude)
 		}
 		return err
 	}
@@ -364,7 +364,10 @@ func (o *recordOptions) checkOutput() (*bufio.Writer, error) {
 
 // noMatchError turns a selection that matched nothing into an error that
 // shows the closest names, or says that -N took everything.
-func noMatchError(nm *session.NoMatchError, exclude []string) error {
+func noMatchError(nm *session.NoMatchError, funcs, exclude []string) error {
+	if nm.Excluded > 0 && len(funcs) == 0 {
+		return fmt.Errorf("nothing to trace: -N %s excludes every function (%s): narrow -N", strings.Join(exclude, " -N "), plural(nm.Excluded, "function"))
+	}
 	if nm.Excluded > 0 {
 		return fmt.Errorf("nothing to trace: -N %s excludes every function selected by -F %s (%s): narrow -N", strings.Join(exclude, " -N "), strings.Join(nm.Globs, " -F "), plural(nm.Excluded, "function"))
 	}
