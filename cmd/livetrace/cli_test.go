@@ -270,8 +270,8 @@ func TestVersion(t *testing.T) {
 
 // inTerminal runs the shell command line under a pseudo-terminal
 // (script(1)), with input fed to it after a second, and returns all that
-// the terminal showed.
-func inTerminal(t *testing.T, line, input string) string {
+// the terminal showed, and how the command ended.
+func inTerminal(t *testing.T, line, input string) (string, error) {
 	t.Helper()
 	script, err := exec.LookPath("script")
 	if err != nil {
@@ -289,10 +289,7 @@ func inTerminal(t *testing.T, line, input string) string {
 	}
 	defer feed.Process.Kill()
 	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s: %v\n%s", line, err, out)
-	}
-	return string(out)
+	return string(out), err
 }
 
 // TestRecordTerminal checks that record -- CMD draws no status line over
@@ -303,8 +300,8 @@ func TestRecordTerminal(t *testing.T) {
 	bin := livetraceBinary(t)
 	work := testtarget.Build(t, testtarget.Workload, testtarget.ClangNop5)
 	dir := t.TempDir()
-	out := inTerminal(t, bin+" record -F 'work_*' -o "+filepath.Join(dir, "cmd.data")+" -- "+work+" -t 1", `run 2\nquit\n`)
-	if !strings.Contains(out, "done {") || !strings.Contains(out, "livetrace: tracing 7 functions") {
+	out, err := inTerminal(t, bin+" record -F 'work_*' -o "+filepath.Join(dir, "cmd.data")+" -- "+work+" -t 1", `run 2\nquit\n`)
+	if err != nil || !strings.Contains(out, "done {") || !strings.Contains(out, "livetrace: tracing 7 functions") {
 		t.Fatalf("record -- CMD in a terminal:\n%q", out)
 	}
 	if strings.Contains(out, "Ctrl-C") || strings.Contains(out, "\x1b[K") {
@@ -314,9 +311,18 @@ func TestRecordTerminal(t *testing.T) {
 	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	out = inTerminal(t, bin+" record -p "+strconv.Itoa(tp.Pid())+" -d 1500ms -o "+filepath.Join(dir, "p.data"), "")
-	if !strings.Contains(out, "(Ctrl-C to stop)") {
-		t.Errorf("record -p in a terminal drew no status line:\n%q", out)
+	out, err = inTerminal(t, bin+" record -p "+strconv.Itoa(tp.Pid())+" -d 1500ms -o "+filepath.Join(dir, "p.data"), "")
+	if err != nil || !strings.Contains(out, "(Ctrl-C to stop)") {
+		t.Errorf("record -p in a terminal drew no status line: %v\n%q", err, out)
+	}
+	// A binary recording is not written to a terminal, nor read from one.
+	out, err = inTerminal(t, bin+" record -p "+strconv.Itoa(tp.Pid())+" -d 100ms -o -", "")
+	if err == nil || !strings.Contains(out, "standard output, which is a terminal") {
+		t.Errorf("record -o - to a terminal: %v\n%q", err, out)
+	}
+	out, err = inTerminal(t, bin+" replay -", "")
+	if err == nil || !strings.Contains(out, "read standard input: it is a terminal") {
+		t.Errorf("replay - from a terminal: %v\n%q", err, out)
 	}
 }
 
