@@ -39,6 +39,9 @@ type stackTree struct {
 	callers  []tracefile.Symbol
 	callerID map[uint64]uint32 // untraced symbol address -> frame id
 	funcAt   map[uint64]uint32 // traced function address -> frame id
+	// pcFrame caches callerFrame: return address -> frame id + 1 (0: no
+	// frame), for up to maxSymCache addresses.
+	pcFrame map[uint64]uint32
 }
 
 // name returns the display name of frame id.
@@ -220,6 +223,24 @@ func (st *stackTree) callerFrame(syms *symbolizer, pc uint64) (uint32, bool) {
 	if pc == 0 {
 		return 0, false
 	}
+	if v, ok := st.pcFrame[pc]; ok {
+		return v - 1, v != 0
+	}
+	id, ok := st.lookupFrame(syms, pc)
+	if st.pcFrame == nil {
+		st.pcFrame = map[uint64]uint32{}
+	}
+	if len(st.pcFrame) < maxSymCache {
+		if ok {
+			st.pcFrame[pc] = id + 1
+		} else {
+			st.pcFrame[pc] = 0
+		}
+	}
+	return id, ok
+}
+
+func (st *stackTree) lookupFrame(syms *symbolizer, pc uint64) (uint32, bool) {
 	sym, ok := syms.symbol(pc)
 	if !ok {
 		return 0, false
