@@ -60,6 +60,7 @@ deps-test:
 	$(call apt_install,unshare,util-linux)
 	$(call apt_install,sqlite3,sqlite3)
 	$(call apt_install_file,/usr/lib/debug/.build-id/$(LIBC_BUILD_ID).debug,libc6-dbg)
+	$(call apt_install,node,nodejs)
 
 deps-bench: deps-test
 	$(call apt_install,uftrace,uftrace)

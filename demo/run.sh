@@ -85,8 +85,8 @@ step_list() {
 
 step_record() {
 	DATA=$work/livetrace.data
-	say "$BIN record --graph -p $demo_pid -d 2s -o $DATA   (live: the demo keeps running)"
-	"$BIN" record --graph -p "$demo_pid" -d 2s -o "$DATA"
+	say "$BIN record -f --graph -p $demo_pid -d 2s -o $DATA   (live: the demo keeps running)"
+	"$BIN" record -f --graph -p "$demo_pid" -d 2s -o "$DATA"
 	if ! kill -0 "$demo_pid" 2>/dev/null; then
 		echo "demo: the demo died while traced" >&2
 		exit 1

@@ -347,7 +347,7 @@ func (b *bench) callOverhead() {
 	lt := func(extra ...string) func() (float64, error) {
 		return func() (float64, error) {
 			v, _, err := b.measure(b.bins["sites"], "calls", nt, func(pid int) (*tracer, error) {
-				args := append([]string{b.livetrace, "record", "-p", strconv.Itoa(pid), "-F", "leaf", "-o", filepath.Join(b.work, "lt.data")}, extra...)
+				args := append([]string{b.livetrace, "record", "-f", "-p", strconv.Itoa(pid), "-F", "leaf", "-o", filepath.Join(b.work, "lt.data")}, extra...)
 				return startTracer("livetrace: tracing", args...)
 			})
 			return v, err
@@ -422,7 +422,7 @@ func (b *bench) throughput() {
 				b.add(sec, name, -1, "events/s", err.Error())
 				continue
 			}
-			args := append([]string{b.livetrace, "record", "-p", strconv.Itoa(t.cmd.Process.Pid), "-F", "leaf", "-o", data}, extra...)
+			args := append([]string{b.livetrace, "record", "-f", "-p", strconv.Itoa(t.cmd.Process.Pid), "-F", "leaf", "-o", data}, extra...)
 			tr, err := startTracer("livetrace: tracing", args...)
 			if err != nil {
 				t.kill()

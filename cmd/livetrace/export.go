@@ -23,7 +23,7 @@ type exportOptions struct {
 func newExportCmd(stdout, stderr io.Writer) *cobra.Command {
 	o := &exportOptions{stdout: stdout, stderr: stderr}
 	cmd := &cobra.Command{
-		Use:   "export --format chrome|perfetto|folded|pprof|flamegraph [-i FILE] [-o OUT] [-D N] [-t DURATION] [--tid TID]... [--since D] [--until D]",
+		Use:   "export --format chrome|perfetto|folded|pprof|flamegraph [FILE | -i FILE] [-m GLOB]... [-o OUT] [-D N] [-t DURATION] [--tid TID]... [--since D] [--until D]",
 		Short: "Convert a recording to Chrome JSON or Perfetto trace, folded stacks, pprof or a flame graph",
 		Long: `Convert a recording for other tools:
 
@@ -39,14 +39,18 @@ func newExportCmd(stdout, stderr io.Writer) *cobra.Command {
               with sample types calls/count and time/nanoseconds.
   flamegraph  a self-contained HTML flame graph (livetrace.html).
 
--o - writes to standard output.`,
+-o - writes to standard output; an existing OUT is replaced (an export
+can be made again from the recording). FILE (or -i FILE) is the recording,
+livetrace.data by default; - reads it from standard input. -m keeps the
+functions of the modules whose path or file name matches GLOB.`,
 		Example: `  livetrace export --format chrome
   livetrace export --format pprof -o prof.pb.gz && go tool pprof -top prof.pb.gz
   livetrace export --format folded -o - | flamegraph.pl > flame.svg`,
-		Args: cobra.NoArgs,
+		Args: o.in.inputArgs,
 		RunE: func(cmd *cobra.Command, args []string) error { return o.run() },
 	}
 	o.in.addFlags(cmd.Flags())
+	o.in.addModuleFlag(cmd.Flags())
 	o.filter.addFlags(cmd.Flags())
 	cmd.Flags().StringVarP(&o.format, "format", "f", "", "write `FORMAT`: chrome, perfetto, folded, pprof or flamegraph")
 	cmd.Flags().StringVarP(&o.out, "output", "o", "", "write to `OUT` (default livetrace.json, .perfetto-trace, .folded, .pb.gz or .html; - for stdout)")

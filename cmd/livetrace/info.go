@@ -17,13 +17,17 @@ type infoOptions struct {
 func newInfoCmd(stdout, stderr io.Writer) *cobra.Command {
 	o := &infoOptions{stdout: stdout}
 	cmd := &cobra.Command{
-		Use:   "info [-i FILE]",
+		Use:   "info [FILE | -i FILE]",
 		Short: "Describe a recording: target, mode, time, modules, threads, lost events",
 		Long: `Describe a recording: the target process (pid, command, command line), the
 mode, the start, end and duration, the modules, the threads (with their
 events and lost events), the number of events, of lost events and of
-shadow-stack overflows.`,
-		Args: cobra.NoArgs,
+shadow-stack overflows, and the -F, -N, -m, -D, -t and --tid it was
+recorded with.
+
+FILE (or -i FILE) is the recording, livetrace.data by default; - reads it
+from standard input.`,
+		Args: o.in.inputArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := o.in.open()
 			if err != nil {

@@ -186,7 +186,7 @@ func (o *listOptions) run() error {
 	}
 	fmt.Fprintf(o.stderr, "%s in %s", plural(len(rows), "site"), plural(len(mods), "module"))
 	if o.pid != 0 && modules != len(mods) {
-		fmt.Fprintf(o.stderr, " (%d modules mapped)", modules)
+		fmt.Fprintf(o.stderr, " (%s mapped)", plural(modules, "module"))
 	}
 	fmt.Fprintln(o.stderr)
 	return o.checkOrphan()
@@ -254,8 +254,8 @@ func (o *listOptions) pidRows() ([]listRow, int, error) {
 		rows = append(rows, specRows(m.Spec, m.Path, m.Bias, o.all)...)
 	}
 	if !patchable {
-		return nil, 0, fmt.Errorf("%w in pid %d (%d modules checked): build the program or its libraries with clang -fpatchable-function-entry=5 (see docs/BUILDING.md)",
-			elfsite.ErrNoSites, o.pid, len(mods))
+		return nil, 0, fmt.Errorf("%w in pid %d (%s checked): build the program or its libraries with clang -fpatchable-function-entry=5 (see docs/BUILDING.md)",
+			elfsite.ErrNoSites, o.pid, plural(len(mods), "module"))
 	}
 	return rows, len(mods), nil
 }

@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"runtime/pprof"
 	"syscall"
 
@@ -89,15 +90,56 @@ type exitError struct{ code int }
 
 func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
 
+// version is the release, set at build time with
+// -ldflags "-X main.version=v1.2.3"; without it versionString reads what
+// the Go toolchain recorded.
+var version = ""
+
+// versionString returns the version, the commit (from the build's VCS
+// stamp, marked "+dirty" for a modified tree) and the Go version.
+func versionString() string {
+	v := version
+	bi, ok := debug.ReadBuildInfo()
+	if v == "" && ok && bi.Main.Version != "" {
+		v = bi.Main.Version
+	}
+	if v == "" {
+		v = "(devel)"
+	}
+	if !ok {
+		return v
+	}
+	var rev, dirty string
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			if s.Value == "true" {
+				dirty = "+dirty"
+			}
+		}
+	}
+	if len(rev) > 12 {
+		rev = rev[:12]
+	}
+	if rev != "" {
+		v += " (commit " + rev + dirty + ")"
+	}
+	return v + " " + bi.GoVersion
+}
+
 // run is the whole program behind main, testable: it parses args (without
 // the program name) and writes to stdout and stderr.
 func run(args []string, stdout, stderr io.Writer) error {
 	root := &cobra.Command{
 		Use:           "livetrace",
 		Short:         "ftrace for user space: trace functions in running processes",
+		Version:       versionString(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	root.SetVersionTemplate("livetrace version {{.Version}}\n")
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
@@ -110,5 +152,6 @@ func run(args []string, stdout, stderr io.Writer) error {
 		newExportCmd(stdout, stderr),
 		newRestoreCmd(stdout, stderr),
 	)
+	addCompletions(root)
 	return root.Execute()
 }

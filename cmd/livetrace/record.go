@@ -1,11 +1,14 @@
 package main
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -30,6 +33,7 @@ type recordOptions struct {
 	noSpool      bool
 	duration     time.Duration
 	output       string
+	force        bool
 	graph        bool
 	stopMode     bool
 	unwindUnsafe bool
@@ -68,7 +72,9 @@ jmp to it (written with every thread stopped); --only-nop keeps to
 compiler NOPs. A function that cannot be moved safely is named with the
 reason (livetrace list --all shows them all). -m keeps to the modules whose
 path or file name matches GLOB. The recording goes to FILE (default
-livetrace.data); read it with livetrace replay, report, info and export.`,
+livetrace.data; - for standard output, with -p only); read it with
+livetrace replay, report, info and export. An existing FILE is kept
+unless -f is given: a recording cannot be made again.`,
 		Example: `  livetrace record -p 1234 -d 2s
   livetrace record -p 1234 -F 'parse_*' -N parse_debug -o parse.data
   livetrace record --graph -- ./myprog --some-flag
@@ -101,7 +107,8 @@ livetrace.data); read it with livetrace replay, report, info and export.`,
 	f.StringArrayVarP(&o.modules, "module", "m", nil, "select functions only in modules whose path or file name matches `GLOB` (repeatable)")
 	f.BoolVar(&o.onlyNop, "only-nop", false, "trace only functions with a compiler NOP (no relocation of functions without one)")
 	f.DurationVarP(&o.duration, "duration", "d", 0, "stop after `DURATION` (default: until Ctrl-C or exit)")
-	f.StringVarP(&o.output, "output", "o", "livetrace.data", "write the recording to `FILE`")
+	f.StringVarP(&o.output, "output", "o", "livetrace.data", "write the recording to `FILE` (- for stdout)")
+	f.BoolVarP(&o.force, "force", "f", false, "overwrite the recording FILE if it exists")
 	f.BoolVar(&o.graph, "graph", false, "record function exits too (function_graph)")
 	f.BoolVar(&o.stopMode, "stop", false, "patch with every thread stopped (stop mode) instead of live")
 	f.BoolVar(&o.unwindUnsafe, "graph-unwind-unsafe", false, "record --graph even if the C++ unwinder cannot be hooked (an exception thrown through a traced function would then kill the program)")
@@ -133,11 +140,25 @@ func (o *recordOptions) run() error {
 	if flt.MaxDepth > 255 {
 		return fmt.Errorf("parse -D %d: at most 255", flt.MaxDepth)
 	}
+	if err := o.checkTIDs(flt.TIDs); err != nil {
+		return err
+	}
+	out, err := o.checkOutput()
+	if err != nil {
+		return err
+	}
 	opts := session.Options{
 		Funcs: o.funcs, Exclude: o.exclude, Graph: o.graph,
 		Modules: o.modules, OnlyNop: o.onlyNop,
 		Output: o.output, Chunks: o.chunks, AllowUnwind: o.unwindUnsafe, NoSpool: o.noSpool,
-		Filters: tracefile.RecordFilters{MaxDepth: flt.MaxDepth, MinDuration: flt.MinDuration, TIDs: flt.TIDs},
+		Filters: tracefile.RecordFilters{
+			Patterns: o.funcs, Exclude: o.exclude, Modules: o.modules,
+			MaxDepth: flt.MaxDepth, MinDuration: flt.MinDuration, TIDs: flt.TIDs,
+		},
+	}
+	if out != nil {
+		opts.OutputWriter = out
+		opts.Output = "standard output"
 	}
 	if o.stopMode {
 		opts.Mode = textpoke.ModeStop
@@ -172,19 +193,19 @@ func (o *recordOptions) run() error {
 	if err != nil {
 		var nm *session.NoMatchError
 		if errors.As(err, &nm) {
-			return noMatchError(nm)
+			return noMatchError(nm, o.funcs, o.exclude)
 		}
 		return err
 	}
 	mode, why := s.Mode()
 	ps := s.PatchStats()
-	fmt.Fprintf(o.stderr, "livetrace: tracing %d functions in PID %d\n", s.Functions(), s.Pid())
+	fmt.Fprintf(o.stderr, "livetrace: tracing %s in PID %d\n", plural(s.Functions(), "function"), s.Pid())
 	if r := s.Refused(); len(r) > 0 {
 		fmt.Fprintf(o.stderr, "livetrace: %s not traced in graph mode (entry mode traces them), e.g. %s: %s\n", plural(len(r), "function"), report.Printable(r[0].Name), r[0].Reason)
 	}
 	for i, r := range s.Untraceable() {
 		if i == 10 {
-			fmt.Fprintf(o.stderr, "livetrace: and %d more functions that cannot be traced (livetrace list --all -p %d shows why)\n", len(s.Untraceable())-10, s.Pid())
+			fmt.Fprintf(o.stderr, "livetrace: and %s more that cannot be traced (livetrace list --all -p %d shows why)\n", plural(len(s.Untraceable())-10, "function"), s.Pid())
 			break
 		}
 		fmt.Fprintf(o.stderr, "livetrace: %s cannot be traced: %s\n", report.Printable(r.Name), report.Printable(r.Reason))
@@ -203,7 +224,10 @@ func (o *recordOptions) run() error {
 		defer t.Stop()
 		deadline = t.C
 	}
-	status := newStatusLine(o.stderr)
+	// With -- CMD, CMD shares the terminal: a status line would be drawn
+	// over its output, and its hint would be wrong (the first Ctrl-C goes
+	// to CMD).
+	status := newStatusLine(o.stderr, launched == nil)
 	// The loop takes chunks out of the shared buffer, which fills in tens
 	// of milliseconds at full speed: keep it ahead of other work.
 	defer proc.BoostCaller(-5)()
@@ -271,10 +295,13 @@ loop:
 	if why != "" {
 		fmt.Fprintf(o.stderr, "livetrace: %s\n", why)
 	}
-	fmt.Fprintf(o.stderr, "livetrace: %d events, %d lost, %d threads in %v; wrote %s\n",
-		sum.Events, sum.Lost, sum.Threads, sum.Duration.Round(time.Millisecond), sum.Output)
+	fmt.Fprintf(o.stderr, "livetrace: %s, %d lost, %s in %v; wrote %s\n",
+		plural(int(sum.Events), "event"), sum.Lost, plural(sum.Threads, "thread"), sum.Duration.Round(time.Millisecond), sum.Output)
 	if sum.Corrupt > 0 {
 		fmt.Fprintf(o.stderr, "livetrace: warning: %d malformed records from the target were dropped\n", sum.Corrupt)
+	}
+	if out != nil {
+		cerr = errors.Join(cerr, out.Flush())
 	}
 	if err := errors.Join(pollErr, cerr); err != nil {
 		return err
@@ -301,9 +328,66 @@ func fromTerminal(sig os.Signal) bool {
 	return false
 }
 
+// checkTIDs checks, before attaching, that every --tid names a thread of
+// the process -p. The threads of -- CMD do not exist yet.
+func (o *recordOptions) checkTIDs(tids []uint32) error {
+	if len(tids) == 0 {
+		return nil
+	}
+	if len(o.command) > 0 {
+		return fmt.Errorf("record: --tid needs -p PID: the threads of a command started with -- do not exist yet; record them all and pick with replay --tid")
+	}
+	for _, tid := range tids {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d/task/%d", o.pid, tid)); err != nil {
+			if _, perr := os.Stat(fmt.Sprintf("/proc/%d", o.pid)); perr != nil {
+				return nil // no such process: session.Start says so
+			}
+			return fmt.Errorf("record: process %d has no thread %d: its threads are in /proc/%d/task", o.pid, tid, o.pid)
+		}
+	}
+	return nil
+}
+
+// checkOutput checks -o and -f before attaching. It returns the writer
+// for -o - (standard output), nil for a file.
+func (o *recordOptions) checkOutput() (*bufio.Writer, error) {
+	if o.output == "-" {
+		if len(o.command) > 0 {
+			return nil, fmt.Errorf("record: -o - cannot be used with -- CMD: CMD writes to the same standard output; give -o FILE, or trace a running process with -p")
+		}
+		if f, ok := o.stdout.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+			return nil, fmt.Errorf("record: -o - writes a binary recording to standard output, which is a terminal: pipe it (livetrace record -o - ... | livetrace replay -i -) or give -o FILE")
+		}
+		return bufio.NewWriterSize(o.stdout, 1<<20), nil
+	}
+	if o.output == "" {
+		return nil, fmt.Errorf("record: -o needs a file name (or - for standard output)")
+	}
+	fi, err := os.Lstat(o.output)
+	switch {
+	case err == nil && fi.Mode().IsRegular() && !o.force:
+		return nil, fmt.Errorf("record: %s already exists: give -f to overwrite it, or another name with -o", o.output)
+	case err != nil && !errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("record: check %s: %w", o.output, err)
+	}
+	// The links and special files safefile refuses are reported by
+	// session.Start before it attaches.
+	dir := filepath.Dir(o.output)
+	if di, err := os.Stat(dir); err != nil || !di.IsDir() {
+		return nil, fmt.Errorf("record: cannot write %s: directory %s does not exist: create it, or give another -o", o.output, dir)
+	}
+	return nil, nil
+}
+
 // noMatchError turns a selection that matched nothing into an error that
-// shows the closest names.
-func noMatchError(nm *session.NoMatchError) error {
+// shows the closest names, or says that -N took everything.
+func noMatchError(nm *session.NoMatchError, funcs, exclude []string) error {
+	if nm.Excluded > 0 && len(funcs) == 0 {
+		return fmt.Errorf("nothing to trace: -N %s excludes every function (%s): narrow -N", strings.Join(exclude, " -N "), plural(nm.Excluded, "function"))
+	}
+	if nm.Excluded > 0 {
+		return fmt.Errorf("nothing to trace: -N %s excludes every function selected by -F %s (%s): narrow -N", strings.Join(exclude, " -N "), strings.Join(nm.Globs, " -F "), plural(nm.Excluded, "function"))
+	}
 	seen := map[string]bool{}
 	var names []string
 	for _, n := range nm.Names {
@@ -333,9 +417,11 @@ type statusLine struct {
 	shown bool
 }
 
-func newStatusLine(w io.Writer) *statusLine {
+// newStatusLine returns a status line on w, shown only if w is a terminal
+// and show is set.
+func newStatusLine(w io.Writer, show bool) *statusLine {
 	s := &statusLine{w: w}
-	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+	if f, ok := w.(*os.File); ok && show && term.IsTerminal(int(f.Fd())) {
 		s.tty = true
 	}
 	return s
@@ -348,8 +434,8 @@ func (s *statusLine) due() bool { return s.tty && time.Since(s.last) >= 200*time
 func (s *statusLine) update(sum session.Summary) {
 	s.last = time.Now()
 	s.shown = true
-	fmt.Fprintf(s.w, "\r\033[Klivetrace: %v  %d events  %d lost  %d threads  (Ctrl-C to stop)",
-		sum.Duration.Round(100*time.Millisecond), sum.Events, sum.Lost, sum.Threads)
+	fmt.Fprintf(s.w, "\r\033[Klivetrace: %v  %s  %d lost  %s  (Ctrl-C to stop)",
+		sum.Duration.Round(100*time.Millisecond), plural(int(sum.Events), "event"), sum.Lost, plural(sum.Threads, "thread"))
 }
 
 func (s *statusLine) clear() {

@@ -1,15 +1,18 @@
 package main
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"math"
+	"os"
 	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"golang.org/x/term"
 
 	"github.com/livetrace/livetrace/internal/report"
 	"github.com/livetrace/livetrace/internal/tracefile"
@@ -23,39 +26,120 @@ const defaultRecording = "livetrace.data"
 type inputOptions struct {
 	file    string
 	recover bool
+	modules []string
+	stdin   io.Reader
 }
 
 func (o *inputOptions) addFlags(fs *pflag.FlagSet) {
-	fs.StringVarP(&o.file, "input", "i", defaultRecording, "read the recording `FILE`")
+	fs.StringVarP(&o.file, "input", "i", defaultRecording, "read the recording `FILE` (- for stdin; or give FILE as the argument)")
 	fs.BoolVar(&o.recover, "recover", false, "read what can be read of a recording the tracer did not finish")
+}
+
+// addModuleFlag adds -m, for the readers that show functions.
+func (o *inputOptions) addModuleFlag(fs *pflag.FlagSet) {
+	fs.StringArrayVarP(&o.modules, "module", "m", nil, "show only functions of modules whose path or file name matches `GLOB` (repeatable)")
+}
+
+// inputArgs is the Args check of the readers: at most one argument, the
+// recording, which stands for -i.
+func (o *inputOptions) inputArgs(cmd *cobra.Command, args []string) error {
+	switch {
+	case len(args) > 1:
+		return fmt.Errorf("%s: give one recording, not %d (usage: %s)", cmd.Name(), len(args), cmd.UseLine())
+	case len(args) == 1 && cmd.Flags().Changed("input") && args[0] != o.file:
+		return fmt.Errorf("%s: give the recording either as -i %s or as %s, not both", cmd.Name(), o.file, args[0])
+	case len(args) == 1:
+		o.file = args[0]
+	}
+	if o.file == "" {
+		return fmt.Errorf("%s: -i needs a file name (or - for standard input)", cmd.Name())
+	}
+	return nil
 }
 
 // open opens the recording for streaming, with errors that say what to
 // do. The readers hold no events: their memory does not grow with the
 // recording (see package tracefile's Stream).
+//
+// -i - reads standard input. The metadata that names the functions is at
+// the end of a recording, and the readers merge the threads' event blocks
+// in time order with the block index, also at the end: a stream cannot be
+// read in one pass. So standard input is copied to an unlinked temporary
+// file first, and read from there like any recording.
 func (o *inputOptions) open() (*tracefile.Stream, error) {
-	s, err := tracefile.OpenStream(o.file, tracefile.StreamOptions{Recover: o.recover})
+	if o.file == "-" {
+		in := o.stdin
+		if in == nil {
+			in = os.Stdin
+		}
+		return o.openPipe(in, "standard input")
+	}
+	return o.openFile(o.file, o.file)
+}
+
+// recordingMagic returns the first bytes of every recording.
+func recordingMagic() []byte {
+	var b bytes.Buffer
+	_, _ = tracefile.NewWriter(&b)
+	return b.Bytes()[:8]
+}
+
+// openPipe copies in, named name, to a temporary file and opens that.
+func (o *inputOptions) openPipe(in io.Reader, name string) (*tracefile.Stream, error) {
+	if f, ok := in.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		return nil, fmt.Errorf("read %s: it is a terminal: pipe a recording in (livetrace record -o - ... | livetrace replay -i -), or give a file", name)
+	}
+	// Check the magic first: what is not a recording (say /dev/zero) is
+	// not copied.
+	magic := recordingMagic()
+	head := make([]byte, len(magic))
+	if n, err := io.ReadFull(in, head); err != nil || !bytes.Equal(head, magic) {
+		if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, fmt.Errorf("read %s: %w", name, err)
+		}
+		return nil, fmt.Errorf("read %s: %w (its first %d bytes are not a recording's)", name, tracefile.ErrNotRecording, n)
+	}
+	in = io.MultiReader(bytes.NewReader(head), in)
+	// CreateTemp makes the file with O_EXCL and mode 0600.
+	tmp, err := os.CreateTemp("", "livetrace-input-*.data")
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w: set TMPDIR to a writable directory", name, err)
+	}
+	defer tmp.Close()
+	defer os.Remove(tmp.Name()) // the stream keeps its own descriptor
+	if _, err := io.Copy(tmp, in); err != nil {
+		return nil, fmt.Errorf("read %s: %w", name, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return nil, fmt.Errorf("read %s: copy to %s: %w", name, tmp.Name(), err)
+	}
+	return o.openFile(tmp.Name(), name)
+}
+
+// openFile opens the recording at path, named name in messages.
+func (o *inputOptions) openFile(path, name string) (*tracefile.Stream, error) {
+	s, err := tracefile.OpenStream(path, tracefile.StreamOptions{Recover: o.recover})
 	switch {
 	case err == nil:
 		return s, nil
 	case errors.Is(err, fs.ErrNotExist):
-		return nil, fmt.Errorf("open %s: no such file: record one with `livetrace record -p PID`", o.file)
+		return nil, fmt.Errorf("open %s: no such file: record one with `livetrace record -p PID`", name)
 	case errors.Is(err, tracefile.ErrTruncated) && !o.recover:
 		// Suggest --recover only when it reads something.
-		if r, rerr := tracefile.OpenStream(o.file, tracefile.StreamOptions{Recover: true}); rerr == nil {
+		if r, rerr := tracefile.OpenStream(path, tracefile.StreamOptions{Recover: true}); rerr == nil {
 			r.Close()
-			return nil, fmt.Errorf("read %s: %w: rerun with --recover to read its complete blocks (%d events)", o.file, err, r.Total)
+			return nil, fmt.Errorf("read %s: %w: rerun with --recover to read its complete blocks (%s)", name, err, plural(int(r.Total), "event"))
 		}
-		return nil, fmt.Errorf("read %s: %w; it holds no intact metadata, so --recover cannot read it either", o.file, err)
+		return nil, fmt.Errorf("read %s: %w; it holds no intact metadata, so --recover cannot read it either", name, err)
 	case errors.Is(err, tracefile.ErrNotRecording), errors.Is(err, tracefile.ErrCorrupt),
 		errors.Is(err, tracefile.ErrTruncated), errors.Is(err, tracefile.ErrUnsupportedVersion):
-		return nil, fmt.Errorf("read %s: %w", o.file, err)
+		return nil, fmt.Errorf("read %s: %w", name, err)
 	}
 	var pe *fs.PathError
-	if errors.As(err, &pe) {
+	if errors.As(err, &pe) && path == name {
 		return nil, err // "open FILE: permission denied"
 	}
-	return nil, fmt.Errorf("read %s: %w", o.file, err)
+	return nil, fmt.Errorf("read %s: %w", name, err)
 }
 
 // readErr words an error met while reading the events.
@@ -64,7 +148,11 @@ func (o *inputOptions) readErr(err error) error {
 		return nil
 	}
 	if errors.Is(err, tracefile.ErrCorrupt) || errors.Is(err, tracefile.ErrTruncated) {
-		return fmt.Errorf("read %s: %w", o.file, err)
+		name := o.file
+		if name == "-" {
+			name = "standard input"
+		}
+		return fmt.Errorf("read %s: %w", name, err)
 	}
 	return err
 }
@@ -101,6 +189,9 @@ func load(in *inputOptions, fo *filterOptions) (*tracefile.Stream, report.Filter
 		s.SetTimeRange(fo.since, fo.until)
 	}
 	f, err := fo.filterFor(&s.Meta)
+	if err == nil && len(in.modules) > 0 {
+		f.Funcs, err = report.ModuleFuncs(&s.Meta, in.modules)
+	}
 	if err != nil {
 		s.Close()
 		return nil, report.Filter{}, err
@@ -157,7 +248,7 @@ type replayOptions struct {
 func newReplayCmd(stdout, stderr io.Writer) *cobra.Command {
 	o := &replayOptions{stdout: stdout}
 	cmd := &cobra.Command{
-		Use:   "replay [-i FILE] [-D N] [-t DURATION] [--tid TID]... [--since D] [--until D]",
+		Use:   "replay [FILE | -i FILE] [-m GLOB]... [-D N] [-t DURATION] [--tid TID]... [--since D] [--until D]",
 		Short: "Print a recording event by event, like ftrace",
 		Long: `Print a recording one line per event.
 
@@ -176,11 +267,17 @@ skipped.
 --since and --until read a slice of the recording (times after its first
 event; replay times stay relative to the first event). Calls that cross
 the slice's start show from their first event inside it, and those still
-open at its end are /* unfinished */.`,
+open at its end are /* unfinished */.
+
+FILE (or -i FILE) is the recording, livetrace.data by default; - reads it
+from standard input. -m shows only the functions of the modules whose path
+or file name matches GLOB, as if record had been given -m.`,
 		Example: `  livetrace replay
-  livetrace replay -i run1.data -D 3 -t 10us --tid 1234
+  livetrace replay run1.data -D 3 -t 10us --tid 1234
+  livetrace record -p 1234 -d 1s -o - | livetrace replay -
+  livetrace replay -m libc.so.6
   livetrace replay --since 2s --until 2.5s`,
-		Args: cobra.NoArgs,
+		Args: o.in.inputArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, f, err := load(&o.in, &o.filter)
 			if err != nil {
@@ -191,6 +288,7 @@ open at its end are /* unfinished */.`,
 		},
 	}
 	o.in.addFlags(cmd.Flags())
+	o.in.addModuleFlag(cmd.Flags())
 	o.filter.addFlags(cmd.Flags())
 	return cmd
 }

@@ -21,7 +21,7 @@ type reportOptions struct {
 func newReportCmd(stdout, stderr io.Writer) *cobra.Command {
 	o := &reportOptions{stdout: stdout}
 	cmd := &cobra.Command{
-		Use:   "report [-i FILE] [--json] [--sort COL] [-D N] [-t DURATION] [--tid TID]... [--since D] [--until D]",
+		Use:   "report [FILE | -i FILE] [-m GLOB]... [--json] [--sort COL] [-D N] [-t DURATION] [--tid TID]... [--since D] [--until D]",
 		Short: "Print per-function statistics of a recording",
 		Long: `Print one line per traced function: its calls, and for graph-mode
 recordings its total, self, average, minimum and maximum time.
@@ -36,11 +36,16 @@ but in no time column.
 --sort takes calls, name, total, self, avg, min or max (default: calls for
 entry mode, total for graph mode). --json prints an array of objects with
 function, module, calls and, in graph mode, total_ns, self_ns, avg_ns,
-min_ns and max_ns.`,
+min_ns and max_ns.
+
+FILE (or -i FILE) is the recording, livetrace.data by default; - reads it
+from standard input. -m keeps the functions of the modules whose path or
+file name matches GLOB.`,
 		Example: `  livetrace report
   livetrace report --sort self -t 1us
-  livetrace report --json --tid 1234`,
-		Args: cobra.NoArgs,
+  livetrace report --json --tid 1234
+  livetrace report run1.data -m libc.so.6`,
+		Args: o.in.inputArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, f, err := load(&o.in, &o.filter)
 			if err != nil {
@@ -51,6 +56,7 @@ min_ns and max_ns.`,
 		},
 	}
 	o.in.addFlags(cmd.Flags())
+	o.in.addModuleFlag(cmd.Flags())
 	o.filter.addFlags(cmd.Flags())
 	cmd.Flags().BoolVar(&o.json, "json", false, "print a JSON array instead of a table")
 	cmd.Flags().StringVarP(&o.sort, "sort", "s", "", "sort by `COL`: "+strings.Join(report.SortColumns, ", "))

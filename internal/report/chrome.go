@@ -98,7 +98,7 @@ func ExportChromeStream(w io.Writer, s *tracefile.Stream, f Filter) error {
 			if !ok {
 				break
 			}
-			if ev.Kind != tracefile.KindEntry || !f.keepTID(ev.TID) {
+			if ev.Kind != tracefile.KindEntry || !f.keep(&ev) {
 				continue
 			}
 			emit(&chromeEvent{Name: funcName(rec, ev.Func), Cat: "function", Ph: "i", S: "t", TS: us(e.ns(ev.TSC)),

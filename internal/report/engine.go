@@ -175,7 +175,12 @@ func (e *engine) event(ev *tracefile.Event) {
 			c.pnode = parent.node
 		}
 		if e.tree != nil && e.f.keepTID(c.tid) && (e.f.MaxDepth == 0 || int(c.depth) < e.f.MaxDepth) {
-			c.node = e.tree.node(c.pnode, c.fn)
+			if e.f.keepFunc(c.fn) {
+				c.node = e.tree.node(c.pnode, c.fn)
+			} else {
+				// Hidden: its children hang from its parent.
+				c.node = c.pnode
+			}
 		}
 		if len(th.stack) >= shallowFrames {
 			th.active[ev.Func]++
@@ -255,7 +260,7 @@ func (e *engine) pop(th *ethread, status callStatus, end int64) {
 		}
 	}
 	f := e.f
-	c.own = f.keepTID(c.tid) && (f.MaxDepth == 0 || int(c.depth) < f.MaxDepth) &&
+	c.own = f.keepTID(c.tid) && f.keepFunc(c.fn) && (f.MaxDepth == 0 || int(c.depth) < f.MaxDepth) &&
 		(status != complete || c.dur() >= int64(f.MinDuration))
 	p := c.parent
 	if p != nil && c.own {

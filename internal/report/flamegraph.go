@@ -22,7 +22,10 @@ const (
 // with a flame graph of the folded stacks of rec (see [ExportFolded]):
 // frame widths are self-plus-children time in graph mode, calls in entry
 // mode. Hovering a frame shows its name and value; clicking zooms into it,
-// clicking the bottom frame zooms out.
+// clicking the bottom frame zooms out. The search box highlights the frames
+// whose name matches a regular expression (or contains the text, if it is
+// not one) and shows the share of the whole they cover, a match inside
+// another counted once.
 func ExportFlameGraph(w io.Writer, rec *tracefile.Recording, f Filter) error {
 	return ExportFlameGraphStream(w, rec.Stream(tracefile.StreamOptions{}), f)
 }
@@ -43,10 +46,7 @@ func ExportFlameGraphStream(w io.Writer, s *tracefile.Stream, f Filter) error {
 		if st.graph {
 			return human(v)
 		}
-		if v == 1 {
-			return "1 call"
-		}
-		return fmt.Sprintf("%d calls", v)
+		return count(uint64(max(v, 0)), "call")
 	}
 	type frame struct {
 		name     string
@@ -63,7 +63,7 @@ func ExportFlameGraphStream(w io.Writer, s *tracefile.Stream, f Filter) error {
 		if wf < flameMinFrac {
 			return
 		}
-		name := funcName(rec, node.fn)
+		name := st.name(node.fn)
 		frames = append(frames, frame{name: name, x: x, w: wf, depth: depth, value: node.total})
 		maxDepth = max(maxDepth, depth)
 		for _, k := range node.kids {
@@ -89,9 +89,11 @@ body { font-family: sans-serif; margin: 8px; }
 svg text { font: 11px monospace; pointer-events: none; fill: #000; }
 g.f rect { stroke: #fff; stroke-width: 0.5; cursor: pointer; }
 g.f:hover rect { stroke: #000; }
-#info { height: 1.4em; font: 12px monospace; }
+#info, #matched { height: 1.4em; font: 12px monospace; }
+#bar { font: 12px monospace; }
 </style></head><body>
 <h3>%s</h3>
+<div id="bar"><label>search <input id="search" type="search" size="40" placeholder="regular expression"></label> <span id="matched"></span></div>
 <div id="info">hover a frame; click to zoom, click the bottom frame to reset</div>
 <svg id="flame" width="%d" height="%d" viewBox="0 0 %d %d">
 `, html.EscapeString(title), html.EscapeString(title), flameWidth, height, flameWidth, height)
@@ -136,6 +138,46 @@ g.f:hover rect { stroke: #000; }
       t.setAttribute("x", nx * W + 3); t.textContent = fit(f.dataset.n, nw * W);
     });
   }
+  // matchedShare returns the share of the whole that the frames (objects
+  // {n, x, w, d}) whose name n matches re cover: the union of their
+  // extents, so that a match inside another counts once.
+  // BEGIN matchedShare
+  function matchedShare(list, re) {
+    var iv = [];
+    list.forEach(function (f) { if (f.d > 0 && re.test(f.n)) iv.push([f.x, f.x + f.w]); });
+    iv.sort(function (a, b) { return a[0] - b[0]; });
+    var sum = 0, end = -1;
+    iv.forEach(function (v) {
+      var from = Math.max(v[0], end);
+      if (v[1] > from) { sum += v[1] - from; end = v[1]; }
+    });
+    return Math.min(sum, 1);
+  }
+  function searchRE(q) {
+    try { return new RegExp(q); } catch (e) { return new RegExp(q.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")); }
+  }
+  // END matchedShare
+  var list = [];
+  frames.forEach(function (f) {
+    var r = f.querySelector("rect");
+    r.dataset.c = r.getAttribute("fill");
+    list.push({n: f.dataset.n, x: +f.dataset.x, w: +f.dataset.w, d: +f.dataset.d, g: f});
+  });
+  function search(q) {
+    var out = document.getElementById("matched");
+    if (q === "") {
+      list.forEach(function (f) { var r = f.g.querySelector("rect"); r.setAttribute("fill", r.dataset.c); });
+      out.textContent = "";
+      return;
+    }
+    var re = searchRE(q);
+    list.forEach(function (f) {
+      var r = f.g.querySelector("rect");
+      r.setAttribute("fill", f.d > 0 && re.test(f.n) ? "rgb(230,0,230)" : r.dataset.c);
+    });
+    out.textContent = "matched: " + (100 * matchedShare(list, re)).toFixed(2) + "%% of all";
+  }
+  document.getElementById("search").addEventListener("input", function (e) { search(e.target.value); });
   frames.forEach(function (f) {
     f.addEventListener("click", function () { zoom(f); });
     f.addEventListener("mouseover", function () { info.textContent = f.querySelector("title").textContent; });

@@ -76,7 +76,7 @@ func InfoStream(w io.Writer, s *tracefile.Stream) error {
 	kv("mode", "%s", rec.Mode)
 	kv("format version", "%d", rec.Version)
 	if s.Recovered {
-		kv("recovered", "yes: the writer did not finish; %d events left out", s.Dropped)
+		kv("recovered", "yes: the writer did not finish; %s left out", count(s.Dropped, "event"))
 	}
 	kv("start", "%s", fmtTime(rec.Start))
 	kv("end", "%s", fmtTime(rec.End))
@@ -98,6 +98,12 @@ func InfoStream(w io.Writer, s *tracefile.Stream) error {
 	var filters []string
 	if len(fl.Patterns) > 0 {
 		filters = append(filters, "functions "+Printable(strings.Join(fl.Patterns, ",")))
+	}
+	if len(fl.Exclude) > 0 {
+		filters = append(filters, "excluding "+Printable(strings.Join(fl.Exclude, ",")))
+	}
+	if len(fl.Modules) > 0 {
+		filters = append(filters, "modules "+Printable(strings.Join(fl.Modules, ",")))
 	}
 	if fl.MaxDepth > 0 {
 		filters = append(filters, fmt.Sprintf("depth < %d", fl.MaxDepth))

@@ -267,7 +267,7 @@ func ExportPerfettoStream(w io.Writer, s *tracefile.Stream, f Filter) error {
 			e := newEngine(s, f)
 			e.recycle = true
 			e.onEntry = func(c *ocall) {
-				if f.keepTID(c.tid) && (f.MaxDepth == 0 || int(c.depth) < f.MaxDepth) {
+				if f.keepTID(c.tid) && f.keepFunc(c.fn) && (f.MaxDepth == 0 || int(c.depth) < f.MaxDepth) {
 					p.event(first+c.start, c.tid, typeSliceBegin, int64(c.fn), "", "")
 				}
 			}
@@ -300,7 +300,7 @@ func ExportPerfettoStream(w io.Writer, s *tracefile.Stream, f Filter) error {
 			if !ok {
 				break
 			}
-			if ev.Kind != tracefile.KindEntry || !f.keepTID(ev.TID) {
+			if ev.Kind != tracefile.KindEntry || !f.keep(&ev) {
 				continue
 			}
 			p.event(conv.Nanos(ev.TSC), ev.TID, typeInstant, int64(ev.Func), "caller", syms.name(ev.Caller))

@@ -13,8 +13,13 @@ import (
 // and time/nanoseconds (the default). Each unique stack of traced functions
 // (threads merged) is one sample: its calls value counts the calls that
 // ended in that stack, its time value is the stack's self time (0 in entry
-// mode, whose stacks are one function deep). Each traced function is one
-// location at its entry address, in the mapping of its module.
+// mode, whose stacks are rebuilt from the recorded callers and may start
+// with an untraced caller). Each function is one location at its entry
+// address, in the mapping of its module. When the module's file on this
+// machine has the recorded build ID and DWARF line tables (in the file or
+// in its separate debug file under /usr/lib/debug/.build-id), the
+// function carries its source file and the location the line of its
+// entry.
 func Profile(rec *tracefile.Recording, f Filter) (*profile.Profile, error) {
 	return ProfileStream(rec.Stream(tracefile.StreamOptions{}), f)
 }
@@ -57,19 +62,33 @@ func ProfileStream(s *tracefile.Stream, f Filter) (*profile.Profile, error) {
 			m.Start = min(m.Start, fn.Addr)
 		}
 	}
+	for _, c := range st.callers {
+		if c.Module >= 0 && c.Module < len(maps) {
+			m := maps[c.Module]
+			if end := c.Addr + max(c.Size, 1); end > m.Limit {
+				m.Limit = end
+			}
+			m.Start = min(m.Start, c.Addr)
+		}
+	}
 	p.Mapping = maps
+	src := newSourceLines(rec)
+	defer src.close()
 	locs := map[uint32]*profile.Location{}
 	loc := func(fn uint32) *profile.Location {
 		if l, ok := locs[fn]; ok {
 			return l
 		}
-		pf := &profile.Function{ID: uint64(len(p.Function) + 1), Name: funcName(rec, fn), SystemName: funcName(rec, fn), Filename: moduleName(rec, fn)}
+		addr, mod := st.symbol(fn)
+		pf := &profile.Function{ID: uint64(len(p.Function) + 1), Name: st.name(fn), SystemName: st.name(fn)}
 		p.Function = append(p.Function, pf)
-		l := &profile.Location{ID: uint64(len(p.Location) + 1), Line: []profile.Line{{Function: pf}}}
-		if int(fn) < len(rec.Funcs) {
-			l.Address = rec.Funcs[fn].Addr
-			if m := rec.Funcs[fn].Module; m >= 0 && m < len(maps) {
-				l.Mapping = maps[m]
+		l := &profile.Location{ID: uint64(len(p.Location) + 1), Line: []profile.Line{{Function: pf}}, Address: addr}
+		if mod >= 0 && mod < len(maps) {
+			l.Mapping = maps[mod]
+			pf.Filename = Printable(rec.Modules[mod].Path)
+			if file, line, ok := src.line(mod, addr); ok {
+				pf.Filename, pf.StartLine = Printable(file), int64(line)
+				l.Line[0].Line = int64(line)
 			}
 		}
 		p.Location = append(p.Location, l)

@@ -60,7 +60,7 @@ func ReplayStream(w io.Writer, s *tracefile.Stream, f Filter) error {
 
 func writeLostHeader(w *bufio.Writer, rec *tracefile.Meta, recovered bool, dropped uint64) {
 	if recovered {
-		fmt.Fprintf(w, "# recovered from an unfinished recording (%d events left out)\n", dropped)
+		fmt.Fprintf(w, "# recovered from an unfinished recording (%s left out)\n", count(dropped, "event"))
 	}
 	if rec.Lost == 0 && rec.ShadowOverflow == 0 {
 		return
@@ -71,12 +71,12 @@ func writeLostHeader(w *bufio.Writer, rec *tracefile.Meta, recovered bool, dropp
 			per = append(per, fmt.Sprintf("%d in thread %d", th.Lost, th.TID))
 		}
 	}
-	fmt.Fprintf(w, "# lost %d events", rec.Lost)
+	fmt.Fprintf(w, "# lost %s", count(rec.Lost, "event"))
 	if len(per) > 0 {
 		fmt.Fprintf(w, " (%s)", strings.Join(per, ", "))
 	}
 	if rec.ShadowOverflow > 0 {
-		fmt.Fprintf(w, "; %d exits not traced (shadow stack full)", rec.ShadowOverflow)
+		fmt.Fprintf(w, "; %s not traced (shadow stack full)", count(rec.ShadowOverflow, "exit"))
 	}
 	fmt.Fprintln(w)
 }
@@ -94,7 +94,7 @@ func replayEntries(w *bufio.Writer, s *tracefile.Stream, f Filter) error {
 		if !ok {
 			break
 		}
-		if ev.Kind != tracefile.KindEntry || !f.keepTID(ev.TID) {
+		if ev.Kind != tracefile.KindEntry || !f.keep(&ev) {
 			continue
 		}
 		ns := e.ns(ev.TSC)
@@ -200,9 +200,21 @@ func (s *symbolizer) name(pc uint64) string {
 }
 
 func (s *symbolizer) lookup(pc uint64) string {
+	sym, ok := s.symbol(pc)
+	if !ok {
+		return "?"
+	}
+	if pc == sym.Addr {
+		return Printable(sym.Name)
+	}
+	return fmt.Sprintf("%s+0x%x", Printable(sym.Name), pc-sym.Addr)
+}
+
+// symbol returns the named symbol that covers pc.
+func (s *symbolizer) symbol(pc uint64) (tracefile.Symbol, bool) {
 	i := sort.Search(len(s.syms), func(i int) bool { return s.syms[i].Addr > pc }) - 1
 	if i < 0 {
-		return "?"
+		return tracefile.Symbol{}, false
 	}
 	// Prefer a symbol with a size among those at the same address.
 	for j := i; j >= 0 && s.syms[j].Addr == s.syms[i].Addr; j-- {
@@ -213,10 +225,7 @@ func (s *symbolizer) lookup(pc uint64) string {
 	}
 	sym := s.syms[i]
 	if sym.Size > 0 && pc-sym.Addr >= sym.Size || sym.Name == "" {
-		return "?"
+		return tracefile.Symbol{}, false
 	}
-	if pc == sym.Addr {
-		return Printable(sym.Name)
-	}
-	return fmt.Sprintf("%s+0x%x", Printable(sym.Name), pc-sym.Addr)
+	return sym, true
 }

@@ -116,7 +116,7 @@ func StatsStream(s *tracefile.Stream, f Filter, sort string) ([]FuncStats, error
 	} else {
 		// A slice indexed by function: no map lookup per event.
 		calls := make([]uint64, len(rec.Funcs))
-		all := len(f.TIDs) == 0
+		all := len(f.TIDs) == 0 && f.Funcs == nil
 		for {
 			b, ok := s.NextBatch()
 			if !ok {
@@ -124,7 +124,7 @@ func StatsStream(s *tracefile.Stream, f Filter, sort string) ([]FuncStats, error
 			}
 			for i := range b {
 				ev := &b[i]
-				if ev.Kind == tracefile.KindEntry && (all || f.keepTID(ev.TID)) && int(ev.Func) < len(calls) {
+				if ev.Kind == tracefile.KindEntry && (all || f.keep(ev)) && int(ev.Func) < len(calls) {
 					calls[ev.Func]++
 				}
 			}

@@ -39,7 +39,9 @@ package report
 
 import (
 	"fmt"
+	"path"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/livetrace/livetrace/internal/tracefile"
@@ -53,6 +55,11 @@ type Filter struct {
 	MinDuration time.Duration
 	// TIDs keeps only these threads (empty = all).
 	TIDs []uint32
+	// Funcs, if not nil, keeps only the functions fn with Funcs[fn] set
+	// (indexes of Meta.Funcs; see [ModuleFuncs]). A call of another
+	// function is hidden like one that -D or -t hides: its time counts as
+	// its parent's self time, and its children show.
+	Funcs []bool
 }
 
 // check rejects filters a recording of rec's mode cannot apply.
@@ -73,8 +80,62 @@ func (f Filter) keepTID(tid uint32) bool {
 	return len(f.TIDs) == 0 || slices.Contains(f.TIDs, tid)
 }
 
+func (f Filter) keepFunc(fn uint32) bool {
+	return f.Funcs == nil || int(fn) < len(f.Funcs) && f.Funcs[fn]
+}
+
+// keep reports whether an entry event passes the thread and function
+// filters.
+func (f Filter) keep(ev *tracefile.Event) bool {
+	return f.keepTID(ev.TID) && f.keepFunc(ev.Func)
+}
+
+// ModuleFuncs returns the [Filter.Funcs] that keeps the functions of the
+// modules whose path or file name matches one of globs (as record -m
+// selects them), and an error if a glob is malformed or no module of rec
+// matches.
+func ModuleFuncs(rec *tracefile.Meta, globs []string) ([]bool, error) {
+	for _, g := range globs {
+		if _, err := path.Match(g, ""); err != nil {
+			return nil, fmt.Errorf("parse -m %q: %w", g, err)
+		}
+	}
+	mods := make([]bool, len(rec.Modules))
+	found := false
+	for i, m := range rec.Modules {
+		p := strings.TrimSuffix(m.Path, " (deleted)")
+		for _, g := range globs {
+			ok1, _ := path.Match(g, p)
+			ok2, _ := path.Match(g, path.Base(p))
+			if ok1 || ok2 {
+				mods[i], found = true, true
+			}
+		}
+	}
+	if !found {
+		names := make([]string, len(rec.Modules))
+		for i, m := range rec.Modules {
+			names[i] = Printable(path.Base(m.Path))
+		}
+		return nil, fmt.Errorf("no module of the recording matches -m %s: it has %s", strings.Join(globs, " -m "), strings.Join(names, ", "))
+	}
+	keep := make([]bool, len(rec.Funcs))
+	for i, fn := range rec.Funcs {
+		keep[i] = fn.Module >= 0 && fn.Module < len(mods) && mods[fn.Module]
+	}
+	return keep, nil
+}
+
 // funcName returns the name of traced function fn, escaped for display
 // (see [Printable]), as every name this package writes.
+// count returns "1 word" or "n words".
+func count(n uint64, word string) string {
+	if n == 1 {
+		return "1 " + word
+	}
+	return fmt.Sprintf("%d %ss", n, word)
+}
+
 func funcName(rec *tracefile.Meta, fn uint32) string {
 	if int(fn) < len(rec.Funcs) && rec.Funcs[fn].Name != "" {
 		return Printable(rec.Funcs[fn].Name)
@@ -128,11 +189,11 @@ func tids(s *tracefile.Stream, f Filter) ([]uint32, error) {
 		if !ok {
 			break
 		}
-		if have && ev.TID == last {
+		if have && ev.TID == last && (f.Funcs == nil || seen[last]) {
 			continue
 		}
 		last, have = ev.TID, true
-		if !seen[ev.TID] && f.keepTID(ev.TID) {
+		if !seen[ev.TID] && f.keepTID(ev.TID) && (f.Funcs == nil || ev.Kind == tracefile.KindEntry && f.keepFunc(ev.Func)) {
 			seen[ev.TID] = true
 			out = append(out, ev.TID)
 		}

@@ -45,6 +45,10 @@ type Options struct {
 	Chunks, ChunkRecords int
 	// Output is the recording file to write.
 	Output string
+	// OutputWriter, if set, receives the recording instead of the file
+	// Output (which then only names it in messages), for example standard
+	// output. The caller flushes and closes it after Close.
+	OutputWriter io.Writer
 	// Filters are stored in the recording for the readers.
 	Filters tracefile.RecordFilters
 	// AllowUnwind lets graph mode trace a C++ program, at the risk that an
@@ -76,6 +80,9 @@ var ErrNoMatch = errors.New("no function matches")
 type NoMatchError struct {
 	Globs []string
 	Names []string // every patchable function name, for suggestions
+	// Excluded counts the functions that Globs matched and
+	// Options.Exclude removed (all of them, since nothing is left).
+	Excluded int
 }
 
 func (e *NoMatchError) Error() string {
@@ -327,7 +334,7 @@ func (s *Session) selectSites() error {
 	// libc.
 	withReloc := !s.opts.OnlyNop && (len(s.opts.Funcs) > 0 || len(s.opts.Modules) > 0)
 	var all []string
-	nmods := 0
+	nmods, excluded := 0, 0
 	for mi, m := range s.mods {
 		if !matchModule(m.Path, s.opts.Modules) {
 			continue
@@ -363,7 +370,11 @@ func (s *Session) selectSites() error {
 			}
 			name := m.Spec.SiteName(st)
 			all = append(all, name)
-			if !m.Spec.MatchSite(st, include...) || len(s.opts.Exclude) > 0 && m.Spec.MatchSite(st, s.opts.Exclude...) {
+			if !m.Spec.MatchSite(st, include...) {
+				continue
+			}
+			if len(s.opts.Exclude) > 0 && m.Spec.MatchSite(st, s.opts.Exclude...) {
+				excluded++
 				continue
 			}
 			if s.opts.Graph && st.GraphUnsafe != "" {
@@ -395,7 +406,7 @@ func (s *Session) selectSites() error {
 		return fmt.Errorf("%w: every selected function is unsafe in graph mode (%s: %s): trace it without --graph", ErrGraphUnsafe, s.refused[0].Name, s.refused[0].Reason)
 	}
 	if len(s.sel) == 0 {
-		return &NoMatchError{Globs: include, Names: all}
+		return &NoMatchError{Globs: include, Names: all, Excluded: excluded}
 	}
 	if len(s.sel) > agent.MaxSites {
 		return fmt.Errorf("%d functions selected, at most %d per session: narrow the selection with -F", len(s.sel), agent.MaxSites)
@@ -719,26 +730,36 @@ func (s *Session) Summary() Summary {
 }
 
 func (s *Session) openOutput() error {
-	if s.opts.Output == "" && !s.opts.Discard {
+	if s.opts.Output == "" && !s.opts.Discard && s.opts.OutputWriter == nil {
 		s.opts.Output = "livetrace.data"
 	}
-	if s.opts.Discard {
+	spoolDir := filepath.Dir(s.opts.Output)
+	switch {
+	case s.opts.Discard:
 		w, err := tracefile.NewWriter(io.Discard)
 		if err != nil {
 			return err
 		}
 		s.w = w
-		return nil
+		return nil // nothing to spool for
+	case s.opts.OutputWriter != nil:
+		w, err := tracefile.NewWriter(s.opts.OutputWriter)
+		if err != nil {
+			return err // "write recording header: ..."
+		}
+		s.w = w
+		spoolDir = os.TempDir()
+	default:
+		w, err := tracefile.Create(s.opts.Output)
+		if err != nil {
+			return err // "create PATH: ..."
+		}
+		s.w = w
 	}
-	w, err := tracefile.Create(s.opts.Output)
-	if err != nil {
-		return fmt.Errorf("create recording: %w", err)
-	}
-	s.w = w
 	if s.opts.NoSpool || s.opts.OnEvents != nil {
 		return nil
 	}
-	sp, err := openSpool(filepath.Dir(s.opts.Output), s.convert)
+	sp, err := openSpool(spoolDir, s.convert)
 	if err != nil {
 		return err
 	}

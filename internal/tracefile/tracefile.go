@@ -219,6 +219,11 @@ type Thread struct {
 type RecordFilters struct {
 	// Patterns are the function patterns that selected the traced sites.
 	Patterns []string `json:"patterns,omitempty"`
+	// Exclude are the patterns of functions left out (record -N).
+	Exclude []string `json:"exclude,omitempty"`
+	// Modules are the module patterns that restricted the selection
+	// (record -m).
+	Modules []string `json:"modules,omitempty"`
 	// MaxDepth limits recording to this call depth (0 = no limit).
 	MaxDepth int `json:"max_depth,omitempty"`
 	// MinDuration keeps only calls at least this long (0 = all).
