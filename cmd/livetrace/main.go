@@ -146,6 +146,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	root.AddCommand(
 		newListCmd(stdout, stderr),
 		newRecordCmd(stdout, stderr),
+		newLiveCmd(stdout, stderr),
 		newReplayCmd(stdout, stderr),
 		newReportCmd(stdout, stderr),
 		newInfoCmd(stdout, stderr),

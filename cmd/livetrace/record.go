@@ -31,6 +31,7 @@ type recordOptions struct {
 	modules      []string
 	onlyNop      bool
 	noSpool      bool
+	live         bool // livetrace live: print events as they come
 	duration     time.Duration
 	output       string
 	force        bool
@@ -45,6 +46,13 @@ type recordOptions struct {
 }
 
 func newRecordCmd(stdout, stderr io.Writer) *cobra.Command {
+	cmd, _ := recordCommand(stdout, stderr)
+	return cmd
+}
+
+// recordCommand returns the record command and the options its flags set
+// (live reuses both).
+func recordCommand(stdout, stderr io.Writer) (*cobra.Command, *recordOptions) {
 	o := &recordOptions{stdout: stdout, stderr: stderr}
 	cmd := &cobra.Command{
 		Use:   "record (-p PID | -- CMD [ARGS...]) [-m GLOB]... [-F GLOB]... [-N GLOB]... [-d DURATION] [-o FILE]",
@@ -68,7 +76,7 @@ tracing and leaves CMD running.
 may be repeated. Functions compiled without a patchable NOP (a stock
 libc.so.6, a distribution's binaries) are traced too when -F or -m names
 them: their first instructions move into a stub, and their entry becomes a
-jmp to it (written with every thread stopped); --only-nop keeps to
+jmp to it (written with the same live protocol); --only-nop keeps to
 compiler NOPs. A function that cannot be moved safely is named with the
 reason (livetrace list --all shows them all). -m keeps to the modules whose
 path or file name matches GLOB. The recording goes to FILE (default
@@ -117,7 +125,7 @@ unless -f is given: a recording cannot be made again.`,
 	f.IntVarP(&o.filter.depth, "depth", "D", 0, "record calls at depth < `N` only (graph mode, N < 256; 0 = all)")
 	f.DurationVarP(&o.filter.minDur, "time-filter", "t", 0, "show only calls that took at least `DURATION` (graph mode; applied when the recording is read)")
 	f.UintSliceVar(&o.filter.tids, "tid", nil, "record thread `TID` only (repeat or separate with commas)")
-	return cmd
+	return cmd, o
 }
 
 func (o *recordOptions) run() error {
@@ -159,6 +167,12 @@ func (o *recordOptions) run() error {
 	if out != nil {
 		opts.OutputWriter = out
 		opts.Output = "standard output"
+	}
+	var lv *liveOutput
+	if o.live {
+		lv = &liveOutput{o: o, filter: report.Filter{MaxDepth: flt.MaxDepth, MinDuration: flt.MinDuration, TIDs: flt.TIDs}}
+		opts.OnEvents = lv.events
+		opts.Discard = o.output == ""
 	}
 	if o.stopMode {
 		opts.Mode = textpoke.ModeStop
@@ -218,6 +232,10 @@ func (o *recordOptions) run() error {
 		fmt.Fprintf(o.stderr, "livetrace: stop mode (%s): the process was stopped for %v\n", why, ps.Paused.Round(time.Microsecond))
 	}
 
+	if lv != nil {
+		lv.start(s)
+		defer lv.finish()
+	}
 	var deadline <-chan time.Time
 	if o.duration > 0 {
 		t := time.NewTimer(o.duration)
@@ -227,7 +245,7 @@ func (o *recordOptions) run() error {
 	// With -- CMD, CMD shares the terminal: a status line would be drawn
 	// over its output, and its hint would be wrong (the first Ctrl-C goes
 	// to CMD).
-	status := newStatusLine(o.stderr, launched == nil)
+	status := newStatusLine(o.stderr, launched == nil && lv == nil)
 	// The loop takes chunks out of the shared buffer, which fills in tens
 	// of milliseconds at full speed: keep it ahead of other work.
 	defer proc.BoostCaller(-5)()
@@ -273,6 +291,9 @@ loop:
 			if status.due() {
 				status.update(s.Summary())
 			}
+			if lv != nil {
+				lv.tick()
+			}
 		}
 	}
 	status.clear()
@@ -295,8 +316,12 @@ loop:
 	if why != "" {
 		fmt.Fprintf(o.stderr, "livetrace: %s\n", why)
 	}
-	fmt.Fprintf(o.stderr, "livetrace: %s, %d lost, %s in %v; wrote %s\n",
-		plural(int(sum.Events), "event"), sum.Lost, plural(sum.Threads, "thread"), sum.Duration.Round(time.Millisecond), sum.Output)
+	wrote := ""
+	if sum.Output != "" {
+		wrote = "; wrote " + sum.Output
+	}
+	fmt.Fprintf(o.stderr, "livetrace: %s, %d lost, %s in %v%s\n",
+		plural(int(sum.Events), "event"), sum.Lost, plural(sum.Threads, "thread"), sum.Duration.Round(time.Millisecond), wrote)
 	if sum.Corrupt > 0 {
 		fmt.Fprintf(o.stderr, "livetrace: warning: %d malformed records from the target were dropped\n", sum.Corrupt)
 	}
@@ -351,6 +376,9 @@ func (o *recordOptions) checkTIDs(tids []uint32) error {
 // checkOutput checks -o and -f before attaching. It returns the writer
 // for -o - (standard output), nil for a file.
 func (o *recordOptions) checkOutput() (*bufio.Writer, error) {
+	if o.live && o.output == "-" {
+		return nil, fmt.Errorf("live: the events go to standard output already: give -o FILE to record them too")
+	}
 	if o.output == "-" {
 		if len(o.command) > 0 {
 			return nil, fmt.Errorf("record: -o - cannot be used with -- CMD: CMD writes to the same standard output; give -o FILE, or trace a running process with -p")
@@ -361,8 +389,12 @@ func (o *recordOptions) checkOutput() (*bufio.Writer, error) {
 		return bufio.NewWriterSize(o.stdout, 1<<20), nil
 	}
 	if o.output == "" {
+		if o.live {
+			return nil, nil // no recording: the events go to standard output only
+		}
 		return nil, fmt.Errorf("record: -o needs a file name (or - for standard output)")
 	}
+
 	fi, err := os.Lstat(o.output)
 	switch {
 	case err == nil && fi.Mode().IsRegular() && !o.force:

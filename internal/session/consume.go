@@ -152,7 +152,8 @@ func (s *Session) convertLocked(tid uint32, raw []byte) error {
 	evs = evs[:n]
 	s.events += uint64(n)
 	if s.opts.OnEvents != nil && n > 0 {
-		s.opts.OnEvents(evs)
+		// Without a spool (OnEvents implies none) this runs under s.mu.
+		s.opts.OnEvents(evs, s.threads[tid])
 	}
 	return s.w.WriteEvents(evs)
 }

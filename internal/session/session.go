@@ -66,9 +66,10 @@ type Options struct {
 	NoSpool bool
 	// OnEvents, when set, gets every batch of events as it is taken from
 	// the shared memory (at most drainEvery after the calls), before it is
-	// written; evs is only valid during the call, which must be quick. It
-	// implies NoSpool.
-	OnEvents func(evs []tracefile.Event)
+	// written: the events of one thread, named thread. evs is only valid
+	// during the call, which must be quick and must not call the Session.
+	// It implies NoSpool.
+	OnEvents func(evs []tracefile.Event, thread string)
 	// Discard writes no recording (Output is ignored): for OnEvents alone.
 	Discard bool
 }
