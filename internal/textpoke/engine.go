@@ -208,6 +208,8 @@ type Engine struct {
 	// held lists the sites left alone because their bytes changed under
 	// the engine; guarded by mu.
 	held map[uint64]Held
+	// psBuf is the array prepare sorts a batch into, kept for the next.
+	psBuf []Patch
 	// areas caches the target's uprobe mappings as last read.
 	areas atomic.Pointer[[]Area]
 }
@@ -450,7 +452,13 @@ func (e *Engine) apply(patches []Patch, mode Mode, lenient bool) (st Stats, err 
 // prepare sorts the batch and rejects malformed or overlapping patches.
 func (e *Engine) prepare(patches []Patch) ([]Patch, error) {
 	n := e.arch.SiteLen()
-	ps := make([]Patch, 0, len(patches))
+	// The array is reused from batch to batch (e.mu is held): for 100,000
+	// sites a fresh one is 10 MB of new pages to fault in and zero.
+	if cap(e.psBuf) < len(patches) {
+		e.psBuf = make([]Patch, 0, len(patches))
+	}
+	ps := e.psBuf[:0]
+	defer func() { e.psBuf = ps[:0] }()
 	for _, pt := range patches {
 		if len(pt.Old) != len(pt.New) || len(pt.Old) < n || len(pt.Old) > MaxRegionLen {
 			return nil, fmt.Errorf("site %#x: patch must be %d bytes (a region: up to %d) old and new, the same length", pt.Addr, n, MaxRegionLen)
@@ -789,9 +797,12 @@ func (e *Engine) publish(bt *batch) {
 		old = &trapTable{}
 	}
 	ps := bt.ps
+	bt.idx = make([]int, len(ps))
+	if e.republish(old, bt) {
+		return
+	}
 	n := len(old.addrs) + len(ps)
 	t := &trapTable{addrs: make([]uint64, 0, n), insns: make([][]byte, 0, n), origs: make([]siteBytes, 0, n), written: make([]siteBytes, 0, n), region: make([]bool, 0, n), detour: make([]uint64, 0, n)}
-	bt.idx = make([]int, len(ps))
 	i, j := 0, 0
 	for i < len(old.addrs) || j < len(ps) {
 		switch {
@@ -831,6 +842,55 @@ func (e *Engine) publish(bt *batch) {
 		}
 	}
 	e.table.Store(t)
+}
+
+// republish is publish for a batch whose sites are all in the table
+// already (a batch that toggles sites, the common case): the new table
+// shares the old one's arrays that no batch changes (addresses, original
+// bytes; written is only touched by batches, under e.mu) and copies the
+// instructions, and the region flags and detours only if one changes. For
+// 100,000 sites that is one 2.4 MB copy instead of six new arrays (20 MB).
+// It reports false, having done nothing, when a site is new.
+func (e *Engine) republish(old *trapTable, bt *batch) bool {
+	ps := bt.ps
+	i := 0
+	for j := range ps {
+		if bt.drop[j] {
+			bt.idx[j] = -1
+			continue
+		}
+		for i < len(old.addrs) && old.addrs[i] < ps[j].Addr {
+			i++
+		}
+		if i == len(old.addrs) || old.addrs[i] != ps[j].Addr {
+			return false
+		}
+		bt.idx[j] = i
+	}
+	t := *old
+	t.insns = slices.Clone(old.insns)
+	clonedRegion, clonedDetour := false, false
+	for j := range ps {
+		k := bt.idx[j]
+		if k < 0 {
+			continue
+		}
+		t.insns[k] = ps[j].insn()
+		if ps[j].Region && !t.region[k] {
+			if !clonedRegion {
+				t.region, clonedRegion = slices.Clone(t.region), true
+			}
+			t.region[k] = true
+		}
+		if d := ps[j].Detour; d != 0 && t.detour[k] != d {
+			if !clonedDetour {
+				t.detour, clonedDetour = slices.Clone(t.detour), true
+			}
+			t.detour[k] = d
+		}
+	}
+	e.table.Store(&t)
+	return true
 }
 
 var debugTiming = os.Getenv("LIVETRACE_DEBUG_TIMING") != ""
