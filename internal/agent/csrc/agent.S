@@ -27,6 +27,13 @@
  *             __longjmp_chk: end the frames the jump leaves
  *             (lt_longjmp_prep).
  *
+ * Argument registers: both slow paths of lt_entry call lt_on_entry with
+ * sp = the address of site+5 and the registers saved below it, rax at
+ * sp-8, rdx -16, rcx -24, rsi -32, rdi -40, r8 -48, r9 -56, r10 -64;
+ * lt_on_entry reads the arguments there (lt_argreg in agent.c). A stub
+ * whose site has a spec sets LT_CAPTURE in r11d, which sends it to the
+ * slow path, so that sites without one keep the fast path's cost.
+ *
  * lt_entry and lt_return each have a fast path here for the common case
  * (see doc.go, "Entry path") and fall back to lt_on_entry / lt_on_exit in
  * agent.c, the reference implementation, for everything else. A fast path
@@ -104,6 +111,8 @@ lt_entry:
 	push %rsi
 	push %rdi
 	/* 40(%rsp): site+5, 48(%rsp): the caller's return address */
+	test $LT_A_CAPTURE, %r11d
+	jnz .Le_slow			/* a site with a spec: lt_on_entry captures */
 	mov %fs:0, %rax
 	THREAD_SLOT %rax, %rsi, %rcx
 	cmp %rax, LT_A_T_KEY(%rsi)
@@ -176,6 +185,8 @@ lt_entry:
 	push %r8
 	push %r9
 	/* 56(%rsp): site+5, 64(%rsp): the return slot */
+	test $LT_A_CAPTURE, %r11d
+	jnz .Lg_slow
 	mov %fs:0, %rax
 	THREAD_SLOT %rax, %rsi, %rcx
 	cmp %rax, LT_A_T_KEY(%rsi)
@@ -292,6 +303,8 @@ lt_return:
 	je .Lr_noemit
 	CHUNK_ROOM %rdi, %rcx, %r8d, .Lr_unbusy
 	mov LT_A_SH_SITE(%rsi), %r11d
+	test $LT_A_CAPTURE, %r11d
+	jnz .Lr_unbusy			/* a site with a spec: lt_on_exit captures */
 	mov %r9d, LT_A_T_DEPTH(%rdi)	/* pop */
 	and $LT_A_SITE_MASK, %r11d
 	movzbl %r9b, %esi
@@ -324,13 +337,18 @@ lt_return:
 .Lr_unbusy:
 	movq $0, LT_A_T_BUSY(%rdi)
 .Lr_slow:
+	/* lt_on_exit finds rax at sp-8 and xmm0 at sp-24 (a return value). */
 	push %rax
 	push %rdx
-	lea 16(%rsp), %rdi
+	movq %xmm0, %rcx
+	push %rcx
+	push %rcx			/* keeps rsp 16-byte aligned */
+	lea 32(%rsp), %rdi
 	call lt_on_exit
 	test %rax, %rax
 	jz 2f
 	mov %rax, %r11
+	add $16, %rsp
 	pop %rdx
 	pop %rax
 	jmp *%r11

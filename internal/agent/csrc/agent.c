@@ -44,6 +44,8 @@ _Static_assert(OFF(lt_priv, unwind.longjmp_u) == LT_A_UNWIND_LONGJMP_, "LT_A_UNW
 _Static_assert(OFF(lt_priv, unwind.siglongjmp) == LT_A_UNWIND_SIGLONGJMP, "LT_A_UNWIND_SIGLONGJMP");
 _Static_assert(OFF(lt_priv, unwind.longjmp_chk) == LT_A_UNWIND_LONGJMP_CHK, "LT_A_UNWIND_LONGJMP_CHK");
 _Static_assert(OFF(lt_shadow, flags) == LT_A_SH_SITE + 4, "agent.S writes site and flags as one u64");
+_Static_assert(LT_CAPTURE == LT_A_CAPTURE, "LT_A_CAPTURE");
+_Static_assert(LT_CAPTURE >= LT_MAX_SITES, "the capture flag is above the site index");
 
 HIDDEN extern char lt_return[];
 HIDDEN extern char lt_restorer[];
@@ -62,6 +64,7 @@ void lt_sigtrap(int sig, void *si, void *uc) HIDDEN;
 #define SYS_gettid 186
 #define SYS_tgkill 234
 #define SYS_futex 202
+#define SYS_process_vm_readv 310
 #define FUTEX_WAIT_PRIVATE 128
 #define EAGAIN 11
 #define EFAULT 14
@@ -85,6 +88,19 @@ static inline long sys4(long n, long a, long b, long c, long d)
 	__asm__ __volatile__("syscall"
 			     : "=a"(r)
 			     : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10)
+			     : "rcx", "r11", "memory");
+	return r;
+}
+
+static inline long sys6(long n, long a, long b, long c, long d, long e, long f)
+{
+	long r;
+	register long r10 __asm__("r10") = d;
+	register long r8 __asm__("r8") = e;
+	register long r9 __asm__("r9") = f;
+	__asm__ __volatile__("syscall"
+			     : "=a"(r)
+			     : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9)
 			     : "rcx", "r11", "memory");
 	return r;
 }
@@ -251,6 +267,16 @@ static void lt_drop(struct lt_thread *t)
 	lt_lease_check();
 }
 
+/* lt_publish hands t's current chunk to the tracer, however full it is. */
+static void lt_publish(struct lt_thread *t)
+{
+	struct lt_chunk_hdr *c = chunk_at(t->chunk);
+	c->seq = __atomic_add_fetch(&lt_shared.seq, 1, __ATOMIC_RELAXED);
+	__atomic_store_n(&c->state, LT_CHUNK_FULL, __ATOMIC_RELEASE);
+	t->chunk = 0;
+	t->pos = 0;
+}
+
 /* lt_emit appends one record to t's chunk, publishing it when full. */
 static void lt_emit(struct lt_thread *t, u64 tsc, u64 meta)
 {
@@ -270,12 +296,51 @@ static void lt_emit(struct lt_thread *t, u64 tsc, u64 meta)
 	u32 pos = ++t->pos;
 	/* x86 TSO: a release store is a plain store after the record's. */
 	__atomic_store_n(&c->count, pos, __ATOMIC_RELEASE);
-	if (pos >= lt_shared.chunk_records) {
-		c->seq = __atomic_add_fetch(&lt_shared.seq, 1, __ATOMIC_RELAXED);
-		__atomic_store_n(&c->state, LT_CHUNK_FULL, __ATOMIC_RELEASE);
-		t->chunk = 0;
-		t->pos = 0;
+	if (pos >= lt_shared.chunk_records)
+		lt_publish(t);
+}
+
+/*
+ * lt_emit_data appends the record (tsc, meta), a DATA record and the
+ * len bytes of payload p as one group in one chunk: the chunk's count
+ * covers all of them at once, so the tracer never sees a part of it. A
+ * chunk without room for the group is published first. A group larger
+ * than a whole chunk is dropped (one lost event).
+ */
+static void lt_emit_data(struct lt_thread *t, u64 tsc, u64 meta, u32 spec, const u8 *p, u32 len)
+{
+	u32 n = 2 + (len + 15) / 16;
+	if (n > lt_shared.chunk_records) {
+		lt_drop(t);
+		return;
 	}
+	if (t->chunk && t->pos + n > lt_shared.chunk_records)
+		lt_publish(t);
+	u64 off = t->chunk;
+	if (!off) {
+		off = lt_take(t);
+		if (!off) {
+			lt_drop(t);
+			return;
+		}
+		t->chunk = off;
+	}
+	struct lt_chunk_hdr *c = chunk_at(off);
+	struct lt_record *r = (struct lt_record *)((char *)c + LT_CHUNK_HDR_SIZE) + t->pos;
+	r[0].tsc = tsc;
+	r[0].meta = meta;
+	r[1].tsc = (u64)spec | (u64)len << 32;
+	r[1].meta = (u64)LT_KIND_DATA << 62 | len;
+	u8 *d = (u8 *)&r[2];
+	u32 i = 0;
+	for (; i < len; i++)
+		d[i] = p[i];
+	for (; i % 16; i++)
+		d[i] = 0;
+	u32 pos = t->pos += n;
+	__atomic_store_n(&c->count, pos, __ATOMIC_RELEASE);
+	if (pos >= lt_shared.chunk_records)
+		lt_publish(t);
 }
 
 static inline u64 meta(u64 kind, u32 depth, u32 idx, u32 low)
@@ -289,6 +354,97 @@ static inline u32 caller_delta(u64 ret, u64 site)
 	if (d <= -0x80000000ll || d > 0x7fffffffll)
 		return LT_CALLER_UNKNOWN;
 	return (u32)d;
+}
+
+/* lt_spec returns the spec of site idx (with its LT_CAPTURE flag), 0: none. */
+static u32 lt_spec(u32 idx)
+{
+	if (!(idx & LT_CAPTURE))
+		return 0;
+	idx &= LT_MAX_SITES - 1;
+	if (idx >= lt_shared.nsites)
+		return 0;
+	const struct lt_site *s = (const struct lt_site *)((char *)&lt_shared + lt_shared.site_off);
+	return s[idx].spec;
+}
+
+struct lt_iovec {
+	u64 base, len;
+};
+
+/*
+ * lt_readstr copies the string at ptr, at most max bytes, to dst and
+ * returns its length byte: the bytes copied before the NUL, with
+ * LT_STR_TRUNC when there was no NUL within them, or LT_STR_BAD when ptr
+ * is not readable. It never faults: process_vm_readv on the thread
+ * itself copies what is mapped and readable and stops at the first byte
+ * that is not (see docs/DESIGN-NOTES.md, "Reading strings"). A kernel or
+ * seccomp policy that refuses the call gives LT_STR_BAD.
+ */
+static u8 lt_readstr(u32 tid, u64 ptr, u8 *dst, u32 max)
+{
+	if (max == 0 || ptr < 4096)
+		return LT_STR_BAD;
+	struct lt_iovec local = {(u64)dst, max}, remote = {ptr, max};
+	long r = sys6(SYS_process_vm_readv, tid, (long)&local, 1, (long)&remote, 1, 0);
+	if (r <= 0)
+		return LT_STR_BAD;
+	if ((u64)r > max)
+		r = max;
+	for (long i = 0; i < r; i++)
+		if (dst[i] == 0)
+			return (u8)i;
+	return (u8)r | LT_STR_TRUNC;
+}
+
+/*
+ * The argument registers as lt_entry saved them, relative to the sp it
+ * passes to lt_on_entry (agent.S, "Argument registers"): rdi, rsi, rdx,
+ * rcx, r8, r9.
+ */
+static const signed char lt_argreg[6] = {-5, -4, -2, -3, -6, -7};
+
+/*
+ * lt_args writes the payload of an entry with the argument bits of spec
+ * to buf and returns its length: one u64 per captured argument, in
+ * order, then for each string argument in order its length byte
+ * (lt_readstr) and the bytes.
+ */
+static u32 lt_args(const struct lt_thread *t, u32 spec, const u64 *sp, u8 *buf)
+{
+	u32 o = 0;
+	u32 max = (u32)lt_shared.string_max;
+	if (max > LT_STRING_MAX)
+		max = LT_STRING_MAX;
+	for (int i = 0; i < 6; i++) {
+		if (!(spec & (1u << i)))
+			continue;
+		u64 v = sp[lt_argreg[i]];
+		__builtin_memcpy(buf + o, &v, 8);
+		o += 8;
+	}
+	for (int i = 0; i < 6; i++) {
+		if (!(spec & (1u << i)) || !(spec & (1u << (LT_SPEC_STR_SHIFT + i))))
+			continue;
+		u8 n = lt_readstr(t->tid, sp[lt_argreg[i]], buf + o + 1, max);
+		buf[o] = n;
+		o += 1 + (n == LT_STR_BAD ? 0 : (n & ~LT_STR_TRUNC));
+	}
+	return o;
+}
+
+/* lt_emit_entry emits the entry record m of site idx, with its arguments
+ * when the site has a spec for them. */
+static void lt_emit_entry(struct lt_thread *t, u64 tsc, u64 m, u32 idx, const u64 *sp)
+{
+	u32 spec = lt_spec(idx) & (LT_SPEC_ARGS | LT_SPEC_ARGS << LT_SPEC_STR_SHIFT);
+	if (!(spec & LT_SPEC_ARGS)) {
+		lt_emit(t, tsc, m);
+		return;
+	}
+	u8 buf[LT_MAX_PAYLOAD];
+	u32 len = lt_args(t, spec, sp, buf);
+	lt_emit_data(t, tsc, m, spec, buf, len);
 }
 
 /* busy_live reports whether t's agent frame at busy is still running below sp. */
@@ -458,18 +614,18 @@ void lt_on_entry(u32 idx, u64 *sp)
 				/* The caller's frame ends here; the callee takes it over. */
 				lt_emit(t, tsc, meta(LT_KIND_EXIT, i - 1, e->site, 0));
 				e->site = idx;
-				lt_emit(t, tsc, meta(LT_KIND_ENTRY, i - 1, idx, caller_delta(ret, site)));
+				lt_emit_entry(t, tsc, meta(LT_KIND_ENTRY, i - 1, idx, caller_delta(ret, site)), idx, sp);
 				goto out;
 			}
 		} else {
 			ret = site + 0x100000000ull; /* cannot happen: caller unknown */
 		}
-		lt_emit(t, tsc, meta(LT_KIND_ENTRY, 0, idx, caller_delta(ret, site)));
+		lt_emit_entry(t, tsc, meta(LT_KIND_ENTRY, 0, idx, caller_delta(ret, site)), idx, sp);
 		goto out;
 	}
 
 	if (!lt_ctl.graph) {
-		lt_emit(t, tsc, meta(LT_KIND_ENTRY, 0, idx, caller_delta(ret, site)));
+		lt_emit_entry(t, tsc, meta(LT_KIND_ENTRY, 0, idx, caller_delta(ret, site)), idx, sp);
 		goto out;
 	}
 
@@ -487,7 +643,7 @@ void lt_on_entry(u32 idx, u64 *sp)
 	t->depth = d + 1;
 	barrier();
 	sp[1] = (u64)lt_return;
-	lt_emit(t, tsc, meta(LT_KIND_ENTRY, d, idx, caller_delta(ret, site)));
+	lt_emit_entry(t, tsc, meta(LT_KIND_ENTRY, d, idx, caller_delta(ret, site)), idx, sp);
 out:
 	barrier();
 	t->busy = 0;
@@ -559,8 +715,16 @@ u64 lt_on_exit(u64 sp)
 	}
 	barrier();
 	t->depth = trim(ss, d);
-	if (lt_ctl.enabled)
-		lt_emit(t, tsc, meta(LT_KIND_EXIT, i - 1, site, 0));
+	if (lt_ctl.enabled) {
+		u32 spec = lt_spec(site) & (LT_SPEC_RET | LT_SPEC_RET_FLOAT);
+		if (spec & LT_SPEC_RET) {
+			/* lt_return saved rax at sp-8 and xmm0 at sp-24. */
+			u64 v = ((const u64 *)sp)[spec & LT_SPEC_RET_FLOAT ? -3 : -1];
+			lt_emit_data(t, tsc, meta(LT_KIND_EXIT, i - 1, site, 0), spec, (const u8 *)&v, 8);
+		} else {
+			lt_emit(t, tsc, meta(LT_KIND_EXIT, i - 1, site, 0));
+		}
+	}
 	barrier();
 	t->busy = 0;
 	return orig;

@@ -42,6 +42,7 @@
 #define LT_A_UNWIND_LONGJMP_ 288   /* offsetof(struct lt_priv, unwind.longjmp_u) */
 #define LT_A_UNWIND_SIGLONGJMP 296 /* offsetof(struct lt_priv, unwind.siglongjmp) */
 #define LT_A_UNWIND_LONGJMP_CHK 304 /* offsetof(struct lt_priv, unwind.longjmp_chk) */
+#define LT_A_CAPTURE 0x40000000    /* LT_CAPTURE: the stub's site index flag */
 
 #ifndef __ASSEMBLER__
 
@@ -75,6 +76,16 @@ enum lt_const {
 	LT_MAX_HOOKS = 64,              /* GOT hooks an owner record lists */
 	LT_SITE_ORIG = 32,              /* bytes of struct lt_site.orig: a relocated region at most */
 	LT_SHADOW_RESTORED = 1,         /* shadow entry flag: its slot holds orig again */
+	LT_KIND_DATA = 3,               /* record kind: the payload of the record before it */
+	LT_CAPTURE = 1 << 30,           /* site index flag (stub, shadow entry): the site has a spec */
+	LT_SPEC_ARGS = 0x3f,            /* spec bits 0-5: capture argument 1..6 (rdi rsi rdx rcx r8 r9) */
+	LT_SPEC_STR_SHIFT = 8,          /* spec bits 8-13: that argument is a char * read as a string */
+	LT_SPEC_RET = 1 << 16,          /* spec bit: capture the return value (graph mode) */
+	LT_SPEC_RET_FLOAT = 1 << 17,    /* spec bit: the return value is in xmm0, not rax */
+	LT_STRING_MAX = 127,            /* most string bytes one argument records */
+	LT_STR_BAD = 0xff,              /* string length byte: the pointer was not readable */
+	LT_STR_TRUNC = 0x80,            /* string length flag: no NUL within string_max bytes */
+	LT_MAX_PAYLOAD = 6 * 8 + 6 * (1 + 127), /* bytes of the largest payload */
 };
 
 #define LT_CHUNK_HDR_SIZE 64
@@ -220,7 +231,8 @@ struct lt_site {
 	u32 len;                 /* 5: a NOP site, its target CALLed; more: a
 	                          * relocated region, its target (the
 	                          * relocation stub) jumped to */
-	u32 pad;
+	u32 spec;                /* LT_SPEC_* bits: what the agent captures at
+	                          * this site (its stub sets LT_CAPTURE); 0: none */
 };
 
 /*
@@ -239,7 +251,8 @@ struct lt_shared_hdr {
 	u64 nchunks;
 	u64 chunk_size;    /* bytes per chunk, header included */
 	u64 tsc_hz;        /* informational, written by the tracer */
-	u64 pad0[7];
+	u64 string_max;    /* string bytes an argument records (<= LT_STRING_MAX) */
+	u64 pad0[6];
 	/* Counters, each on its own cache line pair, written by the agent. */
 	u64 seq;           /* last published chunk sequence number */
 	u64 pad1[7];
@@ -271,7 +284,13 @@ _Static_assert(sizeof(struct lt_shared_hdr) <= LT_SHARED_HDR_PAGE, "shared heade
 /* The tracer stages a struct sigaction in the control page's last bytes. */
 _Static_assert(sizeof(struct lt_ctl) <= 4096 - 64, "control page has room for the staging area");
 
-/* struct lt_record is one event. */
+/*
+ * struct lt_record is one event. An event of a site with a spec is its
+ * ENTRY or EXIT record followed, in the same chunk, by a DATA record
+ * (kind 3; tsc = spec | payload bytes << 32, meta = kind << 62 | payload
+ * bytes) and by the payload itself in ceil(bytes / 16) more records (see
+ * lt_emit_data); chunk count covers the whole group at once.
+ */
 struct lt_record {
 	u64 tsc;
 	u64 meta; /* kind:2 depth:8 site:22 caller_delta:32 */
