@@ -34,6 +34,7 @@ type recordOptions struct {
 	unwindUnsafe bool
 	chunks       int
 	filter       filterOptions
+	args         argOptions
 	command      []string // -- CMD [ARGS...]
 	stdout       io.Writer
 	stderr       io.Writer
@@ -108,6 +109,7 @@ livetrace.data); read it with livetrace replay, report, info and export.`,
 	f.IntVarP(&o.filter.depth, "depth", "D", 0, "record calls at depth < `N` only (graph mode, N < 256; 0 = all)")
 	f.DurationVarP(&o.filter.minDur, "time-filter", "t", 0, "show only calls that took at least `DURATION` (graph mode; applied when the recording is read)")
 	f.UintSliceVar(&o.filter.tids, "tid", nil, "record thread `TID` only (repeat or separate with commas)")
+	o.args.addFlags(f)
 	return cmd
 }
 
@@ -137,6 +139,10 @@ func (o *recordOptions) run() error {
 		Output: o.output, Chunks: o.chunks, AllowUnwind: o.unwindUnsafe,
 		Filters: tracefile.RecordFilters{MaxDepth: flt.MaxDepth, MinDuration: flt.MinDuration, TIDs: flt.TIDs},
 	}
+	if opts.Args, err = o.args.rules(o.graph); err != nil {
+		return err
+	}
+	opts.StringMax = o.args.stringMax
 	if o.stopMode {
 		opts.Mode = textpoke.ModeStop
 	}

@@ -54,6 +54,10 @@ type Options struct {
 	// Modules are shell globs restricting the selection to the modules
 	// whose path or base name matches one (all when empty).
 	Modules []string
+	// Args are the argument and return value specs (args.go); StringMax
+	// bounds the bytes of a string argument (0: DefaultStringMax).
+	Args      []ArgRule
+	StringMax int
 }
 
 // ErrNoMatch means no patchable function matches the selection.
@@ -82,6 +86,8 @@ type selected struct {
 	// plan is the relocator's plan at runtime addresses, for a
 	// relocating site (site.Form == elfsite.FormReloc).
 	plan *reloc.Plan
+	// capture is what the agent captures there (args.go).
+	capture capture
 }
 
 // Session is one live recording. Its methods are safe for concurrent use.
@@ -186,7 +192,10 @@ func (s *Session) discover() error {
 		}
 		s.unwind = plan
 	}
-	return s.selectSites()
+	if err := s.selectSites(); err != nil {
+		return err
+	}
+	return s.applyArgRules()
 }
 
 func (s *Session) start(p *proc.Process) (_ *Session, err error) {
@@ -914,6 +923,7 @@ func (s *Session) buildMeta(clock1 *tsc.Pair) tracefile.Meta {
 		} else {
 			f.Addr = x.addr
 		}
+		f.Args, f.Ret = x.capture.args, x.capture.ret
 		m.Funcs = append(m.Funcs, f)
 	}
 	var tids []uint32
