@@ -64,7 +64,6 @@ void lt_sigtrap(int sig, void *si, void *uc) HIDDEN;
 #define SYS_gettid 186
 #define SYS_tgkill 234
 #define SYS_futex 202
-#define SYS_process_vm_readv 310
 #define FUTEX_WAIT_PRIVATE 128
 #define EAGAIN 11
 #define EFAULT 14
@@ -88,19 +87,6 @@ static inline long sys4(long n, long a, long b, long c, long d)
 	__asm__ __volatile__("syscall"
 			     : "=a"(r)
 			     : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10)
-			     : "rcx", "r11", "memory");
-	return r;
-}
-
-static inline long sys6(long n, long a, long b, long c, long d, long e, long f)
-{
-	long r;
-	register long r10 __asm__("r10") = d;
-	register long r8 __asm__("r8") = e;
-	register long r9 __asm__("r9") = f;
-	__asm__ __volatile__("syscall"
-			     : "=a"(r)
-			     : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9)
 			     : "rcx", "r11", "memory");
 	return r;
 }
@@ -356,6 +342,10 @@ static inline u32 caller_delta(u64 ret, u64 site)
 	return (u32)d;
 }
 
+struct lt_timespec {
+	s64 sec, nsec;
+};
+
 /* lt_spec returns the spec of site idx (with its LT_CAPTURE flag), 0: none. */
 static u32 lt_spec(u32 idx)
 {
@@ -368,33 +358,49 @@ static u32 lt_spec(u32 idx)
 	return s[idx].spec;
 }
 
-struct lt_iovec {
-	u64 base, len;
-};
+/*
+ * lt_readable reports whether the byte at addr can be read, without
+ * touching it: futex(FUTEX_WAIT) on the aligned word at addr reads that
+ * word in the kernel and fails with EFAULT when it is not mapped or not
+ * readable. It is given a value the word is unlikely to hold, so that it
+ * returns EAGAIN at once (an equal word waits out the zero timeout). A
+ * kernel or seccomp policy that refuses futex answers no.
+ */
+static int lt_readable(u64 addr)
+{
+	struct lt_timespec zero = {0, 0};
+	long r = sys4(SYS_futex, (long)(addr & ~3ull), FUTEX_WAIT_PRIVATE, 0x4c54a5c3, (long)&zero);
+	return r == -EAGAIN || r == -ETIMEDOUT;
+}
 
 /*
  * lt_readstr copies the string at ptr, at most max bytes, to dst and
  * returns its length byte: the bytes copied before the NUL, with
  * LT_STR_TRUNC when there was no NUL within them, or LT_STR_BAD when ptr
- * is not readable. It never faults: process_vm_readv on the thread
- * itself copies what is mapped and readable and stops at the first byte
- * that is not (see docs/DESIGN-NOTES.md, "Reading strings"). A kernel or
- * seccomp policy that refuses the call gives LT_STR_BAD.
+ * is not readable. It never touches a page before lt_readable has said
+ * it is readable: one system call per page the string spans (usually
+ * one), measured against the alternatives in docs/DESIGN-NOTES.md
+ * ("Reading strings"). A string that runs into a page that is not
+ * readable is cut there.
  */
-static u8 lt_readstr(u32 tid, u64 ptr, u8 *dst, u32 max)
+static u8 lt_readstr(u64 ptr, u8 *dst, u32 max)
 {
-	if (max == 0 || ptr < 4096)
+	if (max == 0 || ptr < 4096 || !lt_readable(ptr))
 		return LT_STR_BAD;
-	struct lt_iovec local = {(u64)dst, max}, remote = {ptr, max};
-	long r = sys6(SYS_process_vm_readv, tid, (long)&local, 1, (long)&remote, 1, 0);
-	if (r <= 0)
-		return LT_STR_BAD;
-	if ((u64)r > max)
-		r = max;
-	for (long i = 0; i < r; i++)
-		if (dst[i] == 0)
+	const volatile u8 *src = (const volatile u8 *)ptr;
+	u64 page_end = (ptr | 4095) + 1;
+	for (u32 i = 0; i < max; i++) {
+		if (ptr + i == page_end) {
+			if (page_end == 0 || !lt_readable(page_end))
+				return (u8)i | LT_STR_TRUNC;
+			page_end += 4096;
+		}
+		u8 c = src[i];
+		if (c == 0)
 			return (u8)i;
-	return (u8)r | LT_STR_TRUNC;
+		dst[i] = c;
+	}
+	return (u8)max | LT_STR_TRUNC;
 }
 
 /*
@@ -426,7 +432,7 @@ static u32 lt_args(const struct lt_thread *t, u32 spec, const u64 *sp, u8 *buf)
 	for (int i = 0; i < 6; i++) {
 		if (!(spec & (1u << i)) || !(spec & (1u << (LT_SPEC_STR_SHIFT + i))))
 			continue;
-		u8 n = lt_readstr(t->tid, sp[lt_argreg[i]], buf + o + 1, max);
+		u8 n = lt_readstr(sp[lt_argreg[i]], buf + o + 1, max);
 		buf[o] = n;
 		o += 1 + (n == LT_STR_BAD ? 0 : (n & ~LT_STR_TRUNC));
 	}
@@ -460,10 +466,6 @@ static inline int busy_live(u64 busy, u64 sp)
 
 /* LT_PROBES bounds the lt_holds calls of one event (each is a syscall). */
 #define LT_PROBES 8
-
-struct lt_timespec {
-	s64 sec, nsec;
-};
 
 /*
  * lt_holds reports whether the 8 bytes at addr hold val: 1 yes, 0 no (or
