@@ -2,11 +2,13 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
 
 	"github.com/spf13/pflag"
 
+	"github.com/livetrace/livetrace/internal/report"
 	"github.com/livetrace/livetrace/internal/session"
 	"github.com/livetrace/livetrace/internal/tracefile"
 )
@@ -130,4 +132,22 @@ func parseFormat(spec *tracefile.ArgSpec, s string, ret bool) error {
 	}
 	spec.Size = bits / 8
 	return nil
+}
+
+// byArgOptions holds report's --by and -F flags.
+type byArgOptions struct {
+	arg   string
+	funcs []string
+}
+
+func (o *byArgOptions) addFlags(f *pflag.FlagSet) {
+	f.StringVar(&o.arg, "by", "", "group the calls of each function by the value of argument `ARG` (argN or its name; needs a recording with -A or -a)")
+	f.StringArrayVarP(&o.funcs, "function", "F", nil, "with --by: only functions matching `GLOB` (repeatable)")
+}
+
+func (o *byArgOptions) report(w io.Writer, s *tracefile.Stream, f report.Filter, json bool) error {
+	if o.arg == "" {
+		return fmt.Errorf("report: -F selects the functions of --by ARG: give --by arg1 (or an argument's name) too")
+	}
+	return report.ReportByArg(w, s, report.ByArgOptions{Filter: f, Arg: o.arg, Funcs: o.funcs, JSON: json})
 }

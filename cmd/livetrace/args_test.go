@@ -1,7 +1,9 @@
 package main
 
 import (
+	"encoding/json"
 	"io"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -9,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
 
 	"github.com/livetrace/livetrace/internal/testtarget"
 )
@@ -84,6 +88,7 @@ func TestRecordArgs(t *testing.T) {
 					t.Logf("replay:\n%s", replay)
 				}
 				checkArgsReplay(t, replay, graph, rounds)
+				checkArgsOutputs(t, out, graph, rounds)
 				testtarget.CheckText(t, tp.Pid())
 			})
 		}
@@ -132,5 +137,73 @@ func checkArgsReplay(t *testing.T, replay string, graph bool, rounds int) {
 	}
 	if strings.Contains(replay, "?") && !strings.Contains(replay, "# ") {
 		t.Errorf("replay has undecodable values")
+	}
+}
+
+// checkArgsOutputs checks the captured values in the Chrome export and
+// in report --by.
+func checkArgsOutputs(t *testing.T, rec string, graph bool, rounds int) {
+	t.Helper()
+	chrome := filepath.Join(t.TempDir(), "trace.json")
+	if _, _, err := runCLI(t, "export", "--format", "chrome", "-i", rec, "-o", chrome); err != nil {
+		t.Fatal(err)
+	}
+	var tr struct {
+		TraceEvents []struct {
+			Name string         `json:"name"`
+			Args map[string]any `json:"args"`
+		} `json:"traceEvents"`
+	}
+	b, err := os.ReadFile(chrome)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &tr); err != nil {
+		t.Fatal(err)
+	}
+	found := 0
+	for _, e := range tr.TraceEvents {
+		if e.Name != "lookup_user" {
+			continue
+		}
+		found++
+		if e.Args["arg1"] != "42" || e.Args["arg2"] != `"bob"` {
+			t.Errorf("chrome event of lookup_user has args %v", e.Args)
+		}
+		if graph && e.Args["retval"] != "47" {
+			t.Errorf("chrome event of lookup_user has args %v, want retval 47", e.Args)
+		}
+	}
+	if found != rounds {
+		t.Errorf("chrome export has %d lookup_user events, want %d", found, rounds)
+	}
+	if _, _, err := runCLI(t, "export", "--format", "perfetto", "-i", rec, "-o", filepath.Join(t.TempDir(), "trace.pftrace")); err != nil {
+		t.Fatal(err)
+	}
+	stdout, _, err := runCLI(t, "report", "--json", "--by", "arg2", "-F", "args_str", "-i", rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows []struct {
+		Function string `json:"function"`
+		Value    string `json:"value"`
+		Calls    int    `json:"calls"`
+	}
+	if err := json.Unmarshal([]byte(stdout), &rows); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]int{}
+	for _, r := range rows {
+		if r.Function != "args_str" {
+			t.Errorf("report --by arg2 -F args_str has a row for %s", r.Function)
+		}
+		got[r.Value] = r.Calls
+	}
+	want := map[string]int{"0": rounds, "1": rounds, "2": rounds, "3": 2 * rounds, "4": rounds}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("report --by arg2 -F args_str (-want +got):\n%s\n%s", diff, stdout)
+	}
+	if _, _, err := runCLI(t, "report", "--by", "arg9", "-i", rec); err == nil || !strings.Contains(err.Error(), "-A") {
+		t.Errorf("report --by arg9: %v, want an error that says how to record it", err)
 	}
 }

@@ -15,6 +15,7 @@ type reportOptions struct {
 	filter filterOptions
 	json   bool
 	sort   string
+	by     byArgOptions
 	stdout io.Writer
 }
 
@@ -47,6 +48,9 @@ min_ns and max_ns.`,
 				return err
 			}
 			defer s.Close()
+			if o.by.arg != "" || len(o.by.funcs) > 0 {
+				return o.in.readErr(o.by.report(o.stdout, s, f, o.json))
+			}
 			return o.in.readErr(report.ReportStream(o.stdout, s, report.ReportOptions{Filter: f, Sort: o.sort, JSON: o.json}))
 		},
 	}
@@ -54,5 +58,6 @@ min_ns and max_ns.`,
 	o.filter.addFlags(cmd.Flags())
 	cmd.Flags().BoolVar(&o.json, "json", false, "print a JSON array instead of a table")
 	cmd.Flags().StringVarP(&o.sort, "sort", "s", "", "sort by `COL`: "+strings.Join(report.SortColumns, ", "))
+	o.by.addFlags(cmd.Flags())
 	return cmd
 }
