@@ -19,11 +19,15 @@ type argOptions struct {
 	args      []string
 	rets      []string
 	stringMax int
+	graphFns  []string
+	callerFns []string
 }
 
 func (o *argOptions) addFlags(f *pflag.FlagSet) {
 	f.StringArrayVarP(&o.args, "argument", "A", nil, "record arguments of functions matching GLOB: `GLOB@arg1,arg2/s,...` (formats d u x s c p, sizes 8 16 32 64: arg1/u32; repeatable)")
 	f.StringArrayVarP(&o.rets, "retval", "R", nil, "record the return value of functions matching GLOB (--graph): `GLOB[@retval/FMT]` (formats d u x s c p f; repeatable)")
+	f.StringArrayVarP(&o.graphFns, "graph-function", "G", nil, "with --graph, record only the calls made while a function matching `GLOB` is on the thread's stack (ftrace's set_graph_function; repeatable)")
+	f.StringArrayVar(&o.callerFns, "caller", nil, "with --graph, record only the calls of functions matching `GLOB` and of their callers (uftrace -C; repeatable)")
 	f.IntVar(&o.stringMax, "string-max", session.DefaultStringMax, "record at most `N` bytes of a string argument (/s), 1 to 127")
 }
 
@@ -31,6 +35,9 @@ func (o *argOptions) addFlags(f *pflag.FlagSet) {
 func (o *argOptions) rules(graph bool) ([]session.ArgRule, error) {
 	if len(o.rets) > 0 && !graph {
 		return nil, fmt.Errorf("record: -R needs --graph (a return value is captured at the function's exit)")
+	}
+	if (len(o.graphFns) > 0 || len(o.callerFns) > 0) && !graph {
+		return nil, fmt.Errorf("record: -G and --caller need --graph (the agent follows each thread's stack of traced calls)")
 	}
 	if o.stringMax < 1 || o.stringMax > 127 {
 		return nil, fmt.Errorf("parse --string-max %d: give 1 to 127 bytes", o.stringMax)

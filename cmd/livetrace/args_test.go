@@ -207,3 +207,69 @@ func checkArgsOutputs(t *testing.T, rec string, graph bool, rounds int) {
 		t.Errorf("report --by arg9: %v, want an error that says how to record it", err)
 	}
 }
+
+// TestRecordStackFilters records the args fixture's call tree with -G
+// and --caller, in a NOP build and with relocating sites, and checks the
+// calls kept.
+func TestRecordStackFilters(t *testing.T) {
+	testtarget.RequireRoot(t)
+	bin := livetraceBinary(t)
+	const rounds = 3
+	for _, b := range []struct {
+		name string
+		opts []testtarget.Option
+	}{{"clang-nop5", nil}, {"reloc", []testtarget.Option{testtarget.NoSites()}}} {
+		for _, f := range []struct {
+			name  string
+			flags []string
+			want  map[string]int // calls in replay per function
+		}{
+			{"G", []string{"-G", "tree_mid"}, map[string]int{"tree_mid": rounds, "tree_leaf": rounds}},
+			{"caller", []string{"--caller", "tree_leaf"}, map[string]int{"tree_top": rounds, "tree_mid": rounds, "tree_leaf": 2 * rounds, "tree_other": rounds}},
+		} {
+			t.Run(b.name+"/"+f.name, func(t *testing.T) {
+				exe := testtarget.Build(t, testtarget.Args, testtarget.ClangNop5, b.opts...)
+				tp := testtarget.Start(t, exe)
+				if _, err := tp.Expect("ready", 10*time.Second); err != nil {
+					t.Fatal(err)
+				}
+				out := filepath.Join(t.TempDir(), "rec.data")
+				args := append([]string{"record", "--graph", "-p", strconv.Itoa(tp.Pid()), "-F", "args_*", "-F", "lookup_user", "-F", "tree_*", "-o", out}, f.flags...)
+				cmd, stderr, said := startTracing(t, bin, args...)
+				if err := tp.Send("run " + strconv.Itoa(rounds)); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := tp.Expect("done ", 10*time.Second); err != nil {
+					t.Fatal(err)
+				}
+				_ = cmd.Process.Signal(syscall.SIGINT)
+				rest, _ := io.ReadAll(stderr)
+				if err := cmd.Wait(); err != nil {
+					t.Fatalf("record: %v\n%s%s", err, said, rest)
+				}
+				stdout, _, err := runCLI(t, "report", "--json", "-i", out)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var rows []struct {
+					Function string `json:"function"`
+					Calls    int    `json:"calls"`
+				}
+				if err := json.Unmarshal([]byte(stdout), &rows); err != nil {
+					t.Fatal(err)
+				}
+				got := map[string]int{}
+				for _, r := range rows {
+					if r.Calls > 0 {
+						got[r.Function] = r.Calls
+					}
+				}
+				if diff := cmp.Diff(f.want, got); diff != "" {
+					replay, _, _ := runCLI(t, "replay", "-i", out)
+					t.Errorf("calls recorded (-want +got):\n%s\n%s", diff, replay)
+				}
+				testtarget.CheckText(t, tp.Pid())
+			})
+		}
+	}
+}

@@ -143,6 +143,7 @@ func (o *recordOptions) run() error {
 		return err
 	}
 	opts.StringMax = o.args.stringMax
+	opts.GraphFuncs, opts.CallerFuncs = o.args.graphFns, o.args.callerFns
 	if o.stopMode {
 		opts.Mode = textpoke.ModeStop
 	}

@@ -13,41 +13,41 @@ var Blob []byte
 // Layout of the agent, from agent.ld, agent.h and the linked agent.
 const (
 	// CodeSize is the size of the code region at the agent's base, a multiple of the page size.
-	CodeSize = 0x3000
+	CodeSize = 0x4000
 	// EntryOff is the offset from the agent's base of lt_entry, the target of every site stub.
 	EntryOff = 0x0
 	// ReturnOff is the offset from the agent's base of lt_return, the hijacked return address in graph mode.
 	ReturnOff = 0x2d0
 	// SigtrapOff is the offset from the agent's base of lt_sigtrap, the SIGTRAP backstop handler (SA_SIGINFO).
-	SigtrapOff = 0x2400
+	SigtrapOff = 0x28b0
 	// RestorerOff is the offset from the agent's base of lt_restorer, the SA_RESTORER for lt_sigtrap.
 	RestorerOff = 0x430
 	// RemoteOff is the offset from the agent's base of lt_remote, `syscall; int3`: where the tracer runs remote system calls once the agent is in.
 	RemoteOff = 0x440
 	// HookRaiseOff is the offset from the agent's base of lt_hook_raise, which runs in place of _Unwind_RaiseException in graph mode.
-	HookRaiseOff = 0x29b0
+	HookRaiseOff = 0x2e60
 	// HookResumeOrRethrowOff is the offset from the agent's base of lt_hook_resume_or_rethrow, which runs in place of _Unwind_Resume_or_Rethrow in graph mode.
-	HookResumeOrRethrowOff = 0x29f0
+	HookResumeOrRethrowOff = 0x2ea0
 	// HookBeginCatchOff is the offset from the agent's base of lt_hook_begin_catch, which runs in place of __cxa_begin_catch in graph mode.
-	HookBeginCatchOff = 0x2a30
+	HookBeginCatchOff = 0x2ee0
 	// HookLongjmpOff is the offset from the agent's base of lt_hook_longjmp, which runs in place of longjmp in graph mode.
-	HookLongjmpOff = 0x2a70
+	HookLongjmpOff = 0x2f20
 	// HookLongjmpUOff is the offset from the agent's base of lt_hook__longjmp, which runs in place of _longjmp in graph mode.
-	HookLongjmpUOff = 0x2ab0
+	HookLongjmpUOff = 0x2f60
 	// HookSiglongjmpOff is the offset from the agent's base of lt_hook_siglongjmp, which runs in place of siglongjmp in graph mode.
-	HookSiglongjmpOff = 0x2af0
+	HookSiglongjmpOff = 0x2fa0
 	// HookLongjmpChkOff is the offset from the agent's base of lt_hook_longjmp_chk, which runs in place of __longjmp_chk in graph mode.
-	HookLongjmpChkOff = 0x2b30
+	HookLongjmpChkOff = 0x2fe0
 	// CtlOff is the offset from the agent's base of the control page (MADV_WIPEONFORK).
-	CtlOff = 0x3000
+	CtlOff = 0x4000
 	// CtlSize is the size of the control page (MADV_WIPEONFORK).
 	CtlSize = 0x1000
 	// PrivOff is the offset from the agent's base of the private region (thread table, shadow stacks).
-	PrivOff = 0x4000
+	PrivOff = 0x5000
 	// PrivSize is the size of the private region (thread table, shadow stacks).
-	PrivSize = 0x3041000
+	PrivSize = 0x5041000
 	// SharedOff is the offset from the agent's base of the shared memfd.
-	SharedOff = 0x3045000
+	SharedOff = 0x5046000
 	// Magic is LT_MAGIC from agent.h.
 	Magic = 0x4c544147
 	// Version is LT_VERSION from agent.h.
@@ -114,6 +114,18 @@ const (
 	StrTrunc = 0x80
 	// MaxPayload is LT_MAX_PAYLOAD from agent.h.
 	MaxPayload = 0x330
+	// SpecTrigger is LT_SPEC_TRIGGER from agent.h.
+	SpecTrigger = 0x40000
+	// SpecUnder is LT_SPEC_UNDER from agent.h.
+	SpecUnder = 0x80000
+	// SpecCaller is LT_SPEC_CALLER from agent.h.
+	SpecCaller = 0x100000
+	// SpecDefer is LT_SPEC_DEFER from agent.h.
+	SpecDefer = 0x200000
+	// ShadowUnder is LT_SHADOW_UNDER from agent.h.
+	ShadowUnder = 0x2
+	// ShadowPending is LT_SHADOW_PENDING from agent.h.
+	ShadowPending = 0x4
 	// SizeofChunkHdr is sizeof(struct lt_chunk_hdr).
 	SizeofChunkHdr = 0x40
 	// ChunkHdrStateOff is the offset of state in struct lt_chunk_hdr.
@@ -179,7 +191,7 @@ const (
 	// OwnerHooksOff is the offset of hooks in struct lt_owner.
 	OwnerHooksOff = 0x438
 	// SizeofPriv is sizeof(struct lt_priv).
-	SizeofPriv = 0x3041000
+	SizeofPriv = 0x5041000
 	// PrivOldSigtrapOff is the offset of old_sigtrap in struct lt_priv.
 	PrivOldSigtrapOff = 0x0
 	// PrivRemoteOff is the offset of remote in struct lt_priv.
@@ -192,6 +204,8 @@ const (
 	PrivThreadsOff = 0x1000
 	// PrivShadowOff is the offset of shadow in struct lt_priv.
 	PrivShadowOff = 0x41000
+	// PrivPendOff is the offset of pend in struct lt_priv.
+	PrivPendOff = 0x3041000
 	// SizeofRange is sizeof(struct lt_range).
 	SizeofRange = 0x10
 	// RangeAddrOff is the offset of addr in struct lt_range.

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"path"
+	"strings"
 
 	"github.com/livetrace/livetrace/internal/agent"
 	"github.com/livetrace/livetrace/internal/tracefile"
@@ -140,4 +141,51 @@ func (s *Session) dataGroup(site uint32, kind uint8, raw []byte) (args string, r
 // isData reports whether the record at the start of raw is a DATA record.
 func isData(raw []byte) bool {
 	return len(raw) >= agent.SizeofRecord && binary.LittleEndian.Uint64(raw[agent.RecordMetaOff:])>>62 == agent.KindData
+}
+
+// applyFilters sets the spec bits of record -G and --caller on every
+// selected site: a site that matches a -G glob is a trigger, every other
+// one is recorded only below a trigger; a site that matches a --caller
+// glob records the calls it is below, every other one is held back until
+// then. Every site then takes the agent's slow path.
+func (s *Session) applyFilters() error {
+	if len(s.opts.GraphFuncs) == 0 && len(s.opts.CallerFuncs) == 0 {
+		return nil
+	}
+	if !s.opts.Graph {
+		return fmt.Errorf("-G and --caller need graph mode (--graph): the agent follows each thread's stack of traced calls")
+	}
+	for _, g := range append(append([]string(nil), s.opts.GraphFuncs...), s.opts.CallerFuncs...) {
+		if _, err := path.Match(g, ""); err != nil {
+			return fmt.Errorf("bad pattern %q: %w", g, err)
+		}
+	}
+	var trig, callers int
+	for i := range s.sel {
+		x := &s.sel[i]
+		spec := s.mods[x.mod].Spec
+		if len(s.opts.GraphFuncs) > 0 {
+			if spec.MatchSite(x.site, s.opts.GraphFuncs...) {
+				x.capture.spec |= agent.SpecTrigger
+				trig++
+			} else {
+				x.capture.spec |= agent.SpecUnder
+			}
+		}
+		if len(s.opts.CallerFuncs) > 0 {
+			if spec.MatchSite(x.site, s.opts.CallerFuncs...) {
+				x.capture.spec |= agent.SpecCaller
+				callers++
+			} else {
+				x.capture.spec |= agent.SpecDefer
+			}
+		}
+	}
+	if len(s.opts.GraphFuncs) > 0 && trig == 0 {
+		return fmt.Errorf("-G %s: no traced function matches: the functions of -G must be traced too (see -F)", strings.Join(s.opts.GraphFuncs, " "))
+	}
+	if len(s.opts.CallerFuncs) > 0 && callers == 0 {
+		return fmt.Errorf("--caller %s: no traced function matches: the functions of --caller must be traced too (see -F)", strings.Join(s.opts.CallerFuncs, " "))
+	}
+	return nil
 }

@@ -58,6 +58,11 @@ type Options struct {
 	// bounds the bytes of a string argument (0: DefaultStringMax).
 	Args      []ArgRule
 	StringMax int
+	// GraphFuncs (record -G) keeps the calls made while a function that
+	// matches one of these globs is on the thread's stack; CallerFuncs
+	// (--caller) keeps the calls of the matching functions and of their
+	// callers. Both are applied by the agent and need Graph.
+	GraphFuncs, CallerFuncs []string
 }
 
 // ErrNoMatch means no patchable function matches the selection.
@@ -195,7 +200,10 @@ func (s *Session) discover() error {
 	if err := s.selectSites(); err != nil {
 		return err
 	}
-	return s.applyArgRules()
+	if err := s.applyArgRules(); err != nil {
+		return err
+	}
+	return s.applyFilters()
 }
 
 func (s *Session) start(p *proc.Process) (_ *Session, err error) {

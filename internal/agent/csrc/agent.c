@@ -546,7 +546,8 @@ static u32 lt_prune(struct lt_thread *t, struct lt_shadow *ss, u32 d, u64 n, int
 		if (e->slot > n || n - e->slot >= LT_STACK_WINDOW)
 			break;
 		if (e->flags & LT_SHADOW_RESTORED) {
-			lt_emit(t, tsc, meta(LT_KIND_EXIT, j - 1, e->site, 0));
+			if (!(e->flags & LT_SHADOW_PENDING))
+				lt_emit(t, tsc, meta(LT_KIND_EXIT, j - 1, e->site, 0));
 			make_hole(e);
 			continue;
 		}
@@ -565,6 +566,23 @@ static u32 lt_prune(struct lt_thread *t, struct lt_shadow *ss, u32 d, u64 n, int
 			make_hole(e);
 	}
 	return trim(ss, d);
+}
+
+/*
+ * lt_flush emits the entry records held back (LT_SHADOW_PENDING) of the
+ * frames ss[0..n) of t, oldest first, with the time and caller of their
+ * entries: a --caller function was entered above them. They then get
+ * their exits as any other frame.
+ */
+static void lt_flush(struct lt_thread *t, struct lt_shadow *ss, u32 n)
+{
+	const struct lt_pend *pd = lt_priv.pend[t - lt_priv.threads];
+	for (u32 j = 0; j < n; j++) {
+		if (ss[j].slot == 0 || !(ss[j].flags & LT_SHADOW_PENDING))
+			continue;
+		lt_emit(t, pd[j].tsc, meta(LT_KIND_ENTRY, j, ss[j].site, pd[j].low));
+		ss[j].flags &= ~(u32)LT_SHADOW_PENDING;
+	}
 }
 
 /*
@@ -614,8 +632,22 @@ void lt_on_entry(u32 idx, u64 *sp)
 			ret = e->orig;
 			if (lt_ctl.graph) {
 				/* The caller's frame ends here; the callee takes it over. */
-				lt_emit(t, tsc, meta(LT_KIND_EXIT, i - 1, e->site, 0));
+				if (!(e->flags & LT_SHADOW_PENDING))
+					lt_emit(t, tsc, meta(LT_KIND_EXIT, i - 1, e->site, 0));
 				e->site = idx;
+				u32 spec = lt_spec(idx);
+				if (spec & LT_SPEC_TRIGGER)
+					e->flags |= LT_SHADOW_UNDER;
+				if (spec & LT_SPEC_DEFER) {
+					struct lt_pend *pd = &lt_priv.pend[t - lt_priv.threads][i - 1];
+					pd->tsc = tsc;
+					pd->low = caller_delta(ret, site);
+					e->flags |= LT_SHADOW_PENDING;
+					goto out;
+				}
+				if (spec & LT_SPEC_CALLER)
+					lt_flush(t, ss, i - 1);
+				e->flags &= ~(u32)LT_SHADOW_PENDING;
 				lt_emit_entry(t, tsc, meta(LT_KIND_ENTRY, i - 1, idx, caller_delta(ret, site)), idx, sp);
 				goto out;
 			}
@@ -637,15 +669,36 @@ void lt_on_entry(u32 idx, u64 *sp)
 		__atomic_fetch_add(&lt_shared.overflow, 1, __ATOMIC_RELAXED);
 		goto out;
 	}
+	u32 flags = 0;
+	u32 spec = lt_spec(idx);
+	if (spec & (LT_SPEC_TRIGGER | LT_SPEC_UNDER | LT_SPEC_CALLER | LT_SPEC_DEFER)) {
+		/* record -G and --caller (doc.go, "Filters"). */
+		int under = d > 0 && (ss[d - 1].flags & LT_SHADOW_UNDER);
+		if ((spec & LT_SPEC_UNDER) && !(spec & LT_SPEC_TRIGGER) && !under) {
+			t->depth = d; /* not recorded, not hijacked */
+			goto out;
+		}
+		if (under || (spec & LT_SPEC_TRIGGER))
+			flags |= LT_SHADOW_UNDER;
+		if (spec & LT_SPEC_DEFER) {
+			struct lt_pend *pd = &lt_priv.pend[t - lt_priv.threads][d];
+			pd->tsc = tsc;
+			pd->low = caller_delta(ret, site);
+			flags |= LT_SHADOW_PENDING;
+		} else if (spec & LT_SPEC_CALLER) {
+			lt_flush(t, ss, d);
+		}
+	}
 	ss[d].orig = ret;
 	ss[d].slot = slot;
 	ss[d].site = idx;
-	ss[d].flags = 0;
+	ss[d].flags = flags;
 	barrier();
 	t->depth = d + 1;
 	barrier();
 	sp[1] = (u64)lt_return;
-	lt_emit_entry(t, tsc, meta(LT_KIND_ENTRY, d, idx, caller_delta(ret, site)), idx, sp);
+	if (!(flags & LT_SHADOW_PENDING))
+		lt_emit_entry(t, tsc, meta(LT_KIND_ENTRY, d, idx, caller_delta(ret, site)), idx, sp);
 out:
 	barrier();
 	t->busy = 0;
@@ -694,6 +747,7 @@ u64 lt_on_exit(u64 sp)
 	 * records later events, and this one must not go back in time. */
 	u64 tsc = rdtsc();
 	u32 site = e->site;
+	int pending = (e->flags & LT_SHADOW_PENDING) != 0;
 	make_hole(e);
 	u64 own = (u64)__builtin_frame_address(0);
 	int probes = LT_PROBES;
@@ -702,7 +756,7 @@ u64 lt_on_exit(u64 sp)
 		if (a->slot == 0 || a->slot > slot || slot - a->slot >= LT_STACK_WINDOW)
 			continue;
 		if (a->flags & LT_SHADOW_RESTORED) {
-			if (lt_ctl.enabled)
+			if (lt_ctl.enabled && !(a->flags & LT_SHADOW_PENDING))
 				lt_emit(t, tsc, meta(LT_KIND_EXIT, j - 1, a->site, 0));
 			make_hole(a);
 			continue;
@@ -717,7 +771,7 @@ u64 lt_on_exit(u64 sp)
 	}
 	barrier();
 	t->depth = trim(ss, d);
-	if (lt_ctl.enabled) {
+	if (lt_ctl.enabled && !pending) {
 		u32 spec = lt_spec(site) & (LT_SPEC_RET | LT_SPEC_RET_FLOAT);
 		if (spec & LT_SPEC_RET) {
 			/* lt_return saved rax at sp-8 and xmm0 at sp-24. */
@@ -823,7 +877,7 @@ void lt_catch_prep(u64 sp, u64 arg)
 		 * frame of another stack if a catch was missed (lo too low). */
 		if (e->slot == 0 || e->slot >= c || e->slot < lo || !(e->flags & LT_SHADOW_RESTORED))
 			continue;
-		if (lt_ctl.enabled)
+		if (lt_ctl.enabled && !(e->flags & LT_SHADOW_PENDING))
 			lt_emit(t, tsc, meta(LT_KIND_EXIT, j - 1, e->site, 0));
 		make_hole(e);
 	}

@@ -86,6 +86,12 @@ enum lt_const {
 	LT_STR_BAD = 0xff,              /* string length byte: the pointer was not readable */
 	LT_STR_TRUNC = 0x80,            /* string length flag: no NUL within string_max bytes */
 	LT_MAX_PAYLOAD = 6 * 8 + 6 * (1 + 127), /* bytes of the largest payload */
+	LT_SPEC_TRIGGER = 1 << 18,      /* spec bit (record -G): calls below this one are recorded */
+	LT_SPEC_UNDER = 1 << 19,        /* spec bit (record -G): recorded only below a TRIGGER call */
+	LT_SPEC_CALLER = 1 << 20,       /* spec bit (--caller): records the pending calls it is below */
+	LT_SPEC_DEFER = 1 << 21,        /* spec bit (--caller): entry held back until a CALLER call */
+	LT_SHADOW_UNDER = 2,            /* shadow entry flag: this frame or one below is a TRIGGER */
+	LT_SHADOW_PENDING = 4,          /* shadow entry flag: its entry record is held back (lt_priv.pend) */
 };
 
 #define LT_CHUNK_HDR_SIZE 64
@@ -213,6 +219,13 @@ struct lt_unwind_real {
 	u64 longjmp_chk;       /* __longjmp_chk */
 };
 
+/* struct lt_pend is an entry record held back (record --caller). */
+struct lt_pend {
+	u64 tsc;
+	u32 low; /* its caller delta (the low meta word) */
+	u32 pad;
+};
+
 struct lt_priv {
 	struct lt_ksigaction old_sigtrap; /* previous SIGTRAP action (tracer writes) */
 	struct lt_remote_save remote;     /* see lt_remote (tracer writes) */
@@ -221,6 +234,8 @@ struct lt_priv {
 	u8 pad[4096 - sizeof(struct lt_ksigaction) - sizeof(struct lt_remote_save) - sizeof(struct lt_unwind_real) - sizeof(u64)];
 	struct lt_thread threads[LT_MAX_THREADS];
 	struct lt_shadow shadow[LT_MAX_THREADS][LT_SHADOW_DEPTH];
+	/* The held-back entry of each shadow entry with LT_SHADOW_PENDING. */
+	struct lt_pend pend[LT_MAX_THREADS][LT_SHADOW_DEPTH];
 };
 
 /* struct lt_site is one entry of the site table: sorted by addr. */

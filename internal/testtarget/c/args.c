@@ -62,6 +62,38 @@ LT_KEEP long args_sig(long n, const char *who)
 	return n + 1;
 }
 
+/* A call tree for record -G and --caller: tree_top -> tree_mid ->
+ * tree_leaf, and tree_other -> tree_leaf. */
+LT_KEEP long tree_leaf(long x)
+{
+	args_sink += x;
+	return x + 1;
+}
+
+LT_KEEP long tree_mid(long x)
+{
+	args_sink += x; /* an instruction before the call: relocatable */
+	long r = tree_leaf(x) + 1;
+	LT_OPAQUE(r);
+	return r;
+}
+
+LT_KEEP long tree_top(long x)
+{
+	args_sink += x; /* an instruction before the call: relocatable */
+	long r = tree_mid(x) + 1;
+	LT_OPAQUE(r);
+	return r;
+}
+
+LT_KEEP long tree_other(long x)
+{
+	args_sink += x; /* an instruction before the call: relocatable */
+	long r = tree_leaf(x) + 2;
+	LT_OPAQUE(r);
+	return r;
+}
+
 static void on_usr1(int sig)
 {
 	(void)sig;
@@ -86,6 +118,8 @@ static void args_round(void)
 	args_enum((enum args_color)3);
 	lookup_user(42, "bob");
 	raise(SIGUSR1);
+	tree_top(1);
+	tree_other(2);
 }
 
 int main(void)
