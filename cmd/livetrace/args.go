@@ -21,6 +21,7 @@ type argOptions struct {
 	stringMax int
 	graphFns  []string
 	callerFns []string
+	auto      bool
 }
 
 func (o *argOptions) addFlags(f *pflag.FlagSet) {
@@ -28,6 +29,7 @@ func (o *argOptions) addFlags(f *pflag.FlagSet) {
 	f.StringArrayVarP(&o.rets, "retval", "R", nil, "record the return value of functions matching GLOB (--graph): `GLOB[@retval/FMT]` (formats d u x s c p f; repeatable)")
 	f.StringArrayVarP(&o.graphFns, "graph-function", "G", nil, "with --graph, record only the calls made while a function matching `GLOB` is on the thread's stack (ftrace's set_graph_function; repeatable)")
 	f.StringArrayVar(&o.callerFns, "caller", nil, "with --graph, record only the calls of functions matching `GLOB` and of their callers (uftrace -C; repeatable)")
+	f.BoolVarP(&o.auto, "auto-args", "a", false, "record the arguments (and with --graph the return value) of every traced function from the DWARF of its module: names, types, enum names")
 	f.IntVar(&o.stringMax, "string-max", session.DefaultStringMax, "record at most `N` bytes of a string argument (/s), 1 to 127")
 }
 

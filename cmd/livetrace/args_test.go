@@ -15,6 +15,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/livetrace/livetrace/internal/testtarget"
+	"github.com/livetrace/livetrace/internal/tracefile"
 )
 
 // argsSpecs are the -A and -R flags of the args fixture (c/args.c).
@@ -270,6 +271,115 @@ func TestRecordStackFilters(t *testing.T) {
 				}
 				testtarget.CheckText(t, tp.Pid())
 			})
+		}
+	}
+}
+
+// TestRecordAutoArgs records the args fixture with -a: argument names,
+// types and enum names come from its DWARF.
+func TestRecordAutoArgs(t *testing.T) {
+	testtarget.RequireRoot(t)
+	bin := livetraceBinary(t)
+	const rounds = 2
+	for _, form := range []testtarget.Form{testtarget.ClangNop5, testtarget.GccMcount} {
+		t.Run(string(form), func(t *testing.T) {
+			tp := testtarget.Start(t, testtarget.Build(t, testtarget.Args, form))
+			if _, err := tp.Expect("ready", 10*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			out := filepath.Join(t.TempDir(), "rec.data")
+			cmd, stderr, said := startTracing(t, bin, "record", "--graph", "-a", "-p", strconv.Itoa(tp.Pid()), "-F", "args_*", "-F", "lookup_user", "-o", out)
+			if err := tp.Send("run " + strconv.Itoa(rounds)); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tp.Expect("done ", 10*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			_ = cmd.Process.Signal(syscall.SIGINT)
+			rest, _ := io.ReadAll(stderr)
+			if err := cmd.Wait(); err != nil {
+				t.Fatalf("record: %v\n%s%s", err, said, rest)
+			}
+			replay, _, err := runCLI(t, "replay", "-i", out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, w := range []string{
+				`args_ints(a=-42, b=-16, c=4000000000, x=48879, ch='Z', p=0x1234) = -58;`,
+				`args_str(s="bob", n=3) = 6;`,
+				`args_str(s=NULL, n=0) = 0;`,
+				`args_half(x=5) = 2.5;`,
+				`args_enum(c=ARGS_GREEN) = 1;`,
+				`args_enum(c=3) = 0;`,
+				`lookup_user(id=42, name="bob") = 47;`,
+				`args_sig(n=7, who="sig") = 8;`,
+			} {
+				if n := strings.Count(replay, w); n != rounds {
+					t.Errorf("replay has %s %d times, want %d", w, n, rounds)
+				}
+			}
+			if t.Failed() {
+				t.Logf("replay:\n%s", replay)
+			}
+			testtarget.CheckText(t, tp.Pid())
+		})
+	}
+}
+
+func TestParseArgRule(t *testing.T) {
+	r, err := parseArgRule("lookup_*@arg1,arg2/s,arg3/x32,arg6/u8", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []tracefile.ArgSpec{{Reg: 1, Format: "d"}, {Reg: 2, Format: "s"}, {Reg: 3, Format: "x", Size: 4}, {Reg: 6, Format: "u", Size: 1}}
+	if r.Glob != "lookup_*" || !cmp.Equal(r.Args, want) {
+		t.Errorf("parsed %+v", r)
+	}
+	r, err = parseArgRule("f@retval/f", true)
+	if err != nil || r.Ret == nil || r.Ret.Format != "f" {
+		t.Errorf("-R f@retval/f: %+v, %v", r, err)
+	}
+	r, err = parseArgRule("f", true)
+	if err != nil || r.Ret == nil || r.Ret.Format != "d" {
+		t.Errorf("-R f: %+v, %v", r, err)
+	}
+	for _, c := range []struct {
+		in   string
+		ret  bool
+		want string
+	}{
+		{"f", false, "no arguments"},
+		{"@arg1", false, "no function glob"},
+		{"f@arg7", false, "arguments 1 to 6"},
+		{"f@arg0", false, "arguments 1 to 6"},
+		{"f@x1", false, "argN"},
+		{"f@fparg1", false, "xmm"},
+		{"f@arg1/f", false, "xmm"},
+		{"f@arg1/q", false, "use d"},
+		{"f@arg1/s32", false, "size"},
+		{"f@arg1/d12", false, "size"},
+		{"f@arg1,arg1", false, "twice"},
+		{"f@arg1", true, "retval"},
+	} {
+		_, err := parseArgRule(c.in, c.ret)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("parse %q (ret %v): %v, want an error with %q", c.in, c.ret, err, c.want)
+		}
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"record", "-p", "1", "-R", "f"}, "-R needs --graph"},
+		{[]string{"record", "-p", "1", "-G", "f"}, "need --graph"},
+		{[]string{"record", "-p", "1", "--caller", "f"}, "need --graph"},
+		{[]string{"record", "-p", "1", "-A", "f@arg1", "--string-max", "500"}, "1 to 127"},
+		{[]string{"report", "-F", "f", "-i", scenarioFile(t, tracefile.ModeGraph)}, "--by"},
+		{[]string{"report", "--by", "arg1", "-i", scenarioFile(t, tracefile.ModeGraph)}, "-A 'FUNC@arg1'"},
+	} {
+		_, _, err := runCLI(t, c.args...)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("livetrace %s: %v, want an error with %q", strings.Join(c.args, " "), err, c.want)
 		}
 	}
 }

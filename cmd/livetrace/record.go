@@ -144,6 +144,7 @@ func (o *recordOptions) run() error {
 	}
 	opts.StringMax = o.args.stringMax
 	opts.GraphFuncs, opts.CallerFuncs = o.args.graphFns, o.args.callerFns
+	opts.AutoArgs = o.args.auto
 	if o.stopMode {
 		opts.Mode = textpoke.ModeStop
 	}

@@ -33,7 +33,7 @@ type capture struct {
 // for each argument register (and the return value) the last rule that
 // matches and names it wins.
 func (s *Session) applyArgRules() error {
-	if len(s.opts.Args) == 0 {
+	if len(s.opts.Args) == 0 && !s.opts.AutoArgs {
 		return nil
 	}
 	for _, r := range s.opts.Args {
@@ -49,10 +49,22 @@ func (s *Session) applyArgRules() error {
 	if s.opts.StringMax < 0 || s.opts.StringMax > agent.StringMax {
 		return fmt.Errorf("--string-max %d: must be from 0 to %d", s.opts.StringMax, agent.StringMax)
 	}
+	auto, err := s.autoSpecs()
+	if err != nil {
+		return err
+	}
 	for i := range s.sel {
 		x := &s.sel[i]
 		spec := s.mods[x.mod].Spec
 		var byReg [7]*tracefile.ArgSpec
+		if a, ok := auto[i]; ok {
+			for k := range a.args {
+				byReg[a.args[k].Reg] = &a.args[k]
+			}
+			if s.opts.Graph {
+				byReg[0] = a.ret
+			}
+		}
 		for _, r := range s.opts.Args {
 			if !spec.MatchSite(x.site, r.Glob) {
 				continue
@@ -188,4 +200,39 @@ func (s *Session) applyFilters() error {
 		return fmt.Errorf("--caller %s: no traced function matches: the functions of --caller must be traced too (see -F)", strings.Join(s.opts.CallerFuncs, " "))
 	}
 	return nil
+}
+
+// autoSpecs returns the DWARF specs (record -a) of the selected sites,
+// by index in s.sel; none without AutoArgs.
+func (s *Session) autoSpecs() (map[int]autoSpec, error) {
+	if !s.opts.AutoArgs {
+		return nil, nil
+	}
+	byMod := map[int]map[uint64]autoSpec{}
+	errs := map[int]error{}
+	out := map[int]autoSpec{}
+	for i, x := range s.sel {
+		specs, ok := byMod[x.mod]
+		if !ok {
+			var err error
+			specs, err = s.autoArgs(x.mod)
+			byMod[x.mod], errs[x.mod] = specs, err
+		}
+		fns := s.mods[x.mod].Spec.Funcs
+		if x.site.Func < 0 || x.site.Func >= len(fns) {
+			continue
+		}
+		if a, ok := specs[fns[x.site.Func].Addr]; ok {
+			out[i] = a
+		}
+	}
+	if len(out) == 0 {
+		for mi, err := range errs {
+			if err != nil {
+				return nil, fmt.Errorf("-a: %s: %w: build it with -g, or install its debug file (/usr/lib/debug/.build-id), or name the arguments with -A", s.mods[mi].Path, err)
+			}
+		}
+		return nil, fmt.Errorf("-a: the DWARF of the traced modules describes no argument of the selected functions: name them with -A")
+	}
+	return out, nil
 }

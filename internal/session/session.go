@@ -58,6 +58,10 @@ type Options struct {
 	// bounds the bytes of a string argument (0: DefaultStringMax).
 	Args      []ArgRule
 	StringMax int
+	// AutoArgs (record -a) captures the arguments, and in graph mode the
+	// return value, that the DWARF of each module describes (autoargs.go);
+	// Args override it.
+	AutoArgs bool
 	// GraphFuncs (record -G) keeps the calls made while a function that
 	// matches one of these globs is on the thread's stack; CallerFuncs
 	// (--caller) keeps the calls of the matching functions and of their
