@@ -383,3 +383,81 @@ func TestParseArgRule(t *testing.T) {
 		}
 	}
 }
+
+// TestRecordArgsSignals captures arguments while an interval timer's
+// handler calls a capturing function every 100 us, interrupting the agent
+// in the middle of captures: every value recorded must be exact, and
+// every call of the interrupted loop recorded.
+func TestRecordArgsSignals(t *testing.T) {
+	testtarget.RequireRoot(t)
+	bin := livetraceBinary(t)
+	const calls = 5000
+	for _, graph := range []bool{false, true} {
+		name := "entry"
+		if graph {
+			name = "graph"
+		}
+		t.Run(name, func(t *testing.T) {
+			tp := testtarget.Start(t, testtarget.Build(t, testtarget.Args, testtarget.ClangNop5))
+			if _, err := tp.Expect("ready", 10*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			out := filepath.Join(t.TempDir(), "rec.data")
+			args := []string{"record", "-p", strconv.Itoa(tp.Pid()), "-F", "lookup_user", "-F", "args_str", "-F", "args_sig", "-o", out,
+				"-A", "lookup_user@arg1,arg2/s", "-A", "args_str@arg1/s,arg2", "-A", "args_sig@arg1,arg2/s"}
+			if graph {
+				args = append(args, "--graph", "-R", "lookup_user", "-R", "args_sig")
+			}
+			cmd, stderr, said := startTracing(t, bin, args...)
+			if err := tp.Send("storm " + strconv.Itoa(calls)); err != nil {
+				t.Fatal(err)
+			}
+			line, err := tp.Expect("done ", 30*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = cmd.Process.Signal(syscall.SIGINT)
+			rest, _ := io.ReadAll(stderr)
+			if err := cmd.Wait(); err != nil {
+				t.Fatalf("record: %v\n%s%s", err, said, rest)
+			}
+			f := strings.Fields(line)
+			signals, _ := strconv.Atoi(f[len(f)-1])
+			replay, _, err := runCLI(t, "replay", "-i", out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n := map[string]int{}
+			bad := 0
+			for _, l := range strings.Split(replay, "\n") {
+				for _, c := range []struct{ fn, want string }{
+					{"lookup_user(", `lookup_user(42, "bob")`},
+					{"args_str(", `args_str("0123456789abcdefghijklmnopqrstuv"..., 2)`},
+					{"args_sig(", `args_sig(7, "sig")`},
+				} {
+					if strings.Contains(l, c.fn) {
+						n[c.fn]++
+						if !strings.Contains(l, c.want) && bad < 10 {
+							bad++
+							t.Errorf("replay line %q, want %s", l, c.want)
+						}
+					}
+				}
+				if graph && strings.Contains(l, "} = ") {
+					if !strings.Contains(l, "} = 47; /* lookup_user */") && !strings.Contains(l, "} = 8; /* args_sig */") && bad < 10 {
+						bad++
+						t.Errorf("replay exit line %q", l)
+					}
+				}
+			}
+			if n["lookup_user("] != calls || n["args_str("] != calls {
+				t.Errorf("replay has %d lookup_user and %d args_str calls, want %d each", n["lookup_user("], n["args_str("], calls)
+			}
+			if n["args_sig("] == 0 || n["args_sig("] > signals {
+				t.Errorf("replay has %d args_sig calls, the handler made %d", n["args_sig("], signals)
+			}
+			t.Logf("%d signals, %d args_sig calls recorded", signals, n["args_sig("])
+			testtarget.CheckText(t, tp.Pid())
+		})
+	}
+}

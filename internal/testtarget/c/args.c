@@ -8,13 +8,18 @@
  *
  * Protocol: prints "ready" (flushed), then reads commands from stdin:
  * "run N" makes N rounds of the calls listed in args_round and prints
- * "done N"; "quit" (or EOF) exits 0.
+ * "done N"; "storm N" calls lookup_user(42, "bob") and
+ * args_str(long_str, 2) N times each while a 100 us interval timer
+ * (SIGALRM) calls args_sig(7, "sig") from its handler, which interrupts
+ * the agent in the middle of captures, and prints "done N SIGNALS"
+ * (the handler's calls); "quit" (or EOF) exits 0.
  */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include "ltfixture.h"
@@ -100,9 +105,30 @@ static void on_usr1(int sig)
 	args_sig(7, "sig");
 }
 
+static volatile long alarms;
+
+static void on_alrm(int sig)
+{
+	(void)sig;
+	alarms++;
+	args_sig(7, "sig");
+}
+
 static char *bad_ptr;  /* an unmapped page */
 static char *edge_ptr; /* "xyz" at the end of a page, the next one unmapped */
 static const char long_str[] = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJ";
+
+static void storm(int n)
+{
+	struct itimerval on = {{0, 100}, {0, 100}}, off = {{0, 0}, {0, 0}};
+	alarms = 0;
+	setitimer(ITIMER_REAL, &on, NULL);
+	for (int i = 0; i < n; i++) {
+		lookup_user(42, "bob");
+		args_str(long_str, 2);
+	}
+	setitimer(ITIMER_REAL, &off, NULL);
+}
 
 static void args_round(void)
 {
@@ -133,6 +159,11 @@ int main(void)
 	edge_ptr = m + pg - 3;
 	bad_ptr = m + pg + 16;
 	signal(SIGUSR1, on_usr1);
+	struct sigaction sa;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = on_alrm;
+	sa.sa_flags = SA_RESTART;
+	sigaction(SIGALRM, &sa, NULL);
 	printf("ready\n");
 	fflush(stdout);
 	char line[128];
@@ -142,6 +173,10 @@ int main(void)
 			for (int i = 0; i < n; i++)
 				args_round();
 			printf("done %d\n", n);
+			fflush(stdout);
+		} else if (sscanf(line, "storm %d", &n) == 1) {
+			storm(n);
+			printf("done %d %ld\n", n, alarms);
 			fflush(stdout);
 		} else if (strncmp(line, "quit", 4) == 0) {
 			break;
