@@ -84,6 +84,24 @@
 	cmovne \tmp32, \delta32
 .endm
 
+/* CAPARG bit, off: when spec (r10d) has bit, store the saved register at
+ * off(%rsp) at rax and advance rax. */
+.macro CAPARG bit, off
+	test $(1 << \bit), %r10d
+	jz 1f
+	mov \off(%rsp), %rdx
+	mov %rdx, (%rax)
+	add $8, %rax
+1:
+.endm
+
+	.section .rodata,"a",@progbits
+	.type lt_popcount6,@object
+lt_popcount6:				/* bits set in 0..63 */
+	.byte 0,1,1,2,1,2,2,3,1,2,2,3,2,3,3,4,1,2,2,3,2,3,3,4,2,3,3,4,3,4,4,5
+	.byte 1,2,2,3,2,3,3,4,2,3,3,4,3,4,4,5,2,3,3,4,3,4,4,5,3,4,4,5,4,5,5,6
+	.size lt_popcount6, .-lt_popcount6
+
 	.text
 	.section .text.lt_entry,"ax",@progbits
 
@@ -112,7 +130,7 @@ lt_entry:
 	push %rdi
 	/* 40(%rsp): site+5, 48(%rsp): the caller's return address */
 	test $LT_A_CAPTURE, %r11d
-	jnz .Le_slow			/* a site with a spec: lt_on_entry captures */
+	jnz .Le_cap			/* a site with a spec */
 	mov %fs:0, %rax
 	THREAD_SLOT %rax, %rsi, %rcx
 	cmp %rax, LT_A_T_KEY(%rsi)
@@ -163,13 +181,109 @@ lt_entry:
 	push %r8
 	push %r9
 	push %r10
+.Lc_slow:
 	mov %r11d, %edi
 	lea 64(%rsp), %rsi
 	call lt_on_entry
+.Lc_pop3:
 	pop %r10
 	pop %r9
 	pop %r8
 	jmp .Le_pop5
+
+	/*
+	 * Entry-only fast path of a site whose spec captures integer
+	 * arguments only: the entry record, its DATA record and one u64
+	 * per argument, as lt_emit_data writes them, when the group fits in
+	 * the chunk without filling it. Everything else (strings, filters,
+	 * no chunk, another probe, busy) goes to lt_on_entry before any state
+	 * is changed. The registers are saved as lt_on_entry reads them.
+	 */
+.Le_cap:
+	push %r8
+	push %r9
+	push %r10
+	/* 64(%rsp): site+5, 72(%rsp): the caller's return address;
+	 * rdi 24, rsi 32, rdx 48, rcx 40, r8 16, r9 8 (%rsp) */
+	mov %r11d, %eax
+	and $LT_A_SITE_MASK, %eax
+	cmp lt_shared+LT_A_NSITES(%rip), %rax
+	jae .Lc_slow
+	imul $LT_A_SIZEOF_SITE, %rax, %rax
+	add lt_shared+LT_A_SITE_OFF(%rip), %rax
+	lea lt_shared(%rip), %rdx
+	mov LT_A_SITE_SPEC(%rdx,%rax), %r10d
+	test $LT_A_SPEC_SLOW, %r10d
+	jnz .Lc_slow			/* strings, filters */
+	and $0x3f, %r10d		/* the argument bits */
+	jz .Lc_slow
+	mov %fs:0, %rax
+	THREAD_SLOT %rax, %rsi, %rcx
+	cmp %rax, LT_A_T_KEY(%rsi)
+	jne .Lc_slow
+	cmpq $0, LT_A_T_BUSY(%rsi)
+	jne .Lc_slow
+	lea 64(%rsp), %rax
+	mov %rax, LT_A_T_BUSY(%rsi)
+	lea lt_popcount6(%rip), %rax
+	movzbl (%rax,%r10), %r8d	/* n: arguments captured */
+	lea 1(%r8), %ecx
+	shr $1, %ecx
+	add $2, %ecx			/* records in the group */
+	mov LT_A_T_CHUNK(%rsi), %rdi
+	test %rdi, %rdi
+	jz .Lc_unbusy
+	mov LT_A_T_POS(%rsi), %edx
+	add %edx, %ecx			/* the position after the group */
+	cmp lt_shared+LT_A_CHUNK_RECORDS(%rip), %ecx
+	jae .Lc_unbusy			/* it would fill the chunk: publish in C */
+	mov 72(%rsp), %rax
+	lea lt_return(%rip), %r9
+	cmp %r9, %rax
+	je .Lc_unbusy
+	sub 64(%rsp), %rax
+	add $5, %rax			/* caller's return - site */
+	CALLER_LOW %rax, %eax, %r9, %r9d
+	and $LT_A_SITE_MASK, %r11d
+	or $0x40000000, %r11d		/* kind ENTRY << 30, depth 0 */
+	shl $32, %r11
+	or %rax, %r11			/* meta */
+	lea lt_shared(%rip), %rax
+	add %rax, %rdi			/* the chunk header */
+	shl $4, %rdx
+	lea LT_A_CHUNK_HDR(%rdi,%rdx), %r9 /* the group's first record */
+	rdtsc
+	shl $32, %rdx
+	or %rdx, %rax
+	mov %rax, 0(%r9)
+	mov %r11, 8(%r9)
+	lea 0(,%r8,8), %eax		/* payload bytes */
+	mov %eax, %edx
+	shl $32, %rdx
+	or %r10, %rdx
+	mov %rdx, 16(%r9)		/* DATA: spec | bytes << 32 */
+	mov $3, %edx
+	shl $62, %rdx
+	or %rax, %rdx
+	mov %rdx, 24(%r9)		/* DATA: kind << 62 | bytes */
+	lea 32(%r9), %rax
+	CAPARG 0, 24
+	CAPARG 1, 32
+	CAPARG 2, 48
+	CAPARG 3, 40
+	CAPARG 4, 16
+	CAPARG 5, 8
+	test $1, %r8d
+	jz 3f
+	movq $0, (%rax)			/* pad the last record */
+3:
+	mov %ecx, LT_A_T_POS(%rsi)
+	mov %ecx, LT_A_C_COUNT(%rdi)	/* after the group (x86 TSO) */
+	movq $0, LT_A_T_BUSY(%rsi)
+	jmp .Lc_pop3
+.Lc_unbusy:
+	movq $0, LT_A_T_BUSY(%rsi)
+	jmp .Lc_slow
 
 .Lgraph_entry:
 	/*

@@ -43,6 +43,11 @@
 #define LT_A_UNWIND_SIGLONGJMP 296 /* offsetof(struct lt_priv, unwind.siglongjmp) */
 #define LT_A_UNWIND_LONGJMP_CHK 304 /* offsetof(struct lt_priv, unwind.longjmp_chk) */
 #define LT_A_CAPTURE 0x40000000    /* LT_CAPTURE: the stub's site index flag */
+#define LT_A_SITE_OFF 24           /* offsetof(struct lt_shared_hdr, site_off) */
+#define LT_A_NSITES 32             /* offsetof(struct lt_shared_hdr, nsites) */
+#define LT_A_SIZEOF_SITE 56        /* sizeof(struct lt_site) */
+#define LT_A_SITE_SPEC 52          /* offsetof(struct lt_site, spec) */
+#define LT_A_SPEC_SLOW 0xfffcffc0  /* spec bits other than LT_SPEC_ARGS, LT_SPEC_RET, LT_SPEC_RET_FLOAT */
 
 #ifndef __ASSEMBLER__
 
