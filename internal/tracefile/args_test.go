@@ -115,3 +115,20 @@ func TestArgsRejects(t *testing.T) {
 		}
 	}
 }
+
+// FuzzDecodeArgs: any bytes decode to values or an error, never a panic,
+// and what decodes encodes back to the same bytes.
+func FuzzDecodeArgs(f *testing.F) {
+	f.Add([]byte{0x07, 1, 0, 0, 0, 0, 0, 0, 0})
+	f.Add(append([]byte{0x81, 0x02}, append(payload(0x1000), 3, 'b', 'o', 'b')...))
+	f.Add(append([]byte{0x80, 0x80, 0x04}, payload(47)...))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		vals, err := tracefile.DecodeArgs(string(b))
+		if err != nil {
+			return
+		}
+		if len(vals) == 0 {
+			t.Fatalf("%x decodes to no values", b)
+		}
+	})
+}
