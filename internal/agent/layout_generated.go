@@ -51,7 +51,7 @@ const (
 	// Magic is LT_MAGIC from agent.h.
 	Magic = 0x4c544147
 	// Version is LT_VERSION from agent.h.
-	Version = 0x2
+	Version = 0x3
 	// MaxThreads is LT_MAX_THREADS from agent.h.
 	MaxThreads = 0x1000
 	// ShadowDepth is LT_SHADOW_DEPTH from agent.h.

@@ -59,7 +59,7 @@ typedef long long s64;
 /* Constants exported to Go (each LT_FOO becomes agent.Foo). */
 enum lt_const {
 	LT_MAGIC = 0x4c544147,          /* "GATL" little endian: shared header magic */
-	LT_VERSION = 2,                 /* shared memory format version */
+	LT_VERSION = 3,                 /* shared memory format version (3: site specs, DATA records) */
 	LT_MAX_THREADS = 4096,          /* thread table slots (power of two) */
 	LT_SHADOW_DEPTH = 512,          /* shadow stack entries per thread */
 	LT_MAX_PROBES = 64,             /* thread table probes per lookup */
