@@ -1,4 +1,4 @@
-package report
+package report_test
 
 import (
 	"bytes"
@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/livetrace/livetrace/internal/report"
 	"github.com/livetrace/livetrace/internal/tracefile"
 )
 
@@ -34,15 +35,15 @@ func TestFormatValue(t *testing.T) {
 		{tracefile.ArgSpec{Format: "s"}, tracefile.Value{Raw: 0, Str: true, Bad: true}, "NULL"},
 		{tracefile.ArgSpec{Format: "s"}, tracefile.Value{Raw: 0xdead000, Str: true, Bad: true}, "0xdead000"},
 	} {
-		if got := FormatValue(c.sp, c.v); got != c.want {
+		if got := report.FormatValue(c.sp, c.v); got != c.want {
 			t.Errorf("FormatValue(%+v, %+v) = %s, want %s", c.sp, c.v, got, c.want)
 		}
 	}
 }
 
-// TestReplayArgs replays a recording with captured values, one of them
-// malformed (a damaged file prints "?", it does not stop the replay).
-func TestReplayArgs(t *testing.T) {
+// argsRecording is a graph-mode recording of two lookup_user calls with
+// captured values, those of the second one malformed.
+func argsRecording(t *testing.T) *tracefile.Recording {
 	u64 := func(v ...uint64) []byte {
 		var b []byte
 		for _, x := range v {
@@ -85,8 +86,15 @@ func TestReplayArgs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return rec
+}
+
+// TestReplayArgs replays a recording with captured values, one of them
+// malformed (a damaged file prints "?", it does not stop the replay).
+func TestReplayArgs(t *testing.T) {
+	rec := argsRecording(t)
 	var out bytes.Buffer
-	if err := Replay(&out, rec, Filter{}); err != nil {
+	if err := report.Replay(&out, rec, report.Filter{}); err != nil {
 		t.Fatal(err)
 	}
 	for _, want := range []string{`lookup_user(id=42, name="bob") = 47;`, `lookup_user(?);`} {
@@ -95,12 +103,30 @@ func TestReplayArgs(t *testing.T) {
 		}
 	}
 	out.Reset()
-	if err := ExportChrome(&out, rec, Filter{}); err != nil {
+	if err := report.ExportChrome(&out, rec, report.Filter{}); err != nil {
 		t.Fatal(err)
 	}
 	for _, want := range []string{`"id":"42"`, `"name":"\"bob\""`, `"retval":"47"`} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("chrome export lacks %s:\n%s", want, out.String())
 		}
+	}
+}
+
+func TestPerfettoArgs(t *testing.T) {
+	rec := argsRecording(t)
+	var out bytes.Buffer
+	if err := report.ExportPerfettoStream(&out, rec.Stream(tracefile.StreamOptions{}), report.Filter{}); err != nil {
+		t.Fatal(err)
+	}
+	sl := decodePerfetto(t, out.Bytes())
+	if len(sl) != 2 {
+		t.Fatalf("%d slices, want 2: %+v", len(sl), sl)
+	}
+	if want := `id=42,name="bob",retval=47`; sl[0].Annotation != want {
+		t.Errorf("first slice has args %q, want %q", sl[0].Annotation, want)
+	}
+	if want := "args=?"; sl[1].Annotation != want {
+		t.Errorf("second slice has args %q, want %q", sl[1].Annotation, want)
 	}
 }
