@@ -574,6 +574,19 @@ static u32 lt_prune(struct lt_thread *t, struct lt_shadow *ss, u32 d, u64 n, int
 }
 
 /*
+ * lt_exit_idx is the site index a shadow entry of site idx keeps: with
+ * LT_CAPTURE (lt_return's fast path then leaves it to lt_on_exit) only
+ * when its exit needs the C path: a return value to capture, or an entry
+ * that may be held back.
+ */
+static inline u32 lt_exit_idx(u32 idx, u32 spec)
+{
+	if (spec & (LT_SPEC_RET | LT_SPEC_DEFER))
+		return idx;
+	return idx & ~(u32)LT_CAPTURE;
+}
+
+/*
  * lt_flush emits the entry records held back (LT_SHADOW_PENDING) of the
  * frames ss[0..n) of t, oldest first, with the time and caller of their
  * entries: a --caller function was entered above them. They then get
@@ -639,8 +652,8 @@ void lt_on_entry(u32 idx, u64 *sp)
 				/* The caller's frame ends here; the callee takes it over. */
 				if (!(e->flags & LT_SHADOW_PENDING))
 					lt_emit(t, tsc, meta(LT_KIND_EXIT, i - 1, e->site, 0));
-				e->site = idx;
 				u32 spec = lt_spec(idx);
+				e->site = lt_exit_idx(idx, spec);
 				if (spec & LT_SPEC_TRIGGER)
 					e->flags |= LT_SHADOW_UNDER;
 				if (spec & LT_SPEC_DEFER) {
@@ -696,7 +709,7 @@ void lt_on_entry(u32 idx, u64 *sp)
 	}
 	ss[d].orig = ret;
 	ss[d].slot = slot;
-	ss[d].site = idx;
+	ss[d].site = lt_exit_idx(idx, spec);
 	ss[d].flags = flags;
 	barrier();
 	t->depth = d + 1;
