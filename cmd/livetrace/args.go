@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/livetrace/livetrace/internal/agent"
 	"github.com/livetrace/livetrace/internal/report"
 	"github.com/livetrace/livetrace/internal/session"
 	"github.com/livetrace/livetrace/internal/tracefile"
@@ -30,7 +31,7 @@ func (o *argOptions) addFlags(f *pflag.FlagSet) {
 	f.StringArrayVarP(&o.graphFns, "graph-function", "G", nil, "with --graph, record only the calls made while a function matching `GLOB` is on the thread's stack (ftrace's set_graph_function; repeatable)")
 	f.StringArrayVar(&o.callerFns, "caller", nil, "with --graph, record only the calls of functions matching `GLOB` and of their callers (uftrace -C; repeatable)")
 	f.BoolVarP(&o.auto, "auto-args", "a", false, "record the arguments (and with --graph the return value) of every traced function from the DWARF of its module: names, types, enum names")
-	f.IntVar(&o.stringMax, "string-max", session.DefaultStringMax, "record at most `N` bytes of a string argument (/s), 1 to 127")
+	f.IntVar(&o.stringMax, "string-max", session.DefaultStringMax, "record at most `N` bytes of a string argument (/s), 1 to 126")
 }
 
 // rules parses the flags into session rules.
@@ -41,8 +42,8 @@ func (o *argOptions) rules(graph bool) ([]session.ArgRule, error) {
 	if (len(o.graphFns) > 0 || len(o.callerFns) > 0) && !graph {
 		return nil, fmt.Errorf("record: -G and --caller need --graph (the agent follows each thread's stack of traced calls)")
 	}
-	if o.stringMax < 1 || o.stringMax > 127 {
-		return nil, fmt.Errorf("parse --string-max %d: give 1 to 127 bytes", o.stringMax)
+	if o.stringMax < 1 || o.stringMax > agent.StringMax {
+		return nil, fmt.Errorf("parse --string-max %d: give 1 to %d bytes", o.stringMax, agent.StringMax)
 	}
 	var out []session.ArgRule
 	for _, a := range o.args {

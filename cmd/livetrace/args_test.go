@@ -114,6 +114,7 @@ func checkArgsReplay(t *testing.T, replay string, graph bool, rounds int) {
 		q(`args_enum(3)`),
 		q(`lookup_user(42, "bob")`),
 		q(`args_sig(7, "sig")`),
+		q(`args_str("` + strings.Repeat("x", 32) + `"..., 5)`),
 	}
 	if graph {
 		want[0] += q(` = -58;`)
@@ -200,7 +201,7 @@ func checkArgsOutputs(t *testing.T, rec string, graph bool, rounds int) {
 		}
 		got[r.Value] = r.Calls
 	}
-	want := map[string]int{"0": rounds, "1": rounds, "2": rounds, "3": 2 * rounds, "4": rounds}
+	want := map[string]int{"0": rounds, "1": rounds, "2": rounds, "3": 2 * rounds, "4": rounds, "5": rounds}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("report --by arg2 -F args_str (-want +got):\n%s\n%s", diff, stdout)
 	}
@@ -373,7 +374,7 @@ func TestParseArgRule(t *testing.T) {
 		{[]string{"record", "-p", "1", "-R", "f"}, "-R needs --graph"},
 		{[]string{"record", "-p", "1", "-G", "f"}, "need --graph"},
 		{[]string{"record", "-p", "1", "--caller", "f"}, "need --graph"},
-		{[]string{"record", "-p", "1", "-A", "f@arg1", "--string-max", "500"}, "1 to 127"},
+		{[]string{"record", "-p", "1", "-A", "f@arg1", "--string-max", "500"}, "1 to 126"},
 		{[]string{"report", "-F", "f", "-i", scenarioFile(t, tracefile.ModeGraph)}, "--by"},
 		{[]string{"report", "--by", "arg1", "-i", scenarioFile(t, tracefile.ModeGraph)}, "-A 'FUNC@arg1'"},
 	} {
@@ -459,5 +460,38 @@ func TestRecordArgsSignals(t *testing.T) {
 			t.Logf("%d signals, %d args_sig calls recorded", signals, n["args_sig("])
 			testtarget.CheckText(t, tp.Pid())
 		})
+	}
+}
+
+// TestRecordStringMax records the fixture's 200-byte string with the
+// largest --string-max: 126 bytes and a cut, not an unreadable pointer.
+func TestRecordStringMax(t *testing.T) {
+	testtarget.RequireRoot(t)
+	bin := livetraceBinary(t)
+	tp := testtarget.Start(t, testtarget.Build(t, testtarget.Args, testtarget.ClangNop5))
+	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "rec.data")
+	cmd, stderr, said := startTracing(t, bin, "record", "-p", strconv.Itoa(tp.Pid()), "-F", "args_str", "-A", "args_str@arg1/s,arg2", "--string-max", "126", "-o", out)
+	if err := tp.Send("run 1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tp.Expect("done ", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Process.Signal(syscall.SIGINT)
+	rest, _ := io.ReadAll(stderr)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("record: %v\n%s%s", err, said, rest)
+	}
+	replay, _, err := runCLI(t, "replay", "-i", out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range []string{`args_str("` + strings.Repeat("x", 126) + `"..., 5)`, `args_str("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJ", 2)`} {
+		if strings.Count(replay, w) != 1 {
+			t.Errorf("replay lacks %s:\n%s", w, replay)
+		}
 	}
 }

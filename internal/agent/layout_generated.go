@@ -107,13 +107,13 @@ const (
 	// SpecRetFloat is LT_SPEC_RET_FLOAT from agent.h.
 	SpecRetFloat = 0x20000
 	// StringMax is LT_STRING_MAX from agent.h.
-	StringMax = 0x7f
+	StringMax = 0x7e
 	// StrBad is LT_STR_BAD from agent.h.
 	StrBad = 0xff
 	// StrTrunc is LT_STR_TRUNC from agent.h.
 	StrTrunc = 0x80
 	// MaxPayload is LT_MAX_PAYLOAD from agent.h.
-	MaxPayload = 0x330
+	MaxPayload = 0x32a
 	// SpecTrigger is LT_SPEC_TRIGGER from agent.h.
 	SpecTrigger = 0x40000
 	// SpecUnder is LT_SPEC_UNDER from agent.h.

@@ -87,10 +87,10 @@ enum lt_const {
 	LT_SPEC_STR_SHIFT = 8,          /* spec bits 8-13: that argument is a char * read as a string */
 	LT_SPEC_RET = 1 << 16,          /* spec bit: capture the return value (graph mode) */
 	LT_SPEC_RET_FLOAT = 1 << 17,    /* spec bit: the return value is in xmm0, not rax */
-	LT_STRING_MAX = 127,            /* most string bytes one argument records */
+	LT_STRING_MAX = 126,            /* most string bytes one argument records (126 | LT_STR_TRUNC is not LT_STR_BAD) */
 	LT_STR_BAD = 0xff,              /* string length byte: the pointer was not readable */
 	LT_STR_TRUNC = 0x80,            /* string length flag: no NUL within string_max bytes */
-	LT_MAX_PAYLOAD = 6 * 8 + 6 * (1 + 127), /* bytes of the largest payload */
+	LT_MAX_PAYLOAD = 6 * 8 + 6 * (1 + 126), /* bytes of the largest payload */
 	LT_SPEC_TRIGGER = 1 << 18,      /* spec bit (record -G): calls below this one are recorded */
 	LT_SPEC_UNDER = 1 << 19,        /* spec bit (record -G): recorded only below a TRIGGER call */
 	LT_SPEC_CALLER = 1 << 20,       /* spec bit (--caller): records the pending calls it is below */

@@ -117,6 +117,7 @@ static void on_alrm(int sig)
 static char *bad_ptr;  /* an unmapped page */
 static char *edge_ptr; /* "xyz" at the end of a page, the next one unmapped */
 static const char long_str[] = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJ";
+static char big_str[201]; /* 200 'x' */
 
 static void storm(int n)
 {
@@ -139,6 +140,7 @@ static void args_round(void)
 	args_str(long_str, 2);
 	args_str(edge_ptr, 3);
 	args_str("tab\tq\"", 4);
+	args_str(big_str, 5);
 	args_half(5);
 	args_enum(ARGS_GREEN);
 	args_enum((enum args_color)3);
@@ -157,6 +159,7 @@ int main(void)
 	memcpy(m + pg - 3, "xyz", 3);
 	munmap(m + pg, pg);
 	edge_ptr = m + pg - 3;
+	memset(big_str, 'x', 200);
 	bad_ptr = m + pg + 16;
 	signal(SIGUSR1, on_usr1);
 	struct sigaction sa;
