@@ -72,7 +72,8 @@ livetrace.data); read it with livetrace replay, report, info and export.`,
 		Example: `  livetrace record -p 1234 -d 2s
   livetrace record -p 1234 -F 'parse_*' -N parse_debug -o parse.data
   livetrace record --graph -- ./myprog --some-flag
-  livetrace record -p 1234 -m libc.so.6 -F malloc -F free -d 1s`,
+  livetrace record -p 1234 -m libc.so.6 -F malloc -F free -d 1s
+  livetrace record --graph -p 1234 -F lookup_user -A 'lookup_user@arg1,arg2/s' -R lookup_user`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			dash := cmd.ArgsLenAtDash()
 			switch {
