@@ -324,6 +324,11 @@ static void lt_emit_data(struct lt_thread *t, u64 tsc, u64 meta, u32 spec, const
 	r[1].meta = (u64)LT_KIND_DATA << 62 | len;
 	u8 *d = (u8 *)&r[2];
 	u32 i = 0;
+	for (; i + 8 <= len; i += 8) {
+		u64 w;
+		__builtin_memcpy(&w, p + i, 8);
+		__builtin_memcpy(d + i, &w, 8);
+	}
 	for (; i < len; i++)
 		d[i] = p[i];
 	for (; i % 16; i++)
