@@ -29,7 +29,7 @@ var argsSpecs = []string{
 }
 
 var argsRets = []string{
-	"-R", "args_ints", "-R", "args_half@retval/f", "-R", "lookup_user", "-R", "args_enum@retval/d32",
+	"-R", "args_ints", "-R", "args_half@retval/f", "-R", "lookup_user",
 }
 
 // TestRecordArgs records the args fixture with argument (and, in graph
@@ -119,8 +119,8 @@ func checkArgsReplay(t *testing.T, replay string, graph bool, rounds int) {
 	if graph {
 		want[0] += q(` = -58;`)
 		want[7] += q(` = 2.5;`)
-		want[8] += q(` = 1;`)
-		want[9] += q(` = 0;`)
+		want[8] += q(`;`) // arguments without a return value
+		want[9] += q(`;`)
 		want[10] += q(` = 47;`)
 		want[1] += q(`;`)
 	} else {

@@ -300,7 +300,7 @@ lt_entry:
 	push %r9
 	/* 56(%rsp): site+5, 64(%rsp): the return slot */
 	test $LT_A_CAPTURE, %r11d
-	jnz .Lg_slow
+	jnz .Lg_cap
 	mov %fs:0, %rax
 	THREAD_SLOT %rax, %rsi, %rcx
 	cmp %rax, LT_A_T_KEY(%rsi)
@@ -380,6 +380,145 @@ lt_entry:
 	pop %r9
 	pop %r8
 	jmp .Le_pop5
+
+	/*
+	 * Graph-mode fast path of a site whose spec captures integer
+	 * arguments (and maybe the return value): the graph fast path's
+	 * checks and shadow push, then the group of .Le_cap. The shadow
+	 * entry keeps LT_CAPTURE only when the exit needs lt_on_exit (a
+	 * return value), as lt_exit_idx does in C.
+	 */
+.Lg_cap:
+	push %r10
+	/* 64(%rsp): site+5, 72(%rsp): the return slot; the registers as
+	 * lt_on_entry reads them */
+	mov %r11d, %eax
+	and $LT_A_SITE_MASK, %eax
+	cmp lt_shared+LT_A_NSITES(%rip), %rax
+	jae .Lc_slow
+	imul $LT_A_SIZEOF_SITE, %rax, %rax
+	add lt_shared+LT_A_SITE_OFF(%rip), %rax
+	lea lt_shared(%rip), %rdx
+	mov LT_A_SITE_SPEC(%rdx,%rax), %r10d
+	test $LT_A_SPEC_SLOW, %r10d
+	jnz .Lc_slow
+	test $0x3f, %r10d
+	jz .Lc_slow
+	mov %fs:0, %rax
+	THREAD_SLOT %rax, %rsi, %rcx
+	cmp %rax, LT_A_T_KEY(%rsi)
+	jne .Lc_slow
+	cmpq $0, LT_A_T_BUSY(%rsi)
+	jne .Lc_slow
+	lea 64(%rsp), %rax
+	mov %rax, LT_A_T_BUSY(%rsi)
+	mov %r10d, %eax
+	and $0x3f, %eax
+	lea lt_popcount6(%rip), %rdx
+	movzbl (%rdx,%rax), %eax
+	lea 1(%rax), %ecx
+	shr $1, %ecx
+	add $2, %ecx			/* records in the group */
+	mov LT_A_T_CHUNK(%rsi), %rdi
+	test %rdi, %rdi
+	jz .Lgc_unbusy
+	add LT_A_T_POS(%rsi), %ecx	/* the position after the group */
+	cmp lt_shared+LT_A_CHUNK_RECORDS(%rip), %ecx
+	jae .Lgc_unbusy
+	mov LT_A_T_DEPTH(%rsi), %r8d
+	cmp $LT_A_SHADOW_DEPTH-1, %r8d
+	ja .Lgc_unbusy
+	mov 72(%rsp), %r9		/* the original return address */
+	lea lt_return(%rip), %rax
+	cmp %rax, %r9
+	je .Lgc_unbusy
+	lea lt_priv+LT_A_THREADS(%rip), %rax
+	mov %rsi, %rdx
+	sub %rax, %rdx
+	imul $(LT_A_SHADOW_STACK >> LT_A_THREAD_SHIFT), %rdx, %rdx
+	lea (%r8,%r8,2), %rax
+	lea (%rdx,%rax,8), %rdx
+	lea lt_priv+LT_A_SHADOW(%rip), %rax
+	add %rax, %rdx			/* &shadow[thread index][depth] */
+	lea 72(%rsp), %rax		/* the slot */
+	test %r8d, %r8d
+	jz 2f
+	cmpq $0, LT_A_SH_SLOT-24(%rdx)
+	je .Lgc_unbusy
+	sub LT_A_SH_SLOT-24(%rdx), %rax
+	cmp $LT_A_STACK_WINDOW, %rax
+	jb .Lgc_unbusy
+	lea 72(%rsp), %rax
+2:
+	mov %r9, LT_A_SH_ORIG(%rdx)
+	mov %rax, LT_A_SH_SLOT(%rdx)
+	mov %r11d, %eax
+	test $LT_A_SPEC_RET, %r10d
+	jnz 4f
+	and $~LT_A_CAPTURE, %eax	/* the exit needs no C */
+4:
+	mov %rax, LT_A_SH_SITE(%rdx)	/* site, and flags 0 */
+	lea 1(%r8), %eax
+	mov %eax, LT_A_T_DEPTH(%rsi)
+	lea lt_return(%rip), %rax
+	mov %rax, 72(%rsp)
+	sub 64(%rsp), %r9
+	add $5, %r9			/* caller's return - site */
+	CALLER_LOW %r9, %r9d, %rax, %eax
+	and $LT_A_SITE_MASK, %r11d
+	movzbl %r8b, %r8d
+	shl $22, %r8d
+	or %r8d, %r11d
+	or $0x40000000, %r11d		/* kind ENTRY << 30 | depth << 22 | site */
+	shl $32, %r11
+	or %r9, %r11			/* meta */
+	mov %r10d, %eax
+	and $0x3f, %eax
+	lea lt_popcount6(%rip), %rdx
+	movzbl (%rdx,%rax), %r8d	/* n: arguments captured */
+	lea 1(%r8), %eax
+	shr $1, %eax
+	add $2, %eax
+	mov %ecx, %edx
+	sub %eax, %edx			/* the group's position */
+	lea lt_shared(%rip), %rax
+	add %rax, %rdi			/* the chunk header */
+	shl $4, %rdx
+	lea LT_A_CHUNK_HDR(%rdi,%rdx), %r9 /* the group's first record */
+	rdtsc
+	shl $32, %rdx
+	or %rdx, %rax
+	mov %rax, 0(%r9)
+	mov %r11, 8(%r9)
+	mov %r10d, %r11d
+	and $0x3f, %r11d		/* the DATA spec: the argument bits */
+	lea 0(,%r8,8), %eax		/* payload bytes */
+	mov %rax, %rdx
+	shl $32, %rdx
+	or %r11, %rdx
+	mov %rdx, 16(%r9)
+	mov $3, %edx
+	shl $62, %rdx
+	or %rax, %rdx
+	mov %rdx, 24(%r9)
+	lea 32(%r9), %rax
+	CAPARG 0, 24
+	CAPARG 1, 32
+	CAPARG 2, 48
+	CAPARG 3, 40
+	CAPARG 4, 16
+	CAPARG 5, 8
+	test $1, %r8d
+	jz 3f
+	movq $0, (%rax)
+3:
+	mov %ecx, LT_A_T_POS(%rsi)
+	mov %ecx, LT_A_C_COUNT(%rdi)
+	movq $0, LT_A_T_BUSY(%rsi)
+	jmp .Lc_pop3
+.Lgc_unbusy:
+	movq $0, LT_A_T_BUSY(%rsi)
+	jmp .Lc_slow
 	.size lt_entry, .-lt_entry
 
 	.globl lt_return

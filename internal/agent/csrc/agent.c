@@ -49,6 +49,7 @@ _Static_assert(OFF(lt_shared_hdr, site_off) == LT_A_SITE_OFF, "LT_A_SITE_OFF");
 _Static_assert(OFF(lt_shared_hdr, nsites) == LT_A_NSITES, "LT_A_NSITES");
 _Static_assert(sizeof(struct lt_site) == LT_A_SIZEOF_SITE, "LT_A_SIZEOF_SITE");
 _Static_assert(OFF(lt_site, spec) == LT_A_SITE_SPEC, "LT_A_SITE_SPEC");
+_Static_assert(LT_SPEC_RET == LT_A_SPEC_RET, "LT_A_SPEC_RET");
 _Static_assert((u32)LT_A_SPEC_SLOW == ~(u32)(LT_SPEC_ARGS | LT_SPEC_RET | LT_SPEC_RET_FLOAT), "LT_A_SPEC_SLOW");
 _Static_assert(LT_CAPTURE >= LT_MAX_SITES, "the capture flag is above the site index");
 

@@ -47,6 +47,7 @@
 #define LT_A_NSITES 32             /* offsetof(struct lt_shared_hdr, nsites) */
 #define LT_A_SIZEOF_SITE 56        /* sizeof(struct lt_site) */
 #define LT_A_SITE_SPEC 52          /* offsetof(struct lt_site, spec) */
+#define LT_A_SPEC_RET 0x10000      /* LT_SPEC_RET */
 #define LT_A_SPEC_SLOW 0xfffcffc0  /* spec bits other than LT_SPEC_ARGS, LT_SPEC_RET, LT_SPEC_RET_FLOAT */
 
 #ifndef __ASSEMBLER__
