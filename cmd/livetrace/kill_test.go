@@ -375,7 +375,7 @@ func TestOrphanTurnsOff(t *testing.T) {
 		t.Fatal(err)
 	}
 	var flags [4]byte
-	_, err = mem.ReadAt(flags[:], int64(o.Base+0x2000))
+	_, err = mem.ReadAt(flags[:], int64(o.Base+agent.CtlOff)) // lt_ctl.enabled
 	mem.Close()
 	if err != nil {
 		t.Fatal(err)

@@ -40,6 +40,7 @@ type recordOptions struct {
 	unwindUnsafe bool
 	chunks       int
 	filter       filterOptions
+	args         argOptions
 	command      []string // -- CMD [ARGS...]
 	stdout       io.Writer
 	stderr       io.Writer
@@ -86,7 +87,8 @@ unless -f is given: a recording cannot be made again.`,
 		Example: `  livetrace record -p 1234 -d 2s
   livetrace record -p 1234 -F 'parse_*' -N parse_debug -o parse.data
   livetrace record --graph -- ./myprog --some-flag
-  livetrace record -p 1234 -m libc.so.6 -F malloc -F free -d 1s`,
+  livetrace record -p 1234 -m libc.so.6 -F malloc -F free -d 1s
+  livetrace record --graph -p 1234 -F lookup_user -A 'lookup_user@arg1,arg2/s' -R lookup_user`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			dash := cmd.ArgsLenAtDash()
 			switch {
@@ -125,6 +127,7 @@ unless -f is given: a recording cannot be made again.`,
 	f.IntVarP(&o.filter.depth, "depth", "D", 0, "record calls at depth < `N` only (graph mode, N < 256; 0 = all)")
 	f.DurationVarP(&o.filter.minDur, "time-filter", "t", 0, "show only calls that took at least `DURATION` (graph mode; applied when the recording is read)")
 	f.UintSliceVar(&o.filter.tids, "tid", nil, "record thread `TID` only (repeat or separate with commas)")
+	o.args.addFlags(f)
 	return cmd, o
 }
 
@@ -174,6 +177,12 @@ func (o *recordOptions) run() error {
 		opts.OnEvents = lv.events
 		opts.Discard = o.output == ""
 	}
+	if opts.Args, err = o.args.rules(o.graph); err != nil {
+		return err
+	}
+	opts.StringMax = o.args.stringMax
+	opts.GraphFuncs, opts.CallerFuncs = o.args.graphFns, o.args.callerFns
+	opts.AutoArgs = o.args.auto
 	if o.stopMode {
 		opts.Mode = textpoke.ModeStop
 	}

@@ -15,6 +15,7 @@ type reportOptions struct {
 	filter filterOptions
 	json   bool
 	sort   string
+	by     byArgOptions
 	stdout io.Writer
 }
 
@@ -52,6 +53,9 @@ file name matches GLOB.`,
 				return err
 			}
 			defer s.Close()
+			if o.by.arg != "" || len(o.by.funcs) > 0 {
+				return o.in.readErr(o.by.report(o.stdout, s, f, o.json))
+			}
 			return o.in.readErr(report.ReportStream(o.stdout, s, report.ReportOptions{Filter: f, Sort: o.sort, JSON: o.json}))
 		},
 	}
@@ -60,5 +64,6 @@ file name matches GLOB.`,
 	o.filter.addFlags(cmd.Flags())
 	cmd.Flags().BoolVar(&o.json, "json", false, "print a JSON array instead of a table")
 	cmd.Flags().StringVarP(&o.sort, "sort", "s", "", "sort by `COL`: "+strings.Join(report.SortColumns, ", "))
+	o.by.addFlags(cmd.Flags())
 	return cmd
 }

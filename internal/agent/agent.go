@@ -36,13 +36,15 @@ const (
 )
 
 // StubCode returns the 16-byte stub for site index idx placed at stubAddr:
-// `mov $idx, %r11d; jmp target; int3...`. target is lt_entry (base +
+// `mov $idx, %r11d; jmp target; int3...`. idx may carry the [Capture]
+// flag: the site has a spec ([Site.Spec]) and takes the agent's slow path,
+// which captures its arguments and return value. target is lt_entry (base +
 // [EntryOff]) or a [Springboard] within reach. It fails with
 // [ErrOutOfReach] when target is beyond a rel32 jump, and when idx does
 // not fit in the 22 bits of a record.
 func StubCode(idx uint32, stubAddr, target uint64) ([StubSize]byte, error) {
 	var b [StubSize]byte
-	if idx >= MaxSites {
+	if idx&^Capture >= MaxSites {
 		return b, fmt.Errorf("encode stub for site %d: %w: at most %d sites per session", idx, ErrBadConfig, MaxSites)
 	}
 	rel := int64(target - (stubAddr + 11))
@@ -78,6 +80,11 @@ type Site struct {
 	// Target is CALLed, more (up to SiteOrig) for a relocated region
 	// (package reloc), whose Target is jumped to. 0 means 5.
 	Len uint32
+	// Spec says what the agent captures at this site: SpecArgs bits
+	// (argument i+1 in bit i), the same bits << SpecStrShift for the
+	// arguments read as strings, SpecRet and SpecRetFloat. A site with a
+	// spec needs the Capture flag in its stub ([StubCode]); 0 means none.
+	Spec uint32
 }
 
 // Config describes the shared memory the tracer formats. The zero value
@@ -87,6 +94,7 @@ type Config struct {
 	ChunkRecords int    // records per chunk
 	Sites        []Site // sorted by Addr, strictly increasing
 	TSCHz        uint64 // informational, stored in the header
+	StringMax    int    // bytes a string argument records, at most StringMax (0: none)
 }
 
 type sharedLayout struct {
@@ -109,6 +117,9 @@ func (cfg Config) layout() (sharedLayout, error) {
 	}
 	if recs < 1 || recs > maxChunkRecords {
 		return l, fmt.Errorf("%w: ChunkRecords %d not in [1, %d]", ErrBadConfig, recs, maxChunkRecords)
+	}
+	if cfg.StringMax < 0 || cfg.StringMax > StringMax {
+		return l, fmt.Errorf("%w: StringMax %d not in [0, %d]", ErrBadConfig, cfg.StringMax, StringMax)
 	}
 	if len(cfg.Sites) > MaxSites {
 		return l, fmt.Errorf("%w: %d sites, at most %d", ErrBadConfig, len(cfg.Sites), MaxSites)
@@ -171,7 +182,9 @@ func InitShared(mem []byte, cfg Config) error {
 			n = 5
 		}
 		le.PutUint32(mem[o+SiteLenOff:], n)
+		le.PutUint32(mem[o+SiteSpecOff:], s.Spec)
 	}
+	le.PutUint64(mem[SharedHdrStringMaxOff:], uint64(cfg.StringMax))
 	le.PutUint32(mem[SharedHdrVersionOff:], Version)
 	le.PutUint32(mem[SharedHdrHdrSizeOff:], SharedHdrPage)
 	le.PutUint32(mem[SharedHdrChunkRecordsOff:], uint32(l.records))
@@ -189,7 +202,7 @@ func InitShared(mem []byte, cfg Config) error {
 // Record is one decoded event.
 type Record struct {
 	TSC         uint64 // rdtsc at the event
-	Kind        uint8  // KindEntry or KindExit
+	Kind        uint8  // KindEntry, KindExit or KindData (see [DataRecord])
 	Depth       uint8  // shadow stack depth mod 256 (0 in entry-only mode)
 	Site        uint32 // site index
 	CallerDelta int32  // entry: caller's return address minus the site address
@@ -231,4 +244,28 @@ func EncodeRecord(r Record) [SizeofRecord]byte {
 	binary.LittleEndian.PutUint64(b[RecordTscOff:], r.TSC)
 	binary.LittleEndian.PutUint64(b[RecordMetaOff:], meta)
 	return b
+}
+
+// DataRecord decodes a record of kind KindData, which follows the entry or
+// exit record of a site with a spec: spec is the part of the site's spec
+// the payload holds (the argument bits for an entry, the return bits for
+// an exit), n the payload's length in bytes, and records the number of
+// 16-byte records the payload takes after this one. ok is false when b
+// is not a KindData record or n is impossible (a hostile target).
+func DataRecord(b []byte) (spec uint32, n int, records int, ok bool) {
+	if len(b) < SizeofRecord {
+		return 0, 0, 0, false
+	}
+	le := binary.LittleEndian
+	meta := le.Uint64(b[RecordMetaOff:])
+	if meta>>62 != KindData {
+		return 0, 0, 0, false
+	}
+	n64 := meta & (1<<62 - 1)
+	if n64 > MaxPayload {
+		return 0, 0, 0, false
+	}
+	n = int(n64)
+	spec = uint32(le.Uint64(b[RecordTscOff:]))
+	return spec, n, (n + SizeofRecord - 1) / SizeofRecord, true
 }

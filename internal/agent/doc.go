@@ -283,6 +283,29 @@
 // thread returns from the handler exactly where the tracer found it. The
 // tracer clears the tid when it gives the thread back normally.
 //
+// # Captured values and filters
+//
+// A site with a spec ([Site.Spec]) has a stub that sets [Capture] in the
+// site index, and takes the C paths, which the fast paths of lt_entry and
+// lt_return leave at once for such a site. Argument bits make lt_on_entry
+// write the event, a DATA record and the payload as one group in one
+// chunk ([DataRecord]; docs/FORMAT.md documents the payload); SpecRet
+// makes lt_on_exit do the same with rax or xmm0. Strings are read after a
+// futex probe says the page is readable (docs/DESIGN-NOTES.md).
+//
+// # Filters
+//
+// record -G and --caller need graph mode and give every site a spec.
+// -G: a SpecTrigger site is always recorded, and its shadow entry, and
+// every one pushed above it, has LT_SHADOW_UNDER; a SpecUnder site whose
+// caller's entry (the top of the shadow stack) does not have it is
+// neither recorded nor hijacked. --caller: a SpecDefer site is hijacked
+// but its entry record is held back (LT_SHADOW_PENDING, with its time and
+// caller in lt_priv.pend); a SpecCaller site first emits the held-back
+// entries below it, oldest first. A frame whose entry was never emitted
+// gets no exit either. Events are decided in the agent, so that the
+// calls not kept cost no buffer space.
+//
 // # Building
 //
 // agent.bin and layout_generated.go are committed; `go build` needs no C

@@ -126,9 +126,10 @@ type runOpts struct {
 	chunks       int
 	chunkRecords int
 	pollEvery    time.Duration
-	trapSites    map[string]bool // sites left as INT3 + new tail, as mid-batch
-	noHooks      bool            // leave the workload's GOT slots alone
-	wantSignal   syscall.Signal  // the harness must die of this signal
+	trapSites    map[string]bool   // sites left as INT3 + new tail, as mid-batch
+	noHooks      bool              // leave the workload's GOT slots alone
+	specs        map[string]uint32 // site name -> Site.Spec (what the agent captures there)
+	wantSignal   syscall.Signal    // the harness must die of this signal
 	// held runs when the harness says HELD (a thread is about to block in
 	// traced frames); the harness continues when it returns.
 	held func(pm *os.File, a Addrs, withConsumer func(func(c *Consumer, collect collectFunc)))
@@ -197,18 +198,22 @@ func runHarness(t testing.TB, o runOpts) *run {
 	n := len(r.sites)
 	board := stubs + uint64(n)*StubSize
 	code := make([]byte, 0, (n+1)*StubSize)
-	cfg := Config{Chunks: o.chunks, ChunkRecords: o.chunkRecords}
+	cfg := Config{Chunks: o.chunks, ChunkRecords: o.chunkRecords, StringMax: 32}
 	for i, s := range r.sites {
 		sa := stubs + uint64(i)*StubSize
-		b, err := StubCode(uint32(i), sa, addrs.Entry)
+		idx := uint32(i)
+		if o.specs[s.name] != 0 {
+			idx |= Capture
+		}
+		b, err := StubCode(idx, sa, addrs.Entry)
 		if errors.Is(err, ErrOutOfReach) {
-			b, err = StubCode(uint32(i), sa, board)
+			b, err = StubCode(idx, sa, board)
 		}
 		if err != nil {
 			t.Fatal(err)
 		}
 		code = append(code, b[:]...)
-		cfg.Sites = append(cfg.Sites, Site{Addr: s.addr, Target: sa})
+		cfg.Sites = append(cfg.Sites, Site{Addr: s.addr, Target: sa, Spec: o.specs[s.name]})
 	}
 	sb := Springboard(addrs.Entry)
 	code = append(code, sb[:]...)

@@ -13,45 +13,45 @@ var Blob []byte
 // Layout of the agent, from agent.ld, agent.h and the linked agent.
 const (
 	// CodeSize is the size of the code region at the agent's base, a multiple of the page size.
-	CodeSize = 0x2000
+	CodeSize = 0x4000
 	// EntryOff is the offset from the agent's base of lt_entry, the target of every site stub.
 	EntryOff = 0x0
 	// ReturnOff is the offset from the agent's base of lt_return, the hijacked return address in graph mode.
-	ReturnOff = 0x2b0
+	ReturnOff = 0x780
 	// SigtrapOff is the offset from the agent's base of lt_sigtrap, the SIGTRAP backstop handler (SA_SIGINFO).
-	SigtrapOff = 0x1b80
+	SigtrapOff = 0x2dd0
 	// RestorerOff is the offset from the agent's base of lt_restorer, the SA_RESTORER for lt_sigtrap.
-	RestorerOff = 0x400
+	RestorerOff = 0x8e0
 	// RemoteOff is the offset from the agent's base of lt_remote, `syscall; int3`: where the tracer runs remote system calls once the agent is in.
-	RemoteOff = 0x410
+	RemoteOff = 0x8f0
 	// HookRaiseOff is the offset from the agent's base of lt_hook_raise, which runs in place of _Unwind_RaiseException in graph mode.
-	HookRaiseOff = 0x1db0
+	HookRaiseOff = 0x3380
 	// HookResumeOrRethrowOff is the offset from the agent's base of lt_hook_resume_or_rethrow, which runs in place of _Unwind_Resume_or_Rethrow in graph mode.
-	HookResumeOrRethrowOff = 0x1df0
+	HookResumeOrRethrowOff = 0x33c0
 	// HookBeginCatchOff is the offset from the agent's base of lt_hook_begin_catch, which runs in place of __cxa_begin_catch in graph mode.
-	HookBeginCatchOff = 0x1e30
+	HookBeginCatchOff = 0x3400
 	// HookLongjmpOff is the offset from the agent's base of lt_hook_longjmp, which runs in place of longjmp in graph mode.
-	HookLongjmpOff = 0x1e70
+	HookLongjmpOff = 0x3440
 	// HookLongjmpUOff is the offset from the agent's base of lt_hook__longjmp, which runs in place of _longjmp in graph mode.
-	HookLongjmpUOff = 0x1eb0
+	HookLongjmpUOff = 0x3480
 	// HookSiglongjmpOff is the offset from the agent's base of lt_hook_siglongjmp, which runs in place of siglongjmp in graph mode.
-	HookSiglongjmpOff = 0x1ef0
+	HookSiglongjmpOff = 0x34c0
 	// HookLongjmpChkOff is the offset from the agent's base of lt_hook_longjmp_chk, which runs in place of __longjmp_chk in graph mode.
-	HookLongjmpChkOff = 0x1f30
+	HookLongjmpChkOff = 0x3500
 	// CtlOff is the offset from the agent's base of the control page (MADV_WIPEONFORK).
-	CtlOff = 0x2000
+	CtlOff = 0x4000
 	// CtlSize is the size of the control page (MADV_WIPEONFORK).
 	CtlSize = 0x1000
 	// PrivOff is the offset from the agent's base of the private region (thread table, shadow stacks).
-	PrivOff = 0x3000
+	PrivOff = 0x5000
 	// PrivSize is the size of the private region (thread table, shadow stacks).
-	PrivSize = 0x3041000
+	PrivSize = 0x5041000
 	// SharedOff is the offset from the agent's base of the shared memfd.
-	SharedOff = 0x3044000
+	SharedOff = 0x5046000
 	// Magic is LT_MAGIC from agent.h.
 	Magic = 0x4c544147
 	// Version is LT_VERSION from agent.h.
-	Version = 0x2
+	Version = 0x3
 	// MaxThreads is LT_MAX_THREADS from agent.h.
 	MaxThreads = 0x1000
 	// ShadowDepth is LT_SHADOW_DEPTH from agent.h.
@@ -94,6 +94,38 @@ const (
 	SiteOrig = 0x20
 	// ShadowRestored is LT_SHADOW_RESTORED from agent.h.
 	ShadowRestored = 0x1
+	// KindData is LT_KIND_DATA from agent.h.
+	KindData = 0x3
+	// Capture is LT_CAPTURE from agent.h.
+	Capture = 0x40000000
+	// SpecArgs is LT_SPEC_ARGS from agent.h.
+	SpecArgs = 0x3f
+	// SpecStrShift is LT_SPEC_STR_SHIFT from agent.h.
+	SpecStrShift = 0x8
+	// SpecRet is LT_SPEC_RET from agent.h.
+	SpecRet = 0x10000
+	// SpecRetFloat is LT_SPEC_RET_FLOAT from agent.h.
+	SpecRetFloat = 0x20000
+	// StringMax is LT_STRING_MAX from agent.h.
+	StringMax = 0x7e
+	// StrBad is LT_STR_BAD from agent.h.
+	StrBad = 0xff
+	// StrTrunc is LT_STR_TRUNC from agent.h.
+	StrTrunc = 0x80
+	// MaxPayload is LT_MAX_PAYLOAD from agent.h.
+	MaxPayload = 0x32a
+	// SpecTrigger is LT_SPEC_TRIGGER from agent.h.
+	SpecTrigger = 0x40000
+	// SpecUnder is LT_SPEC_UNDER from agent.h.
+	SpecUnder = 0x80000
+	// SpecCaller is LT_SPEC_CALLER from agent.h.
+	SpecCaller = 0x100000
+	// SpecDefer is LT_SPEC_DEFER from agent.h.
+	SpecDefer = 0x200000
+	// ShadowUnder is LT_SHADOW_UNDER from agent.h.
+	ShadowUnder = 0x2
+	// ShadowPending is LT_SHADOW_PENDING from agent.h.
+	ShadowPending = 0x4
 	// SizeofChunkHdr is sizeof(struct lt_chunk_hdr).
 	SizeofChunkHdr = 0x40
 	// ChunkHdrStateOff is the offset of state in struct lt_chunk_hdr.
@@ -159,7 +191,7 @@ const (
 	// OwnerHooksOff is the offset of hooks in struct lt_owner.
 	OwnerHooksOff = 0x438
 	// SizeofPriv is sizeof(struct lt_priv).
-	SizeofPriv = 0x3041000
+	SizeofPriv = 0x5041000
 	// PrivOldSigtrapOff is the offset of old_sigtrap in struct lt_priv.
 	PrivOldSigtrapOff = 0x0
 	// PrivRemoteOff is the offset of remote in struct lt_priv.
@@ -172,6 +204,8 @@ const (
 	PrivThreadsOff = 0x1000
 	// PrivShadowOff is the offset of shadow in struct lt_priv.
 	PrivShadowOff = 0x41000
+	// PrivPendOff is the offset of pend in struct lt_priv.
+	PrivPendOff = 0x3041000
 	// SizeofRange is sizeof(struct lt_range).
 	SizeofRange = 0x10
 	// RangeAddrOff is the offset of addr in struct lt_range.
@@ -224,6 +258,8 @@ const (
 	SharedHdrChunkSizeOff = 0x38
 	// SharedHdrTscHzOff is the offset of tsc_hz in struct lt_shared_hdr.
 	SharedHdrTscHzOff = 0x40
+	// SharedHdrStringMaxOff is the offset of string_max in struct lt_shared_hdr.
+	SharedHdrStringMaxOff = 0x48
 	// SharedHdrSeqOff is the offset of seq in struct lt_shared_hdr.
 	SharedHdrSeqOff = 0x80
 	// SharedHdrHintOff is the offset of hint in struct lt_shared_hdr.
@@ -252,6 +288,8 @@ const (
 	SiteOrigOff = 0x10
 	// SiteLenOff is the offset of len in struct lt_site.
 	SiteLenOff = 0x30
+	// SiteSpecOff is the offset of spec in struct lt_site.
+	SiteSpecOff = 0x34
 	// SizeofThread is sizeof(struct lt_thread).
 	SizeofThread = 0x40
 	// ThreadKeyOff is the offset of key in struct lt_thread.

@@ -136,6 +136,7 @@ func SharedSites(shared []byte, size uint64) ([]Site, error) {
 		sites[i].Target = le.Uint64(shared[o+SiteTargetOff:])
 		copy(sites[i].Orig[:], shared[o+SiteOrigOff:])
 		sites[i].Len = le.Uint32(shared[o+SiteLenOff:])
+		sites[i].Spec = le.Uint32(shared[o+SiteSpecOff:])
 		if sites[i].Len < 5 || sites[i].Len > SiteOrig {
 			return nil, fmt.Errorf("read site table: %w: site %d covers %d bytes", ErrBadShared, i, sites[i].Len)
 		}

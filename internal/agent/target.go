@@ -164,7 +164,7 @@ func DecodeShadowEntry(b []byte) (ShadowEntry, error) {
 	return ShadowEntry{
 		Orig: le.Uint64(b[ShadowOrigOff:]),
 		Slot: le.Uint64(b[ShadowSlotOff:]),
-		Site: le.Uint32(b[ShadowSiteOff:]),
+		Site: le.Uint32(b[ShadowSiteOff:]) &^ Capture,
 	}, nil
 }
 

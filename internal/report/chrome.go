@@ -83,6 +83,7 @@ func ExportChromeStream(w io.Writer, s *tracefile.Stream, f Filter) error {
 			case exitLost:
 				ev.Args = map[string]any{"exit_lost": true}
 			}
+			ev.Args = addArgs(ev.Args, rec, c.fn, c.args, c.ret)
 			emit(ev)
 		})
 	} else {
@@ -102,7 +103,7 @@ func ExportChromeStream(w io.Writer, s *tracefile.Stream, f Filter) error {
 				continue
 			}
 			emit(&chromeEvent{Name: funcName(rec, ev.Func), Cat: "function", Ph: "i", S: "t", TS: us(e.ns(ev.TSC)),
-				PID: rec.PID, TID: ev.TID, Args: map[string]any{"caller": syms.name(ev.Caller)}})
+				PID: rec.PID, TID: ev.TID, Args: addArgs(map[string]any{"caller": syms.name(ev.Caller)}, rec, ev.Func, ev.Args, "")})
 		}
 		err = s.Err()
 	}

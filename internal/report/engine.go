@@ -62,6 +62,9 @@ type ocall struct {
 	// visibility waits for this call's.
 	pending []*ocall
 	pinned  bool
+	// args and ret are the values captured at the entry and the exit
+	// (tracefile.Event.Args), "" when none.
+	args, ret string
 	// resolved is set once visible, folded, status and end are final.
 	resolved, visible bool
 }
@@ -169,7 +172,7 @@ func (e *engine) event(ev *tracefile.Event) {
 		}
 		parent := th.top()
 		*c = ocall{ord: e.ord, entryIdx: e.idx, tid: ev.TID, fn: ev.Func, depth: ev.Depth,
-			outermost: !th.running(ev.Func), start: now, parent: parent, node: -1, pnode: -1}
+			outermost: !th.running(ev.Func), start: now, parent: parent, node: -1, pnode: -1, args: ev.Args}
 		e.ord++
 		if parent != nil {
 			c.pnode = parent.node
@@ -202,6 +205,7 @@ func (e *engine) event(ev *tracefile.Event) {
 			e.pop(th, exitLost, now)
 			e.orphans++
 		default:
+			c.ret = ev.Args
 			e.pop(th, complete, now)
 		}
 	}

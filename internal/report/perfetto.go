@@ -90,6 +90,9 @@ type perfettoWriter struct {
 	lastTID  uint32
 	lastUUID uint64
 	haveLast bool
+	// extra are more debug annotations for the next event (captured
+	// values, args.go); event clears it.
+	extra map[string]string
 }
 
 func (p *perfettoWriter) flushPacket() {
@@ -203,6 +206,7 @@ func (p *perfettoWriter) event(ns int64, tid uint32, typ uint64, fn int64, annot
 		}
 		te = appendBytes(te, pfEventAnnotations, p.sub)
 	}
+	te, in = p.extraAnnotations(te, in)
 	n := 1 + protowire.SizeVarint(uint64(ns)) + 4
 	if len(in) > 0 {
 		n += 1 + protowire.SizeVarint(uint64(len(in))) + len(in)
@@ -268,12 +272,14 @@ func ExportPerfettoStream(w io.Writer, s *tracefile.Stream, f Filter) error {
 			e.recycle = true
 			e.onEntry = func(c *ocall) {
 				if f.keepTID(c.tid) && f.keepFunc(c.fn) && (f.MaxDepth == 0 || int(c.depth) < f.MaxDepth) {
+					p.extra = argsMap(p.meta, c.fn, c.args, false)
 					p.event(first+c.start, c.tid, typeSliceBegin, int64(c.fn), "", "")
 				}
 			}
 			e.onClose = func(c *ocall) {
 				if c.own {
 					annot, val := status(c)
+					p.extra = argsMap(p.meta, c.fn, c.ret, true)
 					p.event(first+c.end, c.tid, typeSliceEnd, -1, annot, val)
 				}
 			}
@@ -285,10 +291,12 @@ func ExportPerfettoStream(w io.Writer, s *tracefile.Stream, f Filter) error {
 					return
 				}
 				if it.kind == itemEntry {
+					p.extra = argsMap(p.meta, c.fn, c.args, false)
 					p.event(first+c.start, c.tid, typeSliceBegin, int64(c.fn), "", "")
 					return
 				}
 				annot, val := status(c)
+				p.extra = argsMap(p.meta, c.fn, c.ret, true)
 				p.event(first+c.end, c.tid, typeSliceEnd, -1, annot, val)
 			})
 		}
@@ -303,6 +311,7 @@ func ExportPerfettoStream(w io.Writer, s *tracefile.Stream, f Filter) error {
 			if ev.Kind != tracefile.KindEntry || !f.keep(&ev) {
 				continue
 			}
+			p.extra = argsMap(p.meta, ev.Func, ev.Args, false)
 			p.event(conv.Nanos(ev.TSC), ev.TID, typeInstant, int64(ev.Func), "caller", syms.name(ev.Caller))
 		}
 		err = s.Err()

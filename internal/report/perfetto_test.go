@@ -174,7 +174,10 @@ func decodePerfetto(t *testing.T, data []byte) []pfSlice {
 						}
 					}
 				}
-				annot = annots[k] + "=" + v
+				if annot != "" {
+					annot += ","
+				}
+				annot += annots[k] + "=" + v
 			}
 		}
 		tid, ok := tracks[track]
@@ -194,7 +197,10 @@ func decodePerfetto(t *testing.T, data []byte) []pfSlice {
 			s.DurNS = int64(ts) - s.StartNS
 			if annot != "" {
 				// trace_processor adds the end's args to the slice.
-				s.Annotation = annot
+				if s.Annotation != "" {
+					s.Annotation += ","
+				}
+				s.Annotation += annot
 			}
 			if s.DurNS < 0 {
 				t.Fatalf("packet %d: slice %s ends before it begins", i, s.Name)

@@ -108,8 +108,12 @@ func replayEntries(w *bufio.Writer, s *tracefile.Stream, f Filter) error {
 			}
 			task = task[:n]
 		}
+		name := funcName(rec, ev.Func)
+		if ev.Args != "" {
+			name = callText(rec, ev.Func, ev.Args)
+		}
 		fmt.Fprintf(w, "%16s-%-7d [---] %7d.%06d: %s <- %s\n", task, ev.TID,
-			ns/1e9, ns%1e9/1e3, funcName(rec, ev.Func), syms.name(ev.Caller))
+			ns/1e9, ns%1e9/1e3, name, syms.name(ev.Caller))
 	}
 	return s.Err()
 }
@@ -128,7 +132,7 @@ func replayGraph(w *bufio.Writer, s *tracefile.Stream, f Filter) error {
 		name := funcName(rec, c.fn)
 		if it.kind == itemEntry {
 			if c.folded() {
-				fmt.Fprintf(w, "%s [%7d] | %s%s();\n", fmtDur(c.dur()), c.tid, indent, name)
+				fmt.Fprintf(w, "%s [%7d] | %s%s%s;\n", fmtDur(c.dur()), c.tid, indent, callText(rec, c.fn, c.args), retSuffix(rec, c.fn, c.ret))
 				return
 			}
 			mark := ""
@@ -138,13 +142,17 @@ func replayGraph(w *bufio.Writer, s *tracefile.Stream, f Filter) error {
 			case unfinished:
 				mark = " /* unfinished */"
 			}
-			fmt.Fprintf(w, "%10s [%7d] | %s%s() {%s\n", "", c.tid, indent, name, mark)
+			fmt.Fprintf(w, "%10s [%7d] | %s%s {%s\n", "", c.tid, indent, callText(rec, c.fn, c.args), mark)
 			return
 		}
 		if c.folded() {
 			return
 		}
-		fmt.Fprintf(w, "%s [%7d] | %s} /* %s */\n", fmtDur(c.dur()), c.tid, indent, name)
+		ret := retSuffix(rec, c.fn, c.ret)
+		if ret != "" {
+			ret += ";"
+		}
+		fmt.Fprintf(w, "%s [%7d] | %s}%s /* %s */\n", fmtDur(c.dur()), c.tid, indent, ret, name)
 	})
 }
 

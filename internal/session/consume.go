@@ -125,6 +125,20 @@ func (s *Session) convertLocked(tid uint32, raw []byte) error {
 		meta := binary.LittleEndian.Uint64(rec[agent.RecordMetaOff:])
 		kind, depth := uint8(meta>>62), uint8(meta>>54)
 		site := uint32(meta>>32) & (agent.MaxSites - 1)
+		args := ""
+		if site < nsel && (kind == agent.KindEntry || kind == agent.KindExit) && isData(raw[(i+1)*agent.SizeofRecord:]) {
+			// The values of a site with a spec (args.go).
+			a, skip, ok := s.dataGroup(site, kind, raw[(i+1)*agent.SizeofRecord:])
+			if skip == 0 {
+				skip = 1
+			}
+			i += skip
+			if !ok {
+				s.badRecords++
+				continue
+			}
+			args = a
+		}
 		if site >= nsel || (kind != agent.KindEntry && kind != agent.KindExit) {
 			s.badRecords++
 			continue
@@ -135,7 +149,7 @@ func (s *Session) convertLocked(tid uint32, raw []byte) error {
 		ev := &evs[n]
 		n++
 		ev.TSC, ev.TID, ev.Func, ev.Depth = tsc, tid, site, uint16(depth)
-		ev.Kind, ev.Caller = tracefile.KindExit, 0
+		ev.Kind, ev.Caller, ev.Args = tracefile.KindExit, 0, args
 		if kind == agent.KindEntry {
 			ev.Kind = tracefile.KindEntry
 			if low := uint32(meta); low != agent.CallerUnknown {

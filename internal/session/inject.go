@@ -91,7 +91,7 @@ func (s *Session) inject() (err error) {
 	if chunks == 0 {
 		chunks = DefaultChunks
 	}
-	cfg := agent.Config{Chunks: chunks, ChunkRecords: s.opts.ChunkRecords}
+	cfg := agent.Config{Chunks: chunks, ChunkRecords: s.opts.ChunkRecords, StringMax: s.stringMax()}
 	// The site table is filled in below, once the stubs have addresses;
 	// its size is known now.
 	cfg.Sites = make([]agent.Site, len(s.sel))
@@ -299,9 +299,9 @@ func (s *Session) inject() (err error) {
 		copy(code, spring[:])
 		for k, i := range idx {
 			at := sbase + uint64(agent.StubSize*(k+1))
-			stub, err := agent.StubCode(uint32(i), at, a.Entry)
+			stub, err := agent.StubCode(s.stubIndex(i), at, a.Entry)
 			if err != nil {
-				stub, err = agent.StubCode(uint32(i), at, sbase)
+				stub, err = agent.StubCode(s.stubIndex(i), at, sbase)
 			}
 			if err != nil {
 				return fmt.Errorf("inject agent: %w", err)
@@ -333,6 +333,7 @@ func (s *Session) inject() (err error) {
 		cfg.Sites[i] = agent.Site{Addr: x.addr, Target: x.stub}
 		copy(cfg.Sites[i].Orig[:], x.orig)
 		cfg.Sites[i].Len = uint32(len(x.orig))
+		cfg.Sites[i].Spec = x.capture.spec
 		if x.plan != nil {
 			cfg.Sites[i].Len = uint32(x.plan.Len)
 		}

@@ -72,6 +72,19 @@ type Options struct {
 	OnEvents func(evs []tracefile.Event, thread string)
 	// Discard writes no recording (Output is ignored): for OnEvents alone.
 	Discard bool
+	// Args are the argument and return value specs (args.go); StringMax
+	// bounds the bytes of a string argument (0: DefaultStringMax).
+	Args      []ArgRule
+	StringMax int
+	// AutoArgs (record -a) captures the arguments, and in graph mode the
+	// return value, that the DWARF of each module describes (autoargs.go);
+	// Args override it.
+	AutoArgs bool
+	// GraphFuncs (record -G) keeps the calls made while a function that
+	// matches one of these globs is on the thread's stack; CallerFuncs
+	// (--caller) keeps the calls of the matching functions and of their
+	// callers. Both are applied by the agent and need Graph.
+	GraphFuncs, CallerFuncs []string
 }
 
 // ErrNoMatch means no patchable function matches the selection.
@@ -103,6 +116,8 @@ type selected struct {
 	// plan is the relocator's plan at runtime addresses, for a
 	// relocating site (site.Form == elfsite.FormReloc).
 	plan *reloc.Plan
+	// capture is what the agent captures there (args.go).
+	capture capture
 }
 
 // Session is one live recording. Its methods are safe for concurrent use.
@@ -218,7 +233,13 @@ func (s *Session) discover() error {
 		}
 		s.unwind = plan
 	}
-	return s.selectSites()
+	if err := s.selectSites(); err != nil {
+		return err
+	}
+	if err := s.applyArgRules(); err != nil {
+		return err
+	}
+	return s.applyFilters()
 }
 
 func (s *Session) start(p *proc.Process) (_ *Session, err error) {
@@ -1005,6 +1026,7 @@ func (s *Session) buildMeta(clock1 *tsc.Pair) tracefile.Meta {
 		} else {
 			f.Addr = x.addr
 		}
+		f.Args, f.Ret = x.capture.args, x.capture.ret
 		m.Funcs = append(m.Funcs, f)
 	}
 	var tids []uint32

@@ -47,6 +47,11 @@ const (
 	// and free of libc.so.6 a counted number of times on "run N" (the
 	// [Workload] protocol's "done {...}" reply, see [RunWorkload]).
 	LibcCalls = "libccalls"
+	// Args is c/args.c: functions with known arguments of every kind
+	// (integers, char, pointer, enum, strings: NULL, unmapped, cut) and
+	// return values (integer, double), one called from a signal handler,
+	// on "run N" ("done N").
+	Args = "args"
 )
 
 // Fixtures returns the names of every fixture, sorted.
@@ -75,6 +80,7 @@ var fixtures = map[string]fixture{
 	Stress:    {plan: planStress},
 	Ucontext:  {plan: singleFile(Ucontext, "ucontext.c")},
 	LibcCalls: {plan: singleFile(LibcCalls, "libccalls.c")},
+	Args:      {plan: singleFile(Args, "args.c")},
 }
 
 func readSource(name string) ([]byte, error) {

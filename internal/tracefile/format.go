@@ -56,10 +56,12 @@ const (
 	evKindMask  = 0x03
 	evHasTID    = 0x04
 	evHasCaller = 0x08
-	evReserved  = 0xf0
+	evHasArgs   = 0x10
+	evReserved  = 0xe0
 	// minEventSize and maxEventSize bound the encoded size of one event.
 	minEventSize = 4
-	maxEventSize = 1 + binary.MaxVarintLen64 + binary.MaxVarintLen32 + binary.MaxVarintLen32 + 3 + binary.MaxVarintLen64
+	maxEventSize = 1 + binary.MaxVarintLen64 + binary.MaxVarintLen32 + binary.MaxVarintLen32 + 3 + binary.MaxVarintLen64 +
+		2 + MaxArgs
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -129,6 +131,9 @@ func appendEvent(b []byte, prev, ev *Event, first bool) []byte {
 	if ev.Caller != 0 {
 		h |= evHasCaller
 	}
+	if ev.Args != "" {
+		h |= evHasArgs
+	}
 	b = append(b, h)
 	b = binary.AppendVarint(b, int64(ev.TSC-prev.TSC))
 	if h&evHasTID != 0 {
@@ -138,6 +143,10 @@ func appendEvent(b []byte, prev, ev *Event, first bool) []byte {
 	b = binary.AppendUvarint(b, uint64(ev.Depth))
 	if h&evHasCaller != 0 {
 		b = binary.AppendUvarint(b, ev.Caller)
+	}
+	if h&evHasArgs != 0 {
+		b = binary.AppendUvarint(b, uint64(len(ev.Args)))
+		b = append(b, ev.Args...)
 	}
 	return b
 }
@@ -201,6 +210,14 @@ func decodeEvents(evs []Event, b []byte, count int) ([]Event, string) {
 			}
 			ev.Caller = v
 			b = b[n:]
+		}
+		if h&evHasArgs != 0 {
+			v, n := uvarint(b)
+			if n <= 0 || v == 0 || v > MaxArgs || v > uint64(len(b)-n) {
+				return evs, "bad argument values"
+			}
+			ev.Args = string(b[n : n+int(v)])
+			b = b[n+int(v):]
 		}
 		evs = append(evs, ev)
 		prev = ev

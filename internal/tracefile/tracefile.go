@@ -106,6 +106,11 @@ type Event struct {
 	// Caller is the runtime return address into the caller (entry events),
 	// or 0 if unknown.
 	Caller uint64
+	// Args holds the values captured with the event (the arguments of an
+	// entry, the return value of an exit) of a function with a spec
+	// (Func.Args, Func.Ret), encoded as docs/FORMAT.md says; "" when none.
+	// Decode it with [DecodeArgs].
+	Args string
 }
 
 // Clock converts raw TSC values to CLOCK_MONOTONIC nanoseconds. The tracer
@@ -194,6 +199,12 @@ type Func struct {
 	Size uint64 `json:"size,omitempty"`
 	// Site is the runtime address of the patched NOP.
 	Site uint64 `json:"site"`
+	// Args says how to print the arguments captured at entry, in order
+	// (record -A, -a); empty when none were captured.
+	Args []ArgSpec `json:"args,omitempty"`
+	// Ret is the format of the captured return value (record -R, -a), ""
+	// when none was captured.
+	Ret *ArgSpec `json:"ret,omitempty"`
 }
 
 // Symbol is a function symbol of a module, used to name callers. Recordings

@@ -137,13 +137,17 @@ func (w *Writer) WriteEvents(evs []Event) error {
 		} else {
 			w.minTSC, w.maxTSC = min(w.minTSC, ev.TSC), max(w.maxTSC, ev.TSC)
 		}
+		if len(ev.Args) > MaxArgs {
+			return fmt.Errorf("write events: event %d has %d bytes of arguments, at most %d", i, len(ev.Args), MaxArgs)
+		}
 		w.buf = appendEvent(w.buf, &w.prev, ev, w.n == 0)
 		w.prev = *ev
+		w.prev.Args = ""
 		w.n++
 		if uint64(ev.Func) >= w.maxFunc {
 			w.maxFunc = uint64(ev.Func) + 1
 		}
-		if w.n == BlockEvents {
+		if w.n == BlockEvents || len(w.buf) > maxEventBlockRaw-maxEventSize {
 			if err := w.flushBlock(); err != nil {
 				return err
 			}

@@ -27,6 +27,13 @@
  *             __longjmp_chk: end the frames the jump leaves
  *             (lt_longjmp_prep).
  *
+ * Argument registers: both slow paths of lt_entry call lt_on_entry with
+ * sp = the address of site+5 and the registers saved below it, rax at
+ * sp-8, rdx -16, rcx -24, rsi -32, rdi -40, r8 -48, r9 -56, r10 -64;
+ * lt_on_entry reads the arguments there (lt_argreg in agent.c). A stub
+ * whose site has a spec sets LT_CAPTURE in r11d, which sends it to the
+ * slow path, so that sites without one keep the fast path's cost.
+ *
  * lt_entry and lt_return each have a fast path here for the common case
  * (see doc.go, "Entry path") and fall back to lt_on_entry / lt_on_exit in
  * agent.c, the reference implementation, for everything else. A fast path
@@ -77,6 +84,24 @@
 	cmovne \tmp32, \delta32
 .endm
 
+/* CAPARG bit, off: when spec (r10d) has bit, store the saved register at
+ * off(%rsp) at rax and advance rax. */
+.macro CAPARG bit, off
+	test $(1 << \bit), %r10d
+	jz 1f
+	mov \off(%rsp), %rdx
+	mov %rdx, (%rax)
+	add $8, %rax
+1:
+.endm
+
+	.section .rodata,"a",@progbits
+	.type lt_popcount6,@object
+lt_popcount6:				/* bits set in 0..63 */
+	.byte 0,1,1,2,1,2,2,3,1,2,2,3,2,3,3,4,1,2,2,3,2,3,3,4,2,3,3,4,3,4,4,5
+	.byte 1,2,2,3,2,3,3,4,2,3,3,4,3,4,4,5,2,3,3,4,3,4,4,5,3,4,4,5,4,5,5,6
+	.size lt_popcount6, .-lt_popcount6
+
 	.text
 	.section .text.lt_entry,"ax",@progbits
 
@@ -104,6 +129,8 @@ lt_entry:
 	push %rsi
 	push %rdi
 	/* 40(%rsp): site+5, 48(%rsp): the caller's return address */
+	test $LT_A_CAPTURE, %r11d
+	jnz .Le_cap			/* a site with a spec */
 	mov %fs:0, %rax
 	THREAD_SLOT %rax, %rsi, %rcx
 	cmp %rax, LT_A_T_KEY(%rsi)
@@ -154,13 +181,109 @@ lt_entry:
 	push %r8
 	push %r9
 	push %r10
+.Lc_slow:
 	mov %r11d, %edi
 	lea 64(%rsp), %rsi
 	call lt_on_entry
+.Lc_pop3:
 	pop %r10
 	pop %r9
 	pop %r8
 	jmp .Le_pop5
+
+	/*
+	 * Entry-only fast path of a site whose spec captures integer
+	 * arguments only: the entry record, its DATA record and one u64
+	 * per argument, as lt_emit_data writes them, when the group fits in
+	 * the chunk without filling it. Everything else (strings, filters,
+	 * no chunk, another probe, busy) goes to lt_on_entry before any state
+	 * is changed. The registers are saved as lt_on_entry reads them.
+	 */
+.Le_cap:
+	push %r8
+	push %r9
+	push %r10
+	/* 64(%rsp): site+5, 72(%rsp): the caller's return address;
+	 * rdi 24, rsi 32, rdx 48, rcx 40, r8 16, r9 8 (%rsp) */
+	mov %r11d, %eax
+	and $LT_A_SITE_MASK, %eax
+	cmp lt_shared+LT_A_NSITES(%rip), %rax
+	jae .Lc_slow
+	imul $LT_A_SIZEOF_SITE, %rax, %rax
+	add lt_shared+LT_A_SITE_OFF(%rip), %rax
+	lea lt_shared(%rip), %rdx
+	mov LT_A_SITE_SPEC(%rdx,%rax), %r10d
+	test $LT_A_SPEC_SLOW, %r10d
+	jnz .Lc_slow			/* strings, filters */
+	and $0x3f, %r10d		/* the argument bits */
+	jz .Lc_slow
+	mov %fs:0, %rax
+	THREAD_SLOT %rax, %rsi, %rcx
+	cmp %rax, LT_A_T_KEY(%rsi)
+	jne .Lc_slow
+	cmpq $0, LT_A_T_BUSY(%rsi)
+	jne .Lc_slow
+	lea 64(%rsp), %rax
+	mov %rax, LT_A_T_BUSY(%rsi)
+	lea lt_popcount6(%rip), %rax
+	movzbl (%rax,%r10), %r8d	/* n: arguments captured */
+	lea 1(%r8), %ecx
+	shr $1, %ecx
+	add $2, %ecx			/* records in the group */
+	mov LT_A_T_CHUNK(%rsi), %rdi
+	test %rdi, %rdi
+	jz .Lc_unbusy
+	mov LT_A_T_POS(%rsi), %edx
+	add %edx, %ecx			/* the position after the group */
+	cmp lt_shared+LT_A_CHUNK_RECORDS(%rip), %ecx
+	jae .Lc_unbusy			/* it would fill the chunk: publish in C */
+	mov 72(%rsp), %rax
+	lea lt_return(%rip), %r9
+	cmp %r9, %rax
+	je .Lc_unbusy
+	sub 64(%rsp), %rax
+	add $5, %rax			/* caller's return - site */
+	CALLER_LOW %rax, %eax, %r9, %r9d
+	and $LT_A_SITE_MASK, %r11d
+	or $0x40000000, %r11d		/* kind ENTRY << 30, depth 0 */
+	shl $32, %r11
+	or %rax, %r11			/* meta */
+	lea lt_shared(%rip), %rax
+	add %rax, %rdi			/* the chunk header */
+	shl $4, %rdx
+	lea LT_A_CHUNK_HDR(%rdi,%rdx), %r9 /* the group's first record */
+	rdtsc
+	shl $32, %rdx
+	or %rdx, %rax
+	mov %rax, 0(%r9)
+	mov %r11, 8(%r9)
+	lea 0(,%r8,8), %eax		/* payload bytes */
+	mov %eax, %edx
+	shl $32, %rdx
+	or %r10, %rdx
+	mov %rdx, 16(%r9)		/* DATA: spec | bytes << 32 */
+	mov $3, %edx
+	shl $62, %rdx
+	or %rax, %rdx
+	mov %rdx, 24(%r9)		/* DATA: kind << 62 | bytes */
+	lea 32(%r9), %rax
+	CAPARG 0, 24
+	CAPARG 1, 32
+	CAPARG 2, 48
+	CAPARG 3, 40
+	CAPARG 4, 16
+	CAPARG 5, 8
+	test $1, %r8d
+	jz 3f
+	movq $0, (%rax)			/* pad the last record */
+3:
+	mov %ecx, LT_A_T_POS(%rsi)
+	mov %ecx, LT_A_C_COUNT(%rdi)	/* after the group (x86 TSO) */
+	movq $0, LT_A_T_BUSY(%rsi)
+	jmp .Lc_pop3
+.Lc_unbusy:
+	movq $0, LT_A_T_BUSY(%rsi)
+	jmp .Lc_slow
 
 .Lgraph_entry:
 	/*
@@ -176,6 +299,8 @@ lt_entry:
 	push %r8
 	push %r9
 	/* 56(%rsp): site+5, 64(%rsp): the return slot */
+	test $LT_A_CAPTURE, %r11d
+	jnz .Lg_cap
 	mov %fs:0, %rax
 	THREAD_SLOT %rax, %rsi, %rcx
 	cmp %rax, LT_A_T_KEY(%rsi)
@@ -255,6 +380,145 @@ lt_entry:
 	pop %r9
 	pop %r8
 	jmp .Le_pop5
+
+	/*
+	 * Graph-mode fast path of a site whose spec captures integer
+	 * arguments (and maybe the return value): the graph fast path's
+	 * checks and shadow push, then the group of .Le_cap. The shadow
+	 * entry keeps LT_CAPTURE only when the exit needs lt_on_exit (a
+	 * return value), as lt_exit_idx does in C.
+	 */
+.Lg_cap:
+	push %r10
+	/* 64(%rsp): site+5, 72(%rsp): the return slot; the registers as
+	 * lt_on_entry reads them */
+	mov %r11d, %eax
+	and $LT_A_SITE_MASK, %eax
+	cmp lt_shared+LT_A_NSITES(%rip), %rax
+	jae .Lc_slow
+	imul $LT_A_SIZEOF_SITE, %rax, %rax
+	add lt_shared+LT_A_SITE_OFF(%rip), %rax
+	lea lt_shared(%rip), %rdx
+	mov LT_A_SITE_SPEC(%rdx,%rax), %r10d
+	test $LT_A_SPEC_SLOW, %r10d
+	jnz .Lc_slow
+	test $0x3f, %r10d
+	jz .Lc_slow
+	mov %fs:0, %rax
+	THREAD_SLOT %rax, %rsi, %rcx
+	cmp %rax, LT_A_T_KEY(%rsi)
+	jne .Lc_slow
+	cmpq $0, LT_A_T_BUSY(%rsi)
+	jne .Lc_slow
+	lea 64(%rsp), %rax
+	mov %rax, LT_A_T_BUSY(%rsi)
+	mov %r10d, %eax
+	and $0x3f, %eax
+	lea lt_popcount6(%rip), %rdx
+	movzbl (%rdx,%rax), %eax
+	lea 1(%rax), %ecx
+	shr $1, %ecx
+	add $2, %ecx			/* records in the group */
+	mov LT_A_T_CHUNK(%rsi), %rdi
+	test %rdi, %rdi
+	jz .Lgc_unbusy
+	add LT_A_T_POS(%rsi), %ecx	/* the position after the group */
+	cmp lt_shared+LT_A_CHUNK_RECORDS(%rip), %ecx
+	jae .Lgc_unbusy
+	mov LT_A_T_DEPTH(%rsi), %r8d
+	cmp $LT_A_SHADOW_DEPTH-1, %r8d
+	ja .Lgc_unbusy
+	mov 72(%rsp), %r9		/* the original return address */
+	lea lt_return(%rip), %rax
+	cmp %rax, %r9
+	je .Lgc_unbusy
+	lea lt_priv+LT_A_THREADS(%rip), %rax
+	mov %rsi, %rdx
+	sub %rax, %rdx
+	imul $(LT_A_SHADOW_STACK >> LT_A_THREAD_SHIFT), %rdx, %rdx
+	lea (%r8,%r8,2), %rax
+	lea (%rdx,%rax,8), %rdx
+	lea lt_priv+LT_A_SHADOW(%rip), %rax
+	add %rax, %rdx			/* &shadow[thread index][depth] */
+	lea 72(%rsp), %rax		/* the slot */
+	test %r8d, %r8d
+	jz 2f
+	cmpq $0, LT_A_SH_SLOT-24(%rdx)
+	je .Lgc_unbusy
+	sub LT_A_SH_SLOT-24(%rdx), %rax
+	cmp $LT_A_STACK_WINDOW, %rax
+	jb .Lgc_unbusy
+	lea 72(%rsp), %rax
+2:
+	mov %r9, LT_A_SH_ORIG(%rdx)
+	mov %rax, LT_A_SH_SLOT(%rdx)
+	mov %r11d, %eax
+	test $LT_A_SPEC_RET, %r10d
+	jnz 4f
+	and $~LT_A_CAPTURE, %eax	/* the exit needs no C */
+4:
+	mov %rax, LT_A_SH_SITE(%rdx)	/* site, and flags 0 */
+	lea 1(%r8), %eax
+	mov %eax, LT_A_T_DEPTH(%rsi)
+	lea lt_return(%rip), %rax
+	mov %rax, 72(%rsp)
+	sub 64(%rsp), %r9
+	add $5, %r9			/* caller's return - site */
+	CALLER_LOW %r9, %r9d, %rax, %eax
+	and $LT_A_SITE_MASK, %r11d
+	movzbl %r8b, %r8d
+	shl $22, %r8d
+	or %r8d, %r11d
+	or $0x40000000, %r11d		/* kind ENTRY << 30 | depth << 22 | site */
+	shl $32, %r11
+	or %r9, %r11			/* meta */
+	mov %r10d, %eax
+	and $0x3f, %eax
+	lea lt_popcount6(%rip), %rdx
+	movzbl (%rdx,%rax), %r8d	/* n: arguments captured */
+	lea 1(%r8), %eax
+	shr $1, %eax
+	add $2, %eax
+	mov %ecx, %edx
+	sub %eax, %edx			/* the group's position */
+	lea lt_shared(%rip), %rax
+	add %rax, %rdi			/* the chunk header */
+	shl $4, %rdx
+	lea LT_A_CHUNK_HDR(%rdi,%rdx), %r9 /* the group's first record */
+	rdtsc
+	shl $32, %rdx
+	or %rdx, %rax
+	mov %rax, 0(%r9)
+	mov %r11, 8(%r9)
+	mov %r10d, %r11d
+	and $0x3f, %r11d		/* the DATA spec: the argument bits */
+	lea 0(,%r8,8), %eax		/* payload bytes */
+	mov %rax, %rdx
+	shl $32, %rdx
+	or %r11, %rdx
+	mov %rdx, 16(%r9)
+	mov $3, %edx
+	shl $62, %rdx
+	or %rax, %rdx
+	mov %rdx, 24(%r9)
+	lea 32(%r9), %rax
+	CAPARG 0, 24
+	CAPARG 1, 32
+	CAPARG 2, 48
+	CAPARG 3, 40
+	CAPARG 4, 16
+	CAPARG 5, 8
+	test $1, %r8d
+	jz 3f
+	movq $0, (%rax)
+3:
+	mov %ecx, LT_A_T_POS(%rsi)
+	mov %ecx, LT_A_C_COUNT(%rdi)
+	movq $0, LT_A_T_BUSY(%rsi)
+	jmp .Lc_pop3
+.Lgc_unbusy:
+	movq $0, LT_A_T_BUSY(%rsi)
+	jmp .Lc_slow
 	.size lt_entry, .-lt_entry
 
 	.globl lt_return
@@ -292,6 +556,8 @@ lt_return:
 	je .Lr_noemit
 	CHUNK_ROOM %rdi, %rcx, %r8d, .Lr_unbusy
 	mov LT_A_SH_SITE(%rsi), %r11d
+	test $LT_A_CAPTURE, %r11d
+	jnz .Lr_unbusy			/* a site with a spec: lt_on_exit captures */
 	mov %r9d, LT_A_T_DEPTH(%rdi)	/* pop */
 	and $LT_A_SITE_MASK, %r11d
 	movzbl %r9b, %esi
@@ -324,13 +590,18 @@ lt_return:
 .Lr_unbusy:
 	movq $0, LT_A_T_BUSY(%rdi)
 .Lr_slow:
+	/* lt_on_exit finds rax at sp-8 and xmm0 at sp-24 (a return value). */
 	push %rax
 	push %rdx
-	lea 16(%rsp), %rdi
+	movq %xmm0, %rcx
+	push %rcx
+	push %rcx			/* keeps rsp 16-byte aligned */
+	lea 32(%rsp), %rdi
 	call lt_on_exit
 	test %rax, %rax
 	jz 2f
 	mov %rax, %r11
+	add $16, %rsp
 	pop %rdx
 	pop %rax
 	jmp *%r11

@@ -44,6 +44,14 @@ _Static_assert(OFF(lt_priv, unwind.longjmp_u) == LT_A_UNWIND_LONGJMP_, "LT_A_UNW
 _Static_assert(OFF(lt_priv, unwind.siglongjmp) == LT_A_UNWIND_SIGLONGJMP, "LT_A_UNWIND_SIGLONGJMP");
 _Static_assert(OFF(lt_priv, unwind.longjmp_chk) == LT_A_UNWIND_LONGJMP_CHK, "LT_A_UNWIND_LONGJMP_CHK");
 _Static_assert(OFF(lt_shadow, flags) == LT_A_SH_SITE + 4, "agent.S writes site and flags as one u64");
+_Static_assert(LT_CAPTURE == LT_A_CAPTURE, "LT_A_CAPTURE");
+_Static_assert(OFF(lt_shared_hdr, site_off) == LT_A_SITE_OFF, "LT_A_SITE_OFF");
+_Static_assert(OFF(lt_shared_hdr, nsites) == LT_A_NSITES, "LT_A_NSITES");
+_Static_assert(sizeof(struct lt_site) == LT_A_SIZEOF_SITE, "LT_A_SIZEOF_SITE");
+_Static_assert(OFF(lt_site, spec) == LT_A_SITE_SPEC, "LT_A_SITE_SPEC");
+_Static_assert(LT_SPEC_RET == LT_A_SPEC_RET, "LT_A_SPEC_RET");
+_Static_assert((u32)LT_A_SPEC_SLOW == ~(u32)(LT_SPEC_ARGS | LT_SPEC_RET | LT_SPEC_RET_FLOAT), "LT_A_SPEC_SLOW");
+_Static_assert(LT_CAPTURE >= LT_MAX_SITES, "the capture flag is above the site index");
 
 HIDDEN extern char lt_return[];
 HIDDEN extern char lt_restorer[];
@@ -251,6 +259,16 @@ static void lt_drop(struct lt_thread *t)
 	lt_lease_check();
 }
 
+/* lt_publish hands t's current chunk to the tracer, however full it is. */
+static void lt_publish(struct lt_thread *t)
+{
+	struct lt_chunk_hdr *c = chunk_at(t->chunk);
+	c->seq = __atomic_add_fetch(&lt_shared.seq, 1, __ATOMIC_RELAXED);
+	__atomic_store_n(&c->state, LT_CHUNK_FULL, __ATOMIC_RELEASE);
+	t->chunk = 0;
+	t->pos = 0;
+}
+
 /* lt_emit appends one record to t's chunk, publishing it when full. */
 static void lt_emit(struct lt_thread *t, u64 tsc, u64 meta)
 {
@@ -270,12 +288,56 @@ static void lt_emit(struct lt_thread *t, u64 tsc, u64 meta)
 	u32 pos = ++t->pos;
 	/* x86 TSO: a release store is a plain store after the record's. */
 	__atomic_store_n(&c->count, pos, __ATOMIC_RELEASE);
-	if (pos >= lt_shared.chunk_records) {
-		c->seq = __atomic_add_fetch(&lt_shared.seq, 1, __ATOMIC_RELAXED);
-		__atomic_store_n(&c->state, LT_CHUNK_FULL, __ATOMIC_RELEASE);
-		t->chunk = 0;
-		t->pos = 0;
+	if (pos >= lt_shared.chunk_records)
+		lt_publish(t);
+}
+
+/*
+ * lt_emit_data appends the record (tsc, meta), a DATA record and the
+ * len bytes of payload p as one group in one chunk: the chunk's count
+ * covers all of them at once, so the tracer never sees a part of it. A
+ * chunk without room for the group is published first. A group larger
+ * than a whole chunk is dropped (one lost event).
+ */
+static void lt_emit_data(struct lt_thread *t, u64 tsc, u64 meta, u32 spec, const u8 *p, u32 len)
+{
+	u32 n = 2 + (len + 15) / 16;
+	if (n > lt_shared.chunk_records) {
+		lt_drop(t);
+		return;
 	}
+	if (t->chunk && t->pos + n > lt_shared.chunk_records)
+		lt_publish(t);
+	u64 off = t->chunk;
+	if (!off) {
+		off = lt_take(t);
+		if (!off) {
+			lt_drop(t);
+			return;
+		}
+		t->chunk = off;
+	}
+	struct lt_chunk_hdr *c = chunk_at(off);
+	struct lt_record *r = (struct lt_record *)((char *)c + LT_CHUNK_HDR_SIZE) + t->pos;
+	r[0].tsc = tsc;
+	r[0].meta = meta;
+	r[1].tsc = (u64)spec | (u64)len << 32;
+	r[1].meta = (u64)LT_KIND_DATA << 62 | len;
+	u8 *d = (u8 *)&r[2];
+	u32 i = 0;
+	for (; i + 8 <= len; i += 8) {
+		u64 w;
+		__builtin_memcpy(&w, p + i, 8);
+		__builtin_memcpy(d + i, &w, 8);
+	}
+	for (; i < len; i++)
+		d[i] = p[i];
+	for (; i % 16; i++)
+		d[i] = 0;
+	u32 pos = t->pos += n;
+	__atomic_store_n(&c->count, pos, __ATOMIC_RELEASE);
+	if (pos >= lt_shared.chunk_records)
+		lt_publish(t);
 }
 
 static inline u64 meta(u64 kind, u32 depth, u32 idx, u32 low)
@@ -291,6 +353,117 @@ static inline u32 caller_delta(u64 ret, u64 site)
 	return (u32)d;
 }
 
+struct lt_timespec {
+	s64 sec, nsec;
+};
+
+/* lt_spec returns the spec of site idx (with its LT_CAPTURE flag), 0: none. */
+static u32 lt_spec(u32 idx)
+{
+	if (!(idx & LT_CAPTURE))
+		return 0;
+	idx &= LT_MAX_SITES - 1;
+	if (idx >= lt_shared.nsites)
+		return 0;
+	const struct lt_site *s = (const struct lt_site *)((char *)&lt_shared + lt_shared.site_off);
+	return s[idx].spec;
+}
+
+/*
+ * lt_readable reports whether the byte at addr can be read, without
+ * touching it: futex(FUTEX_WAIT) on the aligned word at addr reads that
+ * word in the kernel and fails with EFAULT when it is not mapped or not
+ * readable. It is given a value the word is unlikely to hold, so that it
+ * returns EAGAIN at once (an equal word waits out the zero timeout). A
+ * kernel or seccomp policy that refuses futex answers no.
+ */
+static int lt_readable(u64 addr)
+{
+	struct lt_timespec zero = {0, 0};
+	long r = sys4(SYS_futex, (long)(addr & ~3ull), FUTEX_WAIT_PRIVATE, 0x4c54a5c3, (long)&zero);
+	return r == -EAGAIN || r == -ETIMEDOUT;
+}
+
+/*
+ * lt_readstr copies the string at ptr, at most max bytes, to dst and
+ * returns its length byte: the bytes copied before the NUL, with
+ * LT_STR_TRUNC when there was no NUL within them, or LT_STR_BAD when ptr
+ * is not readable. It never touches a page before lt_readable has said
+ * it is readable: one system call per page the string spans (usually
+ * one), measured against the alternatives in docs/DESIGN-NOTES.md
+ * ("Reading strings"). A string that runs into a page that is not
+ * readable is cut there.
+ */
+static u8 lt_readstr(u64 ptr, u8 *dst, u32 max)
+{
+	if (max == 0 || ptr < 4096 || !lt_readable(ptr))
+		return LT_STR_BAD;
+	const volatile u8 *src = (const volatile u8 *)ptr;
+	u64 page_end = (ptr | 4095) + 1;
+	for (u32 i = 0; i < max; i++) {
+		if (ptr + i == page_end) {
+			if (page_end == 0 || !lt_readable(page_end))
+				return (u8)i | LT_STR_TRUNC;
+			page_end += 4096;
+		}
+		u8 c = src[i];
+		if (c == 0)
+			return (u8)i;
+		dst[i] = c;
+	}
+	return (u8)max | LT_STR_TRUNC;
+}
+
+/*
+ * The argument registers as lt_entry saved them, relative to the sp it
+ * passes to lt_on_entry (agent.S, "Argument registers"): rdi, rsi, rdx,
+ * rcx, r8, r9.
+ */
+static const signed char lt_argreg[6] = {-5, -4, -2, -3, -6, -7};
+
+/*
+ * lt_args writes the payload of an entry with the argument bits of spec
+ * to buf and returns its length: one u64 per captured argument, in
+ * order, then for each string argument in order its length byte
+ * (lt_readstr) and the bytes.
+ */
+static u32 lt_args(const struct lt_thread *t, u32 spec, const u64 *sp, u8 *buf)
+{
+	u32 o = 0;
+	u32 max = (u32)lt_shared.string_max;
+	if (max > LT_STRING_MAX)
+		max = LT_STRING_MAX;
+	for (int i = 0; i < 6; i++) {
+		if (!(spec & (1u << i)))
+			continue;
+		u64 v = sp[lt_argreg[i]];
+		__builtin_memcpy(buf + o, &v, 8);
+		o += 8;
+	}
+	for (int i = 0; i < 6; i++) {
+		if (!(spec & (1u << i)) || !(spec & (1u << (LT_SPEC_STR_SHIFT + i))))
+			continue;
+		u8 n = lt_readstr(sp[lt_argreg[i]], buf + o + 1, max);
+		buf[o] = n;
+		o += 1 + (n == LT_STR_BAD ? 0 : (n & ~LT_STR_TRUNC));
+	}
+	return o;
+}
+
+/* lt_emit_entry emits the entry record m of site idx, with its arguments
+ * when the site has a spec for them. */
+static void lt_emit_entry(struct lt_thread *t, u64 tsc, u64 m, u32 idx, const u64 *sp)
+{
+	u32 spec = lt_spec(idx) & (LT_SPEC_ARGS | LT_SPEC_ARGS << LT_SPEC_STR_SHIFT);
+	if (!(spec & LT_SPEC_ARGS)) {
+		lt_emit(t, tsc, m);
+		return;
+	}
+	u8 buf[LT_MAX_PAYLOAD];
+	u32 len = lt_args(t, spec, sp, buf);
+	lt_emit_data(t, tsc, m, spec, buf, len);
+}
+
 /* busy_live reports whether t's agent frame at busy is still running below sp. */
 static inline int busy_live(u64 busy, u64 sp)
 {
@@ -304,10 +477,6 @@ static inline int busy_live(u64 busy, u64 sp)
 
 /* LT_PROBES bounds the lt_holds calls of one event (each is a syscall). */
 #define LT_PROBES 8
-
-struct lt_timespec {
-	s64 sec, nsec;
-};
 
 /*
  * lt_holds reports whether the 8 bytes at addr hold val: 1 yes, 0 no (or
@@ -388,7 +557,8 @@ static u32 lt_prune(struct lt_thread *t, struct lt_shadow *ss, u32 d, u64 n, int
 		if (e->slot > n || n - e->slot >= LT_STACK_WINDOW)
 			break;
 		if (e->flags & LT_SHADOW_RESTORED) {
-			lt_emit(t, tsc, meta(LT_KIND_EXIT, j - 1, e->site, 0));
+			if (!(e->flags & LT_SHADOW_PENDING))
+				lt_emit(t, tsc, meta(LT_KIND_EXIT, j - 1, e->site, 0));
 			make_hole(e);
 			continue;
 		}
@@ -407,6 +577,36 @@ static u32 lt_prune(struct lt_thread *t, struct lt_shadow *ss, u32 d, u64 n, int
 			make_hole(e);
 	}
 	return trim(ss, d);
+}
+
+/*
+ * lt_exit_idx is the site index a shadow entry of site idx keeps: with
+ * LT_CAPTURE (lt_return's fast path then leaves it to lt_on_exit) only
+ * when its exit needs the C path: a return value to capture, or an entry
+ * that may be held back.
+ */
+static inline u32 lt_exit_idx(u32 idx, u32 spec)
+{
+	if (spec & (LT_SPEC_RET | LT_SPEC_DEFER))
+		return idx;
+	return idx & ~(u32)LT_CAPTURE;
+}
+
+/*
+ * lt_flush emits the entry records held back (LT_SHADOW_PENDING) of the
+ * frames ss[0..n) of t, oldest first, with the time and caller of their
+ * entries: a --caller function was entered above them. They then get
+ * their exits as any other frame.
+ */
+static void lt_flush(struct lt_thread *t, struct lt_shadow *ss, u32 n)
+{
+	const struct lt_pend *pd = lt_priv.pend[t - lt_priv.threads];
+	for (u32 j = 0; j < n; j++) {
+		if (ss[j].slot == 0 || !(ss[j].flags & LT_SHADOW_PENDING))
+			continue;
+		lt_emit(t, pd[j].tsc, meta(LT_KIND_ENTRY, j, ss[j].site, pd[j].low));
+		ss[j].flags &= ~(u32)LT_SHADOW_PENDING;
+	}
 }
 
 /*
@@ -456,20 +656,34 @@ void lt_on_entry(u32 idx, u64 *sp)
 			ret = e->orig;
 			if (lt_ctl.graph) {
 				/* The caller's frame ends here; the callee takes it over. */
-				lt_emit(t, tsc, meta(LT_KIND_EXIT, i - 1, e->site, 0));
-				e->site = idx;
-				lt_emit(t, tsc, meta(LT_KIND_ENTRY, i - 1, idx, caller_delta(ret, site)));
+				if (!(e->flags & LT_SHADOW_PENDING))
+					lt_emit(t, tsc, meta(LT_KIND_EXIT, i - 1, e->site, 0));
+				u32 spec = lt_spec(idx);
+				e->site = lt_exit_idx(idx, spec);
+				if (spec & LT_SPEC_TRIGGER)
+					e->flags |= LT_SHADOW_UNDER;
+				if (spec & LT_SPEC_DEFER) {
+					struct lt_pend *pd = &lt_priv.pend[t - lt_priv.threads][i - 1];
+					pd->tsc = tsc;
+					pd->low = caller_delta(ret, site);
+					e->flags |= LT_SHADOW_PENDING;
+					goto out;
+				}
+				if (spec & LT_SPEC_CALLER)
+					lt_flush(t, ss, i - 1);
+				e->flags &= ~(u32)LT_SHADOW_PENDING;
+				lt_emit_entry(t, tsc, meta(LT_KIND_ENTRY, i - 1, idx, caller_delta(ret, site)), idx, sp);
 				goto out;
 			}
 		} else {
 			ret = site + 0x100000000ull; /* cannot happen: caller unknown */
 		}
-		lt_emit(t, tsc, meta(LT_KIND_ENTRY, 0, idx, caller_delta(ret, site)));
+		lt_emit_entry(t, tsc, meta(LT_KIND_ENTRY, 0, idx, caller_delta(ret, site)), idx, sp);
 		goto out;
 	}
 
 	if (!lt_ctl.graph) {
-		lt_emit(t, tsc, meta(LT_KIND_ENTRY, 0, idx, caller_delta(ret, site)));
+		lt_emit_entry(t, tsc, meta(LT_KIND_ENTRY, 0, idx, caller_delta(ret, site)), idx, sp);
 		goto out;
 	}
 
@@ -479,15 +693,36 @@ void lt_on_entry(u32 idx, u64 *sp)
 		__atomic_fetch_add(&lt_shared.overflow, 1, __ATOMIC_RELAXED);
 		goto out;
 	}
+	u32 flags = 0;
+	u32 spec = lt_spec(idx);
+	if (spec & (LT_SPEC_TRIGGER | LT_SPEC_UNDER | LT_SPEC_CALLER | LT_SPEC_DEFER)) {
+		/* record -G and --caller (doc.go, "Filters"). */
+		int under = d > 0 && (ss[d - 1].flags & LT_SHADOW_UNDER);
+		if ((spec & LT_SPEC_UNDER) && !(spec & LT_SPEC_TRIGGER) && !under) {
+			t->depth = d; /* not recorded, not hijacked */
+			goto out;
+		}
+		if (under || (spec & LT_SPEC_TRIGGER))
+			flags |= LT_SHADOW_UNDER;
+		if (spec & LT_SPEC_DEFER) {
+			struct lt_pend *pd = &lt_priv.pend[t - lt_priv.threads][d];
+			pd->tsc = tsc;
+			pd->low = caller_delta(ret, site);
+			flags |= LT_SHADOW_PENDING;
+		} else if (spec & LT_SPEC_CALLER) {
+			lt_flush(t, ss, d);
+		}
+	}
 	ss[d].orig = ret;
 	ss[d].slot = slot;
-	ss[d].site = idx;
-	ss[d].flags = 0;
+	ss[d].site = lt_exit_idx(idx, spec);
+	ss[d].flags = flags;
 	barrier();
 	t->depth = d + 1;
 	barrier();
 	sp[1] = (u64)lt_return;
-	lt_emit(t, tsc, meta(LT_KIND_ENTRY, d, idx, caller_delta(ret, site)));
+	if (!(flags & LT_SHADOW_PENDING))
+		lt_emit_entry(t, tsc, meta(LT_KIND_ENTRY, d, idx, caller_delta(ret, site)), idx, sp);
 out:
 	barrier();
 	t->busy = 0;
@@ -536,6 +771,7 @@ u64 lt_on_exit(u64 sp)
 	 * records later events, and this one must not go back in time. */
 	u64 tsc = rdtsc();
 	u32 site = e->site;
+	int pending = (e->flags & LT_SHADOW_PENDING) != 0;
 	make_hole(e);
 	u64 own = (u64)__builtin_frame_address(0);
 	int probes = LT_PROBES;
@@ -544,7 +780,7 @@ u64 lt_on_exit(u64 sp)
 		if (a->slot == 0 || a->slot > slot || slot - a->slot >= LT_STACK_WINDOW)
 			continue;
 		if (a->flags & LT_SHADOW_RESTORED) {
-			if (lt_ctl.enabled)
+			if (lt_ctl.enabled && !(a->flags & LT_SHADOW_PENDING))
 				lt_emit(t, tsc, meta(LT_KIND_EXIT, j - 1, a->site, 0));
 			make_hole(a);
 			continue;
@@ -559,8 +795,16 @@ u64 lt_on_exit(u64 sp)
 	}
 	barrier();
 	t->depth = trim(ss, d);
-	if (lt_ctl.enabled)
-		lt_emit(t, tsc, meta(LT_KIND_EXIT, i - 1, site, 0));
+	if (lt_ctl.enabled && !pending) {
+		u32 spec = lt_spec(site) & (LT_SPEC_RET | LT_SPEC_RET_FLOAT);
+		if (spec & LT_SPEC_RET) {
+			/* lt_return saved rax at sp-8 and xmm0 at sp-24. */
+			u64 v = ((const u64 *)sp)[spec & LT_SPEC_RET_FLOAT ? -3 : -1];
+			lt_emit_data(t, tsc, meta(LT_KIND_EXIT, i - 1, site, 0), spec, (const u8 *)&v, 8);
+		} else {
+			lt_emit(t, tsc, meta(LT_KIND_EXIT, i - 1, site, 0));
+		}
+	}
 	barrier();
 	t->busy = 0;
 	return orig;
@@ -657,7 +901,7 @@ void lt_catch_prep(u64 sp, u64 arg)
 		 * frame of another stack if a catch was missed (lo too low). */
 		if (e->slot == 0 || e->slot >= c || e->slot < lo || !(e->flags & LT_SHADOW_RESTORED))
 			continue;
-		if (lt_ctl.enabled)
+		if (lt_ctl.enabled && !(e->flags & LT_SHADOW_PENDING))
 			lt_emit(t, tsc, meta(LT_KIND_EXIT, j - 1, e->site, 0));
 		make_hole(e);
 	}

@@ -42,6 +42,13 @@
 #define LT_A_UNWIND_LONGJMP_ 288   /* offsetof(struct lt_priv, unwind.longjmp_u) */
 #define LT_A_UNWIND_SIGLONGJMP 296 /* offsetof(struct lt_priv, unwind.siglongjmp) */
 #define LT_A_UNWIND_LONGJMP_CHK 304 /* offsetof(struct lt_priv, unwind.longjmp_chk) */
+#define LT_A_CAPTURE 0x40000000    /* LT_CAPTURE: the stub's site index flag */
+#define LT_A_SITE_OFF 24           /* offsetof(struct lt_shared_hdr, site_off) */
+#define LT_A_NSITES 32             /* offsetof(struct lt_shared_hdr, nsites) */
+#define LT_A_SIZEOF_SITE 56        /* sizeof(struct lt_site) */
+#define LT_A_SITE_SPEC 52          /* offsetof(struct lt_site, spec) */
+#define LT_A_SPEC_RET 0x10000      /* LT_SPEC_RET */
+#define LT_A_SPEC_SLOW 0xfffcffc0  /* spec bits other than LT_SPEC_ARGS, LT_SPEC_RET, LT_SPEC_RET_FLOAT */
 
 #ifndef __ASSEMBLER__
 
@@ -53,7 +60,7 @@ typedef long long s64;
 /* Constants exported to Go (each LT_FOO becomes agent.Foo). */
 enum lt_const {
 	LT_MAGIC = 0x4c544147,          /* "GATL" little endian: shared header magic */
-	LT_VERSION = 2,                 /* shared memory format version */
+	LT_VERSION = 3,                 /* shared memory format version (3: site specs, DATA records) */
 	LT_MAX_THREADS = 4096,          /* thread table slots (power of two) */
 	LT_SHADOW_DEPTH = 512,          /* shadow stack entries per thread */
 	LT_MAX_PROBES = 64,             /* thread table probes per lookup */
@@ -75,6 +82,22 @@ enum lt_const {
 	LT_MAX_HOOKS = 64,              /* GOT hooks an owner record lists */
 	LT_SITE_ORIG = 32,              /* bytes of struct lt_site.orig: a relocated region at most */
 	LT_SHADOW_RESTORED = 1,         /* shadow entry flag: its slot holds orig again */
+	LT_KIND_DATA = 3,               /* record kind: the payload of the record before it */
+	LT_CAPTURE = 1 << 30,           /* site index flag (stub, shadow entry): the site has a spec */
+	LT_SPEC_ARGS = 0x3f,            /* spec bits 0-5: capture argument 1..6 (rdi rsi rdx rcx r8 r9) */
+	LT_SPEC_STR_SHIFT = 8,          /* spec bits 8-13: that argument is a char * read as a string */
+	LT_SPEC_RET = 1 << 16,          /* spec bit: capture the return value (graph mode) */
+	LT_SPEC_RET_FLOAT = 1 << 17,    /* spec bit: the return value is in xmm0, not rax */
+	LT_STRING_MAX = 126,            /* most string bytes one argument records (126 | LT_STR_TRUNC is not LT_STR_BAD) */
+	LT_STR_BAD = 0xff,              /* string length byte: the pointer was not readable */
+	LT_STR_TRUNC = 0x80,            /* string length flag: no NUL within string_max bytes */
+	LT_MAX_PAYLOAD = 6 * 8 + 6 * (1 + 126), /* bytes of the largest payload */
+	LT_SPEC_TRIGGER = 1 << 18,      /* spec bit (record -G): calls below this one are recorded */
+	LT_SPEC_UNDER = 1 << 19,        /* spec bit (record -G): recorded only below a TRIGGER call */
+	LT_SPEC_CALLER = 1 << 20,       /* spec bit (--caller): records the pending calls it is below */
+	LT_SPEC_DEFER = 1 << 21,        /* spec bit (--caller): entry held back until a CALLER call */
+	LT_SHADOW_UNDER = 2,            /* shadow entry flag: this frame or one below is a TRIGGER */
+	LT_SHADOW_PENDING = 4,          /* shadow entry flag: its entry record is held back (lt_priv.pend) */
 };
 
 #define LT_CHUNK_HDR_SIZE 64
@@ -202,6 +225,13 @@ struct lt_unwind_real {
 	u64 longjmp_chk;       /* __longjmp_chk */
 };
 
+/* struct lt_pend is an entry record held back (record --caller). */
+struct lt_pend {
+	u64 tsc;
+	u32 low; /* its caller delta (the low meta word) */
+	u32 pad;
+};
+
 struct lt_priv {
 	struct lt_ksigaction old_sigtrap; /* previous SIGTRAP action (tracer writes) */
 	struct lt_remote_save remote;     /* see lt_remote (tracer writes) */
@@ -210,6 +240,8 @@ struct lt_priv {
 	u8 pad[4096 - sizeof(struct lt_ksigaction) - sizeof(struct lt_remote_save) - sizeof(struct lt_unwind_real) - sizeof(u64)];
 	struct lt_thread threads[LT_MAX_THREADS];
 	struct lt_shadow shadow[LT_MAX_THREADS][LT_SHADOW_DEPTH];
+	/* The held-back entry of each shadow entry with LT_SHADOW_PENDING. */
+	struct lt_pend pend[LT_MAX_THREADS][LT_SHADOW_DEPTH];
 };
 
 /* struct lt_site is one entry of the site table: sorted by addr. */
@@ -220,7 +252,8 @@ struct lt_site {
 	u32 len;                 /* 5: a NOP site, its target CALLed; more: a
 	                          * relocated region, its target (the
 	                          * relocation stub) jumped to */
-	u32 pad;
+	u32 spec;                /* LT_SPEC_* bits: what the agent captures at
+	                          * this site (its stub sets LT_CAPTURE); 0: none */
 };
 
 /*
@@ -239,7 +272,8 @@ struct lt_shared_hdr {
 	u64 nchunks;
 	u64 chunk_size;    /* bytes per chunk, header included */
 	u64 tsc_hz;        /* informational, written by the tracer */
-	u64 pad0[7];
+	u64 string_max;    /* string bytes an argument records (<= LT_STRING_MAX) */
+	u64 pad0[6];
 	/* Counters, each on its own cache line pair, written by the agent. */
 	u64 seq;           /* last published chunk sequence number */
 	u64 pad1[7];
@@ -271,7 +305,13 @@ _Static_assert(sizeof(struct lt_shared_hdr) <= LT_SHARED_HDR_PAGE, "shared heade
 /* The tracer stages a struct sigaction in the control page's last bytes. */
 _Static_assert(sizeof(struct lt_ctl) <= 4096 - 64, "control page has room for the staging area");
 
-/* struct lt_record is one event. */
+/*
+ * struct lt_record is one event. An event of a site with a spec is its
+ * ENTRY or EXIT record followed, in the same chunk, by a DATA record
+ * (kind 3; tsc = spec | payload bytes << 32, meta = kind << 62 | payload
+ * bytes) and by the payload itself in ceil(bytes / 16) more records (see
+ * lt_emit_data); chunk count covers the whole group at once.
+ */
 struct lt_record {
 	u64 tsc;
 	u64 meta; /* kind:2 depth:8 site:22 caller_delta:32 */

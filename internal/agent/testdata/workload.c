@@ -152,6 +152,21 @@ NI long w_co_run(int n, int on_frame)
 	return r;
 }
 
+/* The capture benchmarks: two integer arguments, one short string. */
+NI long w_cap_ints(long a, long b)
+{
+	counts[F_CAP_INTS]++;
+	__asm__ __volatile__("" ::: "memory");
+	return a + b;
+}
+
+NI long w_cap_str(const char *s)
+{
+	counts[F_CAP_STR]++;
+	__asm__ __volatile__("" ::: "memory");
+	return (long)s;
+}
+
 const struct wfunc wfuncs[] = {
 	{"w_leaf", (void *)w_leaf},
 	{"w_fib", (void *)w_fib},
@@ -167,5 +182,7 @@ const struct wfunc wfuncs[] = {
 	{"w_co_resume", (void *)w_co_resume},
 	{"w_co_body", (void *)w_co_body},
 	{"w_co_yield", (void *)w_co_yield},
+	{"w_cap_ints", (void *)w_cap_ints},
+	{"w_cap_str", (void *)w_cap_str},
 	{0, 0},
 };

@@ -16,6 +16,8 @@ enum {
 	F_CO_RESUME,
 	F_CO_BODY,
 	F_CO_YIELD,
+	F_CAP_INTS,
+	F_CAP_STR,
 	NFUNCS
 };
 
@@ -30,6 +32,8 @@ int w_tailer(int x);
 int w_tailee(int x);
 void w_empty(void);
 long w_args(long a, long b, long c, long d, long e, long f, double x, double y);
+long w_cap_ints(long a, long b);
+long w_cap_str(const char *s);
 long w_hold(volatile int *release, int n);
 long w_co_run(int n, int on_frame);
 void w_co_body(int n);

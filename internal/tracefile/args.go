@@ -1,0 +1,145 @@
+package tracefile
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// MaxArgs is the largest encoded [Event.Args], in bytes.
+const MaxArgs = 1024
+
+// Argument value formats (ArgSpec.Format), as uftrace spells them.
+const (
+	FormatDecimal  = "d" // signed integer
+	FormatUnsigned = "u" // unsigned integer
+	FormatHex      = "x" // hexadecimal
+	FormatString   = "s" // char *: the string it points to
+	FormatChar     = "c" // a character
+	FormatPointer  = "p" // an address
+	FormatFloat    = "f" // double (a return value in xmm0)
+)
+
+// ArgSpec says how one captured value prints.
+type ArgSpec struct {
+	// Reg is the argument's register, 1..6 (rdi, rsi, rdx, rcx, r8, r9);
+	// 0 for the return value.
+	Reg int `json:"reg"`
+	// Format is one of the Format constants.
+	Format string `json:"fmt"`
+	// Size is the value's size in bytes for d/u/x (1, 2, 4 or 8; 0
+	// means 8): the upper bytes of the register are not part of it.
+	Size int `json:"size,omitempty"`
+	// Name is the argument's name (from DWARF), "" when unknown.
+	Name string `json:"name,omitempty"`
+	// Enum names the values of an enumeration type, if any.
+	Enum map[int64]string `json:"enum,omitempty"`
+}
+
+// Value is one decoded captured value.
+type Value struct {
+	Reg  int    // 1..6: the argument register; 0: the return value
+	Raw  uint64 // the register (for a string: the pointer)
+	Str  bool   // the pointer was read as a string
+	Bad  bool   // ... and was not readable (NULL or unmapped)
+	Cut  bool   // ... and had no NUL within the bytes read
+	Text string // ... the bytes read, without the NUL
+}
+
+// Spec bits of the encoded values (the agent's LT_SPEC_*).
+const (
+	argSpecArgs     = 0x3f
+	argSpecStrShift = 8
+	argSpecRet      = 1 << 16
+	argSpecRetFloat = 1 << 17
+	argStrBad       = 0xff
+	argStrTrunc     = 0x80
+)
+
+// errArgs is the error of a malformed Event.Args.
+var errArgs = errors.New("malformed argument values")
+
+// EncodeArgs encodes the values the agent captured: spec, the bits of
+// the site's spec they hold, and payload, the agent's bytes (docs/FORMAT.md,
+// "Argument values"). It checks that payload matches spec.
+func EncodeArgs(spec uint32, payload []byte) (string, error) {
+	b := binary.AppendUvarint(make([]byte, 0, 4+len(payload)), uint64(spec))
+	b = append(b, payload...)
+	if len(b) > MaxArgs {
+		return "", fmt.Errorf("%w: %d bytes", errArgs, len(b))
+	}
+	if _, err := DecodeArgs(string(b)); err != nil {
+		return "", err
+	}
+	return string(b), nil
+}
+
+// DecodeArgs decodes an [Event.Args]: the arguments in register order, or
+// the return value.
+func DecodeArgs(a string) ([]Value, error) {
+	b := []byte(a)
+	spec, n := binary.Uvarint(b)
+	if n <= 0 || spec > 0xffffffff {
+		return nil, fmt.Errorf("%w: bad spec", errArgs)
+	}
+	b = b[n:]
+	u64 := func() (uint64, bool) {
+		if len(b) < 8 {
+			return 0, false
+		}
+		v := binary.LittleEndian.Uint64(b)
+		b = b[8:]
+		return v, true
+	}
+	var out []Value
+	if spec&argSpecRet != 0 {
+		if spec&^(argSpecRet|argSpecRetFloat) != 0 {
+			return nil, fmt.Errorf("%w: spec %#x mixes a return value and arguments", errArgs, spec)
+		}
+		v, ok := u64()
+		if !ok || len(b) != 0 {
+			return nil, fmt.Errorf("%w: return value of %d bytes", errArgs, len(b))
+		}
+		return []Value{{Reg: 0, Raw: v}}, nil
+	}
+	if spec&^(argSpecArgs|argSpecArgs<<argSpecStrShift) != 0 || spec&argSpecArgs == 0 ||
+		(spec>>argSpecStrShift)&^spec&argSpecArgs != 0 {
+		return nil, fmt.Errorf("%w: bad spec %#x", errArgs, spec)
+	}
+	for i := 0; i < 6; i++ {
+		if spec&(1<<i) == 0 {
+			continue
+		}
+		v, ok := u64()
+		if !ok {
+			return nil, fmt.Errorf("%w: argument %d truncated", errArgs, i+1)
+		}
+		out = append(out, Value{Reg: i + 1, Raw: v})
+	}
+	for k := range out {
+		if spec&(1<<(argSpecStrShift+out[k].Reg-1)) == 0 {
+			continue
+		}
+		if len(b) < 1 {
+			return nil, fmt.Errorf("%w: string of argument %d truncated", errArgs, out[k].Reg)
+		}
+		l := b[0]
+		b = b[1:]
+		out[k].Str = true
+		if l == argStrBad {
+			out[k].Bad = true
+			continue
+		}
+		ln := int(l &^ argStrTrunc)
+		if len(b) < ln {
+			return nil, fmt.Errorf("%w: string of argument %d truncated", errArgs, out[k].Reg)
+		}
+		out[k].Cut = l&argStrTrunc != 0
+		out[k].Text = string(b[:ln])
+		b = b[ln:]
+	}
+	if len(b) != 0 {
+		return nil, fmt.Errorf("%w: %d trailing bytes", errArgs, len(b))
+	}
+	return out, nil
+}
