@@ -26,6 +26,16 @@ define apt_install
 	  command -v $(1) >/dev/null 2>&1 || { echo "make: installing $(2) did not provide $(1)" >&2; exit 1; }; }
 endef
 
+# apt_install_file FILE PACKAGES: install PACKAGES with apt-get when FILE
+# does not exist (a library, which is on no PATH).
+define apt_install_file
+	@test -e $(1) || { \
+	  echo "make: $(1) is missing; installing $(2) with apt-get"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "make: need root to apt-get install $(2)" >&2; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) >/dev/null; \
+	  test -e $(1) || { echo "make: installing $(2) did not provide $(1)" >&2; exit 1; }; }
+endef
+
 # Every program a test runs (exec.Command / exec.LookPath in *_test.go and
 # internal/testtarget): the fixtures' compilers (clang-16, clang++-16, gcc,
 # g++), lld-16 for the linker matrix of internal/elfsite, binutils (ld for
@@ -42,8 +52,13 @@ deps-test:
 	$(call apt_install,bpftrace,bpftrace)
 	$(call apt_install,unshare,util-linux)
 
+# deps-bench: uftrace to compare with, and the stock binaries whose
+# traceable fraction `make bench` measures (internal/reloc TestTraceable):
+# libsqlite3.so.0 and python3 (libc.so.6 is always there).
 deps-bench: deps-test
 	$(call apt_install,uftrace,uftrace)
+	$(call apt_install_file,/usr/lib/x86_64-linux-gnu/libsqlite3.so.0,libsqlite3-0)
+	$(call apt_install,python3,python3-minimal)
 
 vet:
 	$(GO) vet ./...
