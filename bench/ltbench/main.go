@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -62,6 +63,7 @@ func run() error {
 	out := flag.String("o", "bench/results.json", "write the results as JSON to `FILE`")
 	flag.StringVar(&b.livetrace, "livetrace", "bin/livetrace", "the livetrace `BINARY`")
 	flag.BoolVar(&b.quick, "quick", false, "fewer iterations (for a smoke test)")
+	only := flag.String("only", "", "run only these comma-separated `PARTS` (calls, throughput, batch, attach, libc, traceable)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		return errors.New("run as root: livetrace, uftrace and bpftrace need it")
@@ -79,10 +81,38 @@ func run() error {
 	if err := b.build(); err != nil {
 		return err
 	}
-	b.callOverhead()
-	b.throughput()
-	b.goTestBench("Patch batch (100k sites, 2 calling threads)", "./internal/textpoke", "BenchmarkBatch100k", "3x")
-	b.goTestBench("Attach latency (10k sites, 4 busy threads)", "./cmd/livetrace", "BenchmarkAttachLatency", "5x")
+	parts := []struct {
+		name string
+		run  func()
+	}{
+		{"calls", b.callOverhead},
+		{"throughput", b.throughput},
+		{"batch", func() {
+			b.goTestBench("Patch batch (100k sites, 2 calling threads)", "./internal/textpoke", "BenchmarkBatch100k", "3x")
+		}},
+		{"attach", func() {
+			b.goTestBench("Attach latency (10k sites, 4 busy threads)", "./cmd/livetrace", "BenchmarkAttachLatency", "5x")
+		}},
+		{"libc", func() {
+			b.goTestBench("Patch batch, every traceable function of libc.so.6 (relocating sites, live, 4 threads calling libc)", "./internal/session", "BenchmarkRelocLibcPatch", "5x")
+		}},
+		{"traceable", b.traceable},
+	}
+	want := map[string]bool{}
+	for _, p := range strings.Split(*only, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			want[p] = true
+		}
+	}
+	for _, p := range parts {
+		if len(want) == 0 || want[p.name] {
+			p.run()
+			delete(want, p.name)
+		}
+	}
+	if len(want) > 0 {
+		return fmt.Errorf("-only: unknown part %v; the parts are calls, throughput, batch, attach, libc, traceable", want)
+	}
 	b.checkGoals()
 	b.print(os.Stdout)
 	return b.write(*out)
@@ -359,6 +389,23 @@ func (b *bench) callOverhead() {
 	if v, ok := try("livetrace graph", "record --graph -F leaf", lt("--graph")); ok {
 		b.add(sec, "livetrace graph overhead", v-nop, "ns", "minus the untraced NOP5 call")
 	}
+	// The same leaf built without flags: livetrace relocates its first
+	// instruction into a stub (a relocating site, internal/reloc).
+	ltReloc := func(extra ...string) func() (float64, error) {
+		return func() (float64, error) {
+			v, _, err := b.measure(b.bins["nosites"], "calls", nt, func(pid int) (*tracer, error) {
+				args := append([]string{b.livetrace, "record", "-p", strconv.Itoa(pid), "-F", "leaf", "-o", filepath.Join(b.work, "lt.data")}, extra...)
+				return startTracer("livetrace: tracing", args...)
+			})
+			return v, err
+		}
+	}
+	if v, ok := try("livetrace entry, relocating site", "record -F leaf, build without sites", ltReloc()); ok {
+		b.add(sec, "livetrace entry overhead, relocating site", v-base, "ns", "minus the no-site call")
+	}
+	if v, ok := try("livetrace graph, relocating site", "record --graph -F leaf, build without sites", ltReloc("--graph")); ok {
+		b.add(sec, "livetrace graph overhead, relocating site", v-base, "ns", "minus the no-site call")
+	}
 	if _, err := exec.LookPath("uftrace"); err == nil {
 		if v, ok := try("uftrace record (-pg build)", "uftrace record (entry+exit)", func() (float64, error) {
 			v, _, err := b.measure(b.bins["pg"], "calls", nt, nil, "uftrace", "record", "-d", filepath.Join(b.work, "uftrace.data"))
@@ -516,6 +563,84 @@ func (b *bench) goTestBench(section, pkg, name, benchtime string) {
 	}
 }
 
+// traceableFigure is one binary's figure as internal/reloc's
+// TestTraceable writes it (LIVETRACE_TRACEABLE_JSON).
+type traceableFigure struct {
+	Name       string         `json:"name"`
+	Candidates int            `json:"candidates"`
+	Eligible   int            `json:"eligible"`
+	Accepted   int            `json:"accepted"`
+	Refused    map[string]int `json:"refused"`
+	Ineligible map[string]int `json:"ineligible"`
+}
+
+const traceableSection = "Functions traceable without a compiler NOP (relocating sites; % of those with 5 bytes before the first branch target)"
+
+// traceable runs internal/reloc's TestTraceable, which measures with
+// livetrace's own analysis the fraction of functions it can trace by
+// relocation in the no-flag fixtures and in stock binaries, and records
+// one figure per binary with its refusals by reason.
+func (b *bench) traceable() {
+	out := filepath.Join(b.work, "traceable.json")
+	cmd := exec.Command("go", "test", "-count=1", "-run", "^TestTraceable$", "./internal/reloc")
+	cmd.Env = append(os.Environ(), "LIVETRACE_REQUIRE_ALL=1", "LIVETRACE_TRACEABLE_JSON="+out)
+	if o, err := cmd.CombinedOutput(); err != nil {
+		b.add(traceableSection, "TestTraceable", -1, "%", fmt.Sprintf("failed: %v: %s", err, lastLines(string(o), 5)))
+		return
+	}
+	data, err := os.ReadFile(out)
+	var figs []traceableFigure
+	if err == nil {
+		err = json.Unmarshal(data, &figs)
+	}
+	if err != nil {
+		b.add(traceableSection, "TestTraceable", -1, "%", fmt.Sprintf("failed: read %s: %v", out, err))
+		return
+	}
+	fixtures := traceableFigure{Name: "no-flag fixtures, all", Refused: map[string]int{}, Ineligible: map[string]int{}}
+	for _, f := range figs {
+		if strings.Contains(f.Name, " -O2") {
+			fixtures.Candidates += f.Candidates
+			fixtures.Eligible += f.Eligible
+			fixtures.Accepted += f.Accepted
+			for r, n := range f.Refused {
+				fixtures.Refused[r] += n
+			}
+			for r, n := range f.Ineligible {
+				fixtures.Ineligible[r] += n
+			}
+		}
+	}
+	for _, f := range append(figs, fixtures) {
+		pct := 0.0
+		if f.Eligible > 0 {
+			pct = 100 * float64(f.Accepted) / float64(f.Eligible)
+		}
+		note := fmt.Sprintf("%d of %d eligible (%d functions)", f.Accepted, f.Eligible, f.Candidates)
+		if len(f.Refused) > 0 {
+			note += "; refused: " + countList(f.Refused)
+		}
+		if len(f.Ineligible) > 0 {
+			note += "; not eligible: " + countList(f.Ineligible)
+		}
+		b.add(traceableSection, f.Name, pct, "%", note)
+	}
+}
+
+// countList prints a count per reason, largest first.
+func countList(m map[string]int) string {
+	var ks []string
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Slice(ks, func(i, j int) bool { return m[ks[i]] > m[ks[j]] || m[ks[i]] == m[ks[j]] && ks[i] < ks[j] })
+	var parts []string
+	for _, k := range ks {
+		parts = append(parts, fmt.Sprintf("%d %s", m[k], k))
+	}
+	return strings.Join(parts, ", ")
+}
+
 func lastLines(s string, n int) string {
 	l := strings.Split(strings.TrimSpace(s), "\n")
 	if len(l) > n {
@@ -545,6 +670,21 @@ func (b *bench) checkGoals() {
 	}
 	if bp, ok := b.get("bpftrace uprobe+uretprobe overhead"); ok && ok1 && lg > 0 {
 		g("bpftrace uprobe+uretprobe >= 50x slower than livetrace graph", bp >= 50*lg, fmt.Sprintf("%.0fx", bp/lg))
+	}
+	if v, ok := b.get("livetrace entry overhead, relocating site"); ok {
+		if n, ok := b.get("livetrace entry overhead"); ok {
+			g("relocating site within 1 ns of a NOP5 site (entry)", v-n <= 1, fmt.Sprintf("%+.2f ns (%.1f vs %.1f ns)", v-n, v, n))
+		}
+	}
+	if v, ok := b.get("livetrace graph overhead, relocating site"); ok {
+		if n, ok := b.get("livetrace graph overhead"); ok {
+			g("relocating site within 1 ns of a NOP5 site (graph)", v-n <= 1, fmt.Sprintf("%+.2f ns (%.1f vs %.1f ns)", v-n, v, n))
+		}
+	}
+	for _, r := range b.results {
+		if r.Section == traceableSection && r.Value >= 0 && (r.Name == "no-flag fixtures, all" || strings.HasPrefix(r.Name, "libc.so") || strings.HasPrefix(r.Name, "libsqlite3") || strings.HasPrefix(r.Name, "python3")) {
+			g(fmt.Sprintf(">= 95%% of eligible functions traceable: %s", r.Name), r.Value >= 95, fmt.Sprintf("%.1f%%", r.Value))
+		}
 	}
 	if v, ok := b.get("disabled site cost"); ok {
 		g("disabled site within 0.5 ns of no site", v <= 0.5, fmt.Sprintf("%.2f ns", v))
@@ -584,7 +724,7 @@ func (b *bench) print(w io.Writer) {
 	for _, r := range b.results {
 		if r.Section != section {
 			section = r.Section
-			fmt.Fprintf(tw, "\n%s\t\t\t\n", section)
+			fmt.Fprintf(tw, "\n%s\n", section)
 		}
 		v := fmt.Sprintf("%.3f", r.Value)
 		if r.Value < 0 {

@@ -54,7 +54,7 @@ func (f *Traceable) Percent() float64 {
 func reasonClass(why string) string {
 	why = regexp.MustCompile(` at \+\d+.*$`).ReplaceAllString(why, "")
 	why = regexp.MustCompile(` \(.*\)$`).ReplaceAllString(why, "")
-	return regexp.MustCompile(`\d+`).ReplaceAllString(why, "N")
+	return regexp.MustCompile(`function of \d+ bytes`).ReplaceAllString(why, "function of N bytes")
 }
 
 // measureTraceable computes the figure of the ELF file at path with the
