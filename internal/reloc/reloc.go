@@ -50,7 +50,11 @@
 //
 // A return or jmp may end the region only as its last instruction: then
 // the stub ends with it and needs no jump back. One that ends before 5
-// bytes are covered is refused: the bytes after it belong to another block.
+// bytes are covered is refused, the bytes after it belong to another
+// block, unless only NOP padding follows it up to 5 bytes (gcc and clang
+// align the loop that a leading `jmp test` skips over): no fall-through
+// reaches the padding and, by the proof, no branch lands in it, so it is
+// overwritten with the rest of the region and not copied into the stub.
 //
 // # What the caller must still do
 //
@@ -100,7 +104,8 @@ const (
 	BranchTarget
 	// DisplacedCall: a call is among the displaced instructions.
 	DisplacedCall
-	// EarlyExit: a return or jump ends the region before 5 bytes.
+	// EarlyExit: a return or jump ends the region before 5 bytes, and
+	// the bytes after it up to 5 are not all NOP padding.
 	EarlyExit
 	// Unrelocatable: a displaced instruction cannot run at another
 	// address with the same effect (syscall, int3, loop, jrcxz, xbegin...).
@@ -206,6 +211,7 @@ const (
 	kJmpRIP       // jmp [rip+disp32] (ends the stub), disp rewritten
 	kCall         // call rel32, last: push Resume; jmp target
 	kCallInd      // call reg/[mem], last: push Resume; jmp reg/[mem]
+	kDead         // NOP padding after the exit that ends the stub: not copied
 )
 
 // Plan is the verdict of [Analyze] on a function it accepts: the region to
@@ -518,8 +524,12 @@ func Analyze(fn []byte, fnAddr uint64, opts Options) (*Plan, error) {
 
 	// The region: whole instructions covering at least minLen bytes.
 	off := start
+	var exit *Refusal // an exit before minLen bytes, followed by padding
 	for off-start < minLen {
 		in, isEndbr, err := decode(fn, off)
+		if err != nil && exit != nil {
+			return nil, exit
+		}
 		if err != nil {
 			if errors.Is(err, x86asm.ErrTruncated) {
 				return nil, &Refusal{Reason: TooShort, Off: len(fn) - start}
@@ -527,6 +537,16 @@ func Analyze(fn []byte, fnAddr uint64, opts Options) (*Plan, error) {
 			return nil, &Refusal{Reason: Undecodable, Off: off}
 		}
 		b := append([]byte(nil), fn[off:off+in.Len]...) // the Plan owns its bytes
+		if exit != nil {
+			// After the exit: only NOP padding, never executed, is
+			// displaced with it (and not copied into the stub).
+			if isEndbr || in.Op != x86asm.NOP || vexModRM(b, legacyPrefixes(b)) >= 0 {
+				return nil, exit
+			}
+			p.Insts = append(p.Insts, Inst{Off: off - start, Bytes: b, Text: in.String(), inst: in, kind: kDead})
+			off += in.Len
+			continue
+		}
 		text := "ENDBR64"
 		k := kPlain
 		if !isEndbr {
@@ -534,6 +554,16 @@ func Analyze(fn []byte, fnAddr uint64, opts Options) (*Plan, error) {
 			last := off+in.Len-start >= minLen
 			var r *Refusal
 			k, r = classify(in, b, off, last, opts.EmulateCalls)
+			if r != nil && r.Reason == EarlyExit && off+in.Len < len(fn) {
+				// A ret or jmp before minLen bytes: no fall-through
+				// reaches the bytes after it. Where they are NOP
+				// padding (compilers align the loop that `jmp test`
+				// skips to), they can be overwritten as well; the sweep
+				// below proves that no branch lands in them.
+				if k2, r2 := classify(in, b, off, true, opts.EmulateCalls); r2 == nil {
+					k, r, exit = k2, nil, r
+				}
+			}
 			if r != nil {
 				if r.Reason == EarlyExit && off+in.Len == len(fn) {
 					r = &Refusal{Reason: TooShort, Off: len(fn) - start, Inst: r.Inst}

@@ -36,6 +36,12 @@ var (
 	movRIPImm  = cat([]byte{0xc7, 0x05}, le(-0x80), le(0x11223344)) // mov dword [rip-0x80], 0x11223344
 )
 
+// jmpOverPadding is a loop rotated the way gcc and clang emit it: a jmp
+// to the test, NOP padding that aligns the loop body, the body, the test.
+// It adds rdi to rax.
+var jmpOverPadding = cat([]byte{0xeb, 0x0d}, []byte{0x66, 0x0f, 0x1f, 0x44, 0x00, 0x00},
+	[]byte{0x48, 0x83, 0xc0, 0x01}, []byte{0x48, 0xff, 0xcf}, []byte{0x48, 0x85, 0xff}, []byte{0x75, 0xf4}, ret)
+
 func TestAnalyze(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -78,7 +84,14 @@ func TestAnalyze(t *testing.T) {
 		{name: "xop", fn: cat([]byte{0x8f, 0xe9, 0x78, 0xe1, 0xc8}, ret), reason: Undecodable, off: 0},
 		{name: "tiny", fn: cat(xorEAX, ret), reason: TooShort, off: 3},
 		{name: "tiny after endbr", fn: cat(endbr, xorEAX, ret), reason: TooShort, off: 3},
-		{name: "ret before 5 bytes", fn: cat(xorEAX, ret, nop, nop, nop), reason: EarlyExit, off: 2},
+		{name: "ret before 5 bytes", fn: cat(xorEAX, ret, pushRBP, nop, nop, ret), reason: EarlyExit, off: 2},
+		{name: "ret then padding", fn: cat(xorEAX, ret, nop, nop, nop), entry: fnAddr, len: 5, exits: true},
+		// jmp test; nopw (padding); loop: add rax,1; dec rdi; test: test rdi,rdi; jne loop; ret
+		{name: "jmp over padding", fn: jmpOverPadding, entry: fnAddr, len: 8, exits: true},
+		{name: "jmp then code", fn: cat([]byte{0xeb, 0x03}, xorEAX, nop, ret, ret), reason: EarlyExit, off: 0},
+		{name: "jmp then padding then code", fn: cat([]byte{0xeb, 0x04}, nop, nop, xorEAX, ret, ret), reason: EarlyExit, off: 0},
+		// jmp +3; nop; nop; (+4) nop; ...; jne +4: the padding is a branch target.
+		{name: "padding is a branch target", fn: cat([]byte{0xeb, 0x03}, nop, nop, nop, nop, testEDI, []byte{0x75, 0xfa}, ret), reason: BranchTarget, off: 4},
 		{name: "instruction past the end", fn: cat(xorEAX, movRAXRIP[:5]), reason: TooShort, off: 7},
 		// push rbp; mov rbp,rsp; ...; jne +1: the loop head is inside.
 		{name: "loop back to entry+1", fn: cat(pushRBP, movRBPRSP, nop, []byte{0xff, 0xcf, 0x75, 0xf8}, ret), reason: BranchTarget, off: 1},
@@ -223,6 +236,9 @@ func checkRelocated(t *testing.T, p *Plan, stub uint64) {
 		return far || !near || !near2
 	}
 	for _, oi := range p.Insts {
+		if oi.kind == kDead {
+			continue // padding after the exit: left out
+		}
 		orig := p.Entry + uint64(oi.Off)
 		in, err := x86asm.Decode(code[off:], 64)
 		if err != nil {
