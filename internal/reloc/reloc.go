@@ -74,6 +74,7 @@
 package reloc
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"sort"
@@ -189,6 +190,89 @@ type Options struct {
 	// [BranchTargets] returns them. A target strictly inside the region
 	// refuses the function.
 	ExtraTargets []uint64
+	// ReadOnly, for a position-dependent executable (ELF ET_EXEC) only,
+	// lets Analyze check absolute jump tables instead of refusing them
+	// (see [ReadOnly]).
+	ReadOnly *ReadOnly
+}
+
+// ReadOnly describes the read-only data of a position-dependent
+// executable (ELF ET_EXEC), so that [Analyze] can check the absolute jump
+// tables its compiler emitted, `jmp [index*8+table]`, rather than refuse
+// every function that has one. Build it with [NewReadOnly].
+//
+// The proof: such a jmp goes to the 8-byte address stored at table +
+// 8*index. A compiler puts the whole table in read-only data, and in a
+// position-dependent executable its entries are link-time addresses
+// written in the file: no relocation changes them at run time. So when
+// the table lies in read-only data, and no 8-byte word at any byte offset
+// of all the read-only data holds an address strictly inside the region,
+// no entry of that table can send a thread there, whatever its bounds.
+// A table anywhere else (writable data, outside the file) is refused.
+//
+// Do not use it for a shared library or a PIE: there, tables are
+// relative offsets, or absolute addresses written by relocations.
+type ReadOnly struct {
+	// Ranges are the [lo, hi) link-time addresses of the read-only,
+	// non-executable bytes of the file, sorted.
+	Ranges [][2]uint64
+	// Pointers are sorted: the values of the 8-byte little-endian words
+	// at every byte offset of Ranges that fall in the executable code.
+	Pointers []uint64
+}
+
+// NewReadOnly scans the read-only, non-executable segments of a
+// position-dependent executable: segs[i] is the file's bytes at link-time
+// address addrs[i] (the file-backed part of a PT_LOAD without PF_W and
+// PF_X). code are the [lo, hi) ranges of its executable segments: only
+// words that point into them are kept.
+func NewReadOnly(addrs []uint64, segs [][]byte, code [][2]uint64) *ReadOnly {
+	ro := &ReadOnly{}
+	inCode := func(v uint64) bool {
+		for _, r := range code {
+			if v >= r[0] && v < r[1] {
+				return true
+			}
+		}
+		return false
+	}
+	for i, b := range segs {
+		ro.Ranges = append(ro.Ranges, [2]uint64{addrs[i], addrs[i] + uint64(len(b))})
+		for off := 0; off+8 <= len(b); off++ {
+			if v := binary.LittleEndian.Uint64(b[off:]); inCode(v) {
+				ro.Pointers = append(ro.Pointers, v)
+			}
+		}
+	}
+	sort.Slice(ro.Ranges, func(i, j int) bool { return ro.Ranges[i][0] < ro.Ranges[j][0] })
+	sort.Slice(ro.Pointers, func(i, j int) bool { return ro.Pointers[i] < ro.Pointers[j] })
+	return ro
+}
+
+// absoluteTable reports whether m is the operand of an absolute jump
+// table that ro lets Analyze check: [index*8+disp32], no base register,
+// no segment, the table in read-only data.
+func (ro *ReadOnly) absoluteTable(m x86asm.Mem) bool {
+	if ro == nil || m.Base != 0 || m.Index == 0 || m.Scale != 8 || m.Segment != 0 {
+		return false
+	}
+	t := uint64(m.Disp)
+	for _, r := range ro.Ranges {
+		if t >= r[0] && t < r[1] {
+			return true
+		}
+	}
+	return false
+}
+
+// pointsInside returns a stored pointer strictly inside (lo, hi), if any.
+func (ro *ReadOnly) pointsInside(lo, hi uint64) (uint64, bool) {
+	ps := ro.Pointers
+	i := sort.Search(len(ps), func(i int) bool { return ps[i] > lo })
+	if i < len(ps) && ps[i] < hi {
+		return ps[i], true
+	}
+	return 0, false
 }
 
 // Inst is one displaced instruction.
@@ -493,7 +577,10 @@ func classify(in x86asm.Inst, b []byte, off int, last, emulateCalls bool) (kind,
 // Indirect jumps may dispatch through a table of addresses inside the
 // function, which the bytes do not show. The rule ([JumpTable] refusals):
 //   - jmp [rip+disp] (no index) is a tail call through the GOT: allowed;
-//   - jmp [base+index*scale+disp] is a jump table: refused;
+//   - jmp [base+index*scale+disp] is a jump table: refused, except the
+//     absolute table of a position-dependent executable, jmp
+//     [index*8+table], when [Options.ReadOnly] proves that no entry of it
+//     can lead into the region (see [ReadOnly]);
 //   - jmp reg and jmp [base+disp] are refused when the function also loads
 //     a register from an indexed memory operand (mov/movsxd reg,
 //     [base+index*scale]): gcc and clang dispatch PIC jump tables as
@@ -586,7 +673,7 @@ func Analyze(fn []byte, fnAddr uint64, opts Options) (*Plan, error) {
 		off  int
 		text string
 	}
-	var indirect []ijmp
+	var indirect, tables []ijmp
 	indexedLoad := false
 	for off = 0; off < len(fn); {
 		in, isEndbr, err := decode(fn, off)
@@ -612,6 +699,10 @@ func Analyze(fn []byte, fnAddr uint64, opts Options) (*Plan, error) {
 				switch a := in.Args[0].(type) {
 				case x86asm.Mem:
 					if a.Index != 0 {
+						if opts.ReadOnly.absoluteTable(a) {
+							tables = append(tables, ijmp{off, in.String()})
+							break
+						}
 						return nil, &Refusal{Reason: JumpTable, Off: off, Inst: in.String()}
 					}
 					if a.Base != x86asm.RIP {
@@ -632,6 +723,11 @@ func Analyze(fn []byte, fnAddr uint64, opts Options) (*Plan, error) {
 	}
 	if indexedLoad && len(indirect) > 0 {
 		return nil, &Refusal{Reason: JumpTable, Off: indirect[0].off, Inst: indirect[0].text}
+	}
+	if len(tables) > 0 {
+		if v, ok := opts.ReadOnly.pointsInside(lo, hi); ok {
+			return nil, &Refusal{Reason: JumpTable, Off: tables[0].off, Inst: fmt.Sprintf("%s; read-only data holds %#x", tables[0].text, v)}
+		}
 	}
 	ts := opts.ExtraTargets
 	if i := sort.Search(len(ts), func(i int) bool { return ts[i] > lo }); i < len(ts) && inside(ts[i]) {

@@ -36,6 +36,31 @@ var (
 	movRIPImm  = cat([]byte{0xc7, 0x05}, le(-0x80), le(0x11223344)) // mov dword [rip-0x80], 0x11223344
 )
 
+// absTable dispatches through an absolute jump table at 0x600000, as gcc
+// -O2 -no-pie emits a switch: push rbp; mov rbp,rsp; nop; jmp [rax*8+table].
+var absTable = cat(pushRBP, movRBPRSP, nop, []byte{0xff, 0x24, 0xc5}, le(0x600000))
+
+func TestNewReadOnly(t *testing.T) {
+	le64 := func(v uint64) []byte { return binary.LittleEndian.AppendUint64(nil, v) }
+	// A pointer at offset 1 (unaligned), one outside the code, one at
+	// the end; a second segment with one pointer.
+	seg1 := cat([]byte{0xaa}, le64(0x401234), le64(0x900000), []byte{1, 2, 3}, le64(0x401000))
+	seg2 := le64(0x400ff0)
+	ro := NewReadOnly([]uint64{0x600000, 0x500000}, [][]byte{seg1, seg2}, [][2]uint64{{0x401000, 0x402000}, {0x400f00, 0x401000}})
+	if want := [][2]uint64{{0x500000, 0x500008}, {0x600000, 0x600000 + uint64(len(seg1))}}; len(ro.Ranges) != 2 || ro.Ranges[0] != want[0] || ro.Ranges[1] != want[1] {
+		t.Errorf("Ranges = %#x; want %#x", ro.Ranges, want)
+	}
+	if want := []uint64{0x400ff0, 0x401000, 0x401234}; !equalU64(ro.Pointers, want) {
+		t.Errorf("Pointers = %#x; want %#x", ro.Pointers, want)
+	}
+	if v, ok := ro.pointsInside(0x401000, 0x401005); ok {
+		t.Errorf("pointsInside(0x401000, 0x401005) = %#x; want none (the ends do not count)", v)
+	}
+	if v, ok := ro.pointsInside(0x401230, 0x401238); !ok || v != 0x401234 {
+		t.Errorf("pointsInside(0x401230, 0x401238) = %#x, %v; want 0x401234", v, ok)
+	}
+}
+
 // jmpOverPadding is a loop rotated the way gcc and clang emit it: a jmp
 // to the test, NOP padding that aligns the loop body, the body, the test.
 // It adds rdi to rax.
@@ -113,6 +138,14 @@ func TestAnalyze(t *testing.T) {
 		// lea rdx,[rip+x]; movsxd rax,[rdx+rax*4]; add rax,rdx; jmp rax
 		{name: "pic jump table", fn: cat(leaRDIRIP[:0], []byte{0x48, 0x8d, 0x15}, le(0x100), []byte{0x48, 0x63, 0x04, 0x82, 0x48, 0x01, 0xd0, 0xff, 0xe0}), reason: JumpTable, off: 14},
 		{name: "absolute jump table", fn: cat(pushRBP, movRBPRSP, nop, []byte{0xff, 0x24, 0xc5}, le(0x600000)), reason: JumpTable, off: 5},
+		// push rbp; mov rbp,rsp; nop; jmp [rax*8+0x600000]: checked against the read-only data.
+		{name: "absolute jump table checked", fn: absTable, opts: Options{ReadOnly: &ReadOnly{Ranges: [][2]uint64{{0x600000, 0x601000}}, Pointers: []uint64{fnAddr, fnAddr + 5, fnAddr + 9}}}, entry: fnAddr, len: 5},
+		{name: "absolute jump table into the region", fn: absTable, opts: Options{ReadOnly: &ReadOnly{Ranges: [][2]uint64{{0x600000, 0x601000}}, Pointers: []uint64{fnAddr, fnAddr + 1, fnAddr + 9}}}, reason: JumpTable, off: 5},
+		{name: "absolute jump table in writable data", fn: absTable, opts: Options{ReadOnly: &ReadOnly{Ranges: [][2]uint64{{0x601000, 0x602000}}}}, reason: JumpTable, off: 5},
+		// jmp [rdx+rax*8+0x600000]: a base register, not an absolute table.
+		{name: "jump table with a base", fn: cat(pushRBP, movRBPRSP, nop, []byte{0xff, 0xa4, 0xc2}, le(0x600000)), opts: Options{ReadOnly: &ReadOnly{Ranges: [][2]uint64{{0x600000, 0x601000}}}}, reason: JumpTable, off: 5},
+		// jmp [rax*4+0x600000]: entries of 4 bytes are no absolute addresses.
+		{name: "jump table of scale 4", fn: cat(pushRBP, movRBPRSP, nop, []byte{0xff, 0x24, 0x85}, le(0x600000)), opts: Options{ReadOnly: &ReadOnly{Ranges: [][2]uint64{{0x600000, 0x601000}}}}, reason: JumpTable, off: 5},
 		{name: "tail call through pointer", fn: cat(pushRBP, movRBPRSP, []byte{0x48, 0x8b, 0x47, 0x08, 0x5d, 0xff, 0xe0}), entry: fnAddr, len: 8},
 	}
 	for _, tt := range tests {
