@@ -250,10 +250,10 @@ func NewReadOnly(addrs []uint64, segs [][]byte, code [][2]uint64) *ReadOnly {
 }
 
 // absoluteTable reports whether m is the operand of an absolute jump
-// table that ro lets Analyze check: [index*8+disp32], no base register,
-// no segment, the table in read-only data.
-func (ro *ReadOnly) absoluteTable(m x86asm.Mem) bool {
-	if ro == nil || m.Base != 0 || m.Index == 0 || m.Scale != 8 || m.Segment != 0 {
+// table that ro lets Analyze check: a qword [index*8+disp32], no base
+// register, no segment, the table in read-only data.
+func (ro *ReadOnly) absoluteTable(in x86asm.Inst, m x86asm.Mem) bool {
+	if ro == nil || in.MemBytes != 8 || m.Base != 0 || m.Index == 0 || m.Scale != 8 || m.Segment != 0 {
 		return false
 	}
 	t := uint64(m.Disp)
@@ -699,7 +699,7 @@ func Analyze(fn []byte, fnAddr uint64, opts Options) (*Plan, error) {
 				switch a := in.Args[0].(type) {
 				case x86asm.Mem:
 					if a.Index != 0 {
-						if opts.ReadOnly.absoluteTable(a) {
+						if opts.ReadOnly.absoluteTable(in, a) {
 							tables = append(tables, ijmp{off, in.String()})
 							break
 						}
