@@ -104,14 +104,20 @@ func run() error {
 			want[p] = true
 		}
 	}
+	unknown := map[string]bool{}
+	for p := range want {
+		unknown[p] = true
+	}
+	for _, p := range parts {
+		delete(unknown, p.name)
+	}
+	if len(unknown) > 0 {
+		return fmt.Errorf("-only: unknown part %v; the parts are calls, throughput, batch, attach, libc, traceable", unknown)
+	}
 	for _, p := range parts {
 		if len(want) == 0 || want[p.name] {
 			p.run()
-			delete(want, p.name)
 		}
-	}
-	if len(want) > 0 {
-		return fmt.Errorf("-only: unknown part %v; the parts are calls, throughput, batch, attach, libc, traceable", want)
 	}
 	b.checkGoals()
 	b.print(os.Stdout)
@@ -204,6 +210,29 @@ func (t *target) run(prefix string) (float64, error) {
 		return 0, err
 	}
 	return strconv.ParseFloat(strings.Fields(l)[1], 64)
+}
+
+// runFields starts the timed run and returns the first n values of the
+// result line.
+func (t *target) runFields(prefix string, n int) ([]float64, error) {
+	if _, err := io.WriteString(t.stdin, "go\n"); err != nil {
+		return nil, err
+	}
+	l, err := t.expect(prefix)
+	if err != nil {
+		return nil, err
+	}
+	f := strings.Fields(l)
+	if len(f) < n+1 {
+		return nil, fmt.Errorf("%s: %q has fewer than %d values", t.cmd.Path, l, n)
+	}
+	v := make([]float64, n)
+	for i := range v {
+		if v[i], err = strconv.ParseFloat(f[i+1], 64); err != nil {
+			return nil, fmt.Errorf("%s: %q: %v", t.cmd.Path, l, err)
+		}
+	}
+	return v, nil
 }
 
 func (t *target) kill() {
@@ -327,29 +356,6 @@ func (b *bench) measure(bin, mode string, n int, setup func(pid int) (*tracer, e
 	return v, tr, err
 }
 
-// bestPair measures f and g in turns, k times each, and returns the
-// lowest of each: a side-by-side comparison on a shared machine.
-func (b *bench) bestPair(k int, f, g func() (float64, error)) (float64, float64, error) {
-	bf, bg := 0.0, 0.0
-	for i := range k {
-		vf, err := f()
-		if err != nil {
-			return 0, 0, err
-		}
-		vg, err := g()
-		if err != nil {
-			return 0, 0, err
-		}
-		if i == 0 || vf < bf {
-			bf = vf
-		}
-		if i == 0 || vg < bg {
-			bg = vg
-		}
-	}
-	return bf, bg, nil
-}
-
 // best returns the lowest of k measurements (the least disturbed one on a
 // shared machine).
 func (b *bench) best(k int, f func() (float64, error)) (float64, error) {
@@ -397,34 +403,20 @@ func (b *bench) callOverhead() {
 		return v, err
 	})
 	b.add(sec, "disabled site cost", nop-base, "ns", "NOP5 build minus no-site build")
-	// livetrace on the NOP5 build, and on the build without flags, where
-	// it relocates leaf's first instruction into a stub (a relocating
-	// site, internal/reloc). The two are measured in turns, k times each,
-	// so that both see the same load.
-	lt := func(bin string, extra ...string) func() (float64, error) {
+	lt := func(extra ...string) func() (float64, error) {
 		return func() (float64, error) {
-			v, _, err := b.measure(b.bins[bin], "calls", nt, func(pid int) (*tracer, error) {
+			v, _, err := b.measure(b.bins["sites"], "calls", nt, func(pid int) (*tracer, error) {
 				args := append([]string{b.livetrace, "record", "-p", strconv.Itoa(pid), "-F", "leaf", "-o", filepath.Join(b.work, "lt.data")}, extra...)
 				return startTracer("livetrace: tracing", args...)
 			})
 			return v, err
 		}
 	}
-	for _, m := range []struct{ mode, flag string }{{"entry", ""}, {"graph", "--graph"}} {
-		var extra []string
-		if m.flag != "" {
-			extra = []string{m.flag}
-		}
-		vn, vr, err := b.bestPair(2*k-1, lt("sites", extra...), lt("nosites", extra...))
-		cmd := strings.Join(append(append([]string{"record"}, extra...), "-F", "leaf"), " ")
-		if err != nil {
-			b.add(sec, "livetrace "+m.mode, -1, "ns", "failed: "+err.Error())
-			continue
-		}
-		b.add(sec, "livetrace "+m.mode, vn, "ns", cmd)
-		b.add(sec, "livetrace "+m.mode+" overhead", vn-nop, "ns", "minus the untraced NOP5 call")
-		b.add(sec, "livetrace "+m.mode+", relocating site", vr, "ns", cmd+", build without sites, in turns with the NOP5 build")
-		b.add(sec, "livetrace "+m.mode+" overhead, relocating site", vr-base, "ns", "minus the no-site call")
+	if v, ok := try("livetrace entry", "record -F leaf", lt()); ok {
+		b.add(sec, "livetrace entry overhead", v-nop, "ns", "minus the untraced NOP5 call")
+	}
+	if v, ok := try("livetrace graph", "record --graph -F leaf", lt("--graph")); ok {
+		b.add(sec, "livetrace graph overhead", v-nop, "ns", "minus the untraced NOP5 call")
 	}
 	if _, err := exec.LookPath("uftrace"); err == nil {
 		if v, ok := try("uftrace record (-pg build)", "uftrace record (entry+exit)", func() (float64, error) {
@@ -458,6 +450,77 @@ func (b *bench) callOverhead() {
 		}
 	} else {
 		b.add(sec, "bpftrace uprobe", -1, "ns", "bpftrace not installed")
+	}
+	b.relocPair(nt, k)
+}
+
+// relocPair compares a relocating site with a NOP5 site in one process,
+// under the same load: hotleaf `pair` (build without sites) calls
+// leaf_nop, which has a 5-byte NOP of its own, and leaf_reloc, its copy
+// without one, which livetrace traces by relocating its first instruction
+// (internal/reloc), in turns, block by block. Each figure is the best of
+// k runs; the overheads subtract the same functions untraced.
+func (b *bench) relocPair(n, k int) {
+	const sec = "Relocating site vs NOP5 site, one process (hotleaf pair: leaf_nop, leaf_reloc)"
+	run := func(traced bool, extra ...string) func() ([]float64, error) {
+		return func() ([]float64, error) {
+			t, err := startTarget([]string{b.bins["nosites"], "pair", strconv.Itoa(n)})
+			if err != nil {
+				return nil, err
+			}
+			defer t.kill()
+			var tr *tracer
+			if traced {
+				args := append([]string{b.livetrace, "record", "-p", strconv.Itoa(t.cmd.Process.Pid), "-F", "leaf_nop", "-F", "leaf_reloc", "-o", filepath.Join(b.work, "pair.data")}, extra...)
+				if tr, err = startTracer("livetrace: tracing", args...); err != nil {
+					return nil, err
+				}
+			}
+			v, err := t.runFields("pair_ns", 2)
+			if tr != nil {
+				tr.stop()
+			}
+			return v, err
+		}
+	}
+	best := func(f func() ([]float64, error)) ([]float64, error) {
+		var bv []float64
+		for i := 0; i < k; i++ {
+			v, err := f()
+			if err != nil {
+				return nil, err
+			}
+			if bv == nil {
+				bv = v
+			}
+			for j := range v {
+				bv[j] = min(bv[j], v[j])
+			}
+		}
+		return bv, nil
+	}
+	base, err := best(run(false))
+	if err != nil {
+		b.add(sec, "untraced", -1, "ns", "failed: "+err.Error())
+		return
+	}
+	b.add(sec, "untraced: NOP5 site", base[0], "ns", "leaf_nop, not traced")
+	b.add(sec, "untraced: no site", base[1], "ns", "leaf_reloc, not traced")
+	for _, m := range []struct{ name, note string }{{"entry", ""}, {"graph", "--graph"}} {
+		var extra []string
+		if m.note != "" {
+			extra = append(extra, m.note)
+		}
+		v, err := best(run(true, extra...))
+		if err != nil {
+			b.add(sec, m.name, -1, "ns", "failed: "+err.Error())
+			continue
+		}
+		cmd := strings.Join(append(append([]string{"record"}, extra...), "-F leaf_nop -F leaf_reloc"), " ")
+		on, or := v[0]-base[0], v[1]-base[1]
+		b.add(sec, m.name+": NOP5 site overhead", on, "ns", cmd+"; minus untraced")
+		b.add(sec, m.name+": relocating site overhead", or, "ns", cmd+"; minus untraced")
+		b.add(sec, m.name+": relocating minus NOP5 site", or-on, "ns", "")
 	}
 }
 
@@ -699,14 +762,11 @@ func (b *bench) checkGoals() {
 	if bp, ok := b.get("bpftrace uprobe+uretprobe overhead"); ok && ok1 && lg > 0 {
 		g("bpftrace uprobe+uretprobe >= 50x slower than livetrace graph", bp >= 50*lg, fmt.Sprintf("%.0fx", bp/lg))
 	}
-	if v, ok := b.get("livetrace entry overhead, relocating site"); ok {
-		if n, ok := b.get("livetrace entry overhead"); ok {
-			g("relocating site within 1 ns of a NOP5 site (entry)", v-n <= 1, fmt.Sprintf("%+.2f ns (%.1f vs %.1f ns)", v-n, v, n))
-		}
-	}
-	if v, ok := b.get("livetrace graph overhead, relocating site"); ok {
-		if n, ok := b.get("livetrace graph overhead"); ok {
-			g("relocating site within 1 ns of a NOP5 site (graph)", v-n <= 1, fmt.Sprintf("%+.2f ns (%.1f vs %.1f ns)", v-n, v, n))
+	for _, m := range []string{"entry", "graph"} {
+		if v, ok := b.get(m + ": relocating minus NOP5 site"); ok {
+			on, _ := b.get(m + ": NOP5 site overhead")
+			or, _ := b.get(m + ": relocating site overhead")
+			g(fmt.Sprintf("relocating site within 1 ns of a NOP5 site (%s)", m), v <= 1, fmt.Sprintf("%+.2f ns (%.1f vs %.1f ns)", v, or, on))
 		}
 	}
 	for _, r := range b.results {
@@ -755,7 +815,7 @@ func (b *bench) print(w io.Writer) {
 			fmt.Fprintf(tw, "\n%s\n", section)
 		}
 		v := fmt.Sprintf("%.3f", r.Value)
-		if r.Value < 0 {
+		if r.Value < 0 && (strings.HasPrefix(r.Note, "failed") || strings.Contains(r.Note, "not installed")) {
 			v = "n/a"
 		} else if r.Value >= 1000 {
 			v = fmt.Sprintf("%.0f", r.Value)
