@@ -8,9 +8,11 @@
  *   hotleaf spin S T     T threads call leaf() as fast as they can for S
  *                        seconds; prints "calls <total>"
  *   hotleaf pair N       calls leaf_nop() and leaf_reloc() N times each, in
- *                        turns, in blocks of 100000 calls; prints "pair_ns
- *                        <nop> <reloc>", the ns per call of the fastest
- *                        block of each
+ *                        turns, in blocks of 100000 calls with a 10 ms pause
+ *                        after each pair of blocks (a tracer's consumer
+ *                        catches up: no block runs with a full buffer);
+ *                        prints "pair_ns <nop> <reloc>", the ns per call of
+ *                        the fastest block of each
  * leaf() is a noinline leaf function: with the site build its first
  * instruction is the 5-byte NOP that livetrace patches.
  * leaf_nop() and leaf_reloc() are copies of it: leaf_nop() always starts
@@ -106,6 +108,8 @@ int main(int argc, char **argv)
 				if (d < best[which])
 					best[which] = d;
 			}
+			struct timespec pause = {0, 10000000};
+			nanosleep(&pause, NULL);
 		}
 		printf("pair_ns %.3f %.3f %llu\n", best[0] / block, best[1] / block, (unsigned long long)(x & 1));
 	} else if (strcmp(argv[1], "rdtsc") == 0) {

@@ -63,7 +63,7 @@ func run() error {
 	out := flag.String("o", "bench/results.json", "write the results as JSON to `FILE`")
 	flag.StringVar(&b.livetrace, "livetrace", "bin/livetrace", "the livetrace `BINARY`")
 	flag.BoolVar(&b.quick, "quick", false, "fewer iterations (for a smoke test)")
-	only := flag.String("only", "", "run only these comma-separated `PARTS` (calls, throughput, batch, attach, libc, traceable)")
+	only := flag.String("only", "", "run only these comma-separated `PARTS` (calls, pair, throughput, batch, attach, libc, traceable)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		return errors.New("run as root: livetrace, uftrace and bpftrace need it")
@@ -86,6 +86,7 @@ func run() error {
 		run  func()
 	}{
 		{"calls", b.callOverhead},
+		{"pair", b.relocPair},
 		{"throughput", b.throughput},
 		{"batch", func() {
 			b.goTestBench("Patch batch (100k sites, 2 calling threads)", "./internal/textpoke", "BenchmarkBatch100k", "3x")
@@ -112,7 +113,7 @@ func run() error {
 		delete(unknown, p.name)
 	}
 	if len(unknown) > 0 {
-		return fmt.Errorf("-only: unknown part %v; the parts are calls, throughput, batch, attach, libc, traceable", unknown)
+		return fmt.Errorf("-only: unknown part %v; the parts are calls, pair, throughput, batch, attach, libc, traceable", unknown)
 	}
 	for _, p := range parts {
 		if len(want) == 0 || want[p.name] {
@@ -451,7 +452,6 @@ func (b *bench) callOverhead() {
 	} else {
 		b.add(sec, "bpftrace uprobe", -1, "ns", "bpftrace not installed")
 	}
-	b.relocPair(nt, k)
 }
 
 // relocPair compares a relocating site with a NOP5 site in one process,
@@ -460,8 +460,13 @@ func (b *bench) callOverhead() {
 // without one, which livetrace traces by relocating its first instruction
 // (internal/reloc), in turns, block by block. Each figure is the best of
 // k runs; the overheads subtract the same functions untraced.
-func (b *bench) relocPair(n, k int) {
+func (b *bench) relocPair() {
+	n, k := 20_000_000, 3
+	if b.quick {
+		n = 2_000_000
+	}
 	const sec = "Relocating site vs NOP5 site, one process (hotleaf pair: leaf_nop, leaf_reloc)"
+	var lost, recorded uint64
 	run := func(traced bool, extra ...string) func() ([]float64, error) {
 		return func() ([]float64, error) {
 			t, err := startTarget([]string{b.bins["nosites"], "pair", strconv.Itoa(n)})
@@ -478,7 +483,15 @@ func (b *bench) relocPair(n, k int) {
 			}
 			v, err := t.runFields("pair_ns", 2)
 			if tr != nil {
-				tr.stop()
+				summary := tr.stop()
+				meta, nev, merr := tracefile.ReadMeta(filepath.Join(b.work, "pair.data"))
+				if merr != nil && err == nil {
+					err = fmt.Errorf("%v\n%s", merr, summary)
+				}
+				if merr == nil {
+					lost += meta.Lost
+					recorded += uint64(nev)
+				}
 			}
 			return v, err
 		}
@@ -511,12 +524,14 @@ func (b *bench) relocPair(n, k int) {
 		if m.note != "" {
 			extra = append(extra, m.note)
 		}
+		lost, recorded = 0, 0
 		v, err := best(run(true, extra...))
 		if err != nil {
 			b.add(sec, m.name, -1, "ns", "failed: "+err.Error())
 			continue
 		}
 		cmd := strings.Join(append(append([]string{"record"}, extra...), "-F leaf_nop -F leaf_reloc"), " ")
+		cmd += fmt.Sprintf(" (%d runs: %d events recorded, %d lost)", k, recorded, lost)
 		on, or := v[0]-base[0], v[1]-base[1]
 		b.add(sec, m.name+": NOP5 site overhead", on, "ns", cmd+"; minus untraced")
 		b.add(sec, m.name+": relocating site overhead", or, "ns", cmd+"; minus untraced")

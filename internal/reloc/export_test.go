@@ -11,7 +11,7 @@ var Eligible = eligible
 // direct branch target: no target of its own direct branches, nor any of
 // extra (sorted, as BranchTargets returns them), lies strictly between
 // the entry and entry+5. These are the functions a 5-byte jmp can hope to
-// enter, the denominator of the traceable fraction (docs/DESIGN-NOTES.md):
+// enter, the denominator of the traceable fraction (README.md, Benchmarks):
 // the ones whose first bytes are not a branch target are the relocator's
 // to accept, whatever else they hold.
 func eligible(fn []byte, fnAddr uint64, extra []uint64) bool {
