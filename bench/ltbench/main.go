@@ -785,7 +785,7 @@ func (b *bench) checkGoals() {
 		}
 	}
 	for _, r := range b.results {
-		if r.Section == traceableSection && r.Value >= 0 && (r.Name == "no-flag fixtures, all" || strings.HasPrefix(r.Name, "libc.so") || strings.HasPrefix(r.Name, "libsqlite3") || strings.HasPrefix(r.Name, "python3")) {
+		if r.Section == traceableSection && r.Value >= 0 && !strings.Contains(r.Name, "jump tables checked") && (r.Name == "no-flag fixtures, all" || strings.HasPrefix(r.Name, "libc.so") || strings.HasPrefix(r.Name, "libsqlite3") || strings.HasPrefix(r.Name, "python3")) {
 			g(fmt.Sprintf(">= 95%% of eligible functions traceable: %s", r.Name), r.Value >= 95, fmt.Sprintf("%.1f%%", r.Value))
 		}
 	}
