@@ -25,8 +25,9 @@
 //   - any function whose indirect jumps might go through a jump table (see
 //     [Analyze]): the table is data the bytes do not show;
 //   - any function it cannot decode to the end (data in text, or an
-//     instruction golang.org/x/arch/x86/x86asm does not know): a linear
-//     sweep that lost its way proves nothing.
+//     instruction golang.org/x/arch/x86/x86asm does not know, but for
+//     ENDBR64/32, RDPKRU and WRPKRU, decoded by hand): a linear sweep
+//     that lost its way proves nothing.
 //
 // Branches from outside the function are not seen here. Compilers do jump
 // into a function from its split-off cold part (gcc's foo.cold) or from a
@@ -92,6 +93,32 @@ var (
 	endbr64 = []byte{0xf3, 0x0f, 0x1e, 0xfa}
 	endbr32 = []byte{0xf3, 0x0f, 0x1e, 0xfb}
 )
+
+// byHand are the instructions decoded by hand, which x86asm does not
+// know: none has an operand in its encoding or transfers control, so each
+// is copied as is and the linear sweep goes on after it. RDPKRU and WRPKRU
+// (glibc's pkey_get and pkey_set) only read or write the PKRU register
+// through eax, ecx and edx.
+var byHand = []struct {
+	name string
+	b    []byte
+}{
+	{"ENDBR64", endbr64},
+	{"ENDBR32", endbr32},
+	{"RDPKRU", []byte{0x0f, 0x01, 0xee}},
+	{"WRPKRU", []byte{0x0f, 0x01, 0xef}},
+}
+
+// handDecoded returns the name and length of the instruction of byHand
+// that b starts with, or "", 0.
+func handDecoded(b []byte) (string, int) {
+	for _, h := range byHand {
+		if len(b) >= len(h.b) && string(b[:len(h.b)]) == string(h.b) {
+			return h.name, len(h.b)
+		}
+	}
+	return "", 0
+}
 
 // Reason is why [Analyze] refuses a function. Its String is a short, fixed
 // phrase, suitable for counting refusals; [Refusal] adds where.
@@ -334,13 +361,14 @@ func (p *Plan) Orig() []byte {
 // Resume is the address the stub jumps back to: Entry+Len.
 func (p *Plan) Resume() uint64 { return p.Entry + uint64(p.Len) }
 
-// decode decodes one instruction of code at off, handling ENDBR64/32 by
-// hand. It fails when x86asm fails, reports Op(0), or the instruction
-// runs past the end of code.
+// decode decodes one instruction of code at off, handling those of
+// byHand by hand (then the bool is true and the Inst has only a Len). It
+// fails when x86asm fails, reports Op(0), or the instruction runs past the
+// end of code.
 func decode(code []byte, off int) (x86asm.Inst, bool, error) {
 	rest := code[off:]
-	if len(rest) >= 4 && (string(rest[:4]) == string(endbr64) || string(rest[:4]) == string(endbr32)) {
-		return x86asm.Inst{Len: 4}, true, nil
+	if _, n := handDecoded(rest); n > 0 {
+		return x86asm.Inst{Len: n}, true, nil
 	}
 	// x86asm reports a truncated instruction as a lone prefix: decode
 	// with zeros after the end, and see whether the instruction fits.
@@ -613,7 +641,7 @@ func Analyze(fn []byte, fnAddr uint64, opts Options) (*Plan, error) {
 	off := start
 	var exit *Refusal // an exit before minLen bytes, followed by padding
 	for off-start < minLen {
-		in, isEndbr, err := decode(fn, off)
+		in, hand, err := decode(fn, off)
 		if err != nil && exit != nil {
 			return nil, exit
 		}
@@ -627,16 +655,16 @@ func Analyze(fn []byte, fnAddr uint64, opts Options) (*Plan, error) {
 		if exit != nil {
 			// After the exit: only NOP padding, never executed, is
 			// displaced with it (and not copied into the stub).
-			if isEndbr || in.Op != x86asm.NOP || vexModRM(b, legacyPrefixes(b)) >= 0 {
+			if hand || in.Op != x86asm.NOP || vexModRM(b, legacyPrefixes(b)) >= 0 {
 				return nil, exit
 			}
 			p.Insts = append(p.Insts, Inst{Off: off - start, Bytes: b, Text: in.String(), inst: in, kind: kDead})
 			off += in.Len
 			continue
 		}
-		text := "ENDBR64"
+		text, _ := handDecoded(b)
 		k := kPlain
-		if !isEndbr {
+		if !hand {
 			text = in.String()
 			last := off+in.Len-start >= minLen
 			var r *Refusal
@@ -676,12 +704,12 @@ func Analyze(fn []byte, fnAddr uint64, opts Options) (*Plan, error) {
 	var indirect, tables []ijmp
 	indexedLoad := false
 	for off = 0; off < len(fn); {
-		in, isEndbr, err := decode(fn, off)
+		in, hand, err := decode(fn, off)
 		if err != nil {
 			return nil, &Refusal{Reason: Undecodable, Off: off}
 		}
 		pc := fnAddr + uint64(off)
-		if !isEndbr {
+		if !hand {
 			if t, ok := directTarget(in, pc); ok {
 				if hasPrefix(fn[off:off+in.Len], 0x66) {
 					// rel16 on AMD, rel32 on Intel: the target is unknown.
@@ -745,12 +773,12 @@ func Analyze(fn []byte, fnAddr uint64, opts Options) (*Plan, error) {
 func BranchTargets(code []byte, addr uint64) []uint64 {
 	var ts []uint64
 	for off := 0; off < len(code); {
-		in, isEndbr, err := decode(code, off)
+		in, hand, err := decode(code, off)
 		if err != nil {
 			off++
 			continue
 		}
-		if !isEndbr {
+		if !hand {
 			if t, ok := directTarget(in, addr+uint64(off)); ok {
 				ts = append(ts, t)
 			}

@@ -146,6 +146,10 @@ func TestAnalyze(t *testing.T) {
 		{name: "jump table with a base", fn: cat(pushRBP, movRBPRSP, nop, []byte{0xff, 0xa4, 0xc2}, le(0x600000)), opts: Options{ReadOnly: &ReadOnly{Ranges: [][2]uint64{{0x600000, 0x601000}}}}, reason: JumpTable, off: 5},
 		// jmp [rax*4+0x600000]: entries of 4 bytes are no absolute addresses.
 		{name: "jump table of scale 4", fn: cat(pushRBP, movRBPRSP, nop, []byte{0xff, 0x24, 0x85}, le(0x600000)), opts: Options{ReadOnly: &ReadOnly{Ranges: [][2]uint64{{0x600000, 0x601000}}}}, reason: JumpTable, off: 5},
+		// xor ecx,ecx; rdpkru; ret: x86asm does not know RDPKRU.
+		{name: "rdpkru displaced", fn: cat([]byte{0x31, 0xc9, 0x0f, 0x01, 0xee}, ret), entry: fnAddr, len: 5},
+		{name: "wrpkru later", fn: cat(pushRBP, movRBPRSP, subRSP16, []byte{0x0f, 0x01, 0xef}, ret), entry: fnAddr, len: 8},
+		{name: "rdpkru with a prefix", fn: cat(pushRBP, movRBPRSP, subRSP16, []byte{0x66, 0x0f, 0x01, 0xee}, ret), reason: Undecodable, off: 8},
 		{name: "tail call through pointer", fn: cat(pushRBP, movRBPRSP, []byte{0x48, 0x8b, 0x47, 0x08, 0x5d, 0xff, 0xe0}), entry: fnAddr, len: 8},
 	}
 	for _, tt := range tests {
@@ -271,6 +275,13 @@ func checkRelocated(t *testing.T, p *Plan, stub uint64) {
 	for _, oi := range p.Insts {
 		if oi.kind == kDead {
 			continue // padding after the exit: left out
+		}
+		if name, n := handDecoded(oi.Bytes); n > 0 {
+			if !bytes.Equal(code[off:off+n], oi.Bytes) {
+				t.Fatalf("stub at %#x +%d: % x; want %s copied", stub, off, code[off:], name)
+			}
+			off += n
+			continue
 		}
 		orig := p.Entry + uint64(oi.Off)
 		in, err := x86asm.Decode(code[off:], 64)
