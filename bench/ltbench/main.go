@@ -1,6 +1,6 @@
 // Command ltbench measures livetrace against uftrace and bpftrace on this
 // machine, side by side in one run, and prints one table (and writes it as
-// JSON). `make bench` runs it; see bench/README.md.
+// JSON). `make bench` runs it; see README.md, Benchmarks.
 package main
 
 import (
