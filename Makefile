@@ -27,7 +27,7 @@ define apt_install
 endef
 
 # apt_install_file FILE PACKAGES: install PACKAGES with apt-get when FILE
-# (a library or a debug file, not a program) is missing.
+# (a library or a debug file, on no PATH) does not exist.
 define apt_install_file
 	@test -e $(1) || { \
 	  echo "make: $(1) is missing; installing $(2) with apt-get"; \
@@ -62,8 +62,13 @@ deps-test:
 	$(call apt_install_file,/usr/lib/debug/.build-id/$(LIBC_BUILD_ID).debug,libc6-dbg)
 	$(call apt_install,node,nodejs)
 
+# deps-bench: uftrace to compare with, and the stock binaries whose
+# traceable fraction `make bench` measures (internal/reloc TestTraceable):
+# libsqlite3.so.0 and python3 (libc.so.6 is always there).
 deps-bench: deps-test
 	$(call apt_install,uftrace,uftrace)
+	$(call apt_install_file,/usr/lib/x86_64-linux-gnu/libsqlite3.so.0,libsqlite3-0)
+	$(call apt_install,python3,python3-minimal)
 
 vet:
 	$(GO) vet ./...

@@ -7,8 +7,19 @@
  *   hotleaf rdtsc N      executes rdtsc N times, prints "rdtsc_ns <ns>"
  *   hotleaf spin S T     T threads call leaf() as fast as they can for S
  *                        seconds; prints "calls <total>"
+ *   hotleaf pair N       calls leaf_nop() and leaf_reloc() N times each, in
+ *                        turns, in blocks of 100000 calls with a 10 ms pause
+ *                        after each pair of blocks (a tracer's consumer
+ *                        catches up: no block runs with a full buffer);
+ *                        prints "pair_ns <nop> <reloc>", the ns per call of
+ *                        the fastest block of each
  * leaf() is a noinline leaf function: with the site build its first
  * instruction is the 5-byte NOP that livetrace patches.
+ * leaf_nop() and leaf_reloc() are copies of it: leaf_nop() always starts
+ * with a 5-byte NOP (its own attribute), leaf_reloc() only in the site
+ * build. In the build without sites, livetrace traces leaf_reloc() by
+ * relocating its first instruction into a stub: "pair" compares the two
+ * kinds of site in one process, under the same load.
  */
 #include <pthread.h>
 #include <stdint.h>
@@ -19,6 +30,18 @@
 #include <x86intrin.h>
 
 __attribute__((noinline)) uint64_t leaf(uint64_t x)
+{
+	__asm__ volatile("");
+	return x * 2654435761u + 1;
+}
+
+__attribute__((noinline, patchable_function_entry(5, 0))) uint64_t leaf_nop(uint64_t x)
+{
+	__asm__ volatile("");
+	return x * 2654435761u + 1;
+}
+
+__attribute__((noinline)) uint64_t leaf_reloc(uint64_t x)
 {
 	__asm__ volatile("");
 	return x * 2654435761u + 1;
@@ -65,6 +88,30 @@ int main(int argc, char **argv)
 			x = leaf(x);
 		double t1 = now_ns();
 		printf("ns_per_call %.3f %llu\n", (t1 - t0) / n, (unsigned long long)(x & 1));
+	} else if (strcmp(argv[1], "pair") == 0) {
+		const long block = 100000;
+		long n = atol(argv[2]);
+		uint64_t x = 1;
+		double best[2] = {1e300, 1e300};
+		for (long done = 0, r = 0; done < n; done += block, r++) {
+			/* Alternate which goes first. */
+			for (int k = 0; k < 2; k++) {
+				int which = (int)((r + k) & 1);
+				double t0 = now_ns();
+				if (which == 0)
+					for (long i = 0; i < block; i++)
+						x = leaf_nop(x);
+				else
+					for (long i = 0; i < block; i++)
+						x = leaf_reloc(x);
+				double d = now_ns() - t0;
+				if (d < best[which])
+					best[which] = d;
+			}
+			struct timespec pause = {0, 10000000};
+			nanosleep(&pause, NULL);
+		}
+		printf("pair_ns %.3f %.3f %llu\n", best[0] / block, best[1] / block, (unsigned long long)(x & 1));
 	} else if (strcmp(argv[1], "rdtsc") == 0) {
 		long n = atol(argv[2]);
 		uint64_t s = 0;

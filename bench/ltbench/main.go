@@ -1,6 +1,6 @@
 // Command ltbench measures livetrace against uftrace and bpftrace on this
 // machine, side by side in one run, and prints one table (and writes it as
-// JSON). `make bench` runs it; see bench/README.md.
+// JSON). `make bench` runs it; see README.md, Benchmarks.
 package main
 
 import (
@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -62,6 +63,7 @@ func run() error {
 	out := flag.String("o", "bench/results.json", "write the results as JSON to `FILE`")
 	flag.StringVar(&b.livetrace, "livetrace", "bin/livetrace", "the livetrace `BINARY`")
 	flag.BoolVar(&b.quick, "quick", false, "fewer iterations (for a smoke test)")
+	only := flag.String("only", "", "run only these comma-separated `PARTS` (calls, pair, throughput, batch, attach, libc, traceable)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		return errors.New("run as root: livetrace, uftrace and bpftrace need it")
@@ -79,10 +81,45 @@ func run() error {
 	if err := b.build(); err != nil {
 		return err
 	}
-	b.callOverhead()
-	b.throughput()
-	b.goTestBench("Patch batch (100k sites, 2 calling threads)", "./internal/textpoke", "BenchmarkBatch100k", "3x")
-	b.goTestBench("Attach latency (10k sites, 4 busy threads)", "./cmd/livetrace", "BenchmarkAttachLatency", "5x")
+	parts := []struct {
+		name string
+		run  func()
+	}{
+		{"calls", b.callOverhead},
+		{"pair", b.relocPair},
+		{"throughput", b.throughput},
+		{"batch", func() {
+			b.goTestBench("Patch batch (100k sites, 2 calling threads)", "./internal/textpoke", "BenchmarkBatch100k", "3x")
+		}},
+		{"attach", func() {
+			b.goTestBench("Attach latency (10k sites, 4 busy threads)", "./cmd/livetrace", "BenchmarkAttachLatency", "5x")
+		}},
+		{"libc", func() {
+			b.goTestBench("Patch batch, every traceable function of libc.so.6 (relocating sites, live, 4 threads calling libc)", "./internal/session", "BenchmarkRelocLibcPatch", "5x")
+		}},
+		{"traceable", b.traceable},
+	}
+	want := map[string]bool{}
+	for _, p := range strings.Split(*only, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			want[p] = true
+		}
+	}
+	unknown := map[string]bool{}
+	for p := range want {
+		unknown[p] = true
+	}
+	for _, p := range parts {
+		delete(unknown, p.name)
+	}
+	if len(unknown) > 0 {
+		return fmt.Errorf("-only: unknown part %v; the parts are calls, pair, throughput, batch, attach, libc, traceable", unknown)
+	}
+	for _, p := range parts {
+		if len(want) == 0 || want[p.name] {
+			p.run()
+		}
+	}
 	b.checkGoals()
 	b.print(os.Stdout)
 	return b.write(*out)
@@ -174,6 +211,29 @@ func (t *target) run(prefix string) (float64, error) {
 		return 0, err
 	}
 	return strconv.ParseFloat(strings.Fields(l)[1], 64)
+}
+
+// runFields starts the timed run and returns the first n values of the
+// result line.
+func (t *target) runFields(prefix string, n int) ([]float64, error) {
+	if _, err := io.WriteString(t.stdin, "go\n"); err != nil {
+		return nil, err
+	}
+	l, err := t.expect(prefix)
+	if err != nil {
+		return nil, err
+	}
+	f := strings.Fields(l)
+	if len(f) < n+1 {
+		return nil, fmt.Errorf("%s: %q has fewer than %d values", t.cmd.Path, l, n)
+	}
+	v := make([]float64, n)
+	for i := range v {
+		if v[i], err = strconv.ParseFloat(f[i+1], 64); err != nil {
+			return nil, fmt.Errorf("%s: %q: %v", t.cmd.Path, l, err)
+		}
+	}
+	return v, nil
 }
 
 func (t *target) kill() {
@@ -394,6 +454,91 @@ func (b *bench) callOverhead() {
 	}
 }
 
+// relocPair compares a relocating site with a NOP5 site in one process,
+// under the same load: hotleaf `pair` (build without sites) calls
+// leaf_nop, which has a 5-byte NOP of its own, and leaf_reloc, its copy
+// without one, which livetrace traces by relocating its first instruction
+// (internal/reloc), in turns, block by block. Each figure is the best of
+// k runs; the overheads subtract the same functions untraced.
+func (b *bench) relocPair() {
+	n, k := 20_000_000, 3
+	if b.quick {
+		n = 2_000_000
+	}
+	const sec = "Relocating site vs NOP5 site, one process (hotleaf pair: leaf_nop, leaf_reloc)"
+	var lost, recorded uint64
+	run := func(traced bool, extra ...string) func() ([]float64, error) {
+		return func() ([]float64, error) {
+			t, err := startTarget([]string{b.bins["nosites"], "pair", strconv.Itoa(n)})
+			if err != nil {
+				return nil, err
+			}
+			defer t.kill()
+			var tr *tracer
+			if traced {
+				args := append([]string{b.livetrace, "record", "-p", strconv.Itoa(t.cmd.Process.Pid), "-F", "leaf_nop", "-F", "leaf_reloc", "-o", filepath.Join(b.work, "pair.data")}, extra...)
+				if tr, err = startTracer("livetrace: tracing", args...); err != nil {
+					return nil, err
+				}
+			}
+			v, err := t.runFields("pair_ns", 2)
+			if tr != nil {
+				summary := tr.stop()
+				meta, nev, merr := tracefile.ReadMeta(filepath.Join(b.work, "pair.data"))
+				if merr != nil && err == nil {
+					err = fmt.Errorf("%v\n%s", merr, summary)
+				}
+				if merr == nil {
+					lost += meta.Lost
+					recorded += uint64(nev)
+				}
+			}
+			return v, err
+		}
+	}
+	best := func(f func() ([]float64, error)) ([]float64, error) {
+		var bv []float64
+		for i := 0; i < k; i++ {
+			v, err := f()
+			if err != nil {
+				return nil, err
+			}
+			if bv == nil {
+				bv = v
+			}
+			for j := range v {
+				bv[j] = min(bv[j], v[j])
+			}
+		}
+		return bv, nil
+	}
+	base, err := best(run(false))
+	if err != nil {
+		b.add(sec, "untraced", -1, "ns", "failed: "+err.Error())
+		return
+	}
+	b.add(sec, "untraced: NOP5 site", base[0], "ns", "leaf_nop, not traced")
+	b.add(sec, "untraced: no site", base[1], "ns", "leaf_reloc, not traced")
+	for _, m := range []struct{ name, note string }{{"entry", ""}, {"graph", "--graph"}} {
+		var extra []string
+		if m.note != "" {
+			extra = append(extra, m.note)
+		}
+		lost, recorded = 0, 0
+		v, err := best(run(true, extra...))
+		if err != nil {
+			b.add(sec, m.name, -1, "ns", "failed: "+err.Error())
+			continue
+		}
+		cmd := strings.Join(append(append([]string{"record"}, extra...), "-F leaf_nop -F leaf_reloc"), " ")
+		cmd += fmt.Sprintf(" (%d runs: %d events recorded, %d lost)", k, recorded, lost)
+		on, or := v[0]-base[0], v[1]-base[1]
+		b.add(sec, m.name+": NOP5 site overhead", on, "ns", cmd+"; minus untraced")
+		b.add(sec, m.name+": relocating site overhead", or, "ns", cmd+"; minus untraced")
+		b.add(sec, m.name+": relocating minus NOP5 site", or-on, "ns", "")
+	}
+}
+
 // ensureTracefs mounts tracefs for bpftrace when it is missing.
 func ensureTracefs() {
 	if _, err := os.Stat("/sys/kernel/tracing/uprobe_events"); err == nil {
@@ -516,6 +661,92 @@ func (b *bench) goTestBench(section, pkg, name, benchtime string) {
 	}
 }
 
+// traceableFigure is one binary's figure as internal/reloc's
+// TestTraceable writes it (LIVETRACE_TRACEABLE_JSON).
+type traceableFigure struct {
+	Name       string         `json:"name"`
+	Candidates int            `json:"candidates"`
+	Eligible   int            `json:"eligible"`
+	Accepted   int            `json:"accepted"`
+	Refused    map[string]int `json:"refused"`
+	Ineligible map[string]int `json:"ineligible"`
+	// TablesChecked: refused for a possible jump table, accepted with
+	// reloc.Options.ReadOnly (position-dependent executables).
+	TablesChecked int `json:"tables_checked"`
+}
+
+const traceableSection = "Functions traceable without a compiler NOP (relocating sites; % of those with 5 bytes before the first branch target)"
+
+// traceable runs internal/reloc's TestTraceable, which measures with
+// livetrace's own analysis the fraction of functions it can trace by
+// relocation in the no-flag fixtures and in stock binaries, and records
+// one figure per binary with its refusals by reason.
+func (b *bench) traceable() {
+	out := filepath.Join(b.work, "traceable.json")
+	cmd := exec.Command("go", "test", "-count=1", "-run", "^TestTraceable$", "./internal/reloc")
+	cmd.Env = append(os.Environ(), "LIVETRACE_REQUIRE_ALL=1", "LIVETRACE_TRACEABLE_JSON="+out)
+	if o, err := cmd.CombinedOutput(); err != nil {
+		b.add(traceableSection, "TestTraceable", -1, "%", fmt.Sprintf("failed: %v: %s", err, lastLines(string(o), 5)))
+		return
+	}
+	data, err := os.ReadFile(out)
+	var figs []traceableFigure
+	if err == nil {
+		err = json.Unmarshal(data, &figs)
+	}
+	if err != nil {
+		b.add(traceableSection, "TestTraceable", -1, "%", fmt.Sprintf("failed: read %s: %v", out, err))
+		return
+	}
+	fixtures := traceableFigure{Name: "no-flag fixtures, all", Refused: map[string]int{}, Ineligible: map[string]int{}}
+	for _, f := range figs {
+		if strings.Contains(f.Name, " -O2") {
+			fixtures.Candidates += f.Candidates
+			fixtures.Eligible += f.Eligible
+			fixtures.Accepted += f.Accepted
+			for r, n := range f.Refused {
+				fixtures.Refused[r] += n
+			}
+			for r, n := range f.Ineligible {
+				fixtures.Ineligible[r] += n
+			}
+		}
+	}
+	for _, f := range append(figs, fixtures) {
+		pct := 0.0
+		if f.Eligible > 0 {
+			pct = 100 * float64(f.Accepted) / float64(f.Eligible)
+		}
+		note := fmt.Sprintf("%d of %d eligible (%d functions)", f.Accepted, f.Eligible, f.Candidates)
+		if len(f.Refused) > 0 {
+			note += "; refused: " + countList(f.Refused)
+		}
+		if len(f.Ineligible) > 0 {
+			note += "; not eligible: " + countList(f.Ineligible)
+		}
+		b.add(traceableSection, f.Name, pct, "%", note)
+		if f.TablesChecked > 0 && f.Eligible > 0 {
+			n := f.Accepted + f.TablesChecked
+			b.add(traceableSection, f.Name+", absolute jump tables checked", 100*float64(n)/float64(f.Eligible), "%",
+				fmt.Sprintf("%d of %d: reloc.Options.ReadOnly, which livetrace does not pass yet", n, f.Eligible))
+		}
+	}
+}
+
+// countList prints a count per reason, largest first.
+func countList(m map[string]int) string {
+	var ks []string
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Slice(ks, func(i, j int) bool { return m[ks[i]] > m[ks[j]] || m[ks[i]] == m[ks[j]] && ks[i] < ks[j] })
+	var parts []string
+	for _, k := range ks {
+		parts = append(parts, fmt.Sprintf("%d %s", m[k], k))
+	}
+	return strings.Join(parts, ", ")
+}
+
 func lastLines(s string, n int) string {
 	l := strings.Split(strings.TrimSpace(s), "\n")
 	if len(l) > n {
@@ -545,6 +776,18 @@ func (b *bench) checkGoals() {
 	}
 	if bp, ok := b.get("bpftrace uprobe+uretprobe overhead"); ok && ok1 && lg > 0 {
 		g("bpftrace uprobe+uretprobe >= 50x slower than livetrace graph", bp >= 50*lg, fmt.Sprintf("%.0fx", bp/lg))
+	}
+	for _, m := range []string{"entry", "graph"} {
+		if v, ok := b.get(m + ": relocating minus NOP5 site"); ok {
+			on, _ := b.get(m + ": NOP5 site overhead")
+			or, _ := b.get(m + ": relocating site overhead")
+			g(fmt.Sprintf("relocating site within 1 ns of a NOP5 site (%s)", m), v <= 1, fmt.Sprintf("%+.2f ns (%.1f vs %.1f ns)", v, or, on))
+		}
+	}
+	for _, r := range b.results {
+		if r.Section == traceableSection && r.Value >= 0 && !strings.Contains(r.Name, "jump tables checked") && (r.Name == "no-flag fixtures, all" || strings.HasPrefix(r.Name, "libc.so") || strings.HasPrefix(r.Name, "libsqlite3") || strings.HasPrefix(r.Name, "python3")) {
+			g(fmt.Sprintf(">= 95%% of eligible functions traceable: %s", r.Name), r.Value >= 95, fmt.Sprintf("%.1f%%", r.Value))
+		}
 	}
 	if v, ok := b.get("disabled site cost"); ok {
 		g("disabled site within 0.5 ns of no site", v <= 0.5, fmt.Sprintf("%.2f ns", v))
@@ -584,10 +827,10 @@ func (b *bench) print(w io.Writer) {
 	for _, r := range b.results {
 		if r.Section != section {
 			section = r.Section
-			fmt.Fprintf(tw, "\n%s\t\t\t\n", section)
+			fmt.Fprintf(tw, "\n%s\n", section)
 		}
 		v := fmt.Sprintf("%.3f", r.Value)
-		if r.Value < 0 {
+		if r.Value < 0 && (strings.HasPrefix(r.Note, "failed") || strings.Contains(r.Note, "not installed")) {
 			v = "n/a"
 		} else if r.Value >= 1000 {
 			v = fmt.Sprintf("%.0f", r.Value)

@@ -28,6 +28,10 @@ func TestExecuteCompiled(t *testing.T) {
 		{"clang -O0 cet", clang, []string{"-O0", "-fcf-protection=full"}},
 		{"clang -O2", clang, []string{"-O2", "-fcf-protection=none"}},
 		{"clang -O3 cet", clang, []string{"-O3", "-fcf-protection=full"}},
+		// Position-dependent: switches dispatch through absolute jump
+		// tables, checked with Options.ReadOnly.
+		{"gcc -O2 no-pie", "gcc", []string{"-O2", "-fcf-protection=none", "-fno-pie", "-no-pie"}},
+		{"clang -O2 no-pie", clang, []string{"-O2", "-fcf-protection=none", "-fno-pie", "-no-pie"}},
 	}
 	for _, v := range variants {
 		t.Run(v.name, func(t *testing.T) {
@@ -80,6 +84,29 @@ func runCompiled(t *testing.T, exe string) {
 		t.Fatalf("%s: run_code %#x, rf_global %#x, %d rf_* functions", exe, runCode, global, len(fns))
 	}
 	base := h.call(t, 'B') - runCode
+	var ro *ReadOnly
+	if f.Type == elf.ET_EXEC {
+		if base != 0 {
+			t.Fatalf("position-dependent harness loaded %#x away from its link address", base)
+		}
+		var addrs []uint64
+		var segs [][]byte
+		var code [][2]uint64
+		for _, p := range f.Progs {
+			switch {
+			case p.Type != elf.PT_LOAD:
+			case p.Flags&elf.PF_X != 0:
+				code = append(code, [2]uint64{p.Vaddr, p.Vaddr + p.Memsz})
+			case p.Flags&elf.PF_W == 0:
+				b := make([]byte, p.Filesz)
+				if _, err := p.ReadAt(b, 0); err != nil {
+					t.Fatal(err)
+				}
+				addrs, segs = append(addrs, p.Vaddr), append(segs, b)
+			}
+		}
+		ro = NewReadOnly(addrs, segs, code)
+	}
 	global += base
 	var targets []uint64
 	for _, a := range BranchTargets(code, text.Addr) {
@@ -116,7 +143,7 @@ func runCompiled(t *testing.T, exe string) {
 	var accepted []string
 	refused := map[string]string{}
 	for _, fn := range fns {
-		p, err := Analyze(fn.bytes, fn.run, Options{EmulateCalls: true, ExtraTargets: targets})
+		p, err := Analyze(fn.bytes, fn.run, Options{EmulateCalls: true, ExtraTargets: targets, ReadOnly: ro})
 		var r *Refusal
 		if errors.As(err, &r) {
 			refused[fn.name] = err.Error()
@@ -151,6 +178,9 @@ func runCompiled(t *testing.T, exe string) {
 		}
 	}
 	t.Logf("%d of %d functions relocated and run: %v; refused: %v", len(accepted), len(fns), accepted, refused)
+	if _, ok := refused["rf_switch"]; ok && ro != nil {
+		t.Errorf("rf_switch refused in a position-dependent build: %s", refused["rf_switch"])
+	}
 	if len(accepted) < len(fns)*2/3 {
 		t.Errorf("only %d of %d functions accepted", len(accepted), len(fns))
 	}

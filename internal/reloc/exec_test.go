@@ -295,6 +295,9 @@ func TestExecute(t *testing.T) {
 		{name: "jcc rel32", fn: cat(testEDI, []byte{0x0f, 0x85}, le(4), []byte{0x48, 0x83, 0xc0, 0x01}, ret), set: func(r *regState) { r[7] = 1 }},
 		{name: "jmp rel8 ends region", fn: cat(xorEAX, testEDI, []byte{0xeb, 0x04}, []byte{0x48, 0x83, 0xc0, 0x01}, ret)},
 		{name: "ret ends region", fn: cat(pushRBP, xorEAX, []byte{0x5d}, ret)},
+		{name: "ret then padding", fn: cat(xorEAX, ret, nop, nop, nop)},
+		{name: "jmp over padding", fn: jmpOverPadding, set: func(r *regState) { r[7] = 3 }},
+		{name: "jmp over padding, no iteration", fn: jmpOverPadding, set: func(r *regState) { r[7] = 0 }},
 		// add rax,1; cmp rax,10; jb entry; ret: loops through the stub.
 		// sub rax,1; jne entry: the jcc to Entry is displaced.
 		{name: "displaced loop to entry", fn: cat([]byte{0x48, 0x83, 0xe8, 0x01, 0x75, 0xfa}, ret), set: func(r *regState) { r[0] = 3 }},

@@ -25,8 +25,9 @@
 //   - any function whose indirect jumps might go through a jump table (see
 //     [Analyze]): the table is data the bytes do not show;
 //   - any function it cannot decode to the end (data in text, or an
-//     instruction golang.org/x/arch/x86/x86asm does not know): a linear
-//     sweep that lost its way proves nothing.
+//     instruction golang.org/x/arch/x86/x86asm does not know, but for
+//     ENDBR64/32, RDPKRU and WRPKRU, decoded by hand): a linear sweep
+//     that lost its way proves nothing.
 //
 // Branches from outside the function are not seen here. Compilers do jump
 // into a function from its split-off cold part (gcc's foo.cold) or from a
@@ -50,7 +51,11 @@
 //
 // A return or jmp may end the region only as its last instruction: then
 // the stub ends with it and needs no jump back. One that ends before 5
-// bytes are covered is refused: the bytes after it belong to another block.
+// bytes are covered is refused, the bytes after it belong to another
+// block, unless only NOP padding follows it up to 5 bytes (gcc and clang
+// align the loop that a leading `jmp test` skips over): no fall-through
+// reaches the padding and, by the proof, no branch lands in it, so it is
+// overwritten with the rest of the region and not copied into the stub.
 //
 // # What the caller must still do
 //
@@ -70,6 +75,7 @@
 package reloc
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"sort"
@@ -88,6 +94,32 @@ var (
 	endbr32 = []byte{0xf3, 0x0f, 0x1e, 0xfb}
 )
 
+// byHand are the instructions decoded by hand, which x86asm does not
+// know: none has an operand in its encoding or transfers control, so each
+// is copied as is and the linear sweep goes on after it. RDPKRU and WRPKRU
+// (glibc's pkey_get and pkey_set) only read or write the PKRU register
+// through eax, ecx and edx.
+var byHand = []struct {
+	name string
+	b    []byte
+}{
+	{"ENDBR64", endbr64},
+	{"ENDBR32", endbr32},
+	{"RDPKRU", []byte{0x0f, 0x01, 0xee}},
+	{"WRPKRU", []byte{0x0f, 0x01, 0xef}},
+}
+
+// handDecoded returns the name and length of the instruction of byHand
+// that b starts with, or "", 0.
+func handDecoded(b []byte) (string, int) {
+	for _, h := range byHand {
+		if len(b) >= len(h.b) && string(b[:len(h.b)]) == string(h.b) {
+			return h.name, len(h.b)
+		}
+	}
+	return "", 0
+}
+
 // Reason is why [Analyze] refuses a function. Its String is a short, fixed
 // phrase, suitable for counting refusals; [Refusal] adds where.
 type Reason int
@@ -100,7 +132,8 @@ const (
 	BranchTarget
 	// DisplacedCall: a call is among the displaced instructions.
 	DisplacedCall
-	// EarlyExit: a return or jump ends the region before 5 bytes.
+	// EarlyExit: a return or jump ends the region before 5 bytes, and
+	// the bytes after it up to 5 are not all NOP padding.
 	EarlyExit
 	// Unrelocatable: a displaced instruction cannot run at another
 	// address with the same effect (syscall, int3, loop, jrcxz, xbegin...).
@@ -184,6 +217,89 @@ type Options struct {
 	// [BranchTargets] returns them. A target strictly inside the region
 	// refuses the function.
 	ExtraTargets []uint64
+	// ReadOnly, for a position-dependent executable (ELF ET_EXEC) only,
+	// lets Analyze check absolute jump tables instead of refusing them
+	// (see [ReadOnly]).
+	ReadOnly *ReadOnly
+}
+
+// ReadOnly describes the read-only data of a position-dependent
+// executable (ELF ET_EXEC), so that [Analyze] can check the absolute jump
+// tables its compiler emitted, `jmp [index*8+table]`, rather than refuse
+// every function that has one. Build it with [NewReadOnly].
+//
+// The proof: such a jmp goes to the 8-byte address stored at table +
+// 8*index. A compiler puts the whole table in read-only data, and in a
+// position-dependent executable its entries are link-time addresses
+// written in the file: no relocation changes them at run time. So when
+// the table lies in read-only data, and no 8-byte word at any byte offset
+// of all the read-only data holds an address strictly inside the region,
+// no entry of that table can send a thread there, whatever its bounds.
+// A table anywhere else (writable data, outside the file) is refused.
+//
+// Do not use it for a shared library or a PIE: there, tables are
+// relative offsets, or absolute addresses written by relocations.
+type ReadOnly struct {
+	// Ranges are the [lo, hi) link-time addresses of the read-only,
+	// non-executable bytes of the file, sorted.
+	Ranges [][2]uint64
+	// Pointers are sorted: the values of the 8-byte little-endian words
+	// at every byte offset of Ranges that fall in the executable code.
+	Pointers []uint64
+}
+
+// NewReadOnly scans the read-only, non-executable segments of a
+// position-dependent executable: segs[i] is the file's bytes at link-time
+// address addrs[i] (the file-backed part of a PT_LOAD without PF_W and
+// PF_X). code are the [lo, hi) ranges of its executable segments: only
+// words that point into them are kept.
+func NewReadOnly(addrs []uint64, segs [][]byte, code [][2]uint64) *ReadOnly {
+	ro := &ReadOnly{}
+	inCode := func(v uint64) bool {
+		for _, r := range code {
+			if v >= r[0] && v < r[1] {
+				return true
+			}
+		}
+		return false
+	}
+	for i, b := range segs {
+		ro.Ranges = append(ro.Ranges, [2]uint64{addrs[i], addrs[i] + uint64(len(b))})
+		for off := 0; off+8 <= len(b); off++ {
+			if v := binary.LittleEndian.Uint64(b[off:]); inCode(v) {
+				ro.Pointers = append(ro.Pointers, v)
+			}
+		}
+	}
+	sort.Slice(ro.Ranges, func(i, j int) bool { return ro.Ranges[i][0] < ro.Ranges[j][0] })
+	sort.Slice(ro.Pointers, func(i, j int) bool { return ro.Pointers[i] < ro.Pointers[j] })
+	return ro
+}
+
+// absoluteTable reports whether m is the operand of an absolute jump
+// table that ro lets Analyze check: a qword [index*8+disp32], no base
+// register, no segment, the table in read-only data.
+func (ro *ReadOnly) absoluteTable(in x86asm.Inst, m x86asm.Mem) bool {
+	if ro == nil || in.MemBytes != 8 || m.Base != 0 || m.Index == 0 || m.Scale != 8 || m.Segment != 0 {
+		return false
+	}
+	t := uint64(m.Disp)
+	for _, r := range ro.Ranges {
+		if t >= r[0] && t < r[1] {
+			return true
+		}
+	}
+	return false
+}
+
+// pointsInside returns a stored pointer strictly inside (lo, hi), if any.
+func (ro *ReadOnly) pointsInside(lo, hi uint64) (uint64, bool) {
+	ps := ro.Pointers
+	i := sort.Search(len(ps), func(i int) bool { return ps[i] > lo })
+	if i < len(ps) && ps[i] < hi {
+		return ps[i], true
+	}
+	return 0, false
 }
 
 // Inst is one displaced instruction.
@@ -206,6 +322,7 @@ const (
 	kJmpRIP       // jmp [rip+disp32] (ends the stub), disp rewritten
 	kCall         // call rel32, last: push Resume; jmp target
 	kCallInd      // call reg/[mem], last: push Resume; jmp reg/[mem]
+	kDead         // NOP padding after the exit that ends the stub: not copied
 )
 
 // Plan is the verdict of [Analyze] on a function it accepts: the region to
@@ -244,13 +361,14 @@ func (p *Plan) Orig() []byte {
 // Resume is the address the stub jumps back to: Entry+Len.
 func (p *Plan) Resume() uint64 { return p.Entry + uint64(p.Len) }
 
-// decode decodes one instruction of code at off, handling ENDBR64/32 by
-// hand. It fails when x86asm fails, reports Op(0), or the instruction
-// runs past the end of code.
+// decode decodes one instruction of code at off, handling those of
+// byHand by hand (then the bool is true and the Inst has only a Len). It
+// fails when x86asm fails, reports Op(0), or the instruction runs past the
+// end of code.
 func decode(code []byte, off int) (x86asm.Inst, bool, error) {
 	rest := code[off:]
-	if len(rest) >= 4 && (string(rest[:4]) == string(endbr64) || string(rest[:4]) == string(endbr32)) {
-		return x86asm.Inst{Len: 4}, true, nil
+	if _, n := handDecoded(rest); n > 0 {
+		return x86asm.Inst{Len: n}, true, nil
 	}
 	// x86asm reports a truncated instruction as a lone prefix: decode
 	// with zeros after the end, and see whether the instruction fits.
@@ -487,7 +605,10 @@ func classify(in x86asm.Inst, b []byte, off int, last, emulateCalls bool) (kind,
 // Indirect jumps may dispatch through a table of addresses inside the
 // function, which the bytes do not show. The rule ([JumpTable] refusals):
 //   - jmp [rip+disp] (no index) is a tail call through the GOT: allowed;
-//   - jmp [base+index*scale+disp] is a jump table: refused;
+//   - jmp [base+index*scale+disp] is a jump table: refused, except the
+//     absolute table of a position-dependent executable, jmp
+//     [index*8+table], when [Options.ReadOnly] proves that no entry of it
+//     can lead into the region (see [ReadOnly]);
 //   - jmp reg and jmp [base+disp] are refused when the function also loads
 //     a register from an indexed memory operand (mov/movsxd reg,
 //     [base+index*scale]): gcc and clang dispatch PIC jump tables as
@@ -518,8 +639,12 @@ func Analyze(fn []byte, fnAddr uint64, opts Options) (*Plan, error) {
 
 	// The region: whole instructions covering at least minLen bytes.
 	off := start
+	var exit *Refusal // an exit before minLen bytes, followed by padding
 	for off-start < minLen {
-		in, isEndbr, err := decode(fn, off)
+		in, hand, err := decode(fn, off)
+		if err != nil && exit != nil {
+			return nil, exit
+		}
 		if err != nil {
 			if errors.Is(err, x86asm.ErrTruncated) {
 				return nil, &Refusal{Reason: TooShort, Off: len(fn) - start}
@@ -527,13 +652,33 @@ func Analyze(fn []byte, fnAddr uint64, opts Options) (*Plan, error) {
 			return nil, &Refusal{Reason: Undecodable, Off: off}
 		}
 		b := append([]byte(nil), fn[off:off+in.Len]...) // the Plan owns its bytes
-		text := "ENDBR64"
+		if exit != nil {
+			// After the exit: only NOP padding, never executed, is
+			// displaced with it (and not copied into the stub).
+			if hand || in.Op != x86asm.NOP || vexModRM(b, legacyPrefixes(b)) >= 0 {
+				return nil, exit
+			}
+			p.Insts = append(p.Insts, Inst{Off: off - start, Bytes: b, Text: in.String(), inst: in, kind: kDead})
+			off += in.Len
+			continue
+		}
+		text, _ := handDecoded(b)
 		k := kPlain
-		if !isEndbr {
+		if !hand {
 			text = in.String()
 			last := off+in.Len-start >= minLen
 			var r *Refusal
 			k, r = classify(in, b, off, last, opts.EmulateCalls)
+			if r != nil && r.Reason == EarlyExit && off+in.Len < len(fn) {
+				// A ret or jmp before minLen bytes: no fall-through
+				// reaches the bytes after it. Where they are NOP
+				// padding (compilers align the loop that `jmp test`
+				// skips to), they can be overwritten as well; the sweep
+				// below proves that no branch lands in them.
+				if k2, r2 := classify(in, b, off, true, opts.EmulateCalls); r2 == nil {
+					k, r, exit = k2, nil, r
+				}
+			}
 			if r != nil {
 				if r.Reason == EarlyExit && off+in.Len == len(fn) {
 					r = &Refusal{Reason: TooShort, Off: len(fn) - start, Inst: r.Inst}
@@ -556,15 +701,15 @@ func Analyze(fn []byte, fnAddr uint64, opts Options) (*Plan, error) {
 		off  int
 		text string
 	}
-	var indirect []ijmp
+	var indirect, tables []ijmp
 	indexedLoad := false
 	for off = 0; off < len(fn); {
-		in, isEndbr, err := decode(fn, off)
+		in, hand, err := decode(fn, off)
 		if err != nil {
 			return nil, &Refusal{Reason: Undecodable, Off: off}
 		}
 		pc := fnAddr + uint64(off)
-		if !isEndbr {
+		if !hand {
 			if t, ok := directTarget(in, pc); ok {
 				if hasPrefix(fn[off:off+in.Len], 0x66) {
 					// rel16 on AMD, rel32 on Intel: the target is unknown.
@@ -582,6 +727,10 @@ func Analyze(fn []byte, fnAddr uint64, opts Options) (*Plan, error) {
 				switch a := in.Args[0].(type) {
 				case x86asm.Mem:
 					if a.Index != 0 {
+						if opts.ReadOnly.absoluteTable(in, a) {
+							tables = append(tables, ijmp{off, in.String()})
+							break
+						}
 						return nil, &Refusal{Reason: JumpTable, Off: off, Inst: in.String()}
 					}
 					if a.Base != x86asm.RIP {
@@ -603,6 +752,11 @@ func Analyze(fn []byte, fnAddr uint64, opts Options) (*Plan, error) {
 	if indexedLoad && len(indirect) > 0 {
 		return nil, &Refusal{Reason: JumpTable, Off: indirect[0].off, Inst: indirect[0].text}
 	}
+	if len(tables) > 0 {
+		if v, ok := opts.ReadOnly.pointsInside(lo, hi); ok {
+			return nil, &Refusal{Reason: JumpTable, Off: tables[0].off, Inst: fmt.Sprintf("%s; read-only data holds %#x", tables[0].text, v)}
+		}
+	}
 	ts := opts.ExtraTargets
 	if i := sort.Search(len(ts), func(i int) bool { return ts[i] > lo }); i < len(ts) && inside(ts[i]) {
 		return nil, &Refusal{Reason: BranchTarget, Off: int(ts[i] - fnAddr)}
@@ -619,12 +773,12 @@ func Analyze(fn []byte, fnAddr uint64, opts Options) (*Plan, error) {
 func BranchTargets(code []byte, addr uint64) []uint64 {
 	var ts []uint64
 	for off := 0; off < len(code); {
-		in, isEndbr, err := decode(code, off)
+		in, hand, err := decode(code, off)
 		if err != nil {
 			off++
 			continue
 		}
-		if !isEndbr {
+		if !hand {
 			if t, ok := directTarget(in, addr+uint64(off)); ok {
 				ts = append(ts, t)
 			}

@@ -36,6 +36,37 @@ var (
 	movRIPImm  = cat([]byte{0xc7, 0x05}, le(-0x80), le(0x11223344)) // mov dword [rip-0x80], 0x11223344
 )
 
+// absTable dispatches through an absolute jump table at 0x600000, as gcc
+// -O2 -no-pie emits a switch: push rbp; mov rbp,rsp; nop; jmp [rax*8+table].
+var absTable = cat(pushRBP, movRBPRSP, nop, []byte{0xff, 0x24, 0xc5}, le(0x600000))
+
+func TestNewReadOnly(t *testing.T) {
+	le64 := func(v uint64) []byte { return binary.LittleEndian.AppendUint64(nil, v) }
+	// A pointer at offset 1 (unaligned), one outside the code, one at
+	// the end; a second segment with one pointer.
+	seg1 := cat([]byte{0xaa}, le64(0x401234), le64(0x900000), []byte{1, 2, 3}, le64(0x401000))
+	seg2 := le64(0x400ff0)
+	ro := NewReadOnly([]uint64{0x600000, 0x500000}, [][]byte{seg1, seg2}, [][2]uint64{{0x401000, 0x402000}, {0x400f00, 0x401000}})
+	if want := [][2]uint64{{0x500000, 0x500008}, {0x600000, 0x600000 + uint64(len(seg1))}}; len(ro.Ranges) != 2 || ro.Ranges[0] != want[0] || ro.Ranges[1] != want[1] {
+		t.Errorf("Ranges = %#x; want %#x", ro.Ranges, want)
+	}
+	if want := []uint64{0x400ff0, 0x401000, 0x401234}; !equalU64(ro.Pointers, want) {
+		t.Errorf("Pointers = %#x; want %#x", ro.Pointers, want)
+	}
+	if v, ok := ro.pointsInside(0x401000, 0x401005); ok {
+		t.Errorf("pointsInside(0x401000, 0x401005) = %#x; want none (the ends do not count)", v)
+	}
+	if v, ok := ro.pointsInside(0x401230, 0x401238); !ok || v != 0x401234 {
+		t.Errorf("pointsInside(0x401230, 0x401238) = %#x, %v; want 0x401234", v, ok)
+	}
+}
+
+// jmpOverPadding is a loop rotated the way gcc and clang emit it: a jmp
+// to the test, NOP padding that aligns the loop body, the body, the test.
+// It adds rdi to rax.
+var jmpOverPadding = cat([]byte{0xeb, 0x0d}, []byte{0x66, 0x0f, 0x1f, 0x44, 0x00, 0x00},
+	[]byte{0x48, 0x83, 0xc0, 0x01}, []byte{0x48, 0xff, 0xcf}, []byte{0x48, 0x85, 0xff}, []byte{0x75, 0xf4}, ret)
+
 func TestAnalyze(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -78,7 +109,14 @@ func TestAnalyze(t *testing.T) {
 		{name: "xop", fn: cat([]byte{0x8f, 0xe9, 0x78, 0xe1, 0xc8}, ret), reason: Undecodable, off: 0},
 		{name: "tiny", fn: cat(xorEAX, ret), reason: TooShort, off: 3},
 		{name: "tiny after endbr", fn: cat(endbr, xorEAX, ret), reason: TooShort, off: 3},
-		{name: "ret before 5 bytes", fn: cat(xorEAX, ret, nop, nop, nop), reason: EarlyExit, off: 2},
+		{name: "ret before 5 bytes", fn: cat(xorEAX, ret, pushRBP, nop, nop, ret), reason: EarlyExit, off: 2},
+		{name: "ret then padding", fn: cat(xorEAX, ret, nop, nop, nop), entry: fnAddr, len: 5, exits: true},
+		// jmp test; nopw (padding); loop: add rax,1; dec rdi; test: test rdi,rdi; jne loop; ret
+		{name: "jmp over padding", fn: jmpOverPadding, entry: fnAddr, len: 8, exits: true},
+		{name: "jmp then code", fn: cat([]byte{0xeb, 0x03}, xorEAX, nop, ret, ret), reason: EarlyExit, off: 0},
+		{name: "jmp then padding then code", fn: cat([]byte{0xeb, 0x04}, nop, nop, xorEAX, ret, ret), reason: EarlyExit, off: 0},
+		// jmp +3; nop; nop; (+4) nop; ...; jne +4: the padding is a branch target.
+		{name: "padding is a branch target", fn: cat([]byte{0xeb, 0x03}, nop, nop, nop, nop, testEDI, []byte{0x75, 0xfa}, ret), reason: BranchTarget, off: 4},
 		{name: "instruction past the end", fn: cat(xorEAX, movRAXRIP[:5]), reason: TooShort, off: 7},
 		// push rbp; mov rbp,rsp; ...; jne +1: the loop head is inside.
 		{name: "loop back to entry+1", fn: cat(pushRBP, movRBPRSP, nop, []byte{0xff, 0xcf, 0x75, 0xf8}, ret), reason: BranchTarget, off: 1},
@@ -100,6 +138,18 @@ func TestAnalyze(t *testing.T) {
 		// lea rdx,[rip+x]; movsxd rax,[rdx+rax*4]; add rax,rdx; jmp rax
 		{name: "pic jump table", fn: cat(leaRDIRIP[:0], []byte{0x48, 0x8d, 0x15}, le(0x100), []byte{0x48, 0x63, 0x04, 0x82, 0x48, 0x01, 0xd0, 0xff, 0xe0}), reason: JumpTable, off: 14},
 		{name: "absolute jump table", fn: cat(pushRBP, movRBPRSP, nop, []byte{0xff, 0x24, 0xc5}, le(0x600000)), reason: JumpTable, off: 5},
+		// push rbp; mov rbp,rsp; nop; jmp [rax*8+0x600000]: checked against the read-only data.
+		{name: "absolute jump table checked", fn: absTable, opts: Options{ReadOnly: &ReadOnly{Ranges: [][2]uint64{{0x600000, 0x601000}}, Pointers: []uint64{fnAddr, fnAddr + 5, fnAddr + 9}}}, entry: fnAddr, len: 5},
+		{name: "absolute jump table into the region", fn: absTable, opts: Options{ReadOnly: &ReadOnly{Ranges: [][2]uint64{{0x600000, 0x601000}}, Pointers: []uint64{fnAddr, fnAddr + 1, fnAddr + 9}}}, reason: JumpTable, off: 5},
+		{name: "absolute jump table in writable data", fn: absTable, opts: Options{ReadOnly: &ReadOnly{Ranges: [][2]uint64{{0x601000, 0x602000}}}}, reason: JumpTable, off: 5},
+		// jmp [rdx+rax*8+0x600000]: a base register, not an absolute table.
+		{name: "jump table with a base", fn: cat(pushRBP, movRBPRSP, nop, []byte{0xff, 0xa4, 0xc2}, le(0x600000)), opts: Options{ReadOnly: &ReadOnly{Ranges: [][2]uint64{{0x600000, 0x601000}}}}, reason: JumpTable, off: 5},
+		// jmp [rax*4+0x600000]: entries of 4 bytes are no absolute addresses.
+		{name: "jump table of scale 4", fn: cat(pushRBP, movRBPRSP, nop, []byte{0xff, 0x24, 0x85}, le(0x600000)), opts: Options{ReadOnly: &ReadOnly{Ranges: [][2]uint64{{0x600000, 0x601000}}}}, reason: JumpTable, off: 5},
+		// xor ecx,ecx; rdpkru; ret: x86asm does not know RDPKRU.
+		{name: "rdpkru displaced", fn: cat([]byte{0x31, 0xc9, 0x0f, 0x01, 0xee}, ret), entry: fnAddr, len: 5},
+		{name: "wrpkru later", fn: cat(pushRBP, movRBPRSP, subRSP16, []byte{0x0f, 0x01, 0xef}, ret), entry: fnAddr, len: 8},
+		{name: "rdpkru with a prefix", fn: cat(pushRBP, movRBPRSP, subRSP16, []byte{0x66, 0x0f, 0x01, 0xee}, ret), reason: Undecodable, off: 8},
 		{name: "tail call through pointer", fn: cat(pushRBP, movRBPRSP, []byte{0x48, 0x8b, 0x47, 0x08, 0x5d, 0xff, 0xe0}), entry: fnAddr, len: 8},
 	}
 	for _, tt := range tests {
@@ -223,6 +273,16 @@ func checkRelocated(t *testing.T, p *Plan, stub uint64) {
 		return far || !near || !near2
 	}
 	for _, oi := range p.Insts {
+		if oi.kind == kDead {
+			continue // padding after the exit: left out
+		}
+		if name, n := handDecoded(oi.Bytes); n > 0 {
+			if !bytes.Equal(code[off:off+n], oi.Bytes) {
+				t.Fatalf("stub at %#x +%d: % x; want %s copied", stub, off, code[off:], name)
+			}
+			off += n
+			continue
+		}
 		orig := p.Entry + uint64(oi.Off)
 		in, err := x86asm.Decode(code[off:], 64)
 		if err != nil {

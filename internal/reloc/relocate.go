@@ -61,6 +61,7 @@ func (p *Plan) MaxStubLen() int {
 			n += PushAbsLen + JmpAbsLen
 		case kCallInd:
 			n += PushAbsLen + len(in.Bytes)
+		case kDead:
 		default:
 			n += len(in.Bytes)
 		}
@@ -101,6 +102,8 @@ func appendJmp(b []byte, at, target uint64) []byte {
 //   - jmp rel8/rel32 become `jmp rel32`, or [JmpAbsLen] bytes;
 //   - a call (last, with [Options.EmulateCalls]) becomes a push of
 //     Resume ([PushImmLen] or [PushAbsLen] bytes) and a jmp to the callee;
+//   - NOP padding after a ret or jmp that ends the region early is left
+//     out;
 //   - every other instruction is copied as is.
 //
 // A branch of the region to Entry stays a branch to Entry, whose jmp leads
@@ -114,6 +117,8 @@ func (p *Plan) Relocate(stubAddr uint64) ([]byte, error) {
 		switch in.kind {
 		case kPlain, kExit:
 			out = append(out, in.Bytes...)
+		case kDead:
+			// Padding after the exit: never executed.
 		case kRIPRel, kJmpRIP:
 			o := in.inst.PCRelOff
 			disp := int32(binary.LittleEndian.Uint32(in.Bytes[o:]))

@@ -621,6 +621,8 @@ func (s *Session) addStats(st textpoke.Stats) {
 	s.stats.Traps += st.Traps
 	s.stats.Duration += st.Duration
 	s.stats.Paused += st.Paused
+	s.stats.SteppedOut += st.SteppedOut
+	s.stats.RegionCheck += st.RegionCheck
 	s.stats.Mode = st.Mode
 }
 

@@ -413,7 +413,8 @@ func TestGraphDurations(t *testing.T) {
 		t.Fatalf("sleeper_nanosleep: %d calls, want 3 (stats %+v)", sl.Calls, stats)
 	}
 	ms := time.Millisecond.Nanoseconds()
-	if sl.Min < 10*ms || sl.Max > 60*ms || sl.Total < 30*ms {
+	// The upper bound leaves room for a loaded machine's scheduling.
+	if sl.Min < 10*ms || sl.Max > 250*ms || sl.Total < 30*ms {
 		t.Errorf("sleeper_nanosleep: min %v max %v total %v; each call sleeps 10 ms",
 			time.Duration(sl.Min), time.Duration(sl.Max), time.Duration(sl.Total))
 	}

@@ -187,10 +187,17 @@ int main(void)
 		} else if (op == 'S') {
 			uint64_t a = 0;
 			uint64_t self = (uint64_t)(uintptr_t)run_code & ~(PAGE - 1);
+			/* Below the code, or above it for a position-dependent
+			 * build at 0x400000. */
 			for (uint64_t d = 16UL << 20; d < 1UL << 30 && a == 0; d += 16UL << 20) {
-				void *p = mmap((void *)(self - d), PAGE, rwx, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
-				if (p != MAP_FAILED)
-					a = (uint64_t)(uintptr_t)p;
+				uint64_t at[2] = {self - d, self + d};
+				for (int i = 0; i < 2 && a == 0; i++) {
+					if (i == 0 && d >= self)
+						continue;
+					void *p = mmap((void *)at[i], PAGE, rwx, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+					if (p != MAP_FAILED)
+						a = (uint64_t)(uintptr_t)p;
+				}
 			}
 			writen(&a, 8);
 		} else if (op == 'W') {

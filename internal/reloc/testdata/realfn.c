@@ -132,3 +132,25 @@ u64 (*rf_fp)(u64, u64) = rf_mix;
 
 /* An indirect call among the first bytes. */
 RF u64 rf_callind(u64 a, u64 b) { return rf_fp(a, b) ^ 1; }
+
+/*
+ * A loop rotated the way gcc -O2 emits `while (p) { p->v = 1; p = p->next; }`
+ * (libsqlite3's sqlite3BackupRestart): a 2-byte jmp to the test, NOP
+ * padding that aligns the body, the body, the test. Written in assembly
+ * because integer arguments do not make gcc emit it: while (a) { b += 3;
+ * a >>= 1; } return b;
+ */
+u64 rf_jmp_padding(u64 a, u64 b);
+__asm__(".text\n"
+	".globl rf_jmp_padding\n"
+	".type rf_jmp_padding, @function\n"
+	"rf_jmp_padding:\n"
+	"	.byte 0xeb, 0x0d\n"                         /* jmp 2f */
+	"	.byte 0x66, 0x0f, 0x1f, 0x44, 0x00, 0x00\n" /* nopw 0(%rax,%rax,1) */
+	"1:	addq $3, %rsi\n"                            /* 4 bytes */
+	"	shrq %rdi\n"                                 /* 3 bytes */
+	"2:	testq %rdi, %rdi\n"
+	"	jne 1b\n"
+	"	movq %rsi, %rax\n"
+	"	ret\n"
+	".size rf_jmp_padding, .-rf_jmp_padding\n");
