@@ -61,14 +61,14 @@ deps-test:
 	$(call apt_install,sqlite3,sqlite3)
 	$(call apt_install_file,/usr/lib/debug/.build-id/$(LIBC_BUILD_ID).debug,libc6-dbg)
 	$(call apt_install,node,nodejs)
+	$(call apt_install,python3,python3-minimal)
 
-# deps-bench: uftrace to compare with, and the stock binaries whose
-# traceable fraction `make bench` measures (internal/reloc TestTraceable):
-# libsqlite3.so.0 and python3 (libc.so.6 is always there).
+# deps-bench: uftrace to compare with, and libsqlite3.so.0, one of the stock
+# binaries whose traceable fraction `make bench` measures (internal/reloc
+# TestTraceable; python3, which a test traces live, comes with deps-test).
 deps-bench: deps-test
 	$(call apt_install,uftrace,uftrace)
 	$(call apt_install_file,/usr/lib/x86_64-linux-gnu/libsqlite3.so.0,libsqlite3-0)
-	$(call apt_install,python3,python3-minimal)
 
 vet:
 	$(GO) vet ./...

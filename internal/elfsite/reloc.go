@@ -48,6 +48,13 @@ type relocState struct {
 	extraOnce sync.Once
 	extra     []uint64
 
+	// A position-dependent executable's read-only data, for its absolute
+	// jump tables (reloc.ReadOnly): the file bytes, then the index built
+	// from them on first use.
+	roSegs []textSeg
+	roOnce sync.Once
+	ro     *reloc.ReadOnly
+
 	allOnce sync.Once
 	all     []Site
 	refused []RelocRefusal
@@ -101,6 +108,66 @@ func (p *parser) prepareReloc() {
 		}
 		rs.segs = append(rs.segs, textSeg{vaddr: l.Vaddr, b: b})
 	}
+	if p.f.Type != elf.ET_EXEC {
+		return
+	}
+	for _, l := range p.spec.Loads {
+		if l.Flags&(elf.PF_X|elf.PF_W) != 0 || l.Filesz == 0 {
+			continue
+		}
+		total += l.Filesz
+		if total > maxRelocText || p.size >= 0 && total > 2*uint64(p.size) {
+			rs.roSegs = nil // no index: jump tables stay refused
+			return
+		}
+		b := make([]byte, l.Filesz)
+		if n, _ := p.r.ReadAt(b, int64(l.Offset)); n < len(b) {
+			rs.roSegs = nil // a truncated file: jump tables stay refused
+			return
+		}
+		rs.roSegs = append(rs.roSegs, textSeg{vaddr: l.Vaddr, b: b})
+	}
+}
+
+// options returns the relocator's options for this file: the direct
+// branch targets from outside each function and, for a position-dependent
+// executable, its read-only data, so that absolute jump tables are checked
+// rather than refused (reloc.ReadOnly).
+func (rs *relocState) options() reloc.Options {
+	return reloc.Options{ExtraTargets: rs.extraTargets(), ReadOnly: rs.readOnly()}
+}
+
+// readOnly returns the read-only data index of a position-dependent
+// executable, or nil.
+func (rs *relocState) readOnly() *reloc.ReadOnly {
+	rs.roOnce.Do(func() {
+		if len(rs.roSegs) == 0 {
+			return
+		}
+		var addrs []uint64
+		var segs [][]byte
+		for _, s := range rs.roSegs {
+			addrs = append(addrs, s.vaddr)
+			segs = append(segs, s.b)
+		}
+		var code [][2]uint64
+		for _, s := range rs.segs {
+			code = append(code, [2]uint64{s.vaddr, s.vaddr + uint64(len(s.b))})
+		}
+		rs.ro = reloc.NewReadOnly(addrs, segs, code)
+	})
+	return rs.ro
+}
+
+// RelocOptions returns the options [Spec.RelocFunc] analyzes functions
+// with; a caller that analyzes one again at its runtime address (the same
+// as the link-time one in a position-dependent executable, the only kind
+// for which ReadOnly is set) must use the same ReadOnly.
+func (s *Spec) RelocOptions() reloc.Options {
+	if s.reloc == nil {
+		return reloc.Options{}
+	}
+	return reloc.Options{ReadOnly: s.reloc.readOnly()}
 }
 
 // text returns the n file bytes at link-time address addr in an executable
@@ -173,7 +240,7 @@ func (s *Spec) RelocFunc(i int) (st Site, why string, ok bool) {
 	if !found {
 		return Site{}, "bytes outside the executable segments", true
 	}
-	plan, err := reloc.Analyze(code, f.Addr, reloc.Options{ExtraTargets: rs.extraTargets()})
+	plan, err := reloc.Analyze(code, f.Addr, rs.options())
 	if err != nil {
 		return Site{}, err.Error(), true
 	}

@@ -495,7 +495,13 @@ func (s *Session) planReloc() error {
 		if err := s.p.ReadMem(m.Runtime(fn.Addr), code); err != nil {
 			return fmt.Errorf("read %s: %w", x.name, err)
 		}
-		plan, err := reloc.Analyze(code, m.Runtime(fn.Addr), reloc.Options{})
+		var ropts reloc.Options
+		if m.Bias == 0 {
+			// A position-dependent executable runs at its link-time
+			// addresses: its read-only data proves its jump tables.
+			ropts = m.Spec.RelocOptions()
+		}
+		plan, err := reloc.Analyze(code, m.Runtime(fn.Addr), ropts)
 		if err != nil {
 			return fmt.Errorf("refusing to patch %s: its live text is not the file's (%v); is another tool patching this process?", x.name, err)
 		}
