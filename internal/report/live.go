@@ -79,8 +79,12 @@ func (l *Live) Events(evs []tracefile.Event) {
 			if len(task) > 16 {
 				task = task[:16]
 			}
+			name := funcName(l.meta, ev.Func)
+			if ev.Args != "" {
+				name = callText(l.meta, ev.Func, ev.Args)
+			}
 			fmt.Fprintf(l.w, "%16s-%-7d [---] %7d.%06d: %s <- %s\n", Printable(task), ev.TID,
-				ns/1e9, ns%1e9/1e3, funcName(l.meta, ev.Func), l.syms.name(ev.Caller))
+				ns/1e9, ns%1e9/1e3, name, l.syms.name(ev.Caller))
 			continue
 		}
 		h := l.held[ev.TID]
@@ -91,7 +95,7 @@ func (l *Live) Events(evs []tracefile.Event) {
 				if l.f.MinDuration > 0 && ns-h.ns < l.f.MinDuration.Nanoseconds() {
 					continue
 				}
-				fmt.Fprintf(l.w, "%s [%7d] | %s%s();\n", fmtDur(ns-h.ns), ev.TID, l.indent(ev.Depth), funcName(l.meta, ev.Func))
+				fmt.Fprintf(l.w, "%s [%7d] | %s%s%s;\n", fmtDur(ns-h.ns), ev.TID, l.indent(ev.Depth), callText(l.meta, ev.Func, h.ev.Args), retSuffix(l.meta, ev.Func, ev.Args))
 				continue
 			}
 			l.release(ev.TID)
@@ -100,7 +104,11 @@ func (l *Live) Events(evs []tracefile.Event) {
 				dur = fmtDur(ns - st[ev.Depth])
 				st[ev.Depth] = -1
 			}
-			fmt.Fprintf(l.w, "%s [%7d] | %s} /* %s */\n", dur, ev.TID, l.indent(ev.Depth), funcName(l.meta, ev.Func))
+			ret := retSuffix(l.meta, ev.Func, ev.Args)
+			if ret != "" {
+				ret += ";"
+			}
+			fmt.Fprintf(l.w, "%s [%7d] | %s}%s /* %s */\n", dur, ev.TID, l.indent(ev.Depth), ret, funcName(l.meta, ev.Func))
 			continue
 		}
 		l.release(ev.TID)
@@ -120,7 +128,7 @@ func (l *Live) release(tid uint32) {
 	if h == nil {
 		return
 	}
-	fmt.Fprintf(l.w, "%10s [%7d] | %s%s() {\n", "", tid, l.indent(h.ev.Depth), funcName(l.meta, h.ev.Func))
+	fmt.Fprintf(l.w, "%10s [%7d] | %s%s {\n", "", tid, l.indent(h.ev.Depth), callText(l.meta, h.ev.Func, h.ev.Args))
 	delete(l.held, tid)
 }
 
