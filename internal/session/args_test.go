@@ -76,7 +76,7 @@ func TestDeliverData(t *testing.T) {
 	if len(tscs) < 3 || tscs[0] != 10 || tscs[1] != 11 || tscs[2] != 15 {
 		t.Errorf("events %v, want 10, 11, 15 first", tscs)
 	}
-	if s.badRecords < 4 {
-		t.Errorf("%d corrupt, want at least 4", s.badRecords)
+	if n := s.badRecords.Load(); n < 4 {
+		t.Errorf("%d corrupt, want at least 4", n)
 	}
 }

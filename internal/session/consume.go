@@ -100,7 +100,7 @@ func (s *Session) deliverRaw(tid uint32, lostBefore uint32, raw []byte) error {
 func (s *Session) convert(tid uint32, raw []byte) error {
 	s.conv.Lock()
 	defer s.conv.Unlock()
-	s.unspooled += uint64(len(raw) / agent.SizeofRecord)
+	s.unspooled.Add(uint64(len(raw) / agent.SizeofRecord))
 	return s.convertLocked(tid, raw)
 }
 
@@ -134,13 +134,13 @@ func (s *Session) convertLocked(tid uint32, raw []byte) error {
 			}
 			i += skip
 			if !ok {
-				s.badRecords++
+				s.badRecords.Add(1)
 				continue
 			}
 			args = a
 		}
 		if site >= nsel || (kind != agent.KindEntry && kind != agent.KindExit) {
-			s.badRecords++
+			s.badRecords.Add(1)
 			continue
 		}
 		if maxDepth > 0 && int(depth) >= maxDepth {
@@ -164,7 +164,7 @@ func (s *Session) convertLocked(tid uint32, raw []byte) error {
 		}
 	}
 	evs = evs[:n]
-	s.events += uint64(n)
+	s.events.Add(uint64(n))
 	if s.opts.OnEvents != nil && n > 0 {
 		// Without a spool (OnEvents implies none) this runs under s.mu.
 		s.opts.OnEvents(evs, s.threads[tid])

@@ -20,6 +20,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/livetrace/livetrace/internal/agent"
@@ -153,9 +154,9 @@ type Session struct {
 	// conv guards the conversion of records into events (convertLocked):
 	// the spool's converter goroutine, or deliverRaw without a spool.
 	conv       sync.Mutex
-	events     uint64 // events written
-	badRecords uint64 // malformed records dropped
-	unspooled  uint64 // records taken out of the spool
+	events     atomic.Uint64 // events written
+	badRecords atomic.Uint64 // malformed records dropped
+	unspooled  atomic.Uint64 // records taken out of the spool
 	evbuf      []tracefile.Event
 	clock0     tsc.Pair // at the patch batch
 	calib      tsc.Pair // taken earlier, to know the TSC rate before the end
@@ -751,11 +752,12 @@ func (s *Session) Summary() Summary {
 	if !s.ended.IsZero() {
 		d = s.ended.Sub(s.started)
 	}
-	s.conv.Lock()
 	// Records still in the spool count as events: they are safe, only
 	// not encoded yet. Once the spool is finished the count is exact.
-	events, corrupt := s.events+(s.spooled-s.unspooled), s.corrupt+s.badRecords
-	s.conv.Unlock()
+	// (No s.conv here: the converter holds it at nice 19, and the loop
+	// that empties the buffer calls Summary.)
+	events := s.events.Load() + (s.spooled - s.unspooled.Load())
+	corrupt := s.corrupt + s.badRecords.Load()
 	return Summary{Events: events, Lost: lost, Corrupt: corrupt, Threads: len(s.threads), Duration: d, Output: s.opts.Output}
 }
 
