@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync/atomic"
+	"unsafe"
 )
 
 // Errors returned by this package.
@@ -86,6 +88,9 @@ type Config struct {
 	Chunks       int    // chunks in the pool
 	ChunkRecords int    // records per chunk
 	Sites        []Site // sorted by Addr, strictly increasing
+	// SiteCap is the room of the site table, in sites (at least
+	// len(Sites)): sites added while attached ([PutSite]) go there.
+	SiteCap int
 	TSCHz        uint64 // informational, stored in the header
 }
 
@@ -118,8 +123,11 @@ func (cfg Config) layout() (sharedLayout, error) {
 			return l, fmt.Errorf("%w: sites not sorted by address at index %d", ErrBadConfig, i)
 		}
 	}
+	if cfg.SiteCap > MaxSites {
+		return l, fmt.Errorf("%w: room for %d sites, at most %d", ErrBadConfig, cfg.SiteCap, MaxSites)
+	}
 	l.siteOff = SharedHdrPage
-	l.chunkOff = roundUp(l.siteOff+uint64(len(cfg.Sites))*SizeofSite, PageSize)
+	l.chunkOff = roundUp(l.siteOff+uint64(max(len(cfg.Sites), cfg.SiteCap))*SizeofSite, PageSize)
 	l.chunkSize = roundUp(SizeofChunkHdr+uint64(recs)*SizeofRecord, 64)
 	l.chunks, l.records = uint64(chunks), uint64(recs)
 	l.total = roundUp(l.chunkOff+l.chunks*l.chunkSize, PageSize)
@@ -162,15 +170,7 @@ func InitShared(mem []byte, cfg Config) error {
 	clear(mem[:l.total])
 	le := binary.LittleEndian
 	for i, s := range cfg.Sites {
-		o := l.siteOff + uint64(i)*SizeofSite
-		le.PutUint64(mem[o+SiteAddrOff:], s.Addr)
-		le.PutUint64(mem[o+SiteTargetOff:], s.Target)
-		copy(mem[o+SiteOrigOff:o+SiteOrigOff+SiteOrig], s.Orig[:])
-		n := s.Len
-		if n == 0 {
-			n = 5
-		}
-		le.PutUint32(mem[o+SiteLenOff:], n)
+		putSite(mem[l.siteOff+uint64(i)*SizeofSite:], s)
 	}
 	le.PutUint32(mem[SharedHdrVersionOff:], Version)
 	le.PutUint32(mem[SharedHdrHdrSizeOff:], SharedHdrPage)
@@ -183,6 +183,46 @@ func InitShared(mem []byte, cfg Config) error {
 	le.PutUint64(mem[SharedHdrChunkSizeOff:], l.chunkSize)
 	le.PutUint64(mem[SharedHdrTscHzOff:], cfg.TSCHz)
 	le.PutUint32(mem[SharedHdrMagicOff:], Magic)
+	return nil
+}
+
+func putSite(b []byte, s Site) {
+	le := binary.LittleEndian
+	le.PutUint64(b[SiteAddrOff:], s.Addr)
+	le.PutUint64(b[SiteTargetOff:], s.Target)
+	copy(b[SiteOrigOff:SiteOrigOff+SiteOrig], s.Orig[:])
+	n := s.Len
+	if n == 0 {
+		n = 5
+	}
+	le.PutUint32(b[SiteLenOff:], n)
+}
+
+// SiteCap returns the room of the site table of mem, a shared memory
+// formatted by [InitShared], in sites.
+func SiteCap(mem []byte) int {
+	le := binary.LittleEndian
+	return int((le.Uint64(mem[SharedHdrChunkOffOff:]) - le.Uint64(mem[SharedHdrSiteOffOff:])) / SizeofSite)
+}
+
+// AppendSites writes sites at the end of the site table of mem (a shared
+// memory formatted by [InitShared], which the agent may be using), then
+// publishes the new count: the SIGTRAP backstop never sees an entry before
+// it is complete. The appended sites need not be in address order (the
+// backstop scans what its binary search misses). Not safe for concurrent
+// use with itself.
+func AppendSites(mem []byte, sites []Site) error {
+	le := binary.LittleEndian
+	off := le.Uint64(mem[SharedHdrSiteOffOff:])
+	n := le.Uint64(mem[SharedHdrNsitesOff:])
+	if int(n)+len(sites) > SiteCap(mem) {
+		return fmt.Errorf("add sites: %w: %d sites, room for %d", ErrBadConfig, int(n)+len(sites), SiteCap(mem))
+	}
+	for i, s := range sites {
+		putSite(mem[off+(n+uint64(i))*SizeofSite:], s)
+	}
+	p := (*uint64)(unsafe.Pointer(&mem[SharedHdrNsitesOff]))
+	atomic.StoreUint64(p, n+uint64(len(sites)))
 	return nil
 }
 
