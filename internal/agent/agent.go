@@ -91,7 +91,7 @@ type Config struct {
 	// SiteCap is the room of the site table, in sites (at least
 	// len(Sites)): sites added while attached ([PutSite]) go there.
 	SiteCap int
-	TSCHz        uint64 // informational, stored in the header
+	TSCHz   uint64 // informational, stored in the header
 }
 
 type sharedLayout struct {
