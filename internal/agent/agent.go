@@ -89,7 +89,7 @@ type Config struct {
 	ChunkRecords int    // records per chunk
 	Sites        []Site // sorted by Addr, strictly increasing
 	// SiteCap is the room of the site table, in sites (at least
-	// len(Sites)): sites added while attached ([PutSite]) go there.
+	// len(Sites)): sites added while attached ([AppendSites]) go there.
 	SiteCap int
 	TSCHz   uint64 // informational, stored in the header
 }

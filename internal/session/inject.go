@@ -95,6 +95,8 @@ func (s *Session) inject() (err error) {
 	// The site table is filled in below, once the stubs have addresses;
 	// its size is known now.
 	cfg.Sites = make([]agent.Site, len(s.sel))
+	// Room for the functions Enable may add while attached (ctl.go).
+	cfg.SiteCap = min(agent.MaxSites, len(s.sel)+spareSites)
 	for i := range cfg.Sites {
 		cfg.Sites[i].Addr = uint64(i + 1)
 	}

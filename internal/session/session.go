@@ -103,6 +103,8 @@ type selected struct {
 	// plan is the relocator's plan at runtime addresses, for a
 	// relocating site (site.Form == elfsite.FormReloc).
 	plan *reloc.Plan
+	// off: not traced now (Disable), its site holds its original bytes.
+	off bool
 }
 
 // Session is one live recording. Its methods are safe for concurrent use.
@@ -114,7 +116,10 @@ type Session struct {
 	p       *proc.Process
 	eng     *textpoke.Engine
 	mods    []*elfsite.Module
-	sel     []selected // sorted by addr; index = site index in records
+	// sel are the traced sites; index = site index in records and in the
+	// agent's site table. Sorted by addr up to the sites chosen at
+	// attach; Enable appends (under mu and conv, see ctl.go).
+	sel     []selected
 	refused []RefusedSite
 	// untraceable are named functions the relocator refuses.
 	untraceable []RefusedSite
@@ -152,8 +157,12 @@ type Session struct {
 	restoredReturns int
 	// skipped lists the selected sites that another tool (a uprobe)
 	// held at the start; they are not traced.
-	skipped  []HeldSite
-	leasing  bool // renewLease runs (orphan.go)
+	skipped []HeldSite
+	leasing bool // renewLease runs (orphan.go)
+	// ctlMu serializes Enable, Disable and Close (ctl.go).
+	ctlMu    sync.Mutex
+	changes  []tracefile.Change // under mu
+	ctl      ctlState           // under ctlMu
 	closed   bool
 	closeErr error
 }
@@ -464,26 +473,33 @@ func literalMatch(spec *elfsite.Spec, st elfsite.Site, globs []string) bool {
 // on it, and the live bytes must be the file's.
 func (s *Session) planReloc() error {
 	for i := range s.sel {
-		x := &s.sel[i]
-		if x.site.Form != elfsite.FormReloc {
-			continue
+		if err := s.planRelocSite(&s.sel[i]); err != nil {
+			return err
 		}
-		m := s.mods[x.mod]
-		fn := m.Spec.Funcs[x.site.Func]
-		code := make([]byte, fn.Size)
-		if err := s.p.ReadMem(m.Runtime(fn.Addr), code); err != nil {
-			return fmt.Errorf("read %s: %w", x.name, err)
-		}
-		plan, err := reloc.Analyze(code, m.Runtime(fn.Addr), reloc.Options{})
-		if err != nil {
-			return fmt.Errorf("refusing to patch %s: its live text is not the file's (%v); is another tool patching this process?", x.name, err)
-		}
-		if plan.Entry != x.addr || !bytes.Equal(plan.Orig(), x.site.Plan.Orig()) {
-			return fmt.Errorf("refusing to patch %s at %#x: its live text % x is not the file's % x; is another tool patching this process?", x.name, x.addr, plan.Orig(), x.site.Plan.Orig())
-		}
-		x.plan = plan
-		x.orig = plan.Orig()
 	}
+	return nil
+}
+
+// planRelocSite is planReloc for one site (nothing for a NOP site).
+func (s *Session) planRelocSite(x *selected) error {
+	if x.site.Form != elfsite.FormReloc {
+		return nil
+	}
+	m := s.mods[x.mod]
+	fn := m.Spec.Funcs[x.site.Func]
+	code := make([]byte, fn.Size)
+	if err := s.p.ReadMem(m.Runtime(fn.Addr), code); err != nil {
+		return fmt.Errorf("read %s: %w", x.name, err)
+	}
+	plan, err := reloc.Analyze(code, m.Runtime(fn.Addr), reloc.Options{})
+	if err != nil {
+		return fmt.Errorf("refusing to patch %s: its live text is not the file's (%v); is another tool patching this process?", x.name, err)
+	}
+	if plan.Entry != x.addr || !bytes.Equal(plan.Orig(), x.site.Plan.Orig()) {
+		return fmt.Errorf("refusing to patch %s at %#x: its live text % x is not the file's % x; is another tool patching this process?", x.name, x.addr, plan.Orig(), x.site.Plan.Orig())
+	}
+	x.plan = plan
+	x.orig = plan.Orig()
 	return nil
 }
 
@@ -562,23 +578,11 @@ func (s *Session) patch() error {
 	}
 	ps := make([]textpoke.Patch, len(s.sel))
 	for i, x := range s.sel {
-		if x.plan != nil {
-			jmp, err := x.plan.Patch(x.stub)
-			if err != nil {
-				return err
-			}
-			ps[i] = textpoke.Patch{Addr: x.addr, Old: x.orig, New: jmp, Region: true, Detour: x.stub + relocCallLen}
-			continue
-		}
-		old := x.orig
-		if x.site.Form == elfsite.FormSled {
-			old = textpoke.NOP5
-		}
-		call, err := textpoke.Call(x.addr, x.stub)
+		p, err := x.patch()
 		if err != nil {
 			return err
 		}
-		ps[i] = textpoke.Patch{Addr: x.addr, Old: old, New: call}
+		ps[i] = p
 	}
 	// One batch: NOP sites and regions (relocating sites) alike take the
 	// live protocol (textpoke).
@@ -591,6 +595,28 @@ func (s *Session) patch() error {
 	}
 	s.patched = true
 	return nil
+}
+
+// patch returns the patch that makes x traced: its NOP becomes a CALL to
+// its stub, or its relocated region a jmp to its relocation stub. The
+// reverse patch (Old and New swapped) makes it untraced again.
+func (x *selected) patch() (textpoke.Patch, error) {
+	if x.plan != nil {
+		jmp, err := x.plan.Patch(x.stub)
+		if err != nil {
+			return textpoke.Patch{}, err
+		}
+		return textpoke.Patch{Addr: x.addr, Old: x.orig, New: jmp, Region: true, Detour: x.stub + relocCallLen}, nil
+	}
+	old := x.orig
+	if x.site.Form == elfsite.FormSled {
+		old = textpoke.NOP5
+	}
+	call, err := textpoke.Call(x.addr, x.stub)
+	if err != nil {
+		return textpoke.Patch{}, err
+	}
+	return textpoke.Patch{Addr: x.addr, Old: old, New: call}, nil
 }
 
 func (s *Session) addStats(st textpoke.Stats) {
@@ -611,11 +637,16 @@ func (s *Session) addStats(st textpoke.Stats) {
 func (s *Session) Held() []HeldSite {
 	out := append([]HeldSite(nil), s.skipped...)
 	if s.eng != nil {
+		s.mu.Lock()
+		names := make(map[uint64]string, len(s.sel))
+		for _, x := range s.sel {
+			names[x.addr] = x.name
+		}
+		s.mu.Unlock()
 		for _, h := range s.eng.Held() {
-			i := sort.Search(len(s.sel), func(i int) bool { return s.sel[i].addr >= h.Addr })
-			name := fmt.Sprintf("%#x", h.Addr)
-			if i < len(s.sel) && s.sel[i].addr == h.Addr {
-				name = s.sel[i].name
+			name, ok := names[h.Addr]
+			if !ok {
+				name = fmt.Sprintf("%#x", h.Addr)
 			}
 			out = append(out, HeldSite{Name: name, Addr: h.Addr, Uprobe: h.Uprobe})
 		}
@@ -665,8 +696,18 @@ func heldNames(hs []HeldSite) string {
 	return strings.Join(names, ", ")
 }
 
-// Functions returns how many functions are traced.
-func (s *Session) Functions() int { return len(s.sel) }
+// Functions returns how many functions are traced now.
+func (s *Session) Functions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, x := range s.sel {
+		if !x.off {
+			n++
+		}
+	}
+	return n
+}
 
 // Pid returns the target's process ID.
 func (s *Session) Pid() int { return s.p.Pid() }
@@ -780,6 +821,9 @@ func (s *Session) Close() error {
 	}
 	s.closed = true
 	s.mu.Unlock()
+	// An Enable or Disable under way ends first; none starts after.
+	s.ctlMu.Lock()
+	defer s.ctlMu.Unlock()
 
 	var errs []error
 	note := func(err error) {
@@ -1023,6 +1067,7 @@ func (s *Session) buildMeta(clock1 *tsc.Pair) tracefile.Meta {
 	}
 	m.Lost = max(m.Lost, c.Lost) + c.TableFull + c.Reentered
 	m.ShadowOverflow = c.Overflow
+	m.Changes = append([]tracefile.Change(nil), s.changes...)
 	m.Filters = s.opts.Filters
 	if len(m.Filters.Patterns) == 0 {
 		m.Filters.Patterns = s.opts.Funcs
