@@ -90,6 +90,16 @@ func (l *liveOutput) tick() {
 	}
 }
 
+// refresh gives the printer the functions a change added.
+func (l *liveOutput) refresh() {
+	meta := l.s.Meta() // before l.mu, as in start
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.printer != nil {
+		l.printer.SetFuncs(meta.Funcs)
+	}
+}
+
 func (l *liveOutput) finish() {
 	l.mu.Lock()
 	defer l.mu.Unlock()

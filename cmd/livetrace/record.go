@@ -236,6 +236,16 @@ func (o *recordOptions) run() error {
 		lv.start(s)
 		defer lv.finish()
 	}
+	// The control socket: livetrace ctl changes what is traced.
+	onChange := func() {}
+	if lv != nil {
+		onChange = lv.refresh
+	}
+	ctl, err := serveCtl(s, onChange)
+	if err != nil {
+		fmt.Fprintf(o.stderr, "livetrace: livetrace ctl cannot reach this session: %v\n", err)
+	}
+	defer ctl.Close() // idempotent
 	var deadline <-chan time.Time
 	if o.duration > 0 {
 		t := time.NewTimer(o.duration)
@@ -269,6 +279,9 @@ loop:
 			break loop
 		case <-deadline:
 			break loop
+		case <-ctl.Stopped():
+			why = "stopped by livetrace ctl"
+			break loop
 		case <-s.Exited():
 			why = s.EndReason()
 			break loop
@@ -297,6 +310,7 @@ loop:
 		}
 	}
 	status.clear()
+	ctl.Close() // a change under way ends first
 	cerr := s.Close()
 	sum := s.Summary()
 	// Sites another tool took while we traced them: not restored.

@@ -474,6 +474,9 @@ func (s *Session) Funcs() []FuncState {
 	return out
 }
 
+// Graph reports whether the session records exits too (graph mode).
+func (s *Session) Graph() bool { return s.opts.Graph }
+
 // Changes returns the changes made with Enable and Disable so far.
 func (s *Session) Changes() []tracefile.Change {
 	s.mu.Lock()
