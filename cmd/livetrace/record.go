@@ -211,6 +211,16 @@ func (o *recordOptions) run() error {
 		}
 		return err
 	}
+	// The control socket (livetrace ctl), before "tracing" is said.
+	onChange := func() {}
+	if lv != nil {
+		onChange = lv.refresh
+	}
+	ctl, err := serveCtl(s, onChange)
+	if err != nil {
+		fmt.Fprintf(o.stderr, "livetrace: livetrace ctl cannot reach this session: %v\n", err)
+	}
+	defer ctl.Close() // idempotent
 	mode, why := s.Mode()
 	ps := s.PatchStats()
 	fmt.Fprintf(o.stderr, "livetrace: tracing %s in PID %d\n", plural(s.Functions(), "function"), s.Pid())
@@ -236,16 +246,6 @@ func (o *recordOptions) run() error {
 		lv.start(s)
 		defer lv.finish()
 	}
-	// The control socket: livetrace ctl changes what is traced.
-	onChange := func() {}
-	if lv != nil {
-		onChange = lv.refresh
-	}
-	ctl, err := serveCtl(s, onChange)
-	if err != nil {
-		fmt.Fprintf(o.stderr, "livetrace: livetrace ctl cannot reach this session: %v\n", err)
-	}
-	defer ctl.Close() // idempotent
 	var deadline <-chan time.Time
 	if o.duration > 0 {
 		t := time.NewTimer(o.duration)

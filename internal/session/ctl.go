@@ -129,13 +129,28 @@ func (s *Session) change(globs []string, enable bool) (res ChangeResult, err err
 	var fresh []selected
 	if enable {
 		fresh, res.Refused = s.candidates(globs, matched)
+	} else {
+		// A glob that names only functions never traced is no error
+		// for disable: they are off already. Only one that names no
+		// function at all is.
+		var rest []string
+		var at []int
+		for gi, g := range globs {
+			if !matched[gi] {
+				rest, at = append(rest, g), append(at, gi)
+			}
+		}
+		if len(rest) > 0 {
+			m := make([]bool, len(rest))
+			s.candidates(rest, m)
+			for k, ok := range m {
+				matched[at[k]] = ok
+			}
+		}
 	}
 	for gi, g := range globs {
 		if !matched[gi] {
-			if enable {
-				return res, fmt.Errorf("%w %q in process %d: see livetrace list -p %d for the functions it has", ErrNoMatch, g, s.pid, s.pid)
-			}
-			return res, fmt.Errorf("%w %q among the traced functions of process %d: livetrace ctl -p %d status lists them", ErrNoMatch, g, s.pid, s.pid)
+			return res, fmt.Errorf("%w %q in process %d: see livetrace list -p %d for the functions it has", ErrNoMatch, g, s.pid, s.pid)
 		}
 	}
 	if len(idx) == 0 && len(fresh) == 0 {

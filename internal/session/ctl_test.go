@@ -194,8 +194,11 @@ func TestCtlEnableNew(t *testing.T) {
 			if _, err := s.Enable([]string{"no_such_function*"}); !errors.Is(err, ErrNoMatch) {
 				t.Errorf("enable of a glob that matches nothing: %v, want ErrNoMatch", err)
 			}
-			if _, err := s.Disable([]string{"work_nested"}); !errors.Is(err, ErrNoMatch) {
-				t.Errorf("disable of a function never traced: %v, want ErrNoMatch", err)
+			if res, err := s.Disable([]string{"work_nested"}); err != nil || len(res.Changed) != 0 {
+				t.Errorf("disable of a function never traced: %+v, %v; want nothing done", res, err)
+			}
+			if _, err := s.Disable([]string{"no_such_function"}); !errors.Is(err, ErrNoMatch) {
+				t.Errorf("disable of a glob that matches nothing: %v, want ErrNoMatch", err)
 			}
 			res, err := s.Enable([]string{"work_nested", "lib_add"})
 			check(t, err)
