@@ -153,6 +153,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		newExportCmd(stdout, stderr),
 		newRestoreCmd(stdout, stderr),
 		newCtlCmd(stdout, stderr),
+		newTopCmd(stdout, stderr),
 	)
 	addCompletions(root)
 	return root.Execute()

@@ -32,6 +32,7 @@ type recordOptions struct {
 	onlyNop      bool
 	noSpool      bool
 	live         bool // livetrace live: print events as they come
+	top          bool // livetrace top: a full-screen view
 	duration     time.Duration
 	output       string
 	force        bool
@@ -174,6 +175,17 @@ func (o *recordOptions) run() error {
 		opts.OnEvents = lv.events
 		opts.Discard = o.output == ""
 	}
+	var tv *topView
+	if o.top {
+		if len(o.command) > 0 {
+			return errors.New("top -- CMD: the command would share top's terminal; start it in another terminal and use top -p PID")
+		}
+		if tv, err = newTopView(o); err != nil {
+			return err
+		}
+		opts.OnEvents = tv.events
+		opts.Discard = o.output == ""
+	}
 	if o.stopMode {
 		opts.Mode = textpoke.ModeStop
 	}
@@ -213,8 +225,11 @@ func (o *recordOptions) run() error {
 	}
 	// The control socket (livetrace ctl), before "tracing" is said.
 	onChange := func() {}
-	if lv != nil {
+	switch {
+	case lv != nil:
 		onChange = lv.refresh
+	case tv != nil:
+		onChange = tv.refresh
 	}
 	ctl, err := serveCtl(s, onChange)
 	if err != nil {
@@ -255,7 +270,14 @@ func (o *recordOptions) run() error {
 	// With -- CMD, CMD shares the terminal: a status line would be drawn
 	// over its output, and its hint would be wrong (the first Ctrl-C goes
 	// to CMD).
-	status := newStatusLine(o.stderr, launched == nil && lv == nil)
+	status := newStatusLine(o.stderr, launched == nil && lv == nil && tv == nil)
+	if tv != nil {
+		if err := tv.start(s); err != nil {
+			ctl.Close()
+			return errors.Join(err, s.Close())
+		}
+		defer tv.finish() // idempotent
+	}
 	// The loop takes chunks out of the shared buffer, which fills in tens
 	// of milliseconds at full speed: keep it ahead of other work.
 	defer proc.BoostCaller(-5)()
@@ -263,7 +285,8 @@ func (o *recordOptions) run() error {
 	defer tick.Stop()
 	why = ""
 	var pollErr error
-	interrupted, warnedLoss := false, false
+	// top shows the loss in its header.
+	interrupted, warnedLoss := false, tv != nil
 	var lossChecked time.Time
 loop:
 	for {
@@ -281,6 +304,8 @@ loop:
 			break loop
 		case <-ctl.Stopped():
 			why = "stopped by livetrace ctl"
+			break loop
+		case <-tv.Quit():
 			break loop
 		case <-s.Exited():
 			why = s.EndReason()
@@ -307,9 +332,15 @@ loop:
 			if lv != nil {
 				lv.tick()
 			}
+			if tv != nil {
+				tv.tick()
+			}
 		}
 	}
 	status.clear()
+	if tv != nil {
+		tv.finish()
+	}
 	ctl.Close() // a change under way ends first
 	cerr := s.Close()
 	sum := s.Summary()
@@ -393,6 +424,9 @@ func (o *recordOptions) checkOutput() (*bufio.Writer, error) {
 	if o.live && o.output == "-" {
 		return nil, fmt.Errorf("live: the events go to standard output already: give -o FILE to record them too")
 	}
+	if o.top && o.output == "-" {
+		return nil, fmt.Errorf("top: the screen is standard output: give -o FILE to record the events too")
+	}
 	if o.output == "-" {
 		if len(o.command) > 0 {
 			return nil, fmt.Errorf("record: -o - cannot be used with -- CMD: CMD writes to the same standard output; give -o FILE, or trace a running process with -p")
@@ -403,8 +437,8 @@ func (o *recordOptions) checkOutput() (*bufio.Writer, error) {
 		return bufio.NewWriterSize(o.stdout, 1<<20), nil
 	}
 	if o.output == "" {
-		if o.live {
-			return nil, nil // no recording: the events go to standard output only
+		if o.live || o.top {
+			return nil, nil // no recording: the events go to standard output (or top's screen) only
 		}
 		return nil, fmt.Errorf("record: -o needs a file name (or - for standard output)")
 	}
