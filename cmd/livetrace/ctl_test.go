@@ -416,3 +416,52 @@ func TestCtlRoundsCLI(t *testing.T) {
 		}
 	}
 }
+
+// TestCtlLiveNames: live prints the name of a function ctl enabled, from
+// its first call on (the names come before the function is patched).
+func TestCtlLiveNames(t *testing.T) {
+	testtarget.RequireRoot(t)
+	bin := livetraceBinary(t)
+	tp, pid := startCtlWorkload(t)
+	cmd := exec.Command(bin, "live", "-p", pid, "-F", "work_leaf")
+	var out strings.Builder
+	cmd.Stdout = &out
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	buf := make([]byte, 4096)
+	var got strings.Builder
+	for !strings.Contains(got.String(), "tracing ") {
+		n, err := stderr.Read(buf)
+		if err != nil {
+			t.Fatalf("live: %v\n%s", err, got.String())
+		}
+		got.Write(buf[:n])
+	}
+	go func() {
+		for {
+			if _, err := stderr.Read(buf); err != nil {
+				return
+			}
+		}
+	}()
+	mustCtl(t, "-p", pid, "enable", "lib_add")
+	want := workloadRunCLI(t, tp, 10)
+	time.Sleep(300 * time.Millisecond) // live prints within 50 ms
+	mustCtl(t, "-p", pid, "stop")
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("live: %v", err)
+	}
+	text := out.String()
+	if n := strings.Count(text, "lib_add"); n < int(want["lib_add"]) {
+		t.Errorf("live printed lib_add %d times, want %d calls", n, want["lib_add"])
+	}
+	if strings.Contains(text, "func#") {
+		t.Errorf("live printed a function without its name:\n%s", text)
+	}
+}

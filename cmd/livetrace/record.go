@@ -173,6 +173,7 @@ func (o *recordOptions) run() error {
 	if o.live {
 		lv = &liveOutput{o: o, filter: report.Filter{MaxDepth: flt.MaxDepth, MinDuration: flt.MinDuration, TIDs: flt.TIDs}}
 		opts.OnEvents = lv.events
+		opts.OnFuncs = lv.refresh // the names of functions ctl adds, before their events
 		opts.Discard = o.output == ""
 	}
 	var tv *topView
@@ -184,6 +185,7 @@ func (o *recordOptions) run() error {
 			return err
 		}
 		opts.OnEvents = tv.events
+		opts.OnFuncs = tv.refresh
 		opts.Discard = o.output == ""
 	}
 	if o.stopMode {

@@ -336,6 +336,9 @@ func (s *Session) prepare(fresh []selected) ([]int, error) {
 	s.sel = append(s.sel, fresh...)
 	s.conv.Unlock()
 	s.mu.Unlock()
+	if s.opts.OnFuncs != nil {
+		s.opts.OnFuncs()
+	}
 	idx := make([]int, len(fresh))
 	for i := range idx {
 		idx[i] = base + i

@@ -72,6 +72,11 @@ type Options struct {
 	OnEvents func(evs []tracefile.Event, thread string)
 	// Discard writes no recording (Output is ignored): for OnEvents alone.
 	Discard bool
+	// OnFuncs, when set, is called when Enable has added functions to
+	// the session (Funcs and Meta list them), before they are patched:
+	// no event of theirs comes before it. It may call the Session's
+	// methods, but not Enable or Disable.
+	OnFuncs func()
 }
 
 // ErrNoMatch means no patchable function matches the selection.
