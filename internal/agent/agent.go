@@ -198,31 +198,28 @@ func putSite(b []byte, s Site) {
 	le.PutUint32(b[SiteLenOff:], n)
 }
 
-// SiteCap returns the room of the site table of mem, a shared memory
-// formatted by [InitShared], in sites.
-func SiteCap(mem []byte) int {
-	le := binary.LittleEndian
-	return int((le.Uint64(mem[SharedHdrChunkOffOff:]) - le.Uint64(mem[SharedHdrSiteOffOff:])) / SizeofSite)
-}
-
-// AppendSites writes sites at the end of the site table of mem (a shared
-// memory formatted by [InitShared], which the agent may be using), then
-// publishes the new count: the SIGTRAP backstop never sees an entry before
-// it is complete. The appended sites need not be in address order (the
-// backstop scans what its binary search misses). Not safe for concurrent
-// use with itself.
-func AppendSites(mem []byte, sites []Site) error {
-	le := binary.LittleEndian
-	off := le.Uint64(mem[SharedHdrSiteOffOff:])
-	n := le.Uint64(mem[SharedHdrNsitesOff:])
-	if int(n)+len(sites) > SiteCap(mem) {
-		return fmt.Errorf("add sites: %w: %d sites, room for %d", ErrBadConfig, int(n)+len(sites), SiteCap(mem))
+// AppendSites writes sites into the site table of mem (a shared memory
+// formatted by [InitShared] for cfg, which the agent may be using) from
+// index at on, after the at sites there, then publishes at+len(sites) as
+// the count: the SIGTRAP backstop never sees an entry before it is
+// complete. The appended sites need not be in address order (the backstop
+// scans what its binary search misses). Nothing is read from mem, which
+// the target can write: the caller knows at, and cfg gives the room
+// ([Config.SiteCap]). Not safe for concurrent use with itself.
+func AppendSites(mem []byte, cfg Config, at int, sites []Site) error {
+	l, err := cfg.layout()
+	if err != nil {
+		return fmt.Errorf("add sites: %w", err)
+	}
+	room := int((l.chunkOff - l.siteOff) / SizeofSite)
+	if at < 0 || at+len(sites) > room || l.chunkOff > uint64(len(mem)) {
+		return fmt.Errorf("add sites: %w: %d sites, room for %d", ErrBadConfig, at+len(sites), room)
 	}
 	for i, s := range sites {
-		putSite(mem[off+(n+uint64(i))*SizeofSite:], s)
+		putSite(mem[l.siteOff+uint64(at+i)*SizeofSite:], s)
 	}
 	p := (*uint64)(unsafe.Pointer(&mem[SharedHdrNsitesOff]))
-	atomic.StoreUint64(p, n+uint64(len(sites)))
+	atomic.StoreUint64(p, uint64(at+len(sites)))
 	return nil
 }
 

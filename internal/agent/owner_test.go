@@ -77,18 +77,16 @@ func TestAppendSites(t *testing.T) {
 	if err := InitShared(mem, cfg); err != nil {
 		t.Fatal(err)
 	}
-	if got := SiteCap(mem); got < 3 {
-		t.Fatalf("SiteCap = %d, want at least 3", got)
-	}
 	more := []Site{{Addr: 0x1800, Target: 0x9030, Len: 5}}
-	if err := AppendSites(mem, more); err != nil {
+	if err := AppendSites(mem, cfg, 2, more); err != nil {
 		t.Fatal(err)
 	}
 	got, err := SharedSites(mem[:SiteTableEnd(mem, uint64(len(mem)))], uint64(len(mem)))
 	if want := append(sites, more...); err != nil || !reflect.DeepEqual(got, want) {
 		t.Fatalf("SharedSites = %+v, %v; want %+v", got, err, want)
 	}
-	if err := AppendSites(mem, make([]Site, SiteCap(mem))); !errors.Is(err, ErrBadConfig) {
+	// A page holds 73 sites: the room is rounded up to it.
+	if err := AppendSites(mem, cfg, 3, make([]Site, PageSize/SizeofSite)); !errors.Is(err, ErrBadConfig) {
 		t.Fatalf("AppendSites past the room: %v, want ErrBadConfig", err)
 	}
 }

@@ -307,7 +307,7 @@ func (s *Session) prepare(fresh []selected) ([]int, error) {
 			return nil, err
 		}
 	}
-	room := agent.SiteCap(s.inj.shared)
+	room := s.inj.cfg.SiteCap
 	if len(s.sel)+len(fresh) > room {
 		return nil, fmt.Errorf("cannot add %d functions: this recording has room for %d in all (%d traced or prepared); start a new recording with -F naming them", len(fresh), room, len(s.sel))
 	}
@@ -328,7 +328,7 @@ func (s *Session) prepare(fresh []selected) ([]int, error) {
 	}
 	// The table before the site: the SIGTRAP backstop must know a site
 	// before an INT3 of ours can be on it.
-	if err := agent.AppendSites(s.inj.shared, sites); err != nil {
+	if err := agent.AppendSites(s.inj.shared, s.inj.cfg, base, sites); err != nil {
 		return nil, err
 	}
 	s.mu.Lock()
