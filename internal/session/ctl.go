@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path"
 	"sort"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -150,7 +151,11 @@ func (s *Session) change(globs []string, enable bool) (res ChangeResult, err err
 	}
 	for gi, g := range globs {
 		if !matched[gi] {
-			return res, fmt.Errorf("%w %q in process %d: see livetrace list -p %d for the functions it has", ErrNoMatch, g, s.pid, s.pid)
+			within := ""
+			if len(s.opts.Modules) > 0 {
+				within = fmt.Sprintf(" (within the modules of -m %s, which bounds this recording)", strings.Join(s.opts.Modules, " -m "))
+			}
+			return res, fmt.Errorf("%w %q in process %d%s: see livetrace list -p %d for the functions it has", ErrNoMatch, g, s.pid, within, s.pid)
 		}
 	}
 	if len(idx) == 0 && len(fresh) == 0 {
