@@ -183,7 +183,10 @@ func (c *ctlServer) accept() {
 
 func (c *ctlServer) serve(conn *net.UnixConn) {
 	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(time.Minute))
+	// Requests are served one at a time: a client that sends nothing must
+	// not hold the others for long. The reply may wait for a batch.
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_ = conn.SetWriteDeadline(time.Now().Add(time.Minute))
 	enc := json.NewEncoder(conn)
 	uid, err := peerUID(conn)
 	if err != nil {
