@@ -174,17 +174,20 @@ func TestCtlEnableNew(t *testing.T) {
 		build testtarget.Form
 		opts  []testtarget.Option
 		form  elfsite.Form
+		graph bool
 	}{
-		{"nop", testtarget.ClangNop5, nil, elfsite.FormNop5},
-		{"sled", testtarget.GccSled, nil, elfsite.FormSled},
-		{"reloc", testtarget.ClangNop5, []testtarget.Option{testtarget.NoSites()}, elfsite.FormReloc},
+		{"nop", testtarget.ClangNop5, nil, elfsite.FormNop5, false},
+		{"sled", testtarget.GccSled, nil, elfsite.FormSled, false},
+		{"reloc", testtarget.ClangNop5, []testtarget.Option{testtarget.NoSites()}, elfsite.FormReloc, false},
+		{"nop-graph", testtarget.ClangNop5, nil, elfsite.FormNop5, true},
+		{"reloc-graph", testtarget.ClangNop5, []testtarget.Option{testtarget.NoSites()}, elfsite.FormReloc, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tp := startWorkload(t, tc.build, tc.opts...)
 			before := testtarget.TakeSnapshot(t, tp.Pid())
 			out := filepath.Join(t.TempDir(), "rec.data")
 			c := &eventCounter{counts: map[uint32]uint64{}}
-			s, err := Start(tp.Pid(), Options{Funcs: []string{"work_leaf"}, Output: out, NoSpool: true})
+			s, err := Start(tp.Pid(), Options{Funcs: []string{"work_leaf"}, Output: out, NoSpool: true, Graph: tc.graph})
 			check(t, err)
 			c.s = s
 			s.opts.OnEvents = c.events // counts as the recording is written
@@ -240,6 +243,18 @@ func TestCtlEnableNew(t *testing.T) {
 			before.CheckSame(t, tp.Pid())
 			rec, err := tracefile.Read(out)
 			check(t, err)
+			if tc.graph {
+				// Every entry has its exit, the new functions' too.
+				exits := map[string]uint64{}
+				for _, ev := range rec.Events {
+					if ev.Kind == tracefile.KindExit {
+						exits[rec.Funcs[ev.Func].Name]++
+					}
+				}
+				if got := countEntries(rec); fmt.Sprint(got) != fmt.Sprint(exits) {
+					t.Errorf("entries %v, exits %v", got, exits)
+				}
+			}
 			if len(rec.Changes) != 4 || rec.Changes[0].Op != "enable" || rec.Changes[2].Op != "disable" {
 				t.Fatalf("recorded changes %+v, want enable, enable, disable, enable", rec.Changes)
 			}
