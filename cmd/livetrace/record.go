@@ -64,7 +64,8 @@ function into a call to an injected agent, and record every call until
 that can be caught, or until the process exits. Then put back every byte
 of the process's text, remove the agent, detach, and print a summary. The
 process keeps running throughout. If livetrace itself is killed (SIGKILL),
-run livetrace restore -p PID.
+run livetrace restore -p PID. While it runs, livetrace ctl -p PID enables
+and disables functions, shows its status or stops it.
 
 With -- CMD [ARGS...] instead of -p, livetrace starts CMD itself, lets the
 dynamic loader map its libraries, patches every module before CMD's own
