@@ -220,8 +220,12 @@ func (s *Session) change(globs []string, enable bool) (res ChangeResult, err err
 	}
 	s.changes = append(s.changes, ch)
 	s.mu.Unlock()
-	// A recording cut short knows the new functions and the change.
-	s.checkpoint()
+	if len(fresh) > 0 {
+		// A recording cut short (read with --recover) must know the new
+		// functions to keep their events. A checkpoint holds all the
+		// metadata, symbols included: not one per change.
+		s.checkpoint()
+	}
 	return res, nil
 }
 
