@@ -43,8 +43,8 @@ LIBC_BUILD_ID = $(shell readelf -n /lib/x86_64-linux-gnu/libc.so.6 2>/dev/null |
 # internal/testtarget): the fixtures' compilers (clang-16, clang++-16, gcc,
 # g++), lld-16 for the linker matrix of internal/elfsite, binutils (ld for
 # the agent blob check, objdump, readelf, strip), bpftrace for the tests
-# that share sites with uprobes, and unshare (util-linux) for the container
-# tests. A fresh machine of this kind has gcc, g++, binutils and util-linux
+# that share sites with uprobes, unshare (util-linux) for the container
+# tests, and tmux for the test of top's screen. A fresh machine of this kind has gcc, g++, binutils and util-linux
 # but not clang-16, lld-16 or bpftrace; checking the others costs nothing.
 # Debian's own packages are traced too: the stock sqlite3 shell with its
 # libsqlite3-0, and libc.so.6 named from libc6-dbg's debug file: the file
@@ -58,6 +58,7 @@ deps-test:
 	$(call apt_install,objdump,binutils)
 	$(call apt_install,bpftrace,bpftrace)
 	$(call apt_install,unshare,util-linux)
+	$(call apt_install,tmux,tmux)
 	$(call apt_install,sqlite3,sqlite3)
 	$(call apt_install_file,/usr/lib/debug/.build-id/$(LIBC_BUILD_ID).debug,libc6-dbg)
 	$(call apt_install,node,nodejs)

@@ -33,7 +33,17 @@ func addCompletions(root *cobra.Command) {
 		}
 		flag("pid", completePIDs)
 		switch cmd.Name() {
-		case "record":
+		case "ctl":
+			cmd.ValidArgsFunction = func(cmd *cobra.Command, args []string, toComplete string) ([]string, cobra.ShellCompDirective) {
+				if len(args) == 0 {
+					return []string{"enable\tstart tracing functions", "disable\tstop tracing functions", "status\tfunctions traced, events, lost, mode", "stop\tend the recording"}, cobra.ShellCompDirectiveNoFileComp
+				}
+				if args[0] == "enable" || args[0] == "disable" {
+					return completeFunctions(cmd, args, toComplete)
+				}
+				return nil, cobra.ShellCompDirectiveNoFileComp
+			}
+		case "record", "live", "top":
 			flag("function", completeFunctions)
 			flag("notrace", completeFunctions)
 			flag("module", completeModules)

@@ -90,6 +90,22 @@ func (l *liveOutput) tick() {
 	}
 }
 
+// refresh gives the printer the functions a change added.
+func (l *liveOutput) refresh() {
+	l.mu.Lock()
+	s := l.s
+	l.mu.Unlock()
+	if s == nil {
+		return // not started: start takes the functions as they are then
+	}
+	meta := s.Meta() // before l.mu, as in start
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.printer != nil {
+		l.printer.SetFuncs(meta.Funcs)
+	}
+}
+
 func (l *liveOutput) finish() {
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -152,6 +152,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		newInfoCmd(stdout, stderr),
 		newExportCmd(stdout, stderr),
 		newRestoreCmd(stdout, stderr),
+		newCtlCmd(stdout, stderr),
+		newTopCmd(stdout, stderr),
 	)
 	addCompletions(root)
 	return root.Execute()

@@ -32,6 +32,7 @@ type recordOptions struct {
 	onlyNop      bool
 	noSpool      bool
 	live         bool // livetrace live: print events as they come
+	top          bool // livetrace top: a full-screen view
 	duration     time.Duration
 	output       string
 	force        bool
@@ -64,7 +65,8 @@ function into a call to an injected agent, and record every call until
 that can be caught, or until the process exits. Then put back every byte
 of the process's text, remove the agent, detach, and print a summary. The
 process keeps running throughout. If livetrace itself is killed (SIGKILL),
-run livetrace restore -p PID.
+run livetrace restore -p PID. While it runs, livetrace ctl -p PID enables
+and disables functions, shows its status or stops it.
 
 With -- CMD [ARGS...] instead of -p, livetrace starts CMD itself, lets the
 dynamic loader map its libraries, patches every module before CMD's own
@@ -175,6 +177,19 @@ func (o *recordOptions) run() error {
 	if o.live {
 		lv = &liveOutput{o: o, filter: report.Filter{MaxDepth: flt.MaxDepth, MinDuration: flt.MinDuration, TIDs: flt.TIDs}}
 		opts.OnEvents = lv.events
+		opts.OnFuncs = lv.refresh // the names of functions ctl adds, before their events
+		opts.Discard = o.output == ""
+	}
+	var tv *topView
+	if o.top {
+		if len(o.command) > 0 {
+			return errors.New("top -- CMD: the command would share top's terminal; start it in another terminal and use top -p PID")
+		}
+		if tv, err = newTopView(o); err != nil {
+			return err
+		}
+		opts.OnEvents = tv.events
+		opts.OnFuncs = tv.refresh
 		opts.Discard = o.output == ""
 	}
 	if opts.Args, err = o.args.rules(o.graph); err != nil {
@@ -220,6 +235,19 @@ func (o *recordOptions) run() error {
 		}
 		return err
 	}
+	// The control socket (livetrace ctl), before "tracing" is said.
+	onChange := func() {}
+	switch {
+	case lv != nil:
+		onChange = lv.refresh
+	case tv != nil:
+		onChange = tv.refresh
+	}
+	ctl, err := serveCtl(s, onChange)
+	if err != nil {
+		fmt.Fprintf(o.stderr, "livetrace: livetrace ctl cannot reach this session: %v\n", err)
+	}
+	defer ctl.Close() // idempotent
 	mode, why := s.Mode()
 	ps := s.PatchStats()
 	fmt.Fprintf(o.stderr, "livetrace: tracing %s in PID %d\n", plural(s.Functions(), "function"), s.Pid())
@@ -254,7 +282,14 @@ func (o *recordOptions) run() error {
 	// With -- CMD, CMD shares the terminal: a status line would be drawn
 	// over its output, and its hint would be wrong (the first Ctrl-C goes
 	// to CMD).
-	status := newStatusLine(o.stderr, launched == nil && lv == nil)
+	status := newStatusLine(o.stderr, launched == nil && lv == nil && tv == nil)
+	if tv != nil {
+		if err := tv.start(s); err != nil {
+			ctl.Close()
+			return errors.Join(err, s.Close())
+		}
+		defer tv.finish() // idempotent
+	}
 	// The loop takes chunks out of the shared buffer, which fills in tens
 	// of milliseconds at full speed: keep it ahead of other work.
 	defer proc.BoostCaller(-5)()
@@ -262,7 +297,8 @@ func (o *recordOptions) run() error {
 	defer tick.Stop()
 	why = ""
 	var pollErr error
-	interrupted, warnedLoss := false, false
+	// top shows the loss in its header.
+	interrupted, warnedLoss := false, tv != nil
 	var lossChecked time.Time
 loop:
 	for {
@@ -277,6 +313,11 @@ loop:
 			why = "received " + sig.String()
 			break loop
 		case <-deadline:
+			break loop
+		case <-ctl.Stopped():
+			why = "stopped by livetrace ctl"
+			break loop
+		case <-tv.Quit():
 			break loop
 		case <-s.Exited():
 			why = s.EndReason()
@@ -303,9 +344,16 @@ loop:
 			if lv != nil {
 				lv.tick()
 			}
+			if tv != nil {
+				tv.tick()
+			}
 		}
 	}
 	status.clear()
+	if tv != nil {
+		tv.finish()
+	}
+	ctl.Close() // a change under way ends first
 	cerr := s.Close()
 	sum := s.Summary()
 	// Sites another tool took while we traced them: not restored.
@@ -388,6 +436,9 @@ func (o *recordOptions) checkOutput() (*bufio.Writer, error) {
 	if o.live && o.output == "-" {
 		return nil, fmt.Errorf("live: the events go to standard output already: give -o FILE to record them too")
 	}
+	if o.top && o.output == "-" {
+		return nil, fmt.Errorf("top: the screen is standard output: give -o FILE to record the events too")
+	}
 	if o.output == "-" {
 		if len(o.command) > 0 {
 			return nil, fmt.Errorf("record: -o - cannot be used with -- CMD: CMD writes to the same standard output; give -o FILE, or trace a running process with -p")
@@ -398,8 +449,8 @@ func (o *recordOptions) checkOutput() (*bufio.Writer, error) {
 		return bufio.NewWriterSize(o.stdout, 1<<20), nil
 	}
 	if o.output == "" {
-		if o.live {
-			return nil, nil // no recording: the events go to standard output only
+		if o.live || o.top {
+			return nil, nil // no recording: the events go to standard output (or top's screen) only
 		}
 		return nil, fmt.Errorf("record: -o needs a file name (or - for standard output)")
 	}

@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync/atomic"
+	"unsafe"
 )
 
 // Errors returned by this package.
@@ -93,8 +95,11 @@ type Config struct {
 	Chunks       int    // chunks in the pool
 	ChunkRecords int    // records per chunk
 	Sites        []Site // sorted by Addr, strictly increasing
-	TSCHz        uint64 // informational, stored in the header
-	StringMax    int    // bytes a string argument records, at most StringMax (0: none)
+	// SiteCap is the room of the site table, in sites (at least
+	// len(Sites)): sites added while attached ([AppendSites]) go there.
+	SiteCap   int
+	TSCHz     uint64 // informational, stored in the header
+	StringMax int    // bytes a string argument records, at most StringMax (0: none)
 }
 
 type sharedLayout struct {
@@ -129,8 +134,11 @@ func (cfg Config) layout() (sharedLayout, error) {
 			return l, fmt.Errorf("%w: sites not sorted by address at index %d", ErrBadConfig, i)
 		}
 	}
+	if cfg.SiteCap > MaxSites {
+		return l, fmt.Errorf("%w: room for %d sites, at most %d", ErrBadConfig, cfg.SiteCap, MaxSites)
+	}
 	l.siteOff = SharedHdrPage
-	l.chunkOff = roundUp(l.siteOff+uint64(len(cfg.Sites))*SizeofSite, PageSize)
+	l.chunkOff = roundUp(l.siteOff+uint64(max(len(cfg.Sites), cfg.SiteCap))*SizeofSite, PageSize)
 	l.chunkSize = roundUp(SizeofChunkHdr+uint64(recs)*SizeofRecord, 64)
 	l.chunks, l.records = uint64(chunks), uint64(recs)
 	l.total = roundUp(l.chunkOff+l.chunks*l.chunkSize, PageSize)
@@ -173,16 +181,7 @@ func InitShared(mem []byte, cfg Config) error {
 	clear(mem[:l.total])
 	le := binary.LittleEndian
 	for i, s := range cfg.Sites {
-		o := l.siteOff + uint64(i)*SizeofSite
-		le.PutUint64(mem[o+SiteAddrOff:], s.Addr)
-		le.PutUint64(mem[o+SiteTargetOff:], s.Target)
-		copy(mem[o+SiteOrigOff:o+SiteOrigOff+SiteOrig], s.Orig[:])
-		n := s.Len
-		if n == 0 {
-			n = 5
-		}
-		le.PutUint32(mem[o+SiteLenOff:], n)
-		le.PutUint32(mem[o+SiteSpecOff:], s.Spec)
+		putSite(mem[l.siteOff+uint64(i)*SizeofSite:], s)
 	}
 	le.PutUint64(mem[SharedHdrStringMaxOff:], uint64(cfg.StringMax))
 	le.PutUint32(mem[SharedHdrVersionOff:], Version)
@@ -196,6 +195,44 @@ func InitShared(mem []byte, cfg Config) error {
 	le.PutUint64(mem[SharedHdrChunkSizeOff:], l.chunkSize)
 	le.PutUint64(mem[SharedHdrTscHzOff:], cfg.TSCHz)
 	le.PutUint32(mem[SharedHdrMagicOff:], Magic)
+	return nil
+}
+
+func putSite(b []byte, s Site) {
+	le := binary.LittleEndian
+	le.PutUint64(b[SiteAddrOff:], s.Addr)
+	le.PutUint64(b[SiteTargetOff:], s.Target)
+	copy(b[SiteOrigOff:SiteOrigOff+SiteOrig], s.Orig[:])
+	n := s.Len
+	if n == 0 {
+		n = 5
+	}
+	le.PutUint32(b[SiteLenOff:], n)
+	le.PutUint32(b[SiteSpecOff:], s.Spec)
+}
+
+// AppendSites writes sites into the site table of mem (a shared memory
+// formatted by [InitShared] for cfg, which the agent may be using) from
+// index at on, after the at sites there, then publishes at+len(sites) as
+// the count: the SIGTRAP backstop never sees an entry before it is
+// complete. The appended sites need not be in address order (the backstop
+// scans what its binary search misses). Nothing is read from mem, which
+// the target can write: the caller knows at, and cfg gives the room
+// ([Config.SiteCap]). Not safe for concurrent use with itself.
+func AppendSites(mem []byte, cfg Config, at int, sites []Site) error {
+	l, err := cfg.layout()
+	if err != nil {
+		return fmt.Errorf("add sites: %w", err)
+	}
+	room := int((l.chunkOff - l.siteOff) / SizeofSite)
+	if at < 0 || at+len(sites) > room || l.chunkOff > uint64(len(mem)) {
+		return fmt.Errorf("add sites: %w: %d sites, room for %d", ErrBadConfig, at+len(sites), room)
+	}
+	for i, s := range sites {
+		putSite(mem[l.siteOff+uint64(at+i)*SizeofSite:], s)
+	}
+	p := (*uint64)(unsafe.Pointer(&mem[SharedHdrNsitesOff]))
+	atomic.StoreUint64(p, uint64(at+len(sites)))
 	return nil
 }
 

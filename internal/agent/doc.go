@@ -45,7 +45,8 @@
 // lt_entry`, or `jmp springboard` when lt_entry is out of rel32 reach, the
 // springboard ([Springboard]) being an absolute jmp placed near the stubs.
 // The site's NOP5 becomes `call stub`. Site index idx is the index of the
-// site in the sorted site table, below [MaxSites].
+// site in the site table, below [MaxSites]: sorted by address up to the
+// sites of the attach, then the sites added while attached ([AppendSites]).
 //
 // A function without a NOP (a relocating site, package reloc) gets a
 // relocation stub too, placed by the tracer after the slots: `call slot;

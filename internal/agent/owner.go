@@ -3,6 +3,7 @@ package agent
 import (
 	"encoding/binary"
 	"fmt"
+	"slices"
 )
 
 // Range is a mapping the tracer made in the target (struct lt_range).
@@ -115,7 +116,7 @@ func DecodeOwner(b []byte) (Owner, error) {
 // read from a target (untrusted): shared holds the first bytes of the
 // shared mapping, at least up to the end of the table. It checks the
 // header's magic and version, that the table lies inside size bytes (the
-// mapping's size), and that it is sorted; it holds at most [MaxSites]
+// mapping's size), and that no two sites share an address; it holds at most [MaxSites]
 // entries.
 func SharedSites(shared []byte, size uint64) ([]Site, error) {
 	le := binary.LittleEndian
@@ -140,8 +141,17 @@ func SharedSites(shared []byte, size uint64) ([]Site, error) {
 		if sites[i].Len < 5 || sites[i].Len > SiteOrig {
 			return nil, fmt.Errorf("read site table: %w: site %d covers %d bytes", ErrBadShared, i, sites[i].Len)
 		}
-		if i > 0 && sites[i].Addr <= sites[i-1].Addr {
-			return nil, fmt.Errorf("read site table: %w: not sorted at index %d", ErrBadShared, i)
+	}
+	// Sorted up to the sites chosen at attach, then the sites added while
+	// attached: no two may be at the same address.
+	addrs := make([]uint64, n)
+	for i := range sites {
+		addrs[i] = sites[i].Addr
+	}
+	slices.Sort(addrs)
+	for i := 1; i < len(addrs); i++ {
+		if addrs[i] == addrs[i-1] {
+			return nil, fmt.Errorf("read site table: %w: two sites at %#x", ErrBadShared, addrs[i])
 		}
 	}
 	return sites, nil

@@ -54,15 +54,39 @@ func TestSharedSites(t *testing.T) {
 	}
 	le := binary.LittleEndian
 	for name, lie := range map[string]func(b []byte){
-		"count":    func(b []byte) { le.PutUint64(b[SharedHdrNsitesOff:], 1<<40) },
-		"offset":   func(b []byte) { le.PutUint64(b[SharedHdrSiteOffOff:], ^uint64(0)-8) },
-		"magic":    func(b []byte) { le.PutUint32(b[SharedHdrMagicOff:], 0) },
-		"unsorted": func(b []byte) { le.PutUint64(b[SharedHdrPage+SizeofSite+SiteAddrOff:], 0x10) },
+		"count":     func(b []byte) { le.PutUint64(b[SharedHdrNsitesOff:], 1<<40) },
+		"offset":    func(b []byte) { le.PutUint64(b[SharedHdrSiteOffOff:], ^uint64(0)-8) },
+		"magic":     func(b []byte) { le.PutUint32(b[SharedHdrMagicOff:], 0) },
+		"duplicate": func(b []byte) { le.PutUint64(b[SharedHdrPage+SizeofSite+SiteAddrOff:], 0x1000) },
 	} {
 		b := append([]byte(nil), mem...)
 		lie(b)
 		if _, err := SharedSites(b[:SiteTableEnd(b, uint64(len(b)))], uint64(len(b))); err == nil {
 			t.Errorf("a lying %s: no error", name)
 		}
+	}
+}
+
+// TestAppendSites checks sites added to a formatted table while attached:
+// out of address order, they come back after the first ones, and a table
+// without room refuses more.
+func TestAppendSites(t *testing.T) {
+	sites := []Site{{Addr: 0x1000, Target: 0x9010, Len: 5}, {Addr: 0x2000, Target: 0x9020, Len: 7}}
+	cfg := Config{Chunks: 1, ChunkRecords: 4, Sites: sites, SiteCap: 3}
+	mem := make([]byte, SharedSize(cfg))
+	if err := InitShared(mem, cfg); err != nil {
+		t.Fatal(err)
+	}
+	more := []Site{{Addr: 0x1800, Target: 0x9030, Len: 5}}
+	if err := AppendSites(mem, cfg, 2, more); err != nil {
+		t.Fatal(err)
+	}
+	got, err := SharedSites(mem[:SiteTableEnd(mem, uint64(len(mem)))], uint64(len(mem)))
+	if want := append(sites, more...); err != nil || !reflect.DeepEqual(got, want) {
+		t.Fatalf("SharedSites = %+v, %v; want %+v", got, err, want)
+	}
+	// A page holds 73 sites: the room is rounded up to it.
+	if err := AppendSites(mem, cfg, 3, make([]Site, PageSize/SizeofSite)); !errors.Is(err, ErrBadConfig) {
+		t.Fatalf("AppendSites past the room: %v, want ErrBadConfig", err)
 	}
 }

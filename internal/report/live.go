@@ -57,6 +57,10 @@ func (l *Live) Header() {
 	}
 }
 
+// SetFuncs replaces the traced functions, which a running session may add
+// to (livetrace ctl enable): an event's Func indexes them.
+func (l *Live) SetFuncs(funcs []tracefile.Func) { l.meta.Funcs = funcs }
+
 // SetThreadName names a thread for the entry-mode TASK column.
 func (l *Live) SetThreadName(tid uint32, name string) { l.names[tid] = name }
 

@@ -38,6 +38,8 @@ type injection struct {
 	// for naming another, already added to the session's corrupt count.
 	tids    *tidSet
 	foreign uint64
+	// cfg is the shared memory's layout (Enable appends sites to it).
+	cfg agent.Config
 	// hooks are the GOT slots pointed at the agent's unwinder hooks
 	// (graph mode, see unwind.go); they go back before the agent goes.
 	hooks []gotHook
@@ -95,6 +97,8 @@ func (s *Session) inject() (err error) {
 	// The site table is filled in below, once the stubs have addresses;
 	// its size is known now.
 	cfg.Sites = make([]agent.Site, len(s.sel))
+	// Room for the functions Enable may add while attached (ctl.go).
+	cfg.SiteCap = min(agent.MaxSites, len(s.sel)+spareSites)
 	for i := range cfg.Sites {
 		cfg.Sites[i].Addr = uint64(i + 1)
 	}
@@ -341,6 +345,8 @@ func (s *Session) inject() (err error) {
 	if err := agent.InitShared(inj.shared, cfg); err != nil {
 		return fmt.Errorf("inject agent: %w", err)
 	}
+	inj.cfg = cfg
+	inj.cfg.Sites = nil // the layout stays: SiteCap is at least their number
 	// From now on lt_sigtrap may look up sites in the shared memory.
 	if err := inj.setSharedReady(s.p, true); err != nil {
 		return fmt.Errorf("inject agent: %w", err)

@@ -86,6 +86,11 @@ type Options struct {
 	// (--caller) keeps the calls of the matching functions and of their
 	// callers. Both are applied by the agent and need Graph.
 	GraphFuncs, CallerFuncs []string
+	// OnFuncs, when set, is called when Enable has added functions to
+	// the session (Funcs and Meta list them), before they are patched:
+	// no event of theirs comes before it. It may call the Session's
+	// methods, but not Enable or Disable.
+	OnFuncs func()
 }
 
 // ErrNoMatch means no patchable function matches the selection.
@@ -119,6 +124,8 @@ type selected struct {
 	plan *reloc.Plan
 	// capture is what the agent captures there (args.go).
 	capture capture
+	// off: not traced now (Disable), its site holds its original bytes.
+	off bool
 }
 
 // Session is one live recording. Its methods are safe for concurrent use.
@@ -130,7 +137,10 @@ type Session struct {
 	p       *proc.Process
 	eng     *textpoke.Engine
 	mods    []*elfsite.Module
-	sel     []selected // sorted by addr; index = site index in records
+	// sel are the traced sites; index = site index in records and in the
+	// agent's site table. Sorted by addr up to the sites chosen at
+	// attach; Enable appends (under mu and conv, see ctl.go).
+	sel     []selected
 	refused []RefusedSite
 	// untraceable are named functions the relocator refuses.
 	untraceable []RefusedSite
@@ -168,8 +178,12 @@ type Session struct {
 	restoredReturns int
 	// skipped lists the selected sites that another tool (a uprobe)
 	// held at the start; they are not traced.
-	skipped  []HeldSite
-	leasing  bool // renewLease runs (orphan.go)
+	skipped []HeldSite
+	leasing bool // renewLease runs (orphan.go)
+	// ctlMu serializes Enable, Disable and Close (ctl.go).
+	ctlMu    sync.Mutex
+	changes  []tracefile.Change // under mu
+	ctl      ctlState           // under ctlMu
 	closed   bool
 	closeErr error
 }
@@ -486,32 +500,39 @@ func literalMatch(spec *elfsite.Spec, st elfsite.Site, globs []string) bool {
 // on it, and the live bytes must be the file's.
 func (s *Session) planReloc() error {
 	for i := range s.sel {
-		x := &s.sel[i]
-		if x.site.Form != elfsite.FormReloc {
-			continue
+		if err := s.planRelocSite(&s.sel[i]); err != nil {
+			return err
 		}
-		m := s.mods[x.mod]
-		fn := m.Spec.Funcs[x.site.Func]
-		code := make([]byte, fn.Size)
-		if err := s.p.ReadMem(m.Runtime(fn.Addr), code); err != nil {
-			return fmt.Errorf("read %s: %w", x.name, err)
-		}
-		var ropts reloc.Options
-		if m.Bias == 0 {
-			// A position-dependent executable runs at its link-time
-			// addresses: its read-only data proves its jump tables.
-			ropts = m.Spec.RelocOptions()
-		}
-		plan, err := reloc.Analyze(code, m.Runtime(fn.Addr), ropts)
-		if err != nil {
-			return fmt.Errorf("refusing to patch %s: its live text is not the file's (%v); is another tool patching this process?", x.name, err)
-		}
-		if plan.Entry != x.addr || !bytes.Equal(plan.Orig(), x.site.Plan.Orig()) {
-			return fmt.Errorf("refusing to patch %s at %#x: its live text % x is not the file's % x; is another tool patching this process?", x.name, x.addr, plan.Orig(), x.site.Plan.Orig())
-		}
-		x.plan = plan
-		x.orig = plan.Orig()
 	}
+	return nil
+}
+
+// planRelocSite is planReloc for one site (nothing for a NOP site).
+func (s *Session) planRelocSite(x *selected) error {
+	if x.site.Form != elfsite.FormReloc {
+		return nil
+	}
+	m := s.mods[x.mod]
+	fn := m.Spec.Funcs[x.site.Func]
+	code := make([]byte, fn.Size)
+	if err := s.p.ReadMem(m.Runtime(fn.Addr), code); err != nil {
+		return fmt.Errorf("read %s: %w", x.name, err)
+	}
+	var ropts reloc.Options
+	if m.Bias == 0 {
+		// A position-dependent executable runs at its link-time
+		// addresses: its read-only data proves its jump tables.
+		ropts = m.Spec.RelocOptions()
+	}
+	plan, err := reloc.Analyze(code, m.Runtime(fn.Addr), ropts)
+	if err != nil {
+		return fmt.Errorf("refusing to patch %s: its live text is not the file's (%v); is another tool patching this process?", x.name, err)
+	}
+	if plan.Entry != x.addr || !bytes.Equal(plan.Orig(), x.site.Plan.Orig()) {
+		return fmt.Errorf("refusing to patch %s at %#x: its live text % x is not the file's % x; is another tool patching this process?", x.name, x.addr, plan.Orig(), x.site.Plan.Orig())
+	}
+	x.plan = plan
+	x.orig = plan.Orig()
 	return nil
 }
 
@@ -590,23 +611,11 @@ func (s *Session) patch() error {
 	}
 	ps := make([]textpoke.Patch, len(s.sel))
 	for i, x := range s.sel {
-		if x.plan != nil {
-			jmp, err := x.plan.Patch(x.stub)
-			if err != nil {
-				return err
-			}
-			ps[i] = textpoke.Patch{Addr: x.addr, Old: x.orig, New: jmp, Region: true, Detour: x.stub + relocCallLen}
-			continue
-		}
-		old := x.orig
-		if x.site.Form == elfsite.FormSled {
-			old = textpoke.NOP5
-		}
-		call, err := textpoke.Call(x.addr, x.stub)
+		p, err := x.patch()
 		if err != nil {
 			return err
 		}
-		ps[i] = textpoke.Patch{Addr: x.addr, Old: old, New: call}
+		ps[i] = p
 	}
 	// One batch: NOP sites and regions (relocating sites) alike take the
 	// live protocol (textpoke).
@@ -619,6 +628,28 @@ func (s *Session) patch() error {
 	}
 	s.patched = true
 	return nil
+}
+
+// patch returns the patch that makes x traced: its NOP becomes a CALL to
+// its stub, or its relocated region a jmp to its relocation stub. The
+// reverse patch (Old and New swapped) makes it untraced again.
+func (x *selected) patch() (textpoke.Patch, error) {
+	if x.plan != nil {
+		jmp, err := x.plan.Patch(x.stub)
+		if err != nil {
+			return textpoke.Patch{}, err
+		}
+		return textpoke.Patch{Addr: x.addr, Old: x.orig, New: jmp, Region: true, Detour: x.stub + relocCallLen}, nil
+	}
+	old := x.orig
+	if x.site.Form == elfsite.FormSled {
+		old = textpoke.NOP5
+	}
+	call, err := textpoke.Call(x.addr, x.stub)
+	if err != nil {
+		return textpoke.Patch{}, err
+	}
+	return textpoke.Patch{Addr: x.addr, Old: old, New: call}, nil
 }
 
 func (s *Session) addStats(st textpoke.Stats) {
@@ -641,11 +672,16 @@ func (s *Session) addStats(st textpoke.Stats) {
 func (s *Session) Held() []HeldSite {
 	out := append([]HeldSite(nil), s.skipped...)
 	if s.eng != nil {
+		s.mu.Lock()
+		names := make(map[uint64]string, len(s.sel))
+		for _, x := range s.sel {
+			names[x.addr] = x.name
+		}
+		s.mu.Unlock()
 		for _, h := range s.eng.Held() {
-			i := sort.Search(len(s.sel), func(i int) bool { return s.sel[i].addr >= h.Addr })
-			name := fmt.Sprintf("%#x", h.Addr)
-			if i < len(s.sel) && s.sel[i].addr == h.Addr {
-				name = s.sel[i].name
+			name, ok := names[h.Addr]
+			if !ok {
+				name = fmt.Sprintf("%#x", h.Addr)
 			}
 			out = append(out, HeldSite{Name: name, Addr: h.Addr, Uprobe: h.Uprobe})
 		}
@@ -695,8 +731,18 @@ func heldNames(hs []HeldSite) string {
 	return strings.Join(names, ", ")
 }
 
-// Functions returns how many functions are traced.
-func (s *Session) Functions() int { return len(s.sel) }
+// Functions returns how many functions are traced now.
+func (s *Session) Functions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, x := range s.sel {
+		if !x.off {
+			n++
+		}
+	}
+	return n
+}
 
 // Pid returns the target's process ID.
 func (s *Session) Pid() int { return s.p.Pid() }
@@ -811,6 +857,9 @@ func (s *Session) Close() error {
 	}
 	s.closed = true
 	s.mu.Unlock()
+	// An Enable or Disable under way ends first; none starts after.
+	s.ctlMu.Lock()
+	defer s.ctlMu.Unlock()
 
 	var errs []error
 	note := func(err error) {
@@ -1055,6 +1104,7 @@ func (s *Session) buildMeta(clock1 *tsc.Pair) tracefile.Meta {
 	}
 	m.Lost = max(m.Lost, c.Lost) + c.TableFull + c.Reentered
 	m.ShadowOverflow = c.Overflow
+	m.Changes = append([]tracefile.Change(nil), s.changes...)
 	m.Filters = s.opts.Filters
 	if len(m.Filters.Patterns) == 0 {
 		m.Filters.Patterns = s.opts.Funcs

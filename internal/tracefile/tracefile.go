@@ -270,6 +270,27 @@ type Meta struct {
 	// thread's shadow return stack was full.
 	ShadowOverflow uint64        `json:"shadow_overflow,omitempty"`
 	Filters        RecordFilters `json:"filters"`
+	// Changes lists, in order, the changes of what was traced made while
+	// attached (livetrace ctl): a function of Funcs is traced from the
+	// first enable that names it (from Start if none does) until a
+	// disable, and so on. Old recordings have none.
+	Changes []Change `json:"changes,omitempty"`
+}
+
+// Change is one change of what is traced, made while attached: one patch
+// batch that enabled or disabled functions.
+type Change struct {
+	// Time and TSC are when the batch was done: every site of the change
+	// was rewritten by then (some may be earlier).
+	Time time.Time `json:"time"`
+	TSC  uint64    `json:"tsc"`
+	// Op is "enable" or "disable".
+	Op string `json:"op"`
+	// Globs are the shell globs the change was asked for with.
+	Globs []string `json:"globs"`
+	// Funcs are the indexes in Meta.Funcs of the functions whose state
+	// changed.
+	Funcs []uint32 `json:"funcs"`
 }
 
 // Recording is a whole recording in memory.

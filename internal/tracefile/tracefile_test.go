@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
@@ -178,6 +179,31 @@ func TestWriterRejectsBadMeta(t *testing.T) {
 	w, _ = tracefile.NewWriter(&buf3)
 	if err := w.Close(tracefile.Meta{}); err == nil {
 		t.Error("Close accepted mode 0")
+	}
+	for _, c := range []tracefile.Change{{Op: "enable", Funcs: []uint32{1}}, {Op: "frob"}} {
+		var b bytes.Buffer
+		w, _ = tracefile.NewWriter(&b)
+		if err := w.Close(tracefile.Meta{Mode: tracefile.ModeEntry, Funcs: []tracefile.Func{{Name: "a", Module: -1}}, Changes: []tracefile.Change{c}}); err == nil {
+			t.Errorf("Close accepted change %+v", c)
+		}
+	}
+}
+
+// TestChangesRoundTrip: the changes made while attached come back.
+func TestChangesRoundTrip(t *testing.T) {
+	var buf bytes.Buffer
+	w, _ := tracefile.NewWriter(&buf)
+	at := time.Date(2026, 11, 30, 6, 0, 0, 0, time.UTC)
+	ch := []tracefile.Change{{Time: at, TSC: 42, Op: "enable", Globs: []string{"b*"}, Funcs: []uint32{1}}, {Time: at.Add(time.Second), TSC: 43, Op: "disable", Globs: []string{"a"}, Funcs: []uint32{0}}}
+	if err := w.Close(tracefile.Meta{Mode: tracefile.ModeEntry, Funcs: []tracefile.Func{{Name: "a", Module: -1}, {Name: "b", Module: -1}}, Changes: ch}); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := tracefile.ReadFrom(bytes.NewReader(buf.Bytes()), int64(buf.Len()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff(ch, rec.Changes); d != "" {
+		t.Errorf("changes (-want +got):\n%s", d)
 	}
 }
 

@@ -367,5 +367,15 @@ func checkMeta(m *Meta) error {
 			return fmt.Errorf("symbol %d (%.64q) refers to module %d of %d", i, s.Name, s.Module, len(m.Modules))
 		}
 	}
+	for i, c := range m.Changes {
+		if c.Op != "enable" && c.Op != "disable" {
+			return fmt.Errorf("change %d: unknown operation %.16q", i, c.Op)
+		}
+		for _, f := range c.Funcs {
+			if int64(f) >= int64(len(m.Funcs)) {
+				return fmt.Errorf("change %d refers to function %d of %d", i, f, len(m.Funcs))
+			}
+		}
+	}
 	return nil
 }

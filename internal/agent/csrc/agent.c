@@ -1053,7 +1053,8 @@ void lt_sigtrap(int sig, void *si, void *uc)
 	if (__atomic_load_n(&lt_priv.shared_ready, __ATOMIC_ACQUIRE) == 1 && lt_shared.magic == LT_MAGIC) {
 		u64 site = g[REG_RIP] - 1;
 		const struct lt_site *s = (const struct lt_site *)((char *)&lt_shared + lt_shared.site_off);
-		u64 lo = 0, hi = lt_shared.nsites;
+		u64 n = __atomic_load_n(&lt_shared.nsites, __ATOMIC_ACQUIRE);
+		u64 lo = 0, hi = n;
 		while (lo < hi) {
 			u64 mid = lo + (hi - lo) / 2;
 			if (s[mid].addr < site)
@@ -1061,7 +1062,16 @@ void lt_sigtrap(int sig, void *si, void *uc)
 			else
 				hi = mid;
 		}
-		if (lo < lt_shared.nsites && s[lo].addr == site) {
+		if (lo >= n || s[lo].addr != site) {
+			/*
+			 * Sites added while attached (internal/session/ctl.go)
+			 * are appended, out of address order: the table is
+			 * sorted only up to the sites chosen at attach. Scan.
+			 */
+			for (lo = 0; lo < n && s[lo].addr != site; lo++)
+				;
+		}
+		if (lo < n && s[lo].addr == site) {
 			if (s[lo].len == 5) {
 				u64 rsp = g[REG_RSP] - 8;
 				*(u64 *)rsp = site + 5;

@@ -244,7 +244,8 @@ struct lt_priv {
 	struct lt_pend pend[LT_MAX_THREADS][LT_SHADOW_DEPTH];
 };
 
-/* struct lt_site is one entry of the site table: sorted by addr. */
+/* struct lt_site is one entry of the site table: sorted by addr up to the
+ * sites chosen at attach; sites added later are appended. */
 struct lt_site {
 	u64 addr;                /* runtime address of the patched site */
 	u64 target;              /* its CALL target (the site's stub) */
