@@ -84,8 +84,6 @@ demo: deps-test build
 
 bench: deps-bench build
 	@./bench/run.sh $(BIN)
-	@# The agent alone, side by side: plain traced call, 2 integer arguments, 1 short string.
-	$(GO) test -count=1 -run XXX -bench AgentCall -benchtime 1x ./internal/agent/
 
 soak: deps-test
 	LIVETRACE_SOAK=1 $(GO) test -count=1 -timeout 60m -run 'TestStress|TestRepeatedCycles|TestGraphDetachUnderLoad|TestTracerDeath|TestSQLiteLive|TestForgedTIDs|TestMemfdSwapRace' -v ./internal/textpoke/ ./internal/session/ ./cmd/livetrace/

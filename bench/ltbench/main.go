@@ -63,7 +63,7 @@ func run() error {
 	out := flag.String("o", "bench/results.json", "write the results as JSON to `FILE`")
 	flag.StringVar(&b.livetrace, "livetrace", "bin/livetrace", "the livetrace `BINARY`")
 	flag.BoolVar(&b.quick, "quick", false, "fewer iterations (for a smoke test)")
-	only := flag.String("only", "", "run only these comma-separated `PARTS` (calls, pair, throughput, batch, attach, libc, traceable)")
+	only := flag.String("only", "", "run only these comma-separated `PARTS` (calls, pair, throughput, batch, attach, libc, traceable, args)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		return errors.New("run as root: livetrace, uftrace and bpftrace need it")
@@ -98,6 +98,9 @@ func run() error {
 			b.goTestBench("Patch batch, every traceable function of libc.so.6 (relocating sites, live, 4 threads calling libc)", "./internal/session", "BenchmarkRelocLibcPatch", "5x")
 		}},
 		{"traceable", b.traceable},
+		{"args", func() {
+			b.goTestBench("Argument capture (the agent alone, a call through a NOP5 site; ns per call)", "./internal/agent", "BenchmarkAgentCall", "1x")
+		}},
 	}
 	want := map[string]bool{}
 	for _, p := range strings.Split(*only, ",") {
@@ -113,7 +116,7 @@ func run() error {
 		delete(unknown, p.name)
 	}
 	if len(unknown) > 0 {
-		return fmt.Errorf("-only: unknown part %v; the parts are calls, pair, throughput, batch, attach, libc, traceable", unknown)
+		return fmt.Errorf("-only: unknown part %v; the parts are calls, pair, throughput, batch, attach, libc, traceable, args", unknown)
 	}
 	for _, p := range parts {
 		if len(want) == 0 || want[p.name] {
@@ -834,6 +837,18 @@ func (b *bench) checkGoals() {
 		if strings.HasSuffix(r.Name, ": stall-µs") {
 			base := stall[strings.TrimSuffix(r.Name, "stall-µs")+"baseline-stall-µs"]
 			g("attach and detach stall <= 1 ms beyond baseline ("+strings.TrimSuffix(r.Name, ": stall-µs")+")", r.Value-base <= 1000, fmt.Sprintf("%.0f µs vs %.0f µs", r.Value, base))
+		}
+	}
+	for _, m := range []string{"entry", "graph"} {
+		tr, ok := b.get(m + ": traced-ns/call")
+		if !ok {
+			continue
+		}
+		if v, ok := b.get(m + ": cap_ints-ns/call"); ok {
+			g(fmt.Sprintf("2 integer arguments captured for <= +3 ns (%s)", m), v-tr <= 3, fmt.Sprintf("%+.1f ns (%.1f vs %.1f ns)", v-tr, v, tr))
+		}
+		if v, ok := b.get(m + ": cap_str-ns/call"); ok {
+			g(fmt.Sprintf("1 short string captured for <= +15 ns (%s)", m), v-tr <= 15, fmt.Sprintf("%+.1f ns (%.1f vs %.1f ns)", v-tr, v, tr))
 		}
 	}
 	for _, name := range []string{"lost, 1 thread(s) at full speed", "lost, 2 thread(s) at full speed", "lost, graph, 1 thread(s)", "lost, graph, 2 thread(s)"} {
