@@ -76,3 +76,8 @@ func commOf(pid int) string {
 	}
 	return strings.TrimSpace(string(b))
 }
+
+// ErrSeccomp means the process's seccomp policy refuses a system call the
+// tracer must make inside it: one thread borrowed in strict mode would die
+// of it (proc), or a filter would refuse or kill it (session).
+var ErrSeccomp = errors.New("refused by the process's seccomp filter")

@@ -112,7 +112,11 @@ func (p *Process) holdRemoteLocked(tid int) (*Remote, error) {
 			fmt.Fprintf(os.Stderr, "proc: hold: stopped in %v\n", time.Since(t0))
 		}
 	}()
-	for _, t := range cands {
+	strict := 0
+	tried := map[int]bool{}
+	for k := 0; k < len(cands); k++ {
+		t := cands[k]
+		tried[t.tid] = true
 		wasFree := t.role == roleFree
 		p.interrupt(t)
 		err := p.waitBlocking(t, func() bool { return !p.live(t) || t.state == stopped }, 5*time.Second)
@@ -129,6 +133,31 @@ func (p *Process) holdRemoteLocked(tid int) (*Remote, error) {
 			}
 			continue
 		}
+		if seccompStrict(p.pid, t.tid) {
+			// Strict mode kills a thread on any system call but read,
+			// write, exit and sigreturn. A thread enters it itself, so
+			// one stopped here cannot enter it before we are done: the
+			// check at attach (which a thread may have passed a moment
+			// before it called prctl) is made again on the thread
+			// borrowed.
+			strict++
+			if wasFree && !p.holdAll {
+				t.role = roleFree
+				p.fixInterrupted(t)
+				p.resume(t, 0)
+			}
+			if tid == 0 && strict == 1 {
+				// The candidates were the likeliest few: every
+				// other thread may serve as well.
+				for _, o := range p.threads {
+					if !tried[o.tid] && o.role != roleBorrowed && o.role != roleStepping && o.role != roleExeced {
+						cands = append(cands, o)
+						tried[o.tid] = true
+					}
+				}
+			}
+			continue
+		}
 		r := &Remote{p: p, t: t}
 		if err := unix.PtraceGetRegs(t.tid, &r.saved); err != nil {
 			if errors.Is(err, unix.ESRCH) {
@@ -140,7 +169,28 @@ func (p *Process) holdRemoteLocked(tid int) (*Remote, error) {
 		p.lastRemote = t.tid
 		return r, nil
 	}
+	if strict > 0 {
+		return nil, fmt.Errorf("pid %d: %w: every thread livetrace could use is in seccomp strict mode, where any system call livetrace made in it would kill it", p.pid, ErrSeccomp)
+	}
 	return nil, fmt.Errorf("no thread of pid %d can run a system call (all stopped by job control?)", p.pid)
+}
+
+// seccompStrict reports whether thread tid is in seccomp strict mode (the
+// Seccomp line of its status is 1).
+func seccompStrict(pid, tid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/status", pid, tid))
+	if err != nil {
+		return false
+	}
+	i := bytes.Index(b, []byte("\nSeccomp:"))
+	if i < 0 {
+		return false
+	}
+	v := b[i+len("\nSeccomp:"):]
+	if j := bytes.IndexByte(v, '\n'); j >= 0 {
+		v = v[:j]
+	}
+	return string(bytes.TrimSpace(v)) == "1"
 }
 
 // remoteProbe is the most threads whose /proc syscall file remoteCandidates

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/livetrace/livetrace/internal/agent"
+	"github.com/livetrace/livetrace/internal/proc"
 	"github.com/livetrace/livetrace/internal/testtarget"
 	"github.com/livetrace/livetrace/internal/tracefile"
 )
@@ -560,4 +561,45 @@ func TestSeccomp(t *testing.T) {
 			before.CheckSame(t, tp.Pid())
 		})
 	}
+}
+
+// TestStrictAfterCheck: a thread that enters seccomp strict mode after
+// livetrace checked the process (here: before any check at all) must
+// never be borrowed for a remote system call: strict mode kills it on any
+// call but read, write, exit and sigreturn, and with it the process. The
+// strict thread, blocked in read, is the thread proc likes best to borrow.
+func TestStrictAfterCheck(t *testing.T) {
+	exe := buildHostile(t)
+	tp := startHostile(t, exe, "strict")
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if strict, _ := seccompModes(tp.Pid()); strict {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the strict thread never entered strict mode")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	p, err := proc.Attach(tp.Pid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 20; i++ {
+		r, err := p.HoldRemote()
+		if err != nil {
+			t.Fatal(err)
+		}
+		pid, err := r.Syscall(proc.SysGetpid)
+		if rerr := r.Release(); err == nil {
+			err = rerr
+		}
+		if err != nil || int(pid) != tp.Pid() {
+			t.Fatalf("getpid in the target: %d, %v", pid, err)
+		}
+	}
+	if err := p.Detach(); err != nil {
+		t.Fatal(err)
+	}
+	hostileAlive(t, tp)
 }

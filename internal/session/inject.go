@@ -797,7 +797,7 @@ func userRegs(r *unix.PtraceRegs) [27]uint64 {
 
 // ErrSeccomp means the target's seccomp filter forbids a system call that
 // livetrace or its agent must make inside the target.
-var ErrSeccomp = errors.New("refused by the process's seccomp filter")
+var ErrSeccomp = proc.ErrSeccomp
 
 // sysUse is one system call livetrace or its agent makes inside the
 // target, with the arguments a filter might look at (addresses and fds
