@@ -63,7 +63,7 @@ func run() error {
 	out := flag.String("o", "bench/results.json", "write the results as JSON to `FILE`")
 	flag.StringVar(&b.livetrace, "livetrace", "bin/livetrace", "the livetrace `BINARY`")
 	flag.BoolVar(&b.quick, "quick", false, "fewer iterations (for a smoke test)")
-	only := flag.String("only", "", "run only these comma-separated `PARTS` (calls, pair, throughput, batch, attach, libc, traceable, args)")
+	only := flag.String("only", "", "run only these comma-separated `PARTS` (calls, pair, throughput, batch, attach, libc, traceable, readers, args)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		return errors.New("run as root: livetrace, uftrace and bpftrace need it")
@@ -98,6 +98,7 @@ func run() error {
 			b.goTestBench("Patch batch, every traceable function of libc.so.6 (relocating sites, live, 4 threads calling libc)", "./internal/session", "BenchmarkRelocLibcPatch", "5x")
 		}},
 		{"traceable", b.traceable},
+		{"readers", b.readers},
 		{"args", func() {
 			b.goTestBench("Argument capture (the agent alone, a call through a NOP5 site; ns per call)", "./internal/agent", "BenchmarkAgentCall", "1x")
 		}},
@@ -116,7 +117,7 @@ func run() error {
 		delete(unknown, p.name)
 	}
 	if len(unknown) > 0 {
-		return fmt.Errorf("-only: unknown part %v; the parts are calls, pair, throughput, batch, attach, libc, traceable, args", unknown)
+		return fmt.Errorf("-only: unknown part %v; the parts are calls, pair, throughput, batch, attach, libc, traceable, readers, args", unknown)
 	}
 	for _, p := range parts {
 		if len(want) == 0 || want[p.name] {
@@ -837,6 +838,17 @@ func (b *bench) checkGoals() {
 		if strings.HasSuffix(r.Name, ": stall-µs") {
 			base := stall[strings.TrimSuffix(r.Name, "stall-µs")+"baseline-stall-µs"]
 			g("attach and detach stall <= 1 ms beyond baseline ("+strings.TrimSuffix(r.Name, ": stall-µs")+")", r.Value-base <= 1000, fmt.Sprintf("%.0f µs vs %.0f µs", r.Value, base))
+		}
+	}
+	if v, ok := b.get("report: peak RSS"); ok && v > 0 {
+		g("report of 250M events in <= 200 MiB", v <= 200, fmt.Sprintf("%.0f MiB", v))
+	}
+	for _, name := range []string{"report", "export perfetto"} {
+		if v, ok := b.get(name + ": events/s"); ok && v > 0 {
+			g(name+" >= 20M events/s", v >= 20e6, fmt.Sprintf("%.1fM events/s", v/1e6))
+		}
+		if v, ok := b.get(name + ": peak RSS"); ok && v > 0 && name != "report" {
+			g(name+" of 250M events in <= 200 MiB", v <= 200, fmt.Sprintf("%.0f MiB", v))
 		}
 	}
 	for _, m := range []string{"entry", "graph"} {
