@@ -480,7 +480,7 @@ func (b *bench) relocPair() {
 			defer t.kill()
 			var tr *tracer
 			if traced {
-				args := append([]string{b.livetrace, "record", "-p", strconv.Itoa(t.cmd.Process.Pid), "-F", "leaf_nop", "-F", "leaf_reloc", "-o", filepath.Join(b.work, "pair.data")}, extra...)
+				args := append([]string{b.livetrace, "record", "-f", "-p", strconv.Itoa(t.cmd.Process.Pid), "-F", "leaf_nop", "-F", "leaf_reloc", "-o", filepath.Join(b.work, "pair.data")}, extra...)
 				if tr, err = startTracer("livetrace: tracing", args...); err != nil {
 					return nil, err
 				}
