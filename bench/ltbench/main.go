@@ -34,7 +34,7 @@ type Result struct {
 	Note    string  `json:"note,omitempty"`
 }
 
-// Goal is one target of issue 6, checked against the results.
+// Goal is one target, checked against the results.
 type Goal struct {
 	Goal   string `json:"goal"`
 	Actual string `json:"actual"`
@@ -63,6 +63,7 @@ func run() error {
 	out := flag.String("o", "bench/results.json", "write the results as JSON to `FILE`")
 	flag.StringVar(&b.livetrace, "livetrace", "bin/livetrace", "the livetrace `BINARY`")
 	flag.BoolVar(&b.quick, "quick", false, "fewer iterations (for a smoke test)")
+	merge := flag.Bool("merge", false, "keep the results of FILE (-o) from sections this run does not measure (with -only)")
 	only := flag.String("only", "", "run only these comma-separated `PARTS` (calls, pair, throughput, batch, attach, libc, traceable, readers, args)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
@@ -124,9 +125,41 @@ func run() error {
 			p.run()
 		}
 	}
+	if *merge {
+		if err := b.mergeFrom(*out); err != nil {
+			return err
+		}
+	}
 	b.checkGoals()
 	b.print(os.Stdout)
 	return b.write(*out)
+}
+
+// mergeFrom puts before this run's results those of the results file at
+// path whose sections this run did not measure.
+func (b *bench) mergeFrom(path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("-merge: %w", err)
+	}
+	var old struct {
+		Results []Result `json:"results"`
+	}
+	if err := json.Unmarshal(data, &old); err != nil {
+		return fmt.Errorf("-merge: %s: %w", path, err)
+	}
+	fresh := map[string]bool{}
+	for _, r := range b.results {
+		fresh[r.Section] = true
+	}
+	var kept []Result
+	for _, r := range old.Results {
+		if !fresh[r.Section] {
+			kept = append(kept, r)
+		}
+	}
+	b.results = append(kept, b.results...)
+	return nil
 }
 
 func (b *bench) add(section, name string, v float64, unit, note string) {
