@@ -1,9 +1,7 @@
 package elfsite
 
 import (
-	"bytes"
 	"debug/elf"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -143,23 +141,9 @@ func parseDebugFile(r io.ReaderAt, path, id string, typ elf.Type) (funcs []Func,
 			funcs, err = nil, fmt.Errorf("read %s: %w: %v", path, ErrMalformed, p)
 		}
 	}()
-	var ident [elf.EI_NIDENT]byte
-	if n, _ := r.ReadAt(ident[:], 0); n < len(ident) || !bytes.Equal(ident[:4], []byte(elf.ELFMAG)) {
-		return nil, fmt.Errorf("read %s: %w", path, ErrNotELF)
-	}
-	if c := elf.Class(ident[elf.EI_CLASS]); c != elf.ELFCLASS64 {
-		return nil, fmt.Errorf("read %s: %w, this one is 32-bit (%s)", path, ErrUnsupported, c)
-	}
-	size := readerSize(r)
-	if err := preflight(r, size); err != nil {
-		return nil, fmt.Errorf("read %s: %w", path, err)
-	}
-	f, err := elf.NewFile(r)
+	f, size, err := openELF(r, path, "")
 	if err != nil {
-		return nil, fmt.Errorf("read %s: %w: %v", path, ErrMalformed, err)
-	}
-	if f.Machine != elf.EM_X86_64 || f.ByteOrder != binary.LittleEndian {
-		return nil, fmt.Errorf("read %s: %w, this one is for %s", path, ErrUnsupported, f.Machine)
+		return nil, err
 	}
 	if f.Type != typ {
 		return nil, fmt.Errorf("read %s: it is of type %s, the binary of type %s", path, f.Type, typ)

@@ -247,6 +247,31 @@ func Open(path string) (*Spec, error) {
 	return Parse(f, path)
 }
 
+// openELF checks that r is a 64-bit x86-64 ELF file within the caps of
+// preflight, and opens it with debug/elf; it returns the file's size
+// (readerSize). notELF is added to the error for a file that is not ELF.
+func openELF(r io.ReaderAt, path, notELF string) (*elf.File, int64, error) {
+	var ident [elf.EI_NIDENT]byte
+	if n, _ := r.ReadAt(ident[:], 0); n < len(ident) || !bytes.Equal(ident[:4], []byte(elf.ELFMAG)) {
+		return nil, 0, fmt.Errorf("read %s: %w%s", path, ErrNotELF, notELF)
+	}
+	if c := elf.Class(ident[elf.EI_CLASS]); c != elf.ELFCLASS64 {
+		return nil, 0, fmt.Errorf("read %s: %w, this one is 32-bit (%s)", path, ErrUnsupported, c)
+	}
+	size := readerSize(r)
+	if err := preflight(r, size); err != nil {
+		return nil, 0, fmt.Errorf("read %s: %w", path, err)
+	}
+	f, err := elf.NewFile(r)
+	if err != nil {
+		return nil, 0, fmt.Errorf("read %s: %w: %v", path, ErrMalformed, err)
+	}
+	if f.Machine != elf.EM_X86_64 || f.ByteOrder != binary.LittleEndian {
+		return nil, 0, fmt.Errorf("read %s: %w, this one is for %s", path, ErrUnsupported, f.Machine)
+	}
+	return f, size, nil
+}
+
 // Parse reads an ELF file from r; path is only used for Spec.Path and error
 // messages. A file without sites is not an error here: check with
 // [Spec.CheckSites]. Panics in debug/elf on malformed input become errors
@@ -260,23 +285,9 @@ func Parse(r io.ReaderAt, path string) (spec *Spec, err error) {
 			spec, err = nil, fmt.Errorf("read %s: %w: %v", path, ErrMalformed, p)
 		}
 	}()
-	var ident [elf.EI_NIDENT]byte
-	if n, _ := r.ReadAt(ident[:], 0); n < len(ident) || !bytes.Equal(ident[:4], []byte(elf.ELFMAG)) {
-		return nil, fmt.Errorf("read %s: %w: livetrace needs an x86-64 executable or shared library", path, ErrNotELF)
-	}
-	if c := elf.Class(ident[elf.EI_CLASS]); c != elf.ELFCLASS64 {
-		return nil, fmt.Errorf("read %s: %w, this one is 32-bit (%s)", path, ErrUnsupported, c)
-	}
-	size := readerSize(r)
-	if err := preflight(r, size); err != nil {
-		return nil, fmt.Errorf("read %s: %w", path, err)
-	}
-	f, err := elf.NewFile(r)
+	f, size, err := openELF(r, path, ": livetrace needs an x86-64 executable or shared library")
 	if err != nil {
-		return nil, fmt.Errorf("read %s: %w: %v", path, ErrMalformed, err)
-	}
-	if f.Machine != elf.EM_X86_64 || f.ByteOrder != binary.LittleEndian {
-		return nil, fmt.Errorf("read %s: %w, this one is for %s", path, ErrUnsupported, f.Machine)
+		return nil, err
 	}
 	if f.Type != elf.ET_EXEC && f.Type != elf.ET_DYN {
 		what := f.Type.String()
