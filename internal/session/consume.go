@@ -172,6 +172,40 @@ func (s *Session) convertLocked(tid uint32, raw []byte) error {
 	return s.w.WriteEvents(evs)
 }
 
+// attributePendingLoss adds to each thread the events it dropped after
+// its last chunk: a thread reports its drops in the header of the next
+// chunk it takes, so those of a thread that found the buffer full until
+// the end would count in the total only, not per thread.
+func (s *Session) attributePendingLoss() {
+	slots, err := s.inj.readThreads(s.p)
+	if err != nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, slot := range slots {
+		if slot.InUse() && slot.Chunk == 0 && slot.Lost > 0 {
+			s.notePendingLoss(slot.Tid, slot.Lost)
+		}
+	}
+}
+
+// notePendingLoss adds lost to the thread the agent knows as tid (in the
+// target's pid namespace), if the tracer knows it. s.mu is held.
+func (s *Session) notePendingLoss(tid uint32, lost uint32) {
+	if s.inj.tids == nil {
+		return
+	}
+	o, ok := s.inj.tids.known[tid]
+	if !ok {
+		return
+	}
+	s.lost[uint32(o)] += uint64(lost)
+	if _, ok := s.threads[uint32(o)]; !ok {
+		s.threads[uint32(o)] = threadName(s.pid, o)
+	}
+}
+
 // threadExit runs on the ptrace thread when a thread of the target exits
 // (it is stopped for good). Its agent slot is retired, so a new thread that
 // reuses its thread pointer gets a slot of its own, and its partly filled
@@ -196,6 +230,11 @@ func (s *Session) threadExit(tid int) {
 			continue
 		}
 		_ = s.p.WriteMem(s.inj.addrs.ThreadSlotAddr(i)+agent.ThreadKeyOff, agent.RetiredKey())
+		if slot.Chunk == 0 && slot.Lost > 0 {
+			s.mu.Lock()
+			s.notePendingLoss(slot.Tid, slot.Lost)
+			s.mu.Unlock()
+		}
 		if slot.Chunk != 0 {
 			s.mu.Lock()
 			var werr error

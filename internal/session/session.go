@@ -894,6 +894,9 @@ func (s *Session) Close() error {
 		}
 	}
 	s.consume(true)
+	if s.p != nil && s.inj != nil && !gone() {
+		s.attributePendingLoss()
+	}
 	if s.p != nil && s.inj != nil && len(s.inj.hooks) > 0 && !gone() {
 		// quiesce did not get to it: the GOT must not point into an
 		// unmapped agent (if this fails too, the agent stays mapped).
