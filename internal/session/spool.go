@@ -41,6 +41,8 @@ type spool struct {
 	convErr error // set before done is closed
 	convert func(tid uint32, raw []byte) error
 	started bool // the converter runs (from the first frame on)
+	lowered int  // the converter's thread, while at nice 19 (guarded by mu)
+	oldNice int  // its nice value before
 }
 
 const (
@@ -157,6 +159,12 @@ func (sp *spool) finish() error {
 	sp.closing = true
 	sp.cond.Signal()
 	started := sp.started
+	if sp.lowered != 0 {
+		// What is left is all that stands between the user and the
+		// recording: convert it at normal priority.
+		_ = unix.Setpriority(unix.PRIO_PROCESS, sp.lowered, sp.oldNice)
+		sp.lowered = 0
+	}
 	sp.mu.Unlock()
 	if started {
 		<-sp.done
@@ -175,24 +183,26 @@ func (sp *spool) run(convert func(tid uint32, raw []byte) error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	tid := unix.Gettid()
-	old, _ := unix.Getpriority(unix.PRIO_PROCESS, tid)
-	_ = unix.Setpriority(unix.PRIO_PROCESS, tid, 19)
-	lowered := true
+	// Only root may raise the priority back (finish does it, from its
+	// own thread: this one may get no CPU at all at nice 19 beside busy
+	// threads of the target).
+	if os.Geteuid() == 0 {
+		sp.mu.Lock()
+		if !sp.closing { // else finish has come already: stay as is
+			if old, err := unix.Getpriority(unix.PRIO_PROCESS, tid); err == nil && unix.Setpriority(unix.PRIO_PROCESS, tid, 19) == nil {
+				sp.lowered, sp.oldNice = tid, 20-old // the kernel reports 20 - nice
+			}
+		}
+		sp.mu.Unlock()
+	}
 	buf := make([]byte, spoolRead)
 	for {
 		sp.mu.Lock()
 		for sp.wOff == sp.rOff && !sp.closing {
 			sp.cond.Wait()
 		}
-		end, closing := sp.wOff, sp.closing
+		end := sp.wOff
 		sp.mu.Unlock()
-		if closing && lowered {
-			// What is left is all that stands between the user and
-			// the recording: convert it at normal priority. (The
-			// kernel reports 20 - nice.)
-			_ = unix.Setpriority(unix.PRIO_PROCESS, tid, 20-old)
-			lowered = false
-		}
 		if sp.rOff == end {
 			return // closing, and nothing left
 		}
