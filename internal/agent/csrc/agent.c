@@ -269,18 +269,28 @@ static void lt_publish(struct lt_thread *t)
 	t->pos = 0;
 }
 
-/* lt_emit appends one record to t's chunk, publishing it when full. */
-static void lt_emit(struct lt_thread *t, u64 tsc, u64 meta)
+/* lt_chunk returns t's chunk, taking a free one if it has none; 0 (the
+ * event counted as lost) when none is free. */
+static inline u64 lt_chunk(struct lt_thread *t)
 {
 	u64 off = t->chunk;
 	if (!off) {
 		off = lt_take(t);
 		if (!off) {
 			lt_drop(t);
-			return;
+			return 0;
 		}
 		t->chunk = off;
 	}
+	return off;
+}
+
+/* lt_emit appends one record to t's chunk, publishing it when full. */
+static void lt_emit(struct lt_thread *t, u64 tsc, u64 meta)
+{
+	u64 off = lt_chunk(t);
+	if (!off)
+		return;
 	struct lt_chunk_hdr *c = chunk_at(off);
 	struct lt_record *r = (struct lt_record *)((char *)c + LT_CHUNK_HDR_SIZE) + t->pos;
 	r->tsc = tsc;
@@ -308,15 +318,9 @@ static void lt_emit_data(struct lt_thread *t, u64 tsc, u64 meta, u32 spec, const
 	}
 	if (t->chunk && t->pos + n > lt_shared.chunk_records)
 		lt_publish(t);
-	u64 off = t->chunk;
-	if (!off) {
-		off = lt_take(t);
-		if (!off) {
-			lt_drop(t);
-			return;
-		}
-		t->chunk = off;
-	}
+	u64 off = lt_chunk(t);
+	if (!off)
+		return;
 	struct lt_chunk_hdr *c = chunk_at(off);
 	struct lt_record *r = (struct lt_record *)((char *)c + LT_CHUNK_HDR_SIZE) + t->pos;
 	r[0].tsc = tsc;
