@@ -89,6 +89,7 @@ func replayEntries(w *bufio.Writer, s *tracefile.Stream, f Filter) error {
 	fmt.Fprintf(w, "# tracer: function (livetrace entry mode), pid %d (%s)\n", rec.PID, Printable(rec.Comm))
 	writeLostHeader(w, rec, s.Recovered, s.Dropped)
 	fmt.Fprintf(w, "#\n#           TASK-TID     CPU      TIMESTAMP  FUNCTION\n#              | |        |          |         |\n")
+	marks := newChangeMarks(s, f)
 	for {
 		ev, ok := s.Next()
 		if !ok {
@@ -98,6 +99,7 @@ func replayEntries(w *bufio.Writer, s *tracefile.Stream, f Filter) error {
 			continue
 		}
 		ns := e.ns(ev.TSC)
+		marks.upTo(w, ns)
 		task := threadName(names, rec, ev.TID)
 		if len(task) > 16 {
 			// At a character boundary: half a character is invalid
@@ -115,7 +117,11 @@ func replayEntries(w *bufio.Writer, s *tracefile.Stream, f Filter) error {
 		fmt.Fprintf(w, "%16s-%-7d [---] %7d.%06d: %s <- %s\n", task, ev.TID,
 			ns/1e9, ns%1e9/1e3, name, syms.name(ev.Caller))
 	}
-	return s.Err()
+	if err := s.Err(); err != nil {
+		return err
+	}
+	marks.rest(w)
+	return nil
 }
 
 func replayGraph(w *bufio.Writer, s *tracefile.Stream, f Filter) error {
@@ -123,10 +129,16 @@ func replayGraph(w *bufio.Writer, s *tracefile.Stream, f Filter) error {
 	fmt.Fprintf(w, "# tracer: function_graph (livetrace graph mode), pid %d (%s)\n", rec.PID, Printable(rec.Comm))
 	writeLostHeader(w, rec, s.Recovered, s.Dropped)
 	fmt.Fprintf(w, "#\n# DURATION       TID     FUNCTION\n")
-	return inOrder(s, f, nil, func(it item) {
+	marks := newChangeMarks(s, f)
+	err := inOrder(s, f, nil, func(it item) {
 		c := it.c
 		if !c.visible || it.kind == itemLost {
 			return
+		}
+		if it.kind == itemEntry {
+			marks.upTo(w, c.start)
+		} else {
+			marks.upTo(w, c.end)
 		}
 		indent := strings.Repeat("  ", int(c.depth))
 		name := funcName(rec, c.fn)
@@ -154,6 +166,11 @@ func replayGraph(w *bufio.Writer, s *tracefile.Stream, f Filter) error {
 		}
 		fmt.Fprintf(w, "%s [%7d] | %s}%s /* %s */\n", fmtDur(c.dur()), c.tid, indent, ret, name)
 	})
+	if err != nil {
+		return err
+	}
+	marks.rest(w)
+	return nil
 }
 
 // fmtDur formats a duration in ns the way uftrace does, 10 characters wide.

@@ -30,7 +30,13 @@ type FuncStats struct {
 	Avg int64 `json:"avg_ns"`
 	Min int64 `json:"min_ns"`
 	Max int64 `json:"max_ns"`
+	// Traced is, for a function traced for part of the recording only
+	// (enabled or disabled while attached, see Meta.Changes), how long it
+	// was traced; nil for one traced throughout.
+	Traced *int64 `json:"traced_ns,omitempty"`
 
+	fn        uint32
+	spans     []tscSpan
 	completed uint64
 	sum       int64
 }
@@ -83,7 +89,7 @@ func StatsStream(s *tracefile.Stream, f Filter, sort string) ([]FuncStats, error
 		}
 		s := byFn[fn]
 		if s == nil {
-			s = &FuncStats{Function: funcName(rec, fn), Module: moduleName(rec, fn), Min: math.MaxInt64}
+			s = &FuncStats{Function: funcName(rec, fn), Module: moduleName(rec, fn), Min: math.MaxInt64, fn: fn}
 			byFn[fn] = s
 		}
 		return s
@@ -150,6 +156,23 @@ func StatsStream(s *tracefile.Stream, f Filter, sort string) ([]FuncStats, error
 		}
 		out = append(out, *s)
 	}
+	if spans := tracedSpans(rec, s.FirstTSC, s.LastTSC); spans != nil {
+		for i := range out {
+			st := &out[i]
+			sp, ok := spans[st.fn]
+			if !ok {
+				continue
+			}
+			var t int64
+			for _, x := range sp {
+				t += s.Clock.Nanos(x.to) - s.Clock.Nanos(x.from)
+			}
+			st.Traced, st.spans = &t, sp
+			if st.spans == nil {
+				st.spans = []tscSpan{}
+			}
+		}
+	}
 	key := map[string]func(*FuncStats) int64{
 		"calls": func(s *FuncStats) int64 { return int64(s.Calls) },
 		"total": func(s *FuncStats) int64 { return s.Total },
@@ -197,10 +220,11 @@ func ReportStream(w io.Writer, s *tracefile.Stream, o ReportOptions) error {
 				Function string `json:"function"`
 				Module   string `json:"module"`
 				Calls    uint64 `json:"calls"`
+				Traced   *int64 `json:"traced_ns,omitempty"`
 			}
 			es := make([]entryStats, len(stats))
 			for i, s := range stats {
-				es[i] = entryStats{s.Function, s.Module, s.Calls}
+				es[i] = entryStats{s.Function, s.Module, s.Calls, s.Traced}
 			}
 			v = es
 		}
@@ -221,12 +245,14 @@ func ReportStream(w io.Writer, s *tracefile.Stream, o ReportOptions) error {
 			}
 			fmt.Fprintf(bw, "%12s  %12s  %10d  %12s  %12s  %12s  %s\n", tot, self, s.Calls, avg, lo, hi, s.Function)
 		}
+		partialNote(bw, s, stats)
 	} else {
 		writeLostHeader(bw, rec, s.Recovered, s.Dropped)
 		fmt.Fprintf(bw, "%10s  %s\n%10s  %s\n", "Calls", "Function", "==========", "========")
 		for _, s := range stats {
 			fmt.Fprintf(bw, "%10d  %s\n", s.Calls, s.Function)
 		}
+		partialNote(bw, s, stats)
 	}
 	if err := bw.Flush(); err != nil {
 		return fmt.Errorf("write report: %w", err)
