@@ -64,7 +64,7 @@ func run() error {
 	flag.StringVar(&b.livetrace, "livetrace", "bin/livetrace", "the livetrace `BINARY`")
 	flag.BoolVar(&b.quick, "quick", false, "fewer iterations (for a smoke test)")
 	merge := flag.Bool("merge", false, "keep the results of FILE (-o) from sections this run does not measure (with -only)")
-	only := flag.String("only", "", "run only these comma-separated `PARTS` (calls, pair, throughput, batch, attach, libc, traceable, readers, args)")
+	only := flag.String("only", "", "run only these comma-separated `PARTS` (calls, pair, throughput, live, batch, attach, libc, traceable, readers, args)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		return errors.New("run as root: livetrace, uftrace and bpftrace need it")
@@ -89,6 +89,7 @@ func run() error {
 		{"calls", b.callOverhead},
 		{"pair", b.relocPair},
 		{"throughput", b.throughput},
+		{"live", b.liveLatency},
 		{"batch", func() {
 			b.goTestBench("Patch batch (100k sites, 2 calling threads)", "./internal/textpoke", "BenchmarkBatch100k", "3x")
 		}},
@@ -118,7 +119,7 @@ func run() error {
 		delete(unknown, p.name)
 	}
 	if len(unknown) > 0 {
-		return fmt.Errorf("-only: unknown part %v; the parts are calls, pair, throughput, batch, attach, libc, traceable, readers, args", unknown)
+		return fmt.Errorf("-only: unknown part %v; the parts are calls, pair, throughput, live, batch, attach, libc, traceable, readers, args", unknown)
 	}
 	for _, p := range parts {
 		if len(want) == 0 || want[p.name] {
@@ -855,6 +856,12 @@ func (b *bench) checkGoals() {
 	for _, r := range b.results {
 		if r.Section == traceableSection && r.Value >= 0 && !strings.Contains(r.Name, "jump tables checked") && (r.Name == "no-flag fixtures, all" || strings.HasPrefix(r.Name, "libc.so") || strings.HasPrefix(r.Name, "libsqlite3") || strings.HasPrefix(r.Name, "python3")) {
 			g(fmt.Sprintf(">= 95%% of eligible functions traceable: %s", r.Name), r.Value >= 95, fmt.Sprintf("%.1f%%", r.Value))
+		}
+	}
+	for _, r := range []string{"10 calls/s", "10M calls/s"} {
+		if v, ok := b.get("p99 latency, " + r); ok && v >= 0 {
+			mx, _ := b.get("max latency, " + r)
+			g("livetrace live shows a call within 100 ms at "+r+" (p99)", v <= 100, fmt.Sprintf("p99 %.1f ms, max %.1f ms", v, mx))
 		}
 	}
 	if v, ok := b.get("disabled site cost"); ok {

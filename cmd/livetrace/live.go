@@ -2,8 +2,11 @@ package main
 
 import (
 	"io"
+	"slices"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/livetrace/livetrace/internal/report"
 	"github.com/livetrace/livetrace/internal/session"
@@ -38,38 +41,154 @@ within 50 ms of time order.`
 }
 
 // liveOutput prints a live session's events (livetrace live).
+//
+// The session's poll loop hands over each batch (events) and goes back to
+// the agent's buffer at once: a printer goroutine formats the lines. A
+// terminal cannot show millions of lines a second, so a batch whose newest
+// event is older than liveMaxAge when its turn comes, or that is the
+// oldest when more than liveMaxQueued events wait, is skipped and counted: the screen
+// stays within about 100 ms of the program, as ftrace's trace_pipe does
+// when its reader falls behind, and a recording made at the same time (-o)
+// still gets every event, because the poll loop never waits for the
+// terminal.
 type liveOutput struct {
 	o      *recordOptions
 	filter report.Filter
 
-	mu       sync.Mutex // events arrive on the goroutine that polls, or at Close
+	mu       sync.Mutex // the printer's state: the printer goroutine, ticks, finish
 	s        *session.Session
 	printer  *report.Live
 	pending  bool
 	fullSync time.Time
+	done     chan struct{} // closed when the printer goroutine has returned
+
+	qmu     sync.Mutex // the queue, between the poll loop and the printer
+	qcond   *sync.Cond
+	queue   []liveBatch
+	queued  int
+	closed  bool
+	skipped map[uint32]uint64 // per thread, events skipped since its last line
 }
+
+// liveBatch is one thread's batch, copied out of the session's buffer.
+type liveBatch struct {
+	evs    []tracefile.Event
+	thread string
+}
+
+const (
+	liveMaxAge    = 60 * time.Millisecond
+	liveMaxQueued = 1 << 16
+)
 
 // start makes the printer once the session knows its functions.
 func (l *liveOutput) start(s *session.Session) {
 	meta := s.Meta() // before l.mu: events hold the session's lock, then l.mu
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	l.s = s
+	l.mu.Unlock()
+	l.begin(meta)
+}
+
+// begin starts printing the events of a session whose metadata is meta.
+func (l *liveOutput) begin(meta tracefile.Meta) {
+	l.mu.Lock()
 	l.printer = report.NewLive(l.o.stdout, meta, l.filter)
 	l.printer.Header()
 	_ = l.printer.Flush(false)
+	l.mu.Unlock()
+	l.qmu.Lock()
+	if l.qcond == nil {
+		l.qcond = sync.NewCond(&l.qmu)
+	}
+	l.qmu.Unlock()
+	l.done = make(chan struct{})
+	clock := meta.Clock.Converter()
+	go l.print(clock)
 }
 
-// events is the session's OnEvents: one thread's batch.
+// events is the session's OnEvents: one thread's batch. It runs on the
+// poll loop, so it only queues.
 func (l *liveOutput) events(evs []tracefile.Event, thread string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.printer == nil || len(evs) == 0 {
+	if len(evs) == 0 {
 		return
 	}
-	l.printer.SetThreadName(evs[0].TID, thread)
-	l.printer.Events(evs)
-	l.pending = true
+	l.qmu.Lock()
+	defer l.qmu.Unlock()
+	if l.qcond == nil {
+		l.qcond = sync.NewCond(&l.qmu)
+	}
+	if l.closed {
+		return
+	}
+	// Too much waiting: the oldest batches go, the news stays.
+	for len(l.queue) > 0 && l.queued+len(evs) > liveMaxQueued {
+		b := l.queue[0]
+		l.queue[0] = liveBatch{}
+		l.queue = l.queue[1:]
+		l.queued -= len(b.evs)
+		l.skip(b.evs[0].TID, len(b.evs))
+	}
+	l.queue = append(l.queue, liveBatch{evs: slices.Clone(evs), thread: thread})
+	l.queued += len(evs)
+	l.qcond.Signal()
+}
+
+// skip counts n events of tid as skipped. l.qmu must be held.
+func (l *liveOutput) skip(tid uint32, n int) {
+	if l.skipped == nil {
+		l.skipped = map[uint32]uint64{}
+	}
+	l.skipped[tid] += uint64(n)
+}
+
+// print is the printer goroutine: it prints the queued batches until
+// finish, skipping those that are too old to be news.
+func (l *liveOutput) print(clock *tracefile.NanosConverter) {
+	defer close(l.done)
+	for {
+		l.qmu.Lock()
+		for len(l.queue) == 0 && !l.closed {
+			l.qcond.Wait()
+		}
+		if len(l.queue) == 0 {
+			l.qmu.Unlock()
+			return
+		}
+		b := l.queue[0]
+		l.queue[0] = liveBatch{}
+		l.queue = l.queue[1:]
+		l.queued -= len(b.evs)
+		tid := b.evs[0].TID
+		// Skipped at the end too: what was skipped is gone, and the
+		// rest is printed.
+		age := monoNow() - clock.Nanos(b.evs[len(b.evs)-1].TSC)
+		if !l.closed && age > liveMaxAge.Nanoseconds() {
+			l.skip(tid, len(b.evs))
+			l.qmu.Unlock()
+			continue
+		}
+		n := l.skipped[tid]
+		delete(l.skipped, tid)
+		l.qmu.Unlock()
+
+		l.mu.Lock()
+		if n > 0 {
+			l.printer.Skipped(tid, n)
+		}
+		l.printer.SetThreadName(tid, b.thread)
+		l.printer.Events(b.evs)
+		l.pending = true
+		l.mu.Unlock()
+	}
+}
+
+// monoNow is CLOCK_MONOTONIC in ns, the clock the recording's timestamps
+// convert to.
+func monoNow() int64 {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return ts.Nano()
 }
 
 // tick writes out what was printed: at once, and every half second the
@@ -106,10 +225,26 @@ func (l *liveOutput) refresh() {
 	}
 }
 
+// finish prints what is queued and what is held, once the session has
+// delivered its last events.
 func (l *liveOutput) finish() {
+	l.qmu.Lock()
+	if l.qcond == nil {
+		l.qcond = sync.NewCond(&l.qmu)
+	}
+	l.closed = true
+	l.qcond.Broadcast()
+	l.qmu.Unlock()
+	if l.done != nil {
+		<-l.done
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.printer != nil {
+		for tid, n := range l.skipped {
+			l.printer.Skipped(tid, n)
+		}
+		l.skipped = nil
 		_ = l.printer.Flush(true)
 	}
 }

@@ -126,6 +126,21 @@ func (l *Live) Events(evs []tracefile.Event) {
 	}
 }
 
+// Skipped notes that n events of thread tid were not printed (the output
+// could not keep up). In graph mode the thread's held entry is printed
+// and its open calls forgotten: an exit whose entry was skipped prints
+// without a duration.
+func (l *Live) Skipped(tid uint32, n uint64) {
+	if !l.f.keepTID(tid) {
+		return
+	}
+	if l.graph {
+		l.release(tid)
+		delete(l.open, tid)
+	}
+	fmt.Fprintf(l.w, "# %s of thread %d skipped: the output cannot keep up (livetrace record keeps every event)\n", count(n, "event"), tid)
+}
+
 // release prints the held entry of tid as an open call.
 func (l *Live) release(tid uint32) {
 	h := l.held[tid]

@@ -169,6 +169,10 @@ func (s *Session) convertLocked(tid uint32, raw []byte) error {
 		// Without a spool (OnEvents implies none) this runs under s.mu.
 		s.opts.OnEvents(evs, s.threads[tid])
 	}
+	if s.opts.Discard {
+		// Nothing reads the recording: no need to encode it.
+		return nil
+	}
 	return s.w.WriteEvents(evs)
 }
 

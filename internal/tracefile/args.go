@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/bits"
+	"strings"
 )
 
 // MaxArgs is the largest encoded [Event.Args], in bytes.
@@ -63,15 +65,65 @@ var errArgs = errors.New("malformed argument values")
 // the site's spec they hold, and payload, the agent's bytes (docs/FORMAT.md,
 // "Argument values"). It checks that payload matches spec.
 func EncodeArgs(spec uint32, payload []byte) (string, error) {
-	b := binary.AppendUvarint(make([]byte, 0, 4+len(payload)), uint64(spec))
-	b = append(b, payload...)
-	if len(b) > MaxArgs {
-		return "", fmt.Errorf("%w: %d bytes", errArgs, len(b))
+	var v [binary.MaxVarintLen32]byte
+	n := binary.PutUvarint(v[:], uint64(spec))
+	if n+len(payload) > MaxArgs {
+		return "", fmt.Errorf("%w: %d bytes", errArgs, n+len(payload))
 	}
-	if _, err := DecodeArgs(string(b)); err != nil {
+	if err := checkArgs(spec, payload); err != nil {
 		return "", err
 	}
-	return string(b), nil
+	// One allocation: this runs for every event that captured values.
+	var sb strings.Builder
+	sb.Grow(n + len(payload))
+	sb.Write(v[:n])
+	sb.Write(payload)
+	return sb.String(), nil
+}
+
+// checkArgs is [DecodeArgs]'s check of payload against spec, without
+// decoding the values.
+func checkArgs(spec uint32, b []byte) error {
+	if spec&argSpecRet != 0 {
+		if spec&^(argSpecRet|argSpecRetFloat) != 0 {
+			return fmt.Errorf("%w: spec %#x mixes a return value and arguments", errArgs, spec)
+		}
+		if len(b) != 8 {
+			return fmt.Errorf("%w: return value of %d bytes", errArgs, len(b))
+		}
+		return nil
+	}
+	if spec&^(argSpecArgs|argSpecArgs<<argSpecStrShift) != 0 || spec&argSpecArgs == 0 ||
+		(spec>>argSpecStrShift)&^spec&argSpecArgs != 0 {
+		return fmt.Errorf("%w: bad spec %#x", errArgs, spec)
+	}
+	regs := bits.OnesCount32(spec & argSpecArgs)
+	if len(b) < 8*regs {
+		return fmt.Errorf("%w: arguments truncated", errArgs)
+	}
+	b = b[8*regs:]
+	for i := 0; i < 6; i++ {
+		if spec&(1<<(argSpecStrShift+i)) == 0 {
+			continue
+		}
+		if len(b) < 1 {
+			return fmt.Errorf("%w: string of argument %d truncated", errArgs, i+1)
+		}
+		l := b[0]
+		b = b[1:]
+		if l == argStrBad {
+			continue
+		}
+		ln := int(l &^ argStrTrunc)
+		if len(b) < ln {
+			return fmt.Errorf("%w: string of argument %d truncated", errArgs, i+1)
+		}
+		b = b[ln:]
+	}
+	if len(b) != 0 {
+		return fmt.Errorf("%w: %d trailing bytes", errArgs, len(b))
+	}
+	return nil
 }
 
 // DecodeArgs decodes an [Event.Args]: the arguments in register order, or

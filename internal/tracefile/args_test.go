@@ -124,6 +124,16 @@ func FuzzDecodeArgs(f *testing.F) {
 	f.Add(append([]byte{0x80, 0x80, 0x04}, payload(47)...))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		vals, err := tracefile.DecodeArgs(string(b))
+		// EncodeArgs checks without decoding: it must agree.
+		if spec, n := binary.Uvarint(b); n > 0 && spec <= 0xffffffff && n == len(binary.AppendUvarint(nil, spec)) {
+			enc, eerr := tracefile.EncodeArgs(uint32(spec), b[n:])
+			if (eerr == nil) != (err == nil) {
+				t.Fatalf("%x: EncodeArgs says %v, DecodeArgs %v", b, eerr, err)
+			}
+			if eerr == nil && enc != string(b) {
+				t.Fatalf("%x encodes to %x", b, enc)
+			}
+		}
 		if err != nil {
 			return
 		}
