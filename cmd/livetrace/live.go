@@ -25,8 +25,11 @@ func newLiveCmd(stdout, stderr io.Writer) *cobra.Command {
 	cmd.Long = `Attach to the running process PID (or start CMD) as record does, with the
 same selection flags, and print every call to standard output as it
 happens, in replay's format, until Ctrl-C, -d, or the process's exit.
-An event shows within about 50 ms of the call, at any call rate: a
-thread's partly filled buffer chunk is read while the thread runs on.
+An event shows within about 100 ms of the call, at any call rate: a
+thread's partly filled buffer chunk is read while the thread runs on, and
+when calls come faster than the terminal can show them, live skips the
+oldest and prints a line saying how many events of which thread it
+skipped (a recording made with -o keeps them).
 With -o FILE the events are recorded as well.
 
 In entry mode each line is an ftrace function-tracer line; with --graph,
