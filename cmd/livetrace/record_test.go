@@ -285,3 +285,49 @@ func TestRecordKilled(t *testing.T) {
 		tp.Kill()
 	}
 }
+
+// TestRecordTargetDiesInDetach kills the target while record detaches from
+// it: nothing is left to restore, so record must end as it does when the
+// target exits on its own, with status 0, no error about the vanished
+// memory, and a complete recording.
+func TestRecordTargetDiesInDetach(t *testing.T) {
+	testtarget.RequireRoot(t)
+	bin := livetraceBinary(t)
+	stress := testtarget.Build(t, testtarget.Stress, testtarget.ClangNop5, testtarget.Funcs(20000))
+	for _, delay := range []time.Duration{0, 2 * time.Millisecond, 5 * time.Millisecond, 10 * time.Millisecond, 20 * time.Millisecond, 40 * time.Millisecond} {
+		tp := testtarget.Start(t, stress, "-t", "2")
+		if _, err := tp.Expect("ready", 30*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if err := tp.Send("hammer"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tp.Expect("hammering", 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		out := filepath.Join(t.TempDir(), "rec.data")
+		cmd := exec.Command(bin, "record", "--graph", "-p", strconv.Itoa(tp.Pid()), "-o", out)
+		var errb strings.Builder
+		cmd.Stderr = &errb
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(30 * time.Second)
+		for !strings.Contains(errb.String(), "tracing ") && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		time.Sleep(100 * time.Millisecond)
+		_ = cmd.Process.Signal(syscall.SIGINT)
+		time.Sleep(delay)
+		tp.Kill()
+		if err := cmd.Wait(); err != nil {
+			t.Fatalf("target killed %v after SIGINT: record: %v\n%s", delay, err, errb.String())
+		}
+		if s := errb.String(); strings.Contains(s, "EOF") || strings.Contains(s, "no thread of pid") {
+			t.Errorf("target killed %v after SIGINT: record reports the vanished memory:\n%s", delay, s)
+		}
+		if o, err := exec.Command(bin, "info", "-i", out).CombinedOutput(); err != nil {
+			t.Fatalf("target killed %v after SIGINT: the recording does not read: %v\n%s", delay, err, o)
+		}
+	}
+}

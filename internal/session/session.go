@@ -909,6 +909,12 @@ func (s *Session) Close() error {
 		if err := s.p.Detach(); err != nil && !errors.Is(err, proc.ErrExited) && !gone() {
 			note(err)
 		}
+		if len(errs) > 0 && gone() {
+			// The process exited (or exec'd) while we detached: whatever
+			// failed to be undone went with its memory. The failures are
+			// reads and writes of a vanishing address space, not news.
+			errs = nil
+		}
 	}
 	s.mu.Lock()
 	if s.cons != nil {
