@@ -254,7 +254,11 @@ func (o *listOptions) pidRows() ([]listRow, int, error) {
 		rows = append(rows, specRows(m.Spec, m.Path, m.Bias, o.all)...)
 	}
 	if !patchable {
-		return nil, 0, fmt.Errorf("%w in pid %d (%s checked): build the program or its libraries with clang -fpatchable-function-entry=5 (see docs/BUILDING.md)",
+		if !o.all {
+			return nil, 0, fmt.Errorf("%w in pid %d (%s checked): `livetrace list --all -p %d` lists the functions livetrace traces by relocating their first instructions (record -F traces them), or build the program or its libraries with clang -fpatchable-function-entry=5 (see docs/BUILDING.md)",
+				elfsite.ErrNoSites, o.pid, plural(len(mods), "module"), o.pid)
+		}
+		return nil, 0, fmt.Errorf("%w in pid %d (%s checked), and no function livetrace can relocate: build the program or its libraries with clang -fpatchable-function-entry=5 (see docs/BUILDING.md)",
 			elfsite.ErrNoSites, o.pid, plural(len(mods), "module"))
 	}
 	return rows, len(mods), nil

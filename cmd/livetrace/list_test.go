@@ -316,7 +316,7 @@ func TestListPidNoSites(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, _, err := runList(t, "-p", fmt.Sprint(p.Pid()))
-	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("no patchable sites in pid %d", p.Pid())) {
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("no patchable sites in pid %d", p.Pid())) || !strings.Contains(err.Error(), "list --all") {
 		t.Errorf("list -p (no sites): %v", err)
 	}
 }
