@@ -185,9 +185,10 @@ func (b *bench) build() error {
 		clang = "clang-16"
 	}
 	variants := map[string][]string{
-		"sites":   {clang, "-O2", "-g", "-fpatchable-function-entry=5", "-fPIE", "-pie"},
-		"nosites": {clang, "-O2", "-g", "-fPIE", "-pie"},
-		"pg":      {"gcc", "-O2", "-g", "-pg", "-fPIE", "-pie"},
+		"sites":       {clang, "-O2", "-g", "-fpatchable-function-entry=5", "-fPIE", "-pie"},
+		"nosites":     {clang, "-O2", "-g", "-fPIE", "-pie"},
+		"nosites-gcc": {"gcc", "-O2", "-g", "-fPIE", "-pie"},
+		"pg":          {"gcc", "-O2", "-g", "-pg", "-fPIE", "-pie"},
 	}
 	for name, cc := range variants {
 		out := filepath.Join(b.work, "hotleaf-"+name)
@@ -499,6 +500,16 @@ func (b *bench) callOverhead() {
 // (internal/reloc), in turns, block by block. Each figure is the best of
 // k runs; the overheads subtract the same functions untraced.
 func (b *bench) relocPair() {
+	b.relocPairOf("nosites", "")
+	// gcc's -fipa-ra lets callers keep registers across a call, so a
+	// relocated site of a gcc build saves and restores every register
+	// (internal/session/keepregs.go).
+	b.relocPairOf("nosites-gcc", "gcc build (keep stubs), ")
+}
+
+// relocPairOf runs the pair figures on hotleaf build bin, naming them
+// with prefix.
+func (b *bench) relocPairOf(bin, prefix string) {
 	n, k := 20_000_000, 3
 	if b.quick {
 		n = 2_000_000
@@ -507,7 +518,7 @@ func (b *bench) relocPair() {
 	var lost, recorded uint64
 	run := func(traced bool, extra ...string) func() ([]float64, error) {
 		return func() ([]float64, error) {
-			t, err := startTarget([]string{b.bins["nosites"], "pair", strconv.Itoa(n)})
+			t, err := startTarget([]string{b.bins[bin], "pair", strconv.Itoa(n)})
 			if err != nil {
 				return nil, err
 			}
@@ -552,11 +563,11 @@ func (b *bench) relocPair() {
 	}
 	base, err := best(run(false))
 	if err != nil {
-		b.add(sec, "untraced", -1, "ns", "failed: "+err.Error())
+		b.add(sec, prefix+"untraced", -1, "ns", "failed: "+err.Error())
 		return
 	}
-	b.add(sec, "untraced: NOP5 site", base[0], "ns", "leaf_nop, not traced")
-	b.add(sec, "untraced: no site", base[1], "ns", "leaf_reloc, not traced")
+	b.add(sec, prefix+"untraced: NOP5 site", base[0], "ns", "leaf_nop, not traced")
+	b.add(sec, prefix+"untraced: no site", base[1], "ns", "leaf_reloc, not traced")
 	for _, m := range []struct{ name, note string }{{"entry", ""}, {"graph", "--graph"}} {
 		var extra []string
 		if m.note != "" {
@@ -565,15 +576,15 @@ func (b *bench) relocPair() {
 		lost, recorded = 0, 0
 		v, err := best(run(true, extra...))
 		if err != nil {
-			b.add(sec, m.name, -1, "ns", "failed: "+err.Error())
+			b.add(sec, prefix+m.name, -1, "ns", "failed: "+err.Error())
 			continue
 		}
 		cmd := strings.Join(append(append([]string{"record"}, extra...), "-F leaf_nop -F leaf_reloc"), " ")
 		cmd += fmt.Sprintf(" (%d runs: %d events recorded, %d lost)", k, recorded, lost)
 		on, or := v[0]-base[0], v[1]-base[1]
-		b.add(sec, m.name+": NOP5 site overhead", on, "ns", cmd+"; minus untraced")
-		b.add(sec, m.name+": relocating site overhead", or, "ns", cmd+"; minus untraced")
-		b.add(sec, m.name+": relocating minus NOP5 site", or-on, "ns", "")
+		b.add(sec, prefix+m.name+": NOP5 site overhead", on, "ns", cmd+"; minus untraced")
+		b.add(sec, prefix+m.name+": relocating site overhead", or, "ns", cmd+"; minus untraced")
+		b.add(sec, prefix+m.name+": relocating minus NOP5 site", or-on, "ns", "")
 	}
 }
 

@@ -40,13 +40,16 @@ const (
 // StubCode returns the 16-byte stub for site index idx placed at stubAddr:
 // `mov $idx, %r11d; jmp target; int3...`. idx may carry the [Capture]
 // flag: the site has a spec ([Site.Spec]) and takes the agent's slow path,
-// which captures its arguments and return value. target is lt_entry (base +
+// which captures its arguments and return value; and the [Keep] flag: the
+// relocation stub that calls the slot saved [KeepSave] bytes of registers
+// first, and every register must come back unchanged, at the entry and at
+// the hijacked return (lt_return_keep). target is lt_entry (base +
 // [EntryOff]) or a [Springboard] within reach. It fails with
 // [ErrOutOfReach] when target is beyond a rel32 jump, and when idx does
 // not fit in the 22 bits of a record.
 func StubCode(idx uint32, stubAddr, target uint64) ([StubSize]byte, error) {
 	var b [StubSize]byte
-	if idx&^Capture >= MaxSites {
+	if idx&^(Capture|Keep) >= MaxSites {
 		return b, fmt.Errorf("encode stub for site %d: %w: at most %d sites per session", idx, ErrBadConfig, MaxSites)
 	}
 	rel := int64(target - (stubAddr + 11))

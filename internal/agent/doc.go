@@ -75,6 +75,26 @@
 // reads them before setting them. pushfq/popfq measured 5-6 ns per pair
 // here, 20-25% of the whole traced call, for no correct program's benefit.
 //
+// # Keeping every register
+//
+// That reasoning holds for NOP sites only. gcc's -fipa-ra (on at -O2)
+// lets a caller keep values in call-clobbered registers, and the flags,
+// across a call to a function of its own unit that it knows does not touch
+// them; gcc turns it off for functions built with -pg or
+// -fpatchable-function-entry, and clang has no such optimization by
+// default, but a stock gcc build traced by relocation has no such
+// guarantee. Its relocation stub is then a keep stub (the tracer decides
+// per module, internal/session/keepregs.go): `pushfq; push rax, rcx, rdx,
+// rsi, rdi, r8, r9, r10, r11; call slot; pop them; popfq; relocated
+// instructions; jmp back`, and its slot loads idx with [Keep]. lt_entry
+// sends such a site to lt_on_entry with the return slot [KeepSave] bytes
+// above rsp+8, and a frame hijacked in graph mode returns through
+// lt_return_keep instead of lt_return (the shadow entry's
+// LT_SHADOW_KEEP), which saves and restores every register and the
+// flags around lt_on_exit and leaves through the original return address
+// stored below sp, in the red zone. Every check of a slot for "our"
+// address compares with the entry's own trampoline (lt_tramp).
+//
 // Records are 16 bytes ([Record], [DecodeRecord]): u64 rdtsc, u64 meta
 // with kind in bits 63..62, depth mod 256 in 61..54, site index in 53..32
 // and, for entries, int32(caller return address - site address) in 31..0,

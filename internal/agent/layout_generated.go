@@ -17,27 +17,29 @@ const (
 	// EntryOff is the offset from the agent's base of lt_entry, the target of every site stub.
 	EntryOff = 0x0
 	// ReturnOff is the offset from the agent's base of lt_return, the hijacked return address in graph mode.
-	ReturnOff = 0x780
+	ReturnOff = 0x7f0
+	// ReturnKeepOff is the offset from the agent's base of lt_return_keep, the hijacked return address of a keep site's frame (agent.Keep).
+	ReturnKeepOff = 0x950
 	// SigtrapOff is the offset from the agent's base of lt_sigtrap, the SIGTRAP backstop handler (SA_SIGINFO).
-	SigtrapOff = 0x2a90
+	SigtrapOff = 0x2c50
 	// RestorerOff is the offset from the agent's base of lt_restorer, the SA_RESTORER for lt_sigtrap.
-	RestorerOff = 0x8e0
+	RestorerOff = 0x9b0
 	// RemoteOff is the offset from the agent's base of lt_remote, `syscall; int3`: where the tracer runs remote system calls once the agent is in.
-	RemoteOff = 0x8f0
+	RemoteOff = 0x9c0
 	// HookRaiseOff is the offset from the agent's base of lt_hook_raise, which runs in place of _Unwind_RaiseException in graph mode.
-	HookRaiseOff = 0x30c0
+	HookRaiseOff = 0x3280
 	// HookResumeOrRethrowOff is the offset from the agent's base of lt_hook_resume_or_rethrow, which runs in place of _Unwind_Resume_or_Rethrow in graph mode.
-	HookResumeOrRethrowOff = 0x3100
+	HookResumeOrRethrowOff = 0x32c0
 	// HookBeginCatchOff is the offset from the agent's base of lt_hook_begin_catch, which runs in place of __cxa_begin_catch in graph mode.
-	HookBeginCatchOff = 0x3140
+	HookBeginCatchOff = 0x3300
 	// HookLongjmpOff is the offset from the agent's base of lt_hook_longjmp, which runs in place of longjmp in graph mode.
-	HookLongjmpOff = 0x3180
+	HookLongjmpOff = 0x3340
 	// HookLongjmpUOff is the offset from the agent's base of lt_hook__longjmp, which runs in place of _longjmp in graph mode.
-	HookLongjmpUOff = 0x31c0
+	HookLongjmpUOff = 0x3380
 	// HookSiglongjmpOff is the offset from the agent's base of lt_hook_siglongjmp, which runs in place of siglongjmp in graph mode.
-	HookSiglongjmpOff = 0x3200
+	HookSiglongjmpOff = 0x33c0
 	// HookLongjmpChkOff is the offset from the agent's base of lt_hook_longjmp_chk, which runs in place of __longjmp_chk in graph mode.
-	HookLongjmpChkOff = 0x3240
+	HookLongjmpChkOff = 0x3400
 	// CtlOff is the offset from the agent's base of the control page (MADV_WIPEONFORK).
 	CtlOff = 0x4000
 	// CtlSize is the size of the control page (MADV_WIPEONFORK).
@@ -126,6 +128,12 @@ const (
 	ShadowUnder = 0x2
 	// ShadowPending is LT_SHADOW_PENDING from agent.h.
 	ShadowPending = 0x4
+	// Keep is LT_KEEP from agent.h.
+	Keep = 0x20000000
+	// KeepSave is LT_KEEP_SAVE from agent.h.
+	KeepSave = 0x50
+	// ShadowKeep is LT_SHADOW_KEEP from agent.h.
+	ShadowKeep = 0x8
 	// SizeofChunkHdr is sizeof(struct lt_chunk_hdr).
 	SizeofChunkHdr = 0x40
 	// ChunkHdrStateOff is the offset of state in struct lt_chunk_hdr.

@@ -12,6 +12,7 @@ type Addrs struct {
 	Base       uint64
 	Entry      uint64 // lt_entry: stub target
 	Return     uint64 // lt_return: hijacked return address
+	ReturnKeep uint64 // lt_return_keep: hijacked return address of a keep site's frame
 	Sigtrap    uint64 // lt_sigtrap: SIGTRAP handler (SA_SIGINFO)
 	Restorer   uint64 // lt_restorer: SA_RESTORER
 	Ctl        uint64 // control page (map private anonymous, MADV_WIPEONFORK)
@@ -64,6 +65,7 @@ func AddrsAt(base uint64) Addrs {
 		Base:       base,
 		Entry:      base + EntryOff,
 		Return:     base + ReturnOff,
+		ReturnKeep: base + ReturnKeepOff,
 		Sigtrap:    base + SigtrapOff,
 		Restorer:   base + RestorerOff,
 		Ctl:        base + CtlOff,

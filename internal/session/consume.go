@@ -156,8 +156,8 @@ func (s *Session) convertLocked(tid uint32, raw []byte) error {
 				// The agent measures the caller from the CALL it was
 				// reached by: the site's, or a relocation stub's.
 				base := s.sel[site].addr
-				if s.sel[site].plan != nil {
-					base = s.sel[site].stub
+				if x := &s.sel[site]; x.plan != nil {
+					base = x.stub + relocCallOff(x.keep)
 				}
 				ev.Caller = uint64(int64(base) + int64(int32(low)))
 			}

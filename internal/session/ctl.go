@@ -373,8 +373,9 @@ func (s *Session) writeStubs(fresh []selected, base int) error {
 		need := uint64(0)
 		for _, i := range idx {
 			need += agent.StubSize
+			fresh[i].keep = s.keepSite(&fresh[i])
 			if p := fresh[i].plan; p != nil {
-				need += roundUp(uint64(relocCallLen+p.MaxStubLen()), agent.StubSize)
+				need += roundUp(relocStubLen(p, fresh[i].keep), agent.StubSize)
 			}
 		}
 		lo, hi := fresh[idx[0]].addr, fresh[idx[len(idx)-1]].addr+5
@@ -387,9 +388,10 @@ func (s *Session) writeStubs(fresh []selected, base int) error {
 		slot, reloc := at, at+agent.StubSize*uint64(len(idx))
 		for _, i := range idx {
 			x := &fresh[i]
-			stub, err := agent.StubCode(uint32(base+i), slot, entry)
+			sidx := keepIndex(uint32(base+i), x.keep)
+			stub, err := agent.StubCode(sidx, slot, entry)
 			if err != nil {
-				stub, err = agent.StubCode(uint32(base+i), slot, rg.addr) // the springboard
+				stub, err = agent.StubCode(sidx, slot, rg.addr) // the springboard
 			}
 			if err != nil {
 				return fmt.Errorf("stub for %s: %w", x.name, err)
@@ -397,13 +399,13 @@ func (s *Session) writeStubs(fresh []selected, base int) error {
 			copy(code[slot-at:], stub[:])
 			x.stub = slot
 			if x.plan != nil {
-				b, err := relocStub(x.plan, reloc, slot)
+				b, err := relocStub(x.plan, reloc, slot, x.keep)
 				if err != nil {
 					return fmt.Errorf("stub for %s: %w", x.name, err)
 				}
 				copy(code[reloc-at:], b)
 				x.stub = reloc
-				reloc += roundUp(uint64(relocCallLen+x.plan.MaxStubLen()), agent.StubSize)
+				reloc += roundUp(relocStubLen(x.plan, x.keep), agent.StubSize)
 			}
 			slot += agent.StubSize
 		}

@@ -280,8 +280,9 @@ func (s *Session) inject() (err error) {
 		relocAt := uint64(agent.StubSize * (len(idx) + 1))
 		size := relocAt
 		for _, i := range idx {
+			s.sel[i].keep = s.keepSite(&s.sel[i])
 			if p := s.sel[i].plan; p != nil {
-				size += roundUp(uint64(relocCallLen+p.MaxStubLen()), agent.StubSize)
+				size += roundUp(relocStubLen(p, s.sel[i].keep), agent.StubSize)
 			}
 		}
 		size = roundUp(size, pageSize)
@@ -303,9 +304,10 @@ func (s *Session) inject() (err error) {
 		copy(code, spring[:])
 		for k, i := range idx {
 			at := sbase + uint64(agent.StubSize*(k+1))
-			stub, err := agent.StubCode(s.stubIndex(i), at, a.Entry)
+			sidx := keepIndex(s.stubIndex(i), s.sel[i].keep)
+			stub, err := agent.StubCode(sidx, at, a.Entry)
 			if err != nil {
-				stub, err = agent.StubCode(s.stubIndex(i), at, sbase)
+				stub, err = agent.StubCode(sidx, at, sbase)
 			}
 			if err != nil {
 				return fmt.Errorf("inject agent: %w", err)
@@ -314,12 +316,12 @@ func (s *Session) inject() (err error) {
 			s.sel[i].stub = at
 			if p := s.sel[i].plan; p != nil {
 				rs := sbase + relocAt
-				b, err := relocStub(p, rs, at)
+				b, err := relocStub(p, rs, at, s.sel[i].keep)
 				if err != nil {
 					return fmt.Errorf("inject agent: stub for %s: %w", s.sel[i].name, err)
 				}
 				copy(code[relocAt:], b)
-				relocAt += roundUp(uint64(relocCallLen+p.MaxStubLen()), agent.StubSize)
+				relocAt += roundUp(relocStubLen(p, s.sel[i].keep), agent.StubSize)
 				s.sel[i].stub = rs
 			}
 		}
@@ -370,17 +372,32 @@ const relocCallLen = 5
 // (the site's slot, `mov $idx,%r11d; jmp lt_entry`, which sees the same
 // stack as from a NOP site's CALL: [rsp] a return address, [rsp+8] the
 // caller's return address), then the displaced instructions relocated, and
-// the jump back to the rest of the function.
-func relocStub(plan *reloc.Plan, at, slot uint64) ([]byte, error) {
-	call, err := textpoke.Call(at, slot)
+// the jump back to the rest of the function. A keep stub (keepregs.go)
+// saves the flags and rax..r11 before the call and restores them after;
+// lt_entry finds the return slot above them (agent.Keep).
+func relocStub(plan *reloc.Plan, at, slot uint64, keep bool) ([]byte, error) {
+	var out []byte
+	if keep {
+		out = append(out, keepPrologue...)
+	}
+	call, err := textpoke.Call(at+uint64(len(out)), slot)
 	if err != nil {
 		return nil, err
 	}
-	body, err := plan.Relocate(at + relocCallLen)
+	out = append(out, call...)
+	if keep {
+		out = append(out, keepEpilogue...)
+	}
+	body, err := plan.Relocate(at + uint64(len(out)))
 	if err != nil {
 		return nil, err
 	}
-	return append(call, body...), nil
+	return append(out, body...), nil
+}
+
+// relocStubLen is the most bytes relocStub returns for plan.
+func relocStubLen(plan *reloc.Plan, keep bool) uint64 {
+	return relocBodyOff(keep) + uint64(plan.MaxStubLen())
 }
 
 // backstop reports whether to install the agent's SIGTRAP handler: in live
@@ -686,7 +703,7 @@ func (inj *injection) restoreReturns(p *proc.Process) (int, error) {
 			if p.ReadMem(e.Slot, word[:]) != nil {
 				continue // the stack is gone (a stale frame)
 			}
-			if binary.LittleEndian.Uint64(word[:]) != inj.addrs.Return {
+			if w := binary.LittleEndian.Uint64(word[:]); w != inj.addrs.Return && w != inj.addrs.ReturnKeep {
 				continue
 			}
 			binary.LittleEndian.PutUint64(word[:], e.Orig)

@@ -391,7 +391,12 @@ func (inj *injection) regionPatch(p *proc.Process, maps []proc.Mapping, st agent
 		return nil, nil
 	}
 	if bytes.Equal(now, jmp) || now[0] == 0xcc && (bytes.Equal(now[1:], jmp[1:]) || bytes.Equal(now[1:], orig[1:])) {
-		return &textpoke.Patch{Addr: st.Addr, Old: now, New: bytes.Clone(orig), Region: true, Detour: st.Target + relocCallLen}, nil
+		// A keep stub starts with pushfq (keepregs.go).
+		var first [1]byte
+		if err := p.ReadMem(st.Target, first[:]); err != nil {
+			return nil, fmt.Errorf("read the stub of region %#x: %w", st.Addr, err)
+		}
+		return &textpoke.Patch{Addr: st.Addr, Old: now, New: bytes.Clone(orig), Region: true, Detour: st.Target + relocBodyOff(first[0] == keepPrologue[0])}, nil
 	}
 	return nil, fmt.Errorf("region %#x holds % x, which livetrace did not write (original % x, jmp % x): another tool patches it", st.Addr, now, orig, jmp)
 }

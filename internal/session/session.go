@@ -126,6 +126,9 @@ type selected struct {
 	capture capture
 	// off: not traced now (Disable), its site holds its original bytes.
 	off bool
+	// keep: a relocated site whose stub keeps every register
+	// (keepregs.go); set when its stub is written.
+	keep bool
 }
 
 // Session is one live recording. Its methods are safe for concurrent use.
@@ -147,6 +150,7 @@ type Session struct {
 
 	inj    *injection
 	unwind *unwindPlan // graph mode: the unwinder's GOT slots to hook
+	keep   keepState
 
 	mu       sync.Mutex // guards the consumer, the spool's input and the counters
 	cons     *agent.Consumer
@@ -639,7 +643,7 @@ func (x *selected) patch() (textpoke.Patch, error) {
 		if err != nil {
 			return textpoke.Patch{}, err
 		}
-		return textpoke.Patch{Addr: x.addr, Old: x.orig, New: jmp, Region: true, Detour: x.stub + relocCallLen}, nil
+		return textpoke.Patch{Addr: x.addr, Old: x.orig, New: jmp, Region: true, Detour: x.stub + relocBodyOff(x.keep)}, nil
 	}
 	old := x.orig
 	if x.site.Form == elfsite.FormSled {

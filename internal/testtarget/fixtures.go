@@ -52,6 +52,11 @@ const (
 	// return values (integer, double), one called from a signal handler,
 	// on "run N" ("done N").
 	Args = "args"
+	// KeepRegs is c/keepregs.c: callers that keep values in
+	// call-clobbered registers across calls (gcc's -fipa-ra, and an
+	// assembly caller that checks rax..r11 and the carry flag), on
+	// "run N" ("done N bad B wrong W").
+	KeepRegs = "keepregs"
 )
 
 // Fixtures returns the names of every fixture, sorted.
@@ -81,6 +86,7 @@ var fixtures = map[string]fixture{
 	Ucontext:  {plan: singleFile(Ucontext, "ucontext.c")},
 	LibcCalls: {plan: singleFile(LibcCalls, "libccalls.c")},
 	Args:      {plan: singleFile(Args, "args.c")},
+	KeepRegs:  {plan: singleFile(KeepRegs, "keepregs.c")},
 }
 
 func readSource(name string) ([]byte, error) {

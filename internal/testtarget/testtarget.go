@@ -106,6 +106,7 @@ type config struct {
 	defines      map[string]string
 	funcs        int  // stress only
 	shapes       bool // stress only: see Shapes
+	ident        bool // keep the compiler's identification: see Ident
 }
 
 // CFProtection builds with -fcf-protection=full, so that every function
@@ -122,6 +123,10 @@ func Define(name, value string) Option {
 		c.defines[name] = value
 	}
 }
+
+// Ident keeps the compiler's name in the binary (.comment and DWARF's
+// producer), which fixtures otherwise leave out (-fno-ident).
+func Ident() Option { return func(c *config) { c.ident = true } }
 
 // NoSites builds without any site flags: a plain -O2 build of the form's
 // compiler (with the form's PIE setting), used as a program that has no
@@ -226,7 +231,10 @@ func baseFlags(cfg *config) []string {
 	if cfg.opt != "" {
 		opt = cfg.opt
 	}
-	fl := []string{opt, "-g", "-Wall", "-fno-ident"}
+	fl := []string{opt, "-g", "-Wall"}
+	if !cfg.ident {
+		fl = append(fl, "-fno-ident")
+	}
 	if cfg.cfProtection {
 		fl = append(fl, "-fcf-protection=full")
 	} else {

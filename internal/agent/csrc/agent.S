@@ -114,6 +114,8 @@ lt_entry:
 	jne 1f
 	ret
 1:
+	test $LT_A_KEEP, %r11d
+	jnz .Lkeep
 	cmpl $0, lt_ctl+LT_A_CTL_GRAPH(%rip)
 	jne .Lgraph_entry
 
@@ -148,6 +150,9 @@ lt_entry:
 	lea lt_return(%rip), %rdx
 	cmp %rdx, %rax
 	je .Le_unbusy			/* hijacked while graph was set: the caller is in the shadow stack */
+	lea lt_return_keep(%rip), %rdx
+	cmp %rdx, %rax
+	je .Le_unbusy
 	sub 40(%rsp), %rax
 	add $5, %rax			/* caller's return - site */
 	CALLER_LOW %rax, %eax, %rdx, %edx
@@ -184,12 +189,34 @@ lt_entry:
 .Lc_slow:
 	mov %r11d, %edi
 	lea 64(%rsp), %rsi
+	lea 8(%rsi), %rdx		/* the return slot */
 	call lt_on_entry
 .Lc_pop3:
 	pop %r10
 	pop %r9
 	pop %r8
 	jmp .Le_pop5
+
+	/*
+	 * A keep site (LT_KEEP): its stub saved the flags and rax..r11
+	 * (LT_A_KEEP_SAVE bytes) before its call, and restores them after,
+	 * so the traced function's return slot is that much higher. Always
+	 * the C path; the registers are saved as lt_on_entry reads them.
+	 */
+.Lkeep:
+	push %rax
+	push %rdx
+	push %rcx
+	push %rsi
+	push %rdi
+	push %r8
+	push %r9
+	push %r10
+	mov %r11d, %edi
+	lea 64(%rsp), %rsi
+	lea 8+LT_A_KEEP_SAVE(%rsi), %rdx	/* the return slot */
+	call lt_on_entry
+	jmp .Lc_pop3
 
 	/*
 	 * Entry-only fast path of a site whose spec captures integer
@@ -239,6 +266,9 @@ lt_entry:
 	jae .Lc_unbusy			/* it would fill the chunk: publish in C */
 	mov 72(%rsp), %rax
 	lea lt_return(%rip), %r9
+	cmp %r9, %rax
+	je .Lc_unbusy
+	lea lt_return_keep(%rip), %r9
 	cmp %r9, %rax
 	je .Lc_unbusy
 	sub 64(%rsp), %rax
@@ -317,6 +347,9 @@ lt_entry:
 	lea lt_return(%rip), %rax
 	cmp %rax, %r9
 	je .Lg_unbusy			/* a tail call from a hijacked frame */
+	lea lt_return_keep(%rip), %rax
+	cmp %rax, %r9
+	je .Lg_unbusy
 	/* rdx = &lt_priv.shadow[thread index][depth] */
 	lea lt_priv+LT_A_THREADS(%rip), %rax
 	mov %rsi, %rdx
@@ -375,6 +408,7 @@ lt_entry:
 	push %r10
 	mov %r11d, %edi
 	lea 64(%rsp), %rsi
+	lea 8(%rsi), %rdx		/* the return slot */
 	call lt_on_entry
 	pop %r10
 	pop %r9
@@ -430,6 +464,9 @@ lt_entry:
 	ja .Lgc_unbusy
 	mov 72(%rsp), %r9		/* the original return address */
 	lea lt_return(%rip), %rax
+	cmp %rax, %r9
+	je .Lgc_unbusy
+	lea lt_return_keep(%rip), %rax
 	cmp %rax, %r9
 	je .Lgc_unbusy
 	lea lt_priv+LT_A_THREADS(%rip), %rax
@@ -610,6 +647,56 @@ lt_return:
 	 * continuation. Cannot happen unless the agent's memory is corrupted. */
 	ud2
 	.size lt_return, .-lt_return
+
+	/*
+	 * lt_return_keep is lt_return for a frame of a keep site: its caller
+	 * may hold values in any register across the call (gcc -fipa-ra
+	 * assumes a callee clobbers only what it uses), so every register
+	 * and the flags come back as the function left them. Always the C
+	 * path: lt_on_exit finds rax at sp-8 and xmm0 at sp-24 as from
+	 * lt_return, and returns the original return address, which goes
+	 * out through memory below sp (within the red zone, which signal
+	 * frames skip) so that no register carries it.
+	 */
+	.globl lt_return_keep
+	.hidden lt_return_keep
+	.type lt_return_keep,@function
+	.p2align 4
+lt_return_keep:
+	push %rax			/* sp-8: rax */
+	push %rdx			/* sp-16 */
+	lea -8(%rsp), %rsp		/* not sub: the flags are not saved yet */
+	movq %xmm0, (%rsp)		/* sp-24: xmm0 (movq to memory keeps rax) */
+	pushfq				/* sp-32 */
+	push %rcx
+	push %rsi
+	push %rdi
+	push %r8
+	push %r9
+	push %r10
+	push %r11			/* sp-88 */
+	sub $8, %rsp			/* sp-96: 16-byte aligned (sp is) */
+	lea 96(%rsp), %rdi
+	call lt_on_exit
+	test %rax, %rax
+	jz 2f
+	mov %rax, 72(%rsp)		/* sp-24: the original return address */
+	add $8, %rsp
+	pop %r11
+	pop %r10
+	pop %r9
+	pop %r8
+	pop %rdi
+	pop %rsi
+	pop %rcx
+	popfq
+	mov 8(%rsp), %rdx
+	mov 16(%rsp), %rax
+	lea 24(%rsp), %rsp		/* sp; lea keeps the flags */
+	jmp *-24(%rsp)
+2:
+	ud2
+	.size lt_return_keep, .-lt_return_keep
 
 	.globl lt_restorer
 	.hidden lt_restorer

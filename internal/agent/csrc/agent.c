@@ -52,12 +52,31 @@ _Static_assert(OFF(lt_site, spec) == LT_A_SITE_SPEC, "LT_A_SITE_SPEC");
 _Static_assert(LT_SPEC_RET == LT_A_SPEC_RET, "LT_A_SPEC_RET");
 _Static_assert((u32)LT_A_SPEC_SLOW == ~(u32)(LT_SPEC_ARGS | LT_SPEC_RET | LT_SPEC_RET_FLOAT), "LT_A_SPEC_SLOW");
 _Static_assert(LT_CAPTURE >= LT_MAX_SITES, "the capture flag is above the site index");
+_Static_assert(LT_KEEP == LT_A_KEEP && LT_KEEP >= LT_MAX_SITES && LT_KEEP != LT_CAPTURE, "LT_A_KEEP");
+_Static_assert(LT_KEEP_SAVE == LT_A_KEEP_SAVE, "LT_A_KEEP_SAVE");
 
 HIDDEN extern char lt_return[];
+HIDDEN extern char lt_return_keep[];
 HIDDEN extern char lt_restorer[];
 
+/*
+ * lt_tramp is the address a hijacked slot of entry e holds: lt_return, or
+ * lt_return_keep for a frame whose caller may keep values in
+ * caller-saved registers across the call (LT_KEEP, doc.go "Keeping every
+ * register").
+ */
+static inline u64 lt_tramp(const struct lt_shadow *e)
+{
+	return e->flags & LT_SHADOW_KEEP ? (u64)lt_return_keep : (u64)lt_return;
+}
 
-void lt_on_entry(u32 idx, u64 *sp) HIDDEN;
+static inline int is_tramp(u64 a)
+{
+	return a == (u64)lt_return || a == (u64)lt_return_keep;
+}
+
+
+void lt_on_entry(u32 idx, u64 *sp, u64 *slotp) HIDDEN;
 u64 lt_on_exit(u64 sp) HIDDEN;
 void lt_unwind_prep(u64 sp, u64 arg) HIDDEN;
 void lt_catch_prep(u64 sp, u64 arg) HIDDEN;
@@ -575,7 +594,7 @@ static u32 lt_prune(struct lt_thread *t, struct lt_shadow *ss, u32 d, u64 n, int
 		int dead = e->slot >= own;
 		if (!dead && probes > 0) {
 			probes--;
-			dead = lt_holds(e->slot, (u64)lt_return) == 0;
+			dead = lt_holds(e->slot, lt_tramp(e)) == 0;
 		}
 		if (dead)
 			make_hole(e);
@@ -614,11 +633,16 @@ static void lt_flush(struct lt_thread *t, struct lt_shadow *ss, u32 n)
 }
 
 /*
- * lt_on_entry is called by lt_entry with the site index and a pointer to
- * {site+5, caller's return address}. Only when tracing is enabled.
+ * lt_on_entry is called by lt_entry with the site index, a pointer to
+ * site+5 (the argument registers saved below it) and a pointer to the
+ * traced function's return address slot: sp+1, or for a keep site
+ * (LT_KEEP) LT_KEEP_SAVE bytes higher, above what its stub saved. Only
+ * when tracing is enabled.
  */
-void lt_on_entry(u32 idx, u64 *sp)
+void lt_on_entry(u32 idx, u64 *sp, u64 *slotp)
 {
+	int keep = (idx & LT_KEEP) != 0;
+	idx &= ~(u32)LT_KEEP;
 	u64 tp = thread_pointer();
 	struct lt_thread *t = lt_lookup(tp);
 	if (!t) {
@@ -639,17 +663,19 @@ void lt_on_entry(u32 idx, u64 *sp)
 
 	u64 tsc = rdtsc();
 	u64 site = sp[0] - 5;
-	u64 ret = sp[1];
-	u64 slot = (u64)&sp[1];
+	u64 ret = *slotp;
+	u64 slot = (u64)slotp;
 	struct lt_shadow *ss = lt_priv.shadow[t - lt_priv.threads];
 	u32 d = t->depth;
 	if (d > LT_SHADOW_DEPTH)
 		d = LT_SHADOW_DEPTH;
 
 	u64 own = (u64)__builtin_frame_address(0);
-	if (ret == (u64)lt_return) {
+	if (is_tramp(ret)) {
 		/* A tail call from a hijacked frame: the frame at this slot is
-		 * the caller's, whose entry the callee takes over. */
+		 * the caller's, whose entry the callee takes over (and its
+		 * trampoline: the registers its caller keeps are the frame's
+		 * caller's business). */
 		d = lt_prune(t, ss, d, slot, 1, own, tsc);
 		t->depth = d;
 		u32 i = d;
@@ -720,11 +746,11 @@ void lt_on_entry(u32 idx, u64 *sp)
 	ss[d].orig = ret;
 	ss[d].slot = slot;
 	ss[d].site = lt_exit_idx(idx, spec);
-	ss[d].flags = flags;
+	ss[d].flags = flags | (keep ? LT_SHADOW_KEEP : 0);
 	barrier();
 	t->depth = d + 1;
 	barrier();
-	sp[1] = (u64)lt_return;
+	*slotp = lt_tramp(&ss[d]);
 	if (!(flags & LT_SHADOW_PENDING))
 		lt_emit_entry(t, tsc, meta(LT_KIND_ENTRY, d, idx, caller_delta(ret, site)), idx, sp);
 out:
@@ -792,7 +818,7 @@ u64 lt_on_exit(u64 sp)
 		int dead = a->slot >= own;
 		if (!dead && probes > 0) {
 			probes--;
-			dead = lt_holds(a->slot, (u64)lt_return) == 0;
+			dead = lt_holds(a->slot, lt_tramp(a)) == 0;
 		}
 		if (dead)
 			make_hole(a);
@@ -853,7 +879,7 @@ void lt_unwind_prep(u64 sp, u64 arg)
 		struct lt_shadow *e = &ss[i - 1];
 		if (e->slot == 0 || (e->slot < sp && sp - e->slot < LT_STACK_WINDOW))
 			continue;
-		if (lt_holds_or_read(e->slot, (u64)lt_return)) {
+		if (lt_holds_or_read(e->slot, lt_tramp(e))) {
 			*(volatile u64 *)e->slot = e->orig;
 			if (!live)
 				e->flags |= LT_SHADOW_RESTORED;
@@ -917,7 +943,7 @@ void lt_catch_prep(u64 sp, u64 arg)
 			if (e->slot == 0 || !(e->flags & LT_SHADOW_RESTORED) || !graph)
 				continue;
 			if (lt_holds(e->slot, e->orig) == 1) {
-				*(volatile u64 *)e->slot = (u64)lt_return;
+				*(volatile u64 *)e->slot = lt_tramp(e);
 				e->flags &= ~(u32)LT_SHADOW_RESTORED;
 			}
 		}
@@ -971,7 +997,7 @@ void lt_longjmp_prep(u64 sp, u64 env)
 		struct lt_shadow *e = &ss[j - 1];
 		if (e->slot < sp || e->slot >= to)
 			continue;
-		if (lt_holds_or_read(e->slot, (u64)lt_return))
+		if (lt_holds_or_read(e->slot, lt_tramp(e)))
 			*(volatile u64 *)e->slot = e->orig;
 		make_hole(e);
 	}

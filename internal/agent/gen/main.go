@@ -120,6 +120,7 @@ var regions = []struct{ section, name, doc string }{
 var symbols = []struct{ sym, name, doc string }{
 	{"lt_entry", "EntryOff", "lt_entry, the target of every site stub"},
 	{"lt_return", "ReturnOff", "lt_return, the hijacked return address in graph mode"},
+	{"lt_return_keep", "ReturnKeepOff", "lt_return_keep, the hijacked return address of a keep site's frame (agent.Keep)"},
 	{"lt_sigtrap", "SigtrapOff", "lt_sigtrap, the SIGTRAP backstop handler (SA_SIGINFO)"},
 	{"lt_restorer", "RestorerOff", "lt_restorer, the SA_RESTORER for lt_sigtrap"},
 	{"lt_remote", "RemoteOff", "lt_remote, `syscall; int3`: where the tracer runs remote system calls once the agent is in"},

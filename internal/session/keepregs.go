@@ -1,0 +1,170 @@
+package session
+
+import (
+	"debug/dwarf"
+	"debug/elf"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+
+	"github.com/livetrace/livetrace/internal/agent"
+	"github.com/livetrace/livetrace/internal/elfsite"
+)
+
+// Keeping every register at relocated sites (docs/DESIGN-NOTES.md,
+// "Callers that keep registers across a call").
+//
+// gcc's -fipa-ra (on at -O2) lets a caller keep values in call-clobbered
+// registers (rcx, rdx, rsi, rdi, r8-r11, even rax) across a call to a
+// function of the same unit that it knows does not touch them. A NOP site
+// is safe from that: gcc turns -fipa-ra off for functions with
+// -fpatchable-function-entry or -pg, and clang has no such optimization by
+// default. A function without a NOP, traced by relocation, has no such
+// guarantee: its stub and the agent would clobber what its callers keep,
+// and the program computes wrong results or crashes (a stock redis-server
+// did). So a relocation stub of a module that gcc may have compiled saves
+// the flags and rax..r11 before it calls into the agent and restores them
+// after (agent.Keep), and the frame's hijacked return goes through
+// lt_return_keep, which keeps them too.
+
+// keepState caches, per module, whether its relocated sites keep every
+// register.
+type keepState struct {
+	mu   sync.Mutex
+	mods map[int]bool
+}
+
+// keepSite reports whether the stub of x must keep every register: a
+// relocated site of a module not known to be built by clang alone.
+func (s *Session) keepSite(x *selected) bool {
+	return x.plan != nil && !keepOff && s.moduleKeeps(x.mod)
+}
+
+// keepOff turns keep stubs off, for the test that shows what they prevent.
+var keepOff bool
+
+// moduleKeeps reports whether module mi may hold code built with gcc's
+// -fipa-ra: true unless its DWARF says every unit was compiled by clang,
+// or, without DWARF, its .comment names clang and not GCC. When in doubt
+// (no DWARF and no .comment, as in Debian's stripped packages, or a file
+// that cannot be read), it keeps.
+func (s *Session) moduleKeeps(mi int) bool {
+	s.keep.mu.Lock()
+	defer s.keep.mu.Unlock()
+	if v, ok := s.keep.mods[mi]; ok {
+		return v
+	}
+	if s.keep.mods == nil {
+		s.keep.mods = map[int]bool{}
+	}
+	v := true
+	if clang, err := s.clangOnly(mi); err == nil {
+		v = !clang
+	}
+	s.keep.mods[mi] = v
+	return v
+}
+
+// clangOnly reports whether module mi was built by clang alone.
+func (s *Session) clangOnly(mi int) (clang bool, err error) {
+	m := s.mods[mi]
+	if len(m.Mappings) == 0 {
+		return false, fmt.Errorf("no mapping")
+	}
+	f, err := elfsite.OpenMappedFile(s.pid, m.Mappings[0])
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	ef, err := elf.NewFile(f)
+	if err != nil {
+		return false, err
+	}
+	defer func() {
+		// The target's file: a malformed one is an answer of "keep",
+		// not a crash of the tracer.
+		if r := recover(); r != nil {
+			clang, err = false, fmt.Errorf("malformed file: %v", r)
+		}
+	}()
+	if ef.Section(".debug_info") != nil {
+		if d, derr := ef.DWARF(); derr == nil {
+			if c, ok := producersClang(d); ok {
+				return c, nil
+			}
+		}
+	}
+	sec := ef.Section(".comment")
+	if sec == nil {
+		return false, fmt.Errorf("no DWARF and no .comment say which compiler built it")
+	}
+	b, err := io.ReadAll(io.LimitReader(sec.Open(), 64<<10))
+	if err != nil {
+		return false, err
+	}
+	return commentClangOnly(string(b)), nil
+}
+
+// producersClang reports whether every compilation unit of d names clang
+// as its producer; ok is false when d has no unit with a producer.
+func producersClang(d *dwarf.Data) (clang, ok bool) {
+	r := d.Reader()
+	clang = true
+	for n := 0; n < 1<<20; n++ {
+		e, err := r.Next()
+		if err != nil || e == nil {
+			break
+		}
+		if e.Tag == dwarf.TagCompileUnit || e.Tag == dwarf.TagPartialUnit {
+			if p, _ := e.Val(dwarf.AttrProducer).(string); p != "" {
+				ok = true
+				if !strings.Contains(p, "clang") {
+					clang = false
+				}
+			}
+		}
+		r.SkipChildren()
+	}
+	return clang && ok, ok
+}
+
+// commentClangOnly reports whether a .comment section names clang and not
+// GCC. (A clang program linked with gcc's crt files names both: it keeps,
+// unless its DWARF says better.)
+func commentClangOnly(c string) bool {
+	return strings.Contains(c, "clang") && !strings.Contains(c, "GCC:")
+}
+
+// keepIndex adds agent.Keep to idx for a keep site.
+func keepIndex(idx uint32, keep bool) uint32 {
+	if keep {
+		return idx | agent.Keep
+	}
+	return idx
+}
+
+// The relocation stub of a keep site saves what its callers may keep
+// (agent.KeepSave bytes: the flags, then rax..r11) before `call slot` and
+// restores it after.
+var (
+	keepPrologue = []byte{0x9c, 0x50, 0x51, 0x52, 0x56, 0x57, 0x41, 0x50, 0x41, 0x51, 0x41, 0x52, 0x41, 0x53}
+	keepEpilogue = []byte{0x41, 0x5b, 0x41, 0x5a, 0x41, 0x59, 0x41, 0x58, 0x5f, 0x5e, 0x5a, 0x59, 0x58, 0x9d}
+)
+
+// relocCallOff is the offset in a relocation stub of its `call slot`.
+func relocCallOff(keep bool) uint64 {
+	if keep {
+		return uint64(len(keepPrologue))
+	}
+	return 0
+}
+
+// relocBodyOff is the offset in a relocation stub of the relocated
+// instructions (Patch.Detour).
+func relocBodyOff(keep bool) uint64 {
+	if keep {
+		return uint64(len(keepPrologue) + relocCallLen + len(keepEpilogue))
+	}
+	return relocCallLen
+}
