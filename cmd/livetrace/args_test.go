@@ -211,26 +211,40 @@ func checkArgsOutputs(t *testing.T, rec string, graph bool, rounds int) {
 }
 
 // TestRecordStackFilters records the args fixture's call tree with -G
-// and --caller, in a NOP build and with relocating sites, and checks the
-// calls kept.
+// and --caller, in every site form and with relocating sites, and checks
+// the calls kept and, with -A, their exact values: a held-back entry
+// (--caller) carries the values its call had.
 func TestRecordStackFilters(t *testing.T) {
 	testtarget.RequireRoot(t)
 	bin := livetraceBinary(t)
 	const rounds = 3
+	q := regexp.QuoteMeta
 	for _, b := range []struct {
 		name string
+		form testtarget.Form
 		opts []testtarget.Option
-	}{{"clang-nop5", nil}, {"reloc", []testtarget.Option{testtarget.NoSites()}}} {
+	}{
+		{"clang-nop5", testtarget.ClangNop5, nil},
+		{"gcc-mcount", testtarget.GccMcount, nil},
+		{"gcc-sled", testtarget.GccSled, nil},
+		{"reloc", testtarget.ClangNop5, []testtarget.Option{testtarget.NoSites()}},
+	} {
 		for _, f := range []struct {
-			name  string
-			flags []string
-			want  map[string]int // calls in replay per function
+			name   string
+			flags  []string
+			want   map[string]int // calls in replay per function
+			values []string       // regexps replay must match rounds times each
 		}{
-			{"G", []string{"-G", "tree_mid"}, map[string]int{"tree_mid": rounds, "tree_leaf": rounds}},
-			{"caller", []string{"--caller", "tree_leaf"}, map[string]int{"tree_top": rounds, "tree_mid": rounds, "tree_leaf": 2 * rounds, "tree_other": rounds}},
+			{"G", []string{"-G", "tree_mid"}, map[string]int{"tree_mid": rounds, "tree_leaf": rounds}, nil},
+			{"caller", []string{"--caller", "tree_leaf"}, map[string]int{"tree_top": rounds, "tree_mid": rounds, "tree_leaf": 2 * rounds, "tree_other": rounds}, nil},
+			{"G-args", []string{"-G", "tree_mid", "-A", "tree_*@arg1", "-R", "tree_*"}, map[string]int{"tree_mid": rounds, "tree_leaf": rounds},
+				[]string{q(`tree_mid(1) {`), q(`tree_leaf(1) = 2;`), q(`} = 3; /* tree_mid */`)}},
+			{"caller-args", []string{"--caller", "tree_leaf", "-A", "tree_*@arg1", "-A", "tree_other@arg1/s", "-R", "tree_*"},
+				map[string]int{"tree_top": rounds, "tree_mid": rounds, "tree_leaf": 2 * rounds, "tree_other": rounds},
+				[]string{q(`tree_top(1) {`), q(`tree_mid(1) {`), q(`tree_leaf(1) = 2;`), q(`tree_leaf(2) = 3;`), q(`tree_other(0x2) {`), q(`} = 5; /* tree_other */`)}},
 		} {
 			t.Run(b.name+"/"+f.name, func(t *testing.T) {
-				exe := testtarget.Build(t, testtarget.Args, testtarget.ClangNop5, b.opts...)
+				exe := testtarget.Build(t, testtarget.Args, b.form, b.opts...)
 				tp := testtarget.Start(t, exe)
 				if _, err := tp.Expect("ready", 10*time.Second); err != nil {
 					t.Fatal(err)
@@ -266,9 +280,17 @@ func TestRecordStackFilters(t *testing.T) {
 						got[r.Function] = r.Calls
 					}
 				}
+				replay, _, err := runCLI(t, "replay", "-i", out)
+				if err != nil {
+					t.Fatal(err)
+				}
 				if diff := cmp.Diff(f.want, got); diff != "" {
-					replay, _, _ := runCLI(t, "replay", "-i", out)
 					t.Errorf("calls recorded (-want +got):\n%s\n%s", diff, replay)
+				}
+				for _, v := range f.values {
+					if n := len(regexp.MustCompile(v).FindAllString(replay, -1)); n != rounds {
+						t.Errorf("replay has %d lines matching %s, want %d\n%s", n, v, rounds, replay)
+					}
 				}
 				testtarget.CheckText(t, tp.Pid())
 			})

@@ -19,25 +19,25 @@ const (
 	// ReturnOff is the offset from the agent's base of lt_return, the hijacked return address in graph mode.
 	ReturnOff = 0x780
 	// SigtrapOff is the offset from the agent's base of lt_sigtrap, the SIGTRAP backstop handler (SA_SIGINFO).
-	SigtrapOff = 0x2a90
+	SigtrapOff = 0x2ae0
 	// RestorerOff is the offset from the agent's base of lt_restorer, the SA_RESTORER for lt_sigtrap.
 	RestorerOff = 0x8e0
 	// RemoteOff is the offset from the agent's base of lt_remote, `syscall; int3`: where the tracer runs remote system calls once the agent is in.
 	RemoteOff = 0x8f0
 	// HookRaiseOff is the offset from the agent's base of lt_hook_raise, which runs in place of _Unwind_RaiseException in graph mode.
-	HookRaiseOff = 0x30c0
+	HookRaiseOff = 0x3380
 	// HookResumeOrRethrowOff is the offset from the agent's base of lt_hook_resume_or_rethrow, which runs in place of _Unwind_Resume_or_Rethrow in graph mode.
-	HookResumeOrRethrowOff = 0x3100
+	HookResumeOrRethrowOff = 0x33c0
 	// HookBeginCatchOff is the offset from the agent's base of lt_hook_begin_catch, which runs in place of __cxa_begin_catch in graph mode.
-	HookBeginCatchOff = 0x3140
+	HookBeginCatchOff = 0x3400
 	// HookLongjmpOff is the offset from the agent's base of lt_hook_longjmp, which runs in place of longjmp in graph mode.
-	HookLongjmpOff = 0x3180
+	HookLongjmpOff = 0x3440
 	// HookLongjmpUOff is the offset from the agent's base of lt_hook__longjmp, which runs in place of _longjmp in graph mode.
-	HookLongjmpUOff = 0x31c0
+	HookLongjmpUOff = 0x3480
 	// HookSiglongjmpOff is the offset from the agent's base of lt_hook_siglongjmp, which runs in place of siglongjmp in graph mode.
-	HookSiglongjmpOff = 0x3200
+	HookSiglongjmpOff = 0x34c0
 	// HookLongjmpChkOff is the offset from the agent's base of lt_hook_longjmp_chk, which runs in place of __longjmp_chk in graph mode.
-	HookLongjmpChkOff = 0x3240
+	HookLongjmpChkOff = 0x3500
 	// CtlOff is the offset from the agent's base of the control page (MADV_WIPEONFORK).
 	CtlOff = 0x4000
 	// CtlSize is the size of the control page (MADV_WIPEONFORK).
@@ -45,9 +45,9 @@ const (
 	// PrivOff is the offset from the agent's base of the private region (thread table, shadow stacks).
 	PrivOff = 0x5000
 	// PrivSize is the size of the private region (thread table, shadow stacks).
-	PrivSize = 0x5041000
+	PrivSize = 0x9041000
 	// SharedOff is the offset from the agent's base of the shared memfd.
-	SharedOff = 0x5046000
+	SharedOff = 0x9046000
 	// Magic is LT_MAGIC from agent.h.
 	Magic = 0x4c544147
 	// Version is LT_VERSION from agent.h.
@@ -126,6 +126,8 @@ const (
 	ShadowUnder = 0x2
 	// ShadowPending is LT_SHADOW_PENDING from agent.h.
 	ShadowPending = 0x4
+	// HeldBytes is LT_HELD_BYTES from agent.h.
+	HeldBytes = 0x4000
 	// SizeofChunkHdr is sizeof(struct lt_chunk_hdr).
 	SizeofChunkHdr = 0x40
 	// ChunkHdrStateOff is the offset of state in struct lt_chunk_hdr.
@@ -191,7 +193,7 @@ const (
 	// OwnerHooksOff is the offset of hooks in struct lt_owner.
 	OwnerHooksOff = 0x438
 	// SizeofPriv is sizeof(struct lt_priv).
-	SizeofPriv = 0x5041000
+	SizeofPriv = 0x9041000
 	// PrivOldSigtrapOff is the offset of old_sigtrap in struct lt_priv.
 	PrivOldSigtrapOff = 0x0
 	// PrivRemoteOff is the offset of remote in struct lt_priv.
@@ -206,6 +208,8 @@ const (
 	PrivShadowOff = 0x41000
 	// PrivPendOff is the offset of pend in struct lt_priv.
 	PrivPendOff = 0x3041000
+	// PrivHeldOff is the offset of held in struct lt_priv.
+	PrivHeldOff = 0x5041000
 	// SizeofRange is sizeof(struct lt_range).
 	SizeofRange = 0x10
 	// RangeAddrOff is the offset of addr in struct lt_range.

@@ -605,12 +605,74 @@ static inline u32 lt_exit_idx(u32 idx, u32 spec)
 static void lt_flush(struct lt_thread *t, struct lt_shadow *ss, u32 n)
 {
 	const struct lt_pend *pd = lt_priv.pend[t - lt_priv.threads];
+	const u8 *held = lt_priv.held[t - lt_priv.threads];
 	for (u32 j = 0; j < n; j++) {
 		if (ss[j].slot == 0 || !(ss[j].flags & LT_SHADOW_PENDING))
 			continue;
-		lt_emit(t, pd[j].tsc, meta(LT_KIND_ENTRY, j, ss[j].site, pd[j].low));
+		u64 m = meta(LT_KIND_ENTRY, j, ss[j].site, pd[j].low);
+		if (pd[j].len > 4 && (u32)pd[j].off + pd[j].len <= LT_HELD_BYTES) {
+			u32 spec;
+			__builtin_memcpy(&spec, held + pd[j].off, 4);
+			lt_emit_data(t, pd[j].tsc, m, spec, held + pd[j].off + 4, pd[j].len - 4u);
+		} else {
+			lt_emit(t, pd[j].tsc, m);
+		}
 		ss[j].flags &= ~(u32)LT_SHADOW_PENDING;
 	}
+}
+
+/*
+ * lt_hold holds back the entry of site idx at shadow depth d of t (record
+ * --caller): its time, caller and, when the site captures arguments, its
+ * values, read now as lt_emit_entry would read them (a string may be
+ * gone or changed by the time a --caller function is entered). The
+ * values go on the thread's stack of held values (lt_priv.held), after
+ * those of the nearest held-back entry below d: held-back entries above d
+ * are gone, so the stack is in the order of the shadow stack, except
+ * after a tail call (d < top), where the entries of a suspended stack may
+ * sit above d: the values then stop below theirs. When the values could
+ * not fit, the entry is held without them.
+ */
+static void lt_hold(struct lt_thread *t, const struct lt_shadow *ss, u32 d, u32 top, u64 tsc, u32 low, u32 idx, const u64 *sp)
+{
+	u32 ti = (u32)(t - lt_priv.threads);
+	struct lt_pend *pd = lt_priv.pend[ti];
+	pd[d].tsc = tsc;
+	pd[d].low = low;
+	pd[d].off = 0;
+	pd[d].len = 0;
+	u32 spec = lt_spec(idx) & (LT_SPEC_ARGS | LT_SPEC_ARGS << LT_SPEC_STR_SHIFT);
+	if (!(spec & LT_SPEC_ARGS))
+		return;
+	u32 off = 0;
+	for (u32 j = d; j > 0; j--) {
+		const struct lt_shadow *e = &ss[j - 1];
+		if (e->slot != 0 && (e->flags & LT_SHADOW_PENDING) && pd[j - 1].len != 0) {
+			off = ((u32)pd[j - 1].off + pd[j - 1].len + 7) & ~7u;
+			break;
+		}
+	}
+	/* The most lt_args can write for spec. */
+	u32 max = (u32)lt_shared.string_max;
+	if (max > LT_STRING_MAX)
+		max = LT_STRING_MAX;
+	u32 need = 4 + 8 * (u32)__builtin_popcount(spec & LT_SPEC_ARGS) +
+		   (1 + max) * (u32)__builtin_popcount(spec >> LT_SPEC_STR_SHIFT & spec & LT_SPEC_ARGS);
+	u32 limit = LT_HELD_BYTES;
+	for (u32 j = d + 1; j < top; j++) {
+		const struct lt_shadow *e = &ss[j];
+		if (e->slot != 0 && (e->flags & LT_SHADOW_PENDING) && pd[j].len != 0) {
+			limit = pd[j].off;
+			break;
+		}
+	}
+	if (off + need > limit)
+		return;
+	u8 *h = lt_priv.held[ti] + off;
+	__builtin_memcpy(h, &spec, 4);
+	u32 len = lt_args(t, spec, sp, h + 4);
+	pd[d].off = (u16)off;
+	pd[d].len = (u16)(4 + len);
 }
 
 /*
@@ -667,9 +729,7 @@ void lt_on_entry(u32 idx, u64 *sp)
 				if (spec & LT_SPEC_TRIGGER)
 					e->flags |= LT_SHADOW_UNDER;
 				if (spec & LT_SPEC_DEFER) {
-					struct lt_pend *pd = &lt_priv.pend[t - lt_priv.threads][i - 1];
-					pd->tsc = tsc;
-					pd->low = caller_delta(ret, site);
+					lt_hold(t, ss, i - 1, d, tsc, caller_delta(ret, site), idx, sp);
 					e->flags |= LT_SHADOW_PENDING;
 					goto out;
 				}
@@ -709,9 +769,7 @@ void lt_on_entry(u32 idx, u64 *sp)
 		if (under || (spec & LT_SPEC_TRIGGER))
 			flags |= LT_SHADOW_UNDER;
 		if (spec & LT_SPEC_DEFER) {
-			struct lt_pend *pd = &lt_priv.pend[t - lt_priv.threads][d];
-			pd->tsc = tsc;
-			pd->low = caller_delta(ret, site);
+			lt_hold(t, ss, d, d, tsc, caller_delta(ret, site), idx, sp);
 			flags |= LT_SHADOW_PENDING;
 		} else if (spec & LT_SPEC_CALLER) {
 			lt_flush(t, ss, d);

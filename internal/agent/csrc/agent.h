@@ -53,6 +53,7 @@
 #ifndef __ASSEMBLER__
 
 typedef unsigned char u8;
+typedef unsigned short u16;
 typedef unsigned int u32;
 typedef unsigned long long u64;
 typedef long long s64;
@@ -98,6 +99,7 @@ enum lt_const {
 	LT_SPEC_DEFER = 1 << 21,        /* spec bit (--caller): entry held back until a CALLER call */
 	LT_SHADOW_UNDER = 2,            /* shadow entry flag: this frame or one below is a TRIGGER */
 	LT_SHADOW_PENDING = 4,          /* shadow entry flag: its entry record is held back (lt_priv.pend) */
+	LT_HELD_BYTES = 16384,          /* bytes per thread for the values of held-back entries (lt_priv.held) */
 };
 
 #define LT_CHUNK_HDR_SIZE 64
@@ -225,11 +227,18 @@ struct lt_unwind_real {
 	u64 longjmp_chk;       /* __longjmp_chk */
 };
 
-/* struct lt_pend is an entry record held back (record --caller). */
+/*
+ * struct lt_pend is an entry record held back (record --caller). Its
+ * values, when its site captures arguments, are in the thread's
+ * lt_priv.held at [off, off+len): the spec (u32), then the payload as
+ * lt_args wrote it. len 0: none (no spec, or no room left: the entry is
+ * then recorded without its values).
+ */
 struct lt_pend {
 	u64 tsc;
 	u32 low; /* its caller delta (the low meta word) */
-	u32 pad;
+	u16 off;
+	u16 len;
 };
 
 struct lt_priv {
@@ -242,6 +251,9 @@ struct lt_priv {
 	struct lt_shadow shadow[LT_MAX_THREADS][LT_SHADOW_DEPTH];
 	/* The held-back entry of each shadow entry with LT_SHADOW_PENDING. */
 	struct lt_pend pend[LT_MAX_THREADS][LT_SHADOW_DEPTH];
+	/* The values of the held-back entries, each thread's a stack in
+	 * the order of its shadow stack (lt_hold_args). */
+	u8 held[LT_MAX_THREADS][LT_HELD_BYTES];
 };
 
 /* struct lt_site is one entry of the site table: sorted by addr up to the
