@@ -517,3 +517,101 @@ func TestRecordStringMax(t *testing.T) {
 		}
 	}
 }
+
+// TestCtlEnableArgs records the args fixture with only tree_top traced
+// and the fixture's -A/-R specs, then adds every other function with
+// `ctl enable`: they capture what record's specs give them (the exact
+// values of TestRecordArgs), tree_leaf what ctl's own -A/-R give it, and
+// a spec that would change what a traced function captures is refused.
+// With -a, the added functions take their DWARF specs.
+func TestCtlEnableArgs(t *testing.T) {
+	testtarget.RequireRoot(t)
+	bin := livetraceBinary(t)
+	const rounds = 3
+	for _, c := range []struct {
+		name  string
+		form  testtarget.Form
+		opts  []testtarget.Option
+		graph bool
+		auto  bool
+	}{
+		{"clang-nop5/entry", testtarget.ClangNop5, nil, false, false},
+		{"clang-nop5/graph", testtarget.ClangNop5, nil, true, false},
+		{"gcc-sled/graph", testtarget.GccSled, nil, true, false},
+		{"reloc/graph", testtarget.ClangNop5, []testtarget.Option{testtarget.NoSites()}, true, false},
+		{"clang-nop5/auto", testtarget.ClangNop5, nil, true, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			tp := testtarget.Start(t, testtarget.Build(t, testtarget.Args, c.form, c.opts...))
+			if _, err := tp.Expect("ready", 10*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			pid := strconv.Itoa(tp.Pid())
+			out := filepath.Join(t.TempDir(), "rec.data")
+			args := []string{"record", "-p", pid, "-F", "tree_top", "-A", "tree_top@arg1", "-o", out}
+			switch {
+			case c.auto:
+				args = append(args, "--graph", "-a")
+			case c.graph:
+				args = append(append(append(args, "--graph"), argsSpecs...), argsRets...)
+			default:
+				args = append(args, argsSpecs...)
+			}
+			rec, stderr, said := startTracing(t, bin, args...)
+			defer rec.Process.Kill()
+			if c.auto {
+				mustCtl(t, "-p", pid, "enable", "args_*", "lookup_user")
+			} else {
+				if _, err := ctlRun("-p", pid, "-A", "tree_top@arg1/x", "enable", "tree_leaf"); err == nil || !strings.Contains(err.Error(), "tree_top was traced before") {
+					t.Errorf("enable with a spec that changes a traced function: %v", err)
+				}
+				if _, err := ctlRun("-p", pid, "-A", "tree_leaf@arg9", "enable", "tree_leaf"); err == nil || !strings.Contains(err.Error(), "arg9") {
+					t.Errorf("enable with a bad spec: %v", err)
+				}
+				if _, err := ctlRun("-p", pid, "-A", "tree_leaf@arg1", "disable", "tree_top"); err == nil || !strings.Contains(err.Error(), "enable only") {
+					t.Errorf("disable with -A: %v", err)
+				}
+				if got := mustCtl(t, "-p", pid, "enable", "args_*", "lookup_user"); !strings.Contains(got, "lookup_user") {
+					t.Errorf("enable:\n%s", got)
+				}
+				leaf := []string{"-p", pid, "-A", "tree_leaf@arg1/x"}
+				if c.graph {
+					leaf = append(leaf, "-R", "tree_leaf")
+				}
+				mustCtl(t, append(leaf, "enable", "tree_leaf")...)
+			}
+			if err := tp.Send("run " + strconv.Itoa(rounds)); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tp.Expect("done ", 10*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			_ = rec.Process.Signal(syscall.SIGINT)
+			rest, _ := io.ReadAll(stderr)
+			if err := rec.Wait(); err != nil {
+				t.Fatalf("record: %v\n%s%s", err, said, rest)
+			}
+			replay, _, err := runCLI(t, "replay", "-i", out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.auto {
+				for _, w := range []string{`args_ints(a=-42, b=-16, c=4000000000, x=48879, ch='Z', p=0x1234) = -58;`, `lookup_user(id=42, name="bob") = 47;`, `args_str(s="bob", n=3) = 6;`} {
+					if n := strings.Count(replay, w); n != rounds {
+						t.Errorf("replay has %s %d times, want %d\n%s", w, n, rounds, replay)
+					}
+				}
+			} else {
+				checkArgsReplay(t, replay, c.graph, rounds)
+				want := `tree_leaf(0x1) <- `
+				if c.graph {
+					want = `tree_leaf(0x1) = 2;`
+				}
+				if n := strings.Count(replay, want); n != rounds {
+					t.Errorf("replay has %s %d times, want %d\n%s", want, n, rounds, replay)
+				}
+			}
+			testtarget.CheckText(t, tp.Pid())
+		})
+	}
+}
