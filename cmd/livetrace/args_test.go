@@ -523,23 +523,27 @@ func TestRecordStringMax(t *testing.T) {
 // `ctl enable`: they capture what record's specs give them (the exact
 // values of TestRecordArgs), tree_leaf what ctl's own -A/-R give it, and
 // a spec that would change what a traced function captures is refused.
-// With -a, the added functions take their DWARF specs.
+// With -a, the added functions take their DWARF specs; with --caller,
+// the added functions are held back or record their callers as at the
+// start.
 func TestCtlEnableArgs(t *testing.T) {
 	testtarget.RequireRoot(t)
 	bin := livetraceBinary(t)
 	const rounds = 3
 	for _, c := range []struct {
-		name  string
-		form  testtarget.Form
-		opts  []testtarget.Option
-		graph bool
-		auto  bool
+		name   string
+		form   testtarget.Form
+		opts   []testtarget.Option
+		graph  bool
+		auto   bool
+		caller bool
 	}{
-		{"clang-nop5/entry", testtarget.ClangNop5, nil, false, false},
-		{"clang-nop5/graph", testtarget.ClangNop5, nil, true, false},
-		{"gcc-sled/graph", testtarget.GccSled, nil, true, false},
-		{"reloc/graph", testtarget.ClangNop5, []testtarget.Option{testtarget.NoSites()}, true, false},
-		{"clang-nop5/auto", testtarget.ClangNop5, nil, true, true},
+		{"clang-nop5/entry", testtarget.ClangNop5, nil, false, false, false},
+		{"clang-nop5/graph", testtarget.ClangNop5, nil, true, false, false},
+		{"gcc-sled/graph", testtarget.GccSled, nil, true, false, false},
+		{"reloc/graph", testtarget.ClangNop5, []testtarget.Option{testtarget.NoSites()}, true, false, false},
+		{"clang-nop5/auto", testtarget.ClangNop5, nil, true, true, false},
+		{"clang-nop5/caller", testtarget.ClangNop5, nil, true, false, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			tp := testtarget.Start(t, testtarget.Build(t, testtarget.Args, c.form, c.opts...))
@@ -550,6 +554,8 @@ func TestCtlEnableArgs(t *testing.T) {
 			out := filepath.Join(t.TempDir(), "rec.data")
 			args := []string{"record", "-p", pid, "-F", "tree_top", "-A", "tree_top@arg1", "-o", out}
 			switch {
+			case c.caller:
+				args = append(args, "--graph", "-F", "tree_leaf", "--caller", "tree_leaf", "-A", "tree_*@arg1")
 			case c.auto:
 				args = append(args, "--graph", "-a")
 			case c.graph:
@@ -559,9 +565,14 @@ func TestCtlEnableArgs(t *testing.T) {
 			}
 			rec, stderr, said := startTracing(t, bin, args...)
 			defer rec.Process.Kill()
-			if c.auto {
+			switch {
+			case c.caller:
+				// tree_leaf records its callers; the others are held
+				// back, and those of args_* never recorded.
+				mustCtl(t, "-p", pid, "enable", "tree_*", "args_*")
+			case c.auto:
 				mustCtl(t, "-p", pid, "enable", "args_*", "lookup_user")
-			} else {
+			default:
 				if _, err := ctlRun("-p", pid, "-A", "tree_top@arg1/x", "enable", "tree_leaf"); err == nil || !strings.Contains(err.Error(), "tree_top was traced before") {
 					t.Errorf("enable with a spec that changes a traced function: %v", err)
 				}
@@ -595,13 +606,23 @@ func TestCtlEnableArgs(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if c.auto {
+			switch {
+			case c.caller:
+				for _, w := range []string{`tree_top(1) {`, `tree_mid(1) {`, `tree_leaf(1);`, `tree_other(2) {`, `tree_leaf(2);`} {
+					if n := strings.Count(replay, w); n != rounds {
+						t.Errorf("replay has %s %d times, want %d\n%s", w, n, rounds, replay)
+					}
+				}
+				if strings.Contains(replay, "args_") {
+					t.Errorf("replay has calls that no --caller function is below:\n%s", replay)
+				}
+			case c.auto:
 				for _, w := range []string{`args_ints(a=-42, b=-16, c=4000000000, x=48879, ch='Z', p=0x1234) = -58;`, `lookup_user(id=42, name="bob") = 47;`, `args_str(s="bob", n=3) = 6;`} {
 					if n := strings.Count(replay, w); n != rounds {
 						t.Errorf("replay has %s %d times, want %d\n%s", w, n, rounds, replay)
 					}
 				}
-			} else {
+			default:
 				checkArgsReplay(t, replay, c.graph, rounds)
 				want := `tree_leaf(0x1) <- `
 				if c.graph {
