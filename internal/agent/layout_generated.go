@@ -17,27 +17,27 @@ const (
 	// EntryOff is the offset from the agent's base of lt_entry, the target of every site stub.
 	EntryOff = 0x0
 	// ReturnOff is the offset from the agent's base of lt_return, the hijacked return address in graph mode.
-	ReturnOff = 0x780
+	ReturnOff = 0x770
 	// SigtrapOff is the offset from the agent's base of lt_sigtrap, the SIGTRAP backstop handler (SA_SIGINFO).
-	SigtrapOff = 0x2ae0
+	SigtrapOff = 0x2ad0
 	// RestorerOff is the offset from the agent's base of lt_restorer, the SA_RESTORER for lt_sigtrap.
-	RestorerOff = 0x8e0
+	RestorerOff = 0x8d0
 	// RemoteOff is the offset from the agent's base of lt_remote, `syscall; int3`: where the tracer runs remote system calls once the agent is in.
-	RemoteOff = 0x8f0
+	RemoteOff = 0x8e0
 	// HookRaiseOff is the offset from the agent's base of lt_hook_raise, which runs in place of _Unwind_RaiseException in graph mode.
-	HookRaiseOff = 0x3380
+	HookRaiseOff = 0x3370
 	// HookResumeOrRethrowOff is the offset from the agent's base of lt_hook_resume_or_rethrow, which runs in place of _Unwind_Resume_or_Rethrow in graph mode.
-	HookResumeOrRethrowOff = 0x33c0
+	HookResumeOrRethrowOff = 0x33b0
 	// HookBeginCatchOff is the offset from the agent's base of lt_hook_begin_catch, which runs in place of __cxa_begin_catch in graph mode.
-	HookBeginCatchOff = 0x3400
+	HookBeginCatchOff = 0x33f0
 	// HookLongjmpOff is the offset from the agent's base of lt_hook_longjmp, which runs in place of longjmp in graph mode.
-	HookLongjmpOff = 0x3440
+	HookLongjmpOff = 0x3430
 	// HookLongjmpUOff is the offset from the agent's base of lt_hook__longjmp, which runs in place of _longjmp in graph mode.
-	HookLongjmpUOff = 0x3480
+	HookLongjmpUOff = 0x3470
 	// HookSiglongjmpOff is the offset from the agent's base of lt_hook_siglongjmp, which runs in place of siglongjmp in graph mode.
-	HookSiglongjmpOff = 0x34c0
+	HookSiglongjmpOff = 0x34b0
 	// HookLongjmpChkOff is the offset from the agent's base of lt_hook_longjmp_chk, which runs in place of __longjmp_chk in graph mode.
-	HookLongjmpChkOff = 0x3500
+	HookLongjmpChkOff = 0x34f0
 	// CtlOff is the offset from the agent's base of the control page (MADV_WIPEONFORK).
 	CtlOff = 0x4000
 	// CtlSize is the size of the control page (MADV_WIPEONFORK).
@@ -126,6 +126,10 @@ const (
 	ShadowUnder = 0x2
 	// ShadowPending is LT_SHADOW_PENDING from agent.h.
 	ShadowPending = 0x4
+	// StubShift is LT_STUB_SHIFT from agent.h.
+	StubShift = 0x16
+	// StubRet is LT_STUB_RET from agent.h.
+	StubRet = 0x10000000
 	// HeldBytes is LT_HELD_BYTES from agent.h.
 	HeldBytes = 0x4000
 	// SizeofChunkHdr is sizeof(struct lt_chunk_hdr).

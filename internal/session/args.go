@@ -122,10 +122,7 @@ func (s *Session) captureOf(x *selected, a *autoSpec, rules []ArgRule) capture {
 
 // stubIndex is the site index the stub of site i loads into r11d.
 func (s *Session) stubIndex(i int) uint32 {
-	if s.sel[i].capture.spec != 0 {
-		return uint32(i) | agent.Capture
-	}
-	return uint32(i)
+	return agent.StubIndex(uint32(i), s.sel[i].capture.spec)
 }
 
 // stringMax is the agent's string_max for this session: always set, so

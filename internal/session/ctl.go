@@ -408,10 +408,7 @@ func (s *Session) writeStubs(fresh []selected, base int) error {
 		slot, reloc := at, at+agent.StubSize*uint64(len(idx))
 		for _, i := range idx {
 			x := &fresh[i]
-			si := uint32(base + i)
-			if x.capture.spec != 0 {
-				si |= agent.Capture // the agent reads its spec (args.go)
-			}
+			si := agent.StubIndex(uint32(base+i), x.capture.spec)
 			stub, err := agent.StubCode(si, slot, entry)
 			if err != nil {
 				stub, err = agent.StubCode(si, slot, rg.addr) // the springboard

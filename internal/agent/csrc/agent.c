@@ -16,6 +16,9 @@ HIDDEN struct lt_shared_hdr lt_shared __attribute__((section(".bss.lt_shared"), 
 
 #define OFF(t, f) __builtin_offsetof(struct t, f)
 _Static_assert(OFF(lt_priv, threads) == LT_A_THREADS, "LT_A_THREADS");
+_Static_assert(LT_STUB_SHIFT == LT_A_STUB_SHIFT, "LT_A_STUB_SHIFT");
+_Static_assert((LT_SPEC_ARGS << LT_STUB_SHIFT | LT_STUB_RET) < LT_CAPTURE && (LT_MAX_SITES - 1) < 1u << LT_STUB_SHIFT, "stub index bits");
+_Static_assert(LT_STUB_RET == 1 << (LT_STUB_SHIFT + 6), "LT_STUB_RET follows the argument bits (agent.S, .Lg_cap)");
 _Static_assert(OFF(lt_priv, shadow) == LT_A_SHADOW, "LT_A_SHADOW");
 _Static_assert(sizeof(struct lt_thread) == 1 << LT_A_THREAD_SHIFT, "LT_A_THREAD_SHIFT");
 _Static_assert(1ull << (64 - LT_A_HASH_SHIFT) == LT_MAX_THREADS, "LT_A_HASH_SHIFT");
@@ -681,6 +684,7 @@ static void lt_hold(struct lt_thread *t, const struct lt_shadow *ss, u32 d, u32 
  */
 void lt_on_entry(u32 idx, u64 *sp)
 {
+	idx &= (LT_MAX_SITES - 1) | LT_CAPTURE; /* not the fast paths' bits (LT_STUB_SHIFT) */
 	u64 tp = thread_pointer();
 	struct lt_thread *t = lt_lookup(tp);
 	if (!t) {

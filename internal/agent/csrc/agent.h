@@ -49,6 +49,7 @@
 #define LT_A_SITE_SPEC 52          /* offsetof(struct lt_site, spec) */
 #define LT_A_SPEC_RET 0x10000      /* LT_SPEC_RET */
 #define LT_A_SPEC_SLOW 0xfffcffc0  /* spec bits other than LT_SPEC_ARGS, LT_SPEC_RET, LT_SPEC_RET_FLOAT */
+#define LT_A_STUB_SHIFT 22         /* LT_STUB_SHIFT */
 
 #ifndef __ASSEMBLER__
 
@@ -99,6 +100,8 @@ enum lt_const {
 	LT_SPEC_DEFER = 1 << 21,        /* spec bit (--caller): entry held back until a CALLER call */
 	LT_SHADOW_UNDER = 2,            /* shadow entry flag: this frame or one below is a TRIGGER */
 	LT_SHADOW_PENDING = 4,          /* shadow entry flag: its entry record is held back (lt_priv.pend) */
+	LT_STUB_SHIFT = 22,             /* stub index bits 22-27: the argument bits of a spec the fast paths take */
+	LT_STUB_RET = 1 << 28,          /* stub index bit: that spec captures the return value too */
 	LT_HELD_BYTES = 16384,          /* bytes per thread for the values of held-back entries (lt_priv.held) */
 };
 

@@ -127,7 +127,7 @@ static inline uint64_t rdtsc(void)
 /* BENCH_REPS: the traced loops run in this many rounds, interleaved, and
  * each reports its fastest round: on a machine shared with other jobs the
  * fastest round is the one least disturbed by them (caches, frequency). */
-#define BENCH_REPS 8
+#define BENCH_REPS 32
 
 static void bench(void)
 {
