@@ -7,7 +7,7 @@ import (
 )
 
 // TestHarnessCapture runs the harness's capture loops (w_cap_ints(i, 2),
-// then w_cap_str("bob")) and checks that every call comes out as its
+// w_cap_str("bob"), w_cap_str of "bob" in the caller's frame) and checks that every call comes out as its
 // entry record, a DATA record and its payload, in order, in entry mode
 // and in graph mode: with 5-record chunks, so that a group often does not
 // fit in what is left of a chunk (lt_emit_data publishes first), and with
@@ -84,11 +84,68 @@ func testHarnessCapture(t *testing.T, ctl Ctl, records int, spec uint32) {
 			continue
 		}
 		calls++
-		if next != iters/4 || nstr != iters/4 {
-			t.Errorf("tid %d: %d w_cap_ints and %d w_cap_str calls with their values, want %d each", tid, next, nstr, iters/4)
+		if next != iters/4 || nstr != iters/2 {
+			t.Errorf("tid %d: %d w_cap_ints and %d w_cap_str calls with their values, want %d and %d", tid, next, nstr, iters/4, iters/2)
 		}
 	}
 	if calls != 1 {
 		t.Errorf("%d threads made the capture calls, want 1", calls)
+	}
+}
+
+// TestHarnessHostileStrings captures string arguments that point where a
+// load would fault (NULL, 1, a PROT_NONE page, an unmapped page, a string
+// running into a PROT_NONE page, the guard pages of a coroutine stack),
+// below the stack pointer, into the caller's frame on the thread's stack
+// and on a ucontext stack, and into a page another thread unmaps and maps
+// again in a loop, in entry and graph mode: the harness must never fault,
+// and every value that can be known is checked (its payload length).
+func TestHarnessHostileStrings(t *testing.T) {
+	for _, m := range []struct {
+		name string
+		ctl  Ctl
+	}{{"entry", Ctl{Enabled: true}}, {"graph", Ctl{Enabled: true, Graph: true}}} {
+		t.Run(m.name, func(t *testing.T) {
+			const iters = 500
+			r := runHarness(t, runOpts{test: "hostile", iters: iters, ctl: m.ctl, chunks: 4096, chunkRecords: 256, pollEvery: time.Millisecond,
+				specs: map[string]uint32{"w_cap_str": 1 | 1<<SpecStrShift}})
+			r.noLoss()
+			if v := r.result("hostile"); len(v) != 1 || v[0] != iters {
+				t.Fatalf("harness result %v, want %d", v, iters)
+			}
+			str := -1
+			for i, s := range r.sites {
+				if s.name == "w_cap_str" {
+					str = i
+				}
+			}
+			const bad = 8 + 1 // the pointer and a length byte LT_STR_BAD
+			// Payload bytes of each call of one round; 0: not known.
+			round := []uint64{bad, bad, bad, bad, 8 + 1 + 3, 8 + 1 + 5, 0, 0, 8 + 1 + 4, 8 + 1 + 3, 0, bad}
+			var lens []uint64
+			for _, recs := range r.recs {
+				for i := 0; i+1 < len(recs); i++ {
+					if recs[i].Kind == KindEntry && recs[i].Site == uint32(str) {
+						if recs[i+1].Kind != KindData {
+							t.Fatalf("entry of w_cap_str without its DATA record")
+						}
+						lens = append(lens, recs[i+1].TSC>>32)
+					}
+				}
+			}
+			if want := iters*len(round) + 20*iters; len(lens) != want {
+				t.Fatalf("%d w_cap_str calls recorded, want %d", len(lens), want)
+			}
+			for i := 0; i < iters*len(round); i++ {
+				if w := round[i%len(round)]; w != 0 && lens[i] != w {
+					t.Fatalf("call %d of round %d: payload of %d bytes, want %d", i%len(round), i/len(round), lens[i], w)
+				}
+			}
+			for i, n := range lens[iters*len(round):] {
+				if n != bad && n != 8+1+4 && n != 8+1 {
+					t.Fatalf("flipped page, call %d: payload of %d bytes, want %d (unmapped), %d (\"flip\") or %d (a new zero page)", i, n, bad, 8+1+4, 8+1)
+				}
+			}
+		})
 	}
 }

@@ -76,6 +76,7 @@ void lt_sigtrap(int sig, void *si, void *uc) HIDDEN;
 #define FUTEX_WAIT_PRIVATE 128
 #define EAGAIN 11
 #define EFAULT 14
+#define SYS_process_vm_readv 310
 #define ETIMEDOUT 110
 #define SIGTRAP 5
 #define SIG_BLOCK 0
@@ -376,49 +377,87 @@ static u32 lt_spec(u32 idx)
 	return s[idx].spec;
 }
 
+/* struct lt_iovec is the kernel's struct iovec. */
+struct lt_iovec {
+	u64 base;
+	u64 len;
+};
+
 /*
- * lt_readable reports whether the byte at addr can be read, without
- * touching it: futex(FUTEX_WAIT) on the aligned word at addr reads that
- * word in the kernel and fails with EFAULT when it is not mapped or not
- * readable. It is given a value the word is unlikely to hold, so that it
- * returns EAGAIN at once (an equal word waits out the zero timeout). A
- * kernel or seccomp policy that refuses futex answers no.
+ * lt_copy copies up to n bytes from src to dst through the kernel:
+ * process_vm_readv on the calling thread itself (same thread group: no
+ * ptrace check applies). It returns the bytes copied, fewer when src runs
+ * into a page that is not readable, or a negative errno (EFAULT: src is
+ * not readable; anything else, a seccomp policy for one, counts as not
+ * readable too). The kernel takes the faults: a page another thread
+ * unmaps meanwhile can never fault the target, which a check followed by
+ * a plain load cannot promise (docs/DESIGN-NOTES.md, "Reading strings").
  */
-static int lt_readable(u64 addr)
+static long lt_copy(const struct lt_thread *t, u8 *dst, u64 src, u32 n)
 {
-	struct lt_timespec zero = {0, 0};
-	long r = sys4(SYS_futex, (long)(addr & ~3ull), FUTEX_WAIT_PRIVATE, 0x4c54a5c3, (long)&zero);
-	return r == -EAGAIN || r == -ETIMEDOUT;
+	struct lt_iovec l = {(u64)dst, n}, r = {src, n};
+	register long r10 __asm__("r10") = (long)&r;
+	register long r8 __asm__("r8") = 1;
+	register long r9 __asm__("r9") = 0;
+	long ret;
+	__asm__ __volatile__("syscall"
+			     : "=a"(ret)
+			     : "a"(SYS_process_vm_readv), "D"((long)t->tid), "S"((long)&l), "d"(1L), "r"(r10), "r"(r8), "r"(r9)
+			     : "rcx", "r11", "memory");
+	return ret;
 }
 
 /*
- * lt_readstr copies the string at ptr, at most max bytes, to dst and
- * returns its length byte: the bytes copied before the NUL, with
- * LT_STR_TRUNC when there was no NUL within them, or LT_STR_BAD when ptr
- * is not readable. It never touches a page before lt_readable has said
- * it is readable: one system call per page the string spans (usually
- * one), measured against the alternatives in docs/DESIGN-NOTES.md
- * ("Reading strings"). A string that runs into a page that is not
- * readable is cut there.
+ * lt_readstr copies the string at ptr, at most max bytes, to dst (which
+ * has room for max) and returns its length byte: the bytes before the
+ * NUL, with LT_STR_TRUNC when there was no NUL within them (or the string
+ * runs into a page that is not readable: it is cut there), or LT_STR_BAD
+ * when ptr is not readable.
+ *
+ * [lo, hi) are pages this very call of the agent has touched: those of
+ * the registers lt_entry pushed and of the return address it read
+ * (lt_stack_pages). They cannot be gone without this thread faulting on
+ * its own stack first, so a string in them (a buffer in the caller's
+ * frame, near the call) is read with plain loads. Any other byte is
+ * copied by the kernel (lt_copy), one system call per string.
  */
-static u8 lt_readstr(u64 ptr, u8 *dst, u32 max)
+static u8 lt_readstr(const struct lt_thread *t, u64 ptr, u8 *dst, u32 max, u64 lo, u64 hi)
 {
-	if (max == 0 || ptr < 4096 || !lt_readable(ptr))
+	if (max == 0 || ptr < 4096)
 		return LT_STR_BAD;
-	const volatile u8 *src = (const volatile u8 *)ptr;
-	u64 page_end = (ptr | 4095) + 1;
-	for (u32 i = 0; i < max; i++) {
-		if (ptr + i == page_end) {
-			if (page_end == 0 || !lt_readable(page_end))
-				return (u8)i | LT_STR_TRUNC;
-			page_end += 4096;
+	u32 n = 0;
+	if (ptr >= lo && ptr < hi) {
+		const volatile u8 *src = (const volatile u8 *)ptr;
+		u32 lim = hi - ptr < max ? (u32)(hi - ptr) : max;
+		for (; n < lim; n++) {
+			u8 c = src[n];
+			if (c == 0)
+				return (u8)n;
+			dst[n] = c;
 		}
-		u8 c = src[i];
-		if (c == 0)
-			return (u8)i;
-		dst[i] = c;
+		if (n == max)
+			return (u8)max | LT_STR_TRUNC;
 	}
-	return (u8)max | LT_STR_TRUNC;
+	long got = lt_copy(t, dst + n, ptr + n, max - n);
+	if (got <= 0)
+		return n ? (u8)n | LT_STR_TRUNC : LT_STR_BAD;
+	u32 end = n + (u32)got;
+	for (u32 i = n; i < end; i++)
+		if (dst[i] == 0)
+			return (u8)i;
+	return (u8)end | LT_STR_TRUNC;
+}
+
+/*
+ * lt_stack_pages sets [*lo, *hi) to the pages from what lt_entry pushed
+ * below sp (8 registers, then lt_on_entry's return address: 9 words) to
+ * the two words at sp (site+5, the return address): this call has just
+ * written or read each of them, and the pages between are this stack's.
+ */
+static inline void lt_stack_pages(const u64 *sp, u64 *lo, u64 *hi)
+{
+	*lo = ((u64)sp - 9 * 8) & ~4095ull;
+	*hi = (((u64)sp + 2 * 8 - 1) | 4095) + 1;
 }
 
 /*
@@ -440,6 +479,8 @@ static u32 lt_args(const struct lt_thread *t, u32 spec, const u64 *sp, u8 *buf)
 	u32 max = (u32)lt_shared.string_max;
 	if (max > LT_STRING_MAX)
 		max = LT_STRING_MAX;
+	u64 lo, hi;
+	lt_stack_pages(sp, &lo, &hi);
 	for (int i = 0; i < 6; i++) {
 		if (!(spec & (1u << i)))
 			continue;
@@ -450,7 +491,7 @@ static u32 lt_args(const struct lt_thread *t, u32 spec, const u64 *sp, u8 *buf)
 	for (int i = 0; i < 6; i++) {
 		if (!(spec & (1u << i)) || !(spec & (1u << (LT_SPEC_STR_SHIFT + i))))
 			continue;
-		u8 n = lt_readstr(sp[lt_argreg[i]], buf + o + 1, max);
+		u8 n = lt_readstr(t, sp[lt_argreg[i]], buf + o + 1, max, lo, hi);
 		buf[o] = n;
 		o += 1 + (n == LT_STR_BAD ? 0 : (n & ~LT_STR_TRUNC));
 	}
