@@ -149,3 +149,53 @@ func TestHarnessHostileStrings(t *testing.T) {
 		})
 	}
 }
+
+// TestHarnessCallerValues holds w_held_outer(s, i)'s entry back until
+// w_held_leaf, below it, is entered (record --caller: SpecDefer and
+// SpecCaller): each held-back entry must come out before the leaf's, with
+// the time of its call and its DATA group (a 4- or 5-byte string and an
+// integer).
+func TestHarnessCallerValues(t *testing.T) {
+	const iters = 1000
+	spec := uint32(3 | 1<<SpecStrShift)
+	r := runHarness(t, runOpts{test: "held", iters: iters, ctl: Ctl{Enabled: true, Graph: true}, chunks: 1024, chunkRecords: 256, pollEvery: time.Millisecond,
+		specs: map[string]uint32{"w_held_outer": spec | SpecDefer, "w_held_leaf": SpecCaller}})
+	r.noLoss()
+	outer, leaf := -1, -1
+	for i, s := range r.sites {
+		switch s.name {
+		case "w_held_outer":
+			outer = i
+		case "w_held_leaf":
+			leaf = i
+		}
+	}
+	if outer < 0 || leaf < 0 {
+		t.Fatal("the harness has no w_held_outer or w_held_leaf site")
+	}
+	calls := 0
+	for tid, recs := range r.recs {
+		for i := 0; i < len(recs); i++ {
+			if recs[i].Kind != KindEntry || recs[i].Site != uint32(outer) {
+				continue
+			}
+			// "held" then "frame": 8 + 8 bytes of values, a length byte
+			// and the bytes.
+			want := uint64(spec) | uint64(8+8+1+4)<<32
+			if calls%2 == 1 {
+				want = uint64(spec) | uint64(8+8+1+5)<<32
+			}
+			if i+3 >= len(recs) || recs[i+1].Kind != KindData || recs[i+1].TSC != want {
+				t.Fatalf("tid %d: held-back entry %d without its values: %+v", tid, calls, recs[i+1:min(i+4, len(recs))])
+			}
+			j := i + 2 + int((recs[i+1].TSC>>32+15)/16)
+			if recs[j].Kind != KindEntry || recs[j].Site != uint32(leaf) || recs[j].TSC < recs[i].TSC {
+				t.Fatalf("tid %d: held-back entry %d not followed by the leaf's: %+v", tid, calls, recs[j])
+			}
+			calls++
+		}
+	}
+	if calls != 2*iters {
+		t.Errorf("%d held-back entries with their values, want %d", calls, 2*iters)
+	}
+}

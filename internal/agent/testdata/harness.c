@@ -484,6 +484,22 @@ static void hostile(void)
 	result("hostile", iters);
 }
 
+/* held: w_held_outer("held", i) then w_held_outer of a string in this
+ * frame (TestHarnessCallerValues). */
+static void held(void)
+{
+	char local[8];
+	memcpy(local, "frame", 6);
+	__asm__ __volatile__("" : : "r"(local) : "memory");
+	long sum = 0;
+	for (long i = 0; i < iters; i++) {
+		sum += w_held_outer("held", i);
+		sum += w_held_outer(local, i);
+	}
+	result("held", iters);
+	(void)sum;
+}
+
 static volatile int release_flag;
 
 static void *hold_thread(void *arg)
@@ -631,6 +647,8 @@ int main(int argc, char **argv)
 		bench();
 	else if (!strcmp(test, "hostile"))
 		hostile();
+	else if (!strcmp(test, "held"))
+		held();
 	else {
 		fprintf(stderr, "harness: unknown test %s\n", test);
 		return 2;
