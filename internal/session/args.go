@@ -126,12 +126,32 @@ func (s *Session) stubIndex(i int) uint32 {
 }
 
 // stringMax is the agent's string_max for this session: always set, so
-// that functions added while attached (Enable) can capture strings too.
+// that functions added while attached (Enable) can capture strings too,
+// unless the target's seccomp filter refuses the system call the agent
+// reads them with (0: the agent never makes it).
 func (s *Session) stringMax() int {
+	if s.ctl.noStrings != "" {
+		return 0
+	}
 	if s.opts.StringMax == 0 {
 		return DefaultStringMax
 	}
 	return s.opts.StringMax
+}
+
+// checkStrings refuses string arguments (/s) among sel's captures when
+// the target's seccomp filter refuses the process_vm_readv the agent
+// would read them with (ctlState.noStrings).
+func (s *Session) checkStrings(sel []selected) error {
+	if s.ctl.noStrings == "" {
+		return nil
+	}
+	for _, x := range sel {
+		if x.capture.spec&(agent.SpecArgs<<agent.SpecStrShift) != 0 {
+			return fmt.Errorf("%w: it would %s on process_vm_readv, with which the agent reads string arguments (/s) such as those of %s: capture them as pointers (/p), or allow process_vm_readv in the process's seccomp policy", ErrSeccomp, s.ctl.noStrings, x.name)
+		}
+	}
+	return nil
 }
 
 // dataGroup decodes the DATA record at the start of raw that follows an

@@ -49,6 +49,10 @@ type ctlState struct {
 	regions []ctlStubRegion
 	// auto caches record -a's DWARF specs by module (args.go, autoOf).
 	auto map[int]autoModule
+	// noStrings, when set, is what the target's seccomp filter does on
+	// the process_vm_readv the agent reads strings with: none are read
+	// (inject.go, checkSeccomp; args.go, checkStrings).
+	noStrings string
 }
 
 // ctlStubRegion is a stub region Enable mapped for module mod; the bytes
@@ -178,6 +182,9 @@ func (s *Session) change(globs []string, enable bool, rules []ArgRule) (res Chan
 	}
 	for i := range fresh {
 		s.setCapture(&fresh[i], rules)
+	}
+	if err := s.checkStrings(fresh); err != nil {
+		return res, err
 	}
 	if len(idx) == 0 && len(fresh) == 0 {
 		return res, nil
