@@ -146,9 +146,11 @@ static void bench(void)
 	/* A capture writes 3 records: a quarter of the calls in all keeps
 	 * the buffer from filling. */
 	long nc = n / 4 / BENCH_REPS;
-	/* A string in this frame, next to the call: the page the agent has
-	 * proven readable by its own pushes (lt_stack_pages). */
-	char local[8];
+	/* A string in this frame, right above the calls' return address (at
+	 * the bottom of the frame: alloca), so that it is almost always in
+	 * the page the agent proves readable by its own pushes
+	 * (lt_stack_pages) whatever the stack's alignment. */
+	char *local = __builtin_alloca(16);
 	memcpy(local, "bob", 4);
 	__asm__ __volatile__("" : : "r"(local) : "memory");
 	uint64_t best[4] = {~0ull, ~0ull, ~0ull, ~0ull};
