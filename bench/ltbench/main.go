@@ -913,6 +913,9 @@ func (b *bench) checkGoals() {
 		if v, ok := b.get(m + ": cap_str-ns/call"); ok {
 			g(fmt.Sprintf("1 short string captured for <= +15 ns (%s)", m), v-tr <= 15, fmt.Sprintf("%+.1f ns (%.1f vs %.1f ns)", v-tr, v, tr))
 		}
+		if v, ok := b.get(m + ": cap_stack_str-ns/call"); ok {
+			g(fmt.Sprintf("1 short string in the caller's frame captured for <= +15 ns (%s)", m), v-tr <= 15, fmt.Sprintf("%+.1f ns (%.1f vs %.1f ns)", v-tr, v, tr))
+		}
 	}
 	for _, name := range []string{"lost, 1 thread(s) at full speed", "lost, 2 thread(s) at full speed", "lost, graph, 1 thread(s)", "lost, graph, 2 thread(s)"} {
 		if v, ok := b.get(name); ok {

@@ -211,26 +211,40 @@ func checkArgsOutputs(t *testing.T, rec string, graph bool, rounds int) {
 }
 
 // TestRecordStackFilters records the args fixture's call tree with -G
-// and --caller, in a NOP build and with relocating sites, and checks the
-// calls kept.
+// and --caller, in every site form and with relocating sites, and checks
+// the calls kept and, with -A, their exact values: a held-back entry
+// (--caller) carries the values its call had.
 func TestRecordStackFilters(t *testing.T) {
 	testtarget.RequireRoot(t)
 	bin := livetraceBinary(t)
 	const rounds = 3
+	q := regexp.QuoteMeta
 	for _, b := range []struct {
 		name string
+		form testtarget.Form
 		opts []testtarget.Option
-	}{{"clang-nop5", nil}, {"reloc", []testtarget.Option{testtarget.NoSites()}}} {
+	}{
+		{"clang-nop5", testtarget.ClangNop5, nil},
+		{"gcc-mcount", testtarget.GccMcount, nil},
+		{"gcc-sled", testtarget.GccSled, nil},
+		{"reloc", testtarget.ClangNop5, []testtarget.Option{testtarget.NoSites()}},
+	} {
 		for _, f := range []struct {
-			name  string
-			flags []string
-			want  map[string]int // calls in replay per function
+			name   string
+			flags  []string
+			want   map[string]int // calls in replay per function
+			values []string       // regexps replay must match rounds times each
 		}{
-			{"G", []string{"-G", "tree_mid"}, map[string]int{"tree_mid": rounds, "tree_leaf": rounds}},
-			{"caller", []string{"--caller", "tree_leaf"}, map[string]int{"tree_top": rounds, "tree_mid": rounds, "tree_leaf": 2 * rounds, "tree_other": rounds}},
+			{"G", []string{"-G", "tree_mid"}, map[string]int{"tree_mid": rounds, "tree_leaf": rounds}, nil},
+			{"caller", []string{"--caller", "tree_leaf"}, map[string]int{"tree_top": rounds, "tree_mid": rounds, "tree_leaf": 2 * rounds, "tree_other": rounds}, nil},
+			{"G-args", []string{"-G", "tree_mid", "-A", "tree_*@arg1", "-R", "tree_*"}, map[string]int{"tree_mid": rounds, "tree_leaf": rounds},
+				[]string{q(`tree_mid(1) {`), q(`tree_leaf(1) = 2;`), q(`} = 3; /* tree_mid */`)}},
+			{"caller-args", []string{"--caller", "tree_leaf", "-A", "tree_*@arg1", "-A", "tree_other@arg1/s", "-R", "tree_*"},
+				map[string]int{"tree_top": rounds, "tree_mid": rounds, "tree_leaf": 2 * rounds, "tree_other": rounds},
+				[]string{q(`tree_top(1) {`), q(`tree_mid(1) {`), q(`tree_leaf(1) = 2;`), q(`tree_leaf(2) = 3;`), q(`tree_other(0x2) {`), q(`} = 5; /* tree_other */`)}},
 		} {
 			t.Run(b.name+"/"+f.name, func(t *testing.T) {
-				exe := testtarget.Build(t, testtarget.Args, testtarget.ClangNop5, b.opts...)
+				exe := testtarget.Build(t, testtarget.Args, b.form, b.opts...)
 				tp := testtarget.Start(t, exe)
 				if _, err := tp.Expect("ready", 10*time.Second); err != nil {
 					t.Fatal(err)
@@ -266,9 +280,17 @@ func TestRecordStackFilters(t *testing.T) {
 						got[r.Function] = r.Calls
 					}
 				}
+				replay, _, err := runCLI(t, "replay", "-i", out)
+				if err != nil {
+					t.Fatal(err)
+				}
 				if diff := cmp.Diff(f.want, got); diff != "" {
-					replay, _, _ := runCLI(t, "replay", "-i", out)
 					t.Errorf("calls recorded (-want +got):\n%s\n%s", diff, replay)
+				}
+				for _, v := range f.values {
+					if n := len(regexp.MustCompile(v).FindAllString(replay, -1)); n != rounds {
+						t.Errorf("replay has %d lines matching %s, want %d\n%s", n, v, rounds, replay)
+					}
 				}
 				testtarget.CheckText(t, tp.Pid())
 			})
@@ -493,5 +515,124 @@ func TestRecordStringMax(t *testing.T) {
 		if strings.Count(replay, w) != 1 {
 			t.Errorf("replay lacks %s:\n%s", w, replay)
 		}
+	}
+}
+
+// TestCtlEnableArgs records the args fixture with only tree_top traced
+// and the fixture's -A/-R specs, then adds every other function with
+// `ctl enable`: they capture what record's specs give them (the exact
+// values of TestRecordArgs), tree_leaf what ctl's own -A/-R give it, and
+// a spec that would change what a traced function captures is refused.
+// With -a, the added functions take their DWARF specs; with --caller,
+// the added functions are held back or record their callers as at the
+// start.
+func TestCtlEnableArgs(t *testing.T) {
+	testtarget.RequireRoot(t)
+	bin := livetraceBinary(t)
+	const rounds = 3
+	for _, c := range []struct {
+		name   string
+		form   testtarget.Form
+		opts   []testtarget.Option
+		graph  bool
+		auto   bool
+		caller bool
+	}{
+		{"clang-nop5/entry", testtarget.ClangNop5, nil, false, false, false},
+		{"clang-nop5/graph", testtarget.ClangNop5, nil, true, false, false},
+		{"gcc-sled/graph", testtarget.GccSled, nil, true, false, false},
+		{"reloc/graph", testtarget.ClangNop5, []testtarget.Option{testtarget.NoSites()}, true, false, false},
+		{"clang-nop5/auto", testtarget.ClangNop5, nil, true, true, false},
+		{"clang-nop5/caller", testtarget.ClangNop5, nil, true, false, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			tp := testtarget.Start(t, testtarget.Build(t, testtarget.Args, c.form, c.opts...))
+			if _, err := tp.Expect("ready", 10*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			pid := strconv.Itoa(tp.Pid())
+			out := filepath.Join(t.TempDir(), "rec.data")
+			args := []string{"record", "-p", pid, "-F", "tree_top", "-A", "tree_top@arg1", "-o", out}
+			switch {
+			case c.caller:
+				args = append(args, "--graph", "-F", "tree_leaf", "--caller", "tree_leaf", "-A", "tree_*@arg1")
+			case c.auto:
+				args = append(args, "--graph", "-a")
+			case c.graph:
+				args = append(append(append(args, "--graph"), argsSpecs...), argsRets...)
+			default:
+				args = append(args, argsSpecs...)
+			}
+			rec, stderr, said := startTracing(t, bin, args...)
+			defer rec.Process.Kill()
+			switch {
+			case c.caller:
+				// tree_leaf records its callers; the others are held
+				// back, and those of args_* never recorded.
+				mustCtl(t, "-p", pid, "enable", "tree_*", "args_*")
+			case c.auto:
+				mustCtl(t, "-p", pid, "enable", "args_*", "lookup_user")
+			default:
+				if _, err := ctlRun("-p", pid, "-A", "tree_top@arg1/x", "enable", "tree_leaf"); err == nil || !strings.Contains(err.Error(), "tree_top was traced before") {
+					t.Errorf("enable with a spec that changes a traced function: %v", err)
+				}
+				if _, err := ctlRun("-p", pid, "-A", "tree_leaf@arg9", "enable", "tree_leaf"); err == nil || !strings.Contains(err.Error(), "arg9") {
+					t.Errorf("enable with a bad spec: %v", err)
+				}
+				if _, err := ctlRun("-p", pid, "-A", "tree_leaf@arg1", "disable", "tree_top"); err == nil || !strings.Contains(err.Error(), "enable only") {
+					t.Errorf("disable with -A: %v", err)
+				}
+				if got := mustCtl(t, "-p", pid, "enable", "args_*", "lookup_user"); !strings.Contains(got, "lookup_user") {
+					t.Errorf("enable:\n%s", got)
+				}
+				leaf := []string{"-p", pid, "-A", "tree_leaf@arg1/x"}
+				if c.graph {
+					leaf = append(leaf, "-R", "tree_leaf")
+				}
+				mustCtl(t, append(leaf, "enable", "tree_leaf")...)
+			}
+			if err := tp.Send("run " + strconv.Itoa(rounds)); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tp.Expect("done ", 10*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			_ = rec.Process.Signal(syscall.SIGINT)
+			rest, _ := io.ReadAll(stderr)
+			if err := rec.Wait(); err != nil {
+				t.Fatalf("record: %v\n%s%s", err, said, rest)
+			}
+			replay, _, err := runCLI(t, "replay", "-i", out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			switch {
+			case c.caller:
+				for _, w := range []string{`tree_top(1) {`, `tree_mid(1) {`, `tree_leaf(1);`, `tree_other(2) {`, `tree_leaf(2);`} {
+					if n := strings.Count(replay, w); n != rounds {
+						t.Errorf("replay has %s %d times, want %d\n%s", w, n, rounds, replay)
+					}
+				}
+				if strings.Contains(replay, "args_") {
+					t.Errorf("replay has calls that no --caller function is below:\n%s", replay)
+				}
+			case c.auto:
+				for _, w := range []string{`args_ints(a=-42, b=-16, c=4000000000, x=48879, ch='Z', p=0x1234) = -58;`, `lookup_user(id=42, name="bob") = 47;`, `args_str(s="bob", n=3) = 6;`} {
+					if n := strings.Count(replay, w); n != rounds {
+						t.Errorf("replay has %s %d times, want %d\n%s", w, n, rounds, replay)
+					}
+				}
+			default:
+				checkArgsReplay(t, replay, c.graph, rounds)
+				want := `tree_leaf(0x1) <- `
+				if c.graph {
+					want = `tree_leaf(0x1) = 2;`
+				}
+				if n := strings.Count(replay, want); n != rounds {
+					t.Errorf("replay has %s %d times, want %d\n%s", want, n, rounds, replay)
+				}
+			}
+			testtarget.CheckText(t, tp.Pid())
+		})
 	}
 }

@@ -35,6 +35,10 @@ import (
 type ctlRequest struct {
 	Cmd   string   `json:"cmd"` // enable, disable, status, stop
 	Globs []string `json:"globs,omitempty"`
+	// Args and Rets are enable's -A and -R specs, as typed: the server
+	// parses them as record does (args.go).
+	Args []string `json:"args,omitempty"`
+	Rets []string `json:"rets,omitempty"`
 }
 
 // ctlReply is the server's answer.
@@ -230,7 +234,13 @@ func (c *ctlServer) handle(req ctlRequest) ctlReply {
 		var res session.ChangeResult
 		var err error
 		if req.Cmd == "enable" {
-			res, err = c.s.Enable(req.Globs)
+			var rules []session.ArgRule
+			rules, err = ctlArgRules(req.Args, req.Rets)
+			if err == nil {
+				res, err = c.s.EnableArgs(req.Globs, rules)
+			}
+		} else if len(req.Args) > 0 || len(req.Rets) > 0 {
+			err = errors.New("-A and -R go with enable only")
 		} else {
 			res, err = c.s.Disable(req.Globs)
 		}
@@ -272,9 +282,31 @@ func (c *ctlServer) status() *ctlStatus {
 	return st
 }
 
+// ctlArgRules parses enable's -A and -R specs.
+func ctlArgRules(args, rets []string) ([]session.ArgRule, error) {
+	var out []session.ArgRule
+	for _, a := range args {
+		r, err := parseArgRule(a, false)
+		if err != nil {
+			return nil, fmt.Errorf("parse -A %q: %w", a, err)
+		}
+		out = append(out, r)
+	}
+	for _, a := range rets {
+		r, err := parseArgRule(a, true)
+		if err != nil {
+			return nil, fmt.Errorf("parse -R %q: %w", a, err)
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
 // ctlOptions holds the flags of `livetrace ctl`.
 type ctlOptions struct {
 	pid    int
+	args   []string // enable -A
+	rets   []string // enable -R
 	stdout io.Writer
 }
 
@@ -291,6 +323,9 @@ livetrace may.
   enable GLOB...   start tracing the functions matching the shell globs, in
                    one patch batch; a function not selected at the start is
                    prepared now (-m still bounds the modules, -N does not)
+                   and captures what record's -A, -R and -a give it, plus
+                   the -A and -R specs given here; a function traced
+                   before keeps what it captured
   disable GLOB...  stop tracing the traced functions matching the globs;
                    their entries get their original bytes back
   status           the functions traced, events, lost events and mode
@@ -299,6 +334,7 @@ livetrace may.
 A glob that matches nothing is an error, and nothing changes. The recording
 keeps the time of every change (livetrace info lists them).`,
 		Example: `  livetrace ctl -p 1234 enable 'parse_*' lib_add
+  livetrace ctl -p 1234 -A 'lookup_*@arg1,arg2/s' -R 'lookup_*' enable 'lookup_*'
   livetrace ctl -p 1234 disable 'parse_*'
   livetrace ctl -p 1234 status
   livetrace ctl -p 1234 stop`,
@@ -324,10 +360,18 @@ keeps the time of every change (livetrace info lists them).`,
 			if o.pid <= 0 {
 				return errors.New("ctl: -p PID is required: the pid of the process a livetrace traces")
 			}
-			return o.run(ctlRequest{Cmd: args[0], Globs: args[1:]})
+			if (len(o.args) > 0 || len(o.rets) > 0) && args[0] != "enable" {
+				return fmt.Errorf("ctl %s: -A and -R go with enable only (the values a function it adds captures)", args[0])
+			}
+			if _, err := ctlArgRules(o.args, o.rets); err != nil {
+				return fmt.Errorf("ctl enable: %w", err)
+			}
+			return o.run(ctlRequest{Cmd: args[0], Globs: args[1:], Args: o.args, Rets: o.rets})
 		},
 	}
 	cmd.Flags().IntVarP(&o.pid, "pid", "p", 0, "the `PID` of the traced process")
+	cmd.Flags().StringArrayVarP(&o.args, "argument", "A", nil, "enable: record arguments of the added functions matching GLOB: `GLOB@arg1,arg2/s,...` (as record -A)")
+	cmd.Flags().StringArrayVarP(&o.rets, "retval", "R", nil, "enable: record the return value of the added functions matching GLOB (graph mode): `GLOB[@retval/FMT]` (as record -R)")
 	return cmd
 }
 

@@ -37,10 +37,35 @@ const (
 	maxSharedSize   = 1 << 40
 )
 
+// stubFast are the bits of a stub index that [StubIndex] sets for the
+// assembly fast paths.
+const stubFast = SpecArgs<<StubShift | StubRet
+
+// StubIndex returns the index the stub of site idx with spec loads
+// ([StubCode]): idx, and when spec is not 0 the [Capture] flag (the agent
+// reads the site's spec). When spec captures integer arguments and
+// nothing else but maybe the return value, the index also carries the
+// argument bits (<< [StubShift]) and [StubRet] for a return value: the
+// agent's fast paths (agent.S, .Le_cap and .Lg_cap) then write the
+// arguments without reading the site table.
+func StubIndex(idx, spec uint32) uint32 {
+	if spec == 0 || idx >= MaxSites {
+		return idx // StubCode refuses an index too large
+	}
+	idx |= Capture
+	if spec&^(SpecArgs|SpecRet|SpecRetFloat) == 0 && spec&SpecArgs != 0 {
+		idx |= (spec & SpecArgs) << StubShift
+		if spec&SpecRet != 0 {
+			idx |= StubRet
+		}
+	}
+	return idx
+}
+
 // StubCode returns the 16-byte stub for site index idx placed at stubAddr:
 // `mov $idx, %r11d; jmp target; int3...`. idx may carry the [Capture]
-// flag: the site has a spec ([Site.Spec]) and takes the agent's slow path,
-// which captures its arguments and return value; and the [Keep] flag: the
+// flag and the fast path's bits ([StubIndex]): the site has a spec
+// ([Site.Spec]), which the agent captures; and the [Keep] flag: the
 // relocation stub that calls the slot saved [KeepSave] bytes of registers
 // first, and every register must come back unchanged, at the entry and at
 // the hijacked return (lt_return_keep). target is lt_entry (base +
@@ -49,7 +74,7 @@ const (
 // not fit in the 22 bits of a record.
 func StubCode(idx uint32, stubAddr, target uint64) ([StubSize]byte, error) {
 	var b [StubSize]byte
-	if idx&^(Capture|Keep) >= MaxSites {
+	if x := idx &^ Keep; (x&Capture == 0 && x >= MaxSites) || x&^(Capture|stubFast) >= MaxSites {
 		return b, fmt.Errorf("encode stub for site %d: %w: at most %d sites per session", idx, ErrBadConfig, MaxSites)
 	}
 	rel := int64(target - (stubAddr + 11))

@@ -5,11 +5,13 @@ import (
 	"time"
 )
 
-// BenchmarkAgentCall runs the harness's self-timed loop: an untraced call,
-// a traced call (mode per sub-benchmark), a bare rdtsc, a pushfq/popfq
-// pair, a traced call capturing 2 integer arguments (cap_ints) and one
-// capturing a 3-byte string (cap_str), 1M iterations each, and reports ns
-// per iteration of each. Compare cap_ints and cap_str with traced.
+// BenchmarkAgentCall runs the harness's self-timed loops: an untraced
+// call, a bare rdtsc, a pushfq/popfq pair, a bare system call (getppid);
+// then, interleaved in 32 rounds (each reports its fastest), a traced call
+// (mode per sub-benchmark), one capturing 2 integer arguments (cap_ints),
+// one capturing a 3-byte string literal (cap_str) and one capturing a
+// 3-byte string in the caller's frame (cap_stack_str), and reports ns per
+// call of each. Compare the cap_ loops with traced.
 func BenchmarkAgentCall(b *testing.B) {
 	for _, m := range []struct {
 		name string
@@ -28,7 +30,7 @@ func BenchmarkAgentCall(b *testing.B) {
 			if r.ctrs.Lost != 0 {
 				b.Errorf("%d events lost: the numbers include the drop path", r.ctrs.Lost)
 			}
-			for _, k := range []string{"untraced", "traced", "rdtsc", "pushfq_popfq", "cap_ints", "cap_str"} {
+			for _, k := range []string{"untraced", "traced", "rdtsc", "pushfq_popfq", "cap_ints", "cap_str", "cap_stack_str", "syscall"} {
 				if v := r.result(k + "_ps"); len(v) == 1 {
 					b.ReportMetric(float64(v[0])/1000, k+"-ns/call")
 				}

@@ -307,12 +307,17 @@
 // # Captured values and filters
 //
 // A site with a spec ([Site.Spec]) has a stub that sets [Capture] in the
-// site index, and takes the C paths, which the fast paths of lt_entry and
-// lt_return leave at once for such a site. Argument bits make lt_on_entry
-// write the event, a DATA record and the payload as one group in one
-// chunk ([DataRecord]; docs/FORMAT.md documents the payload); SpecRet
-// makes lt_on_exit do the same with rax or xmm0. Strings are read after a
-// futex probe says the page is readable (docs/DESIGN-NOTES.md).
+// site index ([StubIndex]), which the fast paths of lt_entry and lt_return
+// test first. Argument bits make lt_on_entry write the event, a DATA
+// record and the payload as one group in one chunk ([DataRecord];
+// docs/FORMAT.md documents the payload); SpecRet makes lt_on_exit do the
+// same with rax or xmm0. A spec of integer arguments only (a return value
+// allowed) also puts its argument bits and [StubRet] in the stub's index,
+// and the assembly fast paths (.Le_cap, .Lg_cap) write its entry group
+// without reading the site table. Strings are copied by the kernel
+// (process_vm_readv on the thread itself), except those in the pages the
+// agent's own call touched on the thread's stack, which are read with
+// plain loads (docs/DESIGN-NOTES.md, "Reading strings").
 //
 // # Filters
 //
@@ -322,8 +327,10 @@
 // caller's entry (the top of the shadow stack) does not have it is
 // neither recorded nor hijacked. --caller: a SpecDefer site is hijacked
 // but its entry record is held back (LT_SHADOW_PENDING, with its time and
-// caller in lt_priv.pend); a SpecCaller site first emits the held-back
-// entries below it, oldest first. A frame whose entry was never emitted
+// caller in lt_priv.pend, and its values, read at the call, on the
+// thread's stack of held values, lt_priv.held); a SpecCaller site first
+// emits the held-back entries below it, oldest first, each with its
+// values. A frame whose entry was never emitted
 // gets no exit either. Events are decided in the agent, so that the
 // calls not kept cost no buffer space.
 //

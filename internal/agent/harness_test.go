@@ -201,10 +201,7 @@ func runHarness(t testing.TB, o runOpts) *run {
 	cfg := Config{Chunks: o.chunks, ChunkRecords: o.chunkRecords, StringMax: 32}
 	for i, s := range r.sites {
 		sa := stubs + uint64(i)*StubSize
-		idx := uint32(i)
-		if o.specs[s.name] != 0 {
-			idx |= Capture
-		}
+		idx := StubIndex(uint32(i), o.specs[s.name])
 		b, err := StubCode(idx, sa, addrs.Entry)
 		if errors.Is(err, ErrOutOfReach) {
 			b, err = StubCode(idx, sa, board)

@@ -21,25 +21,25 @@ const (
 	// ReturnKeepOff is the offset from the agent's base of lt_return_keep, the hijacked return address of a keep site's frame (agent.Keep).
 	ReturnKeepOff = 0x950
 	// SigtrapOff is the offset from the agent's base of lt_sigtrap, the SIGTRAP backstop handler (SA_SIGINFO).
-	SigtrapOff = 0x2c50
+	SigtrapOff = 0x2c80
 	// RestorerOff is the offset from the agent's base of lt_restorer, the SA_RESTORER for lt_sigtrap.
 	RestorerOff = 0x9b0
 	// RemoteOff is the offset from the agent's base of lt_remote, `syscall; int3`: where the tracer runs remote system calls once the agent is in.
 	RemoteOff = 0x9c0
 	// HookRaiseOff is the offset from the agent's base of lt_hook_raise, which runs in place of _Unwind_RaiseException in graph mode.
-	HookRaiseOff = 0x3280
+	HookRaiseOff = 0x35c0
 	// HookResumeOrRethrowOff is the offset from the agent's base of lt_hook_resume_or_rethrow, which runs in place of _Unwind_Resume_or_Rethrow in graph mode.
-	HookResumeOrRethrowOff = 0x32c0
+	HookResumeOrRethrowOff = 0x3600
 	// HookBeginCatchOff is the offset from the agent's base of lt_hook_begin_catch, which runs in place of __cxa_begin_catch in graph mode.
-	HookBeginCatchOff = 0x3300
+	HookBeginCatchOff = 0x3640
 	// HookLongjmpOff is the offset from the agent's base of lt_hook_longjmp, which runs in place of longjmp in graph mode.
-	HookLongjmpOff = 0x3340
+	HookLongjmpOff = 0x3680
 	// HookLongjmpUOff is the offset from the agent's base of lt_hook__longjmp, which runs in place of _longjmp in graph mode.
-	HookLongjmpUOff = 0x3380
+	HookLongjmpUOff = 0x36c0
 	// HookSiglongjmpOff is the offset from the agent's base of lt_hook_siglongjmp, which runs in place of siglongjmp in graph mode.
-	HookSiglongjmpOff = 0x33c0
+	HookSiglongjmpOff = 0x3700
 	// HookLongjmpChkOff is the offset from the agent's base of lt_hook_longjmp_chk, which runs in place of __longjmp_chk in graph mode.
-	HookLongjmpChkOff = 0x3400
+	HookLongjmpChkOff = 0x3740
 	// CtlOff is the offset from the agent's base of the control page (MADV_WIPEONFORK).
 	CtlOff = 0x4000
 	// CtlSize is the size of the control page (MADV_WIPEONFORK).
@@ -47,9 +47,9 @@ const (
 	// PrivOff is the offset from the agent's base of the private region (thread table, shadow stacks).
 	PrivOff = 0x5000
 	// PrivSize is the size of the private region (thread table, shadow stacks).
-	PrivSize = 0x5041000
+	PrivSize = 0x9041000
 	// SharedOff is the offset from the agent's base of the shared memfd.
-	SharedOff = 0x5046000
+	SharedOff = 0x9046000
 	// Magic is LT_MAGIC from agent.h.
 	Magic = 0x4c544147
 	// Version is LT_VERSION from agent.h.
@@ -134,6 +134,12 @@ const (
 	KeepSave = 0x50
 	// ShadowKeep is LT_SHADOW_KEEP from agent.h.
 	ShadowKeep = 0x8
+	// StubShift is LT_STUB_SHIFT from agent.h.
+	StubShift = 0x16
+	// StubRet is LT_STUB_RET from agent.h.
+	StubRet = 0x10000000
+	// HeldBytes is LT_HELD_BYTES from agent.h.
+	HeldBytes = 0x4000
 	// SizeofChunkHdr is sizeof(struct lt_chunk_hdr).
 	SizeofChunkHdr = 0x40
 	// ChunkHdrStateOff is the offset of state in struct lt_chunk_hdr.
@@ -199,7 +205,7 @@ const (
 	// OwnerHooksOff is the offset of hooks in struct lt_owner.
 	OwnerHooksOff = 0x438
 	// SizeofPriv is sizeof(struct lt_priv).
-	SizeofPriv = 0x5041000
+	SizeofPriv = 0x9041000
 	// PrivOldSigtrapOff is the offset of old_sigtrap in struct lt_priv.
 	PrivOldSigtrapOff = 0x0
 	// PrivRemoteOff is the offset of remote in struct lt_priv.
@@ -214,6 +220,8 @@ const (
 	PrivShadowOff = 0x41000
 	// PrivPendOff is the offset of pend in struct lt_priv.
 	PrivPendOff = 0x3041000
+	// PrivHeldOff is the offset of held in struct lt_priv.
+	PrivHeldOff = 0x5041000
 	// SizeofRange is sizeof(struct lt_range).
 	SizeofRange = 0x10
 	// RangeAddrOff is the offset of addr in struct lt_range.

@@ -3,9 +3,13 @@ package session
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
+	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/livetrace/livetrace/internal/agent"
+	"github.com/livetrace/livetrace/internal/testtarget"
 	"github.com/livetrace/livetrace/internal/tracefile"
 )
 
@@ -79,4 +83,41 @@ func TestDeliverData(t *testing.T) {
 	if n := s.badRecords.Load(); n < 4 {
 		t.Errorf("%d corrupt, want at least 4", n)
 	}
+}
+
+// TestSeccompStrings: a target whose seccomp filter kills on
+// process_vm_readv, with which the agent reads string arguments. A
+// recording that asks for strings is refused up front (ErrSeccomp), one
+// that does not is traced with string_max 0 (the agent never makes the
+// call), and Enable of a function with a string spec is refused; the
+// target stays alive and intact throughout.
+func TestSeccompStrings(t *testing.T) {
+	exe := buildHostile(t)
+	tp := startHostile(t, exe, "seccomp=process_vm_readv:kill")
+	hostileAlive(t, tp)
+	before := testtarget.TakeSnapshot(t, tp.Pid())
+	str := []ArgRule{{Glob: "hot_*", Args: []tracefile.ArgSpec{{Reg: 1, Format: tracefile.FormatString}}}}
+	_, err := Start(tp.Pid(), Options{Funcs: []string{"hot_*"}, Output: filepath.Join(t.TempDir(), "rec.data"), Args: str})
+	if !errors.Is(err, ErrSeccomp) || !strings.Contains(err.Error(), "process_vm_readv") {
+		t.Fatalf("start with a string spec: %v, want ErrSeccomp naming process_vm_readv", err)
+	}
+	hostileAlive(t, tp)
+	s, err := Start(tp.Pid(), Options{Funcs: []string{"hot_leaf"}, Output: filepath.Join(t.TempDir(), "rec.data"),
+		Args: []ArgRule{{Glob: "hot_*", Args: []tracefile.ArgSpec{{Reg: 1, Format: tracefile.FormatHex}}}}})
+	if err != nil {
+		t.Fatalf("start with an integer spec: %v", err)
+	}
+	if n := s.stringMax(); n != 0 {
+		t.Errorf("string_max %d, want 0", n)
+	}
+	if _, err := s.EnableArgs([]string{"hot_mid"}, []ArgRule{{Glob: "hot_mid", Args: str[0].Args}}); !errors.Is(err, ErrSeccomp) {
+		t.Errorf("enable with a string spec: %v, want ErrSeccomp", err)
+	}
+	hostileAlive(t, tp)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	hostileAlive(t, tp)
+	testtarget.CheckText(t, tp.Pid())
+	before.CheckSame(t, tp.Pid())
 }

@@ -43,9 +43,16 @@ const spareSites = 4096
 // record holds at most agent.MaxStubRegions).
 const ctlStubBytes = 64 << 10
 
-// ctlState is what Enable keeps between calls; guarded by Session.ctlMu.
+// ctlState is what Enable keeps between calls; guarded by Session.ctlMu
+// (written without it only by Start, before anything runs concurrently).
 type ctlState struct {
 	regions []ctlStubRegion
+	// auto caches record -a's DWARF specs by module (args.go, autoOf).
+	auto map[int]autoModule
+	// noStrings, when set, is what the target's seccomp filter does on
+	// the process_vm_readv the agent reads strings with: none are read
+	// (inject.go, checkSeccomp; args.go, checkStrings).
+	noStrings string
 }
 
 // ctlStubRegion is a stub region Enable mapped for module mod; the bytes
@@ -75,17 +82,27 @@ type ChangeResult struct {
 // the start (-N) are enabled when named; -m still bounds the modules.
 // Enable is safe for concurrent use, and while the consumer polls.
 func (s *Session) Enable(globs []string) (ChangeResult, error) {
-	return s.change(globs, true)
+	return s.change(globs, true, nil)
+}
+
+// EnableArgs is Enable, and the functions it prepares capture the values
+// rules name too (ctl enable -A/-R), on top of the session's own specs
+// (record -A, -R, -a), which apply to every function Enable prepares as at
+// the start. A function prepared before keeps what it captures (its stub
+// says whether it captures): a rule that would change it is an error, and
+// nothing changes.
+func (s *Session) EnableArgs(globs []string, rules []ArgRule) (ChangeResult, error) {
+	return s.change(globs, true, rules)
 }
 
 // Disable stops tracing the functions whose name matches one of globs, in
 // one patch batch: their sites get their original bytes back. A glob that
 // matches no traced function is an error, and nothing changes.
 func (s *Session) Disable(globs []string) (ChangeResult, error) {
-	return s.change(globs, false)
+	return s.change(globs, false, nil)
 }
 
-func (s *Session) change(globs []string, enable bool) (res ChangeResult, err error) {
+func (s *Session) change(globs []string, enable bool, rules []ArgRule) (res ChangeResult, err error) {
 	if len(globs) == 0 {
 		return res, errors.New("no function pattern given: name the functions with shell globs")
 	}
@@ -157,6 +174,17 @@ func (s *Session) change(globs []string, enable bool) (res ChangeResult, err err
 			}
 			return res, fmt.Errorf("%w %q in process %d%s: see livetrace list -p %d for the functions it has", ErrNoMatch, g, s.pid, within, s.pid)
 		}
+	}
+	if len(rules) > 0 {
+		if err := s.checkEnableRules(rules); err != nil {
+			return res, err
+		}
+	}
+	for i := range fresh {
+		s.setCapture(&fresh[i], rules)
+	}
+	if err := s.checkStrings(fresh); err != nil {
+		return res, err
 	}
 	if len(idx) == 0 && len(fresh) == 0 {
 		return res, nil
@@ -329,7 +357,7 @@ func (s *Session) prepare(fresh []selected) ([]int, error) {
 	}
 	sites := make([]agent.Site, len(fresh))
 	for i, x := range fresh {
-		sites[i] = agent.Site{Addr: x.addr, Target: x.stub, Len: uint32(len(x.orig))}
+		sites[i] = agent.Site{Addr: x.addr, Target: x.stub, Len: uint32(len(x.orig)), Spec: x.capture.spec}
 		copy(sites[i].Orig[:], x.orig)
 		if x.plan != nil {
 			sites[i].Len = uint32(x.plan.Len)
@@ -388,7 +416,7 @@ func (s *Session) writeStubs(fresh []selected, base int) error {
 		slot, reloc := at, at+agent.StubSize*uint64(len(idx))
 		for _, i := range idx {
 			x := &fresh[i]
-			sidx := keepIndex(uint32(base+i), x.keep)
+			sidx := keepIndex(agent.StubIndex(uint32(base+i), x.capture.spec), x.keep)
 			stub, err := agent.StubCode(sidx, slot, entry)
 			if err != nil {
 				stub, err = agent.StubCode(sidx, slot, rg.addr) // the springboard

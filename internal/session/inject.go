@@ -927,6 +927,15 @@ func (s *Session) checkSeccomp() error {
 			return fmt.Errorf("trace pid %d: %w: it would %s on %s, which livetrace must make inside the process; allow it in the process's seccomp policy to trace it", pid, ErrSeccomp, proc.SeccompActionName(a), u.name)
 		}
 	}
+	// The agent reads string arguments (/s) with process_vm_readv
+	// (agent.c, lt_copy): with a filter that refuses it, the agent is
+	// told to read none (args.go, noStrings) and never calls it.
+	if a, no := refused(sysUse{"process_vm_readv", unix.SYS_PROCESS_VM_READV, [6]uint64{uint64(pid), 1, 1, 1, 1, 0}}); no {
+		s.ctl.noStrings = proc.SeccompActionName(a)
+		if err := s.checkStrings(s.sel); err != nil {
+			return fmt.Errorf("trace pid %d: %w", pid, err)
+		}
+	}
 	for i, u := range membarrierUses {
 		a, no := refused(u)
 		if !no {

@@ -84,13 +84,13 @@
 	cmovne \tmp32, \delta32
 .endm
 
-/* CAPARG bit, off: when spec (r10d) has bit, store the saved register at
- * off(%rsp) at rax and advance rax. */
-.macro CAPARG bit, off
-	test $(1 << \bit), %r10d
+/* CAPARG bit, off, bits, tmp: when the argument bits have bit, store the
+ * saved register at off(%rsp) at rax and advance rax. */
+.macro CAPARG bit, off, bits, tmp
+	test $(1 << \bit), \bits
 	jz 1f
-	mov \off(%rsp), %rdx
-	mov %rdx, (%rax)
+	mov \off(%rsp), \tmp
+	mov \tmp, (%rax)
 	add $8, %rax
 1:
 .endm
@@ -221,98 +221,121 @@ lt_entry:
 	/*
 	 * Entry-only fast path of a site whose spec captures integer
 	 * arguments only: the entry record, its DATA record and one u64
-	 * per argument, as lt_emit_data writes them, when the group fits in
-	 * the chunk without filling it. Everything else (strings, filters,
-	 * no chunk, another probe, busy) goes to lt_on_entry before any state
-	 * is changed. The registers are saved as lt_on_entry reads them.
+	 * per argument, as lt_emit_data writes them. The stub's index
+	 * carries the spec's argument bits (<< LT_STUB_SHIFT; none: the C
+	 * path), so that the site table is not read. Everything else (no
+	 * such bits, no chunk, a group that would leave less than 3 records
+	 * of the chunk, another probe, busy) goes to lt_on_entry before any
+	 * state is changed, with the registers saved as it reads them.
 	 */
 .Le_cap:
 	push %r8
-	push %r9
-	push %r10
-	/* 64(%rsp): site+5, 72(%rsp): the caller's return address;
-	 * rdi 24, rsi 32, rdx 48, rcx 40, r8 16, r9 8 (%rsp) */
-	mov %r11d, %eax
-	and $LT_A_SITE_MASK, %eax
-	cmp lt_shared+LT_A_NSITES(%rip), %rax
-	jae .Lc_slow
-	imul $LT_A_SIZEOF_SITE, %rax, %rax
-	add lt_shared+LT_A_SITE_OFF(%rip), %rax
-	lea lt_shared(%rip), %rdx
-	mov LT_A_SITE_SPEC(%rdx,%rax), %r10d
-	test $LT_A_SPEC_SLOW, %r10d
-	jnz .Lc_slow			/* strings, filters */
-	and $0x3f, %r10d		/* the argument bits */
-	jz .Lc_slow
+	/* r8 0, rdi 8, rsi 16, rcx 24, rdx 32, rax 40 (%rsp); 48: site+5,
+	 * 56: the caller's return address; r9 in its register */
+	mov %r11d, %ecx
+	shr $LT_A_STUB_SHIFT, %ecx
+	and $0x3f, %ecx			/* the argument bits */
+	jz .Lc_slow1
 	mov %fs:0, %rax
-	THREAD_SLOT %rax, %rsi, %rcx
+	THREAD_SLOT %rax, %rsi, %rdx
 	cmp %rax, LT_A_T_KEY(%rsi)
-	jne .Lc_slow
+	jne .Lc_slow1
 	cmpq $0, LT_A_T_BUSY(%rsi)
-	jne .Lc_slow
-	lea 64(%rsp), %rax
+	jne .Lc_slow1
+	lea 48(%rsp), %rax
 	mov %rax, LT_A_T_BUSY(%rsi)
-	lea lt_popcount6(%rip), %rax
-	movzbl (%rax,%r10), %r8d	/* n: arguments captured */
-	lea 1(%r8), %ecx
-	shr $1, %ecx
-	add $2, %ecx			/* records in the group */
 	mov LT_A_T_CHUNK(%rsi), %rdi
 	test %rdi, %rdi
-	jz .Lc_unbusy
-	mov LT_A_T_POS(%rsi), %edx
-	add %edx, %ecx			/* the position after the group */
-	cmp lt_shared+LT_A_CHUNK_RECORDS(%rip), %ecx
-	jae .Lc_unbusy			/* it would fill the chunk: publish in C */
-	mov 72(%rsp), %rax
-	lea lt_return(%rip), %r9
-	cmp %r9, %rax
-	je .Lc_unbusy
-	lea lt_return_keep(%rip), %r9
-	cmp %r9, %rax
-	je .Lc_unbusy
-	sub 64(%rsp), %rax
+	jz .Lc_unbusy1
+	lea lt_popcount6(%rip), %rax
+	movzbl (%rax,%rcx), %r8d	/* n: arguments captured */
+	lea 11(%r8), %edx
+	shr $1, %edx			/* the group's records (2 + ceil(n/2)), + 3 */
+	add LT_A_T_POS(%rsi), %edx
+	cmp lt_shared+LT_A_CHUNK_RECORDS(%rip), %edx
+	jae .Lc_unbusy1			/* keep 3 records after the group: see the payload */
+	lea lt_return(%rip), %rax
+	cmp %rax, 56(%rsp)
+	je .Lc_unbusy1			/* hijacked while graph was set */
+	lea lt_return_keep(%rip), %rax
+	cmp %rax, 56(%rsp)
+	je .Lc_unbusy1
+	lea 0(,%r8,8), %eax		/* payload bytes */
+	shl $32, %rax
+	or %rax, %rcx			/* DATA tsc: spec | bytes << 32 */
+	mov 56(%rsp), %rax
+	sub 48(%rsp), %rax
 	add $5, %rax			/* caller's return - site */
-	CALLER_LOW %rax, %eax, %r9, %r9d
+	CALLER_LOW %rax, %eax, %rdi, %edi
 	and $LT_A_SITE_MASK, %r11d
 	or $0x40000000, %r11d		/* kind ENTRY << 30, depth 0 */
 	shl $32, %r11
 	or %rax, %r11			/* meta */
+	mov LT_A_T_CHUNK(%rsi), %rdi
 	lea lt_shared(%rip), %rax
 	add %rax, %rdi			/* the chunk header */
-	shl $4, %rdx
-	lea LT_A_CHUNK_HDR(%rdi,%rdx), %r9 /* the group's first record */
 	rdtsc
 	shl $32, %rdx
 	or %rdx, %rax
-	mov %rax, 0(%r9)
-	mov %r11, 8(%r9)
-	lea 0(,%r8,8), %eax		/* payload bytes */
-	mov %eax, %edx
-	shl $32, %rdx
-	or %r10, %rdx
-	mov %rdx, 16(%r9)		/* DATA: spec | bytes << 32 */
-	mov $3, %edx
-	shl $62, %rdx
-	or %rax, %rdx
-	mov %rdx, 24(%r9)		/* DATA: kind << 62 | bytes */
-	lea 32(%r9), %rax
-	CAPARG 0, 24
-	CAPARG 1, 32
-	CAPARG 2, 48
-	CAPARG 3, 40
-	CAPARG 4, 16
-	CAPARG 5, 8
-	test $1, %r8d
-	jz 3f
-	movq $0, (%rax)			/* pad the last record */
-3:
+	mov LT_A_T_POS(%rsi), %edx
+	shl $4, %rdx
+	add %rdi, %rdx			/* the group's first record is at rdx + 64 */
+	mov %rax, LT_A_CHUNK_HDR(%rdx)
+	mov %r11, LT_A_CHUNK_HDR+8(%rdx)
+	mov %rcx, LT_A_CHUNK_HDR+16(%rdx)
+	lea 0(,%r8,8), %r11d
+	bts $62, %r11
+	bts $63, %r11
+	mov %r11, LT_A_CHUNK_HDR+24(%rdx) /* DATA meta: kind << 62 | bytes */
+	lea 1(%rcx), %eax
+	test %eax, %ecx
+	jnz .Lc_sparse			/* not arg1..argN */
+	/*
+	 * Arguments 1..n: all six registers are stored, branch-free; those
+	 * past the n-th land in the padding (then zeroed) or in the 3 records
+	 * after the group, which count does not cover and the next event
+	 * overwrites.
+	 */
+	mov 8(%rsp), %rax
+	mov %rax, LT_A_CHUNK_HDR+32(%rdx)
+	mov 16(%rsp), %rax
+	mov %rax, LT_A_CHUNK_HDR+40(%rdx)
+	mov 32(%rsp), %rax
+	mov %rax, LT_A_CHUNK_HDR+48(%rdx)
+	mov 24(%rsp), %rax
+	mov %rax, LT_A_CHUNK_HDR+56(%rdx)
+	mov 0(%rsp), %rax
+	mov %rax, LT_A_CHUNK_HDR+64(%rdx)
+	mov %r9, LT_A_CHUNK_HDR+72(%rdx)
+	movq $0, LT_A_CHUNK_HDR+32(%rdx,%r8,8) /* the padding of an odd n */
+.Lc_publish:
+	lea 5(%r8), %ecx
+	shr $1, %ecx
+	add LT_A_T_POS(%rsi), %ecx	/* the position after the group */
 	mov %ecx, LT_A_T_POS(%rsi)
 	mov %ecx, LT_A_C_COUNT(%rdi)	/* after the group (x86 TSO) */
 	movq $0, LT_A_T_BUSY(%rsi)
-	jmp .Lc_pop3
-.Lc_unbusy:
+	pop %r8
+	jmp .Le_pop5
+.Lc_sparse:
+	lea LT_A_CHUNK_HDR+32(%rdx), %rax
+	CAPARG 0, 8, %ecx, %r11
+	CAPARG 1, 16, %ecx, %r11
+	CAPARG 2, 32, %ecx, %r11
+	CAPARG 3, 24, %ecx, %r11
+	CAPARG 4, 0, %ecx, %r11
+	test $32, %ecx
+	jz 1f
+	mov %r9, (%rax)
+	add $8, %rax
+1:
+	movq $0, (%rax)			/* the padding of an odd n (or past the group) */
+	jmp .Lc_publish
+.Lc_unbusy1:
 	movq $0, LT_A_T_BUSY(%rsi)
+.Lc_slow1:
+	push %r9
+	push %r10
 	jmp .Lc_slow
 
 .Lgraph_entry:
@@ -426,18 +449,11 @@ lt_entry:
 	push %r10
 	/* 64(%rsp): site+5, 72(%rsp): the return slot; the registers as
 	 * lt_on_entry reads them */
-	mov %r11d, %eax
-	and $LT_A_SITE_MASK, %eax
-	cmp lt_shared+LT_A_NSITES(%rip), %rax
-	jae .Lc_slow
-	imul $LT_A_SIZEOF_SITE, %rax, %rax
-	add lt_shared+LT_A_SITE_OFF(%rip), %rax
-	lea lt_shared(%rip), %rdx
-	mov LT_A_SITE_SPEC(%rdx,%rax), %r10d
-	test $LT_A_SPEC_SLOW, %r10d
-	jnz .Lc_slow
+	mov %r11d, %r10d
+	shr $LT_A_STUB_SHIFT, %r10d
+	and $0x7f, %r10d		/* the stub's argument bits, 0x40: LT_STUB_RET */
 	test $0x3f, %r10d
-	jz .Lc_slow
+	jz .Lc_slow			/* strings, filters: C */
 	mov %fs:0, %rax
 	THREAD_SLOT %rax, %rsi, %rcx
 	cmp %rax, LT_A_T_KEY(%rsi)
@@ -490,7 +506,8 @@ lt_entry:
 	mov %r9, LT_A_SH_ORIG(%rdx)
 	mov %rax, LT_A_SH_SLOT(%rdx)
 	mov %r11d, %eax
-	test $LT_A_SPEC_RET, %r10d
+	and $(LT_A_SITE_MASK | LT_A_CAPTURE), %eax /* not the stub's bits */
+	test $0x40, %r10d
 	jnz 4f
 	and $~LT_A_CAPTURE, %eax	/* the exit needs no C */
 4:
@@ -539,12 +556,12 @@ lt_entry:
 	or %rax, %rdx
 	mov %rdx, 24(%r9)
 	lea 32(%r9), %rax
-	CAPARG 0, 24
-	CAPARG 1, 32
-	CAPARG 2, 48
-	CAPARG 3, 40
-	CAPARG 4, 16
-	CAPARG 5, 8
+	CAPARG 0, 24, %r10d, %rdx
+	CAPARG 1, 32, %r10d, %rdx
+	CAPARG 2, 48, %r10d, %rdx
+	CAPARG 3, 40, %r10d, %rdx
+	CAPARG 4, 16, %r10d, %rdx
+	CAPARG 5, 8, %r10d, %rdx
 	test $1, %r8d
 	jz 3f
 	movq $0, (%rax)

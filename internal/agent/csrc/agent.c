@@ -16,6 +16,9 @@ HIDDEN struct lt_shared_hdr lt_shared __attribute__((section(".bss.lt_shared"), 
 
 #define OFF(t, f) __builtin_offsetof(struct t, f)
 _Static_assert(OFF(lt_priv, threads) == LT_A_THREADS, "LT_A_THREADS");
+_Static_assert(LT_STUB_SHIFT == LT_A_STUB_SHIFT, "LT_A_STUB_SHIFT");
+_Static_assert((LT_SPEC_ARGS << LT_STUB_SHIFT | LT_STUB_RET) < LT_CAPTURE && (LT_MAX_SITES - 1) < 1u << LT_STUB_SHIFT, "stub index bits");
+_Static_assert(LT_STUB_RET == 1 << (LT_STUB_SHIFT + 6), "LT_STUB_RET follows the argument bits (agent.S, .Lg_cap)");
 _Static_assert(OFF(lt_priv, shadow) == LT_A_SHADOW, "LT_A_SHADOW");
 _Static_assert(sizeof(struct lt_thread) == 1 << LT_A_THREAD_SHIFT, "LT_A_THREAD_SHIFT");
 _Static_assert(1ull << (64 - LT_A_HASH_SHIFT) == LT_MAX_THREADS, "LT_A_HASH_SHIFT");
@@ -92,6 +95,7 @@ void lt_sigtrap(int sig, void *si, void *uc) HIDDEN;
 #define FUTEX_WAIT_PRIVATE 128
 #define EAGAIN 11
 #define EFAULT 14
+#define SYS_process_vm_readv 310
 #define ETIMEDOUT 110
 #define SIGTRAP 5
 #define SIG_BLOCK 0
@@ -392,49 +396,87 @@ static u32 lt_spec(u32 idx)
 	return s[idx].spec;
 }
 
+/* struct lt_iovec is the kernel's struct iovec. */
+struct lt_iovec {
+	u64 base;
+	u64 len;
+};
+
 /*
- * lt_readable reports whether the byte at addr can be read, without
- * touching it: futex(FUTEX_WAIT) on the aligned word at addr reads that
- * word in the kernel and fails with EFAULT when it is not mapped or not
- * readable. It is given a value the word is unlikely to hold, so that it
- * returns EAGAIN at once (an equal word waits out the zero timeout). A
- * kernel or seccomp policy that refuses futex answers no.
+ * lt_copy copies up to n bytes from src to dst through the kernel:
+ * process_vm_readv on the calling thread itself (same thread group: no
+ * ptrace check applies). It returns the bytes copied, fewer when src runs
+ * into a page that is not readable, or a negative errno (EFAULT: src is
+ * not readable; anything else, a seccomp policy for one, counts as not
+ * readable too). The kernel takes the faults: a page another thread
+ * unmaps meanwhile can never fault the target, which a check followed by
+ * a plain load cannot promise (docs/DESIGN-NOTES.md, "Reading strings").
  */
-static int lt_readable(u64 addr)
+static long lt_copy(const struct lt_thread *t, u8 *dst, u64 src, u32 n)
 {
-	struct lt_timespec zero = {0, 0};
-	long r = sys4(SYS_futex, (long)(addr & ~3ull), FUTEX_WAIT_PRIVATE, 0x4c54a5c3, (long)&zero);
-	return r == -EAGAIN || r == -ETIMEDOUT;
+	struct lt_iovec l = {(u64)dst, n}, r = {src, n};
+	register long r10 __asm__("r10") = (long)&r;
+	register long r8 __asm__("r8") = 1;
+	register long r9 __asm__("r9") = 0;
+	long ret;
+	__asm__ __volatile__("syscall"
+			     : "=a"(ret)
+			     : "a"(SYS_process_vm_readv), "D"((long)t->tid), "S"((long)&l), "d"(1L), "r"(r10), "r"(r8), "r"(r9)
+			     : "rcx", "r11", "memory");
+	return ret;
 }
 
 /*
- * lt_readstr copies the string at ptr, at most max bytes, to dst and
- * returns its length byte: the bytes copied before the NUL, with
- * LT_STR_TRUNC when there was no NUL within them, or LT_STR_BAD when ptr
- * is not readable. It never touches a page before lt_readable has said
- * it is readable: one system call per page the string spans (usually
- * one), measured against the alternatives in docs/DESIGN-NOTES.md
- * ("Reading strings"). A string that runs into a page that is not
- * readable is cut there.
+ * lt_readstr copies the string at ptr, at most max bytes, to dst (which
+ * has room for max) and returns its length byte: the bytes before the
+ * NUL, with LT_STR_TRUNC when there was no NUL within them (or the string
+ * runs into a page that is not readable: it is cut there), or LT_STR_BAD
+ * when ptr is not readable.
+ *
+ * [lo, hi) are pages this very call of the agent has touched: those of
+ * the registers lt_entry pushed and of the return address it read
+ * (lt_stack_pages). They cannot be gone without this thread faulting on
+ * its own stack first, so a string in them (a buffer in the caller's
+ * frame, near the call) is read with plain loads. Any other byte is
+ * copied by the kernel (lt_copy), one system call per string.
  */
-static u8 lt_readstr(u64 ptr, u8 *dst, u32 max)
+static u8 lt_readstr(const struct lt_thread *t, u64 ptr, u8 *dst, u32 max, u64 lo, u64 hi)
 {
-	if (max == 0 || ptr < 4096 || !lt_readable(ptr))
+	if (max == 0 || ptr < 4096)
 		return LT_STR_BAD;
-	const volatile u8 *src = (const volatile u8 *)ptr;
-	u64 page_end = (ptr | 4095) + 1;
-	for (u32 i = 0; i < max; i++) {
-		if (ptr + i == page_end) {
-			if (page_end == 0 || !lt_readable(page_end))
-				return (u8)i | LT_STR_TRUNC;
-			page_end += 4096;
+	u32 n = 0;
+	if (ptr >= lo && ptr < hi) {
+		const volatile u8 *src = (const volatile u8 *)ptr;
+		u32 lim = hi - ptr < max ? (u32)(hi - ptr) : max;
+		for (; n < lim; n++) {
+			u8 c = src[n];
+			if (c == 0)
+				return (u8)n;
+			dst[n] = c;
 		}
-		u8 c = src[i];
-		if (c == 0)
-			return (u8)i;
-		dst[i] = c;
+		if (n == max)
+			return (u8)max | LT_STR_TRUNC;
 	}
-	return (u8)max | LT_STR_TRUNC;
+	long got = lt_copy(t, dst + n, ptr + n, max - n);
+	if (got <= 0)
+		return n ? (u8)n | LT_STR_TRUNC : LT_STR_BAD;
+	u32 end = n + (u32)got;
+	for (u32 i = n; i < end; i++)
+		if (dst[i] == 0)
+			return (u8)i;
+	return (u8)end | LT_STR_TRUNC;
+}
+
+/*
+ * lt_stack_pages sets [*lo, *hi) to the pages from what lt_entry pushed
+ * below sp (8 registers, then lt_on_entry's return address: 9 words) to
+ * the two words at sp (site+5, the return address): this call has just
+ * written or read each of them, and the pages between are this stack's.
+ */
+static inline void lt_stack_pages(const u64 *sp, u64 *lo, u64 *hi)
+{
+	*lo = ((u64)sp - 9 * 8) & ~4095ull;
+	*hi = (((u64)sp + 2 * 8 - 1) | 4095) + 1;
 }
 
 /*
@@ -456,6 +498,8 @@ static u32 lt_args(const struct lt_thread *t, u32 spec, const u64 *sp, u8 *buf)
 	u32 max = (u32)lt_shared.string_max;
 	if (max > LT_STRING_MAX)
 		max = LT_STRING_MAX;
+	u64 lo, hi;
+	lt_stack_pages(sp, &lo, &hi);
 	for (int i = 0; i < 6; i++) {
 		if (!(spec & (1u << i)))
 			continue;
@@ -466,7 +510,7 @@ static u32 lt_args(const struct lt_thread *t, u32 spec, const u64 *sp, u8 *buf)
 	for (int i = 0; i < 6; i++) {
 		if (!(spec & (1u << i)) || !(spec & (1u << (LT_SPEC_STR_SHIFT + i))))
 			continue;
-		u8 n = lt_readstr(sp[lt_argreg[i]], buf + o + 1, max);
+		u8 n = lt_readstr(t, sp[lt_argreg[i]], buf + o + 1, max, lo, hi);
 		buf[o] = n;
 		o += 1 + (n == LT_STR_BAD ? 0 : (n & ~LT_STR_TRUNC));
 	}
@@ -624,12 +668,74 @@ static inline u32 lt_exit_idx(u32 idx, u32 spec)
 static void lt_flush(struct lt_thread *t, struct lt_shadow *ss, u32 n)
 {
 	const struct lt_pend *pd = lt_priv.pend[t - lt_priv.threads];
+	const u8 *held = lt_priv.held[t - lt_priv.threads];
 	for (u32 j = 0; j < n; j++) {
 		if (ss[j].slot == 0 || !(ss[j].flags & LT_SHADOW_PENDING))
 			continue;
-		lt_emit(t, pd[j].tsc, meta(LT_KIND_ENTRY, j, ss[j].site, pd[j].low));
+		u64 m = meta(LT_KIND_ENTRY, j, ss[j].site, pd[j].low);
+		if (pd[j].len > 4 && (u32)pd[j].off + pd[j].len <= LT_HELD_BYTES) {
+			u32 spec;
+			__builtin_memcpy(&spec, held + pd[j].off, 4);
+			lt_emit_data(t, pd[j].tsc, m, spec, held + pd[j].off + 4, pd[j].len - 4u);
+		} else {
+			lt_emit(t, pd[j].tsc, m);
+		}
 		ss[j].flags &= ~(u32)LT_SHADOW_PENDING;
 	}
+}
+
+/*
+ * lt_hold holds back the entry of site idx at shadow depth d of t (record
+ * --caller): its time, caller and, when the site captures arguments, its
+ * values, read now as lt_emit_entry would read them (a string may be
+ * gone or changed by the time a --caller function is entered). The
+ * values go on the thread's stack of held values (lt_priv.held), after
+ * those of the nearest held-back entry below d: held-back entries above d
+ * are gone, so the stack is in the order of the shadow stack, except
+ * after a tail call (d < top), where the entries of a suspended stack may
+ * sit above d: the values then stop below theirs. When the values could
+ * not fit, the entry is held without them.
+ */
+static void lt_hold(struct lt_thread *t, const struct lt_shadow *ss, u32 d, u32 top, u64 tsc, u32 low, u32 idx, const u64 *sp)
+{
+	u32 ti = (u32)(t - lt_priv.threads);
+	struct lt_pend *pd = lt_priv.pend[ti];
+	pd[d].tsc = tsc;
+	pd[d].low = low;
+	pd[d].off = 0;
+	pd[d].len = 0;
+	u32 spec = lt_spec(idx) & (LT_SPEC_ARGS | LT_SPEC_ARGS << LT_SPEC_STR_SHIFT);
+	if (!(spec & LT_SPEC_ARGS))
+		return;
+	u32 off = 0;
+	for (u32 j = d; j > 0; j--) {
+		const struct lt_shadow *e = &ss[j - 1];
+		if (e->slot != 0 && (e->flags & LT_SHADOW_PENDING) && pd[j - 1].len != 0) {
+			off = ((u32)pd[j - 1].off + pd[j - 1].len + 7) & ~7u;
+			break;
+		}
+	}
+	/* The most lt_args can write for spec. */
+	u32 max = (u32)lt_shared.string_max;
+	if (max > LT_STRING_MAX)
+		max = LT_STRING_MAX;
+	u32 need = 4 + 8 * (u32)__builtin_popcount(spec & LT_SPEC_ARGS) +
+		   (1 + max) * (u32)__builtin_popcount(spec >> LT_SPEC_STR_SHIFT & spec & LT_SPEC_ARGS);
+	u32 limit = LT_HELD_BYTES;
+	for (u32 j = d + 1; j < top; j++) {
+		const struct lt_shadow *e = &ss[j];
+		if (e->slot != 0 && (e->flags & LT_SHADOW_PENDING) && pd[j].len != 0) {
+			limit = pd[j].off;
+			break;
+		}
+	}
+	if (off + need > limit)
+		return;
+	u8 *h = lt_priv.held[ti] + off;
+	__builtin_memcpy(h, &spec, 4);
+	u32 len = lt_args(t, spec, sp, h + 4);
+	pd[d].off = (u16)off;
+	pd[d].len = (u16)(4 + len);
 }
 
 /*
@@ -642,7 +748,7 @@ static void lt_flush(struct lt_thread *t, struct lt_shadow *ss, u32 n)
 void lt_on_entry(u32 idx, u64 *sp, u64 *slotp)
 {
 	int keep = (idx & LT_KEEP) != 0;
-	idx &= ~(u32)LT_KEEP;
+	idx &= (LT_MAX_SITES - 1) | LT_CAPTURE; /* not the fast paths' bits (LT_STUB_SHIFT), not LT_KEEP */
 	u64 tp = thread_pointer();
 	struct lt_thread *t = lt_lookup(tp);
 	if (!t) {
@@ -693,9 +799,7 @@ void lt_on_entry(u32 idx, u64 *sp, u64 *slotp)
 				if (spec & LT_SPEC_TRIGGER)
 					e->flags |= LT_SHADOW_UNDER;
 				if (spec & LT_SPEC_DEFER) {
-					struct lt_pend *pd = &lt_priv.pend[t - lt_priv.threads][i - 1];
-					pd->tsc = tsc;
-					pd->low = caller_delta(ret, site);
+					lt_hold(t, ss, i - 1, d, tsc, caller_delta(ret, site), idx, sp);
 					e->flags |= LT_SHADOW_PENDING;
 					goto out;
 				}
@@ -735,9 +839,7 @@ void lt_on_entry(u32 idx, u64 *sp, u64 *slotp)
 		if (under || (spec & LT_SPEC_TRIGGER))
 			flags |= LT_SHADOW_UNDER;
 		if (spec & LT_SPEC_DEFER) {
-			struct lt_pend *pd = &lt_priv.pend[t - lt_priv.threads][d];
-			pd->tsc = tsc;
-			pd->low = caller_delta(ret, site);
+			lt_hold(t, ss, d, d, tsc, caller_delta(ret, site), idx, sp);
 			flags |= LT_SHADOW_PENDING;
 		} else if (spec & LT_SPEC_CALLER) {
 			lt_flush(t, ss, d);

@@ -51,10 +51,12 @@
 #define LT_A_SITE_SPEC 52          /* offsetof(struct lt_site, spec) */
 #define LT_A_SPEC_RET 0x10000      /* LT_SPEC_RET */
 #define LT_A_SPEC_SLOW 0xfffcffc0  /* spec bits other than LT_SPEC_ARGS, LT_SPEC_RET, LT_SPEC_RET_FLOAT */
+#define LT_A_STUB_SHIFT 22         /* LT_STUB_SHIFT */
 
 #ifndef __ASSEMBLER__
 
 typedef unsigned char u8;
+typedef unsigned short u16;
 typedef unsigned int u32;
 typedef unsigned long long u64;
 typedef long long s64;
@@ -103,6 +105,9 @@ enum lt_const {
 	LT_KEEP = 1 << 29,              /* site index flag (stub): every register is kept, the return slot is LT_KEEP_SAVE higher */
 	LT_KEEP_SAVE = 80,              /* bytes a keep stub pushes before its call (flags and 9 registers) */
 	LT_SHADOW_KEEP = 8,             /* shadow entry flag: its slot holds lt_return_keep, not lt_return */
+	LT_STUB_SHIFT = 22,             /* stub index bits 22-27: the argument bits of a spec the fast paths take */
+	LT_STUB_RET = 1 << 28,          /* stub index bit: that spec captures the return value too */
+	LT_HELD_BYTES = 16384,          /* bytes per thread for the values of held-back entries (lt_priv.held) */
 };
 
 #define LT_CHUNK_HDR_SIZE 64
@@ -230,11 +235,18 @@ struct lt_unwind_real {
 	u64 longjmp_chk;       /* __longjmp_chk */
 };
 
-/* struct lt_pend is an entry record held back (record --caller). */
+/*
+ * struct lt_pend is an entry record held back (record --caller). Its
+ * values, when its site captures arguments, are in the thread's
+ * lt_priv.held at [off, off+len): the spec (u32), then the payload as
+ * lt_args wrote it. len 0: none (no spec, or no room left: the entry is
+ * then recorded without its values).
+ */
 struct lt_pend {
 	u64 tsc;
 	u32 low; /* its caller delta (the low meta word) */
-	u32 pad;
+	u16 off;
+	u16 len;
 };
 
 struct lt_priv {
@@ -247,6 +259,9 @@ struct lt_priv {
 	struct lt_shadow shadow[LT_MAX_THREADS][LT_SHADOW_DEPTH];
 	/* The held-back entry of each shadow entry with LT_SHADOW_PENDING. */
 	struct lt_pend pend[LT_MAX_THREADS][LT_SHADOW_DEPTH];
+	/* The values of the held-back entries, each thread's a stack in
+	 * the order of its shadow stack (lt_hold_args). */
+	u8 held[LT_MAX_THREADS][LT_HELD_BYTES];
 };
 
 /* struct lt_site is one entry of the site table: sorted by addr up to the

@@ -167,6 +167,23 @@ NI long w_cap_str(const char *s)
 	return (long)s;
 }
 
+/* The values of held-back entries (record --caller): w_held_outer's
+ * entry waits for w_held_leaf's, below it. */
+NI long w_held_leaf(long n)
+{
+	counts[F_HELD_LEAF]++;
+	__asm__ __volatile__("" ::: "memory");
+	return n;
+}
+
+NI long w_held_outer(const char *s, long n)
+{
+	counts[F_HELD_OUTER]++;
+	long r = w_held_leaf(n);
+	OPAQUE(r);
+	return r + (long)s;
+}
+
 const struct wfunc wfuncs[] = {
 	{"w_leaf", (void *)w_leaf},
 	{"w_fib", (void *)w_fib},
@@ -184,5 +201,7 @@ const struct wfunc wfuncs[] = {
 	{"w_co_yield", (void *)w_co_yield},
 	{"w_cap_ints", (void *)w_cap_ints},
 	{"w_cap_str", (void *)w_cap_str},
+	{"w_held_outer", (void *)w_held_outer},
+	{"w_held_leaf", (void *)w_held_leaf},
 	{0, 0},
 };

@@ -18,6 +18,8 @@ enum {
 	F_CO_YIELD,
 	F_CAP_INTS,
 	F_CAP_STR,
+	F_HELD_OUTER,
+	F_HELD_LEAF,
 	NFUNCS
 };
 
@@ -34,6 +36,8 @@ void w_empty(void);
 long w_args(long a, long b, long c, long d, long e, long f, double x, double y);
 long w_cap_ints(long a, long b);
 long w_cap_str(const char *s);
+long w_held_outer(const char *s, long n);
+long w_held_leaf(long n);
 long w_hold(volatile int *release, int n);
 long w_co_run(int n, int on_frame);
 void w_co_body(int n);
