@@ -21,25 +21,25 @@ const (
 	// ReturnKeepOff is the offset from the agent's base of lt_return_keep, the hijacked return address of a keep site's frame (agent.Keep).
 	ReturnKeepOff = 0x950
 	// SigtrapOff is the offset from the agent's base of lt_sigtrap, the SIGTRAP backstop handler (SA_SIGINFO).
-	SigtrapOff = 0x2c80
+	SigtrapOff = 0x2ea0
 	// RestorerOff is the offset from the agent's base of lt_restorer, the SA_RESTORER for lt_sigtrap.
 	RestorerOff = 0x9b0
 	// RemoteOff is the offset from the agent's base of lt_remote, `syscall; int3`: where the tracer runs remote system calls once the agent is in.
 	RemoteOff = 0x9c0
 	// HookRaiseOff is the offset from the agent's base of lt_hook_raise, which runs in place of _Unwind_RaiseException in graph mode.
-	HookRaiseOff = 0x35c0
+	HookRaiseOff = 0x37e0
 	// HookResumeOrRethrowOff is the offset from the agent's base of lt_hook_resume_or_rethrow, which runs in place of _Unwind_Resume_or_Rethrow in graph mode.
-	HookResumeOrRethrowOff = 0x3600
+	HookResumeOrRethrowOff = 0x3820
 	// HookBeginCatchOff is the offset from the agent's base of lt_hook_begin_catch, which runs in place of __cxa_begin_catch in graph mode.
-	HookBeginCatchOff = 0x3640
+	HookBeginCatchOff = 0x3860
 	// HookLongjmpOff is the offset from the agent's base of lt_hook_longjmp, which runs in place of longjmp in graph mode.
-	HookLongjmpOff = 0x3680
+	HookLongjmpOff = 0x38a0
 	// HookLongjmpUOff is the offset from the agent's base of lt_hook__longjmp, which runs in place of _longjmp in graph mode.
-	HookLongjmpUOff = 0x36c0
+	HookLongjmpUOff = 0x38e0
 	// HookSiglongjmpOff is the offset from the agent's base of lt_hook_siglongjmp, which runs in place of siglongjmp in graph mode.
-	HookSiglongjmpOff = 0x3700
+	HookSiglongjmpOff = 0x3920
 	// HookLongjmpChkOff is the offset from the agent's base of lt_hook_longjmp_chk, which runs in place of __longjmp_chk in graph mode.
-	HookLongjmpChkOff = 0x3740
+	HookLongjmpChkOff = 0x3960
 	// CtlOff is the offset from the agent's base of the control page (MADV_WIPEONFORK).
 	CtlOff = 0x4000
 	// CtlSize is the size of the control page (MADV_WIPEONFORK).

@@ -542,26 +542,48 @@ static inline int busy_live(u64 busy, u64 sp)
 	return !(sp >= busy && sp - busy < LT_STACK_WINDOW);
 }
 
-/* LT_PROBES bounds the lt_holds calls of one event (each is a syscall). */
+/* LT_PROBES bounds the lt_holds calls of one event (each is two system calls). */
 #define LT_PROBES 8
 
 /*
  * lt_holds reports whether the 8 bytes at addr hold val: 1 yes, 0 no (or
  * addr is not readable), -1 unknown. Every read of a shadow entry's slot
  * goes through it: addr may lie on a stack that was unmapped since its
- * frame was hijacked (a coroutine freed while suspended), where a load
- * would fault. futex(FUTEX_WAIT) tells first, failing with EFAULT instead.
- * It is given the complement of val's low word, so that it returns EAGAIN
- * at once when the word is readable: FUTEX_WAIT on an equal word sleeps
- * for the timer slack even with a zero timeout (30-200 us measured here).
+ * frame was hijacked (a coroutine freed while suspended, a thread's stack
+ * another thread unmaps right now), where a load would fault. The kernel
+ * copies the word (process_vm_readv on this thread, as lt_copy does; the
+ * tid is asked for, not taken from the thread slot, which a forked child
+ * inherits with its parent's tid): a page unmapped meanwhile is an EFAULT,
+ * never a fault of the target. A check followed by a plain load (futex,
+ * then a load) left a window between the two. When a seccomp filter
+ * refuses process_vm_readv, the futex check is the fallback: it fails
+ * with EFAULT on an unreadable word, and is given the complement of val's
+ * low word so that it returns EAGAIN at once when the word is readable
+ * (FUTEX_WAIT on an equal word sleeps for the timer slack even with a zero
+ * timeout, 30-200 us measured here); only then does a load follow.
  */
 static int lt_holds(u64 addr, u64 val)
 {
-	struct lt_timespec zero = {0, 0};
-	long r = sys4(SYS_futex, (long)addr, FUTEX_WAIT_PRIVATE, (long)(u32)~val, (long)&zero);
-	if (r == -EFAULT)
+	u64 v = 0;
+	struct lt_iovec l = {(u64)&v, 8}, r = {addr, 8};
+	long tid = sys2(SYS_gettid, 0, 0);
+	register long r10 __asm__("r10") = (long)&r;
+	register long r8 __asm__("r8") = 1;
+	register long r9 __asm__("r9") = 0;
+	long n;
+	__asm__ __volatile__("syscall"
+			     : "=a"(n)
+			     : "a"(SYS_process_vm_readv), "D"(tid), "S"((long)&l), "d"(1L), "r"(r10), "r"(r8), "r"(r9)
+			     : "rcx", "r11", "memory");
+	if (n == 8)
+		return v == val;
+	if (n == -EFAULT || (n >= 0 && n < 8))
 		return 0;
-	if (r != -EAGAIN && r != -ETIMEDOUT)
+	struct lt_timespec zero = {0, 0};
+	long f = sys4(SYS_futex, (long)addr, FUTEX_WAIT_PRIVATE, (long)(u32)~val, (long)&zero);
+	if (f == -EFAULT)
+		return 0;
+	if (f != -EAGAIN && f != -ETIMEDOUT)
 		return -1; /* woken, interrupted, or futex refused (seccomp) */
 	return *(const volatile u64 *)addr == val;
 }
