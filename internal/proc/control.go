@@ -220,10 +220,29 @@ func (p *Process) SingleStepOut(tid int, lo, hi uint64, max int) error {
 
 // stepOut single-steps t, held and stopped, until its program counter is
 // outside [lo, hi), at most max times; on the ptrace thread.
+//
+// The trap flag the steps set must not leak into the thread: a pushf
+// executed under a step pushes the flags with TF set, and the popf that
+// restores them later (a keep stub's, lt_return_keep's, or the program's
+// own) would set TF for good after we detach, and the next instruction
+// would kill the thread with SIGTRAP. So after a step over a pushf, TF is
+// cleared in the pushed word, and when the steps end, in the thread's
+// flags, unless the thread had TF set itself before the first step.
 func (p *Process) stepOut(t *thread, lo, hi uint64, max int) error {
 	tid := t.tid
 	t.role = roleStepping
 	defer p.giveBack(t)
+	ownTF := -1 // the thread's TF before the first step: 0, 1, or unknown
+	defer func() {
+		if ownTF != 0 || !p.live(t) {
+			return
+		}
+		var regs unix.PtraceRegs
+		if unix.PtraceGetRegs(tid, &regs) == nil && regs.Eflags&flagTF != 0 {
+			regs.Eflags &^= flagTF
+			_ = unix.PtraceSetRegs(tid, &regs)
+		}
+	}()
 	for i := 0; i < max; i++ {
 		if !p.live(t) {
 			return nil
@@ -232,9 +251,16 @@ func (p *Process) stepOut(t *thread, lo, hi uint64, max int) error {
 		if err := unix.PtraceGetRegs(tid, &regs); err != nil {
 			return nil
 		}
+		if ownTF < 0 {
+			ownTF = 0
+			if regs.Eflags&flagTF != 0 {
+				ownTF = 1
+			}
+		}
 		if regs.Rip < lo || regs.Rip >= hi {
 			return nil
 		}
+		pushf := ownTF == 0 && p.isPushf(regs.Rip)
 		t.op = unix.PTRACE_SINGLESTEP // the step's SIGTRAP is ours
 		if err := unix.PtraceSingleStep(tid); err != nil {
 			t.op = 0
@@ -246,6 +272,50 @@ func (p *Process) stepOut(t *thread, lo, hi uint64, max int) error {
 		if err != nil {
 			return err
 		}
+		if pushf && p.live(t) {
+			p.clearPushedTF(tid, regs.Rsp)
+		}
 	}
 	return fmt.Errorf("thread %d did not leave [%#x, %#x) in %d steps", tid, lo, hi, max)
+}
+
+// flagTF is the trap flag of rflags.
+const flagTF = 0x100
+
+// isPushf reports whether the instruction at pc is pushf (9c, after any
+// legacy or REX prefixes).
+func (p *Process) isPushf(pc uint64) bool {
+	var b [15]byte
+	if p.mem.Read(pc, b[:]) != nil {
+		// Near the end of a mapping: a shorter read.
+		if p.mem.Read(pc, b[:1]) != nil {
+			return false
+		}
+	}
+	for _, c := range b {
+		switch {
+		case c == 0x9c:
+			return true
+		case c == 0x66 || c == 0xf2 || c == 0xf3 || c == 0x2e || c == 0x36 || c == 0x3e || c == 0x26 || c == 0x64 || c == 0x65 || c&0xf0 == 0x40:
+			continue
+		default:
+			return false
+		}
+	}
+	return false
+}
+
+// clearPushedTF clears TF in the flags a pushf just pushed below oldSP.
+func (p *Process) clearPushedTF(tid int, oldSP uint64) {
+	var regs unix.PtraceRegs
+	if unix.PtraceGetRegs(tid, &regs) != nil || regs.Rsp >= oldSP || oldSP-regs.Rsp > 8 {
+		return
+	}
+	// pushfw (66 9c) pushes 2 bytes, pushfq 8: TF is in the low word.
+	var w [2]byte
+	if p.mem.Read(regs.Rsp, w[:]) != nil || w[1]&(flagTF>>8) == 0 {
+		return
+	}
+	w[1] &^= flagTF >> 8
+	_ = p.mem.Write(regs.Rsp+1, w[1:])
 }

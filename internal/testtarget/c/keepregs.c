@@ -18,8 +18,13 @@
  *   "run N": N rounds of kr_check once and ipa_caller once (100 calls of
  *            ipa_callee); then "done N bad B wrong W": B registers or
  *            flags that came back changed, W results that differ.
+ *   "spin": starts a thread that runs kr_flags_spin forever: pushfq, 64
+ *            nops, popfq, in a loop (kr_flags_region is the pushfq,
+ *            kr_flags_region_end the instruction after the popfq), for
+ *            single-stepping through a pushf; replies "spinning".
  *   "quit", or EOF on stdin: exit 0.
  */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -94,6 +99,33 @@ __asm__(
 	"	ret\n"
 	".size kr_check, .-kr_check\n");
 
+__asm__(
+	".text\n"
+	".globl kr_flags_spin\n"
+	".type kr_flags_spin,@function\n"
+	".p2align 4\n"
+	"kr_flags_spin:\n"
+	".globl kr_flags_region\n"
+	"kr_flags_region:\n"
+	"	pushfq\n"
+	"	.rept 64\n"
+	"	nop\n"
+	"	.endr\n"
+	"	popfq\n"
+	".globl kr_flags_region_end\n"
+	"kr_flags_region_end:\n"
+	"	jmp kr_flags_spin\n"
+	".size kr_flags_spin, .-kr_flags_spin\n");
+
+void kr_flags_spin(void);
+
+static void *spinner(void *arg)
+{
+	(void)arg;
+	kr_flags_spin();
+	return NULL;
+}
+
 __attribute__((noinline)) static unsigned ipa_callee(unsigned x)
 {
 	return x * 2654435761u + 7;
@@ -125,6 +157,13 @@ int main(void)
 				wrong += ipa_caller(a, 100, 3, 5, 9) != want;
 			}
 			printf("done %ld bad %lu wrong %lu\n", n, bad, wrong);
+		} else if (strncmp(line, "spin", 4) == 0) {
+			pthread_t th;
+			if (pthread_create(&th, NULL, spinner, NULL) != 0) {
+				printf("error pthread_create\n");
+				continue;
+			}
+			printf("spinning\n");
 		} else if (strncmp(line, "quit", 4) == 0) {
 			break;
 		} else {
