@@ -47,7 +47,8 @@ LIBC_BUILD_ID = $(shell readelf -n /lib/x86_64-linux-gnu/libc.so.6 2>/dev/null |
 # tests, and tmux for the test of top's screen. A fresh machine of this kind has gcc, g++, binutils and util-linux
 # but not clang-16, lld-16 or bpftrace; checking the others costs nothing.
 # Debian's own packages are traced too: the stock sqlite3 shell with its
-# libsqlite3-0, and libc.so.6 named from libc6-dbg's debug file: the file
+# libsqlite3-0, redis-server under redis-benchmark (redis-tools), and
+# libc.so.6 named from libc6-dbg's debug file: the file
 # checked is the one of the installed libc's build ID, so a libc6-dbg that
 # does not match libc6 is upgraded.
 deps-test:
@@ -60,6 +61,8 @@ deps-test:
 	$(call apt_install,unshare,util-linux)
 	$(call apt_install,tmux,tmux)
 	$(call apt_install,sqlite3,sqlite3)
+	$(call apt_install,redis-server,redis-server)
+	$(call apt_install,redis-benchmark,redis-tools)
 	$(call apt_install_file,/usr/lib/debug/.build-id/$(LIBC_BUILD_ID).debug,libc6-dbg)
 	$(call apt_install,node,nodejs)
 	$(call apt_install,python3,python3-minimal)

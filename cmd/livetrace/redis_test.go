@@ -1,0 +1,178 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/livetrace/livetrace/internal/testtarget"
+)
+
+// TestStockRedis traces every function of Debian's redis-server (stripped,
+// built with gcc -O2, no NOPs: all of them by relocation) under
+// redis-benchmark, in graph and in entry mode, and every function of its
+// libc in entry mode. The server must survive, answer correctly, and have
+// its text back byte for byte. This run found that gcc's -fipa-ra callers
+// keep registers across calls (keep stubs), that lt_return_keep lost the
+// carry flag, and that a step over a keep stub's pushfq left the trap flag
+// set after detach.
+func TestStockRedis(t *testing.T) {
+	testtarget.RequireRoot(t)
+	server, err := exec.LookPath("redis-server")
+	if err != nil {
+		testtarget.SkipOrFatal(t, "redis-server is not installed: run `make deps-test` (apt-get install redis-server redis-tools)")
+	}
+	benchmark, err := exec.LookPath("redis-benchmark")
+	if err != nil {
+		testtarget.SkipOrFatal(t, "redis-benchmark is not installed: run `make deps-test` (apt-get install redis-tools)")
+	}
+	bin := livetraceBinary(t)
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"graph", []string{"--graph", "-m", "redis-*"}},
+		{"entry", []string{"-m", "redis-*"}},
+		{"libc", []string{"-m", "libc.so*"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			port := freePort(t)
+			srv := exec.Command(server, "--port", strconv.Itoa(port), "--save", "", "--appendonly", "no", "--dir", t.TempDir(), "--bind", "127.0.0.1")
+			srv.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+			var srvOut bytes.Buffer
+			srv.Stdout, srv.Stderr = &srvOut, &srvOut
+			if err := srv.Start(); err != nil {
+				t.Fatal(err)
+			}
+			exited := make(chan error, 1)
+			go func() { exited <- srv.Wait() }()
+			t.Cleanup(func() { srv.Process.Kill(); <-exited })
+			c := redisDial(t, port)
+			if got := c.do(t, "PING"); got != "+PONG" {
+				t.Fatalf("PING: %q", got)
+			}
+			load := exec.Command(benchmark, "-p", strconv.Itoa(port), "-q", "-n", "2000000", "-P", "16", "-t", "set,get,incr,lpush,lrange_100")
+			if err := load.Start(); err != nil {
+				t.Fatal(err)
+			}
+			defer func() { load.Process.Kill(); load.Wait() }()
+			time.Sleep(300 * time.Millisecond)
+			out := filepath.Join(t.TempDir(), "redis.data")
+			rec := exec.Command(bin, append([]string{"record", "-p", strconv.Itoa(srv.Process.Pid), "-o", out}, tc.args...)...)
+			var stderr bytes.Buffer
+			rec.Stderr = &stderr
+			if err := rec.Start(); err != nil {
+				t.Fatal(err)
+			}
+			deadline := time.Now().Add(60 * time.Second)
+			for !strings.Contains(stderr.String(), "tracing ") && time.Now().Before(deadline) {
+				time.Sleep(20 * time.Millisecond)
+			}
+			time.Sleep(time.Second)
+			_ = rec.Process.Signal(syscall.SIGINT)
+			if err := rec.Wait(); err != nil {
+				t.Fatalf("record: %v\n%s", err, stderr.String())
+			}
+			select {
+			case err := <-exited:
+				t.Fatalf("redis-server died while traced: %v\nrecord said:\n%s\nthe server said:\n%s", err, stderr.String(), lastLinesOf(srvOut.String(), 30))
+			default:
+			}
+			// Answers right after the detach, and its text is the file's.
+			if got := c.do(t, "SET", "livetrace", "stock-redis"); got != "+OK" {
+				t.Fatalf("SET: %q", got)
+			}
+			if got := c.do(t, "GET", "livetrace"); got != "$11\r\nstock-redis" {
+				t.Fatalf("GET: %q", got)
+			}
+			testtarget.CheckText(t, srv.Process.Pid)
+			info, _, err := runCLI(t, "info", "-i", out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var events int
+			if _, err := fmt.Sscanf(info[strings.Index(info, "events:"):], "events: %d", &events); err != nil || events == 0 {
+				t.Errorf("no events recorded:\n%s", info)
+			}
+			t.Logf("%s; %d events", strings.TrimSpace(lastLinesOf(stderr.String(), 1)), events)
+		})
+	}
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// redisConn speaks just enough RESP for the test.
+type redisConn struct{ c net.Conn }
+
+func redisDial(t *testing.T, port int) *redisConn {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err == nil {
+			t.Cleanup(func() { c.Close() })
+			return &redisConn{c}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("redis-server does not listen on %d: %v", port, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// do sends a command and returns the reply, a bulk string's length line
+// and value joined by CRLF, without the final CRLF.
+func (r *redisConn) do(t *testing.T, args ...string) string {
+	t.Helper()
+	var b strings.Builder
+	fmt.Fprintf(&b, "*%d\r\n", len(args))
+	for _, a := range args {
+		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
+	}
+	_ = r.c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := r.c.Write([]byte(b.String())); err != nil {
+		t.Fatalf("%v: %v", args, err)
+	}
+	buf := make([]byte, 4096)
+	var got []byte
+	for {
+		n, err := r.c.Read(buf)
+		got = append(got, buf[:n]...)
+		s := string(got)
+		if strings.HasPrefix(s, "$") {
+			if i := strings.Index(s, "\r\n"); i > 0 {
+				if l, _ := strconv.Atoi(s[1:i]); len(s) >= i+2+l+2 {
+					return strings.TrimSuffix(s, "\r\n")
+				}
+			}
+		} else if strings.HasSuffix(s, "\r\n") {
+			return strings.TrimSuffix(s, "\r\n")
+		}
+		if err != nil {
+			t.Fatalf("%v: %v (read %q)", args, err, s)
+		}
+	}
+}
+
+func lastLinesOf(s string, n int) string {
+	l := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(l) > n {
+		l = l[len(l)-n:]
+	}
+	return strings.Join(l, "\n")
+}
