@@ -85,10 +85,13 @@
 // default, but a stock gcc build traced by relocation has no such
 // guarantee. Its relocation stub is then a keep stub (the tracer decides
 // per module, internal/session/keepregs.go): `pushfq; push rax, rcx, rdx,
-// rsi, rdi, r8, r9, r10, r11; call slot; pop them; popfq; relocated
-// instructions; jmp back`, and its slot loads idx with [Keep]. lt_entry
-// sends such a site to lt_on_entry with the return slot [KeepSave] bytes
-// above rsp+8, and a frame hijacked in graph mode returns through
+// rsi, rdi, r8, r9, r10, r11; push a copy of the return address; call
+// slot; pop the copy into the return slot; pop them; popfq; relocated
+// instructions; jmp back`, and its slot loads idx with [Keep]. In entry
+// mode lt_entry's fast paths see the stack of a NOP site's CALL. In graph
+// mode lt_entry sends such a site to lt_on_entry with the real return slot
+// [KeepSave] bytes above the copy, copies the slot's new value into the
+// copy, and a frame hijacked in graph mode returns through
 // lt_return_keep instead of lt_return (the shadow entry's
 // LT_SHADOW_KEEP), which saves and restores every register and the
 // flags around lt_on_exit and leaves through the original return address

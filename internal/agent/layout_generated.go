@@ -131,7 +131,7 @@ const (
 	// Keep is LT_KEEP from agent.h.
 	Keep = 0x20000000
 	// KeepSave is LT_KEEP_SAVE from agent.h.
-	KeepSave = 0x50
+	KeepSave = 0x58
 	// ShadowKeep is LT_SHADOW_KEEP from agent.h.
 	ShadowKeep = 0x8
 	// StubShift is LT_STUB_SHIFT from agent.h.

@@ -114,8 +114,6 @@ lt_entry:
 	jne 1f
 	ret
 1:
-	test $LT_A_KEEP, %r11d
-	jnz .Lkeep
 	cmpl $0, lt_ctl+LT_A_CTL_GRAPH(%rip)
 	jne .Lgraph_entry
 
@@ -198,10 +196,15 @@ lt_entry:
 	jmp .Le_pop5
 
 	/*
-	 * A keep site (LT_KEEP): its stub saved the flags and rax..r11
-	 * (LT_A_KEEP_SAVE bytes) before its call, and restores them after,
-	 * so the traced function's return slot is that much higher. Always
-	 * the C path; the registers are saved as lt_on_entry reads them.
+	 * A keep site (LT_KEEP) in graph mode. Its stub saved the flags and
+	 * rax..r11 and then pushed a copy of the function's return address
+	 * (LT_A_KEEP_SAVE bytes in all) before its call, and after it puts
+	 * the copy back into the return slot and restores the rest: in
+	 * entry mode the fast paths above see the stack of a NOP site's
+	 * CALL. Graph mode must hijack the real slot, LT_A_KEEP_SAVE bytes
+	 * above the copy: always the C path, then the copy takes the slot's
+	 * new value (lt_return_keep). The registers are saved as
+	 * lt_on_entry reads them.
 	 */
 .Lkeep:
 	push %rax
@@ -216,6 +219,8 @@ lt_entry:
 	lea 64(%rsp), %rsi
 	lea 8+LT_A_KEEP_SAVE(%rsi), %rdx	/* the return slot */
 	call lt_on_entry
+	mov 64+8+LT_A_KEEP_SAVE(%rsp), %rax	/* the slot, hijacked or not */
+	mov %rax, 64+8(%rsp)			/* into the copy the stub puts back */
 	jmp .Lc_pop3
 
 	/*
@@ -339,6 +344,8 @@ lt_entry:
 	jmp .Lc_slow
 
 .Lgraph_entry:
+	test $LT_A_KEEP, %r11d
+	jnz .Lkeep
 	/*
 	 * Graph-mode fast path: the common case of a new frame above the
 	 * shadow stack's top (no stale frame to drop, no tail call from a

@@ -44,7 +44,7 @@
 #define LT_A_UNWIND_LONGJMP_CHK 304 /* offsetof(struct lt_priv, unwind.longjmp_chk) */
 #define LT_A_CAPTURE 0x40000000    /* LT_CAPTURE: the stub's site index flag */
 #define LT_A_KEEP 0x20000000       /* LT_KEEP: the stub's site index flag */
-#define LT_A_KEEP_SAVE 80          /* LT_KEEP_SAVE */
+#define LT_A_KEEP_SAVE 88          /* LT_KEEP_SAVE */
 #define LT_A_SITE_OFF 24           /* offsetof(struct lt_shared_hdr, site_off) */
 #define LT_A_NSITES 32             /* offsetof(struct lt_shared_hdr, nsites) */
 #define LT_A_SIZEOF_SITE 56        /* sizeof(struct lt_site) */
@@ -102,8 +102,8 @@ enum lt_const {
 	LT_SPEC_DEFER = 1 << 21,        /* spec bit (--caller): entry held back until a CALLER call */
 	LT_SHADOW_UNDER = 2,            /* shadow entry flag: this frame or one below is a TRIGGER */
 	LT_SHADOW_PENDING = 4,          /* shadow entry flag: its entry record is held back (lt_priv.pend) */
-	LT_KEEP = 1 << 29,              /* site index flag (stub): every register is kept, the return slot is LT_KEEP_SAVE higher */
-	LT_KEEP_SAVE = 80,              /* bytes a keep stub pushes before its call (flags and 9 registers) */
+	LT_KEEP = 1 << 29,              /* site index flag (stub): every register is kept; the stub passes a copy of the return slot, the slot is LT_KEEP_SAVE higher */
+	LT_KEEP_SAVE = 88,              /* bytes a keep stub pushes before its call (flags, 9 registers, the copy) */
 	LT_SHADOW_KEEP = 8,             /* shadow entry flag: its slot holds lt_return_keep, not lt_return */
 	LT_STUB_SHIFT = 22,             /* stub index bits 22-27: the argument bits of a spec the fast paths take */
 	LT_STUB_RET = 1 << 28,          /* stub index bit: that spec captures the return value too */
