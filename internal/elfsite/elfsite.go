@@ -457,7 +457,11 @@ func (p *parser) sites() error {
 	if err := p.relocate(tables); err != nil {
 		return err
 	}
-	var sites []Site
+	n := 0
+	for _, t := range tables {
+		n += len(t.vals)
+	}
+	sites := make([]Site, 0, n)
 	for _, t := range tables {
 		for _, v := range t.vals {
 			if v == 0 {
@@ -471,7 +475,9 @@ func (p *parser) sites() error {
 			sites = append(sites, st)
 		}
 	}
-	slices.SortStableFunc(sites, func(a, b Site) int { return cmp.Compare(a.Addr, b.Addr) })
+	if !slices.IsSortedFunc(sites, func(a, b Site) int { return cmp.Compare(a.Addr, b.Addr) }) {
+		slices.SortStableFunc(sites, func(a, b Site) int { return cmp.Compare(a.Addr, b.Addr) })
+	}
 	out := sites[:0]
 	for _, st := range sites {
 		if len(out) > 0 && out[len(out)-1].Addr == st.Addr {

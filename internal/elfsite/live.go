@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -66,11 +68,29 @@ func LiveModulesSkipped(pid int) (mods []*Module, skipped []error, err error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	var groups [][]proc.Mapping
 	for _, g := range groupMappings(maps) {
-		if !hasExec(g) {
-			continue
+		if hasExec(g) {
+			groups = append(groups, g)
 		}
-		spec, err := openMapped(pid, g)
+	}
+	// The files are parsed in parallel, at most one per CPU: a program
+	// and its libc cost about the same, and attaching waits for both.
+	specs := make([]*Spec, len(groups))
+	errs := make([]error, len(groups))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
+	for i, g := range groups {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			specs[i], errs[i] = openMapped(pid, g)
+		}()
+	}
+	wg.Wait()
+	for i, g := range groups {
+		spec, err := specs[i], errs[i]
 		if errors.Is(err, ErrNotELF) || errors.Is(err, ErrMalformed) || errors.Is(err, ErrUnsupported) || errors.Is(err, ErrModuleChanged) {
 			// One odd file the process mapped must not keep us from
 			// tracing the rest of it.
