@@ -17,6 +17,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -371,6 +372,7 @@ func (s *Session) selectSites() error {
 	// libc.
 	withReloc := !s.opts.OnlyNop && (len(s.opts.Funcs) > 0 || len(s.opts.Modules) > 0)
 	var all []string
+	var keepBuf []int32
 	nmods, excluded := 0, 0
 	for mi, m := range s.mods {
 		if !matchModule(m.Path, s.opts.Modules) {
@@ -401,7 +403,10 @@ func (s *Session) selectSites() error {
 				}
 			}
 		}
-		for _, st := range sites {
+		// The sites kept are counted first: s.sel, of large elements,
+		// grows once per module.
+		keep := keepBuf[:0]
+		for k, st := range sites {
 			if !st.Form.Patchable() && st.Form != elfsite.FormReloc {
 				continue
 			}
@@ -420,8 +425,14 @@ func (s *Session) selectSites() error {
 				s.refused = append(s.refused, RefusedSite{Name: name, Reason: st.GraphUnsafe})
 				continue
 			}
+			keep = append(keep, int32(k))
+		}
+		keepBuf = keep
+		s.sel = slices.Grow(s.sel, len(keep))
+		for _, k := range keep {
+			st := sites[k]
 			s.sel = append(s.sel, selected{
-				mod: mi, site: st, name: name,
+				mod: mi, site: st, name: m.Spec.SiteName(st),
 				addr: m.Runtime(st.Addr),
 				orig: append([]byte(nil), st.Bytes[:]...),
 			})
