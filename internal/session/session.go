@@ -230,6 +230,7 @@ var ErrUnwindUnsafe = errors.New("graph mode is not supported for this process")
 
 func (s *Session) discover() error {
 	s.lap("")
+	defer relaxGC()()
 	mods, err := elfsite.LiveModules(s.pid)
 	if err != nil {
 		return err
