@@ -134,6 +134,7 @@ type Session struct {
 	pid     int
 	opts    Options
 	lapT    time.Time
+	lapCPU  time.Duration
 	unboost func() // undoes proc.BoostNice; idempotent
 	p       *proc.Process
 	eng     *textpoke.Engine
@@ -331,11 +332,20 @@ func (s *Session) lap(step string) {
 	if !debugTiming {
 		return
 	}
-	now := time.Now()
+	now, cpu := time.Now(), processCPU()
 	if !s.lapT.IsZero() {
-		fmt.Fprintf(os.Stderr, "session: %s %v\n", step, now.Sub(s.lapT))
+		fmt.Fprintf(os.Stderr, "session: %s %v (tracer CPU %v)\n", step, now.Sub(s.lapT), cpu-s.lapCPU)
 	}
-	s.lapT = now
+	s.lapT, s.lapCPU = now, cpu
+}
+
+// processCPU returns the user and system time the tracer has used.
+func processCPU() time.Duration {
+	var ru unix.Rusage
+	if unix.Getrusage(unix.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // RefusedSite is a selected function that graph mode does not trace.
