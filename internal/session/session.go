@@ -333,6 +333,12 @@ func (s *Session) lap(step string) {
 		return
 	}
 	now, cpu := time.Now(), processCPU()
+	if s.lapT.IsZero() {
+		// For the time from the tracer's exec to here (bench/ltbench).
+		var ts unix.Timespec
+		_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+		fmt.Fprintf(os.Stderr, "session: start at CLOCK_MONOTONIC %d ns (tracer CPU %v)\n", ts.Nano(), cpu)
+	}
 	if !s.lapT.IsZero() {
 		fmt.Fprintf(os.Stderr, "session: %s %v (tracer CPU %v)\n", step, now.Sub(s.lapT), cpu-s.lapCPU)
 	}
@@ -1052,12 +1058,22 @@ func (s *Session) Meta() tracefile.Meta {
 
 // checkpoint writes the metadata known at the start into the recording, so
 // that a recording cut short (the tracer killed) can still be read with
-// --recover.
+// --recover. Only the metadata is assembled under s.mu: encoding and
+// writing it (tens of milliseconds with the symbols of a program and its
+// libc) happen outside, under the writer's own lock, so that the consumer
+// keeps emptying the shared buffer meanwhile (it takes s.mu). The
+// checkpoints are not concurrent: Start's comes before anything else can
+// call the Session, ctl's are serialized by ctlMu, which Close also takes.
 func (s *Session) checkpoint() {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.w != nil {
-		_ = s.w.Checkpoint(s.buildMeta(nil))
+	w := s.w
+	var meta tracefile.Meta
+	if w != nil {
+		meta = s.buildMeta(nil)
+	}
+	s.mu.Unlock()
+	if w != nil {
+		_ = w.Checkpoint(meta)
 	}
 }
 
