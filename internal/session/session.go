@@ -232,7 +232,14 @@ var ErrUnwindUnsafe = errors.New("graph mode is not supported for this process")
 func (s *Session) discover() error {
 	s.lap("")
 	defer relaxGC()()
-	mods, err := elfsite.LiveModules(s.pid)
+	// With -m, the modules it leaves out are read for their symbols only
+	// (the recording names addresses with them): their sites and
+	// relocation are neither read nor prepared.
+	var lopts elfsite.LiveOptions
+	if len(s.opts.Modules) > 0 {
+		lopts.Full = func(p string) bool { return matchModule(p, s.opts.Modules) }
+	}
+	mods, _, err := elfsite.LiveModulesWith(s.pid, lopts)
 	if err != nil {
 		return err
 	}
