@@ -147,8 +147,10 @@ type Session struct {
 	// untraceable are named functions the relocator refuses.
 	untraceable []RefusedSite
 
-	inj    *injection
-	unwind *unwindPlan // graph mode: the unwinder's GOT slots to hook
+	inj *injection
+	// membarrier is the engine's membarrier registration, done by inject.
+	membarrier textpoke.MembarrierState
+	unwind     *unwindPlan // graph mode: the unwinder's GOT slots to hook
 
 	mu       sync.Mutex // guards the consumer, the spool's input and the counters
 	cons     *agent.Consumer
@@ -312,7 +314,7 @@ func (s *Session) start(p *proc.Process) (_ *Session, err error) {
 		}
 		s.lap("hook unwinder")
 	}
-	s.eng, err = textpoke.New(s.p, textpoke.Options{Mode: s.opts.Mode})
+	s.eng, err = textpoke.New(s.p, textpoke.Options{Mode: s.opts.Mode, Membarrier: s.membarrier})
 	if err != nil {
 		return nil, err
 	}
