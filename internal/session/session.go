@@ -148,6 +148,10 @@ type Session struct {
 	untraceable []RefusedSite
 
 	inj *injection
+	// quiescedEach says Close checked the threads one at a time
+	// (quiesce.go); quiesceStepped counts the threads it stepped out.
+	quiescedEach   bool
+	quiesceStepped int
 	// membarrier is the engine's membarrier registration, done by inject.
 	membarrier textpoke.MembarrierState
 	unwind     *unwindPlan // graph mode: the unwinder's GOT slots to hook
@@ -969,6 +973,9 @@ func (s *Session) Close() error {
 // straight-line code). A thread interrupted inside the agent by a signal
 // handler shows as busy in its thread slot; then the agent is left mapped.
 func (s *Session) quiesce() error {
+	if done, err := s.quiesceEach(); done || err != nil {
+		return err
+	}
 	if err := s.p.StopAll(); err != nil {
 		return err
 	}
