@@ -1,9 +1,11 @@
 package main
 
 import (
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -20,7 +22,9 @@ import (
 // with 100 of them, which must not cost the time of the 10,000. It also
 // reports the longest gap a calling thread saw between two calls over the
 // runs (attach, 300 ms of tracing, detach: stall-µs) beside the longest gap
-// over as long a time untraced (baseline-stall-µs).
+// over as long a time untraced (baseline-stall-µs), and the part of
+// attach-ms spent before session.Start began: the tracer's own start
+// (startup-ms: exec, the Go runtime, flags, the orphan check).
 func BenchmarkAttachLatency(b *testing.B) {
 	testtarget.RequireRoot(b)
 	bin := livetraceBinaryB(b)
@@ -42,15 +46,23 @@ func BenchmarkAttachLatency(b *testing.B) {
 			if err := testtarget.HammerStress(tp, 10*time.Second); err != nil {
 				b.Fatal(err)
 			}
-			var total, worst float64
+			var total, worst, startup float64
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				out := filepath.Join(b.TempDir(), "rec.data")
 				t0 := monotonic()
 				cmd := exec.Command(bin, "record", "-p", strconv.Itoa(tp.Pid()), "-F", sel.glob, "-d", "300ms", "-o", out)
-				if o, err := cmd.CombinedOutput(); err != nil {
+				// For the line that says when session.Start began.
+				cmd.Env = append(os.Environ(), "LIVETRACE_DEBUG_TIMING=1")
+				o, err := cmd.CombinedOutput()
+				if err != nil {
 					b.Fatalf("record: %v\n%s", err, o)
 				}
+				st, ok := startedAt(string(o))
+				if !ok {
+					b.Fatalf("record -p printed no \"session: start at\" line with LIVETRACE_DEBUG_TIMING=1:\n%s", o)
+				}
+				startup += float64(st-int64(t0)) / 1e6
 				rec, err := tracefile.Read(out)
 				if err != nil {
 					b.Fatal(err)
@@ -70,12 +82,28 @@ func BenchmarkAttachLatency(b *testing.B) {
 			}
 			b.ReportMetric(total/float64(b.N), "attach-ms")
 			b.ReportMetric(worst, "max-attach-ms")
+			b.ReportMetric(startup/float64(b.N), "startup-ms")
 			b.ReportMetric(float64(stall.Microseconds()), "stall-µs")
 			b.ReportMetric(float64(baseline.Microseconds()), "baseline-stall-µs")
 			b.ReportMetric(0, "ns/op")
 		})
 	}
 	testtarget.CheckText(b, tp.Pid())
+}
+
+// startedAt returns the CLOCK_MONOTONIC time at which session.Start
+// began, from the stderr of a record run with LIVETRACE_DEBUG_TIMING=1.
+func startedAt(stderr string) (int64, bool) {
+	for _, l := range strings.Split(stderr, "\n") {
+		if rest, ok := strings.CutPrefix(l, "session: start at CLOCK_MONOTONIC "); ok {
+			f := strings.Fields(rest)
+			if len(f) > 0 {
+				ns, err := strconv.ParseInt(f[0], 10, 64)
+				return ns, err == nil
+			}
+		}
+	}
+	return 0, false
 }
 
 func monotonic() uint64 {

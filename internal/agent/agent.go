@@ -128,6 +128,11 @@ type Config struct {
 	SiteCap   int
 	TSCHz     uint64 // informational, stored in the header
 	StringMax int    // bytes a string argument records, at most StringMax (0: none)
+	// Zeroed says the memory given to [InitShared] holds only zeros (a
+	// memfd just created and sized): it is then not cleared, so that its
+	// pages are not all allocated on the attach path (the tracer
+	// allocates them with fallocate meanwhile, session/inject.go).
+	Zeroed bool
 }
 
 type sharedLayout struct {
@@ -195,9 +200,9 @@ func RegionSize(sharedSize int) uint64 {
 // InitShared formats mem, the tracer's mapping of the shared memfd, for
 // cfg: header, site table and a pool of FREE chunks. Call it before the
 // agent can run; mem must be at least [SharedSize](cfg) bytes and 8-byte
-// aligned. It zeroes all of it, which also allocates every page of the
-// memfd now, in the tracer, rather than one page fault at a time on the
-// target's traced calls.
+// aligned. It zeroes all of it unless cfg.Zeroed, which also allocates
+// every page of the memfd now, in the tracer, rather than one page fault
+// at a time on the target's traced calls.
 func InitShared(mem []byte, cfg Config) error {
 	l, err := cfg.layout()
 	if err != nil {
@@ -206,7 +211,9 @@ func InitShared(mem []byte, cfg Config) error {
 	if uint64(len(mem)) < l.total {
 		return fmt.Errorf("format shared memory: %w: %d bytes, need %d", ErrBadConfig, len(mem), l.total)
 	}
-	clear(mem[:l.total])
+	if !cfg.Zeroed {
+		clear(mem[:l.total])
+	}
 	le := binary.LittleEndian
 	for i, s := range cfg.Sites {
 		putSite(mem[l.siteOff+uint64(i)*SizeofSite:], s)

@@ -123,8 +123,10 @@
 //
 // Page faults: a first-touched page of the shared memfd costs a fault per
 // 4 KiB (256 records), measured at 1-2.5 us here, more than the whole
-// traced call. [InitShared] therefore allocates every page (it zeroes the
-// whole region), and the agent reads one byte of every page of a chunk
+// traced call. Every page is therefore allocated before the agent is
+// enabled (by [InitShared], which zeroes the whole region, or by the
+// tracer's fallocate of a fresh memfd, [Config.Zeroed]), and the agent
+// reads one byte of every page of a chunk
 // when it takes it: the first read fault maps the pages around it that
 // are present (fault-around, 64 KiB) writable, as shmem needs no write
 // notification. No syscall is involved. A tracer that maps the memfd with

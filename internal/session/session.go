@@ -17,6 +17,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -136,6 +137,7 @@ type Session struct {
 	pid     int
 	opts    Options
 	lapT    time.Time
+	lapCPU  time.Duration
 	unboost func() // undoes proc.BoostNice; idempotent
 	p       *proc.Process
 	eng     *textpoke.Engine
@@ -148,9 +150,15 @@ type Session struct {
 	// untraceable are named functions the relocator refuses.
 	untraceable []RefusedSite
 
-	inj    *injection
-	unwind *unwindPlan // graph mode: the unwinder's GOT slots to hook
-	keep   keepState
+	inj *injection
+	// quiescedEach says Close checked the threads one at a time
+	// (quiesce.go); quiesceStepped counts the threads it stepped out.
+	quiescedEach   bool
+	quiesceStepped int
+	// membarrier is the engine's membarrier registration, done by inject.
+	membarrier textpoke.MembarrierState
+	unwind     *unwindPlan // graph mode: the unwinder's GOT slots to hook
+	keep       keepState
 
 	mu       sync.Mutex // guards the consumer, the spool's input and the counters
 	cons     *agent.Consumer
@@ -233,7 +241,15 @@ var ErrUnwindUnsafe = errors.New("graph mode is not supported for this process")
 
 func (s *Session) discover() error {
 	s.lap("")
-	mods, err := elfsite.LiveModules(s.pid)
+	defer relaxGC()()
+	// With -m, the modules it leaves out are read for their symbols only
+	// (the recording names addresses with them): their sites and
+	// relocation are neither read nor prepared.
+	var lopts elfsite.LiveOptions
+	if len(s.opts.Modules) > 0 {
+		lopts.Full = func(p string) bool { return matchModule(p, s.opts.Modules) }
+	}
+	mods, _, err := elfsite.LiveModulesWith(s.pid, lopts)
 	if err != nil {
 		return err
 	}
@@ -306,7 +322,7 @@ func (s *Session) start(p *proc.Process) (_ *Session, err error) {
 		}
 		s.lap("hook unwinder")
 	}
-	s.eng, err = textpoke.New(s.p, textpoke.Options{Mode: s.opts.Mode})
+	s.eng, err = textpoke.New(s.p, textpoke.Options{Mode: s.opts.Mode, Membarrier: s.membarrier})
 	if err != nil {
 		return nil, err
 	}
@@ -333,11 +349,26 @@ func (s *Session) lap(step string) {
 	if !debugTiming {
 		return
 	}
-	now := time.Now()
-	if !s.lapT.IsZero() {
-		fmt.Fprintf(os.Stderr, "session: %s %v\n", step, now.Sub(s.lapT))
+	now, cpu := time.Now(), processCPU()
+	if s.lapT.IsZero() {
+		// For the time from the tracer's exec to here (bench/ltbench).
+		var ts unix.Timespec
+		_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+		fmt.Fprintf(os.Stderr, "session: start at CLOCK_MONOTONIC %d ns (tracer CPU %v)\n", ts.Nano(), cpu)
 	}
-	s.lapT = now
+	if !s.lapT.IsZero() {
+		fmt.Fprintf(os.Stderr, "session: %s %v (tracer CPU %v)\n", step, now.Sub(s.lapT), cpu-s.lapCPU)
+	}
+	s.lapT, s.lapCPU = now, cpu
+}
+
+// processCPU returns the user and system time the tracer has used.
+func processCPU() time.Duration {
+	var ru unix.Rusage
+	if unix.Getrusage(unix.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // RefusedSite is a selected function that graph mode does not trace.
@@ -375,6 +406,7 @@ func (s *Session) selectSites() error {
 	// libc.
 	withReloc := !s.opts.OnlyNop && (len(s.opts.Funcs) > 0 || len(s.opts.Modules) > 0)
 	var all []string
+	var keepBuf []int32
 	nmods, excluded := 0, 0
 	for mi, m := range s.mods {
 		if !matchModule(m.Path, s.opts.Modules) {
@@ -405,7 +437,10 @@ func (s *Session) selectSites() error {
 				}
 			}
 		}
-		for _, st := range sites {
+		// The sites kept are counted first: s.sel, of large elements,
+		// grows once per module.
+		keep := keepBuf[:0]
+		for k, st := range sites {
 			if !st.Form.Patchable() && st.Form != elfsite.FormReloc {
 				continue
 			}
@@ -424,8 +459,14 @@ func (s *Session) selectSites() error {
 				s.refused = append(s.refused, RefusedSite{Name: name, Reason: st.GraphUnsafe})
 				continue
 			}
+			keep = append(keep, int32(k))
+		}
+		keepBuf = keep
+		s.sel = slices.Grow(s.sel, len(keep))
+		for _, k := range keep {
+			st := sites[k]
 			s.sel = append(s.sel, selected{
-				mod: mi, site: st, name: name,
+				mod: mi, site: st, name: m.Spec.SiteName(st),
 				addr: m.Runtime(st.Addr),
 				orig: append([]byte(nil), st.Bytes[:]...),
 			})
@@ -942,6 +983,9 @@ func (s *Session) Close() error {
 // straight-line code). A thread interrupted inside the agent by a signal
 // handler shows as busy in its thread slot; then the agent is left mapped.
 func (s *Session) quiesce() error {
+	if done, err := s.quiesceEach(); done || err != nil {
+		return err
+	}
 	if err := s.p.StopAll(); err != nil {
 		return err
 	}
@@ -1040,12 +1084,22 @@ func (s *Session) Meta() tracefile.Meta {
 
 // checkpoint writes the metadata known at the start into the recording, so
 // that a recording cut short (the tracer killed) can still be read with
-// --recover.
+// --recover. Only the metadata is assembled under s.mu: encoding and
+// writing it (tens of milliseconds with the symbols of a program and its
+// libc) happen outside, under the writer's own lock, so that the consumer
+// keeps emptying the shared buffer meanwhile (it takes s.mu). The
+// checkpoints are not concurrent: Start's comes before anything else can
+// call the Session, ctl's are serialized by ctlMu, which Close also takes.
 func (s *Session) checkpoint() {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.w != nil {
-		_ = s.w.Checkpoint(s.buildMeta(nil))
+	w := s.w
+	var meta tracefile.Meta
+	if w != nil {
+		meta = s.buildMeta(nil)
+	}
+	s.mu.Unlock()
+	if w != nil {
+		_ = w.Checkpoint(meta)
 	}
 }
 

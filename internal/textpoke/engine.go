@@ -106,7 +106,22 @@ type Options struct {
 	Mode Mode
 	// Arch is the instruction set; nil means AMD64.
 	Arch Arch
+	// Membarrier is the result of [RegisterMembarrier] when the caller
+	// already ran it on a thread it held (MembarrierUnknown: New runs
+	// it, holding a thread of its own).
+	Membarrier MembarrierState
 }
+
+// MembarrierState says whether the target was registered for
+// MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE.
+type MembarrierState uint8
+
+// The membarrier states.
+const (
+	MembarrierUnknown     MembarrierState = iota // not tried yet
+	MembarrierRegistered                         // registered: live mode can sync
+	MembarrierUnavailable                        // the kernel has no SYNC_CORE
+)
 
 // Patch is one site to rewrite: the bytes expected there now, and the bytes
 // to write.
@@ -282,8 +297,14 @@ func New(p *proc.Process, opts Options) (*Engine, error) {
 	if e.arch.SiteLen() > maxSiteLen {
 		return nil, fmt.Errorf("sites of %d bytes: at most %d", e.arch.SiteLen(), maxSiteLen)
 	}
-	if err := e.registerMembarrier(); err != nil {
-		return nil, err
+	switch opts.Membarrier {
+	case MembarrierRegistered:
+		e.membarrier = true
+	case MembarrierUnavailable:
+	default:
+		if err := e.registerMembarrier(); err != nil {
+			return nil, err
+		}
 	}
 	e.mode = opts.Mode
 	if e.mode != ModeStop {
@@ -323,18 +344,32 @@ func (e *Engine) registerMembarrier() error {
 		return fmt.Errorf("prepare pid %d for patching: %w", e.p.Pid(), err)
 	}
 	defer r.Release()
+	st, err := RegisterMembarrier(r)
+	e.membarrier = st == MembarrierRegistered
+	return err
+}
+
+// RegisterMembarrier runs in the target, on the thread r holds, the
+// membarrier query and the registration for
+// MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE that the live protocol's
+// syncs need. A caller that holds a thread anyway (the session, while it
+// injects the agent) runs it there and passes the result in
+// [Options.Membarrier], which saves [New] a hold of its own. The
+// registration waits for an RCU grace period in the kernel (the
+// kernel's sync_runqueues_membarrier_state): the held thread, not a
+// running one, pays it.
+func RegisterMembarrier(r *proc.Remote) (MembarrierState, error) {
 	mask, err := r.Syscall(proc.SysMembarrier, membarrierQuery, 0, 0)
 	if err != nil {
-		return fmt.Errorf("query membarrier in pid %d: %w", e.p.Pid(), err)
+		return MembarrierUnknown, fmt.Errorf("query membarrier in thread %d: %w", r.Tid(), err)
 	}
 	if int64(mask) < 0 || mask&membarrierSyncCore == 0 || mask&membarrierRegisterSync == 0 {
-		return nil
+		return MembarrierUnavailable, nil
 	}
 	if _, err := r.SyscallOK("membarrier register", proc.SysMembarrier, membarrierRegisterSync, 0, 0); err != nil {
-		return nil //nolint:nilerr // no SYNC_CORE: stop mode
+		return MembarrierUnavailable, nil //nolint:nilerr // no SYNC_CORE: stop mode
 	}
-	e.membarrier = true
-	return nil
+	return MembarrierRegistered, nil
 }
 
 // Mode returns the protocol the engine uses: ModeLive or ModeStop.

@@ -1,0 +1,75 @@
+package elfsite
+
+import (
+	"cmp"
+	"fmt"
+	"path"
+	"slices"
+	"testing"
+)
+
+// TestMatchSiteSameAsPathMatch checks the fast matcher (literal prefix,
+// no allocation) against path.Match of every name of a site.
+func TestMatchSiteSameAsPathMatch(t *testing.T) {
+	spec := &Spec{Funcs: []Func{
+		{Name: "alpha", Raw: "alpha", Addr: 0x10, Size: 8},
+		{Name: "ns::f", Raw: "_ZN2ns1fEv", Addr: 0x20, Size: 8, Global: true},
+		{Name: "__ns_f_alias", Raw: "__ns_f_alias", Addr: 0x20, Size: 8},
+		{Name: "memcpy", Raw: "memcpy@@GLIBC_2.14", Addr: 0x30, Size: 8},
+		{Name: "a*b", Raw: "a*b", Addr: 0x40, Size: 8},
+	}}
+	sites := []Site{{Addr: 0x10, Func: 0}, {Addr: 0x20, Func: 1}, {Addr: 0x20, Func: 2}, {Addr: 0x30, Func: 3}, {Addr: 0x40, Func: 4}, {Addr: 0x1234, Func: -1}}
+	globs := []string{"*", "alpha", "alph", "al*", "?lpha", "[a-b]lpha", "ns::*", "_ZN2ns*", "__ns*", "memcpy", "memcpy@*",
+		"mem*@@GLIBC_2.14", "0x12*", "0x1234", `a\*b`, `a\*c`, "a*b", "[", `alpha\`, "", "ns::f", "*f*", "[!a]*"}
+	for _, st := range sites {
+		var names []string
+		if st.Func >= 0 {
+			for _, f := range spec.Aliases(st.Func) {
+				names = append(names, f.Name, f.Raw)
+			}
+		} else {
+			names = append(names, spec.SiteName(st))
+		}
+		for _, g := range globs {
+			want := false
+			for _, n := range names {
+				if ok, _ := path.Match(g, n); ok {
+					want = true
+				}
+			}
+			if got := spec.MatchSite(st, g); got != want {
+				t.Errorf("MatchSite(%#x func %d, %q) = %v, path.Match of %q says %v", st.Addr, st.Func, g, got, names, want)
+			}
+		}
+	}
+	if allocs := testing.AllocsPerRun(100, func() { spec.MatchSite(sites[1], "ns::*", "nomatch*") }); allocs != 0 {
+		t.Errorf("MatchSite allocates %v times per call, want 0", allocs)
+	}
+}
+
+// TestSortFuncs checks sortFuncs against a stable sort by address and
+// alias rank, with addresses that pack into one word and ones that do
+// not.
+func TestSortFuncs(t *testing.T) {
+	for _, base := range []uint64{0x401000, 1 << 50} {
+		var funcs []Func
+		for i := 0; i < 3000; i++ {
+			addr := base + uint64((i*7919)%1000)*16
+			name := fmt.Sprintf("f%d", i%17)
+			if i%5 == 0 {
+				name = "_" + name
+			}
+			funcs = append(funcs, Func{Name: name, Raw: name, Addr: addr, Global: i%3 == 0})
+		}
+		want := slices.Clone(funcs)
+		slices.SortStableFunc(want, func(a, b Func) int {
+			if c := cmp.Compare(a.Addr, b.Addr); c != 0 {
+				return c
+			}
+			return compareRank(&a, &b)
+		})
+		if got := sortFuncs(funcs); !slices.Equal(got, want) {
+			t.Errorf("base %#x: sortFuncs differs from a stable sort by address and rank", base)
+		}
+	}
+}
