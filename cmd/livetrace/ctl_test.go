@@ -141,7 +141,7 @@ func TestCtlCommands(t *testing.T) {
 		t.Errorf("recorded %v, want work_leaf %d (while enabled) and lib_add %d", got, want["work_leaf"], want["lib_add"])
 	}
 	info, _, err := runCLIBin(bin, "info", out)
-	if err != nil || !strings.Contains(info, "changes:") || !strings.Contains(info, "enable   lib_add work_leaf: lib_add") || !strings.Contains(info, "disable  work_leaf: work_leaf") {
+	if err != nil || !strings.Contains(info, "changes:") || !strings.Contains(info, "enable lib_add work_leaf (1 function: lib_add)") || !strings.Contains(info, "disable work_leaf (1 function: work_leaf)") {
 		t.Errorf("info: %v\n%s", err, info)
 	}
 }

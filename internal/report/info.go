@@ -139,16 +139,9 @@ func InfoStream(w io.Writer, s *tracefile.Stream) error {
 	if len(rec.Changes) > 0 {
 		// Made while attached (livetrace ctl): when, and what.
 		fmt.Fprintf(bw, "\nchanges:\n")
-		for _, c := range rec.Changes {
-			var names []string
-			for i, f := range c.Funcs {
-				if i == 10 {
-					names = append(names, fmt.Sprintf("and %d more", len(c.Funcs)-10))
-					break
-				}
-				names = append(names, funcName(rec, f))
-			}
-			fmt.Fprintf(bw, "  %+10.3fs  %-7s  %s: %s\n", c.Time.Sub(rec.Start).Seconds(), c.Op, Printable(strings.Join(c.Globs, " ")), strings.Join(names, ", "))
+		for i := range rec.Changes {
+			c := &rec.Changes[i]
+			fmt.Fprintf(bw, "  %+10.3fs  %s\n", c.Time.Sub(rec.Start).Seconds(), changeText(rec, c))
 		}
 	}
 	if err := bw.Flush(); err != nil {

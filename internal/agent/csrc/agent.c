@@ -412,7 +412,7 @@ struct lt_iovec {
  * unmaps meanwhile can never fault the target, which a check followed by
  * a plain load cannot promise (docs/DESIGN-NOTES.md, "Reading strings").
  */
-static long lt_copy(const struct lt_thread *t, u8 *dst, u64 src, u32 n)
+static long lt_vm_read(long tid, u8 *dst, u64 src, u32 n)
 {
 	struct lt_iovec l = {(u64)dst, n}, r = {src, n};
 	register long r10 __asm__("r10") = (long)&r;
@@ -421,9 +421,14 @@ static long lt_copy(const struct lt_thread *t, u8 *dst, u64 src, u32 n)
 	long ret;
 	__asm__ __volatile__("syscall"
 			     : "=a"(ret)
-			     : "a"(SYS_process_vm_readv), "D"((long)t->tid), "S"((long)&l), "d"(1L), "r"(r10), "r"(r8), "r"(r9)
+			     : "a"(SYS_process_vm_readv), "D"(tid), "S"((long)&l), "d"(1L), "r"(r10), "r"(r8), "r"(r9)
 			     : "rcx", "r11", "memory");
 	return ret;
+}
+
+static long lt_copy(const struct lt_thread *t, u8 *dst, u64 src, u32 n)
+{
+	return lt_vm_read((long)t->tid, dst, src, n);
 }
 
 /*
@@ -565,16 +570,7 @@ static inline int busy_live(u64 busy, u64 sp)
 static int lt_holds(u64 addr, u64 val)
 {
 	u64 v = 0;
-	struct lt_iovec l = {(u64)&v, 8}, r = {addr, 8};
-	long tid = sys2(SYS_gettid, 0, 0);
-	register long r10 __asm__("r10") = (long)&r;
-	register long r8 __asm__("r8") = 1;
-	register long r9 __asm__("r9") = 0;
-	long n;
-	__asm__ __volatile__("syscall"
-			     : "=a"(n)
-			     : "a"(SYS_process_vm_readv), "D"(tid), "S"((long)&l), "d"(1L), "r"(r10), "r"(r8), "r"(r9)
-			     : "rcx", "r11", "memory");
+	long n = lt_vm_read(sys2(SYS_gettid, 0, 0), (u8 *)&v, addr, 8);
 	if (n == 8)
 		return v == val;
 	if (n == -EFAULT || (n >= 0 && n < 8))
