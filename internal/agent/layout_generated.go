@@ -25,19 +25,19 @@ const (
 	// RemoteOff is the offset from the agent's base of lt_remote, `syscall; int3`: where the tracer runs remote system calls once the agent is in.
 	RemoteOff = 0x8f0
 	// HookRaiseOff is the offset from the agent's base of lt_hook_raise, which runs in place of _Unwind_RaiseException in graph mode.
-	HookRaiseOff = 0x30c0
+	HookRaiseOff = 0x3100
 	// HookResumeOrRethrowOff is the offset from the agent's base of lt_hook_resume_or_rethrow, which runs in place of _Unwind_Resume_or_Rethrow in graph mode.
-	HookResumeOrRethrowOff = 0x3100
+	HookResumeOrRethrowOff = 0x3140
 	// HookBeginCatchOff is the offset from the agent's base of lt_hook_begin_catch, which runs in place of __cxa_begin_catch in graph mode.
-	HookBeginCatchOff = 0x3140
+	HookBeginCatchOff = 0x3180
 	// HookLongjmpOff is the offset from the agent's base of lt_hook_longjmp, which runs in place of longjmp in graph mode.
-	HookLongjmpOff = 0x3180
+	HookLongjmpOff = 0x31c0
 	// HookLongjmpUOff is the offset from the agent's base of lt_hook__longjmp, which runs in place of _longjmp in graph mode.
-	HookLongjmpUOff = 0x31c0
+	HookLongjmpUOff = 0x3200
 	// HookSiglongjmpOff is the offset from the agent's base of lt_hook_siglongjmp, which runs in place of siglongjmp in graph mode.
-	HookSiglongjmpOff = 0x3200
+	HookSiglongjmpOff = 0x3240
 	// HookLongjmpChkOff is the offset from the agent's base of lt_hook_longjmp_chk, which runs in place of __longjmp_chk in graph mode.
-	HookLongjmpChkOff = 0x3240
+	HookLongjmpChkOff = 0x3280
 	// CtlOff is the offset from the agent's base of the control page (MADV_WIPEONFORK).
 	CtlOff = 0x4000
 	// CtlSize is the size of the control page (MADV_WIPEONFORK).
@@ -85,7 +85,7 @@ const (
 	// OwnerMagic is LT_OWNER_MAGIC from agent.h.
 	OwnerMagic = 0x574f544c
 	// OwnerVersion is LT_OWNER_VERSION from agent.h.
-	OwnerVersion = 0x1
+	OwnerVersion = 0x2
 	// MaxStubRegions is LT_MAX_STUB_REGIONS from agent.h.
 	MaxStubRegions = 0x40
 	// MaxHooks is LT_MAX_HOOKS from agent.h.
@@ -141,7 +141,7 @@ const (
 	// ChunkHdrSlotOff is the offset of slot in struct lt_chunk_hdr.
 	ChunkHdrSlotOff = 0x18
 	// SizeofCtl is sizeof(struct lt_ctl).
-	SizeofCtl = 0xa78
+	SizeofCtl = 0xa80
 	// CtlEnabledOff is the offset of enabled in struct lt_ctl.
 	CtlEnabledOff = 0x0
 	// CtlGraphOff is the offset of graph in struct lt_ctl.
@@ -167,7 +167,7 @@ const (
 	// SigactionMaskOff is the offset of mask in struct lt_ksigaction.
 	SigactionMaskOff = 0x18
 	// SizeofOwner is sizeof(struct lt_owner).
-	SizeofOwner = 0xa38
+	SizeofOwner = 0xa40
 	// OwnerMagicOff is the offset of magic in struct lt_owner.
 	OwnerMagicOff = 0x0
 	// OwnerVersionOff is the offset of version in struct lt_owner.
@@ -190,6 +190,8 @@ const (
 	OwnerStubsOff = 0x38
 	// OwnerHooksOff is the offset of hooks in struct lt_owner.
 	OwnerHooksOff = 0x438
+	// OwnerRbrkOff is the offset of rbrk in struct lt_owner.
+	OwnerRbrkOff = 0xa38
 	// SizeofPriv is sizeof(struct lt_priv).
 	SizeofPriv = 0x5041000
 	// PrivOldSigtrapOff is the offset of old_sigtrap in struct lt_priv.
@@ -200,6 +202,8 @@ const (
 	PrivUnwindOff = 0x100
 	// PrivSharedReadyOff is the offset of shared_ready in struct lt_priv.
 	PrivSharedReadyOff = 0x138
+	// PrivRbrkOff is the offset of rbrk in struct lt_priv.
+	PrivRbrkOff = 0x140
 	// PrivThreadsOff is the offset of threads in struct lt_priv.
 	PrivThreadsOff = 0x1000
 	// PrivShadowOff is the offset of shadow in struct lt_priv.

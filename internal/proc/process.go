@@ -74,6 +74,7 @@ const (
 //	free --interrupt--> held --holdRemote--> borrowed --Release--> held or free
 //	                    held --SingleStepOut--> stepping --done--> held
 //	                    held --ResumeAll--> free
+//	free or held --breakpoint--> parked --Unpark--> free (held under StopAll)
 //	any  --PTRACE_EVENT_EXEC--> (dropped; the leader becomes a new thread, execed)
 type role uint8
 
@@ -98,6 +99,10 @@ const (
 	// instant of the new image. It stays in that stop until Detach, and
 	// nothing of the old image (registers, signals) is ever written to it.
 	roleExeced
+	// roleParked: stopped at the tracer's breakpoint (breakpoint.go),
+	// in its SIGTRAP signal-delivery-stop, until Unpark or Detach
+	// emulates the `ret` the INT3 replaced. Nothing else resumes it.
+	roleParked
 )
 
 // heldSignal is a signal taken off a borrowed or stepping thread: its
@@ -157,6 +162,11 @@ type Process struct {
 	threadExit ThreadExitHandler
 	fork       ForkHandler
 	traps      int // SIGTRAPs handled by trap
+
+	// bpAddr is the tracer's breakpoint (0: none) and bpFn its handler
+	// (nil: cleared), see breakpoint.go.
+	bpAddr uint64
+	bpFn   BreakpointHandler
 
 	sysInsn uint64  // address of a `syscall` instruction in the target
 	gadget  *Gadget // see SetSyscallGadget

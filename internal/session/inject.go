@@ -43,6 +43,8 @@ type injection struct {
 	// hooks are the GOT slots pointed at the agent's unwinder hooks
 	// (graph mode, see unwind.go); they go back before the agent goes.
 	hooks []gotHook
+	// rbrk is the INT3 over the loader's r_brk (dlopen.go), 0: none.
+	rbrk uint64
 }
 
 type remoteRegion struct {

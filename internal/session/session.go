@@ -126,6 +126,8 @@ type selected struct {
 	capture capture
 	// off: not traced now (Disable), its site holds its original bytes.
 	off bool
+	// gone: its module was unloaded (dlopen.go); never written again.
+	gone bool
 }
 
 // Session is one live recording. Its methods are safe for concurrent use.
@@ -184,6 +186,7 @@ type Session struct {
 	ctlMu    sync.Mutex
 	changes  []tracefile.Change // under mu
 	ctl      ctlState           // under ctlMu
+	loader   loaderState        // dlopen and dlclose (dlopen.go)
 	closed   bool
 	closeErr error
 }
@@ -316,6 +319,10 @@ func (s *Session) start(p *proc.Process) (_ *Session, err error) {
 		return nil, err
 	}
 	s.lap("patch")
+	if err := s.followLoader(); err != nil {
+		return nil, err
+	}
+	s.lap("follow dlopen")
 	s.checkpoint()
 	s.lap("checkpoint")
 	return s, nil
@@ -675,7 +682,9 @@ func (s *Session) Held() []HeldSite {
 		s.mu.Lock()
 		names := make(map[uint64]string, len(s.sel))
 		for _, x := range s.sel {
-			names[x.addr] = x.name
+			if !x.gone {
+				names[x.addr] = x.name
+			}
 		}
 		s.mu.Unlock()
 		for _, h := range s.eng.Held() {
@@ -884,6 +893,7 @@ func (s *Session) Close() error {
 			// Enabled and graph off: no new records, no new hijacks.
 			note(s.inj.setCtl(s.p, agent.Ctl{}))
 		}
+		note(s.unfollowLoader())
 		if s.eng != nil {
 			st, err := s.eng.RestoreAll()
 			s.addStats(st)
