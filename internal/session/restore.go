@@ -332,10 +332,12 @@ func validateOrphan(p *proc.Process, base uint64) (*adoption, error) {
 		return nil, err
 	}
 	// Sites retired with their module (address 0, agent.DropSites) are
-	// gone with it.
+	// gone with it, and so are sites at an address nothing maps any more:
+	// their module was unloaded after the tracer died (dlopen.go). Either
+	// way there is nothing to put back.
 	live := ad.sites[:0]
 	for _, st := range ad.sites {
-		if st.Addr != 0 {
+		if _, mapped := mappingAt(maps, st.Addr, 1); st.Addr != 0 && mapped {
 			live = append(live, st)
 		}
 	}
