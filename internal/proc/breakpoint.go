@@ -109,6 +109,10 @@ func (p *Process) hitBreakpoint(t *thread) bool {
 // emulateRet makes t, stopped one past the breakpoint's INT3, return as
 // the `ret` the INT3 replaced would have.
 func (p *Process) emulateRet(t *thread) error {
+	if t.retDone {
+		t.retDone = false
+		return nil
+	}
 	var regs unix.PtraceRegs
 	if err := unix.PtraceGetRegs(t.tid, &regs); err != nil {
 		if errors.Is(err, unix.ESRCH) {
@@ -119,11 +123,20 @@ func (p *Process) emulateRet(t *thread) error {
 	if regs.Rip-1 != p.bpAddr {
 		return fmt.Errorf("thread %d is at %#x, not past the breakpoint at %#x", t.tid, regs.Rip, p.bpAddr)
 	}
+	if err := p.returnFrom(&regs); err != nil {
+		return fmt.Errorf("thread %d: %w", t.tid, err)
+	}
+	return p.setRegs(t, &regs)
+}
+
+// returnFrom changes regs as the `ret` that the breakpoint's INT3 replaced
+// would: rip = [rsp], rsp += 8.
+func (p *Process) returnFrom(regs *unix.PtraceRegs) error {
 	var ret [8]byte
 	if err := p.mem.Read(regs.Rsp, ret[:]); err != nil {
-		return fmt.Errorf("read the return address of thread %d: %w", t.tid, err)
+		return fmt.Errorf("read the return address: %w", err)
 	}
 	regs.Rip = binary.LittleEndian.Uint64(ret[:])
 	regs.Rsp += 8
-	return p.setRegs(t, &regs)
+	return nil
 }

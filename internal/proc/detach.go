@@ -74,7 +74,8 @@ func (p *Process) detachAll() {
 			}
 		}
 		if t.role == roleParked {
-			// Still at the breakpoint: return from it first.
+			// Still at the breakpoint: return from it first (unless a
+			// Remote did, see retDone).
 			_ = p.emulateRet(t)
 		}
 		p.fixInterrupted(t)

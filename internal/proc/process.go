@@ -132,6 +132,9 @@ type thread struct {
 	// drain says the thread, held, runs without a pending interrupt so
 	// that it dequeues a pending signal (see drainTraps).
 	drain bool
+	// retDone says a parked thread has returned from the breakpoint
+	// already (its `ret` emulated when a Remote borrowed it).
+	retDone bool
 }
 
 // want reports whether we hold the thread: it must not run free.

@@ -83,6 +83,8 @@ type loaderState struct {
 	// before the INT3 is written, read by the fork handler.
 	addr atomic.Uint64
 	why  string // why dlopen is not followed (addr 0)
+	// waiting: -m matched no module at the start (waitForModules).
+	waiting bool
 
 	hits     chan int
 	stop     chan struct{}
@@ -119,6 +121,25 @@ func (s *Session) Loader() LoaderStatus {
 	return LoaderStatus{Following: ld.addr.Load() != 0, Why: ld.why, Loads: ld.loads, Unloads: ld.unloads, Stops: ld.stops,
 		Errors: append([]string(nil), ld.errs...)}
 }
+
+// waitForModules reports whether a selection whose -m matches no module
+// yet may start empty: the process has a dynamic loader to follow, so the
+// modules it loads later are traced (Waiting says so). s.mods is read.
+func (s *Session) waitForModules() bool {
+	if len(s.opts.Modules) == 0 {
+		return false
+	}
+	if _, _, err := elfsite.Rendezvous(s.pid, s.mods); err != nil {
+		return false
+	}
+	s.loader.waiting = true
+	return true
+}
+
+// Waiting reports whether the session started with no function selected
+// because no module matched -m yet: it traces the modules the target
+// loads that match.
+func (s *Session) Waiting() bool { return s.loader.waiting }
 
 // followLoader puts the breakpoint on the loader's r_brk. It fails only
 // when the target is left in a state that needs undoing; a target with

@@ -2,6 +2,8 @@ package session
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -110,4 +112,56 @@ func TestDlopenFollow(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestDlopenPython traces a C extension module of a real program that is
+// not loaded yet: python3 (Debian's, whose extension modules are shared
+// objects in lib-dynload) imports _json after the attach, and -m names
+// it. Its init function, which has no compiler NOP (it is relocated), is
+// traced before dlopen returns: the import's one call is recorded.
+func TestDlopenPython(t *testing.T) {
+	testtarget.RequireRoot(t)
+	const python = "/usr/bin/python3"
+	if _, err := os.Stat(python); err != nil {
+		testtarget.SkipOrFatal(t, "%s: %v (make deps-test installs python3)", python, err)
+	}
+	script := filepath.Join(t.TempDir(), "imp.py")
+	if err := os.WriteFile(script, []byte(`import sys
+print("ready", flush=True)
+for line in sys.stdin:
+    if line.startswith("import"):
+        import _json
+        print("done", _json.__file__, flush=True)
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := testtarget.Start(t, python, "-S", script)
+	if _, err := p.Expect("ready", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	s, c := startCounting(t, p.Pid(), Options{Modules: []string{"_json*"}, Funcs: []string{"PyInit__json"}})
+	defer s.Close()
+	if !s.Waiting() {
+		t.Fatalf("the session did not wait for _json")
+	}
+	if err := p.Send("import"); err != nil {
+		t.Fatal(err)
+	}
+	l, err := p.Expect("done", 30*time.Second)
+	if err != nil {
+		t.Fatalf("%v (stderr: %s)", err, p.Stderr())
+	}
+	got := c.take(t)
+	st := s.Loader()
+	t.Logf("%s; loads %d, stops %d, errors %v; recorded %v", l, st.Loads, st.Stops, st.Errors, got)
+	if got["PyInit__json"] != 1 {
+		t.Errorf("recorded %d calls of PyInit__json, want 1 (the import)", got["PyInit__json"])
+	}
+	if len(st.Errors) > 0 {
+		t.Errorf("loader errors: %v", st.Errors)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	testtarget.CheckText(t, p.Pid())
 }

@@ -322,6 +322,9 @@ func (s *Session) start(p *proc.Process) (_ *Session, err error) {
 	if err := s.followLoader(); err != nil {
 		return nil, err
 	}
+	if s.loader.waiting && s.loader.addr.Load() == 0 {
+		return nil, fmt.Errorf("no module of process %d matches -m %s, and livetrace cannot wait for one: %s", s.pid, strings.Join(s.opts.Modules, " "), s.loader.why)
+	}
 	s.lap("follow dlopen")
 	s.checkpoint()
 	s.lap("checkpoint")
@@ -435,6 +438,9 @@ func (s *Session) selectSites() error {
 		}
 	}
 	if nmods == 0 {
+		if s.waitForModules() {
+			return nil // dlopen.go: traced when the loader maps one
+		}
 		return fmt.Errorf("no module of process %d matches -m %s: see livetrace list -p %d for its modules", s.pid, strings.Join(s.opts.Modules, " "), s.pid)
 	}
 	if len(all) == 0 && len(s.untraceable) > 0 {
@@ -585,7 +591,7 @@ func (s *Session) checkSites() error {
 		bad = append(bad, fmt.Sprintf("%s at %#x holds % x, the file has % x", x.name, x.addr, b[:], x.orig))
 	}
 	s.sel = keep
-	if len(bad) == 0 && len(s.sel) == 0 {
+	if len(bad) == 0 && len(s.sel) == 0 && len(s.skipped) > 0 {
 		return fmt.Errorf("every selected function is held by a uprobe (%s): stop the other tracer (bpftrace, perf probe) or select other functions", heldNames(s.skipped))
 	}
 	if len(bad) > 0 {
