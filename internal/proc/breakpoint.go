@@ -12,7 +12,8 @@ import (
 // dynamic loader's r_brk, internal/session/dlopen.go). A thread that hits
 // it stops in a SIGTRAP signal-delivery-stop; instead of passing the trap
 // to the trap handler, proc parks the thread there (roleParked) and calls
-// the breakpoint's handler on a goroutine of its own, so that the handler
+// the breakpoint's handler on a goroutine of its own (with its rip back on
+// the INT3, see hitBreakpoint), so that the handler
 // may use the ptrace thread (read the target, run patch batches) while
 // the thread waits. [Process.Unpark] then emulates the `ret` (rip = [rsp],
 // rsp += 8) and lets the thread go with the SIGTRAP suppressed.
@@ -100,6 +101,14 @@ func (p *Process) hitBreakpoint(t *thread) bool {
 		}
 		return true
 	}
+	// Parked on the INT3 itself, not past it: if the tracer dies now,
+	// the thread either gets its SIGTRAP delivered there or, if the kernel
+	// drops it with the ptrace-stop, runs the INT3 again; the agent's
+	// backstop returns for it either way (lt_sigtrap).
+	regs.Rip = p.bpAddr
+	if err := p.setRegs(t, &regs); err != nil {
+		return false
+	}
 	t.role = roleParked
 	fn, tid := p.bpFn, t.tid
 	go fn(tid)
@@ -120,13 +129,19 @@ func (p *Process) emulateRet(t *thread) error {
 		}
 		return fmt.Errorf("read registers of thread %d: %w", t.tid, err)
 	}
-	if regs.Rip-1 != p.bpAddr {
-		return fmt.Errorf("thread %d is at %#x, not past the breakpoint at %#x", t.tid, regs.Rip, p.bpAddr)
+	if !p.atBreakpoint(regs.Rip) {
+		return fmt.Errorf("thread %d is at %#x, not at the breakpoint at %#x", t.tid, regs.Rip, p.bpAddr)
 	}
 	if err := p.returnFrom(&regs); err != nil {
 		return fmt.Errorf("thread %d: %w", t.tid, err)
 	}
 	return p.setRegs(t, &regs)
+}
+
+// atBreakpoint reports whether a thread at rip is about to run the `ret`
+// the breakpoint replaced: parked on the INT3, or just past it.
+func (p *Process) atBreakpoint(rip uint64) bool {
+	return p.bpAddr != 0 && (rip == p.bpAddr || rip-1 == p.bpAddr)
 }
 
 // returnFrom changes regs as the `ret` that the breakpoint's INT3 replaced

@@ -166,7 +166,7 @@ func (p *Process) holdRemoteLocked(tid int) (*Remote, error) {
 			}
 			return nil, fmt.Errorf("read registers of thread %d: %w", t.tid, err)
 		}
-		if r.parked && !t.retDone && r.saved.Rip-1 == p.bpAddr {
+		if r.parked && !t.retDone && p.atBreakpoint(r.saved.Rip) {
 			// The registers it gets back after each syscall (and
 			// from the agent if the tracer dies) are those after
 			// the breakpoint's `ret`: its SIGTRAP, suppressed by

@@ -1054,10 +1054,12 @@ void lt_sigtrap(int sig, void *si, void *uc)
 	 * tracer to handle it (it died, or this is a child forked meanwhile),
 	 * do what the `ret` would have done. A thread the tracer borrowed
 	 * while it was stopped there gets its registers back just past the
-	 * INT3: it returns too.
+	 * INT3: it returns too. A thread the tracer held at the breakpoint
+	 * has its rip on the INT3 itself (internal/proc/breakpoint.go).
 	 */
 	u64 rbrk = __atomic_load_n(&lt_priv.rbrk, __ATOMIC_ACQUIRE);
-	if (rbrk != 0 && g[REG_RIP] - 1 == rbrk && (rescued || ((const int *)si)[2] == SI_KERNEL)) {
+	if (rbrk != 0 && (g[REG_RIP] - 1 == rbrk || g[REG_RIP] == rbrk) &&
+	    (rescued || ((const int *)si)[2] == SI_KERNEL)) {
 		u64 rsp = g[REG_RSP];
 		g[REG_RIP] = *(const u64 *)rsp;
 		g[REG_RSP] = rsp + 8;
