@@ -261,6 +261,12 @@ func (o *recordOptions) run() error {
 		}
 		fmt.Fprintf(o.stderr, "livetrace: %s cannot be traced: %s\n", report.Printable(r.Name), report.Printable(r.Reason))
 	}
+	switch ld := s.Loader(); {
+	case !ld.Following:
+		fmt.Fprintf(o.stderr, "livetrace: modules the process loads later (dlopen) are not traced: %s\n", ld.Why)
+	case s.Waiting():
+		fmt.Fprintf(o.stderr, "livetrace: no module matches -m %s yet: its functions are traced when the process loads it\n", strings.Join(o.modules, " -m "))
+	}
 	held := s.Held()
 	for _, l := range session.DescribeHeld("skipped", held) {
 		fmt.Fprintf(o.stderr, "livetrace: %s\n", report.Printable(l)) // function names from the target
@@ -369,6 +375,12 @@ loop:
 	}
 	for _, l := range session.DescribeHeld("left", late) {
 		fmt.Fprintf(o.stderr, "livetrace: %s, as the other tool made them\n", l)
+	}
+	if ld := s.Loader(); ld.Loads+ld.Unloads > 0 || len(ld.Errors) > 0 {
+		fmt.Fprintf(o.stderr, "livetrace: the process loaded %s and unloaded %s while traced\n", plural(ld.Loads, "module"), plural(ld.Unloads, "module"))
+		for _, e := range ld.Errors {
+			fmt.Fprintf(o.stderr, "livetrace: not traced: %s\n", report.Printable(e))
+		}
 	}
 	if why != "" {
 		fmt.Fprintf(o.stderr, "livetrace: %s\n", why)

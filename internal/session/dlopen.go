@@ -85,6 +85,10 @@ type loaderState struct {
 	why  string // why dlopen is not followed (addr 0)
 	// waiting: -m matched no module at the start (waitForModules).
 	waiting bool
+	// dirty: functions were added since the last checkpoint, written at
+	// checkpointed (under ctlMu).
+	dirty        bool
+	checkpointed time.Time
 
 	hits     chan int
 	stop     chan struct{}
@@ -267,6 +271,8 @@ func (s *Session) loaderLoop() {
 	ld := &s.loader
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
+	tick := time.NewTicker(checkpointEvery)
+	defer tick.Stop()
 	defer func() {
 		if ld.deleting {
 			ld.deleting = false
@@ -284,6 +290,13 @@ func (s *Session) loaderLoop() {
 			if ld.deleting {
 				s.syncModules()
 				ld.deleting = false
+				s.ctlMu.Unlock()
+			}
+		case <-tick.C:
+			if !ld.deleting && s.ctlMu.TryLock() {
+				if ld.dirty && !s.isClosed() {
+					s.loaderCheckpoint()
+				}
 				s.ctlMu.Unlock()
 			}
 		case <-ld.stop:
@@ -331,10 +344,7 @@ func (s *Session) loaderStop(tid int, timer *time.Timer) {
 // syncModules drops the modules whose mapping is gone and traces the ones
 // mapped since the last look. s.ctlMu is held.
 func (s *Session) syncModules() {
-	s.mu.Lock()
-	closed := s.closed
-	s.mu.Unlock()
-	if closed {
+	if s.isClosed() {
 		return
 	}
 	added, removed, err := elfsite.ModuleChanges(s.pid, s.mods, func(i int) bool { return s.loader.gone[i] })
@@ -352,6 +362,12 @@ func (s *Session) syncModules() {
 			s.loaderErr(fmt.Sprintf("%s: %v", m.Path, err))
 		}
 	}
+}
+
+func (s *Session) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
 }
 
 func (s *Session) loaderErr(msg string) {
@@ -411,10 +427,27 @@ func (s *Session) loadModule(m *elfsite.Module) error {
 	s.changes = append(s.changes, ch)
 	s.mu.Unlock()
 	if len(ch.Funcs) > 0 {
-		// A recording cut short must know the new functions (see change).
-		s.checkpoint()
+		// A recording cut short must know the new functions (see change),
+		// but a checkpoint holds all the metadata: in a program that
+		// loads modules over and over, at most one a second.
+		s.loader.dirty = true
+		if time.Since(s.loader.checkpointed) >= checkpointEvery {
+			s.loaderCheckpoint()
+		}
 	}
 	return err
+}
+
+// checkpointEvery is the least time between two checkpoints written for
+// modules loaded while attached.
+const checkpointEvery = time.Second
+
+// loaderCheckpoint writes a checkpoint for the modules loaded since the
+// last one. s.ctlMu is held.
+func (s *Session) loaderCheckpoint() {
+	s.loader.dirty = false
+	s.loader.checkpointed = time.Now()
+	s.checkpoint()
 }
 
 // traceModule prepares and patches the selected functions of module mi,

@@ -165,3 +165,55 @@ for line in sys.stdin:
 	}
 	testtarget.CheckText(t, p.Pid())
 }
+
+// BenchmarkDlopenCycle measures what one dlopen, 5 calls and dlclose of a
+// small library cost one thread of the dlopen fixture: untraced, traced
+// with its functions matching (-F plug_*: patched at every load) and
+// traced without a match (only the loader's stops). Run with
+// `go test -run XXX -bench DlopenCycle -benchtime 1x ./internal/session`.
+func BenchmarkDlopenCycle(b *testing.B) {
+	testtarget.RequireRoot(b)
+	exe := testtarget.Build(b, testtarget.Dlopen, testtarget.ClangNop5)
+	const rounds = 400
+	for _, c := range []struct {
+		name  string
+		funcs []string
+	}{{"untraced", nil}, {"match", []string{"plug_*", "round_done"}}, {"nomatch", []string{"round_done"}}} {
+		b.Run(c.name, func(b *testing.B) {
+			p := testtarget.Start(b, exe, "-t", "1")
+			if _, err := p.Expect("ready", 10*time.Second); err != nil {
+				b.Fatal(err)
+			}
+			run := func() time.Duration {
+				t0 := time.Now()
+				if err := p.Send(fmt.Sprintf("run %d", rounds)); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := p.Expect("done ", 120*time.Second); err != nil {
+					b.Fatal(err)
+				}
+				return time.Since(t0)
+			}
+			run() // warm up
+			var s *Session
+			if c.funcs != nil {
+				var err error
+				s, err = Start(p.Pid(), Options{Funcs: c.funcs, Discard: true})
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer s.Close()
+			}
+			b.ResetTimer()
+			var d time.Duration
+			for range b.N {
+				d += run()
+			}
+			b.ReportMetric(float64(d.Nanoseconds())/float64(b.N*rounds), "ns/cycle")
+			if s != nil {
+				st := s.Loader()
+				b.ReportMetric(float64(st.Stops)/float64((b.N+0)*rounds), "stops/cycle")
+			}
+		})
+	}
+}
