@@ -29,6 +29,7 @@ type recordOptions struct {
 	funcs        []string
 	exclude      []string
 	modules      []string
+	waitModules  bool
 	onlyNop      bool
 	noSpool      bool
 	live         bool // livetrace live: print events as they come
@@ -117,6 +118,7 @@ unless -f is given: a recording cannot be made again.`,
 	f.StringArrayVarP(&o.funcs, "function", "F", nil, "trace functions matching `GLOB` (repeatable; default all)")
 	f.StringArrayVarP(&o.exclude, "notrace", "N", nil, "do not trace functions matching `GLOB` (repeatable)")
 	f.StringArrayVarP(&o.modules, "module", "m", nil, "select functions only in modules whose path or file name matches `GLOB` (repeatable)")
+	f.BoolVar(&o.waitModules, "wait-module", false, "with -m: start even if no module matches yet, and trace the matching modules the process loads (dlopen)")
 	f.BoolVar(&o.onlyNop, "only-nop", false, "trace only functions with a compiler NOP (no relocation of functions without one)")
 	f.DurationVarP(&o.duration, "duration", "d", 0, "stop after `DURATION` (default: until Ctrl-C or exit)")
 	f.StringVarP(&o.output, "output", "o", "livetrace.data", "write the recording to `FILE` (- for stdout)")
@@ -162,7 +164,7 @@ func (o *recordOptions) run() error {
 	}
 	opts := session.Options{
 		Funcs: o.funcs, Exclude: o.exclude, Graph: o.graph,
-		Modules: o.modules, OnlyNop: o.onlyNop,
+		Modules: o.modules, WaitModules: o.waitModules, OnlyNop: o.onlyNop,
 		Output: o.output, Chunks: o.chunks, AllowUnwind: o.unwindUnsafe, NoSpool: o.noSpool,
 		Filters: tracefile.RecordFilters{
 			Patterns: o.funcs, Exclude: o.exclude, Modules: o.modules,

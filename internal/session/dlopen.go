@@ -127,10 +127,11 @@ func (s *Session) Loader() LoaderStatus {
 }
 
 // waitForModules reports whether a selection whose -m matches no module
-// yet may start empty: the process has a dynamic loader to follow, so the
-// modules it loads later are traced (Waiting says so). s.mods is read.
+// yet may start empty: asked to (Options.WaitModules), and the process has
+// a dynamic loader to follow, so the modules it loads later are traced
+// (Waiting says so). s.mods is read.
 func (s *Session) waitForModules() bool {
-	if len(s.opts.Modules) == 0 {
+	if len(s.opts.Modules) == 0 || !s.opts.WaitModules {
 		return false
 	}
 	if _, _, err := elfsite.Rendezvous(s.pid, s.mods); err != nil {

@@ -139,7 +139,7 @@ for line in sys.stdin:
 	if _, err := p.Expect("ready", 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	s, c := startCounting(t, p.Pid(), Options{Modules: []string{"_json*"}, Funcs: []string{"PyInit__json"}})
+	s, c := startCounting(t, p.Pid(), Options{Modules: []string{"_json*"}, WaitModules: true, Funcs: []string{"PyInit__json"}})
 	defer s.Close()
 	if !s.Waiting() {
 		t.Fatalf("the session did not wait for _json")

@@ -61,6 +61,10 @@ type Options struct {
 	// Modules are shell globs restricting the selection to the modules
 	// whose path or base name matches one (all when empty).
 	Modules []string
+	// WaitModules lets Modules match no module at the start: the
+	// session then traces the matching modules the process loads later
+	// (dlopen.go), instead of failing.
+	WaitModules bool
 	// NoSpool converts each chunk taken from the shared buffer into the
 	// recording at once, instead of spooling it raw for a converter at
 	// low priority (spool.go): for comparisons, and for tests.
