@@ -359,6 +359,12 @@ func (s *Session) syncModules() {
 		}
 	}
 	for _, m := range added {
+		if len(s.mods) >= maxModules {
+			// A program that loads modules over and over: each load
+			// is a module of the recording (and its symbols).
+			s.loaderErr(fmt.Sprintf("%s: not traced: %d modules loaded already, the most one recording keeps", m.Path, maxModules))
+			continue
+		}
 		if err := s.loadModule(m); err != nil {
 			s.loaderErr(fmt.Sprintf("%s: %v", m.Path, err))
 		}
@@ -438,6 +444,10 @@ func (s *Session) loadModule(m *elfsite.Module) error {
 	}
 	return err
 }
+
+// maxModules bounds the modules of one session (those of the attach and
+// those loaded since, unloaded or not).
+const maxModules = 16384
 
 // checkpointEvery is the least time between two checkpoints written for
 // modules loaded while attached.
