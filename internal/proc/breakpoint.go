@@ -11,16 +11,18 @@ import (
 // The tracer's own breakpoint: an INT3 written over a one-byte `ret` (the
 // dynamic loader's r_brk, internal/session/dlopen.go). A thread that hits
 // it stops in a SIGTRAP signal-delivery-stop; instead of passing the trap
-// to the trap handler, proc parks the thread there (roleParked) and calls
-// the breakpoint's handler on a goroutine of its own (with its rip back on
-// the INT3, see hitBreakpoint), so that the handler
-// may use the ptrace thread (read the target, run patch batches) while
-// the thread waits. [Process.Unpark] then emulates the `ret` (rip = [rsp],
-// rsp += 8) and lets the thread go with the SIGTRAP suppressed.
+// to the trap handler, proc parks the thread there (roleParked, its rip
+// back on the INT3, see hitBreakpoint) and calls the breakpoint's handler
+// on a goroutine of its own, so that the handler may use the ptrace thread
+// (read the target, run patch batches) while the thread waits.
+// [Process.Unpark] then emulates the `ret` (rip = [rsp], rsp += 8) and
+// lets the thread go with the SIGTRAP suppressed.
 //
 // A parked thread is in a ptrace-stop that nobody else resumes: StopAll
-// counts it as stopped, ResumeAll leaves it, a Remote never borrows it, a
-// batch's EachThread inspects it where it is. Detach emulates the `ret` of
+// counts it as stopped, ResumeAll leaves it, a batch's EachThread inspects
+// it where it is, and a Remote borrows it only when no other thread can
+// serve (a single-threaded program), after emulating its `ret` in the
+// registers it gets back (retDone). Detach emulates the `ret` of
 // a thread still parked before it lets it go. A trap reported after the
 // breakpoint was cleared (the thread executed the INT3 before the byte
 // went back, and its SIGTRAP was dequeued later) has its `ret` emulated
@@ -115,8 +117,9 @@ func (p *Process) hitBreakpoint(t *thread) bool {
 	return true
 }
 
-// emulateRet makes t, stopped one past the breakpoint's INT3, return as
-// the `ret` the INT3 replaced would have.
+// emulateRet makes t, stopped on the breakpoint's INT3 or one past it,
+// return as the `ret` the INT3 replaced would have (unless a Remote did
+// already, see retDone).
 func (p *Process) emulateRet(t *thread) error {
 	if t.retDone {
 		t.retDone = false
