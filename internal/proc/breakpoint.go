@@ -44,6 +44,15 @@ func (p *Process) SetBreakpoint(addr uint64, h BreakpointHandler) {
 	})
 }
 
+// SetBreakpointFilter installs f (nil removes it): at each hit of the
+// breakpoint, f is called first, on the ptrace thread, and a thread for
+// which it returns false is not parked: its `ret` is emulated and it runs
+// on at once, without a hand-off to the handler's goroutine. f may call
+// ReadMem but nothing that needs the ptrace thread.
+func (p *Process) SetBreakpointFilter(f func(tid int) bool) {
+	p.do(func() { p.bpFilter = f })
+}
+
 // Unpark lets thread tid, parked at the breakpoint, return from it: its
 // `ret` is emulated and it runs on (or stays held if a StopAll is in
 // force) with the SIGTRAP suppressed. A thread that is no longer parked
@@ -89,9 +98,10 @@ func (p *Process) hitBreakpoint(t *thread) bool {
 	if err := unix.PtraceGetRegs(t.tid, &regs); err != nil || regs.Rip-1 != p.bpAddr {
 		return false
 	}
-	if p.bpFn == nil || (t.role != roleFree && t.role != roleHeld) {
-		// Cleared, or a thread we cannot park (a borrowed or stepping
-		// thread does not run the loader): just return.
+	if p.bpFn == nil || (t.role != roleFree && t.role != roleHeld) || (p.bpFilter != nil && !p.bpFilter(t.tid)) {
+		// Cleared, a thread we cannot park (a borrowed or stepping
+		// thread does not run the loader), or one the filter lets go:
+		// just return.
 		if err := p.emulateRet(t); err != nil {
 			return false
 		}

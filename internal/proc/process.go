@@ -166,10 +166,11 @@ type Process struct {
 	fork       ForkHandler
 	traps      int // SIGTRAPs handled by trap
 
-	// bpAddr is the tracer's breakpoint (0: none) and bpFn its handler
-	// (nil: cleared), see breakpoint.go.
-	bpAddr uint64
-	bpFn   BreakpointHandler
+	// bpAddr is the tracer's breakpoint (0: none), bpFn its handler
+	// (nil: cleared) and bpFilter its filter, see breakpoint.go.
+	bpAddr   uint64
+	bpFn     BreakpointHandler
+	bpFilter func(tid int) bool
 
 	sysInsn uint64  // address of a `syscall` instruction in the target
 	gadget  *Gadget // see SetSyscallGadget

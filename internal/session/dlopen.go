@@ -90,6 +90,7 @@ type loaderState struct {
 	dirty        bool
 	checkpointed time.Time
 
+	quick    atomic.Int64 // breakpoint hits answered by the filter (RT_ADD)
 	hits     chan int
 	stop     chan struct{}
 	stopOnce sync.Once
@@ -99,7 +100,7 @@ type loaderState struct {
 	gone    map[int]bool // indexes in s.mods of unloaded modules
 	loads   int          // modules loaded while attached
 	unloads int          // modules unloaded while attached
-	stops   int          // breakpoint hits
+	stops   int          // breakpoint hits handed to loaderLoop
 	errs    []string     // modules loaded that could not be traced, and why
 }
 
@@ -122,7 +123,7 @@ func (s *Session) Loader() LoaderStatus {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ld := &s.loader
-	return LoaderStatus{Following: ld.addr.Load() != 0, Why: ld.why, Loads: ld.loads, Unloads: ld.unloads, Stops: ld.stops,
+	return LoaderStatus{Following: ld.addr.Load() != 0, Why: ld.why, Loads: ld.loads, Unloads: ld.unloads, Stops: ld.stops + int(ld.quick.Load()),
 		Errors: append([]string(nil), ld.errs...)}
 }
 
@@ -209,6 +210,16 @@ func (s *Session) followLoader() error {
 		return fmt.Errorf("follow dlopen: %w", err)
 	}
 	ld.addr.Store(at)
+	// RT_ADD needs nothing (the new modules are not mapped yet): answered
+	// on the ptrace thread, without a hand-off.
+	s.p.SetBreakpointFilter(func(int) bool {
+		var b [4]byte
+		if s.p.ReadMem(rd+rDebugState, b[:]) == nil && binary.LittleEndian.Uint32(b[:]) == rtAdd {
+			ld.quick.Add(1)
+			return false
+		}
+		return true
+	})
 	s.p.SetBreakpoint(at, func(tid int) {
 		select {
 		case ld.hits <- tid:
