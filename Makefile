@@ -66,6 +66,8 @@ deps-test:
 	$(call apt_install_file,/usr/lib/debug/.build-id/$(LIBC_BUILD_ID).debug,libc6-dbg)
 	$(call apt_install,node,nodejs)
 	$(call apt_install,python3,python3-minimal)
+# Debian's own python3 (TestDlopenPython dlopens its _json through it):
+	$(call apt_install_file,/usr/bin/python3,python3)
 
 # deps-bench: uftrace to compare with, and libsqlite3.so.0, one of the stock
 # binaries whose traceable fraction `make bench` measures (internal/reloc

@@ -29,6 +29,7 @@ type recordOptions struct {
 	funcs        []string
 	exclude      []string
 	modules      []string
+	waitModules  bool
 	onlyNop      bool
 	noSpool      bool
 	live         bool // livetrace live: print events as they come
@@ -117,6 +118,7 @@ unless -f is given: a recording cannot be made again.`,
 	f.StringArrayVarP(&o.funcs, "function", "F", nil, "trace functions matching `GLOB` (repeatable; default all)")
 	f.StringArrayVarP(&o.exclude, "notrace", "N", nil, "do not trace functions matching `GLOB` (repeatable)")
 	f.StringArrayVarP(&o.modules, "module", "m", nil, "select functions only in modules whose path or file name matches `GLOB` (repeatable)")
+	f.BoolVar(&o.waitModules, "wait-module", false, "with -m: start even if no module matches yet, and trace the matching modules the process loads (dlopen)")
 	f.BoolVar(&o.onlyNop, "only-nop", false, "trace only functions with a compiler NOP (no relocation of functions without one)")
 	f.DurationVarP(&o.duration, "duration", "d", 0, "stop after `DURATION` (default: until Ctrl-C or exit)")
 	f.StringVarP(&o.output, "output", "o", "livetrace.data", "write the recording to `FILE` (- for stdout)")
@@ -162,7 +164,7 @@ func (o *recordOptions) run() error {
 	}
 	opts := session.Options{
 		Funcs: o.funcs, Exclude: o.exclude, Graph: o.graph,
-		Modules: o.modules, OnlyNop: o.onlyNop,
+		Modules: o.modules, WaitModules: o.waitModules, OnlyNop: o.onlyNop,
 		Output: o.output, Chunks: o.chunks, AllowUnwind: o.unwindUnsafe, NoSpool: o.noSpool,
 		Filters: tracefile.RecordFilters{
 			Patterns: o.funcs, Exclude: o.exclude, Modules: o.modules,
@@ -260,6 +262,12 @@ func (o *recordOptions) run() error {
 			break
 		}
 		fmt.Fprintf(o.stderr, "livetrace: %s cannot be traced: %s\n", report.Printable(r.Name), report.Printable(r.Reason))
+	}
+	switch ld := s.Loader(); {
+	case !ld.Following:
+		fmt.Fprintf(o.stderr, "livetrace: modules the process loads later (dlopen) are not traced: %s\n", ld.Why)
+	case s.Waiting():
+		fmt.Fprintf(o.stderr, "livetrace: no module matches -m %s yet: its functions are traced when the process loads it\n", strings.Join(o.modules, " -m "))
 	}
 	held := s.Held()
 	for _, l := range session.DescribeHeld("skipped", held) {
@@ -369,6 +377,12 @@ loop:
 	}
 	for _, l := range session.DescribeHeld("left", late) {
 		fmt.Fprintf(o.stderr, "livetrace: %s, as the other tool made them\n", l)
+	}
+	if ld := s.Loader(); ld.Loads+ld.Unloads > 0 || len(ld.Errors) > 0 {
+		fmt.Fprintf(o.stderr, "livetrace: the process loaded %s and unloaded %s while traced\n", plural(ld.Loads, "module"), plural(ld.Unloads, "module"))
+		for _, e := range ld.Errors {
+			fmt.Fprintf(o.stderr, "livetrace: not traced: %s\n", report.Printable(e))
+		}
 	}
 	if why != "" {
 		fmt.Fprintf(o.stderr, "livetrace: %s\n", why)

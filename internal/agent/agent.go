@@ -271,6 +271,28 @@ func AppendSites(mem []byte, cfg Config, at int, sites []Site) error {
 	return nil
 }
 
+// DropSites retires the entries at indexes idx of the site table in mem
+// (the tracer's mapping of the shared memory): their address becomes 0, a
+// tombstone, so that neither the SIGTRAP backstop nor a restore ever takes
+// an address that another module may now hold for one of these sites (the
+// module that had them was unloaded). The indexes stay taken: records
+// name sites by index.
+func DropSites(mem []byte, cfg Config, idx []int) error {
+	l, err := cfg.layout()
+	if err != nil {
+		return fmt.Errorf("drop sites: %w", err)
+	}
+	n := int(atomic.LoadUint64((*uint64)(unsafe.Pointer(&mem[SharedHdrNsitesOff]))))
+	for _, i := range idx {
+		if i < 0 || i >= n || l.siteOff+uint64(i+1)*SizeofSite > uint64(len(mem)) {
+			return fmt.Errorf("drop sites: %w: site %d of %d", ErrBadConfig, i, n)
+		}
+		p := (*uint64)(unsafe.Pointer(&mem[l.siteOff+uint64(i)*SizeofSite+SiteAddrOff]))
+		atomic.StoreUint64(p, 0)
+	}
+	return nil
+}
+
 // Record is one decoded event.
 type Record struct {
 	TSC         uint64 // rdtsc at the event

@@ -27,19 +27,19 @@ const (
 	// RemoteOff is the offset from the agent's base of lt_remote, `syscall; int3`: where the tracer runs remote system calls once the agent is in.
 	RemoteOff = 0x9c0
 	// HookRaiseOff is the offset from the agent's base of lt_hook_raise, which runs in place of _Unwind_RaiseException in graph mode.
-	HookRaiseOff = 0x37e0
+	HookRaiseOff = 0x3840
 	// HookResumeOrRethrowOff is the offset from the agent's base of lt_hook_resume_or_rethrow, which runs in place of _Unwind_Resume_or_Rethrow in graph mode.
-	HookResumeOrRethrowOff = 0x3820
+	HookResumeOrRethrowOff = 0x3880
 	// HookBeginCatchOff is the offset from the agent's base of lt_hook_begin_catch, which runs in place of __cxa_begin_catch in graph mode.
-	HookBeginCatchOff = 0x3860
+	HookBeginCatchOff = 0x38c0
 	// HookLongjmpOff is the offset from the agent's base of lt_hook_longjmp, which runs in place of longjmp in graph mode.
-	HookLongjmpOff = 0x38a0
+	HookLongjmpOff = 0x3900
 	// HookLongjmpUOff is the offset from the agent's base of lt_hook__longjmp, which runs in place of _longjmp in graph mode.
-	HookLongjmpUOff = 0x38e0
+	HookLongjmpUOff = 0x3940
 	// HookSiglongjmpOff is the offset from the agent's base of lt_hook_siglongjmp, which runs in place of siglongjmp in graph mode.
-	HookSiglongjmpOff = 0x3920
+	HookSiglongjmpOff = 0x3980
 	// HookLongjmpChkOff is the offset from the agent's base of lt_hook_longjmp_chk, which runs in place of __longjmp_chk in graph mode.
-	HookLongjmpChkOff = 0x3960
+	HookLongjmpChkOff = 0x39c0
 	// CtlOff is the offset from the agent's base of the control page (MADV_WIPEONFORK).
 	CtlOff = 0x4000
 	// CtlSize is the size of the control page (MADV_WIPEONFORK).
@@ -87,7 +87,7 @@ const (
 	// OwnerMagic is LT_OWNER_MAGIC from agent.h.
 	OwnerMagic = 0x574f544c
 	// OwnerVersion is LT_OWNER_VERSION from agent.h.
-	OwnerVersion = 0x1
+	OwnerVersion = 0x2
 	// MaxStubRegions is LT_MAX_STUB_REGIONS from agent.h.
 	MaxStubRegions = 0x40
 	// MaxHooks is LT_MAX_HOOKS from agent.h.
@@ -155,7 +155,7 @@ const (
 	// ChunkHdrSlotOff is the offset of slot in struct lt_chunk_hdr.
 	ChunkHdrSlotOff = 0x18
 	// SizeofCtl is sizeof(struct lt_ctl).
-	SizeofCtl = 0xa78
+	SizeofCtl = 0xa80
 	// CtlEnabledOff is the offset of enabled in struct lt_ctl.
 	CtlEnabledOff = 0x0
 	// CtlGraphOff is the offset of graph in struct lt_ctl.
@@ -181,7 +181,7 @@ const (
 	// SigactionMaskOff is the offset of mask in struct lt_ksigaction.
 	SigactionMaskOff = 0x18
 	// SizeofOwner is sizeof(struct lt_owner).
-	SizeofOwner = 0xa38
+	SizeofOwner = 0xa40
 	// OwnerMagicOff is the offset of magic in struct lt_owner.
 	OwnerMagicOff = 0x0
 	// OwnerVersionOff is the offset of version in struct lt_owner.
@@ -204,6 +204,8 @@ const (
 	OwnerStubsOff = 0x38
 	// OwnerHooksOff is the offset of hooks in struct lt_owner.
 	OwnerHooksOff = 0x438
+	// OwnerRbrkOff is the offset of rbrk in struct lt_owner.
+	OwnerRbrkOff = 0xa38
 	// SizeofPriv is sizeof(struct lt_priv).
 	SizeofPriv = 0x9041000
 	// PrivOldSigtrapOff is the offset of old_sigtrap in struct lt_priv.
@@ -214,6 +216,8 @@ const (
 	PrivUnwindOff = 0x100
 	// PrivSharedReadyOff is the offset of shared_ready in struct lt_priv.
 	PrivSharedReadyOff = 0x138
+	// PrivRbrkOff is the offset of rbrk in struct lt_priv.
+	PrivRbrkOff = 0x140
 	// PrivThreadsOff is the offset of threads in struct lt_priv.
 	PrivThreadsOff = 0x1000
 	// PrivShadowOff is the offset of shadow in struct lt_priv.

@@ -35,6 +35,10 @@ type Owner struct {
 	SharedSize uint64 // bytes of the shared memory mapping (0: not yet mapped)
 	Stubs      []Range
 	Hooks      []Hook
+	// Rbrk is the address of the INT3 the tracer wrote over the `ret` of
+	// the dynamic loader's r_brk (0: none); restore writes the `ret`
+	// (0xc3) back.
+	Rbrk uint64
 }
 
 // Encode returns the SizeofOwner bytes to write at [Addrs.Owner], with the
@@ -54,6 +58,7 @@ func (o Owner) Encode() ([]byte, error) {
 	le.PutUint64(b[OwnerSharedSizeOff:], o.SharedSize)
 	le.PutUint32(b[OwnerNstubsOff:], uint32(len(o.Stubs)))
 	le.PutUint32(b[OwnerNhooksOff:], uint32(len(o.Hooks)))
+	le.PutUint64(b[OwnerRbrkOff:], o.Rbrk)
 	for i, r := range o.Stubs {
 		at := OwnerStubsOff + i*SizeofRange
 		le.PutUint64(b[at+RangeAddrOff:], r.Addr)
@@ -101,6 +106,7 @@ func DecodeOwner(b []byte) (Owner, error) {
 	o.Start = le.Uint64(b[OwnerStartOff:])
 	o.Base = le.Uint64(b[OwnerBaseOff:])
 	o.SharedSize = le.Uint64(b[OwnerSharedSizeOff:])
+	o.Rbrk = le.Uint64(b[OwnerRbrkOff:])
 	for i := range int(ns) {
 		at := OwnerStubsOff + i*SizeofRange
 		o.Stubs = append(o.Stubs, Range{Addr: le.Uint64(b[at+RangeAddrOff:]), Size: le.Uint64(b[at+RangeSizeOff:])})
@@ -143,10 +149,13 @@ func SharedSites(shared []byte, size uint64) ([]Site, error) {
 		}
 	}
 	// Sorted up to the sites chosen at attach, then the sites added while
-	// attached: no two may be at the same address.
-	addrs := make([]uint64, n)
+	// attached: no two may be at the same address. Address 0 is a site
+	// retired with its module (DropSites).
+	addrs := make([]uint64, 0, n)
 	for i := range sites {
-		addrs[i] = sites[i].Addr
+		if sites[i].Addr != 0 {
+			addrs = append(addrs, sites[i].Addr)
+		}
 	}
 	slices.Sort(addrs)
 	for i := 1; i < len(addrs); i++ {

@@ -83,6 +83,20 @@ func (b *Batch) EachThread(maxSteps int, fn func(tid int, regs *unix.PtraceRegs)
 		if t == nil || !p.live(t) {
 			continue
 		}
+		if t.role == roleParked && t.state == stopped {
+			// Parked at the breakpoint (breakpoint.go), in the
+			// loader: looked at where it is, never stepped.
+			var regs unix.PtraceRegs
+			if err := unix.PtraceGetRegs(t.tid, &regs); err != nil {
+				continue
+			}
+			if lo, hi, err := fn(t.tid, &regs); err != nil {
+				return err
+			} else if lo < hi {
+				return fmt.Errorf("inspect thread %d: parked at the loader's breakpoint inside [%#x, %#x)", tid, lo, hi)
+			}
+			continue
+		}
 		if t.role != roleFree && t.role != roleHeld {
 			return fmt.Errorf("inspect thread %d: it is busy", tid)
 		}

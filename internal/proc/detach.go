@@ -73,6 +73,11 @@ func (p *Process) detachAll() {
 				continue
 			}
 		}
+		if t.role == roleParked {
+			// Still at the breakpoint: return from it first (unless a
+			// Remote did, see retDone).
+			_ = p.emulateRet(t)
+		}
 		p.fixInterrupted(t)
 		if err := unix.PtraceDetach(tid); errors.Is(err, unix.ESRCH) && taskExists(p.pid, tid) {
 			// It left the stop we thought it in (a resume raced with

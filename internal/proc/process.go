@@ -74,6 +74,7 @@ const (
 //	free --interrupt--> held --holdRemote--> borrowed --Release--> held or free
 //	                    held --SingleStepOut--> stepping --done--> held
 //	                    held --ResumeAll--> free
+//	free or held --breakpoint--> parked --Unpark--> free (held under StopAll)
 //	any  --PTRACE_EVENT_EXEC--> (dropped; the leader becomes a new thread, execed)
 type role uint8
 
@@ -98,6 +99,10 @@ const (
 	// instant of the new image. It stays in that stop until Detach, and
 	// nothing of the old image (registers, signals) is ever written to it.
 	roleExeced
+	// roleParked: stopped at the tracer's breakpoint (breakpoint.go),
+	// in its SIGTRAP signal-delivery-stop, until Unpark or Detach
+	// emulates the `ret` the INT3 replaced. Nothing else resumes it.
+	roleParked
 )
 
 // heldSignal is a signal taken off a borrowed or stepping thread: its
@@ -127,6 +132,9 @@ type thread struct {
 	// drain says the thread, held, runs without a pending interrupt so
 	// that it dequeues a pending signal (see drainTraps).
 	drain bool
+	// retDone says a parked thread has returned from the breakpoint
+	// already (its `ret` emulated when a Remote borrowed it).
+	retDone bool
 }
 
 // want reports whether we hold the thread: it must not run free.
@@ -157,6 +165,12 @@ type Process struct {
 	threadExit ThreadExitHandler
 	fork       ForkHandler
 	traps      int // SIGTRAPs handled by trap
+
+	// bpAddr is the tracer's breakpoint (0: none), bpFn its handler
+	// (nil: cleared) and bpFilter its filter, see breakpoint.go.
+	bpAddr   uint64
+	bpFn     BreakpointHandler
+	bpFilter func(tid int) bool
 
 	sysInsn uint64  // address of a `syscall` instruction in the target
 	gadget  *Gadget // see SetSyscallGadget

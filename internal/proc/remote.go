@@ -30,6 +30,7 @@ type Remote struct {
 	ran    bool // at least one syscall ran: the thread sits at a syscall-exit stop
 	closed bool
 	inline bool // obtained in a Batch: methods run on the ptrace thread directly
+	parked bool // the thread was parked at the breakpoint: it goes back there
 }
 
 // run runs fn on the ptrace thread: directly for a Remote of a Batch,
@@ -158,12 +159,23 @@ func (p *Process) holdRemoteLocked(tid int) (*Remote, error) {
 			}
 			continue
 		}
-		r := &Remote{p: p, t: t}
+		r := &Remote{p: p, t: t, parked: t.role == roleParked}
 		if err := unix.PtraceGetRegs(t.tid, &r.saved); err != nil {
 			if errors.Is(err, unix.ESRCH) {
 				continue
 			}
 			return nil, fmt.Errorf("read registers of thread %d: %w", t.tid, err)
+		}
+		if r.parked && !t.retDone && p.atBreakpoint(r.saved.Rip) {
+			// The registers it gets back after each syscall (and
+			// from the agent if the tracer dies) are those after
+			// the breakpoint's `ret`: its SIGTRAP, suppressed by
+			// the first PTRACE_SYSCALL, would not be there to
+			// return for it.
+			if err := p.returnFrom(&r.saved); err != nil {
+				continue
+			}
+			t.retDone = true
 		}
 		t.role = roleBorrowed
 		p.lastRemote = t.tid
@@ -253,7 +265,18 @@ func (p *Process) remoteCandidates() []*thread {
 	for _, c := range scored {
 		out = append(out, c.t)
 	}
-	return append(out, rest...)
+	out = append(out, rest...)
+	// Last, threads parked at the breakpoint (breakpoint.go): in a
+	// single-threaded process the one that called dlopen is the only
+	// one there is. It is borrowed from its SIGTRAP signal-delivery-stop,
+	// which suppresses that SIGTRAP (the breakpoint's, which Unpark
+	// would suppress too), and goes back to being parked at Release.
+	for _, t := range p.threads {
+		if t.role == roleParked && t.state == stopped && p.live(t) {
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 // remoteScore: 0 already stopped by us; 1 blocked in a syscall that the
@@ -436,9 +459,16 @@ func (r *Remote) Release() error {
 		}
 		if err := p.setRegs(t, &regs); err != nil {
 			p.giveBack(t)
+			if r.parked {
+				t.role = roleParked
+			}
 			return fmt.Errorf("restore registers of thread %d: %w", t.tid, err)
 		}
 		p.giveBack(t)
+		if r.parked {
+			t.role = roleParked // stays stopped until Unpark
+			return nil
+		}
 		if !p.holdAll {
 			t.role = roleFree
 			p.resume(t, 0)

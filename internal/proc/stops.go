@@ -181,6 +181,7 @@ func (p *Process) waitBlocking(t *thread, cond func() bool, timeout time.Duratio
 //	EVENT_EXIT               exit handler, resume (the thread is dying)
 //	SIGTRAP of a step        deliver     deliver     stepping: step done      -
 //	SIGTRAP of our INT3      trap handler, resume    trap handler, reissue    -
+//	SIGTRAP of breakpoint    park (breakpoint.go)    emulate ret, reissue     -
 //	other signal             deliver     deliver     hold (requeued later)    -
 //
 // "keep" leaves the thread in its stop. "reissue" restarts the request in
@@ -318,6 +319,9 @@ func (p *Process) handleSignal(t *thread, sig unix.Signal) {
 	if sig == unix.SIGTRAP && si.code != siKernel && t.role == roleStepping && t.op == unix.PTRACE_SINGLESTEP {
 		t.kind = stopStep
 		t.op = 0
+		return
+	}
+	if sig == unix.SIGTRAP && si.code == siKernel && p.hitBreakpoint(t) {
 		return
 	}
 	if sig == unix.SIGTRAP && si.code == siKernel && p.trap != nil && p.handleTrap(t) {

@@ -261,6 +261,9 @@ func (s *Session) forked(child int, mem *proc.Mem) {
 		return
 	}
 	_ = s.eng.RestoreInto(mem)
+	if at := s.loader.addr.Load(); at != 0 {
+		_ = mem.Write(at, []byte{opRet}) // the loader's r_brk (dlopen.go)
+	}
 }
 
 // wantTID applies the --tid filter.

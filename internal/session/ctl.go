@@ -129,6 +129,9 @@ func (s *Session) change(globs []string, enable bool, rules []ArgRule) (res Chan
 	matched := make([]bool, len(globs))
 	var idx []int
 	for i, x := range s.sel {
+		if x.gone {
+			continue // its module was unloaded (dlopen.go)
+		}
 		hit := false
 		for gi, g := range globs {
 			if s.mods[x.mod].Spec.MatchSite(x.site, g) {
@@ -265,7 +268,9 @@ func (s *Session) change(globs []string, enable bool, rules []ArgRule) (res Chan
 func (s *Session) candidates(globs []string, matched []bool) (fresh []selected, refused []RefusedSite) {
 	have := make(map[uint64]bool, len(s.sel))
 	for _, x := range s.sel {
-		have[x.addr] = true
+		if !x.gone {
+			have[x.addr] = true
+		}
 	}
 	mark := func(spec *elfsite.Spec, st elfsite.Site) bool {
 		hit := false
@@ -277,7 +282,7 @@ func (s *Session) candidates(globs []string, matched []bool) (fresh []selected, 
 		return hit
 	}
 	for mi, m := range s.mods {
-		if !matchModule(m.Path, s.opts.Modules) {
+		if !matchModule(m.Path, s.opts.Modules) || s.loader.gone[mi] {
 			continue
 		}
 		sites := m.Spec.Patchable()
@@ -452,7 +457,10 @@ func (s *Session) writeStubs(fresh []selected, base int) error {
 func (s *Session) stubRoom(m int, need, lo, hi uint64) (*ctlStubRegion, error) {
 	for i := range s.ctl.regions {
 		rg := &s.ctl.regions[i]
-		if rg.mod == m && rg.size-rg.used >= need && withinReach(rg.addr, rg.addr+rg.size, lo, hi) {
+		// Any module's region within reach: a module loaded and
+		// unloaded over and over (dlopen.go) must not use up the
+		// owner record's stub regions.
+		if rg.size-rg.used >= need && withinReach(rg.addr, rg.addr+rg.size, lo, hi) {
 			return rg, nil
 		}
 	}

@@ -43,6 +43,8 @@ type injection struct {
 	// hooks are the GOT slots pointed at the agent's unwinder hooks
 	// (graph mode, see unwind.go); they go back before the agent goes.
 	hooks []gotHook
+	// rbrk is the INT3 over the loader's r_brk (dlopen.go), 0: none.
+	rbrk uint64
 }
 
 type remoteRegion struct {
@@ -119,11 +121,17 @@ func (s *Session) inject() (err error) {
 	}
 	sort.Slice(mods, func(i, j int) bool { return len(byMod[mods[i]]) > len(byMod[mods[j]]) })
 
-	// The agent goes next to the module with the most traced sites.
-	first := byMod[mods[0]]
-	base, ok := findGap(maps, inj.size, s.sel[first[0]].addr, s.sel[first[len(first)-1]].addr+5)
+	// The agent goes next to the module with the most traced sites (the
+	// program itself when none is selected yet, see dlopen.go).
+	near := s.mods[0]
+	lo, hi := near.Mappings[0].Start, near.Mappings[len(near.Mappings)-1].End
+	if len(mods) > 0 {
+		first := byMod[mods[0]]
+		near, lo, hi = s.mods[mods[0]], s.sel[first[0]].addr, s.sel[first[len(first)-1]].addr+5
+	}
+	base, ok := findGap(maps, inj.size, lo, hi)
 	if !ok {
-		return fmt.Errorf("inject agent: no free address range of %d MiB within reach of %s", inj.size>>20, s.mods[mods[0]].Path)
+		return fmt.Errorf("inject agent: no free address range of %d MiB within reach of %s", inj.size>>20, near.Path)
 	}
 	inj.addrs = agent.AddrsAt(base)
 	a := inj.addrs

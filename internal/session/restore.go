@@ -28,6 +28,9 @@ type RestoreResult struct {
 	Hooks    int    // GOT slots put back
 	Sigtrap  bool   // the application's SIGTRAP action was put back
 	Regions  int    // mappings removed
+	// Rbrk says the INT3 over the loader's r_brk (dlopen.go) was
+	// replaced by its `ret` again.
+	Rbrk bool
 }
 
 // String says what was done, in one line.
@@ -42,6 +45,9 @@ func (r *RestoreResult) String() string {
 	}
 	if r.Hooks > 0 {
 		fmt.Fprintf(&b, ", %s", plural(r.Hooks, "GOT slot"))
+	}
+	if r.Rbrk {
+		b.WriteString(", the loader's r_brk")
 	}
 	if r.Sigtrap {
 		b.WriteString(", the SIGTRAP action")
@@ -111,6 +117,7 @@ type adoption struct {
 	patches []textpoke.Patch
 	priv    bool // the private region is mapped (shadow stacks, saved SIGTRAP action)
 	code    bool // the code is in and executable
+	rbrk    bool // the owner's r_brk holds its INT3 (dlopen.go)
 }
 
 func adopt(p *proc.Process, base uint64) (*RestoreResult, error) {
@@ -145,6 +152,18 @@ func adopt(p *proc.Process, base uint64) (*RestoreResult, error) {
 		}
 	}
 	res.Sigtrap = inj.backstop
+	if ad.owner.Rbrk != 0 {
+		// First the loader's `ret`, while the agent's backstop still
+		// serves the INT3; a trap taken before the write and reported
+		// later has its `ret` emulated by proc.
+		p.SetBreakpoint(ad.owner.Rbrk, nil)
+		if ad.rbrk {
+			if err := p.WriteMem(ad.owner.Rbrk, []byte{opRet}); err != nil {
+				return nil, fmt.Errorf("restore pid %d: put back the loader's r_brk: %w", pid, err)
+			}
+			res.Rbrk = true
+		}
+	}
 	if err := closeMemfds(p); err != nil {
 		return nil, fmt.Errorf("restore pid %d: %w", pid, err)
 	}
@@ -274,6 +293,25 @@ func validateOrphan(p *proc.Process, base uint64) (*adoption, error) {
 		inj.hooks = append(inj.hooks, gotHook{addr: h.Slot, orig: h.Orig, hook: h.Hook, what: fmt.Sprintf("GOT slot %#x", h.Slot)})
 	}
 
+	if o.Rbrk != 0 {
+		// The INT3 over the `ret` of the loader's r_brk: in a module's
+		// code, holding the INT3 (a `ret` there is already back).
+		m, ok := mappingAt(maps, o.Rbrk, 1)
+		if !ok || !m.Exec() || !m.FileBacked() {
+			return nil, fmt.Errorf("the owner record puts the loader's r_brk at %#x, outside any module's code", o.Rbrk)
+		}
+		var b [1]byte
+		if err := p.ReadMem(o.Rbrk, b[:]); err != nil {
+			return nil, fmt.Errorf("read the loader's r_brk: %w", err)
+		}
+		switch b[0] {
+		case opInt3:
+			ad.rbrk = true
+		case opRet:
+		default:
+			return nil, fmt.Errorf("the loader's r_brk at %#x holds %#x, neither the INT3 livetrace put there nor a ret", o.Rbrk, b[0])
+		}
+	}
 	if !shared {
 		return ad, nil // died before the site table was written: no site is patched
 	}
@@ -293,11 +331,22 @@ func validateOrphan(p *proc.Process, base uint64) (*adoption, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Sites retired with their module (address 0, agent.DropSites) are
+	// gone with it, and so are sites at an address nothing maps any more:
+	// their module was unloaded after the tracer died (dlopen.go). Either
+	// way there is nothing to put back.
+	live := ad.sites[:0]
+	for _, st := range ad.sites {
+		if _, mapped := mappingAt(maps, st.Addr, 1); st.Addr != 0 && mapped {
+			live = append(live, st)
+		}
+	}
+	ad.sites = live
 	addrs := make([]uint64, len(ad.sites))
 	for i, st := range ad.sites {
 		addrs[i] = st.Addr
 	}
-	live, err := elfsite.ReadSiteBytes(p.Pid(), addrs)
+	bytesNow, err := elfsite.ReadSiteBytes(p.Pid(), addrs)
 	if err != nil {
 		return nil, fmt.Errorf("read the sites: %w", err)
 	}
@@ -308,7 +357,7 @@ func validateOrphan(p *proc.Process, base uint64) (*adoption, error) {
 		if st.Len > 5 {
 			pt, err = inj.regionPatch(p, maps, st)
 		} else {
-			pt, err = inj.sitePatch(maps, st, live[i])
+			pt, err = inj.sitePatch(maps, st, bytesNow[i])
 		}
 		if err != nil {
 			bad = append(bad, err.Error())

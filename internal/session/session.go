@@ -62,6 +62,10 @@ type Options struct {
 	// Modules are shell globs restricting the selection to the modules
 	// whose path or base name matches one (all when empty).
 	Modules []string
+	// WaitModules lets Modules match no module at the start: the
+	// session then traces the matching modules the process loads later
+	// (dlopen.go), instead of failing.
+	WaitModules bool
 	// NoSpool converts each chunk taken from the shared buffer into the
 	// recording at once, instead of spooling it raw for a converter at
 	// low priority (spool.go): for comparisons, and for tests.
@@ -130,6 +134,8 @@ type selected struct {
 	// keep: a relocated site whose stub keeps every register
 	// (keepregs.go); set when its stub is written.
 	keep bool
+	// gone: its module was unloaded (dlopen.go); never written again.
+	gone bool
 }
 
 // Session is one live recording. Its methods are safe for concurrent use.
@@ -196,6 +202,7 @@ type Session struct {
 	ctlMu    sync.Mutex
 	changes  []tracefile.Change // under mu
 	ctl      ctlState           // under ctlMu
+	loader   loaderState        // dlopen and dlclose (dlopen.go)
 	closed   bool
 	closeErr error
 }
@@ -336,6 +343,13 @@ func (s *Session) start(p *proc.Process) (_ *Session, err error) {
 		return nil, err
 	}
 	s.lap("patch")
+	if err := s.followLoader(); err != nil {
+		return nil, err
+	}
+	if s.loader.waiting && s.loader.addr.Load() == 0 {
+		return nil, fmt.Errorf("no module of process %d matches -m %s, and livetrace cannot wait for one: %s", s.pid, strings.Join(s.opts.Modules, " "), s.loader.why)
+	}
+	s.lap("follow dlopen")
 	s.checkpoint()
 	s.lap("checkpoint")
 	return s, nil
@@ -473,6 +487,9 @@ func (s *Session) selectSites() error {
 		}
 	}
 	if nmods == 0 {
+		if s.waitForModules() {
+			return nil // dlopen.go: traced when the loader maps one
+		}
 		return fmt.Errorf("no module of process %d matches -m %s: see livetrace list -p %d for its modules", s.pid, strings.Join(s.opts.Modules, " "), s.pid)
 	}
 	if len(all) == 0 && len(s.untraceable) > 0 {
@@ -623,7 +640,7 @@ func (s *Session) checkSites() error {
 		bad = append(bad, fmt.Sprintf("%s at %#x holds % x, the file has % x", x.name, x.addr, b[:], x.orig))
 	}
 	s.sel = keep
-	if len(bad) == 0 && len(s.sel) == 0 {
+	if len(bad) == 0 && len(s.sel) == 0 && len(s.skipped) > 0 {
 		return fmt.Errorf("every selected function is held by a uprobe (%s): stop the other tracer (bpftrace, perf probe) or select other functions", heldNames(s.skipped))
 	}
 	if len(bad) > 0 {
@@ -720,7 +737,9 @@ func (s *Session) Held() []HeldSite {
 		s.mu.Lock()
 		names := make(map[uint64]string, len(s.sel))
 		for _, x := range s.sel {
-			names[x.addr] = x.name
+			if !x.gone {
+				names[x.addr] = x.name
+			}
 		}
 		s.mu.Unlock()
 		for _, h := range s.eng.Held() {
@@ -929,6 +948,7 @@ func (s *Session) Close() error {
 			// Enabled and graph off: no new records, no new hijacks.
 			note(s.inj.setCtl(s.p, agent.Ctl{}))
 		}
+		note(s.unfollowLoader())
 		if s.eng != nil {
 			st, err := s.eng.RestoreAll()
 			s.addStats(st)

@@ -57,6 +57,11 @@ const (
 	// assembly caller that checks rax..r11 and the carry flag), on
 	// "run N" ("done N bad B wrong W").
 	KeepRegs = "keepregs"
+	// Dlopen is c/dlopen.c: threads that dlopen, call and dlclose
+	// libltplugin.so (c/dlplugin.c, built next to the executable, with
+	// the program's site flags) over and over, on "run N"; see the
+	// protocol at the top of c/dlopen.c.
+	Dlopen = "dlopen"
 )
 
 // Fixtures returns the names of every fixture, sorted.
@@ -87,6 +92,38 @@ var fixtures = map[string]fixture{
 	LibcCalls: {plan: singleFile(LibcCalls, "libccalls.c")},
 	Args:      {plan: singleFile(Args, "args.c")},
 	KeepRegs:  {plan: singleFile(KeepRegs, "keepregs.c")},
+	Dlopen:    {plan: planDlopen},
+}
+
+// planDlopen plans c/dlopen.c and the library it loads, libltplugin.so,
+// built as withLib builds libltshared.so.
+func planDlopen(form Form, cfg *config, cc, _ string) (*buildPlan, error) {
+	files := map[string][]byte{}
+	for _, n := range []string{"dlopen.c", "dlplugin.c", "ltfixture.h"} {
+		b, err := readSource(n)
+		if err != nil {
+			return nil, err
+		}
+		files[n] = b
+	}
+	libArgs := baseFlags(cfg)
+	libArgs = append(libArgs, "-fPIC")
+	if !cfg.noSites {
+		libArgs = append(libArgs, siteFlags(form, true)...)
+	}
+	libArgs = append(libArgs, "-c", "dlplugin.c", "-o", "dlplugin.o")
+	return &buildPlan{
+		exeName: Dlopen,
+		files:   files,
+		phases: [][]step{
+			{
+				{cc, libArgs},
+				{cc, compileArgs(form, cfg, true, "dlopen.c", "dlopen.o")},
+			},
+			{{cc, []string{"-shared", "-g", "-Wl,-soname,libltplugin.so", "-o", "libltplugin.so", "dlplugin.o"}}},
+			{{cc, linkArgs(form, cfg, Dlopen, []string{"dlopen.o"}, "-ldl", "-rdynamic")}},
+		},
+	}, nil
 }
 
 func readSource(name string) ([]byte, error) {

@@ -284,9 +284,13 @@ type Change struct {
 	// was rewritten by then (some may be earlier).
 	Time time.Time `json:"time"`
 	TSC  uint64    `json:"tsc"`
-	// Op is "enable" or "disable".
+	// Op is "enable" or "disable" (livetrace ctl), "load" (a module the
+	// target loaded while attached: its matching functions are traced
+	// from then on) or "unload" (a module it unloaded: its functions are
+	// traced no more).
 	Op string `json:"op"`
-	// Globs are the shell globs the change was asked for with.
+	// Globs are the shell globs the change was asked for with; for
+	// "load" and "unload", the module's path.
 	Globs []string `json:"globs"`
 	// Funcs are the indexes in Meta.Funcs of the functions whose state
 	// changed.

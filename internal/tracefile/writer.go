@@ -368,7 +368,7 @@ func checkMeta(m *Meta) error {
 		}
 	}
 	for i, c := range m.Changes {
-		if c.Op != "enable" && c.Op != "disable" {
+		if c.Op != "enable" && c.Op != "disable" && c.Op != "load" && c.Op != "unload" {
 			return fmt.Errorf("change %d: unknown operation %.16q", i, c.Op)
 		}
 		for _, f := range c.Funcs {

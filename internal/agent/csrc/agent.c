@@ -98,6 +98,7 @@ void lt_sigtrap(int sig, void *si, void *uc) HIDDEN;
 #define SYS_process_vm_readv 310
 #define ETIMEDOUT 110
 #define SIGTRAP 5
+#define SI_KERNEL 0x80
 #define SIG_BLOCK 0
 #define SIG_SETMASK 2
 #define SA_SIGINFO 4
@@ -1192,7 +1193,25 @@ static int lt_remote_rescue(u64 *g)
 void lt_sigtrap(int sig, void *si, void *uc)
 {
 	u64 *g = (u64 *)uc + UC_GREGS;
-	if (lt_remote_rescue(g))
+	int rescued = lt_remote_rescue(g);
+	/*
+	 * The INT3 the tracer put over the `ret` of the loader's r_brk, to
+	 * learn of dlopen and dlclose (internal/session/dlopen.go): with no
+	 * tracer to handle it (it died, or this is a child forked meanwhile),
+	 * do what the `ret` would have done. A thread the tracer borrowed
+	 * while it was stopped there gets its registers back just past the
+	 * INT3: it returns too. A thread the tracer held at the breakpoint
+	 * has its rip on the INT3 itself (internal/proc/breakpoint.go).
+	 */
+	u64 rbrk = __atomic_load_n(&lt_priv.rbrk, __ATOMIC_ACQUIRE);
+	if (rbrk != 0 && (g[REG_RIP] - 1 == rbrk || g[REG_RIP] == rbrk) &&
+	    (rescued || ((const int *)si)[2] == SI_KERNEL)) {
+		u64 rsp = g[REG_RSP];
+		g[REG_RIP] = *(const u64 *)rsp;
+		g[REG_RSP] = rsp + 8;
+		return;
+	}
+	if (rescued)
 		return;
 	/*
 	 * The handler is in before the shared memory is mapped (the tracer

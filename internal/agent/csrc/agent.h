@@ -81,7 +81,7 @@ enum lt_const {
 	LT_KIND_ENTRY = 1,              /* record kind: function entry */
 	LT_KIND_EXIT = 2,               /* record kind: function exit */
 	LT_OWNER_MAGIC = 0x574f544c,    /* "LTOW" little endian: control page owner record */
-	LT_OWNER_VERSION = 1,           /* owner record format version */
+	LT_OWNER_VERSION = 2,           /* owner record format version (2: rbrk) */
 	LT_MAX_STUB_REGIONS = 64,       /* stub regions an owner record lists */
 	LT_MAX_HOOKS = 64,              /* GOT hooks an owner record lists */
 	LT_SITE_ORIG = 32,              /* bytes of struct lt_site.orig: a relocated region at most */
@@ -149,6 +149,8 @@ struct lt_owner {
 	u32 nhooks;
 	struct lt_range stubs[LT_MAX_STUB_REGIONS];
 	struct lt_hook hooks[LT_MAX_HOOKS];
+	u64 rbrk;        /* the INT3 the tracer wrote over the `ret` of the
+	                  * loader's r_brk (internal/session/dlopen.go), 0: none */
 };
 
 /*
@@ -254,7 +256,9 @@ struct lt_priv {
 	struct lt_remote_save remote;     /* see lt_remote (tracer writes) */
 	struct lt_unwind_real unwind;     /* see lt_hook_raise (tracer writes) */
 	u64 shared_ready;                 /* lt_shared is mapped and formatted (tracer writes) */
-	u8 pad[4096 - sizeof(struct lt_ksigaction) - sizeof(struct lt_remote_save) - sizeof(struct lt_unwind_real) - sizeof(u64)];
+	u64 rbrk;                         /* the INT3 over r_brk's `ret`, 0: none (tracer writes;
+	                                   * private, so a forked child keeps it) */
+	u8 pad[4096 - sizeof(struct lt_ksigaction) - sizeof(struct lt_remote_save) - sizeof(struct lt_unwind_real) - 2 * sizeof(u64)];
 	struct lt_thread threads[LT_MAX_THREADS];
 	struct lt_shadow shadow[LT_MAX_THREADS][LT_SHADOW_DEPTH];
 	/* The held-back entry of each shadow entry with LT_SHADOW_PENDING. */
