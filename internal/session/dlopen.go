@@ -479,6 +479,14 @@ func (s *Session) traceModule(mi int, ch *tracefile.Change) error {
 	if len(fresh) == 0 {
 		return nil
 	}
+	// What record -A/-R/-a and -G/--caller give every function, as
+	// Enable does.
+	for i := range fresh {
+		s.setCapture(&fresh[i], nil)
+	}
+	if err := s.checkStrings(fresh); err != nil {
+		return err
+	}
 	idx, err := s.prepare(fresh)
 	if err != nil {
 		return err

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/livetrace/livetrace/internal/testtarget"
+	"github.com/livetrace/livetrace/internal/tracefile"
 )
 
 // runDlopen sends "run N" to the dlopen fixture and parses its "done"
@@ -215,5 +216,43 @@ func BenchmarkDlopenCycle(b *testing.B) {
 				b.ReportMetric(float64(st.Stops)/float64((b.N+0)*rounds), "stops/cycle")
 			}
 		})
+	}
+}
+
+// TestDlopenArgs: a function of a library loaded after the attach
+// captures what record -A names, as one selected at the start does.
+func TestDlopenArgs(t *testing.T) {
+	testtarget.RequireRoot(t)
+	exe := testtarget.Build(t, testtarget.Dlopen, testtarget.ClangNop5)
+	p := testtarget.Start(t, exe)
+	if _, err := p.Expect("ready", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "rec.data")
+	s, err := Start(p.Pid(), Options{Funcs: []string{"plug_leaf", "round_done"}, Output: out,
+		Args: []ArgRule{{Glob: "plug_leaf", Args: []tracefile.ArgSpec{{Reg: 1, Format: tracefile.FormatDecimal}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, leaf, _, _ := runDlopen(t, p, 3)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := tracefile.Read(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n, withArgs uint64
+	for _, ev := range rec.Events {
+		if ev.Kind != tracefile.KindEntry || rec.Funcs[ev.Func].Name != "plug_leaf" {
+			continue
+		}
+		n++
+		if vals, err := tracefile.DecodeArgs(ev.Args); err == nil && len(vals) == 1 && vals[0].Reg == 1 {
+			withArgs++
+		}
+	}
+	if n != leaf || withArgs != n {
+		t.Errorf("plug_leaf: %d calls recorded, %d with its argument; the program made %d", n, withArgs, leaf)
 	}
 }
