@@ -1,7 +1,6 @@
 package report
 
 import (
-	"bufio"
 	"fmt"
 	"io"
 
@@ -69,16 +68,24 @@ const (
 	threadUUIDBase = 2
 )
 
-// perfettoWriter writes TracePackets one by one.
+// perfettoWriter writes TracePackets one by one, appending them to out,
+// which goes to w whenever it holds pfFlushAt bytes.
 type perfettoWriter struct {
-	w      *bufio.Writer
-	meta   *tracefile.Meta
-	names  map[uint32]string
-	pkt    []byte // the packet being built
-	hdr    []byte // its field header
-	sub    []byte // a nested message being built
-	sub2   []byte
-	tracks map[uint32]bool
+	w   io.Writer
+	out []byte
+	// full takes buffers to the goroutine that writes them to w; it
+	// returns them in free, and closes wdone when full is closed. werr
+	// is the first write error (read after wdone).
+	full, free chan []byte
+	wdone      chan struct{}
+	werr       error
+	meta       *tracefile.Meta
+	names      map[uint32]string
+	pkt        []byte // the packet being built
+	hdr        []byte // its field header
+	sub        []byte // a nested message being built
+	sub2       []byte
+	tracks     map[uint32]bool
 	// iids maps a function to its interned name id (0: not yet).
 	iids    []uint64
 	nextIID uint64
@@ -90,17 +97,79 @@ type perfettoWriter struct {
 	lastTID  uint32
 	lastUUID uint64
 	haveLast bool
+	// te are the first bytes of a TrackEvent of each type on track
+	// teUUID (plainEvent).
+	te     [4][]byte
+	teUUID uint64
+	teOK   bool
 	// extra are more debug annotations for the next event (captured
 	// values, args.go); event clears it.
 	extra map[string]string
 }
 
+// pfFlushAt is how many bytes of packets are written at once.
+const pfFlushAt = 1 << 18
+
 func (p *perfettoWriter) flushPacket() {
-	p.hdr = protowire.AppendTag(p.hdr[:0], pfTracePacket, protowire.BytesType)
-	p.hdr = protowire.AppendVarint(p.hdr, uint64(len(p.pkt)))
-	p.w.Write(p.hdr)
-	p.w.Write(p.pkt)
+	p.out = protowire.AppendTag(p.out, pfTracePacket, protowire.BytesType)
+	p.out = protowire.AppendVarint(p.out, uint64(len(p.pkt)))
+	p.out = append(p.out, p.pkt...)
 	p.pkt = p.pkt[:0]
+	p.maybeFlush()
+}
+
+func (p *perfettoWriter) maybeFlush() {
+	if len(p.out) >= pfFlushAt {
+		p.flush()
+	}
+}
+
+// flush hands out to the writing goroutine and takes a free buffer.
+// Writing to the file costs about as much CPU as encoding: on another
+// core it overlaps with the encoding of the next buffer.
+func (p *perfettoWriter) flush() {
+	if len(p.out) == 0 {
+		return
+	}
+	if p.full == nil {
+		p.full, p.free, p.wdone = make(chan []byte, 1), make(chan []byte, 2), make(chan struct{})
+		p.free <- make([]byte, 0, cap(p.out))
+		go func() {
+			defer close(p.wdone)
+			for b := range p.full {
+				if p.werr == nil {
+					if _, err := p.w.Write(b); err != nil {
+						p.werr = fmt.Errorf("write perfetto trace: %w", err)
+					}
+				}
+				p.free <- b[:0]
+			}
+		}()
+	}
+	p.full <- p.out
+	p.out = <-p.free
+}
+
+// finish writes what is left and returns the first write error.
+func (p *perfettoWriter) finish() error {
+	p.flush()
+	if p.full != nil {
+		close(p.full)
+		<-p.wdone
+	}
+	return p.werr
+}
+
+// appendUvarint is protowire.AppendVarint with the one- and two-byte
+// cases inlined (most fields of an event).
+func appendUvarint(b []byte, v uint64) []byte {
+	if v < 1<<7 {
+		return append(b, byte(v))
+	}
+	if v < 1<<14 {
+		return append(b, byte(v)|0x80, byte(v>>7))
+	}
+	return protowire.AppendVarint(b, v)
 }
 
 // appendBytes appends field num holding b.
@@ -164,6 +233,10 @@ func (p *perfettoWriter) event(ns int64, tid uint32, typ uint64, fn int64, annot
 		uuid = p.track(tid)
 		p.lastTID, p.lastUUID, p.haveLast = tid, uuid, true
 	}
+	if annot == "" && len(p.extra) == 0 && (fn < 0 || fn < int64(len(p.iids)) && p.iids[fn] != 0) {
+		p.plainEvent(ns, typ, uuid, fn)
+		return
+	}
 	in := p.interned[:0]
 	te := append(p.sub2[:0], byte(pfEventType<<3), byte(typ), byte(pfEventTrackUUID<<3))
 	te = protowire.AppendVarint(te, uuid)
@@ -221,8 +294,53 @@ func (p *perfettoWriter) event(ns int64, tid uint32, typ uint64, fn int64, annot
 		b = appendBytes(b, pfInternedData, in)
 	}
 	b = appendBytes(b, pfTrackEvent, te)
-	p.w.Write(b)
+	p.out = append(p.out, b...)
 	p.pkt, p.sub2, p.interned = b[:0], te[:0], in[:0]
+	p.maybeFlush()
+}
+
+// plainEvent is event without annotations of a function whose name is
+// interned already (or of a slice end, fn < 0): the packet of nearly every
+// event, written straight into out. Its bytes are those event writes.
+func (p *perfettoWriter) plainEvent(ns int64, typ, uuid uint64, fn int64) {
+	if uuid != p.teUUID || !p.teOK {
+		// The TrackEvent's type and track of each type, for this track.
+		for t := range p.te {
+			p.te[t] = append(p.te[t][:0], byte(pfEventType<<3), byte(t), byte(pfEventTrackUUID<<3))
+			p.te[t] = appendUvarint(p.te[t], uuid)
+		}
+		p.teUUID, p.teOK = uuid, true
+	}
+	te := p.te[typ&3]
+	var iid uint64
+	teLen := len(te)
+	if fn >= 0 {
+		iid = p.iids[fn]
+		teLen += 1 + protowire.SizeVarint(iid)
+	}
+	// At most 3+10+1+10 bytes: its length is one byte.
+	n := 1 + protowire.SizeVarint(uint64(ns)) + 4 + 2 + teLen
+	b := append(p.out, byte(pfTracePacket<<3|2))
+	b = appendUvarint(b, uint64(n))
+	b = append(b, byte(pfTimestamp<<3))
+	for v := uint64(ns); ; v >>= 7 {
+		if v < 0x80 {
+			b = append(b, byte(v))
+			break
+		}
+		b = append(b, byte(v)|0x80)
+	}
+	b = append(b, byte(pfSequenceID<<3), perfettoSeq, byte(pfSequenceFlags<<3), seqNeedsIncState,
+		byte(pfTrackEvent<<3|2), byte(teLen))
+	b = append(b, te...)
+	if fn >= 0 {
+		b = append(b, byte(pfEventNameIID<<3))
+		b = appendUvarint(b, iid)
+	}
+	p.out = b
+	if len(b) >= pfFlushAt {
+		p.flush()
+	}
 }
 
 // ExportPerfettoStream writes s as a Perfetto protobuf trace (a Trace
@@ -248,7 +366,7 @@ func ExportPerfettoStream(w io.Writer, s *tracefile.Stream, f Filter) error {
 	if err := f.check(rec); err != nil {
 		return err
 	}
-	p := &perfettoWriter{w: bufio.NewWriterSize(w, 1<<16), meta: rec, names: threadNames(rec),
+	p := &perfettoWriter{w: w, out: make([]byte, 0, pfFlushAt+1<<12), meta: rec, names: threadNames(rec),
 		tracks: map[uint32]bool{}, annots: map[string]uint64{}, values: map[string]uint64{}}
 	p.start()
 	var err error
@@ -316,11 +434,10 @@ func ExportPerfettoStream(w io.Writer, s *tracefile.Stream, f Filter) error {
 		}
 		err = s.Err()
 	}
+	// Always: it ends the writing goroutine.
+	werr := p.finish()
 	if err != nil {
 		return err
 	}
-	if err := p.w.Flush(); err != nil {
-		return fmt.Errorf("write perfetto trace: %w", err)
-	}
-	return nil
+	return werr
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -297,5 +298,69 @@ func TestExportPerfetto(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestExportPerfettoLarge exports enough calls, on threads that take
+// turns, to fill the output buffer many times over, and checks every slice
+// against the calls made.
+func TestExportPerfettoLarge(t *testing.T) {
+	b := tracefiletest.New(tracefile.ModeGraph)
+	ths := []*tracefiletest.Thread{b.Thread(11, "a", 1000), b.Thread(12, "b", 1500), b.Thread(13, "c", 1700)}
+	const rounds = 20000
+	for i := 0; i < rounds; i++ {
+		th := ths[i%len(ths)]
+		th.Enter("outer").Advance(3)
+		th.Call(fmt.Sprintf("leaf%d", i%300), int64(1+i%7)) // 300 names: interning
+		th.Exit().Advance(int64(1 + i%5))
+	}
+	var pb bytes.Buffer
+	if err := report.Export(&pb, b.Recording(), "perfetto", report.Filter{}); err != nil {
+		t.Fatal(err)
+	}
+	if pb.Len() < 1<<20 {
+		t.Fatalf("export of %d calls is %d bytes: too small to test several output buffers", 2*rounds, pb.Len())
+	}
+	got := decodePerfetto(t, pb.Bytes())
+	if len(got) != 2*rounds {
+		t.Fatalf("%d slices, want %d", len(got), 2*rounds)
+	}
+	seen := map[uint32]int{}
+	for _, s := range got {
+		switch {
+		case s.Depth == 0 && s.Name == "outer":
+		case s.Depth == 1:
+			i := seen[s.TID]*len(ths) + int(s.TID-11)
+			if want := fmt.Sprintf("leaf%d", i%300); s.Name != want || s.DurNS != int64(1+i%7) {
+				t.Fatalf("call %d: slice %+v, want %s of %d ns", i, s, want, 1+i%7)
+			}
+			seen[s.TID]++
+		default:
+			t.Fatalf("unexpected slice %+v", s)
+		}
+	}
+}
+
+// failWriter fails every write after the first n bytes.
+type failWriter struct{ n int }
+
+func (w *failWriter) Write(b []byte) (int, error) {
+	if len(b) > w.n {
+		return 0, fmt.Errorf("disk full")
+	}
+	w.n -= len(b)
+	return len(b), nil
+}
+
+// TestExportPerfettoWriteError checks that a failed write is reported.
+func TestExportPerfettoWriteError(t *testing.T) {
+	b := tracefiletest.New(tracefile.ModeGraph)
+	th := b.Thread(11, "a", 1000)
+	for i := 0; i < 50000; i++ {
+		th.Call("f", 2).Advance(1)
+	}
+	err := report.Export(&failWriter{n: 1 << 10}, b.Recording(), "perfetto", report.Filter{})
+	if err == nil || !strings.Contains(err.Error(), "write perfetto trace: disk full") {
+		t.Fatalf("export to a failing writer: %v, want the write error", err)
 	}
 }
