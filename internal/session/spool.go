@@ -190,6 +190,9 @@ func (sp *spool) finish() error {
 		_ = unix.Setpriority(unix.PRIO_PROCESS, sp.lowered, sp.oldNice)
 		sp.lowered = 0
 	}
+	if debugTiming && sp.raw > 0 {
+		fmt.Fprintf(os.Stderr, "spool: %d bytes of records in %d bytes (%.2f a record)\n", sp.raw, sp.disk, float64(sp.disk)/float64(sp.raw/recordSize))
+	}
 	sp.mu.Unlock()
 	if started {
 		<-sp.done
