@@ -59,6 +59,9 @@ const (
 	// maxInternedValues caps the annotation values interned (callers);
 	// further ones are written in full.
 	maxInternedValues = 1 << 16
+	// maxCallerCache caps the caller addresses whose interned name the
+	// entry-mode export remembers (many addresses share a name).
+	maxCallerCache = 1 << 18
 
 	// perfettoSeq is the trusted_packet_sequence_id of every packet: the
 	// file is one sequence.
@@ -227,15 +230,9 @@ func (p *perfettoWriter) track(tid uint32) uint64 {
 // annotation values are interned: written once, in the packet that first
 // uses them, and referred to by id.
 func (p *perfettoWriter) event(ns int64, tid uint32, typ uint64, fn int64, annot, val string) {
-	var uuid uint64
-	if p.haveLast && tid == p.lastTID {
-		uuid = p.lastUUID
-	} else {
-		uuid = p.track(tid)
-		p.lastTID, p.lastUUID, p.haveLast = tid, uuid, true
-	}
+	uuid := p.trackUUID(tid)
 	if annot == "" && len(p.extra) == 0 && (fn < 0 || fn < int64(len(p.iids)) && p.iids[fn] != 0) {
-		p.plainEvent(ns, typ, uuid, fn)
+		p.plainEvent(ns, typ, uuid, fn, 0, 0)
 		return
 	}
 	in := p.interned[:0]
@@ -300,10 +297,22 @@ func (p *perfettoWriter) event(ns int64, tid uint32, typ uint64, fn int64, annot
 	p.maybeFlush()
 }
 
-// plainEvent is event without annotations of a function whose name is
-// interned already (or of a slice end, fn < 0): the packet of nearly every
-// event, written straight into out. Its bytes are those event writes.
-func (p *perfettoWriter) plainEvent(ns int64, typ, uuid uint64, fn int64) {
+// trackUUID is track, remembering the last thread's.
+func (p *perfettoWriter) trackUUID(tid uint32) uint64 {
+	if p.haveLast && tid == p.lastTID {
+		return p.lastUUID
+	}
+	uuid := p.track(tid)
+	p.lastTID, p.lastUUID, p.haveLast = tid, uuid, true
+	return uuid
+}
+
+// plainEvent is event of a function whose name is interned already (or of
+// a slice end, fn < 0), without annotations or (aiid != 0) with one whose
+// name and value are interned as aiid and viid: the packet of nearly
+// every event, written straight into out. Its bytes are those event
+// writes.
+func (p *perfettoWriter) plainEvent(ns int64, typ, uuid uint64, fn int64, aiid, viid uint64) {
 	if uuid != p.teUUID || !p.teOK {
 		// The TrackEvent's type and track of each type, for this track.
 		for t := range p.te {
@@ -319,7 +328,12 @@ func (p *perfettoWriter) plainEvent(ns int64, typ, uuid uint64, fn int64) {
 		iid = p.iids[fn]
 		teLen += 1 + protowire.SizeVarint(iid)
 	}
-	// At most 3+10+1+10 bytes: its length is one byte.
+	annLen := 0
+	if aiid != 0 {
+		annLen = 1 + protowire.SizeVarint(aiid) + 2 + protowire.SizeVarint(viid)
+		teLen += 2 + annLen
+	}
+	// At most 3+10+1+10+2+1+10+2+10 bytes: its length is one byte.
 	n := 1 + protowire.SizeVarint(uint64(ns)) + 4 + 2 + teLen
 	b := append(p.out, byte(pfTracePacket<<3|2))
 	b = appendUvarint(b, uint64(n))
@@ -337,6 +351,12 @@ func (p *perfettoWriter) plainEvent(ns int64, typ, uuid uint64, fn int64) {
 	if fn >= 0 {
 		b = append(b, byte(pfEventNameIID<<3))
 		b = appendUvarint(b, iid)
+	}
+	if aiid != 0 {
+		b = append(b, byte(pfEventAnnotations<<3|2), byte(annLen), byte(pfAnnotNameIID<<3))
+		b = appendUvarint(b, aiid)
+		b = append(b, byte(pfAnnotStringIID<<3|0x80), byte(pfAnnotStringIID>>4)) // a two-byte tag
+		b = appendUvarint(b, viid)
 	}
 	p.out = b
 	if len(b) >= pfFlushAt {
@@ -511,6 +531,9 @@ func ExportPerfettoStream(w io.Writer, s *tracefile.Stream, f Filter) error {
 	} else {
 		syms := newSymbolizer(rec)
 		conv := s.Clock.Converter()
+		// callers maps a caller's address to the interned id of its name.
+		callers := map[uint64]uint64{}
+		var callerAIID uint64
 		for {
 			ev, ok := s.Next()
 			if !ok {
@@ -519,8 +542,21 @@ func ExportPerfettoStream(w io.Writer, s *tracefile.Stream, f Filter) error {
 			if ev.Kind != tracefile.KindEntry || !f.keep(&ev) {
 				continue
 			}
+			ns := conv.Nanos(ev.TSC)
+			if ev.Args == "" && callerAIID != 0 && int(ev.Func) < len(p.iids) && p.iids[ev.Func] != 0 {
+				// A caller seen before: its name is interned.
+				if viid, ok := callers[ev.Caller]; ok {
+					p.plainEvent(ns, typeInstant, p.trackUUID(ev.TID), int64(ev.Func), callerAIID, viid)
+					continue
+				}
+			}
+			name := syms.name(ev.Caller)
 			p.extra = argsMap(p.meta, ev.Func, ev.Args, false)
-			p.event(conv.Nanos(ev.TSC), ev.TID, typeInstant, int64(ev.Func), "caller", syms.name(ev.Caller))
+			p.event(ns, ev.TID, typeInstant, int64(ev.Func), "caller", name)
+			callerAIID = p.annots["caller"]
+			if viid, ok := p.values[name]; ok && len(callers) < maxCallerCache {
+				callers[ev.Caller] = viid
+			}
 		}
 		err = s.Err()
 	}
