@@ -10,6 +10,8 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/livetrace/livetrace/internal/agent"
 )
 
 // A spool keeps the chunks the consumer takes out of the shared buffer, raw,
@@ -52,6 +54,7 @@ type spool struct {
 	enc       []byte // put's encoding buffer (guarded by mu)
 	raw, disk int64  // bytes of records put, and as written (guarded by mu)
 	dec       []byte // converter only: decoded records
+	buf       []byte // converter only: what it reads
 }
 
 // spoolEncode turns the frame codec on; tests and benchmarks compare
@@ -65,6 +68,9 @@ const (
 	// spoolPunch is how much converted data accumulates before it is
 	// given back.
 	spoolPunch = 16 << 20
+	// spoolMaxFrame is the largest frame: a chunk of the most records
+	// the agent allows, as is.
+	spoolMaxFrame = 1 << 20 * agent.SizeofRecord
 )
 
 // openSpool creates the spool file in dir (the recording's directory, or
@@ -223,7 +229,7 @@ func (sp *spool) run(convert func(tid uint32, raw []byte) error) {
 		}
 		sp.mu.Unlock()
 	}
-	buf := make([]byte, spoolRead)
+	sp.buf = make([]byte, spoolRead)
 	for {
 		sp.mu.Lock()
 		for sp.wOff == sp.rOff && !sp.closing {
@@ -234,7 +240,7 @@ func (sp *spool) run(convert func(tid uint32, raw []byte) error) {
 		if sp.rOff == end {
 			return // closing, and nothing left
 		}
-		if err := sp.convertUpTo(end, buf, convert); err != nil {
+		if err := sp.convertUpTo(end, convert); err != nil {
 			sp.mu.Lock()
 			sp.convErr = err
 			sp.mu.Unlock()
@@ -244,8 +250,9 @@ func (sp *spool) run(convert func(tid uint32, raw []byte) error) {
 }
 
 // convertUpTo converts the frames in [rOff, end).
-func (sp *spool) convertUpTo(end int64, buf []byte, convert func(tid uint32, raw []byte) error) error {
+func (sp *spool) convertUpTo(end int64, convert func(tid uint32, raw []byte) error) error {
 	for sp.rOff < end {
+		buf := sp.buf
 		n := min(int64(len(buf)), end-sp.rOff)
 		b := buf[:n]
 		if _, err := sp.f.ReadAt(b, sp.rOff); err != nil {
@@ -257,7 +264,15 @@ func (sp *spool) convertUpTo(end int64, buf []byte, convert func(tid uint32, raw
 			size := int(binary.LittleEndian.Uint32(b[used+4:]))
 			rawSize := int(binary.LittleEndian.Uint32(b[used+8:]))
 			if spoolFrameHeader+size > len(buf) {
-				return fmt.Errorf("spool frame of %d bytes at %d: larger than the read buffer", size, sp.rOff+int64(used))
+				// A chunk larger than the read (a 16 MiB chunk of
+				// Options.ChunkRecords stored raw): read it whole.
+				if size > spoolMaxFrame {
+					return fmt.Errorf("spool frame of %d bytes at %d: more than a chunk can hold", size, sp.rOff+int64(used))
+				}
+				if used == 0 {
+					sp.buf = make([]byte, spoolFrameHeader+size)
+				}
+				break
 			}
 			if len(b)-used < spoolFrameHeader+size {
 				break // the frame continues past this read
@@ -279,6 +294,9 @@ func (sp *spool) convertUpTo(end int64, buf []byte, convert func(tid uint32, raw
 			used += spoolFrameHeader + size
 		}
 		if used == 0 {
+			if len(sp.buf) > len(buf) {
+				continue // read again, into the larger buffer
+			}
 			return fmt.Errorf("truncated spool frame at %d", sp.rOff)
 		}
 		sp.rOff += int64(used)

@@ -191,3 +191,37 @@ func BenchmarkSpoolPut(b *testing.B) {
 		})
 	}
 }
+
+// TestSpoolLargeFrame puts chunks larger than the converter's read (the
+// largest chunk, stored as is), between small ones: each comes back whole.
+func TestSpoolLargeFrame(t *testing.T) {
+	var got [][]byte
+	sp, err := openSpool(t.TempDir(), func(tid uint32, raw []byte) error {
+		got = append(got, bytes.Clone(raw))
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewSource(6))
+	var want [][]byte
+	for _, n := range []int{16, spoolRead + 16, 32, spoolMaxFrame, 48} {
+		b := make([]byte, n)
+		rng.Read(b) // random: stored as is
+		want = append(want, b)
+		if err := sp.put(1, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := sp.finish(); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("converted %d frames, put %d", len(got), len(want))
+	}
+	for i := range want {
+		if !bytes.Equal(got[i], want[i]) {
+			t.Fatalf("frame %d: got %d bytes, want %d", i, len(got[i]), len(want[i]))
+		}
+	}
+}
