@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"strconv"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -474,58 +473,4 @@ func innerTID(pid, tid int) (uint32, bool) {
 	}
 	// No NSpid (Linux before 4.1): one pid namespace.
 	return uint32(tid), true
-}
-
-// A Poller calls [Session.Poll] at a fixed interval on an OS thread of its
-// own, at a raised priority, asleep in clock_nanosleep between polls. A
-// loop on a Go ticker is woken in two steps: the runtime's timer wakes a
-// thread of normal priority, which then wakes the loop's; with the
-// target's threads busy on every CPU the first step can wait for tens of
-// milliseconds, and the shared buffer overflows meanwhile. The kernel's
-// timer wakes the poller's thread itself. See docs/DESIGN-NOTES.md, "A
-// consumer that keeps up".
-//
-// Events reach OnEvents from the poller's thread: a caller whose OnEvents
-// shares state with its own goroutine polls itself instead.
-type Poller struct {
-	stop atomic.Bool
-	done chan struct{}
-	errc chan error // the first error, then the poller ends
-	err  error      // set before done is closed
-}
-
-// StartPoller starts polling s every interval, on a thread at nice value
-// nice (see proc.BoostCaller; without the privilege to raise it, at the
-// caller's).
-func (s *Session) StartPoller(interval time.Duration, nice int) *Poller {
-	p := &Poller{done: make(chan struct{}), errc: make(chan error, 1)}
-	go func() {
-		defer close(p.done)
-		defer proc.BoostCaller(nice)()
-		// Stop waits for at most one slice of the sleep.
-		slice := min(interval, 10*time.Millisecond)
-		for !p.stop.Load() {
-			for left := interval; left > 0 && !p.stop.Load(); left -= slice {
-				ts := unix.NsecToTimespec(min(left, slice).Nanoseconds())
-				_ = unix.Nanosleep(&ts, nil) // EINTR: poll early
-			}
-			if _, err := s.Poll(); err != nil {
-				p.err = err
-				p.errc <- err
-				return
-			}
-		}
-	}()
-	return p
-}
-
-// Err returns a channel that receives the error that ended polling.
-func (p *Poller) Err() <-chan error { return p.errc }
-
-// Stop ends polling, waits for the last poll and returns the error that
-// ended polling, if any. It may be called more than once.
-func (p *Poller) Stop() error {
-	p.stop.Store(true)
-	<-p.done
-	return p.err
 }
