@@ -1,9 +1,9 @@
 package report
 
 import (
-	"bufio"
 	"fmt"
 	"io"
+	"slices"
 
 	"google.golang.org/protobuf/encoding/protowire"
 
@@ -59,6 +59,9 @@ const (
 	// maxInternedValues caps the annotation values interned (callers);
 	// further ones are written in full.
 	maxInternedValues = 1 << 16
+	// maxCallerCache caps the caller addresses whose interned name the
+	// entry-mode export remembers (many addresses share a name).
+	maxCallerCache = 1 << 18
 
 	// perfettoSeq is the trusted_packet_sequence_id of every packet: the
 	// file is one sequence.
@@ -69,16 +72,24 @@ const (
 	threadUUIDBase = 2
 )
 
-// perfettoWriter writes TracePackets one by one.
+// perfettoWriter writes TracePackets one by one, appending them to out,
+// which goes to w whenever it holds pfFlushAt bytes.
 type perfettoWriter struct {
-	w      *bufio.Writer
-	meta   *tracefile.Meta
-	names  map[uint32]string
-	pkt    []byte // the packet being built
-	hdr    []byte // its field header
-	sub    []byte // a nested message being built
-	sub2   []byte
-	tracks map[uint32]bool
+	w   io.Writer
+	out []byte
+	// full takes buffers to the goroutine that writes them to w; it
+	// returns them in free, and closes wdone when full is closed. werr
+	// is the first write error (read after wdone).
+	full, free chan []byte
+	wdone      chan struct{}
+	werr       error
+	meta       *tracefile.Meta
+	names      map[uint32]string
+	pkt        []byte // the packet being built
+	hdr        []byte // its field header
+	sub        []byte // a nested message being built
+	sub2       []byte
+	tracks     map[uint32]bool
 	// iids maps a function to its interned name id (0: not yet).
 	iids    []uint64
 	nextIID uint64
@@ -90,17 +101,79 @@ type perfettoWriter struct {
 	lastTID  uint32
 	lastUUID uint64
 	haveLast bool
+	// te are the first bytes of a TrackEvent of each type on track
+	// teUUID (plainEvent).
+	te     [4][]byte
+	teUUID uint64
+	teOK   bool
 	// extra are more debug annotations for the next event (captured
 	// values, args.go); event clears it.
 	extra map[string]string
 }
 
+// pfFlushAt is how many bytes of packets are written at once.
+const pfFlushAt = 1 << 18
+
 func (p *perfettoWriter) flushPacket() {
-	p.hdr = protowire.AppendTag(p.hdr[:0], pfTracePacket, protowire.BytesType)
-	p.hdr = protowire.AppendVarint(p.hdr, uint64(len(p.pkt)))
-	p.w.Write(p.hdr)
-	p.w.Write(p.pkt)
+	p.out = protowire.AppendTag(p.out, pfTracePacket, protowire.BytesType)
+	p.out = protowire.AppendVarint(p.out, uint64(len(p.pkt)))
+	p.out = append(p.out, p.pkt...)
 	p.pkt = p.pkt[:0]
+	p.maybeFlush()
+}
+
+func (p *perfettoWriter) maybeFlush() {
+	if len(p.out) >= pfFlushAt {
+		p.flush()
+	}
+}
+
+// flush hands out to the writing goroutine and takes a free buffer.
+// Writing to the file costs about as much CPU as encoding: on another
+// core it overlaps with the encoding of the next buffer.
+func (p *perfettoWriter) flush() {
+	if len(p.out) == 0 {
+		return
+	}
+	if p.full == nil {
+		p.full, p.free, p.wdone = make(chan []byte, 1), make(chan []byte, 2), make(chan struct{})
+		p.free <- make([]byte, 0, cap(p.out))
+		go func() {
+			defer close(p.wdone)
+			for b := range p.full {
+				if p.werr == nil {
+					if _, err := p.w.Write(b); err != nil {
+						p.werr = fmt.Errorf("write perfetto trace: %w", err)
+					}
+				}
+				p.free <- b[:0]
+			}
+		}()
+	}
+	p.full <- p.out
+	p.out = <-p.free
+}
+
+// finish writes what is left and returns the first write error.
+func (p *perfettoWriter) finish() error {
+	p.flush()
+	if p.full != nil {
+		close(p.full)
+		<-p.wdone
+	}
+	return p.werr
+}
+
+// appendUvarint is protowire.AppendVarint with the one- and two-byte
+// cases inlined (most fields of an event).
+func appendUvarint(b []byte, v uint64) []byte {
+	if v < 1<<7 {
+		return append(b, byte(v))
+	}
+	if v < 1<<14 {
+		return append(b, byte(v)|0x80, byte(v>>7))
+	}
+	return protowire.AppendVarint(b, v)
 }
 
 // appendBytes appends field num holding b.
@@ -157,12 +230,10 @@ func (p *perfettoWriter) track(tid uint32) uint64 {
 // annotation values are interned: written once, in the packet that first
 // uses them, and referred to by id.
 func (p *perfettoWriter) event(ns int64, tid uint32, typ uint64, fn int64, annot, val string) {
-	var uuid uint64
-	if p.haveLast && tid == p.lastTID {
-		uuid = p.lastUUID
-	} else {
-		uuid = p.track(tid)
-		p.lastTID, p.lastUUID, p.haveLast = tid, uuid, true
+	uuid := p.trackUUID(tid)
+	if annot == "" && len(p.extra) == 0 && (fn < 0 || fn < int64(len(p.iids)) && p.iids[fn] != 0) {
+		p.plainEvent(ns, typ, uuid, fn, 0, 0)
+		return
 	}
 	in := p.interned[:0]
 	te := append(p.sub2[:0], byte(pfEventType<<3), byte(typ), byte(pfEventTrackUUID<<3))
@@ -221,8 +292,180 @@ func (p *perfettoWriter) event(ns int64, tid uint32, typ uint64, fn int64, annot
 		b = appendBytes(b, pfInternedData, in)
 	}
 	b = appendBytes(b, pfTrackEvent, te)
-	p.w.Write(b)
+	p.out = append(p.out, b...)
 	p.pkt, p.sub2, p.interned = b[:0], te[:0], in[:0]
+	p.maybeFlush()
+}
+
+// trackUUID is track, remembering the last thread's.
+func (p *perfettoWriter) trackUUID(tid uint32) uint64 {
+	if p.haveLast && tid == p.lastTID {
+		return p.lastUUID
+	}
+	uuid := p.track(tid)
+	p.lastTID, p.lastUUID, p.haveLast = tid, uuid, true
+	return uuid
+}
+
+// plainEvent is event of a function whose name is interned already (or of
+// a slice end, fn < 0), without annotations or (aiid != 0) with one whose
+// name and value are interned as aiid and viid: the packet of nearly
+// every event, written straight into out. Its bytes are those event
+// writes.
+func (p *perfettoWriter) plainEvent(ns int64, typ, uuid uint64, fn int64, aiid, viid uint64) {
+	if uuid != p.teUUID || !p.teOK {
+		// The TrackEvent's type and track of each type, for this track.
+		for t := range p.te {
+			p.te[t] = append(p.te[t][:0], byte(pfEventType<<3), byte(t), byte(pfEventTrackUUID<<3))
+			p.te[t] = appendUvarint(p.te[t], uuid)
+		}
+		p.teUUID, p.teOK = uuid, true
+	}
+	te := p.te[typ&3]
+	var iid uint64
+	teLen := len(te)
+	if fn >= 0 {
+		iid = p.iids[fn]
+		teLen += 1 + protowire.SizeVarint(iid)
+	}
+	annLen := 0
+	if aiid != 0 {
+		annLen = 1 + protowire.SizeVarint(aiid) + 2 + protowire.SizeVarint(viid)
+		teLen += 2 + annLen
+	}
+	// At most 3+10+1+10+2+1+10+2+10 bytes: its length is one byte.
+	n := 1 + protowire.SizeVarint(uint64(ns)) + 4 + 2 + teLen
+	b := append(p.out, byte(pfTracePacket<<3|2))
+	b = appendUvarint(b, uint64(n))
+	b = append(b, byte(pfTimestamp<<3))
+	for v := uint64(ns); ; v >>= 7 {
+		if v < 0x80 {
+			b = append(b, byte(v))
+			break
+		}
+		b = append(b, byte(v)|0x80)
+	}
+	b = append(b, byte(pfSequenceID<<3), perfettoSeq, byte(pfSequenceFlags<<3), seqNeedsIncState,
+		byte(pfTrackEvent<<3|2), byte(teLen))
+	b = append(b, te...)
+	if fn >= 0 {
+		b = append(b, byte(pfEventNameIID<<3))
+		b = appendUvarint(b, iid)
+	}
+	if aiid != 0 {
+		b = append(b, byte(pfEventAnnotations<<3|2), byte(annLen), byte(pfAnnotNameIID<<3))
+		b = appendUvarint(b, aiid)
+		b = append(b, byte(pfAnnotStringIID<<3|0x80), byte(pfAnnotStringIID>>4)) // a two-byte tag
+		b = appendUvarint(b, viid)
+	}
+	p.out = b
+	if len(b) >= pfFlushAt {
+		p.flush()
+	}
+}
+
+// pfFrame is an open call of graphSlices.
+type pfFrame struct {
+	fn    uint32
+	depth uint16
+	shown bool
+}
+
+// graphSlices writes the slices of a graph-mode stream without a duration
+// filter, in one pass: a call shows if it passes the thread, function and
+// depth filters, which its entry tells. It builds the calls as the engine
+// does (engine.event: the same exits lost, orphans and unfinished calls,
+// closed in the same order), keeping of each open call only what the
+// slice's end needs: the engine's bookkeeping for the other readers cost
+// more than the export itself.
+func (p *perfettoWriter) graphSlices(s *tracefile.Stream, f Filter) error {
+	conv := s.Clock.Converter()
+	threads := map[uint32]*[]pfFrame{}
+	var (
+		lastTID uint32
+		st      *[]pfFrame
+		last    int64 // the time of the last event
+	)
+	end := func(tid uint32, fr pfFrame, ns int64, status, ret string) {
+		if !fr.shown {
+			return
+		}
+		p.extra = argsMap(p.meta, fr.fn, ret, true)
+		if status != "" {
+			p.event(ns, tid, typeSliceEnd, -1, "status", status)
+		} else {
+			p.event(ns, tid, typeSliceEnd, -1, "", "")
+		}
+	}
+	for {
+		b, ok := s.NextBatch()
+		if !ok {
+			break
+		}
+		for i := range b {
+			ev := &b[i]
+			now := conv.Nanos(ev.TSC)
+			last = now
+			if st == nil || ev.TID != lastTID {
+				if st = threads[ev.TID]; st == nil {
+					st = new([]pfFrame)
+					threads[ev.TID] = st
+				}
+				lastTID = ev.TID
+			}
+			stack := *st
+			switch ev.Kind {
+			case tracefile.KindEntry:
+				for len(stack) > 0 && stack[len(stack)-1].depth >= ev.Depth {
+					fr := stack[len(stack)-1]
+					stack = stack[:len(stack)-1]
+					end(ev.TID, fr, now, "exit lost", "")
+				}
+				fr := pfFrame{fn: ev.Func, depth: ev.Depth,
+					shown: f.keepTID(ev.TID) && f.keepFunc(ev.Func) && (f.MaxDepth == 0 || int(ev.Depth) < f.MaxDepth)}
+				stack = append(stack, fr)
+				if fr.shown {
+					p.extra = argsMap(p.meta, ev.Func, ev.Args, false)
+					p.event(now, ev.TID, typeSliceBegin, int64(ev.Func), "", "")
+				}
+			case tracefile.KindExit:
+				for len(stack) > 0 && stack[len(stack)-1].depth > ev.Depth {
+					fr := stack[len(stack)-1]
+					stack = stack[:len(stack)-1]
+					end(ev.TID, fr, now, "exit lost", "")
+				}
+				if n := len(stack); n > 0 && stack[n-1].depth == ev.Depth {
+					fr := stack[n-1]
+					stack = stack[:n-1]
+					if fr.fn != ev.Func {
+						// Both the exit of fr and the entry of this
+						// exit were lost.
+						end(ev.TID, fr, now, "exit lost", "")
+					} else {
+						end(ev.TID, fr, now, "", ev.Args)
+					}
+				}
+			}
+			*st = stack
+		}
+	}
+	if err := s.Err(); err != nil {
+		return err
+	}
+	// What still runs at the end, thread by thread in the order of their
+	// ids.
+	tids := make([]uint32, 0, len(threads))
+	for tid := range threads {
+		tids = append(tids, tid)
+	}
+	slices.Sort(tids)
+	for _, tid := range tids {
+		stack := *threads[tid]
+		for n := len(stack); n > 0; n-- {
+			end(tid, stack[n-1], last, "unfinished", "")
+		}
+	}
+	return nil
 }
 
 // ExportPerfettoStream writes s as a Perfetto protobuf trace (a Trace
@@ -248,7 +491,7 @@ func ExportPerfettoStream(w io.Writer, s *tracefile.Stream, f Filter) error {
 	if err := f.check(rec); err != nil {
 		return err
 	}
-	p := &perfettoWriter{w: bufio.NewWriterSize(w, 1<<16), meta: rec, names: threadNames(rec),
+	p := &perfettoWriter{w: w, out: make([]byte, 0, pfFlushAt+1<<12), meta: rec, names: threadNames(rec),
 		tracks: map[uint32]bool{}, annots: map[string]uint64{}, values: map[string]uint64{}}
 	p.start()
 	var err error
@@ -268,22 +511,7 @@ func ExportPerfettoStream(w io.Writer, s *tracefile.Stream, f Filter) error {
 		}
 		if f.MinDuration == 0 {
 			// Whether a call shows is known at its entry: one pass.
-			e := newEngine(s, f)
-			e.recycle = true
-			e.onEntry = func(c *ocall) {
-				if f.keepTID(c.tid) && f.keepFunc(c.fn) && (f.MaxDepth == 0 || int(c.depth) < f.MaxDepth) {
-					p.extra = argsMap(p.meta, c.fn, c.args, false)
-					p.event(first+c.start, c.tid, typeSliceBegin, int64(c.fn), "", "")
-				}
-			}
-			e.onClose = func(c *ocall) {
-				if c.own {
-					annot, val := status(c)
-					p.extra = argsMap(p.meta, c.fn, c.ret, true)
-					p.event(first+c.end, c.tid, typeSliceEnd, -1, annot, val)
-				}
-			}
-			err = e.run(s, nil)
+			err = p.graphSlices(s, f)
 		} else {
 			err = inOrder(s, f, nil, func(it item) {
 				c := it.c
@@ -303,6 +531,9 @@ func ExportPerfettoStream(w io.Writer, s *tracefile.Stream, f Filter) error {
 	} else {
 		syms := newSymbolizer(rec)
 		conv := s.Clock.Converter()
+		// callers maps a caller's address to the interned id of its name.
+		callers := map[uint64]uint64{}
+		var callerAIID uint64
 		for {
 			ev, ok := s.Next()
 			if !ok {
@@ -311,16 +542,28 @@ func ExportPerfettoStream(w io.Writer, s *tracefile.Stream, f Filter) error {
 			if ev.Kind != tracefile.KindEntry || !f.keep(&ev) {
 				continue
 			}
+			ns := conv.Nanos(ev.TSC)
+			if ev.Args == "" && callerAIID != 0 && int(ev.Func) < len(p.iids) && p.iids[ev.Func] != 0 {
+				// A caller seen before: its name is interned.
+				if viid, ok := callers[ev.Caller]; ok {
+					p.plainEvent(ns, typeInstant, p.trackUUID(ev.TID), int64(ev.Func), callerAIID, viid)
+					continue
+				}
+			}
+			name := syms.name(ev.Caller)
 			p.extra = argsMap(p.meta, ev.Func, ev.Args, false)
-			p.event(conv.Nanos(ev.TSC), ev.TID, typeInstant, int64(ev.Func), "caller", syms.name(ev.Caller))
+			p.event(ns, ev.TID, typeInstant, int64(ev.Func), "caller", name)
+			callerAIID = p.annots["caller"]
+			if viid, ok := p.values[name]; ok && len(callers) < maxCallerCache {
+				callers[ev.Caller] = viid
+			}
 		}
 		err = s.Err()
 	}
+	// Always: it ends the writing goroutine.
+	werr := p.finish()
 	if err != nil {
 		return err
 	}
-	if err := p.w.Flush(); err != nil {
-		return fmt.Errorf("write perfetto trace: %w", err)
-	}
-	return nil
+	return werr
 }

@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"math/rand"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -233,69 +235,190 @@ func TestExportPerfetto(t *testing.T) {
 				filters = append(filters, report.Filter{MinDuration: 20 * time.Microsecond, MaxDepth: 2})
 			}
 			for _, fl := range filters {
-				var pb, js bytes.Buffer
-				if err := report.Export(&pb, rec, "perfetto", fl); err != nil {
-					t.Fatal(err)
-				}
-				if err := report.ExportChrome(&js, rec, fl); err != nil {
-					t.Fatal(err)
-				}
-				got := decodePerfetto(t, pb.Bytes())
-				var chrome struct {
-					TraceEvents []struct {
-						Name string
-						Ph   string
-						TS   float64
-						Dur  float64
-						TID  uint32
-						Args map[string]any
-					}
-				}
-				if err := json.Unmarshal(js.Bytes(), &chrome); err != nil {
-					t.Fatal(err)
-				}
-				first := rec.Clock.Nanos(rec.Events[0].TSC)
-				var want []pfSlice
-				for _, e := range chrome.TraceEvents {
-					s := pfSlice{Name: e.Name, TID: e.TID, StartNS: first + int64(math.Round(e.TS*1e3)), DurNS: int64(math.Round(e.Dur * 1e3))}
-					switch e.Ph {
-					case "X":
-						if e.Args["exit_lost"] == true {
-							s.Annotation = "status=exit lost"
-						}
-						if e.Args["unfinished"] == true {
-							s.Annotation = "status=unfinished"
-						}
-					case "i":
-						s.DurNS = -1
-						s.Annotation = fmt.Sprint("caller=", e.Args["caller"])
-					default:
-						continue
-					}
-					want = append(want, s)
-				}
-				// Depth: the slices open on the thread at its start.
-				for i := range want {
-					for j := range want[:i] {
-						a, b := &want[j], &want[i]
-						if a.TID == b.TID && a.DurNS >= 0 && b.DurNS >= 0 && a.StartNS <= b.StartNS && b.StartNS+b.DurNS <= a.StartNS+a.DurNS {
-							b.Depth++
-						}
-					}
-				}
-				if len(want) == 0 {
-					t.Fatal("the chrome export has no events")
-				}
-				if !slices.Equal(got, want) {
-					t.Errorf("filter %+v: perfetto slices\n%+v\nwant (from the chrome export)\n%+v", fl, got, want)
-				}
-				t.Logf("%s %+v: perfetto %d bytes, chrome JSON %d bytes (%.1f%%)", mode, fl, pb.Len(), js.Len(), 100*float64(pb.Len())/float64(js.Len()))
+				pb, js := checkPerfettoAsChrome(t, rec, fl)
+				t.Logf("%s %+v: perfetto %d bytes, chrome JSON %d bytes (%.1f%%)", mode, fl, pb, js, 100*float64(pb)/float64(js))
 				// The small scenario has a large share of descriptors and
 				// names; a big recording's ratio is in the benchmark.
-				if pb.Len()*5 > js.Len()*3 {
-					t.Errorf("perfetto trace is %d bytes, more than 60%% of the JSON's %d", pb.Len(), js.Len())
+				if pb*5 > js*3 {
+					t.Errorf("perfetto trace is %d bytes, more than 60%% of the JSON's %d", pb, js)
 				}
 			}
 		})
+	}
+}
+
+// TestExportPerfettoLossy exports random call trees of several threads
+// with lost events (exits lost, orphan exits, calls still running at the
+// end) and checks them against the Chrome export, with and without
+// filters.
+func TestExportPerfettoLossy(t *testing.T) {
+	rng := rand.New(rand.NewSource(7))
+	for round := 0; round < 20; round++ {
+		b := tracefiletest.New(tracefile.ModeGraph)
+		ths := []*tracefiletest.Thread{b.Thread(11, "a", 0), b.Thread(12, "b", 100), b.Thread(13, "c", 300)}
+		for i := 0; i < 300; i++ {
+			th := ths[rng.Intn(len(ths))]
+			switch r := rng.Intn(10); {
+			case r < 4 && th.Depth() < 6:
+				th.Enter(fmt.Sprintf("f%d", rng.Intn(8)))
+			case r < 8 && th.Depth() > 0:
+				th.Exit()
+			case r == 8:
+				th.Lose(1 + rng.Intn(3))
+			case r == 9:
+				th.OrphanExit(fmt.Sprintf("f%d", rng.Intn(8)), rng.Intn(4))
+			}
+			th.Advance(int64(1 + rng.Intn(50)))
+		}
+		rec := b.Recording()
+		if len(rec.Events) == 0 {
+			continue
+		}
+		for _, fl := range []report.Filter{{}, {TIDs: []uint32{12, 13}}, {MaxDepth: 3}} {
+			checkPerfettoAsChrome(t, rec, fl)
+		}
+	}
+}
+
+// checkPerfettoAsChrome checks that the Perfetto export of rec holds the
+// calls of its Chrome export: same names, threads, start times, durations
+// and marks, nested by time. It returns the sizes of both.
+func checkPerfettoAsChrome(t *testing.T, rec *tracefile.Recording, fl report.Filter) (int, int) {
+	t.Helper()
+	var pb, js bytes.Buffer
+	if err := report.Export(&pb, rec, "perfetto", fl); err != nil {
+		t.Fatal(err)
+	}
+	if err := report.ExportChrome(&js, rec, fl); err != nil {
+		t.Fatal(err)
+	}
+	got := decodePerfetto(t, pb.Bytes())
+	var chrome struct {
+		TraceEvents []struct {
+			Name string
+			Ph   string
+			TS   float64
+			Dur  float64
+			TID  uint32
+			Args map[string]any
+		}
+	}
+	if err := json.Unmarshal(js.Bytes(), &chrome); err != nil {
+		t.Fatal(err)
+	}
+	first := rec.Clock.Nanos(rec.Events[0].TSC)
+	var want []pfSlice
+	for _, e := range chrome.TraceEvents {
+		s := pfSlice{Name: e.Name, TID: e.TID, StartNS: first + int64(math.Round(e.TS*1e3)), DurNS: int64(math.Round(e.Dur * 1e3))}
+		switch e.Ph {
+		case "X":
+			if e.Args["exit_lost"] == true {
+				s.Annotation = "status=exit lost"
+			}
+			if e.Args["unfinished"] == true {
+				s.Annotation = "status=unfinished"
+			}
+		case "i":
+			s.DurNS = -1
+			s.Annotation = fmt.Sprint("caller=", e.Args["caller"])
+		default:
+			continue
+		}
+		want = append(want, s)
+	}
+	// Depth: the slices open on the thread at its start.
+	for i := range want {
+		for j := range want[:i] {
+			a, b := &want[j], &want[i]
+			// (A slice that ends where an empty one starts ended
+			// before, closed by the event that began it, unless both
+			// still ran at the end.)
+			if a.TID == b.TID && a.DurNS >= 0 && b.DurNS >= 0 && a.StartNS <= b.StartNS && b.StartNS+b.DurNS <= a.StartNS+a.DurNS &&
+				(b.StartNS < a.StartNS+a.DurNS || a.DurNS == 0 || a.Annotation == "status=unfinished") {
+				b.Depth++
+			}
+		}
+	}
+	if len(want) == 0 {
+		t.Fatal("the chrome export has no events")
+	}
+	if !slices.Equal(got, want) {
+		i := 0
+		for i < min(len(got), len(want)) && got[i] == want[i] {
+			i++
+		}
+		g, w := "none", "none"
+		if i < len(got) {
+			g = fmt.Sprintf("%+v", got[i])
+		}
+		if i < len(want) {
+			w = fmt.Sprintf("%+v", want[i])
+		}
+		t.Fatalf("filter %+v: %d perfetto slices, %d in the chrome export; slice %d is\n%s\nwant\n%s", fl, len(got), len(want), i, g, w)
+	}
+	return pb.Len(), js.Len()
+}
+
+// TestExportPerfettoLarge exports enough calls, on threads that take
+// turns, to fill the output buffer many times over, and checks every slice
+// against the calls made.
+func TestExportPerfettoLarge(t *testing.T) {
+	b := tracefiletest.New(tracefile.ModeGraph)
+	ths := []*tracefiletest.Thread{b.Thread(11, "a", 1000), b.Thread(12, "b", 1500), b.Thread(13, "c", 1700)}
+	const rounds = 20000
+	for i := 0; i < rounds; i++ {
+		th := ths[i%len(ths)]
+		th.Enter("outer").Advance(3)
+		th.Call(fmt.Sprintf("leaf%d", i%300), int64(1+i%7)) // 300 names: interning
+		th.Exit().Advance(int64(1 + i%5))
+	}
+	var pb bytes.Buffer
+	if err := report.Export(&pb, b.Recording(), "perfetto", report.Filter{}); err != nil {
+		t.Fatal(err)
+	}
+	if pb.Len() < 1<<20 {
+		t.Fatalf("export of %d calls is %d bytes: too small to test several output buffers", 2*rounds, pb.Len())
+	}
+	got := decodePerfetto(t, pb.Bytes())
+	if len(got) != 2*rounds {
+		t.Fatalf("%d slices, want %d", len(got), 2*rounds)
+	}
+	seen := map[uint32]int{}
+	for _, s := range got {
+		switch {
+		case s.Depth == 0 && s.Name == "outer":
+		case s.Depth == 1:
+			i := seen[s.TID]*len(ths) + int(s.TID-11)
+			if want := fmt.Sprintf("leaf%d", i%300); s.Name != want || s.DurNS != int64(1+i%7) {
+				t.Fatalf("call %d: slice %+v, want %s of %d ns", i, s, want, 1+i%7)
+			}
+			seen[s.TID]++
+		default:
+			t.Fatalf("unexpected slice %+v", s)
+		}
+	}
+}
+
+// failWriter fails every write after the first n bytes.
+type failWriter struct{ n int }
+
+func (w *failWriter) Write(b []byte) (int, error) {
+	if len(b) > w.n {
+		return 0, fmt.Errorf("disk full")
+	}
+	w.n -= len(b)
+	return len(b), nil
+}
+
+// TestExportPerfettoWriteError checks that a failed write is reported.
+func TestExportPerfettoWriteError(t *testing.T) {
+	b := tracefiletest.New(tracefile.ModeGraph)
+	th := b.Thread(11, "a", 1000)
+	for i := 0; i < 50000; i++ {
+		th.Call("f", 2).Advance(1)
+	}
+	err := report.Export(&failWriter{n: 1 << 10}, b.Recording(), "perfetto", report.Filter{})
+	if err == nil || !strings.Contains(err.Error(), "write perfetto trace: disk full") {
+		t.Fatalf("export to a failing writer: %v, want the write error", err)
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/livetrace/livetrace/internal/agent"
 	"github.com/livetrace/livetrace/internal/proc"
 	"github.com/livetrace/livetrace/internal/tracefile"
@@ -51,15 +53,77 @@ func (s *Session) consume(final bool) (int, error) {
 	}
 	var n int
 	var err error
+	t0 := time.Now()
+	var ru0 unix.Rusage
+	if debugTiming {
+		_ = unix.Getrusage(unix.RUSAGE_THREAD, &ru0)
+	}
 	if final {
 		n, err = s.cons.DrainRaw(fn)
 	} else {
 		n, err = s.cons.PollRaw(fn)
 	}
+	if debugTiming {
+		pollStats.add(t0, n, s.cons.Counters().Lost, &ru0)
+	}
 	if werr != nil {
 		return n, werr
 	}
 	return n, err
+}
+
+// pollStats are the consumer's timing, printed every second with
+// LIVETRACE_DEBUG_TIMING set: how late polls came, how long they took,
+// how many records the largest took, and the loss, to tell a consumer
+// that falls behind from one that is kept off the CPU.
+var pollStats pollTiming
+
+type pollTiming struct {
+	since, last     time.Time
+	polls, recs     int
+	maxGap, maxTook time.Duration
+	maxRecs         int
+	gapsOver5ms     int
+	lost0, lost     uint64        // the agent's count at the start, at the last poll
+	lossyPolls      int           // polls that found new loss
+	lossGap         time.Duration // the largest gap before such a poll
+	// The longest poll's CPU time, and its voluntary (blocked) and
+	// involuntary (preempted) context switches.
+	tookCPU          time.Duration
+	tookBlk, tookPre int64
+}
+
+func (pt *pollTiming) add(t0 time.Time, n int, lost uint64, ru0 *unix.Rusage) {
+	now := time.Now()
+	var ru unix.Rusage
+	_ = unix.Getrusage(unix.RUSAGE_THREAD, &ru)
+	if pt.since.IsZero() {
+		pt.since, pt.last, pt.lost0, pt.lost = t0, t0, lost, lost
+	}
+	gap := t0.Sub(pt.last)
+	pt.last = t0
+	pt.polls++
+	pt.recs += n
+	pt.maxGap = max(pt.maxGap, gap)
+	if took := now.Sub(t0); took > pt.maxTook {
+		pt.maxTook = took
+		pt.tookCPU = time.Duration(ru.Utime.Nano() + ru.Stime.Nano() - ru0.Utime.Nano() - ru0.Stime.Nano())
+		pt.tookBlk, pt.tookPre = ru.Nvcsw-ru0.Nvcsw, ru.Nivcsw-ru0.Nivcsw
+	}
+	pt.maxRecs = max(pt.maxRecs, n)
+	if gap > 5*time.Millisecond {
+		pt.gapsOver5ms++
+	}
+	if lost > pt.lost {
+		pt.lossyPolls++
+		pt.lossGap = max(pt.lossGap, gap)
+	}
+	pt.lost = lost
+	if now.Sub(pt.since) >= time.Second {
+		fmt.Fprintf(os.Stderr, "consume: %d polls, %d records, max gap %v (%d over 5 ms), max poll %v (CPU %v, %d blocked, %d preempted), max %d records a poll, lost %d in %d polls (max gap before %v)\n",
+			pt.polls, pt.recs, pt.maxGap, pt.gapsOver5ms, pt.maxTook, pt.tookCPU, pt.tookBlk, pt.tookPre, pt.maxRecs, lost-pt.lost0, pt.lossyPolls, pt.lossGap)
+		*pt = pollTiming{since: now, last: t0, lost0: lost, lost: lost}
+	}
 }
 
 // deliverRaw takes one chunk's records, straight from the shared memory:
