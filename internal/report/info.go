@@ -125,14 +125,40 @@ func InfoStream(w io.Writer, s *tracefile.Stream) error {
 		}
 		fmt.Fprintln(bw)
 	}
-	fmt.Fprintf(bw, "\nthreads:\n  %8s  %-16s  %10s  %10s\n", "TID", "NAME", "EVENTS", "LOST")
+	if len(rec.Processes) > 0 {
+		// record --follow: the target and the children it forked.
+		perProc := map[int]uint64{}
+		pids := rec.ThreadPIDs()
+		for tid, n := range perThread {
+			perProc[pidOf(pids, rec, tid)] += n
+		}
+		fmt.Fprintf(bw, "\nprocesses:\n  %8s  %8s  %-16s  %10s\n", "PID", "PPID", "COMM", "EVENTS")
+		for _, p := range rec.Processes {
+			fmt.Fprintf(bw, "  %8d  %8d  %-16s  %10d\n", p.PID, p.PPID, Printable(p.Comm), perProc[p.PID])
+		}
+	}
+	multi := rec.MultiProcess()
+	pids := rec.ThreadPIDs()
+	if multi {
+		fmt.Fprintf(bw, "\nthreads:\n  %8s  %8s  %-16s  %10s  %10s\n", "TID", "PID", "NAME", "EVENTS", "LOST")
+	} else {
+		fmt.Fprintf(bw, "\nthreads:\n  %8s  %-16s  %10s  %10s\n", "TID", "NAME", "EVENTS", "LOST")
+	}
 	seen := map[uint32]bool{}
 	for _, th := range rec.Threads {
 		seen[th.TID] = true
+		if multi {
+			fmt.Fprintf(bw, "  %8d  %8d  %-16s  %10d  %10d\n", th.TID, pidOf(pids, rec, th.TID), Printable(th.Name), perThread[th.TID], th.Lost)
+			continue
+		}
 		fmt.Fprintf(bw, "  %8d  %-16s  %10d  %10d\n", th.TID, Printable(th.Name), perThread[th.TID], th.Lost)
 	}
 	for _, tid := range threads {
 		if !seen[tid] {
+			if multi {
+				fmt.Fprintf(bw, "  %8d  %8s  %-16s  %10d  %10s\n", tid, "?", "?", perThread[tid], "-")
+				continue
+			}
 			fmt.Fprintf(bw, "  %8d  %-16s  %10d  %10s\n", tid, "?", perThread[tid], "-")
 		}
 	}
