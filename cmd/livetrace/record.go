@@ -37,6 +37,7 @@ type recordOptions struct {
 	output       string
 	force        bool
 	graph        bool
+	follow       bool
 	stopMode     bool
 	unwindUnsafe bool
 	chunks       int
@@ -122,6 +123,7 @@ unless -f is given: a recording cannot be made again.`,
 	f.StringVarP(&o.output, "output", "o", "livetrace.data", "write the recording to `FILE` (- for stdout)")
 	f.BoolVarP(&o.force, "force", "f", false, "overwrite the recording FILE if it exists")
 	f.BoolVar(&o.graph, "graph", false, "record function exits too (function_graph)")
+	f.BoolVar(&o.follow, "follow", false, "record the children the process forks too, each under its own pid (not vfork children, which share its memory)")
 	f.BoolVar(&o.stopMode, "stop", false, "patch with every thread stopped (stop mode) instead of live")
 	f.BoolVar(&o.unwindUnsafe, "graph-unwind-unsafe", false, "record --graph even if the C++ unwinder cannot be hooked (an exception thrown through a traced function would then kill the program)")
 	f.IntVar(&o.chunks, "buffer-chunks", 0, "shared buffer size in 64 KiB chunks (default 256)")
@@ -161,7 +163,7 @@ func (o *recordOptions) run() error {
 		return err
 	}
 	opts := session.Options{
-		Funcs: o.funcs, Exclude: o.exclude, Graph: o.graph,
+		Funcs: o.funcs, Exclude: o.exclude, Graph: o.graph, Follow: o.follow,
 		Modules: o.modules, OnlyNop: o.onlyNop,
 		Output: o.output, Chunks: o.chunks, AllowUnwind: o.unwindUnsafe, NoSpool: o.noSpool,
 		Filters: tracefile.RecordFilters{

@@ -156,7 +156,10 @@ type Process struct {
 	trap       TrapHandler
 	threadExit ThreadExitHandler
 	fork       ForkHandler
-	traps      int // SIGTRAPs handled by trap
+	follow     FollowHandler // see follow.go
+	grp        *group        // processes sharing ex (follow.go); nil: p alone
+	ppid       int           // followed parent (follow.go), 0 if none
+	traps      int           // SIGTRAPs handled by trap
 
 	sysInsn uint64  // address of a `syscall` instruction in the target
 	gadget  *Gadget // see SetSyscallGadget

@@ -12,6 +12,10 @@ import (
 
 func (p *Process) idle() {
 	if p.detached {
+		// A followed child of p may still be attached (follow.go).
+		if q := p.liveMember(); q != nil {
+			q.idle()
+		}
 		return
 	}
 	if p.reapN(idleReap) {
@@ -196,6 +200,10 @@ func (p *Process) handle(tid int, ws unix.WaitStatus) {
 	}
 	t := p.threads[tid]
 	if t == nil {
+		if q := p.route(tid); q != nil {
+			q.handle(tid, ws) // a thread of a followed child (follow.go)
+			return
+		}
 		if kind, ok := p.children[tid]; ok || !p.isOurThread(tid) {
 			p.handleChild(tid, ws, kind)
 			return
@@ -524,6 +532,10 @@ func (p *Process) handleChild(pid int, ws unix.WaitStatus, kind int) {
 	}
 	if kind == 0 {
 		kind = unix.PTRACE_EVENT_FORK
+	}
+	if kind != unix.PTRACE_EVENT_VFORK && p.follow != nil && !p.sharesMemory(pid) && p.adopt(pid, ws) {
+		delete(p.children, pid)
+		return
 	}
 	if kind != unix.PTRACE_EVENT_VFORK && p.fork != nil && !p.sharesMemory(pid) {
 		if m, err := OpenMem(pid); err == nil {

@@ -86,6 +86,9 @@ type Options struct {
 	// (--caller) keeps the calls of the matching functions and of their
 	// callers. Both are applied by the agent and need Graph.
 	GraphFuncs, CallerFuncs []string
+	// Follow records the children the target forks as processes of the
+	// same recording (follow.go).
+	Follow bool
 	// OnFuncs, when set, is called when Enable has added functions to
 	// the session (Funcs and Meta list them), before they are patched:
 	// no event of theirs comes before it. It may call the Session's
@@ -186,6 +189,7 @@ type Session struct {
 	ctl      ctlState           // under ctlMu
 	closed   bool
 	closeErr error
+	fl       followState // followed children (follow.go), under mu
 }
 
 // Start attaches to process pid, selects the functions to trace, injects
@@ -309,6 +313,9 @@ func (s *Session) start(p *proc.Process) (_ *Session, err error) {
 	s.lap("engine")
 	s.p.SetThreadExitHandler(s.threadExit)
 	s.p.SetForkHandler(s.forked)
+	if s.opts.Follow {
+		s.p.SetFollowHandler(s.follow)
+	}
 	// During the batch only the ptrace thread is boosted (textpoke): the
 	// rest of the tracer must not crowd the target's threads.
 	s.unboost()
@@ -875,6 +882,9 @@ func (s *Session) Close() error {
 			return false
 		}
 	}
+	if s.opts.Follow {
+		note(s.closeMembers())
+	}
 	clock1 := tsc.Sample()
 	s.mu.Lock()
 	s.ended = time.Now() // tracing ends here; converting the spool does not count
@@ -1112,6 +1122,7 @@ func (s *Session) buildMeta(clock1 *tsc.Pair) tracefile.Meta {
 	if len(m.Filters.Patterns) == 0 {
 		m.Filters.Patterns = s.opts.Funcs
 	}
+	s.followMeta(&m)
 	return m
 }
 

@@ -52,6 +52,10 @@ const (
 	// return values (integer, double), one called from a signal handler,
 	// on "run N" ("done N").
 	Args = "args"
+	// Follow is c/follow.c: children made by fork, a double fork,
+	// posix_spawn, vfork + exec and exec from a thread, each calling
+	// fl_work(N) (N calls of fl_leaf), for record --follow.
+	Follow = "follow"
 )
 
 // Fixtures returns the names of every fixture, sorted.
@@ -72,6 +76,7 @@ type fixture struct {
 
 var fixtures = map[string]fixture{
 	Simple:    {plan: singleFile(Simple, "simple.c")},
+	Follow:    {plan: singleFile(Follow, "follow.c")},
 	Sleeper:   {plan: singleFile(Sleeper, "sleeper.c")},
 	Nested:    {plan: singleFile(Nested, "nested.c")},
 	CXX:       {cxx: true, plan: singleFile(CXX, "cxx.cc")},

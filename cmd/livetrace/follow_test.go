@@ -1,0 +1,301 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/livetrace/livetrace/internal/testtarget"
+	"github.com/livetrace/livetrace/internal/tracefile"
+)
+
+// exeText returns the bytes of every executable mapping of pid's
+// executable file, by start address.
+func exeText(t *testing.T, pid int) map[uint64][]byte {
+	t.Helper()
+	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	maps, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem, err := os.Open(fmt.Sprintf("/proc/%d/mem", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mem.Close()
+	out := map[uint64][]byte{}
+	for _, l := range strings.Split(string(maps), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 6 || f[5] != exe || !strings.Contains(f[1], "x") {
+			continue
+		}
+		var lo, hi uint64
+		if _, err := fmt.Sscanf(f[0], "%x-%x", &lo, &hi); err != nil {
+			t.Fatal(err)
+		}
+		b := make([]byte, hi-lo)
+		if _, err := mem.ReadAt(b, int64(lo)); err != nil {
+			t.Fatalf("read text of pid %d at %#x: %v", pid, lo, err)
+		}
+		out[lo] = b
+	}
+	if len(out) == 0 {
+		t.Fatalf("no text of %s in pid %d", exe, pid)
+	}
+	return out
+}
+
+// checkText fails unless pid's text is want, byte for byte.
+func checkText(t *testing.T, pid int, want map[uint64][]byte) {
+	t.Helper()
+	got := exeText(t, pid)
+	for at, w := range want {
+		g, ok := got[at]
+		if !ok || string(g) != string(w) {
+			t.Errorf("pid %d: the text at %#x is not what it was before tracing", pid, at)
+		}
+	}
+}
+
+// expectFields waits for the fixture's reply that starts with prefix and
+// returns its numbers.
+func expectFields(t *testing.T, tp *testtarget.Process, prefix string) []int {
+	t.Helper()
+	line, err := tp.Expect(prefix+" ", 20*time.Second)
+	if err != nil {
+		t.Fatalf("%s: %v", prefix, err)
+	}
+	var out []int
+	for _, f := range strings.Fields(line)[1:] {
+		n, err := strconv.Atoi(f)
+		if err != nil {
+			t.Fatalf("reply %q: %v", line, err)
+		}
+		out = append(out, n)
+	}
+	return out
+}
+
+// countsByPid reads a recording and counts its entries per pid and
+// function name.
+func countsByPid(t *testing.T, path string) (map[int]map[string]int, *tracefile.Recording) {
+	t.Helper()
+	rec, err := tracefile.Read(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pids := rec.ThreadPIDs()
+	out := map[int]map[string]int{}
+	for _, ev := range rec.Events {
+		if ev.Kind != tracefile.KindEntry {
+			continue
+		}
+		pid, ok := pids[ev.TID]
+		if !ok {
+			t.Errorf("thread %d of an event is not in the recording's threads", ev.TID)
+		}
+		if out[pid] == nil {
+			out[pid] = map[string]int{}
+		}
+		out[pid][rec.Funcs[ev.Func].Name]++
+	}
+	return out, rec
+}
+
+// TestRecordFollowFork records a process with --follow while it forks:
+// a child that works and exits, a daemon (double fork: the middle child
+// exits at once, the grandchild works), a child that stays, and another
+// short one. Each process's calls are counted exactly under its own pid,
+// replay and the Chrome export show the pids, and after detach the text
+// and mappings of the target and of the child that stayed are as before.
+func TestRecordFollowFork(t *testing.T) {
+	testtarget.RequireRoot(t)
+	bin := livetraceBinary(t)
+	tp := testtarget.Start(t, testtarget.Build(t, testtarget.Follow, testtarget.ClangNop5))
+	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	text := exeText(t, tp.Pid())
+	snap := testtarget.TakeSnapshot(t, tp.Pid())
+	out := filepath.Join(t.TempDir(), "rec.data")
+	cmd, stderr, _ := startTracing(t, bin, "record", "-p", strconv.Itoa(tp.Pid()), "-F", "fl_*", "--follow", "-d", "3s", "-o", out)
+	var errText strings.Builder
+	copied := make(chan struct{})
+	go func() { io.Copy(&errText, stderr); close(copied) }()
+
+	send := func(line string) {
+		if err := tp.Send(line); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send("fork 1000")
+	forked := expectFields(t, tp, "forked")
+	send("daemon 500")
+	daemon := expectFields(t, tp, "daemon")
+	send("hold 300")
+	held := expectFields(t, tp, "held")
+	send("fork 7")
+	forked7 := expectFields(t, tp, "forked")
+	if forked[1] != 0 || forked7[1] != 0 || daemon[1] <= 0 {
+		t.Fatalf("children failed: forked %v, daemon %v, forked %v", forked, daemon, forked7)
+	}
+	heldPid := held[0]
+	defer func() {
+		p, _ := os.FindProcess(heldPid)
+		p.Kill()
+	}()
+	err := cmd.Wait()
+	<-copied
+	if err != nil {
+		t.Fatalf("record: %v\n%s", err, errText.String())
+	}
+	if strings.Contains(errText.String(), "follow child") {
+		t.Errorf("record complained about a child:\n%s", errText.String())
+	}
+
+	counts, rec := countsByPid(t, out)
+	want := map[int]map[string]int{
+		tp.Pid():   {"fl_parent": 4},
+		forked[0]:  {"fl_work": 1, "fl_leaf": 1000},
+		daemon[1]:  {"fl_work": 1, "fl_leaf": 500},
+		heldPid:    {"fl_work": 1, "fl_leaf": 300},
+		forked7[0]: {"fl_work": 1, "fl_leaf": 7},
+	}
+	for pid, w := range want {
+		for fn, n := range w {
+			if counts[pid][fn] != n {
+				t.Errorf("pid %d: %d calls of %s, want %d", pid, counts[pid][fn], fn, n)
+			}
+		}
+	}
+	for pid, c := range counts {
+		if want[pid] == nil {
+			t.Errorf("events of unexpected pid %d: %v (want %v, processes %+v)", pid, c, want, rec.Processes)
+		}
+	}
+	ppid := map[int]int{}
+	for _, p := range rec.Processes {
+		ppid[p.PID] = p.PPID
+	}
+	wantPP := map[int]int{tp.Pid(): 0, forked[0]: tp.Pid(), daemon[0]: tp.Pid(), daemon[1]: daemon[0], heldPid: tp.Pid(), forked7[0]: tp.Pid()}
+	for pid, pp := range wantPP {
+		if got, ok := ppid[pid]; !ok || got != pp {
+			t.Errorf("process %d: in the list %v with ppid %d, want ppid %d", pid, ok, got, pp)
+		}
+	}
+
+	// Every process was put back: the target, and the child that stayed.
+	checkText(t, tp.Pid(), text)
+	checkText(t, heldPid, text)
+	snap.CheckSame(t, tp.Pid())
+	checkMapsSame(t, snap, heldPid)
+
+	// replay shows each event's pid.
+	rp, _, err := runCLI(t, "replay", "-i", out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(rp, fmt.Sprintf("-%-7d (%7d) [---]", daemon[1], daemon[1])) ||
+		!strings.Contains(rp, fmt.Sprintf("# process %d (", heldPid)) {
+		t.Errorf("replay lacks the pids:\n%.2000s", rp)
+	}
+	// The Chrome trace puts each event under its process.
+	js, _, err := runCLI(t, "export", "--format", "chrome", "-i", out, "-o", "-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tr struct {
+		TraceEvents []struct {
+			Name string `json:"name"`
+			Ph   string `json:"ph"`
+			PID  int    `json:"pid"`
+			TID  int    `json:"tid"`
+		} `json:"traceEvents"`
+	}
+	if err := json.Unmarshal([]byte(js), &tr); err != nil {
+		t.Fatal(err)
+	}
+	leafs := map[int]int{}
+	for _, ev := range tr.TraceEvents {
+		if ev.Name == "fl_leaf" {
+			leafs[ev.PID]++
+			if ev.TID != ev.PID {
+				t.Errorf("chrome: fl_leaf in pid %d tid %d", ev.PID, ev.TID)
+			}
+		}
+	}
+	if leafs[daemon[1]] != 500 || leafs[forked[0]] != 1000 {
+		t.Errorf("chrome: fl_leaf per pid %v", leafs)
+	}
+}
+
+// checkMapsSame fails unless pid (a child forked from the snapshot's
+// process) has the snapshot's mappings: the tracer left nothing behind.
+func checkMapsSame(t *testing.T, snap testtarget.Snapshot, pid int) {
+	t.Helper()
+	now := testtarget.TakeSnapshot(t, pid)
+	if strings.Join(now.Maps, "\n") != strings.Join(snap.Maps, "\n") {
+		t.Errorf("mappings of pid %d:\n%s\nwant:\n%s", pid, strings.Join(now.Maps, "\n"), strings.Join(snap.Maps, "\n"))
+	}
+}
+
+// TestRecordFollowRestoreChild kills a record --follow with SIGKILL while a
+// followed child lives: `livetrace restore -p CHILD` finds the child's
+// agent by its own owner record and puts the child back, and the target
+// is restored too.
+func TestRecordFollowRestoreChild(t *testing.T) {
+	testtarget.RequireRoot(t)
+	bin := livetraceBinary(t)
+	tp := testtarget.Start(t, testtarget.Build(t, testtarget.Follow, testtarget.ClangNop5))
+	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	text := exeText(t, tp.Pid())
+	snap := testtarget.TakeSnapshot(t, tp.Pid())
+	cmd, stderr, _ := startTracing(t, bin, "record", "-p", strconv.Itoa(tp.Pid()), "-F", "fl_*", "--follow", "-o", filepath.Join(t.TempDir(), "rec.data"))
+	go io.Copy(io.Discard, stderr)
+	if err := tp.Send("hold 10"); err != nil {
+		t.Fatal(err)
+	}
+	held := expectFields(t, tp, "held")
+	child := held[0]
+	defer func() {
+		p, _ := os.FindProcess(child)
+		p.Kill()
+	}()
+	time.Sleep(300 * time.Millisecond) // the child's engine and lease
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+
+	// The child carries an agent now.
+	maps, _ := os.ReadFile(fmt.Sprintf("/proc/%d/maps", child))
+	if strings.Join(testtarget.TakeSnapshot(t, child).Maps, "\n") == strings.Join(snap.Maps, "\n") {
+		t.Fatalf("the child has no agent mapped after the tracer died:\n%s", maps)
+	}
+	for _, pid := range []int{child, tp.Pid()} {
+		o, e, err := runCLIBin(bin, "restore", "-p", strconv.Itoa(pid))
+		if err != nil {
+			t.Fatalf("restore -p %d: %v\n%s%s", pid, err, o, e)
+		}
+	}
+	checkText(t, child, text)
+	checkMapsSame(t, snap, child)
+	checkText(t, tp.Pid(), text)
+	snap.CheckSame(t, tp.Pid())
+	// Both still run the traced functions correctly.
+	if err := tp.Send("fork 50"); err != nil {
+		t.Fatal(err)
+	}
+	if f := expectFields(t, tp, "forked"); f[1] != 0 {
+		t.Errorf("fork after restore: %v", f)
+	}
+}
