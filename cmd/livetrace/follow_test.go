@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -297,5 +298,44 @@ func TestRecordFollowRestoreChild(t *testing.T) {
 	}
 	if f := expectFields(t, tp, "forked"); f[1] != 0 {
 		t.Errorf("fork after restore: %v", f)
+	}
+}
+
+// TestRecordFollowDaemon records `record --follow -- CMD` where CMD
+// daemonizes (double fork) and exits at once: the recording goes on until
+// the grandchild, which works after its parents are gone, ends, and holds
+// its calls.
+func TestRecordFollowDaemon(t *testing.T) {
+	testtarget.RequireRoot(t)
+	bin := livetraceBinary(t)
+	exe := testtarget.Build(t, testtarget.Follow, testtarget.ClangNop5)
+	out := filepath.Join(t.TempDir(), "rec.data")
+	cmd := exec.Command(bin, "record", "--follow", "-F", "fl_*", "-o", out, "--", exe)
+	cmd.Stdin = strings.NewReader("detach 400\n")
+	var o, e strings.Builder
+	cmd.Stdout, cmd.Stderr = &o, &e
+	done := make(chan error, 1)
+	go func() { done <- cmd.Run() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("record: %v\n%s%s", err, o.String(), e.String())
+		}
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		t.Fatalf("record did not end when the daemon did:\n%s%s", o.String(), e.String())
+	}
+	counts, rec := countsByPid(t, out)
+	var gc int
+	for _, p := range rec.Processes {
+		if p.PPID != 0 && p.PPID != rec.PID {
+			gc = p.PID
+		}
+	}
+	if gc == 0 || counts[gc]["fl_work"] != 1 || counts[gc]["fl_leaf"] != 400 {
+		t.Fatalf("grandchild %d: %v; processes %+v\n%s", gc, counts, rec.Processes, e.String())
+	}
+	if counts[rec.PID]["fl_parent"] != 1 {
+		t.Errorf("target: %v", counts[rec.PID])
 	}
 }

@@ -57,6 +57,7 @@ type followState struct {
 	closing bool // Close has begun: no new child is followed
 	errs    []error
 	wg      sync.WaitGroup // setupMember goroutines
+	allGone chan struct{}  // see followExited
 }
 
 // member is a followed child.
@@ -330,4 +331,58 @@ func (s *Session) Followed() []int {
 		pids = append(pids, m.p.Pid())
 	}
 	return pids
+}
+
+// followExited returns a channel closed once the target and every child
+// followed so far have exited (a child followed after the target exited,
+// a daemon's grandchild say, keeps the session going).
+func (s *Session) followExited() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fl.allGone != nil {
+		return s.fl.allGone
+	}
+	ch := make(chan struct{})
+	s.fl.allGone = ch
+	go func() {
+		<-s.p.Exited()
+		for {
+			// Every member known now, then any that came meanwhile: a
+			// member is added before its parent can exit (its first
+			// stop is handled while the parent is in fork()).
+			s.mu.Lock()
+			members := append([]*member(nil), s.fl.members...)
+			s.mu.Unlock()
+			for _, m := range members {
+				<-m.p.Exited()
+			}
+			s.mu.Lock()
+			more := len(s.fl.members) > len(members)
+			s.mu.Unlock()
+			if !more {
+				close(ch)
+				return
+			}
+		}
+	}()
+	return ch
+}
+
+// followEndReason is EndReason when children were followed ("" when
+// none were).
+func (s *Session) followEndReason() string {
+	if !s.opts.Follow {
+		return ""
+	}
+	s.mu.Lock()
+	n := len(s.fl.members)
+	s.mu.Unlock()
+	if n == 0 {
+		return ""
+	}
+	kids := "1 child"
+	if n != 1 {
+		kids = fmt.Sprintf("%d children", n)
+	}
+	return fmt.Sprintf("process %d and the %s followed have ended", s.pid, kids)
 }

@@ -764,11 +764,20 @@ func (s *Session) PatchStats() textpoke.Stats {
 	return s.stats
 }
 
-// Exited is closed when the target exits or calls exec.
-func (s *Session) Exited() <-chan struct{} { return s.p.Exited() }
+// Exited is closed when the target exits or calls exec; with
+// Options.Follow, once every process followed has (follow.go).
+func (s *Session) Exited() <-chan struct{} {
+	if s.opts.Follow {
+		return s.followExited()
+	}
+	return s.p.Exited()
+}
 
 // EndReason says how the target ended, once Exited is closed.
 func (s *Session) EndReason() string {
+	if r := s.followEndReason(); r != "" {
+		return r
+	}
 	ws, execed := s.p.ExitStatus()
 	switch {
 	case execed:

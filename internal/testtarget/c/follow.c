@@ -23,6 +23,10 @@
  *   "threadexec N": fork(); the child starts a thread that calls execv()
  *                   of this program with "work N" while the main thread
  *                   sleeps. Replies "threadexeced <pid> <status>".
+ *   "detach N":     fork(); the child forks again and exits; the grandchild
+ *                   sleeps 300 ms, works and exits. Replies "detached
+ *                   <child>" at once (the grandchild outlives a parent
+ *                   that exits next).
  *   "hold N":       fork(); the child works, prints "held <its pid>" and
  *                   stays (pause) until killed; the parent goes on at once.
  *   "wait S":       sleep S ms, then "waited" (lets the tracer attach).
@@ -181,6 +185,20 @@ int main(int argc, char **argv)
 			}
 			int st = status_of(pid);
 			printf("threadexeced %d %d\n", pid, st);
+		} else if (!strcmp(cmd, "detach")) {
+			pid_t pid = fork();
+			if (pid == 0) {
+				if (fork() == 0) {
+					setsid();
+					struct timespec ts = {0, 300000000L};
+					nanosleep(&ts, NULL);
+					fl_work(arg);
+					_exit(0);
+				}
+				_exit(0);
+			}
+			status_of(pid);
+			printf("detached %d\n", pid);
 		} else if (!strcmp(cmd, "hold")) {
 			pid_t pid = fork();
 			if (pid == 0) {
