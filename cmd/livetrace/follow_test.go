@@ -339,3 +339,86 @@ func TestRecordFollowDaemon(t *testing.T) {
 		t.Errorf("target: %v", counts[rec.PID])
 	}
 }
+
+// TestRecordFollowExec records with --follow a process whose children call
+// exec: after fork, after vfork, through posix_spawn, and from a thread
+// other than the main one. Each new image is attached afresh with the
+// same filters and its calls are counted exactly under its pid; a new
+// image where nothing matches is listed as such.
+func TestRecordFollowExec(t *testing.T) {
+	testtarget.RequireRoot(t)
+	bin := livetraceBinary(t)
+	tp := testtarget.Start(t, testtarget.Build(t, testtarget.Follow, testtarget.ClangNop5))
+	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	text := exeText(t, tp.Pid())
+	snap := testtarget.TakeSnapshot(t, tp.Pid())
+	out := filepath.Join(t.TempDir(), "rec.data")
+	cmd, stderr, _ := startTracing(t, bin, "record", "-p", strconv.Itoa(tp.Pid()), "-F", "fl_*", "--follow", "-d", "4s", "-o", out)
+	var errText strings.Builder
+	copied := make(chan struct{})
+	go func() { io.Copy(&errText, stderr); close(copied) }()
+	type child struct {
+		cmd, reply string
+		n          int
+		pid        int
+	}
+	kids := []*child{{"forkexec", "forkexeced", 100, 0}, {"vforkexec", "vforked", 200, 0}, {"spawn", "spawned", 300, 0}, {"threadexec", "threadexeced", 400, 0}}
+	for _, k := range kids {
+		if err := tp.Send(fmt.Sprintf("%s %d", k.cmd, k.n)); err != nil {
+			t.Fatal(err)
+		}
+		f := expectFields(t, tp, k.reply)
+		if f[1] != 0 {
+			t.Fatalf("%s: status %d", k.cmd, f[1])
+		}
+		k.pid = f[0]
+	}
+	if err := tp.Send("exectrue"); err != nil {
+		t.Fatal(err)
+	}
+	truePid := expectFields(t, tp, "exectrued")[0]
+	err := cmd.Wait()
+	<-copied
+	if err != nil {
+		t.Fatalf("record: %v\n%s", err, errText.String())
+	}
+	counts, rec := countsByPid(t, out)
+	if counts[tp.Pid()]["fl_parent"] != 5 {
+		t.Errorf("target: %v", counts[tp.Pid()])
+	}
+	for _, k := range kids {
+		if c := counts[k.pid]; c["fl_work"] != 1 || c["fl_leaf"] != k.n || len(c) != 2 {
+			t.Errorf("%s: pid %d: %v, want fl_work 1, fl_leaf %d", k.cmd, k.pid, c, k.n)
+		}
+	}
+	images := map[int]tracefile.Process{}
+	for _, p := range rec.Processes {
+		if p.ExecFrom != 0 {
+			images[p.PID] = p
+		}
+	}
+	for _, k := range kids {
+		im, ok := images[k.pid]
+		if !ok || im.Untraced != "" {
+			t.Errorf("%s: no traced image of pid %d in %+v", k.cmd, k.pid, rec.Processes)
+			continue
+		}
+		if (k.cmd == "threadexec") != (im.ExecFrom != k.pid) {
+			t.Errorf("%s: exec from thread %d, pid %d", k.cmd, im.ExecFrom, k.pid)
+		}
+	}
+	if im, ok := images[truePid]; !ok || im.Untraced == "" || im.Exe != "/usr/bin/true" && im.Exe != "/bin/true" {
+		t.Errorf("/bin/true (pid %d) is not listed as untraced: %+v", truePid, rec.Processes)
+	}
+	checkText(t, tp.Pid(), text)
+	snap.CheckSame(t, tp.Pid())
+	rp, _, err := runCLI(t, "replay", "-i", out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(rp, fmt.Sprintf("# process %d (true): exec of /", truePid)) {
+		t.Errorf("replay does not list /bin/true:\n%.1500s", rp)
+	}
+}

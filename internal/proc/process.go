@@ -159,6 +159,9 @@ type Process struct {
 	follow     FollowHandler // see follow.go
 	grp        *group        // processes sharing ex (follow.go); nil: p alone
 	ppid       int           // followed parent (follow.go), 0 if none
+	exec       ExecHandler   // follow.go
+	shared     bool          // a followed vfork child (follow.go)
+	early      map[int]bool  // children handled before their fork event (follow.go)
 	traps      int           // SIGTRAPs handled by trap
 
 	sysInsn uint64  // address of a `syscall` instruction in the target

@@ -140,6 +140,12 @@ func (p *Process) dumpThreads(why string) {
 // status, so that thousands of other threads trapping cannot starve it,
 // then checks cond and the deadline after every status handled.
 func (p *Process) waitBlocking(t *thread, cond func() bool, timeout time.Duration) error {
+	if p.grp != nil && len(p.grp.members) > 1 {
+		// Followed processes (follow.go) share this thread: a blocking
+		// wait4 could wait for a status that only comes once another
+		// member's request has run.
+		return p.waitFor(cond, timeout)
+	}
 	deadline := time.Now().Add(timeout)
 	for n := 0; !cond(); n++ {
 		if err := p.goneErr(); err != nil {
@@ -472,6 +478,11 @@ func (p *Process) onExec() {
 	t := p.newThread(p.pid)
 	t.state, t.kind, t.role = stopped, stopEvent, roleExeced
 	p.execed = true
+	if p.exec != nil {
+		// The new image is followed (follow.go): handed over before
+		// Exited says the old one is gone.
+		p.adoptExec()
+	}
 	p.markExited()
 }
 
@@ -486,6 +497,11 @@ func (p *Process) noteChild(child, event int) {
 		return
 	}
 	if event == unix.PTRACE_EVENT_CLONE && taskExists(p.pid, child) {
+		return
+	}
+	if p.early[child] {
+		// Its first stop came (and was handled) before this event.
+		delete(p.early, child)
 		return
 	}
 	if _, seen := p.children[child]; !seen {
@@ -530,12 +546,23 @@ func (p *Process) handleChild(pid int, ws unix.WaitStatus, kind int) {
 	if !ws.Stopped() {
 		return
 	}
+	if _, ok := p.children[pid]; !ok && p.follow != nil {
+		// Before its fork event: that event must not note it again
+		// (a follower counts the children still to come).
+		if p.early == nil {
+			p.early = map[int]bool{}
+		}
+		p.early[pid] = true
+	}
 	if kind == 0 {
 		kind = unix.PTRACE_EVENT_FORK
 	}
-	if kind != unix.PTRACE_EVENT_VFORK && p.follow != nil && !p.sharesMemory(pid) && p.adopt(pid, ws) {
-		delete(p.children, pid)
-		return
+	if p.follow != nil {
+		shared := kind == unix.PTRACE_EVENT_VFORK || p.sharesMemory(pid)
+		if p.adopt(pid, ws, shared) {
+			delete(p.children, pid)
+			return
+		}
 	}
 	if kind != unix.PTRACE_EVENT_VFORK && p.fork != nil && !p.sharesMemory(pid) {
 		if m, err := OpenMem(pid); err == nil {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -132,9 +133,17 @@ func InfoStream(w io.Writer, s *tracefile.Stream) error {
 		for tid, n := range perThread {
 			perProc[pidOf(pids, rec, tid)] += n
 		}
-		fmt.Fprintf(bw, "\nprocesses:\n  %8s  %8s  %-16s  %10s\n", "PID", "PPID", "COMM", "EVENTS")
+		// A pid that exec'd has a row per image; its events (counted per
+		// pid) go on its first row.
+		fmt.Fprintf(bw, "\nprocesses:\n  %8s  %8s  %10s  %s\n", "PID", "PPID", "EVENTS", "PROCESS")
+		shown := map[int]bool{}
 		for _, p := range rec.Processes {
-			fmt.Fprintf(bw, "  %8d  %8d  %-16s  %10d\n", p.PID, p.PPID, Printable(p.Comm), perProc[p.PID])
+			ev := "\""
+			if !shown[p.PID] {
+				ev = strconv.FormatUint(perProc[p.PID], 10)
+				shown[p.PID] = true
+			}
+			fmt.Fprintf(bw, "  %8d  %8d  %10s  %s\n", p.PID, p.PPID, ev, describeProcess(p))
 		}
 	}
 	multi := rec.MultiProcess()

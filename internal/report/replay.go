@@ -190,15 +190,32 @@ func pidOf(pids map[uint32]int, rec *tracefile.Meta, tid uint32) int {
 	return rec.PID
 }
 
+// describeProcess says what a process of a recording made with --follow
+// is: "PID (COMM, forked from PPID)", "PID (COMM): exec of EXE", and why
+// it was not traced.
+func describeProcess(p tracefile.Process) string {
+	var d string
+	switch {
+	case p.ExecFrom != 0 && p.ExecFrom != p.PID:
+		d = fmt.Sprintf("%d (%s): exec of %s by thread %d", p.PID, Printable(p.Comm), Printable(p.Exe), p.ExecFrom)
+	case p.ExecFrom != 0:
+		d = fmt.Sprintf("%d (%s): exec of %s", p.PID, Printable(p.Comm), Printable(p.Exe))
+	case p.PPID != 0:
+		d = fmt.Sprintf("%d (%s, forked from %d)", p.PID, Printable(p.Comm), p.PPID)
+	default:
+		d = fmt.Sprintf("%d (%s)", p.PID, Printable(p.Comm))
+	}
+	if p.Untraced != "" {
+		d += ", not traced: " + Printable(p.Untraced)
+	}
+	return d
+}
+
 // writeProcesses lists the processes of a recording made with --follow in
 // the header of a replay.
 func writeProcesses(w *bufio.Writer, rec *tracefile.Meta) {
 	for _, p := range rec.Processes {
-		from := ""
-		if p.PPID != 0 {
-			from = fmt.Sprintf(", forked from %d", p.PPID)
-		}
-		fmt.Fprintf(w, "# process %d (%s%s)\n", p.PID, Printable(p.Comm), from)
+		fmt.Fprintf(w, "# process %s\n", describeProcess(p))
 	}
 }
 

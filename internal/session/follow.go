@@ -58,6 +58,11 @@ type followState struct {
 	errs    []error
 	wg      sync.WaitGroup // setupMember goroutines
 	allGone chan struct{}  // see followExited
+	// execs are the new images followed processes exec'd into
+	// (follow_exec.go); starting counts those whose session is being
+	// started.
+	execs    []*execImage
+	starting sync.WaitGroup
 }
 
 // member is a followed child.
@@ -72,6 +77,9 @@ type member struct {
 	// if it could not be made.
 	eng  *textpoke.Engine
 	done chan struct{} // closed by Close: stop renewing the lease
+	// shared: a vfork child, sharing its parent's memory and agent: it
+	// has no agent of its own and is never written to.
+	shared bool
 }
 
 // follow runs on the ptrace thread when a traced process forks (proc's
@@ -84,6 +92,15 @@ func (s *Session) follow(child *proc.Process) *proc.Handlers {
 	s.mu.Unlock()
 	if closing || s.inj == nil || s.eng == nil || s.cons == nil {
 		return nil
+	}
+	if child.SharesMemory() {
+		// vfork: never written to; only its exec (or exit) matters.
+		m := &member{p: child, ppid: child.Parent(), comm: child.Comm(), forkTSC: tsc.Read(), shared: true, done: make(chan struct{})}
+		m.exe, _ = os.Readlink(fmt.Sprintf("/proc/%d/exe", child.Pid()))
+		s.mu.Lock()
+		s.fl.members = append(s.fl.members, m)
+		s.mu.Unlock()
+		return &proc.Handlers{Exec: s.execed}
 	}
 	if err := s.adoptChild(child); err != nil {
 		if _, alive := innerTID(child.Pid(), child.Pid()); !alive {
@@ -110,6 +127,7 @@ func (s *Session) follow(child *proc.Process) *proc.Handlers {
 		ThreadExit: func(tid int) { s.threadExitIn(child, tid) },
 		Fork:       s.forked,
 		Follow:     s.follow,
+		Exec:       s.execed,
 	}
 }
 
@@ -244,12 +262,21 @@ func (s *Session) closeMember(m *member) error {
 			errs = append(errs, err)
 		}
 	}
-	if !gone() {
+	if !gone() && !m.shared {
 		inj := *s.inj // the same addresses; keep is the child's own
 		inj.keep = false
 		v := &Session{pid: m.p.Pid(), opts: s.opts, p: m.p, eng: m.eng, inj: &inj, sel: s.sel, mods: s.mods,
 			lost: map[uint32]uint64{}, threads: map[uint32]string{}}
-		note(inj.setCtl(m.p, agent.Ctl{}))
+		if err := inj.setCtl(m.p, agent.Ctl{}); err != nil {
+			var b [1]byte
+			if m.p.ReadMem(inj.addrs.Base, b[:]) != nil {
+				// Its memory is gone (it is exiting, or exec'd) before
+				// the tracer has seen it end: nothing to undo.
+				_ = m.p.Detach()
+				return nil
+			}
+			note(err)
+		}
 		if m.eng != nil {
 			_, err := m.eng.RestoreAll()
 			note(err)
@@ -333,9 +360,10 @@ func (s *Session) Followed() []int {
 	return pids
 }
 
-// followExited returns a channel closed once the target and every child
-// followed so far have exited (a child followed after the target exited,
-// a daemon's grandchild say, keeps the session going).
+// followExited returns a channel closed once the target, every child
+// followed so far and every new image they exec'd have ended (a child
+// followed after the target exited, a daemon's grandchild say, keeps the
+// session going).
 func (s *Session) followExited() <-chan struct{} {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -346,26 +374,59 @@ func (s *Session) followExited() <-chan struct{} {
 	s.fl.allGone = ch
 	go func() {
 		<-s.p.Exited()
-		for {
-			// Every member known now, then any that came meanwhile: a
-			// member is added before its parent can exit (its first
-			// stop is handled while the parent is in fork()).
-			s.mu.Lock()
-			members := append([]*member(nil), s.fl.members...)
-			s.mu.Unlock()
-			for _, m := range members {
-				<-m.p.Exited()
-			}
-			s.mu.Lock()
-			more := len(s.fl.members) > len(members)
-			s.mu.Unlock()
-			if !more {
+		t := time.NewTicker(20 * time.Millisecond)
+		defer t.Stop()
+		for ; ; <-t.C {
+			if s.allEnded() {
 				close(ch)
 				return
 			}
 		}
 	}()
 	return ch
+}
+
+func ended(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// allEnded reports whether every followed process and image has ended,
+// and none has a forked child whose first stop is still to be handled (a
+// daemon's middle child exits before its child is followed). It must not
+// hold s.mu while it asks proc: the ptrace thread may be waiting for it.
+func (s *Session) allEnded() bool {
+	s.mu.Lock()
+	procs := []*proc.Process{s.p}
+	for _, m := range s.fl.members {
+		procs = append(procs, m.p)
+	}
+	var subs []*Session
+	for _, x := range s.fl.execs {
+		if x.sub == nil && x.why == "" {
+			s.mu.Unlock()
+			return false // still starting
+		}
+		if x.sub != nil {
+			subs = append(subs, x.sub)
+		}
+	}
+	s.mu.Unlock()
+	for _, p := range procs {
+		if !ended(p.Exited()) || p.PendingChildren() > 0 {
+			return false
+		}
+	}
+	for _, sub := range subs {
+		if !ended(sub.Exited()) {
+			return false
+		}
+	}
+	return true
 }
 
 // followEndReason is EndReason when children were followed ("" when

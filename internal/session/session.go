@@ -315,6 +315,7 @@ func (s *Session) start(p *proc.Process) (_ *Session, err error) {
 	s.p.SetForkHandler(s.forked)
 	if s.opts.Follow {
 		s.p.SetFollowHandler(s.follow)
+		s.p.SetExecHandler(s.execed)
 	}
 	// During the batch only the ptrace thread is boosted (textpoke): the
 	// rest of the tracer must not crowd the target's threads.
@@ -893,6 +894,7 @@ func (s *Session) Close() error {
 	}
 	if s.opts.Follow {
 		note(s.closeMembers())
+		note(s.closeExecs())
 	}
 	clock1 := tsc.Sample()
 	s.mu.Lock()
@@ -1032,7 +1034,8 @@ func (s *Session) finish(clock1 tsc.Pair) error {
 	m := s.buildMeta(&clock1)
 	s.conv.Lock()
 	defer s.conv.Unlock()
-	err := s.w.Close(m)
+	merr := s.mergeExecs(&m) // record --follow: the images exec'd
+	err := errors.Join(merr, s.w.Close(m))
 	s.w = nil
 	// A spool that could not be written (s.spoolErr: the disk is full)
 	// is no error: its chunks were converted at once instead.

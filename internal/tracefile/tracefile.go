@@ -239,8 +239,16 @@ type Process struct {
 	Cmdline []string `json:"cmdline,omitempty"`
 	Exe     string   `json:"exe,omitempty"`
 	// ForkTSC is when the tracer took the child over (rdtsc, on the
-	// events' clock), 0 for the target.
+	// events' clock), 0 for the target. For a new image (ExecFrom set),
+	// when it called exec.
 	ForkTSC uint64 `json:"fork_tsc,omitempty"`
+	// ExecFrom, when not 0, says this is a new image: the process PID
+	// called exec, from thread ExecFrom (PID itself unless another thread
+	// called it). The events of PID after ForkTSC are the new image's.
+	ExecFrom int `json:"exec_from,omitempty"`
+	// Untraced says why nothing of this process was recorded (a new
+	// image where no function matches, say); "" when it was traced.
+	Untraced string `json:"untraced,omitempty"`
 }
 
 // RecordFilters describes what the tracer was asked to record.

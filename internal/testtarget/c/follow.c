@@ -27,6 +27,8 @@
  *                   sleeps 300 ms, works and exits. Replies "detached
  *                   <child>" at once (the grandchild outlives a parent
  *                   that exits next).
+ *   "exectrue":     fork(), then execl() of /bin/true (a program where no
+ *                   fl_ function exists). Replies "exectrued <pid> <status>".
  *   "hold N":       fork(); the child works, prints "held <its pid>" and
  *                   stays (pause) until killed; the parent goes on at once.
  *   "wait S":       sleep S ms, then "waited" (lets the tracer attach).
@@ -199,6 +201,14 @@ int main(int argc, char **argv)
 			}
 			status_of(pid);
 			printf("detached %d\n", pid);
+		} else if (!strcmp(cmd, "exectrue")) {
+			pid_t pid = fork();
+			if (pid == 0) {
+				execl("/bin/true", "true", (char *)NULL);
+				_exit(127);
+			}
+			int st = status_of(pid);
+			printf("exectrued %d %d\n", pid, st);
 		} else if (!strcmp(cmd, "hold")) {
 			pid_t pid = fork();
 			if (pid == 0) {

@@ -1,0 +1,197 @@
+package session
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/livetrace/livetrace/internal/proc"
+	"github.com/livetrace/livetrace/internal/tracefile"
+	"github.com/livetrace/livetrace/internal/tsc"
+)
+
+// Following exec (Options.Follow; docs/DESIGN-NOTES.md, "Following fork
+// and exec").
+//
+// An exec replaces the address space: the agent, the stubs and the
+// patched text of the old image are gone with it, and nothing needs
+// undoing. The new image is attached afresh: proc hands it over parked at
+// its entry point (after the dynamic loader, before the program's first
+// instruction), and a session of its own, with the same options, selects
+// its functions, injects a new agent and patches it, then lets it run.
+// That session records into a file of its own; Close merges it into this
+// recording (its modules, functions, symbols, threads and processes are
+// appended, its events' function indexes shifted). A new image where no
+// function matches is listed as a process of the recording with the
+// reason, and let go.
+
+// execImage is a new image a followed process exec'd into.
+type execImage struct {
+	img     *proc.Process
+	pid     int
+	former  int // the thread that called exec
+	ppid    int
+	tsc     uint64
+	comm    string
+	exe     string
+	cmdline []string
+	dir     string   // of the sub-session's recording
+	sub     *Session // nil: not traced (why)
+	why     string
+}
+
+// execed runs on the ptrace thread when a followed process (the target,
+// a followed child, or an image followed before) calls exec.
+func (s *Session) execed(img *proc.Process, former int) {
+	x := &execImage{img: img, pid: img.Pid(), former: former, ppid: img.Parent(), tsc: tsc.Read(), comm: img.Comm()}
+	x.exe, _ = os.Readlink(fmt.Sprintf("/proc/%d/exe", x.pid))
+	x.cmdline = readCmdline(x.pid)
+	s.mu.Lock()
+	s.fl.execs = append(s.fl.execs, x)
+	s.fl.starting.Add(1)
+	s.mu.Unlock()
+	go s.startImage(x)
+}
+
+// startImage starts the session of a new image, then lets it run.
+func (s *Session) startImage(x *execImage) {
+	defer s.fl.starting.Done()
+	fail := func(why string) {
+		x.why = why
+		_ = x.img.Detach() // puts the entry point back if still parked
+	}
+	if err := x.img.WaitParked(10 * time.Second); err != nil {
+		fail(err.Error())
+		return
+	}
+	s.mu.Lock()
+	closing := s.fl.closing
+	s.mu.Unlock()
+	if closing {
+		fail("the recording was ending")
+		return
+	}
+	dir, err := os.MkdirTemp("", "livetrace-exec")
+	if err != nil {
+		fail(err.Error())
+		return
+	}
+	x.dir = dir
+	opts := s.opts
+	opts.Output = filepath.Join(dir, "image.data")
+	opts.OutputWriter, opts.OnEvents, opts.OnFuncs, opts.Discard = nil, nil, nil, false
+	sub, err := StartProcess(x.img, opts) // detaches img on error
+	if err != nil {
+		var nm *NoMatchError
+		if errors.As(err, &nm) {
+			x.why = "no function matches"
+		} else {
+			x.why = err.Error()
+		}
+		return
+	}
+	x.sub = sub
+	if err := x.img.Release(); err != nil {
+		x.why = err.Error()
+	}
+}
+
+// closeExecs closes the sessions of the new images (Close, after the
+// children). Their recordings are merged by mergeExecs.
+func (s *Session) closeExecs() error {
+	s.fl.starting.Wait()
+	s.mu.Lock()
+	execs := append([]*execImage(nil), s.fl.execs...)
+	s.mu.Unlock()
+	var errs []error
+	for i := len(execs) - 1; i >= 0; i-- {
+		if x := execs[i]; x.sub != nil {
+			if err := x.sub.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("exec'd image of pid %d: %w", x.pid, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// mergeExecs appends the recordings of the new images to m and to the
+// writer, and removes them. s.mu and s.conv are held.
+func (s *Session) mergeExecs(m *tracefile.Meta) error {
+	var errs []error
+	for _, x := range s.fl.execs {
+		p := tracefile.Process{PID: x.pid, PPID: x.ppid, Comm: x.comm, Cmdline: x.cmdline, Exe: x.exe,
+			ForkTSC: x.tsc, ExecFrom: x.former, Untraced: x.why}
+		if x.sub == nil {
+			m.Processes = append(m.Processes, p)
+			continue
+		}
+		if err := s.mergeImage(m, x, p); err != nil {
+			errs = append(errs, fmt.Errorf("merge the recording of pid %d after exec: %w", x.pid, err))
+		}
+		os.RemoveAll(x.dir)
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Session) mergeImage(m *tracefile.Meta, x *execImage, p tracefile.Process) error {
+	st, err := tracefile.OpenStream(x.sub.opts.Output, tracefile.StreamOptions{})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	sm := &st.Meta
+	modOff, funcOff := len(m.Modules), len(m.Funcs)
+	remap := func(i int) int {
+		if i < 0 {
+			return i
+		}
+		return i + modOff
+	}
+	m.Modules = append(m.Modules, sm.Modules...)
+	for _, f := range sm.Funcs {
+		f.Module = remap(f.Module)
+		m.Funcs = append(m.Funcs, f)
+	}
+	for _, sy := range sm.Symbols {
+		sy.Module = remap(sy.Module)
+		m.Symbols = append(m.Symbols, sy)
+	}
+	known := map[uint32]bool{}
+	for _, th := range m.Threads {
+		known[th.TID] = true
+	}
+	for _, th := range sm.Threads {
+		if th.PID == 0 {
+			th.PID = sm.PID
+		}
+		if !known[th.TID] {
+			m.Threads = append(m.Threads, th)
+		}
+	}
+	m.Lost += sm.Lost
+	m.ShadowOverflow += sm.ShadowOverflow
+	// Its own list starts with the image itself, then what it followed.
+	if len(sm.Processes) > 0 {
+		p.Comm = sm.Processes[0].Comm
+		m.Processes = append(m.Processes, p)
+		m.Processes = append(m.Processes, sm.Processes[1:]...)
+	} else {
+		m.Processes = append(m.Processes, p)
+	}
+	for {
+		evs, ok := st.NextBatch()
+		if !ok {
+			break
+		}
+		for i := range evs {
+			evs[i].Func += uint32(funcOff)
+		}
+		if err := s.w.WriteEvents(evs); err != nil {
+			return err
+		}
+		s.events.Add(uint64(len(evs)))
+	}
+	return st.Err()
+}
