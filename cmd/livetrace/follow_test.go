@@ -422,3 +422,86 @@ func TestRecordFollowExec(t *testing.T) {
 		t.Errorf("replay does not list /bin/true:\n%.1500s", rp)
 	}
 }
+
+// TestRecordFollowPython records a real program with --follow: python3
+// forks three children (os.fork, which calls PyOS_BeforeFork in the parent
+// and PyOS_AfterFork_Child in each child) and runs the follow fixture
+// through subprocess (fork or vfork, then exec). Python is built without
+// NOPs, so its functions are relocated; each process's calls are counted
+// under its pid, and report --by pid splits them.
+func TestRecordFollowPython(t *testing.T) {
+	testtarget.RequireRoot(t)
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		testtarget.SkipOrFatal(t, "python3 is not installed: %v", err)
+	}
+	bin := livetraceBinary(t)
+	fixture := testtarget.Build(t, testtarget.Follow, testtarget.ClangNop5)
+	script := filepath.Join(t.TempDir(), "mp.py")
+	if err := os.WriteFile(script, []byte(`import os, sys, subprocess
+print("ready", flush=True)
+sys.stdin.readline()
+pids = []
+for i in range(3):
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    pids.append(pid)
+for p in pids:
+    os.waitpid(p, 0)
+r = subprocess.run([sys.argv[1], "work", "25"])
+print("done", r.returncode, " ".join(map(str, pids)), flush=True)
+sys.stdin.readline()
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tp := testtarget.Start(t, py, script, fixture)
+	if _, err := tp.Expect("ready", 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "rec.data")
+	cmd, stderr, _ := startTracing(t, bin, "record", "-p", strconv.Itoa(tp.Pid()), "-F", "PyOS_*Fork*", "-F", "fl_*", "--follow", "-o", out)
+	var errText strings.Builder
+	copied := make(chan struct{})
+	go func() { io.Copy(&errText, stderr); close(copied) }()
+	if err := tp.Send("go"); err != nil {
+		t.Fatal(err)
+	}
+	f := expectFields(t, tp, "done")
+	if f[0] != 0 {
+		t.Fatalf("the fixture under python exited with %d", f[0])
+	}
+	if err := tp.Send("end"); err != nil {
+		t.Fatal(err)
+	}
+	err = cmd.Wait()
+	<-copied
+	if err != nil {
+		t.Fatalf("record: %v\n%s", err, errText.String())
+	}
+	counts, rec := countsByPid(t, out)
+	if counts[tp.Pid()]["PyOS_BeforeFork"] < 3 {
+		t.Errorf("python: %v", counts[tp.Pid()])
+	}
+	for _, pid := range f[1:] {
+		if counts[pid]["PyOS_AfterFork_Child"] != 1 {
+			t.Errorf("child %d: %v", pid, counts[pid])
+		}
+	}
+	var img int
+	for _, p := range rec.Processes {
+		if p.ExecFrom != 0 && strings.HasSuffix(p.Exe, "/follow") {
+			img = p.PID
+		}
+	}
+	if c := counts[img]; img == 0 || c["fl_work"] != 1 || c["fl_leaf"] != 25 {
+		t.Errorf("the fixture run by subprocess (pid %d): %v; processes %+v", img, c, rec.Processes)
+	}
+	rp, _, err := runCLI(t, "report", "--by", "pid", "-i", out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(rp, fmt.Sprintf("# pid %d (follow)", img)) || !strings.Contains(rp, fmt.Sprintf("# pid %d (python3)", f[1])) {
+		t.Errorf("report --by pid:\n%s", rp)
+	}
+}
