@@ -505,3 +505,57 @@ sys.stdin.readline()
 		t.Errorf("report --by pid:\n%s", rp)
 	}
 }
+
+// TestRecordFollowGraphFork records --graph --follow while the target
+// forks inside a traced function: the child returns through its copy of
+// the hijacked frame, and its entries and exits (that of fl_forker too)
+// are recorded under its pid, matched.
+func TestRecordFollowGraphFork(t *testing.T) {
+	testtarget.RequireRoot(t)
+	bin := livetraceBinary(t)
+	tp := testtarget.Start(t, testtarget.Build(t, testtarget.Follow, testtarget.ClangNop5))
+	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	text := exeText(t, tp.Pid())
+	out := filepath.Join(t.TempDir(), "rec.data")
+	cmd, stderr, _ := startTracing(t, bin, "record", "-p", strconv.Itoa(tp.Pid()), "-F", "fl_*", "--graph", "--follow", "-d", "2s", "-o", out)
+	var errText strings.Builder
+	copied := make(chan struct{})
+	go func() { io.Copy(&errText, stderr); close(copied) }()
+	if err := tp.Send("forkin 20"); err != nil {
+		t.Fatal(err)
+	}
+	f := expectFields(t, tp, "forkedin")
+	if f[1] != 0 {
+		t.Fatalf("the child returning through a hijacked frame exited with %d", f[1])
+	}
+	err := cmd.Wait()
+	<-copied
+	if err != nil {
+		t.Fatalf("record: %v\n%s", err, errText.String())
+	}
+	rec, err := tracefile.Read(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pids := rec.ThreadPIDs()
+	exits := map[int]map[string]int{}
+	for _, ev := range rec.Events {
+		if ev.Kind != tracefile.KindExit {
+			continue
+		}
+		pid := pids[ev.TID]
+		if exits[pid] == nil {
+			exits[pid] = map[string]int{}
+		}
+		exits[pid][rec.Funcs[ev.Func].Name]++
+	}
+	if c := exits[f[0]]; c["fl_forker"] != 1 || c["fl_work"] != 1 || c["fl_leaf"] != 20 {
+		t.Errorf("child %d exits: %v", f[0], c)
+	}
+	if c := exits[tp.Pid()]; c["fl_forker"] != 1 || c["fl_parent"] != 1 {
+		t.Errorf("target exits: %v", c)
+	}
+	checkText(t, tp.Pid(), text)
+}

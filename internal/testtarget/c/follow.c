@@ -29,6 +29,9 @@
  *                   that exits next).
  *   "exectrue":     fork(), then execl() of /bin/true (a program where no
  *                   fl_ function exists). Replies "exectrued <pid> <status>".
+ *   "forkin N":     fl_forker(N): fork() inside a traced function; the
+ *                   child works, returns from fl_forker and exits 0.
+ *                   Replies "forkedin <child pid> <status>".
  *   "hold N":       fork(); the child works, prints "held <its pid>" and
  *                   stays (pause) until killed; the parent goes on at once.
  *   "wait S":       sleep S ms, then "waited" (lets the tracer attach).
@@ -63,6 +66,16 @@ LT_KEEP long fl_work(long n)
 	for (long i = 0; i < n; i++)
 		x += fl_leaf(i);
 	return x;
+}
+
+/* fl_forker forks inside a traced frame: with --graph its return address
+ * is hijacked, and the child returns through its copy. Returns the pid. */
+LT_KEEP long fl_forker(long n)
+{
+	pid_t pid = fork();
+	if (pid == 0)
+		fl_work(n);
+	return pid;
 }
 
 LT_KEEP long fl_parent(long x)
@@ -209,6 +222,12 @@ int main(int argc, char **argv)
 			}
 			int st = status_of(pid);
 			printf("exectrued %d %d\n", pid, st);
+		} else if (!strcmp(cmd, "forkin")) {
+			pid_t pid = fl_forker(arg);
+			if (pid == 0)
+				_exit(0);
+			int st = status_of(pid);
+			printf("forkedin %d %d\n", pid, st);
 		} else if (!strcmp(cmd, "hold")) {
 			pid_t pid = fork();
 			if (pid == 0) {
