@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -558,4 +559,75 @@ func TestRecordFollowGraphFork(t *testing.T) {
 		t.Errorf("target exits: %v", c)
 	}
 	checkText(t, tp.Pid(), text)
+}
+
+// sameCode fails unless pid's executable text holds, mapping by mapping in
+// address order, the bytes of want (another process of the same program,
+// mapped elsewhere).
+func sameCode(t *testing.T, pid int, want map[uint64][]byte) {
+	t.Helper()
+	order := func(m map[uint64][]byte) [][]byte {
+		var at []uint64
+		for a := range m {
+			at = append(at, a)
+		}
+		slices.Sort(at)
+		var out [][]byte
+		for _, a := range at {
+			out = append(out, m[a])
+		}
+		return out
+	}
+	got, w := order(exeText(t, pid)), order(want)
+	if len(got) != len(w) {
+		t.Fatalf("pid %d: %d text mappings, want %d", pid, len(got), len(w))
+	}
+	for i := range got {
+		if string(got[i]) != string(w[i]) {
+			t.Errorf("pid %d: text mapping %d differs from the program's", pid, i)
+		}
+	}
+}
+
+// TestRecordFollowExecStays records a child that execs and is still
+// running when the recording ends: the new image's session restores its
+// text and removes its agent at detach, like the target's.
+func TestRecordFollowExecStays(t *testing.T) {
+	testtarget.RequireRoot(t)
+	bin := livetraceBinary(t)
+	tp := testtarget.Start(t, testtarget.Build(t, testtarget.Follow, testtarget.ClangNop5))
+	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	text := exeText(t, tp.Pid())
+	out := filepath.Join(t.TempDir(), "rec.data")
+	cmd, stderr, _ := startTracing(t, bin, "record", "-p", strconv.Itoa(tp.Pid()), "-F", "fl_*", "--follow", "-d", "2s", "-o", out)
+	var errText strings.Builder
+	copied := make(chan struct{})
+	go func() { io.Copy(&errText, stderr); close(copied) }()
+	if err := tp.Send("execstay 30"); err != nil {
+		t.Fatal(err)
+	}
+	pid := expectFields(t, tp, "stayed")[0]
+	defer func() {
+		p, _ := os.FindProcess(pid)
+		p.Kill()
+	}()
+	err := cmd.Wait()
+	<-copied
+	if err != nil {
+		t.Fatalf("record: %v\n%s", err, errText.String())
+	}
+	counts, _ := countsByPid(t, out)
+	if c := counts[pid]; c["fl_work"] != 1 || c["fl_leaf"] != 30 {
+		t.Errorf("image %d: %v", pid, c)
+	}
+	sameCode(t, pid, text)
+	maps, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(maps), "memfd:livetrace") {
+		t.Errorf("the image kept the agent's shared memory:\n%s", maps)
+	}
 }

@@ -35,7 +35,10 @@
  *   "hold N":       fork(); the child works, prints "held <its pid>" and
  *                   stays (pause) until killed; the parent goes on at once.
  *   "wait S":       sleep S ms, then "waited" (lets the tracer attach).
- * Run as "follow work N": fl_work(N), then exit 0.
+ *   "execstay N":   fork(), then execv() of this program with "stay N";
+ *                   the parent goes on at once.
+ * Run as "follow work N": fl_work(N), then exit 0. Run as "follow stay
+ * N": fl_work(N), print "stayed <pid>", then wait until killed.
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -120,6 +123,13 @@ int main(int argc, char **argv)
 	if (argc == 3 && !strcmp(argv[1], "work")) {
 		fl_work(atol(argv[2]));
 		return 0;
+	}
+	if (argc == 3 && !strcmp(argv[1], "stay")) {
+		fl_work(atol(argv[2]));
+		printf("stayed %d\n", getpid());
+		fflush(stdout);
+		for (;;)
+			pause();
 	}
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	printf("ready\n");
@@ -228,6 +238,14 @@ int main(int argc, char **argv)
 				_exit(0);
 			int st = status_of(pid);
 			printf("forkedin %d %d\n", pid, st);
+		} else if (!strcmp(cmd, "execstay")) {
+			pid_t pid = fork();
+			if (pid == 0) {
+				char n[32];
+				snprintf(n, sizeof n, "%ld", arg);
+				execl(self, self, "stay", n, (char *)NULL);
+				_exit(127);
+			}
 		} else if (!strcmp(cmd, "hold")) {
 			pid_t pid = fork();
 			if (pid == 0) {
