@@ -631,3 +631,43 @@ func TestRecordFollowExecStays(t *testing.T) {
 		t.Errorf("the image kept the agent's shared memory:\n%s", maps)
 	}
 }
+
+// TestRecordFollowShell records `record --follow -- sh -c LOOP`: the shell
+// (dash, where nothing matches) is only followed, and each program it
+// forks and execs is traced with the same -F and counted under its pid.
+func TestRecordFollowShell(t *testing.T) {
+	testtarget.RequireRoot(t)
+	bin := livetraceBinary(t)
+	sh, err := exec.LookPath("sh")
+	if err != nil {
+		testtarget.SkipOrFatal(t, "no sh: %v", err)
+	}
+	exe := testtarget.Build(t, testtarget.Follow, testtarget.ClangNop5)
+	out := filepath.Join(t.TempDir(), "rec.data")
+	loop := fmt.Sprintf("for i in 1 2 3; do %s work 10; done; %s work 5 & wait", exe, exe)
+	o, e, err := runCLIBin(bin, "record", "--follow", "-F", "fl_*", "-o", out, "--", sh, "-c", loop)
+	if err != nil {
+		t.Fatalf("record: %v\n%s%s", err, o, e)
+	}
+	if !strings.Contains(e, "tracing nothing in PID") {
+		t.Errorf("record does not say the shell is only followed:\n%s", e)
+	}
+	counts, rec := countsByPid(t, out)
+	var tens, fives int
+	for _, c := range counts {
+		switch {
+		case c["fl_work"] == 1 && c["fl_leaf"] == 10:
+			tens++
+		case c["fl_work"] == 1 && c["fl_leaf"] == 5:
+			fives++
+		default:
+			t.Errorf("unexpected counts %v", c)
+		}
+	}
+	if tens != 3 || fives != 1 {
+		t.Errorf("%d runs of work 10, %d of work 5; want 3 and 1; processes %+v", tens, fives, rec.Processes)
+	}
+	if len(rec.Processes) == 0 || rec.Processes[0].Untraced == "" {
+		t.Errorf("the shell is not listed as untraced: %+v", rec.Processes)
+	}
+}

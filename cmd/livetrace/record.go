@@ -252,7 +252,11 @@ func (o *recordOptions) run() error {
 	defer ctl.Close() // idempotent
 	mode, why := s.Mode()
 	ps := s.PatchStats()
-	fmt.Fprintf(o.stderr, "livetrace: tracing %s in PID %d\n", plural(s.Functions(), "function"), s.Pid())
+	if why := s.Passive(); why != "" {
+		fmt.Fprintf(o.stderr, "livetrace: tracing nothing in PID %d (%s); following the processes it starts\n", s.Pid(), why)
+	} else {
+		fmt.Fprintf(o.stderr, "livetrace: tracing %s in PID %d\n", plural(s.Functions(), "function"), s.Pid())
+	}
 	if r := s.Refused(); len(r) > 0 {
 		fmt.Fprintf(o.stderr, "livetrace: %s not traced in graph mode (entry mode traces them), e.g. %s: %s\n", plural(len(r), "function"), report.Printable(r[0].Name), r[0].Reason)
 	}

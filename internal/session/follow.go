@@ -63,6 +63,10 @@ type followState struct {
 	// started.
 	execs    []*execImage
 	starting sync.WaitGroup
+	// passive says why nothing of the target itself is traced (nothing
+	// matches): the session only follows its children and execs for
+	// programs that match (follow_exec.go).
+	passive string
 }
 
 // member is a followed child.
@@ -90,17 +94,21 @@ func (s *Session) follow(child *proc.Process) *proc.Handlers {
 	s.mu.Lock()
 	closing := s.fl.closing || s.closed
 	s.mu.Unlock()
-	if closing || s.inj == nil || s.eng == nil || s.cons == nil {
+	if closing {
 		return nil
 	}
-	if child.SharesMemory() {
-		// vfork: never written to; only its exec (or exit) matters.
+	if child.SharesMemory() || s.fl.passive != "" {
+		// vfork: never written to; only its exec (or exit) matters. The
+		// child of a passive session has no agent either: the same.
 		m := &member{p: child, ppid: child.Parent(), comm: child.Comm(), forkTSC: tsc.Read(), shared: true, done: make(chan struct{})}
 		m.exe, _ = os.Readlink(fmt.Sprintf("/proc/%d/exe", child.Pid()))
 		s.mu.Lock()
 		s.fl.members = append(s.fl.members, m)
 		s.mu.Unlock()
-		return &proc.Handlers{Exec: s.execed}
+		return &proc.Handlers{Exec: s.execed, Follow: s.follow}
+	}
+	if s.inj == nil || s.eng == nil || s.cons == nil {
+		return nil
 	}
 	if err := s.adoptChild(child); err != nil {
 		if _, alive := innerTID(child.Pid(), child.Pid()); !alive {
@@ -339,7 +347,7 @@ func (s *Session) followMeta(m *tracefile.Meta) {
 	if !s.opts.Follow {
 		return
 	}
-	m.Processes = append(m.Processes[:0], tracefile.Process{PID: s.pid, Comm: m.Comm, Cmdline: m.Cmdline, Exe: m.Exe})
+	m.Processes = append(m.Processes[:0], tracefile.Process{PID: s.pid, Comm: m.Comm, Cmdline: m.Cmdline, Exe: m.Exe, Untraced: s.fl.passive})
 	for _, mb := range s.fl.members {
 		m.Processes = append(m.Processes, tracefile.Process{PID: mb.p.Pid(), PPID: mb.ppid, Comm: mb.comm,
 			Cmdline: mb.cmdline, Exe: mb.exe, ForkTSC: mb.forkTSC})

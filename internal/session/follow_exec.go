@@ -175,6 +175,7 @@ func (s *Session) mergeImage(m *tracefile.Meta, x *execImage, p tracefile.Proces
 	// Its own list starts with the image itself, then what it followed.
 	if len(sm.Processes) > 0 {
 		p.Comm = sm.Processes[0].Comm
+		p.Untraced = sm.Processes[0].Untraced // a passive image
 		m.Processes = append(m.Processes, p)
 		m.Processes = append(m.Processes, sm.Processes[1:]...)
 	} else {
@@ -195,3 +196,44 @@ func (s *Session) mergeImage(m *tracefile.Meta, x *execImage, p tracefile.Proces
 	}
 	return st.Err()
 }
+
+// followPassive decides, when discover failed with err, whether the
+// session goes on without tracing the target itself: with Follow, a
+// program where nothing matches (a shell, a launcher) is followed for the
+// children and programs it starts, which are traced if they match.
+func (s *Session) followPassive(err error) bool {
+	if !s.opts.Follow || !errors.Is(err, ErrNoMatch) && !errors.Is(err, ErrNoSites) {
+		return false
+	}
+	s.fl.passive = err.Error()
+	var nm *NoMatchError
+	if errors.As(err, &nm) {
+		s.fl.passive = "no function matches"
+	}
+	s.sel, s.refused = nil, nil
+	return true
+}
+
+// startPassive is start for a passive session: no agent, no patch; the
+// process is only followed.
+func (s *Session) startPassive(p *proc.Process) (*Session, error) {
+	defer s.unboost()
+	s.p = p
+	s.calib = tsc.Sample()
+	s.meta.Cmdline = readCmdline(p.Pid())
+	s.meta.Exe, _ = os.Readlink(fmt.Sprintf("/proc/%d/exe", p.Pid()))
+	if err := s.openOutput(); err != nil {
+		_ = s.Close()
+		return nil, err
+	}
+	s.p.SetFollowHandler(s.follow)
+	s.p.SetExecHandler(s.execed)
+	s.clock0 = tsc.Sample()
+	s.started = time.Now()
+	s.checkpoint()
+	return s, nil
+}
+
+// Passive says why nothing of the target itself is traced, "" when it is
+// (see followPassive).
+func (s *Session) Passive() string { return s.fl.passive }

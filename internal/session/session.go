@@ -99,6 +99,9 @@ type Options struct {
 // ErrNoMatch means no patchable function matches the selection.
 var ErrNoMatch = errors.New("no function matches")
 
+// ErrNoSites means the process has no function that can be patched at all.
+var ErrNoSites = errors.New("no patchable sites")
+
 // NoMatchError says which globs matched nothing and lists names that exist.
 type NoMatchError struct {
 	Globs []string
@@ -200,7 +203,7 @@ func Start(pid int, opts Options) (*Session, error) {
 	// Until the patch batch, the tracer only parses and prepares: let it
 	// run ahead of the target's threads, for a short attach latency.
 	s.unboost = proc.BoostNice(-10)
-	if err := s.discover(); err != nil {
+	if err := s.discover(); err != nil && !s.followPassive(err) {
 		s.unboost()
 		return nil, err
 	}
@@ -218,7 +221,7 @@ func Start(pid int, opts Options) (*Session, error) {
 func StartProcess(p *proc.Process, opts Options) (*Session, error) {
 	s := &Session{pid: p.Pid(), opts: opts, lost: map[uint32]uint64{}, threads: map[uint32]string{}}
 	s.unboost = proc.BoostNice(-10)
-	if err := s.discover(); err != nil {
+	if err := s.discover(); err != nil && !s.followPassive(err) {
 		s.unboost()
 		p.Detach()
 		return nil, err
@@ -262,6 +265,9 @@ func (s *Session) discover() error {
 }
 
 func (s *Session) start(p *proc.Process) (_ *Session, err error) {
+	if s.fl.passive != "" {
+		return s.startPassive(p) // follow_exec.go
+	}
 	defer s.unboost()
 	s.p = p
 	s.calib = tsc.Sample()
@@ -442,10 +448,10 @@ func (s *Session) selectSites() error {
 		return fmt.Errorf("no function of process %d can be traced: %s: %s", s.pid, s.untraceable[0].Name, s.untraceable[0].Reason)
 	}
 	if len(all) == 0 && !withReloc && !s.opts.OnlyNop {
-		return fmt.Errorf("no patchable sites in process %d (%s): name the functions to trace with -F (functions without a compiler NOP are then traced by relocation), or build it with clang -fpatchable-function-entry=5 (see docs/BUILDING.md)", s.pid, s.mods[0].Path)
+		return fmt.Errorf("%w in process %d (%s): name the functions to trace with -F (functions without a compiler NOP are then traced by relocation), or build it with clang -fpatchable-function-entry=5 (see docs/BUILDING.md)", ErrNoSites, s.pid, s.mods[0].Path)
 	}
 	if len(all) == 0 {
-		return fmt.Errorf("no patchable sites in process %d (%s): build it with clang -fpatchable-function-entry=5 (see docs/BUILDING.md)", s.pid, s.mods[0].Path)
+		return fmt.Errorf("%w in process %d (%s): build it with clang -fpatchable-function-entry=5 (see docs/BUILDING.md)", ErrNoSites, s.pid, s.mods[0].Path)
 	}
 	if len(s.sel) == 0 && len(s.refused) > 0 {
 		return fmt.Errorf("%w: every selected function is unsafe in graph mode (%s: %s): trace it without --graph", ErrGraphUnsafe, s.refused[0].Name, s.refused[0].Reason)
@@ -756,7 +762,12 @@ func (s *Session) Functions() int {
 func (s *Session) Pid() int { return s.p.Pid() }
 
 // Mode returns the patching protocol in use and why, for stop mode.
-func (s *Session) Mode() (textpoke.Mode, string) { return s.eng.Mode(), s.eng.Reason() }
+func (s *Session) Mode() (textpoke.Mode, string) {
+	if s.eng == nil {
+		return textpoke.ModeLive, "" // a passive session (follow_exec.go) patches nothing
+	}
+	return s.eng.Mode(), s.eng.Reason()
+}
 
 // PatchStats returns the statistics of the patch batches so far.
 func (s *Session) PatchStats() textpoke.Stats {
