@@ -55,12 +55,18 @@ func (s *Session) execed(img *proc.Process, former int) {
 	go s.startImage(x)
 }
 
-// startImage starts the session of a new image, then lets it run.
+// startImage starts the session of a new image, then lets it run. x.sub
+// and x.why are written under s.mu (allEnded reads them).
 func (s *Session) startImage(x *execImage) {
 	defer s.fl.starting.Done()
+	set := func(sub *Session, why string) {
+		s.mu.Lock()
+		x.sub, x.why = sub, why
+		s.mu.Unlock()
+	}
 	fail := func(why string) {
-		x.why = why
 		_ = x.img.Detach() // puts the entry point back if still parked
+		set(nil, why)
 	}
 	if err := x.img.WaitParked(10 * time.Second); err != nil {
 		fail(err.Error())
@@ -84,18 +90,15 @@ func (s *Session) startImage(x *execImage) {
 	opts.OutputWriter, opts.OnEvents, opts.OnFuncs, opts.Discard = nil, nil, nil, false
 	sub, err := StartProcess(x.img, opts) // detaches img on error
 	if err != nil {
-		var nm *NoMatchError
-		if errors.As(err, &nm) {
-			x.why = "no function matches"
-		} else {
-			x.why = err.Error()
-		}
+		os.RemoveAll(dir)
+		set(nil, err.Error())
 		return
 	}
-	x.sub = sub
+	why := ""
 	if err := x.img.Release(); err != nil {
-		x.why = err.Error()
+		why = err.Error()
 	}
+	set(sub, why)
 }
 
 // closeExecs closes the sessions of the new images (Close, after the
