@@ -49,6 +49,9 @@ func (p *Process) Parent() int { return p.ppid }
 // ptrace thread.
 type group struct {
 	members []*Process
+	// early holds the first stop of children whose fork event has not
+	// been reaped yet: they wait in it until it is (noteChild).
+	early map[int]unix.WaitStatus
 }
 
 // groupOf returns p's group, making one if needed.
@@ -70,6 +73,14 @@ func (p *Process) leave() bool {
 		if q != p && !q.detached {
 			last = false
 		}
+	}
+	if last {
+		// A child whose parent never reported its fork (killed in the
+		// event stop): let it go.
+		for pid := range p.grp.early {
+			_ = unix.PtraceDetach(pid)
+		}
+		p.grp.early = nil
 	}
 	return last
 }

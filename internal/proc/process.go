@@ -161,7 +161,6 @@ type Process struct {
 	ppid       int           // followed parent (follow.go), 0 if none
 	exec       ExecHandler   // follow.go
 	shared     bool          // a followed vfork child (follow.go)
-	early      map[int]bool  // children handled before their fork event (follow.go)
 	traps      int           // SIGTRAPs handled by trap
 
 	sysInsn uint64  // address of a `syscall` instruction in the target

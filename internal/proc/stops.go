@@ -499,13 +499,16 @@ func (p *Process) noteChild(child, event int) {
 	if event == unix.PTRACE_EVENT_CLONE && taskExists(p.pid, child) {
 		return
 	}
-	if p.early[child] {
-		// Its first stop came (and was handled) before this event.
-		delete(p.early, child)
-		return
-	}
 	if _, seen := p.children[child]; !seen {
 		p.children[child] = event
+	}
+	if g := p.grp; g != nil {
+		if ws, ok := g.early[child]; ok {
+			// Its first stop came before this event, which names its
+			// parent (follow.go): handle it now.
+			delete(g.early, child)
+			p.handleChild(child, ws, event)
+		}
 	}
 }
 
@@ -547,12 +550,16 @@ func (p *Process) handleChild(pid int, ws unix.WaitStatus, kind int) {
 		return
 	}
 	if _, ok := p.children[pid]; !ok && p.follow != nil {
-		// Before its fork event: that event must not note it again
-		// (a follower counts the children still to come).
-		if p.early == nil {
-			p.early = map[int]bool{}
+		// Its first stop came before its parent's fork event: only that
+		// event says which followed process forked it (its PPid is
+		// init's once a daemon's middle child has exited). It waits in
+		// this stop until then (follow.go).
+		g := p.groupOf()
+		if g.early == nil {
+			g.early = map[int]unix.WaitStatus{}
 		}
-		p.early[pid] = true
+		g.early[pid] = ws
+		return
 	}
 	if kind == 0 {
 		kind = unix.PTRACE_EVENT_FORK
