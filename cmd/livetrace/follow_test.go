@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -669,5 +670,42 @@ func TestRecordFollowShell(t *testing.T) {
 	}
 	if len(rec.Processes) == 0 || rec.Processes[0].Untraced == "" {
 		t.Errorf("the shell is not listed as untraced: %+v", rec.Processes)
+	}
+}
+
+// TestLiveFollow runs live --follow: the calls of a forked child are
+// printed as they come, under the child's pid in the PID column.
+func TestLiveFollow(t *testing.T) {
+	testtarget.RequireRoot(t)
+	bin := livetraceBinary(t)
+	tp := testtarget.Start(t, testtarget.Build(t, testtarget.Follow, testtarget.ClangNop5))
+	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "live", "-p", strconv.Itoa(tp.Pid()), "-F", "fl_*", "--follow", "-d", "2s")
+	var stdout strings.Builder
+	cmd.Stdout = &stdout
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(stderr)
+	for sc.Scan() && !strings.Contains(sc.Text(), "tracing ") {
+	}
+	go io.Copy(io.Discard, stderr)
+	if err := tp.Send("fork 3"); err != nil {
+		t.Fatal(err)
+	}
+	child := expectFields(t, tp, "forked")[0]
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("live: %v", err)
+	}
+	out := stdout.String()
+	want := fmt.Sprintf("-%-7d (%7d) [---]", child, child)
+	if strings.Count(out, want) != 4 || !strings.Contains(out, "TASK-TID       PID") {
+		t.Errorf("live output lacks the child's 4 calls under its pid (%q):\n%s", want, out)
 	}
 }

@@ -47,6 +47,21 @@ type liveOutput struct {
 	printer  *report.Live
 	pending  bool
 	fullSync time.Time
+	early    map[uint32]int // thread pids told before the printer exists
+}
+
+// threadPID is the session's OnThreadPID (live --follow).
+func (l *liveOutput) threadPID(tid uint32, pid int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.printer == nil {
+		if l.early == nil {
+			l.early = map[uint32]int{}
+		}
+		l.early[tid] = pid
+		return
+	}
+	l.printer.SetThreadPID(tid, pid)
 }
 
 // start makes the printer once the session knows its functions.
@@ -56,6 +71,12 @@ func (l *liveOutput) start(s *session.Session) {
 	defer l.mu.Unlock()
 	l.s = s
 	l.printer = report.NewLive(l.o.stdout, meta, l.filter)
+	if l.o.follow {
+		l.printer.ShowPIDs()
+		for tid, pid := range l.early {
+			l.printer.SetThreadPID(tid, pid)
+		}
+	}
 	l.printer.Header()
 	_ = l.printer.Flush(false)
 }

@@ -76,6 +76,9 @@ func (s *Session) deliverRaw(tid uint32, lostBefore uint32, raw []byte) error {
 	}
 	if _, ok := s.threads[tid]; !ok {
 		s.threads[tid] = threadName(s.pidOfThread(tid), int(tid))
+		if s.opts.Follow && s.opts.OnThreadPID != nil {
+			s.opts.OnThreadPID(tid, s.pidOfThread(tid))
+		}
 	}
 	s.lost[tid] += uint64(lostBefore)
 	if !s.wantTID(tid) {

@@ -89,6 +89,10 @@ type Options struct {
 	// Follow records the children the target forks as processes of the
 	// same recording (follow.go).
 	Follow bool
+	// OnThreadPID, with Follow, is told the process of each thread the
+	// first time one of its events is taken, before OnEvents gets them
+	// (under the same lock: it must be quick and not call the Session).
+	OnThreadPID func(tid uint32, pid int)
 	// OnFuncs, when set, is called when Enable has added functions to
 	// the session (Funcs and Meta list them), before they are patched:
 	// no event of theirs comes before it. It may call the Session's
