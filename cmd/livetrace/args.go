@@ -151,7 +151,7 @@ type byArgOptions struct {
 }
 
 func (o *byArgOptions) addFlags(f *pflag.FlagSet) {
-	f.StringVar(&o.arg, "by", "", "group the calls of each function by the value of argument `ARG` (argN or its name; needs a recording with -A or -a)")
+	f.StringVar(&o.arg, "by", "", "group the calls of each function by the value of argument `ARG` (argN or its name; needs a recording with -A or -a), or pid: one table per process (record --follow)")
 	f.StringArrayVarP(&o.funcs, "function", "F", nil, "with --by: only functions matching `GLOB` (repeatable)")
 }
 

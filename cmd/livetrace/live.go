@@ -71,6 +71,21 @@ type liveOutput struct {
 	queued  int
 	closed  bool
 	skipped map[uint32]uint64 // per thread, events skipped since its last line
+	early   map[uint32]int    // thread pids told before the printer exists
+}
+
+// threadPID is the session's OnThreadPID (live --follow).
+func (l *liveOutput) threadPID(tid uint32, pid int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.printer == nil {
+		if l.early == nil {
+			l.early = map[uint32]int{}
+		}
+		l.early[tid] = pid
+		return
+	}
+	l.printer.SetThreadPID(tid, pid)
 }
 
 // liveBatch is one thread's batch, copied out of the session's buffer.
@@ -97,6 +112,12 @@ func (l *liveOutput) start(s *session.Session) {
 func (l *liveOutput) begin(meta tracefile.Meta) {
 	l.mu.Lock()
 	l.printer = report.NewLive(l.o.stdout, meta, l.filter)
+	if l.o.follow {
+		l.printer.ShowPIDs()
+		for tid, pid := range l.early {
+			l.printer.SetThreadPID(tid, pid)
+		}
+	}
 	l.printer.Header()
 	_ = l.printer.Flush(false)
 	l.mu.Unlock()

@@ -38,6 +38,7 @@ type recordOptions struct {
 	output       string
 	force        bool
 	graph        bool
+	follow       bool
 	stopMode     bool
 	unwindUnsafe bool
 	chunks       int
@@ -124,6 +125,7 @@ unless -f is given: a recording cannot be made again.`,
 	f.StringVarP(&o.output, "output", "o", "livetrace.data", "write the recording to `FILE` (- for stdout)")
 	f.BoolVarP(&o.force, "force", "f", false, "overwrite the recording FILE if it exists")
 	f.BoolVar(&o.graph, "graph", false, "record function exits too (function_graph)")
+	f.BoolVar(&o.follow, "follow", false, "record the children the process forks too, each under its own pid (not vfork children, which share its memory)")
 	f.BoolVar(&o.stopMode, "stop", false, "patch with every thread stopped (stop mode) instead of live")
 	f.BoolVar(&o.unwindUnsafe, "graph-unwind-unsafe", false, "record --graph even if the C++ unwinder cannot be hooked (an exception thrown through a traced function would then kill the program)")
 	f.IntVar(&o.chunks, "buffer-chunks", 0, "shared buffer size in 64 KiB chunks (default 256)")
@@ -163,7 +165,7 @@ func (o *recordOptions) run() error {
 		return err
 	}
 	opts := session.Options{
-		Funcs: o.funcs, Exclude: o.exclude, Graph: o.graph,
+		Funcs: o.funcs, Exclude: o.exclude, Graph: o.graph, Follow: o.follow,
 		Modules: o.modules, WaitModules: o.waitModules, OnlyNop: o.onlyNop,
 		Output: o.output, Chunks: o.chunks, AllowUnwind: o.unwindUnsafe, NoSpool: o.noSpool,
 		Filters: tracefile.RecordFilters{
@@ -179,6 +181,7 @@ func (o *recordOptions) run() error {
 	if o.live {
 		lv = &liveOutput{o: o, filter: report.Filter{MaxDepth: flt.MaxDepth, MinDuration: flt.MinDuration, TIDs: flt.TIDs}}
 		opts.OnEvents = lv.events
+		opts.OnThreadPID = lv.threadPID
 		opts.OnFuncs = lv.refresh // the names of functions ctl adds, before their events
 		opts.Discard = o.output == ""
 	}
@@ -252,7 +255,11 @@ func (o *recordOptions) run() error {
 	defer ctl.Close() // idempotent
 	mode, why := s.Mode()
 	ps := s.PatchStats()
-	fmt.Fprintf(o.stderr, "livetrace: tracing %s in PID %d\n", plural(s.Functions(), "function"), s.Pid())
+	if why := s.Passive(); why != "" {
+		fmt.Fprintf(o.stderr, "livetrace: tracing nothing in PID %d (%s); following the processes it starts\n", s.Pid(), why)
+	} else {
+		fmt.Fprintf(o.stderr, "livetrace: tracing %s in PID %d\n", plural(s.Functions(), "function"), s.Pid())
+	}
 	if r := s.Refused(); len(r) > 0 {
 		fmt.Fprintf(o.stderr, "livetrace: %s not traced in graph mode (entry mode traces them), e.g. %s: %s\n", plural(len(r), "function"), report.Printable(r[0].Name), r[0].Reason)
 	}

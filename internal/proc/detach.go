@@ -15,8 +15,10 @@ import (
 // memory handle and ends the ptrace thread. Detach is idempotent.
 func (p *Process) Detach() error {
 	var err error
+	last := true
 	if !p.do(func() {
 		if p.detached {
+			last = false // the first Detach saw to the executor
 			return
 		}
 		if !p.exited && !p.execed {
@@ -38,10 +40,13 @@ func (p *Process) Detach() error {
 			}
 		}
 		p.detachAll()
+		last = p.leave()
 	}) {
 		return nil
 	}
-	p.ex.stop()
+	if last {
+		p.ex.stop() // no followed process (follow.go) still needs it
+	}
 	p.mem.Close()
 	p.markExited()
 	return err

@@ -164,7 +164,12 @@ type Process struct {
 	trap       TrapHandler
 	threadExit ThreadExitHandler
 	fork       ForkHandler
-	traps      int // SIGTRAPs handled by trap
+	follow     FollowHandler // see follow.go
+	grp        *group        // processes sharing ex (follow.go); nil: p alone
+	ppid       int           // followed parent (follow.go), 0 if none
+	exec       ExecHandler   // follow.go
+	shared     bool          // a followed vfork child (follow.go)
+	traps      int           // SIGTRAPs handled by trap
 
 	// bpAddr is the tracer's breakpoint (0: none), bpFn its handler
 	// (nil: cleared) and bpFilter its filter, see breakpoint.go.

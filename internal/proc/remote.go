@@ -124,7 +124,18 @@ func (p *Process) holdRemoteLocked(tid int) (*Remote, error) {
 		if err != nil {
 			return nil, err
 		}
-		if !p.live(t) {
+		// A fork, vfork or clone event stop is inside that system call,
+		// which completes (and writes rax) when the thread resumes: a
+		// remote syscall run from there would run the fork again. Let
+		// it finish; the pending interrupt stops it again at once.
+		for n := 0; n < 8 && p.live(t) && t.state == stopped && t.kind == stopEvent; n++ {
+			p.resume(t, 0)
+			p.interrupt(t)
+			if err := p.waitBlocking(t, func() bool { return !p.live(t) || t.state == stopped }, 5*time.Second); err != nil {
+				return nil, err
+			}
+		}
+		if !p.live(t) || t.kind == stopEvent {
 			continue
 		}
 		if t.kind == stopGroup {

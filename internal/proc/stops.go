@@ -12,6 +12,10 @@ import (
 
 func (p *Process) idle() {
 	if p.detached {
+		// A followed child of p may still be attached (follow.go).
+		if q := p.liveMember(); q != nil {
+			q.idle()
+		}
 		return
 	}
 	if p.reapN(idleReap) {
@@ -136,6 +140,12 @@ func (p *Process) dumpThreads(why string) {
 // status, so that thousands of other threads trapping cannot starve it,
 // then checks cond and the deadline after every status handled.
 func (p *Process) waitBlocking(t *thread, cond func() bool, timeout time.Duration) error {
+	if p.grp != nil && len(p.grp.members) > 1 {
+		// Followed processes (follow.go) share this thread: a blocking
+		// wait4 could wait for a status that only comes once another
+		// member's request has run.
+		return p.waitFor(cond, timeout)
+	}
 	deadline := time.Now().Add(timeout)
 	for n := 0; !cond(); n++ {
 		if err := p.goneErr(); err != nil {
@@ -197,6 +207,10 @@ func (p *Process) handle(tid int, ws unix.WaitStatus) {
 	}
 	t := p.threads[tid]
 	if t == nil {
+		if q := p.route(tid); q != nil {
+			q.handle(tid, ws) // a thread of a followed child (follow.go)
+			return
+		}
 		if kind, ok := p.children[tid]; ok || !p.isOurThread(tid) {
 			p.handleChild(tid, ws, kind)
 			return
@@ -468,6 +482,11 @@ func (p *Process) onExec() {
 	t := p.newThread(p.pid)
 	t.state, t.kind, t.role = stopped, stopEvent, roleExeced
 	p.execed = true
+	if p.exec != nil {
+		// The new image is followed (follow.go): handed over before
+		// Exited says the old one is gone.
+		p.adoptExec()
+	}
 	p.markExited()
 }
 
@@ -486,6 +505,14 @@ func (p *Process) noteChild(child, event int) {
 	}
 	if _, seen := p.children[child]; !seen {
 		p.children[child] = event
+	}
+	if g := p.grp; g != nil {
+		if ws, ok := g.early[child]; ok {
+			// Its first stop came before this event, which names its
+			// parent (follow.go): handle it now.
+			delete(g.early, child)
+			p.handleChild(child, ws, event)
+		}
 	}
 }
 
@@ -526,8 +553,27 @@ func (p *Process) handleChild(pid int, ws unix.WaitStatus, kind int) {
 	if !ws.Stopped() {
 		return
 	}
+	if _, ok := p.children[pid]; !ok && p.follow != nil {
+		// Its first stop came before its parent's fork event: only that
+		// event says which followed process forked it (its PPid is
+		// init's once a daemon's middle child has exited). It waits in
+		// this stop until then (follow.go).
+		g := p.groupOf()
+		if g.early == nil {
+			g.early = map[int]unix.WaitStatus{}
+		}
+		g.early[pid] = ws
+		return
+	}
 	if kind == 0 {
 		kind = unix.PTRACE_EVENT_FORK
+	}
+	if p.follow != nil {
+		shared := kind == unix.PTRACE_EVENT_VFORK || p.sharesMemory(pid)
+		if p.adopt(pid, ws, shared) {
+			delete(p.children, pid)
+			return
+		}
 	}
 	if kind != unix.PTRACE_EVENT_VFORK && p.fork != nil && !p.sharesMemory(pid) {
 		if m, err := OpenMem(pid); err == nil {

@@ -58,11 +58,20 @@ func ExportChromeStream(w io.Writer, s *tracefile.Stream, f Filter) error {
 	}
 	bw.WriteString(`{"displayTimeUnit":"ns","traceEvents":[` + "\n")
 	names := threadNames(rec)
+	// Each thread goes under its own process (record --follow): the real
+	// pid, so that Perfetto draws one track group per process.
+	pids := rec.ThreadPIDs()
+	pidOf := func(tid uint32) int { return pidOf(pids, rec, tid) }
 	header := func(threads []uint32) {
 		emit(&chromeEvent{Name: "process_name", Ph: "M", PID: rec.PID, TID: 0, Args: map[string]any{"name": fmt.Sprintf("%s (pid %d)", Printable(rec.Comm), rec.PID)}})
+		for _, p := range rec.Processes {
+			if p.PID != rec.PID {
+				emit(&chromeEvent{Name: "process_name", Ph: "M", PID: p.PID, TID: 0, Args: map[string]any{"name": fmt.Sprintf("%s (pid %d)", Printable(p.Comm), p.PID)}})
+			}
+		}
 		for _, tid := range threads {
 			if f.keepTID(tid) {
-				emit(&chromeEvent{Name: "thread_name", Ph: "M", PID: rec.PID, TID: tid, Args: map[string]any{"name": threadName(names, rec, tid)}})
+				emit(&chromeEvent{Name: "thread_name", Ph: "M", PID: pidOf(tid), TID: tid, Args: map[string]any{"name": threadName(names, rec, tid)}})
 			}
 		}
 	}
@@ -76,7 +85,7 @@ func ExportChromeStream(w io.Writer, s *tracefile.Stream, f Filter) error {
 				return
 			}
 			d := us(c.dur())
-			ev := &chromeEvent{Name: funcName(rec, c.fn), Cat: "function", Ph: "X", TS: us(c.start), Dur: &d, PID: rec.PID, TID: c.tid}
+			ev := &chromeEvent{Name: funcName(rec, c.fn), Cat: "function", Ph: "X", TS: us(c.start), Dur: &d, PID: pidOf(c.tid), TID: c.tid}
 			switch c.status {
 			case unfinished:
 				ev.Args = map[string]any{"unfinished": true}
@@ -103,7 +112,7 @@ func ExportChromeStream(w io.Writer, s *tracefile.Stream, f Filter) error {
 				continue
 			}
 			emit(&chromeEvent{Name: funcName(rec, ev.Func), Cat: "function", Ph: "i", S: "t", TS: us(e.ns(ev.TSC)),
-				PID: rec.PID, TID: ev.TID, Args: addArgs(map[string]any{"caller": syms.name(ev.Caller)}, rec, ev.Func, ev.Args, "")})
+				PID: pidOf(ev.TID), TID: ev.TID, Args: addArgs(map[string]any{"caller": syms.name(ev.Caller)}, rec, ev.Func, ev.Args, "")})
 		}
 		err = s.Err()
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -125,14 +126,48 @@ func InfoStream(w io.Writer, s *tracefile.Stream) error {
 		}
 		fmt.Fprintln(bw)
 	}
-	fmt.Fprintf(bw, "\nthreads:\n  %8s  %-16s  %10s  %10s\n", "TID", "NAME", "EVENTS", "LOST")
+	if len(rec.Processes) > 0 {
+		// record --follow: the target and the children it forked.
+		perProc := map[int]uint64{}
+		pids := rec.ThreadPIDs()
+		for tid, n := range perThread {
+			perProc[pidOf(pids, rec, tid)] += n
+		}
+		// A pid that exec'd has a row per image; its events (counted per
+		// pid) go on its first row.
+		fmt.Fprintf(bw, "\nprocesses:\n  %8s  %8s  %10s  %s\n", "PID", "PPID", "EVENTS", "PROCESS")
+		shown := map[int]bool{}
+		for _, p := range rec.Processes {
+			ev := "\""
+			if !shown[p.PID] {
+				ev = strconv.FormatUint(perProc[p.PID], 10)
+				shown[p.PID] = true
+			}
+			fmt.Fprintf(bw, "  %8d  %8d  %10s  %s\n", p.PID, p.PPID, ev, describeProcess(p))
+		}
+	}
+	multi := rec.MultiProcess()
+	pids := rec.ThreadPIDs()
+	if multi {
+		fmt.Fprintf(bw, "\nthreads:\n  %8s  %8s  %-16s  %10s  %10s\n", "TID", "PID", "NAME", "EVENTS", "LOST")
+	} else {
+		fmt.Fprintf(bw, "\nthreads:\n  %8s  %-16s  %10s  %10s\n", "TID", "NAME", "EVENTS", "LOST")
+	}
 	seen := map[uint32]bool{}
 	for _, th := range rec.Threads {
 		seen[th.TID] = true
+		if multi {
+			fmt.Fprintf(bw, "  %8d  %8d  %-16s  %10d  %10d\n", th.TID, pidOf(pids, rec, th.TID), Printable(th.Name), perThread[th.TID], th.Lost)
+			continue
+		}
 		fmt.Fprintf(bw, "  %8d  %-16s  %10d  %10d\n", th.TID, Printable(th.Name), perThread[th.TID], th.Lost)
 	}
 	for _, tid := range threads {
 		if !seen[tid] {
+			if multi {
+				fmt.Fprintf(bw, "  %8d  %8s  %-16s  %10d  %10s\n", tid, "?", "?", perThread[tid], "-")
+				continue
+			}
 			fmt.Fprintf(bw, "  %8d  %-16s  %10d  %10s\n", tid, "?", perThread[tid], "-")
 		}
 	}

@@ -30,7 +30,10 @@ type Live struct {
 	graph bool
 	f     Filter
 	held  map[uint32]*liveEntry // graph mode: per thread, an entry not printed yet
-	open  map[uint32][]int64    // graph mode: per thread, the entry time of each depth
+	// pids, once ShowPIDs is called (record --follow), maps threads to
+	// their processes, printed in a PID column.
+	pids map[uint32]int
+	open map[uint32][]int64 // graph mode: per thread, the entry time of each depth
 }
 
 type liveEntry struct {
@@ -48,8 +51,36 @@ func NewLive(w io.Writer, meta tracefile.Meta, f Filter) *Live {
 	return l
 }
 
+// ShowPIDs adds a PID column (live --follow: the events of forked
+// children come too); SetThreadPID says which process a thread is of.
+// Call it before Header.
+func (l *Live) ShowPIDs() { l.pids = map[uint32]int{} }
+
+// SetThreadPID records the process of thread tid (see ShowPIDs).
+func (l *Live) SetThreadPID(tid uint32, pid int) {
+	if l.pids != nil {
+		l.pids[tid] = pid
+	}
+}
+
+// col is the TID column of a graph line: the tid, or pid and tid.
+func (l *Live) col(tid uint32) string {
+	if l.pids == nil {
+		return fmt.Sprintf("%7d", tid)
+	}
+	return fmt.Sprintf("%7d %7d", pidOf(l.pids, l.meta, tid), tid)
+}
+
 // Header prints the column header.
 func (l *Live) Header() {
+	if l.pids != nil && l.graph {
+		fmt.Fprintf(l.w, "# tracer: function_graph (livetrace live), pid %d (%s)\n#\n# DURATION       PID     TID      FUNCTION\n", l.meta.PID, Printable(l.meta.Comm))
+		return
+	}
+	if l.pids != nil {
+		fmt.Fprintf(l.w, "# tracer: function (livetrace live), pid %d (%s)\n#\n#           TASK-TID       PID   CPU      TIMESTAMP  FUNCTION\n#              | |          |     |          |         |\n", l.meta.PID, Printable(l.meta.Comm))
+		return
+	}
 	if l.graph {
 		fmt.Fprintf(l.w, "# tracer: function_graph (livetrace live), pid %d (%s)\n#\n# DURATION       TID     FUNCTION\n", l.meta.PID, Printable(l.meta.Comm))
 	} else {
@@ -87,6 +118,11 @@ func (l *Live) Events(evs []tracefile.Event) {
 			if ev.Args != "" {
 				name = callText(l.meta, ev.Func, ev.Args)
 			}
+			if l.pids != nil {
+				fmt.Fprintf(l.w, "%16s-%-7d (%7d) [---] %7d.%06d: %s <- %s\n", Printable(task), ev.TID, pidOf(l.pids, l.meta, ev.TID),
+					ns/1e9, ns%1e9/1e3, name, l.syms.name(ev.Caller))
+				continue
+			}
 			fmt.Fprintf(l.w, "%16s-%-7d [---] %7d.%06d: %s <- %s\n", Printable(task), ev.TID,
 				ns/1e9, ns%1e9/1e3, name, l.syms.name(ev.Caller))
 			continue
@@ -99,7 +135,7 @@ func (l *Live) Events(evs []tracefile.Event) {
 				if l.f.MinDuration > 0 && ns-h.ns < l.f.MinDuration.Nanoseconds() {
 					continue
 				}
-				fmt.Fprintf(l.w, "%s [%7d] | %s%s%s;\n", fmtDur(ns-h.ns), ev.TID, l.indent(ev.Depth), callText(l.meta, ev.Func, h.ev.Args), retSuffix(l.meta, ev.Func, ev.Args))
+				fmt.Fprintf(l.w, "%s [%s] | %s%s%s;\n", fmtDur(ns-h.ns), l.col(ev.TID), l.indent(ev.Depth), callText(l.meta, ev.Func, h.ev.Args), retSuffix(l.meta, ev.Func, ev.Args))
 				continue
 			}
 			l.release(ev.TID)
@@ -112,7 +148,7 @@ func (l *Live) Events(evs []tracefile.Event) {
 			if ret != "" {
 				ret += ";"
 			}
-			fmt.Fprintf(l.w, "%s [%7d] | %s}%s /* %s */\n", dur, ev.TID, l.indent(ev.Depth), ret, funcName(l.meta, ev.Func))
+			fmt.Fprintf(l.w, "%s [%s] | %s}%s /* %s */\n", dur, l.col(ev.TID), l.indent(ev.Depth), ret, funcName(l.meta, ev.Func))
 			continue
 		}
 		l.release(ev.TID)
@@ -147,7 +183,7 @@ func (l *Live) release(tid uint32) {
 	if h == nil {
 		return
 	}
-	fmt.Fprintf(l.w, "%10s [%7d] | %s%s {\n", "", tid, l.indent(h.ev.Depth), callText(l.meta, h.ev.Func, h.ev.Args))
+	fmt.Fprintf(l.w, "%10s [%s] | %s%s {\n", "", l.col(tid), l.indent(h.ev.Depth), callText(l.meta, h.ev.Func, h.ev.Args))
 	delete(l.held, tid)
 }
 

@@ -90,6 +90,10 @@ type perfettoWriter struct {
 	sub        []byte // a nested message being built
 	sub2       []byte
 	tracks     map[uint32]bool
+	// pids maps threads to processes (record --follow); procs are the
+	// process tracks described, by pid.
+	pids  map[uint32]int
+	procs map[int]uint64
 	// iids maps a function to its interned name id (0: not yet).
 	iids    []uint64
 	nextIID uint64
@@ -205,6 +209,34 @@ func (p *perfettoWriter) start() {
 	p.flushPacket()
 }
 
+// processTrack returns the track of process pid: the target's
+// (processUUID), or one described now for a followed child, whose uuid is
+// above every thread's (threadUUIDBase + 2^32 + pid).
+func (p *perfettoWriter) processTrack(pid int) uint64 {
+	if pid == p.meta.PID {
+		return processUUID
+	}
+	if uuid, ok := p.procs[pid]; ok {
+		return uuid
+	}
+	uuid := threadUUIDBase + 1<<32 + uint64(uint32(pid))
+	p.procs[pid] = uuid
+	name := ""
+	for _, pr := range p.meta.Processes {
+		if pr.PID == pid {
+			name = pr.Comm
+		}
+	}
+	p.sub = appendVarint(p.sub[:0], pfProcPID, uint64(int64(pid)))
+	p.sub = appendString(p.sub, pfProcName, Printable(name))
+	p.sub2 = appendVarint(p.sub2[:0], pfTrackUUID, uuid)
+	p.sub2 = appendBytes(p.sub2, pfTrackProcess, p.sub)
+	p.pkt = appendVarint(p.pkt[:0], pfSequenceID, perfettoSeq)
+	p.pkt = appendBytes(p.pkt, pfTrackDescriptor, p.sub2)
+	p.flushPacket()
+	return uuid
+}
+
 // track returns the track of thread tid, describing it first if needed.
 func (p *perfettoWriter) track(tid uint32) uint64 {
 	uuid := threadUUIDBase + uint64(tid)
@@ -212,11 +244,13 @@ func (p *perfettoWriter) track(tid uint32) uint64 {
 		return uuid
 	}
 	p.tracks[tid] = true
-	p.sub = appendVarint(p.sub[:0], pfThreadPID, uint64(int64(p.meta.PID)))
+	pid := pidOf(p.pids, p.meta, tid)
+	parent := p.processTrack(pid)
+	p.sub = appendVarint(p.sub[:0], pfThreadPID, uint64(int64(pid)))
 	p.sub = appendVarint(p.sub, pfThreadTID, uint64(tid))
 	p.sub = appendString(p.sub, pfThreadName, threadName(p.names, p.meta, tid))
 	p.sub2 = appendVarint(p.sub2[:0], pfTrackUUID, uuid)
-	p.sub2 = appendVarint(p.sub2, pfTrackParent, processUUID)
+	p.sub2 = appendVarint(p.sub2, pfTrackParent, parent)
 	p.sub2 = appendBytes(p.sub2, pfTrackThread, p.sub)
 	p.pkt = appendVarint(p.pkt[:0], pfSequenceID, perfettoSeq)
 	p.pkt = appendBytes(p.pkt, pfTrackDescriptor, p.sub2)
@@ -492,7 +526,7 @@ func ExportPerfettoStream(w io.Writer, s *tracefile.Stream, f Filter) error {
 		return err
 	}
 	p := &perfettoWriter{w: w, out: make([]byte, 0, pfFlushAt+1<<12), meta: rec, names: threadNames(rec),
-		tracks: map[uint32]bool{}, annots: map[string]uint64{}, values: map[string]uint64{}}
+		tracks: map[uint32]bool{}, procs: map[int]uint64{}, pids: rec.ThreadPIDs(), annots: map[string]uint64{}, values: map[string]uint64{}}
 	p.start()
 	var err error
 	if rec.Mode == tracefile.ModeGraph {

@@ -88,7 +88,16 @@ func replayEntries(w *bufio.Writer, s *tracefile.Stream, f Filter) error {
 	e := newEngine(s, f)
 	fmt.Fprintf(w, "# tracer: function (livetrace entry mode), pid %d (%s)\n", rec.PID, Printable(rec.Comm))
 	writeLostHeader(w, rec, s.Recovered, s.Dropped)
-	fmt.Fprintf(w, "#\n#           TASK-TID     CPU      TIMESTAMP  FUNCTION\n#              | |        |          |         |\n")
+	// A recording of several processes (record --follow) gets a PID
+	// column, as ftrace's record-tgid option adds a TGID one.
+	var pids map[uint32]int
+	if rec.MultiProcess() {
+		pids = rec.ThreadPIDs()
+		writeProcesses(w, rec)
+		fmt.Fprintf(w, "#\n#           TASK-TID       PID   CPU      TIMESTAMP  FUNCTION\n#              | |          |     |          |         |\n")
+	} else {
+		fmt.Fprintf(w, "#\n#           TASK-TID     CPU      TIMESTAMP  FUNCTION\n#              | |        |          |         |\n")
+	}
 	marks := newChangeMarks(s, f)
 	for {
 		ev, ok := s.Next()
@@ -114,6 +123,11 @@ func replayEntries(w *bufio.Writer, s *tracefile.Stream, f Filter) error {
 		if ev.Args != "" {
 			name = callText(rec, ev.Func, ev.Args)
 		}
+		if pids != nil {
+			fmt.Fprintf(w, "%16s-%-7d (%7d) [---] %7d.%06d: %s <- %s\n", task, ev.TID, pidOf(pids, rec, ev.TID),
+				ns/1e9, ns%1e9/1e3, name, syms.name(ev.Caller))
+			continue
+		}
 		fmt.Fprintf(w, "%16s-%-7d [---] %7d.%06d: %s <- %s\n", task, ev.TID,
 			ns/1e9, ns%1e9/1e3, name, syms.name(ev.Caller))
 	}
@@ -128,7 +142,15 @@ func replayGraph(w *bufio.Writer, s *tracefile.Stream, f Filter) error {
 	rec := &s.Meta
 	fmt.Fprintf(w, "# tracer: function_graph (livetrace graph mode), pid %d (%s)\n", rec.PID, Printable(rec.Comm))
 	writeLostHeader(w, rec, s.Recovered, s.Dropped)
-	fmt.Fprintf(w, "#\n# DURATION       TID     FUNCTION\n")
+	// Several processes (record --follow): a PID column before the TID.
+	var pids map[uint32]int
+	if rec.MultiProcess() {
+		pids = rec.ThreadPIDs()
+		writeProcesses(w, rec)
+		fmt.Fprintf(w, "#\n# DURATION       PID     TID      FUNCTION\n")
+	} else {
+		fmt.Fprintf(w, "#\n# DURATION       TID     FUNCTION\n")
+	}
 	marks := newChangeMarks(s, f)
 	err := inOrder(s, f, nil, func(it item) {
 		c := it.c
@@ -140,11 +162,15 @@ func replayGraph(w *bufio.Writer, s *tracefile.Stream, f Filter) error {
 		} else {
 			marks.upTo(w, c.end)
 		}
+		col := fmt.Sprintf("%7d", c.tid)
+		if pids != nil {
+			col = fmt.Sprintf("%7d %7d", pidOf(pids, rec, c.tid), c.tid)
+		}
 		indent := strings.Repeat("  ", int(c.depth))
 		name := funcName(rec, c.fn)
 		if it.kind == itemEntry {
 			if c.folded() {
-				fmt.Fprintf(w, "%s [%7d] | %s%s%s;\n", fmtDur(c.dur()), c.tid, indent, callText(rec, c.fn, c.args), retSuffix(rec, c.fn, c.ret))
+				fmt.Fprintf(w, "%s [%s] | %s%s%s;\n", fmtDur(c.dur()), col, indent, callText(rec, c.fn, c.args), retSuffix(rec, c.fn, c.ret))
 				return
 			}
 			mark := ""
@@ -154,7 +180,7 @@ func replayGraph(w *bufio.Writer, s *tracefile.Stream, f Filter) error {
 			case unfinished:
 				mark = " /* unfinished */"
 			}
-			fmt.Fprintf(w, "%10s [%7d] | %s%s {%s\n", "", c.tid, indent, callText(rec, c.fn, c.args), mark)
+			fmt.Fprintf(w, "%10s [%s] | %s%s {%s\n", "", col, indent, callText(rec, c.fn, c.args), mark)
 			return
 		}
 		if c.folded() {
@@ -164,13 +190,50 @@ func replayGraph(w *bufio.Writer, s *tracefile.Stream, f Filter) error {
 		if ret != "" {
 			ret += ";"
 		}
-		fmt.Fprintf(w, "%s [%7d] | %s}%s /* %s */\n", fmtDur(c.dur()), c.tid, indent, ret, name)
+		fmt.Fprintf(w, "%s [%s] | %s}%s /* %s */\n", fmtDur(c.dur()), col, indent, ret, name)
 	})
 	if err != nil {
 		return err
 	}
 	marks.rest(w)
 	return nil
+}
+
+// pidOf returns the process of thread tid (pids from Meta.ThreadPIDs).
+func pidOf(pids map[uint32]int, rec *tracefile.Meta, tid uint32) int {
+	if pid, ok := pids[tid]; ok {
+		return pid
+	}
+	return rec.PID
+}
+
+// describeProcess says what a process of a recording made with --follow
+// is: "PID (COMM, forked from PPID)", "PID (COMM): exec of EXE", and why
+// it was not traced.
+func describeProcess(p tracefile.Process) string {
+	var d string
+	switch {
+	case p.ExecFrom != 0 && p.ExecFrom != p.PID:
+		d = fmt.Sprintf("%d (%s): exec of %s by thread %d", p.PID, Printable(p.Comm), Printable(p.Exe), p.ExecFrom)
+	case p.ExecFrom != 0:
+		d = fmt.Sprintf("%d (%s): exec of %s", p.PID, Printable(p.Comm), Printable(p.Exe))
+	case p.PPID != 0:
+		d = fmt.Sprintf("%d (%s, forked from %d)", p.PID, Printable(p.Comm), p.PPID)
+	default:
+		d = fmt.Sprintf("%d (%s)", p.PID, Printable(p.Comm))
+	}
+	if p.Untraced != "" {
+		d += ", not traced: " + Printable(p.Untraced)
+	}
+	return d
+}
+
+// writeProcesses lists the processes of a recording made with --follow in
+// the header of a replay.
+func writeProcesses(w *bufio.Writer, rec *tracefile.Meta) {
+	for _, p := range rec.Processes {
+		fmt.Fprintf(w, "# process %s\n", describeProcess(p))
+	}
 }
 
 // fmtDur formats a duration in ns the way uftrace does, 10 characters wide.

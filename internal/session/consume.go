@@ -139,7 +139,10 @@ func (s *Session) deliverRaw(tid uint32, lostBefore uint32, raw []byte) error {
 		}
 	}
 	if _, ok := s.threads[tid]; !ok {
-		s.threads[tid] = threadName(s.pid, int(tid))
+		s.threads[tid] = threadName(s.pidOfThread(tid), int(tid))
+		if s.opts.Follow && s.opts.OnThreadPID != nil {
+			s.opts.OnThreadPID(tid, s.pidOfThread(tid))
+		}
 	}
 	s.lost[tid] += uint64(lostBefore)
 	if !s.wantTID(tid) {
@@ -270,7 +273,7 @@ func (s *Session) notePendingLoss(tid uint32, lost uint32) {
 	}
 	s.lost[uint32(o)] += uint64(lost)
 	if _, ok := s.threads[uint32(o)]; !ok {
-		s.threads[uint32(o)] = threadName(s.pid, o)
+		s.threads[uint32(o)] = threadName(s.pidOfThread(uint32(o)), o)
 	}
 }
 
@@ -278,7 +281,11 @@ func (s *Session) notePendingLoss(tid uint32, lost uint32) {
 // (it is stopped for good). Its agent slot is retired, so a new thread that
 // reuses its thread pointer gets a slot of its own, and its partly filled
 // chunk is handed to the consumer.
-func (s *Session) threadExit(tid int) {
+func (s *Session) threadExit(tid int) { s.threadExitIn(s.p, tid) }
+
+// threadExitIn is threadExit for a thread of p: the target, or a followed
+// child (follow.go), whose agent copy has a thread table of its own.
+func (s *Session) threadExitIn(p *proc.Process, tid int) {
 	if s.inj == nil || s.cons == nil {
 		return
 	}
@@ -286,10 +293,10 @@ func (s *Session) threadExit(tid int) {
 	if s.inj.tids != nil {
 		// Its records may still be in the buffer when it is gone.
 		s.mu.Lock()
-		inner = s.inj.tids.exiting(tid)
+		inner = s.inj.tids.exitingIn(p.Pid(), tid)
 		s.mu.Unlock()
 	}
-	slots, err := s.inj.readThreads(s.p)
+	slots, err := s.inj.readThreads(p)
 	if err != nil {
 		return
 	}
@@ -297,7 +304,7 @@ func (s *Session) threadExit(tid int) {
 		if !slot.InUse() || slot.Tid != inner {
 			continue
 		}
-		_ = s.p.WriteMem(s.inj.addrs.ThreadSlotAddr(i)+agent.ThreadKeyOff, agent.RetiredKey())
+		_ = p.WriteMem(s.inj.addrs.ThreadSlotAddr(i)+agent.ThreadKeyOff, agent.RetiredKey())
 		if slot.Chunk == 0 && slot.Lost > 0 {
 			s.mu.Lock()
 			s.notePendingLoss(slot.Tid, slot.Lost)
@@ -373,13 +380,18 @@ type tidSet struct {
 	pid   int
 	known map[uint32]int // tid as the agent sees it -> tid in the tracer's pid namespace
 	outer map[int]uint32 // tracer-side tids already looked up -> tid as the agent sees it
+	// more are the followed children that share the buffer (follow.go),
+	// whose task directories count too; procOf maps a tracer-side tid
+	// found in one of them to its pid.
+	more   []int
+	procOf map[int]int
 	// rescanned says /proc/PID/task was read during this poll.
 	rescanned bool
 	rescans   int // for tests
 }
 
 func newTIDSet(pid int, tids []int) *tidSet {
-	ts := &tidSet{pid: pid, known: map[uint32]int{}, outer: map[int]uint32{}}
+	ts := &tidSet{pid: pid, known: map[uint32]int{}, outer: map[int]uint32{}, procOf: map[int]int{}}
 	for _, t := range tids {
 		ts.add(t)
 	}
@@ -388,11 +400,18 @@ func newTIDSet(pid int, tids []int) *tidSet {
 
 // add looks up thread tid (tracer side), marks it known and returns its
 // tid as the agent sees it (tid itself if it is gone).
-func (ts *tidSet) add(tid int) uint32 {
+func (ts *tidSet) add(tid int) uint32 { return ts.addIn(ts.pid, tid) }
+
+// addIn is add for a thread of process pid (the target or a followed
+// child).
+func (ts *tidSet) addIn(pid, tid int) uint32 {
 	if inner, ok := ts.outer[tid]; ok {
 		return inner
 	}
-	inner, ok := innerTID(ts.pid, tid)
+	if pid != ts.pid {
+		ts.procOf[tid] = pid
+	}
+	inner, ok := innerTID(pid, tid)
 	if !ok {
 		return uint32(tid) // gone before it could be looked up: no records of its own
 	}
@@ -406,8 +425,11 @@ func (ts *tidSet) add(tid int) uint32 {
 // reused by a thread that, in another pid namespace, has another inner
 // tid: that one is looked up afresh. It returns the thread's tid as the
 // agent sees it.
-func (ts *tidSet) exiting(tid int) uint32 {
-	inner := ts.add(tid)
+func (ts *tidSet) exiting(tid int) uint32 { return ts.exitingIn(ts.pid, tid) }
+
+// exitingIn is exiting for a thread of process pid.
+func (ts *tidSet) exitingIn(pid, tid int) uint32 {
+	inner := ts.addIn(pid, tid)
 	delete(ts.outer, tid)
 	return inner
 }
@@ -442,7 +464,14 @@ func (ts *tidSet) accept(tid uint32) bool {
 // exiting first.
 func (ts *tidSet) rescan() {
 	ts.rescans++
-	d, err := os.Open(fmt.Sprintf("/proc/%d/task", ts.pid))
+	ts.rescanPid(ts.pid)
+	for _, pid := range ts.more {
+		ts.rescanPid(pid)
+	}
+}
+
+func (ts *tidSet) rescanPid(pid int) {
+	d, err := os.Open(fmt.Sprintf("/proc/%d/task", pid))
 	if err != nil {
 		return
 	}
@@ -450,9 +479,18 @@ func (ts *tidSet) rescan() {
 	names, _ := d.Readdirnames(-1)
 	for _, n := range names {
 		if tid, err := strconv.Atoi(n); err == nil && !ts.hasOuter(tid) {
-			ts.add(tid)
+			ts.addIn(pid, tid)
 		}
 	}
+}
+
+// pidOf returns the process of thread tid (tracer side): the target's
+// pid unless it was found in a followed child.
+func (ts *tidSet) pidOf(tid int) int {
+	if pid, ok := ts.procOf[tid]; ok {
+		return pid
+	}
+	return ts.pid
 }
 
 func (ts *tidSet) hasOuter(tid int) bool { _, ok := ts.outer[tid]; return ok }

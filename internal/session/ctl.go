@@ -103,6 +103,9 @@ func (s *Session) Disable(globs []string) (ChangeResult, error) {
 }
 
 func (s *Session) change(globs []string, enable bool, rules []ArgRule) (res ChangeResult, err error) {
+	if s.fl.passive != "" {
+		return res, fmt.Errorf("nothing is traced in process %d (%s): it is only followed (--follow) for the programs it starts", s.pid, s.fl.passive)
+	}
 	if len(globs) == 0 {
 		return res, errors.New("no function pattern given: name the functions with shell globs")
 	}

@@ -377,7 +377,9 @@ func (s *Session) inject() (err error) {
 	}
 	inj.tids = newTIDSet(s.p.Pid(), s.p.Threads())
 	cons.SetTIDFilter(inj.tids.accept)
+	s.mu.Lock() // renewLease reads it
 	s.cons = cons
+	s.mu.Unlock()
 
 	return s.inj.setCtl(s.p, agent.Ctl{Enabled: true, Graph: s.opts.Graph})
 }

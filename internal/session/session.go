@@ -91,6 +91,13 @@ type Options struct {
 	// (--caller) keeps the calls of the matching functions and of their
 	// callers. Both are applied by the agent and need Graph.
 	GraphFuncs, CallerFuncs []string
+	// Follow records the children the target forks as processes of the
+	// same recording (follow.go).
+	Follow bool
+	// OnThreadPID, with Follow, is told the process of each thread the
+	// first time one of its events is taken, before OnEvents gets them
+	// (under the same lock: it must be quick and not call the Session).
+	OnThreadPID func(tid uint32, pid int)
 	// OnFuncs, when set, is called when Enable has added functions to
 	// the session (Funcs and Meta list them), before they are patched:
 	// no event of theirs comes before it. It may call the Session's
@@ -100,6 +107,9 @@ type Options struct {
 
 // ErrNoMatch means no patchable function matches the selection.
 var ErrNoMatch = errors.New("no function matches")
+
+// ErrNoSites means the process has no function that can be patched at all.
+var ErrNoSites = errors.New("no patchable sites")
 
 // NoMatchError says which globs matched nothing and lists names that exist.
 type NoMatchError struct {
@@ -205,6 +215,7 @@ type Session struct {
 	loader   loaderState        // dlopen and dlclose (dlopen.go)
 	closed   bool
 	closeErr error
+	fl       followState // followed children (follow.go), under mu
 }
 
 // Start attaches to process pid, selects the functions to trace, injects
@@ -215,7 +226,7 @@ func Start(pid int, opts Options) (*Session, error) {
 	// Until the patch batch, the tracer only parses and prepares: let it
 	// run ahead of the target's threads, for a short attach latency.
 	s.unboost = proc.BoostNice(-10)
-	if err := s.discover(); err != nil {
+	if err := s.discover(); err != nil && !s.followPassive(err) {
 		s.unboost()
 		return nil, err
 	}
@@ -233,7 +244,7 @@ func Start(pid int, opts Options) (*Session, error) {
 func StartProcess(p *proc.Process, opts Options) (*Session, error) {
 	s := &Session{pid: p.Pid(), opts: opts, lost: map[uint32]uint64{}, threads: map[uint32]string{}}
 	s.unboost = proc.BoostNice(-10)
-	if err := s.discover(); err != nil {
+	if err := s.discover(); err != nil && !s.followPassive(err) {
 		s.unboost()
 		p.Detach()
 		return nil, err
@@ -285,6 +296,9 @@ func (s *Session) discover() error {
 }
 
 func (s *Session) start(p *proc.Process) (_ *Session, err error) {
+	if s.fl.passive != "" {
+		return s.startPassive(p) // follow_exec.go
+	}
 	defer s.unboost()
 	s.p = p
 	s.calib = tsc.Sample()
@@ -336,6 +350,10 @@ func (s *Session) start(p *proc.Process) (_ *Session, err error) {
 	s.lap("engine")
 	s.p.SetThreadExitHandler(s.threadExit)
 	s.p.SetForkHandler(s.forked)
+	if s.opts.Follow {
+		s.p.SetFollowHandler(s.follow)
+		s.p.SetExecHandler(s.execed)
+	}
 	// During the batch only the ptrace thread is boosted (textpoke): the
 	// rest of the tracer must not crowd the target's threads.
 	s.unboost()
@@ -496,10 +514,10 @@ func (s *Session) selectSites() error {
 		return fmt.Errorf("no function of process %d can be traced: %s: %s", s.pid, s.untraceable[0].Name, s.untraceable[0].Reason)
 	}
 	if len(all) == 0 && !withReloc && !s.opts.OnlyNop {
-		return fmt.Errorf("no patchable sites in process %d (%s): name the functions to trace with -F (functions without a compiler NOP are then traced by relocation), or build it with clang -fpatchable-function-entry=5 (see docs/BUILDING.md)", s.pid, s.mods[0].Path)
+		return fmt.Errorf("%w in process %d (%s): name the functions to trace with -F (functions without a compiler NOP are then traced by relocation), or build it with clang -fpatchable-function-entry=5 (see docs/BUILDING.md)", ErrNoSites, s.pid, s.mods[0].Path)
 	}
 	if len(all) == 0 {
-		return fmt.Errorf("no patchable sites in process %d (%s): build it with clang -fpatchable-function-entry=5 (see docs/BUILDING.md)", s.pid, s.mods[0].Path)
+		return fmt.Errorf("%w in process %d (%s): build it with clang -fpatchable-function-entry=5 (see docs/BUILDING.md)", ErrNoSites, s.pid, s.mods[0].Path)
 	}
 	if len(s.sel) == 0 && len(s.refused) > 0 {
 		return fmt.Errorf("%w: every selected function is unsafe in graph mode (%s: %s): trace it without --graph", ErrGraphUnsafe, s.refused[0].Name, s.refused[0].Reason)
@@ -812,7 +830,12 @@ func (s *Session) Functions() int {
 func (s *Session) Pid() int { return s.p.Pid() }
 
 // Mode returns the patching protocol in use and why, for stop mode.
-func (s *Session) Mode() (textpoke.Mode, string) { return s.eng.Mode(), s.eng.Reason() }
+func (s *Session) Mode() (textpoke.Mode, string) {
+	if s.eng == nil {
+		return textpoke.ModeLive, "" // a passive session (follow_exec.go) patches nothing
+	}
+	return s.eng.Mode(), s.eng.Reason()
+}
 
 // PatchStats returns the statistics of the patch batches so far.
 func (s *Session) PatchStats() textpoke.Stats {
@@ -821,11 +844,20 @@ func (s *Session) PatchStats() textpoke.Stats {
 	return s.stats
 }
 
-// Exited is closed when the target exits or calls exec.
-func (s *Session) Exited() <-chan struct{} { return s.p.Exited() }
+// Exited is closed when the target exits or calls exec; with
+// Options.Follow, once every process followed has (follow.go).
+func (s *Session) Exited() <-chan struct{} {
+	if s.opts.Follow {
+		return s.followExited()
+	}
+	return s.p.Exited()
+}
 
 // EndReason says how the target ended, once Exited is closed.
 func (s *Session) EndReason() string {
+	if r := s.followEndReason(); r != "" {
+		return r
+	}
 	ws, execed := s.p.ExitStatus()
 	switch {
 	case execed:
@@ -938,6 +970,10 @@ func (s *Session) Close() error {
 		default:
 			return false
 		}
+	}
+	if s.opts.Follow {
+		note(s.closeMembers())
+		note(s.closeExecs())
 	}
 	clock1 := tsc.Sample()
 	s.mu.Lock()
@@ -1087,7 +1123,8 @@ func (s *Session) finish(clock1 tsc.Pair) error {
 	m := s.buildMeta(&clock1)
 	s.conv.Lock()
 	defer s.conv.Unlock()
-	err := s.w.Close(m)
+	merr := s.mergeExecs(&m) // record --follow: the images exec'd
+	err := errors.Join(merr, s.w.Close(m))
 	s.w = nil
 	// A spool that could not be written (s.spoolErr: the disk is full)
 	// is no error: its chunks were converted at once instead.
@@ -1196,6 +1233,7 @@ func (s *Session) buildMeta(clock1 *tsc.Pair) tracefile.Meta {
 	if len(m.Filters.Patterns) == 0 {
 		m.Filters.Patterns = s.opts.Funcs
 	}
+	s.followMeta(&m)
 	return m
 }
 

@@ -62,6 +62,10 @@ const (
 	// the program's site flags) over and over, on "run N"; see the
 	// protocol at the top of c/dlopen.c.
 	Dlopen = "dlopen"
+	// Follow is c/follow.c: children made by fork, a double fork,
+	// posix_spawn, vfork + exec and exec from a thread, each calling
+	// fl_work(N) (N calls of fl_leaf), for record --follow.
+	Follow = "follow"
 )
 
 // Fixtures returns the names of every fixture, sorted.
@@ -82,6 +86,7 @@ type fixture struct {
 
 var fixtures = map[string]fixture{
 	Simple:    {plan: singleFile(Simple, "simple.c")},
+	Follow:    {plan: singleFile(Follow, "follow.c")},
 	Sleeper:   {plan: singleFile(Sleeper, "sleeper.c")},
 	Nested:    {plan: singleFile(Nested, "nested.c")},
 	CXX:       {cxx: true, plan: singleFile(CXX, "cxx.cc")},

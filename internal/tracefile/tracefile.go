@@ -224,6 +224,31 @@ type Thread struct {
 	Name string `json:"name,omitempty"`
 	// Lost counts the events the agent dropped for this thread.
 	Lost uint64 `json:"lost,omitempty"`
+	// PID is the process the thread belongs to; 0 means Meta.PID (every
+	// recording made without --follow, and every older one).
+	PID int `json:"pid,omitempty"`
+}
+
+// Process is a process of a recording made with --follow: the target, and
+// each child it forked while followed.
+type Process struct {
+	PID int `json:"pid"`
+	// PPID is the followed process it was forked from, 0 for the target.
+	PPID    int      `json:"ppid,omitempty"`
+	Comm    string   `json:"comm,omitempty"`
+	Cmdline []string `json:"cmdline,omitempty"`
+	Exe     string   `json:"exe,omitempty"`
+	// ForkTSC is when the tracer took the child over (rdtsc, on the
+	// events' clock), 0 for the target. For a new image (ExecFrom set),
+	// when it called exec.
+	ForkTSC uint64 `json:"fork_tsc,omitempty"`
+	// ExecFrom, when not 0, says this is a new image: the process PID
+	// called exec, from thread ExecFrom (PID itself unless another thread
+	// called it). The events of PID after ForkTSC are the new image's.
+	ExecFrom int `json:"exec_from,omitempty"`
+	// Untraced says why nothing of this process was recorded (a new
+	// image where no function matches, say); "" when it was traced.
+	Untraced string `json:"untraced,omitempty"`
 }
 
 // RecordFilters describes what the tracer was asked to record.
@@ -262,6 +287,10 @@ type Meta struct {
 	Funcs   []Func   `json:"funcs"`
 	Symbols []Symbol `json:"symbols,omitempty"`
 	Threads []Thread `json:"threads,omitempty"`
+	// Processes lists the target and the children followed (record
+	// --follow), in the order they were seen; empty in a recording of
+	// one process.
+	Processes []Process `json:"processes,omitempty"`
 
 	// Lost counts all events the agent dropped (the sum over threads, plus
 	// drops not attributed to a thread).
@@ -409,4 +438,39 @@ func (n *NanosConverter) Nanos(tsc uint64) int64 {
 		}
 	}
 	return n.c.Nanos(tsc)
+}
+
+// ThreadPIDs maps every thread of the recording to its process: Thread.PID,
+// or m.PID for a thread without one.
+func (m *Meta) ThreadPIDs() map[uint32]int {
+	out := make(map[uint32]int, len(m.Threads))
+	for _, th := range m.Threads {
+		if th.PID != 0 {
+			out[th.TID] = th.PID
+		} else {
+			out[th.TID] = m.PID
+		}
+	}
+	return out
+}
+
+// PIDOf returns the process of thread tid: its Thread.PID, else m.PID.
+func (m *Meta) PIDOf(tid uint32) int {
+	for _, th := range m.Threads {
+		if th.TID == tid && th.PID != 0 {
+			return th.PID
+		}
+	}
+	return m.PID
+}
+
+// MultiProcess reports whether the recording holds more than one process
+// (record --follow with children): the readers then show each event's pid.
+func (m *Meta) MultiProcess() bool {
+	for _, th := range m.Threads {
+		if th.PID != 0 && th.PID != m.PID {
+			return true
+		}
+	}
+	return len(m.Processes) > 1
 }

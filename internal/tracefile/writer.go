@@ -356,6 +356,18 @@ func checkMeta(m *Meta) error {
 		return fmt.Errorf("%d symbols, more than the limit of %d", len(m.Symbols), maxSymbols)
 	case len(m.Threads) > maxThreads:
 		return fmt.Errorf("%d threads, more than the limit of %d", len(m.Threads), maxThreads)
+	case len(m.Processes) > maxThreads:
+		return fmt.Errorf("%d processes, more than the limit of %d", len(m.Processes), maxThreads)
+	}
+	for i, th := range m.Threads {
+		if th.PID < 0 {
+			return fmt.Errorf("thread %d (tid %d) has pid %d", i, th.TID, th.PID)
+		}
+	}
+	for i, pr := range m.Processes {
+		if pr.PID <= 0 || pr.PPID < 0 {
+			return fmt.Errorf("process %d has pid %d, ppid %d", i, pr.PID, pr.PPID)
+		}
 	}
 	for i, f := range m.Funcs {
 		if f.Module < -1 || f.Module >= len(m.Modules) {
