@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"fmt"
 	"net"
@@ -8,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -43,21 +45,8 @@ func TestStockRedis(t *testing.T) {
 		{"libc", []string{"-m", "libc.so*"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			port := freePort(t)
-			srv := exec.Command(server, "--port", strconv.Itoa(port), "--save", "", "--appendonly", "no", "--dir", t.TempDir(), "--bind", "127.0.0.1")
-			srv.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-			var srvOut bytes.Buffer
-			srv.Stdout, srv.Stderr = &srvOut, &srvOut
-			if err := srv.Start(); err != nil {
-				t.Fatal(err)
-			}
-			exited := make(chan error, 1)
-			go func() { exited <- srv.Wait() }()
-			t.Cleanup(func() { srv.Process.Kill(); <-exited })
-			c := redisDial(t, port)
-			if got := c.do(t, "PING"); got != "+PONG" {
-				t.Fatalf("PING: %q", got)
-			}
+			srv, c, exited, srvOut := startRedis(t, server)
+			port := c.port
 			load := exec.Command(benchmark, "-p", strconv.Itoa(port), "-q", "-n", "2000000", "-P", "16", "-t", "set,get,incr,lpush,lrange_100")
 			if err := load.Start(); err != nil {
 				t.Fatal(err)
@@ -85,6 +74,7 @@ func TestStockRedis(t *testing.T) {
 				t.Fatalf("redis-server died while traced: %v\nrecord said:\n%s\nthe server said:\n%s", err, stderr.String(), lastLinesOf(srvOut.String(), 30))
 			default:
 			}
+
 			// Answers right after the detach, and its text is the file's.
 			if got := c.do(t, "SET", "livetrace", "stock-redis"); got != "+OK" {
 				t.Fatalf("SET: %q", got)
@@ -106,6 +96,113 @@ func TestStockRedis(t *testing.T) {
 	}
 }
 
+// TestStockRedisLiveCtl runs livetrace live on Debian's redis-server (a
+// multi-threaded program nobody here wrote) under redis-benchmark, and
+// changes what is traced from another "shell" with livetrace ctl: a
+// function enabled shows in live's output within a second of the enable,
+// and after ctl stop live ends with status 0 and redis-server's text is
+// the file's.
+func TestStockRedisLiveCtl(t *testing.T) {
+	testtarget.RequireRoot(t)
+	server, err := exec.LookPath("redis-server")
+	if err != nil {
+		testtarget.SkipOrFatal(t, "redis-server is not installed: run `make deps-test` (apt-get install redis-server redis-tools)")
+	}
+	benchmark, err := exec.LookPath("redis-benchmark")
+	if err != nil {
+		testtarget.SkipOrFatal(t, "redis-benchmark is not installed: run `make deps-test` (apt-get install redis-tools)")
+	}
+	bin := livetraceBinary(t)
+	srv, c, exited, _ := startRedis(t, server)
+	load := exec.Command(benchmark, "-p", strconv.Itoa(c.port), "-q", "-n", "5000000", "-c", "4", "-t", "set,get")
+	if err := load.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { load.Process.Kill(); load.Wait() }()
+	pid := strconv.Itoa(srv.Process.Pid)
+	live := exec.Command(bin, "live", "-p", pid, "-m", "redis-*", "-F", "call")
+	stdout, err := live.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	live.Stderr = &stderr
+	if err := live.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer live.Process.Kill()
+	var mu sync.Mutex
+	seen := map[string]int{}
+	readDone := make(chan struct{})
+	go func() {
+		defer close(readDone)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			l := sc.Text()
+			mu.Lock()
+			for _, fn := range []string{": call <- ", ": lookupKey <- ", ": lookupKeyWrite <- "} {
+				if strings.Contains(l, fn) {
+					seen[fn]++
+				}
+			}
+			mu.Unlock()
+		}
+	}()
+	waitSeen := func(fn string, what string) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for time.Now().Before(deadline) {
+			mu.Lock()
+			n := seen[fn]
+			mu.Unlock()
+			if n > 0 {
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		t.Fatalf("live never printed%s %s\nstderr:\n%s", fn, what, stderr.String())
+	}
+	waitSeen(": call <- ", "")
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := ctlRun("-p", pid, "status"); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("live serves no control socket")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got := mustCtl(t, "-p", pid, "enable", "lookupKey*"); !strings.Contains(got, "enabled") {
+		t.Fatalf("enable: %s", got)
+	}
+	t0 := time.Now()
+	waitSeen(": lookupKey <- ", "after ctl enable lookupKey*")
+	waitSeen(": lookupKeyWrite <- ", "after ctl enable lookupKey*")
+	t.Logf("lookupKey* showed %v after the enable", time.Since(t0).Round(time.Millisecond))
+	st := mustCtl(t, "-p", pid, "status")
+	if !strings.Contains(st, "lookupKeyRead") || !strings.Contains(st, "\n  call\n") {
+		t.Errorf("status after enable:\n%s", st)
+	}
+	if got := mustCtl(t, "-p", pid, "disable", "lookupKey*"); !strings.Contains(got, "disabled") {
+		t.Fatalf("disable: %s", got)
+	}
+	mustCtl(t, "-p", pid, "stop")
+	if err := live.Wait(); err != nil {
+		t.Fatalf("live after ctl stop: %v\n%s", err, stderr.String())
+	}
+	<-readDone
+	select {
+	case err := <-exited:
+		t.Fatalf("redis-server died: %v", err)
+	default:
+	}
+	if got := c.do(t, "SET", "k", "v"); got != "+OK" {
+		t.Fatalf("SET after detach: %q", got)
+	}
+	testtarget.CheckText(t, srv.Process.Pid)
+}
+
 func freePort(t *testing.T) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -116,8 +213,33 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
+// startRedis starts redis-server on a free port and connects to it: exited
+// gets its Wait's error, out what it printed.
+func startRedis(t *testing.T, server string) (*exec.Cmd, *redisConn, chan error, *bytes.Buffer) {
+	t.Helper()
+	port := freePort(t)
+	srv := exec.Command(server, "--port", strconv.Itoa(port), "--save", "", "--appendonly", "no", "--dir", t.TempDir(), "--bind", "127.0.0.1")
+	srv.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	var out bytes.Buffer
+	srv.Stdout, srv.Stderr = &out, &out
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- srv.Wait() }()
+	t.Cleanup(func() { srv.Process.Kill(); <-exited })
+	c := redisDial(t, port)
+	if got := c.do(t, "PING"); got != "+PONG" {
+		t.Fatalf("PING: %q", got)
+	}
+	return srv, c, exited, &out
+}
+
 // redisConn speaks just enough RESP for the test.
-type redisConn struct{ c net.Conn }
+type redisConn struct {
+	c    net.Conn
+	port int
+}
 
 func redisDial(t *testing.T, port int) *redisConn {
 	t.Helper()
@@ -126,7 +248,7 @@ func redisDial(t *testing.T, port int) *redisConn {
 		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err == nil {
 			t.Cleanup(func() { c.Close() })
-			return &redisConn{c}
+			return &redisConn{c, port}
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("redis-server does not listen on %d: %v", port, err)
