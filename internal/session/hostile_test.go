@@ -71,6 +71,19 @@ func startHostile(t *testing.T, exe string, args ...string) *testtarget.Process 
 	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
 		t.Fatalf("start the hostile fixture: %v; stderr: %s", err, tp.Stderr())
 	}
+	// A thread pthread_create just made starts with every signal blocked
+	// until it runs: under load it may not have yet, and a session would
+	// rightly choose stop mode. Wait until the threads run.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		blocked, _, err := proc.SignalMasks(tp.Pid(), unix.SIGTRAP)
+		if err == nil && !blocked {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a thread of the hostile fixture still blocks SIGTRAP after 10 s (%v)", err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	return tp
 }
 
@@ -356,8 +369,8 @@ func TestSigtrapHandlerKept(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m, _ := s.Mode(); m.String() != "live" {
-		t.Fatalf("mode %v: the SIGTRAP backstop is only installed in live mode", m)
+	if m, why := s.Mode(); m.String() != "live" {
+		t.Fatalf("mode %v (%s): the SIGTRAP backstop is only installed in live mode", m, why)
 	}
 	ask(t, tp, "trap", "trap installed")
 	if err := s.Close(); err != nil {
