@@ -503,13 +503,12 @@ func (b *bench) relocPair() {
 	b.relocPairOf("nosites", "", true)
 	// gcc's -fipa-ra lets callers keep registers across a call, so a
 	// relocated site of a gcc build saves and restores every register
-	// (internal/session/keepregs.go). Entry mode only: in this build
-	// leaf_nop's NOP comes from the patchable_function_entry attribute
-	// alone, which does not turn -fipa-ra off as the flag does, and its
-	// caller keeps its loop counter in rcx, which a graph-mode return
-	// through lt_return does not keep (docs/DESIGN-NOTES.md, "Callers
-	// that keep registers across a call").
-	b.relocPairOf("nosites-gcc", "gcc build (keep stubs), ", false)
+	// (internal/session/keepregs.go). In this build leaf_nop's NOP comes
+	// from the patchable_function_entry attribute alone, which does not
+	// turn -fipa-ra off as the flag does: its caller keeps its loop
+	// counter in rcx across the call (docs/DESIGN-NOTES.md, "Callers that
+	// keep registers across a call").
+	b.relocPairOf("nosites-gcc", "gcc build (keep stubs), ", true)
 }
 
 // relocPairOf runs the pair figures on hotleaf build bin, naming them

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -297,4 +298,73 @@ func lastLinesOf(s string, n int) string {
 		l = l[len(l)-n:]
 	}
 	return strings.Join(l, "\n")
+}
+
+// TestStockRedisTop runs livetrace top in tmux on Debian's redis-server
+// under redis-benchmark: rows with calls, times and p99 for the functions
+// of a real server, a glob typed in enables more of them, and q detaches
+// leaving the server answering and its text the file's.
+func TestStockRedisTop(t *testing.T) {
+	testtarget.RequireRoot(t)
+	server, err := exec.LookPath("redis-server")
+	if err != nil {
+		testtarget.SkipOrFatal(t, "redis-server is not installed: run `make deps-test` (apt-get install redis-server redis-tools)")
+	}
+	benchmark, err := exec.LookPath("redis-benchmark")
+	if err != nil {
+		testtarget.SkipOrFatal(t, "redis-benchmark is not installed: run `make deps-test` (apt-get install redis-tools)")
+	}
+	bin := livetraceBinary(t)
+	srv, c, exited, _ := startRedis(t, server)
+	load := exec.Command(benchmark, "-p", strconv.Itoa(c.port), "-q", "-n", "5000000", "-c", "2", "-t", "set,get")
+	if err := load.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { load.Process.Kill(); load.Wait() }()
+	pid := strconv.Itoa(srv.Process.Pid)
+	dir := t.TempDir()
+	errFile, rcFile := filepath.Join(dir, "stderr"), filepath.Join(dir, "rc")
+	ts := startTmux(t, 150, 24, fmt.Sprintf("%s top -p %s -m 'redis-*' -F call -F 'lookupKey*' 2>%s; echo $? >%s", bin, pid, errFile, rcFile))
+	scr := ts.waitScreen("start", "livetrace top  pid "+pid, "call", "lookupKey")
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		r := topRow(scr, "call")
+		if r != nil && r[0] != "0" && r[3] != "-" && r[5] != "-" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no calls shown for call:\n%s", scr)
+		}
+		time.Sleep(200 * time.Millisecond)
+		scr = ts.screen()
+	}
+	ts.keys("e")
+	ts.waitScreen("prompt", "enable GLOB: _")
+	ts.keys("-l", "setKey")
+	ts.keys("Enter")
+	ts.waitScreen("enable", "enabled 1 function", "setKey")
+	ts.keys("q")
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		if b, err := os.ReadFile(rcFile); err == nil && len(b) > 0 {
+			if rc := strings.TrimSpace(string(b)); rc != "0" {
+				eb, _ := os.ReadFile(errFile)
+				t.Fatalf("top exited with %s:\n%s", rc, eb)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("top did not end after q:\n%s", ts.screen())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	select {
+	case err := <-exited:
+		t.Fatalf("redis-server died: %v", err)
+	default:
+	}
+	if got := c.do(t, "GET", "k"); !strings.HasPrefix(got, "$") {
+		t.Fatalf("GET after detach: %q", got)
+	}
+	testtarget.CheckText(t, srv.Process.Pid)
 }

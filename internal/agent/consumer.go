@@ -128,6 +128,23 @@ func (c *Consumer) poll(fn func(uint32, uint32, []Record), owned bool) (int, err
 			}
 		}
 	}
+	// A chunk seen OWNED may have been published since, and a newer
+	// chunk of the same thread found FULL later in the scan: that one
+	// would go out first. Seen again now, a published chunk goes in
+	// order with the others. (One seen OWNED that is still OWNED now was
+	// published after every FULL chunk the scan found: none of them is
+	// its thread's newer chunk.)
+	k := 0
+	for _, i := range c.seenOwned {
+		h := c.hdr(i)
+		if atomic.LoadUint32(c.u32(h+ChunkHdrStateOff)) == ChunkFull {
+			c.order = append(c.order, chunkRef{seq: atomic.LoadUint64(c.u64(h + ChunkHdrSeqOff)), idx: i})
+			continue
+		}
+		c.seenOwned[k] = i
+		k++
+	}
+	c.seenOwned = c.seenOwned[:k]
 	slices.SortFunc(c.order, func(a, b chunkRef) int {
 		if a.seq != b.seq {
 			if a.seq < b.seq {

@@ -589,17 +589,32 @@ lt_entry:
 lt_return:
 	/*
 	 * rax:rdx may hold the return value (xmm0/xmm1 and st0 are never
-	 * touched: the agent is built with -mgeneral-regs-only); every other
-	 * caller-saved register is dead here. Fast path: the top shadow
-	 * entry is this frame's. Otherwise lt_on_exit searches and drops.
+	 * touched: the agent is built with -mgeneral-regs-only). The other
+	 * registers the fast path uses are saved and restored: a caller
+	 * built by gcc with -fipa-ra may keep values in call-clobbered
+	 * registers across a call to a function it knows leaves them alone
+	 * (docs/DESIGN-NOTES.md, "Callers that keep registers across a
+	 * call"). The flags are not kept (see lt_return_keep). Fast path:
+	 * the top shadow entry is this frame's; it leaves through the
+	 * original return address stored below sp (in the red zone, which
+	 * signal frames skip). Otherwise lt_return_keep, which keeps every
+	 * register around lt_on_exit, searches and drops.
 	 */
+	push %rcx
+	push %rsi
+	push %rdi
+	push %r8
+	push %r9
+	push %r10
+	push %r11			/* sp-56 */
 	mov %fs:0, %rcx
 	THREAD_SLOT %rcx, %rdi, %rsi
 	cmp %rcx, LT_A_T_KEY(%rdi)
 	jne .Lr_slow
 	cmpq $0, LT_A_T_BUSY(%rdi)
 	jne .Lr_slow
-	mov %rsp, LT_A_T_BUSY(%rdi)
+	lea 56(%rsp), %r10
+	mov %r10, LT_A_T_BUSY(%rdi)	/* busy = sp */
 	mov LT_A_T_DEPTH(%rdi), %r9d
 	dec %r9d
 	cmp $LT_A_SHADOW_DEPTH-1, %r9d
@@ -609,7 +624,7 @@ lt_return:
 	lea (%rsi,%r10,8), %rsi
 	lea lt_priv+LT_A_SHADOW(%rip), %r10
 	add %r10, %rsi			/* e = &shadow[thread index][depth-1] */
-	lea -8(%rsp), %r10
+	lea 48(%rsp), %r10		/* the return slot, sp-8 */
 	cmp %r10, LT_A_SH_SLOT(%rsi)
 	jne .Lr_unbusy			/* stale entries above ours */
 	mov LT_A_SH_ORIG(%rsi), %r10
@@ -643,33 +658,31 @@ lt_return:
 	mov %rsi, %rax
 	mov %r9, %rdx
 	movq $0, LT_A_T_BUSY(%rdi)
-	jmp *%r10
+	jmp .Lr_out
 .Lr_noemit:
 	mov %r9d, LT_A_T_DEPTH(%rdi)
 	movq $0, LT_A_T_BUSY(%rdi)
-	jmp *%r10
+.Lr_out:
+	mov %r10, -8(%rsp)		/* sp-64: the original return address */
+	pop %r11
+	pop %r10
+	pop %r9
+	pop %r8
+	pop %rdi
+	pop %rsi
+	pop %rcx
+	jmp *-64(%rsp)
 .Lr_unbusy:
 	movq $0, LT_A_T_BUSY(%rdi)
 .Lr_slow:
-	/* lt_on_exit finds rax at sp-8 and xmm0 at sp-24 (a return value). */
-	push %rax
-	push %rdx
-	movq %xmm0, %rcx
-	push %rcx
-	push %rcx			/* keeps rsp 16-byte aligned */
-	lea 32(%rsp), %rdi
-	call lt_on_exit
-	test %rax, %rax
-	jz 2f
-	mov %rax, %r11
-	add $16, %rsp
-	pop %rdx
-	pop %rax
-	jmp *%r11
-2:
-	/* No shadow entry for this return slot: there is no correct
-	 * continuation. Cannot happen unless the agent's memory is corrupted. */
-	ud2
+	pop %r11
+	pop %r10
+	pop %r9
+	pop %r8
+	pop %rdi
+	pop %rsi
+	pop %rcx
+	jmp lt_return_keep
 	.size lt_return, .-lt_return
 
 	/*
