@@ -277,6 +277,9 @@ func (r *redisConn) do(t *testing.T, args ...string) string {
 		n, err := r.c.Read(buf)
 		got = append(got, buf[:n]...)
 		s := string(got)
+		if strings.HasPrefix(s, "$-1\r\n") {
+			return "$-1" // nil
+		}
 		if strings.HasPrefix(s, "$") {
 			if i := strings.Index(s, "\r\n"); i > 0 {
 				if l, _ := strconv.Atoi(s[1:i]); len(s) >= i+2+l+2 {
