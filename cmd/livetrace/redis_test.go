@@ -28,14 +28,7 @@ import (
 // set after detach.
 func TestStockRedis(t *testing.T) {
 	testtarget.RequireRoot(t)
-	server, err := exec.LookPath("redis-server")
-	if err != nil {
-		testtarget.SkipOrFatal(t, "redis-server is not installed: run `make deps-test` (apt-get install redis-server redis-tools)")
-	}
-	benchmark, err := exec.LookPath("redis-benchmark")
-	if err != nil {
-		testtarget.SkipOrFatal(t, "redis-benchmark is not installed: run `make deps-test` (apt-get install redis-tools)")
-	}
+	server, benchmark := redisTools(t)
 	bin := livetraceBinary(t)
 	for _, tc := range []struct {
 		name string
@@ -105,14 +98,7 @@ func TestStockRedis(t *testing.T) {
 // the file's.
 func TestStockRedisLiveCtl(t *testing.T) {
 	testtarget.RequireRoot(t)
-	server, err := exec.LookPath("redis-server")
-	if err != nil {
-		testtarget.SkipOrFatal(t, "redis-server is not installed: run `make deps-test` (apt-get install redis-server redis-tools)")
-	}
-	benchmark, err := exec.LookPath("redis-benchmark")
-	if err != nil {
-		testtarget.SkipOrFatal(t, "redis-benchmark is not installed: run `make deps-test` (apt-get install redis-tools)")
-	}
+	server, benchmark := redisTools(t)
 	bin := livetraceBinary(t)
 	srv, c, exited, _ := startRedis(t, server)
 	load := exec.Command(benchmark, "-p", strconv.Itoa(c.port), "-q", "-n", "5000000", "-c", "4", "-t", "set,get")
@@ -202,6 +188,21 @@ func TestStockRedisLiveCtl(t *testing.T) {
 		t.Fatalf("SET after detach: %q", got)
 	}
 	testtarget.CheckText(t, srv.Process.Pid)
+}
+
+// redisTools returns the paths of Debian's redis-server and
+// redis-benchmark.
+func redisTools(t *testing.T) (server, benchmark string) {
+	t.Helper()
+	server, err := exec.LookPath("redis-server")
+	if err != nil {
+		testtarget.SkipOrFatal(t, "redis-server is not installed: run `make deps-test` (apt-get install redis-server redis-tools)")
+	}
+	benchmark, err = exec.LookPath("redis-benchmark")
+	if err != nil {
+		testtarget.SkipOrFatal(t, "redis-benchmark is not installed: run `make deps-test` (apt-get install redis-tools)")
+	}
+	return server, benchmark
 }
 
 func freePort(t *testing.T) int {
@@ -309,14 +310,7 @@ func lastLinesOf(s string, n int) string {
 // leaving the server answering and its text the file's.
 func TestStockRedisTop(t *testing.T) {
 	testtarget.RequireRoot(t)
-	server, err := exec.LookPath("redis-server")
-	if err != nil {
-		testtarget.SkipOrFatal(t, "redis-server is not installed: run `make deps-test` (apt-get install redis-server redis-tools)")
-	}
-	benchmark, err := exec.LookPath("redis-benchmark")
-	if err != nil {
-		testtarget.SkipOrFatal(t, "redis-benchmark is not installed: run `make deps-test` (apt-get install redis-tools)")
-	}
+	server, benchmark := redisTools(t)
 	bin := livetraceBinary(t)
 	srv, c, exited, _ := startRedis(t, server)
 	load := exec.Command(benchmark, "-p", strconv.Itoa(c.port), "-q", "-n", "5000000", "-c", "2", "-t", "set,get")
