@@ -28,6 +28,7 @@ type Consumer struct {
 	seenOwned []uint64
 	rawFn     func(tid uint32, lostBefore uint32, raw []byte) // set during PollRaw/DrainRaw
 	accept    func(tid uint32) bool                           // see SetTIDFilter
+	deferred  []uint32                                        // poll: owners of chunks left for the next round
 	foreign   uint64
 }
 
@@ -117,34 +118,54 @@ func (c *Consumer) Drain(fn func(tid uint32, lostBefore uint32, recs []Record)) 
 func (c *Consumer) poll(fn func(uint32, uint32, []Record), owned bool) (int, error) {
 	c.order = c.order[:0]
 	c.seenOwned = c.seenOwned[:0]
+	c.deferred = c.deferred[:0]
+	// A thread's records must come out in order, and a scan is no
+	// snapshot: a thread can publish its chunk A behind the scan and then
+	// B ahead of it. So a second scan follows: publication numbers (seq)
+	// are in publication order, and every chunk of B's thread published
+	// before B was FULL before B was, so the second scan finds it. Chunks
+	// published up to the newest the first scan found (seq <= limit) go
+	// out now, sorted by seq; newer ones wait for the next round, and so
+	// does the partial delivery of an OWNED chunk of their thread, which
+	// must not overtake them.
+	var limit uint64
+	for i := uint64(0); i < c.nchunks; i++ {
+		h := c.hdr(i)
+		if atomic.LoadUint32(c.u32(h+ChunkHdrStateOff)) == ChunkFull {
+			seq := atomic.LoadUint64(c.u64(h + ChunkHdrSeqOff))
+			c.order = append(c.order, chunkRef{seq: seq, idx: i})
+			limit = max(limit, seq)
+		}
+	}
+	first := len(c.order)
 	for i := uint64(0); i < c.nchunks; i++ {
 		h := c.hdr(i)
 		switch atomic.LoadUint32(c.u32(h + ChunkHdrStateOff)) {
 		case ChunkFull:
-			c.order = append(c.order, chunkRef{seq: atomic.LoadUint64(c.u64(h + ChunkHdrSeqOff)), idx: i})
+			if slices.ContainsFunc(c.order[:first], func(r chunkRef) bool { return r.idx == i }) {
+				continue
+			}
+			if seq := atomic.LoadUint64(c.u64(h + ChunkHdrSeqOff)); seq <= limit {
+				c.order = append(c.order, chunkRef{seq: seq, idx: i})
+			} else {
+				c.deferred = append(c.deferred, atomic.LoadUint32(c.u32(h+ChunkHdrTidOff)))
+			}
 		case ChunkOwned:
-			if owned {
+			if owned && !slices.Contains(c.deferred, atomic.LoadUint32(c.u32(h+ChunkHdrTidOff))) {
 				c.seenOwned = append(c.seenOwned, i)
 			}
 		}
 	}
-	// A chunk seen OWNED may have been published since, and a newer
-	// chunk of the same thread found FULL later in the scan: that one
-	// would go out first. Seen again now, a published chunk goes in
-	// order with the others. (One seen OWNED that is still OWNED now was
-	// published after every FULL chunk the scan found: none of them is
-	// its thread's newer chunk.)
-	k := 0
-	for _, i := range c.seenOwned {
-		h := c.hdr(i)
-		if atomic.LoadUint32(c.u32(h+ChunkHdrStateOff)) == ChunkFull {
-			c.order = append(c.order, chunkRef{seq: atomic.LoadUint64(c.u64(h + ChunkHdrSeqOff)), idx: i})
-			continue
+	if len(c.deferred) > 0 {
+		k := 0
+		for _, i := range c.seenOwned {
+			if !slices.Contains(c.deferred, atomic.LoadUint32(c.u32(c.hdr(i)+ChunkHdrTidOff))) {
+				c.seenOwned[k] = i
+				k++
+			}
 		}
-		c.seenOwned[k] = i
-		k++
+		c.seenOwned = c.seenOwned[:k]
 	}
-	c.seenOwned = c.seenOwned[:k]
 	slices.SortFunc(c.order, func(a, b chunkRef) int {
 		if a.seq != b.seq {
 			if a.seq < b.seq {
