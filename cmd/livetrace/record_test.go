@@ -175,16 +175,7 @@ func TestRecordSIGINT(t *testing.T) {
 	testtarget.RequireRoot(t)
 	bin := livetraceBinary(t)
 	stress := testtarget.Build(t, testtarget.Stress, testtarget.ClangNop5, testtarget.Funcs(20000))
-	tp := testtarget.Start(t, stress, "-t", "2")
-	if _, err := tp.Expect("ready", 30*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	if err := tp.Send("hammer"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tp.Expect("hammering", 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	tp := startHammering(t, stress)
 	for _, delay := range []time.Duration{5 * time.Millisecond, 20 * time.Millisecond, 40 * time.Millisecond, 60 * time.Millisecond, 90 * time.Millisecond, 150 * time.Millisecond} {
 		cmd := exec.Command(bin, "record", "-p", strconv.Itoa(tp.Pid()), "-o", filepath.Join(t.TempDir(), "rec.data"))
 		var errb strings.Builder
@@ -295,16 +286,7 @@ func TestRecordTargetDiesInDetach(t *testing.T) {
 	bin := livetraceBinary(t)
 	stress := testtarget.Build(t, testtarget.Stress, testtarget.ClangNop5, testtarget.Funcs(20000))
 	for _, delay := range []time.Duration{0, 2 * time.Millisecond, 5 * time.Millisecond, 10 * time.Millisecond, 20 * time.Millisecond, 40 * time.Millisecond} {
-		tp := testtarget.Start(t, stress, "-t", "2")
-		if _, err := tp.Expect("ready", 30*time.Second); err != nil {
-			t.Fatal(err)
-		}
-		if err := tp.Send("hammer"); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tp.Expect("hammering", 10*time.Second); err != nil {
-			t.Fatal(err)
-		}
+		tp := startHammering(t, stress)
 		out := filepath.Join(t.TempDir(), "rec.data")
 		cmd := exec.Command(bin, "record", "--graph", "-p", strconv.Itoa(tp.Pid()), "-o", out)
 		var errb strings.Builder
@@ -330,4 +312,21 @@ func TestRecordTargetDiesInDetach(t *testing.T) {
 			t.Fatalf("target killed %v after SIGINT: the recording does not read: %v\n%s", delay, err, o)
 		}
 	}
+}
+
+// startHammering starts the stress fixture with 2 threads calling its
+// functions all along.
+func startHammering(t *testing.T, stress string) *testtarget.Process {
+	t.Helper()
+	tp := testtarget.Start(t, stress, "-t", "2")
+	if _, err := tp.Expect("ready", 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := tp.Send("hammer"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tp.Expect("hammering", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	return tp
 }
