@@ -54,6 +54,31 @@ func (m *Mem) Read(addr uint64, buf []byte) error {
 	return nil
 }
 
+// ReadVM is Read through process_vm_readv, which copies whole runs of
+// pages at once: a 6 MB text reads in about half the time of the file's
+// page-by-page copy. It reads only mappings the target itself may read,
+// and falls back to the file for the rest (an execute-only page, a
+// kernel that refuses the call). Unlike the file it reads whatever
+// program the process runs now, even one it exec'd since the attach: use
+// it only for reads that a write through the file (which refuses a new
+// program) follows, as the text patcher's verify and recheck passes do.
+func (m *Mem) ReadVM(addr uint64, buf []byte) error {
+	if len(buf) == 0 {
+		return nil
+	}
+	local := []unix.Iovec{{Base: &buf[0]}}
+	local[0].SetLen(len(buf))
+	remote := []unix.RemoteIovec{{Base: uintptr(addr), Len: len(buf)}}
+	n, err := unix.ProcessVMReadv(m.pid, local, remote, 0)
+	if err == nil && n == len(buf) {
+		return nil
+	}
+	if n < 0 {
+		n = 0
+	}
+	return m.Read(addr+uint64(n), buf[n:])
+}
+
 // Write writes data at addr.
 func (m *Mem) Write(addr uint64, data []byte) error {
 	m.writes.Add(1)
