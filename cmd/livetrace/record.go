@@ -137,6 +137,10 @@ unless -f is given: a recording cannot be made again.`,
 	return cmd, o
 }
 
+// maxPollGap is the longest the record loop waits between two polls of
+// the shared buffer.
+const maxPollGap = 4 * time.Millisecond
+
 func (o *recordOptions) run() error {
 	// Signals first: a Ctrl-C during attach or patching must not kill us
 	// with the target half patched; it ends the recording cleanly.
@@ -308,7 +312,14 @@ func (o *recordOptions) run() error {
 	// The loop takes chunks out of the shared buffer, which fills in tens
 	// of milliseconds at full speed: keep it ahead of other work.
 	defer proc.BoostCaller(-5)()
-	tick := time.NewTicker(time.Millisecond)
+	// Poll every millisecond while events come; after polls that found
+	// none, back off to maxPollGap. An idle target then costs the tracer
+	// a wakeup every few ms instead of every one (10% of a vCPU here with
+	// the fixed 1 ms tick), and a burst that starts meanwhile still finds
+	// the default buffer far from full: it holds 15-20 ms of the fastest
+	// calling threads measured.
+	gap := time.Millisecond
+	tick := time.NewTimer(gap)
 	defer tick.Stop()
 	why = ""
 	var pollErr error
@@ -338,10 +349,17 @@ loop:
 			why = s.EndReason()
 			break loop
 		case <-tick.C:
-			if _, err := s.Poll(); err != nil {
+			n, err := s.Poll()
+			if err != nil {
 				pollErr = err
 				break loop
 			}
+			if n > 0 {
+				gap = time.Millisecond
+			} else {
+				gap = min(2*gap, maxPollGap)
+			}
+			tick.Reset(gap)
 			if !warnedLoss && time.Since(lossChecked) >= 100*time.Millisecond {
 				lossChecked = time.Now()
 				if s.Summary().Lost > 0 {

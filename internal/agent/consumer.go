@@ -30,6 +30,11 @@ type Consumer struct {
 	accept    func(tid uint32) bool                           // see SetTIDFilter
 	deferred  []uint32                                        // poll: owners of chunks left for the next round
 	foreign   uint64
+	// The publication counter when the last scan began (scanned: there
+	// was one): a poll that finds it unchanged, with nothing deferred,
+	// has nothing new to look for (see poll).
+	lastSeq uint64
+	scanned bool
 }
 
 type chunkRef struct {
@@ -116,6 +121,19 @@ func (c *Consumer) Drain(fn func(tid uint32, lostBefore uint32, recs []Record)) 
 }
 
 func (c *Consumer) poll(fn func(uint32, uint32, []Record), owned bool) (int, error) {
+	// Every chunk is published with a number from the shared counter,
+	// taken just before its FULL store: an unchanged counter means no
+	// chunk was published since the last scan, and an idle target costs
+	// one load a poll instead of two passes over the chunk headers. The
+	// one miss is a thread preempted between taking its number and its
+	// store, after the last scan looked at its chunk: that chunk waits
+	// for the next publication or the next drain (owned, at most
+	// drainEvery later in internal/session), never lost or reordered.
+	seq := atomic.LoadUint64(c.u64(SharedHdrSeqOff))
+	if !owned && c.scanned && seq == c.lastSeq && len(c.deferred) == 0 {
+		return 0, nil
+	}
+	c.lastSeq, c.scanned = seq, true
 	c.order = c.order[:0]
 	c.seenOwned = c.seenOwned[:0]
 	c.deferred = c.deferred[:0]
