@@ -3,10 +3,15 @@ package elfsite
 import (
 	"debug/elf"
 	"fmt"
+	"io"
+	"os"
+	"runtime"
 	"slices"
 	"sort"
 	"strings"
 	"sync"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/livetrace/livetrace/internal/reloc"
 )
@@ -46,6 +51,13 @@ type relocState struct {
 	entry  uint64      // e_entry of an executable, or 0
 	tooBig bool
 
+	// The file and where its segments lie, until load reads them into
+	// segs and roSegs.
+	src             io.ReaderAt
+	dup             *os.File // src, when it is ours to close
+	xSpecs, roSpecs []segSpec
+	segOnce         sync.Once
+
 	extraOnce sync.Once
 	extra     []uint64
 
@@ -66,8 +78,8 @@ type textSeg struct {
 	b     []byte
 }
 
-// prepareReloc reads what the relocation analysis needs, once, while the
-// file is open.
+// prepareReloc gathers what the relocation analysis needs while the file
+// is open, and keeps the file for the segments' bytes (load).
 func (p *parser) prepareReloc() {
 	rs := &relocState{nop: make([]uint64, 0, 2*len(p.spec.Sites)), entry: p.f.Entry}
 	p.spec.reloc = rs
@@ -94,6 +106,9 @@ func (p *parser) prepareReloc() {
 			rs.secs = append(rs.secs, r)
 		}
 	}
+	// The segments are read on the first analysis (load): an attach
+	// that names no function of this module without a NOP site reads
+	// none of its text (1.5 MB for libc).
 	total := uint64(0)
 	for _, l := range p.spec.Loads {
 		if l.Flags&elf.PF_X == 0 {
@@ -101,34 +116,68 @@ func (p *parser) prepareReloc() {
 		}
 		total += l.Filesz
 		if total > maxRelocText || p.size >= 0 && total > 2*uint64(p.size) {
-			rs.tooBig, rs.segs = true, nil
+			rs.tooBig, rs.xSpecs = true, nil
 			return
 		}
-		b := make([]byte, l.Filesz)
-		if n, err := p.r.ReadAt(b, int64(l.Offset)); n < len(b) && err != nil {
-			b = b[:n]
-		}
-		rs.segs = append(rs.segs, textSeg{vaddr: l.Vaddr, b: b})
+		rs.xSpecs = append(rs.xSpecs, segSpec{vaddr: l.Vaddr, off: l.Offset, size: l.Filesz})
 	}
-	if p.f.Type != elf.ET_EXEC {
-		return
-	}
-	for _, l := range p.spec.Loads {
-		if l.Flags&(elf.PF_X|elf.PF_W) != 0 || l.Filesz == 0 {
-			continue
+	if p.f.Type == elf.ET_EXEC {
+		for _, l := range p.spec.Loads {
+			if l.Flags&(elf.PF_X|elf.PF_W) != 0 || l.Filesz == 0 {
+				continue
+			}
+			total += l.Filesz
+			if total > maxRelocText || p.size >= 0 && total > 2*uint64(p.size) {
+				// No index: jump tables stay refused.
+				rs.roSpecs = nil
+				break
+			}
+			rs.roSpecs = append(rs.roSpecs, segSpec{vaddr: l.Vaddr, off: l.Offset, size: l.Filesz})
 		}
-		total += l.Filesz
-		if total > maxRelocText || p.size >= 0 && total > 2*uint64(p.size) {
-			rs.roSegs = nil // no index: jump tables stay refused
+	}
+	rs.src = p.r
+	if f, ok := p.r.(*os.File); ok {
+		// The caller closes f when the parse returns: keep a
+		// duplicate, closed once the segments are read (or when the
+		// Spec is collected without them ever being needed).
+		fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			rs.load() // no descriptor to keep: read them now
 			return
 		}
-		b := make([]byte, l.Filesz)
-		if n, _ := p.r.ReadAt(b, int64(l.Offset)); n < len(b) {
-			rs.roSegs = nil // a truncated file: jump tables stay refused
-			return
-		}
-		rs.roSegs = append(rs.roSegs, textSeg{vaddr: l.Vaddr, b: b})
+		dup := os.NewFile(uintptr(fd), f.Name())
+		rs.src, rs.dup = dup, dup
+		runtime.AddCleanup(rs, func(f *os.File) { f.Close() }, dup)
 	}
+}
+
+// segSpec is where an executable segment (or a read-only one) lies in the
+// file, to be read by load.
+type segSpec struct{ vaddr, off, size uint64 }
+
+// load reads the segments prepareReloc found, once.
+func (rs *relocState) load() {
+	rs.segOnce.Do(func() {
+		for _, l := range rs.xSpecs {
+			b := make([]byte, l.size)
+			if n, err := rs.src.ReadAt(b, int64(l.off)); n < len(b) && err != nil {
+				b = b[:n]
+			}
+			rs.segs = append(rs.segs, textSeg{vaddr: l.vaddr, b: b})
+		}
+		for _, l := range rs.roSpecs {
+			b := make([]byte, l.size)
+			if n, _ := rs.src.ReadAt(b, int64(l.off)); n < len(b) {
+				rs.roSegs = nil // a truncated file: jump tables stay refused
+				break
+			}
+			rs.roSegs = append(rs.roSegs, textSeg{vaddr: l.vaddr, b: b})
+		}
+		if rs.dup != nil {
+			rs.dup.Close()
+		}
+		rs.src, rs.dup = nil, nil
+	})
 }
 
 // hasNop reports whether addr is the entry, the site or the function of
@@ -149,6 +198,7 @@ func (rs *relocState) options() reloc.Options {
 // readOnly returns the read-only data index of a position-dependent
 // executable, or nil.
 func (rs *relocState) readOnly() *reloc.ReadOnly {
+	rs.load()
 	rs.roOnce.Do(func() {
 		if len(rs.roSegs) == 0 {
 			return
@@ -182,6 +232,7 @@ func (s *Spec) RelocOptions() reloc.Options {
 // text returns the n file bytes at link-time address addr in an executable
 // segment.
 func (rs *relocState) text(addr, n uint64) ([]byte, bool) {
+	rs.load()
 	for _, s := range rs.segs {
 		if addr >= s.vaddr && addr-s.vaddr <= uint64(len(s.b)) && uint64(len(s.b))-(addr-s.vaddr) >= n {
 			o := addr - s.vaddr
