@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -312,6 +313,16 @@ func (o *recordOptions) run() error {
 	// The loop takes chunks out of the shared buffer, which fills in tens
 	// of milliseconds at full speed: keep it ahead of other work.
 	defer proc.BoostCaller(-5)()
+	// The spool's converter holds a P of the Go scheduler on its own
+	// thread at nice 19, which the kernel may leave without a CPU for
+	// tens of ms while busy threads of the target run; the Go scheduler
+	// does not take a P back from a thread the kernel preempted, and the
+	// GC takes one more. With as many Ps as CPUs, this loop then waited
+	// up to 55 ms for a P (events lost at 2 threads of 20M calls/s): give
+	// it Ps to spare, and let the kernel's priorities decide.
+	if n := runtime.NumCPU() + 2; runtime.GOMAXPROCS(0) < n {
+		runtime.GOMAXPROCS(n)
+	}
 	// Poll every millisecond while events come; after polls that found
 	// none, back off to maxPollGap. An idle target then costs the tracer
 	// a wakeup every few ms instead of every one (10% of a vCPU here with
