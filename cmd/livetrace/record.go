@@ -138,6 +138,25 @@ unless -f is given: a recording cannot be made again.`,
 	return cmd, o
 }
 
+// waitCheckpoint polls s until its first checkpoint is written. A poll
+// error is left for the record loop, whose next poll meets it again.
+func waitCheckpoint(s *session.Session) {
+	done := s.Checkpointed()
+	t := time.NewTicker(time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+			if _, err := s.Poll(); err != nil {
+				<-done
+				return
+			}
+		}
+	}
+}
+
 // maxPollGap is the longest the record loop waits between two polls of
 // the shared buffer.
 const maxPollGap = 4 * time.Millisecond
@@ -259,7 +278,26 @@ func (o *recordOptions) run() error {
 	}
 	defer ctl.Close() // idempotent
 	mode, why := s.Mode()
+	// The loop takes chunks out of the shared buffer, which fills in tens
+	// of milliseconds at full speed: keep it ahead of other work.
+	defer proc.BoostCaller(-5)()
+	// The spool's converter holds a P of the Go scheduler on its own
+	// thread at nice 19, which the kernel may leave without a CPU for
+	// tens of ms while busy threads of the target run; the Go scheduler
+	// does not take a P back from a thread the kernel preempted, and the
+	// GC takes one more. With as many Ps as CPUs, this loop then waited
+	// up to 55 ms for a P (events lost at 2 threads of 20M calls/s): give
+	// it Ps to spare, and let the kernel's priorities decide.
+	if n := runtime.NumCPU() + 2; runtime.GOMAXPROCS(0) < n {
+		runtime.GOMAXPROCS(n)
+	}
 	ps := s.PatchStats()
+	if lv == nil && tv == nil {
+		// "tracing" means the recording survives the tracer's death: say
+		// it once the first checkpoint is on disk, emptying the shared
+		// buffer meanwhile (live and top start their printers first).
+		waitCheckpoint(s)
+	}
 	if why := s.Passive(); why != "" {
 		fmt.Fprintf(o.stderr, "livetrace: tracing nothing in PID %d (%s); following the processes it starts\n", s.Pid(), why)
 	} else {
@@ -309,19 +347,6 @@ func (o *recordOptions) run() error {
 			return errors.Join(err, s.Close())
 		}
 		defer tv.finish() // idempotent
-	}
-	// The loop takes chunks out of the shared buffer, which fills in tens
-	// of milliseconds at full speed: keep it ahead of other work.
-	defer proc.BoostCaller(-5)()
-	// The spool's converter holds a P of the Go scheduler on its own
-	// thread at nice 19, which the kernel may leave without a CPU for
-	// tens of ms while busy threads of the target run; the Go scheduler
-	// does not take a P back from a thread the kernel preempted, and the
-	// GC takes one more. With as many Ps as CPUs, this loop then waited
-	// up to 55 ms for a P (events lost at 2 threads of 20M calls/s): give
-	// it Ps to spare, and let the kernel's priorities decide.
-	if n := runtime.NumCPU() + 2; runtime.GOMAXPROCS(0) < n {
-		runtime.GOMAXPROCS(n)
 	}
 	// Poll every millisecond while events come; after polls that found
 	// none, back off to maxPollGap. An idle target then costs the tracer

@@ -5,13 +5,14 @@ import (
 	"sync"
 )
 
-// attachGCPercent is the GOGC the tracer runs with while it parses the
-// target's modules (discover): parsing a program of 10,000 functions and
+// attachGCPercent is the GOGC the tracer runs with while it attaches, from
+// parsing the target's modules (discover) to its first events: parsing a program of 10,000 functions and
 // its libc allocates about 15-25 MB of short-lived data, and at the
 // default of 100 the collector ran several cycles during it, about a
 // quarter of its CPU time (docs/DESIGN-NOTES.md, "Where the patch and
 // attach time goes"). The live heap after it is a few MB, so the peak
-// stays small.
+// stays small; the cycle the parse's garbage calls for comes after the
+// first events, not in the middle of the injection.
 const attachGCPercent = 400
 
 var relaxedGC struct {

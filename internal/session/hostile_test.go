@@ -448,6 +448,7 @@ func TestForgedTIDs(t *testing.T) {
 				le.PutUint32(mem[h+agent.ChunkHdrTidOff:], owner)
 				le.PutUint32(mem[h+agent.ChunkHdrLostOff:], 1)
 				le.PutUint32(mem[h+agent.ChunkHdrCountOff:], 1)
+				le.PutUint64(mem[agent.SharedHdrSeqOff:], seq) // as lt_publish
 				le.PutUint64(mem[h+agent.ChunkHdrSeqOff:], seq)
 				le.PutUint32(mem[h+agent.ChunkHdrStateOff:], agent.ChunkFull)
 			}

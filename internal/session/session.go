@@ -155,6 +155,12 @@ type Session struct {
 	lapT    time.Time
 	lapCPU  time.Duration
 	unboost func() // undoes proc.BoostNice; idempotent
+	// unrelax undoes relaxGC (attachgc.go); idempotent. The collector
+	// stays relaxed from discover until the first events: restored
+	// right after discover, it started a cycle over the parse's heap at
+	// once, 14 ms of CPU on the attach path.
+	unrelax func()
+	ckpt    chan struct{} // closed when the first checkpoint is written
 	p       *proc.Process
 	eng     *textpoke.Engine
 	mods    []*elfsite.Module
@@ -226,8 +232,10 @@ func Start(pid int, opts Options) (*Session, error) {
 	// Until the patch batch, the tracer only parses and prepares: let it
 	// run ahead of the target's threads, for a short attach latency.
 	s.unboost = proc.BoostNice(-10)
+	s.unrelax = relaxGC()
 	if err := s.discover(); err != nil && !s.followPassive(err) {
 		s.unboost()
+		s.unrelax()
 		return nil, err
 	}
 	s.lap("discover")
@@ -244,8 +252,10 @@ func Start(pid int, opts Options) (*Session, error) {
 func StartProcess(p *proc.Process, opts Options) (*Session, error) {
 	s := &Session{pid: p.Pid(), opts: opts, lost: map[uint32]uint64{}, threads: map[uint32]string{}}
 	s.unboost = proc.BoostNice(-10)
+	s.unrelax = relaxGC()
 	if err := s.discover(); err != nil && !s.followPassive(err) {
 		s.unboost()
+		s.unrelax()
 		p.Detach()
 		return nil, err
 	}
@@ -259,7 +269,6 @@ var ErrUnwindUnsafe = errors.New("graph mode is not supported for this process")
 
 func (s *Session) discover() error {
 	s.lap("")
-	defer relaxGC()()
 	// With -m, the modules it leaves out are read for their symbols only
 	// (the recording names addresses with them): their sites and
 	// relocation are neither read nor prepared.
@@ -296,6 +305,9 @@ func (s *Session) discover() error {
 }
 
 func (s *Session) start(p *proc.Process) (_ *Session, err error) {
+	if s.unrelax != nil {
+		defer s.unrelax()
+	}
 	if s.fl.passive != "" {
 		return s.startPassive(p) // follow_exec.go
 	}
@@ -361,6 +373,9 @@ func (s *Session) start(p *proc.Process) (_ *Session, err error) {
 		return nil, err
 	}
 	s.lap("patch")
+	if s.unrelax != nil {
+		s.unrelax()
+	}
 	if err := s.followLoader(); err != nil {
 		return nil, err
 	}
@@ -368,8 +383,20 @@ func (s *Session) start(p *proc.Process) (_ *Session, err error) {
 		return nil, fmt.Errorf("no module of process %d matches -m %s, and livetrace cannot wait for one: %s", s.pid, strings.Join(s.opts.Modules, " "), s.loader.why)
 	}
 	s.lap("follow dlopen")
-	s.checkpoint()
-	s.lap("checkpoint")
+	// The first checkpoint (the metadata, so that a recording survives the
+	// tracer's death) takes 30-50 ms of CPU for a program of 10,000
+	// functions: written here, before Start returns, it kept the caller
+	// from polling, and the first 130-210 ms of events overflowed the
+	// shared buffer at full speed. finish waits for it.
+	s.ckpt = make(chan struct{})
+	go func() {
+		defer close(s.ckpt)
+		t0 := time.Now()
+		s.checkpoint()
+		if debugTiming {
+			fmt.Fprintf(os.Stderr, "session: checkpoint %v (in the background)\n", time.Since(t0))
+		}
+	}()
 	return s, nil
 }
 
@@ -1110,9 +1137,24 @@ func (s *Session) quiesce() error {
 	return unhookErr
 }
 
+// Checkpointed is closed once the first checkpoint, written in the
+// background when Start returns, is on disk: from then on the recording
+// can be read even if the tracer dies. Poll meanwhile.
+func (s *Session) Checkpointed() <-chan struct{} {
+	if s.ckpt == nil {
+		c := make(chan struct{})
+		close(c)
+		return c
+	}
+	return s.ckpt
+}
+
 // finish converts what is left in the spool, writes the metadata and
 // closes the recording.
 func (s *Session) finish(clock1 tsc.Pair) error {
+	if s.ckpt != nil {
+		<-s.ckpt // the first checkpoint, written while tracing began
+	}
 	var serr error
 	if s.spool != nil {
 		serr = s.spool.finish()
