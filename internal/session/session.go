@@ -161,6 +161,7 @@ type Session struct {
 	// once, 14 ms of CPU on the attach path.
 	unrelax func()
 	ckpt    chan struct{} // closed when the first checkpoint is written
+	ckptMu  sync.Mutex    // serializes checkpoints
 	p       *proc.Process
 	eng     *textpoke.Engine
 	mods    []*elfsite.Module
@@ -1190,6 +1191,11 @@ func (s *Session) Meta() tracefile.Meta {
 // checkpoints are not concurrent: Start's comes before anything else can
 // call the Session, ctl's are serialized by ctlMu, which Close also takes.
 func (s *Session) checkpoint() {
+	// One at a time, so that the file's last checkpoint is the newest
+	// snapshot (the first one runs in the background, and ctl or a
+	// dlopen may write another meanwhile).
+	s.ckptMu.Lock()
+	defer s.ckptMu.Unlock()
 	s.mu.Lock()
 	w := s.w
 	var meta tracefile.Meta
