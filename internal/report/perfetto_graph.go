@@ -1,0 +1,209 @@
+package report
+
+import (
+	"slices"
+
+	"github.com/livetrace/livetrace/internal/tracefile"
+)
+
+// pfFrame is an open call of graphSlices.
+type pfFrame struct {
+	fn    uint32
+	depth uint16
+	shown bool
+}
+
+// pfThread is a thread of graphSlices: its open calls and, once its track
+// is described, the constant parts of its slice packets.
+type pfThread struct {
+	tid   uint32
+	keep  bool // the thread filter keeps it
+	stack []pfFrame
+	// begin is what follows the timestamp in the packet of a slice begin
+	// on the thread's track, up to the name: the sequence id and flags,
+	// the TrackEvent's tag and length (a placeholder, set per event),
+	// type and track. end is all that follows the timestamp in the packet
+	// of a slice end without annotations. Both nil until the track is
+	// described.
+	begin, end []byte
+}
+
+// describe describes th's track if needed and sets th.begin and th.end to
+// the bytes plainEvent writes for it.
+func (p *perfettoWriter) describe(th *pfThread) {
+	uuid := p.track(th.tid)
+	th.begin = append(th.begin[:0], byte(pfSequenceID<<3), perfettoSeq, byte(pfSequenceFlags<<3), seqNeedsIncState,
+		byte(pfTrackEvent<<3|2), 0, byte(pfEventType<<3), typeSliceBegin, byte(pfEventTrackUUID<<3))
+	th.begin = appendUvarint(th.begin, uuid)
+	th.end = append(th.end[:0], th.begin...)
+	th.end[5] = byte(len(th.end) - 6)
+	th.end[7] = typeSliceEnd
+}
+
+// appendNanos appends the tag of TracePacket.timestamp and ns.
+func appendNanos(b []byte, ns int64) []byte {
+	b = append(b, byte(pfTimestamp<<3))
+	v := uint64(ns)
+	for v >= 0x80 {
+		b = append(b, byte(v)|0x80)
+		v >>= 7
+	}
+	return append(b, byte(v))
+}
+
+// sliceBegin writes the packet of a slice begin of the function whose
+// name is interned as iid, on th's described track: the bytes of
+// plainEvent, without its work per event.
+func (p *perfettoWriter) sliceBegin(th *pfThread, ns int64, iid uint64) {
+	b := p.out
+	at := len(b)
+	b = appendNanos(append(b, byte(pfTracePacket<<3|2), 0), ns)
+	te := len(b) + 5 // the TrackEvent's length
+	b = append(b, th.begin...)
+	b = append(b, byte(pfEventNameIID<<3))
+	b = appendUvarint(b, iid)
+	// Both lengths are below 128 (plainEvent): one byte each.
+	b[te] = byte(len(b) - te - 1)
+	b[at+1] = byte(len(b) - at - 2)
+	p.out = b
+	if len(b) >= pfFlushAt {
+		p.flush()
+	}
+}
+
+// sliceEnd writes the packet of a slice end without annotations on th's
+// described track.
+func (p *perfettoWriter) sliceEnd(th *pfThread, ns int64) {
+	b := p.out
+	at := len(b)
+	b = appendNanos(append(b, byte(pfTracePacket<<3|2), 0), ns)
+	b = append(b, th.end...)
+	b[at+1] = byte(len(b) - at - 2)
+	p.out = b
+	if len(b) >= pfFlushAt {
+		p.flush()
+	}
+}
+
+// graphSlices writes the slices of a graph-mode stream without a duration
+// filter, in one pass: a call shows if it passes the thread, function and
+// depth filters, which its entry tells. It builds the calls as the engine
+// does (engine.event: the same exits lost, orphans and unfinished calls,
+// closed in the same order), keeping of each open call only what the
+// slice's end needs: the engine's bookkeeping for the other readers cost
+// more than the export itself.
+//
+// The events of nearly every call, without captured values, on a
+// described track with its name interned, go through sliceBegin and
+// sliceEnd; the others through event.
+func (p *perfettoWriter) graphSlices(s *tracefile.Stream, f Filter) error {
+	conv := s.Clock.Converter()
+	threads := map[uint32]*pfThread{}
+	var (
+		th   *pfThread
+		last int64 // the time of the last event
+	)
+	// end writes the end of call fr of th, which was not shown if its
+	// status ("" for an exit) or its return value make it a plain end.
+	end := func(th *pfThread, fr pfFrame, ns int64, status, ret string) {
+		if status == "" && ret == "" {
+			if th.end == nil {
+				p.describe(th)
+			}
+			p.sliceEnd(th, ns)
+			return
+		}
+		p.extra = argsMap(p.meta, fr.fn, ret, true)
+		if status != "" {
+			p.event(ns, th.tid, typeSliceEnd, -1, "status", status)
+		} else {
+			p.event(ns, th.tid, typeSliceEnd, -1, "", "")
+		}
+	}
+	maxDepth := f.MaxDepth
+	if maxDepth == 0 {
+		maxDepth = 1 << 16 // no limit: depths are uint16
+	}
+	for {
+		b, ok := s.NextBatch()
+		if !ok {
+			break
+		}
+		for i := range b {
+			ev := &b[i]
+			now := conv.Nanos(ev.TSC)
+			last = now
+			if th == nil || ev.TID != th.tid {
+				if th = threads[ev.TID]; th == nil {
+					th = &pfThread{tid: ev.TID, keep: f.keepTID(ev.TID)}
+					threads[ev.TID] = th
+				}
+			}
+			stack := th.stack
+			switch ev.Kind {
+			case tracefile.KindEntry:
+				for len(stack) > 0 && stack[len(stack)-1].depth >= ev.Depth {
+					fr := stack[len(stack)-1]
+					stack = stack[:len(stack)-1]
+					if fr.shown {
+						end(th, fr, now, "exit lost", "")
+					}
+				}
+				fr := pfFrame{fn: ev.Func, depth: ev.Depth, shown: th.keep && int(ev.Depth) < maxDepth && f.keepFunc(ev.Func)}
+				stack = append(stack, fr)
+				if fr.shown {
+					if fn := int(ev.Func); ev.Args == "" && fn < len(p.iids) && p.iids[fn] != 0 {
+						if th.begin == nil {
+							p.describe(th)
+						}
+						p.sliceBegin(th, now, p.iids[fn])
+					} else {
+						p.extra = argsMap(p.meta, ev.Func, ev.Args, false)
+						p.event(now, ev.TID, typeSliceBegin, int64(ev.Func), "", "")
+					}
+				}
+			case tracefile.KindExit:
+				for len(stack) > 0 && stack[len(stack)-1].depth > ev.Depth {
+					fr := stack[len(stack)-1]
+					stack = stack[:len(stack)-1]
+					if fr.shown {
+						end(th, fr, now, "exit lost", "")
+					}
+				}
+				if n := len(stack); n > 0 && stack[n-1].depth == ev.Depth {
+					fr := stack[n-1]
+					stack = stack[:n-1]
+					switch {
+					case !fr.shown:
+					case fr.fn != ev.Func:
+						// Both the exit of fr and the entry of this
+						// exit were lost.
+						end(th, fr, now, "exit lost", "")
+					default:
+						end(th, fr, now, "", ev.Args)
+					}
+				}
+			}
+			th.stack = stack
+		}
+	}
+	if err := s.Err(); err != nil {
+		return err
+	}
+	// What still runs at the end, thread by thread in the order of their
+	// ids.
+	tids := make([]uint32, 0, len(threads))
+	for tid := range threads {
+		tids = append(tids, tid)
+	}
+	slices.Sort(tids)
+	for _, tid := range tids {
+		th := threads[tid]
+		for n := len(th.stack); n > 0; n-- {
+			if fr := th.stack[n-1]; fr.shown {
+				end(th, fr, last, "unfinished", "")
+			}
+		}
+	}
+	return nil
+}
