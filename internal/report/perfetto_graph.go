@@ -19,54 +19,75 @@ type pfThread struct {
 	tid   uint32
 	keep  bool // the thread filter keeps it
 	stack []pfFrame
-	// begin is what follows the timestamp in the packet of a slice begin
-	// on the thread's track, up to the name: the sequence id and flags,
-	// the TrackEvent's tag and length (a placeholder, set per event),
-	// type and track. end is all that follows the timestamp in the packet
-	// of a slice end without annotations. Both nil until the track is
-	// described.
-	begin, end []byte
+	// begin[:n] is what follows the timestamp in the packet of a slice
+	// begin on the thread's track, up to the name: the sequence id and
+	// flags, the TrackEvent's tag and length (a placeholder, set per
+	// event), type and track. end[:n] is all that follows the timestamp
+	// in the packet of a slice end without annotations. n is 0 until the
+	// track is described. Arrays, so that a packet copies them in one
+	// move.
+	begin, end [16]byte
+	n          int
 }
 
 // describe describes th's track if needed and sets th.begin and th.end to
 // the bytes plainEvent writes for it.
 func (p *perfettoWriter) describe(th *pfThread) {
 	uuid := p.track(th.tid)
-	th.begin = append(th.begin[:0], byte(pfSequenceID<<3), perfettoSeq, byte(pfSequenceFlags<<3), seqNeedsIncState,
+	b := append(make([]byte, 0, len(th.begin)), byte(pfSequenceID<<3), perfettoSeq, byte(pfSequenceFlags<<3), seqNeedsIncState,
 		byte(pfTrackEvent<<3|2), 0, byte(pfEventType<<3), typeSliceBegin, byte(pfEventTrackUUID<<3))
-	th.begin = appendUvarint(th.begin, uuid)
-	th.end = append(th.end[:0], th.begin...)
-	th.end[5] = byte(len(th.end) - 6)
-	th.end[7] = typeSliceEnd
+	// uuid < 2^33 (track): 5 bytes at most, 14 in all.
+	b = appendUvarint(b, uuid)
+	th.n = copy(th.begin[:], b)
+	b[5] = byte(len(b) - 6)
+	b[7] = typeSliceEnd
+	copy(th.end[:], b)
 }
 
-// appendNanos appends the tag of TracePacket.timestamp and ns.
-func appendNanos(b []byte, ns int64) []byte {
-	b = append(b, byte(pfTimestamp<<3))
-	v := uint64(ns)
-	for v >= 0x80 {
-		b = append(b, byte(v)|0x80)
-		v >>= 7
+// pfMaxPlain is more than the bytes of the packet of a plain slice begin
+// or end: 2 of packet header, 11 of timestamp, 16 of th.begin, 11 of name.
+const pfMaxPlain = 64
+
+// plainRoom returns p.out with room for a plain packet after its end.
+func (p *perfettoWriter) plainRoom() []byte {
+	if cap(p.out)-len(p.out) < pfMaxPlain {
+		p.out = slices.Grow(p.out, pfMaxPlain)
 	}
-	return append(b, byte(v))
+	return p.out
 }
 
 // sliceBegin writes the packet of a slice begin of the function whose
 // name is interned as iid, on th's described track: the bytes of
 // plainEvent, without its work per event.
 func (p *perfettoWriter) sliceBegin(th *pfThread, ns int64, iid uint64) {
-	b := p.out
+	b := p.plainRoom()
 	at := len(b)
-	b = appendNanos(append(b, byte(pfTracePacket<<3|2), 0), ns)
-	te := len(b) + 5 // the TrackEvent's length
-	b = append(b, th.begin...)
-	b = append(b, byte(pfEventNameIID<<3))
-	b = appendUvarint(b, iid)
+	w := b[at : at+pfMaxPlain]
+	w[0], w[2] = byte(pfTracePacket<<3|2), byte(pfTimestamp<<3)
+	k := 3
+	v := uint64(ns)
+	for ; v >= 0x80 && k < 13; v >>= 7 {
+		w[k] = byte(v) | 0x80
+		k++
+	}
+	w[k] = byte(v)
+	k++
+	te := k + 5 // the TrackEvent's length
+	*(*[16]byte)(w[k:]) = th.begin
+	k += th.n
+	w[k] = byte(pfEventNameIID << 3)
+	k++
+	for ; iid >= 0x80 && k < pfMaxPlain-1; iid >>= 7 {
+		w[k] = byte(iid) | 0x80
+		k++
+	}
+	w[k] = byte(iid)
+	k++
 	// Both lengths are below 128 (plainEvent): one byte each.
-	b[te] = byte(len(b) - te - 1)
-	b[at+1] = byte(len(b) - at - 2)
-	p.out = b
-	if len(b) >= pfFlushAt {
+	w[te] = byte(k - te - 1)
+	w[1] = byte(k - 2)
+	p.out = b[:at+k]
+	if at+k >= pfFlushAt {
 		p.flush()
 	}
 }
@@ -74,13 +95,23 @@ func (p *perfettoWriter) sliceBegin(th *pfThread, ns int64, iid uint64) {
 // sliceEnd writes the packet of a slice end without annotations on th's
 // described track.
 func (p *perfettoWriter) sliceEnd(th *pfThread, ns int64) {
-	b := p.out
+	b := p.plainRoom()
 	at := len(b)
-	b = appendNanos(append(b, byte(pfTracePacket<<3|2), 0), ns)
-	b = append(b, th.end...)
-	b[at+1] = byte(len(b) - at - 2)
-	p.out = b
-	if len(b) >= pfFlushAt {
+	w := b[at : at+pfMaxPlain]
+	w[0], w[2] = byte(pfTracePacket<<3|2), byte(pfTimestamp<<3)
+	k := 3
+	v := uint64(ns)
+	for ; v >= 0x80 && k < 13; v >>= 7 {
+		w[k] = byte(v) | 0x80
+		k++
+	}
+	w[k] = byte(v)
+	k++
+	*(*[16]byte)(w[k:]) = th.end
+	k += th.n
+	w[1] = byte(k - 2)
+	p.out = b[:at+k]
+	if at+k >= pfFlushAt {
 		p.flush()
 	}
 }
@@ -107,7 +138,7 @@ func (p *perfettoWriter) graphSlices(s *tracefile.Stream, f Filter) error {
 	// status ("" for an exit) or its return value make it a plain end.
 	end := func(th *pfThread, fr pfFrame, ns int64, status, ret string) {
 		if status == "" && ret == "" {
-			if th.end == nil {
+			if th.n == 0 {
 				p.describe(th)
 			}
 			p.sliceEnd(th, ns)
@@ -153,7 +184,7 @@ func (p *perfettoWriter) graphSlices(s *tracefile.Stream, f Filter) error {
 				stack = append(stack, fr)
 				if fr.shown {
 					if fn := int(ev.Func); ev.Args == "" && fn < len(p.iids) && p.iids[fn] != 0 {
-						if th.begin == nil {
+						if th.n == 0 {
 							p.describe(th)
 						}
 						p.sliceBegin(th, now, p.iids[fn])
@@ -175,6 +206,8 @@ func (p *perfettoWriter) graphSlices(s *tracefile.Stream, f Filter) error {
 					stack = stack[:n-1]
 					switch {
 					case !fr.shown:
+					case fr.fn == ev.Func && ev.Args == "" && th.n != 0:
+						p.sliceEnd(th, now)
 					case fr.fn != ev.Func:
 						// Both the exit of fr and the entry of this
 						// exit were lost.
