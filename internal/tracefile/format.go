@@ -3,6 +3,8 @@ package tracefile
 import (
 	"encoding/binary"
 	"hash/crc32"
+	"math/bits"
+	"slices"
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
@@ -152,9 +154,18 @@ func appendEvent(b []byte, prev, ev *Event, first bool) []byte {
 }
 
 // decodeEvents decodes exactly count events from b and appends them to evs.
-// It checks every field; the error says what is wrong (without ErrCorrupt).
+// It checks every field; the error says what is wrong (without ErrCorrupt),
+// and evs then ends with the events before the bad one.
+//
+// It fills the events in place (an event takes at least 4 bytes of b, which
+// bounds what it allocates ahead): readers decode every event of a
+// recording here, on the critical path of export and report.
 func decodeEvents(evs []Event, b []byte, count int) ([]Event, string) {
-	var prev Event
+	evs = slices.Grow(evs, min(count, len(b)/4))
+	var (
+		tsc uint64
+		tid uint32
+	)
 	for i := 0; i < count; i++ {
 		if len(b) == 0 {
 			return evs, "fewer events than its header says"
@@ -164,8 +175,8 @@ func decodeEvents(evs []Event, b []byte, count int) ([]Event, string) {
 		if h&evReserved != 0 {
 			return evs, "event with reserved flag bits set"
 		}
-		ev := Event{Kind: Kind(h & evKindMask), TID: prev.TID}
-		if ev.Kind != KindEntry && ev.Kind != KindExit {
+		kind := Kind(h & evKindMask)
+		if kind != KindEntry && kind != KindExit {
 			return evs, "event of unknown kind"
 		}
 		var d int64
@@ -174,53 +185,70 @@ func decodeEvents(evs []Event, b []byte, count int) ([]Event, string) {
 			d = int64(b[0]>>1) ^ -int64(b[0]&1)
 			b = b[1:]
 		} else {
-			var n int
-			if d, n = binary.Varint(b); n <= 0 {
+			u, n := uvarint(b)
+			if n <= 0 {
 				return evs, "bad timestamp varint"
 			}
+			d = int64(u>>1) ^ -int64(u&1)
 			b = b[n:]
 		}
-		ev.TSC = prev.TSC + uint64(d)
+		tsc += uint64(d)
 		if h&evHasTID != 0 {
 			v, n := uvarint(b)
 			if n <= 0 || v > 0xffffffff {
 				return evs, "bad thread id"
 			}
-			ev.TID = uint32(v)
+			tid = uint32(v)
 			b = b[n:]
 		} else if i == 0 {
 			return evs, "first event without thread id"
 		}
-		v, n := uvarint(b)
-		if n <= 0 || v > 0xffffffff {
+		// The function and the depth: one byte each, mostly (uvarint,
+		// by hand: it is too big to inline).
+		var fn, depth uint64
+		var n int
+		if len(b) > 0 && b[0] < 0x80 {
+			fn, n = uint64(b[0]), 1
+		} else {
+			fn, n = uvarintLong(b)
+		}
+		if n <= 0 || fn > 0xffffffff {
 			return evs, "bad function index"
 		}
-		ev.Func = uint32(v)
 		b = b[n:]
-		v, n = uvarint(b)
-		if n <= 0 || v > 0xffff {
+		if len(b) > 0 && b[0] < 0x80 {
+			depth, n = uint64(b[0]), 1
+		} else {
+			depth, n = uvarintLong(b)
+		}
+		if n <= 0 || depth > 0xffff {
 			return evs, "bad depth"
 		}
-		ev.Depth = uint16(v)
 		b = b[n:]
+		var caller uint64
 		if h&evHasCaller != 0 {
-			v, n := uvarint(b)
+			v, n := uvarintLong(b) // an address: several bytes
 			if n <= 0 || v == 0 {
 				return evs, "bad caller address"
 			}
-			ev.Caller = v
+			caller = v
 			b = b[n:]
 		}
+		var args string
 		if h&evHasArgs != 0 {
 			v, n := uvarint(b)
 			if n <= 0 || v == 0 || v > MaxArgs || v > uint64(len(b)-n) {
 				return evs, "bad argument values"
 			}
-			ev.Args = string(b[n : n+int(v)])
+			args = string(b[n : n+int(v)])
 			b = b[n+int(v):]
 		}
-		evs = append(evs, ev)
-		prev = ev
+		if len(evs) == cap(evs) {
+			evs = slices.Grow(evs, 1)
+		}
+		evs = evs[:len(evs)+1]
+		ev := &evs[len(evs)-1]
+		ev.TSC, ev.TID, ev.Kind, ev.Func, ev.Depth, ev.Caller, ev.Args = tsc, tid, kind, uint32(fn), uint16(depth), caller, args
 	}
 	if len(b) != 0 {
 		return evs, "trailing bytes after its events"
@@ -228,10 +256,27 @@ func decodeEvents(evs []Event, b []byte, count int) ([]Event, string) {
 	return evs, ""
 }
 
-// uvarint is binary.Uvarint with a fast path for one byte.
+// uvarint is binary.Uvarint, inlined for one byte.
 func uvarint(b []byte) (uint64, int) {
 	if len(b) > 0 && b[0] < 0x80 {
 		return uint64(b[0]), 1
+	}
+	return uvarintLong(b)
+}
+
+// uvarintLong is binary.Uvarint, without a loop for up to 8 bytes: one
+// load, and the 7-bit groups gathered with shifts.
+func uvarintLong(b []byte) (uint64, int) {
+	if len(b) >= 8 {
+		x := binary.LittleEndian.Uint64(b)
+		if last := ^x & 0x8080808080808080; last != 0 {
+			// The first byte without the continuation bit ends it.
+			n := bits.TrailingZeros64(last)/8 + 1
+			x &= 1<<(8*n) - 1 // n = 8: a shift of 64 makes it all ones
+			x = x&0x7f | x>>1&(0x7f<<7) | x>>2&(0x7f<<14) | x>>3&(0x7f<<21) |
+				x>>4&(0x7f<<28) | x>>5&(0x7f<<35) | x>>6&(0x7f<<42) | x>>7&(0x7f<<49)
+			return x, n
+		}
 	}
 	return binary.Uvarint(b)
 }

@@ -1,0 +1,73 @@
+package tracefile
+
+import (
+	"encoding/binary"
+	"math/rand/v2"
+	"testing"
+)
+
+// TestUvarint checks uvarint against binary.Uvarint on the varints of
+// every length, non-minimal ones, overlong and truncated ones, with and
+// without bytes after them.
+func TestUvarint(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	var inputs [][]byte
+	for bitsN := 0; bitsN <= 64; bitsN++ {
+		for k := 0; k < 20; k++ {
+			v := rng.Uint64() >> (64 - bitsN)
+			if bitsN == 0 {
+				v = 0
+			}
+			b := binary.AppendUvarint(nil, v)
+			inputs = append(inputs, b, append(b, 0x80, 0x81, 0x7f, 1, 2, 3, 4, 5, 6, 7), b[:len(b)-1])
+		}
+	}
+	for k := 0; k < 20000; k++ {
+		b := make([]byte, rng.IntN(14))
+		for i := range b {
+			b[i] = byte(rng.Uint32())
+			if rng.IntN(3) > 0 {
+				b[i] |= 0x80
+			}
+		}
+		inputs = append(inputs, b)
+	}
+	inputs = append(inputs, []byte{0x80, 0}, []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f},
+		[]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1}, []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2})
+	for _, b := range inputs {
+		wv, wn := binary.Uvarint(b)
+		if v, n := uvarint(b); v != wv || n != wn {
+			t.Fatalf("uvarint(% x) = %d, %d; binary.Uvarint gives %d, %d", b, v, n, wv, wn)
+		}
+		if v, n := uvarintLong(b); v != wv || n != wn {
+			t.Fatalf("uvarintLong(% x) = %d, %d; binary.Uvarint gives %d, %d", b, v, n, wv, wn)
+		}
+	}
+}
+
+// BenchmarkDecodeEvents decodes a block of graph-mode events shaped like
+// those of bench/bigrec (a traced leaf called at full speed).
+func BenchmarkDecodeEvents(b *testing.B) {
+	var raw []byte
+	var prev Event
+	tsc := uint64(1 << 40)
+	for i := 0; i < BlockEvents/2; i++ {
+		tsc += 45 + uint64(i%7)
+		ev := Event{TSC: tsc, TID: 1000, Kind: KindEntry, Func: 2, Depth: 2, Caller: 0x555555555231}
+		raw = appendEvent(raw, &prev, &ev, i == 0)
+		prev = ev
+		tsc += 15
+		ev = Event{TSC: tsc, TID: 1000, Kind: KindExit, Func: 2, Depth: 2}
+		raw = appendEvent(raw, &prev, &ev, false)
+		prev = ev
+	}
+	evs := make([]Event, 0, BlockEvents)
+	b.SetBytes(BlockEvents) // "MB/s" are millions of events per second
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		var msg string
+		if evs, msg = decodeEvents(evs[:0], raw, BlockEvents); msg != "" {
+			b.Fatal(msg)
+		}
+	}
+}
