@@ -3,6 +3,7 @@ package tracefile
 import (
 	"encoding/binary"
 	"math/rand/v2"
+	"slices"
 	"testing"
 )
 
@@ -41,6 +42,45 @@ func TestUvarint(t *testing.T) {
 		}
 		if v, n := uvarintLong(b); v != wv || n != wn {
 			t.Fatalf("uvarintLong(% x) = %d, %d; binary.Uvarint gives %d, %d", b, v, n, wv, wn)
+		}
+	}
+}
+
+// TestDecodeEventsInfo checks the range and order that decodeEventsInfo
+// finds against those of the events it decodes, on random blocks: in
+// order, with equal timestamps, and out of order.
+func TestDecodeEventsInfo(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	for round := 0; round < 2000; round++ {
+		evs := make([]Event, 1+rng.IntN(40))
+		tsc := rng.Uint64() >> rng.IntN(64)
+		for i := range evs {
+			switch rng.IntN(12) {
+			case 0:
+				tsc -= uint64(rng.IntN(100)) // out of order, or wrapping
+			case 1, 2, 3:
+				// The same timestamp.
+			default:
+				tsc += uint64(rng.IntN(100))
+			}
+			evs[i] = Event{TSC: tsc, TID: uint32(1 + rng.IntN(3)), Kind: KindEntry, Func: uint32(rng.IntN(4))}
+		}
+		if round%2 == 0 {
+			slices.SortStableFunc(evs, CompareEvents)
+		}
+		var raw []byte
+		var prev Event
+		for i := range evs {
+			raw = appendEvent(raw, &prev, &evs[i], i == 0)
+			prev = evs[i]
+		}
+		got, info, msg := decodeEventsInfo(nil, raw, len(evs))
+		if msg != "" || !slices.Equal(got, evs) {
+			t.Fatalf("round %d: decoded %v (%q), want %v", round, got, msg, evs)
+		}
+		lo, hi := tscRange(evs)
+		if sorted := slices.IsSortedFunc(evs, CompareEvents); info != (eventsInfo{lo: lo, hi: hi, sorted: sorted}) {
+			t.Fatalf("round %d: %+v, want lo %d hi %d sorted %v", round, info, lo, hi, sorted)
 		}
 	}
 }

@@ -3,6 +3,7 @@ package tracefile
 import (
 	"encoding/binary"
 	"hash/crc32"
+	"math"
 	"math/bits"
 	"slices"
 	"sync"
@@ -161,23 +162,41 @@ func appendEvent(b []byte, prev, ev *Event, first bool) []byte {
 // bounds what it allocates ahead): readers decode every event of a
 // recording here, on the critical path of export and report.
 func decodeEvents(evs []Event, b []byte, count int) ([]Event, string) {
+	evs, _, msg := decodeEventsInfo(evs, b, count)
+	return evs, msg
+}
+
+// eventsInfo is what decodeEventsInfo learns of the events it decodes, in
+// the same pass: the range of their TSCs (lo > hi without events) and
+// whether they are in the order of [CompareEvents].
+type eventsInfo struct {
+	lo, hi uint64
+	sorted bool
+}
+
+// decodeEventsInfo is decodeEvents, which also returns the eventsInfo of
+// the events it decoded.
+func decodeEventsInfo(evs []Event, b []byte, count int) ([]Event, eventsInfo, string) {
 	evs = slices.Grow(evs, min(count, len(b)/4))
 	var (
 		tsc uint64
 		tid uint32
+		// Whether the events so far are out of order.
+		unsorted bool
 	)
+	in := eventsInfo{lo: math.MaxUint64}
 	for i := 0; i < count; i++ {
 		if len(b) == 0 {
-			return evs, "fewer events than its header says"
+			return evs, in, "fewer events than its header says"
 		}
 		h := b[0]
 		b = b[1:]
 		if h&evReserved != 0 {
-			return evs, "event with reserved flag bits set"
+			return evs, in, "event with reserved flag bits set"
 		}
 		kind := Kind(h & evKindMask)
 		if kind != KindEntry && kind != KindExit {
-			return evs, "event of unknown kind"
+			return evs, in, "event of unknown kind"
 		}
 		var d int64
 		if len(b) > 0 && b[0] < 0x80 {
@@ -187,22 +206,25 @@ func decodeEvents(evs []Event, b []byte, count int) ([]Event, string) {
 		} else {
 			u, n := uvarint(b)
 			if n <= 0 {
-				return evs, "bad timestamp varint"
+				return evs, in, "bad timestamp varint"
 			}
 			d = int64(u>>1) ^ -int64(u&1)
 			b = b[n:]
 		}
+		ptsc, ptid := tsc, tid
 		tsc += uint64(d)
 		if h&evHasTID != 0 {
 			v, n := uvarint(b)
 			if n <= 0 || v > 0xffffffff {
-				return evs, "bad thread id"
+				return evs, in, "bad thread id"
 			}
 			tid = uint32(v)
 			b = b[n:]
 		} else if i == 0 {
-			return evs, "first event without thread id"
+			return evs, in, "first event without thread id"
 		}
+		unsorted = unsorted || i > 0 && (tsc < ptsc || tsc == ptsc && tid < ptid)
+		in.lo, in.hi = min(in.lo, tsc), max(in.hi, tsc)
 		// The function and the depth: one byte each, mostly (uvarint,
 		// by hand: it is too big to inline).
 		var fn, depth uint64
@@ -213,7 +235,7 @@ func decodeEvents(evs []Event, b []byte, count int) ([]Event, string) {
 			fn, n = uvarintLong(b)
 		}
 		if n <= 0 || fn > 0xffffffff {
-			return evs, "bad function index"
+			return evs, in, "bad function index"
 		}
 		b = b[n:]
 		if len(b) > 0 && b[0] < 0x80 {
@@ -222,14 +244,14 @@ func decodeEvents(evs []Event, b []byte, count int) ([]Event, string) {
 			depth, n = uvarintLong(b)
 		}
 		if n <= 0 || depth > 0xffff {
-			return evs, "bad depth"
+			return evs, in, "bad depth"
 		}
 		b = b[n:]
 		var caller uint64
 		if h&evHasCaller != 0 {
 			v, n := uvarintLong(b) // an address: several bytes
 			if n <= 0 || v == 0 {
-				return evs, "bad caller address"
+				return evs, in, "bad caller address"
 			}
 			caller = v
 			b = b[n:]
@@ -238,7 +260,7 @@ func decodeEvents(evs []Event, b []byte, count int) ([]Event, string) {
 		if h&evHasArgs != 0 {
 			v, n := uvarint(b)
 			if n <= 0 || v == 0 || v > MaxArgs || v > uint64(len(b)-n) {
-				return evs, "bad argument values"
+				return evs, in, "bad argument values"
 			}
 			args = string(b[n : n+int(v)])
 			b = b[n+int(v):]
@@ -251,9 +273,10 @@ func decodeEvents(evs []Event, b []byte, count int) ([]Event, string) {
 		ev.TSC, ev.TID, ev.Kind, ev.Func, ev.Depth, ev.Caller, ev.Args = tsc, tid, kind, uint32(fn), uint16(depth), caller, args
 	}
 	if len(b) != 0 {
-		return evs, "trailing bytes after its events"
+		return evs, in, "trailing bytes after its events"
 	}
-	return evs, ""
+	in.sorted = !unsorted
+	return evs, in, ""
 }
 
 // uvarint is binary.Uvarint, inlined for one byte.

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"slices"
+	"sort"
 	"time"
 )
 
@@ -401,11 +402,12 @@ func (s *Stream) NextBatch() ([]Event, bool) {
 		c := s.heap[0]
 		end := len(c.evs)
 		if s.next < len(s.blocks) {
+			// The first event from c.pos+1 on at or after lim: the
+			// block is sorted, so a binary search (a scan cost as much
+			// as the rest of the merge).
 			lim := s.blocks[s.next].minTSC
-			end = c.pos + 1
-			for end < len(c.evs) && c.evs[end].TSC < lim {
-				end++
-			}
+			rest := c.evs[c.pos+1:]
+			end = c.pos + 1 + sort.Search(len(rest), func(i int) bool { return rest[i].TSC >= lim })
 		}
 		for k := 1; k <= 2 && k < len(s.heap); k++ {
 			d := s.heap[k]
@@ -520,12 +522,12 @@ func (s *Stream) decodeBlock(b *streamBlock, evs []Event, bufs *blockBufs) ([]Ev
 	if h.typ != blockEvents || h.count != b.count {
 		return nil, corruptf("block index entry %d does not match the block at offset %d", b.seq, b.off)
 	}
-	evs, msg := decodeEvents(evs[:0], raw, int(h.count))
+	evs, info, msg := decodeEventsInfo(evs[:0], raw, int(h.count))
 	if msg != "" {
 		return nil, corruptf("event block at offset %d: %s", b.off, msg)
 	}
 	if s.verify {
-		if lo, hi := tscRange(evs); lo != b.minTSC || hi != b.maxTSC {
+		if info.lo != b.minTSC || info.hi != b.maxTSC {
 			return nil, corruptf("block index entry %d does not match the block at offset %d", b.seq, b.off)
 		}
 	}
@@ -546,7 +548,8 @@ func (s *Stream) decodeBlock(b *streamBlock, evs []Event, bufs *blockBufs) ([]Ev
 			break
 		}
 	}
-	if !sortedEvents(out) {
+	// (Dropping events keeps the others in order.)
+	if !info.sorted {
 		slices.SortStableFunc(out, CompareEvents)
 	}
 	return out, nil
@@ -631,15 +634,4 @@ func (s *Stream) down(i int) {
 		h[i], h[m] = h[m], h[i]
 		i = m
 	}
-}
-
-// sortedEvents says whether evs is in the order of CompareEvents.
-func sortedEvents(evs []Event) bool {
-	for i := 1; i < len(evs); i++ {
-		a, b := &evs[i-1], &evs[i]
-		if a.TSC > b.TSC || (a.TSC == b.TSC && a.TID > b.TID) {
-			return false
-		}
-	}
-	return true
 }
