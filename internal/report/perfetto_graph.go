@@ -131,8 +131,9 @@ func (p *perfettoWriter) graphSlices(s *tracefile.Stream, f Filter) error {
 	conv := s.Clock.Converter()
 	threads := map[uint32]*pfThread{}
 	var (
-		th   *pfThread
-		last int64 // the time of the last event
+		th    *pfThread
+		stack []pfFrame // th's, saved in it when another thread comes
+		last  int64     // the time of the last event
 	)
 	// end writes the end of call fr of th, which was not shown if its
 	// status ("" for an exit) or its return value make it a plain end.
@@ -155,6 +156,7 @@ func (p *perfettoWriter) graphSlices(s *tracefile.Stream, f Filter) error {
 	if maxDepth == 0 {
 		maxDepth = 1 << 16 // no limit: depths are uint16
 	}
+	allFuncs := f.Funcs == nil
 	for {
 		b, ok := s.NextBatch()
 		if !ok {
@@ -165,12 +167,15 @@ func (p *perfettoWriter) graphSlices(s *tracefile.Stream, f Filter) error {
 			now := conv.Nanos(ev.TSC)
 			last = now
 			if th == nil || ev.TID != th.tid {
+				if th != nil {
+					th.stack = stack
+				}
 				if th = threads[ev.TID]; th == nil {
 					th = &pfThread{tid: ev.TID, keep: f.keepTID(ev.TID)}
 					threads[ev.TID] = th
 				}
+				stack = th.stack
 			}
-			stack := th.stack
 			switch ev.Kind {
 			case tracefile.KindEntry:
 				for len(stack) > 0 && stack[len(stack)-1].depth >= ev.Depth {
@@ -180,7 +185,7 @@ func (p *perfettoWriter) graphSlices(s *tracefile.Stream, f Filter) error {
 						end(th, fr, now, "exit lost", "")
 					}
 				}
-				fr := pfFrame{fn: ev.Func, depth: ev.Depth, shown: th.keep && int(ev.Depth) < maxDepth && f.keepFunc(ev.Func)}
+				fr := pfFrame{fn: ev.Func, depth: ev.Depth, shown: th.keep && int(ev.Depth) < maxDepth && (allFuncs || f.keepFunc(ev.Func))}
 				stack = append(stack, fr)
 				if fr.shown {
 					if fn := int(ev.Func); ev.Args == "" && fn < len(p.iids) && p.iids[fn] != 0 {
@@ -217,8 +222,10 @@ func (p *perfettoWriter) graphSlices(s *tracefile.Stream, f Filter) error {
 					}
 				}
 			}
-			th.stack = stack
 		}
+	}
+	if th != nil {
+		th.stack = stack
 	}
 	if err := s.Err(); err != nil {
 		return err
