@@ -82,13 +82,15 @@ type perfettoWriter struct {
 	full, free chan []byte
 	wdone      chan struct{}
 	werr       error
-	meta       *tracefile.Meta
-	names      map[uint32]string
-	pkt        []byte // the packet being built
-	hdr        []byte // its field header
-	sub        []byte // a nested message being built
-	sub2       []byte
-	tracks     map[uint32]bool
+	// wb, if not nil, is the writeback of w (the writing goroutine's).
+	wb     *writeback
+	meta   *tracefile.Meta
+	names  map[uint32]string
+	pkt    []byte // the packet being built
+	hdr    []byte // its field header
+	sub    []byte // a nested message being built
+	sub2   []byte
+	tracks map[uint32]bool
 	// pids maps threads to processes (record --follow); procs are the
 	// process tracks described, by pid.
 	pids  map[uint32]int
@@ -147,6 +149,8 @@ func (p *perfettoWriter) flush() {
 				if p.werr == nil {
 					if _, err := p.w.Write(b); err != nil {
 						p.werr = fmt.Errorf("write perfetto trace: %w", err)
+					} else if p.wb != nil {
+						p.wb = p.wb.wrote(len(b))
 					}
 				}
 				p.free <- b[:0]
@@ -425,7 +429,7 @@ func ExportPerfettoStream(w io.Writer, s *tracefile.Stream, f Filter) error {
 	if err := f.check(rec); err != nil {
 		return err
 	}
-	p := &perfettoWriter{w: w, out: make([]byte, 0, pfFlushAt+1<<12), meta: rec, names: threadNames(rec),
+	p := &perfettoWriter{w: w, wb: newWriteback(w), out: make([]byte, 0, pfFlushAt+1<<12), meta: rec, names: threadNames(rec),
 		tracks: map[uint32]bool{}, procs: map[int]uint64{}, pids: rec.ThreadPIDs(), annots: map[string]uint64{}, values: map[string]uint64{}}
 	p.start()
 	var err error
