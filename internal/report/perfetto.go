@@ -467,36 +467,7 @@ func ExportPerfettoStream(w io.Writer, s *tracefile.Stream, f Filter) error {
 			})
 		}
 	} else {
-		syms := newSymbolizer(rec)
-		conv := s.Clock.Converter()
-		// callers maps a caller's address to the interned id of its name.
-		callers := map[uint64]uint64{}
-		var callerAIID uint64
-		for {
-			ev, ok := s.Next()
-			if !ok {
-				break
-			}
-			if ev.Kind != tracefile.KindEntry || !f.keep(&ev) {
-				continue
-			}
-			ns := conv.Nanos(ev.TSC)
-			if ev.Args == "" && callerAIID != 0 && int(ev.Func) < len(p.iids) && p.iids[ev.Func] != 0 {
-				// A caller seen before: its name is interned.
-				if viid, ok := callers[ev.Caller]; ok {
-					p.plainEvent(ns, typeInstant, p.trackUUID(ev.TID), int64(ev.Func), callerAIID, viid)
-					continue
-				}
-			}
-			name := syms.name(ev.Caller)
-			p.extra = argsMap(p.meta, ev.Func, ev.Args, false)
-			p.event(ns, ev.TID, typeInstant, int64(ev.Func), "caller", name)
-			callerAIID = p.annots["caller"]
-			if viid, ok := p.values[name]; ok && len(callers) < maxCallerCache {
-				callers[ev.Caller] = viid
-			}
-		}
-		err = s.Err()
+		err = p.entryInstants(s, f)
 	}
 	// Always: it ends the writing goroutine.
 	werr := p.finish()

@@ -31,11 +31,12 @@ type pfThread struct {
 }
 
 // describe describes th's track if needed and sets th.begin and th.end to
-// the bytes plainEvent writes for it.
-func (p *perfettoWriter) describe(th *pfThread) {
+// the bytes plainEvent writes for it, th.begin for events of type typ
+// (typeSliceBegin; typeInstant in entry mode).
+func (p *perfettoWriter) describe(th *pfThread, typ byte) {
 	uuid := p.track(th.tid)
 	b := append(make([]byte, 0, len(th.begin)), byte(pfSequenceID<<3), perfettoSeq, byte(pfSequenceFlags<<3), seqNeedsIncState,
-		byte(pfTrackEvent<<3|2), 0, byte(pfEventType<<3), typeSliceBegin, byte(pfEventTrackUUID<<3))
+		byte(pfTrackEvent<<3|2), 0, byte(pfEventType<<3), typ, byte(pfEventTrackUUID<<3))
 	// uuid < 2^33 (track): 5 bytes at most, 14 in all.
 	b = appendUvarint(b, uuid)
 	th.n = copy(th.begin[:], b)
@@ -45,8 +46,9 @@ func (p *perfettoWriter) describe(th *pfThread) {
 }
 
 // pfMaxPlain is more than the bytes of the packet of a plain slice begin
-// or end: 2 of packet header, 11 of timestamp, 16 of th.begin, 11 of name.
-const pfMaxPlain = 64
+// or end: 2 of packet header, 11 of timestamp, 16 of th.begin, 11 of
+// name, 2+1+10+2+10 of annotation.
+const pfMaxPlain = 80
 
 // plainRoom returns p.out with room for a plain packet after its end.
 func (p *perfettoWriter) plainRoom() []byte {
@@ -56,10 +58,12 @@ func (p *perfettoWriter) plainRoom() []byte {
 	return p.out
 }
 
-// sliceBegin writes the packet of a slice begin of the function whose
-// name is interned as iid, on th's described track: the bytes of
-// plainEvent, without its work per event.
-func (p *perfettoWriter) sliceBegin(th *pfThread, ns int64, iid uint64) {
+// sliceBegin writes the packet of a slice begin (or of an instant, after
+// describe(th, typeInstant)) of the function whose name is interned as
+// iid, on th's described track, with a debug annotation of interned name
+// aiid and value viid if aiid is not 0: the bytes of plainEvent, without
+// its work per event.
+func (p *perfettoWriter) sliceBegin(th *pfThread, ns int64, iid, aiid, viid uint64) {
 	b := p.plainRoom()
 	at := len(b)
 	w := b[at : at+pfMaxPlain]
@@ -83,6 +87,25 @@ func (p *perfettoWriter) sliceBegin(th *pfThread, ns int64, iid uint64) {
 	}
 	w[k] = byte(iid)
 	k++
+	if aiid != 0 {
+		// A debug annotation of interned name and value, as plainEvent.
+		w[k], w[k+2] = byte(pfEventAnnotations<<3|2), byte(pfAnnotNameIID<<3)
+		ann := k + 1
+		k += 3
+		for ; aiid >= 0x80 && k < pfMaxPlain-16; aiid >>= 7 {
+			w[k] = byte(aiid) | 0x80
+			k++
+		}
+		w[k], w[k+1], w[k+2] = byte(aiid), byte(pfAnnotStringIID<<3|0x80), byte(pfAnnotStringIID>>4) // a two-byte tag
+		k += 3
+		for ; viid >= 0x80 && k < pfMaxPlain-1; viid >>= 7 {
+			w[k] = byte(viid) | 0x80
+			k++
+		}
+		w[k] = byte(viid)
+		k++
+		w[ann] = byte(k - ann - 1)
+	}
 	// Both lengths are below 128 (plainEvent): one byte each.
 	w[te] = byte(k - te - 1)
 	w[1] = byte(k - 2)
@@ -140,7 +163,7 @@ func (p *perfettoWriter) graphSlices(s *tracefile.Stream, f Filter) error {
 	end := func(th *pfThread, fr pfFrame, ns int64, status, ret string) {
 		if status == "" && ret == "" {
 			if th.n == 0 {
-				p.describe(th)
+				p.describe(th, typeSliceBegin)
 			}
 			p.sliceEnd(th, ns)
 			return
@@ -190,9 +213,9 @@ func (p *perfettoWriter) graphSlices(s *tracefile.Stream, f Filter) error {
 				if fr.shown {
 					if fn := int(ev.Func); ev.Args == "" && fn < len(p.iids) && p.iids[fn] != 0 {
 						if th.n == 0 {
-							p.describe(th)
+							p.describe(th, typeSliceBegin)
 						}
-						p.sliceBegin(th, now, p.iids[fn])
+						p.sliceBegin(th, now, p.iids[fn], 0, 0)
 					} else {
 						p.extra = argsMap(p.meta, ev.Func, ev.Args, false)
 						p.event(now, ev.TID, typeSliceBegin, int64(ev.Func), "", "")

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"github.com/livetrace/livetrace/internal/report"
@@ -66,5 +67,28 @@ func TestPerfettoOnePass(t *testing.T) {
 	}
 	if graphs < 20 {
 		t.Fatalf("only %d graph-mode recordings", graphs)
+	}
+}
+
+// TestExportPerfettoEntry checks the Perfetto export of random entry-mode
+// recordings (three threads, callers in and out of symbols) against their
+// Chrome export, with and without filters.
+func TestExportPerfettoEntry(t *testing.T) {
+	rng := rand.New(rand.NewPCG(17, 19))
+	n := 0
+	for i := 0; n < 20; i++ {
+		rec := randomRecording(rng, i)
+		if rec.Mode != tracefile.ModeEntry || len(rec.Events) == 0 {
+			continue
+		}
+		n++
+		for _, fl := range []report.Filter{{}, {TIDs: []uint32{1, 3}}, {Funcs: []bool{true, false, true}}} {
+			kept := slices.ContainsFunc(rec.Events, func(ev tracefile.Event) bool {
+				return (fl.TIDs == nil || slices.Contains(fl.TIDs, ev.TID)) && (fl.Funcs == nil || int(ev.Func) < len(fl.Funcs) && fl.Funcs[ev.Func])
+			})
+			if kept {
+				checkPerfettoAsChrome(t, rec, fl)
+			}
+		}
 	}
 }
