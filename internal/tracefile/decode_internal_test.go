@@ -63,7 +63,7 @@ func TestDecodeEventsInfo(t *testing.T) {
 			default:
 				tsc += uint64(rng.IntN(100))
 			}
-			evs[i] = Event{TSC: tsc, TID: uint32(1 + rng.IntN(3)), Kind: KindEntry, Func: uint32(rng.IntN(4))}
+			evs[i] = Event{TSC: tsc, TID: uint32(1 + rng.IntN(3)), Kind: KindEntry, Func: uint32(rng.IntN(4)) << rng.IntN(30)}
 		}
 		if round%2 == 0 {
 			slices.SortStableFunc(evs, CompareEvents)
@@ -79,8 +79,9 @@ func TestDecodeEventsInfo(t *testing.T) {
 			t.Fatalf("round %d: decoded %v (%q), want %v", round, got, msg, evs)
 		}
 		lo, hi := tscRange(evs)
-		if sorted := slices.IsSortedFunc(evs, CompareEvents); info != (eventsInfo{lo: lo, hi: hi, sorted: sorted}) {
-			t.Fatalf("round %d: %+v, want lo %d hi %d sorted %v", round, info, lo, hi, sorted)
+		maxFunc := slices.MaxFunc(evs, func(a, b Event) int { return int(a.Func) - int(b.Func) }).Func
+		if sorted := slices.IsSortedFunc(evs, CompareEvents); info != (eventsInfo{lo: lo, hi: hi, sorted: sorted, maxFunc: maxFunc}) {
+			t.Fatalf("round %d: %+v, want lo %d hi %d sorted %v maxFunc %d", round, info, lo, hi, sorted, maxFunc)
 		}
 	}
 }
@@ -127,3 +128,4 @@ func BenchmarkNanos(b *testing.B) {
 		b.Log(sum)
 	}
 }
+

@@ -167,11 +167,12 @@ func decodeEvents(evs []Event, b []byte, count int) ([]Event, string) {
 }
 
 // eventsInfo is what decodeEventsInfo learns of the events it decodes, in
-// the same pass: the range of their TSCs (lo > hi without events) and
-// whether they are in the order of [CompareEvents].
+// the same pass: the range of their TSCs (lo > hi without events), whether
+// they are in the order of [CompareEvents], and their largest function.
 type eventsInfo struct {
-	lo, hi uint64
-	sorted bool
+	lo, hi  uint64
+	sorted  bool
+	maxFunc uint32 // the largest Func
 }
 
 // decodeEventsInfo is decodeEvents, which also returns the eventsInfo of
@@ -271,6 +272,7 @@ func decodeEventsInfo(evs []Event, b []byte, count int) ([]Event, eventsInfo, st
 		evs = evs[:len(evs)+1]
 		ev := &evs[len(evs)-1]
 		ev.TSC, ev.TID, ev.Kind, ev.Func, ev.Depth, ev.Caller, ev.Args = tsc, tid, kind, uint32(fn), uint16(depth), caller, args
+		in.maxFunc = max(in.maxFunc, uint32(fn))
 	}
 	if len(b) != 0 {
 		return evs, in, "trailing bytes after its events"

@@ -534,6 +534,9 @@ func (s *Stream) decodeBlock(b *streamBlock, evs []Event, bufs *blockBufs) ([]Ev
 	out := evs
 	nf := int64(len(s.Funcs))
 	for i := range evs {
+		if int64(info.maxFunc) < nf {
+			break // every function is known
+		}
 		if int64(evs[i].Func) >= nf {
 			if !s.Recovered {
 				return nil, corruptf("event block at offset %d: an event refers to function %d of %d", b.off, evs[i].Func, len(s.Funcs))

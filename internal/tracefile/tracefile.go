@@ -396,6 +396,9 @@ type NanosConverter struct {
 	// >= 2^51).
 	magic, maxStep uint64
 	shift          uint
+	// qmax is the largest q whose result base+q needs no saturation (and
+	// below 2^62, as the other paths keep it).
+	qmax uint64
 }
 
 // Converter returns a converter for c.
@@ -408,6 +411,7 @@ func (c Clock) Converter() *NanosConverter {
 		num, den = 1e9, c.TSCHz
 	}
 	n := &NanosConverter{c: c, num: num, den: den, inv: 1 / float64(den), base: satInt(c.Mono0)}
+	n.qmax = min(1<<62-1, uint64(math.MaxInt64-n.base)) // base >= 0
 	if den >= 4 && den < 1<<51 {
 		l := uint(bits.Len64(den - 1)) // ceil(log2(den)), 2..51
 		s := max(64, 52+l)
@@ -424,18 +428,25 @@ func (c Clock) Converter() *NanosConverter {
 }
 
 // Nanos converts tsc to CLOCK_MONOTONIC nanoseconds, as [Clock.Nanos].
+//
+// Its common case, a step from the cache, is small enough to inline.
 func (n *NanosConverter) Nanos(tsc uint64) int64 {
-	if n.ok && tsc >= n.tsc && tsc-n.tsc <= n.maxStep {
-		// A step from the cache, divided with magic (without magic,
-		// maxStep is 0: the same tsc, x = r < den, q = 0).
-		x := (tsc-n.tsc)*n.num + n.r
+	if d := tsc - n.tsc; tsc >= n.tsc && d <= n.maxStep && n.ok {
+		// Divided with magic (without magic, maxStep is 0: the same
+		// tsc, x = r < den, q = 0).
+		x := d*n.num + n.r
 		hi, _ := bits.Mul64(x, n.magic)
 		q := hi >> n.shift
-		if nq := n.q + q; nq < 1<<62 {
+		if nq := n.q + q; nq <= n.qmax {
 			n.tsc, n.q, n.r = tsc, nq, x-q*n.den
-			return satAdd(n.base, int64(nq))
+			return n.base + int64(nq)
 		}
 	}
+	return n.nanos(tsc)
+}
+
+// nanos is Nanos without its magic path.
+func (n *NanosConverter) nanos(tsc uint64) int64 {
 	if n.ok && tsc >= n.tsc {
 		delta := tsc - n.tsc
 		if hi, x := bits.Mul64(delta, n.num); hi == 0 && x < 1<<52 {
