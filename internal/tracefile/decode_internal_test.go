@@ -128,4 +128,3 @@ func BenchmarkNanos(b *testing.B) {
 		b.Log(sum)
 	}
 }
-
