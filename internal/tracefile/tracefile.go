@@ -428,8 +428,6 @@ func (c Clock) Converter() *NanosConverter {
 }
 
 // Nanos converts tsc to CLOCK_MONOTONIC nanoseconds, as [Clock.Nanos].
-//
-// Its common case, a step from the cache, is small enough to inline.
 func (n *NanosConverter) Nanos(tsc uint64) int64 {
 	if d := tsc - n.tsc; tsc >= n.tsc && d <= n.maxStep && n.ok {
 		// Divided with magic (without magic, maxStep is 0: the same
