@@ -111,6 +111,8 @@ type perfettoWriter struct {
 	te     [4][]byte
 	teUUID uint64
 	teOK   bool
+	// ts is the last timestamp of sliceBegin and sliceEnd.
+	ts pfNanos
 	// extra are more debug annotations for the next event (captured
 	// values, args.go); event clears it.
 	extra map[string]string
@@ -429,7 +431,7 @@ func ExportPerfettoStream(w io.Writer, s *tracefile.Stream, f Filter) error {
 	if err := f.check(rec); err != nil {
 		return err
 	}
-	p := &perfettoWriter{w: w, wb: newWriteback(w), out: make([]byte, 0, pfFlushAt+1<<12), meta: rec, names: threadNames(rec),
+	p := &perfettoWriter{w: w, wb: newWriteback(w), ts: pfNanos{hi: ^uint64(0)}, out: make([]byte, 0, pfFlushAt+1<<12), meta: rec, names: threadNames(rec),
 		tracks: map[uint32]bool{}, procs: map[int]uint64{}, pids: rec.ThreadPIDs(), annots: map[string]uint64{}, values: map[string]uint64{}}
 	p.start()
 	var err error

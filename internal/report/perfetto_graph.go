@@ -45,6 +45,36 @@ func (p *perfettoWriter) describe(th *pfThread, typ byte) {
 	copy(th.end[:], b)
 }
 
+// pfNanos is the varint of the last timestamp that putNanosFull encoded:
+// the next ones, mostly a few microseconds later, differ only in its first
+// two bytes, which sliceBegin and sliceEnd write over a copy of it.
+type pfNanos struct {
+	hi    uint64   // ns >> 14 (^0 before the first)
+	bytes [16]byte // the varint, then zeros
+	n     int      // its length, at least 3 (ns >= 2^14)
+}
+
+// putNanosFull writes the varint of ns at the start of w (16 bytes or
+// more; it may write zeros after the varint), returns its length, and
+// remembers it in p.ts if it has 3 bytes or more. sliceBegin and sliceEnd
+// call it only when the bytes from the third on differ from p.ts's.
+func (p *perfettoWriter) putNanosFull(w []byte, ns int64) int {
+	var b [16]byte
+	k := 0
+	v := uint64(ns)
+	for ; v >= 0x80; v >>= 7 {
+		b[k] = byte(v) | 0x80
+		k++
+	}
+	b[k] = byte(v)
+	k++
+	*(*[16]byte)(w) = b
+	if k >= 3 {
+		p.ts = pfNanos{hi: uint64(ns) >> 14, bytes: b, n: k}
+	}
+	return k
+}
+
 // pfMaxPlain is more than the bytes of the packet of a plain slice begin
 // or end: 2 of packet header, 11 of timestamp, 16 of th.begin, 11 of
 // name, 2+1+10+2+10 of annotation.
@@ -69,13 +99,15 @@ func (p *perfettoWriter) sliceBegin(th *pfThread, ns int64, iid, aiid, viid uint
 	w := b[at : at+pfMaxPlain]
 	w[0], w[2] = byte(pfTracePacket<<3|2), byte(pfTimestamp<<3)
 	k := 3
-	v := uint64(ns)
-	for ; v >= 0x80 && k < 13; v >>= 7 {
-		w[k] = byte(v) | 0x80
-		k++
+	if v := uint64(ns); v>>14 == p.ts.hi {
+		// Only the first two bytes differ from p.ts's (which has 3
+		// or more, so both have their continuation bit).
+		*(*[16]byte)(w[3:19]) = p.ts.bytes
+		w[3], w[4] = byte(v)|0x80, byte(v>>7)|0x80
+		k += p.ts.n
+	} else {
+		k += p.putNanosFull(w[3:19], ns)
 	}
-	w[k] = byte(v)
-	k++
 	te := k + 5 // the TrackEvent's length
 	*(*[16]byte)(w[k:]) = th.begin
 	k += th.n
@@ -123,13 +155,15 @@ func (p *perfettoWriter) sliceEnd(th *pfThread, ns int64) {
 	w := b[at : at+pfMaxPlain]
 	w[0], w[2] = byte(pfTracePacket<<3|2), byte(pfTimestamp<<3)
 	k := 3
-	v := uint64(ns)
-	for ; v >= 0x80 && k < 13; v >>= 7 {
-		w[k] = byte(v) | 0x80
-		k++
+	if v := uint64(ns); v>>14 == p.ts.hi {
+		// Only the first two bytes differ from p.ts's (which has 3
+		// or more, so both have their continuation bit).
+		*(*[16]byte)(w[3:19]) = p.ts.bytes
+		w[3], w[4] = byte(v)|0x80, byte(v>>7)|0x80
+		k += p.ts.n
+	} else {
+		k += p.putNanosFull(w[3:19], ns)
 	}
-	w[k] = byte(v)
-	k++
 	*(*[16]byte)(w[k:]) = th.end
 	k += th.n
 	w[1] = byte(k - 2)

@@ -3,6 +3,7 @@ package report_test
 import (
 	"bytes"
 	"encoding/binary"
+	"io"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -89,6 +90,33 @@ func TestExportPerfettoEntry(t *testing.T) {
 			if kept {
 				checkPerfettoAsChrome(t, rec, fl)
 			}
+		}
+	}
+}
+
+// BenchmarkExportPerfettoGraph exports a graph-mode recording in memory
+// shaped like bench/bigrec's (a leaf called at full speed) to io.Discard:
+// the encoding alone, without the file's decoding.
+func BenchmarkExportPerfettoGraph(b *testing.B) {
+	rec := &tracefile.Recording{Meta: tracefile.Meta{
+		Mode: tracefile.ModeGraph, PID: 1, Comm: "hotleaf",
+		Clock:   tracefile.Clock{TSC0: 1 << 40, Mono0: 1e9, TSC1: 1<<40 + 3_000_000_000, Mono1: 2e9},
+		Funcs:   []tracefile.Func{{Name: "main", Module: -1}, {Name: "loop", Module: -1}, {Name: "leaf", Module: -1}},
+		Threads: []tracefile.Thread{{TID: 1000, Name: "hot0"}},
+	}}
+	tsc := uint64(1 << 40)
+	rec.Events = append(rec.Events, tracefile.Event{TSC: tsc, TID: 1000, Kind: tracefile.KindEntry, Func: 0},
+		tracefile.Event{TSC: tsc + 3, TID: 1000, Kind: tracefile.KindEntry, Func: 1, Depth: 1})
+	for i := 0; i < 1<<20; i++ {
+		tsc += 45 + uint64(i%7)
+		rec.Events = append(rec.Events, tracefile.Event{TSC: tsc, TID: 1000, Kind: tracefile.KindEntry, Func: 2, Depth: 2, Caller: 0x1231})
+		tsc += 15
+		rec.Events = append(rec.Events, tracefile.Event{TSC: tsc, TID: 1000, Kind: tracefile.KindExit, Func: 2, Depth: 2})
+	}
+	b.SetBytes(int64(len(rec.Events))) // "MB/s" are millions of events per second
+	for b.Loop() {
+		if err := report.ExportPerfettoStream(io.Discard, rec.Stream(tracefile.StreamOptions{}), report.Filter{}); err != nil {
+			b.Fatal(err)
 		}
 	}
 }
