@@ -46,9 +46,10 @@ func TestUvarint(t *testing.T) {
 	}
 }
 
-// TestDecodeEventsInfo checks the range and order that decodeEventsInfo
-// finds against those of the events it decodes, on random blocks: in
-// order, with equal timestamps, and out of order.
+// TestDecodeEventsInfo checks the events that decodeEventsInfo decodes,
+// and the range, order and largest function it finds, on random blocks:
+// in order, with equal timestamps, and out of order, with fields of one
+// byte and more, callers and values or not.
 func TestDecodeEventsInfo(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
 	for round := 0; round < 2000; round++ {
@@ -63,7 +64,14 @@ func TestDecodeEventsInfo(t *testing.T) {
 			default:
 				tsc += uint64(rng.IntN(100))
 			}
-			evs[i] = Event{TSC: tsc, TID: uint32(1 + rng.IntN(3)), Kind: KindEntry, Func: uint32(rng.IntN(4)) << rng.IntN(30)}
+			evs[i] = Event{TSC: tsc, TID: uint32(1 + rng.IntN(3)), Kind: KindEntry + Kind(rng.IntN(2)),
+				Func: uint32(rng.IntN(4)) << rng.IntN(30), Depth: uint16(rng.IntN(300))}
+			if rng.IntN(2) == 0 {
+				evs[i].Caller = rng.Uint64() >> rng.IntN(64)
+			}
+			if rng.IntN(10) == 0 {
+				evs[i].Args = "\x01abc"[:1+rng.IntN(4)]
+			}
 		}
 		if round%2 == 0 {
 			slices.SortStableFunc(evs, CompareEvents)

@@ -187,6 +187,38 @@ func decodeEventsInfo(evs []Event, b []byte, count int) ([]Event, eventsInfo, st
 	)
 	in := eventsInfo{lo: math.MaxUint64}
 	for i := 0; i < count; i++ {
+		if len(b) >= 8 && i > 0 {
+			// The common event: flags without a thread id or values,
+			// and a timestamp step, function and depth of one byte
+			// each, read in one load.
+			x := binary.LittleEndian.Uint64(b)
+			h := byte(x)
+			if x&0x80808000 == 0 && h&(evReserved|evHasTID|evHasArgs) == 0 && (h&evKindMask == byte(KindEntry) || h&evKindMask == byte(KindExit)) {
+				ptsc := tsc
+				tsc += uint64(int64(byte(x>>8)>>1) ^ -int64(byte(x>>8)&1))
+				unsorted = unsorted || tsc < ptsc
+				in.lo, in.hi = min(in.lo, tsc), max(in.hi, tsc)
+				fn := uint32(byte(x >> 16))
+				b = b[4:]
+				var caller uint64
+				if h&evHasCaller != 0 {
+					v, n := uvarintLong(b)
+					if n <= 0 || v == 0 {
+						return evs, in, "bad caller address"
+					}
+					caller = v
+					b = b[n:]
+				}
+				if len(evs) == cap(evs) {
+					evs = slices.Grow(evs, 1)
+				}
+				evs = evs[:len(evs)+1]
+				ev := &evs[len(evs)-1]
+				ev.TSC, ev.TID, ev.Kind, ev.Func, ev.Depth, ev.Caller, ev.Args = tsc, tid, Kind(h&evKindMask), fn, uint16(byte(x>>24)), caller, ""
+				in.maxFunc = max(in.maxFunc, fn)
+				continue
+			}
+		}
 		if len(b) == 0 {
 			return evs, in, "fewer events than its header says"
 		}
