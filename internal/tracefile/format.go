@@ -189,17 +189,21 @@ func decodeEventsInfo(evs []Event, b []byte, count int) ([]Event, eventsInfo, st
 	for i := 0; i < count; i++ {
 		if len(b) >= 8 && i > 0 {
 			// The common event: flags without a thread id or values,
-			// and a timestamp step, function and depth of one byte
-			// each, read in one load.
+			// a timestamp step of one byte, a function of one or two
+			// and a depth of one, read in one load.
 			x := binary.LittleEndian.Uint64(b)
 			h := byte(x)
-			if x&0x80808000 == 0 && h&(evReserved|evHasTID|evHasArgs) == 0 && (h&evKindMask == byte(KindEntry) || h&evKindMask == byte(KindExit)) {
+			fn, depth, size := uint32(byte(x>>16)), uint16(byte(x>>24)), 4
+			if x&0x800000 != 0 {
+				fn, depth, size = fn&0x7f|uint32(byte(x>>24))<<7, uint16(byte(x>>32)), 5
+			}
+			if x&0x8000 == 0 && fn < 1<<14 && depth < 0x80 && h&(evReserved|evHasTID|evHasArgs) == 0 &&
+				(h&evKindMask == byte(KindEntry) || h&evKindMask == byte(KindExit)) {
 				ptsc := tsc
 				tsc += uint64(int64(byte(x>>8)>>1) ^ -int64(byte(x>>8)&1))
 				unsorted = unsorted || tsc < ptsc
 				in.lo, in.hi = min(in.lo, tsc), max(in.hi, tsc)
-				fn := uint32(byte(x >> 16))
-				b = b[4:]
+				b = b[size:]
 				var caller uint64
 				if h&evHasCaller != 0 {
 					v, n := uvarintLong(b)
@@ -214,7 +218,7 @@ func decodeEventsInfo(evs []Event, b []byte, count int) ([]Event, eventsInfo, st
 				}
 				evs = evs[:len(evs)+1]
 				ev := &evs[len(evs)-1]
-				ev.TSC, ev.TID, ev.Kind, ev.Func, ev.Depth, ev.Caller, ev.Args = tsc, tid, Kind(h&evKindMask), fn, uint16(byte(x>>24)), caller, ""
+				ev.TSC, ev.TID, ev.Kind, ev.Func, ev.Depth, ev.Caller, ev.Args = tsc, tid, Kind(h&evKindMask), fn, depth, caller, ""
 				in.maxFunc = max(in.maxFunc, fn)
 				continue
 			}
