@@ -333,9 +333,12 @@ func uvarintLong(b []byte) (uint64, int) {
 		if last := ^x & 0x8080808080808080; last != 0 {
 			// The first byte without the continuation bit ends it.
 			n := bits.TrailingZeros64(last)/8 + 1
-			x &= 1<<(8*n) - 1 // n = 8: a shift of 64 makes it all ones
-			x = x&0x7f | x>>1&(0x7f<<7) | x>>2&(0x7f<<14) | x>>3&(0x7f<<21) |
-				x>>4&(0x7f<<28) | x>>5&(0x7f<<35) | x>>6&(0x7f<<42) | x>>7&(0x7f<<49)
+			x &= (1<<(8*n) - 1) & 0x7f7f7f7f7f7f7f7f // n = 8: a shift of 64 makes it all ones
+			// Gather the 7-bit groups pairwise: 14 bits in each 16,
+			// 28 in each 32, then 56.
+			x = x>>1&0x3f803f803f803f80 | x&0x007f007f007f007f
+			x = x>>2&0x0fffc0000fffc000 | x&0x00003fff00003fff
+			x = x>>4&0x00fffffff0000000 | x&0x000000000fffffff
 			return x, n
 		}
 	}
