@@ -94,6 +94,38 @@ func TestDecodeEventsInfo(t *testing.T) {
 	}
 }
 
+// TestSortEventRuns checks sortEventRuns against slices.SortStableFunc on
+// random blocks: sorted, of a few sorted runs (the chunks of several
+// threads), and shuffled, with many equal keys (the stable order shows in
+// Func, the position before the sort).
+func TestSortEventRuns(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	var bufs blockBufs
+	for round := 0; round < 3000; round++ {
+		n := rng.IntN(300)
+		evs := make([]Event, n)
+		runs := 1 + rng.IntN(12)
+		tsc := make([]uint64, runs)
+		for i := range evs {
+			r := i * runs / max(n, 1) // the run of event i
+			switch round % 3 {
+			case 0: // one run
+				r = 0
+			case 2: // shuffled
+				r = rng.IntN(runs)
+			}
+			tsc[r] += uint64(rng.IntN(3))
+			evs[i] = Event{TSC: tsc[r], TID: uint32(rng.IntN(3)), Func: uint32(i), Args: "x"[:rng.IntN(2)]}
+		}
+		want := slices.Clone(evs)
+		slices.SortStableFunc(want, CompareEvents)
+		sortEventRuns(evs, &bufs)
+		if !slices.Equal(evs, want) {
+			t.Fatalf("round %d: %v, want %v", round, evs, want)
+		}
+	}
+}
+
 // BenchmarkDecodeEvents decodes a block of graph-mode events shaped like
 // those of bench/bigrec (a traced leaf called at full speed).
 func BenchmarkDecodeEvents(b *testing.B) {

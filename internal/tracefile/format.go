@@ -317,6 +317,61 @@ func decodeEventsInfo(evs []Event, b []byte, count int) ([]Event, eventsInfo, st
 	return evs, in, ""
 }
 
+// sortEventRuns sorts evs stably in the order of [CompareEvents], as
+// slices.SortStableFunc does, by merging its sorted runs pairwise, pass
+// after pass, with the scratch of bufs. A block of the live tracer holds a
+// run per chunk of a thread, so that a block of several threads sorts in a
+// few passes (slices.SortStableFunc took 55% of the CPU of a perfetto
+// export of 3 threads).
+func sortEventRuns(evs []Event, bufs *blockBufs) {
+	less := func(a, b *Event) bool { return a.TSC < b.TSC || a.TSC == b.TSC && a.TID < b.TID }
+	runs := append(bufs.runs[:0], 0) // where each run starts, then len(evs)
+	for i := 1; i < len(evs); i++ {
+		if less(&evs[i], &evs[i-1]) {
+			runs = append(runs, i)
+		}
+	}
+	runs = append(runs, len(evs))
+	bufs.runs = runs
+	if len(runs) <= 2 {
+		return
+	}
+	if cap(bufs.sort) < len(evs) {
+		bufs.sort = make([]Event, len(evs))
+	}
+	src, dst := evs, bufs.sort[:len(evs)]
+	for len(runs) > 2 {
+		// Merge runs j and j+1 into dst; a last odd run is copied.
+		k := 1
+		for j := 0; j+1 < len(runs); j += 2 {
+			lo, mid, hi := runs[j], runs[j+1], runs[j+1]
+			if j+2 < len(runs) {
+				hi = runs[j+2]
+			}
+			a, b, out := src[lo:mid], src[mid:hi], dst[lo:lo]
+			for len(a) > 0 && len(b) > 0 {
+				// Ties take a's first: stable.
+				if less(&b[0], &a[0]) {
+					out, b = append(out, b[0]), b[1:]
+				} else {
+					out, a = append(out, a[0]), a[1:]
+				}
+			}
+			out = append(out, a...)
+			_ = append(out, b...)
+			runs[k] = hi
+			k++
+		}
+		runs = runs[:k]
+		src, dst = dst, src
+	}
+	if &src[0] != &evs[0] {
+		copy(evs, src)
+	}
+	// (The scratch keeps the values of one block alive until the next
+	// sort: memory bounded by a block, and no pass to clear it.)
+}
+
 // uvarint is binary.Uvarint, inlined for one byte.
 func uvarint(b []byte) (uint64, int) {
 	if len(b) > 0 && b[0] < 0x80 {

@@ -553,7 +553,7 @@ func (s *Stream) decodeBlock(b *streamBlock, evs []Event, bufs *blockBufs) ([]Ev
 	}
 	// (Dropping events keeps the others in order.)
 	if !info.sorted {
-		slices.SortStableFunc(out, CompareEvents)
+		sortEventRuns(out, bufs)
 	}
 	return out, nil
 }
