@@ -271,7 +271,7 @@ func (p *perfettoWriter) track(tid uint32) uint64 {
 func (p *perfettoWriter) event(ns int64, tid uint32, typ uint64, fn int64, annot, val string) {
 	uuid := p.trackUUID(tid)
 	if annot == "" && len(p.extra) == 0 && (fn < 0 || fn < int64(len(p.iids)) && p.iids[fn] != 0) {
-		p.plainEvent(ns, typ, uuid, fn, 0, 0)
+		p.plainEvent(ns, typ, uuid, fn)
 		return
 	}
 	in := p.interned[:0]
@@ -347,11 +347,10 @@ func (p *perfettoWriter) trackUUID(tid uint32) uint64 {
 }
 
 // plainEvent is event of a function whose name is interned already (or of
-// a slice end, fn < 0), without annotations or (aiid != 0) with one whose
-// name and value are interned as aiid and viid: the packet of nearly
-// every event, written straight into out. Its bytes are those event
-// writes.
-func (p *perfettoWriter) plainEvent(ns int64, typ, uuid uint64, fn int64, aiid, viid uint64) {
+// a slice end, fn < 0), without annotations, written straight into out.
+// Its bytes are those event writes. (The exports write most events with
+// sliceBegin and sliceEnd, the same bytes.)
+func (p *perfettoWriter) plainEvent(ns int64, typ, uuid uint64, fn int64) {
 	if uuid != p.teUUID || !p.teOK {
 		// The TrackEvent's type and track of each type, for this track.
 		for t := range p.te {
@@ -367,12 +366,7 @@ func (p *perfettoWriter) plainEvent(ns int64, typ, uuid uint64, fn int64, aiid, 
 		iid = p.iids[fn]
 		teLen += 1 + protowire.SizeVarint(iid)
 	}
-	annLen := 0
-	if aiid != 0 {
-		annLen = 1 + protowire.SizeVarint(aiid) + 2 + protowire.SizeVarint(viid)
-		teLen += 2 + annLen
-	}
-	// At most 3+10+1+10+2+1+10+2+10 bytes: its length is one byte.
+	// At most 3+10+1+10+2+1+10 bytes: its length is one byte.
 	n := 1 + protowire.SizeVarint(uint64(ns)) + 4 + 2 + teLen
 	b := append(p.out, byte(pfTracePacket<<3|2))
 	b = appendUvarint(b, uint64(n))
@@ -390,12 +384,6 @@ func (p *perfettoWriter) plainEvent(ns int64, typ, uuid uint64, fn int64, aiid, 
 	if fn >= 0 {
 		b = append(b, byte(pfEventNameIID<<3))
 		b = appendUvarint(b, iid)
-	}
-	if aiid != 0 {
-		b = append(b, byte(pfEventAnnotations<<3|2), byte(annLen), byte(pfAnnotNameIID<<3))
-		b = appendUvarint(b, aiid)
-		b = append(b, byte(pfAnnotStringIID<<3|0x80), byte(pfAnnotStringIID>>4)) // a two-byte tag
-		b = appendUvarint(b, viid)
 	}
 	p.out = b
 	if len(b) >= pfFlushAt {

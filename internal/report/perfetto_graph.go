@@ -91,7 +91,7 @@ func (p *perfettoWriter) plainRoom() []byte {
 // sliceBegin writes the packet of a slice begin (or of an instant, after
 // describe(th, typeInstant)) of the function whose name is interned as
 // iid, on th's described track, with a debug annotation of interned name
-// aiid and value viid if aiid is not 0: the bytes of plainEvent, without
+// aiid and value viid if aiid is not 0: the bytes of event, without
 // its work per event.
 func (p *perfettoWriter) sliceBegin(th *pfThread, ns int64, iid, aiid, viid uint64) {
 	b := p.plainRoom()
@@ -120,7 +120,7 @@ func (p *perfettoWriter) sliceBegin(th *pfThread, ns int64, iid, aiid, viid uint
 	w[k] = byte(iid)
 	k++
 	if aiid != 0 {
-		// A debug annotation of interned name and value, as plainEvent.
+		// A debug annotation of interned name and value, as event writes it.
 		w[k], w[k+2] = byte(pfEventAnnotations<<3|2), byte(pfAnnotNameIID<<3)
 		ann := k + 1
 		k += 3
@@ -138,7 +138,7 @@ func (p *perfettoWriter) sliceBegin(th *pfThread, ns int64, iid, aiid, viid uint
 		k++
 		w[ann] = byte(k - ann - 1)
 	}
-	// Both lengths are below 128 (plainEvent): one byte each.
+	// Both lengths are below 128 (61 bytes at most): one byte each.
 	w[te] = byte(k - te - 1)
 	w[1] = byte(k - 2)
 	p.out = b[:at+k]
