@@ -3,7 +3,6 @@ package report
 import (
 	"fmt"
 	"io"
-	"slices"
 
 	"google.golang.org/protobuf/encoding/protowire"
 
@@ -83,13 +82,15 @@ type perfettoWriter struct {
 	full, free chan []byte
 	wdone      chan struct{}
 	werr       error
-	meta       *tracefile.Meta
-	names      map[uint32]string
-	pkt        []byte // the packet being built
-	hdr        []byte // its field header
-	sub        []byte // a nested message being built
-	sub2       []byte
-	tracks     map[uint32]bool
+	// wb, if not nil, is the writeback of w (the writing goroutine's).
+	wb     *writeback
+	meta   *tracefile.Meta
+	names  map[uint32]string
+	pkt    []byte // the packet being built
+	hdr    []byte // its field header
+	sub    []byte // a nested message being built
+	sub2   []byte
+	tracks map[uint32]bool
 	// pids maps threads to processes (record --follow); procs are the
 	// process tracks described, by pid.
 	pids  map[uint32]int
@@ -110,6 +111,8 @@ type perfettoWriter struct {
 	te     [4][]byte
 	teUUID uint64
 	teOK   bool
+	// ts is the last timestamp of sliceBegin and sliceEnd.
+	ts pfNanos
 	// extra are more debug annotations for the next event (captured
 	// values, args.go); event clears it.
 	extra map[string]string
@@ -148,6 +151,8 @@ func (p *perfettoWriter) flush() {
 				if p.werr == nil {
 					if _, err := p.w.Write(b); err != nil {
 						p.werr = fmt.Errorf("write perfetto trace: %w", err)
+					} else if p.wb != nil {
+						p.wb = p.wb.wrote(len(b))
 					}
 				}
 				p.free <- b[:0]
@@ -266,7 +271,7 @@ func (p *perfettoWriter) track(tid uint32) uint64 {
 func (p *perfettoWriter) event(ns int64, tid uint32, typ uint64, fn int64, annot, val string) {
 	uuid := p.trackUUID(tid)
 	if annot == "" && len(p.extra) == 0 && (fn < 0 || fn < int64(len(p.iids)) && p.iids[fn] != 0) {
-		p.plainEvent(ns, typ, uuid, fn, 0, 0)
+		p.plainEvent(ns, typ, uuid, fn)
 		return
 	}
 	in := p.interned[:0]
@@ -342,11 +347,10 @@ func (p *perfettoWriter) trackUUID(tid uint32) uint64 {
 }
 
 // plainEvent is event of a function whose name is interned already (or of
-// a slice end, fn < 0), without annotations or (aiid != 0) with one whose
-// name and value are interned as aiid and viid: the packet of nearly
-// every event, written straight into out. Its bytes are those event
-// writes.
-func (p *perfettoWriter) plainEvent(ns int64, typ, uuid uint64, fn int64, aiid, viid uint64) {
+// a slice end, fn < 0), without annotations, written straight into out.
+// Its bytes are those event writes. (The exports write most events with
+// sliceBegin and sliceEnd, the same bytes.)
+func (p *perfettoWriter) plainEvent(ns int64, typ, uuid uint64, fn int64) {
 	if uuid != p.teUUID || !p.teOK {
 		// The TrackEvent's type and track of each type, for this track.
 		for t := range p.te {
@@ -362,12 +366,7 @@ func (p *perfettoWriter) plainEvent(ns int64, typ, uuid uint64, fn int64, aiid, 
 		iid = p.iids[fn]
 		teLen += 1 + protowire.SizeVarint(iid)
 	}
-	annLen := 0
-	if aiid != 0 {
-		annLen = 1 + protowire.SizeVarint(aiid) + 2 + protowire.SizeVarint(viid)
-		teLen += 2 + annLen
-	}
-	// At most 3+10+1+10+2+1+10+2+10 bytes: its length is one byte.
+	// At most 3+10+1+10+2+1+10 bytes: its length is one byte.
 	n := 1 + protowire.SizeVarint(uint64(ns)) + 4 + 2 + teLen
 	b := append(p.out, byte(pfTracePacket<<3|2))
 	b = appendUvarint(b, uint64(n))
@@ -386,121 +385,16 @@ func (p *perfettoWriter) plainEvent(ns int64, typ, uuid uint64, fn int64, aiid, 
 		b = append(b, byte(pfEventNameIID<<3))
 		b = appendUvarint(b, iid)
 	}
-	if aiid != 0 {
-		b = append(b, byte(pfEventAnnotations<<3|2), byte(annLen), byte(pfAnnotNameIID<<3))
-		b = appendUvarint(b, aiid)
-		b = append(b, byte(pfAnnotStringIID<<3|0x80), byte(pfAnnotStringIID>>4)) // a two-byte tag
-		b = appendUvarint(b, viid)
-	}
 	p.out = b
 	if len(b) >= pfFlushAt {
 		p.flush()
 	}
 }
 
-// pfFrame is an open call of graphSlices.
-type pfFrame struct {
-	fn    uint32
-	depth uint16
-	shown bool
-}
-
-// graphSlices writes the slices of a graph-mode stream without a duration
-// filter, in one pass: a call shows if it passes the thread, function and
-// depth filters, which its entry tells. It builds the calls as the engine
-// does (engine.event: the same exits lost, orphans and unfinished calls,
-// closed in the same order), keeping of each open call only what the
-// slice's end needs: the engine's bookkeeping for the other readers cost
-// more than the export itself.
-func (p *perfettoWriter) graphSlices(s *tracefile.Stream, f Filter) error {
-	conv := s.Clock.Converter()
-	threads := map[uint32]*[]pfFrame{}
-	var (
-		lastTID uint32
-		st      *[]pfFrame
-		last    int64 // the time of the last event
-	)
-	end := func(tid uint32, fr pfFrame, ns int64, status, ret string) {
-		if !fr.shown {
-			return
-		}
-		p.extra = argsMap(p.meta, fr.fn, ret, true)
-		if status != "" {
-			p.event(ns, tid, typeSliceEnd, -1, "status", status)
-		} else {
-			p.event(ns, tid, typeSliceEnd, -1, "", "")
-		}
-	}
-	for {
-		b, ok := s.NextBatch()
-		if !ok {
-			break
-		}
-		for i := range b {
-			ev := &b[i]
-			now := conv.Nanos(ev.TSC)
-			last = now
-			if st == nil || ev.TID != lastTID {
-				if st = threads[ev.TID]; st == nil {
-					st = new([]pfFrame)
-					threads[ev.TID] = st
-				}
-				lastTID = ev.TID
-			}
-			stack := *st
-			switch ev.Kind {
-			case tracefile.KindEntry:
-				for len(stack) > 0 && stack[len(stack)-1].depth >= ev.Depth {
-					fr := stack[len(stack)-1]
-					stack = stack[:len(stack)-1]
-					end(ev.TID, fr, now, "exit lost", "")
-				}
-				fr := pfFrame{fn: ev.Func, depth: ev.Depth,
-					shown: f.keepTID(ev.TID) && f.keepFunc(ev.Func) && (f.MaxDepth == 0 || int(ev.Depth) < f.MaxDepth)}
-				stack = append(stack, fr)
-				if fr.shown {
-					p.extra = argsMap(p.meta, ev.Func, ev.Args, false)
-					p.event(now, ev.TID, typeSliceBegin, int64(ev.Func), "", "")
-				}
-			case tracefile.KindExit:
-				for len(stack) > 0 && stack[len(stack)-1].depth > ev.Depth {
-					fr := stack[len(stack)-1]
-					stack = stack[:len(stack)-1]
-					end(ev.TID, fr, now, "exit lost", "")
-				}
-				if n := len(stack); n > 0 && stack[n-1].depth == ev.Depth {
-					fr := stack[n-1]
-					stack = stack[:n-1]
-					if fr.fn != ev.Func {
-						// Both the exit of fr and the entry of this
-						// exit were lost.
-						end(ev.TID, fr, now, "exit lost", "")
-					} else {
-						end(ev.TID, fr, now, "", ev.Args)
-					}
-				}
-			}
-			*st = stack
-		}
-	}
-	if err := s.Err(); err != nil {
-		return err
-	}
-	// What still runs at the end, thread by thread in the order of their
-	// ids.
-	tids := make([]uint32, 0, len(threads))
-	for tid := range threads {
-		tids = append(tids, tid)
-	}
-	slices.Sort(tids)
-	for _, tid := range tids {
-		stack := *threads[tid]
-		for n := len(stack); n > 0; n-- {
-			end(tid, stack[n-1], last, "unfinished", "")
-		}
-	}
-	return nil
-}
+// perfettoOnePass lets graph mode without a duration filter take
+// graphSlices (a variable for the tests, which check it against the
+// engine's two passes).
+var perfettoOnePass = true
 
 // ExportPerfettoStream writes s as a Perfetto protobuf trace (a Trace
 // message: a sequence of TracePackets) that ui.perfetto.dev and
@@ -525,7 +419,7 @@ func ExportPerfettoStream(w io.Writer, s *tracefile.Stream, f Filter) error {
 	if err := f.check(rec); err != nil {
 		return err
 	}
-	p := &perfettoWriter{w: w, out: make([]byte, 0, pfFlushAt+1<<12), meta: rec, names: threadNames(rec),
+	p := &perfettoWriter{w: w, wb: newWriteback(w), ts: pfNanos{hi: ^uint64(0)}, out: make([]byte, 0, pfFlushAt+1<<12), meta: rec, names: threadNames(rec),
 		tracks: map[uint32]bool{}, procs: map[int]uint64{}, pids: rec.ThreadPIDs(), annots: map[string]uint64{}, values: map[string]uint64{}}
 	p.start()
 	var err error
@@ -543,7 +437,7 @@ func ExportPerfettoStream(w io.Writer, s *tracefile.Stream, f Filter) error {
 			}
 			return "", ""
 		}
-		if f.MinDuration == 0 {
+		if f.MinDuration == 0 && perfettoOnePass {
 			// Whether a call shows is known at its entry: one pass.
 			err = p.graphSlices(s, f)
 		} else {
@@ -563,36 +457,7 @@ func ExportPerfettoStream(w io.Writer, s *tracefile.Stream, f Filter) error {
 			})
 		}
 	} else {
-		syms := newSymbolizer(rec)
-		conv := s.Clock.Converter()
-		// callers maps a caller's address to the interned id of its name.
-		callers := map[uint64]uint64{}
-		var callerAIID uint64
-		for {
-			ev, ok := s.Next()
-			if !ok {
-				break
-			}
-			if ev.Kind != tracefile.KindEntry || !f.keep(&ev) {
-				continue
-			}
-			ns := conv.Nanos(ev.TSC)
-			if ev.Args == "" && callerAIID != 0 && int(ev.Func) < len(p.iids) && p.iids[ev.Func] != 0 {
-				// A caller seen before: its name is interned.
-				if viid, ok := callers[ev.Caller]; ok {
-					p.plainEvent(ns, typeInstant, p.trackUUID(ev.TID), int64(ev.Func), callerAIID, viid)
-					continue
-				}
-			}
-			name := syms.name(ev.Caller)
-			p.extra = argsMap(p.meta, ev.Func, ev.Args, false)
-			p.event(ns, ev.TID, typeInstant, int64(ev.Func), "caller", name)
-			callerAIID = p.annots["caller"]
-			if viid, ok := p.values[name]; ok && len(callers) < maxCallerCache {
-				callers[ev.Caller] = viid
-			}
-		}
-		err = s.Err()
+		err = p.entryInstants(s, f)
 	}
 	// Always: it ends the writing goroutine.
 	werr := p.finish()

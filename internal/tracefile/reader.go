@@ -354,6 +354,9 @@ func readBlock(r io.ReaderAt, off, end int64) (blockHeader, []byte, int64, error
 // blockBufs are buffers a reader of many blocks reuses.
 type blockBufs struct {
 	payload, raw []byte
+	// sort and runs are the scratch of sortEventRuns.
+	sort []Event
+	runs []int
 }
 
 func grow(b []byte, n int) []byte {

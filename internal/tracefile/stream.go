@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"slices"
+	"sort"
 	"time"
 )
 
@@ -401,11 +402,12 @@ func (s *Stream) NextBatch() ([]Event, bool) {
 		c := s.heap[0]
 		end := len(c.evs)
 		if s.next < len(s.blocks) {
+			// The first event from c.pos+1 on at or after lim: the
+			// block is sorted, so a binary search (a scan cost as much
+			// as the rest of the merge).
 			lim := s.blocks[s.next].minTSC
-			end = c.pos + 1
-			for end < len(c.evs) && c.evs[end].TSC < lim {
-				end++
-			}
+			rest := c.evs[c.pos+1:]
+			end = c.pos + 1 + sort.Search(len(rest), func(i int) bool { return rest[i].TSC >= lim })
 		}
 		for k := 1; k <= 2 && k < len(s.heap); k++ {
 			d := s.heap[k]
@@ -520,18 +522,21 @@ func (s *Stream) decodeBlock(b *streamBlock, evs []Event, bufs *blockBufs) ([]Ev
 	if h.typ != blockEvents || h.count != b.count {
 		return nil, corruptf("block index entry %d does not match the block at offset %d", b.seq, b.off)
 	}
-	evs, msg := decodeEvents(evs[:0], raw, int(h.count))
+	evs, info, msg := decodeEventsInfo(evs[:0], raw, int(h.count))
 	if msg != "" {
 		return nil, corruptf("event block at offset %d: %s", b.off, msg)
 	}
 	if s.verify {
-		if lo, hi := tscRange(evs); lo != b.minTSC || hi != b.maxTSC {
+		if info.lo != b.minTSC || info.hi != b.maxTSC {
 			return nil, corruptf("block index entry %d does not match the block at offset %d", b.seq, b.off)
 		}
 	}
 	out := evs
 	nf := int64(len(s.Funcs))
 	for i := range evs {
+		if int64(info.maxFunc) < nf {
+			break // every function is known
+		}
 		if int64(evs[i].Func) >= nf {
 			if !s.Recovered {
 				return nil, corruptf("event block at offset %d: an event refers to function %d of %d", b.off, evs[i].Func, len(s.Funcs))
@@ -546,8 +551,9 @@ func (s *Stream) decodeBlock(b *streamBlock, evs []Event, bufs *blockBufs) ([]Ev
 			break
 		}
 	}
-	if !sortedEvents(out) {
-		slices.SortStableFunc(out, CompareEvents)
+	// (Dropping events keeps the others in order.)
+	if !info.sorted {
+		sortEventRuns(out, bufs)
 	}
 	return out, nil
 }
@@ -631,15 +637,4 @@ func (s *Stream) down(i int) {
 		h[i], h[m] = h[m], h[i]
 		i = m
 	}
-}
-
-// sortedEvents says whether evs is in the order of CompareEvents.
-func sortedEvents(evs []Event) bool {
-	for i := 1; i < len(evs); i++ {
-		a, b := &evs[i-1], &evs[i]
-		if a.TSC > b.TSC || (a.TSC == b.TSC && a.TID > b.TID) {
-			return false
-		}
-	}
-	return true
 }

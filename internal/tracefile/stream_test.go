@@ -209,6 +209,20 @@ func TestNanosConverter(t *testing.T) {
 		{TSC0: 1000, Mono0: 1, TSCHz: 2_400_000_017},
 		{TSC0: 50, Mono0: 1 << 62},
 		{TSC0: 3, Mono0: 2, TSC1: 1 << 63, Mono1: 1 << 63},
+		// bench/bigrec's; and dens around the limits of the division
+		// by multiplication (4, 2^12, 2^51) and powers of two.
+		{TSC0: 1 << 40, Mono0: 1e9, TSC1: 1<<40 + 3_400_000_123, Mono1: 1e9 + 1_133_333_374},
+		{TSC0: 10, Mono0: 7, TSC1: 13, Mono1: 7 + 1e9},
+		{TSC0: 10, Mono0: 7, TSC1: 14, Mono1: 7 + 5},
+		{TSC0: 10, Mono0: 7, TSC1: 15, Mono1: 7 + 3},
+		{TSC0: 10, Mono0: 7, TSC1: 10 + 4095, Mono1: 7 + 1e6},
+		{TSC0: 10, Mono0: 7, TSC1: 10 + 4096, Mono1: 7 + 4097},
+		{TSC0: 10, Mono0: 7, TSC1: 10 + 4097, Mono1: 7 + 12345},
+		{TSC0: 10, Mono0: 7, TSC1: 10 + 1<<40, Mono1: 7 + 1<<38 + 1},
+		{TSC0: 10, Mono0: 7, TSC1: 10 + 1<<51 - 1, Mono1: 7 + 1<<20},
+		{TSC0: 10, Mono0: 7, TSC1: 10 + 1<<51, Mono1: 7 + 1<<50 + 3},
+		{TSC0: 10, Mono0: 7, TSC1: 10 + 2_999_999_999, Mono1: 7},
+		{TSC0: 1000, Mono0: 1, TSCHz: 3},
 	}
 	rng := rand.New(rand.NewPCG(1, 2))
 	for ci, c := range clocks {

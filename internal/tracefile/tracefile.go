@@ -387,6 +387,18 @@ type NanosConverter struct {
 	tsc  uint64
 	q, r uint64
 	ok   bool
+	// magic and shift divide by den with a multiplication: for x < 2^52,
+	// x/den = (x*magic) >> (64+shift) (Granlund and Montgomery,
+	// "Division by Invariant Integers using Multiplication", 1994,
+	// theorem 4.2, with N = 52: magic*den - 2^(64+shift) < den <=
+	// 2^(64+shift-52)). maxStep is the largest step of tsc from the cache
+	// whose d*num + r stays below 2^52; 0 without magic (den < 4 or den
+	// >= 2^51).
+	magic, maxStep uint64
+	shift          uint
+	// qmax is the largest q whose result base+q needs no saturation (and
+	// below 2^62, as the other paths keep it).
+	qmax uint64
 }
 
 // Converter returns a converter for c.
@@ -398,11 +410,41 @@ func (c Clock) Converter() *NanosConverter {
 	case c.TSCHz > 0:
 		num, den = 1e9, c.TSCHz
 	}
-	return &NanosConverter{c: c, num: num, den: den, inv: 1 / float64(den), base: satInt(c.Mono0)}
+	n := &NanosConverter{c: c, num: num, den: den, inv: 1 / float64(den), base: satInt(c.Mono0)}
+	n.qmax = min(1<<62-1, uint64(math.MaxInt64-n.base)) // base >= 0
+	if den >= 4 && den < 1<<51 {
+		l := uint(bits.Len64(den - 1)) // ceil(log2(den)), 2..51
+		s := max(64, 52+l)
+		// magic = floor((2^s - 1)/den) + 1; the high word of 2^s - 1,
+		// below 2^(l-12), is below den.
+		q, _ := bits.Div64(1<<(s-64)-1, math.MaxUint64, den)
+		n.magic, n.shift = q+1, s-64
+		n.maxStep = math.MaxUint64
+		if num > 0 {
+			n.maxStep = (1<<52 - den) / num
+		}
+	}
+	return n
 }
 
 // Nanos converts tsc to CLOCK_MONOTONIC nanoseconds, as [Clock.Nanos].
 func (n *NanosConverter) Nanos(tsc uint64) int64 {
+	if d := tsc - n.tsc; tsc >= n.tsc && d <= n.maxStep && n.ok {
+		// Divided with magic (without magic, maxStep is 0: the same
+		// tsc, x = r < den, q = 0).
+		x := d*n.num + n.r
+		hi, _ := bits.Mul64(x, n.magic)
+		q := hi >> n.shift
+		if nq := n.q + q; nq <= n.qmax {
+			n.tsc, n.q, n.r = tsc, nq, x-q*n.den
+			return n.base + int64(nq)
+		}
+	}
+	return n.nanos(tsc)
+}
+
+// nanos is Nanos without its magic path.
+func (n *NanosConverter) nanos(tsc uint64) int64 {
 	if n.ok && tsc >= n.tsc {
 		delta := tsc - n.tsc
 		if hi, x := bits.Mul64(delta, n.num); hi == 0 && x < 1<<52 {
