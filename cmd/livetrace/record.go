@@ -289,8 +289,9 @@ func (o *recordOptions) run() error {
 	// tens of ms while busy threads of the target run; the Go scheduler
 	// does not take a P back from a thread the kernel preempted, and the
 	// GC takes one more. With as many Ps as CPUs, this loop then waited
-	// up to 55 ms for a P (events lost at 2 threads of 20M calls/s): give
-	// it Ps to spare, and let the kernel's priorities decide.
+	// up to 55 ms for a P (events lost with 2 threads calling at full
+	// speed, 40M calls/s in all): give it Ps to spare, and let the
+	// kernel's priorities decide.
 	if n := runtime.NumCPU() + 2; runtime.GOMAXPROCS(0) < n {
 		runtime.GOMAXPROCS(n)
 	}
