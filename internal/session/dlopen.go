@@ -549,22 +549,7 @@ func (s *Session) moduleSites(mi int) []selected {
 		include = []string{"*"}
 	}
 	withReloc := !s.opts.OnlyNop && (len(s.opts.Funcs) > 0 || len(s.opts.Modules) > 0)
-	sites := m.Spec.Sites
-	if withReloc {
-		sites = m.Spec.Patchable()
-		for i := range m.Spec.Funcs {
-			if i > 0 && m.Spec.Funcs[i-1].Addr == m.Spec.Funcs[i].Addr {
-				continue // an alias: matched with the first one
-			}
-			fs := elfsite.Site{Addr: m.Spec.Funcs[i].Addr, Func: i}
-			if !m.Spec.MatchSite(fs, include...) {
-				continue
-			}
-			if st, why, ok := m.Spec.RelocFunc(i); ok && why == "" {
-				sites = append(sites, st)
-			}
-		}
-	}
+	sites := candidateSites(m, include, withReloc, func(elfsite.Site, string) {})
 	var out []selected
 	seen := map[uint64]bool{}
 	for _, st := range sites {

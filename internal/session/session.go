@@ -452,6 +452,35 @@ var ErrGraphUnsafe = errors.New("graph mode cannot trace the selected functions"
 // elfsite.Site.GraphUnsafe). Entry mode traces them.
 func (s *Session) Refused() []RefusedSite { return s.refused }
 
+// candidateSites returns the sites of module m that the globs include may
+// select: its NOP sites and, with withReloc, the relocating sites of the
+// functions include names (only those are analyzed). refused gets each
+// such function that relocation cannot trace, and why.
+func candidateSites(m *elfsite.Module, include []string, withReloc bool, refused func(fs elfsite.Site, why string)) []elfsite.Site {
+	if !withReloc {
+		return m.Spec.Sites
+	}
+	sites := m.Spec.Patchable()
+	for i := range m.Spec.Funcs {
+		if i > 0 && m.Spec.Funcs[i-1].Addr == m.Spec.Funcs[i].Addr {
+			continue // an alias: matched with the first one
+		}
+		fs := elfsite.Site{Addr: m.Spec.Funcs[i].Addr, Func: i}
+		if !m.Spec.MatchSite(fs, include...) {
+			continue
+		}
+		st, why, ok := m.Spec.RelocFunc(i)
+		switch {
+		case !ok:
+		case why != "":
+			refused(fs, why)
+		default:
+			sites = append(sites, st)
+		}
+	}
+	return sites
+}
+
 // selectSites picks the patchable sites whose function matches the globs.
 func (s *Session) selectSites() error {
 	include := s.opts.Funcs
@@ -480,30 +509,11 @@ func (s *Session) selectSites() error {
 			continue
 		}
 		nmods++
-		sites := m.Spec.Sites
-		if withReloc {
-			// Only the functions the globs name are analyzed.
-			sites = m.Spec.Patchable()
-			for i := range m.Spec.Funcs {
-				if i > 0 && m.Spec.Funcs[i-1].Addr == m.Spec.Funcs[i].Addr {
-					continue // an alias: matched with the first one
-				}
-				fs := elfsite.Site{Addr: m.Spec.Funcs[i].Addr, Func: i}
-				if !m.Spec.MatchSite(fs, include...) {
-					continue
-				}
-				st, why, ok := m.Spec.RelocFunc(i)
-				switch {
-				case !ok:
-				case why != "":
-					if literalMatch(m.Spec, fs, include) {
-						s.untraceable = append(s.untraceable, RefusedSite{Name: m.Spec.SiteName(fs), Reason: why})
-					}
-				default:
-					sites = append(sites, st)
-				}
+		sites := candidateSites(m, include, withReloc, func(fs elfsite.Site, why string) {
+			if literalMatch(m.Spec, fs, include) {
+				s.untraceable = append(s.untraceable, RefusedSite{Name: m.Spec.SiteName(fs), Reason: why})
 			}
-		}
+		})
 		// The sites kept are counted first: s.sel, of large elements,
 		// grows once per module.
 		keep := keepBuf[:0]
