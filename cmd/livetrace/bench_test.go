@@ -25,9 +25,14 @@ import (
 // over as long a time untraced (baseline-stall-µs), and the part of
 // attach-ms spent before session.Start began: the tracer's own start
 // (startup-ms: exec, the Go runtime, flags, the orphan check).
+// LIVETRACE_BENCH_BIN names another livetrace binary to measure, so that
+// two builds can be compared in alternating runs.
 func BenchmarkAttachLatency(b *testing.B) {
 	testtarget.RequireRoot(b)
-	bin := livetraceBinaryB(b)
+	bin := os.Getenv("LIVETRACE_BENCH_BIN")
+	if bin == "" {
+		bin = livetraceBinaryB(b)
+	}
 	stress := testtarget.Build(b, testtarget.Stress, testtarget.ClangNop5, testtarget.Funcs(10000))
 	tp := testtarget.Start(b, stress, "-t", "4")
 	if _, err := tp.Expect("ready", 30*time.Second); err != nil {

@@ -334,6 +334,12 @@ func (r *Remote) Syscall(nr uint64, args ...uint64) (uint64, error) {
 		return 0, fmt.Errorf("syscall %d: %d arguments, at most 6", nr, len(args))
 	}
 	var ret uint64
+	t0 := time.Now()
+	defer func() {
+		if debugTiming {
+			fmt.Fprintf(os.Stderr, "proc: remote syscall %d: %v\n", nr, time.Since(t0))
+		}
+	}()
 	err := r.run(func() error {
 		if r.closed {
 			return errors.New("remote thread already released")

@@ -45,6 +45,9 @@ type injection struct {
 	hooks []gotHook
 	// rbrk is the INT3 over the loader's r_brk (dlopen.go), 0: none.
 	rbrk uint64
+	// fill is a descriptor of the shared memory, kept until startFill
+	// allocates its pages.
+	fill *os.File
 }
 
 type remoteRegion struct {
@@ -273,16 +276,11 @@ func (s *Session) inject() (err error) {
 	}
 
 	s.lap("inject: shared memory mapped")
-	// Allocate the buffer's pages now, off the attach path: a goroutine
-	// does it while the stubs are written and the sites patched, so that
-	// the agent's first touch of a page is a minor fault, not an
-	// allocation and a zeroing. (Filling it through /proc/PID/mem, or
-	// MAP_POPULATE, cost 20–70 ms of attach: docs/DESIGN-NOTES.md, "Attach".)
+	// The buffer's pages are allocated once the sites are patched
+	// (startFill), so that the agent's first touch of a page is a minor
+	// fault, not an allocation and a zeroing.
 	if dup, err := unix.Dup(int(f.Fd())); err == nil {
-		go func() {
-			_ = unix.Fallocate(dup, 0, 0, int64(sharedSize))
-			unix.Close(dup)
-		}()
+		inj.fill = os.NewFile(uintptr(dup), "livetrace shared memory")
 	}
 
 	// Stubs: one 16-byte slot per site, next to its module, jumping to
@@ -529,7 +527,29 @@ func (inj *injection) remove(p *proc.Process) error {
 }
 
 // unmapLocal drops the tracer's mapping of the shared memory.
+// startFill allocates the shared memory's pages in the background (about
+// 7 ms of CPU for 16 MiB). Filling it through /proc/PID/mem, or with
+// MAP_POPULATE, cost 20–70 ms of attach (docs/DESIGN-NOTES.md, "Attach");
+// a goroutine started during the injection took a CPU from the injection
+// and the patch on a busy machine, so it starts once the sites are
+// patched, and at the tracer's own priority.
+func (inj *injection) startFill() {
+	f := inj.fill
+	if f == nil {
+		return
+	}
+	inj.fill = nil
+	go func() {
+		defer f.Close()
+		_ = unix.Fallocate(int(f.Fd()), 0, 0, int64(inj.sharedSize))
+	}()
+}
+
 func (inj *injection) unmapLocal() {
+	if inj.fill != nil {
+		inj.fill.Close()
+		inj.fill = nil
+	}
 	if inj.shared != nil {
 		_ = unix.Munmap(inj.shared)
 		inj.shared = nil

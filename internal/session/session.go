@@ -381,6 +381,7 @@ func (s *Session) start(p *proc.Process) (_ *Session, err error) {
 		return nil, err
 	}
 	s.lap("patch")
+	s.inj.startFill()
 	if s.unrelax != nil {
 		s.unrelax()
 	}
