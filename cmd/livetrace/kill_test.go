@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -667,4 +669,143 @@ func TestRestoreHijackedReturn(t *testing.T) {
 	}
 	testtarget.CheckText(t, tp.Pid())
 	snap.CheckSame(t, tp.Pid())
+}
+
+// TestSignalsFromOthers sends record, while it records, each signal that
+// the Go runtime treats as a crash of its own unless caught (SIGABRT, and
+// SIGSEGV and the other signals of a program error when another process
+// sends them), and the real-time signals the runtime leaves alone or
+// ignores (34, glibc's SIGRTMIN, at its default action, used to kill
+// record and leave the target patched). record must end cleanly on the
+// first kind and go on recording through the second; the target's text
+// must be as before every time.
+func TestSignalsFromOthers(t *testing.T) {
+	testtarget.RequireRoot(t)
+	bin := livetraceBinary(t)
+	stress := testtarget.Build(t, testtarget.Stress, testtarget.ClangNop5, testtarget.Funcs(200))
+	tp := testtarget.Start(t, stress, "-t", "1")
+	if _, err := tp.Expect("ready", 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	snap := testtarget.TakeSnapshot(t, tp.Pid())
+	for _, c := range []struct {
+		sig     syscall.Signal
+		ignored bool
+	}{
+		{syscall.SIGABRT, false}, {syscall.SIGSEGV, false}, {syscall.SIGTRAP, false},
+		{syscall.SIGSYS, false}, {syscall.SIGILL, false}, {syscall.SIGBUS, false},
+		{syscall.SIGFPE, false}, {syscall.Signal(34), true}, {syscall.Signal(40), true},
+	} {
+		errPath := filepath.Join(t.TempDir(), "stderr")
+		ef, err := os.Create(errPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := filepath.Join(t.TempDir(), "rec.data")
+		cmd := exec.Command(bin, "record", "-p", strconv.Itoa(tp.Pid()), "-o", out)
+		cmd.Stderr = ef
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		ef.Close()
+		for t0 := time.Now(); ; time.Sleep(5 * time.Millisecond) {
+			if b, _ := os.ReadFile(errPath); bytes.Contains(b, []byte("tracing")) {
+				break
+			}
+			if time.Since(t0) > 30*time.Second {
+				_ = cmd.Process.Kill()
+				t.Fatalf("%v: record did not start tracing in 30 s", c.sig)
+			}
+		}
+		if err := cmd.Process.Signal(c.sig); err != nil {
+			t.Fatal(err)
+		}
+		if c.ignored {
+			time.Sleep(300 * time.Millisecond)
+			if err := cmd.Process.Signal(syscall.Signal(0)); err != nil {
+				t.Fatalf("signal %d ended record: %v", c.sig, err)
+			}
+			_ = cmd.Process.Signal(syscall.SIGINT)
+		}
+		if err := waitTimeout(cmd, closedChan, 60*time.Second); err != nil {
+			b, _ := os.ReadFile(errPath)
+			t.Fatalf("record after signal %d (%v): %v\n%s", c.sig, c.sig, err, b)
+		}
+		if b, _ := os.ReadFile(errPath); !bytes.Contains(b, []byte(" events, ")) {
+			t.Fatalf("record after signal %d (%v) did not end cleanly:\n%s", c.sig, c.sig, b)
+		}
+		snap.CheckSame(t, tp.Pid())
+	}
+}
+
+// TestCommandSignalsDefault checks that a command started by `record --`
+// does not inherit the signals record ignores (SIGPIPE, signal 34): a
+// program that dies of SIGPIPE at the end of a pipe must go on doing so.
+func TestCommandSignalsDefault(t *testing.T) {
+	testtarget.RequireRoot(t)
+	bin := livetraceBinary(t)
+	stress := testtarget.Build(t, testtarget.Stress, testtarget.ClangNop5, testtarget.Funcs(20))
+	cmd := exec.Command(bin, "record", "-o", filepath.Join(t.TempDir(), "rec.data"), "--", stress, "-t", "1")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr lockedOutput
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		stdin.Close()
+		_ = waitTimeout(cmd, closedChan, 30*time.Second)
+	}()
+	var pid int
+	for t0 := time.Now(); pid == 0; time.Sleep(5 * time.Millisecond) {
+		for _, l := range strings.Split(stderr.String(), "\n") {
+			if _, rest, ok := strings.Cut(l, "tracing 20 functions in PID "); ok {
+				pid, _ = strconv.Atoi(strings.TrimSpace(rest))
+			}
+		}
+		if time.Since(t0) > 30*time.Second {
+			t.Fatalf("record -- stress did not start tracing in 30 s:\n%s", stderr.String())
+		}
+	}
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(status), "\n") {
+		if v, ok := strings.CutPrefix(l, "SigIgn:"); ok {
+			mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, sig := range []uint{uint(syscall.SIGPIPE), 34} {
+				if mask&(1<<(sig-1)) != 0 {
+					t.Errorf("the command started with signal %d ignored (SigIgn %s)", sig, strings.TrimSpace(v))
+				}
+			}
+			return
+		}
+	}
+	t.Fatalf("no SigIgn line in /proc/%d/status", pid)
+}
+
+// lockedOutput is an io.Writer whose contents may be read while a command
+// writes to it.
+type lockedOutput struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (o *lockedOutput) Write(p []byte) (int, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.b.Write(p)
+}
+
+func (o *lockedOutput) String() string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.b.String()
 }

@@ -15,6 +15,7 @@ import (
 	"runtime/debug"
 	"runtime/pprof"
 	"syscall"
+	"unsafe"
 
 	"github.com/spf13/cobra"
 )
@@ -51,31 +52,67 @@ func main() {
 }
 
 // earlySignals receives every signal of terminatingSignals from the start
-// of a `record` or `restore` process (see main), nil otherwise;
-// earlyReady returns once all of them are registered.
-var (
-	earlySignals chan os.Signal
-	earlyReady   = func() {}
-)
+// of a `record` or `restore` process (see main).
+var earlySignals chan os.Signal
 
 // terminatingSignals are the signals whose default action ends a process
 // and that can be caught (docs/DESIGN.md §5, "Cleanup"). SIGQUIT would also make
 // the Go runtime dump every goroutine and exit: caught, it ends the
 // recording cleanly like the others. SIGPIPE is not here: it is ignored
 // (see catchSignals).
+//
+// The Go runtime passes the signals of a program error (SIGILL, SIGTRAP,
+// SIGBUS, SIGFPE, SIGSEGV, SIGSYS) to os/signal only when another process
+// sent them (kill(2)); one the tracer raised itself is still a crash.
+// Uncaught, a `kill -SEGV` ended record with a goroutine dump and left the
+// target patched.
+//
+// The real-time signals from 35 on are not here: the Go runtime ignores
+// them unless asked for them (a process sent one neither ends nor
+// disturbs a recording), and registering all 30, each with a round trip to
+// a thread of the runtime, cost 3 ms of CPU at every start. Signal 34
+// (glibc's SIGRTMIN) is one the runtime leaves at its default action,
+// which ends the process: catchSignals ignores it.
 func terminatingSignals() []os.Signal {
-	sigs := []os.Signal{
+	return []os.Signal{
 		syscall.SIGHUP, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGTERM,
 		syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGALRM, syscall.SIGVTALRM,
 		syscall.SIGPROF, syscall.SIGXCPU, syscall.SIGXFSZ, syscall.SIGIO,
-		syscall.SIGPWR, syscall.SIGSTKFLT,
+		syscall.SIGPWR, syscall.SIGSTKFLT, syscall.SIGABRT,
+		syscall.SIGILL, syscall.SIGTRAP, syscall.SIGBUS, syscall.SIGFPE,
+		syscall.SIGSEGV, syscall.SIGSYS,
 	}
-	// The real-time signals glibc leaves to applications (SIGRTMIN is 34
-	// there; 32 and 33 belong to the threading library).
-	for s := 34; s <= 64; s++ {
-		sigs = append(sigs, syscall.Signal(s))
+}
+
+// inheritSignals gives SIGPIPE and sigRTMin their default actions
+// (inherit true) before record starts a command, or ignores them again
+// after: an ignored signal stays ignored across fork and exec, and the
+// command must start with the dispositions record was given. (os/signal
+// has no way back from Ignore to the default action.)
+func inheritSignals(inherit bool) {
+	if inherit {
+		setDefault(syscall.SIGPIPE, true)
+		setDefault(sigRTMin, true)
+		return
 	}
-	return sigs
+	signal.Ignore(syscall.SIGPIPE)
+	setDefault(sigRTMin, false)
+}
+
+// sigRTMin is glibc's SIGRTMIN. The Go runtime reserves it (musl's
+// SIGSYNCCALL) and installs no handler for it, and os/signal cannot catch
+// or ignore it.
+const sigRTMin = syscall.Signal(34)
+
+// setDefault gives signal sig its default action (def true) or ignores
+// it, with rt_sigaction itself: for the signals os/signal cannot set.
+func setDefault(sig syscall.Signal, def bool) {
+	// struct kernel_sigaction (x86-64): handler, flags, restorer, mask.
+	var act [4]uint64 // handler 0: SIG_DFL
+	if !def {
+		act[0] = 1 // SIG_IGN
+	}
+	_, _, _ = syscall.RawSyscall6(syscall.SYS_RT_SIGACTION, uintptr(sig), uintptr(unsafe.Pointer(&act)), 0, 8, 0, 0)
 }
 
 // catchSignals turns every terminating signal into a message on
@@ -84,33 +121,9 @@ func terminatingSignals() []os.Signal {
 // there must fail with EPIPE or EIO, which record ignores, not kill us.
 func catchSignals() {
 	signal.Ignore(syscall.SIGPIPE)
+	setDefault(sigRTMin, false)
 	earlySignals = make(chan os.Signal, 16)
-	earlyReady = notifyAll(earlySignals)
-}
-
-// notifyAll sends every signal of terminatingSignals to c. The standard
-// ones are registered at once; the 31 real-time ones in the background:
-// the Go runtime registers each signal with a round trip to a thread of
-// its own, which cost 3 ms of CPU and 5 ms of wall time on an idle
-// machine, and much more beside busy threads of a target, on the attach
-// path. The returned function waits until all are registered: call it
-// before touching the target.
-func notifyAll(c chan os.Signal) (ready func()) {
-	var std, rt []os.Signal
-	for _, sig := range terminatingSignals() {
-		if sig.(syscall.Signal) >= 34 {
-			rt = append(rt, sig)
-		} else {
-			std = append(std, sig)
-		}
-	}
-	signal.Notify(c, std...)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		signal.Notify(c, rt...)
-	}()
-	return func() { <-done }
+	signal.Notify(earlySignals, terminatingSignals()...)
 }
 
 // exitError asks main to exit with a given status without printing anything,

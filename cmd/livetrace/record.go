@@ -164,10 +164,11 @@ const maxPollGap = 4 * time.Millisecond
 func (o *recordOptions) run() error {
 	// Signals first: a Ctrl-C during attach or patching must not kill us
 	// with the target half patched; it ends the recording cleanly.
-	sigs, ready := earlySignals, earlyReady
+	sigs := earlySignals
 	if sigs == nil {
 		sigs = make(chan os.Signal, 16)
-		ready = notifyAll(sigs)
+		signal.Notify(sigs, terminatingSignals()...)
+		setDefault(sigRTMin, false)
 	}
 	defer signal.Stop(sigs)
 
@@ -221,8 +222,6 @@ func (o *recordOptions) run() error {
 		opts.OnFuncs = tv.refresh
 		opts.Discard = o.output == ""
 	}
-	// Every signal is caught before the target is touched.
-	opts.BeforeAttach = ready
 	if opts.Args, err = o.args.rules(o.graph); err != nil {
 		return err
 	}
@@ -235,8 +234,9 @@ func (o *recordOptions) run() error {
 	var s *session.Session
 	var launched *proc.Process
 	if len(o.command) > 0 {
-		ready()
+		inheritSignals(true)
 		launched, err = proc.Launch(o.command)
+		inheritSignals(false)
 		if err != nil {
 			return err
 		}

@@ -36,10 +36,6 @@ import (
 
 // Options configure a recording.
 type Options struct {
-	// BeforeAttach, if set, runs after the modules are parsed and before
-	// the process is attached (record waits there for its signal
-	// handlers).
-	BeforeAttach func()
 	// Funcs are shell globs selecting the functions to trace (all when
 	// empty); Exclude removes functions from the selection.
 	Funcs, Exclude []string
@@ -244,9 +240,6 @@ func Start(pid int, opts Options) (*Session, error) {
 		return nil, err
 	}
 	s.lap("discover")
-	if opts.BeforeAttach != nil {
-		opts.BeforeAttach()
-	}
 	p, err := proc.Attach(pid)
 	s.lap("attach")
 	if err != nil {
