@@ -41,14 +41,19 @@ func (b *Batch) HoldRemote() (*Remote, error) {
 }
 
 // Write writes data at addr in pieces, handling pending stops (INT3 hits,
-// new threads, signals) between pieces.
+// new threads, signals) between pieces: about one per thread, so that
+// threads which trap again as soon as they run on (every function they
+// call holds an INT3) cannot keep the writes from going on. Draining every
+// stop instead (up to reapLimit) made a pass over the 600 KB of text of
+// 10,000 sites, with 4 threads calling them all, take 17 ms instead of
+// under one, and every thread trapped throughout.
 func (b *Batch) Write(addr uint64, data []byte) error {
 	for len(data) > 0 {
 		n := min(len(data), batchPiece)
 		if err := b.p.mem.Write(addr, data[:n]); err != nil {
 			return err
 		}
-		b.p.reap()
+		b.p.reapN(len(b.p.threads) + 1)
 		addr += uint64(n)
 		data = data[n:]
 	}

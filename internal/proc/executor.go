@@ -27,6 +27,8 @@ type executor struct {
 	done chan struct{}
 	wake chan struct{} // SIGCHLD arrived; buffered, coalescing
 	once sync.Once
+	// tid is the thread's id, set before newExecutor returns.
+	tid int
 }
 
 func newExecutor(idle func()) *executor {
@@ -36,8 +38,10 @@ func newExecutor(idle func()) *executor {
 		wake: make(chan struct{}, 1),
 	}
 	subscribeSIGCHLD(e.wake)
+	started := make(chan int)
 	go func() {
 		runtime.LockOSThread()
+		started <- syscall.Gettid()
 		// The thread goes back to the scheduler when the executor stops
 		// (by then every tracee is detached). Letting it die instead
 		// would fire PR_SET_PDEATHSIG in any child that some goroutine
@@ -62,6 +66,7 @@ func newExecutor(idle func()) *executor {
 			}
 		}
 	}()
+	e.tid = <-started
 	return e
 }
 

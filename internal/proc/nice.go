@@ -68,21 +68,16 @@ func restoreNice(old map[int]int) {
 // returns a function that puts the old value back. During a live batch
 // that thread serves every INT3 hit: it must get a CPU at once, but the
 // rest of the tracer must not crowd the target's threads off the CPUs.
+// The thread is set from here, by its id: a request to the ptrace thread
+// would first wait for it to get a CPU at its old priority, up to 18 ms
+// beside 4 busy threads of the target.
 func (p *Process) BoostThread(n int) (restore func()) {
-	old, tid := 0, 0
-	ok := p.do(func() {
-		tid = unix.Gettid()
-		prio, err := unix.Getpriority(unix.PRIO_PROCESS, tid)
-		if err != nil || unix.Setpriority(unix.PRIO_PROCESS, tid, n) != nil {
-			tid = 0
-			return
-		}
-		old = 20 - prio
-	})
-	if !ok || tid == 0 {
+	tid := p.ex.tid
+	prio, err := unix.Getpriority(unix.PRIO_PROCESS, tid)
+	if err != nil || unix.Setpriority(unix.PRIO_PROCESS, tid, n) != nil {
 		return func() {}
 	}
-	return func() { _ = unix.Setpriority(unix.PRIO_PROCESS, tid, old) }
+	return func() { _ = unix.Setpriority(unix.PRIO_PROCESS, tid, 20-prio) }
 }
 
 // BoostCaller locks the calling goroutine to its OS thread and sets that
