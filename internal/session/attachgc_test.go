@@ -1,31 +1,37 @@
 package session
 
 import (
+	"math"
 	"runtime/debug"
 	"sync"
 	"testing"
 )
 
-// TestRelaxGC checks that GOGC is raised while any caller holds relaxGC
-// and comes back to its value when the last one is done, however the
-// calls interleave, and that a higher GOGC is left alone.
+// TestRelaxGC checks that the collector is off, under attachHeapLimit,
+// while any caller holds relaxGC, and that GOGC and the memory limit come
+// back to their values when the last one is done, however the calls
+// interleave; and that a lower memory limit of the user's is kept.
 func TestRelaxGC(t *testing.T) {
 	orig := debug.SetGCPercent(100)
 	defer debug.SetGCPercent(orig)
+	origLimit := debug.SetMemoryLimit(math.MaxInt64)
+	defer debug.SetMemoryLimit(origLimit)
+	check := func(what string, gogc int, limit int64) {
+		t.Helper()
+		g := debug.SetGCPercent(gogc)
+		l := debug.SetMemoryLimit(-1)
+		if g != gogc || l != limit {
+			t.Fatalf("%s: GOGC %d and memory limit %d, want %d and %d", what, g, l, gogc, limit)
+		}
+	}
 	a := relaxGC()
 	b := relaxGC()
-	if got := debug.SetGCPercent(attachGCPercent); got != attachGCPercent {
-		t.Fatalf("GOGC %d while relaxed, want %d", got, attachGCPercent)
-	}
+	check("relaxed", -1, attachHeapLimit)
 	a()
 	a() // idempotent
-	if got := debug.SetGCPercent(attachGCPercent); got != attachGCPercent {
-		t.Fatalf("GOGC %d with one caller left, want %d", got, attachGCPercent)
-	}
+	check("one caller left", -1, attachHeapLimit)
 	b()
-	if got := debug.SetGCPercent(100); got != 100 {
-		t.Fatalf("GOGC %d after the last caller, want 100", got)
-	}
+	check("after the last caller", 100, math.MaxInt64)
 	var wg sync.WaitGroup
 	for range 8 {
 		wg.Add(1)
@@ -37,16 +43,11 @@ func TestRelaxGC(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if got := debug.SetGCPercent(1000); got != 100 {
-		t.Fatalf("GOGC %d after concurrent callers, want 100", got)
-	}
-	// GOGC 1000 now: relaxGC must not lower it.
+	check("after concurrent callers", 100, math.MaxInt64)
+	// A lower limit of the user's is kept, and restored.
+	debug.SetMemoryLimit(64 << 20)
 	c := relaxGC()
-	if got := debug.SetGCPercent(1000); got != 1000 {
-		t.Fatalf("GOGC %d while relaxed from 1000, want 1000", got)
-	}
+	check("relaxed under a 64 MiB limit", -1, 64<<20)
 	c()
-	if got := debug.SetGCPercent(100); got != 1000 {
-		t.Fatalf("GOGC %d after relaxing from 1000, want 1000", got)
-	}
+	check("after relaxing under a 64 MiB limit", 100, 64<<20)
 }
