@@ -13,8 +13,11 @@ export LIVETRACE_CLANG := $(CLANG)
 
 all: build
 
+# CGO_ENABLED=0: a static binary, without the dynamic loader and libc
+# set-up that the net package's cgo resolver brings (livetrace resolves no
+# names): 2 ms less from exec to main (docs/DESIGN-NOTES.md).
 build:
-	$(GO) build -o $(BIN) ./cmd/livetrace
+	CGO_ENABLED=0 $(GO) build -o $(BIN) ./cmd/livetrace
 
 # apt_install PROGRAM PACKAGES: install PACKAGES with apt-get when PROGRAM is
 # not on PATH.

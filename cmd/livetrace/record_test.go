@@ -37,7 +37,10 @@ func livetraceBinaryB(t testing.TB) string {
 			return
 		}
 		binPath = filepath.Join(dir, "livetrace")
-		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+		// As the Makefile builds it.
+		cmd := exec.Command("go", "build", "-o", binPath, ".")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		out, err := cmd.CombinedOutput()
 		if err != nil {
 			binErr = err
 			binPath = string(out)
