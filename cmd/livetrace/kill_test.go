@@ -675,8 +675,8 @@ func TestRestoreHijackedReturn(t *testing.T) {
 // the Go runtime treats as a crash of its own unless caught (SIGABRT, and
 // SIGSEGV and the other signals of a program error when another process
 // sends them), and the real-time signals the runtime leaves alone or
-// ignores (34, glibc's SIGRTMIN, at its default action, used to kill
-// record and leave the target patched). record must end cleanly on the
+// ignores (32 and 34, glibc's SIGCANCEL and SIGRTMIN, at their default
+// action, used to kill record and leave the target patched). record must end cleanly on the
 // first kind and go on recording through the second; the target's text
 // must be as before every time.
 func TestSignalsFromOthers(t *testing.T) {
@@ -694,7 +694,8 @@ func TestSignalsFromOthers(t *testing.T) {
 	}{
 		{syscall.SIGABRT, false}, {syscall.SIGSEGV, false}, {syscall.SIGTRAP, false},
 		{syscall.SIGSYS, false}, {syscall.SIGILL, false}, {syscall.SIGBUS, false},
-		{syscall.SIGFPE, false}, {syscall.Signal(34), true}, {syscall.Signal(40), true},
+		{syscall.SIGFPE, false}, {syscall.Signal(32), true}, {syscall.Signal(33), true},
+		{syscall.Signal(34), true}, {syscall.Signal(40), true},
 	} {
 		errPath := filepath.Join(t.TempDir(), "stderr")
 		ef, err := os.Create(errPath)
@@ -780,7 +781,7 @@ func TestCommandSignalsDefault(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, sig := range []uint{uint(syscall.SIGPIPE), 34} {
+			for _, sig := range []uint{uint(syscall.SIGPIPE), 32, 34} {
 				if mask&(1<<(sig-1)) != 0 {
 					t.Errorf("the command started with signal %d ignored (SigIgn %s)", sig, strings.TrimSpace(v))
 				}

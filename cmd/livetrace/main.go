@@ -70,9 +70,9 @@ var earlySignals chan os.Signal
 // The real-time signals from 35 on are not here: the Go runtime ignores
 // them unless asked for them (a process sent one neither ends nor
 // disturbs a recording), and registering all 30, each with a round trip to
-// a thread of the runtime, cost 3 ms of CPU at every start. Signal 34
-// (glibc's SIGRTMIN) is one the runtime leaves at its default action,
-// which ends the process: catchSignals ignores it.
+// a thread of the runtime, cost 3 ms of CPU at every start. Signals 32
+// and 34 (glibc's SIGCANCEL and SIGRTMIN) are ones the runtime leaves at
+// their default action, which ends the process: catchSignals ignores them.
 func terminatingSignals() []os.Signal {
 	return []os.Signal{
 		syscall.SIGHUP, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGTERM,
@@ -84,7 +84,7 @@ func terminatingSignals() []os.Signal {
 	}
 }
 
-// inheritSignals gives SIGPIPE and sigRTMin their default actions
+// inheritSignals gives SIGPIPE and unhandledSignals their default actions
 // (inherit true) before record starts a command, or ignores them again
 // after: an ignored signal stays ignored across fork and exec, and the
 // command must start with the dispositions record was given. (os/signal
@@ -92,17 +92,28 @@ func terminatingSignals() []os.Signal {
 func inheritSignals(inherit bool) {
 	if inherit {
 		setDefault(syscall.SIGPIPE, true)
-		setDefault(sigRTMin, true)
+		for _, sig := range unhandledSignals {
+			setDefault(sig, true)
+		}
 		return
 	}
 	signal.Ignore(syscall.SIGPIPE)
-	setDefault(sigRTMin, false)
+	ignoreUnhandled()
 }
 
-// sigRTMin is glibc's SIGRTMIN. The Go runtime reserves it (musl's
-// SIGSYNCCALL) and installs no handler for it, and os/signal cannot catch
-// or ignore it.
-const sigRTMin = syscall.Signal(34)
+// unhandledSignals are the signals whose default action ends a process
+// and for which the Go runtime installs no handler, so that os/signal can
+// neither catch nor ignore them: 32 (glibc's SIGCANCEL; a static Go
+// program has no glibc to handle it) and 34 (glibc's SIGRTMIN, musl's
+// SIGSYNCCALL). 33 is the runtime's own (its per-thread syscall signal).
+var unhandledSignals = []syscall.Signal{32, 34}
+
+// ignoreUnhandled ignores every signal of unhandledSignals.
+func ignoreUnhandled() {
+	for _, sig := range unhandledSignals {
+		setDefault(sig, false)
+	}
+}
 
 // setDefault gives signal sig its default action (def true) or ignores
 // it, with rt_sigaction itself: for the signals os/signal cannot set.
@@ -121,7 +132,7 @@ func setDefault(sig syscall.Signal, def bool) {
 // there must fail with EPIPE or EIO, which record ignores, not kill us.
 func catchSignals() {
 	signal.Ignore(syscall.SIGPIPE)
-	setDefault(sigRTMin, false)
+	ignoreUnhandled()
 	earlySignals = make(chan os.Signal, 16)
 	signal.Notify(earlySignals, terminatingSignals()...)
 }

@@ -168,7 +168,7 @@ func (o *recordOptions) run() error {
 	if sigs == nil {
 		sigs = make(chan os.Signal, 16)
 		signal.Notify(sigs, terminatingSignals()...)
-		setDefault(sigRTMin, false)
+		ignoreUnhandled()
 	}
 	defer signal.Stop(sigs)
 
