@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -676,9 +675,9 @@ func TestRestoreHijackedReturn(t *testing.T) {
 // SIGSEGV and the other signals of a program error when another process
 // sends them), and the real-time signals the runtime leaves alone or
 // ignores (32 and 34, glibc's SIGCANCEL and SIGRTMIN, at their default
-// action, used to kill record and leave the target patched). record must end cleanly on the
-// first kind and go on recording through the second; the target's text
-// must be as before every time.
+// action, used to kill record and leave the target patched). record must
+// end cleanly on the first kind and go on recording through the second;
+// the target's text must be as before every time.
 func TestSignalsFromOthers(t *testing.T) {
 	testtarget.RequireRoot(t)
 	bin := livetraceBinary(t)
@@ -751,7 +750,7 @@ func TestCommandSignalsDefault(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stderr lockedOutput
+	var stderr testtarget.LockedBuffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -790,23 +789,4 @@ func TestCommandSignalsDefault(t *testing.T) {
 		}
 	}
 	t.Fatalf("no SigIgn line in /proc/%d/status", pid)
-}
-
-// lockedOutput is an io.Writer whose contents may be read while a command
-// writes to it.
-type lockedOutput struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (o *lockedOutput) Write(p []byte) (int, error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.b.Write(p)
-}
-
-func (o *lockedOutput) String() string {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.b.String()
 }

@@ -24,7 +24,7 @@ type Process struct {
 	stdin io.WriteCloser
 	lines chan string // stdout lines; closed at EOF
 
-	stderr lockedBuffer
+	stderr LockedBuffer
 
 	killOnce sync.Once
 	killed   chan struct{} // closed by Kill: nobody reads lines any more
@@ -34,19 +34,20 @@ type Process struct {
 	waitDone chan struct{}
 }
 
-// lockedBuffer is a bytes.Buffer safe for concurrent use.
-type lockedBuffer struct {
+// LockedBuffer is a bytes.Buffer safe for concurrent use: a command's
+// output that a test reads while the command runs.
+type LockedBuffer struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
 }
 
-func (b *lockedBuffer) Write(p []byte) (int, error) {
+func (b *LockedBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.Write(p)
 }
 
-func (b *lockedBuffer) String() string {
+func (b *LockedBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
