@@ -498,7 +498,9 @@ func (s *Session) stubRoom(m int, need, lo, hi uint64) (*ctlStubRegion, error) {
 		inj.planned = nil
 		return nil, err
 	}
-	ret, err := r.SyscallOK("mmap stubs", proc.SysMmap, addr, size, unix.PROT_READ|unix.PROT_WRITE, uint64(unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|mapFixedNoreplace), ^uint64(0), 0)
+	// R+X at once, as inject maps them (the springboard is written
+	// through /proc/PID/mem).
+	ret, err := r.SyscallOK("mmap stubs", proc.SysMmap, addr, size, unix.PROT_READ|unix.PROT_EXEC, uint64(unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|mapFixedNoreplace), ^uint64(0), 0)
 	inj.planned = nil
 	if err == nil && ret != addr {
 		_, _ = r.Syscall(proc.SysMunmap, ret, size)
@@ -515,9 +517,6 @@ func (s *Session) stubRoom(m int, need, lo, hi uint64) (*ctlStubRegion, error) {
 	spring := agent.Springboard(inj.addrs.Entry)
 	if err := s.p.WriteMem(addr, spring[:]); err != nil {
 		return nil, err
-	}
-	if _, err := r.SyscallOK("mprotect stubs", proc.SysMprotect, addr, size, unix.PROT_READ|unix.PROT_EXEC); err != nil {
-		return nil, fmt.Errorf("map stubs: %w", err)
 	}
 	inj.stubs = append(inj.stubs, remoteRegion{addr, size, "stubs"})
 	s.ctl.regions = append(s.ctl.regions, ctlStubRegion{mod: m, addr: addr, size: size, used: agent.StubSize})

@@ -308,7 +308,11 @@ func (s *Session) inject() (err error) {
 		if !ok {
 			return fmt.Errorf("inject agent: no free address range within reach of %s for its stubs", s.mods[m].Path)
 		}
-		if err := mmap(sbase, size, unix.PROT_READ|unix.PROT_WRITE, anon, -1, "stubs"); err != nil {
+		// Mapped R+X at once: the tracer writes the code through
+		// /proc/PID/mem, which may write a mapping the target cannot, so
+		// the stubs are never writable in the target and need no
+		// mprotect (a remote syscall fewer).
+		if err := mmap(sbase, size, unix.PROT_READ|unix.PROT_EXEC, anon, -1, "stubs"); err != nil {
 			return err
 		}
 		code := make([]byte, size)
@@ -339,9 +343,6 @@ func (s *Session) inject() (err error) {
 		}
 		if err := s.p.WriteMem(sbase, code); err != nil {
 			return err
-		}
-		if _, err := r.SyscallOK("mprotect stubs", proc.SysMprotect, sbase, size, unix.PROT_READ|unix.PROT_EXEC); err != nil {
-			return fmt.Errorf("inject agent: %w", err)
 		}
 		inj.stubs = append(inj.stubs, remoteRegion{sbase, size, "stubs"})
 	}

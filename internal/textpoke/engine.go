@@ -95,7 +95,6 @@ func (m Mode) String() string {
 
 // membarrier(2) commands, include/uapi/linux/membarrier.h.
 const (
-	membarrierQuery        = 0
 	membarrierSyncCore     = 1 << 5 // MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE
 	membarrierRegisterSync = 1 << 6 // MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE
 )
@@ -282,9 +281,9 @@ func (t *trapTable) lookup(addr uint64) []byte {
 	return nil
 }
 
-// New prepares an engine for process p: it asks the target's kernel for
-// membarrier support (MEMBARRIER_CMD_QUERY) and registers the target for
-// SYNC_CORE, then picks the mode. ModeAuto means live mode unless
+// New prepares an engine for process p: it registers the target for
+// membarrier's SYNC_CORE (which fails where the kernel has none), then
+// picks the mode. ModeAuto means live mode unless
 // membarrier is unavailable or some thread blocks or ignores SIGTRAP (a
 // forced trap would then reset the process-wide handler to SIG_DFL and kill
 // the process: kernel/signal.c, force_sig_info_to_task), in which case stop
@@ -350,7 +349,7 @@ func (e *Engine) registerMembarrier() error {
 }
 
 // RegisterMembarrier runs in the target, on the thread r holds, the
-// membarrier query and the registration for
+// registration for
 // MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE that the live protocol's
 // syncs need. A caller that holds a thread anyway (the session, while it
 // injects the agent) runs it there and passes the result in
@@ -359,15 +358,15 @@ func (e *Engine) registerMembarrier() error {
 // kernel's sync_runqueues_membarrier_state): the held thread, not a
 // running one, pays it.
 func RegisterMembarrier(r *proc.Remote) (MembarrierState, error) {
-	mask, err := r.Syscall(proc.SysMembarrier, membarrierQuery, 0, 0)
+	// No MEMBARRIER_CMD_QUERY first: the registration fails (EINVAL)
+	// where the kernel has no SYNC_CORE, and a query is one more round
+	// trip to a thread that must get a CPU.
+	ret, err := r.Syscall(proc.SysMembarrier, membarrierRegisterSync, 0, 0)
 	if err != nil {
-		return MembarrierUnknown, fmt.Errorf("query membarrier in thread %d: %w", r.Tid(), err)
+		return MembarrierUnknown, fmt.Errorf("register membarrier in thread %d: %w", r.Tid(), err)
 	}
-	if int64(mask) < 0 || mask&membarrierSyncCore == 0 || mask&membarrierRegisterSync == 0 {
-		return MembarrierUnavailable, nil
-	}
-	if _, err := r.SyscallOK("membarrier register", proc.SysMembarrier, membarrierRegisterSync, 0, 0); err != nil {
-		return MembarrierUnavailable, nil //nolint:nilerr // no SYNC_CORE: stop mode
+	if int64(ret) < 0 {
+		return MembarrierUnavailable, nil // no SYNC_CORE (or a seccomp filter refused it): stop mode
 	}
 	return MembarrierRegistered, nil
 }
