@@ -142,6 +142,21 @@ func alignedBuf(n int) []byte {
 	return unsafe.Slice((*byte)(unsafe.Pointer(&u[0])), n)
 }
 
+// newShared lays out fresh shared memory for cfg and returns it with a
+// consumer of it.
+func newShared(t *testing.T, cfg Config) ([]byte, *Consumer) {
+	t.Helper()
+	mem := alignedBuf(SharedSize(cfg))
+	if err := InitShared(mem, cfg); err != nil {
+		t.Fatal(err)
+	}
+	c, err := NewConsumer(mem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return mem, c
+}
+
 func TestConfigErrors(t *testing.T) {
 	for _, cfg := range []Config{
 		{Chunks: -1},
@@ -190,14 +205,7 @@ func (p *producer) chunk(idx int, state, tid, lost uint32, recs ...Record) {
 
 func TestConsumerProtocol(t *testing.T) {
 	cfg := Config{Chunks: 4, ChunkRecords: 4, Sites: []Site{{Addr: 1, Target: 2}, {Addr: 3, Target: 4}}}
-	mem := alignedBuf(SharedSize(cfg))
-	if err := InitShared(mem, cfg); err != nil {
-		t.Fatal(err)
-	}
-	c, err := NewConsumer(mem)
-	if err != nil {
-		t.Fatal(err)
-	}
+	mem, c := newShared(t, cfg)
 	p := &producer{mem: mem, c: c}
 	e := func(tsc uint64) Record {
 		return Record{TSC: tsc, Kind: KindEntry, Site: 1, CallerKnown: true, CallerDelta: 9}
@@ -370,14 +378,7 @@ func FuzzConsumer(f *testing.F) {
 // drain, and is then delivered in order, not lost.
 func TestConsumerIdlePoll(t *testing.T) {
 	cfg := Config{Chunks: 4, ChunkRecords: 4, Sites: []Site{{Addr: 1, Target: 2}}}
-	mem := alignedBuf(SharedSize(cfg))
-	if err := InitShared(mem, cfg); err != nil {
-		t.Fatal(err)
-	}
-	c, err := NewConsumer(mem)
-	if err != nil {
-		t.Fatal(err)
-	}
+	mem, c := newShared(t, cfg)
 	p := &producer{mem: mem, c: c}
 	e := func(tsc uint64) Record { return Record{TSC: tsc, Kind: KindEntry, Site: 0} }
 	var tscs []uint64

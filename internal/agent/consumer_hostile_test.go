@@ -11,14 +11,7 @@ import (
 // chunk goes back to the pool.
 func TestConsumerForgedTIDs(t *testing.T) {
 	cfg := Config{Chunks: 8, ChunkRecords: 4}
-	mem := alignedBuf(SharedSize(cfg))
-	if err := InitShared(mem, cfg); err != nil {
-		t.Fatal(err)
-	}
-	c, err := NewConsumer(mem)
-	if err != nil {
-		t.Fatal(err)
-	}
+	mem, c := newShared(t, cfg)
 	known := map[uint32]bool{100: true, 101: true}
 	asked := 0
 	c.SetTIDFilter(func(tid uint32) bool { asked++; return known[tid] })
