@@ -26,7 +26,10 @@ const batchPiece = 32 << 10
 
 // Batch runs fn on the ptrace thread with a Batch handle.
 func (p *Process) Batch(fn func(b *Batch) error) error {
-	return p.doErr(func() error { return fn(&Batch{p: p}) })
+	return p.doErr(func() error {
+		defer quietStops()()
+		return fn(&Batch{p: p})
+	})
 }
 
 // HoldRemote is [Process.HoldRemote] inside a batch. The Remote's methods

@@ -105,14 +105,7 @@ func subscribeSIGCHLD(ch chan struct{}) {
 		signal.Notify(c, syscall.SIGCHLD)
 		go func() {
 			for range c {
-				sigMu.Lock()
-				for s := range sigSubs {
-					select {
-					case s <- struct{}{}:
-					default:
-					}
-				}
-				sigMu.Unlock()
+				wakeAll()
 			}
 		}()
 	})

@@ -98,7 +98,11 @@ func (p *Process) waitFor(cond func() bool, timeout time.Duration) error {
 			continue
 		}
 		// SIGCHLD wakes us for every tracee stop; the timer is only a
-		// safety net against a lost wake-up.
+		// safety net against a lost wake-up. Inside a batch no SIGCHLD
+		// comes for stops (quietstops.go): poll.
+		if quiet.on.Load() {
+			backoff = 50 * time.Microsecond
+		}
 		tick.Reset(backoff)
 		select {
 		case <-p.ex.wake:
