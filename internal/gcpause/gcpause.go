@@ -1,34 +1,46 @@
-package session
-
-import (
-	"runtime/debug"
-	"sync"
-)
-
+// Package gcpause turns the Go collector off, under a memory limit, for
+// the stretches where the tracer must take as little CPU as it can from
+// the target: while it attaches, and while a batch rewrites the text.
+//
 // While the tracer attaches, from parsing the target's modules (discover)
-// to its first events, the collector is off, under a memory limit:
-// parsing a program of 10,000 functions and its libc allocates about 15-25
+// to its first events: parsing a program of 10,000 functions and its libc allocates about 15-25
 // MB of short-lived data, and at the default GOGC of 100 the collector ran
 // several cycles during it, about a quarter of its CPU time
 // (docs/DESIGN-NOTES.md, "Where the patch and attach time goes"); at 400
 // it still ran one during the patch (6.5 ms of marking beside the batch).
 // The live heap after it is a few MB, so the peak stays small; the cycle
 // the parse's garbage calls for comes after the first events. The limit
-// (attachHeapLimit) makes a program far bigger than that collect as it
-// goes rather than grow the heap without bound.
-const attachHeapLimit = 512 << 20
+// (HeapLimit) makes a program far bigger than that collect as it goes
+// rather than grow the heap without bound.
+//
+// While a batch of the patch engine runs (internal/textpoke): a batch of
+// 100,000 sites allocates little, but the heap the tracer holds then
+// (sites, symbols, the trap table) is large, and a cycle that starts
+// during the batch takes a CPU for its mark worker, and write barriers on
+// every pointer the batch stores, on a machine whose CPUs the target's
+// threads already keep busy.
+package gcpause
+
+import (
+	"runtime/debug"
+	"sync"
+)
+
+// HeapLimit is the memory limit while the collector is off.
+const HeapLimit = 512 << 20
 
 var relaxedGC struct {
 	sync.Mutex
-	n         int   // sessions in discover
+	n         int   // callers in a relaxed stretch
 	prev      int   // the GOGC to restore when n drops to 0
 	prevLimit int64 // the memory limit to restore
 }
 
-// relaxGC turns the collector off, under attachHeapLimit, until the
-// returned function is called. Safe for concurrent use: the first caller
-// relaxes it, the last one restores it.
-func relaxGC() (restore func()) {
+// Relax turns the collector off, under HeapLimit, until the returned
+// function is called (once or more). Safe for concurrent use: the first
+// caller relaxes it, the last one restores it. A cycle that is marking
+// when the first caller comes finishes first.
+func Relax() (restore func()) {
 	relaxedGC.Lock()
 	if relaxedGC.n == 0 {
 		relaxedGC.prevLimit = debug.SetMemoryLimit(-1)
@@ -36,7 +48,7 @@ func relaxGC() (restore func()) {
 		if relaxedGC.prev < 0 {
 			// GOGC=off already: the user's memory limit rules.
 		} else {
-			debug.SetMemoryLimit(min(relaxedGC.prevLimit, attachHeapLimit))
+			debug.SetMemoryLimit(min(relaxedGC.prevLimit, HeapLimit))
 		}
 	}
 	relaxedGC.n++

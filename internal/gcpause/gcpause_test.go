@@ -1,4 +1,4 @@
-package session
+package gcpause
 
 import (
 	"math"
@@ -7,8 +7,8 @@ import (
 	"testing"
 )
 
-// TestRelaxGC checks that the collector is off, under attachHeapLimit,
-// while any caller holds relaxGC, and that GOGC and the memory limit come
+// TestRelaxGC checks that the collector is off, under HeapLimit,
+// while any caller holds Relax, and that GOGC and the memory limit come
 // back to their values when the last one is done, however the calls
 // interleave; and that a lower memory limit of the user's is kept.
 func TestRelaxGC(t *testing.T) {
@@ -24,12 +24,12 @@ func TestRelaxGC(t *testing.T) {
 			t.Fatalf("%s: GOGC %d and memory limit %d, want %d and %d", what, g, l, gogc, limit)
 		}
 	}
-	a := relaxGC()
-	b := relaxGC()
-	check("relaxed", -1, attachHeapLimit)
+	a := Relax()
+	b := Relax()
+	check("relaxed", -1, HeapLimit)
 	a()
 	a() // idempotent
-	check("one caller left", -1, attachHeapLimit)
+	check("one caller left", -1, HeapLimit)
 	b()
 	check("after the last caller", 100, math.MaxInt64)
 	var wg sync.WaitGroup
@@ -38,7 +38,7 @@ func TestRelaxGC(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for range 100 {
-				relaxGC()()
+				Relax()()
 			}
 		}()
 	}
@@ -46,7 +46,7 @@ func TestRelaxGC(t *testing.T) {
 	check("after concurrent callers", 100, math.MaxInt64)
 	// A lower limit of the user's is kept, and restored.
 	debug.SetMemoryLimit(64 << 20)
-	c := relaxGC()
+	c := Relax()
 	check("relaxed under a 64 MiB limit", -1, 64<<20)
 	c()
 	check("after relaxing under a 64 MiB limit", 100, 64<<20)

@@ -26,6 +26,7 @@ import (
 
 	"github.com/livetrace/livetrace/internal/agent"
 	"github.com/livetrace/livetrace/internal/elfsite"
+	"github.com/livetrace/livetrace/internal/gcpause"
 	"github.com/livetrace/livetrace/internal/proc"
 	"github.com/livetrace/livetrace/internal/reloc"
 	"github.com/livetrace/livetrace/internal/textpoke"
@@ -155,7 +156,7 @@ type Session struct {
 	lapT    time.Time
 	lapCPU  time.Duration
 	unboost func() // undoes proc.BoostNice; idempotent
-	// unrelax undoes relaxGC (attachgc.go); idempotent. The collector
+	// unrelax undoes gcpause.Relax; idempotent. The collector
 	// stays relaxed from discover until the first events: restored
 	// right after discover, it started a cycle over the parse's heap at
 	// once, 14 ms of CPU on the attach path.
@@ -233,7 +234,7 @@ func Start(pid int, opts Options) (*Session, error) {
 	// Until the patch batch, the tracer only parses and prepares: let it
 	// run ahead of the target's threads, for a short attach latency.
 	s.unboost = proc.BoostNice(-10)
-	s.unrelax = relaxGC()
+	s.unrelax = gcpause.Relax()
 	if err := s.discover(); err != nil && !s.followPassive(err) {
 		s.unboost()
 		s.unrelax()
@@ -253,7 +254,7 @@ func Start(pid int, opts Options) (*Session, error) {
 func StartProcess(p *proc.Process, opts Options) (*Session, error) {
 	s := &Session{pid: p.Pid(), opts: opts, lost: map[uint32]uint64{}, threads: map[uint32]string{}}
 	s.unboost = proc.BoostNice(-10)
-	s.unrelax = relaxGC()
+	s.unrelax = gcpause.Relax()
 	if err := s.discover(); err != nil && !s.followPassive(err) {
 		s.unboost()
 		s.unrelax()
