@@ -3,7 +3,6 @@ package tracefile
 import (
 	"bufio"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -225,7 +224,7 @@ func (w *Writer) metaJSON(meta *Meta) ([]byte, error) {
 	if err := checkMeta(meta); err != nil {
 		return nil, err
 	}
-	b, err := json.Marshal(meta)
+	b, err := marshalMeta(meta)
 	if err != nil {
 		return nil, err
 	}
