@@ -137,21 +137,41 @@ func appendEvent(b []byte, prev, ev *Event, first bool) []byte {
 	if ev.Args != "" {
 		h |= evHasArgs
 	}
-	b = append(b, h)
-	b = binary.AppendVarint(b, int64(ev.TSC-prev.TSC))
+	// The fields are written into room made once, not appended one by
+	// one: the tracer encodes every event it records here (tens of
+	// millions a second).
+	n := len(b)
+	if cap(b)-n < maxEventSize {
+		b = slices.Grow(b, maxEventSize)
+	}
+	p := b[n : n+maxEventSize]
+	p[0] = h
+	i := 1
+	d := int64(ev.TSC - prev.TSC)
+	i += putUvarint(p[i:], uint64(d<<1)^uint64(d>>63)) // binary.PutVarint's zigzag
 	if h&evHasTID != 0 {
-		b = binary.AppendUvarint(b, uint64(ev.TID))
+		i += putUvarint(p[i:], uint64(ev.TID))
 	}
-	b = binary.AppendUvarint(b, uint64(ev.Func))
-	b = binary.AppendUvarint(b, uint64(ev.Depth))
+	i += putUvarint(p[i:], uint64(ev.Func))
+	i += putUvarint(p[i:], uint64(ev.Depth))
 	if h&evHasCaller != 0 {
-		b = binary.AppendUvarint(b, ev.Caller)
+		i += putUvarint(p[i:], ev.Caller)
 	}
+	b = b[:n+i]
 	if h&evHasArgs != 0 {
 		b = binary.AppendUvarint(b, uint64(len(ev.Args)))
 		b = append(b, ev.Args...)
 	}
 	return b
+}
+
+// putUvarint is binary.PutUvarint, with the one-byte case inline.
+func putUvarint(p []byte, x uint64) int {
+	if x < 0x80 {
+		p[0] = byte(x)
+		return 1
+	}
+	return binary.PutUvarint(p, x)
 }
 
 // decodeEvents decodes exactly count events from b and appends them to evs.

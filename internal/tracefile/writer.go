@@ -140,8 +140,8 @@ func (w *Writer) WriteEvents(evs []Event) error {
 			return fmt.Errorf("write events: event %d has %d bytes of arguments, at most %d", i, len(ev.Args), MaxArgs)
 		}
 		w.buf = appendEvent(w.buf, &w.prev, ev, w.n == 0)
-		w.prev = *ev
-		w.prev.Args = ""
+		// appendEvent reads only these of the previous event.
+		w.prev.TSC, w.prev.TID = ev.TSC, ev.TID
 		w.n++
 		if uint64(ev.Func) >= w.maxFunc {
 			w.maxFunc = uint64(ev.Func) + 1
