@@ -167,8 +167,7 @@ func (o *recordOptions) run() error {
 	sigs := earlySignals
 	if sigs == nil {
 		sigs = make(chan os.Signal, 16)
-		signal.Notify(sigs, terminatingSignals()...)
-		ignoreUnhandled()
+		catchSignals(sigs)
 	}
 	defer signal.Stop(sigs)
 
@@ -233,7 +232,11 @@ func (o *recordOptions) run() error {
 	}
 	var s *session.Session
 	var launched *proc.Process
+	// The signals must be caught before the target changes (see init):
+	// before the agent goes in, or before a command is started.
+	opts.BeforeInject = waitSignals
 	if len(o.command) > 0 {
+		waitSignals()
 		inheritSignals(true)
 		launched, err = proc.Launch(o.command)
 		inheritSignals(false)

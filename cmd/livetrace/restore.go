@@ -44,6 +44,7 @@ Signals other than SIGKILL do not interrupt restore: it runs to the end.`,
 			if o.pid <= 0 {
 				return fmt.Errorf("parse -p %d: a pid is a positive number", o.pid)
 			}
+			waitSignals()
 			res, err := session.Restore(o.pid)
 			if err != nil {
 				return err

@@ -104,6 +104,13 @@ type Options struct {
 	// no event of theirs comes before it. It may call the Session's
 	// methods, but not Enable or Disable.
 	OnFuncs func()
+	// BeforeInject, when set, is called once after discover and the
+	// attach, before the first change to the target (the agent's
+	// injection; for a passive session, before the first child is
+	// followed): the last moment for the caller to be ready to undo
+	// what comes, such as record catching the signals that would
+	// otherwise kill it.
+	BeforeInject func()
 }
 
 // ErrNoMatch means no patchable function matches the selection.
@@ -328,6 +335,9 @@ func (s *Session) discover() error {
 func (s *Session) start(p *proc.Process) (_ *Session, err error) {
 	if s.unrelax != nil {
 		defer s.unrelax()
+	}
+	if s.opts.BeforeInject != nil {
+		s.opts.BeforeInject()
 	}
 	if s.fl.passive != "" {
 		return s.startPassive(p) // follow_exec.go
