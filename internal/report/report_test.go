@@ -474,3 +474,66 @@ func TestPrintable(t *testing.T) {
 		}
 	}
 }
+
+// TestPprofFields reads the pprof export back with pprof's own parser and
+// checks every field livetrace writes: the sample, period and default
+// types, the period, the time, duration and comment, and for each sample
+// its locations, their mappings (module path, build ID, a range holding
+// the function) and functions (name, system name, file).
+func TestPprofFields(t *testing.T) {
+	for _, mode := range []tracefile.Mode{tracefile.ModeEntry, tracefile.ModeGraph} {
+		rec := scenario(mode)
+		rec.Modules[0].BuildID = "0123abcd"
+		var pb bytes.Buffer
+		if err := report.ExportPprof(&pb, rec, report.Filter{}); err != nil {
+			t.Fatal(err)
+		}
+		p, err := profile.Parse(&pb)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.CheckValid(); err != nil {
+			t.Fatalf("%s: %v", mode, err)
+		}
+		def := "calls"
+		if mode == tracefile.ModeGraph {
+			def = "time"
+		}
+		if p.DefaultSampleType != def || p.PeriodType == nil || p.PeriodType.Type != "calls" || p.PeriodType.Unit != "count" || p.Period != 1 {
+			t.Errorf("%s: default %q, period type %v, period %d", mode, p.DefaultSampleType, p.PeriodType, p.Period)
+		}
+		if p.TimeNanos != rec.Start.UnixNano() || p.DurationNanos != rec.End.Sub(rec.Start).Nanoseconds() {
+			t.Errorf("%s: time %d duration %d, want %d and %d", mode, p.TimeNanos, p.DurationNanos, rec.Start.UnixNano(), rec.End.Sub(rec.Start).Nanoseconds())
+		}
+		if len(p.Comments) != 1 || !strings.Contains(p.Comments[0], mode.String()+"-mode recording of pid") {
+			t.Errorf("%s: comments %q", mode, p.Comments)
+		}
+		if len(p.Sample) == 0 {
+			t.Fatalf("%s: no samples", mode)
+		}
+		byName := map[string]tracefile.Func{}
+		for _, f := range rec.Funcs {
+			byName[f.Name] = f
+		}
+		for _, s := range p.Sample {
+			if len(s.Value) != 2 {
+				t.Fatalf("%s: sample values %v", mode, s.Value)
+			}
+			for _, l := range s.Location {
+				fn := l.Line[0].Function
+				if fn.SystemName != fn.Name {
+					t.Errorf("%s: function %q has system name %q", mode, fn.Name, fn.SystemName)
+				}
+				f, ok := byName[fn.Name]
+				if !ok {
+					continue // an untraced caller (entry mode)
+				}
+				m := l.Mapping
+				if l.Address != f.Addr || m == nil || m.File != rec.Modules[f.Module].Path || fn.Filename != m.File ||
+					m.BuildID != rec.Modules[f.Module].BuildID || !m.HasFunctions || f.Addr < m.Start || f.Addr >= m.Limit {
+					t.Errorf("%s: %s at %#x in %+v (file %q), want %#x in %s", mode, fn.Name, l.Address, m, fn.Filename, f.Addr, rec.Modules[f.Module].Path)
+				}
+			}
+		}
+	}
+}

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/pprof/profile"
+
 	"github.com/livetrace/livetrace/internal/report"
 	"github.com/livetrace/livetrace/internal/testtarget"
 	"github.com/livetrace/livetrace/internal/tracefile"
@@ -68,7 +70,7 @@ d 1
 		t.Errorf("folded without a:\n%s", got)
 	}
 	// pprof has the same stacks, leaf first.
-	p, err := report.Profile(b.Recording(), report.Filter{})
+	p, err := parsedPprof(b.Recording())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,7 +147,7 @@ func TestPprofSourceLines(t *testing.T) {
 			},
 			Events: []tracefile.Event{{TSC: 1, TID: 1, Kind: tracefile.KindEntry}},
 		}
-		p, err := report.Profile(rec, report.Filter{})
+		p, err := parsedPprof(rec)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -154,4 +156,14 @@ func TestPprofSourceLines(t *testing.T) {
 			t.Errorf("build id %s: %s:%d (starts %d), want %s:%d", tc.buildID, l.Function.Filename, l.Line, l.Function.StartLine, tc.file, tc.line)
 		}
 	}
+}
+
+// parsedPprof exports the pprof profile of rec and reads it back with
+// pprof's own parser.
+func parsedPprof(rec *tracefile.Recording) (*profile.Profile, error) {
+	var b bytes.Buffer
+	if err := report.ExportPprof(&b, rec, report.Filter{}); err != nil {
+		return nil, err
+	}
+	return profile.Parse(&b)
 }
