@@ -69,16 +69,7 @@ func appendFuncs(b []byte, fs []Func) ([]byte, error) {
 			b = append(b, e...)
 			continue
 		}
-		b = append(b, `{"name":`...)
-		b = appendJSONString(b, f.Name)
-		b = append(b, `,"module":`...)
-		b = strconv.AppendInt(b, int64(f.Module), 10)
-		b = append(b, `,"addr":`...)
-		b = strconv.AppendUint(b, f.Addr, 10)
-		if f.Size != 0 {
-			b = append(b, `,"size":`...)
-			b = strconv.AppendUint(b, f.Size, 10)
-		}
+		b = appendSymbolFields(b, f.Name, f.Module, f.Addr, f.Size)
 		b = append(b, `,"site":`...)
 		b = strconv.AppendUint(b, f.Site, 10)
 		b = append(b, '}')
@@ -93,19 +84,26 @@ func appendSymbols(b []byte, ss []Symbol) []byte {
 			b = append(b, ',')
 		}
 		s := &ss[i]
-		b = append(b, `{"name":`...)
-		b = appendJSONString(b, s.Name)
-		b = append(b, `,"module":`...)
-		b = strconv.AppendInt(b, int64(s.Module), 10)
-		b = append(b, `,"addr":`...)
-		b = strconv.AppendUint(b, s.Addr, 10)
-		if s.Size != 0 {
-			b = append(b, `,"size":`...)
-			b = strconv.AppendUint(b, s.Size, 10)
-		}
+		b = appendSymbolFields(b, s.Name, s.Module, s.Addr, s.Size)
 		b = append(b, '}')
 	}
 	return append(b, ']')
+}
+
+// appendSymbolFields opens an object with the fields Func and Symbol
+// share, in their order: name, module, addr and, unless 0, size.
+func appendSymbolFields(b []byte, name string, module int, addr, size uint64) []byte {
+	b = append(b, `{"name":`...)
+	b = appendJSONString(b, name)
+	b = append(b, `,"module":`...)
+	b = strconv.AppendInt(b, int64(module), 10)
+	b = append(b, `,"addr":`...)
+	b = strconv.AppendUint(b, addr, 10)
+	if size != 0 {
+		b = append(b, `,"size":`...)
+		b = strconv.AppendUint(b, size, 10)
+	}
+	return b
 }
 
 // appendJSONString appends s as encoding/json writes it: quoted, with <, >
