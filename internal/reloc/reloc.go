@@ -78,6 +78,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 
 	"golang.org/x/arch/x86/x86asm"
@@ -766,13 +767,21 @@ func Analyze(fn []byte, fnAddr uint64, opts Options) (*Plan, error) {
 
 // BranchTargets decodes code, at address addr, linearly and returns the
 // sorted, deduplicated targets of its direct jmp, jcc, call, loop, j*cxz and
-// xbegin instructions. Bytes that do not decode are skipped one at a time
+// xbegin instructions. Most instructions are measured by quickDecode, the
+// rest by x86asm. Bytes that do not decode are skipped one at a time
 // (a sweep over a whole section meets padding and data). Use it on the
 // parts of a program that may branch into a function from outside its
 // bytes, and pass the result as [Options.ExtraTargets].
 func BranchTargets(code []byte, addr uint64) []uint64 {
 	var ts []uint64
 	for off := 0; off < len(code); {
+		if n, rel, branch, ok := quickDecode(code[off:]); ok {
+			if branch {
+				ts = append(ts, addr+uint64(off)+uint64(n)+uint64(rel))
+			}
+			off += n
+			continue
+		}
 		in, hand, err := decode(code, off)
 		if err != nil {
 			off++
@@ -785,12 +794,6 @@ func BranchTargets(code []byte, addr uint64) []uint64 {
 		}
 		off += in.Len
 	}
-	sort.Slice(ts, func(i, j int) bool { return ts[i] < ts[j] })
-	out := ts[:0]
-	for i, t := range ts {
-		if i == 0 || t != ts[i-1] {
-			out = append(out, t)
-		}
-	}
-	return out
+	slices.Sort(ts)
+	return slices.Compact(ts)
 }

@@ -1,0 +1,177 @@
+package reloc
+
+import (
+	"debug/elf"
+	"math/rand/v2"
+	"os"
+	"slices"
+	"testing"
+)
+
+// checkQuick compares quickDecode with decode and directTarget at offset
+// off of code (at address addr): wherever quickDecode answers, the sweep
+// must see the same instruction length and the same branch target.
+func checkQuick(t *testing.T, what string, code []byte, off int, addr uint64) bool {
+	t.Helper()
+	n, rel, branch, ok := quickDecode(code[off:])
+	if !ok {
+		return false
+	}
+	in, hand, err := decode(code, off)
+	end := min(len(code), off+16)
+	switch {
+	case err != nil:
+		t.Errorf("%s +%#x (% x): quickDecode says %d bytes, x86asm: %v", what, off, code[off:end], n, err)
+	case hand:
+		t.Errorf("%s +%#x (% x): quickDecode answers for an instruction decoded by hand", what, off, code[off:end])
+	case in.Len != n:
+		t.Errorf("%s +%#x (% x): quickDecode says %d bytes, x86asm %d (%v)", what, off, code[off:end], n, in.Len, in)
+	default:
+		pc := addr + uint64(off)
+		want, isBranch := directTarget(in, pc)
+		got := pc + uint64(n) + uint64(rel)
+		if isBranch != branch || branch && got != want {
+			t.Errorf("%s +%#x (% x): quickDecode branch %v to %#x, x86asm %v to %#x (%v)", what, off, code[off:end], branch, got, isBranch, want, in)
+		}
+	}
+	return true
+}
+
+// TestQuickDecode checks quickDecode against x86asm at every byte offset
+// of the executable sections of real programs and libraries (libc, bash,
+// Debian's redis-server and python3, which the Makefile installs for the
+// tests), and on random instructions built from the opcodes it knows, with
+// every prefix, ModRM, SIB and displacement; and that BranchTargets, which
+// uses it, finds the same targets as a sweep with x86asm alone.
+func TestQuickDecode(t *testing.T) {
+	files := []string{"/usr/lib/x86_64-linux-gnu/libc.so.6", "/bin/bash", "/usr/bin/redis-server", "/usr/bin/python3"}
+	checked := 0
+	for _, path := range files {
+		f, err := elf.Open(path)
+		if err != nil {
+			if os.IsNotExist(err) && path != files[0] {
+				t.Logf("%s: not installed", path)
+				continue
+			}
+			t.Fatal(err)
+		}
+		for _, s := range f.Sections {
+			if s.Type != elf.SHT_PROGBITS || s.Flags&elf.SHF_EXECINSTR == 0 {
+				continue
+			}
+			code, err := s.Data()
+			if err != nil {
+				t.Fatal(err)
+			}
+			answered := 0
+			for off := range code {
+				if checkQuick(t, path+" "+s.Name, code, off, s.Addr) {
+					answered++
+				}
+				if t.Failed() && answered > 0 && off > 0 && off%4096 == 0 {
+					t.FailNow()
+				}
+			}
+			checked += len(code)
+			if got, want := BranchTargets(code, s.Addr), slowBranchTargets(code, s.Addr); !equalU64(got, want) {
+				t.Errorf("%s %s: BranchTargets found %d targets, the x86asm sweep %d", path, s.Name, len(got), len(want))
+			}
+			if len(code) > 1<<16 {
+				t.Logf("%s %s: %d bytes, quickDecode answered at %.0f%% of the offsets", path, s.Name, len(code), 100*float64(answered)/float64(len(code)))
+			}
+		}
+		f.Close()
+	}
+	if checked == 0 {
+		t.Fatal("no code checked")
+	}
+	// Random instructions: a prefix or none, an opcode quickDecode knows,
+	// and random bytes after it.
+	r := rand.New(rand.NewPCG(7, 11))
+	var ops [][]byte
+	for o := range 256 {
+		if oneByte[o] != qNone {
+			ops = append(ops, []byte{byte(o)})
+		}
+		if twoByte[o] != qNone {
+			ops = append(ops, []byte{0x0f, byte(o)})
+		}
+	}
+	prefixes := [][]byte{nil, {0x66}, {0xf2}, {0xf3}, {0x48}, {0x41}, {0x4c}, {0x66, 0x41}, {0xf3, 0x48}, {0xf2, 0x4f}, {0x66, 0x48}}
+	buf := make([]byte, 32)
+	for k := 0; k < 2_000_000; k++ {
+		p := prefixes[r.IntN(len(prefixes))]
+		op := ops[r.IntN(len(ops))]
+		n := copy(buf, p)
+		n += copy(buf[n:], op)
+		for j := n; j < len(buf); j++ {
+			buf[j] = byte(r.Uint32())
+		}
+		checkQuick(t, "random", buf, 0, 0x400000)
+		if t.Failed() {
+			t.FailNow()
+		}
+	}
+}
+
+// slowBranchTargets is BranchTargets with x86asm alone.
+func slowBranchTargets(code []byte, addr uint64) []uint64 {
+	seen := map[uint64]bool{}
+	for off := 0; off < len(code); {
+		in, hand, err := decode(code, off)
+		if err != nil {
+			off++
+			continue
+		}
+		if !hand {
+			if t, ok := directTarget(in, addr+uint64(off)); ok {
+				seen[t] = true
+			}
+		}
+		off += in.Len
+	}
+	out := make([]uint64, 0, len(seen))
+	for t := range seen {
+		out = append(out, t)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// BenchmarkBranchTargets sweeps the text of Debian's redis-server (libc
+// when it is missing), with quickDecode and with x86asm alone:
+//
+//	go test -run '^$' -bench BranchTargets ./internal/reloc
+func BenchmarkBranchTargets(b *testing.B) {
+	var code []byte
+	var addr uint64
+	for _, path := range []string{"/usr/bin/redis-server", "/usr/lib/x86_64-linux-gnu/libc.so.6"} {
+		f, err := elf.Open(path)
+		if err != nil {
+			continue
+		}
+		if s := f.Section(".text"); s != nil {
+			code, _ = s.Data()
+			addr = s.Addr
+		}
+		f.Close()
+		if code != nil {
+			break
+		}
+	}
+	if code == nil {
+		b.Fatal("no text to sweep")
+	}
+	b.Run("quick", func(b *testing.B) {
+		b.SetBytes(int64(len(code)))
+		for b.Loop() {
+			BranchTargets(code, addr)
+		}
+	})
+	b.Run("x86asm", func(b *testing.B) {
+		b.SetBytes(int64(len(code)))
+		for b.Loop() {
+			slowBranchTargets(code, addr)
+		}
+	})
+}
