@@ -292,3 +292,31 @@ func quickDecode(b []byte) (n int, rel int64, branch, ok bool) {
 	}
 	return i, 0, false, true
 }
+
+// quickOff turns quickDecode off (tests compare Analyze with and without it).
+var quickOff bool
+
+// quickProof is quickDecode for Analyze's sweep of a function at pc: it
+// answers (ok) only for instructions whose length and direct branch
+// target t (branch) are all the proof needs, which excludes those it looks
+// at more closely: an indirect jmp (FF), a load into a register from
+// memory that may index a jump table (mov 8A/8B, mov to a segment
+// register 8E, movsxd 63), and mov from a segment register (8C), which
+// x86asm also calls MOV.
+func quickProof(b []byte, pc uint64) (n int, t uint64, branch, ok bool) {
+	if quickOff {
+		return 0, 0, false, false
+	}
+	n, rel, branch, ok := quickDecode(b)
+	if !ok {
+		return 0, 0, false, false
+	}
+	switch b[legacyPrefixes(b)] {
+	case 0xff, 0x8a, 0x8b, 0x8c, 0x8e, 0x63:
+		return 0, 0, false, false
+	}
+	if branch {
+		t = pc + uint64(n) + uint64(rel)
+	}
+	return n, t, branch, true
+}

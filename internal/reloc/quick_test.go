@@ -4,6 +4,7 @@ import (
 	"debug/elf"
 	"math/rand/v2"
 	"os"
+	"reflect"
 	"slices"
 	"testing"
 )
@@ -174,4 +175,57 @@ func BenchmarkBranchTargets(b *testing.B) {
 			slowBranchTargets(code, addr)
 		}
 	})
+}
+
+// TestQuickProof analyzes every function symbol of libc, bash,
+// redis-server and python3 twice, with quickProof and with x86asm alone,
+// and requires the same plan or the same refusal each time.
+func TestQuickProof(t *testing.T) {
+	defer func() { quickOff = false }()
+	files := []string{"/usr/lib/x86_64-linux-gnu/libc.so.6", "/bin/bash", "/usr/bin/redis-server", "/usr/bin/python3"}
+	total := 0
+	for _, path := range files {
+		f, err := elf.Open(path)
+		if err != nil {
+			if os.IsNotExist(err) && path != files[0] {
+				continue
+			}
+			t.Fatal(err)
+		}
+		syms, _ := f.Symbols()
+		dyn, _ := f.DynamicSymbols()
+		seen := map[uint64]bool{}
+		for _, s := range append(syms, dyn...) {
+			if elf.ST_TYPE(s.Info) != elf.STT_FUNC || s.Size == 0 || s.Size > 1<<16 || seen[s.Value] {
+				continue
+			}
+			seen[s.Value] = true
+			var code []byte
+			for _, sec := range f.Sections {
+				if sec.Flags&elf.SHF_EXECINSTR != 0 && s.Value >= sec.Addr && s.Value+s.Size <= sec.Addr+sec.Size {
+					data, err := sec.Data()
+					if err != nil {
+						t.Fatal(err)
+					}
+					code = data[s.Value-sec.Addr : s.Value-sec.Addr+s.Size]
+				}
+			}
+			if code == nil {
+				continue
+			}
+			quickOff = false
+			p1, err1 := Analyze(code, s.Value, Options{})
+			quickOff = true
+			p2, err2 := Analyze(code, s.Value, Options{})
+			if !reflect.DeepEqual(p1, p2) || !reflect.DeepEqual(err1, err2) {
+				t.Fatalf("%s %s: with quickProof %v, %v; with x86asm alone %v, %v", path, s.Name, p1, err1, p2, err2)
+			}
+			total++
+		}
+		f.Close()
+	}
+	if total < 1000 {
+		t.Fatalf("only %d functions analyzed", total)
+	}
+	t.Logf("%d functions analyzed alike", total)
 }

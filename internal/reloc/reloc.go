@@ -484,8 +484,9 @@ func isRIPModRM(m byte) bool { return m&0xc7 == 0x05 }
 // elsewhere, and says how it is rewritten. last reports that it is the
 // last displaced instruction.
 func classify(in x86asm.Inst, b []byte, off int, last, emulateCalls bool) (kind, *Refusal) {
-	text := in.String()
-	refuse := func(r Reason) (kind, *Refusal) { return 0, &Refusal{Reason: r, Off: off, Inst: text} }
+	// The instruction's text only for a refusal: x86asm's String costs
+	// microseconds, and most instructions pass.
+	refuse := func(r Reason) (kind, *Refusal) { return 0, &Refusal{Reason: r, Off: off, Inst: in.String()} }
 
 	// VEX/EVEX/XOP: x86asm shows [rip+disp] as [disp] and no PCRel.
 	n := legacyPrefixes(b)
@@ -705,6 +706,17 @@ func Analyze(fn []byte, fnAddr uint64, opts Options) (*Plan, error) {
 	var indirect, tables []ijmp
 	indexedLoad := false
 	for off = 0; off < len(fn); {
+		// Neither an indirect jmp nor a load that may index a jump table
+		// (see quickProof): only its length and branch target matter. A
+		// target inside the region is refused below, through x86asm,
+		// which names the instruction.
+		if n, t, branch, ok := quickProof(fn[off:], fnAddr+uint64(off)); ok && !(branch && inside(t)) {
+			if branch && (t == lo || p.Endbr && t == fnAddr) && fn[off] != 0xe8 {
+				p.EntryBranches = append(p.EntryBranches, fnAddr+uint64(off))
+			}
+			off += n
+			continue
+		}
 		in, hand, err := decode(fn, off)
 		if err != nil {
 			return nil, &Refusal{Reason: Undecodable, Off: off}
