@@ -88,7 +88,7 @@ func (p *parser) debugSymbols() {
 			p.spec.SymbolFileErr = fmt.Errorf("debug file %s of %s skipped: %w", path, p.spec.Path, err)
 			return
 		}
-		funcs, err := parseDebugFile(f, path, id, p.spec.Type)
+		funcs, err := parseDebugSymbols(f, path, id, p.spec.Type, p.mangled)
 		f.Close()
 		if err != nil {
 			p.spec.SymbolFileErr = fmt.Errorf("debug file of %s skipped (symbols are read from .dynsym): %w", p.spec.Path, err)
@@ -133,6 +133,12 @@ func openDebugFile(path string) (*os.File, error) {
 // id (any, when id is "": for the fuzz test). It reads r with the caps of Parse; panics in debug/elf become errors
 // wrapping [ErrMalformed].
 func parseDebugFile(r io.ReaderAt, path, id string, typ elf.Type) (funcs []Func, err error) {
+	return parseDebugSymbols(r, path, id, typ, false)
+}
+
+// parseDebugSymbols is parseDebugFile, keeping C++ and Rust names mangled
+// when mangled is set (a module read for its symbols only: Spec.Name).
+func parseDebugSymbols(r io.ReaderAt, path, id string, typ elf.Type, mangled bool) (funcs []Func, err error) {
 	defer func() {
 		if !recoverPanics {
 			return
@@ -151,7 +157,7 @@ func parseDebugFile(r io.ReaderAt, path, id string, typ elf.Type) (funcs []Func,
 	if len(f.Sections) > maxSections {
 		return nil, fmt.Errorf("read %s: %w: too many section headers", path, ErrMalformed)
 	}
-	q := &parser{f: f, r: r, size: size, spec: &Spec{Path: path, Type: f.Type}}
+	q := &parser{f: f, r: r, size: size, spec: &Spec{Path: path, Type: f.Type}, mangled: mangled}
 	if got := q.buildID(); id != "" && got != id {
 		if got == "" {
 			got = "none"

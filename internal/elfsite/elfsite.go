@@ -36,6 +36,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/livetrace/livetrace/internal/reloc"
 	"golang.org/x/arch/x86/x86asm"
@@ -231,6 +232,16 @@ type Spec struct {
 	// reloc holds the bytes for the relocation analysis, done on demand
 	// (reloc.go).
 	reloc *relocState
+
+	// names holds the demangled names of Funcs of a SymbolsOnly Spec,
+	// made on the first call of Name (its Funcs keep their mangled
+	// names); shared by the copies the cache hands out.
+	names *lazyNames
+}
+
+type lazyNames struct {
+	once  sync.Once
+	names []string
 }
 
 // Open reads the ELF file at path. See [Parse].
@@ -317,7 +328,7 @@ func parse(r io.ReaderAt, path string, symbolsOnly bool) (spec *Spec, err error)
 	if len(f.Progs) > maxLoads || len(f.Sections) > maxSections {
 		return nil, fmt.Errorf("read %s: %w: too many program or section headers", path, ErrMalformed)
 	}
-	p := &parser{f: f, r: r, size: size, spec: &Spec{Path: path, Type: f.Type}}
+	p := &parser{f: f, r: r, size: size, spec: &Spec{Path: path, Type: f.Type}, mangled: symbolsOnly}
 	for _, ph := range f.Progs {
 		if ph.Type == elf.PT_LOAD {
 			p.spec.Loads = append(p.spec.Loads, Load{Vaddr: ph.Vaddr, Offset: ph.Off, Filesz: ph.Filesz, Memsz: ph.Memsz, Flags: ph.Flags})
@@ -332,6 +343,7 @@ func parse(r io.ReaderAt, path string, symbolsOnly bool) (spec *Spec, err error)
 	}
 	if symbolsOnly {
 		p.spec.SymbolsOnly = true
+		p.spec.names = &lazyNames{}
 		return p.spec, nil
 	}
 	if err := p.sites(); err != nil {
@@ -393,6 +405,10 @@ type parser struct {
 	spec *Spec
 
 	relocSyms map[uint32][]byte // raw Elf64_Sym entries, by symbol table section index
+
+	// mangled keeps C++ and Rust names as they are (a module read for
+	// its symbols only): Spec.Name demangles them when asked.
+	mangled bool
 
 	// chunk caches file bytes for reading site bytes in address order.
 	chunk    []byte

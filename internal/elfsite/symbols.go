@@ -131,7 +131,7 @@ func (p *parser) symbols() error {
 		if at := strings.IndexByte(raw, '@'); at > 0 {
 			name = raw[:at]
 		}
-		if demangleBudget > 0 {
+		if demangleBudget > 0 && !p.mangled {
 			d := Demangle(name)
 			if d != name {
 				demangleBudget -= len(name) + len(d)
@@ -232,6 +232,37 @@ func compareRank(a, b *Func) int {
 // maxDemangledLog is log2 of the longest demangled name (16 KiB); longer
 // ones are cut.
 const maxDemangledLog = 14
+
+// Name returns the name of Funcs[i], demangled. A Spec of [ParseSymbols]
+// keeps its functions' mangled names (demangling libstdc++'s 5,900 names
+// took 29 ms of an attach that reads it only for the recording's
+// metadata) and demangles them all on the first call, once; Funcs of any
+// other Spec are named already.
+func (s *Spec) Name(i int) string {
+	if !s.SymbolsOnly || s.names == nil {
+		return s.Funcs[i].Name
+	}
+	ln := s.names
+	ln.once.Do(func() {
+		ln.names = make([]string, len(s.Funcs))
+		// The bound of symbols: past it, names stay mangled.
+		budget := 32 << 20
+		for k := range s.Funcs {
+			budget += 4 * len(s.Funcs[k].Raw)
+		}
+		for k := range s.Funcs {
+			name := s.Funcs[k].Name
+			if budget > 0 {
+				if d := Demangle(name); d != name {
+					budget -= len(name) + len(d)
+					name = d
+				}
+			}
+			ln.names[k] = name
+		}
+	})
+	return ln.names[i]
+}
 
 // Demangle returns the uftrace-style name of a mangled C++ or Rust symbol:
 // the qualified name with template arguments but without the parameter list

@@ -362,3 +362,56 @@ func TestUnwindRelocsMalformed(t *testing.T) {
 	}
 	_, _, _ = unwindRelocs(bytes.NewReader(bad), "corrupt")
 }
+
+// TestSymbolsOnlyDemangled records a C++ program with -m naming the
+// program alone: libstdc++ is read for its symbols only, its names
+// demangled for the recording only when the metadata is written, and the
+// recording must name its functions as a full parse does.
+func TestSymbolsOnlyDemangled(t *testing.T) {
+	testtarget.RequireRoot(t)
+	bin := testtarget.Build(t, testtarget.CXX, testtarget.ClangNop5)
+	tp := testtarget.Start(t, bin, "loop")
+	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "rec.data")
+	s, err := Start(tp.Pid(), Options{Output: out, Modules: []string{filepath.Base(bin)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := tracefile.Read(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mod := -1
+	for i, m := range rec.Modules {
+		if strings.Contains(filepath.Base(m.Path), "libstdc++") {
+			mod = i
+		}
+	}
+	if mod < 0 {
+		t.Fatalf("no libstdc++ among the recorded modules: %v", rec.Modules)
+	}
+	full, err := elfsite.Open(rec.Modules[mod].Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got, want []string
+	for _, sym := range rec.Symbols {
+		if sym.Module == mod {
+			got = append(got, sym.Name)
+		}
+	}
+	for _, f := range full.Funcs {
+		want = append(want, f.Name)
+	}
+	slices.Sort(got)
+	slices.Sort(want)
+	if len(got) < 1000 || !slices.Equal(got, want) {
+		t.Fatalf("libstdc++ symbols in the recording: %d, not the %d names of a full parse", len(got), len(want))
+	}
+}

@@ -1285,8 +1285,8 @@ func (s *Session) buildMeta(clock1 *tsc.Pair) tracefile.Meta {
 			tm.Limit = mod.Mappings[len(mod.Mappings)-1].End
 		}
 		m.Modules = append(m.Modules, tm)
-		for _, f := range mod.Spec.Funcs {
-			m.Symbols = append(m.Symbols, tracefile.Symbol{Name: f.Name, Module: len(m.Modules) - 1, Addr: mod.Runtime(f.Addr), Size: f.Size})
+		for i, f := range mod.Spec.Funcs {
+			m.Symbols = append(m.Symbols, tracefile.Symbol{Name: mod.Spec.Name(i), Module: len(m.Modules) - 1, Addr: mod.Runtime(f.Addr), Size: f.Size})
 		}
 	}
 	for _, x := range s.sel {
