@@ -293,7 +293,8 @@ func quickDecode(b []byte) (n int, rel int64, branch, ok bool) {
 	return i, 0, false, true
 }
 
-// quickOff turns quickDecode off (tests compare Analyze with and without it).
+// quickOff turns quickDecode off in BranchTargets and Analyze (tests
+// compare them with and without it).
 var quickOff bool
 
 // quickProof is quickDecode for Analyze's sweep of a function at pc: it

@@ -5,7 +5,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"reflect"
-	"slices"
 	"testing"
 )
 
@@ -117,26 +116,9 @@ func TestQuickDecode(t *testing.T) {
 
 // slowBranchTargets is BranchTargets with x86asm alone.
 func slowBranchTargets(code []byte, addr uint64) []uint64 {
-	seen := map[uint64]bool{}
-	for off := 0; off < len(code); {
-		in, hand, err := decode(code, off)
-		if err != nil {
-			off++
-			continue
-		}
-		if !hand {
-			if t, ok := directTarget(in, addr+uint64(off)); ok {
-				seen[t] = true
-			}
-		}
-		off += in.Len
-	}
-	out := make([]uint64, 0, len(seen))
-	for t := range seen {
-		out = append(out, t)
-	}
-	slices.Sort(out)
-	return out
+	quickOff = true
+	defer func() { quickOff = false }()
+	return BranchTargets(code, addr)
 }
 
 // BenchmarkBranchTargets sweeps the text of Debian's redis-server (libc
