@@ -297,6 +297,14 @@ func quickDecode(b []byte) (n int, rel int64, branch, ok bool) {
 // compare them with and without it).
 var quickOff bool
 
+// quickBranch is quickDecode for BranchTargets, unless quickOff.
+func quickBranch(b []byte) (n int, rel int64, branch, ok bool) {
+	if quickOff {
+		return 0, 0, false, false
+	}
+	return quickDecode(b)
+}
+
 // quickProof is quickDecode for Analyze's sweep of a function at pc: it
 // answers (ok) only for instructions whose length and direct branch
 // target t (branch) are all the proof needs, which excludes those it looks

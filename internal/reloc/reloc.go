@@ -787,7 +787,7 @@ func Analyze(fn []byte, fnAddr uint64, opts Options) (*Plan, error) {
 func BranchTargets(code []byte, addr uint64) []uint64 {
 	var ts []uint64
 	for off := 0; off < len(code); {
-		if n, rel, branch, ok := quickDecode(code[off:]); ok && !quickOff {
+		if n, rel, branch, ok := quickBranch(code[off:]); ok {
 			if branch {
 				ts = append(ts, addr+uint64(off)+uint64(n)+uint64(rel))
 			}
