@@ -191,11 +191,21 @@ func TestRecordCLIErrors(t *testing.T) {
 	testtarget.CheckText(t, tp.Pid())
 
 	// -f overwrites, and info shows the -F, -N and -m of the recording.
+	// A run every 200 ms, so that one comes after the attach however
+	// long it takes on a loaded machine.
+	stopRuns := make(chan struct{})
 	go func() {
-		time.Sleep(300 * time.Millisecond)
-		_ = tp.Send("run 1")
+		for {
+			select {
+			case <-stopRuns:
+				return
+			case <-time.After(200 * time.Millisecond):
+				_ = tp.Send("run 1")
+			}
+		}
 	}()
 	_, stderr, err := runCLI(t, "record", "-p", pid, "-f", "-o", existing, "-F", "work_*", "-N", "work_leaf", "-m", "workload", "-d", "1s")
+	close(stopRuns)
 	if _, err := tp.Expect("done ", 10*time.Second); err != nil {
 		t.Fatal(err)
 	}

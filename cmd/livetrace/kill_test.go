@@ -770,6 +770,9 @@ func TestCommandSignalsDefault(t *testing.T) {
 			t.Fatalf("record -- stress did not start tracing in 30 s:\n%s", stderr.String())
 		}
 	}
+	// Nor a real-time policy of the tracer's (internal/proc/nice.go).
+	checkNotRealTime(t, "the command", pid)
+	checkNotRealTime(t, "record", cmd.Process.Pid)
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		t.Fatal(err)

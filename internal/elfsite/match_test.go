@@ -17,10 +17,13 @@ func TestMatchSiteSameAsPathMatch(t *testing.T) {
 		{Name: "__ns_f_alias", Raw: "__ns_f_alias", Addr: 0x20, Size: 8},
 		{Name: "memcpy", Raw: "memcpy@@GLIBC_2.14", Addr: 0x30, Size: 8},
 		{Name: "a*b", Raw: "a*b", Addr: 0x40, Size: 8},
+		{Name: "fn_a/b", Raw: "fn_a/b", Addr: 0x50, Size: 8},
+		{Name: "A::operator/(A)", Raw: "_ZN1AdvES_", Addr: 0x60, Size: 8},
 	}}
-	sites := []Site{{Addr: 0x10, Func: 0}, {Addr: 0x20, Func: 1}, {Addr: 0x20, Func: 2}, {Addr: 0x30, Func: 3}, {Addr: 0x40, Func: 4}, {Addr: 0x1234, Func: -1}}
+	sites := []Site{{Addr: 0x10, Func: 0}, {Addr: 0x20, Func: 1}, {Addr: 0x20, Func: 2}, {Addr: 0x30, Func: 3}, {Addr: 0x40, Func: 4}, {Addr: 0x50, Func: 5}, {Addr: 0x60, Func: 6}, {Addr: 0x1234, Func: -1}}
 	globs := []string{"*", "alpha", "alph", "al*", "?lpha", "[a-b]lpha", "ns::*", "_ZN2ns*", "__ns*", "memcpy", "memcpy@*",
-		"mem*@@GLIBC_2.14", "0x12*", "0x1234", `a\*b`, `a\*c`, "a*b", "[", `alpha\`, "", "ns::f", "*f*", "[!a]*"}
+		"mem*@@GLIBC_2.14", "0x12*", "0x1234", `a\*b`, `a\*c`, "a*b", "[", `alpha\`, "", "ns::f", "*f*", "[!a]*",
+		"fn_*", "fn_a*", "fn_a/*", "fn_a/b", "fn_a/b*", "A::operator*", "A::*", "alpha*", "a*", "**", "fn_a/b/*"}
 	for _, st := range sites {
 		var names []string
 		if st.Func >= 0 {

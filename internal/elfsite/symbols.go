@@ -362,9 +362,19 @@ func (s *Spec) MatchSite(st Site, globs ...string) bool {
 // of them, not a match of four names each.
 func (s *Spec) matchSite(st Site, g string) bool {
 	pre := globPrefix(g)
+	// The two commonest globs need no path.Match: a name, and a prefix
+	// and one trailing * (which, as in path.Match, matches no '/').
+	literal := len(pre) == len(g)
+	prefixStar := len(g) == len(pre)+1 && g[len(pre)] == '*'
 	try := func(n string) bool {
 		if !strings.HasPrefix(n, pre) {
 			return false
+		}
+		switch {
+		case literal:
+			return len(n) == len(pre)
+		case prefixStar:
+			return strings.IndexByte(n[len(pre):], '/') < 0
 		}
 		ok, _ := path.Match(g, n)
 		return ok

@@ -31,6 +31,8 @@ func Launch(argv []string) (*Process, error) {
 	if err != nil {
 		return nil, fmt.Errorf("launch %s: %w", argv[0], err)
 	}
+	// The command must not inherit a real-time policy (nice.go).
+	EndEarlyBoost()
 	p := &Process{
 		threads:  map[int]*thread{},
 		children: map[int]int{},

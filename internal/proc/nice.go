@@ -9,46 +9,142 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// BoostNice sets the nice value of every thread of the tracer to n and
-// returns a function that puts the old values back (it may be called more
-// than once). It needs root (or CAP_SYS_NICE) for a negative n; without it,
-// it does nothing.
+// The tracer's priority while it attaches and patches.
 //
-// While it attaches and patches, the tracer competes for the CPUs with the
-// target's own threads, and every moment it waits for a CPU stretches the
-// window in which trapped threads wait for it. On Linux, setpriority acts
-// on one thread (a task), so every thread is set.
+// The tracer competes for the CPUs with the target's own threads, and
+// every moment it waits for a CPU stretches the window in which held or
+// trapped threads wait for it. A nice value does not buy a prompt CPU on
+// a kernel built without preemption: a woken task of the fair class waits
+// until the running one has used its slice, which a busy thread in user
+// mode only notices at the next tick (4 ms at HZ=250), so every wake-up of
+// the tracer (each remote syscall, each trap served) could cost a tick. A
+// real-time task preempts a fair one at once. So a boosted thread is set
+// to SCHED_FIFO at the lowest real-time priority, and, where that is not
+// allowed (no CAP_SYS_NICE, or a cgroup without real-time runtime), to a
+// negative nice value instead.
+//
+// Only short, bounded windows are boosted (the attach, a patch batch), and
+// the tracer never spins while boosted: it sleeps whenever it waits for the
+// target. The kernel's real-time throttling (sched_rt_runtime_us) and the
+// fair server bound what a boosted tracer could take in any case. The
+// consumer of a long recording is never real-time: at full event rate it
+// would hold a CPU for as long as the target runs.
+
+// boostTask boosts thread tid (see above), falling back to nice n, and
+// returns its old attributes to put back. With alone, a thread the boosted
+// one creates (the Go runtime starts threads from whichever thread needs
+// one) starts with the default policy: it would not be put back.
+func boostTask(tid, n int, alone bool) (old *unix.SchedAttr, ok bool) {
+	old, err := unix.SchedGetAttr(tid, 0)
+	if err != nil {
+		return nil, false
+	}
+	if old.Policy != unix.SCHED_NORMAL && old.Policy != unix.SCHED_BATCH {
+		// Already real-time (or idle, or deadline): the user chose it.
+		return nil, false
+	}
+	rt := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_FIFO, Priority: 1}
+	if alone {
+		rt.Flags = unix.SCHED_FLAG_RESET_ON_FORK
+	}
+	if unix.SchedSetAttr(tid, &rt, 0) == nil {
+		return old, true
+	}
+	if unix.Setpriority(unix.PRIO_PROCESS, tid, n) == nil {
+		return old, true
+	}
+	return nil, false
+}
+
+// unboostTask puts back the attributes boostTask returned.
+func unboostTask(tid int, old *unix.SchedAttr) {
+	a := *old
+	a.Size = unix.SizeofSchedAttr
+	_ = unix.SchedSetAttr(tid, &a, 0)
+}
+
+// BoostNice boosts every thread of the tracer (real-time where allowed,
+// else nice n; see above) and returns a function that puts the old
+// attributes back (it may be called more than once). Without root (or
+// CAP_SYS_NICE) it does nothing. On Linux, the scheduling attributes
+// belong to one thread (a task), so every thread is set; threads created
+// meanwhile inherit the boost and are put back too. An early boost
+// (BoostEarly) is taken over: the returned function ends it too.
 func BoostNice(n int) (restore func()) {
+	earlyMu.Lock()
+	old := early
+	early = nil
+	earlyMu.Unlock()
+	old = boostAll(n, old)
+	var once sync.Once
+	return func() { once.Do(func() { restoreBoost(old) }) }
+}
+
+// boostAll boosts every thread of the tracer not in old and returns old
+// with their old attributes added.
+func boostAll(n int, old map[int]*unix.SchedAttr) map[int]*unix.SchedAttr {
+	if old == nil {
+		old = map[int]*unix.SchedAttr{}
+	}
 	ents, err := os.ReadDir("/proc/self/task")
 	if err != nil {
-		return func() {}
+		return old
 	}
-	old := map[int]int{}
 	for _, e := range ents {
 		tid, err := strconv.Atoi(e.Name())
 		if err != nil {
 			continue
 		}
-		prio, err := unix.Getpriority(unix.PRIO_PROCESS, tid)
-		if err != nil {
+		if _, done := old[tid]; done {
 			continue
 		}
-		// The raw syscall returns 20 - nice.
-		if unix.Setpriority(unix.PRIO_PROCESS, tid, n) == nil {
-			old[tid] = 20 - prio
+		if a, ok := boostTask(tid, n, false); ok {
+			old[tid] = a
 		}
 	}
-	var once sync.Once
-	return func() { once.Do(func() { restoreNice(old) }) }
+	return old
 }
 
-// restoreNice gives every thread its old nice value; threads created
-// meanwhile inherited the boosted one and get the value the process had.
-func restoreNice(old map[int]int) {
-	base := 0
-	for _, nice := range old {
-		base = nice
+var (
+	earlyMu sync.Mutex
+	early   map[int]*unix.SchedAttr // boosted by BoostEarly, not yet taken over
+)
+
+// BoostEarly boosts the tracer as BoostNice does, from the start of a
+// command that will attach to a running process, so that the tracer's
+// own start (flags, checks, discover) does not wait for CPUs the
+// target's threads keep busy. The next BoostNice takes the boost over,
+// and its restore ends it; EndEarlyBoost ends it if none came. Never
+// call it before the tracer starts a program of its own: a real-time
+// policy is inherited across fork.
+func BoostEarly(n int) {
+	old := boostAll(n, nil)
+	earlyMu.Lock()
+	early = old
+	earlyMu.Unlock()
+}
+
+// EndEarlyBoost ends a boost BoostEarly began, unless a BoostNice took
+// it over.
+func EndEarlyBoost() {
+	earlyMu.Lock()
+	old := early
+	early = nil
+	earlyMu.Unlock()
+	restoreBoost(old)
+}
+
+// restoreBoost gives every boosted thread its old attributes; threads
+// created meanwhile inherited the boost and get the attributes the
+// process had.
+func restoreBoost(old map[int]*unix.SchedAttr) {
+	var base *unix.SchedAttr
+	for _, a := range old {
+		base = a
 		break
+	}
+	if base == nil {
+		return
 	}
 	ents, _ := os.ReadDir("/proc/self/task")
 	for _, e := range ents {
@@ -56,37 +152,56 @@ func restoreNice(old map[int]int) {
 		if err != nil {
 			continue
 		}
-		nice, ok := old[tid]
+		a, ok := old[tid]
 		if !ok {
-			nice = base
+			a = base
 		}
-		_ = unix.Setpriority(unix.PRIO_PROCESS, tid, nice)
+		unboostTask(tid, a)
 	}
 }
 
-// BoostThread sets the nice value of the ptrace thread alone to n and
-// returns a function that puts the old value back. During a live batch
-// that thread serves every INT3 hit: it must get a CPU at once, but the
-// rest of the tracer must not crowd the target's threads off the CPUs.
-// The thread is set from here, by its id: a request to the ptrace thread
-// would first wait for it to get a CPU at its old priority, up to 18 ms
-// beside 4 busy threads of the target.
+// BoostThread boosts the ptrace thread alone (real-time where allowed,
+// else nice n) and returns a function that puts its old attributes back.
+// During a live batch that thread serves every INT3 hit: it must get a CPU
+// at once, but the rest of the tracer must not crowd the target's threads
+// off the CPUs. The thread is set from here, by its id: a request to the
+// ptrace thread would first wait for it to get a CPU at its old priority,
+// up to 18 ms beside 4 busy threads of the target.
 func (p *Process) BoostThread(n int) (restore func()) {
 	tid := p.ex.tid
-	prio, err := unix.Getpriority(unix.PRIO_PROCESS, tid)
-	if err != nil || unix.Setpriority(unix.PRIO_PROCESS, tid, n) != nil {
+	old, ok := boostTask(tid, n, true)
+	if !ok {
 		return func() {}
 	}
-	return func() { _ = unix.Setpriority(unix.PRIO_PROCESS, tid, 20-prio) }
+	return func() { unboostTask(tid, old) }
 }
 
-// BoostCaller locks the calling goroutine to its OS thread and sets that
-// thread's nice value to n, for a loop that must run promptly while other
-// threads keep the CPUs busy (the tracer's consumer: the shared buffer
-// fills in tens of milliseconds at full speed). The returned function puts
-// the old value back and unlocks the goroutine; call it on the same
-// goroutine. Without root (or CAP_SYS_NICE) a negative n has no effect.
+// BoostCaller locks the calling goroutine to its OS thread and boosts that
+// thread (real-time where allowed, else nice n), for a short loop that must
+// run promptly while other threads keep the CPUs busy (the verify pass of
+// a batch). The returned function puts the old attributes back and unlocks
+// the goroutine; call it on the same goroutine.
 func BoostCaller(n int) (restore func()) {
+	runtime.LockOSThread()
+	tid := unix.Gettid()
+	old, ok := boostTask(tid, n, true)
+	if !ok {
+		return runtime.UnlockOSThread
+	}
+	return func() {
+		unboostTask(tid, old)
+		runtime.UnlockOSThread()
+	}
+}
+
+// NiceCaller locks the calling goroutine to its OS thread and sets that
+// thread's nice value to n, for a loop that must run promptly for as long
+// as a recording lasts (the tracer's consumer: the shared buffer fills in
+// tens of milliseconds at full speed), where a real-time thread would take
+// a CPU from the target for good. The returned function puts the old value
+// back and unlocks the goroutine; call it on the same goroutine. Without
+// root (or CAP_SYS_NICE) a negative n has no effect.
+func NiceCaller(n int) (restore func()) {
 	runtime.LockOSThread()
 	tid := unix.Gettid()
 	prio, err := unix.Getpriority(unix.PRIO_PROCESS, tid)

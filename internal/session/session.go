@@ -397,10 +397,13 @@ func (s *Session) start(p *proc.Process) (_ *Session, err error) {
 		s.p.SetFollowHandler(s.follow)
 		s.p.SetExecHandler(s.execed)
 	}
-	// During the batch only the ptrace thread is boosted (textpoke): the
-	// rest of the tracer must not crowd the target's threads.
+	// The boost lasts through the batch: a thread that gave up its
+	// real-time priority here would wait for the next tick before it got
+	// a CPU back (proc/nice.go). The tracer's other threads are idle
+	// meanwhile, so they take no CPU from the target's threads.
+	err = s.patch()
 	s.unboost()
-	if err := s.patch(); err != nil {
+	if err != nil {
 		return nil, err
 	}
 	s.lap("patch")
@@ -525,7 +528,7 @@ func (s *Session) selectSites() error {
 	// or modules: "every function" of every module would take in all of
 	// libc.
 	withReloc := !s.opts.OnlyNop && (len(s.opts.Funcs) > 0 || len(s.opts.Modules) > 0)
-	var all []string
+	nall := 0 // patchable functions in the modules -m selects
 	var keepBuf []int32
 	nmods, excluded := 0, 0
 	for mi, m := range s.mods {
@@ -538,6 +541,7 @@ func (s *Session) selectSites() error {
 				s.untraceable = append(s.untraceable, RefusedSite{Name: m.Spec.SiteName(fs), Reason: why})
 			}
 		})
+
 		// The sites kept are counted first: s.sel, of large elements,
 		// grows once per module.
 		keep := keepBuf[:0]
@@ -545,8 +549,7 @@ func (s *Session) selectSites() error {
 			if !st.Form.Patchable() && st.Form != elfsite.FormReloc {
 				continue
 			}
-			name := m.Spec.SiteName(st)
-			all = append(all, name)
+			nall++
 			if !m.Spec.MatchSite(st, include...) {
 				continue
 			}
@@ -557,7 +560,7 @@ func (s *Session) selectSites() error {
 			if s.opts.Graph && st.GraphUnsafe != "" {
 				// Graph mode would overwrite [rsp], which is not the
 				// return address here (elfsite.Site.GraphUnsafe).
-				s.refused = append(s.refused, RefusedSite{Name: name, Reason: st.GraphUnsafe})
+				s.refused = append(s.refused, RefusedSite{Name: m.Spec.SiteName(st), Reason: st.GraphUnsafe})
 				continue
 			}
 			keep = append(keep, int32(k))
@@ -579,19 +582,32 @@ func (s *Session) selectSites() error {
 		}
 		return fmt.Errorf("no module of process %d matches -m %s: see livetrace list -p %d for its modules", s.pid, strings.Join(s.opts.Modules, " "), s.pid)
 	}
-	if len(all) == 0 && len(s.untraceable) > 0 {
+	if nall == 0 && len(s.untraceable) > 0 {
 		return fmt.Errorf("no function of process %d can be traced: %s: %s", s.pid, s.untraceable[0].Name, s.untraceable[0].Reason)
 	}
-	if len(all) == 0 && !withReloc && !s.opts.OnlyNop {
+	if nall == 0 && !withReloc && !s.opts.OnlyNop {
 		return fmt.Errorf("%w in process %d (%s): name the functions to trace with -F (functions without a compiler NOP are then traced by relocation), or build it with clang -fpatchable-function-entry=5 (see docs/BUILDING.md)", ErrNoSites, s.pid, s.mods[0].Path)
 	}
-	if len(all) == 0 {
+	if nall == 0 {
 		return fmt.Errorf("%w in process %d (%s): build it with clang -fpatchable-function-entry=5 (see docs/BUILDING.md)", ErrNoSites, s.pid, s.mods[0].Path)
 	}
 	if len(s.sel) == 0 && len(s.refused) > 0 {
 		return fmt.Errorf("%w: every selected function is unsafe in graph mode (%s: %s): trace it without --graph", ErrGraphUnsafe, s.refused[0].Name, s.refused[0].Reason)
 	}
 	if len(s.sel) == 0 {
+		// The names, for suggestions, are gathered only here: 10,000
+		// of them cost a millisecond of every attach.
+		var all []string
+		for _, m := range s.mods {
+			if !matchModule(m.Path, s.opts.Modules) {
+				continue
+			}
+			for _, st := range candidateSites(m, include, withReloc, func(elfsite.Site, string) {}) {
+				if st.Form.Patchable() || st.Form == elfsite.FormReloc {
+					all = append(all, m.Spec.SiteName(st))
+				}
+			}
+		}
 		return &NoMatchError{Globs: include, Names: all, Excluded: excluded}
 	}
 	if len(s.sel) > agent.MaxSites {

@@ -1,0 +1,69 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/livetrace/livetrace/internal/testtarget"
+)
+
+// checkNotRealTime fails the test if a thread of process pid has a
+// real-time scheduling policy (field 41 of /proc/PID/task/TID/stat).
+func checkNotRealTime(t *testing.T, who string, pid int) {
+	t.Helper()
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name(), "stat"))
+		if err != nil {
+			continue // gone
+		}
+		s := string(b)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+		if pol, _ := strconv.Atoi(f[41-3]); pol != 0 {
+			t.Errorf("%s (pid %d): thread %s has scheduling policy %d, want 0 (SCHED_NORMAL)", who, pid, e.Name(), pol)
+		}
+	}
+}
+
+// TestAttachBoostEnds attaches to a process whose threads keep both CPUs
+// busy: record -p runs real-time from its start through the patch batch
+// (internal/proc/nice.go), and must be back to the normal policy, every
+// thread of it, once it traces; so must the target, whose policy it never
+// touches. It fails if the early boost of main's init is not taken over
+// and ended by session.Start.
+func TestAttachBoostEnds(t *testing.T) {
+	testtarget.RequireRoot(t)
+	bin := livetraceBinary(t)
+	stress := testtarget.Build(t, testtarget.Stress, testtarget.ClangNop5, testtarget.Funcs(2000))
+	tp := testtarget.Start(t, stress, "-t", "3")
+	if _, err := tp.Expect("ready", 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := testtarget.HammerStress(tp, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"-F", "fn_*"}, {"-F", "fn_000[0-9][0-9]"}, {"--graph", "-F", "fn_001*"}} {
+		out := filepath.Join(t.TempDir(), "rec.data")
+		cmd, _, said := startTracing(t, bin, append([]string{"record", "-p", strconv.Itoa(tp.Pid()), "-d", "400ms", "-o", out}, args...)...)
+		// The consumer runs meanwhile, and the runtime starts threads.
+		time.Sleep(200 * time.Millisecond)
+		checkNotRealTime(t, "record "+strings.Join(args, " "), cmd.Process.Pid)
+		checkNotRealTime(t, "the target", tp.Pid())
+		if err := waitTimeout(cmd, closedChan, 30*time.Second); err != nil {
+			t.Fatalf("record %s: %v\n%s", strings.Join(args, " "), err, said)
+		}
+	}
+	if _, _, err := testtarget.StopStress(tp, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	testtarget.CheckText(t, tp.Pid())
+}

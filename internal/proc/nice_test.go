@@ -1,0 +1,108 @@
+package proc
+
+import (
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/livetrace/livetrace/internal/testtarget"
+)
+
+// policies returns the scheduling policy of every thread of this process
+// (field 41 of /proc/self/task/TID/stat).
+func policies(t *testing.T) map[int]int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[int]int{}
+	for _, e := range ents {
+		tid, _ := strconv.Atoi(e.Name())
+		b, err := os.ReadFile("/proc/self/task/" + e.Name() + "/stat")
+		if err != nil {
+			continue // gone
+		}
+		// The command name, in parentheses, may hold spaces.
+		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+		pol, _ := strconv.Atoi(f[41-3])
+		out[tid] = pol
+	}
+	return out
+}
+
+// TestBoost checks the boosts of nice.go as root: every thread real-time
+// while boosted, the early boost taken over by BoostNice and ended by its
+// restore, a thread boosted alone with SCHED_RESET_ON_FORK (so that the
+// threads the Go runtime starts from it are not left real-time), and
+// every thread back to its policy and nice value afterwards.
+func TestBoost(t *testing.T) {
+	testtarget.RequireRoot(t)
+	before := policies(t)
+	for tid, pol := range before {
+		if pol != unix.SCHED_NORMAL {
+			t.Fatalf("thread %d has policy %d before any boost", tid, pol)
+		}
+	}
+	nice := func(tid int) int {
+		p, err := unix.Getpriority(unix.PRIO_PROCESS, tid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return 20 - p
+	}
+	self := unix.Gettid()
+	nice0 := nice(self)
+	allRT := func(when string) {
+		t.Helper()
+		for tid, pol := range policies(t) {
+			if pol != unix.SCHED_FIFO {
+				t.Errorf("%s: thread %d has policy %d, want SCHED_FIFO", when, tid, pol)
+			}
+		}
+	}
+	noneRT := func(when string) {
+		t.Helper()
+		for tid, pol := range policies(t) {
+			if pol != unix.SCHED_NORMAL {
+				t.Errorf("%s: thread %d has policy %d, want SCHED_NORMAL", when, tid, pol)
+			}
+		}
+		if n := nice(self); n != nice0 {
+			t.Errorf("%s: nice %d, want %d", when, n, nice0)
+		}
+	}
+
+	BoostEarly(-10)
+	allRT("after BoostEarly")
+	restore := BoostNice(-10)
+	allRT("after BoostNice")
+	EndEarlyBoost() // taken over: does nothing
+	allRT("after EndEarlyBoost, with BoostNice holding the boost")
+	restore()
+	noneRT("after BoostNice's restore")
+	restore()
+	noneRT("after a second restore")
+
+	BoostEarly(-10)
+	allRT("after BoostEarly")
+	EndEarlyBoost()
+	noneRT("after EndEarlyBoost")
+
+	done := BoostCaller(-10)
+	a, err := unix.SchedGetAttr(unix.Gettid(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Policy != unix.SCHED_FIFO || a.Flags&unix.SCHED_FLAG_RESET_ON_FORK == 0 {
+		t.Errorf("BoostCaller: policy %d flags %#x, want SCHED_FIFO with SCHED_FLAG_RESET_ON_FORK", a.Policy, a.Flags)
+	}
+	done()
+	runtime.LockOSThread()
+	noneRT("after BoostCaller's restore")
+	runtime.UnlockOSThread()
+}
