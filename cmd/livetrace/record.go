@@ -289,7 +289,7 @@ func (o *recordOptions) run() error {
 	mode, why := s.Mode()
 	// The loop takes chunks out of the shared buffer, which fills in tens
 	// of milliseconds at full speed: keep it ahead of other work.
-	defer proc.NiceCaller(-5)()
+	defer proc.BoostCaller(-5)()
 	// The spool's converter holds a P of the Go scheduler on its own
 	// thread at nice 19, which the kernel may leave without a CPU for
 	// tens of ms while busy threads of the target run; the Go scheduler

@@ -38,7 +38,7 @@ func TestManyThreadsTrapping(t *testing.T) {
 
 	// As record does: the tracer competes for the CPUs with thousands
 	// of threads.
-	defer BoostNice(-10)()
+	defer BoostAll(-10)()
 	t0 := time.Now()
 	p, err := Attach(tp.pid())
 	if err != nil {

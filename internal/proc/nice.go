@@ -23,18 +23,19 @@ import (
 // allowed (no CAP_SYS_NICE, or a cgroup without real-time runtime), to a
 // negative nice value instead.
 //
-// Only short, bounded windows are boosted (the attach, a patch batch), and
-// the tracer never spins while boosted: it sleeps whenever it waits for the
-// target. The kernel's real-time throttling (sched_rt_runtime_us) and the
-// fair server bound what a boosted tracer could take in any case. The
-// consumer of a long recording is never real-time: at full event rate it
-// would hold a CPU for as long as the target runs.
+// Only one short, bounded window is real-time: the attach, from record
+// -p's start (BoostEarly) through session.Start's patch batch (BoostAll),
+// tens of milliseconds. The tracer never spins while boosted: it sleeps
+// whenever it waits for the target. The kernel's real-time throttling
+// (sched_rt_runtime_us) and the fair server bound what a boosted tracer
+// could take in any case. The batches of a recording (ctl, dlopen,
+// detach) and its consumer get a nice value instead (BoostThread,
+// BoostCaller): the consumer at full event rate would hold a CPU for as
+// long as the target runs.
 
 // boostTask boosts thread tid (see above), falling back to nice n, and
-// returns its old attributes to put back. With alone, a thread the boosted
-// one creates (the Go runtime starts threads from whichever thread needs
-// one) starts with the default policy: it would not be put back.
-func boostTask(tid, n int, alone bool) (old *unix.SchedAttr, ok bool) {
+// returns its old attributes to put back.
+func boostTask(tid, n int) (old *unix.SchedAttr, ok bool) {
 	old, err := unix.SchedGetAttr(tid, 0)
 	if err != nil {
 		return nil, false
@@ -44,9 +45,6 @@ func boostTask(tid, n int, alone bool) (old *unix.SchedAttr, ok bool) {
 		return nil, false
 	}
 	rt := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_FIFO, Priority: 1}
-	if alone {
-		rt.Flags = unix.SCHED_FLAG_RESET_ON_FORK
-	}
 	if unix.SchedSetAttr(tid, &rt, 0) == nil {
 		return old, true
 	}
@@ -63,14 +61,14 @@ func unboostTask(tid int, old *unix.SchedAttr) {
 	_ = unix.SchedSetAttr(tid, &a, 0)
 }
 
-// BoostNice boosts every thread of the tracer (real-time where allowed,
+// BoostAll boosts every thread of the tracer (real-time where allowed,
 // else nice n; see above) and returns a function that puts the old
 // attributes back (it may be called more than once). Without root (or
 // CAP_SYS_NICE) it does nothing. On Linux, the scheduling attributes
 // belong to one thread (a task), so every thread is set; threads created
 // meanwhile inherit the boost and are put back too. An early boost
 // (BoostEarly) is taken over: the returned function ends it too.
-func BoostNice(n int) (restore func()) {
+func BoostAll(n int) (restore func()) {
 	earlyMu.Lock()
 	old := early
 	early = nil
@@ -98,7 +96,7 @@ func boostAll(n int, old map[int]*unix.SchedAttr) map[int]*unix.SchedAttr {
 		if _, done := old[tid]; done {
 			continue
 		}
-		if a, ok := boostTask(tid, n, false); ok {
+		if a, ok := boostTask(tid, n); ok {
 			old[tid] = a
 		}
 	}
@@ -110,10 +108,10 @@ var (
 	early   map[int]*unix.SchedAttr // boosted by BoostEarly, not yet taken over
 )
 
-// BoostEarly boosts the tracer as BoostNice does, from the start of a
+// BoostEarly boosts the tracer as BoostAll does, from the start of a
 // command that will attach to a running process, so that the tracer's
 // own start (flags, checks, discover) does not wait for CPUs the
-// target's threads keep busy. The next BoostNice takes the boost over,
+// target's threads keep busy. The next BoostAll takes the boost over,
 // and its restore ends it; EndEarlyBoost ends it if none came. Never
 // call it before the tracer starts a program of its own: a real-time
 // policy is inherited across fork.
@@ -124,7 +122,7 @@ func BoostEarly(n int) {
 	earlyMu.Unlock()
 }
 
-// EndEarlyBoost ends a boost BoostEarly began, unless a BoostNice took
+// EndEarlyBoost ends a boost BoostEarly began, unless a BoostAll took
 // it over.
 func EndEarlyBoost() {
 	earlyMu.Lock()
@@ -160,48 +158,39 @@ func restoreBoost(old map[int]*unix.SchedAttr) {
 	}
 }
 
-// BoostThread boosts the ptrace thread alone (real-time where allowed,
-// else nice n) and returns a function that puts its old attributes back.
-// During a live batch that thread serves every INT3 hit: it must get a CPU
-// at once, but the rest of the tracer must not crowd the target's threads
-// off the CPUs. The thread is set from here, by its id: a request to the
-// ptrace thread would first wait for it to get a CPU at its old priority,
-// up to 18 ms beside 4 busy threads of the target.
+// BoostThread sets the nice value of the ptrace thread alone to n and
+// returns a function that puts the old value back. During a live batch
+// that thread serves every INT3 hit: it must get a CPU at once, but the
+// rest of the tracer must not crowd the target's threads off the CPUs.
+// The thread is set from here, by its id: a request to the ptrace thread
+// would first wait for it to get a CPU at its old priority, up to 18 ms
+// beside 4 busy threads of the target.
+//
+// A nice value, not the real-time policy of BoostAll: side by side on
+// the 100,000-site batch with two calling threads, real-time for this
+// thread, the caller's or both made no batch shorter and the calling
+// threads' longest stall longer (docs/DESIGN-NOTES.md, "Real-time while
+// attaching"). A batch of the attach runs real-time all the same, inside
+// session.Start's BoostAll; on a real-time thread this changes only the
+// nice value, which it puts back.
 func (p *Process) BoostThread(n int) (restore func()) {
 	tid := p.ex.tid
-	old, ok := boostTask(tid, n, true)
-	if !ok {
+	prio, err := unix.Getpriority(unix.PRIO_PROCESS, tid)
+	if err != nil || unix.Setpriority(unix.PRIO_PROCESS, tid, n) != nil {
 		return func() {}
 	}
-	return func() { unboostTask(tid, old) }
+	return func() { _ = unix.Setpriority(unix.PRIO_PROCESS, tid, 20-prio) }
 }
 
-// BoostCaller locks the calling goroutine to its OS thread and boosts that
-// thread (real-time where allowed, else nice n), for a short loop that must
-// run promptly while other threads keep the CPUs busy (the verify pass of
-// a batch). The returned function puts the old attributes back and unlocks
-// the goroutine; call it on the same goroutine.
-func BoostCaller(n int) (restore func()) {
-	runtime.LockOSThread()
-	tid := unix.Gettid()
-	old, ok := boostTask(tid, n, true)
-	if !ok {
-		return runtime.UnlockOSThread
-	}
-	return func() {
-		unboostTask(tid, old)
-		runtime.UnlockOSThread()
-	}
-}
-
-// NiceCaller locks the calling goroutine to its OS thread and sets that
-// thread's nice value to n, for a loop that must run promptly for as long
-// as a recording lasts (the tracer's consumer: the shared buffer fills in
-// tens of milliseconds at full speed), where a real-time thread would take
-// a CPU from the target for good. The returned function puts the old value
+// BoostCaller locks the calling goroutine to its OS thread and sets that
+// thread's nice value to n, for a loop that must run promptly while other
+// threads keep the CPUs busy (the verify pass of a batch; the tracer's
+// consumer, whose shared buffer fills in tens of milliseconds at full
+// speed and which a real-time policy would let take a CPU from the target
+// for as long as it records). The returned function puts the old value
 // back and unlocks the goroutine; call it on the same goroutine. Without
 // root (or CAP_SYS_NICE) a negative n has no effect.
-func NiceCaller(n int) (restore func()) {
+func BoostCaller(n int) (restore func()) {
 	runtime.LockOSThread()
 	tid := unix.Gettid()
 	prio, err := unix.Getpriority(unix.PRIO_PROCESS, tid)

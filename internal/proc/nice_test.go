@@ -36,10 +36,9 @@ func policies(t *testing.T) map[int]int {
 }
 
 // TestBoost checks the boosts of nice.go as root: every thread real-time
-// while boosted, the early boost taken over by BoostNice and ended by its
-// restore, a thread boosted alone with SCHED_RESET_ON_FORK (so that the
-// threads the Go runtime starts from it are not left real-time), and
-// every thread back to its policy and nice value afterwards.
+// while boosted, the early boost taken over by BoostAll and ended by its
+// restore, BoostCaller's nice value, and every thread back to its policy
+// and nice value afterwards.
 func TestBoost(t *testing.T) {
 	testtarget.RequireRoot(t)
 	before := policies(t)
@@ -79,12 +78,12 @@ func TestBoost(t *testing.T) {
 
 	BoostEarly(-10)
 	allRT("after BoostEarly")
-	restore := BoostNice(-10)
-	allRT("after BoostNice")
+	restore := BoostAll(-10)
+	allRT("after BoostAll")
 	EndEarlyBoost() // taken over: does nothing
-	allRT("after EndEarlyBoost, with BoostNice holding the boost")
+	allRT("after EndEarlyBoost, with BoostAll holding the boost")
 	restore()
-	noneRT("after BoostNice's restore")
+	noneRT("after BoostAll's restore")
 	restore()
 	noneRT("after a second restore")
 
@@ -93,13 +92,14 @@ func TestBoost(t *testing.T) {
 	EndEarlyBoost()
 	noneRT("after EndEarlyBoost")
 
+	// BoostCaller sets a nice value only.
 	done := BoostCaller(-10)
 	a, err := unix.SchedGetAttr(unix.Gettid(), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if a.Policy != unix.SCHED_FIFO || a.Flags&unix.SCHED_FLAG_RESET_ON_FORK == 0 {
-		t.Errorf("BoostCaller: policy %d flags %#x, want SCHED_FIFO with SCHED_FLAG_RESET_ON_FORK", a.Policy, a.Flags)
+	if a.Policy != unix.SCHED_NORMAL || a.Nice != -10 {
+		t.Errorf("BoostCaller: policy %d nice %d, want SCHED_NORMAL at nice -10", a.Policy, a.Nice)
 	}
 	done()
 	runtime.LockOSThread()
