@@ -87,12 +87,15 @@ func LiveModulesWith(pid int, opts LiveOptions) (mods []*Module, skipped []error
 			groups = append(groups, g)
 		}
 	}
-	// The files are parsed in parallel, at most one per CPU: a program
-	// and its libc cost about the same, and attaching waits for both.
+	// The files are parsed in parallel, on all CPUs but one: a program
+	// and its libc cost about the same, and attaching waits for both,
+	// but the tracer runs real-time while it attaches (proc/nice.go),
+	// and a parse on every CPU would stop every thread of the target
+	// for as long as it lasts.
 	specs := make([]*Spec, len(groups))
 	errs := make([]error, len(groups))
 	var wg sync.WaitGroup
-	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
+	sem := make(chan struct{}, max(1, runtime.GOMAXPROCS(0)-1))
 	for i, g := range groups {
 		wg.Add(1)
 		sem <- struct{}{}

@@ -5,6 +5,7 @@ import (
 	"runtime"
 	"strconv"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -25,8 +26,9 @@ import (
 //
 // Only one short, bounded window is real-time: the attach, from record
 // -p's start (BoostEarly) through session.Start's patch batch (BoostAll),
-// tens of milliseconds. The tracer never spins while boosted: it sleeps
-// whenever it waits for the target. The kernel's real-time throttling
+// tens of milliseconds, and never more than maxRealTime. The tracer never
+// spins while boosted: it sleeps whenever it waits for the target, and it
+// parses files on all CPUs but one (elfsite.LiveModulesWith). The kernel's real-time throttling
 // (sched_rt_runtime_us) and the fair server bound what a boosted tracer
 // could take in any case. The batches of a recording (ctl, dlopen,
 // detach) and its consumer get a nice value instead (BoostThread,
@@ -75,8 +77,20 @@ func BoostAll(n int) (restore func()) {
 	earlyMu.Unlock()
 	old = boostAll(n, old)
 	var once sync.Once
-	return func() { once.Do(func() { restoreBoost(old) }) }
+	end := func() { once.Do(func() { restoreBoost(old) }) }
+	// However the attach goes (a huge or hostile program to parse), the
+	// tracer is real-time for a bounded time only.
+	t := time.AfterFunc(maxRealTime, end)
+	return func() {
+		t.Stop()
+		end()
+	}
 }
+
+// maxRealTime bounds a real-time boost: ten times the attach of 10,000
+// functions beside busy threads, twice that of every function of a
+// stock redis-server.
+const maxRealTime = 500 * time.Millisecond
 
 // boostAll boosts every thread of the tracer not in old and returns old
 // with their old attributes added.
@@ -104,8 +118,9 @@ func boostAll(n int, old map[int]*unix.SchedAttr) map[int]*unix.SchedAttr {
 }
 
 var (
-	earlyMu sync.Mutex
-	early   map[int]*unix.SchedAttr // boosted by BoostEarly, not yet taken over
+	earlyMu  sync.Mutex
+	early    map[int]*unix.SchedAttr // boosted by BoostEarly, not yet taken over
+	earlyGen uint64                  // counts BoostEarly calls, for its timer
 )
 
 // BoostEarly boosts the tracer as BoostAll does, from the start of a
@@ -119,7 +134,19 @@ func BoostEarly(n int) {
 	old := boostAll(n, nil)
 	earlyMu.Lock()
 	early = old
+	earlyGen++
+	gen := earlyGen
 	earlyMu.Unlock()
+	// Bounded as BoostAll's; once taken over or ended, this does nothing.
+	time.AfterFunc(maxRealTime, func() {
+		earlyMu.Lock()
+		var old map[int]*unix.SchedAttr
+		if earlyGen == gen {
+			old, early = early, nil
+		}
+		earlyMu.Unlock()
+		restoreBoost(old)
+	})
 }
 
 // EndEarlyBoost ends a boost BoostEarly began, unless a BoostAll took

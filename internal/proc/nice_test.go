@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -37,8 +38,9 @@ func policies(t *testing.T) map[int]int {
 
 // TestBoost checks the boosts of nice.go as root: every thread real-time
 // while boosted, the early boost taken over by BoostAll and ended by its
-// restore, BoostCaller's nice value, and every thread back to its policy
-// and nice value afterwards.
+// restore, either boost ended by itself after maxRealTime, BoostCaller's
+// nice value, and every thread back to its policy and nice value
+// afterwards.
 func TestBoost(t *testing.T) {
 	testtarget.RequireRoot(t)
 	before := policies(t)
@@ -91,6 +93,18 @@ func TestBoost(t *testing.T) {
 	allRT("after BoostEarly")
 	EndEarlyBoost()
 	noneRT("after EndEarlyBoost")
+
+	// However long the attach, the boost ends by itself.
+	restore = BoostAll(-10)
+	allRT("after BoostAll")
+	time.Sleep(maxRealTime + 200*time.Millisecond)
+	noneRT("maxRealTime after BoostAll")
+	restore()
+	BoostEarly(-10)
+	allRT("after BoostEarly")
+	time.Sleep(maxRealTime + 200*time.Millisecond)
+	noneRT("maxRealTime after BoostEarly")
+	EndEarlyBoost()
 
 	// BoostCaller sets a nice value only.
 	done := BoostCaller(-10)
