@@ -1,8 +1,6 @@
 package main
 
 import (
-	"fmt"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -13,23 +11,12 @@ import (
 )
 
 // checkNotRealTime fails the test if a thread of process pid has a
-// real-time scheduling policy (field 41 of /proc/PID/task/TID/stat).
+// real-time scheduling policy.
 func checkNotRealTime(t *testing.T, who string, pid int) {
 	t.Helper()
-	dir := fmt.Sprintf("/proc/%d/task", pid)
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range ents {
-		b, err := os.ReadFile(filepath.Join(dir, e.Name(), "stat"))
-		if err != nil {
-			continue // gone
-		}
-		s := string(b)
-		f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-		if pol, _ := strconv.Atoi(f[41-3]); pol != 0 {
-			t.Errorf("%s (pid %d): thread %s has scheduling policy %d, want 0 (SCHED_NORMAL)", who, pid, e.Name(), pol)
+	for tid, pol := range testtarget.ThreadPolicies(t, pid) {
+		if pol != 0 {
+			t.Errorf("%s (pid %d): thread %d has scheduling policy %d, want 0 (SCHED_NORMAL)", who, pid, tid, pol)
 		}
 	}
 }

@@ -3,8 +3,6 @@ package proc
 import (
 	"os"
 	"runtime"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -13,29 +11,6 @@ import (
 	"github.com/livetrace/livetrace/internal/testtarget"
 )
 
-// policies returns the scheduling policy of every thread of this process
-// (field 41 of /proc/self/task/TID/stat).
-func policies(t *testing.T) map[int]int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/task")
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[int]int{}
-	for _, e := range ents {
-		tid, _ := strconv.Atoi(e.Name())
-		b, err := os.ReadFile("/proc/self/task/" + e.Name() + "/stat")
-		if err != nil {
-			continue // gone
-		}
-		// The command name, in parentheses, may hold spaces.
-		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
-		pol, _ := strconv.Atoi(f[41-3])
-		out[tid] = pol
-	}
-	return out
-}
-
 // TestBoost checks the boosts of nice.go as root: every thread real-time
 // while boosted, the early boost taken over by BoostAll and ended by its
 // restore, either boost ended by itself after maxRealTime, BoostCaller's
@@ -43,7 +18,7 @@ func policies(t *testing.T) map[int]int {
 // afterwards.
 func TestBoost(t *testing.T) {
 	testtarget.RequireRoot(t)
-	before := policies(t)
+	before := testtarget.ThreadPolicies(t, os.Getpid())
 	for tid, pol := range before {
 		if pol != unix.SCHED_NORMAL {
 			t.Fatalf("thread %d has policy %d before any boost", tid, pol)
@@ -60,7 +35,7 @@ func TestBoost(t *testing.T) {
 	nice0 := nice(self)
 	allRT := func(when string) {
 		t.Helper()
-		for tid, pol := range policies(t) {
+		for tid, pol := range testtarget.ThreadPolicies(t, os.Getpid()) {
 			if pol != unix.SCHED_FIFO {
 				t.Errorf("%s: thread %d has policy %d, want SCHED_FIFO", when, tid, pol)
 			}
@@ -68,7 +43,7 @@ func TestBoost(t *testing.T) {
 	}
 	noneRT := func(when string) {
 		t.Helper()
-		for tid, pol := range policies(t) {
+		for tid, pol := range testtarget.ThreadPolicies(t, os.Getpid()) {
 			if pol != unix.SCHED_NORMAL {
 				t.Errorf("%s: thread %d has policy %d, want SCHED_NORMAL", when, tid, pol)
 			}

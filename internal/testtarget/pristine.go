@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -129,4 +130,36 @@ func firstDiff(a, b []byte) int {
 		}
 	}
 	return -1
+}
+
+// ThreadPolicies returns the scheduling policy of every thread of process
+// pid (field 41 of /proc/PID/task/TID/stat: 0 is SCHED_NORMAL, 1
+// SCHED_FIFO), for tests that check who runs real-time.
+func ThreadPolicies(tb testing.TB, pid int) map[int]int {
+	tb.Helper()
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	out := map[int]int{}
+	for _, e := range ents {
+		tid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(dir, e.Name(), "stat"))
+		if err != nil {
+			continue // gone
+		}
+		// The command name, in parentheses, may hold spaces.
+		s := string(b)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+		if len(f) < 41-2 {
+			tb.Fatalf("%s/%s/stat: too few fields", dir, e.Name())
+		}
+		pol, _ := strconv.Atoi(f[41-3])
+		out[tid] = pol
+	}
+	return out
 }
