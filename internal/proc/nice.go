@@ -28,12 +28,13 @@ import (
 // -p's start (BoostEarly) through session.Start's patch batch (BoostAll),
 // tens of milliseconds, and never more than maxRealTime. The tracer never
 // spins while boosted: it sleeps whenever it waits for the target, and it
-// parses files on all CPUs but one (elfsite.LiveModulesWith). The kernel's real-time throttling
-// (sched_rt_runtime_us) and the fair server bound what a boosted tracer
-// could take in any case. The batches of a recording (ctl, dlopen,
-// detach) and its consumer get a nice value instead (BoostThread,
-// BoostCaller): the consumer at full event rate would hold a CPU for as
-// long as the target runs.
+// parses files on all CPUs but one (elfsite.LiveModulesWith). The
+// kernel's real-time throttling (sched_rt_runtime_us) and the fair server
+// bound what a boosted tracer could take in any case. The batches of a
+// recording (ctl, dlopen, detach) and its consumer get a nice value
+// instead (BoostThread, BoostCaller): the consumer at full event rate
+// would hold a CPU for as long as the target runs. See
+// docs/DESIGN-NOTES.md, "Real-time while attaching".
 
 // boostTask boosts thread tid (see above), falling back to nice n, and
 // returns its old attributes to put back.
