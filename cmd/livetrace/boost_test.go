@@ -31,13 +31,7 @@ func TestAttachBoostEnds(t *testing.T) {
 	testtarget.RequireRoot(t)
 	bin := livetraceBinary(t)
 	stress := testtarget.Build(t, testtarget.Stress, testtarget.ClangNop5, testtarget.Funcs(2000))
-	tp := testtarget.Start(t, stress, "-t", "3")
-	if _, err := tp.Expect("ready", 30*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	if err := testtarget.HammerStress(tp, 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	tp := startHammering(t, stress) // 2 threads: both CPUs busy
 	for _, args := range [][]string{{"-F", "fn_*"}, {"-F", "fn_000[0-9][0-9]"}, {"--graph", "-F", "fn_001*"}} {
 		out := filepath.Join(t.TempDir(), "rec.data")
 		cmd, _, said := startTracing(t, bin, append([]string{"record", "-p", strconv.Itoa(tp.Pid()), "-d", "400ms", "-o", out}, args...)...)

@@ -325,10 +325,7 @@ func startHammering(t *testing.T, stress string) *testtarget.Process {
 	if _, err := tp.Expect("ready", 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	if err := tp.Send("hammer"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tp.Expect("hammering", 10*time.Second); err != nil {
+	if err := testtarget.HammerStress(tp, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	return tp
