@@ -146,7 +146,7 @@ func BenchmarkBookkeeping(b *testing.B) {
 			e.publish(bt)
 			t3 := time.Now()
 			for _, st := range []step{stepBreak, stepTail, stepHead} {
-				if err := e.pass(bt, write, st); err != nil {
+				if err := e.pass(bt, write, st, nil); err != nil {
 					b.Fatal(err)
 				}
 			}

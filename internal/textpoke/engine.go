@@ -60,6 +60,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"slices"
 	"sort"
 	"strings"
@@ -179,6 +180,7 @@ type Stats struct {
 	Held     int           // sites left alone: another tool changed them (see Engine.Held)
 	Duration time.Duration // wall time of the batch
 	Paused   time.Duration // stop mode: how long every thread was stopped
+	Shared   bool          // a second thread wrote half of each pass (partner)
 	// Regions: threads found strictly inside a relocated region and
 	// single-stepped out of it, and how long the check of every thread
 	// took (live mode: each thread stopped alone).
@@ -451,6 +453,12 @@ type batch struct {
 	at  []uint32
 	sz  []uint8
 	img []byte
+
+	// mu guards last and gone while a partner shares the passes (the
+	// sites and runs are split between the two, drop included).
+	mu sync.Mutex
+	// partner, when set, takes part of each pass of a live batch.
+	partner *partner
 }
 
 // apply runs one batch in mode. A lenient batch (RestoreAll) leaves any
@@ -849,11 +857,13 @@ func (e *Engine) recheck(bt *batch, r *run, read func(addr uint64, b []byte) err
 			continue
 		}
 		bt.drop[i] = true
+		bt.mu.Lock()
 		if bt.last == nil {
 			bt.last = make([]siteBytes, len(bt.ps))
 		}
 		bt.last[i] = mkSiteBytes(was)
 		bt.gone = append(bt.gone, Held{Addr: bt.ps[i].Addr, Found: bytes.Clone(now)})
+		bt.mu.Unlock()
 		copy(was, now)
 	}
 	if !bytes.Equal(r.now, r.buf) {
@@ -946,8 +956,46 @@ func (bt *batch) apply(r *run, st step, bp byte) {
 }
 
 // pass is one write of the protocol: for each run, read it again (recheck),
-// apply st to every site still ours, and write it.
-func (e *Engine) pass(bt *batch, write func(addr uint64, b []byte) error, st step) error {
+// apply st to every site still ours, and write it. With a partner, the
+// runs past the middle of the text are its share, written while this
+// thread writes the first half and handles the INT3 hits (pump).
+func (e *Engine) pass(bt *batch, write func(addr uint64, b []byte) error, st step, pump func()) error {
+	p := bt.partner
+	if p == nil || pump == nil {
+		return e.passRuns(bt, bt.runs, write, st)
+	}
+	h := bt.half()
+	var err2 error
+	done := make(chan struct{})
+	p.work <- func() {
+		defer close(done)
+		err2 = e.passRuns(bt, bt.runs[h:], e.p.WriteMem, st)
+	}
+	err := e.passRuns(bt, bt.runs[:h], write, st)
+	for waiting := true; waiting; {
+		select {
+		case <-done:
+			waiting = false
+		default:
+			pump()
+		}
+	}
+	if err == nil {
+		err = err2
+	}
+	return err
+}
+
+// half returns the index of the first run past the middle of the batch's
+// text.
+func (bt *batch) half() int {
+	last := bt.runs[len(bt.runs)-1]
+	mid := (last.off + uint32(len(last.buf))) / 2
+	return sort.Search(len(bt.runs), func(k int) bool { return bt.runs[k].off >= mid })
+}
+
+// passRuns is pass over runs, on the calling thread.
+func (e *Engine) passRuns(bt *batch, runs []*run, write func(addr uint64, b []byte) error, st step) error {
 	bp := e.arch.Breakpoint()
 	var dr, dw, ds time.Duration
 	defer func() {
@@ -955,7 +1003,7 @@ func (e *Engine) pass(bt *batch, write func(addr uint64, b []byte) error, st ste
 			fmt.Fprintf(os.Stderr, "textpoke: pass: read %v write %v step %v\n", dr, dw, ds)
 		}
 	}()
-	for _, r := range bt.runs {
+	for _, r := range runs {
 		t0 := time.Now()
 		if err := e.recheck(bt, r, e.readText); err != nil {
 			return err
@@ -1134,7 +1182,44 @@ var debugTiming = os.Getenv("LIVETRACE_DEBUG_TIMING") != ""
 // another tool writing into the text midway.
 var testHookPass func(pass int, sync func() error)
 
+// partner is the goroutine that called a large live batch. While the
+// ptrace thread runs the protocol, it writes half of each pass (pass): the
+// text of 100,000 sites is 6 MB, and reading it again and writing it
+// through /proc/PID/mem is kernel work a second CPU halves. It only reads
+// and writes memory; the INT3 hits stay with the ptrace thread.
+type partner struct {
+	// work holds the share of the pass in progress: one at a time, so
+	// that the ptrace thread never blocks handing it over.
+	work chan func()
+}
+
+// minPartnerText is the least text a batch shares with a partner: below
+// it, waking the partner (up to a scheduler tick on busy CPUs) costs more
+// than half a pass saves. Tests set it to 0 to share every batch.
+var minPartnerText = 1 << 20
+
 func (e *Engine) applyLive(bt *batch, st *Stats) error {
+	last := bt.runs[len(bt.runs)-1]
+	if int(last.off)+len(last.buf) < minPartnerText || runtime.GOMAXPROCS(0) < 2 {
+		return e.applyLiveOn(bt, st)
+	}
+	// The caller's goroutine is locked to its thread and boosted (apply).
+	bt.partner = &partner{work: make(chan func(), 1)}
+	st.Shared = true
+	res := make(chan error, 1)
+	go func() { res <- e.applyLiveOn(bt, st) }()
+	for {
+		select {
+		case f := <-bt.partner.work:
+			f()
+		case err := <-res:
+			return err
+		}
+	}
+}
+
+// applyLiveOn runs a live batch on the ptrace thread.
+func (e *Engine) applyLiveOn(bt *batch, st *Stats) error {
 	// The whole protocol runs on the ptrace thread, so that INT3 hits are
 	// emulated between the pieces of each write and during each sync,
 	// instead of waiting for a goroutine hand-off.
@@ -1186,7 +1271,7 @@ func (e *Engine) applyLive(bt *batch, st *Stats) error {
 			// Each write is preceded by a read of the same run: a site
 			// that another tool (a uprobe) changed since our last write
 			// is left alone, never overwritten.
-			if err := e.pass(bt, b.Write, step); err != nil {
+			if err := e.pass(bt, b.Write, step, b.Pump); err != nil {
 				return fmt.Errorf("patch pid %d (step %d of 3): %w", e.p.Pid(), i+1, err)
 			}
 			t1 := time.Now()
@@ -1221,7 +1306,7 @@ func (e *Engine) applyLive(bt *batch, st *Stats) error {
 			if cerr != nil {
 				// Take the INT3s out again: the tails are still the
 				// old ones.
-				if err := e.pass(bt, b.Write, stepUnbreak); err != nil {
+				if err := e.pass(bt, b.Write, stepUnbreak, b.Pump); err != nil {
 					return fmt.Errorf("patch pid %d: %w (and undoing the INT3s: %v)", e.p.Pid(), cerr, err)
 				}
 				if err := sync(); err != nil {
@@ -1320,7 +1405,7 @@ func (e *Engine) stopped(bt *batch, st *Stats) error {
 			return err
 		}
 	}
-	if err := e.pass(bt, e.p.WriteMem, stepNew); err != nil {
+	if err := e.pass(bt, e.p.WriteMem, stepNew, nil); err != nil {
 		return fmt.Errorf("patch pid %d: %w", e.p.Pid(), err)
 	}
 	if e.membarrier {

@@ -233,7 +233,14 @@ func stressForm(t *testing.T, form testtarget.Form, nfn, toggles int) {
 	}
 
 	hammer()
+	defer func(n int) { minPartnerText = n }(minPartnerText)
 	for n := 0; n < toggles; n++ {
+		// Every other batch shares its passes with a partner (pass).
+		if n%2 == 1 {
+			minPartnerText = 0
+		} else {
+			minPartnerText = 1 << 30
+		}
 		// Flip a random subset, from one site to all of them.
 		k := 1 + rng.Intn(nfn)
 		if n%50 == 0 {

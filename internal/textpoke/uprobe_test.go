@@ -51,6 +51,21 @@ func TestHeldByUprobe(t *testing.T) {
 // and restore the rest; the target computes the right results throughout.
 func TestSiteChangedMidBatch(t *testing.T) {
 	testtarget.RequireRoot(t)
+	// With a partner (the batch's text is far below minPartnerText), the
+	// rechecks of the second half of the text run on another thread: the
+	// victims at fn_150 and the padding after fn_100 are its.
+	for _, partner := range []bool{false, true} {
+		t.Run(fmt.Sprintf("partner=%v", partner), func(t *testing.T) {
+			if partner {
+				defer func(n int) { minPartnerText = n }(minPartnerText)
+				minPartnerText = 0
+			}
+			siteChangedMidBatch(t)
+		})
+	}
+}
+
+func siteChangedMidBatch(t *testing.T) {
 	const nfn = 200
 	st := startStress(t, testtarget.ClangNop5, nfn, "-t", "4")
 	base2, _ := st.run(t, 2)
@@ -105,6 +120,9 @@ func TestSiteChangedMidBatch(t *testing.T) {
 	testHookPass = nil
 	if err != nil || hookErr != nil {
 		t.Fatalf("apply: %v (hook: %v)", err, hookErr)
+	}
+	if stats.Shared != (minPartnerText == 0) {
+		t.Errorf("stats: shared %v, want %v", stats.Shared, minPartnerText == 0)
 	}
 	if stats.Held != 3 || stats.Sites != nfn-3 {
 		t.Errorf("stats: %d sites written, %d held; want %d and 3", stats.Sites, stats.Held, nfn-3)
