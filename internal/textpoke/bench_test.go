@@ -133,12 +133,12 @@ func BenchmarkBookkeeping(b *testing.B) {
 		for _, batch := range [][]Patch{on, off} {
 			relax := gcpause.Relax()
 			t0 := time.Now()
-			ps, err := e.prepare(batch)
+			ps, asIs, err := e.prepare(batch)
 			if err != nil {
 				b.Fatal(err)
 			}
 			t1 := time.Now()
-			bt, err := e.verify(ps, false)
+			bt, err := e.verify(ps, false, asIs)
 			if err != nil {
 				b.Fatal(err)
 			}

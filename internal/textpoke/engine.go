@@ -454,6 +454,12 @@ type batch struct {
 	sz  []uint8
 	img []byte
 
+	// sled is the first site kept whose old bytes are a NOP sled (-1:
+	// none), which only stop mode rewrites; stopRegion: a region kept has
+	// no instruction for the trap handler, and needs stop mode too.
+	sled       int
+	stopRegion bool
+
 	// mu guards last and gone while a partner shares the passes (the
 	// sites and runs are split between the two, drop included).
 	mu sync.Mutex
@@ -477,25 +483,29 @@ func (e *Engine) apply(patches []Patch, mode Mode, lenient bool) (st Stats, err 
 	defer gcpause.Relax()()
 	start := time.Now()
 	st.Mode = mode
-	ps, err := e.prepare(patches)
+	ps, asIs, err := e.prepare(patches)
 	if err != nil || len(ps) == 0 {
 		return st, err
 	}
 	tPrep := time.Now()
-	bt, err := e.verify(ps, lenient)
+	bt, err := e.verify(ps, lenient, asIs)
+	if errors.Is(err, errNotAsIs) {
+		if ps, err = e.prepareCopy(patches); err != nil || len(ps) == 0 {
+			return st, err
+		}
+		bt, err = e.verify(ps, lenient, false)
+	}
 	if err != nil {
 		return st, err
 	}
-	for i, pt := range ps {
-		if !bt.drop[i] && e.arch.Sled(pt.Old) && mode != ModeStop {
-			return st, fmt.Errorf("site %#x is a NOP sled: convert sleds with ConvertSleds (stop mode) first", pt.Addr)
-		}
-		if !bt.drop[i] && pt.Region && pt.emul == nil && mode != ModeStop {
-			// A thread reaching this region midway would have nowhere
-			// to go: write it with every thread stopped.
-			mode = ModeStop
-			st.Mode = mode
-		}
+	if bt.stopRegion && mode != ModeStop {
+		// A thread reaching such a region midway would have nowhere to
+		// go: write the batch with every thread stopped.
+		mode = ModeStop
+		st.Mode = mode
+	}
+	if bt.sled >= 0 && mode != ModeStop {
+		return st, fmt.Errorf("site %#x is a NOP sled: convert sleds with ConvertSleds (stop mode) first", ps[bt.sled].Addr)
 	}
 	if debugTiming {
 		fmt.Fprintf(os.Stderr, "textpoke: prepare %v verify %v\n", tPrep.Sub(start), time.Since(tPrep))
@@ -522,15 +532,30 @@ func (e *Engine) apply(patches []Patch, mode Mode, lenient bool) (st Stats, err 
 }
 
 // prepare sorts the batch and rejects malformed or overlapping patches.
-// The batch is patches itself when it needs no change (the common case of
-// sorted sites, none a region or a no-op): copying 100,000 patches of 96
-// bytes cost 2 ms. Nothing a batch does writes to the patches but
-// RestoreAll's lenient verify, which passes its own.
-func (e *Engine) prepare(patches []Patch) ([]Patch, error) {
-	n := e.arch.SiteLen()
-	if e.asIs(patches, n) {
-		return patches, nil
+// The batch is patches itself (asIs) when its shape needs no change, the
+// common case of sorted sites of the site length, none a region: copying
+// 100,000 patches of 96 bytes cost 2 ms. Their bytes are then checked by
+// verify, which reads them anyway (each patch's bytes are small
+// allocations of their own, and every pass over them misses the cache),
+// and which returns errNotAsIs for prepareCopy to take over. Nothing a
+// batch does writes to the patches but RestoreAll's lenient verify, which
+// passes its own.
+func (e *Engine) prepare(patches []Patch) (ps []Patch, asIs bool, err error) {
+	if e.shapeAsIs(patches, e.arch.SiteLen()) {
+		return patches, true, nil
 	}
+	ps, err = e.prepareCopy(patches)
+	return ps, false, err
+}
+
+// errNotAsIs is verify's word that patches prepare took as they were are
+// not (a no-op or an instruction Check refuses): prepareCopy sorts it out.
+var errNotAsIs = errors.New("patches not as is")
+
+// prepareCopy is prepare into the engine's own array: sorted, no-ops
+// dropped, regions given what the trap handler emulates.
+func (e *Engine) prepareCopy(patches []Patch) ([]Patch, error) {
+	n := e.arch.SiteLen()
 	// The array is reused from batch to batch (e.mu is held): for 100,000
 	// sites a fresh one is 10 MB of new pages to fault in and zero.
 	if cap(e.psBuf) < len(patches) {
@@ -568,16 +593,13 @@ func (e *Engine) prepare(patches []Patch) ([]Patch, error) {
 	return ps, nil
 }
 
-// asIs reports whether patches (n-byte sites) need no sorting, filtering
-// or emulation of regions; malformed ones are left to prepare's errors.
-func (e *Engine) asIs(patches []Patch, n int) bool {
+// shapeAsIs reports whether patches are sorted, apart, and all of n bytes
+// and no regions, looking at the patches but not at their bytes.
+func (e *Engine) shapeAsIs(patches []Patch, n int) bool {
 	var end uint64
 	for i := range patches {
 		pt := &patches[i]
 		if pt.Region || pt.emul != nil || len(pt.Old) != n || len(pt.New) != n || pt.Addr < end {
-			return false
-		}
-		if e.arch.Check(pt.Addr, pt.New) != nil || bytes.Equal(pt.Old, pt.New) {
 			return false
 		}
 		end = pt.Addr + uint64(n)
@@ -749,14 +771,14 @@ func (a *runArena) batch(ps []Patch, runs []*run) *batch {
 	}
 	drop := a.drop[:len(ps)]
 	clear(drop)
-	return &batch{ps: ps, runs: runs, drop: drop, at: a.at[:len(ps)], sz: a.sz[:len(ps)], img: a.img[:total]}
+	return &batch{ps: ps, runs: runs, drop: drop, at: a.at[:len(ps)], sz: a.sz[:len(ps)], img: a.img[:total], sled: -1}
 }
 
 // verify reads the text around every site, coalesced into runs, and checks
 // that each site holds its Old bytes. A site that does not is left alone
 // when a uprobe holds it, when the engine already gave it up, or when the
 // batch is lenient; otherwise the batch is refused.
-func (e *Engine) verify(ps []Patch, lenient bool) (*batch, error) {
+func (e *Engine) verify(ps []Patch, lenient, asIs bool) (*batch, error) {
 	runs, err := e.readRuns(ps)
 	if err != nil {
 		return nil, fmt.Errorf("verify sites: %w", err)
@@ -773,37 +795,46 @@ func (e *Engine) verify(ps []Patch, lenient bool) (*batch, error) {
 			at := r.off + uint32(off)
 			bt.at[i], bt.sz[i] = at, uint8(n)
 			got := r.buf[off : off+n]
+			var same bool
 			if n == 5 && len(pt.New) == 5 {
 				// As arrays: memmove and memequal calls for 5 bytes
 				// were half of this loop's time.
 				*(*[5]byte)(bt.img[at : at+5]) = [5]byte(pt.New)
-				if [5]byte(got) == [5]byte(pt.Old) {
-					continue
-				}
+				same = [5]byte(got) == [5]byte(pt.Old)
 			} else {
 				copy(bt.img[at:at+uint32(n)], pt.New)
-				if bytes.Equal(got, pt.Old) {
+				same = bytes.Equal(got, pt.Old)
+			}
+			if asIs && (bytes.Equal(pt.Old, pt.New) || e.arch.Check(pt.Addr, pt.New) != nil) {
+				return nil, errNotAsIs
+			}
+			if !same {
+				addr := pt.Addr
+				ours := false
+				if k := t.index(addr); k >= 0 {
+					ours = bytes.Equal(got, t.written[k].bytes())
+				}
+				_, held := e.held[addr]
+				switch {
+				case ours && lenient:
+					// Back to what we wrote (RestoreAll read it a
+					// moment ago): still ours to restore.
+					pt.Old = bytes.Clone(got)
+				case !ours && (held || lenient || e.arch.UprobeHeld(addr, got, pt.Old, areas())):
+					bt.drop[i] = true
+					bt.gone = append(bt.gone, Held{Addr: addr, Found: bytes.Clone(got)})
+					continue
+				default:
+					bad = append(bad, fmt.Sprintf("site %#x holds % x, expected % x", addr, got, pt.Old))
 					continue
 				}
 			}
-			addr := ps[i].Addr
-			ours := false
-			if k := t.index(addr); k >= 0 {
-				ours = bytes.Equal(got, t.written[k].bytes())
+			if bt.sled < 0 && e.arch.Sled(pt.Old) {
+				bt.sled = i
 			}
-			if ours && lenient {
-				// Back to what we wrote (RestoreAll read it a moment ago):
-				// still ours to restore.
-				ps[i].Old = bytes.Clone(got)
-				continue
+			if pt.Region && pt.emul == nil {
+				bt.stopRegion = true
 			}
-			_, held := e.held[addr]
-			if !ours && (held || lenient || e.arch.UprobeHeld(addr, got, ps[i].Old, areas())) {
-				bt.drop[i] = true
-				bt.gone = append(bt.gone, Held{Addr: addr, Found: bytes.Clone(got)})
-				continue
-			}
-			bad = append(bad, fmt.Sprintf("site %#x holds % x, expected % x", addr, got, ps[i].Old))
 		}
 	}
 	if len(bad) > 0 {

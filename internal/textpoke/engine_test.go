@@ -361,6 +361,41 @@ func TestStopModeChosen(t *testing.T) {
 	}
 }
 
+// TestPatchesChecked: a batch given sorted, as it is taken without a copy,
+// still has its bytes checked: an instruction the trap handler could not
+// run refuses the batch, and a no-op patch is left out of it.
+func TestPatchesChecked(t *testing.T) {
+	testtarget.RequireRoot(t)
+	st := startStress(t, testtarget.ClangNop5, 50, "-t", "1")
+	p, e := st.attach(t, Options{})
+	ps := st.enable(t, upTo(50, 1)...)
+	ps[30].New = []byte{0xcc, 0xcc, 0xcc, 0xcc, 0xcc}
+	if _, err := e.Apply(ps); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("site %#x: cc cc cc cc cc is not", st.sites[30])) {
+		t.Fatalf("err = %v, want the instruction of site 30 refused", err)
+	}
+	testtarget.CheckText(t, st.tp.Pid())
+	ps = st.enable(t, upTo(50, 1)...)
+	ps[12].New = st.orig[12]
+	stats, err := e.Apply(ps)
+	if err != nil || stats.Sites != 49 {
+		t.Fatalf("apply with a no-op: %d sites written, err %v; want 49", stats.Sites, err)
+	}
+	st.run(t, 0)
+	_, counts := st.run(t, 1)
+	for i, c := range counts {
+		if want := uint64(1); (c != want) != (i == 12) {
+			t.Errorf("fn %d: %d calls counted, want %d (fn 12: none)", i, c, want)
+		}
+	}
+	if _, err := e.RestoreAll(); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Detach(); err != nil {
+		t.Fatal(err)
+	}
+	testtarget.CheckText(t, st.tp.Pid())
+}
+
 // TestVerifyRefuses checks that a batch with one wrong byte writes nothing
 // and names the site.
 func TestVerifyRefuses(t *testing.T) {
