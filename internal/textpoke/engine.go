@@ -658,11 +658,11 @@ type run struct {
 
 // maxRunGap and maxRunLen bound coalescing: one /proc/PID/mem write costs
 // about 1 µs plus a page-table walk per page, so merging sites that are a few
-// KiB apart pays.
-const (
-	maxRunGap = 4096
-	maxRunLen = 256 << 10
-)
+// KiB apart pays. A run is also what a partner takes at a time (pass);
+// tests shorten runs to share small batches.
+const maxRunGap = 4096
+
+var maxRunLen uint64 = 256 << 10
 
 // readRuns groups the sites of ps (sorted by address) into runs and reads
 // the text of each run. The runs live in the engine's arena (e.mu is held)
@@ -988,68 +988,114 @@ func (bt *batch) apply(r *run, st step, bp byte) {
 
 // pass is one write of the protocol: for each run, read it again (recheck),
 // apply st to every site still ours, and write it. With a partner, the
-// runs past the middle of the text are its share, written while this
-// thread writes the first half and handles the INT3 hits (pump).
+// two threads take the runs one at a time from a shared counter while
+// this one handles the INT3 hits between its pieces (pump). The partner
+// may wake late, or not at all before the runs are taken: this thread
+// never waits for it to start, only for a run it has taken to be written.
 func (e *Engine) pass(bt *batch, write func(addr uint64, b []byte) error, st step, pump func()) error {
+	sh := &share{e: e, bt: bt, st: st}
+	defer sh.report()
 	p := bt.partner
 	if p == nil || pump == nil {
-		return e.passRuns(bt, bt.runs, write, st)
+		sh.work(write)
+		return sh.err
 	}
-	h := bt.half()
-	var err2 error
-	done := make(chan struct{})
-	p.work <- func() {
-		defer close(done)
-		err2 = e.passRuns(bt, bt.runs[h:], e.p.WriteMem, st)
+	p.cur.Store(sh)
+	select {
+	case p.wake <- struct{}{}:
+	default: // a wake-up is pending already
 	}
-	err := e.passRuns(bt, bt.runs[:h], write, st)
-	for waiting := true; waiting; {
-		select {
-		case <-done:
-			waiting = false
-		default:
-			pump()
-		}
+	for testPartnerFirst && !sh.joined.Load() {
+		pump()
 	}
-	if err == nil {
-		err = err2
+	sh.work(write)
+	for sh.busy.Load() > 0 {
+		pump()
 	}
-	return err
+	p.cur.Store(nil)
+	return sh.err
 }
 
-// half returns the index of the first run past the middle of the batch's
-// text.
-func (bt *batch) half() int {
-	last := bt.runs[len(bt.runs)-1]
-	mid := (last.off + uint32(len(last.buf))) / 2
-	return sort.Search(len(bt.runs), func(k int) bool { return bt.runs[k].off >= mid })
+// testPartnerFirst, set by a test, makes each shared pass wait for the
+// partner to join before this thread takes a run, so that the partner
+// surely writes some.
+var testPartnerFirst bool
+
+// share is one pass over a batch's runs, which a partner may help with.
+type share struct {
+	e  *Engine
+	bt *batch
+	st step
+
+	next   atomic.Int64 // the next run to take
+	busy   atomic.Int64 // partners inside work
+	joined atomic.Bool  // a partner came (testPartnerFirst)
+	mu     sync.Mutex   // guards err and the times
+	err    error
+	// How long reading, applying the step and writing took, summed over
+	// the threads (LIVETRACE_DEBUG_TIMING).
+	read, apply, write time.Duration
 }
 
-// passRuns is pass over runs, on the calling thread.
-func (e *Engine) passRuns(bt *batch, runs []*run, write func(addr uint64, b []byte) error, st step) error {
+// work writes runs of the pass, taken one at a time, until none is left
+// or one fails (then the others are left alone too).
+func (sh *share) work(write func(addr uint64, b []byte) error) {
+	bt, e := sh.bt, sh.e
 	bp := e.arch.Breakpoint()
-	var dr, dw, ds time.Duration
+	var dr, ds, dw time.Duration
 	defer func() {
-		if debugTiming {
-			fmt.Fprintf(os.Stderr, "textpoke: pass: read %v write %v step %v\n", dr, dw, ds)
-		}
+		sh.mu.Lock()
+		sh.read, sh.apply, sh.write = sh.read+dr, sh.apply+ds, sh.write+dw
+		sh.mu.Unlock()
 	}()
-	for _, r := range runs {
+	fail := func(err error) {
+		sh.next.Store(int64(len(bt.runs)))
+		sh.mu.Lock()
+		if sh.err == nil {
+			sh.err = err
+		}
+		sh.mu.Unlock()
+	}
+	for {
+		k := int(sh.next.Add(1)) - 1
+		if k >= len(bt.runs) {
+			return
+		}
+		r := bt.runs[k]
 		t0 := time.Now()
 		if err := e.recheck(bt, r, e.readText); err != nil {
-			return err
+			fail(err)
+			return
 		}
-		dr += time.Since(t0)
 		t1 := time.Now()
-		bt.apply(r, st, bp)
+		bt.apply(r, sh.st, bp)
 		t2 := time.Now()
-		ds += t2.Sub(t1)
 		if err := e.writeRun(bt, r, write); err != nil {
-			return err
+			fail(err)
+			return
 		}
-		dw += time.Since(t2)
+		dr, ds, dw = dr+t1.Sub(t0), ds+t2.Sub(t1), dw+time.Since(t2)
 	}
-	return nil
+}
+
+// help is work on the partner's thread, for the pass in progress if any.
+func (p *partner) help(write func(addr uint64, b []byte) error) {
+	sh := p.cur.Load()
+	if sh == nil {
+		return
+	}
+	sh.busy.Add(1)
+	defer sh.busy.Add(-1)
+	sh.joined.Store(true)
+	// Taken after busy is raised: a pass whose runs were all taken
+	// before is over, and this takes none of them.
+	sh.work(write)
+}
+
+func (sh *share) report() {
+	if debugTiming {
+		fmt.Fprintf(os.Stderr, "textpoke: pass: read %v write %v step %v\n", sh.read, sh.write, sh.apply)
+	}
 }
 
 // settle records what the batch wrote to each site it kept, and the sites
@@ -1213,36 +1259,36 @@ var debugTiming = os.Getenv("LIVETRACE_DEBUG_TIMING") != ""
 // another tool writing into the text midway.
 var testHookPass func(pass int, sync func() error)
 
-// partner is the goroutine that called a large live batch. While the
-// ptrace thread runs the protocol, it writes half of each pass (pass): the
-// text of 100,000 sites is 6 MB, and reading it again and writing it
-// through /proc/PID/mem is kernel work a second CPU halves. It only reads
-// and writes memory; the INT3 hits stay with the ptrace thread.
+// partner is the goroutine that called a live batch. While the ptrace
+// thread runs the protocol, it helps with each pass (pass): the text of
+// 100,000 sites is 6 MB, and reading it again and writing it through
+// /proc/PID/mem is kernel work a second CPU halves. It only reads and
+// writes memory; the INT3 hits stay with the ptrace thread.
 type partner struct {
-	// work holds the share of the pass in progress: one at a time, so
-	// that the ptrace thread never blocks handing it over.
-	work chan func()
+	wake chan struct{}         // a pass started (one wake-up pending at most)
+	cur  atomic.Pointer[share] // the pass in progress
 }
 
-// minPartnerText is the least text a batch shares with a partner: below
-// it, waking the partner (up to a scheduler tick on busy CPUs) costs more
-// than half a pass saves. Tests set it to 0 to share every batch.
-var minPartnerText = 1 << 20
+// minPartnerText is the least text a batch shares with a partner: a pass
+// over less takes about as long as the hand-over. Tests set it to 0 to
+// share every batch.
+var minPartnerText = 128 << 10
 
 func (e *Engine) applyLive(bt *batch, st *Stats) error {
 	last := bt.runs[len(bt.runs)-1]
-	if int(last.off)+len(last.buf) < minPartnerText || runtime.GOMAXPROCS(0) < 2 {
+	if len(bt.runs) < 2 || int(last.off)+len(last.buf) < minPartnerText || runtime.GOMAXPROCS(0) < 2 {
 		return e.applyLiveOn(bt, st)
 	}
 	// The caller's goroutine is locked to its thread and boosted (apply).
-	bt.partner = &partner{work: make(chan func(), 1)}
+	p := &partner{wake: make(chan struct{}, 1)}
+	bt.partner = p
 	st.Shared = true
 	res := make(chan error, 1)
 	go func() { res <- e.applyLiveOn(bt, st) }()
 	for {
 		select {
-		case f := <-bt.partner.work:
-			f()
+		case <-p.wake:
+			p.help(e.p.WriteMem)
 		case err := <-res:
 			return err
 		}

@@ -233,13 +233,14 @@ func stressForm(t *testing.T, form testtarget.Form, nfn, toggles int) {
 	}
 
 	hammer()
-	defer func(n int) { minPartnerText = n }(minPartnerText)
+	defer func(n int, l uint64) { minPartnerText, maxRunLen = n, l }(minPartnerText, maxRunLen)
 	for n := 0; n < toggles; n++ {
-		// Every other batch shares its passes with a partner (pass).
+		// Every other batch shares its passes with a partner (pass),
+		// in short runs.
 		if n%2 == 1 {
-			minPartnerText = 0
+			minPartnerText, maxRunLen = 0, 4096
 		} else {
-			minPartnerText = 1 << 30
+			minPartnerText, maxRunLen = 1<<30, 256<<10
 		}
 		// Flip a random subset, from one site to all of them.
 		k := 1 + rng.Intn(nfn)

@@ -51,14 +51,14 @@ func TestHeldByUprobe(t *testing.T) {
 // and restore the rest; the target computes the right results throughout.
 func TestSiteChangedMidBatch(t *testing.T) {
 	testtarget.RequireRoot(t)
-	// With a partner (the batch's text is far below minPartnerText), the
-	// rechecks of the second half of the text run on another thread: the
-	// victims at fn_150 and the padding after fn_100 are its.
+	// With a partner (the batch's text is far below minPartnerText, and
+	// its runs are cut short to give the partner some), the rechecks of
+	// some runs are made on another thread.
 	for _, partner := range []bool{false, true} {
 		t.Run(fmt.Sprintf("partner=%v", partner), func(t *testing.T) {
 			if partner {
-				defer func(n int) { minPartnerText = n }(minPartnerText)
-				minPartnerText = 0
+				defer func(n int, l uint64) { minPartnerText, maxRunLen, testPartnerFirst = n, l, false }(minPartnerText, maxRunLen)
+				minPartnerText, maxRunLen, testPartnerFirst = 0, 4096, true
 			}
 			siteChangedMidBatch(t)
 		})
