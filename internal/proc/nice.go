@@ -36,6 +36,15 @@ import (
 // would hold a CPU for as long as the target runs. See
 // docs/DESIGN-NOTES.md, "Real-time while attaching".
 
+// RealTime reports whether the calling thread runs under a real-time
+// policy (boosted for the attach, or by the user). A caller that would add
+// a thread of work leaves it out when it is real-time and the machine has
+// fewer than three CPUs: the target keeps a CPU (see above).
+func RealTime() bool {
+	a, err := unix.SchedGetAttr(0, 0)
+	return err == nil && (a.Policy == unix.SCHED_FIFO || a.Policy == unix.SCHED_RR)
+}
+
 // boostTask boosts thread tid (see above), falling back to nice n, and
 // returns its old attributes to put back.
 func boostTask(tid, n int) (old *unix.SchedAttr, ok bool) {

@@ -15,9 +15,11 @@ import (
 // while boosted, the early boost taken over by BoostAll and ended by its
 // restore, either boost ended by itself after maxRealTime, BoostCaller's
 // nice value, and every thread back to its policy and nice value
-// afterwards.
+// afterwards; RealTime follows the calling thread's policy.
 func TestBoost(t *testing.T) {
 	testtarget.RequireRoot(t)
+	runtime.LockOSThread() // RealTime is about this goroutine's thread
+	defer runtime.UnlockOSThread()
 	before := testtarget.ThreadPolicies(t, os.Getpid())
 	for tid, pol := range before {
 		if pol != unix.SCHED_NORMAL {
@@ -40,6 +42,9 @@ func TestBoost(t *testing.T) {
 				t.Errorf("%s: thread %d has policy %d, want SCHED_FIFO", when, tid, pol)
 			}
 		}
+		if !RealTime() {
+			t.Errorf("%s: RealTime() = false", when)
+		}
 	}
 	noneRT := func(when string) {
 		t.Helper()
@@ -47,6 +52,9 @@ func TestBoost(t *testing.T) {
 			if pol != unix.SCHED_NORMAL {
 				t.Errorf("%s: thread %d has policy %d, want SCHED_NORMAL", when, tid, pol)
 			}
+		}
+		if RealTime() {
+			t.Errorf("%s: RealTime() = true", when)
 		}
 		if n := nice(self); n != nice0 {
 			t.Errorf("%s: nice %d, want %d", when, n, nice0)

@@ -1276,7 +1276,7 @@ var minPartnerText = 128 << 10
 
 func (e *Engine) applyLive(bt *batch, st *Stats) error {
 	last := bt.runs[len(bt.runs)-1]
-	if len(bt.runs) < 2 || int(last.off)+len(last.buf) < minPartnerText || runtime.GOMAXPROCS(0) < 2 {
+	if len(bt.runs) < 2 || int(last.off)+len(last.buf) < minPartnerText || !partnerCPUs() {
 		return e.applyLiveOn(bt, st)
 	}
 	// The caller's goroutine is locked to its thread and boosted (apply).
@@ -1293,6 +1293,16 @@ func (e *Engine) applyLive(bt *batch, st *Stats) error {
 			return err
 		}
 	}
+}
+
+// partnerCPUs reports whether the calling thread may be a partner: there
+// is a second CPU for it, and, if it runs real-time (the attach, see
+// proc.BoostAll), a third one, which the target keeps: two real-time
+// threads writing text would leave the target's threads no CPU on a
+// 2-CPU machine until the pass ends.
+func partnerCPUs() bool {
+	n := runtime.GOMAXPROCS(0)
+	return n >= 3 || n == 2 && !proc.RealTime()
 }
 
 // applyLiveOn runs a live batch on the ptrace thread.
