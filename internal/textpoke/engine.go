@@ -19,7 +19,9 @@
 // Each write is preceded by a read of the same text: a site whose bytes are
 // no longer what the engine last wrote (or verified) there was changed by
 // another tool, most often a kernel uprobe, and is left alone from then on,
-// never overwritten (uprobe.go).
+// never overwritten (uprobe.go). The reads and writes of a large batch
+// are shared by two threads (partner); the INT3 hits are the ptrace
+// thread's alone.
 //
 // "Sync" is membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE) run inside
 // the target: it makes every running thread of the target execute a
