@@ -98,6 +98,14 @@ func (p *Process) hitBreakpoint(t *thread) bool {
 	if err := unix.PtraceGetRegs(t.tid, &regs); err != nil || regs.Rip-1 != p.bpAddr {
 		return false
 	}
+	// Back onto the INT3 before anything else: a tracer that dies while
+	// the thread sits one past it would leave it to run the bytes after
+	// r_brk's `ret` (the kernel drops the SIGTRAP, see TrapHandler). On
+	// the INT3 it traps again, and the agent's handler returns for it.
+	regs.Rip = p.bpAddr
+	if err := p.setRegs(t, &regs); err != nil {
+		return false
+	}
 	if p.bpFn == nil || (t.role != roleFree && t.role != roleHeld) || (p.bpFilter != nil && !p.bpFilter(t.tid)) {
 		// Cleared, a thread we cannot park (a borrowed or stepping
 		// thread does not run the loader), or one the filter lets go:
@@ -113,14 +121,9 @@ func (p *Process) hitBreakpoint(t *thread) bool {
 		}
 		return true
 	}
-	// Parked on the INT3 itself, not past it: if the tracer dies now,
-	// the thread either gets its SIGTRAP delivered there or, if the kernel
-	// drops it with the ptrace-stop, runs the INT3 again; the agent's
-	// backstop returns for it either way (lt_sigtrap).
-	regs.Rip = p.bpAddr
-	if err := p.setRegs(t, &regs); err != nil {
-		return false
-	}
+	// Parked on the INT3 itself (above): if the tracer dies now, the
+	// kernel drops the SIGTRAP with the ptrace-stop and the thread runs
+	// the INT3 again; the agent's backstop returns for it (lt_sigtrap).
 	t.role = roleParked
 	fn, tid := p.bpFn, t.tid
 	go fn(tid)

@@ -49,8 +49,8 @@ func TestManyThreadsTrapping(t *testing.T) {
 
 	// An INT3 on the site: the handler skips the NOP5 it stands for.
 	var traps atomic.Int64
-	p.SetTrapHandler(func(tid int, regs *unix.PtraceRegs) bool {
-		if regs.Rip-1 != site {
+	p.SetTrapHandler(func(tid int, regs *unix.PtraceRegs, claim func() error) bool {
+		if regs.Rip-1 != site || claim() != nil {
 			return false
 		}
 		regs.Rip = site + 5

@@ -31,7 +31,18 @@ const ptraceOptions = unix.PTRACE_O_TRACESYSGOOD |
 // suppressed. Otherwise the SIGTRAP is passed on to the application
 // unchanged. The handler may call ReadMem and WriteMem but nothing that
 // needs the ptrace thread.
-type TrapHandler func(tid int, regs *unix.PtraceRegs) bool
+//
+// The handler calls claim as soon as it knows the INT3 is its own, before
+// it emulates anything: claim puts the thread back onto the INT3. A tracer
+// that dies while a thread sits in a SIGTRAP's signal-delivery-stop does
+// not get the signal delivered: the kernel drops it and the thread runs on
+// from where it stopped (docs/DESIGN-NOTES.md, "A tracer killed with
+// SIGKILL must not strand a borrowed thread"). One past the INT3, that is
+// the middle of a site's instruction, or the bytes after the loader's
+// r_brk; on the INT3, it traps again, and the agent's SIGTRAP handler
+// emulates the instruction. If the handler claims and then returns false,
+// the thread is given its rip back before the signal is passed on.
+type TrapHandler func(tid int, regs *unix.PtraceRegs, claim func() error) bool
 
 // ThreadExitHandler is called on the ptrace thread when a thread of the
 // target is about to exit (PTRACE_EVENT_EXIT). The thread is stopped and

@@ -526,7 +526,20 @@ func (p *Process) handleTrap(t *thread) bool {
 	if err := unix.PtraceGetRegs(t.tid, &regs); err != nil {
 		return false
 	}
-	if !p.trap(t.tid, &regs) {
+	orig, claimed := regs, false
+	claim := func() error {
+		on := orig
+		on.Rip--
+		if err := p.setRegs(t, &on); err != nil {
+			return err
+		}
+		claimed = true
+		return nil
+	}
+	if !p.trap(t.tid, &regs, claim) {
+		if claimed {
+			_ = p.setRegs(t, &orig)
+		}
 		return false
 	}
 	return p.setRegs(t, &regs) == nil

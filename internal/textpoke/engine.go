@@ -398,11 +398,18 @@ func (e *Engine) Reason() string { return e.why }
 func (e *Engine) Membarrier() bool { return e.membarrier }
 
 // handleTrap runs on the ptrace thread for every INT3 SIGTRAP.
-func (e *Engine) handleTrap(tid int, regs *unix.PtraceRegs) bool {
+func (e *Engine) handleTrap(tid int, regs *unix.PtraceRegs, claim func() error) bool {
 	addr := e.arch.TrapSite(e.arch.PC(regs))
 	insn := e.table.Load().lookup(addr)
 	if insn == nil {
 		return false // not one of our sites: the application's SIGTRAP
+	}
+	// On the site's first byte again, before the return address is
+	// pushed: a tracer that died now would leave the thread in the middle
+	// of the instruction (proc.TrapHandler). Every state of the protocol
+	// decodes from the first byte.
+	if claim() != nil {
+		return false
 	}
 	err := e.arch.Emulate(regs, addr, insn, func(sp, val uint64) error {
 		var b [8]byte
