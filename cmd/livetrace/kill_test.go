@@ -577,6 +577,54 @@ func TestRecordClosedStderr(t *testing.T) {
 	}
 }
 
+// TestRestoreEmptyStubs: a tracer killed right after it mapped a module's
+// stubs, before it wrote them, leaves an executable mapping of zeros that
+// its owner record lists; restore must remove it with the rest. The state
+// is made by zeroing the stubs of a tracer killed after its attach, while
+// no thread calls a traced function.
+func TestRestoreEmptyStubs(t *testing.T) {
+	testtarget.RequireRoot(t)
+	bin := livetraceBinary(t)
+	stress := testtarget.Build(t, testtarget.Stress, testtarget.ClangNop5, testtarget.Funcs(200))
+	tp := testtarget.Start(t, stress, "-t", "2")
+	if _, err := tp.Expect("ready", 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	want, _, err := testtarget.RunStress(tp, 1, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := strconv.Itoa(tp.Pid())
+	snap := testtarget.TakeSnapshot(t, tp.Pid())
+	cmd, _, _ := startTracing(t, bin, "record", "-p", pid, "-o", filepath.Join(t.TempDir(), "rec.data"))
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	o, err := session.FindOrphan(tp.Pid())
+	if err != nil || o == nil || len(o.Owner.Stubs) == 0 {
+		t.Fatalf("orphan after SIGKILL: %+v, %v; want one with stubs", o, err)
+	}
+	mem, err := os.OpenFile("/proc/"+pid+"/mem", os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range o.Owner.Stubs {
+		if _, err := mem.WriteAt(make([]byte, r.Size), int64(r.Addr)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mem.Close()
+	out, stderr, err := runCLIBin(bin, "restore", "-p", pid)
+	if err != nil {
+		t.Fatalf("restore: %v\n%s%s", err, out, stderr)
+	}
+	t.Logf("restore: %s", strings.TrimSpace(out))
+	testtarget.CheckText(t, tp.Pid())
+	snap.CheckSame(t, tp.Pid())
+	if sum, _, err := testtarget.RunStress(tp, 1, 30*time.Second); err != nil || sum != want {
+		t.Fatalf("the target after restore: checksum %d (want %d), %v", sum, want, err)
+	}
+}
+
 // TestRestoreCXXGraph kills record --graph with SIGKILL while a C++
 // program throws through traced frames, in every site form (sleds
 // included): the unwinder's GOT slots point at the agent's hooks, and

@@ -247,18 +247,21 @@ func validateOrphan(p *proc.Process, base uint64) (*adoption, error) {
 			r.Addr < agentEnd && r.End() > a.Base {
 			return nil, fmt.Errorf("the owner record lists a bad stub region %#x+%#x", r.Addr, r.Size)
 		}
-		// Listed just before it was mapped: only a mapping of exactly
-		// that range, still writable (the stubs not written yet) or
-		// executable and starting with the springboard to this agent,
-		// is the agent's.
+		// Listed just before it was mapped: only an anonymous mapping
+		// of exactly that range is the agent's, executable and starting
+		// with the springboard to this agent, or holding nothing but
+		// zeros: the stubs are mapped R+X and written through
+		// /proc/PID/mem afterwards (inject), so a tracer that died in
+		// between left them empty. (A writable one is an older
+		// tracer's, which mapped them RW first.)
 		m, ok := mappingAt(maps, r.Addr, r.Size)
 		if !ok || m.Start != r.Addr || m.End != r.End() || m.Path != "" {
 			continue
 		}
 		if m.Perms == "r-xp" {
-			head := make([]byte, agent.StubSize)
+			code := make([]byte, r.Size)
 			spring := agent.Springboard(a.Entry)
-			if p.ReadMem(r.Addr, head) != nil || !bytes.Equal(head, spring[:]) {
+			if p.ReadMem(r.Addr, code) != nil || !bytes.Equal(code[:agent.StubSize], spring[:]) && !allZero(code) {
 				continue
 			}
 		} else if m.Perms != "rw-p" {
@@ -572,4 +575,14 @@ func isRuntimeHook(a agent.Addrs, addr uint64) bool {
 		}
 	}
 	return false
+}
+
+// allZero reports whether b holds only zero bytes.
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }
