@@ -297,6 +297,22 @@ func startTracing(t *testing.T, bin string, args ...string) (*exec.Cmd, io.Reade
 	return cmd, stderr, got.String()
 }
 
+// startStressOnce starts the stress fixture with n functions and 2 threads
+// and runs it once, untraced: the checksum every later run must give.
+func startStressOnce(t *testing.T, n int) (*testtarget.Process, uint64) {
+	t.Helper()
+	stress := testtarget.Build(t, testtarget.Stress, testtarget.ClangNop5, testtarget.Funcs(n))
+	tp := testtarget.Start(t, stress, "-t", "2")
+	if _, err := tp.Expect("ready", 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	want, _, err := testtarget.RunStress(tp, 1, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tp, want
+}
+
 // TestOrphanTurnsOff kills record with SIGKILL and measures the target's
 // throughput (time for a fixed number of passes over 2000 traced
 // functions): untraced; orphaned, within the first second (the buffer is
@@ -540,15 +556,7 @@ func TestRestoreHostile(t *testing.T) {
 func TestRecordClosedStderr(t *testing.T) {
 	testtarget.RequireRoot(t)
 	bin := livetraceBinary(t)
-	stress := testtarget.Build(t, testtarget.Stress, testtarget.ClangNop5, testtarget.Funcs(2000))
-	tp := testtarget.Start(t, stress, "-t", "2")
-	if _, err := tp.Expect("ready", 30*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	want, _, err := testtarget.RunStress(tp, 1, 30*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tp, want := startStressOnce(t, 2000)
 	if err := testtarget.HammerStress(tp, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -585,15 +593,7 @@ func TestRecordClosedStderr(t *testing.T) {
 func TestRestoreEmptyStubs(t *testing.T) {
 	testtarget.RequireRoot(t)
 	bin := livetraceBinary(t)
-	stress := testtarget.Build(t, testtarget.Stress, testtarget.ClangNop5, testtarget.Funcs(200))
-	tp := testtarget.Start(t, stress, "-t", "2")
-	if _, err := tp.Expect("ready", 30*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	want, _, err := testtarget.RunStress(tp, 1, 30*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tp, want := startStressOnce(t, 200)
 	pid := strconv.Itoa(tp.Pid())
 	snap := testtarget.TakeSnapshot(t, tp.Pid())
 	cmd, _, _ := startTracing(t, bin, "record", "-p", pid, "-o", filepath.Join(t.TempDir(), "rec.data"))

@@ -351,13 +351,7 @@ func TestStopModeChosen(t *testing.T) {
 					t.Fatalf("fn %d: %d calls counted, want %d", i, c, want)
 				}
 			}
-			if _, err := e.RestoreAll(); err != nil {
-				t.Fatal(err)
-			}
-			if err := p.Detach(); err != nil {
-				t.Fatal(err)
-			}
-			testtarget.CheckText(t, st.tp.Pid())
+			restoreAndDetach(t, p, e, st)
 		})
 	}
 }
@@ -388,6 +382,13 @@ func TestPatchesChecked(t *testing.T) {
 			t.Errorf("fn %d: %d calls counted, want %d (fn 12: none)", i, c, want)
 		}
 	}
+	restoreAndDetach(t, p, e, st)
+}
+
+// restoreAndDetach puts every site back, detaches, and checks that the
+// text is the original.
+func restoreAndDetach(t *testing.T, p *proc.Process, e *Engine, st *stressTarget) {
+	t.Helper()
 	if _, err := e.RestoreAll(); err != nil {
 		t.Fatal(err)
 	}
