@@ -805,7 +805,7 @@ func (e *Engine) verify(ps []Patch, lenient, asIs bool) (*batch, error) {
 			bt.at[i], bt.sz[i] = at, uint8(n)
 			got := r.buf[off : off+n]
 			var same bool
-			if n == 5 && len(pt.New) == 5 {
+			if n == 5 && len(pt.New) == 5 && len(pt.Old) == 5 {
 				// As arrays: memmove and memequal calls for 5 bytes
 				// were half of this loop's time.
 				*(*[5]byte)(bt.img[at : at+5]) = [5]byte(pt.New)
