@@ -87,7 +87,7 @@ const (
 	// OwnerMagic is LT_OWNER_MAGIC from agent.h.
 	OwnerMagic = 0x574f544c
 	// OwnerVersion is LT_OWNER_VERSION from agent.h.
-	OwnerVersion = 0x2
+	OwnerVersion = 0x3
 	// MaxStubRegions is LT_MAX_STUB_REGIONS from agent.h.
 	MaxStubRegions = 0x40
 	// MaxHooks is LT_MAX_HOOKS from agent.h.
@@ -155,7 +155,7 @@ const (
 	// ChunkHdrSlotOff is the offset of slot in struct lt_chunk_hdr.
 	ChunkHdrSlotOff = 0x18
 	// SizeofCtl is sizeof(struct lt_ctl).
-	SizeofCtl = 0xa80
+	SizeofCtl = 0xa88
 	// CtlEnabledOff is the offset of enabled in struct lt_ctl.
 	CtlEnabledOff = 0x0
 	// CtlGraphOff is the offset of graph in struct lt_ctl.
@@ -181,7 +181,7 @@ const (
 	// SigactionMaskOff is the offset of mask in struct lt_ksigaction.
 	SigactionMaskOff = 0x18
 	// SizeofOwner is sizeof(struct lt_owner).
-	SizeofOwner = 0xa40
+	SizeofOwner = 0xa48
 	// OwnerMagicOff is the offset of magic in struct lt_owner.
 	OwnerMagicOff = 0x0
 	// OwnerVersionOff is the offset of version in struct lt_owner.
@@ -206,6 +206,8 @@ const (
 	OwnerHooksOff = 0x438
 	// OwnerRbrkOff is the offset of rbrk in struct lt_owner.
 	OwnerRbrkOff = 0xa38
+	// OwnerRbrkPadOff is the offset of rbrk_pad in struct lt_owner.
+	OwnerRbrkPadOff = 0xa40
 	// SizeofPriv is sizeof(struct lt_priv).
 	SizeofPriv = 0x9041000
 	// PrivOldSigtrapOff is the offset of old_sigtrap in struct lt_priv.

@@ -39,6 +39,11 @@ type Owner struct {
 	// the dynamic loader's r_brk (0: none); restore writes the `ret`
 	// (0xc3) back.
 	Rbrk uint64
+	// RbrkPad is 0x100 | the original byte at Rbrk+1 when that byte is
+	// alignment padding the tracer made a second `ret`, so that a thread
+	// that runs on past the INT3 returns (0: none); restore writes the
+	// byte back.
+	RbrkPad uint64
 }
 
 // Encode returns the SizeofOwner bytes to write at [Addrs.Owner], with the
@@ -59,6 +64,7 @@ func (o Owner) Encode() ([]byte, error) {
 	le.PutUint32(b[OwnerNstubsOff:], uint32(len(o.Stubs)))
 	le.PutUint32(b[OwnerNhooksOff:], uint32(len(o.Hooks)))
 	le.PutUint64(b[OwnerRbrkOff:], o.Rbrk)
+	le.PutUint64(b[OwnerRbrkPadOff:], o.RbrkPad)
 	for i, r := range o.Stubs {
 		at := OwnerStubsOff + i*SizeofRange
 		le.PutUint64(b[at+RangeAddrOff:], r.Addr)
@@ -94,8 +100,10 @@ func DecodeOwner(b []byte) (Owner, error) {
 	if le.Uint32(b[OwnerMagicOff:]) != OwnerMagic {
 		return o, ErrNoOwner
 	}
-	if v := le.Uint32(b[OwnerVersionOff:]); v != OwnerVersion {
-		return o, fmt.Errorf("decode owner record: version %d, this livetrace reads version %d", v, OwnerVersion)
+	// Version 2 is version 3 without rbrk_pad (zero there).
+	v := le.Uint32(b[OwnerVersionOff:])
+	if v != OwnerVersion && v != 2 {
+		return o, fmt.Errorf("decode owner record: version %d, this livetrace reads versions 2 and %d", v, OwnerVersion)
 	}
 	ns, nh := le.Uint32(b[OwnerNstubsOff:]), le.Uint32(b[OwnerNhooksOff:])
 	if ns > MaxStubRegions || nh > MaxHooks {
@@ -107,6 +115,9 @@ func DecodeOwner(b []byte) (Owner, error) {
 	o.Base = le.Uint64(b[OwnerBaseOff:])
 	o.SharedSize = le.Uint64(b[OwnerSharedSizeOff:])
 	o.Rbrk = le.Uint64(b[OwnerRbrkOff:])
+	if v == OwnerVersion {
+		o.RbrkPad = le.Uint64(b[OwnerRbrkPadOff:])
+	}
 	for i := range int(ns) {
 		at := OwnerStubsOff + i*SizeofRange
 		o.Stubs = append(o.Stubs, Range{Addr: le.Uint64(b[at+RangeAddrOff:]), Size: le.Uint64(b[at+RangeSizeOff:])})

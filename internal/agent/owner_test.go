@@ -9,7 +9,7 @@ import (
 
 func TestOwnerRoundTrip(t *testing.T) {
 	o := Owner{Lease: 7, Pid: 1234, Start: 99, Base: 0x7f0000000000, SharedSize: 1 << 20,
-		Stubs: []Range{{0x1000, 0x2000}}, Hooks: []Hook{{Slot: 8, Orig: 16, Hook: 24}}}
+		Stubs: []Range{{0x1000, 0x2000}}, Hooks: []Hook{{Slot: 8, Orig: 16, Hook: 24}}, Rbrk: 0x7f00, RbrkPad: 0x166}
 	b, err := o.Encode()
 	if err != nil {
 		t.Fatal(err)
@@ -17,6 +17,19 @@ func TestOwnerRoundTrip(t *testing.T) {
 	got, err := DecodeOwner(b)
 	if err != nil || !reflect.DeepEqual(got, o) {
 		t.Fatalf("DecodeOwner(Encode(%+v)) = %+v, %v", o, got, err)
+	}
+	// A version 2 record, written by a livetrace before rbrk_pad: the
+	// field is not read.
+	v2 := append([]byte(nil), b...)
+	binary.LittleEndian.PutUint32(v2[OwnerVersionOff:], 2)
+	want := o
+	want.RbrkPad = 0
+	if got, err := DecodeOwner(v2); err != nil || !reflect.DeepEqual(got, want) {
+		t.Errorf("DecodeOwner(version 2) = %+v, %v; want %+v", got, err, want)
+	}
+	binary.LittleEndian.PutUint32(v2[OwnerVersionOff:], 1)
+	if _, err := DecodeOwner(v2); err == nil {
+		t.Error("DecodeOwner took version 1")
 	}
 	if _, err := (Owner{Stubs: make([]Range, MaxStubRegions+1)}).Encode(); err == nil {
 		t.Error("Encode took too many stub regions")

@@ -334,6 +334,9 @@ func (s *Session) forked(child int, mem *proc.Mem) {
 	_ = s.eng.RestoreInto(mem)
 	if at := s.loader.addr.Load(); at != 0 {
 		_ = mem.Write(at, []byte{opRet}) // the loader's r_brk (dlopen.go)
+		if pad := s.loader.pad.Load(); pad != 0 {
+			_ = mem.Write(at+1, []byte{byte(pad)})
+		}
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"github.com/livetrace/livetrace/internal/textpoke"
 	"github.com/livetrace/livetrace/internal/tracefile"
 	"github.com/livetrace/livetrace/internal/tsc"
+	"golang.org/x/arch/x86/x86asm"
 )
 
 // Following dlopen and dlclose (docs/DESIGN-NOTES.md, "dlopen and
@@ -49,6 +50,17 @@ import (
 // (lt_sigtrap reads the INT3's address from lt_priv.rbrk, kept in a forked
 // child too), and `livetrace restore` puts the `ret` back (the owner
 // record's rbrk). Close puts it back first.
+//
+// A tracer killed while a thread sits in the INT3's SIGTRAP stop does not
+// get that signal delivered: the kernel drops it with the ptrace-stop and
+// the thread runs on one past the INT3 (docs/DESIGN-NOTES.md, "A tracer
+// killed while a thread sits in a trap of ours"). proc puts a stopped
+// thread back onto the INT3 at once, which leaves only the time until it
+// does so; and where the `ret` is followed by alignment padding (glibc's
+// ld.so: `ret` and 15 bytes of NOPs before the next function), the
+// padding's first byte becomes a second `ret` for the duration, so that a
+// thread running on past the INT3 returns as it should. Nothing jumps into
+// padding; the byte goes back with the `ret`.
 
 // The x86-64 layout of glibc's struct r_debug (<link.h>).
 const (
@@ -82,7 +94,10 @@ type loaderState struct {
 	// addr is the INT3 over r_brk's `ret`, 0 while not following; set
 	// before the INT3 is written, read by the fork handler.
 	addr atomic.Uint64
-	why  string // why dlopen is not followed (addr 0)
+	// pad is 0x100 | the original byte at addr+1 when that padding holds
+	// a second `ret` (0: none); set before addr.
+	pad atomic.Uint64
+	why string // why dlopen is not followed (addr 0)
 	// waiting: -m matched no module at the start (waitForModules).
 	waiting bool
 	// dirty: functions were added since the last checkpoint, written at
@@ -195,6 +210,13 @@ func (s *Session) followLoader() error {
 		ld.why = fmt.Sprintf("the loader's r_brk at %#x is not an empty function (% x)", brk, code)
 		return nil
 	}
+	var pad uint64
+	if n := 16 - (at+1)%16; n < 16 {
+		b := make([]byte, n)
+		if s.p.ReadMem(at+1, b) == nil && alignPad(b) {
+			pad = 0x100 | uint64(b[0])
+		}
+	}
 	ld.rdebug = rd
 	ld.hits = make(chan int, 16)
 	ld.stop = make(chan struct{})
@@ -205,10 +227,11 @@ func (s *Session) followLoader() error {
 	if err := s.p.WriteMem(s.inj.addrs.Priv+agent.PrivRbrkOff, ab[:]); err != nil {
 		return fmt.Errorf("follow dlopen: %w", err)
 	}
-	s.inj.rbrk = at
+	s.inj.rbrk, s.inj.rbrkPad = at, pad
 	if err := s.publishOwner(); err != nil {
 		return fmt.Errorf("follow dlopen: %w", err)
 	}
+	ld.pad.Store(pad)
 	ld.addr.Store(at)
 	// RT_ADD needs nothing (the new modules are not mapped yet): answered
 	// on the ptrace thread, without a hand-off.
@@ -227,7 +250,18 @@ func (s *Session) followLoader() error {
 			_ = s.p.Unpark(tid)
 		}
 	})
-	if err := s.p.WriteMem(at, []byte{opInt3}); err != nil {
+	// The second `ret` first: until the INT3 is there, nothing runs it.
+	err = nil
+	if pad != 0 {
+		err = s.p.WriteMem(at+1, []byte{opRet})
+	}
+	if err == nil {
+		err = s.p.WriteMem(at, []byte{opInt3})
+	}
+	if err != nil {
+		if pad != 0 {
+			_ = s.p.WriteMem(at+1, []byte{byte(pad)})
+		}
 		ld.addr.Store(0)
 		s.p.SetBreakpoint(0, nil)
 		return fmt.Errorf("follow dlopen: write the breakpoint at r_brk %#x: %w", at, err)
@@ -242,6 +276,27 @@ func (s *Session) followLoader() error {
 	}
 	go s.loaderLoop()
 	return nil
+}
+
+// alignPad reports whether b, the bytes after r_brk's `ret` up to the next
+// 16-byte boundary, is the padding a toolchain leaves between functions:
+// at least one byte, all NOPs or INT3s, so that no function starts there.
+func alignPad(b []byte) bool {
+	if len(b) == 0 {
+		return false
+	}
+	for len(b) > 0 {
+		if b[0] == opInt3 {
+			b = b[1:]
+			continue
+		}
+		in, err := x86asm.Decode(b, 64)
+		if err != nil || in.Op != x86asm.NOP || in.Len == 0 {
+			return false
+		}
+		b = b[in.Len:]
+	}
+	return true
 }
 
 // inExec reports whether addr is in an executable mapping of m.
@@ -270,6 +325,11 @@ func (s *Session) unfollowLoader() error {
 		if uerr := s.p.Unpark(tid); err == nil {
 			err = uerr
 		}
+	}
+	// The padding last: a thread still to be told of a trap taken before
+	// the `ret` went back returns through either.
+	if pad := ld.pad.Load(); pad != 0 && err == nil {
+		err = s.p.WriteMem(at+1, []byte{byte(pad)})
 	}
 	if err != nil {
 		return fmt.Errorf("put back the loader's r_brk: %w", err)

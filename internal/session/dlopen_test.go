@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/livetrace/livetrace/internal/agent"
 	"github.com/livetrace/livetrace/internal/testtarget"
 	"github.com/livetrace/livetrace/internal/tracefile"
 )
@@ -27,6 +28,25 @@ func runDlopen(t *testing.T, p *testtarget.Process, rounds int) (outer, leaf, lo
 		t.Fatalf("parse %q: %v", l, err)
 	}
 	return outer, leaf, loads, bases
+}
+
+// checkRbrk checks the bytes at the loader's r_brk of a session that
+// follows it: the INT3, then a second `ret` in the padding (glibc's ld.so
+// has it), which the owner record lists.
+func checkRbrk(t *testing.T, s *Session) {
+	t.Helper()
+	at, pad := s.loader.addr.Load(), s.loader.pad.Load()
+	var b [2]byte
+	if err := s.p.ReadMem(at, b[:]); err != nil || b != [2]byte{opInt3, opRet} || pad>>8 != 1 {
+		t.Errorf("r_brk at %#x holds % x (%v), padding %#x; want the INT3 and a second ret in the padding", at, b, err, pad)
+	}
+	ob := make([]byte, agent.SizeofOwner)
+	if err := s.p.ReadMem(s.inj.addrs.Owner, ob); err != nil {
+		t.Fatal(err)
+	}
+	if o, err := agent.DecodeOwner(ob); err != nil || o.Rbrk != at || o.RbrkPad != pad {
+		t.Errorf("owner record %+v, %v; want r_brk %#x and padding %#x", o, err, at, pad)
+	}
 }
 
 // TestDlopenFollow traces the functions of a library that two threads
@@ -65,6 +85,7 @@ func TestDlopenFollow(t *testing.T) {
 			if st := s.Loader(); !st.Following {
 				t.Fatalf("not following dlopen: %s", st.Why)
 			}
+			checkRbrk(t, s)
 			const rounds = 60
 			outer, leaf, loads, bases := runDlopen(t, p, rounds)
 			got := c.take(t)

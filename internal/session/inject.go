@@ -43,8 +43,10 @@ type injection struct {
 	// hooks are the GOT slots pointed at the agent's unwinder hooks
 	// (graph mode, see unwind.go); they go back before the agent goes.
 	hooks []gotHook
-	// rbrk is the INT3 over the loader's r_brk (dlopen.go), 0: none.
-	rbrk uint64
+	// rbrk is the INT3 over the loader's r_brk (dlopen.go), 0: none;
+	// rbrkPad, 0x100 | the original byte of the padding after it that
+	// holds a second `ret` (0: none).
+	rbrk, rbrkPad uint64
 	// fill is a descriptor of the shared memory, kept until startFill
 	// allocates its pages.
 	fill *os.File

@@ -111,7 +111,7 @@ func (s *Session) tscHz() uint64 {
 
 // owner builds the owner record from what inject has mapped so far.
 func (inj *injection) owner(lease uint64) agent.Owner {
-	o := agent.Owner{Lease: lease, Pid: uint64(os.Getpid()), Start: selfStart, Base: inj.addrs.Base, SharedSize: inj.sharedSize, Rbrk: inj.rbrk}
+	o := agent.Owner{Lease: lease, Pid: uint64(os.Getpid()), Start: selfStart, Base: inj.addrs.Base, SharedSize: inj.sharedSize, Rbrk: inj.rbrk, RbrkPad: inj.rbrkPad}
 	for _, r := range inj.regions {
 		if r.what == "stubs" {
 			o.Stubs = append(o.Stubs, agent.Range{Addr: r.addr, Size: r.size})

@@ -118,6 +118,7 @@ type adoption struct {
 	priv    bool // the private region is mapped (shadow stacks, saved SIGTRAP action)
 	code    bool // the code is in and executable
 	rbrk    bool // the owner's r_brk holds its INT3 (dlopen.go)
+	rbrkPad bool // the padding after it holds the second `ret`
 }
 
 func adopt(p *proc.Process, base uint64) (*RestoreResult, error) {
@@ -160,6 +161,12 @@ func adopt(p *proc.Process, base uint64) (*RestoreResult, error) {
 		if ad.rbrk {
 			if err := p.WriteMem(ad.owner.Rbrk, []byte{opRet}); err != nil {
 				return nil, fmt.Errorf("restore pid %d: put back the loader's r_brk: %w", pid, err)
+			}
+			res.Rbrk = true
+		}
+		if ad.rbrkPad {
+			if err := p.WriteMem(ad.owner.Rbrk+1, []byte{byte(ad.owner.RbrkPad)}); err != nil {
+				return nil, fmt.Errorf("restore pid %d: put back the padding after the loader's r_brk: %w", pid, err)
 			}
 			res.Rbrk = true
 		}
@@ -299,12 +306,17 @@ func validateOrphan(p *proc.Process, base uint64) (*adoption, error) {
 	if o.Rbrk != 0 {
 		// The INT3 over the `ret` of the loader's r_brk: in a module's
 		// code, holding the INT3 (a `ret` there is already back).
-		m, ok := mappingAt(maps, o.Rbrk, 1)
+		// With the padding after it, two bytes.
+		n := uint64(1)
+		if o.RbrkPad != 0 {
+			n = 2
+		}
+		m, ok := mappingAt(maps, o.Rbrk, n)
 		if !ok || !m.Exec() || !m.FileBacked() {
 			return nil, fmt.Errorf("the owner record puts the loader's r_brk at %#x, outside any module's code", o.Rbrk)
 		}
-		var b [1]byte
-		if err := p.ReadMem(o.Rbrk, b[:]); err != nil {
+		b := make([]byte, n)
+		if err := p.ReadMem(o.Rbrk, b); err != nil {
 			return nil, fmt.Errorf("read the loader's r_brk: %w", err)
 		}
 		switch b[0] {
@@ -313,6 +325,20 @@ func validateOrphan(p *proc.Process, base uint64) (*adoption, error) {
 		case opRet:
 		default:
 			return nil, fmt.Errorf("the loader's r_brk at %#x holds %#x, neither the INT3 livetrace put there nor a ret", o.Rbrk, b[0])
+		}
+		// The padding after it: the second `ret` livetrace put there,
+		// or its original byte back already.
+		if o.RbrkPad != 0 {
+			if o.RbrkPad>>8 != 1 {
+				return nil, fmt.Errorf("the owner record's padding after the loader's r_brk (%#x) is not a byte of its code", o.RbrkPad)
+			}
+			switch b[1] {
+			case opRet:
+				ad.rbrkPad = true
+			case byte(o.RbrkPad):
+			default:
+				return nil, fmt.Errorf("the padding after the loader's r_brk at %#x holds %#x, neither the ret livetrace put there nor its original %#x", o.Rbrk+1, b[1], byte(o.RbrkPad))
+			}
 		}
 	}
 	if !shared {

@@ -81,7 +81,7 @@ enum lt_const {
 	LT_KIND_ENTRY = 1,              /* record kind: function entry */
 	LT_KIND_EXIT = 2,               /* record kind: function exit */
 	LT_OWNER_MAGIC = 0x574f544c,    /* "LTOW" little endian: control page owner record */
-	LT_OWNER_VERSION = 2,           /* owner record format version (2: rbrk) */
+	LT_OWNER_VERSION = 3,           /* owner record format version (2: rbrk, 3: rbrk_pad) */
 	LT_MAX_STUB_REGIONS = 64,       /* stub regions an owner record lists */
 	LT_MAX_HOOKS = 64,              /* GOT hooks an owner record lists */
 	LT_SITE_ORIG = 32,              /* bytes of struct lt_site.orig: a relocated region at most */
@@ -151,6 +151,8 @@ struct lt_owner {
 	struct lt_hook hooks[LT_MAX_HOOKS];
 	u64 rbrk;        /* the INT3 the tracer wrote over the `ret` of the
 	                  * loader's r_brk (internal/session/dlopen.go), 0: none */
+	u64 rbrk_pad;    /* 0x100 | the original byte at rbrk + 1, alignment
+	                  * padding the tracer made a second `ret`; 0: none */
 };
 
 /*
