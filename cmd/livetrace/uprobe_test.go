@@ -101,15 +101,24 @@ func TestUprobeListRecord(t *testing.T) {
 	if !strings.Contains(stderr, "livetrace: skipped 1 site held by uprobes: simple_beta\n") {
 		t.Errorf("record's stderr does not name the skipped site:\n%s", stderr)
 	}
-	// bpftrace detaches its uprobe on the way out; the kernel's unregister
-	// waits for RCU grace periods, which take long on a loaded machine.
+	// bpftrace detaches its uprobe on the way out (here in about 220 ms,
+	// mostly the kernel's unregister). Once CI saw it still running 10 s
+	// after SIGINT: its own signal handling is not under test, so SIGKILL
+	// (the kernel unregisters the uprobe as it closes the process's
+	// files) follows, and only a process that cannot exit at all fails.
 	sent := time.Now()
 	cmd.Process.Signal(syscall.SIGINT)
 	select {
 	case <-done:
 		t.Logf("bpftrace exited %v after SIGINT", time.Since(sent).Round(time.Millisecond))
-	case <-time.After(60 * time.Second):
-		t.Fatalf("bpftrace did not exit within 60 s of SIGINT; where its threads are:\n%s\nits output:\n%s", kernelStacks(cmd.Process.Pid), out.String())
+	case <-time.After(20 * time.Second):
+		t.Logf("bpftrace still runs 20 s after SIGINT; where its threads are:\n%s\nits output:\n%s", kernelStacks(cmd.Process.Pid), out.String())
+		cmd.Process.Kill()
+		select {
+		case <-done:
+		case <-time.After(60 * time.Second):
+			t.Fatalf("bpftrace did not exit within 60 s of SIGKILL; where its threads are:\n%s", kernelStacks(cmd.Process.Pid))
+		}
 	}
 	testtarget.CheckText(t, tp.Pid())
 }
