@@ -423,7 +423,11 @@ func (s *Session) allEnded() bool {
 			subs = append(subs, x.sub)
 		}
 	}
+	nm, nx := len(s.fl.members), len(s.fl.execs)
 	s.mu.Unlock()
+	if testAllEndedLook != nil {
+		testAllEndedLook()
+	}
 	for _, p := range procs {
 		if !ended(p.Exited()) || p.PendingChildren() > 0 {
 			return false
@@ -434,8 +438,19 @@ func (s *Session) allEnded() bool {
 			return false
 		}
 	}
-	return true
+	// A child followed since the list was taken: its parent, which had
+	// it pending then, may have exited since and no longer does (a
+	// daemon's middle child exits right after its fork). The follow
+	// handler adds the member before proc forgets the pending child, so
+	// a pending count of 0 above means the list has it now.
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.fl.members) == nm && len(s.fl.execs) == nx
 }
+
+// testAllEndedLook, when set, runs in allEnded between taking the list of
+// followed processes and asking each whether it ended.
+var testAllEndedLook func()
 
 // followEndReason is EndReason when children were followed ("" when
 // none were).

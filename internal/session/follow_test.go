@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/livetrace/livetrace/internal/proc"
 	"github.com/livetrace/livetrace/internal/testtarget"
 	"github.com/livetrace/livetrace/internal/tracefile"
 )
@@ -89,5 +90,45 @@ func TestFollow(t *testing.T) {
 				t.Errorf("fl_leaf by pid %v, want %v; %d calls of fl_parent, want 7", leafs, want, parents)
 			}
 		})
+	}
+}
+
+// TestAllEndedRace: a child followed while allEnded looks keeps the
+// session going. A daemon's middle child forks and exits at once: between
+// allEnded's list of processes and its questions, the grandchild can be
+// followed (so proc no longer counts it as pending) and its parent exit,
+// and every process on the list has ended. CI once saw record end 27 ms
+// in, with the grandchild asleep and none of its calls recorded.
+func TestAllEndedRace(t *testing.T) {
+	testtarget.RequireRoot(t)
+	attach := func(tp *testtarget.Process) *proc.Process {
+		p, err := proc.Attach(tp.Pid())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { p.Detach() })
+		return p
+	}
+	short := testtarget.Start(t, "/bin/sleep", "0.1")
+	gone := attach(short)
+	live := attach(testtarget.Start(t, "/bin/sleep", "30"))
+	select {
+	case <-gone.Exited():
+	case <-time.After(10 * time.Second):
+		t.Fatal("sleep 0.1 did not end")
+	}
+	s := &Session{p: gone}
+	testAllEndedLook = func() {
+		s.mu.Lock()
+		s.fl.members = append(s.fl.members, &member{p: live})
+		s.mu.Unlock()
+		testAllEndedLook = nil
+	}
+	t.Cleanup(func() { testAllEndedLook = nil })
+	if s.allEnded() {
+		t.Fatal("allEnded with a child followed while it looked")
+	}
+	if s.allEnded() {
+		t.Fatal("allEnded with a followed child running")
 	}
 }
