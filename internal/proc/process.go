@@ -197,10 +197,11 @@ type Process struct {
 	entryOrig [2]byte
 	parked    bool
 
-	mu          sync.Mutex // guards exitedCh, finalStatus and finalExec
+	mu          sync.Mutex // guards exitedCh, finalStatus, finalExec and finalEnded
 	exitedCh    chan struct{}
 	finalStatus unix.WaitStatus
 	finalExec   bool
+	finalEnded  bool // exited or exec'd, not merely detached
 }
 
 // Pid returns the process ID.
@@ -220,8 +221,16 @@ func (p *Process) ReadMem(addr uint64, buf []byte) error { return p.mem.Read(add
 func (p *Process) WriteMem(addr uint64, data []byte) error { return p.mem.Write(addr, data) }
 
 // Exited returns a channel that is closed when the target has exited or
-// called exec.
+// called exec, or has been detached.
 func (p *Process) Exited() <-chan struct{} { return p.exitedCh }
+
+// Ended reports whether the target has exited or called exec, as opposed
+// to being detached while it runs on (both close Exited).
+func (p *Process) Ended() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.finalEnded
+}
 
 // ExitStatus returns the target's wait status once Exited is closed.
 func (p *Process) ExitStatus() (status unix.WaitStatus, execed bool) {
@@ -291,6 +300,7 @@ func (p *Process) markExited() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.finalStatus, p.finalExec = p.exitStatus, p.execed
+	p.finalEnded = p.exited || p.execed
 	select {
 	case <-p.exitedCh:
 	default:

@@ -311,7 +311,7 @@ func (s *Session) closeMember(m *member) error {
 			note(inj.remove(m.p))
 		}
 	}
-	if err := m.p.Detach(); err != nil && !errors.Is(err, proc.ErrExited) && !gone() {
+	if err := m.p.Detach(); err != nil && !errors.Is(err, proc.ErrExited) && !m.p.Ended() {
 		note(err)
 	}
 	return errors.Join(errs...)

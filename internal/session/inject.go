@@ -524,7 +524,7 @@ func (inj *injection) remove(p *proc.Process) error {
 		}
 	}
 	if inj.keep && firstErr == nil {
-		firstErr = fmt.Errorf("remove agent: a thread was interrupted inside the agent or a stub by a signal handler; its code stays mapped at %#x", inj.addrs.Base)
+		firstErr = fmt.Errorf("remove agent: a thread was interrupted inside the agent or a stub by a signal handler; its code stays mapped at %#x (the text is restored): `livetrace restore -p %d` removes it once that handler has returned", inj.addrs.Base, p.Pid())
 	}
 	return firstErr
 }

@@ -1095,10 +1095,12 @@ func (s *Session) Close() error {
 		note(s.inj.remove(s.p))
 	}
 	if s.p != nil {
-		if err := s.p.Detach(); err != nil && !errors.Is(err, proc.ErrExited) && !gone() {
+		// Detach closes Exited too: from here on only Ended tells an
+		// exit from our own detach.
+		if err := s.p.Detach(); err != nil && !errors.Is(err, proc.ErrExited) && !s.p.Ended() {
 			note(err)
 		}
-		if len(errs) > 0 && gone() {
+		if len(errs) > 0 && s.p.Ended() {
 			// The process exited (or exec'd) while we detached: whatever
 			// failed to be undone went with its memory. The failures are
 			// reads and writes of a vanishing address space, not news.
