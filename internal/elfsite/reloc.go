@@ -50,6 +50,10 @@ type relocState struct {
 	nop    []uint64    // sorted; see hasNop
 	entry  uint64      // e_entry of an executable, or 0
 	tooBig bool
+	// The Go code of a module the Go toolchain linked: [goLo, goHi), or
+	// every function when goAll (see goRefusal).
+	goLo, goHi uint64
+	goAll      bool
 
 	// The file and where its segments lie, until load reads them into
 	// segs and roSegs.
@@ -95,6 +99,7 @@ func (p *parser) prepareReloc() {
 		}
 	}
 	slices.Sort(rs.nop)
+	rs.goLo, rs.goHi, rs.goAll = p.goText()
 	for _, sec := range p.f.Sections {
 		if sec.Flags&elf.SHF_EXECINSTR == 0 || sec.Type != elf.SHT_PROGBITS {
 			continue
@@ -149,6 +154,39 @@ func (p *parser) prepareReloc() {
 		rs.src, rs.dup = dup, dup
 		runtime.AddCleanup(rs, func(f *os.File) { f.Close() }, dup)
 	}
+}
+
+// goRefusal is why a function of Go code is not traced. The agent runs on
+// the stack of the thread that calls a traced function, below its stack
+// pointer; a goroutine's stack is as small as 2 KiB and grows only when a
+// Go function's prologue finds it short, and at a function's entry the
+// Go toolchain guarantees only StackSmall (128 bytes) below the pointer.
+// The agent would write past the end of the goroutine's stack into the
+// next one: a Go program traced this way died with "unexpected return pc"
+// and the agent's words in a neighbour's frames (docs/DESIGN-NOTES.md,
+// "Go programs").
+const goRefusal = "Go code: the agent would run on the goroutine's stack, which may have only 128 bytes free at a function's entry (the program's C code, cgo, is traced)"
+
+// goText returns the Go code of a module linked by the Go toolchain (it
+// has a .go.buildinfo or .gopclntab section): the range between the
+// symbols runtime.text and runtime.etext, or all when the symbol table
+// does not give it (a stripped file). Other modules have none.
+func (p *parser) goText() (lo, hi uint64, all bool) {
+	if p.f.Section(".go.buildinfo") == nil && p.f.Section(".gopclntab") == nil {
+		return 0, 0, false
+	}
+	for _, f := range p.spec.Funcs {
+		switch f.Raw {
+		case "runtime.text":
+			lo = f.Addr
+		case "runtime.etext":
+			hi = f.Addr
+		}
+	}
+	if lo == 0 || hi <= lo {
+		return 0, 0, true
+	}
+	return lo, hi, false
 }
 
 // segSpec is where an executable segment (or a read-only one) lies in the
@@ -280,6 +318,8 @@ func (s *Spec) RelocFunc(i int) (st Site, why string, ok bool) {
 		}
 	}
 	switch {
+	case rs.goAll || f.Addr >= rs.goLo && f.Addr < rs.goHi:
+		return Site{}, goRefusal, true
 	case rs.entry != 0 && f.Addr == rs.entry:
 		// _start runs with argc at [rsp] and no return address, and the
 		// stack aligned as no function entry is.

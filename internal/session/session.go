@@ -534,6 +534,10 @@ func (s *Session) selectSites() error {
 	nall := 0 // patchable functions in the modules -m selects
 	var keepBuf []int32
 	nmods, excluded := 0, 0
+	// Functions a wildcard matched that cannot be traced: how many, and
+	// the first, for the error when nothing else is left.
+	var nrefused int
+	var firstRefused RefusedSite
 	for mi, m := range s.mods {
 		if !matchModule(m.Path, s.opts.Modules) {
 			continue
@@ -542,6 +546,9 @@ func (s *Session) selectSites() error {
 		sites := candidateSites(m, include, withReloc, func(fs elfsite.Site, why string) {
 			if literalMatch(m.Spec, fs, include) {
 				s.untraceable = append(s.untraceable, RefusedSite{Name: m.Spec.SiteName(fs), Reason: why})
+			}
+			if nrefused++; nrefused == 1 {
+				firstRefused = RefusedSite{Name: m.Spec.SiteName(fs), Reason: why}
 			}
 		})
 
@@ -587,6 +594,10 @@ func (s *Session) selectSites() error {
 	}
 	if nall == 0 && len(s.untraceable) > 0 {
 		return fmt.Errorf("no function of process %d can be traced: %s: %s", s.pid, s.untraceable[0].Name, s.untraceable[0].Reason)
+	}
+	if nall == 0 && nrefused > 0 {
+		return fmt.Errorf("none of the %s -F matches in process %d can be traced, e.g. %s: %s; `livetrace list --all -p %d` says why for each",
+			plural(nrefused, "function"), s.pid, firstRefused.Name, firstRefused.Reason, s.pid)
 	}
 	if nall == 0 && !withReloc && !s.opts.OnlyNop {
 		return fmt.Errorf("%w in process %d (%s): name the functions to trace with -F (functions without a compiler NOP are then traced by relocation), or build it with clang -fpatchable-function-entry=5 (see docs/BUILDING.md)", ErrNoSites, s.pid, s.mods[0].Path)
