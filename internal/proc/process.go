@@ -132,6 +132,10 @@ type thread struct {
 	// thread (unix.PTRACE_SYSCALL or unix.PTRACE_SINGLESTEP), 0 when none:
 	// a stop that does not end it is answered by issuing it again.
 	op int
+	// stepRip and stepSP are where the last single step was issued from
+	// (stepOut, or reissue after a trap of ours emulated meanwhile): the
+	// instruction it ran, for the pushf check of stepOut.
+	stepRip, stepSP uint64
 	// held are the signals taken off the thread while borrowed or
 	// stepping, in arrival order; queued maps the cookie of each one
 	// queued again (see requeue) to its original siginfo.

@@ -1,6 +1,7 @@
 package proc
 
 import (
+	"golang.org/x/sys/unix"
 	"strings"
 	"testing"
 	"time"
@@ -70,4 +71,86 @@ func TestStepOverPushf(t *testing.T) {
 		t.Fatalf("after the steps: %q", l)
 	}
 	t.Logf("stepped out of the pushf region %d times", inside)
+}
+
+// TestStepTrapThenPushf: a step that runs into an INT3 of ours, whose trap
+// handler sends the thread on to a pushf (a relocated function's jmp to
+// its keep stub, which starts with pushf), runs that pushf under TF too:
+// the step is issued again from there (reissue), and the flags it pushes
+// must lose TF as well. A TestSQLiteLive run in graph mode died of SIGTRAP
+// right after a keep stub's popf. Here the INT3 replaces the fixture's jmp
+// back to its pushfq, and the handler does the jmp.
+func TestStepTrapThenPushf(t *testing.T) {
+	testtarget.RequireRoot(t)
+	bin := testtarget.Build(t, testtarget.KeepRegs, testtarget.ClangNop5, testtarget.PIE(true))
+	tp := startAs(t, nil, bin)
+	tp.expect(t, "ready", 10*time.Second)
+	tp.send(t, "spin")
+	tp.expect(t, "spinning", 10*time.Second)
+	base := loadBase(t, tp.pid(), bin)
+	lo := base + symbolOffset(t, bin, "kr_flags_region")
+	hi := base + symbolOffset(t, bin, "kr_flags_region_end")
+	p, err := Attach(tp.pid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Detach()
+	if err := p.StopAll(); err != nil {
+		t.Fatal(err)
+	}
+	ips, err := p.StoppedIPs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	spinner := 0
+	for tid, ip := range ips {
+		if ip >= lo && ip < hi+2 {
+			spinner = tid
+		}
+	}
+	if spinner == 0 {
+		t.Fatalf("no thread stopped in the spinning loop [%#x, %#x): %v", lo, hi+2, ips)
+	}
+	// Onto the jmp back, then the INT3 there.
+	if err := p.SingleStepOut(spinner, lo, hi, 200); err != nil {
+		t.Fatal(err)
+	}
+	var orig [1]byte
+	if err := p.ReadMem(hi, orig[:]); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.WriteMem(hi, []byte{0xcc}); err != nil {
+		t.Fatal(err)
+	}
+	trapped := 0
+	p.SetTrapHandler(func(tid int, regs *unix.PtraceRegs, claim func() error) bool {
+		if regs.Rip-1 != hi || claim() != nil {
+			return false
+		}
+		trapped++
+		regs.Rip = lo // the jmp
+		return true
+	})
+	if err := p.SingleStepOut(spinner, hi, hi+1, 4); err != nil {
+		t.Fatal(err)
+	}
+	p.SetTrapHandler(nil)
+	if err := p.WriteMem(hi, orig[:]); err != nil {
+		t.Fatal(err)
+	}
+	if trapped != 1 {
+		t.Fatalf("the step took the INT3 %d times, want once", trapped)
+	}
+	if err := p.ResumeAll(); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Detach(); err != nil {
+		t.Fatal(err)
+	}
+	// Alive, and answering: the popf of a pushed TF would have killed it.
+	time.Sleep(50 * time.Millisecond)
+	tp.send(t, "run 1")
+	if l := tp.expect(t, "done", 10*time.Second); !strings.HasPrefix(l, "done 1 bad 0 wrong 0") {
+		t.Fatalf("after the steps: %q", l)
+	}
 }

@@ -415,6 +415,13 @@ func (p *Process) reissue(t *thread) {
 	case unix.PTRACE_SYSCALL:
 		err = unix.PtraceSyscall(t.tid, 0)
 	case unix.PTRACE_SINGLESTEP:
+		// A trap of ours emulated during a step moved the thread: the
+		// step now runs the instruction there (a keep stub's pushf,
+		// say), which stepOut must know.
+		var regs unix.PtraceRegs
+		if unix.PtraceGetRegs(t.tid, &regs) == nil {
+			t.stepRip, t.stepSP = regs.Rip, regs.Rsp
+		}
 		err = unix.PtraceSingleStep(t.tid)
 	default:
 		return
