@@ -16,15 +16,7 @@ import (
 // the detach and die of SIGTRAP at its next instruction (a stock
 // redis-server did, stepped out of a keep stub at detach).
 func TestStepOverPushf(t *testing.T) {
-	testtarget.RequireRoot(t)
-	bin := testtarget.Build(t, testtarget.KeepRegs, testtarget.ClangNop5, testtarget.PIE(true))
-	tp := startAs(t, nil, bin)
-	tp.expect(t, "ready", 10*time.Second)
-	tp.send(t, "spin")
-	tp.expect(t, "spinning", 10*time.Second)
-	base := loadBase(t, tp.pid(), bin)
-	lo := base + symbolOffset(t, bin, "kr_flags_region")
-	hi := base + symbolOffset(t, bin, "kr_flags_region_end")
+	tp, lo, hi := startSpinner(t)
 	inside := 0
 	for round := 0; round < 40 && inside < 10; round++ {
 		p, err := Attach(tp.pid())
@@ -65,11 +57,7 @@ func TestStepOverPushf(t *testing.T) {
 		t.Fatal("the spinning thread was never stopped in its pushf region")
 	}
 	// Alive, and answering: a thread left with TF would have killed it.
-	time.Sleep(50 * time.Millisecond)
-	tp.send(t, "run 1")
-	if l := tp.expect(t, "done", 10*time.Second); !strings.HasPrefix(l, "done 1 bad 0 wrong 0") {
-		t.Fatalf("after the steps: %q", l)
-	}
+	checkAnswers(t, tp)
 	t.Logf("stepped out of the pushf region %d times", inside)
 }
 
@@ -81,15 +69,7 @@ func TestStepOverPushf(t *testing.T) {
 // right after a keep stub's popf. Here the INT3 replaces the fixture's jmp
 // back to its pushfq, and the handler does the jmp.
 func TestStepTrapThenPushf(t *testing.T) {
-	testtarget.RequireRoot(t)
-	bin := testtarget.Build(t, testtarget.KeepRegs, testtarget.ClangNop5, testtarget.PIE(true))
-	tp := startAs(t, nil, bin)
-	tp.expect(t, "ready", 10*time.Second)
-	tp.send(t, "spin")
-	tp.expect(t, "spinning", 10*time.Second)
-	base := loadBase(t, tp.pid(), bin)
-	lo := base + symbolOffset(t, bin, "kr_flags_region")
-	hi := base + symbolOffset(t, bin, "kr_flags_region_end")
+	tp, lo, hi := startSpinner(t)
 	p, err := Attach(tp.pid())
 	if err != nil {
 		t.Fatal(err)
@@ -148,6 +128,27 @@ func TestStepTrapThenPushf(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Alive, and answering: the popf of a pushed TF would have killed it.
+	checkAnswers(t, tp)
+}
+
+// startSpinner starts the keepregs fixture with its spinning thread and
+// returns it with the bounds of the thread's pushfq..popfq region: lo is
+// the pushfq, hi the jmp back to it.
+func startSpinner(t *testing.T) (tp *target, lo, hi uint64) {
+	t.Helper()
+	testtarget.RequireRoot(t)
+	bin := testtarget.Build(t, testtarget.KeepRegs, testtarget.ClangNop5, testtarget.PIE(true))
+	tp = startAs(t, nil, bin)
+	tp.expect(t, "ready", 10*time.Second)
+	tp.send(t, "spin")
+	tp.expect(t, "spinning", 10*time.Second)
+	base := loadBase(t, tp.pid(), bin)
+	return tp, base + symbolOffset(t, bin, "kr_flags_region"), base + symbolOffset(t, bin, "kr_flags_region_end")
+}
+
+// checkAnswers checks that the keepregs fixture still runs a round right.
+func checkAnswers(t *testing.T, tp *target) {
+	t.Helper()
 	time.Sleep(50 * time.Millisecond)
 	tp.send(t, "run 1")
 	if l := tp.expect(t, "done", 10*time.Second); !strings.HasPrefix(l, "done 1 bad 0 wrong 0") {
