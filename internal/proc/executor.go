@@ -86,6 +86,18 @@ func (e *executor) run(fn func()) bool {
 	return true
 }
 
+// try hands fn to the executor thread if that thread is waiting for work
+// now, and returns at once: it does not wait for fn to run, nor for a
+// busy executor to be free. It reports whether fn was handed over.
+func (e *executor) try(fn func()) bool {
+	select {
+	case e.fns <- fn:
+		return true
+	default:
+		return false
+	}
+}
+
 // stop ends the executor goroutine and its OS thread. Only call it from
 // outside the executor.
 func (e *executor) stop() { e.once.Do(func() { close(e.done) }) }

@@ -273,6 +273,15 @@ func (p *Process) Threads() []int {
 // do runs fn on the ptrace thread. After Detach it does nothing.
 func (p *Process) do(fn func()) bool { return p.ex.run(fn) }
 
+// Lend runs fn on the ptrace thread if that thread is idle now, and
+// returns without waiting for fn: a caller with work to share (the verify
+// pass of a batch, internal/textpoke) lends the idle thread a part. It
+// reports whether fn was taken; a busy thread (handling stops, running
+// another request) or a detached process takes nothing. fn must not call
+// the Process's methods that run on the ptrace thread, and must not wait
+// for anything that does: while it runs, stops wait for it.
+func (p *Process) Lend(fn func()) bool { return p.ex.try(fn) }
+
 // doErr runs fn on the ptrace thread and returns its error, or
 // ErrDetached.
 func (p *Process) doErr(fn func() error) error {

@@ -102,43 +102,29 @@ func benchBatch(b *testing.B, n int, mode Mode) {
 //	go test -run '^$' -bench Bookkeeping ./internal/textpoke
 func BenchmarkBookkeeping(b *testing.B) {
 	const n, stride = 100000, 64
-	base := uint64(0x400000)
-	text := make([]byte, n*stride)
+	m := newMemEngine(n * stride)
 	var spread [][]byte
 	on, off := make([]Patch, n), make([]Patch, n)
 	for i := range on {
-		a := base + uint64(i*stride)
+		a := m.base + uint64(i*stride)
 		nop := append([]byte(nil), 0x0f, 0x1f, 0x44, 0x00, 0x00)
-		call, err := Call(a, base+uint64(n*stride))
+		call, err := Call(a, m.base+uint64(n*stride))
 		if err != nil {
 			b.Fatal(err)
 		}
 		spread = append(spread, make([]byte, 48))
 		on[i] = Patch{Addr: a, Old: nop, New: call}
 		off[i] = Patch{Addr: a, Old: call, New: nop}
-		copy(text[i*stride:], nop)
+		copy(m.text[i*stride:], nop)
 	}
-	e := &Engine{arch: AMD64{}, held: map[uint64]Held{}}
-	e.readText = func(addr uint64, buf []byte) error {
-		copy(buf, text[addr-base:])
-		return nil
-	}
-	write := func(addr uint64, buf []byte) error {
-		copy(text[addr-base:], buf)
-		return nil
-	}
-	var prep, verify, publish, passes, settle time.Duration
+	e, write := m.Engine, m.write
+	var verify, publish, passes, settle time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		for _, batch := range [][]Patch{on, off} {
 			relax := gcpause.Relax()
-			t0 := time.Now()
-			ps, asIs, err := e.prepare(batch)
-			if err != nil {
-				b.Fatal(err)
-			}
 			t1 := time.Now()
-			bt, err := e.verify(ps, false, asIs)
+			bt, err := e.verify(batch, false, true)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -156,7 +142,6 @@ func BenchmarkBookkeeping(b *testing.B) {
 			}
 			t5 := time.Now()
 			relax()
-			prep += t1.Sub(t0)
 			verify += t2.Sub(t1)
 			publish += t3.Sub(t2)
 			passes += t4.Sub(t3)
@@ -165,12 +150,11 @@ func BenchmarkBookkeeping(b *testing.B) {
 	}
 	b.StopTimer()
 	per := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(2*b.N) / 1e3 }
-	b.ReportMetric(per(prep), "prepare-ms")
 	b.ReportMetric(per(verify), "verify-ms")
 	b.ReportMetric(per(publish), "publish-ms")
 	b.ReportMetric(per(passes), "passes-ms")
 	b.ReportMetric(per(settle), "settle-ms")
-	b.ReportMetric(per(prep+verify+publish+passes+settle), "ms/batch")
+	b.ReportMetric(per(verify+publish+passes+settle), "ms/batch")
 	b.ReportMetric(0, "ns/op")
 	runtime.KeepAlive(spread)
 }

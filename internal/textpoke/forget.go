@@ -42,4 +42,5 @@ func (e *Engine) Forget(addrs []uint64) {
 		nt.written = append(nt.written, t.written[i])
 	}
 	e.table.Store(nt)
+	e.spare = nil
 }

@@ -2,6 +2,7 @@ package textpoke
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/livetrace/livetrace/internal/proc"
 )
@@ -53,11 +54,19 @@ func (e *Engine) Fork(p *proc.Process, opts Options) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The instructions are copied: the next batch of e fills the array of
+	// the table it replaced (Engine.spare).
+	e.mu.Lock()
 	t := e.table.Load()
+	var insns [][]byte
+	if t != nil {
+		insns = slices.Clone(t.insns)
+	}
+	e.mu.Unlock()
 	if t == nil {
 		return c, nil
 	}
-	nt := &trapTable{addrs: t.addrs, insns: t.insns, origs: t.origs, region: t.region, detour: t.detour,
+	nt := &trapTable{addrs: t.addrs, insns: insns, origs: t.origs, region: t.region, detour: t.detour,
 		written: make([]siteBytes, len(t.addrs))}
 	var b [maxSiteLen]byte
 	for i, a := range t.addrs {
