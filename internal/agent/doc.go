@@ -9,8 +9,10 @@
 // The tracer reserves one contiguous region at a page-aligned base B
 // ([RegionSize] bytes) and maps, at fixed offsets from B ([AddrsAt]):
 //
-//   - [0, CodeSize): the code. Map it RW, copy [Blob] to B (the rest of the
-//     region stays zero), then mprotect it R+X.
+//   - [0, CodeSize): the code, private anonymous R+X: copy [Blob] to B
+//     through /proc/PID/mem (the rest of the region stays zero). It is
+//     never writable in the target, nor made executable by mprotect,
+//     which MemoryDenyWriteExecute and PR_SET_MDWE refuse.
 //   - [CtlOff, +CtlSize): the control page, private anonymous, then
 //     madvise(MADV_WIPEONFORK). It holds enabled and graph ([Ctl]); both
 //     read as zero in a forked child, which therefore records nothing.

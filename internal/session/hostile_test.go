@@ -577,6 +577,56 @@ func TestSeccomp(t *testing.T) {
 	}
 }
 
+// TestDenyWriteExecute: a process that may not make memory executable
+// once it was not (prctl(PR_SET_MDWE), or the seccomp filter of systemd's
+// MemoryDenyWriteExecute, which Debian's redis-server.service and
+// systemd's own daemons set) is traced all the same: the agent's code and
+// the stubs are mapped executable from the start, never mprotect'ed. The
+// attach used to fail on the agent's mprotect (EACCES under PR_SET_MDWE,
+// and checkSeccomp refused the filter).
+func TestDenyWriteExecute(t *testing.T) {
+	exe := buildHostile(t)
+	for _, how := range []string{"mdwe", "wx"} {
+		t.Run(how, func(t *testing.T) {
+			tp := startHostile(t, exe, how)
+			hostileAlive(t, tp)
+			before := testtarget.TakeSnapshot(t, tp.Pid())
+			out := filepath.Join(t.TempDir(), "rec.data")
+			s, err := Start(tp.Pid(), Options{Funcs: []string{"hot_*"}, Output: out, Graph: true})
+			if err != nil {
+				t.Fatalf("start: %v", err)
+			}
+			hostileAlive(t, tp)
+			if err := s.Close(); err != nil {
+				t.Fatalf("close: %v", err)
+			}
+			rec, err := tracefile.Read(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			entries := countEntries(rec)
+			exits := map[string]uint64{}
+			for _, ev := range rec.Events {
+				if ev.Kind == tracefile.KindExit {
+					exits[rec.Funcs[ev.Func].Name]++
+				}
+			}
+			// The worker thread runs on through Close: each function may
+			// have one call whose exit came after the detach.
+			ok := entries["hot_top"] > 0 && entries["hot_leaf"] > 0
+			for f, n := range entries {
+				ok = ok && n >= exits[f] && n-exits[f] <= 1
+			}
+			if !ok {
+				t.Errorf("entries %v, exits %v; want hot_top and hot_leaf, each entry with its exit", entries, exits)
+			}
+			hostileAlive(t, tp)
+			testtarget.CheckText(t, tp.Pid())
+			before.CheckSame(t, tp.Pid())
+		})
+	}
+}
+
 // TestStrictAfterCheck: a thread that enters seccomp strict mode after
 // livetrace checked the process (here: before any check at all) must
 // never be borrowed for a remote system call: strict mode kills it on any

@@ -182,7 +182,14 @@ func (s *Session) inject() (err error) {
 	//  1. one mmap of the code, the control page and the private region
 	//     (contiguous in agent.ld), RW; the owner record is written into
 	//     the control page as soon as it returns;
-	//  2. the blob is written, and mprotect makes the code R+X (W^X);
+	//  2. a second mmap puts a fresh R+X mapping over the code's part of
+	//     the first, and the blob is written into it through /proc/PID/mem
+	//     (which writes what the target cannot, as for the stubs): the
+	//     code is never writable in the target, and never made executable
+	//     by mprotect, which a process under systemd's
+	//     MemoryDenyWriteExecute (a seccomp filter that refuses mprotect
+	//     with PROT_EXEC; Debian's redis-server.service sets it) or
+	//     prctl(PR_SET_MDWE) is refused;
 	// then rt_sigaction installs lt_sigtrap through the gadget itself
 	// (safe: a thread left there runs the call, which installs the very
 	// handler that rescues it at the int3), and everything else runs
@@ -201,11 +208,16 @@ func (s *Session) inject() (err error) {
 	if err := s.publishOwner(); err != nil {
 		return err
 	}
+	// MAP_FIXED replaces what is there: the first mmap's own pages.
+	ret, err := r.SyscallOK("mmap agent code", proc.SysMmap, a.Base, agent.CodeSize, unix.PROT_READ|unix.PROT_EXEC, uint64(anon|unix.MAP_FIXED), ^uint64(0), 0)
+	if err != nil {
+		return fmt.Errorf("inject agent: %w", err)
+	}
+	if ret != a.Base {
+		return fmt.Errorf("inject agent: mmap agent code at %#x returned %#x", a.Base, ret)
+	}
 	if err := s.p.WriteMem(a.Base, agent.Blob); err != nil {
 		return err
-	}
-	if _, err := r.SyscallOK("mprotect agent", proc.SysMprotect, a.Base, agent.CodeSize, unix.PROT_READ|unix.PROT_EXEC); err != nil {
-		return fmt.Errorf("inject agent: %w", err)
 	}
 	if s.backstop() {
 		s.p.SetSyscallGadget(inj.gadget(s.p))
@@ -880,7 +892,8 @@ var remoteSyscalls = []sysUse{
 	{"memfd_create", unix.SYS_MEMFD_CREATE, [6]uint64{0, mfdCloexec | mfdAllowSealing}},
 	{"ftruncate", unix.SYS_FTRUNCATE, [6]uint64{3, 1 << 20}},
 	{"close", unix.SYS_CLOSE, [6]uint64{3}},
-	{"mprotect", unix.SYS_MPROTECT, [6]uint64{0, pageSize, unix.PROT_READ | unix.PROT_EXEC}},
+	{"mmap", unix.SYS_MMAP, [6]uint64{0, 1 << 20, unix.PROT_READ | unix.PROT_EXEC, unix.MAP_PRIVATE | unix.MAP_ANONYMOUS | unix.MAP_FIXED, ^uint64(0), 0}},
+	{"mmap", unix.SYS_MMAP, [6]uint64{0, 1 << 20, unix.PROT_READ | unix.PROT_EXEC, unix.MAP_PRIVATE | unix.MAP_ANONYMOUS | mapFixedNoreplace, ^uint64(0), 0}}, // stubs
 	{"munmap", unix.SYS_MUNMAP, [6]uint64{0, pageSize}},
 	{"rt_sigaction", unix.SYS_RT_SIGACTION, [6]uint64{uint64(unix.SIGTRAP), 1, 1, 8}},
 	{"rt_sigaction", unix.SYS_RT_SIGACTION, [6]uint64{uint64(unix.SIGTRAP), 0, 1, 8}},

@@ -30,6 +30,12 @@
 //   strict        start a thread that enters seccomp strict mode and
 //                 blocks in read (strict mode allows only read, write,
 //                 exit and sigreturn: any other call kills the process).
+//   mdwe          prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN): no
+//                 mapping may be writable and executable, or become
+//                 executable (Linux 6.3).
+//   wx            the seccomp filter of systemd's MemoryDenyWriteExecute
+//                 (EPERM): mmap with PROT_WRITE|PROT_EXEC, mprotect and
+//                 pkey_mprotect with PROT_EXEC, shmat with SHM_EXEC.
 //
 // Then it prints "ready" (with the fd numbers it watches) and a worker
 // thread calls the traced functions (hot_*) in a loop. Commands on stdin,
@@ -61,6 +67,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/select.h>
+#include <sys/shm.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -309,6 +316,52 @@ static void install_seccomp(char *list) {
 	}
 }
 
+// install_wx installs the filter systemd installs for
+// MemoryDenyWriteExecute=yes (src/shared/seccomp-util.c,
+// seccomp_memory_deny_write_execute): EPERM for an mmap that asks for
+// write and execute at once, for an mprotect or pkey_mprotect that asks for
+// execute, and for shmat with SHM_EXEC.
+static void install_wx(void) {
+	struct sock_filter prog[] = {
+	    /*  0 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+	    /*  1 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
+	    /*  2 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	    /*  3 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+	    /*  4 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_mmap, 0, 3),
+	    /*  5 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[2])),
+	    /*  6 */ BPF_STMT(BPF_ALU | BPF_AND | BPF_K, PROT_WRITE | PROT_EXEC),
+	    /*  7 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, PROT_WRITE | PROT_EXEC, 8, 9),
+	    /*  8 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_mprotect, 1, 0),
+	    /*  9 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_pkey_mprotect, 0, 2),
+	    /* 10 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[2])),
+	    /* 11 */ BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, PROT_EXEC, 4, 5),
+	    /* 12 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_shmat, 0, 4),
+	    /* 13 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[2])),
+	    /* 14 */ BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, SHM_EXEC, 1, 0),
+	    /* 15 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	    /* 16 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+	    /* 17 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	};
+	struct sock_fprog fprog = {.len = sizeof prog / sizeof prog[0], .filter = prog};
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
+	    syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &fprog) != 0) {
+		perror("hostile: seccomp wx");
+		exit(2);
+	}
+	// Check it as systemd's own test would: an mprotect to PROT_EXEC
+	// and a writable executable mapping are refused, a read-only
+	// executable one is not.
+	void *p = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	void *q = mmap(NULL, 4096, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	void *x = mmap(NULL, 4096, PROT_READ | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED || mprotect(p, 4096, PROT_READ | PROT_EXEC) == 0 || q != MAP_FAILED || x == MAP_FAILED) {
+		fprintf(stderr, "hostile: the wx filter does not do what it should\n");
+		exit(2);
+	}
+	munmap(p, 4096);
+	munmap(x, 4096);
+}
+
 int main(int argc, char **argv) {
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	char *filter = NULL;
@@ -334,6 +387,13 @@ int main(int argc, char **argv) {
 			strict = 1;
 		} else if (strcmp(argv[i], "grab") == 0) {
 			do_grab = 1;
+		} else if (strcmp(argv[i], "mdwe") == 0) {
+			if (prctl(65 /* PR_SET_MDWE */, 1 /* PR_MDWE_REFUSE_EXEC_GAIN */, 0, 0, 0) != 0) {
+				perror("hostile: prctl(PR_SET_MDWE)");
+				return 2;
+			}
+		} else if (strcmp(argv[i], "wx") == 0) {
+			install_wx();
 		} else if (strncmp(argv[i], "seccomp=", 8) == 0) {
 			filter = argv[i] + 8;
 		} else {
