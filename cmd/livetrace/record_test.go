@@ -233,6 +233,35 @@ func TestRecordErrors(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "work_leaf") {
 		t.Errorf("misspelled function: %v, want the closest name work_leaf", err)
 	}
+
+	// A process whose main thread called pthread_exit: its /proc/PID/maps
+	// is empty, and it used to be called a zombie waiting for its parent.
+	sl := testtarget.Start(t, testtarget.Build(t, testtarget.Sleeper, testtarget.ClangNop5), "exit-main")
+	if _, err := sl.Expect("ready", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	pid := strconv.Itoa(sl.Pid())
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if b, _ := os.ReadFile("/proc/" + pid + "/stat"); strings.Contains(string(b), ") Z ") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the main thread did not exit")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	for _, args := range [][]string{{"record", "-p", pid, "-o", filepath.Join(t.TempDir(), "x")}, {"list", "-p", pid}} {
+		_, _, err := runCLI(t, args...)
+		if want := "pid " + pid + "'s main thread has exited (pthread_exit) while 1 other thread(s) run on"; err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%v: error %v, want one that says %q", args, err, want)
+		}
+	}
+	if err := sl.Send("echo alive"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sl.Expect("echo alive", 10*time.Second); err != nil {
+		t.Fatalf("the process does not answer: %v", err)
+	}
 }
 
 // TestRecordKilled kills record with SIGKILL while it injects and patches,

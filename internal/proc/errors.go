@@ -18,6 +18,10 @@ var (
 	ErrAlreadyTraced = errors.New("process is already traced")
 	// ErrKernelThread means the PID is a kernel thread, with no user space.
 	ErrKernelThread = errors.New("kernel thread")
+	// ErrLeaderExited means the process's main thread has exited
+	// (pthread_exit) while other threads run on: the kernel leaves its
+	// /proc/PID/maps and mem empty, and it cannot be traced.
+	ErrLeaderExited = errors.New("main thread exited")
 	// ErrExited means the target process exited while we were attached.
 	ErrExited = errors.New("target process exited")
 	// ErrExec means the target called execve while we were attached: its

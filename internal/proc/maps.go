@@ -169,9 +169,38 @@ func emptyMapsError(pid int) error {
 	case ok && flags&pfKthread != 0:
 		return newPidError(ErrKernelThread, "pid %d is a kernel thread: it has no user-space code to trace", pid)
 	case ok && (state == 'Z' || state == 'X'):
+		if n := otherThreads(pid); n > 0 {
+			return &pidError{sentinel: ErrLeaderExited, msg: fmt.Sprintf("pid %d's main thread has exited (pthread_exit) while %d other thread(s) run on: "+
+				"the kernel leaves /proc/%d/maps and mem empty for such a process, and livetrace, which reads them, does not support it; "+
+				"restart the program to trace it", pid, n, pid)}
+		}
 		return newPidError(ErrNoProcess, "pid %d has exited (it is a zombie waiting for its parent)", pid)
 	}
 	return newPidError(ErrNoProcess, "pid %d has no memory mappings: it is exiting", pid)
+}
+
+// otherThreads counts the threads of process pid, other than its main
+// thread, that have not exited.
+func otherThreads(pid int) int {
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, e := range ents {
+		tid, err := strconv.Atoi(e.Name())
+		if err != nil || tid == pid {
+			continue
+		}
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/stat", pid, tid))
+		if err != nil {
+			continue
+		}
+		if state, _, ok := parseStat(stat); ok && state != 'Z' && state != 'X' {
+			n++
+		}
+	}
+	return n
 }
 
 // parseStat returns the state and flags fields of /proc/PID/stat. The

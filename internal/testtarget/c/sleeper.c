@@ -6,6 +6,9 @@
  * commands it sits blocked in read. Each timed command runs on a fresh
  * worker thread, so several can be blocked at once.
  *
+ * With the argument "exit-main" the main thread starts a thread that does
+ * all this, and calls pthread_exit.
+ *
  * Protocol (one command per line on stdin, replies on stdout, flushed):
  *   on start: "ready"
  *   "sleep MS": a worker calls nanosleep for MS ms, then prints
@@ -170,8 +173,28 @@ static int handle(char *line)
 	return 1;
 }
 
-int main(void)
+static void *commands(void *arg);
+
+/*
+ * With the argument "exit-main", the commands are read by a second thread
+ * and the main thread calls pthread_exit: the process runs on with a
+ * zombie thread-group leader, whose /proc/PID/maps and mem are empty.
+ */
+int main(int argc, char **argv)
 {
+	if (argc > 1 && strcmp(argv[1], "exit-main") == 0) {
+		pthread_t t;
+		if (pthread_create(&t, NULL, commands, NULL) != 0)
+			return 2;
+		pthread_exit(NULL);
+	}
+	commands(NULL);
+	return 0;
+}
+
+static void *commands(void *arg)
+{
+	(void)arg;
 	say("ready\n", 0, 0, 0);
 	char buf[4096];
 	size_t len = 0;
@@ -183,13 +206,13 @@ int main(void)
 			continue;
 		}
 		if (n <= 0)
-			return 0;
+			exit(0);
 		len += (size_t)n;
 		char *start = buf, *nl;
 		while ((nl = memchr(start, '\n', buf + len - start)) != NULL) {
 			*nl = 0;
 			if (!handle(start))
-				return 0;
+				exit(0);
 			start = nl + 1;
 		}
 		len -= (size_t)(start - buf);
