@@ -168,3 +168,24 @@ func TestParseStat(t *testing.T) {
 		}
 	}
 }
+
+func TestShadowStackStatus(t *testing.T) {
+	for _, tc := range []struct {
+		status string
+		want   bool
+	}{
+		{"Name:\tx\nSigBlk:\t0\n", false}, // a kernel without user shadow stacks
+		{"Name:\tx\nx86_Thread_features:\t\nx86_Thread_features_locked:\tshstk \n", false},
+		{"Name:\tx\nx86_Thread_features:\tshstk \nx86_Thread_features_locked:\tshstk \n", true},
+		{"x86_Thread_features:\twrss shstk \n", true},
+		{"x86_Thread_features:\twrss \n", false},
+		{"x86_Thread_features:\tshstkx \n", false},
+	} {
+		if got := hasShadowStack([]byte(tc.status)); got != tc.want {
+			t.Errorf("hasShadowStack(%q) = %v, want %v", tc.status, got, tc.want)
+		}
+	}
+	if on, err := ShadowStack(os.Getpid()); err != nil || on {
+		t.Errorf("ShadowStack(self) = %v, %v; want false (Go runs no shadow stack)", on, err)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -153,4 +154,41 @@ func queueCookie(pid, tid int, sig int32, cookie uint64) error {
 func inExecStop(tid int) bool {
 	si, err := getSiginfo(tid)
 	return err == nil && si.signo == int32(unix.SIGTRAP) && si.code == execStopCode
+}
+
+// ShadowStack reports whether a thread of process pid runs with a CET user
+// shadow stack (Linux 6.6 and later, with CONFIG_X86_USER_SHADOW_STACK; a
+// glibc built for it turns it on at start-up). The CPU then checks every
+// ret against the address the matching call stored on the shadow stack,
+// and kills a mismatch with SIGSEGV: a return address the tracer replaces
+// (graph mode) or pushes itself without a call (the trap handler's
+// emulation of a CALL in a live batch) would crash the process.
+func ShadowStack(pid int) (bool, error) {
+	tids, err := listTasks(pid)
+	if err != nil {
+		return false, fmt.Errorf("list threads of pid %d: %w", pid, err)
+	}
+	for _, tid := range tids {
+		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/status", pid, tid))
+		if err != nil {
+			continue // the thread is gone
+		}
+		if hasShadowStack(status) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// hasShadowStack reports whether a thread's status (/proc/PID/task/TID/
+// status) lists "shstk" among its x86_Thread_features: the kernel's
+// arch_proc_pid_thread_features prints the features turned on, and
+// x86_Thread_features_locked those that can no longer change.
+func hasShadowStack(status []byte) bool {
+	for _, f := range strings.Fields(statusField(status, "x86_Thread_features")) {
+		if f == "shstk" {
+			return true
+		}
+	}
+	return false
 }

@@ -170,7 +170,7 @@ func (s *Session) followLoader() error {
 	ld := &s.loader
 	ld.gone = map[int]bool{}
 	if s.inj == nil || !s.inj.backstop {
-		ld.why = "the process blocks or ignores SIGTRAP (stop mode): nothing would handle a breakpoint on the loader if livetrace died"
+		ld.why = "the process blocks or ignores SIGTRAP, or runs with a CET shadow stack (stop mode): a breakpoint on the loader would not be safe"
 		return nil
 	}
 	rd, mi, err := elfsite.Rendezvous(s.pid, s.mods)

@@ -435,9 +435,14 @@ func relocStubLen(plan *reloc.Plan, keep bool) uint64 {
 
 // backstop reports whether to install the agent's SIGTRAP handler: in live
 // mode only. Stop mode never leaves an INT3 in the text, and it is what a
-// process that blocks or ignores SIGTRAP gets (see textpoke.New).
+// process that blocks or ignores SIGTRAP gets (see textpoke.New), or whose
+// threads run with a CET shadow stack: the handler emulates a CALL or a
+// RET on the stack alone, which the shadow stack would not match.
 func (s *Session) backstop() bool {
 	if s.opts.Mode == textpoke.ModeStop {
+		return false
+	}
+	if shstk, err := shadowStack(s.pid); err != nil || shstk {
 		return false
 	}
 	blocked, ignored, err := proc.SignalMasks(s.pid, unix.SIGTRAP)

@@ -290,10 +290,15 @@ func StartProcess(p *proc.Process, opts Options) (*Session, error) {
 	return s.start(p)
 }
 
-// ErrUnwindUnsafe means graph mode was refused because the target can
+// ErrUnwindUnsafe means graph mode was refused for the process: it can
 // unwind its stack through traced frames (C++ exceptions) and the agent
-// cannot hook its unwinder (see unwind.go); the error says why.
+// cannot hook its unwinder (see unwind.go), or its threads run with a CET
+// shadow stack; the error says why.
 var ErrUnwindUnsafe = errors.New("graph mode is not supported for this process")
+
+// shadowStack is proc.ShadowStack; a test plays a process with one, which
+// this machine may not be able to run.
+var shadowStack = proc.ShadowStack
 
 func (s *Session) discover() error {
 	s.lap("")
@@ -310,6 +315,16 @@ func (s *Session) discover() error {
 	}
 	s.mods = mods
 	if s.opts.Graph {
+		// A CET shadow stack checks every ret against the return
+		// address its call stored there: the agent's return trampoline
+		// would kill the thread with SIGSEGV at the first traced return.
+		if shstk, err := shadowStack(s.pid); err != nil {
+			return err
+		} else if shstk {
+			return fmt.Errorf("%w: its threads run with a CET shadow stack (x86_Thread_features: shstk in /proc/%d/status), "+
+				"which checks every return address against its own copy, and graph mode replaces return addresses: the process would crash; "+
+				"trace it without --graph", ErrUnwindUnsafe, s.pid)
+		}
 		// A C++ exception (or a forced unwind) that crosses a frame whose
 		// return address the agent hijacked finds no unwind information
 		// for the agent's return trampoline, and the program would die in

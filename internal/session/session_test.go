@@ -287,6 +287,53 @@ func TestBadInput(t *testing.T) {
 // at the depth of its entry, counts are exact, and detaching while threads
 // are inside traced functions (hijacked returns outstanding) leaves the
 // program correct.
+// TestGraphShadowStack: graph mode refuses a process whose threads run
+// with a CET shadow stack, played here (this machine may have none): its
+// first traced return would die of SIGSEGV. Entry mode traces it.
+func TestGraphShadowStack(t *testing.T) {
+	testtarget.RequireRoot(t)
+	shadowStack = func(int) (bool, error) { return true, nil }
+	defer func() { shadowStack = proc.ShadowStack }()
+	tp := startWorkload(t, testtarget.ClangNop5)
+	_, err := Start(tp.Pid(), Options{Funcs: []string{"work_*"}, Output: filepath.Join(t.TempDir(), "rec.data"), Graph: true})
+	if !errors.Is(err, ErrUnwindUnsafe) || !strings.Contains(err.Error(), "shadow stack") {
+		t.Fatalf("graph mode: %v, want ErrUnwindUnsafe naming the shadow stack", err)
+	}
+	alive(t, tp)
+	testtarget.CheckText(t, tp.Pid())
+	// Entry mode: no SIGTRAP handler, no loader breakpoint (each would
+	// emulate a CALL or a RET the shadow stack has no copy of), and the
+	// calls are recorded. (The engine's own choice of stop mode reads the
+	// real process: TestStopModeChosen plays it in package textpoke.)
+	out := filepath.Join(t.TempDir(), "rec.data")
+	s, err := Start(tp.Pid(), Options{Funcs: []string{"work_*"}, Output: out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.inj.backstop {
+		t.Error("the SIGTRAP backstop is in")
+	}
+	if why := s.loader.why; !strings.Contains(why, "shadow stack") {
+		t.Errorf("the loader is followed (or not, for %q)", why)
+	}
+	want := workloadRun(t, tp, 5)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := tracefile.Read(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := countEntries(rec)
+	for fn, n := range want {
+		if strings.HasPrefix(fn, "work_") && got[fn] != n {
+			t.Errorf("%s: recorded %d calls, the program counted %d", fn, got[fn], n)
+		}
+	}
+	alive(t, tp)
+	testtarget.CheckText(t, tp.Pid())
+}
+
 func TestGraphMode(t *testing.T) {
 	testtarget.RequireRoot(t)
 	for _, form := range testtarget.Forms {

@@ -350,6 +350,15 @@ func New(p *proc.Process, opts Options) (*Engine, error) {
 		if ignored {
 			reasons = append(reasons, "the process ignores SIGTRAP")
 		}
+		// The trap handler emulates a CALL by pushing its return
+		// address on the stack: a CET shadow stack has no copy of it,
+		// and the callee's ret would kill the thread with SIGSEGV. In
+		// stop mode no thread runs a site while it is rewritten.
+		if shstk, err := shadowStack(p.Pid()); err != nil {
+			return nil, err
+		} else if shstk {
+			reasons = append(reasons, "threads run with a CET shadow stack")
+		}
 		if len(reasons) > 0 {
 			if e.mode == ModeLive {
 				return nil, fmt.Errorf("live mode is unsafe for pid %d: %s: use stop mode", p.Pid(), strings.Join(reasons, ", "))
@@ -365,6 +374,10 @@ func New(p *proc.Process, opts Options) (*Engine, error) {
 	p.SetTrapHandler(e.handleTrap)
 	return e, nil
 }
+
+// shadowStack is proc.ShadowStack; a test plays a process with one, which
+// this machine may not be able to run.
+var shadowStack = proc.ShadowStack
 
 func (e *Engine) registerMembarrier() error {
 	r, err := e.p.HoldRemote()

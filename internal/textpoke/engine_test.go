@@ -320,16 +320,27 @@ func stressForm(t *testing.T, form testtarget.Form, nfn, toggles int) {
 // is patched in stop mode, with exact counts, and restored.
 func TestStopModeChosen(t *testing.T) {
 	testtarget.RequireRoot(t)
-	for _, arg := range []string{"-block-sigtrap", "-ignore-sigtrap"} {
+	// The third: a process whose threads run with a CET shadow stack,
+	// played (this machine may have none).
+	for _, arg := range []string{"-block-sigtrap", "-ignore-sigtrap", "shadow-stack"} {
 		t.Run(arg, func(t *testing.T) {
-			st := startStress(t, testtarget.ClangNop5, 200, "-t", "2", arg)
+			args := []string{"-t", "2", arg}
+			if arg == "shadow-stack" {
+				args = args[:2]
+				shadowStack = func(int) (bool, error) { return true, nil }
+				defer func() { shadowStack = proc.ShadowStack }()
+			}
+			st := startStress(t, testtarget.ClangNop5, 200, args...)
 			base, _ := st.run(t, 2)
 			p, e := st.attach(t, Options{})
 			if e.Mode() != ModeStop || e.Reason() == "" {
 				t.Fatalf("mode %v (%q), want stop with a reason", e.Mode(), e.Reason())
 			}
+			if arg == "shadow-stack" && !strings.Contains(e.Reason(), "shadow stack") {
+				t.Errorf("reason %q does not name the shadow stack", e.Reason())
+			}
 			if _, err := New(p, Options{Mode: ModeLive}); err == nil {
-				t.Fatal("live mode accepted although SIGTRAP is blocked or ignored")
+				t.Fatalf("live mode accepted although %s", e.Reason())
 			}
 			stats, err := e.Apply(st.enable(t, upTo(200, 2)...))
 			if err != nil {
