@@ -185,7 +185,7 @@ func TestShadowStackStatus(t *testing.T) {
 			t.Errorf("hasShadowStack(%q) = %v, want %v", tc.status, got, tc.want)
 		}
 	}
-	if on, err := ShadowStack(os.Getpid()); err != nil || on {
-		t.Errorf("ShadowStack(self) = %v, %v; want false (Go runs no shadow stack)", on, err)
+	if ts, err := ReadTrapStatus(os.Getpid()); err != nil || ts.ShadowStack {
+		t.Errorf("ReadTrapStatus(self) = %+v, %v; want no shadow stack (Go runs none)", ts, err)
 	}
 }

@@ -57,7 +57,13 @@ func threadMasks(pid, tid int) (masks, error) {
 	if err != nil {
 		return masks{}, err
 	}
+	return parseMasks(status, tid)
+}
+
+// parseMasks reads the signal sets of thread tid from its status.
+func parseMasks(status []byte, tid int) (masks, error) {
 	var m masks
+	var err error
 	for _, f := range []struct {
 		name string
 		v    *uint64
@@ -156,28 +162,46 @@ func inExecStop(tid int) bool {
 	return err == nil && si.signo == int32(unix.SIGTRAP) && si.code == execStopCode
 }
 
-// ShadowStack reports whether a thread of process pid runs with a CET user
-// shadow stack (Linux 6.6 and later, with CONFIG_X86_USER_SHADOW_STACK; a
-// glibc built for it turns it on at start-up). The CPU then checks every
-// ret against the address the matching call stored on the shadow stack,
-// and kills a mismatch with SIGSEGV: a return address the tracer replaces
-// (graph mode) or pushes itself without a call (the trap handler's
-// emulation of a CALL in a live batch) would crash the process.
-func ShadowStack(pid int) (bool, error) {
+// TrapStatus is what the status of a process's threads says about the
+// INT3s and return addresses livetrace may leave for them.
+type TrapStatus struct {
+	// Blocked: a thread blocks SIGTRAP (SigBlk); Ignored: the process
+	// ignores it (SigIgn). A forced SIGTRAP would then reset its handler
+	// and kill the process (see textpoke.New).
+	Blocked, Ignored bool
+	// ShadowStack: a thread runs with a CET user shadow stack (Linux 6.6
+	// and later, with CONFIG_X86_USER_SHADOW_STACK; a glibc built for it
+	// turns it on at start-up). The CPU then checks every ret against the
+	// address the matching call stored on the shadow stack, and kills a
+	// mismatch with SIGSEGV: a return address the tracer replaces (graph
+	// mode) or pushes or pops itself without a call or a ret (the trap
+	// handler's emulation of a CALL, or of the loader breakpoint's RET)
+	// would crash the process.
+	ShadowStack bool
+}
+
+// ReadTrapStatus reads the status of every thread of process pid once.
+func ReadTrapStatus(pid int) (TrapStatus, error) {
+	var ts TrapStatus
 	tids, err := listTasks(pid)
 	if err != nil {
-		return false, fmt.Errorf("list threads of pid %d: %w", pid, err)
+		return ts, fmt.Errorf("list threads of pid %d: %w", pid, err)
 	}
+	bit := sigBit(unix.SIGTRAP)
 	for _, tid := range tids {
 		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/status", pid, tid))
 		if err != nil {
 			continue // the thread is gone
 		}
-		if hasShadowStack(status) {
-			return true, nil
+		m, err := parseMasks(status, tid)
+		if err != nil {
+			return ts, err
 		}
+		ts.Blocked = ts.Blocked || m.blk&bit != 0
+		ts.Ignored = ts.Ignored || m.ign&bit != 0
+		ts.ShadowStack = ts.ShadowStack || hasShadowStack(status)
 	}
-	return false, nil
+	return ts, nil
 }
 
 // hasShadowStack reports whether a thread's status (/proc/PID/task/TID/

@@ -442,11 +442,8 @@ func (s *Session) backstop() bool {
 	if s.opts.Mode == textpoke.ModeStop {
 		return false
 	}
-	if shstk, err := shadowStack(s.pid); err != nil || shstk {
-		return false
-	}
-	blocked, ignored, err := proc.SignalMasks(s.pid, unix.SIGTRAP)
-	return err == nil && !blocked && !ignored
+	ts, err := trapStatus(s.pid)
+	return err == nil && !ts.Blocked && !ts.Ignored && !ts.ShadowStack
 }
 
 // setSharedReady sets or clears lt_priv.shared_ready, which tells

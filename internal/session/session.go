@@ -296,9 +296,9 @@ func StartProcess(p *proc.Process, opts Options) (*Session, error) {
 // shadow stack; the error says why.
 var ErrUnwindUnsafe = errors.New("graph mode is not supported for this process")
 
-// shadowStack is proc.ShadowStack; a test plays a process with one, which
-// this machine may not be able to run.
-var shadowStack = proc.ShadowStack
+// trapStatus is proc.ReadTrapStatus; a test plays a process with a shadow
+// stack, which this machine may not be able to run.
+var trapStatus = proc.ReadTrapStatus
 
 func (s *Session) discover() error {
 	s.lap("")
@@ -318,9 +318,9 @@ func (s *Session) discover() error {
 		// A CET shadow stack checks every ret against the return
 		// address its call stored there: the agent's return trampoline
 		// would kill the thread with SIGSEGV at the first traced return.
-		if shstk, err := shadowStack(s.pid); err != nil {
+		if ts, err := trapStatus(s.pid); err != nil {
 			return err
-		} else if shstk {
+		} else if ts.ShadowStack {
 			return fmt.Errorf("%w: its threads run with a CET shadow stack (x86_Thread_features: shstk in /proc/%d/status), "+
 				"which checks every return address against its own copy, and graph mode replaces return addresses: the process would crash; "+
 				"trace it without --graph", ErrUnwindUnsafe, s.pid)

@@ -292,8 +292,12 @@ func TestBadInput(t *testing.T) {
 // first traced return would die of SIGSEGV. Entry mode traces it.
 func TestGraphShadowStack(t *testing.T) {
 	testtarget.RequireRoot(t)
-	shadowStack = func(int) (bool, error) { return true, nil }
-	defer func() { shadowStack = proc.ShadowStack }()
+	trapStatus = func(pid int) (proc.TrapStatus, error) {
+		ts, err := proc.ReadTrapStatus(pid)
+		ts.ShadowStack = true
+		return ts, err
+	}
+	defer func() { trapStatus = proc.ReadTrapStatus }()
 	tp := startWorkload(t, testtarget.ClangNop5)
 	_, err := Start(tp.Pid(), Options{Funcs: []string{"work_*"}, Output: filepath.Join(t.TempDir(), "rec.data"), Graph: true})
 	if !errors.Is(err, ErrUnwindUnsafe) || !strings.Contains(err.Error(), "shadow stack") {

@@ -340,23 +340,21 @@ func New(p *proc.Process, opts Options) (*Engine, error) {
 		if !e.membarrier {
 			reasons = append(reasons, "membarrier SYNC_CORE is unavailable")
 		}
-		blocked, ignored, err := proc.SignalMasks(p.Pid(), unix.SIGTRAP)
+		ts, err := trapStatus(p.Pid())
 		if err != nil {
 			return nil, err
 		}
-		if blocked {
+		if ts.Blocked {
 			reasons = append(reasons, "a thread blocks SIGTRAP")
 		}
-		if ignored {
+		if ts.Ignored {
 			reasons = append(reasons, "the process ignores SIGTRAP")
 		}
 		// The trap handler emulates a CALL by pushing its return
 		// address on the stack: a CET shadow stack has no copy of it,
 		// and the callee's ret would kill the thread with SIGSEGV. In
 		// stop mode no thread runs a site while it is rewritten.
-		if shstk, err := shadowStack(p.Pid()); err != nil {
-			return nil, err
-		} else if shstk {
+		if ts.ShadowStack {
 			reasons = append(reasons, "threads run with a CET shadow stack")
 		}
 		if len(reasons) > 0 {
@@ -375,9 +373,9 @@ func New(p *proc.Process, opts Options) (*Engine, error) {
 	return e, nil
 }
 
-// shadowStack is proc.ShadowStack; a test plays a process with one, which
-// this machine may not be able to run.
-var shadowStack = proc.ShadowStack
+// trapStatus is proc.ReadTrapStatus; a test plays a process with a shadow
+// stack, which this machine may not be able to run.
+var trapStatus = proc.ReadTrapStatus
 
 func (e *Engine) registerMembarrier() error {
 	r, err := e.p.HoldRemote()

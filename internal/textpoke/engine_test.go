@@ -327,8 +327,12 @@ func TestStopModeChosen(t *testing.T) {
 			args := []string{"-t", "2", arg}
 			if arg == "shadow-stack" {
 				args = args[:2]
-				shadowStack = func(int) (bool, error) { return true, nil }
-				defer func() { shadowStack = proc.ShadowStack }()
+				trapStatus = func(pid int) (proc.TrapStatus, error) {
+					ts, err := proc.ReadTrapStatus(pid)
+					ts.ShadowStack = true
+					return ts, err
+				}
+				defer func() { trapStatus = proc.ReadTrapStatus }()
 			}
 			st := startStress(t, testtarget.ClangNop5, 200, args...)
 			base, _ := st.run(t, 2)
