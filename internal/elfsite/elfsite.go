@@ -224,6 +224,12 @@ type Spec struct {
 	// SymbolsOnly reports a Spec from [ParseSymbols]: Sites is empty and
 	// no function can be relocated, whatever the file holds.
 	SymbolsOnly bool
+	// Refused, when set, is why no function of the module can be traced
+	// in the process it was found in: its Spec is symbols only, and
+	// RelocFunc gives this reason for every function. LiveModulesWith sets
+	// it on its own copy of the parse (the cached one is the file's, and
+	// the reason is the process's): the code is mapped shared.
+	Refused string
 	// Skipped counts table entries that were dropped because they point
 	// outside any executable PT_LOAD, or hold an unresolvable relocation.
 	// Entries of 0 (functions removed by the linker) are not counted.

@@ -101,7 +101,10 @@ func LiveModulesWith(pid int, opts LiveOptions) (mods []*Module, skipped []error
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			specs[i], errs[i] = openMapped(pid, g, opts.Full != nil && !opts.Full(g[0].Path))
+			// A file whose code is mapped shared is read for its
+			// symbols only: a write through /proc/PID/mem would go
+			// to the file itself, and the kernel refuses it.
+			specs[i], errs[i] = openMapped(pid, g, opts.Full != nil && !opts.Full(g[0].Path) || sharedExec(g))
 		}()
 	}
 	wg.Wait()
@@ -115,6 +118,11 @@ func LiveModulesWith(pid int, opts LiveOptions) (mods []*Module, skipped []error
 		}
 		if err != nil {
 			return nil, nil, err
+		}
+		if sharedExec(g) {
+			c := *spec
+			c.Refused = sharedRefusal
+			spec = &c
 		}
 		bias, err := computeBias(spec, g)
 		if err != nil {
@@ -158,6 +166,20 @@ func groupMappings(maps []proc.Mapping) [][]proc.Mapping {
 		groups[i] = append(groups[i], m)
 	}
 	return groups
+}
+
+// sharedRefusal is why a module whose code is mapped shared is not traced.
+const sharedRefusal = "its code is mapped shared from the file (MAP_SHARED): a write into it would change the file itself, and the kernel lets no debugger make one"
+
+// sharedExec reports whether an executable mapping of g is shared
+// (MAP_SHARED): its pages are the file's page cache, not a private copy.
+func sharedExec(g []proc.Mapping) bool {
+	for _, m := range g {
+		if m.Exec() && len(m.Perms) == 4 && m.Perms[3] == 's' {
+			return true
+		}
+	}
+	return false
 }
 
 func hasExec(g []proc.Mapping) bool {

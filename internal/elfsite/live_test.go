@@ -11,6 +11,8 @@ import (
 	"time"
 	"unsafe"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/livetrace/livetrace/internal/proc"
 	"github.com/livetrace/livetrace/internal/testtarget"
 )
@@ -266,5 +268,62 @@ func TestComputeBias(t *testing.T) {
 		if (err == nil) != c.ok || got != c.want {
 			t.Errorf("computeBias(%+v, %+v) = %#x, %v; want %#x, ok=%v", c.spec.Loads, c.maps, got, err, c.want, c.ok)
 		}
+	}
+}
+
+// TestLiveSharedCode: a library whose code this process maps shared
+// (MAP_SHARED, PROT_EXEC) is read for its symbols only, and each of its
+// functions says why it cannot be traced: a write through /proc/PID/mem
+// would go to the file, and the kernel refuses it (the tracer used to fail
+// with "input/output error" halfway through its injection).
+func TestLiveSharedCode(t *testing.T) {
+	testtarget.RequireRoot(t)
+	lib := testtarget.LibPath(testtarget.Build(t, testtarget.UseLib, testtarget.ClangNop5))
+	f, err := os.Open(lib)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := unix.Mmap(int(f.Fd()), 0, int(fi.Size()), unix.PROT_READ|unix.PROT_EXEC, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(b)
+	mods, err := LiveModules(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := findModule(mods, lib)
+	if m == nil {
+		t.Fatalf("%s is not listed", lib)
+	}
+	if m.Spec.Refused == "" || len(m.Spec.Patchable()) != 0 {
+		t.Fatalf("refused %q, %d patchable sites; want a reason and none", m.Spec.Refused, len(m.Spec.Patchable()))
+	}
+	all, refused := m.Spec.RelocSites()
+	named := 0
+	for _, r := range refused {
+		if r.Reason != m.Spec.Refused {
+			t.Errorf("%s refused for %q", m.Spec.Funcs[r.Func].Name, r.Reason)
+		}
+		if strings.HasPrefix(m.Spec.Funcs[r.Func].Name, "lib_") {
+			named++
+		}
+	}
+	if len(all) != 0 || named == 0 {
+		t.Errorf("%d relocating sites, %d lib_ functions refused; want none and some", len(all), named)
+	}
+	// The same file, parsed for another process (or mapped privately),
+	// is not refused: the reason is the mapping's, not the file's.
+	spec, err := Open(lib)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if spec.Refused != "" || len(spec.Patchable()) == 0 {
+		t.Errorf("the file itself: refused %q, %d patchable sites", spec.Refused, len(spec.Patchable()))
 	}
 }

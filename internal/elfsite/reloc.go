@@ -304,8 +304,14 @@ func (rs *relocState) extraTargets() []uint64 {
 // addresses) or why the function cannot be traced. Safe for concurrent
 // use.
 func (s *Spec) RelocFunc(i int) (st Site, why string, ok bool) {
+	if i < 0 || i >= len(s.Funcs) || i > 0 && s.Funcs[i-1].Addr == s.Funcs[i].Addr {
+		return Site{}, "", false
+	}
+	if s.Refused != "" {
+		return Site{}, s.Refused, true
+	}
 	rs := s.reloc
-	if rs == nil || i < 0 || i >= len(s.Funcs) || i > 0 && s.Funcs[i-1].Addr == s.Funcs[i].Addr {
+	if rs == nil {
 		return Site{}, "", false
 	}
 	f := s.Funcs[i]
@@ -379,6 +385,15 @@ var returnedInto = map[string]string{
 // is cached): the relocating sites, sorted by Addr, and the functions
 // refused, with their reasons. Safe for concurrent use.
 func (s *Spec) RelocSites() ([]Site, []RelocRefusal) {
+	if s.Refused != "" {
+		var refused []RelocRefusal
+		for i := range s.Funcs {
+			if _, why, ok := s.RelocFunc(i); ok {
+				refused = append(refused, RelocRefusal{Func: i, Addr: s.Funcs[i].Addr, Reason: why})
+			}
+		}
+		return nil, refused
+	}
 	rs := s.reloc
 	if rs == nil {
 		return nil, nil
