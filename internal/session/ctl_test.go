@@ -247,12 +247,7 @@ func TestCtlEnableNew(t *testing.T) {
 			check(t, err)
 			if tc.graph {
 				// Every entry has its exit, the new functions' too.
-				exits := map[string]uint64{}
-				for _, ev := range rec.Events {
-					if ev.Kind == tracefile.KindExit {
-						exits[rec.Funcs[ev.Func].Name]++
-					}
-				}
+				exits := countExits(rec)
 				if got := countEntries(rec); fmt.Sprint(got) != fmt.Sprint(exits) {
 					t.Errorf("entries %v, exits %v", got, exits)
 				}

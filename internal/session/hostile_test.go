@@ -605,12 +605,7 @@ func TestDenyWriteExecute(t *testing.T) {
 				t.Fatal(err)
 			}
 			entries := countEntries(rec)
-			exits := map[string]uint64{}
-			for _, ev := range rec.Events {
-				if ev.Kind == tracefile.KindExit {
-					exits[rec.Funcs[ev.Func].Name]++
-				}
-			}
+			exits := countExits(rec)
 			// The worker thread runs on through Close: each function may
 			// have one call whose exit came after the detach.
 			ok := entries["hot_top"] > 0 && entries["hot_leaf"] > 0

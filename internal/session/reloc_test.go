@@ -191,12 +191,7 @@ func TestRelocGraph(t *testing.T) {
 			rec, err := tracefile.Read(out)
 			check(t, err)
 			got := countEntries(rec)
-			exits := map[string]uint64{}
-			for _, ev := range rec.Events {
-				if ev.Kind == tracefile.KindExit {
-					exits[rec.Funcs[ev.Func].Name]++
-				}
-			}
+			exits := countExits(rec)
 			for fn, n := range want {
 				if got[fn] != n || exits[fn] != n {
 					t.Errorf("%s: %d entries and %d exits recorded, the program counted %d", fn, got[fn], exits[fn], n)

@@ -78,9 +78,18 @@ func alive(t *testing.T, tp *testtarget.Process) {
 }
 
 func countEntries(rec *tracefile.Recording) map[string]uint64 {
+	return countKind(rec, tracefile.KindEntry)
+}
+
+// countExits counts the recorded exits (graph mode) of each function.
+func countExits(rec *tracefile.Recording) map[string]uint64 {
+	return countKind(rec, tracefile.KindExit)
+}
+
+func countKind(rec *tracefile.Recording, kind tracefile.Kind) map[string]uint64 {
 	got := map[string]uint64{}
 	for _, ev := range rec.Events {
-		if ev.Kind == tracefile.KindEntry {
+		if ev.Kind == kind {
 			got[rec.Funcs[ev.Func].Name]++
 		}
 	}
