@@ -88,7 +88,7 @@ func (b *Batch) EachThread(maxSteps int, fn func(tid int, regs *unix.PtraceRegs)
 	slices.Sort(tids)
 	for _, tid := range tids {
 		t := p.threads[tid]
-		if t == nil || !p.live(t) {
+		if t == nil || !p.live(t) || t.exiting {
 			continue
 		}
 		if t.role == roleParked && t.state == stopped {

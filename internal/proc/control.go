@@ -114,12 +114,12 @@ func (p *Process) stopAll() error {
 	for _, t := range p.threads {
 		p.interrupt(t)
 	}
-	return p.waitFor(func() bool {
+	err := p.waitFor(func() bool {
 		for tid, t := range p.threads {
 			if !t.want() {
 				p.interrupt(t)
 			}
-			if t.state != stopped {
+			if t.state != stopped && !t.exiting {
 				if !taskExists(p.pid, tid) {
 					// Gone without a wait status we could see.
 					p.dropThread(t)
@@ -130,6 +130,11 @@ func (p *Process) stopAll() error {
 		}
 		return true
 	}, 10*time.Second)
+	if err == nil && len(p.threads) > 0 && p.exiting() {
+		// Nothing to stop: the process is going.
+		return p.awaitExit()
+	}
+	return err
 }
 
 // taskExists reports whether thread tid of process pid still exists (as a
@@ -181,6 +186,9 @@ func (p *Process) EditRegs(fn func(tid int, regs *unix.PtraceRegs) bool) error {
 			return err
 		}
 		for tid, t := range p.threads {
+			if t.exiting {
+				continue
+			}
 			if t.state != stopped {
 				return fmt.Errorf("thread %d is not stopped", tid)
 			}

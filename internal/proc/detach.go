@@ -70,6 +70,13 @@ func (p *Process) fixInterrupted(t *thread) {
 
 func (p *Process) detachAll() {
 	for tid, t := range p.threads {
+		if t.exiting {
+			// It cannot be detached (it never stops again); a main
+			// thread that exited alone stays traced by us, a zombie,
+			// until the group exits, and the kernel lets it go when
+			// this process exits (exit_ptrace).
+			continue
+		}
 		if t.state != stopped {
 			// Not in a ptrace-stop: PTRACE_DETACH needs one.
 			p.interrupt(t)

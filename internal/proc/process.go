@@ -150,6 +150,13 @@ type thread struct {
 	// retDone says a parked thread has returned from the breakpoint
 	// already (its `ret` emulated when a Remote borrowed it).
 	retDone bool
+	// exiting: the thread reported PTRACE_EVENT_EXIT and will never stop
+	// again. Its wait status follows, except for a main thread that
+	// exits alone (pthread_exit): that one stays a zombie, listed in
+	// /proc/PID/task, until the last thread exits. Nothing waits for it
+	// to stop, holds it or detaches it; a later stop of its tid is
+	// another task's (an exec's new main thread), and clears it.
+	exiting bool
 }
 
 // want reports whether we hold the thread: it must not run free.

@@ -162,7 +162,7 @@ func (p *Process) holdRemoteLocked(tid int) (*Remote, error) {
 				// The candidates were the likeliest few: every
 				// other thread may serve as well.
 				for _, o := range p.threads {
-					if !tried[o.tid] && o.role != roleBorrowed && o.role != roleStepping && o.role != roleExeced {
+					if !tried[o.tid] && o.role != roleBorrowed && o.role != roleStepping && o.role != roleExeced && !o.exiting {
 						cands = append(cands, o)
 						tried[o.tid] = true
 					}
@@ -194,6 +194,9 @@ func (p *Process) holdRemoteLocked(tid int) (*Remote, error) {
 	}
 	if strict > 0 {
 		return nil, fmt.Errorf("pid %d: %w: every thread livetrace could use is in seccomp strict mode, where any system call livetrace made in it would kill it", p.pid, ErrSeccomp)
+	}
+	if p.exiting() {
+		return nil, p.awaitExit()
 	}
 	return nil, fmt.Errorf("no thread of pid %d can run a system call (all stopped by job control?)", p.pid)
 }
@@ -230,7 +233,7 @@ const remoteProbe = 16
 // fallbacks.
 func (p *Process) remoteCandidates() []*thread {
 	ok := func(t *thread) bool {
-		return t != nil && (t.role == roleFree || t.role == roleHeld) && t.state != listening &&
+		return t != nil && !t.exiting && (t.role == roleFree || t.role == roleHeld) && t.state != listening &&
 			!(t.state == stopped && t.kind == stopGroup)
 	}
 	var best *thread
@@ -288,6 +291,27 @@ func (p *Process) remoteCandidates() []*thread {
 		}
 	}
 	return out
+}
+
+// exiting reports whether every thread has reported PTRACE_EVENT_EXIT
+// (thread.exiting): the process is going (killed, or exit_group).
+func (p *Process) exiting() bool {
+	for _, t := range p.threads {
+		if !t.exiting {
+			return false
+		}
+	}
+	return true
+}
+
+// awaitExit waits for the exit status of a process whose threads are all
+// exiting, and returns the error that says it is gone.
+func (p *Process) awaitExit() error {
+	_ = p.waitFor(func() bool { return p.goneErr() != nil }, 5*time.Second)
+	if err := p.goneErr(); err != nil {
+		return err
+	}
+	return fmt.Errorf("pid %d: %w (its exit status did not come yet)", p.pid, ErrExited)
 }
 
 // remoteScore: 0 already stopped by us; 1 blocked in a syscall that the

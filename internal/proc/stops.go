@@ -239,6 +239,7 @@ func (p *Process) handle(tid int, ws unix.WaitStatus) {
 	}
 	wasListening := t.state == listening
 	t.state = stopped
+	t.exiting = false
 	sig := ws.StopSignal()
 	event := int(uint32(ws) >> 16) // not ws.TrapCause(): it is -1 unless the stop signal is SIGTRAP
 	switch {
@@ -292,6 +293,7 @@ func (p *Process) handle(tid int, ws unix.WaitStatus) {
 			p.threadExit(tid)
 		}
 		p.resume(t, 0) // whatever its role: it is dying
+		t.exiting = true
 	case event != 0:
 		t.kind = stopEvent
 		p.afterStop(t)

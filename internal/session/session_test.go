@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -582,4 +583,102 @@ func tracerPid(pid int) string {
 		}
 	}
 	return "?"
+}
+
+// TestMainThreadExits: the main thread calls pthread_exit while traced, and
+// the process runs on with a zombie thread-group leader, whose
+// /proc/PID/maps is empty from then on. Close hung: proc waited for that
+// thread to stop, which it never does again. Close must finish, the
+// process must answer, its text hold its own bytes and the agent be gone.
+func TestMainThreadExits(t *testing.T) {
+	testtarget.RequireRoot(t)
+	exe := testtarget.Build(t, testtarget.Sleeper, testtarget.ClangNop5)
+	for _, graph := range []bool{false, true} {
+		t.Run(fmt.Sprintf("graph=%v", graph), func(t *testing.T) {
+			tp := testtarget.Start(t, exe, "commands-thread")
+			if _, err := tp.Expect("ready", 10*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			// A traced call: start_job runs a thread that sleeps in
+			// sleeper_nanosleep.
+			work := func() {
+				t.Helper()
+				if err := tp.Send("sleep 1"); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := tp.Expect("slept", 10*time.Second); err != nil {
+					t.Fatal(err)
+				}
+			}
+			out := filepath.Join(t.TempDir(), "rec.data")
+			s, err := Start(tp.Pid(), Options{Funcs: []string{"start_job", "run_job", "sleeper_*"}, Output: out, Graph: graph})
+			if err != nil {
+				t.Fatal(err)
+			}
+			work()
+			if err := tp.Send("exit-main"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tp.Expect("exiting main", 10*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			pid := strconv.Itoa(tp.Pid())
+			for deadline := time.Now().Add(10 * time.Second); ; {
+				if b, _ := os.ReadFile("/proc/" + pid + "/stat"); strings.Contains(string(b), ") Z ") {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("the main thread did not exit")
+				}
+				time.Sleep(time.Millisecond)
+			}
+			work()
+			done := make(chan error, 1)
+			go func() { done <- s.Close() }()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Fatalf("close: %v", err)
+				}
+			case <-time.After(60 * time.Second):
+				t.Fatal("Close hangs")
+			}
+			work()
+			// The process is read through a thread that runs on.
+			ents, err := os.ReadDir("/proc/" + pid + "/task")
+			if err != nil {
+				t.Fatal(err)
+			}
+			tid := 0
+			for _, e := range ents {
+				if n, _ := strconv.Atoi(e.Name()); n != tp.Pid() {
+					tid = n
+				}
+			}
+			testtarget.CheckText(t, tid)
+			maps, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", tid))
+			if err != nil {
+				t.Fatal(err)
+			}
+			a := s.inj.addrs
+			for _, l := range strings.Split(string(maps), "\n") {
+				lo, hi, ok := strings.Cut(strings.Fields(l + " x")[0], "-")
+				if !ok {
+					continue
+				}
+				start, _ := strconv.ParseUint(lo, 16, 64)
+				end, _ := strconv.ParseUint(hi, 16, 64)
+				if start <= a.Base && a.Base < end || strings.Contains(l, "memfd:livetrace") {
+					t.Errorf("the agent is still mapped: %s", l)
+				}
+			}
+			rec, err := tracefile.Read(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n := countEntries(rec)["sleeper_nanosleep"]; n != 2 {
+				t.Errorf("%d calls of sleeper_nanosleep recorded, want 2", n)
+			}
+		})
+	}
 }

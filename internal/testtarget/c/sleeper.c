@@ -7,7 +7,8 @@
  * worker thread, so several can be blocked at once.
  *
  * With the argument "exit-main" the main thread starts a thread that does
- * all this, and calls pthread_exit.
+ * all this, and calls pthread_exit; with "commands-thread" it does so on
+ * the command "exit-main" (answered "exiting main").
  *
  * Protocol (one command per line on stdin, replies on stdout, flushed):
  *   on start: "ready"
@@ -150,6 +151,9 @@ static void start_job(char kind, long ms)
 }
 
 /* handle runs one command line (without its newline); it returns 0 on quit. */
+/* Written by the command "exit-main": the main thread waits for it. */
+static int main_pipe[2];
+
 static int handle(char *line)
 {
 	long ms;
@@ -166,7 +170,11 @@ static int handle(char *line)
 		pthread_mutex_unlock(&out_mu);
 	} else if (strcmp(line, "stats") == 0)
 		say("stats read_eintr %ld\n", (long)__atomic_load_n(&read_eintr, __ATOMIC_RELAXED), 0, 0);
-	else if (strcmp(line, "quit") == 0)
+	else if (strcmp(line, "exit-main") == 0 && main_pipe[1] > 0) {
+		say("exiting main\n", 0, 0, 0);
+		if (write(main_pipe[1], "x", 1) != 1)
+			say("error write\n", 0, 0, 0);
+	} else if (strcmp(line, "quit") == 0)
 		return 0;
 	else
 		say("error unknown command\n", 0, 0, 0);
@@ -179,13 +187,19 @@ static void *commands(void *arg);
  * With the argument "exit-main", the commands are read by a second thread
  * and the main thread calls pthread_exit: the process runs on with a
  * zombie thread-group leader, whose /proc/PID/maps and mem are empty.
+ * With "commands-thread", the main thread waits instead, and calls
+ * pthread_exit on the command "exit-main".
  */
 int main(int argc, char **argv)
 {
-	if (argc > 1 && strcmp(argv[1], "exit-main") == 0) {
+	int now = argc > 1 && strcmp(argv[1], "exit-main") == 0;
+	if (now || (argc > 1 && strcmp(argv[1], "commands-thread") == 0)) {
 		pthread_t t;
-		if (pthread_create(&t, NULL, commands, NULL) != 0)
+		if (pipe(main_pipe) != 0 || pthread_create(&t, NULL, commands, NULL) != 0)
 			return 2;
+		char c;
+		while (!now && read(main_pipe[0], &c, 1) < 0 && errno == EINTR)
+			;
 		pthread_exit(NULL);
 	}
 	commands(NULL);
