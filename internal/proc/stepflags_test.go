@@ -75,21 +75,31 @@ func TestStepTrapThenPushf(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Detach()
-	if err := p.StopAll(); err != nil {
-		t.Fatal(err)
-	}
-	ips, err := p.StoppedIPs()
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The spinning thread may be elsewhere at a stop (starting, or
+	// preempted in the kernel): stop them all again until it is in.
 	spinner := 0
-	for tid, ip := range ips {
-		if ip >= lo && ip < hi+2 {
-			spinner = tid
+	var ips map[int]uint64
+	for round := 0; round < 200 && spinner == 0; round++ {
+		if round > 0 {
+			if err := p.ResumeAll(); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		if err := p.StopAll(); err != nil {
+			t.Fatal(err)
+		}
+		if ips, err = p.StoppedIPs(); err != nil {
+			t.Fatal(err)
+		}
+		for tid, ip := range ips {
+			if ip >= lo && ip < hi+2 {
+				spinner = tid
+			}
 		}
 	}
 	if spinner == 0 {
-		t.Fatalf("no thread stopped in the spinning loop [%#x, %#x): %v", lo, hi+2, ips)
+		t.Fatalf("no thread stopped in the spinning loop [%#x, %#x) in 200 tries: %v", lo, hi+2, ips)
 	}
 	// Onto the jmp back, then the INT3 there.
 	if err := p.SingleStepOut(spinner, lo, hi, 200); err != nil {

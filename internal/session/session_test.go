@@ -644,16 +644,26 @@ func TestMainThreadExits(t *testing.T) {
 				t.Fatal("Close hangs")
 			}
 			work()
-			// The process is read through a thread that runs on.
-			ents, err := os.ReadDir("/proc/" + pid + "/task")
-			if err != nil {
-				t.Fatal(err)
-			}
+			// The process is read through the thread that runs on: the
+			// one that reads the commands, once the sleeping jobs'
+			// threads are gone.
 			tid := 0
-			for _, e := range ents {
-				if n, _ := strconv.Atoi(e.Name()); n != tp.Pid() {
-					tid = n
+			for deadline := time.Now().Add(10 * time.Second); tid == 0; {
+				ents, err := os.ReadDir("/proc/" + pid + "/task")
+				if err != nil {
+					t.Fatal(err)
 				}
+				if len(ents) == 2 {
+					for _, e := range ents {
+						if n, _ := strconv.Atoi(e.Name()); n != tp.Pid() {
+							tid = n
+						}
+					}
+				}
+				if tid == 0 && time.Now().After(deadline) {
+					t.Fatalf("threads of pid %s: %v, want the main thread and the one that reads commands", pid, ents)
+				}
+				time.Sleep(time.Millisecond)
 			}
 			testtarget.CheckText(t, tid)
 			maps, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", tid))
