@@ -240,16 +240,8 @@ func TestRecordErrors(t *testing.T) {
 	if _, err := sl.Expect("ready", 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
+	sl.WaitMainThreadExited(t)
 	pid := strconv.Itoa(sl.Pid())
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		if b, _ := os.ReadFile("/proc/" + pid + "/stat"); strings.Contains(string(b), ") Z ") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the main thread did not exit")
-		}
-		time.Sleep(time.Millisecond)
-	}
 	for _, args := range [][]string{{"record", "-p", pid, "-o", filepath.Join(t.TempDir(), "x")}, {"list", "-p", pid}} {
 		_, _, err := runCLI(t, args...)
 		if want := "pid " + pid + "'s main thread has exited (pthread_exit) while 1 other thread(s) run on"; err == nil || !strings.Contains(err.Error(), want) {

@@ -622,16 +622,8 @@ func TestMainThreadExits(t *testing.T) {
 			if _, err := tp.Expect("exiting main", 10*time.Second); err != nil {
 				t.Fatal(err)
 			}
+			tp.WaitMainThreadExited(t)
 			pid := strconv.Itoa(tp.Pid())
-			for deadline := time.Now().Add(10 * time.Second); ; {
-				if b, _ := os.ReadFile("/proc/" + pid + "/stat"); strings.Contains(string(b), ") Z ") {
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Fatal("the main thread did not exit")
-				}
-				time.Sleep(time.Millisecond)
-			}
 			work()
 			done := make(chan error, 1)
 			go func() { done <- s.Close() }()

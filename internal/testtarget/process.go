@@ -222,3 +222,20 @@ func (p *Process) Kill() {
 	_ = p.cmd.Process.Kill()
 	_ = p.Wait()
 }
+
+// WaitMainThreadExited waits until the main thread of p has exited while
+// other threads run on (pthread_exit in main: the sleeper's "exit-main"),
+// which leaves it a zombie in /proc/PID/stat.
+func (p *Process) WaitMainThreadExited(tb testing.TB) {
+	tb.Helper()
+	stat := fmt.Sprintf("/proc/%d/stat", p.Pid())
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if b, _ := os.ReadFile(stat); strings.Contains(string(b), ") Z ") {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("the main thread of pid %d did not exit", p.Pid())
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
