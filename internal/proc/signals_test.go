@@ -233,7 +233,9 @@ func TestSingleStepUnderSignals(t *testing.T) {
 				}
 				// One instruction on, never into a signal handler.
 				if now[tid] == ip || !inHandler(ip) && inHandler(now[tid]) {
-					t.Fatalf("round %d: thread %d stepped from %#x to %#x (handler at %#x)", round, tid, ip, now[tid], onSignal)
+					var code [4]byte
+					_ = p.ReadMem(ip, code[:])
+					t.Fatalf("round %d: thread %d stepped from %#x (% x) to %#x (handler at %#x)", round, tid, ip, code, now[tid], onSignal)
 				}
 				held += p.SignalStats().Held - before
 				ip = now[tid]
