@@ -63,8 +63,8 @@ func (b *Batch) Write(addr uint64, data []byte) error {
 	return nil
 }
 
-// Pump handles every pending stop.
-func (b *Batch) Pump() { b.p.reap() }
+// Pump handles every pending stop, and reports whether there was one.
+func (b *Batch) Pump() bool { return b.p.reap() }
 
 // EachThread stops the threads of the process one at a time, while the
 // others keep running, and calls fn with the stopped thread's registers;

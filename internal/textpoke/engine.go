@@ -757,7 +757,11 @@ func (e *Engine) layRuns(ps []Patch, a *runArena, asIs bool) ([]*run, error) {
 	var img uint64
 	sl := e.arch.SiteLen()
 	var end uint64
+	var pc pacer
 	for i := range ps {
+		if i%8192 == 0 {
+			pc.pace()
+		}
 		pt := &ps[i]
 		if asIs {
 			if pt.Region || pt.emul != nil || len(pt.Old) != sl || len(pt.New) != sl || pt.Addr < end {
@@ -836,14 +840,20 @@ func (a *runArena) batch(ps []Patch, runs []*run) *batch {
 // is large (spread): reading 6 MB of text and going over 100,000 patches
 // took 6.5–10 ms on one thread.
 func (e *Engine) verify(ps []Patch, lenient, asIs bool) (*batch, error) {
+	tv0 := time.Now()
 	runs, err := e.layRuns(ps, &e.arena, asIs)
 	if err != nil {
 		return nil, err
 	}
+	tv1 := time.Now()
 	bt := e.arena.batch(ps, runs)
 	v := &verifier{e: e, bt: bt, lenient: lenient, asIs: asIs, old: e.table.Load(), areas: e.lazyAreas(), sled: -1}
 	v.table()
+	tv2 := time.Now()
 	bt.lent = e.spread(len(runs), bt.text() >= minPartnerText && partnerCPUs(), v.run)
+	if debugTiming {
+		fmt.Fprintf(os.Stderr, "textpoke: verify: lay %v table %v spread %v\n", tv1.Sub(tv0), tv2.Sub(tv1), time.Since(tv2))
+	}
 	switch {
 	case v.err != nil:
 		return nil, fmt.Errorf("verify sites: %w", v.err)
@@ -1053,7 +1063,9 @@ func (e *Engine) spread(n int, share bool, fn func(k int)) (lent int) {
 	var next, busy, other atomic.Int64
 	var joined atomic.Bool
 	work := func() (did int64) {
+		var pc pacer
 		for {
+			pc.pace()
 			k := next.Add(1) - 1
 			if k >= int64(n) {
 				return did
@@ -1237,8 +1249,10 @@ func (bt *batch) apply(r *run, st step, bp byte) {
 // two threads take the runs one at a time from a shared counter while
 // this one handles the INT3 hits between its pieces (pump). The partner
 // may wake late, or not at all before the runs are taken: this thread
-// never waits for it to start, only for a run it has taken to be written.
-func (e *Engine) pass(bt *batch, write func(addr uint64, b []byte) error, st step, pump func()) error {
+// never waits for it to start, only for a run it has taken to be written,
+// and meanwhile it looks for stops every pumpNap instead of spinning, which
+// kept a CPU from the target's threads.
+func (e *Engine) pass(bt *batch, write func(addr uint64, b []byte) error, st step, pump func() bool) error {
 	sh := &share{e: e, bt: bt, st: st}
 	defer sh.report()
 	p := bt.partner
@@ -1247,16 +1261,15 @@ func (e *Engine) pass(bt *batch, write func(addr uint64, b []byte) error, st ste
 		return sh.err
 	}
 	p.cur.Store(sh)
-	select {
-	case p.wake <- struct{}{}:
-	default: // a wake-up is pending already
-	}
+	p.kick()
 	for testPartnerFirst && !sh.joined.Load() {
 		pump()
 	}
 	sh.work(write)
 	for sh.busy.Load() > 0 {
-		pump()
+		if !pump() {
+			nap(pumpNap)
+		}
 	}
 	p.cur.Store(nil)
 	return sh.err
@@ -1304,7 +1317,9 @@ func (sh *share) work(write func(addr uint64, b []byte) error) {
 		}
 		sh.mu.Unlock()
 	}
+	var pc pacer
 	for {
+		pc.pace()
 		k := int(sh.next.Add(1)) - 1
 		if k >= len(bt.runs) {
 			return
@@ -1438,7 +1453,11 @@ func (e *Engine) publish(bt *batch) {
 	n := len(old.addrs) + len(ps)
 	t := &trapTable{addrs: make([]uint64, 0, n), insns: make([][]byte, 0, n), origs: make([]siteBytes, 0, n), written: make([]siteBytes, 0, n), region: make([]bool, 0, n), detour: make([]uint64, 0, n)}
 	i, j := 0, 0
+	var pc pacer
 	for i < len(old.addrs) || j < len(ps) {
+		if (i+j)%8192 == 0 {
+			pc.pace()
+		}
 		switch {
 		case j < len(ps) && bt.drop[j]:
 			bt.idx[j] = -1
@@ -1489,10 +1508,18 @@ var testHookPass func(pass int, sync func() error)
 // thread runs the protocol, it helps with each pass (pass): the text of
 // 100,000 sites is 6 MB, and reading it again and writing it through
 // /proc/PID/mem is kernel work a second CPU halves. It only reads and
-// writes memory; the INT3 hits stay with the ptrace thread.
+// writes memory; the INT3 hits stay with the ptrace thread. Between passes
+// it sleeps on a futex (pace.go), which the ptrace thread wakes when a pass
+// starts and when the batch ends (kick).
 type partner struct {
-	wake chan struct{}         // a pass started (one wake-up pending at most)
-	cur  atomic.Pointer[share] // the pass in progress
+	cur atomic.Pointer[share] // the pass in progress
+	seq atomic.Uint32         // the futex word: bumped by kick
+}
+
+// kick wakes the partner to look at cur and at the batch's result again.
+func (p *partner) kick() {
+	p.seq.Add(1)
+	futexWake(&p.seq)
 }
 
 // minPartnerText is the least text a batch shares with a partner: a pass
@@ -1506,18 +1533,30 @@ func (e *Engine) applyLive(bt *batch, st *Stats) error {
 		return e.applyLiveOn(bt, st)
 	}
 	// The caller's goroutine is locked to its thread and boosted (apply).
-	p := &partner{wake: make(chan struct{}, 1)}
+	p := &partner{}
 	bt.partner = p
 	st.Shared = true
 	res := make(chan error, 1)
-	go func() { res <- e.applyLiveOn(bt, st) }()
+	go func() {
+		res <- e.applyLiveOn(bt, st)
+		p.kick()
+	}()
+	var helped *share
 	for {
+		// Read before looking, so that a kick after the look ends
+		// the wait at once.
+		seq := p.seq.Load()
 		select {
-		case <-p.wake:
-			p.help(e.p.WriteMem)
 		case err := <-res:
 			return err
+		default:
 		}
+		if sh := p.cur.Load(); sh != nil && sh != helped {
+			helped = sh
+			p.help(e.p.WriteMem)
+			continue
+		}
+		futexWait(&p.seq, seq, partnerWait)
 	}
 }
 
