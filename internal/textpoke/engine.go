@@ -757,10 +757,10 @@ func (e *Engine) layRuns(ps []Patch, a *runArena, asIs bool) ([]*run, error) {
 	var img uint64
 	sl := e.arch.SiteLen()
 	var end uint64
-	var pc pacer
+	var pc proc.Pacer
 	for i := range ps {
 		if i%8192 == 0 {
-			pc.pace()
+			pc.Pace()
 		}
 		pt := &ps[i]
 		if asIs {
@@ -1063,9 +1063,9 @@ func (e *Engine) spread(n int, share bool, fn func(k int)) (lent int) {
 	var next, busy, other atomic.Int64
 	var joined atomic.Bool
 	work := func() (did int64) {
-		var pc pacer
+		var pc proc.Pacer
 		for {
-			pc.pace()
+			pc.Pace()
 			k := next.Add(1) - 1
 			if k >= int64(n) {
 				return did
@@ -1268,7 +1268,7 @@ func (e *Engine) pass(bt *batch, write func(addr uint64, b []byte) error, st ste
 	sh.work(write)
 	for sh.busy.Load() > 0 {
 		if !pump() {
-			nap(pumpNap)
+			proc.Nap(pumpNap)
 		}
 	}
 	p.cur.Store(nil)
@@ -1317,9 +1317,9 @@ func (sh *share) work(write func(addr uint64, b []byte) error) {
 		}
 		sh.mu.Unlock()
 	}
-	var pc pacer
+	var pc proc.Pacer
 	for {
-		pc.pace()
+		pc.Pace()
 		k := int(sh.next.Add(1)) - 1
 		if k >= len(bt.runs) {
 			return
@@ -1453,10 +1453,10 @@ func (e *Engine) publish(bt *batch) {
 	n := len(old.addrs) + len(ps)
 	t := &trapTable{addrs: make([]uint64, 0, n), insns: make([][]byte, 0, n), origs: make([]siteBytes, 0, n), written: make([]siteBytes, 0, n), region: make([]bool, 0, n), detour: make([]uint64, 0, n)}
 	i, j := 0, 0
-	var pc pacer
+	var pc proc.Pacer
 	for i < len(old.addrs) || j < len(ps) {
 		if (i+j)%8192 == 0 {
-			pc.pace()
+			pc.Pace()
 		}
 		switch {
 		case j < len(ps) && bt.drop[j]:
@@ -1509,7 +1509,7 @@ var testHookPass func(pass int, sync func() error)
 // 100,000 sites is 6 MB, and reading it again and writing it through
 // /proc/PID/mem is kernel work a second CPU halves. It only reads and
 // writes memory; the INT3 hits stay with the ptrace thread. Between passes
-// it sleeps on a futex (pace.go), which the ptrace thread wakes when a pass
+// it sleeps on a futex (futex.go), which the ptrace thread wakes when a pass
 // starts and when the batch ends (kick).
 type partner struct {
 	cur atomic.Pointer[share] // the pass in progress

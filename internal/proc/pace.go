@@ -1,0 +1,66 @@
+package proc
+
+import (
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Pacing. While the tracer is boosted (nice.go), the target's busy threads
+// wait behind it: a boosted thread that works for 10 ms keeps a calling
+// thread off its CPU for 10 ms, since a thread of normal priority gets
+// that CPU back only when the boosted one sleeps, and the kernel's load
+// balancer is slow to move it to the other CPU (a real-time thread's load
+// is not counted in the balance at once). So a boosted loop that works on
+// (the parse of the attach, the verify pass and the writes of a batch)
+// sleeps PaceNap once in every PaceSlot of the clock. The slots are the
+// clock's, shared by all threads: two tracer threads on one CPU (the
+// scheduler often puts them there: one wakes the other) sleep together,
+// instead of handing the CPU to each other. A calling thread then waits
+// about one slot, not the whole loop, for a loop about 5% longer. See
+// docs/DESIGN-NOTES.md, "The batch, ninth round".
+const (
+	PaceSlot = time.Millisecond
+	PaceNap  = 50 * time.Microsecond
+)
+
+// A Pacer paces one loop on one thread: call Pace between two pieces of
+// work of well under a slot. With OnlyRealTime, it sleeps only while the
+// thread runs real-time (the attach): a loop that also runs unboosted
+// (parsing for `livetrace list`) leaves the CPU to the kernel's fair share
+// then. The zero Pacer sleeps whenever a slot ends.
+type Pacer struct {
+	OnlyRealTime bool
+	slot         int64
+}
+
+// Pace sleeps if a slot of the clock began since the last call.
+func (pc *Pacer) Pace() {
+	now := time.Now().UnixNano()
+	slot := now / int64(PaceSlot)
+	switch {
+	case pc.slot == 0:
+		pc.slot = slot // the loop's first piece
+		return
+	case slot == pc.slot:
+		return
+	}
+	pc.slot = slot
+	if pc.OnlyRealTime && !RealTime() {
+		return
+	}
+	// Until PaceNap past the slot's start, with the other threads; a
+	// thread that comes late (it waited for the CPU) still sleeps a little.
+	wake := slot*int64(PaceSlot) + int64(PaceNap)
+	Nap(time.Duration(max(wake-now, int64(PaceNap)/2)))
+}
+
+// Nap sleeps d in the kernel without the Go scheduler: the thread keeps
+// its P, and a boosted thread wakes on time (a timer of the runtime is
+// served by a thread of normal priority first, which waits for a CPU
+// behind the target's threads).
+func Nap(d time.Duration) {
+	ts := unix.NsecToTimespec(int64(d))
+	_, _, _ = unix.RawSyscall(unix.SYS_NANOSLEEP, uintptr(unsafe.Pointer(&ts)), 0, 0)
+}
