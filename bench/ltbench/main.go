@@ -92,6 +92,7 @@ func run() error {
 		{"live", b.liveLatency},
 		{"batch", func() {
 			b.goTestBench("Patch batch (100k sites, 2 calling threads)", "./internal/textpoke", "BenchmarkBatch100k", "3x")
+			b.goTestBench("Patch batch, the longest gap around each batch (100k sites, 2 calling threads, live)", "./internal/textpoke", "BenchmarkBatchStall", "16x")
 		}},
 		{"attach", func() {
 			b.goTestBench("Attach latency (10k sites, 4 busy threads)", "./cmd/livetrace", "BenchmarkAttachLatency", "5x")
@@ -893,9 +894,14 @@ func (b *bench) checkGoals() {
 		if strings.HasSuffix(r.Name, "attach-ms") && !strings.Contains(r.Name, "max-") {
 			g("attach to first event <= 50 ms ("+strings.TrimSuffix(r.Name, ": attach-ms")+")", r.Value <= 50, fmt.Sprintf("%.1f ms", r.Value))
 		}
-		if strings.HasSuffix(r.Name, ": stall-µs") {
-			base := stall[strings.TrimSuffix(r.Name, "stall-µs")+"baseline-stall-µs"]
-			g("attach and detach stall <= 1 ms beyond baseline ("+strings.TrimSuffix(r.Name, ": stall-µs")+")", r.Value-base <= 1000, fmt.Sprintf("%.0f µs vs %.0f µs", r.Value, base))
+		if sel, ok := strings.CutSuffix(r.Name, ": attach-stall-µs"); ok {
+			// The gaps that ended while the tracer attached or
+			// detached; those of the tracing in between are the
+			// consumer's CPU, another figure.
+			base := stall[sel+": baseline-stall-µs"]
+			det := stall[sel+": detach-stall-µs"]
+			v := max(r.Value, det)
+			g("attach and detach stall <= 1 ms beyond baseline ("+sel+")", v-base <= 1000, fmt.Sprintf("%.0f and %.0f µs vs %.0f µs", r.Value, det, base))
 		}
 	}
 	if v, ok := b.get("report: peak RSS"); ok && v > 0 {

@@ -450,7 +450,20 @@ func (s *Session) start(p *proc.Process) (_ *Session, err error) {
 			fmt.Fprintf(os.Stderr, "session: checkpoint %v (in the background)\n", time.Since(t0))
 		}
 	}()
+	stamp("attached")
 	return s, nil
+}
+
+// stamp prints when an event happened on CLOCK_MONOTONIC (attached: Start
+// returns; detach and detached: Close begins, and lets the process go), with
+// LIVETRACE_DEBUG_TIMING set, for the benchmarks that split the time of a
+// recording (cmd/livetrace BenchmarkAttachLatency).
+func stamp(event string) {
+	if debugTiming {
+		var ts unix.Timespec
+		_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+		fmt.Fprintf(os.Stderr, "session: %s at CLOCK_MONOTONIC %d ns\n", event, ts.Nano())
+	}
 }
 
 var debugTiming = os.Getenv("LIVETRACE_DEBUG_TIMING") != ""
@@ -1067,6 +1080,7 @@ func (s *Session) Close() error {
 	}
 	s.closed = true
 	s.mu.Unlock()
+	stamp("detach")
 	// An Enable or Disable under way ends first; none starts after.
 	s.ctlMu.Lock()
 	defer s.ctlMu.Unlock()
@@ -1133,6 +1147,7 @@ func (s *Session) Close() error {
 			errs = nil
 		}
 	}
+	stamp("detached")
 	s.mu.Lock()
 	if s.cons != nil {
 		s.counters = s.cons.Counters()

@@ -78,6 +78,44 @@ func HammerStress(p *Process, timeout time.Duration) error {
 	return err
 }
 
+// Gap is a stretch of over 1 ms in which a worker of a hammering [Stress]
+// process completed no call: it ended at End (CLOCK_MONOTONIC, ns) and
+// lasted Len.
+type Gap struct {
+	End uint64
+	Len time.Duration
+}
+
+// StressGaps sends "gaps" to a hammering [Stress] process and returns the
+// gaps of over 1 ms its workers saw since the last call (or the "hammer"),
+// and how many gaps did not fit the workers' logs.
+func StressGaps(p *Process, timeout time.Duration) (gaps []Gap, lost int, err error) {
+	if err := p.Send("gaps"); err != nil {
+		return nil, 0, err
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		l, err := p.ReadLine(max(time.Until(deadline), time.Nanosecond))
+		if err != nil {
+			return nil, 0, fmt.Errorf("read stress gaps: %w", err)
+		}
+		if rest, ok := strings.CutPrefix(l, "gaps done "); ok {
+			lost, err := strconv.Atoi(rest)
+			if err != nil {
+				return nil, 0, fmt.Errorf("parse stress reply %q: %w", l, err)
+			}
+			return gaps, lost, nil
+		}
+		var g Gap
+		var ns int64
+		if _, err := fmt.Sscanf(l, "gap %d %d", &g.End, &ns); err != nil {
+			return nil, 0, fmt.Errorf("parse stress reply %q: want \"gap END LEN\" or \"gaps done LOST\"", l)
+		}
+		g.Len = time.Duration(ns)
+		gaps = append(gaps, g)
+	}
+}
+
 // StopStress sends "stop" to a hammering [Stress] process and returns the
 // longest gap any worker saw between two consecutive calls (the longest
 // stall) and the checksum, which equals the one of RunStress with one pass.

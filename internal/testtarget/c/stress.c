@@ -21,6 +21,11 @@
  *              worker measures the longest gap between the ends of two
  *              consecutive calls it made (CLOCK_MONOTONIC after every call):
  *              the longest stall.
+ *   "gaps":    while hammering, every gap of over 1 ms a worker saw since
+ *              the last "gaps" (or the "hammer"), one line each:
+ *              "gap <end_ns> <len_ns>" (end: CLOCK_MONOTONIC), then
+ *              "gaps done <lost>", lost counting gaps past a worker's log of
+ *              GAPLOG entries.
  *   "stop":    the workers finish their current pass and park; then
  *              "stopped <max_stall_ns> <checksum>". Every hammer pass starts
  *              from the worker's seed, so the checksum equals the one of
@@ -72,6 +77,19 @@ static uint64_t *max_stall; /* per worker: longest gap in ns (hammer) */
 
 static volatile unsigned long trap_count;
 
+/* Per worker while hammering: the gaps of over GAPMIN ns, for "gaps". The
+ * worker appends and publishes the count; the main thread reads from its
+ * cursor on. */
+#define GAPLOG 4096
+#define GAPMIN 1000000ULL
+struct gap {
+	uint64_t end, len;
+};
+static struct gap *gaplog;     /* GAPLOG entries per worker */
+static unsigned long *gapn;    /* entries written, per worker */
+static unsigned long *gapseen; /* entries printed, per worker (main thread) */
+static unsigned long *gaplost; /* gaps past the log, per worker */
+
 static uint64_t seed(int t) { return 0x9e3779b97f4a7c15ULL * (uint64_t)(t + 1); }
 
 static uint64_t now_ns(void)
@@ -98,6 +116,15 @@ static void hammer(int t)
 			uint64_t tn = now_ns();
 			if (tn - prev > worst)
 				worst = tn - prev;
+			if (tn - prev > GAPMIN) {
+				unsigned long k = gapn[t];
+				if (k < GAPLOG) {
+					gaplog[(size_t)t * GAPLOG + k] = (struct gap){tn, tn - prev};
+					__atomic_store_n(&gapn[t], k + 1, __ATOMIC_RELEASE);
+				} else {
+					__atomic_add_fetch(&gaplost[t], 1, __ATOMIC_RELAXED);
+				}
+			}
 			prev = tn;
 		}
 		last = acc;
@@ -217,7 +244,11 @@ int main(int argc, char **argv)
 	}
 	results = calloc(nthreads, sizeof *results);
 	max_stall = calloc(nthreads, sizeof *max_stall);
-	if (!results || !max_stall || lt_init() != 0) {
+	gaplog = calloc((size_t)nthreads * GAPLOG, sizeof *gaplog);
+	gapn = calloc(nthreads, sizeof *gapn);
+	gapseen = calloc(nthreads, sizeof *gapseen);
+	gaplost = calloc(nthreads, sizeof *gaplost);
+	if (!results || !max_stall || !gaplog || !gapn || !gapseen || !gaplost || lt_init() != 0) {
 		fprintf(stderr, "stress: out of memory\n");
 		return 1;
 	}
@@ -240,9 +271,27 @@ int main(int argc, char **argv)
 				reply("error already hammering");
 				continue;
 			}
+			for (int t = 0; t < nthreads; t++)
+				gapn[t] = gapseen[t] = gaplost[t] = 0;
 			start_job(MODE_HAMMER, 0);
 			hammering = 1;
 			reply("hammering");
+		} else if (strncmp(line, "gaps", 4) == 0) {
+			if (!hammering) {
+				reply("error not hammering");
+				continue;
+			}
+			unsigned long lost = 0;
+			for (int t = 0; t < nthreads; t++) {
+				unsigned long n = __atomic_load_n(&gapn[t], __ATOMIC_ACQUIRE);
+				for (; gapseen[t] < n; gapseen[t]++) {
+					struct gap g = gaplog[(size_t)t * GAPLOG + gapseen[t]];
+					printf("gap %" PRIu64 " %" PRIu64 "\n", g.end, g.len);
+				}
+				lost += __atomic_load_n(&gaplost[t], __ATOMIC_RELAXED);
+			}
+			printf("gaps done %lu\n", lost);
+			fflush(stdout);
 		} else if (strncmp(line, "stop", 4) == 0) {
 			if (!hammering) {
 				reply("error not hammering");
