@@ -37,23 +37,28 @@ type Pacer struct {
 
 // Pace sleeps if a slot of the clock began since the last call.
 func (pc *Pacer) Pace() {
-	now := time.Now().UnixNano()
+	d := pc.next(time.Now().UnixNano())
+	if d == 0 || pc.OnlyRealTime && !RealTime() {
+		return
+	}
+	Nap(d)
+}
+
+// next returns how long a call at now (ns of the clock) sleeps.
+func (pc *Pacer) next(now int64) time.Duration {
 	slot := now / int64(PaceSlot)
 	switch {
 	case pc.slot == 0:
 		pc.slot = slot // the loop's first piece
-		return
+		return 0
 	case slot == pc.slot:
-		return
+		return 0
 	}
 	pc.slot = slot
-	if pc.OnlyRealTime && !RealTime() {
-		return
-	}
 	// Until PaceNap past the slot's start, with the other threads; a
 	// thread that comes late (it waited for the CPU) still sleeps a little.
 	wake := slot*int64(PaceSlot) + int64(PaceNap)
-	Nap(time.Duration(max(wake-now, int64(PaceNap)/2)))
+	return time.Duration(max(wake-now, int64(PaceNap)/2))
 }
 
 // Nap sleeps d in the kernel without the Go scheduler: the thread keeps

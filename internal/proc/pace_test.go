@@ -1,0 +1,81 @@
+package proc
+
+import (
+	"runtime"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// sleepsDuring returns how many times the calling thread gave up its CPU
+// of its own accord (voluntary context switches) while it ran loop.
+func sleepsDuring(t *testing.T, loop func()) int64 {
+	t.Helper()
+	var before, after unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_THREAD, &before); err != nil {
+		t.Fatal(err)
+	}
+	loop()
+	if err := unix.Getrusage(unix.RUSAGE_THREAD, &after); err != nil {
+		t.Fatal(err)
+	}
+	return after.Nvcsw - before.Nvcsw
+}
+
+// busyPaced works for d, calling pc.Pace between pieces of about 20 µs.
+func busyPaced(pc *Pacer, d time.Duration) {
+	end := time.Now().Add(d)
+	for time.Now().Before(end) {
+		for spin := time.Now().Add(20 * time.Microsecond); time.Now().Before(spin); {
+		}
+		pc.Pace()
+	}
+}
+
+// TestPacer checks that a paced loop sleeps about once a slot, and that an
+// OnlyRealTime pacer on a thread of normal priority does not sleep.
+func TestPacer(t *testing.T) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if RealTime() {
+		t.Skip("the test runs real-time: OnlyRealTime would sleep")
+	}
+	const slots = 20
+	var pc Pacer
+	n := sleepsDuring(t, func() { busyPaced(&pc, slots*PaceSlot) })
+	// One sleep a slot the loop saw begin; a preempted thread may see a
+	// slot or two go by between two calls.
+	if n < slots/2 || n > 2*slots {
+		t.Errorf("a loop paced for %d slots slept %d times, want about %d", slots, n, slots)
+	}
+	rt := Pacer{OnlyRealTime: true}
+	if n := sleepsDuring(t, func() { busyPaced(&rt, slots*PaceSlot) }); n > 2 {
+		t.Errorf("an OnlyRealTime pacer slept %d times on a thread of normal priority, want none", n)
+	}
+}
+
+// TestPacerSlots checks when a pacer sleeps, and that pacers on two
+// threads wake together: PaceNap past the start of the slot.
+func TestPacerSlots(t *testing.T) {
+	const slot, nap = int64(PaceSlot), PaceNap
+	base := 1000 * slot
+	var a, b Pacer
+	for _, c := range []struct {
+		pc   *Pacer
+		now  int64
+		want time.Duration
+	}{
+		{&a, base + 10, 0},                   // the first call
+		{&a, base + slot - 1, 0},             // the same slot
+		{&a, base + slot + 1000, nap - 1000}, // a new one: until its start + nap
+		{&b, base + 5000, 0},
+		{&b, base + slot + 3000, nap - 3000},      // the same wake-up as a's
+		{&a, base + 2*slot + int64(nap), nap / 2}, // late: still a little
+		{&a, base + 5*slot, nap},                  // slots skipped: one sleep
+	} {
+		if got := c.pc.next(c.now); got != c.want {
+			t.Errorf("next(slot start %+d ns) = %v, want %v", c.now-c.now/slot*slot, got, c.want)
+		}
+	}
+}
