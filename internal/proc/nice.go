@@ -27,9 +27,8 @@ import (
 // Only one short, bounded window is real-time: the attach, from record
 // -p's start (BoostEarly) through session.Start's patch batch (BoostAll),
 // tens of milliseconds, and never more than maxRealTime. The tracer never
-// spins while boosted: it sleeps whenever it waits for the target, it
-// parses files on all CPUs but one (elfsite.LiveModulesWith), and its long
-// loops sleep a moment in every millisecond (Pacer, pace.go). The
+// spins while boosted: it sleeps whenever it waits for the target, and it
+// parses files on all CPUs but one (elfsite.LiveModulesWith). The
 // kernel's real-time throttling (sched_rt_runtime_us) and the fair server
 // bound what a boosted tracer could take in any case. The batches of a
 // recording (ctl, dlopen, detach) and its consumer get a nice value

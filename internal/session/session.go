@@ -519,12 +519,7 @@ func candidateSites(m *elfsite.Module, include []string, withReloc bool, refused
 		return m.Spec.Sites
 	}
 	sites := m.Spec.Patchable()
-	// Real-time in the attach: let the target's threads run now and then.
-	pc := proc.Pacer{OnlyRealTime: true}
 	for i := range m.Spec.Funcs {
-		if i%1024 == 0 {
-			pc.Pace()
-		}
 		if i > 0 && m.Spec.Funcs[i-1].Addr == m.Spec.Funcs[i].Addr {
 			continue // an alias: matched with the first one
 		}
@@ -571,8 +566,6 @@ func (s *Session) selectSites() error {
 	// the first, for the error when nothing else is left.
 	var nrefused int
 	var firstRefused RefusedSite
-	// Real-time in the attach: let the target's threads run now and then.
-	pc := proc.Pacer{OnlyRealTime: true}
 	for mi, m := range s.mods {
 		if !matchModule(m.Path, s.opts.Modules) {
 			continue
@@ -591,9 +584,6 @@ func (s *Session) selectSites() error {
 		// grows once per module.
 		keep := keepBuf[:0]
 		for k, st := range sites {
-			if k%1024 == 0 {
-				pc.Pace()
-			}
 			if !st.Form.Patchable() && st.Form != elfsite.FormReloc {
 				continue
 			}
@@ -615,10 +605,7 @@ func (s *Session) selectSites() error {
 		}
 		keepBuf = keep
 		s.sel = slices.Grow(s.sel, len(keep))
-		for j, k := range keep {
-			if j%1024 == 0 {
-				pc.Pace()
-			}
+		for _, k := range keep {
 			st := sites[k]
 			s.sel = append(s.sel, selected{
 				mod: mi, site: st, name: m.Spec.SiteName(st),
