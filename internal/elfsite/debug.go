@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/livetrace/livetrace/internal/proc"
 	"golang.org/x/sys/unix"
 )
 
@@ -158,7 +157,7 @@ func parseDebugSymbols(r io.ReaderAt, path, id string, typ elf.Type, mangled boo
 	if len(f.Sections) > maxSections {
 		return nil, fmt.Errorf("read %s: %w: too many section headers", path, ErrMalformed)
 	}
-	q := &parser{f: f, r: r, size: size, spec: &Spec{Path: path, Type: f.Type}, mangled: mangled, pace: proc.Pacer{OnlyRealTime: true}}
+	q := &parser{f: f, r: r, size: size, spec: &Spec{Path: path, Type: f.Type}, mangled: mangled}
 	if got := q.buildID(); id != "" && got != id {
 		if got == "" {
 			got = "none"

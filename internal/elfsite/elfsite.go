@@ -38,7 +38,6 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/livetrace/livetrace/internal/proc"
 	"github.com/livetrace/livetrace/internal/reloc"
 	"golang.org/x/arch/x86/x86asm"
 )
@@ -335,7 +334,7 @@ func parse(r io.ReaderAt, path string, symbolsOnly bool) (spec *Spec, err error)
 	if len(f.Progs) > maxLoads || len(f.Sections) > maxSections {
 		return nil, fmt.Errorf("read %s: %w: too many program or section headers", path, ErrMalformed)
 	}
-	p := &parser{f: f, r: r, size: size, spec: &Spec{Path: path, Type: f.Type}, mangled: symbolsOnly, pace: proc.Pacer{OnlyRealTime: true}}
+	p := &parser{f: f, r: r, size: size, spec: &Spec{Path: path, Type: f.Type}, mangled: symbolsOnly}
 	for _, ph := range f.Progs {
 		if ph.Type == elf.PT_LOAD {
 			p.spec.Loads = append(p.spec.Loads, Load{Vaddr: ph.Vaddr, Offset: ph.Off, Filesz: ph.Filesz, Memsz: ph.Memsz, Flags: ph.Flags})
@@ -345,7 +344,6 @@ func parse(r io.ReaderAt, path string, symbolsOnly bool) (spec *Spec, err error)
 	if err := p.symbols(); err != nil {
 		return nil, fmt.Errorf("read %s: %w", path, err)
 	}
-	p.pace.Pace()
 	if p.spec.Stripped && p.spec.BuildID != "" {
 		p.debugSymbols()
 	}
@@ -357,7 +355,6 @@ func parse(r io.ReaderAt, path string, symbolsOnly bool) (spec *Spec, err error)
 	if err := p.sites(); err != nil {
 		return nil, fmt.Errorf("read %s: %w", path, err)
 	}
-	p.pace.Pace()
 	p.prepareReloc()
 	return p.spec, nil
 }
@@ -422,10 +419,6 @@ type parser struct {
 	// chunk caches file bytes for reading site bytes in address order.
 	chunk    []byte
 	chunkOff uint64
-
-	// pace lets the target's threads run now and then while the tracer
-	// parses real-time (the attach: proc.Pacer).
-	pace proc.Pacer
 }
 
 // sectionData returns a section's contents, refusing sizes above limit or
@@ -511,10 +504,7 @@ func (p *parser) sites() error {
 	}
 	sites := make([]Site, 0, n)
 	for _, t := range tables {
-		for i, v := range t.vals {
-			if i%1024 == 0 {
-				p.pace.Pace()
-			}
+		for _, v := range t.vals {
 			if v == 0 {
 				continue // a function the linker removed
 			}

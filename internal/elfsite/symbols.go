@@ -111,9 +111,6 @@ func (p *parser) symbols() error {
 	// stay mangled. Real programs stay far below it.
 	demangleBudget := 32<<20 + 4*len(strs)
 	for i := symSize; i+symSize <= len(data); i += symSize {
-		if i%(1024*symSize) == 0 {
-			p.pace.Pace()
-		}
 		e := data[i : i+symSize]
 		info := e[4]
 		t := elf.ST_TYPE(info)

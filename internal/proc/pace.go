@@ -7,41 +7,39 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Pacing. While the tracer is boosted (nice.go), the target's busy threads
-// wait behind it: a boosted thread that works for 10 ms keeps a calling
-// thread off its CPU for 10 ms, since a thread of normal priority gets
-// that CPU back only when the boosted one sleeps, and the kernel's load
-// balancer is slow to move it to the other CPU (a real-time thread's load
-// is not counted in the balance at once). So a boosted loop that works on
-// (the parse of the attach, the verify pass and the writes of a batch)
-// sleeps PaceNap once in every PaceSlot of the clock. The slots are the
-// clock's, shared by all threads: two tracer threads on one CPU (the
-// scheduler often puts them there: one wakes the other) sleep together,
-// instead of handing the CPU to each other. A calling thread then waits
-// about one slot, not the whole loop, for a loop about 5% longer. See
-// docs/DESIGN-NOTES.md, "The batch, ninth round".
+// Pacing. The threads of a patch batch run boosted (nice -10, or
+// real-time in the attach), and the target's busy threads wait behind them:
+// a boosted thread that works for 10 ms keeps a calling thread off its CPU
+// for 10 ms, since a thread of normal priority gets that CPU back only when
+// the boosted one sleeps. So a batch's loops that work on (verify, the
+// passes, laying out the runs, merging a fresh trap table) sleep PaceNap
+// once in every PaceSlot of the clock. The slots are the clock's, shared by
+// all threads: two tracer threads on one CPU (the scheduler often puts them
+// there: one wakes the other) sleep together, instead of handing the CPU to
+// each other. A calling thread then waits about one slot, not the whole
+// loop, for a loop about 5% longer.
+//
+// Only the batch paces. The attach's parse and relocation planning, paced
+// the same way while real-time, made Debian's redis-server answer a PING
+// later during the attach, not sooner: each sleep lets the kernel pull a
+// runnable thread onto the idle CPU, where the tracer preempts it again
+// 50 µs later. See docs/DESIGN-NOTES.md, "The batch, ninth round".
 const (
 	PaceSlot = time.Millisecond
 	PaceNap  = 50 * time.Microsecond
 )
 
 // A Pacer paces one loop on one thread: call Pace between two pieces of
-// work of well under a slot. With OnlyRealTime, it sleeps only while the
-// thread runs real-time (the attach): a loop that also runs unboosted
-// (parsing for `livetrace list`) leaves the CPU to the kernel's fair share
-// then. The zero Pacer sleeps whenever a slot ends.
+// work of well under a slot.
 type Pacer struct {
-	OnlyRealTime bool
-	slot         int64
+	slot int64
 }
 
 // Pace sleeps if a slot of the clock began since the last call.
 func (pc *Pacer) Pace() {
-	d := pc.next(time.Now().UnixNano())
-	if d == 0 || pc.OnlyRealTime && !RealTime() {
-		return
+	if d := pc.next(time.Now().UnixNano()); d > 0 {
+		Nap(d)
 	}
-	Nap(d)
 }
 
 // next returns how long a call at now (ns of the clock) sleeps.
