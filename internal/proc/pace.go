@@ -19,11 +19,12 @@ import (
 // each other. A calling thread then waits about one slot, not the whole
 // loop, for a loop about 5% longer.
 //
-// Only the batch paces. The attach's parse and relocation planning, paced
-// the same way while real-time, made Debian's redis-server answer a PING
-// later during the attach, not sooner: each sleep lets the kernel pull a
-// runnable thread onto the idle CPU, where the tracer preempts it again
-// 50 µs later. See docs/DESIGN-NOTES.md, "The batch, ninth round".
+// Only a batch that runs at a nice value paces, not the attach's, which
+// runs real-time. The attach's parse and relocation planning, paced the
+// same way, made Debian's redis-server answer a PING later during the
+// attach, not sooner: each sleep lets the kernel pull a runnable thread
+// onto the idle CPU, where the real-time tracer preempts it again 50 µs
+// later. See docs/DESIGN-NOTES.md, "The batch, ninth round".
 const (
 	PaceSlot = time.Millisecond
 	PaceNap  = 50 * time.Microsecond
@@ -35,9 +36,10 @@ type Pacer struct {
 	slot int64
 }
 
-// Pace sleeps if a slot of the clock began since the last call.
+// Pace sleeps if a slot of the clock began since the last call, unless
+// the thread runs real-time.
 func (pc *Pacer) Pace() {
-	if d := pc.next(time.Now().UnixNano()); d > 0 {
+	if d := pc.next(time.Now().UnixNano()); d > 0 && !RealTime() {
 		Nap(d)
 	}
 }

@@ -33,10 +33,14 @@ func busyPaced(pc *Pacer, d time.Duration) {
 	}
 }
 
-// TestPacer checks that a paced loop sleeps about once a slot.
+// TestPacer checks that a paced loop sleeps about once a slot, and not
+// at all while real-time.
 func TestPacer(t *testing.T) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
+	if RealTime() {
+		t.Skip("the test runs real-time: its pacer would not sleep")
+	}
 	const slots = 20
 	var pc Pacer
 	n := sleepsDuring(t, func() { busyPaced(&pc, slots*PaceSlot) })
@@ -52,6 +56,16 @@ func TestPacer(t *testing.T) {
 	}
 	if n := sleepsDuring(t, spin); n > 2 {
 		t.Errorf("an unpaced loop slept %d times, want none", n)
+	}
+	// Real-time (the attach), where root may set it: no sleeps.
+	restore := BoostAll(-10)
+	defer restore()
+	if !RealTime() {
+		return // no real-time here (no CAP_SYS_NICE, or a cgroup without real-time runtime)
+	}
+	pc = Pacer{}
+	if n := sleepsDuring(t, func() { busyPaced(&pc, slots*PaceSlot) }); n > 2 {
+		t.Errorf("a loop paced real-time slept %d times, want none", n)
 	}
 }
 
