@@ -12,7 +12,7 @@ import (
 // a boosted thread that works for 10 ms keeps a calling thread off its CPU
 // for 10 ms, since a thread of normal priority gets that CPU back only when
 // the boosted one sleeps. So a batch's loops that work on (verify, the
-// passes, laying out the runs, merging a fresh trap table) sleep PaceNap
+// live passes, laying out the runs, merging a fresh trap table) sleep PaceNap
 // once in every PaceSlot of the clock. The slots are the clock's, shared by
 // all threads: two tracer threads on one CPU (the scheduler often puts them
 // there: one wakes the other) sleep together, instead of handing the CPU to

@@ -1253,7 +1253,10 @@ func (bt *batch) apply(r *run, st step, bp byte) {
 // and meanwhile it looks for stops every pumpNap instead of spinning, which
 // kept a CPU from the target's threads.
 func (e *Engine) pass(bt *batch, write func(addr uint64, b []byte) error, st step, pump func() bool) error {
-	sh := &share{e: e, bt: bt, st: st}
+	// A pass with the target's threads running (live) paces itself; in
+	// stop mode they wait for the pass to end, and a pause would only
+	// lengthen the stop.
+	sh := &share{e: e, bt: bt, st: st, pace: pump != nil}
 	defer sh.report()
 	p := bt.partner
 	if p == nil || pump == nil {
@@ -1283,9 +1286,10 @@ var testPartnerFirst bool
 
 // share is one pass over a batch's runs, which a partner may help with.
 type share struct {
-	e  *Engine
-	bt *batch
-	st step
+	e    *Engine
+	bt   *batch
+	st   step
+	pace bool // proc.Pacer between runs
 
 	next   atomic.Int64 // the next run to take
 	busy   atomic.Int64 // partners inside work
@@ -1319,7 +1323,9 @@ func (sh *share) work(write func(addr uint64, b []byte) error) {
 	}
 	var pc proc.Pacer
 	for {
-		pc.Pace()
+		if sh.pace {
+			pc.Pace()
+		}
 		k := int(sh.next.Add(1)) - 1
 		if k >= len(bt.runs) {
 			return
