@@ -503,6 +503,9 @@ type batch struct {
 	// no instruction for the trap handler, and needs stop mode too.
 	sled       int
 	stopRegion bool
+	// regions: some site is a region whose old bytes are not just a jmp
+	// (liveRegions has something to find).
+	regions bool
 
 	// mu guards last and gone while a partner shares the passes (the
 	// sites and runs are split between the two, drop included).
@@ -871,7 +874,7 @@ func (e *Engine) verify(ps []Patch, lenient, asIs bool) (*batch, error) {
 		}
 		return nil, fmt.Errorf("%w: %s%s; nothing was written", ErrVerify, strings.Join(bad, "; "), more)
 	}
-	bt.sled, bt.stopRegion = v.sled, v.stopRegion
+	bt.sled, bt.stopRegion, bt.regions = v.sled, v.stopRegion, v.regions
 	if v.nt != nil && !v.fresh.Load() {
 		bt.table, bt.tidx = v.nt, v.idx
 	}
@@ -914,6 +917,7 @@ type verifier struct {
 	bad        []badSite
 	sled       int
 	stopRegion bool
+	regions    bool
 }
 
 type badSite struct {
@@ -972,7 +976,7 @@ func (v *verifier) run(k int) {
 		copy(nt.insns[oi:hi], old.insns[oi:hi])
 	}
 	fresh := false
-	sled, stopRegion := -1, false
+	sled, stopRegion, regions := -1, false, false
 	var gone []Held
 	var bad []badSite
 	img := r.img
@@ -1030,6 +1034,9 @@ func (v *verifier) run(k int) {
 		if pt.Region && pt.emul == nil {
 			stopRegion = true
 		}
+		if pt.Region && !regions && !onlyJmp(pt.Old) {
+			regions = true
+		}
 		if nt != nil && !fresh {
 			for oi < hi && old.addrs[oi] < pt.Addr {
 				oi++
@@ -1051,6 +1058,7 @@ func (v *verifier) run(k int) {
 		v.sled = sled
 	}
 	v.stopRegion = v.stopRegion || stopRegion
+	v.regions = v.regions || regions
 }
 
 // spread calls fn(k) for every 0 <= k < n: on this goroutine and, when
@@ -1642,7 +1650,11 @@ func (e *Engine) applyLiveOn(bt *batch, st *Stats) error {
 			if i > 0 {
 				continue
 			}
+			t3 := time.Now()
 			regions := bt.liveRegions()
+			if debugTiming {
+				fmt.Fprintf(os.Stderr, "textpoke: %d live regions found in %v\n", len(regions), time.Since(t3))
+			}
 			if len(regions) == 0 {
 				continue
 			}
@@ -1678,12 +1690,17 @@ func (e *Engine) applyLiveOn(bt *batch, st *Stats) error {
 }
 
 // liveRegions returns the regions of the batch a thread could be stopped
-// strictly inside of: those whose old bytes are not just a jmp.
+// strictly inside of: those whose old bytes are not just a jmp. It runs
+// on the ptrace thread while the INT3s are in, so a batch without such
+// regions (verify says so) is not scanned: 100,000 patches took 3-5 ms.
 func (bt *batch) liveRegions() []Patch {
+	if !bt.regions {
+		return nil
+	}
 	var regions []Patch
-	for i, pt := range bt.ps {
-		if !bt.drop[i] && pt.Region && !onlyJmp(pt.Old) {
-			regions = append(regions, pt)
+	for i := range bt.ps {
+		if pt := &bt.ps[i]; !bt.drop[i] && pt.Region && !onlyJmp(pt.Old) {
+			regions = append(regions, *pt)
 		}
 	}
 	return regions

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -227,4 +228,88 @@ func TestVerifyShared(t *testing.T) {
 		}
 	}
 	check("all off, two held", none, held)
+}
+
+// TestLiveRegionsListed checks the regions verify finds for the check of
+// threads inside them (liveRegions): every region whose old bytes are not
+// just a jmp, in a batch whose runs both verify threads share, and none
+// in a batch of NOP sites or of regions that only lose their jmp.
+func TestLiveRegionsListed(t *testing.T) {
+	const n, stride = 20000, 64
+	m := newMemEngine(n * stride)
+	nop := []byte{0x0f, 0x1f, 0x44, 0x00, 0x00}
+	// Eight bytes of a function's first instructions: push %rbp; mov
+	// %rsp,%rbp; sub $0x10,%rsp.
+	orig := []byte{0x55, 0x48, 0x89, 0xe5, 0x48, 0x83, 0xec, 0x10}
+	var sites, regions []Patch
+	want := map[uint64]bool{}
+	for i := 0; i < n; i++ {
+		a := m.base + uint64(i*stride)
+		if i%1000 != 7 {
+			copy(m.text[i*stride:], nop)
+			call, err := Call(a, m.base+uint64(n*stride))
+			if err != nil {
+				t.Fatal(err)
+			}
+			sites = append(sites, Patch{Addr: a, Old: nop, New: call})
+			continue
+		}
+		copy(m.text[i*stride:], orig)
+		jmp := append(slices.Clone(orig[:0]), opJmp, 0, 0, 0, 0, opInt3, opInt3, opInt3)
+		regions = append(regions, Patch{Addr: a, Old: slices.Clone(orig), New: jmp, Region: true, Detour: a + 0x1000})
+		want[a] = true
+	}
+	if _, err := m.apply(sites); err != nil {
+		t.Fatal(err)
+	}
+	// The NOP sites back off, the regions get their jmp: both verify
+	// threads see regions (one every 1,000 sites, across 20 runs).
+	var off []Patch
+	for _, pt := range sites {
+		off = append(off, Patch{Addr: pt.Addr, Old: pt.New, New: pt.Old})
+	}
+	ps, err := m.prepareCopy(append(off, regions...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bt, err := m.verify(ps, false, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := bt.liveRegions()
+	if len(got) != len(regions) {
+		t.Fatalf("%d live regions listed, want %d", len(got), len(regions))
+	}
+	for _, pt := range got {
+		if !want[pt.Addr] {
+			t.Fatalf("%#x listed as a live region", pt.Addr)
+		}
+	}
+	// A region dropped (another tool's bytes) is not listed.
+	bt.drop[slices.IndexFunc(bt.ps, func(pt Patch) bool { return pt.Region })] = true
+	if got := bt.liveRegions(); len(got) != len(regions)-1 {
+		t.Fatalf("%d live regions listed after a drop, want %d", len(got), len(regions)-1)
+	}
+	// The NOP sites alone: nothing to list.
+	if bt, err = m.verify(off, false, true); err != nil {
+		t.Fatal(err)
+	}
+	if got := bt.liveRegions(); len(got) != 0 {
+		t.Fatalf("a batch of NOP sites lists %d live regions", len(got))
+	}
+	// Regions going back to their original bytes from a jmp only: a
+	// thread cannot be inside a lone jmp, so none is listed.
+	for i := range regions {
+		copy(m.text[regions[i].Addr-m.base:], regions[i].New)
+		regions[i].Old, regions[i].New = regions[i].New, regions[i].Old
+	}
+	if ps, err = m.prepareCopy(regions); err != nil {
+		t.Fatal(err)
+	}
+	if bt, err = m.verify(ps, false, false); err != nil {
+		t.Fatal(err)
+	}
+	if got := bt.liveRegions(); len(got) != 0 {
+		t.Fatalf("regions that lose their jmp list %d live regions", len(got))
+	}
 }
