@@ -239,3 +239,56 @@ func BoostCaller(n int) (restore func()) {
 		runtime.UnlockOSThread()
 	}
 }
+
+// BatchSlice is the scheduler slice of a batch's threads (ShortSlice).
+const BatchSlice = 100 * time.Microsecond
+
+// ShortSlice gives the calling thread a fair-class slice of d (at least
+// 100 µs; Linux 6.12 on) and returns a function that puts the old one
+// back; call it on the same thread (the goroutine locked to it). Use
+// it with BoostCaller.
+//
+// A woken fair task preempts the running one only once that one has
+// used its slice (3 ms here), unless the woken task's own slice is
+// shorter. A batch's threads wake all the time, to serve an INT3 hit or
+// after a pacing nap, and with the default slice each wake-up could wait
+// up to a tick behind a busy thread of the target while other threads
+// stayed stopped at their INT3s (docs/DESIGN-NOTES.md, "The batch, tenth
+// round"). A thread that is not in the fair class (real-time during the
+// attach) is left alone.
+func ShortSlice(d time.Duration) (restore func()) {
+	return setSlice(unix.Gettid(), d)
+}
+
+// ShortSlice is the package's ShortSlice for the ptrace thread, set from
+// the calling thread by its id, like BoostThread.
+func (p *Process) ShortSlice(d time.Duration) (restore func()) {
+	return setSlice(p.ex.tid, d)
+}
+
+func setSlice(tid int, d time.Duration) (restore func()) {
+	old, err := unix.SchedGetAttr(tid, 0)
+	if err != nil || old.Policy != unix.SCHED_NORMAL {
+		return func() {}
+	}
+	a := *old
+	a.Size = unix.SizeofSchedAttr
+	a.Runtime = uint64(d)
+	if unix.SchedSetAttr(tid, &a, 0) != nil {
+		return func() {}
+	}
+	return func() {
+		// The nice value as it is now: a boost put back meanwhile
+		// stays put back.
+		b, err := unix.SchedGetAttr(tid, 0)
+		if err != nil || b.Policy != unix.SCHED_NORMAL {
+			return
+		}
+		// 0 is the kernel's default slice. The slice read before
+		// (old.Runtime) is the default's value, and setting it would
+		// make it a custom one that no longer follows the default.
+		b.Size = unix.SizeofSchedAttr
+		b.Runtime = 0
+		_ = unix.SchedSetAttr(tid, b, 0)
+	}
+}

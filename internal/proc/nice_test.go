@@ -103,3 +103,51 @@ func TestBoost(t *testing.T) {
 	noneRT("after BoostCaller's restore")
 	runtime.UnlockOSThread()
 }
+
+// TestShortSlice checks ShortSlice as root: the slice set while the nice
+// value of BoostCaller stays, the default slice and nice value back after
+// both restores, and a real-time thread left alone.
+func TestShortSlice(t *testing.T) {
+	testtarget.RequireRoot(t)
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	self := unix.Gettid()
+	attr := func() *unix.SchedAttr {
+		t.Helper()
+		a, err := unix.SchedGetAttr(self, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	a0 := attr()
+	unboost := BoostCaller(-10)
+	unslice := ShortSlice(BatchSlice)
+	if a := attr(); a.Runtime != uint64(BatchSlice) || a.Nice != -10 || a.Policy != unix.SCHED_NORMAL {
+		t.Errorf("ShortSlice: slice %d ns nice %d policy %d, want %d ns at nice -10, SCHED_NORMAL", a.Runtime, a.Nice, a.Policy, BatchSlice)
+	}
+	unslice()
+	unboost()
+	if a := attr(); a.Runtime != a0.Runtime || a.Nice != a0.Nice {
+		t.Errorf("after the restores: slice %d ns nice %d, want %d ns nice %d", a.Runtime, a.Nice, a0.Runtime, a0.Nice)
+	}
+
+	// Real-time (the attach): left alone, and so after its restore.
+	restore := BoostAll(-10)
+	rt := attr()
+	if rt.Policy != unix.SCHED_FIFO {
+		t.Fatalf("BoostAll: policy %d", rt.Policy)
+	}
+	unslice = ShortSlice(BatchSlice)
+	if a := attr(); *a != *rt {
+		t.Errorf("ShortSlice on a real-time thread changed %+v to %+v", *rt, *a)
+	}
+	unslice()
+	if a := attr(); *a != *rt {
+		t.Errorf("ShortSlice's restore on a real-time thread changed %+v to %+v", *rt, *a)
+	}
+	restore()
+	if a := attr(); a.Policy != unix.SCHED_NORMAL || a.Runtime != a0.Runtime {
+		t.Errorf("after BoostAll's restore: policy %d slice %d ns", a.Policy, a.Runtime)
+	}
+}

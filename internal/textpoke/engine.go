@@ -525,6 +525,10 @@ func (e *Engine) apply(patches []Patch, mode Mode, lenient bool) (st Stats, err 
 	// busy threads of the target it got a third of a CPU, and read the
 	// 6 MB of text of 100,000 sites in 10-45 ms instead of 2-3.
 	defer proc.BoostCaller(-10)()
+	// Both take the CPU as soon as they wake: the ptrace thread to serve
+	// an INT3 hit, either one after a pacing nap (proc.ShortSlice).
+	defer e.p.ShortSlice(proc.BatchSlice)()
+	defer proc.ShortSlice(proc.BatchSlice)()
 	// And no collection: its mark worker would take a CPU, and its write
 	// barriers would slow every pointer the batch stores (gcpause).
 	defer gcpause.Relax()()
