@@ -5,10 +5,13 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/livetrace/livetrace/internal/gcpause"
+	"github.com/livetrace/livetrace/internal/proc"
 	"github.com/livetrace/livetrace/internal/testtarget"
 )
 
@@ -115,6 +118,11 @@ func BenchmarkBatchStall(b *testing.B) {
 	st := startStress(b, testtarget.ClangNop5, n, "-t", "2")
 	_, e := st.attach(b, Options{Mode: ModeLive})
 	on, off := st.toggles(b, n)
+	report := func(d []time.Duration, name string) {
+		slices.Sort(d)
+		b.ReportMetric(float64(d[len(d)/2].Microseconds()), "median-"+name)
+		b.ReportMetric(float64(d[len(d)-1].Microseconds()), "max-"+name)
+	}
 	around := func(f func()) time.Duration {
 		if err := testtarget.HammerStress(st.tp, 30*time.Second); err != nil {
 			b.Fatal(err)
@@ -139,20 +147,23 @@ func BenchmarkBatchStall(b *testing.B) {
 	// measure the toggles a session's batches are.
 	apply(on)
 	apply(off)
-	var base, batch, took []time.Duration
+	runs, err := e.layRuns(on, nil, false)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var base, batch, took, floor, floorTook []time.Duration
 	b.ResetTimer()
 	for i := 0; i < max(b.N, 12); i++ {
 		base = append(base, around(func() { time.Sleep(30 * time.Millisecond) }))
 		for _, ps := range [][]Patch{on, off} {
 			batch = append(batch, around(func() { took = append(took, apply(ps)) }))
 		}
+		floor = append(floor, around(func() { floorTook = append(floorTook, e.kernelFloor(b, runs)) }))
 	}
 	b.StopTimer()
-	report := func(d []time.Duration, name string) {
-		slices.Sort(d)
-		b.ReportMetric(float64(d[len(d)/2].Microseconds()), "median-"+name)
-		b.ReportMetric(float64(d[len(d)-1].Microseconds()), "max-"+name)
-	}
+	report(floor, "floor-stall-µs")
+	slices.Sort(floorTook)
+	b.ReportMetric(float64(floorTook[len(floorTook)/2].Microseconds())/1e3, "median-floor-ms/batch")
 	report(batch, "stall-µs")
 	report(base, "baseline-stall-µs")
 	slices.Sort(took)
@@ -228,4 +239,51 @@ func BenchmarkBookkeeping(b *testing.B) {
 	b.ReportMetric(per(verify+publish+passes+settle), "ms/batch")
 	b.ReportMetric(0, "ns/op")
 	runtime.KeepAlive(spread)
+}
+
+// kernelFloor does the system calls of a live batch over runs and nothing
+// else, and returns how long they took: the text read once (verify) and
+// three times read again and written back unchanged (the passes), each
+// pass on two threads boosted as a batch's are, whole runs at a time,
+// without a sync, an INT3 or any comparison. Writing the bytes the text
+// already holds changes nothing for the threads running it. This is the
+// floor under a batch's time on the machine it runs on
+// (BenchmarkBatchStall reports it beside the batch).
+func (e *Engine) kernelFloor(b *testing.B, runs []*run) time.Duration {
+	pass := func(write bool) {
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		for range 2 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer proc.BoostCaller(-10)()
+				defer proc.ShortSlice(proc.BatchSlice)()
+				for {
+					k := int(next.Add(1)) - 1
+					if k >= len(runs) {
+						return
+					}
+					r := runs[k]
+					if err := e.readText(r.addr, r.buf); err != nil {
+						b.Error(err)
+						return
+					}
+					if write {
+						if err := e.p.WriteMem(r.addr, r.buf); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	t0 := time.Now()
+	pass(false)
+	for range 3 {
+		pass(true)
+	}
+	return time.Since(t0)
 }
