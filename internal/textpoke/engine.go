@@ -1281,11 +1281,13 @@ func (e *Engine) pass(bt *batch, write func(addr uint64, b []byte) error, st ste
 		pump()
 	}
 	sh.work(write)
+	t0 := time.Now()
 	for sh.busy.Load() > 0 {
 		if !pump() {
 			proc.Nap(pumpNap)
 		}
 	}
+	sh.wait = time.Since(t0)
 	p.cur.Store(nil)
 	return sh.err
 }
@@ -1309,8 +1311,9 @@ type share struct {
 	mu     sync.Mutex   // guards err and the times
 	err    error
 	// How long reading, applying the step and writing took, summed over
-	// the threads (LIVETRACE_DEBUG_TIMING).
-	read, apply, write time.Duration
+	// the threads, and how long this thread waited for the partner's
+	// last run (LIVETRACE_DEBUG_TIMING).
+	read, apply, write, wait time.Duration
 }
 
 // work writes runs of the pass, taken one at a time, until none is left
@@ -1380,7 +1383,7 @@ func (p *partner) help(write func(addr uint64, b []byte) error) {
 
 func (sh *share) report() {
 	if debugTiming {
-		fmt.Fprintf(os.Stderr, "textpoke: pass: read %v write %v step %v\n", sh.read, sh.write, sh.apply)
+		fmt.Fprintf(os.Stderr, "textpoke: pass: read %v write %v step %v, waited %v for the partner\n", sh.read, sh.write, sh.apply, sh.wait)
 	}
 }
 
