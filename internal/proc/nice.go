@@ -249,11 +249,12 @@ const BatchSlice = 100 * time.Microsecond
 // it with BoostCaller.
 //
 // A woken fair task preempts the running one only once that one has
-// used its slice (3 ms here), unless the woken task's own slice is
-// shorter. A batch's threads wake all the time, to serve an INT3 hit or
-// after a pacing nap, and with the default slice each wake-up could wait
-// up to a tick behind a busy thread of the target while other threads
-// stayed stopped at their INT3s (docs/DESIGN-NOTES.md, "The batch, tenth
+// used its slice (1.4 ms here by default, which the kernel notices at a
+// tick, every 4 ms), unless the woken task's own slice is shorter. A
+// batch's threads wake all the time, to serve an INT3 hit or after a
+// pacing nap, and with the default slice the ptrace thread waited up to
+// 3 ms behind a busy thread of the target while other threads stayed
+// stopped at their INT3s (docs/DESIGN-NOTES.md, "The batch, tenth
 // round"). A thread that is not in the fair class (real-time during the
 // attach) is left alone.
 func ShortSlice(d time.Duration) (restore func()) {
