@@ -1424,6 +1424,10 @@ func (p *partner) help(write func(addr uint64, b []byte) error) {
 
 func (sh *share) report() {
 	if debugTiming {
+		// Locked: a helper that came after the last run was taken may
+		// still be adding its (zero) times.
+		sh.mu.Lock()
+		defer sh.mu.Unlock()
 		fmt.Fprintf(os.Stderr, "textpoke: pass: read %v write %v step %v, waited %v for the partner\n", sh.read, sh.write, sh.apply, sh.wait)
 	}
 }
