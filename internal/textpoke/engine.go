@@ -966,7 +966,10 @@ func (v *verifier) run(k int) {
 		return
 	}
 	// The part of the new table's instructions this run fills: those of
-	// the old table's sites from this run's start to the next one's.
+	// the old table's sites from this run's start to the next one's, the
+	// batch's new ones and the old ones of the others, copied as the loop
+	// passes them (a copy of the whole part first, which a batch toggling
+	// every site overwrites, was 5 MB of memory traffic for 100,000).
 	old, nt := v.old, v.nt
 	var oi, hi int
 	if nt != nil {
@@ -977,7 +980,6 @@ func (v *verifier) run(k int) {
 		if k+1 < len(bt.runs) {
 			hi, _ = slices.BinarySearch(old.addrs, bt.runs[k+1].addr)
 		}
-		copy(nt.insns[oi:hi], old.insns[oi:hi])
 	}
 	fresh := false
 	sled, stopRegion, regions := -1, false, false
@@ -1043,6 +1045,7 @@ func (v *verifier) run(k int) {
 		}
 		if nt != nil && !fresh {
 			for oi < hi && old.addrs[oi] < pt.Addr {
+				nt.insns[oi] = old.insns[oi]
 				oi++
 			}
 			if oi == hi || old.addrs[oi] != pt.Addr || pt.Region && !old.region[oi] || pt.Detour != 0 && pt.Detour != old.detour[oi] {
@@ -1052,7 +1055,11 @@ func (v *verifier) run(k int) {
 			}
 			v.idx[i] = oi
 			nt.insns[oi] = pt.insn()
+			oi++
 		}
+	}
+	if nt != nil && !fresh {
+		copy(nt.insns[oi:hi], old.insns[oi:hi])
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
