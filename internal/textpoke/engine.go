@@ -857,7 +857,7 @@ func (e *Engine) verify(ps []Patch, lenient, asIs bool) (*batch, error) {
 	v := &verifier{e: e, bt: bt, lenient: lenient, asIs: asIs, old: e.table.Load(), areas: e.lazyAreas(), sled: -1}
 	v.table()
 	tv2 := time.Now()
-	bt.lent = e.spread(len(runs), bt.text() >= minPartnerText && partnerCPUs(), v.run)
+	bt.lent = e.spread(len(runs), bt.text() >= minPartnerText && partnerCPUs(), true, v.run)
 	if debugTiming {
 		fmt.Fprintf(os.Stderr, "textpoke: verify: lay %v table %v spread %v\n", tv1.Sub(tv0), tv2.Sub(tv1), time.Since(tv2))
 	}
@@ -1076,15 +1076,18 @@ func (v *verifier) run(k int) {
 // share is set and the ptrace thread is idle, on the ptrace thread too.
 // The two take the ks one at a time from a counter, so this goroutine
 // never waits for the other thread to start (its wake-up took 0.06–4 ms
-// beside busy threads of the target), only for a k it has taken. It
-// returns how many ks the ptrace thread took.
-func (e *Engine) spread(n int, share bool, fn func(k int)) (lent int) {
+// beside busy threads of the target), only for a k it has taken. With
+// pace, both pace themselves (proc.Pacer). It returns how many ks the
+// ptrace thread took.
+func (e *Engine) spread(n int, share, pace bool, fn func(k int)) (lent int) {
 	var next, busy, other atomic.Int64
 	var joined atomic.Bool
 	work := func() (did int64) {
 		var pc proc.Pacer
 		for {
-			pc.Pace()
+			if pace {
+				pc.Pace()
+			}
 			k := next.Add(1) - 1
 			if k >= int64(n) {
 				return did
@@ -1318,6 +1321,7 @@ type share struct {
 	next   atomic.Int64 // the next run to take
 	busy   atomic.Int64 // partners inside work
 	joined atomic.Bool  // a partner came (testPartnerFirst)
+	failed atomic.Bool  // a run failed: take no more
 	mu     sync.Mutex   // guards err and the times
 	err    error
 	// How long reading, applying the step and writing took, summed over
@@ -1329,89 +1333,67 @@ type share struct {
 // work writes runs of the pass, taken one at a time, until none is left
 // or one fails (then the others are left alone too).
 func (sh *share) work(write func(addr uint64, b []byte) error) {
-	bt, e := sh.bt, sh.e
-	bp := e.arch.Breakpoint()
-	last := sh.st == stepHead || sh.st == stepNew
-	var dr, ds, dw time.Duration
-	defer func() {
-		sh.mu.Lock()
-		sh.read, sh.apply, sh.write = sh.read+dr, sh.apply+ds, sh.write+dw
-		sh.mu.Unlock()
-	}()
-	fail := func(err error) {
-		sh.next.Store(int64(len(bt.runs)))
-		sh.mu.Lock()
-		if sh.err == nil {
-			sh.err = err
-		}
-		sh.mu.Unlock()
-	}
 	var pc proc.Pacer
 	for {
 		if sh.pace {
 			pc.Pace()
 		}
 		k := int(sh.next.Add(1)) - 1
-		if k >= len(bt.runs) {
+		if k >= len(sh.bt.runs) || !sh.run(k, write) {
 			return
 		}
-		r := bt.runs[k]
-		t0 := time.Now()
-		if err := e.recheck(bt, r, e.readText); err != nil {
-			fail(err)
-			return
-		}
-		t1 := time.Now()
-		bt.apply(r, sh.st, bp)
-		t2 := time.Now()
-		if err := e.writeRun(bt, r, write); err != nil {
-			fail(err)
-			return
-		}
-		if last {
-			// While the run is in the cache, and on both threads:
-			// settling 100,000 sites after the batch took 1.3 ms.
-			bt.settleRun(e.table.Load(), r)
-		}
-		dr, ds, dw = dr+t1.Sub(t0), ds+t2.Sub(t1), dw+time.Since(t2)
 	}
+}
+
+// run rechecks, steps and writes the k-th run of the pass. It reports
+// false when that failed: then no run is taken any more.
+func (sh *share) run(k int, write func(addr uint64, b []byte) error) bool {
+	bt, e := sh.bt, sh.e
+	fail := func(err error) bool {
+		sh.next.Store(int64(len(bt.runs)))
+		sh.failed.Store(true)
+		sh.mu.Lock()
+		if sh.err == nil {
+			sh.err = err
+		}
+		sh.mu.Unlock()
+		return false
+	}
+	r := bt.runs[k]
+	t0 := time.Now()
+	if err := e.recheck(bt, r, e.readText); err != nil {
+		return fail(err)
+	}
+	t1 := time.Now()
+	bt.apply(r, sh.st, e.arch.Breakpoint())
+	t2 := time.Now()
+	if err := e.writeRun(bt, r, write); err != nil {
+		return fail(err)
+	}
+	if sh.st == stepHead || sh.st == stepNew {
+		// While the run is in the cache, and on both threads:
+		// settling 100,000 sites after the batch took 1.3 ms.
+		bt.settleRun(e.table.Load(), r)
+	}
+	t3 := time.Now()
+	sh.mu.Lock()
+	sh.read, sh.apply, sh.write = sh.read+t1.Sub(t0), sh.apply+t2.Sub(t1), sh.write+t3.Sub(t2)
+	sh.mu.Unlock()
+	return true
 }
 
 // stopped runs a pass of a stop-mode batch: every thread of the target is
 // stopped and waits for it. The ptrace thread, through which they were
 // stopped, is idle, and takes runs too when the pass is large (a 100,000-site
-// pass took 6-7 ms on one thread). Even when both run real-time (the
-// attach) on two CPUs, unlike a live pass (partnerCPUs): the target has no
-// thread running to leave a CPU to. As in spread, this thread never waits
-// for the other to start, only for a run it has taken.
+// pass took 6-7 ms on one thread), without pacing. Even when both run
+// real-time (the attach) on two CPUs, unlike a live pass (partnerCPUs):
+// the target has no thread running to leave a CPU to.
 func (sh *share) stopped(write func(addr uint64, b []byte) error) error {
-	e, bt := sh.e, sh.bt
-	var done chan struct{}
-	if len(bt.runs) > 1 && bt.text() >= minPartnerText && e.lend != nil {
-		done = make(chan struct{}, 1)
-		if !e.lend(func() {
-			// Raised before a run is taken: once this goroutine's
-			// work is over, every run is taken, and a helper that
-			// comes later takes none.
-			sh.busy.Add(1)
-			sh.joined.Store(true)
-			sh.work(write)
-			if sh.busy.Add(-1) == 0 {
-				done <- struct{}{}
-			}
-		}) {
-			done = nil
+	sh.e.spread(len(sh.bt.runs), sh.bt.text() >= minPartnerText, false, func(k int) {
+		if !sh.failed.Load() {
+			sh.run(k, write)
 		}
-	}
-	for testPartnerFirst && done != nil && !sh.joined.Load() {
-		runtime.Gosched()
-	}
-	sh.work(write)
-	if done != nil {
-		for sh.busy.Load() > 0 {
-			<-done
-		}
-	}
+	})
 	return sh.err
 }
 
@@ -1755,7 +1737,7 @@ func (e *Engine) applyLiveOn(bt *batch, st *Stats) error {
 // liveRegions returns the regions of the batch a thread could be stopped
 // strictly inside of: those whose old bytes are not just a jmp. It runs
 // on the ptrace thread while the INT3s are in, so a batch without such
-// regions (verify says so) is not scanned: 100,000 patches took 3-5 ms.
+// regions (verify says so) is not scanned: 100,000 patches took 1.2-2 ms.
 func (bt *batch) liveRegions() []Patch {
 	if !bt.regions {
 		return nil
