@@ -110,6 +110,8 @@ func benchBatch(b *testing.B, n int, mode Mode) {
 // two batches (at least 12 rounds). It reports the median and the largest
 // of each: the single largest gap of a long run, which BenchmarkBatch100k
 // reports, is the tail of a distribution that a few rounds cannot show.
+// Each round also runs the kernel's part of a batch alone (kernelFloor):
+// floor-stall-µs and median-floor-ms/batch.
 //
 //	go test -run '^$' -bench BatchStall -benchtime 20x ./internal/textpoke
 func BenchmarkBatchStall(b *testing.B) {
