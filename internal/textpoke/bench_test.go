@@ -35,7 +35,7 @@ func BenchmarkBatch100k(b *testing.B) {
 
 // toggles returns the batches that enable and disable the first n
 // functions of st.
-func (st *stressTarget) toggles(b *testing.B, n int) (on, off []Patch) {
+func (st *stressTarget) toggles(b testing.TB, n int) (on, off []Patch) {
 	on = make([]Patch, n)
 	off = make([]Patch, n)
 	for i := range on {

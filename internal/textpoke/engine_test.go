@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/livetrace/livetrace/internal/elfsite"
 	"github.com/livetrace/livetrace/internal/proc"
 	"github.com/livetrace/livetrace/internal/testtarget"
@@ -459,4 +461,47 @@ func TestForeignSIGTRAP(t *testing.T) {
 		t.Fatal(err)
 	}
 	testtarget.CheckText(t, st.tp.Pid())
+}
+
+// TestBatchSlice checks that a live batch's ptrace thread runs with
+// proc.BatchSlice during every pass and gets its default slice back after
+// the batch (proc.ShortSlice).
+func TestBatchSlice(t *testing.T) {
+	testtarget.RequireRoot(t)
+	st := startStress(t, testtarget.ClangNop5, 50, "-t", "2")
+	_, e := st.attach(t, Options{Mode: ModeLive})
+	on, off := st.toggles(t, 50)
+	var tid int
+	var seen []uint64
+	testHookPass = func(pass int, sync func() error) {
+		tid = unix.Gettid()
+		if a, err := unix.SchedGetAttr(0, 0); err == nil {
+			seen = append(seen, a.Runtime)
+		}
+	}
+	defer func() { testHookPass = nil }()
+	before, err := unix.SchedGetAttr(0, 0) // a thread of the tracer at the default
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ps := range [][]Patch{on, off} {
+		if _, err := e.Apply(ps); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(seen) != 6 {
+		t.Fatalf("%d passes seen, want 6", len(seen))
+	}
+	for i, s := range seen {
+		if s != uint64(proc.BatchSlice) {
+			t.Errorf("pass %d: the ptrace thread's slice is %d ns, want %d", i%3+1, s, proc.BatchSlice)
+		}
+	}
+	a, err := unix.SchedGetAttr(tid, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Runtime != before.Runtime || a.Policy != unix.SCHED_NORMAL {
+		t.Errorf("after the batches the ptrace thread has slice %d ns (policy %d), want the default %d", a.Runtime, a.Policy, before.Runtime)
+	}
 }
