@@ -236,9 +236,10 @@ type Engine struct {
 	// replaced, which the next batch fills for its own table instead of
 	// allocating 2.4 MB for 100,000 sites (verifier.table). Guarded by
 	// mu. No reader can still hold it: the trap handler and FinishInto
-	// run on the ptrace thread and are done with a table before the next
-	// batch gets that thread (a live batch publishes on it, a stop batch
-	// stops the threads through it), and Fork copies the array it takes.
+	// run on the ptrace thread and are done with a table before the batch
+	// that replaced it gets that thread (a live batch runs its passes on
+	// it, a stop batch stops the threads through it), which is before the
+	// next batch, and Fork copies the array it takes.
 	spare [][]byte
 	// lend runs a function on the ptrace thread if it is idle
 	// (proc.Process.Lend); BenchmarkBookkeeping lends a goroutine.
