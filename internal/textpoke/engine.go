@@ -1041,7 +1041,7 @@ func (v *verifier) run(k int) {
 		if pt.Region && pt.emul == nil {
 			stopRegion = true
 		}
-		if pt.Region && !regions && !onlyJmp(pt.Old) {
+		if !regions && pt.liveRegion() {
 			regions = true
 		}
 		if nt != nil && !fresh {
@@ -1339,6 +1339,9 @@ func (sh *share) work(write func(addr uint64, b []byte) error) {
 		if sh.pace {
 			pc.Pace()
 		}
+		if sh.failed.Load() {
+			return
+		}
 		k := int(sh.next.Add(1)) - 1
 		if k >= len(sh.bt.runs) || !sh.run(k, write) {
 			return
@@ -1351,7 +1354,6 @@ func (sh *share) work(write func(addr uint64, b []byte) error) {
 func (sh *share) run(k int, write func(addr uint64, b []byte) error) bool {
 	bt, e := sh.bt, sh.e
 	fail := func(err error) bool {
-		sh.next.Store(int64(len(bt.runs)))
 		sh.failed.Store(true)
 		sh.mu.Lock()
 		if sh.err == nil {
@@ -1735,6 +1737,10 @@ func (e *Engine) applyLiveOn(bt *batch, st *Stats) error {
 	})
 }
 
+// liveRegion reports whether a thread could be stopped strictly inside
+// pt: a region whose old bytes are more than a jmp.
+func (pt *Patch) liveRegion() bool { return pt.Region && !onlyJmp(pt.Old) }
+
 // liveRegions returns the regions of the batch a thread could be stopped
 // strictly inside of: those whose old bytes are not just a jmp. It runs
 // on the ptrace thread while the INT3s are in, so a batch without such
@@ -1745,7 +1751,7 @@ func (bt *batch) liveRegions() []Patch {
 	}
 	var regions []Patch
 	for i := range bt.ps {
-		if pt := &bt.ps[i]; !bt.drop[i] && pt.Region && !onlyJmp(pt.Old) {
+		if pt := &bt.ps[i]; !bt.drop[i] && pt.liveRegion() {
 			regions = append(regions, *pt)
 		}
 	}
