@@ -51,13 +51,17 @@ func TestMatchSiteSameAsPathMatch(t *testing.T) {
 }
 
 // TestSortFuncs checks sortFuncs against a stable sort by address and
-// alias rank, with addresses that pack into one word and ones that do
-// not.
+// alias rank, with addresses that pack into one word (radix-sorted in
+// one pass, two, or four, or too few to radix-sort) and ones that do not.
 func TestSortFuncs(t *testing.T) {
-	for _, base := range []uint64{0x401000, 1 << 50} {
+	for _, c := range []struct {
+		base, stride uint64
+		n            int
+	}{{0x401000, 1, 3000}, {0x401000, 16, 3000}, {0x401000, 1 << 28, 3000}, {0x401000, 16, 200}, {1 << 50, 16, 3000}} {
+		base := c.base
 		var funcs []Func
-		for i := 0; i < 3000; i++ {
-			addr := base + uint64((i*7919)%1000)*16
+		for i := 0; i < c.n; i++ {
+			addr := base + uint64((i*7919)%1000)*c.stride
 			name := fmt.Sprintf("f%d", i%17)
 			if i%5 == 0 {
 				name = "_" + name
@@ -72,7 +76,7 @@ func TestSortFuncs(t *testing.T) {
 			return compareRank(&a, &b)
 		})
 		if got := sortFuncs(funcs); !slices.Equal(got, want) {
-			t.Errorf("base %#x: sortFuncs differs from a stable sort by address and rank", base)
+			t.Errorf("base %#x, stride %#x, %d functions: sortFuncs differs from a stable sort by address and rank", base, c.stride, c.n)
 		}
 	}
 }

@@ -44,12 +44,16 @@ const (
 // demand: the bytes of the executable segments, and the ranges of the
 // executable sections. Its lazy parts are guarded by sync.Once.
 type relocState struct {
-	segs   []textSeg
-	secs   [][2]uint64 // executable sections, not PLT
-	plts   [][2]uint64 // .plt* sections
-	nop    []uint64    // sorted; see hasNop
-	entry  uint64      // e_entry of an executable, or 0
-	tooBig bool
+	segs []textSeg
+	secs [][2]uint64 // executable sections, not PLT
+	plts [][2]uint64 // .plt* sections
+	nop  []uint64    // sorted; see hasNop
+	// funcNop[i]: Funcs[i] holds a NOP site, which hasNop would find
+	// for its address too; RelocFunc looks here first (two binary
+	// searches for each of 10,000 functions took 1.4 ms of an attach).
+	funcNop []bool
+	entry   uint64 // e_entry of an executable, or 0
+	tooBig  bool
 	// The Go code of a module the Go toolchain linked: [goLo, goHi), or
 	// every function when goAll (see goRefusal).
 	goLo, goHi uint64
@@ -85,7 +89,7 @@ type textSeg struct {
 // prepareReloc gathers what the relocation analysis needs while the file
 // is open, and keeps the file for the segments' bytes (load).
 func (p *parser) prepareReloc() {
-	rs := &relocState{nop: make([]uint64, 0, 2*len(p.spec.Sites)), entry: p.f.Entry}
+	rs := &relocState{nop: make([]uint64, 0, 2*len(p.spec.Sites)), funcNop: make([]bool, len(p.spec.Funcs)), entry: p.f.Entry}
 	p.spec.reloc = rs
 	// Functions with a NOP site (of any form), by address: its entry, the
 	// site, or the function that contains it.
@@ -94,8 +98,11 @@ func (p *parser) prepareReloc() {
 		if st.Endbr {
 			rs.nop = append(rs.nop, st.Addr-4)
 		}
-		if st.Func >= 0 && p.spec.Funcs[st.Func].Addr != st.Addr {
-			rs.nop = append(rs.nop, p.spec.Funcs[st.Func].Addr)
+		if st.Func >= 0 {
+			rs.funcNop[st.Func] = true
+			if p.spec.Funcs[st.Func].Addr != st.Addr {
+				rs.nop = append(rs.nop, p.spec.Funcs[st.Func].Addr)
+			}
 		}
 	}
 	slices.Sort(rs.nop)
@@ -297,6 +304,33 @@ func (rs *relocState) extraTargets() []uint64 {
 	return rs.extra
 }
 
+// RelocCandidate reports whether [Spec.RelocFunc] has something to say
+// about function Funcs[i] (its ok), without analyzing it: a caller that
+// also matches names asks this first, which for a function with a NOP
+// site costs a look at one flag instead of a name's.
+func (s *Spec) RelocCandidate(i int) bool {
+	if i < 0 || i >= len(s.Funcs) || i > 0 && s.Funcs[i-1].Addr == s.Funcs[i].Addr {
+		return false
+	}
+	if s.Refused != "" {
+		return true
+	}
+	rs := s.reloc
+	if rs == nil {
+		return false
+	}
+	f := &s.Funcs[i]
+	if rs.funcNop[i] || rs.hasNop(f.Addr) || rs.hasNop(f.Addr+4) {
+		return false
+	}
+	for _, r := range rs.plts {
+		if f.Addr >= r[0] && f.Addr < r[1] {
+			return false
+		}
+	}
+	return true
+}
+
 // RelocFunc analyzes function Funcs[i] for relocation. ok is false when
 // the function is no candidate: it has a NOP site (see Sites), is a PLT
 // stub, or i is not the first alias at its address. Otherwise it returns
@@ -304,25 +338,14 @@ func (rs *relocState) extraTargets() []uint64 {
 // addresses) or why the function cannot be traced. Safe for concurrent
 // use.
 func (s *Spec) RelocFunc(i int) (st Site, why string, ok bool) {
-	if i < 0 || i >= len(s.Funcs) || i > 0 && s.Funcs[i-1].Addr == s.Funcs[i].Addr {
+	if !s.RelocCandidate(i) {
 		return Site{}, "", false
 	}
 	if s.Refused != "" {
 		return Site{}, s.Refused, true
 	}
 	rs := s.reloc
-	if rs == nil {
-		return Site{}, "", false
-	}
 	f := s.Funcs[i]
-	if rs.hasNop(f.Addr) || rs.hasNop(f.Addr+4) {
-		return Site{}, "", false
-	}
-	for _, r := range rs.plts {
-		if f.Addr >= r[0] && f.Addr < r[1] {
-			return Site{}, "", false
-		}
-	}
 	switch {
 	case rs.goAll || f.Addr >= rs.goLo && f.Addr < rs.goHi:
 		return Site{}, goRefusal, true

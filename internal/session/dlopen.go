@@ -604,34 +604,23 @@ func (s *Session) moduleSites(mi int) []selected {
 	if !matchModule(m.Path, s.opts.Modules) {
 		return nil
 	}
-	include := s.opts.Funcs
-	if len(include) == 0 {
-		include = []string{"*"}
-	}
-	withReloc := !s.opts.OnlyNop && (len(s.opts.Funcs) > 0 || len(s.opts.Modules) > 0)
-	sites := candidateSites(m, include, withReloc, func(elfsite.Site, string) {})
+	f := s.siteFilter()
 	var out []selected
 	seen := map[uint64]bool{}
-	for _, st := range sites {
-		if !st.Form.Patchable() && st.Form != elfsite.FormReloc {
-			continue
-		}
-		if !m.Spec.MatchSite(st, include...) {
-			continue
-		}
-		if len(s.opts.Exclude) > 0 && m.Spec.MatchSite(st, s.opts.Exclude...) {
-			continue
+	eachCandidate(m, f.include, f.withReloc, func(elfsite.Site, string) {}, func(st elfsite.Site) {
+		if !f.include.Match(m.Spec, st) || f.exclude.Match(m.Spec, st) {
+			return
 		}
 		if s.opts.Graph && st.GraphUnsafe != "" {
-			continue
+			return
 		}
 		addr := m.Runtime(st.Addr)
 		if seen[addr] {
-			continue
+			return
 		}
 		seen[addr] = true
 		out = append(out, selected{mod: mi, site: st, name: m.Spec.SiteName(st), addr: addr, orig: append([]byte(nil), st.Bytes[:]...)})
-	}
+	})
 	sort.Slice(out, func(i, j int) bool { return out[i].addr < out[j].addr })
 	return out
 }

@@ -510,21 +510,28 @@ var ErrGraphUnsafe = errors.New("graph mode cannot trace the selected functions"
 // elfsite.Site.GraphUnsafe). Entry mode traces them.
 func (s *Session) Refused() []RefusedSite { return s.refused }
 
-// candidateSites returns the sites of module m that the globs include may
-// select: its NOP sites and, with withReloc, the relocating sites of the
-// functions include names (only those are analyzed). refused gets each
-// such function that relocation cannot trace, and why.
-func candidateSites(m *elfsite.Module, include []string, withReloc bool, refused func(fs elfsite.Site, why string)) []elfsite.Site {
-	if !withReloc {
-		return m.Spec.Sites
+// eachCandidate calls fn for each site of module m that the globs
+// include may select: its patchable NOP sites and, with withReloc, the
+// relocating sites of the functions include names (only those are
+// analyzed). refused gets each such function that relocation cannot
+// trace, and why.
+func eachCandidate(m *elfsite.Module, include elfsite.Globs, withReloc bool, refused func(fs elfsite.Site, why string), fn func(st elfsite.Site)) {
+	for _, st := range m.Spec.Sites {
+		if st.Form.Patchable() {
+			fn(st)
+		}
 	}
-	sites := m.Spec.Patchable()
+	if !withReloc {
+		return
+	}
 	for i := range m.Spec.Funcs {
-		if i > 0 && m.Spec.Funcs[i-1].Addr == m.Spec.Funcs[i].Addr {
-			continue // an alias: matched with the first one
+		// Neither an alias (matched with the first one) nor a function
+		// with a NOP site (its site is above), to be matched by name.
+		if !m.Spec.RelocCandidate(i) {
+			continue
 		}
 		fs := elfsite.Site{Addr: m.Spec.Funcs[i].Addr, Func: i}
-		if !m.Spec.MatchSite(fs, include...) {
+		if !include.Match(m.Spec, fs) {
 			continue
 		}
 		st, why, ok := m.Spec.RelocFunc(i)
@@ -533,10 +540,31 @@ func candidateSites(m *elfsite.Module, include []string, withReloc bool, refused
 		case why != "":
 			refused(fs, why)
 		default:
-			sites = append(sites, st)
+			fn(st)
 		}
 	}
-	return sites
+}
+
+// siteFilter is the session's choice of functions, its globs compiled
+// once for the thousands of sites of a module.
+type siteFilter struct {
+	include, exclude elfsite.Globs
+	// withReloc: functions without a NOP are traced when the user names
+	// functions or modules: "every function" of every module would take
+	// in all of libc.
+	withReloc bool
+}
+
+func (s *Session) siteFilter() siteFilter {
+	include := s.opts.Funcs
+	if len(include) == 0 {
+		include = []string{"*"}
+	}
+	return siteFilter{
+		include:   elfsite.NewGlobs(include...),
+		exclude:   elfsite.NewGlobs(s.opts.Exclude...),
+		withReloc: !s.opts.OnlyNop && (len(s.opts.Funcs) > 0 || len(s.opts.Modules) > 0),
+	}
 }
 
 // selectSites picks the patchable sites whose function matches the globs.
@@ -555,12 +583,9 @@ func (s *Session) selectSites() error {
 			return fmt.Errorf("bad module pattern %q: %w", g, err)
 		}
 	}
-	// Functions without a NOP are traced when the user names functions
-	// or modules: "every function" of every module would take in all of
-	// libc.
-	withReloc := !s.opts.OnlyNop && (len(s.opts.Funcs) > 0 || len(s.opts.Modules) > 0)
+	f := s.siteFilter()
 	nall := 0 // patchable functions in the modules -m selects
-	var keepBuf []int32
+	var keep []elfsite.Site
 	nmods, excluded := 0, 0
 	// Functions a wildcard matched that cannot be traced: how many, and
 	// the first, for the error when nothing else is left.
@@ -571,46 +596,44 @@ func (s *Session) selectSites() error {
 			continue
 		}
 		nmods++
-		sites := candidateSites(m, include, withReloc, func(fs elfsite.Site, why string) {
+		// The sites kept are gathered first: s.sel, of large elements,
+		// grows once per module.
+		keep = keep[:0]
+		eachCandidate(m, f.include, f.withReloc, func(fs elfsite.Site, why string) {
 			if literalMatch(m.Spec, fs, include) {
 				s.untraceable = append(s.untraceable, RefusedSite{Name: m.Spec.SiteName(fs), Reason: why})
 			}
 			if nrefused++; nrefused == 1 {
 				firstRefused = RefusedSite{Name: m.Spec.SiteName(fs), Reason: why}
 			}
-		})
-
-		// The sites kept are counted first: s.sel, of large elements,
-		// grows once per module.
-		keep := keepBuf[:0]
-		for k, st := range sites {
-			if !st.Form.Patchable() && st.Form != elfsite.FormReloc {
-				continue
-			}
+		}, func(st elfsite.Site) {
 			nall++
-			if !m.Spec.MatchSite(st, include...) {
-				continue
+			if !f.include.Match(m.Spec, st) {
+				return
 			}
-			if len(s.opts.Exclude) > 0 && m.Spec.MatchSite(st, s.opts.Exclude...) {
+			if f.exclude.Match(m.Spec, st) {
 				excluded++
-				continue
+				return
 			}
 			if s.opts.Graph && st.GraphUnsafe != "" {
 				// Graph mode would overwrite [rsp], which is not the
 				// return address here (elfsite.Site.GraphUnsafe).
 				s.refused = append(s.refused, RefusedSite{Name: m.Spec.SiteName(st), Reason: st.GraphUnsafe})
-				continue
+				return
 			}
-			keep = append(keep, int32(k))
-		}
-		keepBuf = keep
+			keep = append(keep, st)
+		})
 		s.sel = slices.Grow(s.sel, len(keep))
-		for _, k := range keep {
-			st := sites[k]
+		// One array for the original bytes of the module's sites, not
+		// one allocation each.
+		origs := make([]byte, 0, len(keep)*len(elfsite.Site{}.Bytes))
+		for _, st := range keep {
+			at := len(origs)
+			origs = append(origs, st.Bytes[:]...)
 			s.sel = append(s.sel, selected{
 				mod: mi, site: st, name: m.Spec.SiteName(st),
 				addr: m.Runtime(st.Addr),
-				orig: append([]byte(nil), st.Bytes[:]...),
+				orig: origs[at:len(origs):len(origs)],
 			})
 		}
 	}
@@ -627,7 +650,7 @@ func (s *Session) selectSites() error {
 		return fmt.Errorf("none of the %s -F matches in process %d can be traced, e.g. %s: %s; `livetrace list --all -p %d` says why for each",
 			plural(nrefused, "function"), s.pid, firstRefused.Name, firstRefused.Reason, s.pid)
 	}
-	if nall == 0 && !withReloc && !s.opts.OnlyNop {
+	if nall == 0 && !f.withReloc && !s.opts.OnlyNop {
 		return fmt.Errorf("%w in process %d (%s): name the functions to trace with -F (functions without a compiler NOP are then traced by relocation), or build it with clang -fpatchable-function-entry=5 (see docs/BUILDING.md)", ErrNoSites, s.pid, s.mods[0].Path)
 	}
 	if nall == 0 {
@@ -644,11 +667,9 @@ func (s *Session) selectSites() error {
 			if !matchModule(m.Path, s.opts.Modules) {
 				continue
 			}
-			for _, st := range candidateSites(m, include, withReloc, func(elfsite.Site, string) {}) {
-				if st.Form.Patchable() || st.Form == elfsite.FormReloc {
-					all = append(all, m.Spec.SiteName(st))
-				}
-			}
+			eachCandidate(m, f.include, f.withReloc, func(elfsite.Site, string) {}, func(st elfsite.Site) {
+				all = append(all, m.Spec.SiteName(st))
+			})
 		}
 		return &NoMatchError{Globs: include, Names: all, Excluded: excluded}
 	}
