@@ -34,9 +34,14 @@ const (
 	qEnter           // C8: imm16, imm8
 	qShift           // D0-D3: ModRM, /6 (an alias of /4) left to x86asm
 	qShift8          // C0, C1: as qShift, and an 8-bit immediate
+	qModRMreg        // ModRM with mod 3 only (pmovmskb: no memory form)
 )
 
-var oneByte, twoByte [256]uint8
+// oneByte and twoByte are the shapes of the one-byte and the 0F opcodes;
+// sse66 and sseF3 those of the 0F opcodes with the mandatory prefix 66
+// or F3 that mean SSE instructions (the commonest in libc's string
+// functions, which the x86asm fallback took half of a sweep's time for).
+var oneByte, twoByte, sse66, sseF3 [256]uint8
 
 func init() {
 	set := func(t *[256]uint8, shape uint8, ops ...int) {
@@ -102,6 +107,22 @@ func init() {
 	set(t, qModRM, 0xa3, 0xa5, 0xab, 0xad, 0xaf, 0xb0, 0xb1, 0xb3, 0xb6, 0xb7, 0xbb, 0xbc, 0xbd, 0xbe, 0xbf, 0xc0, 0xc1)
 	set(t, qModRM8, 0xa4, 0xac)
 	set(t, qLen1, span(0xc8, 0xcf)...)
+	// movups, movaps: the commonest SSE moves, without a prefix.
+	set(t, qModRM, 0x10, 0x11, 0x28, 0x29)
+
+	// 66 0F: integer SSE on xmm registers (punpck*, pack*, pcmpeq*,
+	// pcmpgt*, movd/movq, movdqa, pshufd, pand/por/pxor, padd*/psub*,
+	// pminub/pmaxub...), whatever ModRM.
+	x := &sse66
+	set(x, qModRM, span(0x60, 0x6f)...)
+	set(x, qModRM8, 0x70)
+	set(x, qModRM, 0x74, 0x75, 0x76, 0x7e, 0x7f, 0xd6)
+	set(x, qModRM, 0xd4, 0xd5, 0xd8, 0xd9, 0xda, 0xdb, 0xdc, 0xdd, 0xde, 0xdf)
+	set(x, qModRM, 0xe0, 0xe3, 0xe4, 0xe5, 0xe8, 0xe9, 0xea, 0xeb, 0xec, 0xed, 0xee, 0xef)
+	set(x, qModRM, 0xf4, 0xf5, 0xf6, 0xf8, 0xf9, 0xfa, 0xfb, 0xfc, 0xfd, 0xfe)
+	set(x, qModRMreg, 0xd7) // pmovmskb
+	// F3 0F: movdqu, movq, and the bit counts.
+	set(&sseF3, qModRM, 0x6f, 0x7e, 0x7f, 0xb8, 0xbc, 0xbd)
 }
 
 // quickDecode returns the length n of the instruction b starts with and,
@@ -109,17 +130,31 @@ func init() {
 // does not know the encoding for certain, or b ends before the
 // instruction does.
 func quickDecode(b []byte) (n int, rel int64, branch, ok bool) {
+	// The padding between functions: nopw, with more 66s and a CS
+	// prefix (66 2e 0f 1f 84 00 00 00 00 00, 66 66 2e 0f 1f ...).
+	if n := nopPadding(b); n > 0 {
+		return n, 0, false, true
+	}
 	i := 0
 	opsize16, rexW, prefixed := false, false, false
-	// At most one of 66, F2 and F3, then at most one REX.
+	var mand byte // the 66, F2 or F3 prefix, if any
+	// At most one segment prefix FS or GS (a thread's TLS, the stack
+	// protector's canary), then at most one of 66, F2 and F3, then at
+	// most one REX.
+	if i < len(b) && (b[i] == 0x64 || b[i] == 0x65) {
+		prefixed = true
+		i++
+	}
 	if i < len(b) {
 		switch b[i] {
 		case 0x66:
 			opsize16 = true
 			prefixed = true
+			mand = b[i]
 			i++
 		case 0xf2, 0xf3:
 			prefixed = true
+			mand = b[i]
 			i++
 		}
 	}
@@ -135,12 +170,24 @@ func quickDecode(b []byte) (n int, rel int64, branch, ok bool) {
 	i++
 	shape := oneByte[op]
 	if op == 0x0f {
-		if i >= len(b) || b[0] == 0xf2 || b[0] == 0xf3 {
-			// F2 and F3 make other instructions of some (tzcnt,
-			// popcnt...): x86asm's call.
+		if i >= len(b) || mand == 0xf2 {
 			return 0, 0, false, false
 		}
-		shape = twoByte[b[i]]
+		switch mand {
+		case 0xf3:
+			// F3 makes other instructions of some 0F opcodes
+			// (tzcnt, popcnt...): only those sseF3 knows.
+			shape = sseF3[b[i]]
+		case 0x66:
+			shape = twoByte[b[i]]
+			if shape == qNone {
+				shape = sse66[b[i]]
+			} else if b[i] == 0x10 || b[i] == 0x11 || b[i] == 0x28 || b[i] == 0x29 {
+				shape = qNone // movupd, movapd: x86asm's call
+			}
+		default:
+			shape = twoByte[b[i]]
+		}
 		if b[i] == 0x1f && prefixed {
 			shape = qNone // x86asm refuses nopl with a REX
 		}
@@ -199,6 +246,10 @@ func quickDecode(b []byte) (n int, rel int64, branch, ok bool) {
 		}
 	case qModRM0:
 		if !modrm(true) {
+			return 0, 0, false, false
+		}
+	case qModRMreg:
+		if i >= len(b) || b[i]>>6 != 3 || !modrm(false) {
 			return 0, 0, false, false
 		}
 	case qModRM8:
@@ -291,6 +342,53 @@ func quickDecode(b []byte) (n int, rel int64, branch, ok bool) {
 		return 0, 0, false, false
 	}
 	return i, 0, false, true
+}
+
+// nopPadding returns the length of the NOP padding b starts with (one or
+// more 66 prefixes, an optional CS prefix, then 0F 1F /0), or 0.
+func nopPadding(b []byte) int {
+	i := 0
+	for i < len(b) && b[i] == 0x66 {
+		i++
+	}
+	if i == 0 || i > 6 {
+		return 0
+	}
+	if i < len(b) && b[i] == 0x2e {
+		i++
+	}
+	if i+2 >= len(b) || b[i] != 0x0f || b[i+1] != 0x1f {
+		return 0
+	}
+	i += 2
+	m := b[i]
+	i++
+	mod, reg, rm := m>>6, (m>>3)&7, m&7
+	if reg != 0 {
+		return 0
+	}
+	if mod != 3 && rm == 4 {
+		if i >= len(b) {
+			return 0
+		}
+		sib := b[i]
+		i++
+		if mod == 0 && sib&7 == 5 {
+			i += 4
+		}
+	}
+	switch {
+	case mod == 0 && rm == 5:
+		i += 4
+	case mod == 1:
+		i++
+	case mod == 2:
+		i += 4
+	}
+	if i > len(b) || i > maxInstLen {
+		return 0
+	}
+	return i
 }
 
 // quickOff turns quickDecode off in BranchTargets and Analyze (tests

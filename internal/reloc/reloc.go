@@ -82,6 +82,8 @@ import (
 	"sort"
 
 	"golang.org/x/arch/x86/x86asm"
+
+	"github.com/livetrace/livetrace/internal/radix"
 )
 
 // JmpLen is the length of `jmp rel32`, the instruction written at
@@ -806,6 +808,6 @@ func BranchTargets(code []byte, addr uint64) []uint64 {
 		}
 		off += in.Len
 	}
-	slices.Sort(ts)
+	radix.SortBy(ts, 0)
 	return slices.Compact(ts)
 }
