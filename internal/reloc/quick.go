@@ -209,34 +209,16 @@ func quickDecode(b []byte) (n int, rel int64, branch, ok bool) {
 			return false
 		}
 		m := b[i]
-		i++
-		mod, reg, rm := m>>6, (m>>3)&7, m&7
-		if reg0 && reg != 0 {
+		if reg0 && (m>>3)&7 != 0 {
 			return false
 		}
-		if mod == 3 {
+		if m>>6 == 3 && op == 0x8d {
 			// lea and a few others take memory only: not ours to judge.
-			return op != 0x8d
+			return false
 		}
-		if rm == 4 {
-			if i >= len(b) {
-				return false
-			}
-			sib := b[i]
-			i++
-			if mod == 0 && sib&7 == 5 {
-				i += 4
-			}
-		}
-		switch {
-		case mod == 0 && rm == 5:
-			i += 4 // RIP-relative
-		case mod == 1:
-			i++
-		case mod == 2:
-			i += 4
-		}
-		return true
+		var ok bool
+		i, ok = modrmEnd(b, i)
+		return ok
 	}
 	switch shape {
 	case qLen1:
@@ -361,15 +343,28 @@ func nopPadding(b []byte) int {
 		return 0
 	}
 	i += 2
-	m := b[i]
-	i++
-	mod, reg, rm := m>>6, (m>>3)&7, m&7
-	if reg != 0 {
+	if b[i]>>3&7 != 0 {
 		return 0
 	}
-	if mod != 3 && rm == 4 {
+	i, ok := modrmEnd(b, i)
+	if !ok || i > len(b) || i > maxInstLen {
+		return 0
+	}
+	return i
+}
+
+// modrmEnd returns where the operand bytes of the ModRM byte at b[i]
+// (SIB, displacement) end; ok is false when b ends before the SIB byte.
+func modrmEnd(b []byte, i int) (end int, ok bool) {
+	m := b[i]
+	i++
+	mod, rm := m>>6, m&7
+	if mod == 3 {
+		return i, true
+	}
+	if rm == 4 {
 		if i >= len(b) {
-			return 0
+			return i, false
 		}
 		sib := b[i]
 		i++
@@ -379,16 +374,13 @@ func nopPadding(b []byte) int {
 	}
 	switch {
 	case mod == 0 && rm == 5:
-		i += 4
+		i += 4 // RIP-relative
 	case mod == 1:
 		i++
 	case mod == 2:
 		i += 4
 	}
-	if i > len(b) || i > maxInstLen {
-		return 0
-	}
-	return i
+	return i, true
 }
 
 // quickOff turns quickDecode off in BranchTargets and Analyze (tests
