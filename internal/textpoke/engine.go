@@ -71,6 +71,7 @@ import (
 	"time"
 
 	"github.com/livetrace/livetrace/internal/gcpause"
+	"github.com/livetrace/livetrace/internal/hugemem"
 	"github.com/livetrace/livetrace/internal/proc"
 	"golang.org/x/sys/unix"
 )
@@ -794,11 +795,11 @@ func (e *Engine) layRuns(ps []Patch, a *runArena, asIs bool) ([]*run, error) {
 		total += int(spans[k].end - spans[k].addr)
 	}
 	if cap(a.buf) < total {
-		a.buf = make([]byte, total)
+		a.buf = hugemem.Make[byte](total)
 		a.now = nil
 	}
 	if keep && cap(a.now) < total {
-		a.now = make([]byte, total)
+		a.now = hugemem.Make[byte](total)
 	}
 	if cap(a.runs) < len(spans) {
 		a.runs = make([]run, len(spans))
@@ -1509,7 +1510,7 @@ func (e *Engine) publish(bt *batch) {
 	}
 	bt.idx = e.idxBuf[:len(ps)]
 	n := len(old.addrs) + len(ps)
-	t := &trapTable{addrs: make([]uint64, 0, n), insns: make([][]byte, 0, n), origs: make([]siteBytes, 0, n), written: make([]siteBytes, 0, n), region: make([]bool, 0, n), detour: make([]uint64, 0, n)}
+	t := &trapTable{addrs: hugemem.Make[uint64](n)[:0], insns: hugemem.Make[[]byte](n)[:0], origs: hugemem.Make[siteBytes](n)[:0], written: hugemem.Make[siteBytes](n)[:0], region: make([]bool, 0, n), detour: hugemem.Make[uint64](n)[:0]}
 	i, j := 0, 0
 	var pc proc.Pacer
 	for i < len(old.addrs) || j < len(ps) {

@@ -1,0 +1,107 @@
+package hugemem
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"strings"
+	"testing"
+	"unsafe"
+)
+
+// thpMode is the kernel's THP setting for anonymous memory: "always",
+// "madvise" or "never" ("" when the kernel has no THP).
+func thpMode(t *testing.T) string {
+	b, err := os.ReadFile("/sys/kernel/mm/transparent_hugepage/enabled")
+	if err != nil {
+		return ""
+	}
+	s := string(b)
+	i, j := strings.IndexByte(s, '['), strings.IndexByte(s, ']')
+	if i < 0 || j < i {
+		t.Fatalf("cannot read the THP setting %q", s)
+	}
+	return s[i+1 : j]
+}
+
+// eligible reads THPeligible of the mapping that holds addr, from
+// /proc/self/smaps.
+func eligible(t *testing.T, addr uintptr) bool {
+	f, err := os.Open("/proc/self/smaps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	in := false
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := sc.Text()
+		var lo, hi uintptr
+		if n, _ := fmt.Sscanf(line, "%x-%x", &lo, &hi); n == 2 {
+			in = lo <= addr && addr < hi
+			continue
+		}
+		if in && strings.HasPrefix(line, "THPeligible:") {
+			return strings.TrimSpace(strings.TrimPrefix(line, "THPeligible:")) == "1"
+		}
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	t.Fatalf("no mapping with THPeligible holds %#x", addr)
+	return false
+}
+
+// hugeStart returns the first 2 MiB boundary inside s.
+func hugeStart[T any](s []T) uintptr {
+	return (uintptr(unsafe.Pointer(unsafe.SliceData(s))) + Size - 1) &^ (Size - 1)
+}
+
+func TestMake(t *testing.T) {
+	mode := thpMode(t)
+	t.Logf("THP: %q", mode)
+	big := Make[uint64](3 * Size / 8) // 6 MiB: at least two whole huge pages
+	switch mode {
+	case "madvise":
+		if !eligible(t, hugeStart(big)) {
+			t.Errorf("a %d-byte array from Make is not eligible for huge pages", 3*Size)
+		}
+	case "always":
+		// Eligible either way: only check that nothing broke.
+	default:
+		if Advise(unsafe.Pointer(&big[0]), 3*Size) {
+			t.Errorf("THP is %q, but the advice was taken", mode)
+		}
+	}
+	for i := range big {
+		big[i] = uint64(i)
+	}
+	for i := range big {
+		if big[i] != uint64(i) {
+			t.Fatalf("big[%d] = %d", i, big[i])
+		}
+	}
+}
+
+func TestReserve(t *testing.T) {
+	mode := thpMode(t)
+	// Only Reserve's own collection may free the block: with the pacer's
+	// collections on, the 32 MiB allocation would start one by itself.
+	defer debug.SetGCPercent(debug.SetGCPercent(-1))
+	ok := Reserve(32 << 20)
+	if want := mode == "madvise" || mode == "always"; ok != want {
+		t.Fatalf("THP %q: Reserve reported %v", mode, ok)
+	}
+	// An array allocated after it lands in the reserved space: a plain
+	// make, not Make, is eligible for huge pages.
+	a := make([]byte, 8<<20)
+	if mode == "madvise" && !eligible(t, hugeStart(a)) {
+		t.Errorf("an array allocated after Reserve is not eligible for huge pages")
+	}
+	for i := range a {
+		a[i] = byte(i)
+	}
+	runtime.KeepAlive(a)
+}
