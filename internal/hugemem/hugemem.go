@@ -59,11 +59,16 @@ func Make[T any](n int) []T {
 // one fault instead of 512. Nothing of it is touched here, so it costs no
 // memory until used. It runs a collection to free the block: call it at
 // the start of the program, while the heap is small and a collection
-// cheap. It reports whether the advice was taken.
+// cheap. It reports whether the advice was taken; when it was not, it
+// does not collect.
 func Reserve(n int) bool {
 	b := make([]byte, n)
-	ok := Advise(unsafe.Pointer(unsafe.SliceData(b)), uintptr(n))
+	if !Advise(unsafe.Pointer(unsafe.SliceData(b)), uintptr(n)) {
+		// No THP: the block is plain fresh memory, which the next
+		// collection frees; one now would gain nothing.
+		return false
+	}
 	b = nil
 	runtime.GC()
-	return ok
+	return true
 }
