@@ -23,6 +23,9 @@ import (
 // Size is the size of a huge page on x86-64.
 const Size = 2 << 20
 
+// unlimited is RLIM_INFINITY.
+const unlimited = ^uint64(0)
+
 // madvHugepage is MADV_HUGEPAGE (Linux 2.6.38).
 const madvHugepage = 14
 
@@ -61,7 +64,18 @@ func Make[T any](n int) []T {
 // the start of the program, while the heap is small and a collection
 // cheap. It reports whether the advice was taken; when it was not, it
 // does not collect.
+//
+// Under a limit of address space or of data (RLIMIT_AS, RLIMIT_DATA) it
+// does nothing: a block of n bytes more could push a program the user
+// keeps near its limit over it, and the runtime dies when an allocation
+// fails.
 func Reserve(n int) bool {
+	for _, res := range []int{syscall.RLIMIT_AS, syscall.RLIMIT_DATA} {
+		var lim syscall.Rlimit
+		if err := syscall.Getrlimit(res, &lim); err != nil || lim.Cur != unlimited {
+			return false
+		}
+	}
 	b := make([]byte, n)
 	if !Advise(unsafe.Pointer(unsafe.SliceData(b)), uintptr(n)) {
 		// No THP: the block is plain fresh memory, which the next

@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"strings"
+	"syscall"
 	"testing"
 	"unsafe"
 )
@@ -104,4 +105,28 @@ func TestReserve(t *testing.T) {
 		a[i] = byte(i)
 	}
 	runtime.KeepAlive(a)
+}
+
+// TestReserveLimited: under a limit of address space or data, Reserve
+// takes nothing (a 64 MiB block more made record die at its start where
+// it ran before, under "ulimit -v 800000").
+func TestReserveLimited(t *testing.T) {
+	for _, res := range []int{syscall.RLIMIT_AS, syscall.RLIMIT_DATA} {
+		var old syscall.Rlimit
+		if err := syscall.Getrlimit(res, &old); err != nil {
+			t.Fatal(err)
+		}
+		// Far above what the test uses, but a limit.
+		lim := syscall.Rlimit{Cur: 1 << 42, Max: old.Max}
+		if err := syscall.Setrlimit(res, &lim); err != nil {
+			t.Fatal(err)
+		}
+		ok := Reserve(32 << 20)
+		if err := syscall.Setrlimit(res, &old); err != nil {
+			t.Fatal(err)
+		}
+		if ok {
+			t.Errorf("limit %d: Reserve took the advice", res)
+		}
+	}
 }
