@@ -31,6 +31,7 @@ struct response {
 };
 
 static volatile unsigned long bytes_sent;
+static int running; /* worker threads that have started */
 
 static const char *const requests[] = {
 	"GET / HTTP/1.1",
@@ -142,6 +143,7 @@ KEEP void serve_one(const char *line)
 static void *worker(void *arg)
 {
 	unsigned long i = (unsigned long)(size_t)arg;
+	__atomic_add_fetch(&running, 1, __ATOMIC_SEQ_CST);
 	for (;;) {
 		serve_one(requests[i++ % (sizeof requests / sizeof requests[0])]);
 		pause_ms(20);
@@ -158,6 +160,10 @@ int main(void)
 			return 1;
 		}
 	}
+	/* A thread that has not run yet still has pthread_create's blocked
+	 * signal mask, which a live attach would refuse. */
+	while (__atomic_load_n(&running, __ATOMIC_SEQ_CST) < 3)
+		pause_ms(1);
 	printf("ready\n");
 	fflush(stdout);
 	for (size_t i = 0; i < 3; i++)

@@ -26,6 +26,7 @@
 static unsigned long n_strtol, n_qsort, n_malloc, n_free;
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+static int parked; /* workers that reached their first wait */
 static long generation, iterations;
 static int running;
 volatile long sink;
@@ -59,6 +60,12 @@ static void *worker(void *arg)
 {
 	long seen = 0;
 	(void)arg;
+	/* Until a new thread runs, it has pthread_create's all-blocked signal
+	 * mask; "ready" waits for this so that nothing sees that mask. */
+	pthread_mutex_lock(&mu);
+	parked++;
+	pthread_cond_broadcast(&cv);
+	pthread_mutex_unlock(&mu);
 	for (;;) {
 		pthread_mutex_lock(&mu);
 		while (generation == seen)
@@ -92,6 +99,10 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	}
+	pthread_mutex_lock(&mu);
+	while (parked < nthreads)
+		pthread_cond_wait(&cv, &mu);
+	pthread_mutex_unlock(&mu);
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	printf("ready\n");
 	char line[128];

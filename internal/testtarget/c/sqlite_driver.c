@@ -67,6 +67,7 @@ enum mode { MODE_RUN, MODE_HAMMER };
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cond_work = PTHREAD_COND_INITIALIZER;
 static pthread_cond_t cond_done = PTHREAD_COND_INITIALIZER;
+static int parked; /* workers that reached their first wait */
 static unsigned long generation;
 static enum mode job_mode;
 static long job_units;
@@ -213,6 +214,12 @@ static void *worker(void *arg)
 {
 	struct thread *t = arg;
 	unsigned long seen = 0;
+	/* Until a new thread runs, it has pthread_create's all-blocked signal
+	 * mask; "ready" waits for this so that nothing sees that mask. */
+	pthread_mutex_lock(&mu);
+	parked++;
+	pthread_cond_broadcast(&cond_done);
+	pthread_mutex_unlock(&mu);
 	for (;;) {
 		pthread_mutex_lock(&mu);
 		while (generation == seen)
@@ -402,6 +409,10 @@ int main(int argc, char **argv)
 		}
 		pthread_detach(th);
 	}
+	pthread_mutex_lock(&mu);
+	while (parked < nthreads)
+		pthread_cond_wait(&cond_done, &mu);
+	pthread_mutex_unlock(&mu);
 	reply("ready");
 
 	int hammering = 0;

@@ -69,6 +69,7 @@ static unsigned long generation;
 static enum mode job_mode;
 static long job_passes;
 static int finished, started;
+static int parked; /* workers that reached their first wait */
 static int stop_flag;
 
 static int nthreads = 4;
@@ -139,6 +140,12 @@ static void *worker(void *arg)
 {
 	int t = (int)(size_t)arg;
 	unsigned long seen = 0;
+	/* Until a new thread runs, it has pthread_create's all-blocked signal
+	 * mask; "ready" waits for this so that nothing sees that mask. */
+	pthread_mutex_lock(&mu);
+	parked++;
+	pthread_cond_broadcast(&cond_done);
+	pthread_mutex_unlock(&mu);
 	for (;;) {
 		pthread_mutex_lock(&mu);
 		while (generation == seen)
@@ -260,6 +267,10 @@ int main(int argc, char **argv)
 		}
 		pthread_detach(th);
 	}
+	pthread_mutex_lock(&mu);
+	while (parked < nthreads)
+		pthread_cond_wait(&cond_done, &mu);
+	pthread_mutex_unlock(&mu);
 	reply("ready");
 
 	int hammering = 0;

@@ -81,6 +81,7 @@ LT_KEEP long work_pattern(long x)
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cond_work = PTHREAD_COND_INITIALIZER;
 static pthread_cond_t cond_done = PTHREAD_COND_INITIALIZER;
+static int parked; /* workers that reached their first wait */
 static unsigned long generation; /* bumped for every "run" */
 static long iterations;
 static int finished;
@@ -89,6 +90,12 @@ static void *worker(void *arg)
 {
 	unsigned long seen = 0;
 	long x = (long)(size_t)arg;
+	/* Until a new thread runs, it has pthread_create's all-blocked signal
+	 * mask; "ready" waits for this so that nothing sees that mask. */
+	pthread_mutex_lock(&mu);
+	parked++;
+	pthread_cond_broadcast(&cond_done);
+	pthread_mutex_unlock(&mu);
 	for (;;) {
 		pthread_mutex_lock(&mu);
 		while (generation == seen)
@@ -182,6 +189,10 @@ int main(int argc, char **argv)
 		}
 		pthread_detach(t);
 	}
+	pthread_mutex_lock(&mu);
+	while (parked < nthreads)
+		pthread_cond_wait(&cond_done, &mu);
+	pthread_mutex_unlock(&mu);
 	printf("ready\n");
 	fflush(stdout);
 
