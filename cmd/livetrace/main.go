@@ -64,9 +64,13 @@ func init() {
 	}
 }
 
-// reserveHeap is the heap record reserves in huge pages at its start: the
-// parse of a 10,000-function program and its libc allocates 15-25 MB.
-const reserveHeap = 64 << 20
+// reserveHeap is the heap record reserves in huge pages at its start. The
+// attach of a 10,000-function program and its libc allocates 15-25 MB; of
+// a 100,000-function one, 137 MB (the heap at the first collection after
+// the attach), and with 64 MiB reserved most of that was fresh 4 KiB
+// pages again (docs/DESIGN-NOTES.md, "Fresh memory"). The block is
+// address space: untouched, it costs no memory.
+const reserveHeap = 256 << 20
 
 // signalsCaught is closed once catchSignals has run (record and restore).
 var signalsCaught chan struct{}

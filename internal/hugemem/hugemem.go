@@ -15,7 +15,9 @@
 package hugemem
 
 import (
+	"os"
 	"runtime"
+	"strings"
 	"syscall"
 	"unsafe"
 )
@@ -65,16 +67,20 @@ func Make[T any](n int) []T {
 // cheap. It reports whether the advice was taken; when it was not, it
 // does not collect.
 //
-// Under a limit of address space or of data (RLIMIT_AS, RLIMIT_DATA) it
-// does nothing: a block of n bytes more could push a program the user
-// keeps near its limit over it, and the runtime dies when an allocation
-// fails.
+// Under a limit of address space or of data (RLIMIT_AS, RLIMIT_DATA), or
+// with the kernel's strict overcommit accounting (vm.overcommit_memory 2,
+// which charges the whole block when the heap maps it), it does nothing:
+// a block of n bytes more could push a program the user keeps near its
+// limit over it, and the runtime dies when an allocation fails.
 func Reserve(n int) bool {
 	for _, res := range []int{syscall.RLIMIT_AS, syscall.RLIMIT_DATA} {
 		var lim syscall.Rlimit
 		if err := syscall.Getrlimit(res, &lim); err != nil || lim.Cur != unlimited {
 			return false
 		}
+	}
+	if strictOvercommit() {
+		return false
 	}
 	b := make([]byte, n)
 	if !Advise(unsafe.Pointer(unsafe.SliceData(b)), uintptr(n)) {
@@ -85,4 +91,20 @@ func Reserve(n int) bool {
 	b = nil
 	runtime.GC()
 	return true
+}
+
+// overcommitFile is the kernel's overcommit mode; a test points it at a
+// file of its own.
+var overcommitFile = "/proc/sys/vm/overcommit_memory"
+
+// strictOvercommit reports whether the kernel counts every private
+// writable mapping against a commit limit (mode 2), or whether the mode
+// cannot be read: then a large mapping may fail where the program's own
+// ones would not.
+func strictOvercommit() bool {
+	b, err := os.ReadFile(overcommitFile)
+	if err != nil {
+		return true
+	}
+	return strings.TrimSpace(string(b)) == "2"
 }

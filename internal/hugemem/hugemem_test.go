@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"strings"
@@ -127,6 +128,34 @@ func TestReserveLimited(t *testing.T) {
 		}
 		if ok {
 			t.Errorf("limit %d: Reserve took the advice", res)
+		}
+	}
+}
+
+func TestReserveStrictOvercommit(t *testing.T) {
+	old := overcommitFile
+	defer func() { overcommitFile = old }()
+	dir := t.TempDir()
+	for _, c := range []struct {
+		name, content string
+		strict        bool
+	}{
+		{"heuristic", "0\n", false},
+		{"always", "1\n", false},
+		{"strict", "2\n", true},
+		{"unreadable", "", true},
+	} {
+		overcommitFile = filepath.Join(dir, c.name)
+		if c.content != "" {
+			if err := os.WriteFile(overcommitFile, []byte(c.content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := strictOvercommit(); got != c.strict {
+			t.Errorf("%s: strictOvercommit() = %v, want %v", c.name, got, c.strict)
+		}
+		if c.strict && Reserve(32<<20) {
+			t.Errorf("%s: Reserve took the advice", c.name)
 		}
 	}
 }
