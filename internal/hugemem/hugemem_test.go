@@ -89,12 +89,25 @@ func TestMake(t *testing.T) {
 
 func TestReserve(t *testing.T) {
 	mode := thpMode(t)
-	// Only Reserve's own collection may free the block: with the pacer's
-	// collections on, the 32 MiB allocation would start one by itself.
-	defer debug.SetGCPercent(debug.SetGCPercent(-1))
+	// Reserve's collection must be the only one: with the pacer's
+	// collections on, as here, the 32 MiB allocation would start one by
+	// itself. Off after it, so that none frees the array below.
+	defer debug.SetGCPercent(debug.SetGCPercent(100))
+	procs := runtime.GOMAXPROCS(0)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
 	ok := Reserve(32 << 20)
+	runtime.ReadMemStats(&after)
+	debug.SetGCPercent(-1)
 	if want := mode == "madvise" || mode == "always"; ok != want {
 		t.Fatalf("THP %q: Reserve reported %v", mode, ok)
+	}
+	if got := runtime.GOMAXPROCS(0); got != procs {
+		t.Errorf("GOMAXPROCS %d after Reserve, %d before", got, procs)
+	}
+	if n := after.NumGC - before.NumGC; ok && n != 1 {
+		t.Errorf("Reserve ran %d collections, want 1", n)
 	}
 	// An array allocated after it lands in the reserved space: a plain
 	// make, not Make, is eligible for huge pages.
