@@ -23,6 +23,7 @@ package gcpause
 
 import (
 	"runtime/debug"
+	"runtime/metrics"
 	"sync"
 )
 
@@ -65,4 +66,22 @@ func Relax() (restore func()) {
 			relaxedGC.Unlock()
 		})
 	}
+}
+
+// Percent returns the GOGC that applies outside the relaxed stretches:
+// the value the last Relax will restore, or the current one. A caller
+// that collects by itself while the collector is relaxed paces itself by
+// it; below 0 (GOGC=off) it does not collect.
+func Percent() int {
+	relaxedGC.Lock()
+	defer relaxedGC.Unlock()
+	if relaxedGC.n > 0 {
+		return relaxedGC.prev
+	}
+	s := []metrics.Sample{{Name: "/gc/gogc:percent"}}
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindUint64 {
+		return 100
+	}
+	return int(int64(s[0].Value.Uint64()))
 }

@@ -51,3 +51,22 @@ func TestRelaxGC(t *testing.T) {
 	c()
 	check("after relaxing under a 64 MiB limit", 100, 64<<20)
 }
+
+// TestPercent: the GOGC outside relaxed stretches, inside one too, and
+// below 0 when the collector is off for good.
+func TestPercent(t *testing.T) {
+	orig := debug.SetGCPercent(150)
+	defer debug.SetGCPercent(orig)
+	if p := Percent(); p != 150 {
+		t.Errorf("Percent() = %d, want 150", p)
+	}
+	restore := Relax()
+	if p := Percent(); p != 150 {
+		t.Errorf("relaxed: Percent() = %d, want 150 (the value to restore)", p)
+	}
+	restore()
+	debug.SetGCPercent(-1)
+	if p := Percent(); p >= 0 {
+		t.Errorf("GOGC off: Percent() = %d, want below 0", p)
+	}
+}

@@ -7,11 +7,14 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/metrics"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/livetrace/livetrace/internal/agent"
+	"github.com/livetrace/livetrace/internal/gcpause"
 )
 
 // A spool keeps the chunks the consumer takes out of the shared buffer, raw,
@@ -50,6 +53,11 @@ type spool struct {
 	started bool // the converter runs (from the first frame on)
 	lowered int  // the converter's thread, while at nice 19 (guarded by mu)
 	oldNice int  // its nice value before
+	// While the converter is lowered, the Go collector is off (unrelax
+	// turns it back on) and a goroutine of its own collects instead,
+	// until stopGC is closed (see collector).
+	unrelax func()
+	stopGC  chan struct{}
 
 	enc       []byte // put's encoding buffer (guarded by mu)
 	raw, disk int64  // bytes of records put, and as written (guarded by mu)
@@ -195,6 +203,8 @@ func (sp *spool) finish() error {
 		// recording: convert it at normal priority.
 		_ = unix.Setpriority(unix.PRIO_PROCESS, sp.lowered, sp.oldNice)
 		sp.lowered = 0
+		close(sp.stopGC)
+		sp.unrelax()
 	}
 	if debugTiming && sp.raw > 0 {
 		fmt.Fprintf(os.Stderr, "spool: %d bytes of records in %d bytes (%.2f a record)\n", sp.raw, sp.disk, float64(sp.disk)/float64(sp.raw/recordSize))
@@ -225,6 +235,9 @@ func (sp *spool) run(convert func(tid uint32, raw []byte) error) {
 		if !sp.closing { // else finish has come already: stay as is
 			if old, err := unix.Getpriority(unix.PRIO_PROCESS, tid); err == nil && unix.Setpriority(unix.PRIO_PROCESS, tid, 19) == nil {
 				sp.lowered, sp.oldNice = tid, 20-old // the kernel reports 20 - nice
+				sp.unrelax = gcpause.Relax()
+				sp.stopGC = make(chan struct{})
+				go sp.collector(sp.stopGC)
 			}
 		}
 		sp.mu.Unlock()
@@ -247,6 +260,75 @@ func (sp *spool) run(convert func(tid uint32, raw []byte) error) {
 			return
 		}
 	}
+}
+
+// collectEvery is how often the collector looks at the heap.
+const collectEvery = 50 * time.Millisecond
+
+// collector collects the heap while the converter's thread is at nice 19,
+// until stop is closed, as often as GOGC would.
+//
+// The Go collector stops the world twice a cycle, and each stop waits for
+// every P to be given up. The converter holds one while it converts, on a
+// thread the kernel may leave without a CPU for over 100 ms beside busy
+// threads of the target: a cycle the runtime started by itself then held
+// every other goroutine, the poll loop too, that long (GODEBUG=gctrace=1:
+// a first stop of 107 and of 155 ms, and 0.6M and 1.3M events lost with
+// two calling threads, where runs without a cycle lost 5,000). So the
+// runtime's own cycles are off meanwhile (gcpause), and this goroutine
+// runs them (collect), with the converter's thread back at its priority.
+// docs/DESIGN-NOTES.md, "A consumer that keeps up".
+func (sp *spool) collector(stop <-chan struct{}) {
+	t := time.NewTicker(collectEvery)
+	defer t.Stop()
+	samples := []metrics.Sample{{Name: "/gc/heap/live:bytes"}, {Name: "/memory/classes/heap/objects:bytes"}}
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		pct := gcpause.Percent()
+		if pct < 0 {
+			continue // GOGC=off: the memory limit rules
+		}
+		metrics.Read(samples)
+		live, heap := samples[0].Value.Uint64(), samples[1].Value.Uint64()
+		// The runtime's goal, with its floor of 4 MB at GOGC=100.
+		if heap > live+max(live*uint64(pct)/100, 4<<20*uint64(pct)/100) {
+			sp.collect()
+		}
+	}
+}
+
+// collect runs a collection with the converter's thread at its old
+// priority, so that the stops of the world do not wait for it.
+func (sp *spool) collect() {
+	sp.raised("collect", runtime.GC)
+}
+
+// raisedHook, when set (tests), runs in raised just before f.
+var raisedHook func(what string, tid int)
+
+// raised runs f, on the calling thread, with the converter's thread back
+// at its old priority if it is lowered, and lowers it again after,
+// unless finish has raised it for good meanwhile.
+func (sp *spool) raised(what string, f func()) {
+	sp.mu.Lock()
+	tid := sp.lowered
+	if tid != 0 {
+		_ = unix.Setpriority(unix.PRIO_PROCESS, tid, sp.oldNice)
+	}
+	sp.mu.Unlock()
+	if raisedHook != nil {
+		raisedHook(what, tid)
+	}
+	f()
+	sp.mu.Lock()
+	if tid != 0 && sp.lowered == tid {
+		_ = unix.Setpriority(unix.PRIO_PROCESS, tid, 19)
+	}
+	sp.mu.Unlock()
 }
 
 // convertUpTo converts the frames in [rOff, end).
@@ -305,8 +387,15 @@ func (sp *spool) convertUpTo(end int64, convert func(tid uint32, raw []byte) err
 		sp.mu.Unlock()
 		if sp.rOff-sp.punched >= spoolPunch {
 			// Give the converted part back; a file system without hole
-			// punching just keeps it until the file is closed.
-			_ = unix.Fallocate(int(sp.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, sp.punched, sp.rOff-sp.punched)
+			// punching just keeps it until the file is closed. The
+			// punch holds the file's lock, which the poll loop's next
+			// write waits for: at nice 19 this thread, preempted inside
+			// one, held a write for 384 ms (1.9M events lost), so it is
+			// raised for the punch (docs/DESIGN-NOTES.md, "A consumer
+			// that keeps up").
+			sp.raised("punch", func() {
+				_ = unix.Fallocate(int(sp.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, sp.punched, sp.rOff-sp.punched)
+			})
 			sp.punched = sp.rOff
 		}
 	}

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"math/rand"
 	"runtime"
+	"runtime/debug"
+	"runtime/metrics"
 	"sync"
 	"testing"
 	"time"
@@ -13,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/livetrace/livetrace/internal/agent"
+	"github.com/livetrace/livetrace/internal/testtarget"
 )
 
 // TestSpoolOrder puts frames of many sizes (up to a whole chunk) from a
@@ -224,4 +227,106 @@ func TestSpoolLargeFrame(t *testing.T) {
 			t.Fatalf("frame %d: got %d bytes, want %d", i, len(got[i]), len(want[i]))
 		}
 	}
+}
+
+// TestSpoolCollector: while the converter's thread is at nice 19, the
+// runtime's own collections are off (a stop of the world would wait for
+// that thread, which the kernel may leave without a CPU for over 100 ms)
+// and the spool's collector runs them; for a collection, and for a punch
+// (which holds the file's lock against the poll loop's writes), the
+// thread is raised, and lowered again after; finish turns the runtime's
+// collections back on.
+func TestSpoolCollector(t *testing.T) {
+	testtarget.RequireRoot(t) // to lower the converter's priority
+	defer debug.SetGCPercent(debug.SetGCPercent(100))
+	type seen struct {
+		what      string
+		tid, nice int
+	}
+	seenc := make(chan seen, 64)
+	raisedHook = func(what string, tid int) {
+		old, _ := unix.Getpriority(unix.PRIO_PROCESS, tid)
+		select {
+		case seenc <- seen{what, tid, 20 - old}:
+		default:
+		}
+	}
+	defer func() { raisedHook = nil }()
+	release := make(chan struct{})
+	converting := make(chan int, 1)
+	first := true
+	sp, err := openSpool(t.TempDir(), func(uint32, []byte) error {
+		if first {
+			first = false
+			converting <- unix.Gettid()
+			<-release
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sp.put(1, make([]byte, 16)); err != nil {
+		t.Fatal(err)
+	}
+	tid := <-converting
+	if g := gogc(); g != -1 {
+		t.Errorf("GOGC %d while the converter is lowered, want -1 (off)", g)
+	}
+	// Garbage past the goal: the collector must collect it.
+	var keep [][]byte
+	for i := 0; i < 64; i++ {
+		keep = append(keep, make([]byte, 1<<20))
+	}
+	keep = nil
+	// Then more than a punch's worth of frames.
+	close(release)
+	frame := make([]byte, 64<<10)
+	rand.New(rand.NewSource(1)).Read(frame) // stored as is
+	for n := 0; n < spoolPunch+len(frame); n += len(frame) {
+		if err := sp.put(1, frame); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := map[string]bool{}
+	timeout := time.After(10 * time.Second)
+	for !got["collect"] || !got["punch"] {
+		select {
+		case s := <-seenc:
+			if s.tid != tid {
+				t.Fatalf("%s: raised thread %d, the converter is %d", s.what, s.tid, tid)
+			}
+			if s.nice == 19 {
+				t.Errorf("%s: the converter's thread is at nice 19", s.what)
+			}
+			got[s.what] = true
+		case <-timeout:
+			t.Fatalf("within 10 s of 64 MiB of garbage and %d MiB of frames, raised for %v; want a collection and a punch", spoolPunch>>20, got)
+		}
+	}
+	// Lowered again after.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		old, err := unix.Getpriority(unix.PRIO_PROCESS, tid)
+		if err == nil && 20-old == 19 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the converter's thread is at nice %d after the collection and the punch, want 19", 20-old)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := sp.finish(); err != nil {
+		t.Fatal(err)
+	}
+	if g := gogc(); g != 100 {
+		t.Errorf("GOGC %d after finish, want 100 back", g)
+	}
+}
+
+// gogc is the current GOGC.
+func gogc() int {
+	s := []metrics.Sample{{Name: "/gc/gogc:percent"}}
+	metrics.Read(s)
+	return int(int64(s[0].Value.Uint64()))
 }
