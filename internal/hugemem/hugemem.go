@@ -72,7 +72,7 @@ func Make[T any](n int) []T {
 // allocation started a cycle of its own and each of the two waited at its
 // stops of the world for the other P's thread, woken on the other vCPU:
 // the program's first collection took 8-14 ms of wall time on these VMs
-// for under 1 ms of work (gctrace), 0.3-0.5 ms with one P
+// for under 1 ms of work (gctrace), 0.3-2 ms with one P
 // (docs/DESIGN-NOTES.md, "Fresh memory").
 //
 // Under a limit of address space or of data (RLIMIT_AS, RLIMIT_DATA), or
