@@ -273,8 +273,8 @@ const collectEvery = 50 * time.Millisecond
 // thread the kernel may leave without a CPU for over 100 ms beside busy
 // threads of the target: a cycle the runtime started by itself then held
 // every other goroutine, the poll loop too, that long (GODEBUG=gctrace=1:
-// a first stop of 107 and of 155 ms, and 0.6M and 1.3M events lost with
-// two calling threads, where runs without a cycle lost 5,000). So the
+// first stops of 35 to 155 ms, and 0.4M to 1.3M events lost with two
+// calling threads, where runs without such a cycle lost 2,400-98,000). So the
 // runtime's own cycles are off meanwhile (gcpause), and this goroutine
 // runs them (collect), with the converter's thread back at its priority.
 // docs/DESIGN-NOTES.md, "A consumer that keeps up".
