@@ -127,8 +127,8 @@ func (sp *spool) put(tid uint32, raw []byte) error {
 	}
 	body := raw
 	if spoolEncode {
-		if cap(sp.enc) < len(raw)+maxEncodedRec {
-			sp.enc = make([]byte, 0, len(raw)+maxEncodedRec)
+		if cap(sp.enc) < spoolFrameRoom(len(raw)) {
+			sp.enc = make([]byte, 0, spoolFrameRoom(len(raw)))
 		}
 		if enc, ok := encodeSpoolFrame(sp.enc[:0], raw); ok {
 			body = enc

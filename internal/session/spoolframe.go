@@ -47,6 +47,15 @@ const (
 // encodeSpoolFrame appends the compact form of raw, whole 16-byte records,
 // to dst. It gives up and returns (dst, false) as soon as the encoding is
 // not smaller than raw: the caller then stores raw as is.
+//
+// It runs on the loop that empties the shared buffer, for every record,
+// so it is written for the compiler: the slots are three variables, kept
+// in registers (an array indexed by next lived on the stack, and the
+// loop took 2.6-2.8 ns a record, against 0.2 for a copy); a record of a
+// known meta and a short delta is one compare per slot and one store,
+// with no check of the kind (a slot never holds a data record's meta) and
+// no check of the limit, which only the longer forms test: the buffer
+// has room for one more byte a record beyond it.
 func encodeSpoolFrame(dst, raw []byte) ([]byte, bool) {
 	if len(raw)%recordSize != 0 {
 		return dst, false
@@ -54,86 +63,99 @@ func encodeSpoolFrame(dst, raw []byte) ([]byte, bool) {
 	start := len(dst)
 	limit := start + len(raw)
 	// Room for the whole encoding, so that the loop appends without
-	// growing: it stops at limit.
-	if cap(dst)-start < len(raw)+maxEncodedRec {
-		dst = append(dst[:cap(dst)], make([]byte, len(raw)+maxEncodedRec-(cap(dst)-start))...)
+	// growing: the long forms stop at limit, and from there the short
+	// one adds at most a byte a record (spoolFrameRoom).
+	if room := spoolFrameRoom(len(raw)); cap(dst)-start < room {
+		dst = append(dst[:cap(dst)], make([]byte, room-(cap(dst)-start))...)
 	}
 	b := dst[:cap(dst)]
 	w := start
-	var slots [spoolSlots]uint64
+	var m0, m1, m2 uint64 // the slots
 	next := 0
 	prev := uint64(0)
 	le := binary.LittleEndian
-	for r := raw; len(r) >= recordSize; r = r[recordSize:] {
-		if w >= limit {
-			return dst[:start], false
-		}
-		tsc, meta := le.Uint64(r[0:8]), le.Uint64(r[8:16])
+	for i := 0; i+recordSize <= len(raw); i += recordSize {
+		rec := raw[i : i+recordSize : i+recordSize]
+		tsc, meta := le.Uint64(rec[0:8]), le.Uint64(rec[8:16])
 		d := tsc - prev
 		// The usual record first: a known meta, a short delta.
 		if d < spoolDeltaMax {
-			s := byte(3)
 			switch meta {
-			case slots[0]:
-				s = 0
-			case slots[1]:
-				s = 1
-			case slots[2]:
-				s = 2
-			}
-			if s < 3 && meta>>62 != agent.KindData {
-				b[w] = s<<6 | byte(d)
+			case m0:
+				b[w] = byte(d)
+				w++
+				prev = tsc
+				continue
+			case m1:
+				b[w] = 1<<6 | byte(d)
+				w++
+				prev = tsc
+				continue
+			case m2:
+				b[w] = 2<<6 | byte(d)
 				w++
 				prev = tsc
 				continue
 			}
 		}
+		if w >= limit {
+			return dst[:start], false
+		}
 		if meta>>62 == agent.KindData {
 			b[w] = spoolRawRec
-			copy(b[w+1:w+1+recordSize], r[:recordSize])
+			copy(b[w+1:w+1+recordSize], rec)
 			w += 1 + recordSize
 			continue
 		}
 		prev = tsc
 		if d >= spoolFarTSC {
 			b[w] = spoolFarRec
-			copy(b[w+1:w+1+recordSize], r[:recordSize])
+			copy(b[w+1:w+1+recordSize], rec)
 			w += 1 + recordSize
-			slots[next] = meta
-			next++
-			if next == spoolSlots {
-				next = 0
+		} else {
+			var s byte
+			switch meta {
+			case m0:
+				s = 0
+			case m1:
+				s = 1
+			case m2:
+				s = 2
+			default:
+				b[w] = spoolNewMeta
+				le.PutUint64(b[w+1:], meta)
+				w = putUvarint(b, w+9, d)
+				s = 3
 			}
-			continue
+			if s < spoolSlots {
+				b[w] = s<<6 | spoolDeltaMax
+				w = putUvarint(b, w+1, d-spoolDeltaMax)
+				continue
+			}
 		}
-		var s byte
-		switch meta {
-		case slots[0]:
-			s = 0
-		case slots[1]:
-			s = 1
-		case slots[2]:
-			s = 2
+		// A new meta (0xC0, 0xC2) takes slot next.
+		switch next {
+		case 0:
+			m0 = meta
+		case 1:
+			m1 = meta
 		default:
-			b[w] = spoolNewMeta
-			le.PutUint64(b[w+1:], meta)
-			w += 9
-			slots[next] = meta
-			next++
-			if next == spoolSlots {
-				next = 0
-			}
-			w = putUvarint(b, w, d)
-			continue
+			m2 = meta
 		}
-		b[w] = s<<6 | spoolDeltaMax
-		w = putUvarint(b, w+1, d-spoolDeltaMax)
+		next++
+		if next == spoolSlots {
+			next = 0
+		}
 	}
 	if w >= limit {
 		return dst[:start], false
 	}
 	return b[:w], true
 }
+
+// spoolFrameRoom is the room encodeSpoolFrame needs beyond dst's length
+// to encode n bytes of records without allocating.
+func spoolFrameRoom(n int) int { return n + n/recordSize + maxEncodedRec }
 
 // putUvarint writes v at b[w:] and returns the offset after it.
 func putUvarint(b []byte, w int, v uint64) int {
@@ -148,14 +170,15 @@ func putUvarint(b []byte, w int, v uint64) int {
 
 var errSpoolFrame = errors.New("corrupt spool frame")
 
-// decodeSpoolFrame appends the n records that enc encodes to dst.
+// decodeSpoolFrame appends the n records that enc encodes to dst. Like the
+// encoder, it keeps the slots in three variables.
 func decodeSpoolFrame(dst, enc []byte, n int) ([]byte, error) {
 	start := len(dst)
 	if cap(dst)-start < n*recordSize {
 		dst = append(dst[:cap(dst)], make([]byte, n*recordSize-(cap(dst)-start))...)
 	}
 	out := dst[start : start+n*recordSize]
-	var slots [spoolSlots]uint64
+	var m0, m1, m2 uint64 // the slots
 	next := 0
 	prev := uint64(0)
 	le := binary.LittleEndian
@@ -164,62 +187,85 @@ func decodeSpoolFrame(dst, enc []byte, n int) ([]byte, error) {
 		if r >= len(enc) {
 			return dst[:start], fmt.Errorf("%w: %d of %d records", errSpoolFrame, k, n)
 		}
+		o := out[k*recordSize : k*recordSize+recordSize : k*recordSize+recordSize]
 		h := enc[r]
 		r++
 		var meta uint64
+		if d := uint64(h & 63); h < spoolSlots<<6 && d != spoolDeltaMax {
+			// The usual record: a slot and a short delta.
+			switch h >> 6 {
+			case 0:
+				meta = m0
+			case 1:
+				meta = m1
+			default:
+				meta = m2
+			}
+			prev += d
+			le.PutUint64(o[0:8], prev)
+			le.PutUint64(o[8:16], meta)
+			continue
+		}
 		switch {
 		case h == spoolRawRec:
 			if len(enc)-r < recordSize {
 				return dst[:start], fmt.Errorf("%w: record %d cut short", errSpoolFrame, k)
 			}
-			copy(out[k*recordSize:], enc[r:r+recordSize])
+			copy(o, enc[r:r+recordSize])
 			r += recordSize
 			continue
-		case h == spoolFarRec:
-			if len(enc)-r < recordSize {
-				return dst[:start], fmt.Errorf("%w: record %d cut short", errSpoolFrame, k)
-			}
-			prev, meta = le.Uint64(enc[r:]), le.Uint64(enc[r+8:])
-			r += recordSize
-			slots[next] = meta
-			next++
-			if next == spoolSlots {
-				next = 0
-			}
-		case h == spoolNewMeta:
-			if len(enc)-r < 8 {
-				return dst[:start], fmt.Errorf("%w: record %d cut short", errSpoolFrame, k)
-			}
-			meta = le.Uint64(enc[r:])
-			r += 8
-			slots[next] = meta
-			next++
-			if next == spoolSlots {
-				next = 0
-			}
-			d, m := binary.Uvarint(enc[r:])
-			if m <= 0 {
-				return dst[:start], fmt.Errorf("%w: record %d: bad delta", errSpoolFrame, k)
-			}
-			r += m
-			prev += d
-		case h>>6 < spoolSlots:
-			meta = slots[h>>6]
-			d := uint64(h & 63)
-			if d == spoolDeltaMax {
-				x, m := binary.Uvarint(enc[r:])
+		case h == spoolFarRec, h == spoolNewMeta:
+			if h == spoolFarRec {
+				if len(enc)-r < recordSize {
+					return dst[:start], fmt.Errorf("%w: record %d cut short", errSpoolFrame, k)
+				}
+				prev, meta = le.Uint64(enc[r:]), le.Uint64(enc[r+8:])
+				r += recordSize
+			} else {
+				if len(enc)-r < 8 {
+					return dst[:start], fmt.Errorf("%w: record %d cut short", errSpoolFrame, k)
+				}
+				meta = le.Uint64(enc[r:])
+				r += 8
+				d, m := binary.Uvarint(enc[r:])
 				if m <= 0 {
 					return dst[:start], fmt.Errorf("%w: record %d: bad delta", errSpoolFrame, k)
 				}
 				r += m
-				d += x
+				prev += d
 			}
-			prev += d
+			switch next {
+			case 0:
+				m0 = meta
+			case 1:
+				m1 = meta
+			default:
+				m2 = meta
+			}
+			next++
+			if next == spoolSlots {
+				next = 0
+			}
+		case h>>6 < spoolSlots: // a slot and a long delta
+			switch h >> 6 {
+			case 0:
+				meta = m0
+			case 1:
+				meta = m1
+			default:
+				meta = m2
+			}
+			x, m := binary.Uvarint(enc[r:])
+			if m <= 0 {
+				return dst[:start], fmt.Errorf("%w: record %d: bad delta", errSpoolFrame, k)
+			}
+			r += m
+			prev += spoolDeltaMax + x
 		default:
 			return dst[:start], fmt.Errorf("%w: record %d: header %#x", errSpoolFrame, k, h)
 		}
-		le.PutUint64(out[k*recordSize:], prev)
-		le.PutUint64(out[k*recordSize+8:], meta)
+		le.PutUint64(o[0:8], prev)
+		le.PutUint64(o[8:16], meta)
 	}
 	if r != len(enc) {
 		return dst[:start], fmt.Errorf("%w: %d bytes after %d records", errSpoolFrame, len(enc)-r, n)
