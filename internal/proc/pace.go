@@ -69,3 +69,12 @@ func Nap(d time.Duration) {
 	ts := unix.NsecToTimespec(int64(d))
 	_, _, _ = unix.RawSyscall(unix.SYS_NANOSLEEP, uintptr(unsafe.Pointer(&ts)), 0, 0)
 }
+
+// Sleep sleeps d in the kernel on the calling thread, as Nap does, but
+// as a system call the Go scheduler knows of, so that a stop of the world
+// does not wait for it: for naps of milliseconds, on a locked thread that
+// must wake on time (the record loop, which empties the shared buffer).
+func Sleep(d time.Duration) {
+	ts := unix.NsecToTimespec(int64(d))
+	_ = unix.Nanosleep(&ts, nil) // EINTR: awake early
+}
