@@ -44,6 +44,38 @@ const (
 	maxEncodedRec = 1 + 8 + 10 // the largest encoded record (a new meta, a 10-byte delta)
 )
 
+// The codec's state is the last three metas, m0-m2, and the slot the
+// next new one takes: three variables, not an array indexed by next, so
+// that the compiler keeps them in registers; these two helpers take and
+// return them by value, which inlines to the same code.
+
+// takeSlot puts a new meta in slot next, round robin.
+func takeSlot(m0, m1, m2 uint64, next int, meta uint64) (uint64, uint64, uint64, int) {
+	switch next {
+	case 0:
+		m0 = meta
+	case 1:
+		m1 = meta
+	default:
+		m2 = meta
+	}
+	if next++; next == spoolSlots {
+		next = 0
+	}
+	return m0, m1, m2, next
+}
+
+// slotMeta returns the meta in slot i (0-2).
+func slotMeta(m0, m1, m2 uint64, i byte) uint64 {
+	switch i {
+	case 0:
+		return m0
+	case 1:
+		return m1
+	}
+	return m2
+}
+
 // encodeSpoolFrame appends the compact form of raw, whole 16-byte records,
 // to dst. It gives up and returns (dst, false) as soon as the encoding is
 // not smaller than raw: the caller then stores raw as is.
@@ -134,18 +166,7 @@ func encodeSpoolFrame(dst, raw []byte) ([]byte, bool) {
 			}
 		}
 		// A new meta (0xC0, 0xC2) takes slot next.
-		switch next {
-		case 0:
-			m0 = meta
-		case 1:
-			m1 = meta
-		default:
-			m2 = meta
-		}
-		next++
-		if next == spoolSlots {
-			next = 0
-		}
+		m0, m1, m2, next = takeSlot(m0, m1, m2, next, meta)
 	}
 	if w >= limit {
 		return dst[:start], false
@@ -193,14 +214,7 @@ func decodeSpoolFrame(dst, enc []byte, n int) ([]byte, error) {
 		var meta uint64
 		if d := uint64(h & 63); h < spoolSlots<<6 && d != spoolDeltaMax {
 			// The usual record: a slot and a short delta.
-			switch h >> 6 {
-			case 0:
-				meta = m0
-			case 1:
-				meta = m1
-			default:
-				meta = m2
-			}
+			meta = slotMeta(m0, m1, m2, h>>6)
 			prev += d
 			le.PutUint64(o[0:8], prev)
 			le.PutUint64(o[8:16], meta)
@@ -234,27 +248,9 @@ func decodeSpoolFrame(dst, enc []byte, n int) ([]byte, error) {
 				r += m
 				prev += d
 			}
-			switch next {
-			case 0:
-				m0 = meta
-			case 1:
-				m1 = meta
-			default:
-				m2 = meta
-			}
-			next++
-			if next == spoolSlots {
-				next = 0
-			}
+			m0, m1, m2, next = takeSlot(m0, m1, m2, next, meta)
 		case h>>6 < spoolSlots: // a slot and a long delta
-			switch h >> 6 {
-			case 0:
-				meta = m0
-			case 1:
-				meta = m1
-			default:
-				meta = m2
-			}
+			meta = slotMeta(m0, m1, m2, h>>6)
 			x, m := binary.Uvarint(enc[r:])
 			if m <= 0 {
 				return dst[:start], fmt.Errorf("%w: record %d: bad delta", errSpoolFrame, k)
