@@ -3,7 +3,7 @@ package session
 import (
 	"bytes"
 	"encoding/binary"
-	"fmt"
+	"errors"
 	"math/rand"
 	"runtime"
 	"runtime/debug"
@@ -114,13 +114,15 @@ func TestSpoolCompact(t *testing.T) {
 }
 
 // TestSpoolConvertError stops converting at the first error, and finish
-// reports it.
+// reports it. A put after the converter stopped returns its error (the
+// caller then converts the chunk itself), so the puts may see it too.
 func TestSpoolConvertError(t *testing.T) {
 	n := 0
+	fire := errors.New("disk on fire")
 	sp, err := openSpool(t.TempDir(), func(uint32, []byte) error {
 		n++
 		if n == 3 {
-			return fmt.Errorf("disk on fire")
+			return fire
 		}
 		return nil
 	})
@@ -129,10 +131,14 @@ func TestSpoolConvertError(t *testing.T) {
 	}
 	for i := 0; i < 10; i++ {
 		if err := sp.put(1, make([]byte, 16)); err != nil {
-			t.Fatal(err)
+			if !errors.Is(err, fire) || i < 3 {
+				sp.finish()
+				t.Fatalf("put %d: %v", i, err)
+			}
+			break
 		}
 	}
-	if err := sp.finish(); err == nil || n != 3 {
+	if err := sp.finish(); !errors.Is(err, fire) || n != 3 {
 		t.Fatalf("finish: %v after %d frames, want the converter's error after 3", err, n)
 	}
 }
