@@ -47,7 +47,9 @@ const (
 // The codec's state is the last three metas, m0-m2, and the slot the
 // next new one takes: three variables, not an array indexed by next, so
 // that the compiler keeps them in registers; these two helpers take and
-// return them by value, which inlines to the same code.
+// return them by value, and the compiler inlines them (go test -bench
+// SpoolFrame, alternating with the code written out in each loop: no
+// slower).
 
 // takeSlot puts a new meta in slot next, round robin.
 func takeSlot(m0, m1, m2 uint64, next int, meta uint64) (uint64, uint64, uint64, int) {
