@@ -224,8 +224,15 @@ func (sp *spool) run(convert func(tid uint32, raw []byte) error) {
 	defer close(sp.done)
 	// Its own thread, at nice 19: the tracer's other work (taking chunks,
 	// ptrace stops) and the target come first.
+	//
+	// The thread is never unlocked: it ends with the goroutine. Given
+	// back to the runtime at nice 19 (the converter stops on an error
+	// before finish raises it), it ran other goroutines at that nice,
+	// and threads the runtime cloned from it were born at nice 19: the
+	// likely cause of TestSpoolCollector's one failure in CI, where the
+	// converter's thread was at nice 19 before it was lowered, so that
+	// "raising" it for a collection left it there.
 	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
 	tid := unix.Gettid()
 	// Only root may raise the priority back (finish does it, from its
 	// own thread: this one may get no CPU at all at nice 19 beside busy
