@@ -203,7 +203,10 @@ func (sp *spool) finish() error {
 		// recording: convert it at normal priority.
 		_ = unix.Setpriority(unix.PRIO_PROCESS, sp.lowered, sp.oldNice)
 		sp.lowered = 0
+	}
+	if sp.stopGC != nil { // the converter was lowered
 		close(sp.stopGC)
+		sp.stopGC = nil
 		sp.unrelax()
 	}
 	if debugTiming && sp.raw > 0 {
@@ -224,16 +227,25 @@ func (sp *spool) run(convert func(tid uint32, raw []byte) error) {
 	defer close(sp.done)
 	// Its own thread, at nice 19: the tracer's other work (taking chunks,
 	// ptrace stops) and the target come first.
-	//
-	// The thread is never unlocked: it ends with the goroutine. Given
-	// back to the runtime at nice 19 (the converter stops on an error
-	// before finish raises it), it ran other goroutines at that nice,
-	// and threads the runtime cloned from it were born at nice 19: the
-	// likely cause of TestSpoolCollector's one failure in CI, where the
-	// converter's thread was at nice 19 before it was lowered, so that
-	// "raising" it for a collection left it there.
 	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	tid := unix.Gettid()
+	// The thread goes back to the runtime at its old nice. Left at 19
+	// (the converter stops on an error before finish raises it), it ran
+	// other goroutines at that nice, and threads the runtime cloned from
+	// it were born at 19: the likely cause of TestSpoolCollector's one
+	// failure in CI, where the converter's thread was at nice 19 before
+	// it was lowered. (Ending the thread instead, by never unlocking it,
+	// killed children started from it earlier with Pdeathsig, which is
+	// tied to the thread that forked them.)
+	defer func() {
+		sp.mu.Lock()
+		if sp.lowered == tid {
+			_ = unix.Setpriority(unix.PRIO_PROCESS, tid, sp.oldNice)
+			sp.lowered = 0
+		}
+		sp.mu.Unlock()
+	}()
 	// Only root may raise the priority back (finish does it, from its
 	// own thread: this one may get no CPU at all at nice 19 beside busy
 	// threads of the target).
