@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"math/rand"
+	"os"
 	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
@@ -117,11 +118,12 @@ func TestSpoolCompact(t *testing.T) {
 // reports it. A put after the converter stopped returns its error (the
 // caller then converts the chunk itself), so the puts may see it too.
 func TestSpoolConvertError(t *testing.T) {
-	n := 0
+	n, tid := 0, 0
 	fire := errors.New("disk on fire")
 	sp, err := openSpool(t.TempDir(), func(uint32, []byte) error {
 		n++
 		if n == 3 {
+			tid = unix.Gettid()
 			return fire
 		}
 		return nil
@@ -137,6 +139,14 @@ func TestSpoolConvertError(t *testing.T) {
 			}
 			break
 		}
+	}
+	// The converter stopped, and its thread went back to the runtime at
+	// the nice it had (as root it was at 19 while it converted), before
+	// finish.
+	<-sp.done
+	want, _ := unix.Getpriority(unix.PRIO_PROCESS, os.Getpid()) // the main thread's
+	if got, err := unix.Getpriority(unix.PRIO_PROCESS, tid); err == nil && got != want {
+		t.Errorf("the stopped converter's thread is at nice %d, want %d", 20-got, 20-want)
 	}
 	if err := sp.finish(); !errors.Is(err, fire) || n != 3 {
 		t.Fatalf("finish: %v after %d frames, want the converter's error after 3", err, n)
