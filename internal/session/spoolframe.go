@@ -230,27 +230,26 @@ func decodeSpoolFrame(dst, enc []byte, n int) ([]byte, error) {
 			copy(o, enc[r:r+recordSize])
 			r += recordSize
 			continue
-		case h == spoolFarRec, h == spoolNewMeta:
-			if h == spoolFarRec {
-				if len(enc)-r < recordSize {
-					return dst[:start], fmt.Errorf("%w: record %d cut short", errSpoolFrame, k)
-				}
-				prev, meta = le.Uint64(enc[r:]), le.Uint64(enc[r+8:])
-				r += recordSize
-			} else {
-				if len(enc)-r < 8 {
-					return dst[:start], fmt.Errorf("%w: record %d cut short", errSpoolFrame, k)
-				}
-				meta = le.Uint64(enc[r:])
-				r += 8
-				d, m := binary.Uvarint(enc[r:])
-				if m <= 0 {
-					return dst[:start], fmt.Errorf("%w: record %d: bad delta", errSpoolFrame, k)
-				}
-				r += m
-				prev += d
+		case h == spoolFarRec:
+			if len(enc)-r < recordSize {
+				return dst[:start], fmt.Errorf("%w: record %d cut short", errSpoolFrame, k)
 			}
+			prev, meta = le.Uint64(enc[r:]), le.Uint64(enc[r+8:])
+			r += recordSize
 			m0, m1, m2, next = takeSlot(m0, m1, m2, next, meta)
+		case h == spoolNewMeta:
+			if len(enc)-r < 8 {
+				return dst[:start], fmt.Errorf("%w: record %d cut short", errSpoolFrame, k)
+			}
+			meta = le.Uint64(enc[r:])
+			r += 8
+			m0, m1, m2, next = takeSlot(m0, m1, m2, next, meta)
+			d, m := binary.Uvarint(enc[r:])
+			if m <= 0 {
+				return dst[:start], fmt.Errorf("%w: record %d: bad delta", errSpoolFrame, k)
+			}
+			r += m
+			prev += d
 		case h>>6 < spoolSlots: // a slot and a long delta
 			meta = slotMeta(m0, m1, m2, h>>6)
 			x, m := binary.Uvarint(enc[r:])
