@@ -6,8 +6,6 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/livetrace/livetrace/internal/report"
 	"github.com/livetrace/livetrace/internal/session"
 	"github.com/livetrace/livetrace/internal/tracefile"
@@ -47,13 +45,19 @@ within 50 ms of time order.`
 //
 // The session's poll loop hands over each batch (events) and goes back to
 // the agent's buffer at once: a printer goroutine formats the lines. A
-// terminal cannot show millions of lines a second, so a batch whose newest
-// event is older than liveMaxAge when its turn comes, or that is the
-// oldest when more than liveMaxQueued events wait, is skipped and counted: the screen
-// stays within about 100 ms of the program, as ftrace's trace_pipe does
-// when its reader falls behind, and a recording made at the same time (-o)
-// still gets every event, because the poll loop never waits for the
-// terminal.
+// terminal cannot show millions of lines a second, so a batch that has
+// waited for the printer longer than liveMaxAge when its turn comes, or
+// that is the oldest when more than liveMaxQueued events wait, is skipped
+// and counted: the screen stays within about 100 ms of the program, as
+// ftrace's trace_pipe does when its reader falls behind, and a recording
+// made at the same time (-o) still gets every event, because the poll loop
+// never waits for the terminal.
+//
+// The wait is counted from the hand-over, not from the events' time: a
+// thread that fills its chunk slowly hands its events over up to
+// drainEvery (50 ms) after it made them, plus the poll loop's own delay,
+// which made such batches look too old on a busy machine although the
+// printer was idle.
 type liveOutput struct {
 	o      *recordOptions
 	filter report.Filter
@@ -92,6 +96,7 @@ func (l *liveOutput) threadPID(tid uint32, pid int) {
 type liveBatch struct {
 	evs    []tracefile.Event
 	thread string
+	at     time.Time // when the poll loop handed it over
 }
 
 const (
@@ -127,8 +132,7 @@ func (l *liveOutput) begin(meta tracefile.Meta) {
 	}
 	l.qmu.Unlock()
 	l.done = make(chan struct{})
-	clock := meta.Clock.Converter()
-	go l.print(clock)
+	go l.print()
 }
 
 // events is the session's OnEvents: one thread's batch. It runs on the
@@ -153,7 +157,7 @@ func (l *liveOutput) events(evs []tracefile.Event, thread string) {
 		l.queued -= len(b.evs)
 		l.skip(b.evs[0].TID, len(b.evs))
 	}
-	l.queue = append(l.queue, liveBatch{evs: slices.Clone(evs), thread: thread})
+	l.queue = append(l.queue, liveBatch{evs: slices.Clone(evs), thread: thread, at: time.Now()})
 	l.queued += len(evs)
 	l.qcond.Signal()
 }
@@ -168,7 +172,7 @@ func (l *liveOutput) skip(tid uint32, n int) {
 
 // print is the printer goroutine: it prints the queued batches until
 // finish, skipping those that are too old to be news.
-func (l *liveOutput) print(clock *tracefile.NanosConverter) {
+func (l *liveOutput) print() {
 	defer close(l.done)
 	for {
 		l.qmu.Lock()
@@ -186,8 +190,7 @@ func (l *liveOutput) print(clock *tracefile.NanosConverter) {
 		tid := b.evs[0].TID
 		// Skipped at the end too: what was skipped is gone, and the
 		// rest is printed.
-		age := monoNow() - clock.Nanos(b.evs[len(b.evs)-1].TSC)
-		if !l.closed && age > liveMaxAge.Nanoseconds() {
+		if !l.closed && time.Since(b.at) > liveMaxAge {
 			l.skip(tid, len(b.evs))
 			l.qmu.Unlock()
 			continue
@@ -205,14 +208,6 @@ func (l *liveOutput) print(clock *tracefile.NanosConverter) {
 		l.pending = true
 		l.mu.Unlock()
 	}
-}
-
-// monoNow is CLOCK_MONOTONIC in ns, the clock the recording's timestamps
-// convert to.
-func monoNow() int64 {
-	var ts unix.Timespec
-	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
-	return ts.Nano()
 }
 
 // tick writes out what was printed: at once, and every half second the

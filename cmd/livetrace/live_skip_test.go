@@ -9,8 +9,18 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/livetrace/livetrace/internal/tracefile"
 )
+
+// monoNow is CLOCK_MONOTONIC in ns, the clock the recording's timestamps
+// convert to.
+func monoNow() int64 {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return ts.Nano()
+}
 
 // slowWriter is a terminal that takes perByte for each byte.
 type slowWriter struct {
