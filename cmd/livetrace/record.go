@@ -475,6 +475,9 @@ loop:
 	if sum.Corrupt > 0 {
 		fmt.Fprintf(o.stderr, "livetrace: warning: %d malformed records from the target were dropped\n", sum.Corrupt)
 	}
+	if sum.SpoolErr != nil {
+		fmt.Fprintf(o.stderr, "livetrace: warning: %v: events were encoded as they came from then on, which keeps up less well (count lost above); free some space there, or set TMPDIR when the recording goes to standard output\n", sum.SpoolErr)
+	}
 	if out != nil {
 		cerr = errors.Join(cerr, out.Flush())
 	}

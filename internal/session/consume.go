@@ -63,6 +63,9 @@ func (s *Session) consume(final bool) (int, error) {
 	} else {
 		n, err = s.cons.PollRaw(fn)
 	}
+	if s.spool != nil {
+		s.spool.flush()
+	}
 	if debugTiming {
 		pollStats.add(t0, n, s.cons.Counters().Lost, &ru0)
 	}
@@ -155,7 +158,7 @@ func (s *Session) deliverRaw(tid uint32, lostBefore uint32, raw []byte) error {
 			return nil
 		}
 		if s.spoolErr == nil {
-			s.spoolErr = err // reported at the end; convert directly from now on
+			s.spoolErr = err // in Summary; convert directly from now on
 		}
 	}
 	s.conv.Lock()

@@ -200,7 +200,7 @@ type Session struct {
 	threads  map[uint32]string // tid -> name, as first seen
 	spool    *spool            // raw chunks waiting to be converted (nil: convert at once)
 	spooled  uint64            // records put in the spool
-	spoolErr error             // the spool could not be written: converted at once since
+	spoolErr error             // the spool could not be written: converted at once since (Summary)
 	drained  time.Time         // when the partly filled chunks were last taken (consume)
 	ended    time.Time         // when Close stopped tracing
 
@@ -1023,6 +1023,11 @@ type Summary struct {
 	Threads               int
 	Duration              time.Duration
 	Output                string
+	// SpoolErr is why the spool could not be written (the disk is
+	// full): the loop that empties the shared buffer converted events
+	// itself from then on, which is slower; nothing put in the spool
+	// was lost.
+	SpoolErr error
 }
 
 // Summary returns the counts so far.
@@ -1048,7 +1053,7 @@ func (s *Session) Summary() Summary {
 	// that empties the buffer calls Summary.)
 	events := s.events.Load() + (s.spooled - s.unspooled.Load())
 	corrupt := s.corrupt + s.badRecords.Load()
-	return Summary{Events: events, Lost: lost, Corrupt: corrupt, Threads: len(s.threads), Duration: d, Output: s.opts.Output}
+	return Summary{Events: events, Lost: lost, Corrupt: corrupt, Threads: len(s.threads), Duration: d, Output: s.opts.Output, SpoolErr: s.spoolErr}
 }
 
 func (s *Session) openOutput() error {

@@ -20,8 +20,9 @@ import (
 // A spool keeps the chunks the consumer takes out of the shared buffer, raw,
 // in an unlinked file next to the recording, and a converter goroutine turns
 // them into recording blocks (decode, delta-encode, compress) at the lowest
-// CPU priority. Taking a chunk then costs one copy into the page cache, so
-// the buffer is drained at the rate the target fills it even when the
+// CPU priority. Taking a chunk then costs one pass of the frame codec into
+// memory (a writer goroutine takes it to the page cache, a slab at a time),
+// so the buffer is drained at the rate the target fills it even when the
 // tracer has no more than a share of one core: encoding runs on whatever
 // CPU is idle, and what is left when tracing stops is encoded after the
 // target is detached. The part of the file already converted is given back
@@ -36,13 +37,31 @@ import (
 // the page cache the spool needs at full speed is then what the machine
 // gives, which raw records at 1 GB/s outran within seconds.
 type spool struct {
-	f *os.File
+	f   *os.File
+	dir string
 
 	mu      sync.Mutex
-	cond    *sync.Cond
-	wOff    int64 // end of the frames written
-	closing bool  // no more frames: convert the rest at normal priority
-	err     error // the first write error
+	cond    *sync.Cond // the converter waits on it for frames
+	wOff    int64      // end of the frames written
+	closing bool       // no more frames: convert the rest at normal priority
+	err     error      // the first write error
+
+	// The frames put and not written yet. put encodes into cur; a full
+	// cur, or at flush one that the writer is not busy for, goes to
+	// queue, which the writer goroutine writes in order (see writer).
+	// Slabs come back to free; at most spoolSlabs of them exist, and put
+	// waits for one when all are queued.
+	cur      []byte
+	queue    [][]byte
+	free     [][]byte
+	slabs    int
+	busy     bool       // the writer is writing a slab
+	wcond    *sync.Cond // the writer waits on it for slabs
+	fcond    *sync.Cond // put waits on it for a free slab
+	wclosing bool       // no more slabs: the writer ends when queue is empty
+	wdone    chan struct{}
+	wErr     error // converting the frames the writer could not write
+	wStats   writerStats
 
 	rOff    int64 // converter only: start of the frames not yet converted
 	rPub    int64 // rOff as last published, guarded by mu
@@ -50,7 +69,7 @@ type spool struct {
 	done    chan struct{}
 	convErr error // set before done is closed
 	convert func(tid uint32, raw []byte) error
-	started bool // the converter runs (from the first frame on)
+	started bool // the writer and converter run (from the first frame on)
 	lowered int  // the converter's thread, while at nice 19 (guarded by mu)
 	oldNice int  // its nice value before
 	// While the converter is lowered, the Go collector is off (unrelax
@@ -59,10 +78,19 @@ type spool struct {
 	unrelax func()
 	stopGC  chan struct{}
 
-	enc       []byte // put's encoding buffer (guarded by mu)
-	raw, disk int64  // bytes of records put, and as written (guarded by mu)
+	raw, disk int64  // bytes of records put, and as stored (guarded by mu)
 	dec       []byte // converter only: decoded records
 	buf       []byte // converter only: what it reads
+}
+
+// writerStats are the writer's timing, printed by finish with
+// LIVETRACE_DEBUG_TIMING set. Guarded by mu.
+type writerStats struct {
+	writes, over1ms int
+	maxWrite        time.Duration
+	maxQueued       int           // the most slabs queued at once
+	waits           int           // puts that waited for a free slab
+	waited          time.Duration // how long they waited in all
 }
 
 // spoolEncode turns the frame codec on; tests and benchmarks compare
@@ -79,6 +107,12 @@ const (
 	// spoolMaxFrame is the largest frame: a chunk of the most records
 	// the agent allows, as is.
 	spoolMaxFrame = 1 << 20 * agent.SizeofRecord
+	// spoolSlab is the size of the writer's slabs, and spoolSlabs how
+	// many there may be: the writer may fall that far behind (about
+	// 150 ms of two threads calling a traced leaf at full speed, at 2
+	// bytes a record) before the poll loop waits for it.
+	spoolSlab  = 1 << 20
+	spoolSlabs = 32
 )
 
 // openSpool creates the spool file in dir (the recording's directory, or
@@ -89,8 +123,10 @@ func openSpool(dir string, convert func(tid uint32, raw []byte) error) (*spool, 
 	if err != nil {
 		return nil, fmt.Errorf("create the spool for raw events in %s: %w (set TMPDIR, or write the recording elsewhere with -o)", dir, err)
 	}
-	sp := &spool{f: f, done: make(chan struct{}), convert: convert}
+	sp := &spool{f: f, dir: dir, done: make(chan struct{}), wdone: make(chan struct{}), convert: convert}
 	sp.cond = sync.NewCond(&sp.mu)
+	sp.wcond = sync.NewCond(&sp.mu)
+	sp.fcond = sync.NewCond(&sp.mu)
 	return sp, nil
 }
 
@@ -112,55 +148,190 @@ func tmpFile(dir string) (*os.File, error) {
 	return f, nil
 }
 
-// put appends one frame. It fails only when the file cannot be written
-// (the disk is full): the caller then converts the chunk itself.
+// put appends one frame. It fails only when the spool cannot take it (the
+// file could not be written, or the converter stopped): the caller then
+// converts the chunk itself. The frame reaches the file after the next
+// flush, or once a slab is full.
 func (sp *spool) put(tid uint32, raw []byte) error {
 	sp.mu.Lock()
 	defer sp.mu.Unlock()
-	if sp.err != nil {
-		return sp.err
+	if err := sp.failed(); err != nil {
+		return err
 	}
-	if sp.convErr != nil {
-		// The converter stopped: the caller's own conversion reports
-		// the error (or succeeds, if it was the spool's file).
-		return sp.convErr
+	need := spoolFrameHeader + spoolFrameRoom(len(raw))
+	if cap(sp.cur)-len(sp.cur) < need {
+		if err := sp.nextSlab(need); err != nil {
+			return err
+		}
 	}
-	body := raw
+	at := len(sp.cur)
+	b := sp.cur[:at+spoolFrameHeader]
+	ok := false
 	if spoolEncode {
-		if cap(sp.enc) < spoolFrameRoom(len(raw)) {
-			sp.enc = make([]byte, 0, spoolFrameRoom(len(raw)))
-		}
-		if enc, ok := encodeSpoolFrame(sp.enc[:0], raw); ok {
-			body = enc
-		}
+		b, ok = encodeSpoolFrame(b, raw)
 	}
-	var h [spoolFrameHeader]byte
-	binary.LittleEndian.PutUint32(h[0:], tid)
-	binary.LittleEndian.PutUint32(h[4:], uint32(len(body)))
-	binary.LittleEndian.PutUint32(h[8:], uint32(len(raw)))
-	off := sp.wOff
-	if err := pwritevAll(sp.f, [][]byte{h[:], body}, off); err != nil {
-		sp.err = fmt.Errorf("spool raw events: %w", err)
-		return sp.err
+	if !ok {
+		b = append(b, raw...)
 	}
-	sp.wOff = off + spoolFrameHeader + int64(len(body))
+	body := len(b) - at - spoolFrameHeader
+	binary.LittleEndian.PutUint32(b[at:], tid)
+	binary.LittleEndian.PutUint32(b[at+4:], uint32(body))
+	binary.LittleEndian.PutUint32(b[at+8:], uint32(len(raw)))
+	sp.cur = b
 	sp.raw += int64(len(raw))
-	sp.disk += int64(len(body))
+	sp.disk += int64(body)
 	if !sp.started {
 		// Started here, not in openSpool: the tracer raises the
 		// priority of all its threads while it attaches, and lowers
 		// them all again afterwards.
 		sp.started = true
+		go sp.writer()
 		go sp.run(sp.convert)
 	}
-	sp.cond.Signal()
 	return nil
 }
 
-// pwritevAll writes bufs at off, whole.
-func pwritevAll(f *os.File, bufs [][]byte, off int64) error {
-	for len(bufs) > 0 {
-		n, err := unix.Pwritev(int(f.Fd()), bufs, off)
+// failed returns why the spool takes no more frames. sp.mu is held.
+func (sp *spool) failed() error {
+	if sp.err != nil {
+		return sp.err
+	}
+	// The converter stopped: the caller's own conversion reports the
+	// error (or succeeds, if it was the spool's file).
+	return sp.convErr
+}
+
+// nextSlab queues cur, if it holds frames, and makes cur an empty slab
+// with room for need bytes, waiting for the writer to free one when
+// spoolSlabs are in use. sp.mu is held.
+func (sp *spool) nextSlab(need int) error {
+	if len(sp.cur) > 0 {
+		sp.enqueue()
+	}
+	if need > spoolSlab {
+		// A frame larger than a slab (a chunk of Options.ChunkRecords
+		// over 64K records, stored as is): a slab of its own, dropped
+		// once written.
+		sp.cur = make([]byte, 0, need)
+		sp.slabs++
+		return nil
+	}
+	if len(sp.free) == 0 && sp.slabs >= spoolSlabs {
+		t0 := time.Now()
+		for len(sp.free) == 0 && sp.failed() == nil {
+			sp.fcond.Wait()
+		}
+		sp.wStats.waits++
+		sp.wStats.waited += time.Since(t0)
+		if err := sp.failed(); err != nil {
+			return err
+		}
+	}
+	if n := len(sp.free); n > 0 {
+		sp.cur, sp.free = sp.free[n-1], sp.free[:n-1]
+	} else {
+		sp.cur = make([]byte, 0, spoolSlab)
+		sp.slabs++
+	}
+	return nil
+}
+
+// enqueue hands cur to the writer. sp.mu is held.
+func (sp *spool) enqueue() {
+	sp.queue = append(sp.queue, sp.cur)
+	sp.cur = nil
+	sp.wStats.maxQueued = max(sp.wStats.maxQueued, len(sp.queue))
+	sp.wcond.Signal()
+}
+
+// flush hands the frames put so far to the writer, unless it is busy:
+// then they stay in cur, which fills up, so that a writer held up (by a
+// punch, or the disk) gets whole slabs and not one per poll. The poll
+// loop calls it after each poll.
+func (sp *spool) flush() {
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	if len(sp.cur) > 0 && !sp.busy && len(sp.queue) == 0 {
+		sp.enqueue()
+	}
+}
+
+// writer writes the queued slabs to the file, in order, and publishes
+// them to the converter. It runs on threads of the Go runtime, apart from
+// the poll loop: a write waits for the file's lock while the converter
+// punches (1.5-2.8 ms) and, now and then, for the disk (1-12 ms, once
+// 98 ms), and the shared buffer fills meanwhile (docs/DESIGN-NOTES.md,
+// "A consumer that keeps up").
+//
+// When a write fails (the disk is full), the frames not written are
+// converted here, from memory, and put fails from then on, so that the
+// poll loop converts each chunk itself: nothing accepted is lost. A frame
+// may then be converted before an older one of its thread still in the
+// file; readers order events by time, not by block (tracefile.Stream).
+func (sp *spool) writer() {
+	defer close(sp.wdone)
+	var dec []byte
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	for {
+		for len(sp.queue) == 0 && !sp.wclosing {
+			sp.wcond.Wait()
+		}
+		if len(sp.queue) == 0 {
+			return
+		}
+		slab, off := sp.queue[0], sp.wOff
+		sp.busy = true
+		sp.mu.Unlock()
+		t0 := time.Now()
+		err := pwriteAll(sp.f, slab, off)
+		took := time.Since(t0)
+		sp.mu.Lock()
+		sp.busy = false
+		sp.wStats.writes++
+		sp.wStats.maxWrite = max(sp.wStats.maxWrite, took)
+		if took > time.Millisecond {
+			sp.wStats.over1ms++
+		}
+		if err != nil {
+			if sp.err == nil {
+				sp.err = fmt.Errorf("write the spool for raw events in %s: %w", sp.dir, err)
+			}
+			left := sp.queue
+			if len(sp.cur) > 0 {
+				left = append(left, sp.cur)
+			}
+			sp.queue, sp.cur = nil, nil
+			sp.fcond.Broadcast() // a put waiting for a slab fails now
+			sp.mu.Unlock()
+			var cerr error
+			for _, slab := range left {
+				if cerr == nil {
+					_, dec, cerr = convertFrames(slab, dec, off, sp.convert)
+				}
+				off += int64(len(slab))
+			}
+			sp.mu.Lock()
+			sp.wErr = cerr
+			continue
+		}
+		sp.queue[0] = nil
+		sp.queue = sp.queue[1:]
+		sp.wOff = off + int64(len(slab))
+		if cap(slab) == spoolSlab {
+			sp.free = append(sp.free, slab[:0])
+		} else {
+			sp.slabs--
+		}
+		sp.fcond.Signal()
+		sp.cond.Signal()
+	}
+}
+
+// pwriteAll writes b at off, whole.
+func pwriteAll(f *os.File, b []byte, off int64) error {
+	for len(b) > 0 {
+		n, err := unix.Pwrite(int(f.Fd()), b, off)
 		if err != nil {
 			if errors.Is(err, unix.EINTR) {
 				continue
@@ -170,33 +341,26 @@ func pwritevAll(f *os.File, bufs [][]byte, off int64) error {
 		if n == 0 {
 			return errors.New("short write")
 		}
-		off += int64(n)
-		for n > 0 && len(bufs) > 0 {
-			if n >= len(bufs[0]) {
-				n -= len(bufs[0])
-				bufs = bufs[1:]
-			} else {
-				bufs[0] = bufs[0][n:]
-				n = 0
-			}
-		}
+		b, off = b[n:], off+int64(n)
 	}
 	return nil
 }
 
-// backlog returns the bytes spooled and not yet converted.
+// backlog returns the bytes spooled and not yet converted, written or not.
 func (sp *spool) backlog() int64 {
 	sp.mu.Lock()
 	defer sp.mu.Unlock()
-	return sp.wOff - sp.rPub
+	n := sp.wOff - sp.rPub + int64(len(sp.cur))
+	for _, slab := range sp.queue {
+		n += int64(len(slab))
+	}
+	return n
 }
 
-// finish tells the converter that no frame follows, waits until it has
-// converted every frame, and closes the file.
+// finish tells the writer and the converter that no frame follows, waits
+// until every frame is converted, and closes the file.
 func (sp *spool) finish() error {
 	sp.mu.Lock()
-	sp.closing = true
-	sp.cond.Signal()
 	started := sp.started
 	if sp.lowered != 0 {
 		// What is left is all that stands between the user and the
@@ -209,8 +373,22 @@ func (sp *spool) finish() error {
 		sp.stopGC = nil
 		sp.unrelax()
 	}
+	if len(sp.cur) > 0 {
+		sp.enqueue()
+	}
+	sp.wclosing = true
+	sp.wcond.Signal()
+	sp.mu.Unlock()
+	if started {
+		<-sp.wdone
+	}
+	sp.mu.Lock()
+	sp.closing = true
+	sp.cond.Signal()
 	if debugTiming && sp.raw > 0 {
-		fmt.Fprintf(os.Stderr, "spool: %d bytes of records in %d bytes (%.2f a record)\n", sp.raw, sp.disk, float64(sp.disk)/float64(sp.raw/recordSize))
+		w := sp.wStats
+		fmt.Fprintf(os.Stderr, "spool: %d bytes of records in %d bytes (%.2f a record); %d writes, max %v (%d over 1 ms), max %d slabs queued, %d puts waited %v for a slab\n",
+			sp.raw, sp.disk, float64(sp.disk)/float64(sp.raw/recordSize), w.writes, w.maxWrite, w.over1ms, w.maxQueued, w.waits, w.waited)
 	}
 	sp.mu.Unlock()
 	if started {
@@ -219,7 +397,8 @@ func (sp *spool) finish() error {
 	cerr := sp.f.Close()
 	sp.mu.Lock()
 	defer sp.mu.Unlock()
-	return errors.Join(sp.convErr, cerr) // a write error (sp.err) lost nothing: see put
+	// A write error (sp.err) lost nothing: see writer.
+	return errors.Join(sp.convErr, sp.wErr, cerr)
 }
 
 // run is the converter.
@@ -353,50 +532,29 @@ func (sp *spool) raised(what string, f func()) {
 // convertUpTo converts the frames in [rOff, end).
 func (sp *spool) convertUpTo(end int64, convert func(tid uint32, raw []byte) error) error {
 	for sp.rOff < end {
-		buf := sp.buf
-		n := min(int64(len(buf)), end-sp.rOff)
-		b := buf[:n]
+		b := sp.buf[:min(int64(len(sp.buf)), end-sp.rOff)]
 		if _, err := sp.f.ReadAt(b, sp.rOff); err != nil {
 			return fmt.Errorf("read the spool: %w", err)
 		}
-		used := 0
-		for len(b)-used >= spoolFrameHeader {
-			tid := binary.LittleEndian.Uint32(b[used:])
-			size := int(binary.LittleEndian.Uint32(b[used+4:]))
-			rawSize := int(binary.LittleEndian.Uint32(b[used+8:]))
-			if spoolFrameHeader+size > len(buf) {
-				// A chunk larger than the read (a 16 MiB chunk of
-				// Options.ChunkRecords stored raw): read it whole.
-				if size > spoolMaxFrame {
-					return fmt.Errorf("spool frame of %d bytes at %d: more than a chunk can hold", size, sp.rOff+int64(used))
-				}
-				if used == 0 {
-					sp.buf = make([]byte, spoolFrameHeader+size)
-				}
-				break
-			}
-			if len(b)-used < spoolFrameHeader+size {
-				break // the frame continues past this read
-			}
-			raw := b[used+spoolFrameHeader : used+spoolFrameHeader+size]
-			if size != rawSize {
-				if size > rawSize || rawSize%recordSize != 0 {
-					return fmt.Errorf("spool frame at %d: %d bytes for %d bytes of records", sp.rOff+int64(used), size, rawSize)
-				}
-				dec, err := decodeSpoolFrame(sp.dec[:0], raw, rawSize/recordSize)
-				if err != nil {
-					return fmt.Errorf("spool frame at %d: %w", sp.rOff+int64(used), err)
-				}
-				sp.dec, raw = dec, dec
-			}
-			if err := convert(tid, raw); err != nil {
-				return err
-			}
-			used += spoolFrameHeader + size
+		used, dec, err := convertFrames(b, sp.dec, sp.rOff, convert)
+		sp.dec = dec
+		if err != nil {
+			return err
 		}
 		if used == 0 {
-			if len(sp.buf) > len(buf) {
-				continue // read again, into the larger buffer
+			// The first frame continues past the read.
+			if len(b) >= spoolFrameHeader {
+				size := int(binary.LittleEndian.Uint32(b[4:]))
+				if size > spoolMaxFrame {
+					return fmt.Errorf("spool frame of %d bytes at %d: more than a chunk can hold", size, sp.rOff)
+				}
+				if spoolFrameHeader+size > len(sp.buf) {
+					// A chunk larger than the read (a 16 MiB chunk
+					// of Options.ChunkRecords stored raw): read it
+					// whole.
+					sp.buf = make([]byte, spoolFrameHeader+size)
+					continue
+				}
 			}
 			return fmt.Errorf("truncated spool frame at %d", sp.rOff)
 		}
@@ -407,10 +565,10 @@ func (sp *spool) convertUpTo(end int64, convert func(tid uint32, raw []byte) err
 		if sp.rOff-sp.punched >= spoolPunch {
 			// Give the converted part back; a file system without hole
 			// punching just keeps it until the file is closed. The
-			// punch holds the file's lock, which the poll loop's next
+			// punch holds the file's lock, which the writer's next
 			// write waits for: at nice 19 this thread, preempted inside
-			// one, held a write for 384 ms (1.9M events lost), so it is
-			// raised for the punch (docs/DESIGN-NOTES.md, "A consumer
+			// one, held a write for 384 ms (1.9M events lost, when the
+			// poll loop wrote itself), so it is raised for the punch (docs/DESIGN-NOTES.md, "A consumer
 			// that keeps up").
 			sp.raised("punch", func() {
 				_ = unix.Fallocate(int(sp.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, sp.punched, sp.rOff-sp.punched)
@@ -419,4 +577,35 @@ func (sp *spool) convertUpTo(end int64, convert func(tid uint32, raw []byte) err
 		}
 	}
 	return nil
+}
+
+// convertFrames converts the whole frames at the start of b, which begins
+// at offset at of the spool (for errors), and returns the bytes they took
+// and dec, the buffer it decoded into.
+func convertFrames(b, dec []byte, at int64, convert func(tid uint32, raw []byte) error) (int, []byte, error) {
+	used := 0
+	for len(b)-used >= spoolFrameHeader {
+		tid := binary.LittleEndian.Uint32(b[used:])
+		size := int(binary.LittleEndian.Uint32(b[used+4:]))
+		rawSize := int(binary.LittleEndian.Uint32(b[used+8:]))
+		if len(b)-used-spoolFrameHeader < size {
+			break // the frame continues past b
+		}
+		raw := b[used+spoolFrameHeader : used+spoolFrameHeader+size]
+		if size != rawSize {
+			if size > rawSize || rawSize%recordSize != 0 {
+				return used, dec, fmt.Errorf("spool frame at %d: %d bytes for %d bytes of records", at+int64(used), size, rawSize)
+			}
+			d, err := decodeSpoolFrame(dec[:0], raw, rawSize/recordSize)
+			if err != nil {
+				return used, dec, fmt.Errorf("spool frame at %d: %w", at+int64(used), err)
+			}
+			dec, raw = d, d
+		}
+		if err := convert(tid, raw); err != nil {
+			return used, dec, err
+		}
+		used += spoolFrameHeader + size
+	}
+	return used, dec, nil
 }

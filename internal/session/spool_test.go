@@ -55,6 +55,7 @@ func TestSpoolOrder(t *testing.T) {
 		}
 	}
 	// The converter keeps up and punches holes while the spool is open.
+	flushAll(sp)
 	deadline := time.Now().Add(20 * time.Second)
 	for sp.backlog() > 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
@@ -99,12 +100,10 @@ func TestSpoolCompact(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	sp.mu.Lock()
-	size := sp.wOff
-	sp.mu.Unlock()
 	if err := sp.finish(); err != nil {
 		t.Fatal(err)
 	}
+	size := sp.wOff
 	if !bytes.Equal(got, want) {
 		t.Fatalf("converted %d bytes of records, not the %d put", len(got), len(want))
 	}
@@ -139,7 +138,9 @@ func TestSpoolConvertError(t *testing.T) {
 			}
 			break
 		}
+		sp.flush()
 	}
+	flushAll(sp)
 	// The converter stopped, and its thread went back to the runtime at
 	// the nice it had (as root it was at 19 while it converted), before
 	// finish.
@@ -151,6 +152,106 @@ func TestSpoolConvertError(t *testing.T) {
 	if err := sp.finish(); !errors.Is(err, fire) || n != 3 {
 		t.Fatalf("finish: %v after %d frames, want the converter's error after 3", err, n)
 	}
+}
+
+// TestSpoolDiskFull fills the file system the spool is on (a tmpfs of
+// 2 MiB) while the converter is held at the first frame. The writer's
+// write fails; the frames it could not write are converted from memory;
+// every put from then on fails, naming the directory and the cause, and
+// the caller converts its chunk itself (as deliverRaw does); finish
+// reports no error. Every frame put comes out once.
+func TestSpoolDiskFull(t *testing.T) {
+	testtarget.RequireRoot(t) // to mount the tmpfs
+	dir := t.TempDir()
+	if err := unix.Mount("livetrace-test", dir, "tmpfs", 0, "size=2m"); err != nil {
+		t.Fatalf("mount a tmpfs on %s: %v", dir, err)
+	}
+	defer unix.Unmount(dir, unix.MNT_DETACH)
+	var mu sync.Mutex
+	got := map[uint64]int{} // frame number -> times converted
+	take := func(raw []byte) {
+		mu.Lock()
+		defer mu.Unlock()
+		got[binary.LittleEndian.Uint64(raw)]++
+	}
+	hold := make(chan struct{})
+	sp, err := openSpool(dir, func(_ uint32, raw []byte) error {
+		if binary.LittleEndian.Uint64(raw) == 0 {
+			<-hold // the first frame, in the first slab: the converter's
+		}
+		take(raw)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := sync.OnceFunc(func() { close(hold) })
+	finished := false
+	defer func() {
+		// On a failure too: a converter left lowered leaves the Go
+		// collector off for the tests that follow.
+		release()
+		if !finished {
+			sp.finish()
+		}
+	}()
+	rng := rand.New(rand.NewSource(7))
+	frame := func(i int) []byte {
+		b := make([]byte, 64<<10)
+		rng.Read(b) // stored as is
+		binary.LittleEndian.PutUint64(b, uint64(i))
+		return b
+	}
+	n, refused := 0, 0
+	put := func() error {
+		b := frame(n)
+		n++
+		err := sp.put(1, b)
+		if err != nil {
+			refused++
+			take(b)
+		}
+		sp.flush()
+		return err
+	}
+	// More than the file system holds, then until the writer has failed.
+	for n < 64 {
+		put()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		sp.mu.Lock()
+		failed := sp.failed()
+		sp.mu.Unlock()
+		if failed != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("64 frames of 64 KiB on a tmpfs of 2 MiB, and no write failed within 10 s")
+		}
+		put()
+		time.Sleep(time.Millisecond)
+	}
+	for i := 0; i < 8; i++ {
+		err := put()
+		if err == nil || !errors.Is(err, unix.ENOSPC) || !bytes.Contains([]byte(err.Error()), []byte(dir)) {
+			t.Fatalf("put after the write failed: %v, want ENOSPC naming %s", err, dir)
+		}
+	}
+	release()
+	finished = true
+	if err := sp.finish(); err != nil {
+		t.Fatalf("finish: %v (a write error loses nothing and is no error)", err)
+	}
+	for i := 0; i < n; i++ {
+		if got[uint64(i)] != 1 {
+			t.Fatalf("frame %d of %d converted %d times, want once", i, n, got[uint64(i)])
+		}
+	}
+	if len(got) != n {
+		t.Fatalf("converted %d distinct frames, put %d", len(got), n)
+	}
+	t.Logf("%d frames: %d refused by put and converted by the caller", n, refused)
 }
 
 // TestSpoolUnused: a spool that got no frame finishes at once.
@@ -173,8 +274,9 @@ func TestSpoolNoDirectory(t *testing.T) {
 }
 
 // BenchmarkSpoolPut measures the poll loop's cost of spooling a full chunk
-// of hot-loop records, raw and encoded, with the converter running. The
-// CPU time of the putting thread (RUSAGE_THREAD) is what the loop pays.
+// of hot-loop records, raw and encoded, with the writer and the converter
+// running. The CPU time of the putting thread (RUSAGE_THREAD) is what the
+// loop pays.
 func BenchmarkSpoolPut(b *testing.B) {
 	for _, encode := range []bool{false, true} {
 		name := "raw"
@@ -291,6 +393,7 @@ func TestSpoolCollector(t *testing.T) {
 	if err := sp.put(1, make([]byte, 16)); err != nil {
 		t.Fatal(err)
 	}
+	flushAll(sp)
 	tid := <-converting
 	if g := gogc(); g != -1 {
 		t.Errorf("GOGC %d while the converter is lowered, want -1 (off)", g)
@@ -310,6 +413,7 @@ func TestSpoolCollector(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	flushAll(sp)
 	got := map[string]bool{}
 	timeout := time.After(10 * time.Second)
 	for !got["collect"] || !got["punch"] {
@@ -343,6 +447,21 @@ func TestSpoolCollector(t *testing.T) {
 	}
 	if g := gogc(); g != 100 {
 		t.Errorf("GOGC %d after finish, want 100 back", g)
+	}
+}
+
+// flushAll flushes until the writer has every frame put (or the spool
+// failed), as the poll loop's flush after each poll does in time.
+func flushAll(sp *spool) {
+	for {
+		sp.mu.Lock()
+		done := len(sp.cur) == 0 && len(sp.queue) == 0 || sp.failed() != nil
+		sp.mu.Unlock()
+		if done {
+			return
+		}
+		sp.flush()
+		time.Sleep(time.Millisecond)
 	}
 }
 
