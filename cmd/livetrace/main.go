@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
 	"strings"
@@ -99,6 +100,17 @@ func waitSignals() {
 	}
 }
 
+// writeProfiles writes the block and mutex profiles to path and
+// path.mutex.
+func writeProfiles(path string) {
+	for name, file := range map[string]string{"block": path, "mutex": path + ".mutex"} {
+		if f, err := os.Create(file); err == nil {
+			_ = pprof.Lookup(name).WriteTo(f, 0)
+			f.Close()
+		}
+	}
+}
+
 func main() {
 	// LIVETRACE_CPUPROFILE=FILE profiles livetrace itself (for its
 	// developers: go tool pprof FILE).
@@ -108,6 +120,14 @@ func main() {
 				defer pprof.StopCPUProfile()
 			}
 		}
+	}
+	// LIVETRACE_BLOCKPROFILE=FILE writes where livetrace's goroutines
+	// waited on locks and channels (FILE) and which lock holders made
+	// them wait (FILE.mutex), at exit.
+	if path := os.Getenv("LIVETRACE_BLOCKPROFILE"); path != "" {
+		runtime.SetBlockProfileRate(1)
+		runtime.SetMutexProfileFraction(1)
+		defer writeProfiles(path)
 	}
 	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		pprof.StopCPUProfile()

@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"runtime/metrics"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -36,61 +37,80 @@ import (
 // chunk in a few ns a record, and writes 1-3 bytes a record instead of 16:
 // the page cache the spool needs at full speed is then what the machine
 // gives, which raw records at 1 GB/s outran within seconds.
+//
+// The three goroutines share no lock. The poll loop hands slabs to the
+// writer, and the writer gives them back, through channels; the writer
+// publishes how far the file goes (wOff) to the converter with an atomic
+// and a wakeup. A lock the converter held at nice 19 made the poll loop
+// wait until the kernel gave that thread a CPU again: sync.Mutex hands
+// itself to a waiter that has waited over 1 ms, and the converter, woken
+// at nice 19 beside busy threads of the target, always had (the mutex
+// profile of a run that lost 429,215 events put a 51 ms poll on the
+// converter's unlock).
 type spool struct {
 	f   *os.File
 	dir string
 
-	mu      sync.Mutex
-	cond    *sync.Cond // the converter waits on it for frames
-	wOff    int64      // end of the frames written
-	closing bool       // no more frames: convert the rest at normal priority
-	err     error      // the first write error
-
-	// The frames put and not written yet. put encodes into cur; a full
-	// cur, or at flush one that the writer is not busy for, goes to
-	// queue, which the writer goroutine writes in order (see writer).
-	// Slabs come back to free; at most spoolSlabs of them exist, and put
-	// waits for one when all are queued.
+	// The poll loop's side: put, flush and finish. put encodes into
+	// cur; a full cur, or at flush one that the writer is not busy for,
+	// goes to queue. At most spoolSlabs slabs exist; put waits on free
+	// when all are queued.
+	mu       sync.Mutex
 	cur      []byte
-	queue    [][]byte
-	free     [][]byte
 	slabs    int
-	busy     bool       // the writer is writing a slab
-	wcond    *sync.Cond // the writer waits on it for slabs
-	fcond    *sync.Cond // put waits on it for a free slab
-	wclosing bool       // no more slabs: the writer ends when queue is empty
-	wdone    chan struct{}
-	wErr     error // converting the frames the writer could not write
-	wStats   writerStats
+	started  bool  // the writer and converter run (from the first frame on)
+	finished bool  // finish has come: no more frames
+	raw      int64 // bytes of records put
+	disk     int64 // and as stored
+	putStats putStats
 
-	rOff    int64 // converter only: start of the frames not yet converted
-	rPub    int64 // rOff as last published, guarded by mu
-	punched int64 // converter only: bytes given back so far
+	queue  chan []byte // to the writer
+	free   chan []byte // back from it
+	busy   atomic.Bool // the writer is writing a slab
+	wdone  chan struct{}
+	wStats writerStats // the writer's own
+
+	// The writer's failure: err is set before failed.
+	failed atomic.Bool
+	err    error
+	wErr   error // converting the frames it could not write; read after wdone
+
+	// The converter's side.
+	wOff    atomic.Int64  // end of the frames written (the writer's)
+	kick    chan struct{} // the writer has written more, or finish came
+	closing atomic.Bool   // no more frames: convert the rest and stop
+	rOff    int64         // start of the frames not yet converted
+	rPub    atomic.Int64  // rOff as last published
+	punched int64         // bytes given back so far
 	done    chan struct{}
-	convErr error // set before done is closed
+	stopped atomic.Bool // the converter stopped on convErr, set before
+	convErr error
 	convert func(tid uint32, raw []byte) error
-	started bool // the writer and converter run (from the first frame on)
-	lowered int  // the converter's thread, while at nice 19 (guarded by mu)
-	oldNice int  // its nice value before
+	dec     []byte // decoded records
+	buf     []byte // what it reads
+
+	// The converter's priority, between it, the collector and finish.
+	cmu     sync.Mutex
+	lowered int // the converter's thread, while at nice 19
+	oldNice int // its nice value before
 	// While the converter is lowered, the Go collector is off (unrelax
 	// turns it back on) and a goroutine of its own collects instead,
 	// until stopGC is closed (see collector).
 	unrelax func()
 	stopGC  chan struct{}
-
-	raw, disk int64  // bytes of records put, and as stored (guarded by mu)
-	dec       []byte // converter only: decoded records
-	buf       []byte // converter only: what it reads
 }
 
-// writerStats are the writer's timing, printed by finish with
-// LIVETRACE_DEBUG_TIMING set. Guarded by mu.
+// putStats and writerStats are the poll loop's and the writer's timing,
+// printed by finish with LIVETRACE_DEBUG_TIMING set.
+type putStats struct {
+	maxQueued int           // the most slabs queued at once
+	waits     int           // puts that waited for a free slab
+	waited    time.Duration // how long they waited in all
+}
+
 type writerStats struct {
 	writes, over1ms int
 	maxWrite        time.Duration
-	maxQueued       int           // the most slabs queued at once
-	waits           int           // puts that waited for a free slab
-	waited          time.Duration // how long they waited in all
 }
 
 // spoolEncode turns the frame codec on; tests and benchmarks compare
@@ -123,10 +143,14 @@ func openSpool(dir string, convert func(tid uint32, raw []byte) error) (*spool, 
 	if err != nil {
 		return nil, fmt.Errorf("create the spool for raw events in %s: %w (set TMPDIR, or write the recording elsewhere with -o)", dir, err)
 	}
-	sp := &spool{f: f, dir: dir, done: make(chan struct{}), wdone: make(chan struct{}), convert: convert}
-	sp.cond = sync.NewCond(&sp.mu)
-	sp.wcond = sync.NewCond(&sp.mu)
-	sp.fcond = sync.NewCond(&sp.mu)
+	sp := &spool{
+		f: f, dir: dir, convert: convert,
+		queue: make(chan []byte, spoolSlabs+1), // every slab fits, and a large one
+		free:  make(chan []byte, spoolSlabs+1),
+		wdone: make(chan struct{}),
+		kick:  make(chan struct{}, 1),
+		done:  make(chan struct{}),
+	}
 	return sp, nil
 }
 
@@ -155,7 +179,10 @@ func tmpFile(dir string) (*os.File, error) {
 func (sp *spool) put(tid uint32, raw []byte) error {
 	sp.mu.Lock()
 	defer sp.mu.Unlock()
-	if err := sp.failed(); err != nil {
+	if sp.finished {
+		return errSpoolFinished
+	}
+	if err := sp.refused(); err != nil {
 		return err
 	}
 	need := spoolFrameHeader + spoolFrameRoom(len(raw))
@@ -191,18 +218,32 @@ func (sp *spool) put(tid uint32, raw []byte) error {
 	return nil
 }
 
-// failed returns why the spool takes no more frames. sp.mu is held.
-func (sp *spool) failed() error {
-	if sp.err != nil {
-		return sp.err
+// errSpoolFinished is put's error after finish.
+var errSpoolFinished = errors.New("the spool is finished")
+
+// refused returns why the spool takes no more frames: the writer failed
+// (the frames in cur go to it, which converts them, as every frame after
+// the failed write), or the converter stopped (the caller's own conversion
+// reports its error, or succeeds, if it was the spool's file; the
+// recording fails with the converter's error in any case). sp.mu is held.
+func (sp *spool) refused() error {
+	var err error
+	switch {
+	case sp.failed.Load():
+		err = sp.err
+	case sp.stopped.Load():
+		err = sp.convErr
+	default:
+		return nil
 	}
-	// The converter stopped: the caller's own conversion reports the
-	// error (or succeeds, if it was the spool's file).
-	return sp.convErr
+	if len(sp.cur) > 0 {
+		sp.enqueue()
+	}
+	return err
 }
 
 // nextSlab queues cur, if it holds frames, and makes cur an empty slab
-// with room for need bytes, waiting for the writer to free one when
+// with room for need bytes, waiting for the writer to give one back when
 // spoolSlabs are in use. sp.mu is held.
 func (sp *spool) nextSlab(need int) error {
 	if len(sp.cur) > 0 {
@@ -211,37 +252,32 @@ func (sp *spool) nextSlab(need int) error {
 	if need > spoolSlab {
 		// A frame larger than a slab (a chunk of Options.ChunkRecords
 		// over 64K records, stored as is): a slab of its own, dropped
-		// once written.
+		// once written. queue has room for it beside the others.
 		sp.cur = make([]byte, 0, need)
-		sp.slabs++
 		return nil
 	}
-	if len(sp.free) == 0 && sp.slabs >= spoolSlabs {
-		t0 := time.Now()
-		for len(sp.free) == 0 && sp.failed() == nil {
-			sp.fcond.Wait()
-		}
-		sp.wStats.waits++
-		sp.wStats.waited += time.Since(t0)
-		if err := sp.failed(); err != nil {
-			return err
-		}
+	select {
+	case sp.cur = <-sp.free:
+		return nil
+	default:
 	}
-	if n := len(sp.free); n > 0 {
-		sp.cur, sp.free = sp.free[n-1], sp.free[:n-1]
-	} else {
-		sp.cur = make([]byte, 0, spoolSlab)
+	if sp.slabs < spoolSlabs {
 		sp.slabs++
+		sp.cur = make([]byte, 0, spoolSlab)
+		return nil
 	}
+	t0 := time.Now()
+	sp.cur = <-sp.free // the writer gives back every slab, failed or not
+	sp.putStats.waits++
+	sp.putStats.waited += time.Since(t0)
 	return nil
 }
 
 // enqueue hands cur to the writer. sp.mu is held.
 func (sp *spool) enqueue() {
-	sp.queue = append(sp.queue, sp.cur)
+	sp.queue <- sp.cur // queue holds every slab, and one large frame
 	sp.cur = nil
-	sp.wStats.maxQueued = max(sp.wStats.maxQueued, len(sp.queue))
-	sp.wcond.Signal()
+	sp.putStats.maxQueued = max(sp.putStats.maxQueued, len(sp.queue))
 }
 
 // flush hands the frames put so far to the writer, unless it is busy:
@@ -251,80 +287,62 @@ func (sp *spool) enqueue() {
 func (sp *spool) flush() {
 	sp.mu.Lock()
 	defer sp.mu.Unlock()
-	if len(sp.cur) > 0 && !sp.busy && len(sp.queue) == 0 {
+	if len(sp.cur) > 0 && !sp.busy.Load() && len(sp.queue) == 0 && !sp.finished {
 		sp.enqueue()
 	}
 }
 
 // writer writes the queued slabs to the file, in order, and publishes
-// them to the converter. It runs on threads of the Go runtime, apart from
-// the poll loop: a write waits for the file's lock while the converter
-// punches (1.5-2.8 ms) and, now and then, for the disk (1-12 ms, once
-// 98 ms), and the shared buffer fills meanwhile (docs/DESIGN-NOTES.md,
-// "A consumer that keeps up").
+// them to the converter, until finish closes queue. It runs on threads of
+// the Go runtime, apart from the poll loop: a write waits for the file's
+// lock while the converter punches (1.5-2.8 ms) and for the disk (1-12
+// ms, once 98 ms; over 100 ms when the kernel throttles a writer of dirty
+// pages), and the shared buffer fills meanwhile (docs/DESIGN-NOTES.md, "A
+// consumer that keeps up").
 //
-// When a write fails (the disk is full), the frames not written are
-// converted here, from memory, and put fails from then on, so that the
-// poll loop converts each chunk itself: nothing accepted is lost. A frame
-// may then be converted before an older one of its thread still in the
-// file; readers order events by time, not by block (tracefile.Stream).
+// When a write fails (the disk is full), this slab and every one after it
+// are converted here, from memory, and put refuses frames from then on,
+// so that the poll loop converts each chunk itself: nothing accepted is
+// lost. A frame may then be converted before an older one of its thread
+// still in the file; readers order events by time, not by block
+// (tracefile.Stream).
 func (sp *spool) writer() {
 	defer close(sp.wdone)
 	var dec []byte
-	sp.mu.Lock()
-	defer sp.mu.Unlock()
-	for {
-		for len(sp.queue) == 0 && !sp.wclosing {
-			sp.wcond.Wait()
-		}
-		if len(sp.queue) == 0 {
-			return
-		}
-		slab, off := sp.queue[0], sp.wOff
-		sp.busy = true
-		sp.mu.Unlock()
-		t0 := time.Now()
-		err := pwriteAll(sp.f, slab, off)
-		took := time.Since(t0)
-		sp.mu.Lock()
-		sp.busy = false
-		sp.wStats.writes++
-		sp.wStats.maxWrite = max(sp.wStats.maxWrite, took)
-		if took > time.Millisecond {
-			sp.wStats.over1ms++
-		}
-		if err != nil {
-			if sp.err == nil {
-				sp.err = fmt.Errorf("write the spool for raw events in %s: %w", sp.dir, err)
+	off := int64(0)
+	for slab := range sp.queue {
+		sp.busy.Store(true)
+		if !sp.failed.Load() {
+			t0 := time.Now()
+			err := pwriteAll(sp.f, slab, off)
+			took := time.Since(t0)
+			sp.wStats.writes++
+			sp.wStats.maxWrite = max(sp.wStats.maxWrite, took)
+			if took > time.Millisecond {
+				sp.wStats.over1ms++
 			}
-			left := sp.queue
-			if len(sp.cur) > 0 {
-				left = append(left, sp.cur)
-			}
-			sp.queue, sp.cur = nil, nil
-			sp.fcond.Broadcast() // a put waiting for a slab fails now
-			sp.mu.Unlock()
-			var cerr error
-			for _, slab := range left {
-				if cerr == nil {
-					_, dec, cerr = convertFrames(slab, dec, off, sp.convert)
-				}
+			if err == nil {
 				off += int64(len(slab))
+				sp.wOff.Store(off)
+				select {
+				case sp.kick <- struct{}{}:
+				default: // a wakeup is pending already
+				}
+			} else {
+				sp.err = fmt.Errorf("write the spool for raw events in %s: %w", sp.dir, err)
+				sp.failed.Store(true)
 			}
-			sp.mu.Lock()
-			sp.wErr = cerr
-			continue
 		}
-		sp.queue[0] = nil
-		sp.queue = sp.queue[1:]
-		sp.wOff = off + int64(len(slab))
+		if sp.failed.Load() {
+			if sp.wErr == nil {
+				_, dec, sp.wErr = convertFrames(slab, dec, off, sp.convert)
+			}
+			off += int64(len(slab)) // where it would have gone, for errors
+		}
+		sp.busy.Store(false)
 		if cap(slab) == spoolSlab {
-			sp.free = append(sp.free, slab[:0])
-		} else {
-			sp.slabs--
+			sp.free <- slab[:0] // never blocks: free holds every slab
 		}
-		sp.fcond.Signal()
-		sp.cond.Signal()
 	}
 }
 
@@ -346,13 +364,14 @@ func pwriteAll(f *os.File, b []byte, off int64) error {
 	return nil
 }
 
-// backlog returns the bytes spooled and not yet converted, written or not.
+// backlog returns the bytes spooled and not yet converted, written or not
+// (tests).
 func (sp *spool) backlog() int64 {
 	sp.mu.Lock()
 	defer sp.mu.Unlock()
-	n := sp.wOff - sp.rPub + int64(len(sp.cur))
-	for _, slab := range sp.queue {
-		n += int64(len(slab))
+	n := sp.wOff.Load() - sp.rPub.Load() + int64(len(sp.cur))
+	if len(sp.queue) > 0 || sp.busy.Load() {
+		n++ // not written yet, by an unknown amount
 	}
 	return n
 }
@@ -360,8 +379,7 @@ func (sp *spool) backlog() int64 {
 // finish tells the writer and the converter that no frame follows, waits
 // until every frame is converted, and closes the file.
 func (sp *spool) finish() error {
-	sp.mu.Lock()
-	started := sp.started
+	sp.cmu.Lock()
 	if sp.lowered != 0 {
 		// What is left is all that stands between the user and the
 		// recording: convert it at normal priority.
@@ -373,30 +391,35 @@ func (sp *spool) finish() error {
 		sp.stopGC = nil
 		sp.unrelax()
 	}
+	sp.cmu.Unlock()
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	if sp.finished {
+		return errSpoolFinished
+	}
+	sp.finished = true
 	if len(sp.cur) > 0 {
 		sp.enqueue()
 	}
-	sp.wclosing = true
-	sp.wcond.Signal()
-	sp.mu.Unlock()
-	if started {
+	close(sp.queue)
+	if sp.started {
 		<-sp.wdone
 	}
-	sp.mu.Lock()
-	sp.closing = true
-	sp.cond.Signal()
-	if debugTiming && sp.raw > 0 {
-		w := sp.wStats
-		fmt.Fprintf(os.Stderr, "spool: %d bytes of records in %d bytes (%.2f a record); %d writes, max %v (%d over 1 ms), max %d slabs queued, %d puts waited %v for a slab\n",
-			sp.raw, sp.disk, float64(sp.disk)/float64(sp.raw/recordSize), w.writes, w.maxWrite, w.over1ms, w.maxQueued, w.waits, w.waited)
+	// The writer is done: wOff is final.
+	sp.closing.Store(true)
+	select {
+	case sp.kick <- struct{}{}:
+	default:
 	}
-	sp.mu.Unlock()
-	if started {
+	if debugTiming && sp.raw > 0 {
+		p, w := sp.putStats, sp.wStats
+		fmt.Fprintf(os.Stderr, "spool: %d bytes of records in %d bytes (%.2f a record); %d writes, max %v (%d over 1 ms), max %d slabs queued, %d puts waited %v for a slab\n",
+			sp.raw, sp.disk, float64(sp.disk)/float64(sp.raw/recordSize), w.writes, w.maxWrite, w.over1ms, p.maxQueued, p.waits, p.waited)
+	}
+	if sp.started {
 		<-sp.done
 	}
 	cerr := sp.f.Close()
-	sp.mu.Lock()
-	defer sp.mu.Unlock()
 	// A write error (sp.err) lost nothing: see writer.
 	return errors.Join(sp.convErr, sp.wErr, cerr)
 }
@@ -418,19 +441,19 @@ func (sp *spool) run(convert func(tid uint32, raw []byte) error) {
 	// killed children started from it earlier with Pdeathsig, which is
 	// tied to the thread that forked them.)
 	defer func() {
-		sp.mu.Lock()
+		sp.cmu.Lock()
 		if sp.lowered == tid {
 			_ = unix.Setpriority(unix.PRIO_PROCESS, tid, sp.oldNice)
 			sp.lowered = 0
 		}
-		sp.mu.Unlock()
+		sp.cmu.Unlock()
 	}()
 	// Only root may raise the priority back (finish does it, from its
 	// own thread: this one may get no CPU at all at nice 19 beside busy
 	// threads of the target).
 	if os.Geteuid() == 0 {
-		sp.mu.Lock()
-		if !sp.closing { // else finish has come already: stay as is
+		sp.cmu.Lock()
+		if !sp.closing.Load() { // else finish has come already: stay as is
 			if old, err := unix.Getpriority(unix.PRIO_PROCESS, tid); err == nil && unix.Setpriority(unix.PRIO_PROCESS, tid, 19) == nil {
 				sp.lowered, sp.oldNice = tid, 20-old // the kernel reports 20 - nice
 				sp.unrelax = gcpause.Relax()
@@ -438,23 +461,22 @@ func (sp *spool) run(convert func(tid uint32, raw []byte) error) {
 				go sp.collector(sp.stopGC)
 			}
 		}
-		sp.mu.Unlock()
+		sp.cmu.Unlock()
 	}
 	sp.buf = make([]byte, spoolRead)
 	for {
-		sp.mu.Lock()
-		for sp.wOff == sp.rOff && !sp.closing {
-			sp.cond.Wait()
-		}
-		end := sp.wOff
-		sp.mu.Unlock()
-		if sp.rOff == end {
-			return // closing, and nothing left
+		closing := sp.closing.Load() // before wOff: then wOff is final
+		end := sp.wOff.Load()
+		if end == sp.rOff {
+			if closing {
+				return
+			}
+			<-sp.kick
+			continue
 		}
 		if err := sp.convertUpTo(end, convert); err != nil {
-			sp.mu.Lock()
 			sp.convErr = err
-			sp.mu.Unlock()
+			sp.stopped.Store(true)
 			return
 		}
 	}
@@ -512,21 +534,21 @@ var raisedHook func(what string, tid int)
 // at its old priority if it is lowered, and lowers it again after,
 // unless finish has raised it for good meanwhile.
 func (sp *spool) raised(what string, f func()) {
-	sp.mu.Lock()
+	sp.cmu.Lock()
 	tid := sp.lowered
 	if tid != 0 {
 		_ = unix.Setpriority(unix.PRIO_PROCESS, tid, sp.oldNice)
 	}
-	sp.mu.Unlock()
+	sp.cmu.Unlock()
 	if raisedHook != nil {
 		raisedHook(what, tid)
 	}
 	f()
-	sp.mu.Lock()
+	sp.cmu.Lock()
 	if tid != 0 && sp.lowered == tid {
 		_ = unix.Setpriority(unix.PRIO_PROCESS, tid, 19)
 	}
-	sp.mu.Unlock()
+	sp.cmu.Unlock()
 }
 
 // convertUpTo converts the frames in [rOff, end).
@@ -559,9 +581,7 @@ func (sp *spool) convertUpTo(end int64, convert func(tid uint32, raw []byte) err
 			return fmt.Errorf("truncated spool frame at %d", sp.rOff)
 		}
 		sp.rOff += int64(used)
-		sp.mu.Lock()
-		sp.rPub = sp.rOff
-		sp.mu.Unlock()
+		sp.rPub.Store(sp.rOff)
 		if sp.rOff-sp.punched >= spoolPunch {
 			// Give the converted part back; a file system without hole
 			// punching just keeps it until the file is closed. The

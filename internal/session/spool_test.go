@@ -103,7 +103,7 @@ func TestSpoolCompact(t *testing.T) {
 	if err := sp.finish(); err != nil {
 		t.Fatal(err)
 	}
-	size := sp.wOff
+	size := sp.wOff.Load()
 	if !bytes.Equal(got, want) {
 		t.Fatalf("converted %d bytes of records, not the %d put", len(got), len(want))
 	}
@@ -220,10 +220,7 @@ func TestSpoolDiskFull(t *testing.T) {
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		sp.mu.Lock()
-		failed := sp.failed()
-		sp.mu.Unlock()
-		if failed != nil {
+		if sp.failed.Load() {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -455,7 +452,7 @@ func TestSpoolCollector(t *testing.T) {
 func flushAll(sp *spool) {
 	for {
 		sp.mu.Lock()
-		done := len(sp.cur) == 0 && len(sp.queue) == 0 || sp.failed() != nil
+		done := len(sp.cur) == 0 && len(sp.queue) == 0 || sp.failed.Load()
 		sp.mu.Unlock()
 		if done {
 			return
