@@ -187,9 +187,7 @@ func (sp *spool) put(tid uint32, raw []byte) error {
 	}
 	need := spoolFrameHeader + spoolFrameRoom(len(raw))
 	if cap(sp.cur)-len(sp.cur) < need {
-		if err := sp.nextSlab(need); err != nil {
-			return err
-		}
+		sp.nextSlab(need)
 	}
 	at := len(sp.cur)
 	b := sp.cur[:at+spoolFrameHeader]
@@ -245,7 +243,7 @@ func (sp *spool) refused() error {
 // nextSlab queues cur, if it holds frames, and makes cur an empty slab
 // with room for need bytes, waiting for the writer to give one back when
 // spoolSlabs are in use. sp.mu is held.
-func (sp *spool) nextSlab(need int) error {
+func (sp *spool) nextSlab(need int) {
 	if len(sp.cur) > 0 {
 		sp.enqueue()
 	}
@@ -254,23 +252,22 @@ func (sp *spool) nextSlab(need int) error {
 		// over 64K records, stored as is): a slab of its own, dropped
 		// once written. queue has room for it beside the others.
 		sp.cur = make([]byte, 0, need)
-		return nil
+		return
 	}
 	select {
 	case sp.cur = <-sp.free:
-		return nil
+		return
 	default:
 	}
 	if sp.slabs < spoolSlabs {
 		sp.slabs++
 		sp.cur = make([]byte, 0, spoolSlab)
-		return nil
+		return
 	}
 	t0 := time.Now()
 	sp.cur = <-sp.free // the writer gives back every slab, failed or not
 	sp.putStats.waits++
 	sp.putStats.waited += time.Since(t0)
-	return nil
 }
 
 // enqueue hands cur to the writer. sp.mu is held.
@@ -313,6 +310,9 @@ func (sp *spool) writer() {
 	for slab := range sp.queue {
 		sp.busy.Store(true)
 		if !sp.failed.Load() {
+			if spoolWriteHook != nil {
+				spoolWriteHook()
+			}
 			t0 := time.Now()
 			err := pwriteAll(sp.f, slab, off)
 			took := time.Since(t0)
@@ -345,6 +345,10 @@ func (sp *spool) writer() {
 		}
 	}
 }
+
+// spoolWriteHook, when set (tests), runs before each of the writer's
+// writes.
+var spoolWriteHook func()
 
 // pwriteAll writes b at off, whole.
 func pwriteAll(f *os.File, b []byte, off int64) error {

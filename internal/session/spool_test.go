@@ -251,6 +251,50 @@ func TestSpoolDiskFull(t *testing.T) {
 	t.Logf("%d frames: %d refused by put and converted by the caller", n, refused)
 }
 
+// TestSpoolSlabsFull: with a writer slower than the poll loop (each write
+// waits 2 ms), put fills every slab and then waits for the writer to give
+// one back; every frame still comes out once, in order.
+func TestSpoolSlabsFull(t *testing.T) {
+	spoolWriteHook = func() { time.Sleep(2 * time.Millisecond) }
+	defer func() { spoolWriteHook = nil }()
+	var got []uint64
+	sp, err := openSpool(t.TempDir(), func(_ uint32, raw []byte) error {
+		got = append(got, binary.LittleEndian.Uint64(raw))
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewSource(8))
+	b := make([]byte, 64<<10)
+	n := 2 * spoolSlabs * spoolSlab / len(b) // twice what the slabs hold
+	for i := 0; i < n; i++ {
+		rng.Read(b) // stored as is
+		binary.LittleEndian.PutUint64(b, uint64(i))
+		if err := sp.put(1, b); err != nil {
+			sp.finish()
+			t.Fatal(err)
+		}
+	}
+	sp.mu.Lock()
+	waits, slabs := sp.putStats.waits, sp.slabs
+	sp.mu.Unlock()
+	if err := sp.finish(); err != nil {
+		t.Fatal(err)
+	}
+	if waits == 0 || slabs != spoolSlabs {
+		t.Errorf("%d puts waited for a slab, %d slabs made: want waits, and %d slabs at most", waits, slabs, spoolSlabs)
+	}
+	if len(got) != n {
+		t.Fatalf("converted %d frames, put %d", len(got), n)
+	}
+	for i, v := range got {
+		if v != uint64(i) {
+			t.Fatalf("frame %d converted as the %dth", v, i)
+		}
+	}
+}
+
 // TestSpoolUnused: a spool that got no frame finishes at once.
 func TestSpoolUnused(t *testing.T) {
 	sp, err := openSpool(t.TempDir(), func(uint32, []byte) error { return nil })
