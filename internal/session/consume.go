@@ -157,8 +157,11 @@ func (s *Session) deliverRaw(tid uint32, lostBefore uint32, raw []byte) error {
 			s.spooled += uint64(len(raw) / agent.SizeofRecord)
 			return nil
 		}
+		// Converted directly from now on. Only a write error is
+		// Summary's: the converter's ends the recording with an error,
+		// and a put after finish means nothing.
 		if s.spoolErr == nil {
-			s.spoolErr = err // in Summary; convert directly from now on
+			s.spoolErr = s.spool.writeErr()
 		}
 	}
 	s.conv.Lock()

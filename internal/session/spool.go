@@ -228,7 +228,7 @@ func (sp *spool) refused() error {
 	var err error
 	switch {
 	case sp.failed.Load():
-		err = sp.err
+		err = sp.writeErr()
 	case sp.stopped.Load():
 		err = sp.convErr
 	default:
@@ -238,6 +238,14 @@ func (sp *spool) refused() error {
 		sp.enqueue()
 	}
 	return err
+}
+
+// writeErr returns the writer's error, if a write failed.
+func (sp *spool) writeErr() error {
+	if sp.failed.Load() {
+		return sp.err
+	}
+	return nil
 }
 
 // nextSlab queues cur, if it holds frames, and makes cur an empty slab

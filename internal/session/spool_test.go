@@ -251,12 +251,11 @@ func TestSpoolDiskFull(t *testing.T) {
 	t.Logf("%d frames: %d refused by put and converted by the caller", n, refused)
 }
 
-// TestSpoolSlabsFull: with a writer slower than the poll loop (each write
-// waits 2 ms), put fills every slab and then waits for the writer to give
-// one back; every frame still comes out once, in order.
+// TestSpoolSlabsFull: with the writer held at its first slab until put
+// has queued every other one, put makes no more than spoolSlabs slabs
+// and waits for the writer to give one back; every frame still comes out
+// once, in order.
 func TestSpoolSlabsFull(t *testing.T) {
-	spoolWriteHook = func() { time.Sleep(2 * time.Millisecond) }
-	defer func() { spoolWriteHook = nil }()
 	var got []uint64
 	sp, err := openSpool(t.TempDir(), func(_ uint32, raw []byte) error {
 		got = append(got, binary.LittleEndian.Uint64(raw))
@@ -265,6 +264,19 @@ func TestSpoolSlabsFull(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	first := true
+	spoolWriteHook = func() { // on the writer's goroutine
+		if !first {
+			return
+		}
+		first = false
+		deadline := time.Now().Add(10 * time.Second)
+		for len(sp.queue) < spoolSlabs-1 && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+		time.Sleep(20 * time.Millisecond) // put is then waiting for a slab
+	}
+	defer func() { spoolWriteHook = nil }()
 	rng := rand.New(rand.NewSource(8))
 	b := make([]byte, 64<<10)
 	n := 2 * spoolSlabs * spoolSlab / len(b) // twice what the slabs hold
