@@ -280,7 +280,7 @@ func (sp *spool) nextSlab(need int) {
 
 // enqueue hands cur to the writer. sp.mu is held.
 func (sp *spool) enqueue() {
-	sp.queue <- sp.cur // queue holds every slab, and one large frame
+	sp.queue <- sp.cur // waits only behind more than one large frame: queue holds every slab and one
 	sp.cur = nil
 	sp.putStats.maxQueued = max(sp.putStats.maxQueued, len(sp.queue))
 }
@@ -332,10 +332,7 @@ func (sp *spool) writer() {
 			if err == nil {
 				off += int64(len(slab))
 				sp.wOff.Store(off)
-				select {
-				case sp.kick <- struct{}{}:
-				default: // a wakeup is pending already
-				}
+				sp.wake()
 			} else {
 				sp.err = fmt.Errorf("write the spool for raw events in %s: %w", sp.dir, err)
 				sp.failed.Store(true)
@@ -351,6 +348,14 @@ func (sp *spool) writer() {
 		if cap(slab) == spoolSlab {
 			sp.free <- slab[:0] // never blocks: free holds every slab
 		}
+	}
+}
+
+// wake wakes the converter, if it waits for frames (see run).
+func (sp *spool) wake() {
+	select {
+	case sp.kick <- struct{}{}:
+	default: // a wakeup is pending already
 	}
 }
 
@@ -419,10 +424,7 @@ func (sp *spool) finish() error {
 	}
 	// The writer is done: wOff is final.
 	sp.closing.Store(true)
-	select {
-	case sp.kick <- struct{}{}:
-	default:
-	}
+	sp.wake()
 	if debugTiming && sp.raw > 0 {
 		p, w := sp.putStats, sp.wStats
 		fmt.Fprintf(os.Stderr, "spool: %d bytes of records in %d bytes (%.2f a record); %d writes, max %v (%d over 1 ms), max %d slabs queued, %d puts waited %v for a slab\n",
