@@ -1,9 +1,11 @@
 package proc
 
 import (
+	"bytes"
 	"os"
 	"os/signal"
 	"runtime"
+	"strconv"
 	"sync"
 	"syscall"
 )
@@ -38,14 +40,62 @@ func newExecutor(idle func()) *executor {
 		wake: make(chan struct{}, 1),
 	}
 	subscribeSIGCHLD(e.wake)
-	started := make(chan int)
-	go func() {
-		runtime.LockOSThread()
-		started <- syscall.Gettid()
+	// Try threads until one has no children (see loop). Each one
+	// refused stays locked to its goroutine until the choice is made, so
+	// that the runtime cannot offer it again.
+	release := make(chan struct{})
+	defer close(release)
+	for try := 0; ; try++ {
+		started := make(chan int)
+		go e.loop(idle, try < maxThreadTries, started, release)
+		if tid := <-started; tid > 0 {
+			e.tid = tid
+			return e
+		}
+	}
+}
+
+// maxThreadTries bounds newExecutor's search for a thread without
+// children. Every thread refused is held until the search ends, so the
+// runtime offers each at most once and starts a new one when none is left:
+// the bound is only reached by a program with more threads than that which
+// all have children, which then gets the last thread tried.
+const maxThreadTries = 128
+
+// loop is the executor goroutine. It locks itself to its thread, and with
+// picky set gives that thread up if it has children: it sends -1 on
+// started, waits for release, unlocks and returns. Otherwise it sends the
+// thread's id and runs closures until the executor stops.
+//
+// Why the children matter: the executor reaps tracee stops with
+// wait4(-1, __WALL|__WNOTHREAD), which covers the children of this very
+// thread as well as its tracees. A child that some goroutine forked from
+// this thread before the executor locked it would have its exit reaped
+// here, where nobody expects it, and so lost to its exec.Cmd's Wait; worse,
+// when another thread of this process traces that child (another
+// executor), the kernel treats this thread as a tracer too, and shows it
+// the child's exit and its ptrace stops, which its real tracer then never
+// sees (kernel/exit.c, wait_consider_task: a child traced by its real
+// parent's thread group is reaped as a tracee). Tests start their targets
+// with os/exec from any thread, then attach: that is how a tracer once
+// waited 10 s for the exit of a `sleep 0.1` that another executor had
+// reaped.
+func (e *executor) loop(idle func(), picky bool, started chan<- int, release <-chan struct{}) {
+	runtime.LockOSThread()
+	tid := syscall.Gettid()
+	if picky && hasChildren(tid) {
+		started <- -1
+		<-release
+		runtime.UnlockOSThread()
+		return
+	}
+	started <- tid
+	func() {
 		// The thread goes back to the scheduler when the executor stops
 		// (by then every tracee is detached). Letting it die instead
 		// would fire PR_SET_PDEATHSIG in any child that some goroutine
-		// happened to fork from this very thread earlier.
+		// forks from this thread later, or forked before (when it was
+		// picked anyway, past maxThreadTries).
 		defer runtime.UnlockOSThread()
 		defer unsubscribeSIGCHLD(e.wake)
 		for {
@@ -66,8 +116,14 @@ func newExecutor(idle func()) *executor {
 			}
 		}
 	}()
-	e.tid = <-started
-	return e
+}
+
+// hasChildren reports whether thread tid of this process has children
+// (/proc/self/task/TID/children). A kernel without that file
+// (CONFIG_PROC_CHILDREN) reports none.
+func hasChildren(tid int) bool {
+	b, err := os.ReadFile("/proc/self/task/" + strconv.Itoa(tid) + "/children")
+	return err == nil && len(bytes.TrimSpace(b)) > 0
 }
 
 // run executes fn on the executor thread and waits for it to return. It

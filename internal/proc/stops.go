@@ -45,7 +45,8 @@ const (
 //
 // __WNOTHREAD restricts the wait to children and tracees of this very
 // thread, the ptrace thread: so it never steals the exit status of a child
-// that some other part of the program started with os/exec.
+// that some other part of the program started with os/exec from another
+// thread (newExecutor picks a thread that has no children of its own).
 func (p *Process) reap() bool { return p.reapN(reapLimit) }
 
 func (p *Process) reapN(limit int) bool {

@@ -161,7 +161,15 @@ func sqliteLive(t *testing.T, exe string, graph bool, cycles int) {
 		}
 		detach += time.Since(t1)
 		restored += uint64(s.restoredReturns)
-		sqliteAlive(t, tp, fmt.Sprintf("cycle %d (%s, graph %v): %+v, %+v", i, glob, graph, s.Summary(), s.PatchStats()))
+		// What the tracer saw of the target's end, should it be dead:
+		// a status reaped by the tracer is gone for tp.Wait.
+		seen := "running at detach"
+		select {
+		case <-s.Exited():
+			seen = s.EndReason()
+		default:
+		}
+		sqliteAlive(t, tp, fmt.Sprintf("cycle %d (%s, graph %v): %+v, %+v; the tracer saw: %s", i, glob, graph, s.Summary(), s.PatchStats(), seen))
 		testtarget.CheckText(t, tp.Pid())
 		rec, err := tracefile.Read(out)
 		check(t, err)
