@@ -129,7 +129,7 @@ unless -f is given: a recording cannot be made again.`,
 	f.BoolVar(&o.follow, "follow", false, "record the children the process forks too, each under its own pid (not vfork children, which share its memory)")
 	f.BoolVar(&o.stopMode, "stop", false, "patch with every thread stopped (stop mode) instead of live")
 	f.BoolVar(&o.unwindUnsafe, "graph-unwind-unsafe", false, "record --graph even if the C++ unwinder cannot be hooked (an exception thrown through a traced function would then kill the program)")
-	f.IntVar(&o.chunks, "buffer-chunks", 0, "shared buffer size in 64 KiB chunks (default 256)")
+	f.IntVar(&o.chunks, "buffer-chunks", 0, "shared buffer size in 64 KiB chunks (default 256 for each CPU the target may run on, at most 1024)")
 	f.BoolVar(&o.noSpool, "no-spool", false, "encode events while tracing instead of spooling them raw next to the recording (uses no extra disk, loses events sooner)")
 	f.IntVarP(&o.filter.depth, "depth", "D", 0, "record calls at depth < `N` only (graph mode, N < 256; 0 = all)")
 	f.DurationVarP(&o.filter.minDur, "time-filter", "t", 0, "show only calls that took at least `DURATION` (graph mode; applied when the recording is read)")
@@ -422,7 +422,7 @@ loop:
 					status.clear()
 					fmt.Fprintf(o.stderr, "livetrace: events are being lost: the target fills the shared buffer faster than livetrace empties it; "+
 						"record with a larger buffer (--buffer-chunks %d), fewer functions (-F/-N) or fewer threads (--tid); `livetrace info` shows the loss per thread\n",
-						min(4*o.bufferChunks(), 1<<20))
+						min(4*s.BufferChunks(), 1<<20))
 				}
 			}
 			if status.due() {
@@ -632,10 +632,3 @@ func (s *statusLine) clear() {
 	}
 }
 
-// bufferChunks is the shared buffer size in chunks the recording uses.
-func (o *recordOptions) bufferChunks() int {
-	if o.chunks > 0 {
-		return o.chunks
-	}
-	return session.DefaultChunks
-}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"sort"
 	"strings"
 
@@ -57,11 +58,36 @@ type remoteRegion struct {
 	what       string
 }
 
-// DefaultChunks is the default size of the shared event buffer, in chunks
-// of 4096 records (64 KiB): 16 MiB, about 10 ms of one thread calling a
-// traced function at full speed, enough to ride out the consumer's
-// scheduling hiccups.
-const DefaultChunks = 256
+// The default size of the shared event buffer, in chunks of 4096 records
+// (64 KiB): 16 MiB for each CPU the target may run on (ChunksPerCPU), at
+// most 64 MiB (MaxDefaultChunks). 16 MiB is about 10 ms of one thread
+// calling a traced function at full speed; the consumer's scheduling
+// hiccups last as long whatever the rate, so the buffer grows with the
+// number of threads that can fill it at once, as ftrace's and perf's
+// per-CPU buffers do. Beyond 4 CPUs a single consumer cannot keep up
+// with every CPU calling at full speed anyway, and the target's memory
+// matters more (docs/DESIGN-NOTES.md, "The shared buffer").
+const (
+	ChunksPerCPU     = 256
+	MaxDefaultChunks = 1024
+)
+
+// DefaultChunks returns the default buffer size, in chunks, for a target
+// that may run on cpus CPUs.
+func DefaultChunks(cpus int) int {
+	return min(max(cpus, 1)*ChunksPerCPU, MaxDefaultChunks)
+}
+
+// targetCPUs returns the number of CPUs pid may run on: its affinity mask
+// (a container's cpuset, taskset), or every CPU online when that cannot be
+// read.
+func targetCPUs(pid int) int {
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(pid, &set); err == nil && set.Count() > 0 {
+		return set.Count()
+	}
+	return runtime.NumCPU()
+}
 
 const (
 	mapFixedNoreplace = 0x100000      // MAP_FIXED_NOREPLACE, Linux 4.17
@@ -98,7 +124,7 @@ func (s *Session) inject() (err error) {
 	}
 	chunks := s.opts.Chunks
 	if chunks == 0 {
-		chunks = DefaultChunks
+		chunks = DefaultChunks(targetCPUs(s.p.Pid()))
 	}
 	cfg := agent.Config{Chunks: chunks, ChunkRecords: s.opts.ChunkRecords, StringMax: s.stringMax()}
 	// The site table is filled in below, once the stubs have addresses;

@@ -974,6 +974,15 @@ func (s *Session) Functions() int {
 	return n
 }
 
+// BufferChunks returns the size of the shared event buffer, in chunks
+// (Options.Chunks, or the default for the target's CPUs).
+func (s *Session) BufferChunks() int {
+	if s.inj == nil {
+		return s.opts.Chunks
+	}
+	return s.inj.cfg.Chunks
+}
+
 // Pid returns the target's process ID.
 func (s *Session) Pid() int { return s.p.Pid() }
 
