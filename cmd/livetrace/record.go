@@ -631,4 +631,3 @@ func (s *statusLine) clear() {
 		fmt.Fprint(s.w, "\r\033[K")
 	}
 }
-
