@@ -1,6 +1,11 @@
 package main
 
 import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -8,6 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/livetrace/livetrace/internal/session"
 	"github.com/livetrace/livetrace/internal/testtarget"
 )
 
@@ -71,4 +79,92 @@ func TestLossWarning(t *testing.T) {
 	if total == 0 || lossy == 0 || perThread > total || perThread < total*9/10 {
 		t.Fatalf("record says %d lost; info attributes %d to %d threads:\n%s", total, perThread, lossy, info)
 	}
+}
+
+// TestBufferDefaults: record sizes the shared buffer by the CPUs the target
+// may run on (session.DefaultChunks), live and top keep it at
+// session.ChunksPerCPU, whatever the CPUs, since for them it is a queue
+// whose length is the time it takes to show a call; --buffer-chunks
+// overrides both. The size is read off the agent's memfd mapping in the
+// target while the tracer is attached.
+func TestBufferDefaults(t *testing.T) {
+	testtarget.RequireRoot(t)
+	tp := testtarget.Start(t, testtarget.Build(t, testtarget.Simple, testtarget.ClangNop5), "loop")
+	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	var cpus unix.CPUSet
+	if err := unix.SchedGetaffinity(tp.Pid(), &cpus); err != nil {
+		t.Fatal(err)
+	}
+	lt := livetraceBinary(t)
+	const chunk = 64 << 10
+	for _, c := range []struct {
+		args []string
+		want int // bytes of event buffer
+	}{
+		{[]string{"record", "-o", filepath.Join(t.TempDir(), "rec.data")}, session.DefaultChunks(cpus.Count()) * chunk},
+		{[]string{"live"}, session.ChunksPerCPU * chunk},
+		{[]string{"top"}, session.ChunksPerCPU * chunk},
+		{[]string{"live", "--buffer-chunks", "64"}, 64 * chunk},
+	} {
+		args := append(c.args, "-p", strconv.Itoa(tp.Pid()), "-F", "simple_*", "-d", "1s")
+		var done func() error
+		if args[0] == "top" { // it needs a terminal
+			startTmux(t, 120, 40, lt+" "+strings.Join(args, " ")+"; sleep 60")
+			done = func() error {
+				for end := time.Now().Add(20 * time.Second); memfdSize(tp.Pid()) != 0; time.Sleep(10 * time.Millisecond) {
+					if time.Now().After(end) {
+						return errors.New("still attached after 20 s")
+					}
+				}
+				return nil
+			}
+		} else {
+			cmd := exec.Command(lt, args...)
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			done = func() error {
+				if err := cmd.Wait(); err != nil {
+					return fmt.Errorf("%w\n%s", err, stderr.String())
+				}
+				return nil
+			}
+		}
+		size := 0
+		for end := time.Now().Add(10 * time.Second); size == 0 && time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+			size = memfdSize(tp.Pid())
+		}
+		if err := done(); err != nil {
+			t.Fatalf("%v: %v", args, err)
+		}
+		// The mapping also holds the agent's header, thread slots and
+		// site table: a few MiB at most.
+		if size < c.want || size > c.want+4<<20 {
+			t.Errorf("%v: shared memory of %d bytes, want %d bytes of buffer and at most 4 MiB more (%d CPUs)", args, size, c.want, cpus.Count())
+		}
+	}
+}
+
+// memfdSize returns the size of the agent's shared memory mapping in pid,
+// 0 when there is none.
+func memfdSize(pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", pid))
+	if err != nil {
+		return 0
+	}
+	size := 0
+	for _, l := range strings.Split(string(b), "\n") {
+		if !strings.Contains(l, "memfd:livetrace") {
+			continue
+		}
+		lo, hi, _ := strings.Cut(strings.Fields(l)[0], "-")
+		a, _ := strconv.ParseUint(lo, 16, 64)
+		z, _ := strconv.ParseUint(hi, 16, 64)
+		size += int(z - a)
+	}
+	return size
 }
