@@ -105,3 +105,26 @@ func TestLiveSkipsWhenBehind(t *testing.T) {
 	}
 	t.Logf("%d printed, %d skipped; poll side %v", printed, skipped, inEvents)
 }
+
+// TestLiveBacklog checks the printer's estimate of how long what waits
+// would take to print: none before it has printed for 10 ms, then at its
+// recent pace, which follows an output that slows down.
+func TestLiveBacklog(t *testing.T) {
+	var l liveOutput
+	l.busy.add(1000, 5*time.Millisecond)
+	if got := l.backlog(1e6); got != 0 {
+		t.Errorf("backlog after 5 ms of printing: %v, want 0 (not measured yet)", got)
+	}
+	l.busy.add(1000, 5*time.Millisecond) // 2000 events in 10 ms
+	if got, want := l.backlog(3000), 15*time.Millisecond; got != want {
+		t.Errorf("backlog of 3000 events at 200 a ms: %v, want %v", got, want)
+	}
+	// The output gets ten times slower: within a few hundred ms of
+	// printing, the estimate is near the new pace (20 events a ms).
+	for range 40 {
+		l.busy.add(200, 10*time.Millisecond)
+	}
+	if got := l.backlog(3000); got < 140*time.Millisecond || got > 160*time.Millisecond {
+		t.Errorf("backlog of 3000 events after the output slowed to 20 a ms: %v, want about 150 ms", got)
+	}
+}
