@@ -22,6 +22,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/livetrace/livetrace/internal/testtarget"
 	"github.com/livetrace/livetrace/internal/tracefile"
 )
 
@@ -652,7 +653,7 @@ func (b *bench) throughput() {
 			b.add(sec, name, -1, "events/s", err.Error())
 			continue
 		}
-		shm := sharedKB(t.cmd.Process.Pid)
+		shm := testtarget.SharedMemorySize(t.cmd.Process.Pid) / 1024
 		calls, err := t.run("calls")
 		summary := tr.stop()
 		t.kill()
@@ -692,25 +693,6 @@ func (b *bench) throughput() {
 			b.add(sec, "shared memory in the target", float64(shm)/1024, "MiB", "the agent's memfd mapping")
 		}
 	}
-}
-
-// sharedKB is the size of the livetrace memfd mapping in pid.
-func sharedKB(pid int) int {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", pid))
-	if err != nil {
-		return 0
-	}
-	kb := 0
-	for _, l := range strings.Split(string(b), "\n") {
-		if !strings.Contains(l, "memfd:livetrace") {
-			continue
-		}
-		lo, hi, _ := strings.Cut(strings.Fields(l)[0], "-")
-		a, _ := strconv.ParseUint(lo, 16, 64)
-		z, _ := strconv.ParseUint(hi, 16, 64)
-		kb += int((z - a) / 1024)
-	}
-	return kb
 }
 
 var benchLine = regexp.MustCompile(`^(Benchmark\S+)\s+\d+\s+(.*)$`)

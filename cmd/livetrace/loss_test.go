@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -113,7 +112,7 @@ func TestBufferDefaults(t *testing.T) {
 		if args[0] == "top" { // it needs a terminal
 			startTmux(t, 120, 40, lt+" "+strings.Join(args, " ")+"; sleep 60")
 			done = func() error {
-				for end := time.Now().Add(20 * time.Second); memfdSize(tp.Pid()) != 0; time.Sleep(10 * time.Millisecond) {
+				for end := time.Now().Add(20 * time.Second); testtarget.SharedMemorySize(tp.Pid()) != 0; time.Sleep(10 * time.Millisecond) {
 					if time.Now().After(end) {
 						return errors.New("still attached after 20 s")
 					}
@@ -136,7 +135,7 @@ func TestBufferDefaults(t *testing.T) {
 		}
 		size := 0
 		for end := time.Now().Add(10 * time.Second); size == 0 && time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
-			size = memfdSize(tp.Pid())
+			size = testtarget.SharedMemorySize(tp.Pid())
 		}
 		if err := done(); err != nil {
 			t.Fatalf("%v: %v", args, err)
@@ -147,24 +146,4 @@ func TestBufferDefaults(t *testing.T) {
 			t.Errorf("%v: shared memory of %d bytes, want %d bytes of buffer and at most 4 MiB more (%d CPUs)", args, size, c.want, cpus.Count())
 		}
 	}
-}
-
-// memfdSize returns the size of the agent's shared memory mapping in pid,
-// 0 when there is none.
-func memfdSize(pid int) int {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", pid))
-	if err != nil {
-		return 0
-	}
-	size := 0
-	for _, l := range strings.Split(string(b), "\n") {
-		if !strings.Contains(l, "memfd:livetrace") {
-			continue
-		}
-		lo, hi, _ := strings.Cut(strings.Fields(l)[0], "-")
-		a, _ := strconv.ParseUint(lo, 16, 64)
-		z, _ := strconv.ParseUint(hi, 16, 64)
-		size += int(z - a)
-	}
-	return size
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -238,4 +239,24 @@ func (p *Process) WaitMainThreadExited(tb testing.TB) {
 		}
 		time.Sleep(time.Millisecond)
 	}
+}
+
+// SharedMemorySize returns the size in bytes of livetrace's shared memory
+// (the agent's memfd) mapped in process pid, 0 when none is.
+func SharedMemorySize(pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", pid))
+	if err != nil {
+		return 0
+	}
+	size := 0
+	for _, l := range strings.Split(string(b), "\n") {
+		if !strings.Contains(l, "memfd:livetrace") {
+			continue
+		}
+		lo, hi, _ := strings.Cut(strings.Fields(l)[0], "-")
+		a, _ := strconv.ParseUint(lo, 16, 64)
+		z, _ := strconv.ParseUint(hi, 16, 64)
+		size += int(z - a)
+	}
+	return size
 }
