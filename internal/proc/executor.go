@@ -90,32 +90,30 @@ func (e *executor) loop(idle func(), picky bool, started chan<- int, release <-c
 		return
 	}
 	started <- tid
-	func() {
-		// The thread goes back to the scheduler when the executor stops
-		// (by then every tracee is detached). Letting it die instead
-		// would fire PR_SET_PDEATHSIG in any child that some goroutine
-		// forks from this thread later, or forked before (when it was
-		// picked anyway, past maxThreadTries).
-		defer runtime.UnlockOSThread()
-		defer unsubscribeSIGCHLD(e.wake)
-		for {
+	// The thread goes back to the scheduler when the executor stops
+	// (by then every tracee is detached). Letting it die instead would
+	// fire PR_SET_PDEATHSIG in any child forked from it: one Launch
+	// started, or one forked before (a thread picked anyway, past
+	// maxThreadTries).
+	defer runtime.UnlockOSThread()
+	defer unsubscribeSIGCHLD(e.wake)
+	for {
+		select {
+		case fn := <-e.fns:
+			fn()
+		case <-e.wake:
+			// A request waiting goes first: idle work is
+			// bounded, and more of it can wait.
 			select {
 			case fn := <-e.fns:
 				fn()
-			case <-e.wake:
-				// A request waiting goes first: idle work is
-				// bounded, and more of it can wait.
-				select {
-				case fn := <-e.fns:
-					fn()
-				default:
-				}
-				idle()
-			case <-e.done:
-				return
+			default:
 			}
+			idle()
+		case <-e.done:
+			return
 		}
-	}()
+	}
 }
 
 // hasChildren reports whether thread tid of this process has children
