@@ -1,6 +1,7 @@
 package session
 
 import (
+	"encoding/binary"
 	"io"
 	"testing"
 
@@ -32,4 +33,42 @@ func BenchmarkDeliverRaw(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*4096), "ns/event")
+}
+
+// BenchmarkDeliverRawArgs is BenchmarkDeliverRaw for a site that captures
+// one argument (record -A f@arg1), as live's latency benchmark traces it:
+// each event is three records, and its Args a string of its own, handed
+// to OnEvents as live takes it.
+func BenchmarkDeliverRawArgs(b *testing.B) {
+	w, err := tracefile.NewWriter(io.Discard)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var kept []tracefile.Event
+	s := &Session{w: w, lost: map[uint32]uint64{}, threads: map[uint32]string{1: "x"}, sel: make([]selected, 10)}
+	s.opts.OnEvents = func(evs []tracefile.Event, _ string) { kept = append(kept[:0], evs...) }
+	s.sel[1].capture.spec = 1
+	raw := make([]byte, 0, 4096*agent.SizeofRecord)
+	tsc := uint64(1 << 40)
+	n := 0
+	for len(raw)+3*agent.SizeofRecord <= cap(raw) {
+		tsc += 60
+		r := agent.EncodeRecord(agent.Record{TSC: tsc, Kind: agent.KindEntry, Site: 1, CallerDelta: -200, CallerKnown: true})
+		raw = append(raw, r[:]...)
+		raw = binary.LittleEndian.AppendUint64(raw, 1|8<<32)
+		raw = binary.LittleEndian.AppendUint64(raw, uint64(agent.KindData)<<62|8)
+		raw = binary.LittleEndian.AppendUint64(raw, tsc)
+		raw = binary.LittleEndian.AppendUint64(raw, 0)
+		n++
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if err := s.deliverRaw(1, 0, raw); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if len(kept) != n || kept[0].Args == "" {
+		b.Fatalf("%d events with values %q, want %d with values", len(kept), kept[0].Args, n)
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/event")
 }
