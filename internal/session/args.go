@@ -174,7 +174,7 @@ func (s *Session) dataGroup(site uint32, kind uint8, raw []byte) (args string, r
 		return "", 1 + nrec, false
 	}
 	p := raw[agent.SizeofRecord : agent.SizeofRecord+n]
-	a, err := tracefile.EncodeArgs(spec, p)
+	a, err := s.argsArena.Encode(spec, p)
 	if err != nil {
 		return "", 1 + nrec, false
 	}

@@ -211,8 +211,9 @@ type Session struct {
 	badRecords atomic.Uint64 // malformed records dropped
 	unspooled  atomic.Uint64 // records taken out of the spool
 	evbuf      []tracefile.Event
-	clock0     tsc.Pair // at the patch batch
-	calib      tsc.Pair // taken earlier, to know the TSC rate before the end
+	argsArena  tracefile.ArgsArena // the events' Args strings (conv)
+	clock0     tsc.Pair            // at the patch batch
+	calib      tsc.Pair            // taken earlier, to know the TSC rate before the end
 	started    time.Time
 	patched    bool
 	stats      textpoke.Stats

@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/bits"
-	"strings"
+	"unsafe"
 )
 
 // MaxArgs is the largest encoded [Event.Args], in bytes.
@@ -65,20 +65,41 @@ var errArgs = errors.New("malformed argument values")
 // the site's spec they hold, and payload, the agent's bytes (docs/FORMAT.md,
 // "Argument values"). It checks that payload matches spec.
 func EncodeArgs(spec uint32, payload []byte) (string, error) {
+	var a ArgsArena
+	return a.encode(spec, payload, 0)
+}
+
+// ArgsArena is EncodeArgs for a stream of events: its strings are cut
+// from shared blocks of argsBlock bytes, one allocation a block instead
+// of one an event. A string keeps its whole block alive; the bytes of a
+// block are never written again once a string points into them. The zero
+// value is ready to use; it is not safe for concurrent use.
+type ArgsArena struct{ buf []byte }
+
+const argsBlock = 64 << 10
+
+// Encode is EncodeArgs.
+func (a *ArgsArena) Encode(spec uint32, payload []byte) (string, error) {
+	return a.encode(spec, payload, argsBlock)
+}
+
+func (a *ArgsArena) encode(spec uint32, payload []byte, block int) (string, error) {
 	var v [binary.MaxVarintLen32]byte
 	n := binary.PutUvarint(v[:], uint64(spec))
-	if n+len(payload) > MaxArgs {
-		return "", fmt.Errorf("%w: %d bytes", errArgs, n+len(payload))
+	need := n + len(payload)
+	if need > MaxArgs {
+		return "", fmt.Errorf("%w: %d bytes", errArgs, need)
 	}
 	if err := checkArgs(spec, payload); err != nil {
 		return "", err
 	}
-	// One allocation: this runs for every event that captured values.
-	var sb strings.Builder
-	sb.Grow(n + len(payload))
-	sb.Write(v[:n])
-	sb.Write(payload)
-	return sb.String(), nil
+	if cap(a.buf)-len(a.buf) < need {
+		a.buf = make([]byte, 0, max(block, need))
+	}
+	start := len(a.buf)
+	a.buf = append(a.buf, v[:n]...)
+	a.buf = append(a.buf, payload...)
+	return unsafe.String(&a.buf[start], need), nil
 }
 
 // checkArgs is [DecodeArgs]'s check of payload against spec, without
