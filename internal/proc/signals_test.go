@@ -284,10 +284,14 @@ func TestRemoteSyscallSeccompTrap(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		// What rax holds after a trapped call is up to the
-		// architecture; only the SIGSYS matters here.
-		if _, err := r.Syscall(unix.SYS_GETPPID); err != nil {
+		// A trapped call returns its own number (the kernel rolls rax
+		// back to orig_rax): Syscall looks for the SIGSYS only then.
+		ret, err := r.Syscall(unix.SYS_GETPPID)
+		if err != nil {
 			t.Fatal(err)
+		}
+		if ret != unix.SYS_GETPPID {
+			t.Errorf("a trapped getppid returned %d, want its number %d", int64(ret), unix.SYS_GETPPID)
 		}
 		if err := r.Release(); err != nil {
 			t.Fatal(err)
