@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -159,5 +160,26 @@ func TestLiveEntryRecords(t *testing.T) {
 	}
 	if got := countLines(lines, ": work_leaf <- work_"); got != want["work_leaf"] {
 		t.Errorf("work_leaf lines name no caller: %d of %d", got, want["work_leaf"])
+	}
+}
+
+// TestLiveValuesUndecoded: without -o live takes the records undecoded and
+// decodes those it prints (session.Options.OnRaw): every call still shows,
+// with its argument and its caller.
+func TestLiveValuesUndecoded(t *testing.T) {
+	testtarget.RequireRoot(t)
+	leaf := regexp.MustCompile(`: work_leaf\((\d+)\) <- work_(pattern|nested)\+0x[0-9a-f]+$`)
+	lines, want, _ := liveRun(t, 2, func(lines []string, want map[string]uint64) bool {
+		return want != nil && countLines(lines, ": work_leaf(") == want["work_leaf"]
+	}, "-F", "work_*", "-A", "work_leaf@arg1/d")
+	n := uint64(0)
+	for _, l := range lines {
+		if leaf.MatchString(l) {
+			n++
+		}
+	}
+	if n != want["work_leaf"] || countLines(lines, ": work_nested <- work_pattern+") != want["work_nested"] {
+		t.Errorf("%d work_leaf lines with a value and a caller, want %d; %d work_nested lines, want %d:\n%s",
+			n, want["work_leaf"], countLines(lines, ": work_nested <- work_pattern+"), want["work_nested"], strings.Join(lines, "\n"))
 	}
 }

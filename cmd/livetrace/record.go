@@ -213,7 +213,11 @@ func (o *recordOptions) run() error {
 	var lv *liveOutput
 	if o.live {
 		lv = &liveOutput{o: o, filter: report.Filter{MaxDepth: flt.MaxDepth, MinDuration: flt.MinDuration, TIDs: flt.TIDs}}
-		opts.OnEvents = lv.events
+		if o.output == "" {
+			opts.OnRaw = lv.records
+		} else {
+			opts.OnEvents = lv.events
+		}
 		opts.OnThreadPID = lv.threadPID
 		opts.OnFuncs = lv.refresh // the names of functions ctl adds, before their events
 		opts.Discard = o.output == ""

@@ -155,11 +155,12 @@ func (s *Session) checkStrings(sel []selected) error {
 }
 
 // dataGroup decodes the DATA record at the start of raw that follows an
-// event of site: the event's values and how many records the group takes
-// after the event. The payload is the target's memory: a spec the site
-// does not have, or a payload that does not match it, is refused (ok
-// false), and the caller counts the event as corrupt.
-func (s *Session) dataGroup(site uint32, kind uint8, raw []byte) (args string, records int, ok bool) {
+// event of site: the event's values (only checked, args "", unless
+// encode) and how many records the group takes after the event. The
+// payload is the target's memory: a spec the site does not have, or a
+// payload that does not match it, is refused (ok false), and the caller
+// counts the event as corrupt. With encode, s.conv is held.
+func (s *Session) dataGroup(site uint32, kind uint8, raw []byte, encode bool) (args string, records int, ok bool) {
 	spec, n, nrec, ok := agent.DataRecord(raw)
 	if !ok || len(raw) < (1+nrec)*agent.SizeofRecord {
 		return "", 0, false
@@ -174,6 +175,9 @@ func (s *Session) dataGroup(site uint32, kind uint8, raw []byte) (args string, r
 		return "", 1 + nrec, false
 	}
 	p := raw[agent.SizeofRecord : agent.SizeofRecord+n]
+	if !encode {
+		return "", 1 + nrec, tracefile.CheckArgs(spec, p) == nil
+	}
 	a, err := s.argsArena.Encode(spec, p)
 	if err != nil {
 		return "", 1 + nrec, false

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"time"
 
@@ -151,6 +152,14 @@ func (s *Session) deliverRaw(tid uint32, lostBefore uint32, raw []byte) error {
 	if !s.wantTID(tid) {
 		return nil
 	}
+	if s.opts.OnRaw != nil {
+		_, n := s.decode(tid, raw, nil, decodeCount)
+		s.events.Add(uint64(n))
+		if n > 0 {
+			s.opts.OnRaw(tid, raw, n, s.threads[tid])
+		}
+		return nil
+	}
 	if s.spool != nil {
 		err := s.spool.put(tid, raw)
 		if err == nil {
@@ -178,16 +187,60 @@ func (s *Session) convert(tid uint32, raw []byte) error {
 }
 
 // convertLocked decodes the records of one chunk of thread tid and writes
-// them. Records come from the target's memory: a site index out of range
-// is counted as corrupt and dropped. s.conv is held.
+// them. s.conv is held.
 func (s *Session) convertLocked(tid uint32, raw []byte) error {
-	nrec := len(raw) / agent.SizeofRecord
-	if cap(s.evbuf) < nrec {
-		s.evbuf = make([]tracefile.Event, nrec)
+	if cap(s.evbuf) < len(raw)/agent.SizeofRecord {
+		s.evbuf = make([]tracefile.Event, len(raw)/agent.SizeofRecord)
 	}
-	evs := s.evbuf[:nrec]
+	evs, _ := s.decode(tid, raw, s.evbuf[:0], decodeEvents)
+	s.events.Add(uint64(len(evs)))
+	if s.opts.OnEvents != nil && len(evs) > 0 {
+		// Without a spool (OnEvents implies none) this runs under s.mu.
+		s.opts.OnEvents(evs, s.threads[tid])
+	}
+	if s.opts.Discard {
+		// Nothing reads the recording: no need to encode it.
+		return nil
+	}
+	return s.w.WriteEvents(evs)
+}
+
+// Decode turns records of thread tid that OnRaw handed over, copied, into
+// the events a recording would hold, appended to dst. It may run on any
+// goroutine, beside the poll loop.
+func (s *Session) Decode(tid uint32, raw []byte, dst []tracefile.Event) []tracefile.Event {
+	s.conv.Lock()
+	defer s.conv.Unlock()
+	evs, _ := s.decode(tid, raw, dst, decodeAgain)
+	return evs
+}
+
+// decodeMode is what decode does with a chunk's records.
+type decodeMode uint8
+
+const (
+	// decodeEvents appends the events and counts the corrupt records.
+	decodeEvents decodeMode = iota
+	// decodeCount only counts the events and the corrupt records: the
+	// values are checked, not encoded.
+	decodeCount
+	// decodeAgain appends the events of records counted before.
+	decodeAgain
+)
+
+// decode decodes the records of one chunk of thread tid: it appends the
+// events to dst (but with decodeCount) and returns them with their
+// number. Records come from the target's memory: a site index out of
+// range, or values that do not match the site's spec, are corrupt and
+// dropped. s.conv is held, or s.mu with decodeCount.
+func (s *Session) decode(tid uint32, raw []byte, dst []tracefile.Event, mode decodeMode) ([]tracefile.Event, int) {
+	nrec := len(raw) / agent.SizeofRecord
 	maxDepth := s.opts.Filters.MaxDepth
 	nsel := uint32(len(s.sel))
+	if mode != decodeCount {
+		dst = slices.Grow(dst, nrec)
+	}
+	bad := uint64(0)
 	n := 0
 	for i := 0; i < nrec; i++ {
 		// The fields of agent.Record, decoded in place (see
@@ -201,26 +254,30 @@ func (s *Session) convertLocked(tid uint32, raw []byte) error {
 		args := ""
 		if site < nsel && (kind == agent.KindEntry || kind == agent.KindExit) && isData(raw[(i+1)*agent.SizeofRecord:]) {
 			// The values of a site with a spec (args.go).
-			a, skip, ok := s.dataGroup(site, kind, raw[(i+1)*agent.SizeofRecord:])
+			a, skip, ok := s.dataGroup(site, kind, raw[(i+1)*agent.SizeofRecord:], mode != decodeCount)
 			if skip == 0 {
 				skip = 1
 			}
 			i += skip
 			if !ok {
-				s.badRecords.Add(1)
+				bad++
 				continue
 			}
 			args = a
 		}
 		if site >= nsel || (kind != agent.KindEntry && kind != agent.KindExit) {
-			s.badRecords.Add(1)
+			bad++
 			continue
 		}
 		if maxDepth > 0 && int(depth) >= maxDepth {
 			continue
 		}
-		ev := &evs[n]
 		n++
+		if mode == decodeCount {
+			continue
+		}
+		dst = dst[:len(dst)+1]
+		ev := &dst[len(dst)-1]
 		ev.TSC, ev.TID, ev.Func, ev.Depth = tsc, tid, site, uint16(depth)
 		ev.Kind, ev.Caller, ev.Args = tracefile.KindExit, 0, args
 		if kind == agent.KindEntry {
@@ -236,17 +293,10 @@ func (s *Session) convertLocked(tid uint32, raw []byte) error {
 			}
 		}
 	}
-	evs = evs[:n]
-	s.events.Add(uint64(n))
-	if s.opts.OnEvents != nil && n > 0 {
-		// Without a spool (OnEvents implies none) this runs under s.mu.
-		s.opts.OnEvents(evs, s.threads[tid])
+	if bad > 0 && mode != decodeAgain {
+		s.badRecords.Add(bad)
 	}
-	if s.opts.Discard {
-		// Nothing reads the recording: no need to encode it.
-		return nil
-	}
-	return s.w.WriteEvents(evs)
+	return dst, n
 }
 
 // attributePendingLoss adds to each thread the events it dropped after

@@ -87,7 +87,7 @@ func (s *Session) startImage(x *execImage) {
 	x.dir = dir
 	opts := s.opts
 	opts.Output = filepath.Join(dir, "image.data")
-	opts.OutputWriter, opts.OnEvents, opts.OnFuncs, opts.Discard = nil, nil, nil, false
+	opts.OutputWriter, opts.OnEvents, opts.OnRaw, opts.OnFuncs, opts.Discard = nil, nil, nil, nil, false
 	sub, err := StartProcess(x.img, opts) // detaches img on error
 	if err != nil {
 		os.RemoveAll(dir)

@@ -77,6 +77,13 @@ type Options struct {
 	// during the call, which must be quick and must not call the Session.
 	// It implies NoSpool.
 	OnEvents func(evs []tracefile.Event, thread string)
+	// OnRaw, when set instead of OnEvents, gets each chunk's records as
+	// the agent wrote them and the number of events they hold, for a
+	// reader that shows only some of the events and decodes those
+	// (Decode) instead of paying for every one: live, when calls come
+	// faster than a terminal shows them. raw is only valid during the
+	// call, which runs as OnEvents does. It implies NoSpool and Discard.
+	OnRaw func(tid uint32, raw []byte, events int, thread string)
 	// Discard writes no recording (Output is ignored): for OnEvents alone.
 	Discard bool
 	// Args are the argument and return value specs (args.go); StringMax
@@ -1067,6 +1074,9 @@ func (s *Session) Summary() Summary {
 }
 
 func (s *Session) openOutput() error {
+	if s.opts.OnRaw != nil {
+		s.opts.Discard = true // OnRaw's reader decodes what it keeps
+	}
 	if s.opts.Output == "" && !s.opts.Discard && s.opts.OutputWriter == nil {
 		s.opts.Output = "livetrace.data"
 	}

@@ -102,6 +102,16 @@ func (a *ArgsArena) encode(spec uint32, payload []byte, block int) (string, erro
 	return unsafe.String(&a.buf[start], need), nil
 }
 
+// CheckArgs reports whether [EncodeArgs] would take spec and payload,
+// without encoding them.
+func CheckArgs(spec uint32, payload []byte) error {
+	var v [binary.MaxVarintLen32]byte
+	if need := binary.PutUvarint(v[:], uint64(spec)) + len(payload); need > MaxArgs {
+		return fmt.Errorf("%w: %d bytes", errArgs, need)
+	}
+	return checkArgs(spec, payload)
+}
+
 // checkArgs is [DecodeArgs]'s check of payload against spec, without
 // decoding the values.
 func checkArgs(spec uint32, b []byte) error {
