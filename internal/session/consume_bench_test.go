@@ -48,18 +48,10 @@ func BenchmarkDeliverRawArgs(b *testing.B) {
 	s := &Session{w: w, lost: map[uint32]uint64{}, threads: map[uint32]string{1: "x"}, sel: make([]selected, 10)}
 	s.opts.OnEvents = func(evs []tracefile.Event, _ string) { kept = append(kept[:0], evs...) }
 	s.sel[1].capture.spec = 1
-	raw := argsChunk()
-	n := len(raw) / (3 * agent.SizeofRecord)
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		if err := s.deliverRaw(1, 0, raw); err != nil {
-			b.Fatal(err)
-		}
-	}
+	n := deliverArgsChunks(b, s)
 	if len(kept) != n || kept[0].Args == "" {
 		b.Fatalf("%d events with values %q, want %d with values", len(kept), kept[0].Args, n)
 	}
-	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/event")
 }
 
 // BenchmarkOnRawArgs is BenchmarkDeliverRawArgs for a reader that takes
@@ -72,6 +64,15 @@ func BenchmarkOnRawArgs(b *testing.B) {
 	var kept []byte
 	events := 0
 	s.opts.OnRaw = func(_ uint32, raw []byte, n int, _ string) { kept = append(kept[:0], raw...); events = n }
+	n := deliverArgsChunks(b, s)
+	if events != n || len(kept) != len(argsChunk()) {
+		b.Fatalf("%d events counted, %d bytes handed over; want %d events", events, len(kept), n)
+	}
+}
+
+// deliverArgsChunks runs s.deliverRaw over an argsChunk b.N times,
+// reports the cost an event and returns the chunk's number of events.
+func deliverArgsChunks(b *testing.B, s *Session) int {
 	raw := argsChunk()
 	n := len(raw) / (3 * agent.SizeofRecord)
 	b.ResetTimer()
@@ -80,10 +81,8 @@ func BenchmarkOnRawArgs(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	if events != n {
-		b.Fatalf("%d events counted, want %d", events, n)
-	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/event")
+	return n
 }
 
 // argsChunk is a chunk of 4,096 records of events that carry one argument:
