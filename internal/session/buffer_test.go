@@ -1,8 +1,14 @@
 package session
 
 import (
+	"fmt"
+	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -45,4 +51,55 @@ func TestDefaultBufferByCPUs(t *testing.T) {
 		}
 		check(t, s.Close())
 	}
+}
+
+// TestSharedBroughtUpToDate: soon after the attach the tracer's mapping of
+// the shared buffer holds every page (the fill's MADV_POPULATE_WRITE),
+// whether or not a record reached them: a page only fallocated is not up
+// to date, and the agent's first touch of it would fault once a page
+// instead of once in 16 (startFill).
+func TestSharedBroughtUpToDate(t *testing.T) {
+	testtarget.RequireRoot(t)
+	tp := startWorkload(t, testtarget.ClangNop5)
+	s, err := Start(tp.Pid(), Options{Funcs: []string{"work_*"}, Output: filepath.Join(t.TempDir(), "rec.data"), Chunks: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	addr := uint64(uintptr(unsafe.Pointer(unsafe.SliceData(s.inj.shared))))
+	size := uint64(len(s.inj.shared))
+	var rss uint64
+	for start := time.Now(); time.Since(start) < 10*time.Second; time.Sleep(20 * time.Millisecond) {
+		if rss = mappingRss(t, addr); rss >= size {
+			return
+		}
+	}
+	t.Errorf("the tracer's mapping of the shared buffer holds %d of %d bytes 10 s after the attach (an idle target)", rss, size)
+}
+
+// mappingRss returns the Rss of this process's mapping that starts at
+// addr, from /proc/self/smaps.
+func mappingRss(t *testing.T, addr uint64) uint64 {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/smaps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := false
+	for _, l := range strings.Split(string(b), "\n") {
+		var lo, hi uint64
+		if n, _ := fmt.Sscanf(l, "%x-%x", &lo, &hi); n == 2 && strings.Contains(l, " ") {
+			in = lo == addr
+			continue
+		}
+		if kb, ok := strings.CutPrefix(l, "Rss:"); ok && in {
+			v, err := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(kb), "kB")), 10, 64)
+			if err != nil {
+				t.Fatalf("smaps: %q: %v", l, err)
+			}
+			return v << 10
+		}
+	}
+	t.Fatalf("no mapping of this process starts at %#x", addr)
+	return 0
 }

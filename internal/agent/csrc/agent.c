@@ -204,11 +204,13 @@ static inline struct lt_chunk_hdr *chunk_at(u64 off)
 /*
  * lt_prefault reads one byte of every page of the chunk at c. A page not
  * yet mapped in this process then takes a read fault, and the kernel maps
- * the pages around it that the memfd already holds (fault-around, 64 KiB
- * by default) in the same fault, writable since shmem needs no write
- * notification: about 16 times fewer faults than the record stores would
- * take one page at a time. InitShared allocates every page up front. It
- * costs a few loads once the pages are mapped.
+ * the pages around it that the memfd already holds up to date
+ * (fault-around, 64 KiB by default) in the same fault, writable since
+ * shmem needs no write notification: about 16 times fewer faults than the
+ * record stores would take one page at a time. The tracer allocates every
+ * page and brings it up to date soon after the attach (startFill in
+ * internal/session/inject.go). It costs a few loads once the pages are
+ * mapped.
  */
 static void lt_prefault(struct lt_chunk_hdr *c, u64 size)
 {
