@@ -189,10 +189,8 @@ func (s *Session) convert(tid uint32, raw []byte) error {
 // convertLocked decodes the records of one chunk of thread tid and writes
 // them. s.conv is held.
 func (s *Session) convertLocked(tid uint32, raw []byte) error {
-	if cap(s.evbuf) < len(raw)/agent.SizeofRecord {
-		s.evbuf = make([]tracefile.Event, len(raw)/agent.SizeofRecord)
-	}
 	evs, _ := s.decode(tid, raw, s.evbuf[:0], decodeEvents)
+	s.evbuf = evs[:0] // grown by decode, kept for the next chunk
 	s.events.Add(uint64(len(evs)))
 	if s.opts.OnEvents != nil && len(evs) > 0 {
 		// Without a spool (OnEvents implies none) this runs under s.mu.

@@ -84,15 +84,12 @@ func (a *ArgsArena) Encode(spec uint32, payload []byte) (string, error) {
 }
 
 func (a *ArgsArena) encode(spec uint32, payload []byte, block int) (string, error) {
+	if err := CheckArgs(spec, payload); err != nil {
+		return "", err
+	}
 	var v [binary.MaxVarintLen32]byte
 	n := binary.PutUvarint(v[:], uint64(spec))
 	need := n + len(payload)
-	if need > MaxArgs {
-		return "", fmt.Errorf("%w: %d bytes", errArgs, need)
-	}
-	if err := checkArgs(spec, payload); err != nil {
-		return "", err
-	}
 	if cap(a.buf)-len(a.buf) < need {
 		a.buf = make([]byte, 0, max(block, need))
 	}
