@@ -103,6 +103,21 @@ func (p *Process) detachAll() {
 			_ = unix.PtraceDetach(tid)
 		}
 	}
+	// A thread that reported its exit (resumed to die) stays ours until
+	// its exit status is read: unread, it lingers as a zombie in
+	// /proc/PID/task for as long as this tracer lives, and when the
+	// process ends its parent cannot reap it (the kernel reports a
+	// leader only once its other threads are released). They die at
+	// once; read their statuses. A leader that exited alone is not
+	// reported before the group ends (see thread.exiting).
+	_ = p.waitFor(func() bool {
+		for tid, t := range p.threads {
+			if t.exiting && tid != p.pid && p.live(t) {
+				return false
+			}
+		}
+		return true
+	}, 2*time.Second)
 	for _, t := range p.threads {
 		p.dropThread(t)
 	}

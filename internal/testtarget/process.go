@@ -123,7 +123,9 @@ func Start(tb testing.TB, path string, args ...string) *Process {
 		}
 	}()
 	tb.Cleanup(func() {
-		p.Kill()
+		if !p.kill(30 * time.Second) {
+			tb.Errorf("pid %d not reaped 30 s after SIGKILL: a tracer still holds one of its threads (%s)", p.Pid(), taskStates(p.Pid()))
+		}
 		if tb.Failed() {
 			if s := p.stderr.String(); s != "" {
 				tb.Logf("stderr of %s (pid %d):\n%s", path, p.Pid(), s)
@@ -213,15 +215,50 @@ func (p *Process) Wait() error {
 
 // Kill kills the process with SIGKILL and reaps it. It is a no-op when the
 // process has already exited.
-func (p *Process) Kill() {
+func (p *Process) Kill() { p.kill(0) }
+
+// kill is Kill, waiting at most timeout (0: for ever) for the reaping; it
+// reports whether the process was reaped. A thread of it that a tracer
+// holds without reading its exit keeps the process from being reaped.
+func (p *Process) kill(timeout time.Duration) bool {
 	p.killOnce.Do(func() { close(p.killed) })
 	select {
 	case <-p.waitDone:
-		return
+		return true
 	default:
 	}
 	_ = p.cmd.Process.Kill()
-	_ = p.Wait()
+	if timeout == 0 {
+		_ = p.Wait()
+		return true
+	}
+	go p.Wait()
+	select {
+	case <-p.waitDone:
+		return true
+	case <-time.After(timeout):
+		return false
+	}
+}
+
+// taskStates lists the threads of pid with their state letter, from
+// /proc/PID/task/TID/stat.
+func taskStates(pid int) string {
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err.Error()
+	}
+	var out []string
+	for _, e := range ents {
+		b, _ := os.ReadFile(dir + "/" + e.Name() + "/stat")
+		state := "?"
+		if i := bytes.LastIndexByte(b, ')'); i >= 0 && i+2 < len(b) {
+			state = string(b[i+2])
+		}
+		out = append(out, e.Name()+" "+state)
+	}
+	return strings.Join(out, ", ")
 }
 
 // WaitMainThreadExited waits until the main thread of p has exited while
