@@ -297,3 +297,34 @@ func SharedMemorySize(pid int) int {
 	}
 	return size
 }
+
+// CPUTime returns how long the threads of p have run on a CPU, summed over
+// /proc/PID/task/TID/schedstat (nanoseconds, where /proc/PID/stat counts
+// clock ticks). Unlike wall time, it does not grow when other processes
+// keep the CPUs busy: a test that compares the cost of the same work at
+// two moments of a shared machine compares it. Threads that have exited
+// no longer count.
+func (p *Process) CPUTime() (time.Duration, error) {
+	dir := fmt.Sprintf("/proc/%d/task", p.Pid())
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, err
+	}
+	var sum time.Duration
+	for _, e := range ents {
+		b, err := os.ReadFile(dir + "/" + e.Name() + "/schedstat")
+		if err != nil {
+			continue // the thread exited
+		}
+		f := strings.Fields(string(b))
+		if len(f) == 0 {
+			return 0, fmt.Errorf("%s/%s/schedstat: %q", dir, e.Name(), b)
+		}
+		ns, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("%s/%s/schedstat: %w", dir, e.Name(), err)
+		}
+		sum += time.Duration(ns)
+	}
+	return sum, nil
+}
