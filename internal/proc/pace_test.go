@@ -45,21 +45,35 @@ func busyPaced(pc *Pacer, d time.Duration) (newSlots int) {
 
 // TestPacer checks that a paced loop sleeps about once a slot, and not
 // at all while real-time.
+//
+// The thread's voluntary context switches count the pacer's sleeps, and
+// also the runtime's: the Go scheduler preempts a goroutine that runs for
+// 10 ms, and a thread locked to it then sleeps until the goroutine is
+// scheduled again, as it does at each stop of the world of a collection.
+// On a loaded machine those came on top of the pacer's (a fresh-clone CI
+// run: 13 slots seen, 17 sleeps), so each check is given three tries: a
+// pacer that does not sleep, or sleeps at every call, fails all three.
 func TestPacer(t *testing.T) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	if RealTime() {
 		t.Skip("the test runs real-time: its pacer would not sleep")
 	}
-	const slots = 20
-	var pc Pacer
+	const slots, tries = 20, 3
+	var n int64
 	var seen int
-	n := sleepsDuring(t, func() { seen = busyPaced(&pc, slots*PaceSlot) })
-	// One sleep a slot the loop saw begin (give or take the one its
-	// clock and the pacer's tell apart at a slot's edge), and about one
-	// a slot on a machine that let the loop run.
-	if d := n - int64(seen); d < -2 || d > 2 {
-		t.Errorf("a loop paced for %d slots saw %d of them begin and slept %d times, want one sleep each", slots, seen, n)
+	for try := 0; try < tries; try++ {
+		var pc Pacer
+		n = sleepsDuring(t, func() { seen = busyPaced(&pc, slots*PaceSlot) })
+		// One sleep a slot the loop saw begin (give or take the one its
+		// clock and the pacer's tell apart at a slot's edge), and about
+		// one a slot on a machine that let the loop run.
+		if d := n - int64(seen); d >= -2 && d <= 2 {
+			break
+		}
+		if try == tries-1 {
+			t.Errorf("a loop paced for %d slots saw %d of them begin and slept %d times, want one sleep each (%d tries)", slots, seen, n, tries)
+		}
 	}
 	if seen < slots/2 {
 		t.Logf("the loop saw only %d of %d slots begin: a loaded machine", seen, slots)
@@ -69,8 +83,13 @@ func TestPacer(t *testing.T) {
 		for end := time.Now().Add(slots * PaceSlot); time.Now().Before(end); {
 		}
 	}
-	if n := sleepsDuring(t, spin); n > 2 {
-		t.Errorf("an unpaced loop slept %d times, want none", n)
+	for try := 0; try < tries; try++ {
+		if n = sleepsDuring(t, spin); n <= 2 {
+			break
+		}
+		if try == tries-1 {
+			t.Errorf("an unpaced loop slept %d times, want none (%d tries)", n, tries)
+		}
 	}
 	// Real-time (the attach), where root may set it: no sleeps.
 	restore := BoostAll(-10)
@@ -78,9 +97,14 @@ func TestPacer(t *testing.T) {
 	if !RealTime() {
 		return // no real-time here (no CAP_SYS_NICE, or a cgroup without real-time runtime)
 	}
-	pc = Pacer{}
-	if n := sleepsDuring(t, func() { busyPaced(&pc, slots*PaceSlot) }); n > 2 {
-		t.Errorf("a loop paced real-time slept %d times, want none", n)
+	for try := 0; try < tries; try++ {
+		var pc Pacer
+		if n = sleepsDuring(t, func() { busyPaced(&pc, slots*PaceSlot) }); n <= 2 {
+			break
+		}
+		if try == tries-1 {
+			t.Errorf("a loop paced real-time slept %d times, want none (%d tries)", n, tries)
+		}
 	}
 }
 
