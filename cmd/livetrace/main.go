@@ -15,12 +15,12 @@ import (
 	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
-	"strings"
 	"syscall"
 	"unsafe"
 
 	"github.com/spf13/cobra"
 
+	"github.com/livetrace/livetrace/internal/earlyprio"
 	"github.com/livetrace/livetrace/internal/hugemem"
 	"github.com/livetrace/livetrace/internal/proc"
 )
@@ -37,12 +37,14 @@ func init() {
 		// (waitSignals) before they change anything in a target. Until
 		// then a signal ends livetrace with nothing to undo (a seized
 		// thread goes on when its tracer dies).
-		if os.Args[1] == "record" && attachesToPID(os.Args[2:]) {
+		if os.Args[1] == "record" && earlyprio.AttachesToPID(os.Args[2:]) {
 			// The tracer's own start, beside a target whose threads keep
 			// the CPUs busy, waited for a CPU at every step: 12-20 ms
 			// where 4-6 suffice on an idle machine. session.Start takes
 			// this boost over and ends it after the patch; record ends it
-			// if Start never came (proc/nice.go).
+			// if Start never came (proc/nice.go). The main thread was
+			// boosted already, before most packages' initialization
+			// (internal/earlyprio); this boost takes that one over.
 			proc.BoostEarly(-10)
 		}
 		if os.Args[1] == "record" {
@@ -75,22 +77,6 @@ const reserveHeap = 256 << 20
 
 // signalsCaught is closed once catchSignals has run (record and restore).
 var signalsCaught chan struct{}
-
-// attachesToPID reports whether record's arguments name a process to
-// attach to (-p, --pid) and no command to start: a boosted tracer must
-// not start a program, which would inherit its real-time policy.
-func attachesToPID(args []string) bool {
-	pid := false
-	for _, a := range args {
-		switch {
-		case a == "--":
-			return false
-		case a == "-p" || a == "--pid" || strings.HasPrefix(a, "-p") || strings.HasPrefix(a, "--pid="):
-			pid = true
-		}
-	}
-	return pid
-}
 
 // waitSignals returns once every terminating signal is caught: call it
 // before the first change to a target.

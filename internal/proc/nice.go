@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/livetrace/livetrace/internal/earlyprio"
 )
 
 // The tracer's priority while it attaches and patches.
@@ -141,7 +143,13 @@ var (
 // call it before the tracer starts a program of its own: a real-time
 // policy is inherited across fork.
 func BoostEarly(n int) {
-	old := boostAll(n, nil)
+	old := map[int]*unix.SchedAttr{}
+	if tid, a, ok := earlyprio.Take(); ok {
+		// Boosted during the package initialization: ours to end.
+		old[tid] = &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: a.Policy, Flags: a.Flags, Nice: a.Nice, Priority: a.Priority,
+			Runtime: a.Runtime, Deadline: a.Deadline, Period: a.Period, Util_min: a.UtilMin, Util_max: a.UtilMax}
+	}
+	old = boostAll(n, old)
 	earlyMu.Lock()
 	early = old
 	earlyGen++
