@@ -420,30 +420,34 @@ func (s *Session) start(p *proc.Process) (_ *Session, err error) {
 		s.p.SetFollowHandler(s.follow)
 		s.p.SetExecHandler(s.execed)
 	}
-	// The boost lasts through the batch: with threads trapping at every
-	// call, the ptrace thread wakes for each trap, and at a nice value
-	// each wake-up could wait for a tick (proc/nice.go). Ended before the
-	// batch, the attach of 10,000 functions took 50-67 ms instead of
-	// 40-48, and calling threads stalled 80-112 ms instead of 32-44
+	// The boost lasts through the batch and through following the loader:
+	// with threads trapping at every call, the ptrace thread wakes for each
+	// trap, and at a nice value each wake-up could wait for a tick
+	// (proc/nice.go). Ended before the batch, the attach of 10,000
+	// functions took 50-67 ms instead of 40-48, and calling threads
+	// stalled 80-112 ms instead of 32-44. Ended after the batch, the
+	// loader's breakpoint (remote syscalls, a rendezvous) took 1-20 ms of
+	// wall time for 2-7 ms of CPU, racing the buffer's fill for a CPU; so
+	// the fill and the collector wait until the session is attached
 	// (docs/DESIGN-NOTES.md, "Real-time while attaching"). The tracer's
 	// other threads are idle meanwhile.
 	err = s.patch()
-	s.unboost()
 	if err != nil {
-		return nil, err
+		return nil, err // the deferred unboost ends the boost
 	}
 	s.lap("patch")
-	s.inj.startFill()
-	if s.unrelax != nil {
-		s.unrelax()
-	}
 	if err := s.followLoader(); err != nil {
 		return nil, err
 	}
 	if s.loader.waiting && s.loader.addr.Load() == 0 {
 		return nil, fmt.Errorf("no module of process %d matches -m %s, and livetrace cannot wait for one: %s", s.pid, strings.Join(s.opts.Modules, " "), s.loader.why)
 	}
+	s.unboost()
 	s.lap("follow dlopen")
+	s.inj.startFill()
+	if s.unrelax != nil {
+		s.unrelax()
+	}
 	// The first checkpoint (the metadata, so that a recording survives the
 	// tracer's death) takes 30-50 ms of CPU for a program of 10,000
 	// functions: written here, before Start returns, it kept the caller
