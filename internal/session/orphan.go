@@ -100,13 +100,24 @@ func leaseDeadline(hz uint64) uint64 {
 	return tsc.Read() + uint64(leaseTerm.Seconds()*float64(hz))
 }
 
-// tscHz estimates the TSC rate from the samples taken so far.
+// startCalib is a TSC sample from this process's start. The first lease
+// is written during the injection, often less than 10 ms after Start's
+// own sample: with only that one, the lease was converted at fallbackHz,
+// 2.9 s instead of 1 on a 2.1 GHz TSC, and an agent whose tracer was
+// killed right after the attach scanned its full buffer on every call for
+// that long.
+var startCalib = tsc.Sample()
+
+// tscHz estimates the TSC rate from the samples taken so far: Start's, or
+// else the process's first; 0 while both are under 10 ms old.
 func (s *Session) tscHz() uint64 {
 	now := tsc.Sample()
-	if now.Mono-s.calib.Mono < uint64(10*time.Millisecond) {
-		return 0
+	for _, c := range [...]tsc.Pair{s.calib, startCalib} {
+		if c.Mono != 0 && now.Mono-c.Mono >= uint64(10*time.Millisecond) {
+			return tsc.Hz(c, now)
+		}
 	}
-	return tsc.Hz(s.calib, now)
+	return 0
 }
 
 // owner builds the owner record from what inject has mapped so far.

@@ -9,6 +9,7 @@ import (
 	"github.com/livetrace/livetrace/internal/agent"
 	"github.com/livetrace/livetrace/internal/proc"
 	"github.com/livetrace/livetrace/internal/testtarget"
+	"github.com/livetrace/livetrace/internal/tsc"
 )
 
 func TestStartTime(t *testing.T) {
@@ -46,6 +47,25 @@ func TestCovered(t *testing.T) {
 	}
 	if _, ok := mappingAt(maps, ^uint64(0)-2, 8); ok {
 		t.Error("mappingAt took a range that wraps")
+	}
+}
+
+// TestLeaseRate: the first lease, written right after Start's own sample,
+// is converted at the TSC's real rate (from the process's first sample),
+// not at fallbackHz, which made it about three times too long here.
+func TestLeaseRate(t *testing.T) {
+	for tsc.Sample().Mono-startCalib.Mono < uint64(20*time.Millisecond) {
+		time.Sleep(time.Millisecond)
+	}
+	s := &Session{calib: tsc.Sample()}
+	hz := s.tscHz()
+	want := tsc.Hz(startCalib, tsc.Sample())
+	if hz == 0 || hz < want*99/100 || hz > want*101/100 {
+		t.Fatalf("tscHz right after Start's sample = %d, want about %d", hz, want)
+	}
+	d := time.Duration(float64(leaseDeadline(hz)-tsc.Read()) / float64(hz) * float64(time.Second))
+	if d < 900*time.Millisecond || d > leaseTerm {
+		t.Fatalf("the first lease lasts %v, want %v", d, leaseTerm)
 	}
 }
 
