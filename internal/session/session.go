@@ -165,11 +165,12 @@ type selected struct {
 
 // Session is one live recording. Its methods are safe for concurrent use.
 type Session struct {
-	pid     int
-	opts    Options
-	lapT    time.Time
-	lapCPU  time.Duration
-	unboost func() // undoes proc.BoostAll; idempotent
+	pid       int
+	opts      Options
+	lapT      time.Time
+	lapCPU    time.Duration
+	lapFaults int64
+	unboost   func() // undoes proc.BoostAll; idempotent
 	// unrelax undoes gcpause.Relax; idempotent. The collector
 	// stays relaxed from discover until the first events: restored
 	// right after discover, it started a cycle over the parse's heap at
@@ -272,7 +273,7 @@ func Start(pid int, opts Options) (*Session, error) {
 		s.unrelax()
 		return nil, err
 	}
-	s.lap("discover")
+	s.lap("discover: arguments and filters")
 	a := <-ach
 	s.lap("attach")
 	if a.err != nil {
@@ -322,6 +323,7 @@ func (s *Session) discover() error {
 		return err
 	}
 	s.mods = mods
+	s.lap("discover: modules")
 	if s.opts.Graph {
 		// A CET shadow stack checks every ret against the return
 		// address its call stored there: the agent's return trampoline
@@ -349,6 +351,7 @@ func (s *Session) discover() error {
 	if err := s.selectSites(); err != nil {
 		return err
 	}
+	s.lap("discover: select")
 	if err := s.applyArgRules(); err != nil {
 		return err
 	}
@@ -486,17 +489,17 @@ func (s *Session) lap(step string) {
 	if !debugTiming {
 		return
 	}
-	now, cpu := time.Now(), processCPU()
+	now, cpu, faults := time.Now(), processCPU(), processFaults()
 	if s.lapT.IsZero() {
 		// For the time from the tracer's exec to here (bench/ltbench).
 		var ts unix.Timespec
 		_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
-		fmt.Fprintf(os.Stderr, "session: start at CLOCK_MONOTONIC %d ns (tracer CPU %v)\n", ts.Nano(), cpu)
+		fmt.Fprintf(os.Stderr, "session: start at CLOCK_MONOTONIC %d ns (tracer CPU %v, %d page faults)\n", ts.Nano(), cpu, faults)
 	}
 	if !s.lapT.IsZero() {
-		fmt.Fprintf(os.Stderr, "session: %s %v (tracer CPU %v)\n", step, now.Sub(s.lapT), cpu-s.lapCPU)
+		fmt.Fprintf(os.Stderr, "session: %s %v (tracer CPU %v, %d page faults)\n", step, now.Sub(s.lapT), cpu-s.lapCPU, faults-s.lapFaults)
 	}
-	s.lapT, s.lapCPU = now, cpu
+	s.lapT, s.lapCPU, s.lapFaults = now, cpu, faults
 }
 
 // processCPU returns the user and system time the tracer has used.
@@ -506,6 +509,16 @@ func processCPU() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// processFaults returns the page faults the tracer has taken, minor and
+// major: on a VM a first touch of a page can cost 10-20 µs.
+func processFaults() int64 {
+	var ru unix.Rusage
+	if unix.Getrusage(unix.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return ru.Minflt + ru.Majflt
 }
 
 // RefusedSite is a selected function that graph mode does not trace.
@@ -610,7 +623,7 @@ func (s *Session) selectSites() error {
 		nmods++
 		// The sites kept are gathered first: s.sel, of large elements,
 		// grows once per module.
-		keep = keep[:0]
+		keep = slices.Grow(keep[:0], len(m.Spec.Sites))
 		eachCandidate(m, f.include, f.withReloc, func(fs elfsite.Site, why string) {
 			if literalMatch(m.Spec, fs, include) {
 				s.untraceable = append(s.untraceable, RefusedSite{Name: m.Spec.SiteName(fs), Reason: why})
