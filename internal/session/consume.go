@@ -430,7 +430,9 @@ func (s *Session) countForeign() {
 //
 // The agent knows a thread by gettid() in the target's pid namespace, the
 // tracer by its tid in its own: the NSpid line of /proc/PID/task/TID/status
-// maps one to the other.
+// maps one to the other. A process in the tracer's own pid namespace (the
+// usual case) needs no such read: both tids are the same, and a thread's
+// status costs 0.1-0.25 ms to read beside busy threads on a VM.
 //
 // A tidSet is guarded by Session.mu.
 type tidSet struct {
@@ -442,13 +444,17 @@ type tidSet struct {
 	// found in one of them to its pid.
 	more   []int
 	procOf map[int]int
+	// ourNS caches, for each process looked up, whether it is in the
+	// tracer's pid namespace (all of its threads are: a thread cannot
+	// change its pid namespace, nor be created in another).
+	ourNS map[int]bool
 	// rescanned says /proc/PID/task was read during this poll.
 	rescanned bool
 	rescans   int // for tests
 }
 
 func newTIDSet(pid int, tids []int) *tidSet {
-	ts := &tidSet{pid: pid, known: map[uint32]int{}, outer: map[int]uint32{}, procOf: map[int]int{}}
+	ts := &tidSet{pid: pid, known: map[uint32]int{}, outer: map[int]uint32{}, procOf: map[int]int{}, ourNS: map[int]bool{}}
 	for _, t := range tids {
 		ts.add(t)
 	}
@@ -468,7 +474,18 @@ func (ts *tidSet) addIn(pid, tid int) uint32 {
 	if pid != ts.pid {
 		ts.procOf[tid] = pid
 	}
-	inner, ok := innerTID(pid, tid)
+	same, seen := ts.ourNS[pid]
+	if !seen {
+		same = inOurPidNS(pid)
+		ts.ourNS[pid] = same
+	}
+	var inner uint32
+	var ok bool
+	if same {
+		inner, ok = uint32(tid), threadExists(pid, tid)
+	} else {
+		inner, ok = innerTID(pid, tid)
+	}
 	if !ok {
 		return uint32(tid) // gone before it could be looked up: no records of its own
 	}
@@ -551,6 +568,22 @@ func (ts *tidSet) pidOf(tid int) int {
 }
 
 func (ts *tidSet) hasOuter(tid int) bool { _, ok := ts.outer[tid]; return ok }
+
+// inOurPidNS reports whether process pid is in the tracer's pid namespace.
+func inOurPidNS(pid int) bool {
+	ours, err := os.Readlink("/proc/self/ns/pid")
+	if err != nil {
+		return false
+	}
+	theirs, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", pid))
+	return err == nil && theirs == ours
+}
+
+// threadExists reports whether thread tid of process pid still exists.
+func threadExists(pid, tid int) bool {
+	var st unix.Stat_t
+	return unix.Stat(fmt.Sprintf("/proc/%d/task/%d", pid, tid), &st) == nil
+}
 
 // innerTID returns the tid of thread tid of process pid in the thread's own
 // pid namespace (the last field of NSpid), which is what gettid() returns

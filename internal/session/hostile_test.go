@@ -632,7 +632,7 @@ func TestStrictAfterCheck(t *testing.T) {
 	tp := startHostile(t, exe, "strict")
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		if strict, _ := seccompModes(tp.Pid()); strict {
+		if ts, err := proc.ReadTrapStatus(tp.Pid()); err == nil && ts.SeccompStrict {
 			break
 		}
 		if time.Now().After(deadline) {

@@ -196,8 +196,11 @@ type Session struct {
 	quiesceStepped int
 	// membarrier is the engine's membarrier registration, done by inject.
 	membarrier textpoke.MembarrierState
-	unwind     *unwindPlan // graph mode: the unwinder's GOT slots to hook
-	keep       keepState
+	// trap is the status of the target's threads, read once by inject
+	// (checkSeccomp) for itself and for the engine.
+	trap   *proc.TrapStatus
+	unwind *unwindPlan // graph mode: the unwinder's GOT slots to hook
+	keep   keepState
 
 	mu       sync.Mutex // guards the consumer, the spool's input and the counters
 	cons     *agent.Consumer
@@ -412,7 +415,7 @@ func (s *Session) start(p *proc.Process) (_ *Session, err error) {
 		}
 		s.lap("hook unwinder")
 	}
-	s.eng, err = textpoke.New(s.p, textpoke.Options{Mode: s.opts.Mode, Membarrier: s.membarrier})
+	s.eng, err = textpoke.New(s.p, textpoke.Options{Mode: s.opts.Mode, Membarrier: s.membarrier, TrapStatus: s.trap})
 	if err != nil {
 		return nil, err
 	}

@@ -114,6 +114,9 @@ type Options struct {
 	// already ran it on a thread it held (MembarrierUnknown: New runs
 	// it, holding a thread of its own).
 	Membarrier MembarrierState
+	// TrapStatus is the status of the threads when the caller has just
+	// read it ([proc.ReadTrapStatus]); nil: New reads it.
+	TrapStatus *proc.TrapStatus
 }
 
 // MembarrierState says whether the target was registered for
@@ -342,9 +345,14 @@ func New(p *proc.Process, opts Options) (*Engine, error) {
 		if !e.membarrier {
 			reasons = append(reasons, "membarrier SYNC_CORE is unavailable")
 		}
-		ts, err := trapStatus(p.Pid())
-		if err != nil {
-			return nil, err
+		var ts proc.TrapStatus
+		if opts.TrapStatus != nil {
+			ts = *opts.TrapStatus
+		} else {
+			var err error
+			if ts, err = trapStatus(p.Pid()); err != nil {
+				return nil, err
+			}
 		}
 		if ts.Blocked {
 			reasons = append(reasons, "a thread blocks SIGTRAP")
