@@ -13,6 +13,7 @@ import (
 	"github.com/livetrace/livetrace/internal/proc"
 	"github.com/livetrace/livetrace/internal/report"
 	"github.com/livetrace/livetrace/internal/testtarget"
+	"github.com/livetrace/livetrace/internal/textpoke"
 	"github.com/livetrace/livetrace/internal/tracefile"
 )
 
@@ -302,7 +303,9 @@ func TestBadInput(t *testing.T) {
 // first traced return would die of SIGSEGV. Entry mode traces it.
 func TestGraphShadowStack(t *testing.T) {
 	testtarget.RequireRoot(t)
+	reads := 0
 	trapStatus = func(pid int) (proc.TrapStatus, error) {
+		reads++
 		ts, err := proc.ReadTrapStatus(pid)
 		ts.ShadowStack = true
 		return ts, err
@@ -317,12 +320,21 @@ func TestGraphShadowStack(t *testing.T) {
 	testtarget.CheckText(t, tp.Pid())
 	// Entry mode: no SIGTRAP handler, no loader breakpoint (each would
 	// emulate a CALL or a RET the shadow stack has no copy of), and the
-	// calls are recorded. (The engine's own choice of stop mode reads the
-	// real process: TestStopModeChosen plays it in package textpoke.)
+	// calls are recorded. The engine takes the session's reading of the
+	// threads' status, one pass over them (each read of a thread's status
+	// costs up to 0.25 ms beside busy threads), and so patches in stop
+	// mode.
 	out := filepath.Join(t.TempDir(), "rec.data")
+	reads = 0
 	s, err := Start(tp.Pid(), Options{Funcs: []string{"work_*"}, Output: out})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if reads != 1 {
+		t.Errorf("the threads' status was read %d times by the attach, want once", reads)
+	}
+	if mode, why := s.Mode(); mode != textpoke.ModeStop || !strings.Contains(why, "shadow stack") {
+		t.Errorf("the engine patches in %v (%s), want stop mode for the shadow stack", mode, why)
 	}
 	if s.inj.backstop {
 		t.Error("the SIGTRAP backstop is in")
