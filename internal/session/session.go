@@ -492,7 +492,8 @@ func (s *Session) lap(step string) {
 	if !debugTiming {
 		return
 	}
-	now, cpu, faults := time.Now(), processCPU(), processFaults()
+	now := time.Now()
+	cpu, faults := processUsage()
 	if s.lapT.IsZero() {
 		// For the time from the tracer's exec to here (bench/ltbench).
 		var ts unix.Timespec
@@ -505,23 +506,15 @@ func (s *Session) lap(step string) {
 	s.lapT, s.lapCPU, s.lapFaults = now, cpu, faults
 }
 
-// processCPU returns the user and system time the tracer has used.
-func processCPU() time.Duration {
+// processUsage returns the user and system time the tracer has used, and
+// the page faults it has taken, minor and major: on a VM a first touch of
+// a page can cost 10-20 µs.
+func processUsage() (time.Duration, int64) {
 	var ru unix.Rusage
 	if unix.Getrusage(unix.RUSAGE_SELF, &ru) != nil {
-		return 0
+		return 0, 0
 	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-// processFaults returns the page faults the tracer has taken, minor and
-// major: on a VM a first touch of a page can cost 10-20 µs.
-func processFaults() int64 {
-	var ru unix.Rusage
-	if unix.Getrusage(unix.RUSAGE_SELF, &ru) != nil {
-		return 0
-	}
-	return ru.Minflt + ru.Majflt
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), ru.Minflt + ru.Majflt
 }
 
 // RefusedSite is a selected function that graph mode does not trace.
