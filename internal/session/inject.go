@@ -471,15 +471,9 @@ func (s *Session) backstop() bool {
 	if s.opts.Mode == textpoke.ModeStop {
 		return false
 	}
+	// checkSeccomp, the first step of inject, read the threads' status.
 	ts := s.trap
-	if ts == nil {
-		t, err := trapStatus(s.pid)
-		if err != nil {
-			return false
-		}
-		ts = &t
-	}
-	return !ts.Blocked && !ts.Ignored && !ts.ShadowStack
+	return ts != nil && !ts.Blocked && !ts.Ignored && !ts.ShadowStack
 }
 
 // setSharedReady sets or clears lt_priv.shared_ready, which tells
