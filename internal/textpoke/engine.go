@@ -228,6 +228,13 @@ type Engine struct {
 	// the middle of a batch).
 	table atomic.Pointer[trapTable]
 	traps atomic.Int64
+	// breaking is set from the first INT3 of a live batch until its last
+	// first byte is written (or the INT3s are taken out again): only then
+	// can a trap's site still hold our INT3. A trap reported outside that
+	// window is a late one (see handleTrap).
+	breaking atomic.Bool
+	// late counts the late traps: threads sent back to re-run the site.
+	late atomic.Int64
 
 	// held lists the sites left alone because their bytes changed under
 	// the engine; guarded by mu.
@@ -443,6 +450,24 @@ func (e *Engine) handleTrap(tid int, regs *unix.PtraceRegs, claim func() error) 
 	// decodes from the first byte.
 	if claim() != nil {
 		return false
+	}
+	if !e.breaking.Load() {
+		// A late trap: the thread ran our INT3, but the batch that
+		// wrote it has written every site's first byte since. That
+		// happens when the thread was stopped (a PTRACE_INTERRUPT of a
+		// sync or of Close's quiesce was pending) right after the
+		// INT3 and before it dequeued its SIGTRAP: the kernel reports
+		// the interrupt first, and the SIGTRAP at the thread's next
+		// resume, maybe much later. The site now holds a whole
+		// instruction, old or new, that the thread simply re-runs.
+		// Emulating the table's instruction instead would send a
+		// thread trapped on a region that was put back to its Detour,
+		// a stub that Close may have unmapped meanwhile: the thread
+		// would die of SIGSEGV there.
+		e.arch.SetPC(regs, addr)
+		e.late.Add(1)
+		e.traps.Add(1)
+		return true
 	}
 	err := e.arch.Emulate(regs, addr, insn, func(sp, val uint64) error {
 		var b [8]byte
@@ -1686,6 +1711,10 @@ func (e *Engine) applyLiveOn(bt *batch, st *Stats) error {
 			//    whole on every core.
 			stepHead,
 		}
+		// From the first INT3 on, a trap's site may hold one of ours.
+		// Left set if the batch fails with INT3s in: emulation stays
+		// right for them.
+		e.breaking.Store(true)
 		for i, step := range steps {
 			if testHookPass != nil {
 				testHookPass(i+1, sync)
@@ -1696,6 +1725,11 @@ func (e *Engine) applyLiveOn(bt *batch, st *Stats) error {
 			// is left alone, never overwritten.
 			if err := e.pass(bt, b.Write, step, b.Pump); err != nil {
 				return fmt.Errorf("patch pid %d (step %d of 3): %w", e.p.Pid(), i+1, err)
+			}
+			if step == stepHead {
+				// Every site holds its whole new instruction: a trap
+				// reported from now on is a late one.
+				e.breaking.Store(false)
 			}
 			t1 := time.Now()
 			if err := sync(); err != nil {
@@ -1736,6 +1770,7 @@ func (e *Engine) applyLiveOn(bt *batch, st *Stats) error {
 				if err := e.pass(bt, b.Write, stepUnbreak, b.Pump); err != nil {
 					return fmt.Errorf("patch pid %d: %w (and undoing the INT3s: %v)", e.p.Pid(), cerr, err)
 				}
+				e.breaking.Store(false)
 				if err := sync(); err != nil {
 					return fmt.Errorf("patch pid %d: %w (and the sync after undoing the INT3s: %v)", e.p.Pid(), cerr, err)
 				}
