@@ -478,36 +478,39 @@ func (s *Session) stubRoom(m int, need, lo, hi uint64) (*ctlStubRegion, error) {
 		return nil, fmt.Errorf("cannot add functions of %s: the agent has its %d stub regions already; start a new recording with -F naming them", s.mods[m].Path, agent.MaxStubRegions)
 	}
 	size := roundUp(max(need+agent.StubSize, ctlStubBytes), pageSize)
-	maps, err := proc.ReadMaps(s.p.Pid())
-	if err != nil {
-		return nil, err
-	}
-	addr, ok := findGap(maps, size, lo, hi)
-	if !ok {
-		return nil, fmt.Errorf("no free address range within reach of %s for its stubs", s.mods[m].Path)
-	}
 	r, err := s.p.HoldRemote()
 	if err != nil {
 		return nil, fmt.Errorf("map stubs: %w", err)
 	}
 	defer r.Release()
-	// Listed in the owner record before it exists (restore checks each
-	// listed mapping before it removes it, orphan.go), and after.
-	inj.planned = &remoteRegion{addr, size, "stubs"}
-	if err := s.publishOwner(); err != nil {
+	// The target's threads run meanwhile and may map the range first:
+	// mapNear reads the maps again and tries another.
+	addr, err := mapNear(s.p.Pid(), size, lo, hi, func(addr uint64) error {
+		// Listed in the owner record before it exists (restore checks
+		// each listed mapping before it removes it, orphan.go), and
+		// after.
+		inj.planned = &remoteRegion{addr, size, "stubs"}
+		if err := s.publishOwner(); err != nil {
+			inj.planned = nil
+			return err
+		}
+		// R+X at once, as inject maps them (the springboard is written
+		// through /proc/PID/mem).
+		ret, err := r.SyscallOK("mmap stubs", proc.SysMmap, addr, size, unix.PROT_READ|unix.PROT_EXEC, uint64(unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|mapFixedNoreplace), ^uint64(0), 0)
 		inj.planned = nil
-		return nil, err
-	}
-	// R+X at once, as inject maps them (the springboard is written
-	// through /proc/PID/mem).
-	ret, err := r.SyscallOK("mmap stubs", proc.SysMmap, addr, size, unix.PROT_READ|unix.PROT_EXEC, uint64(unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|mapFixedNoreplace), ^uint64(0), 0)
-	inj.planned = nil
-	if err == nil && ret != addr {
-		_, _ = r.Syscall(proc.SysMunmap, ret, size)
-		err = fmt.Errorf("mmap stubs at %#x returned %#x", addr, ret)
+		if err == nil && ret != addr {
+			_, _ = r.Syscall(proc.SysMunmap, ret, size)
+			err = fmt.Errorf("mmap stubs at %#x returned %#x", addr, ret)
+		}
+		if err != nil {
+			_ = s.publishOwner()
+		}
+		return err
+	})
+	if errors.Is(err, errNoRange) {
+		return nil, fmt.Errorf("no free address range within reach of %s for its stubs", s.mods[m].Path)
 	}
 	if err != nil {
-		_ = s.publishOwner()
 		return nil, fmt.Errorf("map stubs: %w", err)
 	}
 	inj.regions = append(inj.regions, remoteRegion{addr, size, "stubs"})

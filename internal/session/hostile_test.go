@@ -662,3 +662,102 @@ func TestStrictAfterCheck(t *testing.T) {
 	}
 	hostileAlive(t, tp)
 }
+
+// TestTargetTakesRange: the target maps a page inside each range livetrace
+// chose for a mapping of its own, after livetrace read the target's maps
+// and before its mmap, as SQLite's threads map pieces of their WAL index
+// while livetrace attaches (the attach failed with "mmap stubs: file
+// exists"). It also tries to take a page of the shared memory's range
+// before the memfd is mapped there. livetrace must map its agent and its
+// stubs elsewhere, never over the target's pages, keep the shared
+// memory's range reserved, record, and leave the target as it was.
+func TestTargetTakesRange(t *testing.T) {
+	exe := buildHostile(t)
+	dir := publicDir(t)
+	fifo := filepath.Join(dir, "ctl")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(fifo, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	tp := startHostile(t, exe, "ctl="+fifo)
+	ctl, err := os.OpenFile(fifo, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctl.Close()
+	before := testtarget.TakeSnapshot(t, tp.Pid())
+	do := func(cmd string, addr uint64) string {
+		fmt.Fprintf(ctl, "%s %x\n", cmd, addr)
+		l, err := tp.Expect("ctl ", 30*time.Second)
+		if err != nil {
+			t.Errorf("%s %#x in the target: %v", cmd, addr, err)
+		}
+		return l
+	}
+	t.Cleanup(func() {
+		testHookMapNear = func(uint64, uint64) {}
+		testHookShared = func(string, int) {}
+	})
+	var taken []uint64
+	var agentBase uint64
+	agentTries, stubTries := 0, 0
+	testHookMapNear = func(addr, size uint64) {
+		// The agent's region holds its private region of 144 MiB;
+		// the stubs of a few functions take a page or two.
+		if size >= 64<<20 {
+			agentBase = addr
+			agentTries++
+			if agentTries > 1 {
+				return
+			}
+			addr += size / 2 &^ (pageSize - 1)
+		} else if stubTries++; stubTries > 1 {
+			return
+		}
+		if l := do("map", addr); l != "ctl 0 0" {
+			t.Errorf("map %#x in the target: %q", addr, l)
+			return
+		}
+		taken = append(taken, addr)
+	}
+	sharedTaken := ""
+	testHookShared = func(stage string, fd int) {
+		if stage == "taken" {
+			sharedTaken = do("map", agent.AddrsAt(agentBase).Shared)
+		}
+	}
+	s, err := Start(tp.Pid(), Options{Funcs: []string{"hot_*"}, Output: filepath.Join(t.TempDir(), "rec.data"), Chunks: 4})
+	testHookMapNear = func(uint64, uint64) {}
+	testHookShared = func(string, int) {}
+	if err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	if agentTries != 2 || stubTries != 2 || len(taken) != 2 {
+		t.Errorf("the agent's region was placed in %d tries, the stubs in %d, with %d ranges taken; want 2, 2 and 2", agentTries, stubTries, len(taken))
+	}
+	if want := fmt.Sprintf("ctl 0 %d", int(unix.EEXIST)); sharedTaken != want {
+		t.Errorf("the target mapping a page of the shared memory's range before the memfd: %q, want %q (reserved)", sharedTaken, want)
+	}
+	hostileAlive(t, tp)
+	if err := s.Close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	if s.Summary().Events == 0 {
+		t.Errorf("no event recorded")
+	}
+	hostileAlive(t, tp)
+	testtarget.CheckText(t, tp.Pid())
+	// The target's pages are its own (never mapped over): it unmaps
+	// them, and the mappings are as before.
+	for _, addr := range taken {
+		if l := do("unmap", addr); l != "ctl 0 0" {
+			t.Errorf("unmap %#x in the target: %q", addr, l)
+		}
+	}
+	now := testtarget.TakeSnapshot(t, tp.Pid())
+	if strings.Join(before.Maps, "\n") != strings.Join(now.Maps, "\n") {
+		t.Errorf("mappings changed:\nbefore:\n%s\nafter:\n%s", strings.Join(before.Maps, "\n"), strings.Join(now.Maps, "\n"))
+	}
+}

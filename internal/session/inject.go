@@ -121,10 +121,6 @@ func (s *Session) inject() (err error) {
 			err = rerr
 		}
 	}()
-	maps, err := proc.ReadMaps(s.p.Pid())
-	if err != nil {
-		return err
-	}
 	chunks := s.opts.Chunks
 	if chunks == 0 {
 		chunks = DefaultChunks(targetCPUs(s.p.Pid()))
@@ -163,25 +159,19 @@ func (s *Session) inject() (err error) {
 		first := byMod[mods[0]]
 		near, lo, hi = s.mods[mods[0]], s.sel[first[0]].addr, s.sel[first[len(first)-1]].addr+5
 	}
-	base, ok := findGap(maps, inj.size, lo, hi)
-	if !ok {
-		return fmt.Errorf("inject agent: no free address range of %d MiB within reach of %s", inj.size>>20, near.Path)
-	}
-	inj.addrs = agent.AddrsAt(base)
-	a := inj.addrs
+	// The shared memory is mapped later, at the end of the region: the
+	// owner record names its size from the start, and the first mmap
+	// reserves its range (see below).
+	inj.sharedSize = uint64(sharedSize)
 	s.lap("inject: planned")
 	mmap := func(addr, size uint64, prot, flags int, fd int64, what string) error {
 		switch what {
-		case "shared memory", "stubs":
+		case "stubs":
 			// Listed before they exist (the others are at fixed
 			// offsets from the control page): restore checks that
 			// each mapping is the agent's before it removes it
 			// (orphan.go).
-			if what == "shared memory" {
-				inj.sharedSize = size
-			} else {
-				inj.planned = &remoteRegion{addr, size, what}
-			}
+			inj.planned = &remoteRegion{addr, size, what}
 			if err := s.publishOwner(); err != nil {
 				return err
 			}
@@ -225,15 +215,35 @@ func (s *Session) inject() (err error) {
 	// through the gadget. lt_sigtrap only chains until lt_priv.shared_ready
 	// says the shared memory is there.
 	s.lap("inject: unprotected syscalls start")
-	if err := mmap(a.Base, a.Priv+agent.PrivSize-a.Base, unix.PROT_READ|unix.PROT_WRITE, anon|unix.MAP_NORESERVE, -1, "agent"); err != nil {
+	//
+	// The first mmap also reserves the range of the shared memory, which
+	// is mapped over it later (MAP_FIXED, as the code is): the target's
+	// threads run meanwhile, and their own mmaps, placed top-down, land
+	// next to the modules, where the agent goes too. A range that was
+	// free when the maps were read was taken by a SQLite thread's
+	// mapping of its WAL index before the shared memory's mmap came
+	// (EEXIST). So the whole region is claimed in one call, and that call
+	// is tried again, with the maps read again, when the target took its
+	// range first.
+	_, err = mapNear(s.p.Pid(), inj.size, lo, hi, func(base uint64) error {
+		inj.addrs = agent.AddrsAt(base)
+		return mmap(base, inj.size, unix.PROT_READ|unix.PROT_WRITE, anon|unix.MAP_NORESERVE, -1, "agent")
+	})
+	if errors.Is(err, errNoRange) {
+		return fmt.Errorf("inject agent: no free address range of %d MiB within reach of %s", inj.size>>20, near.Path)
+	}
+	if err != nil {
 		return err
 	}
-	// Listed as the three regions restore and remove know (they unmap
-	// each on its own, in reverse order).
+	a := inj.addrs
+	// Listed as the regions restore and remove know (they unmap each on
+	// its own, in reverse order); the shared memory's is the reservation
+	// until the memfd is mapped over it.
 	inj.regions = append(inj.regions[:len(inj.regions)-1],
 		remoteRegion{a.Ctl, agent.CtlSize, "agent control page"},
 		remoteRegion{a.Base, agent.CodeSize, "agent code"},
-		remoteRegion{a.Priv, agent.PrivSize, "agent private region"})
+		remoteRegion{a.Priv, agent.PrivSize, "agent private region"},
+		remoteRegion{a.Shared, uint64(sharedSize), "shared memory"})
 	if err := s.publishOwner(); err != nil {
 		return err
 	}
@@ -301,7 +311,16 @@ func (s *Session) inject() (err error) {
 	}
 	defer f.Close()
 	testHookShared("taken", int(fd))
-	if err := mmap(a.Shared, uint64(sharedSize), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED, int64(fd), "shared memory"); err != nil {
+	// Over the reservation the first mmap made (MAP_FIXED replaces it).
+	ret, err = r.SyscallOK("mmap shared memory", proc.SysMmap, a.Shared, uint64(sharedSize), unix.PROT_READ|unix.PROT_WRITE, uint64(unix.MAP_SHARED|unix.MAP_FIXED), uint64(fd), 0)
+	if err == nil && ret != a.Shared {
+		err = fmt.Errorf("mmap shared memory at %#x returned %#x", a.Shared, ret)
+	}
+	if err != nil {
+		closeFd()
+		return fmt.Errorf("inject agent: %w", err)
+	}
+	if err := s.publishOwner(); err != nil {
 		closeFd()
 		return err
 	}
@@ -342,20 +361,17 @@ func (s *Session) inject() (err error) {
 		}
 		size = roundUp(size, pageSize)
 		lo, hi := s.sel[idx[0]].addr, s.sel[idx[len(idx)-1]].addr+5
-		var sbase uint64
-		maps, err = proc.ReadMaps(s.p.Pid())
-		if err != nil {
-			return err
-		}
-		sbase, ok = findGap(maps, size, lo, hi)
-		if !ok {
-			return fmt.Errorf("inject agent: no free address range within reach of %s for its stubs", s.mods[m].Path)
-		}
 		// Mapped R+X at once: the tracer writes the code through
 		// /proc/PID/mem, which may write a mapping the target cannot, so
 		// the stubs are never writable in the target and need no
 		// mprotect (a remote syscall fewer).
-		if err := mmap(sbase, size, unix.PROT_READ|unix.PROT_EXEC, anon, -1, "stubs"); err != nil {
+		sbase, err := mapNear(s.p.Pid(), size, lo, hi, func(addr uint64) error {
+			return mmap(addr, size, unix.PROT_READ|unix.PROT_EXEC, anon, -1, "stubs")
+		})
+		if errors.Is(err, errNoRange) {
+			return fmt.Errorf("inject agent: no free address range within reach of %s for its stubs", s.mods[m].Path)
+		}
+		if err != nil {
 			return err
 		}
 		code := make([]byte, size)
@@ -732,6 +748,43 @@ func withinReach(rlo, rhi, lo, hi uint64) bool {
 // findGap finds a page-aligned free range of size bytes, as close as
 // possible to [lo, hi), and within rel32 reach of all of it. maps are the
 // target's mappings; the range keeps a page of distance from them.
+// maxMapTries bounds the tries of a mapping whose free range the target
+// took between the read of its maps and the mmap (EEXIST).
+const maxMapTries = 8
+
+// testHookMapNear is called with each range mapNear is about to map.
+var testHookMapNear = func(addr, size uint64) {}
+
+// errNoRange is mapNear's error when no free range is within reach.
+var errNoRange = errors.New("no free address range within reach")
+
+// mapNear reads the maps of process pid, finds a free range of size bytes
+// within rel32 reach of [lo, hi) (findGap) and calls mmap with its address,
+// which maps it with MAP_FIXED_NOREPLACE. The target's threads run
+// meanwhile: when one of them mapped something in that range first
+// (EEXIST), it tries again with the maps read again, at most maxMapTries
+// times.
+func mapNear(pid int, size, lo, hi uint64, mmap func(addr uint64) error) (uint64, error) {
+	for try := 1; ; try++ {
+		maps, err := proc.ReadMaps(pid)
+		if err != nil {
+			return 0, err
+		}
+		addr, ok := findGap(maps, size, lo, hi)
+		if !ok {
+			return 0, errNoRange
+		}
+		testHookMapNear(addr, size)
+		err = mmap(addr)
+		if err == nil {
+			return addr, nil
+		}
+		if !errors.Is(err, unix.EEXIST) || try == maxMapTries {
+			return 0, err
+		}
+	}
+}
+
 func findGap(maps []proc.Mapping, size, lo, hi uint64) (uint64, bool) {
 	const minAddr = 1 << 16
 	const maxAddr = 0x7ffffffff000

@@ -247,6 +247,12 @@ func validateOrphan(p *proc.Process, base uint64) (*adoption, error) {
 		shared = region(a.Shared, o.SharedSize, "shared memory", func(m proc.Mapping) bool {
 			return strings.HasPrefix(m.Path, "/memfd:livetrace") && m.Perms == "rw-s"
 		})
+		// Or still the anonymous reservation of it that inject's first
+		// mmap made, if the tracer died before it mapped the memfd
+		// there: no magic in it (zeros), so no site is patched.
+		shared = shared || region(a.Shared, o.SharedSize, "shared memory", func(m proc.Mapping) bool {
+			return m.Path == "" && m.Perms == "rw-p"
+		})
 	}
 	agentEnd := a.Shared + max(o.SharedSize, pageSize)
 	for _, r := range o.Stubs {

@@ -25,8 +25,12 @@
 //                   fake N  put a memfd of its own, named livetrace and
 //                           of the size of fd N, at fd N;
 //                   grab N  keep a copy of fd N, as "grab" does;
+//                   map A   map a page at address A (hex) if it is free
+//                           (MAP_FIXED_NOREPLACE): take a range the
+//                           tracer chose before it maps it;
+//                   unmap A unmap the page at address A (hex);
 //                 each answers "ctl N R" on stdout, R the result (0 or
-//                 an errno).
+//                 an errno; N is 0 for map and unmap).
 //   strict        start a thread that enters seccomp strict mode and
 //                 blocks in read (strict mode allows only read, write,
 //                 exit and sigreturn: any other call kills the process).
@@ -201,6 +205,7 @@ static void *ctl_thread(void *arg) {
 	(void)arg;
 	char line[128];
 	int fd;
+	unsigned long addr;
 	for (;;) {
 		/* Wait in select(2), not in read(2): livetrace prefers to
 		 * borrow a thread idle in a restartable call like read for
@@ -226,6 +231,17 @@ static void *ctl_thread(void *arg) {
 				r = errno;
 			else
 				grabbed = g;
+		} else if (sscanf(line, "map %lx", &addr) == 1) {
+			fd = 0;
+			void *p = mmap((void *)addr, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+			if (p == MAP_FAILED)
+				r = errno;
+			else if ((unsigned long)p != addr)
+				r = -2;
+		} else if (sscanf(line, "unmap %lx", &addr) == 1) {
+			fd = 0;
+			if (munmap((void *)addr, 4096) != 0)
+				r = errno;
 		} else if (sscanf(line, "fake %d", &fd) == 1) {
 			struct stat st;
 			int m = syscall(SYS_memfd_create, "livetrace", MFD_CLOEXEC | MFD_ALLOW_SEALING);
