@@ -88,6 +88,27 @@ func startHostile(t *testing.T, exe string, args ...string) *testtarget.Process 
 }
 
 // ask sends cmd and returns the reply line that starts with prefix.
+// startHostileCtl starts the hostile fixture with a control FIFO in dir
+// (its ctl= argument, after args) and returns the FIFO opened for
+// writing, closed when the test ends.
+func startHostileCtl(t *testing.T, exe, dir string, args ...string) (*testtarget.Process, *os.File) {
+	t.Helper()
+	fifo := filepath.Join(dir, "ctl")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(fifo, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	tp := startHostile(t, exe, append(args, "ctl="+fifo)...)
+	ctl, err := os.OpenFile(fifo, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ctl.Close() })
+	return tp, ctl
+}
+
 func ask(t *testing.T, tp *testtarget.Process, cmd, prefix string) string {
 	t.Helper()
 	if err := tp.Send(cmd); err != nil {
@@ -121,19 +142,7 @@ func TestMemfdSwapped(t *testing.T) {
 	if err := os.WriteFile(secret, want, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	fifo := filepath.Join(dir, "ctl")
-	if err := unix.Mkfifo(fifo, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chmod(fifo, 0o666); err != nil {
-		t.Fatal(err)
-	}
-	tp := startHostile(t, exe, "swap="+secret, "ctl="+fifo)
-	ctl, err := os.OpenFile(fifo, os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ctl.Close()
+	tp, ctl := startHostileCtl(t, exe, dir, "swap="+secret)
 	t.Cleanup(func() { testHookShared = func(string, int) {} })
 	for _, tc := range []struct {
 		stage, cmd string
@@ -290,19 +299,7 @@ func TestMemfdSwapRace(t *testing.T) {
 func TestMemfdTruncated(t *testing.T) {
 	exe := buildHostile(t)
 	dir := publicDir(t)
-	fifo := filepath.Join(dir, "ctl")
-	if err := unix.Mkfifo(fifo, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chmod(fifo, 0o666); err != nil {
-		t.Fatal(err)
-	}
-	tp := startHostile(t, exe, "ctl="+fifo)
-	ctl, err := os.OpenFile(fifo, os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ctl.Close()
+	tp, ctl := startHostileCtl(t, exe, dir)
 	before := testtarget.TakeSnapshot(t, tp.Pid())
 	t.Cleanup(func() { testHookShared = func(string, int) {} })
 	testHookShared = func(stage string, fd int) {
@@ -674,19 +671,7 @@ func TestStrictAfterCheck(t *testing.T) {
 func TestTargetTakesRange(t *testing.T) {
 	exe := buildHostile(t)
 	dir := publicDir(t)
-	fifo := filepath.Join(dir, "ctl")
-	if err := unix.Mkfifo(fifo, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chmod(fifo, 0o666); err != nil {
-		t.Fatal(err)
-	}
-	tp := startHostile(t, exe, "ctl="+fifo)
-	ctl, err := os.OpenFile(fifo, os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ctl.Close()
+	tp, ctl := startHostileCtl(t, exe, dir)
 	before := testtarget.TakeSnapshot(t, tp.Pid())
 	do := func(cmd string, addr uint64) string {
 		fmt.Fprintf(ctl, "%s %x\n", cmd, addr)
