@@ -47,6 +47,37 @@ func Advise(p unsafe.Pointer, n uintptr) bool {
 	return errno == 0
 }
 
+// MakeFlat is make([]T, n) for an element type without pointers, laid
+// out in whole huge pages when it takes at least a quarter of one: the
+// array is allocated with up to two huge pages more, starts at the first
+// 2 MiB boundary inside and ends at the boundary after its last byte, and
+// all of that is advised. So an array of 800 KiB costs one fault instead
+// of 200, and one of 3.3 MiB two instead of 845 (Make advises only the
+// huge pages wholly inside it, and nothing under 4 MiB). The head before
+// the boundary and the tail after the array are never touched, so they
+// cost address space and, for the tail, the rest of its huge page; the
+// collector never reads them either, since T has no pointers (with
+// pointers it would scan the head, page by page: use Make).
+func MakeFlat[T any](n int) []T {
+	var z T
+	esz := unsafe.Sizeof(z)
+	size := uintptr(n) * esz
+	if size < Size/4 || esz == 0 {
+		return make([]T, n)
+	}
+	// Room for the array from the first boundary on, rounded up to
+	// whole huge pages, and for an element's misalignment.
+	m := int((((size+Size-1)&^(Size-1))+2*Size)/esz) + 1
+	s := make([]T, m)
+	p := unsafe.Pointer(unsafe.SliceData(s))
+	start := uintptr(p)
+	beg := (start + Size - 1) &^ (Size - 1)
+	k := (beg - start + esz - 1) / esz // the first element at or past it
+	end := (start + (k+uintptr(n))*esz + Size - 1) &^ (Size - 1)
+	Advise(unsafe.Add(p, beg-start), end-beg)
+	return s[k : k+uintptr(n) : k+uintptr(n)]
+}
+
 // Make is make([]T, n), advised (Advise) when it spans at least two huge
 // pages. An array that large is a span of its own, taken from memory the
 // heap has just mapped when it has no free run of that size.

@@ -87,6 +87,61 @@ func TestMake(t *testing.T) {
 	}
 }
 
+// TestMakeFlat: an array of 800 KiB, and one of 33-byte elements over
+// 3 MiB (the trap table's), start at or just past a huge page boundary,
+// lie in advised memory from there to their end, hold zeros and take
+// writes; a small one is a plain array.
+func TestMakeFlat(t *testing.T) {
+	mode := thpMode(t)
+	check := func(name string, p uintptr, size uintptr, elem uintptr) {
+		t.Helper()
+		if off := p % Size; off >= elem {
+			t.Errorf("%s starts %d bytes past a huge page boundary, want under %d", name, off, elem)
+		}
+		if mode == "madvise" {
+			for a := p &^ (Size - 1); a < p+size; a += Size {
+				if !eligible(t, a) {
+					t.Errorf("%s: the huge page at %#x is not eligible", name, a)
+				}
+			}
+		}
+	}
+	a := MakeFlat[uint64](100000)
+	if len(a) != 100000 || cap(a) != 100000 {
+		t.Fatalf("len %d cap %d", len(a), cap(a))
+	}
+	check("[]uint64", uintptr(unsafe.Pointer(&a[0])), 800000, 8)
+	type site struct {
+		n uint8
+		b [32]byte
+	}
+	b := MakeFlat[site](100000)
+	if len(b) != 100000 || cap(b) != 100000 {
+		t.Fatalf("len %d cap %d", len(b), cap(b))
+	}
+	check("[]site", uintptr(unsafe.Pointer(&b[0])), 3300000, 33)
+	for i := range a {
+		if a[i] != 0 {
+			t.Fatalf("a[%d] = %d", i, a[i])
+		}
+		a[i] = uint64(i)
+	}
+	for i := range b {
+		if b[i].n != 0 || b[i].b[31] != 0 {
+			t.Fatalf("b[%d] = %v", i, b[i])
+		}
+		b[i].n, b[i].b[31] = uint8(i), uint8(i>>8)
+	}
+	for i := range a {
+		if a[i] != uint64(i) || b[i].n != uint8(i) || b[i].b[31] != uint8(i>>8) {
+			t.Fatalf("element %d: %d, %v", i, a[i], b[i])
+		}
+	}
+	if s := MakeFlat[uint64](1000); len(s) != 1000 || cap(s) != 1000 {
+		t.Fatalf("small: len %d cap %d", len(s), cap(s))
+	}
+}
+
 func TestReserve(t *testing.T) {
 	mode := thpMode(t)
 	// Reserve's collection must be the only one: with the pacer's

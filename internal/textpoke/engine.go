@@ -828,11 +828,11 @@ func (e *Engine) layRuns(ps []Patch, a *runArena, asIs bool) ([]*run, error) {
 		total += int(spans[k].end - spans[k].addr)
 	}
 	if cap(a.buf) < total {
-		a.buf = hugemem.Make[byte](total)
+		a.buf = hugemem.MakeFlat[byte](total)
 		a.now = nil
 	}
 	if keep && cap(a.now) < total {
-		a.now = hugemem.Make[byte](total)
+		a.now = hugemem.MakeFlat[byte](total)
 	}
 	if cap(a.runs) < len(spans) {
 		a.runs = make([]run, len(spans))
@@ -979,7 +979,7 @@ func (v *verifier) table() {
 	}
 	// Reused from batch to batch (e.mu is held), like psBuf.
 	if cap(e.idxBuf) < len(v.bt.ps) {
-		e.idxBuf = make([]int, len(v.bt.ps))
+		e.idxBuf = hugemem.MakeFlat[int](len(v.bt.ps))
 	}
 	v.nt, v.idx = &t, e.idxBuf[:len(v.bt.ps)]
 }
@@ -1539,11 +1539,11 @@ func (e *Engine) publish(bt *batch) {
 	ps := bt.ps
 	// Reused from batch to batch (e.mu is held), like psBuf.
 	if cap(e.idxBuf) < len(ps) {
-		e.idxBuf = make([]int, len(ps))
+		e.idxBuf = hugemem.MakeFlat[int](len(ps))
 	}
 	bt.idx = e.idxBuf[:len(ps)]
 	n := len(old.addrs) + len(ps)
-	t := &trapTable{addrs: hugemem.Make[uint64](n)[:0], insns: hugemem.Make[[]byte](n)[:0], origs: hugemem.Make[siteBytes](n)[:0], written: hugemem.Make[siteBytes](n)[:0], region: make([]bool, 0, n), detour: hugemem.Make[uint64](n)[:0]}
+	t := &trapTable{addrs: hugemem.MakeFlat[uint64](n)[:0], insns: hugemem.Make[[]byte](n)[:0], origs: hugemem.MakeFlat[siteBytes](n)[:0], written: hugemem.MakeFlat[siteBytes](n)[:0], region: hugemem.MakeFlat[bool](n)[:0], detour: hugemem.MakeFlat[uint64](n)[:0]}
 	i, j := 0, 0
 	var pc proc.Pacer
 	for i < len(old.addrs) || j < len(ps) {
