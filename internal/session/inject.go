@@ -745,9 +745,6 @@ func withinReach(rlo, rhi, lo, hi uint64) bool {
 	return rhi <= lo+reach && rlo+reach >= hi
 }
 
-// findGap finds a page-aligned free range of size bytes, as close as
-// possible to [lo, hi), and within rel32 reach of all of it. maps are the
-// target's mappings; the range keeps a page of distance from them.
 // maxMapTries bounds the tries of a mapping whose free range the target
 // took between the read of its maps and the mmap (EEXIST).
 const maxMapTries = 8
@@ -785,6 +782,9 @@ func mapNear(pid int, size, lo, hi uint64, mmap func(addr uint64) error) (uint64
 	}
 }
 
+// findGap finds a page-aligned free range of size bytes, as close as
+// possible to [lo, hi), and within rel32 reach of all of it. maps are the
+// target's mappings; the range keeps a page of distance from them.
 func findGap(maps []proc.Mapping, size, lo, hi uint64) (uint64, bool) {
 	const minAddr = 1 << 16
 	const maxAddr = 0x7ffffffff000
