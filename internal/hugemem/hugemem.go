@@ -50,8 +50,9 @@ func Advise(p unsafe.Pointer, n uintptr) bool {
 // MakeFlat is make([]T, n) for an element type without pointers, laid
 // out in whole huge pages when it takes at least a quarter of one: the
 // array is allocated with up to two huge pages more, starts at the first
-// 2 MiB boundary inside and ends at the boundary after its last byte, and
-// all of that is advised. So an array of 800 KiB costs one fault instead
+// 2 MiB boundary inside (or within an element past it, for an element
+// size that does not divide the distance), and the huge pages from there
+// to the boundary after its last byte are advised. So an array of 800 KiB costs one fault instead
 // of 200, and one of 3.3 MiB two instead of 845 (Make advises only the
 // huge pages wholly inside it, and nothing under 4 MiB). The head before
 // the boundary and the tail after the array are never touched, so they
