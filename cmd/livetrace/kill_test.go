@@ -715,7 +715,7 @@ func TestRestoreHijackedReturn(t *testing.T) {
 	// Killed once the worker sleeps in sleeper_nanosleep (its entry
 	// traced, its return address hijacked), not after a fixed time: on
 	// a loaded machine the worker took more than 300 ms to get there.
-	waitNanosleep(t, tp.Pid())
+	testtarget.WaitSyscall(t, tp.Pid(), 0, syscall.SYS_NANOSLEEP, syscall.SYS_CLOCK_NANOSLEEP)
 	_ = cmd.Process.Kill()
 	_ = cmd.Wait()
 	out, e, err := runCLIBin(bin, "restore", "-p", pid)
@@ -854,20 +854,4 @@ func TestCommandSignalsDefault(t *testing.T) {
 		}
 	}
 	t.Fatalf("no SigIgn line in /proc/%d/status", pid)
-}
-
-// waitNanosleep waits until a thread of process pid is blocked in
-// clock_nanosleep (or nanosleep), as /proc/PID/task/TID/syscall shows.
-func waitNanosleep(t *testing.T, pid int) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
-		for _, task := range tasks {
-			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/syscall", pid, task.Name()))
-			if f := strings.Fields(string(b)); len(f) > 0 && (f[0] == "230" || f[0] == "35") {
-				return
-			}
-		}
-	}
-	t.Fatalf("no thread of pid %d sleeps in nanosleep after 10 s", pid)
 }

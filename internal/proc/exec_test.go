@@ -30,7 +30,7 @@ func TestExecWhileBorrowed(t *testing.T) {
 			if _, err := fmt.Sscanf(tp.expect(t, "ready", 10*time.Second), "ready %d %d", &leader, &worker); err != nil {
 				t.Fatal(err)
 			}
-			waitSyscall(t, leader, unix.SYS_NANOSLEEP, unix.SYS_CLOCK_NANOSLEEP)
+			testtarget.WaitSyscall(t, tp.pid(), leader, unix.SYS_NANOSLEEP, unix.SYS_CLOCK_NANOSLEEP)
 			p, err := Attach(tp.pid())
 			if err != nil {
 				t.Fatal(err)
@@ -81,23 +81,6 @@ func TestExecWhileBorrowed(t *testing.T) {
 			}
 		})
 	}
-}
-
-// waitSyscall waits until thread tid is blocked in one of the syscalls nrs.
-func waitSyscall(t *testing.T, tid int, nrs ...int) {
-	t.Helper()
-	for i := 0; i < 500; i++ {
-		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/syscall", tid))
-		if f := strings.Fields(string(b)); len(f) > 0 {
-			for _, nr := range nrs {
-				if f[0] == fmt.Sprint(nr) {
-					return
-				}
-			}
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatalf("thread %d never blocked in syscalls %v", tid, nrs)
 }
 
 // waitExeced waits until pid runs the new image (its command line says

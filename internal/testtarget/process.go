@@ -241,6 +241,38 @@ func (p *Process) kill(timeout time.Duration) bool {
 	}
 }
 
+// WaitSyscall waits until a thread of process pid is blocked in one of
+// the system calls nrs, as /proc/PID/task/TID/syscall shows: thread tid,
+// or any thread when tid is 0. It fails tb after 10 s.
+func WaitSyscall(tb testing.TB, pid, tid int, nrs ...int) {
+	tb.Helper()
+	blocked := func(tid string) bool {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/syscall", pid, tid))
+		f := strings.Fields(string(b))
+		for _, nr := range nrs {
+			if len(f) > 0 && f[0] == strconv.Itoa(nr) {
+				return true
+			}
+		}
+		return false
+	}
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if tid != 0 {
+			if blocked(strconv.Itoa(tid)) {
+				return
+			}
+			continue
+		}
+		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		for _, task := range tasks {
+			if blocked(task.Name()) {
+				return
+			}
+		}
+	}
+	tb.Fatalf("no thread of pid %d (tid %d, 0: any) blocked in system calls %v after 10 s", pid, tid, nrs)
+}
+
 // taskStates lists the threads of pid with their state letter, from
 // /proc/PID/task/TID/stat.
 func taskStates(pid int) string {
