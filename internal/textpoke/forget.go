@@ -24,7 +24,7 @@ func (e *Engine) Forget(addrs []uint64) {
 	n := len(t.addrs)
 	nt := &trapTable{
 		addrs:   make([]uint64, 0, n),
-		insns:   make([][]byte, 0, n),
+		insns:   make([]siteBytes, 0, n),
 		origs:   make([]siteBytes, 0, n),
 		region:  make([]bool, 0, n),
 		detour:  make([]uint64, 0, n),

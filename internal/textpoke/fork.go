@@ -31,7 +31,7 @@ func (e *Engine) FinishInto(m *proc.Mem) error {
 		if b[0] != bp {
 			continue
 		}
-		insn := t.insns[i]
+		insn := t.insns[i].bytes()
 		if len(insn) == 0 {
 			// A region written in stop mode has no trap instruction;
 			// its original bytes are the safe choice.
@@ -58,7 +58,7 @@ func (e *Engine) Fork(p *proc.Process, opts Options) (*Engine, error) {
 	// the table it replaced (Engine.spare).
 	e.mu.Lock()
 	t := e.table.Load()
-	var insns [][]byte
+	var insns []siteBytes
 	if t != nil {
 		insns = slices.Clone(t.insns)
 	}

@@ -124,8 +124,8 @@ func TestVerifyShared(t *testing.T) {
 			if k < 0 {
 				continue
 			}
-			if !held[i] && !bytes.Equal(tb.insns[k], want) {
-				t.Fatalf("%s: table: site %d stands for % x, want % x", when, i, tb.insns[k], want)
+			if !held[i] && !bytes.Equal(tb.insns[k].bytes(), want) {
+				t.Fatalf("%s: table: site %d stands for % x, want % x", when, i, tb.insns[k].bytes(), want)
 			}
 			if !held[i] && !bytes.Equal(tb.written[k].bytes(), want) {
 				t.Fatalf("%s: table: site %d last written % x, want % x", when, i, tb.written[k].bytes(), want)
