@@ -1,6 +1,8 @@
 package main
 
 import (
+	"debug/elf"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -44,4 +46,80 @@ func TestRestoreReloc(t *testing.T) {
 	if err != nil || counts["work_leaf"] != 10*2*3 {
 		t.Fatalf("after restore: %v %v", counts, err)
 	}
+}
+
+// TestRestoreFiveByteRegion: a relocated region whose instructions add up
+// to 5 bytes, as long as a NOP site (the keepregs fixture's kr_five: lea,
+// nop). With its tracer killed, a thread that meets an INT3 over the
+// region's jmp, as a batch cut short leaves it, is sent on by the agent's
+// SIGTRAP backstop: it must jump to the stub, not call it (a call would
+// run the rest of kr_five twice, a wrong result). Then restore must take
+// the region for one and put its bytes back.
+func TestRestoreFiveByteRegion(t *testing.T) {
+	testtarget.RequireRoot(t)
+	bin := livetraceBinary(t)
+	exe := testtarget.Build(t, testtarget.KeepRegs, testtarget.ClangNop5, testtarget.NoSites(), testtarget.PIE(false))
+	f, err := elf.Open(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	syms, err := f.Symbols()
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var addr uint64
+	for _, s := range syms {
+		if s.Name == "kr_five" {
+			addr = s.Value
+		}
+	}
+	if addr == 0 {
+		t.Fatal("kr_five not found in the fixture")
+	}
+	tp := testtarget.Start(t, exe)
+	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	pid := strconv.Itoa(tp.Pid())
+	run := func(when string) {
+		t.Helper()
+		if err := tp.Send("run 1000"); err != nil {
+			t.Fatal(err)
+		}
+		l, err := tp.Expect("done", 30*time.Second)
+		if err != nil {
+			t.Fatalf("%s: the program did not answer (killed?): %v", when, err)
+		}
+		if l != "done 1000 bad 0 wrong 0" {
+			t.Fatalf("%s: %q, want done 1000 bad 0 wrong 0", when, l)
+		}
+	}
+	run("untraced")
+	before := testtarget.TakeSnapshot(t, tp.Pid())
+
+	cmd, _, _ := startTracing(t, bin, "record", "-p", pid, "-F", "kr_five", "-o", filepath.Join(t.TempDir(), "rec.data"))
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	mem, err := os.OpenFile("/proc/"+pid+"/mem", os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mem.Close()
+	b := make([]byte, 5)
+	if _, err := mem.ReadAt(b, int64(addr)); err != nil || b[0] != 0xe9 {
+		t.Fatalf("kr_five holds % x (%v), want the tracer's jmp", b, err)
+	}
+	if _, err := mem.WriteAt([]byte{0xcc}, int64(addr)); err != nil {
+		t.Fatal(err)
+	}
+	run("with an INT3 over the jmp, the tracer dead")
+
+	out, _, err := runCLIBin(bin, "restore", "-p", pid)
+	if err != nil || !strings.Contains(out, "restored ") {
+		t.Fatalf("restore: %v\n%s", err, out)
+	}
+	testtarget.CheckText(t, tp.Pid())
+	before.CheckSame(t, tp.Pid())
+	run("after restore")
 }

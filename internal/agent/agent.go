@@ -106,10 +106,15 @@ type Site struct {
 	Addr   uint64         // runtime address of the patched site (its first byte)
 	Target uint64         // the CALL target written there (the site's stub)
 	Orig   [SiteOrig]byte // the bytes the site held before (its first Len)
-	// Len is the number of bytes the site covers: 5 for a NOP site, whose
-	// Target is CALLed, more (up to SiteOrig) for a relocated region
-	// (package reloc), whose Target is jumped to. 0 means 5.
+	// Len is the number of bytes the site covers: 5 for a NOP site, up
+	// to SiteOrig for a relocated region. 0 means 5.
 	Len uint32
+	// Region marks a relocated region (package reloc, a function without
+	// a NOP whose first instructions moved into its stub): Target is
+	// jumped to, where a NOP site's is CALLed. Stored as SiteJmp in the
+	// table's len: the length cannot tell the two apart, since a
+	// region's instructions may add up to 5 bytes too.
+	Region bool
 	// Spec says what the agent captures at this site: SpecArgs bits
 	// (argument i+1 in bit i), the same bits << SpecStrShift for the
 	// arguments read as strings, SpecRet and SpecRetFloat. A site with a
@@ -241,6 +246,9 @@ func putSite(b []byte, s Site) {
 	n := s.Len
 	if n == 0 {
 		n = 5
+	}
+	if s.Region {
+		n |= SiteJmp
 	}
 	le.PutUint32(b[SiteLenOff:], n)
 	le.PutUint32(b[SiteSpecOff:], s.Spec)

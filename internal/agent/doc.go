@@ -287,7 +287,7 @@
 // act is [Addrs.SigtrapAction] and oldact points at [Addrs.OldSigtrap]. On
 // a SIGTRAP whose rip-1 is a site of the shared site table it emulates the
 // site's CALL (push site+5, rip = target), or for a relocated region
-// ([Site].Len > 5, a function without a NOP whose first instructions moved
+// ([Site].Region, a function without a NOP whose first instructions moved
 // into a stub) its jmp (rip = target: the stub runs the displaced
 // instructions). Any other SIGTRAP goes to the
 // saved action: SIG_IGN ignores it, a handler is called (with siginfo and

@@ -53,7 +53,7 @@ const (
 	// Magic is LT_MAGIC from agent.h.
 	Magic = 0x4c544147
 	// Version is LT_VERSION from agent.h.
-	Version = 0x3
+	Version = 0x4
 	// MaxThreads is LT_MAX_THREADS from agent.h.
 	MaxThreads = 0x1000
 	// ShadowDepth is LT_SHADOW_DEPTH from agent.h.
@@ -94,6 +94,8 @@ const (
 	MaxHooks = 0x40
 	// SiteOrig is LT_SITE_ORIG from agent.h.
 	SiteOrig = 0x20
+	// SiteJmp is LT_SITE_JMP from agent.h.
+	SiteJmp = 0x40000000
 	// ShadowRestored is LT_SHADOW_RESTORED from agent.h.
 	ShadowRestored = 0x1
 	// KindData is LT_KIND_DATA from agent.h.

@@ -153,10 +153,12 @@ func SharedSites(shared []byte, size uint64) ([]Site, error) {
 		sites[i].Addr = le.Uint64(shared[o+SiteAddrOff:])
 		sites[i].Target = le.Uint64(shared[o+SiteTargetOff:])
 		copy(sites[i].Orig[:], shared[o+SiteOrigOff:])
-		sites[i].Len = le.Uint32(shared[o+SiteLenOff:])
+		n := le.Uint32(shared[o+SiteLenOff:])
+		sites[i].Region = n&SiteJmp != 0
+		sites[i].Len = n &^ SiteJmp
 		sites[i].Spec = le.Uint32(shared[o+SiteSpecOff:])
-		if sites[i].Len < 5 || sites[i].Len > SiteOrig {
-			return nil, fmt.Errorf("read site table: %w: site %d covers %d bytes", ErrBadShared, i, sites[i].Len)
+		if sites[i].Len < 5 || sites[i].Len > SiteOrig || !sites[i].Region && sites[i].Len != 5 {
+			return nil, fmt.Errorf("read site table: %w: site %d covers %d bytes (region %v)", ErrBadShared, i, sites[i].Len, sites[i].Region)
 		}
 	}
 	// Sorted up to the sites chosen at attach, then the sites added while

@@ -54,7 +54,9 @@ func TestOwnerRoundTrip(t *testing.T) {
 // TestSharedSites checks the site table read back from a target: a
 // formatted table comes back whole, and a header that lies is an error.
 func TestSharedSites(t *testing.T) {
-	sites := []Site{{Addr: 0x1000, Target: 0x9010, Orig: [SiteOrig]byte{0x0f, 0x1f, 0x44, 0, 8}, Len: 5}, {Addr: 0x2000, Target: 0x9020, Len: 7}}
+	// A region of 5 bytes is as long as a NOP site: only its flag tells.
+	sites := []Site{{Addr: 0x1000, Target: 0x9010, Orig: [SiteOrig]byte{0x0f, 0x1f, 0x44, 0, 8}, Len: 5}, {Addr: 0x2000, Target: 0x9020, Len: 7, Region: true},
+		{Addr: 0x3000, Target: 0x9030, Orig: [SiteOrig]byte{0x48, 0x8d, 0x47, 0x01, 0x90}, Len: 5, Region: true}}
 	cfg := Config{Chunks: 1, ChunkRecords: 4, Sites: sites}
 	mem := make([]byte, SharedSize(cfg))
 	if err := InitShared(mem, cfg); err != nil {
@@ -71,6 +73,10 @@ func TestSharedSites(t *testing.T) {
 		"offset":    func(b []byte) { le.PutUint64(b[SharedHdrSiteOffOff:], ^uint64(0)-8) },
 		"magic":     func(b []byte) { le.PutUint32(b[SharedHdrMagicOff:], 0) },
 		"duplicate": func(b []byte) { le.PutUint64(b[SharedHdrPage+SizeofSite+SiteAddrOff:], 0x1000) },
+		// A NOP site covers 5 bytes, a region at most SiteOrig.
+		"nop length":    func(b []byte) { le.PutUint32(b[SharedHdrPage+SiteLenOff:], 7) },
+		"region length": func(b []byte) { le.PutUint32(b[SharedHdrPage+SizeofSite+SiteLenOff:], SiteJmp|(SiteOrig+1)) },
+		"length bits":   func(b []byte) { le.PutUint32(b[SharedHdrPage+SiteLenOff:], 1<<31|5) },
 	} {
 		b := append([]byte(nil), mem...)
 		lie(b)
@@ -84,7 +90,7 @@ func TestSharedSites(t *testing.T) {
 // out of address order, they come back after the first ones, and a table
 // without room refuses more.
 func TestAppendSites(t *testing.T) {
-	sites := []Site{{Addr: 0x1000, Target: 0x9010, Len: 5}, {Addr: 0x2000, Target: 0x9020, Len: 7}}
+	sites := []Site{{Addr: 0x1000, Target: 0x9010, Len: 5}, {Addr: 0x2000, Target: 0x9020, Len: 7, Region: true}}
 	cfg := Config{Chunks: 1, ChunkRecords: 4, Sites: sites, SiteCap: 3}
 	mem := make([]byte, SharedSize(cfg))
 	if err := InitShared(mem, cfg); err != nil {

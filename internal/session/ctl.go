@@ -368,7 +368,7 @@ func (s *Session) prepare(fresh []selected) ([]int, error) {
 		sites[i] = agent.Site{Addr: x.addr, Target: x.stub, Len: uint32(len(x.orig)), Spec: x.capture.spec}
 		copy(sites[i].Orig[:], x.orig)
 		if x.plan != nil {
-			sites[i].Len = uint32(x.plan.Len)
+			sites[i].Len, sites[i].Region = uint32(x.plan.Len), true
 		}
 	}
 	// The table before the site: the SIGTRAP backstop must know a site

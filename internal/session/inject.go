@@ -413,7 +413,7 @@ func (s *Session) inject() (err error) {
 		cfg.Sites[i].Len = uint32(len(x.orig))
 		cfg.Sites[i].Spec = x.capture.spec
 		if x.plan != nil {
-			cfg.Sites[i].Len = uint32(x.plan.Len)
+			cfg.Sites[i].Len, cfg.Sites[i].Region = uint32(x.plan.Len), true
 		}
 	}
 	// The memfd is new: InitShared need not clear it, which would

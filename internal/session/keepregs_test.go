@@ -53,7 +53,7 @@ func TestKeepRegs(t *testing.T) {
 			before := testtarget.TakeSnapshot(t, tp.Pid())
 			out := filepath.Join(t.TempDir(), "rec.data")
 			keepOff = tc.off
-			s, err := Start(tp.Pid(), Options{Funcs: []string{"kr_touch_none", "ipa_callee", "ipa_caller"}, Graph: tc.graph, Output: out})
+			s, err := Start(tp.Pid(), Options{Funcs: []string{"kr_touch_none", "ipa_callee", "ipa_caller", "kr_five"}, Graph: tc.graph, Output: out})
 			keepOff = false
 			if err != nil {
 				t.Fatal(err)
@@ -90,7 +90,7 @@ func TestKeepRegs(t *testing.T) {
 				t.Fatal(err)
 			}
 			got := countEntries(rec)
-			want := map[string]uint64{"kr_touch_none": n, "ipa_caller": n, "ipa_callee": 100 * n}
+			want := map[string]uint64{"kr_touch_none": n, "ipa_caller": n, "ipa_callee": 100 * n, "kr_five": n}
 			for fn, w := range want {
 				if got[fn] != w {
 					t.Errorf("%s: %d calls recorded, want %d", fn, got[fn], w)
@@ -103,8 +103,8 @@ func TestKeepRegs(t *testing.T) {
 						exits++
 					}
 				}
-				if uint64(exits) != 102*n {
-					t.Errorf("%d exits recorded, want %d", exits, 102*n)
+				if uint64(exits) != 103*n {
+					t.Errorf("%d exits recorded, want %d", exits, 103*n)
 				}
 			}
 			if rec.Lost != 0 {

@@ -389,7 +389,7 @@ func validateOrphan(p *proc.Process, base uint64) (*adoption, error) {
 	for i, st := range ad.sites {
 		var pt *textpoke.Patch
 		var err error
-		if st.Len > 5 {
+		if st.Region {
 			pt, err = inj.regionPatch(p, maps, st)
 		} else {
 			pt, err = inj.sitePatch(maps, st, bytesNow[i])

@@ -1243,7 +1243,7 @@ void lt_sigtrap(int sig, void *si, void *uc)
 				;
 		}
 		if (lo < n && s[lo].addr == site) {
-			if (s[lo].len == 5) {
+			if (!(s[lo].len & LT_SITE_JMP)) {
 				u64 rsp = g[REG_RSP] - 8;
 				*(u64 *)rsp = site + 5;
 				g[REG_RSP] = rsp;

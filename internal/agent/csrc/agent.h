@@ -64,7 +64,7 @@ typedef long long s64;
 /* Constants exported to Go (each LT_FOO becomes agent.Foo). */
 enum lt_const {
 	LT_MAGIC = 0x4c544147,          /* "GATL" little endian: shared header magic */
-	LT_VERSION = 3,                 /* shared memory format version (3: site specs, DATA records) */
+	LT_VERSION = 4,                 /* shared memory format version (3: site specs, DATA records; 4: LT_SITE_JMP) */
 	LT_MAX_THREADS = 4096,          /* thread table slots (power of two) */
 	LT_SHADOW_DEPTH = 512,          /* shadow stack entries per thread */
 	LT_MAX_PROBES = 64,             /* thread table probes per lookup */
@@ -85,6 +85,7 @@ enum lt_const {
 	LT_MAX_STUB_REGIONS = 64,       /* stub regions an owner record lists */
 	LT_MAX_HOOKS = 64,              /* GOT hooks an owner record lists */
 	LT_SITE_ORIG = 32,              /* bytes of struct lt_site.orig: a relocated region at most */
+	LT_SITE_JMP = 1 << 30,          /* struct lt_site.len flag: a relocated region, its target jumped to */
 	LT_SHADOW_RESTORED = 1,         /* shadow entry flag: its slot holds orig again */
 	LT_KIND_DATA = 3,               /* record kind: the payload of the record before it */
 	LT_CAPTURE = 1 << 30,           /* site index flag (stub, shadow entry): the site has a spec */
@@ -276,9 +277,14 @@ struct lt_site {
 	u64 addr;                /* runtime address of the patched site */
 	u64 target;              /* its CALL target (the site's stub) */
 	u8 orig[LT_SITE_ORIG];   /* the bytes it held before (the first len) */
-	u32 len;                 /* 5: a NOP site, its target CALLed; more: a
-	                          * relocated region, its target (the
-	                          * relocation stub) jumped to */
+	u32 len;                 /* the bytes it covers (at most
+	                          * LT_SITE_ORIG), | LT_SITE_JMP for a
+	                          * relocated region, whose target (the
+	                          * relocation stub) is jumped to; without
+	                          * it a NOP site, 5 bytes, its target
+	                          * CALLed. The length alone cannot tell:
+	                          * a region's instructions may add up to
+	                          * 5 bytes too. */
 	u32 spec;                /* LT_SPEC_* bits: what the agent captures at
 	                          * this site (its stub sets LT_CAPTURE); 0: none */
 };

@@ -8,7 +8,11 @@
  * register moves onto themselves, then ret: 7 bytes, relocatable).
  * kr_check, in assembly, sets rax..r11 (every call-clobbered general
  * register) to known values and the carry flag, calls kr_touch_none, and
- * returns how many of them came back changed. ipa_callee and ipa_caller
+ * returns how many of them came back changed. kr_five returns its
+ * argument plus 3; its first two instructions (lea, nop) are 5 bytes, so
+ * its relocated region is exactly as long as a NOP site, a case the
+ * tracer's site table must tell apart (a CALL emulated at its jmp would
+ * run the rest of it twice: plus 5). ipa_callee and ipa_caller
  * are C: gcc -O2 keeps ipa_caller's loop state in rcx, rdx, rsi, r8-r11
  * across the calls of ipa_callee (see its disassembly), and ipa_caller's
  * result is compared with the one computed before any tracer came.
@@ -16,8 +20,9 @@
  * Protocol (one command per line on stdin, replies on stdout, flushed):
  *   on start: "ready"
  *   "run N": N rounds of kr_check once and ipa_caller once (100 calls of
- *            ipa_callee); then "done N bad B wrong W": B registers or
- *            flags that came back changed, W results that differ.
+ *            ipa_callee) and kr_five once; then "done N bad B wrong W":
+ *            B registers or flags that came back changed, W results that
+ *            differ.
  *   "spin": starts a thread that runs kr_flags_spin forever: pushfq, 64
  *            nops, popfq, in a loop (kr_flags_region is the pushfq,
  *            kr_flags_region_end the instruction after the popfq), for
@@ -30,6 +35,19 @@
 #include <string.h>
 
 unsigned long kr_check(void);
+long kr_five(long x);
+
+__asm__(
+	".text\n"
+	".globl kr_five\n"
+	".type kr_five,@function\n"
+	".p2align 4\n"
+	"kr_five:\n"
+	"	lea 1(%rdi), %rax\n"
+	"	nop\n"
+	"	add $2, %rax\n"
+	"	ret\n"
+	".size kr_five, .-kr_five\n");
 
 __asm__(
 	".text\n"
@@ -155,6 +173,7 @@ int main(void)
 			for (long i = 0; i < n; i++) {
 				bad += kr_check();
 				wrong += ipa_caller(a, 100, 3, 5, 9) != want;
+				wrong += kr_five(i) != i + 3;
 			}
 			printf("done %ld bad %lu wrong %lu\n", n, bad, wrong);
 		} else if (strncmp(line, "spin", 4) == 0) {
