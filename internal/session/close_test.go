@@ -74,3 +74,59 @@ func TestCloseReportsKeptAgent(t *testing.T) {
 		t.Errorf("after restore: orphan %v, %v", o, err)
 	}
 }
+
+// TestCloseWaitsForHeldThread: a thread slot busy when Close first looks
+// (a thread inside the agent under a signal handler, or a vfork child on
+// its parent's slot) that frees itself a moment later must not keep the
+// agent mapped: Close looks again, and removes everything.
+func TestCloseWaitsForHeldThread(t *testing.T) {
+	testtarget.RequireRoot(t)
+	tp := testtarget.Start(t, testtarget.Build(t, testtarget.Simple, testtarget.ClangNop5), "loop")
+	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	before := testtarget.TakeSnapshot(t, tp.Pid())
+	s, _ := startCounting(t, tp.Pid(), Options{Funcs: []string{"simple_*"}})
+	slots, err := s.inj.readThreads(s.p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := len(slots) - 1
+	for ; i >= 0 && slots[i].InUse(); i-- {
+	}
+	at := s.inj.addrs.ThreadSlotAddr(i)
+	var key, busy [8]byte
+	binary.LittleEndian.PutUint64(key[:], 0x5eed)
+	binary.LittleEndian.PutUint64(busy[:], 1)
+	if err := s.p.WriteMem(at+agent.ThreadKeyOff, key[:]); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.p.WriteMem(at+agent.ThreadBusyOff, busy[:]); err != nil {
+		t.Fatal(err)
+	}
+	tries := 0
+	testHookQuiesceHeld = func(try int) {
+		tries = try
+		mem, err := proc.OpenMem(tp.Pid())
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer mem.Close()
+		if err := mem.Write(at+agent.ThreadBusyOff, make([]byte, 8)); err != nil {
+			t.Error(err)
+		}
+	}
+	defer func() { testHookQuiesceHeld = nil }()
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if tries != 1 {
+		t.Errorf("Close found the slot held in %d tries, want 1", tries)
+	}
+	if o, err := FindOrphan(tp.Pid()); err != nil || o != nil {
+		t.Fatalf("after Close: orphan %+v, %v; want none", o, err)
+	}
+	testtarget.CheckText(t, tp.Pid())
+	before.CheckSame(t, tp.Pid())
+}

@@ -46,7 +46,9 @@ func (s *Session) quiesceEach() (done bool, err error) {
 		return done, err
 	}
 	if s.inj.busy(s.p) {
-		s.inj.keep = true
+		// Held inside the agent (quiesce): with every thread stopped,
+		// and tries again.
+		return false, nil
 	}
 	s.quiescedEach = true
 	return true, nil
