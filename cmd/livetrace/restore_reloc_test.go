@@ -1,7 +1,7 @@
 package main
 
 import (
-	"debug/elf"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -59,23 +59,27 @@ func TestRestoreFiveByteRegion(t *testing.T) {
 	testtarget.RequireRoot(t)
 	bin := livetraceBinary(t)
 	exe := testtarget.Build(t, testtarget.KeepRegs, testtarget.ClangNop5, testtarget.NoSites(), testtarget.PIE(false))
-	f, err := elf.Open(exe)
+	// The region's first byte (its lea stays in place: the region is
+	// the nop and the add, 5 bytes again).
+	out, _, err := runCLIBin(bin, "list", "--all", "--json", exe)
 	if err != nil {
 		t.Fatal(err)
 	}
-	syms, err := f.Symbols()
-	f.Close()
-	if err != nil {
+	var rows []struct{ Function, Address, Bytes string }
+	if err := json.Unmarshal([]byte(out), &rows); err != nil {
 		t.Fatal(err)
 	}
 	var addr uint64
-	for _, s := range syms {
-		if s.Name == "kr_five" {
-			addr = s.Value
+	for _, r := range rows {
+		if r.Function == "kr_five" {
+			addr, _ = strconv.ParseUint(strings.TrimPrefix(r.Address, "0x"), 16, 64)
+			if len(r.Bytes) != len("48 8d 47 01 90") && len(r.Bytes) != len("488d470190") {
+				t.Fatalf("kr_five's region is % q, want 5 bytes", r.Bytes)
+			}
 		}
 	}
 	if addr == 0 {
-		t.Fatal("kr_five not found in the fixture")
+		t.Fatalf("kr_five not listed:\n%s", out)
 	}
 	tp := testtarget.Start(t, exe)
 	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
@@ -115,7 +119,7 @@ func TestRestoreFiveByteRegion(t *testing.T) {
 	}
 	run("with an INT3 over the jmp, the tracer dead")
 
-	out, _, err := runCLIBin(bin, "restore", "-p", pid)
+	out, _, err = runCLIBin(bin, "restore", "-p", pid)
 	if err != nil || !strings.Contains(out, "restored ") {
 		t.Fatalf("restore: %v\n%s", err, out)
 	}

@@ -237,7 +237,9 @@ func (rs *relocState) hasNop(addr uint64) bool {
 // executable, its read-only data, so that absolute jump tables are checked
 // rather than refused (reloc.ReadOnly).
 func (rs *relocState) options() reloc.Options {
-	return reloc.Options{ExtraTargets: rs.extraTargets(), ReadOnly: rs.readOnly()}
+	// KeepFirst: a uprobe placed while the function is traced resumes on
+	// the jmp (reloc.Options.KeepFirst).
+	return reloc.Options{ExtraTargets: rs.extraTargets(), ReadOnly: rs.readOnly(), KeepFirst: true}
 }
 
 // readOnly returns the read-only data index of a position-dependent

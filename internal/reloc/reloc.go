@@ -224,6 +224,23 @@ type Options struct {
 	// lets Analyze check absolute jump tables instead of refusing them
 	// (see [ReadOnly]).
 	ReadOnly *ReadOnly
+	// KeepFirst leaves the function's first instruction in place, and
+	// starts the region after it ([Plan.Kept]), when a stub can make up
+	// for it having run before the tracer's call: a push of a register
+	// other than rsp, r10 and r11 or a sub $imm,%rsp (undone before the
+	// call and run again after), or an instruction that neither moves the
+	// stack pointer nor writes memory (its flags and registers kept
+	// across the call). A kernel uprobe placed on the function while the
+	// jmp is in takes the first instruction from the file, not from the
+	// process, and resumes right after it: inside the jmp, or on the
+	// INT3s that pad it, when the region starts at the function, on the
+	// jmp when it starts after the kept instruction. And removing the
+	// uprobe writes the file's first byte back, which over a jmp leaves
+	// a broken instruction; over the kept instruction, the same byte.
+	// Analyze falls back to a region at the function's start when any
+	// branch lands right after the kept instruction (it would enter the
+	// stub without having run it) or the rest cannot be displaced.
+	KeepFirst bool
 }
 
 // ReadOnly describes the read-only data of a position-dependent
@@ -341,11 +358,28 @@ type Plan struct {
 	Len int
 	// Endbr reports a leading ENDBR64 that stays in place.
 	Endbr bool
+	// Kept is the first instruction when it stays in place before the
+	// region ([Options.KeepFirst]): then Entry is Addr+len(Kept).
+	// KeptDelta is how far it moves the stack pointer down (8 for a push,
+	// n for sub $n,%rsp): the stub undoes that before it calls the
+	// tracer, so that [rsp] is the return address, and runs Kept again
+	// after (0: nothing to undo, see KeptLive).
+	Kept      []byte
+	KeptDelta int
+	// KeptLive: Kept does not move the stack pointer but leaves flags
+	// or registers that the displaced instructions read (`test
+	// %rdi,%rdi` before a `je`): the stub must keep every register and
+	// the flags around its call, and runs nothing again.
+	KeptLive bool
 	// Insts are the displaced instructions, in order.
 	Insts []Inst
 	// EntryBranches are the addresses of the direct branches of the
-	// function that target Entry: each one runs the stub again.
+	// function that target Entry (or Addr, when Endbr or Kept stays
+	// there): each one runs the stub again.
 	EntryBranches []uint64
+	// enteredAfterKept: a branch lands on Entry, right after Kept (the
+	// plan is not used then).
+	enteredAfterKept bool
 	// Exits reports that the last displaced instruction is a return, a
 	// jmp or an emulated call ([Options.EmulateCalls]): the stub needs no
 	// jump back.
@@ -636,7 +670,89 @@ func Analyze(fn []byte, fnAddr uint64, opts Options) (*Plan, error) {
 		p.Endbr = true
 		p.Entry += 4
 		start = 4
+	} else if n, delta, live := keepFirst(fn); opts.KeepFirst && n > 0 {
+		p.Kept, p.KeptDelta, p.KeptLive = append([]byte(nil), fn[:n]...), delta, live
+		p.Entry += uint64(n)
+		start = n
+		plan, err := analyze(fn, fnAddr, opts, p, start, minLen)
+		if err == nil && !plan.enteredAfterKept {
+			return plan, nil
+		}
+		opts.KeepFirst = false
+		return Analyze(fn, fnAddr, opts)
 	}
+	return analyze(fn, fnAddr, opts, p, start, minLen)
+}
+
+// keepFirst returns the length of fn's first instruction when
+// [Options.KeepFirst] may keep it in place (0 when it may not), how far it
+// moves the stack pointer down (Keepable), and whether it leaves flags or
+// registers that the tracer's call must keep for the displaced
+// instructions (live): a move, load, lea, test, compare or arithmetic on
+// registers that writes no memory and not rsp, as `test %rdi,%rdi` before
+// a `je`. Such a site needs a stub that keeps every register and the flags
+// around its call.
+func keepFirst(fn []byte) (n, delta int, live bool) {
+	if n, delta := Keepable(fn); n > 0 {
+		return n, delta, false
+	}
+	in, hand, err := decode(fn, 0)
+	if err != nil || hand || vexModRM(fn[:in.Len], legacyPrefixes(fn[:in.Len])) >= 0 {
+		return 0, 0, false
+	}
+	switch in.Op {
+	case x86asm.MOV, x86asm.MOVZX, x86asm.MOVSX, x86asm.MOVSXD, x86asm.LEA,
+		x86asm.TEST, x86asm.CMP, x86asm.XOR, x86asm.AND, x86asm.OR, x86asm.ADD, x86asm.SUB,
+		x86asm.INC, x86asm.DEC, x86asm.SHL, x86asm.SHR, x86asm.SAR:
+	default:
+		return 0, 0, false
+	}
+	for i, a := range in.Args {
+		switch a := a.(type) {
+		case nil:
+		case x86asm.Reg:
+			if i == 0 && (a == x86asm.RSP || a == x86asm.ESP || a == x86asm.SP || a == x86asm.SPB) {
+				return 0, 0, false // moves the stack pointer
+			}
+		case x86asm.Mem:
+			// A load runs in place as before; a store could write
+			// below the stack pointer, where the tracer's call goes.
+			if i == 0 && in.Op != x86asm.TEST && in.Op != x86asm.CMP {
+				return 0, 0, false
+			}
+		case x86asm.Imm:
+		default:
+			return 0, 0, false
+		}
+	}
+	return in.Len, 0, true
+}
+
+// Keepable returns the length of fn's first instruction and how far it
+// moves the stack pointer down when [Options.KeepFirst] may keep it in
+// place (0 when it may not): push r64 but rsp, r10 and r11 (the stub's
+// own scratch registers, which the redo would push changed), or sub
+// $imm,%rsp with a positive immediate. Both have an exact undo that
+// leaves the flags alone (lea n(%rsp),%rsp).
+func Keepable(fn []byte) (n, delta int) {
+	switch {
+	case len(fn) >= 1 && fn[0] >= 0x50 && fn[0] <= 0x57 && fn[0] != 0x54:
+		return 1, 8
+	case len(fn) >= 2 && fn[0] == 0x41 && fn[1] >= 0x50 && fn[1] <= 0x57 && fn[1] != 0x52 && fn[1] != 0x53:
+		return 2, 8
+	case len(fn) >= 4 && fn[0] == 0x48 && fn[1] == 0x83 && fn[2] == 0xec && fn[3] > 0 && fn[3] < 0x80:
+		return 4, int(fn[3])
+	case len(fn) >= 7 && fn[0] == 0x48 && fn[1] == 0x81 && fn[2] == 0xec:
+		if d := int32(binary.LittleEndian.Uint32(fn[3:])); d > 0 {
+			return 7, int(d)
+		}
+	}
+	return 0, 0
+}
+
+// analyze is Analyze from the region's first byte, fn[start:], at
+// p.Entry.
+func analyze(fn []byte, fnAddr uint64, opts Options, p *Plan, start, minLen int) (*Plan, error) {
 	if len(fn)-start < minLen {
 		return nil, &Refusal{Reason: TooShort, Off: len(fn) - start}
 	}
@@ -713,7 +829,10 @@ func Analyze(fn []byte, fnAddr uint64, opts Options) (*Plan, error) {
 		// target inside the region is refused below, through x86asm,
 		// which names the instruction.
 		if n, t, branch, ok := quickProof(fn[off:], fnAddr+uint64(off)); ok && !(branch && inside(t)) {
-			if branch && (t == lo || p.Endbr && t == fnAddr) && fn[off] != 0xe8 {
+			if branch && t == lo && p.Kept != nil {
+				p.enteredAfterKept = true
+			}
+			if branch && (t == lo || (p.Endbr || p.Kept != nil) && t == fnAddr) && fn[off] != 0xe8 {
 				p.EntryBranches = append(p.EntryBranches, fnAddr+uint64(off))
 			}
 			off += n
@@ -733,7 +852,10 @@ func Analyze(fn []byte, fnAddr uint64, opts Options) (*Plan, error) {
 				if inside(t) {
 					return nil, &Refusal{Reason: BranchTarget, Off: int(t - fnAddr), Inst: fmt.Sprintf("%s at +%d", in, off)}
 				}
-				if (t == lo || p.Endbr && t == fnAddr) && in.Op != x86asm.CALL {
+				if t == lo && p.Kept != nil {
+					p.enteredAfterKept = true
+				}
+				if (t == lo || (p.Endbr || p.Kept != nil) && t == fnAddr) && in.Op != x86asm.CALL {
 					p.EntryBranches = append(p.EntryBranches, pc)
 				}
 			}
@@ -775,6 +897,9 @@ func Analyze(fn []byte, fnAddr uint64, opts Options) (*Plan, error) {
 	ts := opts.ExtraTargets
 	if i := sort.Search(len(ts), func(i int) bool { return ts[i] > lo }); i < len(ts) && inside(ts[i]) {
 		return nil, &Refusal{Reason: BranchTarget, Off: int(ts[i] - fnAddr)}
+	}
+	if _, found := slices.BinarySearch(ts, lo); found && p.Kept != nil {
+		p.enteredAfterKept = true
 	}
 	return p, nil
 }

@@ -285,7 +285,7 @@ func (s *Session) decode(tid uint32, raw []byte, dst []tracefile.Event, mode dec
 				// reached by: the site's, or a relocation stub's.
 				base := s.sel[site].addr
 				if x := &s.sel[site]; x.plan != nil {
-					base = x.stub + relocCallOff(x.keep)
+					base = x.stub + relocCallOff(x.plan, x.keep)
 				}
 				ev.Caller = uint64(int64(base) + int64(int32(low)))
 			}

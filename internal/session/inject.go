@@ -450,11 +450,17 @@ const relocCallLen = 5
 // (the site's slot, `mov $idx,%r11d; jmp lt_entry`, which sees the same
 // stack as from a NOP site's CALL: [rsp] a return address, [rsp+8] the
 // caller's return address), then the displaced instructions relocated, and
-// the jump back to the rest of the function. A keep stub (keepregs.go)
+// the jump back to the rest of the function. When the function's first
+// instruction stays in place (plan.Kept, a push or sub of the stack
+// pointer), the stub first undoes it (lea) and runs it again after the
+// call. A keep stub (keepregs.go)
 // saves the flags and rax..r11 before the call and restores them after;
 // lt_entry finds the return slot above them (agent.Keep).
 func relocStub(plan *reloc.Plan, at, slot uint64, keep bool) ([]byte, error) {
 	var out []byte
+	if plan.KeptDelta > 0 {
+		out = append(out, undo(plan.KeptDelta)...)
+	}
 	if keep {
 		out = append(out, keepPrologue...)
 	}
@@ -466,6 +472,9 @@ func relocStub(plan *reloc.Plan, at, slot uint64, keep bool) ([]byte, error) {
 	if keep {
 		out = append(out, keepEpilogue...)
 	}
+	if plan.KeptDelta > 0 {
+		out = append(out, plan.Kept...)
+	}
 	body, err := plan.Relocate(at + uint64(len(out)))
 	if err != nil {
 		return nil, err
@@ -475,7 +484,7 @@ func relocStub(plan *reloc.Plan, at, slot uint64, keep bool) ([]byte, error) {
 
 // relocStubLen is the most bytes relocStub returns for plan.
 func relocStubLen(plan *reloc.Plan, keep bool) uint64 {
-	return relocBodyOff(keep) + uint64(plan.MaxStubLen())
+	return relocBodyOff(plan, keep) + uint64(plan.MaxStubLen())
 }
 
 // backstop reports whether to install the agent's SIGTRAP handler: in live

@@ -3,6 +3,7 @@ package session
 import (
 	"debug/dwarf"
 	"debug/elf"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"strings"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/livetrace/livetrace/internal/agent"
 	"github.com/livetrace/livetrace/internal/elfsite"
+	"github.com/livetrace/livetrace/internal/reloc"
 )
 
 // Keeping every register at relocated sites (docs/DESIGN-NOTES.md,
@@ -38,7 +40,9 @@ type keepState struct {
 // keepSite reports whether the stub of x must keep every register: a
 // relocated site of a module not known to be built by clang alone.
 func (s *Session) keepSite(x *selected) bool {
-	return x.plan != nil && !keepOff && s.moduleKeeps(x.mod)
+	// A first instruction left in place whose flags or registers the
+	// displaced ones read needs them kept too, whoever built the module.
+	return x.plan != nil && (x.plan.KeptLive || !keepOff && s.moduleKeeps(x.mod))
 }
 
 // keepOff turns keep stubs off, for the test that shows what they prevent.
@@ -156,19 +160,77 @@ var (
 	keepEpilogue = []byte{0x8f, 0x44, 0x24, 0x50, 0x41, 0x5b, 0x41, 0x5a, 0x41, 0x59, 0x41, 0x58, 0x5f, 0x5e, 0x5a, 0x59, 0x58, 0x9d}
 )
 
-// relocCallOff is the offset in a relocation stub of its `call slot`.
-func relocCallOff(keep bool) uint64 {
-	if keep {
-		return uint64(len(keepPrologue))
+// undo returns the `lea n(%rsp),%rsp` that starts the stub of a plan
+// whose first instruction stays in place and moves the stack pointer
+// (reloc.Plan.Kept, KeptDelta n): it undoes that push or sub before the
+// call, leaving the flags alone, and the stub runs the instruction again
+// after it. 5 bytes with a disp8, 8 with a disp32.
+func undo(n int) []byte {
+	if n < 0x80 {
+		return []byte{0x48, 0x8d, 0x64, 0x24, byte(n)}
 	}
-	return 0
+	return binary.LittleEndian.AppendUint32([]byte{0x48, 0x8d, 0xa4, 0x24}, uint32(n))
+}
+
+// relocCallOff is the offset in a relocation stub of its `call slot`.
+func relocCallOff(plan *reloc.Plan, keep bool) uint64 {
+	var off uint64
+	if plan.KeptDelta > 0 {
+		off = uint64(len(undo(plan.KeptDelta)))
+	}
+	if keep {
+		off += uint64(len(keepPrologue))
+	}
+	return off
 }
 
 // relocBodyOff is the offset in a relocation stub of the relocated
-// instructions (Patch.Detour).
-func relocBodyOff(keep bool) uint64 {
-	if keep {
-		return uint64(len(keepPrologue) + relocCallLen + len(keepEpilogue))
+// instructions (Patch.Detour): a thread sent there from the region's
+// first byte has run the kept instruction already, in place.
+func relocBodyOff(plan *reloc.Plan, keep bool) uint64 {
+	off := relocCallOff(plan, keep) + relocCallLen
+	if plan.KeptDelta > 0 {
+		off += uint64(len(plan.Kept))
 	}
-	return relocCallLen
+	if keep {
+		off += uint64(len(keepEpilogue))
+	}
+	return off
 }
+
+// stubBodyOff is relocBodyOff for a stub read back from a target
+// (restore), from its first bytes (at least maxStubHead, or all of a
+// shorter stub): the kept instruction's undo, the keep prologue's pushfq,
+// and the redo of a push or sub that follows the call.
+func stubBodyOff(b []byte) (uint64, error) {
+	off, delta := 0, 0
+	switch {
+	case len(b) >= 5 && b[0] == 0x48 && b[1] == 0x8d && b[2] == 0x64 && b[3] == 0x24:
+		off, delta = 5, int(b[4])
+	case len(b) >= 8 && b[0] == 0x48 && b[1] == 0x8d && b[2] == 0xa4 && b[3] == 0x24:
+		off, delta = 8, int(int32(binary.LittleEndian.Uint32(b[4:])))
+	}
+	kept := off > 0
+	keep := off < len(b) && b[off] == keepPrologue[0]
+	if keep {
+		off += len(keepPrologue) + relocCallLen + len(keepEpilogue)
+	} else {
+		off += relocCallLen
+	}
+	if !kept {
+		return uint64(off), nil
+	}
+	if off >= len(b) {
+		return 0, fmt.Errorf("stub of %d bytes: too short", len(b))
+	}
+	n, d := reloc.Keepable(b[off:])
+	if n == 0 || d != delta {
+		return 0, fmt.Errorf("stub undoes %d bytes of stack, then runs % x: not an instruction livetrace keeps", delta, b[off:min(off+7, len(b))])
+	}
+	return uint64(off + n), nil
+}
+
+// maxStubHead is how many bytes of a stub stubBodyOff needs at most: the
+// longest undo, the keep prologue, the call, the keep epilogue and the
+// longest redo.
+const maxStubHead = 8 + 18 + relocCallLen + 18 + 7

@@ -1,6 +1,7 @@
 package session
 
 import (
+	"bytes"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"github.com/livetrace/livetrace/internal/elfsite"
+	"github.com/livetrace/livetrace/internal/reloc"
 	"github.com/livetrace/livetrace/internal/testtarget"
 	"github.com/livetrace/livetrace/internal/tracefile"
 )
@@ -59,8 +61,10 @@ func TestKeepRegs(t *testing.T) {
 				t.Fatal(err)
 			}
 			for _, x := range s.sel {
-				if x.site.Form != elfsite.FormReloc || x.keep == tc.off {
-					t.Errorf("%s: form %s keep %v, want a relocated site that keeps every register: %v", x.name, x.site.Form, x.keep, !tc.off)
+				// A first instruction left in place whose flags or
+				// registers the rest reads keeps them regardless.
+				if want := !tc.off || x.plan.KeptLive; x.site.Form != elfsite.FormReloc || x.keep != want {
+					t.Errorf("%s: form %s keep %v, want a relocated site that keeps every register: %v", x.name, x.site.Form, x.keep, want)
 				}
 			}
 			// In rounds that fit the agent's buffer, with time for the
@@ -164,5 +168,58 @@ func TestCompilerOfModule(t *testing.T) {
 			t.Fatalf("no module %s in %v", testtarget.KeepRegs, mods)
 		}
 		tp.Kill()
+	}
+}
+
+// TestStubBodyOff: restore finds where a stub's relocated instructions
+// start from the stub's own bytes, for every stub layout: with and
+// without the keep prologue, with a kept push or sub (undone before the
+// call, run again after) and with a kept instruction that only needs the
+// registers and flags kept. A stub that undoes one thing and then runs
+// another is refused.
+func TestStubBodyOff(t *testing.T) {
+	const fn, at, slot = 0x401000, 0x402000, 0x403000
+	rest := []byte{0x48, 0x89, 0xe5, 0x31, 0xc0, 0xc3} // mov %rsp,%rbp; xor %eax,%eax; ret
+	for _, first := range [][]byte{
+		nil,                      // the region at the function's start
+		{0x55},                   // push %rbp
+		{0x41, 0x54},             // push %r12
+		{0x48, 0x83, 0xec, 0x18}, // sub $0x18,%rsp
+		{0x48, 0x81, 0xec, 0xd8, 0x00, 0x00, 0x00}, // sub $0xd8,%rsp
+		{0x85, 0xff}, // test %edi,%edi
+	} {
+		code := append(append([]byte(nil), first...), rest...)
+		plan, err := reloc.Analyze(code, fn, reloc.Options{KeepFirst: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(plan.Kept, first) {
+			t.Fatalf("% x: kept % x", first, plan.Kept)
+		}
+		for _, keep := range []bool{false, true} {
+			stub, err := relocStub(plan, at, slot, keep)
+			if err != nil {
+				t.Fatal(err)
+			}
+			off, err := stubBodyOff(stub[:min(len(stub), maxStubHead)])
+			if want := relocBodyOff(plan, keep); err != nil || off != want {
+				t.Errorf("% x, keep %v: body at %d (%v), want %d", first, keep, off, err, want)
+			}
+			body, err := plan.Relocate(at + relocBodyOff(plan, keep))
+			if err != nil || !bytes.HasPrefix(stub[relocBodyOff(plan, keep):], body) {
+				t.Errorf("% x, keep %v: the body is not where relocBodyOff says", first, keep)
+			}
+			if call := stub[relocCallOff(plan, keep)]; call != 0xe8 {
+				t.Errorf("% x, keep %v: %#x where the call should be", first, keep, call)
+			}
+		}
+	}
+	bad := append(undo(8), 0xe8, 0, 0, 0, 0, 0x41, 0x55) // undoes 8, then runs push %r13: fine
+	if _, err := stubBodyOff(bad); err != nil {
+		t.Errorf("lea 8; call; push %%r13: %v", err)
+	}
+	bad = append(undo(16), 0xe8, 0, 0, 0, 0, 0x55) // undoes 16, then runs a push of 8
+	if _, err := stubBodyOff(bad); err == nil {
+		t.Error("a stub that undoes 16 bytes and pushes 8: no error")
 	}
 }

@@ -441,7 +441,9 @@ func (inj *injection) sitePatch(maps []proc.Mapping, st agent.Site, now [5]byte)
 		return nil, nil
 	}
 	for _, k := range known {
-		if bytes.Equal(now[:], k) || now[0] == 0xcc && bytes.Equal(now[1:], k[1:]) {
+		// The original first byte over our tail: a uprobe placed over
+		// it and removed again (the kernel puts the file's byte back).
+		if bytes.Equal(now[:], k) || (now[0] == 0xcc || now[0] == orig[0]) && bytes.Equal(now[1:], k[1:]) {
 			return &textpoke.Patch{Addr: st.Addr, Old: append([]byte(nil), now[:]...), New: orig[:]}, nil
 		}
 	}
@@ -474,13 +476,23 @@ func (inj *injection) regionPatch(p *proc.Process, maps []proc.Mapping, st agent
 	if bytes.Equal(now, orig) {
 		return nil, nil
 	}
-	if bytes.Equal(now, jmp) || now[0] == 0xcc && (bytes.Equal(now[1:], jmp[1:]) || bytes.Equal(now[1:], orig[1:])) {
-		// A keep stub starts with pushfq (keepregs.go).
-		var first [1]byte
-		if err := p.ReadMem(st.Target, first[:]); err != nil {
+	if bytes.Equal(now, jmp) || now[0] == 0xcc && (bytes.Equal(now[1:], jmp[1:]) || bytes.Equal(now[1:], orig[1:])) ||
+		now[0] == orig[0] && bytes.Equal(now[1:], jmp[1:]) {
+		// The last: the original first byte over our jmp's tail, a
+		// uprobe placed over it and removed again.
+		n := uint64(maxStubHead)
+		if m, ok := mappingAt(maps, st.Target, 1); ok {
+			n = min(n, m.End-st.Target) // the last stub of its region may be shorter
+		}
+		head := make([]byte, n)
+		if err := p.ReadMem(st.Target, head); err != nil {
 			return nil, fmt.Errorf("read the stub of region %#x: %w", st.Addr, err)
 		}
-		return &textpoke.Patch{Addr: st.Addr, Old: now, New: bytes.Clone(orig), Region: true, Detour: st.Target + relocBodyOff(first[0] == keepPrologue[0])}, nil
+		off, err := stubBodyOff(head)
+		if err != nil {
+			return nil, fmt.Errorf("the stub of region %#x: %w", st.Addr, err)
+		}
+		return &textpoke.Patch{Addr: st.Addr, Old: now, New: bytes.Clone(orig), Region: true, Detour: st.Target + off}, nil
 	}
 	return nil, fmt.Errorf("region %#x holds % x, which livetrace did not write (original % x, jmp % x): another tool patches it", st.Addr, now, orig, jmp)
 }

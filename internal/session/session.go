@@ -773,6 +773,9 @@ func (s *Session) planRelocSite(x *selected) error {
 		// addresses: its read-only data proves its jump tables.
 		ropts = m.Spec.RelocOptions()
 	}
+	// The same layout as the file's analysis chose (which also saw the
+	// branches into the function from outside it).
+	ropts.KeepFirst = x.site.Plan.Kept != nil
 	plan, err := reloc.Analyze(code, m.Runtime(fn.Addr), ropts)
 	if err != nil {
 		return fmt.Errorf("refusing to patch %s: its live text is not the file's (%v); is another tool patching this process?", x.name, err)
@@ -888,7 +891,7 @@ func (x *selected) patch() (textpoke.Patch, error) {
 		if err != nil {
 			return textpoke.Patch{}, err
 		}
-		return textpoke.Patch{Addr: x.addr, Old: x.orig, New: jmp, Region: true, Detour: x.stub + relocBodyOff(x.keep)}, nil
+		return textpoke.Patch{Addr: x.addr, Old: x.orig, New: jmp, Region: true, Detour: x.stub + relocBodyOff(x.plan, x.keep)}, nil
 	}
 	old := x.orig
 	if x.site.Form == elfsite.FormSled {

@@ -212,3 +212,77 @@ func checkTextUprobe(t *testing.T, pid int, addr uint64, orig []byte) {
 		}
 	}
 }
+
+// TestUprobeAfterUsRelocated: bpftrace puts a uprobe on functions that
+// livetrace traces by relocation, then exits while livetrace still traces
+// them. A uprobe takes the instruction it displaces from the file: at each
+// hit the kernel runs the function's first instruction and resumes right
+// after it, and when the uprobe goes it writes the file's first byte back.
+// Both must land on what livetrace left in place (the first instruction,
+// a push, with the region after it): the program counts right all along,
+// the calls under the uprobe are recorded, and the text is the original
+// after detach. With the region at the function's start, the first hit
+// ran the jmp's displacement and the program died.
+func TestUprobeAfterUsRelocated(t *testing.T) {
+	testtarget.RequireRoot(t)
+	for _, graph := range []bool{false, true} {
+		// No "=" in the name: bpftrace cannot parse it in a path.
+		t.Run(map[bool]string{false: "entry", true: "graph"}[graph], func(t *testing.T) {
+			// A copy: a uprobe is on the file, for every process that maps it.
+			src := testtarget.Build(t, testtarget.Workload, testtarget.ClangNop5, testtarget.NoSites())
+			dir := t.TempDir()
+			bin := filepath.Join(dir, filepath.Base(src))
+			for _, f := range []string{src, testtarget.LibPath(src)} {
+				b, err := os.ReadFile(f)
+				check(t, err)
+				check(t, os.WriteFile(filepath.Join(dir, filepath.Base(f)), b, 0o755))
+			}
+			tp := testtarget.Start(t, bin, "-t", "2")
+			if _, err := tp.Expect("ready", 10*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			before := testtarget.TakeSnapshot(t, tp.Pid())
+			out := filepath.Join(t.TempDir(), "rec.data")
+			s, err := Start(tp.Pid(), Options{Funcs: []string{"work_nested", "work_recurse"}, Graph: graph, Output: out})
+			check(t, err)
+			defer s.Close()
+			var fn uint64
+			for _, x := range s.sel {
+				if x.plan == nil || x.plan.KeptDelta != 8 {
+					t.Fatalf("%s: not relocated with its push kept in place: %+v", x.name, x.plan)
+				}
+				if x.name == "work_nested" {
+					fn = x.plan.Addr
+				}
+			}
+			head := siteBytes(t, tp.Pid(), fn)
+			run := func(when string) {
+				t.Helper()
+				counts, err := testtarget.RunWorkload(tp, 20, 30*time.Second)
+				if err != nil || counts["work_nested"] != 40 || counts["work_recurse"] != 240 {
+					t.Fatalf("%s: %v, %v; want 40 work_nested and 240 work_recurse", when, counts, err)
+				}
+				pollFor(t, s, 50*time.Millisecond)
+			}
+			run("traced")
+			bt := testtarget.StartBpftrace(t, bin, "work_nested", tp.Pid(), fn, head)
+			run("traced, with a uprobe over the kept push")
+			if n := bt.WaitCount(t, 40); n < 40 {
+				t.Errorf("the uprobe counted %d calls, want 40", n)
+			}
+			bt.Stop(t)
+			if got := siteBytes(t, tp.Pid(), fn); !bytes.Equal(got, head) {
+				t.Fatalf("after the uprobe went, work_nested begins % x, want % x as before it", got, head)
+			}
+			run("traced, the uprobe gone")
+			check(t, s.Close())
+			rec, err := tracefile.Read(out)
+			check(t, err)
+			if got := countEntries(rec); got["work_nested"] != 120 || got["work_recurse"] != 720 {
+				t.Errorf("recorded %d work_nested and %d work_recurse calls, want 120 and 720", got["work_nested"], got["work_recurse"])
+			}
+			testtarget.CheckText(t, tp.Pid())
+			before.CheckSame(t, tp.Pid())
+		})
+	}
+}

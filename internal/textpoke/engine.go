@@ -2129,9 +2129,11 @@ func (e *Engine) RestoreInto(m *proc.Mem) error {
 // RestoreAll puts back the original bytes of every site the engine ever
 // touched, in one batch, whatever state the engine left a site in (even an
 // INT3 left by a batch that failed midway). A site whose bytes another tool
-// changed is left alone (see uprobe.go), with one repair: under a uprobe's
+// changed is left alone (see uprobe.go), with two repairs: under a uprobe's
 // INT3 over our CALL, the CALL's tail is replaced by the original one and
-// the INT3 kept. Held lists the sites left alone afterwards.
+// the INT3 kept; and the original first byte in front of our tail (a
+// uprobe that came and went: the kernel put the file's byte back) gets the
+// original tail. Held lists the sites left alone afterwards.
 func (e *Engine) RestoreAll() (Stats, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -2167,6 +2169,13 @@ func (e *Engine) RestoreAll() (Stats, error) {
 					nw := append([]byte{bp}, orig[1:]...)
 					ps = append(ps, Patch{Addr: addr, Old: bytes.Clone(now), New: nw, emul: orig, Region: all[i].Region, Detour: all[i].Detour})
 				}
+			case now[0] == orig[0] && w[0] != orig[0] && bytes.Equal(now[1:], w[1:]):
+				// A uprobe placed over what we wrote and removed
+				// again: the kernel writes the file's first byte
+				// back over its INT3, in front of our tail, which
+				// makes a broken instruction. Ours to put back.
+				all[i].Old = bytes.Clone(now)
+				ps = append(ps, all[i])
 			default:
 				gone = append(gone, Held{Addr: addr, Found: bytes.Clone(now)})
 			}

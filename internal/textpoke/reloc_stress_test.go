@@ -140,11 +140,11 @@ func stressReloc(t *testing.T, bin string, o0 bool, mode Mode, nfn, toggles int)
 		if err := p.ReadMem(mod.Runtime(f.Addr), code); err != nil {
 			t.Fatal(err)
 		}
-		plan, err := reloc.Analyze(code, mod.Runtime(f.Addr), reloc.Options{})
-		if err != nil || plan.Len != rs.Plan.Len {
+		plan, err := reloc.Analyze(code, mod.Runtime(f.Addr), reloc.Options{KeepFirst: rs.Plan.Kept != nil})
+		if err != nil || plan.Len != rs.Plan.Len || plan.Entry != mod.Runtime(rs.Addr) {
 			t.Fatalf("%s: the live text does not analyze as the file's: %v", f.Name, err)
 		}
-		if len(plan.EntryBranches) > 0 || 8+plan.MaxStubLen() > relocStubSize {
+		if len(plan.EntryBranches) > 0 || 10+plan.MaxStubLen() > relocStubSize {
 			// Relocatable, but not with this test's counting stubs: a
 			// branch back to the entry would count loop iterations.
 			note(i/10, "skipped: loops to its entry")
@@ -169,7 +169,16 @@ func stressReloc(t *testing.T, bin string, o0 bool, mode Mode, nfn, toggles int)
 		note(fnIndex(name), "refused: "+why)
 		refused++
 	}
-	t.Logf("%d functions relocatable, %d refused; by shape: %v", len(sites), refused, shapes)
+	kept, live := 0, 0
+	for _, s := range sites {
+		if s.plan.Kept != nil {
+			kept++
+		}
+		if s.plan.KeptLive {
+			live++
+		}
+	}
+	t.Logf("%d functions relocatable (%d with their first instruction kept in place, %d of them keeping flags), %d refused; by shape: %v", len(sites), kept, live, refused, shapes)
 	if loop := shapes[testtarget.ShapeLoop]; loop["refused: branch target"] != nfn/8 {
 		t.Errorf("functions that loop back to entry+3: %v, want all %d refused for the branch target", loop, nfn/8)
 	}
@@ -207,9 +216,20 @@ func stressReloc(t *testing.T, bin string, o0 bool, mode Mode, nfn, toggles int)
 		for k, s := range sites {
 			at := base + uint64(k*relocStubSize)
 			ctr := base + stubsSize + uint64(8*k)
-			b := []byte{0xf0, 0x48, 0xff, 0x05}
-			b = binary.LittleEndian.AppendUint32(b, uint32(int32(int64(ctr-(at+8)))))
-			body, err := s.plan.Relocate(at + 8)
+			// lock incq ctr(%rip). A first instruction left in
+			// place (reloc.Plan.Kept) has run already, and the
+			// body follows it; a test or compare there leaves flags
+			// the body reads: pushfq/popfq around the count.
+			var b []byte
+			if s.plan.KeptLive {
+				b = append(b, 0x9c)
+			}
+			b = append(b, 0xf0, 0x48, 0xff, 0x05)
+			b = binary.LittleEndian.AppendUint32(b, uint32(int32(int64(ctr-(at+uint64(len(b))+4)))))
+			if s.plan.KeptLive {
+				b = append(b, 0x9d)
+			}
+			body, err := s.plan.Relocate(at + uint64(len(b)))
 			if err != nil {
 				r.Release()
 				t.Fatal(err)
@@ -300,8 +320,11 @@ func stressReloc(t *testing.T, bin string, o0 bool, mode Mode, nfn, toggles int)
 			}
 			// A thread that reaches the region while its original
 			// bytes go back runs them in the stub, uncounted.
-			at := base + uint64(i*relocStubSize)
-			ps = append(ps, Patch{Addr: sites[i].plan.Entry, Old: cur[i], New: nw, Region: true, Detour: at + 8})
+			at := base + uint64(i*relocStubSize) + 8
+			if sites[i].plan.KeptLive {
+				at += 2 // pushfq, popfq
+			}
+			ps = append(ps, Patch{Addr: sites[i].plan.Entry, Old: cur[i], New: nw, Region: true, Detour: at})
 			cur[i] = nw
 			enabled[i] = !enabled[i]
 		}
