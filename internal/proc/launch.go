@@ -134,7 +134,7 @@ func waitStop(pid int, sig unix.Signal) error {
 		case ws.Exited():
 			return fmt.Errorf("it exited with status %d", ws.ExitStatus())
 		case ws.Signaled():
-			return fmt.Errorf("it was killed by %v", ws.Signal())
+			return fmt.Errorf("it was killed by %s (%v)", unix.SignalName(ws.Signal()), ws.Signal())
 		case ws.Stopped() && ws.StopSignal() == sig:
 			return nil
 		case ws.Stopped():

@@ -33,6 +33,10 @@ func TestKeepFirst(t *testing.T) {
 		{name: "sub imm8", fn: cat(subRSP16, movRBPRSP, xorEAX, ret), kept: subRSP16, delta: 16, entry: fnAddr + 4, len: 5},
 		{name: "sub imm32", fn: cat(subImm32, movRBPRSP, xorEAX, ret), kept: subImm32, delta: 0xd8, entry: fnAddr + 7, len: 5},
 		{name: "test before the region", fn: cat(testEDI, xorEAX, movRBPRSP, ret), kept: testEDI, live: true, entry: fnAddr + 2, len: 5},
+		// mov $n,%eax before the region: the flags are dead, and the
+		// tracer's call keeps eax.
+		{name: "move before the region", fn: cat([]byte{0xb8, 0xb1, 0x79, 0x37, 0x9e}, []byte{0x48, 0x0f, 0xaf, 0xc7}, []byte{0x48, 0xff, 0xc0}, ret), kept: []byte{0xb8, 0xb1, 0x79, 0x37, 0x9e}, entry: fnAddr + 5, len: 7},
+		{name: "move to r11 before the region", fn: cat([]byte{0x49, 0x89, 0xfb}, xorEAX, movRBPRSP, ret), kept: []byte{0x49, 0x89, 0xfb}, live: true, entry: fnAddr + 3, len: 5},
 		{name: "store stays displaced", fn: cat(store, xorEAX, ret), entry: fnAddr, len: 6},
 		{name: "push r11 stays displaced", fn: cat(pushR11, movRBPRSP, xorEAX, ret), entry: fnAddr, len: 5},
 		{name: "without the option", fn: cat(pushRBP, movRBPRSP, subRSP16, xorEAX, ret), opts: Options{}, entry: fnAddr, len: 8},

@@ -367,9 +367,10 @@ type Plan struct {
 	Kept      []byte
 	KeptDelta int
 	// KeptLive: Kept does not move the stack pointer but leaves flags
-	// or registers that the displaced instructions read (`test
+	// or an r11 that the displaced instructions may read (`test
 	// %rdi,%rdi` before a `je`): the stub must keep every register and
-	// the flags around its call, and runs nothing again.
+	// the flags around its call. With KeptDelta 0 the stub runs nothing
+	// again either way.
 	KeptLive bool
 	// Insts are the displaced instructions, in order.
 	Insts []Inst
@@ -687,11 +688,11 @@ func Analyze(fn []byte, fnAddr uint64, opts Options) (*Plan, error) {
 // keepFirst returns the length of fn's first instruction when
 // [Options.KeepFirst] may keep it in place (0 when it may not), how far it
 // moves the stack pointer down (Keepable), and whether it leaves flags or
-// registers that the tracer's call must keep for the displaced
-// instructions (live): a move, load, lea, test, compare or arithmetic on
-// registers that writes no memory and not rsp, as `test %rdi,%rdi` before
-// a `je`. Such a site needs a stub that keeps every register and the flags
-// around its call.
+// an r11 that the tracer's call would clobber (live): a move, load, lea,
+// test, compare or arithmetic on registers that writes no memory and not
+// rsp. A test or compare before a `je` needs a stub that keeps every
+// register and the flags around its call; a move does not (the call keeps
+// every register but r11, and the flags are dead at a function's entry).
 func keepFirst(fn []byte) (n, delta int, live bool) {
 	if n, delta := Keepable(fn); n > 0 {
 		return n, delta, false
@@ -707,12 +708,20 @@ func keepFirst(fn []byte) (n, delta int, live bool) {
 	default:
 		return 0, 0, false
 	}
+	switch in.Op {
+	case x86asm.MOV, x86asm.MOVZX, x86asm.MOVSX, x86asm.MOVSXD, x86asm.LEA:
+	default:
+		live = true // writes the flags
+	}
 	for i, a := range in.Args {
 		switch a := a.(type) {
 		case nil:
 		case x86asm.Reg:
 			if i == 0 && (a == x86asm.RSP || a == x86asm.ESP || a == x86asm.SP || a == x86asm.SPB) {
 				return 0, 0, false // moves the stack pointer
+			}
+			if i == 0 && (a == x86asm.R11 || a == x86asm.R11L || a == x86asm.R11W || a == x86asm.R11B) {
+				live = true // the stub's scratch register
 			}
 		case x86asm.Mem:
 			// A load runs in place as before; a store could write
@@ -725,7 +734,7 @@ func keepFirst(fn []byte) (n, delta int, live bool) {
 			return 0, 0, false
 		}
 	}
-	return in.Len, 0, true
+	return in.Len, 0, live
 }
 
 // Keepable returns the length of fn's first instruction and how far it

@@ -1044,7 +1044,7 @@ func (s *Session) EndReason() string {
 	case execed:
 		return fmt.Sprintf("process %d called exec: the new program is not traced", s.pid)
 	case ws.Signaled():
-		return fmt.Sprintf("process %d was killed by %v", s.pid, ws.Signal())
+		return fmt.Sprintf("process %d was killed by %s (%v)", s.pid, unix.SignalName(ws.Signal()), ws.Signal())
 	default:
 		return fmt.Sprintf("process %d exited with status %d", s.pid, ws.ExitStatus())
 	}
