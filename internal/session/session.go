@@ -767,6 +767,13 @@ func (s *Session) planRelocSite(x *selected) error {
 	if err := s.p.ReadMem(m.Runtime(fn.Addr), code); err != nil {
 		return fmt.Errorf("read %s: %w", x.name, err)
 	}
+	if k := x.site.Plan.Kept; len(k) > 0 && len(code) >= len(k) && code[0] == 0xcc && k[0] != 0xcc && bytes.Equal(code[1:len(k)], k[1:]) {
+		// A breakpoint on the first instruction, which stays in place
+		// before the region: a uprobe placed before the attach. The
+		// kernel runs the file's instruction at each hit and resumes
+		// on the region, which livetrace patches as usual.
+		copy(code, k)
+	}
 	var ropts reloc.Options
 	if m.Bias == 0 {
 		// A position-dependent executable runs at its link-time

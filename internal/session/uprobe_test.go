@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/livetrace/livetrace/internal/elfsite"
 	"github.com/livetrace/livetrace/internal/proc"
 	"github.com/livetrace/livetrace/internal/testtarget"
 	"github.com/livetrace/livetrace/internal/textpoke"
@@ -222,12 +223,18 @@ func checkTextUprobe(t *testing.T, pid int, addr uint64, orig []byte) {
 // a push, with the region after it): the program counts right all along,
 // the calls under the uprobe are recorded, and the text is the original
 // after detach. With the region at the function's start, the first hit
-// ran the jmp's displacement and the program died.
+// ran the jmp's displacement and the program died. And a uprobe placed
+// before the attach sits on the kept instruction, outside the region: the
+// function is traced all the same (it was refused: "its live text is not
+// the file's").
 func TestUprobeAfterUsRelocated(t *testing.T) {
 	testtarget.RequireRoot(t)
-	for _, graph := range []bool{false, true} {
+	for _, tc := range []struct {
+		name          string
+		graph, before bool
+	}{{"entry", false, false}, {"graph", true, false}, {"uprobe-first", false, true}} {
 		// No "=" in the name: bpftrace cannot parse it in a path.
-		t.Run(map[bool]string{false: "entry", true: "graph"}[graph], func(t *testing.T) {
+		t.Run(tc.name, func(t *testing.T) {
 			// A copy: a uprobe is on the file, for every process that maps it.
 			src := testtarget.Build(t, testtarget.Workload, testtarget.ClangNop5, testtarget.NoSites())
 			dir := t.TempDir()
@@ -242,18 +249,39 @@ func TestUprobeAfterUsRelocated(t *testing.T) {
 				t.Fatal(err)
 			}
 			before := testtarget.TakeSnapshot(t, tp.Pid())
+			var bt *testtarget.Bpftrace
+			if tc.before {
+				mods, err := elfsite.LiveModules(tp.Pid())
+				check(t, err)
+				var fn uint64
+				for _, m := range mods {
+					for _, f := range m.Spec.Funcs {
+						if f.Name == "work_nested" && filepath.Base(m.Path) == filepath.Base(bin) {
+							fn = m.Runtime(f.Addr)
+						}
+					}
+				}
+				if fn == 0 {
+					t.Fatal("work_nested not found")
+				}
+				bt = testtarget.StartBpftrace(t, bin, "work_nested", tp.Pid(), fn, siteBytes(t, tp.Pid(), fn))
+			}
 			out := filepath.Join(t.TempDir(), "rec.data")
-			s, err := Start(tp.Pid(), Options{Funcs: []string{"work_nested", "work_recurse"}, Graph: graph, Output: out})
+			s, err := Start(tp.Pid(), Options{Funcs: []string{"work_nested", "work_recurse"}, Graph: tc.graph, Output: out})
 			check(t, err)
 			defer s.Close()
 			var fn uint64
+			var kept []byte
 			for _, x := range s.sel {
 				if x.plan == nil || x.plan.KeptDelta != 8 {
 					t.Fatalf("%s: not relocated with its push kept in place: %+v", x.name, x.plan)
 				}
 				if x.name == "work_nested" {
-					fn = x.plan.Addr
+					fn, kept = x.plan.Addr, x.plan.Kept
 				}
+			}
+			if len(s.sel) != 2 || len(s.Held()) != 0 {
+				t.Fatalf("%d functions traced, held %+v; want both traced", len(s.sel), s.Held())
 			}
 			head := siteBytes(t, tp.Pid(), fn)
 			run := func(when string) {
@@ -264,22 +292,30 @@ func TestUprobeAfterUsRelocated(t *testing.T) {
 				}
 				pollFor(t, s, 50*time.Millisecond)
 			}
-			run("traced")
-			bt := testtarget.StartBpftrace(t, bin, "work_nested", tp.Pid(), fn, head)
+			if !tc.before {
+				run("traced")
+				bt = testtarget.StartBpftrace(t, bin, "work_nested", tp.Pid(), fn, head)
+				head[0] = 0xcc
+			}
 			run("traced, with a uprobe over the kept push")
 			if n := bt.WaitCount(t, 40); n < 40 {
 				t.Errorf("the uprobe counted %d calls, want 40", n)
 			}
 			bt.Stop(t)
+			head[0] = kept[0]
 			if got := siteBytes(t, tp.Pid(), fn); !bytes.Equal(got, head) {
-				t.Fatalf("after the uprobe went, work_nested begins % x, want % x as before it", got, head)
+				t.Fatalf("after the uprobe went, work_nested begins % x, want % x", got, head)
 			}
 			run("traced, the uprobe gone")
 			check(t, s.Close())
 			rec, err := tracefile.Read(out)
 			check(t, err)
-			if got := countEntries(rec); got["work_nested"] != 120 || got["work_recurse"] != 720 {
-				t.Errorf("recorded %d work_nested and %d work_recurse calls, want 120 and 720", got["work_nested"], got["work_recurse"])
+			want := uint64(120)
+			if tc.before {
+				want = 80
+			}
+			if got := countEntries(rec); got["work_nested"] != want || got["work_recurse"] != 6*want {
+				t.Errorf("recorded %d work_nested and %d work_recurse calls, want %d and %d", got["work_nested"], got["work_recurse"], want, 6*want)
 			}
 			testtarget.CheckText(t, tp.Pid())
 			before.CheckSame(t, tp.Pid())
