@@ -24,25 +24,8 @@ func TestCloseReportsKeptAgent(t *testing.T) {
 		t.Fatal(err)
 	}
 	s, _ := startCounting(t, tp.Pid(), Options{Funcs: []string{"simple_*"}})
-	slots, err := s.inj.readThreads(s.p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// A slot no thread has, made busy.
-	i := len(slots) - 1
-	for ; i >= 0 && slots[i].InUse(); i-- {
-	}
-	at := s.inj.addrs.ThreadSlotAddr(i)
-	var key, busy [8]byte
-	binary.LittleEndian.PutUint64(key[:], 0x5eed)
-	binary.LittleEndian.PutUint64(busy[:], 1)
-	if err := s.p.WriteMem(at+agent.ThreadKeyOff, key[:]); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.p.WriteMem(at+agent.ThreadBusyOff, busy[:]); err != nil {
-		t.Fatal(err)
-	}
-	err = s.Close()
+	at := busySlot(t, s)
+	err := s.Close()
 	if err == nil || !strings.Contains(err.Error(), "stays mapped") {
 		t.Fatalf("Close with a thread inside the agent: %v, want the agent's code kept and said so", err)
 	}
@@ -87,23 +70,7 @@ func TestCloseWaitsForHeldThread(t *testing.T) {
 	}
 	before := testtarget.TakeSnapshot(t, tp.Pid())
 	s, _ := startCounting(t, tp.Pid(), Options{Funcs: []string{"simple_*"}})
-	slots, err := s.inj.readThreads(s.p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	i := len(slots) - 1
-	for ; i >= 0 && slots[i].InUse(); i-- {
-	}
-	at := s.inj.addrs.ThreadSlotAddr(i)
-	var key, busy [8]byte
-	binary.LittleEndian.PutUint64(key[:], 0x5eed)
-	binary.LittleEndian.PutUint64(busy[:], 1)
-	if err := s.p.WriteMem(at+agent.ThreadKeyOff, key[:]); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.p.WriteMem(at+agent.ThreadBusyOff, busy[:]); err != nil {
-		t.Fatal(err)
-	}
+	at := busySlot(t, s)
 	tries := 0
 	testHookQuiesceHeld = func(try int) {
 		tries = try
@@ -129,4 +96,28 @@ func TestCloseWaitsForHeldThread(t *testing.T) {
 	}
 	testtarget.CheckText(t, tp.Pid())
 	before.CheckSame(t, tp.Pid())
+}
+
+// busySlot takes a thread slot no thread has and marks it busy, as a
+// thread interrupted inside the agent shows, and returns its address.
+func busySlot(t *testing.T, s *Session) uint64 {
+	t.Helper()
+	slots, err := s.inj.readThreads(s.p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := len(slots) - 1
+	for ; i >= 0 && slots[i].InUse(); i-- {
+	}
+	at := s.inj.addrs.ThreadSlotAddr(i)
+	var key, busy [8]byte
+	binary.LittleEndian.PutUint64(key[:], 0x5eed)
+	binary.LittleEndian.PutUint64(busy[:], 1)
+	if err := s.p.WriteMem(at+agent.ThreadKeyOff, key[:]); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.p.WriteMem(at+agent.ThreadBusyOff, busy[:]); err != nil {
+		t.Fatal(err)
+	}
+	return at
 }
