@@ -671,16 +671,17 @@ func Analyze(fn []byte, fnAddr uint64, opts Options) (*Plan, error) {
 		p.Endbr = true
 		p.Entry += 4
 		start = 4
-	} else if n, delta, live := keepFirst(fn); opts.KeepFirst && n > 0 {
-		p.Kept, p.KeptDelta, p.KeptLive = append([]byte(nil), fn[:n]...), delta, live
-		p.Entry += uint64(n)
-		start = n
-		plan, err := analyze(fn, fnAddr, opts, p, start, minLen)
-		if err == nil && !plan.enteredAfterKept {
-			return plan, nil
+	} else if opts.KeepFirst {
+		if n, delta, live := keepFirst(fn); n > 0 {
+			p.Kept, p.KeptDelta, p.KeptLive = append([]byte(nil), fn[:n]...), delta, live
+			p.Entry += uint64(n)
+			plan, err := analyze(fn, fnAddr, opts, p, n, minLen)
+			if err == nil && !plan.enteredAfterKept {
+				return plan, nil
+			}
+			opts.KeepFirst = false
+			return Analyze(fn, fnAddr, opts)
 		}
-		opts.KeepFirst = false
-		return Analyze(fn, fnAddr, opts)
 	}
 	return analyze(fn, fnAddr, opts, p, start, minLen)
 }
@@ -702,16 +703,12 @@ func keepFirst(fn []byte) (n, delta int, live bool) {
 		return 0, 0, false
 	}
 	switch in.Op {
-	case x86asm.MOV, x86asm.MOVZX, x86asm.MOVSX, x86asm.MOVSXD, x86asm.LEA,
-		x86asm.TEST, x86asm.CMP, x86asm.XOR, x86asm.AND, x86asm.OR, x86asm.ADD, x86asm.SUB,
+	case x86asm.MOV, x86asm.MOVZX, x86asm.MOVSX, x86asm.MOVSXD, x86asm.LEA:
+	case x86asm.TEST, x86asm.CMP, x86asm.XOR, x86asm.AND, x86asm.OR, x86asm.ADD, x86asm.SUB,
 		x86asm.INC, x86asm.DEC, x86asm.SHL, x86asm.SHR, x86asm.SAR:
+		live = true // writes the flags
 	default:
 		return 0, 0, false
-	}
-	switch in.Op {
-	case x86asm.MOV, x86asm.MOVZX, x86asm.MOVSX, x86asm.MOVSXD, x86asm.LEA:
-	default:
-		live = true // writes the flags
 	}
 	for i, a := range in.Args {
 		switch a := a.(type) {
