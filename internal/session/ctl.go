@@ -364,12 +364,8 @@ func (s *Session) prepare(fresh []selected) ([]int, error) {
 		return nil, err
 	}
 	sites := make([]agent.Site, len(fresh))
-	for i, x := range fresh {
-		sites[i] = agent.Site{Addr: x.addr, Target: x.stub, Len: uint32(len(x.orig)), Spec: x.capture.spec}
-		copy(sites[i].Orig[:], x.orig)
-		if x.plan != nil {
-			sites[i].Len, sites[i].Region = uint32(x.plan.Len), true
-		}
+	for i := range fresh {
+		sites[i] = fresh[i].agentSite()
 	}
 	// The table before the site: the SIGTRAP backstop must know a site
 	// before an INT3 of ours can be on it.

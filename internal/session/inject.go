@@ -407,14 +407,8 @@ func (s *Session) inject() (err error) {
 	}
 
 	s.lap("inject: stubs")
-	for i, x := range s.sel {
-		cfg.Sites[i] = agent.Site{Addr: x.addr, Target: x.stub}
-		copy(cfg.Sites[i].Orig[:], x.orig)
-		cfg.Sites[i].Len = uint32(len(x.orig))
-		cfg.Sites[i].Spec = x.capture.spec
-		if x.plan != nil {
-			cfg.Sites[i].Len, cfg.Sites[i].Region = uint32(x.plan.Len), true
-		}
+	for i := range s.sel {
+		cfg.Sites[i] = s.sel[i].agentSite()
 	}
 	// The memfd is new: InitShared need not clear it, which would
 	// allocate its pages here rather than in the goroutine above (about
@@ -440,6 +434,15 @@ func (s *Session) inject() (err error) {
 	s.mu.Unlock()
 
 	return s.inj.setCtl(s.p, agent.Ctl{Enabled: true, Graph: s.opts.Graph})
+}
+
+// agentSite is x's entry of the agent's site table: its original bytes (a
+// relocated region's, plan.Orig(), as many as the region covers) and
+// whether the stub is jumped to (a region) or called (a NOP site).
+func (x *selected) agentSite() agent.Site {
+	st := agent.Site{Addr: x.addr, Target: x.stub, Len: uint32(len(x.orig)), Spec: x.capture.spec, Region: x.plan != nil}
+	copy(st.Orig[:], x.orig)
+	return st
 }
 
 // relocCallLen is the length of the `call rel32` that starts a relocation

@@ -1,6 +1,7 @@
 package session
 
 import (
+	"bytes"
 	"debug/dwarf"
 	"debug/elf"
 	"encoding/binary"
@@ -204,11 +205,12 @@ func relocBodyOff(plan *reloc.Plan, keep bool) uint64 {
 // and the redo of a push or sub that follows the call.
 func stubBodyOff(b []byte) (uint64, error) {
 	off, delta := 0, 0
+	short, long := undo(1), undo(0x80) // the two encodings of undo
 	switch {
-	case len(b) >= 5 && b[0] == 0x48 && b[1] == 0x8d && b[2] == 0x64 && b[3] == 0x24:
-		off, delta = 5, int(b[4])
-	case len(b) >= 8 && b[0] == 0x48 && b[1] == 0x8d && b[2] == 0xa4 && b[3] == 0x24:
-		off, delta = 8, int(int32(binary.LittleEndian.Uint32(b[4:])))
+	case len(b) >= len(short) && bytes.Equal(b[:4], short[:4]):
+		off, delta = len(short), int(b[4])
+	case len(b) >= len(long) && bytes.Equal(b[:4], long[:4]):
+		off, delta = len(long), int(int32(binary.LittleEndian.Uint32(b[4:])))
 	}
 	kept := off > 0
 	keep := off < len(b) && b[off] == keepPrologue[0]
@@ -232,5 +234,5 @@ func stubBodyOff(b []byte) (uint64, error) {
 
 // maxStubHead is how many bytes of a stub stubBodyOff needs at most: the
 // longest undo, the keep prologue, the call, the keep epilogue and the
-// longest redo.
-const maxStubHead = 8 + 18 + relocCallLen + 18 + 7
+// longest redo (sub $imm32,%rsp).
+var maxStubHead = len(undo(0x80)) + len(keepPrologue) + relocCallLen + len(keepEpilogue) + 7

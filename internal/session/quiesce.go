@@ -46,8 +46,8 @@ func (s *Session) quiesceEach() (done bool, err error) {
 		return done, err
 	}
 	if s.inj.busy(s.p) {
-		// Held inside the agent (quiesce): with every thread stopped,
-		// and tries again.
+		// A thread held inside the agent: quiesce looks again, with
+		// every thread stopped, and waits for it if need be.
 		return false, nil
 	}
 	s.quiescedEach = true
