@@ -15,6 +15,7 @@ func TestKeepFirst(t *testing.T) {
 	subImm32 := []byte{0x48, 0x81, 0xec, 0xd8, 0x00, 0x00, 0x00}
 	store := []byte{0xc7, 0x07, 0x01, 0x00, 0x00, 0x00} // movl $1,(%rdi)
 	pushR11 := []byte{0x41, 0x53}
+	tableJmp := []byte{0xff, 0x24, 0xc5, 0x00, 0x00, 0x60, 0x00} // jmp [8*rax+0x600000]
 	tests := []struct {
 		name    string
 		fn      []byte
@@ -47,6 +48,13 @@ func TestKeepFirst(t *testing.T) {
 		// back to the region at the function, where fn+1 is inside.
 		{name: "loop to after the kept push", fn: cat(pushRBP, movRBPRSP, nop, []byte{0xff, 0xcf, 0x75, 0xf8}, ret), reason: BranchTarget, off: 1},
 		{name: "extra target after the kept push", fn: cat(pushRBP, movRBPRSP, subRSP16, ret), opts: Options{KeepFirst: true, ExtraTargets: []uint64{fnAddr + 1}}, reason: BranchTarget, off: 1},
+		// push rbp; mov rbp,rsp; mov eax,edi; jmp [8*rax+table]; ret:
+		// an absolute jump table whose read-only data holds fn+1, the
+		// region's first byte after the kept push (a loop head in
+		// node's SPrintFImpl), enters the stub without the push:
+		// back to the region at the function, where fn+1 is inside.
+		{name: "table entry after the kept push", fn: cat(pushRBP, movRBPRSP, []byte{0x89, 0xf8}, tableJmp, ret), opts: Options{ReadOnly: &ReadOnly{Ranges: [][2]uint64{{0x600000, 0x600100}}, Pointers: []uint64{fnAddr + 1}}}, reason: JumpTable, off: 6},
+		{name: "table entry elsewhere", fn: cat(pushRBP, movRBPRSP, []byte{0x89, 0xf8}, tableJmp, ret), opts: Options{ReadOnly: &ReadOnly{Ranges: [][2]uint64{{0x600000, 0x600100}}, Pointers: []uint64{fnAddr + 13}}}, kept: pushRBP, delta: 8, entry: fnAddr + 1, len: 5},
 		// push rbp; ret: nothing to displace after the push; the
 		// region at the function refuses it the same way.
 		{name: "too short after the kept push", fn: cat(pushRBP, xorEAX, ret), reason: TooShort, off: 4},

@@ -275,25 +275,45 @@ type ReadOnly struct {
 // words that point into them are kept.
 func NewReadOnly(addrs []uint64, segs [][]byte, code [][2]uint64) *ReadOnly {
 	ro := &ReadOnly{}
-	inCode := func(v uint64) bool {
-		for _, r := range code {
-			if v >= r[0] && v < r[1] {
-				return true
-			}
-		}
-		return false
-	}
 	for i, b := range segs {
 		ro.Ranges = append(ro.Ranges, [2]uint64{addrs[i], addrs[i] + uint64(len(b))})
-		for off := 0; off+8 <= len(b); off++ {
-			if v := binary.LittleEndian.Uint64(b[off:]); inCode(v) {
-				ro.Pointers = append(ro.Pointers, v)
-			}
+		for _, r := range code {
+			ScanWords(b, r[0], r[1], func(v uint64) { ro.Pointers = append(ro.Pointers, v) })
 		}
 	}
 	sort.Slice(ro.Ranges, func(i, j int) bool { return ro.Ranges[i][0] < ro.Ranges[j][0] })
-	sort.Slice(ro.Pointers, func(i, j int) bool { return ro.Pointers[i] < ro.Pointers[j] })
+	radix.SortBy(ro.Pointers, 0)
 	return ro
+}
+
+// ScanWords calls fn with each 8-byte little-endian word, at every byte
+// offset of b, whose value lies in [lo, hi): what [ReadOnly.Pointers]
+// holds, gathered a piece of the read-only data at a time (pieces that
+// overlap by 7 bytes see every word once).
+func ScanWords(b []byte, lo, hi uint64, fn func(v uint64)) {
+	if hi <= lo {
+		return
+	}
+	span := hi - lo
+	for off := 0; off+8 <= len(b); off++ {
+		if v := binary.LittleEndian.Uint64(b[off:]); v-lo < span {
+			fn(v)
+		}
+	}
+}
+
+// MayHaveAbsoluteTable reports whether fn's bytes hold the encoding of an
+// absolute jump table's jmp, `jmp *disp32(,%reg,8)` (FF 24 and a SIB byte
+// of scale 8 and no base), anywhere: only for such a function does
+// [Analyze] consult [ReadOnly.Pointers]. A byte test, so it may say yes
+// for bytes that are no such instruction; never no for one that is.
+func MayHaveAbsoluteTable(fn []byte) bool {
+	for i := 0; i+2 < len(fn); i++ {
+		if fn[i] == 0xff && fn[i+1] == 0x24 && fn[i+2]&7 == 5 && fn[i+2]>>6 == 3 {
+			return true
+		}
+	}
+	return false
 }
 
 // absoluteTable reports whether m is the operand of an absolute jump
@@ -320,6 +340,12 @@ func (ro *ReadOnly) pointsInside(lo, hi uint64) (uint64, bool) {
 		return ps[i], true
 	}
 	return 0, false
+}
+
+// pointsAt reports whether a stored pointer equals v.
+func (ro *ReadOnly) pointsAt(v uint64) bool {
+	_, found := slices.BinarySearch(ro.Pointers, v)
+	return found
 }
 
 // Inst is one displaced instruction.
@@ -899,6 +925,12 @@ func analyze(fn []byte, fnAddr uint64, opts Options, p *Plan, start, minLen int)
 		if v, ok := opts.ReadOnly.pointsInside(lo, hi); ok {
 			return nil, &Refusal{Reason: JumpTable, Off: tables[0].off, Inst: fmt.Sprintf("%s; read-only data holds %#x", tables[0].text, v)}
 		}
+		// An entry of the table may be the region's first byte: as for
+		// a direct branch there (above), the stub would be entered
+		// without the kept instruction having run.
+		if p.Kept != nil && opts.ReadOnly.pointsAt(lo) {
+			p.enteredAfterKept = true
+		}
 	}
 	ts := opts.ExtraTargets
 	if i := sort.Search(len(ts), func(i int) bool { return ts[i] > lo }); i < len(ts) && inside(ts[i]) {
@@ -919,10 +951,25 @@ func analyze(fn []byte, fnAddr uint64, opts Options, p *Plan, start, minLen int)
 // bytes, and pass the result as [Options.ExtraTargets].
 func BranchTargets(code []byte, addr uint64) []uint64 {
 	var ts []uint64
-	for off := 0; off < len(code); {
+	SweepBranches(code, addr, len(code), func(t uint64) { ts = append(ts, t) })
+	radix.SortBy(ts, 0)
+	return slices.Compact(ts)
+}
+
+// SweepBranches is BranchTargets' sweep, a piece of a section at a time:
+// it decodes the instructions of code (at address addr) that start before
+// offset limit, calls target with each direct branch's target, and
+// returns the offset where the sweep goes on (limit or a little past it,
+// where the last instruction ends). An instruction may run past limit to
+// len(code): give 15 bytes beyond limit (x86's longest instruction) unless
+// code ends where the section does, and the pieces' targets are those of
+// one sweep over the section.
+func SweepBranches(code []byte, addr uint64, limit int, target func(uint64)) int {
+	off := 0
+	for off < limit && off < len(code) {
 		if n, rel, branch, ok := quickBranch(code[off:]); ok {
 			if branch {
-				ts = append(ts, addr+uint64(off)+uint64(n)+uint64(rel))
+				target(addr + uint64(off) + uint64(n) + uint64(rel))
 			}
 			off += n
 			continue
@@ -934,11 +981,10 @@ func BranchTargets(code []byte, addr uint64) []uint64 {
 		}
 		if !hand {
 			if t, ok := directTarget(in, addr+uint64(off)); ok {
-				ts = append(ts, t)
+				target(t)
 			}
 		}
 		off += in.Len
 	}
-	radix.SortBy(ts, 0)
-	return slices.Compact(ts)
+	return off
 }
