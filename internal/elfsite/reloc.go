@@ -1,7 +1,9 @@
 package elfsite
 
 import (
+	"cmp"
 	"debug/elf"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -13,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/livetrace/livetrace/internal/radix"
 	"github.com/livetrace/livetrace/internal/reloc"
 )
 
@@ -37,14 +40,32 @@ type RelocRefusal struct {
 // Limits of the relocation analysis.
 const (
 	maxRelocFunc = 4 << 20   // bytes of one function analyzed
-	maxRelocText = 256 << 20 // bytes of executable segments kept for it
+	maxRelocText = 256 << 20 // bytes of executable segments analyzed
+	// relocWindow is how many bytes at a function's start the analysis
+	// asks about branch targets and read-only pointers: its region
+	// begins after at most an ENDBR64 (4 bytes) or a kept instruction
+	// (15), and whole instructions (at most 4 + 15 bytes) cover 5.
+	relocWindow = 64
+	// scanPiece is how much of the file one read of a scan takes.
+	scanPiece = 1 << 20
+	// tableTestMax: up to this many functions, a gathering reads each
+	// one to see whether it may have an absolute jump table (and needs
+	// the read-only data's pointers); more, and all of them get them.
+	tableTestMax = 4096
 )
 
 // relocState is what Parse keeps for the relocation analysis, done on
-// demand: the bytes of the executable segments, and the ranges of the
-// executable sections. Its lazy parts are guarded by sync.Once.
+// demand. The analysis of a function needs what the rest of the module
+// says about its first bytes: the direct branches into them from outside
+// it, and in a position-dependent executable the read-only words that
+// point into them (absolute jump tables). Both take a pass over the whole
+// module (28 MB of text and 55 MB of read-only data in node); a pass
+// keeps only what lands in the windows of the functions asked about
+// ([Spec.PrepareReloc]), and reads the file a piece at a time, so that an
+// attach that names 400 functions of a large program neither holds its
+// bytes nor sorts millions of targets. Functions' bytes are read from the
+// file when analyzed.
 type relocState struct {
-	segs []textSeg
 	secs [][2]uint64 // executable sections, not PLT
 	plts [][2]uint64 // .plt* sections
 	nop  []uint64    // sorted; see hasNop
@@ -59,35 +80,31 @@ type relocState struct {
 	goLo, goHi uint64
 	goAll      bool
 
-	// The file and where its segments lie, until load reads them into
-	// segs and roSegs.
+	// The file, and where its executable and (in a position-dependent
+	// executable) read-only segments lie in it.
 	src             io.ReaderAt
-	dup             *os.File // src, when it is ours to close
 	xSpecs, roSpecs []segSpec
-	segOnce         sync.Once
+	roRanges        [][2]uint64 // the roSpecs' link-time ranges, sorted
+	starts          []uint64    // the functions' addresses, sorted (Funcs)
 
-	extraOnce sync.Once
-	extra     []uint64
-
-	// A position-dependent executable's read-only data, for its absolute
-	// jump tables (reloc.ReadOnly): the file bytes, then the index built
-	// from them on first use.
-	roSegs []textSeg
-	roOnce sync.Once
-	ro     *reloc.ReadOnly
+	mu sync.RWMutex
+	// covered: the windows whose branch targets extra holds (sorted,
+	// disjoint); ptrCovered: those whose read-only pointers ptrs holds.
+	covered, ptrCovered [][2]uint64
+	extra, ptrs         []uint64 // sorted; replaced, never changed in place
+	// broken: the text could not be read for a pass; every function is
+	// refused, since branches into it could not be seen. roBroken: the
+	// read-only data could not be read; jump tables stay refused.
+	broken   error
+	roBroken bool
 
 	allOnce sync.Once
 	all     []Site
 	refused []RelocRefusal
 }
 
-type textSeg struct {
-	vaddr uint64
-	b     []byte
-}
-
 // prepareReloc gathers what the relocation analysis needs while the file
-// is open, and keeps the file for the segments' bytes (load).
+// is open, and keeps the file for the passes and the functions' bytes.
 func (p *parser) prepareReloc() {
 	rs := &relocState{nop: make([]uint64, 0, 2*len(p.spec.Sites)), funcNop: make([]bool, len(p.spec.Funcs)), entry: p.f.Entry}
 	p.spec.reloc = rs
@@ -106,6 +123,10 @@ func (p *parser) prepareReloc() {
 		}
 	}
 	slices.Sort(rs.nop)
+	rs.starts = make([]uint64, len(p.spec.Funcs))
+	for i := range p.spec.Funcs {
+		rs.starts[i] = p.spec.Funcs[i].Addr
+	}
 	rs.goLo, rs.goHi, rs.goAll = p.goText()
 	for _, sec := range p.f.Sections {
 		if sec.Flags&elf.SHF_EXECINSTR == 0 || sec.Type != elf.SHT_PROGBITS {
@@ -118,9 +139,9 @@ func (p *parser) prepareReloc() {
 			rs.secs = append(rs.secs, r)
 		}
 	}
-	// The segments are read on the first analysis (load): an attach
-	// that names no function of this module without a NOP site reads
-	// none of its text (1.5 MB for libc).
+	inFile := func(l Load) bool {
+		return p.size < 0 || l.Offset <= uint64(p.size) && l.Filesz <= uint64(p.size)-l.Offset
+	}
 	total := uint64(0)
 	for _, l := range p.spec.Loads {
 		if l.Flags&elf.PF_X == 0 {
@@ -131,34 +152,38 @@ func (p *parser) prepareReloc() {
 			rs.tooBig, rs.xSpecs = true, nil
 			return
 		}
-		rs.xSpecs = append(rs.xSpecs, segSpec{vaddr: l.Vaddr, off: l.Offset, size: l.Filesz})
+		if inFile(l) {
+			rs.xSpecs = append(rs.xSpecs, segSpec{vaddr: l.Vaddr, off: l.Offset, size: l.Filesz})
+		}
 	}
 	if p.f.Type == elf.ET_EXEC {
 		for _, l := range p.spec.Loads {
 			if l.Flags&(elf.PF_X|elf.PF_W) != 0 || l.Filesz == 0 {
 				continue
 			}
-			total += l.Filesz
-			if total > maxRelocText || p.size >= 0 && total > 2*uint64(p.size) {
-				// No index: jump tables stay refused.
+			if !inFile(l) {
+				// A truncated file: no index, jump tables stay refused.
 				rs.roSpecs = nil
 				break
 			}
 			rs.roSpecs = append(rs.roSpecs, segSpec{vaddr: l.Vaddr, off: l.Offset, size: l.Filesz})
 		}
+		for _, l := range rs.roSpecs {
+			rs.roRanges = append(rs.roRanges, [2]uint64{l.vaddr, l.vaddr + l.size})
+		}
+		sort.Slice(rs.roRanges, func(i, j int) bool { return rs.roRanges[i][0] < rs.roRanges[j][0] })
 	}
 	rs.src = p.r
 	if f, ok := p.r.(*os.File); ok {
 		// The caller closes f when the parse returns: keep a
-		// duplicate, closed once the segments are read (or when the
-		// Spec is collected without them ever being needed).
+		// duplicate, closed when the Spec is collected.
 		fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
 		if err != nil {
-			rs.load() // no descriptor to keep: read them now
+			rs.broken = fmt.Errorf("keep the file open: %w", err)
 			return
 		}
 		dup := os.NewFile(uintptr(fd), f.Name())
-		rs.src, rs.dup = dup, dup
+		rs.src = dup
 		runtime.AddCleanup(rs, func(f *os.File) { f.Close() }, dup)
 	}
 }
@@ -196,33 +221,18 @@ func (p *parser) goText() (lo, hi uint64, all bool) {
 	return lo, hi, false
 }
 
-// segSpec is where an executable segment (or a read-only one) lies in the
-// file, to be read by load.
+// segSpec is where a segment lies in the file.
 type segSpec struct{ vaddr, off, size uint64 }
 
-// load reads the segments prepareReloc found, once.
-func (rs *relocState) load() {
-	rs.segOnce.Do(func() {
-		for _, l := range rs.xSpecs {
-			b := make([]byte, l.size)
-			if n, err := rs.src.ReadAt(b, int64(l.off)); n < len(b) && err != nil {
-				b = b[:n]
-			}
-			rs.segs = append(rs.segs, textSeg{vaddr: l.vaddr, b: b})
+// fileOff returns where the n bytes at link-time address addr lie in
+// the file, when one of specs holds them all.
+func fileOff(specs []segSpec, addr, n uint64) (uint64, bool) {
+	for _, l := range specs {
+		if addr >= l.vaddr && addr-l.vaddr <= l.size && l.size-(addr-l.vaddr) >= n {
+			return l.off + addr - l.vaddr, true
 		}
-		for _, l := range rs.roSpecs {
-			b := make([]byte, l.size)
-			if n, _ := rs.src.ReadAt(b, int64(l.off)); n < len(b) {
-				rs.roSegs = nil // a truncated file: jump tables stay refused
-				break
-			}
-			rs.roSegs = append(rs.roSegs, textSeg{vaddr: l.vaddr, b: b})
-		}
-		if rs.dup != nil {
-			rs.dup.Close()
-		}
-		rs.src, rs.dup = nil, nil
-	})
+	}
+	return 0, false
 }
 
 // hasNop reports whether addr is the entry, the site or the function of
@@ -232,43 +242,36 @@ func (rs *relocState) hasNop(addr uint64) bool {
 	return found
 }
 
-// options returns the relocator's options for this file: the direct
-// branch targets from outside each function and, for a position-dependent
-// executable, its read-only data, so that absolute jump tables are checked
-// rather than refused (reloc.ReadOnly).
-func (rs *relocState) options() reloc.Options {
-	// KeepFirst: a uprobe placed while the function is traced resumes on
-	// the jmp (reloc.Options.KeepFirst).
-	return reloc.Options{ExtraTargets: rs.extraTargets(), ReadOnly: rs.readOnly(), KeepFirst: true}
+// text returns the file bytes of an executable segment at link-time
+// address addr, n of them.
+func (rs *relocState) text(addr, n uint64) ([]byte, bool) {
+	off, ok := fileOff(rs.xSpecs, addr, n)
+	if !ok {
+		return nil, false
+	}
+	b := make([]byte, n)
+	if m, _ := rs.src.ReadAt(b, int64(off)); m < len(b) {
+		return nil, false
+	}
+	return b, true
 }
 
 // readOnly returns the read-only data index of a position-dependent
-// executable, or nil.
+// executable, with the pointers gathered so far, or nil.
 func (rs *relocState) readOnly() *reloc.ReadOnly {
-	rs.load()
-	rs.roOnce.Do(func() {
-		if len(rs.roSegs) == 0 {
-			return
-		}
-		var addrs []uint64
-		var segs [][]byte
-		for _, s := range rs.roSegs {
-			addrs = append(addrs, s.vaddr)
-			segs = append(segs, s.b)
-		}
-		var code [][2]uint64
-		for _, s := range rs.segs {
-			code = append(code, [2]uint64{s.vaddr, s.vaddr + uint64(len(s.b))})
-		}
-		rs.ro = reloc.NewReadOnly(addrs, segs, code)
-	})
-	return rs.ro
+	rs.mu.RLock()
+	defer rs.mu.RUnlock()
+	if len(rs.roSpecs) == 0 || rs.roBroken {
+		return nil
+	}
+	return &reloc.ReadOnly{Ranges: rs.roRanges, Pointers: rs.ptrs}
 }
 
 // RelocOptions returns the options [Spec.RelocFunc] analyzes functions
 // with; a caller that analyzes one again at its runtime address (the same
 // as the link-time one in a position-dependent executable, the only kind
-// for which ReadOnly is set) must use the same ReadOnly.
+// for which ReadOnly is set) must use the same ReadOnly. It holds what
+// was gathered for the functions analyzed so far.
 func (s *Spec) RelocOptions() reloc.Options {
 	if s.reloc == nil {
 		return reloc.Options{}
@@ -276,34 +279,265 @@ func (s *Spec) RelocOptions() reloc.Options {
 	return reloc.Options{ReadOnly: s.reloc.readOnly()}
 }
 
-// text returns the n file bytes at link-time address addr in an executable
-// segment.
-func (rs *relocState) text(addr, n uint64) ([]byte, bool) {
-	rs.load()
-	for _, s := range rs.segs {
-		if addr >= s.vaddr && addr-s.vaddr <= uint64(len(s.b)) && uint64(len(s.b))-(addr-s.vaddr) >= n {
-			o := addr - s.vaddr
-			return s.b[o : o+n : o+n], true
-		}
+// PrepareReloc gathers, in one pass over the module's bytes, what
+// [Spec.RelocFunc] needs from the rest of the module to analyze the
+// functions Funcs[i] for i in idx, and only that: a caller that analyzes
+// a few functions names them first, since RelocFunc of a function not
+// prepared gathers it for every function. Safe for concurrent use.
+func (s *Spec) PrepareReloc(idx []int) {
+	rs := s.reloc
+	if rs == nil || s.Refused != "" || rs.tooBig {
+		return
 	}
-	return nil, false
+	ws := make([]want, 0, len(idx))
+	for _, i := range idx {
+		if !s.RelocCandidate(i) {
+			continue
+		}
+		f := &s.Funcs[i]
+		table := len(rs.roSpecs) > 0
+		if table && len(idx) <= tableTestMax {
+			code, ok := rs.text(f.Addr, min(f.Size, maxRelocFunc))
+			table = ok && reloc.MayHaveAbsoluteTable(code)
+		}
+		ws = append(ws, want{f.Addr, table})
+	}
+	rs.gather(ws)
 }
 
-// extraTargets returns the direct branch targets of every executable
-// section: branches into a function from outside its bytes (cold parts,
-// shared tails), computed once.
-func (rs *relocState) extraTargets() []uint64 {
-	rs.extraOnce.Do(func() {
-		var ts []uint64
-		for _, r := range rs.secs {
-			if b, ok := rs.text(r[0], r[1]-r[0]); ok {
-				ts = append(ts, reloc.BranchTargets(b, r[0])...)
-			}
+// want is a function's window to gather: its address, and whether it may
+// have an absolute jump table (it needs the read-only data's pointers).
+type want struct {
+	addr  uint64
+	table bool
+}
+
+// options returns the relocator's options for the function at addr whose
+// bytes are code: the direct branch targets from outside it and, in a
+// position-dependent executable, its read-only data, so that absolute
+// jump tables are checked rather than refused (reloc.ReadOnly). When no
+// pass has gathered them ([Spec.PrepareReloc] was not told of it), a pass
+// gathers them for every function at once: a caller that analyzes one
+// function after another without naming them first pays one pass, not
+// one each.
+func (rs *relocState) options(addr uint64, code []byte) (reloc.Options, error) {
+	rs.mu.RLock()
+	done := rs.has(want{addr, len(rs.roSpecs) > 0 && reloc.MayHaveAbsoluteTable(code)})
+	rs.mu.RUnlock()
+	if !done {
+		all := make([]want, len(rs.starts))
+		for i, a := range rs.starts {
+			all[i] = want{a, len(rs.roSpecs) > 0}
 		}
-		sort.Slice(ts, func(i, j int) bool { return ts[i] < ts[j] })
-		rs.extra = ts
-	})
-	return rs.extra
+		rs.gather(all)
+	}
+	rs.mu.RLock()
+	defer rs.mu.RUnlock()
+	if rs.broken != nil {
+		return reloc.Options{}, rs.broken
+	}
+	opts := reloc.Options{ExtraTargets: rs.extra, KeepFirst: true}
+	if len(rs.roSpecs) > 0 && !rs.roBroken {
+		opts.ReadOnly = &reloc.ReadOnly{Ranges: rs.roRanges, Pointers: rs.ptrs}
+	}
+	// KeepFirst: a uprobe placed while the function is traced resumes on
+	// the jmp (reloc.Options.KeepFirst).
+	return opts, nil
+}
+
+// has reports whether w's window is gathered. Call it with rs.mu held.
+func (rs *relocState) has(w want) bool {
+	return rs.broken != nil || inside(rs.covered, w.addr) && (!w.table || rs.roBroken || inside(rs.ptrCovered, w.addr))
+}
+
+// inside reports whether the window at addr lies in one of the sorted,
+// disjoint ranges rs.
+func inside(rs [][2]uint64, addr uint64) bool {
+	i := sort.Search(len(rs), func(i int) bool { return rs[i][1] > addr })
+	return i < len(rs) && rs[i][0] <= addr && rs[i][1]-addr >= relocWindow
+}
+
+// gather takes a pass over the text for the windows of ws that lack
+// their branch targets, and one over the read-only data for those that
+// lack their pointers.
+func (rs *relocState) gather(ws []want) {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	var tw, pw [][2]uint64
+	for _, w := range ws {
+		if rs.broken != nil {
+			return
+		}
+		if !inside(rs.covered, w.addr) {
+			tw = append(tw, [2]uint64{w.addr, w.addr + relocWindow})
+		}
+		if w.table && !rs.roBroken && !inside(rs.ptrCovered, w.addr) {
+			pw = append(pw, [2]uint64{w.addr, w.addr + relocWindow})
+		}
+	}
+	if len(tw) > 0 {
+		tw = mergeRanges(tw)
+		ts, err := rs.sweep(tw)
+		if err != nil {
+			rs.broken = fmt.Errorf("the file's text could not be read to find the branches into its functions: %w", err)
+			return
+		}
+		rs.extra = mergeSorted(rs.extra, ts)
+		rs.covered = mergeRanges(append(slices.Clip(rs.covered), tw...))
+	}
+	if len(pw) > 0 {
+		pw = mergeRanges(pw)
+		ps, err := rs.words(pw)
+		if err != nil {
+			rs.roBroken = true // jump tables stay refused
+			return
+		}
+		rs.ptrs = mergeSorted(rs.ptrs, ps)
+		rs.ptrCovered = mergeRanges(append(slices.Clip(rs.ptrCovered), pw...))
+	}
+}
+
+// sweep decodes every executable section, a piece at a time, and returns
+// the sorted targets of its direct branches that land in one of the
+// windows ws (sorted, disjoint): branches into a function from outside
+// its bytes (cold parts, shared tails). A large section is cut at
+// function starts, where an instruction begins, into a part per CPU.
+func (rs *relocState) sweep(ws [][2]uint64) ([]uint64, error) {
+	var parts [][2]uint64
+	for _, r := range rs.secs {
+		parts = append(parts, rs.cut(r)...)
+	}
+	found := make([][]uint64, len(parts))
+	errs := make([]error, len(parts))
+	next := make(chan int, len(parts))
+	for i := range parts {
+		next <- i
+	}
+	close(next)
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), len(parts)) {
+		wg.Go(func() {
+			buf := make([]byte, scanPiece+15)
+			for i := range next {
+				keep := keeper(ws, func(t uint64) { found[i] = append(found[i], t) })
+				errs[i] = rs.sweepPart(parts[i], buf, keep)
+			}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	ts := slices.Concat(found...)
+	radix.SortBy(ts, 0)
+	return slices.Compact(ts), nil
+}
+
+// cut splits the section r into parts of at least 4 MiB, one per CPU at
+// most, at the starts of functions.
+func (rs *relocState) cut(r [2]uint64) [][2]uint64 {
+	n := min(runtime.GOMAXPROCS(0), int((r[1]-r[0])/(4<<20)))
+	if n < 2 || len(rs.starts) == 0 {
+		return [][2]uint64{r}
+	}
+	var out [][2]uint64
+	lo := r[0]
+	for k := 1; k < n; k++ {
+		at := r[0] + (r[1]-r[0])/uint64(n)*uint64(k)
+		i, _ := slices.BinarySearch(rs.starts, at)
+		if i == len(rs.starts) || rs.starts[i] <= lo || rs.starts[i] >= r[1] {
+			continue
+		}
+		out = append(out, [2]uint64{lo, rs.starts[i]})
+		lo = rs.starts[i]
+	}
+	return append(out, [2]uint64{lo, r[1]})
+}
+
+// sweepPart sweeps the part r of a section (see sweep) with buf.
+func (rs *relocState) sweepPart(r [2]uint64, buf []byte, keep func(uint64)) error {
+	n := r[1] - r[0]
+	off, ok := fileOff(rs.xSpecs, r[0], n)
+	if !ok {
+		return nil
+	}
+	for pos := uint64(0); pos < n; {
+		limit := min(scanPiece, n-pos)
+		// 15 bytes past the part, for its last instruction, unless the
+		// file's segment ends.
+		b := buf[:limit]
+		if _, ok := fileOff(rs.xSpecs, r[0]+pos, limit+15); ok {
+			b = buf[:limit+15]
+		}
+		if m, err := rs.src.ReadAt(b, int64(off+pos)); m < len(b) {
+			return err
+		}
+		pos += uint64(reloc.SweepBranches(b, r[0]+pos, int(limit), keep))
+	}
+	return nil
+}
+
+// words scans the read-only data, a piece at a time, and returns the
+// sorted values of its 8-byte words (at every byte offset) that point
+// into one of the windows ws (sorted, disjoint); see reloc.ReadOnly.
+func (rs *relocState) words(ws [][2]uint64) ([]uint64, error) {
+	var ps []uint64
+	keep := keeper(ws, func(v uint64) { ps = append(ps, v) })
+	lo, hi := ws[0][0], ws[len(ws)-1][1]
+	buf := make([]byte, scanPiece+7)
+	for _, l := range rs.roSpecs {
+		for pos := uint64(0); pos < l.size; {
+			limit := min(scanPiece, l.size-pos)
+			b := buf[:min(limit+7, l.size-pos)]
+			if m, err := rs.src.ReadAt(b, int64(l.off+pos)); m < len(b) {
+				return nil, err
+			}
+			reloc.ScanWords(b, lo, hi, keep)
+			pos += limit
+		}
+	}
+	radix.SortBy(ps, 0)
+	return ps, nil
+}
+
+// keeper returns a function that passes on to fn the addresses that lie
+// in one of the windows ws (sorted, disjoint).
+func keeper(ws [][2]uint64, fn func(uint64)) func(uint64) {
+	lo, span := ws[0][0], ws[len(ws)-1][1]-ws[0][0]
+	return func(t uint64) {
+		if t-lo >= span {
+			return
+		}
+		if i := sort.Search(len(ws), func(i int) bool { return ws[i][1] > t }); i < len(ws) && ws[i][0] <= t {
+			fn(t)
+		}
+	}
+}
+
+// mergeRanges sorts rs and merges those that overlap or touch.
+func mergeRanges(rs [][2]uint64) [][2]uint64 {
+	slices.SortFunc(rs, func(a, b [2]uint64) int { return cmp.Compare(a[0], b[0]) })
+	out := rs[:0]
+	for _, r := range rs {
+		if n := len(out); n > 0 && r[0] <= out[n-1][1] {
+			out[n-1][1] = max(out[n-1][1], r[1])
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// mergeSorted returns the sorted union of a and b (sorted) in a new
+// slice: a reader may hold a.
+func mergeSorted(a, b []uint64) []uint64 {
+	if len(b) == 0 {
+		return a
+	}
+	out := make([]uint64, 0, len(a)+len(b))
+	out = append(append(out, a...), b...)
+	slices.Sort(out)
+	return slices.Compact(out)
 }
 
 // RelocCandidate reports whether [Spec.RelocFunc] has something to say
@@ -371,7 +605,11 @@ func (s *Spec) RelocFunc(i int) (st Site, why string, ok bool) {
 	if !found {
 		return Site{}, "bytes outside the executable segments", true
 	}
-	plan, err := reloc.Analyze(code, f.Addr, rs.options())
+	opts, err := rs.options(f.Addr, code)
+	if err != nil {
+		return Site{}, err.Error(), true
+	}
+	plan, err := reloc.Analyze(code, f.Addr, opts)
 	if err != nil {
 		return Site{}, err.Error(), true
 	}
@@ -424,6 +662,11 @@ func (s *Spec) RelocSites() ([]Site, []RelocRefusal) {
 		return nil, nil
 	}
 	rs.allOnce.Do(func() {
+		idx := make([]int, len(s.Funcs))
+		for i := range idx {
+			idx[i] = i
+		}
+		s.PrepareReloc(idx)
 		for i := range s.Funcs {
 			st, why, ok := s.RelocFunc(i)
 			switch {

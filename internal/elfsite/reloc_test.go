@@ -1,6 +1,7 @@
 package elfsite
 
 import (
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -92,5 +93,113 @@ int main(void) { return 0; }
 	}
 	if !reloc["plain"] {
 		t.Errorf("plain must be a relocating site: %v (refused: %v)", reloc, why)
+	}
+}
+
+// TestRelocPrepared: analyzing a few functions, whose pass over the
+// module keeps only the branch targets and read-only pointers near them
+// (PrepareReloc), or one function after another unprepared, gives each
+// the same answer as analyzing every function. The position-dependent fixture has an
+// absolute jump table the read-only data proves (tabok), one it refuses
+// (a word of read-only data points inside tabbad's region), and a
+// function another one jumps into (inner); libc has cold parts that
+// branch back into their functions.
+func TestRelocPrepared(t *testing.T) {
+	gcc := needTool(t, "gcc")
+	dir := t.TempDir()
+	src := filepath.Join(dir, "prep.c")
+	exe := filepath.Join(dir, "prep")
+	code := `__asm__(
+	".text\n"
+	".globl inner\n.type inner,@function\ninner:\n push %rbx\n mov %rdi,%rbx\n lea 1(%rbx),%rax\n pop %rbx\n ret\n.size inner, .-inner\n"
+	".globl outside\n.type outside,@function\noutside:\n mov %rdi,%rax\n jmp inner+1\n.size outside, .-outside\n"
+	".globl tabok\n.type tabok,@function\ntabok:\n mov %edi,%eax\n and $1,%eax\n jmp *tabA(,%rax,8)\n1: mov $1,%eax\n ret\n2: mov $2,%eax\n ret\n.size tabok, .-tabok\n"
+	".globl tabbad\n.type tabbad,@function\ntabbad:\n mov %edi,%eax\n and $1,%eax\n jmp *tabB(,%rax,8)\n3: mov $1,%eax\n ret\n4: mov $2,%eax\n ret\n.size tabbad, .-tabbad\n"
+	".section .rodata\n.balign 8\ntabA: .quad 1b, 2b\ntabB: .quad 3b, 4b\n.quad tabbad+2\n.text\n");
+int main(void) { return 0; }
+`
+	if err := os.WriteFile(src, []byte(code), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := exec.Command(gcc, "-O2", "-no-pie", "-o", exe, src).CombinedOutput(); err != nil {
+		t.Fatalf("gcc: %v\n%s", err, b)
+	}
+	type answer struct {
+		why  string
+		orig string
+		addr uint64
+	}
+	for _, path := range []string{exe, "/lib/x86_64-linux-gnu/libc.so.6"} {
+		t.Run(filepath.Base(path), func(t *testing.T) {
+			all, err := Open(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := map[int]answer{}
+			sites, refused := all.RelocSites()
+			for _, st := range sites {
+				want[st.Func] = answer{orig: string(st.Plan.Orig()), addr: st.Addr}
+			}
+			for _, r := range refused {
+				want[r.Func] = answer{why: r.Reason}
+			}
+			if path == exe {
+				byName := map[string]answer{}
+				for i, a := range want {
+					byName[all.Funcs[i].Name] = a
+				}
+				for name, w := range map[string]string{"inner": "branch target at +1", "tabbad": "indirect jump", "tabok": "", "outside": ""} {
+					if got := byName[name].why; !strings.HasPrefix(got, w) || w == "" && got != "" {
+						t.Errorf("%s: refused %q, want %q", name, got, w)
+					}
+				}
+			}
+			var cands []int
+			for i := range all.Funcs {
+				if all.RelocCandidate(i) {
+					cands = append(cands, i)
+				}
+			}
+			rng := rand.New(rand.NewPCG(1, uint64(len(cands))))
+			check := func(spec *Spec, idx []int) {
+				for _, i := range idx {
+					st, why, ok := spec.RelocFunc(i)
+					got := answer{why: why}
+					if why == "" {
+						got = answer{orig: string(st.Plan.Orig()), addr: st.Addr}
+					}
+					if !ok || got != want[i] {
+						t.Errorf("%s: %+v, ok %v; analyzing every function gave %+v", all.Funcs[i].Name, got, ok, want[i])
+					}
+				}
+			}
+			for round := range 6 {
+				spec, err := Open(path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var idx []int
+				for _, i := range cands {
+					if rng.IntN(1<<uint(round)) == 0 {
+						idx = append(idx, i)
+					}
+				}
+				spec.PrepareReloc(idx)
+				check(spec, idx)
+			}
+			// One at a time, unprepared: the first takes a pass for all.
+			spec, err := Open(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			idx := cands
+			if len(idx) > 40 {
+				idx = nil
+				for range 40 {
+					idx = append(idx, cands[rng.IntN(len(cands))])
+				}
+			}
+			check(spec, idx)
+		})
 	}
 }

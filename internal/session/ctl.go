@@ -290,14 +290,19 @@ func (s *Session) candidates(globs []string, matched []bool) (fresh []selected, 
 		}
 		sites := m.Spec.Patchable()
 		if !s.opts.OnlyNop {
+			var idx []int
 			for i := range m.Spec.Funcs {
 				if i > 0 && m.Spec.Funcs[i-1].Addr == m.Spec.Funcs[i].Addr {
 					continue // an alias: matched with the first one
 				}
 				fs := elfsite.Site{Addr: m.Spec.Funcs[i].Addr, Func: i}
-				if !m.Spec.MatchSite(fs, globs...) || have[m.Runtime(fs.Addr)] {
-					continue
+				if m.Spec.MatchSite(fs, globs...) && !have[m.Runtime(fs.Addr)] {
+					idx = append(idx, i)
 				}
+			}
+			m.Spec.PrepareReloc(idx) // one pass over the module for all
+			for _, i := range idx {
+				fs := elfsite.Site{Addr: m.Spec.Funcs[i].Addr, Func: i}
 				st, why, ok := m.Spec.RelocFunc(i)
 				switch {
 				case !ok:

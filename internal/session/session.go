@@ -545,16 +545,21 @@ func eachCandidate(m *elfsite.Module, include elfsite.Globs, withReloc bool, ref
 	if !withReloc {
 		return
 	}
+	var idx []int
 	for i := range m.Spec.Funcs {
 		// Neither an alias (matched with the first one) nor a function
 		// with a NOP site (its site is above), to be matched by name.
 		if !m.Spec.RelocCandidate(i) {
 			continue
 		}
-		fs := elfsite.Site{Addr: m.Spec.Funcs[i].Addr, Func: i}
-		if !include.Match(m.Spec, fs) {
-			continue
+		if include.Match(m.Spec, elfsite.Site{Addr: m.Spec.Funcs[i].Addr, Func: i}) {
+			idx = append(idx, i)
 		}
+	}
+	// One pass over the module's bytes for all of them.
+	m.Spec.PrepareReloc(idx)
+	for _, i := range idx {
+		fs := elfsite.Site{Addr: m.Spec.Funcs[i].Addr, Func: i}
 		st, why, ok := m.Spec.RelocFunc(i)
 		switch {
 		case !ok:
