@@ -52,23 +52,12 @@ func TestRelocLibc(t *testing.T) {
 // back to entry+2 are no relocating sites, and each says why; an ordinary
 // function next to them is one.
 func TestRelocRefusals(t *testing.T) {
-	gcc := needTool(t, "gcc")
-	dir := t.TempDir()
-	src := filepath.Join(dir, "refuse.c")
-	out := filepath.Join(dir, "refuse")
-	code := `__asm__(
+	out := buildAsm(t, "refuse", nil, `__asm__(
 	".text\n"
 	".globl tiny\n.type tiny,@function\ntiny:\n ret\n.size tiny, .-tiny\n"
 	".globl loopk\n.type loopk,@function\nloopk:\n xor %eax,%eax\n1: inc %eax\n cmp $10,%eax\n jne 1b\n ret\n.size loopk, .-loopk\n"
 	".globl plain\n.type plain,@function\nplain:\n push %rbx\n mov %rdi,%rbx\n lea 1(%rbx),%rax\n pop %rbx\n ret\n.size plain, .-plain\n");
-int main(void) { return 0; }
-`
-	if err := os.WriteFile(src, []byte(code), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if b, err := exec.Command(gcc, "-O2", "-o", out, src).CombinedOutput(); err != nil {
-		t.Fatalf("gcc: %v\n%s", err, b)
-	}
+`)
 	spec, err := Open(out)
 	if err != nil {
 		t.Fatal(err)
@@ -99,31 +88,20 @@ int main(void) { return 0; }
 // TestRelocPrepared: analyzing a few functions, whose pass over the
 // module keeps only the branch targets and read-only pointers near them
 // (PrepareReloc), or one function after another unprepared, gives each
-// the same answer as analyzing every function. The position-dependent fixture has an
-// absolute jump table the read-only data proves (tabok), one it refuses
-// (a word of read-only data points inside tabbad's region), and a
-// function another one jumps into (inner); libc has cold parts that
-// branch back into their functions.
+// the same answer as analyzing every function. The position-dependent
+// fixture has an absolute jump table the read-only data proves (tabok),
+// one it refuses (a word of read-only data points inside tabbad's
+// region), and a function another one jumps into (inner); libc has cold
+// parts that branch back into their functions.
 func TestRelocPrepared(t *testing.T) {
-	gcc := needTool(t, "gcc")
-	dir := t.TempDir()
-	src := filepath.Join(dir, "prep.c")
-	exe := filepath.Join(dir, "prep")
-	code := `__asm__(
+	exe := buildAsm(t, "prep", []string{"-no-pie"}, `__asm__(
 	".text\n"
 	".globl inner\n.type inner,@function\ninner:\n push %rbx\n mov %rdi,%rbx\n lea 1(%rbx),%rax\n pop %rbx\n ret\n.size inner, .-inner\n"
 	".globl outside\n.type outside,@function\noutside:\n mov %rdi,%rax\n jmp inner+1\n.size outside, .-outside\n"
 	".globl tabok\n.type tabok,@function\ntabok:\n mov %edi,%eax\n and $1,%eax\n jmp *tabA(,%rax,8)\n1: mov $1,%eax\n ret\n2: mov $2,%eax\n ret\n.size tabok, .-tabok\n"
 	".globl tabbad\n.type tabbad,@function\ntabbad:\n mov %edi,%eax\n and $1,%eax\n jmp *tabB(,%rax,8)\n3: mov $1,%eax\n ret\n4: mov $2,%eax\n ret\n.size tabbad, .-tabbad\n"
 	".section .rodata\n.balign 8\ntabA: .quad 1b, 2b\ntabB: .quad 3b, 4b\n.quad tabbad+2\n.text\n");
-int main(void) { return 0; }
-`
-	if err := os.WriteFile(src, []byte(code), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if b, err := exec.Command(gcc, "-O2", "-no-pie", "-o", exe, src).CombinedOutput(); err != nil {
-		t.Fatalf("gcc: %v\n%s", err, b)
-	}
+`)
 	type answer struct {
 		why  string
 		orig string
@@ -202,4 +180,21 @@ int main(void) { return 0; }
 			check(spec, idx)
 		})
 	}
+}
+
+// buildAsm builds a program of the top-level asm in code, with an empty
+// main, by gcc -O2 and flags, and returns its path.
+func buildAsm(t *testing.T, name string, flags []string, code string) string {
+	gcc := needTool(t, "gcc")
+	dir := t.TempDir()
+	src := filepath.Join(dir, name+".c")
+	out := filepath.Join(dir, name)
+	if err := os.WriteFile(src, []byte(code+"int main(void) { return 0; }\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	args := append(append([]string{"-O2"}, flags...), "-o", out, src)
+	if b, err := exec.Command(gcc, args...).CombinedOutput(); err != nil {
+		t.Fatalf("gcc: %v\n%s", err, b)
+	}
+	return out
 }
