@@ -40,3 +40,37 @@ func BenchmarkLiveModules(b *testing.B) {
 	}
 	b.ReportMetric(float64(total.Microseconds())/1e3/float64(b.N), "ms/read")
 }
+
+// BenchmarkRelocPrepare is the relocation analysis of a stock libc for a
+// selection of functions, as an attach with -F makes it: a fresh parse,
+// PrepareReloc of the selection and RelocFunc of each. "100" is every
+// 30th function, "all" every one; the first costs about a pass over the
+// module (the sweep of its text), not the module's every analysis.
+//
+//	go test -run '^$' -bench RelocPrepare ./internal/elfsite
+func BenchmarkRelocPrepare(b *testing.B) {
+	const libc = "/lib/x86_64-linux-gnu/libc.so.6"
+	for _, sel := range []struct {
+		name  string
+		every int
+	}{{"100", 30}, {"all", 1}} {
+		b.Run(sel.name, func(b *testing.B) {
+			for b.Loop() {
+				spec, err := Open(libc)
+				if err != nil {
+					b.Fatal(err)
+				}
+				var idx []int
+				for i := range spec.Funcs {
+					if spec.RelocCandidate(i) && i%sel.every == 0 {
+						idx = append(idx, i)
+					}
+				}
+				spec.PrepareReloc(idx)
+				for _, i := range idx {
+					spec.RelocFunc(i)
+				}
+			}
+		})
+	}
+}
