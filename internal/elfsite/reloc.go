@@ -595,6 +595,15 @@ func mergeSorted(a, b []uint64) []uint64 {
 	return slices.Compact(out)
 }
 
+// FuncText returns the file's bytes of function Funcs[i], when they lie
+// in an executable segment (as RelocFunc analyzed them).
+func (s *Spec) FuncText(i int) ([]byte, bool) {
+	if s.reloc == nil || i < 0 || i >= len(s.Funcs) || s.Funcs[i].Size > maxRelocFunc {
+		return nil, false
+	}
+	return s.reloc.text(s.Funcs[i].Addr, s.Funcs[i].Size)
+}
+
 // RelocCandidate reports whether [Spec.RelocFunc] has something to say
 // about function Funcs[i] (its ok), without analyzing it: a caller that
 // also matches names asks this first, which for a function with a NOP

@@ -422,6 +422,21 @@ func (p *Plan) Orig() []byte {
 	return b
 }
 
+// Moved returns the plan of the same bytes at fnAddr+delta (delta
+// wraps): the plan Analyze gives for them there, whose proof does not
+// depend on where they are, for options that say the same of them. Its
+// instructions are shared with p.
+func (p *Plan) Moved(delta uint64) *Plan {
+	q := *p
+	q.Addr += delta
+	q.Entry += delta
+	q.EntryBranches = make([]uint64, len(p.EntryBranches))
+	for i, b := range p.EntryBranches {
+		q.EntryBranches[i] = b + delta
+	}
+	return &q
+}
+
 // Resume is the address the stub jumps back to: Entry+Len.
 func (p *Plan) Resume() uint64 { return p.Entry + uint64(p.Len) }
 

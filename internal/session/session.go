@@ -779,6 +779,17 @@ func (s *Session) planRelocSite(x *selected) error {
 		// on the region, which livetrace patches as usual.
 		copy(code, k)
 	}
+	if file, ok := m.Spec.FuncText(x.site.Func); ok && bytes.Equal(code, file) {
+		// The file's very bytes: the file's proof holds, moved to where
+		// they run (the live analysis would give this plan; it took 20
+		// µs a function, 1.6 s of an attach of every function of node).
+		x.plan = x.site.Plan.Moved(m.Runtime(fn.Addr) - fn.Addr)
+		x.orig = x.plan.Orig()
+		if x.plan.Entry != x.addr {
+			return fmt.Errorf("refusing to patch %s: its region is at %#x, not at %#x", x.name, x.plan.Entry, x.addr)
+		}
+		return nil
+	}
 	var ropts reloc.Options
 	if m.Bias == 0 {
 		// A position-dependent executable runs at its link-time
