@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/livetrace/livetrace/internal/report"
+	"github.com/livetrace/livetrace/internal/tracefile"
 )
 
 // Shell completion: cobra's `livetrace completion bash|zsh|fish` prints
@@ -193,16 +194,5 @@ func listFor(cmd *cobra.Command, args []string, all bool) []listRow {
 
 // matchModuleGlobs is record's -m: the path or the file name matches.
 func matchModuleGlobs(p string, globs []string) bool {
-	if len(globs) == 0 {
-		return true
-	}
-	for _, g := range globs {
-		if ok, _ := path.Match(g, p); ok {
-			return true
-		}
-		if ok, _ := path.Match(g, path.Base(p)); ok {
-			return true
-		}
-	}
-	return false
+	return len(globs) == 0 || tracefile.MatchModule(p, globs)
 }

@@ -119,7 +119,7 @@ unless -f is given: a recording cannot be made again.`,
 	f.IntVarP(&o.pid, "pid", "p", 0, "trace the running process `PID`")
 	f.StringArrayVarP(&o.funcs, "function", "F", nil, "trace functions matching `GLOB` (repeatable; default all)")
 	f.StringArrayVarP(&o.exclude, "notrace", "N", nil, "do not trace functions matching `GLOB` (repeatable)")
-	f.StringArrayVarP(&o.modules, "module", "m", nil, "select functions only in modules whose path or file name matches `GLOB` (repeatable)")
+	f.StringArrayVarP(&o.modules, "module", "m", nil, "select functions only in modules whose path or file name matches `GLOB`, or whose file name extends it as a soname (libfoo.so.1 for libfoo.so.1.2.3; repeatable)")
 	f.BoolVar(&o.waitModules, "wait-module", false, "with -m: start even if no module matches yet, and trace the matching modules the process loads (dlopen)")
 	f.BoolVar(&o.onlyNop, "only-nop", false, "trace only functions with a compiler NOP (no relocation of functions without one)")
 	f.DurationVarP(&o.duration, "duration", "d", 0, "stop after `DURATION` (default: until Ctrl-C or exit)")

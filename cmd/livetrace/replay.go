@@ -37,7 +37,7 @@ func (o *inputOptions) addFlags(fs *pflag.FlagSet) {
 
 // addModuleFlag adds -m, for the readers that show functions.
 func (o *inputOptions) addModuleFlag(fs *pflag.FlagSet) {
-	fs.StringArrayVarP(&o.modules, "module", "m", nil, "show only functions of modules whose path or file name matches `GLOB` (repeatable)")
+	fs.StringArrayVarP(&o.modules, "module", "m", nil, "show only functions of modules whose path or file name matches `GLOB`, or whose file name extends it as a soname (libfoo.so.1 for libfoo.so.1.2.3; repeatable)")
 }
 
 // inputArgs is the Args check of the readers: at most one argument, the

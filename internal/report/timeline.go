@@ -103,13 +103,8 @@ func ModuleFuncs(rec *tracefile.Meta, globs []string) ([]bool, error) {
 	mods := make([]bool, len(rec.Modules))
 	found := false
 	for i, m := range rec.Modules {
-		p := strings.TrimSuffix(m.Path, " (deleted)")
-		for _, g := range globs {
-			ok1, _ := path.Match(g, p)
-			ok2, _ := path.Match(g, path.Base(p))
-			if ok1 || ok2 {
-				mods[i], found = true, true
-			}
+		if tracefile.MatchModule(m.Path, globs) {
+			mods[i], found = true, true
 		}
 	}
 	if !found {

@@ -723,19 +723,7 @@ func (s *Session) Untraceable() []RefusedSite { return s.untraceable }
 // matchModule reports whether the module at path matches one of globs,
 // by its path or its base name (all when globs is empty).
 func matchModule(p string, globs []string) bool {
-	if len(globs) == 0 {
-		return true
-	}
-	p = strings.TrimSuffix(p, " (deleted)")
-	for _, g := range globs {
-		if ok, _ := path.Match(g, p); ok {
-			return true
-		}
-		if ok, _ := path.Match(g, path.Base(p)); ok {
-			return true
-		}
-	}
-	return false
+	return len(globs) == 0 || tracefile.MatchModule(p, globs)
 }
 
 // literalMatch reports whether a glob of globs without wildcards names the
