@@ -222,6 +222,13 @@ func (o *listOptions) fileRows() ([]listRow, error) {
 		return nil, err
 	}
 	if err := spec.CheckSites(); err != nil && (!o.all || !hasReloc(spec)) {
+		if o.all && spec.Stripped && !hasFuncs(spec) {
+			// --all has nothing to relocate either: the functions'
+			// bounds come from symbols, and a stripped executable
+			// exports few or none.
+			return nil, fmt.Errorf("%w in %s, and no function to relocate: it is stripped and names none (no .symtab, no dynamic function symbol, no debug file for build ID %s under %s); install its debug symbols (Debian: its -dbgsym package) or set %s to where they are, or rebuild it with clang -fpatchable-function-entry=5 (see docs/BUILDING.md)",
+				elfsite.ErrNoSites, report.Printable(spec.Path), spec.BuildID, strings.Join(elfsite.DebugDirs(), ":"), elfsite.DebugDirEnv)
+		}
 		return nil, err
 	}
 	o.warnStripped(spec)
@@ -328,6 +335,16 @@ func (o *listOptions) noteSymbolFile(spec *elfsite.Spec) {
 	if spec.SymbolFile != "" {
 		fmt.Fprintf(o.stderr, "note: functions of %s are named from its debug file %s\n", report.Printable(spec.Path), report.Printable(spec.SymbolFile))
 	}
+}
+
+// hasFuncs reports whether spec has a function symbol of some size.
+func hasFuncs(spec *elfsite.Spec) bool {
+	for _, f := range spec.Funcs {
+		if f.Size > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // hasReloc reports whether spec has functions without a NOP site.

@@ -243,6 +243,34 @@ func TestListStripped(t *testing.T) {
 	}
 }
 
+// TestListStrippedNoFunctions: --all of a stripped PIE built without NOPs,
+// which names no function, says why nothing can be traced and what to do.
+func TestListStrippedNoFunctions(t *testing.T) {
+	gcc, err := exec.LookPath("gcc")
+	if err != nil {
+		testtarget.SkipOrFatal(t, "gcc is not installed")
+	}
+	dir := t.TempDir()
+	src := filepath.Join(dir, "plain.c")
+	exe := filepath.Join(dir, "plain")
+	if err := os.WriteFile(src, []byte("static int f(int x) { return x * 3; }\nint main(int c, char **v) { (void)v; return f(c); }\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := exec.Command(gcc, "-O2", "-s", "-pie", "-fPIE", "-o", exe, src).CombinedOutput(); err != nil {
+		t.Fatalf("gcc: %v\n%s", err, b)
+	}
+	t.Setenv("LIVETRACE_DEBUG_DIR", "-")
+	_, _, err = runList(t, "--all", exe)
+	if err == nil {
+		t.Fatal("list --all of a stripped file without functions succeeded")
+	}
+	for _, want := range []string{"no patchable sites in " + exe, "stripped and names none", "-dbgsym", "LIVETRACE_DEBUG_DIR"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q lacks %q", err, want)
+		}
+	}
+}
+
 func startFixture(t *testing.T, name string, form testtarget.Form, args ...string) (*testtarget.Process, string) {
 	t.Helper()
 	testtarget.RequireRoot(t)

@@ -115,6 +115,16 @@ func main() {
 		runtime.SetMutexProfileFraction(1)
 		defer writeProfiles(path)
 	}
+	// LIVETRACE_MEMPROFILE=FILE writes where livetrace allocated
+	// (go tool pprof -sample_index=alloc_space FILE), at exit.
+	if path := os.Getenv("LIVETRACE_MEMPROFILE"); path != "" {
+		defer func() {
+			if f, err := os.Create(path); err == nil {
+				_ = pprof.Lookup("allocs").WriteTo(f, 0)
+				f.Close()
+			}
+		}()
+	}
 	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		pprof.StopCPUProfile()
 		var ee exitError
