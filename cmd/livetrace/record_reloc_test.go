@@ -2,6 +2,8 @@ package main
 
 import (
 	"encoding/json"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -63,4 +65,40 @@ func TestRecordLibcMalloc(t *testing.T) {
 		t.Errorf("malloc: report says %d calls, the program counted %d", calls["malloc"], want["malloc"])
 	}
 	testtarget.CheckText(t, tp.Pid())
+}
+
+// TestRecordStrippedNameless: record -F of a process whose program is a
+// stripped PIE that names no function (as Debian's memcached) traces what
+// the globs match elsewhere and says that the program's own functions
+// cannot be selected, and how to get their names.
+func TestRecordStrippedNameless(t *testing.T) {
+	testtarget.RequireRoot(t)
+	bin := livetraceBinary(t)
+	gcc, err := exec.LookPath("gcc")
+	if err != nil {
+		testtarget.SkipOrFatal(t, "gcc is not installed")
+	}
+	dir := t.TempDir()
+	src := filepath.Join(dir, "nameless.c")
+	exe := filepath.Join(dir, "nameless")
+	if err := os.WriteFile(src, []byte("#include <unistd.h>\nstatic int f(int x) { return x * 3; }\nint main(int c, char **v) { (void)v; for (;;) pause(); return f(c); }\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := exec.Command(gcc, "-O2", "-s", "-pie", "-fPIE", "-o", exe, src).CombinedOutput(); err != nil {
+		t.Fatalf("gcc: %v\n%s", err, b)
+	}
+	p := exec.Command(exe)
+	if err := p.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Process.Kill(); _ = p.Wait() })
+	time.Sleep(200 * time.Millisecond)
+	t.Setenv("LIVETRACE_DEBUG_DIR", "-")
+	_, stderr, err := runCLIBin(bin, "record", "-p", strconv.Itoa(p.Process.Pid), "-F", "pause", "-d", "0.2s", "-o", filepath.Join(dir, "rec.data"))
+	if err != nil {
+		t.Fatalf("record: %v\n%s", err, stderr)
+	}
+	if want := exe + " is stripped and names no function: -F cannot select its functions"; !strings.Contains(stderr, want) || !strings.Contains(stderr, "tracing 1 function") {
+		t.Errorf("record says %q; want %q and 1 function (libc's pause)", stderr, want)
+	}
 }

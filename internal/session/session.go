@@ -720,6 +720,34 @@ func (s *Session) hasReloc() bool {
 // have no compiler NOP and cannot be relocated, and why.
 func (s *Session) Untraceable() []RefusedSite { return s.untraceable }
 
+// Nameless returns the paths of the modules -m selects (all without -m)
+// that are stripped, name no function and have no NOP site, when -F
+// names functions: the globs cannot select anything of theirs, which a
+// user who names a function of a stripped program (Debian's memcached)
+// would not guess.
+func (s *Session) Nameless() []string {
+	if len(s.opts.Funcs) == 0 {
+		return nil
+	}
+	var out []string
+	for _, m := range s.mods {
+		if !m.Spec.Stripped || !matchModule(m.Path, s.opts.Modules) || len(m.Spec.Patchable()) > 0 {
+			continue // (a stripped file's NOP sites are named by address)
+		}
+		named := false
+		for i := range m.Spec.Funcs {
+			if m.Spec.Funcs[i].Size > 0 {
+				named = true
+				break
+			}
+		}
+		if !named {
+			out = append(out, m.Path)
+		}
+	}
+	return out
+}
+
 // matchModule reports whether the module at path matches one of globs,
 // by its path or its base name (all when globs is empty).
 func matchModule(p string, globs []string) bool {
