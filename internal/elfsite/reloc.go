@@ -462,7 +462,7 @@ func (rs *relocState) sweep(ws [][2]uint64) ([]uint64, error) {
 	for _, r := range rs.secs {
 		parts = append(parts, rs.cut(r)...)
 	}
-	found := make([][]uint64, len(parts))
+	found := make([]addrSet, len(parts))
 	errs := make([]error, len(parts))
 	next := make(chan int, len(parts))
 	for i := range parts {
@@ -474,7 +474,7 @@ func (rs *relocState) sweep(ws [][2]uint64) ([]uint64, error) {
 		wg.Go(func() {
 			buf := make([]byte, scanPiece+15)
 			for i := range next {
-				keep := keeper(ws, func(t uint64) { found[i] = append(found[i], t) })
+				keep := keeper(ws, found[i].add)
 				errs[i] = rs.sweepPart(parts[i], buf, keep)
 			}
 		})
@@ -483,9 +483,33 @@ func (rs *relocState) sweep(ws [][2]uint64) ([]uint64, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	ts := slices.Concat(found...)
-	radix.SortBy(ts, 0)
-	return slices.Compact(ts), nil
+	var all addrSet
+	for i := range found {
+		all.a = append(all.a, found[i].a...)
+	}
+	return all.sorted(), nil
+}
+
+// addrSet gathers addresses, deduplicated whenever their number doubles:
+// a hostile file whose every instruction branches into one window keeps
+// one copy of its target, not one per branch.
+type addrSet struct {
+	a    []uint64
+	next int // the length at which to deduplicate
+}
+
+func (s *addrSet) add(t uint64) {
+	s.a = append(s.a, t)
+	if len(s.a) >= s.next {
+		s.a = s.sorted()
+		s.next = max(2*len(s.a), 1<<16)
+	}
+}
+
+// sorted returns the addresses sorted, without duplicates.
+func (s *addrSet) sorted() []uint64 {
+	radix.SortBy(s.a, 0)
+	return slices.Compact(s.a)
 }
 
 // cut splits the section r into parts of at least 4 MiB, one per CPU at
@@ -536,8 +560,8 @@ func (rs *relocState) sweepPart(r [2]uint64, buf []byte, keep func(uint64)) erro
 // sorted values of its 8-byte words (at every byte offset) that point
 // into one of the windows ws (sorted, disjoint); see reloc.ReadOnly.
 func (rs *relocState) words(ws [][2]uint64) ([]uint64, error) {
-	var ps []uint64
-	keep := keeper(ws, func(v uint64) { ps = append(ps, v) })
+	var ps addrSet
+	keep := keeper(ws, ps.add)
 	lo, hi := ws[0][0], ws[len(ws)-1][1]
 	buf := make([]byte, scanPiece+7)
 	for _, l := range rs.roSpecs {
@@ -551,8 +575,7 @@ func (rs *relocState) words(ws [][2]uint64) ([]uint64, error) {
 			pos += limit
 		}
 	}
-	radix.SortBy(ps, 0)
-	return ps, nil
+	return ps.sorted(), nil
 }
 
 // keeper returns a function that passes on to fn the addresses that lie
