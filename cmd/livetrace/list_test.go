@@ -246,21 +246,9 @@ func TestListStripped(t *testing.T) {
 // TestListStrippedNoFunctions: --all of a stripped PIE built without NOPs,
 // which names no function, says why nothing can be traced and what to do.
 func TestListStrippedNoFunctions(t *testing.T) {
-	gcc, err := exec.LookPath("gcc")
-	if err != nil {
-		testtarget.SkipOrFatal(t, "gcc is not installed")
-	}
-	dir := t.TempDir()
-	src := filepath.Join(dir, "plain.c")
-	exe := filepath.Join(dir, "plain")
-	if err := os.WriteFile(src, []byte("static int f(int x) { return x * 3; }\nint main(int c, char **v) { (void)v; return f(c); }\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if b, err := exec.Command(gcc, "-O2", "-s", "-pie", "-fPIE", "-o", exe, src).CombinedOutput(); err != nil {
-		t.Fatalf("gcc: %v\n%s", err, b)
-	}
+	exe := buildStrippedPIE(t, "static int f(int x) { return x * 3; }\nint main(int c, char **v) { (void)v; return f(c); }\n")
 	t.Setenv("LIVETRACE_DEBUG_DIR", "-")
-	_, _, err = runList(t, "--all", exe)
+	_, _, err := runList(t, "--all", exe)
 	if err == nil {
 		t.Fatal("list --all of a stripped file without functions succeeded")
 	}
@@ -411,4 +399,22 @@ func copyFile(src, dst string) error {
 		return err
 	}
 	return out.Close()
+}
+
+// buildStrippedPIE builds the C program src by gcc -O2 -s -pie, without
+// NOPs: a stripped PIE that exports no function (as Debian's memcached).
+func buildStrippedPIE(t *testing.T, src string) string {
+	gcc, err := exec.LookPath("gcc")
+	if err != nil {
+		testtarget.SkipOrFatal(t, "gcc is not installed")
+	}
+	dir := t.TempDir()
+	c, exe := filepath.Join(dir, "prog.c"), filepath.Join(dir, "prog")
+	if err := os.WriteFile(c, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := exec.Command(gcc, "-O2", "-s", "-pie", "-fPIE", "-o", exe, c).CombinedOutput(); err != nil {
+		t.Fatalf("gcc: %v\n%s", err, b)
+	}
+	return exe
 }

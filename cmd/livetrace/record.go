@@ -336,6 +336,9 @@ func (o *recordOptions) run() error {
 		}
 		fmt.Fprintf(o.stderr, "livetrace: %s cannot be traced: %s\n", report.Printable(r.Name), report.Printable(r.Reason))
 	}
+	for _, l := range s.IFuncs() {
+		fmt.Fprintf(o.stderr, "livetrace: %s\n", report.Printable(l))
+	}
 	for _, p := range s.Nameless() {
 		fmt.Fprintf(o.stderr, "livetrace: %s is stripped and names no function: -F cannot select its functions (install its debug symbols, Debian's -dbgsym package, or set LIVETRACE_DEBUG_DIR to where they are)\n", report.Printable(p))
 	}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -74,19 +73,8 @@ func TestRecordLibcMalloc(t *testing.T) {
 func TestRecordStrippedNameless(t *testing.T) {
 	testtarget.RequireRoot(t)
 	bin := livetraceBinary(t)
-	gcc, err := exec.LookPath("gcc")
-	if err != nil {
-		testtarget.SkipOrFatal(t, "gcc is not installed")
-	}
+	exe := buildStrippedPIE(t, "#include <unistd.h>\nstatic int f(int x) { return x * 3; }\nint main(int c, char **v) { (void)v; for (;;) pause(); return f(c); }\n")
 	dir := t.TempDir()
-	src := filepath.Join(dir, "nameless.c")
-	exe := filepath.Join(dir, "nameless")
-	if err := os.WriteFile(src, []byte("#include <unistd.h>\nstatic int f(int x) { return x * 3; }\nint main(int c, char **v) { (void)v; for (;;) pause(); return f(c); }\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if b, err := exec.Command(gcc, "-O2", "-s", "-pie", "-fPIE", "-o", exe, src).CombinedOutput(); err != nil {
-		t.Fatalf("gcc: %v\n%s", err, b)
-	}
 	p := exec.Command(exe)
 	if err := p.Start(); err != nil {
 		t.Fatal(err)

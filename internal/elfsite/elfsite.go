@@ -238,6 +238,9 @@ type Spec struct {
 	// reloc holds the bytes for the relocation analysis, done on demand
 	// (reloc.go).
 	reloc *relocState
+	// irels are the IRELATIVE relocations of a file with IFUNC symbols
+	// (ifunc.go), sorted by resolver.
+	irels []irel
 
 	// names holds the demangled names of Funcs of a SymbolsOnly Spec,
 	// made on the first call of Name (its Funcs keep their mangled
@@ -356,6 +359,7 @@ func parse(r io.ReaderAt, path string, symbolsOnly bool) (spec *Spec, err error)
 		return nil, fmt.Errorf("read %s: %w", path, err)
 	}
 	p.prepareReloc()
+	p.irelatives()
 	return p.spec, nil
 }
 

@@ -288,6 +288,16 @@ func (s *Session) candidates(globs []string, matched []bool) (fresh []selected, 
 		if !matchModule(m.Path, s.opts.Modules) || s.loader.gone[mi] {
 			continue
 		}
+		// add takes a site not taken yet.
+		add := func(st elfsite.Site) {
+			addr, name := m.Runtime(st.Addr), m.Spec.SiteName(st)
+			if s.opts.Graph && st.GraphUnsafe != "" {
+				refused = append(refused, RefusedSite{Name: name, Reason: st.GraphUnsafe + " (graph mode)"})
+				return
+			}
+			have[addr] = true
+			fresh = append(fresh, selected{mod: mi, site: st, name: name, addr: addr, orig: append([]byte(nil), st.Bytes[:]...)})
+		}
 		sites := m.Spec.Patchable()
 		if !s.opts.OnlyNop {
 			var idx []int
@@ -301,11 +311,15 @@ func (s *Session) candidates(globs []string, matched []bool) (fresh []selected, 
 				}
 			}
 			m.Spec.PrepareReloc(idx) // one pass over the module for all
+			var ifuncs []int
 			for _, i := range idx {
 				fs := elfsite.Site{Addr: m.Spec.Funcs[i].Addr, Func: i}
 				st, why, ok := m.Spec.RelocFunc(i)
 				switch {
 				case !ok:
+				case why != "" && m.Spec.Funcs[i].IFunc:
+					mark(m.Spec, fs)
+					ifuncs = append(ifuncs, i) // its implementation, below
 				case why != "":
 					mark(m.Spec, fs)
 					refused = append(refused, RefusedSite{Name: m.Spec.SiteName(fs), Reason: why})
@@ -313,22 +327,25 @@ func (s *Session) candidates(globs []string, matched []bool) (fresh []selected, 
 					sites = append(sites, st)
 				}
 			}
+			// The implementations the IFUNCs picked, which the globs
+			// need not name.
+			var impls []elfsite.Site
+			s.implementations(m, nil, ifuncs, &impls, func(elfsite.Site) bool { return true }, func(fs elfsite.Site, why string) {
+				refused = append(refused, RefusedSite{Name: m.Spec.SiteName(fs), Reason: why})
+			})
+			for _, st := range impls {
+				if !have[m.Runtime(st.Addr)] && !mark(m.Spec, st) { // (named itself: with sites below)
+					add(st)
+				}
+			}
 		}
 		for _, st := range sites {
 			if !st.Form.Patchable() && st.Form != elfsite.FormReloc {
 				continue
 			}
-			addr := m.Runtime(st.Addr)
-			if have[addr] || !mark(m.Spec, st) {
-				continue
+			if !have[m.Runtime(st.Addr)] && mark(m.Spec, st) {
+				add(st)
 			}
-			name := m.Spec.SiteName(st)
-			if s.opts.Graph && st.GraphUnsafe != "" {
-				refused = append(refused, RefusedSite{Name: name, Reason: st.GraphUnsafe + " (graph mode)"})
-				continue
-			}
-			have[addr] = true
-			fresh = append(fresh, selected{mod: mi, site: st, name: name, addr: addr, orig: append([]byte(nil), st.Bytes[:]...)})
 		}
 	}
 	sort.Slice(fresh, func(i, j int) bool { return fresh[i].addr < fresh[j].addr })

@@ -364,3 +364,47 @@ func TestRelocLibcAll(t *testing.T) {
 		})
 	}
 }
+
+// TestRelocIFunc: -F strlen, an IFUNC symbol of libc.so.6 (its address
+// is the resolver, called once at load time), traces the implementation
+// the process calls (__strlen_avx2, __strlen_evex, ... by the CPU): every
+// call of the program's is recorded under that name, and record says
+// which. An IFUNC libc never calls itself (strstr) has no GOT slot that
+// says which implementation the process uses: refused, saying so.
+func TestRelocIFunc(t *testing.T) {
+	testtarget.RequireRoot(t)
+	bin := testtarget.Build(t, testtarget.LibcCalls, testtarget.ClangNop5, testtarget.NoSites())
+	tp := testtarget.Start(t, bin, "-t", "2")
+	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	workloadRun(t, tp, 1)
+	out := filepath.Join(t.TempDir(), "rec.data")
+	s, err := Start(tp.Pid(), Options{Modules: []string{"libc.so.6"}, Funcs: []string{"strlen", "strstr"}, Output: out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(s.sel) != 1 || !strings.HasPrefix(s.sel[0].name, "__strlen_") {
+		t.Fatalf("selected %v, want one __strlen_* implementation", s.sel)
+	}
+	impl := s.sel[0].name
+	if n := s.IFuncs(); len(n) != 1 || !strings.Contains(n[0], "strlen is an IFUNC: tracing "+impl) {
+		t.Errorf("IFuncs() = %q", n)
+	}
+	if u := s.Untraceable(); len(u) != 1 || u[0].Name != "strstr" || !strings.Contains(u[0].Reason, "never calls it itself") {
+		t.Errorf("Untraceable() = %+v, want strstr's GOT without a slot", u)
+	}
+	want := workloadRun(t, tp, 1000)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := tracefile.Read(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// libc calls strlen itself now and then (stdio): a few on top.
+	if got := countEntries(rec)[impl]; got < want["strlen"] || got > want["strlen"]+50 {
+		t.Errorf("%s: recorded %d calls, the program made %d", impl, got, want["strlen"])
+	}
+	testtarget.CheckText(t, tp.Pid())
+}

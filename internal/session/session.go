@@ -188,6 +188,9 @@ type Session struct {
 	refused []RefusedSite
 	// untraceable are named functions the relocator refuses.
 	untraceable []RefusedSite
+	// ifuncs says, for each IFUNC symbol the globs matched, which
+	// implementation is traced for it (ifunc.go).
+	ifuncs []string
 
 	inj *injection
 	// quiescedEach says Close checked the threads one at a time
@@ -625,7 +628,12 @@ func (s *Session) selectSites() error {
 		// The sites kept are gathered first: s.sel, of large elements,
 		// grows once per module.
 		keep = slices.Grow(keep[:0], len(m.Spec.Sites))
+		var ifuncs []int
 		eachCandidate(m, f.include, f.withReloc, func(fs elfsite.Site, why string) {
+			if m.Spec.Funcs[fs.Func].IFunc {
+				ifuncs = append(ifuncs, fs.Func) // its implementation, below
+				return
+			}
 			if literalMatch(m.Spec, fs, include) {
 				s.untraceable = append(s.untraceable, RefusedSite{Name: m.Spec.SiteName(fs), Reason: why})
 			}
@@ -649,6 +657,26 @@ func (s *Session) selectSites() error {
 			}
 			keep = append(keep, st)
 		})
+		notes := s.implementations(m, include, ifuncs, &keep, func(st elfsite.Site) bool {
+			nall++
+			if f.exclude.Match(m.Spec, st) {
+				excluded++
+				return false
+			}
+			if s.opts.Graph && st.GraphUnsafe != "" {
+				s.refused = append(s.refused, RefusedSite{Name: m.Spec.SiteName(st), Reason: st.GraphUnsafe})
+				return false
+			}
+			return true
+		}, func(fs elfsite.Site, why string) {
+			if literalMatch(m.Spec, fs, include) {
+				s.untraceable = append(s.untraceable, RefusedSite{Name: m.Spec.SiteName(fs), Reason: why})
+			}
+			if nrefused++; nrefused == 1 {
+				firstRefused = RefusedSite{Name: m.Spec.SiteName(fs), Reason: why}
+			}
+		})
+		s.ifuncs = append(s.ifuncs, notes...)
 		s.sel = slices.Grow(s.sel, len(keep))
 		// One array for the original bytes of the module's sites, not
 		// one allocation each.

@@ -7,9 +7,9 @@
  * Protocol (one command per line on stdin, replies on stdout, flushed):
  *   on start, after the worker threads exist and are parked: "ready"
  *   "run N": every worker runs N iterations of: strtol once, qsort once
- *            (8 ints, a comparator of ours), malloc once and free once;
- *            when all are done:
- *            done {"strtol":A,"qsort":B,"malloc":C,"free":D}
+ *            (8 ints, a comparator of ours), malloc once, free once and
+ *            strlen once (an IFUNC); when all are done:
+ *            done {"strtol":A,"qsort":B,"malloc":C,"free":D,"strlen":E}
  *            the calls the workers made since the previous report.
  *   "quit", or EOF on stdin: exit 0.
  *   anything else: "error unknown command".
@@ -23,7 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static unsigned long n_strtol, n_qsort, n_malloc, n_free;
+static unsigned long n_strtol, n_qsort, n_malloc, n_free, n_strlen;
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
 static int parked; /* workers that reached their first wait */
@@ -54,6 +54,8 @@ static void pattern(void)
 	sink += v[0];
 	free(p);
 	__atomic_fetch_add(&n_free, 1, __ATOMIC_RELAXED);
+	sink += strlen(number);
+	__atomic_fetch_add(&n_strlen, 1, __ATOMIC_RELAXED);
 }
 
 static void *worker(void *arg)
@@ -121,7 +123,8 @@ int main(int argc, char **argv)
 			unsigned long b = __atomic_exchange_n(&n_qsort, 0, __ATOMIC_RELAXED);
 			unsigned long c = __atomic_exchange_n(&n_malloc, 0, __ATOMIC_RELAXED);
 			unsigned long d = __atomic_exchange_n(&n_free, 0, __ATOMIC_RELAXED);
-			printf("done {\"strtol\":%lu,\"qsort\":%lu,\"malloc\":%lu,\"free\":%lu}\n", a, b, c, d);
+			unsigned long e = __atomic_exchange_n(&n_strlen, 0, __ATOMIC_RELAXED);
+			printf("done {\"strtol\":%lu,\"qsort\":%lu,\"malloc\":%lu,\"free\":%lu,\"strlen\":%lu}\n", a, b, c, d, e);
 		} else if (strcmp(line, "quit\n") == 0) {
 			return 0;
 		} else {
