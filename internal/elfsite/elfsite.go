@@ -239,8 +239,10 @@ type Spec struct {
 	// (reloc.go).
 	reloc *relocState
 	// irels are the IRELATIVE relocations of a file with IFUNC symbols
-	// (ifunc.go), sorted by resolver.
-	irels []irel
+	// (ifunc.go), sorted by resolver; imports its JUMP_SLOT and GLOB_DAT
+	// relocations of undefined symbols, sorted by name.
+	irels   []irel
+	imports []imp
 
 	// names holds the demangled names of Funcs of a SymbolsOnly Spec,
 	// made on the first call of Name (its Funcs keep their mangled
@@ -350,6 +352,9 @@ func parse(r io.ReaderAt, path string, symbolsOnly bool) (spec *Spec, err error)
 	if p.spec.Stripped && p.spec.BuildID != "" {
 		p.debugSymbols()
 	}
+	// Other modules' IFUNCs are resolved through these, whichever
+	// modules -m selects.
+	p.imports()
 	if symbolsOnly {
 		p.spec.SymbolsOnly = true
 		p.spec.names = &lazyNames{}

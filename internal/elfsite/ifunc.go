@@ -20,6 +20,73 @@ import (
 // module calls the function itself. [Spec.IFuncSlots] finds them, and a
 // tracer reads the choice there ([ReadWords]).
 
+// A module that calls a function of another one through its PLT, or
+// takes its address, has an R_X86_64_JUMP_SLOT or R_X86_64_GLOB_DAT
+// relocation for the name: once the dynamic linker has bound it (at load
+// time, or at the first call with lazy binding), its GOT slot holds what
+// an IFUNC's resolver picked for the name. [Spec.ImportSlots] finds them:
+// the choice for an IFUNC the module defining it never calls itself
+// (strstr, __memcpy_chk in Debian's libc).
+
+// imp is a JUMP_SLOT or GLOB_DAT relocation of an undefined symbol: the
+// GOT slot at link-time address slot receives the address of name.
+type imp struct {
+	name string
+	slot uint64
+}
+
+// imports reads the JUMP_SLOT and GLOB_DAT relocations of undefined
+// symbols into p.spec.imports, sorted by name.
+func (p *parser) imports() {
+	for _, rs := range p.f.Sections {
+		if rs.Type != elf.SHT_RELA || int(rs.Link) >= len(p.f.Sections) || p.f.Sections[rs.Link].Type != elf.SHT_DYNSYM {
+			continue
+		}
+		syms := p.relocSymbols(rs.Link)
+		ds := p.f.Sections[rs.Link]
+		if len(syms) == 0 || int(ds.Link) >= len(p.f.Sections) || p.f.Sections[ds.Link].Type != elf.SHT_STRTAB {
+			continue
+		}
+		data, err := p.sectionData(rs, maxRelaSize)
+		if err != nil {
+			continue
+		}
+		var strs string
+		for i := 0; i+24 <= len(data) && len(p.spec.imports) < maxIrel; i += 24 {
+			info := binary.LittleEndian.Uint64(data[i+8:])
+			if t := elf.R_X86_64(info & 0xffffffff); t != elf.R_X86_64_JMP_SLOT && t != elf.R_X86_64_GLOB_DAT {
+				continue
+			}
+			si := info >> 32
+			if si == 0 || si >= uint64(len(syms)/symSize) || symSection(syms, si) != elf.SHN_UNDEF {
+				continue
+			}
+			if strs == "" {
+				b, err := p.sectionData(p.f.Sections[ds.Link], maxStrtabSize)
+				if err != nil {
+					break
+				}
+				strs = string(b)
+			}
+			if name := symName(strs, binary.LittleEndian.Uint32(syms[si*symSize:])); name != "" {
+				p.spec.imports = append(p.spec.imports, imp{name: name, slot: binary.LittleEndian.Uint64(data[i:])})
+			}
+		}
+	}
+	slices.SortFunc(p.spec.imports, func(a, b imp) int { return cmp.Compare(a.name, b.name) })
+}
+
+// ImportSlots returns the link-time addresses of the GOT slots that
+// receive the address of the function name of another module.
+func (s *Spec) ImportSlots(name string) []uint64 {
+	i, _ := slices.BinarySearchFunc(s.imports, name, func(m imp, v string) int { return cmp.Compare(m.name, v) })
+	var out []uint64
+	for ; i < len(s.imports) && s.imports[i].name == name; i++ {
+		out = append(out, s.imports[i].slot)
+	}
+	return out
+}
+
 // irel is an R_X86_64_IRELATIVE relocation: the GOT slot at link-time
 // address slot receives what the resolver at resolver returns.
 type irel struct{ resolver, slot uint64 }

@@ -365,12 +365,14 @@ func TestRelocLibcAll(t *testing.T) {
 	}
 }
 
-// TestRelocIFunc: -F strlen, an IFUNC symbol of libc.so.6 (its address
-// is the resolver, called once at load time), traces the implementation
-// the process calls (__strlen_avx2, __strlen_evex, ... by the CPU): every
-// call of the program's is recorded under that name, and record says
-// which. An IFUNC libc never calls itself (strstr) has no GOT slot that
-// says which implementation the process uses: refused, saying so.
+// TestRelocIFunc: -F strlen and -F wcsrchr, IFUNC symbols of libc.so.6
+// (their addresses are resolvers, called once at load time), trace the
+// implementations the process calls (__strlen_avx2, __strlen_evex, ... by
+// the CPU): strlen's read from libc's own IRELATIVE slot, wcsrchr's, which
+// libc never calls, from the program's PLT slot. Every call of the
+// program's is recorded under the implementation's name, and record says
+// which. An IFUNC nothing in the process calls through a GOT (strstr) is
+// refused, saying so.
 func TestRelocIFunc(t *testing.T) {
 	testtarget.RequireRoot(t)
 	bin := testtarget.Build(t, testtarget.LibcCalls, testtarget.ClangNop5, testtarget.NoSites())
@@ -378,21 +380,24 @@ func TestRelocIFunc(t *testing.T) {
 	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	workloadRun(t, tp, 1)
+	workloadRun(t, tp, 1) // bind the PLT entries
 	out := filepath.Join(t.TempDir(), "rec.data")
-	s, err := Start(tp.Pid(), Options{Modules: []string{"libc.so.6"}, Funcs: []string{"strlen", "strstr"}, Output: out})
+	s, err := Start(tp.Pid(), Options{Modules: []string{"libc.so.6"}, Funcs: []string{"strlen", "wcsrchr", "strstr"}, Output: out})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(s.sel) != 1 || !strings.HasPrefix(s.sel[0].name, "__strlen_") {
-		t.Fatalf("selected %v, want one __strlen_* implementation", s.sel)
+	impl := map[string]string{} // IFUNC -> implementation
+	for _, n := range s.IFuncs() {
+		var ifunc, fn string
+		if _, err := fmt.Sscanf(n, "%s is an IFUNC: tracing %s", &ifunc, &fn); err == nil {
+			impl[ifunc] = strings.TrimSuffix(fn, ",")
+		}
 	}
-	impl := s.sel[0].name
-	if n := s.IFuncs(); len(n) != 1 || !strings.Contains(n[0], "strlen is an IFUNC: tracing "+impl) {
-		t.Errorf("IFuncs() = %q", n)
+	if len(s.sel) != 2 || !strings.HasPrefix(impl["strlen"], "__strlen_") || !strings.HasPrefix(impl["wcsrchr"], "__wcsrchr_") {
+		t.Fatalf("selected %d functions; IFuncs() = %q", len(s.sel), s.IFuncs())
 	}
-	if u := s.Untraceable(); len(u) != 1 || u[0].Name != "strstr" || !strings.Contains(u[0].Reason, "never calls it itself") {
-		t.Errorf("Untraceable() = %+v, want strstr's GOT without a slot", u)
+	if u := s.Untraceable(); len(u) != 1 || u[0].Name != "strstr" || !strings.Contains(u[0].Reason, "no module calls it through a GOT slot") {
+		t.Errorf("Untraceable() = %+v, want strstr without a GOT slot", u)
 	}
 	want := workloadRun(t, tp, 1000)
 	if err := s.Close(); err != nil {
@@ -402,9 +407,13 @@ func TestRelocIFunc(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	got := countEntries(rec)
 	// libc calls strlen itself now and then (stdio): a few on top.
-	if got := countEntries(rec)[impl]; got < want["strlen"] || got > want["strlen"]+50 {
-		t.Errorf("%s: recorded %d calls, the program made %d", impl, got, want["strlen"])
+	if n := got[impl["strlen"]]; n < want["strlen"] || n > want["strlen"]+50 {
+		t.Errorf("%s: recorded %d calls, the program made %d", impl["strlen"], n, want["strlen"])
+	}
+	if n := got[impl["wcsrchr"]]; n != want["wcsrchr"] {
+		t.Errorf("%s: recorded %d calls, the program made %d", impl["wcsrchr"], n, want["wcsrchr"])
 	}
 	testtarget.CheckText(t, tp.Pid())
 }

@@ -7,9 +7,11 @@
  * Protocol (one command per line on stdin, replies on stdout, flushed):
  *   on start, after the worker threads exist and are parked: "ready"
  *   "run N": every worker runs N iterations of: strtol once, qsort once
- *            (8 ints, a comparator of ours), malloc once, free once and
- *            strlen once (an IFUNC); when all are done:
- *            done {"strtol":A,"qsort":B,"malloc":C,"free":D,"strlen":E}
+ *            (8 ints, a comparator of ours), malloc once, free once,
+ *            strlen once and wcsrchr once (IFUNCs; libc calls strlen
+ *            itself, wcsrchr never); when all are done:
+ *            done {"strtol":A,"qsort":B,"malloc":C,"free":D,"strlen":E,
+ *            "wcsrchr":F}
  *            the calls the workers made since the previous report.
  *   "quit", or EOF on stdin: exit 0.
  *   anything else: "error unknown command".
@@ -22,8 +24,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <wchar.h>
 
-static unsigned long n_strtol, n_qsort, n_malloc, n_free, n_strlen;
+static unsigned long n_strtol, n_qsort, n_malloc, n_free, n_strlen, n_wcsrchr;
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
 static int parked; /* workers that reached their first wait */
@@ -31,6 +34,7 @@ static long generation, iterations;
 static int running;
 volatile long sink;
 const char *volatile number = "12345"; /* not a constant: compilers fold strtol of one */
+const wchar_t *volatile wnumber = L"12345";
 void *volatile sinkp; /* keeps the compiler from eliding malloc and free */
 
 static int cmp_int(const void *a, const void *b)
@@ -56,6 +60,8 @@ static void pattern(void)
 	__atomic_fetch_add(&n_free, 1, __ATOMIC_RELAXED);
 	sink += strlen(number);
 	__atomic_fetch_add(&n_strlen, 1, __ATOMIC_RELAXED);
+	sink += wcsrchr(wnumber, L'3') != NULL;
+	__atomic_fetch_add(&n_wcsrchr, 1, __ATOMIC_RELAXED);
 }
 
 static void *worker(void *arg)
@@ -124,7 +130,8 @@ int main(int argc, char **argv)
 			unsigned long c = __atomic_exchange_n(&n_malloc, 0, __ATOMIC_RELAXED);
 			unsigned long d = __atomic_exchange_n(&n_free, 0, __ATOMIC_RELAXED);
 			unsigned long e = __atomic_exchange_n(&n_strlen, 0, __ATOMIC_RELAXED);
-			printf("done {\"strtol\":%lu,\"qsort\":%lu,\"malloc\":%lu,\"free\":%lu,\"strlen\":%lu}\n", a, b, c, d, e);
+			unsigned long f = __atomic_exchange_n(&n_wcsrchr, 0, __ATOMIC_RELAXED);
+			printf("done {\"strtol\":%lu,\"qsort\":%lu,\"malloc\":%lu,\"free\":%lu,\"strlen\":%lu,\"wcsrchr\":%lu}\n", a, b, c, d, e, f);
 		} else if (strcmp(line, "quit\n") == 0) {
 			return 0;
 		} else {
