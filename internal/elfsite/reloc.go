@@ -708,6 +708,14 @@ func (s *Spec) RelocFunc(i int) (st Site, why string, ok bool) {
 		st.GraphUnsafe = "return address not at [rsp]: the dynamic linker's PLT resolver is entered by a jmp with two words pushed"
 	} else if why, ok := returnedInto[f.Raw]; ok {
 		st.GraphUnsafe = "return address not at [rsp]: " + why
+	} else if strings.HasPrefix(f.Raw, "Builtins_") {
+		// V8's embedded builtins (node, chromium): code V8 generated
+		// ahead of time, running on JavaScript frames. V8 walks those
+		// frames by their return addresses (garbage collection,
+		// deoptimization, stack traces) and dies at one it does not
+		// know: node traced with --graph on them was killed by
+		// SIGILL within milliseconds.
+		st.GraphUnsafe = "V8's embedded builtin: V8 reads the return addresses of the JavaScript frames it runs on"
 	} else if f.Raw == "vfork" || f.Raw == "__vfork" {
 		// glibc's vfork pops its return address into a register around
 		// the system call and pushes it back: the child returns first,

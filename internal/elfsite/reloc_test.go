@@ -50,13 +50,15 @@ func TestRelocLibc(t *testing.T) {
 
 // TestRelocRefusals: a function shorter than 5 bytes and one that loops
 // back to entry+2 are no relocating sites, and each says why; an ordinary
-// function next to them is one.
+// function next to them is one, and so is a V8 builtin, which graph mode
+// leaves out.
 func TestRelocRefusals(t *testing.T) {
 	out := buildAsm(t, "refuse", nil, `__asm__(
 	".text\n"
 	".globl tiny\n.type tiny,@function\ntiny:\n ret\n.size tiny, .-tiny\n"
 	".globl loopk\n.type loopk,@function\nloopk:\n xor %eax,%eax\n1: inc %eax\n cmp $10,%eax\n jne 1b\n ret\n.size loopk, .-loopk\n"
-	".globl plain\n.type plain,@function\nplain:\n push %rbx\n mov %rdi,%rbx\n lea 1(%rbx),%rax\n pop %rbx\n ret\n.size plain, .-plain\n");
+	".globl plain\n.type plain,@function\nplain:\n push %rbx\n mov %rdi,%rbx\n lea 1(%rbx),%rax\n pop %rbx\n ret\n.size plain, .-plain\n"
+	".globl Builtins_Add\n.type Builtins_Add,@function\nBuiltins_Add:\n push %rbx\n mov %rdi,%rbx\n lea 1(%rbx),%rax\n pop %rbx\n ret\n.size Builtins_Add, .-Builtins_Add\n");
 `)
 	spec, err := Open(out)
 	if err != nil {
@@ -82,6 +84,12 @@ func TestRelocRefusals(t *testing.T) {
 	}
 	if !reloc["plain"] {
 		t.Errorf("plain must be a relocating site: %v (refused: %v)", reloc, why)
+	}
+	// A V8 embedded builtin is traced, but not in graph mode.
+	for _, st := range sites {
+		if name := spec.SiteName(st); (name == "Builtins_Add") != strings.HasPrefix(st.GraphUnsafe, "V8's embedded builtin") {
+			t.Errorf("%s: graph-unsafe %q", name, st.GraphUnsafe)
+		}
 	}
 }
 
