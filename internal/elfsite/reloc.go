@@ -708,14 +708,8 @@ func (s *Spec) RelocFunc(i int) (st Site, why string, ok bool) {
 		st.GraphUnsafe = "return address not at [rsp]: the dynamic linker's PLT resolver is entered by a jmp with two words pushed"
 	} else if why, ok := returnedInto[f.Raw]; ok {
 		st.GraphUnsafe = "return address not at [rsp]: " + why
-	} else if strings.HasPrefix(f.Raw, "Builtins_") {
-		// V8's embedded builtins (node, chromium): code V8 generated
-		// ahead of time, running on JavaScript frames. V8 walks those
-		// frames by their return addresses (garbage collection,
-		// deoptimization, stack traces) and dies at one it does not
-		// know: node traced with --graph on them was killed by
-		// SIGILL within milliseconds.
-		st.GraphUnsafe = "V8's embedded builtin: V8 reads the return addresses of the JavaScript frames it runs on"
+	} else if why := v8ReadsReturn(f); why != "" {
+		st.GraphUnsafe = why
 	} else if f.Raw == "vfork" || f.Raw == "__vfork" {
 		// glibc's vfork pops its return address into a register around
 		// the system call and pushes it back: the child returns first,
@@ -728,6 +722,32 @@ func (s *Spec) RelocFunc(i int) (st Site, why string, ok bool) {
 		st.GraphUnsafe = fmt.Sprintf("return address not at [rsp]: the function branches back to its entry from +%d", plan.EntryBranches[0]-f.Addr)
 	}
 	return st, "", true
+}
+
+// v8ReadsReturn says why graph mode must leave f alone when V8 reads its
+// return address back, or "". V8 walks the stack of a thread running
+// JavaScript by return addresses: those of the JavaScript frames its
+// embedded builtins (node, chromium: "Builtins_*", code V8 generated
+// ahead of time) run on, and, for the C++ function that JavaScript calls
+// through an exit frame (a runtime function, a C++ builtin, an API
+// callback taking a FunctionCallbackInfo or PropertyCallbackInfo: node's
+// bindings), the return address that function was called with, which it
+// looks up among its code objects. One it does not know is a fatal
+// error: Debian's node traced with --graph died of SIGILL on the
+// builtins within milliseconds, and of a V8_Fatal in
+// Heap::GcSafeFindCodeForInnerPointer (ExitFrame::Iterate) at the first
+// garbage collection inside a traced runtime function. The callbacks are
+// found by their mangled parameter types: a helper that takes one too
+// loses graph mode as well.
+func v8ReadsReturn(f Func) string {
+	switch {
+	case strings.HasPrefix(f.Raw, "Builtins_"):
+		return "V8's embedded builtin: V8 reads the return addresses of the JavaScript frames it runs on"
+	case strings.HasPrefix(f.Name, "v8::internal::Runtime_"), strings.HasPrefix(f.Name, "v8::internal::Builtin_"),
+		strings.Contains(f.Raw, "20FunctionCallbackInfoI"), strings.Contains(f.Raw, "20PropertyCallbackInfoI"):
+		return "return address read by V8: JavaScript calls it through an exit frame, which V8's stack walk (garbage collection) looks up by this return address"
+	}
+	return ""
 }
 
 // returnedInto names the local functions of libc that a thread enters by
