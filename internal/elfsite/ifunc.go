@@ -79,10 +79,22 @@ func (p *parser) imports() {
 // ImportSlots returns the link-time addresses of the GOT slots that
 // receive the address of the function name of another module.
 func (s *Spec) ImportSlots(name string) []uint64 {
-	i, _ := slices.BinarySearchFunc(s.imports, name, func(m imp, v string) int { return cmp.Compare(m.name, v) })
+	return slotsOf(s.imports, name, func(m imp) (string, uint64) { return m.name, m.slot })
+}
+
+// slotsOf returns the slots of the entries of sorted whose key is k.
+func slotsOf[E any, K cmp.Ordered](sorted []E, k K, kv func(E) (K, uint64)) []uint64 {
+	i, _ := slices.BinarySearchFunc(sorted, k, func(e E, k K) int {
+		ek, _ := kv(e)
+		return cmp.Compare(ek, k)
+	})
 	var out []uint64
-	for ; i < len(s.imports) && s.imports[i].name == name; i++ {
-		out = append(out, s.imports[i].slot)
+	for ; i < len(sorted); i++ {
+		ek, slot := kv(sorted[i])
+		if ek != k {
+			break
+		}
+		out = append(out, slot)
 	}
 	return out
 }
@@ -133,12 +145,7 @@ func (p *parser) irelatives() {
 // receive the choice of the IFUNC resolver at link-time address resolver
 // (none when the module never calls the function itself).
 func (s *Spec) IFuncSlots(resolver uint64) []uint64 {
-	i, _ := slices.BinarySearchFunc(s.irels, resolver, func(r irel, v uint64) int { return cmp.Compare(r.resolver, v) })
-	var out []uint64
-	for ; i < len(s.irels) && s.irels[i].resolver == resolver; i++ {
-		out = append(out, s.irels[i].slot)
-	}
-	return out
+	return slotsOf(s.irels, resolver, func(r irel) (uint64, uint64) { return r.resolver, r.slot })
 }
 
 // FuncIndex returns the index in Funcs of the first function symbol that

@@ -400,14 +400,7 @@ func TestRelocIFunc(t *testing.T) {
 		t.Errorf("Untraceable() = %+v, want strstr without a GOT slot", u)
 	}
 	want := workloadRun(t, tp, 1000)
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	rec, err := tracefile.Read(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := countEntries(rec)
+	got := countEntries(closeRead(t, s, out))
 	// libc calls strlen itself now and then (stdio): a few on top.
 	if n := got[impl["strlen"]]; n < want["strlen"] || n > want["strlen"]+50 {
 		t.Errorf("%s: recorded %d calls, the program made %d", impl["strlen"], n, want["strlen"])

@@ -68,6 +68,17 @@ func closeAtEnd(t *testing.T, s *Session, out string) *tracefile.Recording {
 	return rec
 }
 
+// closeRead closes the session and reads its recording.
+func closeRead(t *testing.T, s *Session, out string) *tracefile.Recording {
+	t.Helper()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := tracefile.Read(out)
+	check(t, err)
+	return rec
+}
+
 // alive fails the test if the target died.
 func alive(t *testing.T, tp *testtarget.Process) {
 	t.Helper()
@@ -343,14 +354,7 @@ func TestGraphShadowStack(t *testing.T) {
 		t.Errorf("the loader is followed (or not, for %q)", why)
 	}
 	want := workloadRun(t, tp, 5)
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	rec, err := tracefile.Read(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := countEntries(rec)
+	got := countEntries(closeRead(t, s, out))
 	for fn, n := range want {
 		if strings.HasPrefix(fn, "work_") && got[fn] != n {
 			t.Errorf("%s: recorded %d calls, the program counted %d", fn, got[fn], n)
