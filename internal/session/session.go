@@ -628,54 +628,46 @@ func (s *Session) selectSites() error {
 		// The sites kept are gathered first: s.sel, of large elements,
 		// grows once per module.
 		keep = slices.Grow(keep[:0], len(m.Spec.Sites))
+		refuse := func(fs elfsite.Site, why string) {
+			if literalMatch(m.Spec, fs, include) {
+				s.untraceable = append(s.untraceable, RefusedSite{Name: m.Spec.SiteName(fs), Reason: why})
+			}
+			if nrefused++; nrefused == 1 {
+				firstRefused = RefusedSite{Name: m.Spec.SiteName(fs), Reason: why}
+			}
+		}
+		// take says whether a site the globs selected is kept.
+		take := func(st elfsite.Site) bool {
+			nall++
+			if f.exclude.Match(m.Spec, st) {
+				excluded++
+				return false
+			}
+			if s.opts.Graph && st.GraphUnsafe != "" {
+				// Graph mode would overwrite [rsp], which is not the
+				// return address here (elfsite.Site.GraphUnsafe).
+				s.refused = append(s.refused, RefusedSite{Name: m.Spec.SiteName(st), Reason: st.GraphUnsafe})
+				return false
+			}
+			return true
+		}
 		var ifuncs []int
 		eachCandidate(m, f.include, f.withReloc, func(fs elfsite.Site, why string) {
 			if m.Spec.Funcs[fs.Func].IFunc {
 				ifuncs = append(ifuncs, fs.Func) // its implementation, below
 				return
 			}
-			if literalMatch(m.Spec, fs, include) {
-				s.untraceable = append(s.untraceable, RefusedSite{Name: m.Spec.SiteName(fs), Reason: why})
-			}
-			if nrefused++; nrefused == 1 {
-				firstRefused = RefusedSite{Name: m.Spec.SiteName(fs), Reason: why}
-			}
+			refuse(fs, why)
 		}, func(st elfsite.Site) {
-			nall++
 			if !f.include.Match(m.Spec, st) {
+				nall++
 				return
 			}
-			if f.exclude.Match(m.Spec, st) {
-				excluded++
-				return
-			}
-			if s.opts.Graph && st.GraphUnsafe != "" {
-				// Graph mode would overwrite [rsp], which is not the
-				// return address here (elfsite.Site.GraphUnsafe).
-				s.refused = append(s.refused, RefusedSite{Name: m.Spec.SiteName(st), Reason: st.GraphUnsafe})
-				return
-			}
-			keep = append(keep, st)
-		})
-		notes := s.implementations(m, include, ifuncs, &keep, func(st elfsite.Site) bool {
-			nall++
-			if f.exclude.Match(m.Spec, st) {
-				excluded++
-				return false
-			}
-			if s.opts.Graph && st.GraphUnsafe != "" {
-				s.refused = append(s.refused, RefusedSite{Name: m.Spec.SiteName(st), Reason: st.GraphUnsafe})
-				return false
-			}
-			return true
-		}, func(fs elfsite.Site, why string) {
-			if literalMatch(m.Spec, fs, include) {
-				s.untraceable = append(s.untraceable, RefusedSite{Name: m.Spec.SiteName(fs), Reason: why})
-			}
-			if nrefused++; nrefused == 1 {
-				firstRefused = RefusedSite{Name: m.Spec.SiteName(fs), Reason: why}
+			if take(st) {
+				keep = append(keep, st)
 			}
 		})
+		notes := s.implementations(m, include, ifuncs, &keep, take, refuse)
 		s.ifuncs = append(s.ifuncs, notes...)
 		s.sel = slices.Grow(s.sel, len(keep))
 		// One array for the original bytes of the module's sites, not
