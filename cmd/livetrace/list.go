@@ -258,7 +258,9 @@ func (o *listOptions) pidRows() ([]listRow, int, error) {
 		}
 		o.warnStripped(m.Spec)
 		o.noteSymbolFile(m.Spec)
+		at := len(rows)
 		rows = append(rows, specRows(m.Spec, m.Path, m.Bias, o.all)...)
+		o.ifuncPicks(mods, m, rows[at:])
 	}
 	if !patchable {
 		if !o.all {
@@ -334,6 +336,32 @@ func (o *listOptions) noteSymbolFile(spec *elfsite.Spec) {
 	}
 	if spec.SymbolFile != "" {
 		fmt.Fprintf(o.stderr, "note: functions of %s are named from its debug file %s\n", report.Printable(spec.Path), report.Printable(spec.SymbolFile))
+	}
+}
+
+// ifuncPicks adds to the reason of each IFUNC symbol of m among rows
+// (refused: its address is the resolver) the implementation process
+// o.pid calls for it, which record -F traces for the name.
+func (o *listOptions) ifuncPicks(mods []*elfsite.Module, m *elfsite.Module, rows []listRow) {
+	for k := range rows {
+		r := &rows[k]
+		if r.Form != formNone {
+			continue
+		}
+		i, ok := m.Spec.FuncIndex(uint64(r.SymbolAddress) - m.Bias)
+		if !ok || !m.Spec.Funcs[i].IFunc {
+			continue
+		}
+		j, why := elfsite.IFuncPick(o.pid, mods, m, i)
+		if why != "" {
+			continue
+		}
+		impl := m.Spec.Funcs[j].Name
+		if _, why, ok := m.Spec.RelocFunc(j); ok && why != "" {
+			r.Refused += "; the process calls " + impl + ", which cannot be traced either: " + why
+		} else {
+			r.Refused += "; the process calls " + impl + ", which record -F " + r.Function + " traces"
+		}
 	}
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -66,5 +67,22 @@ func TestListAllRelocLive(t *testing.T) {
 	}
 	if !strings.Contains(raise, "none") || !strings.Contains(raise, "not traceable: displaced call") {
 		t.Errorf("raise (libc): %q, want none with its reason\n%s", raise, out)
+	}
+	// strlen, an IFUNC of libc: the implementation this process calls.
+	out, _, err = runList(t, "--all", "--json", "-p", strconv.Itoa(tp.Pid()), "strlen")
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, r := range decodeJSON(t, out) {
+		if why, _ := r["refused"].(string); strings.HasSuffix(r["module"].(string), "/libc.so.6") && strings.HasPrefix(why, "an IFUNC resolver") {
+			found = true
+			if !regexp.MustCompile(`the process calls __strlen_\w+, which record -F strlen traces$`).MatchString(why) {
+				t.Errorf("libc's strlen: %q, want the implementation the process calls", why)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("no IFUNC row for libc's strlen:\n%s", out)
 	}
 }

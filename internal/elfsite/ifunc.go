@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 
 	"github.com/livetrace/livetrace/internal/proc"
 )
@@ -171,4 +172,55 @@ func ReadWords(pid int, addrs []uint64) ([]uint64, error) {
 		out[i] = binary.LittleEndian.Uint64(b[:])
 	}
 	return out, nil
+}
+
+// IFuncPick returns the index in m's functions of the implementation the
+// IFUNC resolver m.Spec.Funcs[i] picked in process pid, whose modules are
+// mods, or why there is none: read from m's own IRELATIVE slots, or else
+// from the GOT slots the other modules bound to the name.
+func IFuncPick(pid int, mods []*Module, m *Module, i int) (int, string) {
+	f := m.Spec.Funcs[i]
+	var slots []uint64
+	for _, a := range m.Spec.IFuncSlots(f.Addr) {
+		slots = append(slots, m.Runtime(a))
+	}
+	if len(slots) == 0 {
+		name := f.Raw
+		if at := strings.IndexByte(name, '@'); at > 0 {
+			name = name[:at]
+		}
+		for _, o := range mods {
+			if o != m {
+				for _, a := range o.Spec.ImportSlots(name) {
+					slots = append(slots, o.Runtime(a))
+				}
+			}
+		}
+	}
+	if len(slots) == 0 {
+		return 0, "no module calls it through a GOT slot that would say which one the process uses"
+	}
+	vals, err := ReadWords(pid, slots)
+	if err != nil {
+		return 0, "its GOT could not be read (" + err.Error() + ")"
+	}
+	// A slot not bound yet (lazy binding) points into its module's PLT:
+	// only addresses where a function of m starts count.
+	pick, found := 0, false
+	var other uint64
+	for _, v := range vals {
+		j, ok := m.Spec.FuncIndex(v - m.Bias)
+		switch {
+		case v < m.Bias || !ok || j == i:
+			other = v
+		case found && j != pick:
+			return 0, fmt.Sprintf("its GOT slots disagree (%s, %s)", m.Spec.Funcs[pick].Name, m.Spec.Funcs[j].Name)
+		default:
+			pick, found = j, true
+		}
+	}
+	if !found {
+		return 0, fmt.Sprintf("no function symbol of %s starts where its GOT slots point (%#x: not bound yet, another module such as the vDSO, or a function only a debug file names)", m.Name(), other)
+	}
+	return pick, ""
 }

@@ -2,7 +2,6 @@ package session
 
 import (
 	"fmt"
-	"strings"
 
 	"github.com/livetrace/livetrace/internal/elfsite"
 )
@@ -73,55 +72,13 @@ func (s *Session) implementations(m *elfsite.Module, include []string, ifuncs []
 }
 
 // pickedBy returns the index in m's functions of the implementation the
-// IFUNC resolver Funcs[i] picked in the process, or why there is none:
-// read from m's own IRELATIVE slots, or else from the GOT slots other
-// modules bound to the name (elfsite/ifunc.go).
+// IFUNC resolver Funcs[i] picked in the process, or why there is none.
 func (s *Session) pickedBy(m *elfsite.Module, i int) (int, string) {
-	const unknown = "an IFUNC resolver, and %s: trace the implementation it picks (livetrace list --all -p %d names the candidates)"
-	f := m.Spec.Funcs[i]
-	var slots []uint64
-	for _, a := range m.Spec.IFuncSlots(f.Addr) {
-		slots = append(slots, m.Runtime(a))
+	j, why := elfsite.IFuncPick(s.pid, s.mods, m, i)
+	if why != "" {
+		return 0, fmt.Sprintf("an IFUNC resolver, and %s: trace the implementation it picks (livetrace list --all -p %d names the candidates)", why, s.pid)
 	}
-	if len(slots) == 0 {
-		name := f.Raw
-		if at := strings.IndexByte(name, '@'); at > 0 {
-			name = name[:at]
-		}
-		for _, o := range s.mods {
-			if o != m {
-				for _, a := range o.Spec.ImportSlots(name) {
-					slots = append(slots, o.Runtime(a))
-				}
-			}
-		}
-	}
-	if len(slots) == 0 {
-		return 0, fmt.Sprintf(unknown, "no module calls it through a GOT slot that would say which one the process uses", s.pid)
-	}
-	vals, err := elfsite.ReadWords(s.pid, slots)
-	if err != nil {
-		return 0, fmt.Sprintf(unknown, "its GOT could not be read ("+err.Error()+")", s.pid)
-	}
-	// A slot not bound yet (lazy binding) points into its module's PLT:
-	// only addresses where a function of m starts count.
-	pick, found := 0, false
-	var other uint64
-	for _, v := range vals {
-		j, ok := m.Spec.FuncIndex(v - m.Bias)
-		switch {
-		case v < m.Bias || !ok || j == i:
-			other = v
-		case found && j != pick:
-			return 0, fmt.Sprintf(unknown, fmt.Sprintf("its GOT slots disagree (%s, %s)", m.Spec.Funcs[pick].Name, m.Spec.Funcs[j].Name), s.pid)
-		default:
-			pick, found = j, true
-		}
-	}
-	if !found {
-		return 0, fmt.Sprintf(unknown, fmt.Sprintf("no function symbol of %s starts where its GOT slots point (%#x: not bound yet, another module such as the vDSO, or a function only a debug file names)", m.Name(), other), s.pid)
-	}
-	return pick, ""
+	return j, ""
 }
 
 // IFuncs says which implementation is traced for each IFUNC symbol the
