@@ -128,8 +128,10 @@ func (s *Session) change(globs []string, enable bool, rules []ArgRule) (res Chan
 	default:
 	}
 
-	// Functions prepared already, matched by each glob.
+	// Functions prepared already, matched by each glob, by their own
+	// names or by an IFUNC's that picked them (ifunc.go).
 	matched := make([]bool, len(globs))
+	picked := s.pickedByGlobs(globs)
 	var idx []int
 	for i, x := range s.sel {
 		if x.gone {
@@ -140,6 +142,9 @@ func (s *Session) change(globs []string, enable bool, rules []ArgRule) (res Chan
 			if s.mods[x.mod].Spec.MatchSite(x.site, g) {
 				matched[gi], hit = true, true
 			}
+		}
+		for _, gi := range picked[[2]int{x.mod, x.site.Func}] {
+			matched[gi], hit = true, true
 		}
 		if !hit {
 			continue

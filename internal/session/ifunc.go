@@ -81,6 +81,39 @@ func (s *Session) pickedBy(m *elfsite.Module, i int) (int, string) {
 	return j, ""
 }
 
+// pickedByGlobs returns, for ctl, the implementations that the IFUNC
+// symbols globs name picked in the process, by module and function
+// index, with the indexes of the globs that name them: `ctl disable
+// strlen` turns off the __strlen_evex that `-F strlen` traced, and `ctl
+// enable strlen` finds it already on.
+func (s *Session) pickedByGlobs(globs []string) map[[2]int][]int {
+	out := map[[2]int][]int{}
+	for mi, m := range s.mods {
+		if !matchModule(m.Path, s.opts.Modules) || s.loader.gone[mi] {
+			continue
+		}
+		for i := range m.Spec.Funcs {
+			if !m.Spec.Funcs[i].IFunc {
+				continue
+			}
+			fs := elfsite.Site{Addr: m.Spec.Funcs[i].Addr, Func: i}
+			var gis []int
+			for gi, g := range globs {
+				if m.Spec.MatchSite(fs, g) {
+					gis = append(gis, gi)
+				}
+			}
+			if len(gis) == 0 {
+				continue
+			}
+			if j, why := elfsite.IFuncPick(s.pid, s.mods, m, i); why == "" {
+				out[[2]int{mi, j}] = append(out[[2]int{mi, j}], gis...)
+			}
+		}
+	}
+	return out
+}
+
 // IFuncs says which implementation is traced for each IFUNC symbol the
 // globs matched.
 func (s *Session) IFuncs() []string { return s.ifuncs }

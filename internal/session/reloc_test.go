@@ -371,8 +371,9 @@ func TestRelocLibcAll(t *testing.T) {
 // the CPU): strlen's read from libc's own IRELATIVE slot, wcsrchr's, which
 // libc never calls, from the program's PLT slot. Every call of the
 // program's is recorded under the implementation's name, and record says
-// which. An IFUNC nothing in the process calls through a GOT (strstr) is
-// refused, saying so.
+// which; ctl's enable and disable name it by the IFUNC's name too. An
+// IFUNC nothing in the process calls through a GOT (strstr) is refused,
+// saying so.
 func TestRelocIFunc(t *testing.T) {
 	testtarget.RequireRoot(t)
 	bin := testtarget.Build(t, testtarget.LibcCalls, testtarget.ClangNop5, testtarget.NoSites())
@@ -398,6 +399,16 @@ func TestRelocIFunc(t *testing.T) {
 	}
 	if u := s.Untraceable(); len(u) != 1 || u[0].Name != "strstr" || !strings.Contains(u[0].Reason, "no module calls it through a GOT slot") {
 		t.Errorf("Untraceable() = %+v, want strstr without a GOT slot", u)
+	}
+	// ctl names the implementation by the IFUNC's name too.
+	if res, err := s.Disable([]string{"strlen"}); err != nil || len(res.Changed) != 1 || res.Changed[0] != impl["strlen"] {
+		t.Errorf("disable strlen: %+v, %v; want %s off", res, err, impl["strlen"])
+	}
+	if res, err := s.Enable([]string{"strlen"}); err != nil || len(res.Changed) != 1 {
+		t.Errorf("enable strlen: %+v, %v; want %s on again", res, err, impl["strlen"])
+	}
+	if res, err := s.Enable([]string{"strlen"}); err != nil || len(res.Changed) != 0 || res.Already != 1 {
+		t.Errorf("enable strlen again: %+v, %v; want it already on", res, err)
 	}
 	want := workloadRun(t, tp, 1000)
 	got := countEntries(closeRead(t, s, out))
