@@ -47,7 +47,8 @@ within 50 ms of time order.`
 // the agent's buffer at once: a printer goroutine formats the lines. A
 // terminal cannot show millions of lines a second, so a batch is skipped
 // and counted when its turn comes if it has waited for the printer longer
-// than liveMaxAge, or if what waits (it included) would take the printer
+// than liveMaxAge while more than liveFewEvents wait, or if what waits
+// (it included) would take the printer
 // longer than liveMaxBacklog to print at its recent pace (printPace), or
 // if it is the oldest when more than liveMaxQueued events wait: the screen
 // stays within about 100 ms of the program, as ftrace's trace_pipe does
@@ -117,6 +118,15 @@ const (
 	liveMaxAge     = 60 * time.Millisecond
 	liveMaxBacklog = 20 * time.Millisecond
 	liveMaxQueued  = 1 << 16
+	// liveFewEvents: a batch that waited longer than liveMaxAge is
+	// printed all the same when no more than this many events wait (it
+	// included). The printer is then late because it was not scheduled
+	// (a loaded machine), not because a flood outruns it: a trickle of
+	// calls, the one a thread made before it went idle, would be lost
+	// for good, since a skip is reported only before the thread's next
+	// line (a test of live on a loaded CI machine saw one thread's calls
+	// never show).
+	liveFewEvents  = 4096
 	livePrintFlush = 5 * time.Millisecond
 	// liveFreeBuffers bounds the record buffers kept for reuse.
 	liveFreeBuffers = 256
@@ -239,7 +249,7 @@ func (l *liveOutput) print() {
 		tid := b.tid
 		// Skipped at the end too: what was skipped is gone, and the
 		// rest is printed.
-		if !l.closed && (time.Since(b.at) > liveMaxAge || l.backlog(l.queued+b.n) > liveMaxBacklog) {
+		if !l.closed && (time.Since(b.at) > liveMaxAge && l.queued+b.n > liveFewEvents || l.backlog(l.queued+b.n) > liveMaxBacklog) {
 			l.skip(tid, b.n)
 			l.recycle(b)
 			l.qmu.Unlock()
