@@ -86,7 +86,15 @@ collect:
 			}
 			lines = append(lines, l)
 		case <-deadline:
-			t.Fatalf("the calls did not all show while live was attached; got:\n%s", strings.Join(lines, "\n"))
+			// What live says at its end (events, lost, threads) tells a
+			// consumer that missed them from a printer that skipped them.
+			_ = cmd.Process.Signal(syscall.SIGINT)
+			said := ""
+			select {
+			case said = <-errs:
+			case <-time.After(10 * time.Second):
+			}
+			t.Fatalf("the calls did not all show while live was attached (the program counted %v); got:\n%s\nlive said:\n%s", want, strings.Join(lines, "\n"), said)
 		}
 	}
 	_ = cmd.Process.Signal(syscall.SIGINT)
