@@ -65,12 +65,7 @@ func BenchmarkRelocCall(b *testing.B) {
 // check of every thread took. The program's counts stay exact and its
 // text is restored (checked after the last cycle).
 func BenchmarkRelocLibcPatch(b *testing.B) {
-	testtarget.RequireRoot(b)
-	bin := testtarget.Build(b, testtarget.LibcCalls, testtarget.ClangNop5, testtarget.NoSites())
-	tp := testtarget.Start(b, bin, "-t", "4")
-	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
-		b.Fatal(err)
-	}
+	tp := startLibcCalls(b, "4")
 	// The workers call libc for the whole benchmark, through every batch.
 	stop := make(chan struct{})
 	done := make(chan error, 1)

@@ -112,12 +112,7 @@ func TestRelocExactCounts(t *testing.T) {
 // itself, so theirs are at least the program's and close to it. The text
 // is the file's afterwards.
 func TestRelocLibc(t *testing.T) {
-	testtarget.RequireRoot(t)
-	bin := testtarget.Build(t, testtarget.LibcCalls, testtarget.ClangNop5, testtarget.NoSites())
-	tp := testtarget.Start(t, bin, "-t", "4")
-	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	tp := startLibcCalls(t, "4")
 	workloadRun(t, tp, 1) // bind the PLT entries
 	before := testtarget.TakeSnapshot(t, tp.Pid())
 	out := filepath.Join(t.TempDir(), "rec.data")
@@ -375,12 +370,7 @@ func TestRelocLibcAll(t *testing.T) {
 // IFUNC nothing in the process calls through a GOT (strstr) is refused,
 // saying so.
 func TestRelocIFunc(t *testing.T) {
-	testtarget.RequireRoot(t)
-	bin := testtarget.Build(t, testtarget.LibcCalls, testtarget.ClangNop5, testtarget.NoSites())
-	tp := testtarget.Start(t, bin, "-t", "2")
-	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	tp := startLibcCalls(t, "2")
 	workloadRun(t, tp, 1) // bind the PLT entries
 	out := filepath.Join(t.TempDir(), "rec.data")
 	s, err := Start(tp.Pid(), Options{Modules: []string{"libc.so.6"}, Funcs: []string{"strlen", "wcsrchr", "strstr"}, Output: out})
@@ -420,4 +410,17 @@ func TestRelocIFunc(t *testing.T) {
 		t.Errorf("%s: recorded %d calls, the program made %d", impl["wcsrchr"], n, want["wcsrchr"])
 	}
 	testtarget.CheckText(t, tp.Pid())
+}
+
+// startLibcCalls starts the libccalls fixture (stock libc calls, no NOP
+// sites) with threads workers, ready for its workload.
+func startLibcCalls(tb testing.TB, threads string) *testtarget.Process {
+	tb.Helper()
+	testtarget.RequireRoot(tb)
+	bin := testtarget.Build(tb, testtarget.LibcCalls, testtarget.ClangNop5, testtarget.NoSites())
+	tp := testtarget.Start(tb, bin, "-t", threads)
+	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
+		tb.Fatal(err)
+	}
+	return tp
 }
