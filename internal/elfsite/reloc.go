@@ -133,6 +133,12 @@ func (p *parser) prepareReloc() {
 	for i := range p.spec.Funcs {
 		rs.starts[i] = p.spec.Funcs[i].Addr
 	}
+	// Every function's entry is a branch target from outside the others:
+	// a function that falls into the next one (libgmp's
+	// __gmpn_modexact_1_odd, a 5-byte mov before __gmpn_modexact_1c_odd)
+	// must not have a region over that entry, or start one at it after
+	// a kept instruction.
+	rs.extra = slices.Compact(slices.Clone(rs.starts))
 	rs.goLo, rs.goHi, rs.goAll = p.goText()
 	for _, sec := range p.f.Sections {
 		if sec.Flags&elf.SHF_EXECINSTR == 0 || sec.Type != elf.SHT_PROGBITS {
@@ -698,6 +704,12 @@ func (s *Spec) RelocFunc(i int) (st Site, why string, ok bool) {
 	}
 	plan, err := reloc.Analyze(code, f.Addr, opts)
 	if err != nil {
+		var r *reloc.Refusal
+		if errors.As(err, &r) && r.Reason == reloc.BranchTarget && r.Inst == "" {
+			if j, ok := s.FuncIndex(f.Addr + uint64(r.Off)); ok {
+				return Site{}, fmt.Sprintf("branch target at +%d (the entry of %s)", r.Off, s.Funcs[j].Name), true
+			}
+		}
 		return Site{}, err.Error(), true
 	}
 	st = Site{Addr: plan.Entry, Form: FormReloc, Endbr: plan.Endbr, Func: i, Table: TableSymbol, Plan: plan}

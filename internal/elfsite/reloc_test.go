@@ -60,7 +60,18 @@ func TestRelocRefusals(t *testing.T) {
 	".globl plain\n.type plain,@function\nplain:\n push %rbx\n mov %rdi,%rbx\n lea 1(%rbx),%rax\n pop %rbx\n ret\n.size plain, .-plain\n"
 	".globl Builtins_Add\n.type Builtins_Add,@function\nBuiltins_Add:\n push %rbx\n mov %rdi,%rbx\n lea 1(%rbx),%rax\n pop %rbx\n ret\n.size Builtins_Add, .-Builtins_Add\n"
 	".globl _ZN2v88internal18Runtime_StackGuardEiPmPNS0_7IsolateE\n.type _ZN2v88internal18Runtime_StackGuardEiPmPNS0_7IsolateE,@function\n_ZN2v88internal18Runtime_StackGuardEiPmPNS0_7IsolateE:\n push %rbx\n mov %rdi,%rbx\n lea 1(%rbx),%rax\n pop %rbx\n ret\n.size _ZN2v88internal18Runtime_StackGuardEiPmPNS0_7IsolateE, .-_ZN2v88internal18Runtime_StackGuardEiPmPNS0_7IsolateE\n"
-	".globl _ZN4node4ReadERKN2v820FunctionCallbackInfoINS0_5ValueEEE\n.type _ZN4node4ReadERKN2v820FunctionCallbackInfoINS0_5ValueEEE,@function\n_ZN4node4ReadERKN2v820FunctionCallbackInfoINS0_5ValueEEE:\n push %rbx\n mov %rdi,%rbx\n lea 1(%rbx),%rax\n pop %rbx\n ret\n.size _ZN4node4ReadERKN2v820FunctionCallbackInfoINS0_5ValueEEE, .-_ZN4node4ReadERKN2v820FunctionCallbackInfoINS0_5ValueEEE\n");
+	".globl _ZN4node4ReadERKN2v820FunctionCallbackInfoINS0_5ValueEEE\n.type _ZN4node4ReadERKN2v820FunctionCallbackInfoINS0_5ValueEEE,@function\n_ZN4node4ReadERKN2v820FunctionCallbackInfoINS0_5ValueEEE:\n push %rbx\n mov %rdi,%rbx\n lea 1(%rbx),%rax\n pop %rbx\n ret\n.size _ZN4node4ReadERKN2v820FunctionCallbackInfoINS0_5ValueEEE, .-_ZN4node4ReadERKN2v820FunctionCallbackInfoINS0_5ValueEEE\n"
+	// Functions that fall into the next one, as libgmp's hand-written
+	// __gmpn_modexact_1_odd does: intoA is a push kept in place, and its
+	// region would start at intoB's entry; fallC is 5 bytes, its region
+	// those 5 exactly; outerD's 2-byte first instruction is not kept and
+	// its region would cover innerE's entry.
+	".globl intoA\n.type intoA,@function\n.size intoA, 10\nintoA:\n push %rbx\n"
+	".globl intoB\n.type intoB,@function\nintoB:\n mov %rdi,%rbx\n lea 1(%rbx),%rax\n pop %rbx\n ret\n.size intoB, .-intoB\n"
+	".globl fallC\n.type fallC,@function\n.size fallC, 15\nfallC:\n mov $0,%ecx\n"
+	".globl fallD\n.type fallD,@function\nfallD:\n mov %rdx,%r8\n shr %edx\n lea (%rdx,%rcx),%rax\n ret\n.size fallD, .-fallD\n"
+	".globl outerD\n.type outerD,@function\n.size outerD, 12\nouterD:\n xor %eax,%eax\n"
+	".globl innerE\n.type innerE,@function\ninnerE:\n mov %rdx,%r8\n shr %edx\n lea (%rdx,%rcx),%rax\n ret\n.size innerE, .-innerE\n");
 `)
 	spec, err := Open(out)
 	if err != nil {
@@ -83,6 +94,27 @@ func TestRelocRefusals(t *testing.T) {
 	}
 	if !strings.HasPrefix(why["_start"], "the program's entry point") {
 		t.Errorf("_start: refused %q, want the entry point", why["_start"])
+	}
+	at := map[string]Site{}
+	for _, st := range sites {
+		at[spec.SiteName(st)] = st
+	}
+	for _, c := range []struct{ fn, entry string }{{"fallC", "fallC"}, {"fallD", "fallD"}, {"intoB", "intoB"}, {"innerE", "innerE"}} {
+		f, ok := spec.FuncAt(at[c.fn].Addr)
+		if st, found := at[c.fn]; !found || !ok || f.Name != c.entry || st.Addr != f.Addr+uint64(len(st.Plan.Kept)) {
+			t.Errorf("%s: site %+v (refused %q), want its region where %s starts", c.fn, at[c.fn], why[c.fn], c.entry)
+		}
+	}
+	// intoA falls back to a region at its start, which then holds
+	// intoB's entry; outerD's region holds innerE's.
+	if !strings.HasPrefix(why["intoA"], "branch target at +1 (the entry of intoB)") {
+		t.Errorf("intoA: refused %q, want intoB's entry at +1", why["intoA"])
+	}
+	if !strings.HasPrefix(why["outerD"], "branch target at +2 (the entry of innerE)") {
+		t.Errorf("outerD: refused %q, want innerE's entry at +2", why["outerD"])
+	}
+	if st, ok := at["fallC"]; ok && (st.Addr != spec.Funcs[st.Func].Addr || len(st.Plan.Kept) != 0) {
+		t.Errorf("fallC: region at %#x kept %x, want the 5 bytes at its start", st.Addr, st.Plan.Kept)
 	}
 	if !reloc["plain"] {
 		t.Errorf("plain must be a relocating site: %v (refused: %v)", reloc, why)
