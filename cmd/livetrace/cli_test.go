@@ -400,3 +400,31 @@ func TestCompletion(t *testing.T) {
 	}
 	eq("list FILE work_n", complete(t, "list", work, "work_n"), []string{"work_nested"})
 }
+
+// TestSecondsFlag: -d takes a bare number as seconds, as timeout(1)
+// does, or a Go duration, and refuses the rest saying what it takes.
+func TestSecondsFlag(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want time.Duration
+		err  string
+	}{
+		{"5", 5 * time.Second, ""},
+		{"1.5", 1500 * time.Millisecond, ""},
+		{"500ms", 500 * time.Millisecond, ""},
+		{"2m", 2 * time.Minute, ""},
+		{"x", 0, "give a number of seconds or a number with a unit"},
+		{"5 s", 0, "give a number of seconds"},
+		{"NaN", 0, "no number of seconds"},
+		{"1e300", 0, "no number of seconds"},
+	} {
+		var d seconds
+		err := d.Set(tc.in)
+		switch {
+		case tc.err == "" && (err != nil || time.Duration(d) != tc.want):
+			t.Errorf("-d %q: %v, %v; want %v", tc.in, time.Duration(d), err, tc.want)
+		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
+			t.Errorf("-d %q: error %v, want one that says %q", tc.in, err, tc.err)
+		}
+	}
+}

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -122,7 +124,7 @@ unless -f is given: a recording cannot be made again.`,
 	f.StringArrayVarP(&o.modules, "module", "m", nil, "select functions only in modules whose path or file name matches `GLOB`, or whose file name extends it as a soname (libfoo.so.1 for libfoo.so.1.2.3; repeatable)")
 	f.BoolVar(&o.waitModules, "wait-module", false, "with -m: start even if no module matches yet, and trace the matching modules the process loads (dlopen)")
 	f.BoolVar(&o.onlyNop, "only-nop", false, "trace only functions with a compiler NOP (no relocation of functions without one)")
-	f.DurationVarP(&o.duration, "duration", "d", 0, "stop after `DURATION` (default: until Ctrl-C or exit)")
+	f.VarP((*seconds)(&o.duration), "duration", "d", "stop after `DURATION` (e.g. 10s, 500ms; a bare number is seconds; default: until Ctrl-C or exit)")
 	f.StringVarP(&o.output, "output", "o", "livetrace.data", "write the recording to `FILE` (- for stdout)")
 	f.BoolVarP(&o.force, "force", "f", false, "overwrite the recording FILE if it exists")
 	f.BoolVar(&o.graph, "graph", false, "record function exits too (function_graph)")
@@ -649,4 +651,28 @@ func (s *statusLine) clear() {
 	if s.shown {
 		fmt.Fprint(s.w, "\r\033[K")
 	}
+}
+
+// seconds is a flag's duration that may be a bare number of seconds, as
+// timeout(1) and sleep(1) take it: "record -d 5" is five seconds.
+type seconds time.Duration
+
+func (d *seconds) String() string { return time.Duration(*d).String() }
+
+func (d *seconds) Type() string { return "duration" }
+
+func (d *seconds) Set(v string) error {
+	if n, err := strconv.ParseFloat(v, 64); err == nil {
+		if math.IsNaN(n) || math.IsInf(n, 0) || math.Abs(n) > math.MaxInt64/float64(time.Second) {
+			return fmt.Errorf("%q is no number of seconds livetrace can wait", v)
+		}
+		*d = seconds(n * float64(time.Second))
+		return nil
+	}
+	t, err := time.ParseDuration(v)
+	if err != nil {
+		return fmt.Errorf("%q is not a duration: give a number of seconds or a number with a unit (ns, us, ms, s, m, h), e.g. 10s", v)
+	}
+	*d = seconds(t)
+	return nil
 }
