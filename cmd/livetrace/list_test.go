@@ -403,7 +403,7 @@ func copyFile(src, dst string) error {
 
 // buildStrippedPIE builds the C program src by gcc -O2 -s -pie, without
 // NOPs: a stripped PIE that exports no function (as Debian's memcached).
-func buildStrippedPIE(t *testing.T, src string) string {
+func buildStrippedPIE(t *testing.T, src string, flags ...string) string {
 	gcc, err := exec.LookPath("gcc")
 	if err != nil {
 		testtarget.SkipOrFatal(t, "gcc is not installed")
@@ -413,7 +413,7 @@ func buildStrippedPIE(t *testing.T, src string) string {
 	if err := os.WriteFile(c, []byte(src), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if b, err := exec.Command(gcc, "-O2", "-s", "-pie", "-fPIE", "-o", exe, c).CombinedOutput(); err != nil {
+	if b, err := exec.Command(gcc, append([]string{"-O2", "-s", "-pie", "-fPIE", "-o", exe, c}, flags...)...).CombinedOutput(); err != nil {
 		t.Fatalf("gcc: %v\n%s", err, b)
 	}
 	return exe

@@ -345,6 +345,8 @@ func (o *recordOptions) run() error {
 		fmt.Fprintf(o.stderr, "livetrace: %s is stripped and names no function: -F cannot select its functions (install its debug symbols, Debian's -dbgsym package, or set LIVETRACE_DEBUG_DIR to where they are)\n", report.Printable(p))
 	}
 	switch ld := s.Loader(); {
+	case s.Passive() != "":
+		// Nothing traced: no loader to follow either.
 	case !ld.Following:
 		fmt.Fprintf(o.stderr, "livetrace: modules the process loads later (dlopen) are not traced: %s\n", ld.Why)
 	case s.Waiting():
@@ -615,7 +617,19 @@ func noMatchError(nm *session.NoMatchError, funcs, exclude []string) error {
 	if len(near) > 0 {
 		msg += "; closest names: " + strings.Join(near, ", ")
 	}
-	return errors.New(msg + " (see livetrace list -p PID)")
+	msg += " (see livetrace list -p PID)"
+	switch n := len(nm.Stripped); {
+	case n == 1:
+		msg += fmt.Sprintf("; %s is stripped and names only the functions it exports", nm.Stripped[0])
+	case n > 3:
+		msg += fmt.Sprintf("; %s and %d more modules searched are stripped and name only the functions they export", strings.Join(nm.Stripped[:3], ", "), n-3)
+	case n > 1:
+		msg += fmt.Sprintf("; %s are stripped and name only the functions they export", strings.Join(nm.Stripped, ", "))
+	}
+	if len(nm.Stripped) > 0 {
+		msg += ": to name the others, install the debug symbols (Debian's -dbgsym package) or set LIVETRACE_DEBUG_DIR to where they are"
+	}
+	return errors.New(msg)
 }
 
 // statusLine shows a live status line when stderr is a terminal.

@@ -90,3 +90,38 @@ func TestRecordStrippedNameless(t *testing.T) {
 		t.Errorf("record says %q; want %q and 1 function (libc's pause)", stderr, want)
 	}
 }
+
+// TestRecordStrippedNoMatch: -F naming no function of a stripped program
+// that exports some (as postgres does: its extensions call them) says no
+// function matches and that the program names only those it exports,
+// not that it has no sites; with --follow the process is followed
+// without tracing it, saying which globs matched nothing.
+func TestRecordStrippedNoMatch(t *testing.T) {
+	testtarget.RequireRoot(t)
+	bin := livetraceBinary(t)
+	exe := buildStrippedPIE(t, `#include <unistd.h>
+__attribute__((noinline)) static int hidden_step(int x) { return x * 3; }
+__attribute__((noinline)) int exported_step(int x) { return hidden_step(x) + 1; }
+int main(int c, char **v) { (void)v; for (;;) { pause(); c = exported_step(c); } return c; }
+`, "-rdynamic")
+	p := exec.Command(exe)
+	if err := p.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Process.Kill(); _ = p.Wait() })
+	time.Sleep(200 * time.Millisecond)
+	t.Setenv("LIVETRACE_DEBUG_DIR", "-")
+	dir := t.TempDir()
+	pid := strconv.Itoa(p.Process.Pid)
+	_, stderr, err := runCLIBin(bin, "record", "-p", pid, "-F", "hidden_step", "-d", "0.2s", "-o", filepath.Join(dir, "a.data"))
+	for _, want := range []string{"no function matches hidden_step", exe + " is stripped and names only the functions it exports", "-dbgsym"} {
+		if err == nil || !strings.Contains(stderr, want) {
+			t.Errorf("record -F hidden_step: %v, %q; want it to say %q", err, stderr, want)
+		}
+	}
+	_, stderr, err = runCLIBin(bin, "record", "-p", pid, "--follow", "-F", "hidden_step", "-d", "0.2s", "-o", filepath.Join(dir, "b.data"))
+	if err != nil || !strings.Contains(stderr, "tracing nothing in PID "+pid+" (no function matches hidden_step); following") || strings.Contains(stderr, "dlopen") {
+		t.Errorf("record --follow -F hidden_step: %v\n%s", err, stderr)
+	}
+	testtarget.CheckText(t, p.Process.Pid)
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/livetrace/livetrace/internal/proc"
@@ -211,7 +212,7 @@ func (s *Session) followPassive(err error) bool {
 	s.fl.passive = err.Error()
 	var nm *NoMatchError
 	if errors.As(err, &nm) {
-		s.fl.passive = "no function matches"
+		s.fl.passive = "no function matches " + strings.Join(nm.Globs, " ")
 	}
 	s.sel, s.refused = nil, nil
 	return true

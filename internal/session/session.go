@@ -133,6 +133,10 @@ type NoMatchError struct {
 	// Excluded counts the functions that Globs matched and
 	// Options.Exclude removed (all of them, since nothing is left).
 	Excluded int
+	// Stripped names the modules searched that name only their exported
+	// functions (no .symtab, no debug file): the function asked for may
+	// be one of the others. The program alone without -m.
+	Stripped []string
 }
 
 func (e *NoMatchError) Error() string {
@@ -538,8 +542,9 @@ func (s *Session) Refused() []RefusedSite { return s.refused }
 // include may select: its patchable NOP sites and, with withReloc, the
 // relocating sites of the functions include names (only those are
 // analyzed). refused gets each such function that relocation cannot
-// trace, and why.
-func eachCandidate(m *elfsite.Module, include elfsite.Globs, withReloc bool, refused func(fs elfsite.Site, why string), fn func(st elfsite.Site)) {
+// trace, and why. It returns how many functions relocation could
+// trace were left unanalyzed because include does not name them.
+func eachCandidate(m *elfsite.Module, include elfsite.Globs, withReloc bool, refused func(fs elfsite.Site, why string), fn func(st elfsite.Site)) (unnamed int) {
 	for _, st := range m.Spec.Sites {
 		if st.Form.Patchable() {
 			fn(st)
@@ -557,6 +562,8 @@ func eachCandidate(m *elfsite.Module, include elfsite.Globs, withReloc bool, ref
 		}
 		if include.Match(m.Spec, elfsite.Site{Addr: m.Spec.Funcs[i].Addr, Func: i}) {
 			idx = append(idx, i)
+		} else {
+			unnamed++
 		}
 	}
 	// One pass over the module's bytes for all of them.
@@ -572,6 +579,27 @@ func eachCandidate(m *elfsite.Module, include elfsite.Globs, withReloc bool, ref
 			fn(st)
 		}
 	}
+	return unnamed
+}
+
+// candidateNames returns the names of the functions of module m that
+// eachCandidate may select, for suggestions: the relocation candidates
+// are named, not analyzed.
+func candidateNames(m *elfsite.Module, withReloc bool) []string {
+	var names []string
+	for _, st := range m.Spec.Sites {
+		if st.Form.Patchable() {
+			names = append(names, m.Spec.SiteName(st))
+		}
+	}
+	if withReloc {
+		for i := range m.Spec.Funcs {
+			if m.Spec.RelocCandidate(i) {
+				names = append(names, m.Spec.SiteName(elfsite.Site{Addr: m.Spec.Funcs[i].Addr, Func: i}))
+			}
+		}
+	}
+	return names
 }
 
 // siteFilter is the session's choice of functions, its globs compiled
@@ -652,7 +680,9 @@ func (s *Session) selectSites() error {
 			return true
 		}
 		var ifuncs []int
-		eachCandidate(m, f.include, f.withReloc, func(fs elfsite.Site, why string) {
+		// The functions left unnamed count as patchable: with none
+		// named, the globs matched nothing (NoMatchError, below).
+		nall += eachCandidate(m, f.include, f.withReloc, func(fs elfsite.Site, why string) {
 			if m.Spec.Funcs[fs.Func].IFunc {
 				ifuncs = append(ifuncs, fs.Func) // its implementation, below
 				return
@@ -708,16 +738,17 @@ func (s *Session) selectSites() error {
 	if len(s.sel) == 0 {
 		// The names, for suggestions, are gathered only here: 10,000
 		// of them cost a millisecond of every attach.
-		var all []string
-		for _, m := range s.mods {
+		var all, stripped []string
+		for i, m := range s.mods {
 			if !matchModule(m.Path, s.opts.Modules) {
 				continue
 			}
-			eachCandidate(m, f.include, f.withReloc, func(elfsite.Site, string) {}, func(st elfsite.Site) {
-				all = append(all, m.Spec.SiteName(st))
-			})
+			all = append(all, candidateNames(m, f.withReloc)...)
+			if m.Spec.Stripped && len(m.Spec.Funcs) > 0 && (i == 0 || len(s.opts.Modules) > 0) {
+				stripped = append(stripped, m.Path)
+			}
 		}
-		return &NoMatchError{Globs: include, Names: all, Excluded: excluded}
+		return &NoMatchError{Globs: include, Names: all, Excluded: excluded, Stripped: stripped}
 	}
 	if len(s.sel) > agent.MaxSites {
 		return fmt.Errorf("%d functions selected, at most %d per session: narrow the selection with -F", len(s.sel), agent.MaxSites)
