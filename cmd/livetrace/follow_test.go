@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -252,9 +253,10 @@ func checkMapsSame(t *testing.T, snap testtarget.Snapshot, pid int) {
 }
 
 // TestRecordFollowRestoreChild kills a record --follow with SIGKILL while a
-// followed child lives: `livetrace restore -p CHILD` finds the child's
-// agent by its own owner record and puts the child back, and the target
-// is restored too.
+// followed child lives: `livetrace restore -p TARGET` puts the target back
+// and names the child, which holds an agent of the same livetrace, and
+// `livetrace restore --all` finds the child's agent by its own owner
+// record and puts the child back.
 func TestRecordFollowRestoreChild(t *testing.T) {
 	testtarget.RequireRoot(t)
 	bin := livetraceBinary(t)
@@ -284,11 +286,17 @@ func TestRecordFollowRestoreChild(t *testing.T) {
 	if strings.Join(testtarget.TakeSnapshot(t, child).Maps, "\n") == strings.Join(snap.Maps, "\n") {
 		t.Fatalf("the child has no agent mapped after the tracer died:\n%s", maps)
 	}
-	for _, pid := range []int{child, tp.Pid()} {
-		o, e, err := runCLIBin(bin, "restore", "-p", strconv.Itoa(pid))
-		if err != nil {
-			t.Fatalf("restore -p %d: %v\n%s%s", pid, err, o, e)
-		}
+	o, e, err := runCLIBin(bin, "restore", "-p", strconv.Itoa(tp.Pid()))
+	want := fmt.Sprintf("1 more process holds an agent left by livetrace pid %d (the processes it followed): %d; livetrace restore --all", cmd.Process.Pid, child)
+	if err != nil || !strings.Contains(e, want) {
+		t.Fatalf("restore -p %d: %v\n%s%s\nwant it to say %q", tp.Pid(), err, o, e, want)
+	}
+	o, e, err = runCLIBin(bin, "restore", "--all")
+	if err != nil || !regexp.MustCompile(fmt.Sprintf(`in pid %d\b`, child)).MatchString(o) || regexp.MustCompile(fmt.Sprintf(`in pid %d\b`, tp.Pid())).MatchString(o) {
+		t.Fatalf("restore --all: %v\n%s%s\nwant it to restore pid %d alone", err, o, e, child)
+	}
+	if o, e, err = runCLIBin(bin, "restore", "--all"); err != nil || !strings.Contains(o, "nothing to restore") {
+		t.Errorf("restore --all again: %v\n%s%s\nwant nothing to restore", err, o, e)
 	}
 	checkText(t, child, text)
 	checkMapsSame(t, snap, child)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"time"
 
@@ -280,3 +281,38 @@ func FindOrphan(pid int) (*Orphan, error) {
 
 // le is the byte order of the target.
 var le = binary.LittleEndian
+
+// FindOrphans looks for an agent, as [FindOrphan] does, in every process
+// but this one, and returns those it found in increasing pid order, with
+// the pids it could not look into and why (a process that exited meanwhile
+// is left out).
+func FindOrphans() ([]*Orphan, map[int]error) {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, map[int]error{0: err}
+	}
+	var out []*Orphan
+	failed := map[int]error{}
+	self := os.Getpid()
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == self {
+			continue
+		}
+		o, err := FindOrphan(pid)
+		switch {
+		case errors.Is(err, proc.ErrNoProcess) || errors.Is(err, proc.ErrKernelThread) || errors.Is(err, os.ErrNotExist):
+		case err != nil:
+			failed[pid] = err
+		case o != nil:
+			out = append(out, o)
+		}
+	}
+	slices.SortFunc(out, func(a, b *Orphan) int { return a.Pid - b.Pid })
+	return out, failed
+}
+
+// SameTracer reports whether o and p were left by the same livetrace.
+func (o *Orphan) SameTracer(p *Orphan) bool {
+	return o.Owner.Pid == p.Owner.Pid && o.Owner.Start == p.Owner.Start
+}
