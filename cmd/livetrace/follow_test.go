@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -716,4 +717,55 @@ func TestLiveFollow(t *testing.T) {
 	if strings.Count(out, want) != 4 || !strings.Contains(out, "TASK-TID       PID") {
 		t.Errorf("live output lacks the child's 4 calls under its pid (%q):\n%s", want, out)
 	}
+}
+
+// TestRecordFollowChildrenExitAtDetach ends a record --follow while the
+// followed children it is undoing exit, as postgres's backends do when
+// their clients leave: each round kills twenty held children one after
+// another from the moment record is told to stop. A child that exits
+// while its agent is taken out has nothing left to undo: record exits 0,
+// and the target is restored.
+func TestRecordFollowChildrenExitAtDetach(t *testing.T) {
+	testtarget.RequireRoot(t)
+	bin := livetraceBinary(t)
+	tp := testtarget.Start(t, testtarget.Build(t, testtarget.Follow, testtarget.ClangNop5))
+	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	text := exeText(t, tp.Pid())
+	snap := testtarget.TakeSnapshot(t, tp.Pid())
+	for round := range 4 {
+		cmd, stderr, _ := startTracing(t, bin, "record", "-p", strconv.Itoa(tp.Pid()), "-F", "fl_*", "--follow", "-f", "-o", filepath.Join(t.TempDir(), "rec.data"))
+		var said strings.Builder
+		copied := make(chan struct{})
+		go func() { io.Copy(&said, stderr); close(copied) }()
+		var kids []int
+		for range 20 {
+			if err := tp.Send("hold 100"); err != nil {
+				t.Fatal(err)
+			}
+			kids = append(kids, expectFields(t, tp, "held")[0])
+		}
+		_ = cmd.Process.Signal(syscall.SIGINT)
+		time.Sleep(time.Duration(round) * 5 * time.Millisecond)
+		for i, k := range kids {
+			_ = syscall.Kill(k, syscall.SIGKILL)
+			time.Sleep(time.Duration(i%5) * 400 * time.Microsecond)
+		}
+		sent := time.Now()
+		err := cmd.Wait()
+		<-copied
+		if err != nil {
+			t.Fatalf("round %d: record: %v\n%s", round, err, said.String())
+		}
+		t.Logf("round %d: record ended %v after SIGINT", round, time.Since(sent))
+		if err := tp.Send("wait 1"); err != nil { // reaps nothing; the target still answers
+			t.Fatal(err)
+		}
+		if _, err := tp.Expect("waited", 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkText(t, tp.Pid(), text)
+	snap.CheckSame(t, tp.Pid())
 }

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // Limits on /proc/PID/maps, which the target controls in part (file names).
@@ -253,3 +254,25 @@ func newPidError(sentinel error, format string, pid int) error {
 
 func (e *pidError) Error() string { return e.msg }
 func (e *pidError) Unwrap() error { return e.sentinel }
+
+// Exiting reports whether process pid has exited or is exiting (its memory
+// is gone, or it is a zombie), waiting up to wait for it to show: a
+// process killed while its tracer works on it fails the tracer's next
+// request (ESRCH) a moment before /proc shows it exiting. A process whose
+// main thread alone has exited is not exiting.
+func Exiting(pid int, wait time.Duration) bool {
+	deadline := time.Now().Add(wait)
+	for {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", pid))
+		switch {
+		case err != nil && errors.Is(ProcError(pid, err), ErrNoProcess):
+			return true
+		case err == nil && len(b) == 0 && errors.Is(emptyMapsError(pid), ErrNoProcess):
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
