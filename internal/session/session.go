@@ -771,17 +771,22 @@ func (s *Session) hasReloc() bool {
 // have no compiler NOP and cannot be relocated, and why.
 func (s *Session) Untraceable() []RefusedSite { return s.untraceable }
 
-// Nameless returns the paths of the modules -m selects (all without -m)
-// that are stripped, name no function and have no NOP site, when -F
-// names functions: the globs cannot select anything of theirs, which a
-// user who names a function of a stripped program (Debian's memcached)
-// would not guess.
+// Nameless returns the paths of the modules -m selects (the program
+// alone without -m) that are stripped, name no function and have no NOP
+// site, when -F names functions: the globs cannot select anything of
+// theirs, which a user who names a function of a stripped program
+// (Debian's memcached) would not guess. Without -m the libraries are
+// left out: a data-only one (postgres maps libicudata) was named at
+// every -F.
 func (s *Session) Nameless() []string {
 	if len(s.opts.Funcs) == 0 {
 		return nil
 	}
 	var out []string
 	for _, m := range s.mods {
+		if len(s.opts.Modules) == 0 && m.Path != s.meta.Exe {
+			continue
+		}
 		if !m.Spec.Stripped || !matchModule(m.Path, s.opts.Modules) || len(m.Spec.Patchable()) > 0 {
 			continue // (a stripped file's NOP sites are named by address)
 		}
