@@ -21,23 +21,27 @@ import (
 	"github.com/livetrace/livetrace/internal/report"
 	"github.com/livetrace/livetrace/internal/session"
 	"github.com/livetrace/livetrace/internal/textpoke"
+	"github.com/livetrace/livetrace/internal/tracefile"
 )
 
 // listOptions holds the flags and arguments of `livetrace list`.
 type listOptions struct {
-	pid    int
-	json   bool
-	file   string
-	globs  []string
-	all    bool
-	stdout io.Writer
-	stderr io.Writer
+	pid   int
+	json  bool
+	file  string
+	globs []string
+	// modules: with -p, only the modules whose path or file name
+	// matches one of these (record's -m).
+	modules []string
+	all     bool
+	stdout  io.Writer
+	stderr  io.Writer
 }
 
 func newListCmd(stdout, stderr io.Writer) *cobra.Command {
 	o := &listOptions{stdout: stdout, stderr: stderr}
 	cmd := &cobra.Command{
-		Use:   "list [--json] (-p PID | FILE) [GLOB...]",
+		Use:   "list [--json] [--all] (-p PID [-m MODULE] | FILE) [GLOB...]",
 		Short: "List the patchable function sites of a program or a running process",
 		Long: `List the functions that livetrace can trace: every patchable site of an
 ELF file, or of every module (executable and shared libraries) of a running
@@ -48,7 +52,10 @@ it alone).
 
 GLOBs (shell syntax: *, ?, [a-z]) keep only the functions whose name, plain
 or mangled, matches one of them. Functions of a stripped file that no
-dynamic symbol covers are named by address (0x1234).
+dynamic symbol covers are named by address (0x1234). With -p, -m keeps
+only the modules it matches, as record's -m does (a path or file name
+glob, or a soname such as libc.so.6): list --all -p PID -m M F shows what
+record -p PID -m M -F F traces.
 
 With --json the output is one JSON array of objects with the fields
 function, symbol (mangled name), module (path), address ("0x..."; runtime
@@ -74,7 +81,8 @@ too, and a note on stderr names the file.
 The summary line ("12 sites in 2 modules") and warnings go to stderr.`,
 		Example: `  livetrace list ./myprog
   livetrace list -p 1234 'parse_*'
-  livetrace list --json -p 1234`,
+  livetrace list --json -p 1234
+  livetrace list --all -p 1234 -m libc.so.6 'str*'`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if cmd.Flags().Changed("pid") {
 				if o.pid <= 0 {
@@ -87,6 +95,9 @@ The summary line ("12 sites in 2 modules") and warnings go to stderr.`,
 				}
 				o.globs = args
 			} else {
+				if len(o.modules) > 0 {
+					return fmt.Errorf("list: -m selects modules of a running process: give -p PID, or list the module's FILE itself")
+				}
 				if len(args) == 0 {
 					return fmt.Errorf("list: give a FILE or -p PID (usage: %s)", cmd.UseLine())
 				}
@@ -98,6 +109,7 @@ The summary line ("12 sites in 2 modules") and warnings go to stderr.`,
 	cmd.Flags().IntVarP(&o.pid, "pid", "p", 0, "list the sites of the running process `PID`")
 	cmd.Flags().BoolVar(&o.json, "json", false, "print one JSON array instead of a table")
 	cmd.Flags().BoolVar(&o.all, "all", false, "also list functions without a compiler NOP: form reloc, or none with the reason they cannot be traced")
+	cmd.Flags().StringArrayVarP(&o.modules, "module", "m", nil, "with -p, list only the modules whose path or file name matches `GLOB`, or whose file name extends it as a soname (repeatable)")
 	return cmd
 }
 
@@ -242,7 +254,13 @@ func (o *listOptions) fileRows() ([]listRow, error) {
 // pidRows lists the sites of every module of process o.pid at their runtime
 // addresses, and returns how many modules it read.
 func (o *listOptions) pidRows() ([]listRow, int, error) {
-	mods, skipped, err := elfsite.LiveModulesSkipped(o.pid)
+	// The modules -m leaves out are read for their symbols only (an
+	// IFUNC's implementation is found through their GOT slots).
+	var lopts elfsite.LiveOptions
+	if len(o.modules) > 0 {
+		lopts.Full = func(p string) bool { return tracefile.MatchModule(p, o.modules) }
+	}
+	mods, skipped, err := elfsite.LiveModulesWith(o.pid, lopts)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -251,7 +269,12 @@ func (o *listOptions) pidRows() ([]listRow, int, error) {
 	}
 	var rows []listRow
 	var patchable bool
+	matched := 0
 	for _, m := range mods {
+		if len(o.modules) > 0 && !tracefile.MatchModule(m.Path, o.modules) {
+			continue
+		}
+		matched++
 		extra := o.all && hasReloc(m.Spec)
 		if len(m.Spec.Sites) == 0 && !extra {
 			continue
@@ -264,6 +287,9 @@ func (o *listOptions) pidRows() ([]listRow, int, error) {
 		at := len(rows)
 		rows = append(rows, specRows(m.Spec, m.Path, m.Bias, o.all)...)
 		o.ifuncPicks(mods, m, rows[at:])
+	}
+	if matched == 0 {
+		return nil, 0, fmt.Errorf("no module of pid %d matches -m %s: the MODULE column of livetrace list --all -p %d names them", o.pid, strings.Join(o.modules, " -m "), o.pid)
 	}
 	if !patchable {
 		if !o.all {

@@ -68,6 +68,26 @@ func TestListAllRelocLive(t *testing.T) {
 	if !strings.Contains(raise, "none") || !strings.Contains(raise, "not traceable: displaced call") {
 		t.Errorf("raise (libc): %q, want none with its reason\n%s", raise, out)
 	}
+	// -m keeps libc's raise and drops the program's work_leaf, as
+	// record's -m would; a module nothing matches is an error.
+	out, _, err = runList(t, "--all", "--json", "-p", strconv.Itoa(tp.Pid()), "-m", "libc.so.6")
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := map[string]bool{}
+	for _, r := range decodeJSON(t, out) {
+		names[r["function"].(string)] = true
+		if m := r["module"].(string); !strings.HasSuffix(m, "/libc.so.6") {
+			t.Errorf("list -m libc.so.6 lists %s of %s", r["function"], m)
+			break
+		}
+	}
+	if !names["raise"] || names["work_leaf"] {
+		t.Errorf("list -m libc.so.6: raise %v, work_leaf %v; want raise alone", names["raise"], names["work_leaf"])
+	}
+	if _, _, err := runList(t, "--all", "-p", strconv.Itoa(tp.Pid()), "-m", "nosuch.so"); err == nil || !strings.Contains(err.Error(), "no module of pid "+strconv.Itoa(tp.Pid())+" matches -m nosuch.so") {
+		t.Errorf("list -m nosuch.so: %v, want no module matches", err)
+	}
 	// strlen, an IFUNC of libc: the implementation this process calls.
 	out, _, err = runList(t, "--all", "--json", "-p", strconv.Itoa(tp.Pid()), "strlen")
 	if err != nil {
