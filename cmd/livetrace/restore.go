@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -118,8 +119,8 @@ func (o *restoreOptions) restoreAll() error {
 		}
 		res, err := session.Restore(f.Pid)
 		switch {
-		case errors.Is(err, proc.ErrNoProcess):
-			continue // it exited meanwhile
+		case err != nil && (errors.Is(err, proc.ErrNoProcess) || errors.Is(err, proc.ErrExited) || proc.Exiting(f.Pid, 100*time.Millisecond)):
+			continue // it exited meanwhile: nothing left to undo
 		case err != nil:
 			errs = append(errs, err)
 			fmt.Fprintf(o.stderr, "livetrace: pid %d: %v\n", f.Pid, err)

@@ -302,6 +302,8 @@ func FindOrphans() ([]*Orphan, map[int]error) {
 		o, err := FindOrphan(pid)
 		switch {
 		case errors.Is(err, proc.ErrNoProcess) || errors.Is(err, proc.ErrKernelThread) || errors.Is(err, os.ErrNotExist):
+		case err != nil && proc.Exiting(pid, 0):
+			// It exited between reading its maps and its memory.
 		case err != nil:
 			failed[pid] = err
 		case o != nil:
