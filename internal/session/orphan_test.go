@@ -48,6 +48,22 @@ func TestCovered(t *testing.T) {
 	if _, ok := mappingAt(maps, ^uint64(0)-2, 8); ok {
 		t.Error("mappingAt took a range that wraps")
 	}
+	// A site restore writes must be in a module's code mapped private:
+	// not in anonymous memory, data, or a file's code mapped shared.
+	code := []proc.Mapping{
+		{Start: 0x1000, End: 0x2000, Perms: "r-xp", Inode: 7, Path: "/lib/a.so"},
+		{Start: 0x2000, End: 0x3000, Perms: "r-xs", Inode: 8, Path: "/lib/b.so"},
+		{Start: 0x3000, End: 0x4000, Perms: "rw-p", Inode: 7, Path: "/lib/a.so"},
+		{Start: 0x4000, End: 0x5000, Perms: "r-xp"},
+	}
+	for _, tc := range []struct {
+		addr uint64
+		want bool
+	}{{0x1000, true}, {0x1ffb, true}, {0x1ffc, false}, {0x2000, false}, {0x3000, false}, {0x4000, false}} {
+		if got := inCode(code, tc.addr, 5); got != tc.want {
+			t.Errorf("inCode(%#x) = %v, want %v", tc.addr, got, tc.want)
+		}
+	}
 }
 
 // TestLeaseRate: the first lease, written right after Start's own sample,

@@ -416,7 +416,7 @@ func validateOrphan(p *proc.Process, base uint64) (*adoption, error) {
 // sitePatch checks one entry of the site table against the text, and
 // returns the patch that puts its original bytes back (nil: it holds them).
 func (inj *injection) sitePatch(maps []proc.Mapping, st agent.Site, now [5]byte) (*textpoke.Patch, error) {
-	if m, ok := mappingAt(maps, st.Addr, 5); !ok || !m.Exec() || !m.FileBacked() {
+	if !inCode(maps, st.Addr, 5) {
 		return nil, fmt.Errorf("site %#x is not in a module's code", st.Addr)
 	}
 	orig := [5]byte(st.Orig[:5])
@@ -455,7 +455,7 @@ func (inj *injection) sitePatch(maps []proc.Mapping, st agent.Site, now [5]byte)
 // the patch that puts its original bytes back (nil: it holds them).
 func (inj *injection) regionPatch(p *proc.Process, maps []proc.Mapping, st agent.Site) (*textpoke.Patch, error) {
 	n := uint64(st.Len)
-	if m, ok := mappingAt(maps, st.Addr, n); !ok || !m.Exec() || !m.FileBacked() {
+	if !inCode(maps, st.Addr, n) {
 		return nil, fmt.Errorf("region %#x is not in a module's code", st.Addr)
 	}
 	if !inj.isStub(st.Target) {
@@ -592,6 +592,15 @@ func mappingAt(maps []proc.Mapping, addr, n uint64) (proc.Mapping, bool) {
 		return maps[i], true
 	}
 	return proc.Mapping{}, false
+}
+
+// inCode reports whether [addr, addr+n) lies in one mapping of a module's
+// code, mapped private as the loader maps it: livetrace never patches a
+// file's code mapped shared (a write there would change the file, which
+// the kernel refuses anyway), so a site table that puts a site there lies.
+func inCode(maps []proc.Mapping, addr, n uint64) bool {
+	m, ok := mappingAt(maps, addr, n)
+	return ok && m.Exec() && m.FileBacked() && strings.HasSuffix(m.Perms, "p")
 }
 
 // covered reports whether [lo, hi) is wholly mapped by mappings for which
