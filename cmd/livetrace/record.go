@@ -284,7 +284,7 @@ func (o *recordOptions) run() error {
 	if err != nil {
 		var nm *session.NoMatchError
 		if errors.As(err, &nm) {
-			return noMatchError(nm, o.funcs, o.exclude)
+			return noMatchError(nm, o.funcs, o.exclude, o.pid)
 		}
 		return err
 	}
@@ -592,7 +592,7 @@ func (o *recordOptions) checkOutput() (*bufio.Writer, error) {
 
 // noMatchError turns a selection that matched nothing into an error that
 // shows the closest names, or says that -N took everything.
-func noMatchError(nm *session.NoMatchError, funcs, exclude []string) error {
+func noMatchError(nm *session.NoMatchError, funcs, exclude []string, pid int) error {
 	if nm.Excluded > 0 && len(funcs) == 0 {
 		return fmt.Errorf("nothing to trace: -N %s excludes every function (%s): narrow -N", strings.Join(exclude, " -N "), plural(nm.Excluded, "function"))
 	}
@@ -617,7 +617,11 @@ func noMatchError(nm *session.NoMatchError, funcs, exclude []string) error {
 	if len(near) > 0 {
 		msg += "; closest names: " + strings.Join(near, ", ")
 	}
-	msg += " (see livetrace list -p PID)"
+	who := "PID"
+	if pid > 0 {
+		who = strconv.Itoa(pid)
+	}
+	msg += fmt.Sprintf(" (livetrace list --all -p %s lists them)", who)
 	switch n := len(nm.Stripped); {
 	case n == 1:
 		msg += fmt.Sprintf("; %s is stripped and names only the functions it exports", nm.Stripped[0])
