@@ -675,7 +675,13 @@ func (s *statusLine) clear() {
 // timeout(1) and sleep(1) take it: "record -d 5" is five seconds.
 type seconds time.Duration
 
-func (d *seconds) String() string { return time.Duration(*d).String() }
+// String is "0" for none, which the help does not print as a default.
+func (d *seconds) String() string {
+	if *d == 0 {
+		return "0"
+	}
+	return time.Duration(*d).String()
+}
 
 func (d *seconds) Type() string { return "duration" }
 
