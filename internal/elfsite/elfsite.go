@@ -563,7 +563,7 @@ func (p *parser) site(addr uint64, t Table) (Site, bool) {
 	}
 	st.GraphUnsafe = p.prologue(&st)
 	if st.GraphUnsafe == "" && st.Func >= 0 {
-		st.GraphUnsafe = v8ReadsReturn(p.spec.Funcs[st.Func])
+		st.GraphUnsafe = graphUnsafeName(p.spec.Funcs[st.Func])
 	}
 	return st, true
 }

@@ -714,20 +714,8 @@ func (s *Spec) RelocFunc(i int) (st Site, why string, ok bool) {
 	}
 	st = Site{Addr: plan.Entry, Form: FormReloc, Endbr: plan.Endbr, Func: i, Table: TableSymbol, Plan: plan}
 	copy(st.Bytes[:], plan.Orig())
-	if strings.HasPrefix(f.Raw, "_dl_runtime_resolve") || strings.HasPrefix(f.Raw, "_dl_runtime_profile") {
-		// The dynamic linker's lazy binding entry: PLT0 jumps there with
-		// two words pushed over the return address.
-		st.GraphUnsafe = "return address not at [rsp]: the dynamic linker's PLT resolver is entered by a jmp with two words pushed"
-	} else if why, ok := returnedInto[f.Raw]; ok {
-		st.GraphUnsafe = "return address not at [rsp]: " + why
-	} else if why := v8ReadsReturn(f); why != "" {
+	if why := graphUnsafeName(f); why != "" {
 		st.GraphUnsafe = why
-	} else if f.Raw == "vfork" || f.Raw == "__vfork" {
-		// glibc's vfork pops its return address into a register around
-		// the system call and pushes it back: the child returns first,
-		// through the hijacked address, and takes the parent's shadow
-		// entry with it.
-		st.GraphUnsafe = "returns twice on one stack (the vfork child, then the parent)"
 	} else if len(plan.EntryBranches) > 0 {
 		// The function branches back to its entry, where [rsp] is
 		// whatever it pushed: graph mode would hijack the wrong slot.
@@ -735,6 +723,58 @@ func (s *Spec) RelocFunc(i int) (st Site, why string, ok bool) {
 	}
 	return st, "", true
 }
+
+// graphUnsafeName says why graph mode must leave f alone, known by its
+// name, or "": where a thread enters it [rsp] holds no return address, or
+// its return address is used again after it returned (or by code that
+// must find it there).
+func graphUnsafeName(f Func) string {
+	switch {
+	case strings.HasPrefix(f.Raw, "_dl_runtime_resolve"), strings.HasPrefix(f.Raw, "_dl_runtime_profile"):
+		// The dynamic linker's lazy binding entry: PLT0 jumps there with
+		// two words pushed over the return address.
+		return "return address not at [rsp]: the dynamic linker's PLT resolver is entered by a jmp with two words pushed"
+	}
+	if why, ok := returnedInto[f.Name]; ok {
+		return "return address not at [rsp]: " + why
+	}
+	if why, ok := resumedAt[f.Name]; ok {
+		return why
+	}
+	return v8ReadsReturn(f)
+}
+
+// resumedAt names the functions of a C library that return a second
+// time through the return address they were called with, or hand it to
+// code that does. With it hijacked, the second return enters lt_return
+// after the first has taken the shadow entry, or on another thread:
+// postgres's backends (sigsetjmp under every PG_TRY, and a siglongjmp at
+// every error) died of SIGILL within seconds of a --graph of libc.
+var resumedAt = map[string]string{
+	// glibc's vfork pops its return address into a register around the
+	// system call and pushes it back: the child returns first, through
+	// the hijacked address, and takes the parent's shadow entry with it.
+	"vfork":   "returns twice on one stack (the vfork child, then the parent)",
+	"__vfork": "returns twice on one stack (the vfork child, then the parent)",
+	// setjmp saves its return address, where longjmp returns again.
+	"setjmp":      setjmpTwice,
+	"_setjmp":     setjmpTwice,
+	"__setjmp":    setjmpTwice,
+	"sigsetjmp":   setjmpTwice,
+	"__sigsetjmp": setjmpTwice,
+	// getcontext saves it in the context, where setcontext resumes;
+	// swapcontext too, where the context is resumed, perhaps by another
+	// thread.
+	"getcontext":    contextTwice,
+	"__getcontext":  contextTwice,
+	"swapcontext":   contextTwice,
+	"__swapcontext": contextTwice,
+}
+
+const (
+	setjmpTwice  = "returns twice: its return address is saved for a longjmp to return through again"
+	contextTwice = "returns twice: its return address is saved in a ucontext that setcontext or swapcontext resumes, perhaps on another thread"
+)
 
 // v8ReadsReturn says why graph mode must leave f alone when V8 reads its
 // return address back, or "". V8 walks the stack of a thread running

@@ -352,8 +352,13 @@ func TestRelocLibcAll(t *testing.T) {
 			if got := countEntries(rec); got["qsort"] != want["qsort"] || got["strtol"] != want["strtol"] {
 				t.Errorf("recorded qsort %d and strtol %d calls, the program counted %d and %d", got["qsort"], got["strtol"], want["qsort"], want["strtol"])
 			}
+			// Every sigsetjmp and getcontext came back twice, the second
+			// time through its saved return address.
+			if want["setjmp"] != 300*4 || want["getcontext"] != 300*4 {
+				t.Errorf("while traced: %v, want 1200 setjmp and getcontext returns", want)
+			}
 			testtarget.CheckText(t, tp.Pid())
-			if again := workloadRun(t, tp, 2); again["qsort"] != 2*4 {
+			if again := workloadRun(t, tp, 2); again["qsort"] != 2*4 || again["setjmp"] != 2*4 {
 				t.Errorf("after detach: %v", again)
 			}
 		})

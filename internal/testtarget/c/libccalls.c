@@ -9,10 +9,14 @@
  *   "run N": every worker runs N iterations of: strtol once, qsort once
  *            (8 ints, a comparator of ours), malloc once, free once,
  *            strlen once and wcsrchr once (IFUNCs; libc calls strlen
- *            itself, wcsrchr never); when all are done:
+ *            itself, wcsrchr never), sigsetjmp once with a siglongjmp
+ *            back to it from a function it calls, and getcontext once
+ *            with a setcontext back to it (both return twice); when all
+ *            are done:
  *            done {"strtol":A,"qsort":B,"malloc":C,"free":D,"strlen":E,
- *            "wcsrchr":F}
- *            the calls the workers made since the previous report.
+ *            "wcsrchr":F,"setjmp":G,"getcontext":H}
+ *            the calls the workers made since the previous report, G and
+ *            H counted once each came back the second time.
  *   "quit", or EOF on stdin: exit 0.
  *   anything else: "error unknown command".
  *
@@ -21,12 +25,14 @@
  * exported strtol or qsort while the workers run.
  */
 #include <pthread.h>
+#include <setjmp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <ucontext.h>
 #include <wchar.h>
 
-static unsigned long n_strtol, n_qsort, n_malloc, n_free, n_strlen, n_wcsrchr;
+static unsigned long n_strtol, n_qsort, n_malloc, n_free, n_strlen, n_wcsrchr, n_setjmp, n_getcontext;
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
 static int parked; /* workers that reached their first wait */
@@ -41,6 +47,32 @@ static int cmp_int(const void *a, const void *b)
 {
 	int x = *(const int *)a, y = *(const int *)b;
 	return (x > y) - (x < y);
+}
+
+static __attribute__((noinline)) void jump_back(sigjmp_buf *b)
+{
+	sink++;
+	siglongjmp(*b, 1);
+}
+
+/* sigsetjmp and getcontext return twice: the second time through the
+ * return address they saved the first time. */
+static __attribute__((noinline)) void twice(void)
+{
+	sigjmp_buf b;
+	if (sigsetjmp(b, 0) == 0)
+		jump_back(&b);
+	else
+		__atomic_fetch_add(&n_setjmp, 1, __ATOMIC_RELAXED);
+	ucontext_t uc;
+	volatile int again = 0;
+	if (getcontext(&uc) != 0)
+		return;
+	if (!again) {
+		again = 1;
+		setcontext(&uc);
+	}
+	__atomic_fetch_add(&n_getcontext, 1, __ATOMIC_RELAXED);
 }
 
 static void pattern(void)
@@ -62,6 +94,7 @@ static void pattern(void)
 	__atomic_fetch_add(&n_strlen, 1, __ATOMIC_RELAXED);
 	sink += wcsrchr(wnumber, L'3') != NULL;
 	__atomic_fetch_add(&n_wcsrchr, 1, __ATOMIC_RELAXED);
+	twice();
 }
 
 static void *worker(void *arg)
@@ -131,7 +164,9 @@ int main(int argc, char **argv)
 			unsigned long d = __atomic_exchange_n(&n_free, 0, __ATOMIC_RELAXED);
 			unsigned long e = __atomic_exchange_n(&n_strlen, 0, __ATOMIC_RELAXED);
 			unsigned long f = __atomic_exchange_n(&n_wcsrchr, 0, __ATOMIC_RELAXED);
-			printf("done {\"strtol\":%lu,\"qsort\":%lu,\"malloc\":%lu,\"free\":%lu,\"strlen\":%lu,\"wcsrchr\":%lu}\n", a, b, c, d, e, f);
+			unsigned long g = __atomic_exchange_n(&n_setjmp, 0, __ATOMIC_RELAXED);
+			unsigned long h = __atomic_exchange_n(&n_getcontext, 0, __ATOMIC_RELAXED);
+			printf("done {\"strtol\":%lu,\"qsort\":%lu,\"malloc\":%lu,\"free\":%lu,\"strlen\":%lu,\"wcsrchr\":%lu,\"setjmp\":%lu,\"getcontext\":%lu}\n", a, b, c, d, e, f, g, h);
 		} else if (strcmp(line, "quit\n") == 0) {
 			return 0;
 		} else {
