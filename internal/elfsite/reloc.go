@@ -769,11 +769,17 @@ var resumedAt = map[string]string{
 	"__getcontext":  contextTwice,
 	"swapcontext":   contextTwice,
 	"__swapcontext": contextTwice,
+	// Boost.Context's stack switch (boost::fibers, boost::asio's
+	// coroutines) keeps it on the stack it leaves, where the next jump
+	// to that stack returns through it, perhaps on another thread.
+	"jump_fcontext":  fcontextLater,
+	"ontop_fcontext": fcontextLater,
 }
 
 const (
-	setjmpTwice  = "returns twice: its return address is saved for a longjmp to return through again"
-	contextTwice = "returns twice: its return address is saved in a ucontext that setcontext or swapcontext resumes, perhaps on another thread"
+	setjmpTwice   = "returns twice: its return address is saved for a longjmp to return through again"
+	contextTwice  = "returns twice: its return address is saved in a ucontext that setcontext or swapcontext resumes, perhaps on another thread"
+	fcontextLater = "switches stacks: its return address stays on the stack it leaves, which the next jump to that stack returns through, perhaps on another thread"
 )
 
 // v8ReadsReturn says why graph mode must leave f alone when V8 reads its

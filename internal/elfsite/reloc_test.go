@@ -71,7 +71,10 @@ func TestRelocRefusals(t *testing.T) {
 	".globl fallC\n.type fallC,@function\n.size fallC, 15\nfallC:\n mov $0,%ecx\n"
 	".globl fallD\n.type fallD,@function\nfallD:\n mov %rdx,%r8\n shr %edx\n lea (%rdx,%rcx),%rax\n ret\n.size fallD, .-fallD\n"
 	".globl outerD\n.type outerD,@function\n.size outerD, 12\nouterD:\n xor %eax,%eax\n"
-	".globl innerE\n.type innerE,@function\ninnerE:\n mov %rdx,%r8\n shr %edx\n lea (%rdx,%rcx),%rax\n ret\n.size innerE, .-innerE\n");
+	".globl innerE\n.type innerE,@function\ninnerE:\n mov %rdx,%r8\n shr %edx\n lea (%rdx,%rcx),%rax\n ret\n.size innerE, .-innerE\n"
+	// Functions that return twice, or on another stack, by their names.
+	".type __sigsetjmp,@function\n__sigsetjmp:\n push %rbx\n mov %rdi,%rbx\n lea 1(%rbx),%rax\n pop %rbx\n ret\n.size __sigsetjmp, .-__sigsetjmp\n"
+	".type jump_fcontext,@function\njump_fcontext:\n push %rbx\n mov %rdi,%rbx\n lea 1(%rbx),%rax\n pop %rbx\n ret\n.size jump_fcontext, .-jump_fcontext\n");
 `)
 	spec, err := Open(out)
 	if err != nil {
@@ -121,7 +124,8 @@ func TestRelocRefusals(t *testing.T) {
 	}
 	// V8's embedded builtins, its runtime functions and API callbacks
 	// are traced, but not in graph mode: V8 reads their return addresses.
-	v8 := map[string]string{"Builtins_Add": "V8's embedded builtin", "v8::internal::Runtime_StackGuard": "return address read by V8", "node::Read": "return address read by V8"}
+	v8 := map[string]string{"Builtins_Add": "V8's embedded builtin", "v8::internal::Runtime_StackGuard": "return address read by V8", "node::Read": "return address read by V8",
+		"__sigsetjmp": "returns twice: its return address is saved for a longjmp", "jump_fcontext": "switches stacks"}
 	for _, st := range sites {
 		name := spec.SiteName(st)
 		if want := v8[name]; !strings.HasPrefix(st.GraphUnsafe, want) || want == "" && st.GraphUnsafe != "" {
