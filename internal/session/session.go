@@ -641,7 +641,8 @@ func (s *Session) selectSites() error {
 		}
 	}
 	f := s.siteFilter()
-	nall := 0 // patchable functions in the modules -m selects
+	nall := 0     // patchable functions in the modules -m selects
+	nunnamed := 0 // and those relocation could trace, not analyzed (eachCandidate)
 	var keep []elfsite.Site
 	nmods, excluded := 0, 0
 	// Functions a wildcard matched that cannot be traced: how many, and
@@ -680,9 +681,10 @@ func (s *Session) selectSites() error {
 			return true
 		}
 		var ifuncs []int
-		// The functions left unnamed count as patchable: with none
-		// named, the globs matched nothing (NoMatchError, below).
-		nall += eachCandidate(m, f.include, f.withReloc, func(fs elfsite.Site, why string) {
+		// Functions relocation could trace that the globs do not name:
+		// with some, a selection of none is NoMatchError (below), not
+		// ErrNoSites.
+		nunnamed += eachCandidate(m, f.include, f.withReloc, func(fs elfsite.Site, why string) {
 			if m.Spec.Funcs[fs.Func].IFunc {
 				ifuncs = append(ifuncs, fs.Func) // its implementation, below
 				return
@@ -726,10 +728,10 @@ func (s *Session) selectSites() error {
 		return fmt.Errorf("none of the %s -F matches in process %d can be traced, e.g. %s: %s; `livetrace list --all -p %d` says why for each",
 			plural(nrefused, "function"), s.pid, firstRefused.Name, firstRefused.Reason, s.pid)
 	}
-	if nall == 0 && !f.withReloc && !s.opts.OnlyNop {
+	if nall == 0 && nunnamed == 0 && !f.withReloc && !s.opts.OnlyNop {
 		return fmt.Errorf("%w in process %d (%s): name the functions to trace with -F (functions without a compiler NOP are then traced by relocation), or build it with clang -fpatchable-function-entry=5 (see docs/BUILDING.md)", ErrNoSites, s.pid, s.mods[0].Path)
 	}
-	if nall == 0 {
+	if nall == 0 && nunnamed == 0 {
 		return fmt.Errorf("%w in process %d (%s): build it with clang -fpatchable-function-entry=5 (see docs/BUILDING.md)", ErrNoSites, s.pid, s.mods[0].Path)
 	}
 	if len(s.sel) == 0 && len(s.refused) > 0 {
