@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -288,7 +289,7 @@ func TestRecordFollowRestoreChild(t *testing.T) {
 		t.Fatalf("the child has no agent mapped after the tracer died:\n%s", maps)
 	}
 	o, e, err := runCLIBin(bin, "restore", "-p", strconv.Itoa(tp.Pid()))
-	want := fmt.Sprintf("1 more process holds an agent left by livetrace pid %d (the processes it followed): %d; livetrace restore --all", cmd.Process.Pid, child)
+	want := fmt.Sprintf("1 more process holds an agent left by livetrace pid %d (children of a process it traced): %d; livetrace restore --all", cmd.Process.Pid, child)
 	if err != nil || !strings.Contains(e, want) {
 		t.Fatalf("restore -p %d: %v\n%s%s\nwant it to say %q", tp.Pid(), err, o, e, want)
 	}
@@ -768,4 +769,57 @@ func TestRecordFollowChildrenExitAtDetach(t *testing.T) {
 	}
 	checkText(t, tp.Pid(), text)
 	snap.CheckSame(t, tp.Pid())
+}
+
+// TestRestoreForkedAfterDeath kills a record (no --follow) with SIGKILL
+// and lets the target fork: the child inherits the patched text and the
+// agent, as a forking server's new workers do until restore runs.
+// restore -p TARGET names it, restore --all puts it back. A child forked
+// while record ran got its text back then, and holds no agent to undo.
+func TestRestoreForkedAfterDeath(t *testing.T) {
+	testtarget.RequireRoot(t)
+	bin := livetraceBinary(t)
+	tp := testtarget.Start(t, testtarget.Build(t, testtarget.Follow, testtarget.ClangNop5))
+	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	text := exeText(t, tp.Pid())
+	cmd, stderr, _ := startTracing(t, bin, "record", "-p", strconv.Itoa(tp.Pid()), "-F", "fl_*", "-o", filepath.Join(t.TempDir(), "rec.data"))
+	go io.Copy(io.Discard, stderr)
+	hold := func() int {
+		if err := tp.Send("hold 10"); err != nil {
+			t.Fatal(err)
+		}
+		pid := expectFields(t, tp, "held")[0]
+		t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
+		return pid
+	}
+	during := hold()
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	after := hold()
+	// The child forked after the tracer's death runs the patched text.
+	if equalText(exeText(t, after), text) {
+		t.Fatalf("the child forked after the tracer died holds the original text: nothing to test")
+	}
+	o, e, err := runCLIBin(bin, "restore", "-p", strconv.Itoa(tp.Pid()))
+	want := fmt.Sprintf("1 more process holds an agent left by livetrace pid %d (children of a process it traced): %d;", cmd.Process.Pid, after)
+	if err != nil || !strings.Contains(e, want) {
+		t.Fatalf("restore -p %d: %v\n%s%s\nwant it to say %q", tp.Pid(), err, o, e, want)
+	}
+	o, e, err = runCLIBin(bin, "restore", "--all")
+	if err != nil || !regexp.MustCompile(fmt.Sprintf(`in pid %d\b`, after)).MatchString(o) || regexp.MustCompile(fmt.Sprintf(`in pid %d\b`, during)).MatchString(o) {
+		t.Fatalf("restore --all: %v\n%s%s\nwant it to restore pid %d and not %d", err, o, e, after, during)
+	}
+	for _, pid := range []int{tp.Pid(), during, after} {
+		checkText(t, pid, text)
+	}
+	if _, e, err := runCLIBin(bin, "restore", "-p", strconv.Itoa(during)); err == nil || !strings.Contains(e, "nothing to restore") {
+		t.Errorf("restore -p %d (forked while traced): %v %s, want nothing to restore", during, err, e)
+	}
+}
+
+// equalText reports whether two text snapshots are the same.
+func equalText(a, b map[uint64][]byte) bool {
+	return maps.EqualFunc(a, b, func(x, y []byte) bool { return string(x) == string(y) })
 }

@@ -102,7 +102,7 @@ func (o *restoreOptions) sayOthers(mine *session.Orphan) {
 	if n == 1 {
 		verb = "holds an agent"
 	}
-	fmt.Fprintf(o.stderr, "livetrace: %d more %s %s left by livetrace pid %d (the processes it followed): %s; livetrace restore --all restores them\n",
+	fmt.Fprintf(o.stderr, "livetrace: %d more %s %s left by livetrace pid %d (children of a process it traced): %s; livetrace restore --all restores them\n",
 		n, map[bool]string{true: "process", false: "processes"}[n == 1], verb, mine.Owner.Pid, strings.Join(pids, " "))
 }
 

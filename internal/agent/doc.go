@@ -13,10 +13,12 @@
 //     through /proc/PID/mem (the rest of the region stays zero). It is
 //     never writable in the target, nor made executable by mprotect,
 //     which MemoryDenyWriteExecute and PR_SET_MDWE refuse.
-//   - [CtlOff, +CtlSize): the control page, private anonymous, then
-//     madvise(MADV_WIPEONFORK). It holds enabled and graph ([Ctl]); both
-//     read as zero in a forked child, which therefore records nothing.
-//     After them, at [Addrs.Owner], the owner record ([Owner]): the
+//   - [CtlOff, +CtlSize): the control area, private anonymous. Its first
+//     page (up to CtlOwnerOff) is madvise(MADV_WIPEONFORK): it holds
+//     enabled and graph ([Ctl]), which read as zero in a forked child,
+//     which therefore records nothing. The next page, which a child keeps
+//     (so that restore finds the agent of a child forked after its tracer
+//     died), holds at [Addrs.Owner] the owner record ([Owner]): the
 //     tracer's pid and start time, the regions it mapped and the GOT slots
 //     it hooked, so that a later tracer can undo an agent whose tracer
 //     died, and a lease (a TSC deadline the tracer renews). When an event

@@ -43,17 +43,17 @@ const (
 	// CtlOff is the offset from the agent's base of the control page (MADV_WIPEONFORK).
 	CtlOff = 0x4000
 	// CtlSize is the size of the control page (MADV_WIPEONFORK).
-	CtlSize = 0x1000
+	CtlSize = 0x2000
 	// PrivOff is the offset from the agent's base of the private region (thread table, shadow stacks).
-	PrivOff = 0x5000
+	PrivOff = 0x6000
 	// PrivSize is the size of the private region (thread table, shadow stacks).
 	PrivSize = 0x9041000
 	// SharedOff is the offset from the agent's base of the shared memfd.
-	SharedOff = 0x9046000
+	SharedOff = 0x9047000
 	// Magic is LT_MAGIC from agent.h.
 	Magic = 0x4c544147
 	// Version is LT_VERSION from agent.h.
-	Version = 0x4
+	Version = 0x5
 	// MaxThreads is LT_MAX_THREADS from agent.h.
 	MaxThreads = 0x1000
 	// ShadowDepth is LT_SHADOW_DEPTH from agent.h.
@@ -87,7 +87,7 @@ const (
 	// OwnerMagic is LT_OWNER_MAGIC from agent.h.
 	OwnerMagic = 0x574f544c
 	// OwnerVersion is LT_OWNER_VERSION from agent.h.
-	OwnerVersion = 0x3
+	OwnerVersion = 0x4
 	// MaxStubRegions is LT_MAX_STUB_REGIONS from agent.h.
 	MaxStubRegions = 0x40
 	// MaxHooks is LT_MAX_HOOKS from agent.h.
@@ -157,13 +157,13 @@ const (
 	// ChunkHdrSlotOff is the offset of slot in struct lt_chunk_hdr.
 	ChunkHdrSlotOff = 0x18
 	// SizeofCtl is sizeof(struct lt_ctl).
-	SizeofCtl = 0xa88
+	SizeofCtl = 0x1a48
 	// CtlEnabledOff is the offset of enabled in struct lt_ctl.
 	CtlEnabledOff = 0x0
 	// CtlGraphOff is the offset of graph in struct lt_ctl.
 	CtlGraphOff = 0x4
 	// CtlOwnerOff is the offset of owner in struct lt_ctl.
-	CtlOwnerOff = 0x40
+	CtlOwnerOff = 0x1000
 	// SizeofHook is sizeof(struct lt_hook).
 	SizeofHook = 0x18
 	// HookSlotOff is the offset of slot in struct lt_hook.

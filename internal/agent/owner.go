@@ -100,10 +100,10 @@ func DecodeOwner(b []byte) (Owner, error) {
 	if le.Uint32(b[OwnerMagicOff:]) != OwnerMagic {
 		return o, ErrNoOwner
 	}
-	// Version 2 is version 3 without rbrk_pad (zero there).
-	v := le.Uint32(b[OwnerVersionOff:])
-	if v != OwnerVersion && v != 2 {
-		return o, fmt.Errorf("decode owner record: version %d, this livetrace reads versions 2 and %d", v, OwnerVersion)
+	// Version 4 moved the record to the page a forked child keeps: an
+	// older one is not where this livetrace reads it.
+	if v := le.Uint32(b[OwnerVersionOff:]); v != OwnerVersion {
+		return o, fmt.Errorf("decode owner record: version %d, this livetrace reads version %d", v, OwnerVersion)
 	}
 	ns, nh := le.Uint32(b[OwnerNstubsOff:]), le.Uint32(b[OwnerNhooksOff:])
 	if ns > MaxStubRegions || nh > MaxHooks {
@@ -115,9 +115,7 @@ func DecodeOwner(b []byte) (Owner, error) {
 	o.Base = le.Uint64(b[OwnerBaseOff:])
 	o.SharedSize = le.Uint64(b[OwnerSharedSizeOff:])
 	o.Rbrk = le.Uint64(b[OwnerRbrkOff:])
-	if v == OwnerVersion {
-		o.RbrkPad = le.Uint64(b[OwnerRbrkPadOff:])
-	}
+	o.RbrkPad = le.Uint64(b[OwnerRbrkPadOff:])
 	for i := range int(ns) {
 		at := OwnerStubsOff + i*SizeofRange
 		o.Stubs = append(o.Stubs, Range{Addr: le.Uint64(b[at+RangeAddrOff:]), Size: le.Uint64(b[at+RangeSizeOff:])})

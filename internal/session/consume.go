@@ -386,6 +386,14 @@ func (s *Session) forked(child int, mem *proc.Mem) {
 		return
 	}
 	_ = s.eng.RestoreInto(mem)
+	if s.inj != nil {
+		// Its copy of the agent stays (frames hijacked in graph mode
+		// return through it) but is no agent to undo: without its owner
+		// record's magic, restore does not take it for an orphan, nor
+		// record for a process traced already. (A child forked after the
+		// tracer died keeps the record, and restore undoes it.)
+		_ = mem.Write(s.inj.addrs.Owner+agent.OwnerMagicOff, make([]byte, 4))
+	}
 	if at := s.loader.addr.Load(); at != 0 {
 		_ = mem.Write(at, []byte{opRet}) // the loader's r_brk (dlopen.go)
 		if pad := s.loader.pad.Load(); pad != 0 {

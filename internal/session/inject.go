@@ -275,8 +275,10 @@ func (s *Session) inject() (err error) {
 	s.lap("inject: membarrier registered")
 	// A forked child must see the control page as zeros: enabled = 0,
 	// so it never records into the parent's buffers (docs/DESIGN.md §4).
-	// Nothing is enabled before this call.
-	if _, err := r.SyscallOK("madvise", proc.SysMadvise, a.Ctl, agent.CtlSize, madvWipeOnFork); err != nil {
+	// Nothing is enabled before this call. The owner record, on the page
+	// after it, is kept: restore finds the agent of a child forked after
+	// its tracer died by it.
+	if _, err := r.SyscallOK("madvise", proc.SysMadvise, a.Ctl, agent.CtlOwnerOff, madvWipeOnFork); err != nil {
 		return fmt.Errorf("inject agent: %w", err)
 	}
 

@@ -263,6 +263,13 @@ func FindOrphan(pid int) (*Orphan, error) {
 				}
 			}
 			if mem.Read(a.Owner, buf[:4]) != nil || le.Uint32(buf) != agent.OwnerMagic || mem.Read(a.Owner, buf) != nil {
+				// An agent of a livetrace from before the owner record
+				// moved to a page of its own: say so, not "no agent".
+				var old [8]byte
+				if mem.Read(base+agent.CtlOff+legacyOwnerOff, old[:]) == nil && le.Uint32(old[:]) == agent.OwnerMagic && le.Uint32(old[4:]) < agent.OwnerVersion {
+					return nil, fmt.Errorf("%w in pid %d at %#x: owner record version %d, this livetrace reads version %d: run the restore of the livetrace that injected it, or restart the process",
+						ErrBadAgent, pid, base, le.Uint32(old[4:]), agent.OwnerVersion)
+				}
 				continue
 			}
 			o, err := agent.DecodeOwner(buf)
@@ -278,6 +285,10 @@ func FindOrphan(pid int) (*Orphan, error) {
 	}
 	return nil, nil
 }
+
+// legacyOwnerOff is where in the control page the owner record was before
+// owner record version 4, which moved it to the page a forked child keeps.
+const legacyOwnerOff = 0x40
 
 // le is the byte order of the target.
 var le = binary.LittleEndian

@@ -64,7 +64,7 @@ typedef long long s64;
 /* Constants exported to Go (each LT_FOO becomes agent.Foo). */
 enum lt_const {
 	LT_MAGIC = 0x4c544147,          /* "GATL" little endian: shared header magic */
-	LT_VERSION = 4,                 /* shared memory format version (3: site specs, DATA records; 4: LT_SITE_JMP) */
+	LT_VERSION = 5,                 /* shared memory format version (3: site specs, DATA records; 4: LT_SITE_JMP; 5: the owner record on a page a forked child keeps) */
 	LT_MAX_THREADS = 4096,          /* thread table slots (power of two) */
 	LT_SHADOW_DEPTH = 512,          /* shadow stack entries per thread */
 	LT_MAX_PROBES = 64,             /* thread table probes per lookup */
@@ -81,7 +81,7 @@ enum lt_const {
 	LT_KIND_ENTRY = 1,              /* record kind: function entry */
 	LT_KIND_EXIT = 2,               /* record kind: function exit */
 	LT_OWNER_MAGIC = 0x574f544c,    /* "LTOW" little endian: control page owner record */
-	LT_OWNER_VERSION = 3,           /* owner record format version (2: rbrk, 3: rbrk_pad) */
+	LT_OWNER_VERSION = 4,           /* owner record format version (2: rbrk, 3: rbrk_pad, 4: at Ctl + 4096, kept on fork) */
 	LT_MAX_STUB_REGIONS = 64,       /* stub regions an owner record lists */
 	LT_MAX_HOOKS = 64,              /* GOT hooks an owner record lists */
 	LT_SITE_ORIG = 32,              /* bytes of struct lt_site.orig: a relocated region at most */
@@ -157,14 +157,17 @@ struct lt_owner {
 };
 
 /*
- * struct lt_ctl is the control page (MADV_WIPEONFORK: reads as zero in a
- * forked child). The tracer writes it through /proc/PID/mem. The agent
- * clears enabled itself when the owner's lease has expired (lt_drop).
+ * struct lt_ctl is the control area: a first page (MADV_WIPEONFORK: reads
+ * as zero in a forked child) with enabled and graph, then the owner record
+ * on a page of its own that a forked child keeps, so that restore finds
+ * the agent in a child forked after its tracer died. The tracer writes it
+ * through /proc/PID/mem. The agent clears enabled itself when the owner's
+ * lease has expired (lt_drop).
  */
 struct lt_ctl {
 	u32 enabled; /* nonzero: record events */
 	u32 graph;   /* nonzero: hijack returns and record exits */
-	u64 pad[7];  /* the tracer stages short strings here */
+	u8 pad[4096 - 8]; /* the tracer stages short strings at its end */
 	struct lt_owner owner;
 };
 
@@ -335,8 +338,10 @@ struct lt_chunk_hdr {
 _Static_assert(sizeof(struct lt_chunk_hdr) == 64, "chunk header is 64 bytes");
 _Static_assert(sizeof(struct lt_thread) == 64, "thread slot is 64 bytes");
 _Static_assert(sizeof(struct lt_shared_hdr) <= LT_SHARED_HDR_PAGE, "shared header fits");
-/* The tracer stages a struct sigaction in the control page's last bytes. */
-_Static_assert(sizeof(struct lt_ctl) <= 4096 - 64, "control page has room for the staging area");
+/* Only the first page is wiped on fork: the owner record starts the second.
+ * The tracer stages a struct sigaction in the second page's last bytes. */
+_Static_assert(__builtin_offsetof(struct lt_ctl, owner) == 4096, "the owner record starts the page a forked child keeps");
+_Static_assert(sizeof(struct lt_owner) <= 4096 - 64, "the owner page has room for the staging area");
 
 /*
  * struct lt_record is one event. An event of a site with a spec is its
