@@ -126,10 +126,7 @@ func countsByPid(t *testing.T, path string) (map[int]map[string]int, *tracefile.
 func TestRecordFollowFork(t *testing.T) {
 	testtarget.RequireRoot(t)
 	bin := livetraceBinary(t)
-	tp := testtarget.Start(t, testtarget.Build(t, testtarget.Follow, testtarget.ClangNop5))
-	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	tp := startFollow(t)
 	text := exeText(t, tp.Pid())
 	snap := testtarget.TakeSnapshot(t, tp.Pid())
 	out := filepath.Join(t.TempDir(), "rec.data")
@@ -262,10 +259,7 @@ func checkMapsSame(t *testing.T, snap testtarget.Snapshot, pid int) {
 func TestRecordFollowRestoreChild(t *testing.T) {
 	testtarget.RequireRoot(t)
 	bin := livetraceBinary(t)
-	tp := testtarget.Start(t, testtarget.Build(t, testtarget.Follow, testtarget.ClangNop5))
-	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	tp := startFollow(t)
 	text := exeText(t, tp.Pid())
 	snap := testtarget.TakeSnapshot(t, tp.Pid())
 	cmd, stderr, _ := startTracing(t, bin, "record", "-p", strconv.Itoa(tp.Pid()), "-F", "fl_*", "--follow", "-o", filepath.Join(t.TempDir(), "rec.data"))
@@ -360,10 +354,7 @@ func TestRecordFollowDaemon(t *testing.T) {
 func TestRecordFollowExec(t *testing.T) {
 	testtarget.RequireRoot(t)
 	bin := livetraceBinary(t)
-	tp := testtarget.Start(t, testtarget.Build(t, testtarget.Follow, testtarget.ClangNop5))
-	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	tp := startFollow(t)
 	text := exeText(t, tp.Pid())
 	snap := testtarget.TakeSnapshot(t, tp.Pid())
 	out := filepath.Join(t.TempDir(), "rec.data")
@@ -525,10 +516,7 @@ sys.stdin.readline()
 func TestRecordFollowGraphFork(t *testing.T) {
 	testtarget.RequireRoot(t)
 	bin := livetraceBinary(t)
-	tp := testtarget.Start(t, testtarget.Build(t, testtarget.Follow, testtarget.ClangNop5))
-	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	tp := startFollow(t)
 	text := exeText(t, tp.Pid())
 	out := filepath.Join(t.TempDir(), "rec.data")
 	cmd, stderr, _ := startTracing(t, bin, "record", "-p", strconv.Itoa(tp.Pid()), "-F", "fl_*", "--graph", "--follow", "-d", "2s", "-o", out)
@@ -606,10 +594,7 @@ func sameCode(t *testing.T, pid int, want map[uint64][]byte) {
 func TestRecordFollowExecStays(t *testing.T) {
 	testtarget.RequireRoot(t)
 	bin := livetraceBinary(t)
-	tp := testtarget.Start(t, testtarget.Build(t, testtarget.Follow, testtarget.ClangNop5))
-	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	tp := startFollow(t)
 	text := exeText(t, tp.Pid())
 	out := filepath.Join(t.TempDir(), "rec.data")
 	cmd, stderr, _ := startTracing(t, bin, "record", "-p", strconv.Itoa(tp.Pid()), "-F", "fl_*", "--follow", "-d", "2s", "-o", out)
@@ -688,10 +673,7 @@ func TestRecordFollowShell(t *testing.T) {
 func TestLiveFollow(t *testing.T) {
 	testtarget.RequireRoot(t)
 	bin := livetraceBinary(t)
-	tp := testtarget.Start(t, testtarget.Build(t, testtarget.Follow, testtarget.ClangNop5))
-	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	tp := startFollow(t)
 	cmd := exec.Command(bin, "live", "-p", strconv.Itoa(tp.Pid()), "-F", "fl_*", "--follow", "-d", "2s")
 	var stdout strings.Builder
 	cmd.Stdout = &stdout
@@ -729,10 +711,7 @@ func TestLiveFollow(t *testing.T) {
 func TestRecordFollowChildrenExitAtDetach(t *testing.T) {
 	testtarget.RequireRoot(t)
 	bin := livetraceBinary(t)
-	tp := testtarget.Start(t, testtarget.Build(t, testtarget.Follow, testtarget.ClangNop5))
-	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	tp := startFollow(t)
 	text := exeText(t, tp.Pid())
 	snap := testtarget.TakeSnapshot(t, tp.Pid())
 	for round := range 4 {
@@ -779,10 +758,7 @@ func TestRecordFollowChildrenExitAtDetach(t *testing.T) {
 func TestRestoreForkedAfterDeath(t *testing.T) {
 	testtarget.RequireRoot(t)
 	bin := livetraceBinary(t)
-	tp := testtarget.Start(t, testtarget.Build(t, testtarget.Follow, testtarget.ClangNop5))
-	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	tp := startFollow(t)
 	text := exeText(t, tp.Pid())
 	cmd, stderr, _ := startTracing(t, bin, "record", "-p", strconv.Itoa(tp.Pid()), "-F", "fl_*", "-o", filepath.Join(t.TempDir(), "rec.data"))
 	go io.Copy(io.Discard, stderr)
@@ -822,4 +798,14 @@ func TestRestoreForkedAfterDeath(t *testing.T) {
 // equalText reports whether two text snapshots are the same.
 func equalText(a, b map[uint64][]byte) bool {
 	return maps.EqualFunc(a, b, func(x, y []byte) bool { return string(x) == string(y) })
+}
+
+// startFollow starts the follow fixture and waits until it is ready.
+func startFollow(t *testing.T) *testtarget.Process {
+	t.Helper()
+	tp := testtarget.Start(t, testtarget.Build(t, testtarget.Follow, testtarget.ClangNop5))
+	if _, err := tp.Expect("ready", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	return tp
 }

@@ -75,14 +75,9 @@ func TestRecordStrippedNameless(t *testing.T) {
 	bin := livetraceBinary(t)
 	exe := buildStrippedPIE(t, "#include <unistd.h>\nstatic int f(int x) { return x * 3; }\nint main(int c, char **v) { (void)v; for (;;) pause(); return f(c); }\n")
 	dir := t.TempDir()
-	p := exec.Command(exe)
-	if err := p.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = p.Process.Kill(); _ = p.Wait() })
-	time.Sleep(200 * time.Millisecond)
+	pid := startPaused(t, exe)
 	t.Setenv("LIVETRACE_DEBUG_DIR", "-")
-	_, stderr, err := runCLIBin(bin, "record", "-p", strconv.Itoa(p.Process.Pid), "-F", "pause", "-d", "0.2s", "-o", filepath.Join(dir, "rec.data"))
+	_, stderr, err := runCLIBin(bin, "record", "-p", strconv.Itoa(pid), "-F", "pause", "-d", "0.2s", "-o", filepath.Join(dir, "rec.data"))
 	if err != nil {
 		t.Fatalf("record: %v\n%s", err, stderr)
 	}
@@ -104,15 +99,10 @@ __attribute__((noinline)) static int hidden_step(int x) { return x * 3; }
 __attribute__((noinline)) int exported_step(int x) { return hidden_step(x) + 1; }
 int main(int c, char **v) { (void)v; for (;;) { pause(); c = exported_step(c); } return c; }
 `, "-rdynamic")
-	p := exec.Command(exe)
-	if err := p.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = p.Process.Kill(); _ = p.Wait() })
-	time.Sleep(200 * time.Millisecond)
+	p := startPaused(t, exe)
 	t.Setenv("LIVETRACE_DEBUG_DIR", "-")
 	dir := t.TempDir()
-	pid := strconv.Itoa(p.Process.Pid)
+	pid := strconv.Itoa(p)
 	_, stderr, err := runCLIBin(bin, "record", "-p", pid, "-F", "hidden_step", "-d", "0.2s", "-o", filepath.Join(dir, "a.data"))
 	for _, want := range []string{"no function matches hidden_step", exe + " is stripped and names only the functions it exports", "-dbgsym"} {
 		if err == nil || !strings.Contains(stderr, want) {
@@ -123,5 +113,18 @@ int main(int c, char **v) { (void)v; for (;;) { pause(); c = exported_step(c); }
 	if err != nil || !strings.Contains(stderr, "tracing nothing in PID "+pid+" (no function matches hidden_step); following") || strings.Contains(stderr, "dlopen") {
 		t.Errorf("record --follow -F hidden_step: %v\n%s", err, stderr)
 	}
-	testtarget.CheckText(t, p.Process.Pid)
+	testtarget.CheckText(t, p)
+}
+
+// startPaused starts exe, a program that waits in pause(), killed at the
+// test's end, and gives it time to get there.
+func startPaused(t *testing.T, exe string) int {
+	t.Helper()
+	p := exec.Command(exe)
+	if err := p.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Process.Kill(); _ = p.Wait() })
+	time.Sleep(200 * time.Millisecond)
+	return p.Process.Pid
 }
