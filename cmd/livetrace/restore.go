@@ -43,9 +43,11 @@ and changes nothing when anything it reads from the process does not make
 sense. An orphaned agent costs the process almost nothing meanwhile: it
 turns itself off within a second of its tracer's death.
 
-A record that followed forks (--follow) leaves an agent in each child it
-was tracing too: --all restores every process that holds an agent whose
-livetrace is gone, and restore -p names the others the same livetrace left.
+Children of a traced process may hold the agent too: those a record
+--follow was tracing, and those forked after their tracer died (a forking
+server's new workers). --all restores every process that holds an agent
+whose livetrace is gone, and restore -p names the others the same
+livetrace left.
 
 Signals other than SIGKILL do not interrupt restore: it runs to the end.`,
 		Example: `  livetrace restore -p 1234
@@ -81,8 +83,9 @@ Signals other than SIGKILL do not interrupt restore: it runs to the end.`,
 	return cmd
 }
 
-// sayOthers names the processes that hold an agent the livetrace that
-// left mine's left too: the children a record --follow traced.
+// sayOthers names the other processes that hold an agent of the
+// livetrace that left mine: children it followed, or forked after it
+// died.
 func (o *restoreOptions) sayOthers(mine *session.Orphan) {
 	found, _ := session.FindOrphans()
 	var pids []string
@@ -102,8 +105,8 @@ func (o *restoreOptions) sayOthers(mine *session.Orphan) {
 	if n == 1 {
 		verb = "holds an agent"
 	}
-	fmt.Fprintf(o.stderr, "livetrace: %d more %s %s left by livetrace pid %d (children of a process it traced): %s; livetrace restore --all restores them\n",
-		n, map[bool]string{true: "process", false: "processes"}[n == 1], verb, mine.Owner.Pid, strings.Join(pids, " "))
+	fmt.Fprintf(o.stderr, "livetrace: %s %s left by livetrace pid %d (children of a process it traced): %s; livetrace restore --all restores them\n",
+		plural(n, "more process"), verb, mine.Owner.Pid, strings.Join(pids, " "))
 }
 
 // restoreAll restores every orphaned agent, one process after another,

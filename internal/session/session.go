@@ -728,10 +728,10 @@ func (s *Session) selectSites() error {
 		return fmt.Errorf("none of the %s -F matches in process %d can be traced, e.g. %s: %s; `livetrace list --all -p %d` says why for each",
 			plural(nrefused, "function"), s.pid, firstRefused.Name, firstRefused.Reason, s.pid)
 	}
-	if nall == 0 && nunnamed == 0 && !f.withReloc && !s.opts.OnlyNop {
-		return fmt.Errorf("%w in process %d (%s): name the functions to trace with -F (functions without a compiler NOP are then traced by relocation), or build it with clang -fpatchable-function-entry=5 (see docs/BUILDING.md)", ErrNoSites, s.pid, s.mods[0].Path)
-	}
 	if nall == 0 && nunnamed == 0 {
+		if !f.withReloc && !s.opts.OnlyNop {
+			return fmt.Errorf("%w in process %d (%s): name the functions to trace with -F (functions without a compiler NOP are then traced by relocation), or build it with clang -fpatchable-function-entry=5 (see docs/BUILDING.md)", ErrNoSites, s.pid, s.mods[0].Path)
+		}
 		return fmt.Errorf("%w in process %d (%s): build it with clang -fpatchable-function-entry=5 (see docs/BUILDING.md)", ErrNoSites, s.pid, s.mods[0].Path)
 	}
 	if len(s.sel) == 0 && len(s.refused) > 0 {
@@ -741,12 +741,13 @@ func (s *Session) selectSites() error {
 		// The names, for suggestions, are gathered only here: 10,000
 		// of them cost a millisecond of every attach.
 		var all, stripped []string
-		for i, m := range s.mods {
+		exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", s.pid)) // s.meta.Exe is read later
+		for _, m := range s.mods {
 			if !matchModule(m.Path, s.opts.Modules) {
 				continue
 			}
 			all = append(all, candidateNames(m, f.withReloc)...)
-			if m.Spec.Stripped && len(m.Spec.Funcs) > 0 && (i == 0 || len(s.opts.Modules) > 0) {
+			if m.Spec.Stripped && len(m.Spec.Funcs) > 0 && (m.Path == exe || len(s.opts.Modules) > 0) {
 				stripped = append(stripped, m.Path)
 			}
 		}
