@@ -66,15 +66,12 @@ Signals other than SIGKILL do not interrupt restore: it runs to the end.`,
 				return fmt.Errorf("parse -p %d: a pid is a positive number", o.pid)
 			}
 			waitSignals()
-			mine, _ := session.FindOrphan(o.pid)
 			res, err := session.Restore(o.pid)
 			if err != nil {
 				return err
 			}
 			fmt.Fprintf(o.stdout, "livetrace: %s\n", res)
-			if mine != nil {
-				o.sayOthers(mine)
-			}
+			o.sayOthers(res)
 			return nil
 		},
 	}
@@ -84,13 +81,13 @@ Signals other than SIGKILL do not interrupt restore: it runs to the end.`,
 }
 
 // sayOthers names the other processes that hold an agent of the
-// livetrace that left mine: children it followed, or forked after it
-// died.
-func (o *restoreOptions) sayOthers(mine *session.Orphan) {
+// livetrace whose agent res undid: children it followed, or forked after
+// it died.
+func (o *restoreOptions) sayOthers(res *session.RestoreResult) {
 	found, _ := session.FindOrphans()
 	var pids []string
 	for _, f := range found {
-		if f.Pid != mine.Pid && !f.Alive && f.SameTracer(mine) {
+		if f.Pid != res.Pid && !f.Alive && int(f.Owner.Pid) == res.Owner && f.Owner.Start == res.OwnerStart {
 			pids = append(pids, strconv.Itoa(f.Pid))
 		}
 	}
@@ -106,7 +103,7 @@ func (o *restoreOptions) sayOthers(mine *session.Orphan) {
 		verb = "holds an agent"
 	}
 	fmt.Fprintf(o.stderr, "livetrace: %s %s left by livetrace pid %d (children of a process it traced): %s; livetrace restore --all restores them\n",
-		plural(n, "more process"), verb, mine.Owner.Pid, strings.Join(pids, " "))
+		plural(n, "more process"), verb, res.Owner, strings.Join(pids, " "))
 }
 
 // restoreAll restores every orphaned agent, one process after another,
@@ -122,7 +119,7 @@ func (o *restoreOptions) restoreAll() error {
 		}
 		res, err := session.Restore(f.Pid)
 		switch {
-		case err != nil && (errors.Is(err, proc.ErrNoProcess) || errors.Is(err, proc.ErrExited) || proc.Exiting(f.Pid, 100*time.Millisecond)):
+		case proc.ExitedDuring(f.Pid, err, 100*time.Millisecond):
 			continue // it exited meanwhile: nothing left to undo
 		case err != nil:
 			errs = append(errs, err)

@@ -276,3 +276,11 @@ func Exiting(pid int, wait time.Duration) bool {
 		time.Sleep(2 * time.Millisecond)
 	}
 }
+
+// ExitedDuring reports whether err, returned by a request about process
+// pid, came from its exit (waiting up to wait for /proc to show it, as
+// [Exiting] does): a process that exits meanwhile has nothing left to
+// undo or to look into.
+func ExitedDuring(pid int, err error, wait time.Duration) bool {
+	return err != nil && (errors.Is(err, ErrNoProcess) || errors.Is(err, ErrExited) || Exiting(pid, wait))
+}

@@ -269,7 +269,7 @@ func (s *Session) closeMember(m *member) error {
 		// A child that exits meanwhile (a postgres backend whose client
 		// left) has nothing left to undo: its last request failed, or
 		// the next one would.
-		if err != nil && !errors.Is(err, proc.ErrExited) && !gone() && !proc.Exiting(m.p.Pid(), 100*time.Millisecond) {
+		if err != nil && !gone() && !proc.ExitedDuring(m.p.Pid(), err, 100*time.Millisecond) {
 			errs = append(errs, err)
 		}
 	}

@@ -312,9 +312,9 @@ func FindOrphans() ([]*Orphan, map[int]error) {
 		}
 		o, err := FindOrphan(pid)
 		switch {
-		case errors.Is(err, proc.ErrNoProcess) || errors.Is(err, proc.ErrKernelThread) || errors.Is(err, os.ErrNotExist):
-		case err != nil && proc.Exiting(pid, 0):
-			// It exited between reading its maps and its memory.
+		case errors.Is(err, proc.ErrKernelThread) || errors.Is(err, os.ErrNotExist) || proc.ExitedDuring(pid, err, 0):
+			// A kernel thread, or it exited (between reading its maps
+			// and its memory, too).
 		case err != nil:
 			failed[pid] = err
 		case o != nil:
@@ -323,9 +323,4 @@ func FindOrphans() ([]*Orphan, map[int]error) {
 	}
 	slices.SortFunc(out, func(a, b *Orphan) int { return a.Pid - b.Pid })
 	return out, failed
-}
-
-// SameTracer reports whether o and p were left by the same livetrace.
-func (o *Orphan) SameTracer(p *Orphan) bool {
-	return o.Owner.Pid == p.Owner.Pid && o.Owner.Start == p.Owner.Start
 }

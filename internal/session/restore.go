@@ -19,15 +19,18 @@ import (
 
 // RestoreResult says what [Restore] did.
 type RestoreResult struct {
-	Pid      int
-	Base     uint64 // where the agent was
-	Owner    int    // pid of the livetrace that had left it
-	Sites    int    // sites in the agent's table
-	Restored int    // sites given their original bytes back (the others held them already)
-	Returns  int    // hijacked return addresses put back
-	Hooks    int    // GOT slots put back
-	Sigtrap  bool   // the application's SIGTRAP action was put back
-	Regions  int    // mappings removed
+	Pid   int
+	Base  uint64 // where the agent was
+	Owner int    // pid of the livetrace that had left it
+	// OwnerStart is that livetrace's start time (field 22 of
+	// /proc/PID/stat): with Owner, it names the livetrace.
+	OwnerStart uint64
+	Sites      int  // sites in the agent's table
+	Restored   int  // sites given their original bytes back (the others held them already)
+	Returns    int  // hijacked return addresses put back
+	Hooks      int  // GOT slots put back
+	Sigtrap    bool // the application's SIGTRAP action was put back
+	Regions    int  // mappings removed
 	// Rbrk says the INT3 over the loader's r_brk (dlopen.go) was
 	// replaced by its `ret` again.
 	Rbrk bool
@@ -127,7 +130,7 @@ func adopt(p *proc.Process, base uint64) (*RestoreResult, error) {
 	if err != nil {
 		return nil, fmt.Errorf("restore pid %d: %w; nothing was changed", pid, err)
 	}
-	res := &RestoreResult{Pid: pid, Base: base, Owner: int(ad.owner.Pid), Sites: len(ad.sites)}
+	res := &RestoreResult{Pid: pid, Base: base, Owner: int(ad.owner.Pid), OwnerStart: ad.owner.Start, Sites: len(ad.sites)}
 	inj := ad.inj
 	// Take the agent over: this process owns it now (a restore that dies
 	// leaves it to the next one), and it records nothing more.
