@@ -495,6 +495,9 @@ loop:
 	}
 	fmt.Fprintf(o.stderr, "livetrace: %s, %d lost, %s in %v%s\n",
 		plural(int(sum.Events), "event"), sum.Lost, plural(sum.Threads, "thread"), sum.Duration.Round(time.Millisecond), wrote)
+	if sum.JITCalls > 0 {
+		fmt.Fprintf(o.stderr, "livetrace: %s from JIT-compiled code not traced: graph mode leaves a return address outside every module alone (the runtime that compiled the caller may read it back); record without --graph traces them\n", plural(int(sum.JITCalls), "call"))
+	}
 	if sum.Corrupt > 0 {
 		fmt.Fprintf(o.stderr, "livetrace: warning: %d malformed records from the target were dropped\n", sum.Corrupt)
 	}

@@ -52,6 +52,7 @@ type Counters struct {
 	Reentered uint64 // events dropped: the agent was re-entered by a signal handler
 	Threads   uint64 // thread slots claimed
 	Traps     uint64 // SIGTRAPs emulated by the backstop handler
+	JITCalls  uint64 // graph-mode calls not traced: their return address is in no module (CodeTable)
 	Corrupt   uint64 // chunks with an impossible header (consumer side)
 	Foreign   uint64 // records dropped: their chunk names a thread the target does not have (consumer side)
 }
@@ -318,6 +319,7 @@ func (c *Consumer) Counters() Counters {
 		Reentered: ld(SharedHdrReenteredOff),
 		Threads:   ld(SharedHdrThreadsOff),
 		Traps:     ld(SharedHdrTrapsOff),
+		JITCalls:  ld(SharedHdrJitCallsOff),
 		Corrupt:   c.corrupt,
 		Foreign:   c.foreign,
 	}

@@ -26,8 +26,9 @@
 //     enabled itself: an orphaned agent costs a traced call about what a
 //     disabled one does, within a second of its tracer's death.
 //   - [PrivOff, +PrivSize): private anonymous (MAP_NORESERVE advised),
-//     NOT wipe-on-fork: the saved SIGTRAP action, the thread table
-//     (MaxThreads slots) and the shadow stacks (ShadowDepth entries each).
+//     NOT wipe-on-fork: the saved SIGTRAP action, the code table
+//     ([CodeTable]), the thread table (MaxThreads slots) and the shadow
+//     stacks (ShadowDepth entries each).
 //     A forked child keeps a copy, so hijacked frames it inherits still
 //     return. Only touched pages cost memory.
 //   - [SharedOff, +SharedSize(cfg)): a memfd created in the target, mapped
@@ -142,6 +143,15 @@
 // slot, site} on the thread's shadow stack and overwrites the slot with
 // lt_return. The depth recorded for a frame is the index of its entry, and
 // its exit record carries the same depth.
+//
+// Only a return address in the code table (the process's modules, written
+// by the tracer, [CodeTable]) is hijacked. A call from anywhere else comes
+// from JIT-compiled code, whose runtime may read the return address back
+// (HotSpot takes the pc of a Java frame from it): it is not recorded, and
+// counted in the shared header's jit_calls. Each thread slot keeps the two
+// ranges of the table it found last, valid for one generation of the
+// table; the fast paths compare those (CODE_KNOWN in agent.S), C searches
+// the table (lt_code_known).
 //
 // One shadow stack per thread holds the frames of every stack the thread
 // runs on (its own, a sigaltstack, ucontext and coroutine stacks), in the

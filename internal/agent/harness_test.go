@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/livetrace/livetrace/internal/proc"
 	"github.com/livetrace/livetrace/internal/testtarget"
 	"golang.org/x/sys/unix"
 )
@@ -296,6 +297,22 @@ func runHarness(t testing.TB, o runOpts) *run {
 		if _, err := pm.WriteAt(binary.LittleEndian.AppendUint64(nil, h.Hook), int64(g.addr)); err != nil {
 			t.Fatal(err)
 		}
+	}
+	// The code table, as a session writes it: graph mode hijacks only
+	// the return addresses in it.
+	maps, err := proc.ReadMaps(cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var spans []Span
+	for _, m := range maps {
+		if m.Exec() && m.FileBacked() {
+			spans = append(spans, Span{Lo: m.Start, Hi: m.End})
+		}
+	}
+	var table CodeTable
+	if err := table.Write(func(addr uint64, b []byte) error { _, err := pm.WriteAt(b, int64(addr)); return err }, addrs, spans); err != nil {
+		t.Fatal(err)
 	}
 	if _, err := pm.WriteAt(o.ctl.Encode(), int64(addrs.Ctl)); err != nil {
 		t.Fatalf("write ctl: %v", err)

@@ -17,29 +17,29 @@ const (
 	// EntryOff is the offset from the agent's base of lt_entry, the target of every site stub.
 	EntryOff = 0x0
 	// ReturnOff is the offset from the agent's base of lt_return, the hijacked return address in graph mode.
-	ReturnOff = 0x7f0
+	ReturnOff = 0x850
 	// ReturnKeepOff is the offset from the agent's base of lt_return_keep, the hijacked return address of a keep site's frame (agent.Keep).
-	ReturnKeepOff = 0x960
+	ReturnKeepOff = 0x9c0
 	// SigtrapOff is the offset from the agent's base of lt_sigtrap, the SIGTRAP backstop handler (SA_SIGINFO).
-	SigtrapOff = 0x2eb0
+	SigtrapOff = 0x3000
 	// RestorerOff is the offset from the agent's base of lt_restorer, the SA_RESTORER for lt_sigtrap.
-	RestorerOff = 0x9c0
+	RestorerOff = 0xa20
 	// RemoteOff is the offset from the agent's base of lt_remote, `syscall; int3`: where the tracer runs remote system calls once the agent is in.
-	RemoteOff = 0x9d0
+	RemoteOff = 0xa30
 	// HookRaiseOff is the offset from the agent's base of lt_hook_raise, which runs in place of _Unwind_RaiseException in graph mode.
-	HookRaiseOff = 0x3850
+	HookRaiseOff = 0x39a0
 	// HookResumeOrRethrowOff is the offset from the agent's base of lt_hook_resume_or_rethrow, which runs in place of _Unwind_Resume_or_Rethrow in graph mode.
-	HookResumeOrRethrowOff = 0x3890
+	HookResumeOrRethrowOff = 0x39e0
 	// HookBeginCatchOff is the offset from the agent's base of lt_hook_begin_catch, which runs in place of __cxa_begin_catch in graph mode.
-	HookBeginCatchOff = 0x38d0
+	HookBeginCatchOff = 0x3a20
 	// HookLongjmpOff is the offset from the agent's base of lt_hook_longjmp, which runs in place of longjmp in graph mode.
-	HookLongjmpOff = 0x3910
+	HookLongjmpOff = 0x3a60
 	// HookLongjmpUOff is the offset from the agent's base of lt_hook__longjmp, which runs in place of _longjmp in graph mode.
-	HookLongjmpUOff = 0x3950
+	HookLongjmpUOff = 0x3aa0
 	// HookSiglongjmpOff is the offset from the agent's base of lt_hook_siglongjmp, which runs in place of siglongjmp in graph mode.
-	HookSiglongjmpOff = 0x3990
+	HookSiglongjmpOff = 0x3ae0
 	// HookLongjmpChkOff is the offset from the agent's base of lt_hook_longjmp_chk, which runs in place of __longjmp_chk in graph mode.
-	HookLongjmpChkOff = 0x39d0
+	HookLongjmpChkOff = 0x3b20
 	// CtlOff is the offset from the agent's base of the control page (MADV_WIPEONFORK).
 	CtlOff = 0x4000
 	// CtlSize is the size of the control page (MADV_WIPEONFORK).
@@ -47,13 +47,13 @@ const (
 	// PrivOff is the offset from the agent's base of the private region (thread table, shadow stacks).
 	PrivOff = 0x6000
 	// PrivSize is the size of the private region (thread table, shadow stacks).
-	PrivSize = 0x9041000
+	PrivSize = 0x9081000
 	// SharedOff is the offset from the agent's base of the shared memfd.
-	SharedOff = 0x9047000
+	SharedOff = 0x9087000
 	// Magic is LT_MAGIC from agent.h.
 	Magic = 0x4c544147
 	// Version is LT_VERSION from agent.h.
-	Version = 0x5
+	Version = 0x6
 	// MaxThreads is LT_MAX_THREADS from agent.h.
 	MaxThreads = 0x1000
 	// ShadowDepth is LT_SHADOW_DEPTH from agent.h.
@@ -142,6 +142,8 @@ const (
 	StubRet = 0x10000000
 	// HeldBytes is LT_HELD_BYTES from agent.h.
 	HeldBytes = 0x4000
+	// MaxCode is LT_MAX_CODE from agent.h.
+	MaxCode = 0xc8
 	// SizeofChunkHdr is sizeof(struct lt_chunk_hdr).
 	SizeofChunkHdr = 0x40
 	// ChunkHdrStateOff is the offset of state in struct lt_chunk_hdr.
@@ -211,7 +213,7 @@ const (
 	// OwnerRbrkPadOff is the offset of rbrk_pad in struct lt_owner.
 	OwnerRbrkPadOff = 0xa40
 	// SizeofPriv is sizeof(struct lt_priv).
-	SizeofPriv = 0x9041000
+	SizeofPriv = 0x9081000
 	// PrivOldSigtrapOff is the offset of old_sigtrap in struct lt_priv.
 	PrivOldSigtrapOff = 0x0
 	// PrivRemoteOff is the offset of remote in struct lt_priv.
@@ -222,14 +224,20 @@ const (
 	PrivSharedReadyOff = 0x138
 	// PrivRbrkOff is the offset of rbrk in struct lt_priv.
 	PrivRbrkOff = 0x140
+	// PrivCodeGenOff is the offset of code_gen in struct lt_priv.
+	PrivCodeGenOff = 0x148
+	// PrivNcodeOff is the offset of ncode in struct lt_priv.
+	PrivNcodeOff = 0x14c
+	// PrivCodeOff is the offset of code in struct lt_priv.
+	PrivCodeOff = 0x150
 	// PrivThreadsOff is the offset of threads in struct lt_priv.
 	PrivThreadsOff = 0x1000
 	// PrivShadowOff is the offset of shadow in struct lt_priv.
-	PrivShadowOff = 0x41000
+	PrivShadowOff = 0x81000
 	// PrivPendOff is the offset of pend in struct lt_priv.
-	PrivPendOff = 0x3041000
+	PrivPendOff = 0x3081000
 	// PrivHeldOff is the offset of held in struct lt_priv.
-	PrivHeldOff = 0x5041000
+	PrivHeldOff = 0x5081000
 	// SizeofRange is sizeof(struct lt_range).
 	SizeofRange = 0x10
 	// RangeAddrOff is the offset of addr in struct lt_range.
@@ -259,7 +267,7 @@ const (
 	// ShadowFlagsOff is the offset of flags in struct lt_shadow.
 	ShadowFlagsOff = 0x14
 	// SizeofSharedHdr is sizeof(struct lt_shared_hdr).
-	SizeofSharedHdr = 0x138
+	SizeofSharedHdr = 0x140
 	// SharedHdrMagicOff is the offset of magic in struct lt_shared_hdr.
 	SharedHdrMagicOff = 0x0
 	// SharedHdrVersionOff is the offset of version in struct lt_shared_hdr.
@@ -302,6 +310,8 @@ const (
 	SharedHdrTrapsOff = 0x128
 	// SharedHdrUnwoundOff is the offset of unwound in struct lt_shared_hdr.
 	SharedHdrUnwoundOff = 0x130
+	// SharedHdrJitCallsOff is the offset of jit_calls in struct lt_shared_hdr.
+	SharedHdrJitCallsOff = 0x138
 	// SizeofSite is sizeof(struct lt_site).
 	SizeofSite = 0x38
 	// SiteAddrOff is the offset of addr in struct lt_site.
@@ -314,8 +324,14 @@ const (
 	SiteLenOff = 0x30
 	// SiteSpecOff is the offset of spec in struct lt_site.
 	SiteSpecOff = 0x34
+	// SizeofSpan is sizeof(struct lt_span).
+	SizeofSpan = 0x10
+	// SpanLoOff is the offset of lo in struct lt_span.
+	SpanLoOff = 0x0
+	// SpanHiOff is the offset of hi in struct lt_span.
+	SpanHiOff = 0x8
 	// SizeofThread is sizeof(struct lt_thread).
-	SizeofThread = 0x40
+	SizeofThread = 0x80
 	// ThreadKeyOff is the offset of key in struct lt_thread.
 	ThreadKeyOff = 0x0
 	// ThreadTidOff is the offset of tid in struct lt_thread.
@@ -330,10 +346,20 @@ const (
 	ThreadLostOff = 0x1c
 	// ThreadBusyOff is the offset of busy in struct lt_thread.
 	ThreadBusyOff = 0x20
-	// ThreadUnwindLoOff is the offset of unwind_lo in struct lt_thread.
-	ThreadUnwindLoOff = 0x28
+	// ThreadCodeLoOff is the offset of code_lo in struct lt_thread.
+	ThreadCodeLoOff = 0x28
+	// ThreadCodeHiOff is the offset of code_hi in struct lt_thread.
+	ThreadCodeHiOff = 0x30
+	// ThreadCodeGenOff is the offset of code_gen in struct lt_thread.
+	ThreadCodeGenOff = 0x38
 	// ThreadInflightOff is the offset of inflight in struct lt_thread.
-	ThreadInflightOff = 0x30
+	ThreadInflightOff = 0x3c
+	// ThreadCodeLo1Off is the offset of code_lo1 in struct lt_thread.
+	ThreadCodeLo1Off = 0x40
+	// ThreadCodeHi1Off is the offset of code_hi1 in struct lt_thread.
+	ThreadCodeHi1Off = 0x48
+	// ThreadUnwindLoOff is the offset of unwind_lo in struct lt_thread.
+	ThreadUnwindLoOff = 0x50
 	// SizeofUnwindReal is sizeof(struct lt_unwind_real).
 	SizeofUnwindReal = 0x38
 	// UnwindRealRaiseOff is the offset of raise in struct lt_unwind_real.

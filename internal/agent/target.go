@@ -256,3 +256,59 @@ func DecodeCtl(b []byte) (Ctl, error) {
 	le := binary.LittleEndian
 	return Ctl{Enabled: le.Uint32(b[CtlEnabledOff:]) != 0, Graph: le.Uint32(b[CtlGraphOff:]) != 0}, nil
 }
+
+// Span is an address range [Lo, Hi).
+type Span struct{ Lo, Hi uint64 }
+
+// CodeTable is the agent's code table (lt_priv.code): the address ranges
+// of the target's modules, where graph mode may hijack a return address
+// (a return address anywhere else is in JIT-compiled code, whose runtime
+// may read it back; doc.go, "Graph mode"). Write keeps its generation.
+type CodeTable struct {
+	gen uint32 // the last generation written, even; 0: none yet
+}
+
+// Write makes spans the code table of the agent at a, through write (the
+// target's memory), as the agent's seqlock wants it: the generation made
+// odd (lookups fail: calls are left alone meanwhile), the count and the
+// spans, then the generation even and new, which also voids every
+// thread's cached ranges. spans must be sorted and disjoint; beyond
+// MaxCode the rest is left out (calls from there are left alone).
+func (c *CodeTable) Write(write func(addr uint64, b []byte) error, a Addrs, spans []Span) error {
+	if err := c.Begin(write, a); err != nil {
+		return err
+	}
+	spans = spans[:min(len(spans), MaxCode)]
+	b := make([]byte, 4+len(spans)*SizeofSpan)
+	le := binary.LittleEndian
+	le.PutUint32(b, uint32(len(spans)))
+	for i, s := range spans {
+		le.PutUint64(b[4+i*SizeofSpan+SpanLoOff:], s.Lo)
+		le.PutUint64(b[4+i*SizeofSpan+SpanHiOff:], s.Hi)
+	}
+	if err := write(a.Priv+PrivNcodeOff, b); err != nil {
+		return fmt.Errorf("write the code table: %w", err)
+	}
+	return c.setGen(write, a, c.gen+1)
+}
+
+// Begin makes the generation odd, if it is not yet: until the next Write
+// the agent knows no code, and graph mode leaves every new call alone.
+// For a dlclose, between RT_DELETE and RT_CONSISTENT: a module's text is
+// about to go, and another mapping may take its place.
+func (c *CodeTable) Begin(write func(addr uint64, b []byte) error, a Addrs) error {
+	if c.gen&1 != 0 {
+		return nil
+	}
+	return c.setGen(write, a, c.gen+1)
+}
+
+func (c *CodeTable) setGen(write func(addr uint64, b []byte) error, a Addrs, gen uint32) error {
+	var b [4]byte
+	binary.LittleEndian.PutUint32(b[:], gen)
+	if err := write(a.Priv+PrivCodeGenOff, b[:]); err != nil {
+		return fmt.Errorf("write the code table: %w", err)
+	}
+	c.gen = gen
+	return nil
+}

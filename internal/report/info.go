@@ -92,6 +92,9 @@ func InfoStream(w io.Writer, s *tracefile.Stream) error {
 	kv("lost events", "%d", rec.Lost)
 	if rec.Mode == tracefile.ModeGraph {
 		kv("shadow stack overflows", "%d", rec.ShadowOverflow)
+		if rec.JITCalls > 0 {
+			kv("calls from JIT code", "%d (not traced: graph mode leaves a return address outside every module alone)", rec.JITCalls)
+		}
 	}
 	kv("traced functions", "%d", len(rec.Funcs))
 	kv("symbols", "%d", len(rec.Symbols))

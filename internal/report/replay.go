@@ -62,6 +62,9 @@ func writeLostHeader(w *bufio.Writer, rec *tracefile.Meta, recovered bool, dropp
 	if recovered {
 		fmt.Fprintf(w, "# recovered from an unfinished recording (%s left out)\n", count(dropped, "event"))
 	}
+	if rec.JITCalls > 0 {
+		fmt.Fprintf(w, "# %s from JIT-compiled code not traced (graph mode leaves a return address outside every module alone)\n", count(rec.JITCalls, "call"))
+	}
 	if rec.Lost == 0 && rec.ShadowOverflow == 0 {
 		return
 	}

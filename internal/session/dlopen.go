@@ -361,6 +361,9 @@ func (s *Session) loaderLoop() {
 			// now and let batches run again.
 			if ld.deleting {
 				s.syncModules()
+				if err := s.writeCode(); err != nil {
+					s.loaderErr(err.Error())
+				}
 				ld.deleting = false
 				s.ctlMu.Unlock()
 			}
@@ -398,6 +401,11 @@ func (s *Session) loaderStop(tid int, timer *time.Timer) {
 			s.ctlMu.Lock()
 			ld.deleting = true
 			timer.Reset(unloadWait)
+			// And graph mode knows no code until then: the text
+			// going may be followed by JIT code at its addresses.
+			if err := s.beginCode(); err != nil {
+				s.loaderErr(err.Error())
+			}
 		}
 	case rtConsistent:
 		if ld.deleting {
@@ -407,6 +415,9 @@ func (s *Session) loaderStop(tid int, timer *time.Timer) {
 		}
 		ld.deleting = false
 		s.syncModules()
+		if err := s.writeCode(); err != nil {
+			s.loaderErr(err.Error())
+		}
 		s.ctlMu.Unlock()
 	}
 	// RT_ADD: the new modules are not mapped yet; RT_CONSISTENT follows.

@@ -176,6 +176,7 @@ func (s *Session) mergeImage(m *tracefile.Meta, x *execImage, p tracefile.Proces
 	}
 	m.Lost += sm.Lost
 	m.ShadowOverflow += sm.ShadowOverflow
+	m.JITCalls += sm.JITCalls
 	// Its own list starts with the image itself, then what it followed.
 	if len(sm.Processes) > 0 {
 		p.Comm = sm.Processes[0].Comm

@@ -42,6 +42,8 @@ type injection struct {
 	foreign uint64
 	// cfg is the shared memory's layout (Enable appends sites to it).
 	cfg agent.Config
+	// code is the agent's code table (codetable.go).
+	code agent.CodeTable
 	// hooks are the GOT slots pointed at the agent's unwinder hooks
 	// (graph mode, see unwind.go); they go back before the agent goes.
 	hooks []gotHook
@@ -435,6 +437,9 @@ func (s *Session) inject() (err error) {
 	s.cons = cons
 	s.mu.Unlock()
 
+	if err := s.writeCode(); err != nil {
+		return fmt.Errorf("inject agent: %w", err)
+	}
 	return s.inj.setCtl(s.p, agent.Ctl{Enabled: true, Graph: s.opts.Graph})
 }
 

@@ -1151,9 +1151,12 @@ func (s *Session) EndReason() string {
 // Summary is what a recording holds so far.
 type Summary struct {
 	Events, Lost, Corrupt uint64
-	Threads               int
-	Duration              time.Duration
-	Output                string
+	// JITCalls counts the calls graph mode did not trace because their
+	// return address was in no module (agent.CodeTable).
+	JITCalls uint64
+	Threads  int
+	Duration time.Duration
+	Output   string
 	// SpoolErr is why the spool could not be written (the disk is
 	// full): the loop that empties the shared buffer converted events
 	// itself from then on, which is slower; nothing put in the spool
@@ -1184,7 +1187,7 @@ func (s *Session) Summary() Summary {
 	// that empties the buffer calls Summary.)
 	events := s.events.Load() + (s.spooled - s.unspooled.Load())
 	corrupt := s.corrupt + s.badRecords.Load()
-	return Summary{Events: events, Lost: lost, Corrupt: corrupt, Threads: len(s.threads), Duration: d, Output: s.opts.Output, SpoolErr: s.spoolErr}
+	return Summary{Events: events, Lost: lost, Corrupt: corrupt, JITCalls: c.JITCalls, Threads: len(s.threads), Duration: d, Output: s.opts.Output, SpoolErr: s.spoolErr}
 }
 
 func (s *Session) openOutput() error {
@@ -1575,6 +1578,7 @@ func (s *Session) buildMeta(clock1 *tsc.Pair) tracefile.Meta {
 	}
 	m.Lost = max(m.Lost, c.Lost) + c.TableFull + c.Reentered
 	m.ShadowOverflow = c.Overflow
+	m.JITCalls = c.JITCalls
 	m.Changes = append([]tracefile.Change(nil), s.changes...)
 	m.Filters = s.opts.Filters
 	if len(m.Filters.Patterns) == 0 {

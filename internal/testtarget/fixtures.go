@@ -66,6 +66,12 @@ const (
 	// posix_spawn, vfork + exec and exec from a thread, each calling
 	// fl_work(N) (N calls of fl_leaf), for record --follow.
 	Follow = "follow"
+	// JITCall is c/jitcall.c: a traced function called from a thunk the
+	// program wrote into an anonymous executable page (as JIT-compiled
+	// code calls into its runtime), which checks its own return address
+	// as HotSpot reads it back, and from the program's text, on "run N"
+	// ("done sum=S vm=A direct=B jit=C bad=D").
+	JITCall = "jitcall"
 )
 
 // Fixtures returns the names of every fixture, sorted.
@@ -87,6 +93,7 @@ type fixture struct {
 var fixtures = map[string]fixture{
 	Simple:    {plan: singleFile(Simple, "simple.c")},
 	Follow:    {plan: singleFile(Follow, "follow.c")},
+	JITCall:   {plan: singleFile(JITCall, "jitcall.c")},
 	Sleeper:   {plan: singleFile(Sleeper, "sleeper.c")},
 	Nested:    {plan: singleFile(Nested, "nested.c")},
 	CXX:       {cxx: true, plan: singleFile(CXX, "cxx.cc")},

@@ -86,6 +86,7 @@ var siteSyms = map[string][]string{
 	Stress:   {"fn_00000", "fn_00999"},
 	Sleeper:  {"sleeper_nanosleep", "sleeper_futex", "sleeper_epoll"},
 	Ucontext: {"uc_run", "uc_resume", "uc_body", "uc_yield", "uc_jump", "uc_alt_deep"},
+	JITCall:  {"jit_vm", "jit_direct"},
 }
 
 func TestBuildAll(t *testing.T) {

@@ -297,8 +297,12 @@ type Meta struct {
 	Lost uint64 `json:"lost,omitempty"`
 	// ShadowOverflow counts calls whose exit could not be traced because a
 	// thread's shadow return stack was full.
-	ShadowOverflow uint64        `json:"shadow_overflow,omitempty"`
-	Filters        RecordFilters `json:"filters"`
+	ShadowOverflow uint64 `json:"shadow_overflow,omitempty"`
+	// JITCalls counts calls graph mode did not trace because their return
+	// address was in no module: in code a runtime compiled (a JVM's, a
+	// JIT's), which may read it back. Entry mode traces them.
+	JITCalls uint64        `json:"jit_calls,omitempty"`
+	Filters  RecordFilters `json:"filters"`
 	// Changes lists, in order, the changes of what was traced made while
 	// attached (livetrace ctl): a function of Funcs is traced from the
 	// first enable that names it (from Start if none does) until a

@@ -61,6 +61,26 @@
 	add \idx, \t
 .endm
 
+/* CODE_KNOWN t, ret, tmp, fail: jump to fail unless the return address
+ * ret lies in one of the two code table ranges thread t found last and the
+ * table has not changed since (lt_code_known in agent.c, which the fail
+ * path reaches, looks it up in the table). */
+.macro CODE_KNOWN t, ret, tmp, fail
+	mov lt_priv+LT_A_CODE_GEN(%rip), \tmp
+	cmp LT_A_T_CODE_GEN(\t), \tmp
+	jne \fail
+	cmp LT_A_T_CODE_LO(\t), \ret
+	jb 8f
+	cmp LT_A_T_CODE_HI(\t), \ret
+	jb 9f
+8:
+	cmp LT_A_T_CODE_LO1(\t), \ret
+	jb \fail
+	cmp LT_A_T_CODE_HI1(\t), \ret
+	jae \fail
+9:
+.endm
+
 /* CHUNK_ROOM t, c, pos1, fail: c = t->chunk, pos1 = t->pos + 1; jump to
  * fail unless the thread has a chunk with room for a record that does not
  * fill it (the record that fills a chunk publishes it: slow path). */
@@ -380,6 +400,7 @@ lt_entry:
 	lea lt_return_keep(%rip), %rax
 	cmp %rax, %r9
 	je .Lg_unbusy
+	CODE_KNOWN %rsi, %r9, %eax, .Lg_unbusy
 	/* rdx = &lt_priv.shadow[thread index][depth] */
 	lea lt_priv+LT_A_THREADS(%rip), %rax
 	mov %rsi, %rdx
@@ -492,6 +513,7 @@ lt_entry:
 	lea lt_return_keep(%rip), %rax
 	cmp %rax, %r9
 	je .Lgc_unbusy
+	CODE_KNOWN %rsi, %r9, %eax, .Lgc_unbusy
 	lea lt_priv+LT_A_THREADS(%rip), %rax
 	mov %rsi, %rdx
 	sub %rax, %rdx

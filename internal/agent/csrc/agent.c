@@ -27,6 +27,12 @@ _Static_assert(OFF(lt_thread, depth) == LT_A_T_DEPTH, "LT_A_T_DEPTH");
 _Static_assert(OFF(lt_thread, chunk) == LT_A_T_CHUNK, "LT_A_T_CHUNK");
 _Static_assert(OFF(lt_thread, pos) == LT_A_T_POS, "LT_A_T_POS");
 _Static_assert(OFF(lt_thread, busy) == LT_A_T_BUSY, "LT_A_T_BUSY");
+_Static_assert(OFF(lt_thread, code_lo) == LT_A_T_CODE_LO, "LT_A_T_CODE_LO");
+_Static_assert(OFF(lt_thread, code_hi) == LT_A_T_CODE_HI, "LT_A_T_CODE_HI");
+_Static_assert(OFF(lt_thread, code_gen) == LT_A_T_CODE_GEN, "LT_A_T_CODE_GEN");
+_Static_assert(OFF(lt_thread, code_lo1) == LT_A_T_CODE_LO1, "LT_A_T_CODE_LO1");
+_Static_assert(OFF(lt_thread, code_hi1) == LT_A_T_CODE_HI1, "LT_A_T_CODE_HI1");
+_Static_assert(OFF(lt_priv, code_gen) == LT_A_CODE_GEN, "LT_A_CODE_GEN");
 _Static_assert(LT_SHADOW_DEPTH * sizeof(struct lt_shadow) == LT_A_SHADOW_STACK, "LT_A_SHADOW_STACK");
 _Static_assert(OFF(lt_shadow, orig) == LT_A_SH_ORIG, "LT_A_SH_ORIG");
 _Static_assert(OFF(lt_shadow, slot) == LT_A_SH_SLOT, "LT_A_SH_SLOT");
@@ -766,6 +772,61 @@ static void lt_hold(struct lt_thread *t, const struct lt_shadow *ss, u32 d, u32 
  * (LT_KEEP) LT_KEEP_SAVE bytes higher, above what its stub saved. Only
  * when tracing is enabled.
  */
+/*
+ * lt_code_known says whether graph mode may hijack the return address ret
+ * of a call on thread t: whether ret is in the code table (lt_priv.code),
+ * the ranges of the process's modules. A return address anywhere else is
+ * in code a runtime compiled, and runtimes read such return addresses
+ * back: HotSpot takes the pc of the frame that called into the VM from
+ * it when it walks the stack (at a safepoint, for a GC) and dies on
+ * lt_return. The table is a seqlock (see lt_priv.code_gen); a thread keeps
+ * the two ranges it found last, which the fast paths in agent.S check
+ * first. During a change of the table (code_gen odd) nothing is known:
+ * the call is left alone.
+ */
+static int lt_code_known(struct lt_thread *t, u64 ret)
+{
+	u32 g = __atomic_load_n(&lt_priv.code_gen, __ATOMIC_ACQUIRE);
+	if (g == 0 || (g & 1))
+		return 0;
+	if (t->code_gen == g) {
+		if (ret >= t->code_lo && ret < t->code_hi)
+			return 1;
+		if (ret >= t->code_lo1 && ret < t->code_hi1)
+			return 1;
+	}
+	u32 n = *(volatile u32 *)&lt_priv.ncode;
+	if (n > LT_MAX_CODE)
+		n = LT_MAX_CODE;
+	u32 lo = 0, hi = n; /* the first range whose lo is above ret */
+	while (lo < hi) {
+		u32 mid = lo + (hi - lo) / 2;
+		if (*(volatile u64 *)&lt_priv.code[mid].lo <= ret)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo == 0)
+		return 0;
+	u64 rlo = *(volatile u64 *)&lt_priv.code[lo - 1].lo;
+	u64 rhi = *(volatile u64 *)&lt_priv.code[lo - 1].hi;
+	__atomic_thread_fence(__ATOMIC_ACQUIRE);
+	if (__atomic_load_n(&lt_priv.code_gen, __ATOMIC_RELAXED) != g)
+		return 0; /* the table changed meanwhile */
+	if (ret < rlo || ret >= rhi)
+		return 0;
+	if (t->code_gen == g) {
+		t->code_lo1 = t->code_lo;
+		t->code_hi1 = t->code_hi;
+	} else {
+		t->code_lo1 = t->code_hi1 = 0;
+	}
+	t->code_lo = rlo;
+	t->code_hi = rhi;
+	t->code_gen = g;
+	return 1;
+}
+
 void lt_on_entry(u32 idx, u64 *sp, u64 *slotp)
 {
 	int keep = (idx & LT_KEEP) != 0;
@@ -843,6 +904,13 @@ void lt_on_entry(u32 idx, u64 *sp, u64 *slotp)
 	}
 
 	d = lt_prune(t, ss, d, slot, 0, own, tsc);
+	if (!lt_code_known(t, ret)) {
+		/* Called from code outside every module: not recorded, not
+		 * hijacked. */
+		t->depth = d;
+		__atomic_fetch_add(&lt_shared.jit_calls, 1, __ATOMIC_RELAXED);
+		goto out;
+	}
 	if (d >= LT_SHADOW_DEPTH) {
 		t->depth = d;
 		__atomic_fetch_add(&lt_shared.overflow, 1, __ATOMIC_RELAXED);

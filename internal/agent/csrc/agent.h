@@ -15,8 +15,8 @@
  * checks every one against the C layout below with _Static_assert.
  */
 #define LT_A_THREADS 4096          /* offsetof(struct lt_priv, threads) */
-#define LT_A_SHADOW 266240         /* offsetof(struct lt_priv, shadow) */
-#define LT_A_THREAD_SHIFT 6        /* sizeof(struct lt_thread) == 1 << 6 */
+#define LT_A_SHADOW 528384         /* offsetof(struct lt_priv, shadow) */
+#define LT_A_THREAD_SHIFT 7        /* sizeof(struct lt_thread) == 1 << 7 */
 #define LT_A_HASH_SHIFT 52         /* 64 - log2(LT_MAX_THREADS) */
 #define LT_A_HASH_MUL 0x9e3779b97f4a7c15
 #define LT_A_T_KEY 0
@@ -24,6 +24,12 @@
 #define LT_A_T_CHUNK 16
 #define LT_A_T_POS 24
 #define LT_A_T_BUSY 32
+#define LT_A_T_CODE_LO 40
+#define LT_A_T_CODE_HI 48
+#define LT_A_T_CODE_GEN 56
+#define LT_A_T_CODE_LO1 64
+#define LT_A_T_CODE_HI1 72
+#define LT_A_CODE_GEN 0x148        /* offsetof(struct lt_priv, code_gen) */
 #define LT_A_SHADOW_STACK 12288    /* LT_SHADOW_DEPTH * sizeof(struct lt_shadow) */
 #define LT_A_SH_ORIG 0
 #define LT_A_SH_SLOT 8
@@ -64,7 +70,7 @@ typedef long long s64;
 /* Constants exported to Go (each LT_FOO becomes agent.Foo). */
 enum lt_const {
 	LT_MAGIC = 0x4c544147,          /* "GATL" little endian: shared header magic */
-	LT_VERSION = 5,                 /* shared memory format version (3: site specs, DATA records; 4: LT_SITE_JMP; 5: the owner record on a page a forked child keeps) */
+	LT_VERSION = 6,                 /* shared memory format version (3: site specs, DATA records; 4: LT_SITE_JMP; 5: the owner record on a page a forked child keeps; 6: the code table, 128-byte thread slots) */
 	LT_MAX_THREADS = 4096,          /* thread table slots (power of two) */
 	LT_SHADOW_DEPTH = 512,          /* shadow stack entries per thread */
 	LT_MAX_PROBES = 64,             /* thread table probes per lookup */
@@ -109,6 +115,7 @@ enum lt_const {
 	LT_STUB_SHIFT = 22,             /* stub index bits 22-27: the argument bits of a spec the fast paths take */
 	LT_STUB_RET = 1 << 28,          /* stub index bit: that spec captures the return value too */
 	LT_HELD_BYTES = 16384,          /* bytes per thread for the values of held-back entries (lt_priv.held) */
+	LT_MAX_CODE = 200,              /* address ranges the code table (lt_priv.code) holds */
 };
 
 #define LT_CHUNK_HDR_SIZE 64
@@ -120,6 +127,12 @@ enum lt_const {
 struct lt_range {
 	u64 addr;
 	u64 size;
+};
+
+/* struct lt_span is an address range [lo, hi). */
+struct lt_span {
+	u64 lo;
+	u64 hi;
 };
 
 /* struct lt_hook is a GOT slot the tracer pointed at an agent hook. */
@@ -192,10 +205,17 @@ struct lt_thread {
 	u32 pos;   /* records written in the current chunk */
 	u32 lost;  /* events dropped since the current chunk was taken */
 	u64 busy;  /* nonzero while the agent runs for this thread: its sp */
-	u64 unwind_lo; /* lowest sp of a throw since the last outermost catch, 0: none */
+	/* The two ranges of the code table this thread found a return
+	 * address in last (the newest first), valid while code_gen is
+	 * lt_priv.code_gen (lt_code_known). */
+	u64 code_lo;
+	u64 code_hi;
+	u32 code_gen;
 	u32 inflight;  /* exceptions thrown and not caught yet (see lt_unwind_prep) */
-	u32 pad0;
-	u64 pad[1];
+	u64 code_lo1;
+	u64 code_hi1;
+	u64 unwind_lo; /* lowest sp of a throw since the last outermost catch, 0: none */
+	u64 pad[5];
 };
 
 /*
@@ -264,7 +284,20 @@ struct lt_priv {
 	u64 shared_ready;                 /* lt_shared is mapped and formatted (tracer writes) */
 	u64 rbrk;                         /* the INT3 over r_brk's `ret`, 0: none (tracer writes;
 	                                   * private, so a forked child keeps it) */
-	u8 pad[4096 - sizeof(struct lt_ksigaction) - sizeof(struct lt_remote_save) - sizeof(struct lt_unwind_real) - 2 * sizeof(u64)];
+	/*
+	 * The code table (tracer writes): the address ranges of the
+	 * process's modules, sorted, disjoint, [lo, hi). Graph mode hijacks
+	 * only a return address in one of them (lt_code_known): code outside
+	 * every module is JIT-compiled code, whose runtime may read the
+	 * return address back (HotSpot walks its frames from it). A
+	 * seqlock: the tracer makes code_gen odd, writes ncode and code,
+	 * then makes it even and new; 0: no table yet. Private, so a forked
+	 * child keeps the table of the address space it copied.
+	 */
+	u32 code_gen;
+	u32 ncode;
+	struct lt_span code[LT_MAX_CODE];
+	u8 pad[4096 - sizeof(struct lt_ksigaction) - sizeof(struct lt_remote_save) - sizeof(struct lt_unwind_real) - 2 * sizeof(u64) - 2 * sizeof(u32) - LT_MAX_CODE * 16];
 	struct lt_thread threads[LT_MAX_THREADS];
 	struct lt_shadow shadow[LT_MAX_THREADS][LT_SHADOW_DEPTH];
 	/* The held-back entry of each shadow entry with LT_SHADOW_PENDING. */
@@ -322,6 +355,7 @@ struct lt_shared_hdr {
 	u64 threads;       /* thread slots claimed */
 	u64 traps;         /* SIGTRAPs emulated by the backstop */
 	u64 unwound;       /* hijacked frames given back before a C++ exception unwound */
+	u64 jit_calls;     /* calls graph mode left alone: their return address is in no module */
 };
 
 /* struct lt_chunk_hdr heads every chunk. */
@@ -336,7 +370,7 @@ struct lt_chunk_hdr {
 };
 
 _Static_assert(sizeof(struct lt_chunk_hdr) == 64, "chunk header is 64 bytes");
-_Static_assert(sizeof(struct lt_thread) == 64, "thread slot is 64 bytes");
+_Static_assert(sizeof(struct lt_thread) == 128, "thread slot is 128 bytes");
 _Static_assert(sizeof(struct lt_shared_hdr) <= LT_SHARED_HDR_PAGE, "shared header fits");
 /* Only the first page is wiped on fork: the owner record starts the second.
  * The tracer stages a struct sigaction in the second page's last bytes. */

@@ -138,6 +138,7 @@ var structs = []struct{ c, goName string }{
 	{"lt_ctl", "Ctl"},
 	{"lt_owner", "Owner"},
 	{"lt_range", "Range"},
+	{"lt_span", "Span"},
 	{"lt_hook", "Hook"},
 	{"lt_ksigaction", "Sigaction"},
 	{"lt_thread", "Thread"},
