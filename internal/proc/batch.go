@@ -74,13 +74,20 @@ func (b *Batch) Pump() bool { return b.p.reap() }
 // fn is called again with its new registers. Then the thread runs on, or
 // returns to the group-stop it was in.
 //
-// Threads created meanwhile are not visited: a caller uses EachThread when
+// The children that share the process's memory until they exec (vfork,
+// posix_spawn) are visited too, first. Threads created meanwhile are not
+// visited: a caller uses EachThread when
 // no new thread can start in the state it looks for (a thread inherits
 // nothing of its creator's program counter but the return of clone). A
 // thread borrowed by a Remote cannot be visited; the batch releases its
 // Remote first. A thread that exits is skipped.
 func (b *Batch) EachThread(maxSteps int, fn func(tid int, regs *unix.PtraceRegs) (lo, hi uint64, err error)) error {
 	p := b.p
+	// The children that share the process's memory run its text too
+	// (sharedkids.go).
+	if err := p.visitShared(maxSteps, fn); err != nil {
+		return err
+	}
 	tids := make([]int, 0, len(p.threads))
 	for tid := range p.threads {
 		tids = append(tids, tid)

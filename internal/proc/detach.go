@@ -69,6 +69,7 @@ func (p *Process) fixInterrupted(t *thread) {
 }
 
 func (p *Process) detachAll() {
+	p.detachShared()
 	for tid, t := range p.threads {
 		if t.exiting {
 			// It cannot be detached (it never stops again); a main

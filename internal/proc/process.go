@@ -182,6 +182,10 @@ type Process struct {
 	execed     bool
 	children   map[int]int // forked child pid -> PTRACE_EVENT_FORK or _VFORK
 	detached   bool
+	// sharedKids are the children that share p's memory (vfork,
+	// posix_spawn, clone(CLONE_VM)), traced until they exec or exit
+	// (sharedkids.go).
+	sharedKids map[int]bool
 
 	trap       TrapHandler
 	threadExit ThreadExitHandler

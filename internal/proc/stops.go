@@ -573,6 +573,10 @@ func (p *Process) isOurThread(tid int) bool {
 // parent's, and silently stop tracing it. It runs the patched text, which
 // the agent serves.
 func (p *Process) handleChild(pid int, ws unix.WaitStatus, kind int) {
+	if p.sharedKids[pid] {
+		p.handleShared(pid, ws)
+		return
+	}
 	if ws.Exited() || ws.Signaled() {
 		delete(p.children, pid)
 		return
@@ -612,11 +616,21 @@ func (p *Process) handleChild(pid int, ws unix.WaitStatus, kind int) {
 	if s := ws.StopSignal(); uint32(ws)>>16 == 0 && s != unix.SIGTRAP && s != unix.SIGSTOP {
 		sig = int(s)
 	}
+	delete(p.children, pid)
+	if kind == unix.PTRACE_EVENT_VFORK || p.sharesMemory(pid) {
+		p.keepShared(pid, sig) // sharedkids.go
+		return
+	}
+	detachChild(pid, sig)
+}
+
+// detachChild detaches child pid and sends it sig, the signal of its
+// stop, if not 0.
+func detachChild(pid, sig int) {
 	_ = unix.PtraceDetach(pid)
 	if sig != 0 {
 		_ = unix.Kill(pid, unix.Signal(sig))
 	}
-	delete(p.children, pid)
 }
 
 // kcmpVM is KCMP_VM of kcmp(2): do two tasks share their address space?

@@ -46,8 +46,9 @@ import (
 // agent, hijacked returns put back, agent unmapped, detached.
 //
 // A vfork child (and a clone(CLONE_VM) child) shares the target's memory
-// and is left alone, as without --follow: the agent serves it, under the
-// vforking thread's slot. A child that calls exec loses its agent with its
+// and runs the patched text, as without --follow: the agent serves it,
+// under the vforking thread's slot, and the engine emulates its INT3s
+// (proc/sharedkids.go). A child that calls exec loses its agent with its
 // address space; its followed process ends there.
 
 // followState is the session's followed children, guarded by Session.mu
@@ -105,7 +106,15 @@ func (s *Session) follow(child *proc.Process) *proc.Handlers {
 		s.mu.Lock()
 		s.fl.members = append(s.fl.members, m)
 		s.mu.Unlock()
-		return &proc.Handlers{Exec: s.execed, Follow: s.follow}
+		h := &proc.Handlers{Exec: s.execed, Follow: s.follow}
+		if child.SharesMemory() && s.eng != nil {
+			// It runs the target's text: an INT3 of a batch is the
+			// engine's to emulate, as a thread's. Delivered, it killed
+			// a posix_spawn child, whose SIGTRAP action is the
+			// default (proc/sharedkids.go).
+			h.Trap = s.eng.HandleTrap
+		}
+		return h
 	}
 	if s.inj == nil || s.eng == nil || s.cons == nil {
 		return nil

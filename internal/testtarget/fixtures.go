@@ -72,6 +72,11 @@ const (
 	// as HotSpot reads it back, and from the program's text, on "run N"
 	// ("done sum=S vm=A direct=B jit=C bad=D").
 	JITCall = "jitcall"
+	// VforkChild is c/vforkchild.c: a vfork child with SIGTRAP at its
+	// default action, as posix_spawn's, that calls vf_target after
+	// spinning a given time, on "go MS" ("child exit=7" or "child
+	// signal=S").
+	VforkChild = "vforkchild"
 )
 
 // Fixtures returns the names of every fixture, sorted.
@@ -91,20 +96,21 @@ type fixture struct {
 }
 
 var fixtures = map[string]fixture{
-	Simple:    {plan: singleFile(Simple, "simple.c")},
-	Follow:    {plan: singleFile(Follow, "follow.c")},
-	JITCall:   {plan: singleFile(JITCall, "jitcall.c")},
-	Sleeper:   {plan: singleFile(Sleeper, "sleeper.c")},
-	Nested:    {plan: singleFile(Nested, "nested.c")},
-	CXX:       {cxx: true, plan: singleFile(CXX, "cxx.cc")},
-	Workload:  {plan: withLib(Workload)},
-	UseLib:    {plan: withLib(UseLib)},
-	Stress:    {plan: planStress},
-	Ucontext:  {plan: singleFile(Ucontext, "ucontext.c")},
-	LibcCalls: {plan: singleFile(LibcCalls, "libccalls.c")},
-	Args:      {plan: singleFile(Args, "args.c")},
-	KeepRegs:  {plan: singleFile(KeepRegs, "keepregs.c")},
-	Dlopen:    {plan: planDlopen},
+	Simple:     {plan: singleFile(Simple, "simple.c")},
+	Follow:     {plan: singleFile(Follow, "follow.c")},
+	JITCall:    {plan: singleFile(JITCall, "jitcall.c")},
+	VforkChild: {plan: singleFile(VforkChild, "vforkchild.c")},
+	Sleeper:    {plan: singleFile(Sleeper, "sleeper.c")},
+	Nested:     {plan: singleFile(Nested, "nested.c")},
+	CXX:        {cxx: true, plan: singleFile(CXX, "cxx.cc")},
+	Workload:   {plan: withLib(Workload)},
+	UseLib:     {plan: withLib(UseLib)},
+	Stress:     {plan: planStress},
+	Ucontext:   {plan: singleFile(Ucontext, "ucontext.c")},
+	LibcCalls:  {plan: singleFile(LibcCalls, "libccalls.c")},
+	Args:       {plan: singleFile(Args, "args.c")},
+	KeepRegs:   {plan: singleFile(KeepRegs, "keepregs.c")},
+	Dlopen:     {plan: planDlopen},
 }
 
 // planDlopen plans c/dlopen.c and the library it loads, libltplugin.so,

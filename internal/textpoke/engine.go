@@ -443,6 +443,13 @@ func (e *Engine) Reason() string { return e.why }
 // Membarrier reports whether the target can sync its cores with membarrier.
 func (e *Engine) Membarrier() bool { return e.membarrier }
 
+// HandleTrap is the engine's trap handler (proc.TrapHandler), for a
+// process that shares the target's memory (a followed vfork child): its
+// INT3s are the engine's sites, emulated as a thread's.
+func (e *Engine) HandleTrap(tid int, regs *unix.PtraceRegs, claim func() error) bool {
+	return e.handleTrap(tid, regs, claim)
+}
+
 // handleTrap runs on the ptrace thread for every INT3 SIGTRAP.
 func (e *Engine) handleTrap(tid int, regs *unix.PtraceRegs, claim func() error) bool {
 	addr := e.arch.TrapSite(e.arch.PC(regs))
