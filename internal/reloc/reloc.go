@@ -520,6 +520,20 @@ func legacyPrefixes(b []byte) int {
 }
 
 // hasPrefix reports whether the legacy prefixes of b include p.
+// rel16 reports whether the relative branch b has an operand-size prefix
+// that counts: 0x66 without REX.W, rel16 on AMD and rel32 on Intel, so its
+// target depends on the CPU. REX.W overrides 0x66 on both: the
+// general-dynamic TLS sequence every PIC module with thread-local data
+// has, `data16 data16 rex.W call __tls_get_addr`, relies on it (5,357
+// functions of libjvm.so hold one).
+func rel16(b []byte) bool {
+	if !hasPrefix(b, 0x66) {
+		return false
+	}
+	n := legacyPrefixes(b)
+	return n == 0 || b[n-1]&0xf8 != 0x48
+}
+
 func hasPrefix(b []byte, p byte) bool {
 	for _, c := range b[:legacyPrefixes(b)] {
 		if c == p {
@@ -575,7 +589,7 @@ func classify(in x86asm.Inst, b []byte, off int, last, emulateCalls bool) (kind,
 		return kPlain, nil
 	}
 
-	if hasPrefix(b, 0x66) && in.PCRel != 0 && in.Op != x86asm.NOP {
+	if rel16(b) && in.PCRel != 0 && in.Op != x86asm.NOP {
 		// A relative branch with an operand-size prefix is rel16 on AMD
 		// and rel32 on Intel: its meaning depends on the CPU.
 		if _, ok := in.Args[0].(x86asm.Rel); ok {
@@ -892,7 +906,7 @@ func analyze(fn []byte, fnAddr uint64, opts Options, p *Plan, start, minLen int)
 		pc := fnAddr + uint64(off)
 		if !hand {
 			if t, ok := directTarget(in, pc); ok {
-				if hasPrefix(fn[off:off+in.Len], 0x66) {
+				if rel16(fn[off : off+in.Len]) {
 					// rel16 on AMD, rel32 on Intel: the target is unknown.
 					return nil, &Refusal{Reason: Undecodable, Off: off}
 				}

@@ -103,6 +103,13 @@ func TestAnalyze(t *testing.T) {
 		{name: "emulated call [rsp+8]", fn: cat(movRBPRSP, []byte{0xff, 0x54, 0x24, 0x08}, ret), opts: Options{EmulateCalls: true}, reason: DisplacedCall, off: 3},
 		{name: "emulated call rsp", fn: cat(movRBPRSP, []byte{0xff, 0xd4}, ret), opts: Options{EmulateCalls: true}, reason: DisplacedCall, off: 3},
 		{name: "jcc with operand-size prefix", fn: cat(testEDI, []byte{0x66, 0x0f, 0x84, 0x01, 0x00}, nop, ret), reason: Unrelocatable, off: 2},
+		// The general-dynamic TLS call, data16 data16 rex.W call
+		// __tls_get_addr: REX.W overrides 66, so it is a rel32 call on
+		// every CPU. After the region, and displaced (emulated).
+		{name: "tls gd call after the region", fn: cat(pushRBP, movRBPRSP, subRSP16, []byte{0x66, 0x66, 0x48, 0xe8}, le(0x100), ret), entry: fnAddr, len: 8},
+		{name: "tls gd call emulated", fn: cat(pushRBP, []byte{0x66, 0x66, 0x48, 0xe8}, le(0x100), []byte{0x5d}, ret), opts: Options{EmulateCalls: true}, entry: fnAddr, len: 9, exits: true},
+		// Without REX.W, 66 makes the call rel16 on AMD: unknown target.
+		{name: "call with operand-size prefix after the region", fn: cat(pushRBP, movRBPRSP, subRSP16, []byte{0x66, 0xe8}, le(0x100), ret), reason: Undecodable, off: 8},
 
 		{name: "min len 9", fn: cat(pushRBP, movRBPRSP, subRSP16, xorEAX, ret), opts: Options{MinLen: 9}, entry: fnAddr, len: 10},
 		{name: "pop r/m is not xop", fn: cat([]byte{0x8f, 0x05}, le(0x100), ret), entry: fnAddr, len: 6},
