@@ -21,24 +21,10 @@ func TestRecordGraphJITCaller(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := filepath.Join(t.TempDir(), "rec.data")
-	done := make(chan error, 1)
-	var stderr string
-	go func() {
-		_, e, err := runCLI(t, "record", "-p", strconv.Itoa(tp.Pid()), "--graph", "-F", "jit_*", "-d", "1500ms", "-o", out)
-		stderr = e
-		done <- err
-	}()
-	time.Sleep(700 * time.Millisecond)
-	if err := tp.Send("run 300"); err != nil {
-		t.Fatal(err)
-	}
-	line, err := tp.Expect("done ", 10*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := <-done; err != nil {
-		t.Fatalf("record: %v\n%s", err, stderr)
-	}
+	line := ""
+	stderr := recordDuring(t, []string{"-p", strconv.Itoa(tp.Pid()), "--graph", "-F", "jit_*", "-d", "1500ms", "-o", out}, func() {
+		line = sendExpect(t, tp, "run 300", "done ")
+	})
 	if !strings.Contains(line, " jit=300 bad=0") {
 		t.Errorf("the program saw %q, want jit=300 bad=0 (bad: its return address replaced)", line)
 	}

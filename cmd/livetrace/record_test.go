@@ -59,24 +59,10 @@ func TestRecordLive(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := filepath.Join(t.TempDir(), "rec.data")
-	done := make(chan error, 1)
-	var stderr string
-	go func() {
-		_, e, err := runCLI(t, "record", "-p", strconv.Itoa(tp.Pid()), "-F", "work_*", "-d", "1500ms", "-o", out)
-		stderr = e
-		done <- err
-	}()
-	time.Sleep(700 * time.Millisecond)
-	if err := tp.Send("run 5"); err != nil {
-		t.Fatal(err)
-	}
-	line, err := tp.Expect("done ", 10*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := <-done; err != nil {
-		t.Fatalf("record: %v\n%s", err, stderr)
-	}
+	line := ""
+	stderr := recordDuring(t, []string{"-p", strconv.Itoa(tp.Pid()), "-F", "work_*", "-d", "1500ms", "-o", out}, func() {
+		line = sendExpect(t, tp, "run 5", "done ")
+	})
 	if !strings.Contains(stderr, "livetrace: tracing 7 functions in PID "+strconv.Itoa(tp.Pid())) {
 		t.Errorf("stderr lacks the tracing line:\n%s", stderr)
 	}
@@ -105,6 +91,40 @@ func TestRecordLive(t *testing.T) {
 		}
 	}
 	testtarget.CheckText(t, tp.Pid())
+}
+
+// recordDuring runs record with args and calls during 700 ms after it
+// started (attached, on the machines here), then returns record's
+// standard error once it has ended, failing t if it failed.
+func recordDuring(t *testing.T, args []string, during func()) string {
+	t.Helper()
+	done := make(chan error, 1)
+	var stderr string
+	go func() {
+		_, e, err := runCLI(t, append([]string{"record"}, args...)...)
+		stderr = e
+		done <- err
+	}()
+	time.Sleep(700 * time.Millisecond)
+	during()
+	if err := <-done; err != nil {
+		t.Fatalf("record: %v\n%s", err, stderr)
+	}
+	return stderr
+}
+
+// sendExpect sends cmd to the fixture and returns its reply, the line
+// that starts with prefix.
+func sendExpect(t *testing.T, tp *testtarget.Process, cmd, prefix string) string {
+	t.Helper()
+	if err := tp.Send(cmd); err != nil {
+		t.Fatal(err)
+	}
+	line, err := tp.Expect(prefix, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return line
 }
 
 func TestRecordCommand(t *testing.T) {

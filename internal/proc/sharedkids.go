@@ -77,27 +77,7 @@ func (p *Process) handleShared(pid int, ws unix.WaitStatus) {
 // sharedTrap offers the SIGTRAP of child pid to the trap handler, as
 // handleTrap does a thread's.
 func (p *Process) sharedTrap(pid int) bool {
-	var regs unix.PtraceRegs
-	if err := unix.PtraceGetRegs(pid, &regs); err != nil {
-		return false
-	}
-	orig, claimed := regs, false
-	claim := func() error {
-		on := orig
-		on.Rip--
-		if err := unix.PtraceSetRegs(pid, &on); err != nil {
-			return err
-		}
-		claimed = true
-		return nil
-	}
-	if !p.trap(pid, &regs, claim) {
-		if claimed {
-			_ = unix.PtraceSetRegs(pid, &orig)
-		}
-		return false
-	}
-	return unix.PtraceSetRegs(pid, &regs) == nil
+	return p.offerTrap(pid, func(regs *unix.PtraceRegs) error { return unix.PtraceSetRegs(pid, regs) })
 }
 
 // detachShared detaches every child keepShared traces: each is stopped

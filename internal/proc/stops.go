@@ -532,27 +532,33 @@ func (p *Process) noteChild(child, event int) {
 
 // handleTrap offers a SIGTRAP to the trap handler.
 func (p *Process) handleTrap(t *thread) bool {
+	return p.offerTrap(t.tid, func(regs *unix.PtraceRegs) error { return p.setRegs(t, regs) })
+}
+
+// offerTrap offers the SIGTRAP of task tid, in its stop, to the trap
+// handler; set writes its registers.
+func (p *Process) offerTrap(tid int, set func(*unix.PtraceRegs) error) bool {
 	var regs unix.PtraceRegs
-	if err := unix.PtraceGetRegs(t.tid, &regs); err != nil {
+	if err := unix.PtraceGetRegs(tid, &regs); err != nil {
 		return false
 	}
 	orig, claimed := regs, false
 	claim := func() error {
 		on := orig
 		on.Rip--
-		if err := p.setRegs(t, &on); err != nil {
+		if err := set(&on); err != nil {
 			return err
 		}
 		claimed = true
 		return nil
 	}
-	if !p.trap(t.tid, &regs, claim) {
+	if !p.trap(tid, &regs, claim) {
 		if claimed {
-			_ = p.setRegs(t, &orig)
+			_ = set(&orig)
 		}
 		return false
 	}
-	return p.setRegs(t, &regs) == nil
+	return set(&regs) == nil
 }
 
 // isOurThread reports whether tid belongs to the target's thread group.

@@ -1,6 +1,7 @@
 package session
 
 import (
+	"cmp"
 	"slices"
 
 	"github.com/livetrace/livetrace/internal/agent"
@@ -40,15 +41,7 @@ func codeSpans(mods []*elfsite.Module, gone func(i int) bool) []agent.Span {
 			j = k + 1
 		}
 	}
-	slices.SortFunc(spans, func(a, b agent.Span) int {
-		switch {
-		case a.Lo < b.Lo:
-			return -1
-		case a.Lo > b.Lo:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(spans, func(a, b agent.Span) int { return cmp.Compare(a.Lo, b.Lo) })
 	out := spans[:0]
 	for _, sp := range spans {
 		if n := len(out); n > 0 && sp.Lo <= out[n-1].Hi {

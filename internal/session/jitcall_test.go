@@ -3,7 +3,6 @@ package session
 import (
 	"path/filepath"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -15,22 +14,7 @@ import (
 // counts.
 func jitRound(t *testing.T, tp *testtarget.Process, n int) map[string]uint64 {
 	t.Helper()
-	if err := tp.Send("run " + strconv.Itoa(n)); err != nil {
-		t.Fatal(err)
-	}
-	line, err := tp.Expect("done ", 30*time.Second)
-	if err != nil {
-		t.Fatalf("%v; stderr: %s", err, tp.Stderr())
-	}
-	got := map[string]uint64{}
-	for _, f := range strings.Fields(line)[1:] {
-		k, v, _ := strings.Cut(f, "=")
-		x, err := strconv.ParseUint(v, 10, 64)
-		if err != nil && k != "sum" {
-			t.Fatalf("bad reply %q", line)
-		}
-		got[k] = x
-	}
+	_, got := fixtureRound(t, tp, "run "+strconv.Itoa(n), "")
 	return got
 }
 
