@@ -16,8 +16,20 @@ import (
 // ProcessBuilder failed). The child must stay traced, so that its INT3 is
 // the trap handler's to emulate, as a thread's: it exits 7, whether it was
 // made while the INT3 was there or before, and the handler saw its trap.
+//
+// Followed (record --follow), the child is a process of its own whose
+// trap handler the follow handler gives: the same test, with the handler
+// given there, and no EachThread (a followed child is not the target's).
 func TestBatchSharedChild(t *testing.T) {
 	testtarget.RequireRoot(t)
+	for _, followed := range []bool{false, true} {
+		t.Run(map[bool]string{false: "traced", true: "followed"}[followed], func(t *testing.T) {
+			testSharedChild(t, followed)
+		})
+	}
+}
+
+func testSharedChild(t *testing.T, followed bool) {
 	tp := testtarget.Start(t, testtarget.Build(t, testtarget.VforkChild, testtarget.ClangNop5))
 	line, err := tp.Expect("ready ", 10*time.Second)
 	if err != nil {
@@ -39,7 +51,7 @@ func TestBatchSharedChild(t *testing.T) {
 	// The trap handler emulates the site's NOP5, as textpoke's emulates
 	// the instruction of a site, and notes who trapped.
 	trapped := make(chan int, 16)
-	p.SetTrapHandler(func(tid int, regs *unix.PtraceRegs, claim func() error) bool {
+	handler := func(tid int, regs *unix.PtraceRegs, claim func() error) bool {
 		if regs.Rip-1 != target || claim() != nil {
 			return false
 		}
@@ -49,7 +61,16 @@ func TestBatchSharedChild(t *testing.T) {
 		default:
 		}
 		return true
-	})
+	}
+	p.SetTrapHandler(handler)
+	if followed {
+		p.SetFollowHandler(func(c *Process) *Handlers {
+			if !c.SharesMemory() {
+				return nil
+			}
+			return &Handlers{Trap: handler}
+		})
+	}
 	// trapWhile writes an INT3 over vf_target in a batch, calls start,
 	// handles stops for 200 ms, and writes the byte back.
 	trapWhile := func(start func()) {
@@ -101,6 +122,9 @@ func TestBatchSharedChild(t *testing.T) {
 	time.Sleep(30 * time.Millisecond) // it spins, detached, in the program's text
 	trapWhile(func() {})
 	child("before the batch")
+	if followed {
+		return
+	}
 
 	// A batch's EachThread visits the child as it visits a thread, and
 	// steps it out of the range asked: it may be inside a region about
