@@ -65,55 +65,38 @@ func (p *Process) handleShared(pid int, ws unix.WaitStatus) {
 		return
 	}
 	sig := int(ws.StopSignal())
-	if sig == int(unix.SIGTRAP) && p.trap != nil {
-		if si, err := getSiginfo(pid); err == nil && si.code == siKernel && p.sharedTrap(pid) {
-			_ = unix.PtraceCont(pid, 0)
-			return
-		}
+	if sig == int(unix.SIGTRAP) && p.int3(pid) && p.sharedTrap(pid) {
+		sig = 0
 	}
 	_ = unix.PtraceCont(pid, sig)
+}
+
+// int3 reports whether the SIGTRAP stop of child pid was raised by an
+// INT3 (SI_KERNEL), not sent or a single step's.
+func (p *Process) int3(pid int) bool {
+	si, err := getSiginfo(pid)
+	return err == nil && si.code == siKernel
 }
 
 // sharedTrap offers the SIGTRAP of child pid to the trap handler, as
 // handleTrap does a thread's.
 func (p *Process) sharedTrap(pid int) bool {
+	if p.trap == nil {
+		return false
+	}
 	return p.offerTrap(pid, func(regs *unix.PtraceRegs) error { return unix.PtraceSetRegs(pid, regs) })
 }
 
 // detachShared detaches every child keepShared traces: each is stopped
-// first, since only a stopped tracee can be detached.
+// first, since only a stopped tracee can be detached. One that does not
+// stop within a second stays traced, and the kernel lets it go when the
+// tracer exits.
 func (p *Process) detachShared() {
 	for pid := range p.sharedKids {
+		sig, ok := p.stopShared(pid)
 		delete(p.sharedKids, pid)
-		if unix.PtraceInterrupt(pid) != nil {
-			continue
-		}
-		// Its stop, within a second; else it is left traced, and the
-		// kernel lets it go when the tracer exits.
-		for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); {
-			var ws unix.WaitStatus
-			got, err := unix.Wait4(pid, &ws, unix.WALL|unix.WNOHANG, nil)
-			if err == unix.EINTR || (err == nil && got == 0) {
-				time.Sleep(100 * time.Microsecond)
-				continue
-			}
-			if err != nil || got != pid || ws.Exited() || ws.Signaled() {
-				break
-			}
-			if !ws.Stopped() {
-				continue
-			}
-			sig := 0
-			if uint32(ws)>>16 == 0 {
-				sig = int(ws.StopSignal())
-				if si, err := getSiginfo(pid); sig == int(unix.SIGTRAP) && err == nil && si.code == siKernel && p.trap != nil && p.sharedTrap(pid) {
-					sig = 0 // our INT3, emulated
-				} else if sig == int(unix.SIGSTOP) {
-					sig = 0 // most likely the interrupt's
-				}
-			}
+		if ok {
 			detachChild(pid, sig)
-			break
 		}
 	}
 }
@@ -169,14 +152,13 @@ func (p *Process) waitShared(pid int) (ws unix.WaitStatus, sig int, ok bool) {
 			return ws, 0, false
 		case 0:
 			s := int(ws.StopSignal())
-			if s == int(unix.SIGTRAP) {
-				if si, err := getSiginfo(pid); err == nil && si.code == siKernel {
-					if p.trap != nil && p.sharedTrap(pid) {
-						return ws, 0, true
-					}
-					return ws, s, true
-				}
+			switch {
+			case s != int(unix.SIGTRAP):
+				return ws, s, true
+			case !p.int3(pid):
 				return ws, 0, true // a single step's
+			case p.sharedTrap(pid):
+				return ws, 0, true // ours, emulated
 			}
 			return ws, s, true
 		default:
